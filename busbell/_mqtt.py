@@ -1,0 +1,188 @@
+"""The one MQTT 5 adapter of busbell (aiomqtt 2.x lives here and nowhere else).
+
+aiomqtt 2.x does not reconnect by itself, acknowledges incoming QoS 1 messages before
+application code runs, and by default starts a clean session with a random client id.
+:class:`MqttSession` therefore always uses a stable client id, ``clean_start=False``
+and a session expiry, and :func:`backoff_delays` gives the jittered exponential
+reconnect schedule the callers loop over. ``aiomqtt.MqttError`` is translated into
+:class:`~busbell._errors.UplinkError` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import ssl
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from busbell._config import option
+from busbell._errors import UplinkError
+
+__all__ = ["MqttMessage", "MqttSession", "MqttSettings", "backoff_delays"]
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """Connection settings for a broker (the ``[mqtt]`` config section)."""
+
+    host: str = option("127.0.0.1", doc="Broker host name or address.")
+    port: int = option(1883, doc="Broker TCP port.")
+    client_id: str = option(
+        "", doc="Stable MQTT client id; empty means derive one from the component and bus id."
+    )
+    username: str | None = option(None, doc="User name, if the broker requires one.")
+    password: str | None = option(None, doc="Password, if the broker requires one.")
+    prefix: str = option("busbell/v1", doc="Topic prefix for every busbell topic.")
+    keepalive_s: int = option(30, doc="MQTT keep-alive interval in seconds.")
+    session_expiry_s: int = option(
+        86400, doc="Session expiry the broker keeps our subscriptions/queued QoS 1 for."
+    )
+    tls_ca: Path | None = option(None, doc="CA bundle; setting it turns TLS on.")
+    tls_cert: Path | None = option(None, doc="Client certificate (PEM) for mutual TLS.")
+    tls_key: Path | None = option(None, doc="Client private key (PEM) for mutual TLS.")
+    backoff_initial_s: float = option(0.5, doc="First reconnect delay in seconds.")
+    backoff_max_s: float = option(30.0, doc="Longest reconnect delay in seconds.")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttMessage:
+    """An incoming message."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+
+def backoff_delays(
+    initial_s: float, max_s: float, *, rng: random.Random | None = None
+) -> Iterator[float]:
+    """Endless "equal jitter" backoff delays: uniform(cap/2, cap), cap doubling up to max."""
+    r = rng or random.Random()
+    n = 0
+    while True:
+        cap = min(max_s, initial_s * (2**n))
+        yield r.uniform(cap / 2, cap)
+        n = min(n + 1, 30)
+
+
+def _props(expiry_s: int | None) -> Properties | None:
+    if expiry_s is None:
+        return None
+    p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    p.MessageExpiryInterval = int(expiry_s)
+    return p
+
+
+class MqttSession:
+    """One connection to the broker (``async with``); reconnecting is the caller's loop.
+
+    Args:
+        settings: broker settings.
+        client_id: the stable client id for this component.
+        will: optional ``(topic, payload, retain)`` last-will message (QoS 1).
+        clean_start: ``False`` (default) resumes the broker-side session.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        will: tuple[str, bytes, bool] | None = None,
+        clean_start: bool = False,
+        max_queued_incoming: int = 10000,
+    ) -> None:
+        tls: ssl.SSLContext | None = None
+        if settings.tls_ca is not None:
+            tls = ssl.create_default_context(cafile=str(settings.tls_ca))
+            if settings.tls_cert is not None:
+                tls.load_cert_chain(
+                    str(settings.tls_cert), settings.tls_key and str(settings.tls_key)
+                )
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_props.SessionExpiryInterval = settings.session_expiry_s
+        self._client = aiomqtt.Client(
+            settings.host,
+            settings.port,
+            identifier=client_id,
+            username=settings.username,
+            password=settings.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=clean_start,
+            keepalive=settings.keepalive_s,
+            properties=connect_props,
+            tls_context=tls,
+            will=aiomqtt.Will(will[0], will[1], qos=1, retain=will[2]) if will else None,
+            max_queued_incoming_messages=max_queued_incoming,
+            timeout=10,
+        )
+
+    async def __aenter__(self) -> MqttSession:
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise UplinkError(f"cannot connect to broker: {exc}") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(exc_type, exc, tb)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> None:
+        """Publish; QoS 1 returns once the broker acknowledged (PUBACK).
+
+        Raises:
+            UplinkError: when the connection failed.
+        """
+        try:
+            await self._client.publish(
+                topic, payload, qos=qos, retain=retain, properties=_props(expiry_s)
+            )
+        except aiomqtt.MqttError as exc:
+            raise UplinkError(f"publish to {topic} failed: {exc}") from exc
+
+    async def subscribe(self, topics: Sequence[str], qos: int = 1) -> None:
+        """Subscribe to topic filters.
+
+        Raises:
+            UplinkError: when the connection failed.
+        """
+        try:
+            for t in topics:
+                await self._client.subscribe(t, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise UplinkError(f"subscribe failed: {exc}") from exc
+
+    async def messages(self) -> AsyncIterator[MqttMessage]:
+        """Incoming messages until the connection drops.
+
+        Raises:
+            UplinkError: when the connection is lost.
+        """
+        try:
+            async for m in self._client.messages:
+                data = bytes(m.payload or b"")
+                yield MqttMessage(m.topic.value, data, bool(m.retain), int(m.qos))
+        except aiomqtt.MqttError as exc:
+            raise UplinkError(f"connection lost: {exc}") from exc
