@@ -366,7 +366,9 @@ def _fading_table_db(rician_k_db: float | None) -> tuple[float, ...]:
     dens = []
     for y in ys:
         x = 10.0 ** (y / 10.0)
-        log_pdf = math.log(k + 1.0) - k - (k + 1.0) * x + _log_i0(2.0 * math.sqrt(k * (k + 1.0) * x))
+        log_pdf = (
+            math.log(k + 1.0) - k - (k + 1.0) * x + _log_i0(2.0 * math.sqrt(k * (k + 1.0) * x))
+        )
         dens.append(math.exp(log_pdf) * x * c)
     cdf = [0.0]
     for i in range(1, len(ys)):
@@ -430,7 +432,7 @@ class RadioStats:
         received: Reported to the scanner.
     """
 
-    __slots__ = ("offered", "out_of_window", "collided", "below_sensitivity", "received")
+    __slots__ = ("below_sensitivity", "collided", "offered", "out_of_window", "received")
 
     def __init__(self) -> None:
         """Start all counters at zero."""
@@ -442,7 +444,7 @@ class RadioStats:
 
 
 class _Scanner:
-    __slots__ = ("scanner_id", "phase_s", "offset_db", "p_collision")
+    __slots__ = ("offset_db", "p_collision", "phase_s", "scanner_id")
 
     def __init__(self, scanner_id: str, phase_s: float, offset_db: float) -> None:
         self.scanner_id = scanner_id
@@ -465,18 +467,18 @@ class LinkState:
     """
 
     __slots__ = (
-        "tx_id",
-        "scanner_id",
-        "offset_db",
-        "shadow_db",
-        "t_last",
-        "_scanner",
-        "_z",
         "_d_last",
         "_inside_last",
+        "_scanner",
+        "_z",
+        "_z_fresh",
         "_z_place",
         "_z_shell",
-        "_z_fresh",
+        "offset_db",
+        "scanner_id",
+        "shadow_db",
+        "t_last",
+        "tx_id",
     )
 
     def __init__(
@@ -484,6 +486,7 @@ class LinkState:
         tx_id: str,
         scanner: _Scanner,
         offset_db: float,
+        *,
         z_place: float,
         z_shell: float,
         z_fresh: float,
@@ -618,7 +621,12 @@ class RadioChannel:
             sc = self._scanner(scanner_id)
             z_place, z_shell, z_fresh, _ = _keyed_normals(self._salt, "link", tx_id, scanner_id)
             state = LinkState(
-                tx_id, sc, self.tx_offset_db(tx_id) + sc.offset_db, z_place, z_shell, z_fresh
+                tx_id,
+                sc,
+                self.tx_offset_db(tx_id) + sc.offset_db,
+                z_place=z_place,
+                z_shell=z_shell,
+                z_fresh=z_fresh,
             )
             self._links[key] = state
         return state
@@ -684,9 +692,7 @@ class RadioChannel:
             z = link._z_fresh if t_last is None else self._normal[int(rnd() * _TABLE_SIZE)]
         else:
             rho = math.exp(-abs(t - t_last) * inv_tau - abs(d - link._d_last) * inv_dcorr)
-            z = rho * link._z + math.sqrt(1.0 - rho * rho) * self._normal[
-                int(rnd() * _TABLE_SIZE)
-            ]
+            z = rho * link._z + math.sqrt(1.0 - rho * rho) * self._normal[int(rnd() * _TABLE_SIZE)]
         link._z = z
         link.t_last = t
         link._d_last = d
