@@ -91,8 +91,18 @@ class FareLeg:
             )
 
 
-def _sort_key(leg: FareLeg) -> tuple[float, float, str, str]:
-    return (leg.board_t, leg.alight_t, leg.route_id, leg.bus_id or "")
+def _sort_key(leg: FareLeg) -> tuple[float, float, str, str, str, float, str, str]:
+    """Order legs by boarding; the other fields only break ties, so order is total."""
+    return (
+        leg.board_t,
+        leg.alight_t,
+        leg.route_id,
+        leg.bus_id or "",
+        leg.network_id,
+        leg.distance_m,
+        leg.board_stop_id or "",
+        leg.alight_stop_id or "",
+    )
 
 
 def _continues(
@@ -374,18 +384,12 @@ class Charge:
     category: str = "adult"
 
     def __post_init__(self) -> None:
-        if isinstance(self.fare_krw, bool) or not isinstance(self.fare_krw, int):
-            raise FareInputError(
-                f"fare_krw must be an int, got {self.fare_krw!r}", field="fare_krw"
-            )
-        if self.fare_krw < 0:
-            raise FareInputError(f"fare_krw must be >= 0, got {self.fare_krw}", field="fare_krw")
-        if (
-            isinstance(self.t, bool)
-            or not isinstance(self.t, int | float)
-            or not math.isfinite(self.t)
-        ):
-            raise FareInputError(f"t must be a finite number, got {self.t!r}", field="t")
+        fare: object = self.fare_krw
+        if isinstance(fare, bool) or not isinstance(fare, int) or fare < 0:
+            raise FareInputError(f"fare_krw must be an int >= 0, got {fare!r}", field="fare_krw")
+        t: object = self.t
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise FareInputError(f"t must be a finite number, got {t!r}", field="t")
 
     @classmethod
     def from_quote(cls, quote: FareQuote, *, charge_id: str, rider_id: str) -> Charge:
