@@ -291,3 +291,19 @@ def test_default_scanner_hears_riders_in_the_bus() -> None:
 def test_invalid_params_rejected(change: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(DEFAULT_PARAMS, **change)  # type: ignore[arg-type]
+
+
+def test_link_is_reused_and_full_duty_always_listens() -> None:
+    ch = RadioChannel(DEFAULT_PARAMS, random.Random(1))
+    assert ch.link("t", "s") is ch.link("t", "s")
+    assert all(ch.in_scan_window("s", k * 0.0037) for k in range(1000))
+    assert ch.collision_probability("s") == 0.0
+
+
+def test_rssi_clamped_to_hci_range() -> None:
+    ch = RadioChannel(DEFAULT_PARAMS, random.Random(1))
+    ch.set_tx_offset("hot", 100.0)
+    assert ch.sample(ch.link("hot", "s"), 0.1, True, Placement.FREE, 0.0) == 20
+    floorless = RadioChannel(NO_FLOOR, random.Random(1))
+    floorless.set_tx_offset("cold", -200.0)
+    assert floorless.sample(floorless.link("cold", "s"), 5.0, True, Placement.FREE, 0.0) == -127
