@@ -141,9 +141,9 @@ def group_journeys(legs: Iterable[FareLeg], rules: FareRules) -> list[list[FareL
     """
     journeys: list[list[FareLeg]] = []
     current: list[FareLeg] = []
-    ruleset: RuleSet | None = None
+    ruleset: RuleSet | None = None  # in force at the current journey's first boarding
     for leg in sorted(legs, key=_sort_key):
-        if current and ruleset is not None and _continues(current, leg, ruleset, rules):
+        if ruleset is not None and _continues(current, leg, ruleset, rules):
             current.append(leg)
             continue
         if current:

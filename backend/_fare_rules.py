@@ -709,9 +709,4 @@ class _Parser:
         return MonthlyRefund(enabled=enabled, threshold_krw=threshold)
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-_MISSING: Any = _Missing()
+_MISSING: Any = object()

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import textwrap
+import tomllib
 from pathlib import Path
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
@@ -269,6 +270,12 @@ def test_explain_lines() -> None:
     assert "total distance: 31.000 km (31,000 m)" in lines
     assert any("1 started unit(s) of 5 km x 100 KRW" in line for line in lines)
     assert lines[-1] == "total: 3,200 + 100 = 3,300 KRW"
+
+
+def test_engine_helpers() -> None:
+    assert ENGINE.rules is RULES
+    assert group_journeys([], RULES) == []
+    assert ENGINE.price_all([]) == []
 
 
 def test_price_sorts_legs_and_rejects_empty() -> None:
@@ -546,6 +553,36 @@ def test_minimal_rules_file_and_datetime_effective_from(tmp_path: Path) -> None:
             "ruleset[0].categories",
             "non-empty array of unique strings",
         ),
+        ("unit_km = 5", "unit_km = inf", "ruleset[0].distance.unit_km", "number > 0 (km)"),
+        ("unit_km = 5", "unit_km = 0.0001", "ruleset[0].distance.unit_km", "number > 0 (km)"),
+        ("unit_km = 5", 'unit_km = "5"', "ruleset[0].distance.unit_km", "number > 0 (km)"),
+        (
+            "window_min = 30",
+            "window_min = -1",
+            "ruleset[0].transfer.window_min",
+            "number >= 0 (minutes)",
+        ),
+        (
+            'night_end = "07:00"',
+            "night_end = 7",
+            "ruleset[0].transfer.night_end",
+            'local time "HH:MM"',
+        ),
+        (
+            'night_end = "07:00"',
+            'night_end = "07:00+09:00"',
+            "ruleset[0].transfer.night_end",
+            'local time "HH:MM"',
+        ),
+        ("networks.city = {", "networks.other = {", "default_network", "a network every"),
+        (
+            "networks.city = { base_distance_km = 10, fare_krw = { adult = 1000 } }",
+            "networks = {}",
+            "ruleset[0].networks",
+            "non-empty table of networks",
+        ),
+        ("distance = {", "distance_ = {", "ruleset[0].distance_", "no such key"),
+        ('id = "only"', 'id = ""', "ruleset[0].id", "non-empty string"),
         (
             "base_distance_km = 10",
             "base_distance_km = 10, fare = 1",
@@ -564,6 +601,30 @@ def test_validation_errors_name_key_and_expected(
     assert info.value.expected.startswith(expected)
     assert key in str(info.value)
     assert str(tmp_path) in str(info.value)
+
+
+def test_toml_time_and_offset_datetime_values(tmp_path: Path) -> None:
+    text = (
+        MINIMAL.replace('night_start = "21:00"', "night_start = 22:30:00")
+        .replace('night_end = "07:00"', "night_end = 23:30:00")
+        .replace("effective_from = 2020-01-01T05:00:00", "effective_from = 2020-01-01T05:00:00Z")
+    )
+    rules = load_rules(write(tmp_path, text))
+    ruleset = rules.rulesets[0]
+    assert ruleset.effective_from == dt.datetime(2020, 1, 1, 14, 0)  # 05:00 UTC in Seoul
+    assert ruleset.transfer.is_night(dt.time(23, 0))
+    assert not ruleset.transfer.is_night(dt.time(23, 30))
+    assert not ruleset.transfer.is_night(dt.time(1, 0))
+    data = tomllib.loads(text)
+    data["ruleset"][0]["transfer"]["night_end"] = dt.time(23, 30, tzinfo=SEOUL)
+    with pytest.raises(FareRulesValidationError, match="night_end"):
+        parse_rules(data)
+
+
+def test_missing_ruleset_array(tmp_path: Path) -> None:
+    head = MINIMAL[: MINIMAL.index("[[ruleset]]")]
+    with pytest.raises(FareRulesValidationError, match=r"ruleset: expected non-empty array"):
+        load_rules(write(tmp_path, head))
 
 
 def test_missing_keys_and_duplicates(tmp_path: Path) -> None:
@@ -587,6 +648,8 @@ def test_adjustment_tables_validated(tmp_path: Path) -> None:
         load_rules(write(tmp_path, text))
     ok = load_rules(write(tmp_path, text + "amount_krw = { adult = 3000 }\n"))
     assert ok.daily_cap == DailyCap(True, dt.time(4, 0), MappingProxyType({"adult": 3000}))
+    off = load_rules(write(tmp_path, MINIMAL + "\n[monthly_refund]\nenabled = false\n"))
+    assert off.monthly_refund == MonthlyRefund()
     with pytest.raises(FareRulesValidationError, match=r"monthly_refund\.enabled: expected bool"):
         load_rules(write(tmp_path, MINIMAL + '\n[monthly_refund]\nenabled = "yes"\n'))
 
