@@ -51,4 +51,4 @@ def configure_logging(
 
 def get_logger(name: str, **bind: Any) -> Any:
     """A structlog logger bound to ``logger=name`` (and ``bind``)."""
-    return structlog.get_logger(logger=name, **bind)
+    return structlog.get_logger().bind(logger=name, **bind)

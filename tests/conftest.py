@@ -1,0 +1,128 @@
+"""Shared fixtures: real Mosquitto brokers, PostgreSQL databases, unique topic prefixes.
+
+Tests that stop or break a broker start their own (``private_broker``); others use the
+machine's broker on 127.0.0.1:1883 under a unique topic prefix (``shared_broker``,
+``topic_prefix``). PostgreSQL tests get a fresh database each (``pg_url``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+PG_HOST = os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("BUSBELL_TEST_PG_PORT", "5432"))
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections there."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+@dataclass
+class BrokerProcess:
+    """A private mosquitto instance the test may stop, kill and restart."""
+
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+
+    def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {self.workdir}/\n"
+            "max_queued_messages 1000000\nmax_inflight_messages 100\n"
+        )
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "mosquitto.log").open("ab"),
+        )
+        deadline = time.monotonic() + 10
+        while not port_open(self.host, self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not start: {self.workdir}/mosquitto.log")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A mosquitto of the test's own on a free port (may be stopped/killed by the test)."""
+    if not os.path.exists(MOSQUITTO):
+        pytest.fail("mosquitto is not installed (run .ci/run, or apt-get install mosquitto)")
+    broker = BrokerProcess(free_port(), tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
+@dataclass(frozen=True)
+class SharedBroker:
+    """The machine's broker (never stopped by tests)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+
+
+@pytest.fixture
+def shared_broker() -> SharedBroker:
+    """The machine's mosquitto on 127.0.0.1:1883."""
+    if not port_open("127.0.0.1", 1883):
+        pytest.fail("no MQTT broker on 127.0.0.1:1883 (start mosquitto)")
+    return SharedBroker()
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic prefix no other test uses."""
+    return f"test-{uuid.uuid4().hex[:12]}/busbell/v1"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (SQLAlchemy asyncpg URL), dropped afterwards."""
+    if not port_open(PG_HOST, PG_PORT):
+        pytest.fail(f"no PostgreSQL on {PG_HOST}:{PG_PORT}")
+    name = f"busbell_test_{uuid.uuid4().hex[:10]}"
+    psql = ["psql", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres", "-d", "postgres", "-qc"]
+    subprocess.run([*psql, f'CREATE DATABASE "{name}"'], check=True)
+    try:
+        yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        subprocess.run([*psql, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False)
