@@ -1,0 +1,5 @@
+"""busbell firmware_sim."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
