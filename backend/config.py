@@ -1,0 +1,162 @@
+"""Configuration of the central backend (``busbell backend ...``).
+
+:class:`BackendConfig` is the root: TOML sections ``[database]``, ``[mqtt]``,
+``[ingest]``, ``[keys]``, ``[files]`` and ``[api]``, each overridable from the
+environment as ``BUSBELL_<SECTION>__<KEY>`` (e.g. ``BUSBELL_DATABASE__URL``).
+``busbell config backend`` lists every option with its documentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from busbell import SHARED_GROUP, option
+from busbell._mqtt import MqttSettings
+
+__all__ = [
+    "CONFIG_CLASS",
+    "ApiSettings",
+    "BackendConfig",
+    "DatabaseSettings",
+    "FilesSettings",
+    "IngestSettings",
+    "KeysSettings",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """The ledger database (``[database]``): SQLite by default, PostgreSQL in production."""
+
+    url: str = option(
+        "sqlite+aiosqlite:///busbell-backend.db",
+        doc=(
+            "SQLAlchemy async URL: sqlite+aiosqlite:///PATH (embedded, single writer) or "
+            "postgresql+asyncpg://USER@HOST:PORT/DB (production, several workers)."
+        ),
+    )
+    pool_size: int = option(5, doc="Connections kept open per process (PostgreSQL only).")
+    max_overflow: int = option(
+        5, doc="Extra connections allowed above pool_size under load (PostgreSQL only)."
+    )
+    migrate_on_start: bool = option(
+        True, doc="Run the Alembic migrations to head when a backend command starts."
+    )
+    sqlite_busy_timeout_ms: int = option(
+        30000, doc="How long an SQLite writer waits for the write lock before failing."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """Verified fare ingest (``[ingest]``)."""
+
+    worker_id: str = option(
+        "",
+        doc=(
+            "This worker's name, used in its MQTT client id and stored with each event; "
+            "empty means host name and process id."
+        ),
+    )
+    shared_subscription: bool = option(
+        False,
+        doc=(
+            "Subscribe with $share/<group>/... so several workers split the buses' fare "
+            "batches (needs PostgreSQL, or one SQLite file on one host)."
+        ),
+    )
+    group: str = option(SHARED_GROUP, doc="Shared-subscription group name.")
+    batch_commit_size: int = option(
+        1000, doc="Most events verified and committed in one database transaction."
+    )
+    batch_wait_s: float = option(
+        0.02, doc="How long to wait for more messages before committing a partial batch."
+    )
+    max_held_per_bus: int = option(
+        2000,
+        doc=(
+            "Out-of-order (future) events held in memory per bus while the gap is "
+            "re-requested; beyond it the highest are dropped (the edge re-sends them)."
+        ),
+    )
+    resend_after_s: float = option(
+        1.0,
+        doc=(
+            "How long a gap must persist (after re-reading the chain from the database) "
+            "before asking the bus to re-send it on fares/resend; also the minimum time "
+            "between two requests for one bus."
+        ),
+    )
+    device_refresh_s: float = option(
+        30.0, doc="How often the device registry (keys, revocations) is re-read."
+    )
+    max_payload_bytes: int = option(
+        4 * 1024 * 1024, doc="Larger MQTT payloads are rejected as malformed."
+    )
+    metrics_port: int = option(
+        0, doc="Serve Prometheus metrics on this port (0: do not serve; the API may)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KeysSettings:
+    """Fleet day keys and their distribution (``[keys]``)."""
+
+    fleet_keys_file: Path | None = option(
+        None,
+        doc=(
+            "FLEET.csv (day,fleet_key) imported at start when set; keys already in the "
+            "database are kept."
+        ),
+    )
+    days_ahead: int = option(
+        7, doc="Fleet day keys generated and delivered to each bus ahead of today."
+    )
+    rider_days_ahead: int = option(
+        7, doc="Longest time ahead, in days, that a rider's app or fob is given bk values."
+    )
+    publish_interval_s: float = option(
+        3600.0,
+        doc=(
+            "How often keys are rotated (new days generated) and each bus's retained key "
+            "bundle and the deny list are re-published."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FilesSettings:
+    """Registry and reference files (``[files]``)."""
+
+    devices: Path | None = option(
+        None,
+        doc="DEVICES.csv (bus_id,public_key) imported into the device registry at start.",
+    )
+    riders: Path | None = option(
+        None, doc="RIDERS.csv (rider_id,token_key) imported into the rider registry at start."
+    )
+    gtfs: Path | None = option(None, doc="GTFS static directory (stops, routes, trips).")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The rider/ops HTTP API (``[api]``)."""
+
+    host: str = option("127.0.0.1", doc="Address the HTTP API listens on.")
+    port: int = option(8080, doc="TCP port of the HTTP API.")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """Root configuration of the backend."""
+
+    database: DatabaseSettings = option(factory=DatabaseSettings, doc="Ledger database.")
+    mqtt: MqttSettings = option(factory=MqttSettings, doc="Central MQTT broker.")
+    ingest: IngestSettings = option(factory=IngestSettings, doc="Fare ingest.")
+    keys: KeysSettings = option(factory=KeysSettings, doc="Fleet keys and distribution.")
+    files: FilesSettings = option(factory=FilesSettings, doc="Registry and GTFS files.")
+    api: ApiSettings = option(factory=ApiSettings, doc="HTTP API.")
+
+
+CONFIG_CLASS = BackendConfig
