@@ -1,0 +1,179 @@
+"""The MQTT adapter and ``busbell tail`` against a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from busbell import Topics, UplinkError
+from busbell._mqtt import MqttMessage, MqttSession, MqttSettings, backoff_delays
+from busbell._tail import format_message
+
+pytestmark = pytest.mark.mosquitto
+
+
+async def next_message(s: MqttSession, timeout: float = 5.0) -> MqttMessage:
+    async def first() -> MqttMessage:
+        async for m in s.messages():
+            return m
+        raise AssertionError("no message")
+
+    return await asyncio.wait_for(first(), timeout)
+
+
+async def test_publish_subscribe_retain_and_expiry(shared_broker: Any, topic_prefix: str) -> None:
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
+    t = Topics(topic_prefix)
+    async with MqttSession(settings, f"{topic_prefix}-pub", clean_start=True) as pub:
+        await pub.publish(t.status("b1"), b'{"state":"online"}', qos=1, retain=True)
+        await pub.publish(t.wait("11", "S1", "q1"), b'{"x":1}', qos=1, retain=True, expiry_s=1)
+    await asyncio.sleep(1.5)
+    async with MqttSession(settings, f"{topic_prefix}-sub", clean_start=True) as sub:
+        await sub.subscribe([t.everything()])
+        m = await next_message(sub)
+        assert m.topic == t.status("b1")
+        assert m.retain
+        assert json.loads(m.payload) == {"state": "online"}
+        # the expired retained wait request is not delivered
+        with pytest.raises(TimeoutError):
+            await next_message(sub, timeout=0.5)
+        await sub.publish(t.status("b1"), b"", qos=1, retain=True)
+
+
+async def test_last_will_is_published_when_the_client_dies(
+    shared_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    t = Topics(topic_prefix)
+    script = tmp_path / "client.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, sys
+            from busbell._mqtt import MqttSession, MqttSettings
+            async def main():
+                s = MqttSettings(
+                    host="{shared_broker.host}", port={shared_broker.port}, keepalive_s=1
+                )
+                will = ("{t.status("b9")}", b'{{"state":"offline"}}', True)
+                async with MqttSession(s, "{topic_prefix}-dying", will=will, clean_start=True) as c:
+                    await c.publish("{t.status("b9")}", b'{{"state":"online"}}', qos=1, retain=True)
+                    print("ready", flush=True)
+                    await asyncio.sleep(60)
+            asyncio.run(main())
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+    async with MqttSession(settings, f"{topic_prefix}-watch", clean_start=True) as sub:
+        await sub.subscribe([t.status("b9")])
+        for _ in range(10):
+            m = await next_message(sub, timeout=5)
+            if json.loads(m.payload) == {"state": "offline"}:
+                break
+        else:
+            pytest.fail("no LWT")
+        await sub.publish(t.status("b9"), b"", qos=1, retain=True)
+
+
+async def test_connect_failure_is_uplink_error() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = MqttSettings(host="127.0.0.1", port=port)
+    with pytest.raises(UplinkError, match="cannot connect"):
+        async with MqttSession(settings, "nobody"):
+            pass
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    import random
+
+    d = backoff_delays(0.5, 8.0, rng=random.Random(1))
+    values = [next(d) for _ in range(10)]
+    assert 0.25 <= values[0] <= 0.5
+    assert all(4.0 <= v <= 8.0 for v in values[5:])
+    assert len(set(values)) == 10
+
+
+def test_tail_prints_filtered_human_lines(shared_broker: Any, topic_prefix: str) -> None:
+    t = Topics(topic_prefix)
+
+    async def publish() -> None:
+        settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+        async with MqttSession(settings, f"{topic_prefix}-p", clean_start=True) as p:
+            await p.publish(t.status("b1"), b'{"state":"online","backlog":3}', qos=1, retain=True)
+            await p.publish(t.occupancy("b2"), b'{"on_board":7}', qos=1, retain=True)
+
+    asyncio.run(publish())
+    base = [sys.executable, "-m", "busbell.cli", "tail", "--broker", "127.0.0.1:1883"]
+    r = subprocess.run(
+        [*base, "--prefix", topic_prefix, "--bus", "b1", "--count", "1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    assert "status" in r.stdout
+    assert "backlog=3" in r.stdout
+    assert "[retained]" in r.stdout
+    r = subprocess.run(
+        [*base, "--prefix", topic_prefix, "--kind", "occupancy", "--count", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+    line = json.loads(r.stdout)
+    assert line["kind"] == "occupancy"
+    assert line["bus"] == "b2"
+    assert line["body"] == {"on_board": 7}
+    bad = subprocess.run(
+        [*base, "--kind", "nonsense"], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert bad.returncode == 2
+
+    async def clear() -> None:
+        settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+        async with MqttSession(settings, f"{topic_prefix}-c", clean_start=True) as p:
+            await p.publish(t.status("b1"), b"", qos=1, retain=True)
+            await p.publish(t.occupancy("b2"), b"", qos=1, retain=True)
+
+    asyncio.run(clear())
+
+
+def test_format_message_summaries() -> None:
+    t = Topics()
+    fares = json.dumps({"bus_id": "b", "events": [{"seq": 4}, {"seq": 6}]}).encode()
+    line = format_message(t, MqttMessage(t.fares("b"), fares, False, 1))
+    assert line is not None
+    assert "2 event(s), seq 4..6" in line
+    assert "acked up to seq 9" in (
+        format_message(t, MqttMessage(t.fares_ack("b"), b'{"upto_seq":9}', False, 1)) or ""
+    )
+    assert "(cleared)" in (
+        format_message(t, MqttMessage(t.wait("r", "s", "q"), b"", True, 1)) or ""
+    )
+    assert "invalid_json" in (
+        format_message(t, MqttMessage(t.status("b"), b"\xff{", False, 0)) or ""
+    )
+    assert format_message(t, MqttMessage("other/topic", b"{}", False, 0)) is None
+    assert "doors OPEN" in (
+        format_message(t, MqttMessage(t.vehicle("b", "doors"), b'{"open":true}', False, 0)) or ""
+    )
