@@ -1,0 +1,351 @@
+"""The ledger database: SQLAlchemy 2 async Core tables, engine set-up and migrations.
+
+One code path for SQLite (aiosqlite, the embedded default) and PostgreSQL (asyncpg, the
+production target). Facts are immutable: ``fare_events`` rows are only ever inserted
+(idempotently, ``INSERT ... ON CONFLICT DO NOTHING``); rejected input goes to
+``quarantine``. ``charges``, ``journeys``, ``legs`` and ``adjustments`` are derived
+and can be recomputed from the facts. The schema is created and upgraded only by the
+Alembic migrations in ``backend/migrations`` (:func:`migrate`); :data:`metadata`
+mirrors it for queries, and a test checks both agree on SQLite and PostgreSQL.
+
+Times are UNIX seconds (double precision) as everywhere in the contract.
+
+SQLite transactions start with ``BEGIN IMMEDIATE`` (the write lock is taken up front,
+so a read-then-write transaction never fails half-way on a lock upgrade) and the file
+uses WAL. On PostgreSQL a bus's chain state is read ``FOR UPDATE`` by ingest, see
+:mod:`backend._ingest`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from busbell import StoreError
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "adjustments",
+    "chain_state",
+    "charges",
+    "create_engine",
+    "current_revision",
+    "denylist_versions",
+    "devices",
+    "fare_events",
+    "fleet_keys",
+    "insert_ignore",
+    "is_postgres",
+    "journeys",
+    "legs",
+    "metadata",
+    "migrate",
+    "quarantine",
+    "rid_lookup",
+    "riders",
+]
+
+MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
+
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = sa.MetaData(naming_convention=_NAMING)
+
+# Autoincrementing surrogate keys: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_Time: sa.Double[float] = sa.Double()
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("bus_id", sa.String(64), primary_key=True),
+    sa.Column("public_key", sa.String(64), nullable=False, doc="Ed25519, hex of 32 bytes"),
+    sa.Column(
+        "kex_public_key",
+        sa.String(64),
+        nullable=True,
+        doc="X25519 key for fleet-key delivery, hex; NULL: derived from public_key",
+    ),
+    sa.Column("registered_at", _Time, nullable=False),
+    sa.Column("revoked_at", _Time, nullable=True),
+)
+
+fare_events = sa.Table(
+    "fare_events",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("bus_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_hash", sa.String(64), nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("rid", sa.String(24), nullable=False),
+    sa.Column("interval", sa.BigInteger(), nullable=False),
+    sa.Column("route_id", sa.String(128), nullable=True),
+    sa.Column("trip_id", sa.String(128), nullable=True),
+    sa.Column("start_t", _Time, nullable=False),
+    sa.Column("start_stop_id", sa.String(128), nullable=True),
+    sa.Column("start_cause", sa.String(16), nullable=False),
+    sa.Column("end_t", _Time, nullable=False),
+    sa.Column("end_stop_id", sa.String(128), nullable=True),
+    sa.Column("end_cause", sa.String(16), nullable=False),
+    sa.Column("distance_m", sa.Double(), nullable=False),
+    sa.Column("proof_first", sa.String(48), nullable=False),
+    sa.Column("proof_last", sa.String(48), nullable=False),
+    sa.Column("evidence", sa.JSON(), nullable=False),
+    sa.Column("raw", sa.Text(), nullable=False, doc="canonical JSON of the event, sig included"),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("worker_id", sa.String(128), nullable=False),
+    sa.UniqueConstraint("bus_id", "seq"),
+    sa.UniqueConstraint("event_id"),
+    sa.Index(None, "interval", "rid"),
+)
+
+chain_state = sa.Table(
+    "chain_state",
+    metadata,
+    sa.Column("bus_id", sa.String(64), primary_key=True),
+    sa.Column("next_seq", sa.BigInteger(), nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("acked_upto", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", _Time, nullable=False),
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("bus_id", sa.String(128), nullable=True),
+    sa.Column("seq", sa.BigInteger(), nullable=True),
+    sa.Column("event_id", sa.String(128), nullable=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text(), nullable=False),
+    sa.Column("raw", sa.Text(), nullable=False),
+    sa.Column("raw_hash", sa.String(64), nullable=False),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("worker_id", sa.String(128), nullable=False),
+    sa.UniqueConstraint("raw_hash", "reason"),
+    sa.Index(None, "bus_id", "seq"),
+)
+
+riders = sa.Table(
+    "riders",
+    metadata,
+    sa.Column("rider_id", sa.String(64), primary_key=True),
+    sa.Column("token_key", sa.String(32), nullable=False, doc="16-byte token key, hex"),
+    sa.Column("status", sa.String(16), nullable=False, doc="active or revoked"),
+    sa.Column("enrolled_at", _Time, nullable=False),
+    sa.Column("revoked_at", _Time, nullable=True),
+)
+
+rid_lookup = sa.Table(
+    "rid_lookup",
+    metadata,
+    sa.Column("interval", sa.BigInteger(), primary_key=True),
+    sa.Column("rid", sa.String(24), primary_key=True),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Index(None, "rider_id"),
+)
+
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Column("first_board_t", _Time, nullable=False),
+    sa.Column("last_alight_t", _Time, nullable=False),
+    sa.Column("fare_krw", sa.Integer(), nullable=False),
+    sa.Column("category", sa.String(32), nullable=False),
+    sa.Column("ruleset_id", sa.String(64), nullable=False),
+    sa.Column("explain", sa.JSON(), nullable=False),
+    sa.Column("computed_at", _Time, nullable=False),
+    sa.Index(None, "rider_id", "first_board_t"),
+)
+
+legs = sa.Table(
+    "legs",
+    metadata,
+    sa.Column("journey_id", sa.String(64), primary_key=True),
+    sa.Column("leg_no", sa.Integer(), primary_key=True),
+    sa.Column("bus_id", sa.String(64), nullable=True),
+    sa.Column("route_id", sa.String(128), nullable=False),
+    sa.Column("trip_id", sa.String(128), nullable=True),
+    sa.Column("network_id", sa.String(64), nullable=False),
+    sa.Column("board_stop_id", sa.String(128), nullable=True),
+    sa.Column("board_t", _Time, nullable=False),
+    sa.Column("alight_stop_id", sa.String(128), nullable=True),
+    sa.Column("alight_t", _Time, nullable=False),
+    sa.Column("distance_m", sa.Double(), nullable=False),
+    sa.Column("event_ids", sa.JSON(), nullable=False, doc="fare_events.event_id of its segments"),
+)
+
+charges = sa.Table(
+    "charges",
+    metadata,
+    sa.Column("charge_id", sa.String(64), primary_key=True),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Column("journey_id", sa.String(64), nullable=False),
+    sa.Column("t", _Time, nullable=False, doc="first boarding of the journey"),
+    sa.Column("fare_krw", sa.Integer(), nullable=False),
+    sa.Column("category", sa.String(32), nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Index(None, "rider_id", "t"),
+)
+
+adjustments = sa.Table(
+    "adjustments",
+    metadata,
+    sa.Column("adjustment_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False, doc="daily_cap or monthly_refund"),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Column("category", sa.String(32), nullable=False),
+    sa.Column("period", sa.String(16), nullable=False, doc="YYYY-MM-DD or YYYY-MM"),
+    sa.Column("amount_krw", sa.Integer(), nullable=False),
+    sa.Column("paid_krw", sa.Integer(), nullable=False),
+    sa.Column("limit_krw", sa.Integer(), nullable=False),
+    sa.Column("charge_ids", sa.JSON(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.UniqueConstraint("kind", "rider_id", "category", "period"),
+)
+
+fleet_keys = sa.Table(
+    "fleet_keys",
+    metadata,
+    sa.Column("day", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("fleet_key", sa.String(64), nullable=False, doc="32 bytes, hex"),
+    sa.Column("created_at", _Time, nullable=False),
+)
+
+denylist_versions = sa.Table(
+    "denylist_versions",
+    metadata,
+    sa.Column("version", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("issued_at", _Time, nullable=False),
+    sa.Column("payload", sa.Text(), nullable=False, doc="the published JSON"),
+)
+
+
+def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
+    """Whether ``engine`` talks to PostgreSQL (else SQLite)."""
+    return engine.dialect.name == "postgresql"
+
+
+def insert_ignore(table: sa.Table, dialect_name: str) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for ``table`` on either dialect.
+
+    Args:
+        table: the table.
+        dialect_name: ``postgresql`` or ``sqlite`` (``conn.dialect.name``).
+    """
+    ins = postgresql.insert(table) if dialect_name == "postgresql" else sqlite.insert(table)
+    return ins.on_conflict_do_nothing()
+
+
+def _sqlite_setup(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    sqlite_busy_timeout_ms: int = 30000,
+) -> AsyncEngine:
+    """An async engine for ``url`` with busbell's SQLite/PostgreSQL settings.
+
+    Raises:
+        StoreError: when the URL is not an SQLite (aiosqlite) or PostgreSQL (asyncpg) URL.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"invalid database url: {exc}") from None
+    if parsed.drivername == "sqlite+aiosqlite":
+        engine = create_async_engine(parsed)
+        _sqlite_setup(engine, sqlite_busy_timeout_ms)
+        return engine
+    if parsed.drivername == "postgresql+asyncpg":
+        return create_async_engine(
+            parsed, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+        )
+    raise StoreError(
+        f"unsupported database url {parsed.drivername!r}: "
+        "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://..."
+    )
+
+
+def _alembic_config(connection: sa.Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: sa.Connection, revision: str) -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(connection), revision)
+
+
+def _current(connection: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def migrate(url: str | AsyncEngine, revision: str = "head") -> None:
+    """Create or upgrade the schema to ``revision`` (idempotent, safe from several workers).
+
+    On PostgreSQL an advisory lock serialises concurrent starts; on SQLite the
+    ``BEGIN IMMEDIATE`` write lock does.
+
+    Args:
+        url: a database URL or an engine from :func:`create_engine`.
+        revision: the Alembic revision (``head`` by default).
+
+    Raises:
+        StoreError: when the database cannot be reached or migrated.
+    """
+    engine = create_engine(url) if isinstance(url, str) else url
+    try:
+        async with engine.begin() as conn:
+            if is_postgres(conn):
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7424011)"))
+            await conn.run_sync(_upgrade, revision)
+    except (OSError, sa.exc.SQLAlchemyError) as exc:
+        raise StoreError(f"cannot migrate the database: {exc}") from exc
+    finally:
+        if isinstance(url, str):
+            await engine.dispose()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The database's Alembic revision (``None`` before the first migration)."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current)

@@ -1,0 +1,45 @@
+"""Backend errors: subclasses of the busbell hierarchy, carrying their data."""
+
+from __future__ import annotations
+
+from busbell import BusbellError, ContractError, StoreError
+
+__all__ = [
+    "MalformedMessage",
+    "StoreError",
+    "UnknownDevice",
+    "UnknownRider",
+]
+
+
+class MalformedMessage(ContractError):
+    """An MQTT payload on a fares topic is not a batch or an event at all.
+
+    Attributes:
+        reason: ``not_json``, ``not_an_object``, ``too_large``, ``bad_batch`` or
+            ``bus_mismatch``.
+    """
+
+
+class UnknownDevice(BusbellError):
+    """A bus id is not in the device registry.
+
+    Attributes:
+        bus_id: the bus.
+    """
+
+    def __init__(self, bus_id: str) -> None:
+        super().__init__(f"unknown device {bus_id!r}")
+        self.bus_id = bus_id
+
+
+class UnknownRider(BusbellError):
+    """A rider id is not in the rider registry.
+
+    Attributes:
+        rider_id: the rider.
+    """
+
+    def __init__(self, rider_id: str) -> None:
+        super().__init__(f"unknown rider {rider_id!r}")
+        self.rider_id = rider_id

@@ -1,0 +1,1 @@
+"""Alembic migrations of the backend ledger (run by ``backend._db.migrate``)."""
