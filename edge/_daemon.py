@@ -1,0 +1,556 @@
+"""The edge daemon: scanner -> pipeline -> fare store -> uploader, status and occupancy.
+
+:class:`EdgeDaemon` owns one :class:`asyncio.TaskGroup` of named tasks
+(``busbell[BUS].scanner``, ``.pipeline``, ``.vehicle``, ``.uplink``, ``.fares``,
+``.status``). Advertisements go through a bounded queue (when full the oldest is
+dropped and counted); vehicle signals arrive on ``buses/{bus}/vehicle/gnss|doors|trip``
+as trace-v1 bodies without ``kind``; closed segments are recorded in the
+:class:`~edge._store.FareStore` (never dropped: a failed write is retried) and uploaded
+by the :class:`~edge._uplink.FareUploader`. :func:`replay_records` runs the same
+pipeline -> store path over a recorded trace in virtual time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any, Protocol
+
+from busbell import (
+    AdvRecord,
+    BusbellError,
+    DeviceKey,
+    StoreError,
+    Topics,
+    TraceError,
+    TraceRecord,
+    __version__,
+    canonical_bytes,
+    day_of,
+    get_logger,
+    parse_record,
+)
+from edge._events import EventBuilder
+from edge._segment import SegmentDraft
+from edge._source import AdvertisementSource
+from edge._store import FareStore
+from edge._uplink import FareUploader, MqttLink
+from edge.config import EdgeConfig
+
+__all__ = ["DaemonStats", "EdgeDaemon", "Pipeline", "replay_records"]
+
+_log = get_logger("edge.daemon")
+_VEHICLE_KINDS = {"gnss": "gnss", "doors": "door", "trip": "trip"}
+
+
+class Pipeline(Protocol):
+    """What the daemon needs of :class:`edge._pipeline.EdgePipeline`."""
+
+    @property
+    def stats(self) -> Any:
+        """Advert counters (seen, accepted, rejected by reason, tokens in range)."""
+        ...
+
+    def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
+        """Feed one record; returns the segments it closed."""
+        ...
+
+    def finish(self, t: float) -> list[SegmentDraft]:
+        """Close every open segment at ``t``."""
+        ...
+
+    def on_board(self) -> int:
+        """Riders on board now."""
+        ...
+
+    def active_flags(self) -> dict[str, int]:
+        """Flags (stop request, assist, wait) active now, by name."""
+        ...
+
+
+def stats_dict(stats: Any) -> dict[str, Any]:
+    """The pipeline's stats as a plain dict (dataclass, mapping or object)."""
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        return dataclasses.asdict(stats)
+    if isinstance(stats, Mapping):
+        return dict(stats)
+    as_dict = getattr(stats, "as_dict", None)
+    if callable(as_dict):
+        out: dict[str, Any] = as_dict()
+        return out
+    return {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+
+
+def _rejected(stats: Mapping[str, Any]) -> dict[str, int]:
+    for key in ("rejected", "rejected_by_reason", "rejects"):
+        v = stats.get(key)
+        if isinstance(v, Mapping):
+            return {str(k): int(n) for k, n in v.items()}
+    return {}
+
+
+@dataclasses.dataclass(slots=True)
+class DaemonStats:
+    """Counters of the daemon itself."""
+
+    adverts_queued: int = 0
+    adverts_dropped: int = 0
+    vehicle_messages: int = 0
+    vehicle_malformed: int = 0
+    vehicle_dropped: int = 0
+    scanner_restarts: int = 0
+    segments_closed: int = 0
+    store_retries: int = 0
+    status_published: int = 0
+
+
+class EdgeDaemon:
+    """One bus's onboard daemon.
+
+    Args:
+        config: the edge configuration.
+        source: the advertisement source (BLE, stream or trace).
+        clock: the bus's time (GNSS-disciplined UNIX seconds).
+        pipeline: the sans-I/O pipeline; built from the config (GTFS, fleet keys) if
+            ``None``.
+        device_key: the signing key; loaded from ``config.device_key`` if ``None``.
+        fleet_keys: ``{day: key}``; read from ``config.fleet_keys`` if ``None``.
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        source: AdvertisementSource,
+        clock: Callable[[], float] = time.time,
+        *,
+        pipeline: Pipeline | None = None,
+        device_key: DeviceKey | None = None,
+        fleet_keys: Mapping[int, bytes] | None = None,
+    ) -> None:
+        from busbell import read_fleet_keys
+
+        self.config = config
+        self.bus_id = config.bus_id
+        self.source = source
+        self.clock = clock
+        self.topics = Topics(config.mqtt.prefix)
+        self.fleet_keys = dict(
+            fleet_keys if fleet_keys is not None else read_fleet_keys(config.fleet_keys)
+        )
+        self.pipeline: Pipeline = pipeline if pipeline is not None else self._make_pipeline()
+        self.builder = EventBuilder(
+            self.bus_id, device_key if device_key is not None else DeviceKey.load(config.device_key)
+        )
+        self.link = MqttLink(config.mqtt, self.bus_id, self.topics)
+        self.stats = DaemonStats()
+        self.store: FareStore | None = None
+        self.uploader: FareUploader | None = None
+        self._adverts: collections.deque[AdvRecord] = collections.deque()
+        self._vehicle: collections.deque[TraceRecord] = collections.deque()
+        self._pending: list[SegmentDraft] = []
+        self._wake = asyncio.Event()
+        self._status_now = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._last_on_board = -1
+        self._upload_lag_s = 0.0
+        self._fleet_warned_day: int | None = None
+        self._metrics_server: Any = None
+        for signal in _VEHICLE_KINDS:
+            self.link.route(self.topics.vehicle(self.bus_id, signal), self._vehicle_handler(signal))
+        self.link.on_connect(self._on_connected)
+
+    def _make_pipeline(self) -> Pipeline:
+        import importlib
+
+        from busbell import TokenVerifier, load_gtfs
+
+        params = self.config.classifier
+        verifier = TokenVerifier(self.fleet_keys, window_s=params.tq_window_s)
+        cls = importlib.import_module("edge._pipeline").EdgePipeline
+        pipeline: Pipeline = cls(self.bus_id, load_gtfs(self.config.gtfs), verifier, params)
+        return pipeline
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def on_advert(self, rec: AdvRecord) -> None:
+        """The advertisement sink: queue, dropping the oldest when full."""
+        q = self._adverts
+        if len(q) >= self.config.advert_queue_max:
+            q.popleft()
+            self.stats.adverts_dropped += 1
+        q.append(rec)
+        self.stats.adverts_queued += 1
+        self._wake.set()
+
+    def _vehicle_handler(self, signal: str) -> Callable[[bytes], Any]:
+        kind = _VEHICLE_KINDS[signal]
+
+        async def handle(payload: bytes) -> None:
+            self.stats.vehicle_messages += 1
+            try:
+                obj = json.loads(payload)
+                if not isinstance(obj, dict):
+                    raise TraceError("must be a JSON object", line=0)
+                rec = parse_record({**obj, "kind": kind}, 0)
+            except (ValueError, TraceError) as exc:
+                self.stats.vehicle_malformed += 1
+                _log.warning("vehicle_message_malformed", signal=signal, error=str(exc)[:200])
+                return
+            if len(self._vehicle) >= 10000:
+                self._vehicle.popleft()
+                self.stats.vehicle_dropped += 1
+            self._vehicle.append(rec)
+            self._wake.set()
+
+        return handle
+
+    # --- tasks ------------------------------------------------------------------------
+
+    async def _scanner_task(self) -> None:
+        from busbell._mqtt import backoff_delays
+
+        delays = backoff_delays(1.0, 30.0)
+        while True:
+            try:
+                await self.source.run(self.on_advert)
+                _log.info("scanner_ended", source=getattr(self.source, "name", "?"))
+                return
+            except BusbellError as exc:
+                self.stats.scanner_restarts += 1
+                _log.error("scanner_failed", error=str(exc))
+                await asyncio.sleep(next(delays))
+
+    async def _record(self, drafts: list[SegmentDraft]) -> None:
+        """Record closed segments; on a store failure keep them and retry (never drop)."""
+        for d in drafts:
+            self.stats.segments_closed += 1
+            _log.info(
+                "segment_closed",
+                rid=d.rid,
+                start_cause=d.start.cause,
+                end_cause=d.end.cause,
+                start_stop=d.start.stop_id,
+                end_stop=d.end.stop_id,
+            )
+        self._pending.extend(drafts)
+        if not self._pending:
+            return
+        assert self.store is not None
+        try:
+            await self.store.append_many(self._pending)
+        except StoreError as exc:
+            self.stats.store_retries += 1
+            _log.error("fare_store_failed", op="append", pending=len(self._pending), error=str(exc))
+            return
+        self._pending.clear()
+        if self.uploader is not None:
+            self.uploader.notify()
+
+    async def _pipeline_task(self) -> None:
+        feed = self.pipeline.feed
+        while True:
+            self._wake.clear()
+            drafts: list[SegmentDraft] = []
+            n = 0
+            while self._vehicle or self._adverts:
+                rec: TraceRecord = (
+                    self._vehicle.popleft() if self._vehicle else self._adverts.popleft()
+                )
+                drafts.extend(feed(rec))
+                n += 1
+                if n % 500 == 0:
+                    await asyncio.sleep(0)
+            if drafts or self._pending:
+                await self._record(drafts)
+            if self.pipeline.on_board() != self._last_on_board:
+                self._status_now.set()
+            if self._pending:
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            else:
+                await self._wake.wait()
+
+    async def _vehicle_task(self) -> None:
+        """Keep vehicle signal handling alive; reports when no GNSS arrives for long."""
+        last = self.stats.vehicle_messages
+        while True:
+            await asyncio.sleep(30.0)
+            if self.stats.vehicle_messages == last and self.link.is_connected:
+                _log.warning("vehicle_signals_silent", seconds=30)
+            last = self.stats.vehicle_messages
+
+    def fleet_keys_days_remaining(self) -> int:
+        """Days ahead of today (UTC) the fleet keys cover (-1 when even today is missing)."""
+        today = day_of(self.clock())
+        if today not in self.fleet_keys:
+            return -1
+        d = today
+        while d + 1 in self.fleet_keys:
+            d += 1
+        return d - today
+
+    def status(self) -> dict[str, Any]:
+        """The retained status message."""
+        ps = stats_dict(self.pipeline.stats)
+        days = self.fleet_keys_days_remaining()
+        warn = days < self.config.status.fleet_keys_warn_days
+        today = day_of(self.clock())
+        if warn and self._fleet_warned_day != today:
+            self._fleet_warned_day = today
+            _log.warning("fleet_keys_running_out", days_remaining=days)
+        uplink: dict[str, Any] = {
+            "connected": self.link.is_connected,
+            "connects": self.link.connects,
+            "disconnects": self.link.disconnects,
+            "last_error": self.link.last_error,
+        }
+        if self.uploader is not None:
+            uplink.update(self.uploader.health())
+        store = self.store
+        return {
+            "state": "online",
+            "bus_id": self.bus_id,
+            "t": round(self.clock(), 3),
+            "version": __version__,
+            "backlog": 0 if store is None else store.last_seq - store.acked_upto,
+            "upload_lag_s": round(self._upload_lag_s, 1),
+            "on_board": self.pipeline.on_board(),
+            "flags": self.pipeline.active_flags(),
+            "scanner": {
+                "source": getattr(self.source, "name", type(self.source).__name__),
+                "adverts_queued": self.stats.adverts_queued,
+                "adverts_dropped": self.stats.adverts_dropped,
+                "restarts": self.stats.scanner_restarts,
+                "pipeline": ps,
+            },
+            "rejected": _rejected(ps),
+            "tokens_in_range": int(ps.get("tokens_in_range", 0) or 0),
+            "vehicle": {
+                "messages": self.stats.vehicle_messages,
+                "malformed": self.stats.vehicle_malformed,
+            },
+            "uplink": uplink,
+            "fleet_keys": {"days_remaining": days, "warning": warn},
+        }
+
+    def occupancy(self) -> dict[str, Any]:
+        """The retained occupancy message."""
+        return {
+            "bus_id": self.bus_id,
+            "t": round(self.clock(), 3),
+            "on_board": self.pipeline.on_board(),
+        }
+
+    async def _publish_status(self) -> None:
+        if self.store is not None:
+            created = await self.store.oldest_unacked_created()
+            self._upload_lag_s = 0.0 if created is None else max(0.0, time.time() - created)
+        status = self.status()
+        occ = self.occupancy()
+        self._last_on_board = occ["on_board"]
+        if not self.link.is_connected:
+            return
+        try:
+            await self.link.publish(
+                self.topics.status(self.bus_id), canonical_bytes(status), qos=1, retain=True
+            )
+            await self.link.publish(
+                self.topics.occupancy(self.bus_id), canonical_bytes(occ), qos=1, retain=True
+            )
+            self.stats.status_published += 1
+        except BusbellError as exc:
+            _log.info("status_publish_failed", error=str(exc))
+
+    async def _on_connected(self) -> None:
+        self._status_now.set()
+
+    async def _status_task(self) -> None:
+        while True:
+            self._status_now.clear()
+            try:
+                await self._publish_status()
+            except StoreError as exc:
+                _log.error("fare_store_failed", op="status", error=str(exc))
+            try:
+                async with asyncio.timeout(self.config.status.interval_s):
+                    await self._status_now.wait()
+            except TimeoutError:
+                pass
+
+    # --- metrics ----------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        port = self.config.metrics.port
+        if port is None:
+            return
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.registry import Collector
+
+        daemon = self
+
+        class _Collector(Collector):
+            def collect(self) -> Iterable[Any]:
+                ps = stats_dict(daemon.pipeline.stats)
+                seen = CounterMetricFamily(
+                    "busbell_edge_adverts_seen", "Advertisements seen by the pipeline."
+                )
+                seen.add_metric([], float(ps.get("adverts_seen", ps.get("seen", 0)) or 0))
+                yield seen
+                rej = CounterMetricFamily(
+                    "busbell_edge_adverts_rejected",
+                    "Token advertisements rejected, by reason.",
+                    labels=["reason"],
+                )
+                for reason, n in _rejected(ps).items():
+                    rej.add_metric([reason], float(n))
+                yield rej
+                dropped = CounterMetricFamily(
+                    "busbell_edge_adverts_dropped", "Advertisements dropped by the full queue."
+                )
+                dropped.add_metric([], float(daemon.stats.adverts_dropped))
+                yield dropped
+                store = daemon.store
+                for name, doc, value in (
+                    (
+                        "busbell_edge_tokens_in_range",
+                        "Distinct rider tokens in range now.",
+                        float(ps.get("tokens_in_range", 0) or 0),
+                    ),
+                    (
+                        "busbell_edge_fare_backlog",
+                        "Recorded fare events not yet acknowledged.",
+                        float(0 if store is None else store.last_seq - store.acked_upto),
+                    ),
+                    (
+                        "busbell_edge_upload_lag_seconds",
+                        "Age of the oldest unacknowledged fare event.",
+                        daemon._upload_lag_s,
+                    ),
+                    (
+                        "busbell_edge_uplink_connected",
+                        "1 when the MQTT uplink is connected.",
+                        1.0 if daemon.link.is_connected else 0.0,
+                    ),
+                    (
+                        "busbell_edge_on_board",
+                        "Riders on board.",
+                        float(daemon.pipeline.on_board()),
+                    ),
+                ):
+                    g = GaugeMetricFamily(name, doc)
+                    g.add_metric([], value)
+                    yield g
+
+        registry = CollectorRegistry()
+        registry.register(_Collector())
+        self._metrics_server, _ = start_http_server(
+            port, addr=self.config.metrics.host, registry=registry
+        )
+        _log.info("metrics_serving", host=self.config.metrics.host, port=port)
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound metrics port (useful with port 0), or ``None`` when off."""
+        if self._metrics_server is None:
+            return None
+        return int(self._metrics_server.server_address[1])
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down gracefully (SIGTERM handler)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until :meth:`request_stop`; then close segments, flush and go offline.
+
+        Raises:
+            busbell.StoreError: when the fare store cannot be opened.
+        """
+        self.store = await FareStore.open(self.config.store, self.builder, clock=time.time)
+        self.uploader = FareUploader(
+            self.store, self.bus_id, self.topics, self.config.uplink, clock=time.time
+        )
+        self.uploader.attach(self.link)
+        self._start_metrics()
+        name = f"busbell[{self.bus_id}]"
+        _log.info("edge_started", bus_id=self.bus_id, source=getattr(self.source, "name", "?"))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                uplink = tg.create_task(self.link.run(), name=f"{name}.uplink")
+                fares = tg.create_task(self.uploader.run(self.link), name=f"{name}.fares")
+                status = tg.create_task(self._status_task(), name=f"{name}.status")
+                vehicle = tg.create_task(self._vehicle_task(), name=f"{name}.vehicle")
+                pipeline = tg.create_task(self._pipeline_task(), name=f"{name}.pipeline")
+                scanner = tg.create_task(self._scanner_task(), name=f"{name}.scanner")
+                await self._stop.wait()
+                _log.info("edge_stopping")
+                for t in (scanner, vehicle, pipeline):
+                    t.cancel()
+                await asyncio.wait([scanner, vehicle, pipeline])
+                await self._shutdown_flush()
+                for t in (status, fares, uplink):
+                    t.cancel()
+        finally:
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+            await self.store.close()
+            _log.info("edge_stopped", last_seq=self.store.last_seq)
+
+    async def _shutdown_flush(self) -> None:
+        drafts: list[SegmentDraft] = []
+        while self._vehicle or self._adverts:
+            rec = self._vehicle.popleft() if self._vehicle else self._adverts.popleft()
+            drafts.extend(self.pipeline.feed(rec))
+        drafts.extend(self.pipeline.finish(self.clock()))
+        await self._record(drafts)
+        assert self.store is not None
+        if self.link.is_connected:
+            deadline = time.monotonic() + 2.0
+            store = self.store
+            while store.acked_upto < store.last_seq and time.monotonic() < deadline:  # noqa: ASYNC110 - acks arrive over MQTT
+                await asyncio.sleep(0.05)
+            try:
+                status = {**self.status(), "state": "offline"}
+                await self.link.publish(
+                    self.topics.status(self.bus_id), canonical_bytes(status), qos=1, retain=True
+                )
+            except BusbellError as exc:
+                _log.info("status_publish_failed", error=str(exc))
+
+
+async def replay_records(
+    records: Iterable[TraceRecord],
+    pipeline: Pipeline,
+    store: FareStore,
+    out: IO[bytes],
+) -> int:
+    """Feed ``records`` through ``pipeline`` into ``store`` as fast as the CPU allows.
+
+    Writes every recorded event to ``out`` as one canonical-JSON line and returns how
+    many were written. The virtual clock is the records' ``t``.
+    """
+    n = 0
+    last_t = 0.0
+    for rec in records:
+        last_t = rec.t
+        drafts = pipeline.feed(rec)
+        if drafts:
+            for event in await store.append_many(drafts):
+                out.write(canonical_bytes(event) + b"\n")
+                n += 1
+    drafts = pipeline.finish(last_t)
+    if drafts:
+        for event in await store.append_many(drafts):
+            out.write(canonical_bytes(event) + b"\n")
+            n += 1
+    return n
