@@ -1,0 +1,443 @@
+"""BleakSource against bleak, unchanged, talking to a python-dbusmock BlueZ.
+
+Each test starts its own dbus-daemon (a private "system" bus from a config file in
+tmp), runs ``tests/edge/bluez_le_template.py`` in a dbusmock process on it, points
+``DBUS_SYSTEM_BUS_ADDRESS`` at it (bleak's dbus-fast ``MessageBus(bus_type=SYSTEM)``
+reads it when it connects) and drives the mock over D-Bus: add adapters, put
+advertisements on the air, inject faults. See docs/ble-host.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from structlog.testing import capture_logs
+
+from busbell import AdvRecord
+from edge._ble import BleakSource, ScannerParams
+
+pytestmark = [
+    pytest.mark.dbus,
+    pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed"),
+]
+
+TEMPLATE = Path(__file__).with_name("bluez_le_template.py")
+TOKEN = bytes(range(24))
+TOKEN_CID = 0xFFFF
+APPLE_CID = 0x004C
+
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="signal"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+  </policy>
+</busconfig>
+"""
+
+
+class BlueZMock:
+    """Remote control of the mocked bluetoothd (its org.bluez.Mock interface)."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+
+    async def call(self, member: str, signature: str = "", *body: Any) -> Any:
+        reply = await self.bus.call(
+            Message(
+                destination="org.bluez",
+                path="/",
+                interface="org.bluez.Mock",
+                member=member,
+                signature=signature,
+                body=list(body),
+            )
+        )
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            raise RuntimeError(f"{member}: {reply.error_name} {reply.body}")
+        return reply.body[0] if reply.body else None
+
+    async def add_adapter(self, name: str = "hci0", *, monitors: bool = True) -> None:
+        await self.call("AddLeAdapter", "sbb", name, monitors, True)
+
+    async def remove_adapter(self, name: str = "hci0") -> None:
+        await self.call("RemoveLeAdapter", "s", name)
+
+    async def advertise(
+        self, addr: str, rssi: int, mfr: dict[int, bytes], adapter: str = "hci0"
+    ) -> str:
+        body = {cid: Variant("ay", data) for cid, data in mfr.items()}
+        result: str = await self.call("Advertise", "ssna{qv}", adapter, addr, rssi, body)
+        return result
+
+    async def fail_next(self, method: str, error: str, count: int = 1) -> None:
+        await self.call("FailNext", "sssu", "hci0", method, error, count)
+
+    async def wedge(self, adapter: str = "hci0") -> None:
+        await self.call("Wedge", "s", adapter)
+
+    async def state(self, adapter: str = "hci0") -> dict[str, Any]:
+        text: str = await self.call("GetScanState", "s", adapter)
+        return dict(json.loads(text))
+
+
+@pytest.fixture
+async def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BlueZMock]:
+    sock = tmp_path / "system_bus_socket"
+    conf = tmp_path / "system.conf"
+    conf.write_text(BUS_CONFIG.format(sock=sock))
+    daemon = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    mock_proc: subprocess.Popen[bytes] | None = None
+    control: MessageBus | None = None
+    mock_log = (tmp_path / "dbusmock.log").open("wb")
+    try:
+        assert daemon.stdout is not None
+        address = daemon.stdout.readline().decode().strip()
+        assert address.startswith("unix:"), address
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address}
+        mock_proc = subprocess.Popen(
+            [sys.executable, "-m", "dbusmock", "--system", "--template", str(TEMPLATE)],
+            env=env,
+            stdout=mock_log,
+            stderr=subprocess.STDOUT,
+        )
+        control = await MessageBus(bus_type=BusType.SYSTEM).connect()
+        deadline = time.monotonic() + 10
+        while True:
+            reply = await control.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=["org.bluez"],
+                )
+            )
+            if reply is not None and reply.body == [True]:
+                break
+            if mock_proc.poll() is not None or time.monotonic() > deadline:
+                log = (tmp_path / "dbusmock.log").read_text()
+                raise RuntimeError(f"dbusmock did not start:\n{log}")
+            await asyncio.sleep(0.05)
+        yield BlueZMock(control)
+    finally:
+        await _drop_bleak_bus()
+        if control is not None:
+            control.disconnect()
+        for proc in (mock_proc, daemon):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        if daemon.stdout is not None:
+            daemon.stdout.close()
+        mock_log.close()
+
+
+async def _drop_bleak_bus() -> None:
+    """Disconnect bleak's per-loop BlueZ manager so no socket outlives the test."""
+    from bleak.backends.bluezdbus import manager as bluez_manager
+
+    loop = asyncio.get_running_loop()
+    mgr = bluez_manager._global_instances.pop(loop, None)
+    if mgr is not None and mgr._bus is not None:
+        mgr._bus.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(mgr._bus.wait_for_disconnect(), 2)
+        if mgr._bus_watcher_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(mgr._bus_watcher_task, 2)
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.02)
+
+
+async def eventually_async(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.02)
+
+
+def params(**kw: Any) -> ScannerParams:
+    base: dict[str, Any] = {
+        "adapter": "hci0",
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+        "dbus_timeout_s": 5.0,
+        "silence_restart_s": 0.0,
+    }
+    base.update(kw)
+    return ScannerParams(**base)
+
+
+class Running:
+    """A BleakSource running in a task, with the records it produced."""
+
+    def __init__(self, source: BleakSource) -> None:
+        self.source = source
+        self.records: list[AdvRecord] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Running:
+        self.task = asyncio.create_task(self.source.run(self.records.append))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def started(self, n: int = 1) -> None:
+        await eventually(lambda: self.source.stats.starts >= n, what=f"{n} scanner start(s)")
+
+
+def clock() -> float:
+    return 1_700_000_000.5
+
+
+async def test_active_mode_receives_adverts_with_rssi_and_mfr(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    src = BleakSource(params(mode="active"), clock)
+    async with Running(src) as run:
+        await run.started()
+        st = await bluez.state()
+        assert st["discovering"] is True
+        assert st["filters"] == [{"Transport": "le", "DuplicateData": False}]
+        assert await bluez.advertise("C0:00:00:00:00:01", -61, {TOKEN_CID: TOKEN}) == "added"
+        assert await bluez.advertise("C0:00:00:00:00:02", -70, {APPLE_CID: b"\x10\x05"}) == "added"
+        assert await bluez.advertise("C0:00:00:00:00:01", -58, {TOKEN_CID: TOKEN}) == "changed"
+        await eventually(lambda: len(run.records) >= 2, what="two token adverts")
+        await eventually(lambda: src.stats.ignored >= 1, what="foreign advert ignored")
+    assert run.records == [
+        AdvRecord(clock(), "C0:00:00:00:00:01", -61, {TOKEN_CID: TOKEN}),
+        AdvRecord(clock(), "C0:00:00:00:00:01", -58, {TOKEN_CID: TOKEN}),
+    ]
+    assert src.stats.mode == "active"
+    assert src.stats.adverts == 2
+    assert src.stats.errors == {}
+    assert (await bluez.state())["discovering"] is False  # stopped on cancel
+
+
+async def _monitor_active(bluez: BlueZMock) -> bool:
+    st = await bluez.state()
+    return any(m["active"] for m in st["monitors"])
+
+
+async def test_passive_mode_registers_or_pattern_monitor_and_receives(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=True)
+    src = BleakSource(params(mode="passive"), clock)
+    async with Running(src) as run:
+        await run.started()
+        await eventually_async(lambda: _monitor_active(bluez), what="monitor activated")
+        st = await bluez.state()
+        assert st["discovering"] is False  # passive: no discovery session at all
+        assert st["registered_apps"] == 1
+        [monitor] = st["monitors"]
+        # AD type 0xFF, company id little-endian at offset 0
+        assert monitor["patterns"] == [[0, 0xFF, "ffff"]]
+        assert await bluez.advertise("C0:00:00:00:00:01", -55, {TOKEN_CID: TOKEN}) == "added"
+        assert await bluez.advertise("C0:00:00:00:00:02", -50, {APPLE_CID: b"\x01"}) == "no_match"
+        assert await bluez.advertise("C0:00:00:00:00:01", -52, {TOKEN_CID: TOKEN}) == "changed"
+        await eventually(lambda: len(run.records) >= 2, what="two passive adverts")
+        st = await bluez.state()
+        assert st["monitors"][0]["found"] == ["/org/bluez/hci0/dev_C0_00_00_00_00_01"]
+        await eventually_async(
+            lambda: _device_found_acked(bluez), what="DeviceFound answered by bleak"
+        )
+    assert [(r.addr, r.rssi, r.mfr) for r in run.records] == [
+        ("C0:00:00:00:00:01", -55, {TOKEN_CID: TOKEN}),
+        ("C0:00:00:00:00:01", -52, {TOKEN_CID: TOKEN}),
+    ]
+    assert src.stats.mode == "passive"
+    assert src.stats.errors == {}
+    assert (await bluez.state())["registered_apps"] == 0  # UnregisterMonitor on cancel
+
+
+async def _device_found_acked(bluez: BlueZMock) -> bool:
+    return bool((await bluez.state())["device_found_ok"] >= 1)
+
+
+async def test_passive_pattern_uses_configured_company_id(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=True)
+    src = BleakSource(params(mode="passive", company_id=0x1234), clock)
+    async with Running(src) as run:
+        await run.started()
+        await eventually_async(lambda: _monitor_active(bluez), what="monitor activated")
+        assert (await bluez.state())["monitors"][0]["patterns"] == [[0, 0xFF, "3412"]]
+        assert await bluez.advertise("C0:00:00:00:00:03", -60, {TOKEN_CID: TOKEN}) == "no_match"
+        assert await bluez.advertise("C0:00:00:00:00:04", -60, {0x1234: TOKEN}) == "added"
+        await eventually(lambda: len(run.records) == 1)
+    assert run.records[0].mfr == {0x1234: TOKEN}
+
+
+async def test_auto_falls_back_to_active_without_monitor_support(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    src = BleakSource(params(mode="auto", silence_restart_s=0.3), clock)
+    with capture_logs() as logs:
+        async with Running(src) as run:
+            await run.started()
+            assert src.stats.mode == "active"
+            assert (await bluez.state())["discovering"] is True
+            assert await bluez.advertise("C0:00:00:00:00:05", -66, {TOKEN_CID: TOKEN}) == "added"
+            await eventually(lambda: len(run.records) == 1)
+            # a restart (here by the watchdog) stays active, no second fallback
+            await run.started(2)
+            assert src.stats.mode == "active"
+    events = [e["event"] for e in logs]
+    assert events.count("scanner_mode_fallback") == 1
+    assert src.stats.errors == {"monitor_unsupported": 1}
+    assert src.mode == "active"
+
+
+async def test_auto_uses_passive_when_monitors_exist(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=True)
+    src = BleakSource(params(mode="auto"), clock)
+    async with Running(src) as run:
+        await run.started()
+        await eventually_async(lambda: _monitor_active(bluez), what="monitor activated")
+    assert src.stats.mode == "passive"
+
+
+async def test_passive_mode_without_monitor_support_keeps_retrying(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    src = BleakSource(params(mode="passive"), clock)
+    async with Running(src):
+        await eventually(lambda: src.stats.errors.get("monitor_unsupported", 0) >= 2)
+    assert src.stats.starts == 0
+    assert src.mode == "passive"
+
+
+async def test_in_progress_is_retried_and_recovers(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    await bluez.fail_next("StartDiscovery", "org.bluez.Error.InProgress", 1)
+    src = BleakSource(params(mode="active"), clock)
+    with capture_logs() as logs:
+        async with Running(src) as run:
+            await run.started()
+            assert await bluez.advertise("C0:00:00:00:00:06", -70, {TOKEN_CID: TOKEN}) == "added"
+            await eventually(lambda: len(run.records) == 1)
+    assert src.stats.errors == {"in_progress": 1}
+    assert src.stats.restarts == 1
+    failed = [e for e in logs if e["event"] == "scanner_failed"]
+    assert [e["reason"] for e in failed] == ["in_progress"]
+
+
+async def test_not_ready_while_powered_off_then_recovers(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    await bluez.call("SetPowered", "sb", "hci0", False)
+    src = BleakSource(params(mode="active"), clock)
+    async with Running(src) as run:
+        await eventually(lambda: src.stats.errors.get("not_ready", 0) >= 1, what="not_ready")
+        await bluez.call("SetPowered", "sb", "hci0", True)
+        await run.started()
+        assert await bluez.advertise("C0:00:00:00:00:07", -70, {TOKEN_CID: TOKEN}) == "added"
+        await eventually(lambda: len(run.records) == 1)
+        # powering off while scanning is noticed at once (no silence needed)
+        await bluez.call("SetPowered", "sb", "hci0", False)
+        await eventually(lambda: src.stats.errors.get("adapter_powered_off", 0) == 1)
+        await bluez.call("SetPowered", "sb", "hci0", True)
+        await run.started(2)
+
+
+async def test_adapter_removed_then_readded_recovers(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=True)
+    src = BleakSource(params(mode="passive"), clock)
+    with capture_logs() as logs:
+        async with Running(src) as run:
+            await run.started()
+            await eventually_async(lambda: _monitor_active(bluez), what="monitor activated")
+            assert await bluez.advertise("C0:00:00:00:00:08", -64, {TOKEN_CID: TOKEN}) == "added"
+            await eventually(lambda: len(run.records) == 1)
+            await bluez.remove_adapter()
+            await eventually(
+                lambda: src.stats.errors.get("adapter_missing", 0) >= 2, what="start failures"
+            )
+            assert src.stats.errors["adapter_removed"] == 1
+            await bluez.add_adapter(monitors=True)
+            await run.started(2)
+            await eventually_async(lambda: _monitor_active(bluez), what="monitor re-activated")
+            assert await bluez.advertise("C0:00:00:00:00:08", -63, {TOKEN_CID: TOKEN}) == "added"
+            await eventually(lambda: len(run.records) == 2)
+    events = [e["event"] for e in logs]
+    assert "scanner_adapter_lost" in events
+    assert events.count("scanner_started") == 2
+
+
+async def test_silence_watchdog_restarts_a_wedged_scanner(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    src = BleakSource(params(mode="active", silence_restart_s=0.5), clock)
+    with capture_logs() as logs:
+        async with Running(src) as run:
+            await run.started()
+            assert await bluez.advertise("C0:00:00:00:00:09", -60, {TOKEN_CID: TOKEN}) == "added"
+            await eventually(lambda: len(run.records) == 1)
+            await bluez.wedge()
+            assert await bluez.advertise("C0:00:00:00:00:09", -61, {TOKEN_CID: TOKEN}) == "wedged"
+            await run.started(2)  # the watchdog stopped and restarted discovery
+            assert src.stats.silent_restarts >= 1
+            assert await bluez.advertise("C0:00:00:00:00:09", -62, {TOKEN_CID: TOKEN}) == "changed"
+            await eventually(lambda: len(run.records) == 2)
+    assert [r.rssi for r in run.records] == [-60, -62]
+    assert "scanner_silent_restart" in [e["event"] for e in logs]
+    assert src.stats.errors == {}
+
+
+async def test_sink_errors_are_counted_not_fatal(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    src = BleakSource(params(mode="active"), clock)
+    got: list[AdvRecord] = []
+
+    def sink(rec: AdvRecord) -> None:
+        got.append(rec)
+        raise ValueError("boom")
+
+    task = asyncio.create_task(src.run(sink))
+    try:
+        await eventually(lambda: src.stats.starts == 1)
+        await bluez.advertise("C0:00:00:00:00:0A", -60, {TOKEN_CID: TOKEN})
+        await bluez.advertise("C0:00:00:00:00:0A", -59, {TOKEN_CID: TOKEN})
+        await eventually(lambda: len(got) == 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert src.stats.errors == {"sink_error": 2}
