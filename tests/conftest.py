@@ -54,12 +54,12 @@ class BrokerProcess:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {self.workdir}/\n"
             "max_queued_messages 1000000\nmax_inflight_messages 100\n"
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "mosquitto.log").open("ab"),
-        )
+        with (self.workdir / "mosquitto.log").open("ab") as err:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err
+            )
         deadline = time.monotonic() + 10
         while not port_open(self.host, self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
