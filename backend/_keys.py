@@ -74,7 +74,12 @@ __all__ = [
     "seal_key_bundle",
 ]
 
-log = get_logger("backend.keys")
+
+def _log() -> Any:
+    # Looked up per use: busbell.get_logger binds at call time, so a module-level
+    # logger would miss configure_logging() and structlog.testing.capture_logs().
+    return get_logger("backend.keys")
+
 
 DAY_S = 86400
 BUNDLE_ALG = "X25519-HKDF-SHA256-AES256GCM"
@@ -108,7 +113,7 @@ async def load_devices(conn: AsyncConnection) -> dict[str, DeviceInfo]:
         try:
             out[bus_id] = DeviceInfo(PublicKey(bytes.fromhex(public_key)), revoked_at is not None)
         except (ValueError, KeyFileError):
-            log.error("device_key_invalid", bus_id=bus_id)
+            _log().error("device_key_invalid", bus_id=bus_id)
     return out
 
 
@@ -159,7 +164,7 @@ async def register_device(
                 revoked_at=None,
             )
         )
-        log.info("device_registered", bus_id=bus_id)
+        _log().info("device_registered", bus_id=bus_id)
         return True
     if row.public_key == public_key.hex and row.kex_public_key == kex:
         return False
@@ -168,7 +173,7 @@ async def register_device(
         .where(devices.c.bus_id == bus_id)
         .values(public_key=public_key.hex, kex_public_key=kex)
     )
-    log.warning("device_key_changed", bus_id=bus_id)
+    _log().warning("device_key_changed", bus_id=bus_id)
     return True
 
 
@@ -186,7 +191,7 @@ async def import_devices(engine: AsyncEngine, path: str | os.PathLike[str]) -> i
     async with engine.begin() as conn:
         for bus_id, key in sorted(table.items()):
             changed += await register_device(conn, bus_id, key)
-    log.info("devices_imported", path=str(path), devices=len(table), changed=changed)
+    _log().info("devices_imported", path=str(path), devices=len(table), changed=changed)
     return changed
 
 
@@ -280,7 +285,7 @@ async def ensure_fleet_keys(
             if res.rowcount:
                 added.append(day)
     if added:
-        log.info("fleet_keys_generated", days=added)
+        _log().info("fleet_keys_generated", days=added)
     return added
 
 
@@ -307,7 +312,7 @@ async def import_fleet_keys(engine: AsyncEngine, path: str | os.PathLike[str]) -
                 fleet_keys.insert().values(day=day, fleet_key=key.hex(), created_at=time.time())
             )
             added += 1
-    log.info("fleet_keys_imported", path=str(path), days=len(table), added=added)
+    _log().info("fleet_keys_imported", path=str(path), days=len(table), added=added)
     return added
 
 
@@ -470,7 +475,7 @@ async def publish_key_bundles(
         bundle = await key_bundle_for_bus(engine, bus_id, now=now, days_ahead=days_ahead)
         await publish(topic, canonical_bytes(bundle), qos=1, retain=True)
         n += 1
-    log.info("fleet_keys_published", buses=n)
+    _log().info("fleet_keys_published", buses=n)
     return n
 
 

@@ -1,0 +1,979 @@
+"""Verified fare ingest: decode, verify, chain-check, store idempotently, then ack.
+
+Three layers:
+
+* :class:`IngestCore` (no I/O): decodes one MQTT payload (a batch
+  ``{"bus_id": ..., "events": [...]}``, a bare event object, or a JSON array of events)
+  into verified events and rejections (schema, bus mismatch, unknown/revoked device,
+  bad signature), and plans each bus's chain step from a given chain position
+  (:meth:`IngestCore.plan`): which events to store, which are duplicates, which
+  conflict, which are held (out of order, bounded) and whether to ask for a re-send.
+* :class:`Ingestor`: the core plus the ledger (SQLAlchemy async). One transaction per
+  batch of messages: the buses' chain rows are read ``FOR UPDATE`` (PostgreSQL; SQLite
+  takes the write lock with ``BEGIN IMMEDIATE``), so several workers sharing a
+  subscription stay correct even when one bus's batches reach different workers.
+  Events are inserted with ``ON CONFLICT DO NOTHING``.
+* :class:`IngestWorker`: the MQTT adapter (subscribe, batch, publish the cumulative
+  ``fares/ack`` only after commit, ``fares/resend`` for gaps, reconnect with backoff).
+  :func:`run_ingest` runs it from a :class:`~backend.config.BackendConfig`.
+
+The invariants are described in ``docs/backend-ingest.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from backend._db import chain_state, create_engine, fare_events, insert_ignore, migrate, quarantine
+from backend._errors import MalformedMessage
+from backend._keys import DeviceInfo, import_devices, load_devices
+from backend.config import BackendConfig
+from busbell import (
+    GENESIS_PREV,
+    BusbellError,
+    ContractError,
+    SignatureError,
+    StoreError,
+    Topics,
+    UplinkError,
+    canonical_bytes,
+    get_logger,
+    sha256_hex,
+    signing_bytes,
+    validate_event,
+)
+from busbell._mqtt import MqttSession, backoff_delays
+
+__all__ = [
+    "QUARANTINE_REASONS",
+    "BatchResult",
+    "BusPlan",
+    "ChainPosition",
+    "IngestCore",
+    "IngestWorker",
+    "Ingestor",
+    "Rejection",
+    "VerifiedEvent",
+    "run_ingest",
+]
+
+
+def _log() -> Any:
+    # Looked up per use: busbell.get_logger binds at call time, so a module-level
+    # logger would miss configure_logging() and structlog.testing.capture_logs().
+    return get_logger("backend.ingest")
+
+
+QUARANTINE_REASONS = (
+    "malformed_payload",
+    "schema",
+    "bus_mismatch",
+    "unknown_device",
+    "revoked_device",
+    "bad_signature",
+    "chain_conflict",
+    "prev_mismatch",
+    "event_id_conflict",
+)
+"""Why an event (or payload) went to the ``quarantine`` table."""
+
+EVENTS_STORED = Counter("busbell_fare_events_stored", "Fare events verified and committed")
+EVENTS_DUPLICATE = Counter(
+    "busbell_fare_events_duplicate", "Fare events received again (idempotent no-ops, acked)"
+)
+EVENTS_QUARANTINED = Counter(
+    "busbell_fare_events_quarantined", "Fare events or payloads quarantined", ["reason"]
+)
+EVENTS_HELD_DROPPED = Counter(
+    "busbell_fare_events_held_dropped", "Out-of-order events dropped over the per-bus bound"
+)
+MESSAGES_RECEIVED = Counter("busbell_fare_messages", "MQTT messages on fares topics")
+MESSAGES_MALFORMED = Counter(
+    "busbell_fare_messages_malformed", "Unusable MQTT payloads on fares topics", ["reason"]
+)
+ACKS_PUBLISHED = Counter("busbell_fare_acks_published", "fares/ack messages published")
+RESENDS_REQUESTED = Counter("busbell_fare_resends_requested", "fares/resend requests published")
+EVENTS_HELD = Gauge("busbell_fare_events_held", "Out-of-order events held in memory")
+STORE_ERRORS = Counter("busbell_fare_store_errors", "Failed ingest transactions (retried by edges)")
+
+_MAX_RAW = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEvent:
+    """An event whose schema and signature verified (chain not checked yet).
+
+    Attributes:
+        bus_id: the bus.
+        seq: its sequence number.
+        event: the decoded event.
+        raw: its canonical JSON, ``sig`` included (what is stored).
+        hash: hex SHA-256 of ``raw`` (the next event's ``prev``).
+    """
+
+    bus_id: str
+    seq: int
+    event: dict[str, Any]
+    raw: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Something quarantined, with the reason (one of :data:`QUARANTINE_REASONS`)."""
+
+    reason: str
+    detail: str
+    raw: str
+    bus_id: str | None = None
+    seq: int | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPosition:
+    """A bus's committed chain position: the next expected ``seq`` and ``prev``."""
+
+    next_seq: int = 1
+    prev: str = GENESIS_PREV
+
+
+@dataclass(slots=True)
+class BusPlan:
+    """What to do for one bus in one transaction (from :meth:`IngestCore.plan`).
+
+    Attributes:
+        bus_id: the bus.
+        store: events to insert, in seq order (they extend the chain).
+        duplicates: events already stored with the same hash (no-ops, still acked).
+        rejected: conflicts to quarantine.
+        position: the chain position after storing ``store``.
+        ack_upto: the cumulative ack to publish after commit (``None``: nothing yet).
+        held: events now held for this bus (out of order).
+        dropped: held events dropped over the bound.
+        resend: ``(from_seq, to_seq)`` to request on ``fares/resend``, or ``None``.
+    """
+
+    bus_id: str
+    store: list[VerifiedEvent] = field(default_factory=list)
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    position: ChainPosition = field(default_factory=ChainPosition)
+    ack_upto: int | None = None
+    held: int = 0
+    dropped: int = 0
+    resend: tuple[int, int] | None = None
+
+
+def _raw_text(payload: bytes) -> str:
+    return payload[:_MAX_RAW].decode("utf-8", errors="replace")
+
+
+class IngestCore:
+    """Sans-I/O ingest logic: decoding, verification and per-bus chain planning.
+
+    Args:
+        devices: the device registry (``bus_id -> DeviceInfo``); see :meth:`set_devices`.
+        max_held_per_bus: bound on out-of-order events held per bus.
+        resend_after_s: how long a gap must persist before a re-send is requested,
+            and the least time between two requests for one bus.
+        max_payload_bytes: larger payloads are malformed.
+    """
+
+    def __init__(
+        self,
+        devices: Mapping[str, DeviceInfo] | None = None,
+        *,
+        max_held_per_bus: int = 2000,
+        resend_after_s: float = 1.0,
+        max_payload_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self._devices: Mapping[str, DeviceInfo] = dict(devices or {})
+        self.max_held_per_bus = max_held_per_bus
+        self.resend_after_s = resend_after_s
+        self.max_payload_bytes = max_payload_bytes
+        self._held: dict[str, dict[int, dict[str, VerifiedEvent]]] = {}
+        self._held_since: dict[str, float] = {}
+        self._last_resend: dict[str, float] = {}
+
+    def set_devices(self, devices: Mapping[str, DeviceInfo]) -> None:
+        """Replace the device registry (after a refresh or a revocation)."""
+        self._devices = dict(devices)
+
+    # -- decoding ---------------------------------------------------------------------
+
+    def decode(self, bus_id: str, payload: bytes) -> tuple[list[VerifiedEvent], list[Rejection]]:
+        """Decode and verify one payload received on ``buses/{bus_id}/fares``.
+
+        Returns:
+            The verified events and the rejected ones.
+
+        Raises:
+            MalformedMessage: when the payload as a whole is unusable (not JSON, not a
+                batch/event/array, too large, or a batch naming another bus).
+        """
+        if len(payload) > self.max_payload_bytes:
+            raise MalformedMessage(
+                f"payload of {len(payload)} bytes is over {self.max_payload_bytes}",
+                reason="too_large",
+            )
+        try:
+            obj = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MalformedMessage(f"payload is not JSON: {exc}", reason="not_json") from None
+        items: list[object]
+        if isinstance(obj, list):
+            items = obj
+        elif isinstance(obj, dict) and "events" in obj:
+            if obj.get("bus_id", bus_id) != bus_id:
+                raise MalformedMessage(
+                    f"batch bus_id {obj.get('bus_id')!r} on the topic of {bus_id!r}",
+                    field="bus_id",
+                    reason="bus_mismatch",
+                )
+            if not isinstance(obj["events"], list):
+                raise MalformedMessage("batch events must be an array", reason="bad_batch")
+            items = obj["events"]
+        elif isinstance(obj, dict):
+            items = [obj]
+        else:
+            raise MalformedMessage("payload must be a batch object, an event or an array")
+        ok: list[VerifiedEvent] = []
+        bad: list[Rejection] = []
+        for item in items:
+            result = self._verify_one(bus_id, item)
+            if isinstance(result, Rejection):
+                bad.append(result)
+            else:
+                ok.append(result)
+        return ok, bad
+
+    def _verify_one(self, bus_id: str, item: object) -> VerifiedEvent | Rejection:
+        try:
+            ev = validate_event(item)
+        except ContractError as exc:
+            raw = _raw_json(item)
+            got = item if isinstance(item, dict) else {}
+            return Rejection(
+                "schema",
+                str(exc),
+                raw,
+                bus_id,
+                _int_or_none(got.get("seq")),
+                _str_or_none(got.get("event_id")),
+            )
+        raw = canonical_bytes(ev).decode("utf-8")
+        seq = ev["seq"]
+        eid = ev["event_id"]
+        if ev["bus_id"] != bus_id:
+            return Rejection(
+                "bus_mismatch", f"event of {ev['bus_id']!r} on {bus_id!r}", raw, bus_id, seq, eid
+            )
+        dev = self._devices.get(bus_id)
+        if dev is None:
+            return Rejection(
+                "unknown_device", f"bus {bus_id!r} is not registered", raw, bus_id, seq, eid
+            )
+        if dev.revoked:
+            return Rejection("revoked_device", f"bus {bus_id!r} is revoked", raw, bus_id, seq, eid)
+        try:
+            dev.public.verify_b64(ev["sig"], signing_bytes(ev))
+        except SignatureError as exc:
+            return Rejection("bad_signature", str(exc), raw, bus_id, seq, eid)
+        return VerifiedEvent(bus_id, seq, ev, raw, sha256_hex(raw.encode("utf-8")))
+
+    # -- chain planning ---------------------------------------------------------------
+
+    def past_seqs(
+        self, bus_id: str, position: ChainPosition, events: Iterable[VerifiedEvent]
+    ) -> list[int]:
+        """Seqs below ``position`` among ``events`` and the held ones.
+
+        :meth:`plan` needs the stored hash of each (to tell duplicates from conflicts).
+        """
+        seqs = {e.seq for e in events if e.seq < position.next_seq}
+        seqs.update(s for s in self._held.get(bus_id, ()) if s < position.next_seq)
+        return sorted(seqs)
+
+    def plan(
+        self,
+        bus_id: str,
+        position: ChainPosition,
+        events: Iterable[VerifiedEvent],
+        stored_hashes: Mapping[int, str],
+        now: float,
+    ) -> BusPlan:
+        """Plan one bus's chain step from its committed ``position``.
+
+        Merges ``events`` with the events held for the bus and walks them in seq
+        order: below the position an event is a duplicate (same hash as stored) or a
+        ``chain_conflict``; at the position it is stored if its ``prev`` links (else
+        ``prev_mismatch``); above it, it is held (up to the bound) until the gap is
+        filled. The held set is updated as if the plan is committed.
+
+        Args:
+            bus_id: the bus.
+            position: its committed chain position (read under the row lock).
+            events: newly verified events of this bus.
+            stored_hashes: ``{seq: event_hash}`` of stored events for
+                :meth:`past_seqs`.
+            now: monotonic time (for re-send timing).
+
+        Raises:
+            ValueError: when a needed stored hash is missing from ``stored_hashes``.
+        """
+        pending: dict[int, dict[str, VerifiedEvent]] = self._held.pop(bus_id, {})
+        for e in events:
+            pending.setdefault(e.seq, {}).setdefault(e.hash, e)
+        plan = BusPlan(bus_id)
+        next_seq, prev = position.next_seq, position.prev
+        new_hashes: dict[int, str] = {}
+        held: dict[int, dict[str, VerifiedEvent]] = {}
+        for seq in sorted(pending):
+            cands = pending[seq]
+            if seq == next_seq:
+                linked = next((e for e in cands.values() if e.event["prev"] == prev), None)
+                if linked is None:
+                    for e in cands.values():
+                        plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {prev}"))
+                    continue
+                plan.store.append(linked)
+                new_hashes[seq] = linked.hash
+                next_seq, prev = seq + 1, linked.hash
+                cands = {h: e for h, e in cands.items() if h != linked.hash}
+            if seq < next_seq:
+                stored = new_hashes.get(seq) or stored_hashes.get(seq)
+                if stored is None:
+                    raise ValueError(f"bus {bus_id}: stored hash of seq {seq} not given")
+                for h, e in cands.items():
+                    if h == stored:
+                        plan.duplicates += 1
+                    else:
+                        plan.rejected.append(
+                            _reject(e, "chain_conflict", f"seq {seq} is stored with hash {stored}")
+                        )
+            else:
+                held[seq] = cands
+        # Bound the held set: keep the lowest seqs (they fill the gap first).
+        if sum(len(c) for c in held.values()) > self.max_held_per_bus:
+            kept: dict[int, dict[str, VerifiedEvent]] = {}
+            n = 0
+            for seq in sorted(held):
+                if n + len(held[seq]) > self.max_held_per_bus:
+                    plan.dropped += len(held[seq])
+                    continue
+                kept[seq] = held[seq]
+                n += len(held[seq])
+            held = kept
+        plan.position = ChainPosition(next_seq, prev)
+        plan.ack_upto = next_seq - 1 if next_seq > 1 else None
+        if held:
+            self._held[bus_id] = held
+            plan.held = sum(len(c) for c in held.values())
+            since = self._held_since.setdefault(bus_id, now)
+            last = self._last_resend.get(bus_id)
+            if now - since >= self.resend_after_s and (
+                last is None or now - last >= self.resend_after_s
+            ):
+                plan.resend = (next_seq, min(held) - 1)
+                self._last_resend[bus_id] = now
+        else:
+            self._held_since.pop(bus_id, None)
+            self._last_resend.pop(bus_id, None)
+        return plan
+
+    def held_buses(self) -> list[str]:
+        """Buses with held (out-of-order) events."""
+        return sorted(self._held)
+
+    def held_count(self) -> int:
+        """Events held over all buses."""
+        return sum(len(c) for h in self._held.values() for c in h.values())
+
+    def forget(self, bus_id: str) -> None:
+        """Drop everything held for a bus (e.g. after its device was revoked)."""
+        self._held.pop(bus_id, None)
+        self._held_since.pop(bus_id, None)
+        self._last_resend.pop(bus_id, None)
+
+
+def _reject(e: VerifiedEvent, reason: str, detail: str) -> Rejection:
+    return Rejection(reason, detail, e.raw, e.bus_id, e.seq, e.event["event_id"])
+
+
+def _raw_json(item: object) -> str:
+    try:
+        return canonical_bytes(item).decode("utf-8")[:_MAX_RAW]
+    except (TypeError, ValueError):
+        return repr(item)[:_MAX_RAW]
+
+
+def _int_or_none(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63 else None
+
+
+def _str_or_none(v: object) -> str | None:
+    return v[:128] if isinstance(v, str) else None
+
+
+# --- the ledger side ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one :meth:`Ingestor.ingest` call did.
+
+    Attributes:
+        acks: ``{bus_id: upto_seq}`` to publish (the transaction is committed).
+        resends: ``{bus_id: (from_seq, to_seq)}`` to request.
+        stored: events stored.
+        duplicates: duplicate events.
+        quarantined: rejections stored in ``quarantine``.
+        malformed: unusable payloads.
+    """
+
+    acks: dict[str, int] = field(default_factory=dict)
+    resends: dict[str, tuple[int, int]] = field(default_factory=dict)
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    malformed: int = 0
+
+
+class _EventIdConflict(Exception):
+    pass
+
+
+class Ingestor:
+    """:class:`IngestCore` plus the ledger: one transaction per call to :meth:`ingest`.
+
+    Args:
+        engine: the ledger engine (migrated).
+        core: the core (its device registry is filled by :meth:`refresh_devices`).
+        worker_id: stored with each event and quarantine row.
+        clock: monotonic clock (re-send timing).
+        wall: wall clock (``received_at``).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        core: IngestCore | None = None,
+        *,
+        worker_id: str = "ingest",
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.core = core or IngestCore()
+        self.worker_id = worker_id
+        self._clock = clock
+        self._wall = wall
+        self._dialect = engine.dialect.name
+        self._pg = self._dialect == "postgresql"
+
+    async def refresh_devices(self) -> int:
+        """Re-read the device registry into the core; returns how many devices."""
+        try:
+            async with self.engine.connect() as conn:
+                devs = await load_devices(conn)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise StoreError(f"cannot read the device registry: {exc}") from exc
+        self.core.set_devices(devs)
+        return len(devs)
+
+    async def ingest(self, messages: Sequence[tuple[str, bytes]]) -> BatchResult:
+        """Decode, verify and commit a batch of ``(bus_id, payload)`` messages.
+
+        Returns:
+            What to publish now that the transaction is committed.
+
+        Raises:
+            StoreError: when the transaction failed (nothing was committed; the edges
+                re-send what was not acked).
+        """
+        result = BatchResult()
+        groups: dict[str, list[VerifiedEvent]] = {}
+        rejections: list[Rejection] = []
+        for bus_id, payload in messages:
+            MESSAGES_RECEIVED.inc()
+            try:
+                ok, bad = self.core.decode(bus_id, payload)
+            except MalformedMessage as exc:
+                result.malformed += 1
+                MESSAGES_MALFORMED.labels(exc.reason).inc()
+                _log().warning(
+                    "fare_message_malformed", bus_id=bus_id, reason=exc.reason, error=str(exc)
+                )
+                rejections.append(
+                    Rejection(
+                        "malformed_payload", f"{exc.reason}: {exc}", _raw_text(payload), bus_id
+                    )
+                )
+                continue
+            groups.setdefault(bus_id, []).extend(ok)
+            rejections.extend(bad)
+        return await self._commit(groups, rejections, result, careful=False)
+
+    async def tick(self) -> BatchResult:
+        """Re-plan the buses with held events against the committed chain.
+
+        This stores held events whose gap another worker filled, and requests the
+        re-sends that are due.
+        """
+        buses = self.core.held_buses()
+        if not buses:
+            return BatchResult()
+        return await self._commit({b: [] for b in buses}, [], BatchResult(), careful=False)
+
+    async def _commit(
+        self,
+        groups: dict[str, list[VerifiedEvent]],
+        rejections: list[Rejection],
+        result: BatchResult,
+        *,
+        careful: bool,
+    ) -> BatchResult:
+        try:
+            plans = await self._transaction(groups, rejections, careful=careful)
+        except _EventIdConflict:
+            if careful:  # pragma: no cover - the careful pass removes every conflict
+                raise StoreError("event_id conflict persisted") from None
+            return await self._commit(groups, rejections, result, careful=True)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            STORE_ERRORS.inc()
+            raise StoreError(f"ingest transaction failed: {exc}") from exc
+        for plan in plans:
+            if plan.store:
+                result.stored += len(plan.store)
+                EVENTS_STORED.inc(len(plan.store))
+                _log().debug(
+                    "fare_event_stored",
+                    bus_id=plan.bus_id,
+                    from_seq=plan.store[0].seq,
+                    to_seq=plan.store[-1].seq,
+                    count=len(plan.store),
+                )
+            if plan.duplicates:
+                result.duplicates += plan.duplicates
+                EVENTS_DUPLICATE.inc(plan.duplicates)
+            if plan.dropped:
+                EVENTS_HELD_DROPPED.inc(plan.dropped)
+            if plan.ack_upto is not None:
+                result.acks[plan.bus_id] = plan.ack_upto
+            if plan.resend is not None:
+                result.resends[plan.bus_id] = plan.resend
+            rejections.extend(plan.rejected)
+        for r in rejections:
+            EVENTS_QUARANTINED.labels(r.reason).inc()
+            _log().warning(
+                "fare_event_quarantined",
+                bus_id=r.bus_id,
+                seq=r.seq,
+                event_id=r.event_id,
+                reason=r.reason,
+                detail=r.detail,
+            )
+        result.quarantined += len(rejections)
+        EVENTS_HELD.set(self.core.held_count())
+        return result
+
+    async def _transaction(
+        self,
+        groups: dict[str, list[VerifiedEvent]],
+        rejections: list[Rejection],
+        *,
+        careful: bool,
+    ) -> list[BusPlan]:
+        now = self._wall()
+        plans: list[BusPlan] = []
+        buses = sorted(groups)
+        async with self.engine.begin() as conn:
+            if careful:
+                await self._drop_event_id_conflicts(conn, groups, rejections)
+            positions = await self._lock_positions(conn, buses, now)
+            for bus_id in buses:
+                pos = positions[bus_id]
+                past = self.core.past_seqs(bus_id, pos, groups[bus_id])
+                hashes = await self._stored_hashes(conn, bus_id, past) if past else {}
+                plans.append(self.core.plan(bus_id, pos, groups[bus_id], hashes, self._clock()))
+            rows = [self._row(e, now) for p in plans for e in p.store]
+            if rows:
+                stmt = insert_ignore(fare_events, self._dialect).returning(fare_events.c.seq)
+                res = await conn.execute(stmt, rows)
+                if len(res.all()) != len(rows):
+                    raise _EventIdConflict
+            changed = [
+                {
+                    "b_bus": p.bus_id,
+                    "b_next": p.position.next_seq,
+                    "b_prev": p.position.prev,
+                    "b_now": now,
+                }
+                for p in plans
+                if p.store
+            ]
+            if changed:
+                await conn.execute(
+                    chain_state.update()
+                    .where(chain_state.c.bus_id == sa.bindparam("b_bus"))
+                    .values(
+                        next_seq=sa.bindparam("b_next"),
+                        prev=sa.bindparam("b_prev"),
+                        updated_at=sa.bindparam("b_now"),
+                    ),
+                    changed,
+                )
+            qrows = [self._qrow(r, now) for r in rejections] + [
+                self._qrow(r, now) for p in plans for r in p.rejected
+            ]
+            if qrows:
+                await conn.execute(insert_ignore(quarantine, self._dialect), qrows)
+        return plans
+
+    async def _lock_positions(
+        self, conn: AsyncConnection, buses: list[str], now: float
+    ) -> dict[str, ChainPosition]:
+        if not buses:
+            return {}
+        await conn.execute(
+            insert_ignore(chain_state, self._dialect),
+            [
+                {
+                    "bus_id": b,
+                    "next_seq": 1,
+                    "prev": GENESIS_PREV,
+                    "acked_upto": 0,
+                    "updated_at": now,
+                }
+                for b in buses
+            ],
+        )
+        q = (
+            sa.select(chain_state.c.bus_id, chain_state.c.next_seq, chain_state.c.prev)
+            .where(chain_state.c.bus_id.in_(buses))
+            .order_by(chain_state.c.bus_id)
+        )
+        if self._pg:
+            q = q.with_for_update()
+        return {b: ChainPosition(int(n), p) for b, n, p in await conn.execute(q)}
+
+    async def _stored_hashes(
+        self, conn: AsyncConnection, bus_id: str, seqs: list[int]
+    ) -> dict[int, str]:
+        rows = await conn.execute(
+            sa.select(fare_events.c.seq, fare_events.c.event_hash).where(
+                fare_events.c.bus_id == bus_id, fare_events.c.seq.in_(seqs)
+            )
+        )
+        return {int(s): h for s, h in rows}
+
+    async def _drop_event_id_conflicts(
+        self,
+        conn: AsyncConnection,
+        groups: dict[str, list[VerifiedEvent]],
+        rejections: list[Rejection],
+    ) -> None:
+        wanted = {e.event["event_id"] for evs in groups.values() for e in evs}
+        if not wanted:
+            return
+        rows = await conn.execute(
+            sa.select(fare_events.c.event_id, fare_events.c.bus_id, fare_events.c.seq).where(
+                fare_events.c.event_id.in_(sorted(wanted))
+            )
+        )
+        owner: dict[str, tuple[str, int]] = {eid: (b, int(s)) for eid, b, s in rows}
+        for bus_id in sorted(groups):
+            kept: list[VerifiedEvent] = []
+            for e in groups[bus_id]:
+                key = (e.bus_id, e.seq)
+                first = owner.setdefault(e.event["event_id"], key)
+                if first != key:
+                    rejections.append(_reject(e, "event_id_conflict", f"event_id is {first}"))
+                else:
+                    kept.append(e)
+            groups[bus_id] = kept
+
+    def _row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
+        ev = e.event
+        return {
+            "bus_id": e.bus_id,
+            "seq": e.seq,
+            "event_id": ev["event_id"],
+            "event_hash": e.hash,
+            "prev": ev["prev"],
+            "rid": ev["rid"],
+            "interval": ev["interval"],
+            "route_id": ev["route_id"],
+            "trip_id": ev["trip_id"],
+            "start_t": ev["start"]["t"],
+            "start_stop_id": ev["start"]["stop_id"],
+            "start_cause": ev["start"]["cause"],
+            "end_t": ev["end"]["t"],
+            "end_stop_id": ev["end"]["stop_id"],
+            "end_cause": ev["end"]["cause"],
+            "distance_m": ev["distance_m"],
+            "proof_first": ev["proof"]["first"],
+            "proof_last": ev["proof"]["last"],
+            "evidence": ev["evidence"],
+            "raw": e.raw,
+            "received_at": now,
+            "worker_id": self.worker_id,
+        }
+
+    def _qrow(self, r: Rejection, now: float) -> dict[str, Any]:
+        return {
+            "bus_id": r.bus_id[:128] if r.bus_id else None,
+            "seq": r.seq,
+            "event_id": r.event_id,
+            "reason": r.reason,
+            "detail": r.detail[:4000],
+            "raw": r.raw,
+            "raw_hash": sha256_hex(r.raw.encode("utf-8", errors="replace")),
+            "received_at": now,
+            "worker_id": self.worker_id,
+        }
+
+    async def record_acks(self, acks: Mapping[str, int]) -> None:
+        """Remember in ``chain_state.acked_upto`` what was acknowledged (monotonic)."""
+        if not acks:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    chain_state.update()
+                    .where(
+                        chain_state.c.bus_id == sa.bindparam("b_bus"),
+                        chain_state.c.acked_upto < sa.bindparam("b_upto"),
+                    )
+                    .values(acked_upto=sa.bindparam("b_upto")),
+                    [{"b_bus": b, "b_upto": n} for b, n in sorted(acks.items())],
+                )
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise StoreError(f"cannot record acks: {exc}") from exc
+
+
+# --- the MQTT adapter --------------------------------------------------------------------
+
+
+def default_worker_id() -> str:
+    """Host name and process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class IngestWorker:
+    """Subscribes to the fares topics, ingests in batches, acks after commit.
+
+    Args:
+        config: the backend configuration.
+        engine: the ledger engine (migrated).
+        clock: monotonic clock.
+    """
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        engine: AsyncEngine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        ing = config.ingest
+        self.config = config
+        self.worker_id = ing.worker_id or default_worker_id()
+        self.topics = Topics(config.mqtt.prefix)
+        self.ingestor = Ingestor(
+            engine,
+            IngestCore(
+                max_held_per_bus=ing.max_held_per_bus,
+                resend_after_s=ing.resend_after_s,
+                max_payload_bytes=ing.max_payload_bytes,
+            ),
+            worker_id=self.worker_id,
+            clock=clock,
+        )
+        self._clock = clock
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
+        self.connected = asyncio.Event()
+
+    def _session(self) -> MqttSession:
+        settings = self.config.mqtt
+        client_id = settings.client_id or f"busbell-backend-ingest-{self.worker_id}"
+        if self.config.ingest.shared_subscription:
+            # A dead member's persistent session would keep receiving its share of the
+            # fares; with a clean, non-persistent session the broker gives it to the
+            # live members and the edges re-send whatever was not acked.
+            return MqttSession(
+                dataclasses.replace(settings, session_expiry_s=0), client_id, clean_start=True
+            )
+        return MqttSession(settings, client_id)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or forever), reconnecting with backoff."""
+        stop = stop or asyncio.Event()
+        await self.ingestor.refresh_devices()
+        delays = backoff_delays(self.config.mqtt.backoff_initial_s, self.config.mqtt.backoff_max_s)
+        _log().info(
+            "fare_ingest_started",
+            worker_id=self.worker_id,
+            shared=self.config.ingest.shared_subscription,
+        )
+        while not stop.is_set():
+            try:
+                async with self._session() as session:
+                    await self._run_connected(session, stop)
+                    delays = backoff_delays(
+                        self.config.mqtt.backoff_initial_s, self.config.mqtt.backoff_max_s
+                    )
+            except* (UplinkError, StoreError) as group:
+                self.connected.clear()
+                for exc in group.exceptions:
+                    _log().warning("fare_ingest_disconnected", error=str(exc))
+                delay = next(delays)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        _log().info("fare_ingest_stopped", worker_id=self.worker_id)
+
+    async def _run_connected(self, session: MqttSession, stop: asyncio.Event) -> None:
+        ing = self.config.ingest
+        topic = (
+            self.topics.shared_fares(ing.group)
+            if ing.shared_subscription
+            else self.topics.all_fares()
+        )
+        await session.subscribe([topic], qos=1)
+        self.connected.set()
+        _log().info("fare_ingest_subscribed", topic=topic, worker_id=self.worker_id)
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(
+                self._reader(session), name=f"busbell-ingest[{self.worker_id}].reader"
+            )
+            await tg.create_task(
+                self._processor(session, stop), name=f"busbell-ingest[{self.worker_id}].processor"
+            )
+            reader.cancel()
+
+    async def _reader(self, session: MqttSession) -> None:
+        async for msg in session.messages():
+            parsed = self.topics.parse(msg.topic)
+            if parsed is None or parsed.kind != "fares":
+                MESSAGES_MALFORMED.labels("bad_topic").inc()
+                _log().warning("fare_message_malformed", topic=msg.topic, reason="bad_topic")
+                continue
+            await self._queue.put((parsed.ids["bus"], msg.payload))
+        raise UplinkError("message stream ended")
+
+    async def _processor(self, session: MqttSession, stop: asyncio.Event) -> None:
+        ing = self.config.ingest
+        tick_every = max(0.05, ing.resend_after_s / 2)
+        next_tick = self._clock() + tick_every
+        next_refresh = self._clock() + ing.device_refresh_s
+        while not stop.is_set():
+            batch = await self._next_batch(ing.batch_commit_size, ing.batch_wait_s, tick_every)
+            try:
+                if batch:
+                    res = await self.ingestor.ingest(batch)
+                    await self._publish(session, res)
+                now = self._clock()
+                if now >= next_tick:
+                    next_tick = now + tick_every
+                    await self._publish(session, await self.ingestor.tick())
+                if now >= next_refresh:
+                    next_refresh = now + ing.device_refresh_s
+                    await self.ingestor.refresh_devices()
+            except StoreError as exc:
+                _log().error("fare_ingest_store_failed", error=str(exc), messages=len(batch))
+                await asyncio.sleep(0.5)
+
+    async def _next_batch(
+        self, max_events: int, wait_s: float, idle_s: float
+    ) -> list[tuple[str, bytes]]:
+        try:
+            first = await asyncio.wait_for(self._queue.get(), idle_s)
+        except TimeoutError:
+            return []
+        batch = [first]
+        size = _estimate_events(first[1])
+        deadline = self._clock() + wait_s
+        while size < max_events:
+            if self._queue.empty():
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = self._queue.get_nowait()
+            batch.append(item)
+            size += _estimate_events(item[1])
+        return batch
+
+    async def _publish(self, session: MqttSession, res: BatchResult) -> None:
+        for bus_id, upto in sorted(res.acks.items()):
+            await session.publish(
+                self.topics.fares_ack(bus_id), canonical_bytes({"upto_seq": upto}), qos=1
+            )
+            ACKS_PUBLISHED.inc()
+            _log().debug("fare_ack_published", bus_id=bus_id, upto_seq=upto)
+        for bus_id, (a, b) in sorted(res.resends.items()):
+            await session.publish(
+                self.topics.fares_resend(bus_id),
+                canonical_bytes({"from_seq": a, "to_seq": b}),
+                qos=1,
+            )
+            RESENDS_REQUESTED.inc()
+            _log().info("fare_resend_requested", bus_id=bus_id, from_seq=a, to_seq=b)
+        if res.acks:
+            await self.ingestor.record_acks(res.acks)
+
+
+def _estimate_events(payload: bytes) -> int:
+    # A signed event is ~700-900 bytes of JSON; good enough to size transactions.
+    return max(1, len(payload) // 800)
+
+
+async def run_ingest(config: BackendConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run fare ingest until ``stop`` is set: the entry point of ``busbell backend run``.
+
+    Migrates the database (``[database] migrate_on_start``), imports DEVICES.csv
+    (``[files] devices``) when configured, then runs an :class:`IngestWorker`.
+
+    Raises:
+        StoreError: when the database cannot be reached or migrated at start.
+        KeyFileError: when the configured DEVICES.csv is invalid.
+    """
+    db = config.database
+    engine = create_engine(
+        db.url,
+        pool_size=db.pool_size,
+        max_overflow=db.max_overflow,
+        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
+    )
+    try:
+        if db.migrate_on_start:
+            await migrate(engine)
+        if config.files.devices is not None:
+            await import_devices(engine, config.files.devices)
+        if config.ingest.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(config.ingest.metrics_port)
+        await IngestWorker(config, engine).run(stop)
+    except BusbellError:
+        raise
+    finally:
+        await engine.dispose()
