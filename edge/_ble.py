@@ -14,7 +14,8 @@ The source never raises on Bluetooth trouble: a ``BleakError``, a D-Bus error
 by reason, logged, and the scanner restarts after a jittered exponential backoff. A
 watchdog restarts the scanner when nothing at all was heard for
 ``silence_restart_s``, and a small D-Bus watch restarts it as soon as the adapter is
-removed or powered off. See ``docs/ble-host.md``.
+removed or powered off, bluetoothd leaves the bus or the bus connection drops. See
+``docs/ble-host.md``.
 """
 
 from __future__ import annotations
@@ -196,20 +197,28 @@ def _backoff(initial_s: float, max_s: float, rng: random.Random) -> Iterator[flo
 
 
 class _AdapterWatch:
-    """Sets ``lost`` when BlueZ removes the adapter or powers it off (own D-Bus link)."""
+    """Sets ``lost`` when the adapter goes away (own D-Bus link, so bleak stays unchanged).
+
+    Reasons in ``why``: ``adapter_removed``, ``adapter_powered_off``, ``bluez_gone``
+    (bluetoothd left the bus) and ``bus_lost`` (our system-bus connection dropped).
+    """
 
     def __init__(self, adapter_path: str | None) -> None:
         self._path = adapter_path
         self.lost = asyncio.Event()
         self.why = ""
         self._bus: MessageBus | None = None
+        self._disconnect_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         bus = MessageBus(bus_type=BusType.SYSTEM)
         await bus.connect()
         self._bus = bus
         bus.add_message_handler(self._on_message)
+        self._disconnect_task = asyncio.create_task(self._on_disconnect(bus))
         rules = [
+            "type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',"
+            f"arg0='{_BLUEZ}'",
             f"type='signal',sender='{_BLUEZ}',interface='{_OM_IFACE}',member='InterfacesRemoved'",
             f"type='signal',sender='{_BLUEZ}',interface='{_PROPS_IFACE}',"
             f"member='PropertiesChanged',arg0='{_ADAPTER_IFACE}'",
@@ -228,13 +237,24 @@ class _AdapterWatch:
             if reply.message_type == MessageType.ERROR:
                 raise BleakDBusError(reply.error_name or "unknown", reply.body)
 
+    async def _on_disconnect(self, bus: MessageBus) -> None:
+        with contextlib.suppress(Exception):
+            await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        if self._bus is bus and not self.lost.is_set():  # not our own close()
+            self.why = "bus_lost"
+            self.lost.set()
+
     def _mine(self, path: str | None) -> bool:
         return path is not None and (self._path is None or path == self._path)
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL or self.lost.is_set():
             return
-        if msg.member == "InterfacesRemoved" and msg.interface == _OM_IFACE:
+        if msg.member == "NameOwnerChanged" and msg.body and msg.body[0] == _BLUEZ:
+            if not msg.body[2]:  # bluetoothd left the bus (crash or restart)
+                self.why = "bluez_gone"
+                self.lost.set()
+        elif msg.member == "InterfacesRemoved" and msg.interface == _OM_IFACE:
             path, ifaces = msg.body
             if _ADAPTER_IFACE in ifaces and self._mine(path):
                 self.why = "adapter_removed"
@@ -248,9 +268,12 @@ class _AdapterWatch:
                 self.lost.set()
 
     def close(self) -> None:
-        if self._bus is not None:
-            self._bus.disconnect()
-            self._bus = None
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.disconnect()
+        if self._disconnect_task is not None:
+            self._disconnect_task.cancel()
+            self._disconnect_task = None
 
 
 class BleakSource:
@@ -377,7 +400,7 @@ class BleakSource:
             else:
                 self._count(ended)
                 delay = next(delays)
-                self._log.warning("scanner_adapter_lost", why=ended, retry_in_s=round(delay, 3))
+                self._log.warning("scanner_interrupted", why=ended, retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)
 
     async def _session(self, sink: AdvertisementSink) -> str:

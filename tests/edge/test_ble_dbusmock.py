@@ -64,8 +64,44 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 class BlueZMock:
     """Remote control of the mocked bluetoothd (its org.bluez.Mock interface)."""
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, env: dict[str, str], log: Any) -> None:
         self.bus = bus
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start_bluetoothd(self) -> None:
+        """Run the template in a dbusmock process; wait until it owns org.bluez."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dbusmock", "--system", "--template", str(TEMPLATE)],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while not await self.has_owner():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dbusmock did not start, see {self.log.name}")
+            await asyncio.sleep(0.05)
+
+    async def has_owner(self) -> bool:
+        reply = await self.bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="NameHasOwner",
+                signature="s",
+                body=["org.bluez"],
+            )
+        )
+        return reply is not None and reply.body == [True]
+
+    def kill_bluetoothd(self) -> None:
+        """bluetoothd crashes: the process is killed, no InterfacesRemoved is sent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
     async def call(self, member: str, signature: str = "", *body: Any) -> Any:
         reply = await self.bus.call(
@@ -117,46 +153,23 @@ async def bluez(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    mock_proc: subprocess.Popen[bytes] | None = None
     control: MessageBus | None = None
+    mock: BlueZMock | None = None
     mock_log = (tmp_path / "dbusmock.log").open("wb")
     try:
         assert daemon.stdout is not None
         address = daemon.stdout.readline().decode().strip()
         assert address.startswith("unix:"), address
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
-        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address}
-        mock_proc = subprocess.Popen(
-            [sys.executable, "-m", "dbusmock", "--system", "--template", str(TEMPLATE)],
-            env=env,
-            stdout=mock_log,
-            stderr=subprocess.STDOUT,
-        )
         control = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        deadline = time.monotonic() + 10
-        while True:
-            reply = await control.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="NameHasOwner",
-                    signature="s",
-                    body=["org.bluez"],
-                )
-            )
-            if reply is not None and reply.body == [True]:
-                break
-            if mock_proc.poll() is not None or time.monotonic() > deadline:
-                log = (tmp_path / "dbusmock.log").read_text()
-                raise RuntimeError(f"dbusmock did not start:\n{log}")
-            await asyncio.sleep(0.05)
-        yield BlueZMock(control)
+        mock = BlueZMock(control, {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address}, mock_log)
+        await mock.start_bluetoothd()
+        yield mock
     finally:
         await _drop_bleak_bus()
         if control is not None:
             control.disconnect()
-        for proc in (mock_proc, daemon):
+        for proc in (mock.proc if mock else None, daemon):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
@@ -398,7 +411,7 @@ async def test_adapter_removed_then_readded_recovers(bluez: BlueZMock) -> None:
             assert await bluez.advertise("C0:00:00:00:00:08", -63, {TOKEN_CID: TOKEN}) == "added"
             await eventually(lambda: len(run.records) == 2)
     events = [e["event"] for e in logs]
-    assert "scanner_adapter_lost" in events
+    assert "scanner_interrupted" in events
     assert events.count("scanner_started") == 2
 
 
@@ -441,3 +454,21 @@ async def test_sink_errors_are_counted_not_fatal(bluez: BlueZMock) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert src.stats.errors == {"sink_error": 2}
+
+
+async def test_bluetoothd_crash_and_restart_recovers(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    src = BleakSource(params(mode="active"), clock)
+    async with Running(src) as run:
+        await run.started()
+        assert await bluez.advertise("C0:00:00:00:00:0B", -60, {TOKEN_CID: TOKEN}) == "added"
+        await eventually(lambda: len(run.records) == 1)
+        bluez.kill_bluetoothd()
+        await eventually(lambda: src.stats.errors.get("bluez_gone", 0) == 1, what="bluez_gone")
+        await eventually(lambda: sum(src.stats.errors.values()) >= 3, what="failed restarts")
+        await bluez.start_bluetoothd()
+        await bluez.add_adapter(monitors=False)
+        await run.started(2)
+        assert await bluez.advertise("C0:00:00:00:00:0B", -61, {TOKEN_CID: TOKEN}) == "added"
+        await eventually(lambda: len(run.records) == 2)
+    assert run.records[1].rssi == -61
