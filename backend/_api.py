@@ -1,0 +1,728 @@
+"""The rider API (FastAPI) and the ``busbell backend run`` service.
+
+Endpoints (OpenAPI at ``/openapi.json``, a copy in ``docs/rider-api.openapi.json``):
+
+* ``POST /riders``: enrol a fob or app; returns ``rider_id`` and ``token_key`` once.
+* ``GET /riders/{id}/journeys``, ``GET /riders/{id}/charges``: the rider's ledger.
+* ``POST /riders/{id}/revoke``: stop resolving the rider's tokens.
+* ``POST /waits``: a boarding-wait request; publishes the retained
+  ``routes/{route}/stops/{stop}/waits/{request_id}`` (with message expiry) and the
+  retained ``requests/{id}/status`` ``pending``. ``DELETE /waits/{id}`` clears it (empty
+  retained payload) and sets the status ``cancelled``.
+* ``GET /gtfs-rt/vehicle-positions``: GTFS-Realtime protobuf (``?format=json``: JSON).
+
+Bad requests get a 4xx with ``{"detail": ...}``; a missing broker connection is 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import sqlalchemy as sa
+from fastapi import FastAPI, HTTPException, Query, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend._db import charges, journeys, legs, riders
+from backend._gtfs_rt import FleetView, OccupancyThresholds, build_feed, feed_to_json
+from busbell._canonical import canonical_bytes
+from busbell._errors import ContractError, UplinkError
+from busbell._gtfs import Feed
+from busbell._logging import get_logger
+from busbell._topics import Topics, check_topic_id
+
+__all__ = [
+    "ApiState",
+    "Publisher",
+    "WaitRecord",
+    "create_app",
+    "enroll_rider",
+    "run_service",
+]
+
+log = get_logger("backend.api")
+
+_RIDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class Publisher(Protocol):
+    """Where the API publishes MQTT messages (``MqttSession.publish`` or a fake)."""
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> None:
+        """Publish one message.
+
+        Raises:
+            UplinkError: when the broker is unreachable.
+        """
+
+
+@dataclass(slots=True)
+class WaitRecord:
+    """A boarding-wait request the API published."""
+
+    request_id: str
+    route_id: str
+    stop_id: str
+    t: float
+    expires_t: float
+    assist: bool
+    state: str = "pending"
+
+
+@dataclass
+class ApiState:
+    """What the API needs: the ledger, the broker and the reference data.
+
+    Attributes:
+        engine: the ledger database.
+        topics: topic names.
+        publisher: the broker connection (``None``: waits answer 503).
+        feed: GTFS static (route and stop checks), if loaded.
+        fleet: vehicle state for GTFS-Realtime.
+        wait_expiry_s: default lifetime of a wait request (MQTT message expiry).
+        max_wait_expiry_s: the longest a client may ask for.
+        occupancy: thresholds for occupancy_status.
+        on_enrolled: called with ``(rider_id, token_key)`` after an enrolment.
+        on_revoked: called with ``rider_id`` after a revocation.
+        waits: the wait requests published by this process (or seen retained).
+    """
+
+    engine: AsyncEngine
+    topics: Topics = field(default_factory=Topics)
+    publisher: Publisher | None = None
+    feed: Feed | None = None
+    fleet: FleetView | None = None
+    wait_expiry_s: int = 900
+    max_wait_expiry_s: int = 3600
+    occupancy: OccupancyThresholds = field(default_factory=OccupancyThresholds)
+    on_enrolled: Callable[[str, bytes], None] | None = None
+    on_revoked: Callable[[str], None] | None = None
+    waits: dict[str, WaitRecord] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.fleet is None:
+            self.fleet = FleetView(self.topics)
+
+    def on_wait_message(self, topic: str, payload: bytes) -> None:
+        """Track retained wait requests seen on the broker (so DELETE works after restart)."""
+        parsed = self.topics.parse(topic)
+        if parsed is None or parsed.kind != "wait":
+            return
+        request_id = parsed.ids["request"]
+        if not payload:
+            self.waits.pop(request_id, None)
+            return
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if not isinstance(obj, dict):
+            return
+        expires = obj.get("expires_t")
+        self.waits.setdefault(
+            request_id,
+            WaitRecord(
+                request_id,
+                parsed.ids["route"],
+                parsed.ids["stop"],
+                float(obj.get("t") or self.clock()),
+                float(expires) if isinstance(expires, int | float) else self.clock() + 3600,
+                bool(obj.get("assist", False)),
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class EnrolRequest(BaseModel):
+    """Enrol a rider's token."""
+
+    kind: Literal["fob", "app"] = Field("app", description="The token: a BLE fob or a phone app.")
+    rider_id: str | None = Field(
+        None,
+        description="Rider id to use (1-64 of [A-Za-z0-9_.:-]); default: a random one.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+    )
+
+
+class EnrolResponse(BaseModel):
+    """The issued token key: shown once, keep it in the fob or app."""
+
+    rider_id: str
+    kind: Literal["fob", "app"]
+    token_key: str = Field(description="16-byte token key, 32 hex characters; shown once.")
+    enrolled_at: float
+
+
+class RiderStatus(BaseModel):
+    """A rider's registration state."""
+
+    rider_id: str
+    status: Literal["active", "revoked"]
+    enrolled_at: float
+    revoked_at: float | None
+
+
+class LegOut(BaseModel):
+    """One leg of a journey."""
+
+    leg_no: int
+    bus_id: str | None
+    route_id: str
+    trip_id: str | None
+    network_id: str
+    board_stop_id: str | None
+    board_t: float
+    alight_stop_id: str | None
+    alight_t: float
+    distance_m: float
+
+
+class JourneyOut(BaseModel):
+    """A priced journey."""
+
+    journey_id: str
+    first_board_t: float
+    last_alight_t: float
+    fare_krw: int
+    category: str
+    ruleset_id: str
+    explain: list[str]
+    legs: list[LegOut]
+
+
+class JourneysOut(BaseModel):
+    """A rider's journeys, newest first."""
+
+    rider_id: str
+    journeys: list[JourneyOut]
+
+
+class ChargeOut(BaseModel):
+    """One charge."""
+
+    charge_id: str
+    journey_id: str
+    t: float
+    fare_krw: int
+    category: str
+    created_at: float
+
+
+class ChargesOut(BaseModel):
+    """A rider's charges, newest first, with the total."""
+
+    rider_id: str
+    total_krw: int
+    charges: list[ChargeOut]
+
+
+class WaitRequest(BaseModel):
+    """A rider at a stop wants the next bus of a route to stop."""
+
+    route_id: str = Field(min_length=1, max_length=128)
+    stop_id: str = Field(min_length=1, max_length=128)
+    assist: bool = Field(False, description="The rider needs extra time (wheelchair, sight).")
+    expires_in_s: int | None = Field(
+        None, ge=30, description="Lifetime of the request (default 900 s, at most 3600 s)."
+    )
+
+
+class WaitOut(BaseModel):
+    """A wait request and its state."""
+
+    request_id: str
+    route_id: str
+    stop_id: str
+    state: str
+    t: float
+    expires_t: float
+    topic: str
+
+
+# ---------------------------------------------------------------------------- app
+
+
+def _check_rider_id(rider_id: str) -> str:
+    if not _RIDER_ID_RE.match(rider_id):
+        raise HTTPException(422, f"invalid rider id {rider_id!r}")
+    return rider_id
+
+
+def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per endpoint
+    """Build the FastAPI application over ``state``."""
+    app = FastAPI(
+        title="busbell rider API",
+        version="1.0.0",
+        description=(
+            "Enrol rider tokens, read journeys and charges, post boarding-wait requests, "
+            "and read GTFS-Realtime vehicle positions with occupancy."
+        ),
+    )
+    app.state.busbell = state
+
+    async def publisher() -> Publisher:
+        if state.publisher is None:
+            raise HTTPException(503, "not connected to the MQTT broker")
+        return state.publisher
+
+    async def publish(topic: str, payload: bytes, **kw: Any) -> None:
+        pub = await publisher()
+        try:
+            await pub.publish(topic, payload, qos=1, retain=True, **kw)
+        except UplinkError as exc:
+            raise HTTPException(503, f"MQTT broker unavailable: {exc}") from None
+
+    async def rider_row(rider_id: str) -> sa.Row[Any]:
+        _check_rider_id(rider_id)
+        async with state.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(riders).where(riders.c.rider_id == rider_id))
+            ).first()
+        if row is None:
+            raise HTTPException(404, f"unknown rider {rider_id!r}")
+        return row
+
+    @app.post("/riders", status_code=201, response_model=EnrolResponse, tags=["riders"])
+    async def enrol(body: EnrolRequest) -> EnrolResponse:
+        """Enrol a rider: issues a fresh token key, returned only in this response."""
+        rider_id = body.rider_id or f"r-{secrets.token_hex(8)}"
+        token_key = secrets.token_bytes(16)
+        now = state.clock()
+        if not await _insert_rider(state.engine, rider_id, token_key, now):
+            raise HTTPException(409, f"rider {rider_id!r} already exists")
+        if state.on_enrolled is not None:
+            state.on_enrolled(rider_id, token_key)
+        log.info("rider_enrolled", rider_id=rider_id, kind=body.kind)
+        return EnrolResponse(
+            rider_id=rider_id, kind=body.kind, token_key=token_key.hex(), enrolled_at=now
+        )
+
+    @app.get("/riders/{rider_id}", response_model=RiderStatus, tags=["riders"])
+    async def rider_status(rider_id: str) -> RiderStatus:
+        """A rider's registration state (never the token key)."""
+        row = await rider_row(rider_id)
+        return RiderStatus(
+            rider_id=row.rider_id,
+            status=row.status,
+            enrolled_at=row.enrolled_at,
+            revoked_at=row.revoked_at,
+        )
+
+    @app.post("/riders/{rider_id}/revoke", response_model=RiderStatus, tags=["riders"])
+    async def revoke(rider_id: str) -> RiderStatus:
+        """Revoke a rider's token (lost fob, closed account); idempotent."""
+        row = await rider_row(rider_id)
+        revoked_at = row.revoked_at
+        if row.status != "revoked":
+            revoked_at = state.clock()
+            async with state.engine.begin() as conn:
+                await conn.execute(
+                    sa.update(riders)
+                    .where(riders.c.rider_id == rider_id)
+                    .values(status="revoked", revoked_at=revoked_at)
+                )
+            if state.on_revoked is not None:
+                state.on_revoked(rider_id)
+            log.info("rider_revoked", rider_id=rider_id)
+        return RiderStatus(
+            rider_id=rider_id,
+            status="revoked",
+            enrolled_at=row.enrolled_at,
+            revoked_at=revoked_at,
+        )
+
+    @app.get("/riders/{rider_id}/journeys", response_model=JourneysOut, tags=["riders"])
+    async def rider_journeys(
+        rider_id: str,
+        since: float | None = Query(None, description="Only journeys from this UNIX time."),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> JourneysOut:
+        """The rider's priced journeys with their legs, newest first."""
+        await rider_row(rider_id)
+        q = sa.select(journeys).where(journeys.c.rider_id == rider_id)
+        if since is not None:
+            q = q.where(journeys.c.first_board_t >= since)
+        q = q.order_by(journeys.c.first_board_t.desc(), journeys.c.journey_id).limit(limit)
+        async with state.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+            ids = [r.journey_id for r in rows]
+            leg_rows = (
+                (
+                    await conn.execute(
+                        sa.select(legs)
+                        .where(legs.c.journey_id.in_(ids))
+                        .order_by(legs.c.journey_id, legs.c.leg_no)
+                    )
+                ).all()
+                if ids
+                else []
+            )
+        by_journey: dict[str, list[LegOut]] = {}
+        for lr in leg_rows:
+            by_journey.setdefault(lr.journey_id, []).append(
+                LegOut(
+                    leg_no=lr.leg_no,
+                    bus_id=lr.bus_id,
+                    route_id=lr.route_id,
+                    trip_id=lr.trip_id,
+                    network_id=lr.network_id,
+                    board_stop_id=lr.board_stop_id,
+                    board_t=lr.board_t,
+                    alight_stop_id=lr.alight_stop_id,
+                    alight_t=lr.alight_t,
+                    distance_m=lr.distance_m,
+                )
+            )
+        return JourneysOut(
+            rider_id=rider_id,
+            journeys=[
+                JourneyOut(
+                    journey_id=r.journey_id,
+                    first_board_t=r.first_board_t,
+                    last_alight_t=r.last_alight_t,
+                    fare_krw=r.fare_krw,
+                    category=r.category,
+                    ruleset_id=r.ruleset_id,
+                    explain=[str(x) for x in (r.explain or [])],
+                    legs=by_journey.get(r.journey_id, []),
+                )
+                for r in rows
+            ],
+        )
+
+    @app.get("/riders/{rider_id}/charges", response_model=ChargesOut, tags=["riders"])
+    async def rider_charges(
+        rider_id: str,
+        since: float | None = Query(None, description="Only charges from this UNIX time."),
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> ChargesOut:
+        """The rider's charges, newest first, and their total."""
+        await rider_row(rider_id)
+        q = sa.select(charges).where(charges.c.rider_id == rider_id)
+        if since is not None:
+            q = q.where(charges.c.t >= since)
+        q = q.order_by(charges.c.t.desc(), charges.c.charge_id).limit(limit)
+        async with state.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        items = [
+            ChargeOut(
+                charge_id=r.charge_id,
+                journey_id=r.journey_id,
+                t=r._mapping["t"],
+                fare_krw=r.fare_krw,
+                category=r.category,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+        return ChargesOut(
+            rider_id=rider_id, total_krw=sum(c.fare_krw for c in items), charges=items
+        )
+
+    @app.post("/waits", status_code=201, response_model=WaitOut, tags=["waits"])
+    async def post_wait(body: WaitRequest) -> WaitOut:
+        """Ask the next bus of a route to stop for the rider at a stop."""
+        try:
+            check_topic_id(body.route_id, "route_id")
+            check_topic_id(body.stop_id, "stop_id")
+        except ContractError as exc:
+            raise HTTPException(422, str(exc)) from None
+        feed = state.feed
+        if feed is not None:
+            if body.route_id not in feed.routes:
+                raise HTTPException(404, f"unknown route {body.route_id!r}")
+            if body.stop_id not in feed.stops:
+                raise HTTPException(404, f"unknown stop {body.stop_id!r}")
+            if not any(
+                p.route_id == body.route_id and body.stop_id in p.stop_ids
+                for p in feed.patterns.values()
+            ):
+                raise HTTPException(
+                    422, f"route {body.route_id!r} does not serve stop {body.stop_id!r}"
+                )
+        expiry = body.expires_in_s or state.wait_expiry_s
+        if expiry > state.max_wait_expiry_s:
+            raise HTTPException(422, f"expires_in_s must be at most {state.max_wait_expiry_s}")
+        await publisher()
+        request_id = f"w-{secrets.token_hex(8)}"
+        now = state.clock()
+        rec = WaitRecord(request_id, body.route_id, body.stop_id, now, now + expiry, body.assist)
+        topic = state.topics.wait(body.route_id, body.stop_id, request_id)
+        wait_msg = {
+            "request_id": request_id,
+            "route_id": body.route_id,
+            "stop_id": body.stop_id,
+            "t": now,
+            "source": "app",
+            "assist": body.assist,
+            "expires_t": now + expiry,
+        }
+        await publish(topic, canonical_bytes(wait_msg), expiry_s=expiry)
+        await publish(
+            state.topics.request_status(request_id),
+            canonical_bytes({"request_id": request_id, "state": "pending", "t": now}),
+            expiry_s=expiry + 3600,
+        )
+        state.waits[request_id] = rec
+        log.info(
+            "wait_requested", request_id=request_id, route_id=rec.route_id, stop_id=rec.stop_id
+        )
+        return _wait_out(state, rec)
+
+    @app.get("/waits/{request_id}", response_model=WaitOut, tags=["waits"])
+    async def get_wait(request_id: str) -> WaitOut:
+        """A wait request this service published."""
+        rec = state.waits.get(request_id)
+        if rec is None:
+            raise HTTPException(404, f"unknown wait request {request_id!r}")
+        return _wait_out(state, rec)
+
+    @app.delete("/waits/{request_id}", response_model=WaitOut, tags=["waits"])
+    async def delete_wait(request_id: str) -> WaitOut:
+        """Cancel a wait request: clears the retained request, status ``cancelled``."""
+        rec = state.waits.get(request_id)
+        if rec is None:
+            raise HTTPException(404, f"unknown wait request {request_id!r}")
+        await publisher()
+        now = state.clock()
+        await publish(state.topics.wait(rec.route_id, rec.stop_id, request_id), b"")
+        await publish(
+            state.topics.request_status(request_id),
+            canonical_bytes({"request_id": request_id, "state": "cancelled", "t": now}),
+            expiry_s=3600,
+        )
+        rec.state = "cancelled"
+        state.waits.pop(request_id, None)
+        log.info("wait_cancelled", request_id=request_id)
+        return _wait_out(state, rec)
+
+    @app.get(
+        "/gtfs-rt/vehicle-positions",
+        tags=["gtfs-realtime"],
+        responses={
+            200: {
+                "description": "GTFS-Realtime FeedMessage (protobuf), or JSON with format=json.",
+                "content": {"application/x-protobuf": {}, "application/json": {}},
+            }
+        },
+    )
+    async def vehicle_positions(
+        format: Literal["pb", "json"] = Query("pb", description="pb (protobuf) or json."),
+    ) -> Response:
+        """Vehicle positions with occupancy_status from the buses' occupancy counts."""
+        assert state.fleet is not None
+        msg = build_feed(state.fleet, now=state.clock(), thresholds=state.occupancy)
+        if format == "json":
+            return Response(
+                json.dumps(feed_to_json(msg), sort_keys=True), media_type="application/json"
+            )
+        return Response(msg.SerializeToString(), media_type="application/x-protobuf")
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness and broker connection."""
+        return {"ok": True, "mqtt": state.publisher is not None}
+
+    return app
+
+
+def _wait_out(state: ApiState, rec: WaitRecord) -> WaitOut:
+    return WaitOut(
+        request_id=rec.request_id,
+        route_id=rec.route_id,
+        stop_id=rec.stop_id,
+        state=rec.state,
+        t=rec.t,
+        expires_t=rec.expires_t,
+        topic=state.topics.wait(rec.route_id, rec.stop_id, rec.request_id),
+    )
+
+
+async def _insert_rider(engine: AsyncEngine, rider_id: str, token_key: bytes, now: float) -> bool:
+    async with engine.begin() as conn:
+        exists = (
+            await conn.execute(sa.select(riders.c.rider_id).where(riders.c.rider_id == rider_id))
+        ).first()
+        if exists is not None:
+            return False
+        await conn.execute(
+            sa.insert(riders).values(
+                rider_id=rider_id,
+                token_key=token_key.hex(),
+                status="active",
+                enrolled_at=now,
+                revoked_at=None,
+            )
+        )
+    return True
+
+
+async def enroll_rider(url: str, rider_id: str, token_key: bytes, *, kind: str = "fob") -> None:
+    """Enrol a rider into the database at ``url`` (migrating it first).
+
+    Raises:
+        StoreError: the database cannot be reached or migrated.
+        ContractError: the rider exists already.
+    """
+    from backend._db import create_engine, migrate
+
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+        if not await _insert_rider(engine, rider_id, token_key, time.time()):
+            raise ContractError(f"rider {rider_id!r} already exists", field="rider_id")
+        log.info("rider_enrolled", rider_id=rider_id, kind=kind)
+    finally:
+        await engine.dispose()
+
+
+# ---------------------------------------------------------------------------- service
+
+
+class _BrokerLink:
+    """Keeps one MQTT session up: publishes for the API, feeds the fleet view."""
+
+    def __init__(self, settings: Any, state: ApiState, client_id: str) -> None:
+        self.settings = settings
+        self.state = state
+        self.client_id = client_id
+
+    async def run(self) -> None:
+        from busbell._mqtt import MqttSession, backoff_delays
+
+        topics = self.state.topics
+        subs = [
+            f"{topics.prefix}/buses/+/vehicle/gnss",
+            f"{topics.prefix}/buses/+/vehicle/trip",
+            f"{topics.prefix}/buses/+/occupancy",
+            f"{topics.prefix}/buses/+/status",
+            f"{topics.prefix}/routes/+/stops/+/waits/+",
+        ]
+        delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        while True:
+            try:
+                async with MqttSession(self.settings, self.client_id) as session:
+                    await session.subscribe(subs, qos=1)
+                    self.state.publisher = session
+                    log.info("api_broker_connected")
+                    delays = backoff_delays(
+                        self.settings.backoff_initial_s, self.settings.backoff_max_s
+                    )
+                    async for m in session.messages():
+                        assert self.state.fleet is not None
+                        self.state.fleet.on_message(m.topic, m.payload)
+                        self.state.on_wait_message(m.topic, m.payload)
+            except UplinkError as exc:
+                log.warning("api_broker_lost", error=str(exc))
+            finally:
+                self.state.publisher = None
+            await asyncio.sleep(next(delays))
+
+
+async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = None) -> int:
+    """Run the backend: migrate, ingest, rider API, key publisher (until ``stop``).
+
+    Returns:
+        The exit status.
+    """
+    import uvicorn
+
+    from backend._db import create_engine, migrate
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+    from busbell._gtfs import load_gtfs
+
+    config = load_config(BackendConfig, config_path)
+    db = config.database
+    engine = create_engine(
+        db.url,
+        pool_size=db.pool_size,
+        max_overflow=db.max_overflow,
+        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
+    )
+    if db.migrate_on_start:
+        await migrate(engine)
+    feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None
+    topics = Topics(config.mqtt.prefix)
+    state = ApiState(engine=engine, topics=topics, feed=feed)
+    app = create_app(state)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=config.api.host, port=config.api.port, log_level="warning", lifespan="off"
+        )
+    )
+    stopper = stop or asyncio.Event()
+    tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = [
+        ("busbell-backend.api", server.serve),
+        (
+            "busbell-backend.api-broker",
+            _BrokerLink(config.mqtt, state, f"busbell-backend-api-{secrets.token_hex(3)}").run,
+        ),
+    ]
+    with contextlib.suppress(ImportError):
+        from backend._ingest import run_ingest
+
+        tasks.append(("busbell-backend.ingest", lambda: run_ingest(config, stop=stopper)))
+    with contextlib.suppress(ImportError):
+        from backend._keys import publish_key_bundles  # noqa: F401 - presence check
+
+        tasks.append(("busbell-backend.keys", lambda: _key_publisher(config, engine, stopper)))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for name, fn in tasks:
+                tg.create_task(fn(), name=name)
+
+            async def _stop() -> None:
+                await stopper.wait()
+                server.should_exit = True
+                raise asyncio.CancelledError
+
+            tg.create_task(_stop(), name="busbell-backend.stop")
+    except* asyncio.CancelledError:
+        pass
+    finally:
+        await engine.dispose()
+    return 0
+
+
+async def _key_publisher(config: Any, engine: AsyncEngine, stop: asyncio.Event) -> None:
+    from backend._keys import ensure_fleet_keys, publish_key_bundles
+    from busbell._mqtt import MqttSession, backoff_delays
+
+    topics = Topics(config.mqtt.prefix)
+    delays = backoff_delays(config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s)
+    while not stop.is_set():
+        try:
+            async with MqttSession(
+                config.mqtt, f"busbell-backend-keys-{secrets.token_hex(3)}"
+            ) as session:
+                while not stop.is_set():
+                    await ensure_fleet_keys(engine, days_ahead=config.keys.days_ahead)
+                    await publish_key_bundles(
+                        engine, session.publish, topics, days_ahead=config.keys.days_ahead
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(config.keys.publish_interval_s):
+                            await stop.wait()
+        except UplinkError as exc:
+            log.warning("key_publisher_broker_lost", error=str(exc))
+            await asyncio.sleep(next(delays))

@@ -1,0 +1,639 @@
+"""The sans-I/O journey builder: resolved segments -> legs -> priced journeys.
+
+Input is one :class:`Segment` per accepted fare event whose rid resolved to a rider.
+
+1. **Stitch.** A rider's segment that ends ``rotated`` and the one that starts
+   ``continued`` on the same bus (and trip) within ``stitch_gap_s`` are one ride: the
+   leg takes its boarding stop and time from the first segment and its alighting stop
+   and time from the last.
+2. **Lost.** A leg whose last segment ends ``lost`` (or ``rotated`` with no
+   continuation) is charged by the lost policy and marked for review: ``last-stop``
+   (default) charges up to the last stop where the rider was confirmed on board
+   (``end.stop_id`` if given, else the last known stop); ``penalty`` charges the
+   route's maximum distance fare (the Korean no-tap-off rule).
+3. **Suspected replay.** The same rider on two buses at overlapping times (beyond
+   ``replay_overlap_s``) is not charged automatically: both legs are marked and held.
+4. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
+   route's usual pattern), falling back to the events' ``distance_m``.
+5. **Journeys and fares.** Legs are grouped by the fare engine's transfer rules
+   (:func:`backend._fare_engine.group_journeys`) and priced by
+   :class:`backend._fare_engine.FareEngine`.
+
+Pure and deterministic: the same segments in any order give the same journeys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from backend._fare_engine import FareEngine, FareLeg, FareQuote
+from backend._fare_rules import NetworkMap
+from busbell._gtfs import Feed
+
+__all__ = [
+    "FLAG_LOST",
+    "FLAG_PARTIAL",
+    "FLAG_PENALTY",
+    "FLAG_REVIEW",
+    "FLAG_SUSPECTED_REPLAY",
+    "Journey",
+    "JourneyBuilder",
+    "JourneyPolicy",
+    "Leg",
+    "LostPolicy",
+    "Segment",
+    "explain_journey",
+]
+
+LostPolicy = Literal["last-stop", "penalty"]
+
+FLAG_LOST = "lost"
+"""The rider was not seen alighting; the lost policy priced the leg."""
+FLAG_PENALTY = "penalty"
+"""The lost policy ``penalty`` charged the route's maximum distance."""
+FLAG_PARTIAL = "partial"
+"""The leg starts with a ``continued`` segment that has no predecessor."""
+FLAG_REVIEW = "review"
+"""A person should look at this leg or journey."""
+FLAG_SUSPECTED_REPLAY = "suspected_replay"
+"""The rider was on another bus at an overlapping time; not charged automatically."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One accepted, resolved fare event (one rid presence segment of one rider).
+
+    Attributes:
+        rider_id: the resolved rider.
+        bus_id: the bus that emitted the event.
+        seq: the event's sequence number on that bus.
+        event_id: the event id.
+        interval: the rid interval.
+        route_id: the trip's route, or ``None``.
+        trip_id: the trip, or ``None``.
+        start_t: segment start (bus GNSS time).
+        start_stop_id: stop at the start, or ``None``.
+        start_cause: ``boarded`` or ``continued``.
+        end_t: segment end.
+        end_stop_id: stop at the end, or ``None``.
+        end_cause: ``alighted``, ``rotated`` or ``lost``.
+        distance_m: distance the bus travelled during the segment.
+    """
+
+    rider_id: str
+    bus_id: str
+    seq: int
+    event_id: str
+    interval: int
+    route_id: str | None
+    trip_id: str | None
+    start_t: float
+    start_stop_id: str | None
+    start_cause: str
+    end_t: float
+    end_stop_id: str | None
+    end_cause: str
+    distance_m: float
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
+        """Make a segment from a validated fare event v1 and its resolved rider."""
+        start, end = event["start"], event["end"]
+        return cls(
+            rider_id=rider_id,
+            bus_id=event["bus_id"],
+            seq=event["seq"],
+            event_id=event["event_id"],
+            interval=event["interval"],
+            route_id=event["route_id"],
+            trip_id=event["trip_id"],
+            start_t=float(start["t"]),
+            start_stop_id=start["stop_id"],
+            start_cause=start["cause"],
+            end_t=float(end["t"]),
+            end_stop_id=end["stop_id"],
+            end_cause=end["cause"],
+            distance_m=float(event["distance_m"]),
+        )
+
+    def sort_key(self) -> tuple[float, str, int]:
+        """Total order: start time, then bus and sequence number."""
+        return (self.start_t, self.bus_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One ride of one rider on one bus, stitched from one or more segments.
+
+    Attributes:
+        rider_id: the rider.
+        bus_id: the bus.
+        route_id: the route (``None`` when the driver had not signed on).
+        trip_id: the trip, if known.
+        board_t: boarding time (first segment's start).
+        board_stop_id: boarding stop, if known.
+        alight_t: alighting time (last segment's end).
+        alight_stop_id: alighting stop (by the lost policy when lost), if known.
+        distance_m: the distance charged for.
+        distance_source: ``gtfs``, ``events`` or ``penalty``.
+        network_id: the fare class.
+        event_ids: the events stitched, in order.
+        flags: sorted flags (see the ``FLAG_*`` constants).
+    """
+
+    rider_id: str
+    bus_id: str
+    route_id: str | None
+    trip_id: str | None
+    board_t: float
+    board_stop_id: str | None
+    alight_t: float
+    alight_stop_id: str | None
+    distance_m: float
+    distance_source: str
+    network_id: str
+    event_ids: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+
+    def fare_leg(self) -> FareLeg:
+        """This leg as the fare engine sees it."""
+        return FareLeg(
+            route_id=self.route_id or "",
+            network_id=self.network_id,
+            board_t=self.board_t,
+            alight_t=self.alight_t,
+            distance_m=self.distance_m,
+            board_stop_id=self.board_stop_id,
+            alight_stop_id=self.alight_stop_id,
+            bus_id=self.bus_id,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JOURNEYS.jsonl leg object: the contract keys plus extras."""
+        return {
+            "bus_id": self.bus_id,
+            "route_id": self.route_id,
+            "board_stop_id": self.board_stop_id,
+            "board_t": self.board_t,
+            "alight_stop_id": self.alight_stop_id,
+            "alight_t": self.alight_t,
+            "trip_id": self.trip_id,
+            "distance_m": round(self.distance_m, 1),
+            "distance_source": self.distance_source,
+            "network_id": self.network_id,
+            "event_ids": list(self.event_ids),
+            "flags": list(self.flags),
+        }
+
+    def with_flags(self, *flags: str) -> Leg:
+        """A copy with more flags."""
+        return _replace_flags(self, tuple(sorted(set(self.flags) | set(flags))))
+
+
+def _replace_flags(leg: Leg, flags: tuple[str, ...]) -> Leg:
+    return Leg(
+        leg.rider_id,
+        leg.bus_id,
+        leg.route_id,
+        leg.trip_id,
+        leg.board_t,
+        leg.board_stop_id,
+        leg.alight_t,
+        leg.alight_stop_id,
+        leg.distance_m,
+        leg.distance_source,
+        leg.network_id,
+        leg.event_ids,
+        flags,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """A rider's journey: legs joined by the transfer rules, with its fare.
+
+    Attributes:
+        journey_id: deterministic id (hash of the rider and the events).
+        rider_id: the rider.
+        legs: the legs in boarding order.
+        fare_krw: the fare (0 when not charged).
+        charged: ``False`` for journeys held for review without a charge.
+        category: rider category priced.
+        flags: union of the legs' flags.
+        quote: the fare engine's quote (``None`` when not charged).
+    """
+
+    journey_id: str
+    rider_id: str
+    legs: tuple[Leg, ...]
+    fare_krw: int
+    charged: bool
+    category: str
+    flags: tuple[str, ...]
+    quote: FareQuote | None = field(default=None, compare=False)
+
+    @property
+    def first_board_t(self) -> float:
+        """Time of the first boarding."""
+        return self.legs[0].board_t
+
+    @property
+    def explain(self) -> tuple[str, ...]:
+        """The fare engine's explanation lines (empty when not charged)."""
+        return self.quote.explain if self.quote is not None else ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JOURNEYS.jsonl object: ``rider_id``, ``legs``, ``fare_krw`` plus extras."""
+        return {
+            "rider_id": self.rider_id,
+            "legs": [leg.to_json() for leg in self.legs],
+            "fare_krw": self.fare_krw,
+            "journey_id": self.journey_id,
+            "charged": self.charged,
+            "category": self.category,
+            "ruleset_id": self.quote.ruleset_id if self.quote is not None else None,
+            "flags": list(self.flags),
+        }
+
+    def sort_key(self) -> tuple[str, float, str, str]:
+        """Deterministic output order."""
+        return (self.rider_id, self.first_board_t, self.legs[0].bus_id, self.journey_id)
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyPolicy:
+    """Tunable rules of the journey builder.
+
+    Attributes:
+        lost_policy: ``last-stop`` or ``penalty`` (see the module docs).
+        stitch_gap_s: largest gap between a ``rotated`` end and a ``continued`` start
+            that are stitched into one leg.
+        replay_overlap_s: how long two legs on different buses may overlap before it is
+            a suspected replay (detection latency at a transfer makes small overlaps
+            normal).
+        category: rider category priced.
+        default_network: fare class of routes without a network (``None``: the rules').
+    """
+
+    lost_policy: LostPolicy = "last-stop"
+    stitch_gap_s: float = 60.0
+    replay_overlap_s: float = 60.0
+    category: str = "adult"
+    default_network: str | None = None
+
+
+class JourneyBuilder:
+    """Builds priced journeys from resolved segments.
+
+    Args:
+        engine: the fare engine.
+        feed: the GTFS feed (distances, networks), or ``None``.
+        policy: the builder's policy.
+
+    Raises:
+        UnknownNetworkError: the feed maps a route to a network the rules lack.
+    """
+
+    def __init__(
+        self, engine: FareEngine, feed: Feed | None = None, policy: JourneyPolicy | None = None
+    ) -> None:
+        self.engine = engine
+        self.feed = feed
+        self.policy = policy or JourneyPolicy()
+        self.networks: NetworkMap = engine.rules.network_map(
+            feed.networks if feed is not None else {},
+            default_network=self.policy.default_network,
+        )
+        self._route_max: dict[str, float] = {}
+        if feed is not None:
+            for pattern in feed.patterns.values():
+                length = pattern.dist_m[-1] - pattern.dist_m[0] if pattern.dist_m else 0.0
+                self._route_max[pattern.route_id] = max(
+                    length, self._route_max.get(pattern.route_id, 0.0)
+                )
+            for trip in feed.trips.values():
+                length = trip.dist_m[-1] - trip.dist_m[0] if trip.dist_m else 0.0
+                self._route_max[trip.route_id] = max(
+                    length, self._route_max.get(trip.route_id, 0.0)
+                )
+
+    # ----------------------------------------------------------------- distances
+
+    def gtfs_distance(
+        self, route_id: str | None, trip_id: str | None, board: str | None, alight: str | None
+    ) -> float | None:
+        """Metres along the trip (or the route's pattern) between two stops, or ``None``."""
+        feed = self.feed
+        if feed is None or board is None or alight is None:
+            return None
+        trip = feed.trips.get(trip_id) if trip_id is not None else None
+        if trip is not None:
+            d = _between(trip.stop_ids, trip.dist_m, board, alight)
+            if d is not None:
+                return d
+            route_id = trip.route_id
+        if route_id is None:
+            return None
+        found: list[float] = []
+        for direction in (0, 1):
+            pattern = feed.pattern(route_id, direction)
+            if pattern is not None:
+                d = pattern.distance_between(board, alight)
+                if d is not None:
+                    found.append(d)
+        return min(found) if found else None
+
+    def route_max_distance(self, route_id: str | None) -> float | None:
+        """The longest distance of a route in the feed (the penalty distance)."""
+        if route_id is None:
+            return None
+        return self._route_max.get(route_id)
+
+    # ----------------------------------------------------------------- stitching
+
+    def stitch(self, segments: Iterable[Segment]) -> list[Leg]:
+        """Stitch one rider's segments into legs (rotated + continued = one leg).
+
+        Returns:
+            The legs in boarding order.
+        """
+        gap = self.policy.stitch_gap_s
+        open_chains: dict[str, list[Segment]] = {}  # bus -> chain awaiting a continuation
+        chains: list[list[Segment]] = []
+        for seg in sorted(segments, key=Segment.sort_key):
+            prev = open_chains.pop(seg.bus_id, None)
+            if (
+                prev is not None
+                and seg.start_cause == "continued"
+                and _same_trip(prev[-1], seg)
+                and -gap <= seg.start_t - prev[-1].end_t <= gap
+            ):
+                prev.append(seg)
+                chain = prev
+            else:
+                if prev is not None:
+                    chains.append(prev)
+                chain = [seg]
+            if seg.end_cause == "rotated":
+                open_chains[seg.bus_id] = chain
+            else:
+                chains.append(chain)
+        chains.extend(open_chains.values())
+        legs = [self._leg(chain) for chain in chains]
+        legs.sort(key=_leg_key)
+        return legs
+
+    def _leg(self, chain: Sequence[Segment]) -> Leg:
+        first, last = chain[0], chain[-1]
+        flags: set[str] = set()
+        route_id = next((s.route_id for s in chain if s.route_id is not None), None)
+        trip_id = next((s.trip_id for s in chain if s.trip_id is not None), None)
+        board_stop = first.start_stop_id
+        if first.start_cause == "continued":
+            flags |= {FLAG_PARTIAL, FLAG_REVIEW}
+            if board_stop is None:
+                board_stop = next(
+                    (s for seg in chain for s in (seg.start_stop_id, seg.end_stop_id) if s), None
+                )
+        alight_stop = last.end_stop_id
+        lost = last.end_cause != "alighted"
+        events_distance = math.fsum(s.distance_m for s in chain)
+        if lost:
+            flags |= {FLAG_LOST, FLAG_REVIEW}
+            if alight_stop is None:
+                alight_stop = _last_known_stop(chain)
+        distance: float | None = None
+        source = "gtfs"
+        if lost and self.policy.lost_policy == "penalty":
+            distance = self.route_max_distance(route_id)
+            flags.add(FLAG_PENALTY)
+            source = "penalty"
+            if distance is None:
+                distance, source = events_distance, "events"
+        else:
+            distance = self.gtfs_distance(route_id, trip_id, board_stop, alight_stop)
+            if distance is None:
+                distance, source = events_distance, "events"
+        return Leg(
+            rider_id=first.rider_id,
+            bus_id=first.bus_id,
+            route_id=route_id,
+            trip_id=trip_id,
+            board_t=first.start_t,
+            board_stop_id=board_stop,
+            alight_t=max(last.end_t, first.start_t),
+            alight_stop_id=alight_stop,
+            distance_m=max(0.0, distance),
+            distance_source=source,
+            network_id=self.networks.network_for(route_id) if route_id else self._default(),
+            event_ids=tuple(s.event_id for s in chain),
+            flags=tuple(sorted(flags)),
+        )
+
+    def _default(self) -> str:
+        return self.networks.default_network
+
+    # ----------------------------------------------------------------- replay check
+
+    def mark_replays(self, legs: Sequence[Leg]) -> list[Leg]:
+        """Flag legs of one rider on different buses that overlap in time."""
+        tol = self.policy.replay_overlap_s
+        suspect: set[int] = set()
+        order = sorted(range(len(legs)), key=lambda k: _leg_key(legs[k]))
+        for a_pos, a in enumerate(order):
+            la = legs[a]
+            for b in order[a_pos + 1 :]:
+                lb = legs[b]
+                if lb.board_t >= la.alight_t - tol:
+                    break
+                if lb.bus_id == la.bus_id:
+                    continue
+                overlap = min(la.alight_t, lb.alight_t) - max(la.board_t, lb.board_t)
+                if overlap > tol:
+                    suspect |= {a, b}
+        return [
+            leg.with_flags(FLAG_SUSPECTED_REPLAY, FLAG_REVIEW) if k in suspect else leg
+            for k, leg in enumerate(legs)
+        ]
+
+    # ----------------------------------------------------------------- journeys
+
+    def build_rider(
+        self, segments: Iterable[Segment], category: str | None = None
+    ) -> list[Journey]:
+        """Build and price one rider's journeys."""
+        cat = category or self.policy.category
+        legs = self.mark_replays(self.stitch(segments))
+        held = [leg for leg in legs if FLAG_SUSPECTED_REPLAY in leg.flags]
+        chargeable = [leg for leg in legs if FLAG_SUSPECTED_REPLAY not in leg.flags]
+        out: list[Journey] = []
+        by_id: dict[int, Leg] = {}
+        fare_legs: list[FareLeg] = []
+        for leg in chargeable:
+            fl = leg.fare_leg()
+            by_id[id(fl)] = leg
+            fare_legs.append(fl)
+        for group in self.engine.journeys(fare_legs):
+            journey_legs = tuple(by_id[id(fl)] for fl in group)
+            quote = self.engine.price(group, cat)
+            out.append(_journey(journey_legs, quote.fare_krw, True, cat, quote))
+        for leg in held:
+            out.append(_journey((leg,), 0, False, cat, None))
+        out.sort(key=Journey.sort_key)
+        return out
+
+    def build(
+        self, segments: Iterable[Segment], categories: Mapping[str, str] | None = None
+    ) -> list[Journey]:
+        """Build and price the journeys of every rider, sorted deterministically.
+
+        Args:
+            segments: resolved segments of any riders, any order.
+            categories: rider id -> category (default: the policy's).
+        """
+        by_rider: dict[str, list[Segment]] = {}
+        for seg in segments:
+            by_rider.setdefault(seg.rider_id, []).append(seg)
+        out: list[Journey] = []
+        for rider_id in sorted(by_rider):
+            cat = (categories or {}).get(rider_id)
+            out.extend(self.build_rider(by_rider[rider_id], cat))
+        return out
+
+
+def _journey(
+    legs: tuple[Leg, ...], fare: int, charged: bool, category: str, quote: FareQuote | None
+) -> Journey:
+    h = hashlib.sha256()
+    h.update(legs[0].rider_id.encode())
+    for leg in legs:
+        for event_id in leg.event_ids:
+            h.update(b"\x00" + event_id.encode())
+    flags = tuple(sorted({f for leg in legs for f in leg.flags}))
+    return Journey(
+        journey_id=h.hexdigest()[:32],
+        rider_id=legs[0].rider_id,
+        legs=legs,
+        fare_krw=fare,
+        charged=charged,
+        category=category,
+        flags=flags,
+        quote=quote,
+    )
+
+
+def _same_trip(a: Segment, b: Segment) -> bool:
+    if a.trip_id is not None and b.trip_id is not None:
+        return a.trip_id == b.trip_id
+    return a.route_id == b.route_id or a.route_id is None or b.route_id is None
+
+
+def _last_known_stop(chain: Sequence[Segment]) -> str | None:
+    for seg in reversed(chain):
+        if seg.end_stop_id is not None:
+            return seg.end_stop_id
+        if seg.start_stop_id is not None:
+            return seg.start_stop_id
+    return None
+
+
+def _between(
+    stop_ids: Sequence[str], dist_m: Sequence[float], board: str, alight: str
+) -> float | None:
+    try:
+        i = stop_ids.index(board)
+        j = stop_ids.index(alight, i)
+    except ValueError:
+        return None
+    return dist_m[j] - dist_m[i]
+
+
+def _leg_key(leg: Leg) -> tuple[float, float, str, str]:
+    return (leg.board_t, leg.alight_t, leg.bus_id, leg.event_ids[0])
+
+
+def explain_journey(
+    builder: JourneyBuilder, journey: Mapping[str, Any], *, category: str | None = None
+) -> tuple[list[str], bool]:
+    """Reprice a JOURNEYS.jsonl object and explain the fare line by line.
+
+    Distances come from GTFS when the leg's stops are on its trip or route, else from
+    the leg's ``distance_m``.
+
+    Args:
+        builder: the journey builder (feed, networks, engine).
+        journey: a journey object (``rider_id``, ``legs``, ``fare_krw``).
+        category: category to price (default: the journey's, else the policy's).
+
+    Returns:
+        The lines, and whether the recomputed fare differs from the recorded one.
+
+    Raises:
+        FareInputError: a leg lacks times or has invalid values.
+    """
+    from backend._fare_engine import FareInputError
+
+    legs = journey.get("legs")
+    if not isinstance(legs, list) or not legs:
+        raise FareInputError("journey has no legs", field="legs")
+    cat = category or journey.get("category") or builder.policy.category
+    lines = [f"journey of rider {journey.get('rider_id')}: {len(legs)} leg(s), category {cat}"]
+    fare_legs: list[FareLeg] = []
+    for n, raw in enumerate(legs, 1):
+        if not isinstance(raw, Mapping):
+            raise FareInputError(f"leg {n} is not an object", field=f"legs[{n - 1}]")
+        route_id = raw.get("route_id")
+        board, alight = raw.get("board_stop_id"), raw.get("alight_stop_id")
+        try:
+            board_t, alight_t = float(raw["board_t"]), float(raw["alight_t"])
+        except (KeyError, TypeError, ValueError):
+            raise FareInputError(
+                f"leg {n} needs numeric board_t and alight_t", field=f"legs[{n - 1}]"
+            ) from None
+        recorded = raw.get("distance_m")
+        source = raw.get("distance_source")
+        distance = None
+        if source != "penalty":
+            distance = builder.gtfs_distance(route_id, raw.get("trip_id"), board, alight)
+        if distance is not None:
+            how = f"GTFS shape_dist_traveled {board} -> {alight}"
+        elif isinstance(recorded, int | float):
+            distance = float(recorded)
+            how = "recorded distance_m" + (" (lost-leg penalty)" if source == "penalty" else "")
+        else:
+            distance = 0.0
+            how = "unknown (no GTFS match, no distance_m): 0 m"
+        network = builder.networks.network_for(route_id) if route_id else builder._default()
+        lines.append(
+            f"leg {n} distance: route {route_id} bus {raw.get('bus_id')}, "
+            f"{distance / 1000:.3f} km from {how}"
+        )
+        fare_legs.append(
+            FareLeg(
+                route_id=route_id or "",
+                network_id=network,
+                board_t=board_t,
+                alight_t=alight_t,
+                distance_m=max(0.0, distance),
+                board_stop_id=board,
+                alight_stop_id=alight,
+                bus_id=raw.get("bus_id"),
+            )
+        )
+    quote = builder.engine.price(fare_legs, cat)
+    lines.extend(quote.explain)
+    recorded_fare = journey.get("fare_krw")
+    mismatch = False
+    if journey.get("charged") is False:
+        lines.append(
+            f"recorded: not charged (flags {', '.join(journey.get('flags') or []) or 'none'})"
+        )
+    elif isinstance(recorded_fare, int):
+        mismatch = recorded_fare != quote.fare_krw
+        verdict = "differs" if mismatch else "matches"
+        lines.append(f"recorded fare: {recorded_fare:,} KRW ({verdict})")
+    return lines, mismatch

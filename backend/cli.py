@@ -1,0 +1,313 @@
+"""``busbell backend ...``: run the central service, settle offline, enrol riders, fares.
+
+Dispatched from :mod:`busbell.cli` as ``main(argv, prog)``. User-facing output goes to
+stdout/stderr here only; the library modules log with structlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from busbell._errors import BusbellError
+
+__all__ = ["main"]
+
+SETTLE_EPILOG = """\
+example:
+  busbell backend settle EVENTS.jsonl --gtfs gtfs/ --riders RIDERS.csv \\
+      --devices DEVICES.csv --out JOURNEYS.jsonl --lost-policy last-stop
+
+Runs the same checks as the online backend (schema, signature against DEVICES.csv,
+per-bus hash chain, dedupe by (bus_id, seq) and event_id, rid resolution with the
+riders' keys, rtag and tq proof) and writes one JSON object per journey, sorted by
+rider, first boarding, bus. Rejected events are counted by reason on stderr.
+"""
+
+ENROLL_EPILOG = """\
+example:
+  busbell backend enroll --riders RIDERS.csv --kind fob
+  busbell backend enroll --db sqlite+aiosqlite:///busbell.db --kind app
+
+Issues a new rider with a fresh 16-byte token key, prints the rider id and the token key
+ONCE (give it to the fob or app; the backend keeps it to resolve rids), and appends the
+rider to RIDERS.csv and/or the database.
+"""
+
+EXPLAIN_EPILOG = """\
+example:
+  busbell backend fares explain '{"rider_id":"r1","legs":[{"bus_id":"b1",
+      "route_id":"10","board_stop_id":"S1","board_t":1762500000,
+      "alight_stop_id":"S5","alight_t":1762501200}],"fare_krw":1450}' --gtfs gtfs/
+  busbell backend fares explain JOURNEYS.jsonl --gtfs gtfs/ --rider r1
+
+Reprices each journey with the fare engine (distances from GTFS, else the leg's
+distance_m) and prints the engine's explanation line by line.
+"""
+
+RUN_EPILOG = """\
+example:
+  busbell backend run --config backend.toml
+
+Migrates the database, then runs fare ingest, settlement, the rider API (uvicorn) and
+the key publisher until interrupted.
+"""
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _build_parser(prog: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="busbell central service.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands: run, settle, enroll, fares explain (each has --help)",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    st = sub.add_parser(
+        "settle",
+        help="settle fare events offline into priced journeys",
+        description="Settle EVENTS.jsonl offline into JOURNEYS.jsonl.",
+        epilog=SETTLE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    st.add_argument("events", nargs="+", type=Path, help="EVENTS.jsonl file(s)")
+    st.add_argument("--gtfs", type=Path, required=True, help="GTFS static directory")
+    st.add_argument("--riders", type=Path, required=True, help="RIDERS.csv")
+    st.add_argument("--devices", type=Path, required=True, help="DEVICES.csv")
+    st.add_argument("--out", type=Path, required=True, help="JOURNEYS.jsonl to write")
+    st.add_argument("--rules", type=Path, default=None, help="fare rules TOML (default: packaged)")
+    st.add_argument("--lost-policy", choices=["last-stop", "penalty"], default="last-stop")
+    st.add_argument("--category", default="adult", help="rider category (adult, youth, child)")
+    st.add_argument("--default-network", default=None, help="class of routes without a network")
+    st.add_argument("--stitch-gap-s", type=float, default=60.0)
+    st.add_argument("--replay-overlap-s", type=float, default=60.0)
+    st.add_argument("--proof-slack-s", type=float, default=None)
+    st.add_argument("--stats", type=Path, default=None, help="also write the counts as JSON")
+
+    en = sub.add_parser(
+        "enroll",
+        help="enrol a rider: issue a token key (printed once)",
+        description="Enrol a rider and issue a token key.",
+        epilog=ENROLL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    en.add_argument("--riders", type=Path, default=None, help="RIDERS.csv to append to")
+    en.add_argument("--db", default=None, help="database URL (SQLAlchemy async)")
+    en.add_argument("--kind", choices=["fob", "app"], default="fob")
+    en.add_argument("--rider-id", default=None, help="rider id (default: a random one)")
+    en.add_argument("--category", default="adult")
+
+    fa = sub.add_parser(
+        "fares",
+        help="fare tools",
+        description="Fare tools.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  busbell backend fares explain JOURNEYS.jsonl --gtfs gtfs/",
+    )
+    fsub = fa.add_subparsers(dest="fares_command", required=True)
+    ex = fsub.add_parser(
+        "explain",
+        help="explain how a journey's fare is computed",
+        description="Explain a journey's fare line by line.",
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("journey", help="a journey JSON object, or a JOURNEYS.jsonl file")
+    ex.add_argument("--gtfs", type=Path, required=True)
+    ex.add_argument("--rules", type=Path, default=None)
+    ex.add_argument("--category", default=None, help="override the journey's category")
+    ex.add_argument("--rider", default=None, help="only this rider's journeys (file input)")
+
+    rn = sub.add_parser(
+        "run",
+        help="run the central service",
+        description="Run ingest, settlement, the rider API and the key publisher.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rn.add_argument("--config", type=Path, default=None, help="backend TOML config")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> int:
+    """Run a ``busbell backend`` command; returns the exit status."""
+    args = _build_parser(prog).parse_args(list(argv) if argv is not None else None)
+    try:
+        if args.command == "settle":
+            return _settle(args)
+        if args.command == "enroll":
+            return _enroll(args)
+        if args.command == "fares":
+            return _explain(args)
+        return _run(args)
+    except BusbellError as exc:
+        _err(f"error: {exc}")
+        return 2
+    except OSError as exc:
+        _err(f"error: {exc}")
+        return 2
+
+
+# ---------------------------------------------------------------------------- settle
+
+
+def _settle(args: argparse.Namespace) -> int:
+    from backend._fare_engine import FareEngine
+    from backend._fare_rules import load_rules
+    from backend._journeys import JourneyBuilder, JourneyPolicy
+    from backend._resolve import DEFAULT_PROOF_SLACK_S, Resolver, RiderKeyring
+    from backend._settle import Settler, read_event_lines
+    from busbell._gtfs import load_gtfs
+    from busbell._keyfiles import read_devices, read_riders
+
+    t0 = time.perf_counter()
+    feed = load_gtfs(args.gtfs)
+    rules = load_rules(args.rules, timezone=feed.timezone)
+    devices = read_devices(args.devices)
+    ring = RiderKeyring.from_token_keys(sorted(read_riders(args.riders).items()))
+    resolver = Resolver(
+        ring,
+        cache_intervals=16,
+        proof_slack_s=DEFAULT_PROOF_SLACK_S if args.proof_slack_s is None else args.proof_slack_s,
+    )
+    policy = JourneyPolicy(
+        lost_policy=args.lost_policy,
+        stitch_gap_s=args.stitch_gap_s,
+        replay_overlap_s=args.replay_overlap_s,
+        category=args.category,
+        default_network=args.default_network,
+    )
+    builder = JourneyBuilder(FareEngine(rules), feed, policy)
+    settler = Settler(devices, resolver, builder)
+    for line in read_event_lines(args.events):
+        settler.feed_line(line)
+    result = settler.finish()
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for journey in result.journeys:
+            f.write(json.dumps(journey.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.replace(args.out)
+    stats = result.stats
+    charged = sum(1 for j in result.journeys if j.charged)
+    review = sum(1 for j in result.journeys if "review" in j.flags)
+    _err(
+        f"settled {stats.read} event(s): {stats.accepted} accepted, "
+        f"{sum(stats.rejected.values())} rejected, {stats.duplicates} duplicate(s); "
+        f"{len(result.journeys)} journey(s) ({charged} charged, {review} for review) "
+        f"-> {args.out} in {time.perf_counter() - t0:.1f} s"
+    )
+    for reason, n in sorted(stats.rejected.items()):
+        _err(f"  rejected {reason}: {n}")
+    for kind, n in sorted(stats.warnings.items()):
+        _err(f"  warning {kind}: {n}")
+    if args.stats is not None:
+        args.stats.write_text(json.dumps(stats.to_json(), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+# ---------------------------------------------------------------------------- enroll
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from busbell._keyfiles import RIDERS_HEADER, append_row, read_riders
+
+    if args.riders is None and args.db is None:
+        _err("error: give --riders RIDERS.csv and/or --db URL")
+        return 2
+    rider_id = args.rider_id or f"r-{secrets.token_hex(6)}"
+    token_key = secrets.token_bytes(16)
+    riders_exist = args.riders is not None and args.riders.exists()
+    if riders_exist and args.riders.stat().st_size and rider_id in read_riders(args.riders):
+        _err(f"error: rider {rider_id} is already in {args.riders}")
+        return 2
+    if args.db is not None:
+        import asyncio
+
+        from backend._api import enroll_rider
+
+        asyncio.run(enroll_rider(args.db, rider_id, token_key, kind=args.kind))
+    if args.riders is not None:
+        append_row(args.riders, RIDERS_HEADER, (rider_id, token_key.hex()))
+    _out(f"rider_id: {rider_id}")
+    _out(f"kind: {args.kind}")
+    _out(f"token_key: {token_key.hex()}")
+    _err("the token key is shown once: load it into the fob or app now")
+    return 0
+
+
+# ---------------------------------------------------------------------------- explain
+
+
+def _journeys_from(text: str) -> list[dict[str, Any]]:
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        obj = json.loads(stripped)
+        return [obj]
+    out: list[dict[str, Any]] = []
+    with open(text, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise BusbellError(f"{text}:{lineno}: not JSON") from None
+            out.append(obj)
+    return out
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from backend._fare_engine import FareEngine
+    from backend._fare_rules import load_rules
+    from backend._journeys import JourneyBuilder, explain_journey
+    from busbell._gtfs import load_gtfs
+
+    feed = load_gtfs(args.gtfs)
+    rules = load_rules(args.rules, timezone=feed.timezone)
+    builder = JourneyBuilder(FareEngine(rules), feed)
+    try:
+        journeys = _journeys_from(args.journey)
+    except ValueError as exc:
+        _err(f"error: journey is not valid JSON: {exc}")
+        return 2
+    if args.rider is not None:
+        journeys = [j for j in journeys if j.get("rider_id") == args.rider]
+    if not journeys:
+        _err("error: no journey to explain")
+        return 2
+    status = 0
+    for n, obj in enumerate(journeys):
+        if n:
+            _out("")
+        lines, mismatch = explain_journey(builder, obj, category=args.category)
+        for line in lines:
+            _out(line)
+        if mismatch:
+            status = 1
+    return status
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from backend._api import run_service
+
+    status: int = asyncio.run(run_service(args.config))
+    return status

@@ -1,0 +1,240 @@
+"""End-to-end settlement of generated, signed fare events (``busbell backend settle``)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend._bench_settle import T0, World
+from backend._fare_engine import FareEngine, FareLeg
+from backend._fare_rules import load_rules
+from backend._journeys import JourneyBuilder, JourneyPolicy
+from backend._resolve import Resolver, RiderKeyring
+from backend._settle import Settler
+from backend.cli import main as backend_main
+from busbell import derive_bk, load_gtfs, read_devices, sign_event, tq_of
+
+
+def _settle(world: World, events_path: Path, out: Path, *extra: str) -> int:
+    return backend_main(
+        [
+            "settle",
+            str(events_path),
+            "--gtfs",
+            str(world.gtfs),
+            "--riders",
+            str(world.riders_csv),
+            "--devices",
+            str(world.devices_csv),
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _price(legs: list[tuple[str, str, float, float]]) -> int:
+    engine = FareEngine(load_rules())
+    fare_legs = [FareLeg(r, n, t, t + 60, d) for r, n, t, d in legs]
+    return engine.price(fare_legs).fare_krw
+
+
+def _settler(world: World, **policy: Any) -> Settler:
+    feed = load_gtfs(world.gtfs)
+    rules = load_rules(timezone=feed.timezone)
+    ring = RiderKeyring.from_token_keys(sorted(world.token_keys.items()))
+    builder = JourneyBuilder(FareEngine(rules), feed, JourneyPolicy(**policy))
+    return Settler(read_devices(world.devices_csv), Resolver(ring), builder)
+
+
+def test_settle_end_to_end_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(tmp_path, riders=3, buses=2)
+    # r0001: R1 S01->S05 then transfers to R2 S05->S20 (one journey, one fare)
+    world.ride("r0001", "bus-01", board=1, alight=5, t=T0, route_id="R1", trip_id="T1")
+    world.ride("r0001", "bus-02", board=5, alight=20, t=T0 + 900, route_id="R2", trip_id="T2")
+    # r0002: long ride crossing interval boundaries (rotated/continued -> one leg)
+    world.ride("r0002", "bus-01", board=2, alight=25, t=T0 + 100)
+    events = world.write_events(tmp_path / "EVENTS.jsonl")
+    out = tmp_path / "JOURNEYS.jsonl"
+    assert _settle(world, events, out) == 0
+    journeys = _read(out)
+    assert [j["rider_id"] for j in journeys] == ["r0001", "r0002"]
+    j1, j2 = journeys
+    assert [
+        (leg["bus_id"], leg["route_id"], leg["board_stop_id"], leg["alight_stop_id"])
+        for leg in j1["legs"]
+    ] == [("bus-01", "R1", "S01", "S05"), ("bus-02", "R2", "S05", "S20")]
+    # one journey: 4 + 15 hops of 800 m, priced as the fare engine prices those legs
+    assert j1["fare_krw"] == _price(
+        [("R1", "gyeonggi_city", T0, 4 * 800.0), ("R2", "gyeonggi_wide_area", T0 + 900, 12_000.0)]
+    )
+    assert j1["legs"][0]["board_t"] == T0
+    assert len(j2["legs"]) == 1
+    leg = j2["legs"][0]
+    assert (leg["board_stop_id"], leg["alight_stop_id"]) == ("S02", "S25")
+    assert len(leg["event_ids"]) >= 2  # stitched across rid rotation
+    assert leg["distance_m"] == 23 * 800.0
+    assert j2["fare_krw"] == _price([("R1", "gyeonggi_city", T0 + 100, 23 * 800.0)])
+    assert set(leg) >= {
+        "bus_id",
+        "route_id",
+        "board_stop_id",
+        "board_t",
+        "alight_stop_id",
+        "alight_t",
+    }
+    err = capsys.readouterr().err
+    assert "0 rejected" in err
+
+
+def test_settle_is_deterministic_under_shuffle_and_duplicates(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=4, buses=3)
+    rng = random.Random(7)
+    t = T0
+    for k in range(40):
+        rider = f"r{1 + k % 4:04d}"
+        bus = f"bus-{1 + (k // 4) % 3:02d}"
+        board = rng.randint(1, 15)
+        world.ride(rider, bus, board=board, alight=board + rng.randint(1, 12), t=t)
+        if k % 4 == 3:
+            t += 3000
+    events = [e for c in world.buses.values() for e in c.events]
+    a = world.write_events(tmp_path / "a.jsonl", events)
+    shuffled = events + events[:10]
+    rng.shuffle(shuffled)
+    b = world.write_events(tmp_path / "b.jsonl", shuffled)
+    assert _settle(world, a, tmp_path / "ja.jsonl") == 0
+    assert _settle(world, b, tmp_path / "jb.jsonl") == 0
+    assert (tmp_path / "ja.jsonl").read_bytes() == (tmp_path / "jb.jsonl").read_bytes()
+    s = _settler(world)
+    for e in shuffled:
+        s.feed_event(e)
+    res = s.finish()
+    assert res.stats.duplicates == 10
+    assert not res.stats.rejected
+    assert res.stats.accepted == len(events)
+
+
+def test_forged_rtag_is_rejected(tmp_path: Path) -> None:
+    """A bus with the fleet key replays a sniffed rid with a fresh tq: rtag cannot verify."""
+    world = World(tmp_path, riders=2, buses=1)
+    honest = world.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    sniffed_rid = bytes.fromhex(honest[0]["rid"])
+    t = T0 + 200
+
+    def forged(t: float) -> str:
+        head = bytes([1 << 5]) + tq_of(t).to_bytes(2, "big") + sniffed_rid
+        bk = derive_bk(world.fleet_key, sniffed_rid)
+        body = head + hmac.digest(bk, head, "sha256")[:4]
+        return (body + hashlib.sha256(body).digest()[:4] + b"\x00").hex()
+
+    fields = world.segment_fields(
+        "r0001",
+        route_id="R1",
+        trip_id="T1",
+        start=(t, "S03", "boarded"),
+        end=(t + 60, "S04", "alighted"),
+        distance_m=800,
+        proof=(forged(t), forged(t + 60)),
+    )
+    fields["rid"] = sniffed_rid.hex()
+    fields["interval"] = honest[0]["interval"]
+    world.buses["bus-01"].emit(fields)
+    s = _settler(world)
+    for e in world.buses["bus-01"].events:
+        s.feed_event(e)
+    res = s.finish()
+    assert res.stats.rejected == {"bad_rtag": 1}
+    assert [len(j.legs) for j in res.journeys] == [1]
+
+
+def test_bad_signature_unknown_bus_chain_and_garbage(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=2)
+    for k in range(5):
+        world.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 3000)
+    evs = list(world.buses["bus-01"].events)
+    tampered = dict(evs[1], distance_m=1.0)  # signature no longer verifies
+    other = dict(evs[2])
+    other["bus_id"] = "bus-99"
+    s = _settler(world)
+    s.feed_line(b"not json\n")
+    s.feed_line(b"\n")
+    s.feed_line(json.dumps({"v": 1}))
+    s.feed_event(evs[0])
+    s.feed_event(tampered)
+    s.feed_event(other)
+    s.feed_event(evs[1])
+    # seq 3 re-signed by the right key but with a wrong prev: a broken link
+    key = world.buses["bus-01"].key
+    broken = sign_event(dict(evs[2], prev="1" * 64), key)
+    s.feed_event(broken)
+    s.feed_event(evs[2])  # the genuine seq 3 still links
+    s.feed_event(evs[3])
+    s.feed_event(evs[4])
+    res = s.finish()
+    assert res.stats.rejected["malformed_json"] == 1
+    assert res.stats.rejected["invalid:bus_id"] == 1
+    assert res.stats.rejected["bad_signature"] == 1
+    assert res.stats.rejected["unknown_bus"] == 1
+    assert res.stats.rejected["chain_mismatch"] == 1
+    assert "conflict" not in res.stats.rejected
+    assert res.stats.accepted == 5
+    # a missing seq is only a warning
+    s2 = _settler(world)
+    for e in (evs[0], evs[1], evs[3], evs[4]):
+        s2.feed_event(e)
+    res2 = s2.finish()
+    assert res2.stats.warnings["chain_gap"] == 1
+    assert res2.stats.accepted == 4
+
+
+def test_lost_policies_via_cli(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=1, buses=1)
+    world.ride(
+        "r0001", "bus-01", board=2, alight=4, t=T0, end_cause="lost", alight_stop_known=False
+    )
+    events = world.write_events(tmp_path / "e.jsonl")
+    assert _settle(world, events, tmp_path / "last.jsonl") == 0
+    assert _settle(world, events, tmp_path / "pen.jsonl", "--lost-policy", "penalty") == 0
+    (last,) = _read(tmp_path / "last.jsonl")
+    (pen,) = _read(tmp_path / "pen.jsonl")
+    assert last["legs"][0]["alight_stop_id"] == "S02"  # last confirmed stop
+    assert last["fare_krw"] == _price([("R1", "gyeonggi_city", T0, 0.0)])
+    assert set(last["flags"]) == {"lost", "review"}
+    # penalty: the whole route (29 hops x 800 m = 23.2 km)
+    assert pen["fare_krw"] == _price([("R1", "gyeonggi_city", T0, 29 * 800.0)])
+    assert pen["fare_krw"] > last["fare_krw"]
+    assert "penalty" in pen["flags"]
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    world = World(tmp_path, riders=1, buses=1)
+    events = world.write_events(tmp_path / "e.jsonl")
+    bad = tmp_path / "RIDERS_BAD.csv"
+    bad.write_text("rider,key\n")
+    status = backend_main(
+        [
+            "settle",
+            str(events),
+            "--gtfs",
+            str(world.gtfs),
+            "--riders",
+            str(bad),
+            "--devices",
+            str(world.devices_csv),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
+    assert status == 2
+    assert "header must be rider_id,token_key" in capsys.readouterr().err
