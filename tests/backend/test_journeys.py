@@ -1,0 +1,268 @@
+"""The sans-I/O journey builder: stitching, lost policy, suspected replay, determinism."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from backend._bench_settle import STOP_SPACING_M, T0, write_gtfs
+from backend._fare_engine import FareEngine, FareLeg
+from backend._fare_rules import load_rules
+from backend._journeys import JourneyBuilder, JourneyPolicy, Segment, explain_journey
+from busbell import Feed, load_gtfs
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Feed:
+    d = tmp_path_factory.mktemp("gtfs")
+    write_gtfs(d)
+    return load_gtfs(d)
+
+
+def _builder(feed: Feed | None, **kw: object) -> JourneyBuilder:
+    return JourneyBuilder(FareEngine(load_rules()), feed, JourneyPolicy(**kw))  # type: ignore[arg-type]
+
+
+_n = iter(range(1, 10**6))
+
+
+def seg(
+    start: tuple[float, str | None, str],
+    end: tuple[float, str | None, str],
+    *,
+    rider: str = "r1",
+    bus: str = "b1",
+    route: str | None = "R1",
+    trip: str | None = "T1",
+    distance: float = 0.0,
+) -> Segment:
+    n = next(_n)
+    return Segment(
+        rider_id=rider,
+        bus_id=bus,
+        seq=n,
+        event_id=f"e{n}",
+        interval=int(start[0] // 600),
+        route_id=route,
+        trip_id=trip,
+        start_t=start[0],
+        start_stop_id=start[1],
+        start_cause=start[2],
+        end_t=end[0],
+        end_stop_id=end[1],
+        end_cause=end[2],
+        distance_m=distance,
+    )
+
+
+def _price(*legs: tuple[str, str, float]) -> int:
+    return (
+        FareEngine(load_rules()).price([FareLeg(r, n, T0, T0 + 60, d) for r, n, d in legs]).fare_krw
+    )
+
+
+def test_rotated_and_continued_stitch_into_one_leg(feed: Feed) -> None:
+    b = _builder(feed)
+    segs = [
+        seg((T0, "S02", "boarded"), (T0 + 500, None, "rotated")),
+        seg((T0 + 501, None, "continued"), (T0 + 1100, None, "rotated")),
+        seg((T0 + 1101, None, "continued"), (T0 + 1300, "S12", "alighted")),
+    ]
+    (j,) = b.build(reversed(segs))
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.board_t) == ("S02", T0)
+    assert (leg.alight_stop_id, leg.alight_t) == ("S12", T0 + 1300)
+    assert leg.event_ids == tuple(s.event_id for s in segs)
+    assert leg.distance_m == 10 * STOP_SPACING_M
+    assert leg.distance_source == "gtfs"
+    assert j.flags == ()
+    assert j.fare_krw == _price(("R1", "gyeonggi_city", 8000.0))
+
+
+def test_no_stitch_across_buses_trips_or_big_gaps(feed: Feed) -> None:
+    b = _builder(feed, stitch_gap_s=30)
+    segs = [
+        seg((T0, "S02", "boarded"), (T0 + 500, None, "rotated")),
+        seg((T0 + 501, None, "continued"), (T0 + 600, "S05", "alighted"), bus="b2"),
+        seg((T0 + 600, "S02", "boarded"), (T0 + 700, None, "rotated"), trip="T1R"),
+        seg((T0 + 760, None, "continued"), (T0 + 800, "S05", "alighted"), trip="T1R"),
+    ]
+    legs = b.stitch(segs)
+    assert len(legs) == 4
+    flags = [set(leg.flags) for leg in legs]
+    assert flags[0] == {"lost", "review"}  # rotated with no continuation
+    assert flags[1] == {"partial", "review"}  # continued with no predecessor
+
+
+def test_lost_last_stop_policy_uses_end_stop_or_last_known(feed: Feed) -> None:
+    b = _builder(feed)
+    with_stop = b.stitch([seg((T0, "S03", "boarded"), (T0 + 300, "S07", "lost"))])[0]
+    assert with_stop.alight_stop_id == "S07"
+    assert with_stop.distance_m == 4 * STOP_SPACING_M
+    assert set(with_stop.flags) == {"lost", "review"}
+    segs = [
+        seg((T0, "S03", "boarded"), (T0 + 500, None, "rotated")),
+        seg((T0 + 501, None, "continued"), (T0 + 900, None, "lost")),
+    ]
+    (leg,) = b.stitch(segs)
+    assert leg.alight_stop_id == "S03"  # the last stop the rider was confirmed at
+    assert leg.distance_m == 0.0
+
+
+def test_lost_penalty_policy_charges_route_maximum(feed: Feed) -> None:
+    b = _builder(feed, lost_policy="penalty")
+    (j,) = b.build([seg((T0, "S03", "boarded"), (T0 + 300, None, "lost"))])
+    assert set(j.flags) == {"lost", "penalty", "review"}
+    assert j.legs[0].distance_source == "penalty"
+    assert j.legs[0].distance_m == 29 * STOP_SPACING_M
+    assert j.fare_krw == _price(("R1", "gyeonggi_city", 29 * STOP_SPACING_M))
+    # an unknown route falls back to the events' distance
+    (j2,) = b.build(
+        [seg((T0, "X1", "boarded"), (T0 + 300, None, "lost"), route="R9", trip=None, distance=1234)]
+    )
+    assert j2.legs[0].distance_source == "events"
+    assert j2.legs[0].distance_m == 1234
+
+
+def test_suspected_replay_is_flagged_and_not_charged(feed: Feed) -> None:
+    b = _builder(feed)
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 600, "S08", "alighted"), bus="b1"),
+        seg(
+            (T0 + 100, "S01", "boarded"),
+            (T0 + 500, "S05", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+        ),
+        seg((T0 + 3000, "S01", "boarded"), (T0 + 3300, "S04", "alighted"), bus="b1"),
+    ]
+    js = b.build(segs)
+    held = [j for j in js if not j.charged]
+    assert len(held) == 2
+    for j in held:
+        assert j.fare_krw == 0
+        assert "suspected_replay" in j.flags
+        assert "review" in j.flags
+        assert j.to_json()["charged"] is False
+    charged = [j for j in js if j.charged]
+    assert len(charged) == 1
+    assert charged[0].legs[0].board_t == T0 + 3000
+
+
+def test_transfer_overlap_within_tolerance_is_a_transfer(feed: Feed) -> None:
+    b = _builder(feed, replay_overlap_s=60)
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), bus="b1"),
+        # boarded the wide-area bus 20 s before the first bus noticed the rider was gone
+        seg(
+            (T0 + 280, "S05", "boarded"),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+        ),
+    ]
+    (j,) = b.build(segs)
+    assert j.charged
+    assert len(j.legs) == 2
+    assert j.fare_krw == _price(
+        ("R1", "gyeonggi_city", 3200.0), ("R2", "gyeonggi_wide_area", 8000.0)
+    )
+
+
+def test_same_route_again_is_a_new_journey_and_default_network(feed: Feed) -> None:
+    b = _builder(feed)
+    js = b.build(
+        [
+            seg((T0, "S01", "boarded"), (T0 + 100, "S02", "alighted")),
+            seg((T0 + 200, "S02", "boarded"), (T0 + 300, "S03", "alighted")),
+            seg((T0 + 400, "S03", "boarded"), (T0 + 500, "S04", "alighted"), route="R3", trip="T3"),
+            seg(
+                (T0 + 9000, "A", "boarded"),
+                (T0 + 9100, "B", "alighted"),
+                route=None,
+                trip=None,
+                distance=700,
+            ),
+        ]
+    )
+    assert [len(j.legs) for j in js] == [1, 2, 1]
+    assert js[1].legs[1].network_id == "gyeonggi_city"  # R3 has no network: the default
+    assert js[2].legs[0].route_id is None
+    assert js[2].legs[0].distance_m == 700
+
+
+def test_distance_without_feed_and_pattern_fallback(feed: Feed) -> None:
+    nofeed = _builder(None)
+    (leg,) = nofeed.stitch(
+        [seg((T0, "S01", "boarded"), (T0 + 60, "S03", "alighted"), distance=1555)]
+    )
+    assert (leg.distance_m, leg.distance_source) == (1555, "events")
+    b = _builder(feed)
+    # unknown trip id: the route's pattern (direction 1 runs S30 -> S01)
+    (leg2,) = b.stitch([seg((T0, "S10", "boarded"), (T0 + 60, "S07", "alighted"), trip="nope")])
+    assert leg2.distance_m == 3 * STOP_SPACING_M
+    assert b.gtfs_distance(None, None, "S01", "S02") is None
+    assert b.gtfs_distance("R1", None, None, "S02") is None
+    assert b.route_max_distance(None) is None
+
+
+def test_deterministic_under_permutation(feed: Feed) -> None:
+    rng = random.Random(3)
+    segs = []
+    for k in range(60):
+        t = T0 + k * 400
+        board = rng.randint(1, 20)
+        segs.append(
+            seg(
+                (t, f"S{board:02d}", "boarded"),
+                (t + 200, f"S{board + rng.randint(1, 8):02d}", rng.choice(["alighted", "lost"])),
+                rider=f"r{k % 5}",
+                bus=f"b{k % 3}",
+            )
+        )
+    b = _builder(feed)
+    out1 = [j.to_json() for j in b.build(segs)]
+    rng.shuffle(segs)
+    out2 = [j.to_json() for j in b.build(segs)]
+    assert out1 == out2
+    assert [j["rider_id"] for j in out1] == sorted(j["rider_id"] for j in out1)
+
+
+def test_explain_journey_lines(feed: Feed) -> None:
+    b = _builder(feed)
+    (j,) = b.build([seg((T0, "S02", "boarded"), (T0 + 300, "S12", "alighted"))])
+    lines, mismatch = explain_journey(b, j.to_json())
+    assert not mismatch
+    assert lines[0].startswith("journey of rider r1")
+    assert "GTFS shape_dist_traveled S02 -> S12" in lines[1]
+    assert any(line.startswith("total:") for line in lines)
+    assert lines[-1].endswith("(matches)")
+    wrong = dict(j.to_json(), fare_krw=1)
+    assert explain_journey(b, wrong)[1]
+    with pytest.raises(ValueError, match="no legs"):
+        explain_journey(b, {"legs": []})
+    with pytest.raises(ValueError, match="board_t"):
+        explain_journey(b, {"legs": [{"route_id": "R1"}]})
+
+
+def test_cli_fares_explain(feed: Feed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from backend.cli import main
+
+    gtfs = tmp_path / "g"
+    write_gtfs(gtfs)
+    b = _builder(feed)
+    (j,) = b.build([seg((T0, "S02", "boarded"), (T0 + 300, "S12", "alighted"))])
+    text = json.dumps(j.to_json())
+    assert main(["fares", "explain", text, "--gtfs", str(gtfs)]) == 0
+    out = capsys.readouterr().out
+    assert "highest base fare" in out
+    f = tmp_path / "J.jsonl"
+    f.write_text(text + "\n")
+    assert main(["fares", "explain", str(f), "--gtfs", str(gtfs), "--rider", "nobody"]) == 2
+    assert main(["fares", "explain", "{not json", "--gtfs", str(gtfs)]) == 2
