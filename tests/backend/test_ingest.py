@@ -1,0 +1,223 @@
+"""IngestCore (sans-I/O): decoding, verification and chain planning."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from backend._bench_ingest import batch_payload, device_key_for, make_events
+from backend._errors import MalformedMessage
+from backend._ingest import ChainPosition, IngestCore, VerifiedEvent
+from backend._keys import DeviceInfo
+from busbell import GENESIS_PREV, DeviceKey, canonical_bytes, sign_event
+
+BUS = "B1"
+KEY = device_key_for(BUS)
+CHAIN = make_events(BUS, KEY, 12)
+
+
+def core(**kw: Any) -> IngestCore:
+    return IngestCore({BUS: DeviceInfo(KEY.public)}, **kw)
+
+
+def verified(c: IngestCore, events: list[dict[str, Any]]) -> list[VerifiedEvent]:
+    ok, bad = c.decode(BUS, batch_payload(BUS, events))
+    assert bad == []
+    return ok
+
+
+# -- decode ------------------------------------------------------------------------
+
+
+def test_decode_batch_bare_event_and_array() -> None:
+    c = core()
+    ok, bad = c.decode(BUS, batch_payload(BUS, CHAIN[:3]))
+    assert [e.seq for e in ok] == [1, 2, 3]
+    assert bad == []
+    ok, _ = c.decode(BUS, canonical_bytes(CHAIN[0]))
+    assert [e.seq for e in ok] == [1]
+    ok, _ = c.decode(BUS, canonical_bytes(CHAIN[:2]))
+    assert [e.seq for e in ok] == [1, 2]
+    # A batch without bus_id is accepted too (the topic names the bus).
+    ok, _ = c.decode(BUS, canonical_bytes({"events": CHAIN[:1]}))
+    assert ok[0].raw == canonical_bytes(CHAIN[0]).decode()
+    assert ok[0].hash == CHAIN[1]["prev"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe not json", "not_json"),
+        (b"{truncated", "not_json"),
+        (b"42", "invalid"),
+        (b'"text"', "invalid"),
+        (b'{"bus_id": "B2", "events": []}', "bus_mismatch"),
+        (b'{"bus_id": "B1", "events": {}}', "bad_batch"),
+    ],
+)
+def test_decode_malformed_payloads(payload: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMessage) as exc:
+        core().decode(BUS, payload)
+    assert exc.value.reason == reason
+
+
+def test_decode_too_large() -> None:
+    with pytest.raises(MalformedMessage) as exc:
+        core(max_payload_bytes=100).decode(BUS, batch_payload(BUS, CHAIN[:1]))
+    assert exc.value.reason == "too_large"
+
+
+def test_decode_rejections_per_event() -> None:
+    other = DeviceKey.generate()
+    forged = sign_event(CHAIN[1], other)
+    tampered = dict(CHAIN[2], distance_m=1.0)
+    wrong_bus = make_events("B2", device_key_for("B2"), 1)[0]
+    schema_bad = {k: v for k, v in CHAIN[3].items() if k != "rid"}
+    c = core()
+    ok, bad = c.decode(
+        BUS, canonical_bytes([CHAIN[0], forged, tampered, wrong_bus, schema_bad, "junk"])
+    )
+    assert [e.seq for e in ok] == [1]
+    assert [(r.reason, r.seq) for r in bad] == [
+        ("bad_signature", 2),
+        ("bad_signature", 3),
+        ("bus_mismatch", 1),
+        ("schema", 4),
+        ("schema", None),
+    ]
+    assert "rid" in bad[3].detail
+    assert bad[0].event_id == CHAIN[1]["event_id"]
+
+
+def test_unknown_and_revoked_device() -> None:
+    c = IngestCore({})
+    _, bad = c.decode(BUS, batch_payload(BUS, CHAIN[:1]))
+    assert bad[0].reason == "unknown_device"
+    c.set_devices({BUS: DeviceInfo(KEY.public, revoked=True)})
+    _, bad = c.decode(BUS, batch_payload(BUS, CHAIN[:1]))
+    assert bad[0].reason == "revoked_device"
+
+
+# -- plan --------------------------------------------------------------------------
+
+
+def test_plan_in_order_advances_and_acks() -> None:
+    c = core()
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:5]), {}, now=0)
+    assert [e.seq for e in p.store] == [1, 2, 3, 4, 5]
+    assert p.position == ChainPosition(6, CHAIN[5]["prev"])
+    assert p.ack_upto == 5
+    assert p.held == 0
+    assert p.resend is None
+
+
+def test_plan_nothing_yet_has_no_ack() -> None:
+    c = core()
+    p = c.plan(BUS, ChainPosition(), [], {}, now=0)
+    assert p.ack_upto is None
+    assert p.store == []
+
+
+def test_plan_duplicates_are_acked_no_ops() -> None:
+    c = core()
+    evs = verified(c, CHAIN[:3])
+    pos = ChainPosition(4, CHAIN[3]["prev"])
+    assert c.past_seqs(BUS, pos, evs) == [1, 2, 3]
+    stored = {e.seq: e.hash for e in evs}
+    p = c.plan(BUS, pos, evs + evs[:1], stored, now=0)
+    assert p.store == []
+    assert p.duplicates == 3
+    assert p.ack_upto == 3
+    assert p.rejected == []
+
+
+def test_plan_conflict_under_existing_seq_is_quarantined() -> None:
+    c = core()
+    other = make_events(BUS, KEY, 2, t0=1_700_000_000.0)  # a different chain, same key
+    evs = verified(c, other)
+    pos = ChainPosition(3, CHAIN[2]["prev"])
+    stored = {1: CHAIN[1]["prev"], 2: CHAIN[2]["prev"]}
+    p = c.plan(BUS, pos, evs, stored, now=0)
+    assert [(r.reason, r.seq) for r in p.rejected] == [("chain_conflict", 1), ("chain_conflict", 2)]
+    assert p.ack_upto == 2
+
+
+def test_plan_missing_stored_hash_is_a_caller_error() -> None:
+    c = core()
+    with pytest.raises(ValueError, match="stored hash"):
+        c.plan(BUS, ChainPosition(3, "0" * 64), verified(c, CHAIN[:1]), {}, now=0)
+
+
+def test_plan_prev_mismatch() -> None:
+    c = core()
+    broken = sign_event(dict(CHAIN[1], prev="ab" * 32), KEY)
+    first = verified(c, CHAIN[:1])
+    p = c.plan(BUS, ChainPosition(), first + verified(c, [broken]), {}, now=0)
+    assert [e.seq for e in p.store] == [1]
+    assert [(r.reason, r.seq) for r in p.rejected] == [("prev_mismatch", 2)]
+
+
+def test_plan_same_seq_two_versions_one_links() -> None:
+    c = core()
+    alt = sign_event(dict(CHAIN[0], distance_m=9.0), KEY)
+    p = c.plan(BUS, ChainPosition(), verified(c, [alt, CHAIN[0]]), {}, now=0)
+    # Both have prev = genesis: the first that links is stored, the other conflicts.
+    assert len(p.store) == 1
+    assert p.store[0].seq == 1
+    assert [r.reason for r in p.rejected] == ["chain_conflict"]
+
+
+def test_plan_holds_future_events_and_requests_resend_after_delay() -> None:
+    c = core(resend_after_s=1.0)
+    late = verified(c, CHAIN[5:8])  # seqs 6-8 while 1-5 are missing
+    p = c.plan(BUS, ChainPosition(), late, {}, now=10.0)
+    assert p.store == []
+    assert p.held == 3
+    assert p.resend is None
+    assert p.ack_upto is None
+    assert c.held_buses() == [BUS]
+    assert c.held_count() == 3
+    p = c.plan(BUS, ChainPosition(), [], {}, now=10.5)
+    assert p.resend is None
+    p = c.plan(BUS, ChainPosition(), [], {}, now=11.0)
+    assert p.resend == (1, 5)
+    p = c.plan(BUS, ChainPosition(), [], {}, now=11.5)
+    assert p.resend is None  # rate limited
+    p = c.plan(BUS, ChainPosition(), [], {}, now=12.1)
+    assert p.resend == (1, 5)
+    # The gap arrives: held events are stored with it, in order.
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:5]), {}, now=12.2)
+    assert [e.seq for e in p.store] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert p.held == 0
+    assert c.held_buses() == []
+    assert p.ack_upto == 8
+
+
+def test_plan_held_events_stored_elsewhere_become_duplicates() -> None:
+    c = core()
+    c.plan(BUS, ChainPosition(), verified(c, CHAIN[3:5]), {}, now=0)
+    # Another worker stored 1..6 meanwhile.
+    pos = ChainPosition(7, CHAIN[6]["prev"])
+    assert c.past_seqs(BUS, pos, []) == [4, 5]
+    p = c.plan(BUS, pos, [], {4: CHAIN[4]["prev"], 5: CHAIN[5]["prev"]}, now=1)
+    assert p.duplicates == 2
+    assert p.held == 0
+    assert p.ack_upto == 6
+
+
+def test_plan_held_bound_drops_highest() -> None:
+    c = core(max_held_per_bus=2)
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[2:6]), {}, now=0)
+    assert p.held == 2
+    assert p.dropped == 2
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:2]), {}, now=0)
+    assert [e.seq for e in p.store] == [1, 2, 3, 4]
+    c.plan(BUS, ChainPosition(5, CHAIN[4]["prev"]), verified(c, CHAIN[9:10]), {}, now=0)
+    c.forget(BUS)
+    assert c.held_count() == 0
+
+
+def test_genesis_prev_constant() -> None:
+    assert json.loads(canonical_bytes(CHAIN[0]))["prev"] == GENESIS_PREV
