@@ -925,7 +925,10 @@ class IngestWorker:
     async def _publish(self, session: MqttSession, res: BatchResult) -> None:
         for bus_id, upto in sorted(res.acks.items()):
             await session.publish(
-                self.topics.fares_ack(bus_id), canonical_bytes({"upto_seq": upto}), qos=1
+                self.topics.fares_ack(bus_id),
+                canonical_bytes({"upto_seq": upto}),
+                qos=1,
+                retain=True,
             )
             ACKS_PUBLISHED.inc()
             _log().debug("fare_ack_published", bus_id=bus_id, upto_seq=upto)

@@ -1,0 +1,158 @@
+"""IngestWorker over a real mosquitto: ack after commit, resend requests, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from structlog.testing import capture_logs
+
+from backend._bench_ingest import EdgeFleet, batch_payload, device_key_for, make_events
+from backend._db import create_engine, fare_events, migrate, quarantine
+from backend._ingest import IngestWorker, run_ingest
+from backend._keys import register_device
+from backend.config import BackendConfig, DatabaseSettings, FilesSettings, IngestSettings
+from busbell import DEVICES_HEADER, Topics, canonical_bytes, write_rows
+from busbell._mqtt import MqttSession, MqttSettings
+
+pytestmark = pytest.mark.mosquitto
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def make_config(db_url: str, host: str, port: int, prefix: str, **ingest: Any) -> BackendConfig:
+    return BackendConfig(
+        database=DatabaseSettings(url=db_url),
+        mqtt=MqttSettings(host=host, port=port, prefix=prefix),
+        ingest=IngestSettings(worker_id="t1", **ingest),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: BackendConfig, buses: list[str]) -> AsyncIterator[IngestWorker]:
+    engine = create_engine(config.database.url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        for b in buses:
+            await register_device(conn, b, device_key_for(b).public)
+    worker = IngestWorker(config, engine)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 10)
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await engine.dispose()
+
+
+async def count_events(url: str, bus_id: str) -> int:
+    eng = create_engine(url)
+    try:
+        async with eng.connect() as conn:
+            q = sa.select(sa.func.count()).where(fare_events.c.bus_id == bus_id)
+            return int((await conn.execute(q)).scalar_one())
+    finally:
+        await eng.dispose()
+
+
+async def test_ack_only_after_commit(db_url: str, shared_broker: Any, topic_prefix: str) -> None:
+    cfg = make_config(db_url, shared_broker.host, shared_broker.port, topic_prefix)
+    topics = Topics(topic_prefix)
+    chain = make_events("B1", device_key_for("B1"), 30)
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
+    async with running_worker(cfg, ["B1"]):
+        async with MqttSession(settings, "t-edge-B1", clean_start=True) as edge:
+            await edge.subscribe([topics.fares_ack("B1")])
+            await edge.publish(topics.fares("B1"), batch_payload("B1", chain[:10]), qos=1)
+            await edge.publish(topics.fares("B1"), canonical_bytes(chain[10]), qos=1)  # bare
+            await edge.publish(topics.fares("B1"), batch_payload("B1", chain[11:]), qos=1)
+            seen: list[int] = []
+            async with asyncio.timeout(15):
+                async for msg in edge.messages():
+                    upto = json.loads(msg.payload)["upto_seq"]
+                    seen.append(upto)
+                    # Whatever is acked is already committed.
+                    assert await count_events(db_url, "B1") >= upto
+                    if upto == 30:
+                        break
+    assert seen == sorted(seen)
+
+
+async def test_gap_resend_and_bad_input_do_not_stop_the_worker(
+    tmp_path: Path, shared_broker: Any, topic_prefix: str
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"
+    cfg = make_config(url, shared_broker.host, shared_broker.port, topic_prefix, resend_after_s=0.2)
+    topics = Topics(topic_prefix)
+    chain = make_events("B1", device_key_for("B1"), 10)
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
+    with capture_logs() as logs:
+        async with running_worker(cfg, ["B1"]):
+            async with MqttSession(settings, "t-edge-B1b", clean_start=True) as edge:
+                await edge.subscribe([topics.fares_resend("B1"), topics.fares_ack("B1")])
+                await edge.publish(topics.fares("B1"), b"\x00garbage", qos=1)
+                await edge.publish(topics.fares("B1"), b'{"bus_id":"B7","events":[]}', qos=1)
+                await edge.publish(topics.fares("B1"), batch_payload("B1", chain[5:]), qos=1)
+                resend = None
+                async with asyncio.timeout(10):
+                    async for msg in edge.messages():
+                        if msg.topic == topics.fares_resend("B1"):
+                            resend = json.loads(msg.payload)
+                            break
+                assert resend == {"from_seq": 1, "to_seq": 5}
+                await edge.publish(topics.fares("B1"), batch_payload("B1", chain[:5]), qos=1)
+                async with asyncio.timeout(10):
+                    async for msg in edge.messages():
+                        acked = json.loads(msg.payload).get("upto_seq")
+                        if msg.topic == topics.fares_ack("B1") and acked == 10:
+                            break
+    assert await count_events(url, "B1") == 10
+    names = [e["event"] for e in logs]
+    for name in ("fare_resend_requested", "fare_message_malformed", "fare_event_quarantined"):
+        assert name in names
+    eng = create_engine(url)
+    async with eng.connect() as conn:
+        reasons = sorted(r for (r,) in await conn.execute(sa.select(quarantine.c.reason)))
+    await eng.dispose()
+    assert reasons == ["malformed_payload", "malformed_payload"]
+
+
+async def test_run_ingest_imports_devices_and_serves_fleet(
+    tmp_path: Path, shared_broker: Any, topic_prefix: str
+) -> None:
+    """run_ingest (what `busbell backend run` calls) with a DEVICES.csv and edges."""
+    buses = [f"R{i}" for i in range(3)]
+    devices = tmp_path / "DEVICES.csv"
+    write_rows(devices, DEVICES_HEADER, [(b, device_key_for(b).public.hex) for b in buses])
+    url = f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"
+    cfg = BackendConfig(
+        database=DatabaseSettings(url=url),
+        mqtt=MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix),
+        files=FilesSettings(devices=devices),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_ingest(cfg, stop=stop))
+    await asyncio.sleep(1.0)  # subscribed (no shared subscription: nothing is lost anyway)
+    chains = {b: make_events(b, device_key_for(b), 120) for b in buses}
+    fleet = EdgeFleet(cfg.mqtt, chains, batch=20, window=60, client_id="t-edges-run")
+    try:
+        await fleet.run(timeout_s=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert fleet.acked == dict.fromkeys(buses, 120)
+    for b in buses:
+        assert await count_events(url, b) == 120
