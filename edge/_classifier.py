@@ -1,0 +1,635 @@
+"""Presence classifier: accepted advertisements + stop visits -> closed rid segments.
+
+Sans-I/O and deterministic. One record per rid follows the state machine in
+:data:`TRANSITIONS` (the only place transitions are written down)::
+
+    NEW --adv at stop--> CANDIDATE --confirm--> ONBOARD --fade/finish--> GONE
+    NEW --adv moving---> OUTSIDE --adv at stop / visit opens--> CANDIDATE
+    NEW --adv moving, rid's interval just began--> ROTATING --confirm--> ONBOARD
+    CANDIDATE, ROTATING --reject/fade/finish--> GONE --adv at a newer stop--> CANDIDATE
+
+A boarding is confirmed only after the bus has left the stop and moved on with the rid
+still heard at in-bus strength; a confirmed rid that fades is closed as ``alighted`` at
+the stop whose doors opened as it faded, ``rotated`` when its 600-s interval ended, or
+``lost``. ``docs/classifier.md`` gives the exact rules.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import Any
+
+from busbell import INTERVAL_S, TokenFlags, get_logger
+from edge._params import ClassifierParams
+from edge._segment import SegmentDraft, SegmentEnd
+from edge._vehicle import StopVisit
+
+__all__ = ["TRANSITIONS", "Event", "PresenceClassifier", "State", "next_state"]
+
+log = get_logger("edge.classifier")
+
+
+class State(enum.IntEnum):
+    """Where a rid stands."""
+
+    NEW = 0
+    """Never heard (a virtual state: the rid has no record yet)."""
+    OUTSIDE = 1
+    """Heard while the bus was not at a stop: someone outside, not a rider (yet)."""
+    CANDIDATE = 2
+    """Heard at a stop visit: may have boarded; waiting for confirmation."""
+    ROTATING = 3
+    """Appeared, bus not at a stop, at the very start of its interval: a rider's new rid?"""
+    ONBOARD = 4
+    """A confirmed rider: a segment is open."""
+    GONE = 5
+    """Segment closed, or candidacy dropped; kept as a tombstone until forgotten."""
+
+
+class Event(enum.IntEnum):
+    """What can happen to a rid."""
+
+    ADV_STOP = 0
+    """An accepted advertisement while the bus is at a stop (doors open, or just closed)."""
+    ADV_MOVING = 1
+    """An accepted advertisement while the bus is not at a stop."""
+    ADV_ROTATION = 2
+    """First advertisement of a rid, bus not at a stop, its interval just began."""
+    VISIT_OPEN = 3
+    """A stop visit opened and the rid was heard just before."""
+    CONFIRM = 4
+    """The boarding (or rotation) rules are met."""
+    REJECT = 5
+    """Candidacy failed: the bus moved on without the rid, or no rotated rid to continue."""
+    FADE = 6
+    """No in-bus advertisement for ``fade_timeout_s``."""
+    FINISH = 7
+    """End of replay or shutdown."""
+
+
+S, E = State, Event
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (S.NEW, E.ADV_STOP): S.CANDIDATE,
+    (S.NEW, E.ADV_MOVING): S.OUTSIDE,
+    (S.NEW, E.ADV_ROTATION): S.ROTATING,
+    (S.OUTSIDE, E.ADV_STOP): S.CANDIDATE,
+    (S.OUTSIDE, E.ADV_MOVING): S.OUTSIDE,
+    (S.OUTSIDE, E.VISIT_OPEN): S.CANDIDATE,
+    (S.OUTSIDE, E.FADE): S.GONE,
+    (S.OUTSIDE, E.FINISH): S.GONE,
+    (S.CANDIDATE, E.ADV_STOP): S.CANDIDATE,
+    (S.CANDIDATE, E.ADV_MOVING): S.CANDIDATE,
+    (S.CANDIDATE, E.VISIT_OPEN): S.CANDIDATE,
+    (S.CANDIDATE, E.CONFIRM): S.ONBOARD,
+    (S.CANDIDATE, E.REJECT): S.GONE,
+    (S.CANDIDATE, E.FADE): S.GONE,
+    (S.CANDIDATE, E.FINISH): S.GONE,
+    (S.ROTATING, E.ADV_STOP): S.ROTATING,
+    (S.ROTATING, E.ADV_MOVING): S.ROTATING,
+    (S.ROTATING, E.VISIT_OPEN): S.ROTATING,
+    (S.ROTATING, E.CONFIRM): S.ONBOARD,
+    (S.ROTATING, E.REJECT): S.GONE,
+    (S.ROTATING, E.FADE): S.GONE,
+    (S.ROTATING, E.FINISH): S.GONE,
+    (S.ONBOARD, E.ADV_STOP): S.ONBOARD,
+    (S.ONBOARD, E.ADV_MOVING): S.ONBOARD,
+    (S.ONBOARD, E.VISIT_OPEN): S.ONBOARD,
+    (S.ONBOARD, E.FADE): S.GONE,
+    (S.ONBOARD, E.FINISH): S.GONE,
+    (S.GONE, E.ADV_STOP): S.CANDIDATE,
+    (S.GONE, E.ADV_MOVING): S.GONE,
+    (S.GONE, E.VISIT_OPEN): S.GONE,
+    (S.GONE, E.FADE): S.GONE,
+    (S.GONE, E.FINISH): S.GONE,
+}
+"""Every allowed transition; a pair not listed is a bug (:func:`next_state` raises)."""
+del S, E
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state after ``event``.
+
+    Raises:
+        KeyError: the transition is not allowed.
+    """
+    return TRANSITIONS[(state, event)]
+
+
+# the advert hot path avoids enum attribute lookups
+_OUTSIDE, _CANDIDATE, _ROTATING, _ONBOARD, _GONE = (
+    int(State.OUTSIDE),
+    int(State.CANDIDATE),
+    int(State.ROTATING),
+    int(State.ONBOARD),
+    int(State.GONE),
+)
+_PRED_NONE, _PRED_ONBOARD, _PRED_CANDIDATE = 0, 1, 2
+"""What a new rid at its interval's start was paired with: nothing, a rotated rider, or a
+candidate whose rid rotated before confirmation (it hands over its boarding stop)."""
+_ALIGHT, _ASSIST, _WAIT = (
+    int(TokenFlags.ALIGHT_REQUEST),
+    int(TokenFlags.ASSIST),
+    int(TokenFlags.WAIT),
+)
+
+
+class _Rid:
+    """Everything known about one rid (mutable, slotted: the hot path updates it)."""
+
+    __slots__ = (
+        "base",
+        "confirm_t",
+        "ewma",
+        "first_odo",
+        "first_raw",
+        "first_t",
+        "first_token_t",
+        "flags_or",
+        "gone_visit_seq",
+        "interval",
+        "last_flags",
+        "last_in_odo",
+        "last_in_raw",
+        "last_in_t",
+        "last_raw",
+        "last_t",
+        "last_token_t",
+        "n_adv",
+        "n_far",
+        "n_in",
+        "pred",
+        "pred_visit",
+        "rid",
+        "rot",
+        "route_id",
+        "rssi",
+        "rssi_max",
+        "start",
+        "start_odo",
+        "state",
+        "trip_id",
+        "visit",
+    )
+
+    def __init__(self, rid: bytes, interval: int, token_t: float) -> None:
+        self.rid = rid
+        self.interval = interval
+        self.state = _OUTSIDE
+        self.first_token_t = token_t
+        self.last_token_t = token_t
+        self.gone_visit_seq = 0
+        self.rot = False
+        self.pred = _PRED_NONE
+        self.pred_visit: StopVisit | None = None
+        self.visit: StopVisit | None = None
+        self.start: SegmentEnd | None = None
+        self.start_odo = 0.0
+        self.confirm_t = 0.0
+        self.route_id: str | None = None
+        self.trip_id: str | None = None
+        self.reset(0.0, 0.0, b"", -127)
+
+    def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
+        """Start a fresh candidacy (its evidence and proof start here)."""
+        self.first_t = self.last_t = self.last_in_t = t
+        self.first_odo = self.last_in_odo = odo
+        self.first_raw = self.last_raw = self.last_in_raw = raw
+        self.ewma = self.base = float(rssi)
+        self.rssi: list[int] = []
+        self.rssi_max = -127
+        self.n_adv = self.n_in = self.n_far = 0
+        self.flags_or = self.last_flags = 0
+
+
+class PresenceClassifier:
+    """Turns accepted advertisements and stop visits into closed :class:`SegmentDraft`.
+
+    Feed it, in time order: :meth:`on_trip`, :meth:`on_visit` (a visit opened or closed),
+    :meth:`advert` (accepted advertisements) and :meth:`tick` (time passes; evaluates
+    confirmations and fades, returns closed segments). :meth:`finish` closes everything.
+
+    Args:
+        params: thresholds.
+    """
+
+    def __init__(self, params: ClassifierParams | None = None) -> None:
+        p = self.params = params or ClassifierParams()
+        self._rids: dict[bytes, _Rid] = {}
+        self._visits: deque[StopVisit] = deque(maxlen=256)
+        self._visit: StopVisit | None = None
+        self._pending: dict[bytes, _Rid] = {}
+        """New rid -> the rotated old rid whose segment waits for the new one to resolve."""
+        self._route_id: str | None = None
+        self._trip_id: str | None = None
+        self._t = float("-inf")
+        self._next_tick = float("-inf")
+        self.closed: dict[str, int] = {}
+        self.confirmed = 0
+        self.rejected = 0
+        # hot-path constants
+        self._tau = p.rssi_tau_s
+        self._thr = p.in_bus_rssi_dbm
+        self._gap = p.in_bus_gap_s
+        self._base_tau = p.baseline_tau_s
+        self._fade_drop = p.fade_drop_db
+        self._far = p.confirm_far_m
+        self._grace = p.board_grace_s
+        self._rot_slack = p.rotation_slack_s
+        self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
+
+    # -- inputs -----------------------------------------------------------------------
+
+    def on_trip(self, route_id: str | None, trip_id: str | None) -> None:
+        """The driver signed on to a trip; new candidates are tagged with it."""
+        self._route_id, self._trip_id = route_id, trip_id
+
+    def on_visit(self, kind: str, visit: StopVisit, t: float) -> None:
+        """A stop visit opened (``open``, also on re-opening) or closed (``close``)."""
+        if kind != "open":
+            return
+        if not self._visits or self._visits[-1] is not visit:
+            self._visits.append(visit)
+        self._visit = visit
+        since = visit.open_t - self.params.candidate_lookback_s
+        for r in self._rids.values():
+            if r.state == _OUTSIDE and r.last_t >= since:
+                self._become_candidate(r, visit, fresh=False)
+
+    def advert(  # noqa: PLR0917 - the hot path: positional arguments are cheapest
+        self,
+        t: float,
+        rid: bytes,
+        interval: int,
+        token_t: float,
+        rssi: int,
+        flags: int,
+        raw: bytes,
+        odo: float,
+    ) -> None:
+        """One accepted advertisement (GNSS time ``t``; ``odo`` the bus odometer)."""
+        r = self._rids.get(rid)
+        v = self._visit
+        at_stop = v is not None and (v.close_t is None or t - v.close_t <= self._grace)
+        dt = 0.0
+        if r is None:
+            r = self._new(t, rid, interval, token_t, rssi, raw, odo, at_stop)
+            if at_stop:
+                r.state = int(State.NEW)
+        elif t > r.last_t:
+            dt = t - r.last_t
+            r.ewma += dt / (self._tau + dt) * (rssi - r.ewma)
+            r.last_t = t
+        state = r.state
+        if at_stop and (
+            state <= _OUTSIDE or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
+        ):
+            assert v is not None
+            r.reset(t, odo, raw, rssi)
+            self._become_candidate(r, v, fresh=True)
+            state = _CANDIDATE
+        if token_t > r.last_token_t:  # noqa: PLR1730 - cheaper than max() on the hot path
+            r.last_token_t = token_t
+        r.last_raw = raw
+        r.n_adv += 1
+        r.rssi.append(rssi)
+        if rssi > r.rssi_max:  # noqa: PLR1730 - cheaper than max()
+            r.rssi_max = rssi
+        r.last_flags = flags
+        r.flags_or |= flags
+        thr = self._thr
+        if _CANDIDATE <= state <= _ONBOARD:
+            r.base += dt / (self._base_tau + dt) * (rssi - r.base)
+            if r.base - self._fade_drop > thr:  # noqa: PLR1730 - cheaper than max()
+                thr = r.base - self._fade_drop
+        if r.ewma >= thr and dt <= self._gap:
+            r.last_in_t = t
+            r.last_in_odo = odo
+            r.last_in_raw = raw
+            r.n_in += 1
+            if state == _CANDIDATE:
+                cv = r.visit
+                c_odo = cv.close_odo_m if cv is not None else None
+                if c_odo is not None and odo >= c_odo + self._far:
+                    r.n_far += 1
+            elif state == _ROTATING:
+                r.n_far += 1
+        if t > self._t:  # noqa: PLR1730 - cheaper than max()
+            self._t = t
+
+    def _new(  # noqa: PLR0917 - called from the hot path
+        self,
+        t: float,
+        rid: bytes,
+        interval: int,
+        token_t: float,
+        rssi: int,
+        raw: bytes,
+        odo: float,
+        at_stop: bool,
+    ) -> _Rid:
+        r = _Rid(rid, interval, token_t)
+        r.reset(t, odo, raw, rssi)
+        r.rot = token_t - interval * INTERVAL_S < self._rot_slack
+        self._rids[rid] = r
+        if at_stop:
+            return r  # the caller makes it a candidate of the visit
+        if r.rot:
+            r.state = int(next_state(State.NEW, Event.ADV_ROTATION))
+            r.route_id, r.trip_id = self._route_id, self._trip_id
+            r.visit = None
+        else:
+            r.state = int(next_state(State.NEW, Event.ADV_MOVING))
+        return r
+
+    def _become_candidate(self, r: _Rid, visit: StopVisit, *, fresh: bool) -> None:
+        ev = Event.ADV_STOP if fresh else Event.VISIT_OPEN
+        r.state = int(next_state(State(r.state), ev))
+        r.visit = visit
+        r.route_id, r.trip_id = self._route_id, self._trip_id
+
+    # -- time -------------------------------------------------------------------------
+
+    def tick(self, t: float, odo: float) -> list[SegmentDraft]:
+        """Evaluate confirmations, rejections and fades at time ``t``.
+
+        Returns:
+            The segments closed, sorted by end time then rid.
+        """
+        if t < self._next_tick:
+            return []
+        self._next_tick = t + self.params.tick_s
+        self._t = max(self._t, t)
+        p = self.params
+        out: list[SegmentDraft] = []
+        later: list[_Rid] = []
+        forget: list[bytes] = []
+        for r in self._rids.values():
+            st = r.state
+            if st == _ONBOARD:
+                if t - r.last_in_t > p.fade_timeout_s:
+                    self._close(r, Event.FADE, out)
+            elif st in (_CANDIDATE, _ROTATING):
+                later.append(r)
+            elif st == _OUTSIDE:
+                if t - r.last_t > p.outside_forget_s:
+                    forget.append(r.rid)
+            elif t - r.last_t > p.forget_s and r.rid not in self._pending:
+                forget.append(r.rid)
+        for r in later:
+            if r.state == _CANDIDATE:
+                self._check_candidate(r, t, odo, out)
+            else:
+                self._check_rotating(r, t, out)
+        for rid in forget:
+            del self._rids[rid]
+        out.sort(key=lambda d: (d.end.t, d.rid))
+        return out
+
+    def _check_candidate(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
+        v = r.visit
+        assert v is not None
+        if v.close_t is None or v.close_odo_m is None:
+            return
+        p = self.params
+        recent = t - r.last_in_t <= p.fade_timeout_s
+        if (
+            recent
+            and r.n_far >= p.confirm_adverts
+            and r.last_in_odo - v.close_odo_m >= p.confirm_distance_m
+            and t - v.close_t >= p.confirm_min_s
+        ):
+            if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
+                return  # let a rotated rid fade first and pair with this one
+            self._confirm_new(r, t, v, out)
+        elif not recent or odo - v.close_odo_m >= p.reject_distance_m:
+            self._drop(r, Event.FADE if not recent else Event.REJECT, out)
+
+    def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
+        if r.pred == _PRED_ONBOARD:
+            old = self._pending.pop(r.rid, None)
+            if old is not None:
+                out.append(self._rotated(old))
+            stop = v.stop_id if v is not None else None
+            self._confirm(r, t, "continued", r.first_t, stop, r.first_odo)
+            return
+        if r.pred == _PRED_CANDIDATE and r.pred_visit is not None:
+            v = r.pred_visit
+        assert v is not None
+        assert v.close_t is not None
+        assert v.close_odo_m is not None
+        start_t = min(max(v.open_t, r.first_t), v.close_t)
+        self._confirm(r, t, "boarded", start_t, v.stop_id, v.close_odo_m)
+
+    def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
+        p = self.params
+        if t - r.last_in_t > p.fade_timeout_s:
+            self._drop(r, Event.FADE, out)
+            return
+        if t - r.first_t < p.rotation_confirm_s or r.n_far < p.confirm_adverts:
+            return
+        if r.pred != _PRED_NONE:
+            self._confirm_new(r, t, None, out)
+        elif t - r.first_t > p.rotation_wait_s:
+            self._drop(r, Event.REJECT, out)
+
+    def _confirm(  # noqa: PLR0917 - internal
+        self, r: _Rid, t: float, cause: str, start_t: float, stop_id: str | None, odo: float
+    ) -> None:
+        r.state = int(next_state(State(r.state), Event.CONFIRM))
+        r.start = SegmentEnd(start_t, stop_id, cause)
+        r.start_odo = odo
+        r.confirm_t = t
+        self.confirmed += 1
+        log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
+
+    def _drop(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
+        """Candidacy failed. A rotated rider paired with it gets its end by the fade rules."""
+        if self._near_end(r) and r.visit is not None:
+            # its rid rotated before it could be confirmed: a new rid may take over
+            self._pair(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
+        r.state = int(next_state(State(r.state), ev))
+        r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
+        self.rejected += 1
+        old = self._pending.pop(r.rid, None)
+        if old is not None:
+            # the rider's new rid did not stay: the old segment ends where the rider left
+            end, end_odo = self._fade_end(old, r.last_in_t, r.last_in_odo)
+            end = SegmentEnd(min(end.t, old.last_t), end.stop_id, end.cause)
+            out.append(self._draft(old, end, end_odo))
+
+    def _near_end(self, r: _Rid) -> bool:
+        return r.last_token_t >= r.interval * INTERVAL_S + self._rot_end
+
+    def _pair(self, old: _Rid, kind: int, visit: StopVisit | None) -> _Rid | None:
+        """Pair a rid that stopped at its interval's end with a rid that just began."""
+        lo = old.last_t - 4.0
+        hi = old.last_t + self.params.rotation_gap_s
+        nxt = old.interval + 1
+        best: tuple[float, bytes] | None = None
+        for r in self._rids.values():
+            if (
+                r.rot
+                and r.pred == _PRED_NONE
+                and r.interval == nxt
+                and r.state in (_CANDIDATE, _ROTATING)
+                and lo <= r.first_t <= hi
+            ):
+                score = abs(r.ewma - old.ewma) + abs(r.first_t - old.last_t)
+                if best is None or (score, r.rid) < best:
+                    best = (score, r.rid)
+        if best is None:
+            return None
+        new = self._rids[best[1]]
+        new.pred = kind
+        new.pred_visit = visit
+        log.debug("rid_rotation_paired", old=old.rid.hex(), new=new.rid.hex(), kind=kind)
+        return new
+
+    # -- closing ----------------------------------------------------------------------
+
+    def _visit_at(self, t: float) -> StopVisit | None:
+        for v in reversed(self._visits):
+            if v.open_t <= t:
+                return v
+        return None
+
+    def _close(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
+        """Close an ONBOARD rid: rotated (deferred until its new rid resolves) or faded."""
+        r.state = int(next_state(State(r.state), ev))
+        r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
+        if self._near_end(r):
+            new = self._pair(r, _PRED_ONBOARD, None)
+            if new is not None:
+                self._pending[new.rid] = r
+                return
+        end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
+        out.append(self._draft(r, end, end_odo))
+
+    def _rotated(self, r: _Rid) -> SegmentDraft:
+        """The segment of a rid that rotated while its rider stayed on board."""
+        last_t = r.last_in_t
+        v = self._visit_at(last_t + self.params.alight_pre_s)
+        here = (
+            v.stop_id
+            if v is not None and (v.close_t is None or v.close_t + self._grace >= last_t)
+            else None
+        )
+        return self._draft(r, SegmentEnd(last_t, here, "rotated"), r.last_in_odo)
+
+    def _fade_end(self, r: _Rid, last_t: float, last_odo: float) -> tuple[SegmentEnd, float]:
+        """Alighted at the stop whose doors opened as the rider faded, or lost."""
+        p = self.params
+        assert r.start is not None
+        v = self._visit_at(last_t + p.alight_pre_s)
+        if v is not None and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m):
+            end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
+            return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
+        stop = v.stop_id if v is not None else r.start.stop_id
+        return SegmentEnd(last_t, stop, "lost"), last_odo
+
+    def _draft(self, r: _Rid, end: SegmentEnd, end_odo: float) -> SegmentDraft:
+        assert r.start is not None
+        rssi = sorted(r.rssi)
+        evidence: dict[str, Any] = {
+            "n_adv": r.n_adv,
+            "n_in": r.n_in,
+            "n_far": r.n_far,
+            "rssi_max": r.rssi_max,
+            "rssi_med": rssi[len(rssi) // 2] if rssi else None,
+            "confirm_t": round(r.confirm_t, 3),
+            "flags": r.flags_or,
+        }
+        self.closed[end.cause] = self.closed.get(end.cause, 0) + 1
+        log.debug(
+            "segment_closed",
+            rid=r.rid.hex(),
+            start=r.start.cause,
+            end=end.cause,
+            start_stop=r.start.stop_id,
+            end_stop=end.stop_id,
+        )
+        return SegmentDraft(
+            rid=r.rid.hex(),
+            interval=r.interval,
+            route_id=r.route_id,
+            trip_id=r.trip_id,
+            start=r.start,
+            end=SegmentEnd(max(end.t, r.start.t), end.stop_id, end.cause),
+            distance_m=max(0.0, end_odo - r.start_odo),
+            proof_first=r.first_raw.hex(),
+            proof_last=r.last_in_raw.hex(),
+            evidence=evidence,
+        )
+
+    def finish(self, t: float, odo: float) -> list[SegmentDraft]:
+        """Close every open segment and drop every candidate (end of replay, shutdown).
+
+        A rid on board when the bus is at a stop is ``alighted`` there; otherwise the
+        fade rules decide, as if it had faded now (``lost`` at the last stop it was seen
+        on board after, unless it faded at a stop or its rid rotated).
+        """
+        self._t = max(self._t, t)
+        out: list[SegmentDraft] = []
+        v = self._visit
+        here = v if v is not None and v.close_t is None else None
+        pre = self.params.alight_pre_s
+
+        def end_of(seg: _Rid, last_t: float, last_odo: float) -> None:
+            if here is not None and last_t >= here.open_t - pre:
+                assert seg.start is not None
+                end = SegmentEnd(max(here.open_t, seg.start.t), here.stop_id, "alighted")
+                out.append(self._draft(seg, end, here.open_odo_m))
+            else:
+                fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
+                out.append(self._draft(seg, fade_end, end_odo))
+
+        for r in self._rids.values():
+            if r.state == _GONE:
+                continue
+            was = r.state
+            r.state = int(next_state(State(r.state), Event.FINISH))
+            if was == _ONBOARD:
+                end_of(r, r.last_in_t, r.last_in_odo)
+            else:
+                old = self._pending.pop(r.rid, None)
+                if old is not None:
+                    end_of(old, r.last_in_t, r.last_in_odo)
+        self._pending.clear()
+        out.sort(key=lambda d: (d.end.t, d.rid))
+        return out
+
+    # -- read-only state --------------------------------------------------------------
+
+    def on_board(self) -> int:
+        """Riders currently confirmed on board."""
+        return sum(1 for r in self._rids.values() if r.state == _ONBOARD)
+
+    def tokens_in_range(self, t: float | None = None) -> int:
+        """Distinct rids heard within ``fade_timeout_s`` of ``t`` (default: latest time)."""
+        since = (self._t if t is None else t) - self.params.fade_timeout_s
+        return sum(1 for r in self._rids.values() if r.last_t >= since)
+
+    def active_flags(self, t: float | None = None) -> dict[str, int]:
+        """Flags heard within ``flag_ttl_s``: on board ALIGHT_REQUEST/ASSIST, outside WAIT."""
+        since = (self._t if t is None else t) - self.params.flag_ttl_s
+        out = {"alight_request": 0, "assist": 0, "wait": 0}
+        for r in self._rids.values():
+            if r.last_t < since or not r.last_flags:
+                continue
+            inside = r.state == _ONBOARD or (
+                r.state in (_CANDIDATE, _ROTATING) and r.last_in_t >= since
+            )
+            if inside:
+                if r.last_flags & _ALIGHT:
+                    out["alight_request"] += 1
+                if r.last_flags & _ASSIST:
+                    out["assist"] += 1
+            elif r.last_flags & _WAIT:
+                out["wait"] += 1
+        return out
+
+    def state_of(self, rid: bytes) -> State:
+        """The state of a rid (``NEW`` if unknown or forgotten)."""
+        r = self._rids.get(rid)
+        return State.NEW if r is None else State(r.state)

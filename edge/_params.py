@@ -1,0 +1,153 @@
+"""Every threshold of the vehicle context and the presence classifier, in one place.
+
+:class:`ClassifierParams` is a frozen dataclass whose fields are documented options, so
+it doubles as the ``[classifier]`` section of the edge configuration
+(``BUSBELL_CLASSIFIER__<KEY>`` in the environment). ``docs/classifier.md`` explains how
+each value is used and why it has its default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from busbell import DEFAULT_COMPANY_ID, DEFAULT_TQ_WINDOW_S, option
+
+__all__ = ["ClassifierParams"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierParams:
+    """Thresholds of the presence classifier and the vehicle context."""
+
+    # --- advertisements -------------------------------------------------------------
+    company_id: int = option(
+        DEFAULT_COMPANY_ID,
+        doc="BLE company id whose manufacturer data carries rider tokens (0xFFFF = test id)",
+    )
+    tq_window_s: float = option(
+        DEFAULT_TQ_WINDOW_S,
+        doc="accept a token only if its time (tq) is within this many seconds of GNSS time",
+    )
+    verify_cache_size: int = option(
+        65536, doc="accepted payloads memoised (by their 24 raw bytes) to skip the HMAC"
+    )
+
+    # --- RSSI ---------------------------------------------------------------------------
+    rssi_tau_s: float = option(
+        2.0, doc="time constant (s) of the per-rid exponentially weighted RSSI average"
+    )
+    in_bus_rssi_dbm: float = option(
+        -86.0,
+        doc="smoothed RSSI at or above which an advertisement counts as in-bus evidence",
+    )
+
+    in_bus_gap_s: float = option(
+        3.0,
+        doc="... and only if the rid was also heard within this many seconds before"
+        " (a far-away token is heard in sporadic lucky packets)",
+    )
+
+    baseline_tau_s: float = option(
+        30.0, doc="time constant (s) of a rider's slow RSSI baseline while on board"
+    )
+    fade_drop_db: float = option(
+        18.0,
+        doc="on board, the smoothed RSSI must also stay within this many dB of the rider's"
+        " baseline to count as in-bus (an alighted rider fades relative to their own level)",
+    )
+
+    # --- boarding -----------------------------------------------------------------------
+    candidate_lookback_s: float = option(
+        10.0,
+        doc="rids heard this long before the doors open become boarding candidates too",
+    )
+    board_grace_s: float = option(
+        5.0, doc="a rid first heard this long after the doors close still joins that stop"
+    )
+    confirm_distance_m: float = option(
+        150.0, doc="a boarding is confirmed only after the bus has moved this far from the stop"
+    )
+    confirm_min_s: float = option(
+        20.0, doc="... and at least this many seconds after the doors closed"
+    )
+    confirm_far_m: float = option(
+        60.0,
+        doc="in-bus evidence counts only once the bus is this far from the boarding stop",
+    )
+    confirm_adverts: int = option(
+        4, doc="in-bus advertisements needed beyond confirm_far_m to confirm a boarding"
+    )
+    reject_distance_m: float = option(
+        600.0, doc="a candidate not confirmed when the bus is this far from its stop is dropped"
+    )
+
+    # --- alighting / loss ---------------------------------------------------------------
+    fade_timeout_s: float = option(
+        15.0, doc="a rid with no in-bus advertisement for this long has left (or is lost)"
+    )
+    alight_pre_s: float = option(
+        5.0,
+        doc="a fade counts for a stop whose doors opened up to this long after it began",
+    )
+    lost_after_m: float = option(
+        200.0,
+        doc="in-bus evidence this far past a stop means the rid vanished while moving (lost)",
+    )
+
+    # --- rotation -----------------------------------------------------------------------
+    rotation_slack_s: float = option(
+        16.0,
+        doc="rids last heard this close (token time) to their interval's end may have rotated;"
+        " rids first heard this close to its start may be a rotated rider's new rid",
+    )
+    rotation_gap_s: float = option(
+        12.0,
+        doc="a new rid first heard at most this long after an old rid's last advert pairs"
+        " with it (rotation)",
+    )
+    rotation_confirm_s: float = option(
+        20.0, doc="a new rid appearing at its interval's start needs this long in-bus evidence"
+    )
+    rotation_wait_s: float = option(
+        60.0, doc="a rotation candidate not paired with a rotated rid is dropped after this"
+    )
+
+    # --- flags / bookkeeping ------------------------------------------------------------
+    flag_ttl_s: float = option(
+        10.0, doc="a flag (alight request, assist, wait) counts while heard this recently"
+    )
+    outside_forget_s: float = option(
+        60.0, doc="rids heard only outside (never candidates) are forgotten after this silence"
+    )
+    forget_s: float = option(
+        900.0, doc="rids not heard for this long are forgotten (a rid lives 600 s)"
+    )
+    tick_s: float = option(0.5, doc="how often (trace time) timeouts are evaluated")
+
+    # --- vehicle: stops, motion, GNSS ---------------------------------------------------
+    stop_radius_m: float = option(
+        40.0, doc="doors open within this distance of a stop of the trip serve that stop"
+    )
+    moving_speed_mps: float = option(1.5, doc="GNSS speed at or above which the bus is moving")
+    offroute_m: float = option(
+        120.0, doc="fixes farther than this from the pattern do not move its progress"
+    )
+    gnss_dropout_s: float = option(
+        3.0, doc="no GNSS fix for this long is a dropout (tunnel): dead-reckon"
+    )
+    dead_reckon_max_s: float = option(
+        120.0, doc="dead-reckon along the pattern at the last speed for at most this long"
+    )
+    dropout_match_m: float = option(
+        250.0, doc="during a dropout a door opening serves the next stop within this distance"
+    )
+
+    # --- vehicle: door sensor faults ----------------------------------------------------
+    stuck_open_speed_mps: float = option(4.0, doc="doors 'open' at or above this speed ...")
+    stuck_open_s: float = option(8.0, doc="... for this long means the door sensor is stuck open")
+    dwell_min_s: float = option(
+        6.0, doc="stopped near a stop this long is a dwell (a stop visit when doors unknown)"
+    )
+    stuck_closed_dwells: int = option(
+        2, doc="this many dwells in a row with no door opening: door sensor stuck closed"
+    )

@@ -1,0 +1,192 @@
+"""The edge pipeline: trace records in, closed rid segments out (sans-I/O, deterministic).
+
+``EdgePipeline.feed`` takes every :data:`busbell.TraceRecord` in time order, live or in
+replay: advertisements are checked with the :class:`busbell.TokenVerifier` at the record's
+GNSS time and handed to the :class:`~edge._classifier.PresenceClassifier`; GNSS, door and
+trip records drive the :class:`~edge._vehicle.VehicleContext`, whose stop visits feed the
+classifier. Rejected advertisements are counted by reason and never raise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from busbell import (
+    AdvRecord,
+    Feed,
+    TokenRejected,
+    TokenVerifier,
+    TraceRecord,
+    TripRecord,
+    get_logger,
+)
+from edge._classifier import PresenceClassifier
+from edge._params import ClassifierParams
+from edge._segment import SegmentDraft
+from edge._vehicle import VehicleContext, VehicleEvent
+
+__all__ = ["EdgePipeline", "PipelineStats"]
+
+log = get_logger("edge.pipeline")
+
+_TQ_HALF_STEP = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """A snapshot of the pipeline's counters.
+
+    Attributes:
+        adverts_seen: advertisement records fed.
+        adverts_accepted: advertisements that passed the token check.
+        rejected: rejected advertisements per :class:`busbell.TokenRejected` reason.
+        no_company_id: advertisements without manufacturer data of our company id.
+        tokens_in_range: distinct rids heard within the classifier's fade timeout.
+        on_board: riders confirmed on board.
+        segments: closed segments per end cause.
+    """
+
+    adverts_seen: int
+    adverts_accepted: int
+    rejected: dict[str, int]
+    no_company_id: int
+    tokens_in_range: int
+    on_board: int
+    segments: dict[str, int] = field(default_factory=dict)
+
+
+class EdgePipeline:
+    """One bus's pipeline from trace records to :class:`~edge._segment.SegmentDraft`.
+
+    Args:
+        bus_id: the bus (for logs).
+        feed: the GTFS static feed.
+        verifier: the bus's offline token check (holds the fleet keys and tq window).
+        params: classifier and vehicle thresholds.
+    """
+
+    def __init__(
+        self,
+        bus_id: str,
+        feed: Feed,
+        verifier: TokenVerifier,
+        params: ClassifierParams | None = None,
+    ) -> None:
+        self.bus_id = bus_id
+        self.params = p = params or ClassifierParams()
+        self.verifier = verifier
+        self.vehicle = VehicleContext(feed, p)
+        self.classifier = PresenceClassifier(p)
+        self.adverts_seen = 0
+        self.adverts_accepted = 0
+        self.no_company_id = 0
+        self.rejected: dict[str, int] = {}
+        self._cid = p.company_id
+        self._cache: dict[bytes, tuple[bytes, int, float, int]] = {}
+        self._cache_size = p.verify_cache_size
+        self._next_tick = float("-inf")
+        self._tick_s = p.tick_s
+        self._t = float("-inf")
+        self._finished = False
+
+    # -- read-only state --------------------------------------------------------------
+
+    @property
+    def stats(self) -> PipelineStats:
+        """The counters, as a snapshot."""
+        return PipelineStats(
+            adverts_seen=self.adverts_seen,
+            adverts_accepted=self.adverts_accepted,
+            rejected=dict(sorted(self.rejected.items())),
+            no_company_id=self.no_company_id,
+            tokens_in_range=self.classifier.tokens_in_range(),
+            on_board=self.classifier.on_board(),
+            segments=dict(sorted(self.classifier.closed.items())),
+        )
+
+    def on_board(self) -> int:
+        """Riders currently confirmed on board."""
+        return self.classifier.on_board()
+
+    def active_flags(self) -> dict[str, int]:
+        """Riders signalling now: ``alight_request`` and ``assist`` on board, ``wait`` outside."""
+        return self.classifier.active_flags()
+
+    # -- input ------------------------------------------------------------------------
+
+    def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
+        """Process one record; returns the segments it closed (usually none)."""
+        t = rec.t
+        if t > self._t:  # noqa: PLR1730 - cheaper than max() on the hot path
+            self._t = t
+        if type(rec) is AdvRecord:
+            self.adverts_seen += 1
+            payload = rec.mfr.get(self._cid)
+            if payload is None:
+                self.no_company_id += 1
+            else:
+                self._advert(t, rec.rssi, payload)
+            if t >= self._next_tick:
+                return self._tick(t)
+            return []
+        events = self.vehicle.feed_record(rec)  # type: ignore[arg-type]
+        if type(rec) is TripRecord:
+            self.classifier.on_trip(rec.route_id, rec.trip_id)
+        self._apply(events)
+        return self._tick(t)
+
+    def _advert(self, t: float, rssi: int, payload: bytes) -> None:
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        hit = self._cache.get(payload)
+        if hit is None or abs(hit[2] + _TQ_HALF_STEP - t) > self.verifier.window_s + _TQ_HALF_STEP:
+            try:
+                acc = self.verifier.verify(payload, t)
+            except TokenRejected as exc:
+                self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+                return
+            hit = (acc.payload.rid, acc.interval, acc.token_t, int(acc.payload.flags))
+            if self._cache_size:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.clear()
+                self._cache[payload] = hit
+        self.adverts_accepted += 1
+        self.classifier.advert(
+            t, hit[0], hit[1], hit[2], rssi, hit[3], payload, self.vehicle.odometer_m
+        )
+
+    def _apply(self, events: list[VehicleEvent]) -> None:
+        for ev in events:
+            self.classifier.on_visit(ev.kind, ev.visit, self._t)
+
+    def _tick(self, t: float) -> list[SegmentDraft]:
+        if t < self._next_tick:
+            return []
+        self._next_tick = t + self._tick_s
+        self._apply(self.vehicle.advance(t))
+        return self.classifier.tick(t, self.vehicle.odometer_m)
+
+    def finish(self, t: float) -> list[SegmentDraft]:
+        """Close everything at the end of a replay or on shutdown.
+
+        Pending fades and confirmations are evaluated at ``t`` first; then every rid still
+        on board is closed: ``alighted`` at the current stop if the bus stands at one with
+        its doors open, otherwise by the fade rules (``lost`` at the last stop it was seen
+        on board after, ``alighted`` if it had faded at a stop). Unconfirmed candidates
+        are dropped. Further calls return nothing.
+        """
+        if self._finished:
+            return []
+        self._finished = True
+        t = max(t, self._t)
+        self._next_tick = float("-inf")
+        out = self._tick(t)
+        out.extend(self.classifier.finish(t, self.vehicle.odometer_m))
+        log.info(
+            "edge_pipeline_finished",
+            bus_id=self.bus_id,
+            adverts=self.adverts_seen,
+            accepted=self.adverts_accepted,
+            segments=len(out),
+        )
+        return out
