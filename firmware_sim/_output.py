@@ -22,7 +22,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,14 +50,18 @@ __all__ = [
     "sample_gtfs_dir",
 ]
 
-log = get_logger("firmware_sim.output")
+
+def _log() -> Any:
+    """The module's logger (looked up per use: it must follow configure_logging)."""
+    return get_logger("firmware_sim.output")
+
 
 JOURNEY_GAP_S = 1800.0
 
 
 def sample_gtfs_dir() -> Path:
     """The sample GTFS feed shipped with the package."""
-    return Path(str(resources.files("firmware_sim").joinpath("data/gtfs")))
+    return Path(__file__).resolve().parent / "data" / "gtfs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,7 @@ def run_scenario(
         tq_window_s=opts.tq_window_s,
     )
     elapsed = time.perf_counter() - started
-    log.info(
+    _log().info(
         "scenario_simulated",
         scenario=name,
         seed=seed,
@@ -319,7 +322,7 @@ def generate(
         "stats": res.stats,
     }
     (out / "truth.json").write_text(_dump(truth) + "\n", encoding="utf-8")
-    log.info(
+    _log().info(
         "scenario_written",
         scenario=name,
         seed=seed,

@@ -18,7 +18,6 @@ import random
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,11 @@ __all__ = [
     "tunnel_spans",
 ]
 
-log = get_logger("firmware_sim.world")
+
+def _log() -> Any:
+    """The module's logger (looked up per use: it must follow configure_logging)."""
+    return get_logger("firmware_sim.world")
+
 
 FRONT_DOOR_A = 4.8
 MIDDLE_DOOR_A = -0.8
@@ -275,7 +278,7 @@ class SimResult:
 def tunnel_spans(path: RoutePath, proj: Projection) -> list[tuple[float, float]]:
     """The tunnels (from ``data/tunnels.toml``) on a route path, as distance intervals."""
     data = tomllib.loads(
-        resources.files("firmware_sim").joinpath("data/tunnels.toml").read_text("utf-8")
+        (Path(__file__).resolve().parent / "data" / "tunnels.toml").read_text("utf-8")
     )
     out: list[tuple[float, float]] = []
     for tun in data.get("tunnel", []):

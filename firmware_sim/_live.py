@@ -1,0 +1,246 @@
+"""Live mode: play one bus of a scenario in real time to a running edge daemon.
+
+Vehicle signals go over MQTT (``buses/{bus}/vehicle/gnss|doors|trip``, JSON shaped like
+the trace records without ``kind``), boarding-wait requests of the bus's route to
+``routes/{route}/stops/{stop}/waits/{request}`` (retained, with a message expiry), and
+advertisements, as trace-v1 ``adv`` lines, over a TCP connection to the edge's
+StreamSource.
+
+:func:`timed_adverts` is the hook for other live front-ends (for instance the
+dbusmock BlueZ path of the edge's tests): it yields a scenario bus's advertisements in
+time order, each stamped with its scenario time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from busbell import (
+    AdvRecord,
+    DoorRecord,
+    GnssRecord,
+    Topics,
+    TraceRecord,
+    TripRecord,
+    get_logger,
+    record_to_json,
+)
+from busbell._mqtt import MqttSession, MqttSettings
+from firmware_sim._output import GenerateOptions, generate, run_scenario
+
+__all__ = ["LiveRun", "parse_tcp_target", "run_live", "timed_adverts", "timed_records"]
+
+
+def _log() -> Any:
+    """The module's logger (looked up per use: it must follow configure_logging)."""
+    return get_logger("firmware_sim.live")
+
+
+WAIT_EXPIRY_S = 900
+
+
+def timed_records(
+    name: str,
+    seed: int,
+    bus_id: str,
+    *,
+    scale: str = "small",
+    options: GenerateOptions | None = None,
+) -> Iterator[TraceRecord]:
+    """Every record of one bus of a scenario, in time order (scenario time).
+
+    Raises:
+        KeyError: unknown scenario or bus.
+    """
+    run = run_scenario(name, seed, scale, options)
+    if bus_id not in run.result.records:
+        raise KeyError(f"scenario {name} has no bus {bus_id!r}; buses: {list(run.result.records)}")
+    yield from run.result.records[bus_id]
+
+
+def timed_adverts(
+    name: str,
+    seed: int,
+    bus_id: str,
+    *,
+    scale: str = "small",
+    options: GenerateOptions | None = None,
+) -> Iterator[AdvRecord]:
+    """The advertisements one bus's scanner hears in a scenario, in time order.
+
+    Each :class:`busbell.AdvRecord` carries the scenario time ``t`` at which it is
+    heard, its random address, RSSI and manufacturer data: a live front-end sleeps until
+    ``t`` (scaled) and emits it.
+    """
+    for rec in timed_records(name, seed, bus_id, scale=scale, options=options):
+        if isinstance(rec, AdvRecord):
+            yield rec
+
+
+def parse_tcp_target(text: str) -> tuple[str, int]:
+    """Parse ``tcp://HOST:PORT`` (or ``HOST:PORT``).
+
+    Raises:
+        ValueError: not of that form.
+    """
+    rest = text.removeprefix("tcp://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected tcp://HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+class LiveRun:
+    """Counters of a live run."""
+
+    def __init__(self) -> None:
+        self.gnss = 0
+        self.doors = 0
+        self.trips = 0
+        self.adverts = 0
+        self.waits = 0
+
+
+def _signal(rec: TraceRecord) -> tuple[str, dict[str, Any]] | None:
+    obj = record_to_json(rec)
+    obj.pop("kind", None)
+    if isinstance(rec, GnssRecord):
+        return "gnss", obj
+    if isinstance(rec, DoorRecord):
+        return "doors", obj
+    if isinstance(rec, TripRecord):
+        return "trip", obj
+    return None
+
+
+async def run_live(
+    name: str,
+    seed: int,
+    bus_id: str,
+    *,
+    mqtt: MqttSettings,
+    speed: float = 1.0,
+    adv_target: str | None = None,
+    scale: str = "small",
+    now: bool = True,
+    out_dir: Path | None = None,
+    options: GenerateOptions | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> LiveRun:
+    """Play one bus of a scenario live.
+
+    Args:
+        name: scenario.
+        seed: seed.
+        bus_id: which bus of the scenario.
+        mqtt: broker settings (prefix included).
+        speed: time factor (> 0).
+        adv_target: ``tcp://HOST:PORT`` of the edge's StreamSource, or None.
+        scale: scenario scale.
+        now: shift the scenario to start a few seconds from now (token times then
+            match the wall clock at speed 1).
+        out_dir: also write the scenario (keys, FLEET.csv, truth) there, for the edge.
+        options: generator options.
+        clock: monotonic clock (injected for tests).
+
+    Raises:
+        busbell.UplinkError: the broker is unreachable.
+        OSError: the advert target refused the connection.
+    """
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    base = options or GenerateOptions()
+    opts = GenerateOptions(
+        gtfs_dir=base.gtfs_dir,
+        radio=base.radio,
+        cutoff_m=base.cutoff_m,
+        pass_radius_m=base.pass_radius_m,
+        alight_hold_s=base.alight_hold_s,
+        gnss_sigma_m=base.gnss_sigma_m,
+        tq_window_s=base.tq_window_s,
+        start_at=float(int(time.time()) + 15) if now else base.start_at,
+    )
+    if out_dir is not None:
+        generate(name, seed, out_dir, scale, opts)
+    run = run_scenario(name, seed, scale, opts)
+    records = run.result.records.get(bus_id)
+    if records is None:
+        raise KeyError(f"scenario {name} has no bus {bus_id!r}; buses: {list(run.result.records)}")
+    route = run.result.plans[bus_id].path.route_id
+    waits = sorted((r for r in run.result.requests if r["route_id"] == route), key=lambda r: r["t"])
+    topics = Topics(mqtt.prefix)
+    stats = LiveRun()
+    writer: asyncio.StreamWriter | None = None
+    if adv_target:
+        host, port = parse_tcp_target(adv_target)
+        _, writer = await asyncio.open_connection(host, port)
+    items: list[tuple[float, int, Any]] = [(r.t, 1, r) for r in records]
+    items += [(float(w["t"]), 0, w) for w in waits]
+    items.sort(key=lambda it: (it[0], it[1]))
+    if not items:
+        return stats
+    t_first = items[0][0]
+    client_id = mqtt.client_id or f"busbell-sim-{bus_id}"
+    _log().info("live_started", scenario=name, bus_id=bus_id, records=len(items), speed=speed)
+    try:
+        async with MqttSession(mqtt, client_id, clean_start=True) as session:
+            wall0 = clock()
+            for t, order, item in items:
+                delay = wall0 + (t - t_first) / speed - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if order == 0:
+                    payload = {**item, "expires_t": item["t"] + WAIT_EXPIRY_S}
+                    payload.pop("bus_id", None)
+                    topic = topics.wait(item["route_id"], item["stop_id"], item["request_id"])
+                    await session.publish(
+                        topic, json.dumps(payload), qos=1, retain=True, expiry_s=WAIT_EXPIRY_S
+                    )
+                    stats.waits += 1
+                    continue
+                rec: TraceRecord = item
+                if isinstance(rec, AdvRecord):
+                    if writer is not None:
+                        line = json.dumps(record_to_json(rec), separators=(",", ":")) + "\n"
+                        writer.write(line.encode())
+                        if writer.transport.get_write_buffer_size() > 1 << 20:
+                            await writer.drain()
+                        stats.adverts += 1
+                    continue
+                sig = _signal(rec)
+                if sig is None:
+                    continue
+                kind, obj = sig
+                await session.publish(
+                    topics.vehicle(bus_id, kind),
+                    json.dumps(obj, separators=(",", ":")),
+                    qos=1,
+                    retain=kind == "trip",
+                )
+                if kind == "gnss":
+                    stats.gnss += 1
+                elif kind == "doors":
+                    stats.doors += 1
+                else:
+                    stats.trips += 1
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    _log().info(
+        "live_finished",
+        scenario=name,
+        bus_id=bus_id,
+        gnss=stats.gnss,
+        doors=stats.doors,
+        adverts=stats.adverts,
+        waits=stats.waits,
+    )
+    return stats

@@ -1,0 +1,105 @@
+"""Text and Markdown renderings of a suite score (``busbell sim score``)."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from firmware_sim._score import TARGETS, ScenarioScore, SuiteScore
+
+__all__ = ["git_commit", "render_markdown", "render_table"]
+
+_HEAD = (
+    "| scenario | journeys | exact | exact (observable) | board-stop err | alight-stop err "
+    "| missed | double | bystanders charged / passes | per 10k |"
+)
+
+
+def _row(s: ScenarioScore) -> str:
+    return (
+        f"| {s.scenario} | {s.journeys} | {s.journeys_exact} ({s.exact_pct:.1f} %) "
+        f"| {s.journeys_observable_exact}/{s.journeys_observable} "
+        f"({s.exact_observable_pct:.1f} %) | {s.board_stop_errors} | {s.alight_stop_errors} "
+        f"| {s.missed}/{s.legs} ({s.missed_pct:.2f} %; observable "
+        f"{s.missed_observable_pct:.2f} %) | {s.double_charged} "
+        f"| {s.bystander_charged} / {s.bystander_passes} | {s.bystanders_per_10k:.1f} |"
+    )
+
+
+def render_table(suite: SuiteScore) -> str:
+    """A Markdown table of every scenario and the overall line."""
+    lines = [_HEAD, "|" + "---|" * 10]
+    lines += [_row(s) for s in suite.scenarios]
+    overall = suite.overall
+    lines.append(_row(overall).replace("| overall |", "| **overall** |", 1))
+    return "\n".join(lines)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The checkout's HEAD commit (with ``-dirty`` if files changed), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],  # noqa: S607 - git from PATH
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=cwd,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head
+
+
+def render_markdown(suite: SuiteScore, command: str, *, commit: str | None = None) -> str:
+    """The docs/accuracy.md page."""
+    o = suite.overall
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t = TARGETS
+    return f"""# Accuracy of busbell on the simulated scenario suite
+
+Measured end to end: `busbell sim` generates each scenario (traces of every bus, keys,
+GTFS, ground truth), then `busbell edge replay` turns every bus's trace into signed fare
+events and `busbell backend settle` turns all events into journeys, both run as
+subprocesses exactly as a field engineer would; the charged journeys are compared with
+the simulator's truth. What each scenario models is in [simulator.md](simulator.md); the
+radio model in [radio.md](radio.md).
+
+- command: `{command}`
+- date: {when}
+- commit: `{commit or git_commit()}`
+- scale: {suite.scale}, seed {suite.seed}
+- time: generation {suite.generation_s:.1f} s, replay + settle {suite.pipeline_s:.1f} s
+
+## Against the targets
+
+| target | value | |
+|---|---|---|
+| exactly right journeys >= {t["exact_pct_min"]} % | {o.exact_pct:.2f} % of all, \
+{o.exact_observable_pct:.2f} % of observable | \
+{_verdict(o.exact_observable_pct >= t["exact_pct_min"])} (observable) |
+| bystanders charged <= {t["bystanders_per_10k_max"]} per 10,000 passes | \
+{o.bystanders_per_10k:.2f} ({o.bystander_charged} / {o.bystander_passes}) | \
+{_verdict(o.bystanders_per_10k <= t["bystanders_per_10k_max"])} |
+| riders missed <= {t["missed_pct_max"]} % | {o.missed_pct:.2f} % of all legs, \
+{o.missed_observable_pct:.2f} % of observable legs | \
+{_verdict(o.missed_observable_pct <= t["missed_pct_max"])} (observable) |
+
+## Per scenario
+
+{render_table(suite)}
+
+Definitions (see `firmware_sim/_score.py`): a journey is *exact* when every leg is charged
+exactly once with the right bus, boarding stop and alighting stop. A charge matches a true
+leg of the same rider on the same bus overlapping it in time (+-120 s). *Missed*: a true
+leg with no charge. *Double*: a true leg charged more than once. *Bystander charged*: a
+charge matching no true leg; a *bystander pass* is a token that came within 30 m of a bus
+it was not riding (counted once per pass). *Observable* excludes legs no bus could see:
+riders whose iPhone app is in the background (iOS cannot advertise custom data there),
+tokens whose battery went flat during the ride, and token clocks outside the edge's tq
+window (the `token_clock_drift` scenario has some on purpose).
+"""

@@ -1,0 +1,221 @@
+"""``busbell sim``: generate scenarios, list them, score busbell against them, play live."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from busbell import configure_logging, load_config
+from firmware_sim.config import SimConfig
+
+__all__ = ["main"]
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Simulated rider tokens, stops and buses: scenarios with ground truth, "
+        "scoring of the edge + backend pipeline, live play to a running edge.",
+        formatter_class=_RAW,
+        epilog="examples:\n"
+        f"  {prog} list\n"
+        f"  {prog} scenario --name quiet_route --seed 1 --out /tmp/quiet\n"
+        f"  {prog} score --scale small\n"
+        f"  {prog} run --broker 127.0.0.1:1883 --bus bus-55-01 --scenario quiet_route "
+        "--adv-target tcp://127.0.0.1:7300",
+    )
+    p.add_argument("--config", type=Path, default=None, help="sim TOML config")
+    p.add_argument("--log-level", default="warning", help="log level (default warning)")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    sc = sub.add_parser(
+        "scenario",
+        help="generate a named scenario into a directory",
+        formatter_class=_RAW,
+        epilog=f"example:\n  {prog} scenario --name rush_hour_crowd --seed 7 --out /tmp/rush "
+        "--scale full",
+    )
+    sc.add_argument("--name", required=True, help="scenario name (see `list`)")
+    sc.add_argument("--seed", type=int, default=None, help="seed (default: config, 1)")
+    sc.add_argument("--out", type=Path, required=True, help="output directory")
+    sc.add_argument("--scale", choices=["small", "full"], default=None)
+
+    sub.add_parser(
+        "list",
+        help="list the scenarios with a one-line description",
+        formatter_class=_RAW,
+        epilog=f"example:\n  {prog} list",
+    )
+
+    so = sub.add_parser(
+        "score",
+        help="generate, replay (edge), settle (backend) and compare with the truth",
+        formatter_class=_RAW,
+        epilog=f"examples:\n  {prog} score --scale small\n"
+        f"  {prog} score --scale full --seed 1 --write-docs docs/accuracy.md\n"
+        f"  {prog} score --scenarios quiet_route,gnss_tunnel --keep /tmp/score",
+    )
+    so.add_argument("--scale", choices=["small", "full"], default=None)
+    so.add_argument("--seed", type=int, default=None)
+    so.add_argument("--scenarios", default=None, help="comma-separated names (default: all)")
+    so.add_argument("--write-docs", type=Path, default=None, help="write the Markdown report")
+    so.add_argument("--keep", type=Path, default=None, help="keep the scenario dirs here")
+    so.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    rn = sub.add_parser(
+        "run",
+        help="play one bus of a scenario live: MQTT vehicle signals + TCP advert stream",
+        formatter_class=_RAW,
+        epilog=f"example:\n  {prog} run --broker 127.0.0.1:1883 --bus bus-55-01 "
+        "--scenario quiet_route --speed 2 --adv-target tcp://127.0.0.1:7300 --out /tmp/live",
+    )
+    rn.add_argument("--broker", required=True, help="HOST:PORT of the MQTT broker")
+    rn.add_argument("--bus", required=True, help="bus id of the scenario (see its truth.json)")
+    rn.add_argument("--scenario", required=True, help="scenario name")
+    rn.add_argument("--seed", type=int, default=None)
+    rn.add_argument("--scale", choices=["small", "full"], default=None)
+    rn.add_argument("--speed", type=float, default=None, help="time factor (default 1)")
+    rn.add_argument("--adv-target", default=None, help="tcp://HOST:PORT of the edge stream")
+    rn.add_argument("--prefix", default=None, help="topic prefix (default busbell/v1)")
+    rn.add_argument("--out", type=Path, default=None, help="also write keys and truth here")
+    rn.add_argument(
+        "--scenario-time",
+        action="store_true",
+        help="keep the scenario's own date instead of starting now",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "busbell sim") -> int:
+    """Run ``busbell sim``; returns the exit status."""
+    a = _parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_logging(a.log_level)
+    cfg = load_config(SimConfig, a.config)
+    if a.cmd == "list":
+        from firmware_sim._scenarios import SCENARIOS
+
+        for info in SCENARIOS.values():
+            _out(f"{info.name:30} {info.summary}")
+        return 0
+    if a.cmd == "scenario":
+        return _scenario(a, cfg)
+    if a.cmd == "score":
+        return _score(a, cfg, prog)
+    return _run(a, cfg)
+
+
+def _scenario(a: argparse.Namespace, cfg: SimConfig) -> int:
+    from firmware_sim._output import generate
+    from firmware_sim._scenarios import SCENARIOS
+
+    if a.name not in SCENARIOS:
+        sys.stderr.write(f"unknown scenario {a.name!r}; try `list`\n")
+        return 2
+    seed = a.seed if a.seed is not None else cfg.scenario.seed
+    scale = a.scale or cfg.scenario.scale
+    started = time.perf_counter()
+    truth = generate(a.name, seed, a.out, scale, cfg.generate_options())
+    took = time.perf_counter() - started
+    _out(
+        f"{a.name}: {len(truth['buses'])} bus(es), {truth['journeys']} journeys, "
+        f"{truth['legs']} legs, {truth['bystander_passes']['total']} bystander passes, "
+        f"{truth['stats']['adv_records']} adverts in {took:.2f} s -> {a.out}"
+    )
+    return 0
+
+
+def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
+    from firmware_sim._report import render_markdown, render_table
+    from firmware_sim._scenarios import SCENARIOS, scenario_names
+    from firmware_sim._score import ScenarioScore, score_suite
+
+    seed = a.seed if a.seed is not None else cfg.scenario.seed
+    scale = a.scale or cfg.scenario.scale
+    names = scenario_names() if a.scenarios is None else [n.strip() for n in a.scenarios.split(",")]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        sys.stderr.write(f"unknown scenario(s) {unknown}; try `list`\n")
+        return 2
+
+    def progress(s: ScenarioScore) -> None:
+        if not a.json:
+            _out(
+                f"{s.scenario:30} exact {s.journeys_exact}/{s.journeys} "
+                f"missed {s.missed}/{s.legs} bystanders {s.bystander_charged}/"
+                f"{s.bystander_passes} ({s.elapsed_s:.1f} s)"
+            )
+
+    suite = score_suite(
+        names,
+        seed=seed,
+        scale=scale,
+        options=cfg.generate_options(),
+        keep_dir=a.keep,
+        progress=progress,
+    )
+    if a.json:
+        _out(
+            json.dumps(
+                {
+                    "scale": scale,
+                    "seed": seed,
+                    "scenarios": [s.as_dict() for s in suite.scenarios],
+                    "overall": suite.overall.as_dict(),
+                }
+            )
+        )
+    else:
+        _out("")
+        _out(render_table(suite))
+    if a.write_docs is not None:
+        parts = ["busbell sim score", f"--scale {scale}", f"--seed {seed}"]
+        if a.scenarios is not None:
+            parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
+        parts.append(f"--write-docs {a.write_docs}")
+        a.write_docs.write_text(render_markdown(suite, " ".join(parts)), "utf-8")
+    return 0
+
+
+def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
+    from dataclasses import replace
+
+    from firmware_sim._live import run_live
+
+    host, sep, port = a.broker.rpartition(":")
+    if not sep or not port.isdigit():
+        sys.stderr.write("--broker must be HOST:PORT\n")
+        return 2
+    mqtt = replace(cfg.mqtt, host=host, port=int(port))
+    if a.prefix is not None:
+        mqtt = replace(mqtt, prefix=a.prefix)
+    stats = asyncio.run(
+        run_live(
+            a.scenario,
+            a.seed if a.seed is not None else cfg.scenario.seed,
+            a.bus,
+            mqtt=mqtt,
+            speed=a.speed if a.speed is not None else cfg.live.speed,
+            adv_target=a.adv_target or cfg.live.adv_target or None,
+            scale=a.scale or cfg.scenario.scale,
+            now=cfg.live.now and not a.scenario_time,
+            out_dir=a.out,
+            options=cfg.generate_options(),
+        )
+    )
+    _out(
+        f"played {a.scenario}/{a.bus}: {stats.gnss} gnss, {stats.doors} doors, "
+        f"{stats.trips} trip, {stats.adverts} adverts, {stats.waits} waits"
+    )
+    return 0
