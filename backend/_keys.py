@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
@@ -35,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend._db import devices, fleet_keys, insert_ignore, riders
 from backend._errors import UnknownDevice, UnknownRider
+from backend.config import BackendConfig, KeysSettings
 from busbell import (
     FLEET_HEADER,
     INTERVAL_S,
@@ -42,7 +45,9 @@ from busbell import (
     DeviceKey,
     KeyFileError,
     PublicKey,
+    StoreError,
     Topics,
+    UplinkError,
     canonical_bytes,
     day_of,
     derive_bk,
@@ -59,6 +64,7 @@ __all__ = [
     "BUNDLE_ALG",
     "DeviceInfo",
     "bus_kex_private",
+    "distribute_once",
     "ed25519_to_x25519_public",
     "ensure_fleet_keys",
     "export_fleet_keys",
@@ -71,6 +77,7 @@ __all__ = [
     "publish_key_bundles",
     "register_device",
     "rider_bk_schedule",
+    "run_key_distribution",
     "seal_key_bundle",
 ]
 
@@ -520,7 +527,7 @@ async def rider_bk_schedule(
         ).first()
         if row is None:
             raise UnknownRider(rider_id)
-        if row.status != "active":
+        if row.status != "active" or hours <= 0:
             return []
         first = interval_of(from_t)
         last = min(
@@ -539,3 +546,74 @@ async def rider_bk_schedule(
             continue
         out.append((i, day, derive_bk(fk, rid_for_interval(rk.rid_key, i))))
     return out
+
+
+# --- the distribution loop ---------------------------------------------------------------
+
+
+async def distribute_once(
+    engine: AsyncEngine,
+    publish: Any,
+    topics: Topics,
+    settings: KeysSettings,
+    *,
+    now: float | None = None,
+) -> None:
+    """Rotate (generate missing days), publish every bus's bundle and the deny list."""
+    from backend._denylist import publish_denylist, refresh_denylist
+
+    t = time.time() if now is None else now
+    await ensure_fleet_keys(engine, now=t, days_ahead=settings.days_ahead)
+    await publish_key_bundles(engine, publish, topics, now=t, days_ahead=settings.days_ahead)
+    payload, _new = await refresh_denylist(
+        engine,
+        now=t,
+        rider_days_ahead=settings.rider_days_ahead,
+        denylist_hours=settings.denylist_hours,
+    )
+    await publish_denylist(publish, topics, payload)
+
+
+async def run_key_distribution(config: BackendConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Keep fleet keys rotated and delivered, and the deny list published, until ``stop``.
+
+    Imports ``[keys] fleet_keys_file`` and ``[files] devices`` first when set; then
+    every ``[keys] publish_interval_s`` runs :func:`distribute_once`. MQTT failures
+    are retried with backoff.
+
+    Raises:
+        StoreError: when the database cannot be reached at start.
+        KeyFileError: when a configured key file is invalid.
+    """
+    from backend._db import create_engine, migrate
+    from busbell._mqtt import MqttSession, backoff_delays
+
+    stop = stop or asyncio.Event()
+    db = config.database
+    engine = create_engine(db.url, pool_size=db.pool_size, max_overflow=db.max_overflow)
+    try:
+        if db.migrate_on_start:
+            await migrate(engine)
+        if config.keys.fleet_keys_file is not None:
+            await import_fleet_keys(engine, config.keys.fleet_keys_file)
+        if config.files.devices is not None:
+            await import_devices(engine, config.files.devices)
+        topics = Topics(config.mqtt.prefix)
+        client_id = (config.mqtt.client_id or "busbell-backend") + "-keys"
+        delays = backoff_delays(config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s)
+        while not stop.is_set():
+            try:
+                async with MqttSession(config.mqtt, client_id) as session:
+                    while not stop.is_set():
+                        await distribute_once(engine, session.publish, topics, config.keys)
+                        delays = backoff_delays(
+                            config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s
+                        )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), config.keys.publish_interval_s)
+            except (UplinkError, StoreError) as exc:
+                _log().warning("key_distribution_failed", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), next(delays))
+    finally:
+        await engine.dispose()

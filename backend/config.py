@@ -116,6 +116,13 @@ class KeysSettings:
     rider_days_ahead: int = option(
         7, doc="Longest time ahead, in days, that a rider's app or fob is given bk values."
     )
+    denylist_hours: float = option(
+        48.0,
+        doc=(
+            "Hours ahead for which the deny list carries each revoked rider's rids "
+            "(re-issued as the window slides)."
+        ),
+    )
     publish_interval_s: float = option(
         3600.0,
         doc=(

@@ -1,0 +1,170 @@
+"""Scale-out: 3 ingest worker processes on a shared subscription with PostgreSQL.
+
+Simulated edges upload pre-signed chains; one worker is killed (SIGKILL) mid-way. Every
+event must end up stored exactly once and every bus fully acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from backend._bench_ingest import EdgeFleet, device_key_for, make_events
+from backend._db import chain_state, create_engine, fare_events, migrate
+from backend._keys import register_device
+from busbell._mqtt import MqttSettings
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres]
+
+_WORKER = """
+import asyncio, signal
+from busbell import configure_logging, load_config
+from backend.config import BackendConfig
+from backend._ingest import run_ingest
+
+async def main() -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await run_ingest(load_config(BackendConfig), stop=stop)
+
+configure_logging("info", json=True)
+asyncio.run(main())
+"""
+
+
+def start_worker(n: int, pg_url: str, host: str, port: int, prefix: str, log: Path) -> Any:
+    env = dict(
+        os.environ,
+        BUSBELL_DATABASE__URL=pg_url,
+        BUSBELL_MQTT__HOST=host,
+        BUSBELL_MQTT__PORT=str(port),
+        BUSBELL_MQTT__PREFIX=prefix,
+        BUSBELL_INGEST__SHARED_SUBSCRIPTION="true",
+        BUSBELL_INGEST__WORKER_ID=f"w{n}-{prefix.split('/')[0]}",
+        BUSBELL_INGEST__RESEND_AFTER_S="1.0",
+    )
+    with log.open("wb") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, "-c", _WORKER], env=env, stderr=err, stdout=subprocess.DEVNULL
+        )
+
+
+async def wait_subscribed(logs: list[Path], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all("fare_ingest_subscribed" in p.read_text(errors="replace") for p in logs):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("workers did not subscribe: " + logs[0].read_text()[-2000:])
+
+
+async def scale_out(
+    pg_url: str, broker: Any, prefix: str, tmp_path: Path, n_buses: int, n_events: int
+) -> None:
+    per_bus = n_events // n_buses
+    buses = [f"S{i:03d}" for i in range(n_buses)]
+    t0 = time.monotonic()
+    chains = {b: make_events(b, device_key_for(b), per_bus) for b in buses}
+    sign_s = time.monotonic() - t0
+    engine = create_engine(pg_url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        for b in buses:
+            await register_device(conn, b, device_key_for(b).public)
+    logs = [tmp_path / f"worker{i}.log" for i in range(3)]
+    procs = [start_worker(i, pg_url, broker.host, broker.port, prefix, logs[i]) for i in range(3)]
+    try:
+        await wait_subscribed(logs)
+        settings = MqttSettings(host=broker.host, port=broker.port, prefix=prefix)
+        fleet = EdgeFleet(settings, chains, batch=50, window=200, retry_s=3.0)
+        upload = asyncio.create_task(fleet.run(timeout_s=300))
+        while fleet.acked_total() < n_events * 0.4 and not upload.done():
+            await asyncio.sleep(0.05)
+        procs[0].kill()  # mid-way, no goodbye: its in-flight batches are lost
+        procs[0].wait(10)
+        killed_at = fleet.acked_total()
+        await upload
+        elapsed = time.monotonic() - t0
+        assert 0 < killed_at < n_events
+        assert fleet.acked == {b: per_bus for b in buses}
+        async with engine.connect() as conn:
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(fare_events))).scalar()
+            per = dict(
+                (
+                    await conn.execute(
+                        sa.select(
+                            fare_events.c.bus_id,
+                            sa.func.count(sa.distinct(fare_events.c.seq)),
+                        ).group_by(fare_events.c.bus_id)
+                    )
+                ).all()
+            )
+            by_worker = dict(
+                (
+                    await conn.execute(
+                        sa.select(fare_events.c.worker_id, sa.func.count()).group_by(
+                            fare_events.c.worker_id
+                        )
+                    )
+                ).all()
+            )
+            chains_db = {
+                r.bus_id: (r.next_seq, r.acked_upto)
+                for r in await conn.execute(sa.select(chain_state))
+            }
+        assert total == n_events  # exactly once: UNIQUE(bus_id, seq) and nothing missing
+        assert per == dict.fromkeys(buses, per_bus)
+        assert {b: n for b, (n, _) in chains_db.items()} == dict.fromkeys(buses, per_bus + 1)
+        # acked_upto is written just after each ack is published.
+        deadline = time.monotonic() + 10
+        while any(a != per_bus for _, a in chains_db.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            async with engine.connect() as conn:
+                chains_db = {
+                    r.bus_id: (r.next_seq, r.acked_upto)
+                    for r in await conn.execute(sa.select(chain_state))
+                }
+        assert {b: a for b, (_, a) in chains_db.items()} == dict.fromkeys(buses, per_bus)
+        assert len(by_worker) >= 2  # the work really was shared
+        sys.stderr.write(
+            f"\nscale-out: {n_events} events, {n_buses} buses, 3 workers (1 killed at "
+            f"{killed_at} acked): {elapsed:.1f} s incl. {sign_s:.1f} s signing; "
+            f"per worker {by_worker}; edge retries {fleet.retries}, "
+            f"resend requests {fleet.resend_requests}\n"
+        )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        await engine.dispose()
+    for p in procs[1:]:
+        assert p.returncode == 0, logs[procs.index(p)].read_text()[-3000:]
+
+
+async def test_scaleout_small(
+    pg_url: str, shared_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    await scale_out(pg_url, shared_broker, topic_prefix, tmp_path, n_buses=10, n_events=5000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_scaleout_full(
+    pg_url: str, shared_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    await scale_out(pg_url, shared_broker, topic_prefix, tmp_path, n_buses=100, n_events=50000)
