@@ -41,19 +41,19 @@ asyncio.run(main())
 """
 
 
-def start_worker(n: int, pg_url: str, host: str, port: int, prefix: str, log: Path) -> Any:
+def start_worker(n: int, pg_url: str, broker: Any, prefix: str, log: Path) -> Any:
     env = dict(
         os.environ,
         BUSBELL_DATABASE__URL=pg_url,
-        BUSBELL_MQTT__HOST=host,
-        BUSBELL_MQTT__PORT=str(port),
+        BUSBELL_MQTT__HOST=broker.host,
+        BUSBELL_MQTT__PORT=str(broker.port),
         BUSBELL_MQTT__PREFIX=prefix,
         BUSBELL_INGEST__SHARED_SUBSCRIPTION="true",
-        BUSBELL_INGEST__WORKER_ID=f"w{n}-{prefix.split('/')[0]}",
+        BUSBELL_INGEST__WORKER_ID=f"w{n}-{prefix.split('/', maxsplit=1)[0]}",
         BUSBELL_INGEST__RESEND_AFTER_S="1.0",
     )
     with log.open("wb") as err:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             [sys.executable, "-c", _WORKER], env=env, stderr=err, stdout=subprocess.DEVNULL
         )
 
@@ -68,7 +68,7 @@ async def wait_subscribed(logs: list[Path], timeout: float = 30) -> None:
 
 
 async def scale_out(
-    pg_url: str, broker: Any, prefix: str, tmp_path: Path, n_buses: int, n_events: int
+    pg_url: str, broker: Any, prefix: str, tmp_path: Path, *, n_buses: int, n_events: int
 ) -> None:
     per_bus = n_events // n_buses
     buses = [f"S{i:03d}" for i in range(n_buses)]
@@ -81,7 +81,7 @@ async def scale_out(
         for b in buses:
             await register_device(conn, b, device_key_for(b).public)
     logs = [tmp_path / f"worker{i}.log" for i in range(3)]
-    procs = [start_worker(i, pg_url, broker.host, broker.port, prefix, logs[i]) for i in range(3)]
+    procs = [start_worker(i, pg_url, broker, prefix, logs[i]) for i in range(3)]
     try:
         await wait_subscribed(logs)
         settings = MqttSettings(host=broker.host, port=broker.port, prefix=prefix)
@@ -95,9 +95,10 @@ async def scale_out(
         await upload
         elapsed = time.monotonic() - t0
         assert 0 < killed_at < n_events
-        assert fleet.acked == {b: per_bus for b in buses}
+        assert fleet.acked == dict.fromkeys(buses, per_bus)
         async with engine.connect() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(fare_events))).scalar()
+            count = sa.select(sa.func.count()).select_from(fare_events)
+            total = (await conn.execute(count)).scalar()
             per = dict(
                 (
                     await conn.execute(
