@@ -6,6 +6,7 @@ Sans-I/O and deterministic. One record per rid follows the state machine in
     NEW --adv at stop--> CANDIDATE --confirm--> ONBOARD --fade/finish--> GONE
     NEW --adv moving---> OUTSIDE --adv at stop / visit opens--> CANDIDATE
     NEW --adv moving, rid's interval just began--> ROTATING --confirm--> ONBOARD
+    ROTATING --adv at stop / visit opens--> CANDIDATE
     CANDIDATE, ROTATING --reject/fade/finish--> GONE --adv at a newer stop--> CANDIDATE
 
 A boarding is confirmed only after the bus has left the stop and moved on with the rid
@@ -17,6 +18,7 @@ the stop whose doors opened as it faded, ``rotated`` when its 600-s interval end
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from typing import Any
 
@@ -85,9 +87,9 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.CANDIDATE, E.REJECT): S.GONE,
     (S.CANDIDATE, E.FADE): S.GONE,
     (S.CANDIDATE, E.FINISH): S.GONE,
-    (S.ROTATING, E.ADV_STOP): S.ROTATING,
+    (S.ROTATING, E.ADV_STOP): S.CANDIDATE,
     (S.ROTATING, E.ADV_MOVING): S.ROTATING,
-    (S.ROTATING, E.VISIT_OPEN): S.ROTATING,
+    (S.ROTATING, E.VISIT_OPEN): S.CANDIDATE,
     (S.ROTATING, E.CONFIRM): S.ONBOARD,
     (S.ROTATING, E.REJECT): S.GONE,
     (S.ROTATING, E.FADE): S.GONE,
@@ -138,8 +140,10 @@ class _Rid:
     """Everything known about one rid (mutable, slotted: the hot path updates it)."""
 
     __slots__ = (
+        "addr",
         "base",
         "confirm_t",
+        "d_min",
         "ewma",
         "first_odo",
         "first_raw",
@@ -188,6 +192,8 @@ class _Rid:
         self.confirm_t = 0.0
         self.route_id: str | None = None
         self.trip_id: str | None = None
+        self.addr = ""
+        self.d_min = math.inf
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -253,7 +259,7 @@ class PresenceClassifier:
         self._visit = visit
         since = visit.open_t - self.params.candidate_lookback_s
         for r in self._rids.values():
-            if r.state == _OUTSIDE and r.last_t >= since:
+            if r.state in (_OUTSIDE, _ROTATING) and r.last_t >= since:
                 self._become_candidate(r, visit, fresh=False)
 
     def advert(  # noqa: PLR0917 - the hot path: positional arguments are cheapest
@@ -266,8 +272,21 @@ class PresenceClassifier:
         flags: int,
         raw: bytes,
         odo: float,
+        addr: str = "",
     ) -> None:
-        """One accepted advertisement (GNSS time ``t``; ``odo`` the bus odometer)."""
+        """One accepted advertisement.
+
+        Args:
+            t: GNSS time of reception.
+            rid: the 12-byte rid.
+            interval: the rid's interval (from the token's time).
+            token_t: the token's time reconstructed from ``tq``.
+            rssi: dBm.
+            flags: header flag bits.
+            raw: the 24-byte payload (kept for the proof).
+            odo: the bus odometer (m) now.
+            addr: the BLE address it came from (helps pair a rider's rotating rids).
+        """
         r = self._rids.get(rid)
         v = self._visit
         at_stop = v is not None and (v.close_t is None or t - v.close_t <= self._grace)
@@ -282,14 +301,20 @@ class PresenceClassifier:
             r.last_t = t
         state = r.state
         if at_stop and (
-            state <= _OUTSIDE or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
+            state <= _OUTSIDE
+            or state == _ROTATING
+            or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
         ):
             assert v is not None
-            r.reset(t, odo, raw, rssi)
+            if state != _ROTATING:
+                r.reset(t, odo, raw, rssi)
             self._become_candidate(r, v, fresh=True)
             state = _CANDIDATE
         if token_t > r.last_token_t:  # noqa: PLR1730 - cheaper than max() on the hot path
             r.last_token_t = token_t
+        if t - token_t < r.d_min:  # noqa: PLR1730 - cheaper than min()
+            r.d_min = t - token_t
+        r.addr = addr
         r.last_raw = raw
         r.n_adv += 1
         r.rssi.append(rssi)
@@ -426,7 +451,13 @@ class PresenceClassifier:
         if t - r.last_in_t > p.fade_timeout_s:
             self._drop(r, Event.FADE, out)
             return
-        if t - r.first_t < p.rotation_confirm_s or r.n_far < p.confirm_adverts:
+        if (
+            t - r.first_t < p.rotation_confirm_s
+            or r.n_far < p.confirm_adverts
+            or r.last_in_odo - r.first_odo < p.confirm_distance_m
+        ):
+            if r.pred == _PRED_NONE and t - r.first_t > p.rotation_wait_s:
+                self._drop(r, Event.REJECT, out)
             return
         if r.pred != _PRED_NONE:
             self._confirm_new(r, t, None, out)
@@ -466,6 +497,7 @@ class PresenceClassifier:
         lo = old.last_t - 4.0
         hi = old.last_t + self.params.rotation_gap_s
         nxt = old.interval + 1
+        tol = self.params.skew_tolerance_s
         best: tuple[float, bytes] | None = None
         for r in self._rids.values():
             if (
@@ -475,7 +507,14 @@ class PresenceClassifier:
                 and r.state in (_CANDIDATE, _ROTATING)
                 and lo <= r.first_t <= hi
             ):
-                score = abs(r.ewma - old.ewma) + abs(r.first_t - old.last_t)
+                # min(GNSS time - token time) tends to the token's clock offset (plus a
+                # constant bias from its payload-refresh phase): the same for both rids
+                gap = abs(r.d_min - old.d_min)
+                if gap > tol:
+                    continue  # not the same clock: not the same token
+                score = 10.0 * gap + abs(r.ewma - old.ewma) + abs(r.first_t - old.last_t)
+                if old.addr and r.addr == old.addr:
+                    score -= 1000.0  # same BLE address: the same device
                 if best is None or (score, r.rid) < best:
                     best = (score, r.rid)
         if best is None:

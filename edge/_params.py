@@ -37,7 +37,7 @@ class ClassifierParams:
         2.0, doc="time constant (s) of the per-rid exponentially weighted RSSI average"
     )
     in_bus_rssi_dbm: float = option(
-        -86.0,
+        -88.0,
         doc="smoothed RSSI at or above which an advertisement counts as in-bus evidence",
     )
 
@@ -104,6 +104,11 @@ class ClassifierParams:
         12.0,
         doc="a new rid first heard at most this long after an old rid's last advert pairs"
         " with it (rotation)",
+    )
+    skew_tolerance_s: float = option(
+        2.0,
+        doc="an old and a new rid pair only if their clock offsets (the least GNSS time"
+        " minus token time seen) agree within this",
     )
     rotation_confirm_s: float = option(
         20.0, doc="a new rid appearing at its interval's start needs this long in-bus evidence"

@@ -125,7 +125,7 @@ class EdgePipeline:
             if payload is None:
                 self.no_company_id += 1
             else:
-                self._advert(t, rec.rssi, payload)
+                self._advert(t, rec.rssi, payload, rec.addr)
             if t >= self._next_tick:
                 return self._tick(t)
             return []
@@ -135,7 +135,7 @@ class EdgePipeline:
         self._apply(events)
         return self._tick(t)
 
-    def _advert(self, t: float, rssi: int, payload: bytes) -> None:
+    def _advert(self, t: float, rssi: int, payload: bytes, addr: str) -> None:
         if type(payload) is not bytes:
             payload = bytes(payload)
         hit = self._cache.get(payload)
@@ -152,7 +152,7 @@ class EdgePipeline:
                 self._cache[payload] = hit
         self.adverts_accepted += 1
         self.classifier.advert(
-            t, hit[0], hit[1], hit[2], rssi, hit[3], payload, self.vehicle.odometer_m
+            t, hit[0], hit[1], hit[2], rssi, hit[3], payload, self.vehicle.odometer_m, addr
         )
 
     def _apply(self, events: list[VehicleEvent]) -> None:
