@@ -870,6 +870,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     _vehicle_records(sim, records)
     doors = {b: _door_intervals(plans[b]) for b in bus_ids}
     extra = {b: sim.bus_specs[b].extra_on_board for b in bus_ids}
+    span = {b: (plans[b].t_start - 10.0, plans[b].t_end) for b in bus_ids}
     cutoff = sim.cutoff
     cutoff2 = cutoff * cutoff
     pass_r = sim.pass_radius
@@ -969,6 +970,9 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                 if exact and st is None:
                     continue
                 for b, d1, inside_tick in near:
+                    w0, w1 = span[b]
+                    if te < w0 or te > w1:
+                        continue
                     key = (pi, b)
                     inside = inside_tick
                     if exact:

@@ -1,0 +1,50 @@
+"""The scorer's subprocess wiring: generate, ``edge replay``, ``backend settle``, compare.
+
+The default-run test is skipped ONLY while ``edge.cli`` or ``backend.cli`` does not exist
+yet; the full-scale suite is ``slow``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from firmware_sim import generate, scenario_names, score_suite
+from firmware_sim._report import render_markdown
+from firmware_sim._score import load_journeys, run_pipeline, score_scenario
+
+_MISSING = [m for m in ("edge.cli", "backend.cli") if importlib.util.find_spec(m) is None]
+needs_pipeline = pytest.mark.skipif(bool(_MISSING), reason=f"not built yet: {_MISSING}")
+
+
+@needs_pipeline
+def test_replay_and_settle_subprocesses_end_to_end(tmp_path: Path) -> None:
+    d = tmp_path / "quiet_route"
+    truth = generate("quiet_route", 3, d, "small")
+    charged = run_pipeline(d, truth)
+    for bus in truth["buses"]:
+        assert (d / f"EVENTS-{bus['bus_id']}.jsonl").exists()
+    sc = score_scenario("quiet_route", load_journeys(d / "JOURNEYS.jsonl"), charged, truth)
+    assert sc.journeys == truth["journeys"]
+    assert sc.charged_legs > 0  # the pipeline charged somebody
+
+
+@needs_pipeline
+def test_small_suite_scores_and_renders(tmp_path: Path) -> None:
+    suite = score_suite(["transfer_two_buses", "gnss_tunnel"], seed=2, scale="small")
+    doc = render_markdown(suite, "busbell sim score --scenarios transfer_two_buses,gnss_tunnel")
+    assert "| **overall** |" in doc
+    assert suite.overall.journeys > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@needs_pipeline
+def test_full_suite(tmp_path: Path) -> None:
+    suite = score_suite(scenario_names(), seed=1, scale="full", keep_dir=tmp_path)
+    o = suite.overall
+    (tmp_path / "overall.json").write_text(json.dumps(o.as_dict()))
+    assert o.journeys > 200
