@@ -169,6 +169,7 @@ class _Rid:
         "route_id",
         "rssi",
         "rssi_max",
+        "span_odo",
         "start",
         "start_odo",
         "state",
@@ -205,6 +206,7 @@ class _Rid:
         self.rssi: list[int] = []
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
+        self.span_odo = odo
         self.flags_or = self.last_flags = 0
 
 
@@ -240,6 +242,7 @@ class PresenceClassifier:
         self._base_tau = p.baseline_tau_s
         self._fade_drop = p.fade_drop_db
         self._far = p.confirm_far_m
+        self._span_gap = p.confirm_gap_s
         self._grace = p.board_grace_s
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
@@ -328,17 +331,19 @@ class PresenceClassifier:
             if r.base - self._fade_drop > thr:  # noqa: PLR1730 - cheaper than max()
                 thr = r.base - self._fade_drop
         if r.ewma >= thr and dt <= self._gap:
+            if state == _CANDIDATE or state == _ROTATING:  # noqa: PLR1714, SIM109 - hot path
+                cv = r.visit
+                c_odo = cv.close_odo_m if cv is not None else None
+                if state == _ROTATING or (c_odo is not None and odo >= c_odo + self._far):
+                    # evidence away from the stop; a gap restarts the stretch
+                    if r.n_far == 0 or t - r.last_in_t > self._span_gap:
+                        r.n_far = 0
+                        r.span_odo = odo
+                    r.n_far += 1
             r.last_in_t = t
             r.last_in_odo = odo
             r.last_in_raw = raw
             r.n_in += 1
-            if state == _CANDIDATE:
-                cv = r.visit
-                c_odo = cv.close_odo_m if cv is not None else None
-                if c_odo is not None and odo >= c_odo + self._far:
-                    r.n_far += 1
-            elif state == _ROTATING:
-                r.n_far += 1
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
 
@@ -422,6 +427,7 @@ class PresenceClassifier:
             recent
             and r.n_far >= p.confirm_adverts
             and r.last_in_odo - v.close_odo_m >= p.confirm_distance_m
+            and r.last_in_odo - r.span_odo >= p.confirm_span_m
             and t - v.close_t >= p.confirm_min_s
         ):
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
@@ -454,7 +460,7 @@ class PresenceClassifier:
         if (
             t - r.first_t < p.rotation_confirm_s
             or r.n_far < p.confirm_adverts
-            or r.last_in_odo - r.first_odo < p.confirm_distance_m
+            or r.last_in_odo - r.span_odo < p.confirm_span_m
         ):
             if r.pred == _PRED_NONE and t - r.first_t > p.rotation_wait_s:
                 self._drop(r, Event.REJECT, out)

@@ -77,6 +77,14 @@ class ClassifierParams:
     confirm_adverts: int = option(
         4, doc="in-bus advertisements needed beyond confirm_far_m to confirm a boarding"
     )
+    confirm_span_m: float = option(
+        100.0,
+        doc="... and that evidence must be unbroken over this much travel (a pedestrian"
+        " the bus passes further on is heard strongly only briefly)",
+    )
+    confirm_gap_s: float = option(
+        8.0, doc="a pause in in-bus evidence longer than this restarts that stretch"
+    )
     reject_distance_m: float = option(
         600.0, doc="a candidate not confirmed when the bus is this far from its stop is dropped"
     )
