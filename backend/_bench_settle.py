@@ -191,9 +191,10 @@ class World:
         """
         chain = self.buses[bus]
         duration = abs(alight - board) * STOP_SPACING_M / speed_mps
+        boundary = (interval_of(t) + 1) * INTERVAL_S
+        t = min(t, boundary - 1.0)  # a first piece shorter than 1 s cannot be split
         t_end = t + duration
         cuts = [t]
-        boundary = (interval_of(t) + 1) * INTERVAL_S
         while boundary <= t_end:
             t_end = max(t_end, boundary + 2.0)
             cuts.append(float(boundary))
