@@ -170,6 +170,7 @@ class _Rid:
         "rssi",
         "rssi_max",
         "span_odo",
+        "span_t",
         "start",
         "start_odo",
         "state",
@@ -207,6 +208,7 @@ class _Rid:
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
         self.span_odo = odo
+        self.span_t = t
         self.flags_or = self.last_flags = 0
 
 
@@ -234,6 +236,7 @@ class PresenceClassifier:
         self._next_tick = float("-inf")
         self.closed: dict[str, int] = {}
         self.confirmed = 0
+        self.discarded = 0
         self.rejected = 0
         # hot-path constants
         self._tau = p.rssi_tau_s
@@ -339,6 +342,7 @@ class PresenceClassifier:
                     if r.n_far == 0 or t - r.last_in_t > self._span_gap:
                         r.n_far = 0
                         r.span_odo = odo
+                        r.span_t = t
                     r.n_far += 1
             r.last_in_t = t
             r.last_in_odo = odo
@@ -423,18 +427,43 @@ class PresenceClassifier:
             return
         p = self.params
         recent = t - r.last_in_t <= p.fade_timeout_s
-        if (
-            recent
-            and r.n_far >= p.confirm_adverts
+        away = (
+            r.n_far >= p.confirm_adverts
             and r.last_in_odo - v.close_odo_m >= p.confirm_distance_m
             and r.last_in_odo - r.span_odo >= p.confirm_span_m
+        )
+        if (
+            recent
+            and away
+            and r.last_in_t - r.span_t >= p.confirm_stretch_s
             and t - v.close_t >= p.confirm_min_s
         ):
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
                 return  # let a rotated rid fade first and pair with this one
             self._confirm_new(r, t, v, out)
+        elif not recent and away and self._short_hop(r, v):
+            # rode one short hop, in the bus from its stop until the doors opened again
+            self._confirm_new(r, t, v, out)
+            self._close(r, Event.FADE, out)
         elif not recent or odo - v.close_odo_m >= p.reject_distance_m:
             self._drop(r, Event.FADE if not recent else Event.REJECT, out)
+
+    def _short_hop(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether an unconfirmed candidate faded at a later stop after riding from ``v``.
+
+        Its in-bus evidence must be unbroken from just after its stop, and it must fade
+        as the doors opened at a later stop (an alighting, not a pass-by).
+        """
+        p = self.params
+        assert v.close_odo_m is not None
+        if r.span_odo - v.close_odo_m > p.confirm_far_m + 40.0 or r.pred != _PRED_NONE:
+            return False
+        w = self._visit_at(r.last_in_t + p.alight_pre_s)
+        return (
+            w is not None
+            and w.seq > v.seq
+            and (w.close_odo_m is None or r.last_in_odo - w.close_odo_m <= p.lost_after_m)
+        )
 
     def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
         if r.pred == _PRED_ONBOARD:
@@ -493,19 +522,33 @@ class PresenceClassifier:
             # the rider's new rid did not stay: the old segment ends where the rider left
             end, end_odo = self._fade_end(old, r.last_in_t, r.last_in_odo)
             end = SegmentEnd(min(end.t, old.last_t), end.stop_id, end.cause)
-            out.append(self._draft(old, end, end_odo))
+            self._emit(old, end, end_odo, out)
 
     def _near_end(self, r: _Rid) -> bool:
         return r.last_token_t >= r.interval * INTERVAL_S + self._rot_end
 
     def _pair(self, old: _Rid, kind: int, visit: StopVisit | None) -> _Rid | None:
         """Pair a rid that stopped at its interval's end with a rid that just began."""
+        if old.ewma < old.base - self.params.rotation_drop_db:
+            return None  # it faded before it stopped: it left, it did not rotate
         lo = old.last_t - 4.0
         hi = old.last_t + self.params.rotation_gap_s
         nxt = old.interval + 1
         tol = self.params.skew_tolerance_s
+        # a new rid sent from the BLE address of another live rid of the old interval is
+        # that rid's successor (phones keep their address across a rid rotation)
+        claimed = {
+            r.addr
+            for r in self._rids.values()
+            if r.interval == old.interval
+            and r is not old
+            and r.addr
+            and r.state in (_CANDIDATE, _ONBOARD)
+        }
         best: tuple[float, bytes] | None = None
         for r in self._rids.values():
+            if r.addr in claimed and r.addr != old.addr:
+                continue
             if (
                 r.rot
                 and r.pred == _PRED_NONE
@@ -549,6 +592,24 @@ class PresenceClassifier:
                 self._pending[new.rid] = r
                 return
         end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
+        self._emit(r, end, end_odo, out)
+
+    def _emit(self, r: _Rid, end: SegmentEnd, end_odo: float, out: list[SegmentDraft]) -> None:
+        """Emit a faded segment, unless it is a short boarding that vanished while moving.
+
+        A rid that boarded, rode less than ``lost_min_m`` and vanished with no door
+        opening is far likelier someone in a vehicle travelling alongside for a while
+        (two buses leaving a shared stop together) than a rider whose token died.
+        """
+        assert r.start is not None
+        if (
+            end.cause == "lost"
+            and r.start.cause == "boarded"
+            and end_odo - r.start_odo < self.params.lost_min_m
+        ):
+            self.discarded += 1
+            log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
+            return
         out.append(self._draft(r, end, end_odo))
 
     def _rotated(self, r: _Rid) -> SegmentDraft:

@@ -82,6 +82,11 @@ class ClassifierParams:
         doc="... and that evidence must be unbroken over this much travel (a pedestrian"
         " the bus passes further on is heard strongly only briefly)",
     )
+    confirm_stretch_s: float = option(
+        30.0,
+        doc="... and last this long (a pass-by is strong for seconds, a rider for minutes);"
+        " a shorter ride counts if it ends as the doors open at the next stop",
+    )
     confirm_gap_s: float = option(
         8.0, doc="a pause in in-bus evidence longer than this restarts that stretch"
     )
@@ -102,6 +107,12 @@ class ClassifierParams:
         doc="in-bus evidence this far past a stop means the rid vanished while moving (lost)",
     )
 
+    lost_min_m: float = option(
+        1000.0,
+        doc="a boarded rid that vanishes while moving (no door) before riding this far is"
+        " dropped, not charged: likely someone in a vehicle alongside",
+    )
+
     # --- rotation -----------------------------------------------------------------------
     rotation_slack_s: float = option(
         16.0,
@@ -109,9 +120,14 @@ class ClassifierParams:
         " rids first heard this close to its start may be a rotated rider's new rid",
     )
     rotation_gap_s: float = option(
-        12.0,
+        5.0,
         doc="a new rid first heard at most this long after an old rid's last advert pairs"
         " with it (rotation)",
+    )
+    rotation_drop_db: float = option(
+        12.0,
+        doc="a rid whose smoothed RSSI had dropped this far below its baseline when it"
+        " stopped faded away (left); it did not rotate",
     )
     skew_tolerance_s: float = option(
         2.0,
