@@ -445,8 +445,13 @@ class PresenceClassifier:
             # rode one short hop, in the bus from its stop until the doors opened again
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
-        elif not recent or odo - v.close_odo_m >= p.reject_distance_m:
-            self._drop(r, Event.FADE if not recent else Event.REJECT, out)
+        elif not recent:
+            self._drop(r, Event.FADE, out)
+        elif (
+            odo - v.close_odo_m >= p.reject_distance_m
+            and r.last_in_odo - v.close_odo_m < p.confirm_distance_m
+        ):
+            self._drop(r, Event.REJECT, out)
 
     def _short_hop(self, r: _Rid, v: StopVisit) -> bool:
         """Whether an unconfirmed candidate faded at a later stop after riding from ``v``.

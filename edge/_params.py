@@ -91,7 +91,9 @@ class ClassifierParams:
         8.0, doc="a pause in in-bus evidence longer than this restarts that stretch"
     )
     reject_distance_m: float = option(
-        600.0, doc="a candidate not confirmed when the bus is this far from its stop is dropped"
+        600.0,
+        doc="a candidate never heard in-bus confirm_distance_m from its stop is dropped once"
+        " the bus is this far away",
     )
 
     # --- alighting / loss ---------------------------------------------------------------
@@ -178,5 +180,5 @@ class ClassifierParams:
         6.0, doc="stopped near a stop this long is a dwell (a stop visit when doors unknown)"
     )
     stuck_closed_dwells: int = option(
-        2, doc="this many dwells in a row with no door opening: door sensor stuck closed"
+        1, doc="this many dwells in a row with no door opening: door sensor stuck closed"
     )

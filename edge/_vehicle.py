@@ -125,6 +125,7 @@ class VehicleContext:
         self._still_door = False
         self._still_stop: tuple[str | None, int | None] | None = None
         self._nodoor_dwells = 0
+        self._open_pending = False
         self._grid: dict[tuple[int, int], list[str]] | None = None
 
     # -- public state -----------------------------------------------------------------
@@ -317,6 +318,11 @@ class VehicleContext:
         p = self.params
         events: list[VehicleEvent] = []
         moving = self.moving
+        if self._open_pending and self.doors_open and not moving and self.door_health == DOOR_OK:
+            # doors reported open while driving, and the bus has now stopped: a visit
+            self._open_pending = False
+            stop_id, idx = self._match_stop(require=False)
+            events.extend(self._open_visit(t, self.odometer_m, "door", stop_id, idx))
         # stuck open: doors report open while the bus drives fast for a while
         if self.doors_open and self.door_health == DOOR_OK:
             if moving and self._depart is None:
@@ -361,6 +367,13 @@ class VehicleContext:
                     if self._nodoor_dwells >= p.stuck_closed_dwells:
                         self.door_health = DOOR_STUCK_CLOSED
                         log.warning("door_stuck_closed", t=t, dwells=self._nodoor_dwells)
+                        if self.current_visit is None:
+                            # the dwell that revealed the fault was a stop visit too
+                            events.extend(
+                                self._open_visit(
+                                    self._still_since, self._still_odo, "dwell", st[0], st[1]
+                                )
+                            )
             self._still_since = None
             self._still_stop = None
             v = self.current_visit
@@ -377,6 +390,7 @@ class VehicleContext:
         self.doors_open = rec.open
         self._fast_open_since = None
         self._depart = None
+        self._open_pending = False
         if rec.open:
             self._still_door = True
             self._nodoor_dwells = 0
@@ -387,6 +401,10 @@ class VehicleContext:
                 return events
             if self.current_visit is not None:
                 self.current_visit.source = "door"
+                return events
+            if self.speed_mps >= self.params.stuck_open_speed_mps:
+                # doors cannot open at speed: wait for the bus to stop (or a stuck sensor)
+                self._open_pending = True
                 return events
             last = self.visits[-1] if self.visits else None
             if (
