@@ -512,7 +512,64 @@ def build_scenario(name: str, seed: int, scale: str) -> ScenarioSpec:
     if scale not in ("small", "full"):
         raise ValueError(f"scale must be small or full, got {scale!r}")
     info = SCENARIOS[name]
-    spec = info.build(random.Random(f"{seed}|{name}|{scale}|spec"), scale == "full")
+    if scale == "small":
+        spec = info.build(random.Random(f"{seed}|{name}|small|spec"), False)
+    else:
+        spec = _replicate(
+            [
+                info.build(random.Random(f"{seed}|{name}|full|spec|{r}"), True)
+                for r in range(FULL_REPLICAS)
+            ]
+        )
     spec.description = info.summary
-    spec.params = {"scale": scale}
+    spec.params = {"scale": scale, "replicas": 1 if scale == "small" else FULL_REPLICAS}
+    if scale == "full":
+        spec.stop_crowd = 3.0
+        spec.street_pedestrians_km_h = 60.0
     return spec
+
+
+FULL_REPLICAS = 4
+"""At full scale a scenario runs this many times in a row on the same streets."""
+
+FULL_HEADWAY_S = 900.0
+"""Time between the replicas (a bus every 15 minutes)."""
+
+
+def _replicate(specs: list[ScenarioSpec]) -> ScenarioSpec:
+    """Merge independently drawn copies of a scenario, one headway apart.
+
+    Buses of copy ``r`` get the suffix ``-r{r}`` (r >= 1); riders are renumbered.
+    """
+    out = specs[0]
+    for r, spec in enumerate(specs[1:], start=1):
+        ren = {b.bus_id: f"{b.bus_id}-r{r}" for b in spec.buses}
+        offset = r * FULL_HEADWAY_S
+        for b in spec.buses:
+            b.bus_id = ren[b.bus_id]
+            b.t_start += offset
+            if b.start_after is not None:
+                other, stop, delay = b.start_after
+                b.start_after = (ren[other], stop, delay)
+            out.buses.append(b)
+        for p in spec.persons:
+            for leg in p.legs:
+                leg.bus_id = ren[leg.bus_id]
+            out.persons.append(p)
+        for w in spec.waiters:
+            if w.near_bus is not None:
+                w.near_bus = ren[w.near_bus]
+            else:
+                w.t0 += offset
+                w.t1 += offset
+            out.waiters.append(w)
+        out.pedestrians.extend(spec.pedestrians)
+        for c in spec.cars:
+            c.bus_id = ren[c.bus_id]
+            out.cars.append(c)
+        for q in spec.requests:
+            q.bus_id = ren[q.bus_id]
+            out.requests.append(q)
+    for i, p in enumerate(out.persons, start=1):
+        p.person_id = f"r-{i:05d}"
+    return out

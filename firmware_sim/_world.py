@@ -34,7 +34,14 @@ from firmware_sim._geometry import Projection, RoutePath, build_route_paths
 from firmware_sim._keys import rider_key
 from firmware_sim._radio import Placement, RadioChannel, RadioParams
 from firmware_sim._tokens import KIND_PROFILES, DeviceKind, TokenDevice
-from firmware_sim._vehicle import BusPlan, Motion, StopDemand, drive_car, plan_bus
+from firmware_sim._vehicle import (
+    MOTORWAY_HOP_M,
+    BusPlan,
+    Motion,
+    StopDemand,
+    drive_car,
+    plan_bus,
+)
 
 __all__ = [
     "BusSpec",
@@ -63,6 +70,8 @@ FRONT_DOOR_A = 4.8
 MIDDLE_DOOR_A = -0.8
 DOOR_L = 1.25
 WALK_MPS = 1.3
+MAX_CLOSING_MPS = 45.0
+"""Fastest a person (walking or in a car) and a bus can close in on each other."""
 NON_TOKEN_INTERVAL_S = 0.5
 """Mean advertising interval assumed for BLE devices that are not busbell tokens."""
 
@@ -230,6 +239,10 @@ class ScenarioSpec:
     requests: list[RequestSpec] = field(default_factory=list)
     tunnels: bool = True
     params: dict[str, Any] = field(default_factory=dict)
+    stop_crowd: float = 1.0
+    """Mean number of token carriers waiting for other routes at each bus halt."""
+    street_pedestrians_km_h: float = 10.0
+    """Token carriers walking the pavements, per km of the buses' runs and per hour."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +322,10 @@ class _Person:
     edge_ticks: set[int] = field(default_factory=set)
     next_adv: float = 0.0
     legs: list[TruthLeg] = field(default_factory=list)
+    t_end: float = -math.inf
+    skip_until: int = 0
+    interval: float = 1.0
+    advertises: bool = True
 
     def finish(self) -> None:
         self.phases.sort(key=lambda p: (p[0], p[1]))
@@ -316,6 +333,14 @@ class _Person:
         for t0, t1, _, _ in self.phases:
             self.edge_ticks.add(math.floor(t0))
             self.edge_ticks.add(math.floor(t1))
+        self.t_end = self.t_last
+        prof = self.token.profile
+        self.interval = prof.interval_s
+        self.advertises = prof.advertises
+
+    def sends(self, t: float) -> bool:
+        dead = self.token.dead_at
+        return self.advertises and (dead is None or t < dead)
 
     @property
     def t_first(self) -> float:
@@ -632,18 +657,40 @@ class _Sim:
                     p.token.add_flag(a, b, 4)  # waiting for another route, app open
                 p.finish()
                 self.persons.append(p)
+        walks: list[tuple[RoutePath, int, float, float]] = []
         for ped in self.spec.pedestrians:
             path = self.world.paths[(ped.route_id, ped.direction_id)]
-            for _ in range(ped.n):
+            walks.append((path, ped.n, 0.0, path.line.length))
+        hours = (t_end - t_begin) / 3600.0
+        for plan in self.plans.values():
+            ss = plan.path.stop_s
+            for i in range(plan.calls[0].idx, plan.calls[-1].idx):
+                if ss[i + 1] - ss[i] > MOTORWAY_HOP_M:
+                    continue  # nobody walks along the motorway
+                km = (ss[i + 1] - ss[i]) / 1000.0
+                n = round(self.spec.street_pedestrians_km_h * km * hours)
+                walks.append((plan.path, n, ss[i], ss[i + 1]))
+        for path, n_walkers, s_lo, s_hi in walks:
+            for _ in range(n_walkers):
                 p = self._new_bystander("pedestrian")
                 dur = rng.uniform(180.0, 900.0)
                 a = rng.uniform(t_begin - dur / 2, t_end - dur / 2)
                 speed = rng.uniform(1.1, 1.6) * rng.choice((-1.0, 1.0))
-                s0 = rng.uniform(0.0, path.line.length)
+                s0 = rng.uniform(s_lo, s_hi)
                 lat = rng.choice((rng.uniform(4.0, 7.0), rng.uniform(-18.0, -14.0)))
                 p.phases.append((a, a + dur, _PATHWALK, (path, s0, speed, lat)))
                 p.finish()
                 self.persons.append(p)
+        for plan in self.plans.values():
+            for call in plan.calls[1:]:
+                for _ in range(_poisson(rng, self.spec.stop_crowd)):
+                    p = self._new_bystander("waiter")
+                    a = call.t_arrive - rng.uniform(20.0, 600.0)
+                    b = call.t_depart + rng.uniform(5.0, 600.0)
+                    spot = self._stop_spot(plan.path, call.idx, by_door=rng.random() < 0.2)
+                    p.phases.append((a, b, _STATIC, spot))
+                    p.finish()
+                    self.persons.append(p)
         for car in self.spec.cars:
             plan = self.plans[car.bus_id]
             for _ in range(car.n):
@@ -720,6 +767,15 @@ class _Sim:
         path, s0, speed, lat = d
         x, y, tx, ty = path.line.at(s0 + speed * (t - t0))
         return x + lat * ty, y - lat * tx, None, 0.0, 0.0
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson draw (Knuth; small means only)."""
+    limit, k, prod = math.exp(-mean), 0, rng.random()
+    while prod > limit:
+        k += 1
+        prod *= rng.random()
+    return k
 
 
 def _door_intervals(plan: BusPlan) -> tuple[list[float], list[float]]:
@@ -876,7 +932,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     pass_r = sim.pass_radius
     persons = sorted(sim.persons, key=lambda p: p.t_first)
     for p in persons:
-        p.next_adv = t_begin + rng.uniform(0.0, p.token.profile.interval_s)
+        p.next_adv = t_begin + rng.uniform(0.0, p.interval)
     links: dict[tuple[int, str], Any] = {}
     prev_d: dict[tuple[int, str], float] = {}
     windows: dict[tuple[int, str], list[float]] = {}
@@ -886,6 +942,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     active: list[int] = []
     next_person = 0
     k0, k1 = math.floor(t_begin), math.ceil(t_end)
+    starts = sorted(math.floor(plans[b].t_start - 10.0) for b in bus_ids)
     for k in range(k0, k1):
         t_hi = k + 1.0
         while next_person < len(persons) and persons[next_person].t_first <= t_hi:
@@ -902,18 +959,20 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         crowd: dict[str, float] = dict.fromkeys(live_bus, 0.0)
         count: dict[str, int] = dict.fromkeys(live_bus, 0)
         keep: list[int] = []
+        next_start = starts[bisect.bisect_right(starts, k)] if starts[-1] > k else k1
         for pi in active:
             p = persons[pi]
-            if p.t_last < k:
+            if p.t_end < k:
                 continue
             keep.append(pi)
-            if not live_bus:
+            if not live_bus or p.skip_until > k:
                 continue
             st = sim.person_state(p, t_hi, poses)
             if st is None:
                 continue
             x, y, veh, a, lat = st
             near: list[tuple[str, float, bool]] = []
+            dmin2 = math.inf
             for b in live_bus:
                 if veh == b:
                     d = math.sqrt(a * a + lat * lat + 0.25)
@@ -923,10 +982,11 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                 dx, dy = x - bx, y - by
                 d2 = dx * dx + dy * dy
                 if d2 > cutoff2:
+                    dmin2 = min(dmin2, d2)
                     continue
                 d = math.sqrt(d2)
                 near.append((b, d, False))
-                if d <= pass_r and p.token.alive(t_hi):
+                if d <= pass_r and p.sends(t_hi):
                     key = (pi, b)
                     w = windows.get(key)
                     if w is not None and t_hi - w[1] <= 60.0:
@@ -940,7 +1000,12 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                 near_all.append((pi, near))
                 for b, _, _ in near:
                     count[b] += 1
-                    crowd[b] += 1.0 / p.token.profile.interval_s
+                    crowd[b] += 1.0 / p.interval
+            else:
+                # far from every bus: nothing can come within the cutoff for a while
+                skip = int((math.sqrt(dmin2) - cutoff) / MAX_CLOSING_MPS)
+                if skip >= 2:
+                    p.skip_until = min(k + skip, next_start)
         active = keep
         for b in live_bus:
             pl = plans[b]
@@ -951,8 +1016,8 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         for pi, near in near_all:
             p = persons[pi]
             tok = p.token
-            interval = tok.profile.interval_s
-            if not tok.alive(k):
+            interval = p.interval
+            if not p.sends(k):
                 p.next_adv = max(p.next_adv, t_hi)
                 continue
             exact = k in p.edge_ticks
@@ -960,7 +1025,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
             while p.next_adv < t_hi:
                 te = p.next_adv
                 p.next_adv = te + interval + rng.random() * 0.01
-                if te < k or not tok.alive(te):
+                if te < k or not p.sends(te):
                     continue
                 n_events += 1
                 payload: bytes | None = None
@@ -1011,7 +1076,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                 continue
             p = persons[pi]
             if p.next_adv < t_hi:
-                iv = p.token.profile.interval_s + 0.005
+                iv = p.interval + 0.005
                 p.next_adv += math.ceil((t_hi - p.next_adv) / iv) * iv
     for (pi, b), w in windows.items():
         passes_raw.append((pi, b, w[0], w[1], w[2]))
