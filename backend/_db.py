@@ -18,7 +18,9 @@ uses WAL. On PostgreSQL a bus's chain state is read ``FOR UPDATE`` by ingest, se
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+import sqlite3
 from typing import Any
 
 import sqlalchemy as sa
@@ -258,8 +260,13 @@ def _sqlite_setup(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # Switching a fresh file to WAL needs an exclusive lock: with a short timeout a
+        # connection that races another one's write transaction gives up (the mode is
+        # persistent; the winner sets it) instead of deadlocking it.
+        cur.execute("PRAGMA busy_timeout = 200")
+        with contextlib.suppress(sqlite3.OperationalError):
+            cur.execute("PRAGMA journal_mode = WAL")
         cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 

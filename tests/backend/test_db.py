@@ -136,3 +136,5 @@ def test_dialect_detection_and_bad_urls(tmp_path: Path) -> None:
 async def test_migrate_unreachable_database() -> None:
     with pytest.raises(StoreError, match="cannot migrate"):
         await migrate("sqlite+aiosqlite:////nonexistent-dir/x/ledger.db")
+    # aiosqlite's connection thread reports the failure back to the loop a moment later.
+    await asyncio.sleep(0.2)
