@@ -130,6 +130,7 @@ def _quiet_route(rng: random.Random, full: bool) -> ScenarioSpec:
         waiters=[WaiterSpec("BD005", 2, near_bus="bus-55-01")],
         pedestrians=[PedestrianSpec("55", 0, 12 if full else 5)],
         cars=[CarSpec("bus-55-01", 4 if full else 2)],
+        requests=[RequestSpec("bus-55-01", 4, 150.0)],
     )
 
 

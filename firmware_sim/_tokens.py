@@ -8,11 +8,13 @@ Specific Data. What differs between devices, and is modelled here:
   background at ``ADVERTISE_MODE_LOW_POWER`` (1000 ms). Every advertising event is
   delayed by the link layer's random advDelay, uniform 0-10 ms (Core Spec Vol 6 Part B
   4.4.2.2), so tokens never stay in phase with each other or with the scanner.
-- **iOS in the background cannot advertise custom manufacturer data** (Core Bluetooth
-  moves a backgrounded app's advertisement into an Apple-only overflow area that only
-  iOS devices can read), so a rider whose iPhone app is in the background is *silent*:
+- **An iPhone app in the background cannot advertise custom data** (Core Bluetooth puts
+  a backgrounded app's service UUIDs in an Apple-only overflow area and drops its local
+  name; Manufacturer Specific Data is not accepted by ``CBPeripheralManager`` even in the
+  foreground), so a rider whose iPhone app is in the background is *silent*:
   :data:`DeviceKind.IOS_BACKGROUND` sends nothing busbell can use. Such riders pay by
   card; the simulator still counts their phone as a BLE advertiser for collisions.
+  :data:`DeviceKind.PHONE_FOREGROUND` models an Android app in the foreground.
 - **Payload refresh**: a fob computes the payload at every event; a phone app
   refreshes the advertising data on a timer (4 s in the foreground, 8 s in the
   background), so ``tq`` and the rid lag the token's clock by up to that period, and
