@@ -143,8 +143,10 @@ class _Rid:
         "addr",
         "base",
         "confirm_t",
+        "convoy",
         "d_min",
         "ewma",
+        "far_sum",
         "first_odo",
         "first_raw",
         "first_t",
@@ -169,6 +171,7 @@ class _Rid:
         "route_id",
         "rssi",
         "rssi_max",
+        "run_odo",
         "span_odo",
         "span_t",
         "start",
@@ -189,6 +192,8 @@ class _Rid:
         self.pred = _PRED_NONE
         self.pred_visit: StopVisit | None = None
         self.visit: StopVisit | None = None
+        self.convoy: float | None = None
+        self.run_odo = 0.0
         self.start: SegmentEnd | None = None
         self.start_odo = 0.0
         self.confirm_t = 0.0
@@ -207,6 +212,7 @@ class _Rid:
         self.rssi: list[int] = []
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
+        self.far_sum = 0.0
         self.span_odo = odo
         self.span_t = t
         self.flags_or = self.last_flags = 0
@@ -246,6 +252,7 @@ class PresenceClassifier:
         self._fade_drop = p.fade_drop_db
         self._far = p.confirm_far_m
         self._span_gap = p.confirm_gap_s
+        self._run_gap = p.outside_run_gap_s
         self._grace = p.board_grace_s
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
@@ -266,7 +273,33 @@ class PresenceClassifier:
         since = visit.open_t - self.params.candidate_lookback_s
         for r in self._rids.values():
             if r.state in (_OUTSIDE, _ROTATING) and r.last_t >= since:
+                r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
+                r.rssi = []
                 self._become_candidate(r, visit, fresh=False)
+
+    def _convoy_level(self, r: _Rid, odo: float) -> float | None:
+        """The slow RSSI average of a rid heard all along the way to the stop, or ``None``.
+
+        A token heard while the bus travelled ``convoy_m`` or more before the doors
+        opened was moving with the bus outside it (a bus or car in convoy), or is a rider
+        the classifier missed. Boarding must then show a clear change of signal.
+        """
+        if odo - r.run_odo < self.params.convoy_m:
+            return None
+        return r.base
+
+    def _convoy_ok(self, r: _Rid) -> bool:
+        """A convoy candidate boards only if it got clearly stronger (or is strong).
+
+        Judged on the mean RSSI of its in-bus evidence after the bus left the stop.
+        """
+        if r.convoy is None:
+            return True
+        if not r.n_far:
+            return False
+        mean = r.far_sum / r.n_far  # since the bus left the stop: not inflated by a
+        p = self.params  # neighbouring bus at the same stop
+        return mean >= r.convoy + p.convoy_gain_db or mean >= p.convoy_strong_dbm
 
     def advert(  # noqa: PLR0917 - the hot path: positional arguments are cheapest
         self,
@@ -304,6 +337,9 @@ class PresenceClassifier:
         elif t > r.last_t:
             dt = t - r.last_t
             r.ewma += dt / (self._tau + dt) * (rssi - r.ewma)
+            r.base += dt / (self._base_tau + dt) * (rssi - r.base)
+            if dt > self._run_gap:
+                r.run_odo = odo  # heard again after a silence: a new run
             r.last_t = t
         state = r.state
         if at_stop and (
@@ -312,8 +348,10 @@ class PresenceClassifier:
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
         ):
             assert v is not None
+            convoy = self._convoy_level(r, odo)
             if state != _ROTATING:
                 r.reset(t, odo, raw, rssi)
+            r.convoy = convoy
             self._become_candidate(r, v, fresh=True)
             state = _CANDIDATE
         if token_t > r.last_token_t:  # noqa: PLR1730 - cheaper than max() on the hot path
@@ -329,10 +367,8 @@ class PresenceClassifier:
         r.last_flags = flags
         r.flags_or |= flags
         thr = self._thr
-        if _CANDIDATE <= state <= _ONBOARD:
-            r.base += dt / (self._base_tau + dt) * (rssi - r.base)
-            if r.base - self._fade_drop > thr:  # noqa: PLR1730 - cheaper than max()
-                thr = r.base - self._fade_drop
+        if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
+            thr = r.base - self._fade_drop
         if r.ewma >= thr and dt <= self._gap:
             if state == _CANDIDATE or state == _ROTATING:  # noqa: PLR1714, SIM109 - hot path
                 cv = r.visit
@@ -341,9 +377,11 @@ class PresenceClassifier:
                     # evidence away from the stop; a gap restarts the stretch
                     if r.n_far == 0 or t - r.last_in_t > self._span_gap:
                         r.n_far = 0
+                        r.far_sum = 0.0
                         r.span_odo = odo
                         r.span_t = t
                     r.n_far += 1
+                    r.far_sum += rssi
             r.last_in_t = t
             r.last_in_odo = odo
             r.last_in_raw = raw
@@ -364,6 +402,7 @@ class PresenceClassifier:
     ) -> _Rid:
         r = _Rid(rid, interval, token_t)
         r.reset(t, odo, raw, rssi)
+        r.run_odo = odo
         r.rot = token_t - interval * INTERVAL_S < self._rot_slack
         self._rids[rid] = r
         if at_stop:
@@ -437,11 +476,12 @@ class PresenceClassifier:
             and away
             and r.last_in_t - r.span_t >= p.confirm_stretch_s
             and t - v.close_t >= p.confirm_min_s
+            and self._convoy_ok(r)
         ):
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
                 return  # let a rotated rid fade first and pair with this one
             self._confirm_new(r, t, v, out)
-        elif not recent and away and self._short_hop(r, v):
+        elif not recent and away and self._convoy_ok(r) and self._short_hop(r, v):
             # rode one short hop, in the bus from its stop until the doors opened again
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
@@ -604,13 +644,19 @@ class PresenceClassifier:
 
         A rid that boarded, rode less than ``lost_min_m`` and vanished with no door
         opening is far likelier someone in a vehicle travelling alongside for a while
-        (two buses leaving a shared stop together) than a rider whose token died.
+        (two buses leaving a shared stop together) than a rider whose token died. A rid
+        that "alighted" at the stop it boarded at never rode.
         """
         assert r.start is not None
         if (
             end.cause == "lost"
             and r.start.cause == "boarded"
             and end_odo - r.start_odo < self.params.lost_min_m
+        ) or (
+            end.cause == "alighted"
+            and r.start.cause == "boarded"
+            and end.stop_id == r.start.stop_id
+            and end.t <= r.start.t + self.params.board_grace_s
         ):
             self.discarded += 1
             log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)

@@ -90,6 +90,20 @@ class ClassifierParams:
     confirm_gap_s: float = option(
         8.0, doc="a pause in in-bus evidence longer than this restarts that stretch"
     )
+    convoy_m: float = option(
+        150.0,
+        doc="a rid already heard while the bus travelled this far to the stop is in a"
+        " vehicle alongside (or a missed rider): to board it must get clearly stronger",
+    )
+    outside_run_gap_s: float = option(
+        10.0, doc="a rid silent this long starts a new run of hearing (for convoy_m)"
+    )
+    convoy_gain_db: float = option(
+        6.0, doc="... its median RSSI must rise by this much after the stop ..."
+    )
+    convoy_strong_dbm: float = option(
+        -72.0, doc="... or be at least this strong (a rider the classifier missed)"
+    )
     reject_distance_m: float = option(
         600.0,
         doc="a candidate never heard in-bus confirm_distance_m from its stop is dropped once"
@@ -101,7 +115,7 @@ class ClassifierParams:
         15.0, doc="a rid with no in-bus advertisement for this long has left (or is lost)"
     )
     alight_pre_s: float = option(
-        5.0,
+        1.0,
         doc="a fade counts for a stop whose doors opened up to this long after it began",
     )
     lost_after_m: float = option(
