@@ -50,5 +50,9 @@ def configure_logging(
 
 
 def get_logger(name: str, **bind: Any) -> Any:
-    """A structlog logger bound to ``logger=name`` (and ``bind``)."""
-    return structlog.get_logger().bind(logger=name, **bind)
+    """A lazy structlog logger bound to ``component=name`` (and ``bind``).
+
+    Lazy: a logger made at import time still follows a later :func:`configure_logging`
+    and ``structlog.testing.capture_logs()``.
+    """
+    return structlog.get_logger(component=name, **bind)

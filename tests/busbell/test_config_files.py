@@ -211,6 +211,7 @@ def test_logging_json_and_console() -> None:
     line = json.loads(buf.getvalue().splitlines()[0])
     assert line["event"] == "segment_closed"
     assert line["bus"] == "b1"
+    assert line["component"] == "test"
     assert line["seq"] == 3
     assert line["level"] == "info"
     assert len(buf.getvalue().splitlines()) == 1
@@ -288,3 +289,18 @@ def test_cli_help_version_and_usage_errors(tmp_path: Path) -> None:
     assert r.returncode != 0
     r = run_cli("token", "decode", "00" * 24, cwd=tmp_path)
     assert "wrong_version" in r.stderr
+
+
+def test_module_level_logger_follows_capture_logs() -> None:
+    log = get_logger("early", bus="b2")  # made before configuration, like module loggers
+    with structlog.testing.capture_logs() as logs:
+        log.warning("fare_batch_acked", upto_seq=4)
+    assert logs == [
+        {
+            "event": "fare_batch_acked",
+            "log_level": "warning",
+            "component": "early",
+            "bus": "b2",
+            "upto_seq": 4,
+        }
+    ]
