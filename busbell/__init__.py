@@ -37,6 +37,13 @@ from busbell._fare_event import (
 )
 from busbell._geo import haversine_m, offset_m
 from busbell._gtfs import Feed, Stop, Trip, TripPattern, load_gtfs
+from busbell._keybundle import (
+    BUNDLE_ALG,
+    bus_kex_private,
+    ed25519_to_x25519_public,
+    open_key_bundle,
+    seal_key_bundle,
+)
 from busbell._keyfiles import (
     DEVICES_HEADER,
     FLEET_HEADER,
@@ -92,6 +99,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
 
 __all__ = [
+    "BUNDLE_ALG",
     "DEFAULT_COMPANY_ID",
     "DEFAULT_PREFIX",
     "DEFAULT_TQ_WINDOW_S",
@@ -141,6 +149,7 @@ __all__ = [
     "UplinkError",
     "__version__",
     "append_row",
+    "bus_kex_private",
     "canonical_bytes",
     "check_topic_id",
     "configure_logging",
@@ -149,6 +158,7 @@ __all__ = [
     "derive_event_id",
     "derive_rider_keys",
     "describe_config",
+    "ed25519_to_x25519_public",
     "encode_payload",
     "event_hash",
     "get_logger",
@@ -158,6 +168,7 @@ __all__ = [
     "load_gtfs",
     "load_public_hex",
     "offset_m",
+    "open_key_bundle",
     "option",
     "parse_payload",
     "parse_record",
@@ -166,6 +177,7 @@ __all__ = [
     "read_riders",
     "record_to_json",
     "rid_for_interval",
+    "seal_key_bundle",
     "sha256_hex",
     "sign_event",
     "signing_bytes",

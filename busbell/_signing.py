@@ -117,6 +117,14 @@ class DeviceKey:
             raise KeyFileError(f"cannot read device key {path}: {exc.strerror}") from None
         return cls.from_pem(data)
 
+    def seed(self) -> bytes:
+        """The 32-byte private seed (for key conversion, e.g. to X25519; keep it secret)."""
+        return self._key.private_bytes(
+            encoding=serialization.Encoding.Raw,
+            format=serialization.PrivateFormat.Raw,
+            encryption_algorithm=serialization.NoEncryption(),
+        )
+
     def to_pem(self) -> bytes:
         """PEM (PKCS#8, unencrypted) bytes of this key."""
         return self._key.private_bytes(
