@@ -42,6 +42,17 @@ class ScenarioSettings:
         60.0, doc="The edge's tq window; legs of tokens whose clock is off by more are flagged."
     )
 
+    def __post_init__(self) -> None:
+        """Validate.
+
+        Raises:
+            ValueError: bad scale or a non-positive distance.
+        """
+        if self.scale not in ("small", "full"):
+            raise ValueError(f"scenario.scale must be small or full, got {self.scale!r}")
+        if min(self.cutoff_m, self.pass_radius_m, self.alight_hold_s) <= 0:
+            raise ValueError("cutoff_m, pass_radius_m and alight_hold_s must be positive")
+
 
 @dataclass(frozen=True, slots=True)
 class RadioSettings:

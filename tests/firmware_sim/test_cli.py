@@ -73,3 +73,10 @@ def test_config_options_are_documented() -> None:
     keys = {o.key for o in opts}
     assert {"scenario.seed", "radio.sensitivity_dbm", "live.speed", "mqtt.host"} <= keys
     assert all(o.doc for o in opts)
+
+
+def test_bad_scale_in_config_is_a_config_error(tmp_path: Path) -> None:
+    from busbell import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="scale"):
+        load_config(CONFIG_CLASS, env={"BUSBELL_SCENARIO__SCALE": "huge"})

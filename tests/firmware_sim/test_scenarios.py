@@ -239,3 +239,43 @@ def test_same_seed_same_bytes_keys_included(tmp_path: Path) -> None:
         assert _tree_hash(tmp_path / "a" / name) == _tree_hash(tmp_path / "b" / name)
         assert _tree_hash(tmp_path / "a" / name) != _tree_hash(tmp_path / "c" / name)
         assert (tmp_path / "a" / name / "keys").is_dir()
+
+
+def test_same_bytes_across_processes_with_different_hash_seeds(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    hashes = []
+    for hs in ("1", "2"):
+        out = tmp_path / hs
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "busbell.cli",
+                "sim",
+                "scenario",
+                "--name",
+                "bus_alongside_red_light",
+                "--seed",
+                "9",
+                "--out",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "PYTHONHASHSEED": hs},
+        )
+        hashes.append(_tree_hash(out))
+    assert hashes[0] == hashes[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", scenario_names())
+def test_full_scale_generates(tmp_path: Path, name: str) -> None:
+    truth = generate(name, 1, tmp_path, "full")
+    assert truth["journeys"] >= 60
+    assert truth["bystander_passes"]["total"] > 0
+    assert len(truth["buses"]) >= 4  # four replicas
