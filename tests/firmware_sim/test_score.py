@@ -112,3 +112,24 @@ def test_overall_accumulates() -> None:
     d = total.as_dict()
     assert d["exact_pct"] == 50.0
     assert "details" not in d
+
+
+def test_markdown_report_has_command_date_commit_and_targets() -> None:
+    from firmware_sim._report import render_markdown, render_table
+    from firmware_sim._score import SuiteScore
+
+    suite = SuiteScore(
+        "small",
+        1,
+        [score_scenario("a", TRUTH, TRUTH, META), score_scenario("b", TRUTH, [], META)],
+        1.0,
+        2.0,
+    )
+    table = render_table(suite)
+    assert table.count("\n") == 4  # head, rule, two scenarios, overall
+    assert "| **overall** | 6 | 3 (50.0 %)" in table
+    doc = render_markdown(suite, "busbell sim score --scale small", commit="abc123")
+    assert "`busbell sim score --scale small`" in doc
+    assert "`abc123`" in doc
+    assert "NOT met" in doc
+    assert "UTC" in doc
