@@ -56,6 +56,9 @@ _PROPS_IFACE = "org.freedesktop.DBus.Properties"
 
 ScanMode = Literal["passive", "active"]
 
+_IN_PROGRESS_RESET = 3
+"""Consecutive ``InProgress`` start failures before bleak's bus connection is reset."""
+
 
 @dataclass(frozen=True, slots=True)
 class ScannerParams:
@@ -352,6 +355,7 @@ class BleakSource:
         """Scan until cancelled; faults are counted, logged and followed by a restart."""
         delays = _backoff(self.params.backoff_initial_s, self.params.backoff_max_s, self._rng)
         first = True
+        streak = 0  # consecutive in_progress failures
         while True:
             if not first:
                 self.stats.restarts += 1
@@ -375,6 +379,9 @@ class BleakSource:
                         "are needed for passive scanning; see docs/ble-host.md",
                     )
                     continue
+                streak = streak + 1 if reason == "in_progress" else 0
+                if streak >= _IN_PROGRESS_RESET and await self._reset_bleak_bus():
+                    streak = 0
                 delay = next(delays)
                 log = self._log.exception if reason == "unexpected" else self._log.warning
                 log(
@@ -386,6 +393,7 @@ class BleakSource:
                 )
                 await asyncio.sleep(delay)
                 continue
+            streak = 0
             if self._heard > heard_before:
                 delays = _backoff(
                     self.params.backoff_initial_s, self.params.backoff_max_s, self._rng
@@ -402,6 +410,29 @@ class BleakSource:
                 delay = next(delays)
                 self._log.warning("scanner_interrupted", why=ended, retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)
+
+    async def _reset_bleak_bus(self) -> bool:
+        """Drop bleak's D-Bus connection so bluetoothd forgets its discovery session.
+
+        bluetoothd answers ``StartDiscovery`` with ``InProgress`` while the *same*
+        connection still holds a session, e.g. after a start timed out once bluetoothd
+        had accepted it. That never clears by itself; bluetoothd drops a client's
+        sessions when it leaves the bus, and bleak reconnects on the next start. This
+        reaches into bleak's manager (private ``_bus``); if that changes it does nothing.
+        """
+        from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+
+        try:
+            manager = await get_global_bluez_manager()
+        except Exception:
+            return False
+        bus = getattr(manager, "_bus", None)
+        if bus is None or not hasattr(bus, "disconnect"):
+            return False
+        bus.disconnect()
+        self._count("bus_reset")
+        self._log.warning("scanner_bus_reset", after=_IN_PROGRESS_RESET, reason="in_progress")
+        return True
 
     async def _session(self, sink: AdvertisementSink) -> str:
         """Start one scanner and watch it; returns why it should be restarted."""

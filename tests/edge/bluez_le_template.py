@@ -22,6 +22,7 @@ LE scanner client (bleak) sees of real bluetoothd:
   the properties whose value changed (bluetoothd does not re-emit equal values), with
   ``ManufacturerData`` typed ``a{qv}`` where each ``v`` holds an ``ay``.
 * Faults: ``FailNext`` (next N calls of a method fail with a given D-Bus error),
+  ``AddStaleSession`` (a client holds a discovery session it forgot about),
   ``Wedge`` (the adapter reports nothing until a scan is started again),
   ``RemoveLeAdapter``/``AddLeAdapter`` (hot-unplug, devices removed first as
   bluetoothd does), ``SetPowered``.
@@ -369,6 +370,19 @@ def SetPowered(self, name, powered):
 def FailNext(self, name, method, error_name, count):
     """The next ``count`` calls of ``method`` on the adapter fail with ``error_name``."""
     _adapter(name).fail_next[str(method)] = (str(error_name), int(count))
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="ss", out_signature="")
+def AddStaleSession(self, name, client):
+    """Give connection ``client`` a discovery session it does not know about.
+
+    As after a ``StartDiscovery`` whose caller gave up waiting: the client's next
+    ``StartDiscovery`` fails with ``InProgress`` until it leaves the bus.
+    """
+    adapter = _adapter(name)
+    adapter.watch_client(str(client))
+    adapter.discovery_clients.add(str(client))
+    adapter.set_discovering()
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="")

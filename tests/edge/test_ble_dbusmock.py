@@ -472,3 +472,20 @@ async def test_bluetoothd_crash_and_restart_recovers(bluez: BlueZMock) -> None:
         assert await bluez.advertise("C0:00:00:00:00:0B", -61, {TOKEN_CID: TOKEN}) == "added"
         await eventually(lambda: len(run.records) == 2)
     assert run.records[1].rssi == -61
+
+
+async def test_stale_own_discovery_session_is_cleared_by_bus_reset(bluez: BlueZMock) -> None:
+    from bleak.backends.bluezdbus.manager import get_global_bluez_manager
+
+    await bluez.add_adapter(monitors=False)
+    manager = await get_global_bluez_manager()  # bleak's connection, as the source uses it
+    assert manager._bus is not None
+    await bluez.call("AddStaleSession", "ss", "hci0", manager._bus.unique_name)
+    src = BleakSource(params(mode="active"), clock)
+    with capture_logs() as logs:
+        async with Running(src) as run:
+            await run.started()
+            assert await bluez.advertise("C0:00:00:00:00:0C", -60, {TOKEN_CID: TOKEN}) == "added"
+            await eventually(lambda: len(run.records) == 1)
+    assert src.stats.errors == {"in_progress": 3, "bus_reset": 1}
+    assert [e["event"] for e in logs].count("scanner_bus_reset") == 1
