@@ -295,9 +295,7 @@ class PresenceClassifier:
         """
         if r.convoy is None:
             return True
-        if not r.n_far:
-            return False
-        mean = r.far_sum / r.n_far  # since the bus left the stop: not inflated by a
+        mean = r.far_sum / max(1, r.n_far)  # since the bus left the stop: not inflated by a
         p = self.params  # neighbouring bus at the same stop
         return mean >= r.convoy + p.convoy_gain_db or mean >= p.convoy_strong_dbm
 

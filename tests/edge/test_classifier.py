@@ -1,0 +1,675 @@
+"""Presence classifier: the transition table alone, then scripted worlds per rule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from edge._classifier import TRANSITIONS, Event, PresenceClassifier, State, next_state
+from edge._params import ClassifierParams
+from edge._segment import SegmentDraft
+from edge._vehicle import StopVisit
+
+T0 = 2_983_333 * 600 + 40.0  # 40 s into a 600-s interval
+
+# -- the transition table, alone -----------------------------------------------------
+
+
+def test_every_state_event_pair_is_either_listed_or_refused() -> None:
+    for st in State:
+        for ev in Event:
+            if (st, ev) in TRANSITIONS:
+                assert next_state(st, ev) is TRANSITIONS[(st, ev)]
+            else:
+                with pytest.raises(KeyError):
+                    next_state(st, ev)
+
+
+def test_onboard_is_entered_only_by_confirmation() -> None:
+    into = {(s, e) for (s, e), n in TRANSITIONS.items() if n is State.ONBOARD and s != n}
+    assert into == {(State.CANDIDATE, Event.CONFIRM), (State.ROTATING, Event.CONFIRM)}
+
+
+def test_nothing_returns_to_new_and_finish_always_ends_in_gone() -> None:
+    assert State.NEW not in TRANSITIONS.values()
+    for st in State:
+        if st is not State.NEW:
+            assert next_state(st, Event.FINISH) is State.GONE
+
+
+def test_a_closed_rid_boards_again_only_at_a_stop() -> None:
+    assert next_state(State.GONE, Event.ADV_MOVING) is State.GONE
+    assert next_state(State.GONE, Event.VISIT_OPEN) is State.GONE
+    assert next_state(State.GONE, Event.ADV_STOP) is State.CANDIDATE
+
+
+# -- a scripted world ------------------------------------------------------------------
+
+
+class Token:
+    """A scripted token: ``rssi`` is a function of the world (``None``: not heard)."""
+
+    def __init__(self, name: str, rssi: Callable[[World], float | None], *, skew: float = 0.0):
+        self.name = name
+        self.rssi = rssi
+        self.flags = 0
+        self.skew = skew
+        self.addr = f"addr-{name}"
+        self.period = 0.5
+
+    def rid(self, token_t: float) -> bytes:
+        i = math.floor(token_t / 600)
+        return (self.name.encode() + b"-" + str(i).encode()).ljust(12, b".")[:12]
+
+
+class World:
+    """One bus: stops and drives in virtual time; tokens advertise every 0.5 s."""
+
+    def __init__(self, params: ClassifierParams | None = None, t0: float = T0) -> None:
+        self.p = params or ClassifierParams()
+        self.c = PresenceClassifier(self.p)
+        self.t = t0
+        self.odo = 0.0
+        self.seq = 0
+        self.tokens: list[Token] = []
+        self.out: list[SegmentDraft] = []
+        self.visit: StopVisit | None = None
+        self.stop_odo = 0.0
+        self.c.on_trip("R1", "T1")
+
+    def add(self, tok: Token) -> Token:
+        self.tokens.append(tok)
+        return tok
+
+    def step(self, dt: float = 0.5) -> None:
+        for tok in self.tokens:
+            r = tok.rssi(self)
+            if r is None:
+                continue
+            tt = self.t + tok.skew
+            token_t = math.floor(tt / 4) * 4.0
+            rid = tok.rid(tt)
+            raw = bytes([0x20 | tok.flags]) + rid + bytes(11)
+            self.c.advert(
+                self.t,
+                rid,
+                math.floor(tt / 600),
+                token_t,
+                round(r),
+                tok.flags,
+                raw,
+                self.odo,
+                tok.addr,
+            )
+        self.out.extend(self.c.tick(self.t, self.odo))
+        self.t += dt
+
+    def dwell(
+        self, stop_id: str | None, seconds: float = 15.0, *, reopen: bool = False
+    ) -> StopVisit:
+        if reopen and self.visit is not None:
+            v = self.visit
+            v.close_t = v.close_odo_m = None
+        else:
+            self.seq += 1
+            v = StopVisit(self.seq, stop_id, self.t, self.odo, "door")
+        self.visit = v
+        self.stop_odo = self.odo
+        self.c.on_visit("open", v, self.t)
+        end = self.t + seconds
+        while self.t < end:
+            self.step()
+        v.close_t, v.close_odo_m = self.t, self.odo
+        self.c.on_visit("close", v, self.t)
+        return v
+
+    def move(self, metres: float, speed: float = 10.0) -> None:
+        end = self.odo + metres
+        while self.odo < end:
+            self.step()
+            self.odo = min(end, self.odo + speed * 0.5)
+
+    def wait(self, seconds: float) -> None:
+        end = self.t + seconds
+        while self.t < end:
+            self.step()
+
+    def finish(self) -> list[SegmentDraft]:
+        self.out.extend(self.c.finish(self.t, self.odo))
+        return self.out
+
+
+def outside(level: float = -70.0, *, near: float = 3.0) -> Callable[[World], float | None]:
+    """Someone standing at the current stop: fades as the bus drives away."""
+    stand: dict[str, float] = {}
+
+    def f(w: World) -> float | None:
+        if "odo" not in stand:
+            stand["odo"] = w.stop_odo
+        d = near + abs(w.odo - stand["odo"])
+        r = level - 21.0 * math.log10(d / near)
+        return r if r >= -95.0 else None
+
+    return f
+
+
+def by_name(out: list[SegmentDraft], tok: Token) -> list[SegmentDraft]:
+    pref = tok.name.encode().hex()
+    return sorted((d for d in out if d.rid.startswith(pref)), key=lambda d: d.start.t)
+
+
+# -- boarding and alighting -------------------------------------------------------------
+
+
+def test_rider_boards_and_alights_at_the_right_stops() -> None:
+    w = World()
+    state = {"in": False, "gone": False}
+
+    def rider(_: World) -> float | None:
+        if state["gone"]:
+            return None
+        return -60.0 if state["in"] else -75.0
+
+    tok = w.add(Token("rider", rider))
+    tok.flags = 1
+    w.wait(5)  # heard while the bus approaches: OUTSIDE
+    assert w.c.state_of(tok.rid(w.t)) is State.OUTSIDE
+    state["in"] = True
+    w.dwell("S1")
+    assert w.c.state_of(tok.rid(w.t)) is State.CANDIDATE
+    w.move(800)
+    assert w.c.state_of(tok.rid(w.t)) is State.ONBOARD
+    assert w.c.on_board() == 1
+    assert w.c.active_flags() == {"alight_request": 1, "assist": 0, "wait": 0}
+    assert w.c.tokens_in_range() == 1
+    v2 = w.dwell("S2", 5)
+    state["gone"] = True
+    w.move(300)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.start.stop_id, seg.start.cause) == ("S1", "boarded")
+    assert (seg.end.stop_id, seg.end.cause) == ("S2", "alighted")
+    assert seg.distance_m == pytest.approx(800.0)
+    assert v2.open_t <= seg.end.t <= v2.close_t  # type: ignore[operator]
+    assert seg.route_id == "R1"
+    assert seg.trip_id == "T1"
+    assert len(seg.proof_first) == len(seg.proof_last) == 48
+    assert seg.evidence["flags"] == 1
+    assert seg.evidence["n_adv"] >= seg.evidence["n_in"] > 0
+    assert w.c.on_board() == 0
+
+
+def test_bystander_at_the_stop_is_never_charged() -> None:
+    w = World()
+    w.add(Token("near", outside(-60.0, near=2.0)))
+    w.add(Token("far", outside(-80.0, near=8.0)))
+    w.wait(10)
+    w.dwell("S1", 20)
+    w.move(1500)
+    w.dwell("S2")
+    w.move(500)
+    assert w.finish() == []
+    assert w.c.rejected == 2
+
+
+def test_rider_standing_by_the_door_stays_through_stops() -> None:
+    w = World()
+    gone = {"v": False}
+    tok = w.add(Token("door", lambda _: None if gone["v"] else -55.0))
+    w.dwell("S1")
+    w.move(600)
+    w.dwell("S2")  # doors open, the rider stays
+    w.move(600)
+    w.dwell("S3", 4)
+    gone["v"] = True
+    w.move(400)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S3", "alighted")
+
+
+def test_pedestrian_passed_further_on_is_not_a_rider() -> None:
+    w = World()
+
+    def ped(w: World) -> float | None:
+        # at the stop, then 250 m on the bus catches up with them walking
+        if w.odo < 1.0:
+            return -70.0
+        d = abs(w.odo - 250.0)
+        return -55.0 if d < 30 else None
+
+    w.add(Token("ped", ped))
+    w.dwell("S1")
+    w.move(1500)
+    assert w.finish() == []
+
+
+def test_vehicle_travelling_alongside_is_not_charged() -> None:
+    """Heard all the way to the stop and at the same level after: a bus in convoy."""
+    w = World()
+    tok = w.add(Token("convoy", lambda w: -75.0 if w.odo < 2500 else None))
+    w.move(400)
+    w.dwell("S1")
+    w.move(2500)
+    assert by_name(w.finish(), tok) == []
+
+
+def test_rider_missed_earlier_boards_at_the_next_stop_when_strong() -> None:
+    w = World()
+    gone = {"v": False}
+    tok = w.add(Token("missed", lambda _: None if gone["v"] else -58.0))
+    w.move(400)  # on board already, strong
+    w.dwell("S1")
+    w.move(800)
+    w.dwell("S2", 4)
+    gone["v"] = True
+    w.move(300)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id) == ("S1", "S2")
+
+
+def test_short_hop_ending_at_the_next_stop_is_charged() -> None:
+    w = World()
+    gone = {"v": False}
+    tok = w.add(Token("hop", lambda _: None if gone["v"] else -60.0))
+    w.dwell("S1")
+    w.move(260, speed=12.0)  # too short to confirm by time
+    w.dwell("S2", 3)
+    gone["v"] = True
+    w.move(300)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "alighted")
+
+
+def test_rider_who_boards_again_later_gets_a_new_segment() -> None:
+    w = World()
+    phase = {"v": "in"}
+    tok = w.add(Token("twice", lambda _: -60.0 if phase["v"] == "in" else None))
+    w.dwell("S1")
+    w.move(800)
+    w.dwell("S2", 4)
+    phase["v"] = "out"
+    w.move(500)
+    phase["v"] = "in"
+    w.dwell("S3")
+    w.move(800)
+    w.dwell("S4", 4)
+    phase["v"] = "out"
+    w.move(500)
+    segs = by_name(w.out, tok)
+    assert [(s.start.stop_id, s.end.stop_id) for s in segs] == [("S1", "S2"), ("S3", "S4")]
+
+
+def test_rider_alighting_as_the_doors_reopen_counts_at_that_stop() -> None:
+    w = World()
+    gone = {"v": False}
+    tok = w.add(Token("reopen", lambda _: None if gone["v"] else -60.0))
+    w.dwell("S1")
+    w.move(800)
+    w.dwell("S2", 3)
+    w.dwell("S2", 3, reopen=True)  # the same visit goes on
+    gone["v"] = True
+    w.move(400)
+    (seg,) = by_name(w.out, tok)
+    assert seg.end.stop_id == "S2"
+    assert w.c.state_of(b"nobody......") is State.NEW
+
+
+# -- lost ---------------------------------------------------------------------------------
+
+
+def test_token_dying_while_moving_ends_lost_at_the_last_stop_passed() -> None:
+    w = World()
+    dead = {"v": False}
+    tok = w.add(Token("flat", lambda _: None if dead["v"] else -62.0))
+    w.dwell("S1")
+    w.move(900)
+    w.dwell("S2")
+    w.move(900)
+    dead["v"] = True
+    w.move(900)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "lost")
+    assert seg.distance_m == pytest.approx(1800.0, abs=30)
+
+
+def test_short_ride_vanishing_while_moving_is_dropped() -> None:
+    w = World()
+    dead = {"v": False}
+    tok = w.add(Token("short", lambda _: None if dead["v"] else -62.0))
+    w.dwell("S1")
+    w.move(600)
+    dead["v"] = True
+    w.move(600)
+    assert by_name(w.finish(), tok) == []
+    assert w.c.discarded == 1
+
+
+# -- rotation -----------------------------------------------------------------------------
+
+
+def test_rid_rotation_mid_ride_gives_rotated_then_continued() -> None:
+    w = World(t0=T0 + 400)  # the 600-s boundary comes after ~160 s
+    gone = {"v": False}
+    tok = w.add(Token("rot", lambda _: None if gone["v"] else -60.0, skew=0.7))
+    other = w.add(Token("oth", lambda _: None if gone["v"] else -75.0, skew=-1.3))
+    w.dwell("S1")
+    w.move(3000)
+    w.dwell("S2", 4)
+    gone["v"] = True
+    w.move(400)
+    for t in (tok, other):
+        a, b = by_name(w.out, t)
+        assert (a.start.cause, a.end.cause, a.end.stop_id) == ("boarded", "rotated", None)
+        assert (b.start.cause, b.start.stop_id, b.end.cause) == ("continued", None, "alighted")
+        assert b.interval == a.interval + 1
+        assert a.start.stop_id == "S1"
+        assert b.end.stop_id == "S2"
+
+
+def test_rotation_while_doors_open_names_that_stop() -> None:
+    w = World(t0=T0 + 460)
+    gone = {"v": False}
+    tok = w.add(Token("ats", lambda _: None if gone["v"] else -60.0))
+    w.dwell("S1")
+    w.move(600)
+    w.dwell("S2", 40)  # the rid rotates while the doors are open
+    w.move(900)
+    w.dwell("S3", 4)
+    gone["v"] = True
+    w.move(400)
+    a, b = by_name(w.out, tok)
+    assert (a.end.cause, a.end.stop_id) == ("rotated", "S2")
+    assert (b.start.cause, b.start.stop_id, b.end.stop_id) == ("continued", "S2", "S3")
+
+
+def test_rider_boarding_just_before_rotation_is_boarded_at_that_stop() -> None:
+    w = World(t0=T0 + 560 - 10 - 40)
+    gone = {"v": False}
+    tok = w.add(Token("late", lambda _: None if gone["v"] else -60.0))
+    w.wait(40)
+    w.dwell("S1", 12)  # rotation ~8 s after the doors close: not yet confirmed
+    w.move(1500)
+    w.dwell("S2", 4)
+    gone["v"] = True
+    w.move(400)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.start.cause, seg.start.stop_id, seg.end.stop_id) == ("boarded", "S1", "S2")
+
+
+def test_rider_alighting_at_rotation_time_is_alighted_not_rotated() -> None:
+    w = World(t0=T0 + 560 - 100)
+    gone = {"v": False}
+    tok = w.add(Token("lve", lambda _: None if gone["v"] else -60.0))
+    w.dwell("S1")
+    w.move(700)
+    w.dwell("S2", 2)
+    gone["v"] = True  # leaves at ~t=558, the rid would rotate at 560
+    w.move(500)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.end.cause, seg.end.stop_id) == ("alighted", "S2")
+
+
+def test_new_rid_of_an_alighting_rider_resolves_the_old_segment_as_alighted() -> None:
+    w = World(t0=T0 + 560 - 90)
+    phase = {"v": "in"}
+
+    def f(w: World) -> float | None:
+        if phase["v"] == "in":
+            return -60.0
+        if phase["v"] == "door":
+            return -70.0
+        return None
+
+    tok = w.add(Token("edge", f))
+    w.dwell("S1")
+    w.move(700)
+    phase["v"] = "door"  # at the door: weaker, the rid rotates now
+    w.dwell("S2", 10)
+    phase["v"] = "gone"
+    w.move(600)
+    (seg,) = by_name(w.out, tok)
+    assert (seg.end.cause, seg.end.stop_id) == ("alighted", "S2")
+
+
+def test_new_rid_appearing_in_a_vehicle_alongside_is_not_continued() -> None:
+    w = World(t0=T0 + 560 - 20)
+    tok = w.add(Token("car", lambda w: -80.0 if 14 < w.t % 600 < 100 else None, skew=5.0))
+    w.move(2000)
+    assert by_name(w.finish(), tok) == []
+
+
+def test_rotation_candidate_that_fades_is_dropped() -> None:
+    w = World(t0=T0 + 560 - 5)
+    tok = w.add(Token("blip", lambda w: -60.0 if w.t % 600 < 8 else None))
+    w.move(600)
+    bnd = (math.floor(T0 / 600) + 1) * 600
+    assert w.c.state_of(tok.rid(bnd + 1)) is State.GONE
+    assert by_name(w.finish(), tok) == []
+
+
+# -- finish and read-only state ----------------------------------------------------------
+
+
+def test_finish_at_a_stop_alights_everyone_there() -> None:
+    w = World()
+    tok = w.add(Token("term", lambda _: -60.0))
+    w.dwell("S1")
+    w.move(900)
+    w.seq += 1
+    v = StopVisit(w.seq, "S9", w.t, w.odo, "door")
+    w.c.on_visit("open", v, w.t)
+    w.wait(3)
+    (seg,) = by_name(w.finish(), tok)
+    assert (seg.end.stop_id, seg.end.cause) == ("S9", "alighted")
+
+
+def test_finish_while_moving_is_lost_at_the_last_stop_and_drops_candidates() -> None:
+    w = World()
+    tok = w.add(Token("ride", lambda _: -60.0))
+    w.dwell("S1")
+    w.move(900)
+    late = w.add(Token("cand", outside(-65.0)))
+    w.dwell("S2")
+    w.move(400)
+    out = w.finish()
+    (seg,) = by_name(out, tok)
+    assert (seg.end.stop_id, seg.end.cause) == ("S2", "lost")
+    assert by_name(out, late) == []
+    assert w.c.on_board() == 0
+
+
+def test_finish_resolves_a_pending_rotation_by_the_new_rid() -> None:
+    w = World(t0=T0 + 560 - 120)
+    tok = w.add(Token("fin", lambda _: -60.0))
+    w.dwell("S1")
+    w.move(1100)
+    w.wait(16)  # old rid faded, new rid not yet confirmed
+    w.seq += 1
+    v = StopVisit(w.seq, "S7", w.t, w.odo, "door")
+    w.c.on_visit("open", v, w.t)
+    w.wait(2)
+    segs = by_name(w.finish(), tok)
+    assert [(s.end.cause, s.end.stop_id) for s in segs] == [("alighted", "S7")]
+
+
+def test_flags_wait_is_counted_outside_and_assist_on_board() -> None:
+    w = World()
+    waiter = w.add(Token("wait", lambda _: -70.0))
+    waiter.flags = 4
+    rider = w.add(Token("assist", lambda _: -60.0))
+    rider.flags = 2
+    w.dwell("S1")
+    waiter.rssi = lambda w: -70.0 if w.odo < 1 else None
+    w.move(800)
+    assert w.c.active_flags() == {"alight_request": 0, "assist": 1, "wait": 0}
+    w2 = World()
+    w2.add(Token("w", lambda _: -70.0)).flags = 4
+    w2.wait(3)
+    assert w2.c.active_flags()["wait"] == 1
+    w2.wait(100)
+    w2.tokens.clear()
+    w2.wait(70)
+    assert w2.c.tokens_in_range() == 0
+
+
+def test_outside_rids_and_tombstones_are_forgotten() -> None:
+    p = replace(ClassifierParams(), forget_s=60.0)
+    w = World(p)
+    tok = w.add(Token("pass", lambda w: -80.0 if w.t < T0 + 5 else None))
+    w.wait(70)
+    assert w.c.state_of(tok.rid(T0)) is State.NEW
+    w.tokens = [Token("b", outside(-60.0))]
+    w.dwell("S1")
+    w.move(300)
+    assert w.c.state_of(w.tokens[0].rid(w.t)) is State.GONE
+    w.move(800)
+    assert w.c.state_of(w.tokens[0].rid(w.t)) is State.NEW
+
+
+def test_tick_is_rate_limited_and_visit_close_is_ignored() -> None:
+    c = PresenceClassifier()
+    assert c.tick(T0, 0.0) == []
+    assert c.tick(T0 + 0.1, 0.0) == []
+    v = StopVisit(1, "S1", T0, 0.0, "door", T0 + 5, 0.0)
+    c.on_visit("close", v, T0 + 5)
+    assert c.finish(T0 + 6, 0.0) == []
+
+
+# -- corner cases ---------------------------------------------------------------------------
+
+
+def test_duplicate_timestamps_and_out_of_order_adverts_are_harmless() -> None:
+    c = PresenceClassifier()
+    rid, raw = b"dup-rid-0001", bytes(24)
+    for t in (T0, T0, T0 - 1.0):
+        c.advert(t, rid, math.floor(T0 / 600), T0, -60, 0, raw, 0.0, "a")
+    assert c.state_of(rid) is State.OUTSIDE
+
+
+def test_rotation_candidate_silent_before_the_stop_joins_it_when_heard_there() -> None:
+    w = World(t0=T0 + 555)
+    on = {"v": True}
+    tok = w.add(Token("rsi", lambda _: -60.0 if on["v"] else None))
+    w.move(60)  # the rid appears at its interval's start while moving: ROTATING
+    on["v"] = False
+    w.wait(12)
+    on["v"] = True
+    w.dwell("S1")
+    assert w.c.state_of(tok.rid(w.t)) is State.CANDIDATE
+
+
+def test_rotation_candidate_at_a_stop_waits_for_a_rotated_rid_to_pair() -> None:
+    p = replace(
+        ClassifierParams(), confirm_stretch_s=2.0, confirm_min_s=2.0, rotation_confirm_s=120.0
+    )
+    w = World(p, t0=T0 + 561)
+    tok = w.add(Token("wt", lambda _: -60.0))
+    w.dwell("S1", 8)  # first heard at its interval's start, at a stop
+    w.move(400)
+    assert w.c.state_of(tok.rid(w.t)) is State.CANDIDATE
+    w.move(1200)
+    assert w.c.state_of(tok.rid(w.t)) is State.ONBOARD
+
+
+def test_candidate_never_heard_far_is_rejected_by_distance() -> None:
+    w = World()
+    tok = w.add(Token("fast", lambda w: -60.0 if w.odo < 20 else (-92.0 if w.odo < 700 else None)))
+    w.dwell("S1")
+    w.move(700, speed=60.0)
+    assert w.c.state_of(tok.rid(w.t)) is State.GONE
+
+
+def test_late_stretch_fading_at_the_next_stop_is_not_a_short_hop() -> None:
+    w = World()
+
+    def f(w: World) -> float | None:
+        if w.odo < 1.0:
+            return -65.0
+        if w.odo < 150.0:
+            return None
+        return -60.0 if w.odo < 299.0 else None
+
+    tok = w.add(Token("late2", f))
+    w.dwell("S1")
+    w.move(300, speed=12.0)
+    w.dwell("S2", 3)
+    w.move(300)
+    assert by_name(w.finish(), tok) == []
+
+
+def test_unpaired_rotation_candidate_is_dropped_after_the_wait() -> None:
+    w = World(t0=T0 + 555)
+    still = w.add(Token("stl", lambda _: -60.0))
+    w.wait(80)  # bus standing (not at a stop): never far enough to confirm
+    assert w.c.state_of(still.rid(w.t)) is State.GONE
+    w2 = World(t0=T0 + 555)
+    mov = w2.add(Token("mov", lambda _: -60.0))
+    w2.move(900)
+    assert w2.c.state_of(mov.rid(w2.t)) is State.GONE
+
+
+def test_rid_that_faded_out_before_its_interval_ended_did_not_rotate() -> None:
+    w = World(t0=T0 + 400)
+    level = {"v": -60.0}
+    tok = w.add(Token("fdo", lambda _: level["v"]))
+    w.dwell("S1")
+    w.move(1350)
+    level["v"] = -86.0  # fading out across the rotation (weak, far from its usual level)
+    w.move(300)
+    tok.rssi = lambda _: None
+    w.move(2000)
+    segs = by_name(w.out, tok)
+    assert segs
+    assert segs[0].end.cause != "rotated"
+
+
+def test_pairing_prefers_the_same_clock_and_address() -> None:
+    w = World(t0=T0 + 400)
+    toks = [
+        w.add(Token("pa", lambda _: -60.0, skew=0.0)),
+        w.add(Token("pb", lambda _: -62.0, skew=0.2)),
+        w.add(Token("pc", lambda _: -61.0, skew=9.0)),
+    ]
+    bnd = (math.floor(T0 / 600) + 1) * 600
+    # strangers appearing right at the boundary: another clock, another address
+    strangers = [
+        w.add(Token("pd", lambda w: -61.0 if bnd <= w.t < bnd + 30 else None, skew=9.0)),
+        w.add(Token("pe", lambda w: -61.0 if bnd <= w.t < bnd + 30 else None, skew=0.1)),
+    ]
+    w.dwell("S1")
+    w.move(3500)
+    w.dwell("S2", 4)
+    for t in toks:
+        t.rssi = lambda _: None
+    w.move(500)
+    for t in toks:
+        a, b = by_name(w.out, t)
+        assert (a.end.cause, b.start.cause) == ("rotated", "continued")
+    for t in strangers:
+        assert by_name(w.out, t) == []
+
+
+def test_visit_lookup_before_any_visit_is_none() -> None:
+    c = PresenceClassifier()
+    assert c._visit_at(T0) is None
+
+
+def test_finish_during_a_dwell_drops_candidates() -> None:
+    w = World()
+    tok = w.add(Token("cd", lambda _: -65.0))
+    w.seq += 1
+    v = StopVisit(w.seq, "S1", w.t, w.odo, "door")
+    w.c.on_visit("open", v, w.t)
+    w.wait(5)
+    assert w.c.state_of(tok.rid(w.t)) is State.CANDIDATE
+    assert w.finish() == []
+    assert w.c.state_of(tok.rid(w.t)) is State.GONE
+
+
+def test_alight_flag_heard_outside_is_not_counted() -> None:
+    w = World()
+    w.add(Token("ob", lambda _: -70.0)).flags = 1
+    w.wait(3)
+    assert w.c.active_flags() == {"alight_request": 0, "assist": 0, "wait": 0}
