@@ -13,6 +13,7 @@ really happened: every rider's legs and every bystander pass.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import random
 import tomllib
@@ -32,7 +33,7 @@ from busbell import (
 )
 from firmware_sim._geometry import Projection, RoutePath, build_route_paths
 from firmware_sim._keys import rider_key
-from firmware_sim._radio import Placement, RadioChannel, RadioParams
+from firmware_sim._radio import Loss, Placement, RadioChannel, RadioParams
 from firmware_sim._tokens import KIND_PROFILES, DeviceKind, TokenDevice
 from firmware_sim._vehicle import (
     MOTORWAY_HOP_M,
@@ -308,6 +309,9 @@ def tunnel_spans(path: RoutePath, proj: Projection) -> list[tuple[float, float]]
     return out
 
 
+# where a token is relative to a bus
+_OUTSIDE, _INSIDE, _IN_VEHICLE = 0, 1, 2
+
 # person phase kinds
 _STATIC, _WALK, _RIDE, _PATHWALK = 0, 1, 2, 3
 
@@ -388,6 +392,24 @@ class _Sim:
         self.rider_keys = rider_keys
         self.rng = random.Random(f"{seed}|{spec.name}|world")
         self.radio = RadioChannel(radio, random.Random(f"{seed}|{spec.name}|radio"))
+        # A token inside another vehicle reaches the scanner through two shells: that
+        # vehicle's (the cited car penetration loss) and the bus's. Same model, with the
+        # sum of two independent normal shell losses.
+        other = radio.shell_loss
+        self.radio_in_vehicle = RadioChannel(
+            dataclasses.replace(
+                radio,
+                shell_loss=Loss(
+                    radio.shell_loss.mean_db + other.mean_db,
+                    math.hypot(radio.shell_loss.std_db, other.std_db),
+                ),
+                shell_loss_door_open=Loss(
+                    radio.shell_loss_door_open.mean_db + other.mean_db,
+                    math.hypot(radio.shell_loss_door_open.std_db, other.std_db),
+                ),
+            ),
+            random.Random(f"{seed}|{spec.name}|radio-in-vehicle"),
+        )
         self.cutoff = cutoff_m
         self.pass_radius = pass_radius_m
         self.alight_hold_s = alight_hold_s
@@ -933,7 +955,9 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     persons = sorted(sim.persons, key=lambda p: p.t_first)
     for p in persons:
         p.next_adv = t_begin + rng.uniform(0.0, p.interval)
-    links: dict[tuple[int, str], Any] = {}
+    links: dict[tuple[int, str, bool], Any] = {}
+    radio2 = sim.radio_in_vehicle
+    offsets_copied: set[str] = set()
     prev_d: dict[tuple[int, str], float] = {}
     windows: dict[tuple[int, str], list[float]] = {}
     passes_raw: list[tuple[int, str, float, float, float]] = []
@@ -955,7 +979,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
             if pl.t_start - 10.0 <= t_hi <= pl.t_end:
                 poses[b] = sim._bus_pose(pl, t_hi)
                 live_bus.append(b)
-        near_all: list[tuple[int, list[tuple[str, float, bool]]]] = []
+        near_all: list[tuple[int, list[tuple[str, float, int]]]] = []
         crowd: dict[str, float] = dict.fromkeys(live_bus, 0.0)
         count: dict[str, int] = dict.fromkeys(live_bus, 0)
         keep: list[int] = []
@@ -971,12 +995,12 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
             if st is None:
                 continue
             x, y, veh, a, lat = st
-            near: list[tuple[str, float, bool]] = []
+            near: list[tuple[str, float, int]] = []
             dmin2 = math.inf
             for b in live_bus:
                 if veh == b:
                     d = math.sqrt(a * a + lat * lat + 0.25)
-                    near.append((b, d, True))
+                    near.append((b, d, _INSIDE))
                     continue
                 bx, by, _, _ = poses[b]
                 dx, dy = x - bx, y - by
@@ -985,7 +1009,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                     dmin2 = min(dmin2, d2)
                     continue
                 d = math.sqrt(d2)
-                near.append((b, d, False))
+                near.append((b, d, _OUTSIDE if veh is None else _IN_VEHICLE))
                 if d <= pass_r and p.sends(t_hi):
                     key = (pi, b)
                     w = windows.get(key)
@@ -1013,6 +1037,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
             n = count[b] + on_board + 3
             rate = crowd[b] + (on_board + 3) / NON_TOKEN_INTERVAL_S
             radio.set_crowd(b, n, n / rate)
+            radio2.set_crowd(b, n, n / rate)
         for pi, near in near_all:
             p = persons[pi]
             tok = p.token
@@ -1034,29 +1059,36 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                 st = sim.person_state(p, te, None) if exact else None
                 if exact and st is None:
                     continue
-                for b, d1, inside_tick in near:
+                for b, d1, where_tick in near:
                     w0, w1 = span[b]
                     if te < w0 or te > w1:
                         continue
                     key = (pi, b)
-                    inside = inside_tick
+                    where = where_tick
                     if exact:
                         assert st is not None
                         x, y, veh, a, lat = st
-                        inside = veh == b
-                        if inside:
+                        if veh == b:
+                            where = _INSIDE
                             d = math.sqrt(a * a + lat * lat + 0.25)
                         else:
+                            where = _OUTSIDE if veh is None else _IN_VEHICLE
                             bx, by, _, _ = sim._bus_pose(plans[b], te)
                             d = math.hypot(x - bx, y - by)
                     else:
                         d0 = prev_d.get(key, d1)
                         d = d0 + (d1 - d0) * f
-                    link = links.get(key)
+                    inside = where == _INSIDE
+                    ch = radio2 if where == _IN_VEHICLE else radio
+                    lkey = (pi, b, where == _IN_VEHICLE)
+                    link = links.get(lkey)
                     if link is None:
-                        link = links[key] = radio.link(tok.device_id, b)
+                        if ch is radio2 and tok.device_id not in offsets_copied:
+                            radio2.set_tx_offset(tok.device_id, radio.tx_offset_db(tok.device_id))
+                            offsets_copied.add(tok.device_id)
+                        link = links[lkey] = ch.link(tok.device_id, b)
                     door_open = False if inside else _is_open(*doors[b], te)
-                    rssi = radio.sample(link, d, inside, placement, te, door_open=door_open)
+                    rssi = ch.sample(link, d, inside, placement, te, door_open=door_open)
                     if rssi is None:
                         continue
                     if payload is None:
@@ -1095,14 +1127,14 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     passes.sort(key=lambda q: (q.bus_id, q.t0, q.rider_id))
     for b in bus_ids:
         records[b].sort(key=lambda r: (r.t, _kind_order(r)))
-    rs = radio.stats
+    rs, rs2 = radio.stats, radio2.stats
     stats = {
         "adv_events_near_buses": n_events,
         "adv_records": n_adv,
-        "radio_offered": rs.offered,
-        "radio_received": rs.received,
-        "radio_collided": rs.collided,
-        "radio_below_sensitivity": rs.below_sensitivity,
+        "radio_offered": rs.offered + rs2.offered,
+        "radio_received": rs.received + rs2.received,
+        "radio_collided": rs.collided + rs2.collided,
+        "radio_below_sensitivity": rs.below_sensitivity + rs2.below_sensitivity,
         "persons": len(sim.persons),
     }
     return records, passes, stats
