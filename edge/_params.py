@@ -184,7 +184,9 @@ class ClassifierParams:
         120.0, doc="dead-reckon along the pattern at the last speed for at most this long"
     )
     dropout_match_m: float = option(
-        250.0, doc="during a dropout a door opening serves the next stop within this distance"
+        250.0,
+        doc="during a dropout a door opening serves the stop of the trip nearest the"
+        " dead-reckoned position, if within this distance",
     )
 
     # --- vehicle: door sensor faults ----------------------------------------------------

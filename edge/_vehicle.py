@@ -116,6 +116,8 @@ class VehicleContext:
         self._fix_lat = 0.0
         self._fix_lon = 0.0
         self._fix_speed = 0.0
+        self._dr: tuple[float, float, float | None, float] = (0.0, 0.0, None, 0.0)
+        """Dead-reckoning base in a dropout: time, odometer, progress, speed."""
         # stuck-open detection
         self._fast_open_since: float | None = None
         self._depart: tuple[float, float] | None = None
@@ -179,12 +181,13 @@ class VehicleContext:
                 self.in_dropout = True
                 self.dropouts += 1
                 log.info("gnss_dropout", t=t, last_fix_t=self._fix_t)
-            elapsed = min(gap, p.dead_reckon_max_s)
-            self.speed_mps = self._fix_speed if gap <= p.dead_reckon_max_s else 0.0
-            travelled = self._fix_speed * elapsed
-            self.odometer_m = max(self.odometer_m, self._fix_odo + travelled)
-            if self._fix_progress is not None:
-                self.progress_m = max(self.progress_m or 0.0, self._fix_progress + travelled)
+            dr_t, dr_odo, dr_prog, dr_speed = self._dr
+            until = min(t, self._fix_t + p.dead_reckon_max_s)
+            self.speed_mps = dr_speed if gap <= p.dead_reckon_max_s else 0.0
+            travelled = dr_speed * max(0.0, until - dr_t)
+            self.odometer_m = max(self.odometer_m, dr_odo + travelled)
+            if dr_prog is not None:
+                self.progress_m = max(self.progress_m or 0.0, dr_prog + travelled)
                 self.lat, self.lon = self._position_at(self.progress_m)
             events.extend(self._motion(t))
         return events
@@ -293,12 +296,17 @@ class VehicleContext:
             travelled = 0.0
         elif self.in_dropout or rec.t - self._fix_t > p.gnss_dropout_s:
             # recovery: the better of the straight line and the pattern progress
+            # recovery: replace the dead-reckoned estimate by the better of the straight
+            # line and the pattern progress since the last real fix
             travelled = haversine_fast(self._fix_lat, self._fix_lon, rec.lat, rec.lon)
             old_prog = self._fix_progress
-            self._match(rec.lat, rec.lon)
-            if old_prog is not None and self.progress_m is not None:
-                travelled = max(travelled, self.progress_m - old_prog)
+            if old_prog is not None:
+                self.progress_m = old_prog
+                self._match(rec.lat, rec.lon, global_search=True)
+                if self.progress_m is not None:
+                    travelled = max(travelled, self.progress_m - old_prog)
             self.in_dropout = False
+            self.odometer_m = self._fix_odo + travelled
             log.info("gnss_recovered", t=rec.t, gap_s=round(rec.t - self._fix_t, 1))
         else:
             dt = rec.t - self._fix_t
@@ -311,6 +319,7 @@ class VehicleContext:
         self._fix_odo = self.odometer_m
         self._fix_progress = self.progress_m
         self._fix_lat, self._fix_lon, self._fix_speed = rec.lat, rec.lon, rec.speed_mps
+        self._dr = (rec.t, self.odometer_m, self.progress_m, rec.speed_mps)
         return self._motion(rec.t)
 
     def _motion(self, t: float) -> list[VehicleEvent]:
@@ -391,6 +400,11 @@ class VehicleContext:
         self._fast_open_since = None
         self._depart = None
         self._open_pending = False
+        if self.in_dropout:
+            # doors open: the bus stands; closed: it drives on at its last known speed
+            speed = 0.0 if rec.open else self._fix_speed
+            self._dr = (rec.t, self.odometer_m, self.progress_m, speed)
+            self.speed_mps = speed
         if rec.open:
             self._still_door = True
             self._nodoor_dwells = 0
@@ -402,7 +416,7 @@ class VehicleContext:
             if self.current_visit is not None:
                 self.current_visit.source = "door"
                 return events
-            if self.speed_mps >= self.params.stuck_open_speed_mps:
+            if self.speed_mps >= self.params.stuck_open_speed_mps and not self.in_dropout:
                 # doors cannot open at speed: wait for the bus to stop (or a stuck sensor)
                 self._open_pending = True
                 return events
@@ -459,12 +473,14 @@ class VehicleContext:
         if self.stop_ids and self.in_dropout and self.progress_m is not None:
             if require:
                 return None, None
-            lo = self.progress_m - p.stop_radius_m
-            hi = self.progress_m + p.dropout_match_m
+            # dead reckoning over- or under-shoots (the bus braked, queued): the stop of
+            # the trip nearest the estimate, not behind the last one served
+            best: tuple[float, int] | None = None
             for i in range(max(0, self.last_served_index), len(self.stop_ids)):
-                if lo <= self.stop_dist_m[i] <= hi and i >= self.last_served_index:
-                    return self.stop_ids[i], i
-            return None, None
+                d = abs(self.stop_dist_m[i] - self.progress_m)
+                if d <= p.dropout_match_m and (best is None or d < best[0]):
+                    best = (d, i)
+            return (self.stop_ids[best[1]], best[1]) if best else (None, None)
         if self.lat is None or self.lon is None:
             return None, None
         if not self.stop_ids:
