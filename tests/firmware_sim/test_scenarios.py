@@ -279,3 +279,29 @@ def test_full_scale_generates(tmp_path: Path, name: str) -> None:
     assert truth["journeys"] >= 60
     assert truth["bystander_passes"]["total"] > 0
     assert len(truth["buses"]) >= 4  # four replicas
+
+
+def test_riders_in_the_bus_alongside_are_heard_much_weaker(suite: dict[str, Path]) -> None:
+    d = suite["bus_alongside_red_light"]
+    truth = json.loads((d / "truth.json").read_text())
+    riders = read_riders(d / "RIDERS.csv")
+    macs = {r: derive_rider_keys(k).mac_key for r, k in riders.items()}
+    legs = [
+        lg | {"rider_id": j["rider_id"]}
+        for j in load_journeys(d / "JOURNEYS.jsonl")
+        for lg in j["legs"]
+    ]
+    bus55 = next(b for b in truth["buses"] if b["bus_id"] == "bus-55-01")
+    own: list[int] = []
+    other: list[int] = []
+    for r in _trace(d, bus55):
+        if not isinstance(r, AdvRecord):
+            continue
+        for lg in legs:
+            if lg["board_t"] + 10 < r.t < lg["alight_t"] - 10 and verify_rtag(
+                r.mfr[0xFFFF], macs[lg["rider_id"]]
+            ):
+                (own if lg["bus_id"] == "bus-55-01" else other).append(r.rssi)
+    assert own
+    assert other  # the neighbours are heard at all...
+    assert sum(own) / len(own) - sum(other) / len(other) > 15  # ...through two shells
