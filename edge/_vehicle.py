@@ -475,12 +475,12 @@ class VehicleContext:
                 return None, None
             # dead reckoning over- or under-shoots (the bus braked, queued): the stop of
             # the trip nearest the estimate, not behind the last one served
-            best: tuple[float, int] | None = None
+            near: tuple[float, int] | None = None
             for i in range(max(0, self.last_served_index), len(self.stop_ids)):
                 d = abs(self.stop_dist_m[i] - self.progress_m)
-                if d <= p.dropout_match_m and (best is None or d < best[0]):
-                    best = (d, i)
-            return (self.stop_ids[best[1]], best[1]) if best else (None, None)
+                if d <= p.dropout_match_m and (near is None or d < near[0]):
+                    near = (d, i)
+            return (self.stop_ids[near[1]], near[1]) if near else (None, None)
         if self.lat is None or self.lon is None:
             return None, None
         if not self.stop_ids:
