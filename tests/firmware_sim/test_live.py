@@ -92,3 +92,18 @@ async def test_live_run_publishes_signals_and_streams_adverts(
     assert abs(first["t"] - started) < 120
     fleet = read_fleet_keys(tmp_path / "FLEET.csv")
     TokenVerifier(fleet).verify(bytes.fromhex(first["mfr"]["65535"]), first["t"])
+
+
+@pytest.mark.mosquitto
+def test_run_command(
+    shared_broker: Any, topic_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from firmware_sim.cli import main
+
+    broker = f"{shared_broker.host}:{shared_broker.port}"
+    args = ["run", "--broker", broker, "--bus", "bus-G6000-01", "--scenario", "gnss_tunnel"]
+    assert main([*args, "--speed", "5000", "--prefix", topic_prefix]) == 0
+    out = capsys.readouterr().out
+    assert "played gnss_tunnel/bus-G6000-01" in out
+    assert "0 adverts" in out  # no --adv-target
+    assert main(["run", "--broker", "nohost", "--bus", "b", "--scenario", "gnss_tunnel"]) == 2
