@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -157,14 +158,18 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
                 f"{s.bystander_passes} ({s.elapsed_s:.1f} s)"
             )
 
-    suite = score_suite(
-        names,
-        seed=seed,
-        scale=scale,
-        options=cfg.generate_options(),
-        keep_dir=a.keep,
-        progress=progress,
-    )
+    try:
+        suite = score_suite(
+            names,
+            seed=seed,
+            scale=scale,
+            options=cfg.generate_options(),
+            keep_dir=a.keep,
+            progress=progress,
+        )
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        sys.stderr.write(f"{prog} score: the pipeline failed: {exc}\n")
+        return 1
     if a.json:
         _out(
             json.dumps(

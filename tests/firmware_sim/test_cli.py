@@ -80,3 +80,16 @@ def test_bad_scale_in_config_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="scale"):
         load_config(CONFIG_CLASS, env={"BUSBELL_SCENARIO__SCALE": "huge"})
+
+
+def test_score_reports_a_failing_pipeline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import firmware_sim._score as score
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("edge replay ... exited 1: no such command")
+
+    monkeypatch.setattr(score, "run_pipeline", boom)
+    assert main(["score", "--scenarios", "quiet_route"]) == 1
+    assert "the pipeline failed" in capsys.readouterr().err
