@@ -1,0 +1,363 @@
+"""``busbell demo``: the whole system on one machine, as separate processes.
+
+The demo generates a simulated scenario (``busbell sim scenario``), then starts the
+backend (``busbell backend run``: ingest, rider API, key delivery) on SQLite, one edge
+daemon per bus (``busbell edge run``, advert source = a TCP stream), the simulator's
+live players (``busbell sim run``: GNSS, doors, trip and wait requests over MQTT, adverts
+to each edge) and the fleet web view. Everything talks through MQTT and files only, as
+in production. It uses the broker on 127.0.0.1:1883 when one answers, and starts a
+private mosquitto otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import webbrowser
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from busbell._mqtt import MqttSettings
+from busbell._topics import DEFAULT_PREFIX
+
+__all__ = ["DemoPlan", "main"]
+
+EPILOG = """\
+examples:
+  busbell demo                                  # default scenario, browser view on :8090
+  busbell demo --scenario shared_stop_three_routes --speed 10 --no-browser
+  busbell demo --duration 120 --workdir /tmp/demo   # stop after two minutes, keep the files
+  busbell demo --view-only --broker 10.0.0.5:1883   # just the fleet view of a live broker
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(host, port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@dataclass
+class DemoPlan:
+    """Where everything of one demo run lives."""
+
+    workdir: Path
+    scenario: str
+    seed: int
+    speed: float
+    broker_host: str
+    broker_port: int
+    prefix: str
+    view_port: int
+    api_port: int
+    buses: list[str] = field(default_factory=list)
+    stream_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def scn(self) -> Path:
+        """The generated scenario directory."""
+        return self.workdir / "scenario"
+
+    def mqtt_toml(self, client_id: str) -> str:
+        """The ``[mqtt]`` section for one component."""
+        return (
+            f'[mqtt]\nhost = "{self.broker_host}"\nport = {self.broker_port}\n'
+            f'prefix = "{self.prefix}"\nclient_id = "{client_id}"\n'
+        )
+
+    def backend_toml(self) -> str:
+        """The backend's config file."""
+        s = self.scn
+        return (
+            f'[database]\nurl = "sqlite+aiosqlite:///{self.workdir / "backend.db"}"\n\n'
+            f"{self.mqtt_toml('demo-backend')}\n"
+            f'[files]\ndevices = "{s / "DEVICES.csv"}"\nriders = "{s / "RIDERS.csv"}"\n'
+            f'gtfs = "{s / "gtfs"}"\n\n'
+            f'[keys]\nfleet_keys_file = "{s / "FLEET.csv"}"\n\n'
+            f'[api]\nhost = "127.0.0.1"\nport = {self.api_port}\n'
+        )
+
+    def edge_toml(self, bus: str) -> str:
+        """One bus's edge config file."""
+        s = self.scn
+        return (
+            f'bus_id = "{bus}"\ndevice_key = "{s / "keys" / f"{bus}.pem"}"\n'
+            f'fleet_keys = "{s / "FLEET.csv"}"\ngtfs = "{s / "gtfs"}"\n'
+            f'store = "{self.workdir / f"{bus}.fares.db"}"\nsource = "stream"\n\n'
+            f"{self.mqtt_toml(f'demo-edge-{bus}')}\n"
+            f'[stream]\nhost = "127.0.0.1"\nport = {self.stream_ports[bus]}\n\n'
+            "[status]\ninterval_s = 2.0\n"
+        )
+
+
+class _Procs:
+    """The demo's child processes; all are ended together."""
+
+    def __init__(self, logdir: Path, out: IO[str]) -> None:
+        self.logdir = logdir
+        self.out = out
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = self.logdir / f"{name}.log"
+        with log.open("ab") as f:
+            proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+                [sys.executable, "-m", "busbell.cli", *args],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        self.out.write(f"  started {name:<22} pid {proc.pid:<7} log {log}\n")
+        return proc
+
+    def failed(self) -> list[str]:
+        return [
+            n
+            for n, p in self.procs.items()
+            if p.poll() is not None and p.returncode != 0 and not n.startswith("sim-")
+        ]
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.1, deadline - time.monotonic()))
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _scenario(plan: DemoPlan, procs: _Procs) -> None:
+    proc = procs.start(
+        "scenario",
+        [
+            "sim",
+            "scenario",
+            "--name",
+            plan.scenario,
+            "--seed",
+            str(plan.seed),
+            "--out",
+            str(plan.scn),
+        ],
+    )
+    if proc.wait() != 0:
+        raise RuntimeError(f"scenario generation failed: see {procs.logdir / 'scenario.log'}")
+    truth = json.loads((plan.scn / "truth.json").read_text())
+    plan.buses = [b["bus_id"] for b in truth["buses"]]
+
+
+async def _view(plan: DemoPlan) -> None:
+    from busbell._webview import serve_view
+
+    settings = MqttSettings(host=plan.broker_host, port=plan.broker_port, prefix=plan.prefix)
+    await serve_view(settings, "127.0.0.1", plan.view_port)
+
+
+def _summary(plan: DemoPlan, out: IO[str]) -> None:
+    import sqlite3
+
+    db = plan.workdir / "backend.db"
+    if not db.exists():
+        return
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT bus_id, COUNT(*), MAX(seq) FROM fare_events GROUP BY bus_id ORDER BY bus_id"
+            ).fetchall()
+            quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        except sqlite3.Error as exc:
+            out.write(f"  (no ledger summary: {exc})\n")
+            return
+    out.write("\nfare events stored by the backend:\n")
+    for bus, n, top in rows:
+        out.write(f"  {bus:<16} {n:>5} events, up to seq {top}\n")
+    out.write(f"  quarantined: {quarantined}\n")
+
+
+def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
+    """Run the demo until its duration ends, the simulation ends (+ grace) or Ctrl-C."""
+    workdir = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="busbell-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    logdir = workdir / "logs"
+    logdir.mkdir(exist_ok=True)
+    procs = _Procs(logdir, out)
+    host, _, port = a.broker.partition(":")
+    broker_host, broker_port = host or "127.0.0.1", int(port or 1883)
+    plan = DemoPlan(
+        workdir=workdir,
+        scenario=a.scenario,
+        seed=a.seed,
+        speed=a.speed,
+        broker_host=broker_host,
+        broker_port=broker_port,
+        prefix=a.prefix,
+        view_port=a.view_port,
+        api_port=a.api_port or _free_port(),
+    )
+    out.write(f"busbell demo: scenario {a.scenario} (seed {a.seed}), files in {workdir}\n")
+    broker: subprocess.Popen[bytes] | None = None
+    try:
+        if not _port_open(broker_host, broker_port):
+            mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+            if not os.path.exists(mosquitto):
+                out.write("no MQTT broker answers and mosquitto is not installed\n")
+                return 1
+            plan.broker_host, plan.broker_port = "127.0.0.1", _free_port()
+            conf = workdir / "mosquitto.conf"
+            conf.write_text(f"listener {plan.broker_port} 127.0.0.1\nallow_anonymous true\n")
+            with (logdir / "mosquitto.log").open("ab") as f:
+                broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=f, stderr=f)  # noqa: S603
+            _wait_port("127.0.0.1", plan.broker_port, broker, 10)
+            out.write(f"  started a private mosquitto on port {plan.broker_port}\n")
+        _scenario(plan, procs)
+        (workdir / "backend.toml").write_text(plan.backend_toml())
+        backend = procs.start(
+            "backend", ["backend", "run", "--config", str(workdir / "backend.toml")]
+        )
+        _wait_port("127.0.0.1", plan.api_port, backend, 60)
+        for bus in plan.buses:
+            plan.stream_ports[bus] = _free_port()
+            cfg = workdir / f"edge-{bus}.toml"
+            cfg.write_text(plan.edge_toml(bus))
+            edge = procs.start(f"edge-{bus}", ["edge", "run", "--config", str(cfg)])
+            _wait_port("127.0.0.1", plan.stream_ports[bus], edge, 60)
+        sims = []
+        for bus in plan.buses:
+            sims.append(
+                procs.start(
+                    f"sim-{bus}",
+                    [
+                        *("sim", "run", "--broker", f"{plan.broker_host}:{plan.broker_port}"),
+                        *("--bus", bus, "--scenario", plan.scenario, "--seed", str(plan.seed)),
+                        *("--speed", str(plan.speed), "--prefix", plan.prefix, "--scenario-time"),
+                        *("--adv-target", f"tcp://127.0.0.1:{plan.stream_ports[bus]}"),
+                    ],
+                )
+            )
+        url = f"http://127.0.0.1:{plan.view_port}/"
+        out.write(
+            f"\nfleet view: {url}\nrider API:  http://127.0.0.1:{plan.api_port}/docs\n"
+            f"follow it:  busbell tail --broker {plan.broker_host}:{plan.broker_port}"
+            f" --prefix {plan.prefix}\nCtrl-C stops everything.\n"
+        )
+        out.flush()
+        return asyncio.run(_supervise(plan, procs, sims, a, url, out))
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:
+        out.write(f"busbell demo: {exc}\n")
+        return 1
+    finally:
+        procs.stop()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+        _summary(plan, out)
+        out.write(f"logs: {logdir}\n")
+
+
+async def _supervise(  # noqa: PLR0917 - private helper of run_demo
+    plan: DemoPlan,
+    procs: _Procs,
+    sims: list[subprocess.Popen[bytes]],
+    a: argparse.Namespace,
+    url: str,
+    out: IO[str],
+) -> int:
+    view = asyncio.create_task(_view(plan), name="busbell.demo.view")
+    if not a.no_browser:
+        with contextlib.suppress(Exception):
+            webbrowser.open(url)
+    start = time.monotonic()
+    sims_done_at: float | None = None
+    try:
+        while True:
+            await asyncio.sleep(0.5)
+            if view.done():
+                view.result()
+            failed = procs.failed()
+            if failed:
+                out.write(f"busbell demo: {', '.join(failed)} stopped; see the logs\n")
+                return 1
+            if a.duration and time.monotonic() - start >= a.duration:
+                return 0
+            if sims_done_at is None and all(p.poll() is not None for p in sims):
+                sims_done_at = time.monotonic()
+                out.write("simulation finished; letting the edges upload and close segments\n")
+                out.flush()
+            if sims_done_at is not None and time.monotonic() - sims_done_at >= a.grace:
+                return 0
+    finally:
+        view.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await view
+
+
+def main(argv: Sequence[str], prog: str = "busbell demo") -> int:
+    """Entry point of ``busbell demo``."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the whole busbell system on this machine: simulated buses and "
+        "riders, one edge daemon per bus, the backend, and a live fleet view in a browser.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--scenario", default="transfer_two_buses", help="simulator scenario")
+    p.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
+    p.add_argument("--speed", type=float, default=5.0, help="simulation time factor (default 5)")
+    p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    p.add_argument("--view-port", type=int, default=8090, help="fleet view port (default 8090)")
+    p.add_argument("--api-port", type=int, default=0, help="rider API port (default: free)")
+    p.add_argument("--workdir", help="keep all files here (default: a new temp directory)")
+    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: no)")
+    p.add_argument("--grace", type=float, default=20, help="seconds to run on after the sim ends")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--view-only", action="store_true", help="only serve the fleet view")
+    a = p.parse_args(list(argv))
+    if a.view_only:
+        host, _, port = a.broker.partition(":")
+        settings = MqttSettings(host=host or "127.0.0.1", port=int(port or 1883), prefix=a.prefix)
+        sys.stdout.write(f"fleet view: http://127.0.0.1:{a.view_port}/\n")
+        sys.stdout.flush()
+        from busbell._webview import serve_view
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_view(settings, "127.0.0.1", a.view_port))
+        return 0
+    return run_demo(a, sys.stdout)
