@@ -75,6 +75,11 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands: run, settle, enroll, fares explain (each has --help)",
     )
+    ap.add_argument(
+        "--log-level",
+        default="info",
+        help="log level: debug, info, warning, error (logs go to stderr)",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     st = sub.add_parser(
@@ -146,6 +151,9 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> int:
     """Run a ``busbell backend`` command; returns the exit status."""
     args = _build_parser(prog).parse_args(list(argv) if argv is not None else None)
+    from busbell import configure_logging
+
+    configure_logging(args.log_level)
     try:
         if args.command == "settle":
             return _settle(args)
