@@ -11,6 +11,16 @@ import structlog
 __all__ = ["configure_logging", "get_logger"]
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time (tests swap it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     level: str = "info", *, json: bool | None = None, stream: IO[str] | None = None
 ) -> None:
@@ -22,9 +32,10 @@ def configure_logging(
             ``stream`` is a TTY.
         stream: where logs go (standard error by default).
     """
-    out = stream if stream is not None else sys.stderr
+    out: IO[str] = stream if stream is not None else cast(IO[str], _CurrentStderr())
     if json is None:
-        json = not (hasattr(out, "isatty") and out.isatty())
+        probe = stream if stream is not None else sys.stderr
+        json = not (hasattr(probe, "isatty") and probe.isatty())
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -46,7 +57,7 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, out)),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(lvl, logging.WARNING), stream=out, force=True)
+    logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream, force=True)
 
 
 def get_logger(name: str, **bind: Any) -> Any:
