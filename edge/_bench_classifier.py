@@ -183,6 +183,8 @@ def bus_timeline(plan: BusPlan) -> tuple[list[tuple[float, float, float, float]]
 
 def bus_x(phases: Sequence[tuple[float, float, float, float]], t: float) -> tuple[float, float]:
     """Bus position (m) and speed at ``t``."""
+    if t < phases[0][0]:
+        return phases[0][2], 0.0
     for t1, t2, x1, x2 in phases:
         if t1 <= t < t2:
             f = (t - t1) / (t2 - t1)

@@ -739,6 +739,15 @@ class PresenceClassifier:
                 fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
                 out.append(self._draft(seg, fade_end, end_odo))
 
+        # a rotated rider whose new rid is still heard is still aboard: continue it
+        for new_rid, prior in sorted(self._pending.items()):
+            new = self._rids[new_rid]
+            if t - new.last_in_t <= self.params.fade_timeout_s:
+                del self._pending[new_rid]
+                out.append(self._rotated(prior))
+                nv = new.visit if new.state == _CANDIDATE else None
+                stop = nv.stop_id if nv is not None else None
+                self._confirm(new, t, "continued", new.first_t, stop, new.first_odo)
         for r in self._rids.values():
             if r.state == _GONE:
                 continue

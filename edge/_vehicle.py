@@ -37,6 +37,13 @@ DOOR_STUCK_CLOSED = "stuck_closed"
 _M_PER_DEG = math.pi / 180.0 * EARTH_RADIUS_M
 _GRID_DEG = 0.002
 _VISIT_HISTORY = 256
+_JUMP_M = 60.0
+"""Progress may jump ahead this much plus _MAX_SPEED_MPS per second between fixes."""
+_MAX_SPEED_MPS = 40.0
+_BACK_JUMP_M = 300.0
+"""A fix this far behind the progress is inconsistent (GPS noise is tens of metres)."""
+_RELOCALISE_AFTER = 5
+"""Consecutive inconsistent fixes after which the position is searched afresh."""
 
 
 @dataclass(slots=True)
@@ -109,6 +116,7 @@ class VehicleContext:
         self._xy: list[tuple[float, float]] = []
         self._origin: tuple[float, float, float] = (0.0, 0.0, 1.0)
         self._seg = 0
+        self._odd = 0
         # last real fix
         self._fix_t: float | None = None
         self._fix_odo = 0.0
@@ -250,7 +258,9 @@ class VehicleContext:
         f = 0.0 if span <= 0 else min(1.0, max(0.0, (progress - dist[i]) / span))
         return a.lat + f * (b.lat - a.lat), a.lon + f * (b.lon - a.lon)
 
-    def _match(self, lat: float, lon: float, *, global_search: bool = False) -> None:
+    def _match(
+        self, lat: float, lon: float, *, global_search: bool = False, max_jump_m: float = math.inf
+    ) -> None:
         """Map-match a fix to the pattern; progress only moves forward."""
         n = len(self._xy)
         if n < 2:
@@ -282,6 +292,17 @@ class VehicleContext:
             if self.progress_m is None and not global_search:
                 self._match(lat, lon, global_search=True)
             return
+        if self.progress_m is not None and not global_search:
+            ahead = best_prog - self.progress_m
+            if ahead > max_jump_m or ahead < -_BACK_JUMP_M:
+                # inconsistent with where we are: an outlier, or we are lost
+                self._odd += 1
+                if self._odd >= _RELOCALISE_AFTER:
+                    self._odd = 0
+                    self.progress_m = None
+                    self._match(lat, lon, global_search=True)
+                return
+            self._odd = 0
         if self.progress_m is None or best_prog > self.progress_m:
             self.progress_m = best_prog
             self._seg = max(self._seg, best_i) if not global_search else best_i
@@ -314,7 +335,8 @@ class VehicleContext:
         self.odometer_m = max(self.odometer_m, self._fix_odo + travelled)
         self.lat, self.lon = rec.lat, rec.lon
         self.speed_mps = rec.speed_mps
-        self._match(rec.lat, rec.lon)
+        dt = rec.t - self._fix_t if self._fix_t is not None else 0.0
+        self._match(rec.lat, rec.lon, max_jump_m=_JUMP_M + _MAX_SPEED_MPS * dt)
         self._fix_t = rec.t
         self._fix_odo = self.odometer_m
         self._fix_progress = self.progress_m

@@ -480,7 +480,7 @@ def test_finish_while_moving_is_lost_at_the_last_stop_and_drops_candidates() -> 
     assert w.c.on_board() == 0
 
 
-def test_finish_resolves_a_pending_rotation_by_the_new_rid() -> None:
+def test_finish_continues_a_pending_rotation_whose_new_rid_is_heard() -> None:
     w = World(t0=T0 + 560 - 120)
     tok = w.add(Token("fin", lambda _: -60.0))
     w.dwell("S1")
@@ -491,7 +491,9 @@ def test_finish_resolves_a_pending_rotation_by_the_new_rid() -> None:
     w.c.on_visit("open", v, w.t)
     w.wait(2)
     segs = by_name(w.finish(), tok)
-    assert [(s.end.cause, s.end.stop_id) for s in segs] == [("alighted", "S7")]
+    # the new rid is still heard: the rider is aboard, so rotated then continued
+    assert [(s.end.cause, s.end.stop_id) for s in segs] == [("rotated", None), ("alighted", "S7")]
+    assert segs[1].start.cause == "continued"
 
 
 def test_flags_wait_is_counted_outside_and_assist_on_board() -> None:
