@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from busbell import (
     AdvRecord,
@@ -43,6 +44,7 @@ from edge._classifier import PresenceClassifier
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
 from edge._segment import SegmentDraft
+from edge._vehicle import StopVisit, VehicleContext
 
 __all__ = [
     "LAT0",
@@ -351,36 +353,76 @@ def _bench(n_adverts: int, n_tokens: int, seed: int) -> None:
     limit_t = advs[n_adverts - 1].t if n_adverts <= len(advs) else math.inf
     stream = [r for r in recs if r.t <= limit_t][: n_adverts * 2]
     verifier = verifier_for(recs)
-    # classifier alone: pre-verified adverts
-    pre = EdgePipeline("BENCH", gtfs, verifier_for(recs), ClassifierParams())
-    items: list[tuple[float, bytes, int, float, int, int, bytes]] = []
+    # classifier alone: the vehicle context runs first; the adverts are pre-verified and
+    # the stop visits replayed (as fresh objects, opened and closed at the right moments)
+    pre = verifier_for(recs)
+    vehicle = VehicleContext(gtfs, ClassifierParams())
+    ops: list[tuple[Any, ...]] = []
+    n = 0
     for r in stream:
         if isinstance(r, AdvRecord):
             raw = r.mfr[COMPANY]
-            acc = pre.verifier.verify(raw, r.t)
-            items.append(
+            acc = pre.verify(raw, r.t)
+            p = acc.payload
+            ops.append(
                 (
+                    0,
                     r.t,
-                    acc.payload.rid,
+                    p.rid,
                     acc.interval,
                     acc.token_t,
                     r.rssi,
-                    int(acc.payload.flags),
+                    int(p.flags),
                     raw,
+                    vehicle.odometer_m,
+                    r.addr,
                 )
             )
-    n = len(items)
+            n += 1
+        else:
+            for ev in vehicle.feed_record(r):
+                v = ev.visit
+                ops.append(
+                    (
+                        1,
+                        r.t,
+                        ev.kind,
+                        id(v),
+                        v.seq,
+                        v.stop_id,
+                        v.open_t,
+                        v.open_odo_m,
+                        v.close_t,
+                        v.close_odo_m,
+                        vehicle.odometer_m,
+                    )
+                )
     clf = PresenceClassifier(ClassifierParams())
-    advert, tick = clf.advert, clf.tick
+    clf.on_trip(ROUTE_ID, TRIP_ID)
+    advert, tick, on_visit = clf.advert, clf.tick, clf.on_visit
+    copies: dict[int, StopVisit] = {}
     t0 = time.perf_counter()
-    odo = 0.0
-    for t, rid, interval, token_t, rssi, flags, raw in items:
-        advert(t, rid, interval, token_t, rssi, flags, raw, odo)
+    for op in ops:
+        if op[0] == 0:
+            _, t, rid, interval, token_t, rssi, flags, raw, odo, addr = op
+            advert(t, rid, interval, token_t, rssi, flags, raw, odo, addr)
+        else:
+            _, t, kind, key, seq, stop_id, open_t, open_odo, close_t, close_odo, odo = op
+            c = copies.get(key)
+            if kind == "open":
+                if c is None:
+                    c = copies[key] = StopVisit(seq, stop_id, open_t, open_odo, "door")
+                c.close_t = c.close_odo_m = None
+            elif c is not None:
+                c.close_t, c.close_odo_m = close_t, close_odo
+            if c is not None:
+                on_visit(kind, c, t)
         tick(t, odo)
     dt = time.perf_counter() - t0
     sys.stdout.write(
-        f"classifier alone (advert + tick per advert): {n:,} adverts in {dt:.2f} s = "
-        f"{n / dt:,.0f} adverts/s\n"
+        f"classifier alone (advert + tick per advert, stop visits replayed): {n:,} adverts "
+        f"in {dt:.2f} s = {n / dt:,.0f} adverts/s; {clf.confirmed} boardings confirmed, "
+        f"{sum(clf.closed.values())} segments\n"
     )
     pipe = EdgePipeline("BENCH", gtfs, verifier)
     feed = pipe.feed
