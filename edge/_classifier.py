@@ -594,7 +594,8 @@ class PresenceClassifier:
                 continue
             if (
                 r.rot
-                and r.pred == _PRED_NONE
+                # a rider's rotation may take over a rid handed a candidate's stop
+                and (r.pred == _PRED_NONE or (kind == _PRED_ONBOARD and r.pred == _PRED_CANDIDATE))
                 and r.interval == nxt
                 and r.state in (_CANDIDATE, _ROTATING)
                 and lo <= r.first_t <= hi
