@@ -644,7 +644,7 @@ class PresenceClassifier:
         A rid that boarded, rode less than ``lost_min_m`` and vanished with no door
         opening is far likelier someone in a vehicle travelling alongside for a while
         (two buses leaving a shared stop together) than a rider whose token died. A rid
-        that "alighted" at the stop it boarded at never rode.
+        that "alighted" at the very stop visit it boarded at never rode.
         """
         assert r.start is not None
         if (
@@ -654,8 +654,7 @@ class PresenceClassifier:
         ) or (
             end.cause == "alighted"
             and r.start.cause == "boarded"
-            and end.stop_id == r.start.stop_id
-            and end.t <= r.start.t + self.params.board_grace_s
+            and end_odo <= r.start_odo  # "alighted" at the visit it boarded at
         ):
             self.discarded += 1
             log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
