@@ -739,10 +739,13 @@ class PresenceClassifier:
                 fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
                 out.append(self._draft(seg, fade_end, end_odo))
 
-        # a rotated rider whose new rid is still heard is still aboard: continue it
+        # a rotated rider whose new rid is still heard in the bus is aboard: continue it
         for new_rid, prior in sorted(self._pending.items()):
             new = self._rids[new_rid]
-            if t - new.last_in_t <= self.params.fade_timeout_s:
+            if (
+                t - new.last_in_t <= self.params.fade_timeout_s
+                and new.n_far >= self.params.confirm_adverts
+            ):
                 del self._pending[new_rid]
                 out.append(self._rotated(prior))
                 nv = new.visit if new.state == _CANDIDATE else None
