@@ -186,6 +186,14 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, Path):
+        return repr(str(value))
+    if isinstance(value, tuple):
+        return repr(list(value))
+    return repr(value)
+
+
 def describe_config(cls: type[Any], path: str = "") -> list[ConfigOption]:
     """Every option of a configuration dataclass, for documentation and ``--help``."""
     hints = typing.get_type_hints(cls)
@@ -197,9 +205,9 @@ def describe_config(cls: type[Any], path: str = "") -> list[ConfigOption]:
             out.extend(describe_config(tp, key))  # type: ignore[arg-type]
             continue
         if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
+            default = _show(f.default)
         elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+            default = _show(f.default_factory())
         else:
             default = "(required)"
         out.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -306,7 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    raise SystemExit(main())
+    try:
+        code = main()
+    except BrokenPipeError:  # e.g. `busbell config edge | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 0
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -304,3 +304,17 @@ def test_module_level_logger_follows_capture_logs() -> None:
             "upto_seq": 4,
         }
     ]
+
+
+@pytest.mark.parametrize("component", ["edge", "backend", "sim"])
+def test_config_command_lists_documented_options(tmp_path: Path, component: str) -> None:
+    r = run_cli("config", component, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    entries = r.stdout.split("\n")
+    heads = [e for e in entries if e and not e.startswith("    ")]
+    docs = [e for e in entries if e.startswith("    ")]
+    assert len(heads) >= 10
+    assert len(heads) == len(docs)
+    assert all(d.strip() for d in docs), "every option has a doc"
+    assert all("env BUSBELL_" in h for h in heads)
+    assert "PosixPath" not in r.stdout
