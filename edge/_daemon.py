@@ -164,15 +164,12 @@ class EdgeDaemon:
         self.link.on_connect(self._on_connected)
 
     def _make_pipeline(self) -> Pipeline:
-        import importlib
-
         from busbell import TokenVerifier, load_gtfs
+        from edge._pipeline import EdgePipeline
 
         params = self.config.classifier
         verifier = TokenVerifier(self.fleet_keys, window_s=params.tq_window_s)
-        cls = importlib.import_module("edge._pipeline").EdgePipeline
-        pipeline: Pipeline = cls(self.bus_id, load_gtfs(self.config.gtfs), verifier, params)
-        return pipeline
+        return EdgePipeline(self.bus_id, load_gtfs(self.config.gtfs), verifier, params)
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -226,16 +223,7 @@ class EdgeDaemon:
 
     async def _record(self, drafts: list[SegmentDraft]) -> None:
         """Record closed segments; on a store failure keep them and retry (never drop)."""
-        for d in drafts:
-            self.stats.segments_closed += 1
-            _log.info(
-                "segment_closed",
-                rid=d.rid,
-                start_cause=d.start.cause,
-                end_cause=d.end.cause,
-                start_stop=d.start.stop_id,
-                end_stop=d.end.stop_id,
-            )
+        self.stats.segments_closed += len(drafts)
         self._pending.extend(drafts)
         if not self._pending:
             return

@@ -1,0 +1,260 @@
+"""``busbell edge``: run the onboard daemon live, record a trace, replay a trace.
+
+User-facing output goes to standard output/error here only; the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from busbell import (
+    BusbellError,
+    DeviceKey,
+    TokenVerifier,
+    TraceError,
+    TraceReader,
+    TraceWriter,
+    configure_logging,
+    load_config,
+    load_gtfs,
+    parse_record,
+    read_fleet_keys,
+)
+from edge.config import EdgeConfig
+
+__all__ = ["main"]
+
+RUN_EPILOG = """\
+example:
+  busbell edge run --config /etc/busbell/edge.toml
+  BUSBELL_MQTT__HOST=10.0.0.2 BUSBELL_SOURCE=stream busbell edge run --config edge.toml
+"""
+RECORD_EPILOG = """\
+example:
+  busbell edge record --config edge.toml --out day.trace.jsonl --duration 3600
+"""
+REPLAY_EPILOG = """\
+example:
+  busbell edge replay day.trace.jsonl --gtfs gtfs/ --device-key bus.pem \\
+      --fleet-keys FLEET.csv --out EVENTS.jsonl
+"""
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="The onboard daemon: run live, record a trace, replay a trace.",
+        epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command")
+    fmt = argparse.RawDescriptionHelpFormatter
+    run = sub.add_parser(
+        "run",
+        help="run the daemon live (source, MQTT, fare store)",
+        description="Run the edge daemon live. Options come from the TOML config, "
+        "overridden by BUSBELL_<SECTION>__<KEY> environment variables "
+        "(`busbell config edge` lists them). SIGTERM/SIGINT shut it down gracefully.",
+        epilog=RUN_EPILOG,
+        formatter_class=fmt,
+    )
+    run.add_argument("--config", type=Path, help="TOML config file (defaults + env if absent)")
+    rec = sub.add_parser(
+        "record",
+        help="record a trace v1 from the live sources",
+        description="Write a trace v1 file: advertisements from the configured source and "
+        "the vehicle topics (gnss, doors, trip) from MQTT.",
+        epilog=RECORD_EPILOG,
+        formatter_class=fmt,
+    )
+    rec.add_argument("--config", type=Path, help="TOML config file")
+    rec.add_argument("--out", type=Path, required=True, help="trace file to write")
+    rec.add_argument("--duration", type=float, help="stop after this many seconds")
+    rep = sub.add_parser(
+        "replay",
+        help="replay a trace through the pipeline into EVENTS.jsonl",
+        description="Feed a trace through the same pipeline, event builder and fare store "
+        "(in-memory SQLite) in virtual time, as fast as the CPU allows; write one "
+        "canonical-JSON fare event per line. Deterministic: same inputs, same bytes.",
+        epilog=REPLAY_EPILOG,
+        formatter_class=fmt,
+    )
+    rep.add_argument("trace", type=Path, help="trace v1 file (JSON Lines)")
+    rep.add_argument("--gtfs", type=Path, required=True, help="GTFS static directory")
+    rep.add_argument("--device-key", type=Path, required=True, help="Ed25519 PEM (PKCS#8)")
+    rep.add_argument("--fleet-keys", type=Path, required=True, help="FLEET.csv")
+    rep.add_argument("--out", type=Path, required=True, help="EVENTS.jsonl to write")
+    rep.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
+    return p
+
+
+def _load(path: Path | None) -> EdgeConfig:
+    return load_config(EdgeConfig, path)
+
+
+def _make_source(config: EdgeConfig, clock: Callable[[], float]) -> Any:
+    if config.source == "ble":
+        from edge._ble import BleakSource
+
+        return BleakSource(config.scanner, clock)
+    if config.source == "stream":
+        from edge._stream_source import StreamSource
+
+        return StreamSource(config.stream.host, config.stream.port)
+    from edge._trace_source import TraceSource
+
+    if config.trace.path is None:
+        raise BusbellError("source 'trace' needs trace.path")
+    return TraceSource(config.trace.path, config.trace.speed)
+
+
+async def _run(config: EdgeConfig) -> int:
+    from edge._daemon import EdgeDaemon
+
+    daemon = EdgeDaemon(config, _make_source(config, time.time), time.time)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    await daemon.run()
+    return 0
+
+
+async def _record(config: EdgeConfig, out: Path, duration: float | None) -> int:
+    from busbell import AdvRecord, Topics
+    from edge._uplink import MqttLink
+
+    topics = Topics(config.mqtt.prefix)
+    source = _make_source(config, time.time)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    counts = {"adv": 0, "vehicle": 0, "bad": 0}
+    with out.open("w", encoding="utf-8") as fp:
+        writer = TraceWriter(fp, config.bus_id, recorder="busbell edge record")
+
+        def on_adv(rec: AdvRecord) -> None:
+            writer.write(rec)
+            counts["adv"] += 1
+
+        link = MqttLink(
+            config.mqtt, config.bus_id, topics, client_id=f"busbell-record-{config.bus_id}"
+        )
+        for signal_name, kind in (("gnss", "gnss"), ("doors", "door"), ("trip", "trip")):
+
+            def handler(kind: str) -> Callable[[bytes], Any]:
+                async def h(payload: bytes) -> None:
+                    import json
+
+                    try:
+                        obj = json.loads(payload)
+                        if not isinstance(obj, dict):
+                            raise TraceError("must be a JSON object", line=0)
+                        writer.write(parse_record({**obj, "kind": kind}, 0))
+                        counts["vehicle"] += 1
+                    except (ValueError, TraceError):
+                        counts["bad"] += 1
+
+                return h
+
+            link.route(topics.vehicle(config.bus_id, signal_name), handler(kind))
+        tasks = [asyncio.create_task(link.run()), asyncio.create_task(source.run(on_adv))]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration):
+                await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.flush()
+    sys.stderr.write(
+        f"recorded {counts['adv']} adverts, {counts['vehicle']} vehicle records "
+        f"({counts['bad']} malformed vehicle messages skipped) to {out}\n"
+    )
+    return 0
+
+
+async def _replay(a: argparse.Namespace) -> int:
+    from edge._daemon import replay_records
+    from edge._events import EventBuilder
+    from edge._pipeline import EdgePipeline
+    from edge._store import FareStore
+
+    config = _load(a.config)
+    params = config.classifier
+    key = DeviceKey.load(a.device_key)
+    fleet = read_fleet_keys(a.fleet_keys)
+    feed = load_gtfs(a.gtfs)
+    bad: list[TraceError] = []
+    try:
+        fp = a.trace.open(encoding="utf-8")
+    except OSError as exc:
+        raise BusbellError(f"cannot read trace {a.trace}: {exc.strerror}") from None
+    with fp:
+        reader = TraceReader(fp, on_error=bad.append)
+        bus_id = reader.meta.bus_id
+        pipeline = EdgePipeline(
+            bus_id, feed, TokenVerifier(fleet, window_s=params.tq_window_s), params
+        )
+        last_t = [0.0]
+
+        def clock() -> float:
+            return last_t[0]
+
+        store = await FareStore.open(":memory:", EventBuilder(bus_id, key), clock=clock)
+        tmp = a.out.with_name(a.out.name + ".tmp")
+        try:
+            with tmp.open("wb") as out:
+
+                def records() -> Any:
+                    for rec in reader:
+                        last_t[0] = rec.t
+                        yield rec
+
+                n = await replay_records(records(), pipeline, store, out)
+            tmp.replace(a.out)
+        finally:
+            await store.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    for err in bad[:20]:
+        sys.stderr.write(f"{a.trace}: {err}\n")
+    if len(bad) > 20:
+        sys.stderr.write(f"... and {len(bad) - 20} more bad lines\n")
+    sys.stderr.write(
+        f"replayed {a.trace}: {n} fare events to {a.out}; {len(bad)} bad trace lines skipped\n"
+    )
+    return 0
+
+
+def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
+    """Run ``busbell edge ...``; returns the exit status.
+
+    Raises:
+        busbell.BusbellError: on bad configuration, key files, GTFS or trace meta line
+            (the ``busbell`` entry point prints it and exits 1).
+    """
+    p = _parser(prog)
+    a = p.parse_args(list(argv))
+    if a.command is None:
+        p.print_help()
+        return 2
+    if a.command == "replay":
+        configure_logging("warning")
+        return asyncio.run(_replay(a))
+    config = _load(a.config)
+    configure_logging(config.log_level)
+    if a.command == "run":
+        return asyncio.run(_run(config))
+    return asyncio.run(_record(config, a.out, a.duration))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main(sys.argv[1:], "python -m edge.cli"))
