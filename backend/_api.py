@@ -161,6 +161,9 @@ class EnrolRequest(BaseModel):
         description="Rider id to use (1-64 of [A-Za-z0-9_.:-]); default: a random one.",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
     )
+    category: Literal["adult", "youth", "child"] = Field(
+        "adult", description="Fare category the rider's journeys are priced with."
+    )
 
 
 class EnrolResponse(BaseModel):
@@ -168,6 +171,7 @@ class EnrolResponse(BaseModel):
 
     rider_id: str
     kind: Literal["fob", "app"]
+    category: Literal["adult", "youth", "child"]
     token_key: str = Field(description="16-byte token key, 32 hex characters; shown once.")
     enrolled_at: float
 
@@ -177,6 +181,8 @@ class RiderStatus(BaseModel):
 
     rider_id: str
     status: Literal["active", "revoked"]
+    kind: str
+    category: str
     enrolled_at: float
     revoked_at: float | None
 
@@ -194,6 +200,7 @@ class LegOut(BaseModel):
     alight_stop_id: str | None
     alight_t: float
     distance_m: float
+    flags: list[str] = Field(default_factory=list, description="Review flags of the leg.")
 
 
 class JourneyOut(BaseModel):
@@ -207,6 +214,10 @@ class JourneyOut(BaseModel):
     ruleset_id: str
     explain: list[str]
     legs: list[LegOut]
+    charged: bool = Field(True, description="False: held for review, not charged.")
+    flags: list[str] = Field(
+        default_factory=list, description="Review flags (lost, suspected_replay, review, ...)."
+    )
 
 
 class JourneysOut(BaseModel):
@@ -307,13 +318,19 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
         rider_id = body.rider_id or f"r-{secrets.token_hex(8)}"
         token_key = secrets.token_bytes(16)
         now = state.clock()
-        if not await _insert_rider(state.engine, rider_id, token_key, now):
+        if not await _insert_rider(
+            state.engine, rider_id, token_key, now, kind=body.kind, category=body.category
+        ):
             raise HTTPException(409, f"rider {rider_id!r} already exists")
         if state.on_enrolled is not None:
             state.on_enrolled(rider_id, token_key)
-        log.info("rider_enrolled", rider_id=rider_id, kind=body.kind)
+        log.info("rider_enrolled", rider_id=rider_id, kind=body.kind, category=body.category)
         return EnrolResponse(
-            rider_id=rider_id, kind=body.kind, token_key=token_key.hex(), enrolled_at=now
+            rider_id=rider_id,
+            kind=body.kind,
+            category=body.category,
+            token_key=token_key.hex(),
+            enrolled_at=now,
         )
 
     @app.get("/riders/{rider_id}", response_model=RiderStatus, tags=["riders"])
@@ -323,6 +340,8 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
         return RiderStatus(
             rider_id=row.rider_id,
             status=row.status,
+            kind=row.kind,
+            category=row.category,
             enrolled_at=row.enrolled_at,
             revoked_at=row.revoked_at,
         )
@@ -346,6 +365,8 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
         return RiderStatus(
             rider_id=rider_id,
             status="revoked",
+            kind=row.kind,
+            category=row.category,
             enrolled_at=row.enrolled_at,
             revoked_at=revoked_at,
         )
@@ -390,6 +411,7 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
                     alight_stop_id=lr.alight_stop_id,
                     alight_t=lr.alight_t,
                     distance_m=lr.distance_m,
+                    flags=[str(x) for x in (lr.flags or [])],
                 )
             )
         return JourneysOut(
@@ -404,6 +426,8 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
                     ruleset_id=r.ruleset_id,
                     explain=[str(x) for x in (r.explain or [])],
                     legs=by_journey.get(r.journey_id, []),
+                    charged=bool(r.charged),
+                    flags=[str(x) for x in (r.flags or [])],
                 )
                 for r in rows
             ],
@@ -557,7 +581,15 @@ def _wait_out(state: ApiState, rec: WaitRecord) -> WaitOut:
     )
 
 
-async def _insert_rider(engine: AsyncEngine, rider_id: str, token_key: bytes, now: float) -> bool:
+async def _insert_rider(
+    engine: AsyncEngine,
+    rider_id: str,
+    token_key: bytes,
+    now: float,
+    *,
+    kind: str = "fob",
+    category: str = "adult",
+) -> bool:
     async with engine.begin() as conn:
         exists = (
             await conn.execute(sa.select(riders.c.rider_id).where(riders.c.rider_id == rider_id))
@@ -571,13 +603,20 @@ async def _insert_rider(engine: AsyncEngine, rider_id: str, token_key: bytes, no
                 status="active",
                 enrolled_at=now,
                 revoked_at=None,
+                kind=kind,
+                category=category,
             )
         )
     return True
 
 
-async def enroll_rider(url: str, rider_id: str, token_key: bytes, *, kind: str = "fob") -> None:
+async def enroll_rider(
+    url: str, rider_id: str, token_key: bytes, *, kind: str = "fob", category: str = "adult"
+) -> None:
     """Enrol a rider into the database at ``url`` (migrating it first).
+
+    The rider's ``kind`` (fob or app) and fare ``category`` are stored with the token
+    key, which is all the online settlement needs to resolve and price the rider.
 
     Raises:
         StoreError: the database cannot be reached or migrated.
@@ -588,9 +627,11 @@ async def enroll_rider(url: str, rider_id: str, token_key: bytes, *, kind: str =
     engine = create_engine(url)
     try:
         await migrate(engine)
-        if not await _insert_rider(engine, rider_id, token_key, time.time()):
+        if not await _insert_rider(
+            engine, rider_id, token_key, time.time(), kind=kind, category=category
+        ):
             raise ContractError(f"rider {rider_id!r} already exists", field="rider_id")
-        log.info("rider_enrolled", rider_id=rider_id, kind=kind)
+        log.info("rider_enrolled", rider_id=rider_id, kind=kind, category=category)
     finally:
         await engine.dispose()
 

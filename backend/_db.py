@@ -49,7 +49,11 @@ __all__ = [
     "migrate",
     "quarantine",
     "rid_lookup",
+    "rider_segments",
     "riders",
+    "settlement_dirty",
+    "settlement_watermarks",
+    "unresolved_segments",
 ]
 
 MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
@@ -148,6 +152,14 @@ riders = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, doc="active or revoked"),
     sa.Column("enrolled_at", _Time, nullable=False),
     sa.Column("revoked_at", _Time, nullable=True),
+    sa.Column("kind", sa.String(8), nullable=False, server_default="fob", doc="fob or app"),
+    sa.Column(
+        "category",
+        sa.String(16),
+        nullable=False,
+        server_default="adult",
+        doc="fare category: adult, youth or child",
+    ),
 )
 
 rid_lookup = sa.Table(
@@ -171,7 +183,19 @@ journeys = sa.Table(
     sa.Column("ruleset_id", sa.String(64), nullable=False),
     sa.Column("explain", sa.JSON(), nullable=False),
     sa.Column("computed_at", _Time, nullable=False),
+    sa.Column(
+        "service_day", sa.String(10), nullable=False, server_default="", doc="YYYY-MM-DD, local"
+    ),
+    sa.Column(
+        "charged",
+        sa.Boolean(),
+        nullable=False,
+        server_default=sa.true(),
+        doc="false: held for review (suspected replay), fare 0, no charge row",
+    ),
+    sa.Column("flags", sa.JSON(), nullable=False, server_default="[]", doc="review flags"),
     sa.Index(None, "rider_id", "first_board_t"),
+    sa.Index(None, "rider_id", "service_day"),
 )
 
 legs = sa.Table(
@@ -189,6 +213,14 @@ legs = sa.Table(
     sa.Column("alight_t", _Time, nullable=False),
     sa.Column("distance_m", sa.Double(), nullable=False),
     sa.Column("event_ids", sa.JSON(), nullable=False, doc="fare_events.event_id of its segments"),
+    sa.Column(
+        "distance_source",
+        sa.String(16),
+        nullable=False,
+        server_default="events",
+        doc="gtfs, events or penalty",
+    ),
+    sa.Column("flags", sa.JSON(), nullable=False, server_default="[]", doc="review flags"),
 )
 
 charges = sa.Table(
@@ -201,7 +233,11 @@ charges = sa.Table(
     sa.Column("fare_krw", sa.Integer(), nullable=False),
     sa.Column("category", sa.String(32), nullable=False),
     sa.Column("created_at", _Time, nullable=False),
+    sa.Column(
+        "service_day", sa.String(10), nullable=False, server_default="", doc="YYYY-MM-DD, local"
+    ),
     sa.Index(None, "rider_id", "t"),
+    sa.Index(None, "rider_id", "service_day"),
 )
 
 adjustments = sa.Table(
@@ -220,6 +256,62 @@ adjustments = sa.Table(
     sa.Column("created_at", _Time, nullable=False),
     sa.UniqueConstraint("kind", "rider_id", "category", "period"),
 )
+
+rider_segments = sa.Table(
+    "rider_segments",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Column("bus_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("interval", sa.BigInteger(), nullable=False),
+    sa.Column("route_id", sa.String(128), nullable=True),
+    sa.Column("trip_id", sa.String(128), nullable=True),
+    sa.Column("start_t", _Time, nullable=False),
+    sa.Column("start_stop_id", sa.String(128), nullable=True),
+    sa.Column("start_cause", sa.String(16), nullable=False),
+    sa.Column("end_t", _Time, nullable=False),
+    sa.Column("end_stop_id", sa.String(128), nullable=True),
+    sa.Column("end_cause", sa.String(16), nullable=False),
+    sa.Column("distance_m", sa.Double(), nullable=False),
+    sa.Column("settled_at", _Time, nullable=False),
+    sa.Index(None, "rider_id", "start_t"),
+)
+"""Derived: one row per fare event whose rid resolved and whose proof holds."""
+
+unresolved_segments = sa.Table(
+    "unresolved_segments",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("bus_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("rid", sa.String(24), nullable=False),
+    sa.Column("interval", sa.BigInteger(), nullable=False),
+    sa.Column("start_t", _Time, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text(), nullable=False),
+    sa.Column("rider_id", sa.String(64), nullable=True, doc="when the rid resolved"),
+    sa.Column("recorded_at", _Time, nullable=False),
+    sa.Index(None, "reason"),
+)
+"""Derived: fare events never charged (rid not resolved, proof failed, rider revoked)."""
+
+settlement_watermarks = sa.Table(
+    "settlement_watermarks",
+    metadata,
+    sa.Column("bus_id", sa.String(64), primary_key=True),
+    sa.Column("settled_seq", sa.BigInteger(), nullable=False, doc="events <= it are settled"),
+    sa.Column("updated_at", _Time, nullable=False),
+)
+
+settlement_dirty = sa.Table(
+    "settlement_dirty",
+    metadata,
+    sa.Column("rider_id", sa.String(64), primary_key=True),
+    sa.Column("service_day", sa.String(10), primary_key=True),
+    sa.Column("marked_at", _Time, nullable=False),
+)
+"""Rider-days whose derived rows must be recomputed (new or late segments)."""
 
 fleet_keys = sa.Table(
     "fleet_keys",

@@ -13,11 +13,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from busbell._errors import BusbellError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["main", "run_backend"]
 
 SETTLE_EPILOG = """\
 example:
@@ -114,7 +117,12 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     en.add_argument("--db", default=None, help="database URL (SQLAlchemy async)")
     en.add_argument("--kind", choices=["fob", "app"], default="fob")
     en.add_argument("--rider-id", default=None, help="rider id (default: a random one)")
-    en.add_argument("--category", default="adult")
+    en.add_argument(
+        "--category",
+        choices=["adult", "youth", "child"],
+        default="adult",
+        help="fare category the rider is priced with (stored with --db)",
+    )
 
     fa = sub.add_parser(
         "fares",
@@ -247,11 +255,14 @@ def _enroll(args: argparse.Namespace) -> int:
 
         from backend._api import enroll_rider
 
-        asyncio.run(enroll_rider(args.db, rider_id, token_key, kind=args.kind))
+        asyncio.run(
+            enroll_rider(args.db, rider_id, token_key, kind=args.kind, category=args.category)
+        )
     if args.riders is not None:
         append_row(args.riders, RIDERS_HEADER, (rider_id, token_key.hex()))
     _out(f"rider_id: {rider_id}")
     _out(f"kind: {args.kind}")
+    _out(f"category: {args.category}")
     _out(f"token_key: {token_key.hex()}")
     _err("the token key is shown once: load it into the fob or app now")
     return 0
@@ -315,7 +326,47 @@ def _explain(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from backend._api import run_service
+    status: int = asyncio.run(run_backend(args.config))
+    return status
 
-    status: int = asyncio.run(run_service(args.config))
+
+async def run_backend(config_path: Path | None, *, stop: asyncio.Event | None = None) -> int:
+    """Run the rider API service (ingest, keys) and, when enabled, the settlement worker.
+
+    Returns:
+        The service's exit status.
+    """
+    import asyncio
+
+    from backend._api import run_service
+    from backend._settlement import run_settlement
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    config = load_config(BackendConfig, config_path)
+    stopper = stop or asyncio.Event()
+    if not config.settlement.enabled:
+        return await run_service(config_path, stop=stopper)
+    status = 0
+
+    async def service() -> None:
+        nonlocal status
+        try:
+            status = await run_service(config_path, stop=stopper)
+        finally:
+            stopper.set()
+
+    async def settlement() -> None:
+        try:
+            await run_settlement(config, stop=stopper)
+        finally:
+            stopper.set()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(service(), name="busbell-backend.service")
+            tg.create_task(settlement(), name="busbell-backend.settlement")
+    except ExceptionGroup as eg:
+        # report the first failure as main() reports any other (clear message, exit 2)
+        raise eg.exceptions[0] from None
     return status

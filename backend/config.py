@@ -1,7 +1,7 @@
 """Configuration of the central backend (``busbell backend ...``).
 
 :class:`BackendConfig` is the root: TOML sections ``[database]``, ``[mqtt]``,
-``[ingest]``, ``[keys]``, ``[files]`` and ``[api]``, each overridable from the
+``[ingest]``, ``[settlement]``, ``[keys]``, ``[files]`` and ``[api]``, each overridable from the
 environment as ``BUSBELL_<SECTION>__<KEY>`` (e.g. ``BUSBELL_DATABASE__URL``).
 ``busbell config backend`` lists every option with its documentation.
 """
@@ -22,6 +22,7 @@ __all__ = [
     "FilesSettings",
     "IngestSettings",
     "KeysSettings",
+    "SettlementSettings",
 ]
 
 
@@ -100,6 +101,45 @@ class IngestSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SettlementSettings:
+    """Online settlement of stored fare events into journeys and charges (``[settlement]``)."""
+
+    enabled: bool = option(
+        True, doc="Run the settlement worker in `busbell backend run` (one per database)."
+    )
+    interval_s: float = option(
+        5.0, doc="Seconds between settlement passes (new events -> segments -> rider-days)."
+    )
+    gap_grace_s: float = option(
+        60.0,
+        doc=(
+            "Events after a hole in a bus's stored seqs wait this long (by received_at) "
+            "before they are settled anyway."
+        ),
+    )
+    lost_policy: str = option(
+        "last-stop",
+        doc=(
+            "Legs whose rider was not seen alighting: last-stop (charge to the last "
+            "confirmed stop) or penalty (the route's maximum distance)."
+        ),
+    )
+    default_category: str = option(
+        "adult", doc="Fare category of riders enrolled without one (adult, youth, child)."
+    )
+    rules: Path | None = option(None, doc="Fare rules TOML (empty: the packaged rules).")
+    batch_events: int = option(
+        5000, doc="Most fare events of one bus turned into segments in one transaction."
+    )
+    stitch_gap_s: float = option(
+        60.0, doc="Largest gap between a rotated end and a continued start stitched into a leg."
+    )
+    replay_overlap_s: float = option(
+        60.0, doc="Overlap of two legs on different buses above which both are held for review."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class KeysSettings:
     """Fleet day keys and their distribution (``[keys]``)."""
 
@@ -161,6 +201,9 @@ class BackendConfig:
     database: DatabaseSettings = option(factory=DatabaseSettings, doc="Ledger database.")
     mqtt: MqttSettings = option(factory=MqttSettings, doc="Central MQTT broker.")
     ingest: IngestSettings = option(factory=IngestSettings, doc="Fare ingest.")
+    settlement: SettlementSettings = option(
+        factory=SettlementSettings, doc="Online settlement (journeys, charges)."
+    )
     keys: KeysSettings = option(factory=KeysSettings, doc="Fleet keys and distribution.")
     files: FilesSettings = option(factory=FilesSettings, doc="Registry and GTFS files.")
     api: ApiSettings = option(factory=ApiSettings, doc="HTTP API.")

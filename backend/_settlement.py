@@ -1,0 +1,856 @@
+"""Online settlement: stored fare events -> segments -> journeys, charges, adjustments.
+
+Ingest (:mod:`backend._ingest`) stores verified, chained fare events in ``fare_events``
+(immutable facts). :class:`SettlementWorker` turns them into the *derived* tables the
+rider API reads, with the same code as ``busbell backend settle``:
+
+1. **Segments.** Per bus, the events after the bus's watermark
+   (``settlement_watermarks.settled_seq``) are read in ``seq`` order. A hole in the
+   stored seqs (never made by ingest, which stores only linked events, but possible after
+   manual repair) stops the bus there until the event after it is ``gap_grace_s`` old.
+   Each event's rid is resolved and its proof (``rtag``, ``tq``) checked by
+   :func:`backend._settle.segment_of`, exactly as offline. A resolved segment goes to
+   ``rider_segments``; one that is not (``unresolved_rid``, ``bad_rtag``, ...,
+   ``revoked_rider``) goes to ``unresolved_segments`` with the reason, is counted and
+   logged, and is never charged. The rider-days it may change are marked in
+   ``settlement_dirty``. Segments, marks and the new watermark commit in one transaction.
+2. **Rider-days.** Each marked rider-day is recomputed in one transaction: the rider's
+   segments from ``CONTEXT_S`` before the day to ``CONTEXT_S`` after it are built and
+   priced by :meth:`backend._journeys.JourneyBuilder.build_rider` (the offline function)
+   with the rider's category; the journeys whose first boarding falls in the day replace
+   that rider-day's ``journeys``, ``legs`` and ``charges``; the adjustments of the months
+   concerned are recomputed from the rider's charges (:func:`period_adjustments`).
+
+The *service day* of a time is the local date (fare rules' timezone) of the travel day
+that starts at ``daily_cap.day_start`` (04:30 by default), like the daily cap's.
+
+Everything here is idempotent: re-running a pass, or recomputing a rider-day, yields the
+same rows (only ``computed_at`` changes; a charge keeps its ``created_at`` while its fare
+is unchanged). Run one settlement worker per database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import time
+from collections import Counter as CountMap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import Counter
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from backend._db import (
+    adjustments,
+    chain_state,
+    charges,
+    create_engine,
+    fare_events,
+    insert_ignore,
+    journeys,
+    legs,
+    migrate,
+    rider_segments,
+    riders,
+    settlement_dirty,
+    settlement_watermarks,
+    unresolved_segments,
+)
+from backend._fare_engine import Charge, FareEngine, period_adjustments
+from backend._fare_rules import FareRules, load_rules
+from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, LostPolicy, Segment
+from backend._resolve import DEFAULT_PROOF_SLACK_S, ProofRejected, Resolver, RiderKeyring
+from backend._settle import segment_of
+from backend.config import BackendConfig
+from busbell import ConfigError, StoreError, get_logger
+from busbell._gtfs import Feed
+
+__all__ = [
+    "CATEGORIES",
+    "CONTEXT_S",
+    "RevokedRider",
+    "SettleReport",
+    "SettlementWorker",
+    "event_of_row",
+    "import_riders",
+    "run_settlement",
+]
+
+CATEGORIES = ("adult", "youth", "child")
+"""Rider fare categories."""
+
+CONTEXT_S = 3 * 3600.0
+"""Segments this far before and after a service day are read when it is recomputed, so a
+journey that crosses the day boundary is grouped as offline (one starting more than
+``CONTEXT_S`` before a leg of the next day is beyond what the transfer rules allow)."""
+
+SEGMENTS = Counter("busbell_settlement_segments", "Fare events settled into rider segments")
+UNRESOLVED = Counter(
+    "busbell_settlement_unresolved", "Fare events never charged (by reason)", ["reason"]
+)
+RIDER_DAYS = Counter("busbell_settlement_rider_days", "Rider-days recomputed")
+FAILURES = Counter("busbell_settlement_failures", "Settlement passes that failed")
+
+
+def _log() -> Any:
+    return get_logger("backend.settlement")
+
+
+@dataclass(slots=True)
+class SettleReport:
+    """What one settlement pass did.
+
+    Attributes:
+        events: fare events read from the ledger.
+        segments: events that became rider segments.
+        unresolved: events never charged, by reason.
+        gaps_waiting: buses stopped at a hole in their seqs (within the grace period).
+        gaps_skipped: holes settled past after the grace period.
+        rider_days: rider-days recomputed.
+        journeys: journeys written.
+        charges: charges written.
+        adjustments: adjustments written.
+    """
+
+    events: int = 0
+    segments: int = 0
+    unresolved: CountMap[str] = field(default_factory=CountMap)
+    gaps_waiting: int = 0
+    gaps_skipped: int = 0
+    rider_days: int = 0
+    journeys: int = 0
+    charges: int = 0
+    adjustments: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary."""
+        return {
+            "events": self.events,
+            "segments": self.segments,
+            "unresolved": dict(sorted(self.unresolved.items())),
+            "gaps_waiting": self.gaps_waiting,
+            "gaps_skipped": self.gaps_skipped,
+            "rider_days": self.rider_days,
+            "journeys": self.journeys,
+            "charges": self.charges,
+            "adjustments": self.adjustments,
+        }
+
+
+class RevokedRider(ProofRejected):
+    """The segment started after its rider was revoked: never charged."""
+
+    def __init__(self, rider_id: str) -> None:
+        super().__init__("revoked_rider", f"rider {rider_id} revoked")
+        self.rider_id = rider_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Rider:
+    category: str
+    revoked_at: float | None
+
+
+def event_of_row(row: Any) -> dict[str, Any]:
+    """A ``fare_events`` row as the fare event v1 fields :func:`segment_of` reads."""
+    return {
+        "bus_id": row.bus_id,
+        "seq": row.seq,
+        "event_id": row.event_id,
+        "rid": row.rid,
+        "interval": row.interval,
+        "route_id": row.route_id,
+        "trip_id": row.trip_id,
+        "start": {"t": row.start_t, "stop_id": row.start_stop_id, "cause": row.start_cause},
+        "end": {"t": row.end_t, "stop_id": row.end_stop_id, "cause": row.end_cause},
+        "distance_m": row.distance_m,
+        "proof": {"first": row.proof_first, "last": row.proof_last},
+    }
+
+
+def _segment_row(seg: Segment, now: float) -> dict[str, Any]:
+    return {
+        "event_id": seg.event_id,
+        "rider_id": seg.rider_id,
+        "bus_id": seg.bus_id,
+        "seq": seg.seq,
+        "interval": seg.interval,
+        "route_id": seg.route_id,
+        "trip_id": seg.trip_id,
+        "start_t": seg.start_t,
+        "start_stop_id": seg.start_stop_id,
+        "start_cause": seg.start_cause,
+        "end_t": seg.end_t,
+        "end_stop_id": seg.end_stop_id,
+        "end_cause": seg.end_cause,
+        "distance_m": seg.distance_m,
+        "settled_at": now,
+    }
+
+
+def _segment_of_row(row: Any) -> Segment:
+    return Segment(
+        rider_id=row.rider_id,
+        bus_id=row.bus_id,
+        seq=row.seq,
+        event_id=row.event_id,
+        interval=row.interval,
+        route_id=row.route_id,
+        trip_id=row.trip_id,
+        start_t=row.start_t,
+        start_stop_id=row.start_stop_id,
+        start_cause=row.start_cause,
+        end_t=row.end_t,
+        end_stop_id=row.end_stop_id,
+        end_cause=row.end_cause,
+        distance_m=row.distance_m,
+    )
+
+
+def _upsert(table: sa.Table, dialect: str, keys: Sequence[str], values: Sequence[str]) -> Any:
+    ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return ins.on_conflict_do_update(
+        index_elements=list(keys), set_={v: ins.excluded[v] for v in values}
+    )
+
+
+class SettlementWorker:
+    """Settles stored fare events into the derived tables (see the module docs).
+
+    Args:
+        engine: the ledger (migrated).
+        feed: GTFS static (distances, networks), or ``None``.
+        rules: the fare rules.
+        resolver: the rid resolver; by default one over a keyring filled from ``riders``
+            (riders enrolled later are added on each pass).
+        policy: the journey builder's policy (lost policy, stitching, replay tolerance).
+        gap_grace_s: how long events after a hole in a bus's seqs wait.
+        batch_events: most events of one bus settled per transaction.
+        default_category: category of riders whose stored one the rules lack.
+        interval_s: period of :meth:`run`.
+        clock: wall clock (UNIX seconds).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        feed: Feed | None,
+        rules: FareRules,
+        resolver: Resolver | None = None,
+        policy: JourneyPolicy | None = None,
+        *,
+        gap_grace_s: float = 60.0,
+        batch_events: int = 5000,
+        default_category: str = "adult",
+        interval_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.rules = rules
+        self.builder = JourneyBuilder(FareEngine(rules), feed, policy)
+        self.resolver = resolver or Resolver(
+            RiderKeyring(), cache_intervals=16, proof_slack_s=DEFAULT_PROOF_SLACK_S
+        )
+        self.gap_grace_s = gap_grace_s
+        self.batch_events = max(1, batch_events)
+        self.default_category = default_category
+        self.interval_s = interval_s
+        self.clock = clock
+        self._riders: dict[str, _Rider] = {}
+        self._dialect = engine.dialect.name
+        cap = rules.daily_cap.day_start
+        self._day_offset = dt.timedelta(hours=cap.hour, minutes=cap.minute, seconds=cap.second)
+        self._categories = frozenset(c for rs in rules.rulesets for c in rs.categories)
+
+    # ------------------------------------------------------------------ days
+
+    def service_day(self, t: float) -> str:
+        """The service day (``YYYY-MM-DD``) of UNIX time ``t``."""
+        return (self.rules.local(t) - self._day_offset).date().isoformat()
+
+    def day_bounds(self, day: str) -> tuple[float, float]:
+        """UNIX times ``[start, end)`` of a service day."""
+        d = dt.date.fromisoformat(day)
+        start = dt.datetime.combine(d, dt.time(), tzinfo=self.rules.tzinfo) + self._day_offset
+        end = (
+            dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tzinfo=self.rules.tzinfo)
+            + self._day_offset
+        )
+        return start.timestamp(), end.timestamp()
+
+    def days_touched(self, seg: Segment) -> set[str]:
+        """The service days whose journeys a segment may change."""
+        return {
+            self.service_day(seg.start_t - CONTEXT_S),
+            self.service_day(seg.start_t),
+            self.service_day(seg.end_t + CONTEXT_S),
+        }
+
+    # ------------------------------------------------------------------ riders
+
+    async def refresh_riders(self) -> int:
+        """Read the rider registry: add new riders' keys, update categories, revocations.
+
+        Returns:
+            How many riders were added to the keyring.
+        """
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        riders.c.rider_id,
+                        riders.c.token_key,
+                        riders.c.status,
+                        riders.c.revoked_at,
+                        riders.c.category,
+                    )
+                )
+            ).all()
+        ring = self.resolver.keyring
+        added = 0
+        for r in rows:
+            if r.rider_id not in ring:
+                try:
+                    ring.add(r.rider_id, bytes.fromhex(r.token_key))
+                except ValueError as exc:
+                    _log().warning("rider_key_invalid", rider_id=r.rider_id, error=str(exc))
+                    continue
+                added += 1
+            category = r.category if r.category in self._categories else self.default_category
+            revoked = r.revoked_at if r.status == "revoked" else None
+            if r.status == "revoked" and revoked is None:
+                revoked = float("-inf")
+            self._riders[r.rider_id] = _Rider(category, revoked)
+        return added
+
+    def _resolve(self, event: Mapping[str, Any]) -> Segment | ProofRejected:
+        try:
+            seg = segment_of(event, self.resolver)
+        except ProofRejected as exc:
+            return exc
+        rider = self._riders.get(seg.rider_id)
+        if rider is not None and rider.revoked_at is not None and seg.start_t >= rider.revoked_at:
+            return RevokedRider(seg.rider_id)
+        return seg
+
+    # ------------------------------------------------------------------ pass
+
+    async def settle_once(self, now: float | None = None) -> SettleReport:
+        """One pass: new events -> segments, then recompute the marked rider-days.
+
+        Args:
+            now: the current UNIX time (default: the clock).
+
+        Raises:
+            StoreError: the database failed (nothing half-written: retried next pass).
+        """
+        t = self.clock() if now is None else now
+        report = SettleReport()
+        try:
+            added = await self.refresh_riders()
+            if added:
+                await self._retry_unresolved(t, report)
+            for bus_id, settled in await self._buses_behind():
+                upto: int | None = settled
+                while upto is not None:
+                    upto = await self._settle_bus(bus_id, upto, t, report)
+            await self._recompute_dirty(t, report)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            FAILURES.inc()
+            raise StoreError(f"settlement pass failed: {exc}") from exc
+        if report.events or report.rider_days:
+            _log().info("settlement_pass_completed", **report.to_json())
+        return report
+
+    async def _buses_behind(self) -> list[tuple[str, int]]:
+        w = settlement_watermarks
+        settled = sa.func.coalesce(w.c.settled_seq, 0)
+        q = (
+            sa.select(chain_state.c.bus_id, settled.label("settled"))
+            .select_from(chain_state.outerjoin(w, w.c.bus_id == chain_state.c.bus_id))
+            .where(chain_state.c.next_seq - 1 > settled)
+            .order_by(chain_state.c.bus_id)
+        )
+        async with self.engine.connect() as conn:
+            return [(r.bus_id, int(r.settled)) for r in (await conn.execute(q)).all()]
+
+    async def _settle_bus(
+        self, bus_id: str, settled: int, now: float, report: SettleReport
+    ) -> int | None:
+        """Settle one batch of a bus; returns the new watermark, ``None`` when done."""
+        fe = fare_events
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(fe)
+                    .where(fe.c.bus_id == bus_id, fe.c.seq > settled)
+                    .order_by(fe.c.seq)
+                    .limit(self.batch_events)
+                )
+            ).all()
+        if not rows:
+            return None
+        expected = settled + 1
+        seg_rows: list[dict[str, Any]] = []
+        bad_rows: list[dict[str, Any]] = []
+        dirty: set[tuple[str, str]] = set()
+        upto = settled
+        for row in rows:
+            if row.seq != expected:
+                if now - row.received_at < self.gap_grace_s:
+                    report.gaps_waiting += 1
+                    _log().info(
+                        "settlement_gap_waiting", bus_id=bus_id, from_seq=expected, to_seq=row.seq
+                    )
+                    break
+                report.gaps_skipped += 1
+                _log().warning(
+                    "settlement_gap_skipped", bus_id=bus_id, from_seq=expected, to_seq=row.seq
+                )
+            expected = row.seq + 1
+            upto = row.seq
+            report.events += 1
+            result = self._resolve(event_of_row(row))
+            if isinstance(result, ProofRejected):
+                report.unresolved[result.reason] += 1
+                UNRESOLVED.labels(result.reason).inc()
+                _log().warning(
+                    "segment_unresolved",
+                    bus_id=bus_id,
+                    seq=row.seq,
+                    event_id=row.event_id,
+                    reason=result.reason,
+                    detail=result.detail,
+                )
+                bad_rows.append(self._unresolved_row(row, result, now))
+                continue
+            report.segments += 1
+            SEGMENTS.inc()
+            seg_rows.append(_segment_row(result, now))
+            dirty.update((result.rider_id, d) for d in self.days_touched(result))
+        if upto == settled:
+            return None
+        async with self.engine.begin() as conn:
+            if seg_rows:
+                await conn.execute(insert_ignore(rider_segments, self._dialect), seg_rows)
+            if bad_rows:
+                await conn.execute(insert_ignore(unresolved_segments, self._dialect), bad_rows)
+            await self._mark(conn, dirty, now)
+            await conn.execute(
+                _upsert(
+                    settlement_watermarks,
+                    self._dialect,
+                    ["bus_id"],
+                    ["settled_seq", "updated_at"],
+                ),
+                {"bus_id": bus_id, "settled_seq": upto, "updated_at": now},
+            )
+        if upto < rows[-1].seq or len(rows) < self.batch_events:
+            return None
+        return upto
+
+    def _unresolved_row(self, row: Any, exc: ProofRejected, now: float) -> dict[str, Any]:
+        rider_id = exc.rider_id if isinstance(exc, RevokedRider) else None
+        return {
+            "event_id": row.event_id,
+            "bus_id": row.bus_id,
+            "seq": row.seq,
+            "rid": row.rid,
+            "interval": row.interval,
+            "start_t": row.start_t,
+            "reason": exc.reason,
+            "detail": exc.detail[:2000],
+            "rider_id": rider_id,
+            "recorded_at": now,
+        }
+
+    async def _mark(
+        self, conn: AsyncConnection, dirty: Iterable[tuple[str, str]], now: float
+    ) -> None:
+        marks = [{"rider_id": r, "service_day": d, "marked_at": now} for r, d in sorted(dirty)]
+        if marks:
+            await conn.execute(
+                _upsert(
+                    settlement_dirty, self._dialect, ["rider_id", "service_day"], ["marked_at"]
+                ),
+                marks,
+            )
+
+    async def _retry_unresolved(self, now: float, report: SettleReport) -> None:
+        """Re-resolve ``unresolved_rid`` events after new riders were enrolled."""
+        u, fe = unresolved_segments, fare_events
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(fe)
+                    .join(u, u.c.event_id == fe.c.event_id)
+                    .where(u.c.reason == "unresolved_rid")
+                )
+            ).all()
+        found: list[Segment] = []
+        for row in rows:
+            result = self._resolve(event_of_row(row))
+            if isinstance(result, Segment):
+                found.append(result)
+        if not found:
+            return
+        dirty = {(s.rider_id, d) for s in found for d in self.days_touched(s)}
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert_ignore(rider_segments, self._dialect), [_segment_row(s, now) for s in found]
+            )
+            await conn.execute(sa.delete(u).where(u.c.event_id.in_([s.event_id for s in found])))
+            await self._mark(conn, dirty, now)
+        report.segments += len(found)
+        _log().info("unresolved_segments_resolved", count=len(found))
+
+    # ------------------------------------------------------------------ rider-days
+
+    async def _recompute_dirty(self, now: float, report: SettleReport) -> None:
+        d = settlement_dirty
+        while True:
+            async with self.engine.connect() as conn:
+                marks = (
+                    await conn.execute(
+                        sa.select(d.c.rider_id, d.c.service_day, d.c.marked_at)
+                        .order_by(d.c.rider_id, d.c.service_day)
+                        .limit(500)
+                    )
+                ).all()
+            if not marks:
+                return
+            for m in marks:
+                async with self.engine.begin() as conn:
+                    await self.recompute_rider_day(conn, m.rider_id, m.service_day, now, report)
+                    await conn.execute(
+                        sa.delete(d).where(
+                            d.c.rider_id == m.rider_id,
+                            d.c.service_day == m.service_day,
+                            d.c.marked_at <= m.marked_at,
+                        )
+                    )
+
+    async def recompute_rider_day(
+        self,
+        conn: AsyncConnection,
+        rider_id: str,
+        day: str,
+        now: float,
+        report: SettleReport | None = None,
+    ) -> list[Journey]:
+        """Replace one rider-day's journeys, legs, charges (and the months' adjustments).
+
+        Runs inside the caller's transaction.
+
+        Returns:
+            The journeys of the day.
+        """
+        start, end = self.day_bounds(day)
+        rs = rider_segments
+        rows = (
+            await conn.execute(
+                sa.select(rs).where(
+                    rs.c.rider_id == rider_id,
+                    rs.c.start_t >= start - CONTEXT_S,
+                    rs.c.start_t < end + CONTEXT_S,
+                )
+            )
+        ).all()
+        rider = self._riders.get(rider_id)
+        category = rider.category if rider is not None else self.default_category
+        built = self.builder.build_rider([_segment_of_row(r) for r in rows], category)
+        day_journeys = [j for j in built if start <= j.first_board_t < end]
+
+        old_charges = {
+            r.charge_id: (r.fare_krw, r.created_at)
+            for r in (
+                await conn.execute(
+                    sa.select(charges.c.charge_id, charges.c.fare_krw, charges.c.created_at).where(
+                        charges.c.rider_id == rider_id, charges.c.service_day == day
+                    )
+                )
+            ).all()
+        }
+        old_ids = sa.select(journeys.c.journey_id).where(
+            journeys.c.rider_id == rider_id, journeys.c.service_day == day
+        )
+        new_ids = [j.journey_id for j in day_journeys]
+        await conn.execute(sa.delete(legs).where(legs.c.journey_id.in_(old_ids)))
+        await conn.execute(
+            sa.delete(journeys).where(
+                journeys.c.rider_id == rider_id, journeys.c.service_day == day
+            )
+        )
+        await conn.execute(
+            sa.delete(charges).where(charges.c.rider_id == rider_id, charges.c.service_day == day)
+        )
+        if new_ids:
+            # a journey id is unique to its events; rows of it under another day (only
+            # possible if the context was too short) are replaced, never doubled
+            await conn.execute(sa.delete(legs).where(legs.c.journey_id.in_(new_ids)))
+            await conn.execute(sa.delete(journeys).where(journeys.c.journey_id.in_(new_ids)))
+            await conn.execute(sa.delete(charges).where(charges.c.charge_id.in_(new_ids)))
+        j_rows, l_rows, c_rows = [], [], []
+        for j in day_journeys:
+            j_rows.append(
+                {
+                    "journey_id": j.journey_id,
+                    "rider_id": rider_id,
+                    "first_board_t": j.first_board_t,
+                    "last_alight_t": max(leg.alight_t for leg in j.legs),
+                    "fare_krw": j.fare_krw,
+                    "category": j.category,
+                    "ruleset_id": j.quote.ruleset_id if j.quote is not None else "",
+                    "explain": list(j.explain),
+                    "computed_at": now,
+                    "service_day": day,
+                    "charged": j.charged,
+                    "flags": list(j.flags),
+                }
+            )
+            for n, leg in enumerate(j.legs, 1):
+                l_rows.append(
+                    {
+                        "journey_id": j.journey_id,
+                        "leg_no": n,
+                        "bus_id": leg.bus_id,
+                        "route_id": leg.route_id or "",
+                        "trip_id": leg.trip_id,
+                        "network_id": leg.network_id,
+                        "board_stop_id": leg.board_stop_id,
+                        "board_t": leg.board_t,
+                        "alight_stop_id": leg.alight_stop_id,
+                        "alight_t": leg.alight_t,
+                        "distance_m": leg.distance_m,
+                        "event_ids": list(leg.event_ids),
+                        "distance_source": leg.distance_source,
+                        "flags": list(leg.flags),
+                    }
+                )
+            if j.charged:
+                old = old_charges.get(j.journey_id)
+                created = old[1] if old is not None and old[0] == j.fare_krw else now
+                c_rows.append(
+                    {
+                        "charge_id": j.journey_id,
+                        "rider_id": rider_id,
+                        "journey_id": j.journey_id,
+                        "t": j.first_board_t,
+                        "fare_krw": j.fare_krw,
+                        "category": j.category,
+                        "created_at": created,
+                        "service_day": day,
+                    }
+                )
+        if j_rows:
+            await conn.execute(sa.insert(journeys), j_rows)
+        if l_rows:
+            await conn.execute(sa.insert(legs), l_rows)
+        if c_rows:
+            await conn.execute(sa.insert(charges), c_rows)
+        n_adj = await self._recompute_adjustments(conn, rider_id, day, bounds=(start, end), now=now)
+        RIDER_DAYS.inc()
+        if report is not None:
+            report.rider_days += 1
+            report.journeys += len(j_rows)
+            report.charges += len(c_rows)
+            report.adjustments += n_adj
+        return day_journeys
+
+    async def _recompute_adjustments(
+        self,
+        conn: AsyncConnection,
+        rider_id: str,
+        day: str,
+        *,
+        bounds: tuple[float, float],
+        now: float,
+    ) -> int:
+        start, end = bounds
+        rules = self.rules
+        if not (rules.daily_cap.enabled or rules.monthly_refund.enabled):
+            return 0
+        months = sorted(
+            {day[:7], rules.local(start).strftime("%Y-%m"), rules.local(end - 1).strftime("%Y-%m")}
+        )
+        tz = rules.tzinfo
+        written = 0
+        for month in months:
+            first = dt.date.fromisoformat(month + "-01")
+            nxt = (first + dt.timedelta(days=32)).replace(day=1)
+            lo = dt.datetime.combine(first - dt.timedelta(days=1), dt.time(), tzinfo=tz).timestamp()
+            hi = dt.datetime.combine(nxt + dt.timedelta(days=1), dt.time(), tzinfo=tz).timestamp()
+            rows = (
+                await conn.execute(
+                    sa.select(charges).where(
+                        charges.c.rider_id == rider_id, charges.c.t >= lo, charges.c.t < hi
+                    )
+                )
+            ).all()
+            found = [
+                a
+                for a in period_adjustments(
+                    [
+                        Charge(r.charge_id, r.rider_id, r._mapping["t"], r.fare_krw, r.category)
+                        for r in rows
+                    ],
+                    rules,
+                )
+                if a.period.startswith(month)
+            ]
+            await conn.execute(
+                sa.delete(adjustments).where(
+                    adjustments.c.rider_id == rider_id, adjustments.c.period.startswith(month)
+                )
+            )
+            if found:
+                await conn.execute(
+                    sa.insert(adjustments),
+                    [
+                        {
+                            "adjustment_id": hashlib.sha256(
+                                f"{a.kind}\0{a.rider_id}\0{a.category}\0{a.period}".encode()
+                            ).hexdigest()[:32],
+                            "kind": a.kind,
+                            "rider_id": a.rider_id,
+                            "category": a.category,
+                            "period": a.period,
+                            "amount_krw": a.amount_krw,
+                            "paid_krw": a.paid_krw,
+                            "limit_krw": a.limit_krw,
+                            "charge_ids": list(a.charge_ids),
+                            "reason": a.reason,
+                            "created_at": now,
+                        }
+                        for a in found
+                    ],
+                )
+            written += len(found)
+        return written
+
+    async def recompute(self, rider_id: str, day: str, now: float | None = None) -> list[Journey]:
+        """Recompute one rider-day in its own transaction (ops, tests)."""
+        t = self.clock() if now is None else now
+        await self.refresh_riders()
+        async with self.engine.begin() as conn:
+            return await self.recompute_rider_day(conn, rider_id, day, t)
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Settle every ``interval_s`` until ``stop``; a failed pass is logged and retried."""
+        stop = stop or asyncio.Event()
+        _log().info("settlement_started", interval_s=self.interval_s)
+        while not stop.is_set():
+            try:
+                await self.settle_once()
+            except StoreError as exc:
+                _log().warning("settlement_pass_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+        _log().info("settlement_stopped")
+
+
+async def import_riders(
+    engine: AsyncEngine,
+    path: str | Path,
+    *,
+    category: str = "adult",
+    kind: str = "fob",
+    now: float | None = None,
+) -> int:
+    """Import RIDERS.csv (``rider_id,token_key``) into ``riders``; existing riders are kept.
+
+    Returns:
+        How many riders were added.
+
+    Raises:
+        KeyFileError: the file is invalid.
+    """
+    from busbell._keyfiles import read_riders
+
+    rows = [
+        {
+            "rider_id": rider_id,
+            "token_key": key.hex(),
+            "status": "active",
+            "enrolled_at": time.time() if now is None else now,
+            "revoked_at": None,
+            "kind": kind,
+            "category": category,
+        }
+        for rider_id, key in sorted(read_riders(path).items())
+    ]
+    if not rows:
+        return 0
+    async with engine.begin() as conn:
+        known = set((await conn.execute(sa.select(riders.c.rider_id))).scalars())
+        new = [r for r in rows if r["rider_id"] not in known]
+        if new:
+            await conn.execute(insert_ignore(riders, conn.dialect.name), new)
+    return len(new)
+
+
+async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run the settlement worker from the configuration until ``stop``.
+
+    Migrates (``[database] migrate_on_start``), imports ``[files] riders`` when set, loads
+    ``[files] gtfs`` and the fare rules, then settles every ``[settlement] interval_s``.
+
+    Raises:
+        ConfigError: an invalid ``[settlement]`` option.
+        StoreError: the database cannot be reached or migrated at start.
+    """
+    from busbell._gtfs import load_gtfs
+
+    s = config.settlement
+    if s.lost_policy not in ("last-stop", "penalty"):
+        raise ConfigError(
+            f"[settlement] lost_policy must be last-stop or penalty, got {s.lost_policy!r}"
+        )
+    if s.default_category not in CATEGORIES:
+        raise ConfigError(
+            f"[settlement] default_category must be one of {', '.join(CATEGORIES)}, "
+            f"got {s.default_category!r}"
+        )
+    lost: LostPolicy = "penalty" if s.lost_policy == "penalty" else "last-stop"
+    feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None
+    rules = load_rules(s.rules, timezone=feed.timezone if feed is not None else None)
+    db = config.database
+    engine = create_engine(
+        db.url,
+        pool_size=db.pool_size,
+        max_overflow=db.max_overflow,
+        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
+    )
+    try:
+        if db.migrate_on_start:
+            await migrate(engine)
+        if config.files.riders is not None:
+            n = await import_riders(engine, config.files.riders, category=s.default_category)
+            _log().info("riders_imported", added=n, path=str(config.files.riders))
+        worker = SettlementWorker(
+            engine,
+            feed,
+            rules,
+            policy=JourneyPolicy(
+                lost_policy=lost,
+                stitch_gap_s=s.stitch_gap_s,
+                replay_overlap_s=s.replay_overlap_s,
+                category=s.default_category,
+            ),
+            gap_grace_s=s.gap_grace_s,
+            batch_events=s.batch_events,
+            default_category=s.default_category,
+            interval_s=s.interval_s,
+        )
+        await worker.run(stop)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,433 @@
+"""Online settlement on SQLite and PostgreSQL: ingest -> settle_once -> rider API."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
+
+from backend._api import ApiState, create_app
+from backend._bench_ingest import batch_payload
+from backend._bench_settle import T0, World
+from backend._db import (
+    adjustments,
+    charges,
+    create_engine,
+    current_revision,
+    fare_events,
+    journeys,
+    legs,
+    migrate,
+    rider_segments,
+    settlement_dirty,
+    settlement_watermarks,
+    unresolved_segments,
+)
+from backend._fare_engine import FareEngine, FareLeg
+from backend._fare_rules import FareRules, load_rules
+from backend._ingest import IngestCore, Ingestor
+from backend._journeys import JourneyBuilder, JourneyPolicy
+from backend._keys import register_device
+from backend._resolve import Resolver, RiderKeyring
+from backend._settle import Settler
+from backend._settlement import SettlementWorker, import_riders
+from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
+
+NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement
+DAY = "2025-11-07"  # service day of T0 (16:20 Asia/Seoul)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@dataclass
+class Env:
+    world: World
+    engine: AsyncEngine
+    ingestor: Ingestor
+    worker: SettlementWorker
+    client: httpx.AsyncClient
+    rules: FareRules
+
+    async def ingest(self, events: Sequence[dict[str, Any]]) -> None:
+        by_bus: dict[str, list[dict[str, Any]]] = {}
+        for e in events:
+            by_bus.setdefault(e["bus_id"], []).append(e)
+        res = await self.ingestor.ingest(
+            [
+                (b, batch_payload(b, sorted(evs, key=lambda e: e["seq"])))
+                for b, evs in by_bus.items()
+            ]
+        )
+        assert res.stored == len(events), res
+
+    async def enrol(self, rider_id: str, **body: str) -> None:
+        r = await self.client.post("/riders", json={"rider_id": rider_id, **body})
+        assert r.status_code == 201, r.text
+        self.world.keys[rider_id] = derive_rider_keys(bytes.fromhex(r.json()["token_key"]))
+
+    async def rows(self, table: sa.Table, *order: str) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            q = sa.select(table).order_by(*(table.c[o] for o in order))
+            return [dict(r._mapping) for r in (await conn.execute(q)).all()]
+
+    async def derived(self) -> dict[str, list[dict[str, Any]]]:
+        """Every derived row, without the computation timestamps."""
+        out = {
+            "journeys": await self.rows(journeys, "journey_id"),
+            "legs": await self.rows(legs, "journey_id", "leg_no"),
+            "charges": await self.rows(charges, "charge_id"),
+            "adjustments": await self.rows(adjustments, "adjustment_id"),
+            "segments": await self.rows(rider_segments, "event_id"),
+            "unresolved": await self.rows(unresolved_segments, "event_id"),
+        }
+        for rows in out.values():
+            for r in rows:
+                for k in ("computed_at", "settled_at", "recorded_at"):
+                    r.pop(k, None)
+        return out
+
+
+@pytest.fixture
+async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+    world = World(tmp_path, riders=3, buses=3)
+    engine = create_engine(db_url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        for bus_id, chain in world.buses.items():
+            await register_device(conn, bus_id, chain.key.public, now=1.0)
+    assert await import_riders(engine, world.riders_csv, now=1.0) == 3
+    ingestor = Ingestor(engine, IngestCore(), worker_id="w1", wall=lambda: NOW)
+    await ingestor.refresh_devices()
+    feed = load_gtfs(world.gtfs)
+    rules = load_rules(timezone=feed.timezone)
+    worker = SettlementWorker(engine, feed, rules, clock=lambda: NOW)
+    app = create_app(ApiState(engine=engine, feed=feed, clock=lambda: 2.0))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api"
+    ) as client:
+        yield Env(world, engine, ingestor, worker, client, rules)
+    await engine.dispose()
+
+
+def _price(rules: FareRules, legs_: list[tuple[str, str, float, float]], category: str) -> int:
+    fare_legs = [FareLeg(r, n, t, t + 60, d) for r, n, t, d in legs_]
+    return FareEngine(rules).price(fare_legs, category).fare_krw
+
+
+def _offline(world: World, events: list[dict[str, Any]], categories: dict[str, str]) -> Any:
+    feed = load_gtfs(world.gtfs)
+    ring = RiderKeyring()
+    for rider_id, keys in sorted(world.keys.items()):
+        ring.add_derived(rider_id, keys.rid_key, keys.mac_key)
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
+    s = Settler(read_devices(world.devices_csv), Resolver(ring), builder, categories=categories)
+    for e in events:
+        s.feed_event(e)
+    return s.finish()
+
+
+def _forged_payload(world: World, rid: bytes, t: float) -> str:
+    """A payload a bus holding the fleet key can mint for a sniffed rid: rtag is wrong."""
+    head = bytes([1 << 5]) + tq_of(t).to_bytes(2, "big") + rid
+    body = head + hmac.digest(derive_bk(world.fleet_key, rid), head, "sha256")[:4]
+    return (body + hashlib.sha256(body).digest()[:4] + b"\x00").hex()
+
+
+async def test_transfer_priced_as_one_journey_and_served_by_the_api(env: Env) -> None:
+    await env.enrol("alice", kind="app", category="youth")
+    w = env.world
+    # alice (youth): R1 S01->S05, then R2 S05->S20 12 min later: one journey
+    w.ride("alice", "bus-01", board=1, alight=5, t=T0, route_id="R1", trip_id="T1")
+    w.ride("alice", "bus-02", board=5, alight=20, t=T0 + 720, route_id="R2", trip_id="T2")
+    # r0001 (adult): a long ride across rid rotations, later the same route again (2 fares)
+    w.ride("r0001", "bus-03", board=2, alight=25, t=T0 + 100)
+    w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + 7200)
+    events = [e for c in w.buses.values() for e in c.events]
+    await env.ingest(events)
+
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    assert report.events == len(events) == report.segments
+    assert not report.unresolved
+    assert report.charges == 3
+    assert any(e["event"] == "settlement_pass_completed" for e in logs)
+
+    r = await env.client.get("/riders/alice/journeys")
+    assert r.status_code == 200
+    (j,) = r.json()["journeys"]
+    assert j["category"] == "youth"
+    assert [(x["route_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
+        ("R1", "S01", "S05"),
+        ("R2", "S05", "S20"),
+    ]
+    youth = _price(
+        env.rules,
+        [("R1", "gyeonggi_city", T0, 4 * 800.0), ("R2", "gyeonggi_wide_area", T0 + 720, 12_000.0)],
+        "youth",
+    )
+    assert j["fare_krw"] == youth
+    assert j["charged"] is True
+    assert j["explain"][-1].startswith("total:")
+    c = (await env.client.get("/riders/alice/charges")).json()
+    assert c["total_krw"] == youth
+    assert len(c["charges"]) == 1
+
+    c1 = (await env.client.get("/riders/r0001/charges")).json()
+    assert len(c1["charges"]) == 2
+    assert c1["total_krw"] == _price(
+        env.rules, [("R1", "gyeonggi_city", T0, 23 * 800.0)], "adult"
+    ) + _price(env.rules, [("R1", "gyeonggi_city", T0, 2 * 800.0)], "adult")
+
+    # the same journeys, ids and fares as the offline settle of the same events
+    offline = _offline(w, events, {"alice": "youth"})
+    rows = await env.rows(journeys, "journey_id")
+    assert sorted((o.journey_id, o.fare_krw, o.charged) for o in offline.journeys) == [
+        (r["journey_id"], r["fare_krw"], r["charged"]) for r in rows
+    ]
+    assert {r["service_day"] for r in rows} == {DAY}
+
+
+async def test_settlement_is_idempotent_and_recomputable(env: Env) -> None:
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=5, t=T0)
+    w.ride("r0001", "bus-02", board=5, alight=9, t=T0 + 600, route_id="R2", trip_id="T2")
+    w.ride("r0002", "bus-01", board=3, alight=8, t=T0 + 60)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    first = await env.worker.settle_once()
+    assert first.rider_days >= 2
+    before = await env.derived()
+    again = await env.worker.settle_once()
+    assert (again.events, again.rider_days) == (0, 0)
+    assert await env.derived() == before
+    # recomputing a rider-day from scratch replaces its rows with the same rows
+    await env.worker.recompute("r0001", DAY, now=NOW + 50)
+    await env.worker.recompute("r0002", DAY, now=NOW + 50)
+    assert await env.derived() == before
+    # a fresh worker (restart) finds nothing new: watermarks are in the database
+    fresh = SettlementWorker(env.engine, load_gtfs(w.gtfs), env.rules, clock=lambda: NOW)
+    assert (await fresh.settle_once()).events == 0
+    marks = await env.rows(settlement_watermarks, "bus_id")
+    assert {m["bus_id"]: m["settled_seq"] for m in marks} == {"bus-01": 2, "bus-02": 1}
+    assert await env.rows(settlement_dirty, "rider_id") == []
+
+
+async def test_late_segment_completing_a_transfer_recomputes_the_rider_day(env: Env) -> None:
+    w = env.world
+    (leg1,) = w.ride("r0001", "bus-01", board=1, alight=5, t=T0)
+    leg2 = w.ride("r0001", "bus-02", board=5, alight=20, t=T0 + 900, route_id="R2", trip_id="T2")
+    # the second bus uploads first: its leg alone is a journey
+    await env.ingest(leg2)
+    await env.worker.settle_once()
+    c = (await env.client.get("/riders/r0001/charges")).json()
+    alone = _price(env.rules, [("R2", "gyeonggi_wide_area", T0, 12_000.0)], "adult")
+    assert c["total_krw"] == alone
+    # the first bus comes back online: one journey of two legs replaces it
+    await env.ingest([leg1])
+    report = await env.worker.settle_once()
+    assert report.events == 1
+    assert report.rider_days >= 1
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert len(js) == 1
+    assert [x["bus_id"] for x in js[0]["legs"]] == ["bus-01", "bus-02"]
+    c = (await env.client.get("/riders/r0001/charges")).json()
+    assert len(c["charges"]) == 1
+    both = _price(
+        env.rules,
+        [("R1", "gyeonggi_city", T0, 3200.0), ("R2", "gyeonggi_wide_area", T0 + 900, 12_000.0)],
+        "adult",
+    )
+    assert c["total_krw"] == both
+    assert len(await env.rows(legs, "journey_id")) == 2
+
+
+async def test_forged_rtag_and_unknown_rid_are_never_charged(env: Env) -> None:
+    w = env.world
+    (honest,) = w.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    rid = bytes.fromhex(honest["rid"])
+    t = T0 + 200
+    fields = w.segment_fields(
+        "r0001",
+        route_id="R1",
+        trip_id="T1",
+        start=(t, "S03", "boarded"),
+        end=(t + 60, "S04", "alighted"),
+        distance_m=800,
+        proof=(_forged_payload(w, rid, t), _forged_payload(w, rid, t + 60)),
+    )
+    fields["rid"], fields["interval"] = honest["rid"], honest["interval"]
+    forged = w.buses["bus-01"].emit(fields)
+    # a rider the backend does not know (yet)
+    w.keys["stranger"] = derive_rider_keys(b"\x42" * 16)
+    (unknown,) = w.ride("stranger", "bus-02", board=1, alight=4, t=T0 + 30)
+    await env.ingest([honest, forged, unknown])
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    assert report.unresolved == {"bad_rtag": 1, "unresolved_rid": 1}
+    assert {(e["reason"], e["event_id"]) for e in logs if e["event"] == "segment_unresolved"} == {
+        ("bad_rtag", forged["event_id"]),
+        ("unresolved_rid", unknown["event_id"]),
+    }
+    rows = await env.rows(unresolved_segments, "event_id")
+    assert {(r["event_id"], r["reason"]) for r in rows} == {
+        (forged["event_id"], "bad_rtag"),
+        (unknown["event_id"], "unresolved_rid"),
+    }
+    cs = await env.rows(charges, "charge_id")
+    assert len(cs) == 1
+    (leg,) = await env.rows(legs, "journey_id")
+    assert leg["event_ids"] == [honest["event_id"]]
+    # the stranger enrols later (same key): the held event is settled and charged
+    async with env.engine.begin() as conn:
+        from backend._db import riders
+
+        await conn.execute(
+            sa.insert(riders).values(
+                rider_id="stranger",
+                token_key=(b"\x42" * 16).hex(),
+                status="active",
+                enrolled_at=NOW,
+                kind="fob",
+                category="child",
+            )
+        )
+    report = await env.worker.settle_once()
+    assert report.segments == 1
+    c = (await env.client.get("/riders/stranger/charges")).json()
+    assert c["total_krw"] == _price(env.rules, [("R1", "gyeonggi_city", T0, 2400.0)], "child")
+    assert {r["reason"] for r in await env.rows(unresolved_segments, "event_id")} == {"bad_rtag"}
+
+
+async def test_revoked_rider_and_review_flags_are_kept(env: Env) -> None:
+    w = env.world
+    w.ride("r0001", "bus-01", board=2, alight=4, t=T0, end_cause="lost", alight_stop_known=False)
+    # r0002 seen on two buses at once: both legs held, not charged
+    w.ride("r0002", "bus-02", board=1, alight=10, t=T0 + 3000)
+    w.ride("r0002", "bus-03", board=1, alight=10, t=T0 + 3000)
+    await env.client.post("/riders/r0003/revoke")
+    (late,) = w.ride("r0003", "bus-01", board=1, alight=2, t=T0 + 5000)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    report = await env.worker.settle_once()
+    assert report.unresolved == {"revoked_rider": 1}
+    (u,) = await env.rows(unresolved_segments, "event_id")
+    assert (u["event_id"], u["rider_id"]) == (late["event_id"], "r0003")
+    lost = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert set(lost[0]["flags"]) == {"lost", "review"}
+    assert set(lost[0]["legs"][0]["flags"]) == {"lost", "review"}
+    assert lost[0]["charged"] is True
+    held = (await env.client.get("/riders/r0002/journeys")).json()["journeys"]
+    assert len(held) == 2
+    assert all(j["charged"] is False and j["fare_krw"] == 0 for j in held)
+    assert all("suspected_replay" in j["flags"] for j in held)
+    assert (await env.client.get("/riders/r0002/charges")).json()["charges"] == []
+
+
+async def test_gap_waits_for_the_grace_period(env: Env) -> None:
+    w = env.world
+    evs = [w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 3000)[0] for k in range(3)]
+    await env.ingest(evs)
+    # a hole in the stored seqs (manual repair of the ledger): seq 2 is missing
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            sa.delete(fare_events).where(fare_events.c.bus_id == "bus-01", fare_events.c.seq == 2)
+        )
+    env.worker.gap_grace_s = 60.0
+    report = await env.worker.settle_once(now=NOW + 10)
+    assert (report.events, report.gaps_waiting) == (1, 1)
+    report = await env.worker.settle_once(now=NOW + 61)
+    assert (report.events, report.gaps_skipped) == (1, 1)
+    assert len(await env.rows(charges, "charge_id")) == 2
+
+
+async def test_adjustments_are_recomputed_with_the_charges(env: Env, tmp_path: Path) -> None:
+    rules_text = (Path(__file__).resolve().parents[2] / "backend" / "fare_rules.toml").read_text()
+    rules_text = rules_text.replace(
+        "[daily_cap]\nenabled = false", "[daily_cap]\nenabled = true\namount_krw = { adult = 3000 }"
+    )
+    if "amount_krw = { adult = 3000 }" not in rules_text:
+        pytest.skip("packaged rules have no [daily_cap] table to enable")
+    path = tmp_path / "rules.toml"
+    path.write_text(rules_text)
+    rules = load_rules(path, timezone="Asia/Seoul")
+    worker = SettlementWorker(env.engine, load_gtfs(env.world.gtfs), rules, clock=lambda: NOW)
+    w = env.world
+    for k in range(3):
+        w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 4000)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    await worker.settle_once()
+    (adj,) = await env.rows(adjustments, "adjustment_id")
+    assert (adj["kind"], adj["period"], adj["amount_krw"]) == ("daily_cap", DAY, 3000 - 3 * 1650)
+    await worker.settle_once()
+    assert len(await env.rows(adjustments, "adjustment_id")) == 1
+
+
+async def test_migration_0002_downgrades_and_upgrades(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        await migrate(engine)
+        assert await current_revision(engine) == "0002"
+        from backend._db import _upgrade
+
+        def down(conn: sa.Connection) -> None:
+            from alembic import command
+
+            from backend._db import _alembic_config
+
+            command.downgrade(_alembic_config(conn), "0001")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(down)
+        assert await current_revision(engine) == "0001"
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, "head")
+        assert await current_revision(engine) == "0002"
+    finally:
+        await engine.dispose()
+
+
+async def test_cli_enroll_stores_kind_and_category(tmp_path: Path) -> None:
+    from backend.cli import main as backend_main
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'e.db'}"
+    args = ["enroll", "--db", url, "--kind", "app", "--category", "child", "--rider-id", "kid"]
+    assert await asyncio.to_thread(backend_main, args) == 0
+    engine = create_engine(url)
+    try:
+        from backend._db import riders
+
+        async with engine.connect() as conn:
+            row = (await conn.execute(sa.select(riders))).one()
+        assert (row.rider_id, row.kind, row.category) == ("kid", "app", "child")
+        assert len(row.token_key) == 32
+    finally:
+        await engine.dispose()
+
+
+def test_settlement_section_is_documented() -> None:
+    from backend.config import BackendConfig
+    from busbell import describe_config
+
+    keys = {o.key for o in describe_config(BackendConfig)}
+    assert {
+        "settlement.enabled",
+        "settlement.interval_s",
+        "settlement.gap_grace_s",
+        "settlement.lost_policy",
+        "settlement.default_category",
+    } <= keys
+    assert json.dumps(sorted(keys))
