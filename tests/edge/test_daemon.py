@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.request
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from busbell import AdvRecord, DeviceKey, Topics, TraceRecord, day_of
+from busbell._mqtt import MqttSession, MqttSettings
+from edge._bench_backlog import synthetic_draft
+from edge._daemon import EdgeDaemon
+from edge._segment import SegmentDraft
+from edge._source import AdvertisementSink
+from edge.config import EdgeConfig, MetricsSettings, StatusSettings
+
+pytestmark = pytest.mark.mosquitto
+
+KEY = DeviceKey.from_seed(bytes(range(32)))
+NOW = 1_790_000_000.0
+
+
+@dataclass
+class FakeStats:
+    adverts_seen: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    tokens_in_range: int = 0
+
+
+class FakePipeline:
+    """Closes one segment per advert with rssi -30; rejects rssi -99 as 'stale'."""
+
+    def __init__(self) -> None:
+        self._stats = FakeStats()
+        self.records: list[TraceRecord] = []
+        self.n = 0
+        self.finished = False
+
+    @property
+    def stats(self) -> FakeStats:
+        return self._stats
+
+    def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
+        self.records.append(rec)
+        if isinstance(rec, AdvRecord):
+            self._stats.adverts_seen += 1
+            if rec.rssi == -99:
+                self._stats.rejected["stale"] = self._stats.rejected.get("stale", 0) + 1
+            if rec.rssi == -30:
+                self.n += 1
+                return [synthetic_draft(self.n)]
+        return []
+
+    def finish(self, t: float) -> list[SegmentDraft]:
+        self.finished = True
+        self.n += 1
+        return [synthetic_draft(self.n)]
+
+    def on_board(self) -> int:
+        return self.n
+
+    def active_flags(self) -> dict[str, int]:
+        return {"alight_request": 0}
+
+
+class ListSource:
+    name = "list"
+
+    def __init__(self, recs: list[AdvRecord]) -> None:
+        self.recs = recs
+
+    async def run(self, sink: AdvertisementSink) -> None:
+        for r in self.recs:
+            sink(r)
+        await asyncio.Event().wait()
+
+
+def adv(t: float, rssi: int) -> AdvRecord:
+    return AdvRecord(t, "aa:bb", rssi, {0xFFFF: bytes(24)})
+
+
+def config(tmp_path: Path, broker: Any, prefix: str, **kw: Any) -> EdgeConfig:
+    cfg = EdgeConfig(bus_id="bus-0042", store=tmp_path / "fares.db", source="trace")
+    mqtt = replace(
+        cfg.mqtt,
+        host=broker.host,
+        port=broker.port,
+        prefix=prefix,
+        client_id=f"edge-{uuid.uuid4().hex[:8]}",
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+    )
+    return replace(cfg, mqtt=mqtt, **kw)
+
+
+class Backend:
+    def __init__(self, broker: Any, prefix: str, bus: str) -> None:
+        self.s = MqttSession(
+            MqttSettings(host=broker.host, port=broker.port, prefix=prefix),
+            f"backend-{uuid.uuid4().hex[:8]}",
+            clean_start=True,
+        )
+        self.t = Topics(prefix)
+        self.bus = bus
+        self.seqs: list[int] = []
+        self.status: list[dict[str, Any]] = []
+        self.occupancy: list[dict[str, Any]] = []
+
+    async def run(self) -> None:
+        await self.s.subscribe(
+            [self.t.fares(self.bus), self.t.status(self.bus), self.t.occupancy(self.bus)]
+        )
+        async for m in self.s.messages():
+            body = json.loads(m.payload) if m.payload else {}
+            if m.topic == self.t.fares(self.bus):
+                self.seqs.extend(e["seq"] for e in body["events"])
+                await self.s.publish(
+                    self.t.fares_ack(self.bus), json.dumps({"upto_seq": self.seqs[-1]}), qos=1
+                )
+            elif m.topic == self.t.status(self.bus):
+                self.status.append(body)
+            else:
+                self.occupancy.append(body)
+
+
+async def until(pred: Any, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)
+
+
+async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefix: str) -> None:
+    cfg = config(
+        tmp_path,
+        shared_broker,
+        topic_prefix,
+        advert_queue_max=5,
+        status=StatusSettings(interval_s=0.2, fleet_keys_warn_days=3),
+        metrics=MetricsSettings(port=0),
+    )
+    # 8 adverts into a queue of 5 before the pipeline runs: the 3 oldest are dropped
+    recs = [adv(NOW, -70)] * 3 + [adv(NOW, -30), adv(NOW, -99), adv(NOW, -30)] + [adv(NOW, -60)] * 2
+    pipe = FakePipeline()
+    fleet = {day_of(NOW): bytes(32), day_of(NOW) + 1: bytes(32)}
+    daemon = EdgeDaemon(
+        cfg, ListSource(recs), lambda: NOW, pipeline=pipe, device_key=KEY, fleet_keys=fleet
+    )
+    backend = Backend(shared_broker, topic_prefix, "bus-0042")
+    topics = Topics(topic_prefix)
+    async with backend.s:
+        reader = asyncio.create_task(backend.run())
+        await asyncio.sleep(0.2)
+        with capture_logs() as logs:
+            task = asyncio.create_task(daemon.run())
+            await until(lambda: daemon.link.is_connected)
+            # vehicle topics: one good message per signal, malformed ones counted
+            for signal, body in (
+                ("gnss", {"t": NOW, "lat": 37.5, "lon": 127.0, "speed_mps": 3.0}),
+                ("doors", {"t": NOW, "open": True}),
+                ("trip", {"t": NOW, "route_id": "R1", "direction_id": 0}),
+            ):
+                await backend.s.publish(topics.vehicle("bus-0042", signal), json.dumps(body))
+            for bad in (b"nope", b"[1]", b'{"t":1,"lat":500,"lon":0,"speed_mps":0}'):
+                await backend.s.publish(topics.vehicle("bus-0042", "gnss"), bad)
+            await until(lambda: daemon.stats.vehicle_malformed == 3)
+            await until(lambda: len(backend.seqs) == 2)
+            await until(lambda: daemon.store is not None and daemon.store.acked_upto == 2)
+            await until(lambda: any(s.get("backlog") == 0 for s in backend.status))
+            port = daemon.metrics_port
+            assert port is not None
+            metrics = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            )
+            daemon.request_stop()
+            await asyncio.wait_for(task, 20)
+        await until(lambda: backend.status and backend.status[-1]["state"] == "offline")
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+    assert daemon.stats.adverts_dropped == 3
+    kinds = [type(r).__name__ for r in pipe.records]
+    assert kinds.count("AdvRecord") == 5
+    assert {"GnssRecord", "DoorRecord", "TripRecord"} <= set(kinds)
+    assert pipe.finished
+    online = [s for s in backend.status if s["state"] == "online"]
+    s = online[-1]
+    assert s["bus_id"] == "bus-0042"
+    assert s["rejected"] == {"stale": 1}
+    assert s["scanner"]["adverts_dropped"] == 3
+    assert s["uplink"]["connected"] is True
+    assert s["fleet_keys"] == {"days_remaining": 1, "warning": True}
+    assert s["vehicle"]["malformed"] == 3
+    assert backend.occupancy
+    assert backend.occupancy[-1]["on_board"] >= 2
+    assert 'busbell_edge_adverts_rejected_total{reason="stale"} 1.0' in metrics
+    assert "busbell_edge_fare_backlog" in metrics
+    assert "busbell_edge_upload_lag_seconds" in metrics
+    names = {log["event"] for log in logs}
+    assert {
+        "edge_started",
+        "uplink_connected",
+        "fare_event_recorded",
+        "fare_batch_sent",
+        "fare_batch_acked",
+        "vehicle_message_malformed",
+        "fleet_keys_running_out",
+        "edge_stopped",
+    } <= names
+    # the final segment (closed by finish at shutdown) was recorded too
+    assert daemon.store is not None
+    assert daemon.store.last_seq == 3
+
+
+async def test_daemon_records_offline_and_task_names(tmp_path: Path, private_broker: Any) -> None:
+    cfg = config(tmp_path, private_broker, "busbell/v1")
+    private_broker.kill()
+    pipe = FakePipeline()
+    daemon = EdgeDaemon(
+        cfg,
+        ListSource([adv(NOW, -30)] * 4),
+        lambda: NOW,
+        pipeline=pipe,
+        device_key=KEY,
+        fleet_keys={},
+    )
+    task = asyncio.create_task(daemon.run())
+    await until(lambda: daemon.store is not None and daemon.store.last_seq == 4)
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    for suffix in ("scanner", "pipeline", "uplink", "vehicle", "status", "fares"):
+        assert f"busbell[bus-0042].{suffix}" in names
+    assert daemon.status()["backlog"] == 4
+    assert daemon.status()["fleet_keys"]["days_remaining"] == -1
+    # the broker comes back: the backlog drains
+    private_broker.start()
+    await until(lambda: daemon.link.is_connected, 20)
+    daemon.request_stop()
+    await asyncio.wait_for(task, 20)
+    assert daemon.store is not None
+    assert daemon.store.last_seq == 5
