@@ -141,3 +141,30 @@ def test_every_command_has_help_with_example(cmd: str, capsys: pytest.CaptureFix
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([], "busbell edge") == 2
     assert "replay" in capsys.readouterr().out
+
+
+def test_configuration_doc_is_current() -> None:
+    from edge.config import render_config_doc
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration-edge.md"
+    assert doc.read_text(encoding="utf-8") == render_config_doc(), (
+        "docs/configuration-edge.md is stale: python -m edge.config > docs/configuration-edge.md"
+    )
+
+
+def test_config_env_overrides_and_errors(tmp_path: Path) -> None:
+    from busbell import ConfigError, load_config
+    from edge.config import EdgeConfig
+
+    toml = tmp_path / "edge.toml"
+    toml.write_text('bus_id = "bus-9"\nsource = "stream"\n[uplink]\nbatch_max_events = 50\n')
+    cfg = load_config(EdgeConfig, toml, env={"BUSBELL_UPLINK__WINDOW_EVENTS": "500"})
+    assert (cfg.bus_id, cfg.source) == ("bus-9", "stream")
+    assert (cfg.uplink.batch_max_events, cfg.uplink.window_events) == (50, 500)
+    for env in (
+        {"BUSBELL_SOURCE": "usb"},
+        {"BUSBELL_BUS_ID": "a/b"},
+        {"BUSBELL_UPLINK__WINDOW_EVENTS": "1"},
+    ):
+        with pytest.raises(ConfigError):
+            load_config(EdgeConfig, toml, env=env)
