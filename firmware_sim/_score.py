@@ -427,7 +427,7 @@ def score_suite(
             (d / "score.json").write_text(
                 json.dumps({**sc.as_dict(), "details": sc.details}, indent=1) + "\n", "utf-8"
             )
-            _log().info("scenario_scored", scenario=name, **sc.as_dict())
+            _log().info("scenario_scored", **sc.as_dict())
             scores.append(sc)
             if progress is not None:
                 progress(sc)

@@ -1,12 +1,10 @@
 """The scorer's subprocess wiring: generate, ``edge replay``, ``backend settle``, compare.
 
-The default-run test is skipped ONLY while ``edge.cli`` or ``backend.cli`` does not exist
-yet; the full-scale suite is ``slow``.
+The whole small suite runs in the default run (about 20 s); the full scale is ``slow``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,11 +14,7 @@ from firmware_sim import generate, scenario_names, score_suite
 from firmware_sim._report import render_markdown
 from firmware_sim._score import load_journeys, run_pipeline, score_scenario
 
-_MISSING = [m for m in ("edge.cli", "backend.cli") if importlib.util.find_spec(m) is None]
-needs_pipeline = pytest.mark.skipif(bool(_MISSING), reason=f"not built yet: {_MISSING}")
 
-
-@needs_pipeline
 def test_replay_and_settle_subprocesses_end_to_end(tmp_path: Path) -> None:
     d = tmp_path / "quiet_route"
     truth = generate("quiet_route", 3, d, "small")
@@ -32,7 +26,6 @@ def test_replay_and_settle_subprocesses_end_to_end(tmp_path: Path) -> None:
     assert sc.charged_legs > 0  # the pipeline charged somebody
 
 
-@needs_pipeline
 @pytest.mark.timeout(300)
 def test_whole_small_suite_scores_and_renders() -> None:
     """The CI run of the suite (about a minute); a loose regression guard, not the targets."""
@@ -47,7 +40,6 @@ def test_whole_small_suite_scores_and_renders() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@needs_pipeline
 def test_full_suite(tmp_path: Path) -> None:
     suite = score_suite(scenario_names(), seed=1, scale="full", keep_dir=tmp_path)
     o = suite.overall
