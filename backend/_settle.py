@@ -13,10 +13,14 @@ per accepted event is kept):
    to fill; a gap that never fills is a warning, a ``prev`` mismatch rejects),
 5. resolve the rid to a rider (:class:`~backend._resolve.Resolver`) and check the
    proof's ``rtag`` and ``tq`` (:meth:`~backend._resolve.Resolver.check_proof`),
-6. build and price journeys (:class:`~backend._journeys.JourneyBuilder`).
+6. build and price journeys (:class:`~backend._journeys.JourneyBuilder`), one rider at
+   a time: :meth:`Settler.iter_journeys` yields them in output order as they are built,
+   so only the compact segments are ever all in memory (never the journeys and their
+   explanation lines).
 
-Steps 5-6 are :func:`segment_of` + the builder, shared with the online settlement of
-events that ingest already verified and stored.
+Steps 5-6 are :func:`segment_of` + :meth:`~backend._journeys.JourneyBuilder.build_rider`,
+the very functions the online settlement (:mod:`backend._settlement`) runs on the events
+that ingest already verified and stored.
 """
 
 from __future__ import annotations
@@ -124,14 +128,15 @@ class SettleResult:
 
 @dataclass(slots=True)
 class _Bus:
+    index: int
     next_seq: int | None = None  # None: nothing accepted yet
     prev: str = GENESIS_PREV
-    seen: dict[int, bytes] = field(default_factory=dict)  # seq -> hash prefix
+    seen: dict[int, int] = field(default_factory=dict)  # seq -> 64-bit hash prefix
     pending: dict[int, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
 
 
 class Settler:
-    """Streams fare events through every check and builds the journeys at the end.
+    """Streams fare events through every check, then builds the journeys rider by rider.
 
     Args:
         devices: bus id -> public key.
@@ -154,9 +159,11 @@ class Settler:
         self.categories = categories
         self.stats = SettleStats()
         self._buses: dict[str, _Bus] = {}
-        self._event_ids: dict[bytes, tuple[str, int]] = {}
-        self._segments: list[Segment] = []
+        # 64-bit hash of an event_id -> bus index << 40 | seq (ints: no tuple per event)
+        self._event_ids: dict[int, int] = {}
+        self._by_rider: dict[str, list[Segment]] = {}
         self._intern: dict[str, str] = {}
+        self._intervals: dict[int, int] = {}
 
     # ---------------------------------------------------------------- input
 
@@ -201,9 +208,9 @@ class Settler:
         digest = hashlib.sha256(full).hexdigest()
         bus = self._buses.get(bus_id)
         if bus is None:
-            bus = self._buses[bus_id] = _Bus()
+            bus = self._buses[bus_id] = _Bus(len(self._buses))
         seq = event["seq"]
-        prefix = bytes.fromhex(digest[:16])
+        prefix = int(digest[:16], 16)
         seen = bus.seen.get(seq)
         if seen is not None:
             if seen == prefix:
@@ -219,12 +226,13 @@ class Settler:
         except SignatureError:
             self.reject("bad_signature")
             return
-        eid = hashlib.blake2b(event["event_id"].encode(), digest_size=8).digest()
+        eid = int.from_bytes(hashlib.blake2b(event["event_id"].encode(), digest_size=8).digest())
+        here = bus.index << 40 | seq
         owner = self._event_ids.get(eid)
-        if owner is not None and owner != (bus_id, seq):
+        if owner is not None and owner != here:
             self.reject("duplicate_event_id")
             return
-        self._event_ids[eid] = (bus_id, seq)
+        self._event_ids[eid] = here
         if bus.next_seq is None:
             bus.next_seq = seq
             if seq != 1:
@@ -263,7 +271,7 @@ class Settler:
     def _accept(
         self, bus: _Bus, bus_id: str, seq: int, digest: str, event: dict[str, Any], *, link: bool
     ) -> None:
-        bus.seen[seq] = bytes.fromhex(digest[:16])
+        bus.seen[seq] = int(digest[:16], 16)
         if link:
             bus.next_seq = seq + 1
             bus.prev = digest
@@ -273,7 +281,12 @@ class Settler:
             self.reject(exc.reason)
             return
         self.stats.accepted += 1
-        self._segments.append(self._compact(seg))
+        compact = self._compact(seg)
+        rider = self._by_rider.get(compact.rider_id)
+        if rider is None:
+            self._by_rider[compact.rider_id] = [compact]
+        else:
+            rider.append(compact)
 
     def _compact(self, seg: Segment) -> Segment:
         intern = self._intern
@@ -288,7 +301,7 @@ class Settler:
             bus_id=i(seg.bus_id) or seg.bus_id,
             seq=seg.seq,
             event_id=seg.event_id,
-            interval=seg.interval,
+            interval=self._intervals.setdefault(seg.interval, seg.interval),
             route_id=i(seg.route_id),
             trip_id=i(seg.trip_id),
             start_t=seg.start_t,
@@ -316,14 +329,27 @@ class Settler:
                 self._drain(bus, bus_id)
 
     def segments(self) -> list[Segment]:
-        """The accepted segments so far."""
-        return list(self._segments)
+        """The accepted segments so far (by rider, then in acceptance order)."""
+        return [seg for rider in sorted(self._by_rider) for seg in self._by_rider[rider]]
+
+    def iter_journeys(self) -> Iterator[Journey]:
+        """Flush chain gaps, then build and price the journeys one rider at a time.
+
+        Yields the journeys in output order (rider, first boarding, bus, journey id);
+        each rider's segments are released once their journeys are built, so memory
+        holds the segments and one rider's journeys, never every journey. The settler is
+        consumed: call it once.
+        """
+        self.flush_pending()
+        categories = self.categories or {}
+        by_rider = self._by_rider
+        for rider_id in sorted(by_rider):
+            segments = by_rider.pop(rider_id)
+            yield from self.builder.build_rider(segments, categories.get(rider_id))
 
     def finish(self) -> SettleResult:
-        """Flush chain gaps, build and price the journeys."""
-        self.flush_pending()
-        journeys = self.builder.build(self._segments, self.categories)
-        return SettleResult(journeys, self.stats)
+        """Flush chain gaps, build and price every journey (kept in a list)."""
+        return SettleResult(list(self.iter_journeys()), self.stats)
 
 
 def read_event_lines(paths: Iterable[str | os.PathLike[str]]) -> Iterator[bytes]:

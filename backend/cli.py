@@ -211,19 +211,21 @@ def _settle(args: argparse.Namespace) -> int:
     settler = Settler(devices, resolver, builder)
     for line in read_event_lines(args.events):
         settler.feed_line(line)
-    result = settler.finish()
+    # journeys are written as they are built, one rider at a time (bounded memory)
+    n_journeys = charged = review = 0
     tmp = args.out.with_name(args.out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for journey in result.journeys:
+        for journey in settler.iter_journeys():
             f.write(json.dumps(journey.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+            n_journeys += 1
+            charged += journey.charged
+            review += "review" in journey.flags
     tmp.replace(args.out)
-    stats = result.stats
-    charged = sum(1 for j in result.journeys if j.charged)
-    review = sum(1 for j in result.journeys if "review" in j.flags)
+    stats = settler.stats
     _err(
         f"settled {stats.read} event(s): {stats.accepted} accepted, "
         f"{sum(stats.rejected.values())} rejected, {stats.duplicates} duplicate(s); "
-        f"{len(result.journeys)} journey(s) ({charged} charged, {review} for review) "
+        f"{n_journeys} journey(s) ({charged} charged, {review} for review) "
         f"-> {args.out} in {time.perf_counter() - t0:.1f} s"
     )
     for reason, n in sorted(stats.rejected.items()):
