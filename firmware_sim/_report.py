@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from firmware_sim._score import TARGETS, ScenarioScore, SuiteScore
 
-__all__ = ["git_commit", "render_markdown", "render_table"]
+__all__ = ["git_commit", "render_failures", "render_markdown", "render_table"]
 
 _HEAD = (
     "| scenario | journeys | exact | exact (observable) | board-stop err | alight-stop err "
@@ -34,6 +35,35 @@ def render_table(suite: SuiteScore) -> str:
     overall = suite.overall
     lines.append(_row(overall).replace("| overall |", "| **overall** |", 1))
     return "\n".join(lines)
+
+
+def _stops(leg: dict[str, Any]) -> str:
+    return f"{leg['board_stop_id']} -> {leg['alight_stop_id']}"
+
+
+def render_failures(suite: SuiteScore, limit: int = 40) -> str:
+    """A Markdown table of the observable errors (wrong legs, misses, bystander charges)."""
+    rows = []
+    for s in suite.scenarios:
+        for d in s.details:
+            if d["kind"] == "bystander_charged":
+                c = d["charge"]
+                rows.append(
+                    (s.scenario, "bystander charged", c["rider_id"], c["bus_id"], "-", _stops(c))
+                )
+            elif d.get("observable"):
+                leg = d["leg"]
+                charged = "; ".join(_stops(c) for c in d.get("charges", [])) or "nothing"
+                rows.append(
+                    (s.scenario, d["kind"], leg["rider_id"], leg["bus_id"], _stops(leg), charged)
+                )
+    if not rows:
+        return "None."
+    out = ["| scenario | error | rider | bus | truth | charged |", "|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows[:limit]]
+    if len(rows) > limit:
+        out.append(f"\n({len(rows) - limit} more in each scenario's `score.json` with `--keep`.)")
+    return "\n".join(out)
 
 
 def _verdict(ok: bool) -> str:
@@ -102,4 +132,12 @@ it was not riding (counted once per pass). *Observable* excludes legs no bus cou
 riders whose iPhone app is in the background (iOS cannot advertise custom data there),
 tokens whose battery went flat during the ride, and token clocks outside the edge's tq
 window (the `token_clock_drift` scenario has some on purpose).
+
+## What went wrong (observable legs)
+
+{render_failures(suite)}
+
+`wrong` lists every charge matched to the true leg ("A -> B; C -> D" is a ride split in
+two charges). Rerun with `--keep DIR` to get each scenario's traces, events, settled
+journeys and `score.json`.
 """

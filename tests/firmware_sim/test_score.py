@@ -133,3 +133,21 @@ def test_markdown_report_has_command_date_commit_and_targets() -> None:
     assert "`abc123`" in doc
     assert "NOT met" in doc
     assert "UTC" in doc
+
+
+def test_failures_table_lists_observable_errors() -> None:
+    from firmware_sim._report import render_failures
+    from firmware_sim._score import SuiteScore
+
+    charged = [
+        j("r1", leg("B1", "S2", 150.0, "S3", 400.0)),
+        j("r3", leg("B1", "S1", 100.0, "S2", 200.0)),
+        j("r3", leg("B2", "S4", 700.0, "S6", 900.0)),
+    ]
+    suite = SuiteScore("small", 1, [score_scenario("x", TRUTH, charged, META)], 0.0, 0.0)
+    text = render_failures(suite)
+    assert "| x | wrong | r1 | B1 | S1 -> S3 | S2 -> S3 |" in text
+    assert "| x | missed | r2 | B1 | S2 -> S4 | nothing |" in text
+    assert "| x | bystander charged | r3 | B2 | - | S4 -> S6 |" in text
+    ok = SuiteScore("small", 1, [score_scenario("x", TRUTH, TRUTH, META)], 0.0, 0.0)
+    assert render_failures(ok) == "None."
