@@ -200,6 +200,10 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
                 "SELECT bus_id, COUNT(*), MAX(seq) FROM fare_events GROUP BY bus_id ORDER BY bus_id"
             ).fetchall()
             quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+            journeys = conn.execute("SELECT COUNT(*) FROM journeys").fetchone()[0]
+            charged = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(fare_krw), 0) FROM charges"
+            ).fetchone()
         except sqlite3.Error as exc:
             out.write(f"  (no ledger summary: {exc})\n")
             return
@@ -207,6 +211,7 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
     for bus, n, top in rows:
         out.write(f"  {bus:<16} {n:>5} events, up to seq {top}\n")
     out.write(f"  quarantined: {quarantined}\n")
+    out.write(f"journeys settled: {journeys}; charges: {charged[0]} totalling {charged[1]} KRW\n")
 
 
 def run_demo(a: argparse.Namespace, out: IO[str]) -> int:

@@ -1,0 +1,99 @@
+"""``busbell demo`` end to end: every component as a real process, and the browser view.
+
+The simulator plays a scenario live at 40x speed to one edge daemon per bus over MQTT and
+TCP; the edges record and upload signed events; the backend ingests, settles and charges.
+Headless Chromium renders the fleet view while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(240)]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_state(port: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/state", timeout=2) as r:
+                last = json.loads(r.read())
+            kinds = {t["kind"] for t in last["topics"]}
+            if {"status", "occupancy"} <= kinds:
+                return last
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return last
+
+
+@pytest.mark.browser
+def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
+    view_port = free_port()
+    work = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busbell.cli", "demo", "--scenario", "quiet_route"]
+        + ["--speed", "40", "--no-browser", "--grace", "10", "--duration", "150"]
+        + ["--prefix", topic_prefix, "--workdir", str(work), "--view-port", str(view_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        state = wait_state(view_port, 90)
+        kinds = {t["kind"] for t in state.get("topics", [])}
+        assert {"status", "occupancy"} <= kinds, state
+        status = next(t for t in state["topics"] if t["kind"] == "status")
+        assert status["ids"]["bus"] == "bus-55-01"
+        assert status["body"]["state"] == "online"
+        dom = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
+            + ["--no-first-run", "--disable-background-networking", "--disable-component-update"]
+            + ["--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}"]
+            + ["--virtual-time-budget=4000", "--dump-dom", f"http://127.0.0.1:{view_port}/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert 'data-bus="bus-55-01"' in dom
+        assert re.search(r'class="big occupancy">\d+<', dom), dom[:2000]
+        out, _ = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    m = re.search(r"bus-55-01\s+(\d+) events, up to seq (\d+)", out)
+    assert m, out
+    assert int(m.group(1)) == int(m.group(2)) >= 5
+    assert "quarantined: 0" in out
+    j = re.search(r"journeys settled: (\d+); charges: (\d+) totalling (\d+) KRW", out)
+    assert j, out
+    truth = [
+        json.loads(line) for line in (work / "scenario" / "JOURNEYS.jsonl").read_text().splitlines()
+    ]
+    assert int(j.group(1)) == len(truth)
+    assert int(j.group(3)) > 0
