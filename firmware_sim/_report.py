@@ -66,6 +66,14 @@ def render_failures(suite: SuiteScore, limit: int = 40) -> str:
     return "\n".join(out)
 
 
+def _share(n: int, total: int) -> str:
+    return f"{100.0 * n / total:.2f}" if total else "-"
+
+
+def _per10k(passes: int) -> str:
+    return f"{1e4 / passes:.2f}" if passes else "-"
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -118,6 +126,11 @@ radio model in [radio.md](radio.md).
 | riders missed <= {t["missed_pct_max"]} % | {o.missed_pct:.2f} % of all legs, \
 {o.missed_observable_pct:.2f} % of observable legs | \
 {_verdict(o.missed_observable_pct <= t["missed_pct_max"])} (observable) |
+
+Resolution of this run: one journey is {_share(1, o.journeys)} % of the journeys, one leg
+{_share(1, o.legs)} % of the legs, one bystander charge {_per10k(o.bystander_passes)} per
+10,000 passes. The observable figures are the ones the targets are about: a leg no bus
+could hear cannot be charged by any classifier.
 
 ## Per scenario
 
