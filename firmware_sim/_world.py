@@ -658,9 +658,12 @@ class _Sim:
         for w in self.spec.waiters:
             for _ in range(w.n):
                 p = self._new_bystander("waiter")
+                call = None
                 if w.near_bus is not None:
                     plan = self.plans[w.near_bus]
-                    call = next(c for c in plan.calls if c.stop_id == w.stop_id)
+                    # the bus may pass the stop without calling (nobody to board or alight)
+                    call = next((c for c in plan.calls if c.stop_id == w.stop_id), None)
+                if call is not None:
                     path = plan.path
                     idx = call.idx
                     a = call.t_arrive - rng.uniform(30.0, 400.0)
