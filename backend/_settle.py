@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -126,12 +127,52 @@ class SettleResult:
     stats: SettleStats
 
 
+class _SeenHashes:
+    """Seq -> 63-bit hash prefix of the accepted event, 8 bytes per seq.
+
+    A bus's seqs are dense, so they go in a flat ``array('Q')`` from the first seq seen
+    (0 means "not seen"); a seq far outside it (a forged huge seq) goes to a dict.
+    """
+
+    __slots__ = ("_base", "_flat", "_sparse")
+
+    _MAX_GROW = 1 << 20
+
+    def __init__(self) -> None:
+        self._base: int | None = None
+        self._flat = array("Q")
+        self._sparse: dict[int, int] = {}
+
+    def get(self, seq: int) -> int | None:
+        """The prefix stored for ``seq`` (low bit set), or ``None``."""
+        base = self._base
+        if base is not None and 0 <= seq - base < len(self._flat):
+            value = self._flat[seq - base]
+            return value or None
+        return self._sparse.get(seq)
+
+    def put(self, seq: int, prefix: int) -> None:
+        """Remember the hash prefix of the event accepted at ``seq``."""
+        value = prefix | 1  # never 0
+        if self._base is None:
+            self._base = seq
+        off = seq - self._base
+        flat = self._flat
+        if 0 <= off < len(flat):
+            flat[off] = value
+        elif len(flat) <= off < len(flat) + self._MAX_GROW:
+            flat.frombytes(bytes(8 * (off - len(flat))))
+            flat.append(value)
+        else:
+            self._sparse[seq] = value
+
+
 @dataclass(slots=True)
 class _Bus:
     index: int
     next_seq: int | None = None  # None: nothing accepted yet
     prev: str = GENESIS_PREV
-    seen: dict[int, int] = field(default_factory=dict)  # seq -> 64-bit hash prefix
+    seen: _SeenHashes = field(default_factory=_SeenHashes)
     pending: dict[int, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
 
 
@@ -159,8 +200,8 @@ class Settler:
         self.categories = categories
         self.stats = SettleStats()
         self._buses: dict[str, _Bus] = {}
-        # 64-bit hash of an event_id -> bus index << 40 | seq (ints: no tuple per event)
-        self._event_ids: dict[int, int] = {}
+        # event_id (the string the segment keeps anyway) -> bus index << 40 | seq
+        self._event_ids: dict[str, int] = {}
         self._by_rider: dict[str, list[Segment]] = {}
         self._intern: dict[str, str] = {}
         self._intervals: dict[int, int] = {}
@@ -210,7 +251,7 @@ class Settler:
         if bus is None:
             bus = self._buses[bus_id] = _Bus(len(self._buses))
         seq = event["seq"]
-        prefix = int(digest[:16], 16)
+        prefix = int(digest[:16], 16) | 1
         seen = bus.seen.get(seq)
         if seen is not None:
             if seen == prefix:
@@ -226,7 +267,7 @@ class Settler:
         except SignatureError:
             self.reject("bad_signature")
             return
-        eid = int.from_bytes(hashlib.blake2b(event["event_id"].encode(), digest_size=8).digest())
+        eid = event["event_id"]
         here = bus.index << 40 | seq
         owner = self._event_ids.get(eid)
         if owner is not None and owner != here:
@@ -271,7 +312,7 @@ class Settler:
     def _accept(
         self, bus: _Bus, bus_id: str, seq: int, digest: str, event: dict[str, Any], *, link: bool
     ) -> None:
-        bus.seen[seq] = int(digest[:16], 16)
+        bus.seen.put(seq, int(digest[:16], 16))
         if link:
             bus.next_seq = seq + 1
             bus.prev = digest

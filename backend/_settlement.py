@@ -69,7 +69,7 @@ from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, LostPolicy
 from backend._resolve import DEFAULT_PROOF_SLACK_S, ProofRejected, Resolver, RiderKeyring
 from backend._settle import segment_of
 from backend.config import BackendConfig
-from busbell import ConfigError, StoreError, get_logger
+from busbell import BusbellError, ConfigError, StoreError, get_logger
 from busbell._gtfs import Feed
 
 __all__ = [
@@ -114,6 +114,7 @@ class SettleReport:
         gaps_waiting: buses stopped at a hole in their seqs (within the grace period).
         gaps_skipped: holes settled past after the grace period.
         rider_days: rider-days recomputed.
+        failed_rider_days: rider-days that could not be priced (left marked, logged).
         journeys: journeys written.
         charges: charges written.
         adjustments: adjustments written.
@@ -125,6 +126,7 @@ class SettleReport:
     gaps_waiting: int = 0
     gaps_skipped: int = 0
     rider_days: int = 0
+    failed_rider_days: int = 0
     journeys: int = 0
     charges: int = 0
     adjustments: int = 0
@@ -138,6 +140,7 @@ class SettleReport:
             "gaps_waiting": self.gaps_waiting,
             "gaps_skipped": self.gaps_skipped,
             "rider_days": self.rider_days,
+            "failed_rider_days": self.failed_rider_days,
             "journeys": self.journeys,
             "charges": self.charges,
             "adjustments": self.adjustments,
@@ -515,18 +518,16 @@ class SettlementWorker:
 
     async def _recompute_dirty(self, now: float, report: SettleReport) -> None:
         d = settlement_dirty
-        while True:
-            async with self.engine.connect() as conn:
-                marks = (
-                    await conn.execute(
-                        sa.select(d.c.rider_id, d.c.service_day, d.c.marked_at)
-                        .order_by(d.c.rider_id, d.c.service_day)
-                        .limit(500)
+        async with self.engine.connect() as conn:
+            marks = (
+                await conn.execute(
+                    sa.select(d.c.rider_id, d.c.service_day, d.c.marked_at).order_by(
+                        d.c.rider_id, d.c.service_day
                     )
-                ).all()
-            if not marks:
-                return
-            for m in marks:
+                )
+            ).all()
+        for m in marks:
+            try:
                 async with self.engine.begin() as conn:
                     await self.recompute_rider_day(conn, m.rider_id, m.service_day, now, report)
                     await conn.execute(
@@ -536,6 +537,16 @@ class SettlementWorker:
                             d.c.marked_at <= m.marked_at,
                         )
                     )
+            except BusbellError as exc:
+                # e.g. no fare rules in force that day: the mark stays, retried next pass
+                FAILURES.inc()
+                report.failed_rider_days += 1
+                _log().error(
+                    "rider_day_failed",
+                    rider_id=m.rider_id,
+                    service_day=m.service_day,
+                    error=str(exc),
+                )
 
     async def recompute_rider_day(
         self,

@@ -63,6 +63,10 @@ the key publisher until interrupted.
 """
 
 
+SERVICE_STOP_GRACE_S = 5.0
+"""How long `run_backend` lets the service finish after ``stop`` before cancelling it."""
+
+
 def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
 
@@ -339,6 +343,7 @@ async def run_backend(config_path: Path | None, *, stop: asyncio.Event | None = 
         The service's exit status.
     """
     import asyncio
+    import contextlib
 
     from backend._api import run_service
     from backend._settlement import run_settlement
@@ -353,9 +358,19 @@ async def run_backend(config_path: Path | None, *, stop: asyncio.Event | None = 
 
     async def service() -> None:
         nonlocal status
+        inner = asyncio.create_task(run_service(config_path, stop=stopper))
+        stopped = asyncio.create_task(stopper.wait())
         try:
-            status = await run_service(config_path, stop=stopper)
+            await asyncio.wait({inner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not inner.done():
+                # run_service's broker link does not end on `stop`: give the API and
+                # ingest a moment to finish, then cancel what is left
+                await asyncio.wait({inner}, timeout=SERVICE_STOP_GRACE_S)
+                inner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                status = await inner
         finally:
+            stopped.cancel()
             stopper.set()
 
     async def settlement() -> None:

@@ -238,3 +238,22 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     )
     assert status == 2
     assert "header must be rider_id,token_key" in capsys.readouterr().err
+
+
+def test_seen_hashes_dense_sparse_and_unseen() -> None:
+    from backend._settle import _SeenHashes
+
+    seen = _SeenHashes()
+    assert seen.get(5) is None
+    seen.put(5, 0)  # a zero prefix is still "seen"
+    seen.put(6, 0xABC)
+    seen.put(9, 0xDEF)  # a hole: 7 and 8 stay unseen
+    seen.put(3, 0x123)  # below the first seq: kept aside
+    seen.put(10**12, 0x456)  # far beyond: kept aside, no huge allocation
+    assert seen.get(5) == 1
+    assert seen.get(6) == 0xABC | 1
+    assert (seen.get(7), seen.get(8)) == (None, None)
+    assert seen.get(9) == 0xDEF | 1
+    assert seen.get(3) == 0x123 | 1
+    assert seen.get(10**12) == 0x456 | 1
+    assert seen.get(10**12 + 1) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -431,3 +432,161 @@ def test_settlement_section_is_documented() -> None:
         "settlement.default_category",
     } <= keys
     assert json.dumps(sorted(keys))
+
+
+@pytest.mark.mosquitto
+async def test_end_to_end_over_mqtt(tmp_path: Path, shared_broker: Any, topic_prefix: str) -> None:
+    """Edges publish fare batches; run_ingest stores them; run_settlement charges them."""
+    from backend._ingest import run_ingest
+    from backend._settlement import run_settlement
+    from backend.config import (
+        BackendConfig,
+        DatabaseSettings,
+        FilesSettings,
+        IngestSettings,
+        SettlementSettings,
+    )
+    from busbell import Topics
+    from busbell._mqtt import MqttSession, MqttSettings
+
+    world = World(tmp_path, riders=2, buses=2)
+    world.ride("r0001", "bus-01", board=1, alight=5, t=T0)
+    world.ride("r0001", "bus-02", board=5, alight=9, t=T0 + 600, route_id="R2", trip_id="T2")
+    world.ride("r0002", "bus-01", board=2, alight=6, t=T0 + 60)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}"
+    mqtt = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
+    config = BackendConfig(
+        database=DatabaseSettings(url=url),
+        mqtt=mqtt,
+        ingest=IngestSettings(worker_id="e2e"),
+        settlement=SettlementSettings(interval_s=0.2),
+        files=FilesSettings(devices=world.devices_csv, riders=world.riders_csv, gtfs=world.gtfs),
+    )
+    engine = create_engine(url)
+    await migrate(engine)
+    stop = asyncio.Event()
+    topics = Topics(topic_prefix)
+    tasks = [
+        asyncio.create_task(run_ingest(config, stop=stop)),
+        asyncio.create_task(run_settlement(config, stop=stop)),
+    ]
+    try:
+        async with MqttSession(mqtt, "t-e2e-edge", clean_start=True) as edge:
+            await edge.subscribe([topics.fares_ack(b) for b in world.buses])
+            acked: dict[str, int] = {}
+            async with asyncio.timeout(20):
+                while any(acked.get(b, 0) < c.seq for b, c in world.buses.items()):
+                    for b, c in world.buses.items():
+                        if acked.get(b, 0) < c.seq:
+                            await edge.publish(topics.fares(b), batch_payload(b, c.events), qos=1)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(2):
+                            async for msg in edge.messages():
+                                bus = msg.topic.split("/")[-3]
+                                acked[bus] = max(
+                                    acked.get(bus, 0), json.loads(msg.payload)["upto_seq"]
+                                )
+                                if all(acked.get(b, 0) >= c.seq for b, c in world.buses.items()):
+                                    break
+        async with asyncio.timeout(20):
+            while True:
+                async with engine.connect() as conn:
+                    got = (
+                        await conn.execute(
+                            sa.select(charges.c.rider_id, charges.c.fare_krw).order_by(
+                                charges.c.rider_id
+                            )
+                        )
+                    ).all()
+                if len(got) == 2:
+                    break
+                await asyncio.sleep(0.2)
+        rules = load_rules(timezone="Asia/Seoul")
+        assert [tuple(r) for r in got] == [
+            (
+                "r0001",
+                _price(
+                    rules,
+                    [
+                        ("R1", "gyeonggi_city", T0, 3200.0),
+                        ("R2", "gyeonggi_wide_area", T0 + 600, 3200.0),
+                    ],
+                    "adult",
+                ),
+            ),
+            ("r0002", _price(rules, [("R1", "gyeonggi_city", T0, 3200.0)], "adult")),
+        ]
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        await engine.dispose()
+
+
+async def test_a_rider_day_that_cannot_be_priced_stays_marked(env: Env) -> None:
+    # 2020: before the earliest packaged rule set (NoRulesInForceError)
+    env.world.ride("r0001", "bus-01", board=1, alight=3, t=1_600_000_000.0)
+    env.world.ride("r0002", "bus-02", board=1, alight=3, t=T0)
+    await env.ingest([e for c in env.world.buses.values() for e in c.events])
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    assert report.failed_rider_days >= 1
+    assert any(e["event"] == "rider_day_failed" for e in logs)
+    assert [c["rider_id"] for c in await env.rows(charges, "charge_id")] == ["r0002"]
+    marks = await env.rows(settlement_dirty, "rider_id")
+    assert {m["rider_id"] for m in marks} == {"r0001"}
+
+
+@pytest.mark.mosquitto
+async def test_backend_run_starts_the_settlement(
+    tmp_path: Path, shared_broker: Any, topic_prefix: str
+) -> None:
+    """`busbell backend run` (run_backend) serves the API and runs the settlement worker."""
+    from backend.cli import run_backend
+    from tests.conftest import free_port
+
+    world = World(tmp_path, riders=1, buses=1)
+    world.ride("r0001", "bus-01", board=1, alight=4, t=T0)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'run.db'}"
+    port = free_port()
+    cfg = tmp_path / "backend.toml"
+    cfg.write_text(
+        f'[database]\nurl = "{url}"\n'
+        f'[mqtt]\nhost = "{shared_broker.host}"\nport = {shared_broker.port}\n'
+        f'prefix = "{topic_prefix}"\n'
+        f"[api]\nport = {port}\n"
+        f'[files]\ndevices = "{world.devices_csv}"\nriders = "{world.riders_csv}"\n'
+        f'gtfs = "{world.gtfs}"\n'
+        "[settlement]\ninterval_s = 0.2\n"
+    )
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(run_backend(cfg, stop=stop))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                async with asyncio.timeout(20):
+                    while True:
+                        with contextlib.suppress(httpx.TransportError):
+                            r = await client.get("/riders/r0001")
+                            if r.status_code == 200:
+                                break
+                        await asyncio.sleep(0.2)
+                assert r.json()["category"] == "adult"
+                # events stored by ingest (here written straight through an Ingestor)
+                engine = create_engine(url)
+                try:
+                    async with engine.begin() as conn:
+                        chain = world.buses["bus-01"]
+                        await register_device(conn, "bus-01", chain.key.public)
+                    ing = Ingestor(engine, IngestCore(), worker_id="t")
+                    await ing.refresh_devices()
+                    res = await ing.ingest([("bus-01", batch_payload("bus-01", chain.events))])
+                    assert res.stored == 1
+                finally:
+                    await engine.dispose()
+                async with asyncio.timeout(20):
+                    while not (await client.get("/riders/r0001/charges")).json()["charges"]:
+                        await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, 20) == 0
+    assert any(e["event"] == "settlement_started" for e in logs)
