@@ -1,0 +1,112 @@
+"""Fleet keys delivered by the backend's sealed bundles, and the deny list, on the bus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from busbell import (
+    ContractError,
+    DeviceKey,
+    TokenVerifier,
+    bus_kex_private,
+    day_of,
+    derive_rider_keys,
+    ed25519_to_x25519_public,
+    encode_payload,
+    read_fleet_keys,
+    seal_key_bundle,
+)
+from edge._keyring import Denylist, FleetKeyring
+
+NOW = 1_790_000_000.0
+TODAY = day_of(NOW)
+
+
+def bundle(device: DeviceKey, bus_id: str, keys: dict[int, bytes]) -> bytes:
+    msg = seal_key_bundle(bus_id, ed25519_to_x25519_public(device.public.raw), keys, issued_at=NOW)
+    return json.dumps(msg).encode()
+
+
+def test_bundle_keys_are_merged_persisted_and_verify_tokens(tmp_path: Path) -> None:
+    dev = DeviceKey.from_seed(bytes(range(32)))
+    path = tmp_path / "state" / "FLEET.csv"
+    ring = FleetKeyring(path, "B1", bus_kex_private(dev))
+    assert ring.days_ahead(NOW) == -1
+    keys = {TODAY + i: bytes([i + 1]) * 32 for i in range(4)}
+    assert ring.apply_bundle(bundle(dev, "B1", keys), NOW) == sorted(keys)
+    assert ring.days_ahead(NOW) == 3
+    assert read_fleet_keys(path) == keys
+    assert path.stat().st_mode & 0o777 == 0o600
+    # the same bundle again changes nothing; a restart reads the file
+    assert ring.apply_bundle(bundle(dev, "B1", keys), NOW) == []
+    again = FleetKeyring(path, "B1", bus_kex_private(dev))
+    payload = encode_payload(derive_rider_keys(bytes(16)), NOW, fleet_key=keys[TODAY])
+    assert TokenVerifier(again.get).verify(payload, NOW).day == TODAY
+
+
+def test_old_days_are_dropped_on_save(tmp_path: Path) -> None:
+    dev = DeviceKey.from_seed(bytes(32))
+    ring = FleetKeyring(tmp_path / "F.csv", "B1", bus_kex_private(dev), keep_days=1)
+    ring.apply_bundle(bundle(dev, "B1", {TODAY - 5: b"\1" * 32, TODAY: b"\2" * 32}), NOW)
+    assert sorted(ring.keys) == [TODAY]
+
+
+def test_bundles_for_another_bus_or_key_or_tampered_are_refused(tmp_path: Path) -> None:
+    dev = DeviceKey.from_seed(bytes(32))
+    other = DeviceKey.from_seed(b"\7" * 32)
+    ring = FleetKeyring(tmp_path / "F.csv", "B1", bus_kex_private(dev))
+    with pytest.raises(ContractError, match="not for this bus"):
+        ring.apply_bundle(bundle(dev, "B2", {TODAY: b"\1" * 32}), NOW)
+    with pytest.raises(ContractError):
+        ring.apply_bundle(bundle(other, "B1", {TODAY: b"\1" * 32}), NOW)
+    msg = json.loads(bundle(dev, "B1", {TODAY: b"\1" * 32}))
+    msg["issued_at"] = NOW + 1
+    with pytest.raises(ContractError):
+        ring.apply_bundle(json.dumps(msg).encode(), NOW)
+    with pytest.raises(ContractError):
+        ring.apply_bundle(b"\xff not json", NOW)
+    assert ring.bundles_rejected == 4
+    assert ring.keys == {}
+    assert not (tmp_path / "F.csv").exists()
+
+
+def test_denylist_versions_and_rids() -> None:
+    dl = Denylist("B1")
+    rid = bytes(range(12))
+    assert dl.apply(json.dumps({"v": 1, "version": 2, "rids": [rid.hex()], "devices": []}).encode())
+    assert dl.denies(rid)
+    assert not dl.denies(bytes(12))
+    assert not dl.bus_revoked
+    # an older version never replaces a newer one; an empty (cleared) payload is ignored
+    assert not dl.apply(json.dumps({"version": 1, "rids": [], "devices": ["B1"]}).encode())
+    assert not dl.apply(b"")
+    assert dl.denies(rid)
+    assert dl.apply(json.dumps({"version": 3, "rids": [], "devices": ["B1"]}).encode())
+    assert dl.bus_revoked
+    assert len(dl) == 0
+    for bad in (
+        b"{",
+        b'{"version": "x"}',
+        b'{"version": 4, "rids": ["00"]}',
+        b"[]",
+        b'{"version": true}',
+    ):
+        with pytest.raises(ContractError):
+            dl.apply(bad)
+    assert dl.rejected == 5
+    assert dl.version == 3
+
+
+def test_backend_x25519_conversion_matches_the_bus_side() -> None:
+    dev = DeviceKey.from_seed(bytes(range(32)))
+    pub = (
+        bus_kex_private(dev)
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+    assert pub == ed25519_to_x25519_public(dev.public.raw)
+    assert pub.hex() == "4701d08488451f545a409fb58ae3e58581ca40ac3f7f114698cd71deac73ca01"
