@@ -719,14 +719,10 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
             _BrokerLink(config.mqtt, state, f"busbell-backend-api-{secrets.token_hex(3)}").run,
         ),
     ]
-    with contextlib.suppress(ImportError):
-        from backend._ingest import run_ingest
+    from backend._ingest import run_ingest
 
-        tasks.append(("busbell-backend.ingest", lambda: run_ingest(config, stop=stopper)))
-    with contextlib.suppress(ImportError):
-        from backend._keys import publish_key_bundles  # noqa: F401 - presence check
-
-        tasks.append(("busbell-backend.keys", lambda: _key_publisher(config, engine, stopper)))
+    tasks.append(("busbell-backend.ingest", lambda: run_ingest(config, stop=stopper)))
+    tasks.append(("busbell-backend.keys", lambda: _key_publisher(config, engine, stopper)))
     try:
         async with asyncio.TaskGroup() as tg:
             for name, fn in tasks:
@@ -735,14 +731,18 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
             async def _stop() -> None:
                 await stopper.wait()
                 server.should_exit = True
-                raise asyncio.CancelledError
+                raise _Stopped  # ends the task group: cancels the other tasks
 
             tg.create_task(_stop(), name="busbell-backend.stop")
-    except* asyncio.CancelledError:
+    except* _Stopped:
         pass
     finally:
         await engine.dispose()
     return 0
+
+
+class _Stopped(Exception):
+    """Raised inside the service's task group when ``stop`` is set."""
 
 
 async def _key_publisher(config: Any, engine: AsyncEngine, stop: asyncio.Event) -> None:
