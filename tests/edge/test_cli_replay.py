@@ -3,9 +3,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from busbell import (
     FLEET_HEADER,
@@ -20,6 +22,13 @@ from busbell import (
 )
 from edge._bench_classifier import BusPlan, SynthToken, fleet_key_of, synth_trace, write_gtfs
 from edge.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """The CLI configures logging for the process; leave the defaults for other tests."""
+    yield
+    structlog.reset_defaults()
 
 
 def key(i: int) -> bytes:

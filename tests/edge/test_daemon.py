@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from busbell import AdvRecord, DeviceKey, Topics, TraceRecord, day_of
@@ -23,6 +24,14 @@ from edge.config import EdgeConfig, MetricsSettings, StatusSettings
 pytestmark = pytest.mark.mosquitto
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Other tests may configure structlog (level filters); capture_logs needs defaults."""
+    structlog.reset_defaults()
+
+
 NOW = 1_790_000_000.0
 
 

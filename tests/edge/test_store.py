@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from busbell import (
@@ -25,6 +26,12 @@ from edge._segment import SegmentDraft, SegmentEnd
 from edge._store import FareStore
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Other tests may configure structlog (level filters); capture_logs needs defaults."""
+    structlog.reset_defaults()
 
 
 def builder() -> EventBuilder:
