@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field, replace
@@ -252,3 +253,73 @@ async def test_daemon_records_offline_and_task_names(tmp_path: Path, private_bro
     await asyncio.wait_for(task, 20)
     assert daemon.store is not None
     assert daemon.store.last_seq == 5
+
+
+def _write_run_inputs(tmp_path: Path, broker: Any) -> Path:
+    from busbell import FLEET_HEADER, TraceWriter, write_rows
+    from edge._bench_classifier import BusPlan, SynthToken, fleet_key_of, synth_trace, write_gtfs
+
+    gtfs = write_gtfs(tmp_path / "gtfs")
+    recs, _ = synth_trace(BusPlan(), [SynthToken(bytes([1]) * 16, board=0, alight=2)], seed=1)
+    trace = tmp_path / "t.jsonl"
+    with trace.open("w") as fp:
+        w = TraceWriter(fp, "bus-0099")
+        for r in recs:
+            w.write(r)
+    today = day_of(time.time())
+    write_rows(
+        tmp_path / "FLEET.csv",
+        FLEET_HEADER,
+        [(str(d), fleet_key_of(d).hex()) for d in range(today - 1, today + 9)],
+    )
+    KEY.save(tmp_path / "bus.pem")
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'bus_id = "bus-0099"\nsource = "trace"\ndevice_key = "{tmp_path}/bus.pem"\n'
+        f'fleet_keys = "{tmp_path}/FLEET.csv"\ngtfs = "{gtfs}"\nstore = "{tmp_path}/f.db"\n'
+        f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\nkeepalive_s = 5\n'
+        f'[trace]\npath = "{trace}"\nspeed = 50.0\n[status]\ninterval_s = 0.5\n'
+    )
+    return cfg
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+async def test_edge_run_process_status_and_lwt(
+    tmp_path: Path, private_broker: Any, how: str
+) -> None:
+    import signal
+    import sys
+
+    cfg = _write_run_inputs(tmp_path, private_broker)
+    backend = Backend(private_broker, "busbell/v1", "bus-0099")
+    async with backend.s:
+        reader = asyncio.create_task(backend.run())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "busbell.cli",
+            "edge",
+            "run",
+            "--config",
+            str(cfg),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await until(lambda: any(s.get("state") == "online" for s in backend.status), 30)
+            proc.send_signal(getattr(signal, how))
+            rc = await asyncio.wait_for(proc.wait(), 30)
+            await until(lambda: backend.status[-1].get("state") == "offline", 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+    if how == "SIGTERM":
+        assert rc == 0
+        assert backend.status[-1]["bus_id"] == "bus-0099"  # the daemon's own offline status
+    else:
+        assert rc == -signal.SIGKILL
+        assert backend.status[-1] == {"state": "offline"}  # the broker's LWT
