@@ -23,18 +23,23 @@ from typing import IO, Any, Protocol
 from busbell import (
     AdvRecord,
     BusbellError,
+    ContractError,
     DeviceKey,
+    KeyFileError,
     StoreError,
     Topics,
     TraceError,
     TraceRecord,
     __version__,
+    bus_kex_private,
     canonical_bytes,
     day_of,
     get_logger,
     parse_record,
+    read_fleet_keys,
 )
 from edge._events import EventBuilder
+from edge._keyring import Denylist, FleetKeyring
 from edge._segment import SegmentDraft
 from edge._source import AdvertisementSource
 from edge._store import FareStore
@@ -106,6 +111,10 @@ class DaemonStats:
     segments_closed: int = 0
     store_retries: int = 0
     status_published: int = 0
+    adverts_denied: int = 0
+    key_bundles: int = 0
+    key_bundles_rejected: int = 0
+    denylist_rejected: int = 0
 
 
 class EdgeDaemon:
@@ -131,20 +140,22 @@ class EdgeDaemon:
         device_key: DeviceKey | None = None,
         fleet_keys: Mapping[int, bytes] | None = None,
     ) -> None:
-        from busbell import read_fleet_keys
-
         self.config = config
         self.bus_id = config.bus_id
         self.source = source
         self.clock = clock
         self.topics = Topics(config.mqtt.prefix)
-        self.fleet_keys = dict(
-            fleet_keys if fleet_keys is not None else read_fleet_keys(config.fleet_keys)
-        )
+        key = device_key if device_key is not None else DeviceKey.load(config.device_key)
+        self.keyring = FleetKeyring(config.fleet_keys, self.bus_id, bus_kex_private(key))
+        if fleet_keys is not None:
+            self.keyring.keys.clear()
+            self.keyring.keys.update(fleet_keys)
+        elif not config.fleet_keys.exists():
+            read_fleet_keys(config.fleet_keys)  # a clear KeyFileError for a missing file
+        self.fleet_keys = self.keyring.keys
+        self.denylist = Denylist(self.bus_id)
         self.pipeline: Pipeline = pipeline if pipeline is not None else self._make_pipeline()
-        self.builder = EventBuilder(
-            self.bus_id, device_key if device_key is not None else DeviceKey.load(config.device_key)
-        )
+        self.builder = EventBuilder(self.bus_id, key)
         self.link = MqttLink(config.mqtt, self.bus_id, self.topics)
         self.stats = DaemonStats()
         self.store: FareStore | None = None
@@ -161,6 +172,8 @@ class EdgeDaemon:
         self._metrics_server: Any = None
         for signal in _VEHICLE_KINDS:
             self.link.route(self.topics.vehicle(self.bus_id, signal), self._vehicle_handler(signal))
+        self.link.route(self.topics.fleet_keys(self.bus_id), self._on_key_bundle)
+        self.link.route(self.topics.denylist(), self._on_denylist)
         self.link.on_connect(self._on_connected)
 
     def _make_pipeline(self) -> Pipeline:
@@ -175,6 +188,11 @@ class EdgeDaemon:
 
     def on_advert(self, rec: AdvRecord) -> None:
         """The advertisement sink: queue, dropping the oldest when full."""
+        if len(self.denylist):
+            payload = rec.mfr.get(self.config.classifier.company_id)
+            if payload is not None and self.denylist.denies(payload[3:15]):
+                self.stats.adverts_denied += 1
+                return
         q = self._adverts
         if len(q) >= self.config.advert_queue_max:
             q.popleft()
@@ -182,6 +200,39 @@ class EdgeDaemon:
         q.append(rec)
         self.stats.adverts_queued += 1
         self._wake.set()
+
+    async def _on_key_bundle(self, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            days = self.keyring.apply_bundle(payload, self.clock())
+        except (ContractError, KeyFileError) as exc:
+            self.stats.key_bundles_rejected += 1
+            _log.warning("fleet_keys_rejected", error=str(exc)[:200])
+            return
+        self.stats.key_bundles += 1
+        _log.info(
+            "fleet_keys_received", new_days=days, days_remaining=self.fleet_keys_days_remaining()
+        )
+        self._status_now.set()
+
+    async def _on_denylist(self, payload: bytes) -> None:
+        try:
+            changed = self.denylist.apply(payload)
+        except ContractError as exc:
+            self.stats.denylist_rejected += 1
+            _log.warning("denylist_rejected", error=str(exc)[:200])
+            return
+        if changed:
+            _log.info(
+                "denylist_updated",
+                version=self.denylist.version,
+                rids=len(self.denylist),
+                bus_revoked=self.denylist.bus_revoked,
+            )
+            if self.denylist.bus_revoked:
+                _log.error("bus_device_revoked", bus_id=self.bus_id)
+            self._status_now.set()
 
     def _vehicle_handler(self, signal: str) -> Callable[[bytes], Any]:
         kind = _VEHICLE_KINDS[signal]
@@ -326,6 +377,12 @@ class EdgeDaemon:
             },
             "uplink": uplink,
             "fleet_keys": {"days_remaining": days, "warning": warn},
+            "denylist": {
+                "version": self.denylist.version,
+                "rids": len(self.denylist),
+                "bus_revoked": self.denylist.bus_revoked,
+                "adverts_denied": self.stats.adverts_denied,
+            },
         }
 
     def occupancy(self) -> dict[str, Any]:

@@ -58,6 +58,7 @@ class FleetKeyring:
         self._kex = kex_private
         self.keep_days = keep_days
         self.keys: dict[int, bytes] = read_fleet_keys(path) if path.exists() else {}
+        """Day -> key; mutated in place, so a verifier may hold ``keys.get``."""
         self.bundles_applied = 0
         self.bundles_rejected = 0
 
@@ -101,7 +102,8 @@ class FleetKeyring:
 
     def _save(self, now: float) -> None:
         oldest = math.floor(now / DAY_S) - self.keep_days
-        self.keys = {d: k for d, k in self.keys.items() if d >= oldest}
+        for d in [d for d in self.keys if d < oldest]:  # in place: the verifier shares it
+            del self.keys[d]
         rows = [(str(d), k.hex()) for d, k in sorted(self.keys.items())]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".fleet-", dir=self.path.parent)

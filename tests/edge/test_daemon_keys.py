@@ -1,0 +1,125 @@
+"""The daemon takes fleet keys sealed to it and the deny list from the backend over MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from busbell import (
+    AdvRecord,
+    DeviceKey,
+    Topics,
+    day_of,
+    ed25519_to_x25519_public,
+    read_fleet_keys,
+    seal_key_bundle,
+)
+from busbell._mqtt import MqttSession, MqttSettings
+from edge._daemon import EdgeDaemon
+from edge._source import AdvertisementSink
+from edge.config import EdgeConfig, StatusSettings
+from tests.edge.test_daemon import FakePipeline, until
+
+pytestmark = pytest.mark.mosquitto
+
+KEY = DeviceKey.from_seed(bytes(range(32)))
+
+
+class QueueSource:
+    name = "queue"
+
+    def __init__(self) -> None:
+        self.q: asyncio.Queue[AdvRecord] = asyncio.Queue()
+
+    async def run(self, sink: AdvertisementSink) -> None:
+        while True:
+            sink(await self.q.get())
+
+
+async def test_key_bundle_and_denylist_reach_the_daemon(
+    tmp_path: Path, shared_broker: Any, topic_prefix: str
+) -> None:
+    now = 1_790_000_000.0
+    today = day_of(now)
+    fleet = tmp_path / "FLEET.csv"
+    fleet.write_text(f"day,fleet_key\n{today},{'11' * 32}\n")
+    cfg = EdgeConfig(
+        bus_id="bus-7",
+        store=tmp_path / "f.db",
+        fleet_keys=fleet,
+        source="trace",
+        status=StatusSettings(interval_s=0.2),
+    )
+    cfg = replace(
+        cfg,
+        mqtt=replace(
+            cfg.mqtt,
+            host=shared_broker.host,
+            port=shared_broker.port,
+            prefix=topic_prefix,
+            client_id=f"edge-{uuid.uuid4().hex[:8]}",
+            backoff_initial_s=0.1,
+            backoff_max_s=0.5,
+        ),
+    )
+    source = QueueSource()
+    pipe = FakePipeline()
+    d = EdgeDaemon(cfg, source, clock=lambda: now, pipeline=pipe, device_key=KEY)
+    assert d.fleet_keys_days_remaining() == 0
+    t = Topics(topic_prefix)
+    task = asyncio.create_task(d.run())
+    try:
+        await until(lambda: d.link.is_connected)
+        new_keys = {today + i: bytes([i + 2]) * 32 for i in range(5)}
+        bundle = seal_key_bundle(
+            "bus-7", ed25519_to_x25519_public(KEY.public.raw), new_keys, issued_at=now
+        )
+        other = seal_key_bundle(
+            "bus-8", ed25519_to_x25519_public(KEY.public.raw), new_keys, issued_at=now
+        )
+        rid = bytes(range(3, 15))
+        settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+        async with MqttSession(settings, f"backend-{uuid.uuid4().hex[:8]}", clean_start=True) as b:
+            await b.publish(t.fleet_keys("bus-7"), json.dumps(other), qos=1)
+            await b.publish(t.fleet_keys("bus-7"), b"garbage", qos=1)
+            await b.publish(t.fleet_keys("bus-7"), json.dumps(bundle), qos=1)
+            await b.publish(
+                t.denylist(),
+                json.dumps({"v": 1, "version": 3, "rids": [rid.hex()], "devices": []}),
+                qos=1,
+            )
+            await until(lambda: d.fleet_keys_days_remaining() == 4 and d.denylist.version == 3)
+        assert d.stats.key_bundles == 1
+        assert d.stats.key_bundles_rejected == 2
+        assert read_fleet_keys(fleet) == new_keys  # persisted for an offline restart
+        denied = AdvRecord(now, "a", -40, {0xFFFF: bytes(3) + rid + bytes(9)})
+        allowed = AdvRecord(now, "b", -40, {0xFFFF: bytes(24)})
+        source.q.put_nowait(denied)
+        source.q.put_nowait(allowed)
+        await until(lambda: len(pipe.records) >= 1 and d.stats.adverts_denied == 1)
+        await asyncio.sleep(0.1)
+        assert [r.addr for r in pipe.records if isinstance(r, AdvRecord)] == ["b"]
+        status = d.status()
+        assert status["denylist"] == {
+            "version": 3,
+            "rids": 1,
+            "bus_revoked": False,
+            "adverts_denied": 1,
+        }
+        assert status["fleet_keys"]["days_remaining"] == 4
+    finally:
+        d.request_stop()
+        await asyncio.wait_for(task, 20)
+        async with MqttSession(
+            MqttSettings(host=shared_broker.host, port=shared_broker.port),
+            f"c-{uuid.uuid4().hex[:6]}",
+            clean_start=True,
+        ) as c:
+            await c.publish(t.status("bus-7"), b"", qos=1, retain=True)
+            await c.publish(t.occupancy("bus-7"), b"", qos=1, retain=True)
