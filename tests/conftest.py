@@ -19,10 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PG_HOST = os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("BUSBELL_TEST_PG_PORT", "5432"))
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Each test starts and ends with structlog's defaults (an in-process CLI call may
+    configure level filters that would hide events from ``capture_logs``)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 def free_port() -> int:

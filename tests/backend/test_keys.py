@@ -277,6 +277,17 @@ async def test_denylist_versions(engine: AsyncEngine) -> None:
     v3 = await revoke_device(engine, "B1", now=NOW + 1)
     assert v3["version"] == 3
     assert v3["devices"] == ["B1"]
+    from busbell import canonical_bytes
+    from edge._keyring import Denylist
+    from tests.busbell.test_asyncapi import check
+
+    for payload in (first, v2, v3):
+        check("Denylist", json.loads(canonical_bytes(payload)))
+    bus = Denylist("B1")  # what the bus does with the real payload
+    assert bus.apply(canonical_bytes(v2))
+    assert bus.denies(rid_for_interval(rk, i0))
+    assert bus.apply(canonical_bytes(v3))
+    assert bus.bus_revoked
     assert (await latest_denylist(engine)) == v3
     # Later, only rids whose bks may still be valid remain; after the horizon none.
     later, new = await refresh_denylist(engine, now=NOW + 6 * 86400)

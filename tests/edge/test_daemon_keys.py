@@ -123,3 +123,19 @@ async def test_key_bundle_and_denylist_reach_the_daemon(
         ) as c:
             await c.publish(t.status("bus-7"), b"", qos=1, retain=True)
             await c.publish(t.occupancy("bus-7"), b"", qos=1, retain=True)
+
+
+def test_real_status_occupancy_bundle_and_denylist_payloads_match_asyncapi(tmp_path: Path) -> None:
+    from tests.busbell.test_asyncapi import check
+
+    now = 1_790_000_000.0
+    fleet = tmp_path / "FLEET.csv"
+    fleet.write_text(f"day,fleet_key\n{day_of(now)},{'11' * 32}\n")
+    cfg = EdgeConfig(bus_id="bus-7", store=tmp_path / "f.db", fleet_keys=fleet, source="trace")
+    d = EdgeDaemon(cfg, QueueSource(), clock=lambda: now, pipeline=FakePipeline(), device_key=KEY)
+    check("Status", json.loads(json.dumps(d.status())))
+    check("Occupancy", json.loads(json.dumps(d.occupancy())))
+    bundle = seal_key_bundle(
+        "bus-7", ed25519_to_x25519_public(KEY.public.raw), {1: bytes(32)}, issued_at=now
+    )
+    check("FleetKeys", json.loads(json.dumps(bundle)))
