@@ -687,19 +687,14 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     """
     import uvicorn
 
-    from backend._db import create_engine, migrate
+    from backend._db import engine_for, migrate
     from backend.config import BackendConfig
     from busbell._config import load_config
     from busbell._gtfs import load_gtfs
 
     config = load_config(BackendConfig, config_path)
     db = config.database
-    engine = create_engine(
-        db.url,
-        pool_size=db.pool_size,
-        max_overflow=db.max_overflow,
-        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
-    )
+    engine = engine_for(db)
     if db.migrate_on_start:
         await migrate(engine)
     feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None

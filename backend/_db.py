@@ -39,6 +39,7 @@ __all__ = [
     "current_revision",
     "denylist_versions",
     "devices",
+    "engine_for",
     "fare_events",
     "fleet_keys",
     "insert_ignore",
@@ -394,6 +395,16 @@ def create_engine(
     raise StoreError(
         f"unsupported database url {parsed.drivername!r}: "
         "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://..."
+    )
+
+
+def engine_for(db: Any) -> AsyncEngine:
+    """The engine of a ``[database]`` config section (``backend.config.DatabaseSettings``)."""
+    return create_engine(
+        db.url,
+        pool_size=db.pool_size,
+        max_overflow=db.max_overflow,
+        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
     )
 
 

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from backend._db import chain_state, create_engine, fare_events, insert_ignore, migrate, quarantine
+from backend._db import chain_state, engine_for, fare_events, insert_ignore, migrate, quarantine
 from backend._errors import MalformedMessage
 from backend._keys import DeviceInfo, import_devices, load_devices
 from backend.config import BackendConfig
@@ -960,12 +960,7 @@ async def run_ingest(config: BackendConfig, *, stop: asyncio.Event | None = None
         KeyFileError: when the configured DEVICES.csv is invalid.
     """
     db = config.database
-    engine = create_engine(
-        db.url,
-        pool_size=db.pool_size,
-        max_overflow=db.max_overflow,
-        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
-    )
+    engine = engine_for(db)
     try:
         if db.migrate_on_start:
             await migrate(engine)

@@ -452,12 +452,12 @@ async def run_key_distribution(config: BackendConfig, *, stop: asyncio.Event | N
         StoreError: when the database cannot be reached at start.
         KeyFileError: when a configured key file is invalid.
     """
-    from backend._db import create_engine, migrate
+    from backend._db import engine_for, migrate
     from busbell._mqtt import MqttSession, backoff_delays
 
     stop = stop or asyncio.Event()
     db = config.database
-    engine = create_engine(db.url, pool_size=db.pool_size, max_overflow=db.max_overflow)
+    engine = engine_for(db)
     try:
         if db.migrate_on_start:
             await migrate(engine)

@@ -51,7 +51,7 @@ from backend._db import (
     adjustments,
     chain_state,
     charges,
-    create_engine,
+    engine_for,
     fare_events,
     insert_ignore,
     journeys,
@@ -835,12 +835,7 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
     feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None
     rules = load_rules(s.rules, timezone=feed.timezone if feed is not None else None)
     db = config.database
-    engine = create_engine(
-        db.url,
-        pool_size=db.pool_size,
-        max_overflow=db.max_overflow,
-        sqlite_busy_timeout_ms=db.sqlite_busy_timeout_ms,
-    )
+    engine = engine_for(db)
     try:
         if db.migrate_on_start:
             await migrate(engine)
