@@ -126,6 +126,12 @@ _OUTSIDE, _CANDIDATE, _ROTATING, _ONBOARD, _GONE = (
     int(State.ONBOARD),
     int(State.GONE),
 )
+_MIN_PERIOD_S = 0.05
+"""Inter-advert gaps shorter than this are duplicates, not the advertising interval."""
+_START_S = 3.0
+"""A rid's RSSI level "as it appeared" is its smoothed RSSI over its first seconds."""
+_ADV_DELAY_MEAN_S = 0.005
+"""Mean of the 0-10 ms random advDelay the link layer adds to every advertising event."""
 _PRED_NONE, _PRED_ONBOARD, _PRED_CANDIDATE = 0, 1, 2
 """What a new rid at its interval's start was paired with: nothing, a rotated rider, or a
 candidate whose rid rotated before confirmation (it hands over its boarding stop)."""
@@ -146,6 +152,7 @@ class _Rid:
         "convoy",
         "d_min",
         "ewma",
+        "ewma0",
         "far_sum",
         "first_odo",
         "first_raw",
@@ -164,6 +171,7 @@ class _Rid:
         "n_adv",
         "n_far",
         "n_in",
+        "per",
         "pred",
         "pred_visit",
         "rid",
@@ -201,6 +209,7 @@ class _Rid:
         self.trip_id: str | None = None
         self.addr = ""
         self.d_min = math.inf
+        self.per = math.inf
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -208,7 +217,7 @@ class _Rid:
         self.first_t = self.last_t = self.last_in_t = t
         self.first_odo = self.last_in_odo = odo
         self.first_raw = self.last_raw = self.last_in_raw = raw
-        self.ewma = self.base = float(rssi)
+        self.ewma = self.base = self.ewma0 = float(rssi)
         self.rssi: list[int] = []
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
@@ -236,6 +245,12 @@ class PresenceClassifier:
         self._visit: StopVisit | None = None
         self._pending: dict[bytes, _Rid] = {}
         """New rid -> the rotated old rid whose segment waits for the new one to resolve."""
+        self._match: dict[bytes, bytes] = {}
+        """New rid -> the old rid it is paired with (either kind)."""
+        self._olds: dict[bytes, tuple[_Rid, int, StopVisit | None]] = {}
+        """Rids that stopped at their interval's end, not yet resolved: old rid -> (the rid,
+        what it was (``_PRED_ONBOARD`` or ``_PRED_CANDIDATE``), the boarding visit it hands
+        over). They are paired with new rids jointly (:meth:`_assign`) on every tick."""
         self._route_id: str | None = None
         self._trip_id: str | None = None
         self._t = float("-inf")
@@ -334,10 +349,14 @@ class PresenceClassifier:
                 r.state = int(State.NEW)
         elif t > r.last_t:
             dt = t - r.last_t
+            if _MIN_PERIOD_S < dt < r.per:
+                r.per = dt  # the token's advertising interval (shortest gap heard)
             r.ewma += dt / (self._tau + dt) * (rssi - r.ewma)
             r.base += dt / (self._base_tau + dt) * (rssi - r.base)
             if dt > self._run_gap:
                 r.run_odo = odo  # heard again after a silence: a new run
+            if t - r.first_t <= _START_S:
+                r.ewma0 = r.ewma  # its level as it appeared (pairs a rotation)
             r.last_t = t
         state = r.state
         if at_stop and (
@@ -445,13 +464,17 @@ class PresenceClassifier:
             elif st == _OUTSIDE:
                 if t - r.last_t > p.outside_forget_s:
                     forget.append(r.rid)
-            elif t - r.last_t > p.forget_s and r.rid not in self._pending:
+            elif t - r.last_t > p.forget_s and r.rid not in self._olds:
                 forget.append(r.rid)
+        if self._olds:
+            self._assign(later)
         for r in later:
             if r.state == _CANDIDATE:
                 self._check_candidate(r, t, odo, out)
             else:
                 self._check_rotating(r, t, out)
+        if self._olds:
+            self._settle(t, out)
         for rid in forget:
             del self._rids[rid]
         out.sort(key=lambda d: (d.end.t, d.rid))
@@ -509,6 +532,9 @@ class PresenceClassifier:
         )
 
     def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
+        prior = self._match.pop(r.rid, None)
+        if prior is not None:
+            self._olds.pop(prior, None)
         if r.pred == _PRED_ONBOARD:
             old = self._pending.pop(r.rid, None)
             if old is not None:
@@ -556,10 +582,13 @@ class PresenceClassifier:
         """Candidacy failed. A rotated rider paired with it gets its end by the fade rules."""
         if self._near_end(r) and r.visit is not None:
             # its rid rotated before it could be confirmed: a new rid may take over
-            self._pair(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
+            self._keep_for_pairing(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
         r.state = int(next_state(State(r.state), ev))
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
         self.rejected += 1
+        prior = self._match.pop(r.rid, None)
+        if prior is not None:
+            self._olds.pop(prior, None)
         old = self._pending.pop(r.rid, None)
         if old is not None:
             # the rider's new rid did not stay: the old segment ends where the rider left
@@ -570,53 +599,110 @@ class PresenceClassifier:
     def _near_end(self, r: _Rid) -> bool:
         return r.last_token_t >= r.interval * INTERVAL_S + self._rot_end
 
-    def _pair(self, old: _Rid, kind: int, visit: StopVisit | None) -> _Rid | None:
-        """Pair a rid that stopped at its interval's end with a rid that just began."""
+    def _keep_for_pairing(self, old: _Rid, kind: int, visit: StopVisit | None) -> bool:
+        """Keep a rid that stopped at its interval's end for the joint rotation pairing."""
         if old.ewma < old.base - self.params.rotation_drop_db:
-            return None  # it faded before it stopped: it left, it did not rotate
-        lo = old.last_t - 4.0
-        hi = old.last_t + self.params.rotation_gap_s
-        nxt = old.interval + 1
-        tol = self.params.skew_tolerance_s
+            return False  # it faded before it stopped: it left, it did not rotate
+        self._olds[old.rid] = (old, kind, visit)
+        return True
+
+    def _pair_cost(self, old: _Rid, new: _Rid) -> float | None:
+        """How unlike one token's consecutive rids ``old`` and ``new`` look, or ``None``.
+
+        Lower is likelier; ``None`` means they cannot be one token's. Terms: the clock
+        offsets (min GNSS time - token time, which tends to the token's clock offset plus
+        a constant bias from its payload-refresh phase: the same for both rids of one
+        device), the RSSI level (the old rid's as it stopped, the new rid's as it appeared:
+        both frozen, so the pairing does not drift as a rider walks away later), the time
+        gap in seconds, and the advertising phase: a token's advertising events keep their
+        rhythm (interval + 0-10 ms advDelay) through the payload change, so the new rid's
+        first advert falls a whole number of intervals after the old rid's last one. The
+        same BLE address (phones keep theirs) wins.
+        """
+        p = self.params
+        dt = new.first_t - old.last_t
+        if not -4.0 <= dt <= p.rotation_gap_s:
+            return None
+        gap = abs(new.d_min - old.d_min)
+        if gap > p.skew_tolerance_s:
+            return None  # not the same clock: not the same token
+        cost = (
+            p.rotation_skew_weight * gap
+            + p.rotation_rssi_weight * abs(new.ewma0 - old.ewma)
+            + abs(dt)
+        )
+        per = old.per + _ADV_DELAY_MEAN_S
+        if per < p.rotation_phase_max_period_s:
+            # one advertising train never goes back in time: dt <= 0 misses by half a period
+            miss = per / 2.0 if dt <= 0.0 else abs(dt - max(1, round(dt / per)) * per)
+            cost += p.rotation_phase_weight * miss
+        if old.addr and new.addr == old.addr:
+            cost -= 1000.0
+        return cost
+
+    def _assign(self, later: list[_Rid]) -> None:
+        """Pair the rids that stopped at their interval's end with rids that just began.
+
+        Jointly, not one at a time: every possible (old, new) pair is scored and the pairs
+        are taken cheapest first, riders' rids (``_PRED_ONBOARD``) before candidates'
+        (whose new rid would take over their boarding stop). Re-run on every tick while
+        any old rid waits, so a pairing can change until its new rid is confirmed.
+        """
+        news = [r for r in later if r.rot]
+        for r in news:
+            r.pred = _PRED_NONE
+            r.pred_visit = None
+        self._pending.clear()
+        self._match.clear()
+        if not news:
+            return
         # a new rid sent from the BLE address of another live rid of the old interval is
         # that rid's successor (phones keep their address across a rid rotation)
         claimed = {
-            r.addr
+            (r.interval, r.addr)
             for r in self._rids.values()
-            if r.interval == old.interval
-            and r is not old
-            and r.addr
-            and r.state in (_CANDIDATE, _ONBOARD)
+            if r.addr and (r.state == _CANDIDATE or r.state == _ONBOARD)  # noqa: PLR1714
         }
-        best: tuple[float, bytes] | None = None
-        for r in self._rids.values():
-            if r.addr in claimed and r.addr != old.addr:
+        taken: set[bytes] = set()
+        for kind in (_PRED_ONBOARD, _PRED_CANDIDATE):
+            edges: list[tuple[float, bytes, bytes]] = []
+            for old, k, _ in self._olds.values():
+                if k != kind:
+                    continue
+                nxt = old.interval + 1
+                for new in news:
+                    if new.interval != nxt or new.rid in taken:
+                        continue
+                    if new.addr != old.addr and (old.interval, new.addr) in claimed:
+                        continue
+                    cost = self._pair_cost(old, new)
+                    if cost is not None:
+                        edges.append((cost, old.rid, new.rid))
+            edges.sort()
+            done: set[bytes] = set()
+            for _, o, n in edges:
+                if o in done or n in taken:
+                    continue
+                done.add(o)
+                taken.add(n)
+                old, _, visit = self._olds[o]
+                new = self._rids[n]
+                new.pred = kind
+                new.pred_visit = visit
+                self._match[n] = o
+                if kind == _PRED_ONBOARD:
+                    self._pending[n] = old
+
+    def _settle(self, t: float, out: list[SegmentDraft]) -> None:
+        """Close the old rids that no new rid took within ``rotation_settle_s``."""
+        paired = set(self._match.values())
+        for o, (old, kind, _) in sorted(self._olds.items()):
+            if o in paired or t - old.last_t <= self.params.rotation_settle_s:
                 continue
-            if (
-                r.rot
-                # a rider's rotation may take over a rid handed a candidate's stop
-                and (r.pred == _PRED_NONE or (kind == _PRED_ONBOARD and r.pred == _PRED_CANDIDATE))
-                and r.interval == nxt
-                and r.state in (_CANDIDATE, _ROTATING)
-                and lo <= r.first_t <= hi
-            ):
-                # min(GNSS time - token time) tends to the token's clock offset (plus a
-                # constant bias from its payload-refresh phase): the same for both rids
-                gap = abs(r.d_min - old.d_min)
-                if gap > tol:
-                    continue  # not the same clock: not the same token
-                score = 10.0 * gap + abs(r.ewma - old.ewma) + abs(r.first_t - old.last_t)
-                if old.addr and r.addr == old.addr:
-                    score -= 1000.0  # same BLE address: the same device
-                if best is None or (score, r.rid) < best:
-                    best = (score, r.rid)
-        if best is None:
-            return None
-        new = self._rids[best[1]]
-        new.pred = kind
-        new.pred_visit = visit
-        log.debug("rid_rotation_paired", old=old.rid.hex(), new=new.rid.hex(), kind=kind)
-        return new
+            del self._olds[o]
+            if kind == _PRED_ONBOARD:
+                end, end_odo = self._fade_end(old, old.last_in_t, old.last_in_odo)
+                self._emit(old, end, end_odo, out)
 
     # -- closing ----------------------------------------------------------------------
 
@@ -630,11 +716,8 @@ class PresenceClassifier:
         """Close an ONBOARD rid: rotated (deferred until its new rid resolves) or faded."""
         r.state = int(next_state(State(r.state), ev))
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
-        if self._near_end(r):
-            new = self._pair(r, _PRED_ONBOARD, None)
-            if new is not None:
-                self._pending[new.rid] = r
-                return
+        if self._near_end(r) and self._keep_for_pairing(r, _PRED_ONBOARD, None):
+            return  # resolved when its new rid is confirmed or dropped, or after a while
         end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
         self._emit(r, end, end_odo, out)
 
@@ -739,6 +822,9 @@ class PresenceClassifier:
                 fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
                 out.append(self._draft(seg, fade_end, end_odo))
 
+        if self._olds:
+            self._assign([r for r in self._rids.values() if r.state in (_CANDIDATE, _ROTATING)])
+        paired = {prior.rid for prior in self._pending.values()}
         # a rotated rider whose new rid is still heard in the bus is aboard: continue it
         for new_rid, prior in sorted(self._pending.items()):
             new = self._rids[new_rid]
@@ -762,7 +848,13 @@ class PresenceClassifier:
                 old = self._pending.pop(r.rid, None)
                 if old is not None:
                     end_of(old, r.last_in_t, r.last_in_odo)
+        # riders whose rid stopped at its interval's end and no new rid took over
+        for o, (old, kind, _) in sorted(self._olds.items()):
+            if kind == _PRED_ONBOARD and o not in paired:
+                end_of(old, old.last_in_t, old.last_in_odo)
         self._pending.clear()
+        self._match.clear()
+        self._olds.clear()
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 

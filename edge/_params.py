@@ -153,6 +153,28 @@ class ClassifierParams:
     rotation_confirm_s: float = option(
         20.0, doc="a new rid appearing at its interval's start needs this long in-bus evidence"
     )
+    rotation_settle_s: float = option(
+        30.0,
+        doc="a rid that stopped at its interval's end waits this long (after its last advert)"
+        " for a new rid to pair with before it is closed by the fade rules",
+    )
+    rotation_skew_weight: float = option(
+        10.0,
+        doc="pairing cost per second of clock-offset difference between an old and a new rid",
+    )
+    rotation_rssi_weight: float = option(
+        0.3, doc="pairing cost per dB of RSSI difference between an old and a new rid"
+    )
+    rotation_phase_weight: float = option(
+        40.0,
+        doc="pairing cost per second by which a new rid's first advert misses the old rid's"
+        " advertising rhythm (a whole number of its intervals after its last advert)",
+    )
+    rotation_phase_max_period_s: float = option(
+        2.0,
+        doc="the rhythm term is used only if the old rid's advertising interval (its"
+        " shortest gap between adverts) is below this",
+    )
     rotation_wait_s: float = option(
         60.0, doc="a rotation candidate not paired with a rotated rid is dropped after this"
     )
