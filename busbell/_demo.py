@@ -181,6 +181,42 @@ def _scenario(plan: DemoPlan, procs: _Procs) -> None:
     plan.buses = [b["bus_id"] for b in truth["buses"]]
 
 
+def _wait_log(log: Path, event: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until a component logged ``event`` (its structured logs are JSON lines)."""
+    deadline = time.monotonic() + timeout
+    while f'"{event}"' not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.stem} exited with {proc.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{log.stem} did not log {event} within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+async def _wait_online(plan: DemoPlan, limit_s: float) -> None:
+    """Wait until every edge's retained status says online (connected and subscribed)."""
+    from busbell._mqtt import MqttSession
+    from busbell._topics import Topics
+
+    topics = Topics(plan.prefix)
+    settings = MqttSettings(host=plan.broker_host, port=plan.broker_port, prefix=plan.prefix)
+    waiting = set(plan.buses)
+    async with MqttSession(settings, f"demo-wait-{os.getpid()}", clean_start=True) as s:
+        await s.subscribe([topics.status(b) for b in plan.buses])
+        try:
+            async with asyncio.timeout(limit_s):
+                async for m in s.messages():
+                    parsed = topics.parse(m.topic)
+                    with contextlib.suppress(ValueError):
+                        if parsed and json.loads(m.payload or b"{}").get("state") == "online":
+                            waiting.discard(parsed.ids["bus"])
+                    if not waiting:
+                        return
+        except TimeoutError:
+            raise RuntimeError(
+                f"edges not online after {limit_s:.0f} s: {sorted(waiting)}"
+            ) from None
+
+
 async def _view(plan: DemoPlan) -> None:
     from busbell._webview import serve_view
 
@@ -261,6 +297,8 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             cfg.write_text(plan.edge_toml(bus))
             edge = procs.start(f"edge-{bus}", ["edge", "run", "--config", str(cfg)])
             _wait_port("127.0.0.1", plan.stream_ports[bus], edge, 60)
+        _wait_log(logdir / "backend.log", "fare_ingest_subscribed", backend, 60)
+        asyncio.run(_wait_online(plan, 60))
         sims = []
         for bus in plan.buses:
             sims.append(
