@@ -3,8 +3,10 @@
 Vehicle signals go over MQTT (``buses/{bus}/vehicle/gnss|doors|trip``, JSON shaped like
 the trace records without ``kind``), boarding-wait requests of the bus's route to
 ``routes/{route}/stops/{stop}/waits/{request}`` (retained, with a message expiry), and
-advertisements, as trace-v1 ``adv`` lines, over a TCP connection to the edge's
-StreamSource.
+advertisements either as trace-v1 ``adv`` lines over a TCP connection to the edge's
+StreamSource (``tcp://HOST:PORT``) or through an emulated bluetoothd on D-Bus
+(``bluez`` / ``bluez:ADDRESS``, :mod:`firmware_sim._bluez_feed`), where the edge's
+bleak scanner hears them.
 
 :func:`timed_adverts` is the hook for other live front-ends (for instance the
 dbusmock BlueZ path of the edge's tests): it yields a scenario bus's advertisements in
@@ -32,6 +34,7 @@ from busbell import (
     record_to_json,
 )
 from busbell._mqtt import MqttSession, MqttSettings
+from firmware_sim._bluez_feed import BluezFeed, PrivateBluez, parse_bluez_target
 from firmware_sim._output import GenerateOptions, generate, run_scenario
 
 __all__ = ["LiveRun", "parse_tcp_target", "run_live", "timed_adverts", "timed_records"]
@@ -105,6 +108,10 @@ class LiveRun:
         self.trips = 0
         self.adverts = 0
         self.waits = 0
+        self.t_first = 0.0
+        self.wall_start = 0.0
+        self.bluez: dict[str, int] = {}
+        self.bluez_address = ""
 
 
 def _signal(rec: TraceRecord) -> tuple[str, dict[str, Any]] | None:
@@ -132,6 +139,9 @@ async def run_live(
     out_dir: Path | None = None,
     options: GenerateOptions | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wait_scanner_s: float = 60.0,
+    on_ready: Callable[[LiveRun], None] | None = None,
+    on_start: Callable[[LiveRun], None] | None = None,
 ) -> LiveRun:
     """Play one bus of a scenario live.
 
@@ -141,18 +151,65 @@ async def run_live(
         bus_id: which bus of the scenario.
         mqtt: broker settings (prefix included).
         speed: time factor (> 0).
-        adv_target: ``tcp://HOST:PORT`` of the edge's StreamSource, or None.
+        adv_target: ``tcp://HOST:PORT`` of the edge's StreamSource; ``bluez`` (start a
+            private bus with the emulated bluetoothd) or ``bluez:ADDRESS`` (one already
+            running the template); or None (no adverts).
         scale: scenario scale.
         now: shift the scenario to start a few seconds from now (token times then
             match the wall clock at speed 1).
         out_dir: also write the scenario (keys, FLEET.csv, truth) there, for the edge.
         options: generator options.
         clock: monotonic clock (injected for tests).
+        wait_scanner_s: BlueZ path: wait this long for a client (the edge) to scan
+            before playing (0: do not wait); playing starts anyway after it.
+        on_ready: called once the advert target is up (``stats.bluez_address`` set for
+            the BlueZ path), before waiting for the scanner.
+        on_start: called as the first record is played (``stats.t_first`` is played
+            at UNIX time ``stats.wall_start``; later records follow at ``speed``).
 
     Raises:
         busbell.UplinkError: the broker is unreachable.
         OSError: the advert target refused the connection.
+        RuntimeError: the BlueZ path could not start.
     """
+    async with contextlib.AsyncExitStack() as stack:
+        return await _run_live(
+            stack,
+            name=name,
+            seed=seed,
+            bus_id=bus_id,
+            mqtt=mqtt,
+            speed=speed,
+            adv_target=adv_target,
+            scale=scale,
+            now=now,
+            out_dir=out_dir,
+            options=options,
+            clock=clock,
+            wait_scanner_s=wait_scanner_s,
+            on_ready=on_ready,
+            on_start=on_start,
+        )
+
+
+async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
+    stack: contextlib.AsyncExitStack,
+    *,
+    name: str,
+    seed: int,
+    bus_id: str,
+    mqtt: MqttSettings,
+    speed: float,
+    adv_target: str | None,
+    scale: str,
+    now: bool,
+    out_dir: Path | None,
+    options: GenerateOptions | None,
+    clock: Callable[[], float],
+    wait_scanner_s: float,
+    on_ready: Callable[[LiveRun], None] | None,
+    on_start: Callable[[LiveRun], None] | None,
+) -> LiveRun:
     if speed <= 0:
         raise ValueError("speed must be positive")
     base = options or GenerateOptions()
@@ -177,9 +234,24 @@ async def run_live(
     topics = Topics(mqtt.prefix)
     stats = LiveRun()
     writer: asyncio.StreamWriter | None = None
-    if adv_target:
+    feed: BluezFeed | None = None
+    if adv_target and adv_target.startswith("bluez"):
+        address = parse_bluez_target(adv_target)
+        if address is None:
+            bluez = await stack.enter_async_context(PrivateBluez())
+            address = bluez.address
+        feed = BluezFeed(address)
+        await feed.connect()
+        stack.callback(feed.close)
+        await feed.ensure_adapter()
+        stats.bluez_address = address
+    elif adv_target:
         host, port = parse_tcp_target(adv_target)
         _, writer = await asyncio.open_connection(host, port)
+    if on_ready is not None:
+        on_ready(stats)
+    if feed is not None and wait_scanner_s > 0 and not await feed.wait_scanning(wait_scanner_s):
+        _log().warning("live_no_scanner", waited_s=wait_scanner_s)
     items: list[tuple[float, int, Any]] = [(r.t, 1, r) for r in records]
     items += [(float(w["t"]), 0, w) for w in waits]
     items.sort(key=lambda it: (it[0], it[1]))
@@ -191,6 +263,9 @@ async def run_live(
     try:
         async with MqttSession(mqtt, client_id, clean_start=True) as session:
             wall0 = clock()
+            stats.t_first, stats.wall_start = t_first, time.time()
+            if on_start is not None:
+                on_start(stats)
             for t, order, item in items:
                 delay = wall0 + (t - t_first) / speed - clock()
                 if delay > 0:
@@ -206,7 +281,10 @@ async def run_live(
                     continue
                 rec: TraceRecord = item
                 if isinstance(rec, AdvRecord):
-                    if writer is not None:
+                    if feed is not None:
+                        await feed.advertise(rec)
+                        stats.adverts += 1
+                    elif writer is not None:
                         line = json.dumps(record_to_json(rec), separators=(",", ":")) + "\n"
                         writer.write(line.encode())
                         if writer.transport.get_write_buffer_size() > 1 << 20:
@@ -234,8 +312,11 @@ async def run_live(
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+    if feed is not None:
+        stats.bluez = dict(feed.outcomes)
     _log().info(
         "live_finished",
+        bluez=stats.bluez,
         scenario=name,
         bus_id=bus_id,
         gnss=stats.gnss,

@@ -77,10 +77,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
     rn = sub.add_parser(
         "run",
-        help="play one bus of a scenario live: MQTT vehicle signals + TCP advert stream",
+        help="play one bus of a scenario live: MQTT vehicle signals + adverts (TCP or BlueZ)",
         formatter_class=_RAW,
-        epilog=f"example:\n  {prog} run --broker 127.0.0.1:1883 --bus bus-55-01 "
-        "--scenario quiet_route --speed 2 --adv-target tcp://127.0.0.1:7300 --out /tmp/live",
+        epilog=f"examples:\n  {prog} run --broker 127.0.0.1:1883 --bus bus-55-01 "
+        "--scenario quiet_route --speed 2 --adv-target tcp://127.0.0.1:7300 --out /tmp/live\n"
+        f"  {prog} run --broker 127.0.0.1:1883 --bus bus-55-01 --scenario quiet_route "
+        "--adv-target bluez --out /tmp/live\n"
+        "      (prints DBUS_SYSTEM_BUS_ADDRESS=... for `busbell edge run`, waits for its scan)",
     )
     rn.add_argument("--broker", required=True, help="HOST:PORT of the MQTT broker")
     rn.add_argument("--bus", required=True, help="bus id of the scenario (see its truth.json)")
@@ -88,7 +91,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     rn.add_argument("--seed", type=int, default=None)
     rn.add_argument("--scale", choices=["small", "full"], default=None)
     rn.add_argument("--speed", type=float, default=None, help="time factor (default 1)")
-    rn.add_argument("--adv-target", default=None, help="tcp://HOST:PORT of the edge stream")
+    rn.add_argument(
+        "--adv-target",
+        default=None,
+        help="tcp://HOST:PORT of the edge stream; bluez (start an emulated bluetoothd on a "
+        "private D-Bus) or bluez:DBUS_ADDRESS (one already running the template)",
+    )
+    rn.add_argument(
+        "--wait-scanner",
+        type=float,
+        default=60.0,
+        help="BlueZ: seconds to wait for the edge to scan before playing (default 60, 0: no)",
+    )
     rn.add_argument("--prefix", default=None, help="topic prefix (default busbell/v1)")
     rn.add_argument("--out", type=Path, default=None, help="also write keys and truth here")
     rn.add_argument(
@@ -196,7 +210,7 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
 def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
     from dataclasses import replace
 
-    from firmware_sim._live import run_live
+    from firmware_sim._live import LiveRun, run_live
 
     host, sep, port = a.broker.rpartition(":")
     if not sep or not port.isdigit():
@@ -205,22 +219,41 @@ def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
     mqtt = replace(cfg.mqtt, host=host, port=int(port))
     if a.prefix is not None:
         mqtt = replace(mqtt, prefix=a.prefix)
-    stats = asyncio.run(
-        run_live(
-            a.scenario,
-            a.seed if a.seed is not None else cfg.scenario.seed,
-            a.bus,
-            mqtt=mqtt,
-            speed=a.speed if a.speed is not None else cfg.live.speed,
-            adv_target=a.adv_target or cfg.live.adv_target or None,
-            scale=a.scale or cfg.scenario.scale,
-            now=cfg.live.now and not a.scenario_time,
-            out_dir=a.out,
-            options=cfg.generate_options(),
+
+    def ready(stats: LiveRun) -> None:
+        if stats.bluez_address:
+            _out(f"DBUS_SYSTEM_BUS_ADDRESS={stats.bluez_address}")
+            _out("waiting for a scanner (busbell edge run with source = ble) ...")
+            sys.stdout.flush()
+
+    def start(stats: LiveRun) -> None:
+        _out(f"playing: scenario time {stats.t_first:.3f} at unix {stats.wall_start:.3f}")
+        sys.stdout.flush()
+
+    try:
+        stats = asyncio.run(
+            run_live(
+                a.scenario,
+                a.seed if a.seed is not None else cfg.scenario.seed,
+                a.bus,
+                mqtt=mqtt,
+                speed=a.speed if a.speed is not None else cfg.live.speed,
+                adv_target=a.adv_target or cfg.live.adv_target or None,
+                scale=a.scale or cfg.scenario.scale,
+                now=cfg.live.now and not a.scenario_time,
+                out_dir=a.out,
+                options=cfg.generate_options(),
+                wait_scanner_s=a.wait_scanner,
+                on_ready=ready,
+                on_start=start,
+            )
         )
-    )
+    except (RuntimeError, ValueError, OSError) as exc:
+        sys.stderr.write(f"busbell sim run: {exc}\n")
+        return 1
     _out(
         f"played {a.scenario}/{a.bus}: {stats.gnss} gnss, {stats.doors} doors, "
         f"{stats.trips} trip, {stats.adverts} adverts, {stats.waits} waits"
+        + (f"; bluez {dict(sorted(stats.bluez.items()))}" if stats.bluez else "")
     )
     return 0
