@@ -2,11 +2,13 @@
 
 See ``docs/simulator.md``. Public API: scenario generation (:func:`generate`,
 :func:`run_scenario`), the suite (:data:`SCENARIOS`), scoring (:func:`score_scenario`,
-:func:`score_suite`) and the live hooks (:func:`timed_adverts`, :func:`run_live`).
+:func:`score_suite`) and the live hooks (:func:`timed_adverts`, :func:`run_live`,
+the emulated bluetoothd of the BlueZ path: :class:`PrivateBluez`, :class:`BluezFeed`).
 """
 
 from __future__ import annotations
 
+from firmware_sim._bluez_feed import BluezFeed, PrivateBluez
 from firmware_sim._live import run_live, timed_adverts, timed_records
 from firmware_sim._output import GenerateOptions, generate, group_journeys, run_scenario
 from firmware_sim._scenarios import SCENARIOS, build_scenario, scenario_names
@@ -15,8 +17,10 @@ from firmware_sim._tokens import DeviceKind, TokenDevice
 
 __all__ = [
     "SCENARIOS",
+    "BluezFeed",
     "DeviceKind",
     "GenerateOptions",
+    "PrivateBluez",
     "ScenarioScore",
     "SuiteScore",
     "TokenDevice",

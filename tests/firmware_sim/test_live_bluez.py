@@ -41,6 +41,16 @@ BUS = "bus-55-01"
 SCENARIO = "quiet_route"
 
 
+def test_parse_bluez_target() -> None:
+    from firmware_sim._bluez_feed import parse_bluez_target
+
+    assert parse_bluez_target("bluez") is None
+    assert parse_bluez_target("bluez:unix:path=/tmp/s") == "unix:path=/tmp/s"
+    for bad in ("bluez:", "blue", "tcp://h:1"):
+        with pytest.raises(ValueError, match="bluez"):
+            parse_bluez_target(bad)
+
+
 class ScenarioClock:
     """UNIX time until the simulator starts playing, then scenario time at ``speed``."""
 
