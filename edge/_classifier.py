@@ -128,6 +128,10 @@ _OUTSIDE, _CANDIDATE, _ROTATING, _ONBOARD, _GONE = (
 )
 _MIN_PERIOD_S = 0.05
 """Inter-advert gaps shorter than this are duplicates, not the advertising interval."""
+_REASSIGN_S = 2.0
+"""The joint rotation pairing is re-run at least this often (clock offsets converge)..."""
+_DIRTY_S = 1.0
+"""... and at most this often when rids joined or left it (a burst brings hundreds)."""
 _START_S = 3.0
 """A rid's RSSI level "as it appeared" is its smoothed RSSI over its first seconds."""
 _ADV_DELAY_MEAN_S = 0.005
@@ -168,6 +172,8 @@ class _Rid:
         "last_raw",
         "last_t",
         "last_token_t",
+        "mv_ewma",
+        "mv_odo",
         "n_adv",
         "n_far",
         "n_in",
@@ -210,6 +216,8 @@ class _Rid:
         self.addr = ""
         self.d_min = math.inf
         self.per = math.inf
+        self.mv_odo = -1.0
+        self.mv_ewma = -127.0
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -245,6 +253,9 @@ class PresenceClassifier:
         self._visit: StopVisit | None = None
         self._pending: dict[bytes, _Rid] = {}
         """New rid -> the rotated old rid whose segment waits for the new one to resolve."""
+        self._dirty = False
+        """Rids joined or left the rotation pairing since :meth:`_assign` last ran."""
+        self._assigned_t = float("-inf")
         self._match: dict[bytes, bytes] = {}
         """New rid -> the old rid it is paired with (either kind)."""
         self._olds: dict[bytes, tuple[_Rid, int, StopVisit | None]] = {}
@@ -295,24 +306,52 @@ class PresenceClassifier:
     def _convoy_level(self, r: _Rid, odo: float) -> float | None:
         """The slow RSSI average of a rid heard all along the way to the stop, or ``None``.
 
-        A token heard while the bus travelled ``convoy_m`` or more before the doors
-        opened was moving with the bus outside it (a bus or car in convoy), or is a rider
-        the classifier missed. Boarding must then show a clear change of signal.
+        A token heard at a steady level while the bus travelled ``convoy_m`` or more
+        before the doors opened was moving with the bus outside it (a bus or car in
+        convoy), or is a rider the classifier missed. Boarding must then show a clear
+        change of signal. One whose smoothed RSSI as the bus last moved (before it stood
+        at the stop, when a bus behind may pull up) had risen ``convoy_gain_db`` above its
+        slow average was approached by the bus: someone waiting at the stop heard from
+        afar, not a convoy.
         """
-        if odo - r.run_odo < self.params.convoy_m:
+        p = self.params
+        if odo - r.run_odo < p.convoy_m or r.mv_ewma >= r.base + p.convoy_gain_db:
             return None
         return r.base
 
     def _convoy_ok(self, r: _Rid) -> bool:
-        """A convoy candidate boards only if it got clearly stronger (or is strong).
+        """A convoy candidate boards only if it rode along and got clearly stronger.
 
-        Judged on the mean RSSI of its in-bus evidence after the bus left the stop.
+        Its unbroken in-bus stretch must span a later stop visit of this bus (doors open,
+        closed, and ``confirm_far_m`` on) or ``convoy_span_m`` of travel: a bus of another
+        route serving the same stops is heard well between two of them but leaves at its
+        own time. Then the mean RSSI of its in-bus evidence after the bus left the stop
+        must be clearly above its level before (or strong).
         """
         if r.convoy is None:
             return True
+        p = self.params
+        if r.last_in_odo - r.span_odo < p.convoy_span_m and not self._rode_through(r):
+            return False
         mean = r.far_sum / max(1, r.n_far)  # since the bus left the stop: not inflated by a
-        p = self.params  # neighbouring bus at the same stop
+        # neighbouring bus at the same stop
         return mean >= r.convoy + p.convoy_gain_db or mean >= p.convoy_strong_dbm
+
+    def _rode_through(self, r: _Rid) -> bool:
+        """Whether the rid's unbroken in-bus stretch spans a whole later stop visit."""
+        v = r.visit
+        assert v is not None
+        w = None
+        for x in self._visits:
+            if x.seq > v.seq and x.close_odo_m is not None:
+                w = x
+                break
+        return (
+            w is not None
+            and w.close_odo_m is not None
+            and r.span_odo <= w.open_odo_m
+            and r.last_in_odo >= w.close_odo_m + self.params.confirm_far_m
+        )
 
     def advert(  # noqa: PLR0917 - the hot path: positional arguments are cheapest
         self,
@@ -352,6 +391,9 @@ class PresenceClassifier:
             if _MIN_PERIOD_S < dt < r.per:
                 r.per = dt  # the token's advertising interval (shortest gap heard)
             r.ewma += dt / (self._tau + dt) * (rssi - r.ewma)
+            if odo != r.mv_odo:  # the bus moved: its level as the bus last moved
+                r.mv_odo = odo
+                r.mv_ewma = r.ewma
             r.base += dt / (self._base_tau + dt) * (rssi - r.base)
             if dt > self._run_gap:
                 r.run_odo = odo  # heard again after a silence: a new run
@@ -423,8 +465,10 @@ class PresenceClassifier:
         r.rot = token_t - interval * INTERVAL_S < self._rot_slack
         self._rids[rid] = r
         if at_stop:
+            self._dirty = self._dirty or r.rot
             return r  # the caller makes it a candidate of the visit
         if r.rot:
+            self._dirty = True
             r.state = int(next_state(State.NEW, Event.ADV_ROTATION))
             r.route_id, r.trip_id = self._route_id, self._trip_id
             r.visit = None
@@ -466,8 +510,10 @@ class PresenceClassifier:
                     forget.append(r.rid)
             elif t - r.last_t > p.forget_s and r.rid not in self._olds:
                 forget.append(r.rid)
-        if self._olds:
+        if self._olds and t >= self._assigned_t + (_DIRTY_S if self._dirty else _REASSIGN_S):
             self._assign(later)
+            self._dirty = False
+            self._assigned_t = t
         for r in later:
             if r.state == _CANDIDATE:
                 self._check_candidate(r, t, odo, out)
@@ -502,7 +548,7 @@ class PresenceClassifier:
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
                 return  # let a rotated rid fade first and pair with this one
             self._confirm_new(r, t, v, out)
-        elif not recent and away and self._convoy_ok(r) and self._short_hop(r, v):
+        elif not recent and away and r.convoy is None and self._short_hop(r, v):
             # rode one short hop, in the bus from its stop until the doors opened again
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
@@ -535,6 +581,7 @@ class PresenceClassifier:
         prior = self._match.pop(r.rid, None)
         if prior is not None:
             self._olds.pop(prior, None)
+            self._dirty = True
         if r.pred == _PRED_ONBOARD:
             old = self._pending.pop(r.rid, None)
             if old is not None:
@@ -589,6 +636,7 @@ class PresenceClassifier:
         prior = self._match.pop(r.rid, None)
         if prior is not None:
             self._olds.pop(prior, None)
+            self._dirty = True
         old = self._pending.pop(r.rid, None)
         if old is not None:
             # the rider's new rid did not stay: the old segment ends where the rider left
@@ -604,6 +652,7 @@ class PresenceClassifier:
         if old.ewma < old.base - self.params.rotation_drop_db:
             return False  # it faded before it stopped: it left, it did not rotate
         self._olds[old.rid] = (old, kind, visit)
+        self._dirty = True
         return True
 
     def _pair_cost(self, old: _Rid, new: _Rid) -> float | None:
@@ -670,8 +719,9 @@ class PresenceClassifier:
                 if k != kind:
                     continue
                 nxt = old.interval + 1
+                lo, hi = old.last_t - 4.0, old.last_t + self.params.rotation_gap_s
                 for new in news:
-                    if new.interval != nxt or new.rid in taken:
+                    if new.interval != nxt or not lo <= new.first_t <= hi or new.rid in taken:
                         continue
                     if new.addr != old.addr and (old.interval, new.addr) in claimed:
                         continue
@@ -700,6 +750,7 @@ class PresenceClassifier:
             if o in paired or t - old.last_t <= self.params.rotation_settle_s:
                 continue
             del self._olds[o]
+            self._dirty = True
             if kind == _PRED_ONBOARD:
                 end, end_odo = self._fade_end(old, old.last_in_t, old.last_in_odo)
                 self._emit(old, end, end_odo, out)

@@ -104,6 +104,12 @@ class ClassifierParams:
     convoy_strong_dbm: float = option(
         -72.0, doc="... or be at least this strong (a rider the classifier missed)"
     )
+    convoy_span_m: float = option(
+        1500.0,
+        doc="... and its unbroken in-bus stretch must span a later stop visit of this bus, or"
+        " this much travel (a bus of another route serving the same stops is heard well"
+        " between two of them); a convoy candidate is never a short hop",
+    )
     reject_distance_m: float = option(
         600.0,
         doc="a candidate never heard in-bus confirm_distance_m from its stop is dropped once"

@@ -255,17 +255,60 @@ def test_vehicle_travelling_alongside_is_not_charged() -> None:
     assert by_name(w.finish(), tok) == []
 
 
-def test_rider_missed_earlier_boards_at_the_next_stop_when_strong() -> None:
+def test_rider_missed_earlier_boards_at_the_next_stop_when_strong_and_riding_on() -> None:
     w = World()
     gone = {"v": False}
     tok = w.add(Token("missed", lambda _: None if gone["v"] else -58.0))
     w.move(400)  # on board already, strong
     w.dwell("S1")
     w.move(800)
-    w.dwell("S2", 4)
+    w.dwell("S2", 4)  # stays through a stop: no vehicle alongside does that
+    w.move(600)
+    w.dwell("S3", 4)
     gone["v"] = True
     w.move(300)
     (seg,) = by_name(w.out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id) == ("S1", "S3")
+
+
+def test_convoy_token_strong_between_two_stops_only_is_not_charged() -> None:
+    """A rider of a bus of another route queueing behind at S1 and leaving S2 first."""
+    w = World()
+    phase = {"v": "behind"}
+
+    def f(w: World) -> float | None:
+        return {"behind": -84.0, "close": -62.0, "gone": None}[phase["v"]]
+
+    tok = w.add(Token("cv", f))
+    w.move(400)  # trailing the bus, steady and weak
+    v1 = w.dwell("S1", 6)
+    phase["v"] = "close"  # it pulled up right behind and follows closely
+    w.move(900)
+    w.dwell("S2", 10)
+    phase["v"] = "gone"  # it left S2 while this bus stood
+    w.move(400)
+    assert v1.close_t is not None
+    assert by_name(w.finish(), tok) == []
+
+
+def test_waiter_heard_from_afar_is_no_convoy() -> None:
+    """Heard over 150 m of the approach, but getting louder: waiting at the stop."""
+    w = World()
+    near = {"v": False}
+
+    def f(w: World) -> float | None:
+        if near["v"]:
+            return -60.0 if w.odo < 800 else None
+        return -92.0 + 30.0 * w.odo / 300.0
+
+    tok = w.add(Token("far", f))
+    w.move(300)
+    near["v"] = True
+    w.dwell("S1")
+    w.move(400)
+    w.dwell("S2", 4)
+    w.move(600)
+    (seg,) = by_name(w.finish(), tok)
     assert (seg.start.stop_id, seg.end.stop_id) == ("S1", "S2")
 
 
