@@ -583,9 +583,7 @@ class PresenceClassifier:
             self._olds.pop(prior, None)
             self._dirty = True
         if r.pred == _PRED_ONBOARD:
-            old = self._pending.pop(r.rid, None)
-            if old is not None:
-                out.append(self._rotated(old))
+            out.append(self._rotated(self._pending.pop(r.rid)))
             stop = v.stop_id if v is not None else None
             self._confirm(r, t, "continued", r.first_t, stop, r.first_odo)
             return

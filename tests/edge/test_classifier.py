@@ -718,3 +718,84 @@ def test_alight_flag_heard_outside_is_not_counted() -> None:
     w.add(Token("ob", lambda _: -70.0)).flags = 1
     w.wait(3)
     assert w.c.active_flags() == {"alight_request": 0, "assist": 0, "wait": 0}
+
+
+# -- joint rotation pairing ------------------------------------------------------------------
+
+
+def _heard(c: PresenceClassifier, rid: bytes, times: list[float], skew: float, rssi: int) -> None:
+    for t in times:
+        tt = t + skew
+        c.advert(t, rid, math.floor(tt / 600), math.floor(tt / 4) * 4.0, rssi, 0, bytes(24), 0.0)
+
+
+def test_pair_cost_follows_clock_rhythm_and_window() -> None:
+    bnd = (math.floor(T0 / 600) + 1) * 600
+    c = PresenceClassifier()
+    _heard(c, b"old-rid-0001", [bnd - 30 + 0.505 * k for k in range(60)], 0.0, -60)
+    old = c._rids[b"old-rid-0001"]
+    last = old.last_t
+    _heard(c, b"new-in-step0", [last + 0.505 * k for k in range(1, 9)], 0.0, -60)
+    _heard(c, b"new-offbeat0", [last + 0.25 + 0.505 * k for k in range(1, 9)], 0.0, -60)
+    _heard(c, b"new-o-clock0", [last + 0.505 * k for k in range(1, 9)], 9.0, -60)
+    _heard(c, b"new-latecome", [last + 7.0 + 0.505 * k for k in range(8)], 0.0, -60)
+    _heard(c, b"new-early000", [last - 0.2 + 0.505 * k for k in range(8)], 0.0, -60)
+    cost = {rid[:6]: c._pair_cost(old, c._rids[rid]) for rid in c._rids if rid != old.rid}
+    in_step, offbeat, early = cost[b"new-in"], cost[b"new-of"], cost[b"new-ea"]
+    assert in_step is not None
+    assert offbeat is not None
+    assert early is not None
+    assert in_step < offbeat  # a quarter period off the rhythm
+    assert in_step < early  # an advertising train never goes back in time
+    assert cost[b"new-o-"] is None  # another clock
+    assert cost[b"new-la"] is None  # too late
+    once = PresenceClassifier()  # heard once: no interval known, no rhythm term
+    _heard(once, b"old-rid-0002", [bnd - 4.0], 0.0, -60)
+    _heard(once, b"new-rid-0002", [bnd], 0.0, -60)
+    o2, n2 = once._rids[b"old-rid-0002"], once._rids[b"new-rid-0002"]
+    assert once._pair_cost(o2, n2) == pytest.approx(4.0)  # just the time gap
+
+
+def test_riders_on_one_clock_without_addresses_keep_their_own_rids() -> None:
+    """Fobs change address with their rid; the RSSI each new rid had as it appeared decides."""
+    w = World(t0=T0 + 400)
+    gone = {"v": False}
+
+    def level(lv: float) -> Callable[[World], float | None]:
+        return lambda _: None if gone["v"] else lv
+
+    toks = [w.add(Token(n, level(lv))) for n, lv in (("ja", -58.0), ("jb", -70.0), ("jc", -82.0))]
+    for tok in toks:
+        tok.addr = ""
+    w.dwell("S1")
+    w.move(3000)
+    w.dwell("S2", 4)
+    gone["v"] = True
+    w.move(400)
+    for tok in toks:
+        a, b = by_name(w.out, tok)
+        assert (a.end.cause, b.start.cause, b.end.stop_id) == ("rotated", "continued", "S2")
+
+
+def test_finish_closes_a_rider_whose_rid_ended_with_no_new_rid() -> None:
+    w = World(t0=T0 + 400)
+    bnd = (math.floor(T0 / 600) + 1) * 600
+    tok = w.add(Token("end", lambda w: -60.0 if w.t < bnd - 1.0 else None))
+    w.dwell("S1")
+    w.move(1300)
+    w.wait(35)  # the rid stopped at its interval's end, no new rid: in the rotation pool
+    assert w.c._olds
+    (seg,) = by_name(w.finish(), tok)
+    assert (seg.start.stop_id, seg.end.cause) == ("S1", "lost")
+
+
+def test_finish_ends_a_rotated_rider_whose_new_rid_was_barely_heard() -> None:
+    w = World(t0=T0 + 400)
+    bnd = (math.floor(T0 / 600) + 1) * 600
+    tok = w.add(Token("brf", lambda w: -60.0 if w.t < bnd + 1.0 else None))
+    w.dwell("S1")
+    w.move(1800)
+    w.wait(15.5)
+    segs = by_name(w.finish(), tok)
+    assert [s.start.cause for s in segs] == ["boarded"]
+    assert segs[0].end.cause in ("lost", "alighted")
