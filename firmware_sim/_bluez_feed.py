@@ -28,11 +28,11 @@ from typing import Any
 
 from busbell import AdvRecord, get_logger
 
-__all__ = ["TEMPLATE_PATH", "BluezFeed", "PrivateBluez", "parse_bluez_target"]
+__all__ = ["BUS_CONFIG", "TEMPLATE_PATH", "BluezFeed", "PrivateBluez", "parse_bluez_target"]
 
 TEMPLATE_PATH = Path(__file__).with_name("_bluez_template.py")
 
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
@@ -135,7 +135,7 @@ class PrivateBluez:
             raise RuntimeError("dbus-daemon not found (install the dbus package)")
         self._dir = tempfile.TemporaryDirectory(prefix="busbell-bluez-")
         conf = Path(self._dir.name) / "system.conf"
-        conf.write_text(_BUS_CONFIG.format(sock=Path(self._dir.name) / "system_bus_socket"))
+        conf.write_text(BUS_CONFIG.format(sock=Path(self._dir.name) / "system_bus_socket"))
         self._daemon = subprocess.Popen(  # noqa: S603 - fixed arguments
             [exe, f"--config-file={conf}", "--nofork", "--print-address"],
             stdout=subprocess.PIPE,

@@ -360,8 +360,7 @@ async def test_adjustments_are_recomputed_with_the_charges(env: Env, tmp_path: P
     rules_text = rules_text.replace(
         "[daily_cap]\nenabled = false", "[daily_cap]\nenabled = true\namount_krw = { adult = 3000 }"
     )
-    if "amount_krw = { adult = 3000 }" not in rules_text:
-        pytest.skip("packaged rules have no [daily_cap] table to enable")
+    assert "amount_krw = { adult = 3000 }" in rules_text, "packaged rules lost [daily_cap]"
     path = tmp_path / "rules.toml"
     path.write_text(rules_text)
     rules = load_rules(path, timezone="Asia/Seoul")

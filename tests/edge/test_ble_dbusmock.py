@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,37 +27,18 @@ from structlog.testing import capture_logs
 
 from busbell import AdvRecord
 from edge._ble import BleakSource, ScannerParams
+from firmware_sim._bluez_feed import BUS_CONFIG as _SIM_BUS_CONFIG
 
-pytestmark = [
-    pytest.mark.dbus,
-    pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed"),
-]
+# A missing dbus-daemon fails these tests loudly (.ci/run installs it).
+pytestmark = pytest.mark.dbus
 
 TEMPLATE = Path(__file__).with_name("bluez_le_template.py")
 TOKEN = bytes(range(24))
 TOKEN_CID = 0xFFFF
 APPLE_CID = 0x004C
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={sock}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="signal"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-  </policy>
-</busconfig>
-"""
+# The private system bus: the same config the simulator uses for its emulated bluetoothd.
+BUS_CONFIG = _SIM_BUS_CONFIG
 
 
 class BlueZMock:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,9 @@ from busbell._mqtt import MqttSession, MqttSettings
 from edge._ble import BleakSource
 from edge._daemon import EdgeDaemon
 from edge.config import EdgeConfig
+from tests.edge.test_ble_dbusmock import _drop_bleak_bus
 
-pytestmark = [
-    pytest.mark.dbus,
-    pytest.mark.mosquitto,
-    pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon not installed"),
-]
+pytestmark = [pytest.mark.dbus, pytest.mark.mosquitto]
 
 BUS = "bus-55-01"
 SCENARIO = "quiet_route"
@@ -81,20 +77,6 @@ def _edge_config(tmp: Path, out: Path, broker: Any, prefix: str, mode: str) -> E
         "[status]\ninterval_s = 0.5\n"
     )
     return load_config(EdgeConfig, path)
-
-
-async def _drop_bleak_bus() -> None:
-    """Disconnect bleak's per-loop BlueZ manager so no socket outlives the test."""
-    from bleak.backends.bluezdbus import manager as bluez_manager
-
-    mgr = bluez_manager._global_instances.pop(asyncio.get_running_loop(), None)
-    if mgr is not None and mgr._bus is not None:
-        mgr._bus.disconnect()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(mgr._bus.wait_for_disconnect(), 2)
-        if mgr._bus_watcher_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(mgr._bus_watcher_task, 2)
 
 
 async def _start_sim(
