@@ -24,13 +24,6 @@ from busbell._mqtt import MqttSession, MqttSettings
 pytestmark = pytest.mark.mosquitto
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 def make_config(db_url: str, host: str, port: int, prefix: str, **ingest: Any) -> BackendConfig:
     return BackendConfig(
         database=DatabaseSettings(url=db_url),

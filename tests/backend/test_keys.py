@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +62,6 @@ from busbell._mqtt import MqttSession, MqttSettings
 NOW = 1_760_000_000.0  # day 20370
 TODAY = day_of(NOW)
 TOKEN_KEY = bytes(range(16))
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(db_url)
-    await migrate(eng)
-    yield eng
-    await eng.dispose()
 
 
 async def enroll(engine: AsyncEngine, rider_id: str, token_key: bytes = TOKEN_KEY) -> None:

@@ -49,13 +49,6 @@ NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement
 DAY = "2025-11-07"  # service day of T0 (16:20 Asia/Seoul)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @dataclass
 class Env:
     world: World
