@@ -130,9 +130,10 @@ class ClassifierParams:
     )
 
     lost_min_m: float = option(
-        1000.0,
+        2000.0,
         doc="a boarded rid that vanishes while moving (no door) before riding this far is"
-        " dropped, not charged: likely someone in a vehicle alongside",
+        " dropped, not charged: likely someone in a vehicle alongside (two buses of"
+        " different routes leaving a shared stop together run side by side for 1-2 km)",
     )
 
     # --- rotation -----------------------------------------------------------------------

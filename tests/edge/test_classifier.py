@@ -367,14 +367,30 @@ def test_token_dying_while_moving_ends_lost_at_the_last_stop_passed() -> None:
     dead = {"v": False}
     tok = w.add(Token("flat", lambda _: None if dead["v"] else -62.0))
     w.dwell("S1")
-    w.move(900)
+    w.move(1200)
     w.dwell("S2")
-    w.move(900)
+    w.move(1200)
     dead["v"] = True
     w.move(900)
     (seg,) = by_name(w.out, tok)
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "lost")
-    assert seg.distance_m == pytest.approx(1800.0, abs=30)
+    assert seg.distance_m == pytest.approx(2400.0, abs=30)
+
+
+def test_rid_alongside_for_two_stops_then_vanishing_while_moving_is_dropped() -> None:
+    # a rider of a bus of another route that left the shared stop with this one and ran
+    # beside it for 1.8 km: heard in-bus all along, then gone with no door opening here
+    w = World()
+    gone = {"v": False}
+    tok = w.add(Token("nbr", lambda _: None if gone["v"] else -80.0))
+    w.dwell("S1")
+    w.move(900)
+    w.dwell("S2")
+    w.move(900)
+    gone["v"] = True
+    w.move(900)
+    assert by_name(w.out, tok) == []
+    assert w.c.discarded == 1
 
 
 def test_short_ride_vanishing_while_moving_is_dropped() -> None:
@@ -656,7 +672,7 @@ def test_unpaired_rotation_candidate_is_dropped_after_the_wait() -> None:
 
 
 def test_rid_that_faded_out_before_its_interval_ended_did_not_rotate() -> None:
-    w = World(t0=T0 + 400)
+    w = World(replace(ClassifierParams(), lost_min_m=1000.0), t0=T0 + 400)
     level = {"v": -60.0}
     tok = w.add(Token("fdo", lambda _: level["v"]))
     w.dwell("S1")
@@ -790,7 +806,7 @@ def test_finish_closes_a_rider_whose_rid_ended_with_no_new_rid() -> None:
 
 
 def test_finish_ends_a_rotated_rider_whose_new_rid_was_barely_heard() -> None:
-    w = World(t0=T0 + 400)
+    w = World(replace(ClassifierParams(), lost_min_m=1000.0), t0=T0 + 400)
     bnd = (math.floor(T0 / 600) + 1) * 600
     tok = w.add(Token("brf", lambda w: -60.0 if w.t < bnd + 1.0 else None))
     w.dwell("S1")
