@@ -36,7 +36,9 @@ from busbell._token import (
     encode_payload,
     interval_of,
     parse_payload,
+    rid_for_interval,
     unwrap_tq,
+    verify_rtag,
 )
 
 __all__ = ["main"]
@@ -215,8 +217,6 @@ def _cmd_token_decode(a: argparse.Namespace) -> int:
             info["reject_reason"] = exc.reason
             info["btag_ok"] = None if exc.reason in ("stale", "no_fleet_key") else False
     if a.key is not None:
-        from busbell._token import rid_for_interval, verify_rtag
-
         rk = derive_rider_keys(a.key)
         info["rid_ok"] = rid_for_interval(rk.rid_key, interval_of(token_t)) == p.rid
         info["rtag_ok"] = verify_rtag(p, rk.mac_key)

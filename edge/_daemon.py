@@ -327,13 +327,7 @@ class EdgeDaemon:
 
     def fleet_keys_days_remaining(self) -> int:
         """Days ahead of today (UTC) the fleet keys cover (-1 when even today is missing)."""
-        today = day_of(self.clock())
-        if today not in self.fleet_keys:
-            return -1
-        d = today
-        while d + 1 in self.fleet_keys:
-            d += 1
-        return d - today
+        return self.keyring.days_ahead(self.clock())
 
     def status(self) -> dict[str, Any]:
         """The retained status message."""

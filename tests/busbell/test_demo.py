@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,11 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(240)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_state(port: int, timeout: float) -> dict[str, Any]:

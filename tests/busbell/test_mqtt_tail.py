@@ -91,12 +91,9 @@ async def test_last_will_is_published_when_the_client_dies(
 
 
 async def test_connect_failure_is_uplink_error() -> None:
-    import socket
+    from tests.conftest import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    settings = MqttSettings(host="127.0.0.1", port=port)
+    settings = MqttSettings(host="127.0.0.1", port=free_port())
     with pytest.raises(UplinkError, match="cannot connect"):
         async with MqttSession(settings, "nobody"):
             pass

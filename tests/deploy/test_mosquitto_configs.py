@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from busbell import Topics
 from busbell._mqtt import MqttMessage, MqttSession, MqttSettings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.mosquitto
 
@@ -34,12 +35,6 @@ DEPLOY = Path(__file__).parents[2] / "deploy" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 # mosquitto started as root drops to user "mosquitto", which cannot read pytest's tmp dirs
 RUN_AS = "\nuser root\n" if os.geteuid() == 0 else ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _name(cn: str) -> x509.Name:

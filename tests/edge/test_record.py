@@ -16,14 +16,9 @@ import pytest
 
 from busbell import AdvRecord, DeviceKey, GnssRecord, Topics, TraceReader
 from busbell._mqtt import MqttSession, MqttSettings
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.mosquitto
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_record_writes_a_replayable_trace(
