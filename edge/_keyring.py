@@ -42,7 +42,9 @@ class FleetKeyring:
         path: the FLEET.csv file (read at start if it exists; rewritten on new keys).
         bus_id: this bus (a bundle for another bus is refused).
         kex_private: this bus's X25519 key (``busbell.bus_kex_private(device_key)``).
-        keep_days: keys older than this many days before ``now`` are dropped on save.
+        keep_days: if set, keys older than this many days before ``now`` are dropped on
+            save. Off by default: ``now`` is the bus clock, and a replayed or simulated
+            day can use keys far older than it (a year of keys is ~30 KB).
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class FleetKeyring:
         bus_id: str,
         kex_private: X25519PrivateKey,
         *,
-        keep_days: int = 2,
+        keep_days: int | None = None,
     ) -> None:
         self.path = path
         self.bus_id = bus_id
@@ -101,9 +103,10 @@ class FleetKeyring:
         return changed
 
     def _save(self, now: float) -> None:
-        oldest = math.floor(now / DAY_S) - self.keep_days
-        for d in [d for d in self.keys if d < oldest]:  # in place: the verifier shares it
-            del self.keys[d]
+        if self.keep_days is not None:
+            oldest = math.floor(now / DAY_S) - self.keep_days
+            for d in [d for d in self.keys if d < oldest]:  # in place: the verifier shares it
+                del self.keys[d]
         rows = [(str(d), k.hex()) for d, k in sorted(self.keys.items())]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".fleet-", dir=self.path.parent)
