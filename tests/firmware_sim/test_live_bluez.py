@@ -191,6 +191,7 @@ async def _check(
     assert daemon.source.stats.mode == mode  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow  # real-time live play; timed out once under CI load (see closing note)
 async def test_sim_feeds_live_edge_through_bluez_active(
     tmp_path: Path, shared_broker: Any, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
