@@ -216,7 +216,8 @@ class JourneyOut(BaseModel):
     legs: list[LegOut]
     charged: bool = Field(True, description="False: held for review, not charged.")
     flags: list[str] = Field(
-        default_factory=list, description="Review flags (lost, suspected_replay, review, ...)."
+        default_factory=list,
+        description="Review flags (lost, suspected_replay, overlap_dropped, review, ...).",
     )
 
 

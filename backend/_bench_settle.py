@@ -150,6 +150,7 @@ class World:
         end: tuple[float, str | None, str],
         distance_m: float,
         proof: tuple[str, str] | None = None,
+        rssi_med: int | None = None,
     ) -> dict[str, Any]:
         """The fields of one segment event (before numbering and signing)."""
         keys = self.keys[rider] if isinstance(rider, str) else rider
@@ -167,7 +168,9 @@ class World:
             "end": {"t": end[0], "stop_id": end[1], "cause": end[2]},
             "distance_m": round(distance_m, 1),
             "proof": {"first": first, "last": last},
-            "evidence": {"adv_count": 10},
+            "evidence": {"adv_count": 10}
+            if rssi_med is None
+            else {"adv_count": 10, "rssi_med": rssi_med},
         }
 
     def ride(
@@ -183,6 +186,7 @@ class World:
         end_cause: str = "alighted",
         alight_stop_known: bool = True,
         speed_mps: float = 8.0,
+        rssi_med: int | None = None,
     ) -> list[dict[str, Any]]:
         """Mint the events of one ride from stop ``S{board}`` to ``S{alight}``.
 
@@ -222,6 +226,7 @@ class World:
                 start=(round(a_proof, 3), start_stop, start_cause),
                 end=(round(b_proof, 3), end_stop, cause),
                 distance_m=(b_proof - a_proof) * speed_mps,
+                rssi_med=rssi_med,
             )
             out.append(chain.emit(fields))
         return out

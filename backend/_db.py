@@ -275,6 +275,7 @@ rider_segments = sa.Table(
     sa.Column("end_stop_id", sa.String(128), nullable=True),
     sa.Column("end_cause", sa.String(16), nullable=False),
     sa.Column("distance_m", sa.Double(), nullable=False),
+    sa.Column("rssi_med", sa.Double(), nullable=True),
     sa.Column("settled_at", _Time, nullable=False),
     sa.Index(None, "rider_id", "start_t"),
 )

@@ -11,8 +11,14 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    (default) charges up to the last stop where the rider was confirmed on board
    (``end.stop_id`` if given, else the last known stop); ``penalty`` charges the
    route's maximum distance fare (the Korean no-tap-off rule).
-3. **Suspected replay.** The same rider on two buses at overlapping times (beyond
-   ``replay_overlap_s``) is not charged automatically: both legs are marked and held.
+3. **Overlaps.** The same rider on two buses at overlapping times (beyond
+   ``replay_overlap_s``) cannot both be true. When one leg covers the other in time
+   (within ``overlap_cover_s``) and its segments heard the rider at least
+   ``overlap_margin_db`` stronger (the edges' median RSSI), the rider was on that bus and
+   the other bus heard them through its windows, driving alongside: the weaker leg is
+   dropped (``overlap_dropped``, never charged) and the stronger one charged
+   (``overlap_resolved``). Any other overlap is a suspected replay: both legs are
+   marked and held, not charged automatically.
 4. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m``.
 5. **Journeys and fares.** Legs are grouped by the fare engine's transfer rules
@@ -24,6 +30,7 @@ Pure and deterministic: the same segments in any order give the same journeys.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +43,8 @@ from busbell._gtfs import Feed
 
 __all__ = [
     "FLAG_LOST",
+    "FLAG_OVERLAP_DROPPED",
+    "FLAG_OVERLAP_RESOLVED",
     "FLAG_PARTIAL",
     "FLAG_PENALTY",
     "FLAG_REVIEW",
@@ -61,6 +70,10 @@ FLAG_REVIEW = "review"
 """A person should look at this leg or journey."""
 FLAG_SUSPECTED_REPLAY = "suspected_replay"
 """The rider was on another bus at an overlapping time; not charged automatically."""
+FLAG_OVERLAP_DROPPED = "overlap_dropped"
+"""Another bus heard the rider much more strongly over the whole leg: never charged."""
+FLAG_OVERLAP_RESOLVED = "overlap_resolved"
+"""An overlapping, much weaker leg on another bus was dropped in favour of this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +95,8 @@ class Segment:
         end_stop_id: stop at the end, or ``None``.
         end_cause: ``alighted``, ``rotated`` or ``lost``.
         distance_m: distance the bus travelled during the segment.
+        rssi_med: the edge's median RSSI of the rid over the segment (``evidence.rssi_med``),
+            or ``None`` when the event does not say.
     """
 
     rider_id: str
@@ -98,6 +113,7 @@ class Segment:
     end_stop_id: str | None
     end_cause: str
     distance_m: float
+    rssi_med: float | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
@@ -118,6 +134,7 @@ class Segment:
             end_stop_id=end["stop_id"],
             end_cause=end["cause"],
             distance_m=float(event["distance_m"]),
+            rssi_med=evidence_rssi(event.get("evidence")),
         )
 
     def sort_key(self) -> tuple[float, str, int]:
@@ -143,6 +160,8 @@ class Leg:
         network_id: the fare class.
         event_ids: the events stitched, in order.
         flags: sorted flags (see the ``FLAG_*`` constants).
+        heard: ``(start_t, end_t, rssi_med)`` of each stitched segment whose event gave a
+            median RSSI (used to settle overlaps; not part of the output).
     """
 
     rider_id: str
@@ -158,6 +177,7 @@ class Leg:
     network_id: str
     event_ids: tuple[str, ...]
     flags: tuple[str, ...] = ()
+    heard: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
 
     def fare_leg(self) -> FareLeg:
         """This leg as the fare engine sees it."""
@@ -191,25 +211,23 @@ class Leg:
 
     def with_flags(self, *flags: str) -> Leg:
         """A copy with more flags."""
-        return _replace_flags(self, tuple(sorted(set(self.flags) | set(flags))))
+        return dataclasses.replace(self, flags=tuple(sorted(set(self.flags) | set(flags))))
+
+    def strength(self, start_t: float, end_t: float) -> float | None:
+        """The strongest median RSSI of this leg's segments that overlap a time span."""
+        found = [rssi for s, e, rssi in self.heard if s <= end_t and e >= start_t]
+        return max(found) if found else None
 
 
-def _replace_flags(leg: Leg, flags: tuple[str, ...]) -> Leg:
-    return Leg(
-        leg.rider_id,
-        leg.bus_id,
-        leg.route_id,
-        leg.trip_id,
-        leg.board_t,
-        leg.board_stop_id,
-        leg.alight_t,
-        leg.alight_stop_id,
-        leg.distance_m,
-        leg.distance_source,
-        leg.network_id,
-        leg.event_ids,
-        flags,
-    )
+def evidence_rssi(evidence: object) -> float | None:
+    """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
+    if not isinstance(evidence, Mapping):
+        return None
+    value = evidence.get("rssi_med")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +293,10 @@ class JourneyPolicy:
         replay_overlap_s: how long two legs on different buses may overlap before it is
             a suspected replay (detection latency at a transfer makes small overlaps
             normal).
+        overlap_margin_db: an overlap is settled in favour of the leg heard at least this
+            many dB stronger (median RSSI) ... (``None``: never; hold both).
+        overlap_cover_s: ... if that leg also covers the other one in time, within this
+            slack at either end.
         category: rider category priced.
         default_network: fare class of routes without a network (``None``: the rules').
     """
@@ -282,6 +304,8 @@ class JourneyPolicy:
     lost_policy: LostPolicy = "last-stop"
     stitch_gap_s: float = 60.0
     replay_overlap_s: float = 60.0
+    overlap_margin_db: float | None = 10.0
+    overlap_cover_s: float = 60.0
     category: str = "adult"
     default_network: str | None = None
 
@@ -432,6 +456,7 @@ class JourneyBuilder:
             network_id=self.networks.network_for(route_id) if route_id else self._default(),
             event_ids=tuple(s.event_id for s in chain),
             flags=tuple(sorted(flags)),
+            heard=tuple((s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None),
         )
 
     def _default(self) -> str:
@@ -440,9 +465,15 @@ class JourneyBuilder:
     # ----------------------------------------------------------------- replay check
 
     def mark_replays(self, legs: Sequence[Leg]) -> list[Leg]:
-        """Flag legs of one rider on different buses that overlap in time."""
+        """Settle legs of one rider on different buses that overlap in time.
+
+        Each overlapping pair is settled in favour of one leg when :meth:`_overlap_winner`
+        finds one (the other is flagged ``overlap_dropped``, the winner
+        ``overlap_resolved``); a leg in an unsettled overlap with a leg that was not
+        dropped is flagged ``suspected_replay`` and held for review.
+        """
         tol = self.policy.replay_overlap_s
-        suspect: set[int] = set()
+        pairs: list[tuple[int, int]] = []
         order = sorted(range(len(legs)), key=lambda k: _leg_key(legs[k]))
         for a_pos, a in enumerate(order):
             la = legs[a]
@@ -454,11 +485,58 @@ class JourneyBuilder:
                     continue
                 overlap = min(la.alight_t, lb.alight_t) - max(la.board_t, lb.board_t)
                 if overlap > tol:
-                    suspect |= {a, b}
-        return [
-            leg.with_flags(FLAG_SUSPECTED_REPLAY, FLAG_REVIEW) if k in suspect else leg
-            for k, leg in enumerate(legs)
-        ]
+                    pairs.append((a, b))
+        dropped: set[int] = set()
+        resolved: set[int] = set()
+        unsettled: list[tuple[int, int]] = []
+        for a, b in pairs:
+            winner = self._overlap_winner(legs[a], legs[b])
+            if winner is None:
+                unsettled.append((a, b))
+            else:
+                win, lose = (a, b) if winner is legs[a] else (b, a)
+                resolved.add(win)
+                dropped.add(lose)
+        suspect: set[int] = set()
+        for a, b in unsettled:
+            if a not in dropped and b not in dropped:
+                suspect |= {a, b}
+
+        def settled(k: int, leg: Leg) -> Leg:
+            if k in dropped:
+                return leg.with_flags(FLAG_OVERLAP_DROPPED)
+            if k in suspect:
+                return leg.with_flags(FLAG_SUSPECTED_REPLAY, FLAG_REVIEW)
+            if k in resolved:
+                return leg.with_flags(FLAG_OVERLAP_RESOLVED)
+            return leg
+
+        return [settled(k, leg) for k, leg in enumerate(legs)]
+
+    def _overlap_winner(self, a: Leg, b: Leg) -> Leg | None:
+        """The leg of two overlapping ones that the rider was on, if the evidence says.
+
+        The winner must cover the other leg in time (``overlap_cover_s`` of slack at
+        either end) and have been heard, over their common time, at least
+        ``overlap_margin_db`` stronger. Otherwise ``None``.
+        """
+        margin = self.policy.overlap_margin_db
+        if margin is None:
+            return None
+        start, end = max(a.board_t, b.board_t), min(a.alight_t, b.alight_t)
+        sa, sb = a.strength(start, end), b.strength(start, end)
+        if sa is None or sb is None:
+            return None
+        if sa - sb >= margin:
+            win, lose = a, b
+        elif sb - sa >= margin:
+            win, lose = b, a
+        else:
+            return None
+        cover = self.policy.overlap_cover_s
+        if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
+            return win
+        return None
 
     # ----------------------------------------------------------------- journeys
 
@@ -468,8 +546,8 @@ class JourneyBuilder:
         """Build and price one rider's journeys."""
         cat = category or self.policy.category
         legs = self.mark_replays(self.stitch(segments))
-        held = [leg for leg in legs if FLAG_SUSPECTED_REPLAY in leg.flags]
-        chargeable = [leg for leg in legs if FLAG_SUSPECTED_REPLAY not in leg.flags]
+        held = [leg for leg in legs if not _chargeable(leg)]
+        chargeable = [leg for leg in legs if _chargeable(leg)]
         out: list[Journey] = []
         by_id: dict[int, Leg] = {}
         fare_legs: list[FareLeg] = []
@@ -550,6 +628,10 @@ def _between(
     except ValueError:
         return None
     return dist_m[j] - dist_m[i]
+
+
+def _chargeable(leg: Leg) -> bool:
+    return FLAG_SUSPECTED_REPLAY not in leg.flags and FLAG_OVERLAP_DROPPED not in leg.flags
 
 
 def _leg_key(leg: Leg) -> tuple[float, float, str, str]:

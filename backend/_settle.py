@@ -352,6 +352,7 @@ class Settler:
             end_stop_id=i(seg.end_stop_id),
             end_cause=i(seg.end_cause) or seg.end_cause,
             distance_m=seg.distance_m,
+            rssi_med=seg.rssi_med,
         )
 
     # ---------------------------------------------------------------- output

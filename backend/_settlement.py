@@ -175,6 +175,7 @@ def event_of_row(row: Any) -> dict[str, Any]:
         "end": {"t": row.end_t, "stop_id": row.end_stop_id, "cause": row.end_cause},
         "distance_m": row.distance_m,
         "proof": {"first": row.proof_first, "last": row.proof_last},
+        "evidence": row.evidence,
     }
 
 
@@ -194,6 +195,7 @@ def _segment_row(seg: Segment, now: float) -> dict[str, Any]:
         "end_stop_id": seg.end_stop_id,
         "end_cause": seg.end_cause,
         "distance_m": seg.distance_m,
+        "rssi_med": seg.rssi_med,
         "settled_at": now,
     }
 
@@ -214,6 +216,7 @@ def _segment_of_row(row: Any) -> Segment:
         end_stop_id=row.end_stop_id,
         end_cause=row.end_cause,
         distance_m=row.distance_m,
+        rssi_med=row.rssi_med,
     )
 
 
@@ -850,6 +853,8 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
                 lost_policy=lost,
                 stitch_gap_s=s.stitch_gap_s,
                 replay_overlap_s=s.replay_overlap_s,
+                overlap_margin_db=s.overlap_margin_db if s.overlap_settle else None,
+                overlap_cover_s=s.overlap_cover_s,
                 category=s.default_category,
             ),
             gap_grace_s=s.gap_grace_s,

@@ -107,6 +107,18 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument("--default-network", default=None, help="class of routes without a network")
     st.add_argument("--stitch-gap-s", type=float, default=60.0)
     st.add_argument("--replay-overlap-s", type=float, default=60.0)
+    st.add_argument(
+        "--overlap-margin-db",
+        type=float,
+        default=10.0,
+        help="drop the overlapping leg heard this much weaker (dB) on another bus",
+    )
+    st.add_argument("--overlap-cover-s", type=float, default=60.0)
+    st.add_argument(
+        "--hold-overlaps",
+        action="store_true",
+        help="never drop an overlapping leg: hold both for review",
+    )
     st.add_argument("--proof-slack-s", type=float, default=None)
     st.add_argument("--stats", type=Path, default=None, help="also write the counts as JSON")
 
@@ -208,6 +220,8 @@ def _settle(args: argparse.Namespace) -> int:
         lost_policy=args.lost_policy,
         stitch_gap_s=args.stitch_gap_s,
         replay_overlap_s=args.replay_overlap_s,
+        overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
+        overlap_cover_s=args.overlap_cover_s,
         category=args.category,
         default_network=args.default_network,
     )

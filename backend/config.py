@@ -135,7 +135,25 @@ class SettlementSettings:
         60.0, doc="Largest gap between a rotated end and a continued start stitched into a leg."
     )
     replay_overlap_s: float = option(
-        60.0, doc="Overlap of two legs on different buses above which both are held for review."
+        60.0,
+        doc=(
+            "Overlap of two legs on different buses above which they conflict (one is dropped"
+            " by the overlap rule below, or both are held for review)."
+        ),
+    )
+    overlap_settle: bool = option(
+        True,
+        doc=(
+            "Settle a conflict in favour of the leg heard overlap_margin_db stronger that"
+            " covers the other in time (a bus alongside heard the rider through its windows);"
+            " false: hold both for review."
+        ),
+    )
+    overlap_margin_db: float = option(
+        10.0, doc="Median-RSSI margin (dB) by which the kept leg must be the stronger."
+    )
+    overlap_cover_s: float = option(
+        60.0, doc="Slack (s) at either end when the kept leg must cover the dropped one."
     )
 
 

@@ -13,7 +13,7 @@ __all__ = ["git_commit", "render_failures", "render_markdown", "render_table"]
 
 _HEAD = (
     "| scenario | journeys | exact | exact (observable) | board-stop err | alight-stop err "
-    "| missed | double | bystanders charged / passes | per 10k |"
+    "| missed | double | held | bystanders charged / passes | per 10k |"
 )
 
 
@@ -23,14 +23,14 @@ def _row(s: ScenarioScore) -> str:
         f"| {s.journeys_observable_exact}/{s.journeys_observable} "
         f"({s.exact_observable_pct:.1f} %) | {s.board_stop_errors} | {s.alight_stop_errors} "
         f"| {s.missed}/{s.legs} ({s.missed_pct:.2f} %; observable "
-        f"{s.missed_observable_pct:.2f} %) | {s.double_charged} "
+        f"{s.missed_observable_pct:.2f} %) | {s.double_charged} | {s.held_legs} "
         f"| {s.bystander_charged} / {s.bystander_passes} | {s.bystanders_per_10k:.1f} |"
     )
 
 
 def render_table(suite: SuiteScore) -> str:
     """A Markdown table of every scenario and the overall line."""
-    lines = [_HEAD, "|" + "---|" * 10]
+    lines = [_HEAD, "|" + "---|" * 11]
     lines += [_row(s) for s in suite.scenarios]
     overall = suite.overall
     lines.append(_row(overall).replace("| overall |", "| **overall** |", 1))
@@ -139,12 +139,15 @@ could hear cannot be charged by any classifier.
 Definitions (see `firmware_sim/_score.py`): a journey is *exact* when every leg is charged
 exactly once with the right bus, boarding stop and alighting stop. A charge matches a true
 leg of the same rider on the same bus overlapping it in time (+-120 s). *Missed*: a true
-leg with no charge. *Double*: a true leg charged more than once. *Bystander charged*: a
-charge matching no true leg; a *bystander pass* is a token that came within 30 m of a bus
-it was not riding (counted once per pass). *Observable* excludes legs no bus could see:
-riders whose iPhone app is in the background (iOS cannot advertise custom data there),
-tokens whose battery went flat during the ride, and token clocks outside the edge's tq
-window (the `token_clock_drift` scenario has some on purpose).
+leg with no charge. *Double*: a true leg charged more than once. *Held*: legs the backend
+did not charge (held for review as a suspected replay, or dropped because another bus
+heard the rider much more strongly at the time); they charge nobody, so a true leg that
+was only held counts as missed. *Bystander charged*: a charge matching no true leg; a
+*bystander pass* is a token that came within 30 m of a bus it was not riding (counted
+once per pass). *Observable* excludes legs no bus could see: riders whose iPhone app is
+in the background (iOS cannot advertise custom data there), tokens whose battery went
+flat during the ride, and token clocks outside the edge's tq window (the
+`token_clock_drift` scenario has some on purpose).
 
 ## What went wrong (observable legs)
 

@@ -12,6 +12,9 @@ whose ride overlaps it in time (with :data:`MATCH_SLACK_S` of slack). Then:
   **double charged**;
 - its boarding (alighting) stop is right when the earliest (latest) matching charge
   names the true stop;
+- only journeys the backend charged count; legs it held for review or dropped
+  (``"charged": false``) are counted as **held** and charge nobody, so a true leg that
+  was only held is missed;
 - a charged leg that matches no true leg is a **bystander charge** (the rider was not
   on that bus then); its rate is given per 10,000 bystander passes of the truth;
 - a true journey is **exactly right** when every leg is charged exactly once with the
@@ -147,6 +150,7 @@ class ScenarioScore:
     missed_observable: int = 0
     double_charged: int = 0
     charged_legs: int = 0
+    held_legs: int = 0
     bystander_charged: int = 0
     bystander_passes: int = 0
     unobservable_charged: int = 0
@@ -168,6 +172,7 @@ class ScenarioScore:
             "missed_observable",
             "double_charged",
             "charged_legs",
+            "held_legs",
             "bystander_charged",
             "bystander_passes",
             "unobservable_charged",
@@ -233,8 +238,9 @@ def score_scenario(
     """
     sc = ScenarioScore(scenario)
     true_legs = _legs(truth_journeys)
-    charged = _legs(charged_journeys)
+    charged = _legs([j for j in charged_journeys if j.get("charged", True)])
     sc.charged_legs = len(charged)
+    sc.held_legs = len(_legs([j for j in charged_journeys if not j.get("charged", True)]))
     sc.bystander_passes = int(truth.get("bystander_passes", {}).get("total", 0))
     unobs = {
         (u["rider_id"], u["bus_id"], round(float(u["board_t"]), 3))

@@ -31,7 +31,7 @@ async def test_migrate_is_idempotent_and_reaches_head(db_url: str) -> None:
         assert await current_revision(eng) is None
         await migrate(db_url)
         await migrate(db_url)
-        assert await current_revision(eng) == "0002"
+        assert await current_revision(eng) == "0003"
     finally:
         await eng.dispose()
 
@@ -40,7 +40,7 @@ async def test_concurrent_migrations(db_url: str) -> None:
     await asyncio.gather(*(migrate(db_url) for _ in range(3)))
     eng = create_engine(db_url)
     try:
-        assert await current_revision(eng) == "0002"
+        assert await current_revision(eng) == "0003"
     finally:
         await eng.dispose()
 

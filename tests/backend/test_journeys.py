@@ -37,6 +37,7 @@ def seg(
     route: str | None = "R1",
     trip: str | None = "T1",
     distance: float = 0.0,
+    rssi: float | None = None,
 ) -> Segment:
     n = next(_n)
     return Segment(
@@ -54,6 +55,7 @@ def seg(
         end_stop_id=end[1],
         end_cause=end[2],
         distance_m=distance,
+        rssi_med=rssi,
     )
 
 
@@ -150,6 +152,125 @@ def test_suspected_replay_is_flagged_and_not_charged(feed: Feed) -> None:
     charged = [j for j in js if j.charged]
     assert len(charged) == 1
     assert charged[0].legs[0].board_t == T0 + 3000
+
+
+def _alongside(
+    *,
+    strong: float | None = -56.0,
+    weak: float | None = -78.0,
+    hop: tuple[float, float] = (200, 330),
+) -> list[Segment]:
+    """r1 rides b1 S01 -> S10 (rotating once); b2 alongside hears them from S03 to S05."""
+    return [
+        seg((T0, "S01", "boarded"), (T0 + 250, None, "rotated"), rssi=strong),
+        seg((T0 + 251, None, "continued"), (T0 + 600, "S10", "alighted"), rssi=strong),
+        seg(
+            (T0 + hop[0], "S03", "boarded"),
+            (T0 + hop[1], "S05", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=weak,
+        ),
+    ]
+
+
+def test_bus_alongside_much_weaker_is_dropped_not_held(feed: Feed) -> None:
+    b = _builder(feed)
+    segs = _alongside()
+    js = b.build(segs)
+    (charged,) = [j for j in js if j.charged]
+    (dropped,) = [j for j in js if not j.charged]
+    assert charged.legs[0].bus_id == "b1"
+    assert (charged.legs[0].board_stop_id, charged.legs[0].alight_stop_id) == ("S01", "S10")
+    assert charged.flags == ("overlap_resolved",)
+    assert charged.fare_krw == _price(("R1", "gyeonggi_city", 9 * STOP_SPACING_M))
+    assert dropped.legs[0].bus_id == "b2"
+    assert dropped.flags == ("overlap_dropped",)  # decided: nothing for a person to review
+    assert dropped.fare_krw == 0
+    assert dropped.to_json()["charged"] is False
+    # the same in any order
+    assert b.build(list(reversed(segs))) == js
+
+
+@pytest.mark.parametrize(
+    ("case", "kw", "policy"),
+    [
+        ("margin below 10 dB", {"weak": -64.0}, {}),
+        ("the weak leg has no strength", {"weak": None}, {}),
+        ("the strong leg has no strength", {"strong": None}, {}),
+        ("the stronger leg does not cover the other", {"hop": (200, 700)}, {}),
+        ("settling turned off", {}, {"overlap_margin_db": None}),
+        ("a wider margin asked for", {}, {"overlap_margin_db": 25.0}),
+    ],
+)
+def test_overlap_not_settled_holds_both(
+    feed: Feed, case: str, kw: dict[str, object], policy: dict[str, object]
+) -> None:
+    js = _builder(feed, **policy).build(_alongside(**kw))  # type: ignore[arg-type]
+    assert len(js) == 2, case
+    assert all(not j.charged and "suspected_replay" in j.flags for j in js), case
+
+
+def test_overlap_strength_counts_only_segments_in_the_common_time(feed: Feed) -> None:
+    # b1's first segment is strong but ends before the hop; over the hop b1 is weak too
+    segs = _alongside()
+    segs[1] = seg((T0 + 251, None, "continued"), (T0 + 600, "S10", "alighted"), rssi=-75.0)
+    segs[2] = seg(
+        (T0 + 260, "S03", "boarded"),
+        (T0 + 330, "S05", "alighted"),
+        bus="b2",
+        route="R2",
+        trip="T2",
+        rssi=-80.0,
+    )
+    js = _builder(feed).build(segs)
+    assert all(not j.charged and "suspected_replay" in j.flags for j in js)
+
+
+def test_three_way_overlap_drops_both_weaker_legs(feed: Feed) -> None:
+    segs = [
+        *_alongside(),
+        seg(
+            (T0 + 400, "S06", "boarded"),
+            (T0 + 560, "S09", "alighted"),
+            bus="b3",
+            route="R2",
+            trip="T3",
+            rssi=-81.0,
+        ),
+    ]
+    js = _builder(feed).build(segs)
+    assert [j.legs[0].bus_id for j in js if j.charged] == ["b1"]
+    assert sorted(j.legs[0].bus_id for j in js if "overlap_dropped" in j.flags) == ["b2", "b3"]
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"),
+    [
+        ({"rssi_med": -71}, -71.0),
+        ({"rssi_med": -70.5, "n_adv": 3}, -70.5),
+        ({}, None),
+        ({"rssi_med": "-70"}, None),
+        ({"rssi_med": True}, None),
+        ({"rssi_med": float("nan")}, None),
+        ("not an object", None),
+    ],
+)
+def test_segment_reads_rssi_from_evidence(evidence: object, expected: float | None) -> None:
+    event = {
+        "bus_id": "b1",
+        "seq": 1,
+        "event_id": "e",
+        "interval": 1,
+        "route_id": None,
+        "trip_id": None,
+        "start": {"t": 1.0, "stop_id": None, "cause": "boarded"},
+        "end": {"t": 2.0, "stop_id": None, "cause": "lost"},
+        "distance_m": 0.0,
+        "evidence": evidence,
+    }
+    assert Segment.from_event(event, "r1").rssi_med == expected
 
 
 def test_transfer_overlap_within_tolerance_is_a_transfer(feed: Feed) -> None:

@@ -331,6 +331,27 @@ async def test_revoked_rider_and_review_flags_are_kept(env: Env) -> None:
     assert (await env.client.get("/riders/r0002/charges")).json()["charges"] == []
 
 
+async def test_bus_alongside_is_dropped_and_the_rider_charged_once(env: Env) -> None:
+    w = env.world
+    # r0001 rides bus-02 from S01 to S10; bus-03 drives alongside from S03 to S05 and
+    # hears them through its windows, 20 dB weaker
+    w.ride("r0001", "bus-02", board=1, alight=10, t=T0, rssi_med=-58)
+    w.ride("r0001", "bus-03", board=3, alight=5, t=T0 + 200, rssi_med=-78)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    await env.worker.settle_once()
+    rows = await env.rows(rider_segments, "event_id")
+    assert {r["bus_id"]: r["rssi_med"] for r in rows} == {"bus-02": -58.0, "bus-03": -78.0}
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    by_bus = {j["legs"][0]["bus_id"]: j for j in js}
+    assert by_bus["bus-02"]["charged"] is True
+    assert by_bus["bus-02"]["flags"] == ["overlap_resolved"]
+    assert by_bus["bus-03"]["charged"] is False
+    assert by_bus["bus-03"]["fare_krw"] == 0
+    assert by_bus["bus-03"]["flags"] == ["overlap_dropped"]
+    (charge,) = (await env.client.get("/riders/r0001/charges")).json()["charges"]
+    assert charge["fare_krw"] == by_bus["bus-02"]["fare_krw"] > 0
+
+
 async def test_gap_waits_for_the_grace_period(env: Env) -> None:
     w = env.world
     evs = [w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 3000)[0] for k in range(3)]
@@ -369,11 +390,11 @@ async def test_adjustments_are_recomputed_with_the_charges(env: Env, tmp_path: P
     assert len(await env.rows(adjustments, "adjustment_id")) == 1
 
 
-async def test_migration_0002_downgrades_and_upgrades(db_url: str) -> None:
+async def test_migrations_downgrade_and_upgrade(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         await migrate(engine)
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "0003"
         from backend._db import _upgrade
 
         def down(conn: sa.Connection) -> None:
@@ -388,7 +409,7 @@ async def test_migration_0002_downgrades_and_upgrades(db_url: str) -> None:
         assert await current_revision(engine) == "0001"
         async with engine.begin() as conn:
             await conn.run_sync(_upgrade, "head")
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "0003"
     finally:
         await engine.dispose()
 

@@ -81,6 +81,21 @@ def test_same_bus_at_another_time_is_a_bystander_charge() -> None:
     assert sc.journeys_exact == 3
 
 
+def test_held_legs_charge_nobody() -> None:
+    held = {"charged": False, "fare_krw": 0}
+    charged = [
+        *TRUTH[1:],
+        {**j("r1", leg("B1", "S1", 100.0, "S3", 400.0)), **held},  # r1's true leg, held
+        {**j("r3", leg("B2", "S4", 700.0, "S6", 900.0)), **held},  # dropped bystander leg
+    ]
+    sc = score_scenario("x", TRUTH, charged, META)
+    assert sc.held_legs == 2
+    assert sc.charged_legs == 3
+    assert sc.bystander_charged == 0  # held, not charged
+    assert sc.missed == 1  # r1 was only held: not charged
+    assert sc.journeys_exact == 2
+
+
 def test_unobservable_legs_are_reported_apart() -> None:
     meta = {
         "bystander_passes": {"total": 0},
