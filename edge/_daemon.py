@@ -77,6 +77,23 @@ class Pipeline(Protocol):
         ...
 
 
+def pop_earliest(
+    vehicle: collections.deque[TraceRecord], adverts: collections.deque[AdvRecord]
+) -> TraceRecord:
+    """Pop the earlier head of two time-ordered queues (a vehicle record on a tie).
+
+    Vehicle signals and advertisements arrive on different paths (MQTT and the scanner);
+    merging them by time feeds the pipeline in the order a recorded trace replays them,
+    so a door opening is seen before the advertisements that came after it.
+
+    Raises:
+        IndexError: both queues are empty.
+    """
+    if vehicle and (not adverts or vehicle[0].t <= adverts[0].t):
+        return vehicle.popleft()
+    return adverts.popleft()
+
+
 def stats_dict(stats: Any) -> dict[str, Any]:
     """The pipeline's stats as a plain dict (dataclass, mapping or object)."""
     if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
@@ -296,10 +313,7 @@ class EdgeDaemon:
             drafts: list[SegmentDraft] = []
             n = 0
             while self._vehicle or self._adverts:
-                rec: TraceRecord = (
-                    self._vehicle.popleft() if self._vehicle else self._adverts.popleft()
-                )
-                drafts.extend(feed(rec))
+                drafts.extend(feed(pop_earliest(self._vehicle, self._adverts)))
                 n += 1
                 if n % 500 == 0:
                     await asyncio.sleep(0)
@@ -548,8 +562,7 @@ class EdgeDaemon:
     async def _shutdown_flush(self) -> None:
         drafts: list[SegmentDraft] = []
         while self._vehicle or self._adverts:
-            rec = self._vehicle.popleft() if self._vehicle else self._adverts.popleft()
-            drafts.extend(self.pipeline.feed(rec))
+            drafts.extend(self.pipeline.feed(pop_earliest(self._vehicle, self._adverts)))
         drafts.extend(self.pipeline.finish(self.clock()))
         await self._record(drafts)
         assert self.store is not None

@@ -323,3 +323,30 @@ async def test_edge_run_process_status_and_lwt(
     else:
         assert rc == -signal.SIGKILL
         assert backend.status[-1] == {"state": "offline"}  # the broker's LWT
+
+
+def test_vehicle_records_and_adverts_are_merged_by_time() -> None:
+    from collections import deque
+
+    from busbell import DoorRecord, GnssRecord
+    from edge._daemon import pop_earliest
+
+    def adv(t: float) -> AdvRecord:
+        return AdvRecord(t, "AA:BB:CC:DD:EE:FF", -60, {})
+
+    vehicle: deque[TraceRecord] = deque([DoorRecord(5.0, True), GnssRecord(7.0, 37.5, 127.0, 0.0)])
+    adverts: deque[AdvRecord] = deque([adv(4.0), adv(5.0), adv(8.0), adv(9.0)])
+    order = []
+    while vehicle or adverts:
+        rec = pop_earliest(vehicle, adverts)
+        order.append((type(rec).__name__, rec.t))
+    assert order == [
+        ("AdvRecord", 4.0),
+        ("DoorRecord", 5.0),  # a tie: the door first, as a trace replays it
+        ("AdvRecord", 5.0),
+        ("GnssRecord", 7.0),
+        ("AdvRecord", 8.0),
+        ("AdvRecord", 9.0),
+    ]
+    with pytest.raises(IndexError):
+        pop_earliest(vehicle, adverts)
