@@ -25,6 +25,7 @@ from busbell import (
     BusbellError,
     ContractError,
     DeviceKey,
+    GnssRecord,
     KeyFileError,
     StoreError,
     Topics,
@@ -38,6 +39,7 @@ from busbell import (
     parse_record,
     read_fleet_keys,
 )
+from edge._clock import GnssClock
 from edge._events import EventBuilder
 from edge._keyring import Denylist, FleetKeyring
 from edge._segment import SegmentDraft
@@ -140,7 +142,8 @@ class EdgeDaemon:
     Args:
         config: the edge configuration.
         source: the advertisement source (BLE, stream or trace).
-        clock: the bus's time (GNSS-disciplined UNIX seconds).
+        clock: the bus's time (UNIX seconds); default a :class:`GnssClock`, which the
+            daemon disciplines with every fix on the GNSS topic.
         pipeline: the sans-I/O pipeline; built from the config (GTFS, fleet keys) if
             ``None``.
         device_key: the signing key; loaded from ``config.device_key`` if ``None``.
@@ -151,7 +154,7 @@ class EdgeDaemon:
         self,
         config: EdgeConfig,
         source: AdvertisementSource,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         *,
         pipeline: Pipeline | None = None,
         device_key: DeviceKey | None = None,
@@ -160,7 +163,8 @@ class EdgeDaemon:
         self.config = config
         self.bus_id = config.bus_id
         self.source = source
-        self.clock = clock
+        self.clock: Callable[[], float] = GnssClock() if clock is None else clock
+        self._gnss_clock = self.clock if isinstance(self.clock, GnssClock) else None
         self.topics = Topics(config.mqtt.prefix)
         key = device_key if device_key is not None else DeviceKey.load(config.device_key)
         self.keyring = FleetKeyring(config.fleet_keys, self.bus_id, bus_kex_private(key))
@@ -265,6 +269,8 @@ class EdgeDaemon:
                 self.stats.vehicle_malformed += 1
                 _log.warning("vehicle_message_malformed", signal=signal, error=str(exc)[:200])
                 return
+            if self._gnss_clock is not None and type(rec) is GnssRecord:
+                self._gnss_clock.observe(rec.t)
             if len(self._vehicle) >= 10000:
                 self._vehicle.popleft()
                 self.stats.vehicle_dropped += 1
@@ -385,6 +391,7 @@ class EdgeDaemon:
             },
             "uplink": uplink,
             "fleet_keys": {"days_remaining": days, "warning": warn},
+            "clock": self._clock_status(),
             "denylist": {
                 "version": self.denylist.version,
                 "rids": len(self.denylist),
@@ -392,6 +399,12 @@ class EdgeDaemon:
                 "adverts_denied": self.stats.adverts_denied,
             },
         }
+
+    def _clock_status(self) -> dict[str, Any]:
+        gc = self._gnss_clock
+        if gc is None:
+            return {"source": "external"}
+        return {"source": gc.source, "offset_s": round(gc.offset_s(), 3)}
 
     def occupancy(self) -> dict[str, Any]:
         """The retained occupancy message."""

@@ -117,9 +117,11 @@ def _make_source(config: EdgeConfig, clock: Callable[[], float]) -> Any:
 
 
 async def _run(config: EdgeConfig) -> int:
+    from edge._clock import GnssClock
     from edge._daemon import EdgeDaemon
 
-    daemon = EdgeDaemon(config, _make_source(config, time.time), time.time)
+    clock = GnssClock()  # advertisements are stamped with the bus's GNSS-disciplined time
+    daemon = EdgeDaemon(config, _make_source(config, clock), clock)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
