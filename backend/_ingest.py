@@ -812,6 +812,8 @@ class IngestWorker:
         settings = self.config.mqtt
         client_id = settings.client_id or f"busbell-backend-ingest-{self.worker_id}"
         if self.config.ingest.shared_subscription:
+            # every member needs its own id, even with [mqtt] client_id set for the backend
+            client_id = f"{settings.client_id or 'busbell-backend'}-ingest-{self.worker_id}"
             # A dead member's persistent session would keep receiving its share of the
             # fares; with a clean, non-persistent session the broker gives it to the
             # live members and the edges re-send whatever was not acked.

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import webbrowser
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ class DemoPlan:
     api_port: int
     buses: list[str] = field(default_factory=list)
     stream_ports: dict[str, int] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    """Part of every MQTT client id: two demos on one broker must not take over each
+    other's sessions (a client id is broker-wide, whatever the topic prefix)."""
 
     @property
     def scn(self) -> Path:
@@ -98,7 +102,7 @@ class DemoPlan:
         s = self.scn
         return (
             f'[database]\nurl = "sqlite+aiosqlite:///{self.workdir / "backend.db"}"\n\n'
-            f"{self.mqtt_toml('demo-backend')}\n"
+            f"{self.mqtt_toml(f'demo-{self.run_id}-backend')}\n"
             f'[files]\ndevices = "{s / "DEVICES.csv"}"\nriders = "{s / "RIDERS.csv"}"\n'
             f'gtfs = "{s / "gtfs"}"\n\n'
             f'[keys]\nfleet_keys_file = "{s / "FLEET.csv"}"\n\n'
@@ -112,7 +116,7 @@ class DemoPlan:
             f'bus_id = "{bus}"\ndevice_key = "{s / "keys" / f"{bus}.pem"}"\n'
             f'fleet_keys = "{s / "FLEET.csv"}"\ngtfs = "{s / "gtfs"}"\n'
             f'store = "{self.workdir / f"{bus}.fares.db"}"\nsource = "stream"\n\n'
-            f"{self.mqtt_toml(f'demo-edge-{bus}')}\n"
+            f"{self.mqtt_toml(f'demo-{self.run_id}-edge-{bus}')}\n"
             f'[stream]\nhost = "127.0.0.1"\nport = {self.stream_ports[bus]}\n\n'
             "[status]\ninterval_s = 2.0\n"
         )

@@ -149,3 +149,41 @@ async def test_run_ingest_imports_devices_and_serves_fleet(
     assert fleet.acked == dict.fromkeys(buses, 120)
     for b in buses:
         assert await count_events(url, b) == 120
+
+
+async def test_shared_subscription_members_with_one_configured_client_id_coexist(
+    tmp_path: Path, shared_broker: Any, topic_prefix: str
+) -> None:
+    """Two ingest processes of one backend config ([mqtt] client_id set) must not take
+    over each other's MQTT session: each member's id carries its worker id."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"
+    base = make_config(url, shared_broker.host, shared_broker.port, topic_prefix)
+    mqtt = MqttSettings(
+        host=shared_broker.host,
+        port=shared_broker.port,
+        prefix=topic_prefix,
+        client_id=f"ops-backend-{topic_prefix.rsplit('/', 1)[-1]}",
+    )
+    cfgs = [
+        BackendConfig(
+            database=base.database,
+            mqtt=mqtt,
+            ingest=IngestSettings(worker_id=w, shared_subscription=True),
+        )
+        for w in ("w1", "w2")
+    ]
+    topics = Topics(topic_prefix)
+    chain = make_events("B1", device_key_for("B1"), 20)
+    with capture_logs() as logs:
+        async with running_worker(cfgs[0], ["B1"]), running_worker(cfgs[1], []) as second:
+            async with MqttSession(mqtt, f"t-edge-{mqtt.client_id}", clean_start=True) as edge:
+                await edge.subscribe([topics.fares_ack("B1")])
+                for k in range(0, 20, 5):
+                    await edge.publish(topics.fares("B1"), batch_payload("B1", chain[k : k + 5]))
+                async with asyncio.timeout(15):
+                    async for msg in edge.messages():
+                        if json.loads(msg.payload).get("upto_seq") == 20:
+                            break
+            assert second.connected.is_set()
+    assert await count_events(url, "B1") == 20
+    assert [e for e in logs if e["event"] == "fare_ingest_disconnected"] == []

@@ -92,3 +92,29 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
     ]
     assert int(j.group(1)) == len(truth)
     assert int(j.group(3)) > 0
+
+
+def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> None:
+    """A client id is broker-wide: two demos (or a demo and the test suite) on one broker
+    must not take over each other's MQTT sessions, whatever their topic prefixes."""
+    from busbell._demo import DemoPlan
+
+    def ids(plan: DemoPlan) -> set[str]:
+        text = plan.backend_toml() + plan.edge_toml("bus-55-01")
+        return set(re.findall(r'client_id = "([^"]+)"', text))
+
+    args: dict[str, Any] = {
+        "workdir": tmp_path,
+        "scenario": "quiet_route",
+        "seed": 1,
+        "speed": 5.0,
+        "broker_host": "127.0.0.1",
+        "broker_port": 1883,
+        "prefix": "busbell/v1",
+        "view_port": 8090,
+        "api_port": 8080,
+        "stream_ports": {"bus-55-01": 9000},
+    }
+    first, second = ids(DemoPlan(**args)), ids(DemoPlan(**args))
+    assert len(first) == len(second) == 2
+    assert not first & second
