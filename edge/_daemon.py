@@ -190,6 +190,7 @@ class EdgeDaemon:
         self._last_on_board = -1
         self._upload_lag_s = 0.0
         self._fleet_warned_day: int | None = None
+        self._started = time.monotonic()
         self._metrics_server: Any = None
         for signal in _VEHICLE_KINDS:
             self.link.route(self.topics.vehicle(self.bus_id, signal), self._vehicle_handler(signal))
@@ -355,7 +356,7 @@ class EdgeDaemon:
         days = self.fleet_keys_days_remaining()
         warn = days < self.config.status.fleet_keys_warn_days
         today = day_of(self.clock())
-        if warn and self._fleet_warned_day != today:
+        if warn and self._fleet_warned_day != today and self._clock_settled():
             self._fleet_warned_day = today
             _log.warning("fleet_keys_running_out", days_remaining=days)
         uplink: dict[str, Any] = {
@@ -399,6 +400,15 @@ class EdgeDaemon:
                 "adverts_denied": self.stats.adverts_denied,
             },
         }
+
+    def _clock_settled(self) -> bool:
+        """Whether the bus's time is good enough to warn about the day's fleet keys.
+
+        It is once GNSS has given a fix, or when none came in the first minute (the
+        system clock it is, then).
+        """
+        gc = self._gnss_clock
+        return gc is None or gc.source == "gnss" or time.monotonic() - self._started > 60.0
 
     def _clock_status(self) -> dict[str, Any]:
         gc = self._gnss_clock

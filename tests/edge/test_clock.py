@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from busbell import Topics, day_of
 from edge._clock import GnssClock
 from edge._daemon import EdgeDaemon
@@ -61,9 +63,11 @@ async def test_daemon_takes_its_time_and_day_from_gnss(
     daemon = EdgeDaemon(
         cfg, ListSource([]), clock, pipeline=FakePipeline(), device_key=KEY, fleet_keys=fleet
     )
-    # by the system clock the keys ran out 200 days ago
-    assert daemon.status()["fleet_keys"]["days_remaining"] == -1
+    # by the system clock the keys ran out 200 days ago; no warning before GNSS has spoken
+    with capture_logs() as logs:
+        assert daemon.status()["fleet_keys"]["days_remaining"] == -1
     assert daemon.status()["clock"] == {"source": "system", "offset_s": 0.0}
+    assert "fleet_keys_running_out" not in {e["event"] for e in logs}
     backend = Backend(shared_broker, topic_prefix, "bus-0042")
     async with backend.s:
         task = asyncio.create_task(daemon.run())
