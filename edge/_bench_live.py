@@ -120,9 +120,8 @@ async def _main(seconds: float, tokens: int, rate: float, host: str, port: int) 
         today = day_of(time.time())
         fleet = {d: fleet_key_of(d) for d in range(today - 1, today + 8)}
         source = SyntheticSource(tokens, rate)
-        daemon = EdgeDaemon(
-            cfg, source, time.time, device_key=DeviceKey.generate(), fleet_keys=fleet
-        )
+        # the production clock: GNSS-disciplined by the 1 Hz fixes below
+        daemon = EdgeDaemon(cfg, source, device_key=DeviceKey.generate(), fleet_keys=fleet)
         run = asyncio.create_task(daemon.run())
         gnss = asyncio.create_task(_gnss(mqtt, Topics(prefix), bus))
         await asyncio.sleep(5.0)  # warm-up: caches, connections
