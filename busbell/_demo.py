@@ -276,6 +276,9 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
     )
     out.write(f"busbell demo: scenario {a.scenario} (seed {a.seed}), files in {workdir}\n")
     broker: subprocess.Popen[bytes] | None = None
+    # The children run in their own sessions (a Ctrl-C reaches only the demo, which stops
+    # them in order); SIGTERM and SIGHUP must stop them too, not leave them running.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         if not _port_open(broker_host, broker_port):
             mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -330,12 +333,22 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         out.write(f"busbell demo: {exc}\n")
         return 1
     finally:
-        procs.stop()
-        if broker is not None:
-            broker.terminate()
-            broker.wait(10)
-        _summary(plan, out)
-        out.write(f"logs: {logdir}\n")
+        for sig in previous:  # a second SIGTERM must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            procs.stop()
+            if broker is not None:
+                broker.terminate()
+                broker.wait(10)
+            _summary(plan, out)
+            out.write(f"logs: {logdir}\n")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 async def _supervise(  # noqa: PLR0917 - private helper of run_demo

@@ -8,6 +8,7 @@ Headless Chromium renders the fleet view while it runs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -118,3 +119,42 @@ def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> Non
     first, second = ids(DemoPlan(**args)), ids(DemoPlan(**args))
     assert len(first) == len(second) == 2
     assert not first & second
+
+
+def test_sigterm_stops_the_demo_and_everything_it_started(
+    shared_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    """A demo stopped by SIGTERM (a service manager, a test's clean-up) stops its children;
+    it used to die at once and leave the backend and the edges running, orphaned."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busbell.cli", "demo", "--scenario", "quiet_route"]
+        + ["--speed", "40", "--no-browser", "--prefix", topic_prefix]
+        + ["--workdir", str(tmp_path / "demo"), "--view-port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pids: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            m = re.match(r"\s+started (\S+)\s+pid (\d+)", line)
+            if m:
+                pids[m.group(1)] = int(m.group(2))
+            if "edge-bus-55-01" in pids:
+                break
+        assert {"backend", "edge-bus-55-01"} <= set(pids), pids
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert "logs:" in out  # the clean-up ran to its end
+    for name, pid in pids.items():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as f:  # a zombie not yet reaped by init is gone too
+            assert f.read().split()[2] == "Z", f"{name} (pid {pid}) still runs"
