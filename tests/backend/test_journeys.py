@@ -154,6 +154,20 @@ def test_suspected_replay_is_flagged_and_not_charged(feed: Feed) -> None:
     assert charged[0].legs[0].board_t == T0 + 3000
 
 
+def _hop(
+    start: tuple[float, str], end: tuple[float, str], rssi: float | None, bus: str = "b2"
+) -> Segment:
+    """A ride on bus ``bus`` of route R2 (times relative to T0)."""
+    return seg(
+        (T0 + start[0], start[1], "boarded"),
+        (T0 + end[0], end[1], "alighted"),
+        bus=bus,
+        route="R2",
+        trip=f"T{bus[1:]}",
+        rssi=rssi,
+    )
+
+
 def _alongside(
     *,
     strong: float | None = -56.0,
@@ -164,14 +178,7 @@ def _alongside(
     return [
         seg((T0, "S01", "boarded"), (T0 + 250, None, "rotated"), rssi=strong),
         seg((T0 + 251, None, "continued"), (T0 + 600, "S10", "alighted"), rssi=strong),
-        seg(
-            (T0 + hop[0], "S03", "boarded"),
-            (T0 + hop[1], "S05", "alighted"),
-            bus="b2",
-            route="R2",
-            trip="T2",
-            rssi=weak,
-        ),
+        _hop((hop[0], "S03"), (hop[1], "S05"), weak),
     ]
 
 
@@ -216,30 +223,13 @@ def test_overlap_strength_counts_only_segments_in_the_common_time(feed: Feed) ->
     # b1's first segment is strong but ends before the hop; over the hop b1 is weak too
     segs = _alongside()
     segs[1] = seg((T0 + 251, None, "continued"), (T0 + 600, "S10", "alighted"), rssi=-75.0)
-    segs[2] = seg(
-        (T0 + 260, "S03", "boarded"),
-        (T0 + 330, "S05", "alighted"),
-        bus="b2",
-        route="R2",
-        trip="T2",
-        rssi=-80.0,
-    )
+    segs[2] = _hop((260, "S03"), (330, "S05"), -80.0)
     js = _builder(feed).build(segs)
     assert all(not j.charged and "suspected_replay" in j.flags for j in js)
 
 
 def test_three_way_overlap_drops_both_weaker_legs(feed: Feed) -> None:
-    segs = [
-        *_alongside(),
-        seg(
-            (T0 + 400, "S06", "boarded"),
-            (T0 + 560, "S09", "alighted"),
-            bus="b3",
-            route="R2",
-            trip="T3",
-            rssi=-81.0,
-        ),
-    ]
+    segs = [*_alongside(), _hop((400, "S06"), (560, "S09"), -81.0, bus="b3")]
     js = _builder(feed).build(segs)
     assert [j.legs[0].bus_id for j in js if j.charged] == ["b1"]
     assert sorted(j.legs[0].bus_id for j in js if "overlap_dropped" in j.flags) == ["b2", "b3"]
