@@ -127,7 +127,9 @@ def run_scenario(
         )
         t0 = local.timestamp()
     day0 = day_of(t0)
-    fleet = {d: fleet_key(seed, d) for d in range(day0 - 1, day0 + 3)}
+    # yesterday to a week ahead: what a bus holds when the backend delivers keys in time
+    # (the edge warns below fleet_keys_warn_days = 3 days ahead)
+    fleet = {d: fleet_key(seed, d) for d in range(day0 - 1, day0 + 8)}
     riders = {p.person_id: rider_key(seed, p.person_id) for p in spec.persons}
     result = simulate(
         world,
