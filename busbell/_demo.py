@@ -196,6 +196,29 @@ def _wait_log(log: Path, event: str, proc: subprocess.Popen[bytes], timeout: flo
         time.sleep(0.1)
 
 
+async def _clear_retained(plan: DemoPlan) -> None:
+    """Clear what an earlier run on this broker and prefix left retained for these buses.
+
+    A demo's edges start with empty fare stores, so an old ``fares/ack`` (or an old
+    ``online`` status, which :func:`_wait_online` would believe) must not greet them.
+    """
+    from busbell._mqtt import MqttSession
+    from busbell._topics import Topics
+
+    topics = Topics(plan.prefix)
+    settings = MqttSettings(host=plan.broker_host, port=plan.broker_port, prefix=plan.prefix)
+    async with MqttSession(settings, f"demo-{plan.run_id}-clear", clean_start=True) as s:
+        for bus in plan.buses:
+            for topic in (
+                topics.status(bus),
+                topics.display(bus),
+                topics.occupancy(bus),
+                topics.fares_ack(bus),
+                topics.fleet_keys(bus),
+            ):
+                await s.publish(topic, b"", qos=1, retain=True)
+
+
 async def _wait_online(plan: DemoPlan, limit_s: float) -> None:
     """Wait until every edge's retained status says online (connected and subscribed)."""
     from busbell._mqtt import MqttSession
@@ -204,7 +227,7 @@ async def _wait_online(plan: DemoPlan, limit_s: float) -> None:
     topics = Topics(plan.prefix)
     settings = MqttSettings(host=plan.broker_host, port=plan.broker_port, prefix=plan.prefix)
     waiting = set(plan.buses)
-    async with MqttSession(settings, f"demo-wait-{os.getpid()}", clean_start=True) as s:
+    async with MqttSession(settings, f"demo-{plan.run_id}-wait", clean_start=True) as s:
         await s.subscribe([topics.status(b) for b in plan.buses])
         try:
             async with asyncio.timeout(limit_s):
@@ -293,6 +316,7 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             _wait_port("127.0.0.1", plan.broker_port, broker, 10)
             out.write(f"  started a private mosquitto on port {plan.broker_port}\n")
         _scenario(plan, procs)
+        asyncio.run(_clear_retained(plan))
         (workdir / "backend.toml").write_text(plan.backend_toml())
         backend = procs.start(
             "backend", ["backend", "run", "--config", str(workdir / "backend.toml")]

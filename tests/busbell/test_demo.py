@@ -7,6 +7,7 @@ Headless Chromium renders the fleet view while it runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from busbell._mqtt import MqttSession, MqttSettings
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(240)]
@@ -44,11 +46,19 @@ def wait_state(port: int, timeout: float) -> dict[str, Any]:
 
 
 @pytest.mark.browser
+async def _retain(broker: Any, topic: str) -> None:
+    settings = MqttSettings(host=broker.host, port=broker.port)
+    async with MqttSession(settings, f"t-stale-{topic}", clean_start=True) as s:
+        await s.publish(topic, b'{"upto_seq":99}', qos=1, retain=True)
+
+
 def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
     view_port = free_port()
     work = tmp_path / "demo"
+    # what an earlier run left retained must not greet this run's empty fare stores
+    asyncio.run(_retain(shared_broker, f"{topic_prefix}/buses/bus-55-01/fares/ack"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "busbell.cli", "demo", "--scenario", "quiet_route"]
         + ["--speed", "40", "--no-browser", "--grace", "10", "--duration", "150"]
@@ -93,6 +103,9 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
     ]
     assert int(j.group(1)) == len(truth)
     assert int(j.group(3)) > 0
+    edge_log = (work / "logs" / "edge-bus-55-01.log").read_text()
+    assert "fare_ack_beyond_last" not in edge_log
+    assert "fleet_keys_running_out" not in edge_log
 
 
 def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> None:
