@@ -36,11 +36,12 @@ from backend._gtfs_rt import FleetView, OccupancyThresholds, build_feed, feed_to
 from busbell._canonical import canonical_bytes
 from busbell._errors import ContractError, UplinkError
 from busbell._gtfs import Feed
+from busbell._http import serve_http
 from busbell._logging import get_logger
 from busbell._topics import Topics, check_topic_id
 
 if TYPE_CHECKING:
-    import uvicorn
+    pass
 
 __all__ = [
     "ApiState",
@@ -712,7 +713,7 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     )
     stopper = stop or asyncio.Event()
     tasks: list[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = [
-        ("busbell-backend.api", lambda: _serve_http(server)),
+        ("busbell-backend.api", lambda: serve_http(server)),
         (
             "busbell-backend.api-broker",
             _BrokerLink(config.mqtt, state, f"busbell-backend-api-{secrets.token_hex(3)}").run,
@@ -742,23 +743,6 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
 
 class _Stopped(Exception):
     """Raised inside the service's task group when ``stop`` is set."""
-
-
-async def _serve_http(server: uvicorn.Server) -> None:
-    """Run ``server``; when cancelled, still close its listening socket and connections.
-
-    uvicorn closes them only in its own shutdown, after ``should_exit`` is seen by its
-    main loop. The service's task group cancels ``serve()`` (on ``stop``, or when another
-    task fails), which skips that shutdown: the listening socket stayed open, and the
-    port bound, until the garbage collector found it.
-    """
-    try:
-        await server.serve()
-    finally:
-        for listener in getattr(server, "servers", ()):
-            listener.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
 
 
 async def _key_publisher(config: Any, engine: AsyncEngine, stop: asyncio.Event) -> None:

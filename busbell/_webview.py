@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from busbell._errors import UplinkError
+from busbell._http import serve_http
 from busbell._logging import get_logger
 from busbell._mqtt import MqttSession, MqttSettings, backoff_delays
 from busbell._topics import Topics
@@ -138,22 +139,7 @@ async def serve_view(settings: MqttSettings, host: str, port: int) -> None:
     )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(view.follow(), name="busbell.view.mqtt")
-        tg.create_task(_serve_http(server), name="busbell.view.http")
-
-
-async def _serve_http(server: uvicorn.Server) -> None:
-    """Run ``server``; when cancelled, still close its listening socket and connections.
-
-    uvicorn closes them only in its own shutdown, which cancelling ``serve()`` skips: the
-    listening socket stayed open, and the port bound, until garbage-collected.
-    """
-    try:
-        await server.serve()
-    finally:
-        for listener in getattr(server, "servers", ()):
-            listener.close()
-        for connection in list(server.server_state.connections):
-            connection.shutdown()
+        tg.create_task(serve_http(server), name="busbell.view.http")
 
 
 PAGE = (resources.files("busbell") / "webview.html").read_text(encoding="utf-8")
