@@ -377,8 +377,8 @@ async def run_backend(config_path: Path | None, *, stop: asyncio.Event | None = 
         try:
             await asyncio.wait({inner, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not inner.done():
-                # run_service's broker link does not end on `stop`: give the API and
-                # ingest a moment to finish, then cancel what is left
+                # run_service ends soon after `stop` (its task group is cancelled); should
+                # a task hang, give it a moment to finish, then cancel what is left
                 await asyncio.wait({inner}, timeout=SERVICE_STOP_GRACE_S)
                 inner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
