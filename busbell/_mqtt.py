@@ -10,6 +10,7 @@ reconnect schedule the callers loop over. ``aiomqtt.MqttError`` is translated in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import ssl
@@ -129,8 +130,28 @@ class MqttSession:
         try:
             await self._client.__aenter__()
         except aiomqtt.MqttError as exc:
+            self._abandon()
             raise UplinkError(f"cannot connect to broker: {exc}") from exc
+        except BaseException:
+            self._abandon()
+            raise
         return self
+
+    def _abandon(self) -> None:
+        """Close the socket of a connection attempt that failed or was cancelled.
+
+        aiomqtt 2.5 leaves it open when no CONNACK came in time or the attempt was
+        cancelled (and keeps its reuse lock held when cancelled): every reconnect attempt
+        to a broker that accepts but does not answer would hold a descriptor until the
+        garbage collector found it. paho's own close also unregisters it from the loop.
+        """
+        paho = getattr(self._client, "_client", None)
+        close = getattr(paho, "_sock_close", None)
+        if callable(close):
+            close()
+        lock = getattr(self._client, "_lock", None)
+        if isinstance(lock, asyncio.Lock) and lock.locked():
+            lock.release()
 
     async def __aexit__(
         self,

@@ -99,6 +99,39 @@ async def test_connect_failure_is_uplink_error() -> None:
             pass
 
 
+async def test_an_abandoned_connection_attempt_closes_its_socket() -> None:
+    """A broker that accepts TCP but never answers CONNECT: the attempt, cancelled (or
+    timed out), must close its socket at once, not leave it to the garbage collector."""
+    accepted: asyncio.Queue[asyncio.StreamReader] = asyncio.Queue()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await accepted.put(reader)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = MqttSettings(host="127.0.0.1", port=port)
+    try:
+        for attempt in range(2):  # a second attempt on the same session is not blocked
+            session = MqttSession(settings, f"t-silent-{os.getpid()}")
+            entering = asyncio.create_task(session.__aenter__())
+            reader = await asyncio.wait_for(accepted.get(), 10)
+            await reader.readexactly(2)  # the CONNECT packet's fixed header arrived
+            entering.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await entering
+            rest = await asyncio.wait_for(reader.read(), 10)  # EOF: the client closed
+            assert isinstance(rest, bytes), attempt
+            assert reader.at_eof(), attempt
+    finally:
+        for w in writers:
+            w.close()
+            await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
 def test_backoff_grows_with_jitter_and_caps() -> None:
     import random
 
