@@ -148,6 +148,9 @@ class EdgeDaemon:
             ``None``.
         device_key: the signing key; loaded from ``config.device_key`` if ``None``.
         fleet_keys: ``{day: key}``; read from ``config.fleet_keys`` if ``None``.
+        monotonic: a monotonic clock (seconds); the daemon's start time is read from it
+            when it is built, and the fleet-key warning waits on it for a minute
+            without GNSS (injectable for tests).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class EdgeDaemon:
         pipeline: Pipeline | None = None,
         device_key: DeviceKey | None = None,
         fleet_keys: Mapping[int, bytes] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.bus_id = config.bus_id
@@ -190,7 +194,8 @@ class EdgeDaemon:
         self._last_on_board = -1
         self._upload_lag_s = 0.0
         self._fleet_warned_day: int | None = None
-        self._started = time.monotonic()
+        self._monotonic = monotonic
+        self._started = monotonic()
         self._metrics_server: Any = None
         for signal in _VEHICLE_KINDS:
             self.link.route(self.topics.vehicle(self.bus_id, signal), self._vehicle_handler(signal))
@@ -354,9 +359,10 @@ class EdgeDaemon:
         """The retained status message."""
         ps = stats_dict(self.pipeline.stats)
         days = self.fleet_keys_days_remaining()
-        warn = days < self.config.status.fleet_keys_warn_days
+        # judged on the system clock before GNSS has spoken, the days may be far off
+        warn = days < self.config.status.fleet_keys_warn_days and self._clock_settled()
         today = day_of(self.clock())
-        if warn and self._fleet_warned_day != today and self._clock_settled():
+        if warn and self._fleet_warned_day != today:
             self._fleet_warned_day = today
             _log.warning("fleet_keys_running_out", days_remaining=days)
         uplink: dict[str, Any] = {
@@ -408,13 +414,17 @@ class EdgeDaemon:
         system clock it is, then).
         """
         gc = self._gnss_clock
-        return gc is None or gc.source == "gnss" or time.monotonic() - self._started > 60.0
+        return gc is None or gc.source == "gnss" or self._monotonic() - self._started > 60.0
 
     def _clock_status(self) -> dict[str, Any]:
         gc = self._gnss_clock
         if gc is None:
             return {"source": "external"}
-        return {"source": gc.source, "offset_s": round(gc.offset_s(), 3)}
+        return {
+            "source": gc.source,
+            "offset_s": round(gc.offset_s(), 3),
+            "fixes_ignored": gc.fixes_ignored,
+        }
 
     def occupancy(self) -> dict[str, Any]:
         """The retained occupancy message."""
