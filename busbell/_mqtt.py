@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,8 +25,11 @@ from paho.mqtt.properties import Properties
 
 from busbell._config import option
 from busbell._errors import UplinkError
+from busbell._logging import get_logger
 
 __all__ = ["MqttMessage", "MqttSession", "MqttSettings", "backoff_delays"]
+
+_log = get_logger("busbell.mqtt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +85,41 @@ def _props(expiry_s: int | None) -> Properties | None:
     return p
 
 
+@dataclass(slots=True)
+class _ConnectStep:
+    """One run of aiomqtt's blocking connect step in the executor thread.
+
+    A cancel cannot stop that thread: ``finished`` (resolved on the event loop once the
+    step returned, raised or was skipped) tells the cancelled ``__aenter__`` when the
+    socket the step may have made exists and can be closed. ``abandoned`` makes a step
+    still queued in the executor skip the connect.
+    """
+
+    finished: asyncio.Future[None]
+    abandoned: bool = False
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class MqttSession:
     """One connection to the broker (``async with``); reconnecting is the caller's loop.
+
+    A session can be entered again after it exited or after an attempt failed or was
+    cancelled, but not while it is connected or connecting (that raises
+    :class:`~busbell._errors.UplinkError` and leaves the live connection alone).
 
     Args:
         settings: broker settings.
         client_id: the stable client id for this component.
         will: optional ``(topic, payload, retain)`` last-will message (QoS 1).
         clean_start: ``False`` (default) resumes the broker-side session.
+        max_queued_incoming: incoming messages held before aiomqtt drops new ones.
+        timeout_s: how long to wait for CONNACK, PUBACK or SUBACK, and how long a
+            cancelled attempt waits for its TCP connect to return before it leaves the
+            socket to be closed when it does.
     """
 
     def __init__(
@@ -100,6 +130,7 @@ class MqttSession:
         will: tuple[str, bytes, bool] | None = None,
         clean_start: bool = False,
         max_queued_incoming: int = 10000,
+        timeout_s: float = 10.0,
     ) -> None:
         tls: ssl.SSLContext | None = None
         if settings.tls_ca is not None:
@@ -123,35 +154,102 @@ class MqttSession:
             tls_context=tls,
             will=aiomqtt.Will(will[0], will[1], qos=1, retain=will[2]) if will else None,
             max_queued_incoming_messages=max_queued_incoming,
-            timeout=10,
+            timeout=timeout_s,
         )
+        self._timeout_s = timeout_s
+        self._where = f"{settings.host}:{settings.port}"
+        # aiomqtt runs this (paho's connect: DNS, TCP, TLS, CONNECT queued) with
+        # loop.run_in_executor and keeps no handle on it; __aenter__ wraps it per attempt.
+        self._connect_step: Callable[[], None] = self._client._client_connect
 
     async def __aenter__(self) -> MqttSession:
+        step = _ConnectStep(asyncio.get_running_loop().create_future())
+        self._track(step)
         try:
             await self._client.__aenter__()
+        except aiomqtt.MqttReentrantError as exc:
+            # raised before aiomqtt touched anything: the live attempt stays as it is
+            raise UplinkError(
+                f"MQTT session to {self._where} is already connected or connecting "
+                "(a session is reusable, not reentrant)"
+            ) from exc
         except aiomqtt.MqttError as exc:
             self._abandon()
             raise UplinkError(f"cannot connect to broker: {exc}") from exc
         except BaseException:
-            self._abandon()
+            await self._abandon_after(step)
             raise
         return self
 
-    def _abandon(self) -> None:
-        """Close the socket of a connection attempt that failed or was cancelled.
+    def _track(self, step: _ConnectStep) -> None:
+        """Make aiomqtt's executor connect step of this attempt report to ``step``."""
+        original = self._connect_step
+        loop = step.finished.get_loop()
 
-        aiomqtt 2.5 leaves it open when no CONNACK came in time or the attempt was
-        cancelled (and keeps its reuse lock held when cancelled): every reconnect attempt
-        to a broker that accepts but does not answer would hold a descriptor until the
-        garbage collector found it. paho's own close also unregisters it from the loop.
+        def connect_step() -> None:  # runs in the executor thread
+            try:
+                if not step.abandoned:
+                    original()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    loop.call_soon_threadsafe(_resolve, step.finished)
+
+        # aiomqtt looks the step up on the instance when it submits it; setattr because
+        # mypy does not let a method be assigned to
+        setattr(self._client, "_client_connect", connect_step)  # noqa: B010
+
+    async def _abandon_after(self, step: _ConnectStep) -> None:
+        """Clean up an attempt that was cancelled (or failed unexpectedly).
+
+        If the cancel came while the executor thread still connects, wait for that
+        thread (up to ``timeout_s``, further cancels notwithstanding: the task still ends
+        cancelled) so that the socket it makes is closed before ``__aenter__`` returns
+        and no late CONNECT under our client id races the caller's next attempt. If the
+        thread takes longer (a DNS lookup that hangs), the socket is closed and the
+        session freed the moment it returns; until then entering it raises.
         """
-        paho = getattr(self._client, "_client", None)
-        close = getattr(paho, "_sock_close", None)
-        if callable(close):
-            close()
-        lock = getattr(self._client, "_lock", None)
-        if isinstance(lock, asyncio.Lock) and lock.locked():
-            lock.release()
+        step.abandoned = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        cancelled_meanwhile = False
+        while not step.finished.done() and (remaining := deadline - loop.time()) > 0:
+            try:
+                await asyncio.wait([step.finished], timeout=remaining)
+            except asyncio.CancelledError:
+                cancelled_meanwhile = True
+        if step.finished.done():
+            self._abandon()
+        else:
+            _log.warning(
+                "mqtt_connect_outlived_cancel", broker=self._where, waited_s=self._timeout_s
+            )
+            step.finished.add_done_callback(lambda _: self._abandon())
+        if cancelled_meanwhile:
+            raise asyncio.CancelledError
+
+    def _abandon(self) -> None:
+        """Close the socket of a failed or cancelled attempt; ready the next one.
+
+        aiomqtt 2.5 leaves the socket open when no CONNACK came in time or the attempt
+        was cancelled (and keeps its reuse lock held and its ``_connected`` future
+        cancelled when cancelled): every reconnect attempt to a broker that accepts but
+        does not answer would hold a descriptor until the garbage collector found it,
+        and entering the session again would fail at once. paho's own close also
+        unregisters the socket from the loop. Must only run when the executor connect
+        step has returned.
+        """
+        client = self._client
+        client._client._sock_close()
+        if client._connected.done():
+            if not client._connected.cancelled():
+                client._connected.exception()  # retrieved: no asyncio log
+            client._connected = asyncio.get_running_loop().create_future()
+        if client._disconnected.done():
+            if not client._disconnected.cancelled():
+                client._disconnected.exception()
+            client._disconnected = asyncio.get_running_loop().create_future()
+        if client._lock.locked():
+            client._lock.release()
 
     async def __aexit__(
         self,

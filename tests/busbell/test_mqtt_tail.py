@@ -113,7 +113,9 @@ async def test_an_abandoned_connection_attempt_closes_its_socket() -> None:
     port = server.sockets[0].getsockname()[1]
     settings = MqttSettings(host="127.0.0.1", port=port)
     try:
-        for attempt in range(2):  # a second attempt on the same session is not blocked
+        # two attempts in a row with one client id, as a reconnect loop makes them (a new
+        # session each; entering one session again is in test_mqtt_session.py)
+        for attempt in range(2):
             session = MqttSession(settings, f"t-silent-{os.getpid()}")
             entering = asyncio.create_task(session.__aenter__())
             reader = await asyncio.wait_for(accepted.get(), 10)
