@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,11 +129,15 @@ async def _run(config: EdgeConfig) -> int:
 
 
 async def _record(config: EdgeConfig, out: Path, duration: float | None) -> int:
-    from busbell import AdvRecord, Topics
+    from busbell import AdvRecord, GnssRecord, Topics
+    from edge._clock import GnssClock
     from edge._uplink import MqttLink
 
     topics = Topics(config.mqtt.prefix)
-    source = _make_source(config, time.time)
+    # trace v1 times are GNSS time: the scanner stamps adverts with the bus's time,
+    # disciplined by the fixes recorded below (as `busbell edge run` does)
+    clock = GnssClock()
+    source = _make_source(config, clock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,10 +163,14 @@ async def _record(config: EdgeConfig, out: Path, duration: float | None) -> int:
                         obj = json.loads(payload)
                         if not isinstance(obj, dict):
                             raise TraceError("must be a JSON object", line=0)
-                        writer.write(parse_record({**obj, "kind": kind}, 0))
-                        counts["vehicle"] += 1
+                        rec = parse_record({**obj, "kind": kind}, 0)
                     except (ValueError, TraceError):
                         counts["bad"] += 1
+                        return
+                    if type(rec) is GnssRecord:
+                        clock.observe(rec.t)
+                    writer.write(rec)
+                    counts["vehicle"] += 1
 
                 return h
 
