@@ -45,13 +45,13 @@ def wait_state(port: int, timeout: float) -> dict[str, Any]:
     return last
 
 
-@pytest.mark.browser
 async def _retain(broker: Any, topic: str) -> None:
     settings = MqttSettings(host=broker.host, port=broker.port)
     async with MqttSession(settings, f"t-stale-{topic}", clean_start=True) as s:
         await s.publish(topic, b'{"upto_seq":99}', qos=1, retain=True)
 
 
+@pytest.mark.browser
 def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
