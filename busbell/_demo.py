@@ -200,7 +200,9 @@ async def _clear_retained(plan: DemoPlan) -> None:
     """Clear what an earlier run on this broker and prefix left retained for these buses.
 
     A demo's edges start with empty fare stores, so an old ``fares/ack`` (or an old
-    ``online`` status, which :func:`_wait_online` would believe) must not greet them.
+    ``online`` status, which :func:`_wait_online` would believe) must not greet them; nor
+    an old trip sign-on, or an old deny list (global under the prefix) whose higher
+    version would make the edges ignore this run's backend's list, or revoke a bus.
     """
     from busbell._mqtt import MqttSession
     from busbell._topics import Topics
@@ -215,8 +217,10 @@ async def _clear_retained(plan: DemoPlan) -> None:
                 topics.occupancy(bus),
                 topics.fares_ack(bus),
                 topics.fleet_keys(bus),
+                topics.vehicle(bus, "trip"),
             ):
                 await s.publish(topic, b"", qos=1, retain=True)
+        await s.publish(topics.denylist(), b"", qos=1, retain=True)
 
 
 async def _wait_online(plan: DemoPlan, limit_s: float) -> None:

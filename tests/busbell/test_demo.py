@@ -45,10 +45,11 @@ def wait_state(port: int, timeout: float) -> dict[str, Any]:
     return last
 
 
-async def _retain(broker: Any, topic: str) -> None:
+async def _retain(broker: Any, retained: dict[str, bytes]) -> None:
     settings = MqttSettings(host=broker.host, port=broker.port)
-    async with MqttSession(settings, f"t-stale-{topic}", clean_start=True) as s:
-        await s.publish(topic, b'{"upto_seq":99}', qos=1, retain=True)
+    async with MqttSession(settings, "t-stale-demo", clean_start=True) as s:
+        for topic, payload in retained.items():
+            await s.publish(topic, payload, qos=1, retain=True)
 
 
 @pytest.mark.browser
@@ -57,8 +58,21 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
         pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
     view_port = free_port()
     work = tmp_path / "demo"
-    # what an earlier run left retained must not greet this run's empty fare stores
-    asyncio.run(_retain(shared_broker, f"{topic_prefix}/buses/bus-55-01/fares/ack"))
+    # what an earlier run left retained must not greet this run: an ack beyond its empty
+    # fare stores, a trip sign-on, a deny list of a higher version revoking the bus
+    bus = f"{topic_prefix}/buses/bus-55-01"
+    stale_trip = {"t": time.time() - 3600, "route_id": "R-stale", "direction_id": 0}
+    stale_denylist = {"version": 999, "rids": [], "devices": ["bus-55-01"]}
+    asyncio.run(
+        _retain(
+            shared_broker,
+            {
+                f"{bus}/fares/ack": b'{"upto_seq":99}',
+                f"{bus}/vehicle/trip": json.dumps({**stale_trip, "trip_id": "T-stale"}).encode(),
+                f"{topic_prefix}/denylist": json.dumps(stale_denylist).encode(),
+            },
+        )
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "busbell.cli", "demo", "--scenario", "quiet_route"]
         + ["--speed", "40", "--no-browser", "--grace", "10", "--duration", "150"]
@@ -106,6 +120,8 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
     edge_log = (work / "logs" / "edge-bus-55-01.log").read_text()
     assert "fare_ack_beyond_last" not in edge_log
     assert "fleet_keys_running_out" not in edge_log
+    assert "T-stale" not in edge_log
+    assert "bus_device_revoked" not in edge_log
 
 
 def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> None:
