@@ -7,6 +7,12 @@ live players (``busbell sim run``: GNSS, doors, trip and wait requests over MQTT
 to each edge) and the fleet web view. Everything talks through MQTT and files only, as
 in production. It uses the broker on 127.0.0.1:1883 when one answers, and starts a
 private mosquitto otherwise.
+
+Unless ``--prefix`` is given, each run keeps its topics under a prefix of its own
+(``busbell-demo/<run id>/v1``): two demos on one broker, or a demo on a broker that also
+carries a real fleet, do not see each other's buses, bells and retained state (and a
+demo's backend does not join the fleet backend's shared subscription to fare uploads).
+The run clears what it left retained under that prefix when it stops.
 """
 
 from __future__ import annotations
@@ -38,10 +44,15 @@ __all__ = ["DemoPlan", "main"]
 EPILOG = """\
 examples:
   busbell demo                                  # default scenario, browser view on :8090
+  busbell demo --prefix demo/v1                 # fixed topic prefix (one demo at a time)
   busbell demo --scenario shared_stop_three_routes --speed 10 --no-browser
   busbell demo --duration 120 --workdir /tmp/demo   # stop after two minutes, keep the files
   busbell demo --view-only --broker 10.0.0.5:1883   # just the fleet view of a live broker
 """
+
+
+DEMO_PREFIX = "busbell-demo/{run_id}/v1"
+"""The topic prefix of a demo run without ``--prefix``."""
 
 
 def _free_port() -> int:
@@ -84,6 +95,13 @@ class DemoPlan:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     """Part of every MQTT client id: two demos on one broker must not take over each
     other's sessions (a client id is broker-wide, whatever the topic prefix)."""
+    own_prefix: bool = False
+    """Whether ``prefix`` is this run's own (derived from ``run_id``, not given)."""
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            self.prefix = DEMO_PREFIX.format(run_id=self.run_id)
+            self.own_prefix = True
 
     @property
     def scn(self) -> Path:
@@ -223,6 +241,32 @@ async def _clear_retained(plan: DemoPlan) -> None:
         await s.publish(topics.denylist(), b"", qos=1, retain=True)
 
 
+async def _sweep_retained(plan: DemoPlan, limit_s: float) -> int:
+    """Clear every message retained under the run's own prefix; returns how many.
+
+    Only for a prefix that is this run's alone: nothing else publishes there. The
+    retained messages come right after the SUBACK, before a message published after it
+    (all at QoS 0, in order), so the marker ends the collection.
+    """
+    from busbell._mqtt import MqttSession
+
+    settings = MqttSettings(host=plan.broker_host, port=plan.broker_port, prefix=plan.prefix)
+    marker = f"{plan.prefix}/demo/swept"
+    retained: set[str] = set()
+    async with MqttSession(settings, f"demo-{plan.run_id}-sweep", clean_start=True) as s:
+        await s.subscribe([f"{plan.prefix}/#"], qos=0)
+        await s.publish(marker, b"", qos=0)
+        async with asyncio.timeout(limit_s):
+            async for m in s.messages():
+                if m.topic == marker:
+                    break
+                if m.retain and m.payload:
+                    retained.add(m.topic)
+        for topic in sorted(retained):
+            await s.publish(topic, b"", qos=1, retain=True)
+    return len(retained)
+
+
 async def _wait_online(plan: DemoPlan, limit_s: float) -> None:
     """Wait until every edge's retained status says online (connected and subscribed)."""
     from busbell._mqtt import MqttSession
@@ -297,11 +341,15 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         speed=a.speed,
         broker_host=broker_host,
         broker_port=broker_port,
-        prefix=a.prefix,
+        prefix=a.prefix or "",
         view_port=a.view_port,
         api_port=a.api_port or _free_port(),
     )
-    out.write(f"busbell demo: scenario {a.scenario} (seed {a.seed}), files in {workdir}\n")
+    out.write(
+        f"busbell demo: scenario {a.scenario} (seed {a.seed}), files in {workdir}\n"
+        f"  MQTT topics under {plan.prefix}/"
+        f"{' (this run only; cleared when it stops)' if plan.own_prefix else ''}\n"
+    )
     broker: subprocess.Popen[bytes] | None = None
     # The children run in their own sessions (a Ctrl-C reaches only the demo, which stops
     # them in order); SIGTERM and SIGHUP must stop them too, not leave them running.
@@ -320,7 +368,8 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             _wait_port("127.0.0.1", plan.broker_port, broker, 10)
             out.write(f"  started a private mosquitto on port {plan.broker_port}\n")
         _scenario(plan, procs)
-        asyncio.run(_clear_retained(plan))
+        if not plan.own_prefix:  # a new prefix holds nothing yet
+            asyncio.run(_clear_retained(plan))
         (workdir / "backend.toml").write_text(plan.backend_toml())
         backend = procs.start(
             "backend", ["backend", "run", "--config", str(workdir / "backend.toml")]
@@ -368,11 +417,25 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             if broker is not None:
                 broker.terminate()
                 broker.wait(10)
+            elif plan.own_prefix and "backend" in procs.procs:  # nothing published before
+                _sweep(plan, out)
             _summary(plan, out)
             out.write(f"logs: {logdir}\n")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _sweep(plan: DemoPlan, out: IO[str]) -> None:
+    """Clear the run's retained messages from the shared broker (best effort)."""
+    from busbell._errors import UplinkError
+
+    try:
+        n = asyncio.run(_sweep_retained(plan, 30))
+    except (UplinkError, TimeoutError, OSError) as exc:
+        out.write(f"  retained messages under {plan.prefix} not cleared: {exc}\n")
+        return
+    out.write(f"  cleared {n} retained messages under {plan.prefix}\n")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -429,7 +492,14 @@ def main(argv: Sequence[str], prog: str = "busbell demo") -> int:
     p.add_argument("--seed", type=int, default=1, help="scenario seed (default 1)")
     p.add_argument("--speed", type=float, default=5.0, help="simulation time factor (default 5)")
     p.add_argument("--broker", default="127.0.0.1:1883", help="MQTT broker HOST:PORT")
-    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
+    p.add_argument(
+        "--prefix",
+        default="",
+        help="MQTT topic prefix (default: busbell-demo/<run id>/v1, new for every run, so "
+        "demos sharing a broker stay apart; with --view-only: the fleet's "
+        f"{DEFAULT_PREFIX}). A demo given a prefix clears its buses' retained topics and "
+        "the deny list under it when it starts: never give it a live fleet's prefix",
+    )
     p.add_argument("--view-port", type=int, default=8090, help="fleet view port (default 8090)")
     p.add_argument("--api-port", type=int, default=0, help="rider API port (default: free)")
     p.add_argument("--workdir", help="keep all files here (default: a new temp directory)")
@@ -440,8 +510,9 @@ def main(argv: Sequence[str], prog: str = "busbell demo") -> int:
     a = p.parse_args(list(argv))
     if a.view_only:
         host, _, port = a.broker.partition(":")
-        settings = MqttSettings(host=host or "127.0.0.1", port=int(port or 1883), prefix=a.prefix)
-        sys.stdout.write(f"fleet view: http://127.0.0.1:{a.view_port}/\n")
+        prefix = a.prefix or DEFAULT_PREFIX
+        settings = MqttSettings(host=host or "127.0.0.1", port=int(port or 1883), prefix=prefix)
+        sys.stdout.write(f"fleet view: http://127.0.0.1:{a.view_port}/ (topics under {prefix})\n")
         sys.stdout.flush()
         from busbell._webview import serve_view
 

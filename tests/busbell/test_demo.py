@@ -150,6 +150,37 @@ def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> Non
     assert not first & second
 
 
+def test_a_demo_without_a_prefix_gets_one_of_its_own(tmp_path: Path) -> None:
+    """Two demos on one broker must not see each other's buses, bells and retained state:
+    without --prefix each run has its own topic prefix; a given prefix is kept."""
+    from busbell._demo import DemoPlan
+    from busbell._topics import DEFAULT_PREFIX, Topics
+
+    args: dict[str, Any] = {
+        "workdir": tmp_path,
+        "scenario": "quiet_route",
+        "seed": 1,
+        "speed": 5.0,
+        "broker_host": "127.0.0.1",
+        "broker_port": 1883,
+        "view_port": 8090,
+        "api_port": 8080,
+        "stream_ports": {"bus-55-01": 9000},
+    }
+    first, second = DemoPlan(prefix="", **args), DemoPlan(prefix="", **args)
+    assert first.own_prefix
+    assert second.own_prefix
+    assert first.prefix != second.prefix
+    for plan in (first, second):
+        assert not plan.prefix.startswith(DEFAULT_PREFIX)
+        assert Topics(plan.prefix).parse(Topics(plan.prefix).status("b")) is not None
+        assert f'prefix = "{plan.prefix}"' in plan.backend_toml()
+        assert f'prefix = "{plan.prefix}"' in plan.edge_toml("bus-55-01")
+    given = DemoPlan(prefix="lab/busbell/v1", **args)
+    assert given.prefix == "lab/busbell/v1"
+    assert not given.own_prefix
+
+
 def test_sigterm_stops_the_demo_and_everything_it_started(
     shared_broker: Any, topic_prefix: str, tmp_path: Path
 ) -> None:
