@@ -410,9 +410,15 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         out.write(f"busbell demo: {exc}\n")
         return 1
     finally:
-        for sig in previous:  # a second SIGTERM must not cut the clean-up short
+        # a second Ctrl-C or SIGTERM must not cut the clean-up short (it is bounded:
+        # children get 15 s before SIGKILL)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in previous:
             signal.signal(sig, signal.SIG_IGN)
         try:
+            if procs.procs:
+                out.write("stopping the demo's processes\n")
+                out.flush()
             procs.stop()
             if broker is not None:
                 broker.terminate()
@@ -516,7 +522,12 @@ def main(argv: Sequence[str], prog: str = "busbell demo") -> int:
         sys.stdout.flush()
         from busbell._webview import serve_view
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_view(settings, "127.0.0.1", a.view_port))
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(serve_view(settings, "127.0.0.1", a.view_port))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return 0
     return run_demo(a, sys.stdout)

@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import socket
+
     import uvicorn
 
-__all__ = ["serve_http"]
+__all__ = ["GRACEFUL_SHUTDOWN_S", "http_server", "serve_http"]
+
+GRACEFUL_SHUTDOWN_S = 5
+"""How long a stopping server waits for open responses before it cancels them.
+
+uvicorn waits without limit by default, and a response that never ends by itself (the
+fleet view's server-sent events, a hung client) held the process forever.
+"""
+
+
+def http_server(
+    config: uvicorn.Config, *, on_shutdown: Callable[[], None] | None = None
+) -> uvicorn.Server:
+    """A uvicorn server for a process whose caller owns the signals.
+
+    ``uvicorn.Server.serve`` installs its own SIGINT and SIGTERM handlers while it runs
+    (uvicorn >= 0.29), replacing the caller's: ``busbell demo``'s SIGTERM then only asked
+    the fleet view to shut down, and the demo and its children never stopped. This
+    server installs none. ``on_shutdown`` is called when its shutdown begins, so that
+    endless responses (server-sent events) can end themselves.
+    """
+    import uvicorn
+
+    class _CallerOwnsSignals(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if on_shutdown is not None:
+                on_shutdown()
+            await super().shutdown(sockets)
+
+    return _CallerOwnsSignals(config)
 
 
 async def serve_http(server: uvicorn.Server) -> None:
@@ -16,8 +53,12 @@ async def serve_http(server: uvicorn.Server) -> None:
     uvicorn closes them only in its own shutdown, after ``should_exit`` is seen by its
     main loop. A task group cancels ``serve()`` (on stop, or when another task fails),
     which skips that shutdown: the listening socket stayed open, and the port bound,
-    until the garbage collector found it.
+    until the garbage collector found it. A shutdown waits at most
+    :data:`GRACEFUL_SHUTDOWN_S` for open responses unless the server's config sets its
+    own ``timeout_graceful_shutdown``.
     """
+    if server.config.timeout_graceful_shutdown is None:
+        server.config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_S
     try:
         await server.serve()
     finally:

@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from busbell._errors import UplinkError
-from busbell._http import serve_http
+from busbell._http import http_server, serve_http
 from busbell._logging import get_logger
 from busbell._mqtt import MqttSession, MqttSettings, backoff_delays
 from busbell._topics import Topics
@@ -42,7 +42,12 @@ class FleetView:
         self.latest: dict[str, dict[str, Any]] = {}
         self._clients: set[asyncio.Queue[str]] = set()
         self._max_clients = max_clients
+        self._closing = asyncio.Event()
         self.connected = False
+
+    def close(self) -> None:
+        """End every event stream (the server is shutting down); new ones end at once."""
+        self._closing.set()
 
     def _publish(self, item: dict[str, Any]) -> None:
         data = json.dumps(item, ensure_ascii=False)
@@ -91,23 +96,38 @@ class FleetView:
                 await asyncio.sleep(next(delays))
 
     async def stream(self) -> AsyncIterator[str]:
-        """SSE lines: a snapshot of the latest state, then every update."""
+        """SSE lines: a snapshot of the latest state, then every update, until closed.
+
+        The stream ends when :meth:`close` is called: a browser keeps it open for as
+        long as the page is, and the server's shutdown would otherwise wait for it.
+        """
+        if self._closing.is_set():
+            return
         if len(self._clients) >= self._max_clients:
             yield "event: busy\ndata: {}\n\n"
             return
         q: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
         self._clients.add(q)
+        closing: asyncio.Future[Any] = asyncio.ensure_future(self._closing.wait())
+        got: asyncio.Future[Any] | None = None
         try:
             for item in list(self.latest.values()):
                 yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
-            while True:
-                try:
-                    data = await asyncio.wait_for(q.get(), timeout=15)
-                except TimeoutError:
+            while not closing.done():
+                if got is None:
+                    got = asyncio.ensure_future(q.get())
+                await asyncio.wait({got, closing}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+                if closing.done():
+                    return
+                if got.done():
+                    data, got = got.result(), None
+                    yield f"data: {data}\n\n"
+                else:
                     yield ": keep-alive\n\n"
-                    continue
-                yield f"data: {data}\n\n"
         finally:
+            closing.cancel()
+            if got is not None:
+                got.cancel()
             self._clients.discard(q)
 
     def app(self) -> Starlette:
@@ -132,14 +152,22 @@ class FleetView:
 
 
 async def serve_view(settings: MqttSettings, host: str, port: int) -> None:
-    """Run the view until cancelled."""
+    """Run the view until cancelled.
+
+    It leaves the process's signals to its caller (uvicorn's own handlers would replace
+    those of ``busbell demo``).
+    """
     view = FleetView(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(view.app(), host=host, port=port, log_level="warning", lifespan="off")
+    server = http_server(
+        uvicorn.Config(view.app(), host=host, port=port, log_level="warning", lifespan="off"),
+        on_shutdown=view.close,
     )
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(view.follow(), name="busbell.view.mqtt")
-        tg.create_task(serve_http(server), name="busbell.view.http")
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(view.follow(), name="busbell.view.mqtt")
+            tg.create_task(serve_http(server), name="busbell.view.http")
+    finally:
+        view.close()
 
 
 PAGE = (resources.files("busbell") / "webview.html").read_text(encoding="utf-8")

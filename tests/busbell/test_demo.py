@@ -8,10 +8,12 @@ Headless Chromium renders the fleet view while it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from busbell._mqtt import MqttSession, MqttSettings
@@ -50,6 +53,55 @@ async def _retain(broker: Any, retained: dict[str, bytes]) -> None:
     async with MqttSession(settings, "t-stale-demo", clean_start=True) as s:
         for topic, payload in retained.items():
             await s.publish(topic, payload, qos=1, retain=True)
+
+
+async def _retained_under(broker: Any, prefix: str) -> dict[str, bytes]:
+    """What the broker keeps retained under ``prefix`` (all of it: the retained messages
+    come right after the SUBACK, before the marker published after it)."""
+    settings = MqttSettings(host=broker.host, port=broker.port)
+    marker = f"{prefix}/test/marker"
+    found: dict[str, bytes] = {}
+    async with MqttSession(settings, f"t-retained-{os.getpid()}", clean_start=True) as s:
+        await s.subscribe([f"{prefix}/#"], qos=0)
+        await s.publish(marker, b"", qos=0)
+        async with asyncio.timeout(60):
+            async for m in s.messages():
+                if m.topic == marker:
+                    return found
+                if m.retain and m.payload:
+                    found[m.topic] = m.payload
+    return found
+
+
+def _open_events(client: httpx.Client, port: int, proc: subprocess.Popen[str]) -> httpx.Response:
+    """Open the fleet view's event stream (it starts listening just after its line)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return client.send(
+                client.build_request("GET", f"http://127.0.0.1:{port}/events"), stream=True
+            )
+        except httpx.ConnectError:
+            assert proc.poll() is None, "the demo exited"
+            assert time.monotonic() < deadline, "the fleet view does not listen"
+            time.sleep(0.2)
+
+
+def _kill_orphans(pids: dict[str, int]) -> None:
+    """After the demo itself had to be killed: end its children (own sessions) too."""
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _assert_gone(pids: dict[str, int]) -> None:
+    for name, pid in pids.items():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as f:  # a zombie not yet reaped by init is gone too
+            assert f.read().split()[2] == "Z", f"{name} (pid {pid}) still runs"
 
 
 @pytest.mark.browser
@@ -210,11 +262,127 @@ def test_sigterm_stops_the_demo_and_everything_it_started(
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=30)
+            _kill_orphans(pids)
     assert "logs:" in out  # the clean-up ran to its end
-    for name, pid in pids.items():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        with open(f"/proc/{pid}/stat") as f:  # a zombie not yet reaped by init is gone too
-            assert f.read().split()[2] == "Z", f"{name} (pid {pid}) still runs"
+    _assert_gone(pids)
+
+
+def test_sigterm_stops_the_demo_while_a_browser_streams_the_fleet_view(
+    shared_broker: Any, tmp_path: Path
+) -> None:
+    """uvicorn (>= 0.29) took over SIGTERM while serving the fleet view, and its graceful
+    shutdown waited for the browser's endless event stream: the demo never stopped.
+
+    No --prefix: the run's own prefix keeps it apart from other demos on the broker, and
+    what it left retained there is cleared when it stops.
+    """
+    view_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busbell.cli", "demo", "--scenario", "quiet_route"]
+        + ["--speed", "1", "--no-browser", "--workdir", str(tmp_path / "demo")]
+        + ["--view-port", str(view_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pids: dict[str, int] = {}
+    prefix = ""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if m := re.match(r"\s+MQTT topics under (\S+)/ \(this run only", line):
+                prefix = m.group(1)
+            if m := re.match(r"\s+started (\S+)\s+pid (\d+)", line):
+                pids[m.group(1)] = int(m.group(2))
+            if line.startswith("fleet view:"):
+                break
+        assert prefix.startswith("busbell-demo/"), prefix
+        assert {"backend", "edge-bus-55-01", "sim-bus-55-01"} <= set(pids), pids
+        with httpx.Client(timeout=60) as client:
+            response = _open_events(client, view_port, proc)
+            try:
+                assert response.status_code == 200
+                topic = ""
+                # keep the iterator: a dropped one closes the connection (httpcore)
+                lines = response.iter_lines()
+                for sse in lines:
+                    if sse.startswith("data: "):
+                        topic = json.loads(sse[6:])["topic"]
+                        break
+                assert topic.startswith(f"{prefix}/"), topic
+                proc.terminate()  # with the stream open, as a browser keeps it
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                response.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+            _kill_orphans(pids)
+    assert "logs:" in out, out
+    assert re.search(r"cleared \d+ retained messages under " + re.escape(prefix), out), out
+    _assert_gone(pids)
+    assert asyncio.run(_retained_under(shared_broker, prefix)) == {}
+
+
+def test_sigterm_stops_the_view_only_demo_while_a_browser_streams(
+    shared_broker: Any, topic_prefix: str
+) -> None:
+    """``busbell demo --view-only`` too: SIGTERM ends it although an event stream is open."""
+    view_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "busbell.cli", "demo", "--view-only", "--prefix", topic_prefix]
+        + ["--broker", f"{shared_broker.host}:{shared_broker.port}"]
+        + ["--view-port", str(view_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with httpx.Client(timeout=60) as client:
+            response = _open_events(client, view_port, proc)
+            try:
+                assert response.status_code == 200
+                proc.terminate()
+                out, _ = proc.communicate(timeout=60)
+            finally:
+                response.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+
+
+async def test_the_fleet_view_server_leaves_signals_alone_and_ends_streams_on_shutdown() -> None:
+    """The view's server keeps the caller's SIGTERM handler while it serves, and its
+    shutdown ends an open event stream cleanly instead of waiting for it for ever."""
+    import uvicorn
+
+    from busbell._http import http_server, serve_http
+    from busbell._webview import FleetView
+
+    view = FleetView(MqttSettings(prefix="test-view/busbell/v1"))  # not following MQTT
+    port = free_port()
+    server = http_server(
+        uvicorn.Config(view.app(), host="127.0.0.1", port=port, lifespan="off"),
+        on_shutdown=view.close,
+    )
+    own = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        serving = asyncio.create_task(serve_http(server))
+        async with httpx.AsyncClient(timeout=60) as client:
+            async with asyncio.timeout(60):
+                while not server.started:
+                    await asyncio.sleep(0.05)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            async with client.stream("GET", f"http://127.0.0.1:{port}/events") as response:
+                assert response.status_code == 200
+                server.should_exit = True
+                async with asyncio.timeout(60):
+                    # ends without an error: the stream finished, it was not cut
+                    assert [line async for line in response.aiter_lines() if line] == []
+            async with asyncio.timeout(60):
+                await serving
+    finally:
+        signal.signal(signal.SIGTERM, own)
