@@ -11,14 +11,17 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    (default) charges up to the last stop where the rider was confirmed on board
    (``end.stop_id`` if given, else the last known stop); ``penalty`` charges the
    route's maximum distance fare (the Korean no-tap-off rule).
-3. **Overlaps.** The same rider on two buses at overlapping times (beyond
-   ``replay_overlap_s``) cannot both be true. When one leg covers the other in time
-   (within ``overlap_cover_s``) and its segments heard the rider at least
-   ``overlap_margin_db`` stronger (the edges' median RSSI), the rider was on that bus and
-   the other bus heard them through its windows, driving alongside: the weaker leg is
-   dropped (``overlap_dropped``, never charged) and the stronger one charged
-   (``overlap_resolved``). Any other overlap is a suspected replay: both legs are
-   marked and held, not charged automatically.
+3. **Overlaps.** The same rider on two buses at overlapping times cannot both be true.
+   When one leg covers the other in time (within ``overlap_cover_s``), was heard at
+   least ``overlap_margin_db`` stronger over their common time (the edges' median RSSI,
+   weighted by time) and the weaker one sounds like a rider heard through the bus's
+   windows (not above ``overlap_loser_max_dbm``), the rider was on the stronger bus and
+   the other drove alongside: the weaker leg is dropped (``overlap_dropped``, never
+   charged) and the stronger one charged (``overlap_resolved``). This also drops a short
+   weak hop lying wholly within another bus's leg. Any other overlap longer than
+   ``replay_overlap_s`` is a suspected replay: both legs are marked and held, not
+   charged automatically; so is a leg that only lost to a leg that is itself held. Only
+   a leg that is not itself dropped can drop another one.
 4. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m``.
 5. **Journeys and fares.** Legs are grouped by the fare engine's transfer rules
@@ -214,9 +217,25 @@ class Leg:
         return dataclasses.replace(self, flags=tuple(sorted(set(self.flags) | set(flags))))
 
     def strength(self, start_t: float, end_t: float) -> float | None:
-        """The strongest median RSSI of this leg's segments that overlap a time span."""
-        found = [rssi for s, e, rssi in self.heard if s <= end_t and e >= start_t]
-        return max(found) if found else None
+        """The median RSSI of this leg's segments over a time span, weighted by time.
+
+        Each segment that overlaps the span counts by how long it overlaps it (so a short
+        rotated segment does not outweigh the long one beside it); when the span or the
+        overlaps are instants, the plain mean of the segments touching it. ``None`` when
+        no segment with an RSSI touches the span.
+        """
+        weights: list[float] = []
+        values: list[float] = []
+        for s, e, rssi in self.heard:
+            if s <= end_t and e >= start_t:
+                weights.append(max(0.0, min(e, end_t) - max(s, start_t)))
+                values.append(rssi)
+        if not values:
+            return None
+        total = math.fsum(weights)
+        if total <= 0.0:
+            return math.fsum(values) / len(values)
+        return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
 
 
 def evidence_rssi(evidence: object) -> float | None:
@@ -296,7 +315,11 @@ class JourneyPolicy:
         overlap_margin_db: an overlap is settled in favour of the leg heard at least this
             many dB stronger (median RSSI) ... (``None``: never; hold both).
         overlap_cover_s: ... if that leg also covers the other one in time, within this
-            slack at either end.
+            slack at either end ...
+        overlap_loser_max_dbm: ... and the weaker leg's strength is at most this (a rider
+            heard through another bus's windows); a weaker leg heard louder than this
+            sounds like a rider on board that bus (or a relay louder than the rider), so
+            both are held (``None``: no limit).
         category: rider category priced.
         default_network: fare class of routes without a network (``None``: the rules').
     """
@@ -306,8 +329,20 @@ class JourneyPolicy:
     replay_overlap_s: float = 60.0
     overlap_margin_db: float | None = 10.0
     overlap_cover_s: float = 60.0
+    overlap_loser_max_dbm: float | None = -65.0
     category: str = "adult"
     default_network: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.overlap_margin_db is not None and not self.overlap_margin_db > 0:
+            raise ValueError(
+                f"overlap_margin_db must be positive (got {self.overlap_margin_db}); "
+                "to never drop an overlapping leg, hold overlaps instead"
+            )
+        for name in ("stitch_gap_s", "replay_overlap_s", "overlap_cover_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0 (got {value})")
 
 
 class JourneyBuilder:
@@ -467,40 +502,49 @@ class JourneyBuilder:
     def mark_replays(self, legs: Sequence[Leg]) -> list[Leg]:
         """Settle legs of one rider on different buses that overlap in time.
 
-        Each overlapping pair is settled in favour of one leg when :meth:`_overlap_winner`
-        finds one (the other is flagged ``overlap_dropped``, the winner
-        ``overlap_resolved``); a leg in an unsettled overlap with a leg that was not
-        dropped is flagged ``suspected_replay`` and held for review.
+        Two legs conflict when they overlap by more than ``replay_overlap_s``, or when one
+        lies wholly within the other (however short). A conflict is settled in favour of
+        one leg when :meth:`_overlap_winner` finds one; only a leg that is not dropped
+        itself can drop another (a leg that loses to a stronger one drops nobody), and
+        a leg dropped only by legs that end up held is held with them. The dropped leg is
+        flagged ``overlap_dropped``, its winner ``overlap_resolved``. Legs in a conflict
+        longer than ``replay_overlap_s`` that is not settled, neither of them dropped, are
+        flagged ``suspected_replay`` and held for review; a short, unsettled containment
+        is not a conflict (detection latency at a transfer).
         """
         tol = self.policy.replay_overlap_s
-        pairs: list[tuple[int, int]] = []
+        wins: list[tuple[int, int]] = []  # (winner, loser)
+        unsettled: list[tuple[int, int]] = []
         order = sorted(range(len(legs)), key=lambda k: _leg_key(legs[k]))
         for a_pos, a in enumerate(order):
             la = legs[a]
             for b in order[a_pos + 1 :]:
                 lb = legs[b]
-                if lb.board_t >= la.alight_t - tol:
+                if lb.board_t >= la.alight_t:
                     break
                 if lb.bus_id == la.bus_id:
                     continue
                 overlap = min(la.alight_t, lb.alight_t) - max(la.board_t, lb.board_t)
+                winner = self._overlap_winner(la, lb)
                 if overlap > tol:
-                    pairs.append((a, b))
-        dropped: set[int] = set()
-        resolved: set[int] = set()
-        unsettled: list[tuple[int, int]] = []
-        for a, b in pairs:
-            winner = self._overlap_winner(legs[a], legs[b])
-            if winner is None:
-                unsettled.append((a, b))
-            else:
-                win, lose = (a, b) if winner is legs[a] else (b, a)
-                resolved.add(win)
-                dropped.add(lose)
+                    if winner is None:
+                        unsettled.append((a, b))
+                    else:
+                        wins.append((a, b) if winner is la else (b, a))
+                elif winner is not None:
+                    win, lose = (a, b) if winner is la else (b, a)
+                    if _within(legs[lose], legs[win]):
+                        wins.append((win, lose))
+        dropped, dropped_by, cyclic = _settle_wins(wins)
         suspect: set[int] = set()
-        for a, b in unsettled:
+        for a, b in [*unsettled, *cyclic]:
             if a not in dropped and b not in dropped:
                 suspect |= {a, b}
+        for lose, winners in dropped_by.items():
+            if winners <= suspect:
+                dropped.discard(lose)
+                suspect.add(lose)
+        resolved = {w for w, lose in wins if lose in dropped and w not in dropped}
 
         def settled(k: int, leg: Leg) -> Leg:
             if k in dropped:
@@ -518,7 +562,8 @@ class JourneyBuilder:
 
         The winner must cover the other leg in time (``overlap_cover_s`` of slack at
         either end) and have been heard, over their common time, at least
-        ``overlap_margin_db`` stronger. Otherwise ``None``.
+        ``overlap_margin_db`` stronger; the loser must not have been heard louder than
+        ``overlap_loser_max_dbm``. Otherwise ``None``.
         """
         margin = self.policy.overlap_margin_db
         if margin is None:
@@ -528,10 +573,13 @@ class JourneyBuilder:
         if sa is None or sb is None:
             return None
         if sa - sb >= margin:
-            win, lose = a, b
+            win, lose, weak = a, b, sb
         elif sb - sa >= margin:
-            win, lose = b, a
+            win, lose, weak = b, a, sa
         else:
+            return None
+        ceiling = self.policy.overlap_loser_max_dbm
+        if ceiling is not None and weak > ceiling:
             return None
         cover = self.policy.overlap_cover_s
         if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
@@ -628,6 +676,39 @@ def _between(
     except ValueError:
         return None
     return dist_m[j] - dist_m[i]
+
+
+def _within(inner: Leg, outer: Leg) -> bool:
+    """``inner`` lies wholly within ``outer``'s time (no slack)."""
+    return outer.board_t <= inner.board_t and inner.alight_t <= outer.alight_t
+
+
+def _settle_wins(
+    wins: Sequence[tuple[int, int]],
+) -> tuple[set[int], dict[int, set[int]], list[tuple[int, int]]]:
+    """Which legs the ``(winner, loser)`` settlements drop, winners first.
+
+    A loser is dropped by the winners that lose to nobody still standing; the
+    settlements of a dropped leg are void, and the rest are looked at again. Settlements
+    left in a cycle (each leg beaten by another, which the RSSI rule makes all but
+    impossible) drop nobody and are returned as conflicts to hold.
+
+    Returns:
+        The dropped legs, for each the winners that dropped it, and the cyclic pairs.
+    """
+    active = list(wins)
+    dropped: set[int] = set()
+    dropped_by: dict[int, set[int]] = {}
+    while active:
+        losers = {lose for _, lose in active}
+        free = [(w, lose) for w, lose in active if w not in losers]
+        if not free:
+            break
+        for w, lose in free:
+            dropped.add(lose)
+            dropped_by.setdefault(lose, set()).add(w)
+        active = [(w, lose) for w, lose in active if w not in dropped and lose not in dropped]
+    return dropped, dropped_by, active
 
 
 def _chargeable(leg: Leg) -> bool:

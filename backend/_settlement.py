@@ -855,6 +855,7 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
                 replay_overlap_s=s.replay_overlap_s,
                 overlap_margin_db=s.overlap_margin_db if s.overlap_settle else None,
                 overlap_cover_s=s.overlap_cover_s,
+                overlap_loser_max_dbm=s.overlap_loser_max_dbm,
                 category=s.default_category,
             ),
             gap_grace_s=s.gap_grace_s,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import secrets
 import sys
 import time
@@ -75,6 +76,34 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def _float_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _float_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = _float_arg(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _dbm_or_none(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else _float_arg(text)
+
+
 def _build_parser(prog: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog,
@@ -105,15 +134,21 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument("--lost-policy", choices=["last-stop", "penalty"], default="last-stop")
     st.add_argument("--category", default="adult", help="rider category (adult, youth, child)")
     st.add_argument("--default-network", default=None, help="class of routes without a network")
-    st.add_argument("--stitch-gap-s", type=float, default=60.0)
-    st.add_argument("--replay-overlap-s", type=float, default=60.0)
+    st.add_argument("--stitch-gap-s", type=_non_negative, default=60.0)
+    st.add_argument("--replay-overlap-s", type=_non_negative, default=60.0)
     st.add_argument(
         "--overlap-margin-db",
-        type=float,
+        type=_positive,
         default=10.0,
         help="drop the overlapping leg heard this much weaker (dB) on another bus",
     )
-    st.add_argument("--overlap-cover-s", type=float, default=60.0)
+    st.add_argument("--overlap-cover-s", type=_non_negative, default=60.0)
+    st.add_argument(
+        "--overlap-loser-max-dbm",
+        type=_dbm_or_none,
+        default=-65.0,
+        help="... only if that leg was heard at most this loud (dBm; 'none': no limit)",
+    )
     st.add_argument(
         "--hold-overlaps",
         action="store_true",
@@ -222,6 +257,7 @@ def _settle(args: argparse.Namespace) -> int:
         replay_overlap_s=args.replay_overlap_s,
         overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
         overlap_cover_s=args.overlap_cover_s,
+        overlap_loser_max_dbm=args.overlap_loser_max_dbm,
         category=args.category,
         default_network=args.default_network,
     )

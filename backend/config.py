@@ -155,6 +155,24 @@ class SettlementSettings:
     overlap_cover_s: float = option(
         60.0, doc="Slack (s) at either end when the kept leg must cover the dropped one."
     )
+    overlap_loser_max_dbm: float | None = option(
+        -65.0,
+        doc=(
+            "Loudest median RSSI (dBm) the dropped leg may have: a weaker leg heard louder"
+            " sounds like a rider on board (or a relay louder than the rider), so both legs"
+            " are held; 0 (or an empty environment variable): no limit."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.overlap_margin_db > 0:
+            raise ValueError(
+                f"settlement.overlap_margin_db must be positive (got {self.overlap_margin_db});"
+                " set overlap_settle = false to hold every overlap"
+            )
+        for name in ("stitch_gap_s", "replay_overlap_s", "overlap_cover_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"settlement.{name} must be >= 0 (got {getattr(self, name)})")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from backend._bench_settle import STOP_SPACING_M, T0, write_gtfs
 from backend._fare_engine import FareEngine, FareLeg
 from backend._fare_rules import load_rules
-from backend._journeys import JourneyBuilder, JourneyPolicy, Segment, explain_journey
+from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment, explain_journey
 from busbell import Feed, load_gtfs
 
 
@@ -377,3 +378,183 @@ def test_cli_fares_explain(feed: Feed, tmp_path: Path, capsys: pytest.CaptureFix
     f.write_text(text + "\n")
     assert main(["fares", "explain", str(f), "--gtfs", str(gtfs), "--rider", "nobody"]) == 2
     assert main(["fares", "explain", "{not json", "--gtfs", str(gtfs)]) == 2
+
+
+def _leg_flags(js: Sequence[Journey]) -> dict[str, tuple[str, ...]]:
+    """Bus id -> flags of the rider's leg on that bus."""
+    return {leg.bus_id: leg.flags for j in js for leg in j.legs}
+
+
+def test_a_dropped_leg_drops_nobody(feed: Feed) -> None:
+    # b3 covers b1 and is much stronger: b1 is dropped. b1 in turn covers b2 (the
+    # rider's next bus, boarded 70 s before b1 lost them) and is much stronger, but a
+    # leg the rider was not on says nothing about the next one: b2 is charged.
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 1000, "S10", "alighted"), bus="b3", rssi=-50.0),
+        seg((T0 + 50, "S01", "boarded"), (T0 + 1050, "S11", "alighted"), bus="b1", rssi=-65.0),
+        _hop((980, "S10"), (1100, "S12"), -80.0),
+    ]
+    js = _builder(feed, overlap_loser_max_dbm=None).build(segs)
+    assert _leg_flags(js) == {
+        "b3": ("overlap_resolved",),
+        "b1": ("overlap_dropped",),
+        "b2": (),
+    }
+    assert b_charged(js) == ["b2", "b3"]
+
+
+def b_charged(js: Sequence[Journey]) -> list[str]:
+    return sorted(leg.bus_id for j in js if j.charged for leg in j.legs)
+
+
+def test_leg_beaten_by_a_held_leg_is_held_too(feed: Feed) -> None:
+    # b1 beats b2 clearly, but b1 conflicts with b3 and nothing settles that: b1 is held,
+    # so what it "won" is not decided either and b2 goes to review with it.
+    segs = [
+        *_alongside(),
+        seg(
+            (T0 + 100, "S02", "boarded"),
+            (T0 + 500, "S08", "alighted"),
+            bus="b3",
+            route="R2",
+            trip="T3",
+            rssi=-60.0,
+        ),
+    ]
+    js = _builder(feed).build(segs)
+    flags = _leg_flags(js)
+    assert set(flags) == {"b1", "b2", "b3"}
+    for bus, f in flags.items():
+        assert f == ("review", "suspected_replay"), bus
+    assert b_charged(js) == []
+
+
+@pytest.mark.parametrize(
+    ("weak", "ceiling", "dropped"),
+    [
+        (-78.0, -70.0, True),  # through windows
+        (-66.0, -70.0, False),  # in-bus strength: a relay louder than the rider? hold
+        (-66.0, None, True),  # no ceiling asked for
+        (-70.0, -70.0, True),  # at the ceiling
+    ],
+)
+def test_loser_heard_at_in_bus_strength_is_held_not_dropped(
+    feed: Feed, weak: float, ceiling: float | None, dropped: bool
+) -> None:
+    js = _builder(feed, overlap_loser_max_dbm=ceiling).build(_alongside(strong=-45.0, weak=weak))
+    flags = _leg_flags(js)
+    if dropped:
+        assert flags == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    else:
+        assert flags == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
+
+
+def test_short_weak_hop_within_another_leg_is_dropped(feed: Feed) -> None:
+    # 40 s on b2 wholly inside the b1 ride: shorter than replay_overlap_s, but the rider
+    # cannot have been on both, and b1 heard them 25 dB stronger
+    js = _builder(feed).build(_alongside(hop=(300, 340), weak=-81.0))
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    # not clearly weaker: a short overlap is not a conflict, both charged as before
+    js = _builder(feed).build(_alongside(hop=(300, 340), weak=-62.0))
+    assert _leg_flags(js) == {"b1": (), "b2": ()}
+
+
+def test_short_overlap_at_a_transfer_is_never_dropped(feed: Feed) -> None:
+    # b2 boarded 30 s before b1 noticed the rider gone; b1 much stronger over those
+    # 30 s, but b2 is not inside b1's ride: a transfer, both charged
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), rssi=-50.0),
+        _hop((270, "S05"), (900, "S15"), -85.0),
+    ]
+    js = _builder(feed).build(segs)
+    assert _leg_flags(js) == {"b1": (), "b2": ()}
+    assert b_charged(js) == ["b1", "b2"]
+
+
+def test_strength_is_weighted_by_time_not_the_loudest_segment(feed: Feed) -> None:
+    # b1: 550 s at -64 then a 50 s segment at -45 just before alighting; b2 alongside
+    # at -72 the whole time. The loudest segment alone would say 27 dB; by time b1 is
+    # about 6 dB stronger: not a clear case, both held.
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 550, None, "rotated"), rssi=-64.0),
+        seg((T0 + 550, None, "continued"), (T0 + 600, "S10", "alighted"), rssi=-45.0),
+        _hop((0, "S01"), (600, "S10"), -72.0),
+    ]
+    b = _builder(feed)
+    (l1,) = b.stitch(segs[:2])
+    assert l1.strength(T0, T0 + 600) == pytest.approx((550 * -64.0 + 50 * -45.0) / 600)
+    assert l1.strength(T0 + 560, T0 + 560) == -45.0  # an instant: the segment there
+    assert l1.strength(T0 + 700, T0 + 800) is None
+    js = b.build(segs)
+    assert all("suspected_replay" in j.flags for j in js)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"overlap_margin_db": 0.0},
+        {"overlap_margin_db": -5.0},
+        {"overlap_cover_s": -1.0},
+        {"replay_overlap_s": -1.0},
+        {"stitch_gap_s": float("nan")},
+    ],
+)
+def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        JourneyPolicy(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key"),
+    [
+        ("[settlement]\noverlap_margin_db = 0\n", {}, "overlap_margin_db"),
+        ("", {"BUSBELL_SETTLEMENT__OVERLAP_MARGIN_DB": "-3"}, "overlap_margin_db"),
+        ("[settlement]\noverlap_cover_s = -60\n", {}, "overlap_cover_s"),
+        ("[settlement]\nreplay_overlap_s = -1\n", {}, "replay_overlap_s"),
+    ],
+)
+def test_settlement_config_rejects_nonsense(
+    tmp_path: Path, toml: str, env: dict[str, str], key: str
+) -> None:
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+    from busbell._errors import ConfigError
+
+    f = tmp_path / "backend.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=f"settlement.{key} must be"):
+        load_config(BackendConfig, f, env=env)
+
+
+def test_settlement_config_loser_ceiling_default_value_and_off(tmp_path: Path) -> None:
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    f = tmp_path / "backend.toml"
+    f.write_text("[settlement]\noverlap_loser_max_dbm = -75\n")
+    assert load_config(BackendConfig, None, env={}).settlement.overlap_loser_max_dbm == -65.0
+    assert load_config(BackendConfig, f, env={}).settlement.overlap_loser_max_dbm == -75.0
+    off = {"BUSBELL_SETTLEMENT__OVERLAP_LOSER_MAX_DBM": ""}
+    assert load_config(BackendConfig, f, env=off).settlement.overlap_loser_max_dbm is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--overlap-margin-db", "0"], "must be positive"),
+        (["--overlap-margin-db", "nan"], "not a finite number"),
+        (["--overlap-cover-s", "-1"], "must be >= 0"),
+        (["--replay-overlap-s", "x"], "not a number"),
+        (["--overlap-loser-max-dbm", "loud"], "not a number"),
+    ],
+)
+def test_settle_cli_rejects_nonsense(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    from backend.cli import main
+
+    base = ["settle", str(tmp_path / "E.jsonl"), "--gtfs", str(tmp_path), "--riders", "R"]
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--devices", "D", "--out", str(tmp_path / "J"), *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
