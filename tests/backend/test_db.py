@@ -19,8 +19,11 @@ from backend._db import (
     fleet_keys,
     insert_ignore,
     is_postgres,
+    journeys,
     metadata,
     migrate,
+    rider_segments,
+    settlement_dirty,
 )
 from busbell import StoreError
 
@@ -31,7 +34,7 @@ async def test_migrate_is_idempotent_and_reaches_head(db_url: str) -> None:
         assert await current_revision(eng) is None
         await migrate(db_url)
         await migrate(db_url)
-        assert await current_revision(eng) == "0003"
+        assert await current_revision(eng) == "0004"
     finally:
         await eng.dispose()
 
@@ -40,7 +43,7 @@ async def test_concurrent_migrations(db_url: str) -> None:
     await asyncio.gather(*(migrate(db_url) for _ in range(3)))
     eng = create_engine(db_url)
     try:
-        assert await current_revision(eng) == "0003"
+        assert await current_revision(eng) == "0004"
     finally:
         await eng.dispose()
 
@@ -56,8 +59,9 @@ async def test_migrated_schema_matches_metadata(engine: AsyncEngine) -> None:
     assert set(metadata.tables) <= set(names)
 
 
-async def test_unique_constraints_and_insert_ignore(engine: AsyncEngine) -> None:
-    row = {
+def _event_row(event_id: str = "e1", seq: int = 1, evidence: object = None) -> dict[str, object]:
+    """A ``fare_events`` row."""
+    row: dict[str, object] = {
         "bus_id": "B1",
         "seq": 1,
         "event_id": "e1",
@@ -81,6 +85,14 @@ async def test_unique_constraints_and_insert_ignore(engine: AsyncEngine) -> None
         "received_at": 3.0,
         "worker_id": "w",
     }
+    row.update(event_id=event_id, seq=seq)
+    if evidence is not None:
+        row["evidence"] = evidence
+    return row
+
+
+async def test_unique_constraints_and_insert_ignore(engine: AsyncEngine) -> None:
+    row = _event_row()
     async with engine.begin() as conn:
         stmt = insert_ignore(fare_events, conn.dialect.name)
         await conn.execute(stmt, [row])
@@ -122,3 +134,114 @@ async def test_migrate_unreachable_database() -> None:
         await migrate("sqlite+aiosqlite:////nonexistent-dir/x/ledger.db")
     # aiosqlite's connection thread reports the failure back to the loop a moment later.
     await asyncio.sleep(0.2)
+
+
+async def test_0004_backfills_rssi_and_resettles_held_overlaps(db_url: str) -> None:
+    eng = create_engine(db_url)
+    try:
+        await migrate(eng, "0003")
+        seg = {
+            "rider_id": "r1",
+            "bus_id": "B1",
+            "interval": 1,
+            "route_id": None,
+            "trip_id": None,
+            "start_t": 1.0,
+            "start_stop_id": None,
+            "start_cause": "boarded",
+            "end_t": 2.0,
+            "end_stop_id": None,
+            "end_cause": "alighted",
+            "distance_m": 0.0,
+            "settled_at": 3.0,
+        }
+        journey = {
+            "first_board_t": 1.0,
+            "last_alight_t": 2.0,
+            "fare_krw": 0,
+            "category": "adult",
+            "ruleset_id": "x",
+            "explain": [],
+            "computed_at": 3.0,
+        }
+        async with eng.begin() as conn:
+            await conn.execute(
+                fare_events.insert(),
+                [
+                    _event_row("e1", 1, {"rssi_med": -61, "n": 9}),
+                    _event_row("e2", 2, {"n": 3}),  # no strength: stays NULL
+                    _event_row("e3", 3, {"rssi_med": -80.5}),
+                ],
+            )
+            await conn.execute(
+                rider_segments.insert(),
+                [
+                    dict(seg, event_id="e1", seq=1, rssi_med=None),
+                    dict(seg, event_id="e2", seq=2, rssi_med=None),
+                    dict(seg, event_id="e3", seq=3, rssi_med=-70.0),  # already set: kept
+                ],
+            )
+            await conn.execute(
+                journeys.insert(),
+                [
+                    dict(
+                        journey,
+                        journey_id="j1",
+                        rider_id="r1",
+                        service_day="2026-12-01",
+                        charged=False,
+                        flags=["review", "suspected_replay"],
+                    ),
+                    dict(
+                        journey,
+                        journey_id="j2",
+                        rider_id="r2",
+                        service_day="2026-12-01",
+                        charged=False,
+                        flags=["overlap_dropped"],
+                    ),
+                    dict(
+                        journey,
+                        journey_id="j3",
+                        rider_id="r3",
+                        service_day="2026-12-02",
+                        charged=True,
+                        flags=[],
+                    ),
+                    dict(
+                        journey,
+                        journey_id="j4",
+                        rider_id="r4",
+                        service_day="2026-12-02",
+                        charged=False,
+                        flags=["review", "suspected_replay"],
+                    ),
+                ],
+            )
+            await conn.execute(
+                settlement_dirty.insert().values(
+                    rider_id="r4", service_day="2026-12-02", marked_at=1.0
+                )
+            )
+        await migrate(eng)
+        async with eng.connect() as conn:
+            rssi = dict(
+                (
+                    await conn.execute(
+                        sa.select(rider_segments.c.event_id, rider_segments.c.rssi_med)
+                    )
+                ).all()
+            )
+            dirty = (
+                await conn.execute(
+                    sa.select(settlement_dirty).order_by(settlement_dirty.c.rider_id)
+                )
+            ).all()
+    finally:
+        await eng.dispose()
+    assert rssi == {"e1": -61.0, "e2": None, "e3": -70.0}
+    assert [(d.rider_id, d.service_day) for d in dirty] == [
+        ("r1", "2026-12-01"),
+        ("r4", "2026-12-02"),
+    ]
+    assert dirty[1].marked_at == 1.0  # an existing mark is left alone
