@@ -337,7 +337,7 @@ def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def insert_ignore(table: sa.Table, dialect_name: str) -> Any:
+def insert_ignore(table: sa.TableClause, dialect_name: str) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` for ``table`` on either dialect.
 
     Args:

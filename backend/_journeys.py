@@ -337,7 +337,7 @@ class JourneyPolicy:
         if self.overlap_margin_db is not None and not self.overlap_margin_db > 0:
             raise ValueError(
                 f"overlap_margin_db must be positive (got {self.overlap_margin_db}); "
-                "to never drop an overlapping leg, hold overlaps instead"
+                "to never drop an overlapping leg, hold overlaps (overlap_settle = false)"
             )
         for name in ("stitch_gap_s", "replay_overlap_s", "overlap_cover_s"):
             value = getattr(self, name)
@@ -525,16 +525,16 @@ class JourneyBuilder:
                 if lb.bus_id == la.bus_id:
                     continue
                 overlap = min(la.alight_t, lb.alight_t) - max(la.board_t, lb.board_t)
+                long = overlap > tol
+                if not (long or _within(la, lb) or _within(lb, la)):
+                    continue  # a transfer
                 winner = self._overlap_winner(la, lb)
-                if overlap > tol:
-                    if winner is None:
+                win, lose = (a, b) if winner is la else (b, a)
+                if winner is None:
+                    if long:
                         unsettled.append((a, b))
-                    else:
-                        wins.append((a, b) if winner is la else (b, a))
-                elif winner is not None:
-                    win, lose = (a, b) if winner is la else (b, a)
-                    if _within(legs[lose], legs[win]):
-                        wins.append((win, lose))
+                elif long or _within(legs[lose], legs[win]):
+                    wins.append((win, lose))
         dropped, dropped_by, cyclic = _settle_wins(wins)
         suspect: set[int] = set()
         for a, b in [*unsettled, *cyclic]:

@@ -65,7 +65,7 @@ from backend._db import (
 )
 from backend._fare_engine import Charge, FareEngine, period_adjustments
 from backend._fare_rules import FareRules, load_rules
-from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, LostPolicy, Segment
+from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
 from backend._resolve import DEFAULT_PROOF_SLACK_S, ProofRejected, Resolver, RiderKeyring
 from backend._settle import segment_of
 from backend.config import BackendConfig
@@ -834,7 +834,6 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
             f"[settlement] default_category must be one of {', '.join(CATEGORIES)}, "
             f"got {s.default_category!r}"
         )
-    lost: LostPolicy = "penalty" if s.lost_policy == "penalty" else "last-stop"
     feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None
     rules = load_rules(s.rules, timezone=feed.timezone if feed is not None else None)
     db = config.database
@@ -849,15 +848,7 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
             engine,
             feed,
             rules,
-            policy=JourneyPolicy(
-                lost_policy=lost,
-                stitch_gap_s=s.stitch_gap_s,
-                replay_overlap_s=s.replay_overlap_s,
-                overlap_margin_db=s.overlap_margin_db if s.overlap_settle else None,
-                overlap_cover_s=s.overlap_cover_s,
-                overlap_loser_max_dbm=s.overlap_loser_max_dbm,
-                category=s.default_category,
-            ),
+            policy=s.journey_policy(),
             gap_grace_s=s.gap_grace_s,
             batch_events=s.batch_events,
             default_category=s.default_category,

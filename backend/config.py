@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from busbell import SHARED_GROUP, option
 from busbell._mqtt import MqttSettings
+
+if TYPE_CHECKING:
+    from backend._journeys import JourneyPolicy
 
 __all__ = [
     "CONFIG_CLASS",
@@ -165,14 +169,28 @@ class SettlementSettings:
     )
 
     def __post_init__(self) -> None:
-        if not self.overlap_margin_db > 0:
-            raise ValueError(
-                f"settlement.overlap_margin_db must be positive (got {self.overlap_margin_db});"
-                " set overlap_settle = false to hold every overlap"
-            )
-        for name in ("stitch_gap_s", "replay_overlap_s", "overlap_cover_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"settlement.{name} must be >= 0 (got {getattr(self, name)})")
+        try:
+            self.journey_policy()
+        except ValueError as exc:
+            raise ValueError(f"settlement.{exc}") from None
+
+    def journey_policy(self) -> JourneyPolicy:
+        """The journey builder's rules these options give (it checks their values).
+
+        Raises:
+            ValueError: a value the journey builder rejects.
+        """
+        from backend._journeys import JourneyPolicy
+
+        return JourneyPolicy(
+            lost_policy="penalty" if self.lost_policy == "penalty" else "last-stop",
+            stitch_gap_s=self.stitch_gap_s,
+            replay_overlap_s=self.replay_overlap_s,
+            overlap_margin_db=self.overlap_margin_db if self.overlap_settle else None,
+            overlap_cover_s=self.overlap_cover_s,
+            overlap_loser_max_dbm=self.overlap_loser_max_dbm,
+            category=self.default_category,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,21 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
     assert "bus_device_revoked" not in edge_log
 
 
+def _plan_args(workdir: Path) -> dict[str, Any]:
+    """``DemoPlan`` arguments of a one-bus quiet_route demo on the shared broker, but the prefix."""
+    return {
+        "workdir": workdir,
+        "scenario": "quiet_route",
+        "seed": 1,
+        "speed": 5.0,
+        "broker_host": "127.0.0.1",
+        "broker_port": 1883,
+        "view_port": 8090,
+        "api_port": 8080,
+        "stream_ports": {"bus-55-01": 9000},
+    }
+
+
 def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> None:
     """A client id is broker-wide: two demos (or a demo and the test suite) on one broker
     must not take over each other's MQTT sessions, whatever their topic prefixes."""
@@ -185,19 +200,11 @@ def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> Non
         text = plan.backend_toml() + plan.edge_toml("bus-55-01")
         return set(re.findall(r'client_id = "([^"]+)"', text))
 
-    args: dict[str, Any] = {
-        "workdir": tmp_path,
-        "scenario": "quiet_route",
-        "seed": 1,
-        "speed": 5.0,
-        "broker_host": "127.0.0.1",
-        "broker_port": 1883,
-        "prefix": "busbell/v1",
-        "view_port": 8090,
-        "api_port": 8080,
-        "stream_ports": {"bus-55-01": 9000},
-    }
-    first, second = ids(DemoPlan(**args)), ids(DemoPlan(**args))
+    args = _plan_args(tmp_path)
+    first, second = (
+        ids(DemoPlan(prefix="busbell/v1", **args)),
+        ids(DemoPlan(prefix="busbell/v1", **args)),
+    )
     assert len(first) == len(second) == 2
     assert not first & second
 
@@ -208,17 +215,7 @@ def test_a_demo_without_a_prefix_gets_one_of_its_own(tmp_path: Path) -> None:
     from busbell._demo import DemoPlan
     from busbell._topics import DEFAULT_PREFIX, Topics
 
-    args: dict[str, Any] = {
-        "workdir": tmp_path,
-        "scenario": "quiet_route",
-        "seed": 1,
-        "speed": 5.0,
-        "broker_host": "127.0.0.1",
-        "broker_port": 1883,
-        "view_port": 8090,
-        "api_port": 8080,
-        "stream_ports": {"bus-55-01": 9000},
-    }
+    args = _plan_args(tmp_path)
     first, second = DemoPlan(prefix="", **args), DemoPlan(prefix="", **args)
     assert first.own_prefix
     assert second.own_prefix

@@ -20,6 +20,7 @@ import time
 import sqlalchemy as sa
 from alembic import op
 
+from backend._db import insert_ignore
 from backend._journeys import FLAG_SUSPECTED_REPLAY, evidence_rssi
 
 revision = "0004"
@@ -87,18 +88,12 @@ def upgrade() -> None:
     days = sorted(
         {(r.rider_id, r.service_day) for r in held if FLAG_SUSPECTED_REPLAY in (r.flags or ())}
     )
-    marked = {
-        (r.rider_id, r.service_day)
-        for r in conn.execute(sa.select(_dirty.c.rider_id, _dirty.c.service_day)).all()
-    }
-    now = time.time()
-    todo = [
-        {"rider_id": rider, "service_day": day, "marked_at": now}
-        for rider, day in days
-        if (rider, day) not in marked
-    ]
-    if todo:
-        conn.execute(_dirty.insert(), todo)
+    if days:
+        now = time.time()
+        conn.execute(
+            insert_ignore(_dirty, conn.dialect.name),
+            [{"rider_id": rider, "service_day": day, "marked_at": now} for rider, day in days],
+        )
 
 
 def downgrade() -> None:
