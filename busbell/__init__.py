@@ -9,6 +9,18 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from busbell._bells import (
+    MAX_ACK_IDS,
+    MAX_BELL_PAYLOAD_BYTES,
+    REQUEST_STATES,
+    WAIT_KEYS,
+    WAIT_SOURCES,
+    is_bell_id,
+    validate_display,
+    validate_driver_ack,
+    validate_request_status,
+    validate_wait,
+)
 from busbell._canonical import canonical_bytes, sha256_hex
 from busbell._config import ConfigOption, describe_config, load_config, option
 from busbell._errors import (
@@ -25,10 +37,12 @@ from busbell._errors import (
 )
 from busbell._fare_event import (
     END_CAUSES,
+    EVENT_TYPES,
     GENESIS_PREV,
     START_CAUSES,
     HashChain,
     derive_event_id,
+    derive_missed_event_id,
     event_hash,
     sign_event,
     signing_bytes,
@@ -105,15 +119,21 @@ __all__ = [
     "DEFAULT_TQ_WINDOW_S",
     "DEVICES_HEADER",
     "END_CAUSES",
+    "EVENT_TYPES",
     "FLEET_HEADER",
     "GENESIS_PREV",
     "INTERVAL_S",
+    "MAX_ACK_IDS",
+    "MAX_BELL_PAYLOAD_BYTES",
     "PAYLOAD_LEN",
+    "REQUEST_STATES",
     "RIDERS_HEADER",
     "SHARED_GROUP",
     "START_CAUSES",
     "TOKEN_VERSION",
     "TRACE_FORMAT",
+    "WAIT_KEYS",
+    "WAIT_SOURCES",
     "AcceptedToken",
     "AdvRecord",
     "BusbellError",
@@ -156,6 +176,7 @@ __all__ = [
     "day_of",
     "derive_bk",
     "derive_event_id",
+    "derive_missed_event_id",
     "derive_rider_keys",
     "describe_config",
     "ed25519_to_x25519_public",
@@ -164,6 +185,7 @@ __all__ = [
     "get_logger",
     "haversine_m",
     "interval_of",
+    "is_bell_id",
     "load_config",
     "load_gtfs",
     "load_public_hex",
@@ -183,7 +205,11 @@ __all__ = [
     "signing_bytes",
     "tq_of",
     "unwrap_tq",
+    "validate_display",
+    "validate_driver_ack",
     "validate_event",
+    "validate_request_status",
+    "validate_wait",
     "verify_event",
     "verify_rtag",
     "write_rows",

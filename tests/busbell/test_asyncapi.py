@@ -137,3 +137,78 @@ def test_fare_event_schema_agrees_with_validate_event() -> None:
     check("FareEvent", json.loads(json.dumps(ev)))
     bad = dict(ev, extra=1)
     assert list(validator("FareEvent").iter_errors(bad))
+
+
+def test_missed_record_and_bells_payloads_agree_with_the_validators() -> None:
+    from busbell import (
+        derive_missed_event_id,
+        validate_display,
+        validate_driver_ack,
+        validate_event,
+        validate_request_status,
+        validate_wait,
+    )
+
+    key = DeviceKey.from_seed(bytes(32))
+    seg = signed_events(1)[0]
+    wait = {
+        "request_id": "w-1",
+        "route_id": "11",
+        "stop_id": "S2",
+        "t": 10.0,
+        "expires_t": 910.0,
+        "source": "app",
+        "assist": True,
+    }
+    missed = sign_event(
+        {
+            "v": 1,
+            "type": "missed",
+            "bus_id": "bus-1",
+            "seq": 2,
+            "event_id": derive_missed_event_id("bus-1", 2, "w-1", 15.0),
+            "prev": event_hash(seg),
+            "request_id": "w-1",
+            "route_id": "11",
+            "trip_id": None,
+            "stop_id": "S2",
+            "wait": wait,
+            "passed": {"t": 15.0, "lat": 37.5, "lon": 127.0, "speed_mps": 9.0, "distance_m": 4.0},
+            "doors_opened": False,
+        },
+        key,
+    )
+    validate_event(missed)
+    check("MissedRecord", missed)
+    check("FareBatch", {"bus_id": "bus-1", "events": [seg, missed]})
+    assert list(validator("MissedRecord").iter_errors(dict(missed, doors_opened=True)))
+    assert list(
+        validator("FareBatch").iter_errors({"bus_id": "b", "events": [dict(missed, rid="x")]})
+    )
+    check("Wait", validate_wait(wait))
+    assert list(validator("Wait").iter_errors(dict(wait, extra=1)))
+    status = {"request_id": "w-1", "state": "missed", "bus_id": "bus-1", "t": 15.0}
+    check("RequestStatus", validate_request_status(status))
+    check("DriverAck", validate_driver_ack({"t": 1.0, "request_ids": ["w-1"]}))
+    stop = {
+        "stop_id": "S2",
+        "name": "Stop 2",
+        "seq": 2,
+        "waits": 1,
+        "assist": True,
+        "stop_requested": False,
+        "request_ids": ["w-1"],
+    }
+    display = {
+        "v": 1,
+        "bus_id": "bus-1",
+        "t": 12.0,
+        "route_id": "11",
+        "trip_id": None,
+        "online": True,
+        "on_board": 0,
+        "next_stop": stop,
+        "stops": [stop],
+    }
+    check("Display", validate_display(display))
+    assert list(validator("Display").iter_errors(dict(display, next_stop={})))
