@@ -267,6 +267,8 @@ class PresenceClassifier:
         self._t = float("-inf")
         self._next_tick = float("-inf")
         self.closed: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        """Contained failures of per-rid steps, by stage (see :meth:`_failed`)."""
         self.confirmed = 0
         self.discarded = 0
         self.rejected = 0
@@ -502,7 +504,10 @@ class PresenceClassifier:
             st = r.state
             if st == _ONBOARD:
                 if t - r.last_in_t > p.fade_timeout_s:
-                    self._close(r, Event.FADE, out)
+                    try:
+                        self._close(r, Event.FADE, out)
+                    except Exception as exc:
+                        self._failed("tick", r, exc)
             elif st in (_CANDIDATE, _ROTATING):
                 later.append(r)
             elif st == _OUTSIDE:
@@ -511,20 +516,47 @@ class PresenceClassifier:
             elif t - r.last_t > p.forget_s and r.rid not in self._olds:
                 forget.append(r.rid)
         if self._olds and t >= self._assigned_t + (_DIRTY_S if self._dirty else _REASSIGN_S):
-            self._assign(later)
+            try:
+                self._assign(later)
+            except Exception as exc:
+                self._failed("tick", None, exc)
             self._dirty = False
             self._assigned_t = t
         for r in later:
-            if r.state == _CANDIDATE:
-                self._check_candidate(r, t, odo, out)
-            else:
-                self._check_rotating(r, t, out)
+            try:
+                if r.state == _CANDIDATE:
+                    self._check_candidate(r, t, odo, out)
+                else:
+                    self._check_rotating(r, t, out)
+            except Exception as exc:
+                self._failed("tick", r, exc)
         if self._olds:
-            self._settle(t, out)
+            try:
+                self._settle(t, out)
+            except Exception as exc:
+                self._failed("tick", None, exc)
         for rid in forget:
             del self._rids[rid]
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
+
+    def _failed(self, stage: str, r: _Rid | None, exc: Exception) -> None:
+        """Count and log a contained failure of one rid's step (a bug, never fatal).
+
+        The segments already closed in the same tick are kept; the rid stays as it was
+        and is evaluated again on the next tick.
+        """
+        n = self.errors[stage] = self.errors.get(stage, 0) + 1
+        if n <= 10 or n % 1000 == 0:
+            log.error(
+                "classifier_step_failed",
+                stage=stage,
+                rid=None if r is None else r.rid.hex(),
+                state=None if r is None else State(r.state).name,
+                count=n,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
 
     def _check_candidate(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
         v = r.visit
@@ -577,18 +609,35 @@ class PresenceClassifier:
             and (w.close_odo_m is None or r.last_in_odo - w.close_odo_m <= p.lost_after_m)
         )
 
-    def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
+    def _unpair(self, r: _Rid) -> tuple[_Rid | None, StopVisit | None]:
+        """Take ``r`` (a new rid) out of the rotation pairing.
+
+        Returns:
+            The rotated rider's old rid it continues (or ``None``) and the boarding visit
+            a rotated candidate handed over (or ``None``). The pairing itself
+            (``_match``/``_pending``) is the one source of truth: ``r.pred`` only mirrors
+            it and is cleared here, so a rid that leaves the pool (dropped, confirmed)
+            and becomes a candidate again later starts unpaired.
+        """
         prior = self._match.pop(r.rid, None)
         if prior is not None:
             self._olds.pop(prior, None)
             self._dirty = True
-        if r.pred == _PRED_ONBOARD:
-            out.append(self._rotated(self._pending.pop(r.rid)))
+        old = self._pending.pop(r.rid, None)
+        visit = r.pred_visit if prior is not None and r.pred == _PRED_CANDIDATE else None
+        r.pred = _PRED_NONE
+        r.pred_visit = None
+        return old, visit
+
+    def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
+        old, handed = self._unpair(r)
+        if old is not None:
+            out.append(self._rotated(old))
             stop = v.stop_id if v is not None else None
             self._confirm(r, t, "continued", r.first_t, stop, r.first_odo)
             return
-        if r.pred == _PRED_CANDIDATE and r.pred_visit is not None:
-            v = r.pred_visit
+        if handed is not None:
+            v = handed
         assert v is not None
         assert v.close_t is not None
         assert v.close_odo_m is not None
@@ -631,11 +680,7 @@ class PresenceClassifier:
         r.state = int(next_state(State(r.state), ev))
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
         self.rejected += 1
-        prior = self._match.pop(r.rid, None)
-        if prior is not None:
-            self._olds.pop(prior, None)
-            self._dirty = True
-        old = self._pending.pop(r.rid, None)
+        old, _ = self._unpair(r)
         if old is not None:
             # the rider's new rid did not stay: the old segment ends where the rider left
             end, end_odo = self._fade_end(old, r.last_in_t, r.last_in_odo)
@@ -863,13 +908,16 @@ class PresenceClassifier:
         pre = self.params.alight_pre_s
 
         def end_of(seg: _Rid, last_t: float, last_odo: float) -> None:
-            if here is not None and last_t >= here.open_t - pre:
-                assert seg.start is not None
-                end = SegmentEnd(max(here.open_t, seg.start.t), here.stop_id, "alighted")
-                out.append(self._draft(seg, end, here.open_odo_m))
-            else:
-                fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
-                out.append(self._draft(seg, fade_end, end_odo))
+            try:
+                if here is not None and last_t >= here.open_t - pre:
+                    assert seg.start is not None
+                    end = SegmentEnd(max(here.open_t, seg.start.t), here.stop_id, "alighted")
+                    out.append(self._draft(seg, end, here.open_odo_m))
+                else:
+                    fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
+                    out.append(self._draft(seg, fade_end, end_odo))
+            except Exception as exc:
+                self._failed("finish", seg, exc)
 
         if self._olds:
             self._assign([r for r in self._rids.values() if r.state in (_CANDIDATE, _ROTATING)])

@@ -4,7 +4,11 @@
 replay: advertisements are checked with the :class:`busbell.TokenVerifier` at the record's
 GNSS time and handed to the :class:`~edge._classifier.PresenceClassifier`; GNSS, door and
 trip records drive the :class:`~edge._vehicle.VehicleContext`, whose stop visits feed the
-classifier. Rejected advertisements are counted by reason and never raise.
+classifier. Rejected advertisements are counted by reason and never raise. An
+exception inside the classifier or the vehicle context (a bug) is contained to the record
+that raised it: counted in ``PipelineStats.errors`` by stage, logged
+(``pipeline_record_failed``), and the pipeline goes on with the next record, so one bad
+advert never takes the daemon and every ride in progress down with it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class PipelineStats:
         tokens_in_range: distinct rids heard within the classifier's fade timeout.
         on_board: riders confirmed on board.
         segments: closed segments per end cause.
+        errors: records (or per-rid tick steps) whose processing raised, per stage
+            (``advert``, ``vehicle``, ``tick``, ``finish``); contained, logged, skipped.
     """
 
     adverts_seen: int
@@ -53,6 +59,7 @@ class PipelineStats:
     tokens_in_range: int
     on_board: int
     segments: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 class EdgePipeline:
@@ -81,6 +88,7 @@ class EdgePipeline:
         self.adverts_accepted = 0
         self.no_company_id = 0
         self.rejected: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
         self._cid = p.company_id
         self._cache: dict[bytes, tuple[bytes, int, float, int]] = {}
         self._cache_size = p.verify_cache_size
@@ -102,7 +110,29 @@ class EdgePipeline:
             tokens_in_range=self.classifier.tokens_in_range(),
             on_board=self.classifier.on_board(),
             segments=dict(sorted(self.classifier.closed.items())),
+            errors=self._errors(),
         )
+
+    def _errors(self) -> dict[str, int]:
+        out = dict(self.errors)
+        for stage, n in self.classifier.errors.items():
+            out[stage] = out.get(stage, 0) + n
+        return dict(sorted(out.items()))
+
+    def _failed(self, stage: str, rec: TraceRecord | None, exc: Exception) -> None:
+        """Count and log a contained failure (every one of the first 10, then 1 in 1000)."""
+        n = self.errors[stage] = self.errors.get(stage, 0) + 1
+        if n <= 10 or n % 1000 == 0:
+            log.error(
+                "pipeline_record_failed",
+                bus_id=self.bus_id,
+                stage=stage,
+                t=None if rec is None else rec.t,
+                kind=None if rec is None else type(rec).__name__,
+                count=n,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
 
     def on_board(self) -> int:
         """Riders currently confirmed on board."""
@@ -125,14 +155,20 @@ class EdgePipeline:
             if payload is None:
                 self.no_company_id += 1
             else:
-                self._advert(t, rec.rssi, payload, rec.addr)
+                try:  # zero-cost unless it raises
+                    self._advert(t, rec.rssi, payload, rec.addr)
+                except Exception as exc:
+                    self._failed("advert", rec, exc)
             if t >= self._next_tick:
                 return self._tick(t)
             return []
-        events = self.vehicle.feed_record(rec)  # type: ignore[arg-type]
-        if type(rec) is TripRecord:
-            self.classifier.on_trip(rec.route_id, rec.trip_id)
-        self._apply(events)
+        try:
+            events = self.vehicle.feed_record(rec)  # type: ignore[arg-type]
+            if type(rec) is TripRecord:
+                self.classifier.on_trip(rec.route_id, rec.trip_id)
+            self._apply(events)
+        except Exception as exc:
+            self._failed("vehicle", rec, exc)
         return self._tick(t)
 
     def _advert(self, t: float, rssi: int, payload: bytes, addr: str) -> None:
@@ -163,8 +199,16 @@ class EdgePipeline:
         if t < self._next_tick:
             return []
         self._next_tick = t + self._tick_s
-        self._apply(self.vehicle.advance(t))
-        return self.classifier.tick(t, self.vehicle.odometer_m)
+        try:
+            self._apply(self.vehicle.advance(t))
+        except Exception as exc:
+            self._failed("vehicle", None, exc)
+        try:
+            return self.classifier.tick(t, self.vehicle.odometer_m)
+        except Exception as exc:
+            # inside the classifier; this is what is left: the pairing pass)
+            self._failed("tick", None, exc)
+            return []
 
     def finish(self, t: float) -> list[SegmentDraft]:
         """Close everything at the end of a replay or on shutdown.
@@ -181,7 +225,10 @@ class EdgePipeline:
         t = max(t, self._t)
         self._next_tick = float("-inf")
         out = self._tick(t)
-        out.extend(self.classifier.finish(t, self.vehicle.odometer_m))
+        try:
+            out.extend(self.classifier.finish(t, self.vehicle.odometer_m))
+        except Exception as exc:
+            self._failed("finish", None, exc)
         log.info(
             "edge_pipeline_finished",
             bus_id=self.bus_id,

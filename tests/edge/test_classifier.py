@@ -815,3 +815,29 @@ def test_finish_ends_a_rotated_rider_whose_new_rid_was_barely_heard() -> None:
     segs = by_name(w.finish(), tok)
     assert [s.start.cause for s in segs] == ["boarded"]
     assert segs[0].end.cause in ("lost", "alighted")
+
+
+def test_rotated_rid_dropped_then_boarding_again_is_a_plain_boarding() -> None:
+    """Regression (issue 11): a weak rider's new rid, paired with its rotated old rid,
+    falls silent before it is confirmed (dropped: the old segment is closed), then is
+    heard again at the next stop and rides on. Its stale pairing made the confirmation
+    pop a pending rotation that no longer existed (KeyError in ``_confirm_new``)."""
+    w = World(t0=T0 + 460)  # the 600-s boundary comes ~100 s after boarding
+    bnd = (math.floor((T0 + 460) / 600) + 1) * 600
+
+    def f(w: World) -> float | None:
+        return None if bnd + 8 <= w.t < bnd + 60 else -70.0
+
+    tok = w.add(Token("weak", f))
+    w.dwell("S1")
+    w.move(1400)  # the rid rotates, the new rid is heard 8 s, then a quiet stretch
+    new_rid = tok.rid(bnd + 1)
+    assert w.c.state_of(new_rid) is State.GONE
+    w.dwell("S2")  # heard again at the next stop
+    w.move(1500)
+    w.dwell("S3", 4)
+    w.move(50)
+    w.wait(30)
+    segs = by_name(w.finish(), tok)
+    assert [(s.start.cause, s.start.stop_id) for s in segs][-1] == ("boarded", "S2")
+    assert segs[-1].end.stop_id == "S3"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from busbell import (
     AdvRecord,
@@ -23,6 +24,7 @@ from busbell import (
     derive_rider_keys,
     encode_payload,
     load_gtfs,
+    rid_for_interval,
 )
 from edge import EdgePipeline
 from edge._bench_classifier import (
@@ -38,6 +40,7 @@ from edge._bench_classifier import (
     verifier_for,
     write_gtfs,
 )
+from edge._classifier import PresenceClassifier, _Rid
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
 
@@ -363,3 +366,63 @@ def test_random_valid_adverts_around_a_moving_bus_never_raise(feed: Feed) -> Non
         pipe.feed(AdvRecord(t, "z", rng.randint(-100, -40), {COMPANY: pl}))
     pipe.finish(t)
     assert pipe.stats.adverts_seen == 3000
+
+
+def test_a_failing_classifier_step_is_contained_counted_and_logged(feed: Feed) -> None:
+    """No exception in the classifier stops the pipeline (and so the daemon): the advert
+    or rid step that raised is counted per stage and logged; every other rider's ride is
+    recorded as if nothing had happened."""
+    plan = BusPlan(t0=NO_ROTATION)
+    toks = [SynthToken(key(1), board=0, alight=3), SynthToken(key(2), board=1, alight=4)]
+    toks.append(SynthToken(key(3), board=1, alight=5))
+    recs, _ = synth_trace(plan, toks, seed=5)
+    bad_adv = derive_rider_keys(toks[1].token_key)
+    bad_tick = derive_rider_keys(toks[2].token_key)
+
+    class Faulty(PresenceClassifier):
+        """Raises for one token's adverts and for another token's candidacy checks."""
+
+        def advert(  # noqa: PLR0917 - the signature it overrides
+            self,
+            t: float,
+            rid: bytes,
+            interval: int,
+            token_t: float,
+            rssi: int,
+            flags: int,
+            raw: bytes,
+            odo: float,
+            addr: str = "",
+        ) -> None:
+            if rid == rid_for_interval(bad_adv.rid_key, interval):
+                raise ValueError("injected advert fault")
+            super().advert(t, rid, interval, token_t, rssi, flags, raw, odo, addr)
+
+        def _check_candidate(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
+            if r.rid == rid_for_interval(bad_tick.rid_key, r.interval):
+                raise RuntimeError("injected tick fault")
+            super()._check_candidate(r, t, odo, out)
+
+    pipe = EdgePipeline("SYN", feed, verifier_for(recs))
+    pipe.classifier = Faulty(pipe.params)
+    out: list[SegmentDraft] = []
+    with capture_logs() as logs:
+        for r in recs:
+            out.extend(pipe.feed(r))
+        out.extend(pipe.finish(recs[-1].t + 1.0))
+    got = legs(out, toks)
+    (seg,) = got[0]
+    assert (seg.start.stop_id, seg.end.stop_id) == ("S0", "S3")
+    assert 1 not in got
+    assert 2 not in got
+    errors = pipe.stats.errors
+    assert errors["advert"] > 100
+    assert errors["tick"] > 10
+    failed = [e for e in logs if e["event"] == "pipeline_record_failed"]
+    assert len(failed) == 10 + errors["advert"] // 1000  # rate-limited after ten
+    assert failed[0]["stage"] == "advert"
+    assert "injected advert fault" in failed[0]["error"]
+    steps = [e for e in logs if e["event"] == "classifier_step_failed"]
+    assert steps
+    assert steps[0]["stage"] == "tick"
+    assert steps[0]["state"] == "CANDIDATE"
