@@ -15,10 +15,35 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if [ ! -x .venv/bin/busbell ]; then
+if [ ! -x .venv/bin/busbell ] || ! .venv/bin/python -c 'import fastapi, bleak' 2>/dev/null; then
     python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e .
+    .venv/bin/pip install -q -e '.[demo]'
+fi
+
+# Put `busbell` on the PATH so that every command the README and the demo print works as
+# written: a symlink to .venv/bin/busbell in /usr/local/bin (root) or ~/.local/bin. An
+# existing `busbell` that is not one of our links is left alone.
+link_busbell() {
+    local dir=$1 target
+    target="$(pwd)/.venv/bin/busbell"
+    mkdir -p "$dir" 2>/dev/null || return 1
+    [ -w "$dir" ] || return 1
+    if [ -e "$dir/busbell" ] && [ ! -L "$dir/busbell" ]; then
+        echo "quickstart: $dir/busbell exists and is not a link; leaving it" >&2
+        return 1
+    fi
+    ln -sfn "$target" "$dir/busbell"
+    echo "quickstart: busbell -> $target (in $dir)" >&2
+}
+if [ "$(id -u)" -eq 0 ]; then
+    link_busbell /usr/local/bin || true
+else
+    link_busbell "$HOME/.local/bin" || true
+    case ":$PATH:" in
+        *":$HOME/.local/bin:"*) ;;
+        *) echo "quickstart: add ~/.local/bin to your PATH (Debian's ~/.profile does so at the next login), or run .venv/bin/busbell" >&2 ;;
+    esac
 fi
 if [ $# -eq 0 ]; then
     exec .venv/bin/busbell demo
