@@ -129,7 +129,10 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument("--gtfs", type=Path, required=True, help="GTFS static directory")
     st.add_argument("--riders", type=Path, required=True, help="RIDERS.csv")
     st.add_argument("--devices", type=Path, required=True, help="DEVICES.csv")
-    st.add_argument("--out", type=Path, required=True, help="JOURNEYS.jsonl to write")
+    st.add_argument(
+        "--out", type=Path, required=True, help="JOURNEYS.jsonl to write (never an existing file)"
+    )
+    st.add_argument("--force", action="store_true", help="replace --out if it exists")
     st.add_argument("--rules", type=Path, default=None, help="fare rules TOML (default: packaged)")
     st.add_argument("--lost-policy", choices=["last-stop", "penalty"], default="last-stop")
     st.add_argument("--category", default="adult", help="rider category (adult, youth, child)")
@@ -213,20 +216,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> in
     from busbell import configure_logging
 
     configure_logging(args.log_level)
-    try:
-        if args.command == "settle":
-            return _settle(args)
-        if args.command == "enroll":
-            return _enroll(args)
-        if args.command == "fares":
-            return _explain(args)
-        return _run(args)
-    except BusbellError as exc:
-        _err(f"error: {exc}")
-        return 2
-    except OSError as exc:
-        _err(f"error: {exc}")
-        return 2
+    # BusbellError and OSError reach the `busbell` entry point, which reports every
+    # command's failures in one format (`busbell: error: ...`, exit status 1)
+    if args.command == "settle":
+        return _settle(args)
+    if args.command == "enroll":
+        return _enroll(args)
+    if args.command == "fares":
+        return _explain(args)
+    return _run(args)
 
 
 # ---------------------------------------------------------------------------- settle
@@ -238,10 +236,13 @@ def _settle(args: argparse.Namespace) -> int:
     from backend._journeys import JourneyBuilder, JourneyPolicy
     from backend._resolve import DEFAULT_PROOF_SLACK_S, Resolver, RiderKeyring
     from backend._settle import Settler, read_event_lines
+    from busbell._cliutil import NothingUseful, Progress, check_output_path, rejection_summary
     from busbell._gtfs import load_gtfs
     from busbell._keyfiles import read_devices, read_riders
 
     t0 = time.perf_counter()
+    inputs = [*args.events, args.gtfs, args.riders, args.devices]
+    check_output_path(args.out, [*inputs, *([args.rules] if args.rules else [])], force=args.force)
     feed = load_gtfs(args.gtfs)
     rules = load_rules(args.rules, timezone=feed.timezone)
     devices = read_devices(args.devices)
@@ -263,8 +264,11 @@ def _settle(args: argparse.Namespace) -> int:
     )
     builder = JourneyBuilder(FareEngine(rules), feed, policy)
     settler = Settler(devices, resolver, builder)
+    progress = Progress("reading events", unit="events")
     for line in read_event_lines(args.events):
         settler.feed_line(line)
+        progress.advance()
+    progress.close()
     # journeys are written as they are built, one rider at a time (bounded memory)
     n_journeys = charged = review = 0
     tmp = args.out.with_name(args.out.name + ".tmp")
@@ -288,6 +292,10 @@ def _settle(args: argparse.Namespace) -> int:
         _err(f"  warning {kind}: {n}")
     if args.stats is not None:
         args.stats.write_text(json.dumps(stats.to_json(), indent=2) + "\n", encoding="utf-8")
+    if stats.read and not stats.accepted and not stats.duplicates:
+        raise NothingUseful(
+            "nothing settled: " + rejection_summary(stats.read, stats.rejected, "event")
+        )
     return 0
 
 

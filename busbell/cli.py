@@ -272,19 +272,58 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+# third-party module -> the extra that installs it (for a clear message when it is missing)
+_EXTRA_OF_MODULE = {
+    "bleak": "edge",
+    "dbus_fast": "edge",
+    "aiosqlite": "edge",
+    "prometheus_client": "edge",
+    "sqlalchemy": "backend",
+    "alembic": "backend",
+    "fastapi": "backend",
+    "pydantic": "backend",
+    "google": "backend",
+    "asyncpg": "postgres",
+    "starlette": "demo",
+    "uvicorn": "demo",
+}
+
+
+def _missing_module(exc: ModuleNotFoundError, command: str) -> NoReturn:
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        _fail(f"the {command!r} commands are not available: {exc}")
+    _fail(
+        f"`busbell {command}` needs the Python package {top!r}, which this installation "
+        f"lacks: install the {extra!r} extra, e.g. pip install 'busbell[{extra}]' "
+        "(or `pip install -e '.[demo]'` in a checkout)"
+    )
+
+
+def _os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``busbell`` CLI; returns the exit status."""
+    """Run the ``busbell`` CLI; returns the exit status.
+
+    Every failure is reported the same way: one ``busbell: error: ...`` line on standard
+    error and exit status 1 (2 for a usage error, as argparse does).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in LAZY_GROUPS:
         module_name, _ = LAZY_GROUPS[args[0]]
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            _fail(f"the {args[0]!r} commands are not available: {exc}")
-        try:
             return int(module.main(args[1:], prog=f"busbell {args[0]}"))
+        except ModuleNotFoundError as exc:
+            _missing_module(exc, args[0])
         except BusbellError as exc:
             _fail(str(exc))
+        except OSError as exc:
+            _fail(_os_error(exc))
         except KeyboardInterrupt:
             return 130
     parser = _build_parser()
@@ -300,8 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_keys(a)
         if a.command == "config":
             return _cmd_config(a)
+    except ModuleNotFoundError as exc:
+        _missing_module(exc, a.command)
     except BusbellError as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))
     parser.error(f"unknown command {a.command!r}")
 
 

@@ -27,6 +27,7 @@ from busbell import (
     parse_record,
     read_fleet_keys,
 )
+from busbell._cliutil import NothingUseful, check_output_path, rejection_summary
 from edge.config import EdgeConfig
 
 __all__ = ["main"]
@@ -90,7 +91,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     rep.add_argument("--gtfs", type=Path, required=True, help="GTFS static directory")
     rep.add_argument("--device-key", type=Path, required=True, help="Ed25519 PEM (PKCS#8)")
     rep.add_argument("--fleet-keys", type=Path, required=True, help="FLEET.csv")
-    rep.add_argument("--out", type=Path, required=True, help="EVENTS.jsonl to write")
+    rep.add_argument(
+        "--out", type=Path, required=True, help="EVENTS.jsonl to write (never an existing file)"
+    )
+    rep.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
     return p
 
@@ -196,6 +200,11 @@ async def _replay(a: argparse.Namespace) -> int:
     from edge._pipeline import EdgePipeline
     from edge._store import FareStore
 
+    check_output_path(
+        a.out,
+        [a.trace, a.gtfs, a.device_key, a.fleet_keys, *([a.config] if a.config else [])],
+        force=a.force,
+    )
     config = _load(a.config)
     params = config.classifier
     key = DeviceKey.load(a.device_key)
@@ -237,9 +246,25 @@ async def _replay(a: argparse.Namespace) -> int:
         sys.stderr.write(f"{a.trace}: {err}\n")
     if len(bad) > 20:
         sys.stderr.write(f"... and {len(bad) - 20} more bad lines\n")
+    stats = pipeline.stats
     sys.stderr.write(
-        f"replayed {a.trace}: {n} fare events to {a.out}; {len(bad)} bad trace lines skipped\n"
+        f"replayed {a.trace}: {n} fare events to {a.out}; {len(bad)} bad trace lines skipped; "
+        f"{stats.adverts_seen} adverts, "
+        + rejection_summary(stats.adverts_seen, stats.rejected, "advert")
+        + "\n"
     )
+    if n == 0 and stats.adverts_seen and stats.adverts_accepted == 0:
+        hint = ""
+        if set(stats.rejected) & {"bad_btag", "no_fleet_key"}:
+            hint = f" (do the fleet keys in {a.fleet_keys} cover the trace's days?)"
+        elif "stale" in stats.rejected:
+            hint = " (the tokens' clocks and the trace's GNSS time disagree)"
+        a.out.unlink()  # an empty EVENTS file would let a pipeline go on as if all was well
+        raise NothingUseful(
+            "no fare events: "
+            + rejection_summary(stats.adverts_seen, stats.rejected, "advert")
+            + hint
+        )
     return 0
 
 

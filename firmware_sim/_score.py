@@ -352,6 +352,7 @@ def run_pipeline(
                 d / "FLEET.csv",
                 "--out",
                 ev,
+                "--force",  # the scorer owns these files and may run again
             ),
             timeout_s,
         )
@@ -370,6 +371,7 @@ def run_pipeline(
             d / "DEVICES.csv",
             "--out",
             out,
+            "--force",
         ),
         timeout_s,
     )

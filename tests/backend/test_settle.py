@@ -19,6 +19,7 @@ from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend.cli import main as backend_main
 from busbell import derive_bk, load_gtfs, read_devices, sign_event, tq_of
+from busbell.cli import main as busbell_main
 
 
 def _settle(world: World, events_path: Path, out: Path, *extra: str) -> int:
@@ -222,22 +223,26 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     events = world.write_events(tmp_path / "e.jsonl")
     bad = tmp_path / "RIDERS_BAD.csv"
     bad.write_text("rider,key\n")
-    status = backend_main(
-        [
-            "settle",
-            str(events),
-            "--gtfs",
-            str(world.gtfs),
-            "--riders",
-            str(bad),
-            "--devices",
-            str(world.devices_csv),
-            "--out",
-            str(tmp_path / "o.jsonl"),
-        ]
-    )
-    assert status == 2
-    assert "header must be rider_id,token_key" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        busbell_main(
+            [
+                "backend",
+                "settle",
+                str(events),
+                "--gtfs",
+                str(world.gtfs),
+                "--riders",
+                str(bad),
+                "--devices",
+                str(world.devices_csv),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("busbell: error: ")
+    assert "header must be rider_id,token_key" in err
 
 
 def test_seen_hashes_dense_sparse_and_unseen() -> None:

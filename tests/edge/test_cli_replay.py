@@ -118,7 +118,13 @@ def test_replay_through_busbell_entry_point(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"kind":"adv"}\n')
     r = subprocess.run(
-        [sys.executable, "-m", "busbell.cli", "edge", *replay_args({**p, "trace": bad}, out)],
+        [
+            sys.executable,
+            "-m",
+            "busbell.cli",
+            "edge",
+            *replay_args({**p, "trace": bad}, tmp_path / "e2.jsonl"),
+        ],
         capture_output=True,
         text=True,
         check=False,
