@@ -31,6 +31,7 @@ from fastapi import FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend._api_docs import install_offline_docs
 from backend._db import charges, journeys, legs, riders
 from backend._gtfs_rt import FleetView, OccupancyThresholds, build_feed, feed_to_json
 from busbell._canonical import canonical_bytes
@@ -292,7 +293,10 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
             "Enrol rider tokens, read journeys and charges, post boarding-wait requests, "
             "and read GTFS-Realtime vehicle positions with occupancy."
         ),
+        docs_url=None,  # /docs is served from local assets (no CDN): see _api_docs
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.busbell = state
 
     async def publisher() -> Publisher:
