@@ -16,8 +16,8 @@ class MalformedMessage(ContractError):
     """An MQTT payload on a fares topic is not a batch or an event at all.
 
     Attributes:
-        reason: ``not_json``, ``not_an_object``, ``too_large``, ``bad_batch`` or
-            ``bus_mismatch``.
+        reason: ``not_json``, ``not_an_object``, ``too_large``, ``too_deep``,
+            ``non_finite``, ``too_many_events``, ``bad_batch`` or ``bus_mismatch``.
     """
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import socket
 import time
@@ -39,6 +38,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend._db import chain_state, engine_for, fare_events, insert_ignore, migrate, quarantine
 from backend._errors import MalformedMessage
+from backend._ingest_bounds import (
+    MAX_BIGINT,
+    BoundsError,
+    LogBudget,
+    QuarantineBudget,
+    bounded_loads,
+)
 from backend._keys import DeviceInfo, import_devices, load_devices
 from backend.config import BackendConfig
 from busbell import (
@@ -106,6 +112,17 @@ MESSAGES_MALFORMED = Counter(
 )
 ACKS_PUBLISHED = Counter("busbell_fare_acks_published", "fares/ack messages published")
 RESENDS_REQUESTED = Counter("busbell_fare_resends_requested", "fares/resend requests published")
+QUARANTINE_NOT_STORED = Counter(
+    "busbell_fare_quarantine_not_stored",
+    "Rejections counted but not stored (over the per-message or per-bus budget)",
+    ["reason"],
+)
+QUARANTINE_STORE_ERRORS = Counter(
+    "busbell_fare_quarantine_store_errors", "Failed quarantine transactions (rows lost)"
+)
+MESSAGES_IGNORED = Counter(
+    "busbell_fare_messages_ignored", "MQTT messages on fares topics ignored", ["reason"]
+)
 EVENTS_HELD = Gauge("busbell_fare_events_held", "Out-of-order events held in memory")
 STORE_ERRORS = Counter("busbell_fare_store_errors", "Failed ingest transactions (retried by edges)")
 
@@ -141,6 +158,8 @@ class Rejection:
     bus_id: str | None = None
     seq: int | None = None
     event_id: str | None = None
+    store: bool = True
+    """Whether to store it in ``quarantine`` (``False``: over the budget, counted only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +209,11 @@ class IngestCore:
         max_held_per_bus: bound on out-of-order events held per bus.
         resend_after_s: how long a gap must persist before a re-send is requested,
             and the least time between two requests for one bus.
-        max_payload_bytes: larger payloads are malformed.
+        max_payload_bytes: larger payloads are malformed (``too_large``).
+        max_nesting: payloads nesting arrays/objects deeper are malformed
+            (``too_deep``), checked before parsing.
+        max_events_per_message: messages with more events are malformed
+            (``too_many_events``).
     """
 
     def __init__(
@@ -200,11 +223,15 @@ class IngestCore:
         max_held_per_bus: int = 2000,
         resend_after_s: float = 1.0,
         max_payload_bytes: int = 4 * 1024 * 1024,
+        max_nesting: int = 32,
+        max_events_per_message: int = 2000,
     ) -> None:
         self._devices: Mapping[str, DeviceInfo] = dict(devices or {})
         self.max_held_per_bus = max_held_per_bus
         self.resend_after_s = resend_after_s
         self.max_payload_bytes = max_payload_bytes
+        self.max_nesting = max_nesting
+        self.max_events_per_message = max_events_per_message
         self._held: dict[str, dict[int, dict[str, VerifiedEvent]]] = {}
         self._held_since: dict[str, float] = {}
         self._last_resend: dict[str, float] = {}
@@ -225,15 +252,12 @@ class IngestCore:
             MalformedMessage: when the payload as a whole is unusable (not JSON, not a
                 batch/event/array, too large, or a batch naming another bus).
         """
-        if len(payload) > self.max_payload_bytes:
-            raise MalformedMessage(
-                f"payload of {len(payload)} bytes is over {self.max_payload_bytes}",
-                reason="too_large",
-            )
         try:
-            obj = json.loads(payload)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise MalformedMessage(f"payload is not JSON: {exc}", reason="not_json") from None
+            obj = bounded_loads(
+                payload, max_bytes=self.max_payload_bytes, max_nesting=self.max_nesting
+            )
+        except BoundsError as exc:
+            raise MalformedMessage(str(exc), reason=exc.reason) from None
         items: list[object]
         if isinstance(obj, list):
             items = obj
@@ -250,7 +274,14 @@ class IngestCore:
         elif isinstance(obj, dict):
             items = [obj]
         else:
-            raise MalformedMessage("payload must be a batch object, an event or an array")
+            raise MalformedMessage(
+                "payload must be a batch object, an event or an array", reason="not_an_object"
+            )
+        if len(items) > self.max_events_per_message:
+            raise MalformedMessage(
+                f"{len(items)} events in one message, over {self.max_events_per_message}",
+                reason="too_many_events",
+            )
         ok: list[VerifiedEvent] = []
         bad: list[Rejection] = []
         for item in items:
@@ -275,7 +306,20 @@ class IngestCore:
                 _int_or_none(got.get("seq")),
                 _str_or_none(got.get("event_id")),
             )
-        raw = canonical_bytes(ev).decode("utf-8")
+        problem = _ledger_problem(ev)
+        if problem is not None:
+            return Rejection(
+                "schema",
+                problem,
+                _raw_json(ev),
+                bus_id,
+                _int_or_none(ev["seq"]),
+                _str_or_none(ev["event_id"]),
+            )
+        try:
+            raw = canonical_bytes(ev).decode("utf-8")
+        except ValueError as exc:  # a lone surrogate cannot be UTF-8
+            return Rejection("schema", f"not encodable: {exc}", _raw_json(ev), bus_id)
         seq = ev["seq"]
         eid = ev["event_id"]
         if ev["bus_id"] != bus_id:
@@ -417,16 +461,41 @@ def _reject(e: VerifiedEvent, reason: str, detail: str) -> Rejection:
 def _raw_json(item: object) -> str:
     try:
         return canonical_bytes(item).decode("utf-8")[:_MAX_RAW]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return repr(item)[:_MAX_RAW]
 
 
+_TEXT_COLUMNS = ("route_id", "trip_id")
+_END_TEXT = ("stop_id",)
+
+
+def _ledger_problem(ev: Mapping[str, Any]) -> str | None:
+    """Why a schema-valid event still cannot be a ledger row, or ``None``.
+
+    The integers must fit ``BIGINT`` and the text columns must not hold NUL (PostgreSQL
+    text cannot); such an event is rejected here, never left to fail a transaction.
+    """
+    for key in ("seq", "interval"):
+        if ev[key] > MAX_BIGINT:
+            return f"{key} {str(ev[key])[:30]} is over {MAX_BIGINT}"
+    texts = [ev[k] for k in _TEXT_COLUMNS] + [ev["start"]["stop_id"], ev["end"]["stop_id"]]
+    for text in texts:
+        if text is not None and "\x00" in text:
+            return "a text field holds NUL"
+    return None
+
+
+def _clean_text(text: str) -> str:
+    """Text any database accepts: valid UTF-8 (lone surrogates replaced), no NUL."""
+    return text.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "\ufffd")
+
+
 def _int_or_none(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63 else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_BIGINT else None
 
 
 def _str_or_none(v: object) -> str | None:
-    return v[:128] if isinstance(v, str) else None
+    return _clean_text(v[:128]) if isinstance(v, str) else None
 
 
 # --- the ledger side ---------------------------------------------------------------------
@@ -464,8 +533,11 @@ class Ingestor:
         engine: the ledger engine (migrated).
         core: the core (its device registry is filled by :meth:`refresh_devices`).
         worker_id: stored with each event and quarantine row.
-        clock: monotonic clock (re-send timing).
+        clock: monotonic clock (re-send timing, quarantine and log budgets).
         wall: wall clock (``received_at``).
+        quarantine_budget: how many rejections are stored (per message, per bus per
+            minute); the rest are counted and logged only.
+        log_budget: rate limit of the warning logs per (event, reason, bus).
     """
 
     def __init__(
@@ -476,12 +548,16 @@ class Ingestor:
         worker_id: str = "ingest",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        quarantine_budget: QuarantineBudget | None = None,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.engine = engine
         self.core = core or IngestCore()
         self.worker_id = worker_id
         self._clock = clock
         self._wall = wall
+        self.quarantine_budget = quarantine_budget or QuarantineBudget()
+        self.log_budget = log_budget or LogBudget()
         self._dialect = engine.dialect.name
         self._pg = self._dialect == "postgresql"
 
@@ -515,18 +591,44 @@ class Ingestor:
             except MalformedMessage as exc:
                 result.malformed += 1
                 MESSAGES_MALFORMED.labels(exc.reason).inc()
-                _log().warning(
-                    "fare_message_malformed", bus_id=bus_id, reason=exc.reason, error=str(exc)
-                )
-                rejections.append(
+                self._warn("fare_message_malformed", exc.reason, bus_id, error=str(exc)[:200])
+                bad = [
                     Rejection(
                         "malformed_payload", f"{exc.reason}: {exc}", _raw_text(payload), bus_id
                     )
-                )
-                continue
+                ]
+                ok = []
+            except Exception as exc:  # no payload may stop the worker
+                result.malformed += 1
+                MESSAGES_MALFORMED.labels("internal_error").inc()
+                _log().exception("fare_message_failed", bus_id=bus_id, error=repr(exc)[:200])
+                bad = [
+                    Rejection(
+                        "malformed_payload", f"internal_error: {exc!r}", _raw_text(payload), bus_id
+                    )
+                ]
+                ok = []
             groups.setdefault(bus_id, []).extend(ok)
-            rejections.extend(bad)
+            rejections.extend(self._budget(bus_id, bad))
         return await self._commit(groups, rejections, result, careful=False)
+
+    def _budget(self, bus_id: str, bad: list[Rejection]) -> list[Rejection]:
+        """Mark the rejections of one message over the quarantine budget as not stored."""
+        if not bad:
+            return bad
+        take = self.quarantine_budget.admit(bus_id, len(bad), self._clock())
+        if take == len(bad):
+            return bad
+        return bad[:take] + [dataclasses.replace(r, store=False) for r in bad[take:]]
+
+    def _warn(self, event: str, reason: str, bus_id: str | None, **kw: Any) -> None:
+        """A warning log, rate-limited per (event, reason, bus)."""
+        suppressed = self.log_budget.allow((event, reason, bus_id or ""), self._clock())
+        if suppressed is None:
+            return
+        if suppressed:
+            kw["suppressed"] = suppressed
+        _log().warning(event, bus_id=bus_id, reason=reason, **kw)
 
     async def tick(self) -> BatchResult:
         """Re-plan the buses with held events against the committed chain.
@@ -576,20 +678,40 @@ class Ingestor:
                 result.acks[plan.bus_id] = plan.ack_upto
             if plan.resend is not None:
                 result.resends[plan.bus_id] = plan.resend
-            rejections.extend(plan.rejected)
+            if plan.rejected:
+                rejections.extend(self._budget(plan.bus_id, plan.rejected))
         for r in rejections:
             EVENTS_QUARANTINED.labels(r.reason).inc()
-            _log().warning(
+            if not r.store:
+                QUARANTINE_NOT_STORED.labels(r.reason).inc()
+            self._warn(
                 "fare_event_quarantined",
-                bus_id=r.bus_id,
+                r.reason,
+                r.bus_id,
                 seq=r.seq,
                 event_id=r.event_id,
-                reason=r.reason,
-                detail=r.detail,
+                detail=r.detail[:200],
+                stored=r.store,
             )
         result.quarantined += len(rejections)
         EVENTS_HELD.set(self.core.held_count())
+        # The events are committed (and may be acked) whatever happens here: the
+        # quarantine rows go in a transaction of their own, so no rejected input can
+        # roll back someone else's valid events.
+        await self._store_quarantine([r for r in rejections if r.store])
         return result
+
+    async def _store_quarantine(self, rejections: list[Rejection]) -> None:
+        if not rejections:
+            return
+        now = self._wall()
+        rows = [self._qrow(r, now) for r in rejections]
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert_ignore(quarantine, self._dialect), rows)
+        except (OSError, ValueError, sa.exc.SQLAlchemyError) as exc:
+            QUARANTINE_STORE_ERRORS.inc()
+            _log().error("fare_quarantine_store_failed", rows=len(rows), error=str(exc)[:300])
 
     async def _transaction(
         self,
@@ -637,11 +759,6 @@ class Ingestor:
                     ),
                     changed,
                 )
-            qrows = [self._qrow(r, now) for r in rejections] + [
-                self._qrow(r, now) for p in plans for r in p.rejected
-            ]
-            if qrows:
-                await conn.execute(insert_ignore(quarantine, self._dialect), qrows)
         return plans
 
     async def _lock_positions(
@@ -735,14 +852,15 @@ class Ingestor:
         }
 
     def _qrow(self, r: Rejection, now: float) -> dict[str, Any]:
+        raw = _clean_text(r.raw)
         return {
-            "bus_id": r.bus_id[:128] if r.bus_id else None,
-            "seq": r.seq,
-            "event_id": r.event_id,
+            "bus_id": _clean_text(r.bus_id[:128]) if r.bus_id else None,
+            "seq": _int_or_none(r.seq),
+            "event_id": _str_or_none(r.event_id),
             "reason": r.reason,
-            "detail": r.detail[:4000],
-            "raw": r.raw,
-            "raw_hash": sha256_hex(r.raw.encode("utf-8", errors="replace")),
+            "detail": _clean_text(r.detail[:4000]),
+            "raw": raw,
+            "raw_hash": sha256_hex(raw.encode("utf-8")),
             "received_at": now,
             "worker_id": self.worker_id,
         }
@@ -800,9 +918,15 @@ class IngestWorker:
                 max_held_per_bus=ing.max_held_per_bus,
                 resend_after_s=ing.resend_after_s,
                 max_payload_bytes=ing.max_payload_bytes,
+                max_nesting=ing.max_nesting,
+                max_events_per_message=ing.max_events_per_message,
             ),
             worker_id=self.worker_id,
             clock=clock,
+            quarantine_budget=QuarantineBudget(
+                per_message=ing.quarantine_per_message,
+                per_bus=ing.quarantine_per_bus_per_minute,
+            ),
         )
         self._clock = clock
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
@@ -868,11 +992,20 @@ class IngestWorker:
             reader.cancel()
 
     async def _reader(self, session: MqttSession) -> None:
+        ignore_retained = self.config.ingest.ignore_retained
         async for msg in session.messages():
             parsed = self.topics.parse(msg.topic)
             if parsed is None or parsed.kind != "fares":
                 MESSAGES_MALFORMED.labels("bad_topic").inc()
-                _log().warning("fare_message_malformed", topic=msg.topic, reason="bad_topic")
+                self.ingestor._warn("fare_message_malformed", "bad_topic", None, topic=msg.topic)
+                continue
+            if msg.retain and ignore_retained:
+                # A bus publishes fares with retain off; a retained batch is either a
+                # mistake or an attack, and would be replayed at every (re)subscribe.
+                MESSAGES_IGNORED.labels("retained").inc()
+                self.ingestor._warn(
+                    "fare_message_ignored", "retained", parsed.ids["bus"], bytes=len(msg.payload)
+                )
                 continue
             await self._queue.put((parsed.ids["bus"], msg.payload))
         raise UplinkError("message stream ended")

@@ -99,6 +99,34 @@ class IngestSettings:
     max_payload_bytes: int = option(
         4 * 1024 * 1024, doc="Larger MQTT payloads are rejected as malformed."
     )
+    max_nesting: int = option(
+        32,
+        doc="Payloads nesting arrays/objects deeper are rejected before they are parsed.",
+    )
+    max_events_per_message: int = option(
+        2000, doc="Messages carrying more events are rejected whole (too_many_events)."
+    )
+    quarantine_per_message: int = option(
+        10,
+        doc=(
+            "Most rejected items of one message stored in the quarantine table (the rest "
+            "are counted and logged, not stored)."
+        ),
+    )
+    quarantine_per_bus_per_minute: int = option(
+        120,
+        doc=(
+            "Most quarantine rows stored per bus (fares topic) per minute; beyond it "
+            "rejections are counted and logged, not stored."
+        ),
+    )
+    ignore_retained: bool = option(
+        True,
+        doc=(
+            "Ignore fare batches the broker delivers as retained messages (a bus never "
+            "publishes fares retained; a retained batch would be replayed on every restart)."
+        ),
+    )
     metrics_port: int = option(
         0, doc="Serve Prometheus metrics on this port (0: do not serve; the API may)."
     )

@@ -51,8 +51,8 @@ def test_decode_batch_bare_event_and_array() -> None:
     [
         (b"\xff\xfe not json", "not_json"),
         (b"{truncated", "not_json"),
-        (b"42", "invalid"),
-        (b'"text"', "invalid"),
+        (b"42", "not_an_object"),
+        (b'"text"', "not_an_object"),
         (b'{"bus_id": "B2", "events": []}', "bus_mismatch"),
         (b'{"bus_id": "B1", "events": {}}', "bad_batch"),
     ],
