@@ -5,10 +5,10 @@ Endpoints (OpenAPI at ``/openapi.json``, a copy in ``docs/rider-api.openapi.json
 * ``POST /riders``: enrol a fob or app; returns ``rider_id`` and ``token_key`` once.
 * ``GET /riders/{id}/journeys``, ``GET /riders/{id}/charges``: the rider's ledger.
 * ``POST /riders/{id}/revoke``: stop resolving the rider's tokens.
-* ``POST /waits``: a boarding-wait request; publishes the retained
-  ``routes/{route}/stops/{stop}/waits/{request_id}`` (with message expiry) and the
-  retained ``requests/{id}/status`` ``pending``. ``DELETE /waits/{id}`` clears it (empty
-  retained payload) and sets the status ``cancelled``.
+* ``POST /riders/{id}/waits``, ``GET /riders/{id}/waits[/{request_id}]``,
+  ``DELETE /riders/{id}/waits/{request_id}``: boarding-wait requests, one live wait per
+  rider, under the rules of ``[waits]`` (:mod:`backend._waits_api`, core in
+  :mod:`backend._waits`).
 * ``GET /gtfs-rt/vehicle-positions``: GTFS-Realtime protobuf (``?format=json``: JSON).
 
 Bad requests get a 4xx with ``{"detail": ...}``; a missing broker connection is 503.
@@ -34,12 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend._api_docs import install_offline_docs
 from backend._db import charges, journeys, legs, riders
 from backend._gtfs_rt import FleetView, OccupancyThresholds, build_feed, feed_to_json
-from busbell._canonical import canonical_bytes
+from backend._waits import WaitRules
+from backend._waits_api import WaitService, rider_router
 from busbell._errors import ContractError, UplinkError
 from busbell._gtfs import Feed
 from busbell._http import serve_http
 from busbell._logging import get_logger
-from busbell._topics import Topics, check_topic_id
+from busbell._topics import Topics
 
 if TYPE_CHECKING:
     pass
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiState",
     "Publisher",
-    "WaitRecord",
     "create_app",
     "enroll_rider",
     "run_service",
@@ -77,19 +77,6 @@ class Publisher(Protocol):
         """
 
 
-@dataclass(slots=True)
-class WaitRecord:
-    """A boarding-wait request the API published."""
-
-    request_id: str
-    route_id: str
-    stop_id: str
-    t: float
-    expires_t: float
-    assist: bool
-    state: str = "pending"
-
-
 @dataclass
 class ApiState:
     """What the API needs: the ledger, the broker and the reference data.
@@ -100,12 +87,12 @@ class ApiState:
         publisher: the broker connection (``None``: waits answer 503).
         feed: GTFS static (route and stop checks), if loaded.
         fleet: vehicle state for GTFS-Realtime.
-        wait_expiry_s: default lifetime of a wait request (MQTT message expiry).
-        max_wait_expiry_s: the longest a client may ask for.
+        wait_rules: the rules of boarding-wait requests (``[waits]``).
         occupancy: thresholds for occupancy_status.
         on_enrolled: called with ``(rider_id, token_key)`` after an enrolment.
         on_revoked: called with ``rider_id`` after a revocation.
-        waits: the wait requests published by this process (or seen retained).
+        clock: wall time (UNIX seconds).
+        waits: the wait service (made from the above unless given).
     """
 
     engine: AsyncEngine
@@ -113,45 +100,25 @@ class ApiState:
     publisher: Publisher | None = None
     feed: Feed | None = None
     fleet: FleetView | None = None
-    wait_expiry_s: int = 900
-    max_wait_expiry_s: int = 3600
+    wait_rules: WaitRules = field(default_factory=WaitRules)
     occupancy: OccupancyThresholds = field(default_factory=OccupancyThresholds)
     on_enrolled: Callable[[str, bytes], None] | None = None
     on_revoked: Callable[[str], None] | None = None
-    waits: dict[str, WaitRecord] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
+    waits: WaitService | None = None
 
     def __post_init__(self) -> None:
         if self.fleet is None:
             self.fleet = FleetView(self.topics)
-
-    def on_wait_message(self, topic: str, payload: bytes) -> None:
-        """Track retained wait requests seen on the broker (so DELETE works after restart)."""
-        parsed = self.topics.parse(topic)
-        if parsed is None or parsed.kind != "wait":
-            return
-        request_id = parsed.ids["request"]
-        if not payload:
-            self.waits.pop(request_id, None)
-            return
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return
-        if not isinstance(obj, dict):
-            return
-        expires = obj.get("expires_t")
-        self.waits.setdefault(
-            request_id,
-            WaitRecord(
-                request_id,
-                parsed.ids["route"],
-                parsed.ids["stop"],
-                float(obj.get("t") or self.clock()),
-                float(expires) if isinstance(expires, int | float) else self.clock() + 3600,
-                bool(obj.get("assist", False)),
-            ),
-        )
+        if self.waits is None:
+            self.waits = WaitService(
+                self.engine,
+                self.topics,
+                self.wait_rules,
+                feed=self.feed,
+                publisher=lambda: self.publisher,
+                clock=self.clock,
+            )
 
 
 # ---------------------------------------------------------------------------- models
@@ -252,29 +219,6 @@ class ChargesOut(BaseModel):
     charges: list[ChargeOut]
 
 
-class WaitRequest(BaseModel):
-    """A rider at a stop wants the next bus of a route to stop."""
-
-    route_id: str = Field(min_length=1, max_length=128)
-    stop_id: str = Field(min_length=1, max_length=128)
-    assist: bool = Field(False, description="The rider needs extra time (wheelchair, sight).")
-    expires_in_s: int | None = Field(
-        None, ge=30, description="Lifetime of the request (default 900 s, at most 3600 s)."
-    )
-
-
-class WaitOut(BaseModel):
-    """A wait request and its state."""
-
-    request_id: str
-    route_id: str
-    stop_id: str
-    state: str
-    t: float
-    expires_t: float
-    topic: str
-
-
 # ---------------------------------------------------------------------------- app
 
 
@@ -284,7 +228,7 @@ def _check_rider_id(rider_id: str) -> str:
     return rider_id
 
 
-def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per endpoint
+def create_app(state: ApiState) -> FastAPI:
     """Build the FastAPI application over ``state``."""
     app = FastAPI(
         title="busbell rider API",
@@ -298,18 +242,8 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
     )
     install_offline_docs(app)
     app.state.busbell = state
-
-    async def publisher() -> Publisher:
-        if state.publisher is None:
-            raise HTTPException(503, "not connected to the MQTT broker")
-        return state.publisher
-
-    async def publish(topic: str, payload: bytes, **kw: Any) -> None:
-        pub = await publisher()
-        try:
-            await pub.publish(topic, payload, qos=1, retain=True, **kw)
-        except UplinkError as exc:
-            raise HTTPException(503, f"MQTT broker unavailable: {exc}") from None
+    assert state.waits is not None
+    app.include_router(rider_router(state.waits))
 
     async def rider_row(rider_id: str) -> sa.Row[Any]:
         _check_rider_id(rider_id)
@@ -471,83 +405,6 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
             rider_id=rider_id, total_krw=sum(c.fare_krw for c in items), charges=items
         )
 
-    @app.post("/waits", status_code=201, response_model=WaitOut, tags=["waits"])
-    async def post_wait(body: WaitRequest) -> WaitOut:
-        """Ask the next bus of a route to stop for the rider at a stop."""
-        try:
-            check_topic_id(body.route_id, "route_id")
-            check_topic_id(body.stop_id, "stop_id")
-        except ContractError as exc:
-            raise HTTPException(422, str(exc)) from None
-        feed = state.feed
-        if feed is not None:
-            if body.route_id not in feed.routes:
-                raise HTTPException(404, f"unknown route {body.route_id!r}")
-            if body.stop_id not in feed.stops:
-                raise HTTPException(404, f"unknown stop {body.stop_id!r}")
-            if not any(
-                p.route_id == body.route_id and body.stop_id in p.stop_ids
-                for p in feed.patterns.values()
-            ):
-                raise HTTPException(
-                    422, f"route {body.route_id!r} does not serve stop {body.stop_id!r}"
-                )
-        expiry = body.expires_in_s or state.wait_expiry_s
-        if expiry > state.max_wait_expiry_s:
-            raise HTTPException(422, f"expires_in_s must be at most {state.max_wait_expiry_s}")
-        await publisher()
-        request_id = f"w-{secrets.token_hex(8)}"
-        now = state.clock()
-        rec = WaitRecord(request_id, body.route_id, body.stop_id, now, now + expiry, body.assist)
-        topic = state.topics.wait(body.route_id, body.stop_id, request_id)
-        wait_msg = {
-            "request_id": request_id,
-            "route_id": body.route_id,
-            "stop_id": body.stop_id,
-            "t": now,
-            "source": "app",
-            "assist": body.assist,
-            "expires_t": now + expiry,
-        }
-        await publish(topic, canonical_bytes(wait_msg), expiry_s=expiry)
-        await publish(
-            state.topics.request_status(request_id),
-            canonical_bytes({"request_id": request_id, "state": "pending", "t": now}),
-            expiry_s=expiry + 3600,
-        )
-        state.waits[request_id] = rec
-        log.info(
-            "wait_requested", request_id=request_id, route_id=rec.route_id, stop_id=rec.stop_id
-        )
-        return _wait_out(state, rec)
-
-    @app.get("/waits/{request_id}", response_model=WaitOut, tags=["waits"])
-    async def get_wait(request_id: str) -> WaitOut:
-        """A wait request this service published."""
-        rec = state.waits.get(request_id)
-        if rec is None:
-            raise HTTPException(404, f"unknown wait request {request_id!r}")
-        return _wait_out(state, rec)
-
-    @app.delete("/waits/{request_id}", response_model=WaitOut, tags=["waits"])
-    async def delete_wait(request_id: str) -> WaitOut:
-        """Cancel a wait request: clears the retained request, status ``cancelled``."""
-        rec = state.waits.get(request_id)
-        if rec is None:
-            raise HTTPException(404, f"unknown wait request {request_id!r}")
-        await publisher()
-        now = state.clock()
-        await publish(state.topics.wait(rec.route_id, rec.stop_id, request_id), b"")
-        await publish(
-            state.topics.request_status(request_id),
-            canonical_bytes({"request_id": request_id, "state": "cancelled", "t": now}),
-            expiry_s=3600,
-        )
-        rec.state = "cancelled"
-        state.waits.pop(request_id, None)
-        log.info("wait_cancelled", request_id=request_id)
-        return _wait_out(state, rec)
-
     @app.get(
         "/gtfs-rt/vehicle-positions",
         tags=["gtfs-realtime"],
@@ -576,18 +433,6 @@ def create_app(state: ApiState) -> FastAPI:  # noqa: PLR0915 - one closure per e
         return {"ok": True, "mqtt": state.publisher is not None}
 
     return app
-
-
-def _wait_out(state: ApiState, rec: WaitRecord) -> WaitOut:
-    return WaitOut(
-        request_id=rec.request_id,
-        route_id=rec.route_id,
-        stop_id=rec.stop_id,
-        state=rec.state,
-        t=rec.t,
-        expires_t=rec.expires_t,
-        topic=state.topics.wait(rec.route_id, rec.stop_id, rec.request_id),
-    )
 
 
 async def _insert_rider(
@@ -660,12 +505,13 @@ class _BrokerLink:
         from busbell._mqtt import MqttSession, backoff_delays
 
         topics = self.state.topics
+        waits = self.state.waits
+        assert waits is not None
         subs = [
             f"{topics.prefix}/buses/+/vehicle/gnss",
             f"{topics.prefix}/buses/+/vehicle/trip",
             f"{topics.prefix}/buses/+/occupancy",
-            f"{topics.prefix}/buses/+/status",
-            f"{topics.prefix}/routes/+/stops/+/waits/+",
+            *waits.subscriptions(),
         ]
         delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
         while True:
@@ -680,7 +526,7 @@ class _BrokerLink:
                     async for m in session.messages():
                         assert self.state.fleet is not None
                         self.state.fleet.on_message(m.topic, m.payload)
-                        self.state.on_wait_message(m.topic, m.payload)
+                        await waits.on_message(m.topic, m.payload)
             except UplinkError as exc:
                 log.warning("api_broker_lost", error=str(exc))
             finally:
@@ -708,7 +554,9 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
         await migrate(engine)
     feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None
     topics = Topics(config.mqtt.prefix)
-    state = ApiState(engine=engine, topics=topics, feed=feed)
+    state = ApiState(engine=engine, topics=topics, feed=feed, wait_rules=config.waits.rules())
+    assert state.waits is not None
+    await state.waits.restore()
     app = create_app(state)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -723,6 +571,9 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
             _BrokerLink(config.mqtt, state, f"busbell-backend-api-{secrets.token_hex(3)}").run,
         ),
     ]
+    tasks.append(
+        ("busbell-backend.waits", lambda: _wait_ticker(state, config.waits.tick_s, stopper))
+    )
     from backend._ingest import run_ingest
 
     tasks.append(("busbell-backend.ingest", lambda: run_ingest(config, stop=stopper)))
@@ -747,6 +598,20 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
 
 class _Stopped(Exception):
     """Raised inside the service's task group when ``stop`` is set."""
+
+
+async def _wait_ticker(state: ApiState, tick_s: float, stop: asyncio.Event) -> None:
+    """Expire the waits whose lifetime is over, every ``tick_s``."""
+    assert state.waits is not None
+    while not stop.is_set():
+        if state.publisher is not None:
+            try:
+                await state.waits.tick()
+            except UplinkError as exc:
+                log.warning("wait_expiry_deferred", error=str(exc))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(tick_s):
+                await stop.wait()
 
 
 async def _key_publisher(config: Any, engine: AsyncEngine, stop: asyncio.Event) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "engine_for",
     "fare_events",
     "fleet_keys",
+    "head_revision",
     "insert_ignore",
     "is_postgres",
     "journeys",
@@ -51,6 +52,7 @@ __all__ = [
     "quarantine",
     "rid_lookup",
     "rider_segments",
+    "rider_waits",
     "riders",
     "settlement_dirty",
     "settlement_watermarks",
@@ -331,6 +333,30 @@ denylist_versions = sa.Table(
     sa.Column("payload", sa.Text(), nullable=False, doc="the published JSON"),
 )
 
+rider_waits = sa.Table(
+    "rider_waits",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Column("route_id", sa.String(128), nullable=False),
+    sa.Column("stop_id", sa.String(128), nullable=False),
+    sa.Column("assist", sa.Boolean(), nullable=False),
+    sa.Column("t", _Time, nullable=False, doc="when the rider asked"),
+    sa.Column("expires_t", _Time, nullable=False),
+    sa.Column(
+        "state",
+        sa.String(16),
+        nullable=False,
+        doc="pending, seen, acknowledged, served, missed, expired or cancelled",
+    ),
+    sa.Column("bus_id", sa.String(64), nullable=True, doc="the bus of the last state"),
+    sa.Column("state_t", _Time, nullable=False),
+    sa.Column("missed", sa.Integer(), nullable=False, doc="buses that passed it by"),
+    sa.Index(None, "rider_id", "t"),
+    sa.Index(None, "state", "expires_t"),
+)
+"""Riders' boarding-wait requests (rider API): one live wait per rider, and the rate rule."""
+
 
 def is_postgres(engine: AsyncEngine | AsyncConnection) -> bool:
     """Whether ``engine`` talks to PostgreSQL (else SQLite)."""
@@ -454,6 +480,18 @@ async def migrate(url: str | AsyncEngine, revision: str = "head") -> None:
     finally:
         if isinstance(url, str):
             await engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest Alembic revision of the packaged migrations (what ``migrate`` reaches)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -1,8 +1,8 @@
 """Configuration of the central backend (``busbell backend ...``).
 
 :class:`BackendConfig` is the root: TOML sections ``[database]``, ``[mqtt]``,
-``[ingest]``, ``[settlement]``, ``[keys]``, ``[files]`` and ``[api]``, each overridable from the
-environment as ``BUSBELL_<SECTION>__<KEY>`` (e.g. ``BUSBELL_DATABASE__URL``).
+``[ingest]``, ``[settlement]``, ``[keys]``, ``[files]``, ``[api]`` and ``[waits]``, each
+overridable from the environment as ``BUSBELL_<SECTION>__<KEY>`` (e.g. ``BUSBELL_DATABASE__URL``).
 ``busbell config backend`` lists every option with its documentation.
 """
 
@@ -17,6 +17,7 @@ from busbell._mqtt import MqttSettings
 
 if TYPE_CHECKING:
     from backend._journeys import JourneyPolicy
+    from backend._waits import WaitRules
 
 __all__ = [
     "CONFIG_CLASS",
@@ -27,6 +28,7 @@ __all__ = [
     "IngestSettings",
     "KeysSettings",
     "SettlementSettings",
+    "WaitsSettings",
 ]
 
 
@@ -277,6 +279,63 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitsSettings:
+    """Riders' boarding-wait requests (``[waits]``): the rules of Gyeonggi's 승차벨."""
+
+    default_lifetime_s: int = option(
+        900, doc="Lifetime of a wait (its MQTT message expiry) when the rider gives none."
+    )
+    min_lifetime_s: int = option(60, doc="Shortest lifetime a rider may ask for.")
+    max_lifetime_s: int = option(3600, doc="Longest lifetime a rider may ask for.")
+    cutoff_stops: int = option(
+        2,
+        doc=(
+            "A wait is accepted only while the next bus of the route (from the buses' "
+            "retained display models) has not passed the stop this many stops before the "
+            "rider's stop; 0: no such rule."
+        ),
+    )
+    position_max_age_s: float = option(
+        120.0,
+        doc="A bus's display model older than this (or an offline bus) gives no position.",
+    )
+    rate_max: int = option(10, doc="Most wait requests one rider may make per rate_window_s.")
+    rate_window_s: float = option(3600.0, doc="The window of the per-rider rate rule.")
+    status_retain_s: int = option(
+        3600, doc="MQTT message expiry of a final request status (served, expired, cancelled)."
+    )
+    max_live_waits: int = option(
+        100_000, doc="Most live waits the backend tracks in memory (beyond: refused, counted)."
+    )
+    tick_s: float = option(1.0, doc="How often waits past their lifetime are expired.")
+
+    def __post_init__(self) -> None:
+        if self.tick_s <= 0:
+            raise ValueError("waits.tick_s must be positive")
+        self.rules()
+
+    def rules(self) -> WaitRules:
+        """The wait rules these options give (they check their values).
+
+        Raises:
+            ValueError: an inconsistent value.
+        """
+        from backend._waits import WaitRules
+
+        return WaitRules(
+            default_lifetime_s=self.default_lifetime_s,
+            min_lifetime_s=self.min_lifetime_s,
+            max_lifetime_s=self.max_lifetime_s,
+            cutoff_stops=self.cutoff_stops,
+            position_max_age_s=self.position_max_age_s,
+            rate_max=self.rate_max,
+            rate_window_s=self.rate_window_s,
+            status_retain_s=self.status_retain_s,
+            max_live_waits=self.max_live_waits,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     """Root configuration of the backend."""
 
@@ -289,6 +348,7 @@ class BackendConfig:
     keys: KeysSettings = option(factory=KeysSettings, doc="Fleet keys and distribution.")
     files: FilesSettings = option(factory=FilesSettings, doc="Registry and GTFS files.")
     api: ApiSettings = option(factory=ApiSettings, doc="HTTP API.")
+    waits: WaitsSettings = option(factory=WaitsSettings, doc="Boarding-wait requests.")
 
 
 CONFIG_CLASS = BackendConfig
