@@ -105,14 +105,15 @@ class Progress:
         elapsed = time.monotonic() - self._t0
         rate = self.done / elapsed if elapsed > 0 else 0.0
         unit = f" {self.unit}" if self.unit else ""
+        speed = f", {rate:,.0f}{unit}/s" if rate >= 10 else ""
         if self.total:
             pct = 100.0 * self.done / self.total
             left = (self.total - self.done) / rate if rate > 0 else 0.0
             return (
-                f"{self.label}: {self.done}/{self.total}{unit} ({pct:.0f} %), "
-                f"{rate:,.0f}{unit}/s, {elapsed:.0f} s elapsed, ~{left:.0f} s left"
+                f"{self.label}: {self.done}/{self.total}{unit} ({pct:.0f} %){speed}, "
+                f"{elapsed:.0f} s elapsed, ~{left:.0f} s left"
             )
-        return f"{self.label}: {self.done}{unit}, {rate:,.0f}{unit}/s, {elapsed:.0f} s elapsed"
+        return f"{self.label}: {self.done}{unit}{speed}, {elapsed:.0f} s elapsed"
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more done; redraw when due."""
@@ -123,6 +124,12 @@ class Progress:
         if now - self._last >= self._min_gap:
             self._last = now
             self._stream.write("\r" + self._line() + "\x1b[K")
+            self._stream.flush()
+
+    def clear(self) -> None:
+        """Erase the progress line (before other output goes to the same terminal)."""
+        if self.enabled:
+            self._stream.write("\r\x1b[K")
             self._stream.flush()
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ import webbrowser
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from busbell._mqtt import MqttSettings
 from busbell._topics import DEFAULT_PREFIX
@@ -95,7 +95,11 @@ class DemoPlan:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     """Part of every MQTT client id: two demos on one broker must not take over each
     other's sessions (a client id is broker-wide, whatever the topic prefix)."""
+    truth: dict[str, Any] = field(default_factory=dict)
+    """The generated scenario's ``truth.json``."""
     own_prefix: bool = False
+    stopped_early: bool = False
+    """Whether the run was stopped (Ctrl-C, --duration) before the simulation ended."""
     """Whether ``prefix`` is this run's own (derived from ``run_id``, not given)."""
 
     def __post_init__(self) -> None:
@@ -201,6 +205,7 @@ def _scenario(plan: DemoPlan, procs: _Procs) -> None:
         raise RuntimeError(f"scenario generation failed: see {procs.logdir / 'scenario.log'}")
     truth = json.loads((plan.scn / "truth.json").read_text())
     plan.buses = [b["bus_id"] for b in truth["buses"]]
+    plan.truth = truth
 
 
 def _wait_log(log: Path, event: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -323,6 +328,11 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
         out.write(f"  {bus:<16} {n:>5} events, up to seq {top}\n")
     out.write(f"  quarantined: {quarantined}\n")
     out.write(f"journeys settled: {journeys}; charges: {charged[0]} totalling {charged[1]} KRW\n")
+    if (plan.scn / "JOURNEYS.jsonl").exists():
+        from busbell._demo_report import expected_vs_settled
+
+        for line in expected_vs_settled(plan.scn, db, stopped_early=plan.stopped_early):
+            out.write(line + "\n")
 
 
 def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
@@ -368,6 +378,9 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             _wait_port("127.0.0.1", plan.broker_port, broker, 10)
             out.write(f"  started a private mosquitto on port {plan.broker_port}\n")
         _scenario(plan, procs)
+        from busbell._demo_report import demo_length_line
+
+        out.write(demo_length_line(plan.truth, plan.speed, a.grace) + "\n")
         if not plan.own_prefix:  # a new prefix holds nothing yet
             asyncio.run(_clear_retained(plan))
         (workdir / "backend.toml").write_text(plan.backend_toml())
@@ -405,6 +418,7 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         out.flush()
         return asyncio.run(_supervise(plan, procs, sims, a, url, out))
     except KeyboardInterrupt:
+        plan.stopped_early = True
         return 130
     except RuntimeError as exc:
         out.write(f"busbell demo: {exc}\n")
@@ -472,6 +486,7 @@ async def _supervise(  # noqa: PLR0917 - private helper of run_demo
                 out.write(f"busbell demo: {', '.join(failed)} stopped; see the logs\n")
                 return 1
             if a.duration and time.monotonic() - start >= a.duration:
+                plan.stopped_early = sims_done_at is None
                 return 0
             if sims_done_at is None and all(p.poll() is not None for p in sims):
                 sims_done_at = time.monotonic()

@@ -6,6 +6,12 @@ application code runs, and by default starts a clean session with a random clien
 and a session expiry, and :func:`backoff_delays` gives the jittered exponential
 reconnect schedule the callers loop over. ``aiomqtt.MqttError`` is translated into
 :class:`~busbell._errors.UplinkError` here.
+
+:class:`MqttSession` closes the socket of a failed or cancelled connect and frees the
+client for the next attempt through aiomqtt's private attributes (``_client_connect``,
+``_connected``, ``_disconnected``, ``_lock``, paho's ``_sock_close``): aiomqtt is
+therefore pinned to one exact version in ``pyproject.toml``, and
+``tests/busbell/test_mqtt_internals.py`` fails first if an upgrade moves any of them.
 """
 
 from __future__ import annotations

@@ -164,13 +164,20 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
         sys.stderr.write(f"unknown scenario(s) {unknown}; try `list`\n")
         return 2
 
+    from busbell._cliutil import Progress
+
+    bar = Progress("scored", total=len(names), unit="scenarios")
+
     def progress(s: ScenarioScore) -> None:
+        bar.clear()
         if not a.json:
             _out(
                 f"{s.scenario:30} exact {s.journeys_exact}/{s.journeys} "
                 f"missed {s.missed}/{s.legs} bystanders {s.bystander_charged}/"
                 f"{s.bystander_passes} ({s.elapsed_s:.1f} s)"
             )
+            sys.stdout.flush()
+        bar.advance()
 
     try:
         suite = score_suite(
@@ -182,8 +189,9 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
             progress=progress,
         )
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        sys.stderr.write(f"{prog} score: the pipeline failed: {exc}\n")
+        sys.stderr.write(f"busbell: error: {prog} score: the pipeline failed: {exc}\n")
         return 1
+    bar.close()
     if a.json:
         _out(
             json.dumps(
