@@ -1,4 +1,9 @@
-"""``busbell tail``: follow busbell MQTT topics, human-readable, with filters (for ops)."""
+"""``busbell tail``: follow busbell MQTT topics, human-readable, with filters (for ops).
+
+Waits and request statuses print as readable lines (route, stop name from GTFS with
+``--gtfs``, state, the bus, age), display models as a one-line summary of the driver's
+screen; high-rate vehicle GNSS is hidden unless ``--gnss`` (or ``--kind vehicle_gnss``).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,22 @@ import datetime as dt
 import json
 import secrets
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from busbell._errors import UplinkError
+from busbell._errors import ContractError, UplinkError
 from busbell._mqtt import MqttMessage, MqttSession, MqttSettings, backoff_delays
 from busbell._topics import DEFAULT_PREFIX, Topics
 
-__all__ = ["format_message", "main"]
+__all__ = ["TailFormatter", "format_message", "main"]
 
 EPILOG = """\
 examples:
   busbell tail                                   # everything under busbell/v1
   busbell tail --bus bus-0001 --kind status,fares_ack
+  busbell tail --route 11 --gtfs gtfs/               # route 11's waits, statuses, buses
+  busbell tail --bus bus-0001 --gnss               # with its GNSS fixes (hidden by default)
   busbell tail --route 11 --kind wait,request_status --json
   busbell tail --broker mqtt.example.net:8883 --prefix fleet-a/busbell/v1 --count 10
 """
@@ -44,11 +52,31 @@ KINDS = (
 )
 
 
+def _age(seconds: float) -> str:
+    """A short human duration: ``0.4s``, ``12s``, ``3m05s``, ``2h01m``."""
+    s = max(0.0, seconds)
+    if s < 10:
+        return f"{s:.1f}s"
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
 def _summary(kind: str, body: Any) -> str:
     if not isinstance(body, dict):
         return json.dumps(body, ensure_ascii=False)[:200]
     if kind == "fares":
         events = body.get("events", [body])
+        if not isinstance(events, list):
+            events = []
         seqs = [e["seq"] for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int)]
         rng = f"seq {min(seqs)}..{max(seqs)}" if seqs else "no seq"
         return f"{len(events)} event(s), {rng}"
@@ -64,41 +92,186 @@ def _summary(kind: str, body: Any) -> str:
         return "doors OPEN" if body.get("open") else "doors closed"
     if kind == "vehicle_trip":
         return f"trip {body.get('route_id')}/{body.get('direction_id')} {body.get('trip_id') or ''}"
+    if kind == "driver_ack":
+        ids = body.get("request_ids")
+        return f"driver acknowledged {', '.join(map(str, ids)) if isinstance(ids, list) else '?'}"
     return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in body.items())[:300]
+
+
+class TailFormatter:
+    """Turns busbell messages into readable lines, remembering what gives them context.
+
+    Waits tell which route and stop a request id is for (so a later status line says
+    where), display models and trips which route a bus serves (for ``route``
+    filtering). Stop names come from ``stops`` (GTFS) when given.
+
+    Args:
+        topics: topic names under the prefix followed.
+        stops: stop id -> stop name (GTFS), for readable stops.
+        clock: wall time, for the age of a message (its ``t``) and of a wait's expiry.
+        route: only lines about this route (waits, their statuses, its buses).
+    """
+
+    def __init__(
+        self,
+        topics: Topics,
+        *,
+        stops: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        route: str | None = None,
+    ) -> None:
+        self.topics = topics
+        self.stops = dict(stops or {})
+        self.clock = clock
+        self.route = route
+        self._requests: dict[str, tuple[str, str]] = {}
+        self._bus_route: dict[str, str] = {}
+
+    def stop(self, stop_id: Any) -> str:
+        """``Name (id)`` when the name is known, else the id."""
+        sid = str(stop_id)
+        name = self.stops.get(sid)
+        return f"{name} ({sid})" if name else sid
+
+    def _about_route(self, kind: str, ids: Mapping[str, str]) -> bool:
+        if self.route is None:
+            return True
+        if kind == "wait":
+            return ids["route"] == self.route
+        if kind == "request_status":
+            return self._requests.get(ids["request"], ("", ""))[0] == self.route
+        bus = ids.get("bus")
+        return bus is not None and self._bus_route.get(bus) == self.route
+
+    def _learn(self, kind: str, ids: Mapping[str, str], body: Any) -> None:
+        if kind == "wait":
+            self._requests[ids["request"]] = (ids["route"], ids["stop"])
+            while len(self._requests) > 100_000:
+                del self._requests[next(iter(self._requests))]
+        elif kind in ("display", "vehicle_trip") and isinstance(body, dict):
+            route = body.get("route_id")
+            if isinstance(route, str):
+                self._bus_route[ids["bus"]] = route
+
+    def _wait(self, ids: Mapping[str, str], body: Any, now: float) -> str:
+        where = f"{ids['route']} @ {self.stop(ids['stop'])}"
+        if body is None:
+            return f"{where}  {ids['request']}  (cleared: served, cancelled or expired)"
+        if not isinstance(body, dict):
+            return f"{where}  {ids['request']}  {_summary('wait', body)}"
+        parts = [str(body.get("source") or "?")]
+        if body.get("assist") is True:
+            parts.append("ASSIST")
+        expires = _num(body.get("expires_t"))
+        left = "" if expires is None else f"  expires in {_age(expires - now)}"
+        if expires is not None and expires <= now:
+            left = "  EXPIRED"
+        return f"{where}  {ids['request']}  {', '.join(parts)}{left}"
+
+    def _status(self, ids: Mapping[str, str], body: Any) -> str:
+        rid = ids["request"]
+        where = self._requests.get(rid)
+        at = f"  ({where[0]} @ {self.stop(where[1])})" if where else ""
+        if not isinstance(body, dict):
+            return f"{rid}  {_summary('request_status', body)}{at}"
+        state = str(body.get("state", "?")).upper()
+        bus = body.get("bus_id")
+        by = f" by {bus}" if isinstance(bus, str) else ""
+        return f"{rid}  {state}{by}{at}"
+
+    def _display(self, body: Any) -> str:
+        if not isinstance(body, dict):
+            return _summary("display", body)
+
+        def stop_words(s: Any) -> str:
+            if not isinstance(s, dict):
+                return "?"
+            name = s.get("name")
+            sid = s.get("stop_id")
+            words = [f"{name} ({sid})" if isinstance(name, str) and name else self.stop(sid)]
+            waits = s.get("waits")
+            if isinstance(waits, int) and waits > 0:
+                words.append(f"{waits} waiting")
+            if s.get("assist") is True:
+                words.append("ASSIST")
+            if s.get("stop_requested") is True:
+                words.append("STOP REQUESTED")
+            return words[0] + (f" [{', '.join(words[1:])}]" if len(words) > 1 else "")
+
+        route = body.get("route_id") or "no trip"
+        nxt = body.get("next_stop")
+        head = f"route {route}, next " + (stop_words(nxt) if nxt else "stop unknown")
+        stops = body.get("stops")
+        later = [s for s in stops if s != nxt] if isinstance(stops, list) else []
+        then = f"; then {', '.join(stop_words(s) for s in later[:3])}" if later else ""
+        more = f" +{len(later) - 3} more" if len(later) > 3 else ""
+        on_board = body.get("on_board")
+        tail = f"; {on_board} on board" if isinstance(on_board, int) else ""
+        online = "" if body.get("online", True) else "; OFFLINE (no uplink)"
+        return head + then + more + tail + online
+
+    def format(self, msg: MqttMessage, *, as_json: bool = False) -> str | None:
+        """One line for a message; ``None`` if not a busbell topic or not for ``route``."""
+        parsed = self.topics.parse(msg.topic)
+        if parsed is None:
+            return None
+        body: Any
+        if not msg.payload:
+            body = None
+        else:
+            try:
+                body = json.loads(msg.payload)
+            except (ValueError, RecursionError):
+                body = {"invalid_json": msg.payload[:80].decode("utf-8", "replace")}
+        self._learn(parsed.kind, parsed.ids, body)
+        if not self._about_route(parsed.kind, parsed.ids):
+            return None
+        now = self.clock()
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+        if as_json:
+            return json.dumps(
+                {
+                    "at": stamp,
+                    "kind": parsed.kind,
+                    **parsed.ids,
+                    "retained": msg.retain,
+                    "body": body,
+                },
+                ensure_ascii=False,
+            )
+        who = "/".join(parsed.ids.values()) or "-"
+        if parsed.kind == "wait":
+            text, who = self._wait(parsed.ids, body, now), "-"
+        elif parsed.kind == "request_status" and body is not None:
+            text, who = self._status(parsed.ids, body), "-"
+        elif parsed.kind == "display" and body is not None:
+            text = self._display(body)
+        else:
+            text = "(cleared)" if body is None else _summary(parsed.kind, body)
+        t = _num(body.get("t")) if isinstance(body, dict) else None
+        age = f" (age {_age(now - t)})" if t is not None and parsed.kind != "fares" else ""
+        flag = " [retained]" if msg.retain else ""
+        lead = f"{stamp} {parsed.kind:<14} " + (f"{who:<24} " if who != "-" else "")
+        return f"{lead}{text}{age}{flag}"
 
 
 def format_message(topics: Topics, msg: MqttMessage, *, as_json: bool = False) -> str | None:
     """One human-readable (or JSON) line for a message; ``None`` if not a busbell topic."""
-    parsed = topics.parse(msg.topic)
-    if parsed is None:
-        return None
-    body: Any
-    if not msg.payload:
-        body = None
-    else:
-        try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            body = {"invalid_json": msg.payload[:80].decode("utf-8", "replace")}
-    now = dt.datetime.now(dt.UTC).strftime("%H:%M:%S.%f")[:-3]
-    if as_json:
-        return json.dumps(
-            {"at": now, "kind": parsed.kind, **parsed.ids, "retained": msg.retain, "body": body},
-            ensure_ascii=False,
-        )
-    who = "/".join(parsed.ids.values()) or "-"
-    text = "(cleared)" if body is None else _summary(parsed.kind, body)
-    flag = " [retained]" if msg.retain else ""
-    return f"{now} {parsed.kind:<14} {who:<24} {text}{flag}"
+    return TailFormatter(topics).format(msg, as_json=as_json)
 
 
 def _filters(topics: Topics, a: argparse.Namespace) -> list[str]:
-    bus = a.bus or "+"
-    if a.route:
-        return [f"{topics.prefix}/routes/{a.route}/stops/+/waits/+"]
     if a.bus:
-        return [f"{topics.prefix}/buses/{bus}/#"]
+        return [f"{topics.prefix}/buses/{a.bus}/#"]
     return [topics.everything()]
+
+
+def _stop_names(gtfs: str | None) -> dict[str, str]:
+    if not gtfs:
+        return {}
+    from busbell._gtfs import load_gtfs
+
+    return {sid: s.name for sid, s in load_gtfs(gtfs).stops.items() if s.name}
 
 
 async def _run(a: argparse.Namespace, out: IO[str]) -> int:
@@ -110,6 +283,13 @@ async def _run(a: argparse.Namespace, out: IO[str]) -> int:
     if unknown:
         sys.stderr.write(f"busbell tail: unknown kind(s) {sorted(unknown)}; known: {KINDS}\n")
         return 2
+    try:
+        stops = _stop_names(a.gtfs)
+    except ContractError as exc:
+        sys.stderr.write(f"busbell tail: {exc}\n")
+        return 2
+    fmt = TailFormatter(topics, stops=stops, route=a.route)
+    hidden = set() if a.gnss or (kinds and "vehicle_gnss" in kinds) else {"vehicle_gnss"}
     seen = 0
 
     delays = backoff_delays(0.5, 10.0)
@@ -121,12 +301,12 @@ async def _run(a: argparse.Namespace, out: IO[str]) -> int:
                 await s.subscribe(_filters(topics, a), qos=0)
                 async for msg in s.messages():
                     parsed = topics.parse(msg.topic)
-                    if parsed is None or (kinds and parsed.kind not in kinds):
+                    if parsed is None or parsed.kind in hidden:
                         continue
                     if a.bus and parsed.ids.get("bus", a.bus) != a.bus:
                         continue
-                    line = format_message(topics, msg, as_json=a.json)
-                    if line is None:
+                    line = fmt.format(msg, as_json=a.json)
+                    if line is None or (kinds and parsed.kind not in kinds):
                         continue
                     out.write(line + "\n")
                     out.flush()
@@ -149,7 +329,15 @@ def main(argv: Sequence[str], prog: str = "busbell tail") -> int:
     p.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT (default %(default)s)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix (default %(default)s)")
     p.add_argument("--bus", help="only this bus's topics")
-    p.add_argument("--route", help="only boarding-wait requests on this route")
+    p.add_argument(
+        "--route", help="only this route: its waits, their statuses, its buses' messages"
+    )
+    p.add_argument(
+        "--gnss",
+        action="store_true",
+        help="show vehicle GNSS fixes too (hidden by default: one per bus per second)",
+    )
+    p.add_argument("--gtfs", help="GTFS directory: print stop names next to stop ids")
     p.add_argument("--kind", help=f"comma-separated kinds: {','.join(KINDS)}")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--count", type=int, default=0, help="exit after N messages (0: never)")

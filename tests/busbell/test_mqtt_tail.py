@@ -199,7 +199,7 @@ def test_format_message_summaries() -> None:
     assert "acked up to seq 9" in (
         format_message(t, MqttMessage(t.fares_ack("b"), b'{"upto_seq":9}', False, 1)) or ""
     )
-    assert "(cleared)" in (
+    assert "(cleared" in (
         format_message(t, MqttMessage(t.wait("r", "s", "q"), b"", True, 1)) or ""
     )
     assert "invalid_json" in (
@@ -209,3 +209,148 @@ def test_format_message_summaries() -> None:
     assert "doors OPEN" in (
         format_message(t, MqttMessage(t.vehicle("b", "doors"), b'{"open":true}', False, 0)) or ""
     )
+
+
+def test_waits_statuses_and_displays_read_as_words() -> None:
+    from busbell._tail import TailFormatter
+
+    t = Topics("x/busbell/v1")
+    now = 1_764_000_100.0
+    fmt = TailFormatter(t, stops={"S05": "City Hall"}, clock=lambda: now)
+    wait = {
+        "request_id": "w-1",
+        "route_id": "11",
+        "stop_id": "S05",
+        "t": now - 100,
+        "expires_t": now + 800,
+        "source": "app",
+        "assist": True,
+    }
+    line = fmt.format(MqttMessage(t.wait("11", "S05", "w-1"), json.dumps(wait).encode(), True, 1))
+    assert line is not None
+    assert (
+        "11 @ City Hall (S05)  w-1  app, ASSIST  expires in 13m20s (age 1m40s) [retained]" in line
+    )
+    status = {"request_id": "w-1", "state": "seen", "bus_id": "bus-7", "t": now - 2}
+    line = fmt.format(MqttMessage(t.request_status("w-1"), json.dumps(status).encode(), True, 1))
+    assert line is not None
+    assert "w-1  SEEN by bus-7  (11 @ City Hall (S05)) (age 2.0s)" in line
+    line = fmt.format(MqttMessage(t.wait("11", "S05", "w-1"), b"", True, 1))
+    assert line is not None
+    assert "11 @ City Hall (S05)  w-1  (cleared: served, cancelled or expired)" in line
+    display = {
+        "v": 1,
+        "bus_id": "bus-7",
+        "t": now,
+        "route_id": "11",
+        "trip_id": "T1",
+        "online": True,
+        "on_board": 12,
+        "next_stop": {
+            "stop_id": "S05",
+            "name": "시청",
+            "seq": 5,
+            "waits": 2,
+            "assist": True,
+            "stop_requested": True,
+            "request_ids": ["w-1"],
+        },
+        "stops": [
+            {
+                "stop_id": "S05",
+                "name": "시청",
+                "seq": 5,
+                "waits": 2,
+                "assist": True,
+                "stop_requested": True,
+                "request_ids": ["w-1"],
+            },
+            {
+                "stop_id": "S06",
+                "name": "",
+                "seq": 6,
+                "waits": 0,
+                "assist": False,
+                "stop_requested": False,
+                "request_ids": [],
+            },
+        ],
+    }
+    line = fmt.format(MqttMessage(t.display("bus-7"), json.dumps(display).encode(), True, 1))
+    assert line is not None
+    assert (
+        "route 11, next 시청 (S05) [2 waiting, ASSIST, STOP REQUESTED]; then S06; 12 on board"
+        in line
+    )
+    assert "{" not in line  # words, not JSON
+    assert fmt.format(MqttMessage(t.display("bus-7"), b"[1]", True, 1)) is not None
+
+
+def test_route_filter_follows_waits_to_their_statuses_and_buses() -> None:
+    from busbell._tail import TailFormatter
+
+    t = Topics("x/busbell/v1")
+    fmt = TailFormatter(t, route="11", clock=lambda: 0.0)
+    w = json.dumps({"request_id": "w-1", "route_id": "11", "stop_id": "S1"}).encode()
+    other = json.dumps({"request_id": "w-2", "route_id": "12", "stop_id": "S1"}).encode()
+    assert fmt.format(MqttMessage(t.wait("11", "S1", "w-1"), w, True, 1)) is not None
+    assert fmt.format(MqttMessage(t.wait("12", "S1", "w-2"), other, True, 1)) is None
+    st = b'{"request_id":"w-1","state":"served","bus_id":"b1","t":0}'
+    assert fmt.format(MqttMessage(t.request_status("w-1"), st, True, 1)) is not None
+    st2 = b'{"request_id":"w-2","state":"served","bus_id":"b2","t":0}'
+    assert fmt.format(MqttMessage(t.request_status("w-2"), st2, True, 1)) is None
+    trip = b'{"t":0,"route_id":"11","direction_id":0}'
+    assert fmt.format(MqttMessage(t.vehicle("b1", "trip"), trip, True, 1)) is not None
+    assert fmt.format(MqttMessage(t.status("b1"), b'{"state":"online"}', True, 1)) is not None
+    assert fmt.format(MqttMessage(t.status("b2"), b'{"state":"online"}', True, 1)) is None
+
+
+def test_tail_hides_gnss_unless_asked(shared_broker: Any, topic_prefix: str) -> None:
+    t = Topics(topic_prefix)
+    gnss = b'{"t":1,"lat":37.5,"lon":127.0,"speed_mps":3.0}'
+
+    async def publish() -> None:
+        settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+        async with MqttSession(settings, f"{topic_prefix}-g", clean_start=True) as p:
+            await p.publish(t.vehicle("b1", "gnss"), gnss, qos=1, retain=True)
+            await p.publish(t.vehicle("b1", "doors"), b'{"t":1,"open":true}', qos=1, retain=True)
+
+    asyncio.run(publish())
+    base = [sys.executable, "-m", "busbell.cli", "tail", "--prefix", topic_prefix]
+    try:
+        r = subprocess.run(
+            [*base, "--bus", "b1", "--count", "1"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        assert "vehicle_doors" in r.stdout
+        assert "vehicle_gnss" not in r.stdout
+        r = subprocess.run(
+            [*base, "--bus", "b1", "--count", "2", "--gnss"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        assert "vehicle_gnss" in r.stdout
+        assert "37.5,127.0 3.0 m/s" in r.stdout
+        bad = subprocess.run(
+            [*base, "--gtfs", "/nonexistent"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        assert bad.returncode == 2
+        assert "GTFS" in bad.stderr
+    finally:
+
+        async def clear() -> None:
+            settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+            async with MqttSession(settings, f"{topic_prefix}-gc", clean_start=True) as p:
+                await p.publish(t.vehicle("b1", "gnss"), b"", qos=1, retain=True)
+                await p.publish(t.vehicle("b1", "doors"), b"", qos=1, retain=True)
+
+        asyncio.run(clear())
