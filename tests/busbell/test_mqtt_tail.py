@@ -199,9 +199,7 @@ def test_format_message_summaries() -> None:
     assert "acked up to seq 9" in (
         format_message(t, MqttMessage(t.fares_ack("b"), b'{"upto_seq":9}', False, 1)) or ""
     )
-    assert "(cleared" in (
-        format_message(t, MqttMessage(t.wait("r", "s", "q"), b"", True, 1)) or ""
-    )
+    assert "(cleared" in (format_message(t, MqttMessage(t.wait("r", "s", "q"), b"", True, 1)) or "")
     assert "invalid_json" in (
         format_message(t, MqttMessage(t.status("b"), b"\xff{", False, 0)) or ""
     )
