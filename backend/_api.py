@@ -525,8 +525,11 @@ class _BrokerLink:
                     )
                     async for m in session.messages():
                         assert self.state.fleet is not None
-                        self.state.fleet.on_message(m.topic, m.payload)
-                        await waits.on_message(m.topic, m.payload)
+                        try:
+                            self.state.fleet.on_message(m.topic, m.payload)
+                            await waits.on_message(m.topic, m.payload)
+                        except Exception:  # one message must never stop the API's link
+                            log.exception("api_broker_message_failed", topic=m.topic[:200])
             except UplinkError as exc:
                 log.warning("api_broker_lost", error=str(exc))
             finally:

@@ -9,7 +9,6 @@ Malformed messages are counted and ignored (never raise).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -20,6 +19,8 @@ from google.protobuf.json_format import MessageToDict
 from google.transit import gtfs_realtime_pb2
 
 from busbell._logging import get_logger
+from busbell._rejects import RejectLog
+from busbell._safejson import JsonLimits, JsonRejected, loads_object
 from busbell._topics import Topics
 
 __all__ = [
@@ -93,6 +94,10 @@ def _num(v: object) -> float | None:
     return float(v)
 
 
+FLEET_LIMITS = JsonLimits(max_bytes=64 * 1024, max_depth=6)
+"""Vehicle, occupancy and status messages (a bus's status is a few KB, depth 4)."""
+
+
 @dataclass
 class FleetView:
     """Latest vehicle state per bus, from retained MQTT messages.
@@ -104,6 +109,9 @@ class FleetView:
     topics: Topics
     vehicles: dict[str, VehicleState] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    _rejects: RejectLog = field(
+        default_factory=lambda: RejectLog(log, "vehicle_message_rejected"), repr=False
+    )
 
     def _vehicle(self, bus_id: str) -> VehicleState:
         v = self.vehicles.get(bus_id)
@@ -127,11 +135,9 @@ class FleetView:
                 self.vehicles.pop(bus_id, None)
             return False
         try:
-            obj: Any = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            obj = None
-        if not isinstance(obj, dict):
-            return self._reject(parsed.kind, bus_id, "not_json_object")
+            obj: Any = loads_object(payload, FLEET_LIMITS)
+        except JsonRejected as exc:
+            return self._reject(parsed.kind, bus_id, exc.reason)
         t_now = time.time() if now is None else now
         if parsed.kind == "vehicle_gnss":
             lat, lon = _num(obj.get("lat")), _num(obj.get("lon"))
@@ -168,7 +174,7 @@ class FleetView:
 
     def _reject(self, kind: str, bus_id: str, reason: str) -> bool:
         self.rejected[reason] += 1
-        log.warning("vehicle_message_rejected", kind=kind, bus_id=bus_id, reason=reason)
+        self._rejects.reject(reason, kind=kind, bus_id=bus_id)
         return False
 
 

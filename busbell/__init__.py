@@ -69,6 +69,16 @@ from busbell._keyfiles import (
     write_rows,
 )
 from busbell._logging import configure_logging, get_logger
+from busbell._rejects import RejectLog
+from busbell._safejson import (
+    BIGINT_MAX,
+    BIGINT_MIN,
+    JsonLimits,
+    JsonRejected,
+    json_depth,
+    loads_bounded,
+    loads_object,
+)
 from busbell._signing import DeviceKey, PublicKey, load_public_hex
 from busbell._token import (
     DEFAULT_COMPANY_ID,
@@ -113,6 +123,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
 
 __all__ = [
+    "BIGINT_MAX",
+    "BIGINT_MIN",
     "BUNDLE_ALG",
     "DEFAULT_COMPANY_ID",
     "DEFAULT_PREFIX",
@@ -146,9 +158,12 @@ __all__ = [
     "Feed",
     "GnssRecord",
     "HashChain",
+    "JsonLimits",
+    "JsonRejected",
     "KeyFileError",
     "ParsedTopic",
     "PublicKey",
+    "RejectLog",
     "RiderKeys",
     "SignatureError",
     "Stop",
@@ -186,9 +201,12 @@ __all__ = [
     "haversine_m",
     "interval_of",
     "is_bell_id",
+    "json_depth",
     "load_config",
     "load_gtfs",
     "load_public_hex",
+    "loads_bounded",
+    "loads_object",
     "offset_m",
     "open_key_bundle",
     "option",

@@ -82,13 +82,18 @@ class TraceError(BusbellError):
     Attributes:
         line: 1-based line number in the trace file.
         field: the offending field, or ``""`` when the line as a whole is bad.
+        reason: ``invalid`` (a field is wrong), ``too_long``, or a
+            :class:`~busbell._safejson.JsonRejected` reason (``not_json``, ``too_deep``...).
     """
 
-    def __init__(self, message: str, *, line: int, field: str = "") -> None:
+    def __init__(
+        self, message: str, *, line: int, field: str = "", reason: str = "invalid"
+    ) -> None:
         where = f"line {line}" + (f", field {field!r}" if field else "")
         super().__init__(f"{where}: {message}")
         self.line = line
         self.field = field
+        self.reason = reason
 
 
 class ConfigError(BusbellError):

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from busbell._errors import TraceError
+from busbell._safejson import JsonLimits, JsonRejected, loads_bounded
 
 __all__ = [
+    "MAX_LINE",
     "TRACE_FORMAT",
     "AdvRecord",
     "DoorRecord",
@@ -31,6 +33,43 @@ __all__ = [
 ]
 
 TRACE_FORMAT = "busbell-trace/1"
+MAX_LINE = 64 * 1024
+"""Longest trace line read, in characters (an advert line is ~150)."""
+_LINE_LIMITS = JsonLimits(max_bytes=4 * MAX_LINE, max_depth=4)
+
+
+def _bounded_lines(lines: Iterable[str], max_chars: int) -> Iterator[str | None]:
+    """The lines of ``lines``; ``None`` for each line over ``max_chars`` (never read whole).
+
+    An open text file is read with ``readline(limit)``, so a line of a gigabyte without a
+    newline costs ``max_chars`` of memory, not a gigabyte.
+    """
+    readline = getattr(lines, "readline", None)
+    if not callable(readline):
+        for text in lines:
+            yield None if len(text) > max_chars + 1 else text
+        return
+    while True:
+        text = readline(max_chars + 1)
+        if not text:
+            return
+        if len(text) > max_chars and not text.endswith("\n"):
+            while True:  # drop the rest of the over-long line
+                more = readline(max_chars + 1)
+                if not more or more.endswith("\n"):
+                    break
+            yield None
+            continue
+        yield text
+
+
+def _load_line(text: str, lineno: int) -> Any:
+    try:
+        return loads_bounded(text, _LINE_LIMITS)
+    except JsonRejected as exc:
+        detail = str(exc).split(": ", 1)[-1]
+        message = f"not JSON: {detail}" if exc.reason == "not_json" else str(exc)
+        raise TraceError(message, line=lineno, reason=exc.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +237,14 @@ class TraceReader:
     """Stream the records of a trace.
 
     Args:
-        lines: the trace's lines (an open text file works).
+        lines: the trace's lines (an open text file works, and is then read line by line
+            with a bound; open it with ``errors="surrogateescape"`` so a line that is not
+            UTF-8 is one bad line, not the end of the file).
         on_error: if given, called with each :class:`TraceError` and the bad line is
             skipped; otherwise the first error is raised.
+        max_line: longest line accepted, in characters; longer lines are skipped unread
+            (reason ``too_long``). Every line is parsed with
+            :func:`busbell.loads_bounded` (depth, numbers, UTF-8).
 
     Raises:
         TraceError: when the meta line is missing or invalid (always), or on the first
@@ -212,8 +256,9 @@ class TraceReader:
         lines: Iterable[str],
         *,
         on_error: Callable[[TraceError], None] | None = None,
+        max_line: int = MAX_LINE,
     ) -> None:
-        self._it = iter(lines)
+        self._it = _bounded_lines(lines, max_line)
         self._on_error = on_error
         self.errors = 0
         self.lineno = 1
@@ -221,10 +266,9 @@ class TraceReader:
             first = next(self._it)
         except StopIteration:
             raise TraceError("empty trace, expected a meta line", line=1) from None
-        try:
-            obj = json.loads(first)
-        except ValueError as exc:
-            raise TraceError(f"not JSON: {exc}", line=1) from None
+        if first is None:
+            raise TraceError("meta line too long", line=1, reason="too_long")
+        obj = _load_line(first, 1)
         if not isinstance(obj, dict) or obj.get("kind") != "meta":
             raise TraceError("first line must be the meta line", line=1, field="kind")
         if obj.get("format") != TRACE_FORMAT:
@@ -236,17 +280,14 @@ class TraceReader:
         self.meta = TraceMeta(bus_id, extra)
 
     def __iter__(self) -> Iterator[TraceRecord]:
-        loads = json.loads
         for text in self._it:
             self.lineno += 1
-            if not text.strip():
+            if text is not None and not text.strip():
                 continue
             try:
-                try:
-                    obj = loads(text)
-                except ValueError as exc:
-                    raise TraceError(f"not JSON: {exc}", line=self.lineno) from None
-                rec = parse_record(obj, self.lineno)
+                if text is None:
+                    raise TraceError("line too long", line=self.lineno, reason="too_long")
+                rec = parse_record(_load_line(text, self.lineno), self.lineno)
             except TraceError as err:
                 self.errors += 1
                 if self._on_error is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any, Protocol
@@ -26,7 +25,10 @@ from busbell import (
     ContractError,
     DeviceKey,
     GnssRecord,
+    JsonLimits,
+    JsonRejected,
     KeyFileError,
+    RejectLog,
     StoreError,
     Topics,
     TraceError,
@@ -36,6 +38,7 @@ from busbell import (
     canonical_bytes,
     day_of,
     get_logger,
+    loads_object,
     parse_record,
     read_fleet_keys,
 )
@@ -52,6 +55,8 @@ __all__ = ["DaemonStats", "EdgeDaemon", "Pipeline", "replay_records"]
 
 _log = get_logger("edge.daemon")
 _VEHICLE_KINDS = {"gnss": "gnss", "doors": "door", "trip": "trip"}
+VEHICLE_LIMITS = JsonLimits(max_bytes=4096, max_depth=2)
+"""A vehicle signal is one flat object (trace v1 body); anything bigger is hostile."""
 
 
 class Pipeline(Protocol):
@@ -183,6 +188,9 @@ class EdgeDaemon:
         self.builder = EventBuilder(self.bus_id, key)
         self.link = MqttLink(config.mqtt, self.bus_id, self.topics)
         self.stats = DaemonStats()
+        self.vehicle_rejects = RejectLog(_log, "vehicle_message_malformed")
+        self._key_rejects = RejectLog(_log, "fleet_keys_rejected")
+        self._denylist_rejects = RejectLog(_log, "denylist_rejected")
         self.store: FareStore | None = None
         self.uploader: FareUploader | None = None
         self._adverts: collections.deque[AdvRecord] = collections.deque()
@@ -235,7 +243,8 @@ class EdgeDaemon:
             days = self.keyring.apply_bundle(payload, self.clock())
         except (ContractError, KeyFileError) as exc:
             self.stats.key_bundles_rejected += 1
-            _log.warning("fleet_keys_rejected", error=str(exc)[:200])
+            reason = exc.reason if isinstance(exc, ContractError) else "key_file"
+            self._key_rejects.reject(reason, error=str(exc))
             return
         self.stats.key_bundles += 1
         _log.info(
@@ -248,7 +257,7 @@ class EdgeDaemon:
             changed = self.denylist.apply(payload)
         except ContractError as exc:
             self.stats.denylist_rejected += 1
-            _log.warning("denylist_rejected", error=str(exc)[:200])
+            self._denylist_rejects.reject(exc.reason, error=str(exc))
             return
         if changed:
             _log.info(
@@ -267,13 +276,12 @@ class EdgeDaemon:
         async def handle(payload: bytes) -> None:
             self.stats.vehicle_messages += 1
             try:
-                obj = json.loads(payload)
-                if not isinstance(obj, dict):
-                    raise TraceError("must be a JSON object", line=0)
+                obj = loads_object(payload, VEHICLE_LIMITS)
                 rec = parse_record({**obj, "kind": kind}, 0)
-            except (ValueError, TraceError) as exc:
+            except (JsonRejected, TraceError) as exc:
                 self.stats.vehicle_malformed += 1
-                _log.warning("vehicle_message_malformed", signal=signal, error=str(exc)[:200])
+                reason = exc.reason if isinstance(exc, JsonRejected) else "invalid"
+                self.vehicle_rejects.reject(reason, signal=signal, error=str(exc))
                 return
             if self._gnss_clock is not None and type(rec) is GnssRecord:
                 self._gnss_clock.observe(rec.t)
@@ -395,6 +403,7 @@ class EdgeDaemon:
             "vehicle": {
                 "messages": self.stats.vehicle_messages,
                 "malformed": self.stats.vehicle_malformed,
+                "rejected": dict(self.vehicle_rejects.counts),
             },
             "uplink": uplink,
             "fleet_keys": {"days_remaining": days, "warning": warn},

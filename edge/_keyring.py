@@ -11,11 +11,9 @@ feeds it MQTT payloads.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +22,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from busbell import (
     FLEET_HEADER,
     ContractError,
+    JsonLimits,
     KeyFileError,
+    loads_bounded,
+    loads_object,
     open_key_bundle,
     read_fleet_keys,
     write_rows,
 )
 
-__all__ = ["Denylist", "FleetKeyring"]
+__all__ = ["BUNDLE_LIMITS", "DENYLIST_LIMITS", "Denylist", "FleetKeyring"]
 
 DAY_S = 86400.0
+BUNDLE_LIMITS = JsonLimits(max_bytes=256 * 1024, max_depth=3)
+"""A key bundle: a flat header and a ciphertext (a year of days is ~30 KB)."""
+DENYLIST_LIMITS = JsonLimits(max_bytes=16 * 1024 * 1024, max_depth=3)
+"""A deny list: ~7.5 KB of rids per revoked rider (48 h window), so ~2,000 riders."""
 
 
 class FleetKeyring:
@@ -83,11 +88,11 @@ class FleetKeyring:
             ContractError: malformed, for another bus, or not decryptable by this bus.
         """
         try:
-            message = json.loads(payload)
-        except ValueError:
+            message = loads_object(payload, BUNDLE_LIMITS)
+        except ContractError:
             self.bundles_rejected += 1
-            raise ContractError("key bundle is not JSON", field="") from None
-        if not isinstance(message, Mapping) or message.get("bus_id") != self.bus_id:
+            raise
+        if message.get("bus_id") != self.bus_id:
             self.bundles_rejected += 1
             raise ContractError("key bundle is not for this bus", field="bus_id")
         try:
@@ -149,7 +154,7 @@ class Denylist:
         if not payload:
             return False
         try:
-            msg: Any = json.loads(payload)
+            msg: Any = loads_bounded(payload, DENYLIST_LIMITS)
             version = msg["version"]
             rids = msg.get("rids", [])
             devices = msg.get("devices", [])
@@ -159,6 +164,9 @@ class Denylist:
             if any(len(r) != 12 for r in parsed):
                 raise ValueError("rid length")
             devs = frozenset(str(d) for d in devices)
+        except ContractError:
+            self.rejected += 1
+            raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             self.rejected += 1
             raise ContractError(f"malformed deny list: {exc}", field="denylist") from None

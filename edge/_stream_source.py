@@ -17,18 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from busbell import AdvRecord, TraceError, get_logger, parse_record
+from busbell import (
+    AdvRecord,
+    JsonLimits,
+    JsonRejected,
+    RejectLog,
+    TraceError,
+    get_logger,
+    loads_bounded,
+    parse_record,
+)
 from edge._source import AdvertisementSink
 
 __all__ = ["StreamSource", "StreamStats"]
 
 MAX_LINE = 64 * 1024
+LINE_LIMITS = JsonLimits(max_bytes=MAX_LINE, max_depth=3)
+"""An advert line is ``{"kind","t","addr","rssi","mfr":{...}}``: depth 2."""
 
 
 @dataclass
@@ -40,8 +50,9 @@ class StreamStats:
         clients: clients connected now.
         lines: non-empty lines read.
         adverts: advertisements handed to the sink.
-        errors: skipped lines by reason (``not_json``, ``invalid``, ``not_adv``,
-            ``too_long``, ``sink_error``).
+        errors: skipped lines by reason (``invalid``, ``not_adv``, ``too_long``,
+            ``sink_error``, and the :class:`busbell.JsonRejected` reasons ``not_json``,
+            ``too_deep``, ``not_utf8``, ``non_finite``, ``int_range``).
     """
 
     connections: int = 0
@@ -88,6 +99,7 @@ class StreamSource:
         self._clock = clock
         self._ready = asyncio.Event()
         self._log = get_logger("edge.stream_source", source=name)
+        self._rejects = RejectLog(self._log, "stream_line_rejected")
         self.address: tuple[str, int] | str | None = None
         self.stats = StreamStats()
 
@@ -166,9 +178,7 @@ class StreamSource:
                     break
                 except asyncio.LimitOverrunError as exc:
                     lineno += 1
-                    self._count("too_long")
-                    self._log.warning("stream_line_rejected", peer=peer, line=lineno,
-                                      reason="too_long")  # fmt: skip
+                    self._reject(peer, lineno, "too_long", f"over {MAX_LINE} bytes")
                     await self._skip_line(reader, exc.consumed)
                     continue
                 lineno += 1
@@ -197,9 +207,9 @@ class StreamSource:
     def _line(self, raw: bytes, lineno: int, peer: str, sink: AdvertisementSink) -> None:
         self.stats.lines += 1
         try:
-            obj = json.loads(raw)
-        except ValueError as exc:
-            self._reject(peer, lineno, "not_json", str(exc))
+            obj = loads_bounded(raw, LINE_LIMITS)
+        except JsonRejected as exc:
+            self._reject(peer, lineno, exc.reason, str(exc))
             return
         if isinstance(obj, dict) and obj.get("kind") == "meta":
             return
@@ -222,6 +232,4 @@ class StreamSource:
 
     def _reject(self, peer: str, lineno: int, reason: str, detail: str) -> None:
         self._count(reason)
-        self._log.warning(
-            "stream_line_rejected", peer=peer, line=lineno, reason=reason, error=detail[:200]
-        )
+        self._rejects.reject(reason, peer=peer, line=lineno, error=detail)

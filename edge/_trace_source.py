@@ -104,7 +104,7 @@ class TraceSource:
         start_wall: float | None = None
         start_t = 0.0
         # file reading and JSON parsing run in a worker thread, a batch at a time
-        fp = await asyncio.to_thread(open, self.path, encoding="utf-8")
+        fp = await asyncio.to_thread(open, self.path, encoding="utf-8", errors="surrogateescape")
         try:
             reader = await asyncio.to_thread(TraceReader, fp, on_error=self._on_error)
             self._log.info("trace_replay_started", bus_id=reader.meta.bus_id, speed=self.speed)

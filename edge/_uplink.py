@@ -28,7 +28,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from busbell import BusbellError, StoreError, Topics, UplinkError, get_logger, option
+from busbell import (
+    BusbellError,
+    JsonLimits,
+    JsonRejected,
+    RejectLog,
+    StoreError,
+    Topics,
+    UplinkError,
+    get_logger,
+    loads_object,
+    option,
+)
 from busbell._mqtt import MqttSession, MqttSettings, backoff_delays
 from edge._store import FareStore, StoredEvent
 
@@ -46,6 +57,9 @@ _log = get_logger("edge.uplink")
 
 Handler = Callable[[bytes], Awaitable[None]]
 ConnectListener = Callable[[], Awaitable[None]]
+
+CONTROL_LIMITS = JsonLimits(max_bytes=1024, max_depth=1)
+"""``fares/ack`` and ``fares/resend`` are one flat object of integers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +224,9 @@ class MqttLink:
                         except BusbellError as exc:
                             self.handler_errors += 1
                             _log.error("mqtt_handler_failed", topic=m.topic, error=str(exc))
+                        except Exception:  # a bug must not let one message stop the bus
+                            self.handler_errors += 1
+                            _log.exception("mqtt_handler_crashed", topic=m.topic)
                     raise UplinkError("message stream ended")
             except UplinkError as exc:
                 was_up = self._session is not None or self.connected.is_set()
@@ -286,6 +303,8 @@ class FareUploader:
         self._last_progress = monotonic()
         self._last_prune = -math.inf
         self._fares_topic = topics.fares(bus_id)
+        self._ack_rejects = RejectLog(_log, "fare_ack_malformed")
+        self._resend_rejects = RejectLog(_log, "fare_resend_malformed")
 
     def attach(self, link: MqttLink) -> None:
         """Route ``fares/ack`` and ``fares/resend`` to this uploader; re-send on connect."""
@@ -306,13 +325,13 @@ class FareUploader:
     async def handle_ack(self, payload: bytes) -> None:
         """Handle ``{"upto_seq": N}``; malformed ones are counted and ignored."""
         try:
-            obj = json.loads(payload)
-        except ValueError:
+            obj: object = loads_object(payload, CONTROL_LIMITS)
+        except JsonRejected:
             obj = None
         upto = _int_field(obj, "upto_seq")
         if upto is None:
             self.stats.malformed_acks += 1
-            _log.warning("fare_ack_malformed", payload=payload[:200].decode("utf-8", "replace"))
+            self._ack_rejects.reject("malformed", payload=payload[:200].decode("utf-8", "replace"))
             return
         try:
             advanced = await self.store.ack(upto)
@@ -339,13 +358,15 @@ class FareUploader:
     async def handle_resend(self, payload: bytes) -> None:
         """Handle ``{"from_seq": A, "to_seq": B}``; malformed ones are counted and ignored."""
         try:
-            obj = json.loads(payload)
-        except ValueError:
+            obj: object = loads_object(payload, CONTROL_LIMITS)
+        except JsonRejected:
             obj = None
         a, b = _int_field(obj, "from_seq"), _int_field(obj, "to_seq")
         if a is None or b is None or a < 1 or b < a:
             self.stats.malformed_resends += 1
-            _log.warning("fare_resend_malformed", payload=payload[:200].decode("utf-8", "replace"))
+            self._resend_rejects.reject(
+                "malformed", payload=payload[:200].decode("utf-8", "replace")
+            )
             return
         if len(self._resends) >= self.settings.resend_queue_max:
             self.stats.resends_dropped += 1

@@ -16,6 +16,7 @@ from typing import Any
 
 from busbell import (
     BusbellError,
+    ContractError,
     DeviceKey,
     TokenVerifier,
     TraceError,
@@ -161,14 +162,13 @@ async def _record(config: EdgeConfig, out: Path, duration: float | None) -> int:
 
             def handler(kind: str) -> Callable[[bytes], Any]:
                 async def h(payload: bytes) -> None:
-                    import json
+                    from busbell import loads_object
+                    from edge._daemon import VEHICLE_LIMITS
 
                     try:
-                        obj = json.loads(payload)
-                        if not isinstance(obj, dict):
-                            raise TraceError("must be a JSON object", line=0)
+                        obj = loads_object(payload, VEHICLE_LIMITS)
                         rec = parse_record({**obj, "kind": kind}, 0)
-                    except (ValueError, TraceError):
+                    except (ContractError, TraceError):
                         counts["bad"] += 1
                         return
                     if type(rec) is GnssRecord:
@@ -212,7 +212,7 @@ async def _replay(a: argparse.Namespace) -> int:
     feed = load_gtfs(a.gtfs)
     bad: list[TraceError] = []
     try:
-        fp = a.trace.open(encoding="utf-8")
+        fp = a.trace.open(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise BusbellError(f"cannot read trace {a.trace}: {exc.strerror}") from None
     with fp:

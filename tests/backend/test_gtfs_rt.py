@@ -69,8 +69,16 @@ def test_bad_messages_are_counted_not_raised() -> None:
     assert not view.on_message(f"{P}/buses/b1/status", b'{"state": "weird"}')
     assert not view.on_message(f"{P}/buses/b1/display", b"{}")
     assert not view.on_message("other/topic", b"{}")
+    assert not view.on_message(f"{P}/buses/b1/status", b"[" * 100_000 + b"]" * 100_000)
+    assert not view.on_message(f"{P}/buses/b1/status", b"[" * 5000 + b"]" * 5000)
+    assert not view.on_message(f"{P}/buses/b1/vehicle/gnss", b'{"lat": NaN, "lon": 0}')
+    assert not view.on_message(f"{P}/buses/b1/occupancy", b"[]")
     assert view.rejected == {
-        "not_json_object": 1,
+        "not_json": 1,
+        "too_large": 1,
+        "too_deep": 1,
+        "non_finite": 1,
+        "not_object": 1,
         "bad_position": 1,
         "bad_on_board": 2,
         "bad_route": 1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -20,6 +21,7 @@ from busbell import (
     TraceWriter,
     TripRecord,
 )
+from busbell._trace import MAX_LINE
 
 RECORDS = [
     TripRecord(1.0, "G6000", 0, "T1"),
@@ -183,3 +185,38 @@ def test_record_json_shapes_match_design() -> None:
         "rssi": -61,
         "mfr": {"65535": "00" * 24},
     }
+
+
+def test_hostile_lines_are_skipped_by_reason_and_reading_goes_on(tmp_path: Path) -> None:
+    good = write([DoorRecord(1.0, False), DoorRecord(9.0, True)])
+    head, tail = good.splitlines(keepends=True)[:2], good.splitlines(keepends=True)[2:]
+    hostile = [
+        b"[" * 100_000 + b"]" * 100_000 + b"\n",  # over the line limit: never read whole
+        b"x" * (MAX_LINE * 5),  # an over-long line split across reads
+        b"\n",
+        b"[" * 5000 + b"]" * 5000 + b"\n",
+        b'{"kind":"door","t":NaN,"open":true}\n',
+        b'{"kind":"door","t":' + str(2**70).encode() + b',"open":true}\n',
+        b'{"kind":"door","t":2.0,"open":"\xff\xfe"}\n',
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_bytes("".join(head).encode() + b"".join(hostile) + "".join(tail).encode())
+    errors: list[TraceError] = []
+    with path.open(encoding="utf-8", errors="surrogateescape") as fp:
+        recs = list(TraceReader(fp, on_error=errors.append))
+    assert recs == [DoorRecord(1.0, False), DoorRecord(9.0, True)]
+    assert [(e.line, e.reason) for e in errors] == [
+        (3, "too_long"),
+        (4, "too_long"),
+        (5, "too_deep"),
+        (6, "non_finite"),
+        (7, "int_range"),
+        (8, "not_utf8"),
+    ]
+    # a plain list of lines is bounded too, and the strict mode raises the first
+    with pytest.raises(TraceError) as e:
+        list(TraceReader([*head, "[" * 20 + "]" * 20 + "\n"]))
+    assert e.value.reason == "too_deep"
+    with pytest.raises(TraceError) as e:
+        TraceReader(["x" * (MAX_LINE + 10)])
+    assert e.value.reason == "too_long"

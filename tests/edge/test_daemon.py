@@ -176,15 +176,34 @@ async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefi
                 ("trip", {"t": NOW, "route_id": "R1", "direction_id": 0}),
             ):
                 await backend.s.publish(topics.vehicle("bus-0042", signal), json.dumps(body))
-            for bad in (b"nope", b"[1]", b'{"t":1,"lat":500,"lon":0,"speed_mps":0}'):
+            deep = b"[" * 1500 + b"]" * 1500  # json.loads alone raises RecursionError
+            for bad in (
+                b"nope",
+                b"[1]",
+                b'{"t":1,"lat":500,"lon":0,"speed_mps":0}',
+                deep,
+                b'{"t":NaN,"lat":1,"lon":0,"speed_mps":0}',
+                b"[" * 100_000 + b"]" * 100_000,
+            ):
                 await backend.s.publish(topics.vehicle("bus-0042", "gnss"), bad)
-            await until(lambda: daemon.stats.vehicle_malformed == 3)
+            await backend.s.publish(topics.fares_ack("bus-0042"), deep)
+            await backend.s.publish(topics.denylist(), deep)
+            await until(lambda: daemon.stats.vehicle_malformed == 6)
+            assert daemon.vehicle_rejects.counts == {
+                "not_json": 1,
+                "not_object": 1,
+                "invalid": 1,
+                "too_deep": 1,
+                "non_finite": 1,
+                "too_large": 1,
+            }
+            await until(lambda: daemon.stats.denylist_rejected == 1)
             await until(lambda: len(backend.seqs) == 2)
             await until(lambda: daemon.store is not None and daemon.store.acked_upto == 2)
             # a status published after all of the above (status goes out every 0.2 s)
             await until(
                 lambda: any(
-                    s.get("backlog") == 0 and s["vehicle"]["malformed"] == 3
+                    s.get("backlog") == 0 and s["vehicle"]["malformed"] == 6
                     for s in backend.status
                     if s["state"] == "online"
                 )
@@ -212,7 +231,9 @@ async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefi
     assert s["scanner"]["adverts_dropped"] == 3
     assert s["uplink"]["connected"] is True
     assert s["fleet_keys"] == {"days_remaining": 1, "warning": True}
-    assert s["vehicle"]["malformed"] == 3
+    assert s["vehicle"]["malformed"] == 6
+    assert s["vehicle"]["rejected"]["too_deep"] == 1
+    assert s["uplink"]["malformed_acks"] == 1
     assert backend.occupancy
     assert backend.occupancy[-1]["on_board"] >= 2
     assert 'busbell_edge_adverts_rejected_total{reason="stale"} 1.0' in metrics

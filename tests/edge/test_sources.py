@@ -117,6 +117,32 @@ async def test_stream_source_too_long_line_is_skipped_and_last_line_without_newl
     assert src.stats.errors == {"too_long": 1}
 
 
+async def test_stream_source_hostile_lines_are_counted_and_the_connection_kept() -> None:
+    src = StreamSource("127.0.0.1", 0)
+    got: list[AdvRecord] = []
+    with capture_logs() as logs:
+        async with running(src, got.append):
+            assert isinstance(src.address, tuple)
+            _r, w = await asyncio.open_connection(*src.address)
+            w.write(b"[" * 5000 + b"]" * 5000 + b"\n")  # 10 KB, under the line limit
+            w.write(b'{"kind":"adv","t":NaN,"addr":"a","rssi":-60,"mfr":{}}\n')
+            w.write(b'{"kind":"adv","t":1e999,"addr":"a","rssi":-60,"mfr":{}}\n')
+            w.write(b'{"kind":"adv","t":1,"addr":"a","rssi":' + str(2**70).encode() + b"}\n")
+            w.write(b'{"kind":"adv","t":1.0,"addr":"\xff\xfe","rssi":-60,"mfr":{}}\n')
+            w.write(adv_line(7.0))  # still served on the same connection
+            await w.drain()
+            await eventually(lambda: len(got) == 1)
+            assert src.stats.clients == 1
+            assert src.stats.connections == 1
+            w.close()
+            await w.wait_closed()
+    assert [r.t for r in got] == [7.0]
+    assert src.stats.errors == {"too_deep": 1, "non_finite": 2, "int_range": 1, "not_utf8": 1}
+    rejected = [e for e in logs if e["event"] == "stream_line_rejected"]
+    assert [e["line"] for e in rejected] == [1, 2, 3, 4, 5]
+    assert all(len(e["error"]) <= 200 for e in rejected)
+
+
 async def test_stream_source_unix_socket_and_restamping(tmp_path: Path) -> None:
     path = tmp_path / "adv.sock"
     path.write_text("stale")  # a stale file is replaced
