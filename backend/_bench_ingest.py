@@ -36,6 +36,7 @@ from busbell import (
     canonical_bytes,
     configure_logging,
     derive_event_id,
+    derive_missed_event_id,
     event_hash,
     sign_event,
 )
@@ -57,13 +58,55 @@ def make_events(
     start_seq: int = 1,
     prev: str = GENESIS_PREV,
     t0: float = 1_760_000_000.0,
+    missed_every: int = 0,
 ) -> list[dict[str, Any]]:
-    """``n`` signed, chained v1 segment events of one bus starting at ``start_seq``."""
+    """``n`` signed, chained v1 chain records of one bus starting at ``start_seq``.
+
+    Segments, except that every ``missed_every``-th seq (when > 0) is a ``missed``
+    record (the bus passed a stop with a live wait).
+    """
     out: list[dict[str, Any]] = []
     for k in range(n):
         seq = start_seq + k
         t = t0 + seq * 90.0
         rid = hashlib.sha256(f"{bus_id}/{seq}".encode()).hexdigest()[:24]
+        ev: dict[str, Any]
+        if missed_every > 0 and seq % missed_every == 0:
+            request_id = f"q-{bus_id}-{seq}"
+            stop = f"S{seq % 30}"
+            ev = {
+                "v": 1,
+                "type": "missed",
+                "bus_id": bus_id,
+                "seq": seq,
+                "event_id": derive_missed_event_id(bus_id, seq, request_id, t),
+                "prev": prev,
+                "request_id": request_id,
+                "route_id": "R100",
+                "trip_id": f"T{seq // 40}",
+                "stop_id": stop,
+                "wait": {
+                    "request_id": request_id,
+                    "route_id": "R100",
+                    "stop_id": stop,
+                    "t": t - 300.0,
+                    "expires_t": t + 600.0,
+                    "source": "app",
+                    "assist": False,
+                },
+                "passed": {
+                    "t": t,
+                    "lat": 37.5,
+                    "lon": 127.0,
+                    "speed_mps": 8.5,
+                    "distance_m": 12.0,
+                },
+                "doors_opened": False,
+            }
+            signed = sign_event(ev, key)
+            prev = event_hash(signed)
+            out.append(signed)
+            continue
         ev = {
             "v": 1,
             "type": "segment",

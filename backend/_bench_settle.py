@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from busbell._canonical import canonical_bytes, sha256_hex
-from busbell._fare_event import GENESIS_PREV, derive_event_id
+from busbell._fare_event import GENESIS_PREV, derive_event_id, derive_missed_event_id
 from busbell._keyfiles import DEVICES_HEADER, RIDERS_HEADER, write_rows
 from busbell._signing import DeviceKey
 from busbell._token import INTERVAL_S, RiderKeys, derive_rider_keys, encode_payload, interval_of
 
-__all__ = ["BusChain", "World", "write_gtfs"]
+__all__ = ["BusChain", "World", "missed_fields", "write_gtfs"]
 
 T0 = 1_762_500_000.0  # 2025-11-07 07:20 UTC = 16:20 Asia/Seoul
 STOP_SPACING_M = 800.0
@@ -89,14 +89,42 @@ class BusChain:
         event["bus_id"] = self.bus_id
         event["seq"] = self.seq
         event["prev"] = self.prev
-        event["event_id"] = derive_event_id(
-            self.bus_id, self.seq, fields["rid"], fields["start"]["t"]
-        )
+        if fields["type"] == "missed":
+            event["event_id"] = derive_missed_event_id(
+                self.bus_id, self.seq, fields["request_id"], fields["passed"]["t"]
+            )
+        else:
+            event["event_id"] = derive_event_id(
+                self.bus_id, self.seq, fields["rid"], fields["start"]["t"]
+            )
         body = canonical_bytes(event)
         event["sig"] = self.key.sign_b64(body)
         self.prev = sha256_hex(canonical_bytes(event))
         self.events.append(event)
         return event
+
+
+def missed_fields(request_id: str, stop_id: str, t: float, route_id: str = "R1") -> dict[str, Any]:
+    """The fields of a ``missed`` record (before numbering and signing): passed at ``t``."""
+    return {
+        "v": 1,
+        "type": "missed",
+        "request_id": request_id,
+        "route_id": route_id,
+        "trip_id": "T1",
+        "stop_id": stop_id,
+        "wait": {
+            "request_id": request_id,
+            "route_id": route_id,
+            "stop_id": stop_id,
+            "t": t - 120.0,
+            "expires_t": t + 600.0,
+            "source": "app",
+            "assist": False,
+        },
+        "passed": {"t": t, "lat": 37.5, "lon": 127.0, "speed_mps": 9.0, "distance_m": 8.0},
+        "doors_opened": False,
+    }
 
 
 class World:

@@ -49,6 +49,7 @@ __all__ = [
     "legs",
     "metadata",
     "migrate",
+    "missed_stops",
     "quarantine",
     "rid_lookup",
     "rider_segments",
@@ -145,6 +146,32 @@ quarantine = sa.Table(
     sa.Column("worker_id", sa.String(128), nullable=False),
     sa.UniqueConstraint("raw_hash", "reason"),
     sa.Index(None, "bus_id", "seq"),
+)
+
+missed_stops = sa.Table(
+    "missed_stops",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("bus_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("event_hash", sa.String(64), nullable=False),
+    sa.Column("prev", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("route_id", sa.String(128), nullable=False),
+    sa.Column("trip_id", sa.String(128), nullable=True),
+    sa.Column("stop_id", sa.String(128), nullable=False),
+    sa.Column("wait_t", _Time, nullable=False, doc="the wait's t (when it was made)"),
+    sa.Column("passed_t", _Time, nullable=False, doc="the bus's closest approach"),
+    sa.Column(
+        "record", sa.Text(), nullable=False, doc="canonical JSON of the record, sig included"
+    ),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("worker_id", sa.String(128), nullable=False),
+    sa.UniqueConstraint("bus_id", "seq"),
+    sa.UniqueConstraint("event_id"),
+    sa.Index(None, "route_id", "stop_id", "passed_t"),
+    sa.Index(None, "request_id"),
 )
 
 riders = sa.Table(

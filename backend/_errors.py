@@ -5,11 +5,28 @@ from __future__ import annotations
 from busbell import BusbellError, ContractError, StoreError
 
 __all__ = [
+    "REJECTION_REASONS",
     "MalformedMessage",
     "StoreError",
     "UnknownDevice",
     "UnknownRider",
 ]
+
+
+REJECTION_REASONS = (
+    "malformed_payload",
+    "schema",
+    "bus_mismatch",
+    "unknown_device",
+    "revoked_device",
+    "bad_signature",
+    "chain_conflict",
+    "prev_mismatch",
+    "event_id_conflict",
+)
+"""The one set of reasons a fare event (or payload) is rejected for, online (the
+``quarantine`` table, ``busbell_fare_events_quarantined_total{reason}``) and offline
+(``busbell backend settle`` statistics)."""
 
 
 class MalformedMessage(ContractError):

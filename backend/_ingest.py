@@ -36,8 +36,16 @@ import sqlalchemy as sa
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from backend._db import chain_state, engine_for, fare_events, insert_ignore, migrate, quarantine
-from backend._errors import MalformedMessage
+from backend._db import (
+    chain_state,
+    engine_for,
+    fare_events,
+    insert_ignore,
+    migrate,
+    missed_stops,
+    quarantine,
+)
+from backend._errors import REJECTION_REASONS, MalformedMessage
 from backend._ingest_bounds import (
     MAX_BIGINT,
     BoundsError,
@@ -83,17 +91,7 @@ def _log() -> Any:
     return get_logger("backend.ingest")
 
 
-QUARANTINE_REASONS = (
-    "malformed_payload",
-    "schema",
-    "bus_mismatch",
-    "unknown_device",
-    "revoked_device",
-    "bad_signature",
-    "chain_conflict",
-    "prev_mismatch",
-    "event_id_conflict",
-)
+QUARANTINE_REASONS = REJECTION_REASONS
 """Why an event (or payload) went to the ``quarantine`` table."""
 
 EVENTS_STORED = Counter("busbell_fare_events_stored", "Fare events verified and committed")
@@ -146,6 +144,11 @@ class VerifiedEvent:
     event: dict[str, Any]
     raw: str
     hash: str
+
+    @property
+    def missed(self) -> bool:
+        """Whether it is a ``missed`` record (stored in ``missed_stops``, never a ride)."""
+        return bool(self.event["type"] == "missed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,10 +478,14 @@ def _ledger_problem(ev: Mapping[str, Any]) -> str | None:
     The integers must fit ``BIGINT`` and the text columns must not hold NUL (PostgreSQL
     text cannot); such an event is rejected here, never left to fail a transaction.
     """
-    for key in ("seq", "interval"):
+    missed = ev["type"] == "missed"
+    for key in ("seq",) if missed else ("seq", "interval"):
         if ev[key] > MAX_BIGINT:
             return f"{key} {str(ev[key])[:30]} is over {MAX_BIGINT}"
-    texts = [ev[k] for k in _TEXT_COLUMNS] + [ev["start"]["stop_id"], ev["end"]["stop_id"]]
+    if missed:
+        texts = [ev["trip_id"], ev["request_id"], ev["route_id"], ev["stop_id"]]
+    else:
+        texts = [ev[k] for k in _TEXT_COLUMNS] + [ev["start"]["stop_id"], ev["end"]["stop_id"]]
     for text in texts:
         if text is not None and "\x00" in text:
             return "a text field holds NUL"
@@ -732,12 +739,16 @@ class Ingestor:
                 past = self.core.past_seqs(bus_id, pos, groups[bus_id])
                 hashes = await self._stored_hashes(conn, bus_id, past) if past else {}
                 plans.append(self.core.plan(bus_id, pos, groups[bus_id], hashes, self._clock()))
-            rows = [self._row(e, now) for p in plans for e in p.store]
-            if rows:
-                stmt = insert_ignore(fare_events, self._dialect).returning(fare_events.c.seq)
-                res = await conn.execute(stmt, rows)
-                if len(res.all()) != len(rows):
-                    raise _EventIdConflict
+            stored = [e for p in plans for e in p.store]
+            for table, rows in (
+                (fare_events, [self._row(e, now) for e in stored if not e.missed]),
+                (missed_stops, [self._missed_row(e, now) for e in stored if e.missed]),
+            ):
+                if rows:
+                    stmt = insert_ignore(table, self._dialect).returning(table.c.seq)
+                    res = await conn.execute(stmt, rows)
+                    if len(res.all()) != len(rows):
+                        raise _EventIdConflict
             changed = [
                 {
                     "b_bus": p.bus_id,
@@ -791,12 +802,15 @@ class Ingestor:
     async def _stored_hashes(
         self, conn: AsyncConnection, bus_id: str, seqs: list[int]
     ) -> dict[int, str]:
-        rows = await conn.execute(
-            sa.select(fare_events.c.seq, fare_events.c.event_hash).where(
-                fare_events.c.bus_id == bus_id, fare_events.c.seq.in_(seqs)
+        out: dict[int, str] = {}
+        for table in (fare_events, missed_stops):  # a bus's chain is both
+            rows = await conn.execute(
+                sa.select(table.c.seq, table.c.event_hash).where(
+                    table.c.bus_id == bus_id, table.c.seq.in_(seqs)
+                )
             )
-        )
-        return {int(s): h for s, h in rows}
+            out.update((int(s), h) for s, h in rows)
+        return out
 
     async def _drop_event_id_conflicts(
         self,
@@ -807,12 +821,14 @@ class Ingestor:
         wanted = {e.event["event_id"] for evs in groups.values() for e in evs}
         if not wanted:
             return
-        rows = await conn.execute(
-            sa.select(fare_events.c.event_id, fare_events.c.bus_id, fare_events.c.seq).where(
-                fare_events.c.event_id.in_(sorted(wanted))
+        owner: dict[str, tuple[str, int]] = {}
+        for table in (fare_events, missed_stops):
+            rows = await conn.execute(
+                sa.select(table.c.event_id, table.c.bus_id, table.c.seq).where(
+                    table.c.event_id.in_(sorted(wanted))
+                )
             )
-        )
-        owner: dict[str, tuple[str, int]] = {eid: (b, int(s)) for eid, b, s in rows}
+            owner.update((eid, (b, int(s))) for eid, b, s in rows)
         for bus_id in sorted(groups):
             kept: list[VerifiedEvent] = []
             for e in groups[bus_id]:
@@ -847,6 +863,25 @@ class Ingestor:
             "proof_last": ev["proof"]["last"],
             "evidence": ev["evidence"],
             "raw": e.raw,
+            "received_at": now,
+            "worker_id": self.worker_id,
+        }
+
+    def _missed_row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
+        ev = e.event
+        return {
+            "bus_id": e.bus_id,
+            "seq": e.seq,
+            "event_id": ev["event_id"],
+            "event_hash": e.hash,
+            "prev": ev["prev"],
+            "request_id": ev["request_id"],
+            "route_id": ev["route_id"],
+            "trip_id": ev["trip_id"],
+            "stop_id": ev["stop_id"],
+            "wait_t": ev["wait"]["t"],
+            "passed_t": ev["passed"]["t"],
+            "record": e.raw,
             "received_at": now,
             "worker_id": self.worker_id,
         }

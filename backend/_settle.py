@@ -97,6 +97,7 @@ class SettleStats:
     Attributes:
         read: events read.
         accepted: events that became segments.
+        missed: verified ``missed`` chain records (links of the chain, never rides).
         duplicates: identical resends dropped.
         rejected: rejected events by reason.
         warnings: non-fatal findings by kind (``chain_gap`` counts missing seqs).
@@ -104,6 +105,7 @@ class SettleStats:
 
     read: int = 0
     accepted: int = 0
+    missed: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
@@ -113,6 +115,7 @@ class SettleStats:
         return {
             "read": self.read,
             "accepted": self.accepted,
+            "missed": self.missed,
             "duplicates": self.duplicates,
             "rejected": dict(sorted(self.rejected.items())),
             "warnings": dict(sorted(self.warnings.items())),
@@ -221,7 +224,7 @@ class Settler:
             obj = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             self.stats.read += 1
-            self.reject("malformed_json")
+            self.reject("malformed_payload")
             return
         if isinstance(obj, dict) and "events" in obj and "type" not in obj:
             obj = obj["events"]
@@ -236,13 +239,13 @@ class Settler:
         self.stats.read += 1
         try:
             event = validate_event(obj)
-        except ContractError as exc:
-            self.reject(f"invalid:{exc.field or 'event'}")
+        except ContractError:
+            self.reject("schema")
             return
         bus_id = event["bus_id"]
         public = self.devices.get(bus_id)
         if public is None:
-            self.reject("unknown_bus")
+            self.reject("unknown_device")
             return
         sig_bytes = canonical_bytes({k: v for k, v in event.items() if k != "sig"})
         full = canonical_bytes(event)
@@ -257,7 +260,7 @@ class Settler:
             if seen == prefix:
                 self.stats.duplicates += 1
             else:
-                self.reject("conflict")
+                self.reject("chain_conflict")
             return
         if any(h == digest for h, _ in bus.pending.get(seq, ())):
             self.stats.duplicates += 1
@@ -271,7 +274,7 @@ class Settler:
         here = bus.index << 40 | seq
         owner = self._event_ids.get(eid)
         if owner is not None and owner != here:
-            self.reject("duplicate_event_id")
+            self.reject("event_id_conflict")
             return
         self._event_ids[eid] = here
         if bus.next_seq is None:
@@ -296,7 +299,7 @@ class Settler:
         if event["prev"] != bus.prev:
             # a link that does not chain: reject it and leave the head where it is, so
             # the genuine event may still come; later ones wait behind the gap
-            self.reject("chain_mismatch")
+            self.reject("prev_mismatch")
             return
         self._accept(bus, bus_id, seq, digest, event, link=True)
 
@@ -306,7 +309,7 @@ class Settler:
             chosen = next((c for c in candidates if c[1]["prev"] == bus.prev), candidates[0])
             for c in candidates:
                 if c is not chosen:
-                    self.reject("conflict")
+                    self.reject("chain_conflict")
             self._link(bus, bus_id, chosen[0], chosen[1])
 
     def _accept(
@@ -316,6 +319,9 @@ class Settler:
         if link:
             bus.next_seq = seq + 1
             bus.prev = digest
+        if event["type"] == "missed":
+            self.stats.missed += 1  # a verified link of the chain, never a ride
+            return
         try:
             seg = segment_of(event, self.resolver)
         except ProofRejected as exc:

@@ -57,6 +57,7 @@ from backend._db import (
     journeys,
     legs,
     migrate,
+    missed_stops,
     rider_segments,
     riders,
     settlement_dirty,
@@ -401,6 +402,18 @@ class SettlementWorker:
                     .limit(self.batch_events)
                 )
             ).all()
+            if rows:
+                # missed-stop records are links of the chain too (never rides): their
+                # seqs are no hole
+                ms = missed_stops
+                missed = {
+                    int(seq)
+                    for (seq,) in await conn.execute(
+                        sa.select(ms.c.seq).where(
+                            ms.c.bus_id == bus_id, ms.c.seq > settled, ms.c.seq < rows[-1].seq
+                        )
+                    )
+                }
         if not rows:
             return None
         expected = settled + 1
@@ -409,6 +422,8 @@ class SettlementWorker:
         dirty: set[tuple[str, str]] = set()
         upto = settled
         for row in rows:
+            while expected in missed:
+                expected += 1
             if row.seq != expected:
                 if now - row.received_at < self.gap_grace_s:
                     report.gaps_waiting += 1
