@@ -33,8 +33,9 @@ class MalformedMessage(ContractError):
     """An MQTT payload on a fares topic is not a batch or an event at all.
 
     Attributes:
-        reason: ``not_json``, ``not_an_object``, ``too_large``, ``too_deep``,
-            ``non_finite``, ``too_many_events``, ``bad_batch`` or ``bus_mismatch``.
+        reason: a :data:`busbell.JsonRejected` reason (``too_large``, ``not_utf8``,
+            ``too_deep``, ``not_json``, ``non_finite``, ``int_range``),
+            ``not_an_object``, ``too_many_events``, ``bad_batch`` or ``bus_mismatch``.
     """
 
 

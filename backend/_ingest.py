@@ -46,25 +46,23 @@ from backend._db import (
     quarantine,
 )
 from backend._errors import REJECTION_REASONS, MalformedMessage
-from backend._ingest_bounds import (
-    MAX_BIGINT,
-    BoundsError,
-    LogBudget,
-    QuarantineBudget,
-    bounded_loads,
-)
+from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, import_devices, load_devices
 from backend.config import BackendConfig
 from busbell import (
+    BIGINT_MAX,
     GENESIS_PREV,
     BusbellError,
     ContractError,
+    JsonLimits,
+    JsonRejected,
     SignatureError,
     StoreError,
     Topics,
     UplinkError,
     canonical_bytes,
     get_logger,
+    loads_bounded,
     sha256_hex,
     signing_bytes,
     validate_event,
@@ -234,6 +232,7 @@ class IngestCore:
         self.resend_after_s = resend_after_s
         self.max_payload_bytes = max_payload_bytes
         self.max_nesting = max_nesting
+        self._limits = JsonLimits(max_bytes=max_payload_bytes, max_depth=max_nesting)
         self.max_events_per_message = max_events_per_message
         self._held: dict[str, dict[int, dict[str, VerifiedEvent]]] = {}
         self._held_since: dict[str, float] = {}
@@ -256,10 +255,8 @@ class IngestCore:
                 batch/event/array, too large, or a batch naming another bus).
         """
         try:
-            obj = bounded_loads(
-                payload, max_bytes=self.max_payload_bytes, max_nesting=self.max_nesting
-            )
-        except BoundsError as exc:
+            obj = loads_bounded(payload, self._limits)
+        except JsonRejected as exc:
             raise MalformedMessage(str(exc), reason=exc.reason) from None
         items: list[object]
         if isinstance(obj, list):
@@ -480,8 +477,8 @@ def _ledger_problem(ev: Mapping[str, Any]) -> str | None:
     """
     missed = ev["type"] == "missed"
     for key in ("seq",) if missed else ("seq", "interval"):
-        if ev[key] > MAX_BIGINT:
-            return f"{key} {str(ev[key])[:30]} is over {MAX_BIGINT}"
+        if ev[key] > BIGINT_MAX:
+            return f"{key} {str(ev[key])[:30]} is over {BIGINT_MAX}"
     if missed:
         texts = [ev["trip_id"], ev["request_id"], ev["route_id"], ev["stop_id"]]
     else:
@@ -498,7 +495,7 @@ def _clean_text(text: str) -> str:
 
 
 def _int_or_none(v: object) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_BIGINT else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and abs(v) <= BIGINT_MAX else None
 
 
 def _str_or_none(v: object) -> str | None:

@@ -49,7 +49,7 @@ def test_decode_batch_bare_event_and_array() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (b"\xff\xfe not json", "not_json"),
+        (b"\xff\xfe not json", "not_utf8"),
         (b"{truncated", "not_json"),
         (b"42", "not_an_object"),
         (b'"text"', "not_an_object"),

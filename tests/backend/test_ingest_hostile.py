@@ -16,14 +16,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import given
-from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
@@ -31,13 +30,7 @@ from backend._bench_ingest import batch_payload, device_key_for, make_events
 from backend._db import create_engine, fare_events, migrate, quarantine
 from backend._errors import MalformedMessage
 from backend._ingest import IngestCore, Ingestor
-from backend._ingest_bounds import (
-    BoundsError,
-    LogBudget,
-    QuarantineBudget,
-    bounded_loads,
-    max_depth,
-)
+from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, register_device
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, sign_event, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
@@ -58,7 +51,7 @@ def hostile_payloads(bus: str) -> list[tuple[str, bytes]]:
     forged = dict(unsigned, sig="A" * 86 + "==")
     signed_huge = sign_event(_event(bus, 2**70), device_key_for(bus))
     signed_nul = sign_event(_event(bus, 3, route_id="r\x00"), device_key_for(bus))
-    flood = [dict(forged, seq=2**70 + i) for i in range(500)]
+    flood = [dict(forged, seq=1000 + i) for i in range(500)]
     return [
         ("deep", DEEP),
         ("unsigned_2_70", canonical_bytes(unsigned)),
@@ -73,46 +66,7 @@ def hostile_payloads(bus: str) -> list[tuple[str, bytes]]:
     ]
 
 
-# --- pure bounds -------------------------------------------------------------------------
-
-
-def _depth(o: object) -> int:
-    if isinstance(o, dict):
-        return 1 + max((_depth(v) for v in o.values()), default=0)
-    if isinstance(o, list):
-        return 1 + max((_depth(v) for v in o), default=0)
-    return 0
-
-
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\n'),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text('[]{"\\k'), kids, max_size=3),
-    max_leaves=20,
-)
-
-
-@given(_json, st.booleans())
-def test_max_depth_matches_the_parsed_depth(value: object, ascii_only: bool) -> None:
-    assert max_depth(json.dumps(value, ensure_ascii=ascii_only).encode()) == _depth(value)
-
-
-@pytest.mark.parametrize(
-    ("payload", "reason"),
-    [
-        (DEEP, "too_deep"),
-        (b"[NaN]", "non_finite"),
-        (b'{"a":{"b":[Infinity]}}', "non_finite"),
-        (b'{"a":[-Infinity]}', "non_finite"),
-        (b"[1e999]", "non_finite"),
-        (b'"' + b'\\"' * 1000, "not_json"),
-        (b"1" * 5000, "not_json"),  # over Python's int digit limit
-        (b"[" + b" " * 200 + b"]", "too_large"),
-    ],
-)
-def test_bounded_loads_rejects(payload: bytes, reason: str) -> None:
-    with pytest.raises(BoundsError) as exc:
-        bounded_loads(payload, max_bytes=200 if reason == "too_large" else 1 << 20, max_nesting=8)
-    assert exc.value.reason == reason
+# --- budgets and the core -------------------------------------------------------------
 
 
 def test_quarantine_budget_per_message_and_per_bus_window() -> None:
@@ -150,15 +104,15 @@ def test_core_rejects_hostile_payloads_without_raising_anything_else() -> None:
         assert all(r.seq is None or r.seq < 2**63 for r in bad)
     assert outcome == {
         "deep": "malformed:too_deep",
-        "unsigned_2_70": "schema",
-        "forged_2_70": "schema",
-        "signed_2_70": "schema",
+        "unsigned_2_70": "malformed:int_range",
+        "forged_2_70": "malformed:int_range",
+        "signed_2_70": "malformed:int_range",
         "signed_nul": "schema",
         "nan_batch": "malformed:non_finite",
         "overflow_float": "malformed:non_finite",
         "surrogate": "schema",
         "flood": "malformed:too_many_events",
-        "not_json": "malformed:not_json",
+        "not_json": "malformed:not_utf8",
     }
 
 
@@ -206,7 +160,10 @@ async def test_hostile_input_in_one_batch_with_genuine_events(ledger: AsyncEngin
     assert res.quarantined > rows
     # logs are rate-limited per (event, reason, bus), and say how much was suppressed
     quarantined = [e for e in logs if e["event"] == "fare_event_quarantined"]
-    assert 0 < len(quarantined) <= 2 * 10 * 2
+    per_key = Counter((e["reason"], e["bus_id"]) for e in quarantined)
+    assert quarantined
+    assert max(per_key.values()) <= 10
+    assert sum(per_key.values()) < res.quarantined
 
 
 async def test_quarantine_failure_never_loses_the_valid_events(ledger: AsyncEngine) -> None:
