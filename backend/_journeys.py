@@ -2,16 +2,30 @@
 
 Input is one :class:`Segment` per accepted fare event whose rid resolved to a rider.
 
-1. **Stitch.** A rider's segment that ends ``rotated`` and the one that starts
-   ``continued`` on the same bus (and trip) within ``stitch_gap_s`` are one ride: the
-   leg takes its boarding stop and time from the first segment and its alighting stop
-   and time from the last.
-2. **Lost.** A leg whose last segment ends ``lost`` (or ``rotated`` with no
+1. **One ride per bus trip (identity-aware stitching).** The backend knows which rids
+   are one rider's, so it does not depend on the edge linking them: all of a rider's
+   segments on one bus and one known trip are **one leg**, whatever their causes say
+   (``rotated`` / ``continued``, a ``lost`` followed by the rider heard again, a rotation
+   at a door that split the ride at a stop, two rids heard at once): a rider cannot leave
+   a bus and catch the same trip again later. Without a trip id, segments on one bus and
+   route are one leg when they touch or overlap (``stitch_gap_s``) or when the earlier
+   one did not end ``alighted`` and the silence is at most ``unknown_trip_gap_s``. The
+   leg boards where its earliest segment started and alights where its latest-ending
+   segment ended; a leg joined across anything but a ``rotated`` -> ``continued`` link is
+   flagged ``merged``.
+2. **Stop order.** No leg boards at or after its alighting stop (in the trip's stop
+   order; with no trip, board and alight stops must differ). A leg whose boarding stop
+   is unknown (it starts ``continued``: its boarding segment is missing) boards at the
+   last stop before the point where the bus was when the segment began (alighting
+   position minus the distance the bus travelled during the leg, along the trip): the
+   rider was aboard by then, so it never charges more than the ride. A leg still out of
+   order is held (``stop_order`` + ``review``), never charged.
+3. **Lost.** A leg whose last segment ends ``lost`` (or ``rotated`` with no
    continuation) is charged by the lost policy and marked for review: ``last-stop``
    (default) charges up to the last stop where the rider was confirmed on board
    (``end.stop_id`` if given, else the last known stop); ``penalty`` charges the
    route's maximum distance fare (the Korean no-tap-off rule).
-3. **Overlaps.** The same rider on two buses at overlapping times cannot both be true.
+4. **Overlaps.** The same rider on two buses at overlapping times cannot both be true.
    When one leg covers the other in time (within ``overlap_cover_s``), was heard at
    least ``overlap_margin_db`` stronger over their common time (the edges' median RSSI,
    weighted by time) and the weaker one sounds like a rider heard through the bus's
@@ -22,11 +36,16 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    ``replay_overlap_s`` is a suspected replay: both legs are marked and held, not
    charged automatically; so is a leg that only lost to a leg that is itself held. Only
    a leg that is not itself dropped can drop another one.
-4. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
-   route's usual pattern), falling back to the events' ``distance_m``.
-5. **Journeys and fares.** Legs are grouped by the fare engine's transfer rules
+5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
+   route's usual pattern), falling back to the events' ``distance_m`` (overlapping
+   segments counted once).
+6. **Journeys and fares.** Legs are grouped by the fare engine's transfer rules
    (:func:`backend._fare_engine.group_journeys`) and priced by
    :class:`backend._fare_engine.FareEngine`.
+
+Invariants (property-tested in ``tests/backend/test_journeys_properties.py``): never an
+exception for valid segments; no charged leg boards at or after its alighting stop; a
+rider is charged at most once per bus trip.
 
 Pure and deterministic: the same segments in any order give the same journeys.
 """
@@ -35,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,11 +66,13 @@ from busbell._gtfs import Feed
 
 __all__ = [
     "FLAG_LOST",
+    "FLAG_MERGED",
     "FLAG_OVERLAP_DROPPED",
     "FLAG_OVERLAP_RESOLVED",
     "FLAG_PARTIAL",
     "FLAG_PENALTY",
     "FLAG_REVIEW",
+    "FLAG_STOP_ORDER",
     "FLAG_SUSPECTED_REPLAY",
     "Journey",
     "JourneyBuilder",
@@ -77,6 +99,11 @@ FLAG_OVERLAP_DROPPED = "overlap_dropped"
 """Another bus heard the rider much more strongly over the whole leg: never charged."""
 FLAG_OVERLAP_RESOLVED = "overlap_resolved"
 """An overlapping, much weaker leg on another bus was dropped in favour of this one."""
+FLAG_MERGED = "merged"
+"""Segments of one bus trip joined into one leg across more than a rid rotation (a gap,
+a ``lost`` end, a split at a stop, overlapping rids): one ride, charged once."""
+FLAG_STOP_ORDER = "stop_order"
+"""The leg's boarding stop is not before its alighting stop: held, never charged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,8 +334,14 @@ class JourneyPolicy:
 
     Attributes:
         lost_policy: ``last-stop`` or ``penalty`` (see the module docs).
-        stitch_gap_s: largest gap between a ``rotated`` end and a ``continued`` start
-            that are stitched into one leg.
+        stitch_gap_s: without a trip id, segments on one bus and route this close in
+            time (or overlapping) are one leg.
+        unknown_trip_gap_s: without a trip id, a segment that did not end ``alighted``
+            and the rider's next segment on the same bus and route at most this much
+            later are one leg (the rider was not heard for a while, e.g. a quiet stretch).
+        rejoin_stop_s: a segment that boards at the stop where the rider's previous one
+            on the same bus trip alighted, at most this much later, continues it (the
+            rider stepped out to let others off, or the rid rotated at the door).
         replay_overlap_s: how long two legs on different buses may overlap before it is
             a suspected replay (detection latency at a transfer makes small overlaps
             normal).
@@ -326,6 +359,8 @@ class JourneyPolicy:
 
     lost_policy: LostPolicy = "last-stop"
     stitch_gap_s: float = 60.0
+    unknown_trip_gap_s: float = 900.0
+    rejoin_stop_s: float = 300.0
     replay_overlap_s: float = 60.0
     overlap_margin_db: float | None = 10.0
     overlap_cover_s: float = 60.0
@@ -339,7 +374,13 @@ class JourneyPolicy:
                 f"overlap_margin_db must be positive (got {self.overlap_margin_db}); "
                 "to never drop an overlapping leg, hold overlaps (overlap_settle = false)"
             )
-        for name in ("stitch_gap_s", "replay_overlap_s", "overlap_cover_s"):
+        for name in (
+            "stitch_gap_s",
+            "unknown_trip_gap_s",
+            "rejoin_stop_s",
+            "replay_overlap_s",
+            "overlap_cover_s",
+        ):
             value = getattr(self, name)
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0 (got {value})")
@@ -415,56 +456,131 @@ class JourneyBuilder:
     # ----------------------------------------------------------------- stitching
 
     def stitch(self, segments: Iterable[Segment]) -> list[Leg]:
-        """Stitch one rider's segments into legs (rotated + continued = one leg).
+        """Join one rider's segments into legs, per bus trip (module docs, 1-2).
+
+        Segments of one bus trip are joined when they touch or overlap
+        (``stitch_gap_s``), when the earlier one did not end ``alighted`` (nothing says
+        the rider left; on a known trip whatever the silence, else within
+        ``unknown_trip_gap_s``), or when the later one boards at the very stop the
+        earlier one alighted at within ``rejoin_stop_s`` (stepped out to let others off;
+        a rotation at the door). What is left apart on one trip is separated by an
+        alighting; :meth:`build_rider` joins those after the overlap rules have dropped
+        the false ones.
 
         Returns:
             The legs in boarding order.
         """
-        gap = self.policy.stitch_gap_s
-        open_chains: dict[str, list[Segment]] = {}  # bus -> chain awaiting a continuation
-        chains: list[list[Segment]] = []
+        groups: dict[tuple[str, str | None, str | None], list[list[Segment]]] = {}
         for seg in sorted(segments, key=Segment.sort_key):
-            prev = open_chains.pop(seg.bus_id, None)
-            if (
-                prev is not None
-                and seg.start_cause == "continued"
-                and _same_trip(prev[-1], seg)
-                and -gap <= seg.start_t - prev[-1].end_t <= gap
-            ):
-                prev.append(seg)
-                chain = prev
+            key = (seg.bus_id, seg.trip_id, None if seg.trip_id else seg.route_id)
+            chains = groups.setdefault(key, [])
+            if chains and self._joins(chains[-1], seg):
+                chains[-1].append(seg)
             else:
-                if prev is not None:
-                    chains.append(prev)
-                chain = [seg]
-            if seg.end_cause == "rotated":
-                open_chains[seg.bus_id] = chain
-            else:
-                chains.append(chain)
-        chains.extend(open_chains.values())
-        legs = [self._leg(chain) for chain in chains]
+                chains.append([seg])
+        legs = [self._leg(chain) for chains in groups.values() for chain in chains]
         legs.sort(key=_leg_key)
         return legs
 
+    def _joins(self, chain: Sequence[Segment], seg: Segment) -> bool:
+        """Whether ``seg`` continues ``chain`` (same bus and trip, or route if no trip)."""
+        p = self.policy
+        last = max(chain, key=_end_key)
+        gap = seg.start_t - last.end_t
+        if gap <= p.stitch_gap_s:
+            return True
+        if last.end_cause != "alighted":
+            return seg.trip_id is not None or gap <= p.unknown_trip_gap_s
+        return (
+            seg.start_stop_id is not None
+            and seg.start_stop_id == last.end_stop_id
+            and gap <= p.rejoin_stop_s
+        )
+
+    def join_trips(self, legs: Sequence[Leg]) -> list[Leg]:
+        """Join a rider's chargeable legs on one bus trip into one (charged once).
+
+        A rider cannot leave a bus and catch the same trip again later: of two legs on
+        one trip separated by an alighting, one is a false reading or the rider stepped
+        out and back. The joined leg boards at the earliest boarding stop and alights at
+        the latest alighting stop in the trip's stop order (in time order without one).
+        Held legs stay as they are.
+        """
+        by_trip: dict[tuple[str, str], list[Leg]] = {}
+        out: list[Leg] = []
+        for leg in legs:
+            if leg.trip_id is not None and _chargeable(leg):
+                by_trip.setdefault((leg.bus_id, leg.trip_id), []).append(leg)
+            else:
+                out.append(leg)
+        for group in by_trip.values():
+            out.append(group[0] if len(group) == 1 else self._join(group))
+        out.sort(key=_leg_key)
+        return out
+
+    def _join(self, group: Sequence[Leg]) -> Leg:
+        group = sorted(group, key=_leg_key)
+        first, last = group[0], max(group, key=lambda leg: (leg.alight_t, _leg_key(leg)))
+        seq = self._sequence(first.route_id, first.trip_id)
+        board, alight = first.board_stop_id, last.alight_stop_id
+        if seq is not None:
+            stops = seq[0]
+            boards = [x.board_stop_id for x in group if x.board_stop_id in stops]
+            alights = [x.alight_stop_id for x in group if x.alight_stop_id in stops]
+            if boards:
+                board = min(boards, key=lambda x: stops.index(x or ""))
+            if alights:
+                alight = max(alights, key=lambda x: stops.index(x or ""))
+        flags = {f for x in group for f in x.flags} | {FLAG_MERGED}
+        if FLAG_LOST not in last.flags:
+            flags.discard(FLAG_LOST)
+        distance = self.gtfs_distance(first.route_id, first.trip_id, board, alight)
+        source = "gtfs"
+        if distance is None:
+            distance, source = math.fsum(x.distance_m for x in group), "events"
+        if not _in_order(seq, board, alight):
+            flags |= {FLAG_STOP_ORDER, FLAG_REVIEW}
+        return dataclasses.replace(
+            first,
+            board_stop_id=board,
+            alight_t=max(last.alight_t, first.board_t),
+            alight_stop_id=alight,
+            distance_m=max(0.0, distance),
+            distance_source=source,
+            event_ids=tuple(e for x in group for e in x.event_ids),
+            flags=tuple(sorted(flags)),
+            heard=tuple(h for x in group for h in x.heard),
+        )
+
     def _leg(self, chain: Sequence[Segment]) -> Leg:
-        first, last = chain[0], chain[-1]
+        first, last = chain[0], max(chain, key=_end_key)
         flags: set[str] = set()
         route_id = next((s.route_id for s in chain if s.route_id is not None), None)
         trip_id = next((s.trip_id for s in chain if s.trip_id is not None), None)
-        board_stop = first.start_stop_id
-        if first.start_cause == "continued":
-            flags |= {FLAG_PARTIAL, FLAG_REVIEW}
-            if board_stop is None:
-                board_stop = next(
-                    (s for seg in chain for s in (seg.start_stop_id, seg.end_stop_id) if s), None
-                )
+        if any(
+            not (a.end_cause == "rotated" and b.start_cause == "continued")
+            for a, b in itertools.pairwise(chain)
+        ):
+            flags.add(FLAG_MERGED)
+        events_distance = _union_distance(chain)
+        seq = self._sequence(route_id, trip_id)
+        board_stop = _first_stop(seq, chain)
         alight_stop = last.end_stop_id
         lost = last.end_cause != "alighted"
-        events_distance = math.fsum(s.distance_m for s in chain)
         if lost:
             flags |= {FLAG_LOST, FLAG_REVIEW}
             if alight_stop is None:
                 alight_stop = _last_known_stop(chain)
+        if all(s.start_cause == "continued" for s in chain):
+            flags |= {FLAG_PARTIAL, FLAG_REVIEW}
+            if board_stop is None or not _in_order(seq, board_stop, alight_stop):
+                board_stop = self._board_estimate(seq, chain, alight_stop, events_distance)
+                if board_stop is None:
+                    flags |= {FLAG_STOP_ORDER, FLAG_REVIEW}  # rode from nowhere we can name
+        if lost and not _in_order(seq, board_stop, alight_stop):
+            # the last stop named is its boarding stop: the stop it was carried past, if
+            # the distance says, else unknown (charged by the events' distance)
+            alight_stop = _alight_estimate(seq, board_stop, events_distance)
         distance: float | None = None
         source = "gtfs"
         if lost and self.policy.lost_policy == "penalty":
@@ -477,6 +593,8 @@ class JourneyBuilder:
             distance = self.gtfs_distance(route_id, trip_id, board_stop, alight_stop)
             if distance is None:
                 distance, source = events_distance, "events"
+        if not _in_order(seq, board_stop, alight_stop):
+            flags |= {FLAG_STOP_ORDER, FLAG_REVIEW}
         return Leg(
             rider_id=first.rider_id,
             bus_id=first.bus_id,
@@ -493,6 +611,49 @@ class JourneyBuilder:
             flags=tuple(sorted(flags)),
             heard=tuple((s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None),
         )
+
+    def _sequence(
+        self, route_id: str | None, trip_id: str | None
+    ) -> tuple[tuple[str, ...], tuple[float, ...]] | None:
+        """The stop order of a leg: its trip's, or its route's only pattern; else ``None``.
+
+        A route with patterns in both directions gives no order without a trip id.
+        """
+        feed = self.feed
+        if feed is None:
+            return None
+        trip = feed.trips.get(trip_id) if trip_id is not None else None
+        if trip is not None:
+            return trip.stop_ids, trip.dist_m
+        if route_id is None:
+            return None
+        found = [p for p in (feed.pattern(route_id, 0), feed.pattern(route_id, 1)) if p]
+        if len(found) == 1:
+            return found[0].stop_ids, found[0].dist_m
+        return None
+
+    def _board_estimate(
+        self,
+        seq: tuple[tuple[str, ...], tuple[float, ...]] | None,
+        chain: Sequence[Segment],
+        alight_stop: str | None,
+        travelled_m: float,
+    ) -> str | None:
+        """Where a rider whose boarding segment is missing boarded, at the latest.
+
+        The bus was ``travelled_m`` before the alighting stop when the leg's first segment
+        began (the rider aboard); the last stop at or before that point was served with
+        the rider aboard or before they boarded, so boarding there never overcharges.
+        Without a stop order: the first stop any segment names before the alighting stop.
+        """
+        if seq is not None and alight_stop is not None and alight_stop in seq[0]:
+            stops, dist = seq
+            j = stops.index(alight_stop)
+            at = dist[j] - travelled_m + _POSITION_SLACK_M
+            i = max((k for k in range(j + 1) if dist[k] <= at), default=None)
+            return stops[i] if i is not None and i < j else None
+        named = [x for seg in chain for x in (seg.start_stop_id, seg.end_stop_id) if x]
+        return next((x for x in named if x != alight_stop), None)
 
     def _default(self) -> str:
         return self.networks.default_network
@@ -593,7 +754,7 @@ class JourneyBuilder:
     ) -> list[Journey]:
         """Build and price one rider's journeys."""
         cat = category or self.policy.category
-        legs = self.mark_replays(self.stitch(segments))
+        legs = self.join_trips(self.mark_replays(self.stitch(segments)))
         held = [leg for leg in legs if not _chargeable(leg)]
         chargeable = [leg for leg in legs if _chargeable(leg)]
         out: list[Journey] = []
@@ -652,10 +813,74 @@ def _journey(
     )
 
 
-def _same_trip(a: Segment, b: Segment) -> bool:
-    if a.trip_id is not None and b.trip_id is not None:
-        return a.trip_id == b.trip_id
-    return a.route_id == b.route_id or a.route_id is None or b.route_id is None
+_POSITION_SLACK_M = 30.0
+"""GNSS and odometer error allowed when a stop is placed from the distance travelled."""
+
+
+def _end_key(seg: Segment) -> tuple[float, int]:
+    return (seg.end_t, seg.seq)
+
+
+def _first_stop(
+    seq: tuple[tuple[str, ...], tuple[float, ...]] | None, chain: Sequence[Segment]
+) -> str | None:
+    """The boarding stop of a chain: its earliest start stop in the trip's stop order.
+
+    Any named start is a stop the rider was aboard at; without a stop order, the
+    earliest named start in time.
+    """
+    named = [s.start_stop_id for s in chain if s.start_stop_id is not None]
+    if seq is not None:
+        on_trip = [x for x in named if x in seq[0]]
+        if on_trip:
+            return min(on_trip, key=seq[0].index)
+    return named[0] if named else None
+
+
+def _in_order(
+    seq: tuple[tuple[str, ...], tuple[float, ...]] | None, board: str | None, alight: str | None
+) -> bool:
+    """Whether ``alight`` comes after ``board`` (strictly; unknown stops do not fail)."""
+    if board is None or alight is None:
+        return True
+    if board == alight:
+        return False
+    if seq is None or board not in seq[0] or alight not in seq[0]:
+        return True
+    stops = seq[0]
+    return alight in stops[stops.index(board) + 1 :]
+
+
+def _alight_estimate(
+    seq: tuple[tuple[str, ...], tuple[float, ...]] | None, board: str | None, travelled_m: float
+) -> str | None:
+    """The last stop a lost rider was carried past: ``travelled_m`` after boarding."""
+    if seq is None or board is None or board not in seq[0]:
+        return None
+    stops, dist = seq
+    i = stops.index(board)
+    at = dist[i] + travelled_m - _POSITION_SLACK_M
+    j = max((k for k in range(i + 1, len(stops)) if dist[k] <= at), default=None)
+    return stops[j] if j is not None else None
+
+
+def _union_distance(chain: Sequence[Segment]) -> float:
+    """The bus's travel over the segments' union in time (overlaps counted once).
+
+    Each segment's distance is spread evenly over its time.
+    """
+    spans = sorted((s.start_t, max(s.end_t, s.start_t), s.distance_m) for s in chain)
+    total = 0.0
+    covered = -math.inf
+    for start, end, dist in spans:
+        if end <= covered:
+            continue
+        if start >= covered or end == start:
+            total += dist
+        else:
+            total += dist * (end - covered) / (end - start)
+        covered = max(covered, end)
+    return total
 
 
 def _last_known_stop(chain: Sequence[Segment]) -> str | None:
@@ -711,8 +936,11 @@ def _settle_wins(
     return dropped, dropped_by, active
 
 
+_HELD = frozenset({FLAG_SUSPECTED_REPLAY, FLAG_OVERLAP_DROPPED, FLAG_STOP_ORDER})
+
+
 def _chargeable(leg: Leg) -> bool:
-    return FLAG_SUSPECTED_REPLAY not in leg.flags and FLAG_OVERLAP_DROPPED not in leg.flags
+    return _HELD.isdisjoint(leg.flags)
 
 
 def _leg_key(leg: Leg) -> tuple[float, float, str, str]:

@@ -138,6 +138,8 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument("--category", default="adult", help="rider category (adult, youth, child)")
     st.add_argument("--default-network", default=None, help="class of routes without a network")
     st.add_argument("--stitch-gap-s", type=_non_negative, default=60.0)
+    st.add_argument("--unknown-trip-gap-s", type=_non_negative, default=900.0)
+    st.add_argument("--rejoin-stop-s", type=_non_negative, default=300.0)
     st.add_argument("--replay-overlap-s", type=_non_negative, default=60.0)
     st.add_argument(
         "--overlap-margin-db",
@@ -255,6 +257,8 @@ def _settle(args: argparse.Namespace) -> int:
     policy = JourneyPolicy(
         lost_policy=args.lost_policy,
         stitch_gap_s=args.stitch_gap_s,
+        unknown_trip_gap_s=args.unknown_trip_gap_s,
+        rejoin_stop_s=args.rejoin_stop_s,
         replay_overlap_s=args.replay_overlap_s,
         overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
         overlap_cover_s=args.overlap_cover_s,

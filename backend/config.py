@@ -166,7 +166,19 @@ class SettlementSettings:
         5000, doc="Most fare events of one bus turned into segments in one transaction."
     )
     stitch_gap_s: float = option(
-        60.0, doc="Largest gap between a rotated end and a continued start stitched into a leg."
+        60.0,
+        doc="Segments of one rider on one bus and trip this close in time (or overlapping)"
+        " are one leg, whatever their causes say.",
+    )
+    unknown_trip_gap_s: float = option(
+        900.0,
+        doc="With no trip id: a segment that did not end alighted and the rider's next one"
+        " on the same bus and route at most this much later are one leg (a quiet stretch).",
+    )
+    rejoin_stop_s: float = option(
+        300.0,
+        doc="A segment boarding at the stop where the rider's previous one on the same bus"
+        " trip alighted, at most this much later, continues it (one ride).",
     )
     replay_overlap_s: float = option(
         60.0,
@@ -215,6 +227,8 @@ class SettlementSettings:
         return JourneyPolicy(
             lost_policy="penalty" if self.lost_policy == "penalty" else "last-stop",
             stitch_gap_s=self.stitch_gap_s,
+            unknown_trip_gap_s=self.unknown_trip_gap_s,
+            rejoin_stop_s=self.rejoin_stop_s,
             replay_overlap_s=self.replay_overlap_s,
             overlap_margin_db=self.overlap_margin_db if self.overlap_settle else None,
             overlap_cover_s=self.overlap_cover_s,

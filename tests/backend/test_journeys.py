@@ -84,19 +84,90 @@ def test_rotated_and_continued_stitch_into_one_leg(feed: Feed) -> None:
     assert j.fare_krw == _price(("R1", "gyeonggi_city", 8000.0))
 
 
-def test_no_stitch_across_buses_trips_or_big_gaps(feed: Feed) -> None:
+def test_no_stitch_across_buses_or_trips(feed: Feed) -> None:
     b = _builder(feed, stitch_gap_s=30)
     segs = [
-        seg((T0, "S02", "boarded"), (T0 + 500, None, "rotated")),
-        seg((T0 + 501, None, "continued"), (T0 + 600, "S05", "alighted"), bus="b2"),
-        seg((T0 + 600, "S02", "boarded"), (T0 + 700, None, "rotated"), trip="T1R"),
-        seg((T0 + 760, None, "continued"), (T0 + 800, "S05", "alighted"), trip="T1R"),
+        seg((T0, "S02", "boarded"), (T0 + 500, None, "rotated"), distance=1000),
+        seg((T0 + 501, None, "continued"), (T0 + 600, "S05", "alighted"), bus="b2", distance=700),
+        seg((T0 + 600, "S05", "boarded"), (T0 + 700, None, "rotated"), trip="T1R"),
+        seg((T0 + 701, None, "continued"), (T0 + 800, "S02", "alighted"), trip="T1R"),
     ]
     legs = b.stitch(segs)
-    assert len(legs) == 4
+    assert len(legs) == 3
     flags = [set(leg.flags) for leg in legs]
-    assert flags[0] == {"lost", "review"}  # rotated with no continuation
+    assert flags[0] == {"lost", "review"}  # rotated with no continuation on its trip
+    assert legs[0].alight_stop_id == "S03"  # carried 1,000 m past S02
     assert flags[1] == {"partial", "review"}  # continued with no predecessor
+    assert legs[1].board_stop_id == "S04"  # aboard 700 m before S05: boarded at S04 at the latest
+    assert flags[2] == set()  # T1R (direction 1): S05 -> S02 rotated + continued
+    assert (legs[2].board_stop_id, legs[2].alight_stop_id) == ("S05", "S02")
+
+
+def test_one_bus_trip_is_one_leg_whatever_the_causes_say(feed: Feed) -> None:
+    """Issue 11: the backend knows the rider, so a quiet stretch (lost, heard again), a
+    rotation at a door (alighted + boarded at the same stop) and overlapping rids on one
+    bus trip are one ride, charged once."""
+    b = _builder(feed, stitch_gap_s=30)
+    segs = [
+        seg((T0, "S02", "boarded"), (T0 + 400, "S04", "lost"), distance=1600),
+        seg((T0 + 600, "S06", "boarded"), (T0 + 700, "S08", "alighted"), distance=1600),
+        seg((T0 + 690, "S08", "boarded"), (T0 + 900, None, "rotated"), distance=1000),
+        seg((T0 + 880, None, "continued"), (T0 + 1000, "S11", "alighted"), distance=1400),
+    ]
+    (j,) = b.build(segs)
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S02", "S11")
+    assert (leg.board_t, leg.alight_t) == (T0, T0 + 1000)
+    assert set(leg.flags) == {"merged"}
+    assert leg.distance_m == 9 * STOP_SPACING_M
+    assert leg.event_ids == tuple(s.event_id for s in segs)
+    # without a trip id: joined only when close, or after a segment that did not alight
+    nt = [
+        seg((T0, "S02", "boarded"), (T0 + 400, "S04", "lost"), trip=None),
+        seg((T0 + 1000, "S06", "boarded"), (T0 + 1100, "S08", "alighted"), trip=None),
+        seg((T0 + 1120, "S08", "boarded"), (T0 + 1200, "S09", "alighted"), trip=None),
+        seg((T0 + 1300, "S10", "boarded"), (T0 + 1400, "S11", "alighted"), trip=None),
+        seg((T0 + 1500, "S11", "boarded"), (T0 + 1600, "S12", "alighted"), trip=None),
+    ]
+    narrow = _builder(feed, stitch_gap_s=30, unknown_trip_gap_s=500)
+    got = [(x.board_stop_id, x.alight_stop_id) for x in narrow.stitch(nt)]
+    # S11 -> S12 boards where S10 -> S11 alighted, 100 s later: stepped out and back
+    assert got == [("S02", "S04"), ("S06", "S09"), ("S10", "S12")]
+    wide = _builder(feed, stitch_gap_s=30, unknown_trip_gap_s=700)
+    got = [(x.board_stop_id, x.alight_stop_id) for x in wide.stitch(nt)]
+    assert got == [("S02", "S09"), ("S10", "S12")]
+
+
+def test_board_stop_is_never_at_or_after_the_alight_stop(feed: Feed) -> None:
+    b = _builder(feed)
+    # the boarding segment is missing: the continued one names only the alighting stop;
+    # the bus travelled 1,900 m with the rider: boarded at S04 at the latest (S07 - 2.4 km)
+    (leg,) = b.stitch([seg((T0, None, "continued"), (T0 + 200, "S07", "alighted"), distance=1900)])
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S04", "S07")
+    assert set(leg.flags) == {"partial", "review"}
+    # a rotation at the alighting stop's door: continued at S07, alighted at S07
+    (leg,) = b.stitch([seg((T0, "S07", "continued"), (T0 + 20, "S07", "alighted"), distance=0)])
+    assert "stop_order" in leg.flags
+    (j,) = b.build([seg((T0, "S07", "continued"), (T0 + 20, "S07", "alighted"))])
+    assert j.charged is False
+    assert j.fare_krw == 0
+    # lost right after boarding, named at its boarding stop: carried past S05 and S06
+    (leg,) = b.stitch([seg((T0, "S04", "boarded"), (T0 + 300, "S04", "lost"), distance=1700)])
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S04", "S06")
+    # against the trip's direction: held
+    (leg,) = b.stitch([seg((T0, "S09", "boarded"), (T0 + 300, "S04", "alighted"))])
+    assert "stop_order" in leg.flags
+
+
+def test_overlapping_segments_count_their_distance_once(feed: Feed) -> None:
+    nofeed = _builder(None)
+    (leg,) = nofeed.stitch(
+        [
+            seg((T0, "S01", "boarded"), (T0 + 100, None, "rotated"), distance=1000),
+            seg((T0 + 50, None, "continued"), (T0 + 150, "S03", "alighted"), distance=1000),
+        ]
+    )
+    assert leg.distance_m == 1500
 
 
 def test_lost_last_stop_policy_uses_end_stop_or_last_known(feed: Feed) -> None:
@@ -110,8 +181,11 @@ def test_lost_last_stop_policy_uses_end_stop_or_last_known(feed: Feed) -> None:
         seg((T0 + 501, None, "continued"), (T0 + 900, None, "lost")),
     ]
     (leg,) = b.stitch(segs)
-    assert leg.alight_stop_id == "S03"  # the last stop the rider was confirmed at
-    assert leg.distance_m == 0.0
+    # the last stop named is where it boarded and it travelled nowhere we can place:
+    # never "alights" at its boarding stop; unknown, charged by the events' distance
+    assert leg.board_stop_id == "S03"
+    assert leg.alight_stop_id is None
+    assert (leg.distance_m, leg.distance_source) == (0.0, "events")
 
 
 def test_lost_penalty_policy_charges_route_maximum(feed: Feed) -> None:
@@ -140,7 +214,7 @@ def test_suspected_replay_is_flagged_and_not_charged(feed: Feed) -> None:
             route="R2",
             trip="T2",
         ),
-        seg((T0 + 3000, "S01", "boarded"), (T0 + 3300, "S04", "alighted"), bus="b1"),
+        seg((T0 + 3000, "S01", "boarded"), (T0 + 3300, "S04", "alighted"), bus="b3"),
     ]
     js = b.build(segs)
     held = [j for j in js if not j.charged]
@@ -290,7 +364,7 @@ def test_same_route_again_is_a_new_journey_and_default_network(feed: Feed) -> No
     js = b.build(
         [
             seg((T0, "S01", "boarded"), (T0 + 100, "S02", "alighted")),
-            seg((T0 + 200, "S02", "boarded"), (T0 + 300, "S03", "alighted")),
+            seg((T0 + 200, "S02", "boarded"), (T0 + 300, "S03", "alighted"), bus="b2"),
             seg((T0 + 400, "S03", "boarded"), (T0 + 500, "S04", "alighted"), route="R3", trip="T3"),
             seg(
                 (T0 + 9000, "A", "boarded"),

@@ -213,8 +213,10 @@ def test_lost_policies_via_cli(tmp_path: Path) -> None:
     assert _settle(world, events, tmp_path / "pen.jsonl", "--lost-policy", "penalty") == 0
     (last,) = _read(tmp_path / "last.jsonl")
     (pen,) = _read(tmp_path / "pen.jsonl")
-    assert last["legs"][0]["alight_stop_id"] == "S02"  # last confirmed stop
-    assert last["fare_krw"] == _price([("R1", "gyeonggi_city", T0, 0.0)])
+    # the last stop named is the boarding stop: the last stop it was carried past
+    # (S02 + the 1,600 m the bus travelled, less 30 m of slack: S03), never S02 -> S02
+    assert last["legs"][0]["alight_stop_id"] == "S03"
+    assert last["fare_krw"] == _price([("R1", "gyeonggi_city", T0, 800.0)])
     assert set(last["flags"]) == {"lost", "review"}
     # penalty: the whole route (29 hops x 800 m = 23.2 km)
     assert pen["fare_krw"] == _price([("R1", "gyeonggi_city", T0, 29 * 800.0)])

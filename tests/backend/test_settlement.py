@@ -355,7 +355,10 @@ async def test_bus_alongside_is_dropped_and_the_rider_charged_once(env: Env) -> 
 
 async def test_gap_waits_for_the_grace_period(env: Env) -> None:
     w = env.world
-    evs = [w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 3000)[0] for k in range(3)]
+    evs = [
+        w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 3000, trip_id=f"T1-{k}")[0]
+        for k in range(3)
+    ]  # one bus, a new trip each time (one trip is one ride)
     await env.ingest(evs)
     # a hole in the stored seqs (manual repair of the ledger): seq 2 is missing
     async with env.engine.begin() as conn:
@@ -382,7 +385,7 @@ async def test_adjustments_are_recomputed_with_the_charges(env: Env, tmp_path: P
     worker = SettlementWorker(env.engine, load_gtfs(env.world.gtfs), rules, clock=lambda: NOW)
     w = env.world
     for k in range(3):
-        w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 4000)
+        w.ride("r0001", "bus-01", board=1, alight=3, t=T0 + k * 4000, trip_id=f"T1-{k}")
     await env.ingest([e for c in w.buses.values() for e in c.events])
     await worker.settle_once()
     (adj,) = await env.rows(adjustments, "adjustment_id")
