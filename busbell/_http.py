@@ -47,7 +47,7 @@ def http_server(
     return _CallerOwnsSignals(config)
 
 
-async def serve_http(server: uvicorn.Server) -> None:
+async def serve_http(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
     """Run ``server``; when cancelled, still close its listening sockets and connections.
 
     uvicorn closes them only in its own shutdown, after ``should_exit`` is seen by its
@@ -55,12 +55,13 @@ async def serve_http(server: uvicorn.Server) -> None:
     which skips that shutdown: the listening socket stayed open, and the port bound,
     until the garbage collector found it. A shutdown waits at most
     :data:`GRACEFUL_SHUTDOWN_S` for open responses unless the server's config sets its
-    own ``timeout_graceful_shutdown``.
+    own ``timeout_graceful_shutdown``. ``sockets`` are listening sockets the caller
+    bound (uvicorn's own binding ends the process with ``SystemExit`` when it fails).
     """
     if server.config.timeout_graceful_shutdown is None:
         server.config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_S
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         for listener in getattr(server, "servers", ()):
             listener.close()

@@ -45,7 +45,7 @@ __all__ = ["main"]
 
 # group -> (module with ``main(argv, prog) -> int``, one-line help)
 LAZY_GROUPS: dict[str, tuple[str, str]] = {
-    "edge": ("edge.cli", "onboard daemon: run live, record a trace, replay a trace"),
+    "edge": ("edge.cli", "onboard daemon: run live, record or replay a trace, driver display"),
     "backend": ("backend.cli", "central service: run ingest, settle offline, enroll riders"),
     "sim": ("firmware_sim.cli", "simulated tokens, stops and buses; scenarios and scoring"),
     "demo": ("busbell._demo", "the whole system on one machine, display in a browser"),

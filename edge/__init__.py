@@ -5,6 +5,7 @@ from __future__ import annotations
 from edge._ble import BleakSource, ScannerParams, ScannerStats
 from edge._classifier import PresenceClassifier
 from edge._daemon import DaemonStats, EdgeDaemon, replay_records
+from edge._driver_page import DriverDisplay, DriverPageSettings
 from edge._events import EventBuilder
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline, PipelineStats
@@ -23,6 +24,8 @@ __all__ = [
     "BleakSource",
     "ClassifierParams",
     "DaemonStats",
+    "DriverDisplay",
+    "DriverPageSettings",
     "EdgeConfig",
     "EdgeDaemon",
     "EdgePipeline",

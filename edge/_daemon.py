@@ -7,7 +7,9 @@ dropped and counted); vehicle signals arrive on ``buses/{bus}/vehicle/gnss|doors
 as trace-v1 bodies without ``kind``; closed segments are recorded in the
 :class:`~edge._store.FareStore` (never dropped: a failed write is retried) and uploaded
 by the :class:`~edge._uplink.FareUploader`. :func:`replay_records` runs the same
-pipeline -> store path over a recorded trace in virtual time.
+pipeline -> store path over a recorded trace in virtual time. With
+``[driver_page] enabled`` the task ``.driver_page`` serves the driver display
+(:mod:`edge._driver_page`) from the daemon's own MQTT link.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from busbell import (
     read_fleet_keys,
 )
 from edge._clock import GnssClock
+from edge._driver_page import DriverDisplay, serve_driver_page
 from edge._events import EventBuilder
 from edge._keyring import Denylist, FleetKeyring
 from edge._segment import SegmentDraft
@@ -51,7 +54,7 @@ from edge._store import FareStore
 from edge._uplink import FareUploader, MqttLink
 from edge.config import EdgeConfig
 
-__all__ = ["DaemonStats", "EdgeDaemon", "Pipeline", "replay_records"]
+__all__ = ["DaemonStats", "EdgeDaemon", "Pipeline", "cancel_and_wait", "replay_records"]
 
 _log = get_logger("edge.daemon")
 _VEHICLE_KINDS = {"gnss": "gnss", "doors": "door", "trip": "trip"}
@@ -99,6 +102,20 @@ def pop_earliest(
     if vehicle and (not adverts or vehicle[0].t <= adverts[0].t):
         return vehicle.popleft()
     return adverts.popleft()
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling again any that go on.
+
+    On Python 3.11 ``asyncio.wait_for`` (aiomqtt waits for a PUBACK with it) swallows a
+    cancel that arrives just as the awaited thing completes: a task cancelled during a
+    QoS 1 publish then went on as if nothing happened, and ``run`` never returned.
+    """
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 def stats_dict(stats: Any) -> dict[str, Any]:
@@ -210,6 +227,11 @@ class EdgeDaemon:
         self.link.route(self.topics.fleet_keys(self.bus_id), self._on_key_bundle)
         self.link.route(self.topics.denylist(), self._on_denylist)
         self.link.on_connect(self._on_connected)
+        self.driver_page: DriverDisplay | None = None
+        if config.driver_page.enabled:
+            self.driver_page = DriverDisplay(
+                self.bus_id, self.topics, self.link, config.driver_page, clock=self.clock
+            )
 
     def _make_pipeline(self) -> Pipeline:
         from busbell import TokenVerifier, load_gtfs
@@ -586,14 +608,16 @@ class EdgeDaemon:
                 vehicle = tg.create_task(self._vehicle_task(), name=f"{name}.vehicle")
                 pipeline = tg.create_task(self._pipeline_task(), name=f"{name}.pipeline")
                 scanner = tg.create_task(self._scanner_task(), name=f"{name}.scanner")
+                page: asyncio.Task[None] | None = None
+                if self.driver_page is not None:
+                    page = tg.create_task(
+                        serve_driver_page(self.driver_page), name=f"{name}.driver_page"
+                    )
                 await self._stop.wait()
                 _log.info("edge_stopping")
-                for t in (scanner, vehicle, pipeline):
-                    t.cancel()
-                await asyncio.wait([scanner, vehicle, pipeline])
+                await cancel_and_wait([scanner, vehicle, pipeline])
                 await self._shutdown_flush()
-                for t in (status, fares, uplink):
-                    t.cancel()
+                await cancel_and_wait([status, fares, uplink, *([page] if page else [])])
         finally:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()

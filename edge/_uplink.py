@@ -128,6 +128,8 @@ class MqttLink:
         client_id: stable client id; default ``settings.client_id`` or ``busbell-edge-BUS``.
         session_factory: makes the session (tests inject failures); default
             :class:`busbell._mqtt.MqttSession`.
+        lwt: leave the retained last will ``{"state":"offline"}`` on ``status`` (the
+            daemon's link); ``False`` for other clients of the bus (the driver page).
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class MqttLink:
         *,
         client_id: str | None = None,
         session_factory: Callable[..., MqttSession] = MqttSession,
+        lwt: bool = True,
     ) -> None:
         self.settings = settings
+        self._lwt = lwt
         self.bus_id = bus_id
         self.topics = topics
         self.client_id = client_id or settings.client_id or f"busbell-edge-{bus_id}"
@@ -194,7 +198,7 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect, dispatch, and reconnect with jittered backoff, until cancelled."""
-        will = (self.topics.status(self.bus_id), OFFLINE_PAYLOAD, True)
+        will = (self.topics.status(self.bus_id), OFFLINE_PAYLOAD, True) if self._lwt else None
         delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
         while True:
             try:

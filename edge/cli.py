@@ -1,4 +1,4 @@
-"""``busbell edge``: run the onboard daemon live, record a trace, replay a trace.
+"""``busbell edge``: run the onboard daemon live, record or replay a trace, serve the display.
 
 User-facing output goes to standard output/error here only; the library logs.
 """
@@ -42,6 +42,10 @@ RECORD_EPILOG = """\
 example:
   busbell edge record --config edge.toml --out day.trace.jsonl --duration 3600
 """
+DISPLAY_EPILOG = """\
+example:
+  busbell edge display --config edge.toml --bus bus-0001 --host 0.0.0.0 --port 8470
+"""
 REPLAY_EPILOG = """\
 example:
   busbell edge replay day.trace.jsonl --gtfs gtfs/ --device-key bus.pem \\
@@ -52,8 +56,9 @@ example:
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="The onboard daemon: run live, record a trace, replay a trace.",
-        epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG,
+        description="The onboard daemon: run live, record a trace, replay a trace, "
+        "serve the driver display.",
+        epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG + DISPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command")
@@ -97,6 +102,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     rep.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
+    dis = sub.add_parser(
+        "display",
+        help="serve the driver display page for one bus",
+        description="Serve the driver display (docs/driver-display.md) on its own broker "
+        "connection: the page follows buses/BUS/display and its ack button publishes "
+        "buses/BUS/driver/ack. Uses the [mqtt] and [driver_page] sections of the config "
+        "(the daemon serves the same page itself when [driver_page] enabled is true). "
+        "SIGTERM/SIGINT stop it.",
+        epilog=DISPLAY_EPILOG,
+        formatter_class=fmt,
+    )
+    dis.add_argument("--config", type=Path, help="TOML config file (defaults + env if absent)")
+    dis.add_argument("--bus", help="the bus whose display to show (default: bus_id of the config)")
+    dis.add_argument("--host", help="listen address (default: driver_page.host)")
+    dis.add_argument("--port", type=int, help="listen port (default: driver_page.port)")
     return p
 
 
@@ -194,6 +214,32 @@ async def _record(config: EdgeConfig, out: Path, duration: float | None) -> int:
     return 0
 
 
+async def _display(config: EdgeConfig) -> int:
+    from edge._driver_page import run_driver_page
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def listening(host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        sys.stderr.write(
+            f"driver display of {config.bus_id}: http://{shown}:{port}/ "
+            f"(broker {config.mqtt.host}:{config.mqtt.port}, prefix {config.mqtt.prefix})\n"
+        )
+
+    display = await run_driver_page(
+        config.mqtt, config.bus_id, config.driver_page, stop=stop, on_listening=listening
+    )
+    st = display.stats
+    sys.stderr.write(
+        f"driver display stopped: {st.displays} models shown, "
+        f"{sum(st.displays_rejected.values())} rejected, {st.acks_published} acks\n"
+    )
+    return 0
+
+
 async def _replay(a: argparse.Namespace) -> int:
     from edge._daemon import replay_records
     from edge._events import EventBuilder
@@ -283,6 +329,16 @@ def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     if a.command == "replay":
         configure_logging("warning")
         return asyncio.run(_replay(a))
+    if a.command == "display":
+        overrides: dict[str, Any] = {}
+        if a.bus is not None:
+            overrides["bus_id"] = a.bus
+        page = {k: v for k, v in (("host", a.host), ("port", a.port)) if v is not None}
+        if page:
+            overrides["driver_page"] = page
+        config = load_config(EdgeConfig, a.config, overrides=overrides)
+        configure_logging(config.log_level)
+        return asyncio.run(_display(config))
     config = _load(a.config)
     configure_logging(config.log_level)
     if a.command == "run":

@@ -12,12 +12,14 @@ from pathlib import Path
 from busbell import ContractError, check_topic_id, option
 from busbell._mqtt import MqttSettings
 from edge._ble import ScannerParams
+from edge._driver_page import DriverPageSettings
 from edge._params import ClassifierParams
 from edge._uplink import UplinkSettings
 
 __all__ = [
     "CONFIG_CLASS",
     "SOURCES",
+    "DriverPageSettings",
     "EdgeConfig",
     "MetricsSettings",
     "StatusSettings",
@@ -99,6 +101,9 @@ class EdgeConfig:
     metrics: MetricsSettings = option(doc="Prometheus metrics.", factory=MetricsSettings)
     stream: StreamSettings = option(doc="Stream source.", factory=StreamSettings)
     trace: TraceSettings = option(doc="Trace source.", factory=TraceSettings)
+    driver_page: DriverPageSettings = option(
+        doc="Driver display page (docs/driver-display.md).", factory=DriverPageSettings
+    )
 
     def __post_init__(self) -> None:
         try:
