@@ -34,10 +34,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from busbell import (
     BusbellError,
     ContractError,
+    JsonLimits,
+    JsonRejected,
+    RejectLog,
     Topics,
     UplinkError,
     canonical_bytes,
     get_logger,
+    loads_object,
     option,
     validate_display,
     validate_driver_ack,
@@ -76,6 +80,12 @@ _CSP = (
 )
 _MONITOR_S = 0.25
 _MAX_ACK_BODY = 16384
+ACK_LIMITS = JsonLimits(max_bytes=_MAX_ACK_BODY, max_depth=2)
+"""An ack request body: ``{"request_ids": [...]}``."""
+DISPLAY_DEPTH = 4
+"""model -> ``stops`` -> stop -> ``request_ids``."""
+STATUS_DEPTH = 8
+"""The edge's status nests counters a few levels; only its ``state`` is read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +165,7 @@ class DriverPageStats:
     displays: int = 0
     displays_cleared: int = 0
     displays_rejected: dict[str, int] = dataclasses.field(default_factory=dict)
-    status_rejected: int = 0
+    status_rejected: dict[str, int] = dataclasses.field(default_factory=dict)
     acks_published: int = 0
     ack_ids_published: int = 0
     acks_rejected: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -239,6 +249,18 @@ class DriverDisplay:
         self._last_state_key: tuple[Any, ...] = ()
         self.address: tuple[str, int] | None = None
         """The bound ``(host, port)`` while :func:`serve_driver_page` serves."""
+        self._display_limits = JsonLimits(
+            max_bytes=settings.max_payload_bytes, max_depth=DISPLAY_DEPTH
+        )
+        self._status_limits = JsonLimits(
+            max_bytes=settings.max_payload_bytes, max_depth=STATUS_DEPTH
+        )
+        self._display_rejects = RejectLog(_log, "driver_display_rejected")
+        self._status_rejects = RejectLog(_log, "driver_status_rejected")
+        self._ack_rejects = RejectLog(_log, "driver_ack_rejected")
+        self.stats.displays_rejected = self._display_rejects.counts
+        self.stats.status_rejected = self._status_rejects.counts
+        self.stats.acks_rejected = self._ack_rejects.counts
         link.route(topics.display(bus_id), self.on_display)
         link.route(topics.status(bus_id), self.on_status)
 
@@ -261,18 +283,12 @@ class DriverDisplay:
             _log.info("driver_display_cleared", bus_id=self.bus_id)
             self._broadcast_display()
             return True
-        if len(payload) > self.settings.max_payload_bytes:
-            return self._reject("oversized", "", f"{len(payload)} bytes", len(payload))
         try:
-            obj = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
-            return self._reject("not_json", "", str(exc)[:120], len(payload))
-        try:
-            model = validate_display(obj)
-        except ContractError as exc:
-            return self._reject(exc.reason, exc.field, str(exc)[:200], len(payload))
+            model = validate_display(loads_object(payload, self._display_limits))
+        except ContractError as exc:  # JsonRejected too (size, UTF-8, depth, not JSON)
+            return self._reject(exc.reason, exc.field, str(exc), len(payload))
         if model["bus_id"] != self.bus_id:
-            return self._reject("wrong_bus", "bus_id", str(model["bus_id"])[:64], len(payload))
+            return self._reject("wrong_bus", "bus_id", str(model["bus_id"]), len(payload))
         self.stats.displays += 1
         self.model = model
         self._received_at = self._monotonic()
@@ -281,15 +297,8 @@ class DriverDisplay:
         return True
 
     def _reject(self, reason: str, field: str, error: str, size: int) -> bool:
-        rejected = self.stats.displays_rejected
-        rejected[reason] = rejected.get(reason, 0) + 1
-        _log.warning(
-            "driver_display_rejected",
-            bus_id=self.bus_id,
-            reason=reason,
-            field=field,
-            bytes=size,
-            error=error,
+        self._display_rejects.reject(
+            reason, bus_id=self.bus_id, field=field, bytes=size, error=error
         )
         return False
 
@@ -298,16 +307,14 @@ class DriverDisplay:
         state = "unknown"
         if payload:
             try:
-                if len(payload) > self.settings.max_payload_bytes:
-                    raise ValueError(f"{len(payload)} bytes")
-                obj = json.loads(payload)
-                if not isinstance(obj, dict) or obj.get("state") not in ("online", "offline"):
-                    raise ValueError("no state online/offline")
-                state = obj["state"]
-            except (ValueError, RecursionError) as exc:
-                self.stats.status_rejected += 1
-                _log.warning("driver_status_rejected", bus_id=self.bus_id, error=str(exc)[:120])
+                obj = loads_object(payload, self._status_limits)
+            except JsonRejected as exc:
+                self._status_rejects.reject(exc.reason, bus_id=self.bus_id, error=str(exc))
                 return
+            if obj.get("state") not in ("online", "offline"):
+                self._status_rejects.reject("no_state", bus_id=self.bus_id)
+                return
+            state = obj["state"]
         if state != self.edge_state:
             self.edge_state = state
             _log.info("driver_edge_state", bus_id=self.bus_id, state=state)
@@ -455,9 +462,7 @@ class DriverDisplay:
 
     def ack_rejected(self, reason: str, error: str) -> None:
         """Count and log an ack request that was refused."""
-        counts = self.stats.acks_rejected
-        counts[reason] = counts.get(reason, 0) + 1
-        _log.warning("driver_ack_rejected", bus_id=self.bus_id, reason=reason, error=error[:200])
+        self._ack_rejects.reject(reason, bus_id=self.bus_id, error=error)
 
     # --- HTTP -----------------------------------------------------------------------
 
@@ -529,8 +534,9 @@ class DriverDisplay:
         """The request ids of an ack request, after every check a browser must pass.
 
         Raises:
-            AckRejected: forbidden origin (403), bad token (401), not JSON (415/400),
-                too large (413), or not ``{"request_ids": [...]}`` (400).
+            AckRejected: forbidden origin (403), bad token (401), not JSON (415, or 400
+                with the reason of :func:`busbell.loads_object`), too large (413), or not
+                ``{"request_ids": [...]}`` of valid ids (400).
         """
         origin = request.headers.get("origin")
         host = request.headers.get("host", "")
@@ -549,14 +555,16 @@ class DriverDisplay:
         async for chunk in request.stream():
             body += chunk
             if len(body) > _MAX_ACK_BODY:
-                raise AckRejected("oversized", 413, f"the body exceeds {_MAX_ACK_BODY} bytes")
+                raise AckRejected("too_large", 413, f"the body exceeds {_MAX_ACK_BODY} bytes")
         try:
-            obj = json.loads(body)
-            if not isinstance(obj, dict) or set(obj) != {"request_ids"}:
-                raise ContractError("the body must be {request_ids: [...]}", reason="invalid")
+            obj = loads_object(body, ACK_LIMITS)
+            if set(obj) != {"request_ids"}:
+                raise ContractError(
+                    "ack request: the body must be {request_ids: [...]}", reason="unknown_field"
+                )
             validate_driver_ack(obj)
-        except (ValueError, RecursionError, ContractError) as exc:
-            raise AckRejected("invalid", 400, str(exc)[:200]) from exc
+        except ContractError as exc:  # JsonRejected too
+            raise AckRejected(exc.reason, 400, str(exc)) from exc
         ids: list[str] = obj["request_ids"]
         return ids
 

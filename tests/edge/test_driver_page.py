@@ -333,15 +333,17 @@ async def test_malformed_models_are_rejected_counted_and_never_rendered(
     bad_stop = {**model()["next_stop"], "waits": "many"}
     bad: list[tuple[str, bytes | dict[str, Any]]] = [
         ("not_json", b"{not json"),
-        ("not_json", b"[" * 50000),
-        ("not_an_object", b"[1,2]"),
+        ("too_deep", b"[" * 50000),
+        ("not_utf8", b'{"v":"\xff"}'),
+        ("non_finite", json.dumps(model(t=float("nan"))).encode()),
+        ("not_object", b"[1,2]"),
         ("wrong_version", model(v=2)),
         ("missing", {k: v for k, v in model().items() if k != "stops"}),
         ("unknown_field", model(extra=1)),
         ("invalid", model(next_stop=bad_stop)),
         ("invalid", model(on_board=-1)),
         ("wrong_bus", model(bus_id="bus-other")),
-        ("oversized", model(stops=[model()["next_stop"]] * 3000)),
+        ("too_large", model(stops=[model()["next_stop"]] * 3000)),
     ]
     async with serve(
         shared_broker.host, shared_broker.port, topic_prefix, max_payload_bytes=65536
@@ -412,11 +414,12 @@ async def test_ack_endpoint_refuses_what_a_browser_must_not_do(
                 ("unauthorized", 401, {**ok, "Authorization": "Bearer nope"}, r1),
                 ("forbidden_origin", 403, {**ok, "Origin": "http://evil.example"}, r1),
                 ("not_json", 415, {**ok, "Content-Type": "text/plain"}, r1),
-                ("oversized", 413, ok, b'{"request_ids":["' + b"x" * 20000 + b'"]}'),
-                ("invalid", 400, ok, b"{nope"),
+                ("too_large", 413, ok, b'{"request_ids":["' + b"x" * 20000 + b'"]}'),
+                ("not_json", 400, ok, b"{nope"),
+                ("too_deep", 400, ok, b'{"request_ids":[["r-1"]]}'),
                 ("invalid", 400, ok, b'{"request_ids":[]}'),
                 ("invalid", 400, ok, b'{"request_ids":["a/b"]}'),
-                ("invalid", 400, ok, b'{"request_ids":["r-1"],"t":1}'),
+                ("unknown_field", 400, ok, b'{"request_ids":["r-1"],"t":1}'),
                 ("nothing_to_ack", 409, ok, b'{"request_ids":["r-unknown"]}'),
             ]
             with capture_logs() as logs:
