@@ -48,6 +48,7 @@ examples:
   busbell demo --scenario shared_stop_three_routes --speed 10 --no-browser
   busbell demo --duration 120 --workdir /tmp/demo   # stop after two minutes, keep the files
   busbell demo --view-only --broker 10.0.0.5:1883   # just the fleet view of a live broker
+  busbell demo --view-only --gtfs gtfs/            # ... with stop names from GTFS
 """
 
 
@@ -298,10 +299,10 @@ async def _wait_online(plan: DemoPlan, limit_s: float) -> None:
 
 
 async def _view(plan: DemoPlan) -> None:
-    from busbell._webview import serve_view
+    from busbell._webview import serve_view, stop_names
 
     settings = MqttSettings(host=plan.broker_host, port=plan.broker_port, prefix=plan.prefix)
-    await serve_view(settings, "127.0.0.1", plan.view_port)
+    await serve_view(settings, "127.0.0.1", plan.view_port, stops=stop_names(plan.scn / "gtfs"))
 
 
 def _summary(plan: DemoPlan, out: IO[str]) -> None:
@@ -528,19 +529,27 @@ def main(argv: Sequence[str], prog: str = "busbell demo") -> int:
     p.add_argument("--grace", type=float, default=20, help="seconds to run on after the sim ends")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--view-only", action="store_true", help="only serve the fleet view")
+    p.add_argument("--gtfs", help="with --view-only: GTFS directory, for stop names")
     a = p.parse_args(list(argv))
     if a.view_only:
         host, _, port = a.broker.partition(":")
         prefix = a.prefix or DEFAULT_PREFIX
         settings = MqttSettings(host=host or "127.0.0.1", port=int(port or 1883), prefix=prefix)
+        from busbell._errors import ContractError
+        from busbell._webview import serve_view, stop_names
+
+        try:
+            stops = stop_names(a.gtfs)
+        except ContractError as exc:
+            sys.stderr.write(f"busbell demo: {exc}\n")
+            return 2
         sys.stdout.write(f"fleet view: http://127.0.0.1:{a.view_port}/ (topics under {prefix})\n")
         sys.stdout.flush()
-        from busbell._webview import serve_view
 
         previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(serve_view(settings, "127.0.0.1", a.view_port))
+                asyncio.run(serve_view(settings, "127.0.0.1", a.view_port, stops=stops))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

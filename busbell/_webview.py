@@ -1,5 +1,10 @@
 """A live web view of the fleet (driver display model, status, occupancy, requests).
 
+Per bus it shows the route, the next stop and who waits there, the stops after it, stop
+requests and assistance, in words; the boarding-wait requests with their state
+("seen by bus-0001", "MISSED by bus-0002: waiting for the next bus") and the latest
+request statuses. Stop names come from GTFS (``stops``) or the display models.
+
 Serves one HTML page and a Server-Sent-Events stream fed by an MQTT subscription to
 every busbell topic under the prefix. ``busbell demo`` starts it; ops can run it on its
 own with ``busbell demo --view-only``. The page keeps the latest message per topic, so
@@ -11,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib import resources
 from typing import Any
 
@@ -28,7 +34,7 @@ from busbell._logging import get_logger
 from busbell._mqtt import MqttSession, MqttSettings, backoff_delays
 from busbell._topics import Topics
 
-__all__ = ["FleetView", "serve_view"]
+__all__ = ["FleetView", "serve_view", "stop_names"]
 
 log = get_logger("busbell.webview")
 
@@ -36,8 +42,16 @@ log = get_logger("busbell.webview")
 class FleetView:
     """Latest message per topic, fanned out to browser clients."""
 
-    def __init__(self, settings: MqttSettings, *, max_clients: int = 64) -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        max_clients: int = 64,
+        stops: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.stops = dict(stops or {})
+        """Stop id -> name (GTFS), for the page's readable stops."""
         self.topics = Topics(settings.prefix)
         self.latest: dict[str, dict[str, Any]] = {}
         self._clients: set[asyncio.Queue[str]] = set()
@@ -131,7 +145,7 @@ class FleetView:
             self._clients.discard(q)
 
     def app(self) -> Starlette:
-        """The ASGI app: ``/`` page, ``/events`` SSE, ``/state`` JSON snapshot."""
+        """The ASGI app: ``/`` page, ``/events`` SSE, ``/state`` snapshot, ``/stops`` names."""
 
         async def page(_: Request) -> HTMLResponse:
             return HTMLResponse(PAGE)
@@ -146,18 +160,52 @@ class FleetView:
         async def state(_: Request) -> JSONResponse:
             return JSONResponse({"connected": self.connected, "topics": list(self.latest.values())})
 
+        async def stops(_: Request) -> JSONResponse:
+            return JSONResponse(self.stops)
+
         return Starlette(
-            routes=[Route("/", page), Route("/events", events), Route("/state", state)]
+            routes=[
+                Route("/", page),
+                Route("/events", events),
+                Route("/state", state),
+                Route("/stops", stops),
+            ]
         )
 
 
-async def serve_view(settings: MqttSettings, host: str, port: int) -> None:
+def stop_names(gtfs: str | os.PathLike[str] | None) -> dict[str, str]:
+    """Stop id -> name from a GTFS static directory (empty without one).
+
+    Raises:
+        ContractError: the directory is not a readable GTFS feed.
+    """
+    if gtfs is None:
+        return {}
+    from busbell._gtfs import load_gtfs
+
+    return {sid: stop.name for sid, stop in load_gtfs(gtfs).stops.items() if stop.name}
+
+
+async def serve_view(
+    settings: MqttSettings,
+    host: str,
+    port: int,
+    *,
+    stops: Mapping[str, str] | None = None,
+) -> None:
     """Run the view until cancelled.
 
     It leaves the process's signals to its caller (uvicorn's own handlers would replace
     those of ``busbell demo``).
+
+    Args:
+        settings: the broker and topic prefix.
+        host: the address to listen on.
+        port: the TCP port to listen on.
+        stops: stop id -> name (:func:`stop_names` of a GTFS directory): the page names
+            stops with it (else with the names in the buses' display models, or the ids).
     """
-    view = FleetView(settings)
+    view = FleetView(settings, stops=stops)
     server = http_server(
         uvicorn.Config(view.app(), host=host, port=port, log_level="warning", lifespan="off"),
         on_shutdown=view.close,
