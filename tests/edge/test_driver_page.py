@@ -460,4 +460,11 @@ async def test_too_many_browsers_get_503(shared_broker: Any, topic_prefix: str) 
                 assert await anext(lines) == "retry: 1000"
                 r = await c.get("events")
                 assert r.status_code == 503
-                assert (await c.get("state")).json()["stats"]["clients_refused"] == 1
+                st = (await c.get("state")).json()["stats"]
+                assert (st["clients"], st["clients_refused"]) == (1, 1)
+            # a browser that went away frees its place
+            async with asyncio.timeout(10):
+                while (await c.get("state")).json()["stats"]["clients"] != 0:
+                    await asyncio.sleep(0.05)
+            async with c.stream("GET", "events") as again:
+                assert again.status_code == 200
