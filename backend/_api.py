@@ -2,9 +2,12 @@
 
 Endpoints (OpenAPI at ``/openapi.json``, a copy in ``docs/rider-api.openapi.json``):
 
-* ``POST /riders``: enrol a fob or app; returns ``rider_id`` and ``token_key`` once.
+* ``POST /riders``: enrol a fob or app; returns ``rider_id``, ``token_key`` and the
+  rider's API ``access_token`` once.
 * ``GET /riders/{id}/journeys``, ``GET /riders/{id}/charges``: the rider's ledger.
 * ``POST /riders/{id}/revoke``: stop resolving the rider's tokens.
+* ``POST /riders/{id}/token``: a new API token (the older ones stop working).
+* ``PUT /riders/{id}/category``: set the fare category (operators only).
 * ``POST /riders/{id}/waits``, ``GET /riders/{id}/waits[/{request_id}]``,
   ``DELETE /riders/{id}/waits/{request_id}``: boarding-wait requests, one live wait per
   rider, under the rules of ``[waits]`` (:mod:`backend._waits_api`, core in
@@ -12,6 +15,8 @@ Endpoints (OpenAPI at ``/openapi.json``, a copy in ``docs/rider-api.openapi.json
 * ``GET /gtfs-rt/vehicle-positions``: GTFS-Realtime protobuf (``?format=json``: JSON).
 
 Bad requests get a 4xx with ``{"detail": ...}``; a missing broker connection is 503.
+Who may call what (bearer tokens, operator scopes, rate limits, body cap) is
+:mod:`backend._auth` (rules) and :mod:`backend._api_auth` (guards).
 """
 
 from __future__ import annotations
@@ -22,16 +27,29 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import sqlalchemy as sa
-from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend._api_auth import (
+    ApiAuth,
+    BodyLimit,
+    bearer,
+    current_principal,
+    issue_rider_token,
+    refused,
+    rider_access,
+    rider_access_by_method,
+    validation_error,
+)
 from backend._api_docs import install_offline_docs
+from backend._auth import Principal, retry_after
 from backend._db import charges, journeys, legs, riders
 from backend._gtfs_rt import FleetView, OccupancyThresholds, build_feed, feed_to_json
 from backend._waits import WaitRules
@@ -46,6 +64,7 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "ApiAuth",
     "ApiState",
     "Publisher",
     "create_app",
@@ -93,6 +112,7 @@ class ApiState:
         on_revoked: called with ``rider_id`` after a revocation.
         clock: wall time (UNIX seconds).
         waits: the wait service (made from the above unless given).
+        auth: credentials, rate limits and the body cap (``[api]``).
     """
 
     engine: AsyncEngine
@@ -106,6 +126,7 @@ class ApiState:
     on_revoked: Callable[[str], None] | None = None
     clock: Callable[[], float] = time.time
     waits: WaitService | None = None
+    auth: ApiAuth = field(default_factory=ApiAuth)
 
     def __post_init__(self) -> None:
         if self.fleet is None:
@@ -130,11 +151,18 @@ class EnrolRequest(BaseModel):
     kind: Literal["fob", "app"] = Field("app", description="The token: a BLE fob or a phone app.")
     rider_id: str | None = Field(
         None,
-        description="Rider id to use (1-64 of [A-Za-z0-9_.:-]); default: a random one.",
+        description=(
+            "Rider id to use (1-64 of [A-Za-z0-9_.:-]; operators with riders:write only); "
+            "default: a random, non-enumerable one."
+        ),
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
     )
     category: Literal["adult", "youth", "child"] = Field(
-        "adult", description="Fare category the rider's journeys are priced with."
+        "adult",
+        description=(
+            "Fare category the rider's journeys are priced with; anything but adult needs "
+            "an operator with riders:write."
+        ),
     )
 
 
@@ -146,6 +174,24 @@ class EnrolResponse(BaseModel):
     category: Literal["adult", "youth", "child"]
     token_key: str = Field(description="16-byte token key, 32 hex characters; shown once.")
     enrolled_at: float
+    access_token: str = Field(
+        description="The rider's bearer token for this API (bbr_...); shown once."
+    )
+
+
+class TokenOut(BaseModel):
+    """A rider's new API bearer token: shown once; the older ones no longer work."""
+
+    rider_id: str
+    access_token: str
+
+
+class CategoryIn(BaseModel):
+    """Set a rider's fare category (operators only)."""
+
+    model_config = {"extra": "forbid"}
+
+    category: Literal["adult", "youth", "child"]
 
 
 class RiderStatus(BaseModel):
@@ -224,8 +270,136 @@ class ChargesOut(BaseModel):
 
 def _check_rider_id(rider_id: str) -> str:
     if not _RIDER_ID_RE.match(rider_id):
-        raise HTTPException(422, f"invalid rider id {rider_id!r}")
+        raise HTTPException(422, f"invalid rider id {rider_id[:64]!r}")
     return rider_id
+
+
+async def _enroller(
+    request: Request,
+    _credentials: Annotated[Any, Security(bearer)],
+) -> Principal | None:
+    """Enrolment takes optional credentials (an operator may set id and category)."""
+    return await current_principal(request)
+
+
+async def _operator_write(
+    request: Request,
+    _credentials: Annotated[Any, Security(bearer)],
+) -> Principal:
+    """Operators with ``riders:write`` only (riders cannot change their own category)."""
+    principal = await current_principal(request)
+    auth = request.app.state.busbell.auth
+    if principal is None:
+        refused(auth, "no_credentials", request)
+        raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
+    if principal.kind != "operator" or not principal.may("", "riders:write"):
+        refused(auth, "forbidden", request, scope="riders:write")
+        raise HTTPException(403, "not allowed")
+    return principal
+
+
+def _enrol_route(app: FastAPI, state: ApiState) -> None:
+    """``POST /riders``."""
+
+    @app.post(
+        "/riders",
+        status_code=201,
+        response_model=EnrolResponse,
+        tags=["riders"],
+        responses={403: {"description": "rider_id or category set without an operator"}},
+    )
+    async def enrol(
+        body: EnrolRequest,
+        request: Request,
+        principal: Annotated[Principal | None, Security(_enroller)],
+    ) -> EnrolResponse:
+        """Enrol a rider: issues a fresh token key and API token, returned only here.
+
+        Without operator credentials (when ``[api] open_enrolment``): a random rider id,
+        the adult category, at most ``[api] enrol_per_hour`` per client address.
+        """
+        auth = state.auth
+        operator = principal is not None and principal.may("", "riders:write")
+        if not operator:
+            if principal is not None and principal.kind == "operator":
+                refused(auth, "forbidden", request, scope="riders:write")
+                raise HTTPException(403, "enrolment needs the riders:write scope")
+            if not auth.open_enrolment:
+                refused(auth, "no_credentials", request)
+                raise HTTPException(
+                    401, "enrolment needs operator credentials", {"WWW-Authenticate": "Bearer"}
+                )
+            if body.rider_id is not None or body.category != "adult":
+                refused(auth, "forbidden", request, scope="riders:write")
+                raise HTTPException(403, "only an operator sets rider_id or category")
+            client = request.client.host if request.client is not None else "unknown"
+            wait = auth.enrol.take(f"addr:{client}", auth.monotonic())
+            if wait:
+                refused(auth, "rate_limited", request, key="enrol")
+                raise HTTPException(429, "too many enrolments", {"Retry-After": retry_after(wait)})
+        rider_id = body.rider_id or f"r-{secrets.token_hex(12)}"
+        token_key = secrets.token_bytes(16)
+        now = state.clock()
+        access_token = await _insert_rider(
+            state.engine, rider_id, token_key, now, kind=body.kind, category=body.category
+        )
+        if access_token is None:
+            raise HTTPException(409, f"rider {rider_id!r} already exists")
+        if state.on_enrolled is not None:
+            state.on_enrolled(rider_id, token_key)
+        log.info("rider_enrolled", rider_id=rider_id, kind=body.kind, category=body.category)
+        return EnrolResponse(
+            rider_id=rider_id,
+            kind=body.kind,
+            category=body.category,
+            token_key=token_key.hex(),
+            enrolled_at=now,
+            access_token=access_token,
+        )
+
+
+def _account_routes(
+    app: FastAPI, state: ApiState, rider_row: Callable[[str], Awaitable[sa.Row[Any]]]
+) -> None:
+    """``POST /riders/{id}/token`` and ``PUT /riders/{id}/category``."""
+    write = [Security(rider_access("riders:write"))]
+
+    @app.post(
+        "/riders/{rider_id}/token", response_model=TokenOut, tags=["riders"], dependencies=write
+    )
+    async def new_token(rider_id: str) -> TokenOut:
+        """Issue the rider a new API token; every older token of the rider stops working."""
+        await rider_row(rider_id)
+        async with state.engine.begin() as conn:
+            token = await issue_rider_token(conn, rider_id, state.clock(), replace=True)
+        log.info("rider_token_issued", rider_id=rider_id)
+        return TokenOut(rider_id=rider_id, access_token=token)
+
+    @app.put(
+        "/riders/{rider_id}/category",
+        response_model=RiderStatus,
+        tags=["riders"],
+        dependencies=[Security(_operator_write)],
+    )
+    async def set_category(rider_id: str, body: CategoryIn) -> RiderStatus:
+        """Set the fare category future journeys are priced with (operators only)."""
+        await rider_row(rider_id)
+        async with state.engine.begin() as conn:
+            await conn.execute(
+                sa.update(riders)
+                .where(riders.c.rider_id == rider_id)
+                .values(category=body.category)
+            )
+        log.info("rider_category_set", rider_id=rider_id, category=body.category)
+        row = await rider_row(rider_id)
+        return RiderStatus(
+            rider_id=row.rider_id,
+            status=row.status,
+            kind=row.kind,
+            category=row.category,
+            enrolled_at=row.enrolled_at,
+            revoked_at=row.revoked_at,
+        )
 
 
 def create_app(state: ApiState) -> FastAPI:
@@ -242,8 +416,19 @@ def create_app(state: ApiState) -> FastAPI:
     )
     install_offline_docs(app)
     app.state.busbell = state
+    app.router.dependencies.append(Depends(current_principal))
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=lambda: state.auth.max_body_bytes,
+        on_refused=lambda reason, scope: log.warning(
+            "api_request_refused", reason=reason, path=str(scope.get("path", ""))[:200]
+        ),
+    )
     assert state.waits is not None
-    app.include_router(rider_router(state.waits))
+    app.include_router(rider_router(state.waits), dependencies=[Security(rider_access_by_method)])
+    read = [Security(rider_access("riders:read"))]
+    write = [Security(rider_access("riders:write"))]
 
     async def rider_row(rider_id: str) -> sa.Row[Any]:
         _check_rider_id(rider_id)
@@ -255,28 +440,11 @@ def create_app(state: ApiState) -> FastAPI:
             raise HTTPException(404, f"unknown rider {rider_id!r}")
         return row
 
-    @app.post("/riders", status_code=201, response_model=EnrolResponse, tags=["riders"])
-    async def enrol(body: EnrolRequest) -> EnrolResponse:
-        """Enrol a rider: issues a fresh token key, returned only in this response."""
-        rider_id = body.rider_id or f"r-{secrets.token_hex(8)}"
-        token_key = secrets.token_bytes(16)
-        now = state.clock()
-        if not await _insert_rider(
-            state.engine, rider_id, token_key, now, kind=body.kind, category=body.category
-        ):
-            raise HTTPException(409, f"rider {rider_id!r} already exists")
-        if state.on_enrolled is not None:
-            state.on_enrolled(rider_id, token_key)
-        log.info("rider_enrolled", rider_id=rider_id, kind=body.kind, category=body.category)
-        return EnrolResponse(
-            rider_id=rider_id,
-            kind=body.kind,
-            category=body.category,
-            token_key=token_key.hex(),
-            enrolled_at=now,
-        )
+    _enrol_route(app, state)
 
-    @app.get("/riders/{rider_id}", response_model=RiderStatus, tags=["riders"])
+    _account_routes(app, state, rider_row)
+
+    @app.get("/riders/{rider_id}", response_model=RiderStatus, tags=["riders"], dependencies=read)
     async def rider_status(rider_id: str) -> RiderStatus:
         """A rider's registration state (never the token key)."""
         row = await rider_row(rider_id)
@@ -289,7 +457,9 @@ def create_app(state: ApiState) -> FastAPI:
             revoked_at=row.revoked_at,
         )
 
-    @app.post("/riders/{rider_id}/revoke", response_model=RiderStatus, tags=["riders"])
+    @app.post(
+        "/riders/{rider_id}/revoke", response_model=RiderStatus, tags=["riders"], dependencies=write
+    )
     async def revoke(rider_id: str) -> RiderStatus:
         """Revoke a rider's token (lost fob, closed account); idempotent."""
         row = await rider_row(rider_id)
@@ -314,7 +484,12 @@ def create_app(state: ApiState) -> FastAPI:
             revoked_at=revoked_at,
         )
 
-    @app.get("/riders/{rider_id}/journeys", response_model=JourneysOut, tags=["riders"])
+    @app.get(
+        "/riders/{rider_id}/journeys",
+        response_model=JourneysOut,
+        tags=["riders"],
+        dependencies=read,
+    )
     async def rider_journeys(
         rider_id: str,
         since: float | None = Query(None, description="Only journeys from this UNIX time."),
@@ -376,7 +551,9 @@ def create_app(state: ApiState) -> FastAPI:
             ],
         )
 
-    @app.get("/riders/{rider_id}/charges", response_model=ChargesOut, tags=["riders"])
+    @app.get(
+        "/riders/{rider_id}/charges", response_model=ChargesOut, tags=["riders"], dependencies=read
+    )
     async def rider_charges(
         rider_id: str,
         since: float | None = Query(None, description="Only charges from this UNIX time."),
@@ -443,13 +620,14 @@ async def _insert_rider(
     *,
     kind: str = "fob",
     category: str = "adult",
-) -> bool:
+) -> str | None:
+    """Insert the rider and its first API token; ``None`` when the id is taken."""
     async with engine.begin() as conn:
         exists = (
             await conn.execute(sa.select(riders.c.rider_id).where(riders.c.rider_id == rider_id))
         ).first()
         if exists is not None:
-            return False
+            return None
         await conn.execute(
             sa.insert(riders).values(
                 rider_id=rider_id,
@@ -461,16 +639,19 @@ async def _insert_rider(
                 category=category,
             )
         )
-    return True
+        return await issue_rider_token(conn, rider_id, now)
 
 
 async def enroll_rider(
     url: str, rider_id: str, token_key: bytes, *, kind: str = "fob", category: str = "adult"
-) -> None:
+) -> str:
     """Enrol a rider into the database at ``url`` (migrating it first).
 
     The rider's ``kind`` (fob or app) and fare ``category`` are stored with the token
     key, which is all the online settlement needs to resolve and price the rider.
+
+    Returns:
+        The rider's rider-API bearer token (stored hashed; shown once).
 
     Raises:
         StoreError: the database cannot be reached or migrated.
@@ -481,11 +662,13 @@ async def enroll_rider(
     engine = create_engine(url)
     try:
         await migrate(engine)
-        if not await _insert_rider(
+        access_token = await _insert_rider(
             engine, rider_id, token_key, time.time(), kind=kind, category=category
-        ):
+        )
+        if access_token is None:
             raise ContractError(f"rider {rider_id!r} already exists", field="rider_id")
         log.info("rider_enrolled", rider_id=rider_id, kind=kind, category=category)
+        return access_token
     finally:
         await engine.dispose()
 
@@ -557,7 +740,13 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
         await migrate(engine)
     feed = load_gtfs(config.files.gtfs) if config.files.gtfs is not None else None
     topics = Topics(config.mqtt.prefix)
-    state = ApiState(engine=engine, topics=topics, feed=feed, wait_rules=config.waits.rules())
+    state = ApiState(
+        engine=engine,
+        topics=topics,
+        feed=feed,
+        wait_rules=config.waits.rules(),
+        auth=ApiAuth.from_settings(config.api),
+    )
     assert state.waits is not None
     await state.waits.restore()
     app = create_app(state)

@@ -53,6 +53,7 @@ __all__ = [
     "quarantine",
     "rid_lookup",
     "rider_segments",
+    "rider_tokens",
     "rider_waits",
     "riders",
     "settlement_dirty",
@@ -191,6 +192,17 @@ riders = sa.Table(
         doc="fare category: adult, youth or child",
     ),
 )
+
+rider_tokens = sa.Table(
+    "rider_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True, doc="SHA-256 of the token, hex"),
+    sa.Column("rider_id", sa.String(64), nullable=False),
+    sa.Column("created_at", _Time, nullable=False),
+    sa.Column("revoked_at", _Time, nullable=True, doc="set when a newer token replaced it"),
+    sa.Index(None, "rider_id"),
+)
+"""Riders' API bearer tokens (:mod:`backend._auth`): only their hashes are stored."""
 
 rid_lookup = sa.Table(
     "rid_lookup",

@@ -55,6 +55,15 @@ Reprices each journey with the fare engine (distances from GTFS, else the leg's
 distance_m) and prints the engine's explanation line by line.
 """
 
+OPERATOR_EPILOG = """\
+example:
+  busbell backend api-token night-desk --scopes riders:read,riders:write
+
+Makes a new operator bearer token for the rider API and prints it ONCE, then the line to
+add to the backend config's [api] operators list (it holds only the token's SHA-256).
+Scopes: riders:read, riders:write, devices:write.
+"""
+
 RUN_EPILOG = """\
 example:
   busbell backend run --config backend.toml
@@ -109,7 +118,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="busbell central service.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands: run, settle, enroll, fares explain (each has --help)",
+        epilog="commands: run, settle, enroll, fares explain, api-token (each has --help)",
     )
     ap.add_argument(
         "--log-level",
@@ -209,6 +218,18 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rn.add_argument("--config", type=Path, default=None, help="backend TOML config")
+
+    at = sub.add_parser(
+        "api-token",
+        help="make an operator token for the rider API",
+        description="Make an operator bearer token and its [api] operators config entry.",
+        epilog=OPERATOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    at.add_argument("name", help="operator name ([A-Za-z0-9_-]+)")
+    at.add_argument(
+        "--scopes", required=True, help="comma-separated: riders:read, riders:write, devices:write"
+    )
     return ap
 
 
@@ -226,7 +247,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> in
         return _enroll(args)
     if args.command == "fares":
         return _explain(args)
+    if args.command == "api-token":
+        return _api_token(args)
     return _run(args)
+
+
+def _api_token(args: argparse.Namespace) -> int:
+    from backend._auth import new_operator_token, operator_entry
+
+    token = new_operator_token()
+    try:
+        entry = operator_entry(args.name, [s for s in args.scopes.split(",") if s], token)
+    except ValueError as exc:
+        raise BusbellError(str(exc)) from None
+    _out(f"token: {token}")
+    _out("shown once; add to the backend config:")
+    _out("[api]")
+    _out(f'operators = ["{entry}"]')
+    return 0
 
 
 # ---------------------------------------------------------------------------- settle
@@ -312,18 +350,19 @@ def _enroll(args: argparse.Namespace) -> int:
     if args.riders is None and args.db is None:
         _err("error: give --riders RIDERS.csv and/or --db URL")
         return 2
-    rider_id = args.rider_id or f"r-{secrets.token_hex(6)}"
+    rider_id = args.rider_id or f"r-{secrets.token_hex(12)}"
     token_key = secrets.token_bytes(16)
     riders_exist = args.riders is not None and args.riders.exists()
     if riders_exist and args.riders.stat().st_size and rider_id in read_riders(args.riders):
         _err(f"error: rider {rider_id} is already in {args.riders}")
         return 2
+    access_token = ""
     if args.db is not None:
         import asyncio
 
         from backend._api import enroll_rider
 
-        asyncio.run(
+        access_token = asyncio.run(
             enroll_rider(args.db, rider_id, token_key, kind=args.kind, category=args.category)
         )
     if args.riders is not None:
@@ -332,6 +371,8 @@ def _enroll(args: argparse.Namespace) -> int:
     _out(f"kind: {args.kind}")
     _out(f"category: {args.category}")
     _out(f"token_key: {token_key.hex()}")
+    if args.db is not None:
+        _out(f"access_token: {access_token}")
     _err("the token key is shown once: load it into the fob or app now")
     return 0
 

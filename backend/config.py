@@ -290,6 +290,56 @@ class ApiSettings:
 
     host: str = option("127.0.0.1", doc="Address the HTTP API listens on.")
     port: int = option(8080, doc="TCP port of the HTTP API.")
+    operators: tuple[str, ...] = option(
+        (),
+        doc=(
+            "Operator credentials, each 'NAME|SCOPE,SCOPE|SHA256HEX' (the SHA-256 of the "
+            "operator's bearer token, never the token); scopes riders:read, riders:write, "
+            "devices:write. Make one with: busbell backend api-token NAME --scopes SCOPES."
+        ),
+    )
+    open_enrolment: bool = option(
+        True,
+        doc=(
+            "Anyone may enrol (POST /riders without credentials: random rider id, adult "
+            "fare category); false: only an operator with riders:write may enrol."
+        ),
+    )
+    max_body_bytes: int = option(
+        16384, doc="Largest request body; a bigger one is refused with 413 before it is read."
+    )
+    rate_per_s: float = option(
+        5.0, doc="Requests per second a rider may make (token bucket refill)."
+    )
+    rate_burst: int = option(30, doc="Requests a rider may make at once (bucket size).")
+    operator_rate_per_s: float = option(
+        200.0, doc="Requests per second an operator credential may make."
+    )
+    operator_rate_burst: int = option(1000, doc="Requests an operator may make at once.")
+    anonymous_rate_per_s: float = option(
+        5.0,
+        doc=(
+            "Requests per second per client address without valid credentials (public "
+            "endpoints, enrolment, failed authentication)."
+        ),
+    )
+    anonymous_rate_burst: int = option(
+        50, doc="Requests per client address without valid credentials at once."
+    )
+    enrol_per_hour: float = option(
+        20.0, doc="Enrolments per hour per client address without operator credentials."
+    )
+
+    def __post_init__(self) -> None:
+        from backend._auth import OperatorRegistry
+
+        OperatorRegistry(self.operators)  # a clear error for a malformed entry
+        if self.max_body_bytes < 1024:
+            raise ValueError("api.max_body_bytes must be at least 1024")
+        rates = (self.rate_per_s, self.operator_rate_per_s, self.anonymous_rate_per_s)
+        bursts = (self.rate_burst, self.operator_rate_burst, self.anonymous_rate_burst)
+        if min(rates) <= 0 or min(bursts) < 1 or self.enrol_per_hour <= 0:
+            raise ValueError("api rates must be positive and bursts at least 1")
 
 
 @dataclass(frozen=True, slots=True)

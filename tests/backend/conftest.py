@@ -26,3 +26,23 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     await migrate(eng)
     yield eng
     await eng.dispose()
+
+
+class OperatorCredentials:
+    """An :class:`backend._api.ApiAuth` with one all-scopes operator, and its headers."""
+
+    def __init__(self) -> None:
+        from backend._api_auth import ApiAuth
+        from backend._auth import SCOPES, OperatorRegistry, new_operator_token, operator_entry
+
+        self.token = new_operator_token()
+        self.auth = ApiAuth(
+            operators=OperatorRegistry([operator_entry("test-ops", SCOPES, self.token)])
+        )
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def operator() -> OperatorCredentials:
+    """API credentials of an operator with every scope (``auth`` for ApiState, ``headers``)."""
+    return OperatorCredentials()

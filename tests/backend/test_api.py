@@ -39,24 +39,34 @@ class FakeBroker:
         self.sent.append((topic, data, retain, expiry_s))
 
 
-async def _client(url: str, tmp_path: Path, **kw: Any) -> tuple[httpx.AsyncClient, ApiState]:
+async def _client(
+    url: str, tmp_path: Path, operator: Any, **kw: Any
+) -> tuple[httpx.AsyncClient, ApiState]:
     engine = create_engine(url)
     await migrate(engine)
     gtfs = tmp_path / "gtfs"
     write_gtfs(gtfs)
-    state = ApiState(engine=engine, topics=Topics("t/busbell/v1"), feed=load_gtfs(gtfs), **kw)
+    state = ApiState(
+        engine=engine,
+        topics=Topics("t/busbell/v1"),
+        feed=load_gtfs(gtfs),
+        auth=operator.auth,
+        **kw,
+    )
     app = create_app(state)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api", headers=operator.headers
+    )
     return client, state
 
 
 @pytest.fixture
 async def sqlite_api(
-    tmp_path: Path,
+    tmp_path: Path, operator: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, ApiState, FakeBroker]]:
     broker = FakeBroker()
     client, state = await _client(
-        f"sqlite+aiosqlite:///{tmp_path}/api.db", tmp_path, publisher=broker
+        f"sqlite+aiosqlite:///{tmp_path}/api.db", tmp_path, operator, publisher=broker
     )
     async with client:
         yield client, state, broker
@@ -175,8 +185,8 @@ async def test_healthz_says_whether_the_broker_is_connected(
 
 
 @pytest.mark.postgres
-async def test_enrol_and_ledger_on_postgres(pg_url: str, tmp_path: Path) -> None:
-    client, state = await _client(pg_url, tmp_path, publisher=FakeBroker())
+async def test_enrol_and_ledger_on_postgres(pg_url: str, tmp_path: Path, operator: Any) -> None:
+    client, state = await _client(pg_url, tmp_path, operator, publisher=FakeBroker())
     async with client:
         r = await client.post("/riders", json={"rider_id": "pg-rider", "kind": "app"})
         assert r.status_code == 201

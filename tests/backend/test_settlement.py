@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from backend._api import ApiState, create_app
+from backend._auth import new_operator_token, operator_entry
 from backend._bench_ingest import batch_payload
 from backend._bench_settle import T0, World
 from backend._db import (
@@ -99,7 +100,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+async def env(db_url: str, tmp_path: Path, operator: Any) -> AsyncIterator[Env]:
     world = World(tmp_path, riders=3, buses=3)
     engine = create_engine(db_url)
     await migrate(engine)
@@ -112,9 +113,9 @@ async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
     feed = load_gtfs(world.gtfs)
     rules = load_rules(timezone=feed.timezone)
     worker = SettlementWorker(engine, feed, rules, clock=lambda: NOW)
-    app = create_app(ApiState(engine=engine, feed=feed, clock=lambda: 2.0))
+    app = create_app(ApiState(engine=engine, feed=feed, clock=lambda: 2.0, auth=operator.auth))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://api"
+        transport=httpx.ASGITransport(app=app), base_url="http://api", headers=operator.headers
     ) as client:
         yield Env(world, engine, ingestor, worker, client, rules)
     await engine.dispose()
@@ -565,12 +566,14 @@ async def test_backend_run_starts_the_settlement(
     world.ride("r0001", "bus-01", board=1, alight=4, t=T0)
     url = f"sqlite+aiosqlite:///{tmp_path / 'run.db'}"
     port = free_port()
+    ops = new_operator_token()
+    ops_entry = operator_entry("settle-test", ["riders:read"], ops)
     cfg = tmp_path / "backend.toml"
     cfg.write_text(
         f'[database]\nurl = "{url}"\n'
         f'[mqtt]\nhost = "{shared_broker.host}"\nport = {shared_broker.port}\n'
         f'prefix = "{topic_prefix}"\n'
-        f"[api]\nport = {port}\n"
+        f'[api]\nport = {port}\noperators = ["{ops_entry}"]\n'
         f'[files]\ndevices = "{world.devices_csv}"\nriders = "{world.riders_csv}"\n'
         f'gtfs = "{world.gtfs}"\n'
         "[settlement]\ninterval_s = 0.2\n"
@@ -579,7 +582,9 @@ async def test_backend_run_starts_the_settlement(
     with capture_logs() as logs:
         task = asyncio.create_task(run_backend(cfg, stop=stop))
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ops}"}
+            ) as client:
                 async with asyncio.timeout(20):
                     while True:
                         with contextlib.suppress(httpx.TransportError):

@@ -94,7 +94,7 @@ async def retained(settings: MqttSettings, topic: str, timeout: float = 1.0) -> 
 
 @pytest.fixture
 async def api(
-    db_url: str, tmp_path: Path, shared_broker: Any, topic_prefix: str
+    db_url: str, tmp_path: Path, shared_broker: Any, topic_prefix: str, operator: Any
 ) -> AsyncIterator[Api]:
     gtfs = tmp_path / "gtfs"
     write_gtfs(gtfs)
@@ -115,10 +115,13 @@ async def api(
         feed=load_gtfs(gtfs),
         wait_rules=WaitRules(rate_max=5, min_lifetime_s=1),
         clock=lambda: clock[0],
+        auth=operator.auth,
     )
     link = asyncio.create_task(_BrokerLink(settings, state, f"t-api-{uuid.uuid4().hex[:10]}").run())
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(state)), base_url="http://api"
+        transport=httpx.ASGITransport(app=create_app(state)),
+        base_url="http://api",
+        headers=operator.headers,
     )
     try:
         async with (
@@ -392,11 +395,14 @@ async def test_waits_expire_and_live_waits_survive_a_restart(api: Api) -> None:
         feed=api.state.feed,
         publisher=api.bus,
         clock=lambda: api.clock[0],
+        auth=api.state.auth,
     )
     assert fresh.waits is not None
     assert await fresh.waits.restore() == 1
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(fresh)), base_url="http://api"
+        transport=httpx.ASGITransport(app=create_app(fresh)),
+        base_url="http://api",
+        headers=api.client.headers,
     ) as client:
         r = await client.post(f"/riders/{rider}/waits", json={"route_id": "R1", "stop_id": "S09"})
         assert r.json()["replaced"] == live
