@@ -1,7 +1,7 @@
 """Riders' API bearer tokens.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-04 19:10:00
 
 * ``rider_tokens``: the SHA-256 of each bearer token the rider API issued (at enrolment
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
