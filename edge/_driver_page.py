@@ -646,12 +646,25 @@ async def run_driver_page(
 
     The connection is an :class:`~edge._uplink.MqttLink` (reconnects with backoff) with
     the client id ``busbell-display-BUS`` and no last will: the bus's status stays the
-    daemon's. Returns the display (its counters) once stopped.
+    daemon's. Its session is clean and expires with the connection: the page needs only
+    the retained state, and a persistent session would make the broker queue every model
+    published while the page is down, to be replayed when it comes back. Returns the
+    display (its counters) once stopped.
     """
+    import functools
+
+    from busbell._mqtt import MqttSession
     from edge._uplink import MqttLink
 
     topics = Topics(mqtt.prefix)
-    link = MqttLink(mqtt, bus_id, topics, client_id=f"busbell-display-{bus_id}", lwt=False)
+    link = MqttLink(
+        dataclasses.replace(mqtt, session_expiry_s=0),
+        bus_id,
+        topics,
+        client_id=f"busbell-display-{bus_id}",
+        lwt=False,
+        session_factory=functools.partial(MqttSession, clean_start=True),
+    )
     display = DriverDisplay(bus_id, topics, link, settings)
     name = f"busbell[{bus_id}]"
     async with asyncio.TaskGroup() as tg:
