@@ -231,7 +231,7 @@
     const box = $("next");
     const vw = window.innerWidth / 100;
     fitText($("stop-requested"), Math.min(84, 6.6 * vw), 28, 0, null);
-    fitText(name, Math.min(110, 10 * vw), 32, 2, box);
+    fitText(name, Math.min(110, 10 * vw), 32, 3, box);
 
     // following stops
     const ol = $("stops");
@@ -257,6 +257,14 @@
     const more = all.length - listed.length;
     $("more").hidden = more <= 0;
     $("more").textContent = more > 0 ? t("more", { n: more }) : "";
+    // long names on a small screen: the list's type shrinks before a stop is cut off
+    const up = $("upcoming");
+    let listPx = Math.max(22, Math.min(34, 2.6 * vw));
+    ol.style.fontSize = listPx + "px";
+    while (listPx > 16 && up.scrollHeight > up.clientHeight + 1) {
+      listPx -= 2;
+      ol.style.fontSize = listPx + "px";
+    }
 
     // the ack button
     const btn = $("ack");
@@ -309,8 +317,9 @@
         headers,
         body: JSON.stringify({ request_ids: shownIds }),
       });
-      if (!r.ok) note("ack_failed");
-      else {
+      // 409: none of these requests is live any more; the next model shows that
+      if (!r.ok && r.status !== 409) note("ack_failed");
+      else if (r.ok) {
         const body = await r.json();
         if (state) state.acked = [...new Set([...state.acked, ...body.acked])];
       }

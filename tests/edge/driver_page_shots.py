@@ -91,6 +91,47 @@ def quiet_model() -> dict[str, Any]:
     }
 
 
+def long_model() -> dict[str, Any]:
+    """Long names and many requests: the type shrinks, nothing is cut off."""
+    names = [
+        "판교테크노밸리 Pangyo Techno Valley",
+        "정자동 카페거리 Jeongja Cafe St.",
+        "서현역 AK플라자 Seohyeon Stn. AK Plaza",
+        "수원월드컵경기장 Suwon World Cup Stadium",
+        "경기대학교 후문 Kyonggi University Back Gate",
+        "아주대학교입구 Ajou University Entrance",
+    ]
+    nxt = stop(
+        "X0",
+        "수원역환승센터(10번승강장) Suwon Stn. Transfer Center Platform 10",
+        1,
+        12,
+        assist=True,
+        requested=True,
+        ids=tuple(f"w-x{k}" for k in range(12)),
+    )
+    following = [
+        stop(
+            f"X{i + 1}",
+            name,
+            i + 2,
+            i,
+            assist=i % 2 == 0,
+            requested=i == 3,
+            ids=tuple(f"w-{i}-{k}" for k in range(i)),
+        )
+        for i, name in enumerate(names)
+    ]
+    return {
+        **busy_model(),
+        "route_id": "G6000",
+        "trip_id": "G6000-0712-1",
+        "on_board": 58,
+        "next_stop": nxt,
+        "stops": [nxt, *following],
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,6 +182,9 @@ async def main(out: Path) -> None:
             await page.click("#ack")
             await page.wait_for_selector("#ack.done")
             await shoot(page, out, "driver-display-acked-1024x600-ko.png")
+            await publish(mqtt, topic, long_model())
+            await page.wait_for_selector("#ack.pending")
+            await shoot(page, out, "driver-display-long-names-1024x600-ko.png")
             await publish(mqtt, topic, quiet_model())
             await page.wait_for_selector("#stop-requested", state="hidden")
             await shoot(page, out, "driver-display-quiet-1024x600-ko.png")
