@@ -12,6 +12,8 @@ Endpoints (OpenAPI at ``/openapi.json``, a copy in ``docs/rider-api.openapi.json
   ``DELETE /riders/{id}/waits/{request_id}``: boarding-wait requests, one live wait per
   rider, under the rules of ``[waits]`` (:mod:`backend._waits_api`, core in
   :mod:`backend._waits`).
+* ``GET /ops/missed-stops``, ``GET /ops/missed-stops/{event_id}``: the operator's report
+  of missed stops from the buses' signed records (:mod:`backend._missed`).
 * ``GET /gtfs-rt/vehicle-positions``: GTFS-Realtime protobuf (``?format=json``: JSON).
 
 Bad requests get a 4xx with ``{"detail": ...}``; a missing broker connection is 503.
@@ -52,6 +54,7 @@ from backend._api_docs import install_offline_docs
 from backend._auth import Principal, retry_after
 from backend._db import charges, journeys, legs, riders
 from backend._gtfs_rt import FleetView, OccupancyThresholds, build_feed, feed_to_json
+from backend._missed import ops_router
 from backend._waits import WaitRules
 from backend._waits_api import WaitService, rider_router
 from busbell._errors import ContractError, UplinkError
@@ -282,6 +285,22 @@ async def _enroller(
     return await current_principal(request)
 
 
+async def _operator_read(
+    request: Request,
+    _credentials: Annotated[Any, Security(bearer)],
+) -> Principal:
+    """Operators with ``riders:read`` only (the missed-stop report names riders' waits)."""
+    principal = await current_principal(request)
+    auth = request.app.state.busbell.auth
+    if principal is None:
+        refused(auth, "no_credentials", request)
+        raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
+    if principal.kind != "operator" or not principal.may("", "riders:read"):
+        refused(auth, "forbidden", request, scope="riders:read")
+        raise HTTPException(403, "not allowed")
+    return principal
+
+
 async def _operator_write(
     request: Request,
     _credentials: Annotated[Any, Security(bearer)],
@@ -429,6 +448,8 @@ def create_app(state: ApiState) -> FastAPI:
     app.include_router(rider_router(state.waits), dependencies=[Security(rider_access_by_method)])
     read = [Security(rider_access("riders:read"))]
     write = [Security(rider_access("riders:write"))]
+    names = {sid: s.name for sid, s in state.feed.stops.items() if s.name} if state.feed else {}
+    app.include_router(ops_router(state.engine, names), dependencies=[Security(_operator_read)])
 
     async def rider_row(rider_id: str) -> sa.Row[Any]:
         _check_rider_id(rider_id)

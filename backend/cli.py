@@ -73,6 +73,20 @@ the key publisher until interrupted.
 """
 
 
+MISSED_EPILOG = """\
+examples:
+  busbell backend missed-report --config backend.toml             # the last 7 days
+  busbell backend missed-report --db sqlite+aiosqlite:///busbell-backend.db --since=-24h
+  busbell backend missed-report --config backend.toml --route 11 --since 2026-12-01 --json
+
+Reads the missed_stops table (the buses' signed `missed` chain records, stored by ingest)
+and prints, per route and stop, how many waits were missed, when, by which bus, and each
+record's check: verified (hash and Ed25519 signature against the device registry), or
+malformed, mismatch, hash_mismatch, unknown_device, bad_signature. Times are in the GTFS
+agency's timezone when a feed is given (--gtfs or [files] gtfs), else UTC.
+"""
+
+
 SERVICE_STOP_GRACE_S = 5.0
 """How long `run_backend` lets the service finish after ``stop`` before cancelling it."""
 
@@ -118,7 +132,8 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="busbell central service.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands: run, settle, enroll, fares explain, api-token (each has --help)",
+        epilog="commands: run, settle, enroll, fares explain, api-token, missed-report "
+        "(each has --help)",
     )
     ap.add_argument(
         "--log-level",
@@ -230,7 +245,57 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     at.add_argument(
         "--scopes", required=True, help="comma-separated: riders:read, riders:write, devices:write"
     )
+
+    mr = sub.add_parser(
+        "missed-report",
+        help="report the stops buses passed while a rider waited (signed records)",
+        description="Missed stops per route and stop: how many, when, by which bus; each "
+        "bus-signed record checked again (hash, signature against the device registry).",
+        epilog=MISSED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mr.add_argument("--config", type=Path, default=None, help="backend TOML config")
+    mr.add_argument("--db", default=None, help="database URL (default: the config's)")
+    mr.add_argument(
+        "--since",
+        type=_when_arg,
+        default=None,
+        help="from this time: UNIX seconds, ISO date/time (UTC unless it says), or a time "
+        "ago written with '=': --since=-24h, --since=-7d, --since=-30m (default: 7 days ago)",
+    )
+    mr.add_argument("--until", type=_when_arg, default=None, help="before this time (same forms)")
+    mr.add_argument("--route", default=None, help="only this route")
+    mr.add_argument("--stop", default=None, help="only this stop")
+    mr.add_argument("--bus", default=None, help="only this bus")
+    mr.add_argument("--gtfs", type=Path, default=None, help="GTFS directory, for stop names")
+    mr.add_argument("--limit", type=int, default=10_000, help="most records (the newest)")
+    mr.add_argument("--json", action="store_true", help="print the report as JSON")
     return ap
+
+
+def _when_arg(text: str) -> float:
+    """A time: UNIX seconds, ISO 8601 (naive means UTC), or ``-Nd``/``-Nh``/``-Nm`` ago."""
+    import datetime as dt
+    import re
+
+    text = text.strip()
+    m = re.fullmatch(r"-(\d+(?:\.\d+)?)([dhm])", text)
+    if m:
+        unit = {"d": 86400, "h": 3600, "m": 60}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        return _float_arg(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (UNIX seconds, ISO date/time, or -7d/-24h/-30m)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> int:
@@ -249,6 +314,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> in
         return _explain(args)
     if args.command == "api-token":
         return _api_token(args)
+    if args.command == "missed-report":
+        return _missed_report(args)
     return _run(args)
 
 
@@ -264,6 +331,60 @@ def _api_token(args: argparse.Namespace) -> int:
     _out("shown once; add to the backend config:")
     _out("[api]")
     _out(f'operators = ["{entry}"]')
+    return 0
+
+
+# ---------------------------------------------------------------------------- missed
+
+
+def _missed_report(args: argparse.Namespace) -> int:
+    import asyncio
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    import sqlalchemy as sa
+
+    from backend._db import create_engine, engine_for
+    from backend._missed import format_report, missed_report
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+    from busbell._gtfs import load_gtfs
+
+    config = load_config(BackendConfig, args.config)
+    gtfs = args.gtfs or config.files.gtfs
+    feed = load_gtfs(gtfs) if gtfs is not None else None
+    names = {sid: s.name for sid, s in feed.stops.items() if s.name} if feed else {}
+    since = args.since if args.since is not None else time.time() - 7 * 86400
+
+    async def report() -> Any:
+        engine = create_engine(args.db) if args.db else engine_for(config.database)
+        try:
+            return await missed_report(
+                engine,
+                since=since,
+                until=args.until,
+                route_id=args.route,
+                stop_id=args.stop,
+                bus_id=args.bus,
+                limit=args.limit,
+                stop_names=names,
+            )
+        finally:
+            await engine.dispose()
+
+    try:
+        result = asyncio.run(report())
+    except sa.exc.SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise BusbellError(
+            f"cannot read missed stops: {reason} (a database `busbell backend run` migrated?)"
+        ) from None
+    if args.json:
+        _out(json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        tz: dt.tzinfo = ZoneInfo(feed.timezone) if feed is not None else dt.UTC
+        for line in format_report(result, tz):
+            _out(line)
     return 0
 
 
