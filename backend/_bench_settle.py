@@ -294,11 +294,88 @@ def _bulk(world: World, n_events: int, out: Path) -> int:
     return written
 
 
+def _day(world: World, n_events: int, out: Path, *, hours: float = 14.0) -> int:
+    """About ``n_events`` events of one service day, written in **bus order**.
+
+    Every rider rides about equally often, at times spread over ``hours``; each ride
+    goes to a bus chosen by a hash. The file holds bus 1's whole chain, then bus 2's...
+    (how buses upload after a day offline), so every bus's events span the whole day.
+    """
+    riders = list(world.keys)
+    buses = list(world.buses)
+    rides = max(1, int(n_events / 1.25))
+    rounds = max(1, -(-rides // len(riders)))
+    span = hours * 3600.0 / rounds
+    parts = {b: out.with_name(f"{out.name}.{b}") for b in buses}
+    files = {b: open(p, "w", encoding="utf-8") for b, p in parts.items()}  # noqa: SIM115
+    written = 0
+    try:
+        for k in range(rides):
+            rider = riders[k % len(riders)]
+            r = k // len(riders)
+            h = int(hashlib.sha256(f"ride-{k}".encode()).hexdigest()[:8], 16)
+            bus = buses[h % len(buses)]
+            board = 1 + h % 20
+            alight = board + 1 + (h >> 8) % 8
+            start = T0 + r * span + (k % len(riders)) * (span - 3000.0) / len(riders)
+            for e in world.ride(rider, bus, board=board, alight=alight, t=start):
+                files[bus].write(json.dumps(e, separators=(",", ":")) + "\n")
+                written += 1
+            world.buses[bus].events.clear()
+    finally:
+        for f in files.values():
+            f.close()
+    with open(out, "wb") as dst:
+        for b in buses:
+            with open(parts[b], "rb") as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            parts[b].unlink()
+    return written
+
+
+def bare_verify_rate(events: Path, devices: Path, *, limit: int = 20_000) -> float:
+    """Bare single-process Ed25519 verifications per second over the file's events.
+
+    The ceiling the issue measures against: the signed bytes and signatures are
+    prepared first (not timed); only ``PublicKey.verify`` is timed.
+    """
+    import base64
+
+    from busbell._keyfiles import read_devices
+
+    keys = read_devices(devices)
+    work: list[tuple[Any, bytes, bytes]] = []
+    with open(events, "rb") as f:
+        for line in f:
+            ev = json.loads(line)
+            sig = base64.b64decode(ev.pop("sig"))
+            work.append((keys[ev["bus_id"]], sig, canonical_bytes(ev)))
+            if len(work) >= limit:
+                break
+    t0 = time.perf_counter()
+    for key, sig, msg in work:
+        key.verify(sig, msg)
+    return len(work) / (time.perf_counter() - t0)
+
+
+def _load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backend._bench_settle")
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--riders", type=int, default=500)
     ap.add_argument("--buses", type=int, default=8)
+    ap.add_argument(
+        "--order",
+        choices=["bus", "time"],
+        default="bus",
+        help="bus: a day of 14 h written bus by bus (as buses upload); time: the old bulk",
+    )
+    ap.add_argument("--processes", type=int, default=0, help="settle --processes (0: CPUs)")
     ap.add_argument("--dir", type=Path, default=None, help="keep the files here")
     args = ap.parse_args(argv)
     from backend.cli import main as cli_main
@@ -309,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         world = World(d, riders=args.riders, buses=args.buses)
         events = d / "EVENTS.jsonl"
         t0 = time.perf_counter()
-        n = _bulk(world, args.events, events)
+        n = (_day if args.order == "bus" else _bulk)(world, args.events, events)
         t_gen = time.perf_counter() - t0
         out = sys.stdout.write
         out(
-            f"generated {n:,} signed events in {t_gen:.1f} s ({os.path.getsize(events) >> 20} MB)\n"
+            f"generated {n:,} signed events ({args.order} order) in {t_gen:.1f} s "
+            f"({os.path.getsize(events) >> 20} MB); load average {_load()}\n"
         )
+        bare_before = bare_verify_rate(events, world.devices_csv)
         t0 = time.perf_counter()
         status = cli_main(
             [
@@ -328,14 +407,24 @@ def main(argv: list[str] | None = None) -> int:
                 str(world.devices_csv),
                 "--out",
                 str(d / "JOURNEYS.jsonl"),
+                "--processes",
+                str(args.processes),
+                "--force",
             ]
         )
         t_settle = time.perf_counter() - t0
+        bare_after = bare_verify_rate(events, world.devices_csv)
+        bare = (bare_before + bare_after) / 2
         with open("/proc/self/status", encoding="ascii") as f:
             peak = next((ln.split()[1] for ln in f if ln.startswith("VmHWM:")), "0")
+        rate = n / t_settle
         out(
-            f"settle: {n:,} events in {t_settle:.1f} s ({n / t_settle:,.0f} events/s, "
-            f"{t_settle / n * 1e6:.0f} us/event), peak RSS {int(peak) >> 10} MB, exit {status}\n"
+            f"settle: {n:,} events in {t_settle:.1f} s ({rate:,.0f} events/s, "
+            f"{t_settle / n * 1e6:.0f} us/event), peak RSS {int(peak) >> 10} MB "
+            f"(this process), exit {status}\n"
+            f"bare single-process Ed25519 verify of the same events: {bare:,.0f}/s "
+            f"(before {bare_before:,.0f}, after {bare_after:,.0f})\n"
+            f"ratio settle / bare verify: {rate / bare:.2f}; load average {_load()}\n"
         )
     return 0
 

@@ -46,7 +46,7 @@ from backend._db import (
     quarantine,
 )
 from backend._errors import REJECTION_REASONS, MalformedMessage
-from backend._ingest_bounds import LogBudget, QuarantineBudget
+from backend._ingest_bounds import LogBudget, QuarantineBudget, ledger_problem, signed_and_full
 from backend._keys import DeviceInfo, import_devices, load_devices
 from backend.config import BackendConfig
 from busbell import (
@@ -64,7 +64,6 @@ from busbell import (
     get_logger,
     loads_bounded,
     sha256_hex,
-    signing_bytes,
     validate_event,
 )
 from busbell._mqtt import MqttSession, backoff_delays
@@ -306,7 +305,7 @@ class IngestCore:
                 _int_or_none(got.get("seq")),
                 _str_or_none(got.get("event_id")),
             )
-        problem = _ledger_problem(ev)
+        problem = ledger_problem(ev)
         if problem is not None:
             return Rejection(
                 "schema",
@@ -317,9 +316,11 @@ class IngestCore:
                 _str_or_none(ev["event_id"]),
             )
         try:
-            raw = canonical_bytes(ev).decode("utf-8")
+            # serialised once: the signed bytes, and the stored bytes spliced from them
+            signed, full = signed_and_full(ev)
         except ValueError as exc:  # a lone surrogate cannot be UTF-8
             return Rejection("schema", f"not encodable: {exc}", _raw_json(ev), bus_id)
+        raw = full.decode("utf-8")
         seq = ev["seq"]
         eid = ev["event_id"]
         if ev["bus_id"] != bus_id:
@@ -334,10 +335,10 @@ class IngestCore:
         if dev.revoked:
             return Rejection("revoked_device", f"bus {bus_id!r} is revoked", raw, bus_id, seq, eid)
         try:
-            dev.public.verify_b64(ev["sig"], signing_bytes(ev))
+            dev.public.verify_b64(ev["sig"], signed)
         except SignatureError as exc:
             return Rejection("bad_signature", str(exc), raw, bus_id, seq, eid)
-        return VerifiedEvent(bus_id, seq, ev, raw, sha256_hex(raw.encode("utf-8")))
+        return VerifiedEvent(bus_id, seq, ev, raw, sha256_hex(full))
 
     # -- chain planning ---------------------------------------------------------------
 
@@ -463,30 +464,6 @@ def _raw_json(item: object) -> str:
         return canonical_bytes(item).decode("utf-8")[:_MAX_RAW]
     except (TypeError, ValueError, RecursionError):
         return repr(item)[:_MAX_RAW]
-
-
-_TEXT_COLUMNS = ("route_id", "trip_id")
-_END_TEXT = ("stop_id",)
-
-
-def _ledger_problem(ev: Mapping[str, Any]) -> str | None:
-    """Why a schema-valid event still cannot be a ledger row, or ``None``.
-
-    The integers must fit ``BIGINT`` and the text columns must not hold NUL (PostgreSQL
-    text cannot); such an event is rejected here, never left to fail a transaction.
-    """
-    missed = ev["type"] == "missed"
-    for key in ("seq",) if missed else ("seq", "interval"):
-        if ev[key] > BIGINT_MAX:
-            return f"{key} {str(ev[key])[:30]} is over {BIGINT_MAX}"
-    if missed:
-        texts = [ev["trip_id"], ev["request_id"], ev["route_id"], ev["stop_id"]]
-    else:
-        texts = [ev[k] for k in _TEXT_COLUMNS] + [ev["start"]["stop_id"], ev["end"]["stop_id"]]
-    for text in texts:
-        if text is not None and "\x00" in text:
-            return "a text field holds NUL"
-    return None
 
 
 def _clean_text(text: str) -> str:

@@ -14,9 +14,63 @@ Both are plain synchronous code fed timestamps; the ingest adapters own the cloc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["LogBudget", "QuarantineBudget"]
+from busbell import canonical_bytes
+
+__all__ = ["LogBudget", "QuarantineBudget", "ledger_problem", "signed_and_full"]
+
+_BIGINT_MAX = 2**63 - 1
+_TEXT_COLUMNS = ("route_id", "trip_id")
+
+
+def ledger_problem(ev: Mapping[str, Any]) -> str | None:
+    """Why a schema-valid chain record still cannot be a ledger row, or ``None``.
+
+    The integers must fit ``BIGINT`` and the text columns must not hold NUL (PostgreSQL
+    text cannot); such a record is rejected (``schema``) online and offline alike, never
+    left to fail a transaction.
+    """
+    missed = ev["type"] == "missed"
+    for key in ("seq",) if missed else ("seq", "interval"):
+        if ev[key] > _BIGINT_MAX:
+            return f"{key} {str(ev[key])[:30]} is over {_BIGINT_MAX}"
+    if missed:
+        texts = [ev["trip_id"], ev["request_id"], ev["route_id"], ev["stop_id"]]
+    else:
+        texts = [ev[k] for k in _TEXT_COLUMNS] + [ev["start"]["stop_id"], ev["end"]["stop_id"]]
+    for text in texts:
+        if text is not None and "\x00" in text:
+            return "a text field holds NUL"
+    return None
+
+
+_SEQ_KEY = b',"seq":'
+
+
+def signed_and_full(ev: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """The canonical bytes ``sig`` signs and the canonical bytes with ``sig``, serialised once.
+
+    Keys are sorted and every key after ``"seq"`` at the top level of a v1 chain record
+    sorts after ``"sig"``, while no nested object after ``seq`` has a ``seq`` key; so the
+    full bytes are the signed bytes with ``"sig":...`` spliced in after ``seq``'s value.
+
+    Raises:
+        ValueError: when ``ev`` cannot be serialised (NaN, a lone surrogate).
+        TypeError: for values that are not JSON types.
+    """
+    body = {k: v for k, v in ev.items() if k != "sig"}
+    signed = canonical_bytes(body)
+    if "sig" not in ev:
+        return signed, signed
+    at = signed.rfind(_SEQ_KEY)
+    end = signed.find(b",", at + len(_SEQ_KEY))
+    sig = canonical_bytes(ev["sig"])
+    if at < 0 or end < 0:  # pragma: no cover - validate_event guarantees seq is not last
+        return signed, canonical_bytes(ev)
+    return signed, signed[:end] + b',"sig":' + sig + signed[end:]
 
 
 @dataclass(slots=True)

@@ -33,7 +33,6 @@ from busbell._token import (
     derive_rider_keys,
     interval_of,
     parse_payload,
-    rid_for_interval,
     unwrap_tq,
     verify_rtag,
 )
@@ -198,6 +197,8 @@ class RiderKeyring:
         ecb = modes.ECB()  # noqa: S305 - one block per rid, by the token v1 contract
         revoked = self._revoked
         from_bytes = int.from_bytes
+        # each entry packs rid[0:12] << 32 | rider index (the full rid: a lookup needs no
+        # AES to confirm a candidate)
         if n == 1:
             append = entries[0].append
             for idx in range(start, len(self._ids)):
@@ -205,7 +206,7 @@ class RiderKeyring:
                     continue
                 off = 16 * idx
                 rid = Cipher(aes(keys[off : off + 16]), ecb).encryptor().update(blocks)
-                append(from_bytes(rid[:8]) << 32 | idx)
+                append(from_bytes(rid[:12]) << 32 | idx)
         else:
             for idx in range(start, len(self._ids)):
                 if revoked and idx in revoked:
@@ -213,7 +214,7 @@ class RiderKeyring:
                 off = 16 * idx
                 out = Cipher(aes(keys[off : off + 16]), ecb).encryptor().update(blocks)
                 for k in range(n):
-                    entries[k].append(from_bytes(out[16 * k : 16 * k + 8]) << 32 | idx)
+                    entries[k].append(from_bytes(out[16 * k : 16 * k + 12]) << 32 | idx)
         tables = []
         for interval, packed in zip(intervals, entries, strict=True):
             tables.append(RidTable(interval, packed))
@@ -221,43 +222,51 @@ class RiderKeyring:
 
 
 class RidTable:
-    """One interval's lookup from a rid's first 8 bytes to candidate rider indexes.
+    """One interval's lookup from a rid to the rider indexes that broadcast it.
 
-    Two sorted flat arrays (8 + 4 bytes per rider) searched by bisection; a hit is only a
-    candidate, which :class:`Resolver` confirms by recomputing the full 12-byte rid. A
-    small dict holds riders added after the table was built.
+    Three flat arrays sorted together (the rid's first 8 bytes, its last 4, the rider
+    index: 16 bytes per rider) searched by bisection, so a hit is exact and needs no
+    AES; a small dict holds riders added after the table was built.
     """
 
-    __slots__ = ("_extra", "_idx", "_prefix", "interval")
+    __slots__ = ("_extra", "_idx", "_prefix", "_tail", "interval")
 
     def __init__(self, interval: int, packed: list[int]) -> None:
         packed.sort()
         self.interval = interval
-        self._prefix = array("Q", [e >> 32 for e in packed])
+        self._prefix = array("Q", [e >> 64 for e in packed])
+        self._tail = array("I", [(e >> 32) & 0xFFFFFFFF for e in packed])
         self._idx = array("I", [e & 0xFFFFFFFF for e in packed])
         packed.clear()
-        self._extra: dict[int, list[int]] = {}
+        self._extra: dict[bytes, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self._prefix) + sum(len(v) for v in self._extra.values())
 
+    def nbytes(self) -> int:
+        """Bytes held by the sorted arrays."""
+        return sum(a.itemsize * len(a) for a in (self._prefix, self._tail, self._idx))
+
     def add(self, other: RidTable) -> None:
         """Merge a (small) table of newly enrolled riders into this one."""
-        for prefix, idx in zip(other._prefix, other._idx, strict=True):
-            self._extra.setdefault(prefix, []).append(idx)
-        for prefix, idxs in other._extra.items():
-            self._extra.setdefault(prefix, []).extend(idxs)
+        for prefix, tail, idx in zip(other._prefix, other._tail, other._idx, strict=True):
+            rid = prefix.to_bytes(8, "big") + tail.to_bytes(4, "big")
+            self._extra.setdefault(rid, []).append(idx)
+        for rid, idxs in other._extra.items():
+            self._extra.setdefault(rid, []).extend(idxs)
 
     def candidates(self, rid: bytes) -> list[int]:
-        """Rider indexes whose rid starts like ``rid`` (almost always zero or one)."""
+        """Rider indexes whose rid in this interval is ``rid`` (almost always 0 or 1)."""
         key = int.from_bytes(rid[:8])
+        tail = int.from_bytes(rid[8:12])
         prefixes = self._prefix
         pos = bisect_left(prefixes, key)
         out: list[int] = []
         while pos < len(prefixes) and prefixes[pos] == key:
-            out.append(self._idx[pos])
+            if self._tail[pos] == tail:
+                out.append(self._idx[pos])
             pos += 1
-        extra = self._extra.get(key)
+        extra = self._extra.get(bytes(rid[:12]))
         if extra:
             out.extend(extra)
         return out
@@ -270,6 +279,8 @@ class Resolver:
         keyring: the enrolled riders' keys.
         cache_intervals: how many interval tables to keep (least recently used go).
         proof_slack_s: how far a proof's token time may lie outside the segment's times.
+        prefetch: on a miss, also build the tables of up to this many intervals on
+            each side in the same pass (one AES context per rider for all of them).
     """
 
     def __init__(
@@ -278,9 +289,11 @@ class Resolver:
         *,
         cache_intervals: int = 8,
         proof_slack_s: float = DEFAULT_PROOF_SLACK_S,
+        prefetch: int = 0,
     ) -> None:
         self.keyring = keyring
         self.proof_slack_s = proof_slack_s
+        self.prefetch = max(0, prefetch)
         self._cache_size = max(3, cache_intervals)
         self._tables: OrderedDict[int, RidTable] = OrderedDict()
         self._built_upto: dict[int, int] = {}
@@ -311,9 +324,16 @@ class Resolver:
         """
         table = self._tables.get(interval)
         if table is None:
-            (table,) = self.keyring.build_tables([interval])
-            self._store(interval, table)
-            return table
+            w = min(self.prefetch, (self._cache_size - 1) // 2)
+            wanted = [interval] + [
+                k
+                for k in range(interval - w, interval + w + 1)
+                if k != interval and k >= 0 and k not in self._tables
+            ]
+            built = self.keyring.build_tables(wanted)
+            for k, t in reversed(list(zip(wanted, built, strict=True))):
+                self._store(k, t)  # the asked-for interval last: most recently used
+            return built[0]
         self._tables.move_to_end(interval)
         upto = self._built_upto[interval]
         if upto < len(self.keyring):
@@ -329,9 +349,7 @@ class Resolver:
             return None
         ring = self.keyring
         for idx in self.table(interval).candidates(raw):
-            if ring.is_revoked(idx):
-                continue
-            if rid_for_interval(ring.rid_key(idx), interval) == raw:
+            if not ring.is_revoked(idx):
                 return idx
         return None
 

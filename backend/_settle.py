@@ -5,47 +5,58 @@ settle``) and runs the same checks as the online path, in this order, streaming 
 are dropped from memory once checked; only a compact :class:`~backend._journeys.Segment`
 per accepted event is kept):
 
-1. parse and validate (fare event v1),
-2. dedupe by ``(bus_id, seq)`` (an identical resend is a duplicate, not an error) and
-   by ``event_id``,
-3. verify ``sig`` with the bus's public key (DEVICES.csv / the device registry),
-4. check the per-bus hash chain in ``seq`` order (out-of-order events wait for the gap
-   to fill; a gap that never fills is a warning, a ``prev`` mismatch rejects),
-5. resolve the rid to a rider (:class:`~backend._resolve.Resolver`) and check the
-   proof's ``rtag`` and ``tq`` (:meth:`~backend._resolve.Resolver.check_proof`),
-6. build and price journeys (:class:`~backend._journeys.JourneyBuilder`), one rider at
+1. check each event on its own (:func:`check_event`; with ``feed_lines(...,
+   processes=N)`` in a pool of forked worker processes, results taken in input order):
+   bounded parse, validate (fare event v1 and the ledger ranges), device known, ``sig``
+   verified over the canonical bytes (serialised once; the chain hash is derived from
+   them), and for a segment its rid resolved to a rider
+   (:class:`~backend._resolve.Resolver`) and the proof's ``rtag`` and ``tq`` checked
+   (:meth:`~backend._resolve.Resolver.check_proof`),
+2. in this process (:meth:`Settler.take`), the decisions online ingest's plan makes,
+   with the same reasons: dedupe by ``(bus_id, seq)`` (an identical resend is a
+   duplicate; another event there is ``chain_conflict``) and by ``event_id``
+   (``event_id_conflict``), then the per-bus hash chain in ``seq`` order (out-of-order
+   events wait for the gap; a gap that never fills is a warning, a ``prev`` mismatch is
+   ``prev_mismatch``); a verified ``missed`` record is a link, never a ride,
+3. a segment whose rid did not resolve or whose proof fails is rejected with that reason,
+4. build and price journeys (:class:`~backend._journeys.JourneyBuilder`), one rider at
    a time: :meth:`Settler.iter_journeys` yields them in output order as they are built,
    so only the compact segments are ever all in memory (never the journeys and their
    explanation lines).
 
-Steps 5-6 are :func:`segment_of` + :meth:`~backend._journeys.JourneyBuilder.build_rider`,
+Steps 1 (resolution) and 4 are :func:`segment_of` +
+:meth:`~backend._journeys.JourneyBuilder.build_rider`,
 the very functions the online settlement (:mod:`backend._settlement`) runs on the events
 that ingest already verified and stored.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import os
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend._ingest_bounds import ledger_problem, signed_and_full
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._resolve import ProofRejected, Resolver
-from busbell._canonical import canonical_bytes
+from busbell._canonical import sha256_hex
 from busbell._errors import ContractError, SignatureError
 from busbell._fare_event import GENESIS_PREV, validate_event
+from busbell._safejson import JsonLimits, JsonRejected, loads_bounded
 from busbell._signing import PublicKey
 
 __all__ = [
+    "Checked",
     "SettleResult",
     "SettleStats",
     "Settler",
     "UnresolvedRid",
+    "check_event",
+    "check_line",
     "read_event_lines",
     "segment_of",
 ]
@@ -130,6 +141,111 @@ class SettleResult:
     stats: SettleStats
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One event checked on its own, before the chain: the verdict and what the chain needs.
+
+    Attributes:
+        reason: why it is rejected (``malformed_payload``, ``schema``,
+            ``unknown_device``, ``bad_signature``), or ``None``: verified.
+        bus_id: its bus.
+        seq: its seq.
+        event_id: its event id.
+        prev: its ``prev``.
+        digest: hex SHA-256 of its canonical bytes with ``sig`` (the next ``prev``).
+        missed: a ``missed`` record (a chain link, never a ride).
+        segment: the resolved segment (proof checked), for a segment that resolved.
+        unresolved: why a segment did not resolve (``unresolved_rid``, ``bad_rtag``...).
+    """
+
+    reason: str | None
+    bus_id: str = ""
+    seq: int = 0
+    event_id: str = ""
+    prev: str = ""
+    digest: str = ""
+    missed: bool = False
+    segment: Segment | None = None
+    unresolved: str | None = None
+
+
+_LINE_LIMITS = JsonLimits(max_bytes=64 << 20, max_depth=32)
+_CHUNK_LINES = 256
+_POOL_CTX: tuple[Mapping[str, PublicKey], Resolver] | None = None
+
+
+def check_event(obj: object, devices: Mapping[str, PublicKey], resolver: Resolver) -> Checked:
+    """Everything about one event that does not depend on other events.
+
+    Schema (``schema``; the same ledger ranges as online ingest), device
+    (``unknown_device``), signature over the canonical bytes (``bad_signature``); the
+    canonical bytes are serialised once and the chain hash derived from them; then a
+    segment's rid is resolved and its proof checked.
+    """
+    try:
+        event = validate_event(obj)
+    except ContractError:
+        return Checked("schema")
+    problem = ledger_problem(event)
+    if problem is not None:
+        return Checked("schema")
+    bus_id = event["bus_id"]
+    public = devices.get(bus_id)
+    if public is None:
+        return Checked("unknown_device")
+    try:
+        signed, full = signed_and_full(event)
+        public.verify_b64(event["sig"], signed)
+    except ValueError:  # not encodable (a lone surrogate)
+        return Checked("schema")
+    except SignatureError:
+        return Checked("bad_signature")
+    base = Checked(None, bus_id, event["seq"], event["event_id"], event["prev"], sha256_hex(full))
+    if event["type"] == "missed":
+        return dataclasses.replace(base, missed=True)
+    try:
+        return dataclasses.replace(base, segment=segment_of(event, resolver))
+    except ProofRejected as exc:
+        return dataclasses.replace(base, unresolved=exc.reason)
+
+
+def check_line(
+    line: bytes | str, devices: Mapping[str, PublicKey], resolver: Resolver
+) -> list[Checked]:
+    """:func:`check_event` for each event of one JSONL line (none for a blank line)."""
+    line = line.strip()
+    if not line:
+        return []
+    try:
+        obj = loads_bounded(line, _LINE_LIMITS)
+    except JsonRejected:
+        return [Checked("malformed_payload")]
+    if isinstance(obj, dict) and "events" in obj and "type" not in obj:
+        obj = obj["events"]
+    items = obj if isinstance(obj, list) else [obj]
+    return [check_event(item, devices, resolver) for item in items]
+
+
+def _check_chunk(lines: list[bytes]) -> list[Checked]:
+    assert _POOL_CTX is not None  # set before the pool forked
+    devices, resolver = _POOL_CTX
+    out: list[Checked] = []
+    for line in lines:
+        out.extend(check_line(line, devices, resolver))
+    return out
+
+
+def _chunks(lines: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class _SeenHashes:
     """Seq -> 63-bit hash prefix of the accepted event, 8 bytes per seq.
 
@@ -176,7 +292,7 @@ class _Bus:
     next_seq: int | None = None  # None: nothing accepted yet
     prev: str = GENESIS_PREV
     seen: _SeenHashes = field(default_factory=_SeenHashes)
-    pending: dict[int, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    pending: dict[int, list[Checked]] = field(default_factory=dict)
 
 
 class Settler:
@@ -217,44 +333,60 @@ class Settler:
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one JSONL line: an event, a JSON array of events or ``{"events": [...]}``."""
-        line = line.strip()
-        if not line:
+        for checked in check_line(line, self.devices, self.resolver):
+            self.take(checked)
+
+    def feed_lines(self, lines: Iterable[bytes], *, processes: int = 1) -> None:
+        """Feed JSONL lines; with ``processes`` > 1 the per-event checks run in a pool.
+
+        Parsing, validation, signature verification, rid resolution and the proof checks
+        of each event are independent of every other event, so worker processes (forked:
+        they share the keyring and device registry copy-on-write) do them on chunks of
+        lines; this process only chains, dedupes and keeps the results, in input order,
+        so the outcome is the same as feeding the lines one by one.
+        """
+        if processes <= 1:
+            for line in lines:
+                self.feed_line(line)
             return
-        try:
-            obj = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            self.stats.read += 1
-            self.reject("malformed_payload")
-            return
-        if isinstance(obj, dict) and "events" in obj and "type" not in obj:
-            obj = obj["events"]
-        if isinstance(obj, list):
-            for item in obj:
-                self.feed_event(item)
-        else:
-            self.feed_event(obj)
+        import multiprocessing
+
+        global _POOL_CTX  # noqa: PLW0603 - handed to forked workers, read-only there
+        _POOL_CTX = (self.devices, self.resolver)
+        ctx = multiprocessing.get_context("fork")
+        window: deque[Any] = deque()
+        with ctx.Pool(processes) as pool:
+            for chunk in _chunks(lines, _CHUNK_LINES):
+                window.append(pool.apply_async(_check_chunk, (chunk,)))
+                if len(window) >= 4 * processes:  # bounded read-ahead, bounded memory
+                    for checked in window.popleft().get():
+                        self.take(checked)
+            while window:
+                for checked in window.popleft().get():
+                    self.take(checked)
+        _POOL_CTX = None
 
     def feed_event(self, obj: object) -> None:
         """Feed one decoded event."""
+        self.take(check_event(obj, self.devices, self.resolver))
+
+    def take(self, c: Checked) -> None:
+        """Chain, dedupe and keep one event already checked on its own (:func:`check_event`).
+
+        The same decisions as online ingest's plan: a verified event at a seq already
+        taken is a duplicate (same hash) or ``chain_conflict``; an ``event_id`` already
+        owned by another (bus, seq) is ``event_id_conflict``; out-of-order events wait
+        for the gap; a link whose ``prev`` does not match is ``prev_mismatch``.
+        """
         self.stats.read += 1
-        try:
-            event = validate_event(obj)
-        except ContractError:
-            self.reject("schema")
+        if c.reason is not None:
+            self.reject(c.reason)
             return
-        bus_id = event["bus_id"]
-        public = self.devices.get(bus_id)
-        if public is None:
-            self.reject("unknown_device")
-            return
-        sig_bytes = canonical_bytes({k: v for k, v in event.items() if k != "sig"})
-        full = canonical_bytes(event)
-        digest = hashlib.sha256(full).hexdigest()
-        bus = self._buses.get(bus_id)
+        bus = self._buses.get(c.bus_id)
         if bus is None:
-            bus = self._buses[bus_id] = _Bus(len(self._buses))
-        seq = event["seq"]
-        prefix = int(digest[:16], 16) | 1
+            bus = self._buses[c.bus_id] = _Bus(len(self._buses))
+        seq = c.seq
+        prefix = int(c.digest[:16], 16) | 1
         seen = bus.seen.get(seq)
         if seen is not None:
             if seen == prefix:
@@ -262,73 +394,62 @@ class Settler:
             else:
                 self.reject("chain_conflict")
             return
-        if any(h == digest for h, _ in bus.pending.get(seq, ())):
+        if any(p.digest == c.digest for p in bus.pending.get(seq, ())):
             self.stats.duplicates += 1
             return
-        try:
-            public.verify_b64(event["sig"], sig_bytes)
-        except SignatureError:
-            self.reject("bad_signature")
-            return
-        eid = event["event_id"]
         here = bus.index << 40 | seq
-        owner = self._event_ids.get(eid)
+        owner = self._event_ids.get(c.event_id)
         if owner is not None and owner != here:
             self.reject("event_id_conflict")
             return
-        self._event_ids[eid] = here
+        self._event_ids[c.event_id] = here
         if bus.next_seq is None:
             bus.next_seq = seq
             if seq != 1:
                 # a slice of a longer chain: its first link cannot be checked here
                 self.stats.warnings["chain_start_unverified"] += 1
-                bus.prev = event["prev"]
+                bus.prev = c.prev
         if seq < bus.next_seq:
             # below the chain head but never seen: the chain passed it as a gap
             self.stats.warnings["late_event"] += 1
-            self._accept(bus, bus_id, seq, digest, event, link=False)
+            self._accept(bus, c, link=False)
             return
         if seq > bus.next_seq:
-            bus.pending.setdefault(seq, []).append((digest, event))
+            bus.pending.setdefault(seq, []).append(c)
             return
-        self._link(bus, bus_id, digest, event)
-        self._drain(bus, bus_id)
+        self._link(bus, c)
+        self._drain(bus)
 
-    def _link(self, bus: _Bus, bus_id: str, digest: str, event: dict[str, Any]) -> None:
-        seq = event["seq"]
-        if event["prev"] != bus.prev:
+    def _link(self, bus: _Bus, c: Checked) -> None:
+        if c.prev != bus.prev:
             # a link that does not chain: reject it and leave the head where it is, so
             # the genuine event may still come; later ones wait behind the gap
             self.reject("prev_mismatch")
             return
-        self._accept(bus, bus_id, seq, digest, event, link=True)
+        self._accept(bus, c, link=True)
 
-    def _drain(self, bus: _Bus, bus_id: str) -> None:
+    def _drain(self, bus: _Bus) -> None:
         while bus.next_seq is not None and bus.next_seq in bus.pending:
             candidates = bus.pending.pop(bus.next_seq)
-            chosen = next((c for c in candidates if c[1]["prev"] == bus.prev), candidates[0])
+            chosen = next((c for c in candidates if c.prev == bus.prev), candidates[0])
             for c in candidates:
                 if c is not chosen:
                     self.reject("chain_conflict")
-            self._link(bus, bus_id, chosen[0], chosen[1])
+            self._link(bus, chosen)
 
-    def _accept(
-        self, bus: _Bus, bus_id: str, seq: int, digest: str, event: dict[str, Any], *, link: bool
-    ) -> None:
-        bus.seen.put(seq, int(digest[:16], 16))
+    def _accept(self, bus: _Bus, c: Checked, *, link: bool) -> None:
+        bus.seen.put(c.seq, int(c.digest[:16], 16))
         if link:
-            bus.next_seq = seq + 1
-            bus.prev = digest
-        if event["type"] == "missed":
+            bus.next_seq = c.seq + 1
+            bus.prev = c.digest
+        if c.missed:
             self.stats.missed += 1  # a verified link of the chain, never a ride
             return
-        try:
-            seg = segment_of(event, self.resolver)
-        except ProofRejected as exc:
-            self.reject(exc.reason)
+        if c.segment is None:
+            self.reject(c.unresolved or "unresolved_rid")
             return
         self.stats.accepted += 1
-        compact = self._compact(seg)
+        compact = self._compact(c.segment)
         rider = self._by_rider.get(compact.rider_id)
         if rider is None:
             self._by_rider[compact.rider_id] = [compact]
@@ -373,8 +494,8 @@ class Settler:
                     self.stats.warnings["chain_gap"] += first - bus.next_seq
                 candidates = bus.pending[first]
                 bus.next_seq = first
-                bus.prev = candidates[0][1]["prev"]
-                self._drain(bus, bus_id)
+                bus.prev = candidates[0].prev
+                self._drain(bus)
 
     def segments(self) -> list[Segment]:
         """The accepted segments so far (by rider, then in acceptance order)."""

@@ -268,3 +268,28 @@ def test_seen_hashes_dense_sparse_and_unseen() -> None:
     assert seen.get(3) == 0x123 | 1
     assert seen.get(10**12) == 0x456 | 1
     assert seen.get(10**12 + 1) is None
+
+
+def test_process_pool_settles_exactly_like_one_process(tmp_path: Path) -> None:
+    """Checks in worker processes, chain in this one: same stats, same journeys, whatever
+    the order (bus order and shuffled), with duplicates, forgeries and garbage mixed in."""
+    world = World(tmp_path, riders=6, buses=3)
+    for k in range(30):
+        world.ride(f"r{1 + k % 6:04d}", f"bus-{1 + k % 3:02d}", board=1, alight=6, t=T0 + k * 700)
+    evs = [e for c in world.buses.values() for e in c.events]
+    rnd = random.Random(7)
+    lines = [json.dumps(e).encode() for e in evs]
+    lines += [json.dumps(e).encode() for e in rnd.sample(evs, 10)]  # duplicates
+    lines.append(json.dumps(dict(evs[3], distance_m=1.0)).encode())  # bad signature
+    lines += [b"not json", b"[" * 100_000, b"", json.dumps([evs[0], {"v": 1}]).encode()]
+    for order in ("bus", "shuffled"):
+        if order == "shuffled":
+            rnd.shuffle(lines)
+        one, two = _settler(world), _settler(world)
+        one.feed_lines(iter(lines), processes=1)
+        two.feed_lines(iter(lines), processes=2)
+        a, b = one.finish(), two.finish()
+        assert a.stats == b.stats
+        assert [j.to_json() for j in a.journeys] == [j.to_json() for j in b.journeys]
+        assert a.stats.rejected == {"bad_signature": 1, "malformed_payload": 2, "schema": 1}
+        assert a.stats.duplicates == 11
