@@ -83,7 +83,7 @@ def _world_with_missed(tmp_path: Path) -> tuple[World, list[dict[str, Any]]]:
     world = World(tmp_path, riders=2, buses=1)
     evs: list[dict[str, Any]] = []
     for k in range(3):
-        evs += world.ride("r0001", "bus-01", board=1, alight=4, t=T0 + k * 3000)
+        evs += world.ride("r0001", "bus-01", board=1, alight=4, t=T0 + k * 3000, trip_id=f"T{k}")
         evs.append(world.buses["bus-01"].emit(missed_fields(f"q{k}", "S07", T0 + k * 3000 + 900)))
     return world, evs
 
