@@ -436,6 +436,7 @@ class EdgeDaemon:
                 "bus_revoked": self.denylist.bus_revoked,
                 "adverts_denied": self.stats.adverts_denied,
             },
+            **({"driver_page": self.driver_page.health()} if self.driver_page else {}),
         }
 
     def _clock_settled(self) -> bool:

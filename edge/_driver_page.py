@@ -423,6 +423,18 @@ class DriverDisplay:
             self._clients.discard(client)
             self.stats.clients = len(self._clients)
 
+    def health(self) -> dict[str, Any]:
+        """The page's counters for the edge's retained status (``driver_page``)."""
+        st = self.stats
+        return {
+            "listening": self.address is not None,
+            "clients": st.clients,
+            "displays": st.displays,
+            "displays_rejected": dict(st.displays_rejected),
+            "acks_published": st.acks_published,
+            "acks_rejected": dict(st.acks_rejected),
+        }
+
     def has_room(self) -> bool:
         """Whether one more browser may follow the page."""
         return len(self._clients) < self.settings.max_clients

@@ -11,6 +11,7 @@
       conn_page: "화면",
       conn_broker: "중계",
       conn_edge: "단말",
+      conn_net: "통신",
       next_stop: "다음 정류장",
       upcoming: "이후 정류장",
       waiting: "승차 대기",
@@ -42,6 +43,7 @@
       conn_page: "Page",
       conn_broker: "Broker",
       conn_edge: "Edge",
+      conn_net: "Network",
       next_stop: "Next stop",
       upcoming: "Following stops",
       waiting: "Waiting",
@@ -206,7 +208,8 @@
     $("on-board").textContent = model ? String(model.on_board) : "–";
     setPill("conn-page", pageUp);
     setPill("conn-broker", pageUp && state ? state.broker : null);
-    setPill("conn-edge", pageUp && state ? (state.edge === "unknown" ? null : state.edge === "online" && model !== null && model.online) : null);
+    setPill("conn-edge", pageUp && state && state.edge !== "unknown" ? state.edge === "online" : null);
+    setPill("conn-net", pageUp && model ? model.online : null);
 
     // stale banner
     const reason = staleReason();

@@ -201,16 +201,21 @@ async def test_retained_model_appears_on_the_page(
             ["수내역 Sunae Stn.", "서현역 Seohyeon Stn.", "판교역 Pangyo Stn."]
         )
         await expect(page.locator('#stops [data-stop-id="S4"] .tag.waits')).to_have_text("1")
-        for pill in ("#conn-page", "#conn-broker", "#conn-edge"):
+        for pill in ("#conn-page", "#conn-broker", "#conn-edge", "#conn-net"):
             await expect(page.locator(pill)).to_have_class("pill ok", timeout=WAIT_MS)
         await expect(page.locator("#stale")).to_be_hidden()
         await text_is(page, "#ack-label", "확인 (4)")
         assert await page.evaluate("document.documentElement.lang") == "ko"
 
-        # the next model replaces it: pushed, no reload
+        # the next model replaces it: pushed, no reload; the bus lost its uplink (the
+        # data on screen is still current: a red light, no stale banner)
         await broker.publish(
-            "display", model(next_stop=None, stops=[], on_board=3, route_id=None, trip_id=None)
+            "display",
+            model(next_stop=None, stops=[], on_board=3, route_id=None, trip_id=None, online=False),
         )
+        await expect(page.locator("#conn-net")).to_have_class("pill down", timeout=WAIT_MS)
+        await expect(page.locator("#conn-edge")).to_have_class("pill ok")
+        await expect(page.locator("#stale")).to_be_hidden()
         await text_is(page, "#next-name", "운행 정보 없음")
         await text_is(page, "#on-board", "3")
         await expect(page.locator("#stop-requested")).to_be_hidden()

@@ -151,7 +151,7 @@ async def test_daemon_serves_the_page_as_a_named_task(
     settings = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
     display = f"{topic_prefix}/buses/{BUS}/display"
     ack_topic = f"{topic_prefix}/buses/{BUS}/driver/ack"
-    async with _daemon(cfg), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/") as c:
+    async with _daemon(cfg) as d, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/") as c:
         st = await _state(c, lambda s: s["state"]["edge"] == "online" and s["state"]["broker"])
         names = {t.get_name() for t in asyncio.all_tasks()}
         assert f"busbell[{BUS}].driver_page" in names
@@ -169,6 +169,9 @@ async def test_daemon_serves_the_page_as_a_named_task(
                 async for m in sub.messages():
                     assert json.loads(m.payload)["request_ids"] == ["req-1"]
                     break
+        health = d.status()["driver_page"]
+        assert health["listening"] is True
+        assert (health["displays"], health["acks_published"]) == (1, 1)
     await _publish(settings, display, b"")
 
 
@@ -208,6 +211,7 @@ async def test_daemon_without_driver_page_serves_nothing(
     async with _daemon(cfg) as d:
         await d.link.wait_connected()
         assert d.driver_page is None
+        assert "driver_page" not in d.status()
         assert not any(t.get_name().endswith(".driver_page") for t in asyncio.all_tasks())
 
 
