@@ -126,6 +126,9 @@ class SynthToken:
     """Direction (along the route, away from it) an alighted rider walks in."""
     t_from: float = 0.0
     t_to: float = 0.0
+    quiet: tuple[float, float] = (0.0, 0.0)
+    """A quiet stretch: no advert from ``quiet[0]`` s after boarding for ``quiet[1]`` s
+    (a phone in a pocket behind a crowd, a packet storm)."""
     keys: RiderKeys | None = field(default=None, repr=False)
 
 
@@ -259,7 +262,12 @@ def synth_trace(
             t_board = t_alight = math.inf
             t_start, t_stop = tok.t_from, tok.t_to
         tt = t_start + trng.uniform(0, tok.adv_interval_s)
+        q0 = t_board + tok.quiet[0]
+        q1 = q0 + tok.quiet[1]
         while tt < t_stop:
+            if q0 <= tt < q1:
+                tt = q1
+                continue
             bx, _ = bus_x(phases, tt)
             if tok.kind == "rider" and t_board <= tt < t_alight:
                 d, inside = tok.inside_dist_m, True

@@ -3,7 +3,8 @@
 A random bus day (start time anywhere in a 600-s rid interval, so rides cross rotations;
 red lights, skipped stops, GNSS gaps, a faulty door sensor, packet loss up to 30 %) and
 random tokens (riders with any stops, weak to strong, advertising every 0.1-2 s, clock
-offsets up to +-55 s; bystanders at stops; vehicles alongside) are replayed through the
+offsets up to +-55 s, quiet stretches of up to 4 min mid-ride; bystanders at
+stops; vehicles alongside) are replayed through the
 real :class:`edge.EdgePipeline`; its segments are resolved to their tokens and settled by
 the real :class:`backend._journeys.JourneyBuilder`. Whatever the world: the pipeline never
 raises and contains no failure (``stats.errors`` stays empty), every segment ends after
@@ -25,7 +26,7 @@ from backend._journeys import JourneyBuilder, Segment
 from busbell import Feed, load_gtfs
 from edge._bench_classifier import BusPlan, SynthToken, replay, synth_trace, token_of, write_gtfs
 
-N_STOPS = 8
+N_STOPS = 12
 _FEED: list[Feed] = []
 
 
@@ -51,6 +52,10 @@ def tokens(draw: st.DrawFn, k: int) -> SynthToken:
         loss_db=draw(st.floats(0.0, 30.0)),
         clock_skew_s=draw(st.floats(-55.0, 55.0)),
         lateral_m=draw(st.floats(1.5, 20.0)),
+        quiet=draw(
+            st.sampled_from([(0.0, 0.0), (0.0, 0.0)])
+            | st.tuples(st.floats(20, 300), st.floats(20, 240))
+        ),
     )
     if kind == "alongside":
         tok.t_from = draw(st.floats(0.0, 600.0))
