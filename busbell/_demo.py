@@ -3,10 +3,18 @@
 The demo generates a simulated scenario (``busbell sim scenario``), then starts the
 backend (``busbell backend run``: ingest, rider API, key delivery) on SQLite, one edge
 daemon per bus (``busbell edge run``, advert source = a TCP stream), the simulator's
-live players (``busbell sim run``: GNSS, doors, trip and wait requests over MQTT, adverts
-to each edge) and the fleet web view. Everything talks through MQTT and files only, as
-in production. It uses the broker on 127.0.0.1:1883 when one answers, and starts a
-private mosquitto otherwise.
+live players (``busbell sim run``: GNSS, doors, trip and stop-call waits over MQTT, the
+riders' app waits through the rider API, adverts to each edge) and the fleet web view.
+
+The bell loop: the riders' apps post their waits to the rider API (with an operator token
+the demo makes with ``busbell backend api-token``), the edges show them to the drivers and
+serve them when the doors open at the stop; the first bus that can drives past a stop
+nobody uses while a rider app waits there (``busbell sim ... --skip-stop``): the edge
+signs a ``missed`` record, the backend stores it, and the summary at the end says how the
+waits ended and which stops were missed (``busbell backend missed-report`` shows them).
+
+Everything talks through MQTT, HTTP and files only, as in production. It uses the broker
+on 127.0.0.1:1883 when one answers, and starts a private mosquitto otherwise.
 
 Unless ``--prefix`` is given, each run keeps its topics under a prefix of its own
 (``busbell-demo/<run id>/v1``): two demos on one broker, or a demo on a broker that also
@@ -22,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -99,6 +108,11 @@ class DemoPlan:
     truth: dict[str, Any] = field(default_factory=dict)
     """The generated scenario's ``truth.json``."""
     own_prefix: bool = False
+    skip_bus: str | None = None
+    """The bus that drives past a stop (a rider app waits there: a missed stop)."""
+    operator_entry: str = ""
+    """The backend's ``[api] operators`` entry of the demo's rider app (posts waits)."""
+    operator_token: str = ""
     stopped_early: bool = False
     """Whether the run was stopped (Ctrl-C, --duration) before the simulation ended."""
     """Whether ``prefix`` is this run's own (derived from ``run_id``, not given)."""
@@ -130,7 +144,24 @@ class DemoPlan:
             f'gtfs = "{s / "gtfs"}"\n\n'
             f'[keys]\nfleet_keys_file = "{s / "FLEET.csv"}"\n\n'
             f'[api]\nhost = "127.0.0.1"\nport = {self.api_port}\n'
+            + (f"operators = [{json.dumps(self.operator_entry)}]\n" if self.operator_entry else "")
         )
+
+    def sim_args(self, bus: str) -> list[str]:
+        """``busbell sim run`` arguments for one bus (its adverts go to its edge)."""
+        args = [
+            *("sim", "run", "--broker", f"{self.broker_host}:{self.broker_port}"),
+            *("--bus", bus, "--scenario", self.scenario, "--seed", str(self.seed)),
+            *("--speed", str(self.speed), "--prefix", self.prefix, "--scenario-time"),
+            *("--adv-target", f"tcp://127.0.0.1:{self.stream_ports[bus]}"),
+        ]
+        if self.skip_bus is not None:
+            args += ["--skip-stop", self.skip_bus]
+        if self.operator_token:
+            # the riders' phones: their waits go through the rider API
+            args += ["--waits-api", f"http://127.0.0.1:{self.api_port}"]
+            args += ["--api-token", self.operator_token]
+        return args
 
     def edge_toml(self, bus: str) -> str:
         """One bus's edge config file."""
@@ -188,25 +219,46 @@ class _Procs:
                 p.wait()
 
 
-def _scenario(plan: DemoPlan, procs: _Procs) -> None:
-    proc = procs.start(
-        "scenario",
-        [
-            "sim",
-            "scenario",
-            "--name",
-            plan.scenario,
-            "--seed",
-            str(plan.seed),
-            "--out",
-            str(plan.scn),
-        ],
-    )
+def _scenario(plan: DemoPlan, procs: _Procs, out: IO[str]) -> None:
+    """Generate the scenario; the first bus that can drives past a stop nobody uses."""
+    args = ["sim", "scenario", "--name", plan.scenario, "--seed", str(plan.seed)]
+    args += ["--out", str(plan.scn)]
+    proc = procs.start("scenario", args)
     if proc.wait() != 0:
         raise RuntimeError(f"scenario generation failed: see {procs.logdir / 'scenario.log'}")
     truth = json.loads((plan.scn / "truth.json").read_text())
     plan.buses = [b["bus_id"] for b in truth["buses"]]
+    for bus in plan.buses:
+        # 2 (a usage error) when every stop of this bus's run has riders: try the next
+        attempt = f"scenario-skip-{bus}"
+        status = procs.start(attempt, [*args, "--skip-stop", bus]).wait()
+        del procs.procs[attempt]  # a bus that cannot skip is no failure of the demo
+        if status == 0:
+            truth = json.loads((plan.scn / "truth.json").read_text())
+            plan.skip_bus = bus
+            (skipped,) = truth["skipped_stops"]
+            out.write(
+                f"  {bus} will drive past stop {skipped['stop_id']} where a rider app waits: "
+                "a missed stop, signed by the bus\n"
+            )
+            break
+    else:
+        out.write("  (every bus of this scenario halts at every stop: no missed stop)\n")
     plan.truth = truth
+
+
+def _operator(plan: DemoPlan, procs: _Procs) -> None:
+    """An operator token for the demo's rider app (it posts the riders' waits)."""
+    name = "api-token"
+    proc = procs.start(name, ["backend", "api-token", "demo-rider-app", "--scopes", "riders:write"])
+    if proc.wait() != 0:
+        raise RuntimeError(f"no operator token: see {procs.logdir / f'{name}.log'}")
+    text = (procs.logdir / f"{name}.log").read_text()
+    token = re.search(r"^token: (\S+)$", text, re.M)
+    entry = re.search(r'^operators = \["([^"]+)"\]$', text, re.M)
+    if token is None or entry is None:
+        raise RuntimeError(f"no operator token in {procs.logdir / f'{name}.log'}")
+    plan.operator_token, plan.operator_entry = token.group(1), entry.group(1)
 
 
 def _wait_log(log: Path, event: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -329,11 +381,41 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
         out.write(f"  {bus:<16} {n:>5} events, up to seq {top}\n")
     out.write(f"  quarantined: {quarantined}\n")
     out.write(f"journeys settled: {journeys}; charges: {charged[0]} totalling {charged[1]} KRW\n")
+    _bells_summary(plan, db, out)
     if (plan.scn / "JOURNEYS.jsonl").exists():
         from busbell._demo_report import expected_vs_settled
 
         for line in expected_vs_settled(plan.scn, db, stopped_early=plan.stopped_early):
             out.write(line + "\n")
+
+
+def _bells_summary(plan: DemoPlan, db: Path, out: IO[str]) -> None:
+    """The bell loop: the riders' waits and how they ended, the missed stops recorded."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        try:
+            states = dict(
+                conn.execute("SELECT state, COUNT(*) FROM rider_waits GROUP BY state").fetchall()
+            )
+            passed_by = conn.execute("SELECT COALESCE(SUM(missed), 0) FROM rider_waits").fetchone()
+            missed = conn.execute(
+                "SELECT bus_id, stop_id, route_id FROM missed_stops ORDER BY passed_t"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            out.write(f"  (no bell summary: {exc})\n")
+            return
+    words = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
+    out.write(f"rider-app waits: {sum(states.values())} ({words}); ")
+    out.write(f"buses passed a waiting rider by {passed_by[0]} time(s)\n")
+    out.write(f"missed stops recorded (signed by the bus): {len(missed)}\n")
+    for bus, stop, route in missed:
+        out.write(f"  {bus} passed {stop} on route {route}\n")
+    if missed:
+        out.write(
+            f"  see: busbell backend missed-report --db sqlite+aiosqlite:///{db} "
+            f"--gtfs {plan.scn / 'gtfs'} --since 0\n"
+        )
 
 
 def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
@@ -378,7 +460,8 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
                 broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=f, stderr=f)  # noqa: S603
             _wait_port("127.0.0.1", plan.broker_port, broker, 10)
             out.write(f"  started a private mosquitto on port {plan.broker_port}\n")
-        _scenario(plan, procs)
+        _scenario(plan, procs, out)
+        _operator(plan, procs)
         from busbell._demo_report import demo_length_line
 
         out.write(demo_length_line(plan.truth, plan.speed, a.grace) + "\n")
@@ -397,19 +480,7 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             _wait_port("127.0.0.1", plan.stream_ports[bus], edge, 60)
         _wait_log(logdir / "backend.log", "fare_ingest_subscribed", backend, 60)
         asyncio.run(_wait_online(plan, 60))
-        sims = []
-        for bus in plan.buses:
-            sims.append(
-                procs.start(
-                    f"sim-{bus}",
-                    [
-                        *("sim", "run", "--broker", f"{plan.broker_host}:{plan.broker_port}"),
-                        *("--bus", bus, "--scenario", plan.scenario, "--seed", str(plan.seed)),
-                        *("--speed", str(plan.speed), "--prefix", plan.prefix, "--scenario-time"),
-                        *("--adv-target", f"tcp://127.0.0.1:{plan.stream_ports[bus]}"),
-                    ],
-                )
-            )
+        sims = [procs.start(f"sim-{bus}", plan.sim_args(bus)) for bus in plan.buses]
         url = f"http://127.0.0.1:{plan.view_port}/"
         out.write(
             f"\nfleet view: {url}\nrider API:  http://127.0.0.1:{plan.api_port}/docs\n"

@@ -19,6 +19,9 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ def _log() -> Any:
 
 
 WAIT_EXPIRY_S = 900
+SKIPPED_WAIT_LEAD_S = 240.0
+"""How long (scenario time) before the bus passes a skipped stop its rider asks."""
 
 
 def timed_records(
@@ -142,6 +147,8 @@ async def run_live(
     wait_scanner_s: float = 60.0,
     on_ready: Callable[[LiveRun], None] | None = None,
     on_start: Callable[[LiveRun], None] | None = None,
+    waits_api: str | None = None,
+    api_token: str | None = None,
 ) -> LiveRun:
     """Play one bus of a scenario live.
 
@@ -166,6 +173,14 @@ async def run_live(
             the BlueZ path), before waiting for the scanner.
         on_start: called as the first record is played (``stats.t_first`` is played
             at UNIX time ``stats.wall_start``; later records follow at ``speed``).
+        waits_api: base URL of the backend's rider API: the riders' app waits are posted
+            there (``POST /riders/{rider_id}/waits``), as their phones do, instead of
+            being published on MQTT; stop call units still publish on MQTT.
+        api_token: bearer token for ``waits_api`` (an operator's, ``riders:write``).
+
+    With ``options.skip_stop_bus`` naming this bus, the bus drives past a stop nobody
+    uses and a rider app asks it to stop there 4 minutes (scenario time) before: a
+    missed stop for the edge to record.
 
     Raises:
         busbell.UplinkError: the broker is unreachable.
@@ -189,7 +204,34 @@ async def run_live(
             wait_scanner_s=wait_scanner_s,
             on_ready=on_ready,
             on_start=on_start,
+            waits_api=waits_api,
+            api_token=api_token,
         )
+
+
+def _post_wait(api: str, token: str | None, wait: dict[str, Any], expires_in_s: int) -> str:
+    """POST a rider's wait to the rider API (blocking; run in a thread); its outcome."""
+    body = {
+        "route_id": wait["route_id"],
+        "stop_id": wait["stop_id"],
+        "assist": bool(wait.get("assist", False)),
+        "expires_in_s": expires_in_s,
+    }
+    url = f"{api.rstrip('/')}/riders/{urllib.parse.quote(wait['rider_id'], safe='')}/waits"
+    req = urllib.request.Request(  # noqa: S310 - an http(s) URL given by the operator
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {token}"} if token else {}),
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return str(json.loads(resp.read()).get("request_id", "posted"))
+    except urllib.error.HTTPError as exc:
+        return f"refused {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return f"failed: {exc}"
 
 
 async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
@@ -209,6 +251,8 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
     wait_scanner_s: float,
     on_ready: Callable[[LiveRun], None] | None,
     on_start: Callable[[LiveRun], None] | None,
+    waits_api: str | None,
+    api_token: str | None,
 ) -> LiveRun:
     if speed <= 0:
         raise ValueError("speed must be positive")
@@ -222,6 +266,7 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
         gnss_sigma_m=base.gnss_sigma_m,
         tq_window_s=base.tq_window_s,
         start_at=float(int(time.time()) + 15) if now else base.start_at,
+        skip_stop_bus=base.skip_stop_bus,
     )
     if out_dir is not None:
         generate(name, seed, out_dir, scale, opts)
@@ -231,6 +276,26 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
         raise KeyError(f"scenario {name} has no bus {bus_id!r}; buses: {list(run.result.records)}")
     route = run.result.plans[bus_id].path.route_id
     waits = sorted((r for r in run.result.requests if r["route_id"] == route), key=lambda r: r["t"])
+    first_t = min((r.t for r in records), default=0.0)
+    for skipped in run.result.skipped_stops:
+        if skipped["bus_id"] != bus_id:
+            continue
+        # a rider app's wait at the stop the driver will not stop at
+        asking = sorted(
+            set(run.result.rider_keys) - {w.get("rider_id") for w in run.result.requests}
+        )
+        waits.append(
+            {
+                "t": max(first_t, skipped["t"] - SKIPPED_WAIT_LEAD_S),
+                "route_id": route,
+                "stop_id": skipped["stop_id"],
+                "source": "app",
+                "request_id": f"rq-{seed}-skipped-{bus_id}",
+                "rider_id": asking[0] if asking else sorted(run.result.rider_keys)[0],
+            }
+        )
+        _log().info("live_skipped_stop", bus_id=bus_id, stop_id=skipped["stop_id"])
+    waits.sort(key=lambda r: r["t"])
     topics = Topics(mqtt.prefix)
     stats = LiveRun()
     writer: asyncio.StreamWriter | None = None
@@ -270,9 +335,22 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
                 delay = wall0 + (t - t_first) / speed - clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if order == 0 and waits_api and item.get("source") == "app":
+                    outcome = await asyncio.to_thread(
+                        _post_wait, waits_api, api_token, item, WAIT_EXPIRY_S
+                    )
+                    _log().info(
+                        "live_wait_posted",
+                        rider_id=item["rider_id"],
+                        stop_id=item["stop_id"],
+                        outcome=outcome,
+                    )
+                    stats.waits += 1
+                    continue
                 if order == 0:
                     payload = {**item, "expires_t": item["t"] + WAIT_EXPIRY_S}
                     payload.pop("bus_id", None)
+                    payload.pop("rider_id", None)
                     topic = topics.wait(item["route_id"], item["stop_id"], item["request_id"])
                     await session.publish(
                         topic, json.dumps(payload), qos=1, retain=True, expiry_s=WAIT_EXPIRY_S

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,8 @@ class GenerateOptions:
     tq_window_s: float = 60.0
     start_at: float | None = None
     """UNIX time to start at instead of the scenario's local date and time (live mode)."""
+    skip_stop_bus: str | None = None
+    """This bus drives past a stop nobody uses without halting (``BusSpec.skip_stop``)."""
 
 
 @dataclass(slots=True)
@@ -119,6 +121,12 @@ def run_scenario(
     gtfs_dir = opts.gtfs_dir or sample_gtfs_dir()
     world = _world(gtfs_dir)
     spec = build_scenario(name, seed, scale)
+    if opts.skip_stop_bus is not None:
+        if opts.skip_stop_bus not in {b.bus_id for b in spec.buses}:
+            raise ValueError(f"scenario {name} has no bus {opts.skip_stop_bus!r}")
+        spec.buses = [
+            replace(b, skip_stop=True) if b.bus_id == opts.skip_stop_bus else b for b in spec.buses
+        ]
     if opts.start_at is not None:
         t0 = float(opts.start_at)
     else:
@@ -321,6 +329,7 @@ def generate(
             ],
         },
         "requests": len(res.requests),
+        "skipped_stops": res.skipped_stops,
         "stats": res.stats,
     }
     (out / "truth.json").write_text(_dump(truth) + "\n", encoding="utf-8")

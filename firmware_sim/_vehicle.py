@@ -68,6 +68,23 @@ class Motion:
             v = 0.0
         return self.s0[i] + self.v0[i] * dt + 0.5 * a * dt * dt, v
 
+    def time_at_s(self, s: float, t_from: float) -> float:
+        """The first time from ``t_from`` on that the distance reaches ``s`` (bisection).
+
+        Raises:
+            ValueError: it never does.
+        """
+        lo, hi = t_from, self.t0[-1] + 3600.0
+        if self.at(hi)[0] < s:
+            raise ValueError(f"the motion never reaches {s:.1f} m")
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if self.at(mid)[0] >= s:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
 
 @dataclass(frozen=True, slots=True)
 class _Profile:
@@ -220,6 +237,7 @@ def plan_bus(
     cruise_mps: float = 11.5,
     motorway_mps: float = 22.0,
     lane_m: float = 0.0,
+    skip: frozenset[int] = frozenset(),
 ) -> BusPlan:
     """Drive a bus over ``first_idx..last_idx`` of its pattern and plan every halt.
 
@@ -237,6 +255,8 @@ def plan_bus(
         cruise_mps: city cruise speed.
         motorway_mps: cruise speed on hops longer than 2.5 km.
         lane_m: lateral lane offset while driving (negative: left of the kerb lane).
+        skip: pattern stop indices where nobody boards or alights that the bus drives
+            past without halting (the driver does not stop).
     """
     m = Motion()
     calls: list[StopCall] = []
@@ -249,8 +269,8 @@ def plan_bus(
         stop_s = path.stop_s[idx]
         must = bool(dem.board or dem.alight or dem.last_moment) or idx in (first_idx, last_idx)
         if idx != first_idx:
-            if not must and rng.random() >= p_extra_stop:
-                continue
+            if not must and (rng.random() >= p_extra_stop or idx in skip):
+                continue  # (the draw comes first: a skip changes no other bus's draws)
             busy = sum(1 for a, b in occupied.get(path.stop_ids[idx], []) if a <= t + 60 <= b)
             target = stop_s - busy * (BUS_LENGTH_M + 2.0)
             gap = target - s

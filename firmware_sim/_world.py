@@ -94,6 +94,9 @@ class BusSpec:
         p_extra_stop: probability of halting at a stop with no tracked rider.
         start_after: ``(bus_id, stop_id, delay_s)``: start relative to another bus's
             arrival at a stop (overrides ``t_start``).
+        skip_stop: the driver drives past the first stop after the bus's first that no
+            tracked rider uses (and no stop call unit calls), without halting: a rider
+            app's wait there is missed (``SimResult.skipped_stops``).
     """
 
     bus_id: str
@@ -107,6 +110,7 @@ class BusSpec:
     extra_on_board: int = 0
     p_extra_stop: float = 0.7
     start_after: tuple[str, str, float] | None = None
+    skip_stop: bool = False
 
 
 @dataclass(slots=True)
@@ -287,6 +291,9 @@ class SimResult:
     stats: dict[str, Any]
     t0: float
     t1: float
+    skipped_stops: list[dict[str, Any]] = field(default_factory=list)
+    """Stops a bus drove past on purpose (``BusSpec.skip_stop``): bus_id, route_id,
+    stop_id, idx and ``t`` (when it passed the stop)."""
 
 
 def tunnel_spans(path: RoutePath, proj: Projection) -> list[tuple[float, float]]:
@@ -419,12 +426,24 @@ class _Sim:
         self.persons: list[_Person] = []
         self.cars: list[tuple[RoutePath, Motion, float, float, float]] = []
         self.requests: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
         self.legs_by_person: dict[str, list[tuple[LegSpec, float, float, Any, Any]]] = {}
 
     # ---- planning -------------------------------------------------------------------
 
     def path_of(self, bus: BusSpec) -> RoutePath:
         return self.world.paths[(bus.route_id, bus.direction_id)]
+
+    def _skip(
+        self, bus: BusSpec, path: RoutePath, demand: dict[int, StopDemand], last_idx: int
+    ) -> int:
+        called = {q.stop_idx for q in self.spec.requests if q.bus_id == bus.bus_id}
+        for idx in range(bus.first_idx + 1, last_idx):
+            if idx not in demand and idx not in called:
+                return idx
+        raise ValueError(
+            f"{bus.bus_id}: every stop of its run has riders or a stop call: none to skip"
+        )
 
     def plan(self) -> None:
         occupied: dict[str, list[tuple[float, float]]] = {}
@@ -462,6 +481,7 @@ class _Sim:
                         prev_alight = (got[0][2], got[0][4].stop_id)
             for dem in demand.values():
                 self.rng.shuffle(dem.alight)
+            skip = self._skip(bus, path, demand, last_idx) if bus.skip_stop else None
             plan = plan_bus(
                 bus.bus_id,
                 path,
@@ -473,8 +493,19 @@ class _Sim:
                 occupied=occupied,
                 p_extra_stop=bus.p_extra_stop,
                 lane_m=bus.lane_m,
+                skip=frozenset(() if skip is None else (skip,)),
             )
             self.plans[bus.bus_id] = plan
+            if skip is not None:
+                self.skipped.append(
+                    {
+                        "bus_id": bus.bus_id,
+                        "route_id": path.route_id,
+                        "stop_id": path.stop_ids[skip],
+                        "idx": skip,
+                        "t": round(plan.motion.time_at_s(path.stop_s[skip], plan.t_start), 3),
+                    }
+                )
             by_idx = {c.idx: c for c in plan.calls}
             for p in self.spec.persons:
                 for leg in p.legs:
@@ -569,6 +600,7 @@ class _Sim:
                                 "stop_id": path.stop_ids[leg.board_idx],
                                 "source": "app",
                                 "bus_id": leg.bus_id,
+                                "rider_id": spec.person_id,
                             }
                         )
                 else:
@@ -911,6 +943,7 @@ def simulate(
         silent_riders=silent,
         rider_keys=sim.rider_keys,
         requests=reqs,
+        skipped_stops=sim.skipped,
         stats=stats,
         t0=t_begin,
         t1=t_end,

@@ -52,6 +52,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=None, help="seed (default: config, 1)")
     sc.add_argument("--out", type=Path, required=True, help="output directory")
     sc.add_argument("--scale", choices=["small", "full"], default=None)
+    sc.add_argument(
+        "--skip-stop",
+        metavar="BUS",
+        default=None,
+        help="this bus drives past a stop nobody uses without halting (see truth.json "
+        "skipped_stops); give the same to `run`",
+    )
 
     sub.add_parser(
         "list",
@@ -110,6 +117,25 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="keep the scenario's own date instead of starting now",
     )
+    rn.add_argument(
+        "--skip-stop",
+        metavar="BUS",
+        default=None,
+        help="as `scenario --skip-stop`: that bus drives past a stop nobody uses; when it "
+        "is --bus, a rider app asks it to stop there (a missed stop)",
+    )
+    rn.add_argument(
+        "--waits-api",
+        metavar="URL",
+        default=None,
+        help="post the riders' app waits to this rider API (POST /riders/{id}/waits) "
+        "instead of publishing them on MQTT",
+    )
+    rn.add_argument(
+        "--api-token",
+        default=None,
+        help="bearer token for --waits-api (an operator token with riders:write)",
+    )
     return p
 
 
@@ -132,6 +158,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "busbell sim") -> int:
 
 
 def _scenario(a: argparse.Namespace, cfg: SimConfig) -> int:
+    from dataclasses import replace
+
     from firmware_sim._output import generate
     from firmware_sim._scenarios import SCENARIOS
 
@@ -141,7 +169,12 @@ def _scenario(a: argparse.Namespace, cfg: SimConfig) -> int:
     seed = a.seed if a.seed is not None else cfg.scenario.seed
     scale = a.scale or cfg.scenario.scale
     started = time.perf_counter()
-    truth = generate(a.name, seed, a.out, scale, cfg.generate_options())
+    options = replace(cfg.generate_options(), skip_stop_bus=a.skip_stop)
+    try:
+        truth = generate(a.name, seed, a.out, scale, options)
+    except ValueError as exc:
+        sys.stderr.write(f"busbell sim scenario: {exc}\n")
+        return 2
     took = time.perf_counter() - started
     _out(
         f"{a.name}: {len(truth['buses'])} bus(es), {truth['journeys']} journeys, "
@@ -250,10 +283,12 @@ def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
                 scale=a.scale or cfg.scenario.scale,
                 now=cfg.live.now and not a.scenario_time,
                 out_dir=a.out,
-                options=cfg.generate_options(),
+                options=replace(cfg.generate_options(), skip_stop_bus=a.skip_stop),
                 wait_scanner_s=a.wait_scanner,
                 on_ready=ready,
                 on_start=start,
+                waits_api=a.waits_api,
+                api_token=a.api_token,
             )
         )
     except (RuntimeError, ValueError, OSError) as exc:
