@@ -437,3 +437,34 @@ def test_the_payloads_the_backend_publishes_match_the_asyncapi_document() -> Non
     for state in STATES:
         check("RequestStatus", status_payload("w-1", state, T0))
         check("RequestStatus", status_payload("w-1", state, T0, "bus-1"))
+
+
+def test_a_looped_trip_takes_the_visit_the_display_model_names() -> None:
+    from busbell._gtfs import Stop, Trip
+
+    ids = ("L1", "L2", "L3", "L1", "L4")
+    trip = Trip("TL", "RL", 0, "D", ids, (None,) * 5, (None,) * 5, (0.0, 1.0, 2.0, 3.0, 4.0))
+    feed = Feed("Asia/Seoul", {s: Stop(s, s, 0.0, 0.0) for s in ids}, {"RL": "L"}, {"TL": trip})
+    pos = FleetPositions(feed)
+    # seq as an index (3: the second visit of L1), as a 1-based stop_sequence (4), or
+    # naming another stop (the first visit is taken)
+    for seq, ahead in ((3, ("L1", "L4")), (4, ("L1", "L4")), (0, ids), (2, ids), (99, ids)):
+        got = pos.on_display("b", display("b", route="RL", trip_id="TL", next_stop=stop("L1", seq)))
+        assert got is not None
+        assert got.ahead == ahead, seq
+        assert got.complete
+
+
+def test_restored_waits_and_the_memory_of_finished_ones() -> None:
+    book = WaitBook(TOPICS, WaitRules(max_live_waits=2))
+    book.restore(LiveWait("w-r", "R1", "S05", T0, T0 + 900, state="seen", bus_id="bus-1"))
+    _, changes = book.on_status("w-r", status("w-r", "acknowledged"), T0 + 5)
+    assert [c.state for c in changes] == ["acknowledged"]
+    for k in range(4):
+        new_wait(book, f"w-{k}")
+        book.cancel(f"w-{k}", T0 + 1)
+    assert len(book._final) == 2  # bounded: the oldest are forgotten
+    # our own wait cleared on the broker (we cleared it) stays until its status ends it
+    new_wait(book, "w-9")
+    book.on_wait("R1", "S05", "w-9", b"", T0 + 2)
+    assert "w-9" in book.waits
