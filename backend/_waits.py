@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from busbell._bells import validate_wait
 from busbell._canonical import canonical_bytes
 from busbell._errors import ContractError
 from busbell._gtfs import Feed
@@ -563,6 +564,11 @@ class WaitBook:
         if isinstance(obj, str):
             self._reject("wait", obj)
             return None
+        try:
+            validate_wait(obj)  # the edges' own check (busbell._bells): what they accept
+        except ContractError:
+            self._reject("wait", "invalid")
+            return None
         if (
             obj.get("request_id") != request_id
             or obj.get("route_id", route_id) != route_id
@@ -570,26 +576,15 @@ class WaitBook:
         ):
             self._reject("wait", "id_mismatch")
             return None
-        t, expires = _number(obj.get("t")), _number(obj.get("expires_t"))
-        if t is None or expires is None or expires < t:
-            self._reject("wait", "bad_time")
-            return None
+        t, expires = float(obj["t"]), float(obj["expires_t"])
         if expires <= now:
             self._reject("wait", "expired")
             return None
         if len(self.waits) >= self.rules.max_live_waits:
             self._reject("wait", "too_many_waits")
             return None
-        source = obj.get("source")
         w = LiveWait(
-            request_id,
-            route_id,
-            stop_id,
-            t,
-            expires,
-            source if source in ("app", "stop_unit", "token") else "stop_unit",
-            obj.get("assist") is True,
-            state_t=t,
+            request_id, route_id, stop_id, t, expires, obj["source"], obj["assist"], state_t=t
         )
         self.waits[request_id] = w
         return w

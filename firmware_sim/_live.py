@@ -348,7 +348,11 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
                     stats.waits += 1
                     continue
                 if order == 0:
-                    payload = {**item, "expires_t": item["t"] + WAIT_EXPIRY_S}
+                    payload = {
+                        **item,
+                        "expires_t": item["t"] + WAIT_EXPIRY_S,
+                        "assist": bool(item.get("assist", False)),
+                    }  # exactly the Bells v1 wait (busbell.validate_wait)
                     payload.pop("bus_id", None)
                     payload.pop("rider_id", None)
                     topic = topics.wait(item["route_id"], item["stop_id"], item["request_id"])

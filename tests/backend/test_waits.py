@@ -378,7 +378,7 @@ def test_waits_retained_on_the_broker_are_tracked_and_checked() -> None:
             "t": T0,
             "expires_t": T0 + 300,
         }
-        return json.dumps({**body, "source": "stop_unit", **kw}).encode()
+        return json.dumps({**body, "source": "stop_unit", "assist": False, **kw}).encode()
 
     w = book.on_wait("R1", "S05", "su-1", wait("su-1"), T0 + 1)
     assert w is not None
@@ -391,14 +391,18 @@ def test_waits_retained_on_the_broker_are_tracked_and_checked() -> None:
     assert book.on_wait("R1", "S05", "su-2", wait("su-2"), T0 + 400) is None
     assert book.on_wait("R1", "S05", "su-2", b"[", T0) is None
     assert book.on_wait("R1", "S05", "su-2", b"{" + b" " * 5000 + b"}", T0) is None
+    assert book.on_wait("R1", "S05", "su-2", wait("su-2", source="zzz"), T0) is None
+    no_assist = json.loads(wait("su-2"))
+    del no_assist["assist"]
+    assert book.on_wait("R1", "S05", "su-2", json.dumps(no_assist).encode(), T0) is None
     assert dict(book.wait_rejected) == {
         "id_mismatch": 2,
-        "bad_time": 2,
+        "invalid": 4,
         "expired": 1,
         "bad_json": 1,
         "oversized": 1,
     }
-    assert book.on_wait("R1", "S05", "su-2", wait("su-2", source="zzz"), T0) is not None
+    assert book.on_wait("R1", "S05", "su-2", wait("su-2"), T0) is not None
     assert book.waits["su-2"].source == "stop_unit"
     assert book.on_wait("R1", "S05", "su-3", wait("su-3"), T0) is None
     assert book.wait_rejected["too_many_waits"] == 1

@@ -84,8 +84,12 @@ async def test_live_run_publishes_signals_and_streams_adverts(
     assert trips[0]["route_id"] == "G6000"
     assert doors
     assert set(doors[0]) == {"t", "open"}
-    waits = [t for t, _ in got if "/waits/" in t]
+    waits = [(t, p) for t, p in got if "/waits/" in t]
     assert len(waits) == stats.waits
+    for _, payload in waits:  # exactly what the edges accept
+        from busbell._bells import validate_wait
+
+        validate_wait(json.loads(payload))
     # "now" mode: the scenario starts about now, so tokens verify against the wall clock
     first = json.loads(lines[0])
     assert first["kind"] == "adv"
