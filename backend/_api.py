@@ -8,6 +8,7 @@ Endpoints (OpenAPI at ``/openapi.json``, a copy in ``docs/rider-api.openapi.json
 * ``POST /riders/{id}/revoke``: stop resolving the rider's tokens.
 * ``POST /riders/{id}/token``: a new API token (the older ones stop working).
 * ``PUT /riders/{id}/category``: set the fare category (operators only).
+* ``POST /devices/{bus}/revoke``: revoke a bus (operators with ``devices:write``).
 * ``POST /riders/{id}/waits``, ``GET /riders/{id}/waits[/{request_id}]``,
   ``DELETE /riders/{id}/waits/{request_id}``: boarding-wait requests, one live wait per
   rider, under the rules of ``[waits]`` (:mod:`backend._waits_api`, core in
@@ -113,6 +114,8 @@ class ApiState:
         occupancy: thresholds for occupancy_status.
         on_enrolled: called with ``(rider_id, token_key)`` after an enrolment.
         on_revoked: called with ``rider_id`` after a revocation.
+        on_denylist_changed: called after a rider or device revocation (``backend run``
+            publishes the new signed deny list at once).
         clock: wall time (UNIX seconds).
         waits: the wait service (made from the above unless given).
         auth: credentials, rate limits and the body cap (``[api]``).
@@ -127,6 +130,7 @@ class ApiState:
     occupancy: OccupancyThresholds = field(default_factory=OccupancyThresholds)
     on_enrolled: Callable[[str, bytes], None] | None = None
     on_revoked: Callable[[str], None] | None = None
+    on_denylist_changed: Callable[[], None] | None = None
     clock: Callable[[], float] = time.time
     waits: WaitService | None = None
     auth: ApiAuth = field(default_factory=ApiAuth)
@@ -285,36 +289,24 @@ async def _enroller(
     return await current_principal(request)
 
 
-async def _operator_read(
-    request: Request,
-    _credentials: Annotated[Any, Security(bearer)],
-) -> Principal:
-    """Operators with ``riders:read`` only (the missed-stop report names riders' waits)."""
-    principal = await current_principal(request)
-    auth = request.app.state.busbell.auth
-    if principal is None:
-        refused(auth, "no_credentials", request)
-        raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
-    if principal.kind != "operator" or not principal.may("", "riders:read"):
-        refused(auth, "forbidden", request, scope="riders:read")
-        raise HTTPException(403, "not allowed")
-    return principal
+def _operator(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: operators with ``scope`` only (riders never set their own category)."""
 
+    async def check(
+        request: Request,
+        _credentials: Annotated[Any, Security(bearer)],
+    ) -> Principal:
+        principal = await current_principal(request)
+        auth = request.app.state.busbell.auth
+        if principal is None:
+            refused(auth, "no_credentials", request)
+            raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
+        if principal.kind != "operator" or not principal.may("", scope):
+            refused(auth, "forbidden", request, scope=scope)
+            raise HTTPException(403, "not allowed")
+        return principal
 
-async def _operator_write(
-    request: Request,
-    _credentials: Annotated[Any, Security(bearer)],
-) -> Principal:
-    """Operators with ``riders:write`` only (riders cannot change their own category)."""
-    principal = await current_principal(request)
-    auth = request.app.state.busbell.auth
-    if principal is None:
-        refused(auth, "no_credentials", request)
-        raise HTTPException(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
-    if principal.kind != "operator" or not principal.may("", "riders:write"):
-        refused(auth, "forbidden", request, scope="riders:write")
-        raise HTTPException(403, "not allowed")
-    return principal
+    return check
 
 
 def _enrol_route(app: FastAPI, state: ApiState) -> None:
@@ -398,7 +390,7 @@ def _account_routes(
         "/riders/{rider_id}/category",
         response_model=RiderStatus,
         tags=["riders"],
-        dependencies=[Security(_operator_write)],
+        dependencies=[Security(_operator("riders:write"))],
     )
     async def set_category(rider_id: str, body: CategoryIn) -> RiderStatus:
         """Set the fare category future journeys are priced with (operators only)."""
@@ -419,6 +411,41 @@ def _account_routes(
             enrolled_at=row.enrolled_at,
             revoked_at=row.revoked_at,
         )
+
+
+class DeviceStatus(BaseModel):
+    """A bus's registration state after a revocation."""
+
+    bus_id: str
+    revoked: bool
+    denylist_version: int = Field(description="The deny list version that lists it.")
+
+
+def _device_routes(app: FastAPI, state: ApiState) -> None:
+    """``POST /devices/{bus_id}/revoke``."""
+
+    @app.post(
+        "/devices/{bus_id}/revoke",
+        response_model=DeviceStatus,
+        tags=["devices"],
+        dependencies=[Security(_operator("devices:write"))],
+    )
+    async def revoke_bus(bus_id: str) -> DeviceStatus:
+        """Revoke a bus (stolen or retired unit).
+
+        Its fare events are refused, it gets no more fleet keys, and the next deny list
+        (published at once) names it.
+        """
+        from backend._denylist import revoke_device
+        from backend._errors import UnknownDevice
+
+        try:
+            payload = await revoke_device(state.engine, bus_id[:64], now=state.clock())
+        except UnknownDevice:
+            raise HTTPException(404, "unknown bus") from None
+        if state.on_denylist_changed is not None:
+            state.on_denylist_changed()
+        return DeviceStatus(bus_id=bus_id, revoked=True, denylist_version=payload["version"])
 
 
 def create_app(state: ApiState) -> FastAPI:
@@ -449,7 +476,9 @@ def create_app(state: ApiState) -> FastAPI:
     read = [Security(rider_access("riders:read"))]
     write = [Security(rider_access("riders:write"))]
     names = {sid: s.name for sid, s in state.feed.stops.items() if s.name} if state.feed else {}
-    app.include_router(ops_router(state.engine, names), dependencies=[Security(_operator_read)])
+    app.include_router(
+        ops_router(state.engine, names), dependencies=[Security(_operator("riders:read"))]
+    )
 
     async def rider_row(rider_id: str) -> sa.Row[Any]:
         _check_rider_id(rider_id)
@@ -464,6 +493,7 @@ def create_app(state: ApiState) -> FastAPI:
     _enrol_route(app, state)
 
     _account_routes(app, state, rider_row)
+    _device_routes(app, state)
 
     @app.get("/riders/{rider_id}", response_model=RiderStatus, tags=["riders"], dependencies=read)
     async def rider_status(rider_id: str) -> RiderStatus:
@@ -495,6 +525,8 @@ def create_app(state: ApiState) -> FastAPI:
                 )
             if state.on_revoked is not None:
                 state.on_revoked(rider_id)
+            if state.on_denylist_changed is not None:
+                state.on_denylist_changed()
             log.info("rider_revoked", rider_id=rider_id)
         return RiderStatus(
             rider_id=rider_id,
@@ -790,7 +822,18 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     from backend._ingest import run_ingest
 
     tasks.append(("busbell-backend.ingest", lambda: run_ingest(config, stop=stopper)))
-    tasks.append(("busbell-backend.keys", lambda: _key_publisher(config, engine, stopper)))
+    from backend._keys import run_key_distribution
+
+    denylist_changed = asyncio.Event()
+    state.on_denylist_changed = denylist_changed.set
+    tasks.append(
+        (
+            "busbell-backend.keys",
+            lambda: run_key_distribution(
+                config, stop=stopper, changed=denylist_changed, engine=engine
+            ),
+        )
+    )
     try:
         async with asyncio.TaskGroup() as tg:
             for name, fn in tasks:
@@ -825,27 +868,3 @@ async def _wait_ticker(state: ApiState, tick_s: float, stop: asyncio.Event) -> N
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(tick_s):
                 await stop.wait()
-
-
-async def _key_publisher(config: Any, engine: AsyncEngine, stop: asyncio.Event) -> None:
-    from backend._keys import ensure_fleet_keys, publish_key_bundles
-    from busbell._mqtt import MqttSession, backoff_delays
-
-    topics = Topics(config.mqtt.prefix)
-    delays = backoff_delays(config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s)
-    while not stop.is_set():
-        try:
-            async with MqttSession(
-                config.mqtt, f"busbell-backend-keys-{secrets.token_hex(3)}"
-            ) as session:
-                while not stop.is_set():
-                    await ensure_fleet_keys(engine, days_ahead=config.keys.days_ahead)
-                    await publish_key_bundles(
-                        engine, session.publish, topics, days_ahead=config.keys.days_ahead
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(config.keys.publish_interval_s):
-                            await stop.wait()
-        except UplinkError as exc:
-            log.warning("key_publisher_broker_lost", error=str(exc))
-            await asyncio.sleep(next(delays))

@@ -5,11 +5,13 @@ returns none), but a fob or app may hold ``bk``s for up to ``[keys] rider_days_a
 days. Buses never learn who a rider is, so the deny list carries the revoked riders'
 *rids* for the coming ``[keys] denylist_hours`` (only riders whose issued ``bk``s may
 still be valid), plus the revoked bus ids. Each change is a new version stored in
-``denylist_versions`` and published retained (QoS 1) on ``denylist``::
+``denylist_versions`` and published retained (QoS 1) on ``denylist``, signed with the
+backend's Ed25519 key (``[keys] signing_key``; :mod:`busbell._denylist` has the message
+and its verification, which every bus runs)::
 
     {"v": 1, "version": 7, "t": 1760000000.0,
      "from_interval": 2933333, "to_interval": 2933621,
-     "rids": ["9f1c...", ...], "devices": ["B17"]}
+     "rids": ["9f1c...", ...], "devices": ["B17"], "sig": "<base64 Ed25519>"}
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend._db import denylist_versions, devices, riders
 from backend._errors import UnknownDevice, UnknownRider
 from busbell import (
+    DeviceKey,
     StoreError,
     Topics,
     canonical_bytes,
@@ -33,15 +37,18 @@ from busbell import (
     interval_of,
     rid_for_interval,
 )
+from busbell._denylist import sign_denylist
 
 __all__ = [
     "Publish",
     "build_denylist",
     "latest_denylist",
+    "load_signing_key",
     "publish_denylist",
     "refresh_denylist",
     "revoke_device",
     "revoke_rider",
+    "signing_key_path",
     "window_intervals",
 ]
 
@@ -233,10 +240,42 @@ async def revoke_device(
     return payload
 
 
-async def publish_denylist(publish: Publish, topics: Topics, payload: dict[str, Any]) -> None:
-    """Publish a deny list version retained with QoS 1."""
-    await publish(topics.denylist(), canonical_bytes(payload), qos=1, retain=True)
-    _log().info("denylist_published", version=payload["version"])
+async def publish_denylist(
+    publish: Publish, topics: Topics, payload: dict[str, Any], key: DeviceKey
+) -> None:
+    """Sign a deny list version with the backend key and publish it retained, QoS 1."""
+    signed = sign_denylist(payload, key)
+    await publish(topics.denylist(), canonical_bytes(signed), qos=1, retain=True)
+    _log().info("denylist_published", version=payload["version"], rids=len(payload["rids"]))
+
+
+def signing_key_path(config: Any) -> Path:
+    """Where the deny-list signing key of a :class:`backend.config.BackendConfig` is."""
+    if config.keys.signing_key is not None:
+        return Path(config.keys.signing_key)
+    name = "busbell-backend-signing.pem"
+    url = str(config.database.url)
+    if url.startswith("sqlite") and ":///" in url:
+        db = url.split(":///", 1)[1]
+        if db and db != ":memory:":
+            return Path(db).parent / name
+    return Path(name)
+
+
+def load_signing_key(path: Path) -> DeviceKey:
+    """The backend's deny-list signing key; generated and saved (0600) when missing.
+
+    Raises:
+        KeyFileError: when the file exists but is not an Ed25519 PEM key, or cannot be
+            written.
+    """
+    if path.exists():
+        return DeviceKey.load(path)
+    key = DeviceKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key.save(path)
+    _log().warning("backend_signing_key_created", path=str(path), public_key=key.public.hex)
+    return key
 
 
 def window_intervals(payload: dict[str, Any]) -> range:

@@ -32,6 +32,7 @@ from busbell import (
     FLEET_HEADER,
     INTERVAL_S,
     ContractError,
+    DeviceKey,
     KeyFileError,
     PublicKey,
     StoreError,
@@ -424,9 +425,14 @@ async def distribute_once(
     topics: Topics,
     settings: KeysSettings,
     *,
+    key: DeviceKey,
     now: float | None = None,
 ) -> None:
-    """Rotate (generate missing days), publish every bus's bundle and the deny list."""
+    """Rotate (generate missing days), publish every bus's bundle and the deny list.
+
+    The deny list is rebuilt first (a new version when revoked riders or devices
+    changed, or when half of its window has passed) and published signed with ``key``.
+    """
     from backend._denylist import publish_denylist, refresh_denylist
 
     t = time.time() if now is None else now
@@ -438,28 +444,38 @@ async def distribute_once(
         rider_days_ahead=settings.rider_days_ahead,
         denylist_hours=settings.denylist_hours,
     )
-    await publish_denylist(publish, topics, payload)
+    await publish_denylist(publish, topics, payload, key)
 
 
-async def run_key_distribution(config: BackendConfig, *, stop: asyncio.Event | None = None) -> None:
+async def run_key_distribution(
+    config: BackendConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    changed: asyncio.Event | None = None,
+    engine: AsyncEngine | None = None,
+) -> None:
     """Keep fleet keys rotated and delivered, and the deny list published, until ``stop``.
 
     Imports ``[keys] fleet_keys_file`` and ``[files] devices`` first when set; then
-    every ``[keys] publish_interval_s`` runs :func:`distribute_once`. MQTT failures
-    are retried with backoff.
+    every ``[keys] publish_interval_s``, and at once whenever ``changed`` is set (a
+    revocation), runs :func:`distribute_once`. MQTT failures are retried with backoff.
 
     Raises:
         StoreError: when the database cannot be reached at start.
         KeyFileError: when a configured key file is invalid.
     """
     from backend._db import engine_for, migrate
+    from backend._denylist import load_signing_key, signing_key_path
     from busbell._mqtt import MqttSession, backoff_delays
 
     stop = stop or asyncio.Event()
+    changed = changed or asyncio.Event()
     db = config.database
-    engine = engine_for(db)
+    own_engine = engine is None
+    engine = engine_for(db) if engine is None else engine
     try:
-        if db.migrate_on_start:
+        key = load_signing_key(signing_key_path(config))
+        if own_engine and db.migrate_on_start:
             await migrate(engine)
         if config.keys.fleet_keys_file is not None:
             await import_fleet_keys(engine, config.keys.fleet_keys_file)
@@ -472,15 +488,27 @@ async def run_key_distribution(config: BackendConfig, *, stop: asyncio.Event | N
             try:
                 async with MqttSession(config.mqtt, client_id) as session:
                     while not stop.is_set():
-                        await distribute_once(engine, session.publish, topics, config.keys)
+                        changed.clear()
+                        await distribute_once(engine, session.publish, topics, config.keys, key=key)
                         delays = backoff_delays(
                             config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s
                         )
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), config.keys.publish_interval_s)
+                        await _wait_any(stop, changed, config.keys.publish_interval_s)
             except (UplinkError, StoreError) as exc:
                 _log().warning("key_distribution_failed", error=str(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), next(delays))
     finally:
-        await engine.dispose()
+        if own_engine:
+            await engine.dispose()
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout_s: float) -> None:
+    """Return when ``a`` or ``b`` is set, or after ``timeout_s``."""
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

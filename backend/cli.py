@@ -133,8 +133,10 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="busbell central service.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands: run, settle, enroll, fares explain, api-token, missed-report "
-        "(each has --help)",
+        epilog=(
+            "commands: run, settle, enroll, fares explain, api-token, missed-report, "
+            "public-key (each has --help)"
+        ),
     )
     ap.add_argument(
         "--log-level",
@@ -277,6 +279,18 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     mr.add_argument("--gtfs", type=Path, default=None, help="GTFS directory, for stop names")
     mr.add_argument("--limit", type=int, default=10_000, help="most records (the newest)")
     mr.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    pk = sub.add_parser(
+        "public-key",
+        help="print the deny-list signing key's public half (for the buses' config)",
+        description=(
+            "Print the backend's deny-list public key (64 hex characters) for the edge "
+            "option denylist_public_key; creates the signing key if it does not exist yet."
+        ),
+        epilog="example:\n  busbell backend public-key --config backend.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pk.add_argument("--config", type=Path, default=None, help="backend TOML config")
     return ap
 
 
@@ -323,7 +337,21 @@ def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> in
         return _api_token(args)
     if args.command == "missed-report":
         return _missed_report(args)
+    if args.command == "public-key":
+        return _public_key(args)
     return _run(args)
+
+
+def _public_key(args: argparse.Namespace) -> int:
+    from backend._denylist import load_signing_key, signing_key_path
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    config = load_config(BackendConfig, args.config)
+    path = signing_key_path(config)
+    _out(load_signing_key(path).public.hex)
+    _err(f"(the key is {path}; set denylist_public_key to this value in each edge.toml)")
+    return 0
 
 
 def _api_token(args: argparse.Namespace) -> int:

@@ -265,7 +265,17 @@ class KeysSettings:
         3600.0,
         doc=(
             "How often keys are rotated (new days generated) and each bus's retained key "
-            "bundle and the deny list are re-published."
+            "bundle and the deny list are re-published (a revocation publishes at once)."
+        ),
+    )
+    signing_key: Path | None = option(
+        None,
+        doc=(
+            "The backend's Ed25519 key (PEM, PKCS#8) that signs the deny list; created "
+            "(mode 0600) on first start if missing. Default: busbell-backend-signing.pem "
+            "beside the SQLite database (in the working directory for PostgreSQL; give "
+            "every backend of one fleet the same file). Buses need its public half: "
+            "busbell backend public-key --config FILE prints it."
         ),
     )
 

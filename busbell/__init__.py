@@ -23,6 +23,7 @@ from busbell._bells import (
 )
 from busbell._canonical import canonical_bytes, sha256_hex
 from busbell._config import ConfigOption, describe_config, load_config, option
+from busbell._denylist import DenylistMessage, parse_denylist, sign_denylist
 from busbell._errors import (
     BusbellError,
     ChainError,
@@ -153,6 +154,7 @@ __all__ = [
     "ConfigError",
     "ConfigOption",
     "ContractError",
+    "DenylistMessage",
     "DeviceKey",
     "DoorRecord",
     "Feed",
@@ -210,6 +212,7 @@ __all__ = [
     "offset_m",
     "open_key_bundle",
     "option",
+    "parse_denylist",
     "parse_payload",
     "parse_record",
     "read_devices",
@@ -219,6 +222,7 @@ __all__ = [
     "rid_for_interval",
     "seal_key_bundle",
     "sha256_hex",
+    "sign_denylist",
     "sign_event",
     "signing_bytes",
     "tq_of",

@@ -134,15 +134,32 @@ class DemoPlan:
             f'prefix = "{self.prefix}"\nclient_id = "{client_id}"\n'
         )
 
+    @property
+    def signing_key_path(self) -> Path:
+        """The backend's deny-list signing key of this run."""
+        return self.workdir / "backend-signing.pem"
+
+    def denylist_public_key(self) -> str:
+        """The public half of the deny-list key (hex), made on first use."""
+        from busbell._signing import DeviceKey
+
+        path = self.signing_key_path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            DeviceKey.generate().save(path)
+        return DeviceKey.load(path).public.hex
+
     def backend_toml(self) -> str:
-        """The backend's config file."""
+        """The backend's config file (its deny-list key is made here, before any process)."""
+        self.denylist_public_key()
         s = self.scn
         return (
             f'[database]\nurl = "sqlite+aiosqlite:///{self.workdir / "backend.db"}"\n\n'
             f"{self.mqtt_toml(f'demo-{self.run_id}-backend')}\n"
             f'[files]\ndevices = "{s / "DEVICES.csv"}"\nriders = "{s / "RIDERS.csv"}"\n'
             f'gtfs = "{s / "gtfs"}"\n\n'
-            f'[keys]\nfleet_keys_file = "{s / "FLEET.csv"}"\n\n'
+            f'[keys]\nfleet_keys_file = "{s / "FLEET.csv"}"\n'
+            f'signing_key = "{self.signing_key_path}"\n\n'
             f'[api]\nhost = "127.0.0.1"\nport = {self.api_port}\n'
             + (f"operators = [{json.dumps(self.operator_entry)}]\n" if self.operator_entry else "")
         )
@@ -169,7 +186,8 @@ class DemoPlan:
         return (
             f'bus_id = "{bus}"\ndevice_key = "{s / "keys" / f"{bus}.pem"}"\n'
             f'fleet_keys = "{s / "FLEET.csv"}"\ngtfs = "{s / "gtfs"}"\n'
-            f'store = "{self.workdir / f"{bus}.fares.db"}"\nsource = "stream"\n\n'
+            f'store = "{self.workdir / f"{bus}.fares.db"}"\nsource = "stream"\n'
+            f'denylist_public_key = "{self.denylist_public_key()}"\n\n'
             f"{self.mqtt_toml(f'demo-{self.run_id}-edge-{bus}')}\n"
             f'[stream]\nhost = "127.0.0.1"\nport = {self.stream_ports[bus]}\n\n'
             "[status]\ninterval_s = 2.0\n"

@@ -40,6 +40,7 @@ from busbell import (
     canonical_bytes,
     day_of,
     get_logger,
+    load_public_hex,
     loads_object,
     parse_record,
     read_fleet_keys,
@@ -156,6 +157,7 @@ class DaemonStats:
     key_bundles: int = 0
     key_bundles_rejected: int = 0
     denylist_rejected: int = 0
+    denylist_stale: int = 0
 
 
 class EdgeDaemon:
@@ -200,7 +202,8 @@ class EdgeDaemon:
         elif not config.fleet_keys.exists():
             read_fleet_keys(config.fleet_keys)  # a clear KeyFileError for a missing file
         self.fleet_keys = self.keyring.keys
-        self.denylist = Denylist(self.bus_id)
+        backend_key = config.denylist_public_key
+        self.denylist = Denylist(self.bus_id, load_public_hex(backend_key) if backend_key else None)
         self.pipeline: Pipeline = pipeline if pipeline is not None else self._make_pipeline()
         self.builder = EventBuilder(self.bus_id, key)
         self.link = MqttLink(config.mqtt, self.bus_id, self.topics)
@@ -280,6 +283,11 @@ class EdgeDaemon:
         except ContractError as exc:
             self.stats.denylist_rejected += 1
             self._denylist_rejects.reject(exc.reason, error=str(exc))
+            return
+        if not changed:
+            if payload:
+                self.stats.denylist_stale += 1
+                _log.info("denylist_not_newer", version=self.denylist.version)
             return
         if changed:
             _log.info(
@@ -435,6 +443,8 @@ class EdgeDaemon:
                 "rids": len(self.denylist),
                 "bus_revoked": self.denylist.bus_revoked,
                 "adverts_denied": self.stats.adverts_denied,
+                "rejected": dict(self._denylist_rejects.counts),
+                "stale": self.stats.denylist_stale,
             },
             **({"driver_page": self.driver_page.health()} if self.driver_page else {}),
         }
@@ -601,6 +611,11 @@ class EdgeDaemon:
         self._start_metrics()
         name = f"busbell[{self.bus_id}]"
         _log.info("edge_started", bus_id=self.bus_id, source=getattr(self.source, "name", "?"))
+        if self.denylist.public_key is None:
+            _log.warning(
+                "denylist_key_missing",
+                detail="denylist_public_key is not set: deny lists are refused",
+            )
         try:
             async with asyncio.TaskGroup() as tg:
                 uplink = tg.create_task(self.link.run(), name=f"{name}.uplink")

@@ -4,8 +4,9 @@
 ``btag`` with: loaded from FLEET.csv at start, extended by key bundles the backend seals
 to this bus on ``buses/{bus}/keys`` (``busbell.open_key_bundle``), and persisted back to
 the file atomically so a restart with no network still has them. :class:`Denylist` keeps
-the newest retained ``denylist`` version: revoked riders appear as their rids, which the
-bus then ignores (no fare segment, no stop bell). Plain synchronous code; the daemon
+the newest retained ``denylist`` version whose backend signature verifies
+(:mod:`busbell._denylist`): revoked riders appear as their rids, which the bus then
+ignores (no fare segment, no stop bell). Plain synchronous code; the daemon
 feeds it MQTT payloads.
 """
 
@@ -15,7 +16,6 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -24,20 +24,19 @@ from busbell import (
     ContractError,
     JsonLimits,
     KeyFileError,
-    loads_bounded,
+    PublicKey,
     loads_object,
     open_key_bundle,
     read_fleet_keys,
     write_rows,
 )
+from busbell._denylist import parse_denylist
 
-__all__ = ["BUNDLE_LIMITS", "DENYLIST_LIMITS", "Denylist", "FleetKeyring"]
+__all__ = ["BUNDLE_LIMITS", "Denylist", "FleetKeyring"]
 
 DAY_S = 86400.0
 BUNDLE_LIMITS = JsonLimits(max_bytes=256 * 1024, max_depth=3)
 """A key bundle: a flat header and a ciphertext (a year of days is ~30 KB)."""
-DENYLIST_LIMITS = JsonLimits(max_bytes=16 * 1024 * 1024, max_depth=3)
-"""A deny list: ~7.5 KB of rids per revoked rider (48 h window), so ~2,000 riders."""
 
 
 class FleetKeyring:
@@ -128,14 +127,26 @@ class FleetKeyring:
 
 
 class Denylist:
-    """The newest deny list version this bus has seen."""
+    """The newest verified deny list version this bus has seen.
 
-    def __init__(self, bus_id: str) -> None:
+    Args:
+        bus_id: this bus.
+        public_key: the backend's deny-list signing key (``[keys]
+            denylist_public_key``); without it every list is refused (``no_backend_key``).
+
+    Attributes:
+        rejected: lists refused (malformed, unsigned, badly signed, no key).
+        stale: verified lists ignored because they were not newer than the current one.
+    """
+
+    def __init__(self, bus_id: str, public_key: PublicKey | None = None) -> None:
         self.bus_id = bus_id
+        self.public_key = public_key
         self.version = 0
         self._rids: frozenset[bytes] = frozenset()
         self.devices: frozenset[str] = frozenset()
         self.rejected = 0
+        self.stale = 0
 
     @property
     def bus_revoked(self) -> bool:
@@ -145,34 +156,24 @@ class Denylist:
     def apply(self, payload: bytes) -> bool:
         """Take a deny list message; ``True`` when it replaced the current version.
 
-        Older or equal versions are ignored; an empty payload (cleared retained message)
-        changes nothing.
+        Verified older or equal versions are ignored (counted in :attr:`stale`); an
+        empty payload (cleared retained message) changes nothing.
 
         Raises:
-            ContractError: when the payload is malformed.
+            ContractError: when the payload is malformed, unsigned or badly signed
+                (``reason`` says which).
         """
         if not payload:
             return False
         try:
-            msg: Any = loads_bounded(payload, DENYLIST_LIMITS)
-            version = msg["version"]
-            rids = msg.get("rids", [])
-            devices = msg.get("devices", [])
-            if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-                raise TypeError("version")
-            parsed = frozenset(bytes.fromhex(r) for r in rids)
-            if any(len(r) != 12 for r in parsed):
-                raise ValueError("rid length")
-            devs = frozenset(str(d) for d in devices)
+            msg = parse_denylist(payload, self.public_key)
         except ContractError:
             self.rejected += 1
             raise
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.rejected += 1
-            raise ContractError(f"malformed deny list: {exc}", field="denylist") from None
-        if version <= self.version:
+        if msg.version <= self.version:
+            self.stale += 1
             return False
-        self.version, self._rids, self.devices = version, parsed, devs
+        self.version, self._rids, self.devices = msg.version, msg.rids, msg.devices
         return True
 
     def denies(self, rid: bytes) -> bool:

@@ -82,6 +82,14 @@ class EdgeConfig:
     fleet_keys: Path = option(
         Path("/etc/busbell/FLEET.csv"), doc="FLEET.csv with the fleet day keys (day,fleet_key)."
     )
+    denylist_public_key: str = option(
+        "",
+        doc=(
+            "The backend's Ed25519 deny-list key, 64 hex characters (busbell backend "
+            "public-key prints it); deny lists must carry its signature. Empty: every deny "
+            "list is refused and counted (no_backend_key)."
+        ),
+    )
     gtfs: Path = option(Path("/etc/busbell/gtfs"), doc="GTFS static directory.")
     store: Path = option(
         Path("/var/lib/busbell/fares.db"), doc="SQLite file of the offline fare store."
@@ -112,6 +120,9 @@ class EdgeConfig:
             raise ValueError(str(exc)) from None
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        key = self.denylist_public_key
+        if key and (len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key)):
+            raise ValueError("denylist_public_key must be 64 hex characters (or empty)")
         if self.advert_queue_max < 1:
             raise ValueError("advert_queue_max must be >= 1")
         if self.log_level not in ("debug", "info", "warning", "error"):

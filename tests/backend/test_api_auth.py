@@ -199,6 +199,25 @@ async def test_every_rider_endpoint_as_stranger_other_rider_rider_and_operators(
             want = 201
         assert await call(env, method, path, body, headers) == want, key
     assert (await env.client.get(f"/riders/{bob}", headers=env.ops)).json()["category"] == "youth"
+    # revoking a bus: operators with devices:write only
+    changed: list[int] = []
+    env.state.on_denylist_changed = lambda: changed.append(1)
+    async with env.state.engine.begin() as conn:
+        from backend._keys import register_device
+        from busbell import DeviceKey
+
+        await register_device(conn, "bus-9", DeviceKey.from_seed(bytes(32)).public)
+    for headers, want in (({}, 401), (ann_h, 403), (env.reader, 403)):
+        r = await env.client.post("/devices/bus-9/revoke", headers=headers)
+        assert r.status_code == want
+    assert changed == []
+    assert (
+        await env.client.post("/devices/bus-404/revoke", headers=env.devices)
+    ).status_code == 404
+    r = await env.client.post("/devices/bus-9/revoke", headers=env.devices)
+    assert r.status_code == 200
+    assert r.json()["revoked"] is True
+    assert changed == [1]
 
 
 async def test_enrolment_rules(env: Env) -> None:

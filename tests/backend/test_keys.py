@@ -49,15 +49,20 @@ from busbell import (
     KeyFileError,
     TokenVerifier,
     Topics,
+    canonical_bytes,
     day_of,
     derive_rider_keys,
     encode_payload,
     interval_of,
     read_fleet_keys,
     rid_for_interval,
+    sign_denylist,
     write_rows,
 )
 from busbell._mqtt import MqttSession, MqttSettings
+from edge._keyring import Denylist
+
+BACKEND_KEY = DeviceKey.from_seed(b"\x42" * 32)
 
 NOW = 1_760_000_000.0  # day 20370
 TODAY = day_of(NOW)
@@ -261,16 +266,14 @@ async def test_denylist_versions(engine: AsyncEngine) -> None:
     v3 = await revoke_device(engine, "B1", now=NOW + 1)
     assert v3["version"] == 3
     assert v3["devices"] == ["B1"]
-    from busbell import canonical_bytes
-    from edge._keyring import Denylist
     from tests.busbell.test_asyncapi import check
 
     for payload in (first, v2, v3):
-        check("Denylist", json.loads(canonical_bytes(payload)))
-    bus = Denylist("B1")  # what the bus does with the real payload
-    assert bus.apply(canonical_bytes(v2))
+        check("Denylist", json.loads(canonical_bytes(sign_denylist(payload, BACKEND_KEY))))
+    bus = Denylist("B1", BACKEND_KEY.public)  # what the bus does with the real payload
+    assert bus.apply(canonical_bytes(sign_denylist(v2, BACKEND_KEY)))
     assert bus.denies(rid_for_interval(rk, i0))
-    assert bus.apply(canonical_bytes(v3))
+    assert bus.apply(canonical_bytes(sign_denylist(v3, BACKEND_KEY)))
     assert bus.bus_revoked
     assert (await latest_denylist(engine)) == v3
     # Later, only rids whose bks may still be valid remain; after the horizon none.
@@ -315,10 +318,14 @@ async def test_distribution_over_mqtt(
         await register_device(conn, "B7", bus.public)
         await register_device(conn, "B8", DeviceKey.from_seed(b"\x08" * 32).public)
     async with MqttSession(settings, "t-keys-pub", clean_start=True) as s:
-        await distribute_once(engine, s.publish, topics, KeysSettings(days_ahead=3), now=NOW)
+        await distribute_once(
+            engine, s.publish, topics, KeysSettings(days_ahead=3), key=BACKEND_KEY, now=NOW
+        )
         payload = await revoke_device(engine, "B8", now=NOW)
-        await publish_denylist(s.publish, topics, payload)
-        await distribute_once(engine, s.publish, topics, KeysSettings(days_ahead=3), now=NOW)
+        await publish_denylist(s.publish, topics, payload, BACKEND_KEY)
+        await distribute_once(
+            engine, s.publish, topics, KeysSettings(days_ahead=3), key=BACKEND_KEY, now=NOW
+        )
     await engine.dispose()
     # A bus connecting later gets its retained bundle and opens it with its device key.
     bundle = await _retained(settings, topics.fleet_keys("B7"), "t-keys-bus7")
@@ -329,6 +336,7 @@ async def test_distribution_over_mqtt(
     assert deny is not None
     assert deny["devices"] == ["B8"]
     assert deny["version"] == 2
+    assert Denylist("B7", BACKEND_KEY.public).apply(canonical_bytes(deny))
 
 
 @pytest.mark.mosquitto
@@ -355,6 +363,9 @@ async def test_run_key_distribution_until_stopped(
     await asyncio.wait_for(task, 10)
     assert deny is not None
     assert deny["version"] >= 1
+    # signed with the key the backend made beside its database on first start
+    key = DeviceKey.load(tmp_path / "busbell-backend-signing.pem")
+    assert Denylist("B1", key.public).apply(canonical_bytes(deny))
     engine = create_engine(url)
     async with engine.connect() as conn:
         days = {

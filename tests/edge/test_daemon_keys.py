@@ -15,10 +15,12 @@ from busbell import (
     AdvRecord,
     DeviceKey,
     Topics,
+    canonical_bytes,
     day_of,
     ed25519_to_x25519_public,
     read_fleet_keys,
     seal_key_bundle,
+    sign_denylist,
 )
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._daemon import EdgeDaemon
@@ -49,12 +51,14 @@ async def test_key_bundle_and_denylist_reach_the_daemon(
     today = day_of(now)
     fleet = tmp_path / "FLEET.csv"
     fleet.write_text(f"day,fleet_key\n{today},{'11' * 32}\n")
+    backend = DeviceKey.from_seed(b"\x42" * 32)
     cfg = EdgeConfig(
         bus_id="bus-7",
         store=tmp_path / "f.db",
         fleet_keys=fleet,
         source="trace",
         status=StatusSettings(interval_s=0.2),
+        denylist_public_key=backend.public.hex,
     )
     cfg = replace(
         cfg,
@@ -89,12 +93,14 @@ async def test_key_bundle_and_denylist_reach_the_daemon(
             await b.publish(t.fleet_keys("bus-7"), json.dumps(other), qos=1)
             await b.publish(t.fleet_keys("bus-7"), b"garbage", qos=1)
             await b.publish(t.fleet_keys("bus-7"), json.dumps(bundle), qos=1)
-            await b.publish(
-                t.denylist(),
-                json.dumps({"v": 1, "version": 3, "rids": [rid.hex()], "devices": []}),
-                qos=1,
-            )
+            body = {"v": 1, "version": 3, "rids": [rid.hex()], "devices": []}
+            # unsigned, with a huge version: refused, and it does not block the real one
+            await b.publish(t.denylist(), json.dumps({**body, "version": 2**62}), qos=1)
+            await b.publish(t.denylist(), canonical_bytes(sign_denylist(body, backend)), qos=1)
+            old = {**body, "version": 2, "rids": []}
+            await b.publish(t.denylist(), canonical_bytes(sign_denylist(old, backend)), qos=1)
             await until(lambda: d.fleet_keys_days_remaining() == 4 and d.denylist.version == 3)
+            await until(lambda: d.stats.denylist_stale == 1)
         assert d.stats.key_bundles == 1
         assert d.stats.key_bundles_rejected == 2
         assert read_fleet_keys(fleet) == new_keys  # persisted for an offline restart
@@ -111,6 +117,8 @@ async def test_key_bundle_and_denylist_reach_the_daemon(
             "rids": 1,
             "bus_revoked": False,
             "adverts_denied": 1,
+            "rejected": {"unsigned": 1},
+            "stale": 1,
         }
         assert status["fleet_keys"]["days_remaining"] == 4
     finally:

@@ -13,12 +13,14 @@ from busbell import (
     DeviceKey,
     TokenVerifier,
     bus_kex_private,
+    canonical_bytes,
     day_of,
     derive_rider_keys,
     ed25519_to_x25519_public,
     encode_payload,
     read_fleet_keys,
     seal_key_bundle,
+    sign_denylist,
 )
 from edge._keyring import Denylist, FleetKeyring
 
@@ -74,31 +76,80 @@ def test_bundles_for_another_bus_or_key_or_tampered_are_refused(tmp_path: Path) 
     assert not (tmp_path / "F.csv").exists()
 
 
+BACKEND = DeviceKey.from_seed(b"\x42" * 32)
+
+
+def signed(body: dict[str, object], key: DeviceKey = BACKEND) -> bytes:
+    return canonical_bytes(sign_denylist(body, key))
+
+
+def tampered(payload: bytes) -> bytes:
+    obj = json.loads(payload)
+    obj["sig"] = ("B" if obj["sig"][0] == "A" else "A") + obj["sig"][1:]
+    return json.dumps(obj).encode()
+
+
 def test_denylist_versions_and_rids() -> None:
-    dl = Denylist("B1")
+    dl = Denylist("B1", BACKEND.public)
     rid = bytes(range(12))
-    assert dl.apply(json.dumps({"v": 1, "version": 2, "rids": [rid.hex()], "devices": []}).encode())
+    assert dl.apply(signed({"v": 1, "version": 2, "rids": [rid.hex()], "devices": []}))
     assert dl.denies(rid)
     assert not dl.denies(bytes(12))
     assert not dl.bus_revoked
     # an older version never replaces a newer one; an empty (cleared) payload is ignored
-    assert not dl.apply(json.dumps({"version": 1, "rids": [], "devices": ["B1"]}).encode())
+    assert not dl.apply(signed({"version": 1, "rids": [], "devices": ["B1"]}))
+    assert dl.stale == 1
     assert not dl.apply(b"")
     assert dl.denies(rid)
-    assert dl.apply(json.dumps({"version": 3, "rids": [], "devices": ["B1"]}).encode())
+    assert dl.apply(signed({"version": 3, "rids": [], "devices": ["B1"]}))
     assert dl.bus_revoked
     assert len(dl) == 0
+    reasons = []
     for bad in (
         b"{",
-        b'{"version": "x"}',
-        b'{"version": 4, "rids": ["00"]}',
+        signed({"version": "x"}),
+        signed({"version": 4, "rids": ["00"]}),
         b"[]",
-        b'{"version": true}',
+        signed({"version": True}),
+        b"[" * 5000 + b"]" * 5000,
     ):
-        with pytest.raises(ContractError):
+        with pytest.raises(ContractError) as info:
             dl.apply(bad)
-    assert dl.rejected == 5
+        reasons.append(info.value.reason)
+    assert reasons == ["not_json", "malformed", "malformed", "not_object", "malformed", "too_deep"]
+    assert dl.rejected == 6
     assert dl.version == 3
+
+
+def test_unsigned_forged_and_huge_version_lists_cannot_block_later_ones() -> None:
+    dl = Denylist("B1", BACKEND.public)
+    rid = bytes(range(12))
+    huge = {"v": 1, "version": 2**62, "rids": [rid.hex()], "devices": ["B1"]}
+    cases = [
+        (json.dumps(huge).encode(), "unsigned"),  # no sig at all
+        (signed(huge, DeviceKey.from_seed(b"\x66" * 32)), "bad_signature"),  # another key
+        (tampered(signed(huge)), "bad_signature"),  # a tampered signature
+        (json.dumps({**huge, "sig": "not base64!"}).encode(), "bad_signature"),
+        (json.dumps({**huge, "version": 2**64, "sig": "x"}).encode(), "int_range"),
+    ]
+    # the signed body altered after signing (version raised): the signature breaks
+    forged = json.loads(signed({"v": 1, "version": 5, "rids": [], "devices": []}))
+    forged["version"] = 2**62
+    cases.append((json.dumps(forged).encode(), "bad_signature"))
+    for payload, reason in cases:
+        with pytest.raises(ContractError) as info:
+            dl.apply(payload)
+        assert info.value.reason == reason
+    assert dl.version == 0
+    assert dl.rejected == len(cases)
+    # the backend's next genuine list still applies
+    assert dl.apply(signed({"v": 1, "version": 1, "rids": [rid.hex()], "devices": []}))
+    assert dl.denies(rid)
+    # a bus without the backend key refuses every list
+    blind = Denylist("B1")
+    with pytest.raises(ContractError) as info:
+        blind.apply(signed({"v": 1, "version": 1, "rids": [], "devices": []}))
+    assert info.value.reason == "no_backend_key"
 
 
 def test_backend_x25519_conversion_matches_the_bus_side() -> None:
