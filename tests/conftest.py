@@ -136,3 +136,46 @@ def pg_url() -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
     finally:
         subprocess.run([*psql, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'], check=False)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--core-coverage",
+        action="store_true",
+        help="measure branch coverage of the sans-I/O cores and fail below their floors "
+        "(tests/coverage_gate.py)",
+    )
+
+
+_CORE_COVERAGE = pytest.StashKey[object]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--core-coverage"):
+        from tests.coverage_gate import CoreCoverage
+
+        gate = CoreCoverage(Path(config.rootpath) / ".coverage.cores")
+        gate.start()
+        config.stash[_CORE_COVERAGE] = gate
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    gate = session.config.stash.get(_CORE_COVERAGE, None)
+    if gate is None:
+        return
+    lines, failures = gate.stop()  # type: ignore[attr-defined]
+    session.config.stash[_CORE_COVERAGE] = (lines, failures)
+    if failures and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    result = terminalreporter.config.stash.get(_CORE_COVERAGE, None)
+    if not isinstance(result, tuple):
+        return
+    lines, failures = result
+    terminalreporter.section("coverage of the sans-I/O cores (branch)")
+    for line in lines:
+        terminalreporter.write_line(line)
+    for line in failures:
+        terminalreporter.write_line(f"coverage gate: {line}", red=True)
