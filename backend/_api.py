@@ -730,12 +730,19 @@ async def enroll_rider(
 
 
 class _BrokerLink:
-    """Keeps one MQTT session up: publishes for the API, feeds the fleet view."""
+    """Keeps one MQTT session up for the API.
+
+    It publishes for the API, feeds the fleet view and the wait service, and relays
+    buses' request statuses (:mod:`backend._status_relay`).
+    """
 
     def __init__(self, settings: Any, state: ApiState, client_id: str) -> None:
+        from backend._status_relay import StatusRelay
+
         self.settings = settings
         self.state = state
         self.client_id = client_id
+        self.relay = StatusRelay(state.topics)
 
     async def run(self) -> None:
         from busbell._mqtt import MqttSession, backoff_delays
@@ -748,6 +755,7 @@ class _BrokerLink:
             f"{topics.prefix}/buses/+/vehicle/trip",
             f"{topics.prefix}/buses/+/occupancy",
             *waits.subscriptions(),
+            self.relay.subscription(),
         ]
         delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
         while True:
@@ -764,6 +772,11 @@ class _BrokerLink:
                         try:
                             self.state.fleet.on_message(m.topic, m.payload)
                             await waits.on_message(m.topic, m.payload)
+                            out = self.relay.on_message(m.topic, m.payload)
+                            if out is not None:
+                                await session.publish(out[0], out[1], qos=1, retain=True)
+                        except UplinkError:
+                            raise
                         except Exception:  # one message must never stop the API's link
                             log.exception("api_broker_message_failed", topic=m.topic[:200])
             except UplinkError as exc:

@@ -27,6 +27,7 @@ _PATTERNS: dict[str, str] = {
     "fleet_keys": "buses/{bus}/keys",
     "wait": "routes/{route}/stops/{stop}/waits/{request}",
     "request_status": "requests/{request}/status",
+    "bus_request_status": "buses/{bus}/requests/{request}/status",
     "denylist": "denylist",
 }
 _ID_RE = re.compile(r"^[^/+#\x00]{1,128}$")
@@ -112,6 +113,14 @@ class Topics:
     def request_status(self, request: str) -> str:
         """Retained status of a wait or stop request."""
         return self._make("request_status", request=request)
+
+    def bus_request_status(self, bus: str, request: str) -> str:
+        """A request status as one bus reported it.
+
+        The bus's bridge maps its local ``requests/{request}/status`` here; the backend
+        republishes it on :meth:`request_status`.
+        """
+        return self._make("bus_request_status", bus=bus, request=request)
 
     def denylist(self) -> str:
         """Retained, versioned deny list."""

@@ -75,6 +75,7 @@ def test_every_topic_of_the_topic_builder_is_documented() -> None:
         t.fleet_keys("{bus}"),
         t.wait("{route}", "{stop}", "{request}"),
         t.request_status("{request}"),
+        t.bus_request_status("{bus}", "{request}"),
         t.denylist(),
     }
     assert built == documented

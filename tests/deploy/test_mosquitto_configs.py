@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.mosquitto
 
 DEPLOY = Path(__file__).parents[2] / "deploy" / "mosquitto"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 # mosquitto started as root drops to user "mosquitto", which cannot read pytest's tmp dirs
 RUN_AS = "\nuser root\n" if os.geteuid() == 0 else ""
 
@@ -41,7 +43,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_pki(d: Path, clients: list[str]) -> None:
+def make_pki(d: Path, clients: list[str], revoked: tuple[str, ...] = ()) -> None:
+    """A CA, a server certificate, one client certificate per CN, and a CRL that revokes
+    the certificates of ``revoked``."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -60,15 +64,17 @@ def make_pki(d: Path, clients: list[str]) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    serials: dict[str, int] = {}
 
     def issue(cn: str, stem: str, server: bool) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
+        serials[stem] = x509.random_serial_number()
         b = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
             .issuer_name(ca.subject)
             .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
+            .serial_number(serials[stem])
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
         )
@@ -92,6 +98,21 @@ def make_pki(d: Path, clients: list[str]) -> None:
     issue("localhost", "server", server=True)
     for c in clients:
         issue(c, c, server=False)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=1))
+    )
+    for stem in revoked:
+        crl = crl.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serials[stem])
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+    signed_crl = crl.sign(ca_key, hashes.SHA256())
+    (d / "crl.pem").write_bytes(signed_crl.public_bytes(serialization.Encoding.PEM))
 
 
 def start(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -111,7 +132,7 @@ def start(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 def central(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     pki = tmp_path / "pki"
     pki.mkdir()
-    make_pki(pki, ["bus-1", "bus-2", "busbell-backend"])
+    make_pki(pki, ["bus-1", "bus-2", "bus-3", "busbell-backend"], revoked=("bus-3",))
     port = free_port()
     text = (DEPLOY / "central.conf").read_text()
     text = text.replace("listener 8883", f"listener {port} 127.0.0.1")
@@ -156,6 +177,18 @@ async def collect(s: MqttSession, n: int, timeout: float) -> list[MqttMessage]:
     return out
 
 
+async def gather(s: MqttSession, quiet_s: float = 0.6, timeout: float = 5.0) -> list[MqttMessage]:
+    """Messages until none came for ``quiet_s`` (or ``timeout``)."""
+    out: list[MqttMessage] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await collect(s, 1, quiet_s)
+        if not got:
+            break
+        out.extend(got)
+    return out
+
+
 async def test_central_acl_confines_each_bus_to_its_own_topics(central: tuple[int, Path]) -> None:
     port, pki = central
     t = Topics()
@@ -164,21 +197,46 @@ async def test_central_acl_confines_each_bus_to_its_own_topics(central: tuple[in
     ) as backend:
         await backend.subscribe([t.everything()])
         async with MqttSession(tls(port, pki, "bus-1"), "bus-1", clean_start=True) as bus1:
-            await bus1.subscribe([t.fares_ack("bus-1"), t.fares_ack("bus-2")])
-            await bus1.publish(t.status("bus-1"), b'{"state":"online"}', qos=1)
-            await bus1.publish(t.status("bus-2"), b'{"state":"forged"}', qos=1)
-            await bus1.publish(t.fares("bus-2"), b'{"forged":true}', qos=1)
-            got = await collect(backend, 3, 2.0)
-            assert [(m.topic, json.loads(m.payload)) for m in got] == [
-                (t.status("bus-1"), {"state": "online"})
+            await bus1.subscribe([t.fares_ack("bus-1"), t.fares_ack("bus-2"), t.denylist()])
+            allowed = [
+                t.status("bus-1"),
+                t.fares("bus-1"),
+                t.vehicle("bus-1", "gnss"),
+                t.bus_request_status("bus-1", "r1"),
             ]
+            forbidden = [
+                t.status("bus-2"),
+                t.fares("bus-2"),
+                t.display("bus-2"),
+                t.vehicle("bus-2", "gnss"),
+                t.fares_ack("bus-1"),  # steering topics: only the backend writes them
+                t.fares_resend("bus-1"),
+                t.fleet_keys("bus-1"),
+                t.denylist(),
+                t.request_status("r1"),  # a rider's request status: only via the relay
+                t.bus_request_status("bus-2", "r1"),  # speaking for another bus
+                t.wait("R1", "S1", "r1"),
+            ]
+            for topic in allowed + forbidden:
+                await bus1.publish(topic, json.dumps({"by": "bus-1"}), qos=1)
+            # retained writes are refused the same way
+            await bus1.publish(t.fares("bus-2"), b'{"forged":true}', qos=1, retain=True)
+            got = await gather(backend)
+            assert sorted(m.topic for m in got) == sorted(allowed)
             await backend.publish(t.fares_ack("bus-1"), b'{"upto_seq":5}', qos=1)
             await backend.publish(t.fares_ack("bus-2"), b'{"upto_seq":9}', qos=1)
-            acks = await collect(bus1, 2, 2.0)
-            assert [m.topic for m in acks] == [t.fares_ack("bus-1")]
-    # a client without a certificate is refused
+            await backend.publish(t.denylist(), b'{"version":1}', qos=1)
+            acks = await gather(bus1)
+            assert sorted(m.topic for m in acks) == sorted([t.fares_ack("bus-1"), t.denylist()])
+    # the backend's shared subscription is allowed
+    async with MqttSession(tls(port, pki, "busbell-backend"), "backend-2", clean_start=True) as b2:
+        await b2.subscribe([t.shared_fares()])
+        async with MqttSession(tls(port, pki, "bus-2"), "bus-2", clean_start=True) as bus2:
+            await bus2.publish(t.fares("bus-2"), b"{}", qos=1)
+            assert [m.topic for m in await collect(b2, 1, 3.0)] == [t.fares("bus-2")]
     from busbell import UplinkError
 
+    # a client without a certificate is refused
     with pytest.raises(UplinkError):
         async with MqttSession(
             MqttSettings(host="127.0.0.1", port=port, tls_ca=pki / "ca.pem"),
@@ -186,47 +244,158 @@ async def test_central_acl_confines_each_bus_to_its_own_topics(central: tuple[in
             clean_start=True,
         ):
             pass
+    # a revoked certificate (in the CRL) is refused
+    with pytest.raises(UplinkError):
+        async with MqttSession(tls(port, pki, "bus-3"), "bus-3", clean_start=True):
+            pass
 
 
-async def test_bus_bridge_carries_own_topics_both_ways(
-    central: tuple[int, Path], tmp_path: Path
-) -> None:
+USERS = ("edge", "driver", "vehicle")
+
+
+@pytest.fixture
+def bus_broker(central: tuple[int, Path], tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """The shipped bus.conf + bus.acl for bus-1, bridged to the central broker."""
     cport, pki = central
     bport = free_port()
+    bus_dir = tmp_path / "bus"
+    bus_dir.mkdir()
+    passwords = {u: f"pw-{u}-{os.getpid()}" for u in USERS}
+    passwd = bus_dir / "bus.passwd"
+    for i, (user, pw) in enumerate(passwords.items()):
+        args = [MOSQUITTO_PASSWD, *(["-c"] if i == 0 else []), "-b", str(passwd), user, pw]
+        subprocess.run(args, check=True, capture_output=True)
+    (bus_dir / "bus.acl").write_text((DEPLOY / "bus.acl").read_text().replace("BUS_ID", "bus-1"))
     text = (DEPLOY / "bus.conf").read_text().replace("BUS_ID", "bus-1")
     text = text.replace("listener 1883 127.0.0.1", f"listener {bport} 127.0.0.1")
     text = text.replace("mqtt.example.net:8883", f"127.0.0.1:{cport}")
     text = text.replace("/etc/busbell/tls/ca.pem", str(pki / "ca.pem"))
     text = text.replace("/etc/busbell/tls/bus.pem", str(pki / "bus-1.pem"))
     text = text.replace("/etc/busbell/tls/bus.key", str(pki / "bus-1.key"))
-    bus_dir = tmp_path / "bus"
-    bus_dir.mkdir()
+    text = text.replace("/etc/busbell/mosquitto/", f"{bus_dir}/")
     text = text.replace("/var/lib/mosquitto/", f"{bus_dir}/")
-    assert not re.search(r"/etc/|example\.net", text)
+    assert not re.search(r"^[^#]*(/etc/|example\.net)", text, re.M)
     conf = tmp_path / "bus.conf"
     conf.write_text(text + RUN_AS)
     proc = start(conf, bport, tmp_path / "bus.log")
-    t = Topics()
     try:
-        local = MqttSettings(host="127.0.0.1", port=bport)
-        async with MqttSession(
-            tls(cport, pki, "busbell-backend"), "backend-2", clean_start=True
-        ) as backend:
-            await backend.subscribe([t.fares("bus-1")])
-            async with MqttSession(local, "edge-bus-1", clean_start=True) as edge:
-                await edge.subscribe([t.fares_ack("bus-1")])
-                got: list[MqttMessage] = []
-                for _ in range(50):  # the bridge connects asynchronously
-                    await edge.publish(t.fares("bus-1"), b'{"bus_id":"bus-1","events":[]}', qos=1)
-                    got = await collect(backend, 1, 0.2)
-                    if got:
-                        break
-                assert got
-                assert got[0].topic == t.fares("bus-1")
-                await backend.publish(t.fares_ack("bus-1"), b'{"upto_seq":1}', qos=1)
-                acks = await collect(edge, 1, 5.0)
-                assert acks
-                assert json.loads(acks[0].payload) == {"upto_seq": 1}
+        yield bport, passwords
     finally:
         proc.kill()
         proc.wait()
+
+
+def local(port: int, user: str | None = None, password: str | None = None) -> MqttSettings:
+    return MqttSettings(host="127.0.0.1", port=port, username=user, password=password)
+
+
+async def test_bus_broker_requires_credentials(bus_broker: tuple[int, dict[str, str]]) -> None:
+    from busbell import UplinkError
+
+    port, pw = bus_broker
+    for settings in (local(port), local(port, "edge", "wrong"), local(port, "nobody", "x")):
+        with pytest.raises(UplinkError):
+            async with MqttSession(settings, f"c-{uuid.uuid4().hex[:6]}", clean_start=True):
+                pass
+    async with MqttSession(local(port, "edge", pw["edge"]), "edge-ok", clean_start=True):
+        pass
+
+
+async def test_bus_broker_each_component_writes_only_its_own_topics(
+    bus_broker: tuple[int, dict[str, str]],
+) -> None:
+    port, pw = bus_broker
+    t = Topics()
+    b = "bus-1"
+    topics = [
+        t.fares_ack(b),
+        t.fares_resend(b),
+        t.fleet_keys(b),
+        t.denylist(),
+        t.vehicle(b, "gnss"),
+        t.vehicle(b, "doors"),
+        t.vehicle(b, "trip"),
+        t.driver_ack(b),
+        t.display(b),
+        t.status(b),
+        t.occupancy(b),
+        t.fares(b),
+        t.request_status("r1"),
+        t.wait("R1", "S1", "r1"),
+    ]
+    allowed = {
+        "edge": {
+            t.display(b),
+            t.status(b),
+            t.occupancy(b),
+            t.fares(b),
+            t.driver_ack(b),
+            t.request_status("r1"),
+        },
+        "driver": {t.driver_ack(b)},
+        "vehicle": {t.vehicle(b, "gnss"), t.vehicle(b, "doors"), t.vehicle(b, "trip")},
+    }
+    observer = local(port, "edge", pw["edge"])
+    async with MqttSession(observer, "observer", clean_start=True) as obs:
+        await obs.subscribe([f"{t.prefix}/buses/{b}/#", t.denylist(), f"{t.prefix}/requests/#",
+                             f"{t.prefix}/routes/#"])  # fmt: skip
+        for user in USERS:
+            async with MqttSession(local(port, user, pw[user]), f"w-{user}", clean_start=True) as w:
+                for topic in topics:
+                    await w.publish(topic, json.dumps({"by": user}), qos=1)
+            got = await gather(obs)
+            seen = {m.topic for m in got if json.loads(m.payload).get("by") == user}
+            assert seen == allowed[user], user
+        # the edge cannot read what is not its bus's (another bus's topics are not even
+        # on this broker), and the driver cannot read fares
+        async with MqttSession(
+            local(port, "driver", pw["driver"]), "driver-read", clean_start=True
+        ) as d:
+            await d.subscribe([t.fares(b), t.display(b)])
+            async with MqttSession(observer, "edge-pub", clean_start=True) as e:
+                await e.publish(t.fares(b), b'{"by":"edge"}', qos=1)
+                await e.publish(t.display(b), b'{"by":"edge"}', qos=1)
+            assert [m.topic for m in await gather(d)] == [t.display(b)]
+
+
+async def test_bus_bridge_carries_own_topics_both_ways_and_scopes_request_status(
+    central: tuple[int, Path], bus_broker: tuple[int, dict[str, str]]
+) -> None:
+    cport, pki = central
+    bport, pw = bus_broker
+    t = Topics()
+    async with MqttSession(
+        tls(cport, pki, "busbell-backend"), "backend-2", clean_start=True
+    ) as backend:
+        await backend.subscribe([t.fares("bus-1"), f"{t.prefix}/buses/+/requests/#",
+                                 f"{t.prefix}/requests/#"])  # fmt: skip
+        async with MqttSession(
+            local(bport, "edge", pw["edge"]), "edge-bus-1", clean_start=True
+        ) as edge:
+            await edge.subscribe([t.fares_ack("bus-1"), t.request_status("r9"),
+                                  t.request_status("r8")])  # fmt: skip
+            got: list[MqttMessage] = []
+            for _ in range(50):  # the bridge connects asynchronously
+                await edge.publish(t.fares("bus-1"), b'{"bus_id":"bus-1","events":[]}', qos=1)
+                got = await collect(backend, 1, 0.2)
+                if got:
+                    break
+            assert got
+            assert got[0].topic == t.fares("bus-1")
+            await gather(backend, quiet_s=0.3)
+            # fares/ack only comes in over the bridge (no local user may write it)
+            await backend.publish(t.fares_ack("bus-1"), b'{"upto_seq":1}', qos=1)
+            acks = await collect(edge, 1, 5.0)
+            assert [json.loads(m.payload) for m in acks] == [{"upto_seq": 1}]
+            # the edge's local request status leaves the bus under the bus's own topic
+            status = {"request_id": "r9", "state": "seen", "bus_id": "bus-1", "t": 1.0}
+            await edge.publish(t.request_status("r9"), json.dumps(status), qos=1)
+            got = await gather(backend)
+            assert [m.topic for m in got] == [t.bus_request_status("bus-1", "r9")]
+            await gather(edge, quiet_s=0.3)  # its own local echo
+            # a status the backend publishes reaches the bus, and is not sent back
+            other = {"request_id": "r8", "state": "seen", "bus_id": "bus-2", "t": 2.0}
+            await backend.publish(t.request_status("r8"), json.dumps(other), qos=1)
+            assert [m.topic for m in await collect(edge, 1, 5.0)] == [t.request_status("r8")]
+            echoes = await gather(backend)
+            assert [m.topic for m in echoes] == [t.request_status("r8")]  # its own, no bounce
