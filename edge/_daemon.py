@@ -1,4 +1,4 @@
-"""The edge daemon: scanner -> pipeline -> fare store -> uploader, status and occupancy.
+"""The edge daemon: scanner -> pipeline -> fare store -> uploader, status, occupancy, bells.
 
 :class:`EdgeDaemon` owns one :class:`asyncio.TaskGroup` of named tasks
 (``busbell[BUS].scanner``, ``.pipeline``, ``.vehicle``, ``.uplink``, ``.fares``,
@@ -6,8 +6,11 @@
 dropped and counted); vehicle signals arrive on ``buses/{bus}/vehicle/gnss|doors|trip``
 as trace-v1 bodies without ``kind``; closed segments are recorded in the
 :class:`~edge._store.FareStore` (never dropped: a failed write is retried) and uploaded
-by the :class:`~edge._uplink.FareUploader`. :func:`replay_records` runs the same
-pipeline -> store path over a recorded trace in virtual time. With
+by the :class:`~edge._uplink.FareUploader`. The bell relay (:mod:`edge._bells_mqtt`) is fed
+the vehicle context after each vehicle record and the ALIGHT/ASSIST flags of accepted
+adverts (with whether the rid is on board); it publishes the driver display model and
+request statuses and records missed stops in the same store. :func:`replay_records` runs
+the same pipeline -> store path over a recorded trace in virtual time. With
 ``[driver_page] enabled`` the task ``.driver_page`` serves the driver display
 (:mod:`edge._driver_page`) from the daemon's own MQTT link.
 """
@@ -45,6 +48,8 @@ from busbell import (
     parse_record,
     read_fleet_keys,
 )
+from edge._bells import BellCore
+from edge._bells_mqtt import BellRelay
 from edge._clock import GnssClock
 from edge._driver_page import DriverDisplay, serve_driver_page
 from edge._events import EventBuilder
@@ -235,6 +240,14 @@ class EdgeDaemon:
             self.driver_page = DriverDisplay(
                 self.bus_id, self.topics, self.link, config.driver_page, clock=self.clock
             )
+        self.bells: BellRelay | None = None
+        vehicle = getattr(self.pipeline, "vehicle", None)
+        if config.bells.enabled and vehicle is not None:
+            core = BellCore(self.bus_id, vehicle.feed, config.bells)
+            self.bells = BellRelay(core, self.link, self.topics, clock=self.clock)
+            self.bells.vehicle = vehicle
+            if hasattr(self.pipeline, "flag_listener"):
+                self.pipeline.flag_listener = self.bells.flags
 
     def _make_pipeline(self) -> Pipeline:
         from busbell import TokenVerifier, load_gtfs
@@ -358,15 +371,21 @@ class EdgeDaemon:
 
     async def _pipeline_task(self) -> None:
         feed = self.pipeline.feed
+        bells = self.bells
         while True:
             self._wake.clear()
             drafts: list[SegmentDraft] = []
             n = 0
             while self._vehicle or self._adverts:
-                drafts.extend(feed(pop_earliest(self._vehicle, self._adverts)))
+                rec = pop_earliest(self._vehicle, self._adverts)
+                drafts.extend(feed(rec))
+                if bells is not None and type(rec) is not AdvRecord:
+                    bells.vehicle_updated(rec.t)
                 n += 1
                 if n % 500 == 0:
                     await asyncio.sleep(0)
+            if bells is not None:
+                bells.set_on_board(self.pipeline.on_board())
             if drafts or self._pending:
                 await self._record(drafts)
             if self.pipeline.on_board() != self._last_on_board:
@@ -447,6 +466,7 @@ class EdgeDaemon:
                 "stale": self.stats.denylist_stale,
             },
             **({"driver_page": self.driver_page.health()} if self.driver_page else {}),
+            "bells": None if self.bells is None else self.bells.health(),
         }
 
     def _clock_settled(self) -> bool:
@@ -608,6 +628,9 @@ class EdgeDaemon:
             self.store, self.bus_id, self.topics, self.config.uplink, clock=time.time
         )
         self.uploader.attach(self.link)
+        if self.bells is not None:
+            self.bells.store = self.store
+            self.bells.on_recorded = self.uploader.notify
         self._start_metrics()
         name = f"busbell[{self.bus_id}]"
         _log.info("edge_started", bus_id=self.bus_id, source=getattr(self.source, "name", "?"))
@@ -629,9 +652,12 @@ class EdgeDaemon:
                     page = tg.create_task(
                         serve_driver_page(self.driver_page), name=f"{name}.driver_page"
                     )
+                first = [scanner, vehicle, pipeline]
+                if self.bells is not None:
+                    first.append(tg.create_task(self.bells.run(), name=f"{name}.bells"))
                 await self._stop.wait()
                 _log.info("edge_stopping")
-                await cancel_and_wait([scanner, vehicle, pipeline])
+                await cancel_and_wait(first)
                 await self._shutdown_flush()
                 await cancel_and_wait([status, fares, uplink, *([page] if page else [])])
         finally:
@@ -647,6 +673,8 @@ class EdgeDaemon:
             drafts.extend(self.pipeline.feed(pop_earliest(self._vehicle, self._adverts)))
         drafts.extend(self.pipeline.finish(self.clock()))
         await self._record(drafts)
+        if self.bells is not None:
+            await self.bells.flush()
         assert self.store is not None
         if self.link.is_connected:
             deadline = time.monotonic() + 2.0

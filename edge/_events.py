@@ -1,4 +1,4 @@
-"""Fare event builder: a closed segment draft plus its chain position -> signed event v1.
+"""Chain record builder: a segment or missed-stop draft plus its chain position -> signed v1.
 
 Pure and deterministic: the same draft, ``seq``, ``prev`` and device key always give
 the same bytes (Ed25519 signatures are deterministic).
@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from busbell import DeviceKey, derive_event_id, sign_event, validate_event
+from busbell import (
+    DeviceKey,
+    derive_event_id,
+    derive_missed_event_id,
+    sign_event,
+    validate_event,
+)
+from edge._bells_record import MissedDraft
 from edge._segment import SegmentDraft
 
 __all__ = ["EventBuilder"]
 
 
 class EventBuilder:
-    """Numbers, chains and signs segment drafts for one bus.
+    """Numbers, chains and signs segment (and missed-stop) drafts for one bus.
 
     Args:
         bus_id: the bus the events are of.
@@ -28,16 +35,21 @@ class EventBuilder:
         self.bus_id = bus_id
         self.device_key = device_key
 
-    def build(self, draft: SegmentDraft, seq: int, prev: str) -> dict[str, Any]:
-        """The signed fare event v1 of ``draft`` at chain position ``seq``/``prev``.
+    def build(self, draft: SegmentDraft | MissedDraft, seq: int, prev: str) -> dict[str, Any]:
+        """The signed v1 record of ``draft`` at chain position ``seq``/``prev``.
 
         Raises:
-            busbell.ContractError: when the draft does not make a valid v1 event.
+            busbell.ContractError: when the draft does not make a valid v1 record.
         """
         event = draft.to_event_fields()
         event["bus_id"] = self.bus_id
         event["seq"] = seq
         event["prev"] = prev
-        event["event_id"] = derive_event_id(self.bus_id, seq, draft.rid, draft.start.t)
+        if isinstance(draft, MissedDraft):
+            event["event_id"] = derive_missed_event_id(
+                self.bus_id, seq, draft.request_id, draft.passed.t
+            )
+        else:
+            event["event_id"] = derive_event_id(self.bus_id, seq, draft.rid, draft.start.t)
         validate_event(event, require_sig=False)
         return sign_event(event, self.device_key)

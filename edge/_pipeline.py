@@ -13,6 +13,7 @@ advert never takes the daemon and every ride in progress down with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from busbell import (
@@ -24,7 +25,7 @@ from busbell import (
     TripRecord,
     get_logger,
 )
-from edge._classifier import PresenceClassifier
+from edge._classifier import PresenceClassifier, State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
 from edge._vehicle import VehicleContext, VehicleEvent
@@ -34,6 +35,10 @@ __all__ = ["EdgePipeline", "PipelineStats"]
 log = get_logger("edge.pipeline")
 
 _TQ_HALF_STEP = 2.0
+_BELL_FLAGS = 0b011
+"""ALIGHT_REQUEST | ASSIST: the flags the bell relay hears (with whether the rid is on board)."""
+
+FlagListener = Callable[[float, bytes, int, bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,8 @@ class EdgePipeline:
         self._tick_s = p.tick_s
         self._t = float("-inf")
         self._finished = False
+        self.flag_listener: FlagListener | None = None
+        """Called ``(t, rid, flags, on_board)`` for each accepted advert with ALIGHT/ASSIST."""
 
     # -- read-only state --------------------------------------------------------------
 
@@ -190,6 +197,9 @@ class EdgePipeline:
         self.classifier.advert(
             t, hit[0], hit[1], hit[2], rssi, hit[3], payload, self.vehicle.odometer_m, addr
         )
+        if hit[3] & _BELL_FLAGS and self.flag_listener is not None:
+            rid = hit[0]
+            self.flag_listener(t, rid, hit[3], self.classifier.state_of(rid) is State.ONBOARD)
 
     def _apply(self, events: list[VehicleEvent]) -> None:
         for ev in events:

@@ -30,6 +30,7 @@ from typing import Any
 import aiosqlite
 
 from busbell import GENESIS_PREV, StoreError, canonical_bytes, get_logger, sha256_hex
+from edge._bells_record import MissedDraft
 from edge._events import EventBuilder
 from edge._segment import SegmentDraft
 
@@ -213,7 +214,7 @@ class FareStore:
     ) -> None:
         await self.close()
 
-    async def append(self, draft: SegmentDraft) -> dict[str, Any]:
+    async def append(self, draft: SegmentDraft | MissedDraft) -> dict[str, Any]:
         """Number, chain, sign and durably record one segment; returns the event.
 
         The event and the advanced chain state commit in one transaction; the event
@@ -225,8 +226,12 @@ class FareStore:
         """
         return (await self.append_many([draft]))[0]
 
-    async def append_many(self, drafts: Iterable[SegmentDraft]) -> list[dict[str, Any]]:
-        """Record several segments in one transaction (all or none); returns the events.
+    async def append_many(
+        self, drafts: Iterable[SegmentDraft | MissedDraft]
+    ) -> list[dict[str, Any]]:
+        """Record several drafts in one transaction (all or none); returns the events.
+
+        Segments and missed-stop records share the chain (``seq``, ``prev``, ``sig``).
 
         Raises:
             busbell.ContractError: when a draft does not make a valid event (nothing
@@ -266,12 +271,21 @@ class FareStore:
             self.last_seq, self.prev = seq, prev
             self.stats.events_recorded += len(rows)
         for event in events:
-            _log.info(
-                "fare_event_recorded",
-                seq=event["seq"],
-                event_id=event["event_id"],
-                end_cause=event["end"]["cause"],
-            )
+            if event["type"] == "missed":
+                _log.info(
+                    "missed_stop_recorded",
+                    seq=event["seq"],
+                    event_id=event["event_id"],
+                    request_id=event["request_id"],
+                    stop_id=event["stop_id"],
+                )
+            else:
+                _log.info(
+                    "fare_event_recorded",
+                    seq=event["seq"],
+                    event_id=event["event_id"],
+                    end_cause=event["end"]["cause"],
+                )
         return events
 
     @staticmethod

@@ -24,7 +24,7 @@ import collections
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from busbell import (
     loads_object,
     option,
 )
-from busbell._mqtt import MqttSession, MqttSettings, backoff_delays
+from busbell._mqtt import MqttSession, MqttSettings, backoff_delays, topic_matches
 from edge._store import FareStore, StoredEvent
 
 __all__ = [
@@ -56,6 +56,7 @@ OFFLINE_PAYLOAD = b'{"state":"offline"}'
 _log = get_logger("edge.uplink")
 
 Handler = Callable[[bytes], Awaitable[None]]
+FilterHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectListener = Callable[[], Awaitable[None]]
 
 CONTROL_LIMITS = JsonLimits(max_bytes=1024, max_depth=1)
@@ -149,6 +150,7 @@ class MqttLink:
         self.client_id = client_id or settings.client_id or f"busbell-edge-{bus_id}"
         self._factory = session_factory
         self._routes: dict[str, Handler] = {}
+        self._filters: dict[str, FilterHandler] = {}
         self._listeners: list[ConnectListener] = []
         self._session: MqttSession | None = None
         self.connected = asyncio.Event()
@@ -162,6 +164,56 @@ class MqttLink:
         """Deliver messages on ``topic`` (exact name) to ``handler`` (subscribed QoS 1)."""
         self._routes[topic] = handler
 
+    def route_filter(self, topic_filter: str, handler: FilterHandler) -> None:
+        """Deliver messages matching a wildcard filter to ``handler(topic, payload)``."""
+        self._filters[topic_filter] = handler
+
+    async def add_routes(self, routes: Mapping[str, Handler]) -> None:
+        """Route more exact topics and subscribe them now if connected.
+
+        They are also subscribed again after every reconnect.
+
+        Raises:
+            busbell.UplinkError: when the live subscribe failed (the routes stay
+                registered and are subscribed on the next connection).
+        """
+        self._routes.update(routes)
+        await self._live_subscribe(list(routes))
+
+    async def remove_routes(self, topics: Sequence[str]) -> None:
+        """Stop routing exact topics (or wildcard filters) and unsubscribe if connected.
+
+        Raises:
+            busbell.UplinkError: when the live unsubscribe failed.
+        """
+        gone = [t for t in topics if self._routes.pop(t, None) or self._filters.pop(t, None)]
+        s = self._session
+        if s is not None and gone:
+            try:
+                await s.unsubscribe(gone)
+            except UplinkError:
+                self._lost()
+                raise
+
+    async def add_filter(self, topic_filter: str, handler: FilterHandler) -> None:
+        """:meth:`route_filter` and subscribe it now if connected.
+
+        Raises:
+            busbell.UplinkError: when the live subscribe failed.
+        """
+        self._filters[topic_filter] = handler
+        await self._live_subscribe([topic_filter])
+
+    async def _live_subscribe(self, topics: list[str]) -> None:
+        s = self._session
+        if s is None or not topics:
+            return
+        try:
+            await s.subscribe(topics)
+        except UplinkError:
+            self._lost()
+            raise
+
     def on_connect(self, listener: ConnectListener) -> None:
         """Call ``listener`` after every (re)connection, once subscribed."""
         self._listeners.append(listener)
@@ -172,9 +224,22 @@ class MqttLink:
         return self._session is not None
 
     async def publish(
-        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
     ) -> None:
         """Publish on the current session (QoS 1 returns on PUBACK).
+
+        Args:
+            topic: the topic.
+            payload: the payload.
+            qos: 0 or 1.
+            retain: whether the broker keeps it as the topic's retained message.
+            expiry_s: MQTT 5 message expiry interval, if any.
 
         Raises:
             busbell.UplinkError: when not connected or the publish failed.
@@ -183,7 +248,10 @@ class MqttLink:
         if s is None:
             raise UplinkError("not connected")
         try:
-            await s.publish(topic, payload, qos=qos, retain=retain)
+            if expiry_s is None:
+                await s.publish(topic, payload, qos=qos, retain=retain)
+            else:
+                await s.publish(topic, payload, qos=qos, retain=retain, expiry_s=expiry_s)
         except UplinkError:
             self._lost()
             raise
@@ -203,8 +271,12 @@ class MqttLink:
         while True:
             try:
                 async with self._factory(self.settings, self.client_id, will=will) as s:
-                    await s.subscribe(list(self._routes))
+                    wanted = [*self._routes, *self._filters]
+                    await s.subscribe(wanted)
                     self._session = s
+                    late = [t for t in [*self._routes, *self._filters] if t not in set(wanted)]
+                    if late:  # routed while the first subscribe was under way
+                        await s.subscribe(late)
                     self.connects += 1
                     self.connected_since = time.time()
                     self.connected.set()
@@ -221,10 +293,14 @@ class MqttLink:
                         await listener()
                     async for m in s.messages():
                         handler = self._routes.get(m.topic)
-                        if handler is None:
-                            continue
                         try:
-                            await handler(m.payload)
+                            if handler is not None:
+                                await handler(m.payload)
+                            else:
+                                for topic_filter, fh in self._filters.items():
+                                    if topic_matches(topic_filter, m.topic):
+                                        await fh(m.topic, m.payload)
+                                        break
                         except BusbellError as exc:
                             self.handler_errors += 1
                             _log.error("mqtt_handler_failed", topic=m.topic, error=str(exc))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from busbell import ContractError, check_topic_id, option
 from busbell._mqtt import MqttSettings
+from edge._bells import BellParams
 from edge._ble import ScannerParams
 from edge._driver_page import DriverPageSettings
 from edge._params import ClassifierParams
@@ -20,6 +21,7 @@ __all__ = [
     "CONFIG_CLASS",
     "SOURCES",
     "DriverPageSettings",
+    "BellParams",
     "EdgeConfig",
     "MetricsSettings",
     "StatusSettings",
@@ -111,6 +113,9 @@ class EdgeConfig:
     trace: TraceSettings = option(doc="Trace source.", factory=TraceSettings)
     driver_page: DriverPageSettings = option(
         doc="Driver display page (docs/driver-display.md).", factory=DriverPageSettings
+    )
+    bells: BellParams = option(
+        doc="Bell relay: boarding waits, stop requests, driver display.", factory=BellParams
     )
 
     def __post_init__(self) -> None:
