@@ -20,8 +20,8 @@ from edge._uplink import UplinkSettings
 __all__ = [
     "CONFIG_CLASS",
     "SOURCES",
-    "DriverPageSettings",
     "BellParams",
+    "DriverPageSettings",
     "EdgeConfig",
     "MetricsSettings",
     "StatusSettings",
