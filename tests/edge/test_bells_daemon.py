@@ -300,6 +300,29 @@ async def test_missed_is_signed_recorded_and_uploaded(
     assert (rec["route_id"], rec["stop_id"], rec["doors_opened"]) == ("17", "BD002", False)
     assert rec["wait"]["request_id"] == "w-1"
     assert rec["passed"]["distance_m"] < 40.0
+    # the backend's ingest verifies it (device key, chain) and stores it as a missed stop
+    import sqlalchemy as sa
+
+    from backend._db import create_engine, fare_events, migrate, missed_stops
+    from backend._ingest import IngestCore, Ingestor
+    from backend._keys import register_device
+
+    eng = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        await migrate(eng)
+        async with eng.begin() as conn:
+            await register_device(conn, BUS, KEY.public, now=1.0)
+        ing = Ingestor(eng, IngestCore(), worker_id="w")
+        await ing.refresh_devices()
+        res = await ing.ingest([(BUS, canonical_bytes({"bus_id": BUS, "events": [rec]}))])
+        assert (res.acks, res.quarantined) == ({BUS: 1}, 0)
+        async with eng.connect() as conn:
+            row = (await conn.execute(sa.select(missed_stops))).one()
+            rides = (await conn.execute(sa.select(sa.func.count()).select_from(fare_events))).one()
+        assert (row.bus_id, row.seq, row.request_id, row.stop_id) == (BUS, 1, "w-1", "BD002")
+        assert rides[0] == 0
+    finally:
+        await eng.dispose()
 
 
 async def test_expired_and_cancelled_waits_disappear(
