@@ -17,9 +17,12 @@ the stop whose doors opened as it faded, ``rotated`` when its 600-s interval end
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
+from array import array
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from busbell import INTERVAL_S, TokenFlags, get_logger
@@ -146,6 +149,21 @@ _ALIGHT, _ASSIST, _WAIT = (
 )
 
 
+_PAIR_K = 8
+"""Candidate pairs kept per old rid (the cheapest; clock offset dominates the cost)."""
+_PAIR_SCAN = 24
+"""New rids in an old rid's time window visited per slot, nearest clock offset first."""
+
+
+@dataclass(frozen=True, slots=True)
+class _NewsIndex:
+    """Rot rids that may continue a rotated one (:meth:`PresenceClassifier._news_index`)."""
+
+    tick: int
+    slots: dict[tuple[int, int], list[tuple[float, bytes]]]
+    addrs: dict[tuple[int, str], bytes]
+
+
 class _Rid:
     """Everything known about one rid (mutable, slotted: the hot path updates it)."""
 
@@ -226,7 +244,7 @@ class _Rid:
         self.first_odo = self.last_in_odo = odo
         self.first_raw = self.last_raw = self.last_in_raw = raw
         self.ewma = self.base = self.ewma0 = float(rssi)
-        self.rssi: list[int] = []
+        self.rssi = array("h")  # every RSSI heard (compact: the checkpoint carries it)
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
         self.far_sum = 0.0
@@ -262,6 +280,11 @@ class PresenceClassifier:
         """Rids that stopped at their interval's end, not yet resolved: old rid -> (the rid,
         what it was (``_PRED_ONBOARD`` or ``_PRED_CANDIDATE``), the boarding visit it hands
         over). They are paired with new rids jointly (:meth:`_assign`) on every tick."""
+        self._edges: dict[bytes, list[tuple[float, bytes]]] = {}
+        """Old rid -> its candidate pairs ``(cost, new rid)``, cheapest first."""
+        self._index: _NewsIndex | None = None
+        self._ticks = 0
+        self._slot_s = p.rotation_gap_s + 4.0
         self._route_id: str | None = None
         self._trip_id: str | None = None
         self._t = float("-inf")
@@ -302,7 +325,7 @@ class PresenceClassifier:
         for r in self._rids.values():
             if r.state in (_OUTSIDE, _ROTATING) and r.last_t >= since:
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
-                r.rssi = []
+                r.rssi = array("h")
                 self._become_candidate(r, visit, fresh=False)
 
     def _convoy_level(self, r: _Rid, odo: float) -> float | None:
@@ -495,6 +518,7 @@ class PresenceClassifier:
         if t < self._next_tick:
             return []
         self._next_tick = t + self.params.tick_s
+        self._ticks += 1
         self._t = max(self._t, t)
         p = self.params
         out: list[SegmentDraft] = []
@@ -621,8 +645,7 @@ class PresenceClassifier:
         """
         prior = self._match.pop(r.rid, None)
         if prior is not None:
-            self._olds.pop(prior, None)
-            self._dirty = True
+            self._forget_old(prior)
         old = self._pending.pop(r.rid, None)
         visit = r.pred_visit if prior is not None and r.pred == _PRED_CANDIDATE else None
         r.pred = _PRED_NONE
@@ -695,6 +718,7 @@ class PresenceClassifier:
         if old.ewma < old.base - self.params.rotation_drop_db:
             return False  # it faded before it stopped: it left, it did not rotate
         self._olds[old.rid] = (old, kind, visit)
+        self._edges[old.rid] = self._candidates(old)
         self._dirty = True
         return True
 
@@ -732,16 +756,95 @@ class PresenceClassifier:
             cost -= 1000.0
         return cost
 
+    def _news_index(self) -> _NewsIndex:
+        """The rids that may be a rotated token's new rid, indexed for pairing.
+
+        Rot rids (first heard just after their interval began) that are candidates or
+        rotating, by ``(interval, floor(first_t / slot))`` in lists sorted by clock
+        offset, and by ``(interval, BLE address)``. Built at most once per tick, and only
+        when an old rid joins the pool (a burst brings hundreds in one tick): O(n log n).
+        """
+        idx = self._index
+        if idx is not None and idx.tick == self._ticks:
+            return idx
+        slot = self._slot_s
+        slots: dict[tuple[int, int], list[tuple[float, bytes]]] = {}
+        addrs: dict[tuple[int, str], bytes] = {}
+        for r in self._rids.values():
+            if r.rot and (r.state == _CANDIDATE or r.state == _ROTATING):  # noqa: PLR1714
+                slots.setdefault((r.interval, math.floor(r.first_t / slot)), []).append(
+                    (r.d_min, r.rid)
+                )
+                if r.addr:
+                    addrs[(r.interval, r.addr)] = r.rid
+        for lst in slots.values():
+            lst.sort()
+        idx = self._index = _NewsIndex(self._ticks, slots, addrs)
+        return idx
+
+    def _candidates(self, old: _Rid) -> list[tuple[float, bytes]]:
+        """The likeliest new rids of an old one, cheapest first (at most ``_PAIR_K``).
+
+        The same BLE address is looked up directly (phones keep theirs; it wins any
+        pairing). Otherwise a sweep: only new rids of the next interval first heard in the
+        old rid's time window (two index slots) whose clock offset lies within
+        ``skew_tolerance_s``, visited nearest offset first. O(log n + k) per old rid, so a
+        burst of n rotations costs O(n log n), not O(n^2).
+        """
+        p = self.params
+        idx = self._news_index()
+        nxt = old.interval + 1
+        lo, hi = old.last_t - 4.0, old.last_t + p.rotation_gap_s
+        tol = p.skew_tolerance_s
+        found: dict[bytes, float] = {}
+        if old.addr:
+            n = idx.addrs.get((nxt, old.addr))
+            new = self._rids.get(n) if n is not None else None
+            if new is not None and new.addr == old.addr:
+                cost = self._pair_cost(old, new)
+                if cost is not None:
+                    return [(cost, new.rid)]  # the same address wins any pairing
+        d0 = old.d_min
+        for k in range(math.floor(lo / self._slot_s), math.floor(hi / self._slot_s) + 1):
+            lst = idx.slots.get((nxt, k))
+            if not lst:
+                continue
+            i = bisect.bisect_left(lst, (d0, b""))
+            j = i - 1
+            seen = 0
+            while seen < _PAIR_SCAN:
+                right = lst[i][0] - d0 if i < len(lst) else math.inf
+                left = d0 - lst[j][0] if j >= 0 else math.inf
+                if min(left, right) > tol:
+                    break
+                if right <= left:
+                    n = lst[i][1]
+                    i += 1
+                else:
+                    n = lst[j][1]
+                    j -= 1
+                new = self._rids.get(n)
+                if new is None or n in found or not lo <= new.first_t <= hi:
+                    continue
+                seen += 1
+                cost = self._pair_cost(old, new)
+                if cost is not None:
+                    found[n] = cost
+        best = sorted((c, n) for n, c in found.items())
+        return best[:_PAIR_K]
+
     def _assign(self, later: list[_Rid]) -> None:
         """Pair the rids that stopped at their interval's end with rids that just began.
 
-        Jointly, not one at a time: every possible (old, new) pair is scored and the pairs
-        are taken cheapest first, riders' rids (``_PRED_ONBOARD``) before candidates'
-        (whose new rid would take over their boarding stop). Re-run on every tick while
-        any old rid waits, so a pairing can change until its new rid is confirmed.
+        Jointly, not one at a time: the candidate pairs of every old rid (found once, when
+        it joined the pool, by :meth:`_candidates`) are taken cheapest first, riders' rids
+        (``_PRED_ONBOARD``) before candidates' (whose new rid would take over their
+        boarding stop). Re-run while any old rid waits (at most every ``_DIRTY_S`` when
+        rids joined or left), so a pairing can change until its new rid is confirmed;
+        each run is O(E log E) over at most ``_PAIR_K`` pairs per old rid.
         """
-        news = [r for r in later if r.rot]
-        for r in news:
+        news = {r.rid: r for r in later if r.rot}
+        for r in news.values():
             r.pred = _PRED_NONE
             r.pred_visit = None
         self._pending.clear()
@@ -755,22 +858,23 @@ class PresenceClassifier:
             for r in self._rids.values()
             if r.addr and (r.state == _CANDIDATE or r.state == _ONBOARD)  # noqa: PLR1714
         }
+        open_s = self.params.rotation_gap_s + _START_S
         taken: set[bytes] = set()
         for kind in (_PRED_ONBOARD, _PRED_CANDIDATE):
             edges: list[tuple[float, bytes, bytes]] = []
-            for old, k, _ in self._olds.values():
+            for o, (old, k, _) in self._olds.items():
                 if k != kind:
                     continue
-                nxt = old.interval + 1
-                lo, hi = old.last_t - 4.0, old.last_t + self.params.rotation_gap_s
-                for new in news:
-                    if new.interval != nxt or not lo <= new.first_t <= hi or new.rid in taken:
+                cand = self._edges.get(o)
+                if cand is None or self._t <= old.last_t + open_s:  # its window may still fill
+                    cand = self._edges[o] = self._candidates(old)
+                for cost, n in cand:
+                    new = news.get(n)
+                    if new is None or n in taken:
                         continue
                     if new.addr != old.addr and (old.interval, new.addr) in claimed:
                         continue
-                    cost = self._pair_cost(old, new)
-                    if cost is not None:
-                        edges.append((cost, old.rid, new.rid))
+                    edges.append((cost, o, n))
             edges.sort()
             done: set[bytes] = set()
             for _, o, n in edges:
@@ -779,12 +883,18 @@ class PresenceClassifier:
                 done.add(o)
                 taken.add(n)
                 old, _, visit = self._olds[o]
-                new = self._rids[n]
+                new = news[n]
                 new.pred = kind
                 new.pred_visit = visit
                 self._match[n] = o
                 if kind == _PRED_ONBOARD:
                     self._pending[n] = old
+
+    def _forget_old(self, o: bytes) -> None:
+        """Take an old rid out of the pool (and its candidate pairs)."""
+        self._olds.pop(o, None)
+        self._edges.pop(o, None)
+        self._dirty = True
 
     def _settle(self, t: float, out: list[SegmentDraft]) -> None:
         """Close the old rids that no new rid took within ``rotation_settle_s``."""
@@ -792,8 +902,7 @@ class PresenceClassifier:
         for o, (old, kind, _) in sorted(self._olds.items()):
             if o in paired or t - old.last_t <= self.params.rotation_settle_s:
                 continue
-            del self._olds[o]
-            self._dirty = True
+            self._forget_old(o)
             if kind == _PRED_ONBOARD:
                 end, end_odo = self._fade_end(old, old.last_in_t, old.last_in_odo)
                 self._emit(old, end, end_odo, out)
@@ -902,6 +1011,7 @@ class PresenceClassifier:
         on board after, unless it faded at a stop or its rid rotated).
         """
         self._t = max(self._t, t)
+        self._ticks += 1
         out: list[SegmentDraft] = []
         v = self._visit
         here = v if v is not None and v.close_t is None else None
@@ -952,6 +1062,7 @@ class PresenceClassifier:
         self._pending.clear()
         self._match.clear()
         self._olds.clear()
+        self._edges.clear()
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
