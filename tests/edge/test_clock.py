@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from busbell import Topics, day_of
 from edge._clock import GnssClock
 from edge._daemon import EdgeDaemon
 from edge.config import EdgeConfig
-from tests.edge.test_daemon import KEY, NOW, Backend, FakePipeline, ListSource, config, until
+from tests.factories.edge_daemon import KEY, NOW, Backend, FakePipeline, ListSource, config, until
 
 WALL = NOW + 200 * 86400.0  # the unit's system clock is 200 days ahead (no RTC battery)
 
@@ -198,8 +197,7 @@ async def test_daemon_takes_its_time_and_day_from_gnss(
             await until(lambda: clock.fixes == 1)
         finally:
             daemon.request_stop()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 20)
+            await asyncio.wait_for(task, 20)  # a crash of the daemon fails the test
     status = daemon.status()
     assert status["clock"]["source"] == "gnss"
     assert -200 * 86400.0 - 60 < status["clock"]["offset_s"] < -200 * 86400.0 + 60

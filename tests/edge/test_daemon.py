@@ -1,12 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import urllib.request
-import uuid
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,135 +11,28 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from busbell import AdvRecord, DeviceKey, Topics, TraceRecord, day_of
-from busbell._mqtt import MqttSession, MqttSettings
-from edge._bench_backlog import synthetic_draft
+from busbell import AdvRecord, Topics, TraceRecord, day_of
 from edge._daemon import EdgeDaemon
-from edge._segment import SegmentDraft
-from edge._source import AdvertisementSink
-from edge.config import EdgeConfig, MetricsSettings, StatusSettings
+from edge.config import MetricsSettings, StatusSettings
+from tests.factories.edge_daemon import (
+    KEY,
+    NOW,
+    Backend,
+    FakePipeline,
+    ListSource,
+    adv,
+    config,
+    until,
+)
+from tests.factories.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.mosquitto
-
-KEY = DeviceKey.from_seed(bytes(range(32)))
 
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> None:
     """Other tests may configure structlog (level filters); capture_logs needs defaults."""
     structlog.reset_defaults()
-
-
-NOW = 1_790_000_000.0
-
-
-@dataclass
-class FakeStats:
-    adverts_seen: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    tokens_in_range: int = 0
-
-
-class FakePipeline:
-    """Closes one segment per advert with rssi -30; rejects rssi -99 as 'stale'."""
-
-    def __init__(self) -> None:
-        self._stats = FakeStats()
-        self.records: list[TraceRecord] = []
-        self.n = 0
-        self.finished = False
-
-    @property
-    def stats(self) -> FakeStats:
-        return self._stats
-
-    def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
-        self.records.append(rec)
-        if isinstance(rec, AdvRecord):
-            self._stats.adverts_seen += 1
-            if rec.rssi == -99:
-                self._stats.rejected["stale"] = self._stats.rejected.get("stale", 0) + 1
-            if rec.rssi == -30:
-                self.n += 1
-                return [synthetic_draft(self.n)]
-        return []
-
-    def finish(self, t: float) -> list[SegmentDraft]:
-        self.finished = True
-        self.n += 1
-        return [synthetic_draft(self.n)]
-
-    def on_board(self) -> int:
-        return self.n
-
-    def active_flags(self) -> dict[str, int]:
-        return {"alight_request": 0}
-
-
-class ListSource:
-    name = "list"
-
-    def __init__(self, recs: list[AdvRecord]) -> None:
-        self.recs = recs
-
-    async def run(self, sink: AdvertisementSink) -> None:
-        for r in self.recs:
-            sink(r)
-        await asyncio.Event().wait()
-
-
-def adv(t: float, rssi: int) -> AdvRecord:
-    return AdvRecord(t, "aa:bb", rssi, {0xFFFF: bytes(24)})
-
-
-def config(tmp_path: Path, broker: Any, prefix: str, **kw: Any) -> EdgeConfig:
-    cfg = EdgeConfig(bus_id="bus-0042", store=tmp_path / "fares.db", source="trace")
-    mqtt = replace(
-        cfg.mqtt,
-        host=broker.host,
-        port=broker.port,
-        prefix=prefix,
-        client_id=f"edge-{uuid.uuid4().hex[:8]}",
-        backoff_initial_s=0.1,
-        backoff_max_s=0.5,
-    )
-    return replace(cfg, mqtt=mqtt, **kw)
-
-
-class Backend:
-    def __init__(self, broker: Any, prefix: str, bus: str) -> None:
-        self.s = MqttSession(
-            MqttSettings(host=broker.host, port=broker.port, prefix=prefix),
-            f"backend-{uuid.uuid4().hex[:8]}",
-            clean_start=True,
-        )
-        self.t = Topics(prefix)
-        self.bus = bus
-        self.seqs: list[int] = []
-        self.status: list[dict[str, Any]] = []
-        self.occupancy: list[dict[str, Any]] = []
-
-    async def run(self) -> None:
-        await self.s.subscribe(
-            [self.t.fares(self.bus), self.t.status(self.bus), self.t.occupancy(self.bus)]
-        )
-        async for m in self.s.messages():
-            body = json.loads(m.payload) if m.payload else {}
-            if m.topic == self.t.fares(self.bus):
-                self.seqs.extend(e["seq"] for e in body["events"])
-                await self.s.publish(
-                    self.t.fares_ack(self.bus), json.dumps({"upto_seq": self.seqs[-1]}), qos=1
-                )
-            elif m.topic == self.t.status(self.bus):
-                self.status.append(body)
-            else:
-                self.occupancy.append(body)
-
-
-async def until(pred: Any, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefix: str) -> None:
@@ -165,7 +55,7 @@ async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefi
     topics = Topics(topic_prefix)
     async with backend.s:
         reader = asyncio.create_task(backend.run())
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(backend.ready.wait(), 10)
         with capture_logs() as logs:
             task = asyncio.create_task(daemon.run())
             await until(lambda: daemon.link.is_connected)
@@ -216,9 +106,7 @@ async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefi
             daemon.request_stop()
             await asyncio.wait_for(task, 20)
         await until(lambda: backend.status and backend.status[-1]["state"] == "offline")
-        reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
+        await cancel_and_wait(reader)
     assert daemon.stats.adverts_dropped == 3
     kinds = [type(r).__name__ for r in pipe.records]
     assert kinds.count("AdvRecord") == 5
@@ -322,6 +210,7 @@ async def test_edge_run_process_status_and_lwt(
     backend = Backend(private_broker, "busbell/v1", "bus-0099")
     async with backend.s:
         reader = asyncio.create_task(backend.run())
+        await asyncio.wait_for(backend.ready.wait(), 10)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -342,9 +231,7 @@ async def test_edge_run_process_status_and_lwt(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            await cancel_and_wait(reader)
     if how == "SIGTERM":
         assert rc == 0
         assert backend.status[-1]["bus_id"] == "bus-0099"  # the daemon's own offline status

@@ -26,7 +26,7 @@ from busbell._mqtt import MqttSession, MqttSettings
 from edge._daemon import EdgeDaemon
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig, StatusSettings
-from tests.edge.test_daemon import FakePipeline, until
+from tests.factories.edge_daemon import FakePipeline, until
 
 pytestmark = pytest.mark.mosquitto
 

@@ -17,12 +17,9 @@ import pytest
 from busbell import AdvRecord, DeviceKey, GnssRecord, Topics, TraceReader
 from busbell._mqtt import MqttSession, MqttSettings
 from tests.conftest import free_port
-from tests.edge import test_ble_dbusmock
-from tests.edge.test_ble_dbusmock import BlueZMock
+from tests.factories.bluez import BlueZMock
 
 pytestmark = pytest.mark.mosquitto
-
-bluez = test_ble_dbusmock.bluez  # the mocked bluetoothd on a private system bus (fixture)
 
 
 def test_record_writes_a_replayable_trace(

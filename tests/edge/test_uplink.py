@@ -12,12 +12,13 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from busbell import DeviceKey, HashChain, Topics, verify_event
+from busbell import DeviceKey, HashChain, Topics, UplinkError, verify_event
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._bench_backlog import synthetic_draft
 from edge._events import EventBuilder
 from edge._store import FareStore
 from edge._uplink import FareUploader, MqttLink, UplinkSettings, encode_batch
+from tests.factories.tasks import cancel_and_wait
 
 pytestmark = pytest.mark.mosquitto
 
@@ -62,14 +63,12 @@ class FakeBackend:
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         assert self._session is not None
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
+        await cancel_and_wait(self._task)
         await self._session.__aexit__(None, None, None)
 
     async def _read(self) -> None:
         assert self._session is not None
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(UplinkError):  # the session closed
             async for m in self._session.messages():
                 body = json.loads(m.payload)
                 self.batches.append(body)

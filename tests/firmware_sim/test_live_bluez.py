@@ -29,7 +29,8 @@ from busbell._mqtt import MqttSession, MqttSettings
 from edge._ble import BleakSource
 from edge._daemon import EdgeDaemon
 from edge.config import EdgeConfig
-from tests.edge.test_ble_dbusmock import _drop_bleak_bus
+from tests.factories.bluez import drop_bleak_bus
+from tests.factories.tasks import cancel_and_wait
 
 pytestmark = [pytest.mark.dbus, pytest.mark.mosquitto]
 
@@ -154,13 +155,11 @@ async def _play(
                 await reader
     finally:
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await cancel_and_wait(task)
         if sim.returncode is None:
             sim.kill()
             await sim.wait()
-        await _drop_bleak_bus()
+        await drop_bleak_bus()
     return daemon, statuses, fares, "".join(lines)
 
 

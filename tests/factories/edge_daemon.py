@@ -1,0 +1,147 @@
+"""Fakes and helpers for edge daemon tests: a pipeline that closes a segment per advert, a
+list-backed advertisement source, a backend that acks every fares batch, and config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from busbell import AdvRecord, DeviceKey, Topics, TraceRecord
+from busbell._mqtt import MqttSession, MqttSettings
+from edge._bench_backlog import synthetic_draft
+from edge._segment import SegmentDraft
+from edge._source import AdvertisementSink
+from edge.config import EdgeConfig
+
+__all__ = [
+    "KEY",
+    "NOW",
+    "Backend",
+    "FakePipeline",
+    "FakeStats",
+    "ListSource",
+    "adv",
+    "config",
+    "until",
+]
+
+KEY = DeviceKey.from_seed(bytes(range(32)))
+
+
+NOW = 1_790_000_000.0
+
+
+@dataclass
+class FakeStats:
+    adverts_seen: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    tokens_in_range: int = 0
+
+
+class FakePipeline:
+    """Closes one segment per advert with rssi -30; rejects rssi -99 as 'stale'."""
+
+    def __init__(self) -> None:
+        self._stats = FakeStats()
+        self.records: list[TraceRecord] = []
+        self.n = 0
+        self.finished = False
+
+    @property
+    def stats(self) -> FakeStats:
+        return self._stats
+
+    def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
+        self.records.append(rec)
+        if isinstance(rec, AdvRecord):
+            self._stats.adverts_seen += 1
+            if rec.rssi == -99:
+                self._stats.rejected["stale"] = self._stats.rejected.get("stale", 0) + 1
+            if rec.rssi == -30:
+                self.n += 1
+                return [synthetic_draft(self.n)]
+        return []
+
+    def finish(self, t: float) -> list[SegmentDraft]:
+        self.finished = True
+        self.n += 1
+        return [synthetic_draft(self.n)]
+
+    def on_board(self) -> int:
+        return self.n
+
+    def active_flags(self) -> dict[str, int]:
+        return {"alight_request": 0}
+
+
+class ListSource:
+    name = "list"
+
+    def __init__(self, recs: list[AdvRecord]) -> None:
+        self.recs = recs
+
+    async def run(self, sink: AdvertisementSink) -> None:
+        for r in self.recs:
+            sink(r)
+        await asyncio.Event().wait()
+
+
+def adv(t: float, rssi: int) -> AdvRecord:
+    return AdvRecord(t, "aa:bb", rssi, {0xFFFF: bytes(24)})
+
+
+def config(tmp_path: Path, broker: Any, prefix: str, **kw: Any) -> EdgeConfig:
+    cfg = EdgeConfig(bus_id="bus-0042", store=tmp_path / "fares.db", source="trace")
+    mqtt = replace(
+        cfg.mqtt,
+        host=broker.host,
+        port=broker.port,
+        prefix=prefix,
+        client_id=f"edge-{uuid.uuid4().hex[:8]}",
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+    )
+    return replace(cfg, mqtt=mqtt, **kw)
+
+
+class Backend:
+    def __init__(self, broker: Any, prefix: str, bus: str) -> None:
+        self.s = MqttSession(
+            MqttSettings(host=broker.host, port=broker.port, prefix=prefix),
+            f"backend-{uuid.uuid4().hex[:8]}",
+            clean_start=True,
+        )
+        self.t = Topics(prefix)
+        self.bus = bus
+        self.seqs: list[int] = []
+        self.status: list[dict[str, Any]] = []
+        self.occupancy: list[dict[str, Any]] = []
+        self.ready = asyncio.Event()
+        """Set once the broker acknowledged the subscriptions (SUBACK)."""
+
+    async def run(self) -> None:
+        await self.s.subscribe(
+            [self.t.fares(self.bus), self.t.status(self.bus), self.t.occupancy(self.bus)]
+        )
+        self.ready.set()
+        async for m in self.s.messages():
+            body = json.loads(m.payload) if m.payload else {}
+            if m.topic == self.t.fares(self.bus):
+                self.seqs.extend(e["seq"] for e in body["events"])
+                await self.s.publish(
+                    self.t.fares_ack(self.bus), json.dumps({"upto_seq": self.seqs[-1]}), qos=1
+                )
+            elif m.topic == self.t.status(self.bus):
+                self.status.append(body)
+            else:
+                self.occupancy.append(body)
+
+
+async def until(pred: Any, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)

@@ -1,0 +1,23 @@
+"""Ending background tasks in tests without hiding how they ended."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+__all__ = ["cancel_and_wait"]
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 20.0) -> None:
+    """Cancel ``task`` and wait for it to end.
+
+    A task that ends by the cancel is fine; one that had already crashed, or raises
+    something else while it unwinds, raises that here: a daemon's crash never passes a
+    test silently (as ``contextlib.suppress(BaseException)`` around it would let it).
+    """
+    task.cancel()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # the awaiting test itself is being cancelled
