@@ -929,7 +929,9 @@ class PresenceClassifier:
 
         A rid that boarded, rode less than ``lost_min_m`` and vanished with no door
         opening is far likelier someone in a vehicle travelling alongside for a while
-        (two buses leaving a shared stop together) than a rider whose token died. A rid
+        (two buses leaving a shared stop together) than a rider whose token died, unless
+        its rid stopped at its interval's end: then it rotated and no new rid paired, and
+        a rotation never drops a boarding (settlement joins it with the next one). A rid
         that "alighted" at the very stop visit it boarded at never rode.
         """
         assert r.start is not None
@@ -937,6 +939,7 @@ class PresenceClassifier:
             end.cause == "lost"
             and r.start.cause == "boarded"
             and end_odo - r.start_odo < self.params.lost_min_m
+            and not self._near_end(r)  # its rid's interval ended: a rotation, not a car
         ) or (
             end.cause == "alighted"
             and r.start.cause == "boarded"

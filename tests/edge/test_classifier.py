@@ -841,3 +841,24 @@ def test_rotated_rid_dropped_then_boarding_again_is_a_plain_boarding() -> None:
     segs = by_name(w.finish(), tok)
     assert [(s.start.cause, s.start.stop_id) for s in segs][-1] == ("boarded", "S2")
     assert segs[-1].end.stop_id == "S3"
+
+
+def test_a_rotation_never_drops_a_boarding() -> None:
+    """Issue 11: a rider whose rid rotates soon after boarding, with no new rid to pair
+    (silent across the boundary), used to lose the boarding segment (a short "lost" ride
+    is dropped as a vehicle alongside). A segment that ended because its rid's interval
+    ended is a rotation, never dropped: settlement joins it with the rider's next one."""
+    w = World(t0=T0 + 500)  # the boundary comes ~80 s after boarding
+    bnd = (math.floor((T0 + 500) / 600) + 1) * 600
+    tok = w.add(Token("r45", lambda w: None if bnd - 2 <= w.t < bnd + 12 else -62.0))
+    w.dwell("S1")
+    w.move(1000)
+    w.dwell("S2")
+    w.move(800)
+    w.dwell("S3", 4)
+    w.move(50)
+    w.wait(30)
+    segs = by_name(w.finish(), tok)
+    assert segs[0].start.stop_id == "S1"
+    assert segs[0].start.cause == "boarded"
+    assert segs[-1].end.stop_id == "S3"
