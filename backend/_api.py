@@ -277,7 +277,17 @@ class ChargesOut(BaseModel):
 
 def _check_rider_id(rider_id: str) -> str:
     if not _RIDER_ID_RE.match(rider_id):
-        raise HTTPException(422, f"invalid rider id {rider_id[:64]!r}")
+        # shaped like FastAPI's validation errors (the documented 422 body), no echo
+        raise HTTPException(
+            422,
+            [
+                {
+                    "loc": ["path", "rider_id"],
+                    "msg": "must be 1-64 of [A-Za-z0-9_.:-], starting with a letter or digit",
+                    "type": "value_error",
+                }
+            ],
+        )
     return rider_id
 
 
@@ -318,6 +328,8 @@ def _enrol_route(app: FastAPI, state: ApiState) -> None:
         response_model=EnrolResponse,
         tags=["riders"],
         responses={403: {"description": "rider_id or category set without an operator"}},
+        # credentials are optional here (open enrolment): {} = none
+        openapi_extra={"security": [{}]},
     )
     async def enrol(
         body: EnrolRequest,

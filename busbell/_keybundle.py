@@ -133,6 +133,8 @@ def open_key_bundle(message: Mapping[str, Any], kex_private: X25519PrivateKey) -
     Raises:
         ContractError: when the message is malformed, not for this key, or tampered with.
     """
+    if not isinstance(message, Mapping):  # found by tests/fuzz: None raised AttributeError
+        raise ContractError("a key bundle is a JSON object", field="")
     try:
         if message.get("v") != 1 or message.get("alg") != BUNDLE_ALG:
             raise ContractError("unsupported key bundle", field="alg")

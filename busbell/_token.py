@@ -150,6 +150,10 @@ def tq_of(t: float) -> int:
     return math.floor(t / TQ_STEP_S) % TQ_MOD
 
 
+MAX_BUS_TIME = 2.0**40
+"""Bus times at or beyond this (year ~36,800) are not usable (``stale``)."""
+
+
 def unwrap_tq(tq: int, ref_t: float) -> float:
     """Reconstruct the token's time from ``tq`` as the 4-s step nearest ``ref_t``.
 
@@ -286,6 +290,10 @@ class TokenVerifier:
                 ``bad_btag``, ``no_fleet_key``).
         """
         p = parse_payload(data)
+        if not (math.isfinite(gnss_t) and 0.0 <= gnss_t < MAX_BUS_TIME):
+            # found by tests/fuzz: a NaN, infinite or absurd bus time raised ValueError /
+            # OverflowError here; no token can be in the window of such a clock
+            raise TokenRejected("stale", "bus time is not a usable UNIX time")
         token_t = unwrap_tq(p.tq, gnss_t)
         if abs(token_t + TQ_STEP_S / 2 - gnss_t) > self.window_s + TQ_STEP_S / 2:
             raise TokenRejected("stale", f"token time {token_t:.0f} vs bus time {gnss_t:.0f}")
