@@ -293,7 +293,9 @@ def format_report(report: MissedReport, tz: dt.tzinfo = dt.UTC) -> list[str]:
                 how = []
                 if r.distance_m is not None and r.speed_mps is not None:
                     how.append(f"passed {r.distance_m:.0f} m away at {r.speed_mps:.1f} m/s")
-                how.append(f"wait made {_when(r.wait_t, tz)[11:]}")
+                made = _when(r.wait_t, tz)
+                same_day = made[:10] == _when(r.passed_t, tz)[:10]
+                how.append(f"wait made {made[11:] if same_day else made}")
                 if r.assist:
                     how.append("assistance asked")
                 lines.append(

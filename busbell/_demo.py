@@ -383,8 +383,12 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
         return
     with contextlib.closing(sqlite3.connect(db)) as conn:
         try:
+            # a bus's chain is its fare events and its missed-stop records
             rows = conn.execute(
-                "SELECT bus_id, COUNT(*), MAX(seq) FROM fare_events GROUP BY bus_id ORDER BY bus_id"
+                "SELECT bus_id, COUNT(*), MAX(seq), SUM(missed) FROM ("
+                " SELECT bus_id, seq, 0 AS missed FROM fare_events"
+                " UNION ALL SELECT bus_id, seq, 1 AS missed FROM missed_stops"
+                ") GROUP BY bus_id ORDER BY bus_id"
             ).fetchall()
             quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             journeys = conn.execute("SELECT COUNT(*) FROM journeys").fetchone()[0]
@@ -395,8 +399,9 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
             out.write(f"  (no ledger summary: {exc})\n")
             return
     out.write("\nfare events stored by the backend:\n")
-    for bus, n, top in rows:
-        out.write(f"  {bus:<16} {n:>5} events, up to seq {top}\n")
+    for bus, n, top, missed in rows:
+        of_them = f" ({missed} of them a missed stop)" if missed else ""
+        out.write(f"  {bus:<16} {n:>5} events, up to seq {top}{of_them}\n")
     out.write(f"  quarantined: {quarantined}\n")
     out.write(f"journeys settled: {journeys}; charges: {charged[0]} totalling {charged[1]} KRW\n")
     _bells_summary(plan, db, out)

@@ -162,6 +162,11 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
     assert m, out
     assert int(m.group(1)) == int(m.group(2)) >= 5
     assert "quarantined: 0" in out
+    # the bell loop: the riders' app waits went through the rider API and were served
+    w = re.search(r"rider-app waits: (\d+) \((\d+) served\)", out)
+    assert w, out
+    assert int(w.group(1)) == int(w.group(2)) >= 1
+    assert "every bus of this scenario halts at every stop: no missed stop" in out
     j = re.search(r"journeys settled: (\d+); charges: (\d+) totalling (\d+) KRW", out)
     assert j, out
     truth = [
@@ -383,3 +388,41 @@ async def test_the_fleet_view_server_leaves_signals_alone_and_ends_streams_on_sh
                 await serving
     finally:
         signal.signal(signal.SIGTERM, own)
+
+
+def test_the_demo_bus_that_skips_a_stop_records_a_signed_missed_stop(
+    shared_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The bell loop's other end: a bus drives past a stop where a rider app waits; the
+    edge signs a missed record, the backend verifies and stores it, the wait goes back
+    to pending for the next bus, and the operator's report verifies the record again."""
+    work = tmp_path / "demo"
+    r = subprocess.run(
+        [sys.executable, "-m", "busbell.cli", "demo", "--scenario", "rider_by_door_stays"]
+        + ["--speed", "40", "--no-browser", "--grace", "10", "--duration", "150"]
+        + ["--prefix", topic_prefix, "--workdir", str(work), "--view-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    truth = json.loads((work / "scenario" / "truth.json").read_text())
+    (skipped,) = truth["skipped_stops"]
+    assert f"bus-55-01 will drive past stop {skipped['stop_id']}" in out
+    assert "missed stops recorded (signed by the bus): 1" in out
+    assert f"bus-55-01 passed {skipped['stop_id']} on route 55" in out
+    assert re.search(r"bus-55-01\s+(\d+) events, up to seq \1 \(1 of them a missed stop\)", out)
+    assert "buses passed a waiting rider by 1 time(s)" in out
+    command = re.search(r"see: (busbell backend missed-report .+)$", out, re.M)
+    assert command, out
+    report = subprocess.run(
+        [sys.executable, "-m", "busbell.cli", *command.group(1).split()[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert ": 1 (1 verified)" in report
+    assert f"({skipped['stop_id']}): 1 missed, by bus-55-01 (1)" in report
