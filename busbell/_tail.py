@@ -126,6 +126,8 @@ class TailFormatter:
         self.route = route
         self._requests: dict[str, tuple[str, str]] = {}
         self._bus_route: dict[str, str] = {}
+        self._skew: dict[str, float] = {}
+        """Per bus, its clock (GNSS) minus ours: ages of what a bus says use its clock."""
 
     def stop(self, stop_id: Any) -> str:
         """``Name (id)`` when the name is known, else the id."""
@@ -249,7 +251,13 @@ class TailFormatter:
         else:
             text = "(cleared)" if body is None else _summary(parsed.kind, body)
         t = _num(body.get("t")) if isinstance(body, dict) else None
-        age = f" (age {_age(now - t)})" if t is not None and parsed.kind != "fares" else ""
+        bus = parsed.ids.get("bus")
+        if bus is None and isinstance(body, dict) and isinstance(body.get("bus_id"), str):
+            bus = body["bus_id"]  # a request status a bus published
+        bus_now = now + self._skew.get(bus, 0.0) if bus is not None else now
+        age = f" (age {_age(bus_now - t)})" if t is not None and parsed.kind != "fares" else ""
+        if parsed.kind in ("display", "vehicle_gnss") and t is not None:
+            self._skew[parsed.ids["bus"]] = t - now  # after its own age: the bus's clock
         flag = " [retained]" if msg.retain else ""
         lead = f"{stamp} {parsed.kind:<14} " + (f"{who:<24} " if who != "-" else "")
         return f"{lead}{text}{age}{flag}"

@@ -352,3 +352,26 @@ def test_tail_hides_gnss_unless_asked(shared_broker: Any, topic_prefix: str) -> 
                 await p.publish(t.vehicle("b1", "doors"), b"", qos=1, retain=True)
 
         asyncio.run(clear())
+
+
+def test_ages_of_what_a_bus_says_use_the_bus_clock() -> None:
+    """A replay or the demo's scenario time: the bus's clock is months behind ours."""
+    from busbell._tail import TailFormatter
+
+    t = Topics("x/busbell/v1")
+    now = 1_764_000_000.0
+    bus_t = now - 200 * 86400
+    fmt = TailFormatter(t, clock=lambda: now)
+    gnss = json.dumps({"t": bus_t, "lat": 37.5, "lon": 127.0, "speed_mps": 3.0}).encode()
+    assert "(age 4800h00m)" in (
+        fmt.format(MqttMessage(t.vehicle("b1", "gnss"), gnss, False, 0)) or ""
+    )
+    st = json.dumps({"request_id": "w-1", "state": "seen", "bus_id": "b1", "t": bus_t - 3}).encode()
+    assert "(age 3.0s)" in (fmt.format(MqttMessage(t.request_status("w-1"), st, True, 1)) or "")
+    disp = json.dumps({"bus_id": "b1", "t": bus_t - 12, "route_id": "11"}).encode()
+    assert "(age 12s)" in (fmt.format(MqttMessage(t.display("b1"), disp, True, 1)) or "")
+    # the backend's own statuses (no bus) are on our clock
+    mine = json.dumps(
+        {"request_id": "w-2", "state": "pending", "bus_id": None, "t": now - 1}
+    ).encode()
+    assert "(age 1.0s)" in (fmt.format(MqttMessage(t.request_status("w-2"), mine, True, 1)) or "")
