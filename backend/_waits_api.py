@@ -144,9 +144,21 @@ class WaitService:
     # ------------------------------------------------------------------ state
 
     async def restore(self) -> int:
-        """Track the live waits stored before a restart; returns how many."""
+        """Track the live waits stored before a restart; returns how many.
+
+        Waits whose lifetime ended while the backend was down are marked ``expired``
+        (the broker dropped their retained messages at their expiry).
+        """
         now = self.clock()
-        async with self.engine.connect() as conn:
+        async with self.engine.begin() as conn:
+            ended = await conn.execute(
+                sa.update(rider_waits)
+                .where(
+                    rider_waits.c.state.in_(sorted(LIVE_STATES)),
+                    rider_waits.c.expires_t <= now,
+                )
+                .values(state="expired", bus_id=None, state_t=rider_waits.c.expires_t)
+            )
             rows = (
                 await conn.execute(
                     sa.select(rider_waits).where(
@@ -155,6 +167,8 @@ class WaitService:
                     )
                 )
             ).all()
+        if ended.rowcount:
+            log.info("waits_expired_while_down", waits=ended.rowcount)
         for r in rows:
             self.book.restore(
                 LiveWait(

@@ -389,6 +389,10 @@ async def test_waits_expire_and_live_waits_survive_a_restart(api: Api) -> None:
     # a live wait is restored from the database by a new API process, so the one-wait rule
     # and cancelling still hold
     live = (await api.wait(rider)).json()["request_id"]
+    # ... and one of another rider that ends while the API is down
+    other = await api.rider("bo")
+    gone = (await api.wait(other, expires_in_s=60)).json()["request_id"]
+    api.clock[0] += 120
     fresh = ApiState(
         engine=api.state.engine,
         topics=api.topics,
@@ -399,6 +403,7 @@ async def test_waits_expire_and_live_waits_survive_a_restart(api: Api) -> None:
     )
     assert fresh.waits is not None
     assert await fresh.waits.restore() == 1
+    assert (await api.row(gone)).state == "expired"
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(fresh)),
         base_url="http://api",
