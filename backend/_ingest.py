@@ -23,6 +23,7 @@ The invariants are described in ``docs/backend-ingest.md``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import os
@@ -345,12 +346,15 @@ class IngestCore:
     def past_seqs(
         self, bus_id: str, position: ChainPosition, events: Iterable[VerifiedEvent]
     ) -> list[int]:
-        """Seqs below ``position`` among ``events`` and the held ones.
+        """Stored seqs :meth:`plan` needs the hash of.
 
-        :meth:`plan` needs the stored hash of each (to tell duplicates from conflicts).
+        Each seq below ``position`` among ``events`` and the held ones (to tell
+        duplicates from conflicts) and the seq before it (the ``prev`` at that position,
+        to tell a ``prev_mismatch`` from a ``chain_conflict``).
         """
         seqs = {e.seq for e in events if e.seq < position.next_seq}
         seqs.update(s for s in self._held.get(bus_id, ()) if s < position.next_seq)
+        seqs.update([s - 1 for s in seqs if s > 1])
         return sorted(seqs)
 
     def plan(
@@ -363,11 +367,14 @@ class IngestCore:
     ) -> BusPlan:
         """Plan one bus's chain step from its committed ``position``.
 
-        Merges ``events`` with the events held for the bus and walks them in seq
-        order: below the position an event is a duplicate (same hash as stored) or a
-        ``chain_conflict``; at the position it is stored if its ``prev`` links (else
-        ``prev_mismatch``); above it, it is held (up to the bound) until the gap is
-        filled. The held set is updated as if the plan is committed.
+        Held events whose seq another worker filled are settled first; then the new
+        events are taken one by one in arrival order (the decisions offline settle
+        makes): below the chain head an event is a duplicate (same hash as stored), a
+        ``prev_mismatch`` (it does not link to the record before) or a
+        ``chain_conflict``; at the head it is stored if its ``prev`` links (else
+        ``prev_mismatch``) and the held events it unblocks follow; above it, it is held
+        (up to the bound) until the gap is filled; a copy of a held event is a
+        duplicate. The held set is updated as if the plan is committed.
 
         Args:
             bus_id: the bus.
@@ -380,38 +387,70 @@ class IngestCore:
         Raises:
             ValueError: when a needed stored hash is missing from ``stored_hashes``.
         """
-        pending: dict[int, dict[str, VerifiedEvent]] = self._held.pop(bus_id, {})
-        for e in events:
-            pending.setdefault(e.seq, {}).setdefault(e.hash, e)
+        held: dict[int, dict[str, VerifiedEvent]] = self._held.pop(bus_id, {})
         plan = BusPlan(bus_id)
         next_seq, prev = position.next_seq, position.prev
         new_hashes: dict[int, str] = {}
-        held: dict[int, dict[str, VerifiedEvent]] = {}
-        for seq in sorted(pending):
-            cands = pending[seq]
-            if seq == next_seq:
-                linked = next((e for e in cands.values() if e.event["prev"] == prev), None)
-                if linked is None:
-                    for e in cands.values():
-                        plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {prev}"))
-                    continue
-                plan.store.append(linked)
-                new_hashes[seq] = linked.hash
-                next_seq, prev = seq + 1, linked.hash
-                cands = {h: e for h, e in cands.items() if h != linked.hash}
-            if seq < next_seq:
-                stored = new_hashes.get(seq) or stored_hashes.get(seq)
-                if stored is None:
-                    raise ValueError(f"bus {bus_id}: stored hash of seq {seq} not given")
-                for h, e in cands.items():
-                    if h == stored:
-                        plan.duplicates += 1
-                    else:
-                        plan.rejected.append(
-                            _reject(e, "chain_conflict", f"seq {seq} is stored with hash {stored}")
-                        )
+
+        def stored_at(seq: int) -> str:
+            h = new_hashes.get(seq) or stored_hashes.get(seq)
+            if h is None:
+                raise ValueError(f"bus {bus_id}: stored hash of seq {seq} not given")
+            return h
+
+        def prev_at(seq: int) -> str | None:
+            if seq == 1:
+                return GENESIS_PREV
+            if seq == position.next_seq:  # the committed head
+                return position.prev
+            return new_hashes.get(seq - 1) or stored_hashes.get(seq - 1)
+
+        def below(e: VerifiedEvent) -> None:
+            stored = stored_at(e.seq)
+            if e.hash == stored:
+                plan.duplicates += 1
             else:
-                held[seq] = cands
+                plan.rejected.append(_conflict(e, e.seq, stored, prev_at(e.seq)))
+
+        def link(e: VerifiedEvent) -> bool:
+            nonlocal next_seq, prev
+            if e.event["prev"] != prev:
+                plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {prev}"))
+                return False
+            plan.store.append(e)
+            new_hashes[e.seq] = e.hash
+            next_seq, prev = e.seq + 1, e.hash
+            return True
+
+        def drain() -> None:
+            while next_seq in held:
+                cands = list(held.pop(next_seq).values())
+                chosen = next((c for c in cands if c.event["prev"] == prev), cands[0])
+                link(chosen)
+                for c in cands:
+                    if c is chosen:
+                        continue
+                    if c.seq < next_seq:  # the chosen one linked
+                        below(c)
+                    else:  # none links
+                        plan.rejected.append(_reject(c, "prev_mismatch", f"prev != {prev}"))
+
+        # What other workers stored since these were held: settle them first.
+        for seq in sorted(s for s in held if s < next_seq):
+            for e in held.pop(seq).values():
+                below(e)
+        drain()
+        # Then the new events, one by one in arrival order: the decisions of
+        # backend._settle.Settler.take, whatever the batching.
+        for e in events:
+            if e.seq < next_seq:
+                below(e)
+            elif e.hash in held.get(e.seq, {}):
+                plan.duplicates += 1
+            elif e.seq > next_seq:
+                held.setdefault(e.seq, {})[e.hash] = e
+            elif link(e):
+                drain()
         # Bound the held set: keep the lowest seqs (they fill the gap first).
         if sum(len(c) for c in held.values()) > self.max_held_per_bus:
             kept: dict[int, dict[str, VerifiedEvent]] = {}
@@ -448,11 +487,32 @@ class IngestCore:
         """Events held over all buses."""
         return sum(len(c) for h in self._held.values() for c in h.values())
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """The held state, to :meth:`restore` when a planned transaction did not commit."""
+        held = {b: {s: dict(c) for s, c in h.items()} for b, h in self._held.items()}
+        return held, dict(self._held_since), dict(self._last_resend)
+
+    def restore(self, state: tuple[Any, ...]) -> None:
+        """Go back to a :meth:`snapshot` (plans are made as if they commit)."""
+        self._held, self._held_since, self._last_resend = state
+
     def forget(self, bus_id: str) -> None:
         """Drop everything held for a bus (e.g. after its device was revoked)."""
         self._held.pop(bus_id, None)
         self._held_since.pop(bus_id, None)
         self._last_resend.pop(bus_id, None)
+
+
+def _conflict(e: VerifiedEvent, seq: int, stored: str, here: str | None) -> Rejection:
+    """Another record than the stored one at ``seq``: which of the two reasons.
+
+    ``prev_mismatch`` when it does not even link to the record before (``here``), else
+    ``chain_conflict`` (it links, but differs from what is stored): the same rule as
+    :class:`backend._settle.Settler`, whatever order or batching the records came in.
+    """
+    if here is not None and e.event["prev"] != here:
+        return _reject(e, "prev_mismatch", f"seq {seq}: prev != {here}")
+    return _reject(e, "chain_conflict", f"seq {seq} is stored with hash {stored}")
 
 
 def _reject(e: VerifiedEvent, reason: str, detail: str) -> Rejection:
@@ -491,8 +551,10 @@ class BatchResult:
         resends: ``{bus_id: (from_seq, to_seq)}`` to request.
         stored: events stored.
         duplicates: duplicate events.
-        quarantined: rejections stored in ``quarantine``.
+        quarantined: rejections (stored in ``quarantine`` or, over the budget, only
+            counted).
         malformed: unusable payloads.
+        rejected: the rejections by reason (one of :data:`QUARANTINE_REASONS`).
     """
 
     acks: dict[str, int] = field(default_factory=dict)
@@ -501,6 +563,7 @@ class BatchResult:
     duplicates: int = 0
     quarantined: int = 0
     malformed: int = 0
+    rejected: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class _EventIdConflict(Exception):
@@ -630,13 +693,16 @@ class Ingestor:
         *,
         careful: bool,
     ) -> BatchResult:
+        state = self.core.snapshot()
         try:
             plans = await self._transaction(groups, rejections, careful=careful)
         except _EventIdConflict:
+            self.core.restore(state)
             if careful:  # pragma: no cover - the careful pass removes every conflict
                 raise StoreError("event_id conflict persisted") from None
             return await self._commit(groups, rejections, result, careful=True)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
+            self.core.restore(state)
             STORE_ERRORS.inc()
             raise StoreError(f"ingest transaction failed: {exc}") from exc
         for plan in plans:
@@ -675,6 +741,7 @@ class Ingestor:
                 stored=r.store,
             )
         result.quarantined += len(rejections)
+        result.rejected.update(r.reason for r in rejections)
         EVENTS_HELD.set(self.core.held_count())
         # The events are committed (and may be acked) whatever happens here: the
         # quarantine rows go in a transaction of their own, so no rejected input can

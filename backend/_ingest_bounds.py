@@ -14,6 +14,7 @@ Both are plain synchronous code fed timestamps; the ingest adapters own the cloc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ def ledger_problem(ev: Mapping[str, Any]) -> str | None:
 
 
 _SEQ_KEY = b',"seq":'
+_B64 = re.compile(r"[A-Za-z0-9+/=]*")
 
 
 def signed_and_full(ev: Mapping[str, Any]) -> tuple[bytes, bytes]:
@@ -67,10 +69,12 @@ def signed_and_full(ev: Mapping[str, Any]) -> tuple[bytes, bytes]:
         return signed, signed
     at = signed.rfind(_SEQ_KEY)
     end = signed.find(b",", at + len(_SEQ_KEY))
-    sig = canonical_bytes(ev["sig"])
+    sig = ev["sig"]
+    # a valid sig is base64 (nothing to escape); anything else is serialised properly
+    sig_json = b'"' + sig.encode("ascii") + b'"' if _B64.fullmatch(sig) else canonical_bytes(sig)
     if at < 0 or end < 0:  # pragma: no cover - validate_event guarantees seq is not last
         return signed, canonical_bytes(ev)
-    return signed, signed[:end] + b',"sig":' + sig + signed[end:]
+    return signed, signed[:end] + b',"sig":' + sig_json + signed[end:]
 
 
 @dataclass(slots=True)

@@ -262,6 +262,12 @@ class _SeenHashes:
         self._flat = array("Q")
         self._sparse: dict[int, int] = {}
 
+    def items(self) -> Iterator[tuple[int, int]]:
+        """``(seq, prefix)`` of every seq taken, in seq order."""
+        base = self._base
+        flat = [] if base is None else [(base + i, v) for i, v in enumerate(self._flat) if v]
+        yield from sorted([*flat, *self._sparse.items()])
+
     def get(self, seq: int) -> int | None:
         """The prefix stored for ``seq`` (low bit set), or ``None``."""
         base = self._base
@@ -392,7 +398,7 @@ class Settler:
             if seen == prefix:
                 self.stats.duplicates += 1
             else:
-                self.reject("chain_conflict")
+                self.reject(self._conflict_reason(bus, c))
             return
         if any(p.digest == c.digest for p in bus.pending.get(seq, ())):
             self.stats.duplicates += 1
@@ -404,11 +410,9 @@ class Settler:
             return
         self._event_ids[c.event_id] = here
         if bus.next_seq is None:
-            bus.next_seq = seq
-            if seq != 1:
-                # a slice of a longer chain: its first link cannot be checked here
-                self.stats.warnings["chain_start_unverified"] += 1
-                bus.prev = c.prev
+            # like online ingest, a chain starts at seq 1; a file holding only a slice of
+            # a longer chain is settled from its first seq by flush_pending, at the end
+            bus.next_seq = 1
         if seq < bus.next_seq:
             # below the chain head but never seen: the chain passed it as a gap
             self.stats.warnings["late_event"] += 1
@@ -428,14 +432,27 @@ class Settler:
             return
         self._accept(bus, c, link=True)
 
+    def _conflict_reason(self, bus: _Bus, c: Checked) -> str:
+        """Another record than the one taken at ``c.seq``: which of the two reasons.
+
+        ``prev_mismatch`` when it does not even link to the record before, else
+        ``chain_conflict``: the same rule as online ingest's plan.
+        """
+        if c.seq == 1:
+            return "prev_mismatch" if c.prev != GENESIS_PREV else "chain_conflict"
+        here = bus.seen.get(c.seq - 1)
+        if here is not None and int(c.prev[:16], 16) | 1 != here:
+            return "prev_mismatch"
+        return "chain_conflict"
+
     def _drain(self, bus: _Bus) -> None:
         while bus.next_seq is not None and bus.next_seq in bus.pending:
             candidates = bus.pending.pop(bus.next_seq)
             chosen = next((c for c in candidates if c.prev == bus.prev), candidates[0])
+            self._link(bus, chosen)
             for c in candidates:
                 if c is not chosen:
-                    self.reject("chain_conflict")
-            self._link(bus, chosen)
+                    self.reject(self._conflict_reason(bus, c))
 
     def _accept(self, bus: _Bus, c: Checked, *, link: bool) -> None:
         bus.seen.put(c.seq, int(c.digest[:16], 16))
@@ -482,6 +499,14 @@ class Settler:
             rssi_med=seg.rssi_med,
         )
 
+    def links(self) -> dict[str, list[tuple[int, int]]]:
+        """Per bus, ``(seq, hash prefix)`` of every chain record taken so far.
+
+        The hash prefix is the first 63 bits of the record's hash (``int(h[:16], 16) | 1``):
+        what the ledger of online ingest holds, for comparing the two.
+        """
+        return {b: list(bus.seen.items()) for b, bus in sorted(self._buses.items())}
+
     # ---------------------------------------------------------------- output
 
     def flush_pending(self) -> None:
@@ -490,7 +515,10 @@ class Settler:
             bus = self._buses[bus_id]
             while bus.pending:
                 first = min(bus.pending)
-                if bus.next_seq is not None:
+                if next(bus.seen.items(), None) is None:
+                    # a slice of a longer chain: its first link cannot be checked here
+                    self.stats.warnings["chain_start_unverified"] += 1
+                elif bus.next_seq is not None:
                     self.stats.warnings["chain_gap"] += first - bus.next_seq
                 candidates = bus.pending[first]
                 bus.next_seq = first

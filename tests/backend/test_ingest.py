@@ -128,7 +128,7 @@ def test_plan_duplicates_are_acked_no_ops() -> None:
     stored = {e.seq: e.hash for e in evs}
     p = c.plan(BUS, pos, evs + evs[:1], stored, now=0)
     assert p.store == []
-    assert p.duplicates == 3
+    assert p.duplicates == 4  # every copy counts (as offline settle counts them)
     assert p.ack_upto == 3
     assert p.rejected == []
 
@@ -140,7 +140,9 @@ def test_plan_conflict_under_existing_seq_is_quarantined() -> None:
     pos = ChainPosition(3, CHAIN[2]["prev"])
     stored = {1: CHAIN[1]["prev"], 2: CHAIN[2]["prev"]}
     p = c.plan(BUS, pos, evs, stored, now=0)
-    assert [(r.reason, r.seq) for r in p.rejected] == [("chain_conflict", 1), ("chain_conflict", 2)]
+    # seq 1 links (to genesis) but differs: a conflict; seq 2 does not even link to the
+    # stored seq 1: a prev mismatch (the rule settle applies too)
+    assert [(r.reason, r.seq) for r in p.rejected] == [("chain_conflict", 1), ("prev_mismatch", 2)]
     assert p.ack_upto == 2
 
 
@@ -200,7 +202,7 @@ def test_plan_held_events_stored_elsewhere_become_duplicates() -> None:
     c.plan(BUS, ChainPosition(), verified(c, CHAIN[3:5]), {}, now=0)
     # Another worker stored 1..6 meanwhile.
     pos = ChainPosition(7, CHAIN[6]["prev"])
-    assert c.past_seqs(BUS, pos, []) == [4, 5]
+    assert c.past_seqs(BUS, pos, []) == [3, 4, 5]  # and the seq before each (its prev)
     p = c.plan(BUS, pos, [], {4: CHAIN[4]["prev"], 5: CHAIN[5]["prev"]}, now=1)
     assert p.duplicates == 2
     assert p.held == 0

@@ -148,9 +148,12 @@ async def test_chain_conflict_and_revoked_device(engine: AsyncEngine) -> None:
     fork = make_events("B1", key, 3, t0=1_700_000_000.0)
     ing = await make_ingestor(engine)
     await ing.ingest([("B1", batch_payload("B1", chain))])
-    res = await ing.ingest([("B1", batch_payload("B1", fork[1:2]))])
+    # another record at seq 2 that links to the stored seq 1: a conflict; one of
+    # another chain (it does not link to the stored seq 1): a prev mismatch
+    variant = sign_event(dict(chain[1], distance_m=1.0), key)
+    res = await ing.ingest([("B1", batch_payload("B1", [variant, fork[1]]))])
     assert res.acks == {"B1": 3}
-    assert await quarantined(engine) == [("B1", 2, "chain_conflict")]
+    assert await quarantined(engine) == [("B1", 2, "chain_conflict"), ("B1", 2, "prev_mismatch")]
     async with engine.begin() as conn:
         await conn.execute(devices.update().values(revoked_at=5.0).where(devices.c.bus_id == "B1"))
     await ing.refresh_devices()
