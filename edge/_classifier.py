@@ -307,6 +307,53 @@ class PresenceClassifier:
         self._grace = p.board_grace_s
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
+        self._resume_t = float("-inf")
+        """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
+        self._down: tuple[float, float] | None = None
+        """The last restart's downtime: the latest time restored, the first time after."""
+
+    DERIVED = frozenset(
+        {
+            "_tau",
+            "_thr",
+            "_gap",
+            "_base_tau",
+            "_fade_drop",
+            "_far",
+            "_span_gap",
+            "_run_gap",
+            "_grace",
+            "_rot_slack",
+            "_rot_end",
+            "_slot_s",
+            "_down",
+            "_resume_t",
+        }
+    )
+    """Attributes derived from the parameters (not part of a checkpoint)."""
+
+    def resume(self, t: float) -> None:
+        """The pipeline was restored from a checkpoint and runs again from ``t``.
+
+        While it was down nothing was heard: riders on board, candidates and rotated
+        rids waiting for a pair get their full timeouts from ``t`` instead of fading at
+        once (a restart is not an alighting).
+        """
+        self._resume_t = t
+        self._down = (self._t, t)
+        self._next_tick = float("-inf")
+        self._dirty = True
+
+    def _windows(self, last_t: float) -> tuple[float, ...]:
+        """The times a rid's successor may first be heard from.
+
+        Its last advert, and the restart if it stopped before the pipeline went down
+        (the successor could not be heard meanwhile).
+        """
+        down = self._down
+        if down is not None and last_t <= down[0]:
+            return (last_t, down[1])
+        return (last_t,)
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -487,7 +534,12 @@ class PresenceClassifier:
         r = _Rid(rid, interval, token_t)
         r.reset(t, odo, raw, rssi)
         r.run_odo = odo
-        r.rot = token_t - interval * INTERVAL_S < self._rot_slack
+        into = token_t - interval * INTERVAL_S
+        r.rot = into < self._rot_slack
+        down = self._down
+        if not r.rot and down is not None and t - down[1] < self._rot_slack:
+            # first heard just after a restart: its interval may have begun while down
+            r.rot = into < self._rot_slack + (t - down[0])
         self._rids[rid] = r
         if at_stop:
             self._dirty = self._dirty or r.rot
@@ -527,7 +579,7 @@ class PresenceClassifier:
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:
-                if t - r.last_in_t > p.fade_timeout_s:
+                if t - max(r.last_in_t, self._resume_t) > p.fade_timeout_s:
                     try:
                         self._close(r, Event.FADE, out)
                     except Exception as exc:
@@ -588,7 +640,7 @@ class PresenceClassifier:
         if v.close_t is None or v.close_odo_m is None:
             return
         p = self.params
-        recent = t - r.last_in_t <= p.fade_timeout_s
+        recent = t - max(r.last_in_t, self._resume_t) <= p.fade_timeout_s
         away = (
             r.n_far >= p.confirm_adverts
             and r.last_in_odo - v.close_odo_m >= p.confirm_distance_m
@@ -669,7 +721,7 @@ class PresenceClassifier:
 
     def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
         p = self.params
-        if t - r.last_in_t > p.fade_timeout_s:
+        if t - max(r.last_in_t, self._resume_t) > p.fade_timeout_s:
             self._drop(r, Event.FADE, out)
             return
         if (
@@ -711,7 +763,15 @@ class PresenceClassifier:
             self._emit(old, end, end_odo, out)
 
     def _near_end(self, r: _Rid) -> bool:
-        return r.last_token_t >= r.interval * INTERVAL_S + self._rot_end
+        """Whether the rid stopped because its interval ended (it may have rotated)."""
+        if r.last_token_t >= r.interval * INTERVAL_S + self._rot_end:
+            return True
+        down = self._down  # its interval ended while the pipeline was down
+        return (
+            down is not None
+            and r.last_t <= down[0]
+            and down[1] - r.d_min >= (r.interval + 1) * INTERVAL_S - self._rot_slack
+        )
 
     def _keep_for_pairing(self, old: _Rid, kind: int, visit: StopVisit | None) -> bool:
         """Keep a rid that stopped at its interval's end for the joint rotation pairing."""
@@ -736,8 +796,11 @@ class PresenceClassifier:
         same BLE address (phones keep theirs) wins.
         """
         p = self.params
-        dt = new.first_t - old.last_t
-        if not -4.0 <= dt <= p.rotation_gap_s:
+        for start in self._windows(old.last_t):
+            dt = new.first_t - start
+            if -4.0 <= dt <= p.rotation_gap_s:
+                break
+        else:
             return None
         gap = abs(new.d_min - old.d_min)
         if gap > p.skew_tolerance_s:
@@ -794,7 +857,6 @@ class PresenceClassifier:
         p = self.params
         idx = self._news_index()
         nxt = old.interval + 1
-        lo, hi = old.last_t - 4.0, old.last_t + p.rotation_gap_s
         tol = p.skew_tolerance_s
         found: dict[bytes, float] = {}
         if old.addr:
@@ -805,7 +867,15 @@ class PresenceClassifier:
                 if cost is not None:
                     return [(cost, new.rid)]  # the same address wins any pairing
         d0 = old.d_min
-        for k in range(math.floor(lo / self._slot_s), math.floor(hi / self._slot_s) + 1):
+        keys = {
+            k
+            for start in self._windows(old.last_t)
+            for k in range(
+                math.floor((start - 4.0) / self._slot_s),
+                math.floor((start + p.rotation_gap_s) / self._slot_s) + 1,
+            )
+        }
+        for k in sorted(keys):
             lst = idx.slots.get((nxt, k))
             if not lst:
                 continue
@@ -824,10 +894,10 @@ class PresenceClassifier:
                     n = lst[j][1]
                     j -= 1
                 new = self._rids.get(n)
-                if new is None or n in found or not lo <= new.first_t <= hi:
+                if new is None or n in found:
                     continue
+                cost = self._pair_cost(old, new)  # None outside its time windows
                 seen += 1
-                cost = self._pair_cost(old, new)
                 if cost is not None:
                     found[n] = cost
         best = sorted((c, n) for n, c in found.items())
@@ -866,7 +936,7 @@ class PresenceClassifier:
                 if k != kind:
                     continue
                 cand = self._edges.get(o)
-                if cand is None or self._t <= old.last_t + open_s:  # its window may still fill
+                if cand is None or self._t <= self._windows(old.last_t)[-1] + open_s:
                     cand = self._edges[o] = self._candidates(old)
                 for cost, n in cand:
                     new = news.get(n)
@@ -900,7 +970,7 @@ class PresenceClassifier:
         """Close the old rids that no new rid took within ``rotation_settle_s``."""
         paired = set(self._match.values())
         for o, (old, kind, _) in sorted(self._olds.items()):
-            if o in paired or t - old.last_t <= self.params.rotation_settle_s:
+            if o in paired or t - max(old.last_t, self._resume_t) <= self.params.rotation_settle_s:
                 continue
             self._forget_old(o)
             if kind == _PRED_ONBOARD:

@@ -50,10 +50,12 @@ from busbell import (
 )
 from edge._bells import BellCore
 from edge._bells_mqtt import BellRelay
+from edge._checkpoint import Checkpointer
 from edge._clock import GnssClock
 from edge._driver_page import DriverDisplay, serve_driver_page
 from edge._events import EventBuilder
 from edge._keyring import Denylist, FleetKeyring
+from edge._pipeline import EdgePipeline
 from edge._segment import SegmentDraft
 from edge._source import AdvertisementSource
 from edge._store import FareStore
@@ -221,6 +223,7 @@ class EdgeDaemon:
         self._adverts: collections.deque[AdvRecord] = collections.deque()
         self._vehicle: collections.deque[TraceRecord] = collections.deque()
         self._pending: list[SegmentDraft] = []
+        self._checkpointer: Checkpointer | None = None
         self._wake = asyncio.Event()
         self._status_now = asyncio.Event()
         self._stop = asyncio.Event()
@@ -360,7 +363,10 @@ class EdgeDaemon:
             return
         assert self.store is not None
         try:
-            await self.store.append_many(self._pending)
+            if self._checkpointer is not None:  # with the pipeline's state, one transaction
+                await self._checkpointer.record(self._pending)
+            else:
+                await self.store.append_many(self._pending)
         except StoreError as exc:
             self.stats.store_retries += 1
             _log.error("fare_store_failed", op="append", pending=len(self._pending), error=str(exc))
@@ -388,6 +394,8 @@ class EdgeDaemon:
                 bells.set_on_board(self.pipeline.on_board())
             if drafts or self._pending:
                 await self._record(drafts)
+            elif self._checkpointer is not None and self._checkpointer.due():
+                await self._checkpointer.save()
             if self.pipeline.on_board() != self._last_on_board:
                 self._status_now.set()
             if self._pending:
@@ -624,6 +632,12 @@ class EdgeDaemon:
             busbell.StoreError: when the fare store cannot be opened.
         """
         self.store = await FareStore.open(self.config.store, self.builder, clock=time.time)
+        if isinstance(self.pipeline, EdgePipeline):
+            # open presences survive a restart (edge/_checkpoint.py)
+            self._checkpointer = Checkpointer(
+                self.pipeline, self.store, self.config.classifier.checkpoint_s
+            )
+            await self._checkpointer.restore()
         self.uploader = FareUploader(
             self.store, self.bus_id, self.topics, self.config.uplink, clock=time.time
         )

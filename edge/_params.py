@@ -197,6 +197,11 @@ class ClassifierParams:
         900.0, doc="rids not heard for this long are forgotten (a rid lives 600 s)"
     )
     tick_s: float = option(0.5, doc="how often (trace time) timeouts are evaluated")
+    checkpoint_s: float = option(
+        10.0,
+        doc="the daemon checkpoints the classifier's open presences in its store this often"
+        " (trace time) and with every fare event, so a restart loses no ride; 0: never",
+    )
 
     # --- vehicle: stops, motion, GNSS ---------------------------------------------------
     stop_radius_m: float = option(

@@ -13,8 +13,11 @@ advert never takes the daemon and every ride in progress down with it.
 
 from __future__ import annotations
 
+import io
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from busbell import (
     AdvRecord,
@@ -30,7 +33,7 @@ from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
 from edge._vehicle import VehicleContext, VehicleEvent
 
-__all__ = ["EdgePipeline", "PipelineStats"]
+__all__ = ["CheckpointError", "EdgePipeline", "PipelineStats"]
 
 log = get_logger("edge.pipeline")
 
@@ -39,6 +42,56 @@ _BELL_FLAGS = 0b011
 """ALIGHT_REQUEST | ASSIST: the flags the bell relay hears (with whether the rid is on board)."""
 
 FlagListener = Callable[[float, bytes, int, bool], None]
+
+
+_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_CLASSES = frozenset(
+    {
+        ("edge._classifier", "_Rid"),
+        ("edge._vehicle", "StopVisit"),
+        ("edge._segment", "SegmentEnd"),
+        ("collections", "deque"),
+        ("array", "array"),
+        ("array", "_array_reconstructor"),
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+        ("builtins", "float"),
+    }
+)
+"""The only classes a checkpoint may name (the unpickler refuses every other one)."""
+_NOT_SAVED = frozenset({"params", "feed", "_grid", "_index", "_cache", "verifier", "vehicle"})
+"""Configuration, the GTFS feed and caches: rebuilt, never checkpointed."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored (other format or code version, corrupt)."""
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CHECKPOINT_CLASSES:
+            raise CheckpointError(f"checkpoint names {module}.{name}, which is not allowed")
+        return super().find_class(module, name)
+
+
+_PIPELINE_SAVED = (
+    "adverts_seen",
+    "adverts_accepted",
+    "no_company_id",
+    "rejected",
+    "errors",
+    "_next_tick",
+    "_t",
+)
+
+
+def _state(obj: object, derived: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """An object's data attributes, without configuration, caches and hooks (callables)."""
+    return {
+        k: v
+        for k, v in vars(obj).items()
+        if k not in _NOT_SAVED and k not in derived and not callable(v)
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +154,66 @@ class EdgePipeline:
         self._tick_s = p.tick_s
         self._t = float("-inf")
         self._finished = False
+        self._resume_pending = False
         self.flag_listener: FlagListener | None = None
         """Called ``(t, rid, flags, on_board)`` for each accepted advert with ALIGHT/ASSIST."""
+
+    @property
+    def t(self) -> float:
+        """The time of the latest record fed (``-inf`` before the first)."""
+        return self._t
+
+    # -- checkpoint ---------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The pipeline's state (open presences, vehicle context, counters) as bytes.
+
+        What the daemon stores so that a restart (a crash, a power cut) loses no ride
+        under way: restore it into a pipeline built with the same feed and parameters.
+        Configuration, the GTFS feed and caches are not included.
+        """
+        from edge._classifier import _Rid  # the slots signature guards against old code
+
+        state = {
+            "format": _CHECKPOINT_FORMAT,
+            "rid_slots": list(_Rid.__slots__),
+            "pipeline": {k: getattr(self, k) for k in _PIPELINE_SAVED},
+            "vehicle": _state(self.vehicle),
+            "classifier": _state(self.classifier, self.classifier.DERIVED),
+        }
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, blob: bytes) -> None:
+        """Resume from :meth:`snapshot` bytes (of this code version).
+
+        Riders on board stay on board: the time the pipeline was down does not count
+        towards their fade (the first record after the restore starts a grace period of
+        ``fade_timeout_s``).
+
+        Raises:
+            CheckpointError: a checkpoint of another format or code version, or corrupt;
+                the pipeline is left as it was.
+        """
+        from edge._classifier import _Rid
+
+        try:
+            state = _Unpickler(io.BytesIO(blob)).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # any unpickling failure: not restorable
+            raise CheckpointError(f"checkpoint unreadable: {type(exc).__name__}: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise CheckpointError("checkpoint of another format")
+        if state.get("rid_slots") != list(_Rid.__slots__):
+            raise CheckpointError("checkpoint of another classifier version")
+        pipe, veh, cls = state.get("pipeline"), state.get("vehicle"), state.get("classifier")
+        if not (isinstance(pipe, dict) and isinstance(veh, dict) and isinstance(cls, dict)):
+            raise CheckpointError("checkpoint incomplete")
+        vars(self.vehicle).update(veh)
+        vars(self.classifier).update(cls)
+        vars(self).update({k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})
+        self._finished = False
+        self._resume_pending = True
 
     # -- read-only state --------------------------------------------------------------
 
@@ -154,6 +265,9 @@ class EdgePipeline:
     def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
         """Process one record; returns the segments it closed (usually none)."""
         t = rec.t
+        if self._resume_pending:  # the first record after a restore
+            self._resume_pending = False
+            self.classifier.resume(t)
         if t > self._t:  # noqa: PLR1730 - cheaper than max() on the hot path
             self._t = t
         if type(rec) is AdvRecord:

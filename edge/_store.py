@@ -55,6 +55,11 @@ _SCHEMA = (
         acked_upto INTEGER NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS events_acked_created ON events (acked, created)",
+    """CREATE TABLE IF NOT EXISTS classifier_checkpoint (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        t REAL NOT NULL,
+        state BLOB NOT NULL
+    )""",
 )
 
 _log = get_logger("edge.store")
@@ -226,12 +231,41 @@ class FareStore:
         """
         return (await self.append_many([draft]))[0]
 
+    async def save_checkpoint(self, state: bytes, t: float) -> None:
+        """Replace the classifier checkpoint (the pipeline's open presences at ``t``).
+
+        Raises:
+            busbell.StoreError: when SQLite fails (the previous checkpoint is kept).
+        """
+        async with self._lock, _translate("checkpoint"):
+            await self._db.execute(
+                "INSERT OR REPLACE INTO classifier_checkpoint (id, t, state) VALUES (1, ?, ?)",
+                (t, state),
+            )
+
+    async def load_checkpoint(self) -> tuple[float, bytes] | None:
+        """The classifier checkpoint ``(t, state)``, or ``None`` if there is none.
+
+        Raises:
+            busbell.StoreError: when SQLite fails.
+        """
+        async with _translate("checkpoint"):
+            rows = list(
+                await self._db.execute_fetchall("SELECT t, state FROM classifier_checkpoint")
+            )
+        return (float(rows[0][0]), bytes(rows[0][1])) if rows else None
+
     async def append_many(
-        self, drafts: Iterable[SegmentDraft | MissedDraft]
+        self,
+        drafts: Iterable[SegmentDraft | MissedDraft],
+        *,
+        checkpoint: tuple[bytes, float] | None = None,
     ) -> list[dict[str, Any]]:
         """Record several drafts in one transaction (all or none); returns the events.
 
         Segments and missed-stop records share the chain (``seq``, ``prev``, ``sig``).
+        With ``checkpoint=(state, t)`` the classifier checkpoint is replaced in the same
+        transaction, so a restart never emits again a segment already recorded.
 
         Raises:
             busbell.ContractError: when a draft does not make a valid event (nothing
@@ -264,6 +298,12 @@ class FareStore:
                     await db.execute(
                         "UPDATE chain SET last_seq = ?, prev = ? WHERE id = 1", (seq, prev)
                     )
+                    if checkpoint is not None:
+                        await db.execute(
+                            "INSERT OR REPLACE INTO classifier_checkpoint (id, t, state) "
+                            "VALUES (1, ?, ?)",
+                            (checkpoint[1], checkpoint[0]),
+                        )
                     await db.execute("COMMIT")
                 except BaseException:
                     await self._rollback()

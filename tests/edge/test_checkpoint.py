@@ -1,0 +1,252 @@
+"""Open presences survive a restart (issue 11).
+
+The pipeline's state is checkpointed in the fare store with every recorded segment and
+every ``checkpoint_s``; after a SIGKILL mid-trip the restarted process restores it and
+goes on. The rides settled from what the killed-and-restarted run recorded are compared
+with the rides of the same trace replayed without the kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backend._fare_engine import FareEngine
+from backend._fare_rules import load_rules
+from backend._journeys import JourneyBuilder, Segment
+from busbell import DeviceKey, Feed, TraceRecord, configure_logging, load_gtfs
+from edge._bench_classifier import (
+    BusPlan,
+    SynthToken,
+    replay,
+    synth_trace,
+    token_of,
+    verifier_for,
+    write_gtfs,
+)
+from edge._checkpoint import Checkpointer
+from edge._events import EventBuilder
+from edge._params import ClassifierParams
+from edge._pipeline import CheckpointError, EdgePipeline
+from edge._segment import SegmentDraft
+from edge._store import FareStore
+
+KEY = DeviceKey.from_seed(bytes(range(32)))
+T0 = 1_790_000_100.0  # the rid boundary at 1_790_000_400 falls mid-trip
+
+
+def world(tmp: Path) -> tuple[Feed, list[TraceRecord], list[SynthToken]]:
+    feed = load_gtfs(write_gtfs(tmp / "g", 8, 800.0))
+    rng = random.Random(11)
+    toks = []
+    for _ in range(12):
+        b = rng.randrange(0, 4)
+        toks.append(
+            SynthToken(
+                rng.randbytes(16),
+                board=b,
+                alight=rng.randrange(b + 2, 8),
+                adv_interval_s=rng.choice([0.25, 0.5, 1.0]),
+                loss_db=rng.uniform(0, 10),
+            )
+        )
+    toks.append(SynthToken(rng.randbytes(16), kind="bystander", board=2))
+    recs, _ = synth_trace(BusPlan(t0=T0, n_stops=8, spacing_m=800.0), toks, seed=4)
+    return feed, recs, toks
+
+
+def quiet_moments(recs: list[TraceRecord], before: float, after: float) -> list[float]:
+    """Times at which the bus drives on: no door change from ``before`` s earlier to
+    ``after`` s later (a door change while the edge is down is never seen: the ride
+    it begins or ends is not under way, it is unobservable)."""
+    from busbell import DoorRecord
+
+    doors = [r.t for r in recs if isinstance(r, DoorRecord)]
+    out = []
+    t = doors[0] + 20.0
+    while t < doors[-1] - after:
+        if not any(t - before <= d <= t + after for d in doors):
+            out.append(t)
+        t += 1.0
+    return out
+
+
+def rides(feed: Feed, drafts: list[SegmentDraft], toks: list[SynthToken]) -> list[tuple[str, ...]]:
+    """The charged rides (token, board stop, alight stop) settled from the drafts."""
+    segs = []
+    for n, d in enumerate(drafts, 1):
+        k = token_of(d, toks)
+        assert k is not None
+        ev = {**d.to_event_fields(), "bus_id": "B", "seq": n, "event_id": f"e{n}"}
+        segs.append(Segment.from_event(ev, rider_id=f"tok{k:02d}"))
+    builder = JourneyBuilder(FareEngine(load_rules()), feed)
+    out = [
+        (leg.rider_id, str(leg.board_stop_id), str(leg.alight_stop_id))
+        for j in builder.build(segs)
+        if j.charged
+        for leg in j.legs
+    ]
+    return sorted(out)
+
+
+def test_snapshot_restore_mid_trip_loses_no_ride(tmp_path: Path) -> None:
+    feed, recs, toks = world(tmp_path)
+    whole, _ = replay(feed, recs)
+    expected = rides(feed, whole, toks)
+    assert len(expected) == 12
+    # riders on board, the bus driving on
+    kill_t = next(t for t in quiet_moments(recs, 2.0, 42.0) if t > T0 + 150)
+    assert kill_t < T0 + 300  # before the rid boundary (T0 + 300)
+    first = EdgePipeline("B", feed, verifier_for(recs))
+    got: list[SegmentDraft] = []
+    for r in recs:
+        if r.t > kill_t:
+            break
+        got.extend(first.feed(r))
+    blob = first.snapshot()
+    assert first.on_board() > 0
+    second = EdgePipeline("B", feed, verifier_for(recs))
+    second.restore(blob)
+    assert second.on_board() == first.on_board()
+    for r in recs:  # down for 40 s: nothing heard, then on
+        if r.t > kill_t + 40.0:
+            got.extend(second.feed(r))
+    got.extend(second.finish(recs[-1].t + 1.0))
+    assert second.stats.errors == {}
+    assert rides(feed, got, toks) == expected
+
+
+def test_a_bad_checkpoint_is_refused_and_leaves_the_pipeline_as_it_was(tmp_path: Path) -> None:
+    import pickle
+
+    feed, recs, _ = world(tmp_path)
+    pipe = EdgePipeline("B", feed, verifier_for(recs))
+    for blob in (
+        b"not a pickle",
+        pickle.dumps({"format": 99}),
+        pickle.dumps({"format": 1, "rid_slots": ["x"]}),
+        pickle.dumps(os.system),  # names a class the checkpoint may not name
+    ):
+        with pytest.raises(CheckpointError):
+            pipe.restore(blob)
+    assert pipe.on_board() == 0
+    assert pipe.stats.adverts_seen == 0
+
+
+# -- SIGKILL mid-trip, restart -------------------------------------------------------------
+
+
+async def _run(db: str, gtfs: str, trace: str, resume_after: float) -> None:
+    """Replay ``trace`` into a file store as the daemon records (checkpoint every 5 s):
+    print each record's time after it is fed and its segments are committed."""
+    configure_logging("warning")
+    from busbell import TraceReader
+
+    feed = load_gtfs(Path(gtfs))
+    with open(trace, encoding="utf-8") as fp:
+        recs = list(TraceReader(fp))
+    pipe = EdgePipeline("B", feed, verifier_for(recs))
+    store = await FareStore.open(db, EventBuilder("B", KEY), clock=time.time)
+    cp = Checkpointer(pipe, store, ClassifierParams(checkpoint_s=5.0).checkpoint_s)
+    await cp.restore()
+    out = sys.stdout
+    for r in recs:
+        if r.t <= resume_after:
+            continue
+        drafts = pipe.feed(r)
+        if drafts:
+            await cp.record(drafts)
+        elif cp.due():
+            await cp.save()
+        out.write(f"{r.t}\n")
+        out.flush()
+    drafts = pipe.finish(recs[-1].t + 1.0)
+    if drafts:
+        await cp.record(drafts)
+    await store.close()
+    out.write("done\n")
+    out.flush()
+
+
+def _start(db: Path, gtfs: Path, trace: Path, resume_after: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, str(db), str(gtfs), str(trace), str(resume_after)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_mid_trip_then_restart_loses_no_ride(tmp_path: Path) -> None:
+    from busbell import TraceWriter
+
+    feed, recs, toks = world(tmp_path)
+    whole, _ = replay(feed, recs)
+    expected = rides(feed, whole, toks)
+    trace = tmp_path / "trace.jsonl"
+    with trace.open("w", encoding="utf-8") as fp:
+        w = TraceWriter(fp, "B")
+        for r in recs:
+            w.write(r)
+    db = tmp_path / "fares.db"
+    # mid-trip, the bus driving on: no door change from the last checkpoint (5 s) until
+    # after the restart (30 s later)
+    kill_t = random.choice([t for t in quiet_moments(recs, 7.0, 32.0) if t > T0 + 150])
+    proc = _start(db, tmp_path / "g", trace, float("-inf"))
+    assert proc.stdout is not None
+    last = float("-inf")
+    for line in proc.stdout:
+        last = float(line)
+        if last >= kill_t:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)  # reap it and close its pipes
+    assert proc.returncode == -signal.SIGKILL
+    assert last >= kill_t, "the run ended before the kill"
+    # the bus restarts 30 s later: what was heard meanwhile is lost
+    again = _start(db, tmp_path / "g", trace, kill_t + 30.0)
+    stdout, stderr = again.communicate(timeout=240)
+    assert again.returncode == 0, stderr
+    assert stdout.rstrip().endswith("done")
+    drafts = asyncio.run(_drafts(db))
+    assert rides(feed, drafts, toks) == expected
+
+
+async def _drafts(db: Path) -> list[SegmentDraft]:
+    from edge._segment import SegmentEnd
+
+    store = await FareStore.open(db, EventBuilder("B", KEY))
+    try:
+        events = [json.loads(e.data) for e in await store.unacked(100_000)]
+    finally:
+        await store.close()
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    return [
+        SegmentDraft(
+            rid=e["rid"],
+            interval=e["interval"],
+            route_id=e["route_id"],
+            trip_id=e["trip_id"],
+            start=SegmentEnd(e["start"]["t"], e["start"]["stop_id"], e["start"]["cause"]),
+            end=SegmentEnd(e["end"]["t"], e["end"]["stop_id"], e["end"]["cause"]),
+            distance_m=e["distance_m"],
+            proof_first=e["proof"]["first"],
+            proof_last=e["proof"]["last"],
+            evidence=e["evidence"],
+        )
+        for e in events
+    ]
+
+
+if __name__ == "__main__":
+    asyncio.run(_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])))
