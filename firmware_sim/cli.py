@@ -73,7 +73,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=_RAW,
         epilog=f"examples:\n  {prog} score --scale small\n"
         f"  {prog} score --scale full --seed 1 --write-docs docs/accuracy.md\n"
-        f"  {prog} score --scenarios quiet_route,gnss_tunnel --keep /tmp/score",
+        f"  {prog} score --scenarios quiet_route,gnss_tunnel --keep /tmp/score\n"
+        f"  {prog} score --sweep --scale small --seeds 5,6",
     )
     so.add_argument("--scale", choices=["small", "full"], default=None)
     so.add_argument("--seed", type=int, default=None)
@@ -81,6 +82,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     so.add_argument("--write-docs", type=Path, default=None, help="write the Markdown report")
     so.add_argument("--keep", type=Path, default=None, help="keep the scenario dirs here")
     so.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    so.add_argument(
+        "--sweep",
+        action="store_true",
+        help="score the suite in every cell of the radio envelope (firmware_sim/_sweep.py)"
+        " and print the matrix with its worst cell (--write-docs writes it)",
+    )
+    so.add_argument(
+        "--seeds", default=None, help="with --sweep: comma-separated seeds (default: --seed)"
+    )
 
     rn = sub.add_parser(
         "run",
@@ -197,6 +207,9 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
         sys.stderr.write(f"unknown scenario(s) {unknown}; try `list`\n")
         return 2
 
+    if a.sweep:
+        return _sweep(a, cfg, names, seed, scale)
+
     from busbell._cliutil import Progress
 
     bar = Progress("scored", total=len(names), unit="scenarios")
@@ -245,6 +258,44 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
             parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
         parts.append(f"--write-docs {a.write_docs}")
         a.write_docs.write_text(render_markdown(suite, " ".join(parts)), "utf-8")
+    return 0
+
+
+def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, scale: str) -> int:
+    from firmware_sim._sweep import SweepResult, render_sweep, sweep
+
+    try:
+        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [seed]
+    except ValueError:
+        sys.stderr.write("--seeds must be comma-separated integers\n")
+        return 2
+
+    def progress(r: SweepResult) -> None:
+        s = r.overall
+        _out(
+            f"{r.cell.name:45} seed {r.seed}: exact {s.journeys_observable_exact}/"
+            f"{s.journeys_observable} missed {s.missed_observable}/{s.legs_observable} "
+            f"double {s.double_charged} bystanders {s.bystander_charged}/{s.bystander_passes}"
+        )
+        sys.stdout.flush()
+
+    try:
+        results = sweep(names, seeds, scale, cfg.generate_options(), progress=progress)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        sys.stderr.write(f"busbell: error: sim score --sweep: the pipeline failed: {exc}\n")
+        return 1
+    parts = [
+        "busbell sim score --sweep",
+        f"--scale {scale}",
+        f"--seeds {','.join(map(str, seeds))}",
+    ]
+    if a.scenarios is not None:
+        parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
+    doc = render_sweep(results, " ".join(parts))
+    _out("")
+    _out(doc)
+    if a.write_docs is not None:
+        a.write_docs.write_text(doc, "utf-8")
     return 0
 
 
