@@ -18,11 +18,13 @@ No I/O here: the callers (``settle``, the online settlement worker) feed it.
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -191,33 +193,36 @@ class RiderKeyring:
         """
         blocks = b"".join(_RID_PREFIX + (i & 0xFFFFFFFF).to_bytes(4, "big") for i in intervals)
         n = len(intervals)
-        entries: list[list[int]] = [[] for _ in intervals]
         keys = bytes(self._rid_keys)
         aes = algorithms.AES
         ecb = modes.ECB()  # noqa: S305 - one block per rid, by the token v1 contract
         revoked = self._revoked
-        from_bytes = int.from_bytes
-        # each entry packs rid[0:12] << 32 | rider index (the full rid: a lookup needs no
-        # AES to confirm a candidate)
-        if n == 1:
-            append = entries[0].append
-            for idx in range(start, len(self._ids)):
-                if revoked and idx in revoked:
-                    continue
-                off = 16 * idx
-                rid = Cipher(aes(keys[off : off + 16]), ecb).encryptor().update(blocks)
-                append(from_bytes(rid[:12]) << 32 | idx)
-        else:
-            for idx in range(start, len(self._ids)):
-                if revoked and idx in revoked:
-                    continue
-                off = 16 * idx
-                out = Cipher(aes(keys[off : off + 16]), ecb).encryptor().update(blocks)
-                for k in range(n):
-                    entries[k].append(from_bytes(out[16 * k : 16 * k + 12]) << 32 | idx)
+        riders = array(
+            "I", (i for i in range(start, len(self._ids)) if not (revoked and i in revoked))
+        )
+        # The only per-rider Python work: one AES context encrypting every interval's
+        # block. Unpacking, sorting and packing below run in C (struct, sorted, array).
+        buf = b"".join(
+            [
+                Cipher(aes(keys[16 * i : 16 * i + 16]), ecb).encryptor().update(blocks)
+                for i in riders
+            ]
+        )
         tables = []
-        for interval, packed in zip(intervals, entries, strict=True):
-            tables.append(RidTable(interval, packed))
+        first, second = itemgetter(0), itemgetter(1)
+        for k, interval in enumerate(intervals):
+            rec = struct.Struct(f">{16 * k}xQI{16 * (n - k) - 12}x")
+            prefixes = array("Q", map(first, rec.iter_unpack(buf)))
+            tails = array("I", map(second, rec.iter_unpack(buf)))
+            order = sorted(range(len(riders)), key=prefixes.__getitem__)
+            tables.append(
+                RidTable(
+                    interval,
+                    array("Q", map(prefixes.__getitem__, order)),
+                    array("I", map(tails.__getitem__, order)),
+                    array("I", map(riders.__getitem__, order)),
+                )
+            )
         return tables
 
 
@@ -231,13 +236,13 @@ class RidTable:
 
     __slots__ = ("_extra", "_idx", "_prefix", "_tail", "interval")
 
-    def __init__(self, interval: int, packed: list[int]) -> None:
-        packed.sort()
+    def __init__(
+        self, interval: int, prefix: array[int], tail: array[int], idx: array[int]
+    ) -> None:
         self.interval = interval
-        self._prefix = array("Q", [e >> 64 for e in packed])
-        self._tail = array("I", [(e >> 32) & 0xFFFFFFFF for e in packed])
-        self._idx = array("I", [e & 0xFFFFFFFF for e in packed])
-        packed.clear()
+        self._prefix = prefix
+        self._tail = tail
+        self._idx = idx
         self._extra: dict[bytes, list[int]] = {}
 
     def __len__(self) -> int:
