@@ -119,6 +119,10 @@ QUARANTINE_STORE_ERRORS = Counter(
 MESSAGES_IGNORED = Counter(
     "busbell_fare_messages_ignored", "MQTT messages on fares topics ignored", ["reason"]
 )
+GAPS_UNFILLED = Counter(
+    "busbell_fare_gaps_unfilled",
+    "Chain gaps given up on after the last re-send request (operators must look)",
+)
 EVENTS_HELD = Gauge("busbell_fare_events_held", "Out-of-order events held in memory")
 STORE_ERRORS = Counter("busbell_fare_store_errors", "Failed ingest transactions (retried by edges)")
 
@@ -185,6 +189,7 @@ class BusPlan:
         held: events now held for this bus (out of order).
         dropped: held events dropped over the bound.
         resend: ``(from_seq, to_seq)`` to request on ``fares/resend``, or ``None``.
+        gap_unfilled: ``(from_seq, to_seq)`` of a gap given up on (reported once).
     """
 
     bus_id: str
@@ -196,6 +201,18 @@ class BusPlan:
     held: int = 0
     dropped: int = 0
     resend: tuple[int, int] | None = None
+    gap_unfilled: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Gap:
+    """Re-send bookkeeping of one bus's open gap (starting at ``start``)."""
+
+    start: int
+    since: float
+    attempts: int = 0
+    last: float | None = None
+    reported: bool = False
 
 
 def _raw_text(payload: bytes) -> str:
@@ -215,6 +232,9 @@ class IngestCore:
             (``too_deep``), checked before parsing.
         max_events_per_message: messages with more events are malformed
             (``too_many_events``).
+        resend_max_s: the longest wait between two re-send requests for one gap.
+        resend_max_attempts: re-send requests for one gap before it is reported
+            (:attr:`BusPlan.gap_unfilled`) and no longer re-asked.
     """
 
     def __init__(
@@ -226,6 +246,8 @@ class IngestCore:
         max_payload_bytes: int = 4 * 1024 * 1024,
         max_nesting: int = 32,
         max_events_per_message: int = 2000,
+        resend_max_s: float = 60.0,
+        resend_max_attempts: int = 8,
     ) -> None:
         self._devices: Mapping[str, DeviceInfo] = dict(devices or {})
         self.max_held_per_bus = max_held_per_bus
@@ -234,9 +256,10 @@ class IngestCore:
         self.max_nesting = max_nesting
         self._limits = JsonLimits(max_bytes=max_payload_bytes, max_depth=max_nesting)
         self.max_events_per_message = max_events_per_message
+        self.resend_max_s = resend_max_s
+        self.resend_max_attempts = resend_max_attempts
         self._held: dict[str, dict[int, dict[str, VerifiedEvent]]] = {}
-        self._held_since: dict[str, float] = {}
-        self._last_resend: dict[str, float] = {}
+        self._gaps: dict[str, _Gap] = {}
 
     def set_devices(self, devices: Mapping[str, DeviceInfo]) -> None:
         """Replace the device registry (after a refresh or a revocation)."""
@@ -467,17 +490,38 @@ class IngestCore:
         if held:
             self._held[bus_id] = held
             plan.held = sum(len(c) for c in held.values())
-            since = self._held_since.setdefault(bus_id, now)
-            last = self._last_resend.get(bus_id)
-            if now - since >= self.resend_after_s and (
-                last is None or now - last >= self.resend_after_s
-            ):
-                plan.resend = (next_seq, min(held) - 1)
-                self._last_resend[bus_id] = now
+            self._schedule_resend(plan, next_seq, min(held) - 1, now)
         else:
-            self._held_since.pop(bus_id, None)
-            self._last_resend.pop(bus_id, None)
+            self._gaps.pop(bus_id, None)
         return plan
+
+    def _schedule_resend(self, plan: BusPlan, lo: int, hi: int, now: float) -> None:
+        """Re-request a gap that persists past the grace, with backoff, then report it.
+
+        The first request goes ``resend_after_s`` after the gap was first seen, the
+        k-th ``min(resend_max_s, resend_after_s * 2**k)`` after the one before; after
+        ``resend_max_attempts`` requests the gap is reported once
+        (:attr:`BusPlan.gap_unfilled`) and no longer re-asked (the edge still re-sends
+        everything unacked after its own ack timeout). A gap that moves (its first seq
+        changed: part of it arrived) starts over.
+        """
+        gap = self._gaps.get(plan.bus_id)
+        if gap is None or gap.start != lo:
+            gap = _Gap(start=lo, since=now)
+        if gap.attempts >= self.resend_max_attempts:
+            if not gap.reported:
+                plan.gap_unfilled = (lo, hi)
+                gap = dataclasses.replace(gap, reported=True)
+        else:
+            due = (
+                gap.since + self.resend_after_s
+                if gap.last is None
+                else gap.last + min(self.resend_max_s, self.resend_after_s * 2**gap.attempts)
+            )
+            if now >= due:
+                plan.resend = (lo, hi)
+                gap = dataclasses.replace(gap, attempts=gap.attempts + 1, last=now)
+        self._gaps[plan.bus_id] = gap
 
     def held_buses(self) -> list[str]:
         """Buses with held (out-of-order) events."""
@@ -490,17 +534,16 @@ class IngestCore:
     def snapshot(self) -> tuple[Any, ...]:
         """The held state, to :meth:`restore` when a planned transaction did not commit."""
         held = {b: {s: dict(c) for s, c in h.items()} for b, h in self._held.items()}
-        return held, dict(self._held_since), dict(self._last_resend)
+        return held, dict(self._gaps)
 
     def restore(self, state: tuple[Any, ...]) -> None:
         """Go back to a :meth:`snapshot` (plans are made as if they commit)."""
-        self._held, self._held_since, self._last_resend = state
+        self._held, self._gaps = state
 
     def forget(self, bus_id: str) -> None:
         """Drop everything held for a bus (e.g. after its device was revoked)."""
         self._held.pop(bus_id, None)
-        self._held_since.pop(bus_id, None)
-        self._last_resend.pop(bus_id, None)
+        self._gaps.pop(bus_id, None)
 
 
 def _conflict(e: VerifiedEvent, seq: int, stored: str, here: str | None) -> Rejection:
@@ -555,6 +598,8 @@ class BatchResult:
             counted).
         malformed: unusable payloads.
         rejected: the rejections by reason (one of :data:`QUARANTINE_REASONS`).
+        gaps_unfilled: ``{bus_id: (from_seq, to_seq)}`` of gaps given up on (logged
+            ``fare_gap_unfilled`` and counted, for operators).
     """
 
     acks: dict[str, int] = field(default_factory=dict)
@@ -564,6 +609,7 @@ class BatchResult:
     quarantined: int = 0
     malformed: int = 0
     rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    gaps_unfilled: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class _EventIdConflict(Exception):
@@ -725,6 +771,16 @@ class Ingestor:
                 result.acks[plan.bus_id] = plan.ack_upto
             if plan.resend is not None:
                 result.resends[plan.bus_id] = plan.resend
+            if plan.gap_unfilled is not None:
+                result.gaps_unfilled[plan.bus_id] = plan.gap_unfilled
+                GAPS_UNFILLED.inc()
+                _log().error(
+                    "fare_gap_unfilled",
+                    bus_id=plan.bus_id,
+                    from_seq=plan.gap_unfilled[0],
+                    to_seq=plan.gap_unfilled[1],
+                    attempts=self.core.resend_max_attempts,
+                )
             if plan.rejected:
                 rejections.extend(self._budget(plan.bus_id, plan.rejected))
         for r in rejections:
@@ -996,6 +1052,8 @@ class IngestWorker:
                 max_payload_bytes=ing.max_payload_bytes,
                 max_nesting=ing.max_nesting,
                 max_events_per_message=ing.max_events_per_message,
+                resend_max_s=ing.resend_max_s,
+                resend_max_attempts=ing.resend_max_attempts,
             ),
             worker_id=self.worker_id,
             clock=clock,

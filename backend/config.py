@@ -91,8 +91,22 @@ class IngestSettings:
         1.0,
         doc=(
             "How long a gap must persist (after re-reading the chain from the database) "
-            "before asking the bus to re-send it on fares/resend; also the minimum time "
-            "between two requests for one bus."
+            "before asking the bus to re-send it on fares/resend; later requests for the "
+            "same gap back off (doubling, up to resend_max_s)."
+        ),
+    )
+    resend_max_s: float = option(
+        60.0,
+        doc=(
+            "Re-send requests for one gap back off (resend_after_s doubling) up to this "
+            "many seconds apart."
+        ),
+    )
+    resend_max_attempts: int = option(
+        8,
+        doc=(
+            "Re-send requests for one gap before it is reported (fare_gap_unfilled, "
+            "busbell_fare_gaps_unfilled_total) and no longer re-asked."
         ),
     )
     device_refresh_s: float = option(

@@ -188,6 +188,8 @@ def test_plan_holds_future_events_and_requests_resend_after_delay() -> None:
     p = c.plan(BUS, ChainPosition(), [], {}, now=11.5)
     assert p.resend is None  # rate limited
     p = c.plan(BUS, ChainPosition(), [], {}, now=12.1)
+    assert p.resend is None  # backing off: the second request waits 2 s
+    p = c.plan(BUS, ChainPosition(), [], {}, now=13.0)
     assert p.resend == (1, 5)
     # The gap arrives: held events are stored with it, in order.
     p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:5]), {}, now=12.2)
@@ -195,6 +197,25 @@ def test_plan_holds_future_events_and_requests_resend_after_delay() -> None:
     assert p.held == 0
     assert c.held_buses() == []
     assert p.ack_upto == 8
+
+
+def test_resends_back_off_then_an_unfilled_gap_is_reported_once() -> None:
+    c = core(resend_after_s=1.0, resend_max_s=4.0, resend_max_attempts=3)
+    c.plan(BUS, ChainPosition(), verified(c, CHAIN[5:8]), {}, now=0.0)
+    asked, reported = [], []
+    for k in range(1, 41):  # polled every 0.5 s for 20 s
+        p = c.plan(BUS, ChainPosition(), [], {}, now=k / 2)
+        if p.resend:
+            asked.append(k / 2)
+        if p.gap_unfilled:
+            reported.append((k / 2, p.gap_unfilled))
+    assert asked == [1.0, 3.0, 7.0]  # +1 s, then +2 s, then +4 s (the cap): no storm
+    assert reported == [(7.5, (1, 5))]  # once, then never re-asked
+    # part of the gap arrives: the rest is a new gap, asked for again
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:2]), {}, now=21.0)
+    assert [e.seq for e in p.store] == [1, 2]
+    p = c.plan(BUS, ChainPosition(3, CHAIN[2]["prev"]), [], {}, now=22.0)
+    assert p.resend == (3, 5)
 
 
 def test_plan_held_events_stored_elsewhere_become_duplicates() -> None:

@@ -185,6 +185,31 @@ async def test_gap_is_held_resent_and_filled(engine: AsyncEngine) -> None:
     assert (await ing.tick()).acks == {}
 
 
+async def test_a_gap_never_filled_is_reported_once(engine: AsyncEngine) -> None:
+    chain = make_events("B1", device_key_for("B1"), 10)
+    clock = Clock()
+    ing = Ingestor(
+        engine,
+        IngestCore(resend_after_s=1.0, resend_max_s=2.0, resend_max_attempts=2),
+        worker_id="w1",
+        clock=clock,
+    )
+    await ing.refresh_devices()
+    await ing.ingest([("B1", batch_payload("B1", chain[:3] + chain[6:]))])
+    resends, unfilled = [], []
+    with capture_logs() as logs:
+        for _ in range(20):
+            clock.t += 0.5
+            res = await ing.tick()
+            resends += list(res.resends.values())
+            unfilled += list(res.gaps_unfilled.values())
+    assert resends == [(4, 6), (4, 6)]
+    assert unfilled == [(4, 6)]
+    events = [e for e in logs if e["event"] == "fare_gap_unfilled"]
+    assert [(e["bus_id"], e["from_seq"], e["to_seq"]) for e in events] == [("B1", 4, 6)]
+    assert ing.core.held_count() == 4  # still held: a late re-send of 4..6 still fills it
+
+
 async def test_two_workers_share_one_bus(engine: AsyncEngine) -> None:
     """Batches of one bus alternate between two workers: the chain comes from the DB."""
     chain = make_events("B1", device_key_for("B1"), 40)
