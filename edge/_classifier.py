@@ -149,6 +149,8 @@ _ALIGHT, _ASSIST, _WAIT = (
 )
 
 
+_LEVEL_MIN_RIDERS = 3
+"""Riders aboard needed before the in-bus threshold follows their level."""
 _PAIR_K = 8
 """Candidate pairs kept per old rid (the cheapest; clock offset dominates the cost)."""
 _PAIR_SCAN = 24
@@ -576,9 +578,11 @@ class PresenceClassifier:
         out: list[SegmentDraft] = []
         later: list[_Rid] = []
         forget: list[bytes] = []
+        levels: list[float] = []
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:
+                levels.append(r.base)
                 if t - max(r.last_in_t, self._resume_t) > p.fade_timeout_s:
                     try:
                         self._close(r, Event.FADE, out)
@@ -591,6 +595,13 @@ class PresenceClassifier:
                     forget.append(r.rid)
             elif t - r.last_t > p.forget_s and r.rid not in self._olds:
                 forget.append(r.rid)
+        margin = p.in_bus_margin_db
+        if margin > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
+            # the in-bus threshold follows the riders aboard (token power is not known)
+            levels.sort()
+            self._thr = min(p.in_bus_rssi_dbm, levels[len(levels) // 2] - margin)
+        else:
+            self._thr = p.in_bus_rssi_dbm
         if self._olds and t >= self._assigned_t + (_DIRTY_S if self._dirty else _REASSIGN_S):
             try:
                 self._assign(later)

@@ -41,6 +41,13 @@ class ClassifierParams:
         doc="smoothed RSSI at or above which an advertisement counts as in-bus evidence",
     )
 
+    in_bus_margin_db: float = option(
+        25.0,
+        doc="with 3 or more riders aboard, the in-bus threshold is lowered to their median"
+        " baseline minus this many dB when that is below in_bus_rssi_dbm (weak tokens: the"
+        " threshold follows the riders' level, not a calibration); 0: off",
+    )
+
     in_bus_gap_s: float = option(
         3.0,
         doc="... and only if the rid was also heard within this many seconds before"

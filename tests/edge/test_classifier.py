@@ -862,3 +862,30 @@ def test_a_rotation_never_drops_a_boarding() -> None:
     assert segs[0].start.stop_id == "S1"
     assert segs[0].start.cause == "boarded"
     assert segs[-1].end.stop_id == "S3"
+
+
+@pytest.mark.parametrize(("margin", "charged"), [(25.0, True), (0.0, False)])
+def test_in_bus_threshold_follows_the_riders_aboard(margin: float, charged: bool) -> None:
+    """Weak tokens (low power, a phone deep in a bag): with riders aboard heard at -70 dBm,
+    a rider boarding later at -92 dBm gives in-bus evidence (threshold = the riders'
+    median level - margin), where the fixed -88 dBm would never count it."""
+    w = World(replace(ClassifierParams(), in_bus_margin_db=margin))
+    state = {"weak_in": False, "end": False}
+    riders = [w.add(Token(f"m{k}", lambda _: None if state["end"] else -70.0)) for k in range(3)]
+
+    def weak_rssi(_: World) -> float | None:
+        return -92.0 if state["weak_in"] and not state["end"] else None
+
+    weak = w.add(Token("wk", weak_rssi))
+    w.dwell("S1")
+    w.move(800)
+    state["weak_in"] = True
+    w.dwell("S2")
+    w.move(1500)
+    w.dwell("S3", 4)
+    state["end"] = True
+    w.move(400)
+    for t in riders:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, t)] == [("S1", "S3")]
+    got = [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, weak)]
+    assert got == ([("S2", "S3")] if charged else [])
