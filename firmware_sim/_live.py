@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import time
 import urllib.error
@@ -113,6 +114,7 @@ class LiveRun:
         self.trips = 0
         self.adverts = 0
         self.waits = 0
+        self.waits_failed = 0
         self.t_first = 0.0
         self.wall_start = 0.0
         self.bluez: dict[str, int] = {}
@@ -209,8 +211,23 @@ async def run_live(
         )
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _post_wait(api: str, token: str | None, wait: dict[str, Any], expires_in_s: int) -> str:
-    """POST a rider's wait to the rider API (blocking; run in a thread); its outcome."""
+    """POST a rider's wait to the rider API (blocking; run in a thread); its outcome.
+
+    A rider API on this machine (a loopback host, as in ``busbell demo``) is reached
+    directly even when ``http_proxy`` is set without a ``no_proxy`` for it: a proxy
+    cannot reach this machine's loopback. A post that fails is logged as a warning
+    (``live_wait_post_failed``), one that the API takes as ``live_wait_posted``.
+    """
     body = {
         "route_id": wait["route_id"],
         "stop_id": wait["stop_id"],
@@ -225,13 +242,20 @@ def _post_wait(api: str, token: str | None, wait: dict[str, Any], expires_in_s: 
         | ({"Authorization": f"Bearer {token}"} if token else {}),
         method="POST",
     )
+    direct = _is_loopback(urllib.parse.urlsplit(url).hostname or "")
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if direct else []))
+    log = _log().bind(rider_id=wait["rider_id"], stop_id=wait["stop_id"], url=url)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return str(json.loads(resp.read()).get("request_id", "posted"))
+        with opener.open(req, timeout=10) as resp:
+            outcome = str(json.loads(resp.read()).get("request_id", "posted"))
     except urllib.error.HTTPError as exc:
+        log.warning("live_wait_post_failed", reason=f"http_{exc.code}")
         return f"refused {exc.code}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.warning("live_wait_post_failed", reason=type(exc).__name__, error=str(exc))
         return f"failed: {exc}"
+    log.info("live_wait_posted", outcome=outcome)
+    return outcome
 
 
 async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
@@ -339,13 +363,9 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
                     outcome = await asyncio.to_thread(
                         _post_wait, waits_api, api_token, item, WAIT_EXPIRY_S
                     )
-                    _log().info(
-                        "live_wait_posted",
-                        rider_id=item["rider_id"],
-                        stop_id=item["stop_id"],
-                        outcome=outcome,
-                    )
                     stats.waits += 1
+                    if outcome.startswith(("refused ", "failed: ")):
+                        stats.waits_failed += 1
                     continue
                 if order == 0:
                     payload = {

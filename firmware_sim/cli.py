@@ -348,6 +348,7 @@ def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
     _out(
         f"played {a.scenario}/{a.bus}: {stats.gnss} gnss, {stats.doors} doors, "
         f"{stats.trips} trip, {stats.adverts} adverts, {stats.waits} waits"
+        + (f" ({stats.waits_failed} not taken by the rider API)" if stats.waits_failed else "")
         + (f"; bluez {dict(sorted(stats.bluez.items()))}" if stats.bluez else "")
     )
     return 0
