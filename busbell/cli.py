@@ -236,6 +236,13 @@ def _cmd_keys(a: argparse.Namespace) -> int:
         if (a.bus_id is None) != (a.devices is None):
             raise SystemExit("busbell: error: --bus-id and --devices go together")
         key = DeviceKey.generate()
+        # the README's first provisioning step writes to /etc/busbell/, absent on a new unit
+        try:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(
+                f"busbell: error: cannot create {Path(a.out).parent}: {exc.strerror}"
+            ) from None
         key.save(a.out)
         if a.devices is not None:
             append_row(a.devices, DEVICES_HEADER, (a.bus_id, key.public.hex))
