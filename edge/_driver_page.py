@@ -657,13 +657,16 @@ async def run_driver_page(
     """``busbell edge display``: the page on a broker connection of its own, until ``stop``.
 
     The connection is an :class:`~edge._uplink.MqttLink` (reconnects with backoff) with
-    the client id ``busbell-display-BUS`` and no last will: the bus's status stays the
-    daemon's. Its session is clean and expires with the connection: the page needs only
-    the retained state, and a persistent session would make the broker queue every model
-    published while the page is down, to be replayed when it comes back. Returns the
-    display (its counters) once stopped.
+    the client id ``busbell-display-BUS-XXXXXX`` (random per process) and no last will:
+    the bus's status stays the daemon's. Its session is clean and expires with the
+    connection: the page needs only the retained state, and a persistent session would
+    make the broker queue every model published while the page is down, to be replayed
+    when it comes back. With no session to resume, the id need not be stable, and a
+    fixed one made two page servers of one bus (two terminals) take the connection from
+    each other over and over. Returns the display (its counters) once stopped.
     """
     import functools
+    import secrets
 
     from busbell._mqtt import MqttSession
     from edge._uplink import MqttLink
@@ -673,7 +676,7 @@ async def run_driver_page(
         dataclasses.replace(mqtt, session_expiry_s=0),
         bus_id,
         topics,
-        client_id=f"busbell-display-{bus_id}",
+        client_id=f"busbell-display-{bus_id}-{secrets.token_hex(3)}",
         lwt=False,
         session_factory=functools.partial(MqttSession, clean_start=True),
     )

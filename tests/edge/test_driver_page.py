@@ -476,3 +476,30 @@ async def test_too_many_browsers_get_503(shared_broker: Any, topic_prefix: str) 
                     await asyncio.sleep(0.05)
             async with c.stream("GET", "events") as again:
                 assert again.status_code == 200
+
+
+async def test_two_page_servers_of_one_bus_do_not_take_each_others_connection(
+    shared_broker: Any, topic_prefix: str
+) -> None:
+    """Two terminals of one bus (or two test runs on one broker): with one fixed client id
+    the broker handed the connection back and forth and models were lost meanwhile."""
+    broker = Broker(shared_broker.host, shared_broker.port, topic_prefix)
+    host, port = shared_broker.host, shared_broker.port
+    with capture_logs() as logs:
+        async with serve(host, port, topic_prefix) as a, serve(host, port, topic_prefix) as b:
+            async with httpx.AsyncClient() as c:
+                for url in (a, b):
+                    async with asyncio.timeout(15):
+                        while not (await c.get(url + "state")).json()["state"]["broker"]:
+                            await asyncio.sleep(0.05)
+                for n in range(1, 6):
+                    await broker.publish("display", model(on_board=n))
+                for url in (a, b):
+                    async with asyncio.timeout(15):
+                        while ((await c.get(url + "state")).json()["display"] or {}).get(
+                            "on_board"
+                        ) != 5:
+                            await asyncio.sleep(0.05)
+                    assert (await c.get(url + "state")).json()["stats"]["displays"] == 5
+    assert [e for e in logs if e["event"] == "uplink_lost"] == []
+    await broker.publish("display", b"")
