@@ -39,12 +39,14 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, S
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend._api_auth import (
     ApiAuth,
     BodyLimit,
     bearer,
     current_principal,
+    http_error,
     issue_rider_token,
     refused,
     rider_access,
@@ -476,6 +478,7 @@ def create_app(state: ApiState) -> FastAPI:
     app.state.busbell = state
     app.router.dependencies.append(Depends(current_principal))
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_middleware(
         BodyLimit,
         max_bytes=lambda: state.auth.max_body_bytes,

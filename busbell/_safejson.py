@@ -149,6 +149,23 @@ def _safe_digits(lo: int, hi: int) -> int:
     return k
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def _reject_constant(name: str) -> Any:
     raise JsonRejected("non_finite", f"{name} is not a finite number")
 
@@ -217,7 +234,7 @@ def loads_bounded(
         return value
 
     try:
-        return json.loads(
+        value = json.loads(
             text,
             parse_constant=_reject_constant,
             parse_float=_parse_float,
@@ -229,6 +246,11 @@ def loads_bounded(
         raise JsonRejected("not_json", str(exc)[:200]) from None
     except RecursionError:  # pragma: no cover - the depth scan makes this unreachable
         raise JsonRejected("too_deep", "nesting too deep for the parser") from None
+    # "\ud800" is valid JSON but no valid text: a lone surrogate cannot be encoded again
+    # (canonical bytes, a database), so it would fail far from here (found by tests/fuzz)
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+        raise JsonRejected("not_utf8", "a string holds a lone UTF-16 surrogate")
+    return value
 
 
 def loads_object(

@@ -469,3 +469,17 @@ def test_api_token_command_prints_a_working_config_entry(
     assert op.name == "night-desk"
     assert op.scopes == frozenset({"riders:read", "devices:write"})
     assert token not in cfg.read_text()
+
+
+async def test_a_422_raised_by_a_route_has_the_documented_shape(env: Env) -> None:
+    r = await env.client.get("/riders/bad%7Cid", headers=env.ops)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert isinstance(detail, list)
+    assert {"loc", "msg", "type"} <= set(detail[0])
+    rider, _ = await env.enrol()
+    r = await env.client.post(
+        f"/riders/{rider}/waits", json={"route_id": "R1", "stop_id": "1/0"}, headers=env.ops
+    )
+    assert r.status_code == 422
+    assert isinstance(r.json()["detail"], list)

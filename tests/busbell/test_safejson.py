@@ -161,6 +161,15 @@ def test_bytes_must_be_utf8_not_sniffed_utf16() -> None:
         loads_bounded(b'"\xc3"')
 
 
+def test_lone_surrogate_escapes_are_refused_pairs_are_kept() -> None:
+    for text in ('"\\ud800"', '{"k\\udfff": 1}', '["a", ["\\uDBFF x"]]'):
+        with pytest.raises(JsonRejected) as info:
+            loads_bounded(text)
+        assert info.value.reason == "not_utf8"
+    assert loads_bounded('"\\ud83d\\ude00"') == "\U0001f600"  # a valid pair
+    assert loads_bounded('"\\\\ud800"') == "\\ud800"  # an escaped backslash, not an escape
+
+
 def test_loads_object_requires_an_object() -> None:
     assert loads_object(b'{"a": 1}') == {"a": 1}
     for text in ("[]", "1", '"x"', "null"):
