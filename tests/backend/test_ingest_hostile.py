@@ -110,7 +110,7 @@ def test_core_rejects_hostile_payloads_without_raising_anything_else() -> None:
         "signed_nul": "schema",
         "nan_batch": "malformed:non_finite",
         "overflow_float": "malformed:non_finite",
-        "surrogate": "schema",
+        "surrogate": "malformed:not_utf8",  # a lone surrogate escape: busbell.loads_bounded
         "flood": "malformed:too_many_events",
         "not_json": "malformed:not_utf8",
     }
