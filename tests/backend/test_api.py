@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from backend._api import ApiState, create_app
-from backend._bench_settle import write_gtfs
 from backend._db import charges, create_engine, journeys, legs, migrate
+from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, UplinkError, load_gtfs
 
 OPENAPI_DOC = Path(__file__).resolve().parents[2] / "docs" / "rider-api.openapi.json"

@@ -29,8 +29,8 @@ from backend._auth import (
     parse_operator,
     well_formed,
 )
-from backend._bench_settle import write_gtfs
 from backend._db import create_engine, migrate, rider_tokens, riders
+from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, load_gtfs
 
 

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 
 from backend._api import ApiState, create_app
 from backend._api_docs import ASSETS_PATH, install_offline_docs
-from backend._bench_settle import write_gtfs
 from backend._db import create_engine, migrate
+from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, load_gtfs
 from busbell._http import http_server, serve_http
 

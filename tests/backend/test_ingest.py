@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from backend._bench_ingest import batch_payload, device_key_for, make_events
 from backend._errors import MalformedMessage
 from backend._ingest import ChainPosition, IngestCore, VerifiedEvent
 from backend._keys import DeviceInfo
+from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import GENESIS_PREV, DeviceKey, canonical_bytes, sign_event
 
 BUS = "B1"

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from backend._bench_ingest import batch_payload, device_key_for, make_events
 from backend._db import chain_state, create_engine, devices, fare_events, migrate, quarantine
 from backend._ingest import IngestCore, Ingestor
 from backend._keys import register_device
+from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import canonical_bytes, derive_event_id, event_hash, sign_event
 
 BUSES = ("B1", "B2")

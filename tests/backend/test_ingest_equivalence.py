@@ -21,8 +21,6 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from backend._bench_ingest import device_key_for
-from backend._bench_settle import T0, World, missed_fields
 from backend._db import create_engine, fare_events, migrate, missed_stops
 from backend._errors import REJECTION_REASONS
 from backend._fare_engine import FareEngine
@@ -32,6 +30,8 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
+from benchmarks.backend_ingest import device_key_for
+from benchmarks.backend_settle import T0, World, missed_fields
 from busbell import canonical_bytes, load_gtfs, read_devices, sign_event
 
 

@@ -26,12 +26,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from backend._bench_ingest import batch_payload, device_key_for, make_events
 from backend._db import create_engine, fare_events, migrate, quarantine
 from backend._errors import MalformedMessage
 from backend._ingest import IngestCore, Ingestor
 from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, register_device
+from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, sign_event, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
 

@@ -12,8 +12,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend._bench_ingest import batch_payload, device_key_for, make_events
-from backend._bench_settle import T0, World, missed_fields
 from backend._db import create_engine, fare_events, migrate, missed_stops, quarantine
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
@@ -23,6 +21,8 @@ from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._settlement import SettlementWorker, import_riders
+from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
+from benchmarks.backend_settle import T0, World, missed_fields
 from busbell import load_gtfs, read_devices, sign_event
 
 

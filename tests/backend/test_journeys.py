@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from backend._bench_settle import STOP_SPACING_M, T0, write_gtfs
 from backend._fare_engine import FareEngine, FareLeg
 from backend._fare_rules import load_rules
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment, explain_journey
+from benchmarks.backend_settle import STOP_SPACING_M, T0, write_gtfs
 from busbell import Feed, load_gtfs
 
 

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend._bench_settle import STOP_SPACING_M, T0, write_gtfs
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import Journey, JourneyBuilder, Segment
+from benchmarks.backend_settle import STOP_SPACING_M, T0, write_gtfs
 from busbell import Feed, load_gtfs
 
 TRIPS = {"T1": ("b1", "R1"), "T1R": ("b2", "R1"), "T2": ("b3", "R2"), "T3": ("b4", "R3")}

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend._api import ApiState, create_app
-from backend._bench_ingest import batch_payload, device_key_for
-from backend._bench_settle import missed_fields, write_gtfs
 from backend._db import create_engine, devices, migrate, missed_stops
 from backend._ingest import IngestCore, Ingestor
 from backend._keys import register_device
 from backend._missed import format_report, missed_report
+from benchmarks.backend_ingest import batch_payload, device_key_for
+from benchmarks.backend_settle import missed_fields, write_gtfs
 from busbell import GENESIS_PREV, derive_missed_event_id, event_hash, load_gtfs, sign_event
 from busbell._signing import PublicKey
 

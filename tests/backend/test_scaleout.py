@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from backend._bench_ingest import EdgeFleet, device_key_for, make_events
 from backend._db import chain_state, create_engine, fare_events, migrate
 from backend._keys import register_device
+from benchmarks.backend_ingest import EdgeFleet, device_key_for, make_events
 from busbell._mqtt import MqttSettings
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres]

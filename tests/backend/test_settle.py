@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from backend._bench_settle import T0, World
 from backend._errors import REJECTION_REASONS
 from backend._fare_engine import FareEngine, FareLeg
 from backend._fare_rules import load_rules
@@ -19,6 +18,7 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend.cli import main as backend_main
+from benchmarks.backend_settle import T0, World
 from busbell import derive_bk, load_gtfs, read_devices, sign_event, tq_of
 from busbell.cli import main as busbell_main
 

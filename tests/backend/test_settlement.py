@@ -20,8 +20,6 @@ from structlog.testing import capture_logs
 
 from backend._api import ApiState, create_app
 from backend._auth import new_operator_token, operator_entry
-from backend._bench_ingest import batch_payload
-from backend._bench_settle import T0, World
 from backend._db import (
     adjustments,
     charges,
@@ -45,6 +43,8 @@ from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._settlement import SettlementWorker, import_riders
+from benchmarks.backend_ingest import batch_payload
+from benchmarks.backend_settle import T0, World
 from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
 
 NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from backend._bench_settle import write_gtfs
 from backend._waits import (
     BUS_STATES,
     FINAL_STATES,
@@ -21,6 +20,7 @@ from backend._waits import (
     WaitRules,
     check_request,
 )
+from benchmarks.backend_settle import write_gtfs
 from busbell import Feed, Topics, load_gtfs
 
 T0 = 1_764_000_000.0

@@ -23,8 +23,7 @@ import pytest
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, Segment
-from busbell import DeviceKey, Feed, TraceRecord, configure_logging, load_gtfs
-from edge._bench_classifier import (
+from benchmarks.edge_classifier import (
     BusPlan,
     SynthToken,
     replay,
@@ -33,6 +32,7 @@ from edge._bench_classifier import (
     verifier_for,
     write_gtfs,
 )
+from busbell import DeviceKey, Feed, TraceRecord, configure_logging, load_gtfs
 from edge._checkpoint import Checkpointer
 from edge._events import EventBuilder
 from edge._params import ClassifierParams

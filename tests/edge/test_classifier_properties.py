@@ -23,8 +23,15 @@ from hypothesis import strategies as st
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, Segment
+from benchmarks.edge_classifier import (
+    BusPlan,
+    SynthToken,
+    replay,
+    synth_trace,
+    token_of,
+    write_gtfs,
+)
 from busbell import Feed, load_gtfs
-from edge._bench_classifier import BusPlan, SynthToken, replay, synth_trace, token_of, write_gtfs
 
 N_STOPS = 12
 _FEED: list[Feed] = []

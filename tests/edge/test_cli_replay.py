@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from benchmarks.edge_classifier import BusPlan, SynthToken, fleet_key_of, synth_trace, write_gtfs
 from busbell import (
     FLEET_HEADER,
     DeviceKey,
@@ -20,7 +21,6 @@ from busbell import (
     verify_event,
     write_rows,
 )
-from edge._bench_classifier import BusPlan, SynthToken, fleet_key_of, synth_trace, write_gtfs
 from edge.cli import main
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.edge_backlog import synthetic_draft
 from busbell import DeviceKey, HashChain, configure_logging, verify_event
-from edge._bench_backlog import synthetic_draft
 from edge._events import EventBuilder
 from edge._store import FareStore
 

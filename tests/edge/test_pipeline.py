@@ -11,6 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from benchmarks.edge_classifier import (
+    COMPANY,
+    BusPlan,
+    SynthToken,
+    bus_timeline,
+    fleet_key_of,
+    latlon,
+    replay,
+    synth_trace,
+    token_of,
+    verifier_for,
+    write_gtfs,
+)
 from busbell import (
     AdvRecord,
     DoorRecord,
@@ -27,19 +40,6 @@ from busbell import (
     rid_for_interval,
 )
 from edge import EdgePipeline
-from edge._bench_classifier import (
-    COMPANY,
-    BusPlan,
-    SynthToken,
-    bus_timeline,
-    fleet_key_of,
-    latlon,
-    replay,
-    synth_trace,
-    token_of,
-    verifier_for,
-    write_gtfs,
-)
 from edge._classifier import PresenceClassifier, _Rid
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft

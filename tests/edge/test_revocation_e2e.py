@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from backend._auth import SCOPES, new_operator_token, operator_entry
-from backend._bench_settle import write_gtfs
+from benchmarks.backend_settle import write_gtfs
 from busbell import (
     DEVICES_HEADER,
     FLEET_HEADER,

@@ -8,6 +8,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from benchmarks.edge_backlog import synthetic_draft
 from busbell import (
     GENESIS_PREV,
     ContractError,
@@ -20,7 +21,6 @@ from busbell import (
     validate_event,
     verify_event,
 )
-from edge._bench_backlog import synthetic_draft
 from edge._events import EventBuilder
 from edge._segment import SegmentDraft, SegmentEnd
 from edge._store import FareStore

@@ -12,9 +12,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from benchmarks.edge_backlog import synthetic_draft
 from busbell import DeviceKey, HashChain, Topics, UplinkError, verify_event
 from busbell._mqtt import MqttSession, MqttSettings
-from edge._bench_backlog import synthetic_draft
 from edge._events import EventBuilder
 from edge._store import FareStore
 from edge._uplink import FareUploader, MqttLink, UplinkSettings, encode_batch

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.edge_classifier import latlon, write_gtfs
 from busbell import DoorRecord, Feed, GnssRecord, TripRecord, load_gtfs
-from edge._bench_classifier import latlon, write_gtfs
 from edge._params import ClassifierParams
 from edge._vehicle import (
     DOOR_OK,

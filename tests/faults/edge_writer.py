@@ -19,9 +19,9 @@ import sys
 
 
 async def main(a: argparse.Namespace) -> None:
+    from benchmarks.edge_backlog import synthetic_draft
     from busbell import DeviceKey, Topics, configure_logging
     from busbell._mqtt import MqttSettings
-    from edge._bench_backlog import synthetic_draft
     from edge._events import EventBuilder
     from edge._store import FareStore
     from edge._uplink import FareUploader, MqttLink, UplinkSettings

@@ -37,8 +37,8 @@ from backend._auth import (  # noqa: E402
     new_operator_token,
     operator_entry,
 )
-from backend._bench_settle import write_gtfs  # noqa: E402
 from backend._db import create_engine, migrate  # noqa: E402
+from benchmarks.backend_settle import write_gtfs  # noqa: E402
 from busbell import Topics, load_gtfs  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.fuzz.conftest import EXAMPLES  # noqa: E402

@@ -252,7 +252,7 @@ def test_open_key_bundle_only_raises_contract_error(obj: Any) -> None:
 
 @pytest.fixture(scope="module")
 def uploader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
-    from edge._bench_backlog import synthetic_draft
+    from benchmarks.edge_backlog import synthetic_draft
     from edge._events import EventBuilder
     from edge._store import FareStore
     from edge._uplink import FareUploader, UplinkSettings

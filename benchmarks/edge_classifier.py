@@ -1,6 +1,6 @@
 """Synthetic replays for the presence classifier: a test fixture and a benchmark.
 
-``python -m edge._bench_classifier [--adverts N] [--tokens K]`` builds a synthetic
+``python -m benchmarks.edge_classifier [--adverts N] [--tokens K]`` builds a synthetic
 trace (one bus on a straight route, K rider tokens boarding and alighting, bystanders
 at the stops), then measures the classifier alone (pre-verified advertisements) and the
 whole :class:`edge.EdgePipeline` including the :class:`busbell.TokenVerifier`, and
@@ -515,10 +515,10 @@ def _bench(n_adverts: int, n_tokens: int, seed: int, crowd: bool = False) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark."""
     ap = argparse.ArgumentParser(
-        prog="python -m edge._bench_classifier",
+        prog="python -m benchmarks.edge_classifier",
         description="Throughput of the presence classifier and the edge pipeline.",
-        epilog="examples: python -m edge._bench_classifier --adverts 300000 --tokens 300;"
-        " python -m edge._bench_classifier --crowd --tokens 3000 --adverts 1500000",
+        epilog="examples: python -m benchmarks.edge_classifier --adverts 300000 --tokens 300;"
+        " python -m benchmarks.edge_classifier --crowd --tokens 3000 --adverts 1500000",
     )
     ap.add_argument("--adverts", type=int, default=300_000)
     ap.add_argument("--tokens", type=int, default=300)

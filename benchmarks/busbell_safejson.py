@@ -1,6 +1,6 @@
 """Benchmark: busbell.loads_bounded against a bare json.loads on the same payloads.
 
-    python -m busbell._bench_safejson [--repeat N]
+    python -m benchmarks.busbell_safejson [--repeat N]
 
 Prints, per payload, the median time of each over N runs (same process, interleaved)
 and the ratio bounded / bare. The payloads are what the daemons parse: a 1,000-event

@@ -1,6 +1,6 @@
 """Benchmark: build one interval's rid lookup table for N enrolled riders.
 
-Run: ``python -m backend._bench_resolve --riders 1000000``. Prints the build time, the
+Run: ``python -m benchmarks.backend_resolve --riders 1000000``. Prints the build time, the
 resident memory (RSS) before and after, and a lookup rate. Keys are random (the keyring
 stores derived keys; HKDF at enrolment is not part of the table build).
 """
@@ -25,7 +25,7 @@ def _rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backend._bench_resolve")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.backend_resolve")
     ap.add_argument("--riders", type=int, default=100_000)
     ap.add_argument("--lookups", type=int, default=100_000)
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """Benchmark: a live daemon with 300 tokens in range at 2,000 adverts/s.
 
-Run: ``python -m edge._bench_live [--seconds S] [--tokens N] [--rate R]``. Starts the real
+Run: ``python -m benchmarks.edge_live [--seconds S] [--tokens N] [--rate R]``. Starts the real
 :class:`~edge._daemon.EdgeDaemon` (real pipeline, SQLite store, MQTT link to the local
 broker) with an in-process source that emits valid token advertisements of N riders at
 R adverts/s, and GNSS at 1 Hz over MQTT. Prints the RSS (MB) and the CPU use of this
@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks.edge_classifier import fleet_key_of, latlon, write_gtfs
 from busbell import (
     AdvRecord,
     DeviceKey,
@@ -30,7 +31,6 @@ from busbell import (
     encode_payload,
 )
 from busbell._mqtt import MqttSession, MqttSettings
-from edge._bench_classifier import fleet_key_of, latlon, write_gtfs
 from edge._daemon import EdgeDaemon
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig
@@ -146,7 +146,7 @@ async def _main(seconds: float, tokens: int, rate: float, host: str, port: int) 
 
 def main() -> None:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m edge._bench_live")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.edge_live")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--tokens", type=int, default=300)
     p.add_argument("--rate", type=float, default=2000.0)

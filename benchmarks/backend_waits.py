@@ -1,6 +1,6 @@
 """Benchmark: the backend's boarding-wait path, each figure beside a bare ceiling.
 
-Run: ``python -m backend._bench_waits`` (``--waits N --requests M``). Prints:
+Run: ``python -m benchmarks.backend_waits`` (``--waits N --requests M``). Prints:
 
 1. the wait core (``WaitBook.on_status``) applying the statuses buses publish (seen,
    acknowledged, served; a third of the waits missed first) against bare ``json.loads``
@@ -63,8 +63,8 @@ async def _api(requests: int) -> dict[str, float]:
     from backend._api import ApiState, _BrokerLink, create_app
     from backend._api_auth import ApiAuth
     from backend._auth import OperatorRegistry, new_operator_token, operator_entry
-    from backend._bench_settle import write_gtfs
     from backend._db import create_engine, migrate
+    from benchmarks.backend_settle import write_gtfs
     from busbell._gtfs import load_gtfs
     from busbell._http import http_server, serve_http
     from busbell._mqtt import MqttSession, MqttSettings
@@ -145,7 +145,7 @@ def _free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backend._bench_waits")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.backend_waits")
     ap.add_argument("--waits", type=int, default=30_000, help="waits through the core")
     ap.add_argument("--requests", type=int, default=300, help="POSTs through the rider API")
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """Benchmark: a 100,000-event backlog drains to a local broker and an acking consumer.
 
-Run: ``python -m edge._bench_backlog [--events N] [--host H] [--port P]``. Prints the
+Run: ``python -m benchmarks.edge_backlog [--events N] [--host H] [--port P]``. Prints the
 time to record the backlog and the time until the backend acknowledged every event.
 Also provides :func:`synthetic_draft`, the synthetic segments tests and benchmarks use.
 """
@@ -139,7 +139,7 @@ async def _main(n: int, host: str, port: int, with_backend: bool = False) -> Non
 
 def main() -> None:
     """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m edge._bench_backlog")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.edge_backlog")
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)

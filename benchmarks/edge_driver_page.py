@@ -1,6 +1,6 @@
 """How long a display model takes from the broker to the driver's screen (not a test).
 
-    .venv/bin/python -m tests.edge.driver_page_bench [--models 300] [--gap-ms 50]
+    .venv/bin/python -m benchmarks.edge_driver_page [--models 300] [--gap-ms 50]
 
 Serves the page with ``run_driver_page`` against the machine's Mosquitto (127.0.0.1:1883,
 a fresh prefix), opens it in headless Chromium (``/usr/bin/chromium``), publishes

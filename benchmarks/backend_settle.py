@@ -5,7 +5,7 @@ real fare events v1: proof payloads from :func:`busbell.encode_payload`, chained
 :func:`busbell.event_hash`, signed with :class:`busbell.DeviceKey`. A ride that crosses
 a 600-s rid interval is split into ``rotated`` / ``continued`` segments as the edge does.
 
-Run the benchmark: ``python -m backend._bench_settle --events 1000000`` (generates the
+Run the benchmark: ``python -m benchmarks.backend_settle --events 1000000`` (generates the
 events, then times ``busbell backend settle`` in-process and prints the figures).
 """
 
@@ -365,7 +365,7 @@ def _load() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backend._bench_settle")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.backend_settle")
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--riders", type=int, default=500)
     ap.add_argument("--buses", type=int, default=8)

@@ -1,6 +1,6 @@
 """Benchmark of verified fare ingest, and the signed-event factory tests use.
 
-``python -m backend._bench_ingest --db sqlite|postgres --events N [--buses B]``
+``python -m benchmarks.backend_ingest --db sqlite|postgres --events N [--buses B]``
 pre-signs N events over B buses, then feeds them through :class:`~backend._ingest.Ingestor`
 (decode, schema, Ed25519 verification, chain check, idempotent insert, commit, ack
 bookkeeping) in MQTT-sized batches, and prints events/s verified and stored per CPU
@@ -324,9 +324,9 @@ def _postgres_url() -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m backend._bench_ingest",
+        prog="python -m benchmarks.backend_ingest",
         description="Benchmark verified fare ingest (decode, verify, chain, store).",
-        epilog="example: python -m backend._bench_ingest --db sqlite --events 20000",
+        epilog="example: python -m benchmarks.backend_ingest --db sqlite --events 20000",
     )
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--events", type=int, default=20000)

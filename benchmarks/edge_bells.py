@@ -1,6 +1,6 @@
 """Benchmarks of the bell path, measured on the local Mosquitto.
 
-``python -m edge._bench_bells blackbox [--waits 100]``
+``python -m benchmarks.edge_bells blackbox [--waits 100]``
     One ``busbell edge run`` subprocess configured only by ``BUSBELL_*`` environment
     variables (stream source, a private ``mqtt.prefix``), its trip and a GNSS fix at the
     first stop of route 17 (sample GTFS). Publishes ``--waits`` waits for its next stops
@@ -10,9 +10,9 @@
     ``acknowledged``. The ceiling is an MQTT round trip (QoS 1 publish -> our own
     subscription) timed in the same run.
 
-``python -m edge._bench_bells fleet [--edges 50 --waits 1000]``
+``python -m benchmarks.edge_bells fleet [--edges 50 --waits 1000]``
     ``--edges`` ``busbell edge run`` subprocesses on the synthetic 8-stop route of
-    ``edge._bench_classifier`` (stream sources, one prefix), ``--waits`` live waits
+    ``benchmarks.edge_classifier`` (stream sources, one prefix), ``--waits`` live waits
     spread over all stops. Measures wait -> display on every edge that shows the stop
     (p50/p99), then brings one rider on board of each edge (a synthetic boarding: trip,
     GNSS, doors over MQTT, the rider's adverts over the stream socket, 2x faster than
@@ -245,7 +245,7 @@ class Observer:
         topic_in = f"{self.topics.prefix}/echo-in"
         host, port = self.s._where.split(":")
         proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "edge._bench_bells", "--host", host, "--port", port],
+            *[sys.executable, "-m", "benchmarks.edge_bells", "--host", host, "--port", port],
             *["echo-relay", self.topics.prefix],
             stdout=subprocess.DEVNULL,
         )
@@ -396,8 +396,8 @@ _ALIGHT_GAP_S = 0.04
 
 
 def _route_gtfs(root: Path, k: int) -> Path:
-    """The synthetic 8-stop feed of ``edge._bench_classifier`` as route ``R{k}``."""
-    from edge._bench_classifier import write_gtfs
+    """The synthetic 8-stop feed of ``benchmarks.edge_classifier`` as route ``R{k}``."""
+    from benchmarks.edge_classifier import write_gtfs
 
     d = write_gtfs(root / f"gtfs-R{k}")
     (d / "routes.txt").write_text(f"route_id,route_short_name,route_type\nR{k},{k},3\n")
@@ -408,15 +408,15 @@ def _route_gtfs(root: Path, k: int) -> Path:
 
 def _boarding(t0: float) -> tuple[list[Any], Any]:
     """A synthetic trace of one rider boarding at S0, cut once the rider is on board."""
+    from benchmarks.edge_classifier import BusPlan, SynthToken, replay, synth_trace, write_gtfs
     from busbell import AdvRecord, derive_rider_keys
-    from edge._bench_classifier import BusPlan, SynthToken, replay, synth_trace, write_gtfs
 
     tok = SynthToken(b"\x42" * 16, board=0, alight=7)
     recs, _ = synth_trace(BusPlan(t0=t0), [tok], seed=3, packet_loss=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         feed = load_gtfs(write_gtfs(Path(tmp) / "g"))
     # the cut: the first record after which the classifier holds the rider on board
-    from edge._bench_classifier import verifier_for
+    from benchmarks.edge_classifier import verifier_for
     from edge._pipeline import EdgePipeline
 
     pipe = EdgePipeline("probe", feed, verifier_for(recs))
@@ -462,8 +462,8 @@ async def _play(  # noqa: PLR0917 - a benchmark helper
 
 
 async def fleet(host: str, port: int, n_edges: int, n_waits: int) -> int:  # noqa: PLR0915
+    from benchmarks.edge_classifier import COMPANY, fleet_key_of
     from busbell import AdvRecord, encode_payload, record_to_json
-    from edge._bench_classifier import COMPANY, fleet_key_of
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}/busbell/v1"
     n_routes = max(1, n_edges // 5)
@@ -636,7 +636,7 @@ async def echo_relay(host: str, port: int, prefix: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m edge._bench_bells", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.edge_bells", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -2,12 +2,12 @@
 
 For each worker count: a fresh PostgreSQL database, N ``run_ingest`` processes with
 ``[ingest] shared_subscription = true`` on the local mosquitto (round-robin ``$share``),
-and :class:`backend._bench_ingest.EdgeFleet` uploading pre-signed chains until every bus
+and :class:`benchmarks.backend_ingest.EdgeFleet` uploading pre-signed chains until every bus
 is acknowledged. Prints wall time, events/s, the workers' CPU (from ``/proc``), the
 re-send requests and edge retries, and bare Ed25519 verification per CPU-second in this
 process for scale.
 
-Run: ``python -m backend._bench_scaleout --workers 1,2 --events 20000 --buses 100``.
+Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 20000 --buses 100``.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend._bench_ingest import (
+from backend._db import create_engine, migrate
+from backend._keys import register_device
+from benchmarks.backend_ingest import (
     EdgeFleet,
     _postgres_url,
     bare_verify_cpu_rate,
     device_key_for,
     make_events,
 )
-from backend._db import create_engine, migrate
-from backend._keys import register_device
 from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
 
@@ -134,7 +134,7 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module doc)."""
-    ap = argparse.ArgumentParser(prog="python -m backend._bench_scaleout")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.backend_scaleout")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--buses", type=int, default=100)
