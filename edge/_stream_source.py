@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from busbell import (
     loads_bounded,
     parse_record,
 )
+from busbell._mqtt import backoff_delays
 from edge._source import AdvertisementSink
 
 __all__ = ["StreamSource", "StreamStats"]
@@ -53,9 +54,12 @@ class StreamStats:
         errors: skipped lines by reason (``invalid``, ``not_adv``, ``too_long``,
             ``sink_error``, and the :class:`busbell.JsonRejected` reasons ``not_json``,
             ``too_deep``, ``not_utf8``, ``non_finite``, ``int_range``).
+        bind_failures: attempts to listen that failed (address in use, no such
+            address); the source retries with backoff and the daemon keeps running.
     """
 
     connections: int = 0
+    bind_failures: int = 0
     clients: int = 0
     lines: int = 0
     adverts: int = 0
@@ -65,6 +69,7 @@ class StreamStats:
         """A JSON-ready copy."""
         return {
             "connections": self.connections,
+            "bind_failures": self.bind_failures,
             "clients": self.clients,
             "lines": self.lines,
             "adverts": self.adverts,
@@ -91,8 +96,10 @@ class StreamSource:
         clock: Callable[[], float] | None = None,
         name: str = "stream",
         _unix_path: str | None = None,
+        bind_retry_s: tuple[float, float] = (1.0, 30.0),
     ) -> None:
         self.name = name
+        self._bind_retry_s = bind_retry_s
         self._host = host
         self._port = port
         self._unix_path = _unix_path
@@ -130,15 +137,7 @@ class StreamSource:
             finally:
                 handlers.discard(task)
 
-        if self._unix_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._unix_path)
-            server = await asyncio.start_unix_server(on_client, self._unix_path, limit=MAX_LINE)
-            self.address = self._unix_path
-        else:
-            server = await asyncio.start_server(on_client, self._host, self._port, limit=MAX_LINE)
-            sockname = server.sockets[0].getsockname()
-            self.address = (str(sockname[0]), int(sockname[1]))
+        server = await self._listen(on_client)
         self._log.info("stream_source_listening", address=str(self.address))
         self._ready.set()
         try:
@@ -154,6 +153,44 @@ class StreamSource:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._unix_path)
             self._ready.clear()
+
+    async def _listen(
+        self,
+        on_client: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    ) -> asyncio.Server:
+        """Start listening; while the address cannot be bound, retry with backoff.
+
+        A port another process holds must not stop the daemon (its uplink, bells and
+        fare store go on): the failure is counted, logged and retried until it binds.
+        """
+        delays = backoff_delays(*self._bind_retry_s)
+        while True:
+            try:
+                if self._unix_path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._unix_path)
+                    server = await asyncio.start_unix_server(
+                        on_client, self._unix_path, limit=MAX_LINE
+                    )
+                    self.address = self._unix_path
+                else:
+                    server = await asyncio.start_server(
+                        on_client, self._host, self._port, limit=MAX_LINE
+                    )
+                    sockname = server.sockets[0].getsockname()
+                    self.address = (str(sockname[0]), int(sockname[1]))
+                return server
+            except OSError as exc:
+                self.stats.bind_failures += 1
+                delay = next(delays)
+                self._log.warning(
+                    "stream_source_bind_failed",
+                    address=self._unix_path or f"{self._host}:{self._port}",
+                    error=str(exc),
+                    failures=self.stats.bind_failures,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
 
     async def _serve(
         self,

@@ -190,6 +190,39 @@ async def test_stream_source_sink_error_counted() -> None:
         await w.wait_closed()
 
 
+async def test_stream_source_retries_a_port_in_use_and_keeps_running() -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    got: list[AdvRecord] = []
+    src = StreamSource("127.0.0.1", port, bind_retry_s=(0.05, 0.1))
+    with capture_logs() as logs:
+        task = asyncio.create_task(src.run(got.append))
+        try:
+            await eventually(lambda: src.stats.bind_failures >= 2)
+            assert not task.done()  # still trying, not crashed
+            holder.close()
+            await asyncio.wait_for(src.wait_ready(), 5)
+            assert src.address == ("127.0.0.1", port)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(adv_line(1.0))
+            await writer.drain()
+            await eventually(lambda: len(got) == 1)
+            writer.close()
+        finally:
+            holder.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    failed = [e for e in logs if e["event"] == "stream_source_bind_failed"]
+    assert len(failed) == src.stats.bind_failures
+    assert "in use" in failed[0]["error"]
+    assert src.stats.as_dict()["bind_failures"] == src.stats.bind_failures
+
+
 async def test_stream_source_cancel_closes_open_clients() -> None:
     src = StreamSource("127.0.0.1", 0)
     task = asyncio.create_task(src.run(lambda r: None))
