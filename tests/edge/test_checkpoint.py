@@ -39,6 +39,7 @@ from edge._params import ClassifierParams
 from edge._pipeline import CheckpointError, EdgePipeline
 from edge._segment import SegmentDraft
 from edge._store import FareStore
+from tests.factories.tasks import script_env
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
 T0 = 1_790_000_100.0  # the rid boundary at 1_790_000_400 falls mid-trip
@@ -180,6 +181,7 @@ async def _run(db: str, gtfs: str, trace: str, resume_after: float) -> None:
 def _start(db: Path, gtfs: Path, trace: Path, resume_after: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, str(db), str(gtfs), str(trace), str(resume_after)],
+        env=script_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -25,6 +25,7 @@ from benchmarks.edge_backlog import synthetic_draft
 from busbell import DeviceKey, HashChain, configure_logging, verify_event
 from edge._events import EventBuilder
 from edge._store import FareStore
+from tests.factories.tasks import script_env
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
 BUS = "bus-crash"
@@ -51,6 +52,7 @@ async def _writer(db: str, prune: bool) -> None:
 def _run_until_killed(db: Path, prune: bool, min_lines: int) -> list[int]:
     proc = subprocess.Popen(
         [sys.executable, __file__, str(db), "prune" if prune else "keep"],
+        env=script_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

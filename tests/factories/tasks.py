@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "script_env"]
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 20.0) -> None:
@@ -21,3 +21,18 @@ async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 20.0) -> Non
     except asyncio.CancelledError:
         if not task.cancelled():
             raise  # the awaiting test itself is being cancelled
+
+
+def script_env() -> dict[str, str]:
+    """The environment for a test module run as a script in a subprocess.
+
+    Such a script's ``sys.path`` starts at its own directory, not the repository root
+    that pytest adds (``pythonpath`` in pyproject.toml), so ``benchmarks`` and
+    ``tests`` would not import in it.
+    """
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
