@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.coverage_gate import CoreCoverage
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PG_HOST = os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("BUSBELL_TEST_PG_PORT", "5432"))
@@ -147,31 +149,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-_CORE_COVERAGE = pytest.StashKey[object]()
+_CORE_GATE = pytest.StashKey[CoreCoverage]()
+_CORE_RESULT = pytest.StashKey[tuple[list[str], list[str]]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--core-coverage"):
-        from tests.coverage_gate import CoreCoverage
-
         gate = CoreCoverage(Path(config.rootpath) / ".coverage.cores")
         gate.start()
-        config.stash[_CORE_COVERAGE] = gate
+        config.stash[_CORE_GATE] = gate
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    gate = session.config.stash.get(_CORE_COVERAGE, None)
+    gate = session.config.stash.get(_CORE_GATE, None)
     if gate is None:
         return
-    lines, failures = gate.stop()  # type: ignore[attr-defined]
-    session.config.stash[_CORE_COVERAGE] = (lines, failures)
-    if failures and session.exitstatus == 0:
+    result = session.config.stash[_CORE_RESULT] = gate.stop()
+    if result[1] and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    result = terminalreporter.config.stash.get(_CORE_COVERAGE, None)
-    if not isinstance(result, tuple):
+    result = terminalreporter.config.stash.get(_CORE_RESULT, None)
+    if result is None:
         return
     lines, failures = result
     terminalreporter.section("coverage of the sans-I/O cores (branch)")

@@ -266,7 +266,7 @@ async def test_denylist_versions(engine: AsyncEngine) -> None:
     v3 = await revoke_device(engine, "B1", now=NOW + 1)
     assert v3["version"] == 3
     assert v3["devices"] == ["B1"]
-    from tests.busbell.test_asyncapi import check
+    from tests.factories.asyncapi import check
 
     for payload in (first, v2, v3):
         check("Denylist", json.loads(canonical_bytes(sign_denylist(payload, BACKEND_KEY))))

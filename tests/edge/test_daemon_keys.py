@@ -24,24 +24,12 @@ from busbell import (
 )
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._daemon import EdgeDaemon
-from edge._source import AdvertisementSink
 from edge.config import EdgeConfig, StatusSettings
-from tests.factories.edge_daemon import FakePipeline, until
+from tests.factories.edge_daemon import FakePipeline, QueueSource, until
 
 pytestmark = pytest.mark.mosquitto
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
-
-
-class QueueSource:
-    name = "queue"
-
-    def __init__(self) -> None:
-        self.q: asyncio.Queue[AdvRecord] = asyncio.Queue()
-
-    async def run(self, sink: AdvertisementSink) -> None:
-        while True:
-            sink(await self.q.get())
 
 
 async def test_key_bundle_and_denylist_reach_the_daemon(
@@ -134,7 +122,7 @@ async def test_key_bundle_and_denylist_reach_the_daemon(
 
 
 def test_real_status_occupancy_bundle_and_denylist_payloads_match_asyncapi(tmp_path: Path) -> None:
-    from tests.busbell.test_asyncapi import check
+    from tests.factories.asyncapi import check
 
     now = 1_790_000_000.0
     fleet = tmp_path / "FLEET.csv"

@@ -26,7 +26,6 @@ from busbell import (
     DEVICES_HEADER,
     FLEET_HEADER,
     AdvRecord,
-    DeviceKey,
     Topics,
     day_of,
     derive_rider_keys,
@@ -35,32 +34,11 @@ from busbell import (
 )
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._daemon import EdgeDaemon
-from edge._source import AdvertisementSink
 from edge.config import EdgeConfig, StatusSettings
 from tests.conftest import free_port
+from tests.factories.edge_daemon import KEY, QueueSource, until
 
 pytestmark = pytest.mark.mosquitto
-
-BUS_KEY = DeviceKey.from_seed(bytes(range(32)))
-
-
-class QueueSource:
-    name = "queue"
-
-    def __init__(self) -> None:
-        self.q: asyncio.Queue[AdvRecord] = asyncio.Queue()
-
-    async def run(self, sink: AdvertisementSink) -> None:
-        while True:
-            sink(await self.q.get())
-
-
-async def until(cond: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
@@ -74,7 +52,7 @@ async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
     now = time.time()
     fleet = {day_of(now) + d: bytes([d + 1]) * 32 for d in (-1, 0, 1)}
     write_rows(tmp_path / "FLEET.csv", FLEET_HEADER, [(str(d), k.hex()) for d, k in fleet.items()])
-    write_rows(tmp_path / "DEVICES.csv", DEVICES_HEADER, [("bus-e2e", BUS_KEY.public.hex)])
+    write_rows(tmp_path / "DEVICES.csv", DEVICES_HEADER, [("bus-e2e", KEY.public.hex)])
     write_gtfs(tmp_path / "gtfs")
     ops = new_operator_token()
     port = free_port()
@@ -113,7 +91,7 @@ async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
         ),
     )
     source = QueueSource()
-    daemon = EdgeDaemon(edge_cfg, source, clock=time.time, device_key=BUS_KEY, fleet_keys=fleet)
+    daemon = EdgeDaemon(edge_cfg, source, clock=time.time, device_key=KEY, fleet_keys=fleet)
     edge = asyncio.create_task(daemon.run())
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
@@ -141,19 +119,21 @@ async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
                 source.q.put_nowait(AdvRecord(t, f"AA:{name}", -50, {0xFFFF: payload}))
 
             # the backend's first deny list (version 1, empty) reaches the bus
-            await until(lambda: daemon.denylist.version >= 1)
+            await until(lambda: daemon.denylist.version >= 1, timeout=20.0)
             first = daemon.denylist.version
             accepted = daemon.pipeline.stats.adverts_accepted
             hear("ann")
             hear("bob")
-            await until(lambda: daemon.pipeline.stats.adverts_accepted == accepted + 2)
+            await until(
+                lambda: daemon.pipeline.stats.adverts_accepted == accepted + 2, timeout=20.0
+            )
 
             # anyone on the broker publishes an unsigned list with a huge version
             settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
             forged = {"v": 1, "version": 2**62, "rids": [], "devices": ["bus-e2e"]}
             async with MqttSession(settings, f"x-{uuid.uuid4().hex[:8]}", clean_start=True) as x:
                 await x.publish(Topics(topic_prefix).denylist(), json.dumps(forged), qos=1)
-            await until(lambda: daemon.stats.denylist_rejected >= 1)
+            await until(lambda: daemon.stats.denylist_rejected >= 1, timeout=20.0)
             assert daemon.denylist.version == first
             assert not daemon.denylist.bus_revoked
 
@@ -169,8 +149,10 @@ async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
             accepted = daemon.pipeline.stats.adverts_accepted
             hear("ann")
             hear("bob")
-            await until(lambda: daemon.stats.adverts_denied == denied + 1)
-            await until(lambda: daemon.pipeline.stats.adverts_accepted == accepted + 1)
+            await until(lambda: daemon.stats.adverts_denied == denied + 1, timeout=20.0)
+            await until(
+                lambda: daemon.pipeline.stats.adverts_accepted == accepted + 1, timeout=20.0
+            )
             status = daemon.status()["denylist"]
             assert status["rids"] >= 1
             assert status["rejected"].get("unsigned", 0) >= 1

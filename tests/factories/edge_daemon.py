@@ -24,6 +24,7 @@ __all__ = [
     "FakePipeline",
     "FakeStats",
     "ListSource",
+    "QueueSource",
     "adv",
     "config",
     "until",
@@ -88,6 +89,19 @@ class ListSource:
         for r in self.recs:
             sink(r)
         await asyncio.Event().wait()
+
+
+class QueueSource:
+    """An advertisement source the test feeds through its queue."""
+
+    name = "queue"
+
+    def __init__(self) -> None:
+        self.q: asyncio.Queue[AdvRecord] = asyncio.Queue()
+
+    async def run(self, sink: AdvertisementSink) -> None:
+        while True:
+            sink(await self.q.get())
 
 
 def adv(t: float, rssi: int) -> AdvRecord:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 __all__ = ["cancel_and_wait", "script_env"]
@@ -30,9 +32,6 @@ def script_env() -> dict[str, str]:
     that pytest adds (``pythonpath`` in pyproject.toml), so ``benchmarks`` and
     ``tests`` would not import in it.
     """
-    import os
-    from pathlib import Path
-
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
