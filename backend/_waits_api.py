@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -50,6 +50,9 @@ from busbell._gtfs import Feed
 from busbell._logging import get_logger
 from busbell._topics import Topics
 
+if TYPE_CHECKING:  # backend._api imports this module
+    from backend._api import Publisher
+
 __all__ = [
     "WAIT_REQUEST_MAX_BYTES",
     "WaitOut",
@@ -76,18 +79,6 @@ MESSAGES_REJECTED = Counter(
 WAIT_STATES = Counter(
     "busbell_wait_state_changes", "Wait state changes (from buses and the backend)", ["state"]
 )
-
-
-class _Publisher(Protocol):
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        expiry_s: int | None = None,
-    ) -> None: ...
 
 
 class _NoBroker(Exception):
@@ -123,7 +114,7 @@ class WaitService:
         rules: WaitRules,
         *,
         feed: Feed | None,
-        publisher: Callable[[], _Publisher | None],
+        publisher: Callable[[], Publisher | None],
         clock: Callable[[], float],
     ) -> None:
         self.engine = engine

@@ -23,6 +23,7 @@ from busbell import (
     validate_event,
     verify_event,
 )
+from tests.factories.events import segment_event
 
 KEY = DeviceKey.from_seed(bytes(32))
 WAIT = {
@@ -61,23 +62,7 @@ def missed(seq: int = 1, prev: str = GENESIS_PREV) -> dict[str, Any]:
 
 
 def segment(seq: int, prev: str) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "type": "segment",
-        "bus_id": "bus-0001",
-        "seq": seq,
-        "event_id": derive_event_id("bus-0001", seq, "ab" * 12, 1700000000.0),
-        "prev": prev,
-        "rid": "ab" * 12,
-        "interval": 2833333,
-        "route_id": "G6000",
-        "trip_id": None,
-        "start": {"t": 1700000000.0, "stop_id": "S1", "cause": "boarded"},
-        "end": {"t": 1700000300.5, "stop_id": None, "cause": "alighted"},
-        "distance_m": 1234.5,
-        "proof": {"first": "21" * 24, "last": "21" * 24},
-        "evidence": {},
-    }
+    return segment_event(seq, prev, end_cause="alighted", evidence={})
 
 
 def test_types() -> None:
