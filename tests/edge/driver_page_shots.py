@@ -24,30 +24,10 @@ from playwright.async_api import Page, async_playwright
 
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._driver_page import DriverPageSettings, run_driver_page
+from tests.factories.driver_page import stop
 
 BUS = "bus-55-01"
 CHROMIUM = "/usr/bin/chromium"
-
-
-def stop(
-    stop_id: str,
-    name: str,
-    seq: int,
-    waits: int = 0,
-    *,
-    assist: bool = False,
-    requested: bool = False,
-    ids: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    return {
-        "stop_id": stop_id,
-        "name": name,
-        "seq": seq,
-        "waits": waits,
-        "assist": assist,
-        "stop_requested": requested,
-        "request_ids": list(ids),
-    }
 
 
 def busy_model() -> dict[str, Any]:

@@ -19,7 +19,6 @@ import pytest
 
 from busbell import (
     DeviceKey,
-    Topics,
     UplinkError,
     canonical_bytes,
     day_of,
@@ -28,12 +27,13 @@ from busbell import (
     validate_event,
     verify_event,
 )
-from busbell._mqtt import MqttSession, MqttSettings
+from busbell._mqtt import MqttSettings
 from edge._bells import BellParams
 from edge._bells_table import ReqState
 from edge._daemon import EdgeDaemon
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig, StatusSettings
+from tests.factories.broker import BrokerClient
 
 pytestmark = pytest.mark.mosquitto
 
@@ -57,26 +57,13 @@ async def until(pred: Any, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
-class World:
+class World(BrokerClient):
     """The broker side: vehicle signals, waits, statuses, acks, and what the bus says."""
 
     def __init__(self, broker: Any, prefix: str) -> None:
-        self.s = MqttSession(
-            MqttSettings(host=broker.host, port=broker.port, prefix=prefix),
-            f"world-{uuid.uuid4().hex[:8]}",
-            clean_start=True,
-        )
-        self.topics = Topics(prefix)
-        self.latest: dict[str, bytes] = {}
+        super().__init__(MqttSettings(host=broker.host, port=broker.port, prefix=prefix), "world")
         self.batches: list[dict[str, Any]] = []
         self.t = time.time()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> World:
-        await self.s.__aenter__()
-        await self.s.subscribe([self.topics.everything()])
-        self._reader = asyncio.create_task(self._read())
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._reader is not None

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,33 +24,12 @@ from busbell import validate_driver_ack
 from busbell._mqtt import MqttMessage, MqttSession, MqttSettings
 from edge._driver_page import DriverPageSettings, run_driver_page
 from tests.conftest import free_port
+from tests.factories.driver_page import chromium, stop
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.browser, pytest.mark.timeout(90)]
 
-CHROMIUM = os.environ.get("BUSBELL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 BUS = "bus-7"
 WAIT_MS = 15000
-
-
-def stop(
-    stop_id: str,
-    name: str,
-    seq: int,
-    waits: int = 0,
-    *,
-    assist: bool = False,
-    requested: bool = False,
-    ids: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    return {
-        "stop_id": stop_id,
-        "name": name,
-        "seq": seq,
-        "waits": waits,
-        "assist": assist,
-        "stop_requested": requested,
-        "request_ids": list(ids),
-    }
 
 
 def model(**kw: Any) -> dict[str, Any]:
@@ -142,16 +119,8 @@ async def serve(
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 async def open_page(browser: Any, url: str, width: int = 1024, height: int = 600) -> Any:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,34 +25,26 @@ from typing import Any
 
 import pytest
 
-from busbell import DeviceKey, Topics, canonical_bytes, day_of, load_gtfs
-from busbell._mqtt import MqttMessage, MqttSession, MqttSettings
+from busbell import DeviceKey, canonical_bytes, day_of, load_gtfs
+from busbell._mqtt import MqttMessage, MqttSettings
 from tests.conftest import free_port
+from tests.factories.broker import BrokerClient
+from tests.factories.driver_page import chromium
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.browser, pytest.mark.timeout(120)]
 
-CHROMIUM = os.environ.get("BUSBELL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 GTFS = Path(__file__).resolve().parents[2] / "firmware_sim" / "data" / "gtfs"
 BUS = "bus-loop-1"
 WAIT_MS = 20000
 
 
-class Broker:
+class Broker(BrokerClient):
     """The world around the bus: vehicle signals and waits in, what the bus says out."""
 
     def __init__(self, settings: MqttSettings) -> None:
-        self.s = MqttSession(settings, f"t-world-{uuid.uuid4().hex[:8]}", clean_start=True)
-        self.topics = Topics(settings.prefix)
-        self.latest: dict[str, bytes] = {}
+        super().__init__(settings, "t-world")
         self.seen: list[MqttMessage] = []
         self.changed = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Broker:
-        await self.s.__aenter__()
-        await self.s.subscribe([self.topics.everything()])
-        self._reader = asyncio.create_task(self._read())
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._reader is not None
@@ -133,16 +124,8 @@ def edge_run(tmp_path: Path, broker: Any, prefix: str, page_port: int) -> Any:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 async def test_wait_on_the_page_ack_to_acknowledged(
