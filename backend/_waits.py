@@ -20,7 +20,6 @@ time, every output is a :class:`Publish` or a :class:`StateChange` for the adapt
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +30,7 @@ from busbell._bells import validate_wait
 from busbell._canonical import canonical_bytes
 from busbell._errors import ContractError
 from busbell._gtfs import Feed
+from busbell._safejson import JsonLimits, JsonRejected, loads_object
 from busbell._topics import Topics, check_topic_id
 
 __all__ = [
@@ -256,15 +256,25 @@ def _number(v: object) -> float | None:
     return float(v)
 
 
+_MAX_DEPTH = 4
+"""A display model is the deepest message read here: ``stops[].request_ids[]`` is depth 3."""
+
+_REASON_OF = {"too_large": "oversized", "not_object": "not_object"}
+"""Bounded-parse reasons kept under this module's counter names; the rest are ``bad_json``."""
+
+
 def _object(payload: bytes, limit: int) -> dict[str, Any] | str:
-    """The JSON object in ``payload``, or the reason it is not one."""
-    if len(payload) > limit:
-        return "oversized"
+    """The JSON object in ``payload``, or the reason it is not one.
+
+    Parsed by :func:`busbell.loads_object` within ``limit`` bytes and depth
+    :data:`_MAX_DEPTH`: a ``NaN``/``Infinity`` literal, an integer beyond BIGINT, invalid
+    UTF-8, a lone surrogate escape or deep nesting is ``bad_json`` before any field is
+    looked at.
+    """
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return "bad_json"
-    return obj if isinstance(obj, dict) else "not_object"
+        return loads_object(payload, JsonLimits(max_bytes=limit, max_depth=_MAX_DEPTH))
+    except JsonRejected as exc:
+        return _REASON_OF.get(exc.reason, "bad_json")
 
 
 # ---------------------------------------------------------------------------- positions

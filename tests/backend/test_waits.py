@@ -334,11 +334,23 @@ def test_cancel_clears_the_retained_wait_and_expiry_finishes_the_rest() -> None:
             "bad_time",
         ),
         (
+            json.dumps({"request_id": "w-1", "state": "seen", "bus_id": "b", "t": True}).encode(),
+            "bad_time",
+        ),
+        # A NaN/Infinity literal is not JSON (RFC 8259): the bounded parse refuses the
+        # message before any field is read, so it counts as bad_json, not bad_time.
+        (
             json.dumps(
                 {"request_id": "w-1", "state": "seen", "bus_id": "b", "t": float("nan")}
             ).encode(),
-            "bad_time",
+            "bad_json",
         ),
+        (b'{"request_id":"w-1","state":"seen","bus_id":"b","t":1e999}', "bad_json"),
+        (b'{"request_id":"w-1","state":"seen","bus_id":"b","t":' + b"9" * 30 + b"}", "bad_json"),
+        (b'{"request_id":"\\ud800"}', "bad_json"),
+        (b"[" * 1500 + b"]" * 1500, "oversized"),
+        (b'{"a":' + b"[" * 500 + b"]" * 500 + b"}", "bad_json"),  # too deep, under 2 KB
+        (b'{"request_id":"w-1","state":"seen","t":1}\xff', "bad_json"),
     ],
 )
 def test_bad_statuses_are_counted_and_change_nothing(payload: bytes, reason: str) -> None:
