@@ -864,11 +864,14 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     )
     try:
         async with asyncio.TaskGroup() as tg:
-            for name, fn in tasks:
-                tg.create_task(fn(), name=name)
+            started = {name: tg.create_task(fn(), name=name) for name, fn in tasks}
 
             async def _stop() -> None:
                 await stopper.wait()
+                # ingest sees `stop` too: it finishes the batch in flight (commit, then
+                # ack), acks nothing it has not committed, and returns; only then (or
+                # after the grace) is the rest cancelled
+                await asyncio.wait({started["busbell-backend.ingest"]}, timeout=STOP_GRACE_S)
                 server.should_exit = True
                 raise _Stopped  # ends the task group: cancels the other tasks
 
@@ -878,6 +881,10 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     finally:
         await engine.dispose()
     return 0
+
+
+STOP_GRACE_S = 20.0
+"""How long a stopping service waits for ingest to finish its batch in flight."""
 
 
 class _Stopped(Exception):

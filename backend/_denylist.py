@@ -17,8 +17,10 @@ and its verification, which every bus runs)::
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from backend._db import denylist_versions, devices, riders
 from backend._errors import UnknownDevice, UnknownRider
 from busbell import (
     DeviceKey,
+    KeyFileError,
     StoreError,
     Topics,
     canonical_bytes,
@@ -49,6 +52,7 @@ __all__ = [
     "revoke_device",
     "revoke_rider",
     "signing_key_path",
+    "state_dir",
     "window_intervals",
 ]
 
@@ -249,21 +253,49 @@ async def publish_denylist(
     _log().info("denylist_published", version=payload["version"], rids=len(payload["rids"]))
 
 
-def signing_key_path(config: Any) -> Path:
-    """Where the deny-list signing key of a :class:`backend.config.BackendConfig` is."""
+SIGNING_KEY_NAME = "busbell-backend-signing.pem"
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The backend's state directory when its database is not a file.
+
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``, ``/var/lib/busbell`` in the
+    shipped unit; the first one if several), else ``$XDG_STATE_HOME/busbell``, else
+    ``~/.local/state/busbell``. Never the working directory: a key written there ends up
+    in whatever checkout or ``/`` the process was started from.
+    """
+    env = os.environ if env is None else env
+    systemd = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "busbell"
+    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "busbell"
+
+
+def signing_key_path(config: Any, env: Mapping[str, str] | None = None) -> Path:
+    """Where the deny-list signing key of a :class:`backend.config.BackendConfig` is.
+
+    ``[keys] signing_key`` if set; else beside a SQLite database file; else (PostgreSQL,
+    in-memory SQLite) in :func:`state_dir`.
+    """
     if config.keys.signing_key is not None:
         return Path(config.keys.signing_key)
-    name = "busbell-backend-signing.pem"
     url = str(config.database.url)
     if url.startswith("sqlite") and ":///" in url:
-        db = url.split(":///", 1)[1]
+        db = url.split(":///", 1)[1].split("?", 1)[0]
         if db and db != ":memory:":
-            return Path(db).parent / name
-    return Path(name)
+            return Path(db).parent / SIGNING_KEY_NAME
+    return state_dir(env) / SIGNING_KEY_NAME
 
 
 def load_signing_key(path: Path) -> DeviceKey:
     """The backend's deny-list signing key; generated and saved (0600) when missing.
+
+    Several workers may start at once on one state directory: the new key is written
+    to a private file and linked into place, so exactly one key wins and every worker
+    loads that one.
 
     Raises:
         KeyFileError: when the file exists but is not an Ed25519 PEM key, or cannot be
@@ -272,8 +304,20 @@ def load_signing_key(path: Path) -> DeviceKey:
     if path.exists():
         return DeviceKey.load(path)
     key = DeviceKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key.save(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {path.parent}: {exc.strerror}") from None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    key.save(tmp)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return DeviceKey.load(path)  # another worker made it first
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {path}: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     _log().warning("backend_signing_key_created", path=str(path), public_key=key.public.hex)
     return key
 

@@ -88,8 +88,9 @@ agency's timezone when a feed is given (--gtfs or [files] gtfs), else UTC.
 """
 
 
-SERVICE_STOP_GRACE_S = 5.0
-"""How long `run_backend` lets the service finish after ``stop`` before cancelling it."""
+SERVICE_STOP_GRACE_S = 25.0
+"""How long `run_backend` lets the service finish after ``stop`` before cancelling it (more
+than the service's own grace for ingest's batch in flight, ``backend._api.STOP_GRACE_S``)."""
 
 
 def _err(text: str) -> None:
@@ -599,8 +600,26 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
 
-    status: int = asyncio.run(run_backend(args.config))
+    async def main() -> int:
+        # SIGTERM (systemd, docker stop) and SIGINT stop the service the same clean way:
+        # ingest finishes the batch in flight (commit, then ack) and acks nothing else
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                from busbell import get_logger
+
+                get_logger("backend.cli").info("backend_stopping", signal=sig.name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return await run_backend(args.config, stop=stop)
+
+    status: int = asyncio.run(main())
     return status
 
 

@@ -287,8 +287,11 @@ class KeysSettings:
         doc=(
             "The backend's Ed25519 key (PEM, PKCS#8) that signs the deny list; created "
             "(mode 0600) on first start if missing. Default: busbell-backend-signing.pem "
-            "beside the SQLite database (in the working directory for PostgreSQL; give "
-            "every backend of one fleet the same file). Buses need its public half: "
+            "beside the SQLite database file; for PostgreSQL (or in-memory SQLite) in the "
+            "state directory: $STATE_DIRECTORY (systemd StateDirectory=, /var/lib/busbell "
+            "in the shipped unit), else $XDG_STATE_HOME/busbell, else "
+            "~/.local/state/busbell; never the working directory. Give every backend of one "
+            "fleet the same file. Buses need its public half: "
             "busbell backend public-key --config FILE prints it."
         ),
     )

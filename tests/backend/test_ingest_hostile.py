@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -205,6 +206,7 @@ class Backend:
             f'[files]\ndevices = "{devices}"\n[api]\nport = {self.api_port}\n'
         )
         self.log = tmp / "backend.log"
+        self.state = tmp / "state"
         self.proc: subprocess.Popen[bytes] | None = None
         self.offset = 0
 
@@ -223,6 +225,8 @@ class Backend:
                 ],
                 stdout=f,
                 stderr=subprocess.STDOUT,
+                # the signing key's home for PostgreSQL (SQLite keeps it beside the file)
+                env={**os.environ, "STATE_DIRECTORY": str(self.state)},
             )
         deadline = time.monotonic() + 60
         while b'"fare_ingest_subscribed"' not in self.log.read_bytes()[offset:]:
@@ -324,6 +328,12 @@ async def test_backend_run_survives_hostile_fares_and_stores_every_genuine_one(
         assert await _count(eng, quarantine) <= 2 * 4 * 10 * 10
     finally:
         await eng.dispose()
+    # the deny-list signing key was made in the test's own directory: beside the SQLite
+    # file, or for PostgreSQL in the state directory (never the working directory)
+    keys = list(backend.config.parent.rglob("busbell-backend-signing.pem"))
+    assert len(keys) == 1
+    sqlite = db_url.startswith("sqlite")
+    assert keys[0].parent == (backend.config.parent if sqlite else backend.state)
     text = backend.log.read_text()
     lines = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
     ignored = [e for e in lines if e.get("event") == "fare_message_ignored"]

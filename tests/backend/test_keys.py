@@ -375,3 +375,45 @@ async def test_run_key_distribution_until_stopped(
     await engine.dispose()
     assert days[TODAY] == "11" * 32  # imported from FLEET.csv
     assert day_of(time.time()) in days  # generated for the real today
+
+
+def test_signing_key_default_is_beside_the_sqlite_file_or_in_the_state_directory(
+    tmp_path: Path,
+) -> None:
+    from backend._denylist import SIGNING_KEY_NAME, signing_key_path, state_dir
+
+    def cfg(url: str, key: Path | None = None) -> BackendConfig:
+        return BackendConfig(database=DatabaseSettings(url=url), keys=KeysSettings(signing_key=key))
+
+    env = {"STATE_DIRECTORY": "/var/lib/busbell:/var/lib/other", "HOME": "/home/x"}
+    sqlite = f"sqlite+aiosqlite:///{tmp_path / 'db' / 'ledger.db'}"
+    assert signing_key_path(cfg(sqlite), env) == tmp_path / "db" / SIGNING_KEY_NAME
+    pg = "postgresql+asyncpg://postgres@127.0.0.1:5432/busbell"
+    assert signing_key_path(cfg(pg), env) == Path("/var/lib/busbell") / SIGNING_KEY_NAME
+    memory = "sqlite+aiosqlite:///:memory:"
+    assert signing_key_path(cfg(memory), env) == Path("/var/lib/busbell") / SIGNING_KEY_NAME
+    assert signing_key_path(cfg(pg, tmp_path / "k.pem"), env) == tmp_path / "k.pem"
+    assert state_dir({"XDG_STATE_HOME": "/s", "HOME": "/home/x"}) == Path("/s/busbell")
+    # a relative XDG_STATE_HOME is invalid by the spec: ignored
+    assert state_dir({"XDG_STATE_HOME": "s", "HOME": "/home/x"}) == Path(
+        "/home/x/.local/state/busbell"
+    )
+    assert state_dir({"HOME": "/home/x"}) == Path("/home/x/.local/state/busbell")
+    for e in ({}, {"HOME": "/h"}, {"XDG_STATE_HOME": "/x"}):
+        assert not str(signing_key_path(cfg(pg), e)).startswith(SIGNING_KEY_NAME)
+
+
+def test_workers_starting_at_once_share_one_signing_key(tmp_path: Path) -> None:
+    import concurrent.futures
+    import os
+    import stat
+
+    from backend._denylist import load_signing_key
+
+    path = tmp_path / "state" / "busbell-backend-signing.pem"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: load_signing_key(path).public.hex, range(16)))
+    assert len(set(keys)) == 1
+    assert DeviceKey.load(path).public.hex == keys[0]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
