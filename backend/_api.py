@@ -67,7 +67,7 @@ from busbell._logging import get_logger
 from busbell._topics import Topics
 
 if TYPE_CHECKING:
-    pass
+    from busbell._mqtt import SessionChange
 
 __all__ = [
     "ApiAuth",
@@ -760,7 +760,7 @@ class _BrokerLink:
         self.relay = StatusRelay(state.topics)
 
     async def run(self) -> None:
-        from busbell._mqtt import MqttSession, backoff_delays
+        from busbell._mqtt import MqttSession, ReconnectLoop
 
         topics = self.state.topics
         waits = self.state.waits
@@ -772,33 +772,39 @@ class _BrokerLink:
             *waits.subscriptions(),
             self.relay.subscription(),
         ]
-        delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
-        while True:
-            try:
-                async with MqttSession(self.settings, self.client_id) as session:
-                    await session.subscribe(subs, qos=1)
-                    self.state.publisher = session
-                    log.info("api_broker_connected")
-                    delays = backoff_delays(
-                        self.settings.backoff_initial_s, self.settings.backoff_max_s
-                    )
-                    async for m in session.messages():
-                        assert self.state.fleet is not None
-                        try:
-                            self.state.fleet.on_message(m.topic, m.payload)
-                            await waits.on_message(m.topic, m.payload)
-                            out = self.relay.on_message(m.topic, m.payload)
-                            if out is not None:
-                                await session.publish(out[0], out[1], qos=1, retain=True)
-                        except UplinkError:
-                            raise
-                        except Exception:  # one message must never stop the API's link
-                            log.exception("api_broker_message_failed", topic=m.topic[:200])
-            except UplinkError as exc:
-                log.warning("api_broker_lost", error=str(exc))
-            finally:
-                self.state.publisher = None
-            await asyncio.sleep(next(delays))
+        loop: ReconnectLoop[MqttSession] = ReconnectLoop(
+            lambda: MqttSession(self.settings, self.client_id),
+            initial_s=self.settings.backoff_initial_s,
+            max_s=self.settings.backoff_max_s,
+            on_change=self._changed,
+        )
+
+        async def follow(session: MqttSession) -> None:
+            await session.subscribe(subs, qos=1)
+            self.state.publisher = session
+            loop.up()
+            async for m in session.messages():
+                assert self.state.fleet is not None
+                try:
+                    self.state.fleet.on_message(m.topic, m.payload)
+                    await waits.on_message(m.topic, m.payload)
+                    out = self.relay.on_message(m.topic, m.payload)
+                    if out is not None:
+                        await session.publish(out[0], out[1], qos=1, retain=True)
+                except UplinkError:
+                    raise
+                except Exception:  # one message must never stop the API's link
+                    log.exception("api_broker_message_failed", topic=m.topic[:200])
+
+        await loop.run(follow)
+
+    def _changed(self, change: SessionChange) -> None:
+        if change.state == "up":
+            log.info("api_broker_connected")
+            return
+        self.state.publisher = None
+        if change.errors:
+            log.warning("api_broker_lost", error=change.error)
 
 
 async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = None) -> int:

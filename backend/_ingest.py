@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
+import functools
 import os
 import socket
 import time
@@ -67,7 +67,7 @@ from busbell import (
     sha256_hex,
     validate_event,
 )
-from busbell._mqtt import MqttSession, backoff_delays
+from busbell._mqtt import MqttSession, ReconnectLoop, SessionChange
 
 __all__ = [
     "QUARANTINE_REASONS",
@@ -1084,29 +1084,30 @@ class IngestWorker:
         """Run until ``stop`` is set (or forever), reconnecting with backoff."""
         stop = stop or asyncio.Event()
         await self.ingestor.refresh_devices()
-        delays = backoff_delays(self.config.mqtt.backoff_initial_s, self.config.mqtt.backoff_max_s)
         _log().info(
             "fare_ingest_started",
             worker_id=self.worker_id,
             shared=self.config.ingest.shared_subscription,
         )
-        while not stop.is_set():
-            try:
-                async with self._session() as session:
-                    await self._run_connected(session, stop)
-                    delays = backoff_delays(
-                        self.config.mqtt.backoff_initial_s, self.config.mqtt.backoff_max_s
-                    )
-            except* (UplinkError, StoreError) as group:
-                self.connected.clear()
-                for exc in group.exceptions:
-                    _log().warning("fare_ingest_disconnected", error=str(exc))
-                delay = next(delays)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+        loop: ReconnectLoop[MqttSession] = ReconnectLoop(
+            self._session,
+            initial_s=self.config.mqtt.backoff_initial_s,
+            max_s=self.config.mqtt.backoff_max_s,
+            retry_on=(UplinkError, StoreError),
+            on_change=self._changed,
+        )
+        await loop.run(functools.partial(self._run_connected, loop, stop=stop), stop=stop)
         _log().info("fare_ingest_stopped", worker_id=self.worker_id)
 
-    async def _run_connected(self, session: MqttSession, stop: asyncio.Event) -> None:
+    def _changed(self, change: SessionChange) -> None:
+        if change.state != "up":
+            self.connected.clear()
+        for exc in change.errors:
+            _log().warning("fare_ingest_disconnected", error=str(exc))
+
+    async def _run_connected(
+        self, loop: ReconnectLoop[MqttSession], session: MqttSession, *, stop: asyncio.Event
+    ) -> None:
         ing = self.config.ingest
         topic = (
             self.topics.shared_fares(ing.group)
@@ -1114,6 +1115,7 @@ class IngestWorker:
             else self.topics.all_fares()
         )
         await session.subscribe([topic], qos=1)
+        loop.up()
         self.connected.set()
         _log().info("fare_ingest_subscribed", topic=topic, worker_id=self.worker_id)
         async with asyncio.TaskGroup() as tg:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import time
@@ -466,7 +465,7 @@ async def run_key_distribution(
     """
     from backend._db import engine_for, migrate
     from backend._denylist import load_signing_key, signing_key_path
-    from busbell._mqtt import MqttSession, backoff_delays
+    from busbell._mqtt import MqttSession, ReconnectLoop, SessionChange
 
     stop = stop or asyncio.Event()
     changed = changed or asyncio.Event()
@@ -483,21 +482,27 @@ async def run_key_distribution(
             await import_devices(engine, config.files.devices)
         topics = Topics(config.mqtt.prefix)
         client_id = (config.mqtt.client_id or "busbell-backend") + "-keys"
-        delays = backoff_delays(config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s)
-        while not stop.is_set():
-            try:
-                async with MqttSession(config.mqtt, client_id) as session:
-                    while not stop.is_set():
-                        changed.clear()
-                        await distribute_once(engine, session.publish, topics, config.keys, key=key)
-                        delays = backoff_delays(
-                            config.mqtt.backoff_initial_s, config.mqtt.backoff_max_s
-                        )
-                        await _wait_any(stop, changed, config.keys.publish_interval_s)
-            except (UplinkError, StoreError) as exc:
-                _log().warning("key_distribution_failed", error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), next(delays))
+
+        def failed(change: SessionChange) -> None:
+            if change.errors:
+                _log().warning("key_distribution_failed", error=change.error)
+
+        loop: ReconnectLoop[MqttSession] = ReconnectLoop(
+            lambda: MqttSession(config.mqtt, client_id),
+            initial_s=config.mqtt.backoff_initial_s,
+            max_s=config.mqtt.backoff_max_s,
+            retry_on=(UplinkError, StoreError),
+            on_change=failed,
+        )
+
+        async def publish(session: MqttSession) -> None:
+            while not stop.is_set():
+                changed.clear()
+                await distribute_once(engine, session.publish, topics, config.keys, key=key)
+                loop.up()
+                await _wait_any(stop, changed, config.keys.publish_interval_s)
+
+        await loop.run(publish, stop=stop)
     finally:
         if own_engine:
             await engine.dispose()

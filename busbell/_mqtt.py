@@ -3,8 +3,13 @@
 aiomqtt 2.x does not reconnect by itself, acknowledges incoming QoS 1 messages before
 application code runs, and by default starts a clean session with a random client id.
 :class:`MqttSession` therefore always uses a stable client id, ``clean_start=False``
-and a session expiry, and :func:`backoff_delays` gives the jittered exponential
-reconnect schedule the callers loop over. ``aiomqtt.MqttError`` is translated into
+and a session expiry. :class:`ReconnectLoop` is the one reconnect loop of the tree:
+it enters a session, runs the caller's body on it, and after a failure waits a
+jittered exponential delay (:func:`backoff_delays`) before the next attempt, starting
+the delays over once a session was healthy; :func:`retry_with_backoff` is the same
+loop for an attempt that holds no session (binding a listening socket).
+:class:`Session` is the protocol the loop's bodies use: :class:`MqttSession`, or the
+in-memory fake of the tests. ``aiomqtt.MqttError`` is translated into
 :class:`~busbell._errors.UplinkError` here.
 
 :class:`MqttSession` closes the socket of a failed or cancelled connect and frees the
@@ -21,10 +26,12 @@ import contextlib
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Generic, Literal, Protocol, TypeVar, cast
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -34,7 +41,17 @@ from busbell._config import option
 from busbell._errors import UplinkError
 from busbell._logging import get_logger
 
-__all__ = ["MqttMessage", "MqttSession", "MqttSettings", "backoff_delays", "topic_matches"]
+__all__ = [
+    "MqttMessage",
+    "MqttSession",
+    "MqttSettings",
+    "ReconnectLoop",
+    "Session",
+    "SessionChange",
+    "backoff_delays",
+    "retry_with_backoff",
+    "topic_matches",
+]
 
 _log = get_logger("busbell.mqtt")
 _FILTERS_PER_PACKET = 100
@@ -95,6 +112,174 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
         if i >= len(tparts) or (f != "+" and f != tparts[i]):
             return False
     return len(fparts) == len(tparts)
+
+
+class Session(Protocol):
+    """What a connected session offers: :class:`MqttSession` or an in-memory fake."""
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> None:
+        """Publish (QoS 1: returns once the broker has it); UplinkError when lost."""
+
+    async def subscribe(self, topics: Sequence[str], qos: int = 1) -> None:
+        """Subscribe to topic filters; UplinkError when lost."""
+
+    async def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Unsubscribe from topic filters; UplinkError when lost."""
+
+    def messages(self) -> AsyncIterator[MqttMessage]:
+        """Incoming messages; raises UplinkError when the connection is lost."""
+
+
+S = TypeVar("S")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    """A change of a :class:`ReconnectLoop`'s session, as given to its ``on_change``.
+
+    ``state`` is ``"up"`` when the body reported the session healthy
+    (:meth:`ReconnectLoop.up`), ``"lost"`` when a session that was up failed,
+    ``"failed"`` when an attempt failed before it was up (both: the next attempt
+    follows in ``retry_in_s``), and ``"closed"`` when the loop ended (stopped,
+    cancelled, the body returned, or an error it does not retry) with a session up.
+    """
+
+    state: Literal["up", "lost", "failed", "closed"]
+    errors: tuple[BaseException, ...] = ()
+    retry_in_s: float = 0.0
+
+    @property
+    def error(self) -> str:
+        """The errors' messages, ``"; "``-joined."""
+        return "; ".join(str(e) for e in self.errors)
+
+
+def _leaves(exc: BaseException) -> tuple[BaseException, ...]:
+    if isinstance(exc, BaseExceptionGroup):
+        return tuple(leaf for e in exc.exceptions for leaf in _leaves(e))
+    return (exc,)
+
+
+class ReconnectLoop(Generic[S]):
+    """Connect, run a body on the session, back off and connect again after a failure.
+
+    :meth:`run` enters ``connect()`` (an async context manager: a :class:`MqttSession`
+    or a fake), awaits ``body(session)`` and returns what the body returns. An error in
+    ``retry_on`` from entering or from the body (also inside an exception group, as
+    a task group raises them) closes the session, is reported to ``on_change``
+    (``"lost"``, or ``"failed"`` when the session never was up) and the next attempt
+    follows after the next :func:`backoff_delays` delay. The body calls :meth:`up` once
+    the session works (typically: subscribed): that is reported (``"up"``) and starts
+    the delays over. Any other error ends the loop, as does a cancel or ``stop``.
+
+    Args:
+        connect: makes the session context manager for one attempt.
+        initial_s: the first delay (seconds).
+        max_s: the longest delay.
+        retry_on: the errors that mean "try again" (default: UplinkError).
+        on_change: called with every :class:`SessionChange` (counters, logs, flags).
+        rng: the jitter's random source (tests).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], AbstractAsyncContextManager[S]],
+        *,
+        initial_s: float,
+        max_s: float,
+        retry_on: tuple[type[Exception], ...] = (UplinkError,),
+        on_change: Callable[[SessionChange], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._connect = connect
+        self._initial_s = initial_s
+        self._max_s = max_s
+        self._retry_on = retry_on
+        self._on_change = on_change
+        self._rng = rng
+        self._delays = backoff_delays(initial_s, max_s, rng=rng)
+        self.is_up = False
+        """Whether the current session was reported healthy (:meth:`up`)."""
+
+    def up(self) -> None:
+        """The current session works: report ``"up"`` (once) and start the delays over."""
+        self._delays = backoff_delays(self._initial_s, self._max_s, rng=self._rng)
+        if not self.is_up:
+            self.is_up = True
+            self._report(SessionChange("up"))
+
+    def _report(self, change: SessionChange) -> None:
+        if self._on_change is not None:
+            self._on_change(change)
+
+    async def run(
+        self, body: Callable[[S], Awaitable[R]], *, stop: asyncio.Event | None = None
+    ) -> R | None:
+        """Run ``body`` on a session until it returns (its result), or until ``stop`` (None).
+
+        Raises:
+            Exception: an error that is not in ``retry_on``, unchanged.
+        """
+        try:
+            while stop is None or not stop.is_set():
+                failure: BaseException | None = None
+                try:
+                    async with self._connect() as session:
+                        return await body(session)
+                except* self._retry_on as group:
+                    failure = group
+                assert failure is not None  # the body returned otherwise
+                was_up, self.is_up = self.is_up, False
+                delay = next(self._delays)
+                self._report(SessionChange("lost" if was_up else "failed", _leaves(failure), delay))
+                if stop is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+            return None
+        finally:
+            if self.is_up:
+                self.is_up = False
+                self._report(SessionChange("closed"))
+
+
+async def retry_with_backoff(
+    attempt: Callable[[], Awaitable[R]],
+    *,
+    initial_s: float,
+    max_s: float,
+    retry_on: tuple[type[Exception], ...],
+    on_failure: Callable[[SessionChange], None] | None = None,
+) -> R:
+    """``attempt()`` until it succeeds, with :class:`ReconnectLoop`'s backoff between.
+
+    For what holds no session (binding a listening socket): each failure in
+    ``retry_on`` is reported to ``on_failure`` (state ``"failed"``, with the delay
+    before the next attempt).
+    """
+
+    async def body(_: None) -> R:
+        return await attempt()
+
+    loop: ReconnectLoop[None] = ReconnectLoop(
+        contextlib.nullcontext,
+        initial_s=initial_s,
+        max_s=max_s,
+        retry_on=retry_on,
+        on_change=on_failure,
+    )
+    # without stop, run ends only by returning the body's result
+    return cast(R, await loop.run(body))
 
 
 def _props(expiry_s: int | None) -> Properties | None:

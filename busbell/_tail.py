@@ -16,10 +16,10 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from busbell._errors import ContractError, UplinkError
-from busbell._mqtt import MqttMessage, MqttSession, MqttSettings, backoff_delays
+from busbell._mqtt import MqttMessage, MqttSession, MqttSettings, ReconnectLoop, SessionChange
 from busbell._topics import DEFAULT_PREFIX, Topics
 
 __all__ = ["TailFormatter", "format_message", "main"]
@@ -300,30 +300,37 @@ async def _run(a: argparse.Namespace, out: IO[str]) -> int:
     hidden = set() if a.gnss or (kinds and "vehicle_gnss" in kinds) else {"vehicle_gnss"}
     seen = 0
 
-    delays = backoff_delays(0.5, 10.0)
-    while True:
-        try:
-            async with MqttSession(
-                settings, f"busbell-tail-{secrets.token_hex(4)}", clean_start=True
-            ) as s:
-                await s.subscribe(_filters(topics, a), qos=0)
-                async for msg in s.messages():
-                    parsed = topics.parse(msg.topic)
-                    if parsed is None or parsed.kind in hidden:
-                        continue
-                    if a.bus and parsed.ids.get("bus", a.bus) != a.bus:
-                        continue
-                    line = fmt.format(msg, as_json=a.json)
-                    if line is None or (kinds and parsed.kind not in kinds):
-                        continue
-                    out.write(line + "\n")
-                    out.flush()
-                    seen += 1
-                    if a.count and seen >= a.count:
-                        return 0
-        except UplinkError as exc:
-            sys.stderr.write(f"busbell tail: {exc}; reconnecting\n")
-            await asyncio.sleep(next(delays))
+    async def follow(s: MqttSession) -> int:
+        nonlocal seen
+        await s.subscribe(_filters(topics, a), qos=0)
+        loop.up()
+        async for msg in s.messages():
+            parsed = topics.parse(msg.topic)
+            if parsed is None or parsed.kind in hidden:
+                continue
+            if a.bus and parsed.ids.get("bus", a.bus) != a.bus:
+                continue
+            line = fmt.format(msg, as_json=a.json)
+            if line is None or (kinds and parsed.kind not in kinds):
+                continue
+            out.write(line + "\n")
+            out.flush()
+            seen += 1
+            if a.count and seen >= a.count:
+                return 0
+        raise UplinkError("message stream ended")
+
+    def reconnecting(change: SessionChange) -> None:
+        if change.errors:
+            sys.stderr.write(f"busbell tail: {change.error}; reconnecting\n")
+
+    loop: ReconnectLoop[MqttSession] = ReconnectLoop(
+        lambda: MqttSession(settings, f"busbell-tail-{secrets.token_hex(4)}", clean_start=True),
+        initial_s=0.5,
+        max_s=10.0,
+        on_change=reconnecting,
+    )
+    return cast(int, await loop.run(follow))  # without stop, run ends only by returning
 
 
 def main(argv: Sequence[str], prog: str = "busbell tail") -> int:

@@ -31,7 +31,7 @@ from starlette.routing import Route
 from busbell._errors import UplinkError
 from busbell._http import http_server, serve_http
 from busbell._logging import get_logger
-from busbell._mqtt import MqttSession, MqttSettings, backoff_delays
+from busbell._mqtt import MqttSession, MqttSettings, ReconnectLoop, SessionChange
 from busbell._topics import Topics
 
 __all__ = ["FleetView", "serve_view", "stop_names"]
@@ -73,41 +73,48 @@ class FleetView:
 
     async def follow(self) -> None:
         """Subscribe to every busbell topic and keep the latest state (runs forever)."""
-        delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
         client_id = f"busbell-view-{secrets.token_hex(4)}"
-        while True:
-            try:
-                async with MqttSession(self.settings, client_id, clean_start=True) as s:
-                    await s.subscribe([self.topics.everything()], qos=0)
-                    self.connected = True
-                    log.info("view_connected", broker=f"{self.settings.host}:{self.settings.port}")
-                    async for m in s.messages():
-                        parsed = self.topics.parse(m.topic)
-                        if parsed is None or parsed.kind == "fleet_keys":
-                            continue
-                        try:
-                            body = json.loads(m.payload) if m.payload else None
-                        except ValueError:
-                            log.warning("view_bad_payload", topic=m.topic)
-                            continue
-                        if parsed.kind == "fares" and isinstance(body, dict):
-                            evs = body.get("events", [])
-                            body = {"count": len(evs) if isinstance(evs, list) else 0}
-                        item = {
-                            "topic": m.topic,
-                            "kind": parsed.kind,
-                            "ids": parsed.ids,
-                            "body": body,
-                        }
-                        if body is None:
-                            self.latest.pop(m.topic, None)
-                        else:
-                            self.latest[m.topic] = item
-                        self._publish(item)
-            except UplinkError as exc:
-                self.connected = False
-                log.warning("view_disconnected", error=str(exc))
-                await asyncio.sleep(next(delays))
+        loop: ReconnectLoop[MqttSession] = ReconnectLoop(
+            lambda: MqttSession(self.settings, client_id, clean_start=True),
+            initial_s=self.settings.backoff_initial_s,
+            max_s=self.settings.backoff_max_s,
+            on_change=self._changed,
+        )
+
+        async def keep_latest(s: MqttSession) -> None:
+            await s.subscribe([self.topics.everything()], qos=0)
+            loop.up()
+            async for m in s.messages():
+                self._on_message(m.topic, m.payload)
+            raise UplinkError("message stream ended")
+
+        await loop.run(keep_latest)
+
+    def _changed(self, change: SessionChange) -> None:
+        self.connected = change.state == "up"
+        if change.state == "up":
+            log.info("view_connected", broker=f"{self.settings.host}:{self.settings.port}")
+        elif change.errors:
+            log.warning("view_disconnected", error=change.error)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = self.topics.parse(topic)
+        if parsed is None or parsed.kind == "fleet_keys":
+            return
+        try:
+            body = json.loads(payload) if payload else None
+        except ValueError:
+            log.warning("view_bad_payload", topic=topic)
+            return
+        if parsed.kind == "fares" and isinstance(body, dict):
+            evs = body.get("events", [])
+            body = {"count": len(evs) if isinstance(evs, list) else 0}
+        item = {"topic": topic, "kind": parsed.kind, "ids": parsed.ids, "body": body}
+        if body is None:
+            self.latest.pop(topic, None)
+        else:
+            self.latest[topic] = item
+        self._publish(item)
 
     async def stream(self) -> AsyncIterator[str]:
         """SSE lines: a snapshot of the latest state, then every update, until closed.

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ from dbus_fast import AuthError, BusType, DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from busbell import DEFAULT_COMPANY_ID, AdvRecord, get_logger, option
+from busbell._mqtt import backoff_delays
 from edge._source import AdvertisementSink
 
 __all__ = ["SCANNER_MODES", "BleakSource", "ScannerParams", "ScannerStats", "classify_error"]
@@ -189,14 +190,6 @@ def classify_error(exc: BaseException) -> str:  # noqa: PLR0911
     if isinstance(exc, OSError | EOFError):
         return "bus_unavailable"
     return "unexpected"
-
-
-def _backoff(initial_s: float, max_s: float, rng: random.Random) -> Iterator[float]:
-    """Endless "equal jitter" delays: uniform(cap/2, cap), cap doubling up to ``max_s``."""
-    cap = initial_s
-    while True:
-        yield rng.uniform(cap / 2, cap)
-        cap = min(max_s, cap * 2)
 
 
 class _AdapterWatch:
@@ -353,7 +346,9 @@ class BleakSource:
 
     async def run(self, sink: AdvertisementSink) -> None:
         """Scan until cancelled; faults are counted, logged and followed by a restart."""
-        delays = _backoff(self.params.backoff_initial_s, self.params.backoff_max_s, self._rng)
+        delays = backoff_delays(
+            self.params.backoff_initial_s, self.params.backoff_max_s, rng=self._rng
+        )
         first = True
         streak = 0  # consecutive in_progress failures
         while True:
@@ -395,8 +390,8 @@ class BleakSource:
                 continue
             streak = 0
             if self._heard > heard_before:
-                delays = _backoff(
-                    self.params.backoff_initial_s, self.params.backoff_max_s, self._rng
+                delays = backoff_delays(
+                    self.params.backoff_initial_s, self.params.backoff_max_s, rng=self._rng
                 )
             if ended == "silent":
                 self.stats.silent_restarts += 1

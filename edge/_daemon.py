@@ -342,18 +342,20 @@ class EdgeDaemon:
     # --- tasks ------------------------------------------------------------------------
 
     async def _scanner_task(self) -> None:
-        from busbell._mqtt import backoff_delays
+        from busbell._mqtt import SessionChange, retry_with_backoff
 
-        delays = backoff_delays(1.0, 30.0)
-        while True:
-            try:
-                await self.source.run(self.on_advert)
-                _log.info("scanner_ended", source=getattr(self.source, "name", "?"))
-                return
-            except BusbellError as exc:
-                self.stats.scanner_restarts += 1
-                _log.error("scanner_failed", error=str(exc))
-                await asyncio.sleep(next(delays))
+        def failed(change: SessionChange) -> None:
+            self.stats.scanner_restarts += 1
+            _log.error("scanner_failed", error=change.error)
+
+        await retry_with_backoff(
+            lambda: self.source.run(self.on_advert),
+            initial_s=1.0,
+            max_s=30.0,
+            retry_on=(BusbellError,),
+            on_failure=failed,
+        )
+        _log.info("scanner_ended", source=getattr(self.source, "name", "?"))
 
     async def _record(self, drafts: list[SegmentDraft]) -> None:
         """Record closed segments; on a store failure keep them and retry (never drop)."""

@@ -46,7 +46,7 @@ from busbell import (
     validate_display,
     validate_driver_ack,
 )
-from busbell._mqtt import MqttSettings, backoff_delays
+from busbell._mqtt import MqttSettings, SessionChange, retry_with_backoff
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -614,16 +614,18 @@ async def serve_driver_page(
     from busbell._http import http_server, serve_http
 
     settings = display.settings
-    delays = backoff_delays(1.0, 30.0)
-    while True:
-        try:
-            sock = bind_listener(settings.host, settings.port)
-            break
-        except OSError as exc:
-            _log.error(
-                "driver_page_bind_failed", host=settings.host, port=settings.port, error=str(exc)
-            )
-            await asyncio.sleep(next(delays))
+
+    async def bind() -> socket.socket:
+        return bind_listener(settings.host, settings.port)
+
+    def failed(change: SessionChange) -> None:
+        _log.error(
+            "driver_page_bind_failed", host=settings.host, port=settings.port, error=change.error
+        )
+
+    sock = await retry_with_backoff(
+        bind, initial_s=1.0, max_s=30.0, retry_on=(OSError,), on_failure=failed
+    )
     host, port = sock.getsockname()[:2]
     display.address = (host, port)
     server = http_server(

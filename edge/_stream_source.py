@@ -32,7 +32,7 @@ from busbell import (
     loads_bounded,
     parse_record,
 )
-from busbell._mqtt import backoff_delays
+from busbell._mqtt import SessionChange, retry_with_backoff
 from edge._source import AdvertisementSink
 
 __all__ = ["StreamSource", "StreamStats"]
@@ -163,34 +163,35 @@ class StreamSource:
         A port another process holds must not stop the daemon (its uplink, bells and
         fare store go on): the failure is counted, logged and retried until it binds.
         """
-        delays = backoff_delays(*self._bind_retry_s)
-        while True:
-            try:
-                if self._unix_path is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self._unix_path)
-                    server = await asyncio.start_unix_server(
-                        on_client, self._unix_path, limit=MAX_LINE
-                    )
-                    self.address = self._unix_path
-                else:
-                    server = await asyncio.start_server(
-                        on_client, self._host, self._port, limit=MAX_LINE
-                    )
-                    sockname = server.sockets[0].getsockname()
-                    self.address = (str(sockname[0]), int(sockname[1]))
-                return server
-            except OSError as exc:
-                self.stats.bind_failures += 1
-                delay = next(delays)
-                self._log.warning(
-                    "stream_source_bind_failed",
-                    address=self._unix_path or f"{self._host}:{self._port}",
-                    error=str(exc),
-                    failures=self.stats.bind_failures,
-                    retry_in_s=round(delay, 2),
+
+        async def listen() -> asyncio.Server:
+            if self._unix_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._unix_path)
+                server = await asyncio.start_unix_server(on_client, self._unix_path, limit=MAX_LINE)
+                self.address = self._unix_path
+            else:
+                server = await asyncio.start_server(
+                    on_client, self._host, self._port, limit=MAX_LINE
                 )
-                await asyncio.sleep(delay)
+                sockname = server.sockets[0].getsockname()
+                self.address = (str(sockname[0]), int(sockname[1]))
+            return server
+
+        def failed(change: SessionChange) -> None:
+            self.stats.bind_failures += 1
+            self._log.warning(
+                "stream_source_bind_failed",
+                address=self._unix_path or f"{self._host}:{self._port}",
+                error=change.error,
+                failures=self.stats.bind_failures,
+                retry_in_s=round(change.retry_in_s, 2),
+            )
+
+        initial_s, max_s = self._bind_retry_s
+        return await retry_with_backoff(
+            listen, initial_s=initial_s, max_s=max_s, retry_on=(OSError,), on_failure=failed
+        )
 
     async def _serve(
         self,

@@ -2,7 +2,7 @@
 
 :class:`MqttLink` owns the one broker connection of the bus (stable client id,
 persistent session, retained LWT ``{"state":"offline"}`` on ``status``), reconnects
-with :func:`busbell._mqtt.backoff_delays`, routes incoming messages by exact topic to
+with :class:`busbell._mqtt.ReconnectLoop`, routes incoming messages by exact topic to
 async handlers and tells listeners when it (re)connects.
 
 :class:`FareUploader` drains the :class:`~edge._store.FareStore` to
@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,14 @@ from busbell import (
     loads_object,
     option,
 )
-from busbell._mqtt import MqttSession, MqttSettings, backoff_delays, topic_matches
+from busbell._mqtt import (
+    MqttSession,
+    MqttSettings,
+    ReconnectLoop,
+    Session,
+    SessionChange,
+    topic_matches,
+)
 from edge._store import FareStore, StoredEvent
 
 __all__ = [
@@ -127,8 +136,9 @@ class MqttLink:
         bus_id: the bus (for the client id and the LWT topic).
         topics: topic names under the configured prefix.
         client_id: stable client id; default ``settings.client_id`` or ``busbell-edge-BUS``.
-        session_factory: makes the session (tests inject failures); default
-            :class:`busbell._mqtt.MqttSession`.
+        session_factory: makes the session context manager, called as
+            ``(settings, client_id, will=...)``; default :class:`busbell._mqtt.MqttSession`
+            (tests pass an in-memory broker's).
         lwt: leave the retained last will ``{"state":"offline"}`` on ``status`` (the
             daemon's link); ``False`` for other clients of the bus (the driver page).
     """
@@ -140,7 +150,7 @@ class MqttLink:
         topics: Topics,
         *,
         client_id: str | None = None,
-        session_factory: Callable[..., MqttSession] = MqttSession,
+        session_factory: Callable[..., AbstractAsyncContextManager[Session]] = MqttSession,
         lwt: bool = True,
     ) -> None:
         self.settings = settings
@@ -152,7 +162,7 @@ class MqttLink:
         self._routes: dict[str, Handler] = {}
         self._filters: dict[str, FilterHandler] = {}
         self._listeners: list[ConnectListener] = []
-        self._session: MqttSession | None = None
+        self._session: Session | None = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.disconnects = 0
@@ -267,60 +277,67 @@ class MqttLink:
     async def run(self) -> None:
         """Connect, dispatch, and reconnect with jittered backoff, until cancelled."""
         will = (self.topics.status(self.bus_id), OFFLINE_PAYLOAD, True) if self._lwt else None
-        delays = backoff_delays(self.settings.backoff_initial_s, self.settings.backoff_max_s)
-        while True:
+        loop: ReconnectLoop[Session] = ReconnectLoop(
+            lambda: self._factory(self.settings, self.client_id, will=will),
+            initial_s=self.settings.backoff_initial_s,
+            max_s=self.settings.backoff_max_s,
+            on_change=self._changed,
+        )
+        await loop.run(functools.partial(self._connected, loop))
+
+    def _changed(self, change: SessionChange) -> None:
+        if change.state == "up":
+            self.connects += 1
+            self.connected_since = time.time()
+            self.connected.set()
+            _log.info(
+                "uplink_connected",
+                host=self.settings.host,
+                port=self.settings.port,
+                client_id=self.client_id,
+            )
+        elif change.state in ("lost", "failed"):
+            self.last_error = change.error
+            if change.state == "lost":
+                self.disconnects += 1
+                self.connected_since = None
+                _log.warning("uplink_lost", error=change.error)
+            else:
+                _log.info("uplink_connect_failed", error=change.error)
+
+    async def _connected(self, loop: ReconnectLoop[Session], s: Session) -> None:
+        try:
+            await self._dispatch(loop, s)
+        finally:
+            self._lost()
+
+    async def _dispatch(self, loop: ReconnectLoop[Session], s: Session) -> None:
+        wanted = [*self._routes, *self._filters]
+        await s.subscribe(wanted)
+        self._session = s
+        late = [t for t in [*self._routes, *self._filters] if t not in set(wanted)]
+        if late:  # routed while the first subscribe was under way
+            await s.subscribe(late)
+        loop.up()
+        for listener in self._listeners:
+            await listener()
+        async for m in s.messages():
+            handler = self._routes.get(m.topic)
             try:
-                async with self._factory(self.settings, self.client_id, will=will) as s:
-                    wanted = [*self._routes, *self._filters]
-                    await s.subscribe(wanted)
-                    self._session = s
-                    late = [t for t in [*self._routes, *self._filters] if t not in set(wanted)]
-                    if late:  # routed while the first subscribe was under way
-                        await s.subscribe(late)
-                    self.connects += 1
-                    self.connected_since = time.time()
-                    self.connected.set()
-                    delays = backoff_delays(
-                        self.settings.backoff_initial_s, self.settings.backoff_max_s
-                    )
-                    _log.info(
-                        "uplink_connected",
-                        host=self.settings.host,
-                        port=self.settings.port,
-                        client_id=self.client_id,
-                    )
-                    for listener in self._listeners:
-                        await listener()
-                    async for m in s.messages():
-                        handler = self._routes.get(m.topic)
-                        try:
-                            if handler is not None:
-                                await handler(m.payload)
-                            else:
-                                for topic_filter, fh in self._filters.items():
-                                    if topic_matches(topic_filter, m.topic):
-                                        await fh(m.topic, m.payload)
-                                        break
-                        except BusbellError as exc:
-                            self.handler_errors += 1
-                            _log.error("mqtt_handler_failed", topic=m.topic, error=str(exc))
-                        except Exception:  # a bug must not let one message stop the bus
-                            self.handler_errors += 1
-                            _log.exception("mqtt_handler_crashed", topic=m.topic)
-                    raise UplinkError("message stream ended")
-            except UplinkError as exc:
-                was_up = self._session is not None or self.connected.is_set()
-                self._lost()
-                self.last_error = str(exc)
-                if was_up:
-                    self.disconnects += 1
-                    self.connected_since = None
-                    _log.warning("uplink_lost", error=str(exc))
+                if handler is not None:
+                    await handler(m.payload)
                 else:
-                    _log.info("uplink_connect_failed", error=str(exc))
-            finally:
-                self._lost()
-            await asyncio.sleep(next(delays))
+                    for topic_filter, fh in self._filters.items():
+                        if topic_matches(topic_filter, m.topic):
+                            await fh(m.topic, m.payload)
+                            break
+            except BusbellError as exc:
+                self.handler_errors += 1
+                _log.error("mqtt_handler_failed", topic=m.topic, error=str(exc))
+            except Exception:  # a bug must not let one message stop the bus
+                self.handler_errors += 1
+                _log.exception("mqtt_handler_crashed", topic=m.topic)
+        raise UplinkError("message stream ended")
 
 
 @dataclass(slots=True)

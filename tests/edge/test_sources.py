@@ -21,7 +21,7 @@ from dbus_fast import AuthError, DBusError
 from structlog.testing import capture_logs
 
 from busbell import AdvRecord, ConfigError, GnssRecord, TraceWriter, describe_config, load_config
-from edge._ble import ScannerParams, _backoff, classify_error
+from edge._ble import ScannerParams, classify_error
 from edge._source import AdvertisementSource
 from edge._stream_source import MAX_LINE, StreamSource
 from edge._trace_source import TraceSource
@@ -370,13 +370,3 @@ def test_scanner_params_load_and_validate() -> None:
 )
 def test_classify_error(exc: BaseException, reason: str) -> None:
     assert classify_error(exc) == reason
-
-
-def test_backoff_is_jittered_exponential_and_capped() -> None:
-    import random
-
-    delays = _backoff(0.5, 4.0, random.Random(1))
-    got = [next(delays) for _ in range(8)]
-    caps = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0]
-    for d, cap in zip(got, caps, strict=True):
-        assert cap / 2 <= d <= cap
