@@ -37,6 +37,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 # mosquitto started as root drops to user "mosquitto", which cannot read pytest's tmp dirs
 RUN_AS = "\nuser root\n" if os.geteuid() == 0 else ""
+STOP_UNIT = "stopunit+S1"  # the shipped block with STOP_ID = S1
+OPS = "busbell+ops"
 
 
 def _name(cn: str) -> x509.Name:
@@ -132,7 +134,8 @@ def start(conf: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 def central(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     pki = tmp_path / "pki"
     pki.mkdir()
-    make_pki(pki, ["bus-1", "bus-2", "bus-3", "busbell-backend"], revoked=("bus-3",))
+    make_pki(pki, ["bus-1", "bus-2", "bus-3", "busbell-backend", STOP_UNIT, OPS, "stopunit+S2"],
+             revoked=("bus-3",))  # fmt: skip
     port = free_port()
     text = (DEPLOY / "central.conf").read_text()
     text = text.replace("listener 8883", f"listener {port} 127.0.0.1")
@@ -140,7 +143,8 @@ def central(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         "/var/lib/mosquitto/", f"{tmp_path}/"
     )
     text = text.replace("/etc/mosquitto/busbell.acl", str(tmp_path / "busbell.acl"))
-    shutil.copy(DEPLOY / "busbell.acl", tmp_path / "busbell.acl")
+    acl = (DEPLOY / "busbell.acl").read_text()
+    (tmp_path / "busbell.acl").write_text(acl.replace("STOP_ID", "S1"))
     conf = tmp_path / "central.conf"
     conf.write_text(text + RUN_AS)
     proc = start(conf, port, tmp_path / "central.log")
@@ -250,7 +254,7 @@ async def test_central_acl_confines_each_bus_to_its_own_topics(central: tuple[in
             pass
 
 
-USERS = ("edge", "driver", "vehicle")
+USERS = ("edge", "driver", "vehicle", "ops")
 
 
 @pytest.fixture
@@ -334,6 +338,7 @@ async def test_bus_broker_each_component_writes_only_its_own_topics(
         },
         "driver": {t.driver_ack(b)},
         "vehicle": {t.vehicle(b, "gnss"), t.vehicle(b, "doors"), t.vehicle(b, "trip")},
+        "ops": set(),  # read-only
     }
     observer = local(port, "edge", pw["edge"])
     async with MqttSession(observer, "observer", clean_start=True) as obs:
@@ -399,3 +404,96 @@ async def test_bus_bridge_carries_own_topics_both_ways_and_scopes_request_status
             assert [m.topic for m in await collect(edge, 1, 5.0)] == [t.request_status("r8")]
             echoes = await gather(backend)
             assert [m.topic for m in echoes] == [t.request_status("r8")]  # its own, no bounce
+
+
+def _every_topic(t: Topics) -> list[str]:
+    """One topic of every kind, for two buses, two stops and a request."""
+    out = [t.denylist(), t.request_status("r1"), t.wait("R1", "S1", "r1"),
+           t.wait("R2", "S1", "r2"), t.wait("R1", "S2", "r3")]  # fmt: skip
+    # bus ids near the certificates' CNs: a pattern line must not open any of them
+    for b in ("bus-1", "bus-2", "stopunit", "S1", "busbell", "ops"):
+        out += [t.status(b), t.display(b), t.occupancy(b), t.fares(b), t.fares_ack(b),
+                t.fares_resend(b), t.fleet_keys(b), t.driver_ack(b), t.vehicle(b, "gnss"),
+                t.bus_request_status(b, "r1")]  # fmt: skip
+    return out
+
+
+async def test_central_stop_unit_writes_only_its_own_stops_waits(
+    central: tuple[int, Path],
+) -> None:
+    port, pki = central
+    t = Topics()
+    async with MqttSession(tls(port, pki, "busbell-backend"), "backend-su", clean_start=True) as be:
+        await be.subscribe([t.everything()])
+        async with MqttSession(tls(port, pki, STOP_UNIT), "su-1", clean_start=True) as unit:
+            await unit.subscribe([t.request_status("r1"), t.fares("bus-1"), t.denylist()])
+            for topic in _every_topic(t):
+                await unit.publish(topic, json.dumps({"by": STOP_UNIT}), qos=1)
+            # a retained wait, then its clearing (an empty retained payload)
+            await unit.publish(t.wait("R3", "S1", "r4"), b'{"by":"su"}', qos=1, retain=True)
+            await unit.publish(t.wait("R3", "S1", "r4"), b"", qos=1, retain=True)
+            got = await gather(be)
+            assert sorted(m.topic for m in got) == sorted(
+                [
+                    t.wait("R1", "S1", "r1"),
+                    t.wait("R2", "S1", "r2"),
+                    *[t.wait("R3", "S1", "r4")] * 2,
+                ]
+            )
+            # it reads request statuses (its lamp), not fares or the deny list
+            await be.publish(t.request_status("r1"), b'{"state":"seen"}', qos=1)
+            await be.publish(t.fares("bus-1"), b"{}", qos=1)
+            await be.publish(t.denylist(), b"{}", qos=1)
+            assert [m.topic for m in await gather(unit)] == [t.request_status("r1")]
+    # another stop's unit may not write S1's waits
+    async with MqttSession(
+        tls(port, pki, "busbell-backend"), "backend-su2", clean_start=True
+    ) as be:
+        await be.subscribe([t.everything()])
+        async with MqttSession(tls(port, pki, "stopunit+S2"), "su-2", clean_start=True) as other:
+            await other.publish(t.wait("R1", "S1", "r9"), b"{}", qos=1)
+            await other.publish(t.status("S2"), b"{}", qos=1)
+        assert await gather(be) == []
+
+
+async def test_central_ops_user_reads_everything_and_writes_nothing(
+    central: tuple[int, Path],
+) -> None:
+    port, pki = central
+    t = Topics()
+    async with MqttSession(
+        tls(port, pki, "busbell-backend"), "backend-ops", clean_start=True
+    ) as be:
+        await be.subscribe([t.everything()])
+        async with MqttSession(tls(port, pki, OPS), "ops-1", clean_start=True) as ops:
+            await ops.subscribe([t.everything()])
+            for topic in _every_topic(t):
+                await ops.publish(topic, json.dumps({"by": OPS}), qos=1)
+                await ops.publish(topic, json.dumps({"by": OPS}), qos=1, retain=True)
+            assert [m for m in await gather(be) if b'"by"' in m.payload] == []
+            # and it sees what others publish
+            async with MqttSession(tls(port, pki, "bus-1"), "bus-1-ops", clean_start=True) as bus:
+                await bus.publish(t.status("bus-1"), b'{"state":"online"}', qos=1)
+                await bus.publish(t.fares("bus-1"), b'{"events":[]}', qos=1)
+            await be.publish(t.fares_ack("bus-1"), b'{"upto_seq":1}', qos=1)
+            seen = [m.topic for m in await gather(ops) if b'"by"' not in m.payload]
+            assert seen == [t.status("bus-1"), t.fares("bus-1"), t.fares_ack("bus-1")]
+
+
+async def test_bus_broker_ops_user_reads_everything(
+    bus_broker: tuple[int, dict[str, str]],
+) -> None:
+    port, pw = bus_broker
+    t = Topics()
+    b = "bus-1"
+    async with MqttSession(local(port, "ops", pw["ops"]), "ops-read", clean_start=True) as ops:
+        await ops.subscribe([f"{t.prefix}/#"])
+        async with MqttSession(local(port, "edge", pw["edge"]), "edge-w", clean_start=True) as e:
+            await e.publish(t.fares(b), b"{}", qos=1)
+            await e.publish(t.status(b), b"{}", qos=1)
+        async with MqttSession(
+            local(port, "vehicle", pw["vehicle"]), "veh-w", clean_start=True
+        ) as v:
+            await v.publish(t.vehicle(b, "gnss"), b"{}", qos=1)
+        got = [m.topic for m in await gather(ops)]
+        assert got == [t.fares(b), t.status(b), t.vehicle(b, "gnss")]
