@@ -164,6 +164,26 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  busbell config edge",
     )
     cfg.add_argument("component", choices=["edge", "backend", "sim"])
+
+    sch = sub.add_parser(
+        "schema",
+        help="print the JSON schemas generated from the typed fare records",
+        formatter_class=raw,
+        epilog="examples:\n  busbell schema fare-events\n"
+        "  busbell schema fare-events --write docs/asyncapi.yaml\n"
+        "  busbell schema fare-events --check docs/asyncapi.yaml",
+    )
+    sch.add_argument("what", choices=["fare-events"])
+    mode = sch.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--write", type=Path, metavar="ASYNCAPI", help="replace the generated block in this file"
+    )
+    mode.add_argument(
+        "--check",
+        type=Path,
+        metavar="ASYNCAPI",
+        help="exit 1 when this file's generated block differs from the types",
+    )
     return p
 
 
@@ -274,6 +294,26 @@ def _cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schema(a: argparse.Namespace) -> int:
+    from busbell._fare_types import asyncapi_block, replace_asyncapi_block
+
+    if a.write is None and a.check is None:
+        sys.stdout.write(asyncapi_block())
+        return 0
+    path: Path = a.write or a.check
+    text = path.read_text(encoding="utf-8")
+    new = replace_asyncapi_block(text)
+    if a.check is not None:
+        if new != text:
+            _fail(f"{path}: the fare-event schemas differ from busbell._fare_types (--write it)")
+        _out(f"{path}: fare-event schemas match busbell._fare_types")
+        return 0
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    _out(f"{path}: fare-event schemas {'rewritten' if new != text else 'already current'}")
+    return 0
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     sys.stderr.write(f"busbell: error: {message}\n")
     raise SystemExit(code)
@@ -284,6 +324,7 @@ _EXTRA_OF_MODULE = {
     "bleak": "edge",
     "dbus_fast": "edge",
     "aiosqlite": "edge",
+    "msgspec": "edge",
     "prometheus_client": "edge",
     "sqlalchemy": "backend",
     "alembic": "backend",
@@ -346,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_keys(a)
         if a.command == "config":
             return _cmd_config(a)
+        if a.command == "schema":
+            return _cmd_schema(a)
     except ModuleNotFoundError as exc:
         _missing_module(exc, a.command)
     except BusbellError as exc:

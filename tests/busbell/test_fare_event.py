@@ -119,8 +119,8 @@ def test_pem_round_trip(tmp_path: Path) -> None:
         (lambda e: e.update(interval=-1), "interval"),
         (lambda e: e.update(type="tap"), "type"),
         (lambda e: e.update(start=[]), "start"),
-        (lambda e: e["end"].pop("cause"), "end"),
-        (lambda e: e.update(proof={}), "proof"),
+        (lambda e: e["end"].pop("cause"), "end.cause"),
+        (lambda e: e.update(proof={}), "proof.first"),
     ],
 )
 def test_schema_rejections_name_the_field(mutate: Any, field: str) -> None:

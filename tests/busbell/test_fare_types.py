@@ -1,0 +1,203 @@
+"""The typed fare records: canonical bytes identical to the contract's, the fast batch
+path no wider than the general one, and docs/asyncapi.yaml generated from the types."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from busbell import (
+    ContractError,
+    DeviceKey,
+    JsonLimits,
+    JsonRejected,
+    canonical_bytes,
+    event_hash,
+    loads_bounded,
+    sign_event,
+    signing_bytes,
+    validate_event,
+)
+from busbell._fare_types import (
+    MISSED_COLUMNS,
+    SEGMENT_COLUMNS,
+    MissedRecord,
+    SegmentEvent,
+    asyncapi_block,
+    asyncapi_schemas,
+    canonical,
+    convert_event,
+    decode_batch,
+    decode_event,
+    replace_asyncapi_block,
+    signed_part,
+)
+from tests.factories.asyncapi import SPEC
+from tests.factories.events import segment_event
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = DeviceKey.from_seed(b"\x07" * 32)
+
+_text = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1, max_size=8
+)
+_number = (
+    st.integers(0, 2**53)
+    | st.floats(0, 1e300, allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0.0, 1e-5, 9.5e-5, 1e-4, 1e15, 1e16, 1.5e17, 5e-324])
+)
+_scalar = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _number | _text
+
+
+@st.composite
+def segments(draw: st.DrawFn) -> dict[str, Any]:
+    start = draw(_number)
+    ev = segment_event(
+        draw(st.integers(1, 2**63 - 1)),
+        evidence=draw(st.dictionaries(_text, _scalar | st.lists(_scalar, max_size=2), max_size=4)),
+    )
+    ev["start"] = {"t": start, "stop_id": draw(st.none() | _text), "cause": "boarded"}
+    ev["end"] = {"t": start + draw(_number), "stop_id": draw(st.none() | _text), "cause": "lost"}
+    ev["route_id"] = draw(st.none() | _text)
+    ev["distance_m"] = draw(_number)
+    return ev
+
+
+def missed_record(seq: int = 1) -> dict[str, Any]:
+    wait = {
+        "request_id": "w-1",
+        "route_id": "11",
+        "stop_id": "S3",
+        "t": 1700000000,
+        "expires_t": 1700000900.0,
+        "source": "app",
+        "assist": False,
+    }
+    return {
+        "v": 1,
+        "type": "missed",
+        "bus_id": "bus-0001",
+        "seq": seq,
+        "event_id": "m1",
+        "prev": "0" * 64,
+        "request_id": "w-1",
+        "route_id": "11",
+        "trip_id": None,
+        "stop_id": "S3",
+        "wait": wait,
+        "passed": {"t": 1700000500, "lat": 37.5, "lon": 127.0, "speed_mps": 8, "distance_m": 1.0},
+        "doors_opened": False,
+    }
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(segments())
+def test_canonical_bytes_are_the_contracts(ev: dict[str, Any]) -> None:
+    signed = sign_event(ev, KEY)
+    typed = convert_event(signed)
+    full = canonical(typed)
+    assert full == canonical_bytes(signed)  # what the edge signs and chains
+    assert signed_part(full, typed) == signing_bytes(signed)
+    KEY.public.verify_b64(signed["sig"], signed_part(full, typed))
+    assert canonical(decode_event(full)) == full
+    assert canonical(convert_event(ev, require_sig=False)) == canonical_bytes(ev)
+
+
+def test_integers_stay_integers() -> None:
+    # a signature covers "t":5 and "t":5.0 differently: neither may turn into the other
+    rec = sign_event(missed_record(), KEY)
+    typed = decode_event(canonical_bytes(rec))
+    assert isinstance(typed, MissedRecord)
+    assert canonical(typed) == canonical_bytes(rec)
+    assert type(typed.wait.t) is int
+    assert type(typed.wait.expires_t) is float
+    with pytest.raises(ContractError) as e:
+        decode_event(canonical_bytes(dict(rec, seq=1.0)))
+    assert e.value.field == "seq"
+
+
+def test_rows_follow_the_columns() -> None:
+    ev = convert_event(sign_event(segment_event(3), KEY))
+    assert isinstance(ev, SegmentEvent)
+    row = dict(zip(SEGMENT_COLUMNS, ev.ledger_row(), strict=True))
+    assert (row["seq"], row["start_cause"], row["end_t"], row["proof_last"]) == (
+        3,
+        "boarded",
+        1700000300.5,
+        "21" * 24,
+    )
+    rec = convert_event(sign_event(missed_record(2), KEY))
+    assert isinstance(rec, MissedRecord)
+    mrow = dict(zip(MISSED_COLUMNS, rec.ledger_row(), strict=True))
+    assert (mrow["seq"], mrow["wait_t"], mrow["passed_t"]) == (2, 1700000000, 1700000500)
+
+
+_JUNK = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=3)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fast_batch_path_takes_only_what_the_general_path_takes(data: st.DataObject) -> None:
+    events = [sign_event(segment_event(1), KEY), sign_event(missed_record(2), KEY)]
+    events = copy.deepcopy(events)
+    for _ in range(data.draw(st.integers(0, 2))):
+        ev = data.draw(st.sampled_from(events))
+        key = data.draw(st.sampled_from([*sorted(ev), "extra"]))
+        if data.draw(st.booleans()):
+            ev.pop(key, None)
+        else:
+            ev[key] = data.draw(_JUNK | st.dictionaries(st.text(max_size=2), _JUNK, max_size=2))
+    try:
+        payload = canonical_bytes({"bus_id": "bus-0001", "events": events})
+    except ValueError:
+        return
+    fast = decode_batch(payload)
+    try:
+        obj = loads_bounded(payload, JsonLimits(max_bytes=1 << 20, max_depth=32))
+        general: list[bytes] | None = []
+        for item in obj["events"]:
+            ev = convert_event(item)
+            assert general is not None
+            general.append(canonical(ev))
+    except (JsonRejected, ContractError):
+        general = None
+    if fast is not None:
+        assert general is not None, "the fast path took what the general path refuses"
+        assert [canonical(e) for e in fast[1]] == general
+
+
+def test_validate_event_is_the_typed_check() -> None:
+    ev = sign_event(segment_event(), KEY)
+    assert validate_event(ev) is ev
+    assert event_hash(ev) == __import__("hashlib").sha256(canonical(convert_event(ev))).hexdigest()
+    with pytest.raises(ContractError) as e:
+        validate_event(dict(ev, route_id="a\x00b"))  # a ledger text column holds no NUL
+    assert e.value.field == "route_id"
+
+
+def test_asyncapi_document_is_generated_from_the_types() -> None:
+    text = (ROOT / "docs" / "asyncapi.yaml").read_text(encoding="utf-8")
+    assert asyncapi_block() in text
+    assert replace_asyncapi_block(text) == text, "run: busbell schema fare-events --write ..."
+    schemas = SPEC["components"]["schemas"]
+    for name, schema in asyncapi_schemas().items():
+        assert schemas[name] == schema
+
+
+def test_schema_command_checks_and_rewrites(tmp_path: Path) -> None:
+    doc = tmp_path / "asyncapi.yaml"
+    text = (ROOT / "docs" / "asyncapi.yaml").read_text(encoding="utf-8")
+    doc.write_text(text.replace('"minimum": 1,', '"minimum": 2,', 1), encoding="utf-8")
+    cmd = [sys.executable, "-m", "busbell.cli", "schema", "fare-events"]
+    drift = subprocess.run([*cmd, "--check", str(doc)], check=False, capture_output=True, text=True)
+    assert drift.returncode == 1
+    assert "differ from busbell._fare_types" in drift.stderr
+    subprocess.run([*cmd, "--write", str(doc)], check=True, capture_output=True)
+    assert doc.read_text(encoding="utf-8") == text
