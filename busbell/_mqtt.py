@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Generic, Literal, Protocol, TypeVar, cast
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -363,6 +364,7 @@ class MqttSession:
         )
         self._timeout_s = timeout_s
         self._where = f"{settings.host}:{settings.port}"
+        self._ack_at_once()
         # aiomqtt runs this (paho's connect: DNS, TCP, TLS, CONNECT queued) with
         # loop.run_in_executor and keeps no handle on it; __aenter__ wraps it per attempt.
         self._connect_step: Callable[[], None] = self._client._client_connect
@@ -415,6 +417,34 @@ class MqttSession:
         if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _ack_at_once(self) -> None:
+        """Acknowledge what the broker sent at once, not after Linux's 40-ms delayed ACK.
+
+        A broker that leaves Nagle's algorithm on (Mosquitto's default: no
+        ``set_tcp_nodelay``) holds each small packet it has for us until we acknowledged
+        the previous one; a client that had nothing to send back (a PUBACK received, a
+        QoS 0 message) acknowledges only when the kernel's delayed-ACK timer fires. A
+        wait then reached the bus ~40 ms late, and a display the terminal, after every
+        publish. So after each read of the socket (aiomqtt calls paho's public
+        ``loop_read`` by attribute on the instance) the pending ACK is pushed out with
+        ``TCP_QUICKACK``, which Linux clears by itself and therefore must be set again.
+        """
+        quickack = getattr(socket, "TCP_QUICKACK", None)
+        if quickack is None:  # not Linux
+            return
+        paho = self._client._client
+        read = paho.loop_read
+
+        def loop_read(max_packets: int = 1) -> MQTTErrorCode:
+            rc = read(max_packets)
+            sock = paho.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+            return rc
+
+        setattr(paho, "loop_read", loop_read)  # noqa: B010 - mypy: assigning to a method
 
     async def _abandon_after(self, step: _ConnectStep) -> None:
         """Clean up an attempt that was cancelled (or failed unexpectedly).

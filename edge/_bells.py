@@ -114,7 +114,7 @@ class BellParams:
         5000, doc="Most live waits tracked; further ones are rejected and counted (too_many)."
     )
     coalesce_ms: float = option(
-        25.0,
+        10.0,
         doc="Display changes within this window after a publish are coalesced into one"
         " (the first change after a quiet window is published at once); at most 100 (the"
         " Bells v1 contract).",

@@ -95,6 +95,7 @@ class BellRelay:
         self._last_publish = -math.inf
         self._force_display = True
         self._wait_filter: str | None = None
+        self._wait_route: str | None = None
         self._status_topics: dict[str, str] = {}
         self._tracked_version = -1
         self._display_topic = topics.display(self.bus_id)
@@ -110,7 +111,13 @@ class BellRelay:
             else:
                 self._missed.append(o)
         core = self.core
-        if outputs or core.tracked_version != self._tracked_version:
+        if (
+            outputs
+            or core.tracked_version != self._tracked_version
+            or core.route_id != self._wait_route
+        ):
+            # a trip change must re-subscribe at once, not on the next tick: waits
+            # published in between would reach the bus only at that subscribe
             self._wake.set()
         if core.version != self._published_version:
             self._display_wake.set()
@@ -200,6 +207,7 @@ class BellRelay:
     async def _sync_subscriptions(self) -> None:
         core = self.core
         want = None if core.route_id is None else self.topics.route_waits(core.route_id)
+        self._wait_route = core.route_id
         if want != self._wait_filter:
             old = self._wait_filter
             self._wait_filter = want
@@ -244,6 +252,7 @@ class BellRelay:
             await self.link.wait_connected()
             return
         version = self.core.version
+        started = self._mono()
         model = self.core.display(self.clock(), online=True)
         try:
             await self.link.publish(self._display_topic, canonical_bytes(model), retain=True)
@@ -253,7 +262,9 @@ class BellRelay:
             return
         self._published_version = version
         self._force_display = False
-        self._last_publish = self._mono()
+        # the window runs from the publish, not from its PUBACK: a slow acknowledgement
+        # must not add to the wait of the next change
+        self._last_publish = started
         self.stats.displays_published += 1
 
     async def _flush_statuses(self) -> None:

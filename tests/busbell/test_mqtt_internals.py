@@ -8,8 +8,12 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import inspect
+import socket
+import uuid
+from typing import Any
 
 import aiomqtt
+import pytest
 
 from busbell._mqtt import MqttSession, MqttSettings
 
@@ -34,3 +38,40 @@ async def test_private_attributes_the_adapter_uses_exist() -> None:
     assert isinstance(client._connected, asyncio.Future)
     assert isinstance(client._disconnected, asyncio.Future)
     assert isinstance(client._lock, asyncio.Lock)
+
+
+def test_aiomqtt_reads_the_socket_through_paho_loop_read_on_the_instance() -> None:
+    # MqttSession._ack_at_once wraps loop_read on the paho instance
+    src = inspect.getsource(aiomqtt.Client._on_socket_open)
+    assert "client.loop_read()" in src
+
+
+@pytest.mark.mosquitto
+async def test_every_read_of_the_socket_acknowledges_at_once(
+    shared_broker: Any, topic_prefix: str
+) -> None:
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+    session = MqttSession(settings, f"quickack-{uuid.uuid4().hex[:8]}", clean_start=True)
+    paho = session._client._client
+    ours = paho.loop_read
+    after_reads: list[int] = []
+
+    def probe(max_packets: int = 1) -> Any:
+        sock = paho.socket()
+        assert isinstance(sock, socket.socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)  # delayed ACKs
+        rc = ours(max_packets)
+        after_reads.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK))
+        return rc
+
+    setattr(paho, "loop_read", probe)  # noqa: B010
+    topic = f"{topic_prefix}/quickack"
+    async with session:
+        await session.subscribe([topic])
+        await session.publish(topic, b"x", qos=1)
+        async with asyncio.timeout(10):
+            async for m in session.messages():
+                assert m.payload == b"x"
+                break
+    assert after_reads
+    assert set(after_reads) == {1}
