@@ -25,17 +25,8 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    (default) charges up to the last stop where the rider was confirmed on board
    (``end.stop_id`` if given, else the last known stop); ``penalty`` charges the
    route's maximum distance fare (the Korean no-tap-off rule).
-4. **Overlaps.** The same rider on two buses at overlapping times cannot both be true.
-   When one leg covers the other in time (within ``overlap_cover_s``), was heard at
-   least ``overlap_margin_db`` stronger over their common time (the edges' median RSSI,
-   weighted by time) and the weaker one sounds like a rider heard through the bus's
-   windows (not above ``overlap_loser_max_dbm``), the rider was on the stronger bus and
-   the other drove alongside: the weaker leg is dropped (``overlap_dropped``, never
-   charged) and the stronger one charged (``overlap_resolved``). This also drops a short
-   weak hop lying wholly within another bus's leg. Any other overlap longer than
-   ``replay_overlap_s`` is a suspected replay: both legs are marked and held, not
-   charged automatically; so is a leg that only lost to a leg that is itself held. Only
-   a leg that is not itself dropped can drop another one.
+4. **Overlaps** of one rider on two buses are settled by :mod:`backend._overlaps`:
+   a much weaker leg covered by a stronger one is dropped, any other long overlap held.
 5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m`` (overlapping
    segments counted once).
@@ -57,11 +48,27 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from backend._fare_engine import FareEngine, FareLeg, FareQuote
 from backend._fare_rules import NetworkMap
+from backend._legs import (
+    FLAG_LOST,
+    FLAG_MERGED,
+    FLAG_OVERLAP_DROPPED,
+    FLAG_OVERLAP_RESOLVED,
+    FLAG_PARTIAL,
+    FLAG_PENALTY,
+    FLAG_REVIEW,
+    FLAG_STOP_ORDER,
+    FLAG_SUSPECTED_REPLAY,
+    Journey,
+    JourneyPolicy,
+    Leg,
+    LostPolicy,
+    Segment,
+    chargeable,
+)
+from backend._overlaps import settle_overlaps
 from busbell._gtfs import Feed
 
 __all__ = [
@@ -80,310 +87,7 @@ __all__ = [
     "Leg",
     "LostPolicy",
     "Segment",
-    "explain_journey",
 ]
-
-LostPolicy = Literal["last-stop", "penalty"]
-
-FLAG_LOST = "lost"
-"""The rider was not seen alighting; the lost policy priced the leg."""
-FLAG_PENALTY = "penalty"
-"""The lost policy ``penalty`` charged the route's maximum distance."""
-FLAG_PARTIAL = "partial"
-"""The leg starts with a ``continued`` segment that has no predecessor."""
-FLAG_REVIEW = "review"
-"""A person should look at this leg or journey."""
-FLAG_SUSPECTED_REPLAY = "suspected_replay"
-"""The rider was on another bus at an overlapping time; not charged automatically."""
-FLAG_OVERLAP_DROPPED = "overlap_dropped"
-"""Another bus heard the rider much more strongly over the whole leg: never charged."""
-FLAG_OVERLAP_RESOLVED = "overlap_resolved"
-"""An overlapping, much weaker leg on another bus was dropped in favour of this one."""
-FLAG_MERGED = "merged"
-"""Segments of one bus trip joined into one leg across more than a rid rotation (a gap,
-a ``lost`` end, a split at a stop, overlapping rids): one ride, charged once."""
-FLAG_STOP_ORDER = "stop_order"
-"""The leg's boarding stop is not before its alighting stop: held, never charged."""
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One accepted, resolved fare event (one rid presence segment of one rider).
-
-    Attributes:
-        rider_id: the resolved rider.
-        bus_id: the bus that emitted the event.
-        seq: the event's sequence number on that bus.
-        event_id: the event id.
-        interval: the rid interval.
-        route_id: the trip's route, or ``None``.
-        trip_id: the trip, or ``None``.
-        start_t: segment start (bus GNSS time).
-        start_stop_id: stop at the start, or ``None``.
-        start_cause: ``boarded`` or ``continued``.
-        end_t: segment end.
-        end_stop_id: stop at the end, or ``None``.
-        end_cause: ``alighted``, ``rotated`` or ``lost``.
-        distance_m: distance the bus travelled during the segment.
-        rssi_med: the edge's median RSSI of the rid over the segment (``evidence.rssi_med``),
-            or ``None`` when the event does not say.
-    """
-
-    rider_id: str
-    bus_id: str
-    seq: int
-    event_id: str
-    interval: int
-    route_id: str | None
-    trip_id: str | None
-    start_t: float
-    start_stop_id: str | None
-    start_cause: str
-    end_t: float
-    end_stop_id: str | None
-    end_cause: str
-    distance_m: float
-    rssi_med: float | None = None
-
-    @classmethod
-    def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
-        """Make a segment from a validated fare event v1 and its resolved rider."""
-        start, end = event["start"], event["end"]
-        return cls(
-            rider_id=rider_id,
-            bus_id=event["bus_id"],
-            seq=event["seq"],
-            event_id=event["event_id"],
-            interval=event["interval"],
-            route_id=event["route_id"],
-            trip_id=event["trip_id"],
-            start_t=float(start["t"]),
-            start_stop_id=start["stop_id"],
-            start_cause=start["cause"],
-            end_t=float(end["t"]),
-            end_stop_id=end["stop_id"],
-            end_cause=end["cause"],
-            distance_m=float(event["distance_m"]),
-            rssi_med=evidence_rssi(event.get("evidence")),
-        )
-
-    def sort_key(self) -> tuple[float, str, int]:
-        """Total order: start time, then bus and sequence number."""
-        return (self.start_t, self.bus_id, self.seq)
-
-
-@dataclass(frozen=True, slots=True)
-class Leg:
-    """One ride of one rider on one bus, stitched from one or more segments.
-
-    Attributes:
-        rider_id: the rider.
-        bus_id: the bus.
-        route_id: the route (``None`` when the driver had not signed on).
-        trip_id: the trip, if known.
-        board_t: boarding time (first segment's start).
-        board_stop_id: boarding stop, if known.
-        alight_t: alighting time (last segment's end).
-        alight_stop_id: alighting stop (by the lost policy when lost), if known.
-        distance_m: the distance charged for.
-        distance_source: ``gtfs``, ``events`` or ``penalty``.
-        network_id: the fare class.
-        event_ids: the events stitched, in order.
-        flags: sorted flags (see the ``FLAG_*`` constants).
-        heard: ``(start_t, end_t, rssi_med)`` of each stitched segment whose event gave a
-            median RSSI (used to settle overlaps; not part of the output).
-    """
-
-    rider_id: str
-    bus_id: str
-    route_id: str | None
-    trip_id: str | None
-    board_t: float
-    board_stop_id: str | None
-    alight_t: float
-    alight_stop_id: str | None
-    distance_m: float
-    distance_source: str
-    network_id: str
-    event_ids: tuple[str, ...]
-    flags: tuple[str, ...] = ()
-    heard: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
-
-    def fare_leg(self) -> FareLeg:
-        """This leg as the fare engine sees it."""
-        return FareLeg(
-            route_id=self.route_id or "",
-            network_id=self.network_id,
-            board_t=self.board_t,
-            alight_t=self.alight_t,
-            distance_m=self.distance_m,
-            board_stop_id=self.board_stop_id,
-            alight_stop_id=self.alight_stop_id,
-            bus_id=self.bus_id,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The JOURNEYS.jsonl leg object: the contract keys plus extras."""
-        return {
-            "bus_id": self.bus_id,
-            "route_id": self.route_id,
-            "board_stop_id": self.board_stop_id,
-            "board_t": self.board_t,
-            "alight_stop_id": self.alight_stop_id,
-            "alight_t": self.alight_t,
-            "trip_id": self.trip_id,
-            "distance_m": round(self.distance_m, 1),
-            "distance_source": self.distance_source,
-            "network_id": self.network_id,
-            "event_ids": list(self.event_ids),
-            "flags": list(self.flags),
-        }
-
-    def with_flags(self, *flags: str) -> Leg:
-        """A copy with more flags."""
-        return dataclasses.replace(self, flags=tuple(sorted(set(self.flags) | set(flags))))
-
-    def strength(self, start_t: float, end_t: float) -> float | None:
-        """The median RSSI of this leg's segments over a time span, weighted by time.
-
-        Each segment that overlaps the span counts by how long it overlaps it (so a short
-        rotated segment does not outweigh the long one beside it); when the span or the
-        overlaps are instants, the plain mean of the segments touching it. ``None`` when
-        no segment with an RSSI touches the span.
-        """
-        weights: list[float] = []
-        values: list[float] = []
-        for s, e, rssi in self.heard:
-            if s <= end_t and e >= start_t:
-                weights.append(max(0.0, min(e, end_t) - max(s, start_t)))
-                values.append(rssi)
-        if not values:
-            return None
-        total = math.fsum(weights)
-        if total <= 0.0:
-            return math.fsum(values) / len(values)
-        return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
-
-
-def evidence_rssi(evidence: object) -> float | None:
-    """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
-    if not isinstance(evidence, Mapping):
-        return None
-    value = evidence.get("rssi_med")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-@dataclass(frozen=True, slots=True)
-class Journey:
-    """A rider's journey: legs joined by the transfer rules, with its fare.
-
-    Attributes:
-        journey_id: deterministic id (hash of the rider and the events).
-        rider_id: the rider.
-        legs: the legs in boarding order.
-        fare_krw: the fare (0 when not charged).
-        charged: ``False`` for journeys held for review without a charge.
-        category: rider category priced.
-        flags: union of the legs' flags.
-        quote: the fare engine's quote (``None`` when not charged).
-    """
-
-    journey_id: str
-    rider_id: str
-    legs: tuple[Leg, ...]
-    fare_krw: int
-    charged: bool
-    category: str
-    flags: tuple[str, ...]
-    quote: FareQuote | None = field(default=None, compare=False)
-
-    @property
-    def first_board_t(self) -> float:
-        """Time of the first boarding."""
-        return self.legs[0].board_t
-
-    @property
-    def explain(self) -> tuple[str, ...]:
-        """The fare engine's explanation lines (empty when not charged)."""
-        return self.quote.explain if self.quote is not None else ()
-
-    def to_json(self) -> dict[str, Any]:
-        """The JOURNEYS.jsonl object: ``rider_id``, ``legs``, ``fare_krw`` plus extras."""
-        return {
-            "rider_id": self.rider_id,
-            "legs": [leg.to_json() for leg in self.legs],
-            "fare_krw": self.fare_krw,
-            "journey_id": self.journey_id,
-            "charged": self.charged,
-            "category": self.category,
-            "ruleset_id": self.quote.ruleset_id if self.quote is not None else None,
-            "flags": list(self.flags),
-        }
-
-    def sort_key(self) -> tuple[str, float, str, str]:
-        """Deterministic output order."""
-        return (self.rider_id, self.first_board_t, self.legs[0].bus_id, self.journey_id)
-
-
-@dataclass(frozen=True, slots=True)
-class JourneyPolicy:
-    """Tunable rules of the journey builder.
-
-    Attributes:
-        lost_policy: ``last-stop`` or ``penalty`` (see the module docs).
-        stitch_gap_s: without a trip id, segments on one bus and route this close in
-            time (or overlapping) are one leg.
-        unknown_trip_gap_s: without a trip id, a segment that did not end ``alighted``
-            and the rider's next segment on the same bus and route at most this much
-            later are one leg (the rider was not heard for a while, e.g. a quiet stretch).
-        rejoin_stop_s: a segment that boards at the stop where the rider's previous one
-            on the same bus trip alighted, at most this much later, continues it (the
-            rider stepped out to let others off, or the rid rotated at the door).
-        replay_overlap_s: how long two legs on different buses may overlap before it is
-            a suspected replay (detection latency at a transfer makes small overlaps
-            normal).
-        overlap_margin_db: an overlap is settled in favour of the leg heard at least this
-            many dB stronger (median RSSI) ... (``None``: never; hold both).
-        overlap_cover_s: ... if that leg also covers the other one in time, within this
-            slack at either end ...
-        overlap_loser_max_dbm: ... and the weaker leg's strength is at most this (a rider
-            heard through another bus's windows); a weaker leg heard louder than this
-            sounds like a rider on board that bus (or a relay louder than the rider), so
-            both are held (``None``: no limit).
-        category: rider category priced.
-        default_network: fare class of routes without a network (``None``: the rules').
-    """
-
-    lost_policy: LostPolicy = "last-stop"
-    stitch_gap_s: float = 60.0
-    unknown_trip_gap_s: float = 900.0
-    rejoin_stop_s: float = 300.0
-    replay_overlap_s: float = 60.0
-    overlap_margin_db: float | None = 10.0
-    overlap_cover_s: float = 60.0
-    overlap_loser_max_dbm: float | None = -65.0
-    category: str = "adult"
-    default_network: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.overlap_margin_db is not None and not self.overlap_margin_db > 0:
-            raise ValueError(
-                f"overlap_margin_db must be positive (got {self.overlap_margin_db}); "
-                "to never drop an overlapping leg, hold overlaps (overlap_settle = false)"
-            )
-        for name in (
-            "stitch_gap_s",
-            "unknown_trip_gap_s",
-            "rejoin_stop_s",
-            "replay_overlap_s",
-            "overlap_cover_s",
-        ):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0 (got {value})")
 
 
 class JourneyBuilder:
@@ -479,7 +183,7 @@ class JourneyBuilder:
             else:
                 chains.append([seg])
         legs = [self._leg(chain) for chains in groups.values() for chain in chains]
-        legs.sort(key=_leg_key)
+        legs.sort(key=Leg.sort_key)
         return legs
 
     def _joins(self, chain: Sequence[Segment], seg: Segment) -> bool:
@@ -509,18 +213,18 @@ class JourneyBuilder:
         by_trip: dict[tuple[str, str], list[Leg]] = {}
         out: list[Leg] = []
         for leg in legs:
-            if leg.trip_id is not None and _chargeable(leg):
+            if leg.trip_id is not None and chargeable(leg):
                 by_trip.setdefault((leg.bus_id, leg.trip_id), []).append(leg)
             else:
                 out.append(leg)
         for group in by_trip.values():
             out.append(group[0] if len(group) == 1 else self._join(group))
-        out.sort(key=_leg_key)
+        out.sort(key=Leg.sort_key)
         return out
 
     def _join(self, group: Sequence[Leg]) -> Leg:
-        group = sorted(group, key=_leg_key)
-        first, last = group[0], max(group, key=lambda leg: (leg.alight_t, _leg_key(leg)))
+        group = sorted(group, key=Leg.sort_key)
+        first, last = group[0], max(group, key=lambda leg: (leg.alight_t, leg.sort_key()))
         seq = self._sequence(first.route_id, first.trip_id)
         board, alight = first.board_stop_id, last.alight_stop_id
         if seq is not None:
@@ -658,95 +362,6 @@ class JourneyBuilder:
     def _default(self) -> str:
         return self.networks.default_network
 
-    # ----------------------------------------------------------------- replay check
-
-    def mark_replays(self, legs: Sequence[Leg]) -> list[Leg]:
-        """Settle legs of one rider on different buses that overlap in time.
-
-        Two legs conflict when they overlap by more than ``replay_overlap_s``, or when one
-        lies wholly within the other (however short). A conflict is settled in favour of
-        one leg when :meth:`_overlap_winner` finds one; only a leg that is not dropped
-        itself can drop another (a leg that loses to a stronger one drops nobody), and
-        a leg dropped only by legs that end up held is held with them. The dropped leg is
-        flagged ``overlap_dropped``, its winner ``overlap_resolved``. Legs in a conflict
-        longer than ``replay_overlap_s`` that is not settled, neither of them dropped, are
-        flagged ``suspected_replay`` and held for review; a short, unsettled containment
-        is not a conflict (detection latency at a transfer).
-        """
-        tol = self.policy.replay_overlap_s
-        wins: list[tuple[int, int]] = []  # (winner, loser)
-        unsettled: list[tuple[int, int]] = []
-        order = sorted(range(len(legs)), key=lambda k: _leg_key(legs[k]))
-        for a_pos, a in enumerate(order):
-            la = legs[a]
-            for b in order[a_pos + 1 :]:
-                lb = legs[b]
-                if lb.board_t >= la.alight_t:
-                    break
-                if lb.bus_id == la.bus_id:
-                    continue
-                overlap = min(la.alight_t, lb.alight_t) - max(la.board_t, lb.board_t)
-                long = overlap > tol
-                if not (long or _within(la, lb) or _within(lb, la)):
-                    continue  # a transfer
-                winner = self._overlap_winner(la, lb)
-                win, lose = (a, b) if winner is la else (b, a)
-                if winner is None:
-                    if long:
-                        unsettled.append((a, b))
-                elif long or _within(legs[lose], legs[win]):
-                    wins.append((win, lose))
-        dropped, dropped_by, cyclic = _settle_wins(wins)
-        suspect: set[int] = set()
-        for a, b in [*unsettled, *cyclic]:
-            if a not in dropped and b not in dropped:
-                suspect |= {a, b}
-        for lose, winners in dropped_by.items():
-            if winners <= suspect:
-                dropped.discard(lose)
-                suspect.add(lose)
-        resolved = {w for w, lose in wins if lose in dropped and w not in dropped}
-
-        def settled(k: int, leg: Leg) -> Leg:
-            if k in dropped:
-                return leg.with_flags(FLAG_OVERLAP_DROPPED)
-            if k in suspect:
-                return leg.with_flags(FLAG_SUSPECTED_REPLAY, FLAG_REVIEW)
-            if k in resolved:
-                return leg.with_flags(FLAG_OVERLAP_RESOLVED)
-            return leg
-
-        return [settled(k, leg) for k, leg in enumerate(legs)]
-
-    def _overlap_winner(self, a: Leg, b: Leg) -> Leg | None:
-        """The leg of two overlapping ones that the rider was on, if the evidence says.
-
-        The winner must cover the other leg in time (``overlap_cover_s`` of slack at
-        either end) and have been heard, over their common time, at least
-        ``overlap_margin_db`` stronger; the loser must not have been heard louder than
-        ``overlap_loser_max_dbm``. Otherwise ``None``.
-        """
-        margin = self.policy.overlap_margin_db
-        if margin is None:
-            return None
-        start, end = max(a.board_t, b.board_t), min(a.alight_t, b.alight_t)
-        sa, sb = a.strength(start, end), b.strength(start, end)
-        if sa is None or sb is None:
-            return None
-        if sa - sb >= margin:
-            win, lose, weak = a, b, sb
-        elif sb - sa >= margin:
-            win, lose, weak = b, a, sa
-        else:
-            return None
-        ceiling = self.policy.overlap_loser_max_dbm
-        if ceiling is not None and weak > ceiling:
-            return None
-        cover = self.policy.overlap_cover_s
-        if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
-            return win
-        return None
-
     # ----------------------------------------------------------------- journeys
 
     def build_rider(
@@ -754,13 +369,13 @@ class JourneyBuilder:
     ) -> list[Journey]:
         """Build and price one rider's journeys."""
         cat = category or self.policy.category
-        legs = self.join_trips(self.mark_replays(self.stitch(segments)))
-        held = [leg for leg in legs if not _chargeable(leg)]
-        chargeable = [leg for leg in legs if _chargeable(leg)]
+        legs = self.join_trips(settle_overlaps(self.stitch(segments), self.policy))
+        held = [leg for leg in legs if not chargeable(leg)]
+        to_charge = [leg for leg in legs if chargeable(leg)]
         out: list[Journey] = []
         by_id: dict[int, Leg] = {}
         fare_legs: list[FareLeg] = []
-        for leg in chargeable:
+        for leg in to_charge:
             fl = leg.fare_leg()
             by_id[id(fl)] = leg
             fare_legs.append(fl)
@@ -901,130 +516,3 @@ def _between(
     except ValueError:
         return None
     return dist_m[j] - dist_m[i]
-
-
-def _within(inner: Leg, outer: Leg) -> bool:
-    """``inner`` lies wholly within ``outer``'s time (no slack)."""
-    return outer.board_t <= inner.board_t and inner.alight_t <= outer.alight_t
-
-
-def _settle_wins(
-    wins: Sequence[tuple[int, int]],
-) -> tuple[set[int], dict[int, set[int]], list[tuple[int, int]]]:
-    """Which legs the ``(winner, loser)`` settlements drop, winners first.
-
-    A loser is dropped by the winners that lose to nobody still standing; the
-    settlements of a dropped leg are void, and the rest are looked at again. Settlements
-    left in a cycle (each leg beaten by another, which the RSSI rule makes all but
-    impossible) drop nobody and are returned as conflicts to hold.
-
-    Returns:
-        The dropped legs, for each the winners that dropped it, and the cyclic pairs.
-    """
-    active = list(wins)
-    dropped: set[int] = set()
-    dropped_by: dict[int, set[int]] = {}
-    while active:
-        losers = {lose for _, lose in active}
-        free = [(w, lose) for w, lose in active if w not in losers]
-        if not free:
-            break
-        for w, lose in free:
-            dropped.add(lose)
-            dropped_by.setdefault(lose, set()).add(w)
-        active = [(w, lose) for w, lose in active if w not in dropped and lose not in dropped]
-    return dropped, dropped_by, active
-
-
-_HELD = frozenset({FLAG_SUSPECTED_REPLAY, FLAG_OVERLAP_DROPPED, FLAG_STOP_ORDER})
-
-
-def _chargeable(leg: Leg) -> bool:
-    return _HELD.isdisjoint(leg.flags)
-
-
-def _leg_key(leg: Leg) -> tuple[float, float, str, str]:
-    return (leg.board_t, leg.alight_t, leg.bus_id, leg.event_ids[0])
-
-
-def explain_journey(
-    builder: JourneyBuilder, journey: Mapping[str, Any], *, category: str | None = None
-) -> tuple[list[str], bool]:
-    """Reprice a JOURNEYS.jsonl object and explain the fare line by line.
-
-    Distances come from GTFS when the leg's stops are on its trip or route, else from
-    the leg's ``distance_m``.
-
-    Args:
-        builder: the journey builder (feed, networks, engine).
-        journey: a journey object (``rider_id``, ``legs``, ``fare_krw``).
-        category: category to price (default: the journey's, else the policy's).
-
-    Returns:
-        The lines, and whether the recomputed fare differs from the recorded one.
-
-    Raises:
-        FareInputError: a leg lacks times or has invalid values.
-    """
-    from backend._fare_engine import FareInputError
-
-    legs = journey.get("legs")
-    if not isinstance(legs, list) or not legs:
-        raise FareInputError("journey has no legs", field="legs")
-    cat = category or journey.get("category") or builder.policy.category
-    lines = [f"journey of rider {journey.get('rider_id')}: {len(legs)} leg(s), category {cat}"]
-    fare_legs: list[FareLeg] = []
-    for n, raw in enumerate(legs, 1):
-        if not isinstance(raw, Mapping):
-            raise FareInputError(f"leg {n} is not an object", field=f"legs[{n - 1}]")
-        route_id = raw.get("route_id")
-        board, alight = raw.get("board_stop_id"), raw.get("alight_stop_id")
-        try:
-            board_t, alight_t = float(raw["board_t"]), float(raw["alight_t"])
-        except (KeyError, TypeError, ValueError):
-            raise FareInputError(
-                f"leg {n} needs numeric board_t and alight_t", field=f"legs[{n - 1}]"
-            ) from None
-        recorded = raw.get("distance_m")
-        source = raw.get("distance_source")
-        distance = None
-        if source != "penalty":
-            distance = builder.gtfs_distance(route_id, raw.get("trip_id"), board, alight)
-        if distance is not None:
-            how = f"GTFS shape_dist_traveled {board} -> {alight}"
-        elif isinstance(recorded, int | float):
-            distance = float(recorded)
-            how = "recorded distance_m" + (" (lost-leg penalty)" if source == "penalty" else "")
-        else:
-            distance = 0.0
-            how = "unknown (no GTFS match, no distance_m): 0 m"
-        network = builder.networks.network_for(route_id) if route_id else builder._default()
-        lines.append(
-            f"leg {n} distance: route {route_id} bus {raw.get('bus_id')}, "
-            f"{distance / 1000:.3f} km from {how}"
-        )
-        fare_legs.append(
-            FareLeg(
-                route_id=route_id or "",
-                network_id=network,
-                board_t=board_t,
-                alight_t=alight_t,
-                distance_m=max(0.0, distance),
-                board_stop_id=board,
-                alight_stop_id=alight,
-                bus_id=raw.get("bus_id"),
-            )
-        )
-    quote = builder.engine.price(fare_legs, cat)
-    lines.extend(quote.explain)
-    recorded_fare = journey.get("fare_krw")
-    mismatch = False
-    if journey.get("charged") is False:
-        lines.append(
-            f"recorded: not charged (flags {', '.join(journey.get('flags') or []) or 'none'})"
-        )
-    elif isinstance(recorded_fare, int):
-        mismatch = recorded_fare != quote.fare_krw
-        verdict = "differs" if mismatch else "matches"
-        lines.append(f"recorded fare: {recorded_fare:,} KRW ({verdict})")
-    return lines, mismatch

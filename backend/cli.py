@@ -567,7 +567,8 @@ def _journeys_from(text: str) -> list[dict[str, Any]]:
 def _explain(args: argparse.Namespace) -> int:
     from backend._fare_engine import FareEngine
     from backend._fare_rules import load_rules
-    from backend._journeys import JourneyBuilder, explain_journey
+    from backend._journey_explain import explain_journey
+    from backend._journeys import JourneyBuilder
     from busbell._gtfs import load_gtfs
 
     feed = load_gtfs(args.gtfs)

@@ -10,7 +10,8 @@ import pytest
 
 from backend._fare_engine import FareEngine, FareLeg
 from backend._fare_rules import load_rules
-from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment, explain_journey
+from backend._journey_explain import explain_journey
+from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
 from benchmarks.backend_settle import STOP_SPACING_M, T0, write_gtfs
 from busbell import Feed, load_gtfs
 
@@ -433,6 +434,31 @@ def test_explain_journey_lines(feed: Feed) -> None:
         explain_journey(b, {"legs": []})
     with pytest.raises(ValueError, match="board_t"):
         explain_journey(b, {"legs": [{"route_id": "R1"}]})
+
+
+def test_explain_journey_distance_sources_and_held_journeys(feed: Feed) -> None:
+    b = _builder(feed)
+    leg = {"route_id": "R1", "bus_id": "B1", "board_t": T0, "alight_t": T0 + 600}
+    off_feed = dict(leg, board_stop_id="X1", alight_stop_id="X2", distance_m=4200.0)
+    lines, _ = explain_journey(b, {"rider_id": "r1", "legs": [off_feed], "fare_krw": 0})
+    assert "4.200 km from recorded distance_m" in lines[1]
+    penalty = dict(
+        leg,
+        board_stop_id="S02",
+        alight_stop_id="S12",
+        distance_m=9000.0,
+        distance_source="penalty",
+    )
+    lines, _ = explain_journey(b, {"rider_id": "r1", "legs": [penalty]})
+    assert "9.000 km from recorded distance_m (lost-leg penalty)" in lines[1]
+    nothing = {"board_t": T0, "alight_t": T0 + 60}
+    held = {"legs": [nothing], "charged": False, "flags": ["suspected_replay"]}
+    lines, mismatch = explain_journey(b, held)
+    assert "unknown (no GTFS match, no distance_m): 0 m" in lines[1]
+    assert lines[-1] == "recorded: not charged (flags suspected_replay)"
+    assert not mismatch
+    with pytest.raises(ValueError, match="leg 1 is not an object"):
+        explain_journey(b, {"legs": ["S02"]})
 
 
 def test_cli_fares_explain(feed: Feed, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from backend._db import insert_ignore
-from backend._journeys import FLAG_SUSPECTED_REPLAY, evidence_rssi
+from backend._legs import FLAG_SUSPECTED_REPLAY, evidence_rssi
 
 revision = "0004"
 down_revision = "0003"

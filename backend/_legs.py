@@ -1,0 +1,355 @@
+"""What the journey builder works with: segments in, legs and journeys out, and its policy.
+
+Plain frozen data (no I/O): :class:`Segment` (one accepted, resolved fare event),
+:class:`Leg` (one ride on one bus), :class:`Journey` (legs joined by the transfer rules,
+priced), the ``FLAG_*`` markers a leg or journey carries, and :class:`JourneyPolicy`.
+The rules that turn one into the other live in :mod:`backend._journeys` and
+:mod:`backend._overlaps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from backend._fare_engine import FareLeg, FareQuote
+
+__all__ = [
+    "FLAG_LOST",
+    "FLAG_MERGED",
+    "FLAG_OVERLAP_DROPPED",
+    "FLAG_OVERLAP_RESOLVED",
+    "FLAG_PARTIAL",
+    "FLAG_PENALTY",
+    "FLAG_REVIEW",
+    "FLAG_STOP_ORDER",
+    "FLAG_SUSPECTED_REPLAY",
+    "HELD_FLAGS",
+    "Journey",
+    "JourneyPolicy",
+    "Leg",
+    "LostPolicy",
+    "Segment",
+    "chargeable",
+    "evidence_rssi",
+]
+
+LostPolicy = Literal["last-stop", "penalty"]
+
+FLAG_LOST = "lost"
+"""The rider was not seen alighting; the lost policy priced the leg."""
+FLAG_PENALTY = "penalty"
+"""The lost policy ``penalty`` charged the route's maximum distance."""
+FLAG_PARTIAL = "partial"
+"""The leg starts with a ``continued`` segment that has no predecessor."""
+FLAG_REVIEW = "review"
+"""A person should look at this leg or journey."""
+FLAG_SUSPECTED_REPLAY = "suspected_replay"
+"""The rider was on another bus at an overlapping time; not charged automatically."""
+FLAG_OVERLAP_DROPPED = "overlap_dropped"
+"""Another bus heard the rider much more strongly over the whole leg: never charged."""
+FLAG_OVERLAP_RESOLVED = "overlap_resolved"
+"""An overlapping, much weaker leg on another bus was dropped in favour of this one."""
+FLAG_MERGED = "merged"
+"""Segments of one bus trip joined into one leg across more than a rid rotation (a gap,
+a ``lost`` end, a split at a stop, overlapping rids): one ride, charged once."""
+FLAG_STOP_ORDER = "stop_order"
+"""The leg's boarding stop is not before its alighting stop: held, never charged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One accepted, resolved fare event (one rid presence segment of one rider).
+
+    Attributes:
+        rider_id: the resolved rider.
+        bus_id: the bus that emitted the event.
+        seq: the event's sequence number on that bus.
+        event_id: the event id.
+        interval: the rid interval.
+        route_id: the trip's route, or ``None``.
+        trip_id: the trip, or ``None``.
+        start_t: segment start (bus GNSS time).
+        start_stop_id: stop at the start, or ``None``.
+        start_cause: ``boarded`` or ``continued``.
+        end_t: segment end.
+        end_stop_id: stop at the end, or ``None``.
+        end_cause: ``alighted``, ``rotated`` or ``lost``.
+        distance_m: distance the bus travelled during the segment.
+        rssi_med: the edge's median RSSI of the rid over the segment (``evidence.rssi_med``),
+            or ``None`` when the event does not say.
+    """
+
+    rider_id: str
+    bus_id: str
+    seq: int
+    event_id: str
+    interval: int
+    route_id: str | None
+    trip_id: str | None
+    start_t: float
+    start_stop_id: str | None
+    start_cause: str
+    end_t: float
+    end_stop_id: str | None
+    end_cause: str
+    distance_m: float
+    rssi_med: float | None = None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
+        """Make a segment from a validated fare event v1 and its resolved rider."""
+        start, end = event["start"], event["end"]
+        return cls(
+            rider_id=rider_id,
+            bus_id=event["bus_id"],
+            seq=event["seq"],
+            event_id=event["event_id"],
+            interval=event["interval"],
+            route_id=event["route_id"],
+            trip_id=event["trip_id"],
+            start_t=float(start["t"]),
+            start_stop_id=start["stop_id"],
+            start_cause=start["cause"],
+            end_t=float(end["t"]),
+            end_stop_id=end["stop_id"],
+            end_cause=end["cause"],
+            distance_m=float(event["distance_m"]),
+            rssi_med=evidence_rssi(event.get("evidence")),
+        )
+
+    def sort_key(self) -> tuple[float, str, int]:
+        """Total order: start time, then bus and sequence number."""
+        return (self.start_t, self.bus_id, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One ride of one rider on one bus, stitched from one or more segments.
+
+    Attributes:
+        rider_id: the rider.
+        bus_id: the bus.
+        route_id: the route (``None`` when the driver had not signed on).
+        trip_id: the trip, if known.
+        board_t: boarding time (first segment's start).
+        board_stop_id: boarding stop, if known.
+        alight_t: alighting time (last segment's end).
+        alight_stop_id: alighting stop (by the lost policy when lost), if known.
+        distance_m: the distance charged for.
+        distance_source: ``gtfs``, ``events`` or ``penalty``.
+        network_id: the fare class.
+        event_ids: the events stitched, in order.
+        flags: sorted flags (see the ``FLAG_*`` constants).
+        heard: ``(start_t, end_t, rssi_med)`` of each stitched segment whose event gave a
+            median RSSI (used to settle overlaps; not part of the output).
+    """
+
+    rider_id: str
+    bus_id: str
+    route_id: str | None
+    trip_id: str | None
+    board_t: float
+    board_stop_id: str | None
+    alight_t: float
+    alight_stop_id: str | None
+    distance_m: float
+    distance_source: str
+    network_id: str
+    event_ids: tuple[str, ...]
+    flags: tuple[str, ...] = ()
+    heard: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
+
+    def fare_leg(self) -> FareLeg:
+        """This leg as the fare engine sees it."""
+        return FareLeg(
+            route_id=self.route_id or "",
+            network_id=self.network_id,
+            board_t=self.board_t,
+            alight_t=self.alight_t,
+            distance_m=self.distance_m,
+            board_stop_id=self.board_stop_id,
+            alight_stop_id=self.alight_stop_id,
+            bus_id=self.bus_id,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JOURNEYS.jsonl leg object: the contract keys plus extras."""
+        return {
+            "bus_id": self.bus_id,
+            "route_id": self.route_id,
+            "board_stop_id": self.board_stop_id,
+            "board_t": self.board_t,
+            "alight_stop_id": self.alight_stop_id,
+            "alight_t": self.alight_t,
+            "trip_id": self.trip_id,
+            "distance_m": round(self.distance_m, 1),
+            "distance_source": self.distance_source,
+            "network_id": self.network_id,
+            "event_ids": list(self.event_ids),
+            "flags": list(self.flags),
+        }
+
+    def sort_key(self) -> tuple[float, float, str, str]:
+        """Total order: boarding, then alighting time, bus and first event."""
+        return (self.board_t, self.alight_t, self.bus_id, self.event_ids[0])
+
+    def with_flags(self, *flags: str) -> Leg:
+        """A copy with more flags."""
+        return dataclasses.replace(self, flags=tuple(sorted(set(self.flags) | set(flags))))
+
+    def strength(self, start_t: float, end_t: float) -> float | None:
+        """The median RSSI of this leg's segments over a time span, weighted by time.
+
+        Each segment that overlaps the span counts by how long it overlaps it (so a short
+        rotated segment does not outweigh the long one beside it); when the span or the
+        overlaps are instants, the plain mean of the segments touching it. ``None`` when
+        no segment with an RSSI touches the span.
+        """
+        weights: list[float] = []
+        values: list[float] = []
+        for s, e, rssi in self.heard:
+            if s <= end_t and e >= start_t:
+                weights.append(max(0.0, min(e, end_t) - max(s, start_t)))
+                values.append(rssi)
+        if not values:
+            return None
+        total = math.fsum(weights)
+        if total <= 0.0:
+            return math.fsum(values) / len(values)
+        return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
+
+
+def evidence_rssi(evidence: object) -> float | None:
+    """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
+    if not isinstance(evidence, Mapping):
+        return None
+    value = evidence.get("rssi_med")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """A rider's journey: legs joined by the transfer rules, with its fare.
+
+    Attributes:
+        journey_id: deterministic id (hash of the rider and the events).
+        rider_id: the rider.
+        legs: the legs in boarding order.
+        fare_krw: the fare (0 when not charged).
+        charged: ``False`` for journeys held for review without a charge.
+        category: rider category priced.
+        flags: union of the legs' flags.
+        quote: the fare engine's quote (``None`` when not charged).
+    """
+
+    journey_id: str
+    rider_id: str
+    legs: tuple[Leg, ...]
+    fare_krw: int
+    charged: bool
+    category: str
+    flags: tuple[str, ...]
+    quote: FareQuote | None = field(default=None, compare=False)
+
+    @property
+    def first_board_t(self) -> float:
+        """Time of the first boarding."""
+        return self.legs[0].board_t
+
+    @property
+    def explain(self) -> tuple[str, ...]:
+        """The fare engine's explanation lines (empty when not charged)."""
+        return self.quote.explain if self.quote is not None else ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JOURNEYS.jsonl object: ``rider_id``, ``legs``, ``fare_krw`` plus extras."""
+        return {
+            "rider_id": self.rider_id,
+            "legs": [leg.to_json() for leg in self.legs],
+            "fare_krw": self.fare_krw,
+            "journey_id": self.journey_id,
+            "charged": self.charged,
+            "category": self.category,
+            "ruleset_id": self.quote.ruleset_id if self.quote is not None else None,
+            "flags": list(self.flags),
+        }
+
+    def sort_key(self) -> tuple[str, float, str, str]:
+        """Deterministic output order."""
+        return (self.rider_id, self.first_board_t, self.legs[0].bus_id, self.journey_id)
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyPolicy:
+    """Tunable rules of the journey builder.
+
+    Attributes:
+        lost_policy: ``last-stop`` or ``penalty`` (see the module docs).
+        stitch_gap_s: without a trip id, segments on one bus and route this close in
+            time (or overlapping) are one leg.
+        unknown_trip_gap_s: without a trip id, a segment that did not end ``alighted``
+            and the rider's next segment on the same bus and route at most this much
+            later are one leg (the rider was not heard for a while, e.g. a quiet stretch).
+        rejoin_stop_s: a segment that boards at the stop where the rider's previous one
+            on the same bus trip alighted, at most this much later, continues it (the
+            rider stepped out to let others off, or the rid rotated at the door).
+        replay_overlap_s: how long two legs on different buses may overlap before it is
+            a suspected replay (detection latency at a transfer makes small overlaps
+            normal).
+        overlap_margin_db: an overlap is settled in favour of the leg heard at least this
+            many dB stronger (median RSSI) ... (``None``: never; hold both).
+        overlap_cover_s: ... if that leg also covers the other one in time, within this
+            slack at either end ...
+        overlap_loser_max_dbm: ... and the weaker leg's strength is at most this (a rider
+            heard through another bus's windows); a weaker leg heard louder than this
+            sounds like a rider on board that bus (or a relay louder than the rider), so
+            both are held (``None``: no limit).
+        category: rider category priced.
+        default_network: fare class of routes without a network (``None``: the rules').
+    """
+
+    lost_policy: LostPolicy = "last-stop"
+    stitch_gap_s: float = 60.0
+    unknown_trip_gap_s: float = 900.0
+    rejoin_stop_s: float = 300.0
+    replay_overlap_s: float = 60.0
+    overlap_margin_db: float | None = 10.0
+    overlap_cover_s: float = 60.0
+    overlap_loser_max_dbm: float | None = -65.0
+    category: str = "adult"
+    default_network: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.overlap_margin_db is not None and not self.overlap_margin_db > 0:
+            raise ValueError(
+                f"overlap_margin_db must be positive (got {self.overlap_margin_db}); "
+                "to never drop an overlapping leg, hold overlaps (overlap_settle = false)"
+            )
+        for name in (
+            "stitch_gap_s",
+            "unknown_trip_gap_s",
+            "rejoin_stop_s",
+            "replay_overlap_s",
+            "overlap_cover_s",
+        ):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0 (got {value})")
+
+
+HELD_FLAGS: frozenset[str] = frozenset(
+    {FLAG_SUSPECTED_REPLAY, FLAG_OVERLAP_DROPPED, FLAG_STOP_ORDER}
+)
+"""A leg with any of these flags is held, never charged."""
+
+
+def chargeable(leg: Leg) -> bool:
+    """Whether a leg may be charged (it carries none of :data:`HELD_FLAGS`)."""
+    return HELD_FLAGS.isdisjoint(leg.flags)

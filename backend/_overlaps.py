@@ -1,0 +1,151 @@
+"""Settling a rider's legs on different buses that overlap in time (sans-I/O).
+
+The same rider on two buses at overlapping times cannot both be true. When one leg covers
+the other in time (within ``overlap_cover_s``), was heard at least ``overlap_margin_db``
+stronger over their common time (the edges' median RSSI, weighted by time) and the
+weaker one sounds like a rider heard through the bus's windows (not above
+``overlap_loser_max_dbm``), the rider was on the stronger bus and the other drove
+alongside: the weaker leg is dropped (``overlap_dropped``, never charged) and the
+stronger one charged (``overlap_resolved``). This also drops a short weak hop lying wholly
+within another bus's leg. Any other overlap longer than ``replay_overlap_s`` is a
+suspected replay: both legs are marked and held, not charged automatically; so is a leg
+that only lost to a leg that is itself held. Only a leg that is not itself dropped can
+drop another one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from backend._legs import (
+    FLAG_OVERLAP_DROPPED,
+    FLAG_OVERLAP_RESOLVED,
+    FLAG_REVIEW,
+    FLAG_SUSPECTED_REPLAY,
+    JourneyPolicy,
+    Leg,
+)
+
+__all__ = ["overlap_winner", "settle_overlaps"]
+
+
+def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
+    """Settle legs of one rider on different buses that overlap in time.
+
+    Two legs conflict when they overlap by more than ``replay_overlap_s``, or when one
+    lies wholly within the other (however short). A conflict is settled in favour of
+    one leg when :func:`overlap_winner` finds one; only a leg that is not dropped
+    itself can drop another (a leg that loses to a stronger one drops nobody), and
+    a leg dropped only by legs that end up held is held with them. The dropped leg is
+    flagged ``overlap_dropped``, its winner ``overlap_resolved``. Legs in a conflict
+    longer than ``replay_overlap_s`` that is not settled, neither of them dropped, are
+    flagged ``suspected_replay`` and held for review; a short, unsettled containment
+    is not a conflict (detection latency at a transfer).
+    """
+    tol = policy.replay_overlap_s
+    wins: list[tuple[int, int]] = []  # (winner, loser)
+    unsettled: list[tuple[int, int]] = []
+    order = sorted(range(len(legs)), key=lambda k: legs[k].sort_key())
+    for a_pos, a in enumerate(order):
+        la = legs[a]
+        for b in order[a_pos + 1 :]:
+            lb = legs[b]
+            if lb.board_t >= la.alight_t:
+                break
+            if lb.bus_id == la.bus_id:
+                continue
+            overlap = min(la.alight_t, lb.alight_t) - max(la.board_t, lb.board_t)
+            long = overlap > tol
+            if not (long or _within(la, lb) or _within(lb, la)):
+                continue  # a transfer
+            winner = overlap_winner(la, lb, policy)
+            win, lose = (a, b) if winner is la else (b, a)
+            if winner is None:
+                if long:
+                    unsettled.append((a, b))
+            elif long or _within(legs[lose], legs[win]):
+                wins.append((win, lose))
+    dropped, dropped_by, cyclic = _settle_wins(wins)
+    suspect: set[int] = set()
+    for a, b in [*unsettled, *cyclic]:
+        if a not in dropped and b not in dropped:
+            suspect |= {a, b}
+    for lose, winners in dropped_by.items():
+        if winners <= suspect:
+            dropped.discard(lose)
+            suspect.add(lose)
+    resolved = {w for w, lose in wins if lose in dropped and w not in dropped}
+
+    def settled(k: int, leg: Leg) -> Leg:
+        if k in dropped:
+            return leg.with_flags(FLAG_OVERLAP_DROPPED)
+        if k in suspect:
+            return leg.with_flags(FLAG_SUSPECTED_REPLAY, FLAG_REVIEW)
+        if k in resolved:
+            return leg.with_flags(FLAG_OVERLAP_RESOLVED)
+        return leg
+
+    return [settled(k, leg) for k, leg in enumerate(legs)]
+
+
+def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
+    """The leg of two overlapping ones that the rider was on, if the evidence says.
+
+    The winner must cover the other leg in time (``overlap_cover_s`` of slack at
+    either end) and have been heard, over their common time, at least
+    ``overlap_margin_db`` stronger; the loser must not have been heard louder than
+    ``overlap_loser_max_dbm``. Otherwise ``None``.
+    """
+    margin = policy.overlap_margin_db
+    if margin is None:
+        return None
+    start, end = max(a.board_t, b.board_t), min(a.alight_t, b.alight_t)
+    sa, sb = a.strength(start, end), b.strength(start, end)
+    if sa is None or sb is None:
+        return None
+    if sa - sb >= margin:
+        win, lose, weak = a, b, sb
+    elif sb - sa >= margin:
+        win, lose, weak = b, a, sa
+    else:
+        return None
+    ceiling = policy.overlap_loser_max_dbm
+    if ceiling is not None and weak > ceiling:
+        return None
+    cover = policy.overlap_cover_s
+    if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
+        return win
+    return None
+
+
+def _within(inner: Leg, outer: Leg) -> bool:
+    """``inner`` lies wholly within ``outer``'s time (no slack)."""
+    return outer.board_t <= inner.board_t and inner.alight_t <= outer.alight_t
+
+
+def _settle_wins(
+    wins: Sequence[tuple[int, int]],
+) -> tuple[set[int], dict[int, set[int]], list[tuple[int, int]]]:
+    """Which legs the ``(winner, loser)`` settlements drop, winners first.
+
+    A loser is dropped by the winners that lose to nobody still standing; the
+    settlements of a dropped leg are void, and the rest are looked at again. Settlements
+    left in a cycle (each leg beaten by another, which the RSSI rule makes all but
+    impossible) drop nobody and are returned as conflicts to hold.
+
+    Returns:
+        The dropped legs, for each the winners that dropped it, and the cyclic pairs.
+    """
+    active = list(wins)
+    dropped: set[int] = set()
+    dropped_by: dict[int, set[int]] = {}
+    while active:
+        losers = {lose for _, lose in active}
+        free = [(w, lose) for w, lose in active if w not in losers]
+        if not free:
+            break
+        for w, lose in free:
+            dropped.add(lose)
+            dropped_by.setdefault(lose, set()).add(w)
+        active = [(w, lose) for w, lose in active if w not in dropped and lose not in dropped]
+    return dropped, dropped_by, active
