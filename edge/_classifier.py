@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import logging
 import math
-from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +157,22 @@ _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
 
 
+def _median(hist: dict[int, int]) -> int | None:
+    """The upper median of the RSSI values counted in ``hist`` (``None`` if empty)."""
+    half = sum(hist.values()) // 2
+    seen = 0
+    for level in sorted(hist):
+        seen += hist[level]
+        if seen > half:
+            return level
+    return None
+
+
+def _debug_enabled() -> bool:
+    """Whether debug events are logged (checked once per tick: building them is not free)."""
+    return bool(log.bind().is_enabled_for(logging.DEBUG))
+
+
 @dataclass(frozen=True, slots=True)
 class _NewsIndex:
     """Rot rids that may continue a rotated one (:meth:`PresenceClassifier._news_index`)."""
@@ -184,6 +200,7 @@ class _Rid:
         "first_token_t",
         "flags_or",
         "gone_visit_seq",
+        "hist",
         "interval",
         "last_flags",
         "last_in_odo",
@@ -203,7 +220,6 @@ class _Rid:
         "rid",
         "rot",
         "route_id",
-        "rssi",
         "rssi_max",
         "run_odo",
         "span_odo",
@@ -246,7 +262,8 @@ class _Rid:
         self.first_odo = self.last_in_odo = odo
         self.first_raw = self.last_raw = self.last_in_raw = raw
         self.ewma = self.base = self.ewma0 = float(rssi)
-        self.rssi = array("h")  # every RSSI heard (compact: the checkpoint carries it)
+        self.hist: dict[int, int] = {}
+        """RSSI (dBm) -> adverts heard at it: the median in O(distinct levels), compact."""
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
         self.far_sum = 0.0
@@ -274,8 +291,18 @@ class PresenceClassifier:
         self._pending: dict[bytes, _Rid] = {}
         """New rid -> the rotated old rid whose segment waits for the new one to resolve."""
         self._dirty = False
-        """Rids joined or left the rotation pairing since :meth:`_assign` last ran."""
+        """The rotation pairing may have changed since :meth:`_assign` last ran: an old rid
+        joined the pool, a new rid joined while an old one still looks for its pairs, or
+        a rid of a pooled interval entered or left the live states (its BLE address is
+        claimed). A resolved pair or an unpaired rid leaving changes nothing (below)."""
         self._assigned_t = float("-inf")
+        self._open_until = float("-inf")
+        """Until then some pooled old rid still recomputes its candidate pairs (new rids
+        may still appear in its time window, clock offsets converge)."""
+        self._pool_ivs: dict[int, int] = {}
+        """Interval -> old rids of it in the pool."""
+        self._edges_tick: dict[bytes, int] = {}
+        """Old rid -> the tick its candidate pairs were computed at."""
         self._match: dict[bytes, bytes] = {}
         """New rid -> the old rid it is paired with (either kind)."""
         self._olds: dict[bytes, tuple[_Rid, int, StopVisit | None]] = {}
@@ -313,6 +340,8 @@ class PresenceClassifier:
         """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
         self._down: tuple[float, float] | None = None
         """The last restart's downtime: the latest time restored, the first time after."""
+        self._debug = _debug_enabled()
+        """Debug events are built only when they are logged (refreshed on every tick)."""
 
     DERIVED = frozenset(
         {
@@ -330,6 +359,7 @@ class PresenceClassifier:
             "_slot_s",
             "_down",
             "_resume_t",
+            "_debug",
         }
     )
     """Attributes derived from the parameters (not part of a checkpoint)."""
@@ -374,7 +404,7 @@ class PresenceClassifier:
         for r in self._rids.values():
             if r.state in (_OUTSIDE, _ROTATING) and r.last_t >= since:
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
-                r.rssi = array("h")
+                r.hist = {}
                 self._become_candidate(r, visit, fresh=False)
 
     def _convoy_level(self, r: _Rid, odo: float) -> float | None:
@@ -491,10 +521,14 @@ class PresenceClassifier:
             r.last_token_t = token_t
         if t - token_t < r.d_min:  # noqa: PLR1730 - cheaper than min()
             r.d_min = t - token_t
-        r.addr = addr
+        if addr != r.addr:
+            r.addr = addr
+            if self._pool_ivs:
+                self._claim_changed(r)
         r.last_raw = raw
         r.n_adv += 1
-        r.rssi.append(rssi)
+        hist = r.hist
+        hist[rssi] = hist.get(rssi, 0) + 1
         if rssi > r.rssi_max:  # noqa: PLR1730 - cheaper than max()
             r.rssi_max = rssi
         r.last_flags = flags
@@ -543,11 +577,11 @@ class PresenceClassifier:
             # first heard just after a restart: its interval may have begun while down
             r.rot = into < self._rot_slack + (t - down[0])
         self._rids[rid] = r
+        if r.rot and t <= self._open_until:
+            self._dirty = True  # an old rid looking for its pairs may take it
         if at_stop:
-            self._dirty = self._dirty or r.rot
             return r  # the caller makes it a candidate of the visit
         if r.rot:
-            self._dirty = True
             r.state = int(next_state(State.NEW, Event.ADV_ROTATION))
             r.route_id, r.trip_id = self._route_id, self._trip_id
             r.visit = None
@@ -557,7 +591,10 @@ class PresenceClassifier:
 
     def _become_candidate(self, r: _Rid, visit: StopVisit, *, fresh: bool) -> None:
         ev = Event.ADV_STOP if fresh else Event.VISIT_OPEN
+        was = r.state
         r.state = int(next_state(State(r.state), ev))
+        if was != r.state and self._pool_ivs:
+            self._claim_changed(r)
         r.visit = visit
         r.route_id, r.trip_id = self._route_id, self._trip_id
 
@@ -573,6 +610,7 @@ class PresenceClassifier:
             return []
         self._next_tick = t + self.params.tick_s
         self._ticks += 1
+        self._debug = _debug_enabled()
         self._t = max(self._t, t)
         p = self.params
         out: list[SegmentDraft] = []
@@ -602,7 +640,11 @@ class PresenceClassifier:
             self._thr = min(p.in_bus_rssi_dbm, levels[len(levels) // 2] - margin)
         else:
             self._thr = p.in_bus_rssi_dbm
-        if self._olds and t >= self._assigned_t + (_DIRTY_S if self._dirty else _REASSIGN_S):
+        if (
+            self._olds
+            and (self._dirty or t <= self._open_until + _REASSIGN_S)
+            and t >= self._assigned_t + (_DIRTY_S if self._dirty else _REASSIGN_S)
+        ):
             try:
                 self._assign(later)
             except Exception as exc:
@@ -751,19 +793,26 @@ class PresenceClassifier:
     def _confirm(  # noqa: PLR0917 - internal
         self, r: _Rid, t: float, cause: str, start_t: float, stop_id: str | None, odo: float
     ) -> None:
+        was = r.state
         r.state = int(next_state(State(r.state), Event.CONFIRM))
+        if was == _ROTATING and self._pool_ivs:
+            self._claim_changed(r)
         r.start = SegmentEnd(start_t, stop_id, cause)
         r.start_odo = odo
         r.confirm_t = t
         self.confirmed += 1
-        log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
+        if self._debug:
+            log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
 
     def _drop(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
         """Candidacy failed. A rotated rider paired with it gets its end by the fade rules."""
         if self._near_end(r) and r.visit is not None:
             # its rid rotated before it could be confirmed: a new rid may take over
             self._keep_for_pairing(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
+        was = r.state
         r.state = int(next_state(State(r.state), ev))
+        if was == _CANDIDATE and self._pool_ivs:
+            self._claim_changed(r)
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
         self.rejected += 1
         old, _ = self._unpair(r)
@@ -788,8 +837,10 @@ class PresenceClassifier:
         """Keep a rid that stopped at its interval's end for the joint rotation pairing."""
         if old.ewma < old.base - self.params.rotation_drop_db:
             return False  # it faded before it stopped: it left, it did not rotate
+        if old.rid not in self._olds:
+            self._pool_ivs[old.interval] = self._pool_ivs.get(old.interval, 0) + 1
         self._olds[old.rid] = (old, kind, visit)
-        self._edges[old.rid] = self._candidates(old)
+        self._pairs_of(old)
         self._dirty = True
         return True
 
@@ -947,8 +998,11 @@ class PresenceClassifier:
                 if k != kind:
                     continue
                 cand = self._edges.get(o)
-                if cand is None or self._t <= self._windows(old.last_t)[-1] + open_s:
-                    cand = self._edges[o] = self._candidates(old)
+                if cand is None or (
+                    self._edges_tick.get(o) != self._ticks
+                    and self._t <= self._windows(old.last_t)[-1] + open_s
+                ):
+                    cand = self._pairs_of(old)
                 for cost, n in cand:
                     new = news.get(n)
                     if new is None or n in taken:
@@ -971,18 +1025,57 @@ class PresenceClassifier:
                 if kind == _PRED_ONBOARD:
                     self._pending[n] = old
 
+    def _pairs_of(self, old: _Rid) -> list[tuple[float, bytes]]:
+        """Compute (and keep) an old rid's candidate pairs; extends the open window."""
+        cand = self._edges[old.rid] = self._candidates(old)
+        self._edges_tick[old.rid] = self._ticks
+        until = self._windows(old.last_t)[-1] + self.params.rotation_gap_s + _START_S
+        if until > self._open_until:  # noqa: PLR1730
+            self._open_until = until
+        return cand
+
     def _forget_old(self, o: bytes) -> None:
-        """Take an old rid out of the pool (and its candidate pairs)."""
-        self._olds.pop(o, None)
+        """Take an old rid out of the pool (and its candidate pairs).
+
+        The pool needs no new pairing for it: the pairing is greedy over the pairs sorted
+        by cost, so taking out a paired old rid with its new rid, or an unpaired rid,
+        leaves every other pair as it was.
+        """
+        got = self._olds.pop(o, None)
         self._edges.pop(o, None)
-        self._dirty = True
+        self._edges_tick.pop(o, None)
+        if got is not None:
+            iv = got[0].interval
+            n = self._pool_ivs[iv] - 1
+            if n:
+                self._pool_ivs[iv] = n
+            else:
+                del self._pool_ivs[iv]
+
+    def _claim_changed(self, r: _Rid) -> None:
+        """``r`` entered or left the live states, or changed its BLE address.
+
+        Pairs whose new rid comes from the address of a live rid of the old interval are
+        not allowed (:meth:`_assign`), so the pairing must be re-run when that changes.
+        """
+        if r.interval in self._pool_ivs:
+            self._dirty = True
 
     def _settle(self, t: float, out: list[SegmentDraft]) -> None:
         """Close the old rids that no new rid took within ``rotation_settle_s``."""
+        settle_s = self.params.rotation_settle_s
+        done = [
+            o
+            for o, (old, _, _) in self._olds.items()
+            if t - max(old.last_t, self._resume_t) > settle_s
+        ]
+        if not done:
+            return
         paired = set(self._match.values())
-        for o, (old, kind, _) in sorted(self._olds.items()):
-            if o in paired or t - max(old.last_t, self._resume_t) <= self.params.rotation_settle_s:
+        for o in sorted(done):
+            if o in paired:
                 continue
+            old, kind, _ = self._olds[o]
             self._forget_old(o)
             if kind == _PRED_ONBOARD:
                 end, end_odo = self._fade_end(old, old.last_in_t, old.last_in_odo)
@@ -999,6 +1092,8 @@ class PresenceClassifier:
     def _close(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
         """Close an ONBOARD rid: rotated (deferred until its new rid resolves) or faded."""
         r.state = int(next_state(State(r.state), ev))
+        if self._pool_ivs:
+            self._claim_changed(r)
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
         if self._near_end(r) and self._keep_for_pairing(r, _PRED_ONBOARD, None):
             return  # resolved when its new rid is confirmed or dropped, or after a while
@@ -1027,7 +1122,8 @@ class PresenceClassifier:
             and end_odo <= r.start_odo  # "alighted" at the visit it boarded at
         ):
             self.discarded += 1
-            log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
+            if self._debug:
+                log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
             return
         out.append(self._draft(r, end, end_odo))
 
@@ -1055,25 +1151,25 @@ class PresenceClassifier:
 
     def _draft(self, r: _Rid, end: SegmentEnd, end_odo: float) -> SegmentDraft:
         assert r.start is not None
-        rssi = sorted(r.rssi)
         evidence: dict[str, Any] = {
             "n_adv": r.n_adv,
             "n_in": r.n_in,
             "n_far": r.n_far,
             "rssi_max": r.rssi_max,
-            "rssi_med": rssi[len(rssi) // 2] if rssi else None,
+            "rssi_med": _median(r.hist),
             "confirm_t": round(r.confirm_t, 3),
             "flags": r.flags_or,
         }
         self.closed[end.cause] = self.closed.get(end.cause, 0) + 1
-        log.debug(
-            "segment_closed",
-            rid=r.rid.hex(),
-            start=r.start.cause,
-            end=end.cause,
-            start_stop=r.start.stop_id,
-            end_stop=end.stop_id,
-        )
+        if self._debug:
+            log.debug(
+                "segment_closed",
+                rid=r.rid.hex(),
+                start=r.start.cause,
+                end=end.cause,
+                start_stop=r.start.stop_id,
+                end_stop=end.stop_id,
+            )
         return SegmentDraft(
             rid=r.rid.hex(),
             interval=r.interval,
@@ -1096,6 +1192,7 @@ class PresenceClassifier:
         """
         self._t = max(self._t, t)
         self._ticks += 1
+        self._debug = _debug_enabled()
         out: list[SegmentDraft] = []
         v = self._visit
         here = v if v is not None and v.close_t is None else None
@@ -1147,6 +1244,8 @@ class PresenceClassifier:
         self._match.clear()
         self._olds.clear()
         self._edges.clear()
+        self._edges_tick.clear()
+        self._pool_ivs.clear()
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
