@@ -67,7 +67,13 @@ from backend._db import (
 from backend._fare_engine import Charge, FareEngine, period_adjustments
 from backend._fare_rules import FareRules, load_rules
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
-from backend._resolve import DEFAULT_PROOF_SLACK_S, ProofRejected, Resolver, RiderKeyring
+from backend._resolve import (
+    DEFAULT_PROOF_SLACK_S,
+    ProofRejected,
+    Resolver,
+    RiderKeyring,
+    TableBuilder,
+)
 from backend._settle import segment_of
 from backend.config import BackendConfig
 from busbell import BusbellError, ConfigError, StoreError, get_logger
@@ -262,8 +268,12 @@ class SettlementWorker:
         self.engine = engine
         self.rules = rules
         self.builder = JourneyBuilder(FareEngine(rules), feed, policy)
+        # tables are built in worker processes once the keyring is large (>= 200k riders)
         self.resolver = resolver or Resolver(
-            RiderKeyring(), cache_intervals=16, proof_slack_s=DEFAULT_PROOF_SLACK_S
+            RiderKeyring(),
+            cache_intervals=16,
+            proof_slack_s=DEFAULT_PROOF_SLACK_S,
+            builder=TableBuilder(0),
         )
         self.gap_grace_s = gap_grace_s
         self.batch_events = max(1, batch_events)
@@ -362,6 +372,9 @@ class SettlementWorker:
         report = SettleReport()
         try:
             added = await self.refresh_riders()
+            # the tables of i-1..i+1 are built in the background: the next interval's is
+            # ready before it starts and a lookup never waits for a build
+            self.resolver.prepare_ahead(t)
             if added:
                 await self._retry_unresolved(t, report)
             for bus_id, settled in await self._buses_behind():
@@ -784,6 +797,8 @@ class SettlementWorker:
                 _log().warning("settlement_pass_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
+        await asyncio.to_thread(self.resolver.close)
+        self.resolver.builder.close()
         _log().info("settlement_stopped")
 
 

@@ -1,8 +1,18 @@
-"""Benchmark: build one interval's rid lookup table for N enrolled riders.
+"""Benchmark: rid tables for N enrolled riders (build time, memory, lookups).
 
-Run: ``python -m benchmarks.backend_resolve --riders 1000000``. Prints the build time, the
-resident memory (RSS) before and after, and a lookup rate. Keys are random (the keyring
-stores derived keys; HKDF at enrolment is not part of the table build).
+Run: ``python -m benchmarks.backend_resolve --riders 10000000`` (from the repository
+root). Loads a keyring of N riders with random derived keys and ids like the rider
+API's (``r-`` + 24 hex digits; HKDF at enrolment is not part of a table build), then
+prints:
+
+- the time to build one interval's table over ``--processes`` worker processes (the
+  first build starts the workers) and the next interval's (workers warm), with the
+  build's peak resident memory (this process's ``VmHWM``; the largest worker's),
+- bulk lookups (:meth:`backend._resolve.Resolver.resolve_many`): rids per second over
+  ``--lookups`` rids (90 % of enrolled riders, 10 % unknown), and one-at-a-time,
+- at a small scale (``--ratio-riders``) in the same run: the table build in this process
+  against bare AES, i.e. one ``cryptography`` AES context per rider encrypting its one
+  block (what any per-key AES costs), as a ratio.
 """
 
 from __future__ import annotations
@@ -12,58 +22,169 @@ import os
 import sys
 import time
 
-from backend._resolve import Resolver, RiderKeyring
+import numpy as np
+
+from backend._resolve import Resolver, RiderKeyring, TableBuilder
+from backend._ridtable import rid_words
 from busbell._token import interval_of, rid_for_interval
 
+_LOAD_CHUNK = 1_000_000
 
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
+
+def _status(field: str, pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")  # pragma: no cover
 
 
+def _reset_peak() -> None:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children", encoding="ascii") as f:
+            pids.extend(int(p) for p in f.read().split())
+    return pids
+
+
+def _load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def _keyring(n: int, seed: int) -> RiderKeyring:
+    rng = np.random.default_rng(seed)
+    ring = RiderKeyring()
+    for a in range(0, n, _LOAD_CHUNK):
+        m = min(_LOAD_CHUNK, n - a)
+        ids = [f"r-{x:024x}" for x in (int(v) for v in rng.integers(0, 2**63, m))]
+        ids = [f"{i[:-7]}{a + k:07x}" for k, i in enumerate(ids)]  # unique
+        ring.extend_derived(ids, rng.bytes(16 * m), rng.bytes(32 * m))
+    return ring
+
+
+def _bare_aes(keys: bytes, interval: int) -> float:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    block = b"BBRID" + bytes(7) + interval.to_bytes(4, "big")
+    aes, ecb = algorithms.AES, modes.ECB()  # noqa: S305 - one block per rid, token v1
+    t0 = time.perf_counter()
+    out = [
+        Cipher(aes(keys[k : k + 16]), ecb).encryptor().update(block)
+        for k in range(0, len(keys), 16)
+    ]
+    dt = time.perf_counter() - t0
+    assert len(out) == len(keys) // 16
+    return dt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.backend_resolve")
-    ap.add_argument("--riders", type=int, default=100_000)
-    ap.add_argument("--lookups", type=int, default=100_000)
+    ap.add_argument("--riders", type=int, default=1_000_000)
+    ap.add_argument("--processes", type=int, default=0, help="worker processes (0: CPUs)")
+    ap.add_argument("--lookups", type=int, default=1_000_000)
+    ap.add_argument("--ratio-riders", type=int, default=50_000)
+    ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args(argv)
-    rss0 = _rss_mb()
-    ring = RiderKeyring()
-    t0 = time.perf_counter()
-    rnd = os.urandom(48 * args.riders)
-    for n in range(args.riders):
-        ring.add_derived(f"r{n:07d}", rnd[48 * n : 48 * n + 16], rnd[48 * n + 16 : 48 * n + 48])
-    del rnd
-    t_load = time.perf_counter() - t0
-    rss1 = _rss_mb()
-    resolver = Resolver(ring)
+    out = sys.stdout.write
+    out(f"load average {_load()}\n")
+
+    # small scale, same run: the table build in this process against bare AES
+    small = RiderKeyring()
+    rng = np.random.default_rng(args.seed + 1)
+    m = args.ratio_riders
+    keys = rng.bytes(16 * m)
+    small.extend_derived([f"s{k}" for k in range(m)], keys, rng.bytes(32 * m))
     i = interval_of(time.time())
+    bare = min(_bare_aes(keys, i) for _ in range(3))
+    t_small = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        small.build_tables([i])
+        t_small.append(time.perf_counter() - t0)
+    t_vec = []
+    karr = np.frombuffer(keys, dtype=np.uint8).reshape(-1, 16)
+    for _ in range(3):
+        t0 = time.perf_counter()
+        rid_words(karr, [i])
+        t_vec.append(time.perf_counter() - t0)
+    out(
+        f"small scale ({m:,} riders, one process): bare AES (one cryptography context per "
+        f"rider) {bare / m * 1e6:.2f} us/rider; vectorised AES {min(t_vec) / m * 1e6:.2f} "
+        f"us/rider; table build (AES + sort) {min(t_small) / m * 1e6:.2f} us/rider = "
+        f"{bare / min(t_small):.2f}x bare AES\n"
+    )
+    del small, keys, karr
+
+    rss0 = _status("VmRSS")
+    t0 = time.perf_counter()
+    ring = _keyring(args.riders, args.seed)
+    t_load = time.perf_counter() - t0
+    rss1 = _status("VmRSS")
+    out(
+        f"riders: {args.riders:,}; keyring loaded in {t_load:.1f} s, "
+        f"{ring.nbytes() / 2**20:,.0f} MB of keys and ids, RSS {rss0:.0f} -> {rss1:.0f} MB\n"
+    )
+    _reset_peak()
+    builder = TableBuilder(args.processes, parallel_min_riders=0)
+    resolver = Resolver(ring, builder=builder)
     t0 = time.perf_counter()
     table = resolver.table(i)
-    t_build = time.perf_counter() - t0
-    rss2 = _rss_mb()
-    step = max(1, args.riders // max(1, args.lookups))
-    probes = [rid_for_interval(ring.keys(k).rid_key, i).hex() for k in range(0, args.riders, step)]
+    t_first = time.perf_counter() - t0
+    rss2 = _status("VmRSS")
     t0 = time.perf_counter()
-    hits = sum(1 for p in probes if resolver.resolve(p, i) is not None)
-    t_look = time.perf_counter() - t0
+    resolver.table(i + 1)
+    t_next = time.perf_counter() - t0
+    rss3 = _status("VmRSS")
+    hwm_build = _status("VmHWM")
+    out(
+        f"one interval's table on {builder.processes} worker process(es): {t_first:.1f} s "
+        f"(workers started), next interval {t_next:.1f} s; table {table.nbytes() >> 20} MB; "
+        f"RSS after {rss2:.0f} MB, with two tables {rss3:.0f} MB; peak RSS of the builds "
+        f"{hwm_build:.0f} MB\n"
+    )
+
+    # lookups: 90 % enrolled riders' rids, 10 % unknown
+    n_hit = args.lookups * 9 // 10
+    picks = np.random.default_rng(args.seed + 2).integers(0, len(ring), n_hit)
+    kb = b"".join([ring.rid_key(k) for k in picks.tolist()])
+    words = rid_words(np.frombuffer(kb, dtype=np.uint8).reshape(-1, 16), [i])[0]
+    del kb
+    blob = words.T.astype(">u4").tobytes()
+    probes = [blob[12 * k : 12 * k + 12] for k in range(n_hit)]
+    probes += [os.urandom(12) for _ in range(args.lookups - n_hit)]
+    for k in range(0, n_hit, max(1, n_hit // 200)):  # the probes are real rids
+        assert probes[k] == rid_for_interval(ring.rid_key(int(picks[k])), i)
     t0 = time.perf_counter()
-    resolver.prepare(i * 600 + 300)
-    t_three = time.perf_counter() - t0
-    rss3 = _rss_mb()
-    out = sys.stdout.write
-    out(f"riders: {args.riders:,}  (table entries {len(table):,})\n")
-    out(f"keyring load: {t_load:.2f} s, RSS {rss0:.0f} -> {rss1:.0f} MB\n")
+    found = resolver.resolve_many(probes, i)
+    t_bulk = time.perf_counter() - t0
+    hits = sum(1 for f in found[:n_hit] if f is not None)
+    wrong = sum(1 for k in range(n_hit) if found[k] != int(picks[k]))
+    misses = sum(1 for f in found[n_hit:] if f is None)
+    one = probes[:100_000]
+    t0 = time.perf_counter()
+    for p in one:
+        resolver.resolve_index(p, i)
+    t_one = time.perf_counter() - t0
     out(
-        f"one interval table: {t_build:.2f} s ({t_build / args.riders * 1e6:.2f} us/rider), "
-        f"RSS {rss2:.0f} MB (table {rss2 - rss1:.0f} MB)\n"
+        f"lookups: {len(probes):,} rids in bulk in {t_bulk:.2f} s = "
+        f"{len(probes) / t_bulk:,.0f} rids/s ({hits:,}/{n_hit:,} enrolled found, {wrong} wrong, "
+        f"{misses:,}/{len(probes) - n_hit:,} unknown not found); one at a time "
+        f"{len(one) / t_one:,.0f} rids/s\n"
     )
+    workers = max((_status("VmHWM", pid) for pid in _children()), default=0.0)
+    builder.close()
     out(
-        f"lookups: {hits:,}/{len(probes):,} hit, {t_look / max(1, len(probes)) * 1e6:.2f} us each\n"
+        f"peak RSS since the keyring was loaded: this process {_status('VmHWM'):.0f} MB "
+        f"(lookup probes included), largest worker {workers:.0f} MB; "
+        f"load average {_load()}\n"
     )
-    out(f"i-1 and i+1 added (one 2-block AES call per rider): {t_three:.2f} s, RSS {rss3:.0f} MB\n")
     return 0
 
 

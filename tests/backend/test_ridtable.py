@@ -1,0 +1,126 @@
+"""Vectorised AES and rid tables: FIPS-197, cryptography, workers, background builds."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from backend._resolve import Resolver, RiderKeyring, TableBuilder
+from backend._ridtable import aes_words, rid_keys_of, rid_words
+from busbell import interval_of, rid_for_interval
+
+T = 1_762_500_123.0
+IV = interval_of(T)
+
+
+def _keys(n: int) -> np.ndarray:  # type: ignore[type-arg]
+    return np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16)
+
+
+def test_aes_fips197_vector() -> None:
+    key = np.frombuffer(bytes(range(16)), dtype=np.uint8).reshape(1, 16)
+    plain = bytes.fromhex("00112233445566778899aabbccddeeff")
+    out = aes_words(key, [plain]).astype(">u4").tobytes()
+    assert out.hex() == "69c4e0d86a7b0430d8cdb78070b4c55a"
+
+
+def test_aes_words_equal_cryptography_over_chunks() -> None:
+    keys = _keys(70_000)  # crosses the 32,768-rider chunks
+    blocks = [os.urandom(16) for _ in range(3)]
+    out = aes_words(keys, blocks)
+    for k in [*range(0, 70_000, 997), 32_767, 32_768, 69_999]:
+        raw = keys[k].tobytes()
+        for j, block in enumerate(blocks):
+            enc = Cipher(algorithms.AES(raw), modes.ECB()).encryptor()
+            assert out[j, :, k].astype(">u4").tobytes() == enc.update(block)
+
+
+@pytest.mark.parametrize("interval", [0, 1, IV, 2**32 - 1, 2**32 + 5])
+def test_rid_words_are_the_token_rids(interval: int) -> None:
+    keys = _keys(50)
+    words = rid_words(keys, [interval, interval + 1])
+    prefix, tail = rid_keys_of(keys.tobytes(), [interval])
+    for k in range(50):
+        rid = rid_for_interval(keys[k].tobytes(), interval)
+        assert words[0, :, k].astype(">u4").tobytes() == rid
+        assert prefix[0, k].item().to_bytes(8, "big") + tail[0, k].item().to_bytes(4, "big") == rid
+        assert words[1, :, k].astype(">u4").tobytes() == rid_for_interval(
+            keys[k].tobytes(), interval + 1
+        )
+
+
+def _ring(n: int) -> tuple[RiderKeyring, list[bytes]]:
+    tks = [hashlib.sha256(f"k{k}".encode()).digest()[:16] for k in range(n)]
+    return RiderKeyring.from_token_keys((f"r{k}", tk) for k, tk in enumerate(tks)), tks
+
+
+def test_tables_built_in_worker_processes_equal_inline() -> None:
+    ring, _ = _ring(300)
+    ring.revoke("r7")
+    builder = TableBuilder(2, parallel_min_riders=0, chunk_riders=37)
+    try:
+        par = ring.build_tables([IV - 1, IV, IV + 1], builder=builder)
+        par_late = ring.build_tables([IV], start=250, builder=builder)
+    finally:
+        builder.close()
+    inline = ring.build_tables([IV - 1, IV, IV + 1])
+    (inline_late,) = ring.build_tables([IV], start=250)
+    for a, b in [*zip(par, inline, strict=True), (par_late[0], inline_late)]:
+        assert a.interval == b.interval
+        assert len(a) == len(b)
+        for attr in ("_prefix", "_tail", "_idx"):
+            assert np.array_equal(getattr(a, attr), getattr(b, attr))
+    assert sorted(inline_late._idx.tolist()) == list(range(250, 300))
+
+
+def test_next_interval_built_in_the_background() -> None:
+    ring, tks = _ring(40)
+    res = Resolver(ring)
+    try:
+        started = res.prepare_ahead(T)
+        assert sorted(started) == [IV - 1, IV, IV + 1]
+        assert res.prepare_ahead(T) == []  # already under way or built
+        rid = rid_for_interval(ring.rid_key(3), IV + 1)
+        assert res.resolve(rid, IV + 1) == "r3"  # waits for the build if needed
+        assert res.ready(IV + 1)
+        res.prepare(T)
+        assert res.tables_built == 3  # the three background builds, nothing built twice
+        # a rider enrolled after the background build is found too
+        res.enrolled("late", bytes(16))
+        late_rid = rid_for_interval(ring.rid_key(40), IV)
+        assert res.resolve(late_rid, IV) == "late"
+        assert res.resolve_many([late_rid, rid, b"\x00" * 12], [IV, IV + 1, IV]) == [40, 3, None]
+    finally:
+        res.close()
+    assert tks
+
+
+def test_keyring_bulk_load_and_index() -> None:
+    ring = RiderKeyring()
+    n = 70_000  # more than the 65,536 ids kept outside the sorted index
+    for k in range(n):
+        ring.add_derived(f"a{k}", k.to_bytes(16, "big"), bytes(32))
+    first = ring.extend_derived([f"b{k}" for k in range(1000)], bytes(16_000), bytes(32_000))
+    assert first == n
+    assert len(ring) == n + 1000
+    for k in (0, 1, 65_535, 65_536, n - 1):
+        assert ring.index_of(f"a{k}") == k
+        assert ring.rider_id(k) == f"a{k}"
+    assert ring.index_of("b999") == n + 999
+    assert ring.index_of("nobody") is None
+    with pytest.raises(ValueError, match="already"):
+        ring.extend_derived(["c1", "a5"], bytes(32), bytes(64))
+    with pytest.raises(ValueError, match="already"):
+        ring.extend_derived(["c1", "c1"], bytes(32), bytes(64))
+    with pytest.raises(ValueError, match="16 bytes"):
+        ring.extend_derived(["c1"], bytes(15), bytes(32))
+    assert len(ring) == n + 1000  # nothing added by the failures
+    assert "c1" not in ring
+    ring.add_derived("c1", bytes(16), bytes(32))
+    assert ring.index_of("c1") == n + 1000
+    with pytest.raises(IndexError):
+        ring.rider_id(n + 1001)
