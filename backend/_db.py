@@ -41,6 +41,7 @@ __all__ = [
     "devices",
     "engine_for",
     "fare_events",
+    "fare_pending",
     "fleet_keys",
     "head_revision",
     "insert_ignore",
@@ -130,7 +131,28 @@ chain_state = sa.Table(
     sa.Column("prev", sa.String(64), nullable=False),
     sa.Column("acked_upto", sa.BigInteger(), nullable=False),
     sa.Column("updated_at", _Time, nullable=False),
+    sa.Column("pending", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("gap_from", sa.BigInteger(), nullable=True, doc="first missing seq"),
+    sa.Column("gap_to", sa.BigInteger(), nullable=True, doc="last missing seq"),
+    sa.Column("gap_since", _Time, nullable=True, doc="when the gap opened (wall time)"),
+    sa.Column("resend_attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("resend_due", _Time, nullable=True, doc="next re-send request or report"),
+    sa.Column("gap_reported", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Index(None, "resend_due"),
 )
+"""Each bus's chain head and its open gap (migration 0008), the one place workers meet."""
+
+fare_pending = sa.Table(
+    "fare_pending",
+    metadata,
+    sa.Column("bus_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), primary_key=True),
+    sa.Column("event_hash", sa.String(64), primary_key=True),
+    sa.Column("raw", sa.Text(), nullable=False, doc="canonical JSON, sig included (verified)"),
+    sa.Column("received_at", _Time, nullable=False),
+    sa.Column("arrival", sa.BigInteger(), nullable=False, doc="order of arrival per bus"),
+)
+"""Verified chain records above their bus's chain head, held until the gap fills."""
 
 quarantine = sa.Table(
     "quarantine",

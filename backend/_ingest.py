@@ -5,14 +5,18 @@ Three layers:
 * :class:`IngestCore` (no I/O): decodes one MQTT payload (a batch
   ``{"bus_id": ..., "events": [...]}``, a bare event object, or a JSON array of events)
   into verified events and rejections (schema, bus mismatch, unknown/revoked device,
-  bad signature), and plans each bus's chain step from a given chain position
-  (:meth:`IngestCore.plan`): which events to store, which are duplicates, which
-  conflict, which are held (out of order, bounded) and whether to ask for a re-send.
+  bad signature), plans each bus's chain step from its committed chain position, held
+  records and gap (:meth:`IngestCore.plan`): which events to store, which are
+  duplicates, which conflict, which are held (out of order, bounded), and times a
+  gap's re-send requests and report (:meth:`IngestCore.gap_step`). It keeps no
+  per-bus state between calls.
 * :class:`Ingestor`: the core plus the ledger (SQLAlchemy async). One transaction per
   batch of messages: the buses' chain rows are read ``FOR UPDATE`` (PostgreSQL; SQLite
-  takes the write lock with ``BEGIN IMMEDIATE``), so several workers sharing a
-  subscription stay correct even when one bus's batches reach different workers.
-  Events are inserted with ``ON CONFLICT DO NOTHING``.
+  takes the write lock with ``BEGIN IMMEDIATE``) with their held records
+  (``fare_pending``) and open gap, so any worker can take any batch: acks, held
+  records and re-send requests are decided from committed rows, never from one
+  worker's memory. Events are inserted with ``ON CONFLICT DO NOTHING``; due gaps are
+  claimed by whichever worker sweeps first (:meth:`Ingestor.tick`).
 * :class:`IngestWorker`: the MQTT adapter (subscribe, batch, publish the cumulative
   ``fares/ack`` only after commit, ``fares/resend`` for gaps, reconnect with backoff).
   :func:`run_ingest` runs it from a :class:`~backend.config.BackendConfig`.
@@ -33,21 +37,23 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend._db import (
     chain_state,
     engine_for,
     fare_events,
+    fare_pending,
     insert_ignore,
     migrate,
     missed_stops,
     quarantine,
 )
 from backend._errors import REJECTION_REASONS, MalformedMessage
-from backend._ingest_bounds import LogBudget, QuarantineBudget, ledger_problem, signed_and_full
+from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, import_devices, load_devices
 from backend.config import BackendConfig
 from busbell import (
@@ -65,7 +71,18 @@ from busbell import (
     get_logger,
     loads_bounded,
     sha256_hex,
-    validate_event,
+)
+from busbell._fare_types import (
+    MISSED_COLUMNS,
+    SEGMENT_COLUMNS,
+    FareEvent,
+    MissedRecord,
+    SegmentEvent,
+    canonical,
+    convert_event,
+    decode_batch,
+    decode_event,
+    signed_part,
 )
 from busbell._mqtt import MqttSession, ReconnectLoop, SessionChange
 
@@ -74,6 +91,8 @@ __all__ = [
     "BatchResult",
     "BusPlan",
     "ChainPosition",
+    "Gap",
+    "GapAction",
     "IngestCore",
     "IngestWorker",
     "Ingestor",
@@ -123,7 +142,6 @@ GAPS_UNFILLED = Counter(
     "busbell_fare_gaps_unfilled",
     "Chain gaps given up on after the last re-send request (operators must look)",
 )
-EVENTS_HELD = Gauge("busbell_fare_events_held", "Out-of-order events held in memory")
 STORE_ERRORS = Counter("busbell_fare_store_errors", "Failed ingest transactions (retried by edges)")
 
 _MAX_RAW = 65536
@@ -131,26 +149,38 @@ _MAX_RAW = 65536
 
 @dataclass(frozen=True, slots=True)
 class VerifiedEvent:
-    """An event whose schema and signature verified (chain not checked yet).
+    """A chain record whose schema and signature verified (chain not checked yet).
 
     Attributes:
         bus_id: the bus.
         seq: its sequence number.
-        event: the decoded event.
+        record: the typed record (:data:`busbell._fare_types.FareEvent`).
         raw: its canonical JSON, ``sig`` included (what is stored).
         hash: hex SHA-256 of ``raw`` (the next event's ``prev``).
     """
 
     bus_id: str
     seq: int
-    event: dict[str, Any]
+    record: FareEvent
     raw: str
     hash: str
+    arrival: int = 0
+    """Its order of arrival among its bus's held records (``fare_pending.arrival``)."""
 
     @property
     def missed(self) -> bool:
         """Whether it is a ``missed`` record (stored in ``missed_stops``, never a ride)."""
-        return bool(self.event["type"] == "missed")
+        return self.record.missed
+
+    @property
+    def prev(self) -> str:
+        """Its ``prev``."""
+        return self.record.prev
+
+    @property
+    def event_id(self) -> str:
+        """Its ``event_id``."""
+        return self.record.event_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +205,31 @@ class ChainPosition:
     prev: str = GENESIS_PREV
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A bus's open chain gap and its re-send bookkeeping (a ``chain_state`` row).
+
+    Attributes:
+        start: the first missing seq (the chain head).
+        end: the last missing seq (before the lowest held record).
+        since: when it opened (wall time).
+        attempts: re-send requests made for it.
+        due: when the next request (or the report) is due; ``None`` once reported.
+        reported: given up on and reported to operators.
+    """
+
+    start: int
+    end: int
+    since: float
+    attempts: int = 0
+    due: float | None = None
+    reported: bool = False
+
+
+Held = dict[int, dict[str, VerifiedEvent]]
+"""Records above a bus's chain head: seq -> event hash -> record."""
+
+
 @dataclass(slots=True)
 class BusPlan:
     """What to do for one bus in one transaction (from :meth:`IngestCore.plan`).
@@ -186,10 +241,9 @@ class BusPlan:
         rejected: conflicts to quarantine.
         position: the chain position after storing ``store``.
         ack_upto: the cumulative ack to publish after commit (``None``: nothing yet).
-        held: events now held for this bus (out of order).
-        dropped: held events dropped over the bound.
-        resend: ``(from_seq, to_seq)`` to request on ``fares/resend``, or ``None``.
-        gap_unfilled: ``(from_seq, to_seq)`` of a gap given up on (reported once).
+        held: the records now held above the head (``fare_pending``).
+        dropped: held records dropped over the bound.
+        gap: the open gap after this step (``None``: no gap).
     """
 
     bus_id: str
@@ -198,21 +252,29 @@ class BusPlan:
     rejected: list[Rejection] = field(default_factory=list)
     position: ChainPosition = field(default_factory=ChainPosition)
     ack_upto: int | None = None
-    held: int = 0
+    held: Held = field(default_factory=dict)
     dropped: int = 0
-    resend: tuple[int, int] | None = None
-    gap_unfilled: tuple[int, int] | None = None
+    gap: Gap | None = None
+
+    @property
+    def held_count(self) -> int:
+        """Records held for this bus after the step."""
+        return sum(len(c) for c in self.held.values())
 
 
 @dataclass(frozen=True, slots=True)
-class _Gap:
-    """Re-send bookkeeping of one bus's open gap (starting at ``start``)."""
+class GapAction:
+    """What :meth:`IngestCore.gap_step` decided for a gap that is due.
 
-    start: int
-    since: float
-    attempts: int = 0
-    last: float | None = None
-    reported: bool = False
+    Attributes:
+        gap: the gap's new bookkeeping.
+        resend: ``(from_seq, to_seq)`` to request on ``fares/resend``, or ``None``.
+        report: the gap is given up on: report it once (``fare_gap_unfilled``).
+    """
+
+    gap: Gap
+    resend: tuple[int, int] | None = None
+    report: bool = False
 
 
 def _raw_text(payload: bytes) -> str:
@@ -220,13 +282,17 @@ def _raw_text(payload: bytes) -> str:
 
 
 class IngestCore:
-    """Sans-I/O ingest logic: decoding, verification and per-bus chain planning.
+    """Sans-I/O ingest logic: decoding, verification, per-bus chain planning, gap timing.
+
+    Stateless between calls (apart from the device registry): a bus's chain position,
+    held records and gap come in from the committed rows and go back out in the plan,
+    so any worker can take any batch.
 
     Args:
         devices: the device registry (``bus_id -> DeviceInfo``); see :meth:`set_devices`.
-        max_held_per_bus: bound on out-of-order events held per bus.
-        resend_after_s: how long a gap must persist before a re-send is requested,
-            and the least time between two requests for one bus.
+        max_held_per_bus: bound on out-of-order records held per bus.
+        resend_after_s: how long a gap must persist before a re-send is requested
+            (the grace), and the first backoff step.
         max_payload_bytes: larger payloads are malformed (``too_large``).
         max_nesting: payloads nesting arrays/objects deeper are malformed
             (``too_deep``), checked before parsing.
@@ -234,7 +300,7 @@ class IngestCore:
             (``too_many_events``).
         resend_max_s: the longest wait between two re-send requests for one gap.
         resend_max_attempts: re-send requests for one gap before it is reported
-            (:attr:`BusPlan.gap_unfilled`) and no longer re-asked.
+            (:attr:`GapAction.report`) and no longer re-asked.
     """
 
     def __init__(
@@ -258,8 +324,6 @@ class IngestCore:
         self.max_events_per_message = max_events_per_message
         self.resend_max_s = resend_max_s
         self.resend_max_attempts = resend_max_attempts
-        self._held: dict[str, dict[int, dict[str, VerifiedEvent]]] = {}
-        self._gaps: dict[str, _Gap] = {}
 
     def set_devices(self, devices: Mapping[str, DeviceInfo]) -> None:
         """Replace the device registry (after a refresh or a revocation)."""
@@ -270,6 +334,11 @@ class IngestCore:
     def decode(self, bus_id: str, payload: bytes) -> tuple[list[VerifiedEvent], list[Rejection]]:
         """Decode and verify one payload received on ``buses/{bus_id}/fares``.
 
+        A batch or array whose records all check is parsed straight into the typed
+        records (:func:`busbell._fare_types.decode_batch`); anything else takes the
+        general path (bounded parse, then each item on its own), which decides every
+        rejection and its reason.
+
         Returns:
             The verified events and the rejected ones.
 
@@ -277,6 +346,41 @@ class IngestCore:
             MalformedMessage: when the payload as a whole is unusable (not JSON, not a
                 batch/event/array, too large, or a batch naming another bus).
         """
+        fast = (
+            decode_batch(payload)
+            if len(payload) <= self.max_payload_bytes and self.max_nesting >= _FAST_DEPTH
+            else None
+        )
+        if fast is not None:
+            batch_bus, records = fast
+            if batch_bus is not None and batch_bus != bus_id:
+                raise MalformedMessage(
+                    f"batch bus_id {batch_bus!r} on the topic of {bus_id!r}",
+                    field="bus_id",
+                    reason="bus_mismatch",
+                )
+            self._check_count(len(records))
+            ok: list[VerifiedEvent] = []
+            bad: list[Rejection] = []
+            for rec in records:
+                result = self._verify(bus_id, rec)
+                if isinstance(result, Rejection):
+                    bad.append(result)
+                else:
+                    ok.append(result)
+            return ok, bad
+        return self._decode_general(bus_id, payload)
+
+    def _check_count(self, n: int) -> None:
+        if n > self.max_events_per_message:
+            raise MalformedMessage(
+                f"{n} events in one message, over {self.max_events_per_message}",
+                reason="too_many_events",
+            )
+
+    def _decode_general(
+        self, bus_id: str, payload: bytes
+    ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         try:
             obj = loads_bounded(payload, self._limits)
         except JsonRejected as exc:
@@ -300,56 +404,43 @@ class IngestCore:
             raise MalformedMessage(
                 "payload must be a batch object, an event or an array", reason="not_an_object"
             )
-        if len(items) > self.max_events_per_message:
-            raise MalformedMessage(
-                f"{len(items)} events in one message, over {self.max_events_per_message}",
-                reason="too_many_events",
-            )
+        self._check_count(len(items))
         ok: list[VerifiedEvent] = []
         bad: list[Rejection] = []
         for item in items:
-            result = self._verify_one(bus_id, item)
+            try:
+                rec = convert_event(item)
+            except ContractError as exc:
+                got = item if isinstance(item, dict) else {}
+                bad.append(
+                    Rejection(
+                        "schema",
+                        str(exc),
+                        _raw_json(item),
+                        bus_id,
+                        _int_or_none(got.get("seq")),
+                        _str_or_none(got.get("event_id")),
+                    )
+                )
+                continue
+            result = self._verify(bus_id, rec)
             if isinstance(result, Rejection):
                 bad.append(result)
             else:
                 ok.append(result)
         return ok, bad
 
-    def _verify_one(self, bus_id: str, item: object) -> VerifiedEvent | Rejection:
+    def _verify(self, bus_id: str, rec: FareEvent) -> VerifiedEvent | Rejection:
         try:
-            ev = validate_event(item)
-        except ContractError as exc:
-            raw = _raw_json(item)
-            got = item if isinstance(item, dict) else {}
-            return Rejection(
-                "schema",
-                str(exc),
-                raw,
-                bus_id,
-                _int_or_none(got.get("seq")),
-                _str_or_none(got.get("event_id")),
-            )
-        problem = ledger_problem(ev)
-        if problem is not None:
-            return Rejection(
-                "schema",
-                problem,
-                _raw_json(ev),
-                bus_id,
-                _int_or_none(ev["seq"]),
-                _str_or_none(ev["event_id"]),
-            )
-        try:
-            # serialised once: the signed bytes, and the stored bytes spliced from them
-            signed, full = signed_and_full(ev)
-        except ValueError as exc:  # a lone surrogate cannot be UTF-8
-            return Rejection("schema", f"not encodable: {exc}", _raw_json(ev), bus_id)
+            full = canonical(rec)  # serialised once: stored, hashed, and cut to the signed part
+        except (ValueError, TypeError, msgspec.EncodeError) as exc:  # a lone surrogate
+            return Rejection("schema", f"not encodable: {exc}", repr(rec)[:_MAX_RAW], bus_id)
         raw = full.decode("utf-8")
-        seq = ev["seq"]
-        eid = ev["event_id"]
-        if ev["bus_id"] != bus_id:
+        seq = rec.seq
+        eid = rec.event_id
+        if rec.bus_id != bus_id:
             return Rejection(
-                "bus_mismatch", f"event of {ev['bus_id']!r} on {bus_id!r}", raw, bus_id, seq, eid
+                "bus_mismatch", f"event of {rec.bus_id!r} on {bus_id!r}", raw, bus_id, seq, eid
             )
         dev = self._devices.get(bus_id)
         if dev is None:
@@ -358,25 +449,43 @@ class IngestCore:
             )
         if dev.revoked:
             return Rejection("revoked_device", f"bus {bus_id!r} is revoked", raw, bus_id, seq, eid)
+        assert isinstance(rec.sig, str)  # checked by the type (require_sig)
         try:
-            dev.public.verify_b64(ev["sig"], signed)
+            dev.public.verify_b64(rec.sig, signed_part(full, rec))
         except SignatureError as exc:
             return Rejection("bad_signature", str(exc), raw, bus_id, seq, eid)
-        return VerifiedEvent(bus_id, seq, ev, raw, sha256_hex(full))
+        return VerifiedEvent(bus_id, seq, rec, raw, sha256_hex(full))
+
+    @staticmethod
+    def held_from_rows(bus_id: str, rows: Iterable[tuple[int, str, str, int]]) -> Held:
+        """Held records from ``fare_pending`` rows ``(seq, event_hash, raw, arrival)``.
+
+        Rows come in arrival order (the order :meth:`plan` tries candidates of one seq
+        in). They were verified before they were written, so they are only parsed.
+        """
+        held: Held = {}
+        for seq, digest, raw, arrival in rows:
+            rec = decode_event(raw.encode("utf-8"))
+            ev = VerifiedEvent(bus_id, int(seq), rec, raw, digest, arrival)
+            held.setdefault(int(seq), {})[digest] = ev
+        return held
 
     # -- chain planning ---------------------------------------------------------------
 
     def past_seqs(
-        self, bus_id: str, position: ChainPosition, events: Iterable[VerifiedEvent]
+        self,
+        position: ChainPosition,
+        events: Iterable[VerifiedEvent],
+        held: Mapping[int, Mapping[str, VerifiedEvent]] | None = None,
     ) -> list[int]:
         """Stored seqs :meth:`plan` needs the hash of.
 
-        Each seq below ``position`` among ``events`` and the held ones (to tell
+        Each seq below ``position`` among ``events`` and the ``held`` ones (to tell
         duplicates from conflicts) and the seq before it (the ``prev`` at that position,
         to tell a ``prev_mismatch`` from a ``chain_conflict``).
         """
         seqs = {e.seq for e in events if e.seq < position.next_seq}
-        seqs.update(s for s in self._held.get(bus_id, ()) if s < position.next_seq)
+        seqs.update(s for s in held or () if s < position.next_seq)
         seqs.update([s - 1 for s in seqs if s > 1])
         return sorted(seqs)
 
@@ -386,18 +495,21 @@ class IngestCore:
         position: ChainPosition,
         events: Iterable[VerifiedEvent],
         stored_hashes: Mapping[int, str],
-        now: float,
+        *,
+        held: Mapping[int, Mapping[str, VerifiedEvent]] | None = None,
+        gap: Gap | None = None,
+        now: float = 0.0,
     ) -> BusPlan:
-        """Plan one bus's chain step from its committed ``position``.
+        """Plan one bus's chain step from its committed ``position``, ``held`` and ``gap``.
 
-        Held events whose seq another worker filled are settled first; then the new
-        events are taken one by one in arrival order (the decisions offline settle
-        makes): below the chain head an event is a duplicate (same hash as stored), a
-        ``prev_mismatch`` (it does not link to the record before) or a
+        Held records whose seq the chain passed (another worker filled it) are settled
+        first; then the new events are taken one by one in arrival order (the decisions
+        offline settle makes): below the chain head an event is a duplicate (same hash
+        as stored), a ``prev_mismatch`` (it does not link to the record before) or a
         ``chain_conflict``; at the head it is stored if its ``prev`` links (else
-        ``prev_mismatch``) and the held events it unblocks follow; above it, it is held
-        (up to the bound) until the gap is filled; a copy of a held event is a
-        duplicate. The held set is updated as if the plan is committed.
+        ``prev_mismatch``) and the held records it unblocks follow; above it, it is
+        held (up to the bound) until the gap is filled; a copy of a held record is a
+        duplicate. The plan's ``held`` and ``gap`` replace the committed ones.
 
         Args:
             bus_id: the bus.
@@ -405,12 +517,14 @@ class IngestCore:
             events: newly verified events of this bus.
             stored_hashes: ``{seq: event_hash}`` of stored events for
                 :meth:`past_seqs`.
-            now: monotonic time (for re-send timing).
+            held: the records committed as held for this bus (``fare_pending``).
+            gap: the bus's committed open gap, if any.
+            now: wall time (when a new gap opens).
 
         Raises:
             ValueError: when a needed stored hash is missing from ``stored_hashes``.
         """
-        held: dict[int, dict[str, VerifiedEvent]] = self._held.pop(bus_id, {})
+        held_now: Held = {s: dict(c) for s, c in (held or {}).items()}
         plan = BusPlan(bus_id)
         next_seq, prev = position.next_seq, position.prev
         new_hashes: dict[int, str] = {}
@@ -437,7 +551,7 @@ class IngestCore:
 
         def link(e: VerifiedEvent) -> bool:
             nonlocal next_seq, prev
-            if e.event["prev"] != prev:
+            if e.prev != prev:
                 plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {prev}"))
                 return False
             plan.store.append(e)
@@ -446,9 +560,9 @@ class IngestCore:
             return True
 
         def drain() -> None:
-            while next_seq in held:
-                cands = list(held.pop(next_seq).values())
-                chosen = next((c for c in cands if c.event["prev"] == prev), cands[0])
+            while next_seq in held_now:
+                cands = list(held_now.pop(next_seq).values())
+                chosen = next((c for c in cands if c.prev == prev), cands[0])
                 link(chosen)
                 for c in cands:
                     if c is chosen:
@@ -458,9 +572,9 @@ class IngestCore:
                     else:  # none links
                         plan.rejected.append(_reject(c, "prev_mismatch", f"prev != {prev}"))
 
-        # What other workers stored since these were held: settle them first.
-        for seq in sorted(s for s in held if s < next_seq):
-            for e in held.pop(seq).values():
+        # What the chain passed since these were held: settle them first.
+        for seq in sorted(s for s in held_now if s < next_seq):
+            for e in held_now.pop(seq).values():
                 below(e)
         drain()
         # Then the new events, one by one in arrival order: the decisions of
@@ -468,82 +582,57 @@ class IngestCore:
         for e in events:
             if e.seq < next_seq:
                 below(e)
-            elif e.hash in held.get(e.seq, {}):
+            elif e.hash in held_now.get(e.seq, {}):
                 plan.duplicates += 1
             elif e.seq > next_seq:
-                held.setdefault(e.seq, {})[e.hash] = e
+                held_now.setdefault(e.seq, {})[e.hash] = e
             elif link(e):
                 drain()
         # Bound the held set: keep the lowest seqs (they fill the gap first).
-        if sum(len(c) for c in held.values()) > self.max_held_per_bus:
-            kept: dict[int, dict[str, VerifiedEvent]] = {}
+        if sum(len(c) for c in held_now.values()) > self.max_held_per_bus:
+            kept: Held = {}
             n = 0
-            for seq in sorted(held):
-                if n + len(held[seq]) > self.max_held_per_bus:
-                    plan.dropped += len(held[seq])
+            for seq in sorted(held_now):
+                if n + len(held_now[seq]) > self.max_held_per_bus:
+                    plan.dropped += len(held_now[seq])
                     continue
-                kept[seq] = held[seq]
-                n += len(held[seq])
-            held = kept
+                kept[seq] = held_now[seq]
+                n += len(held_now[seq])
+            held_now = kept
         plan.position = ChainPosition(next_seq, prev)
         plan.ack_upto = next_seq - 1 if next_seq > 1 else None
-        if held:
-            self._held[bus_id] = held
-            plan.held = sum(len(c) for c in held.values())
-            self._schedule_resend(plan, next_seq, min(held) - 1, now)
-        else:
-            self._gaps.pop(bus_id, None)
+        plan.held = held_now
+        if held_now:
+            end = min(held_now) - 1
+            if gap is not None and gap.start == next_seq:
+                plan.gap = dataclasses.replace(gap, end=end)
+            else:  # a new gap, or it moved (part of it arrived): it starts over
+                plan.gap = Gap(next_seq, end, now, due=now + self.resend_after_s)
         return plan
 
-    def _schedule_resend(self, plan: BusPlan, lo: int, hi: int, now: float) -> None:
-        """Re-request a gap that persists past the grace, with backoff, then report it.
+    def gap_step(self, gap: Gap, now: float) -> GapAction:
+        """Decide what a gap that is due (``gap.due <= now``) gets: a re-send or a report.
 
-        The first request goes ``resend_after_s`` after the gap was first seen, the
-        k-th ``min(resend_max_s, resend_after_s * 2**k)`` after the one before; after
-        ``resend_max_attempts`` requests the gap is reported once
-        (:attr:`BusPlan.gap_unfilled`) and no longer re-asked (the edge still re-sends
-        everything unacked after its own ack timeout). A gap that moves (its first seq
-        changed: part of it arrived) starts over.
+        The first request goes ``resend_after_s`` after the gap opened, the k-th
+        ``min(resend_max_s, resend_after_s * 2**k)`` after the one before; once
+        ``resend_max_attempts`` requests went unanswered, the next due time reports it
+        (once) and it is no longer re-asked (the edge still re-sends everything unacked
+        after its own ack timeout, and a late re-send still fills it).
         """
-        gap = self._gaps.get(plan.bus_id)
-        if gap is None or gap.start != lo:
-            gap = _Gap(start=lo, since=now)
+        if gap.reported or gap.due is None or now < gap.due:
+            return GapAction(gap)
         if gap.attempts >= self.resend_max_attempts:
-            if not gap.reported:
-                plan.gap_unfilled = (lo, hi)
-                gap = dataclasses.replace(gap, reported=True)
-        else:
-            due = (
-                gap.since + self.resend_after_s
-                if gap.last is None
-                else gap.last + min(self.resend_max_s, self.resend_after_s * 2**gap.attempts)
-            )
-            if now >= due:
-                plan.resend = (lo, hi)
-                gap = dataclasses.replace(gap, attempts=gap.attempts + 1, last=now)
-        self._gaps[plan.bus_id] = gap
+            return GapAction(dataclasses.replace(gap, reported=True, due=None), report=True)
+        wait = min(self.resend_max_s, self.resend_after_s * 2 ** (gap.attempts + 1))
+        return GapAction(
+            dataclasses.replace(gap, attempts=gap.attempts + 1, due=now + wait),
+            resend=(gap.start, gap.end),
+        )
 
-    def held_buses(self) -> list[str]:
-        """Buses with held (out-of-order) events."""
-        return sorted(self._held)
 
-    def held_count(self) -> int:
-        """Events held over all buses."""
-        return sum(len(c) for h in self._held.values() for c in h.values())
-
-    def snapshot(self) -> tuple[Any, ...]:
-        """The held state, to :meth:`restore` when a planned transaction did not commit."""
-        held = {b: {s: dict(c) for s, c in h.items()} for b, h in self._held.items()}
-        return held, dict(self._gaps)
-
-    def restore(self, state: tuple[Any, ...]) -> None:
-        """Go back to a :meth:`snapshot` (plans are made as if they commit)."""
-        self._held, self._gaps = state
-
-    def forget(self, bus_id: str) -> None:
-        """Drop everything held for a bus (e.g. after its device was revoked)."""
-        self._held.pop(bus_id, None)
-        self._gaps.pop(bus_id, None)
+_FAST_DEPTH = 4
+"""Nesting of a batch of typed records (batch, events, record, start/wait): the fast
+path is taken only when ``max_nesting`` allows it."""
 
 
 def _conflict(e: VerifiedEvent, seq: int, stored: str, here: str | None) -> Rejection:
@@ -553,13 +642,13 @@ def _conflict(e: VerifiedEvent, seq: int, stored: str, here: str | None) -> Reje
     ``chain_conflict`` (it links, but differs from what is stored): the same rule as
     :class:`backend._settle.Settler`, whatever order or batching the records came in.
     """
-    if here is not None and e.event["prev"] != here:
+    if here is not None and e.prev != here:
         return _reject(e, "prev_mismatch", f"seq {seq}: prev != {here}")
     return _reject(e, "chain_conflict", f"seq {seq} is stored with hash {stored}")
 
 
 def _reject(e: VerifiedEvent, reason: str, detail: str) -> Rejection:
-    return Rejection(reason, detail, e.raw, e.bus_id, e.seq, e.event["event_id"])
+    return Rejection(reason, detail, e.raw, e.bus_id, e.seq, e.event_id)
 
 
 def _raw_json(item: object) -> str:
@@ -616,15 +705,28 @@ class _EventIdConflict(Exception):
     pass
 
 
+@dataclass(slots=True)
+class _BusRow:
+    """A bus's locked ``chain_state`` row."""
+
+    position: ChainPosition
+    pending: int
+    gap: Gap | None
+
+
 class Ingestor:
     """:class:`IngestCore` plus the ledger: one transaction per call to :meth:`ingest`.
+
+    Every decision comes from committed rows read under the bus's row lock (chain
+    head, held records in ``fare_pending``, the open gap), so several workers, each
+    with its own Ingestor, can share one subscription.
 
     Args:
         engine: the ledger engine (migrated).
         core: the core (its device registry is filled by :meth:`refresh_devices`).
         worker_id: stored with each event and quarantine row.
-        clock: monotonic clock (re-send timing, quarantine and log budgets).
-        wall: wall clock (``received_at``).
+        clock: monotonic clock (quarantine and log budgets).
+        wall: wall clock (``received_at``, gap timing shared by all workers).
         quarantine_budget: how many rejections are stored (per message, per bus per
             minute); the rest are counted and logged only.
         log_budget: rate limit of the warning logs per (event, reason, bus).
@@ -721,15 +823,93 @@ class Ingestor:
         _log().warning(event, bus_id=bus_id, reason=reason, **kw)
 
     async def tick(self) -> BatchResult:
-        """Re-plan the buses with held events against the committed chain.
+        """Claim the gaps that are due, from committed rows: re-send requests and reports.
 
-        This stores held events whose gap another worker filled, and requests the
-        re-sends that are due.
+        Whichever worker runs it first claims a due gap (row lock; on PostgreSQL rows
+        another worker holds are skipped), so each request is made once, whatever the
+        number of workers.
         """
-        buses = self.core.held_buses()
-        if not buses:
-            return BatchResult()
-        return await self._commit({b: [] for b in buses}, [], BatchResult(), careful=False)
+        result = BatchResult()
+        now = self._wall()
+        cs = chain_state
+        try:
+            async with self.engine.begin() as conn:
+                q = (
+                    sa.select(
+                        cs.c.bus_id,
+                        cs.c.gap_from,
+                        cs.c.gap_to,
+                        cs.c.gap_since,
+                        cs.c.resend_attempts,
+                        cs.c.resend_due,
+                    )
+                    .where(cs.c.resend_due <= now, cs.c.pending > 0)
+                    .order_by(cs.c.bus_id)
+                )
+                if self._pg:
+                    q = q.with_for_update(skip_locked=True)
+                changed = []
+                for bus_id, start, end, since, attempts, due in await conn.execute(q):
+                    gap = Gap(int(start), int(end), float(since), int(attempts), float(due))
+                    act = self.core.gap_step(gap, now)
+                    if act.resend is not None:
+                        result.resends[bus_id] = act.resend
+                    if act.report:
+                        result.gaps_unfilled[bus_id] = (gap.start, gap.end)
+                    changed.append(
+                        {
+                            "b_bus": bus_id,
+                            "b_attempts": act.gap.attempts,
+                            "b_due": act.gap.due,
+                            "b_reported": act.gap.reported,
+                        }
+                    )
+                if changed:
+                    await conn.execute(
+                        cs.update()
+                        .where(cs.c.bus_id == sa.bindparam("b_bus"))
+                        .values(
+                            resend_attempts=sa.bindparam("b_attempts"),
+                            resend_due=sa.bindparam("b_due"),
+                            gap_reported=sa.bindparam("b_reported"),
+                        ),
+                        changed,
+                    )
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            STORE_ERRORS.inc()
+            raise StoreError(f"gap sweep failed: {exc}") from exc
+        for bus_id, (a, b) in sorted(result.gaps_unfilled.items()):
+            GAPS_UNFILLED.inc()
+            _log().error(
+                "fare_gap_unfilled",
+                bus_id=bus_id,
+                from_seq=a,
+                to_seq=b,
+                attempts=self.core.resend_max_attempts,
+            )
+        return result
+
+    async def open_gaps(self) -> list[dict[str, Any]]:
+        """Every bus's open chain gap, for operators (``busbell backend gaps``)."""
+        cs = chain_state
+        try:
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(
+                    sa.select(
+                        cs.c.bus_id,
+                        cs.c.gap_from,
+                        cs.c.gap_to,
+                        cs.c.gap_since,
+                        cs.c.pending,
+                        cs.c.resend_attempts,
+                        cs.c.gap_reported,
+                    )
+                    .where(cs.c.pending > 0)
+                    .order_by(cs.c.bus_id)
+                )
+                return [dict(r._mapping) for r in rows]
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            raise StoreError(f"cannot read the chain gaps: {exc}") from exc
 
     async def _commit(
         self,
@@ -739,16 +919,13 @@ class Ingestor:
         *,
         careful: bool,
     ) -> BatchResult:
-        state = self.core.snapshot()
         try:
             plans = await self._transaction(groups, rejections, careful=careful)
         except _EventIdConflict:
-            self.core.restore(state)
             if careful:  # pragma: no cover - the careful pass removes every conflict
                 raise StoreError("event_id conflict persisted") from None
             return await self._commit(groups, rejections, result, careful=True)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
-            self.core.restore(state)
             STORE_ERRORS.inc()
             raise StoreError(f"ingest transaction failed: {exc}") from exc
         for plan in plans:
@@ -769,18 +946,6 @@ class Ingestor:
                 EVENTS_HELD_DROPPED.inc(plan.dropped)
             if plan.ack_upto is not None:
                 result.acks[plan.bus_id] = plan.ack_upto
-            if plan.resend is not None:
-                result.resends[plan.bus_id] = plan.resend
-            if plan.gap_unfilled is not None:
-                result.gaps_unfilled[plan.bus_id] = plan.gap_unfilled
-                GAPS_UNFILLED.inc()
-                _log().error(
-                    "fare_gap_unfilled",
-                    bus_id=plan.bus_id,
-                    from_seq=plan.gap_unfilled[0],
-                    to_seq=plan.gap_unfilled[1],
-                    attempts=self.core.resend_max_attempts,
-                )
             if plan.rejected:
                 rejections.extend(self._budget(plan.bus_id, plan.rejected))
         for r in rejections:
@@ -798,7 +963,6 @@ class Ingestor:
             )
         result.quarantined += len(rejections)
         result.rejected.update(r.reason for r in rejections)
-        EVENTS_HELD.set(self.core.held_count())
         # The events are committed (and may be acked) whatever happens here: the
         # quarantine rows go in a transaction of their own, so no rejected input can
         # roll back someone else's valid events.
@@ -827,55 +991,142 @@ class Ingestor:
         now = self._wall()
         plans: list[BusPlan] = []
         buses = sorted(groups)
+        if not buses:
+            return plans
         async with self.engine.begin() as conn:
             if careful:
                 await self._drop_event_id_conflicts(conn, groups, rejections)
-            positions = await self._lock_positions(conn, buses, now)
+            rows = await self._lock_rows(conn, buses, now)
+            held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
             for bus_id in buses:
-                pos = positions[bus_id]
-                past = self.core.past_seqs(bus_id, pos, groups[bus_id])
+                row = rows[bus_id]
+                held = held_rows.get(bus_id, {})
+                past = self.core.past_seqs(row.position, groups[bus_id], held)
                 hashes = await self._stored_hashes(conn, bus_id, past) if past else {}
-                plans.append(self.core.plan(bus_id, pos, groups[bus_id], hashes, self._clock()))
-            stored = [e for p in plans for e in p.store]
-            for table, rows in (
-                (fare_events, [self._row(e, now) for e in stored if not e.missed]),
-                (missed_stops, [self._missed_row(e, now) for e in stored if e.missed]),
-            ):
-                if rows:
-                    stmt = insert_ignore(table, self._dialect).returning(table.c.seq)
-                    res = await conn.execute(stmt, rows)
-                    if len(res.all()) != len(rows):
-                        raise _EventIdConflict
-            changed = [
+                plans.append(
+                    self.core.plan(
+                        bus_id,
+                        row.position,
+                        groups[bus_id],
+                        hashes,
+                        held=held,
+                        gap=row.gap,
+                        now=now,
+                    )
+                )
+            await self._write(conn, plans, held_rows, rows, now)
+        return plans
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        plans: list[BusPlan],
+        held_rows: dict[str, Held],
+        rows: dict[str, _BusRow],
+        now: float,
+    ) -> None:
+        stored = [e for p in plans for e in p.store]
+        segs = [e for e in stored if not e.missed]
+        missed = [e for e in stored if e.missed]
+        if segs:
+            n = await self._insert_events(conn, segs, now)
+            if n != len(segs):
+                raise _EventIdConflict
+        if missed:
+            stmt = insert_ignore(missed_stops, self._dialect).returning(missed_stops.c.seq)
+            res = await conn.execute(stmt, [self._missed_row(e, now) for e in missed])
+            if len(res.all()) != len(missed):
+                raise _EventIdConflict
+        gone: list[dict[str, Any]] = []
+        new: list[dict[str, Any]] = []
+        for p in plans:
+            before = held_rows.get(p.bus_id, {})
+            old = {(s, h) for s, c in before.items() for h in c}
+            arrival = max((e.arrival for c in before.values() for e in c.values()), default=0)
+            # dicts keep insertion order: old records first (as read), then the new ones
+            # in arrival order
+            now_held = {(s, h): e for s, c in p.held.items() for h, e in c.items()}
+            gone.extend(
+                {"b_bus": p.bus_id, "b_seq": s, "b_hash": h} for s, h in old - now_held.keys()
+            )
+            new.extend(
+                {
+                    "bus_id": p.bus_id,
+                    "seq": s,
+                    "event_hash": h,
+                    "raw": now_held[(s, h)].raw,
+                    "received_at": now,
+                    "arrival": arrival + 1 + i,
+                }
+                for i, (s, h) in enumerate(k for k in now_held if k not in old)
+            )
+        fp = fare_pending
+        if gone:
+            await conn.execute(
+                fp.delete().where(
+                    fp.c.bus_id == sa.bindparam("b_bus"),
+                    fp.c.seq == sa.bindparam("b_seq"),
+                    fp.c.event_hash == sa.bindparam("b_hash"),
+                ),
+                gone,
+            )
+        if new:
+            await conn.execute(insert_ignore(fp, self._dialect), new)
+        changed = []
+        for p in plans:
+            row = rows[p.bus_id]
+            if not p.store and p.gap == row.gap and p.held_count == row.pending:
+                continue
+            gap = p.gap
+            changed.append(
                 {
                     "b_bus": p.bus_id,
                     "b_next": p.position.next_seq,
                     "b_prev": p.position.prev,
                     "b_now": now,
+                    "b_pending": p.held_count,
+                    "b_from": gap.start if gap else None,
+                    "b_to": gap.end if gap else None,
+                    "b_since": gap.since if gap else None,
+                    "b_attempts": gap.attempts if gap else 0,
+                    "b_due": gap.due if gap else None,
+                    "b_reported": gap.reported if gap else False,
                 }
-                for p in plans
-                if p.store
-            ]
-            if changed:
-                await conn.execute(
-                    chain_state.update()
-                    .where(chain_state.c.bus_id == sa.bindparam("b_bus"))
-                    .values(
-                        next_seq=sa.bindparam("b_next"),
-                        prev=sa.bindparam("b_prev"),
-                        updated_at=sa.bindparam("b_now"),
-                    ),
-                    changed,
-                )
-        return plans
+            )
+        if changed:
+            cs = chain_state
+            await conn.execute(
+                cs.update()
+                .where(cs.c.bus_id == sa.bindparam("b_bus"))
+                .values(
+                    next_seq=sa.bindparam("b_next"),
+                    prev=sa.bindparam("b_prev"),
+                    updated_at=sa.bindparam("b_now"),
+                    pending=sa.bindparam("b_pending"),
+                    gap_from=sa.bindparam("b_from"),
+                    gap_to=sa.bindparam("b_to"),
+                    gap_since=sa.bindparam("b_since"),
+                    resend_attempts=sa.bindparam("b_attempts"),
+                    resend_due=sa.bindparam("b_due"),
+                    gap_reported=sa.bindparam("b_reported"),
+                ),
+                changed,
+            )
 
-    async def _lock_positions(
+    async def _insert_events(
+        self, conn: AsyncConnection, events: list[VerifiedEvent], now: float
+    ) -> int:
+        """Insert segment rows (``ON CONFLICT DO NOTHING``); returns how many went in."""
+        stmt = insert_ignore(fare_events, self._dialect).returning(fare_events.c.seq)
+        res = await conn.execute(stmt, [self._row(e, now) for e in events])
+        return len(res.all())
+
+    async def _lock_rows(
         self, conn: AsyncConnection, buses: list[str], now: float
-    ) -> dict[str, ChainPosition]:
-        if not buses:
-            return {}
+    ) -> dict[str, _BusRow]:
+        cs = chain_state
         await conn.execute(
-            insert_ignore(chain_state, self._dialect),
+            insert_ignore(cs, self._dialect),
             [
                 {
                     "bus_id": b,
@@ -888,13 +1139,46 @@ class Ingestor:
             ],
         )
         q = (
-            sa.select(chain_state.c.bus_id, chain_state.c.next_seq, chain_state.c.prev)
-            .where(chain_state.c.bus_id.in_(buses))
-            .order_by(chain_state.c.bus_id)
+            sa.select(
+                cs.c.bus_id,
+                cs.c.next_seq,
+                cs.c.prev,
+                cs.c.pending,
+                cs.c.gap_from,
+                cs.c.gap_to,
+                cs.c.gap_since,
+                cs.c.resend_attempts,
+                cs.c.resend_due,
+                cs.c.gap_reported,
+            )
+            .where(cs.c.bus_id.in_(buses))
+            .order_by(cs.c.bus_id)
         )
         if self._pg:
             q = q.with_for_update()
-        return {b: ChainPosition(int(n), p) for b, n, p in await conn.execute(q)}
+        out: dict[str, _BusRow] = {}
+        for b, n, p, pending, g0, g1, since, attempts, due, reported in await conn.execute(q):
+            gap = (
+                Gap(int(g0), int(g1), float(since), int(attempts), due, bool(reported))
+                if g0 is not None
+                else None
+            )
+            out[b] = _BusRow(ChainPosition(int(n), p), int(pending), gap)
+        return out
+
+    async def _held_rows(self, conn: AsyncConnection, buses: list[str]) -> dict[str, Held]:
+        if not buses:
+            return {}
+        fp = fare_pending
+        rows = await conn.execute(
+            sa.select(fp.c.bus_id, fp.c.seq, fp.c.event_hash, fp.c.raw, fp.c.arrival)
+            .where(fp.c.bus_id.in_(buses))
+            .order_by(fp.c.bus_id, fp.c.arrival)
+        )
+        by_bus: dict[str, list[tuple[int, str, str, int]]] = {}
+        for b, s, h, raw, arrival in rows:
+            by_bus.setdefault(b, []).append((int(s), h, raw, int(arrival)))
+        return {b: IngestCore.held_from_rows(b, r) for b, r in by_bus.items()}
 
     async def _stored_hashes(
         self, conn: AsyncConnection, bus_id: str, seqs: list[int]
@@ -915,7 +1199,7 @@ class Ingestor:
         groups: dict[str, list[VerifiedEvent]],
         rejections: list[Rejection],
     ) -> None:
-        wanted = {e.event["event_id"] for evs in groups.values() for e in evs}
+        wanted = {e.event_id for evs in groups.values() for e in evs}
         if not wanted:
             return
         owner: dict[str, tuple[str, int]] = {}
@@ -930,7 +1214,7 @@ class Ingestor:
             kept: list[VerifiedEvent] = []
             for e in groups[bus_id]:
                 key = (e.bus_id, e.seq)
-                first = owner.setdefault(e.event["event_id"], key)
+                first = owner.setdefault(e.event_id, key)
                 if first != key:
                     rejections.append(_reject(e, "event_id_conflict", f"event_id is {first}"))
                 else:
@@ -938,50 +1222,18 @@ class Ingestor:
             groups[bus_id] = kept
 
     def _row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
-        ev = e.event
-        return {
-            "bus_id": e.bus_id,
-            "seq": e.seq,
-            "event_id": ev["event_id"],
-            "event_hash": e.hash,
-            "prev": ev["prev"],
-            "rid": ev["rid"],
-            "interval": ev["interval"],
-            "route_id": ev["route_id"],
-            "trip_id": ev["trip_id"],
-            "start_t": ev["start"]["t"],
-            "start_stop_id": ev["start"]["stop_id"],
-            "start_cause": ev["start"]["cause"],
-            "end_t": ev["end"]["t"],
-            "end_stop_id": ev["end"]["stop_id"],
-            "end_cause": ev["end"]["cause"],
-            "distance_m": ev["distance_m"],
-            "proof_first": ev["proof"]["first"],
-            "proof_last": ev["proof"]["last"],
-            "evidence": ev["evidence"],
-            "raw": e.raw,
-            "received_at": now,
-            "worker_id": self.worker_id,
-        }
+        rec = e.record
+        assert isinstance(rec, SegmentEvent)
+        row = dict(zip(SEGMENT_COLUMNS, rec.ledger_row(), strict=True))
+        row.update(event_hash=e.hash, raw=e.raw, received_at=now, worker_id=self.worker_id)
+        return row
 
     def _missed_row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
-        ev = e.event
-        return {
-            "bus_id": e.bus_id,
-            "seq": e.seq,
-            "event_id": ev["event_id"],
-            "event_hash": e.hash,
-            "prev": ev["prev"],
-            "request_id": ev["request_id"],
-            "route_id": ev["route_id"],
-            "trip_id": ev["trip_id"],
-            "stop_id": ev["stop_id"],
-            "wait_t": ev["wait"]["t"],
-            "passed_t": ev["passed"]["t"],
-            "record": e.raw,
-            "received_at": now,
-            "worker_id": self.worker_id,
-        }
+        rec = e.record
+        assert isinstance(rec, MissedRecord)
+        row = dict(zip(MISSED_COLUMNS, rec.ledger_row(), strict=True))
+        row.update(event_hash=e.hash, record=e.raw, received_at=now, worker_id=self.worker_id)
+        return row
 
     def _qrow(self, r: Rejection, now: float) -> dict[str, Any]:
         raw = _clean_text(r.raw)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from backend._errors import MalformedMessage
-from backend._ingest import ChainPosition, IngestCore, VerifiedEvent
+from backend._ingest import ChainPosition, Gap, IngestCore, VerifiedEvent
 from backend._keys import DeviceInfo
 from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import GENESIS_PREV, DeviceKey, canonical_bytes, sign_event
@@ -109,8 +109,8 @@ def test_plan_in_order_advances_and_acks() -> None:
     assert [e.seq for e in p.store] == [1, 2, 3, 4, 5]
     assert p.position == ChainPosition(6, CHAIN[5]["prev"])
     assert p.ack_upto == 5
-    assert p.held == 0
-    assert p.resend is None
+    assert p.held_count == 0
+    assert p.gap is None
 
 
 def test_plan_nothing_yet_has_no_ack() -> None:
@@ -124,7 +124,7 @@ def test_plan_duplicates_are_acked_no_ops() -> None:
     c = core()
     evs = verified(c, CHAIN[:3])
     pos = ChainPosition(4, CHAIN[3]["prev"])
-    assert c.past_seqs(BUS, pos, evs) == [1, 2, 3]
+    assert c.past_seqs(pos, evs) == [1, 2, 3]
     stored = {e.seq: e.hash for e in evs}
     p = c.plan(BUS, pos, evs + evs[:1], stored, now=0)
     assert p.store == []
@@ -171,75 +171,77 @@ def test_plan_same_seq_two_versions_one_links() -> None:
     assert [r.reason for r in p.rejected] == ["chain_conflict"]
 
 
-def test_plan_holds_future_events_and_requests_resend_after_delay() -> None:
+def test_plan_holds_future_events_and_opens_a_gap() -> None:
     c = core(resend_after_s=1.0)
     late = verified(c, CHAIN[5:8])  # seqs 6-8 while 1-5 are missing
     p = c.plan(BUS, ChainPosition(), late, {}, now=10.0)
     assert p.store == []
-    assert p.held == 3
-    assert p.resend is None
+    assert p.held_count == 3
     assert p.ack_upto is None
-    assert c.held_buses() == [BUS]
-    assert c.held_count() == 3
-    p = c.plan(BUS, ChainPosition(), [], {}, now=10.5)
-    assert p.resend is None
-    p = c.plan(BUS, ChainPosition(), [], {}, now=11.0)
-    assert p.resend == (1, 5)
-    p = c.plan(BUS, ChainPosition(), [], {}, now=11.5)
-    assert p.resend is None  # rate limited
-    p = c.plan(BUS, ChainPosition(), [], {}, now=12.1)
-    assert p.resend is None  # backing off: the second request waits 2 s
-    p = c.plan(BUS, ChainPosition(), [], {}, now=13.0)
-    assert p.resend == (1, 5)
+    assert p.gap == Gap(1, 5, 10.0, due=11.0)  # the first request after the grace
+    # the state lives in the caller's rows: the next plan gets it back
+    p2 = c.plan(BUS, ChainPosition(), late[:1], {}, held=p.held, gap=p.gap, now=10.5)
+    assert p2.duplicates == 1
+    assert p2.gap == p.gap
     # The gap arrives: held events are stored with it, in order.
-    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:5]), {}, now=12.2)
-    assert [e.seq for e in p.store] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert p.held == 0
-    assert c.held_buses() == []
-    assert p.ack_upto == 8
+    p3 = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:5]), {}, held=p.held, gap=p.gap, now=12)
+    assert [e.seq for e in p3.store] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert p3.held_count == 0
+    assert p3.gap is None
+    assert p3.ack_upto == 8
 
 
 def test_resends_back_off_then_an_unfilled_gap_is_reported_once() -> None:
     c = core(resend_after_s=1.0, resend_max_s=4.0, resend_max_attempts=3)
-    c.plan(BUS, ChainPosition(), verified(c, CHAIN[5:8]), {}, now=0.0)
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[5:8]), {}, now=0.0)
+    gap = p.gap
+    assert gap is not None
     asked, reported = [], []
-    for k in range(1, 41):  # polled every 0.5 s for 20 s
-        p = c.plan(BUS, ChainPosition(), [], {}, now=k / 2)
-        if p.resend:
-            asked.append(k / 2)
-        if p.gap_unfilled:
-            reported.append((k / 2, p.gap_unfilled))
-    assert asked == [1.0, 3.0, 7.0]  # +1 s, then +2 s, then +4 s (the cap): no storm
-    assert reported == [(7.5, (1, 5))]  # once, then never re-asked
-    # part of the gap arrives: the rest is a new gap, asked for again
-    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:2]), {}, now=21.0)
+    for k in range(1, 41):  # swept every 0.5 s for 20 s
+        act = c.gap_step(gap, k / 2)
+        gap = act.gap
+        if act.resend:
+            asked.append((k / 2, act.resend))
+        if act.report:
+            reported.append(k / 2)
+    assert asked == [(1.0, (1, 5)), (3.0, (1, 5)), (7.0, (1, 5))]  # +1, +2, +4 s (cap): no storm
+    assert reported == [11.0]  # once, after the last request had its time, never re-asked
+    # part of the gap arrives: the rest is a new gap with its own grace
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:2]), {}, held=p.held, gap=gap, now=21.0)
     assert [e.seq for e in p.store] == [1, 2]
-    p = c.plan(BUS, ChainPosition(3, CHAIN[2]["prev"]), [], {}, now=22.0)
-    assert p.resend == (3, 5)
+    assert p.gap == Gap(3, 5, 21.0, due=22.0)
+    assert c.gap_step(p.gap, 22.0).resend == (3, 5)
 
 
 def test_plan_held_events_stored_elsewhere_become_duplicates() -> None:
     c = core()
-    c.plan(BUS, ChainPosition(), verified(c, CHAIN[3:5]), {}, now=0)
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[3:5]), {}, now=0)
     # Another worker stored 1..6 meanwhile.
     pos = ChainPosition(7, CHAIN[6]["prev"])
-    assert c.past_seqs(BUS, pos, []) == [3, 4, 5]  # and the seq before each (its prev)
-    p = c.plan(BUS, pos, [], {4: CHAIN[4]["prev"], 5: CHAIN[5]["prev"]}, now=1)
+    assert c.past_seqs(pos, [], p.held) == [3, 4, 5]  # and the seq before each (its prev)
+    stored = {4: CHAIN[4]["prev"], 5: CHAIN[5]["prev"]}
+    p = c.plan(BUS, pos, [], stored, held=p.held, gap=p.gap, now=1)
     assert p.duplicates == 2
-    assert p.held == 0
+    assert p.held_count == 0
+    assert p.gap is None
     assert p.ack_upto == 6
 
 
 def test_plan_held_bound_drops_highest() -> None:
     c = core(max_held_per_bus=2)
     p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[2:6]), {}, now=0)
-    assert p.held == 2
+    assert p.held_count == 2
+    assert sorted(p.held) == [3, 4]
     assert p.dropped == 2
-    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:2]), {}, now=0)
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[:2]), {}, held=p.held, now=0)
     assert [e.seq for e in p.store] == [1, 2, 3, 4]
-    c.plan(BUS, ChainPosition(5, CHAIN[4]["prev"]), verified(c, CHAIN[9:10]), {}, now=0)
-    c.forget(BUS)
-    assert c.held_count() == 0
+
+
+def test_held_records_come_back_from_their_rows() -> None:
+    c = core()
+    p = c.plan(BUS, ChainPosition(), verified(c, CHAIN[2:4]), {}, now=0)
+    rows = [(s, h, e.raw, 0) for s, hs in p.held.items() for h, e in hs.items()]
+    assert IngestCore.held_from_rows(BUS, rows) == p.held
 
 
 def test_genesis_prev_constant() -> None:

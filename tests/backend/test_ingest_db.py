@@ -45,7 +45,7 @@ async def make_ingestor(engine: AsyncEngine, clock: Clock | None = None, **kw: f
         IngestCore(resend_after_s=kw.get("resend_after_s", 1.0)),
         worker_id="w1",
         clock=clock or Clock(),
-        wall=lambda: 1_760_000_000.0,
+        wall=clock or (lambda: 1_760_000_000.0),
     )
     assert await ing.refresh_devices() >= 1
     return ing
@@ -59,12 +59,15 @@ async def stored(engine: AsyncEngine, bus_id: str) -> list[int]:
         return [r.seq for r in rows]
 
 
-async def chain_row(engine: AsyncEngine, bus_id: str) -> sa.Row[tuple[int, str, int]]:
+async def chain_row(engine: AsyncEngine, bus_id: str) -> sa.Row[tuple[int, str, int, int]]:
     async with engine.connect() as conn:
         return (
             await conn.execute(
                 sa.select(
-                    chain_state.c.next_seq, chain_state.c.prev, chain_state.c.acked_upto
+                    chain_state.c.next_seq,
+                    chain_state.c.prev,
+                    chain_state.c.acked_upto,
+                    chain_state.c.pending,
                 ).where(chain_state.c.bus_id == bus_id)
             )
         ).one()
@@ -193,6 +196,7 @@ async def test_a_gap_never_filled_is_reported_once(engine: AsyncEngine) -> None:
         IngestCore(resend_after_s=1.0, resend_max_s=2.0, resend_max_attempts=2),
         worker_id="w1",
         clock=clock,
+        wall=clock,
     )
     await ing.refresh_devices()
     await ing.ingest([("B1", batch_payload("B1", chain[:3] + chain[6:]))])
@@ -207,7 +211,37 @@ async def test_a_gap_never_filled_is_reported_once(engine: AsyncEngine) -> None:
     assert unfilled == [(4, 6)]
     events = [e for e in logs if e["event"] == "fare_gap_unfilled"]
     assert [(e["bus_id"], e["from_seq"], e["to_seq"]) for e in events] == [("B1", 4, 6)]
-    assert ing.core.held_count() == 4  # still held: a late re-send of 4..6 still fills it
+    # still held in the ledger (a late re-send of 4..6 still fills it), and shown
+    gaps = await ing.open_gaps()
+    assert [(g["bus_id"], g["gap_from"], g["gap_to"], g["pending"]) for g in gaps] == [
+        ("B1", 4, 6, 4)
+    ]
+    assert gaps[0]["gap_reported"]
+    res = await ing.ingest([("B1", batch_payload("B1", chain[3:6]))])
+    assert res.acks == {"B1": 10}
+    assert await ing.open_gaps() == []
+
+
+async def test_workers_decide_a_gap_once(engine: AsyncEngine) -> None:
+    """Held records and the gap are rows: another worker links them, one asks."""
+    chain = make_events("B1", device_key_for("B1"), 10)
+    clock = Clock()
+    w1 = await make_ingestor(engine, clock)
+    w2 = await make_ingestor(engine, clock)
+    await w1.ingest([("B1", batch_payload("B1", chain[:3]))])
+    await w2.ingest([("B1", batch_payload("B1", chain[6:]))])
+    asked = []
+    for _ in range(8):  # 4 s, both workers sweeping: requests at +1 s and +3 s, once each
+        clock.t += 0.5
+        for w in (w1, w2):
+            asked += list((await w.tick()).resends.values())
+    assert asked == [(4, 6), (4, 6)]
+    # w1 fills the gap; what w2 held comes from the ledger and is linked too
+    res = await w1.ingest([("B1", batch_payload("B1", chain[3:6]))])
+    assert res.stored == 7
+    assert res.acks == {"B1": 10}
+    assert await stored(engine, "B1") == list(range(1, 11))
+    assert (await chain_row(engine, "B1")).pending == 0
 
 
 async def test_two_workers_share_one_bus(engine: AsyncEngine) -> None:
