@@ -43,6 +43,8 @@ class Checkpointer:
         self.every_s = every_s
         self.saved = 0
         self.failed = 0
+        self.last_error: str | None = None
+        """Why the last periodic snapshot failed; ``None`` once one succeeds again."""
         self._last_t = float("-inf")
 
     async def restore(self) -> bool:
@@ -106,4 +108,7 @@ class Checkpointer:
             await self.store.save_checkpoint(*state)
         except StoreError as exc:
             self.failed += 1
+            self.last_error = str(exc)
             _log.error("classifier_checkpoint_failed", error=str(exc))
+            return
+        self.last_error = None

@@ -223,6 +223,7 @@ class EdgeDaemon:
         self._adverts: collections.deque[AdvRecord] = collections.deque()
         self._vehicle: collections.deque[TraceRecord] = collections.deque()
         self._pending: list[SegmentDraft] = []
+        self._store_error: str | None = None
         self._checkpointer: Checkpointer | None = None
         self._wake = asyncio.Event()
         self._status_now = asyncio.Event()
@@ -371,8 +372,15 @@ class EdgeDaemon:
                 await self.store.append_many(self._pending)
         except StoreError as exc:
             self.stats.store_retries += 1
+            if self._store_error is None:
+                self._status_now.set()  # the status says so at once, not at the next tick
+            self._store_error = str(exc)
             _log.error("fare_store_failed", op="append", pending=len(self._pending), error=str(exc))
             return
+        if self._store_error is not None:
+            _log.info("fare_store_recovered", recorded=len(self._pending))
+            self._store_error = None
+            self._status_now.set()
         self._pending.clear()
         if self.uploader is not None:
             self.uploader.notify()
@@ -397,7 +405,10 @@ class EdgeDaemon:
             if drafts or self._pending:
                 await self._record(drafts)
             elif self._checkpointer is not None and self._checkpointer.due():
+                failing = self._checkpointer.last_error is not None
                 await self._checkpointer.save()
+                if (self._checkpointer.last_error is not None) != failing:
+                    self._status_now.set()  # the store stopped (or resumed) taking writes
             if self.pipeline.on_board() != self._last_on_board:
                 self._status_now.set()
             if self._pending:
@@ -465,6 +476,7 @@ class EdgeDaemon:
                 "rejected": dict(self.vehicle_rejects.counts),
             },
             "uplink": uplink,
+            "store": self._store_status(),
             "fleet_keys": {"days_remaining": days, "warning": warn},
             "clock": self._clock_status(),
             "denylist": {
@@ -477,6 +489,23 @@ class EdgeDaemon:
             },
             **({"driver_page": self.driver_page.health()} if self.driver_page else {}),
             "bells": None if self.bells is None else self.bells.health(),
+        }
+
+    def _store_status(self) -> dict[str, Any]:
+        """Whether the fare store takes writes (``ok`` false: a disk full, say).
+
+        Both recording closed segments and the periodic classifier snapshot count.
+
+        ``pending`` segments are held in memory and retried every second until the store
+        takes them; bells, display and uploads of what is recorded go on meanwhile.
+        """
+        ckpt = self._checkpointer
+        ckpt_error = None if ckpt is None else ckpt.last_error
+        return {
+            "ok": self._store_error is None and ckpt_error is None,
+            "pending": len(self._pending),
+            "failures": self.stats.store_retries + (0 if ckpt is None else ckpt.failed),
+            "last_error": self._store_error or ckpt_error,
         }
 
     def _clock_settled(self) -> bool:
