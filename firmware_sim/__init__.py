@@ -14,6 +14,7 @@ from firmware_sim._output import GenerateOptions, generate, group_journeys, run_
 from firmware_sim._scenarios import SCENARIOS, build_scenario, scenario_names
 from firmware_sim._score import ScenarioScore, SuiteScore, score_scenario, score_suite
 from firmware_sim._tokens import DeviceKind, TokenDevice
+from firmware_sim._world import TokenEnvelope
 
 __all__ = [
     "SCENARIOS",
@@ -24,6 +25,7 @@ __all__ = [
     "ScenarioScore",
     "SuiteScore",
     "TokenDevice",
+    "TokenEnvelope",
     "build_scenario",
     "generate",
     "group_journeys",

@@ -39,7 +39,7 @@ from busbell import (
 from firmware_sim._keys import device_key, fleet_key, rider_key
 from firmware_sim._radio import RadioParams
 from firmware_sim._scenarios import build_scenario
-from firmware_sim._world import SimResult, TruthLeg, World, simulate
+from firmware_sim._world import SimResult, TokenEnvelope, TruthLeg, World, simulate
 
 __all__ = [
     "GenerateOptions",
@@ -79,6 +79,8 @@ class GenerateOptions:
     """UNIX time to start at instead of the scenario's local date and time (live mode)."""
     skip_stop_bus: str | None = None
     """This bus drives past a stop nobody uses without halting (``BusSpec.skip_stop``)."""
+    envelope: TokenEnvelope = field(default_factory=TokenEnvelope)
+    """How every token departs from the scenario (the sweep's token axes)."""
 
 
 @dataclass(slots=True)
@@ -152,6 +154,7 @@ def run_scenario(
         alight_hold_s=opts.alight_hold_s,
         gnss_sigma_m=opts.gnss_sigma_m,
         tq_window_s=opts.tq_window_s,
+        envelope=opts.envelope,
     )
     elapsed = time.perf_counter() - started
     _log().info(

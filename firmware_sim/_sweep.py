@@ -5,26 +5,29 @@ default world, then one radio condition moved at a time to the ends of the envel
 deployment meets, and two corners) for each seed, and reports every cell's figures and
 the **worst cell** per target. Tune on seeds 1-4 only; report the others.
 
-Envelope axes the simulator can move today: token radiated power (``tx_eirp_dbm``, -25 to
-+3 dBm), bus shell loss (5 to 20 dB), per-device power offset spread (3 to 6 dB) and
-extra packet loss (a duty-cycled scanner: a 70 % scan window loses 30 % of the packets).
-The scenarios themselves carry the rest: placements (hand, lanyard, pocket, bag),
-advertising intervals (0.25 to 1 s), clock offsets (``token_clock_drift``), fobs that
-rotate their address with their rid and phones that keep it, crowds of up to ~120 aboard.
-Not yet swept: advertising intervals up to 2 s, placement mixes, clock offsets to +-55 s
-for every token and 3,000 tokens in range.
+Radio axes: token radiated power (``tx_eirp_dbm``, -25 to +3 dBm), bus shell loss (5 to
+20 dB), per-device power offset spread (3 to 6 dB) and extra packet loss (a duty-cycled
+scanner: a 70 % scan window loses 30 % of the packets). Token axes
+(:class:`~firmware_sim._world.TokenEnvelope`, applied to every token of the run, riders
+and bystanders alike): the advertising interval (0.1 and 2 s), placement mixes (all deep
+in bags; all in pockets), clock offsets uniform in +-55 s, BLE addresses kept for good or
+rotated with every rid, and crowds of bystanders (x10 the people at halts and on the
+pavements). Not swept: 3,000 tokens in range at once (too slow to simulate per advert;
+the classifier's cost with 3,000 tokens is ``benchmarks/edge_classifier.py --crowd``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from firmware_sim._output import GenerateOptions
-from firmware_sim._radio import Loss, RadioParams
+from firmware_sim._radio import Loss, Placement, RadioParams
 from firmware_sim._score import TARGETS, ScenarioScore, score_suite
+from firmware_sim._world import TokenEnvelope
 
-__all__ = ["CELLS", "SweepCell", "SweepResult", "render_sweep", "sweep"]
+__all__ = ["CELLS", "SweepCell", "SweepResult", "parse_cells", "render_sweep", "sweep"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,12 @@ class SweepCell:
     device_offset_std_db: float | None = None
     packet_loss: float | None = None
     """Extra packet loss, as a duty-cycled scanner (scan window = 1 - loss of interval)."""
+    tokens: TokenEnvelope = field(default_factory=TokenEnvelope)
+    """How every token departs from the scenario."""
+
+    def options(self, base: GenerateOptions) -> GenerateOptions:
+        """The generation options of this cell."""
+        return replace(base, radio=self.radio(base.radio), envelope=self.tokens)
 
     def radio(self, base: RadioParams) -> RadioParams:
         """The radio parameters of this cell."""
@@ -64,8 +73,42 @@ CELLS: tuple[SweepCell, ...] = (
     SweepCell("extra loss 30 %", packet_loss=0.3),
     SweepCell("EIRP -25, shell 20, sigma 6, loss 30 %", -25.0, 20.0, 6.0, 0.3),
     SweepCell("EIRP +3, shell 5, sigma 6", 3.0, 5.0, 6.0),
+    SweepCell("adv interval 0.1 s", tokens=TokenEnvelope(adv_interval_s=0.1)),
+    SweepCell("adv interval 2 s", tokens=TokenEnvelope(adv_interval_s=2.0)),
+    SweepCell("all deep in bags", tokens=TokenEnvelope(placements=((Placement.BAG_DEEP, 1.0),))),
+    SweepCell("all in pockets", tokens=TokenEnvelope(placements=((Placement.POCKET, 1.0),))),
+    SweepCell("clocks +-55 s", tokens=TokenEnvelope(clock_offset_s=55.0)),
+    SweepCell("addresses kept", tokens=TokenEnvelope(addr_rotation_s=math.inf)),
+    SweepCell("addresses rotate with rid", tokens=TokenEnvelope(addr_rotation_s=0.0)),
+    SweepCell("crowd x10", tokens=TokenEnvelope(crowd=10.0)),
+    SweepCell(
+        "EIRP -21, 2 s, bags, rid addresses, clocks +-55 s",
+        tx_eirp_dbm=-21.0,
+        tokens=TokenEnvelope(
+            adv_interval_s=2.0,
+            placements=((Placement.BAG_DEEP, 1.0),),
+            clock_offset_s=55.0,
+            addr_rotation_s=0.0,
+        ),
+    ),
 )
-"""The grid: the default world, each axis at its ends, and two corners."""
+"""The grid: the default world, each axis at its ends, and corners."""
+
+
+def parse_cells(spec: str) -> list[SweepCell]:
+    """Cells by their 1-based numbers in :data:`CELLS`: ``"1,3,5-8"``.
+
+    Raises:
+        ValueError: not numbers or ranges, or a number outside the grid.
+    """
+    out: list[SweepCell] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not 1 <= a <= b <= len(CELLS):
+            raise ValueError(f"cells are numbered 1-{len(CELLS)}, got {part!r}")
+        out.extend(CELLS[a - 1 : b])
+    return out
 
 
 @dataclass(slots=True)
@@ -88,7 +131,7 @@ def sweep(  # noqa: PLR0917 - the suite's and the sweep's arguments
     """Score the suite in every cell for every seed (subprocess pipeline, as ``score``)."""
     out: list[SweepResult] = []
     for cell in cells:
-        options = replace(base, radio=cell.radio(base.radio))
+        options = cell.options(base)
         for seed in seeds:
             suite = score_suite(names, seed=seed, scale=scale, options=options)
             res = SweepResult(cell, seed, suite.overall)

@@ -102,6 +102,10 @@ class TokenDevice:
         flags: sorted ``(t0, t1, flag bits)`` windows in true time (ORed together).
         phase_s: random phase of the refresh and address timers.
         company_id: manufacturer id of the advertisement.
+        interval_s: advertising interval instead of the kind's (``None``: the kind's).
+        addr_rotation_s: address rotation instead of the kind's: ``0`` a new static
+            random address with every rid interval (a privacy-respecting fob or app),
+            ``math.inf`` one address for good (``None``: the kind's).
     """
 
     device_id: str
@@ -115,12 +119,19 @@ class TokenDevice:
     flags: list[tuple[float, float, int]] = field(default_factory=list)
     phase_s: float = 0.0
     company_id: int = 0xFFFF
+    interval_s: float | None = None
+    addr_rotation_s: float | None = None
     _keys: RiderKeys | None = None
     _cache_key: tuple[int, int] = (-1, -1)
     _cache_payload: bytes = b""
     _addr_epoch: int = -(2**62)
     _addr: str = ""
     _flag_t0: list[float] = field(default_factory=list)
+
+    @property
+    def adv_interval_s(self) -> float:
+        """The nominal advertising interval (the kind's unless overridden)."""
+        return self.interval_s if self.interval_s is not None else self.profile.interval_s
 
     @property
     def profile(self) -> KindProfile:
@@ -158,14 +169,17 @@ class TokenDevice:
         """Whether the token sends at true time ``t``."""
         return self.profile.advertises and (self.dead_at is None or t < self.dead_at)
 
-    def payload(self, t: float) -> bytes:
-        """The 24-byte payload on air at true time ``t``."""
+    def _payload_t(self, t: float) -> float:
+        """The token time the payload on air at true time ``t`` was computed for."""
         prof = KIND_PROFILES[self.kind]
         if prof.refresh_s > 0.0:
             k = math.floor((t - self.phase_s) / prof.refresh_s)
-            tt = self.clock(k * prof.refresh_s + self.phase_s)
-        else:
-            tt = self.clock(t)
+            return self.clock(k * prof.refresh_s + self.phase_s)
+        return self.clock(t)
+
+    def payload(self, t: float) -> bytes:
+        """The 24-byte payload on air at true time ``t``."""
+        tt = self._payload_t(t)
         flags = self.flags_at(t) if self.flags else 0
         key = (math.floor(tt / 4.0), flags)
         if key != self._cache_key:
@@ -178,15 +192,20 @@ class TokenDevice:
 
     def address(self, t: float) -> str:
         """The random BLE address in use at true time ``t``."""
-        prof = KIND_PROFILES[self.kind]
-        if prof.addr_rotation_s > 0.0:
-            epoch = math.floor((t - self.phase_s) / prof.addr_rotation_s)
-        else:
-            epoch = math.floor(self.clock(t) / 600.0)
+        rot = self.addr_rotation_s
+        if rot is None:
+            rot = KIND_PROFILES[self.kind].addr_rotation_s
+        if math.isinf(rot):
+            epoch = 0
+        elif rot > 0.0:
+            epoch = math.floor((t - self.phase_s) / rot)
+        else:  # with the rid: the address changes with the payload on air
+            epoch = math.floor(self._payload_t(t) / 600.0)
         if epoch != self._addr_epoch:
             raw = bytearray(_h("addr", self.device_id, epoch)[:6])
             # resolvable private address: top bits 01; static random: 11
-            raw[0] = (raw[0] & 0x3F) | (0xC0 if prof.addr_rotation_s == 0.0 else 0x40)
+            static = rot == 0.0 or math.isinf(rot)
+            raw[0] = (raw[0] & 0x3F) | (0xC0 if static else 0x40)
             self._addr = ":".join(f"{b:02X}" for b in raw)
             self._addr_epoch = epoch
         return self._addr

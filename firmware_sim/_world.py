@@ -54,6 +54,7 @@ __all__ = [
     "RequestSpec",
     "ScenarioSpec",
     "SimResult",
+    "TokenEnvelope",
     "TruthLeg",
     "WaiterSpec",
     "World",
@@ -251,6 +252,39 @@ class ScenarioSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenEnvelope:
+    """How every token of a run departs from its scenario (``busbell sim score --sweep``).
+
+    The defaults change nothing (and draw no random number), so a default run is the
+    scenario as written. Draws come from a generator of their own, keyed by the seed and
+    the person, so moving one axis does not redraw the rest of the world.
+
+    Attributes:
+        adv_interval_s: every token advertises at this interval (BLE allows 20 ms to
+            10.24 s; apps use 0.1-1 s, fobs up to 2 s to save the battery).
+        placements: where tokens are carried, as ``(placement, weight)``: every person's
+            placement is drawn from this mix instead of the scenario's.
+        clock_offset_s: every token's clock is off by a uniform draw in +-this (s),
+            replacing the scenario's offsets (drift is kept).
+        addr_rotation_s: every token's BLE address rotation: ``0`` with its rid,
+            ``math.inf`` never (see :class:`~firmware_sim._tokens.TokenDevice`).
+        crowd: multiplies the people waiting at halts and walking the pavements
+            (tokens in range that are not riders).
+    """
+
+    adv_interval_s: float | None = None
+    placements: tuple[tuple[Placement, float], ...] | None = None
+    clock_offset_s: float | None = None
+    addr_rotation_s: float | None = None
+    crowd: float = 1.0
+
+    @property
+    def is_default(self) -> bool:
+        """Whether it changes nothing."""
+        return self == TokenEnvelope()
+
+
+@dataclass(frozen=True, slots=True)
 class TruthLeg:
     """One real leg."""
 
@@ -346,7 +380,7 @@ class _Person:
             self.edge_ticks.add(math.floor(t1))
         self.t_end = self.t_last
         prof = self.token.profile
-        self.interval = prof.interval_s
+        self.interval = self.token.adv_interval_s
         self.advertises = prof.advertises
 
     def sends(self, t: float) -> bool:
@@ -390,8 +424,10 @@ class _Sim:
         pass_radius_m: float,
         alight_hold_s: float,
         gnss_sigma_m: float,
+        envelope: TokenEnvelope,
     ) -> None:
         self.world = world
+        self.envelope = envelope
         self.spec = spec
         self.seed = seed
         self.t0 = t0
@@ -533,6 +569,9 @@ class _Sim:
             offset, drift = rng.gauss(0.0, 3.0), rng.gauss(0.0, 10.0)
         else:
             offset, drift = rng.gauss(0.0, 0.05), 0.0
+        env = self.envelope
+        if env.clock_offset_s is not None:
+            offset = self._env_rng(pid).uniform(-env.clock_offset_s, env.clock_offset_s)
         return TokenDevice(
             device_id=f"tok-{pid}",
             token_key=self.rider_keys[pid],
@@ -542,7 +581,24 @@ class _Sim:
             drift_ppm=drift,
             sync_t=self.t0,
             phase_s=rng.uniform(0.0, 900.0),
+            interval_s=env.adv_interval_s,
+            addr_rotation_s=env.addr_rotation_s,
         )
+
+    def _env_rng(self, pid: str) -> random.Random:
+        return random.Random(f"{self.seed}|{self.spec.name}|envelope|{pid}")
+
+    def _placement(self, spec: PersonSpec) -> None:
+        """Draw the person's placement from the envelope's mix (if it sets one)."""
+        mix = self.envelope.placements
+        if mix is None:
+            return
+        r = self._env_rng(spec.person_id + "|placement").random() * sum(w for _, w in mix)
+        for placement, w in mix:
+            spec.placement = placement
+            r -= w
+            if r < 0.0:
+                break
 
     def _bus_pose(self, plan: BusPlan, t: float) -> tuple[float, float, float, float]:
         s, v = plan.motion.at(t)
@@ -576,6 +632,7 @@ class _Sim:
         rng = self.rng
         for spec in self.spec.persons:
             token = self._token(spec.person_id, spec.kind, spec)
+            self._placement(spec)
             person = _Person(spec, "rider", token)
             legs = self.legs_by_person.get(spec.person_id, [])
             ph = person.phases
@@ -683,6 +740,7 @@ class _Sim:
         self.rider_keys[pid] = rider_key(self.seed, pid)
         kind, placement = self._bystander_kind()
         spec = PersonSpec(pid, kind, placement)
+        self._placement(spec)
         return _Person(spec, role, self._token(pid, kind, None))
 
     def build_bystanders(self, t_begin: float, t_end: float) -> None:
@@ -725,7 +783,7 @@ class _Sim:
                 if ss[i + 1] - ss[i] > MOTORWAY_HOP_M:
                     continue  # nobody walks along the motorway
                 km = (ss[i + 1] - ss[i]) / 1000.0
-                n = round(self.spec.street_pedestrians_km_h * km * hours)
+                n = round(self.spec.street_pedestrians_km_h * self.envelope.crowd * km * hours)
                 walks.append((plan.path, n, ss[i], ss[i + 1]))
         for path, n_walkers, s_lo, s_hi in walks:
             for _ in range(n_walkers):
@@ -740,7 +798,7 @@ class _Sim:
                 self.persons.append(p)
         for plan in self.plans.values():
             for call in plan.calls[1:]:
-                for _ in range(_poisson(rng, self.spec.stop_crowd)):
+                for _ in range(_poisson(rng, self.spec.stop_crowd * self.envelope.crowd)):
                     p = self._new_bystander("waiter")
                     a = call.t_arrive - rng.uniform(20.0, 600.0)
                     b = call.t_depart + rng.uniform(5.0, 600.0)
@@ -858,6 +916,7 @@ def simulate(
     alight_hold_s: float = 5.0,
     gnss_sigma_m: float = 3.5,
     tq_window_s: float = 60.0,
+    envelope: TokenEnvelope | None = None,
 ) -> SimResult:
     """Run a scenario.
 
@@ -875,6 +934,7 @@ def simulate(
         alight_hold_s: how long the ALIGHT flag is held after a press.
         gnss_sigma_m: GNSS error per axis (metres, 1 sigma).
         tq_window_s: the edge's tq window, to flag legs no bus could accept.
+        envelope: how every token departs from the scenario (default: not at all).
     """
     sim = _Sim(
         world,
@@ -888,6 +948,7 @@ def simulate(
         pass_radius_m,
         alight_hold_s,
         gnss_sigma_m,
+        envelope or TokenEnvelope(),
     )
     sim.plan()
     t_begin = min(p.t_start for p in sim.plans.values()) - 10.0

@@ -74,7 +74,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         epilog=f"examples:\n  {prog} score --scale small\n"
         f"  {prog} score --scale full --seed 1 --write-docs docs/accuracy.md\n"
         f"  {prog} score --scenarios quiet_route,gnss_tunnel --keep /tmp/score\n"
-        f"  {prog} score --sweep --scale small --seeds 5,6",
+        f"  {prog} score --sweep --scale small --seeds 5,6\n"
+        f"  {prog} score --sweep --scale small --seeds 5 --cells 12-20",
     )
     so.add_argument("--scale", choices=["small", "full"], default=None)
     so.add_argument("--seed", type=int, default=None)
@@ -90,6 +91,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     so.add_argument(
         "--seeds", default=None, help="with --sweep: comma-separated seeds (default: --seed)"
+    )
+    so.add_argument(
+        "--cells",
+        default=None,
+        help="with --sweep: the cells to run by number, e.g. 1,3,10-14 (default: all;"
+        " --list-cells prints them)",
+    )
+    so.add_argument(
+        "--list-cells", action="store_true", help="print the sweep's numbered cells and exit"
     )
 
     rn = sub.add_parser(
@@ -199,6 +209,12 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
     from firmware_sim._scenarios import SCENARIOS, scenario_names
     from firmware_sim._score import ScenarioScore, score_suite
 
+    if a.list_cells:
+        from firmware_sim._sweep import CELLS
+
+        for i, cell in enumerate(CELLS, start=1):
+            _out(f"{i:3}  {cell.name}")
+        return 0
     seed = a.seed if a.seed is not None else cfg.scenario.seed
     scale = a.scale or cfg.scenario.scale
     names = scenario_names() if a.scenarios is None else [n.strip() for n in a.scenarios.split(",")]
@@ -262,12 +278,17 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
 
 
 def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, scale: str) -> int:
-    from firmware_sim._sweep import SweepResult, render_sweep, sweep
+    from firmware_sim._sweep import CELLS, SweepResult, parse_cells, render_sweep, sweep
 
     try:
         seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [seed]
     except ValueError:
         sys.stderr.write("--seeds must be comma-separated integers\n")
+        return 2
+    try:
+        cells = parse_cells(a.cells) if a.cells else list(CELLS)
+    except ValueError as exc:
+        sys.stderr.write(f"--cells: {exc}\n")
         return 2
 
     def progress(r: SweepResult) -> None:
@@ -280,7 +301,7 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
         sys.stdout.flush()
 
     try:
-        results = sweep(names, seeds, scale, cfg.generate_options(), progress=progress)
+        results = sweep(names, seeds, scale, cfg.generate_options(), cells, progress)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         sys.stderr.write(f"busbell: error: sim score --sweep: the pipeline failed: {exc}\n")
         return 1
@@ -289,6 +310,8 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
         f"--scale {scale}",
         f"--seeds {','.join(map(str, seeds))}",
     ]
+    if a.cells:
+        parts.append(f"--cells {a.cells}")
     if a.scenarios is not None:
         parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
     doc = render_sweep(results, " ".join(parts))

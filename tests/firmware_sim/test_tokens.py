@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from busbell import (
@@ -116,3 +118,15 @@ def test_payload_cache_is_per_tq_step_and_flags() -> None:
     assert tok.payload(T0 + 0.2) is a
     tok.add_flag(T0 + 0.3, T0 + 1.0, int(TokenFlags.WAIT))
     assert tok.payload(T0 + 0.4) != a
+
+
+def test_address_and_interval_overrides() -> None:
+    boundary = (interval_of(T0) + 1) * 600.0
+    kept = token(DeviceKind.PHONE_FOREGROUND, addr_rotation_s=math.inf)
+    assert len({kept.address(T0 + s) for s in range(0, 3600, 7)}) == 1
+    assert int(kept.address(T0)[:2], 16) >> 6 == 0b11  # static random
+    with_rid = token(DeviceKind.PHONE_FOREGROUND, addr_rotation_s=0.0)
+    assert with_rid.address(boundary - 1) != with_rid.address(boundary + 1)
+    assert with_rid.address(boundary + 1) == with_rid.address(boundary + 500)
+    assert token().adv_interval_s == KIND_PROFILES[DeviceKind.FOB].interval_s
+    assert token(interval_s=2.0).adv_interval_s == 2.0
