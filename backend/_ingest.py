@@ -630,6 +630,44 @@ class IngestCore:
         )
 
 
+_ROW_COLUMNS = (*SEGMENT_COLUMNS, "event_hash", "raw", "received_at", "worker_id")
+_PG_TYPES = {
+    "seq": "int8",
+    "interval": "int8",
+    "start_t": "float8",
+    "end_t": "float8",
+    "distance_m": "float8",
+    "received_at": "float8",
+    "evidence": "json",
+    "raw": "text",
+}
+# built from constant column names only (no input reaches the SQL text)
+_COLS = ", ".join(_ROW_COLUMNS)
+_PG_ARRAYS = ", ".join(
+    f"${i}::{_PG_TYPES.get(c, 'varchar')}[]" for i, c in enumerate(_ROW_COLUMNS, 1)
+)
+_PG_INSERT = " ".join(
+    [
+        "INSERT INTO fare_events (",
+        _COLS,
+        ") SELECT * FROM unnest(",
+        _PG_ARRAYS,
+        ")",
+        "ON CONFLICT DO NOTHING RETURNING seq",
+    ]
+)
+_SQLITE_INSERT = " ".join(
+    [
+        "INSERT INTO fare_events (",
+        _COLS,
+        ") VALUES (",
+        ", ".join("?" * len(_ROW_COLUMNS)),
+        ")",
+        "ON CONFLICT DO NOTHING",
+    ]
+)
+_EVIDENCE_JSON = msgspec.json.Encoder(order="sorted").encode
+
 _FAST_DEPTH = 4
 """Nesting of a batch of typed records (batch, events, record, start/wait): the fast
 path is taken only when ``max_nesting`` allows it."""
@@ -1116,10 +1154,27 @@ class Ingestor:
     async def _insert_events(
         self, conn: AsyncConnection, events: list[VerifiedEvent], now: float
     ) -> int:
-        """Insert segment rows (``ON CONFLICT DO NOTHING``); returns how many went in."""
-        stmt = insert_ignore(fare_events, self._dialect).returning(fare_events.c.seq)
-        res = await conn.execute(stmt, [self._row(e, now) for e in events])
-        return len(res.all())
+        """Insert segment rows (``ON CONFLICT DO NOTHING``); returns how many went in.
+
+        The rows go through the driver in one statement (PostgreSQL: one ``INSERT ...
+        SELECT FROM unnest(arrays)``; SQLite: ``executemany``), inside the transaction
+        SQLAlchemy began: per row, only the typed record's column tuple is built.
+        """
+        worker = self.worker_id
+        rows = []
+        for e in events:
+            *cols, evidence = e.record.ledger_row()
+            rows.append((*cols, _EVIDENCE_JSON(evidence).decode(), e.hash, e.raw, now, worker))
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+        if self._pg:
+            columns = list(zip(*rows, strict=True))
+            inserted = await driver.fetch(_PG_INSERT, *columns)
+            return len(inserted)
+        cursor = await driver.executemany(_SQLITE_INSERT, rows)
+        n = int(cursor.rowcount)
+        await cursor.close()
+        return n
 
     async def _lock_rows(
         self, conn: AsyncConnection, buses: list[str], now: float

@@ -348,7 +348,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if drop is not None:
                 subprocess.run(  # noqa: S603
-                    ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{drop}"'],  # noqa: S607
+                    [  # noqa: S607
+                        "psql",
+                        "-h",
+                        os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1"),
+                        "-p",
+                        os.environ.get("BUSBELL_TEST_PG_PORT", "5432"),
+                        "-U",
+                        "postgres",
+                        "-qc",
+                        f'DROP DATABASE "{drop}"',
+                    ],
                     check=False,
                 )
     per_cpu = r["events"] / r["cpu_s"]

@@ -119,7 +119,17 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
             except subprocess.TimeoutExpired:
                 p.kill()
         subprocess.run(  # noqa: S603, ASYNC221 - clean-up after the run
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f'DROP DATABASE "{name}"'],  # noqa: S607
+            [  # noqa: S607
+                "psql",
+                "-h",
+                os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1"),
+                "-p",
+                os.environ.get("BUSBELL_TEST_PG_PORT", "5432"),
+                "-U",
+                "postgres",
+                "-qc",
+                f'DROP DATABASE "{name}"',
+            ],
             check=False,
         )
     total = per_bus * n_buses

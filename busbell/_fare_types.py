@@ -437,13 +437,39 @@ _EXP_FLOAT: Final = re.compile(rb"[:,\[]-?(?:[0-9]+(?:\.[0-9]+)?e|0\.0000)")
 """A number msgspec may write otherwise than Python (exponent, or below 1e-4)."""
 
 
+def _plain(x: object) -> bool:
+    """Whether msgspec writes the number ``x`` as Python's ``json`` does."""
+    if type(x) is not float or x == 0.0:
+        return True
+    a = abs(x)
+    return 1e-4 <= a < 1e16
+
+
+def _plain_numbers(ev: FareEvent) -> bool | None:
+    """Whether every number of ``ev`` is written alike (``None``: evidence is nested)."""
+    if isinstance(ev, SegmentEvent):
+        if not (_plain(ev.start.t) and _plain(ev.end.t) and _plain(ev.distance_m)):
+            return False
+        for v in ev.evidence.values():
+            t = type(v)
+            if t is float:
+                if not _plain(v):
+                    return False
+            elif t is dict or t is list:
+                return None
+        return True
+    w, p = ev.wait, ev.passed
+    return all(_plain(x) for x in (w.t, w.expires_t, p.t, p.lat, p.lon, p.speed_mps, p.distance_m))
+
+
 def canonical(ev: FareEvent) -> bytes:
     """The canonical bytes of ``ev`` (``sig`` included when set), serialised once.
 
     Byte-identical with ``busbell.canonical_bytes`` of the same JSON value.
     """
     out = _ENCODER.encode(ev)
-    if _EXP_FLOAT.search(out) is None:
+    plain = _plain_numbers(ev)
+    if plain or (plain is None and _EXP_FLOAT.search(out) is None):
         return out
     # msgspec writes 1e16 / 1e-05 as 1e16 / 0.00001; the contract is Python's json
     return canonical_bytes(msgspec.to_builtins(ev))
