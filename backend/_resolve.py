@@ -60,6 +60,7 @@ __all__ = [
     "RidTable",
     "RiderKeyring",
     "TableBuilder",
+    "check_proof_with",
 ]
 
 DEFAULT_PROOF_SLACK_S = 120.0
@@ -715,16 +716,18 @@ class Resolver:
 
 def check_proof_with(
     mac_key: bytes,
-    proof_first: str,
-    proof_last: str,
+    proof_first: str | bytes,
+    proof_last: str | bytes,
     interval: int,
     *,
-    rid: str | None = None,
+    rid: str | bytes | None = None,
     start_t: float | None = None,
     end_t: float | None = None,
     slack_s: float = DEFAULT_PROOF_SLACK_S,
 ) -> ProofResult:
     """:meth:`Resolver.check_proof` given the rider's ``mac_key`` (see there).
+
+    The payloads and the rid may be given as hex or as raw bytes.
 
     Raises:
         ProofRejected: with the reason.
@@ -744,13 +747,22 @@ def check_proof_with(
 
 
 def _check_payload(
-    name: str, text: str, ref: float, mac_key: bytes, *, interval: int, rid: str | None
+    name: str,
+    text: str | bytes,
+    ref: float,
+    mac_key: bytes,
+    *,
+    interval: int,
+    rid: str | bytes | None,
 ) -> float:
     """One proof payload: structure, rid, ``rtag``, interval; returns its token time."""
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError as exc:
-        raise ProofRejected("malformed_proof", f"proof.{name}: {exc}") from None
+    if isinstance(text, bytes):
+        raw = text
+    else:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError as exc:
+            raise ProofRejected("malformed_proof", f"proof.{name}: {exc}") from None
     if len(raw) != PAYLOAD_LEN or raw[0] >> 5 != TOKEN_VERSION or raw[0] & _RESERVED_FLAG_BITS:
         from busbell._token import parse_payload  # for its exact message
 
@@ -759,7 +771,7 @@ def _check_payload(
         except BusbellError as exc:
             raise ProofRejected("malformed_proof", f"proof.{name}: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
-    if rid is not None and raw[3:15].hex() != rid:
+    if rid is not None and (raw[3:15] if isinstance(rid, bytes) else raw[3:15].hex()) != rid:
         raise ProofRejected("rid_mismatch", f"proof.{name} carries another rid")
     if not hmac.compare_digest(hmac.digest(mac_key, raw[:19], "sha256")[:4], raw[19:23]):
         raise ProofRejected("bad_rtag", f"proof.{name}")

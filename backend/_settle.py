@@ -1,51 +1,67 @@
 """Settlement: fare events -> verified, chained, resolved segments -> priced journeys.
 
 :class:`Settler` is the offline pair of ``busbell edge replay`` (``busbell backend
-settle``) and runs the same checks as the online path, in this order, streaming (events
-are dropped from memory once checked; only a compact :class:`~backend._journeys.Segment`
-per accepted event is kept):
+settle``) and runs the same checks as the online path, with the same reasons, in three
+stages whose cost does not depend on the order of the events:
 
-1. check each event on its own (:func:`check_event`; with ``feed_lines(...,
-   processes=N)`` in a pool of forked worker processes, results taken in input order):
-   bounded parse, validate (fare event v1 and the ledger ranges), device known, ``sig``
-   verified over the canonical bytes (serialised once; the chain hash is derived from
-   them), and for a segment its rid resolved to a rider
-   (:class:`~backend._resolve.Resolver`) and the proof's ``rtag`` and ``tq`` checked
-   (:meth:`~backend._resolve.Resolver.check_proof`),
-2. in this process (:meth:`Settler.take`), the decisions online ingest's plan makes,
-   with the same reasons: dedupe by ``(bus_id, seq)`` (an identical resend is a
-   duplicate; another event there is ``chain_conflict``) and by ``event_id``
-   (``event_id_conflict``), then the per-bus hash chain in ``seq`` order (out-of-order
-   events wait for the gap; a gap that never fills is a warning, a ``prev`` mismatch is
-   ``prev_mismatch``); a verified ``missed`` record is a link, never a ride,
-3. a segment whose rid did not resolve or whose proof fails is rejected with that reason,
-4. build and price journeys (:class:`~backend._journeys.JourneyBuilder`), one rider at
-   a time: :meth:`Settler.iter_journeys` yields them in output order as they are built,
-   so only the compact segments are ever all in memory (never the journeys and their
-   explanation lines).
+1. each event on its own (:func:`check_line`; with ``feed_lines(..., processes=N)`` in a
+   pool of forked worker processes, results taken in input order): bounded parse, the
+   typed record's validation (:mod:`busbell._fare_types`: a line holding one event is
+   decoded straight into the typed record, anything else goes through
+   :func:`busbell.loads_bounded` first), device known, ``sig`` verified over the
+   canonical bytes (serialised once; the signed part is cut from them and the chain
+   hash is their SHA-256). What the next stages need travels back as a plain tuple
+   (:class:`Checked`),
+2. in this process (:meth:`Settler.take`), the decisions online ingest's plan makes:
+   dedupe by ``(bus_id, seq)`` (an identical resend is a duplicate; another event there
+   is ``chain_conflict``) and by ``event_id`` (``event_id_conflict``), then the per-bus
+   hash chain in ``seq`` order (out-of-order events wait for the gap; a gap that never
+   fills is a warning, a ``prev`` mismatch is ``prev_mismatch``); a verified ``missed``
+   record is a link, never a ride. An accepted segment is kept as a compact tuple,
+3. once every event is in (:meth:`Settler.iter_journeys`,
+   :meth:`Settler.iter_journey_lines`): the rids of all accepted segments are resolved
+   in bulk (:meth:`~backend._resolve.Resolver.resolve_many`, every interval's table
+   built in one pass, one AES context per rider for all of them), falling back to the
+   neighbouring intervals as :func:`segment_of` does; then rider by rider (in a forked
+   pool with ``processes`` > 1): each segment's proof is checked
+   (:func:`~backend._resolve.check_proof_with`: ``rtag``, ``tq``; the rider's
+   ``mac_key`` read once), and the rider's journeys are built and priced
+   (:class:`~backend._journeys.JourneyBuilder`). A segment whose rid does not resolve
+   or whose proof fails is rejected with that reason (counted in this stage).
 
-Steps 1 (resolution) and 4 are :func:`segment_of` +
-:meth:`~backend._journeys.JourneyBuilder.build_rider`,
-the very functions the online settlement (:mod:`backend._settlement`) runs on the events
-that ingest already verified and stored.
+:func:`segment_of` + :meth:`~backend._journeys.JourneyBuilder.build_rider` are what the
+online settlement (:mod:`backend._settlement`) runs on the events ingest already
+verified and stored; stage 3 is the same resolution and proof check in bulk (a test
+holds them equal).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 from array import array
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
-from backend._ingest_bounds import ledger_problem, signed_and_full
+import msgspec
+
 from backend._journeys import Journey, JourneyBuilder, Segment
-from backend._resolve import ProofRejected, Resolver
+from backend._legs import evidence_rssi
+from backend._resolve import ProofRejected, Resolver, check_proof_with
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError, SignatureError
-from busbell._fare_event import GENESIS_PREV, validate_event
+from busbell._fare_event import GENESIS_PREV
+from busbell._fare_types import (
+    FareEvent,
+    SegmentEvent,
+    canonical,
+    convert_event,
+    decode_event,
+    flat_evidence,
+    signed_part,
+)
 from busbell._safejson import JsonLimits, JsonRejected, loads_bounded
 from busbell._signing import PublicKey
 
@@ -107,7 +123,8 @@ class SettleStats:
 
     Attributes:
         read: events read.
-        accepted: events that became segments.
+        accepted: events that became segments (rid resolved, proof holds; known once
+            the journeys are built).
         missed: verified ``missed`` chain records (links of the chain, never rides).
         duplicates: identical resends dropped.
         rejected: rejected events by reason.
@@ -141,8 +158,14 @@ class SettleResult:
     stats: SettleStats
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
+SegmentFields = tuple[Any, ...]
+"""A verified segment event's fields for stages 2-3, in this order: ``rid`` (12 bytes),
+``interval``, proof first and last (24 bytes each), ``route_id``, ``trip_id``, start
+``t``, ``stop_id``, ``cause``, end ``t``, ``stop_id``, ``cause``, ``distance_m``,
+``rssi_med`` (or ``None``)."""
+
+
+class Checked(NamedTuple):
     """One event checked on its own, before the chain: the verdict and what the chain needs.
 
     Attributes:
@@ -153,9 +176,8 @@ class Checked:
         event_id: its event id.
         prev: its ``prev``.
         digest: hex SHA-256 of its canonical bytes with ``sig`` (the next ``prev``).
-        missed: a ``missed`` record (a chain link, never a ride).
-        segment: the resolved segment (proof checked), for a segment that resolved.
-        unresolved: why a segment did not resolve (``unresolved_rid``, ``bad_rtag``...).
+        segment: a segment's fields (:data:`SegmentFields`); ``None`` for a ``missed``
+            record (a chain link, never a ride).
     """
 
     reason: str | None
@@ -164,86 +186,135 @@ class Checked:
     event_id: str = ""
     prev: str = ""
     digest: str = ""
-    missed: bool = False
-    segment: Segment | None = None
-    unresolved: str | None = None
+    segment: SegmentFields | None = None
 
 
 _LINE_LIMITS = JsonLimits(max_bytes=64 << 20, max_depth=32)
 _CHUNK_LINES = 256
-_POOL_CTX: tuple[Mapping[str, PublicKey], Resolver] | None = None
+_RIDERS_PER_TASK = 128
+_POOL_DEVICES: Mapping[str, PublicKey] | None = None
+_POOL_SETTLER: Settler | None = None
 
 
-def check_event(obj: object, devices: Mapping[str, PublicKey], resolver: Resolver) -> Checked:
-    """Everything about one event that does not depend on other events.
+def _fields(ev: SegmentEvent) -> SegmentFields:
+    s, e = ev.start, ev.end
+    return (
+        bytes.fromhex(ev.rid),
+        ev.interval,
+        bytes.fromhex(ev.proof.first),
+        bytes.fromhex(ev.proof.last),
+        ev.route_id,
+        ev.trip_id,
+        float(s.t),
+        s.stop_id,
+        s.cause,
+        float(e.t),
+        e.stop_id,
+        e.cause,
+        float(ev.distance_m),
+        evidence_rssi(ev.evidence),
+    )
 
-    Schema (``schema``; the same ledger ranges as online ingest), device
-    (``unknown_device``), signature over the canonical bytes (``bad_signature``); the
-    canonical bytes are serialised once and the chain hash derived from them; then a
-    segment's rid is resolved and its proof checked.
-    """
+
+def _verified(rec: FareEvent, devices: Mapping[str, PublicKey]) -> Checked:
+    """Device, signature over the canonical bytes (serialised once), chain hash."""
     try:
-        event = validate_event(obj)
-    except ContractError:
+        full = canonical(rec)
+    except (ValueError, TypeError, msgspec.EncodeError):  # not encodable
         return Checked("schema")
-    problem = ledger_problem(event)
-    if problem is not None:
-        return Checked("schema")
-    bus_id = event["bus_id"]
-    public = devices.get(bus_id)
+    public = devices.get(rec.bus_id)
     if public is None:
         return Checked("unknown_device")
+    assert isinstance(rec.sig, str)  # the typed check requires it
     try:
-        signed, full = signed_and_full(event)
-        public.verify_b64(event["sig"], signed)
-    except ValueError:  # not encodable (a lone surrogate)
-        return Checked("schema")
+        public.verify_b64(rec.sig, signed_part(full, rec))
     except SignatureError:
         return Checked("bad_signature")
-    base = Checked(None, bus_id, event["seq"], event["event_id"], event["prev"], sha256_hex(full))
-    if event["type"] == "missed":
-        return dataclasses.replace(base, missed=True)
+    seg = _fields(rec) if isinstance(rec, SegmentEvent) else None
+    return Checked(None, rec.bus_id, rec.seq, rec.event_id, rec.prev, sha256_hex(full), seg)
+
+
+def check_event(obj: object, devices: Mapping[str, PublicKey]) -> Checked:
+    """Everything about one decoded event that does not depend on other events.
+
+    Schema (``schema``: the typed record's checks, as online ingest), device
+    (``unknown_device``), signature over the canonical bytes (``bad_signature``).
+    """
     try:
-        return dataclasses.replace(base, segment=segment_of(event, resolver))
-    except ProofRejected as exc:
-        return dataclasses.replace(base, unresolved=exc.reason)
+        rec = convert_event(obj)
+    except ContractError:
+        return Checked("schema")
+    return _verified(rec, devices)
 
 
-def check_line(
-    line: bytes | str, devices: Mapping[str, PublicKey], resolver: Resolver
-) -> list[Checked]:
-    """:func:`check_event` for each event of one JSONL line (none for a blank line)."""
-    line = line.strip()
-    if not line:
+def check_line(line: bytes | str, devices: Mapping[str, PublicKey]) -> list[Checked]:
+    """:func:`check_event` for each event of one JSONL line (none for a blank line).
+
+    A line holding one event whose evidence is flat is decoded straight into the typed
+    record; anything else (a batch, an array, a line that does not decode) is parsed by
+    :func:`busbell.loads_bounded` first, which decides every rejection and its reason.
+    The fast path takes only lines the general path would take whole.
+    """
+    data = line.encode("utf-8") if isinstance(line, str) else line
+    data = data.strip()
+    if not data:
         return []
+    if data[:1] == b"{" and len(data) <= _LINE_LIMITS.max_bytes:
+        try:
+            rec = decode_event(data)
+        except ContractError:
+            pass
+        else:
+            if not isinstance(rec, SegmentEvent) or flat_evidence(rec.evidence):
+                return [_verified(rec, devices)]
     try:
-        obj = loads_bounded(line, _LINE_LIMITS)
+        obj = loads_bounded(data, _LINE_LIMITS)
     except JsonRejected:
         return [Checked("malformed_payload")]
     if isinstance(obj, dict) and "events" in obj and "type" not in obj:
         obj = obj["events"]
     items = obj if isinstance(obj, list) else [obj]
-    return [check_event(item, devices, resolver) for item in items]
+    return [check_event(item, devices) for item in items]
 
 
 def _check_chunk(lines: list[bytes]) -> list[Checked]:
-    assert _POOL_CTX is not None  # set before the pool forked
-    devices, resolver = _POOL_CTX
+    assert _POOL_DEVICES is not None  # set before the pool forked
     out: list[Checked] = []
     for line in lines:
-        out.extend(check_line(line, devices, resolver))
+        out.extend(check_line(line, _POOL_DEVICES))
     return out
 
 
-def _chunks(lines: Iterable[bytes], n: int) -> Iterator[list[bytes]]:
-    chunk: list[bytes] = []
-    for line in lines:
-        chunk.append(line)
+_T = TypeVar("_T")
+
+
+def _chunks(items: Iterable[_T], n: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
         if len(chunk) >= n:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
+
+
+def _pooled(work: Callable[[_T], Any], tasks: Iterable[_T], processes: int) -> Iterator[Any]:
+    """``work(task)`` for each task in forked worker processes, results in task order.
+
+    A bounded read-ahead (4 tasks per process) bounds memory.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    window: deque[Any] = deque()
+    with ctx.Pool(processes) as pool:
+        for task in tasks:
+            window.append(pool.apply_async(work, (task,)))
+            if len(window) >= 4 * processes:
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
 
 
 class _SeenHashes:
@@ -301,6 +372,16 @@ class _Bus:
     pending: dict[int, list[Checked]] = field(default_factory=dict)
 
 
+_Pending = tuple[str, int, str, SegmentFields]
+"""An accepted segment waiting for stage 3: bus id, seq, event id, its fields."""
+_Group = tuple[str, int, list[int]]
+"""One rider's work in stage 3: rider id, rider index, indexes into the pending list."""
+_Found = tuple[int, int] | None
+"""A pending segment's rider index and the interval its rid resolved in, or ``None``."""
+_Line = tuple[str, bool, bool]
+"""A journey as written: its JSON line, whether it is charged, whether held for review."""
+
+
 class Settler:
     """Streams fare events through every check, then builds the journeys rider by rider.
 
@@ -327,54 +408,45 @@ class Settler:
         self._buses: dict[str, _Bus] = {}
         # event_id (the string the segment keeps anyway) -> bus index << 40 | seq
         self._event_ids: dict[str, int] = {}
-        self._by_rider: dict[str, list[Segment]] = {}
+        self._pending: list[_Pending] = []
         self._intern: dict[str, str] = {}
-        self._intervals: dict[int, int] = {}
 
     # ---------------------------------------------------------------- input
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, n: int = 1) -> None:
         """Count a rejected event."""
-        self.stats.rejected[reason] += 1
+        self.stats.rejected[reason] += n
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one JSONL line: an event, a JSON array of events or ``{"events": [...]}``."""
-        for checked in check_line(line, self.devices, self.resolver):
+        for checked in check_line(line, self.devices):
             self.take(checked)
 
     def feed_lines(self, lines: Iterable[bytes], *, processes: int = 1) -> None:
         """Feed JSONL lines; with ``processes`` > 1 the per-event checks run in a pool.
 
-        Parsing, validation, signature verification, rid resolution and the proof checks
-        of each event are independent of every other event, so worker processes (forked:
-        they share the keyring and device registry copy-on-write) do them on chunks of
-        lines; this process only chains, dedupes and keeps the results, in input order,
-        so the outcome is the same as feeding the lines one by one.
+        Parsing, validation and signature verification of each event are independent
+        of every other event, so worker processes (forked: they share the device
+        registry copy-on-write) do them on chunks of lines; this process only chains,
+        dedupes and keeps the results, in input order, so the outcome is the same as
+        feeding the lines one by one.
         """
         if processes <= 1:
             for line in lines:
                 self.feed_line(line)
             return
-        import multiprocessing
-
-        global _POOL_CTX  # noqa: PLW0603 - handed to forked workers, read-only there
-        _POOL_CTX = (self.devices, self.resolver)
-        ctx = multiprocessing.get_context("fork")
-        window: deque[Any] = deque()
-        with ctx.Pool(processes) as pool:
-            for chunk in _chunks(lines, _CHUNK_LINES):
-                window.append(pool.apply_async(_check_chunk, (chunk,)))
-                if len(window) >= 4 * processes:  # bounded read-ahead, bounded memory
-                    for checked in window.popleft().get():
-                        self.take(checked)
-            while window:
-                for checked in window.popleft().get():
+        global _POOL_DEVICES  # noqa: PLW0603 - handed to forked workers, read-only there
+        _POOL_DEVICES = self.devices
+        try:
+            for result in _pooled(_check_chunk, _chunks(lines, _CHUNK_LINES), processes):
+                for checked in result:
                     self.take(checked)
-        _POOL_CTX = None
+        finally:
+            _POOL_DEVICES = None
 
     def feed_event(self, obj: object) -> None:
         """Feed one decoded event."""
-        self.take(check_event(obj, self.devices, self.resolver))
+        self.take(check_event(obj, self.devices))
 
     def take(self, c: Checked) -> None:
         """Chain, dedupe and keep one event already checked on its own (:func:`check_event`).
@@ -459,45 +531,11 @@ class Settler:
         if link:
             bus.next_seq = c.seq + 1
             bus.prev = c.digest
-        if c.missed:
+        if c.segment is None:
             self.stats.missed += 1  # a verified link of the chain, never a ride
             return
-        if c.segment is None:
-            self.reject(c.unresolved or "unresolved_rid")
-            return
-        self.stats.accepted += 1
-        compact = self._compact(c.segment)
-        rider = self._by_rider.get(compact.rider_id)
-        if rider is None:
-            self._by_rider[compact.rider_id] = [compact]
-        else:
-            rider.append(compact)
-
-    def _compact(self, seg: Segment) -> Segment:
-        intern = self._intern
-
-        def i(s: str | None) -> str | None:
-            if s is None:
-                return None
-            return intern.setdefault(s, s)
-
-        return Segment(
-            rider_id=seg.rider_id,
-            bus_id=i(seg.bus_id) or seg.bus_id,
-            seq=seg.seq,
-            event_id=seg.event_id,
-            interval=self._intervals.setdefault(seg.interval, seg.interval),
-            route_id=i(seg.route_id),
-            trip_id=i(seg.trip_id),
-            start_t=seg.start_t,
-            start_stop_id=i(seg.start_stop_id),
-            start_cause=i(seg.start_cause) or seg.start_cause,
-            end_t=seg.end_t,
-            end_stop_id=i(seg.end_stop_id),
-            end_cause=i(seg.end_cause) or seg.end_cause,
-            distance_m=seg.distance_m,
-            rssi_med=seg.rssi_med,
-        )
+        bus_id = self._intern.setdefault(c.bus_id, c.bus_id)
+        self._pending.append((bus_id, c.seq, c.event_id, c.segment))
 
     def links(self) -> dict[str, list[tuple[int, int]]]:
         """Per bus, ``(seq, hash prefix)`` of every chain record taken so far.
@@ -525,28 +563,197 @@ class Settler:
                 bus.prev = candidates[0].prev
                 self._drain(bus)
 
-    def segments(self) -> list[Segment]:
-        """The accepted segments so far (by rider, then in acceptance order)."""
-        return [seg for rider in sorted(self._by_rider) for seg in self._by_rider[rider]]
+    # ---------------------------------------------------------------- stage 3
 
-    def iter_journeys(self) -> Iterator[Journey]:
-        """Flush chain gaps, then build and price the journeys one rider at a time.
+    def _resolve_all(self) -> list[_Found]:
+        """Every pending segment's rider: its interval, then the one before, then after.
 
-        Yields the journeys in output order (rider, first boarding, bus, journey id);
-        each rider's segments are released once their journeys are built, so memory
-        holds the segments and one rider's journeys, never every journey. The settler is
-        consumed: call it once.
+        The same order as :func:`segment_of`, in bulk: the tables of all the intervals
+        are built in one pass.
+        """
+        pend = self._pending
+        rids = [p[3][0] for p in pend]
+        ivs = [p[3][1] for p in pend]
+        found: list[_Found] = [
+            None if f is None else (f, ivs[k])
+            for k, f in enumerate(self.resolver.resolve_many(rids, ivs))
+        ]
+        for delta in (-1, 1):
+            miss = [k for k, f in enumerate(found) if f is None]
+            if not miss:
+                break
+            again = self.resolver.resolve_many(
+                [rids[k] for k in miss], [ivs[k] + delta for k in miss]
+            )
+            for k, f in zip(miss, again, strict=True):
+                if f is not None:
+                    found[k] = (f, ivs[k] + delta)
+        return found
+
+    def _prepare(self) -> tuple[list[_Group], list[_Found], int]:
+        """Flush chain gaps and resolve every pending segment.
+
+        Returns:
+            The riders' groups in output order, the resolution of each pending segment
+            and how many did not resolve.
         """
         self.flush_pending()
+        found = self._resolve_all()
+        by_idx: dict[int, list[int]] = {}
+        unresolved = 0
+        for k, f in enumerate(found):
+            if f is None:
+                unresolved += 1
+            else:
+                by_idx.setdefault(f[0], []).append(k)
+        ring = self.resolver.keyring
+        groups = sorted((ring.rider_id(idx), idx, ks) for idx, ks in by_idx.items())
+        return groups, found, unresolved
+
+    def _segments_of(
+        self, group: _Group, found: Sequence[_Found]
+    ) -> tuple[list[Segment], Counter[str]]:
+        """One rider's segments whose proofs hold, and the others' rejection reasons."""
+        rider_id, idx, ks = group
+        mac_key = self.resolver.keyring.mac_key(idx)
+        slack = self.resolver.proof_slack_s
+        pend = self._pending
+        segments: list[Segment] = []
+        rejected: Counter[str] = Counter()
+        for k in ks:
+            bus_id, seq, event_id, f = pend[k]
+            rid_interval = found[k][1]  # type: ignore[index]
+            try:
+                check_proof_with(
+                    mac_key,
+                    f[2],
+                    f[3],
+                    rid_interval,
+                    rid=f[0],
+                    start_t=f[6],
+                    end_t=f[9],
+                    slack_s=slack,
+                )
+            except ProofRejected as exc:
+                rejected[exc.reason] += 1
+                continue
+            segments.append(
+                Segment(
+                    rider_id,
+                    bus_id,
+                    seq,
+                    event_id,
+                    f[1],
+                    f[4],
+                    f[5],
+                    f[6],
+                    f[7],
+                    f[8],
+                    f[9],
+                    f[10],
+                    f[11],
+                    f[12],
+                    f[13],
+                )
+            )
+        return segments, rejected
+
+    def _journeys_of(
+        self, groups: Sequence[_Group], found: Sequence[_Found]
+    ) -> Iterator[tuple[list[Journey], Counter[str], int]]:
         categories = self.categories or {}
-        by_rider = self._by_rider
-        for rider_id in sorted(by_rider):
-            segments = by_rider.pop(rider_id)
-            yield from self.builder.build_rider(segments, categories.get(rider_id))
+        for group in groups:
+            segments, rejected = self._segments_of(group, found)
+            journeys = (
+                self.builder.build_rider(segments, categories.get(group[0])) if segments else []
+            )
+            yield journeys, rejected, len(segments)
+
+    def _count(self, rejected: Counter[str], accepted: int) -> None:
+        self.stats.rejected.update(rejected)
+        self.stats.accepted += accepted
+
+    def segments(self) -> list[Segment]:
+        """The segments accepted so far whose rids resolve and proofs hold, by rider.
+
+        Does not count anything (the counts come with the journeys).
+        """
+        groups, found, _ = self._prepare()
+        return [seg for g in groups for seg in self._segments_of(g, found)[0]]
+
+    def iter_journeys(self) -> Iterator[Journey]:
+        """Flush chain gaps, resolve, check proofs, build and price the journeys.
+
+        Yields the journeys in output order (rider, first boarding, bus, journey id),
+        one rider at a time. The settler is consumed: call it once.
+        """
+        groups, found, unresolved = self._prepare()
+        if unresolved:
+            self.reject("unresolved_rid", unresolved)
+        for journeys, rejected, accepted in self._journeys_of(groups, found):
+            self._count(rejected, accepted)
+            yield from journeys
+        self._pending = []
+
+    def iter_journey_lines(self, *, processes: int = 1) -> Iterator[_Line]:
+        """:meth:`iter_journeys` as written lines, rider by rider in a forked pool.
+
+        Each line is the journey's JSON (keys sorted, UTF-8), with its fare charged and
+        whether it is held for review. With ``processes`` > 1 the riders' proof checks,
+        journeys, prices and lines are made in worker processes (forked after the bulk
+        resolution: they share it copy-on-write), results in rider order.
+        """
+        if processes <= 1:
+            for j in self.iter_journeys():
+                yield _as_line(j)
+            return
+        groups, found, unresolved = self._prepare()
+        if unresolved:
+            self.reject("unresolved_rid", unresolved)
+        global _POOL_SETTLER  # noqa: PLW0603 - handed to forked workers, read-only there
+        _POOL_SETTLER = self
+        _POOL_STAGE3[:] = [groups, found]
+        try:
+            tasks = (
+                (a, min(len(groups), a + _RIDERS_PER_TASK))
+                for a in range(0, len(groups), _RIDERS_PER_TASK)
+            )
+            for lines, rejected, accepted in _pooled(_lines_task, tasks, processes):
+                self._count(rejected, accepted)
+                yield from lines
+        finally:
+            _POOL_SETTLER = None
+            _POOL_STAGE3.clear()
+        self._pending = []
 
     def finish(self) -> SettleResult:
         """Flush chain gaps, build and price every journey (kept in a list)."""
         return SettleResult(list(self.iter_journeys()), self.stats)
+
+
+_POOL_STAGE3: list[Any] = []
+
+
+def _as_line(j: Journey) -> _Line:
+    return (
+        json.dumps(j.to_json(), sort_keys=True, ensure_ascii=False),
+        j.charged,
+        "review" in j.flags,
+    )
+
+
+def _lines_task(span: tuple[int, int]) -> tuple[list[_Line], Counter[str], int]:
+    settler = _POOL_SETTLER
+    assert settler is not None  # set before the pool forked
+    groups, found = _POOL_STAGE3
+    lines: list[_Line] = []
+    rejected: Counter[str] = Counter()
+    accepted = 0
+    for journeys, rej, acc in settler._journeys_of(groups[span[0] : span[1]], found):
+        lines.extend(_as_line(j) for j in journeys)
+        rejected.update(rej)
+        accepted += acc
+    return lines, rejected, accepted
 
 
 def read_event_lines(paths: Iterable[str | os.PathLike[str]]) -> Iterator[bytes]:

@@ -481,11 +481,11 @@ def _settle(args: argparse.Namespace) -> int:
     n_journeys = charged = review = 0
     tmp = args.out.with_name(args.out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for journey in settler.iter_journeys():
-            f.write(json.dumps(journey.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+        for line, fare, held in settler.iter_journey_lines(processes=processes):
+            f.write(line + "\n")
             n_journeys += 1
-            charged += journey.charged
-            review += "review" in journey.flags
+            charged += fare
+            review += held
     tmp.replace(args.out)
     stats = settler.stats
     _err(

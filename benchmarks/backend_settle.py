@@ -5,8 +5,11 @@ real fare events v1: proof payloads from :func:`busbell.encode_payload`, chained
 :func:`busbell.event_hash`, signed with :class:`busbell.DeviceKey`. A ride that crosses
 a 600-s rid interval is split into ``rotated`` / ``continued`` segments as the edge does.
 
-Run the benchmark: ``python -m benchmarks.backend_settle --events 1000000`` (generates the
-events, then times ``busbell backend settle`` in-process and prints the figures).
+Run the benchmark: ``python -m benchmarks.backend_settle --events 50000,1000000 --riders
+20000,400000 --buses 50,1000`` (per run: generates a day's signed events in bus order,
+times the bare single-process Ed25519 verification of the same events before and after,
+times ``busbell backend settle`` in-process with one worker per CPU, and prints the
+figures and their ratio; the 1M run is a long one, about ten minutes).
 """
 
 from __future__ import annotations
@@ -303,7 +306,7 @@ def _day(world: World, n_events: int, out: Path, *, hours: float = 14.0) -> int:
     """
     riders = list(world.keys)
     buses = list(world.buses)
-    rides = max(1, int(n_events / 1.25))
+    rides = max(1, int(n_events / 1.75))  # a ride is 1.75 segments on average here
     rounds = max(1, -(-rides // len(riders)))
     span = hours * 3600.0 / rounds
     parts = {b: out.with_name(f"{out.name}.{b}") for b in buses}
@@ -334,7 +337,7 @@ def _day(world: World, n_events: int, out: Path, *, hours: float = 14.0) -> int:
     return written
 
 
-def bare_verify_rate(events: Path, devices: Path, *, limit: int = 20_000) -> float:
+def bare_verify_rate(events: Path, devices: Path, *, limit: int = 100_000) -> float:
     """Bare single-process Ed25519 verifications per second over the file's events.
 
     The ceiling the issue measures against: the signed bytes and signatures are
@@ -364,11 +367,71 @@ def _load() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: int) -> None:
+    from backend.cli import main as cli_main
+
+    out = sys.stdout.write
+    world = World(d, riders=riders, buses=buses)
+    events = d / "EVENTS.jsonl"
+    t0 = time.perf_counter()
+    n = (_day if args.order == "bus" else _bulk)(world, n_events, events)
+    t_gen = time.perf_counter() - t0
+    out(
+        f"generated {n:,} signed events of {riders:,} riders on {buses} buses ({args.order} "
+        f"order) in {t_gen:.1f} s ({os.path.getsize(events) >> 20} MB); "
+        f"load average {_load()}\n"
+    )
+    bare_before = bare_verify_rate(events, world.devices_csv)
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # peak RSS from here
+    t0 = time.perf_counter()
+    status = cli_main(
+        [
+            "settle",
+            str(events),
+            "--gtfs",
+            str(world.gtfs),
+            "--riders",
+            str(world.riders_csv),
+            "--devices",
+            str(world.devices_csv),
+            "--out",
+            str(d / "JOURNEYS.jsonl"),
+            "--processes",
+            str(args.processes),
+            "--force",
+        ]
+    )
+    t_settle = time.perf_counter() - t0
+    with open("/proc/self/status", encoding="ascii") as f:
+        peak = next((ln.split()[1] for ln in f if ln.startswith("VmHWM:")), "0")
+    bare_after = bare_verify_rate(events, world.devices_csv)
+    bare = (bare_before + bare_after) / 2
+    rate = n / t_settle
+    out(
+        f"settle: {n:,} events in {t_settle:.1f} s ({rate:,.0f} events/s, "
+        f"{t_settle / n * 1e6:.0f} us/event), peak RSS {int(peak) >> 10} MB "
+        f"(this process), exit {status}\n"
+        f"bare single-process Ed25519 verify of the same events: {bare:,.0f}/s "
+        f"(before {bare_before:,.0f}, after {bare_after:,.0f})\n"
+        f"ratio settle / bare verify: {rate / bare:.2f}; load average {_load()}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.backend_settle")
-    ap.add_argument("--events", type=int, default=10_000)
-    ap.add_argument("--riders", type=int, default=500)
-    ap.add_argument("--buses", type=int, default=8)
+    ap.add_argument(
+        "--events",
+        type=_ints,
+        default=[10_000],
+        help="events per run, comma-separated (one run each, e.g. 50000,1000000)",
+    )
+    ap.add_argument("--riders", type=_ints, default=[500], help="riders per run")
+    ap.add_argument("--buses", type=_ints, default=[8], help="buses per run")
     ap.add_argument(
         "--order",
         choices=["bus", "time"],
@@ -376,56 +439,18 @@ def main(argv: list[str] | None = None) -> int:
         help="bus: a day of 14 h written bus by bus (as buses upload); time: the old bulk",
     )
     ap.add_argument("--processes", type=int, default=0, help="settle --processes (0: CPUs)")
-    ap.add_argument("--dir", type=Path, default=None, help="keep the files here")
+    ap.add_argument("--dir", type=Path, default=None, help="keep the files here (last run)")
     args = ap.parse_args(argv)
-    from backend.cli import main as cli_main
-
-    with tempfile.TemporaryDirectory() as tmp:
-        d = args.dir or Path(tmp)
-        d.mkdir(parents=True, exist_ok=True)
-        world = World(d, riders=args.riders, buses=args.buses)
-        events = d / "EVENTS.jsonl"
-        t0 = time.perf_counter()
-        n = (_day if args.order == "bus" else _bulk)(world, args.events, events)
-        t_gen = time.perf_counter() - t0
-        out = sys.stdout.write
-        out(
-            f"generated {n:,} signed events ({args.order} order) in {t_gen:.1f} s "
-            f"({os.path.getsize(events) >> 20} MB); load average {_load()}\n"
-        )
-        bare_before = bare_verify_rate(events, world.devices_csv)
-        t0 = time.perf_counter()
-        status = cli_main(
-            [
-                "settle",
-                str(events),
-                "--gtfs",
-                str(world.gtfs),
-                "--riders",
-                str(world.riders_csv),
-                "--devices",
-                str(world.devices_csv),
-                "--out",
-                str(d / "JOURNEYS.jsonl"),
-                "--processes",
-                str(args.processes),
-                "--force",
-            ]
-        )
-        t_settle = time.perf_counter() - t0
-        bare_after = bare_verify_rate(events, world.devices_csv)
-        bare = (bare_before + bare_after) / 2
-        with open("/proc/self/status", encoding="ascii") as f:
-            peak = next((ln.split()[1] for ln in f if ln.startswith("VmHWM:")), "0")
-        rate = n / t_settle
-        out(
-            f"settle: {n:,} events in {t_settle:.1f} s ({rate:,.0f} events/s, "
-            f"{t_settle / n * 1e6:.0f} us/event), peak RSS {int(peak) >> 10} MB "
-            f"(this process), exit {status}\n"
-            f"bare single-process Ed25519 verify of the same events: {bare:,.0f}/s "
-            f"(before {bare_before:,.0f}, after {bare_after:,.0f})\n"
-            f"ratio settle / bare verify: {rate / bare:.2f}; load average {_load()}\n"
-        )
+    runs = len(args.events)
+    riders = args.riders * runs if len(args.riders) == 1 else args.riders
+    buses = args.buses * runs if len(args.buses) == 1 else args.buses
+    if not len(riders) == len(buses) == runs:
+        ap.error("give one --riders and --buses value, or one per --events value")
+    for n, r, b in zip(args.events, riders, buses, strict=True):
+        with tempfile.TemporaryDirectory() as tmp:
+            d = args.dir or Path(tmp)
+            d.mkdir(parents=True, exist_ok=True)
+            _run(args, d, n, r, b)
     return 0
 
 

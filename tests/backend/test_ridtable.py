@@ -39,6 +39,16 @@ def test_aes_words_equal_cryptography_over_chunks() -> None:
             assert out[j, :, k].astype(">u4").tobytes() == enc.update(block)
 
 
+def test_many_intervals_per_key_equal_the_vectorised_path() -> None:
+    keys = _keys(300)
+    ivs = list(range(IV - 20, IV + 20))
+    many = rid_keys_of(keys.tobytes(), ivs)  # one AES context per rider
+    for j in (0, 7, 39):
+        one = rid_keys_of(keys.tobytes(), [ivs[j]])  # vectorised
+        assert np.array_equal(many[0][j], one[0][0])
+        assert np.array_equal(many[1][j], one[1][0])
+
+
 @pytest.mark.parametrize("interval", [0, 1, IV, 2**32 - 1, 2**32 + 5])
 def test_rid_words_are_the_token_rids(interval: int) -> None:
     keys = _keys(50)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,11 @@ from backend._errors import REJECTION_REASONS
 from backend._fare_engine import FareEngine, FareLeg
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, JourneyPolicy
-from backend._resolve import Resolver, RiderKeyring
-from backend._settle import Settler
+from backend._resolve import ProofRejected, Resolver, RiderKeyring
+from backend._settle import Settler, check_line, segment_of
 from backend.cli import main as backend_main
 from benchmarks.backend_settle import T0, World
-from busbell import derive_bk, load_gtfs, read_devices, sign_event, tq_of
+from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, sign_event, tq_of
 from busbell.cli import main as busbell_main
 
 
@@ -293,3 +294,132 @@ def test_process_pool_settles_exactly_like_one_process(tmp_path: Path) -> None:
         assert [j.to_json() for j in a.journeys] == [j.to_json() for j in b.journeys]
         assert a.stats.rejected == {"bad_signature": 1, "malformed_payload": 2, "schema": 1}
         assert a.stats.duplicates == 11
+
+
+def test_one_event_lines_decide_as_the_general_path(tmp_path: Path) -> None:
+    """A line holding one event takes the typed fast path; the same event inside an array
+    takes loads_bounded + convert: every verdict, digest and field is the same."""
+    world = World(tmp_path, riders=2, buses=1)
+    ev = world.ride("r0001", "bus-01", board=1, alight=3, t=T0)[0]
+    key = world.buses["bus-01"].key
+    body = json.dumps(ev)
+    variants = [
+        body,
+        json.dumps(dict(ev, distance_m=1.0)),  # bad signature
+        json.dumps(dict(ev, seq=0)),  # schema
+        json.dumps(dict(ev, bus_id="bus-77")),  # unknown device
+        json.dumps(sign_event(dict(ev, evidence={"adv_count": 3, "deep": {"x": [1]}}), key)),
+        json.dumps(sign_event(dict(ev, evidence={"adv_count": 2**70}), key)),
+        json.dumps(sign_event(dict(ev, evidence={"rssi_med": -61.5}), key)),
+        body.replace('"S01"', '"S\\u00e9"'),  # escaped text: bad signature, not schema
+        body.replace('"S01"', '"S\\ud800"'),  # a lone surrogate
+        body.replace('"adv_count": 10', '"adv_count": 1e999'),
+        body.replace('"adv_count": 10', '"adv_count": NaN'),
+        body[:-1] + ', "extra": 1}',
+        body + " ",
+        "[" + body + "]",
+    ]
+    devices = read_devices(world.devices_csv)
+    verified = 0
+    for text in variants:
+        one = check_line(text.encode(), devices)
+        wrapped = check_line(("[" + text + "]").encode(), devices)
+        if text.startswith("["):
+            continue
+        assert one == wrapped, text[:80]
+        verified += one[0].reason is None
+    assert verified == 4  # genuine (also with a trailing space), re-signed deep and rssi
+    assert check_line(body.encode(), devices)[0].segment is not None
+
+
+def test_bulk_resolution_equals_segment_of(tmp_path: Path) -> None:
+    """Stage 3 resolves in bulk and checks proofs rider by rider: the same segments and
+    the same reasons as resolving each event with segment_of (what online settles with)."""
+    world = World(tmp_path, riders=5, buses=2)
+    for k in range(12):
+        world.ride(f"r{1 + k % 5:04d}", f"bus-{1 + k % 2:02d}", board=1, alight=4, t=T0 + k * 500)
+    chain = world.buses["bus-01"]
+    # the rid of the interval before the event's (token clock behind): resolves there
+    early = world.segment_fields(
+        "r0002",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 9000, "S01", "boarded"),
+        end=(T0 + 9060, "S02", "alighted"),
+        distance_m=800,
+    )
+    early["interval"] += 1
+    chain.emit(early)
+    stranger = derive_rider_keys(b"\x07" * 16)  # a rider nobody enrolled
+    chain.emit(
+        world.segment_fields(
+            stranger,
+            route_id="R1",
+            trip_id="T1",
+            start=(T0 + 9500, "S01", "boarded"),
+            end=(T0 + 9560, "S02", "alighted"),
+            distance_m=800,
+        )
+    )
+    swapped = world.segment_fields(  # another rider's proof for this rid
+        "r0003",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 9900, "S01", "boarded"),
+        end=(T0 + 9960, "S02", "alighted"),
+        distance_m=800,
+    )
+    swapped["proof"] = {
+        "first": world.payload("r0004", T0 + 9900),
+        "last": swapped["proof"]["last"],
+    }
+    chain.emit(swapped)
+    late_tq = world.segment_fields(  # proof times far from the segment's
+        "r0003",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 10_500, "S01", "boarded"),
+        end=(T0 + 10_560, "S02", "alighted"),
+        distance_m=800,
+        proof=(world.payload("r0003", T0 + 10_205), world.payload("r0003", T0 + 10_210)),
+    )
+    chain.emit(late_tq)
+    events = [e for c in world.buses.values() for e in c.events]
+    s = _settler(world)
+    for e in events:
+        s.feed_event(e)
+    expected: list[Any] = []
+    reasons: Counter[str] = Counter()
+    for e in events:
+        try:
+            expected.append(segment_of(e, s.resolver))
+        except ProofRejected as exc:
+            reasons[exc.reason] += 1
+    assert set(reasons) == {"rid_mismatch", "unresolved_rid", "tq_mismatch"}
+    by_rider = sorted(expected, key=lambda seg: seg.rider_id)
+    assert s.segments() == by_rider
+    res = s.finish()
+    assert res.stats.rejected == reasons
+    assert res.stats.accepted == len(expected)
+
+
+def test_journeys_built_in_a_pool_equal_one_process(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=300, buses=3)
+    for k in range(700):
+        world.ride(
+            f"r{1 + k % 300:04d}",
+            f"bus-{1 + k % 3:02d}",
+            board=1 + k % 9,
+            alight=12,
+            t=T0 + (k // 300) * 3000 + k,
+        )
+    lines = [json.dumps(e).encode() for c in world.buses.values() for e in c.events]
+    one, two = _settler(world), _settler(world)
+    for s in (one, two):
+        s.feed_lines(iter(lines), processes=2)
+    a = list(one.iter_journey_lines(processes=1))
+    b = list(two.iter_journey_lines(processes=2))
+    assert a == b
+    assert len(a) >= 300  # every rider, rides within a transfer window merged
+    assert one.stats == two.stats
+    assert one.stats.accepted == len(lines)
