@@ -870,7 +870,10 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     )
     try:
         async with asyncio.TaskGroup() as tg:
-            started = {name: tg.create_task(fn(), name=name) for name, fn in tasks}
+            started = {
+                name: tg.create_task(_stopping_the_rest(name, fn, stopper), name=name)
+                for name, fn in tasks
+            }
 
             async def _stop() -> None:
                 await stopper.wait()
@@ -887,6 +890,24 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
     finally:
         await engine.dispose()
     return 0
+
+
+async def _stopping_the_rest(
+    name: str, fn: Callable[[], Coroutine[Any, Any, Any]], stop: asyncio.Event
+) -> None:
+    """Run one task of the service; when it ends (it failed, say), stop the others too.
+
+    The task group cancels the others when one fails, but a cancel that lands as a QoS 1
+    publish completes is lost on Python 3.11 (``asyncio.wait_for``): a loop that also
+    watches ``stop`` ends anyway.
+    """
+    try:
+        await fn()
+    except Exception as exc:
+        log.error("backend_task_failed", task=name, error=str(exc))
+        raise
+    finally:
+        stop.set()
 
 
 STOP_GRACE_S = 20.0

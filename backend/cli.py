@@ -599,6 +599,46 @@ def _explain(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- run
 
 
+STOP_OVERDUE_S = SERVICE_STOP_GRACE_S + 5.0
+"""After a stop (a signal, or a task that failed), how long until the process ends anyway."""
+
+
+async def _stop_watchdog(stop: asyncio.Event) -> None:
+    """Once ``stop`` is set, end the process if it has not ended within STOP_OVERDUE_S.
+
+    A task that lost its cancel (Python 3.11's ``wait_for`` under an MQTT publish) kept
+    ``busbell backend run`` alive forever after a stop or a failure. Ending it is as safe
+    as a SIGKILL: a batch is acked only after its commit. The timer is a thread, so it
+    fires even when the event loop is stuck.
+    """
+    import asyncio
+    import os
+    import threading
+
+    await stop.wait()
+    loop = asyncio.get_running_loop()
+
+    def overdue() -> None:
+        from busbell import get_logger
+
+        try:  # what still runs (read from another thread: a best effort, at the very end)
+            stuck = sorted(
+                f"{t.get_name()} at {f.f_code.co_name}:{f.f_lineno}"
+                for t in asyncio.all_tasks(loop)
+                for f in t.get_stack(limit=1)
+            )
+        except RuntimeError:
+            stuck = []
+        get_logger("backend.cli").error(
+            "backend_stop_overdue", waited_s=STOP_OVERDUE_S, tasks=stuck
+        )
+        os._exit(1)
+
+    timer = threading.Timer(STOP_OVERDUE_S, overdue)
+    timer.daemon = True
+    timer.start()
+
+
 def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
@@ -618,9 +658,21 @@ def _run(args: argparse.Namespace) -> int:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        return await run_backend(args.config, stop=stop)
+        watchdog = asyncio.create_task(_stop_watchdog(stop), name="busbell-backend.watchdog")
+        try:
+            return await run_backend(args.config, stop=stop)
+        finally:
+            watchdog.cancel()
 
-    status: int = asyncio.run(main())
+    try:
+        status: int = asyncio.run(main())
+    except ExceptionGroup as eg:
+        # a task of the service failed (the API port in use, say): report the first error
+        # as main() reports any other (clear message, exit status), not as a group
+        first: BaseException = eg
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     return status
 
 

@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from busbell._errors import UplinkError
+
 if TYPE_CHECKING:
     import socket
 
@@ -56,12 +58,21 @@ async def serve_http(server: uvicorn.Server, sockets: list[socket.socket] | None
     until the garbage collector found it. A shutdown waits at most
     :data:`GRACEFUL_SHUTDOWN_S` for open responses unless the server's config sets its
     own ``timeout_graceful_shutdown``. ``sockets`` are listening sockets the caller
-    bound (uvicorn's own binding ends the process with ``SystemExit`` when it fails).
+    bound; when uvicorn binds itself and fails, :class:`busbell.UplinkError` is raised.
     """
     if server.config.timeout_graceful_shutdown is None:
         server.config.timeout_graceful_shutdown = GRACEFUL_SHUTDOWN_S
     try:
         await server.serve(sockets=sockets)
+    except SystemExit as exc:
+        # uvicorn's startup failed (its own bind: the port is in use, say) and called
+        # sys.exit inside this task: the process did not end but went on without its HTTP
+        # server, and hung at exit. Fail the task like any other error instead.
+        cfg = server.config
+        raise UplinkError(
+            f"HTTP server could not start on {cfg.host}:{cfg.port} (uvicorn exit {exc.code}; "
+            "is the port in use?)"
+        ) from None
     finally:
         for listener in getattr(server, "servers", ()):
             listener.close()

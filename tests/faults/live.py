@@ -104,6 +104,9 @@ class LiveResult:
     edge_kills: int = 0
     commit_ack_kills: int = 0
     commit_ack_checked: int = 0
+    backend_terms: int = 0
+    backend_terms_clean: int = 0
+    """SIGTERMs after which the backend exited 0 having acked every event it committed."""
     partitions: int = 0
     partition_s: float = 0.0
     disk_full_s: float = 0.0
@@ -149,6 +152,7 @@ class LiveResult:
                 or self.overlaps
                 or self.edge_crashes
                 or self.backend_crashes
+                or self.backend_terms_clean != self.backend_terms
             )
             and self.edge_exit == 0
             and self.backend_exit == 0
@@ -408,16 +412,17 @@ class LiveRun:
 
     def start_backend(self) -> None:
         cfg = self.dir / "backend.toml"
-        if not cfg.exists():
-            cfg.write_text(
-                f'[database]\nurl = "sqlite+aiosqlite:///{self.ledger}"\n'
-                f'[mqtt]\nhost = "127.0.0.1"\nport = {self.proxy.port}\n'
-                f'prefix = "{self.prefix}"\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.5\n'
-                f'[files]\ndevices = "{self.sc / "DEVICES.csv"}"\n'
-                f"[api]\nport = {free_port()}\n[settlement]\nenabled = false\n"
-                # the fleet's day keys are the scenario's (the tokens were made with them)
-                f'[keys]\nfleet_keys_file = "{self.sc / "FLEET.csv"}"\n'
-            )
+        # a fresh API port at each start: a port released by the last backend may be an
+        # outgoing connection's by now (free ports come from the ephemeral range)
+        cfg.write_text(
+            f'[database]\nurl = "sqlite+aiosqlite:///{self.ledger}"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {self.proxy.port}\n'
+            f'prefix = "{self.prefix}"\nbackoff_initial_s = 0.05\nbackoff_max_s = 0.5\n'
+            f'[files]\ndevices = "{self.sc / "DEVICES.csv"}"\n'
+            f"[api]\nport = {free_port()}\n[settlement]\nenabled = false\n"
+            # the fleet's day keys are the scenario's (the tokens were made with them)
+            f'[keys]\nfleet_keys_file = "{self.sc / "FLEET.csv"}"\n'
+        )
         self.backend_killed = False
         with (self.dir / "backend.log").open("ab") as err:
             self.backend = subprocess.Popen(
@@ -501,6 +506,37 @@ class LiveRun:
                     self.result.edge_crashes += 1
                     self.log(f"edge exited by itself ({self.edge.returncode})")
                 self.start_edge()
+
+    def _ledger_top(self) -> int:
+        """The highest seq up to which the ledger holds this bus's chain without a gap."""
+        con = sqlite3.connect(self.ledger, timeout=10)
+        try:
+            rows = con.execute(
+                "SELECT seq FROM fare_events WHERE bus_id = ? ORDER BY seq", (self.bus,)
+            ).fetchall()
+        finally:
+            con.close()
+        top = 0
+        for (seq,) in rows:
+            if seq != top + 1:
+                break
+            top = seq
+        return top
+
+    async def _term_backend(self) -> None:
+        """SIGTERM the backend under load: it must exit 0, having acked all it committed."""
+        proc = self.backend
+        assert proc is not None
+        self.backend_killed = True
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+        self.result.backend_terms += 1
+        await asyncio.sleep(2.0)  # its last ack crosses the bridge to the bus
+        top, (_, acked) = self._ledger_top(), self._edge_state()
+        if code == 0 and acked >= top:
+            self.result.backend_terms_clean += 1
+        self.log(f"backend SIGTERM: exit {code}, ledger top {top}, edge acked {acked}")
+        # _watch has started it again meanwhile (it was ours to stop: not a crash)
 
     def kill_edge(self) -> None:
         assert self.edge is not None
@@ -588,6 +624,7 @@ class LiveRun:
         *,
         edge_kills: int,
         commit_ack_kills: int,
+        backend_terms: int = 0,
         partition_s: float,
         disk_full_s: float,
         clock_steps: bool,
@@ -614,6 +651,7 @@ class LiveRun:
             plan.append((at, "disk_full"))
             windows.append((at - 2, at + disk_full_s + 5))  # no kill with segments in memory
         plan += [(rng.uniform(lo, hi), "commit_ack") for _ in range(commit_ack_kills)]
+        plan += [(rng.uniform(lo, hi), "backend_term") for _ in range(backend_terms)]
         if clock_steps and self.use_faketime:
             plan += [((k + 1) * duration / (len(CLOCK_STEPS) + 1), f"clock {off}")
                      for k, off in enumerate(CLOCK_STEPS)]  # fmt: skip
@@ -641,6 +679,8 @@ class LiveRun:
                     await asyncio.sleep(max(0.0, t0 + at - loop.time()))
                     if what == "edge_kill":
                         self.kill_edge()
+                    elif what == "backend_term":
+                        await self._term_backend()
                     elif what == "commit_ack":
                         self.proxy.armed = True
                     elif what == "partition":
@@ -688,10 +728,12 @@ class LiveRun:
             await self.proxy.close()
             self.busbroker.kill()
             self.central.kill()
-        self.verify()
-        if self.fill is not None:
-            self.fill.free()
-            subprocess.run(["umount", "-l", str(self.fill.mount)], check=False)
+            try:
+                self.verify()
+            finally:
+                if self.fill is not None:
+                    self.fill.free()
+                    subprocess.run(["umount", "-l", str(self.fill.mount)], check=False)
         r.seconds = time.monotonic() - t_start
         return r
 
@@ -778,6 +820,7 @@ def run_live(
     speed: float = 3.0,
     edge_kills: int = 0,
     commit_ack_kills: int = 0,
+    backend_terms: int = 0,
     partition_s: float = 0.0,
     disk_full_s: float = 0.0,
     clock_steps: bool = False,
@@ -800,6 +843,7 @@ def run_live(
         run.run(
             edge_kills=edge_kills,
             commit_ack_kills=commit_ack_kills,
+            backend_terms=backend_terms,
             partition_s=partition_s,
             disk_full_s=disk_full_s,
             clock_steps=clock_steps,
@@ -823,6 +867,7 @@ def main() -> int:
     ap.add_argument("--speed", type=float, default=3.0)
     ap.add_argument("--edge-kills", type=int, default=30)
     ap.add_argument("--commit-ack-kills", type=int, default=5)
+    ap.add_argument("--backend-terms", type=int, default=0)
     ap.add_argument("--partition-s", type=float, default=0.0)
     ap.add_argument("--disk-full-s", type=float, default=0.0)
     ap.add_argument("--clock-steps", action="store_true")
@@ -842,6 +887,7 @@ def main() -> int:
         workdir / "faults",
         edge_kills=a.edge_kills,
         commit_ack_kills=a.commit_ack_kills,
+        backend_terms=a.backend_terms,
         partition_s=a.partition_s,
         disk_full_s=a.disk_full_s,
         clock_steps=a.clock_steps,

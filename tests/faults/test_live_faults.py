@@ -28,6 +28,7 @@ def test_edge_and_backend_under_every_fault_lose_and_duplicate_nothing(tmp_path:
         speed=15.0,
         edge_kills=3,
         commit_ack_kills=1,
+        backend_terms=1,
         partition_s=8.0,
         disk_full_s=6.0,
         clock_steps=True,
@@ -36,6 +37,8 @@ def test_edge_and_backend_under_every_fault_lose_and_duplicate_nothing(tmp_path:
     assert r.edge_kills == 3
     assert r.commit_ack_kills == 1
     assert r.commit_ack_checked == 1  # the unsent ack named only committed events
+    assert r.backend_terms == 1
+    assert r.backend_terms_clean == 1  # exit 0, every committed event acked first
     assert r.partitions == 1
     assert r.edge_events > 0
     assert r.stored == r.edge_events
