@@ -5,6 +5,8 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,12 @@ from structlog.testing import capture_logs
 
 from benchmarks.edge_backlog import synthetic_draft
 from busbell import DeviceKey, HashChain, Topics, UplinkError, verify_event
-from busbell._mqtt import MqttSession, MqttSettings
+from busbell._mqtt import MqttSession, MqttSettings, Session
 from edge._events import EventBuilder
 from edge._store import FareStore
-from edge._uplink import FareUploader, MqttLink, UplinkSettings, encode_batch
+from edge._uplink import OFFLINE_PAYLOAD, FareUploader, MqttLink, UplinkSettings, encode_batch
+from tests.factories.mqtt import FakeBroker
 from tests.factories.tasks import cancel_and_wait
-
-pytestmark = pytest.mark.mosquitto
 
 BUS = "bus-0001"
 KEY = DeviceKey.from_seed(bytes(range(32)))
@@ -38,33 +39,56 @@ async def until(pred: Callable[[], bool], timeout: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
+@dataclass(frozen=True)
+class Net:
+    """Where the bus and the backend meet: a broker's settings and its session factory."""
+
+    settings: MqttSettings
+    factory: Callable[..., AbstractAsyncContextManager[Any]] = MqttSession
+
+
+def mosquitto(host: str, port: int, topics: Topics) -> Net:
+    return Net(
+        MqttSettings(
+            host=host, port=port, prefix=topics.prefix, backoff_initial_s=0.1, backoff_max_s=0.5
+        )
+    )
+
+
+def in_memory(topics: Topics) -> tuple[Net, FakeBroker]:
+    """The in-memory broker: these tests are about the uploader, not the broker."""
+    broker = FakeBroker()
+    return Net(MqttSettings(prefix=topics.prefix), broker.session), broker
+
+
 class FakeBackend:
     """Subscribes to the bus's fares, records batches, acks contiguous progress."""
 
-    def __init__(self, host: str, port: int, topics: Topics, *, auto_ack: bool = True) -> None:
-        self.settings = MqttSettings(host=host, port=port, prefix=topics.prefix)
+    def __init__(self, net: Net, topics: Topics, *, auto_ack: bool = True) -> None:
+        self.net = net
         self.topics = topics
         self.auto_ack = auto_ack
         self.batches: list[dict[str, Any]] = []
         self.seqs: list[int] = []
         self.committed = 0
-        self._session: MqttSession | None = None
+        self._cm: AbstractAsyncContextManager[Any] | None = None
+        self._session: Session | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> FakeBackend:
-        self._session = MqttSession(
-            self.settings, f"fake-backend-{uuid.uuid4().hex[:8]}", clean_start=True
+        self._cm = self.net.factory(
+            self.net.settings, f"fake-backend-{uuid.uuid4().hex[:8]}", clean_start=True
         )
-        await self._session.__aenter__()
+        self._session = await self._cm.__aenter__()
         await self._session.subscribe([self.topics.fares(BUS)])
         self._task = asyncio.create_task(self._read())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        assert self._session is not None
+        assert self._cm is not None
         await cancel_and_wait(self._task)
-        await self._session.__aexit__(None, None, None)
+        await self._cm.__aexit__(None, None, None)
 
     async def _read(self) -> None:
         assert self._session is not None
@@ -92,12 +116,15 @@ class FakeBackend:
 
 @contextlib.asynccontextmanager
 async def uplink(
-    store: FareStore, host: str, port: int, topics: Topics, settings: UplinkSettings
+    store: FareStore, net: Net, topics: Topics, settings: UplinkSettings
 ) -> AsyncIterator[tuple[MqttLink, FareUploader]]:
-    mqtt = MqttSettings(
-        host=host, port=port, prefix=topics.prefix, backoff_initial_s=0.1, backoff_max_s=0.5
+    link = MqttLink(
+        net.settings,
+        BUS,
+        topics,
+        client_id=f"edge-{uuid.uuid4().hex[:8]}",
+        session_factory=net.factory,
     )
-    link = MqttLink(mqtt, BUS, topics, client_id=f"edge-{uuid.uuid4().hex[:8]}")
     up = FareUploader(store, BUS, topics, settings)
     up.attach(link)
     tasks = [asyncio.create_task(link.run()), asyncio.create_task(up.run(link))]
@@ -121,17 +148,16 @@ def test_encode_batch_is_canonical_json() -> None:
     assert encode_batch("b1", []) == b'{"bus_id":"b1","events":[]}'
 
 
-async def test_drains_in_order_batches_and_prunes_after_ack(
-    tmp_path: Path, shared_broker: Any, topic_prefix: str
-) -> None:
-    topics = Topics(topic_prefix)
+async def test_drains_in_order_batches_and_prunes_after_ack(tmp_path: Path) -> None:
+    topics = Topics("busbell/v1")
+    net, _ = in_memory(topics)
     store = await open_store(tmp_path, 250)
     settings = UplinkSettings(
         batch_max_events=100, window_events=200, keep_acked_days=0, prune_interval_s=0
     )
-    async with FakeBackend(shared_broker.host, shared_broker.port, topics) as backend:
+    async with FakeBackend(net, topics) as backend:
         with capture_logs() as logs:
-            async with uplink(store, shared_broker.host, shared_broker.port, topics, settings) as (
+            async with uplink(store, net, topics, settings) as (
                 _,
                 up,
             ):
@@ -157,29 +183,27 @@ async def test_drains_in_order_batches_and_prunes_after_ack(
     await store.close()
 
 
-async def test_batch_max_bytes(tmp_path: Path, shared_broker: Any, topic_prefix: str) -> None:
-    topics = Topics(topic_prefix)
+async def test_batch_max_bytes(tmp_path: Path) -> None:
+    topics = Topics("busbell/v1")
+    net, _ = in_memory(topics)
     store = await open_store(tmp_path, 30)
     one = len((await store.range(1, 1))[0].data)
     settings = UplinkSettings(batch_max_events=100, batch_max_bytes=3 * one + 100)
-    async with FakeBackend(shared_broker.host, shared_broker.port, topics) as backend:
-        async with uplink(store, shared_broker.host, shared_broker.port, topics, settings):
+    async with FakeBackend(net, topics) as backend:
+        async with uplink(store, net, topics, settings):
             await until(lambda: store.acked_upto == 30)
     assert max(len(b["events"]) for b in backend.batches) == 3
     assert backend.seqs == list(range(1, 31))
     await store.close()
 
 
-async def test_window_and_ack_timeout_resend(
-    tmp_path: Path, shared_broker: Any, topic_prefix: str
-) -> None:
-    topics = Topics(topic_prefix)
+async def test_window_and_ack_timeout_resend(tmp_path: Path) -> None:
+    topics = Topics("busbell/v1")
+    net, _ = in_memory(topics)
     store = await open_store(tmp_path, 300)
     settings = UplinkSettings(batch_max_events=50, window_events=100, ack_timeout_s=0.5)
-    async with FakeBackend(
-        shared_broker.host, shared_broker.port, topics, auto_ack=False
-    ) as backend:
-        async with uplink(store, shared_broker.host, shared_broker.port, topics, settings) as (
+    async with FakeBackend(net, topics, auto_ack=False) as backend:
+        async with uplink(store, net, topics, settings) as (
             _,
             up,
         ):
@@ -198,14 +222,13 @@ async def test_window_and_ack_timeout_resend(
     await store.close()
 
 
-async def test_resend_request_and_pruned_range(
-    tmp_path: Path, shared_broker: Any, topic_prefix: str
-) -> None:
-    topics = Topics(topic_prefix)
+async def test_resend_request_and_pruned_range(tmp_path: Path) -> None:
+    topics = Topics("busbell/v1")
+    net, _ = in_memory(topics)
     store = await open_store(tmp_path, 20)
     settings = UplinkSettings(batch_max_events=10, window_events=20)
-    async with FakeBackend(shared_broker.host, shared_broker.port, topics) as backend:
-        async with uplink(store, shared_broker.host, shared_broker.port, topics, settings) as (
+    async with FakeBackend(net, topics) as backend:
+        async with uplink(store, net, topics, settings) as (
             _,
             up,
         ):
@@ -233,17 +256,12 @@ async def test_resend_request_and_pruned_range(
     await store.close()
 
 
-async def test_malformed_control_messages_are_counted(
-    tmp_path: Path, shared_broker: Any, topic_prefix: str
-) -> None:
-    topics = Topics(topic_prefix)
+async def test_malformed_control_messages_are_counted(tmp_path: Path) -> None:
+    topics = Topics("busbell/v1")
+    net, _ = in_memory(topics)
     store = await open_store(tmp_path, 5)
-    async with FakeBackend(
-        shared_broker.host, shared_broker.port, topics, auto_ack=False
-    ) as backend:
-        async with uplink(
-            store, shared_broker.host, shared_broker.port, topics, UplinkSettings()
-        ) as (
+    async with FakeBackend(net, topics, auto_ack=False) as backend:
+        async with uplink(store, net, topics, UplinkSettings()) as (
             link,
             up,
         ):
@@ -281,16 +299,18 @@ async def test_malformed_control_messages_are_counted(
     await store.close()
 
 
+@pytest.mark.mosquitto
 async def test_reconnect_after_broker_restart_resends_unacked(
     tmp_path: Path, private_broker: Any
 ) -> None:
     topics = Topics("busbell/v1")
     host, port = private_broker.host, private_broker.port
+    net = mosquitto(host, port, topics)
     store = await open_store(tmp_path, 40)
     settings = UplinkSettings(batch_max_events=10, window_events=40, ack_timeout_s=60)
     with capture_logs() as logs:
-        async with FakeBackend(host, port, topics, auto_ack=False) as backend:
-            async with uplink(store, host, port, topics, settings) as (link, up):
+        async with FakeBackend(net, topics, auto_ack=False) as backend:
+            async with uplink(store, net, topics, settings) as (link, up):
                 await until(lambda: len(backend.seqs) == 40)
                 private_broker.kill()
                 await until(lambda: not link.is_connected)
@@ -298,7 +318,7 @@ async def test_reconnect_after_broker_restart_resends_unacked(
                 await store.append_many(synthetic_draft(i) for i in range(100, 110))
                 up.notify()
                 private_broker.start()
-                async with FakeBackend(host, port, topics) as backend2:
+                async with FakeBackend(net, topics) as backend2:
                     await until(lambda: link.connects >= 2)
                     await until(lambda: store.acked_upto == 50)
                 # everything unacked was re-sent after the reconnect, in order
@@ -310,14 +330,13 @@ async def test_reconnect_after_broker_restart_resends_unacked(
     await store.close()
 
 
-async def test_status_publishes_not_starved_by_backlog(
-    tmp_path: Path, shared_broker: Any, topic_prefix: str
-) -> None:
-    topics = Topics(topic_prefix)
+async def test_status_publishes_not_starved_by_backlog(tmp_path: Path) -> None:
+    topics = Topics("busbell/v1")
+    net, _ = in_memory(topics)
     store = await open_store(tmp_path, 3000)
     settings = UplinkSettings(batch_max_events=20, window_events=3000)
-    async with FakeBackend(shared_broker.host, shared_broker.port, topics) as backend:
-        async with uplink(store, shared_broker.host, shared_broker.port, topics, settings) as (
+    async with FakeBackend(net, topics) as backend:
+        async with uplink(store, net, topics, settings) as (
             link,
             up,
         ):
@@ -332,4 +351,37 @@ async def test_status_publishes_not_starved_by_backlog(
             await link.publish(topics.status(BUS), b"", qos=1, retain=True)
     assert published_during_drain >= 5
     assert len(backend.seqs) >= 3000
+    await store.close()
+
+
+async def test_refused_and_lost_connections_are_retried_and_unacked_events_resent(
+    tmp_path: Path,
+) -> None:
+    topics = Topics("busbell/v1")
+    net, broker = in_memory(topics)
+    net = Net(replace(net.settings, backoff_initial_s=0.01, backoff_max_s=0.05), net.factory)
+    store = await open_store(tmp_path, 30)
+    settings = UplinkSettings(batch_max_events=10, window_events=30, ack_timeout_s=60)
+    with capture_logs() as logs:
+        async with FakeBackend(net, topics, auto_ack=False) as backend:
+            broker.refuse(2)
+            async with uplink(store, net, topics, settings) as (link, _):
+                await until(lambda: len(backend.seqs) == 30)
+                await backend.ack(10)
+                await until(lambda: store.acked_upto == 10)
+                sent = len(backend.seqs)
+                backend.auto_ack = True
+                broker.drop(link.client_id)
+                # the last will tells the fleet the bus is offline
+                assert broker.retained[topics.status(BUS)].payload == OFFLINE_PAYLOAD
+                await until(lambda: link.connects == 2)
+                await until(lambda: store.acked_upto == 30)
+    # after the reconnect everything unacked is sent again, from the last ack on
+    assert backend.seqs[sent : sent + 20] == list(range(11, 31))
+    assert (link.connects, link.disconnects) == (2, 1)
+    assert "dropped" in link.last_error
+    names = [log["event"] for log in logs]
+    assert names.count("uplink_connect_failed") == 2
+    assert names.count("uplink_lost") == 1
+    assert names.count("uplink_connected") == 2
     await store.close()
