@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import IO, Any, Protocol
 
 from busbell import (
@@ -48,6 +49,7 @@ from busbell import (
     parse_record,
     read_fleet_keys,
 )
+from busbell._mqtt import MqttSession, Session
 from edge._bells import BellCore
 from edge._bells_mqtt import BellRelay
 from edge._checkpoint import Checkpointer
@@ -182,6 +184,8 @@ class EdgeDaemon:
         monotonic: a monotonic clock (seconds); the daemon's start time is read from it
             when it is built, and the fleet-key warning waits on it for a minute
             without GNSS (injectable for tests).
+        session_factory: makes the broker session of the link (see
+            :class:`~edge._uplink.MqttLink`); tests pass an in-memory broker's.
     """
 
     def __init__(
@@ -194,6 +198,7 @@ class EdgeDaemon:
         device_key: DeviceKey | None = None,
         fleet_keys: Mapping[int, bytes] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        session_factory: Callable[..., AbstractAsyncContextManager[Session]] = MqttSession,
     ) -> None:
         self.config = config
         self.bus_id = config.bus_id
@@ -213,7 +218,7 @@ class EdgeDaemon:
         self.denylist = Denylist(self.bus_id, load_public_hex(backend_key) if backend_key else None)
         self.pipeline: Pipeline = pipeline if pipeline is not None else self._make_pipeline()
         self.builder = EventBuilder(self.bus_id, key)
-        self.link = MqttLink(config.mqtt, self.bus_id, self.topics)
+        self.link = MqttLink(config.mqtt, self.bus_id, self.topics, session_factory=session_factory)
         self.stats = DaemonStats()
         self.vehicle_rejects = RejectLog(_log, "vehicle_message_malformed")
         self._key_rejects = RejectLog(_log, "fleet_keys_rejected")

@@ -24,9 +24,8 @@ from tests.factories.edge_daemon import (
     config,
     until,
 )
+from tests.factories.mqtt import FakeBroker
 from tests.factories.tasks import cancel_and_wait
-
-pytestmark = pytest.mark.mosquitto
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +34,13 @@ def _fresh_structlog() -> None:
     structlog.reset_defaults()
 
 
-async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefix: str) -> None:
+async def test_daemon_end_to_end(tmp_path: Path) -> None:
+    # the daemon's handling is the point, not the broker: the in-memory one
+    broker = FakeBroker()
+    topic_prefix = "busbell/v1"
     cfg = config(
         tmp_path,
-        shared_broker,
+        broker,
         topic_prefix,
         advert_queue_max=5,
         status=StatusSettings(interval_s=0.2, fleet_keys_warn_days=3),
@@ -49,9 +51,15 @@ async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefi
     pipe = FakePipeline()
     fleet = {day_of(NOW): bytes(32), day_of(NOW) + 1: bytes(32)}
     daemon = EdgeDaemon(
-        cfg, ListSource(recs), lambda: NOW, pipeline=pipe, device_key=KEY, fleet_keys=fleet
+        cfg,
+        ListSource(recs),
+        lambda: NOW,
+        pipeline=pipe,
+        device_key=KEY,
+        fleet_keys=fleet,
+        session_factory=broker.session,
     )
-    backend = Backend(shared_broker, topic_prefix, "bus-0042")
+    backend = Backend(broker, topic_prefix, "bus-0042")
     topics = Topics(topic_prefix)
     async with backend.s:
         reader = asyncio.create_task(backend.run())
@@ -143,9 +151,10 @@ async def test_daemon_end_to_end(tmp_path: Path, shared_broker: Any, topic_prefi
     assert daemon.store.last_seq == 3
 
 
-async def test_daemon_records_offline_and_task_names(tmp_path: Path, private_broker: Any) -> None:
-    cfg = config(tmp_path, private_broker, "busbell/v1")
-    private_broker.kill()
+async def test_daemon_records_offline_and_task_names(tmp_path: Path) -> None:
+    broker = FakeBroker()
+    cfg = config(tmp_path, broker, "busbell/v1")
+    broker.stop()
     pipe = FakePipeline()
     daemon = EdgeDaemon(
         cfg,
@@ -154,6 +163,7 @@ async def test_daemon_records_offline_and_task_names(tmp_path: Path, private_bro
         pipeline=pipe,
         device_key=KEY,
         fleet_keys={},
+        session_factory=broker.session,
     )
     task = asyncio.create_task(daemon.run())
     await until(lambda: daemon.store is not None and daemon.store.last_seq == 4)
@@ -163,7 +173,7 @@ async def test_daemon_records_offline_and_task_names(tmp_path: Path, private_bro
     assert daemon.status()["backlog"] == 4
     assert daemon.status()["fleet_keys"]["days_remaining"] == -1
     # the broker comes back: the backlog drains
-    private_broker.start()
+    broker.start()
     await until(lambda: daemon.link.is_connected, 20)
     daemon.request_stop()
     await asyncio.wait_for(task, 20)
@@ -205,6 +215,7 @@ def _write_run_inputs(tmp_path: Path, broker: Any) -> Path:
     return cfg
 
 
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 async def test_edge_run_process_status_and_lwt(
     tmp_path: Path, private_broker: Any, how: str

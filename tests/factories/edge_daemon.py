@@ -16,6 +16,7 @@ from busbell._mqtt import MqttSession, MqttSettings
 from edge._segment import SegmentDraft
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig
+from tests.factories.mqtt import FakeBroker
 
 __all__ = [
     "KEY",
@@ -109,11 +110,12 @@ def adv(t: float, rssi: int) -> AdvRecord:
 
 
 def config(tmp_path: Path, broker: Any, prefix: str, **kw: Any) -> EdgeConfig:
+    """An edge config for bus-0042 on ``broker`` (an address, or a FakeBroker)."""
     cfg = EdgeConfig(bus_id="bus-0042", store=tmp_path / "fares.db", source="trace")
+    where = {} if isinstance(broker, FakeBroker) else {"host": broker.host, "port": broker.port}
     mqtt = replace(
         cfg.mqtt,
-        host=broker.host,
-        port=broker.port,
+        **where,
         prefix=prefix,
         client_id=f"edge-{uuid.uuid4().hex[:8]}",
         backoff_initial_s=0.1,
@@ -123,12 +125,20 @@ def config(tmp_path: Path, broker: Any, prefix: str, **kw: Any) -> EdgeConfig:
 
 
 class Backend:
+    """Acks every fares batch of ``bus``, keeps its statuses and occupancy messages.
+
+    ``broker`` is a real broker's address (``.host``, ``.port``) or a
+    :class:`tests.factories.mqtt.FakeBroker`; enter ``.s`` before :meth:`run`.
+    """
+
     def __init__(self, broker: Any, prefix: str, bus: str) -> None:
-        self.s = MqttSession(
-            MqttSettings(host=broker.host, port=broker.port, prefix=prefix),
-            f"backend-{uuid.uuid4().hex[:8]}",
-            clean_start=True,
+        factory = broker.session if isinstance(broker, FakeBroker) else MqttSession
+        settings = (
+            MqttSettings(prefix=prefix)
+            if isinstance(broker, FakeBroker)
+            else MqttSettings(host=broker.host, port=broker.port, prefix=prefix)
         )
+        self.s = factory(settings, f"backend-{uuid.uuid4().hex[:8]}", clean_start=True)
         self.t = Topics(prefix)
         self.bus = bus
         self.seqs: list[int] = []
