@@ -67,9 +67,11 @@ from busbell import (
     TraceRecord,
     TripRecord,
     UplinkError,
+    derive_rider_keys,
     event_hash,
     load_public_hex,
     record_to_json,
+    rid_for_interval,
     verify_event,
 )
 from busbell._mqtt import MqttSession, MqttSettings
@@ -133,6 +135,9 @@ class LiveResult:
     edge_exit: int | None = None
     backend_exit: int | None = None
     riders: list[tuple[str, int]] = field(default_factory=list)
+    """(rid, interval) of every segment in the ledger."""
+    rider_ids: dict[str, int] = field(default_factory=dict)
+    """Segments in the ledger per rider of the scenario (rids resolved with RIDERS.csv)."""
 
     @property
     def ok(self) -> bool:
@@ -160,9 +165,10 @@ class LiveResult:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (lists as counts)."""
-        out = {k: v for k, v in self.__dict__.items() if k != "riders"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("riders", "rider_ids")}
         out.update(lost=len(self.lost), extra=len(self.extra), gaps=len(self.gaps))
-        out["riders"] = len(self.riders)
+        out["riders"] = len(self.rider_ids)
+        out["segments"] = sum(self.rider_ids.values())
         out["ok"] = self.ok
         return out
 
@@ -347,6 +353,7 @@ class LiveRun:
         log: Callable[[str], None],
         disk: bool,
         faketime: bool,
+        start_at: float,
     ) -> None:
         from firmware_sim import GenerateOptions, generate
 
@@ -357,7 +364,7 @@ class LiveRun:
         self.prefix = f"live-{os.getpid()}-{random.randrange(1 << 30)}/busbell/v1"
         self.topics = Topics(self.prefix)
         sc = workdir / "scenario"
-        generate(scenario, seed, sc, scale, GenerateOptions(start_at=float(int(time.time()) + 30)))
+        generate(scenario, seed, sc, scale, GenerateOptions(start_at=start_at))
         with (sc / "traces" / f"{bus}.jsonl").open(encoding="utf-8") as f:
             self.records: list[TraceRecord] = list(TraceReader(f))
         self.public = {
@@ -808,6 +815,27 @@ class LiveRun:
             spans.sort()
             r.overlaps += sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
         r.riders = sorted(riders)
+        r.rider_ids = self._resolve(riders, by_rid)
+
+    def _resolve(
+        self, riders: set[tuple[str, int]], by_rid: dict[str, list[tuple[float, float]]]
+    ) -> dict[str, int]:
+        """Segments per rider id: each (rid, interval) matched against every rider's rid."""
+        keys = {
+            rider: derive_rider_keys(bytes.fromhex(tk)).rid_key
+            for rider, tk in (
+                line.split(",") for line in (self.sc / "RIDERS.csv").read_text().split()[1:]
+            )
+        }
+        table: dict[tuple[str, int], str] = {}
+        for interval in {i for _, i in riders}:
+            for rider, rk in keys.items():
+                table[(rid_for_interval(rk, interval).hex(), interval)] = rider
+        out: dict[str, int] = {}
+        for rid, interval in riders:
+            rider = table.get((rid, interval), f"unknown:{rid}")
+            out[rider] = out.get(rider, 0) + len(by_rid.get(rid, []))
+        return out
 
 
 def run_live(
@@ -824,9 +852,14 @@ def run_live(
     partition_s: float = 0.0,
     disk_full_s: float = 0.0,
     clock_steps: bool = False,
+    start_at: float | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> LiveResult:
-    """Run one scenario bus through the real edge and backend with the given faults."""
+    """Run one scenario bus through the real edge and backend with the given faults.
+
+    ``start_at`` (UNIX time) places the scenario; runs to be compared pass the same one
+    (the scenario's riders and their rids depend on it). Default: 30 s from now.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     run = LiveRun(
         workdir,
@@ -838,6 +871,7 @@ def run_live(
         log=log,
         disk=disk_full_s > 0,
         faketime=clock_steps,
+        start_at=float(int(time.time()) + 30) if start_at is None else start_at,
     )
     return asyncio.run(
         run.run(
@@ -852,9 +886,17 @@ def run_live(
 
 
 def compare(base: LiveResult, faulty: LiveResult) -> dict[str, int]:
-    """Riders (rid, interval) recorded by a run without faults and one with them."""
-    b, f = set(base.riders), set(faulty.riders)
-    return {"baseline": len(b), "faulty": len(f), "missing": len(b - f), "extra": len(f - b)}
+    """Riders recorded by a run without faults and by one with them (same scenario)."""
+    b, f = set(base.rider_ids), set(faulty.rider_ids)
+    return {
+        "baseline_riders": len(b),
+        "faulty_riders": len(f),
+        "missing": len(b - f),
+        "extra": len(f - b),
+        "baseline_segments": sum(base.rider_ids.values()),
+        "faulty_segments": sum(faulty.rider_ids.values()),
+        "same_rid_intervals": len(set(base.riders) & set(faulty.riders)),
+    }
 
 
 def main() -> int:
@@ -875,8 +917,10 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="busbell-live-"))
-    common = {"scenario": a.scenario, "seed": a.seed, "scale": a.scale, "bus": a.bus,
-              "speed": a.speed, "log": lambda s: print(s, flush=True)}  # fmt: skip
+    # both runs play the very same scenario (its riders depend on when it starts)
+    common = {"start_at": float(int(time.time()) + 30), "scenario": a.scenario,
+              "seed": a.seed, "scale": a.scale, "bus": a.bus, "speed": a.speed,
+              "log": lambda s: print(s, flush=True)}  # fmt: skip
     ok = True
     base = None
     if a.baseline:

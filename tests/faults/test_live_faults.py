@@ -55,7 +55,8 @@ def test_edge_and_backend_under_every_fault_lose_and_duplicate_nothing(tmp_path:
     assert r.backend_crashes == 0
     assert r.edge_exit == 0
     assert r.backend_exit == 0
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not r.disk_full_skipped.startswith("mount failed"):
+        # root, and a tmpfs could be mounted (not in a container without CAP_SYS_ADMIN)
         assert r.disk_full_skipped == "", r.disk_full_skipped
         assert r.status_store_not_ok > 0  # the status said so
         assert r.display_during_disk_full > 0  # the bells' display went on
