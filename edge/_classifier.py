@@ -153,6 +153,8 @@ _LEVEL_MIN_RIDERS = 3
 """Riders aboard needed before the in-bus threshold follows their level."""
 _PAIR_K = 8
 """Candidate pairs kept per old rid (the cheapest; clock offset dominates the cost)."""
+_GAP_W = 0.2
+"""Weight of each new gap in a rid's mean gap between in-bus adverts."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
 
@@ -199,6 +201,7 @@ class _Rid:
         "first_t",
         "first_token_t",
         "flags_or",
+        "gap",
         "gone_visit_seq",
         "hist",
         "interval",
@@ -270,6 +273,8 @@ class _Rid:
         self.span_odo = odo
         self.span_t = t
         self.flags_or = self.last_flags = 0
+        self.gap = 0.0
+        """Mean time between its in-bus adverts (EWMA): how often this token is heard."""
 
 
 class PresenceClassifier:
@@ -457,7 +462,7 @@ class PresenceClassifier:
             and r.last_in_odo >= w.close_odo_m + self.params.confirm_far_m
         )
 
-    def advert(  # noqa: PLR0917 - the hot path: positional arguments are cheapest
+    def advert(  # noqa: PLR0912, PLR0917 - the hot path: inline branches, positional args
         self,
         t: float,
         rid: bytes,
@@ -549,6 +554,8 @@ class PresenceClassifier:
                         r.span_t = t
                     r.n_far += 1
                     r.far_sum += rssi
+            if r.n_in:
+                r.gap += _GAP_W * (t - r.last_in_t - r.gap)
             r.last_in_t = t
             r.last_in_odo = odo
             r.last_in_raw = raw
@@ -621,7 +628,7 @@ class PresenceClassifier:
             st = r.state
             if st == _ONBOARD:
                 levels.append(r.base)
-                if t - max(r.last_in_t, self._resume_t) > p.fade_timeout_s:
+                if t - max(r.last_in_t, self._resume_t) > self._fade_s(r):
                     try:
                         self._close(r, Event.FADE, out)
                     except Exception as exc:
@@ -669,6 +676,17 @@ class PresenceClassifier:
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
+    def _fade_s(self, r: _Rid) -> float:
+        """How long a silence in in-bus evidence means the rid has left.
+
+        ``fade_timeout_s``, or ``fade_gaps`` times the rid's own mean gap between in-bus
+        adverts if longer: a weak token (low power, deep in a bag, a lossy scanner) is
+        heard every few seconds at best, so its silences are judged against its own rate,
+        not against a strong token's.
+        """
+        g = self.params.fade_gaps * r.gap
+        return g if g > self.params.fade_timeout_s else self.params.fade_timeout_s
+
     def _failed(self, stage: str, r: _Rid | None, exc: Exception) -> None:
         """Count and log a contained failure of one rid's step (a bug, never fatal).
 
@@ -693,7 +711,7 @@ class PresenceClassifier:
         if v.close_t is None or v.close_odo_m is None:
             return
         p = self.params
-        recent = t - max(r.last_in_t, self._resume_t) <= p.fade_timeout_s
+        recent = t - max(r.last_in_t, self._resume_t) <= self._fade_s(r)
         away = (
             r.n_far >= p.confirm_adverts
             and r.last_in_odo - v.close_odo_m >= p.confirm_distance_m
@@ -774,7 +792,7 @@ class PresenceClassifier:
 
     def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
         p = self.params
-        if t - max(r.last_in_t, self._resume_t) > p.fade_timeout_s:
+        if t - max(r.last_in_t, self._resume_t) > self._fade_s(r):
             self._drop(r, Event.FADE, out)
             return
         if (

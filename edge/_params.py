@@ -37,8 +37,10 @@ class ClassifierParams:
         2.0, doc="time constant (s) of the per-rid exponentially weighted RSSI average"
     )
     in_bus_rssi_dbm: float = option(
-        -88.0,
-        doc="smoothed RSSI at or above which an advertisement counts as in-bus evidence",
+        -100.0,
+        doc="absolute floor: smoothed RSSI at or above which an advertisement may count as"
+        " in-bus evidence (-100: below any scanner's sensitivity, i.e. no calibrated floor;"
+        " evidence is judged relative to the token's own level and by co-movement)",
     )
 
     in_bus_margin_db: float = option(
@@ -49,7 +51,7 @@ class ClassifierParams:
     )
 
     in_bus_gap_s: float = option(
-        3.0,
+        6.0,
         doc="... and only if the rid was also heard within this many seconds before"
         " (a far-away token is heard in sporadic lucky packets)",
     )
@@ -95,7 +97,7 @@ class ClassifierParams:
         " a shorter ride counts if it ends as the doors open at the next stop",
     )
     confirm_gap_s: float = option(
-        8.0, doc="a pause in in-bus evidence longer than this restarts that stretch"
+        15.0, doc="a pause in in-bus evidence longer than this restarts that stretch"
     )
     convoy_m: float = option(
         150.0,
@@ -126,6 +128,11 @@ class ClassifierParams:
     # --- alighting / loss ---------------------------------------------------------------
     fade_timeout_s: float = option(
         15.0, doc="a rid with no in-bus advertisement for this long has left (or is lost)"
+    )
+    fade_gaps: float = option(
+        8.0,
+        doc="... or this many times the rid's own mean gap between in-bus adverts, if longer"
+        " (a weakly heard token's silences are judged against its own rate); 0: off",
     )
     alight_pre_s: float = option(
         1.0,

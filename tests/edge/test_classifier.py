@@ -868,8 +868,8 @@ def test_a_rotation_never_drops_a_boarding() -> None:
 def test_in_bus_threshold_follows_the_riders_aboard(margin: float, charged: bool) -> None:
     """Weak tokens (low power, a phone deep in a bag): with riders aboard heard at -70 dBm,
     a rider boarding later at -92 dBm gives in-bus evidence (threshold = the riders'
-    median level - margin), where the fixed -88 dBm would never count it."""
-    w = World(replace(ClassifierParams(), in_bus_margin_db=margin))
+    median level - margin), where a calibrated floor of -88 dBm would never count it."""
+    w = World(replace(ClassifierParams(), in_bus_margin_db=margin, in_bus_rssi_dbm=-88.0))
     state = {"weak_in": False, "end": False}
     riders = [w.add(Token(f"m{k}", lambda _: None if state["end"] else -70.0)) for k in range(3)]
 
@@ -889,3 +889,35 @@ def test_in_bus_threshold_follows_the_riders_aboard(margin: float, charged: bool
         assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, t)] == [("S1", "S3")]
     got = [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, weak)]
     assert got == ([("S2", "S3")] if charged else [])
+
+
+def test_weak_rider_alone_boards_by_co_movement_and_a_left_behind_waiter_does_not() -> None:
+    """No calibrated floor (the default): evidence is judged against the token's own level
+    and by co-movement. A lone rider heard at -93 dBm, sometimes only every 4 s, rides
+    from S1 to S3; a person waiting at S1 at the same level is left behind as the bus
+    drives off (path loss: -20 dB per decade of distance) and is never charged."""
+    w = World()
+    state = {"in": True}
+
+    def rider(world: World) -> float | None:
+        if not state["in"]:
+            return None
+        return -93.0 if int(world.t * 2) % 8 == 0 or world.odo == world.stop_odo else None
+
+    def waiter(world: World) -> float | None:
+        d = 4.0 + abs(world.odo - 0.0)
+        r = -93.0 - 20.0 * math.log10(d / 4.0)
+        return r if r >= -95.0 else None
+
+    weak = w.add(Token("weak", rider))
+    left = w.add(Token("left", waiter))
+    w.dwell("S1")
+    w.move(900)
+    w.dwell("S2")
+    w.move(900)
+    w.dwell("S3", 4)
+    state["in"] = False
+    w.move(400)
+    w.wait(60)
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, weak)] == [("S1", "S3")]
+    assert by_name(w.out, left) == []
