@@ -630,7 +630,7 @@ class PresenceClassifier:
                 levels.append(r.base)
                 if t - max(r.last_in_t, self._resume_t) > self._fade_s(r):
                     try:
-                        self._close(r, Event.FADE, out)
+                        self._fade(r, t, out)
                     except Exception as exc:
                         self._failed("tick", r, exc)
             elif st in (_CANDIDATE, _ROTATING):
@@ -1157,15 +1157,64 @@ class PresenceClassifier:
         return self._draft(r, SegmentEnd(last_t, here, "rotated"), r.last_in_odo)
 
     def _fade_end(self, r: _Rid, last_t: float, last_odo: float) -> tuple[SegmentEnd, float]:
-        """Alighted at the stop whose doors opened as the rider faded, or lost."""
+        """Alighted at the stop whose doors opened as the rider faded, or lost.
+
+        A rider who went silent while the bus was moving, after riding ``lost_min_m`` or
+        more, left at the first stop whose doors opened after that (nobody leaves a
+        moving bus), if there is one; otherwise lost.
+        """
         p = self.params
         assert r.start is not None
         v = self._visit_at(last_t + p.alight_pre_s)
         if v is not None and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m):
             end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
+        if p.lost_wait_s > 0.0 and last_odo - r.start_odo >= p.lost_min_m:
+            w = self._visit_after(last_t + p.alight_pre_s)
+            if w is not None:
+                return SegmentEnd(w.open_t, w.stop_id, "alighted"), w.open_odo_m
         stop = v.stop_id if v is not None else r.start.stop_id
         return SegmentEnd(last_t, stop, "lost"), last_odo
+
+    def _visit_after(self, t: float) -> StopVisit | None:
+        """The first stop visit whose doors opened after ``t``."""
+        w = None
+        for x in reversed(self._visits):
+            if x.open_t <= t:
+                break
+            w = x
+        return w
+
+    def _fade(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
+        """A rider's in-bus evidence stopped: close the segment, unless held on board."""
+        if not self._held(r, t):
+            self._close(r, Event.FADE, out)
+
+    def _held(self, r: _Rid, t: float) -> bool:
+        """Whether a silent rider is kept on board: silent while the bus moves, no door since.
+
+        A rider who rode ``lost_min_m`` or more and went silent between stops (a weak token
+        behind a crowd, deep in a bag) cannot have left before the doors open: they are
+        held until the first door opening after the silence has closed and
+        ``fade_timeout_s`` passed with still nothing heard (then they alighted there, or
+        ride on if heard again), for at most ``lost_wait_s``. A rid whose interval ended
+        is not held (it may have rotated).
+        """
+        p = self.params
+        last = max(r.last_in_t, self._resume_t)
+        if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s or self._near_end(r):
+            return False
+        if r.last_in_odo - r.start_odo < p.lost_min_m:
+            return False
+        v = self._visit_at(r.last_in_t + p.alight_pre_s)
+        if v is not None and (
+            v.close_odo_m is None or r.last_in_odo - v.close_odo_m <= p.lost_after_m
+        ):
+            return False  # it faded at a stop: an alighting
+        w = self._visit_after(r.last_in_t + p.alight_pre_s)
+        if w is None:
+            return True
+        return w.close_t is None or t - w.close_t <= p.fade_timeout_s
 
     def _draft(self, r: _Rid, end: SegmentEnd, end_odo: float) -> SegmentDraft:
         assert r.start is not None

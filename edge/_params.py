@@ -150,6 +150,13 @@ class ClassifierParams:
         " different routes leaving a shared stop together run side by side for 1-2 km)",
     )
 
+    lost_wait_s: float = option(
+        900.0,
+        doc="a rider who rode lost_min_m or more and went silent while the bus was moving is"
+        " held on board until the next door opening (nobody leaves a moving bus), then"
+        " alighted there if still silent; at most this long (then lost); 0: off",
+    )
+
     # --- rotation -----------------------------------------------------------------------
     rotation_slack_s: float = option(
         16.0,

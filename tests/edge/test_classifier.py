@@ -372,9 +372,22 @@ def test_token_dying_while_moving_ends_lost_at_the_last_stop_passed() -> None:
     w.move(1200)
     dead["v"] = True
     w.move(900)
+    assert by_name(w.out, tok) == []  # held: it cannot have left a moving bus
+    w.wait(w.p.lost_wait_s)  # no door opens for lost_wait_s (a depot run): lost
     (seg,) = by_name(w.out, tok)
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "lost")
     assert seg.distance_m == pytest.approx(2400.0, abs=30)
+    old = World(replace(ClassifierParams(), lost_wait_s=0.0))  # not held: lost at once
+    dead["v"] = False
+    tok = old.add(Token("flat", lambda _: None if dead["v"] else -62.0))
+    old.dwell("S1")
+    old.move(1200)
+    old.dwell("S2")
+    old.move(1200)
+    dead["v"] = True
+    old.move(900)
+    (seg,) = by_name(old.out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "lost")
 
 
 def test_rid_alongside_for_two_stops_then_vanishing_while_moving_is_dropped() -> None:
@@ -921,3 +934,32 @@ def test_weak_rider_alone_boards_by_co_movement_and_a_left_behind_waiter_does_no
     w.wait(60)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, weak)] == [("S1", "S3")]
     assert by_name(w.out, left) == []
+
+
+def test_a_rider_silent_between_stops_is_held_until_the_doors_open() -> None:
+    """Nobody leaves a moving bus: a rider who went silent while it drove (after riding
+    lost_min_m) rides on if heard again after the next stop, and otherwise alighted at the
+    first door opening after the silence, not at the stop before it."""
+    w = World()
+    quiet = {"on": False}
+    gone = {"on": False}
+    again = w.add(Token("again", lambda _: None if quiet["on"] else -70.0))
+    left = w.add(Token("left", lambda _: None if gone["on"] else -70.0))
+    w.dwell("S1")
+    w.move(2500)
+    w.dwell("S2")
+    w.move(300)
+    quiet["on"] = gone["on"] = True  # both silent mid-way between S2 and S3
+    w.move(1200)
+    w.dwell("S3")
+    w.move(100)
+    quiet["on"] = False  # heard again 10 s after S3: still aboard
+    w.move(1100)
+    w.dwell("S4", 4)
+    quiet["on"] = True
+    w.move(400)
+    w.wait(60)
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.out, again)] == [("S1", "S4")]
+    assert [(x.start.stop_id, x.end.stop_id, x.end.cause) for x in by_name(w.out, left)] == [
+        ("S1", "S3", "alighted")
+    ]
