@@ -47,7 +47,6 @@ from busbell._token import (
     PAYLOAD_LEN,
     TOKEN_VERSION,
     RiderKeys,
-    derive_rider_keys,
     interval_of,
     unwrap_tq,
 )
@@ -61,6 +60,7 @@ __all__ = [
     "RiderKeyring",
     "TableBuilder",
     "check_proof_with",
+    "derive_keys_fast",
 ]
 
 DEFAULT_PROOF_SLACK_S = 120.0
@@ -219,6 +219,27 @@ class _RiderIds:
         )
 
 
+_HKDF_SALT = bytes(32)  # salt=None in RFC 5869 is HashLen zero bytes
+
+
+def derive_keys_fast(token_key: bytes) -> tuple[bytes, bytes]:
+    """:func:`busbell.derive_rider_keys` (HKDF-SHA256) with three HMAC calls.
+
+    RFC 5869 written out: one extract shared by both keys, one expand block each (16
+    and 32 bytes fit in one SHA-256 block). A quarter of the cost of two ``cryptography``
+    HKDF objects, which matters when loading millions of riders; a test holds it equal.
+
+    Raises:
+        ValueError: if ``token_key`` is not 16 bytes.
+    """
+    if len(token_key) != 16:
+        raise ValueError(f"token_key must be 16 bytes, got {len(token_key)}")
+    prk = hmac.digest(_HKDF_SALT, token_key, "sha256")
+    rid_key = hmac.digest(prk, b"busbell-rid-v1\x01", "sha256")[:16]
+    mac_key = hmac.digest(prk, b"busbell-mac-v1\x01", "sha256")
+    return rid_key, mac_key
+
+
 class RiderKeyring:
     """The derived keys of every enrolled rider, stored compactly.
 
@@ -256,8 +277,8 @@ class RiderKeyring:
         Raises:
             ValueError: when the key is not 16 bytes or the rider is already present.
         """
-        keys = derive_rider_keys(token_key)
-        return self.add_derived(rider_id, keys.rid_key, keys.mac_key)
+        rid_key, mac_key = derive_keys_fast(token_key)
+        return self.add_derived(rider_id, rid_key, mac_key)
 
     def add_derived(self, rider_id: str, rid_key: bytes, mac_key: bytes) -> int:
         """Enrol a rider from already derived keys; returns the rider index.

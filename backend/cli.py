@@ -475,8 +475,10 @@ def _settle(args: argparse.Namespace) -> int:
             progress.advance()
 
     processes = args.processes if args.processes > 0 else (os.cpu_count() or 1)
+    t1 = time.perf_counter()
     settler.feed_lines(lines(), processes=processes)
     progress.close()
+    t2 = time.perf_counter()
     # journeys are written as they are built, one rider at a time (bounded memory)
     n_journeys = charged = review = 0
     tmp = args.out.with_name(args.out.name + ".tmp")
@@ -487,12 +489,15 @@ def _settle(args: argparse.Namespace) -> int:
             charged += fare
             review += held
     tmp.replace(args.out)
+    t3 = time.perf_counter()
     stats = settler.stats
     _err(
         f"settled {stats.read} event(s): {stats.accepted} accepted, "
         f"{sum(stats.rejected.values())} rejected, {stats.duplicates} duplicate(s); "
         f"{n_journeys} journey(s) ({charged} charged, {review} for review) "
-        f"-> {args.out} in {time.perf_counter() - t0:.1f} s"
+        f"-> {args.out} in {time.perf_counter() - t0:.1f} s (checks and chain "
+        f"{t2 - t1:.1f} s, rids, proofs and journeys {t3 - t2:.1f} s, {processes} "
+        "process(es))"
     )
     for reason, n in sorted(stats.rejected.items()):
         _err(f"  rejected {reason}: {n}")

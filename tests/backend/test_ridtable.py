@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from backend._resolve import Resolver, RiderKeyring, TableBuilder
+from backend._resolve import Resolver, RiderKeyring, TableBuilder, derive_keys_fast
 from backend._ridtable import aes_words, rid_keys_of, rid_words
-from busbell import interval_of, rid_for_interval
+from busbell import derive_rider_keys, interval_of, rid_for_interval
 
 T = 1_762_500_123.0
 IV = interval_of(T)
@@ -134,3 +134,12 @@ def test_keyring_bulk_load_and_index() -> None:
     assert ring.index_of("c1") == n + 1000
     with pytest.raises(IndexError):
         ring.rider_id(n + 1001)
+
+
+def test_fast_key_derivation_is_the_contracts_hkdf() -> None:
+    for k in range(200):
+        token_key = hashlib.sha256(f"t{k}".encode()).digest()[:16]
+        keys = derive_rider_keys(token_key)
+        assert derive_keys_fast(token_key) == (keys.rid_key, keys.mac_key)
+    with pytest.raises(ValueError, match="16 bytes"):
+        derive_keys_fast(b"short")
