@@ -68,6 +68,10 @@ __all__ = ["DaemonStats", "EdgeDaemon", "Pipeline", "cancel_and_wait", "replay_r
 
 _log = get_logger("edge.daemon")
 _VEHICLE_KINDS = {"gnss": "gnss", "doors": "door", "trip": "trip"}
+STORE_RETRY_S = 1.0
+"""While the fare store fails, closed segments are retried this often (kept in memory)."""
+STORE_LOG_EVERY_S = 60.0
+"""While the fare store fails, ``fare_store_failed`` is logged this often after the first."""
 VEHICLE_LIMITS = JsonLimits(max_bytes=4096, max_depth=2)
 """A vehicle signal is one flat object (trace v1 body); anything bigger is hostile."""
 
@@ -229,6 +233,8 @@ class EdgeDaemon:
         self._vehicle: collections.deque[TraceRecord] = collections.deque()
         self._pending: list[SegmentDraft] = []
         self._store_error: str | None = None
+        self._store_retry_at = 0.0
+        self._store_logged_at = float("-inf")
         self._checkpointer: Checkpointer | None = None
         self._wake = asyncio.Event()
         self._status_now = asyncio.Event()
@@ -363,13 +369,22 @@ class EdgeDaemon:
         )
         _log.info("scanner_ended", source=getattr(self.source, "name", "?"))
 
-    async def _record(self, drafts: list[SegmentDraft]) -> None:
-        """Record closed segments; on a store failure keep them and retry (never drop)."""
+    async def _record(self, drafts: list[SegmentDraft], *, force: bool = False) -> None:
+        """Record closed segments; on a store failure keep them and retry (never drop).
+
+        While the store fails (a full disk), a retry is made at most every
+        :data:`STORE_RETRY_S` however often the pipeline wakes (every advert wakes it),
+        and the failure is logged when it starts and then every :data:`STORE_LOG_EVERY_S`;
+        ``force`` (the shutdown flush) tries at once.
+        """
         self.stats.segments_closed += len(drafts)
         self._pending.extend(drafts)
         if not self._pending:
             return
         assert self.store is not None
+        now = self._monotonic()
+        if self._store_error is not None and now < self._store_retry_at and not force:
+            return
         try:
             if self._checkpointer is not None:  # with the pipeline's state, one transaction
                 await self._checkpointer.record(self._pending)
@@ -377,10 +392,20 @@ class EdgeDaemon:
                 await self.store.append_many(self._pending)
         except StoreError as exc:
             self.stats.store_retries += 1
-            if self._store_error is None:
+            self._store_retry_at = now + STORE_RETRY_S
+            first = self._store_error is None
+            if first:
                 self._status_now.set()  # the status says so at once, not at the next tick
             self._store_error = str(exc)
-            _log.error("fare_store_failed", op="append", pending=len(self._pending), error=str(exc))
+            if first or now - self._store_logged_at >= STORE_LOG_EVERY_S:
+                self._store_logged_at = now
+                _log.error(
+                    "fare_store_failed",
+                    op="append",
+                    pending=len(self._pending),
+                    failures=self.stats.store_retries,
+                    error=str(exc),
+                )
             return
         if self._store_error is not None:
             _log.info("fare_store_recovered", recorded=len(self._pending))
@@ -722,7 +747,7 @@ class EdgeDaemon:
         while self._vehicle or self._adverts:
             drafts.extend(self.pipeline.feed(pop_earliest(self._vehicle, self._adverts)))
         drafts.extend(self.pipeline.finish(self.clock()))
-        await self._record(drafts)
+        await self._record(drafts, force=True)
         if self.bells is not None:
             await self.bells.flush()
         assert self.store is not None

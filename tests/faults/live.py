@@ -119,6 +119,8 @@ class LiveResult:
     status_store_not_ok: int = 0
     status_store_ok_after: bool = False
     display_during_disk_full: int = 0
+    store_failure_logs: int = 0
+    """``fare_store_failed`` lines the edge logged (rate-limited while the disk is full)."""
     clock_steps: list[float] = field(default_factory=list)
     adverts_sent: int = 0
     adverts_dropped: int = 0
@@ -823,6 +825,8 @@ class LiveRun:
             r.overlaps += sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
         r.riders = sorted(riders)
         r.rider_ids = self._resolve(riders, by_rid)
+        edge_log = (self.dir / "edge.log").read_text(errors="replace")
+        r.store_failure_logs = edge_log.count('"fare_store_failed"')
 
     def _resolve(
         self, riders: set[tuple[str, int]], by_rid: dict[str, list[tuple[float, float]]]
