@@ -44,6 +44,7 @@ __all__ = [
     "fare_pending",
     "fleet_keys",
     "head_revision",
+    "ingest_workers",
     "insert_ignore",
     "is_postgres",
     "journeys",
@@ -138,6 +139,7 @@ chain_state = sa.Table(
     sa.Column("resend_attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("resend_due", _Time, nullable=True, doc="next re-send request or report"),
     sa.Column("gap_reported", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("resend_last", _Time, nullable=True, doc="last re-send request (migration 0009)"),
     sa.Index(None, "resend_due"),
 )
 """Each bus's chain head and its open gap (migration 0008), the one place workers meet."""
@@ -153,6 +155,17 @@ fare_pending = sa.Table(
     sa.Column("arrival", sa.BigInteger(), nullable=False, doc="order of arrival per bus"),
 )
 """Verified chain records above their bus's chain head, held until the gap fills."""
+
+ingest_workers = sa.Table(
+    "ingest_workers",
+    metadata,
+    sa.Column("worker_id", sa.String(128), primary_key=True),
+    sa.Column(
+        "caught_up_to", _Time, nullable=False, doc="every message received before is committed"
+    ),
+    sa.Column("seen_at", _Time, nullable=False),
+)
+"""Ingest workers' progress (migration 0009): gaps wait for every live worker."""
 
 quarantine = sa.Table(
     "quarantine",

@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 from prometheus_client import Counter
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend._db import (
@@ -47,6 +48,7 @@ from backend._db import (
     engine_for,
     fare_events,
     fare_pending,
+    ingest_workers,
     insert_ignore,
     migrate,
     missed_stops,
@@ -216,6 +218,7 @@ class Gap:
         attempts: re-send requests made for it.
         due: when the next request (or the report) is due; ``None`` once reported.
         reported: given up on and reported to operators.
+        last: when the last re-send request went out (``None``: none yet).
     """
 
     start: int
@@ -224,6 +227,7 @@ class Gap:
     attempts: int = 0
     due: float | None = None
     reported: bool = False
+    last: float | None = None
 
 
 Held = dict[int, dict[str, VerifiedEvent]]
@@ -610,7 +614,7 @@ class IngestCore:
                 plan.gap = Gap(next_seq, end, now, due=now + self.resend_after_s)
         return plan
 
-    def gap_step(self, gap: Gap, now: float) -> GapAction:
+    def gap_step(self, gap: Gap, now: float, caught_up: float | None = None) -> GapAction:
         """Decide what a gap that is due (``gap.due <= now``) gets: a re-send or a report.
 
         The first request goes ``resend_after_s`` after the gap opened, the k-th
@@ -618,14 +622,24 @@ class IngestCore:
         ``resend_max_attempts`` requests went unanswered, the next due time reports it
         (once) and it is no longer re-asked (the edge still re-sends everything unacked
         after its own ack timeout, and a late re-send still fills it).
+
+        Args:
+            gap: the gap.
+            now: wall time.
+            caught_up: the time before which every live worker has committed all it
+                received (``None``: unknown). Until it passes the gap's opening (or
+                its last request), the missing records may still be queued in a worker:
+                nothing is asked or reported yet.
         """
         if gap.reported or gap.due is None or now < gap.due:
+            return GapAction(gap)
+        if caught_up is not None and caught_up < (gap.last if gap.last is not None else gap.since):
             return GapAction(gap)
         if gap.attempts >= self.resend_max_attempts:
             return GapAction(dataclasses.replace(gap, reported=True, due=None), report=True)
         wait = min(self.resend_max_s, self.resend_after_s * 2 ** (gap.attempts + 1))
         return GapAction(
-            dataclasses.replace(gap, attempts=gap.attempts + 1, due=now + wait),
+            dataclasses.replace(gap, attempts=gap.attempts + 1, due=now + wait, last=now),
             resend=(gap.start, gap.end),
         )
 
@@ -790,6 +804,8 @@ class Ingestor:
         self.log_budget = log_budget or LogBudget()
         self._dialect = engine.dialect.name
         self._pg = self._dialect == "postgresql"
+        self.worker_stale_s = 10.0
+        """Workers whose progress is older than this are taken as gone (ignored)."""
 
     async def refresh_devices(self) -> int:
         """Re-read the device registry into the core; returns how many devices."""
@@ -860,18 +876,25 @@ class Ingestor:
             kw["suppressed"] = suppressed
         _log().warning(event, bus_id=bus_id, reason=reason, **kw)
 
-    async def tick(self) -> BatchResult:
+    async def tick(self, caught_up_to: float | None = None) -> BatchResult:
         """Claim the gaps that are due, from committed rows: re-send requests and reports.
 
         Whichever worker runs it first claims a due gap (row lock; on PostgreSQL rows
         another worker holds are skipped), so each request is made once, whatever the
         number of workers.
+
+        Args:
+            caught_up_to: this worker's progress (wall time before which everything it
+                received is committed), recorded in ``ingest_workers``; a gap waits
+                until every worker reported lately is past its opening (or its last
+                request). ``None``: not a worker (no progress recorded).
         """
         result = BatchResult()
         now = self._wall()
         cs = chain_state
         try:
             async with self.engine.begin() as conn:
+                floor = await self._caught_up(conn, caught_up_to, now)
                 q = (
                     sa.select(
                         cs.c.bus_id,
@@ -880,6 +903,7 @@ class Ingestor:
                         cs.c.gap_since,
                         cs.c.resend_attempts,
                         cs.c.resend_due,
+                        cs.c.resend_last,
                     )
                     .where(cs.c.resend_due <= now, cs.c.pending > 0)
                     .order_by(cs.c.bus_id)
@@ -887,9 +911,12 @@ class Ingestor:
                 if self._pg:
                     q = q.with_for_update(skip_locked=True)
                 changed = []
-                for bus_id, start, end, since, attempts, due in await conn.execute(q):
+                for bus_id, start, end, since, attempts, due, last in await conn.execute(q):
                     gap = Gap(int(start), int(end), float(since), int(attempts), float(due))
-                    act = self.core.gap_step(gap, now)
+                    gap = dataclasses.replace(gap, last=last)
+                    act = self.core.gap_step(gap, now, floor)
+                    if act.gap == gap:
+                        continue
                     if act.resend is not None:
                         result.resends[bus_id] = act.resend
                     if act.report:
@@ -900,6 +927,7 @@ class Ingestor:
                             "b_attempts": act.gap.attempts,
                             "b_due": act.gap.due,
                             "b_reported": act.gap.reported,
+                            "b_last": act.gap.last,
                         }
                     )
                 if changed:
@@ -910,6 +938,7 @@ class Ingestor:
                             resend_attempts=sa.bindparam("b_attempts"),
                             resend_due=sa.bindparam("b_due"),
                             gap_reported=sa.bindparam("b_reported"),
+                            resend_last=sa.bindparam("b_last"),
                         ),
                         changed,
                     )
@@ -926,6 +955,30 @@ class Ingestor:
                 attempts=self.core.resend_max_attempts,
             )
         return result
+
+    async def _caught_up(
+        self, conn: AsyncConnection, mine: float | None, now: float
+    ) -> float | None:
+        """Record this worker's progress; the least progress of the live workers."""
+        iw = ingest_workers
+        if mine is not None:
+            ins = (postgresql.insert if self._pg else sqlite.insert)(iw).values(
+                worker_id=self.worker_id, caught_up_to=mine, seen_at=now
+            )
+            await conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=[iw.c.worker_id],
+                    set_={"caught_up_to": mine, "seen_at": now},
+                )
+            )
+        floor = (
+            await conn.execute(
+                sa.select(sa.func.min(iw.c.caught_up_to)).where(
+                    iw.c.seen_at >= now - self.worker_stale_s
+                )
+            )
+        ).scalar()
+        return None if floor is None else float(floor)
 
     async def open_gaps(self) -> list[dict[str, Any]]:
         """Every bus's open chain gap, for operators (``busbell backend gaps``)."""
@@ -1129,6 +1182,7 @@ class Ingestor:
                     "b_attempts": gap.attempts if gap else 0,
                     "b_due": gap.due if gap else None,
                     "b_reported": gap.reported if gap else False,
+                    "b_last": gap.last if gap else None,
                 }
             )
         if changed:
@@ -1147,6 +1201,7 @@ class Ingestor:
                     resend_attempts=sa.bindparam("b_attempts"),
                     resend_due=sa.bindparam("b_due"),
                     gap_reported=sa.bindparam("b_reported"),
+                    resend_last=sa.bindparam("b_last"),
                 ),
                 changed,
             )
@@ -1205,6 +1260,7 @@ class Ingestor:
                 cs.c.resend_attempts,
                 cs.c.resend_due,
                 cs.c.gap_reported,
+                cs.c.resend_last,
             )
             .where(cs.c.bus_id.in_(buses))
             .order_by(cs.c.bus_id)
@@ -1212,9 +1268,9 @@ class Ingestor:
         if self._pg:
             q = q.with_for_update()
         out: dict[str, _BusRow] = {}
-        for b, n, p, pending, g0, g1, since, attempts, due, reported in await conn.execute(q):
+        for b, n, p, pending, g0, g1, since, attempts, due, reported, last in await conn.execute(q):
             gap = (
-                Gap(int(g0), int(g1), float(since), int(attempts), due, bool(reported))
+                Gap(int(g0), int(g1), float(since), int(attempts), due, bool(reported), last)
                 if g0 is not None
                 else None
             )
@@ -1371,6 +1427,9 @@ class IngestWorker:
         )
         self._clock = clock
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
+        # wall time each queued message arrived, in queue order (the worker's progress)
+        self._arrived: collections.deque[float] = collections.deque()
+        self._wall = time.time
         self.connected = asyncio.Event()
 
     def _session(self) -> MqttSession:
@@ -1451,6 +1510,7 @@ class IngestWorker:
                 )
                 continue
             await self._queue.put((parsed.ids["bus"], msg.payload))
+            self._arrived.append(self._wall())
         raise UplinkError("message stream ended")
 
     async def _processor(self, session: MqttSession, stop: asyncio.Event) -> None:
@@ -1467,7 +1527,9 @@ class IngestWorker:
                 now = self._clock()
                 if now >= next_tick:
                     next_tick = now + tick_every
-                    await self._publish(session, await self.ingestor.tick())
+                    # everything that arrived before the oldest queued message is committed
+                    caught_up = self._arrived[0] if self._arrived else self._wall()
+                    await self._publish(session, await self.ingestor.tick(caught_up))
                 if now >= next_refresh:
                     next_refresh = now + ing.device_refresh_s
                     await self.ingestor.refresh_devices()
@@ -1482,6 +1544,7 @@ class IngestWorker:
             first = await asyncio.wait_for(self._queue.get(), idle_s)
         except TimeoutError:
             return []
+        self._took()
         batch = [first]
         size = _estimate_events(first[1])
         deadline = self._clock() + wait_s
@@ -1496,9 +1559,14 @@ class IngestWorker:
                     break
             else:
                 item = self._queue.get_nowait()
+            self._took()
             batch.append(item)
             size += _estimate_events(item[1])
         return batch
+
+    def _took(self) -> None:
+        if self._arrived:  # the reader appends right after its put
+            self._arrived.popleft()
 
     async def _publish(self, session: MqttSession, res: BatchResult) -> None:
         for bus_id, upto in sorted(res.acks.items()):

@@ -58,6 +58,34 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _postmaster(data_dir: Path) -> int | None:
+    """The PostgreSQL server's process id, when it runs here and its files are readable."""
+    try:
+        return int((data_dir / "postmaster.pid").read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds of ``root`` (with its reaped children) and its live children."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry), int(fields[1])
+        if pid == root:
+            total += sum(int(x) for x in fields[11:15]) / tck  # utime stime cutime cstime
+        elif ppid == root:
+            total += (int(fields[11]) + int(fields[12])) / tck
+    return total
+
+
 def _load() -> str:
     with open("/proc/loadavg", encoding="ascii") as f:
         return " ".join(f.read().split()[:3])
@@ -75,7 +103,9 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
     async with engine.begin() as conn:
         for b in buses:
             await register_device(conn, b, keys[b].public)
+        data_dir = str((await conn.exec_driver_sql("SHOW data_directory")).scalar())
     await engine.dispose()
+    postmaster = _postmaster(Path(data_dir))
     tmp = Path(tempfile.mkdtemp(prefix="busbell-scaleout-"))
     procs, logs = [], []
     for i in range(n_workers):
@@ -103,6 +133,8 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
                 raise SystemExit("workers did not subscribe: " + logs[0].read_text()[-2000:])
             await asyncio.sleep(0.1)
         cpu0 = sum(_cpu_s(p.pid) for p in procs)
+        pg0 = _tree_cpu_s(postmaster) if postmaster else 0.0
+        me0 = time.process_time()
         bare = bare_verify_cpu_rate(chains, keys)
         settings = MqttSettings(host=host, port=port, prefix=prefix)
         fleet = EdgeFleet(settings, chains, batch=50, window=500, retry_s=5.0)
@@ -110,6 +142,8 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
         await fleet.run(timeout_s=1200)
         wall = time.perf_counter() - t0
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
+        pg_cpu = _tree_cpu_s(postmaster) - pg0 if postmaster else None
+        me_cpu = time.process_time() - me0
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -138,7 +172,9 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
         f"{total / wall:,.0f} events/s; workers' CPU {cpu:.1f} s = "
         f"{total / cpu:,.0f} events per worker CPU-second; resend requests "
         f"{fleet.resend_requests}, edge retries {fleet.retries}; bare verify in this "
-        f"process {bare:,.0f}/CPU-s; load average {_load()}\n"
+        f"process {bare:,.0f}/CPU-s; PostgreSQL server CPU "
+        f"{'n/a' if pg_cpu is None else f'{pg_cpu:.1f} s'}, edge fleet (this process) CPU "
+        f"{me_cpu:.1f} s; load average {_load()}\n"
     )
 
 

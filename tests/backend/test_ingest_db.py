@@ -314,3 +314,30 @@ async def test_event_id_conflict_is_quarantined(engine: AsyncEngine) -> None:
     assert await stored(engine, "B2") == [1]
     assert (await quarantined(engine))[-1] == ("B2", 2, "event_id_conflict")
     assert derive_event_id("B1", 1, a[0]["rid"], a[0]["start"]["t"]) == a[0]["event_id"]
+
+
+async def test_a_gap_waits_for_every_worker_to_catch_up(engine: AsyncEngine) -> None:
+    """While a worker still has messages from before the gap queued, nobody asks."""
+    chain = make_events("B1", device_key_for("B1"), 10)
+    clock = Clock()
+    busy = await make_ingestor(engine, clock)
+    busy.worker_id = "busy"
+    idle = await make_ingestor(engine, clock)
+    idle.worker_id = "idle"
+    opened = clock.t
+    await idle.ingest([("B1", batch_payload("B1", chain[:3] + chain[6:]))])
+    asked = []
+    for _ in range(6):  # 3 s: the grace passed long ago, but "busy" is behind the gap
+        clock.t += 0.5
+        asked += list((await busy.tick(caught_up_to=opened - 5.0)).resends.values())
+        asked += list((await idle.tick(caught_up_to=clock.t)).resends.values())
+    assert asked == []
+    # "busy" committed what it had: its queue now starts after the gap opened
+    clock.t += 0.5
+    asked += list((await busy.tick(caught_up_to=opened + 0.1)).resends.values())
+    assert asked == [(4, 6)]
+    # a worker that stops reporting is taken as gone after worker_stale_s
+    clock.t += 1.0
+    await busy.tick(caught_up_to=opened)  # behind the last request: the next one waits
+    clock.t += idle.worker_stale_s + 1.0
+    assert list((await idle.tick(caught_up_to=clock.t)).resends.values()) == [(4, 6)]
