@@ -102,6 +102,8 @@ class DemoPlan:
     api_port: int
     buses: list[str] = field(default_factory=list)
     stream_ports: dict[str, int] = field(default_factory=dict)
+    driver_ports: dict[str, int] = field(default_factory=dict)
+    """Each bus's driver display page (``[driver_page]`` of its edge) on 127.0.0.1."""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     """Part of every MQTT client id: two demos on one broker must not take over each
     other's sessions (a client id is broker-wide, whatever the topic prefix)."""
@@ -191,7 +193,17 @@ class DemoPlan:
             f"{self.mqtt_toml(f'demo-{self.run_id}-edge-{bus}')}\n"
             f'[stream]\nhost = "127.0.0.1"\nport = {self.stream_ports[bus]}\n\n'
             "[status]\ninterval_s = 2.0\n"
+            + (
+                f'\n[driver_page]\nenabled = true\nhost = "127.0.0.1"\n'
+                f"port = {self.driver_ports[bus]}\n"
+                if bus in self.driver_ports
+                else ""
+            )
         )
+
+    def driver_urls(self) -> dict[str, str]:
+        """The driver display page of each bus."""
+        return {b: f"http://127.0.0.1:{p}/" for b, p in self.driver_ports.items()}
 
 
 class _Procs:
@@ -497,16 +509,22 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         _wait_port("127.0.0.1", plan.api_port, backend, 60)
         for bus in plan.buses:
             plan.stream_ports[bus] = _free_port()
+            while (page_port := _free_port()) == plan.stream_ports[bus]:  # both bound later
+                pass
+            plan.driver_ports[bus] = page_port
             cfg = workdir / f"edge-{bus}.toml"
             cfg.write_text(plan.edge_toml(bus))
             edge = procs.start(f"edge-{bus}", ["edge", "run", "--config", str(cfg)])
             _wait_port("127.0.0.1", plan.stream_ports[bus], edge, 60)
+            _wait_port("127.0.0.1", plan.driver_ports[bus], edge, 60)
         _wait_log(logdir / "backend.log", "fare_ingest_subscribed", backend, 60)
         asyncio.run(_wait_online(plan, 60))
         sims = [procs.start(f"sim-{bus}", plan.sim_args(bus)) for bus in plan.buses]
         url = f"http://127.0.0.1:{plan.view_port}/"
+        drivers = "".join(f"  {bus}: {u}\n" for bus, u in plan.driver_urls().items())
         out.write(
-            f"\nfleet view: {url}\nrider API:  http://127.0.0.1:{plan.api_port}/docs\n"
+            f"\nfleet view: {url}\ndriver display (the terminal in each bus's cab):\n"
+            f"{drivers}rider API:  http://127.0.0.1:{plan.api_port}/docs\n"
             f"follow it:  busbell tail --broker {plan.broker_host}:{plan.broker_port}"
             f" --prefix {plan.prefix}\nCtrl-C stops everything.\n"
         )

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,22 @@ def wait_state(port: int, timeout: float) -> dict[str, Any]:
             pass
         time.sleep(0.5)
     return last
+
+
+def driver_state(url: str, timeout: float) -> dict[str, Any]:
+    """A driver page's ``/state`` once it holds a display model with a route."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}state", timeout=2) as r:
+                last = json.loads(r.read())
+            if (last.get("display") or {}).get("route_id"):
+                return last
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no display model on {url}: {last}")
 
 
 async def _retain(broker: Any, retained: dict[str, bytes]) -> None:
@@ -140,6 +157,13 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
         status = next(t for t in state["topics"] if t["kind"] == "status")
         assert status["ids"]["bus"] == "bus-55-01"
         assert status["body"]["state"] == "online"
+        # the bus's driver display page follows the same bus
+        page = tomllib.loads((work / "edge-bus-55-01.toml").read_text())["driver_page"]
+        driver_url = f"http://127.0.0.1:{page['port']}/"
+        model = driver_state(driver_url, 30)["display"]
+        assert (model["bus_id"], model["route_id"]) == ("bus-55-01", "55"), model
+        with urllib.request.urlopen(driver_url, timeout=5) as r:
+            assert b"app.js" in r.read()
         dom = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"]
             + ["--no-first-run", "--disable-background-networking", "--disable-component-update"]
@@ -158,6 +182,7 @@ def test_demo_runs_the_whole_system(shared_broker: Any, topic_prefix: str, tmp_p
             proc.terminate()
             proc.communicate(timeout=30)
     assert proc.returncode == 0, out
+    assert f"  bus-55-01: {driver_url}\n" in out
     m = re.search(r"bus-55-01\s+(\d+) events, up to seq (\d+)", out)
     assert m, out
     assert int(m.group(1)) == int(m.group(2)) >= 5
