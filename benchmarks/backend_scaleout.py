@@ -24,15 +24,10 @@ from pathlib import Path
 
 from backend._db import create_engine, migrate
 from backend._keys import register_device
-from benchmarks.backend_ingest import (
-    EdgeFleet,
-    _postgres_url,
-    bare_verify_cpu_rate,
-    device_key_for,
-    make_events,
-)
+from benchmarks.backend_ingest import _postgres_url, bare_verify_cpu_rate
 from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
+from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
 
 __all__ = ["main"]
 

@@ -64,10 +64,10 @@ async def _api(requests: int) -> dict[str, float]:
     from backend._api_auth import ApiAuth
     from backend._auth import OperatorRegistry, new_operator_token, operator_entry
     from backend._db import create_engine, migrate
-    from benchmarks.backend_settle import write_gtfs
     from busbell._gtfs import load_gtfs
     from busbell._http import http_server, serve_http
     from busbell._mqtt import MqttSession, MqttSettings
+    from tests.factories.backend_world import write_gtfs
 
     prefix = f"bench-{secrets.token_hex(4)}/busbell/v1"
     settings = MqttSettings(prefix=prefix)

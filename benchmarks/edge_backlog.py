@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,27 +20,9 @@ from pathlib import Path
 from busbell import DeviceKey, Topics, configure_logging
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._events import EventBuilder
-from edge._segment import SegmentDraft, SegmentEnd
+from tests.factories.drafts import synthetic_draft
 
-__all__ = ["synthetic_draft"]
-
-
-def synthetic_draft(i: int, t0: float = 1_700_000_000.0) -> SegmentDraft:
-    """A valid, deterministic segment draft number ``i`` (for tests and benchmarks)."""
-    h = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
-    start = t0 + 37.0 * i
-    return SegmentDraft(
-        rid=h[:24],
-        interval=int(start // 600),
-        route_id="R100",
-        trip_id=f"T{i // 50}",
-        start=SegmentEnd(start, f"S{i % 40}", "boarded"),
-        end=SegmentEnd(start + 300.0, f"S{(i + 7) % 40}", "alighted"),
-        distance_m=1234.5,
-        proof_first=h[:48],
-        proof_last=h[16:64],
-        evidence={"adverts": 120, "rssi_median": -61},
-    )
+__all__ = ["main"]
 
 
 async def _consumer(settings: MqttSettings, topics: Topics, bus: str, total: int) -> None:

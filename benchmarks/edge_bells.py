@@ -399,7 +399,7 @@ _ALIGHT_GAP_S = 0.04
 
 def _route_gtfs(root: Path, k: int) -> Path:
     """The synthetic 8-stop feed of ``benchmarks.edge_classifier`` as route ``R{k}``."""
-    from benchmarks.edge_classifier import write_gtfs
+    from tests.factories.edge_world import write_gtfs
 
     d = write_gtfs(root / f"gtfs-R{k}")
     (d / "routes.txt").write_text(f"route_id,route_short_name,route_type\nR{k},{k},3\n")
@@ -410,16 +410,16 @@ def _route_gtfs(root: Path, k: int) -> Path:
 
 def _boarding(t0: float) -> tuple[list[Any], Any]:
     """A synthetic trace of one rider boarding at S0, cut once the rider is on board."""
-    from benchmarks.edge_classifier import BusPlan, SynthToken, replay, synth_trace, write_gtfs
     from busbell import AdvRecord, derive_rider_keys
+    from tests.factories.edge_world import BusPlan, SynthToken, replay, synth_trace, write_gtfs
 
     tok = SynthToken(b"\x42" * 16, board=0, alight=7)
     recs, _ = synth_trace(BusPlan(t0=t0), [tok], seed=3, packet_loss=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         feed = load_gtfs(write_gtfs(Path(tmp) / "g"))
     # the cut: the first record after which the classifier holds the rider on board
-    from benchmarks.edge_classifier import verifier_for
     from edge._pipeline import EdgePipeline
+    from tests.factories.edge_world import verifier_for
 
     pipe = EdgePipeline("probe", feed, verifier_for(recs))
     for n, rec in enumerate(recs):
@@ -464,8 +464,8 @@ async def _play(  # noqa: PLR0917 - a benchmark helper
 
 
 async def fleet(host: str, port: int, n_edges: int, n_waits: int) -> int:  # noqa: PLR0915
-    from benchmarks.edge_classifier import COMPANY, fleet_key_of
     from busbell import AdvRecord, encode_payload, record_to_json
+    from tests.factories.edge_world import COMPANY, fleet_key_of
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}/busbell/v1"
     n_routes = max(1, n_edges // 5)

@@ -20,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.edge_classifier import fleet_key_of, latlon, write_gtfs
 from busbell import (
     AdvRecord,
     DeviceKey,
@@ -34,6 +33,7 @@ from busbell._mqtt import MqttSession, MqttSettings
 from edge._daemon import EdgeDaemon
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig
+from tests.factories.edge_world import fleet_key_of, latlon, write_gtfs
 
 
 def _rss_mb() -> float:

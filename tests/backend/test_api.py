@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from backend._api import ApiState, create_app
 from backend._db import charges, create_engine, journeys, legs, migrate
-from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, UplinkError, load_gtfs
+from tests.factories.backend_world import write_gtfs
 
 OPENAPI_DOC = Path(__file__).resolve().parents[2] / "docs" / "rider-api.openapi.json"
 

@@ -30,8 +30,8 @@ from backend._auth import (
     well_formed,
 )
 from backend._db import create_engine, migrate, rider_tokens, riders
-from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, load_gtfs
+from tests.factories.backend_world import write_gtfs
 
 
 class MemoryBroker:

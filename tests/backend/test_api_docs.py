@@ -17,9 +17,9 @@ from fastapi import FastAPI
 from backend._api import ApiState, create_app
 from backend._api_docs import ASSETS_PATH, install_offline_docs
 from backend._db import create_engine, migrate
-from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, load_gtfs
 from busbell._http import http_server, serve_http
+from tests.factories.backend_world import write_gtfs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -10,8 +10,8 @@ import pytest
 from backend._errors import MalformedMessage
 from backend._ingest import ChainPosition, Gap, IngestCore, VerifiedEvent
 from backend._keys import DeviceInfo
-from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import GENESIS_PREV, DeviceKey, canonical_bytes, sign_event
+from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 BUS = "B1"
 KEY = device_key_for(BUS)

@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 from backend._db import chain_state, create_engine, devices, fare_events, migrate, quarantine
 from backend._ingest import IngestCore, Ingestor
 from backend._keys import register_device
-from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import canonical_bytes, derive_event_id, event_hash, sign_event
+from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 BUSES = ("B1", "B2")
 

@@ -30,9 +30,9 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
-from benchmarks.backend_ingest import device_key_for
-from benchmarks.backend_settle import T0, World, missed_fields
 from busbell import canonical_bytes, load_gtfs, read_devices, sign_event
+from tests.factories.backend_world import T0, World, missed_fields
+from tests.factories.fare_events import device_key_for
 
 
 class Base:

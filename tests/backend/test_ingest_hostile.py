@@ -32,9 +32,9 @@ from backend._errors import MalformedMessage
 from backend._ingest import IngestCore, Ingestor
 from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, register_device
-from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, sign_event, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
+from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
 

@@ -21,9 +21,9 @@ from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._settlement import SettlementWorker, import_riders
-from benchmarks.backend_ingest import batch_payload, device_key_for, make_events
-from benchmarks.backend_settle import T0, World, missed_fields
 from busbell import load_gtfs, read_devices, sign_event
+from tests.factories.backend_world import T0, World, missed_fields
+from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 
 async def _ledger(url: str, buses: dict[str, Any]) -> AsyncEngine:

@@ -17,9 +17,9 @@ from backend._db import create_engine, fare_events, migrate, quarantine
 from backend._ingest import IngestWorker, run_ingest
 from backend._keys import register_device
 from backend.config import BackendConfig, DatabaseSettings, FilesSettings, IngestSettings
-from benchmarks.backend_ingest import EdgeFleet, batch_payload, device_key_for, make_events
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
+from tests.factories.fare_events import EdgeFleet, batch_payload, device_key_for, make_events
 
 pytestmark = pytest.mark.mosquitto
 

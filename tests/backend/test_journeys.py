@@ -12,8 +12,8 @@ from backend._fare_engine import FareEngine, FareLeg
 from backend._fare_rules import load_rules
 from backend._journey_explain import explain_journey
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
-from benchmarks.backend_settle import STOP_SPACING_M, T0, write_gtfs
 from busbell import Feed, load_gtfs
+from tests.factories.backend_world import STOP_SPACING_M, T0, write_gtfs
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import Journey, JourneyBuilder, Segment
-from benchmarks.backend_settle import STOP_SPACING_M, T0, write_gtfs
 from busbell import Feed, load_gtfs
+from tests.factories.backend_world import STOP_SPACING_M, T0, write_gtfs
 
 TRIPS = {"T1": ("b1", "R1"), "T1R": ("b2", "R1"), "T2": ("b3", "R2"), "T3": ("b4", "R3")}
 """Each trip runs on its own bus (a bus runs one trip in the window of the test)."""

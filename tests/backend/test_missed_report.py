@@ -21,10 +21,10 @@ from backend._db import create_engine, devices, migrate, missed_stops
 from backend._ingest import IngestCore, Ingestor
 from backend._keys import register_device
 from backend._missed import format_report, missed_report
-from benchmarks.backend_ingest import batch_payload, device_key_for
-from benchmarks.backend_settle import missed_fields, write_gtfs
 from busbell import GENESIS_PREV, derive_missed_event_id, event_hash, load_gtfs, sign_event
 from busbell._signing import PublicKey
+from tests.factories.backend_world import missed_fields, write_gtfs
+from tests.factories.fare_events import batch_payload, device_key_for
 
 T0 = 1_764_000_000.0
 

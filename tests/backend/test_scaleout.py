@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from backend._db import chain_state, create_engine, fare_events, migrate
 from backend._keys import register_device
-from benchmarks.backend_ingest import EdgeFleet, device_key_for, make_events
 from busbell._mqtt import MqttSettings
+from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres]
 

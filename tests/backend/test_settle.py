@@ -19,9 +19,9 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._resolve import ProofRejected, Resolver, RiderKeyring
 from backend._settle import Settler, check_line, segment_of
 from backend.cli import main as backend_main
-from benchmarks.backend_settle import T0, World
 from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, sign_event, tq_of
 from busbell.cli import main as busbell_main
+from tests.factories.backend_world import T0, World
 
 
 def _settle(world: World, events_path: Path, out: Path, *extra: str) -> int:

@@ -43,9 +43,9 @@ from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._settlement import SettlementWorker, import_riders
-from benchmarks.backend_ingest import batch_payload
-from benchmarks.backend_settle import T0, World
 from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
+from tests.factories.backend_world import T0, World
+from tests.factories.fare_events import batch_payload
 
 NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement
 DAY = "2025-11-07"  # service day of T0 (16:20 Asia/Seoul)

@@ -20,8 +20,8 @@ from backend._waits import (
     WaitRules,
     check_request,
 )
-from benchmarks.backend_settle import write_gtfs
 from busbell import Feed, Topics, load_gtfs
+from tests.factories.backend_world import write_gtfs
 
 T0 = 1_764_000_000.0
 TOPICS = Topics("t/busbell/v1")

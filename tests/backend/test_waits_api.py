@@ -23,9 +23,9 @@ from structlog.testing import capture_logs
 from backend._api import ApiState, _BrokerLink, create_app
 from backend._db import create_engine, migrate, rider_waits
 from backend._waits import WaitRules
-from benchmarks.backend_settle import write_gtfs
 from busbell import Topics, load_gtfs
 from busbell._mqtt import MqttMessage, MqttSession, MqttSettings
+from tests.factories.backend_world import write_gtfs
 
 pytestmark = pytest.mark.mosquitto
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from benchmarks.backend_settle import T0, World
-from benchmarks.edge_classifier import BusPlan, SynthToken, synth_trace, write_gtfs
 from busbell import DEVICES_HEADER, FLEET_HEADER, DeviceKey, TraceWriter, day_of, write_rows
 from busbell._cliutil import Progress, check_output_path, rejection_summary
 from busbell._errors import BusbellError
+from tests.factories.backend_world import T0, World
+from tests.factories.edge_world import BusPlan, SynthToken, synth_trace, write_gtfs
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +120,7 @@ def _replay_inputs(tmp_path: Path, *, wrong_keys: bool) -> list[str | Path]:
     days = sorted({day_of(r.t) + k for r in recs for k in (-1, 0, 1)})
     fleet = tmp_path / "FLEET.csv"
     # the right keys are what synth_trace's tokens use; wrong keys are another fleet's
-    from benchmarks.edge_classifier import fleet_key_of
+    from tests.factories.edge_world import fleet_key_of
 
     keys = [(str(d), (bytes(32) if wrong_keys else fleet_key_of(d)).hex()) for d in days]
     write_rows(fleet, FLEET_HEADER, keys)

@@ -1,6 +1,6 @@
 """Stop requests through the real pipeline: the classifier decides who is on board.
 
-Synthetic traces (``benchmarks.edge_classifier``) feed an ``EdgePipeline`` whose flag
+Synthetic traces (``tests.factories.edge_world``) feed an ``EdgePipeline`` whose flag
 listener drives a ``BellCore``; the bell core also reads the pipeline's vehicle context
 after every vehicle record, as the daemon does.
 """
@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from benchmarks.edge_classifier import BusPlan, SynthToken, synth_trace, verifier_for, write_gtfs
 from busbell import AdvRecord, Feed, load_gtfs
 from edge._bells import FLAG_ALIGHT, BellCore
 from edge._pipeline import EdgePipeline
+from tests.factories.edge_world import BusPlan, SynthToken, synth_trace, verifier_for, write_gtfs
 
 
 @pytest.fixture(scope="module")

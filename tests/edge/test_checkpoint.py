@@ -23,7 +23,14 @@ import pytest
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, Segment
-from benchmarks.edge_classifier import (
+from busbell import DeviceKey, Feed, TraceRecord, configure_logging, load_gtfs
+from edge._checkpoint import Checkpointer
+from edge._events import EventBuilder
+from edge._params import ClassifierParams
+from edge._pipeline import CheckpointError, EdgePipeline
+from edge._segment import SegmentDraft
+from edge._store import FareStore
+from tests.factories.edge_world import (
     BusPlan,
     SynthToken,
     replay,
@@ -32,13 +39,6 @@ from benchmarks.edge_classifier import (
     verifier_for,
     write_gtfs,
 )
-from busbell import DeviceKey, Feed, TraceRecord, configure_logging, load_gtfs
-from edge._checkpoint import Checkpointer
-from edge._events import EventBuilder
-from edge._params import ClassifierParams
-from edge._pipeline import CheckpointError, EdgePipeline
-from edge._segment import SegmentDraft
-from edge._store import FareStore
 from tests.factories.tasks import script_env
 
 KEY = DeviceKey.from_seed(bytes(range(32)))

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, Segment
-from benchmarks.edge_classifier import (
+from busbell import Feed, load_gtfs
+from tests.factories.edge_world import (
     BusPlan,
     SynthToken,
     replay,
@@ -31,7 +32,6 @@ from benchmarks.edge_classifier import (
     token_of,
     write_gtfs,
 )
-from busbell import Feed, load_gtfs
 
 N_STOPS = 12
 _FEED: list[Feed] = []

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import structlog
 
-from benchmarks.edge_classifier import BusPlan, SynthToken, fleet_key_of, synth_trace, write_gtfs
 from busbell import (
     FLEET_HEADER,
     DeviceKey,
@@ -22,6 +21,7 @@ from busbell import (
     write_rows,
 )
 from edge.cli import main
+from tests.factories.edge_world import BusPlan, SynthToken, fleet_key_of, synth_trace, write_gtfs
 
 
 @pytest.fixture(autouse=True)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.edge_backlog import synthetic_draft
 from busbell import DeviceKey, HashChain, configure_logging, verify_event
 from edge._events import EventBuilder
 from edge._store import FareStore
+from tests.factories.drafts import synthetic_draft
 from tests.factories.tasks import script_env
 
 KEY = DeviceKey.from_seed(bytes(range(32)))

@@ -182,14 +182,14 @@ async def test_daemon_records_offline_and_task_names(tmp_path: Path) -> None:
 
 
 def _write_run_inputs(tmp_path: Path, broker: Any) -> Path:
-    from benchmarks.edge_classifier import (
+    from busbell import FLEET_HEADER, TraceWriter, write_rows
+    from tests.factories.edge_world import (
         BusPlan,
         SynthToken,
         fleet_key_of,
         synth_trace,
         write_gtfs,
     )
-    from busbell import FLEET_HEADER, TraceWriter, write_rows
 
     gtfs = write_gtfs(tmp_path / "gtfs")
     recs, _ = synth_trace(BusPlan(), [SynthToken(bytes([1]) * 16, board=0, alight=2)], seed=1)

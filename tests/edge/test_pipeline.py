@@ -11,19 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from benchmarks.edge_classifier import (
-    COMPANY,
-    BusPlan,
-    SynthToken,
-    bus_timeline,
-    fleet_key_of,
-    latlon,
-    replay,
-    synth_trace,
-    token_of,
-    verifier_for,
-    write_gtfs,
-)
 from busbell import (
     AdvRecord,
     DoorRecord,
@@ -43,6 +30,19 @@ from edge import EdgePipeline
 from edge._classifier import PresenceClassifier, _Rid
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
+from tests.factories.edge_world import (
+    COMPANY,
+    BusPlan,
+    SynthToken,
+    bus_timeline,
+    fleet_key_of,
+    latlon,
+    replay,
+    synth_trace,
+    token_of,
+    verifier_for,
+    write_gtfs,
+)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from backend._auth import SCOPES, new_operator_token, operator_entry
-from benchmarks.backend_settle import write_gtfs
 from busbell import (
     DEVICES_HEADER,
     FLEET_HEADER,
@@ -36,6 +35,7 @@ from busbell._mqtt import MqttSession, MqttSettings
 from edge._daemon import EdgeDaemon
 from edge.config import EdgeConfig, StatusSettings
 from tests.conftest import free_port
+from tests.factories.backend_world import write_gtfs
 from tests.factories.edge_daemon import KEY, QueueSource, until
 
 pytestmark = pytest.mark.mosquitto

@@ -8,7 +8,6 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from benchmarks.edge_backlog import synthetic_draft
 from busbell import (
     GENESIS_PREV,
     ContractError,
@@ -24,6 +23,7 @@ from busbell import (
 from edge._events import EventBuilder
 from edge._segment import SegmentDraft, SegmentEnd
 from edge._store import FareStore
+from tests.factories.drafts import synthetic_draft
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
 

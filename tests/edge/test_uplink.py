@@ -14,12 +14,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from benchmarks.edge_backlog import synthetic_draft
 from busbell import DeviceKey, HashChain, Topics, UplinkError, verify_event
 from busbell._mqtt import MqttSession, MqttSettings, Session
 from edge._events import EventBuilder
 from edge._store import FareStore
 from edge._uplink import OFFLINE_PAYLOAD, FareUploader, MqttLink, UplinkSettings, encode_batch
+from tests.factories.drafts import synthetic_draft
 from tests.factories.mqtt import FakeBroker
 from tests.factories.tasks import cancel_and_wait
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.edge_classifier import latlon, write_gtfs
 from busbell import DoorRecord, Feed, GnssRecord, TripRecord, load_gtfs
 from edge._params import ClassifierParams
 from edge._vehicle import (
@@ -18,6 +17,7 @@ from edge._vehicle import (
     VehicleEvent,
     haversine_fast,
 )
+from tests.factories.edge_world import latlon, write_gtfs
 
 T0 = 1_790_000_000.0
 

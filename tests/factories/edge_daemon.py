@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.edge_backlog import synthetic_draft
 from busbell import AdvRecord, DeviceKey, Topics, TraceRecord
 from busbell._mqtt import MqttSession, MqttSettings
 from edge._segment import SegmentDraft
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig
+from tests.factories.drafts import synthetic_draft
 from tests.factories.mqtt import FakeBroker
 
 __all__ = [

@@ -19,12 +19,12 @@ import sys
 
 
 async def main(a: argparse.Namespace) -> None:
-    from benchmarks.edge_backlog import synthetic_draft
     from busbell import DeviceKey, Topics, configure_logging
     from busbell._mqtt import MqttSettings
     from edge._events import EventBuilder
     from edge._store import FareStore
     from edge._uplink import FareUploader, MqttLink, UplinkSettings
+    from tests.factories.drafts import synthetic_draft
 
     configure_logging("error")
     key = DeviceKey.from_seed(bytes(range(32)))

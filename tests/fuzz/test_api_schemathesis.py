@@ -38,9 +38,9 @@ from backend._auth import (  # noqa: E402
     operator_entry,
 )
 from backend._db import create_engine, migrate  # noqa: E402
-from benchmarks.backend_settle import write_gtfs  # noqa: E402
 from busbell import Topics, load_gtfs  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.factories.backend_world import write_gtfs  # noqa: E402
 from tests.fuzz.conftest import EXAMPLES  # noqa: E402
 
 DOC = Path(__file__).parents[2] / "docs" / "rider-api.openapi.json"

@@ -252,10 +252,10 @@ def test_open_key_bundle_only_raises_contract_error(obj: Any) -> None:
 
 @pytest.fixture(scope="module")
 def uploader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
-    from benchmarks.edge_backlog import synthetic_draft
     from edge._events import EventBuilder
     from edge._store import FareStore
     from edge._uplink import FareUploader, UplinkSettings
+    from tests.factories.drafts import synthetic_draft
 
     loop = asyncio.new_event_loop()
     path = tmp_path_factory.mktemp("store") / "f.db"

@@ -1,0 +1,236 @@
+"""Signed fare events and fares batches of synthetic buses, and a fleet of edges that
+publish them (moved out of benchmarks/backend_ingest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from busbell import (
+    GENESIS_PREV,
+    DeviceKey,
+    Topics,
+    UplinkError,
+    canonical_bytes,
+    derive_event_id,
+    derive_missed_event_id,
+    event_hash,
+    sign_event,
+)
+from busbell._mqtt import MqttSession, MqttSettings
+
+
+def device_key_for(bus_id: str) -> DeviceKey:
+    """A deterministic device key per bus (tests and benchmarks only)."""
+    return DeviceKey.from_seed(hashlib.sha256(b"busbell-test-device:" + bus_id.encode()).digest())
+
+
+def make_events(
+    bus_id: str,
+    key: DeviceKey,
+    n: int,
+    *,
+    start_seq: int = 1,
+    prev: str = GENESIS_PREV,
+    t0: float = 1_760_000_000.0,
+    missed_every: int = 0,
+) -> list[dict[str, Any]]:
+    """``n`` signed, chained v1 chain records of one bus starting at ``start_seq``.
+
+    Segments, except that every ``missed_every``-th seq (when > 0) is a ``missed``
+    record (the bus passed a stop with a live wait).
+    """
+    out: list[dict[str, Any]] = []
+    for k in range(n):
+        seq = start_seq + k
+        t = t0 + seq * 90.0
+        rid = hashlib.sha256(f"{bus_id}/{seq}".encode()).hexdigest()[:24]
+        ev: dict[str, Any]
+        if missed_every > 0 and seq % missed_every == 0:
+            request_id = f"q-{bus_id}-{seq}"
+            stop = f"S{seq % 30}"
+            ev = {
+                "v": 1,
+                "type": "missed",
+                "bus_id": bus_id,
+                "seq": seq,
+                "event_id": derive_missed_event_id(bus_id, seq, request_id, t),
+                "prev": prev,
+                "request_id": request_id,
+                "route_id": "R100",
+                "trip_id": f"T{seq // 40}",
+                "stop_id": stop,
+                "wait": {
+                    "request_id": request_id,
+                    "route_id": "R100",
+                    "stop_id": stop,
+                    "t": t - 300.0,
+                    "expires_t": t + 600.0,
+                    "source": "app",
+                    "assist": False,
+                },
+                "passed": {
+                    "t": t,
+                    "lat": 37.5,
+                    "lon": 127.0,
+                    "speed_mps": 8.5,
+                    "distance_m": 12.0,
+                },
+                "doors_opened": False,
+            }
+            signed = sign_event(ev, key)
+            prev = event_hash(signed)
+            out.append(signed)
+            continue
+        ev = {
+            "v": 1,
+            "type": "segment",
+            "bus_id": bus_id,
+            "seq": seq,
+            "event_id": derive_event_id(bus_id, seq, rid, t),
+            "prev": prev,
+            "rid": rid,
+            "interval": int(t // 600),
+            "route_id": "R100",
+            "trip_id": f"T{seq // 40}",
+            "start": {"t": t, "stop_id": f"S{seq % 30}", "cause": "boarded"},
+            "end": {"t": t + 60.0, "stop_id": f"S{(seq + 3) % 30}", "cause": "alighted"},
+            "distance_m": 1234.5,
+            "proof": {"first": "21" + "ab" * 23, "last": "21" + "cd" * 23},
+            "evidence": {"adv": 17, "rssi_max": -61},
+        }
+        signed = sign_event(ev, key)
+        prev = event_hash(signed)
+        out.append(signed)
+    return out
+
+
+def batch_payload(bus_id: str, events: Sequence[dict[str, Any]]) -> bytes:
+    """One MQTT payload of a batch ``{"bus_id": ..., "events": [...]}``."""
+    return canonical_bytes({"bus_id": bus_id, "events": list(events)})
+
+
+class EdgeFleet:
+    """Simulated edges uploading pre-signed chains like the real uploader does.
+
+    Keeps every event until acked; publishes batches with a bounded window ahead of
+    the ack; answers ``fares/resend``; after ``retry_s`` without ack progress re-sends
+    everything after the last ack (go-back-N). Acks are taken as a monotonic maximum.
+    One MQTT session serves all buses (the backend cannot tell the difference).
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        chains: dict[str, list[dict[str, Any]]],
+        *,
+        batch: int = 50,
+        window: int = 500,
+        retry_s: float = 3.0,
+        client_id: str = "busbell-test-edges",
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.prefix)
+        self.chains = chains
+        self.batch = batch
+        self.window = window
+        self.retry_s = retry_s
+        self.client_id = client_id
+        self.acked = dict.fromkeys(chains, 0)
+        self.sent = dict.fromkeys(chains, 0)
+        self.resend_requests = 0
+        self.retries = 0
+        self._progress = dict.fromkeys(chains, 0.0)
+        self._wake = asyncio.Event()
+
+    def acked_total(self) -> int:
+        """Events acknowledged over all buses."""
+        return sum(self.acked.values())
+
+    def done(self) -> bool:
+        """Whether every bus's last event is acknowledged."""
+        return all(self.acked[b] >= len(c) for b, c in self.chains.items())
+
+    async def _send(self, session: MqttSession, bus: str, lo: int, hi: int) -> None:
+        # Events lo..hi (1-based, inclusive) in batches.
+        chain = self.chains[bus]
+        for start in range(lo, hi + 1, self.batch):
+            part = chain[start - 1 : min(hi, start + self.batch - 1)]
+            if part:
+                await session.publish(self.topics.fares(bus), batch_payload(bus, part), qos=1)
+
+    async def _listen(self, session: MqttSession, pending: list[tuple[str, int, int]]) -> None:
+        async for msg in session.messages():
+            parsed = self.topics.parse(msg.topic)
+            if parsed is None or not msg.payload:
+                continue
+            bus = parsed.ids["bus"]
+            body = json.loads(msg.payload)
+            if parsed.kind == "fares_ack" and body["upto_seq"] > self.acked[bus]:
+                self.acked[bus] = body["upto_seq"]
+                self._progress[bus] = time.monotonic()
+            elif parsed.kind == "fares_resend":
+                self.resend_requests += 1
+                pending.append((bus, body["from_seq"], body["to_seq"]))
+            self._wake.set()
+
+    async def run(self, timeout_s: float = 120.0) -> None:
+        """Upload until every bus is fully acked.
+
+        Raises:
+            TimeoutError: when that does not happen within ``timeout_s``.
+        """
+        pending: list[tuple[str, int, int]] = []
+        async with MqttSession(self.settings, self.client_id, clean_start=True) as session:
+            await session.subscribe(
+                [
+                    f"{self.topics.prefix}/buses/+/fares/ack",
+                    f"{self.topics.prefix}/buses/+/fares/resend",
+                ]
+            )
+            listener = asyncio.create_task(self._listen(session, pending))
+            try:
+                async with asyncio.timeout(timeout_s):
+                    now = time.monotonic()
+                    self._progress = dict.fromkeys(self.chains, now)
+                    while not self.done():
+                        if listener.done():
+                            listener.result()
+                        await self._step(session, pending)
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), 0.1)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UplinkError):
+                    await listener
+
+    async def _step(self, session: MqttSession, pending: list[tuple[str, int, int]]) -> None:
+        # Each bus is its own edge: their uploads go out concurrently (one bus's batches
+        # in order), not one publish round trip after another for the whole fleet.
+        sends = []
+        while pending:
+            bus, lo, hi = pending.pop(0)
+            sends.append(self._send(session, bus, max(lo, self.acked[bus] + 1), hi))
+        now = time.monotonic()
+        for bus, chain in self.chains.items():
+            if self.acked[bus] >= len(chain):
+                continue
+            if now - self._progress[bus] > self.retry_s:
+                self.retries += 1
+                self._progress[bus] = now
+                self.sent[bus] = self.acked[bus]  # go back: re-send everything unacked
+            lo = self.sent[bus] + 1
+            hi = min(len(chain), self.acked[bus] + self.window)
+            if hi >= lo:
+                sends.append(self._send(session, bus, lo, hi))
+                self.sent[bus] = hi
+        await asyncio.gather(*sends)
+
+
+__all__ = ["EdgeFleet", "batch_payload", "device_key_for", "make_events"]
