@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -131,10 +132,18 @@ def test_dialect_detection_and_bad_urls(tmp_path: Path) -> None:
 
 
 async def test_migrate_unreachable_database() -> None:
+    before = set(threading.enumerate())
     with pytest.raises(StoreError, match="cannot migrate"):
         await migrate("sqlite+aiosqlite:////nonexistent-dir/x/ledger.db")
-    # aiosqlite's connection thread reports the failure back to the loop a moment later.
-    await asyncio.sleep(0.2)
+    # aiosqlite's connection thread reports its stop back to the loop a moment later:
+    # wait until the threads the failed connects started have ended (the loop is still
+    # running then, so the report lands on it and not on a closed loop).
+    async with asyncio.timeout(10):
+        while any(
+            "_connection_worker_thread" in t.name and t.is_alive()
+            for t in set(threading.enumerate()) - before
+        ):
+            await asyncio.sleep(0.01)
 
 
 async def test_0004_backfills_rssi_and_resettles_held_overlaps(db_url: str) -> None:

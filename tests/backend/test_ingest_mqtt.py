@@ -137,8 +137,12 @@ async def test_run_ingest_imports_devices_and_serves_fleet(
         files=FilesSettings(devices=devices),
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(run_ingest(cfg, stop=stop))
-    await asyncio.sleep(1.0)  # subscribed (no shared subscription: nothing is lost anyway)
+    with capture_logs() as logs:
+        task = asyncio.create_task(run_ingest(cfg, stop=stop))
+        async with asyncio.timeout(20):  # its subscription is in place (SUBACK)
+            while not any(e["event"] == "fare_ingest_subscribed" for e in logs):
+                assert not task.done(), task
+                await asyncio.sleep(0.02)
     chains = {b: make_events(b, device_key_for(b), 120) for b in buses}
     fleet = EdgeFleet(cfg.mqtt, chains, batch=20, window=60, client_id="t-edges-run")
     try:

@@ -53,7 +53,6 @@ def test_record_writes_a_replayable_trace(
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    time.sleep(0.5)  # let the MQTT subscription settle
     with socket.create_connection(("127.0.0.1", port)) as s:
         for i in range(3):
             line = {
@@ -70,15 +69,28 @@ def test_record_writes_a_replayable_trace(
         t = Topics(topic_prefix)
         settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
         async with MqttSession(settings, f"veh-{uuid.uuid4().hex[:6]}", clean_start=True) as m:
+            # retained: the recorder gets them whenever its subscription lands
             await m.publish(
                 t.vehicle("bus-rec", "gnss"),
                 json.dumps({"t": 1001.5, "lat": 37.4, "lon": 127.1, "speed_mps": 4.0}),
                 qos=1,
+                retain=True,
             )
-            await m.publish(t.vehicle("bus-rec", "doors"), b"{broken", qos=1)
+            await m.publish(t.vehicle("bus-rec", "doors"), b"{broken", qos=1, retain=True)
+
+    async def clear() -> None:
+        settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+        async with MqttSession(settings, f"veh-{uuid.uuid4().hex[:6]}", clean_start=True) as m:
+            for signal in ("gnss", "doors"):
+                await m.publish(
+                    Topics(topic_prefix).vehicle("bus-rec", signal), b"", qos=1, retain=True
+                )
 
     asyncio.run(vehicle())
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        asyncio.run(clear())
     assert proc.returncode == 0, err
     with out.open() as f:
         reader = TraceReader(f)
