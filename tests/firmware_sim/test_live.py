@@ -67,7 +67,17 @@ async def test_live_run_publishes_signals_and_streams_adverts(
             adv_target=f"tcp://127.0.0.1:{port}",
             out_dir=tmp_path,
         )
-        await asyncio.sleep(0.5)
+        # every vehicle message and wait the run counted has reached the subscriber
+        bus = "bus-G6000-01"
+
+        def received() -> bool:
+            gnss = sum(1 for t, _ in got if t == topics.vehicle(bus, "gnss"))
+            waits = sum(1 for t, _ in got if "/waits/" in t)
+            return gnss >= stats.gnss and waits >= stats.waits
+
+        async with asyncio.timeout(20):
+            while not received():
+                await asyncio.sleep(0.02)
         task.cancel()
     server.close()
     await server.wait_closed()

@@ -149,7 +149,9 @@ async def _play(
             await asyncio.sleep(1.0)  # the last adverts and signals reach the pipeline
             daemon.request_stop()
             await asyncio.wait_for(task, 30)
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(10):  # the daemon's last word: its offline status
+                while not statuses or statuses[-1]["state"] != "offline":
+                    await asyncio.sleep(0.02)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
