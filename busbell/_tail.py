@@ -19,8 +19,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, cast
 
 from busbell._errors import ContractError, UplinkError
+from busbell._logging import configure_logging, get_logger
 from busbell._mqtt import MqttMessage, MqttSession, MqttSettings, ReconnectLoop, SessionChange
+from busbell._rejects import RejectLog
+from busbell._safejson import JsonLimits, JsonRejected, loads_bounded
 from busbell._topics import DEFAULT_PREFIX, Topics
+
+_log = get_logger("busbell.tail")
+
+TAIL_LIMITS = JsonLimits(max_bytes=1024 * 1024)
+"""What ``busbell tail`` parses: the largest busbell payload is a fares batch
+(``uplink.batch_max_bytes``, 256 KiB by default); depth and integers as everywhere."""
 
 __all__ = ["TailFormatter", "format_message", "main"]
 
@@ -128,6 +137,8 @@ class TailFormatter:
         self._bus_route: dict[str, str] = {}
         self._skew: dict[str, float] = {}
         """Per bus, its clock (GNSS) minus ours: ages of what a bus says use its clock."""
+        self.rejects = RejectLog(_log, "tail_payload_rejected")
+        """Payloads the bounded parser refused, by reason (logged to stderr, rate-limited)."""
 
     def stop(self, stop_id: Any) -> str:
         """``Name (id)`` when the name is known, else the id."""
@@ -222,9 +233,13 @@ class TailFormatter:
             body = None
         else:
             try:
-                body = json.loads(msg.payload)
-            except (ValueError, RecursionError):
-                body = {"invalid_json": msg.payload[:80].decode("utf-8", "replace")}
+                body = loads_bounded(msg.payload, TAIL_LIMITS)
+            except JsonRejected as exc:
+                self.rejects.reject(exc.reason, topic=msg.topic)
+                body = {
+                    "invalid_json": msg.payload[:80].decode("utf-8", "replace"),
+                    "reason": exc.reason,
+                }
         self._learn(parsed.kind, parsed.ids, body)
         if not self._about_route(parsed.kind, parsed.ids):
             return None
@@ -357,6 +372,7 @@ def main(argv: Sequence[str], prog: str = "busbell tail") -> int:
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--count", type=int, default=0, help="exit after N messages (0: never)")
     a = p.parse_args(list(argv))
+    configure_logging("warning")  # refused payloads are logged on stderr, lines go to stdout
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_run(a, sys.stdout))
     return 130

@@ -32,11 +32,16 @@ from busbell._errors import UplinkError
 from busbell._http import http_server, serve_http
 from busbell._logging import get_logger
 from busbell._mqtt import MqttSession, MqttSettings, ReconnectLoop, SessionChange
+from busbell._rejects import RejectLog
+from busbell._safejson import JsonLimits, JsonRejected, loads_bounded
 from busbell._topics import Topics
 
 __all__ = ["FleetView", "serve_view", "stop_names"]
 
 log = get_logger("busbell.webview")
+
+VIEW_LIMITS = JsonLimits(max_bytes=1024 * 1024)
+"""What the fleet view parses (a fares batch, the largest payload, is 256 KiB by default)."""
 
 
 class FleetView:
@@ -58,6 +63,8 @@ class FleetView:
         self._max_clients = max_clients
         self._closing = asyncio.Event()
         self.connected = False
+        self.rejects = RejectLog(log, "view_bad_payload")
+        """Payloads the bounded parser refused, by reason (logged, rate-limited)."""
 
     def close(self) -> None:
         """End every event stream (the server is shutting down); new ones end at once."""
@@ -102,9 +109,9 @@ class FleetView:
         if parsed is None or parsed.kind == "fleet_keys":
             return
         try:
-            body = json.loads(payload) if payload else None
-        except ValueError:
-            log.warning("view_bad_payload", topic=topic)
+            body = loads_bounded(payload, VIEW_LIMITS) if payload else None
+        except JsonRejected as exc:
+            self.rejects.reject(exc.reason, topic=topic)
             return
         if parsed.kind == "fares" and isinstance(body, dict):
             evs = body.get("events", [])

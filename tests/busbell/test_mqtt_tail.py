@@ -375,3 +375,26 @@ def test_ages_of_what_a_bus_says_use_the_bus_clock() -> None:
         {"request_id": "w-2", "state": "pending", "bus_id": None, "t": now - 1}
     ).encode()
     assert "(age 1.0s)" in (fmt.format(MqttMessage(t.request_status("w-2"), mine, True, 1)) or "")
+
+
+def test_refused_payloads_are_counted_logged_and_shown_with_the_reason() -> None:
+    from structlog.testing import capture_logs
+
+    from busbell._tail import TailFormatter
+
+    t = Topics()
+    fmt = TailFormatter(t)
+    deep = b"[" * 100 + b"]" * 100
+    with capture_logs() as logs:
+        lines = [
+            fmt.format(MqttMessage(t.status("b"), deep, False, 0)),
+            fmt.format(MqttMessage(t.status("b"), b'{"n":' + b"9" * 30 + b"}", False, 0)),
+        ]
+    assert all(line is not None and "invalid_json" in line for line in lines)
+    assert "too_deep" in (lines[0] or "")
+    assert "int_range" in (lines[1] or "")
+    assert fmt.rejects.counts == {"too_deep": 1, "int_range": 1}
+    assert [(e["event"], e["reason"]) for e in logs] == [
+        ("tail_payload_rejected", "too_deep"),
+        ("tail_payload_rejected", "int_range"),
+    ]

@@ -145,3 +145,23 @@ async def test_the_fleet_view_shows_buses_waits_and_statuses_in_words(
     assert "sr-1: driver of bus-1 acknowledged" in text
     waits_html = dom[dom.index('id="waits"') : dom.index('id="requests"')]
     assert '{"' not in waits_html  # not raw JSON
+
+
+def test_refused_payloads_are_counted_logged_and_not_shown() -> None:
+    from structlog.testing import capture_logs
+
+    t = Topics()
+    view = FleetView(MqttSettings())
+    deep = b"[" * 100 + b"]" * 100
+    with capture_logs() as logs:
+        view._on_message(t.status("b1"), b'{"state":"online"}')
+        view._on_message(t.status("b2"), deep)
+        view._on_message(t.status("b3"), b"\xff{")
+        view._on_message(t.status("b4"), b'{"t":1e999}')
+    assert list(view.latest) == [t.status("b1")]
+    assert view.rejects.counts == {"too_deep": 1, "not_utf8": 1, "non_finite": 1}
+    assert [(e["event"], e["reason"]) for e in logs] == [
+        ("view_bad_payload", "too_deep"),
+        ("view_bad_payload", "not_utf8"),
+        ("view_bad_payload", "non_finite"),
+    ]
