@@ -58,6 +58,10 @@ examples:
   busbell demo --duration 120 --workdir /tmp/demo   # stop after two minutes, keep the files
   busbell demo --view-only --broker 10.0.0.5:1883   # just the fleet view of a live broker
   busbell demo --view-only --gtfs gtfs/            # ... with stop names from GTFS
+
+exit status: 0 when the run reached its end, 1 on an error; stopped early it stops
+every process it started and exits 128 + the signal: 130 (Ctrl-C), 143 (SIGTERM),
+129 (SIGHUP). --view-only exits 0 when stopped.
 """
 
 
@@ -530,9 +534,9 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         )
         out.flush()
         return asyncio.run(_supervise(plan, procs, sims, a, url, out))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         plan.stopped_early = True
-        return 130
+        return stopped_status(exc)
     except RuntimeError as exc:
         out.write(f"busbell demo: {exc}\n")
         return 1
@@ -571,8 +575,27 @@ def _sweep(plan: DemoPlan, out: IO[str]) -> None:
     out.write(f"  cleared {n} retained messages under {plan.prefix}\n")
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the demo runs so that it stops its children."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    raise _Signalled(signum)
+
+
+def stopped_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a demo run stopped before its end: 128 + the signal's number.
+
+    As a shell reports a process a signal ended: 130 after Ctrl-C (SIGINT), 143 after
+    SIGTERM, 129 after SIGHUP, although the demo caught the signal and stopped its
+    processes cleanly first. A run that reaches its end exits 0; ``--view-only``, which
+    has no end of its own, exits 0 when stopped.
+    """
+    return 128 + (exc.signum if isinstance(exc, _Signalled) else signal.SIGINT)
 
 
 async def _supervise(  # noqa: PLR0917 - private helper of run_demo

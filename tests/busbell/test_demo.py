@@ -291,6 +291,7 @@ def test_sigterm_stops_the_demo_and_everything_it_started(
             proc.communicate(timeout=30)
             _kill_orphans(pids)
     assert "logs:" in out  # the clean-up ran to its end
+    assert proc.returncode == 143, out  # 128 + SIGTERM: stopped before its end
     _assert_gone(pids)
 
 
@@ -347,9 +348,18 @@ def test_sigterm_stops_the_demo_while_a_browser_streams_the_fleet_view(
             proc.communicate(timeout=30)
             _kill_orphans(pids)
     assert "logs:" in out, out
+    assert proc.returncode == 143, out
     assert re.search(r"cleared \d+ retained messages under " + re.escape(prefix), out), out
     _assert_gone(pids)
     assert asyncio.run(_retained_under(shared_broker, prefix)) == {}
+
+
+def test_the_exit_status_of_a_demo_stopped_early_is_128_plus_the_signal() -> None:
+    from busbell._demo import _Signalled, stopped_status
+
+    assert stopped_status(KeyboardInterrupt()) == 130  # Ctrl-C
+    assert stopped_status(_Signalled(signal.SIGTERM)) == 143
+    assert stopped_status(_Signalled(signal.SIGHUP)) == 129
 
 
 def test_sigterm_stops_the_view_only_demo_while_a_browser_streams(
