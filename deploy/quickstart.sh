@@ -15,11 +15,19 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-if [ ! -x .venv/bin/busbell ] || ! .venv/bin/python -c 'import fastapi, bleak' 2>/dev/null; then
-    python3 -m venv .venv
+# install-begin (tests/deploy/test_quickstart.py runs this block alone)
+# (Re)install when the venv lacks busbell or its demo extras, or when pyproject.toml changed
+# since the last install (new dependencies after a `git pull`): its hash is kept in .venv.
+stamp=.venv/.busbell-pyproject.sha256
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -x .venv/bin/busbell ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+    || ! .venv/bin/python -c 'import fastapi, bleak' 2>/dev/null; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -e '.[demo]'
+    echo "$want" >"$stamp"
 fi
+# install-end
 
 # Put `busbell` on the PATH so that every command the README and the demo print works as
 # written: a symlink to .venv/bin/busbell in /usr/local/bin (root) or ~/.local/bin. An
