@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import os
@@ -98,6 +99,7 @@ __all__ = [
     "IngestCore",
     "IngestWorker",
     "Ingestor",
+    "Prepared",
     "Rejection",
     "VerifiedEvent",
     "run_ingest",
@@ -758,6 +760,15 @@ class _EventIdConflict(Exception):
 
 
 @dataclass(slots=True)
+class Prepared:
+    """A batch decoded and verified, not committed yet (:meth:`Ingestor.prepare`)."""
+
+    groups: dict[str, list[VerifiedEvent]] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list)
+    result: BatchResult = field(default_factory=BatchResult)
+
+
+@dataclass(slots=True)
 class _BusRow:
     """A bus's locked ``chain_state`` row."""
 
@@ -827,36 +838,55 @@ class Ingestor:
             StoreError: when the transaction failed (nothing was committed; the edges
                 re-send what was not acked).
         """
-        result = BatchResult()
-        groups: dict[str, list[VerifiedEvent]] = {}
-        rejections: list[Rejection] = []
+        return await self.commit(self.prepare(messages))
+
+    def prepare(self, messages: Sequence[tuple[str, bytes]]) -> Prepared:
+        """Decode and verify a batch (CPU only, no I/O): the first half of :meth:`ingest`.
+
+        A worker prepares the next batch while the previous one's transaction is in
+        flight; :meth:`commit` then takes them in order.
+        """
+        prepared = Prepared()
         for bus_id, payload in messages:
-            MESSAGES_RECEIVED.inc()
-            try:
-                ok, bad = self.core.decode(bus_id, payload)
-            except MalformedMessage as exc:
-                result.malformed += 1
-                MESSAGES_MALFORMED.labels(exc.reason).inc()
-                self._warn("fare_message_malformed", exc.reason, bus_id, error=str(exc)[:200])
-                bad = [
-                    Rejection(
-                        "malformed_payload", f"{exc.reason}: {exc}", _raw_text(payload), bus_id
-                    )
-                ]
-                ok = []
-            except Exception as exc:  # no payload may stop the worker
-                result.malformed += 1
-                MESSAGES_MALFORMED.labels("internal_error").inc()
-                _log().exception("fare_message_failed", bus_id=bus_id, error=repr(exc)[:200])
-                bad = [
-                    Rejection(
-                        "malformed_payload", f"internal_error: {exc!r}", _raw_text(payload), bus_id
-                    )
-                ]
-                ok = []
-            groups.setdefault(bus_id, []).extend(ok)
-            rejections.extend(self._budget(bus_id, bad))
-        return await self._commit(groups, rejections, result, careful=False)
+            self.prepare_one(prepared, bus_id, payload)
+        return prepared
+
+    def prepare_one(self, prepared: Prepared, bus_id: str, payload: bytes) -> None:
+        """Decode and verify one message into ``prepared``."""
+        result = prepared.result
+        MESSAGES_RECEIVED.inc()
+        try:
+            ok, bad = self.core.decode(bus_id, payload)
+        except MalformedMessage as exc:
+            result.malformed += 1
+            MESSAGES_MALFORMED.labels(exc.reason).inc()
+            self._warn("fare_message_malformed", exc.reason, bus_id, error=str(exc)[:200])
+            bad = [
+                Rejection("malformed_payload", f"{exc.reason}: {exc}", _raw_text(payload), bus_id)
+            ]
+            ok = []
+        except Exception as exc:  # no payload may stop the worker
+            result.malformed += 1
+            MESSAGES_MALFORMED.labels("internal_error").inc()
+            _log().exception("fare_message_failed", bus_id=bus_id, error=repr(exc)[:200])
+            bad = [
+                Rejection(
+                    "malformed_payload", f"internal_error: {exc!r}", _raw_text(payload), bus_id
+                )
+            ]
+            ok = []
+        prepared.groups.setdefault(bus_id, []).extend(ok)
+        prepared.rejections.extend(self._budget(bus_id, bad))
+
+    async def commit(self, prepared: Prepared) -> BatchResult:
+        """Commit a batch from :meth:`prepare`: one transaction, then the quarantine rows.
+
+        Raises:
+            StoreError: when the transaction failed (nothing was committed).
+        """
+        return await self._commit(
+            prepared.groups, prepared.rejections, prepared.result, careful=False
+        )
 
     def _budget(self, bus_id: str, bad: list[Rejection]) -> list[Rejection]:
         """Mark the rejections of one message over the quarantine budget as not stored."""
@@ -1518,24 +1548,56 @@ class IngestWorker:
         tick_every = max(0.05, ing.resend_after_s / 2)
         next_tick = self._clock() + tick_every
         next_refresh = self._clock() + ing.device_refresh_s
-        while not stop.is_set():
-            batch = await self._next_batch(ing.batch_commit_size, ing.batch_wait_s, tick_every)
-            try:
-                if batch:
-                    res = await self.ingestor.ingest(batch)
-                    await self._publish(session, res)
-                now = self._clock()
-                if now >= next_tick:
-                    next_tick = now + tick_every
-                    # everything that arrived before the oldest queued message is committed
-                    caught_up = self._arrived[0] if self._arrived else self._wall()
-                    await self._publish(session, await self.ingestor.tick(caught_up))
-                if now >= next_refresh:
-                    next_refresh = now + ing.device_refresh_s
-                    await self.ingestor.refresh_devices()
-            except StoreError as exc:
-                _log().error("fare_ingest_store_failed", error=str(exc), messages=len(batch))
-                await asyncio.sleep(0.5)
+        # The batch before this one, committing while this one is decoded and verified:
+        # the transaction's round trips overlap the CPU work (transactions stay in order).
+        inflight: asyncio.Task[BatchResult] | None = None
+        inflight_n = 0
+        try:
+            while not stop.is_set():
+                batch = await self._next_batch(ing.batch_commit_size, ing.batch_wait_s, tick_every)
+                try:
+                    prepared = await self._prepare(batch) if batch else None
+                    if inflight is not None:
+                        task, inflight = inflight, None
+                        await self._publish(session, await task)
+                    if prepared is not None:
+                        inflight = asyncio.create_task(
+                            self.ingestor.commit(prepared),
+                            name=f"busbell-ingest[{self.worker_id}].commit",
+                        )
+                        inflight_n = len(batch)
+                    now = self._clock()
+                    if now >= next_tick:
+                        next_tick = now + tick_every
+                        # everything that arrived before the oldest queued message is
+                        # committed (or in the transaction in flight, which the sweep waits for)
+                        if inflight is not None:
+                            task, inflight = inflight, None
+                            await self._publish(session, await task)
+                        caught_up = self._arrived[0] if self._arrived else self._wall()
+                        await self._publish(session, await self.ingestor.tick(caught_up))
+                    if now >= next_refresh:
+                        next_refresh = now + ing.device_refresh_s
+                        await self.ingestor.refresh_devices()
+                except StoreError as exc:
+                    _log().error("fare_ingest_store_failed", error=str(exc), messages=inflight_n)
+                    await asyncio.sleep(0.5)
+            if inflight is not None:  # stopping: the batch in flight is committed and acked
+                task, inflight = inflight, None
+                await self._publish(session, await task)
+        finally:
+            if inflight is not None:
+                inflight.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await inflight
+
+    async def _prepare(self, batch: list[tuple[str, bytes]]) -> Prepared:
+        """Decode and verify ``batch``; the transaction in flight runs between messages."""
+        prepared = Prepared()
+        for bus_id, payload in batch:
+            self.ingestor.prepare_one(prepared, bus_id, payload)
+            await asyncio.sleep(0)
+        return prepared
 
     async def _next_batch(
         self, max_events: int, wait_s: float, idle_s: float

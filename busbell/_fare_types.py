@@ -96,7 +96,7 @@ def _range(lo: float, hi: float) -> Any:
     )
 
 
-class SegmentStart(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class SegmentStart(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """The start of a segment: time, stop (``None`` after a rid rotation) and cause."""
 
     t: NonNeg
@@ -104,7 +104,7 @@ class SegmentStart(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cause: Literal["boarded", "continued"]
 
 
-class SegmentEnd(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class SegmentEnd(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """The end of a segment: time, stop (or ``None``) and cause."""
 
     t: NonNeg
@@ -112,14 +112,14 @@ class SegmentEnd(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cause: Literal["alighted", "rotated", "lost"]
 
 
-class Proof(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Proof(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """Hex payloads of the segment's first and last accepted advertisements."""
 
     first: Hex48
     last: Hex48
 
 
-class Passed(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Passed(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """A bus's closest approach to a stop (missed records)."""
 
     t: NonNeg
@@ -129,7 +129,7 @@ class Passed(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     distance_m: _range(0.0, 100_000.0)  # type: ignore[valid-type]
 
 
-class WaitRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class WaitRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """A boarding wait (Bells v1) as a missed record quotes it."""
 
     request_id: BellId
@@ -142,7 +142,12 @@ class WaitRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class SegmentEvent(
-    msgspec.Struct, forbid_unknown_fields=True, frozen=True, tag_field="type", tag="segment"
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    gc=False,
+    tag_field="type",
+    tag="segment",
 ):
     """Fare event v1: one rid presence segment (what fares are built from)."""
 
@@ -193,7 +198,12 @@ class SegmentEvent(
 
 
 class MissedRecord(
-    msgspec.Struct, forbid_unknown_fields=True, frozen=True, tag_field="type", tag="missed"
+    msgspec.Struct,
+    forbid_unknown_fields=True,
+    frozen=True,
+    gc=False,
+    tag_field="type",
+    tag="missed",
 ):
     """A missed stop: the bus passed ``stop_id`` while ``wait`` was live, doors shut."""
 
@@ -272,7 +282,7 @@ MISSED_COLUMNS: Final = (
 """``missed_stops`` columns filled from the record."""
 
 
-class FareBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class FareBatch(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """A ``buses/{bus}/fares`` payload: ``{"bus_id": B, "events": [...]}``."""
 
     events: list[FareEvent]
