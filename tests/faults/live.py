@@ -104,6 +104,8 @@ class LiveResult:
     speed: float = 0.0
     seconds: float = 0.0
     edge_kills: int = 0
+    edge_kills_running: int = 0
+    """Edge SIGKILLs that hit a running daemon (``edge_started`` logged), not its start-up."""
     commit_ack_kills: int = 0
     commit_ack_checked: int = 0
     backend_terms: int = 0
@@ -389,6 +391,7 @@ class LiveRun:
         self.backend_killed = False
         self.edge: subprocess.Popen[bytes] | None = None
         self.edge_killed = False
+        self._edge_log_at = 0
         self.stream_port = free_port()
         self.fill: _Fill | None = None
         store_dir = workdir / "edge"
@@ -473,7 +476,9 @@ class LiveRun:
                 FAKETIME_DONT_FAKE_MONOTONIC="1",
             )
         self.edge_killed = False
-        with (self.dir / "edge.log").open("ab") as err:
+        log = self.dir / "edge.log"
+        self._edge_log_at = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as err:
             self.edge = subprocess.Popen(
                 [sys.executable, "-m", "busbell.cli", "edge", "run"],
                 stdout=subprocess.DEVNULL,
@@ -553,6 +558,24 @@ class LiveRun:
         self.proxy.armed = armed
         self.log(f"backend SIGTERM: exit {code}, ledger top {top}, edge acked {acked}")
         # _watch has started it again meanwhile (it was ours to stop: not a crash)
+
+    async def _edge_running(self, limit_s: float = 20.0) -> bool:
+        """Wait until the edge started last has logged ``edge_started`` (it runs)."""
+        deadline = time.monotonic() + limit_s
+        log = self.dir / "edge.log"
+        while time.monotonic() < deadline:
+            with log.open("rb") as f:
+                f.seek(self._edge_log_at)
+                if b'"edge_started"' in f.read():
+                    return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def kill_running_edge(self) -> None:
+        """SIGKILL the edge once it runs (not in its start-up), and restart it at once."""
+        if await self._edge_running():
+            self.result.edge_kills_running += 1
+        self.kill_edge()
 
     def kill_edge(self) -> None:
         assert self.edge is not None
@@ -694,7 +717,7 @@ class LiveRun:
                 for at, what in plan:
                     await asyncio.sleep(max(0.0, t0 + at - loop.time()))
                     if what == "edge_kill":
-                        self.kill_edge()
+                        await self.kill_running_edge()
                     elif what == "backend_term":
                         await self._term_backend()
                     elif what == "commit_ack":

@@ -35,6 +35,7 @@ def test_edge_and_backend_under_every_fault_lose_and_duplicate_nothing(tmp_path:
         log=lines.append,
     )
     assert r.edge_kills == 3
+    assert r.edge_kills_running == 3  # each on a running daemon, not in its start-up
     assert r.commit_ack_kills == 1
     assert r.commit_ack_checked == 1  # the unsent ack named only committed events
     assert r.backend_terms == 1
