@@ -39,6 +39,7 @@ from busbell import (
     canonical_bytes,
     derive_rider_keys,
     encode_payload,
+    load_gtfs,
     loads_bounded,
     open_key_bundle,
     parse_payload,
@@ -348,3 +349,28 @@ def test_bounded_loader_never_raises_anything_else(payload: bytes) -> None:
         loads_bounded(payload)
     except JsonRejected:
         pass
+
+
+WAITS_FEED = load_gtfs(Path(__file__).resolve().parents[2] / "firmware_sim" / "data" / "gtfs")
+
+
+WAIT_LIKE = {"request_id": "w-1", "state": "seen", "bus_id": "b1", "t": 1.0, "route_id": "R1",
+             "stop_id": "S1", "expires_t": 2.0, "source": "app", "assist": False,
+             "stops": [{"stop_id": "S1"}]}  # fmt: skip
+
+
+@FUZZ
+@given(st.integers(0, 3), payloads(WAIT_LIKE))
+def test_backend_wait_book_and_fleet_positions_only_count(which: int, payload: bytes) -> None:
+    from backend._waits import FleetPositions, WaitBook
+
+    book = WaitBook(T)
+    pos = FleetPositions(WAITS_FEED)
+    if which == 0:
+        book.on_wait("R1", "S1", "w-1", payload, NOW)
+    elif which == 1:
+        book.on_status("w-1", payload, NOW)
+    elif which == 2:
+        pos.on_display("b1", payload)
+    else:
+        pos.on_status("b1", payload)
