@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
@@ -64,6 +64,7 @@ from busbell._errors import ContractError, UplinkError
 from busbell._gtfs import Feed
 from busbell._http import serve_http
 from busbell._logging import get_logger
+from busbell._mqtt import Publisher
 from busbell._topics import Topics
 
 if TYPE_CHECKING:
@@ -81,25 +82,6 @@ __all__ = [
 log = get_logger("backend.api")
 
 _RIDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-
-
-class Publisher(Protocol):
-    """Where the API publishes MQTT messages (``MqttSession.publish`` or a fake)."""
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        expiry_s: int | None = None,
-    ) -> None:
-        """Publish one message.
-
-        Raises:
-            UplinkError: when the broker is unreachable.
-        """
 
 
 @dataclass

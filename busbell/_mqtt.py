@@ -46,6 +46,7 @@ __all__ = [
     "MqttMessage",
     "MqttSession",
     "MqttSettings",
+    "Publisher",
     "ReconnectLoop",
     "Session",
     "SessionChange",
@@ -115,8 +116,8 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(fparts) == len(tparts)
 
 
-class Session(Protocol):
-    """What a connected session offers: :class:`MqttSession` or an in-memory fake."""
+class Publisher(Protocol):
+    """Where a component publishes: a :class:`Session`, or a test's recorder."""
 
     async def publish(
         self,
@@ -128,6 +129,10 @@ class Session(Protocol):
         expiry_s: int | None = None,
     ) -> None:
         """Publish (QoS 1: returns once the broker has it); UplinkError when lost."""
+
+
+class Session(Publisher, Protocol):
+    """What a connected session offers: :class:`MqttSession` or an in-memory fake."""
 
     async def subscribe(self, topics: Sequence[str], qos: int = 1) -> None:
         """Subscribe to topic filters; UplinkError when lost."""
