@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,8 +123,10 @@ class DriverPageSettings:
     )
     ack_token: str | None = option(
         None,
-        doc="When set, POST /ack needs the header `Authorization: Bearer TOKEN`; open the "
-        "page once as `/?token=TOKEN` (the page keeps it in its local storage).",
+        doc="When set, POST /ack needs the header `Authorization: Bearer TOKEN`, and GET "
+        "/events and /state the same header or `?token=TOKEN` (they show the riders' "
+        "request ids); open the page once as `/?token=TOKEN` (the page keeps it in its "
+        "local storage). Unset, anyone on the onboard network can read and ack.",
     )
 
     def __post_init__(self) -> None:
@@ -171,6 +174,8 @@ class DriverPageStats:
     acks_rejected: dict[str, int] = dataclasses.field(default_factory=dict)
     clients: int = 0
     clients_refused: int = 0
+    readers_refused: int = 0
+    """GET /events or /state without the token (when ``ack_token`` is set)."""
 
 
 class AckRejected(BusbellError):
@@ -258,6 +263,7 @@ class DriverDisplay:
         self._display_rejects = RejectLog(_log, "driver_display_rejected")
         self._status_rejects = RejectLog(_log, "driver_status_rejected")
         self._ack_rejects = RejectLog(_log, "driver_ack_rejected")
+        self._read_rejects = RejectLog(_log, "driver_read_rejected")
         self.stats.displays_rejected = self._display_rejects.counts
         self.stats.status_rejected = self._status_rejects.counts
         self.stats.acks_rejected = self._ack_rejects.counts
@@ -502,7 +508,30 @@ class DriverDisplay:
             body, media = assets[request.url.path]
             return Response(body, media_type=media, headers=headers)
 
-        async def events(_: Request) -> Response:
+        def may_read(request: Request) -> bool:
+            """With a token set, reading (request ids) needs it as much as acking."""
+            token = self.settings.ack_token
+            if token is None:
+                return True
+            got = request.headers.get("authorization", "")
+            if got.startswith("Bearer "):
+                got = got[len("Bearer ") :]
+            else:  # EventSource cannot set headers
+                got = request.query_params.get("token", "")
+            if secrets.compare_digest(got.encode(), token.encode()):
+                return True
+            self.stats.readers_refused += 1
+            self._read_rejects.reject("unauthorized", path=request.url.path)
+            return False
+
+        def refused() -> Response:
+            return JSONResponse(
+                {"error": "unauthorized", "detail": "missing or wrong token"}, 401, headers=headers
+            )
+
+        async def events(request: Request) -> Response:
+            if not may_read(request):
+                return refused()
             if not self.has_room():
                 self.stats.clients_refused += 1
                 _log.warning("driver_page_busy", clients=len(self._clients))
@@ -513,7 +542,9 @@ class DriverDisplay:
                 headers={**headers, "X-Accel-Buffering": "no"},
             )
 
-        async def state(_: Request) -> Response:
+        async def state(request: Request) -> Response:
+            if not may_read(request):
+                return refused()
             return JSONResponse(
                 {
                     "hello": self.hello(),
@@ -556,8 +587,6 @@ class DriverDisplay:
             raise AckRejected("forbidden_origin", 403, f"origin {origin[:100]} is not this page")
         token = self.settings.ack_token
         if token is not None:
-            import secrets
-
             got = request.headers.get("authorization", "")
             if not secrets.compare_digest(got.encode(), f"Bearer {token}".encode()):
                 raise AckRejected("unauthorized", 401, "missing or wrong ack token")

@@ -118,7 +118,7 @@
 
   function connect() {
     if (es) es.close();
-    es = new EventSource("events");
+    es = new EventSource(token ? "events?token=" + encodeURIComponent(token) : "events");
     es.onopen = () => { seen(); render(); };
     es.onerror = () => { pageUp = false; render(); };
     es.addEventListener("hello", (e) => { hello = JSON.parse(e.data); seen(); });

@@ -381,13 +381,22 @@ async def test_ack_endpoint_refuses_what_a_browser_must_not_do(
         shared_broker.host, shared_broker.port, topic_prefix, ack_token="s3cret"
     ) as url:
         ok = {"Content-Type": "application/json", "Authorization": "Bearer s3cret"}
-        async with httpx.AsyncClient(base_url=url) as c, broker.watch("driver/ack") as acks:
+        auth = {"Authorization": "Bearer s3cret"}
+        async with (
+            httpx.AsyncClient(base_url=url, headers=auth) as c,
+            broker.watch("driver/ack") as acks,
+        ):
             async with asyncio.timeout(10):
                 while (await c.get("state")).json()["display"] is None:
                     await asyncio.sleep(0.05)
             r1 = b'{"request_ids":["r-1"]}'
             cases: list[tuple[str, int, dict[str, str], bytes]] = [
-                ("unauthorized", 401, {"Content-Type": "application/json"}, r1),
+                (
+                    "unauthorized",
+                    401,
+                    {"Content-Type": "application/json", "Authorization": ""},
+                    r1,
+                ),
                 ("unauthorized", 401, {**ok, "Authorization": "Bearer nope"}, r1),
                 ("forbidden_origin", 403, {**ok, "Origin": "http://evil.example"}, r1),
                 ("not_json", 415, {**ok, "Content-Type": "text/plain"}, r1),
@@ -425,6 +434,43 @@ async def test_ack_endpoint_refuses_what_a_browser_must_not_do(
             page = await c.get("")
             assert "default-src 'none'" in page.headers["content-security-policy"]
             assert '<script src="app.js"' in page.text
+    await broker.publish("display", b"")
+
+
+async def test_with_a_token_reading_the_request_ids_needs_it_too(
+    shared_broker: Any, topic_prefix: str, browser: Any
+) -> None:
+    from playwright.async_api import expect
+
+    broker = Broker(shared_broker.host, shared_broker.port, topic_prefix)
+    await broker.publish("display", model())
+    async with serve(
+        shared_broker.host, shared_broker.port, topic_prefix, ack_token="s3cret"
+    ) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+            for path in ("state", "events", "events?token=nope"):
+                r = await c.get(path)
+                assert (r.status_code, r.json()["error"]) == (401, "unauthorized"), path
+            r = await c.get("state?token=s3cret")
+            assert r.status_code == 200
+            assert r.json()["stats"]["readers_refused"] == 3
+            async with c.stream("GET", "events?token=s3cret") as ok:
+                assert ok.status_code == 200
+                assert await anext(ok.aiter_lines()) == "retry: 1000"
+        # a terminal opened once with the token shows the model and acks
+        page = await open_page(browser, url + "?token=s3cret")
+        await text_is(page, "#next-name", "정자역 Jeongja Stn.")
+        async with broker.watch("driver/ack") as acks:
+            await page.click("#ack")
+            async with asyncio.timeout(10):
+                m = await acks.get()
+        assert json.loads(m.payload)["request_ids"] == ["r-1", "r-2", "r-3", "r-far"]
+        assert page.errors == []
+        # one without it shows nothing of the riders' requests
+        stranger = await open_page(browser, url)
+        await expect(stranger.locator("#conn-page")).to_have_class("pill down", timeout=WAIT_MS)
+        await text_is(stranger, "#next-name", "–")  # never had a model
+        assert "r-1" not in await stranger.content()
     await broker.publish("display", b"")
 
 
