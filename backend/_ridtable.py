@@ -217,15 +217,22 @@ def _rid_keys_per_key(key_bytes: bytes | bytearray, intervals: Sequence[int]) ->
 
     blocks = b"".join(rid_blocks(intervals))
     aes, ecb = algorithms.AES, modes.ECB()  # noqa: S305 - one block per rid, token v1
-    out = b"".join(
-        [
-            Cipher(aes(key_bytes[k : k + 16]), ecb).encryptor().update(blocks)
-            for k in range(0, len(key_bytes), 16)
-        ]
-    )
-    rec = np.frombuffer(out, dtype=np.dtype([("p", ">u8"), ("t", ">u4"), ("x", "V4")]))
-    rec = rec.reshape(-1, len(intervals))
-    return rec["p"].T.astype(np.uint64), rec["t"].T.astype(np.uint32)
+    n, m = len(key_bytes) // 16, len(intervals)
+    prefix = np.empty((m, n), dtype=np.uint64)
+    tail = np.empty((m, n), dtype=np.uint32)
+    rec_type = np.dtype([("p", ">u8"), ("t", ">u4"), ("x", "V4")])
+    for a in range(0, n, CHUNK_RIDERS):  # bounded buffers: 16 bytes x intervals x chunk
+        b = min(n, a + CHUNK_RIDERS)
+        out = b"".join(
+            [
+                Cipher(aes(key_bytes[16 * k : 16 * k + 16]), ecb).encryptor().update(blocks)
+                for k in range(a, b)
+            ]
+        )
+        rec = np.frombuffer(out, dtype=rec_type).reshape(b - a, m)
+        prefix[:, a:b] = rec["p"].T
+        tail[:, a:b] = rec["t"].T
+    return prefix, tail
 
 
 def rids_to_arrays(rids: Sequence[bytes]) -> tuple[U64, U32]:
