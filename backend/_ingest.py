@@ -1115,13 +1115,16 @@ class Ingestor:
         if not buses:
             return plans
         async with self.engine.begin() as conn:
-            if careful:
-                await self._drop_event_id_conflicts(conn, groups, rejections)
             rows = await self._lock_rows(conn, buses, now)
             held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
+            usable = held_rows
+            if careful:
+                # held records first: they arrived before this batch
+                usable = {b: {s: dict(c) for s, c in h.items()} for b, h in held_rows.items()}
+                await self._drop_event_id_conflicts(conn, groups, usable, rejections)
             for bus_id in buses:
                 row = rows[bus_id]
-                held = held_rows.get(bus_id, {})
+                held = usable.get(bus_id, {})
                 past = self.core.past_seqs(row.position, groups[bus_id], held)
                 hashes = await self._stored_hashes(conn, bus_id, past) if past else {}
                 plans.append(
@@ -1338,8 +1341,23 @@ class Ingestor:
         self,
         conn: AsyncConnection,
         groups: dict[str, list[VerifiedEvent]],
+        held: dict[str, Held],
         rejections: list[Rejection],
     ) -> None:
+        """Reject (``event_id_conflict``) records whose event_id another (bus, seq) owns.
+
+        Held records are checked first (they arrived first) and dropped from ``held``
+        (so from ``fare_pending``): one held record that can never be stored must not
+        fail every later transaction of its bus.
+        """
+        for bus_id in sorted(held):
+            for seq in sorted(held[bus_id]):
+                for digest, e in list(held[bus_id][seq].items()):
+                    if await self._owner_elsewhere(conn, e):
+                        del held[bus_id][seq][digest]
+                        rejections.append(_reject(e, "event_id_conflict", "event_id is taken"))
+                if not held[bus_id][seq]:
+                    del held[bus_id][seq]
         wanted = {e.event_id for evs in groups.values() for e in evs}
         if not wanted:
             return
@@ -1361,6 +1379,17 @@ class Ingestor:
                 else:
                     kept.append(e)
             groups[bus_id] = kept
+
+    async def _owner_elsewhere(self, conn: AsyncConnection, e: VerifiedEvent) -> bool:
+        for table in (fare_events, missed_stops):
+            row = (
+                await conn.execute(
+                    sa.select(table.c.bus_id, table.c.seq).where(table.c.event_id == e.event_id)
+                )
+            ).first()
+            if row is not None and (row[0], int(row[1])) != (e.bus_id, e.seq):
+                return True
+        return False
 
     def _row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
         rec = e.record

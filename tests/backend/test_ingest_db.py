@@ -341,3 +341,22 @@ async def test_a_gap_waits_for_every_worker_to_catch_up(engine: AsyncEngine) -> 
     await busy.tick(caught_up_to=opened)  # behind the last request: the next one waits
     clock.t += idle.worker_stale_s + 1.0
     assert list((await idle.tick(caught_up_to=clock.t)).resends.values()) == [(4, 6)]
+
+
+async def test_a_held_record_whose_event_id_is_taken_does_not_block_its_bus(
+    engine: AsyncEngine,
+) -> None:
+    """Held above a gap, a record's event_id is stored by another bus meanwhile: when
+    the gap fills it is rejected (event_id_conflict), not a transaction failure forever."""
+    b1 = make_events("B1", device_key_for("B1"), 6)
+    ing = await make_ingestor(engine)
+    await ing.ingest([("B1", batch_payload("B1", b1[4:]))])  # 5, 6 held
+    taker = make_events("B2", device_key_for("B2"), 1)[0]
+    taker = sign_event(dict(taker, event_id=b1[4]["event_id"]), device_key_for("B2"))
+    assert (await ing.ingest([("B2", batch_payload("B2", [taker]))])).stored == 1
+    res = await ing.ingest([("B1", batch_payload("B1", b1[:4]))])
+    assert res.stored == 4
+    assert res.rejected == {"event_id_conflict": 1}
+    assert res.acks == {"B1": 4}
+    assert await stored(engine, "B1") == [1, 2, 3, 4]
+    assert (await chain_row(engine, "B1")).pending == 1  # seq 6 waits behind seq 5
