@@ -482,6 +482,9 @@ class Resolver:
             each side in the same pass (one key schedule per rider for all of them).
         builder: computes rids for the tables (worker processes for large keyrings);
             default: in this process.
+        max_table_bytes: besides ``cache_intervals``, the least recently used tables go
+            while the cached ones hold more than this (never fewer than three kept);
+            ``None``: no limit. 10 million riders take 152 MB per table.
     """
 
     def __init__(
@@ -492,8 +495,10 @@ class Resolver:
         proof_slack_s: float = DEFAULT_PROOF_SLACK_S,
         prefetch: int = 0,
         builder: TableBuilder | None = None,
+        max_table_bytes: int | None = None,
     ) -> None:
         self.keyring = keyring
+        self.max_table_bytes = max_table_bytes
         self.proof_slack_s = proof_slack_s
         self.prefetch = max(0, prefetch)
         self.builder = builder or _INLINE
@@ -566,7 +571,11 @@ class Resolver:
         self._tables[interval] = table
         self._built_upto[interval] = upto
         self.tables_built += 1
-        while len(self._tables) > self._cache_size:
+        while len(self._tables) > self._cache_size or (
+            self.max_table_bytes is not None
+            and len(self._tables) > 3
+            and sum(t.nbytes() for t in self._tables.values()) > self.max_table_bytes
+        ):
             old, _ = self._tables.popitem(last=False)
             self._built_upto.pop(old, None)
 

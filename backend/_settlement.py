@@ -274,6 +274,7 @@ class SettlementWorker:
             cache_intervals=16,
             proof_slack_s=DEFAULT_PROOF_SLACK_S,
             builder=TableBuilder(0),
+            max_table_bytes=640 << 20,  # 4 tables of 10M riders: i-1..i+1 and one more
         )
         self.gap_grace_s = gap_grace_s
         self.batch_events = max(1, batch_events)

@@ -143,3 +143,15 @@ def test_fast_key_derivation_is_the_contracts_hkdf() -> None:
         assert derive_keys_fast(token_key) == (keys.rid_key, keys.mac_key)
     with pytest.raises(ValueError, match="16 bytes"):
         derive_keys_fast(b"short")
+
+
+def test_table_memory_budget_keeps_the_three_newest() -> None:
+    ring, _ = _ring(1000)  # 16,000 bytes per table
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=50_000)
+    for i in range(IV, IV + 6):
+        res.table(i)
+    assert [res.ready(i) for i in range(IV, IV + 6)] == [False] * 3 + [True] * 3
+    unlimited = Resolver(ring, cache_intervals=16)
+    for i in range(IV, IV + 6):
+        unlimited.table(i)
+    assert all(unlimited.ready(i) for i in range(IV, IV + 6))
