@@ -439,6 +439,7 @@ class DriverDisplay:
             "displays_rejected": dict(st.displays_rejected),
             "acks_published": st.acks_published,
             "acks_rejected": dict(st.acks_rejected),
+            "readers_refused": st.readers_refused,
         }
 
     def has_room(self) -> bool:

@@ -172,6 +172,7 @@ async def test_daemon_serves_the_page_as_a_named_task(
         health = d.status()["driver_page"]
         assert health["listening"] is True
         assert (health["displays"], health["acks_published"]) == (1, 1)
+        assert health["readers_refused"] == 0
     await _publish(settings, display, b"")
 
 
