@@ -690,7 +690,7 @@ async def run_backend(config_path: Path | None, *, stop: asyncio.Event | None = 
     import asyncio
     import contextlib
 
-    from backend._api import run_service
+    from backend._service import run_service
     from backend._settlement import run_settlement
     from backend.config import BackendConfig
     from busbell._config import load_config

@@ -60,10 +60,11 @@ async def _api(requests: int) -> dict[str, float]:
     import httpx
     import uvicorn
 
-    from backend._api import ApiState, _BrokerLink, create_app
+    from backend._api import ApiState, create_app
     from backend._api_auth import ApiAuth
     from backend._auth import OperatorRegistry, new_operator_token, operator_entry
     from backend._db import create_engine, migrate
+    from backend._service import BrokerLink
     from busbell._gtfs import load_gtfs
     from busbell._http import http_server, serve_http
     from busbell._mqtt import MqttSession, MqttSettings
@@ -93,7 +94,7 @@ async def _api(requests: int) -> dict[str, float]:
         server = http_server(
             uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
         )
-        link = asyncio.create_task(_BrokerLink(settings, state, f"bench-{prefix[6:14]}").run())
+        link = asyncio.create_task(BrokerLink(settings, state, f"bench-{prefix[6:14]}").run())
         serving = asyncio.create_task(serve_http(server))
         headers = {"Authorization": f"Bearer {token}"}
         try:

@@ -1,7 +1,7 @@
 """Riders' wait endpoints end to end: real database (SQLite and PostgreSQL), real mosquitto.
 
-The API's own MQTT link (``_BrokerLink``) runs against the broker; a test plays a bus by
-publishing display models and request statuses as an edge does.
+The API's own MQTT link (``backend._service.BrokerLink``) runs against the broker; a test
+plays a bus by publishing display models and request statuses as an edge does.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from backend._api import ApiState, _BrokerLink, create_app
+from backend._api import ApiState, create_app
 from backend._db import create_engine, migrate, rider_waits
+from backend._service import BrokerLink
 from backend._waits import WaitRules
 from busbell import Topics, load_gtfs
 from busbell._mqtt import MqttMessage, MqttSession, MqttSettings
@@ -117,7 +118,7 @@ async def api(
         clock=lambda: clock[0],
         auth=operator.auth,
     )
-    link = asyncio.create_task(_BrokerLink(settings, state, f"t-api-{uuid.uuid4().hex[:10]}").run())
+    link = asyncio.create_task(BrokerLink(settings, state, f"t-api-{uuid.uuid4().hex[:10]}").run())
     client = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(state)),
         base_url="http://api",
