@@ -151,8 +151,8 @@ STORE_ERRORS = Counter("busbell_fare_store_errors", "Failed ingest transactions 
 _MAX_RAW = 65536
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedEvent:
+@dataclass(slots=True)
+class VerifiedEvent:  # not frozen: one is made per event, and frozen __init__ is slow
     """A chain record whose schema and signature verified (chain not checked yet).
 
     Attributes:
