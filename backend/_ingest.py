@@ -991,6 +991,8 @@ class Ingestor:
     ) -> float | None:
         """Record this worker's progress; the least progress of the live workers."""
         iw = ingest_workers
+        # workers gone for a day (restarts get new ids): forget them
+        await conn.execute(iw.delete().where(iw.c.seen_at < now - 86400.0))
         if mine is not None:
             ins = (postgresql.insert if self._pg else sqlite.insert)(iw).values(
                 worker_id=self.worker_id, caught_up_to=mine, seen_at=now
