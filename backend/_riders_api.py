@@ -342,14 +342,7 @@ async def set_category(rider_id: str, body: CategoryIn, state: State) -> RiderSt
         )
     log.info("rider_category_set", rider_id=rider_id, category=body.category)
     row = await rider_row(state, rider_id)
-    return RiderStatus(
-        rider_id=row.rider_id,
-        status=row.status,
-        kind=row.kind,
-        category=row.category,
-        enrolled_at=row.enrolled_at,
-        revoked_at=row.revoked_at,
-    )
+    return _status(row)
 
 
 @devices_router.post(
@@ -376,6 +369,12 @@ async def revoke_bus(bus_id: str, state: State) -> DeviceStatus:
     return DeviceStatus(bus_id=bus_id, revoked=True, denylist_version=payload["version"])
 
 
+def _status(row: sa.Row[Any], **changed: Any) -> RiderStatus:
+    """A rider's row as :class:`RiderStatus` (``changed``: fields written since it was read)."""
+    fields = {k: row._mapping[k] for k in RiderStatus.model_fields}
+    return RiderStatus(**{**fields, **changed})
+
+
 async def rider_row(state: ApiState, rider_id: str) -> sa.Row[Any]:
     """The rider's row; 422 for a malformed id, 404 for an unknown one."""
     _check_rider_id(rider_id)
@@ -392,14 +391,7 @@ async def rider_row(state: ApiState, rider_id: str) -> sa.Row[Any]:
 async def rider_status(rider_id: str, state: State) -> RiderStatus:
     """A rider's registration state (never the token key)."""
     row = await rider_row(state, rider_id)
-    return RiderStatus(
-        rider_id=row.rider_id,
-        status=row.status,
-        kind=row.kind,
-        category=row.category,
-        enrolled_at=row.enrolled_at,
-        revoked_at=row.revoked_at,
-    )
+    return _status(row)
 
 
 @riders_router.post(
@@ -422,14 +414,7 @@ async def revoke(rider_id: str, state: State) -> RiderStatus:
         if state.on_denylist_changed is not None:
             state.on_denylist_changed()
         log.info("rider_revoked", rider_id=rider_id)
-    return RiderStatus(
-        rider_id=rider_id,
-        status="revoked",
-        kind=row.kind,
-        category=row.category,
-        enrolled_at=row.enrolled_at,
-        revoked_at=revoked_at,
-    )
+    return _status(row, status="revoked", revoked_at=revoked_at)
 
 
 @riders_router.get(
