@@ -22,10 +22,10 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -63,6 +63,7 @@ _SCHEMA = (
 )
 
 _log = get_logger("edge.store")
+T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
@@ -74,6 +75,28 @@ async def _translate(op: str) -> AsyncIterator[None]:
         raise StoreError(f"fare store: {op} failed: {exc}") from exc
     except ValueError as exc:  # aiosqlite: "no active connection"
         raise StoreError(f"fare store: {op} failed: {exc}") from exc
+
+
+async def _to_completion(aw: Awaitable[T]) -> T:
+    """Await a write to its end even when the caller is cancelled meanwhile.
+
+    A cancel landing inside a transaction used to leave it open behind the lock (during
+    ``BEGIN``: the next write failed "cannot start a transaction within a transaction"),
+    or to leave memory behind the disk (after ``COMMIT``: the caller, told nothing was
+    recorded, records the same segments again). The write runs as its own task and the
+    caller waits for it whatever happens; a cancel that arrived meanwhile is delivered
+    again once the write has ended, so the caller sees the write's own outcome first.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled and (me := asyncio.current_task()) is not None:
+        me.cancel()  # raised at the caller's next await
+    return task.result()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +185,8 @@ class FareStore:
         async with _translate("init"):
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("BEGIN IMMEDIATE")
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 for stmt in _SCHEMA:
                     await db.execute(stmt)
                 rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
@@ -272,6 +295,13 @@ class FareStore:
                 is recorded then).
             busbell.StoreError: when SQLite fails (nothing is recorded then).
         """
+        return await _to_completion(self._append_many(drafts, checkpoint))
+
+    async def _append_many(
+        self,
+        drafts: Iterable[SegmentDraft | MissedDraft],
+        checkpoint: tuple[bytes, float] | None,
+    ) -> list[dict[str, Any]]:
         async with self._lock:
             seq, prev = self.last_seq, self.prev
             events: list[dict[str, Any]] = []
@@ -288,8 +318,8 @@ class FareStore:
                 return []
             db = self._db
             async with _translate("append"):
-                await db.execute("BEGIN IMMEDIATE")
                 try:
+                    await db.execute("BEGIN IMMEDIATE")
                     await db.executemany(
                         "INSERT INTO events (seq, event, hash, acked, created) "
                         "VALUES (?, ?, ?, 0, ?)",
@@ -379,6 +409,9 @@ class FareStore:
         Raises:
             busbell.StoreError: when SQLite fails.
         """
+        return await _to_completion(self._ack(upto_seq))
+
+    async def _ack(self, upto_seq: int) -> bool:
         async with self._lock:
             if upto_seq <= self.acked_upto:
                 self.stats.acks_stale += 1
@@ -390,8 +423,8 @@ class FareStore:
                 return False
             db = self._db
             async with _translate("ack"):
-                await db.execute("BEGIN IMMEDIATE")
                 try:
+                    await db.execute("BEGIN IMMEDIATE")
                     await db.execute(
                         "UPDATE events SET acked = 1 WHERE seq > ? AND seq <= ?",
                         (self.acked_upto, upto_seq),

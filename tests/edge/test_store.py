@@ -238,3 +238,36 @@ async def test_inconsistent_chain_state_detected(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(StoreError, match="chain state"):
         await FareStore.open(db, builder())
+
+
+async def test_a_write_cancelled_at_any_point_leaves_the_store_writable(tmp_path: Path) -> None:
+    """A cancel landing anywhere in a write (the daemon's shutdown cancels its pipeline
+    task mid-append) never leaves a transaction open behind the lock: the next write
+    works, and memory and disk agree on the chain. In a live run a cancel during
+    ``BEGIN IMMEDIATE`` made the shutdown flush fail with "cannot start a transaction
+    within a transaction"."""
+    import asyncio
+
+    path = tmp_path / "f.db"
+    store = await FareStore.open(path, EventBuilder("B1", KEY))
+    n = 0
+    for steps in range(40):
+        for op in ("append", "ack"):
+            if op == "append":
+                task = asyncio.create_task(store.append_many([synthetic_draft(n)]))
+            else:
+                task = asyncio.create_task(store.ack(store.last_seq))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            n += 1
+            await store.append_many([synthetic_draft(n)])  # never "within a transaction"
+            n += 1
+    last, acked = store.last_seq, store.acked_upto
+    await store.close()
+    store = await FareStore.open(path, EventBuilder("B1", KEY))
+    assert (store.last_seq, store.acked_upto) == (last, acked)
+    events = [e.event() for e in await store.range(1, last)]
+    assert [e["seq"] for e in events] == list(range(1, last + 1))
+    await store.close()
