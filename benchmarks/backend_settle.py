@@ -139,7 +139,11 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
     world = World(d, riders=riders, buses=buses)
     events = d / "EVENTS.jsonl"
     t0 = time.perf_counter()
-    n = (_day if args.order == "bus" else _bulk)(world, n_events, events)
+    n = (_bulk if args.order == "time" else _day)(world, n_events, events)
+    if args.order == "closing":
+        lines = events.read_bytes().splitlines(keepends=True)
+        lines.sort(key=lambda line: json.loads(line)["end"]["t"])  # stable: seq order kept
+        events.write_bytes(b"".join(lines))
     t_gen = time.perf_counter() - t0
     out(
         f"generated {n:,} signed events of {riders:,} riders on {buses} buses ({args.order} "
@@ -195,9 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buses", type=_ints, default=[8], help="buses per run")
     ap.add_argument(
         "--order",
-        choices=["bus", "time"],
+        choices=["bus", "closing", "time"],
         default="bus",
-        help="bus: a day of 14 h written bus by bus (as buses upload); time: the old bulk",
+        help=(
+            "bus: a day of 14 h written bus by bus (as buses upload after a day offline); "
+            "closing: the same events sorted by end time (as buses upload live); "
+            "time: the old bulk generator"
+        ),
     )
     ap.add_argument("--processes", type=int, default=0, help="settle --processes (0: CPUs)")
     ap.add_argument("--dir", type=Path, default=None, help="keep the files here (last run)")
