@@ -444,14 +444,12 @@ def _settle(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules, timezone=feed.timezone)
     devices = read_devices(args.devices)
     ring = RiderKeyring.from_token_keys(sorted(read_riders(args.riders).items()))
-    # Every interval's rid table stays cached (within ~512 MB, 16 bytes per rider each)
-    # and a miss builds 8 intervals on each side in the same pass: the cost does not
-    # depend on the order of the events (a bus's day spans every interval).
+    # Settle resolves every accepted segment at the end, in bulk: the tables of all the
+    # day's intervals are built in one pass and kept (16 bytes per rider each), so the
+    # cost does not depend on the order of the events.
     resolver = Resolver(
         ring,
-        cache_intervals=max(32, (512 << 20) // (16 * max(1, len(ring)))),
         proof_slack_s=DEFAULT_PROOF_SLACK_S if args.proof_slack_s is None else args.proof_slack_s,
-        prefetch=8,
     )
     policy = JourneyPolicy(
         lost_policy=args.lost_policy,
