@@ -90,7 +90,7 @@ agency's timezone when a feed is given (--gtfs or [files] gtfs), else UTC.
 
 SERVICE_STOP_GRACE_S = 25.0
 """How long `run_backend` lets the service finish after ``stop`` before cancelling it (more
-than the service's own grace for ingest's batch in flight, ``backend._api.STOP_GRACE_S``)."""
+than the service's own grace for ingest's batch in flight, ``backend._service.STOP_GRACE_S``)."""
 
 
 def _err(text: str) -> None:

@@ -50,6 +50,8 @@ class Result:
     edge_kills: int = 0
     broker_kills: int = 0
     backend_kills: int = 0
+    backend_terms: int = 0
+    backend_term_exits: list[int] = field(default_factory=list)
     partitions: int = 0
     partition_s: float = 0.0
     reported: int = 0
@@ -76,6 +78,7 @@ class Result:
                 or self.bad_signatures
                 or self.quarantined
                 or self.backend_crashes
+                or any(self.backend_term_exits)
             )
             and self.stored == self.last_seq
         )
@@ -154,6 +157,19 @@ class Campaign:
         self.result.backend_kills += 1
         self.start_backend()
 
+    def term_backend(self) -> None:
+        """SIGTERM the backend under load: it must exit 0 (within its 30 s grace)."""
+        assert self.backend is not None
+        self.backend.send_signal(signal.SIGTERM)
+        try:
+            code = self.backend.wait(45)
+        except subprocess.TimeoutExpired:
+            self.backend.kill()
+            code = self.backend.wait(30) or -1
+        self.result.backend_terms += 1
+        self.result.backend_term_exits.append(code)
+        self.start_backend()
+
     def writer(self, drain: bool = False) -> tuple[subprocess.Popen[bytes], _Lines]:
         args = [sys.executable, str(WRITER), str(self.edge_db), str(self.broker.port), self.prefix,
                 "--bus", BUS, "--rate", str(self.rate)]  # fmt: skip
@@ -183,7 +199,12 @@ class Campaign:
     # -- the campaign -------------------------------------------------------------------------
 
     def run(
-        self, edge_kills: int, broker_kills: int, backend_kills: int, partition_s: float
+        self,
+        edge_kills: int,
+        broker_kills: int,
+        backend_kills: int,
+        partition_s: float,
+        backend_terms: int = 0,
     ) -> Result:
         t0 = time.monotonic()
         rng = random.Random(1)
@@ -192,6 +213,7 @@ class Campaign:
         cycles = max(edge_kills, 1)
         broker_at = set(rng.sample(range(cycles), min(broker_kills, cycles)))
         backend_at = set(rng.sample(range(cycles), min(backend_kills, cycles)))
+        term_at = set(rng.sample(range(cycles), min(backend_terms, cycles)))
         partition_at = rng.randrange(cycles) if partition_s > 0 else -1
         for cycle in range(edge_kills):
             self.check_backend()
@@ -204,6 +226,8 @@ class Campaign:
                 self.broker.start()
             if cycle in backend_at:
                 self.kill_backend()
+            if cycle in term_at:
+                self.term_backend()
             if cycle == partition_at:
                 self.log(f"partition: broker down for {partition_s:.0f} s")
                 self.broker.stop()
@@ -277,13 +301,14 @@ def run_campaign(
     broker_kills: int,
     backend_kills: int,
     partition_s: float,
+    backend_terms: int = 0,
     rate: float = 200.0,
     log: Callable[[str], None] = lambda s: None,
 ) -> Result:
     """Run one campaign in ``workdir`` and return what it found."""
     c = Campaign(workdir, rate, log)
     try:
-        return c.run(edge_kills, broker_kills, backend_kills, partition_s)
+        return c.run(edge_kills, broker_kills, backend_kills, partition_s, backend_terms)
     finally:
         if c.backend is not None and c.backend.poll() is None:
             c.backend.kill()
@@ -299,6 +324,7 @@ def main() -> int:
     ap.add_argument("--broker-kills", type=int, default=10)
     ap.add_argument("--backend-kills", type=int, default=10)
     ap.add_argument("--partition-s", type=float, default=60.0)
+    ap.add_argument("--backend-terms", type=int, default=0, help="SIGTERMs (must exit 0)")
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
@@ -309,6 +335,7 @@ def main() -> int:
         broker_kills=a.broker_kills,
         backend_kills=a.backend_kills,
         partition_s=a.partition_s,
+        backend_terms=a.backend_terms,
         rate=a.rate,
         log=lambda s: print(s, flush=True),
     )

@@ -17,10 +17,13 @@ pytestmark = pytest.mark.mosquitto
 
 
 def test_reduced_fault_campaign_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    r = run_campaign(tmp_path, edge_kills=6, broker_kills=1, backend_kills=2, partition_s=3.0)
+    r = run_campaign(
+        tmp_path, edge_kills=6, broker_kills=1, backend_kills=2, partition_s=3.0, backend_terms=1
+    )
     assert r.edge_kills == 6
     assert r.broker_kills == 1
     assert r.backend_kills == 2
+    assert r.backend_term_exits == [0]  # SIGTERM under load: a clean exit
     assert r.partitions == 1
     assert r.reported > 0
     assert r.last_seq >= r.reported
