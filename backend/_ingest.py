@@ -647,28 +647,26 @@ class IngestCore:
 
 
 _ROW_COLUMNS = (*SEGMENT_COLUMNS, "event_hash", "raw", "received_at", "worker_id")
-_PG_TYPES = {
-    "seq": "int8",
-    "interval": "int8",
-    "start_t": "float8",
-    "end_t": "float8",
-    "distance_m": "float8",
-    "received_at": "float8",
-    "evidence": "json",
-    "raw": "text",
-}
-# built from constant column names only (no input reaches the SQL text)
 _COLS = ", ".join(_ROW_COLUMNS)
-_PG_ARRAYS = ", ".join(
-    f"${i}::{_PG_TYPES.get(c, 'varchar')}[]" for i, c in enumerate(_ROW_COLUMNS, 1)
+# built from constant names only (no input reaches the SQL text)
+_PG_STAGE_TABLE = "busbell_fare_events_in"
+_PG_STAGE = " ".join(
+    [
+        "CREATE TEMP TABLE IF NOT EXISTS",
+        _PG_STAGE_TABLE,
+        "ON COMMIT DELETE ROWS AS SELECT",
+        _COLS,
+        "FROM fare_events WITH NO DATA",
+    ]
 )
-_PG_INSERT = " ".join(
+_PG_MOVE = " ".join(
     [
         "INSERT INTO fare_events (",
         _COLS,
-        ") SELECT * FROM unnest(",
-        _PG_ARRAYS,
-        ")",
+        ") SELECT",
+        _COLS,
+        "FROM",
+        _PG_STAGE_TABLE,
         "ON CONFLICT DO NOTHING RETURNING seq",
     ]
 )
@@ -1246,21 +1244,26 @@ class Ingestor:
     ) -> int:
         """Insert segment rows (``ON CONFLICT DO NOTHING``); returns how many went in.
 
-        The rows go through the driver in one statement (PostgreSQL: one ``INSERT ...
-        SELECT FROM unnest(arrays)``; SQLite: ``executemany``), inside the transaction
-        SQLAlchemy began: per row, only the typed record's column tuple is built.
+        The rows go through the driver inside the transaction SQLAlchemy began, per row
+        only the typed record's column tuple: on PostgreSQL a binary ``COPY`` into a
+        temporary table (emptied at commit) and one ``INSERT ... SELECT ... ON CONFLICT
+        DO NOTHING RETURNING``; on SQLite ``executemany``.
         """
         worker = self.worker_id
         rows = []
         for e in events:
             *cols, evidence = e.record.ledger_row()
+            # float columns: an integer time (valid JSON) is sent as a double
+            cols[8] = float(cols[8])
+            cols[11] = float(cols[11])
+            cols[14] = float(cols[14])
             rows.append((*cols, _EVIDENCE_JSON(evidence).decode(), e.hash, e.raw, now, worker))
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         if self._pg:
-            columns = list(zip(*rows, strict=True))
-            inserted = await driver.fetch(_PG_INSERT, *columns)
-            return len(inserted)
+            await driver.execute(_PG_STAGE)
+            await driver.copy_records_to_table(_PG_STAGE_TABLE, records=rows, columns=_ROW_COLUMNS)
+            return len(await driver.fetch(_PG_MOVE))
         cursor = await driver.executemany(_SQLITE_INSERT, rows)
         n = int(cursor.rowcount)
         await cursor.close()
