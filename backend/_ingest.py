@@ -1665,21 +1665,29 @@ class IngestWorker:
             self._arrived.popleft()
 
     async def _publish(self, session: MqttSession, res: BatchResult) -> None:
-        for bus_id, upto in sorted(res.acks.items()):
-            await session.publish(
+        # one QoS-1 round trip for all of them, not one after another per bus
+        sends = [
+            session.publish(
                 self.topics.fares_ack(bus_id),
                 canonical_bytes({"upto_seq": upto}),
                 qos=1,
                 retain=True,
             )
-            ACKS_PUBLISHED.inc()
-            _log().debug("fare_ack_published", bus_id=bus_id, upto_seq=upto)
-        for bus_id, (a, b) in sorted(res.resends.items()):
-            await session.publish(
+            for bus_id, upto in sorted(res.acks.items())
+        ]
+        sends += [
+            session.publish(
                 self.topics.fares_resend(bus_id),
                 canonical_bytes({"from_seq": a, "to_seq": b}),
                 qos=1,
             )
+            for bus_id, (a, b) in sorted(res.resends.items())
+        ]
+        await asyncio.gather(*sends)
+        for bus_id, upto in sorted(res.acks.items()):
+            ACKS_PUBLISHED.inc()
+            _log().debug("fare_ack_published", bus_id=bus_id, upto_seq=upto)
+        for bus_id, (a, b) in sorted(res.resends.items()):
             RESENDS_REQUESTED.inc()
             _log().info("fare_resend_requested", bus_id=bus_id, from_seq=a, to_seq=b)
         if res.acks:
