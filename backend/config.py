@@ -90,9 +90,10 @@ class IngestSettings:
     resend_after_s: float = option(
         1.0,
         doc=(
-            "How long a gap must persist (after re-reading the chain from the database) "
-            "before asking the bus to re-send it on fares/resend; later requests for the "
-            "same gap back off (doubling, up to resend_max_s)."
+            "How long a gap (recorded in the database) must persist before the bus is "
+            "asked to re-send it on fares/resend, and then until every live ingest worker "
+            "has committed what it received before the gap opened; later requests for "
+            "the same gap back off (doubling, up to resend_max_s)."
         ),
     )
     resend_max_s: float = option(
