@@ -23,6 +23,7 @@ table in :mod:`edge._bells_table`. Bad input is rejected, counted by ``kind:reas
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -283,6 +284,26 @@ class BellCore:
     def stop_requested(self) -> dict[str, int]:
         """On-board stop requests and assist requests per stop id (for status)."""
         return {self._stop_ids[i]: len(rids) for i, rids in sorted(self._stop_req.items())}
+
+    def clock_stepped(self, step_s: float) -> None:
+        """The bus's clock stepped by ``step_s`` (its first GNSS fix, a confirmed correction).
+
+        The times this core took from that clock (when each wait arrived and was shown,
+        each stop's closest approach so far) move with it, so a wait shown before the step
+        and a stop passed after it are compared on one time line: the notice a driver had
+        stays what it was, whichever way the clock moved.
+        """
+        if step_s == 0.0:
+            return
+        for r in self._reqs.values():
+            r.received_t += step_s
+            if r.seen_t is not None:
+                r.seen_t += step_s
+        for idx, a in self._approach.items():
+            self._approach[idx] = dataclasses.replace(a, t=a.t + step_s)
+        self._t += step_s
+        self._count("clock_steps")
+        log.info("bell_clock_stepped", step_s=round(step_s, 3), requests=len(self._reqs))
 
     # -- transitions ------------------------------------------------------------------------
 

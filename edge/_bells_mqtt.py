@@ -65,6 +65,10 @@ class BellRelay:
         topics: topic names.
         clock: the bus's time (UNIX seconds; the daemon's GNSS clock).
         monotonic: for the coalescing window and heartbeat.
+        clock_steps: the sum of the bus clock's steps so far (the daemon's
+            :attr:`edge._clock.GnssClock.stepped_s`); a change is passed to the core
+            (:meth:`BellCore.clock_stepped`) before its next input. ``None``: a clock
+            that never steps.
     """
 
     def __init__(
@@ -75,13 +79,16 @@ class BellRelay:
         *,
         clock: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
+        clock_steps: Callable[[], float] | None = None,
     ) -> None:
         self.core = core
         self.link = link
         self.topics = topics
         self.bus_id = core.bus_id
         self.params = core.params
-        self.clock = clock
+        self._clock = clock
+        self._clock_steps = clock_steps
+        self._stepped_s = 0.0 if clock_steps is None else clock_steps()
         self._mono = monotonic
         self.stats = RelayStats()
         self.store: FareStore | None = None
@@ -101,6 +108,20 @@ class BellRelay:
         self._display_topic = topics.display(self.bus_id)
         link.route(topics.driver_ack(self.bus_id), self._on_ack)
         link.on_connect(self._on_connected)
+
+    def clock(self) -> float:
+        """The bus's time, after telling the core of any step of the clock since last read."""
+        self.sync_clock()
+        return self._clock()
+
+    def sync_clock(self) -> None:
+        """Pass a step of the bus's clock to the core (times it holds move with it)."""
+        if self._clock_steps is None:
+            return
+        stepped = self._clock_steps()
+        if stepped != self._stepped_s:
+            self.core.clock_stepped(stepped - self._stepped_s)
+            self._stepped_s = stepped
 
     # -- inputs (synchronous: the daemon's pipeline task calls these) ------------------------
 
@@ -124,11 +145,13 @@ class BellRelay:
 
     def vehicle_updated(self, t: float) -> None:
         """The vehicle context changed (a vehicle record was fed)."""
+        self.sync_clock()
         if self.vehicle is not None:
             self._take(self.core.on_vehicle(t, self.vehicle))
 
     def flags(self, t: float, rid: bytes, flags: int, on_board: bool) -> None:
         """An accepted advert with ALIGHT/ASSIST (the pipeline's flag listener)."""
+        self.sync_clock()
         self._take(self.core.on_flags(t, rid, flags, on_board))
 
     def set_on_board(self, n: int) -> None:

@@ -62,6 +62,10 @@ class GnssClock:
     Attributes:
         fixes: fixes taken (the clock anchored on them).
         fixes_ignored: fixes not taken: stale, or behind by a step not (yet) confirmed.
+        stepped_s: the sum of the clock's steps so far (seconds, signed): the first fix's
+            correction of the system clock, confirmed backward steps, forward corrections
+            and backward system-clock jumps, each counted when larger than ``step_s``. A
+            holder of times read before a step shifts them by the change of this sum.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class GnssClock:
         self._lock = threading.Lock()
         self.fixes = 0
         self.fixes_ignored = 0
+        self.stepped_s = 0.0
 
     @property
     def source(self) -> str:
@@ -96,12 +101,14 @@ class GnssClock:
             mono = self._monotonic()
             anchor = self._anchor
             if anchor is None:
+                self._count_step(gnss_t - max(self._system(), self._last))
                 self._take(gnss_t, mono)
                 return
             says = max(anchor[0] + (mono - anchor[1]), self._last)
             if gnss_t < says - self._step_s:
                 if self._confirmed(gnss_t - mono, mono):
                     _log.warning("clock_stepped", source="gnss", step_s=round(gnss_t - says, 3))
+                    self._count_step(gnss_t - says)
                     self._take(gnss_t, mono)
                 else:
                     self.fixes_ignored += 1
@@ -110,8 +117,13 @@ class GnssClock:
                 self.fixes_ignored += 1
                 return
             self._candidate = None
+            self._count_step(gnss_t - says)
             self._anchor = (gnss_t, mono)
             self.fixes += 1
+
+    def _count_step(self, step: float) -> None:
+        if abs(step) > self._step_s:
+            self.stepped_s += step
 
     def _confirmed(self, offset: float, mono: float) -> bool:
         """Count a fix towards a backward step; whether the step is now confirmed."""
@@ -137,6 +149,7 @@ class GnssClock:
                 if now < self._last - self._step_s:
                     step = round(now - self._last, 3)
                     _log.warning("clock_stepped", source="system", step_s=step)
+                    self.stepped_s += now - self._last
                     self._last = now
                     return now
             else:

@@ -259,7 +259,14 @@ class EdgeDaemon:
         vehicle = getattr(self.pipeline, "vehicle", None)
         if config.bells.enabled and vehicle is not None:
             core = BellCore(self.bus_id, vehicle.feed, config.bells)
-            self.bells = BellRelay(core, self.link, self.topics, clock=self.clock)
+            gnss = self._gnss_clock
+            self.bells = BellRelay(
+                core,
+                self.link,
+                self.topics,
+                clock=self.clock,
+                clock_steps=None if gnss is None else lambda: gnss.stepped_s,
+            )
             self.bells.vehicle = vehicle
             if hasattr(self.pipeline, "flag_listener"):
                 self.pipeline.flag_listener = self.bells.flags

@@ -274,6 +274,37 @@ def test_passing_with_short_notice_or_far_away_is_not_missed() -> None:
     assert far.core.state_of("w-2") is ReqState.PENDING
 
 
+@pytest.mark.parametrize("offset_s", [0.0, 200 * 86400.0, -3600.0])
+def test_a_clock_step_keeps_the_notice_the_driver_had(offset_s: float) -> None:
+    """Waits shown while the bus's clock was off by ``offset_s`` (the system clock before
+    the first GNSS fix) are judged on the GNSS time line once the clock steps: the notice
+    the driver had is neither lost nor made longer by the step."""
+
+    def shown_off_clock(bus: Bus, rid: str) -> None:
+        body = {"request_id": rid, "route_id": "17", "stop_id": "BD003", "t": bus.t}
+        # stamped by a backend on wall time (as the demo's): live on either time line
+        body |= {"expires_t": bus.t + abs(offset_s) + 900.0, "source": "app", "assist": False}
+        core = bus.core
+        bus.take(core.on_wait(bus.t + offset_s, "17", "BD003", rid, canonical_bytes(body)))
+        status = {"request_id": rid, "state": "pending", "bus_id": None, "t": bus.t}
+        bus.take(core.on_status(bus.t + offset_s, rid, canonical_bytes(status)))
+        assert bus.statuses(rid) == [(rid, "seen")]
+        core.clock_stepped(-offset_s)  # the first fix puts the clock on GNSS time
+
+    bus = ready_bus()
+    shown_off_clock(bus, "w-1")
+    bus.drive_to(3, 0.2)  # minutes of notice: missed
+    assert [d.request_id for d in bus.missed()] == ["w-1"]
+
+    short = ready_bus()
+    short.drive_to(1, 0.9)
+    shown_off_clock(short, "w-2")
+    short.drive_to(2, 0.3)  # too little notice (as with a right clock): not missed
+    assert short.missed() == []
+    assert short.core.counts["missed_suppressed_short_notice"] == 1
+    assert short.core.counts.get("clock_steps", 0) == (offset_s != 0.0)
+
+
 def test_expired_wait_disappears() -> None:
     bus = ready_bus()
     bus.wait("w-1", "BD002", expires_in=30.0)

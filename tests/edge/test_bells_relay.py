@@ -16,6 +16,7 @@ from typing import Any
 from busbell import Topics, TripRecord, load_gtfs
 from edge._bells import BellCore, BellParams
 from edge._bells_mqtt import BellRelay
+from edge._clock import GnssClock
 from edge._params import ClassifierParams
 from edge._vehicle import VehicleContext
 
@@ -124,3 +125,24 @@ async def test_a_trip_change_subscribes_its_route_waits_without_waiting_for_the_
         relay.vehicle = vc
         relay.vehicle_updated(T0)
         await until(lambda: link.filters == ["p/busbell/v1/routes/17/stops/+/waits/+"])
+
+
+def test_a_step_of_the_gnss_clock_reaches_the_core_before_its_next_input() -> None:
+    wall, mono = Clock(), Clock()
+    wall.now = T0 + 200 * 86400.0  # the system clock before the first fix
+    gnss = GnssClock(wall, mono)
+    relay = BellRelay(
+        BellCore("B1", FEED, BellParams()),
+        MemoryLink(),  # type: ignore[arg-type]
+        Topics("p/busbell/v1"),
+        clock=gnss,
+        monotonic=mono,
+        clock_steps=lambda: gnss.stepped_s,
+    )
+    assert relay.clock() == wall.now
+    assert "clock_steps" not in relay.core.counts
+    gnss.observe(T0)  # the first fix: 200 days back
+    assert relay.clock() == T0
+    assert relay.core.counts["clock_steps"] == 1
+    relay.clock()  # told once
+    assert relay.core.counts["clock_steps"] == 1

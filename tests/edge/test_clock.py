@@ -223,3 +223,34 @@ def test_fleet_key_warning_waits_a_minute_for_gnss(tmp_path: Path) -> None:
         mono.t = 1061.0  # a minute without a fix: the system clock it is
         assert daemon.status()["fleet_keys"] == {"days_remaining": -1, "warning": True}
     assert [e["event"] for e in logs] == ["fleet_keys_running_out"]
+
+
+def test_steps_are_summed_for_holders_of_earlier_times() -> None:
+    mono = Ticks(0.0)
+    system = Ticks(WALL)
+    clock = GnssClock(system, mono)
+    clock.observe(NOW)  # the first fix: 200 days back
+    assert clock.stepped_s == NOW - WALL
+    mono.t = 10.0
+    clock.observe(NOW + 11.0)  # 1 s of drift is not a step
+    assert clock.stepped_s == NOW - WALL
+    mono.t = 11.0
+    clock.observe(NOW + 3612.0)  # an hour forward: a step
+    assert clock.stepped_s == NOW - WALL + 3600.0
+    for k in range(3):  # a confirmed step back of 100 s
+        mono.t = 12.0 + k
+        clock.observe(NOW + 3513.0 + k)
+    assert clock() == NOW + 3515.0
+    assert clock.stepped_s == NOW - WALL + 3500.0
+
+
+def test_a_backward_system_clock_jump_counts_as_a_step() -> None:
+    system = Ticks(WALL)
+    clock = GnssClock(system, Ticks(0.0))
+    assert clock() == WALL
+    system.t = WALL - 2.0  # held, not a step
+    clock()
+    assert clock.stepped_s == 0.0
+    system.t = WALL - 60.0
+    assert clock() == WALL - 60.0
+    assert clock.stepped_s == -60.0
