@@ -797,7 +797,8 @@ class SettlementWorker:
             except StoreError as exc:
                 _log().warning("settlement_pass_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):  # not wait_for: keeps a cancel
+                    await stop.wait()
         await asyncio.to_thread(self.resolver.close)
         self.resolver.builder.close()
         _log().info("settlement_stopped")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import socket
 import ssl
@@ -146,6 +147,7 @@ class Session(Publisher, Protocol):
 
 S = TypeVar("S")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +253,8 @@ class ReconnectLoop(Generic[S]):
                     await asyncio.sleep(delay)
                 else:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
+                        async with asyncio.timeout(delay):  # not wait_for: keeps a cancel
+                            await stop.wait()
             return None
         finally:
             if self.is_up:
@@ -370,6 +373,7 @@ class MqttSession:
         self._timeout_s = timeout_s
         self._where = f"{settings.host}:{settings.port}"
         self._ack_at_once()
+        self._keep_cancels()
         # aiomqtt runs this (paho's connect: DNS, TCP, TLS, CONNECT queued) with
         # loop.run_in_executor and keeps no handle on it; __aenter__ wraps it per attempt.
         self._connect_step: Callable[[], None] = self._client._client_connect
@@ -422,6 +426,27 @@ class MqttSession:
         if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _keep_cancels(self) -> None:
+        """Wait for aiomqtt's confirmations so that a cancel is never lost.
+
+        aiomqtt waits for every PUBACK, SUBACK and CONNACK with ``asyncio.wait_for``, which
+        on Python 3.11 drops a cancel that arrives as the awaited confirmation completes
+        (the task goes on as if never cancelled: a task group's stop hung on the rider
+        API's broker link, which was publishing). ``asyncio.timeout`` keeps the cancel;
+        the timeout still ends as aiomqtt's ``MqttError("Operation timed out")``.
+        """
+        client = self._client
+
+        async def wait_for(fut: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109
+            limit = client.timeout if timeout is None else timeout
+            try:
+                async with asyncio.timeout(None if limit == math.inf else limit):
+                    return await fut
+            except TimeoutError:
+                raise aiomqtt.MqttError("Operation timed out") from None
+
+        setattr(client, "_wait_for", wait_for)  # noqa: B010 - mypy: assigning to a method
 
     def _ack_at_once(self) -> None:
         """Acknowledge what the broker sent at once, not after Linux's 40-ms delayed ACK.

@@ -75,3 +75,23 @@ async def test_every_read_of_the_socket_acknowledges_at_once(
                 break
     assert after_reads
     assert set(after_reads) == {1}
+
+
+async def test_a_cancel_as_a_confirmation_completes_is_kept() -> None:
+    # aiomqtt's own _wait_for (asyncio.wait_for) returns the result and drops this cancel
+    # on Python 3.11; a task group's stop then hung on a link that was publishing
+    session = MqttSession(MqttSettings(port=1), "cancel-check")
+    confirmation: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(session._client._wait_for(confirmation, 5.0))
+    await asyncio.sleep(0)  # it waits for the confirmation now
+    confirmation.set_result(None)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_a_confirmation_that_never_comes_still_times_out() -> None:
+    session = MqttSession(MqttSettings(port=1), "timeout-check")
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with pytest.raises(aiomqtt.MqttError, match="Operation timed out"):
+        await session._client._wait_for(never, 0.01)
