@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, cast
 
 from busbell._errors import ContractError, UplinkError
@@ -41,6 +43,11 @@ examples:
   busbell tail --bus bus-0001 --gnss               # with its GNSS fixes (hidden by default)
   busbell tail --route 11 --kind wait,request_status --json
   busbell tail --broker mqtt.example.net:8883 --prefix fleet-a/busbell/v1 --count 10
+
+credentials (the shipped brokers refuse anonymous clients; use the read-only ops user):
+  BUSBELL_MQTT__PASSWORD=... busbell tail --username ops   # the bus's own broker
+  # the central broker, as the certificate with CN busbell+ops:
+  busbell tail --broker mqtt.example.net:8883 --tls-ca ca.pem --tls-cert ops.pem --tls-key ops.key
 """
 
 KINDS = (
@@ -299,7 +306,21 @@ def _stop_names(gtfs: str | None) -> dict[str, str]:
 
 async def _run(a: argparse.Namespace, out: IO[str]) -> int:
     host, _, port = a.broker.partition(":")
-    settings = MqttSettings(host=host or "127.0.0.1", port=int(port or 1883), prefix=a.prefix)
+    try:
+        password = _password(a)
+    except OSError as exc:
+        sys.stderr.write(f"busbell tail: cannot read the password file: {exc}\n")
+        return 2
+    settings = MqttSettings(
+        host=host or "127.0.0.1",
+        port=int(port or 1883),
+        prefix=a.prefix,
+        username=a.username,
+        password=password,
+        tls_ca=a.tls_ca,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+    )
     topics = Topics(a.prefix)
     kinds = set(a.kind.split(",")) if a.kind else None
     unknown = (kinds or set()) - set(KINDS)
@@ -348,8 +369,33 @@ async def _run(a: argparse.Namespace, out: IO[str]) -> int:
     return cast(int, await loop.run(follow))  # without stop, run ends only by returning
 
 
+PASSWORD_ENV = "BUSBELL_MQTT__PASSWORD"  # noqa: S105 - a variable's name
+"""The broker password's environment variable (as the edge's and backend's configs read it)."""
+
+
+def _password(a: argparse.Namespace) -> str | None:
+    """``--password-file``'s first line, else :data:`PASSWORD_ENV`, else none.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if a.password_file is not None:
+        lines = a.password_file.read_text(encoding="utf-8").splitlines()
+        return lines[0] if lines else ""
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 def main(argv: Sequence[str], prog: str = "busbell tail") -> int:
     """Entry point of ``busbell tail``."""
+    a = parser(prog).parse_args(list(argv))
+    configure_logging("warning")  # refused payloads are logged on stderr, lines go to stdout
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_run(a, sys.stdout))
+    return 130
+
+
+def parser(prog: str = "busbell tail") -> argparse.ArgumentParser:
+    """The command line of ``busbell tail``."""
     p = argparse.ArgumentParser(
         prog=prog,
         description="Follow busbell MQTT topics and print one readable line per message.",
@@ -371,8 +417,13 @@ def main(argv: Sequence[str], prog: str = "busbell tail") -> int:
     p.add_argument("--kind", help=f"comma-separated kinds: {','.join(KINDS)}")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
     p.add_argument("--count", type=int, default=0, help="exit after N messages (0: never)")
-    a = p.parse_args(list(argv))
-    configure_logging("warning")  # refused payloads are logged on stderr, lines go to stdout
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_run(a, sys.stdout))
-    return 130
+    p.add_argument("--username", help="broker user name (the shipped bus broker's: ops)")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        help=f"file whose first line is the broker password (default: ${PASSWORD_ENV})",
+    )
+    p.add_argument("--tls-ca", type=Path, help="CA bundle; setting it turns TLS on")
+    p.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--tls-key", type=Path, help="client private key (PEM) for mutual TLS")
+    return p

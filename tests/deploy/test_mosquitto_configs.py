@@ -497,3 +497,58 @@ async def test_bus_broker_ops_user_reads_everything(
             await v.publish(t.vehicle(b, "gnss"), b"{}", qos=1)
         got = [m.topic for m in await gather(ops)]
         assert got == [t.fares(b), t.status(b), t.vehicle(b, "gnss")]
+
+
+async def _tail(argv: list[str], publish: MqttSettings, topic: str) -> str:
+    """Run ``busbell tail --count 1`` with ``argv``; publish one message once it listens."""
+    import io
+
+    from busbell._tail import _run, parser
+
+    out = io.StringIO()
+    a = parser().parse_args([*argv, "--kind", "status", "--count", "1"])
+    tail = asyncio.create_task(_run(a, out))
+    async with MqttSession(publish, f"pub-{uuid.uuid4().hex[:6]}", clean_start=True) as p:
+        async with asyncio.timeout(10):
+            while not tail.done() and not out.getvalue():
+                await p.publish(topic, b'{"state":"online","t":1}', qos=1)
+                await asyncio.sleep(0.2)
+            assert await tail == 0
+    return out.getvalue()
+
+
+async def test_tail_reads_the_bus_broker_as_the_ops_user(
+    bus_broker: tuple[int, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, pw = bus_broker
+    t = Topics()
+    edge = local(port, "edge", pw["edge"])
+    monkeypatch.setenv("BUSBELL_MQTT__PASSWORD", pw["ops"])
+    line = await _tail(
+        ["--broker", f"127.0.0.1:{port}", "--username", "ops"], edge, t.status("bus-1")
+    )
+    assert "bus-1" in line
+    assert "online" in line
+    monkeypatch.delenv("BUSBELL_MQTT__PASSWORD")
+    (tmp_path / "pw").write_text(pw["ops"] + "\n")
+    argv = [
+        "--broker",
+        f"127.0.0.1:{port}",
+        "--username",
+        "ops",
+        "--password-file",
+        str(tmp_path / "pw"),
+    ]
+    assert "online" in await _tail(argv, edge, t.status("bus-1"))
+
+
+async def test_tail_reads_the_central_broker_with_the_ops_certificate(
+    central: tuple[int, Path],
+) -> None:
+    port, pki = central
+    t = Topics()
+    argv = ["--broker", f"127.0.0.1:{port}", "--tls-ca", str(pki / "ca.pem")]
+    argv += ["--tls-cert", str(pki / f"{OPS}.pem"), "--tls-key", str(pki / f"{OPS}.key")]
+    line = await _tail(argv, tls(port, pki, "bus-1"), t.status("bus-1"))
+    assert "bus-1" in line
+    assert "online" in line
