@@ -13,30 +13,11 @@ import sqlalchemy as sa
 
 from backend._api import ApiState, create_app
 from backend._db import charges, create_engine, journeys, legs, migrate
-from busbell import Topics, UplinkError, load_gtfs
+from busbell import Topics, load_gtfs
 from tests.factories.backend_world import write_gtfs
+from tests.factories.mqtt import RecordingPublisher
 
 OPENAPI_DOC = Path(__file__).resolve().parents[2] / "docs" / "rider-api.openapi.json"
-
-
-class FakeBroker:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bool, int | None]] = []
-        self.fail = False
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        expiry_s: int | None = None,
-    ) -> None:
-        if self.fail:
-            raise UplinkError("broker down")
-        data = payload.encode() if isinstance(payload, str) else payload
-        self.sent.append((topic, data, retain, expiry_s))
 
 
 async def _client(
@@ -63,8 +44,8 @@ async def _client(
 @pytest.fixture
 async def sqlite_api(
     tmp_path: Path, operator: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, ApiState, FakeBroker]]:
-    broker = FakeBroker()
+) -> AsyncIterator[tuple[httpx.AsyncClient, ApiState, RecordingPublisher]]:
+    broker = RecordingPublisher()
     client, state = await _client(
         f"sqlite+aiosqlite:///{tmp_path}/api.db", tmp_path, operator, publisher=broker
     )
@@ -74,7 +55,7 @@ async def sqlite_api(
 
 
 async def test_enrol_revoke_and_hooks(
-    sqlite_api: tuple[httpx.AsyncClient, ApiState, FakeBroker],
+    sqlite_api: tuple[httpx.AsyncClient, ApiState, RecordingPublisher],
 ) -> None:
     client, state, _ = sqlite_api
     enrolled: list[tuple[str, bytes]] = []
@@ -109,7 +90,7 @@ async def test_enrol_revoke_and_hooks(
 
 
 async def test_journeys_and_charges(
-    sqlite_api: tuple[httpx.AsyncClient, ApiState, FakeBroker],
+    sqlite_api: tuple[httpx.AsyncClient, ApiState, RecordingPublisher],
 ) -> None:
     client, state, _ = sqlite_api
     await client.post("/riders", json={"rider_id": "bob"})
@@ -176,7 +157,7 @@ async def test_journeys_and_charges(
 
 
 async def test_healthz_says_whether_the_broker_is_connected(
-    sqlite_api: tuple[httpx.AsyncClient, ApiState, FakeBroker],
+    sqlite_api: tuple[httpx.AsyncClient, ApiState, RecordingPublisher],
 ) -> None:
     client, state, _ = sqlite_api
     assert (await client.get("/healthz")).json() == {"ok": True, "mqtt": True}
@@ -186,7 +167,7 @@ async def test_healthz_says_whether_the_broker_is_connected(
 
 @pytest.mark.postgres
 async def test_enrol_and_ledger_on_postgres(pg_url: str, tmp_path: Path, operator: Any) -> None:
-    client, state = await _client(pg_url, tmp_path, operator, publisher=FakeBroker())
+    client, state = await _client(pg_url, tmp_path, operator, publisher=RecordingPublisher())
     async with client:
         r = await client.post("/riders", json={"rider_id": "pg-rider", "kind": "app"})
         assert r.status_code == 201
@@ -198,7 +179,7 @@ async def test_enrol_and_ledger_on_postgres(pg_url: str, tmp_path: Path, operato
 
 
 async def test_openapi_document_is_current(
-    sqlite_api: tuple[httpx.AsyncClient, ApiState, FakeBroker],
+    sqlite_api: tuple[httpx.AsyncClient, ApiState, RecordingPublisher],
 ) -> None:
     """docs/rider-api.openapi.json is the served document; regenerate with
     ``BUSBELL_WRITE_OPENAPI=1 pytest tests/backend/test_api.py -k openapi``."""

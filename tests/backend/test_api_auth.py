@@ -32,25 +32,7 @@ from backend._auth import (
 from backend._db import create_engine, migrate, rider_tokens, riders
 from busbell import Topics, load_gtfs
 from tests.factories.backend_world import write_gtfs
-
-
-class MemoryBroker:
-    """The in-memory Publisher (the fake beside MqttSession.publish)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bool]] = []
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes | str,
-        *,
-        qos: int = 0,
-        retain: bool = False,
-        expiry_s: int | None = None,
-    ) -> None:
-        data = payload.encode() if isinstance(payload, str) else payload
-        self.sent.append((topic, data, retain))
+from tests.factories.mqtt import RecordingPublisher
 
 
 @dataclass
@@ -60,7 +42,7 @@ class Env:
     ops: dict[str, str]  # all scopes
     reader: dict[str, str]  # riders:read only
     devices: dict[str, str]  # devices:write only
-    broker: MemoryBroker
+    broker: RecordingPublisher
 
     async def enrol(self, **body: Any) -> tuple[str, dict[str, str]]:
         r = await self.client.post("/riders", json=body)
@@ -91,7 +73,7 @@ async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
         anonymous=RateLimiter(1000.0, 1000),
         enrol=RateLimiter(1000.0, 1000),
     )
-    broker = MemoryBroker()
+    broker = RecordingPublisher()
     state = ApiState(
         engine=engine, topics=Topics("t/auth/v1"), feed=load_gtfs(gtfs), publisher=broker, auth=auth
     )

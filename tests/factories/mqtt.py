@@ -255,3 +255,29 @@ class FakeSession:
                 raise UplinkError(f"connection lost: {self._lost}")
             assert isinstance(item, MqttMessage)
             yield item
+
+
+class RecordingPublisher:
+    """A :class:`busbell._mqtt.Publisher` that records what is published (no broker).
+
+    For a component under test that only publishes (the rider API, the waits API);
+    ``fail = True`` makes every publish fail as a lost broker would.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bool, int | None]] = []
+        self.fail = False
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> None:
+        if self.fail:
+            raise UplinkError("broker down")
+        data = payload.encode() if isinstance(payload, str) else payload
+        self.sent.append((topic, data, retain, expiry_s))
