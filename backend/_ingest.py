@@ -1636,8 +1636,11 @@ class IngestWorker:
     async def _next_batch(
         self, max_events: int, wait_s: float, idle_s: float
     ) -> list[tuple[str, bytes]]:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that arrives
+        # as the item does (the worker would not stop); a timed-out get leaves the item queued
         try:
-            first = await asyncio.wait_for(self._queue.get(), idle_s)
+            async with asyncio.timeout(idle_s):
+                first = await self._queue.get()
         except TimeoutError:
             return []
         self._took()
@@ -1650,7 +1653,8 @@ class IngestWorker:
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        item = await self._queue.get()
                 except TimeoutError:
                     break
             else:
