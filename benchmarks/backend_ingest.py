@@ -97,15 +97,31 @@ def bare_verify_cpu_rate(
     return len(work) / (time.process_time() - cpu0)
 
 
-def _postgres_url() -> tuple[str, str]:
+def _pg_server() -> tuple[str, str]:
     host = os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1")
-    port = os.environ.get("BUSBELL_TEST_PG_PORT", "5432")
-    name = f"busbell_bench_{uuid.uuid4().hex[:8]}"
+    return host, os.environ.get("BUSBELL_TEST_PG_PORT", "5432")
+
+
+def _psql(sql: str, *, check: bool) -> None:
+    """One statement through psql on the benchmark's PostgreSQL server."""
+    host, port = _pg_server()
     subprocess.run(  # noqa: S603
-        ["psql", "-h", host, "-p", port, "-U", "postgres", "-qc", f'CREATE DATABASE "{name}"'],  # noqa: S607
-        check=True,
+        ["psql", "-h", host, "-p", port, "-U", "postgres", "-qc", sql],  # noqa: S607
+        check=check,
     )
+
+
+def _postgres_url() -> tuple[str, str]:
+    """A scratch database on the benchmark's server: its URL and name."""
+    host, port = _pg_server()
+    name = f"busbell_bench_{uuid.uuid4().hex[:8]}"
+    _psql(f'CREATE DATABASE "{name}"', check=True)
     return f"postgresql+asyncpg://postgres@{host}:{port}/{name}", name
+
+
+def drop_database(name: str) -> None:
+    """Drop a scratch database made by :func:`_postgres_url` (errors ignored)."""
+    _psql(f'DROP DATABASE "{name}"', check=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,20 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = asyncio.run(_run(url, args.events, args.buses, args.batch))
         finally:
             if drop is not None:
-                subprocess.run(  # noqa: S603
-                    [  # noqa: S607
-                        "psql",
-                        "-h",
-                        os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1"),
-                        "-p",
-                        os.environ.get("BUSBELL_TEST_PG_PORT", "5432"),
-                        "-U",
-                        "postgres",
-                        "-qc",
-                        f'DROP DATABASE "{drop}"',
-                    ],
-                    check=False,
-                )
+                drop_database(drop)
     per_cpu = r["events"] / r["cpu_s"]
     bare = (r["bare_before"] + r["bare_after"]) / 2
     with open("/proc/loadavg", encoding="ascii") as f:

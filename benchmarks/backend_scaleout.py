@@ -24,7 +24,7 @@ from pathlib import Path
 
 from backend._db import create_engine, migrate
 from backend._keys import register_device
-from benchmarks.backend_ingest import _postgres_url, bare_verify_cpu_rate
+from benchmarks.backend_ingest import _postgres_url, bare_verify_cpu_rate, drop_database
 from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
@@ -147,20 +147,7 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
-        subprocess.run(  # noqa: S603, ASYNC221 - clean-up after the run
-            [  # noqa: S607
-                "psql",
-                "-h",
-                os.environ.get("BUSBELL_TEST_PG_HOST", "127.0.0.1"),
-                "-p",
-                os.environ.get("BUSBELL_TEST_PG_PORT", "5432"),
-                "-U",
-                "postgres",
-                "-qc",
-                f'DROP DATABASE "{name}"',
-            ],
-            check=False,
-        )
+        drop_database(name)
     total = per_bus * n_buses
     return (
         f"{n_workers} worker(s): {total} events acked in {wall:.1f} s wall = "
