@@ -54,13 +54,10 @@ from backend._fare_rules import NetworkMap
 from backend._legs import (
     FLAG_LOST,
     FLAG_MERGED,
-    FLAG_OVERLAP_DROPPED,
-    FLAG_OVERLAP_RESOLVED,
     FLAG_PARTIAL,
     FLAG_PENALTY,
     FLAG_REVIEW,
     FLAG_STOP_ORDER,
-    FLAG_SUSPECTED_REPLAY,
     Journey,
     JourneyPolicy,
     Leg,
@@ -72,15 +69,6 @@ from backend._overlaps import settle_overlaps
 from busbell._gtfs import Feed
 
 __all__ = [
-    "FLAG_LOST",
-    "FLAG_MERGED",
-    "FLAG_OVERLAP_DROPPED",
-    "FLAG_OVERLAP_RESOLVED",
-    "FLAG_PARTIAL",
-    "FLAG_PENALTY",
-    "FLAG_REVIEW",
-    "FLAG_STOP_ORDER",
-    "FLAG_SUSPECTED_REPLAY",
     "Journey",
     "JourneyBuilder",
     "JourneyPolicy",
