@@ -182,9 +182,8 @@ async def _stopping_the_rest(
 ) -> None:
     """Run one task of the service; when it ends (it failed, say), stop the others too.
 
-    The task group cancels the others when one fails, but a cancel that lands as a QoS 1
-    publish completes is lost on Python 3.11 (``asyncio.wait_for``): a loop that also
-    watches ``stop`` ends anyway.
+    The task group cancels the others when one fails; setting ``stop`` as well lets the
+    loops that watch it (ingest) finish their batch in flight instead of being cut off.
     """
     try:
         await fn()

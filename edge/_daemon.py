@@ -121,9 +121,10 @@ def pop_earliest(
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until they end, cancelling again any that go on.
 
-    On Python 3.11 ``asyncio.wait_for`` (aiomqtt waits for a PUBACK with it) swallows a
-    cancel that arrives just as the awaited thing completes: a task cancelled during a
-    QoS 1 publish then went on as if nothing happened, and ``run`` never returned.
+    On Python 3.11 ``asyncio.wait_for`` swallows a cancel that arrives just as the awaited
+    thing completes (a task then goes on as if nothing happened). The MQTT session no
+    longer waits with it (``MqttSession._keep_cancels``); this re-cancel keeps ``run``
+    from hanging on any other library that still does.
     """
     pending = set(tasks)
     while pending:
