@@ -140,7 +140,7 @@ async def scale_out(
             f"\nscale-out: {n_events} events, {n_buses} buses, 3 workers (1 killed at "
             f"{killed_at} acked): {elapsed:.1f} s incl. {sign_s:.1f} s signing; "
             f"per worker {by_worker}; edge retries {fleet.retries}, "
-            f"resend requests {fleet.resend_requests}\n"
+            f"resend requests {fleet.resend_requests}, reconnects {fleet.reconnects}\n"
         )
     finally:
         for p in procs:
@@ -169,3 +169,46 @@ async def test_scaleout_full(
     pg_url: str, shared_broker: Any, topic_prefix: str, tmp_path: Path
 ) -> None:
     await scale_out(pg_url, shared_broker, topic_prefix, tmp_path, n_buses=100, n_events=50000)
+
+
+@pytest.mark.timeout(120)
+async def test_the_simulated_fleet_rides_out_a_broker_restart(
+    pg_url: str, private_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The fleet stands for real edges, which reconnect: a broker that drops them (a
+    # restart here; under load, a missed keep-alive) costs a reconnect, not the run.
+    buses = ["R000", "R001"]
+    chains = {b: make_events(b, device_key_for(b), 400) for b in buses}
+    engine = create_engine(pg_url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        for b in buses:
+            await register_device(conn, b, device_key_for(b).public)
+    log = tmp_path / "worker.log"
+    worker = start_worker(0, pg_url, private_broker, topic_prefix, log)
+    try:
+        await wait_subscribed([log])
+        settings = MqttSettings(
+            host=private_broker.host, port=private_broker.port, prefix=topic_prefix
+        )
+        fleet = EdgeFleet(settings, chains, batch=10, window=40, retry_s=2.0)
+        upload = asyncio.create_task(fleet.run(timeout_s=90))
+        while fleet.acked_total() < 200 and not upload.done():
+            await asyncio.sleep(0.02)
+        private_broker.kill()
+        await asyncio.sleep(0.5)
+        private_broker.start()
+        await upload
+        assert fleet.reconnects >= 1
+        assert fleet.acked == dict.fromkeys(buses, 400)
+        async with engine.connect() as conn:
+            count = sa.select(sa.func.count()).select_from(fare_events)
+            assert (await conn.execute(count)).scalar() == 800
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(5)
+        await engine.dispose()

@@ -121,7 +121,9 @@ class EdgeFleet:
     Keeps every event until acked; publishes batches with a bounded window ahead of
     the ack; answers ``fares/resend``; after ``retry_s`` without ack progress re-sends
     everything after the last ack (go-back-N). Acks are taken as a monotonic maximum.
-    One MQTT session serves all buses (the backend cannot tell the difference).
+    One MQTT session serves all buses (the backend cannot tell the difference). A lost
+    connection is re-opened, as the real uploader does (``reconnects`` counts them): on a
+    loaded machine the broker may drop a client, and the chains are all still here.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class EdgeFleet:
         self.sent = dict.fromkeys(chains, 0)
         self.resend_requests = 0
         self.retries = 0
+        self.reconnects = 0
         self._progress = dict.fromkeys(chains, 0.0)
         self._wake = asyncio.Event()
 
@@ -180,11 +183,24 @@ class EdgeFleet:
             self._wake.set()
 
     async def run(self, timeout_s: float = 120.0) -> None:
-        """Upload until every bus is fully acked.
+        """Upload until every bus is fully acked, reconnecting when the connection is lost.
 
         Raises:
             TimeoutError: when that does not happen within ``timeout_s``.
         """
+        async with asyncio.timeout(timeout_s):
+            now = time.monotonic()
+            self._progress = dict.fromkeys(self.chains, now)
+            while True:
+                try:
+                    await self._session()
+                    return
+                except UplinkError:
+                    self.reconnects += 1
+                    self.sent = dict(self.acked)  # what was in flight may be lost: go back
+                    await asyncio.sleep(0.2)
+
+    async def _session(self) -> None:
         pending: list[tuple[str, int, int]] = []
         async with MqttSession(self.settings, self.client_id, clean_start=True) as session:
             await session.subscribe(
@@ -195,16 +211,13 @@ class EdgeFleet:
             )
             listener = asyncio.create_task(self._listen(session, pending))
             try:
-                async with asyncio.timeout(timeout_s):
-                    now = time.monotonic()
-                    self._progress = dict.fromkeys(self.chains, now)
-                    while not self.done():
-                        if listener.done():
-                            listener.result()
-                        await self._step(session, pending)
-                        self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), 0.1)
+                while not self.done():
+                    if listener.done():
+                        listener.result()
+                    await self._step(session, pending)
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 0.1)
             finally:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, UplinkError):
