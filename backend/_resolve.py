@@ -22,14 +22,16 @@ No I/O here: the callers (``settle``, the online settlement worker) feed it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import os
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +55,7 @@ from busbell._token import (
 
 __all__ = [
     "DEFAULT_PROOF_SLACK_S",
+    "ONLINE_TABLE_BYTES",
     "ProofRejected",
     "ProofResult",
     "Resolver",
@@ -61,14 +64,20 @@ __all__ = [
     "TableBuilder",
     "check_proof_with",
     "derive_keys_fast",
+    "derive_rid_keys",
 ]
 
 DEFAULT_PROOF_SLACK_S = 120.0
 """How far (s) a proof's token time may lie outside the segment's ``[start.t, end.t]``."""
 
+ONLINE_TABLE_BYTES = 640 << 20
+"""The online settlement worker's budget for cached tables: four of 10 million riders
+(i-1..i+1 and one more)."""
+
 _TQ_STEP_S = 4.0
 _RESERVED_FLAG_BITS = 0b11000
-_HASH_MASK = (1 << 64) - 1
+_HASH_MASK = (1 << 32) - 1
+_R = TypeVar("_R")
 
 
 class ProofRejected(BusbellError):
@@ -103,20 +112,25 @@ class ProofResult:
 
 
 class _RiderIds:
-    """Rider ids by dense index, compactly: one UTF-8 blob, end offsets, a hash index.
+    """Rider ids by dense index, compactly: one byte blob, end offsets, a hash index.
 
-    The index from an id to its rider index is two sorted numpy arrays (the ids' 64-bit
-    hashes and the indexes) over the ids up to ``_indexed``, plus a dict for the ids
-    added since, merged in when it grows (amortised: a merge sorts, at most once per
-    eighth of the keyring). Hashes are Python's ``hash`` (per process: never pickled).
+    An id of the rider API's form (``r-`` and 24 lowercase hex digits) is stored as a
+    0xFF byte (never in UTF-8) and its 12 raw bytes; any other id as its UTF-8 bytes.
+    End offsets are 32-bit while the blob is under 4 GiB. The index from an id to its
+    rider index is two sorted numpy arrays (the ids' 32-bit hashes and the indexes; an
+    equal hash is told apart by comparing the ids) over the ids up to ``_indexed``, plus
+    a dict for the ids added since, merged in when it grows (amortised: a merge sorts,
+    at most once per eighth of the keyring). Hashes are Python's ``hash`` (per process:
+    never pickled). An id may appear more than once (a re-keyed rider): :meth:`find`
+    returns its newest index.
     """
 
     __slots__ = ("_blob", "_ends", "_indexed", "_recent", "_sorted_h", "_sorted_i")
 
     def __init__(self) -> None:
         self._blob = bytearray()
-        self._ends = array("Q")
-        self._sorted_h = np.empty(0, dtype=np.uint64)
+        self._ends = array("I")
+        self._sorted_h = np.empty(0, dtype=np.uint32)
         self._sorted_i = np.empty(0, dtype=np.uint32)
         self._indexed = 0
         self._recent: dict[str, int] = {}
@@ -126,25 +140,32 @@ class _RiderIds:
 
     def get(self, idx: int) -> str:
         start = self._ends[idx - 1] if idx else 0
-        return self._blob[start : self._ends[idx]].decode()
+        return _decode_id(self._blob[start : self._ends[idx]])
 
     def find(self, rider_id: str) -> int | None:
         idx = self._recent.get(rider_id)
         if idx is not None:
-            return idx
+            return idx  # newer than any indexed one
         sorted_h = self._sorted_h
-        h = np.uint64(hash(rider_id) & _HASH_MASK)
+        h = np.uint32(hash(rider_id) & _HASH_MASK)
         pos = int(np.searchsorted(sorted_h, h))
+        found = None
         while pos < len(sorted_h) and sorted_h[pos] == h:
             cand = int(self._sorted_i[pos])
-            if self.get(cand) == rider_id:
-                return cand
+            if (found is None or cand > found) and self.get(cand) == rider_id:
+                found = cand
             pos += 1
-        return None
+        return found
+
+    def _grow(self, extra: int) -> None:
+        if self._ends.typecode == "I" and len(self._blob) + extra >= 1 << 32:
+            self._ends = array("Q", self._ends)  # pragma: no cover - a 4 GiB id blob
 
     def append(self, rider_id: str) -> int:
         idx = len(self._ends)
-        self._blob += rider_id.encode()
+        enc = _encode_id(rider_id)
+        self._grow(len(enc))
+        self._blob += enc
         self._ends.append(len(self._blob))
         self._recent[rider_id] = idx
         if len(self._recent) >= max(1 << 16, idx >> 3):
@@ -157,7 +178,7 @@ class _RiderIds:
             self._merge(
                 np.fromiter(
                     (hash(r) & _HASH_MASK for r in self._recent),
-                    dtype=np.uint64,
+                    dtype=np.uint32,
                     count=len(self._recent),
                 ),
                 np.fromiter(self._recent.values(), dtype=np.uint32, count=len(self._recent)),
@@ -165,19 +186,23 @@ class _RiderIds:
             self._recent = {}
         self._indexed = len(self._ends)
 
-    def _merge(self, new_h: npt.NDArray[np.uint64], new_i: npt.NDArray[np.uint32]) -> None:
-        order = np.argsort(new_h)
+    def _merge(self, new_h: npt.NDArray[np.uint32], new_i: npt.NDArray[np.uint32]) -> None:
+        order = np.argsort(new_h, kind="stable")
         new_h, new_i = new_h[order], new_i[order]
+        del order
         old_h, old_i = self._sorted_h, self._sorted_i
-        # linear merge of two sorted runs: each new hash goes before the old ones >= it
-        at = np.searchsorted(old_h, new_h) + np.arange(len(new_h))
+        # linear merge of two sorted runs: each new hash goes after the old ones <= it
+        at = np.searchsorted(old_h, new_h, side="right") + np.arange(len(new_h))
         mask = np.zeros(len(old_h) + len(new_h), dtype=bool)
         mask[at] = True
-        merged_h = np.empty(len(mask), dtype=np.uint64)
+        del at
+        merged_h = np.empty(len(mask), dtype=np.uint32)
+        merged_h[mask], merged_h[~mask] = new_h, old_h
+        self._sorted_h = merged_h
+        del old_h
         merged_i = np.empty(len(mask), dtype=np.uint32)
-        merged_h[mask], merged_i[mask] = new_h, new_i
-        merged_h[~mask], merged_i[~mask] = old_h, old_i
-        self._sorted_h, self._sorted_i = merged_h, merged_i
+        merged_i[mask], merged_i[~mask] = new_i, old_i
+        self._sorted_i = merged_i
 
     def extend(self, rider_ids: Sequence[str]) -> int:
         """Append many ids at once (bulk load); returns the index of the first.
@@ -187,16 +212,16 @@ class _RiderIds:
         """
         self.reindex()
         base = len(self._ends)
-        encoded = [r.encode() for r in rider_ids]
-        new_h = np.fromiter(
-            (hash(r) & _HASH_MASK for r in rider_ids), dtype=np.uint64, count=len(rider_ids)
-        )
+        n = len(rider_ids)
+        new_h = np.fromiter((hash(r) & _HASH_MASK for r in rider_ids), dtype=np.uint32, count=n)
         # ids sharing a hash with another new id or an indexed one: compare the ids
         sorted_new = np.sort(new_h)
         clash = set(sorted_new[1:][sorted_new[1:] == sorted_new[:-1]].tolist())
-        pos = np.minimum(np.searchsorted(self._sorted_h, new_h), max(0, len(self._sorted_h) - 1))
+        del sorted_new
         if len(self._sorted_h):
+            pos = np.minimum(np.searchsorted(self._sorted_h, new_h), len(self._sorted_h) - 1)
             clash.update(new_h[self._sorted_h[pos] == new_h].tolist())
+            del pos
         if clash:
             seen: set[str] = set()
             for r, h in zip(rider_ids, new_h.tolist(), strict=True):
@@ -204,10 +229,14 @@ class _RiderIds:
                     if r in seen or self.find(r) is not None:
                         raise ValueError(f"rider {r!r} is already in the keyring")
                     seen.add(r)
-        ends = np.cumsum([len(e) for e in encoded], dtype=np.uint64) + np.uint64(len(self._blob))
+        encoded = [_encode_id(r) for r in rider_ids]
+        lengths = np.fromiter((len(e) for e in encoded), dtype=np.uint64, count=n)
+        ends = np.cumsum(lengths) + np.uint64(len(self._blob))
+        self._grow(int(lengths.sum()))
         self._blob += b"".join(encoded)
-        self._ends.frombytes(ends.tobytes())
-        self._merge(new_h, np.arange(base, base + len(rider_ids), dtype=np.uint32))
+        del encoded
+        self._ends.frombytes(ends.astype(self._ends.typecode).tobytes())
+        self._merge(new_h, np.arange(base, base + n, dtype=np.uint32))
         self._indexed = len(self._ends)
         return base
 
@@ -219,43 +248,114 @@ class _RiderIds:
         )
 
 
-_HKDF_SALT = bytes(32)  # salt=None in RFC 5869 is HashLen zero bytes
+_PACKED_ID = 0xFF  # first byte of a packed id; never in UTF-8
+
+
+def _encode_id(rider_id: str) -> bytes:
+    if len(rider_id) == 26 and rider_id.startswith("r-") and rider_id == rider_id.lower():
+        try:
+            raw = bytes.fromhex(rider_id[2:])
+        except ValueError:
+            raw = b""
+        if len(raw) == 12:
+            return b"\xff" + raw
+    return rider_id.encode()
+
+
+def _decode_id(raw: bytes | bytearray) -> str:
+    if raw and raw[0] == _PACKED_ID:
+        return "r-" + raw[1:].hex()
+    return raw.decode()
+
+
+_RID_INFO = b"busbell-rid-v1\x01"
+_MAC_INFO = b"busbell-mac-v1\x01"
+# HMAC-SHA256 (RFC 2104) written out on hashlib, which is two to three times faster than
+# ``hmac.digest`` here (OpenSSL 3 sets up an HMAC context per call). A 32-byte key is
+# padded to the 64-byte block with zeros, so its XOR with ipad/opad is the key's bytes
+# mapped through a table, then 32 bytes of the pad itself.
+_X36 = bytes(b ^ 0x36 for b in range(256))
+_X5C = bytes(b ^ 0x5C for b in range(256))
+_PAD36 = b"\x36" * 32
+_PAD5C = b"\x5c" * 32
+# HKDF-Extract with salt=None (RFC 5869: HashLen zero bytes): the inner and outer hash
+# states after the padded salt, the same for every rider
+_EXTRACT_IN = hashlib.sha256(bytes(32).translate(_X36) + _PAD36)
+_EXTRACT_OUT = hashlib.sha256(bytes(32).translate(_X5C) + _PAD5C)
+
+
+def _prk(token_key: bytes | bytearray) -> bytes:
+    inner = _EXTRACT_IN.copy()
+    inner.update(token_key)
+    outer = _EXTRACT_OUT.copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def _expand(prk: bytes, info: bytes) -> bytes:
+    """HKDF-Expand's first block: HMAC-SHA256(prk, info + 0x01) for a 32-byte prk."""
+    sha = hashlib.sha256
+    return sha(
+        prk.translate(_X5C) + _PAD5C + sha(prk.translate(_X36) + _PAD36 + info).digest()
+    ).digest()
 
 
 def derive_keys_fast(token_key: bytes) -> tuple[bytes, bytes]:
-    """:func:`busbell.derive_rider_keys` (HKDF-SHA256) with three HMAC calls.
+    """:func:`busbell.derive_rider_keys` (HKDF-SHA256) written out on hashlib.
 
-    RFC 5869 written out: one extract shared by both keys, one expand block each (16
-    and 32 bytes fit in one SHA-256 block). A quarter of the cost of two ``cryptography``
-    HKDF objects, which matters when loading millions of riders; a test holds it equal.
+    RFC 5869: one extract shared by both keys, one expand block each (16 and 32 bytes
+    fit in one SHA-256 block). A tenth of the cost of two ``cryptography`` HKDF
+    objects, which matters when loading millions of riders; a test holds it equal.
 
     Raises:
         ValueError: if ``token_key`` is not 16 bytes.
     """
     if len(token_key) != 16:
         raise ValueError(f"token_key must be 16 bytes, got {len(token_key)}")
-    prk = hmac.digest(_HKDF_SALT, token_key, "sha256")
-    rid_key = hmac.digest(prk, b"busbell-rid-v1\x01", "sha256")[:16]
-    mac_key = hmac.digest(prk, b"busbell-mac-v1\x01", "sha256")
-    return rid_key, mac_key
+    prk = _prk(token_key)
+    return _expand(prk, _RID_INFO)[:16], _expand(prk, _MAC_INFO)
+
+
+def derive_rid_keys(token_keys: bytes | bytearray) -> bytes:
+    """The ``rid_key`` of each of many 16-byte token keys (concatenated in, and out).
+
+    The task a worker process runs when a large keyring is loaded (about 2 us a rider).
+
+    Raises:
+        ValueError: if the length is not a multiple of 16.
+    """
+    if len(token_keys) % 16:
+        raise ValueError("token keys are 16 bytes each")
+    prk, expand, info = _prk, _expand, _RID_INFO
+    return b"".join(
+        [expand(prk(token_keys[k : k + 16]), info)[:16] for k in range(0, len(token_keys), 16)]
+    )
+
+
+def _mac_key(token_key: bytes) -> bytes:
+    return _expand(_prk(token_key), _MAC_INFO)
 
 
 class RiderKeyring:
-    """The derived keys of every enrolled rider, stored compactly.
+    """The keys of every enrolled rider, stored compactly.
 
-    Keys live in two contiguous byte buffers (16 bytes of ``rid_key`` and 32 of
-    ``mac_key`` per rider) indexed by a dense rider index; the ids in one UTF-8 buffer
-    with a sorted hash index (no Python object per rider): 10 million riders with
-    26-character ids take about 1 GB.
+    Per rider, by a dense rider index: the 16-byte ``token_key`` and the ``rid_key``
+    derived from it (the tables need every rider's; two contiguous byte buffers), and
+    the id (see :class:`_RiderIds`), with no Python object per rider. The ``mac_key``
+    is derived when a proof is checked (two HMACs) rather than stored: 32 bytes per
+    rider saved. 10 million riders with the rider API's ids take about 590 MB.
+
+    A re-keyed rider (:meth:`rekey`) gets a new index; the old one never resolves again.
     """
 
-    __slots__ = ("_ids", "_mac_keys", "_revoked", "_rid_keys")
+    __slots__ = ("_dead", "_dead_array", "_ids", "_rid_keys", "_token_keys")
 
     def __init__(self) -> None:
         self._ids = _RiderIds()
+        self._token_keys = bytearray()
         self._rid_keys = bytearray()
-        self._mac_keys = bytearray()
-        self._revoked: set[int] = set()
+        self._dead: set[int] = set()
+        self._dead_array: npt.NDArray[np.int64] | None = None
 
     @classmethod
     def from_token_keys(cls, riders: Iterable[tuple[str, bytes]]) -> RiderKeyring:
@@ -277,62 +377,93 @@ class RiderKeyring:
         Raises:
             ValueError: when the key is not 16 bytes or the rider is already present.
         """
-        rid_key, mac_key = derive_keys_fast(token_key)
-        return self.add_derived(rider_id, rid_key, mac_key)
-
-    def add_derived(self, rider_id: str, rid_key: bytes, mac_key: bytes) -> int:
-        """Enrol a rider from already derived keys; returns the rider index.
-
-        Raises:
-            ValueError: on wrong key lengths or a rider id already present.
-        """
-        if len(rid_key) != 16 or len(mac_key) != 32:
-            raise ValueError("rid_key must be 16 bytes and mac_key 32 bytes")
+        if len(token_key) != 16:
+            raise ValueError(f"token_key must be 16 bytes, got {len(token_key)}")
         if self._ids.find(rider_id) is not None:
             raise ValueError(f"rider {rider_id!r} is already in the keyring")
+        return self._append(rider_id, token_key)
+
+    def _append(self, rider_id: str, token_key: bytes) -> int:
+        rid_key = derive_rid_keys(token_key)
         idx = self._ids.append(rider_id)
+        self._token_keys += token_key
         self._rid_keys += rid_key
-        self._mac_keys += mac_key
         return idx
 
-    def extend_derived(self, rider_ids: Sequence[str], rid_keys: bytes, mac_keys: bytes) -> int:
-        """Enrol many riders from derived keys at once (bulk load); returns the first index.
+    def extend(
+        self,
+        rider_ids: Sequence[str],
+        token_keys: bytes | bytearray,
+        *,
+        builder: TableBuilder | None = None,
+    ) -> int:
+        """Enrol many riders at once (bulk load); returns the first index.
 
         Args:
             rider_ids: the ids.
-            rid_keys: their ``rid_key`` values, 16 bytes each, in the same order.
-            mac_keys: their ``mac_key`` values, 32 bytes each.
+            token_keys: their 16-byte token keys, concatenated in the same order.
+            builder: derives the ``rid_key`` values (in worker processes when it has them:
+                two HMACs a rider, about 5 us).
 
         Raises:
             ValueError: on wrong key lengths or an id already present (nothing added).
         """
-        n = len(rider_ids)
-        if len(rid_keys) != 16 * n or len(mac_keys) != 32 * n:
-            raise ValueError("rid_keys must be 16 bytes and mac_keys 32 bytes per rider")
+        if len(token_keys) != 16 * len(rider_ids):
+            raise ValueError("token keys must be 16 bytes per rider")
+        rid_keys = (builder or _INLINE).derive_rid_keys(token_keys)
         first = self._ids.extend(rider_ids)
+        self._token_keys += token_keys
         self._rid_keys += rid_keys
-        self._mac_keys += mac_keys
         return first
+
+    def rekey(self, rider_id: str, token_key: bytes) -> int:
+        """Give an enrolled rider a new ``token_key`` (or enrol them); returns the index.
+
+        The rider gets a new index (the tables pick it up like a new enrolment); the old
+        index is retired: its rids never resolve again. The same key changes nothing.
+
+        Raises:
+            ValueError: when the key is not 16 bytes.
+        """
+        if len(token_key) != 16:
+            raise ValueError(f"token_key must be 16 bytes, got {len(token_key)}")
+        old = self._ids.find(rider_id)
+        if old is not None and self.token_key(old) == token_key:
+            return old
+        idx = self._append(rider_id, token_key)
+        if old is not None:
+            self._retire(old)
+        return idx
+
+    def _retire(self, idx: int) -> None:
+        self._dead.add(idx)
+        self._dead_array = None
 
     def revoke(self, rider_id: str) -> bool:
         """Stop resolving a rider's rids; returns whether the rider was known."""
         idx = self._ids.find(rider_id)
         if idx is None:
             return False
-        self._revoked.add(idx)
+        self._retire(idx)
         return True
 
     def is_revoked(self, idx: int) -> bool:
-        """Whether the rider at ``idx`` is revoked."""
-        return idx in self._revoked
+        """Whether the rider at ``idx`` is revoked (or re-keyed since: a retired index)."""
+        return idx in self._dead
 
     @property
     def revoked(self) -> frozenset[int]:
-        """The indexes of revoked riders."""
-        return frozenset(self._revoked)
+        """The indexes that never resolve (revoked riders, keys replaced by :meth:`rekey`)."""
+        return frozenset(self._dead)
+
+    def revoked_array(self) -> npt.NDArray[np.int64]:
+        """:attr:`revoked` as a sorted array (cached until the next change)."""
+        if self._dead_array is None:
+            self._dead_array = np.array(sorted(self._dead), dtype=np.int64)
+        return self._dead_array
 
     def index_of(self, rider_id: str) -> int | None:
-        """The dense index of a rider, or ``None``."""
+        """The dense index of a rider (the newest, if re-keyed), or ``None``."""
         return self._ids.find(rider_id)
 
     def rider_id(self, idx: int) -> str:
@@ -345,17 +476,37 @@ class RiderKeyring:
         """The derived keys of the rider at ``idx``."""
         return RiderKeys(rid_key=self.rid_key(idx), mac_key=self.mac_key(idx))
 
+    def token_key(self, idx: int) -> bytes:
+        """The ``token_key`` of the rider at ``idx``."""
+        return bytes(self._token_keys[16 * idx : 16 * idx + 16])
+
     def rid_key(self, idx: int) -> bytes:
         """The ``rid_key`` of the rider at ``idx``."""
         return bytes(self._rid_keys[16 * idx : 16 * idx + 16])
 
     def mac_key(self, idx: int) -> bytes:
-        """The ``mac_key`` of the rider at ``idx``."""
-        return bytes(self._mac_keys[32 * idx : 32 * idx + 32])
+        """The ``mac_key`` of the rider at ``idx`` (derived: two HMACs)."""
+        if not 0 <= idx < len(self._ids):
+            raise IndexError(idx)
+        return _mac_key(self.token_key(idx))
 
     def nbytes(self) -> int:
         """Bytes held by the keys and ids (not counting Python object headers)."""
-        return len(self._rid_keys) + len(self._mac_keys) + self._ids.nbytes()
+        return sum(self.memory().values())
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held, by part.
+
+        ``keys``: token and rid keys; ``ids``: the id bytes and their end offsets;
+        ``id_index``: the sorted hash index.
+        """
+        ids = self._ids
+        index = int(ids._sorted_h.nbytes + ids._sorted_i.nbytes)
+        return {
+            "keys": len(self._token_keys) + len(self._rid_keys),
+            "ids": ids.nbytes() - index,
+            "id_index": index,
+        }
 
     def build_tables(
         self,
@@ -380,15 +531,15 @@ class RiderKeyring:
         """
         n = len(self)
         start = min(max(0, start), n)
-        prefix, tail = (builder or _INLINE).rid_keys(self._rid_keys, start, n, intervals)
-        tables = []
-        for j, k in enumerate(intervals):
-            p, t = prefix[j], tail[j]
-            if len(intervals) == 1:
-                del prefix, tail  # consumed by the table: no second copy
-            tables.append(RidTable.from_keys(k, p, t, start))
-            del p, t
-        return tables
+        chunks = (builder or _INLINE).rid_keys(self._rid_keys, start, n, intervals)
+        if len(intervals) == 1:  # each chunk freed once placed in the table
+            rows = [(off, p[0], t[0]) for off, p, t in chunks]
+            del chunks
+            return [RidTable.from_chunks(intervals[0], rows, start)]
+        return [
+            RidTable.from_chunks(k, [(off, p[j], t[j]) for off, p, t in chunks], start)
+            for j, k in enumerate(intervals)
+        ]
 
 
 class TableBuilder:
@@ -424,7 +575,7 @@ class TableBuilder:
 
     def rid_keys(
         self, keys: bytearray, start: int, end: int, intervals: Sequence[int]
-    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]:
+    ) -> list[tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint32]]]:
         """Table keys (see :func:`~backend._ridtable.rid_keys_of`) of riders ``start..end``.
 
         Args:
@@ -432,34 +583,60 @@ class TableBuilder:
             start: first rider index.
             end: one past the last.
             intervals: the intervals.
+
+        Returns:
+            ``(offset from start, prefix, tail)`` per chunk of riders (the arrays are
+            ``(len(intervals), chunk)``), in rider order.
         """
         n = end - start
         ivs = tuple(intervals)
         if self.processes <= 1 or n < self.parallel_min_riders:
-            return rid_keys_of(keys[16 * start : 16 * end], ivs)
-        prefix = np.empty((len(ivs), n), dtype=np.uint64)
-        tail = np.empty((len(ivs), n), dtype=np.uint32)
+            return [
+                (a - start, *rid_keys_of(keys[16 * a : 16 * min(end, a + self.chunk_riders)], ivs))
+                for a in range(start, end, self.chunk_riders)
+            ]
         step = min(self.chunk_riders, -(-n // self.processes))
+        # a bytearray slice is a copy (the keyring may grow meanwhile); a bounded number
+        # in flight bounds the memory
+        return [
+            (off, p, t)
+            for off, (p, t) in self._map(rid_keys_of, keys, start, end, step, args=(ivs,))
+        ]
+
+    def derive_rid_keys(self, token_keys: bytes | bytearray) -> bytes:
+        """:func:`derive_rid_keys` of many token keys, over the worker processes if any."""
+        n = len(token_keys) // 16
+        if self.processes <= 1 or n < self.parallel_min_riders // 4:
+            return derive_rid_keys(token_keys)
+        step = min(self.chunk_riders, -(-n // self.processes))
+        return b"".join(
+            out for _, out in self._map(derive_rid_keys, token_keys, 0, n, step, args=())
+        )
+
+    def _map(
+        self,
+        fn: Callable[..., _R],
+        keys: bytes | bytearray,
+        start: int,
+        end: int,
+        step: int,
+        *,
+        args: tuple[object, ...],
+    ) -> list[tuple[int, _R]]:
+        """``fn(keys of riders a..b, *args)`` per chunk, in the workers; in rider order."""
         pool = self._executor()
-        pending: deque[tuple[int, Future[tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint32]]]]]
-        pending = deque()
-
-        def take() -> None:
-            off, fut = pending.popleft()
-            p, t = fut.result()
-            prefix[:, off : off + p.shape[1]] = p
-            tail[:, off : off + p.shape[1]] = t
-
+        out: list[tuple[int, _R]] = []
+        pending: deque[tuple[int, Future[_R]]] = deque()
         for a in range(start, end, step):
             b = min(end, a + step)
-            # a bytearray slice is a copy (the keyring may grow meanwhile); a bounded
-            # number in flight bounds the memory
-            pending.append((a - start, pool.submit(rid_keys_of, keys[16 * a : 16 * b], ivs)))
+            pending.append((a - start, pool.submit(fn, bytes(keys[16 * a : 16 * b]), *args)))
             if len(pending) > 2 * self.processes:
-                take()
+                off, fut = pending.popleft()
+                out.append((off, fut.result()))
         while pending:
-            take()
-        return prefix, tail
+            off, fut = pending.popleft()
+            out.append((off, fut.result()))
+        return out
 
     def close(self) -> None:
         """Stop the worker processes (if any were started)."""
@@ -666,7 +843,7 @@ class Resolver:
                 g[0].append(pos)
                 g[1].append(raw)
         self.tables_for(groups)
-        revoked = np.fromiter(self.keyring.revoked, dtype=np.int64)
+        revoked = self.keyring.revoked_array()
         for interval, (positions, raws) in groups.items():
             table = self.table(interval)
             prefix, tail = rids_to_arrays(raws)

@@ -63,6 +63,13 @@ caller scans with :meth:`RidTable.candidates` (never happens by chance at 64 bit
 _RID_PREFIX = b"BBRID" + bytes(7)
 
 
+def _top(prefix: U64, shift: np.uint64, bits: int) -> npt.NDArray[np.intp]:
+    """The bucket of each rid: the top ``bits`` bits of its first bytes."""
+    if not bits:
+        return np.zeros(len(prefix), dtype=np.intp)
+    return (prefix >> shift).astype(np.intp)
+
+
 def _xtime(a: int) -> int:
     return ((a << 1) ^ (0x1B if a & 0x80 else 0)) & 0xFF
 
@@ -262,7 +269,7 @@ class RidTable:
 
     @classmethod
     def from_keys(cls, interval: int, prefix: U64, tail: U32, first_index: int = 0) -> RidTable:
-        """Sort one interval's rids into a table (the input arrays are consumed).
+        """Sort one interval's rids into a table (see :meth:`from_chunks`).
 
         Args:
             interval: the interval.
@@ -270,23 +277,65 @@ class RidTable:
             tail: their last 4 bytes.
             first_index: the rider index of the first entry (the others follow).
         """
-        order = np.argsort(prefix)
-        prefix = prefix[order]  # the unsorted array is freed here (peak: 3 x 8 bytes/rider)
-        tail = tail[order]
-        ridx = order.astype(np.uint32)
-        del order
-        if first_index:
-            ridx += np.uint32(first_index)
-        same = np.flatnonzero(prefix[1:] == prefix[:-1])
-        if same.size:  # riders with equal first 8 bytes (same key): back in index order
-            starts = same[np.r_[True, np.diff(same) > 1]]
-            for s in starts.tolist():
-                e = s + 1
-                while e < len(prefix) and prefix[e] == prefix[s]:
-                    e += 1
-                run = np.argsort(ridx[s:e], kind="stable")
-                tail[s:e] = tail[s:e][run]
-                ridx[s:e] = ridx[s:e][run]
+        return cls.from_chunks(interval, [(0, prefix, tail)], first_index)
+
+    @classmethod
+    def from_chunks(
+        cls, interval: int, chunks: list[tuple[int, U64, U32]], first_index: int = 0
+    ) -> RidTable:
+        """Sort one interval's rids, given in chunks of riders, into a table.
+
+        A bucket sort: the entries are placed by the top bits of their rids' first
+        bytes (each chunk in turn, stably; the list is emptied as it goes, so a chunk is
+        freed once placed), then each bucket is sorted on its own. The peak memory is
+        the table plus about one chunk, not the three copies of a global argsort; riders
+        with equal rids stay in index order.
+
+        Args:
+            interval: the interval.
+            chunks: ``(offset, prefix, tail)`` per chunk of consecutive riders (offset
+                from ``first_index``), in any order; consumed.
+            first_index: the rider index of offset 0.
+        """
+        n = sum(len(c[1]) for c in chunks)
+        bits = min(8, max(0, n.bit_length() - 16))
+        shift = np.uint64(64 - bits)
+        buckets = 1 << bits
+        counts = [np.bincount(_top(p, shift, bits), minlength=buckets) for _, p, _ in chunks]
+        total = np.sum(counts, axis=0, dtype=np.int64) if counts else np.zeros(1, np.int64)
+        bounds = np.zeros(buckets + 1, dtype=np.int64)
+        np.cumsum(total, out=bounds[1:])
+        prefix = np.empty(n, dtype=np.uint64)
+        tail = np.empty(n, dtype=np.uint32)
+        ridx = np.empty(n, dtype=np.uint32)
+        cursor = bounds[:-1].copy()
+        order_of_chunks = sorted(range(len(chunks)), key=lambda k: chunks[k][0])
+        todo = dict(enumerate(chunks))
+        chunks.clear()  # the caller's list no longer holds them
+        for k in order_of_chunks:
+            off, p, t = todo.pop(k)
+            top = _top(p, shift, bits)
+            order = np.argsort(top, kind="stable")
+            placed = top[order]
+            del top
+            within = np.arange(len(p), dtype=np.int64)
+            within -= (np.cumsum(counts[k]) - counts[k])[placed]
+            within += cursor[placed]
+            del placed
+            prefix[within] = p[order]
+            tail[within] = t[order]
+            del p, t
+            order += first_index + off
+            ridx[within] = order
+            del order, within
+            cursor += counts[k]
+        for b in range(buckets):
+            s, e = int(bounds[b]), int(bounds[b + 1])
+            if e - s > 1:
+                o = np.argsort(prefix[s:e], kind="stable")
+                prefix[s:e] = prefix[s:e][o]
+                tail[s:e] = tail[s:e][o]
+                ridx[s:e] = ridx[s:e][o]
         return cls(interval, prefix, tail, ridx)
 
     def __len__(self) -> int:

@@ -69,6 +69,7 @@ from backend._fare_rules import FareRules, load_rules
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
 from backend._resolve import (
     DEFAULT_PROOF_SLACK_S,
+    ONLINE_TABLE_BYTES,
     ProofRejected,
     Resolver,
     RiderKeyring,
@@ -274,7 +275,7 @@ class SettlementWorker:
             cache_intervals=16,
             proof_slack_s=DEFAULT_PROOF_SLACK_S,
             builder=TableBuilder(0),
-            max_table_bytes=640 << 20,  # 4 tables of 10M riders: i-1..i+1 and one more
+            max_table_bytes=ONLINE_TABLE_BYTES,
         )
         self.gap_grace_s = gap_grace_s
         self.batch_events = max(1, batch_events)

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from backend._resolve import Resolver, RiderKeyring, TableBuilder
+from backend._resolve import ONLINE_TABLE_BYTES, Resolver, RiderKeyring, TableBuilder
 from backend._ridtable import rid_words
 from busbell._token import interval_of, rid_for_interval
 
@@ -58,14 +58,14 @@ def _load() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def _keyring(n: int, seed: int) -> RiderKeyring:
+def _keyring(n: int, seed: int, builder: TableBuilder) -> RiderKeyring:
     rng = np.random.default_rng(seed)
     ring = RiderKeyring()
     for a in range(0, n, _LOAD_CHUNK):
         m = min(_LOAD_CHUNK, n - a)
         ids = [f"r-{x:024x}" for x in (int(v) for v in rng.integers(0, 2**63, m))]
         ids = [f"{i[:-7]}{a + k:07x}" for k, i in enumerate(ids)]  # unique
-        ring.extend_derived(ids, rng.bytes(16 * m), rng.bytes(32 * m))
+        ring.extend(ids, rng.bytes(16 * m), builder=builder)  # rid_keys derived in workers
     return ring
 
 
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     small = RiderKeyring()
     rng = np.random.default_rng(args.seed + 1)
     m = args.ratio_riders
-    keys = rng.bytes(16 * m)
-    small.extend_derived([f"s{k}" for k in range(m)], keys, rng.bytes(32 * m))
+    small.extend([f"s{k}" for k in range(m)], rng.bytes(16 * m))
+    keys = b"".join([small.rid_key(k) for k in range(m)])
     i = interval_of(time.time())
     bare = min(_bare_aes(keys, i) for _ in range(3))
     t_small = []
@@ -122,32 +122,38 @@ def main(argv: list[str] | None = None) -> int:
     )
     del small, keys, karr
 
+    builder = TableBuilder(args.processes, parallel_min_riders=0)
     rss0 = _status("VmRSS")
+    _reset_peak()
     t0 = time.perf_counter()
-    ring = _keyring(args.riders, args.seed)
+    ring = _keyring(args.riders, args.seed, builder)
     t_load = time.perf_counter() - t0
     rss1 = _status("VmRSS")
+    parts = ", ".join(f"{k} {v / 2**20:,.0f}" for k, v in ring.memory().items())
     out(
-        f"riders: {args.riders:,}; keyring loaded in {t_load:.1f} s, "
-        f"{ring.nbytes() / 2**20:,.0f} MB of keys and ids, RSS {rss0:.0f} -> {rss1:.0f} MB\n"
+        f"riders: {args.riders:,}; keyring loaded in {t_load:.1f} s (rid_key derived on "
+        f"{builder.processes} worker process(es)); {ring.nbytes() / 2**20:,.0f} MB of keys and "
+        f"ids ({parts} MB); RSS {rss0:.0f} -> {rss1:.0f} MB, peak {_status('VmHWM'):.0f} MB\n"
     )
     _reset_peak()
-    builder = TableBuilder(args.processes, parallel_min_riders=0)
-    resolver = Resolver(ring, builder=builder)
-    t0 = time.perf_counter()
-    table = resolver.table(i)
-    t_first = time.perf_counter() - t0
-    rss2 = _status("VmRSS")
-    t0 = time.perf_counter()
-    resolver.table(i + 1)
-    t_next = time.perf_counter() - t0
-    rss3 = _status("VmRSS")
-    hwm_build = _status("VmHWM")
+    # as the online settlement worker keeps them: i-1..i+1 and the next one built ahead
+    resolver = Resolver(
+        ring, cache_intervals=16, builder=builder, max_table_bytes=ONLINE_TABLE_BYTES
+    )
+    stages = []
+    for label, k in (("first", i), ("next", i + 1), ("third", i - 1), ("fourth", i + 2)):
+        t0 = time.perf_counter()
+        table = resolver.table(k)
+        dt = time.perf_counter() - t0
+        stages.append(
+            f"{label} {dt:.1f} s (peak {_status('VmHWM'):.0f} MB, then RSS "
+            f"{_status('VmRSS'):.0f} MB)"
+        )
     out(
-        f"one interval's table on {builder.processes} worker process(es): {t_first:.1f} s "
-        f"(workers started), next interval {t_next:.1f} s; table {table.nbytes() >> 20} MB; "
-        f"RSS after {rss2:.0f} MB, with two tables {rss3:.0f} MB; peak RSS of the builds "
-        f"{hwm_build:.0f} MB\n"
+        f"one interval's table on {builder.processes} worker process(es), "
+        f"{table.nbytes() / 2**20:.0f} MB each, {len(resolver._tables)} kept: "
+        + "; ".join(stages)
+        + "\n"
     )
 
     # lookups: 90 % enrolled riders' rids, 10 % unknown

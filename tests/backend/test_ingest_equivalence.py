@@ -62,8 +62,8 @@ class Base:
     def settler(self) -> Settler:
         feed = load_gtfs(self.world.gtfs)
         ring = RiderKeyring()
-        for rider_id, keys in sorted(self.world.keys.items()):
-            ring.add_derived(rider_id, keys.rid_key, keys.mac_key)
+        for rider_id, token_key in sorted(self.world.token_keys.items()):
+            ring.add(rider_id, token_key)
         builder = JourneyBuilder(
             FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy()
         )

@@ -92,8 +92,8 @@ def test_offline_settle_counts_missed_records_and_never_charges_them(tmp_path: P
     world, evs = _world_with_missed(tmp_path)
     feed = load_gtfs(world.gtfs)
     ring = RiderKeyring()
-    for rider_id, keys in sorted(world.keys.items()):
-        ring.add_derived(rider_id, keys.rid_key, keys.mac_key)
+    for rider_id, token_key in sorted(world.token_keys.items()):
+        ring.add(rider_id, token_key)
     builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
     s = Settler(read_devices(world.devices_csv), Resolver(ring), builder)
     for e in evs:

@@ -85,7 +85,7 @@ def test_keyring_rejects_bad_keys_and_duplicates() -> None:
     with pytest.raises(ValueError, match="already"):
         ring.add("r000", keys["r000"])
     with pytest.raises(ValueError, match="16 bytes"):
-        ring.add_derived("x", b"short", bytes(32))
+        ring.rekey("x", b"short")
     with pytest.raises(ValueError, match="16 bytes"):
         ring.add("y", b"short")
     assert "r000" in ring

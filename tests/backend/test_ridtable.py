@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from backend._resolve import Resolver, RiderKeyring, TableBuilder, derive_keys_fast
-from backend._ridtable import aes_words, rid_keys_of, rid_words
+from backend._resolve import (
+    Resolver,
+    RiderKeyring,
+    TableBuilder,
+    derive_keys_fast,
+    derive_rid_keys,
+)
+from backend._ridtable import NEEDS_SCAN, RidTable, aes_words, rid_keys_of, rid_words
 from busbell import derive_rider_keys, interval_of, rid_for_interval
 
 T = 1_762_500_123.0
@@ -113,8 +120,8 @@ def test_keyring_bulk_load_and_index() -> None:
     ring = RiderKeyring()
     n = 70_000  # more than the 65,536 ids kept outside the sorted index
     for k in range(n):
-        ring.add_derived(f"a{k}", k.to_bytes(16, "big"), bytes(32))
-    first = ring.extend_derived([f"b{k}" for k in range(1000)], bytes(16_000), bytes(32_000))
+        ring.add(f"a{k}", k.to_bytes(16, "big"))
+    first = ring.extend([f"b{k}" for k in range(1000)], bytes(16_000))
     assert first == n
     assert len(ring) == n + 1000
     for k in (0, 1, 65_535, 65_536, n - 1):
@@ -123,14 +130,14 @@ def test_keyring_bulk_load_and_index() -> None:
     assert ring.index_of("b999") == n + 999
     assert ring.index_of("nobody") is None
     with pytest.raises(ValueError, match="already"):
-        ring.extend_derived(["c1", "a5"], bytes(32), bytes(64))
+        ring.extend(["c1", "a5"], bytes(32))
     with pytest.raises(ValueError, match="already"):
-        ring.extend_derived(["c1", "c1"], bytes(32), bytes(64))
+        ring.extend(["c1", "c1"], bytes(32))
     with pytest.raises(ValueError, match="16 bytes"):
-        ring.extend_derived(["c1"], bytes(15), bytes(32))
+        ring.extend(["c1"], bytes(15))
     assert len(ring) == n + 1000  # nothing added by the failures
     assert "c1" not in ring
-    ring.add_derived("c1", bytes(16), bytes(32))
+    ring.add("c1", bytes(16))
     assert ring.index_of("c1") == n + 1000
     with pytest.raises(IndexError):
         ring.rider_id(n + 1001)
@@ -155,3 +162,103 @@ def test_table_memory_budget_keeps_the_three_newest() -> None:
     for i in range(IV, IV + 6):
         unlimited.table(i)
     assert all(unlimited.ready(i) for i in range(IV, IV + 6))
+
+
+def test_rid_keys_and_mac_keys_derived_like_the_contract() -> None:
+    tks = [hashlib.sha256(f"d{k}".encode()).digest()[:16] for k in range(300)]
+    derived = derive_rid_keys(b"".join(tks))
+    ring = RiderKeyring()
+    ring.extend([f"d{k}" for k in range(300)], b"".join(tks))
+    for k, tk in enumerate(tks):
+        keys = derive_rider_keys(tk)
+        assert derived[16 * k : 16 * k + 16] == keys.rid_key
+        assert ring.keys(k) == keys
+        assert ring.token_key(k) == tk
+    with pytest.raises(ValueError, match="16 bytes"):
+        derive_rid_keys(bytes(17))
+    with pytest.raises(IndexError):
+        ring.mac_key(300)
+    builder = TableBuilder(2, parallel_min_riders=0, chunk_riders=7)
+    try:  # derived in worker processes, in rider order
+        assert builder.derive_rid_keys(b"".join(tks)) == derived
+    finally:
+        builder.close()
+
+
+@pytest.mark.parametrize(
+    "rider_id",
+    [
+        "r-0123456789abcdef01234567",  # the rider API's form: packed
+        "r-0123456789ABCDEF01234567",  # upper case: kept as text (would not round-trip)
+        "r-0123456789abcdef0123456",  # odd length
+        "r-0123456789abcdef0123456g",
+        "r-0123456789abcdef 1234567",
+        "x-0123456789abcdef01234567",
+        "rider-ü-\N{BUS}",
+        "",
+    ],
+)
+def test_rider_ids_round_trip_packed_or_not(rider_id: str) -> None:
+    ring = RiderKeyring()
+    ring.add("first", bytes(16))
+    idx = ring.add(rider_id, bytes(range(16)))
+    assert ring.rider_id(idx) == rider_id
+    assert ring.index_of(rider_id) == idx
+    ring._ids.reindex()
+    assert ring.index_of(rider_id) == idx
+    assert ring.index_of(rider_id.upper() + "x") is None
+
+
+def test_packed_ids_take_13_bytes() -> None:
+    ring = RiderKeyring()
+    ring.extend([f"r-{k:024x}" for k in range(1000)], bytes(16_000))
+    assert ring.memory()["ids"] == 1000 * (13 + 4)
+    assert ring.memory()["keys"] == 1000 * 32
+    assert ring.memory()["id_index"] == 1000 * 8
+    assert ring.rider_id(999) == f"r-{999:024x}"
+
+
+def test_rekeyed_rider_resolves_only_with_the_new_key() -> None:
+    ring, tks = _ring(50)
+    res = Resolver(ring)
+    old_rid = rid_for_interval(ring.rid_key(5), IV)
+    assert res.resolve(old_rid, IV) == "r5"  # table built, cached
+    assert ring.rekey("r5", tks[5]) == 5  # the same key: nothing changes
+    new_tk = hashlib.sha256(b"new").digest()[:16]
+    idx = res.keyring.rekey("r5", new_tk)
+    assert idx == 50
+    assert ring.index_of("r5") == 50
+    ring._ids.reindex()
+    assert ring.index_of("r5") == 50  # the newest, also from the sorted index
+    assert ring.rider_id(5) == "r5"
+    new_rid = rid_for_interval(derive_rider_keys(new_tk).rid_key, IV)
+    assert res.resolve(old_rid, IV) is None
+    assert res.resolve(new_rid, IV) == "r5"
+    assert res.resolve_many([old_rid, new_rid], IV) == [None, 50]
+    # a table built after the re-key: the same answers
+    fresh = Resolver(ring)
+    assert fresh.resolve_many([old_rid, new_rid], [IV, IV]) == [None, 50]
+    assert ring.rekey("new-rider", new_tk) == 51  # rekey enrols an unknown rider
+
+
+def test_bucket_sorted_table_equals_a_global_sort() -> None:
+    rng = np.random.default_rng(3)
+    n = 140_000  # 2**17 and more: two bits of buckets
+    prefix = rng.integers(0, 2**64, n, dtype=np.uint64)
+    tail = rng.integers(0, 2**32, n, dtype=np.uint32)
+    prefix[100:110] = prefix[7]  # riders sharing a key: equal rids
+    tail[100:110] = tail[7]
+    prefix[50_000] = prefix[7]  # equal first bytes, another tail
+    cuts = [0, 1, 33_333, 70_000, 70_001, n]
+    chunks = [(a, prefix[a:b].copy(), tail[a:b].copy()) for a, b in itertools.pairwise(cuts)]
+    chunks.reverse()  # given in any order
+    table = RidTable.from_chunks(IV, chunks, 1000)
+    assert chunks == []  # consumed
+    order = np.argsort(prefix, kind="stable")
+    assert np.array_equal(table._prefix, prefix[order])
+    assert np.array_equal(table._tail, tail[order])
+    assert np.array_equal(table._idx, order + 1000)
+    same = table.candidates(prefix[7].item().to_bytes(8, "big") + tail[7].item().to_bytes(4, "big"))
+    assert same == [1007, *range(1100, 1110)]
+    found = table.lookup(prefix[[7, 50_000, 3]], tail[[7, 50_000, 3]])
+    assert found.tolist() == [1007, NEEDS_SCAN, 1003]  # equal first bytes: scanned

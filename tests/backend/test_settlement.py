@@ -129,8 +129,8 @@ def _price(rules: FareRules, legs_: list[tuple[str, str, float, float]], categor
 def _offline(world: World, events: list[dict[str, Any]], categories: dict[str, str]) -> Any:
     feed = load_gtfs(world.gtfs)
     ring = RiderKeyring()
-    for rider_id, keys in sorted(world.keys.items()):
-        ring.add_derived(rider_id, keys.rid_key, keys.mac_key)
+    for rider_id, token_key in sorted(world.token_keys.items()):
+        ring.add(rider_id, token_key)
     builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
     s = Settler(read_devices(world.devices_csv), Resolver(ring), builder, categories=categories)
     for e in events:
