@@ -226,6 +226,21 @@ riders = sa.Table(
         server_default="adult",
         doc="fare category: adult, youth or child",
     ),
+    sa.Column(
+        "changed_seq",
+        sa.BigInteger(),
+        nullable=False,
+        server_default="0",
+        doc="stamped by triggers on every insert and update (migration 0010): the change feed",
+    ),
+    sa.Index(None, "changed_seq", "rider_id"),
+)
+
+rider_change_seq = sa.Table(
+    "rider_change_seq",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False, doc="the last changed_seq handed out"),
 )
 
 rider_tokens = sa.Table(

@@ -70,9 +70,9 @@ __all__ = [
 DEFAULT_PROOF_SLACK_S = 120.0
 """How far (s) a proof's token time may lie outside the segment's ``[start.t, end.t]``."""
 
-ONLINE_TABLE_BYTES = 640 << 20
-"""The online settlement worker's budget for cached tables: four of 10 million riders
-(i-1..i+1 and one more)."""
+ONLINE_TABLE_BYTES = 480 << 20
+"""The online settlement worker's budget for cached tables: the three of 10 million
+riders it needs (i-1..i+1, 153 MB each); a fourth is built only to replace one."""
 
 _TQ_STEP_S = 4.0
 _RESERVED_FLAG_BITS = 0b11000
@@ -156,6 +156,26 @@ class _RiderIds:
                 found = cand
             pos += 1
         return found
+
+    def find_many(self, rider_ids: Sequence[str]) -> list[int | None]:
+        """:meth:`find` of many ids at once.
+
+        One vectorised search of the sorted index: ids with no hash match (new riders
+        being loaded) cost no search in Python.
+        """
+        recent = self._recent
+        out: list[int | None] = [recent.get(r) for r in rider_ids]
+        sorted_h = self._sorted_h
+        if not len(sorted_h) or not rider_ids:
+            return out
+        h = np.fromiter(
+            (hash(r) & _HASH_MASK for r in rider_ids), dtype=np.uint32, count=len(rider_ids)
+        )
+        pos = np.minimum(np.searchsorted(sorted_h, h), len(sorted_h) - 1)
+        for k in np.flatnonzero(sorted_h[pos] == h).tolist():
+            if out[k] is None:
+                out[k] = self.find(rider_ids[k])
+        return out
 
     def _grow(self, extra: int) -> None:
         if self._ends.typecode == "I" and len(self._blob) + extra >= 1 << 32:
@@ -465,6 +485,10 @@ class RiderKeyring:
     def index_of(self, rider_id: str) -> int | None:
         """The dense index of a rider (the newest, if re-keyed), or ``None``."""
         return self._ids.find(rider_id)
+
+    def index_of_many(self, rider_ids: Sequence[str]) -> list[int | None]:
+        """:meth:`index_of` of many ids at once."""
+        return self._ids.find_many(rider_ids)
 
     def rider_id(self, idx: int) -> str:
         """The rider id at ``idx``."""
@@ -842,7 +866,10 @@ class Resolver:
                 g = groups.setdefault(interval, ([], []))
                 g[0].append(pos)
                 g[1].append(raw)
-        self.tables_for(groups)
+        if self.max_table_bytes is None:
+            self.tables_for(groups)  # every interval's table in one pass (settle)
+        # else: one interval at a time, within the byte budget (a bus hours late online
+        # would otherwise build a dozen tables of every rider at once)
         revoked = self.keyring.revoked_array()
         for interval, (positions, raws) in groups.items():
             table = self.table(interval)
@@ -858,6 +885,29 @@ class Resolver:
             for k in np.flatnonzero(slow).tolist():
                 out[positions[k]] = self.resolve_index(raws[k], interval)
         return out
+
+    def resolve_near(
+        self, rids: Sequence[str | bytes], intervals: Sequence[int]
+    ) -> list[tuple[int, int] | None]:
+        """Per rid, its rider index and the interval it was found in, or ``None``.
+
+        Looked up in the rid's interval, then the one before, then the one after (a
+        token's clock a little off at an interval boundary): the order of
+        :func:`backend._settle.segment_of`, in bulk (:meth:`resolve_many`).
+        """
+        found: list[tuple[int, int] | None] = [
+            None if f is None else (f, iv)
+            for f, iv in zip(self.resolve_many(rids, intervals), intervals, strict=True)
+        ]
+        for delta in (-1, 1):
+            miss = [k for k, f in enumerate(found) if f is None]
+            if not miss:
+                break
+            again = self.resolve_many([rids[k] for k in miss], [intervals[k] + delta for k in miss])
+            for k, f in zip(miss, again, strict=True):
+                if f is not None:
+                    found[k] = (f, intervals[k] + delta)
+        return found
 
     # ------------------------------------------------------------------ proofs
 

@@ -43,7 +43,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -85,23 +85,35 @@ class UnresolvedRid(ProofRejected):
         super().__init__("unresolved_rid", f"rid {rid} interval {interval}")
 
 
-def segment_of(event: Mapping[str, Any], resolver: Resolver) -> Segment:
+def segment_of(
+    event: Mapping[str, Any],
+    resolver: Resolver,
+    *,
+    found: tuple[int, int] | Literal[False] | None = False,
+) -> Segment:
     """Resolve a verified event's rid and check its proof; return the rider's segment.
 
     The rid is looked up in the event's interval, then (token clock skew at an interval
     boundary) the neighbouring ones.
+
+    Args:
+        event: the event.
+        resolver: the resolver.
+        found: the rid's ``(rider index, interval)`` if already looked up in bulk
+            (:meth:`~backend._resolve.Resolver.resolve_near`; ``None``: not found).
 
     Raises:
         ProofRejected: ``unresolved_rid`` or a proof failure (``bad_rtag``, ...).
     """
     rid = event["rid"]
     interval = event["interval"]
-    found: tuple[int, int] | None = None
-    for i in (interval, interval - 1, interval + 1):
-        idx = resolver.resolve_index(rid, i)
-        if idx is not None:
-            found = (idx, i)
-            break
+    if found is False:
+        found = None
+        for i in (interval, interval - 1, interval + 1):
+            idx = resolver.resolve_index(rid, i)
+            if idx is not None:
+                found = (idx, i)
+                break
     if found is None:
         raise UnresolvedRid(rid, interval)
     idx, rid_interval = found

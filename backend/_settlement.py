@@ -37,7 +37,7 @@ import datetime as dt
 import hashlib
 import time
 from collections import Counter as CountMap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ from backend._resolve import (
     RiderKeyring,
     TableBuilder,
 )
+from backend._rider_feed import RiderFeed
 from backend._settle import segment_of
 from backend.config import BackendConfig
 from busbell import BusbellError, ConfigError, StoreError, get_logger
@@ -161,12 +162,6 @@ class RevokedRider(ProofRejected):
     def __init__(self, rider_id: str) -> None:
         super().__init__("revoked_rider", f"rider {rider_id} revoked")
         self.rider_id = rider_id
-
-
-@dataclass(frozen=True, slots=True)
-class _Rider:
-    category: str
-    revoked_at: float | None
 
 
 def event_of_row(row: Any) -> dict[str, Any]:
@@ -282,11 +277,17 @@ class SettlementWorker:
         self.default_category = default_category
         self.interval_s = interval_s
         self.clock = clock
-        self._riders: dict[str, _Rider] = {}
         self._dialect = engine.dialect.name
         cap = rules.daily_cap.day_start
         self._day_offset = dt.timedelta(hours=cap.hour, minutes=cap.minute, seconds=cap.second)
-        self._categories = frozenset(c for rs in rules.rulesets for c in rs.categories)
+        categories = {c for rs in rules.rulesets for c in rs.categories}
+        # only the riders changed since the last pass are read (riders.changed_seq)
+        self._riders = RiderFeed(
+            self.resolver.keyring,
+            sorted(categories),
+            default_category,
+            builder=self.resolver.builder,
+        )
 
     # ------------------------------------------------------------------ days
 
@@ -315,49 +316,32 @@ class SettlementWorker:
     # ------------------------------------------------------------------ riders
 
     async def refresh_riders(self) -> int:
-        """Read the rider registry: add new riders' keys, update categories, revocations.
+        """Read the riders enrolled, re-keyed, revoked or re-categorised since the last call.
 
         Returns:
             How many riders were added to the keyring.
         """
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(
-                        riders.c.rider_id,
-                        riders.c.token_key,
-                        riders.c.status,
-                        riders.c.revoked_at,
-                        riders.c.category,
-                    )
-                )
-            ).all()
-        ring = self.resolver.keyring
-        added = 0
-        for r in rows:
-            if r.rider_id not in ring:
-                try:
-                    ring.add(r.rider_id, bytes.fromhex(r.token_key))
-                except ValueError as exc:
-                    _log().warning("rider_key_invalid", rider_id=r.rider_id, error=str(exc))
-                    continue
-                added += 1
-            category = r.category if r.category in self._categories else self.default_category
-            revoked = r.revoked_at if r.status == "revoked" else None
-            if r.status == "revoked" and revoked is None:
-                revoked = float("-inf")
-            self._riders[r.rider_id] = _Rider(category, revoked)
-        return added
+        return (await self._riders.refresh(self.engine)).added
 
-    def _resolve(self, event: Mapping[str, Any]) -> Segment | ProofRejected:
-        try:
-            seg = segment_of(event, self.resolver)
-        except ProofRejected as exc:
-            return exc
-        rider = self._riders.get(seg.rider_id)
-        if rider is not None and rider.revoked_at is not None and seg.start_t >= rider.revoked_at:
-            return RevokedRider(seg.rider_id)
-        return seg
+    def _resolve_batch(self, rows: Sequence[Any]) -> list[Segment | ProofRejected]:
+        """Each stored event's segment, or why it is not charged (rids looked up in bulk)."""
+        events = [event_of_row(row) for row in rows]
+        found = self.resolver.resolve_near(
+            [e["rid"] for e in events], [e["interval"] for e in events]
+        )
+        out: list[Segment | ProofRejected] = []
+        for event, f in zip(events, found, strict=True):
+            try:
+                seg = segment_of(event, self.resolver, found=f)
+            except ProofRejected as exc:
+                out.append(exc)
+                continue
+            revoked_at = self._riders.revoked_at(f[0]) if f is not None else None
+            if revoked_at is not None and seg.start_t >= revoked_at:
+                out.append(RevokedRider(seg.rider_id))
+            else:
+                out.append(seg)
+        return out
 
     # ------------------------------------------------------------------ pass
 
@@ -436,6 +420,7 @@ class SettlementWorker:
         bad_rows: list[dict[str, Any]] = []
         dirty: set[tuple[str, str]] = set()
         upto = settled
+        taken = []
         for row in rows:
             while expected in missed:
                 expected += 1
@@ -452,8 +437,9 @@ class SettlementWorker:
                 )
             expected = row.seq + 1
             upto = row.seq
-            report.events += 1
-            result = self._resolve(event_of_row(row))
+            taken.append(row)
+        report.events += len(taken)
+        for row, result in zip(taken, self._resolve_batch(taken), strict=True):
             if isinstance(result, ProofRejected):
                 report.unresolved[result.reason] += 1
                 UNRESOLVED.labels(result.reason).inc()
@@ -530,11 +516,7 @@ class SettlementWorker:
                     .where(u.c.reason == "unresolved_rid")
                 )
             ).all()
-        found: list[Segment] = []
-        for row in rows:
-            result = self._resolve(event_of_row(row))
-            if isinstance(result, Segment):
-                found.append(result)
+        found = [r for r in self._resolve_batch(rows) if isinstance(r, Segment)]
         if not found:
             return
         dirty = {(s.rider_id, d) for s in found for d in self.days_touched(s)}
@@ -607,8 +589,7 @@ class SettlementWorker:
                 )
             )
         ).all()
-        rider = self._riders.get(rider_id)
-        category = rider.category if rider is not None else self.default_category
+        category = self._riders.category(rider_id)
         built = self.builder.build_rider([_segment_of_row(r) for r in rows], category)
         day_journeys = [j for j in built if start <= j.first_board_t < end]
 

@@ -262,3 +262,16 @@ def test_bucket_sorted_table_equals_a_global_sort() -> None:
     assert same == [1007, *range(1100, 1110)]
     found = table.lookup(prefix[[7, 50_000, 3]], tail[[7, 50_000, 3]])
     assert found.tolist() == [1007, NEEDS_SCAN, 1003]  # equal first bytes: scanned
+
+
+def test_bulk_lookups_within_a_budget_build_one_table_at_a_time() -> None:
+    ring, _ = _ring(1000)  # 16,000 bytes per table
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=50_000)
+    ivs = list(range(IV, IV + 6))
+    rids = [rid_for_interval(ring.rid_key(k), i) for k, i in enumerate(ivs)]
+    assert res.resolve_many(rids, ivs) == list(range(6))
+    assert res.tables_built == 6
+    assert len(res._tables) == 3  # never more than the budget (and the three kept)
+    # found in the interval before or after (a token clock off at a boundary)
+    near = res.resolve_near([*rids[:2], b"\x01" * 12], [IV + 1, IV, IV])
+    assert near == [(0, IV), (1, IV + 1), None]

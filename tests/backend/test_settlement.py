@@ -75,7 +75,9 @@ class Env:
     async def enrol(self, rider_id: str, **body: str) -> None:
         r = await self.client.post("/riders", json={"rider_id": rider_id, **body})
         assert r.status_code == 201, r.text
-        self.world.keys[rider_id] = derive_rider_keys(bytes.fromhex(r.json()["token_key"]))
+        token_key = bytes.fromhex(r.json()["token_key"])
+        self.world.token_keys[rider_id] = token_key
+        self.world.keys[rider_id] = derive_rider_keys(token_key)
 
     async def rows(self, table: sa.Table, *order: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -612,3 +614,49 @@ async def test_backend_run_starts_the_settlement(
             stop.set()
             assert await asyncio.wait_for(task, 20) == 0
     assert any(e["event"] == "settlement_started" for e in logs)
+
+
+async def test_revocation_and_rekey_reach_a_running_worker_by_its_next_pass(env: Env) -> None:
+    w = env.world
+    first = w.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    first += w.ride("r0002", "bus-02", board=1, alight=3, t=T0)
+    await env.ingest(first)
+    report = await env.worker.settle_once()
+    assert report.segments == 2
+    # the rider registry changes while the worker runs: r0001 revoked (by the API),
+    # r0002 given a new token key and r0003 made a child (by an operator's SQL)
+    assert (await env.client.post("/riders/r0001/revoke")).status_code == 200
+    new_key = hashlib.sha256(b"new key").digest()[:16]
+    async with env.engine.begin() as conn:
+        from backend._db import riders
+
+        await conn.execute(
+            sa.update(riders).where(riders.c.rider_id == "r0002").values(token_key=new_key.hex())
+        )
+        await conn.execute(
+            sa.update(riders).where(riders.c.rider_id == "r0003").values(category="child")
+        )
+    old_keys = w.keys["r0002"]
+    second = w.ride("r0001", "bus-01", board=4, alight=6, t=T0 + 3600)
+    second += w.ride("r0002", "bus-02", board=4, alight=6, t=T0 + 3600)  # the old key
+    w.keys["r0002"] = derive_rider_keys(new_key)
+    second += w.ride("r0002", "bus-03", board=1, alight=3, t=T0 + 3700)  # the new key
+    second += w.ride("r0003", "bus-03", board=4, alight=6, t=T0 + 3900)
+    await env.ingest(second)
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    (feed,) = [e for e in logs if e["event"] == "rider_changes_read"]
+    assert (feed["rows"], feed["added"], feed["rekeyed"]) == (3, 0, 1)  # only the changes
+    assert report.unresolved == {"revoked_rider": 1, "unresolved_rid": 1}
+    bad = {r["event_id"]: r["reason"] for r in await env.rows(unresolved_segments, "event_id")}
+    assert bad == {second[0]["event_id"]: "revoked_rider", second[1]["event_id"]: "unresolved_rid"}
+    segs = {r["event_id"]: r["rider_id"] for r in await env.rows(rider_segments, "event_id")}
+    assert segs[second[2]["event_id"]] == "r0002"
+    assert segs[first[0]["event_id"]] == "r0001"  # ridden before the revocation: kept
+    (j,) = (await env.client.get("/riders/r0003/journeys")).json()["journeys"]
+    assert j["category"] == "child"
+    # nothing changed since: nothing read
+    with capture_logs() as logs:
+        await env.worker.settle_once()
+    assert not [e for e in logs if e["event"] == "rider_changes_read"]
+    assert old_keys != w.keys["r0002"]
