@@ -381,6 +381,20 @@ class PresenceClassifier:
         self._next_tick = float("-inf")
         self._dirty = True
 
+    def _rot_gap(self, old: _Rid) -> float:
+        """How long after an old rid's last advert its successor may first be heard.
+
+        ``rotation_gap_s``, or ``rotation_gaps`` times the old rid's own mean gap between
+        in-bus adverts if longer (at most ``rotation_settle_s``): a token heard every
+        1.5-2 s through a lossy scanner misses the next 4-5 adverts around its payload
+        change often enough that a fixed 5 s breaks its rides in two.
+        """
+        p = self.params
+        g = p.rotation_gaps * old.gap
+        if g <= p.rotation_gap_s:
+            return p.rotation_gap_s
+        return g if g < p.rotation_settle_s else p.rotation_settle_s
+
     def _windows(self, last_t: float) -> tuple[float, ...]:
         """The times a rid's successor may first be heard from.
 
@@ -876,9 +890,10 @@ class PresenceClassifier:
         same BLE address (phones keep theirs) wins.
         """
         p = self.params
+        window = self._rot_gap(old)
         for start in self._windows(old.last_t):
             dt = new.first_t - start
-            if -4.0 <= dt <= p.rotation_gap_s:
+            if -4.0 <= dt <= window:
                 break
         else:
             return None
@@ -947,12 +962,13 @@ class PresenceClassifier:
                 if cost is not None:
                     return [(cost, new.rid)]  # the same address wins any pairing
         d0 = old.d_min
+        window = self._rot_gap(old)
         keys = {
             k
             for start in self._windows(old.last_t)
             for k in range(
                 math.floor((start - 4.0) / self._slot_s),
-                math.floor((start + p.rotation_gap_s) / self._slot_s) + 1,
+                math.floor((start + window) / self._slot_s) + 1,
             )
         }
         for k in sorted(keys):
@@ -1008,7 +1024,6 @@ class PresenceClassifier:
             for r in self._rids.values()
             if r.addr and (r.state == _CANDIDATE or r.state == _ONBOARD)  # noqa: PLR1714
         }
-        open_s = self.params.rotation_gap_s + _START_S
         taken: set[bytes] = set()
         for kind in (_PRED_ONBOARD, _PRED_CANDIDATE):
             edges: list[tuple[float, bytes, bytes]] = []
@@ -1018,7 +1033,7 @@ class PresenceClassifier:
                 cand = self._edges.get(o)
                 if cand is None or (
                     self._edges_tick.get(o) != self._ticks
-                    and self._t <= self._windows(old.last_t)[-1] + open_s
+                    and self._t <= self._windows(old.last_t)[-1] + self._rot_gap(old) + _START_S
                 ):
                     cand = self._pairs_of(old)
                 for cost, n in cand:
@@ -1047,7 +1062,7 @@ class PresenceClassifier:
         """Compute (and keep) an old rid's candidate pairs; extends the open window."""
         cand = self._edges[old.rid] = self._candidates(old)
         self._edges_tick[old.rid] = self._ticks
-        until = self._windows(old.last_t)[-1] + self.params.rotation_gap_s + _START_S
+        until = self._windows(old.last_t)[-1] + self._rot_gap(old) + _START_S
         if until > self._open_until:  # noqa: PLR1730
             self._open_until = until
         return cand

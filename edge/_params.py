@@ -168,6 +168,12 @@ class ClassifierParams:
         doc="a new rid first heard at most this long after an old rid's last advert pairs"
         " with it (rotation)",
     )
+    rotation_gaps: float = option(
+        6.0,
+        doc="... or this many times the old rid's own mean gap between in-bus adverts, if"
+        " longer (at most rotation_settle_s): a token heard through a lossy or crowded"
+        " channel loses the adverts around its payload change as often as any others; 0: off",
+    )
     rotation_drop_db: float = option(
         12.0,
         doc="a rid whose smoothed RSSI had dropped this far below its baseline when it"

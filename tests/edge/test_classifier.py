@@ -877,6 +877,37 @@ def test_a_rotation_never_drops_a_boarding() -> None:
     assert segs[-1].end.stop_id == "S3"
 
 
+@pytest.mark.parametrize("keeps_address", [True, False])
+def test_rotation_across_a_lossy_gap_pairs_by_the_tokens_own_rate(keeps_address: bool) -> None:
+    """Issue 11, 30 % packet loss (seeds 1-4 of the sweep's loss cell): a token heard every
+    1.5 s loses the adverts around its payload change, so its new rid is first heard
+    6 s after the old rid's last advert. A fixed 5-s pairing window left the new rid
+    unpaired: the old segment ended ``lost`` at the previous stop (BD009 for BD010) and
+    the rest of the ride was never charged. The window follows the token's own rate."""
+    w = World(t0=T0 + 400)  # the boundary comes ~160 s in, while the bus drives
+    bnd = (math.floor((T0 + 400) / 600) + 1) * 600
+
+    def sparse(w: World) -> float | None:
+        if bnd - 2.0 <= w.t < bnd + 3.0 or round(w.t * 2) % 3:
+            return None  # one advert in three gets through, none across the change
+        return -64.0
+
+    tok = w.add(Token("lsy", sparse))
+    if not keeps_address:
+        tok.addr = ""
+    w.dwell("S1")
+    w.move(3000)  # the rotation, then a long way on: the old rid settles before S2
+    w.dwell("S2", 6)
+    w.move(30)
+    w.wait(20)
+    segs = by_name(w.finish(), tok)
+    assert [(s.start.cause, s.end.cause) for s in segs] == [
+        ("boarded", "rotated"),
+        ("continued", "alighted"),
+    ]
+    assert (segs[0].start.stop_id, segs[1].end.stop_id) == ("S1", "S2")
+
+
 @pytest.mark.parametrize(("margin", "charged"), [(25.0, True), (0.0, False)])
 def test_in_bus_threshold_follows_the_riders_aboard(margin: float, charged: bool) -> None:
     """Weak tokens (low power, a phone deep in a bag): with riders aboard heard at -70 dBm,
