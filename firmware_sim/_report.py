@@ -9,7 +9,16 @@ from typing import Any
 
 from firmware_sim._score import TARGETS, ScenarioScore, SuiteScore
 
-__all__ = ["git_commit", "render_failures", "render_markdown", "render_table"]
+__all__ = [
+    "PAGE_HEAD",
+    "git_commit",
+    "render_failures",
+    "render_markdown",
+    "render_report",
+    "render_table",
+    "section_markers",
+    "write_section",
+]
 
 _HEAD = (
     "| scenario | journeys | exact | exact (observable) | board-stop err | alight-stop err "
@@ -93,12 +102,7 @@ def git_commit(cwd: Path | None = None) -> str:
     return head
 
 
-def render_markdown(suite: SuiteScore, command: str, *, commit: str | None = None) -> str:
-    """The docs/accuracy.md page."""
-    o = suite.overall
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    t = TARGETS
-    return f"""# Accuracy of busbell on the simulated scenario suite
+PAGE_HEAD = """# Accuracy of busbell on the simulated scenario suite
 
 Measured end to end: `busbell sim` generates each scenario (traces of every bus, keys,
 GTFS, ground truth), then `busbell edge replay` turns every bus's trace into signed fare
@@ -106,8 +110,72 @@ events and `busbell backend settle` turns all events into journeys, both run as
 subprocesses exactly as a field engineer would; the charged journeys are compared with
 the simulator's truth. What each scenario models is in [simulator.md](simulator.md); the
 radio model in [radio.md](radio.md).
+"""
+"""The title and introduction of a new accuracy page (hand-edited afterwards)."""
 
-- command: `{command}`
+
+def section_markers(name: str) -> tuple[str, str]:
+    """The comment lines that open and close the generated section ``name``."""
+    return (
+        f"<!-- generated: {name} (busbell sim score --write-docs rewrites only what lies "
+        "between these markers) -->",
+        f"<!-- end generated: {name} -->",
+    )
+
+
+def write_section(path: Path, name: str, body: str, head: str = PAGE_HEAD) -> str:
+    """Write ``body`` as the generated section ``name`` of the Markdown file ``path``.
+
+    Only the text between the section's markers (:func:`section_markers`) is replaced;
+    everything else in the file (hand-written analysis, other sections) is kept byte for
+    byte. A file without the section gets it appended at its end; a missing file is
+    created with ``head`` before the section.
+
+    Returns:
+        ``"replaced"``, ``"appended"`` or ``"created"``.
+
+    Raises:
+        ValueError: the file has the section's opening marker without its closing one
+            (or either twice); the file is left as it was.
+    """
+    begin, end = section_markers(name)
+    block = f"{begin}\n\n{body.strip()}\n\n{end}\n"
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        path.write_text(f"{head.rstrip()}\n\n{block}", "utf-8")
+        return "created"
+    # match the opening marker by its prefix: the explanation after the name may change
+    opener = begin.split(" (", 1)[0]
+    n_open = sum(line.startswith(opener + " ") or line == opener for line in text.splitlines())
+    n_end = text.count(end)
+    if n_open == 0 and n_end == 0:
+        sep = "" if text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+        path.write_text(f"{text}{sep}{block}", "utf-8")
+        return "appended"
+    if n_open != 1 or n_end != 1:
+        raise ValueError(
+            f"{path}: section {name!r} has {n_open} opening and {n_end} closing markers"
+            " (want one of each); not written"
+        )
+    a = text.index(opener)
+    a = text.rfind("\n", 0, a) + 1  # the start of the marker's line
+    b = text.index(end)
+    if b < a:
+        raise ValueError(f"{path}: section {name!r} closes before it opens; not written")
+    b += len(end)
+    if text[b : b + 1] == "\n":
+        b += 1
+    path.write_text(text[:a] + block + text[b:], "utf-8")
+    return "replaced"
+
+
+def render_report(suite: SuiteScore, command: str, *, commit: str | None = None) -> str:
+    """The generated part of the accuracy page: run, targets, scenarios, errors."""
+    o = suite.overall
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    t = TARGETS
+    return f"""- command: `{command}`
 - date: {when}
 - commit: `{commit or git_commit()}`
 - scale: {suite.scale}, seed {suite.seed}
@@ -157,3 +225,8 @@ flat during the ride, and token clocks outside the edge's tq window (the
 two charges). Rerun with `--keep DIR` to get each scenario's traces, events, settled
 journeys and `score.json`.
 """
+
+
+def render_markdown(suite: SuiteScore, command: str, *, commit: str | None = None) -> str:
+    """A whole accuracy page: :data:`PAGE_HEAD` and :func:`render_report`."""
+    return f"{PAGE_HEAD}\n{render_report(suite, command, commit=commit)}"

@@ -75,12 +75,29 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         f"  {prog} score --scale full --seed 1 --write-docs docs/accuracy.md\n"
         f"  {prog} score --scenarios quiet_route,gnss_tunnel --keep /tmp/score\n"
         f"  {prog} score --sweep --scale small --seeds 5,6\n"
-        f"  {prog} score --sweep --scale small --seeds 5 --cells 12-20",
+        f"  {prog} score --sweep --scale small --seeds 5 --cells 12-20\n"
+        f"  {prog} score --sweep --scale small --seeds 5-12 --jobs 2 --write-docs "
+        "docs/accuracy.md\n\n"
+        "--write-docs rewrites only its own section of the file, between the markers\n"
+        "<!-- generated: NAME ... --> and <!-- end generated: NAME --> (NAME: --section;\n"
+        "default full-scale / small-scale, or sweep); the rest of the file is kept as it\n"
+        "is; a file without that section gets it appended.",
     )
     so.add_argument("--scale", choices=["small", "full"], default=None)
     so.add_argument("--seed", type=int, default=None)
     so.add_argument("--scenarios", default=None, help="comma-separated names (default: all)")
-    so.add_argument("--write-docs", type=Path, default=None, help="write the Markdown report")
+    so.add_argument(
+        "--write-docs",
+        type=Path,
+        default=None,
+        help="write the Markdown report into its section of this file (the rest is kept)",
+    )
+    so.add_argument(
+        "--section",
+        default=None,
+        help="with --write-docs: the generated section's name (default: SCALE-scale, or"
+        " sweep with --sweep)",
+    )
     so.add_argument("--keep", type=Path, default=None, help="keep the scenario dirs here")
     so.add_argument("--json", action="store_true", help="print JSON instead of a table")
     so.add_argument(
@@ -90,7 +107,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         " and print the matrix with its worst cell (--write-docs writes it)",
     )
     so.add_argument(
-        "--seeds", default=None, help="with --sweep: comma-separated seeds (default: --seed)"
+        "--seeds",
+        default=None,
+        help="with --sweep: seeds, e.g. 5,6 or 5-12 (default: --seed); each cell's seeds are"
+        " summed, so more seeds resolve the 99.5 %% target finer",
+    )
+    so.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="with --sweep: runs (cell x seed) scored at once, one process each (default:"
+        " 2, or 1 on a one-core machine); each run also starts edge/backend subprocesses",
     )
     so.add_argument(
         "--cells",
@@ -205,7 +232,7 @@ def _scenario(a: argparse.Namespace, cfg: SimConfig) -> int:
 
 
 def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
-    from firmware_sim._report import render_markdown, render_table
+    from firmware_sim._report import render_report, render_table
     from firmware_sim._scenarios import SCENARIOS, scenario_names
     from firmware_sim._score import ScenarioScore, score_suite
 
@@ -273,52 +300,121 @@ def _score(a: argparse.Namespace, cfg: SimConfig, prog: str) -> int:
         if a.scenarios is not None:
             parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
         parts.append(f"--write-docs {a.write_docs}")
-        a.write_docs.write_text(render_markdown(suite, " ".join(parts)), "utf-8")
+        if a.section is not None:
+            parts.append(f"--section {shlex.quote(a.section)}")
+        return _write_docs(
+            a.write_docs, a.section or f"{scale}-scale", render_report(suite, " ".join(parts))
+        )
+    return 0
+
+
+def _write_docs(path: Path, section: str, body: str) -> int:
+    from firmware_sim._report import write_section
+
+    try:
+        how = write_section(path, section, body)
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"busbell sim score --write-docs: {exc}\n")
+        return 2
+    _out(f"section {section!r} of {path}: {how}")
     return 0
 
 
 def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, scale: str) -> int:
-    from firmware_sim._sweep import CELLS, SweepResult, parse_cells, render_sweep, sweep
+    import os
+    from datetime import UTC, datetime
+
+    from firmware_sim._report import git_commit
+    from firmware_sim._sweep import (
+        CELLS,
+        SweepResult,
+        parse_cells,
+        parse_seeds,
+        render_sweep,
+        sweep,
+    )
 
     try:
-        seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [seed]
-    except ValueError:
-        sys.stderr.write("--seeds must be comma-separated integers\n")
+        seeds = parse_seeds(a.seeds) if a.seeds else [seed]
+    except ValueError as exc:
+        sys.stderr.write(f"--seeds: {exc}\n")
         return 2
     try:
         cells = parse_cells(a.cells) if a.cells else list(CELLS)
     except ValueError as exc:
         sys.stderr.write(f"--cells: {exc}\n")
         return 2
+    jobs = a.jobs if a.jobs is not None else min(2, os.cpu_count() or 1)
+    if jobs < 1:
+        sys.stderr.write("--jobs must be 1 or more\n")
+        return 2
+    total = len(cells) * len(seeds)
+    done = [0]
 
     def progress(r: SweepResult) -> None:
         s = r.overall
-        _out(
-            f"{r.cell.name:45} seed {r.seed}: exact {s.journeys_observable_exact}/"
-            f"{s.journeys_observable} missed {s.missed_observable}/{s.legs_observable} "
-            f"double {s.double_charged} bystanders {s.bystander_charged}/{s.bystander_passes}"
-        )
-        sys.stdout.flush()
+        done[0] += 1
+        if not a.json:
+            _out(
+                f"[{done[0]}/{total}] {r.cell.name:45} seed {r.seed}: exact "
+                f"{s.journeys_observable_exact}/{s.journeys_observable} missed "
+                f"{s.missed_observable}/{s.legs_observable} double {s.double_charged} "
+                f"bystanders {s.bystander_charged}/{s.bystander_passes}"
+            )
+            sys.stdout.flush()
 
+    started = time.perf_counter()
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     try:
-        results = sweep(names, seeds, scale, cfg.generate_options(), cells, progress)
+        results = sweep(
+            names,
+            seeds,
+            scale,
+            cfg.generate_options(),
+            cells,
+            progress,
+            jobs=jobs,
+            keep_dir=a.keep,
+            log_level=a.log_level,
+        )
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         sys.stderr.write(f"busbell: error: sim score --sweep: the pipeline failed: {exc}\n")
         return 1
-    parts = [
-        "busbell sim score --sweep",
-        f"--scale {scale}",
-        f"--seeds {','.join(map(str, seeds))}",
-    ]
+    took = time.perf_counter() - started
+    parts = ["busbell sim score --sweep", f"--scale {scale}", f"--seeds {a.seeds or seed}"]
     if a.cells:
         parts.append(f"--cells {a.cells}")
     if a.scenarios is not None:
         parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
-    doc = render_sweep(results, " ".join(parts))
-    _out("")
-    _out(doc)
+    parts.append(f"--jobs {jobs}")
     if a.write_docs is not None:
-        a.write_docs.write_text(doc, "utf-8")
+        parts.append(f"--write-docs {a.write_docs}")
+    if a.section is not None:
+        parts.append(f"--section {shlex.quote(a.section)}")
+    if a.json:
+        _out(
+            json.dumps(
+                {
+                    "scale": scale,
+                    "command": " ".join(parts),
+                    "results": [
+                        {"cell": r.cell.name, "seed": r.seed, "overall": r.overall.as_dict()}
+                        for r in results
+                    ],
+                }
+            )
+        )
+    info = [
+        f"date: {when}",
+        f"commit: `{git_commit()}`",
+        f"time: {took:.0f} s for {total} runs, {jobs} at once",
+    ]
+    doc = render_sweep(results, " ".join(parts), run_info=info)
+    if not a.json:
+        _out("")
+        _out(doc)
+    if a.write_docs is not None:
+        return _write_docs(a.write_docs, a.section or "sweep", doc)
     return 0
 
 
