@@ -143,9 +143,24 @@ class TailFormatter:
         self._requests: dict[str, tuple[str, str]] = {}
         self._bus_route: dict[str, str] = {}
         self._skew: dict[str, float] = {}
-        """Per bus, its clock (GNSS) minus ours: ages of what a bus says use its clock."""
+        """Per bus, its clock (GNSS) minus ours: ages of what a bus says use its clock.
+
+        Learnt from the bus's status (its clock's offset from its system clock) or from a
+        live display or GNSS fix; until then a bus's messages carry no age (a retained
+        one may be hours old, and a simulated bus's clock may be months from ours)."""
         self.rejects = RejectLog(_log, "tail_payload_rejected")
         """Payloads the bounded parser refused, by reason (logged to stderr, rate-limited)."""
+
+    def _learn_clock(self, bus: str, body: Any) -> None:
+        # A status says how far the bus's clock (GNSS) is from its system clock: the
+        # skew of everything that bus stamps, retained or not.
+        clock = body.get("clock") if isinstance(body, dict) else None
+        if not isinstance(clock, dict):
+            return
+        if clock.get("source") == "external":
+            self._skew[bus] = 0.0
+        elif (offset := _num(clock.get("offset_s"))) is not None:
+            self._skew[bus] = offset
 
     def stop(self, stop_id: Any) -> str:
         """``Name (id)`` when the name is known, else the id."""
@@ -276,10 +291,16 @@ class TailFormatter:
         bus = parsed.ids.get("bus")
         if bus is None and isinstance(body, dict) and isinstance(body.get("bus_id"), str):
             bus = body["bus_id"]  # a request status a bus published
-        bus_now = now + self._skew.get(bus, 0.0) if bus is not None else now
-        age = f" (age {_age(bus_now - t)})" if t is not None and parsed.kind != "fares" else ""
-        if parsed.kind in ("display", "vehicle_gnss") and t is not None:
-            self._skew[parsed.ids["bus"]] = t - now  # after its own age: the bus's clock
+        age = ""
+        if t is not None and parsed.kind != "fares":
+            if parsed.kind == "status" and bus is not None:
+                self._learn_clock(bus, body)
+            skew = 0.0 if bus is None else self._skew.get(bus)
+            if skew is not None:
+                age = f" (age {_age(now + skew - t)})"
+            if parsed.kind in ("display", "vehicle_gnss") and not msg.retain:
+                # fresh from the bus: its time is the bus's clock now (after its own age)
+                self._skew[parsed.ids["bus"]] = t - now
         flag = " [retained]" if msg.retain else ""
         lead = f"{stamp} {parsed.kind:<14} " + (f"{who:<24} " if who != "-" else "")
         return f"{lead}{text}{age}{flag}"

@@ -230,6 +230,8 @@ def test_waits_statuses_and_displays_read_as_words() -> None:
     assert (
         "11 @ City Hall (S05)  w-1  app, ASSIST  expires in 13m20s (age 1m40s) [retained]" in line
     )
+    bus_status = {"bus_id": "bus-7", "t": now, "clock": {"source": "gnss", "offset_s": 0.0}}
+    fmt.format(MqttMessage(t.status("bus-7"), json.dumps(bus_status).encode(), True, 1))
     status = {"request_id": "w-1", "state": "seen", "bus_id": "bus-7", "t": now - 2}
     line = fmt.format(MqttMessage(t.request_status("w-1"), json.dumps(status).encode(), True, 1))
     assert line is not None
@@ -364,9 +366,10 @@ def test_ages_of_what_a_bus_says_use_the_bus_clock() -> None:
     bus_t = now - 200 * 86400
     fmt = TailFormatter(t, clock=lambda: now)
     gnss = json.dumps({"t": bus_t, "lat": 37.5, "lon": 127.0, "speed_mps": 3.0}).encode()
-    assert "(age 4800h00m)" in (
-        fmt.format(MqttMessage(t.vehicle("b1", "gnss"), gnss, False, 0)) or ""
-    )
+    # the first fix is the bus's clock now: no 4800-hour age, and it sets the skew
+    first = fmt.format(MqttMessage(t.vehicle("b1", "gnss"), gnss, False, 0)) or ""
+    assert "lat" in first or "37.5" in first
+    assert "age" not in first
     st = json.dumps({"request_id": "w-1", "state": "seen", "bus_id": "b1", "t": bus_t - 3}).encode()
     assert "(age 3.0s)" in (fmt.format(MqttMessage(t.request_status("w-1"), st, True, 1)) or "")
     disp = json.dumps({"bus_id": "b1", "t": bus_t - 12, "route_id": "11"}).encode()
@@ -399,3 +402,36 @@ def test_refused_payloads_are_counted_logged_and_shown_with_the_reason() -> None
         ("tail_payload_rejected", "too_deep"),
         ("tail_payload_rejected", "int_range"),
     ]
+
+
+def test_ages_of_a_bus_use_its_clock_and_none_is_guessed_before_it_is_known() -> None:
+    # A simulated bus runs on scenario time months from ours; a retained display may be
+    # hours old. Ages use the bus's clock offset from its status or a live display.
+    from busbell._tail import TailFormatter
+
+    t = Topics("x/busbell/v1")
+    now = 1_796_000_000.0
+    months = -23_000_000.0  # the bus's clock minus ours
+    fmt = TailFormatter(t, clock=lambda: now)
+
+    def line(topic: str, body: dict[str, object], retain: bool) -> str:
+        out = fmt.format(MqttMessage(topic, json.dumps(body).encode(), retain, 1))
+        assert out is not None
+        return out
+
+    display = {"v": 1, "bus_id": "b1", "t": now + months - 30, "route_id": "11", "stops": []}
+    first = line(t.display("b1"), display, True)
+    assert "age" not in first  # retained and the bus's clock not known yet: no guess
+    occ = {"bus_id": "b1", "t": now + months - 1, "on_board": 3}
+    assert "age" not in line(t.occupancy("b1"), occ, False)
+    status = {"bus_id": "b1", "t": now + months, "clock": {"source": "gnss", "offset_s": months}}
+    assert "(age 0.0s)" in line(t.status("b1"), status, True)
+    assert "(age 30s)" in line(t.display("b1"), display, True)
+    # a live display is the bus's clock now; a retained one never moves the skew
+    line(t.display("b2"), {**display, "bus_id": "b2", "t": now + months - 3600}, True)
+    assert "age" not in line(t.occupancy("b2"), {**occ, "bus_id": "b2"}, False)
+    line(t.display("b2"), {**display, "bus_id": "b2", "t": now + months}, False)
+    assert "(age 1.0s)" in line(t.occupancy("b2"), {**occ, "bus_id": "b2"}, False)
+    # a bus without a GNSS clock stamps with its system clock
+    ext = {"bus_id": "b3", "t": now - 5, "clock": {"source": "external"}}
+    assert "(age 5.0s)" in line(t.status("b3"), ext, False)
