@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from backend._fare_rules import FareRules, NetworkRule, RuleSet
+from backend._fare_rules import FareRules, RuleSet
 from busbell._errors import BusbellError
 
 __all__ = [
@@ -170,7 +170,8 @@ class FareQuote:
         total_distance_m: total distance of all legs, rounded to the metre.
         surcharge_units: started surcharge units beyond the base distance.
         surcharge_krw: the distance surcharge after the cap.
-        explain: one human-readable line per pricing step.
+        rules: the rules priced with (for :attr:`explain`).
+        ruleset: the rule set used.
     """
 
     fare_krw: int
@@ -183,12 +184,22 @@ class FareQuote:
     total_distance_m: int
     surcharge_units: int
     surcharge_krw: int
-    explain: tuple[str, ...]
+    rules: FareRules = field(compare=False, repr=False)
+    ruleset: RuleSet = field(compare=False, repr=False)
 
     @property
     def first_board_t(self) -> float:
         """UNIX time of the journey's first boarding."""
         return self.legs[0].board_t
+
+    @property
+    def explain(self) -> tuple[str, ...]:
+        """One human-readable line per pricing step.
+
+        Written when asked for: settling a day prices every journey, and only the
+        ledger and ``fares explain`` read the lines.
+        """
+        return _explain(self)
 
 
 def _krw(amount: int) -> str:
@@ -265,101 +276,115 @@ class FareEngine:
             raise FareInputError("a journey needs at least one leg", field="legs")
         rules = self._rules
         ordered = tuple(sorted(legs, key=_sort_key))
-        first = ordered[0]
-        ruleset = rules.in_force(first.board_t)
+        ruleset = rules.in_force(ordered[0].board_t)
         ruleset.check_category(category)
-        classes: list[NetworkRule] = [ruleset.network(leg.network_id) for leg in ordered]
-
-        explain = [
-            (
-                f"rule set {ruleset.ruleset_id} (in force from "
-                f"{ruleset.effective_from.isoformat(sep=' ')} {rules.timezone}), chosen by the "
-                f"first boarding at {rules.local(first.board_t).isoformat(sep=' ')}"
-            ),
-            f"category {category}, {len(ordered)} leg(s)",
-        ]
-        for number, (leg, network) in enumerate(zip(ordered, classes, strict=True), 1):
-            if number > 1:
-                previous = ordered[number - 2]
-                alight_local = rules.local(previous.alight_t)
-                night = ruleset.transfer.is_night(alight_local.time())
-                window = ruleset.transfer.window_after(alight_local.time())
-                explain.append(
-                    f"transfer {number - 1}: boarded "
-                    f"{_duration(leg.board_t - previous.alight_t)} after alighting at "
-                    f"{alight_local.time().isoformat()} (window {_duration(window)}"
-                    f"{', night' if night else ''})"
-                )
-            board = rules.local(leg.board_t).time().isoformat()
-            alight = rules.local(leg.alight_t).time().isoformat()
-            explain.append(
-                f"leg {number}: route {leg.route_id} ({network.network_id}: {network.name}) "
-                f"{board}-{alight}, {leg.distance_m / 1000:.3f} km, "
-                f"base fare {_krw(network.fare_krw[category])}"
-            )
-
+        classes = [ruleset.network(leg.network_id) for leg in ordered]
         fares = [network.fare_krw[category] for network in classes]
         base_fare = max(fares)
-        base_index = fares.index(base_fare)
-        base_class = classes[base_index]
-        explain.append(
-            f"highest base fare: {_krw(base_fare)} ({base_class.network_id}, leg {base_index + 1})"
-        )
-
-        distances = [network.base_distance_m for network in classes]
-        base_distance = max(distances)
-        distance_index = distances.index(base_distance)
-        if min(distances) == base_distance:
-            explain.append(
-                f"base distance: {_km(base_distance)} (every class in the journey "
-                f"includes {_km(base_distance)})"
-            )
-        else:
-            explain.append(
-                f"base distance: {_km(base_distance)}, because a "
-                f"{classes[distance_index].network_id} bus (leg {distance_index + 1}) is in "
-                f"the journey (otherwise {_km(min(distances))})"
-            )
-
+        base_distance = max(network.base_distance_m for network in classes)
         total_distance = round(math.fsum(leg.distance_m for leg in ordered))
-        explain.append(f"total distance: {total_distance / 1000:.3f} km ({total_distance:,} m)")
-
         rule = ruleset.distance
         excess = total_distance - base_distance
         per_unit = rule.surcharge_krw[category]
         cap = rule.cap_krw[category]
-        if excess <= 0:
-            units = 0
-            surcharge = 0
-            explain.append(
-                f"distance surcharge: none ({total_distance / 1000:.3f} km is within "
-                f"{_km(base_distance)})"
-            )
-        else:
-            units = -(-excess // rule.unit_m)
-            uncapped = units * per_unit
-            surcharge = min(uncapped, cap)
-            capped = f", capped at {_krw(cap)}" if uncapped > cap else f" (cap {_krw(cap)})"
-            explain.append(
-                f"distance surcharge: {excess:,} m beyond {_km(base_distance)} = {units} "
-                f"started unit(s) of {_km(rule.unit_m)} x {_krw(per_unit)} = "
-                f"{_krw(uncapped)}{capped}"
-            )
-        fare = base_fare + surcharge
-        explain.append(f"total: {base_fare:,} + {surcharge:,} = {_krw(fare)}")
+        units = 0 if excess <= 0 else -(-excess // rule.unit_m)
+        surcharge = 0 if excess <= 0 else min(units * per_unit, cap)
         return FareQuote(
-            fare_krw=fare,
+            fare_krw=base_fare + surcharge,
             category=category,
             ruleset_id=ruleset.ruleset_id,
             legs=ordered,
             base_fare_krw=base_fare,
-            base_network_id=base_class.network_id,
+            base_network_id=classes[fares.index(base_fare)].network_id,
             base_distance_m=base_distance,
             total_distance_m=total_distance,
             surcharge_units=units,
             surcharge_krw=surcharge,
-            explain=tuple(explain),
+            rules=rules,
+            ruleset=ruleset,
         )
+
+
+def _explain(quote: FareQuote) -> tuple[str, ...]:
+    """The lines of :attr:`FareQuote.explain`: each step of :meth:`FareEngine.price`."""
+    rules, ruleset, category = quote.rules, quote.ruleset, quote.category
+    ordered = quote.legs
+    first = ordered[0]
+    classes = [ruleset.network(leg.network_id) for leg in ordered]
+    explain = [
+        (
+            f"rule set {ruleset.ruleset_id} (in force from "
+            f"{ruleset.effective_from.isoformat(sep=' ')} {rules.timezone}), chosen by the "
+            f"first boarding at {rules.local(first.board_t).isoformat(sep=' ')}"
+        ),
+        f"category {category}, {len(ordered)} leg(s)",
+    ]
+    for number, (leg, network) in enumerate(zip(ordered, classes, strict=True), 1):
+        if number > 1:
+            previous = ordered[number - 2]
+            alight_local = rules.local(previous.alight_t)
+            night = ruleset.transfer.is_night(alight_local.time())
+            window = ruleset.transfer.window_after(alight_local.time())
+            explain.append(
+                f"transfer {number - 1}: boarded "
+                f"{_duration(leg.board_t - previous.alight_t)} after alighting at "
+                f"{alight_local.time().isoformat()} (window {_duration(window)}"
+                f"{', night' if night else ''})"
+            )
+        board = rules.local(leg.board_t).time().isoformat()
+        alight = rules.local(leg.alight_t).time().isoformat()
+        explain.append(
+            f"leg {number}: route {leg.route_id} ({network.network_id}: {network.name}) "
+            f"{board}-{alight}, {leg.distance_m / 1000:.3f} km, "
+            f"base fare {_krw(network.fare_krw[category])}"
+        )
+
+    fares = [network.fare_krw[category] for network in classes]
+    base_fare = quote.base_fare_krw
+    base_index = fares.index(base_fare)
+    explain.append(
+        f"highest base fare: {_krw(base_fare)} ({quote.base_network_id}, leg {base_index + 1})"
+    )
+
+    distances = [network.base_distance_m for network in classes]
+    base_distance = quote.base_distance_m
+    distance_index = distances.index(base_distance)
+    if min(distances) == base_distance:
+        explain.append(
+            f"base distance: {_km(base_distance)} (every class in the journey "
+            f"includes {_km(base_distance)})"
+        )
+    else:
+        explain.append(
+            f"base distance: {_km(base_distance)}, because a "
+            f"{classes[distance_index].network_id} bus (leg {distance_index + 1}) is in "
+            f"the journey (otherwise {_km(min(distances))})"
+        )
+
+    total_distance = quote.total_distance_m
+    explain.append(f"total distance: {total_distance / 1000:.3f} km ({total_distance:,} m)")
+
+    rule = ruleset.distance
+    excess = total_distance - base_distance
+    per_unit = rule.surcharge_krw[category]
+    cap = rule.cap_krw[category]
+    surcharge = quote.surcharge_krw
+    if excess <= 0:
+        explain.append(
+            f"distance surcharge: none ({total_distance / 1000:.3f} km is within "
+            f"{_km(base_distance)})"
+        )
+    else:
+        units = quote.surcharge_units
+        uncapped = units * per_unit
+        capped = f", capped at {_krw(cap)}" if uncapped > cap else f" (cap {_krw(cap)})"
+        explain.append(
+            f"distance surcharge: {excess:,} m beyond {_km(base_distance)} = {units} "
+            f"started unit(s) of {_km(rule.unit_m)} x {_krw(per_unit)} = "
+            f"{_krw(uncapped)}{capped}"
+        )
+    explain.append(f"total: {base_fare:,} + {surcharge:,} = {_krw(quote.fare_krw)}")
+    return tuple(explain)
 
 
 # --------------------------------------------------------------------------- periods

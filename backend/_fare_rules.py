@@ -10,6 +10,7 @@ The file format (``busbell-fare-rules/1``) is described in ``docs/fares.md``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import itertools
 import math
@@ -327,6 +328,16 @@ class FareRules:
     daily_cap: DailyCap = DailyCap()
     monthly_refund: MonthlyRefund = MonthlyRefund()
     source: str = "<mapping>"
+    _from_naive: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    """Each rule set's ``effective_from`` read as UTC, in UNIX seconds (see in_force)."""
+
+    def __post_init__(self) -> None:
+        epoch = dt.datetime(1970, 1, 1)  # naive on purpose: wall-clock fields
+        object.__setattr__(
+            self,
+            "_from_naive",
+            tuple((rs.effective_from - epoch).total_seconds() for rs in self.rulesets),
+        )
 
     @property
     def tzinfo(self) -> ZoneInfo:
@@ -348,6 +359,13 @@ class FareRules:
         Raises:
             NoRulesInForceError: ``t`` is before the earliest set.
         """
+        # The local wall clock is t plus an offset of less than a day, so a rule set whose
+        # effective_from (read as UTC) is a day or more before t is in force and one a
+        # day or more after t is not; when that decides every set, no time zone lookup.
+        bounds = self._from_naive
+        surely = bisect.bisect_right(bounds, t - 86400.0)
+        if surely and surely == bisect.bisect_right(bounds, t + 86400.0):
+            return self.rulesets[surely - 1]
         when = self.local(t)
         chosen: RuleSet | None = None
         for ruleset in self.rulesets:

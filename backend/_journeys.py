@@ -198,6 +198,8 @@ class JourneyBuilder:
         the latest alighting stop in the trip's stop order (in time order without one).
         Held legs stay as they are.
         """
+        if len(legs) < 2:
+            return list(legs)
         by_trip: dict[tuple[str, str], list[Leg]] = {}
         out: list[Leg] = []
         for leg in legs:
@@ -245,16 +247,21 @@ class JourneyBuilder:
         )
 
     def _leg(self, chain: Sequence[Segment]) -> Leg:
-        first, last = chain[0], max(chain, key=_end_key)
+        first = chain[0]
         flags: set[str] = set()
-        route_id = next((s.route_id for s in chain if s.route_id is not None), None)
-        trip_id = next((s.trip_id for s in chain if s.trip_id is not None), None)
-        if any(
-            not (a.end_cause == "rotated" and b.start_cause == "continued")
-            for a, b in itertools.pairwise(chain)
-        ):
-            flags.add(FLAG_MERGED)
-        events_distance = _union_distance(chain)
+        if len(chain) == 1:  # most legs: what the loops below give for one segment
+            last, route_id, trip_id = first, first.route_id, first.trip_id
+            events_distance = 0.0 + first.distance_m
+        else:
+            last = max(chain, key=_end_key)
+            route_id = next((s.route_id for s in chain if s.route_id is not None), None)
+            trip_id = next((s.trip_id for s in chain if s.trip_id is not None), None)
+            if any(
+                not (a.end_cause == "rotated" and b.start_cause == "continued")
+                for a, b in itertools.pairwise(chain)
+            ):
+                flags.add(FLAG_MERGED)
+            events_distance = _union_distance(chain)
         seq = self._sequence(route_id, trip_id)
         board_stop = _first_stop(seq, chain)
         alight_stop = last.end_stop_id

@@ -42,6 +42,8 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
     flagged ``suspected_replay`` and held for review; a short, unsettled containment
     is not a conflict (detection latency at a transfer).
     """
+    if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
+        return list(legs)  # legs on one bus never conflict (most riders, most days)
     tol = policy.replay_overlap_s
     wins: list[tuple[int, int]] = []  # (winner, loser)
     unsettled: list[tuple[int, int]] = []
