@@ -13,7 +13,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -432,7 +432,7 @@ def _settle(args: argparse.Namespace) -> int:
     from backend._fare_rules import load_rules
     from backend._journeys import JourneyBuilder, JourneyPolicy
     from backend._resolve import DEFAULT_PROOF_SLACK_S, Resolver, RiderKeyring
-    from backend._settle import Settler, read_event_lines
+    from backend._settle import Settler
     from busbell._cliutil import NothingUseful, Progress, check_output_path, rejection_summary
     from busbell._gtfs import load_gtfs
     from busbell._keyfiles import read_devices, read_riders
@@ -466,26 +466,20 @@ def _settle(args: argparse.Namespace) -> int:
     builder = JourneyBuilder(FareEngine(rules), feed, policy)
     settler = Settler(devices, resolver, builder)
     progress = Progress("reading events", unit="events")
-
-    def lines() -> Iterator[bytes]:
-        for line in read_event_lines(args.events):
-            yield line
-            progress.advance()
-
     processes = args.processes if args.processes > 0 else (os.cpu_count() or 1)
     t1 = time.perf_counter()
-    settler.feed_lines(lines(), processes=processes)
+    settler.feed_files(args.events, processes=processes, progress=progress.advance)
     progress.close()
     t2 = time.perf_counter()
-    # journeys are written as they are built, one rider at a time (bounded memory)
+    # journeys are written as they are built, a block of riders at a time (bounded memory)
     n_journeys = charged = review = 0
     tmp = args.out.with_name(args.out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for line, fare, held in settler.iter_journey_lines(processes=processes):
-            f.write(line + "\n")
-            n_journeys += 1
-            charged += fare
-            review += held
+        for text, flags in settler.iter_journey_blocks(processes=processes):
+            f.write(text)
+            n_journeys += len(flags)
+            charged += sum(flag & 1 for flag in flags)
+            review += sum(flag >> 1 for flag in flags)
     tmp.replace(args.out)
     t3 = time.perf_counter()
     stats = settler.stats

@@ -771,3 +771,37 @@ def test_monotone_in_distance(
 def test_price_ignores_leg_order(legs: list[FareLeg]) -> None:
     journey = group_journeys(legs, RULES)[0]
     assert ENGINE.price(journey[::-1]) == ENGINE.price(journey)
+
+
+@pytest.mark.parametrize(
+    "timezone", ["Asia/Seoul", "UTC", "America/New_York", "Pacific/Kiritimati"]
+)
+def test_rule_set_in_force_near_a_change_is_read_in_local_time(timezone: str) -> None:
+    """The set in force is found without a time zone lookup far from a change; near one
+    (within a day, whatever the offset) the local wall clock decides, as it always did."""
+    rules = load_rules(timezone=timezone)
+    tz = ZoneInfo(timezone)
+    for rs in rules.rulesets:
+        change = rs.effective_from.replace(tzinfo=tz).timestamp()
+        for dt_s in (-3 * 86400, -86401, -86400, -3600, -1, 0, 1, 3600, 86400, 86401, 9e6):
+            t = change + dt_s
+            when = dt.datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+            expected = [r for r in rules.rulesets if r.effective_from <= when]
+            if not expected:
+                with pytest.raises(NoRulesInForceError):
+                    rules.in_force(t)
+            else:
+                assert rules.in_force(t) is expected[-1], (timezone, rs.ruleset_id, dt_s)
+
+
+def test_explain_is_written_from_the_quote() -> None:
+    """The explanation is made when read, from the quote: the same lines every time, and
+    quotes equal whether or not anyone read them."""
+    legs = [
+        leg("7", "gyeonggi_city", kst(2025, 11, 3, 8, 0), 20, 6),
+        leg("G6000", "gyeonggi_wide_area", kst(2025, 11, 3, 8, 20), 25, 30),
+    ]
+    a, b = ENGINE.price(legs), ENGINE.price(list(reversed(legs)))
+    assert a.explain == b.explain
+    assert a == b
+    assert a.explain[-1] == f"total: {a.base_fare_krw:,} + {a.surcharge_krw:,} = {a.fare_krw:,} KRW"

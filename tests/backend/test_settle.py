@@ -423,3 +423,70 @@ def test_journeys_built_in_a_pool_equal_one_process(tmp_path: Path) -> None:
     assert len(a) >= 300  # every rider, rides within a transfer window merged
     assert one.stats == two.stats
     assert one.stats.accepted == len(lines)
+
+
+def test_journey_line_is_json_dumps_sorted(tmp_path: Path) -> None:
+    """The journey line written directly equals ``json.dumps(sort_keys=True,
+    ensure_ascii=False)`` of the journey, for odd strings and numbers too."""
+    import dataclasses
+    import math
+
+    from backend._settle import journey_line
+    from tests.backend.test_journeys_properties import world
+
+    world_dir = World(tmp_path, riders=1, buses=1)
+    feed = load_gtfs(world_dir.gtfs)
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed)
+    journeys = []
+    for seed in range(60):
+        _, segs, _ = world(random.Random(seed), feed)
+        journeys += builder.build(segs)
+    assert len(journeys) > 100
+    odd = journeys[0]
+    leg = dataclasses.replace(
+        odd.legs[0],
+        board_stop_id='S"\\\n\x00\x1f\x7f é 漢 \u2028',
+        alight_stop_id=None,
+        route_id=None,
+        board_t=1e16,
+        alight_t=1e-05,
+        distance_m=math.inf,
+        flags=(),
+        event_ids=("a", "\x85"),
+    )
+    journeys.append(dataclasses.replace(odd, legs=(leg, *odd.legs[1:]), quote=None, fare_krw=0))
+    for j in journeys:
+        assert journey_line(j) == json.dumps(j.to_json(), sort_keys=True, ensure_ascii=False)
+
+
+def test_files_read_by_the_workers_settle_like_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers reading byte ranges of the files themselves (cut after newlines, small
+    ranges here) give the same stats and journeys as one process reading the lines:
+    two files, CRLF lines, blank lines, garbage, a last line with no newline."""
+    import backend._settle as settle_mod
+
+    world = World(tmp_path, riders=20, buses=3)
+    for k in range(60):
+        world.ride(f"r{1 + k % 20:04d}", f"bus-{1 + k % 3:02d}", board=1, alight=7, t=T0 + k * 300)
+    evs = [e for c in world.buses.values() for e in c.events]
+    lines = [json.dumps(e).encode() for e in evs]
+    lines[5] += b"\r"
+    lines[9:9] = [b"", b"not json", b"  ", json.dumps(evs[2]).encode()]  # + a duplicate
+    half = len(lines) // 2
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b"\n".join(lines[:half]) + b"\n")
+    b.write_bytes(b"\n".join(lines[half:]))  # no newline at the end
+    monkeypatch.setattr(settle_mod, "_CHUNK_BYTES", 700)
+    one, two = _settler(world), _settler(world)
+    taken: list[int] = []
+    one.feed_files([a, b], processes=1)
+    two.feed_files([a, b], processes=2, progress=taken.append)
+    assert len(taken) > 10  # many ranges
+    assert sum(taken) == two.stats.read == one.stats.read == len(evs) + 2
+    assert one.stats.rejected == two.stats.rejected == {"malformed_payload": 1}
+    assert one.stats.duplicates == two.stats.duplicates == 1
+    assert list(one.iter_journey_lines(processes=1)) == list(two.iter_journey_lines(processes=2))
+    assert one.stats == two.stats
+    assert one.stats.accepted == len(evs)
