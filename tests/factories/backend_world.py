@@ -213,8 +213,11 @@ class World:
         chain = self.buses[bus]
         duration = abs(alight - board) * STOP_SPACING_M / speed_mps
         boundary = (interval_of(t) + 1) * INTERVAL_S
-        t = min(t, boundary - 1.0)  # a first piece shorter than 1 s cannot be split
-        t_end = t + duration
+        t = round(min(t, boundary - 1.0), 3)  # a first piece shorter than 1 s cannot be split
+        # times are written to the millisecond: cut where the written end falls, or an
+        # end just short of a boundary rounds into the next interval (its payload then
+        # carries the next rid: the backend rightly rejects it, rid_mismatch)
+        t_end = round(t + duration, 3)
         cuts = [t]
         while boundary <= t_end:
             t_end = max(t_end, boundary + 2.0)
