@@ -45,14 +45,14 @@ from tests.factories.edge_world import (
     write_gtfs,
 )
 
-__all__ = ["main"]
+__all__ = ["bench_tokens", "crowd_plan", "main"]
 
 
 BOUNDARY_T = 1_790_001_000.0
 """A 600-s rid interval boundary (the crowd benchmark puts it just after departure)."""
 
 
-def _crowd_plan(seconds_after: float) -> BusPlan:
+def crowd_plan(seconds_after: float) -> BusPlan:
     """12 stops; the rid boundary comes ``seconds_after`` s after the bus leaves stop 0."""
     plan = BusPlan(t0=0.0, n_stops=12, dwell_s=30.0)
     _, opens = bus_timeline(plan)
@@ -70,11 +70,12 @@ def _ceiling(n: int = 200_000) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _bench(n_adverts: int, n_tokens: int, seed: int, crowd: bool = False) -> None:  # noqa: PLR0915
-    rng = random.Random(seed)
-    tmp = Path(tempfile.mkdtemp(prefix="busbell-bench-"))
-    plan = _crowd_plan(60.0) if crowd else BusPlan(n_stops=30, dwell_s=20.0)
-    gtfs = load_gtfs(write_gtfs(tmp / "gtfs", plan.n_stops, plan.spacing_m))
+def bench_tokens(n_tokens: int, rng: random.Random, plan: BusPlan, crowd: bool) -> list[SynthToken]:
+    """The benchmark's tokens: 4 in 5 riders, 1 in 5 bystanders at the stops.
+
+    ``crowd``: every rider boards at stop 0 and rides to one of the last four stops
+    (so with :func:`crowd_plan` all of them are in range as the rid boundary passes).
+    """
     tokens: list[SynthToken] = []
     for i in range(n_tokens):
         kind = "rider" if i % 5 else "bystander"
@@ -95,6 +96,15 @@ def _bench(n_adverts: int, n_tokens: int, seed: int, crowd: bool = False) -> Non
                 loss_db=rng.uniform(0, 12),
             )
         )
+    return tokens
+
+
+def _bench(n_adverts: int, n_tokens: int, seed: int, crowd: bool = False) -> None:
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="busbell-bench-"))
+    plan = crowd_plan(60.0) if crowd else BusPlan(n_stops=30, dwell_s=20.0)
+    gtfs = load_gtfs(write_gtfs(tmp / "gtfs", plan.n_stops, plan.spacing_m))
+    tokens = bench_tokens(n_tokens, rng, plan, crowd)
     t0 = time.perf_counter()
     until = BOUNDARY_T + 150.0 if crowd else None
     recs, _ = synth_trace(plan, tokens, seed=seed, until=until)

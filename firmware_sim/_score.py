@@ -209,6 +209,26 @@ class ScenarioScore:
             return 0.0 if not self.bystander_charged else float("inf")
         return 1e4 * self.bystander_charged / self.bystander_passes
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScenarioScore:
+        """The counts back from :meth:`as_dict` (rates are recomputed).
+
+        ``details`` are kept if present.
+
+        Raises:
+            ValueError: a count is missing or not a number.
+        """
+        out = cls(str(d["scenario"]))
+        for k in cls.__slots__:
+            if k in ("scenario", "details"):
+                continue
+            v = d.get(k)
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise ValueError(f"score field {k!r} is {v!r}, not a number")
+            setattr(out, k, v)
+        out.details = list(d.get("details", []))
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         """All counts and rates (details excluded)."""
         out = {k: getattr(self, k) for k in self.__slots__ if k != "details"}

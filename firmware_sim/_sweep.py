@@ -12,8 +12,10 @@ scanner: a 70 % scan window loses 30 % of the packets). Token axes
 and bystanders alike): the advertising interval (0.1 and 2 s), placement mixes (all deep
 in bags; all in pockets), clock offsets uniform in +-55 s, BLE addresses kept for good or
 rotated with every rid, and crowds of bystanders (x10 the people at halts and on the
-pavements). Not swept: 3,000 tokens in range at once (too slow to simulate per advert;
-the classifier's cost with 3,000 tokens is ``benchmarks/edge_classifier.py --crowd``).
+pavements), and 3,000 more people standing around one halt of the run's first bus (a
+stadium letting out: ``TokenEnvelope.halt_crowd``, the last cell; slower, ~5x the
+adverts of a default run). The classifier's CPU cost with 3,000 tokens is
+``benchmarks/edge_classifier.py --crowd``, its checkpoint ``benchmarks/edge_checkpoint.py``.
 
 Resolution: a small-scale suite has ~125 observable journeys, so one error is 0.8 % and a
 99.5 % target cannot be resolved by one seed. Cells are therefore scored over several
@@ -25,6 +27,7 @@ spread over a process pool (``jobs``); each run itself is sequential (generation
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 from collections.abc import Callable, Sequence
@@ -43,9 +46,11 @@ __all__ = [
     "CellSummary",
     "SweepCell",
     "SweepResult",
+    "load_runs",
     "parse_cells",
     "parse_seeds",
     "render_sweep",
+    "run_line",
     "summarize",
     "sweep",
 ]
@@ -112,6 +117,7 @@ CELLS: tuple[SweepCell, ...] = (
             addr_rotation_s=0.0,
         ),
     ),
+    SweepCell("3,000 waiting at a halt", tokens=TokenEnvelope(halt_crowd=3000)),
 )
 """The grid: the default world, each axis at its ends, and corners."""
 
@@ -293,6 +299,59 @@ def _picklable(options: GenerateOptions) -> GenerateOptions:
     """
     r = options.radio
     return replace(options, radio=replace(r, placement_loss=dict(r.placement_loss)))
+
+
+def run_line(r: SweepResult, **meta: str) -> str:
+    """One run as a JSON line (``--save-runs``).
+
+    Its cell's number and name, the seed, the counts, the observable errors, and
+    ``meta`` (the command and commit that measured it).
+    """
+    return json.dumps(
+        {
+            **meta,
+            "cell": cell_number(r.cell),
+            "name": r.cell.name,
+            "seed": r.seed,
+            "overall": {**r.overall.as_dict(), "details": r.overall.details},
+        },
+        sort_keys=True,
+    )
+
+
+def load_runs(paths: Sequence[Path], meta: dict[str, set[str]] | None = None) -> list[SweepResult]:
+    """Runs saved by ``--save-runs`` (several files: chunks of one sweep), in grid order.
+
+    Args:
+        paths: the files.
+        meta: if given, collects the values of each line's ``command`` and ``commit``.
+
+    Raises:
+        ValueError: a line is not a run of a cell of :data:`CELLS`, or a (cell, seed)
+            appears twice.
+    """
+    got: dict[tuple[int, int], SweepResult] = {}
+    for path in paths:
+        for n, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                k, seed = int(d["cell"]), int(d["seed"])
+                if not 1 <= k <= len(CELLS) or CELLS[k - 1].name != d["name"]:
+                    raise ValueError(f"cell {k} {d['name']!r} is not in this grid")
+                if (k, seed) in got:
+                    raise ValueError(f"cell {k} seed {seed} twice")
+                got[(k, seed)] = SweepResult(
+                    CELLS[k - 1], seed, ScenarioScore.from_dict(d["overall"])
+                )
+                if meta is not None:
+                    for key in ("command", "commit"):
+                        if isinstance(d.get(key), str):
+                            meta.setdefault(key, set()).add(d[key])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}:{n}: {exc}") from None
+    return [got[key] for key in sorted(got)]
 
 
 def cell_number(cell: SweepCell) -> int | None:

@@ -270,6 +270,13 @@ class TokenEnvelope:
             ``math.inf`` never (see :class:`~firmware_sim._tokens.TokenDevice`).
         crowd: multiplies the people waiting at halts and walking the pavements
             (tokens in range that are not riders).
+        halt_crowd: this many more people (bystanders, the usual token mix) stand
+            around the middle halt of the run's first bus (by bus id): a stadium or
+            festival letting out, so that some 3,000 tokens are in range at once while
+            the bus approaches, stands and leaves. They spread over a plaza 3-40 m from
+            the kerb and 60 m along the road, arrive 30-180 s before the bus and stay
+            10-180 s after it left (waiting for other buses). Drawn from a generator of
+            their own, after everything else.
     """
 
     adv_interval_s: float | None = None
@@ -277,6 +284,7 @@ class TokenEnvelope:
     clock_offset_s: float | None = None
     addr_rotation_s: float | None = None
     crowd: float = 1.0
+    halt_crowd: int = 0
 
     @property
     def is_default(self) -> bool:
@@ -743,6 +751,29 @@ class _Sim:
         self._placement(spec)
         return _Person(spec, role, self._token(pid, kind, None))
 
+    def _build_halt_crowd(self, n: int) -> None:
+        """``n`` people around one middle halt of the first bus (see ``halt_crowd``)."""
+        if n <= 0:
+            return
+        plan = self.plans[min(self.plans)]
+        mid = plan.calls[1:-1] or plan.calls
+        call = mid[len(mid) // 2]
+        x, y, tx, ty = plan.path.line.at(plan.path.stop_s[call.idx])
+        saved, self.rng = self.rng, random.Random(f"{self.seed}|{self.spec.name}|halt_crowd")
+        try:
+            rng = self.rng
+            for _ in range(n):
+                p = self._new_bystander("waiter")
+                a = call.t_arrive - rng.uniform(30.0, 180.0)
+                b = call.t_depart + rng.uniform(10.0, 180.0)
+                lat, along = rng.uniform(3.0, 40.0), rng.uniform(-30.0, 30.0)
+                spot = (x + along * tx + lat * ty, y + along * ty - lat * tx)
+                p.phases.append((a, b, _STATIC, spot))
+                p.finish()
+                self.persons.append(p)
+        finally:
+            self.rng = saved
+
     def build_bystanders(self, t_begin: float, t_end: float) -> None:
         rng = self.rng
         for w in self.spec.waiters:
@@ -806,6 +837,7 @@ class _Sim:
                     p.phases.append((a, b, _STATIC, spot))
                     p.finish()
                     self.persons.append(p)
+        self._build_halt_crowd(self.envelope.halt_crowd)
         for car in self.spec.cars:
             plan = self.plans[car.bus_id]
             for _ in range(car.n):

@@ -77,7 +77,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         f"  {prog} score --sweep --scale small --seeds 5,6\n"
         f"  {prog} score --sweep --scale small --seeds 5 --cells 12-20\n"
         f"  {prog} score --sweep --scale small --seeds 5-12 --jobs 2 --write-docs "
-        "docs/accuracy.md\n\n"
+        "docs/accuracy.md\n"
+        f"  {prog} score --sweep --seeds 5-12 --cells 1-10 --save-runs runs.jsonl\n"
+        f"  {prog} score --sweep --from-runs runs.jsonl --write-docs docs/accuracy.md\n\n"
         "--write-docs rewrites only its own section of the file, between the markers\n"
         "<!-- generated: NAME ... --> and <!-- end generated: NAME --> (NAME: --section;\n"
         "default full-scale / small-scale, or sweep); the rest of the file is kept as it\n"
@@ -127,6 +129,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     so.add_argument(
         "--list-cells", action="store_true", help="print the sweep's numbered cells and exit"
+    )
+    so.add_argument(
+        "--save-runs",
+        type=Path,
+        default=None,
+        help="with --sweep: append each run (cell x seed) to this JSON Lines file as it"
+        " finishes, so a long sweep can be run in chunks (--cells) and rendered at once",
+    )
+    so.add_argument(
+        "--from-runs",
+        default=None,
+        metavar="FILE[,FILE...]",
+        help="with --sweep: run nothing; render (and --write-docs) the runs saved in these"
+        " files by --save-runs",
     )
 
     rn = sub.add_parser(
@@ -331,9 +347,12 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
         parse_cells,
         parse_seeds,
         render_sweep,
+        run_line,
         sweep,
     )
 
+    if a.from_runs:
+        return _sweep_from_runs(a)
     try:
         seeds = parse_seeds(a.seeds) if a.seeds else [seed]
     except ValueError as exc:
@@ -350,10 +369,26 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
         return 2
     total = len(cells) * len(seeds)
     done = [0]
+    parts = ["busbell sim score --sweep", f"--scale {scale}", f"--seeds {a.seeds or seed}"]
+    if a.cells:
+        parts.append(f"--cells {a.cells}")
+    if a.scenarios is not None:
+        parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
+    parts.append(f"--jobs {jobs}")
+    if a.save_runs is not None:
+        parts.append(f"--save-runs {a.save_runs}")
+    if a.write_docs is not None:
+        parts.append(f"--write-docs {a.write_docs}")
+    if a.section is not None:
+        parts.append(f"--section {shlex.quote(a.section)}")
+    commit = git_commit()
 
     def progress(r: SweepResult) -> None:
         s = r.overall
         done[0] += 1
+        if a.save_runs is not None:
+            with a.save_runs.open("a", encoding="utf-8") as f:
+                f.write(run_line(r, command=" ".join(parts), commit=commit) + "\n")
         if not a.json:
             _out(
                 f"[{done[0]}/{total}] {r.cell.name:45} seed {r.seed}: exact "
@@ -381,16 +416,6 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
         sys.stderr.write(f"busbell: error: sim score --sweep: the pipeline failed: {exc}\n")
         return 1
     took = time.perf_counter() - started
-    parts = ["busbell sim score --sweep", f"--scale {scale}", f"--seeds {a.seeds or seed}"]
-    if a.cells:
-        parts.append(f"--cells {a.cells}")
-    if a.scenarios is not None:
-        parts.append(f"--scenarios {shlex.quote(a.scenarios)}")
-    parts.append(f"--jobs {jobs}")
-    if a.write_docs is not None:
-        parts.append(f"--write-docs {a.write_docs}")
-    if a.section is not None:
-        parts.append(f"--section {shlex.quote(a.section)}")
     if a.json:
         _out(
             json.dumps(
@@ -406,13 +431,37 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
         )
     info = [
         f"date: {when}",
-        f"commit: `{git_commit()}`",
+        f"commit: `{commit}`",
         f"time: {took:.0f} s for {total} runs, {jobs} at once",
     ]
     doc = render_sweep(results, " ".join(parts), run_info=info)
     if not a.json:
         _out("")
         _out(doc)
+    if a.write_docs is not None:
+        return _write_docs(a.write_docs, a.section or "sweep", doc)
+    return 0
+
+
+def _sweep_from_runs(a: argparse.Namespace) -> int:
+    from firmware_sim._sweep import load_runs, render_sweep
+
+    files = [Path(x) for x in a.from_runs.split(",")]
+    meta: dict[str, set[str]] = {}
+    try:
+        results = load_runs(files, meta)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"--from-runs: {exc}\n")
+        return 2
+    parts = ["busbell sim score --sweep", f"--from-runs {a.from_runs}"]
+    if a.write_docs is not None:
+        parts.append(f"--write-docs {a.write_docs}")
+    if a.section is not None:
+        parts.append(f"--section {shlex.quote(a.section)}")
+    info = [f"measured by: `{c}`" for c in sorted(meta.get("command", ()))]
+    info += [f"commit: `{c}`" for c in sorted(meta.get("commit", ()))]
+    doc = render_sweep(results, " ".join(parts), run_info=info)
+    _out(doc)
     if a.write_docs is not None:
         return _write_docs(a.write_docs, a.section or "sweep", doc)
     return 0

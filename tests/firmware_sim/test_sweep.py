@@ -178,3 +178,36 @@ def _token_times(out: ScenarioOutput) -> list[tuple[AdvRecord, float]]:
         raw = next(iter(r.mfr.values()))
         res.append((r, unwrap_tq(int.from_bytes(raw[1:3], "big"), r.t)))
     return res
+
+
+def test_chunks_saved_with_save_runs_render_as_one_sweep(tmp_path: Path) -> None:
+    """A long sweep runs in chunks (--cells), each holding the machine a few minutes; the
+    saved runs render as one matrix with one worst cell."""
+    f1, f2, doc = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "acc.md"
+    base = ["sim", "score", "--sweep", "--scale", "small", "--seeds", "3"]
+    base += ["--scenarios", "quiet_route", "--jobs", "1"]
+    assert busbell_main([*base, "--cells", "1", "--save-runs", str(f1)]) == 0
+    assert busbell_main([*base, "--cells", "13", "--save-runs", str(f2)]) == 0
+    doc.write_text("# Mine\n")
+    args = ["sim", "score", "--sweep", "--from-runs", f"{f1},{f2}", "--write-docs", str(doc)]
+    assert busbell_main(args) == 0
+    text = doc.read_text()
+    assert text.startswith("# Mine\n")
+    assert f"| 1 | {CELLS[0].name} | 3 |" in text
+    assert f"| 13 | {CELLS[12].name} | 3 |" in text
+    assert "measured by: `busbell sim score --sweep --scale small --seeds 3 --cells 1 " in text
+    assert "Targets met in" in text
+    assert busbell_main(["sim", "score", "--sweep", "--from-runs", f"{f1},{f1}"]) == 2
+
+
+def test_a_halt_crowd_puts_thousands_of_tokens_at_one_halt_and_moves_nothing_else() -> None:
+    name = "quiet_route"
+    base = run_scenario(name, 5)
+    env = TokenEnvelope(halt_crowd=400)
+    crowd = run_scenario(name, 5, options=GenerateOptions(envelope=env))
+    assert crowd.result.legs == base.result.legs  # the same riders ride the same bus
+    assert crowd.result.stats["persons"] == base.result.stats["persons"] + 400
+    heard = {r.addr for r in _adverts(crowd)} - {r.addr for r in _adverts(base)}
+    assert len(heard) > 150  # most of the crowd's advertisers reach the bus at some time
+    assert crowd.result.stats["radio_collided"] > 5 * base.result.stats["radio_collided"]
+    assert CELLS[-1].tokens.halt_crowd == 3000
