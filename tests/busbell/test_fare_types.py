@@ -201,3 +201,72 @@ def test_schema_command_checks_and_rewrites(tmp_path: Path) -> None:
     assert "differ from busbell._fare_types" in drift.stderr
     subprocess.run([*cmd, "--write", str(doc)], check=True, capture_output=True)
     assert doc.read_text(encoding="utf-8") == text
+
+
+_FORMATTED = {
+    # field path -> (the full-string expression it must match, nullable)
+    "bus_id": (r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", False),
+    "event_id": (r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", False),
+    "prev": (r"[0-9a-f]{64}", False),
+    "rid": (r"[0-9a-f]{24}", False),
+    "proof.first": (r"[0-9a-f]{48}", False),
+    "proof.last": (r"[0-9a-f]{48}", False),
+    "route_id": (r"[^\x00]{1,128}", True),
+    "trip_id": (r"[^\x00]{1,128}", True),
+    "start.stop_id": (r"[^\x00]{1,128}", True),
+    "end.stop_id": (r"[^\x00]{1,128}", True),
+    "sig": (r"[A-Za-z0-9+/]{86}==", False),
+}
+_NEAR = st.sampled_from(
+    [
+        "",
+        "\n",
+        "\x00",
+        "a\nb",
+        "ab" * 12,
+        "AB" * 12,
+        "0" * 64,
+        "0" * 63,
+        "x" * 128,
+        "x" * 129,
+        "bus-0001",
+        "-bus",
+        "a/b",
+        "A" * 86 + "==",
+        "A" * 86 + "==\n",
+        "None",
+        "é",
+    ]
+)
+
+
+def _set(ev: dict[str, Any], path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        ev = ev[part]
+    ev[last] = value
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(_FORMATTED)),
+    st.none() | _NEAR | st.text(max_size=130) | st.builds(lambda s: s + "\n", _NEAR),
+)
+def test_each_formatted_field_takes_exactly_its_expression(path: str, value: str | None) -> None:
+    """One joined match per record checks what a match per field would (with $ at the very
+    end: a trailing newline is not part of any format)."""
+    import re
+
+    ev = sign_event(segment_event(1), KEY)
+    _set(ev, path, value)
+    regex, nullable = _FORMATTED[path]
+    ok = re.fullmatch(regex, value) is not None if value is not None else nullable
+    try:
+        convert_event(ev)
+    except ContractError as e:
+        assert not ok, f"{path}={value!r} refused: {e}"
+        assert (e.field, e.reason) == (path, "invalid")
+    else:
+        assert ok, f"{path}={value!r} taken"
+    payload = canonical_bytes({"bus_id": "bus-0001", "events": [ev]})
+    assert (decode_batch(payload) is not None) == ok
