@@ -32,6 +32,7 @@ from busbell import StoreError
 
 __all__ = [
     "MIGRATIONS_DIR",
+    "SQLITE_PAGE_SIZE",
     "adjustments",
     "chain_state",
     "charges",
@@ -463,12 +464,20 @@ def insert_ignore(table: sa.TableClause, dialect_name: str) -> Any:
     return ins.on_conflict_do_nothing()
 
 
+SQLITE_PAGE_SIZE = 16384
+"""Page size of a new SQLite ledger (set before its first table; fixed after)."""
+
+
 def _sqlite_setup(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN IMMEDIATE itself.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # A new file gets 16 KiB pages (a no-op on an existing one): ledger rows are
+        # ~1 KB (the raw event beside its columns), and with the default 4 KiB pages
+        # inserting them cost ~40 % more CPU (page splits, WAL frames).
+        cur.execute(f"PRAGMA page_size = {SQLITE_PAGE_SIZE}")
         # Switching a fresh file to WAL needs an exclusive lock: with a short timeout a
         # connection that races another one's write transaction gives up (the mode is
         # persistent; the winner sets it) instead of deadlocking it.

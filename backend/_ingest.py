@@ -31,6 +31,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 import socket
 import time
@@ -368,12 +369,13 @@ class IngestCore:
             self._check_count(len(records))
             ok: list[VerifiedEvent] = []
             bad: list[Rejection] = []
+            dev = self._devices.get(bus_id)
             for rec in records:
-                result = self._verify(bus_id, rec)
-                if isinstance(result, Rejection):
-                    bad.append(result)
-                else:
+                result = self._verify(bus_id, rec, dev)
+                if isinstance(result, VerifiedEvent):
                     ok.append(result)
+                else:
+                    bad.append(result)
             return ok, bad
         return self._decode_general(bus_id, payload)
 
@@ -429,14 +431,16 @@ class IngestCore:
                     )
                 )
                 continue
-            result = self._verify(bus_id, rec)
+            result = self._verify(bus_id, rec, self._devices.get(bus_id))
             if isinstance(result, Rejection):
                 bad.append(result)
             else:
                 ok.append(result)
         return ok, bad
 
-    def _verify(self, bus_id: str, rec: FareEvent) -> VerifiedEvent | Rejection:
+    @staticmethod
+    def _verify(bus_id: str, rec: FareEvent, dev: DeviceInfo | None) -> VerifiedEvent | Rejection:
+        """Check one typed record against its topic's bus and ``dev`` (its registry entry)."""
         try:
             full = canonical(rec)  # serialised once: stored, hashed, and cut to the signed part
         except (ValueError, TypeError, msgspec.EncodeError) as exc:  # a lone surrogate
@@ -448,7 +452,6 @@ class IngestCore:
             return Rejection(
                 "bus_mismatch", f"event of {rec.bus_id!r} on {bus_id!r}", raw, bus_id, seq, eid
             )
-        dev = self._devices.get(bus_id)
         if dev is None:
             return Rejection(
                 "unknown_device", f"bus {bus_id!r} is not registered", raw, bus_id, seq, eid
@@ -460,7 +463,7 @@ class IngestCore:
             dev.public.verify_b64(rec.sig, signed_part(full, rec))
         except SignatureError as exc:
             return Rejection("bad_signature", str(exc), raw, bus_id, seq, eid)
-        return VerifiedEvent(bus_id, seq, rec, raw, sha256_hex(full))
+        return VerifiedEvent(bus_id, seq, rec, raw, hashlib.sha256(full).hexdigest())
 
     @staticmethod
     def held_from_rows(bus_id: str, rows: Iterable[tuple[int, str, str, int]]) -> Held:
@@ -585,8 +588,16 @@ class IngestCore:
         drain()
         # Then the new events, one by one in arrival order: the decisions of
         # backend._settle.Settler.take, whatever the batching.
+        store = plan.store
         for e in events:
-            if e.seq < next_seq:
+            seq = e.seq
+            if seq == next_seq and e.record.prev == prev:  # the common case: it extends the chain
+                store.append(e)
+                new_hashes[seq] = prev = e.hash
+                next_seq = seq + 1
+                if held_now:
+                    drain()
+            elif seq < next_seq:
                 below(e)
             elif e.hash in held_now.get(e.seq, {}):
                 plan.duplicates += 1
@@ -681,6 +692,8 @@ _SQLITE_INSERT = " ".join(
     ]
 )
 _EVIDENCE_JSON = msgspec.json.Encoder(order="sorted").encode
+_UNIQUE_VIOLATION = "23505"
+"""PostgreSQL's SQLSTATE for a unique constraint violation."""
 
 _FAST_DEPTH = 4
 """Nesting of a batch of typed records (batch, events, record, start/wait): the fast
@@ -815,6 +828,10 @@ class Ingestor:
         self._pg = self._dialect == "postgresql"
         self.worker_stale_s = 10.0
         """Workers whose progress is older than this are taken as gone (ignored)."""
+        self._known_buses: set[str] = set()
+        self._acks_unrecorded: dict[str, int] = {}
+        """Acks published since the last :meth:`tick` (written by it)."""
+        """Buses whose ``chain_state`` row this worker saw committed."""
 
     async def refresh_devices(self) -> int:
         """Re-read the device registry into the core; returns how many devices."""
@@ -909,7 +926,8 @@ class Ingestor:
 
         Whichever worker runs it first claims a due gap (row lock; on PostgreSQL rows
         another worker holds are skipped), so each request is made once, whatever the
-        number of workers.
+        number of workers. The acks noted since the last sweep (:meth:`note_acks`) are
+        recorded in the same transaction.
 
         Args:
             caught_up_to: this worker's progress (wall time before which everything it
@@ -920,8 +938,10 @@ class Ingestor:
         result = BatchResult()
         now = self._wall()
         cs = chain_state
+        acks, self._acks_unrecorded = self._acks_unrecorded, {}
         try:
             async with self.engine.begin() as conn:
+                await self._write_acks(conn, acks)
                 floor = await self._caught_up(conn, caught_up_to, now)
                 q = (
                     sa.select(
@@ -971,6 +991,7 @@ class Ingestor:
                         changed,
                     )
         except (OSError, sa.exc.SQLAlchemyError) as exc:
+            self.note_acks(acks)  # not recorded: the next sweep tries again
             STORE_ERRORS.inc()
             raise StoreError(f"gap sweep failed: {exc}") from exc
         for bus_id, (a, b) in sorted(result.gaps_unfilled.items()):
@@ -1138,7 +1159,8 @@ class Ingestor:
                         now=now,
                     )
                 )
-            await self._write(conn, plans, held_rows, rows, now)
+            await self._write(conn, plans, held_rows, rows, now, careful=careful)
+        self._known_buses.update(buses)  # committed
         return plans
 
     async def _write(
@@ -1148,12 +1170,16 @@ class Ingestor:
         held_rows: dict[str, Held],
         rows: dict[str, _BusRow],
         now: float,
+        *,
+        careful: bool,
     ) -> None:
-        stored = [e for p in plans for e in p.store]
-        segs = [e for e in stored if not e.missed]
-        missed = [e for e in stored if e.missed]
+        segs: list[VerifiedEvent] = []
+        missed: list[VerifiedEvent] = []
+        for p in plans:
+            for e in p.store:
+                (missed if type(e.record) is MissedRecord else segs).append(e)
         if segs:
-            n = await self._insert_events(conn, segs, now)
+            n = await self._insert_events(conn, segs, now, careful=careful)
             if n != len(segs):
                 raise _EventIdConflict
         if missed:
@@ -1240,30 +1266,43 @@ class Ingestor:
             )
 
     async def _insert_events(
-        self, conn: AsyncConnection, events: list[VerifiedEvent], now: float
+        self, conn: AsyncConnection, events: list[VerifiedEvent], now: float, *, careful: bool
     ) -> int:
-        """Insert segment rows (``ON CONFLICT DO NOTHING``); returns how many went in.
+        """Insert segment rows; returns how many went in (fewer: an event_id is taken).
 
         The rows go through the driver inside the transaction SQLAlchemy began, per row
-        only the typed record's column tuple: on PostgreSQL a binary ``COPY`` into a
-        temporary table (emptied at commit) and one ``INSERT ... SELECT ... ON CONFLICT
-        DO NOTHING RETURNING``; on SQLite ``executemany``.
+        only the typed record's column tuple. On PostgreSQL a binary ``COPY`` straight
+        into ``fare_events``: under the buses' row locks nobody else can have written
+        these ``(bus_id, seq)``, so the one conflict possible is an ``event_id`` another
+        bus's record holds; it aborts the transaction (:class:`_EventIdConflict`) and
+        the careful pass, which rejects those first, writes through a temporary table
+        and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. On SQLite ``executemany``
+        with ``ON CONFLICT DO NOTHING``.
         """
         worker = self.worker_id
+        enc = _EVIDENCE_JSON
         rows = []
         for e in events:
-            *cols, evidence = e.record.ledger_row()
-            # float columns: an integer time (valid JSON) is sent as a double
-            cols[8] = float(cols[8])
-            cols[11] = float(cols[11])
-            cols[14] = float(cols[14])
-            rows.append((*cols, _EVIDENCE_JSON(evidence).decode(), e.hash, e.raw, now, worker))
+            row = e.record.ledger_row()  # SEGMENT_COLUMNS, evidence (a dict) last
+            rows.append((*row[:-1], enc(row[-1]).decode(), e.hash, e.raw, now, worker))
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
         if self._pg:
-            await driver.execute(_PG_STAGE)
-            await driver.copy_records_to_table(_PG_STAGE_TABLE, records=rows, columns=_ROW_COLUMNS)
-            return len(await driver.fetch(_PG_MOVE))
+            if careful:
+                await driver.execute(_PG_STAGE)
+                await driver.copy_records_to_table(
+                    _PG_STAGE_TABLE, records=rows, columns=_ROW_COLUMNS
+                )
+                return len(await driver.fetch(_PG_MOVE))
+            try:
+                status = await driver.copy_records_to_table(
+                    "fare_events", records=rows, columns=_ROW_COLUMNS
+                )
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+                    raise _EventIdConflict from exc
+                raise
+            return int(status.rsplit(" ", 1)[-1])  # "COPY n"
         cursor = await driver.executemany(_SQLITE_INSERT, rows)
         n = int(cursor.rowcount)
         await cursor.close()
@@ -1272,9 +1311,26 @@ class Ingestor:
     async def _lock_rows(
         self, conn: AsyncConnection, buses: list[str], now: float
     ) -> dict[str, _BusRow]:
-        cs = chain_state
+        """The buses' ``chain_state`` rows, locked (made first for buses never seen).
+
+        A bus's row is inserted (``ON CONFLICT DO NOTHING``) before any row is locked,
+        only for buses this worker has not seen committed yet: in the steady state one
+        ``SELECT ... FOR UPDATE`` per transaction. Rows are never deleted; should one be
+        missing all the same, it is made and locked after the others.
+        """
+        new = [b for b in buses if b not in self._known_buses]
+        if new:
+            await self._insert_chain_rows(conn, new, now)
+        out = await self._select_rows(conn, buses)
+        missing = [b for b in buses if b not in out]
+        if missing:  # pragma: no cover - a chain_state row deleted behind our back
+            await self._insert_chain_rows(conn, missing, now)
+            out.update(await self._select_rows(conn, missing))
+        return out
+
+    async def _insert_chain_rows(self, conn: AsyncConnection, buses: list[str], now: float) -> None:
         await conn.execute(
-            insert_ignore(cs, self._dialect),
+            insert_ignore(chain_state, self._dialect),
             [
                 {
                     "bus_id": b,
@@ -1286,6 +1342,9 @@ class Ingestor:
                 for b in buses
             ],
         )
+
+    async def _select_rows(self, conn: AsyncConnection, buses: list[str]) -> dict[str, _BusRow]:
+        cs = chain_state
         q = (
             sa.select(
                 cs.c.bus_id,
@@ -1424,23 +1483,42 @@ class Ingestor:
             "worker_id": self.worker_id,
         }
 
-    async def record_acks(self, acks: Mapping[str, int]) -> None:
-        """Remember in ``chain_state.acked_upto`` what was acknowledged (monotonic)."""
-        if not acks:
-            return
+    def note_acks(self, acks: Mapping[str, int]) -> None:
+        """Note published acks; :meth:`tick` records them (``chain_state.acked_upto``).
+
+        Bookkeeping for operators, not a decision input (acks are decided from the
+        committed chain head): written by the next gap sweep in its transaction instead of
+        a transaction of its own after every batch.
+        """
+        pending = self._acks_unrecorded
+        for bus_id, upto in acks.items():
+            if upto > pending.get(bus_id, 0):
+                pending[bus_id] = upto
+
+    async def record_acks(self, acks: Mapping[str, int] | None = None) -> None:
+        """Record the noted acks (and ``acks``) in ``chain_state.acked_upto`` now (monotonic)."""
+        if acks:
+            self.note_acks(acks)
+        taken, self._acks_unrecorded = self._acks_unrecorded, {}
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(
-                    chain_state.update()
-                    .where(
-                        chain_state.c.bus_id == sa.bindparam("b_bus"),
-                        chain_state.c.acked_upto < sa.bindparam("b_upto"),
-                    )
-                    .values(acked_upto=sa.bindparam("b_upto")),
-                    [{"b_bus": b, "b_upto": n} for b, n in sorted(acks.items())],
-                )
+                await self._write_acks(conn, taken)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
+            self.note_acks(taken)
             raise StoreError(f"cannot record acks: {exc}") from exc
+
+    @staticmethod
+    async def _write_acks(conn: AsyncConnection, acks: Mapping[str, int]) -> None:
+        if acks:
+            await conn.execute(
+                chain_state.update()
+                .where(
+                    chain_state.c.bus_id == sa.bindparam("b_bus"),
+                    chain_state.c.acked_upto < sa.bindparam("b_upto"),
+                )
+                .values(acked_upto=sa.bindparam("b_upto")),
+                [{"b_bus": b, "b_upto": n} for b, n in sorted(acks.items())],
+            )
 
 
 # --- the MQTT adapter --------------------------------------------------------------------
@@ -1527,6 +1605,8 @@ class IngestWorker:
             on_change=self._changed,
         )
         await loop.run(functools.partial(self._run_connected, loop, stop=stop), stop=stop)
+        with contextlib.suppress(StoreError):  # bookkeeping only: the acks went out
+            await self.ingestor.record_acks()
         _log().info("fare_ingest_stopped", worker_id=self.worker_id)
 
     def _changed(self, change: SessionChange) -> None:
@@ -1694,8 +1774,7 @@ class IngestWorker:
         for bus_id, (a, b) in sorted(res.resends.items()):
             RESENDS_REQUESTED.inc()
             _log().info("fare_resend_requested", bus_id=bus_id, from_seq=a, to_seq=b)
-        if res.acks:
-            await self.ingestor.record_acks(res.acks)
+        self.ingestor.note_acks(res.acks)
 
 
 def _estimate_events(payload: bytes) -> int:

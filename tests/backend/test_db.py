@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend._db import (
+    SQLITE_PAGE_SIZE,
     chain_state,
     create_engine,
     current_revision,
@@ -129,6 +130,24 @@ def test_dialect_detection_and_bad_urls(tmp_path: Path) -> None:
         create_engine("mysql://localhost/x")
     with pytest.raises(StoreError, match="invalid"):
         create_engine("::not a url::")
+
+
+async def test_a_new_sqlite_ledger_gets_large_pages_an_old_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    with sqlite3.connect(old) as con:  # made before this setting: 4 KiB pages
+        con.execute("PRAGMA page_size = 4096")
+        con.execute("CREATE TABLE t (x)")
+    for path in (new, old):
+        await migrate(f"sqlite+aiosqlite:///{path}")
+    sizes = []
+    for path in (new, old):
+        with sqlite3.connect(path) as con:
+            sizes.append(con.execute("PRAGMA page_size").fetchone()[0])
+    assert sizes == [SQLITE_PAGE_SIZE, 4096]
 
 
 async def test_migrate_unreachable_database() -> None:

@@ -117,6 +117,22 @@ async def test_store_ack_and_idempotent_redelivery(engine: AsyncEngine) -> None:
     assert await quarantined(engine) == []
 
 
+async def test_published_acks_are_recorded_by_the_gap_sweep(engine: AsyncEngine) -> None:
+    chain = make_events("B1", device_key_for("B1"), 12)
+    ing = await make_ingestor(engine)
+    res = await ing.ingest([("B1", batch_payload("B1", chain[:8]))])
+    ing.note_acks(res.acks)
+    res = await ing.ingest([("B1", batch_payload("B1", chain[8:]))])
+    ing.note_acks({"B1": 6})  # an older ack noted late never lowers it
+    assert (await chain_row(engine, "B1")).acked_upto == 0  # no transaction of its own
+    ing.note_acks(res.acks)
+    await ing.tick()
+    assert (await chain_row(engine, "B1")).acked_upto == 12
+    ing.note_acks({"B1": 8})
+    await ing.record_acks()
+    assert (await chain_row(engine, "B1")).acked_upto == 12
+
+
 async def test_rejections_are_quarantined_once(engine: AsyncEngine) -> None:
     chain = make_events("B1", device_key_for("B1"), 3)
     forged = sign_event(chain[1], device_key_for("B2"))
