@@ -52,6 +52,7 @@ from backend._db import (
     fare_pending,
     ingest_workers,
     insert_ignore,
+    is_postgres,
     migrate,
     missed_stops,
     quarantine,
@@ -691,6 +692,57 @@ _SQLITE_INSERT = " ".join(
         "ON CONFLICT DO NOTHING",
     ]
 )
+# The chain_state statements of every transaction as SQL text (SQLAlchemy's statement
+# compilation and parameter handling cost ~1 ms per transaction, more than the round
+# trips); built from the table's column names only.
+_CHAIN_COLUMNS = (
+    "bus_id",
+    "next_seq",
+    "prev",
+    "pending",
+    "gap_from",
+    "gap_to",
+    "gap_since",
+    "resend_attempts",
+    "resend_due",
+    "gap_reported",
+    "resend_last",
+)
+_CHAIN_SELECT = " ".join(["SELECT", ", ".join(_CHAIN_COLUMNS), "FROM", chain_state.name])
+_CHAIN_LOCK_PG = " ".join(
+    [_CHAIN_SELECT, "WHERE bus_id = ANY($1::varchar[]) ORDER BY bus_id FOR UPDATE"]
+)
+_CHAIN_SET = (
+    "next_seq",
+    "prev",
+    "updated_at",
+    "pending",
+    "gap_from",
+    "gap_to",
+    "gap_since",
+    "resend_attempts",
+    "resend_due",
+    "gap_reported",
+    "resend_last",
+)
+_CHAIN_UPDATE_PG = " ".join(
+    [
+        "UPDATE",
+        chain_state.name,
+        "SET",
+        ", ".join(f"{c} = ${i}" for i, c in enumerate(_CHAIN_SET, start=2)),
+        "WHERE bus_id = $1",
+    ]
+)
+_CHAIN_UPDATE_SQLITE = " ".join(
+    [
+        "UPDATE",
+        chain_state.name,
+        "SET",
+        ", ".join(f"{c} = ?{i}" for i, c in enumerate(_CHAIN_SET, start=2)),
+        "WHERE bus_id = ?1",
+    ]
+)
 _EVIDENCE_JSON = msgspec.json.Encoder(order="sorted").encode
 _UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a unique constraint violation."""
@@ -698,6 +750,15 @@ _UNIQUE_VIOLATION = "23505"
 _FAST_DEPTH = 4
 """Nesting of a batch of typed records (batch, events, record, start/wait): the fast
 path is taken only when ``max_nesting`` allows it."""
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The driver's connection (asyncpg or aiosqlite) in the transaction ``conn`` began."""
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    in_txn = driver.is_in_transaction() if is_postgres(conn) else driver.in_transaction
+    assert in_txn, "a driver-level statement outside the transaction"
+    return driver
 
 
 def _conflict(e: VerifiedEvent, seq: int, stored: str, here: str | None) -> Rejection:
@@ -1229,41 +1290,25 @@ class Ingestor:
                 continue
             gap = p.gap
             changed.append(
-                {
-                    "b_bus": p.bus_id,
-                    "b_next": p.position.next_seq,
-                    "b_prev": p.position.prev,
-                    "b_now": now,
-                    "b_pending": p.held_count,
-                    "b_from": gap.start if gap else None,
-                    "b_to": gap.end if gap else None,
-                    "b_since": gap.since if gap else None,
-                    "b_attempts": gap.attempts if gap else 0,
-                    "b_due": gap.due if gap else None,
-                    "b_reported": gap.reported if gap else False,
-                    "b_last": gap.last if gap else None,
-                }
+                (
+                    p.bus_id,
+                    p.position.next_seq,
+                    p.position.prev,
+                    now,
+                    p.held_count,
+                    gap.start if gap else None,
+                    gap.end if gap else None,
+                    gap.since if gap else None,
+                    gap.attempts if gap else 0,
+                    gap.due if gap else None,
+                    gap.reported if gap else False,
+                    gap.last if gap else None,
+                )
             )
         if changed:
-            cs = chain_state
-            await conn.execute(
-                cs.update()
-                .where(cs.c.bus_id == sa.bindparam("b_bus"))
-                .values(
-                    next_seq=sa.bindparam("b_next"),
-                    prev=sa.bindparam("b_prev"),
-                    updated_at=sa.bindparam("b_now"),
-                    pending=sa.bindparam("b_pending"),
-                    gap_from=sa.bindparam("b_from"),
-                    gap_to=sa.bindparam("b_to"),
-                    gap_since=sa.bindparam("b_since"),
-                    resend_attempts=sa.bindparam("b_attempts"),
-                    resend_due=sa.bindparam("b_due"),
-                    gap_reported=sa.bindparam("b_reported"),
-                    resend_last=sa.bindparam("b_last"),
-                ),
-                changed,
-            )
+            driver = await _driver(conn)
+            update = _CHAIN_UPDATE_PG if self._pg else _CHAIN_UPDATE_SQLITE
+            await driver.executemany(update, changed)
 
     async def _insert_events(
         self, conn: AsyncConnection, events: list[VerifiedEvent], now: float, *, careful: bool
@@ -1285,8 +1330,7 @@ class Ingestor:
         for e in events:
             row = e.record.ledger_row()  # SEGMENT_COLUMNS, evidence (a dict) last
             rows.append((*row[:-1], enc(row[-1]).decode(), e.hash, e.raw, now, worker))
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = await _driver(conn)
         if self._pg:
             if careful:
                 await driver.execute(_PG_STAGE)
@@ -1344,28 +1388,19 @@ class Ingestor:
         )
 
     async def _select_rows(self, conn: AsyncConnection, buses: list[str]) -> dict[str, _BusRow]:
-        cs = chain_state
-        q = (
-            sa.select(
-                cs.c.bus_id,
-                cs.c.next_seq,
-                cs.c.prev,
-                cs.c.pending,
-                cs.c.gap_from,
-                cs.c.gap_to,
-                cs.c.gap_since,
-                cs.c.resend_attempts,
-                cs.c.resend_due,
-                cs.c.gap_reported,
-                cs.c.resend_last,
-            )
-            .where(cs.c.bus_id.in_(buses))
-            .order_by(cs.c.bus_id)
-        )
+        # Through SQLAlchemy's cursor, not the driver's: the first statement of the
+        # transaction must begin it (SQLAlchemy's asyncpg adapter begins lazily), so the
+        # driver-level statements after it run inside.
         if self._pg:
-            q = q.with_for_update()
+            result = await conn.exec_driver_sql(_CHAIN_LOCK_PG, (buses,))
+        else:
+            marks = ", ".join("?" * len(buses))
+            result = await conn.exec_driver_sql(
+                f"{_CHAIN_SELECT} WHERE bus_id IN ({marks})", tuple(buses)
+            )
         out: dict[str, _BusRow] = {}
-        for b, n, p, pending, g0, g1, since, attempts, due, reported, last in await conn.execute(q):
+        rows: list[Any] = list(result.all())
+        for b, n, p, pending, g0, g1, since, attempts, due, reported, last in rows:
             gap = (
                 Gap(int(g0), int(g1), float(since), int(attempts), due, bool(reported), last)
                 if g0 is not None
