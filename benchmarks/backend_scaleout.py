@@ -1,25 +1,37 @@
 """Ingest scale-out benchmark: N worker processes on a shared subscription, real MQTT.
 
 For each worker count: a fresh PostgreSQL database, N ``run_ingest`` processes with
-``[ingest] shared_subscription = true`` on the local mosquitto (round-robin ``$share``),
-and :class:`benchmarks.backend_ingest.EdgeFleet` uploading pre-signed chains until every bus
-is acknowledged. Prints wall time, events/s, the workers' CPU (from ``/proc``), the
-re-send requests and edge retries, and bare Ed25519 verification per CPU-second in this
-process for scale.
+``[ingest] shared_subscription = true`` on mosquitto (round-robin ``$share``), and
+:class:`tests.factories.fare_events.EdgeFleet` uploading pre-signed chains until every
+bus is acknowledged. The fleet stands in for buses that are other machines: their
+events are signed and their batch payloads serialised before the clock starts, so this
+process only publishes them and reads the acks (its CPU is printed). Prints wall time,
+events/s, the CPU of the workers, the PostgreSQL server, the broker (``--own-broker``:
+a mosquitto of the benchmark's own on a free port, default settings, so its CPU can be
+read) and the fleet, the re-send requests and edge retries, bare Ed25519 verification
+per CPU-second in this process for scale, and each worker count's events/s as a ratio
+to the first count's (all counts run one after the other in one invocation).
 
-Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 20000 --buses 100``.
+Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 50000 --buses 100
+--own-broker``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from backend._db import create_engine, migrate
@@ -86,7 +98,67 @@ def _load() -> str:
         return " ".join(f.read().split()[:3])
 
 
-async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int) -> str:
+@contextlib.contextmanager
+def _own_broker(workdir: Path) -> Iterator[tuple[int, int]]:
+    """A mosquitto of our own on a free port (default settings): ``(port, pid)``."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        + ("user root\n" if os.geteuid() == 0 else ""),
+        encoding="ascii",
+    )
+    proc = subprocess.Popen(  # noqa: S603 - our own configuration
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("mosquitto did not start")
+            time.sleep(0.05)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass
+class _Run:
+    workers: int
+    events: int
+    wall: float
+    workers_cpu: float
+    pg_cpu: float | None
+    broker_cpu: float | None
+    fleet_cpu: float
+    resends: int
+    retries: int
+    bare: float
+
+    def line(self, first: _Run | None) -> str:
+        rate = self.events / self.wall
+        ratio = f" ({rate / (first.events / first.wall):.2f}x {first.workers})" if first else ""
+        pg = "n/a" if self.pg_cpu is None else f"{self.pg_cpu:.1f} s"
+        broker = "n/a" if self.broker_cpu is None else f"{self.broker_cpu:.1f} s"
+        return (
+            f"{self.workers} worker(s): {self.events} events acked in {self.wall:.1f} s wall = "
+            f"{rate:,.0f} events/s{ratio}; workers' CPU {self.workers_cpu:.1f} s = "
+            f"{self.events / self.workers_cpu:,.0f} events per worker CPU-second; resend "
+            f"requests {self.resends}, edge retries {self.retries}; CPU of PostgreSQL {pg}, "
+            f"broker {broker}, edge fleet (this process) {self.fleet_cpu:.1f} s; bare verify "
+            f"in this process {self.bare:,.0f}/CPU-s; load average {_load()}\n"
+        )
+
+
+async def _one(
+    n_workers: int, n_events: int, n_buses: int, host: str, port: int, *, broker_pid: int | None
+) -> _Run:
     url, name = _postgres_url()
     prefix = f"bench-{name[-8:]}/busbell/v1"
     per_bus = n_events // n_buses
@@ -127,18 +199,20 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not subscribe: " + logs[0].read_text()[-2000:])
             await asyncio.sleep(0.1)
-        cpu0 = sum(_cpu_s(p.pid) for p in procs)
-        pg0 = _tree_cpu_s(postmaster) if postmaster else 0.0
-        me0 = time.process_time()
         bare = bare_verify_cpu_rate(chains, keys)
         settings = MqttSettings(host=host, port=port, prefix=prefix)
         fleet = EdgeFleet(settings, chains, batch=50, window=500, retry_s=5.0)
+        cpu0 = sum(_cpu_s(p.pid) for p in procs)
+        pg0 = _tree_cpu_s(postmaster) if postmaster else 0.0
+        broker0 = _cpu_s(broker_pid) if broker_pid else 0.0
+        me0 = time.process_time()
         t0 = time.perf_counter()
         await fleet.run(timeout_s=1200)
         wall = time.perf_counter() - t0
+        me_cpu = time.process_time() - me0
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
         pg_cpu = _tree_cpu_s(postmaster) - pg0 if postmaster else None
-        me_cpu = time.process_time() - me0
+        broker_cpu = _cpu_s(broker_pid) - broker0 if broker_pid else None
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -148,15 +222,17 @@ async def _one(n_workers: int, n_events: int, n_buses: int, host: str, port: int
             except subprocess.TimeoutExpired:
                 p.kill()
         drop_database(name)
-    total = per_bus * n_buses
-    return (
-        f"{n_workers} worker(s): {total} events acked in {wall:.1f} s wall = "
-        f"{total / wall:,.0f} events/s; workers' CPU {cpu:.1f} s = "
-        f"{total / cpu:,.0f} events per worker CPU-second; resend requests "
-        f"{fleet.resend_requests}, edge retries {fleet.retries}; bare verify in this "
-        f"process {bare:,.0f}/CPU-s; PostgreSQL server CPU "
-        f"{'n/a' if pg_cpu is None else f'{pg_cpu:.1f} s'}, edge fleet (this process) CPU "
-        f"{me_cpu:.1f} s; load average {_load()}\n"
+    return _Run(
+        n_workers,
+        per_bus * n_buses,
+        wall,
+        cpu,
+        pg_cpu,
+        broker_cpu,
+        me_cpu,
+        fleet.resend_requests,
+        fleet.retries,
+        bare,
     )
 
 
@@ -168,12 +244,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buses", type=int, default=100)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument(
+        "--own-broker",
+        action="store_true",
+        help="start a mosquitto of our own on a free port (its CPU is measured)",
+    )
     args = ap.parse_args(argv)
     configure_logging("warning")
-    for n in (int(x) for x in args.workers.split(",")):
-        line = asyncio.run(_one(n, args.events, args.buses, args.host, args.port))
-        sys.stdout.write(line)
-        sys.stdout.flush()
+    # aiomqtt warns whenever more than 10 publishes are in flight: the fleet's 100 buses
+    # upload concurrently by design
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    with contextlib.ExitStack() as stack:
+        port, broker_pid = args.port, None
+        if args.own_broker:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            port, broker_pid = stack.enter_context(_own_broker(workdir))
+        first: _Run | None = None
+        for n in (int(x) for x in args.workers.split(",")):
+            run = asyncio.run(
+                _one(n, args.events, args.buses, args.host, port, broker_pid=broker_pid)
+            )
+            sys.stdout.write(run.line(first))
+            sys.stdout.flush()
+            first = first or run
     return 0
 
 
