@@ -82,7 +82,6 @@ from busbell._fare_types import (
     SEGMENT_COLUMNS,
     FareEvent,
     MissedRecord,
-    SegmentEvent,
     canonical,
     convert_event,
     decode_batch,
@@ -743,7 +742,6 @@ _CHAIN_UPDATE_SQLITE = " ".join(
         "WHERE bus_id = ?1",
     ]
 )
-_EVIDENCE_JSON = msgspec.json.Encoder(order="sorted").encode
 _UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a unique constraint violation."""
 
@@ -1324,12 +1322,8 @@ class Ingestor:
         and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. On SQLite ``executemany``
         with ``ON CONFLICT DO NOTHING``.
         """
-        worker = self.worker_id
-        enc = _EVIDENCE_JSON
-        rows = []
-        for e in events:
-            row = e.record.ledger_row()  # SEGMENT_COLUMNS, evidence (a dict) last
-            rows.append((*row[:-1], enc(row[-1]).decode(), e.hash, e.raw, now, worker))
+        extra = (now, self.worker_id)
+        rows = [(*e.record.ledger_row(), e.hash, e.raw, *extra) for e in events]
         driver = await _driver(conn)
         if self._pg:
             if careful:
@@ -1489,13 +1483,6 @@ class Ingestor:
             if row is not None and (row[0], int(row[1])) != (e.bus_id, e.seq):
                 return True
         return False
-
-    def _row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
-        rec = e.record
-        assert isinstance(rec, SegmentEvent)
-        row = dict(zip(SEGMENT_COLUMNS, rec.ledger_row(), strict=True))
-        row.update(event_hash=e.hash, raw=e.raw, received_at=now, worker_id=self.worker_id)
-        return row
 
     def _missed_row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
         rec = e.record

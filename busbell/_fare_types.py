@@ -193,7 +193,8 @@ class SegmentEvent(
         """The ``fare_events`` column values in :data:`SEGMENT_COLUMNS` order.
 
         Times and the distance as ``float`` (double precision columns; an integer is
-        valid JSON for them), ``evidence`` as the dict (the JSON column).
+        valid JSON for them), ``evidence`` as its JSON text, keys sorted (what the
+        driver writes into the JSON column).
         """
         s, e = self.start, self.end
         return (
@@ -214,7 +215,7 @@ class SegmentEvent(
             float(self.distance_m),
             self.proof.first,
             self.proof.last,
-            self.evidence,
+            _ENCODER.encode(self.evidence).decode("utf-8"),
         )
 
 
