@@ -148,6 +148,10 @@ GAPS_UNFILLED = Counter(
     "Chain gaps given up on after the last re-send request (operators must look)",
 )
 STORE_ERRORS = Counter("busbell_fare_store_errors", "Failed ingest transactions (retried by edges)")
+SIGNATURES_PUT_OFF = Counter(
+    "busbell_fare_signatures_put_off",
+    "Events below their bus's chain head on arrival, signature check put off (re-sent copies)",
+)
 
 _MAX_RAW = 65536
 
@@ -171,6 +175,12 @@ class VerifiedEvent:  # not frozen: one is made per event, and frozen __init__ i
     hash: str
     arrival: int = 0
     """Its order of arrival among its bus's held records (``fare_pending.arrival``)."""
+    signed: bool = True
+    """Whether its signature was verified. ``False``: below its bus's committed chain
+    head when it arrived (a re-sent copy, most likely), so the check was put off: a copy
+    whose hash equals the stored record's is byte-identical to a record verified when it
+    was committed; anything else is verified before it is judged
+    (:meth:`IngestCore.check_signature`)."""
 
     @property
     def missed(self) -> bool:
@@ -338,8 +348,15 @@ class IngestCore:
 
     # -- decoding ---------------------------------------------------------------------
 
-    def decode(self, bus_id: str, payload: bytes) -> tuple[list[VerifiedEvent], list[Rejection]]:
+    def decode(
+        self, bus_id: str, payload: bytes, *, below: int = 0
+    ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         """Decode and verify one payload received on ``buses/{bus_id}/fares``.
+
+        Records with a seq under ``below`` (the bus's committed chain head as last seen:
+        re-sent copies) are checked in full except for the Ed25519 signature, which is put
+        off (:attr:`VerifiedEvent.signed`): the plan verifies them only when they turn out
+        not to be byte-identical to the stored record.
 
         A batch or array whose records all check is parsed straight into the typed
         records (:func:`busbell._fare_types.decode_batch`); anything else takes the
@@ -371,13 +388,13 @@ class IngestCore:
             bad: list[Rejection] = []
             dev = self._devices.get(bus_id)
             for rec in records:
-                result = self._verify(bus_id, rec, dev)
+                result = self._verify(bus_id, rec, dev, rec.seq >= below)
                 if isinstance(result, VerifiedEvent):
                     ok.append(result)
                 else:
                     bad.append(result)
             return ok, bad
-        return self._decode_general(bus_id, payload)
+        return self._decode_general(bus_id, payload, below)
 
     def _check_count(self, n: int) -> None:
         if n > self.max_events_per_message:
@@ -387,7 +404,7 @@ class IngestCore:
             )
 
     def _decode_general(
-        self, bus_id: str, payload: bytes
+        self, bus_id: str, payload: bytes, below: int
     ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         try:
             obj = loads_bounded(payload, self._limits)
@@ -431,7 +448,7 @@ class IngestCore:
                     )
                 )
                 continue
-            result = self._verify(bus_id, rec, self._devices.get(bus_id))
+            result = self._verify(bus_id, rec, self._devices.get(bus_id), rec.seq >= below)
             if isinstance(result, Rejection):
                 bad.append(result)
             else:
@@ -439,8 +456,13 @@ class IngestCore:
         return ok, bad
 
     @staticmethod
-    def _verify(bus_id: str, rec: FareEvent, dev: DeviceInfo | None) -> VerifiedEvent | Rejection:
-        """Check one typed record against its topic's bus and ``dev`` (its registry entry)."""
+    def _verify(
+        bus_id: str, rec: FareEvent, dev: DeviceInfo | None, sign: bool = True
+    ) -> VerifiedEvent | Rejection:
+        """Check one typed record against its topic's bus and ``dev`` (its registry entry).
+
+        ``sign=False``: all but the signature (see :meth:`decode`'s ``below``).
+        """
         try:
             full = canonical(rec)  # serialised once: stored, hashed, and cut to the signed part
         except (ValueError, TypeError, msgspec.EncodeError) as exc:  # a lone surrogate
@@ -458,12 +480,36 @@ class IngestCore:
             )
         if dev.revoked:
             return Rejection("revoked_device", f"bus {bus_id!r} is revoked", raw, bus_id, seq, eid)
+        digest = hashlib.sha256(full).hexdigest()
+        if not sign:
+            SIGNATURES_PUT_OFF.inc()
+            return VerifiedEvent(bus_id, seq, rec, raw, digest, signed=False)
         assert isinstance(rec.sig, str)  # checked by the type (require_sig)
         try:
             dev.public.verify_b64(rec.sig, signed_part(full, rec))
         except SignatureError as exc:
             return Rejection("bad_signature", str(exc), raw, bus_id, seq, eid)
-        return VerifiedEvent(bus_id, seq, rec, raw, hashlib.sha256(full).hexdigest())
+        return VerifiedEvent(bus_id, seq, rec, raw, digest)
+
+    def check_signature(self, e: VerifiedEvent) -> Rejection | None:
+        """Verify the signature of an event whose check was put off; its rejection if bad.
+
+        Marks it signed when it verifies.
+        """
+        if e.signed:
+            return None
+        dev = self._devices.get(e.bus_id)
+        full = e.raw.encode("utf-8")
+        rec = e.record
+        try:
+            if dev is None:  # pragma: no cover - checked when decoded; a refresh since
+                raise SignatureError(f"bus {e.bus_id!r} is not registered")
+            assert isinstance(rec.sig, str)
+            dev.public.verify_b64(rec.sig, signed_part(full, rec))
+        except SignatureError as exc:
+            return Rejection("bad_signature", str(exc), e.raw, e.bus_id, e.seq, e.event_id)
+        e.signed = True
+        return None
 
     @staticmethod
     def held_from_rows(bus_id: str, rows: Iterable[tuple[int, str, str, int]]) -> Held:
@@ -554,9 +600,10 @@ class IngestCore:
         def below(e: VerifiedEvent) -> None:
             stored = stored_at(e.seq)
             if e.hash == stored:
-                plan.duplicates += 1
+                plan.duplicates += 1  # byte-identical to a verified record: no check needed
             else:
-                plan.rejected.append(_conflict(e, e.seq, stored, prev_at(e.seq)))
+                bad = self.check_signature(e)
+                plan.rejected.append(bad or _conflict(e, e.seq, stored, prev_at(e.seq)))
 
         def link(e: VerifiedEvent) -> bool:
             nonlocal next_seq, prev
@@ -591,6 +638,10 @@ class IngestCore:
         store = plan.store
         for e in events:
             seq = e.seq
+            if not e.signed and seq >= next_seq and (bad := self.check_signature(e)):
+                # put off as a copy, yet not below the head (the hint was stale)
+                plan.rejected.append(bad)
+                continue
             if seq == next_seq and e.record.prev == prev:  # the common case: it extends the chain
                 store.append(e)
                 new_hashes[seq] = prev = e.hash
@@ -889,6 +940,9 @@ class Ingestor:
         """Workers whose progress is older than this are taken as gone (ignored)."""
         self._known_buses: set[str] = set()
         self._acks_unrecorded: dict[str, int] = {}
+        self._heads: dict[str, int] = {}
+        """Each bus's committed chain head (next seq) as this worker last committed it: a
+        hint (heads only move up), used to put off verifying copies of stored records."""
         """Acks published since the last :meth:`tick` (written by it)."""
         """Buses whose ``chain_state`` row this worker saw committed."""
 
@@ -930,7 +984,7 @@ class Ingestor:
         result = prepared.result
         MESSAGES_RECEIVED.inc()
         try:
-            ok, bad = self.core.decode(bus_id, payload)
+            ok, bad = self.core.decode(bus_id, payload, below=self._heads.get(bus_id, 0))
         except MalformedMessage as exc:
             result.malformed += 1
             MESSAGES_MALFORMED.labels(exc.reason).inc()
@@ -1199,6 +1253,16 @@ class Ingestor:
             held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
             usable = held_rows
             if careful:
+                # a put-off signature is checked before any other judgement
+                for bus_id in buses:
+                    kept = []
+                    for e in groups[bus_id]:
+                        bad = self.core.check_signature(e)
+                        if bad is None:
+                            kept.append(e)
+                        else:
+                            rejections.append(bad)
+                    groups[bus_id] = kept
                 # held records first: they arrived before this batch
                 usable = {b: {s: dict(c) for s, c in h.items()} for b, h in held_rows.items()}
                 await self._drop_event_id_conflicts(conn, groups, usable, rejections)
@@ -1220,6 +1284,10 @@ class Ingestor:
                 )
             await self._write(conn, plans, held_rows, rows, now, careful=careful)
         self._known_buses.update(buses)  # committed
+        heads = self._heads
+        for p in plans:
+            if p.position.next_seq > heads.get(p.bus_id, 0):
+                heads[p.bus_id] = p.position.next_seq
         return plans
 
     async def _write(

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from backend._db import chain_state, create_engine, devices, fare_events, migrate, quarantine
-from backend._ingest import IngestCore, Ingestor
+from backend._ingest import SIGNATURES_PUT_OFF, IngestCore, Ingestor
 from backend._keys import register_device
 from busbell import canonical_bytes, derive_event_id, event_hash, sign_event
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
@@ -180,6 +180,45 @@ async def test_chain_conflict_and_revoked_device(engine: AsyncEngine) -> None:
     res = await ing.ingest([("B1", batch_payload("B1", more))])
     assert res.stored == 0
     assert (await quarantined(engine))[-1] == ("B1", 4, "revoked_device")
+
+
+async def test_copies_below_the_head_skip_ed25519_only_when_byte_identical(
+    engine: AsyncEngine,
+) -> None:
+    key = device_key_for("B1")
+    chain = make_events("B1", key, 6)
+    ing = await make_ingestor(engine)
+    await ing.ingest([("B1", batch_payload("B1", chain[:4]))])
+    put_off = SIGNATURES_PUT_OFF._value.get()
+    # a re-sent copy of stored records: duplicates, no signature verified
+    res = await ing.ingest([("B1", batch_payload("B1", chain[1:6]))])
+    assert (res.stored, res.duplicates, res.acks) == (2, 3, {"B1": 6})
+    assert SIGNATURES_PUT_OFF._value.get() == put_off + 3
+    # a copy whose signature was tampered with is not byte-identical: verified, rejected
+    forged = dict(chain[2], sig=chain[3]["sig"])
+    res = await ing.ingest([("B1", batch_payload("B1", [forged]))])
+    assert (res.duplicates, res.rejected) == (0, {"bad_signature": 1})
+
+
+async def test_a_stale_head_hint_never_stores_an_unverified_record(engine: AsyncEngine) -> None:
+    """The ledger is restored from a backup behind what this worker committed: records it
+    takes for copies are verified before they are stored."""
+    key = device_key_for("B1")
+    chain = make_events("B1", key, 5)
+    ing = await make_ingestor(engine)
+    await ing.ingest([("B1", batch_payload("B1", chain))])
+    async with engine.begin() as conn:
+        await conn.execute(fare_events.delete().where(fare_events.c.seq >= 3))
+        await conn.execute(
+            chain_state.update().values(next_seq=3, prev=event_hash(chain[1]), acked_upto=2)
+        )
+    forged = dict(chain[2], sig=chain[3]["sig"])
+    res = await ing.ingest([("B1", batch_payload("B1", [forged, *chain[3:]]))])
+    assert res.rejected == {"bad_signature": 1}
+    assert res.stored == 0  # seq 3 is still missing: 4 and 5 are held
+    res = await ing.ingest([("B1", batch_payload("B1", chain[2:3]))])
+    assert res.stored == 3
+    assert await stored(engine, "B1") == [1, 2, 3, 4, 5]
 
 
 async def test_gap_is_held_resent_and_filled(engine: AsyncEngine) -> None:
