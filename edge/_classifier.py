@@ -1175,7 +1175,8 @@ class PresenceClassifier:
         """Alighted at the stop whose doors opened as the rider faded, or lost.
 
         A rider who went silent while the bus was moving, after riding ``lost_min_m`` or
-        more, left at the first stop whose doors opened after that (nobody leaves a
+        more (or across a rid rotation: :meth:`_rode`), left at the first stop whose
+        doors opened after that (nobody leaves a
         moving bus), if there is one; otherwise lost.
         """
         p = self.params
@@ -1184,12 +1185,23 @@ class PresenceClassifier:
         if v is not None and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m):
             end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
-        if p.lost_wait_s > 0.0 and last_odo - r.start_odo >= p.lost_min_m:
+        if p.lost_wait_s > 0.0 and self._rode(r, last_odo):
             w = self._visit_after(last_t + p.alight_pre_s)
             if w is not None:
                 return SegmentEnd(w.open_t, w.stop_id, "alighted"), w.open_odo_m
         stop = v.stop_id if v is not None else r.start.stop_id
         return SegmentEnd(last_t, stop, "lost"), last_odo
+
+    def _rode(self, r: _Rid, last_odo: float) -> bool:
+        """Whether a rider silent while the bus moved is a rider, not a vehicle alongside.
+
+        It rode ``lost_min_m`` or more in this segment, or the segment continues an
+        earlier one of the same rider across a rid rotation (its ride began before the
+        rotation: a rid that rotated 1 km before the rider's stop must not make a weak
+        rider's fade there ``lost`` at the stop before).
+        """
+        assert r.start is not None
+        return r.start.cause == "continued" or last_odo - r.start_odo >= self.params.lost_min_m
 
     def _visit_after(self, t: float) -> StopVisit | None:
         """The first stop visit whose doors opened after ``t``."""
@@ -1219,7 +1231,7 @@ class PresenceClassifier:
         last = max(r.last_in_t, self._resume_t)
         if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s or self._near_end(r):
             return False
-        if r.last_in_odo - r.start_odo < p.lost_min_m:
+        if not self._rode(r, r.last_in_odo):
             return False
         v = self._visit_at(r.last_in_t + p.alight_pre_s)
         if v is not None and (

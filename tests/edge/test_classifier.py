@@ -908,6 +908,37 @@ def test_rotation_across_a_lossy_gap_pairs_by_the_tokens_own_rate(keeps_address:
     assert (segs[0].start.stop_id, segs[1].end.stop_id) == ("S1", "S2")
 
 
+def test_a_weak_rider_quiet_as_the_bus_pulls_in_after_a_rotation_alights_there() -> None:
+    """Issue 11, weak radio corner (tuning seed 1): a rider's rid rotated ~1 km before
+    their stop; their token (-88 dBm, in a bag at the door) was last heard 30 m before the
+    doors opened. The continued segment had ridden under ``lost_min_m`` itself, so the
+    fade was ``lost`` at the stop before (SE001 for SE002). A continued segment is a
+    rider's: silent while moving, they left at the next door opening."""
+    w = World(t0=T0 + 400)  # the boundary comes ~160 s in
+    bnd = (math.floor((T0 + 400) / 600) + 1) * 600
+    quiet = {"from": math.inf}
+
+    def rider(w: World) -> float | None:
+        return None if w.odo >= quiet["from"] else -66.0
+
+    tok = w.add(Token("wkr", rider))
+    w.dwell("S1")
+    w.move(2500)  # the rid rotates on the way
+    assert w.t > bnd + 30
+    w.dwell("S2")
+    quiet["from"] = w.odo + 870.0  # quiet 30 m before the doors open again
+    w.move(900)
+    w.dwell("S3", 6)
+    w.move(200)
+    w.wait(30)
+    segs = by_name(w.finish(), tok)
+    assert [(s.start.cause, s.end.cause) for s in segs] == [
+        ("boarded", "rotated"),
+        ("continued", "alighted"),
+    ]
+    assert segs[-1].end.stop_id == "S3"
+
+
 @pytest.mark.parametrize(("margin", "charged"), [(25.0, True), (0.0, False)])
 def test_in_bus_threshold_follows_the_riders_aboard(margin: float, charged: bool) -> None:
     """Weak tokens (low power, a phone deep in a bag): with riders aboard heard at -70 dBm,
