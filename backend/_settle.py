@@ -42,6 +42,7 @@ import marshal
 import math
 import mmap
 import os
+import threading
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -389,6 +390,75 @@ def _pooled(work: Callable[[_T], Any], tasks: Iterable[_T], processes: int) -> I
             gc.unfreeze()
 
 
+class _TablesAhead:
+    """Builds the rid tables of the intervals seen so far, in a thread, during stage 1.
+
+    While the events are checked in the pool, so stage 3 finds the tables built and no
+    core waits for them.
+    Nothing is built before :meth:`start` (each pass costs one AES key schedule per
+    rider: the feeder starts it once 5 % of the input is in, when in bus order the first
+    buses' chains have named nearly every interval of the day); then intervals go to the
+    resolver in batches at least half as large as what is already built, so a day read
+    in closing order, its intervals coming one by one, takes a handful of passes. Only
+    the thread touches the resolver until :meth:`finish`.
+    """
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+        self._seen: set[int] = set()
+        self._asked: set[int] = set()
+        self._wake = threading.Condition()
+        self._started = False
+        self._closing = False
+        self._cancelled = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="busbell-settle.tables", daemon=True)
+        self._thread.start()
+
+    def see(self, intervals: set[int]) -> None:
+        """Intervals of segments taken (called by the one thread feeding events)."""
+        new = intervals - self._seen
+        if new:
+            with self._wake:
+                self._seen |= new
+                self._wake.notify()
+
+    def start(self) -> None:
+        """Build from now on (called by the feeding thread)."""
+        if not self._started:
+            with self._wake:
+                self._started = True
+                self._wake.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while True:
+                        todo = self._seen - self._asked
+                        if self._cancelled or (self._closing and not todo):
+                            return
+                        if self._closing or (
+                            self._started and len(todo) >= max(4, len(self._asked) // 2)
+                        ):
+                            break
+                        self._wake.wait()
+                    self._asked |= todo
+                self._resolver.tables_for(sorted(todo))
+        except BaseException as exc:  # raised again by finish()
+            self._error = exc
+
+    def finish(self, *, build: bool = True) -> None:
+        """Build what is left (unless ``build`` is false) and wait for the thread."""
+        with self._wake:
+            self._closing = True
+            self._cancelled = not build
+            self._wake.notify()
+        self._thread.join()
+        if self._error is not None and build:
+            raise self._error
+
+
 class _SeenHashes:
     """Seq -> 63-bit hash prefix of the accepted event, 8 bytes per seq.
 
@@ -523,8 +593,15 @@ class Settler:
         numbers per range, not the lines. ``progress`` is called with the events taken.
         """
         if processes > 1 and all(Path(p).is_file() for p in paths):
-            tasks: Iterable[Any] = _ranges(paths, _CHUNK_BYTES)
-            self._feed_pooled(_check_range, tasks, processes, progress)
+            sizes: deque[int] = deque()
+
+            def ranges() -> Iterator[_Range]:
+                for r in _ranges(paths, _CHUNK_BYTES):
+                    sizes.append(r[2] - r[1])
+                    yield r
+
+            total = sum(os.path.getsize(p) for p in paths)
+            self._feed_pooled(_check_range, ranges(), processes, progress, (sizes, total))
         elif processes > 1:  # a pipe or a device: the lines go to the workers
             tasks = _chunks(read_event_lines(paths), _CHUNK_LINES)
             self._feed_pooled(_check_chunk, tasks, processes, progress)
@@ -541,9 +618,19 @@ class Settler:
         tasks: Iterable[_T],
         processes: int,
         progress: Callable[[int], object] | None = None,
+        sizes: tuple[deque[int], int] | None = None,
     ) -> None:
+        """Checks in the pool, results taken here in task order.
+
+        The rid tables are built meanwhile (:class:`_TablesAhead`), once ``sizes`` (each
+        task's bytes, queued as the tasks are made, and the total) says 5 % of the input
+        is in; without ``sizes``, at the end.
+        """
         global _POOL_DEVICES  # noqa: PLW0603 - handed to forked workers, read-only there
         _POOL_DEVICES = self.devices
+        ahead = _TablesAhead(self.resolver)
+        done = False
+        read = 0
         try:
             # marshal: bytes our own forked workers wrote
             make, take, loads = Checked._make, self.take, marshal.loads
@@ -551,10 +638,17 @@ class Settler:
                 result = loads(blob)
                 for checked in result:
                     take(make(checked))
+                ahead.see({c[6][1] for c in result if c[6] is not None})
+                if sizes is not None:
+                    read += sizes[0].popleft()
+                    if read >= 0.05 * sizes[1]:
+                        ahead.start()
                 if progress is not None:
                     progress(len(result))
+            done = True
         finally:
             _POOL_DEVICES = None
+            ahead.finish(build=done)
 
     def feed_event(self, obj: object) -> None:
         """Feed one decoded event."""
@@ -680,27 +774,12 @@ class Settler:
     def _resolve_all(self) -> list[_Found]:
         """Every pending segment's rider: its interval, then the one before, then after.
 
-        The same order as :func:`segment_of`, in bulk: the tables of all the intervals
-        are built in one pass.
+        :meth:`~backend._resolve.Resolver.resolve_near` (the order of
+        :func:`segment_of`, in bulk: the tables of all the intervals are built in one
+        pass, or were built while the events were checked).
         """
         pend = self._pending
-        rids = [p[3][0] for p in pend]
-        ivs = [p[3][1] for p in pend]
-        found: list[_Found] = [
-            None if f is None else (f, ivs[k])
-            for k, f in enumerate(self.resolver.resolve_many(rids, ivs))
-        ]
-        for delta in (-1, 1):
-            miss = [k for k, f in enumerate(found) if f is None]
-            if not miss:
-                break
-            again = self.resolver.resolve_many(
-                [rids[k] for k in miss], [ivs[k] + delta for k in miss]
-            )
-            for k, f in zip(miss, again, strict=True):
-                if f is not None:
-                    found[k] = (f, ivs[k] + delta)
-        return found
+        return self.resolver.resolve_near([p[3][0] for p in pend], [p[3][1] for p in pend])
 
     def _prepare(self) -> tuple[list[_Group], list[_Found], int]:
         """Flush chain gaps and resolve every pending segment.

@@ -484,6 +484,9 @@ def test_files_read_by_the_workers_settle_like_one_process(
     one.feed_files([a, b], processes=1)
     two.feed_files([a, b], processes=2, progress=taken.append)
     assert len(taken) > 10  # many ranges
+    # the rid tables of every interval were built while the events were checked
+    assert all(two.resolver.ready(e["interval"]) for e in evs)
+    assert not any(one.resolver.ready(e["interval"]) for e in evs)
     assert sum(taken) == two.stats.read == one.stats.read == len(evs) + 2
     assert one.stats.rejected == two.stats.rejected == {"malformed_payload": 1}
     assert one.stats.duplicates == two.stats.duplicates == 1
