@@ -9,7 +9,9 @@ Run the benchmark: ``python -m benchmarks.backend_settle --events 50000,1000000 
 20000,400000 --buses 50,1000`` (per run: generates a day's signed events in bus order,
 times the bare single-process Ed25519 verification of the same events before and after,
 times ``busbell backend settle`` in-process with one worker per CPU, and prints the
-figures and their ratio; the 1M run is a long one, about ten minutes).
+figures and their ratio; the 1M run is a long one, about ten minutes). With ``--dir D
+--generate-only`` the events are only written (under ``D``, a subdirectory per run), and
+``--dir D --reuse`` then times them without writing them again.
 """
 
 from __future__ import annotations
@@ -138,18 +140,28 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
     out = sys.stdout.write
     world = World(d, riders=riders, buses=buses)
     events = d / "EVENTS.jsonl"
+    meta = d / "EVENTS.meta.json"
+    wanted = {"events": n_events, "riders": riders, "buses": buses, "order": args.order}
     t0 = time.perf_counter()
-    n = (_bulk if args.order == "time" else _day)(world, n_events, events)
-    if args.order == "closing":
-        lines = events.read_bytes().splitlines(keepends=True)
-        lines.sort(key=lambda line: json.loads(line)["end"]["t"])  # stable: seq order kept
-        events.write_bytes(b"".join(lines))
+    if args.reuse and meta.exists() and json.loads(meta.read_text())["wanted"] == wanted:
+        n = json.loads(meta.read_text())["written"]
+        made = "reused"
+    else:
+        n = (_bulk if args.order == "time" else _day)(world, n_events, events)
+        if args.order == "closing":
+            lines = events.read_bytes().splitlines(keepends=True)
+            lines.sort(key=lambda line: json.loads(line)["end"]["t"])  # stable: seq order kept
+            events.write_bytes(b"".join(lines))
+        meta.write_text(json.dumps({"wanted": wanted, "written": n}))
+        made = "generated"
     t_gen = time.perf_counter() - t0
     out(
-        f"generated {n:,} signed events of {riders:,} riders on {buses} buses ({args.order} "
+        f"{made} {n:,} signed events of {riders:,} riders on {buses} buses ({args.order} "
         f"order) in {t_gen:.1f} s ({os.path.getsize(events) >> 20} MB); "
         f"load average {_load()}\n"
     )
+    if args.generate_only:
+        return
     bare_before = bare_verify_rate(events, world.devices_csv)
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # peak RSS from here
@@ -208,16 +220,30 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     ap.add_argument("--processes", type=int, default=0, help="settle --processes (0: CPUs)")
-    ap.add_argument("--dir", type=Path, default=None, help="keep the files here (last run)")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="keep the files here (a subdirectory per run)"
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --dir: settle the events a run with the same sizes and order left there",
+    )
+    ap.add_argument(
+        "--generate-only",
+        action="store_true",
+        help="with --dir: only write the events (then time them later with --reuse)",
+    )
     args = ap.parse_args(argv)
     runs = len(args.events)
     riders = args.riders * runs if len(args.riders) == 1 else args.riders
     buses = args.buses * runs if len(args.buses) == 1 else args.buses
     if not len(riders) == len(buses) == runs:
         ap.error("give one --riders and --buses value, or one per --events value")
+    if (args.reuse or args.generate_only) and args.dir is None:
+        ap.error("--reuse and --generate-only need --dir")
     for n, r, b in zip(args.events, riders, buses, strict=True):
         with tempfile.TemporaryDirectory() as tmp:
-            d = args.dir or Path(tmp)
+            d = args.dir / f"{n}-{r}-{b}-{args.order}" if args.dir else Path(tmp)
             d.mkdir(parents=True, exist_ok=True)
             _run(args, d, n, r, b)
     return 0
