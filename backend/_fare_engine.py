@@ -75,9 +75,14 @@ class FareLeg:
     bus_id: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("board_t", "alight_t", "distance_m"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
+        for name, value in (
+            ("board_t", self.board_t),
+            ("alight_t", self.alight_t),
+            ("distance_m", self.distance_m),
+        ):
+            if type(value) is not float and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
                 raise FareInputError(f"{name} must be a number, got {value!r}", field=name)
             if not math.isfinite(value):
                 raise FareInputError(f"{name} must be finite, got {value!r}", field=name)
@@ -275,14 +280,14 @@ class FareEngine:
         if not legs:
             raise FareInputError("a journey needs at least one leg", field="legs")
         rules = self._rules
-        ordered = tuple(sorted(legs, key=_sort_key))
+        ordered = (legs[0],) if len(legs) == 1 else tuple(sorted(legs, key=_sort_key))
         ruleset = rules.in_force(ordered[0].board_t)
         ruleset.check_category(category)
         classes = [ruleset.network(leg.network_id) for leg in ordered]
         fares = [network.fare_krw[category] for network in classes]
         base_fare = max(fares)
-        base_distance = max(network.base_distance_m for network in classes)
-        total_distance = round(math.fsum(leg.distance_m for leg in ordered))
+        base_distance = max([network.base_distance_m for network in classes])
+        total_distance = round(math.fsum([leg.distance_m for leg in ordered]))
         rule = ruleset.distance
         excess = total_distance - base_distance
         per_unit = rule.surcharge_krw[category]

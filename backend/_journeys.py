@@ -270,7 +270,7 @@ class JourneyBuilder:
             flags |= {FLAG_LOST, FLAG_REVIEW}
             if alight_stop is None:
                 alight_stop = _last_known_stop(chain)
-        if all(s.start_cause == "continued" for s in chain):
+        if first.start_cause == "continued" and all(s.start_cause == "continued" for s in chain):
             flags |= {FLAG_PARTIAL, FLAG_REVIEW}
             if board_stop is None or not _in_order(seq, board_stop, alight_stop):
                 board_stop = self._board_estimate(seq, chain, alight_stop, events_distance)
@@ -306,8 +306,8 @@ class JourneyBuilder:
             distance_m=max(0.0, distance),
             distance_source=source,
             network_id=self.networks.network_for(route_id) if route_id else self._default(),
-            event_ids=tuple(s.event_id for s in chain),
-            flags=tuple(sorted(flags)),
+            event_ids=(first.event_id,) if len(chain) == 1 else tuple(s.event_id for s in chain),
+            flags=tuple(sorted(flags)) if flags else (),
             heard=tuple((s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None),
         )
 
@@ -440,6 +440,8 @@ def _first_stop(
     earliest named start in time.
     """
     named = [s.start_stop_id for s in chain if s.start_stop_id is not None]
+    if len(named) == 1:
+        return named[0]  # the one named, on the trip or not
     if seq is not None:
         on_trip = [x for x in named if x in seq[0]]
         if on_trip:
@@ -458,7 +460,11 @@ def _in_order(
     if seq is None or board not in seq[0] or alight not in seq[0]:
         return True
     stops = seq[0]
-    return alight in stops[stops.index(board) + 1 :]
+    try:
+        stops.index(alight, stops.index(board) + 1)
+    except ValueError:
+        return False
+    return True
 
 
 def _alight_estimate(

@@ -225,9 +225,11 @@ class Leg:
 
 def evidence_rssi(evidence: object) -> float | None:
     """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
-    if not isinstance(evidence, Mapping):
+    if type(evidence) is not dict and not isinstance(evidence, Mapping):
         return None
     value = evidence.get("rssi_med")
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = float(value)

@@ -803,14 +803,14 @@ class Settler:
 
     def _segments_of(
         self, group: _Group, found: Sequence[_Found]
-    ) -> tuple[list[Segment], Counter[str]]:
+    ) -> tuple[list[Segment], list[str]]:
         """One rider's segments whose proofs hold, and the others' rejection reasons."""
         rider_id, idx, ks = group
         mac_key = self.resolver.keyring.mac_key(idx)
         slack = self.resolver.proof_slack_s
         pend = self._pending
         segments: list[Segment] = []
-        rejected: Counter[str] = Counter()
+        rejected: list[str] = []
         for k in ks:
             bus_id, seq, event_id, f = pend[k]
             rid_interval = found[k][1]  # type: ignore[index]
@@ -826,7 +826,7 @@ class Settler:
                     slack_s=slack,
                 )
             except ProofRejected as exc:
-                rejected[exc.reason] += 1
+                rejected.append(exc.reason)
                 continue
             segments.append(
                 Segment(
@@ -851,7 +851,7 @@ class Settler:
 
     def _journeys_of(
         self, groups: Sequence[_Group], found: Sequence[_Found]
-    ) -> Iterator[tuple[list[Journey], Counter[str], int]]:
+    ) -> Iterator[tuple[list[Journey], list[str], int]]:
         categories = self.categories or {}
         for group in groups:
             segments, rejected = self._segments_of(group, found)
@@ -860,7 +860,7 @@ class Settler:
             )
             yield journeys, rejected, len(segments)
 
-    def _count(self, rejected: Counter[str], accepted: int) -> None:
+    def _count(self, rejected: Iterable[str] | Mapping[str, int], accepted: int) -> None:
         self.stats.rejected.update(rejected)
         self.stats.accepted += accepted
 
@@ -931,7 +931,7 @@ class Settler:
             )
             for blob in _pooled(_lines_task, tasks, processes):
                 text, flags_, rejected, accepted = marshal.loads(blob)  # noqa: S302 - our workers' bytes
-                self._count(Counter(rejected), accepted)
+                self._count(rejected, accepted)
                 if text:
                     yield text, flags_
         finally:
@@ -963,7 +963,8 @@ def _lines_task(span: tuple[int, int]) -> bytes:
         for j in journeys:
             lines.append(journey_line(j) + "\n")
             flags.append(j.charged | ("review" in j.flags) << 1)
-        rejected.update(rej)
+        if rej:
+            rejected.update(rej)
         accepted += acc
     return marshal.dumps(("".join(lines), bytes(flags), dict(rejected), accepted))
 
