@@ -678,7 +678,8 @@ class Settler:
             else:
                 self.reject(self._conflict_reason(bus, c))
             return
-        if any(p.digest == c.digest for p in bus.pending.get(seq, ())):
+        waiting = bus.pending.get(seq)
+        if waiting and any(p.digest == c.digest for p in waiting):
             self.stats.duplicates += 1
             return
         here = bus.index << 40 | seq
@@ -694,21 +695,22 @@ class Settler:
         if seq < bus.next_seq:
             # below the chain head but never seen: the chain passed it as a gap
             self.stats.warnings["late_event"] += 1
-            self._accept(bus, c, link=False)
+            self._accept(bus, c, link=False, prefix=prefix)
             return
         if seq > bus.next_seq:
             bus.pending.setdefault(seq, []).append(c)
             return
-        self._link(bus, c)
-        self._drain(bus)
+        self._link(bus, c, prefix)
+        if bus.pending:
+            self._drain(bus)
 
-    def _link(self, bus: _Bus, c: Checked) -> None:
+    def _link(self, bus: _Bus, c: Checked, prefix: int | None = None) -> None:
         if c.prev != bus.prev:
             # a link that does not chain: reject it and leave the head where it is, so
             # the genuine event may still come; later ones wait behind the gap
             self.reject("prev_mismatch")
             return
-        self._accept(bus, c, link=True)
+        self._accept(bus, c, link=True, prefix=prefix)
 
     def _conflict_reason(self, bus: _Bus, c: Checked) -> str:
         """Another record than the one taken at ``c.seq``: which of the two reasons.
@@ -732,8 +734,8 @@ class Settler:
                 if c is not chosen:
                     self.reject(self._conflict_reason(bus, c))
 
-    def _accept(self, bus: _Bus, c: Checked, *, link: bool) -> None:
-        bus.seen.put(c.seq, int(c.digest[:16], 16))
+    def _accept(self, bus: _Bus, c: Checked, *, link: bool, prefix: int | None = None) -> None:
+        bus.seen.put(c.seq, int(c.digest[:16], 16) if prefix is None else prefix)
         if link:
             bus.next_seq = c.seq + 1
             bus.prev = c.digest
