@@ -190,12 +190,19 @@ class _Rid:
     __slots__ = (
         "addr",
         "base",
+        "co_n",
+        "co_odo",
+        "co_odo0",
+        "co_only",
+        "co_sum",
+        "co_t",
         "confirm_t",
         "convoy",
         "d_min",
         "ewma",
         "ewma0",
         "far_sum",
+        "fell",
         "first_odo",
         "first_raw",
         "first_t",
@@ -212,6 +219,7 @@ class _Rid:
         "last_raw",
         "last_t",
         "last_token_t",
+        "lvl",
         "mv_ewma",
         "mv_odo",
         "n_adv",
@@ -275,6 +283,19 @@ class _Rid:
         self.flags_or = self.last_flags = 0
         self.gap = 0.0
         """Mean time between its in-bus adverts (EWMA): how often this token is heard."""
+        self.lvl: float | None = None
+        """A candidate's median RSSI as the bus left its stop (co-movement is judged by it)."""
+        self.co_n = 0
+        self.fell = False
+        """Heard, after the bus left its stop, well below its level there: it fell away
+        (left at the stop, or a car that fell behind); it gets no grace for silences."""
+        """Adverts heard, at a level near ``lvl``, while the bus was ``confirm_distance_m``
+        or more past the candidate's stop: sparse co-movement evidence."""
+        self.co_odo0 = self.co_odo = odo
+        self.co_sum = 0.0
+        self.co_only = False
+        """Kept through a silence past its fade time: it boards on co-movement only."""
+        self.co_t = t
 
 
 class PresenceClassifier:
@@ -337,10 +358,13 @@ class PresenceClassifier:
         self._fade_drop = p.fade_drop_db
         self._far = p.confirm_far_m
         self._span_gap = p.confirm_gap_s
+        self._co_d = p.confirm_distance_m
         self._run_gap = p.outside_run_gap_s
         self._grace = p.board_grace_s
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
+        self._riders_lvl = math.inf
+        """The median baseline RSSI of the riders aboard (+inf with none aboard)."""
         self._resume_t = float("-inf")
         """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
         self._down: tuple[float, float] | None = None
@@ -357,6 +381,7 @@ class PresenceClassifier:
             "_fade_drop",
             "_far",
             "_span_gap",
+            "_co_d",
             "_run_gap",
             "_grace",
             "_rot_slack",
@@ -528,6 +553,7 @@ class PresenceClassifier:
             state <= _OUTSIDE
             or state == _ROTATING
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
+            or (state == _CANDIDATE and r.co_only and v is not r.visit)
         ):
             assert v is not None
             convoy = self._convoy_level(r, odo)
@@ -552,10 +578,17 @@ class PresenceClassifier:
             r.rssi_max = rssi
         r.last_flags = flags
         r.flags_or |= flags
+        if state == _CANDIDATE and r.lvl is not None:
+            self._co_move(r, t, rssi, odo)
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
             thr = r.base - self._fade_drop
-        if r.ewma >= thr and dt <= self._gap:
+        if r.ewma >= thr and (
+            dt <= self._gap
+            # a rider heard only now and then (weak, deep in a bag): in the bus if at its
+            # usual level (median of the ride); one who left is heard only far below it
+            or (state == _ONBOARD and rssi >= (_median(hist) or rssi) - self._fade_drop)
+        ):
             if state == _CANDIDATE or state == _ROTATING:  # noqa: PLR1714, SIM109 - hot path
                 cv = r.visit
                 c_odo = cv.close_odo_m if cv is not None else None
@@ -576,6 +609,32 @@ class PresenceClassifier:
             r.n_in += 1
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
+
+    def _co_move(self, r: _Rid, t: float, rssi: int, odo: float) -> None:
+        """Co-movement evidence of a candidate whose bus left its stop.
+
+        Heard at its own level (within ``fade_drop_db`` of its median as the bus left)
+        while the bus is ``confirm_distance_m`` or more past the stop: evidence that it
+        moves with the bus, however sparse. Its smoothed level falling that far below
+        means the bus is driving away from it (someone left at the stop, a car falling
+        behind): it *fell*, and gets no grace for silences any more.
+        """
+        cv = r.visit
+        if cv is None or cv.close_odo_m is None or odo <= cv.close_odo_m:
+            return
+        assert r.lvl is not None
+        floor = r.lvl - self._fade_drop
+        if r.ewma < floor:
+            r.fell = True
+            r.co_n = 0
+            r.co_sum = 0.0
+        elif rssi >= floor and odo >= cv.close_odo_m + self._co_d:  # (not one deep fade)
+            if r.co_n == 0:
+                r.co_odo0 = odo
+            r.co_n += 1
+            r.co_sum += rssi
+            r.co_odo = odo
+            r.co_t = t
 
     def _new(  # noqa: PLR0917 - called from the hot path
         self,
@@ -642,7 +701,7 @@ class PresenceClassifier:
             st = r.state
             if st == _ONBOARD:
                 levels.append(r.base)
-                if t - max(r.last_in_t, self._resume_t) > self._fade_s(r):
+                if t - r.last_in_t > self._fade_s(r) and self._silent_s(r, t) > self._fade_s(r):
                     try:
                         self._fade(r, t, out)
                     except Exception as exc:
@@ -655,10 +714,11 @@ class PresenceClassifier:
             elif t - r.last_t > p.forget_s and r.rid not in self._olds:
                 forget.append(r.rid)
         margin = p.in_bus_margin_db
+        levels.sort()
+        self._riders_lvl = levels[len(levels) // 2] if levels else math.inf
         if margin > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
             # the in-bus threshold follows the riders aboard (token power is not known)
-            levels.sort()
-            self._thr = min(p.in_bus_rssi_dbm, levels[len(levels) // 2] - margin)
+            self._thr = min(p.in_bus_rssi_dbm, self._riders_lvl - margin)
         else:
             self._thr = p.in_bus_rssi_dbm
         if (
@@ -689,6 +749,24 @@ class PresenceClassifier:
             del self._rids[rid]
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
+
+    def _silent_s(self, r: _Rid, t: float) -> float:
+        """How long the rid has been silent in a way that can mean it left, at ``t``.
+
+        Counted from its last in-bus advert, or from the restart, or, if it was last
+        heard while the doors stood open at a stop, from the moment they closed: whether
+        someone heard at a stop stayed aboard shows only once the bus drives on (a weak
+        token silent for 20 s during a long dwell has not alighted; one that alighted
+        fades as the bus leaves without it).
+        """
+        since = max(r.last_in_t, self._resume_t)
+        v = self._visit_at(r.last_in_t + self.params.alight_pre_s)
+        if v is not None:
+            if v.close_t is None:
+                return 0.0
+            if r.last_in_t <= v.close_t + self._grace and v.close_t > since:
+                since = v.close_t
+        return t - since
 
     def _fade_s(self, r: _Rid) -> float:
         """How long a silence in in-bus evidence means the rid has left.
@@ -725,7 +803,25 @@ class PresenceClassifier:
         if v.close_t is None or v.close_odo_m is None:
             return
         p = self.params
-        recent = t - max(r.last_in_t, self._resume_t) <= self._fade_s(r)
+        if r.lvl is None:
+            r.lvl = float(_median(r.hist) or r.ewma)  # its level as the bus left the stop
+        recent = self._silent_s(r, t) <= self._fade_s(r)
+        if (
+            r.co_n >= p.sparse_adverts
+            and r.co_odo - r.co_odo0 >= p.sparse_span_m
+            and r.convoy is None
+            and not r.fell
+            and r.co_sum / r.co_n >= self._riders_lvl - p.sparse_margin_db
+            and t - v.close_t >= p.confirm_min_s
+        ):
+            # co-movement: heard again and again, at its own level, while the bus carried
+            # it far from the stop, however sparsely (a weak token deep in a bag)
+            if r.co_t > r.last_in_t:
+                r.last_in_t = r.co_t
+                r.last_in_odo = r.co_odo
+                r.last_in_raw = r.last_raw
+            self._confirm_new(r, t, v, out)
+            return
         away = (
             r.n_far >= p.confirm_adverts
             and r.last_in_odo - v.close_odo_m >= p.confirm_distance_m
@@ -734,6 +830,8 @@ class PresenceClassifier:
         if (
             recent
             and away
+            and not r.co_only
+            and not r.fell
             and r.last_in_t - r.span_t >= p.confirm_stretch_s
             and t - v.close_t >= p.confirm_min_s
             and self._convoy_ok(r)
@@ -741,10 +839,20 @@ class PresenceClassifier:
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
                 return  # let a rotated rid fade first and pair with this one
             self._confirm_new(r, t, v, out)
-        elif not recent and away and r.convoy is None and self._short_hop(r, v):
+        elif not recent and away and r.convoy is None and not r.co_only and self._short_hop(r, v):
             # rode one short hop, in the bus from its stop until the doors opened again
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
+        elif (
+            r.convoy is None
+            and not r.fell
+            and odo - max(r.co_odo, v.close_odo_m) < p.reject_distance_m
+            and (r.co_n or not recent)
+            and not self._near_end(r)  # its rid rotated: hand it to the rotation pairing
+        ):
+            if not recent:
+                r.co_only = True
+            return  # co-movement evidence may still come (sparse), or is coming
         elif not recent:
             self._drop(r, Event.FADE, out)
         elif (
@@ -806,7 +914,7 @@ class PresenceClassifier:
 
     def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
         p = self.params
-        if t - max(r.last_in_t, self._resume_t) > self._fade_s(r):
+        if self._silent_s(r, t) > self._fade_s(r):
             self._drop(r, Event.FADE, out)
             return
         if (

@@ -119,6 +119,23 @@ class ClassifierParams:
         " this much travel (a bus of another route serving the same stops is heard well"
         " between two of them); a convoy candidate is never a short hop",
     )
+    sparse_adverts: int = option(
+        6,
+        doc="co-movement: a candidate heard this many times at its own level (within"
+        " fade_drop_db of its level at the stop) while the bus was confirm_distance_m or more"
+        " past the stop boarded, however sparse its adverts ...",
+    )
+    sparse_span_m: float = option(
+        300.0,
+        doc="... if those adverts span this much travel (someone left at the stop falls"
+        " 20-30 dB below their level there within a few hundred metres, a rider does not)",
+    )
+    sparse_margin_db: float = option(
+        15.0,
+        doc="... and if their mean RSSI is within this many dB of the median baseline of the"
+        " riders aboard (a rider in another vehicle alongside is heard through two shells);"
+        " with nobody aboard, co-movement alone boards nobody",
+    )
     reject_distance_m: float = option(
         600.0,
         doc="a candidate never heard in-bus confirm_distance_m from its stop is dropped once"

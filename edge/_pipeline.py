@@ -44,7 +44,8 @@ _BELL_FLAGS = 0b011
 FlagListener = Callable[[float, bytes, int, bool], None]
 
 
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
+"""2: candidates carry co-movement evidence (issue 11, sparse tokens)."""
 _CHECKPOINT_CLASSES = frozenset(
     {
         ("edge._classifier", "_Rid"),

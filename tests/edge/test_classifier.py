@@ -500,7 +500,7 @@ def test_new_rid_of_an_alighting_rider_resolves_the_old_segment_as_alighted() ->
     phase["v"] = "door"  # at the door: weaker, the rid rotates now
     w.dwell("S2", 10)
     phase["v"] = "gone"
-    w.move(600)
+    w.move(700)  # the new rid stays a candidate until reject_distance_m (sparse evidence)
     (seg,) = by_name(w.out, tok)
     assert (seg.end.cause, seg.end.stop_id) == ("alighted", "S2")
 
