@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from backend._fare_rules import FareRules, RuleSet
+from backend._frozen import fast_init
 from busbell._errors import BusbellError
 
 __all__ = [
@@ -49,6 +50,7 @@ class FareInputError(BusbellError, ValueError):
         self.field = field
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FareLeg:
     """One ride of one rider on one bus, as the fare engine sees it.
@@ -160,6 +162,7 @@ def group_journeys(legs: Iterable[FareLeg], rules: FareRules) -> list[list[FareL
     return journeys
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class FareQuote:
     """The price of one journey, with how it was reached.

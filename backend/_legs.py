@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from backend._fare_engine import FareLeg, FareQuote
+from backend._frozen import fast_init
 
 __all__ = [
     "FLAG_LOST",
@@ -60,6 +61,7 @@ FLAG_STOP_ORDER = "stop_order"
 """The leg's boarding stop is not before its alighting stop: held, never charged."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One accepted, resolved fare event (one rid presence segment of one rider).
@@ -126,6 +128,7 @@ class Segment:
         return (self.start_t, self.bus_id, self.seq)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Leg:
     """One ride of one rider on one bus, stitched from one or more segments.
@@ -236,6 +239,7 @@ def evidence_rssi(evidence: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Journey:
     """A rider's journey: legs joined by the transfer rules, with its fare.
