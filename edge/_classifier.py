@@ -359,6 +359,7 @@ class PresenceClassifier:
         self._far = p.confirm_far_m
         self._span_gap = p.confirm_gap_s
         self._co_d = p.confirm_distance_m
+        self._co_step = p.sparse_step_m
         self._run_gap = p.outside_run_gap_s
         self._grace = p.board_grace_s
         self._rot_slack = p.rotation_slack_s
@@ -382,6 +383,7 @@ class PresenceClassifier:
             "_far",
             "_span_gap",
             "_co_d",
+            "_co_step",
             "_run_gap",
             "_grace",
             "_rot_slack",
@@ -628,7 +630,12 @@ class PresenceClassifier:
             r.fell = True
             r.co_n = 0
             r.co_sum = 0.0
-        elif rssi >= floor and odo >= cv.close_odo_m + self._co_d:  # (not one deep fade)
+        elif (
+            rssi >= floor  # (not one deep fade)
+            and odo >= cv.close_odo_m + self._co_d
+            and (r.co_n == 0 or odo >= r.co_odo + self._co_step)
+        ):
+            # spread over the way: a bus alongside now and then gives clusters, not this
             if r.co_n == 0:
                 r.co_odo0 = odo
             r.co_n += 1
@@ -808,7 +815,6 @@ class PresenceClassifier:
         recent = self._silent_s(r, t) <= self._fade_s(r)
         if (
             r.co_n >= p.sparse_adverts
-            and r.co_odo - r.co_odo0 >= p.sparse_span_m
             and r.convoy is None
             and not r.fell
             and r.co_sum / r.co_n >= self._riders_lvl - p.sparse_margin_db
@@ -1339,8 +1345,6 @@ class PresenceClassifier:
         last = max(r.last_in_t, self._resume_t)
         if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s or self._near_end(r):
             return False
-        if not self._rode(r, r.last_in_odo):
-            return False
         v = self._visit_at(r.last_in_t + p.alight_pre_s)
         if v is not None and (
             v.close_odo_m is None or r.last_in_odo - v.close_odo_m <= p.lost_after_m
@@ -1408,7 +1412,11 @@ class PresenceClassifier:
                     out.append(self._draft(seg, end, here.open_odo_m))
                 else:
                     fade_end, end_odo = self._fade_end(seg, last_t, last_odo)
-                    out.append(self._draft(seg, fade_end, end_odo))
+                    if t - last_t > self._fade_s(seg):
+                        # held on board through a silence: judged as if it had faded
+                        self._emit(seg, fade_end, end_odo, out)
+                    else:
+                        out.append(self._draft(seg, fade_end, end_odo))
             except Exception as exc:
                 self._failed("finish", seg, exc)
 

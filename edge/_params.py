@@ -120,15 +120,16 @@ class ClassifierParams:
         " between two of them); a convoy candidate is never a short hop",
     )
     sparse_adverts: int = option(
-        6,
-        doc="co-movement: a candidate heard this many times at its own level (within"
-        " fade_drop_db of its level at the stop) while the bus was confirm_distance_m or more"
-        " past the stop boarded, however sparse its adverts ...",
+        4,
+        doc="co-movement: a candidate heard at its own level (within fade_drop_db of its"
+        " level at the stop) while the bus was confirm_distance_m or more past the stop, at"
+        " this many points of the way ...",
     )
-    sparse_span_m: float = option(
-        300.0,
-        doc="... if those adverts span this much travel (someone left at the stop falls"
-        " 20-30 dB below their level there within a few hundred metres, a rider does not)",
+    sparse_step_m: float = option(
+        100.0,
+        doc="... each this much travel after the previous one, boarded however sparse its"
+        " adverts (someone left at the stop falls 20-30 dB below their level there within a"
+        " few hundred metres; a bus alongside now and then is heard in clusters)",
     )
     sparse_margin_db: float = option(
         15.0,
