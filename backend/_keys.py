@@ -146,26 +146,29 @@ async def register_device(
     check_topic_id(bus_id, "bus_id")
     if kex_public_key is not None and len(kex_public_key) != 32:
         raise ContractError("an X25519 public key is 32 bytes", field="kex_public_key")
+    kex = kex_public_key.hex() if kex_public_key is not None else None
+    # Insert unless present, then compare: two registrars at once (``backend run``'s ingest
+    # and key distribution both import DEVICES.csv at start, as do several workers) must
+    # not fail on each other's row, as a select-then-insert did on PostgreSQL.
+    inserted = await conn.execute(
+        insert_ignore(devices, conn.dialect.name).values(
+            bus_id=bus_id,
+            public_key=public_key.hex,
+            kex_public_key=kex,
+            registered_at=time.time() if now is None else now,
+            revoked_at=None,
+        )
+    )
+    if inserted.rowcount == 1:
+        _log().info("device_registered", bus_id=bus_id)
+        return True
     row = (
         await conn.execute(
             sa.select(devices.c.public_key, devices.c.kex_public_key).where(
                 devices.c.bus_id == bus_id
             )
         )
-    ).first()
-    kex = kex_public_key.hex() if kex_public_key is not None else None
-    if row is None:
-        await conn.execute(
-            devices.insert().values(
-                bus_id=bus_id,
-                public_key=public_key.hex,
-                kex_public_key=kex,
-                registered_at=time.time() if now is None else now,
-                revoked_at=None,
-            )
-        )
-        _log().info("device_registered", bus_id=bus_id)
-        return True
+    ).one()
     if row.public_key == public_key.hex and row.kex_public_key == kex:
         return False
     await conn.execute(

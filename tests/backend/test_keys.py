@@ -417,3 +417,31 @@ def test_workers_starting_at_once_share_one_signing_key(tmp_path: Path) -> None:
     assert DeviceKey.load(path).public.hex == keys[0]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+
+
+@pytest.mark.postgres
+async def test_registrars_at_once_do_not_fail_on_each_others_rows(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # `backend run` starts ingest and key distribution together, both importing
+    # DEVICES.csv, as do several ingest workers: on PostgreSQL a select-then-insert let
+    # two of them insert the same bus and one died of the unique violation.
+    path = tmp_path / "DEVICES.csv"
+    keys = {f"bus-{i:03d}": DeviceKey.generate().public for i in range(40)}
+    write_rows(path, DEVICES_HEADER, [(b, k.hex) for b, k in keys.items()])
+    engines = [create_engine(pg_url) for _ in range(6)]
+    try:
+        await migrate(engines[0])
+        changed = await asyncio.gather(*(import_devices(e, path) for e in engines))
+        assert sum(changed) == len(keys)  # each bus added once, by one of them
+        async with engines[0].connect() as conn:
+            loaded = await load_devices(conn)
+        assert {b: d.public.hex for b, d in loaded.items()} == {b: k.hex for b, k in keys.items()}
+        # a changed key is still a change, an unchanged one is not
+        new = DeviceKey.generate().public
+        async with engines[1].begin() as conn:
+            assert await register_device(conn, "bus-000", new)
+            assert not await register_device(conn, "bus-000", new)
+    finally:
+        for e in engines:
+            await e.dispose()
