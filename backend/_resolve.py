@@ -732,17 +732,30 @@ class Resolver:
 
         Call it regularly (each settlement pass): the table of the next interval is then
         ready before it starts, and a lookup never waits for a build. A lookup in an
-        interval still being built waits for it.
+        interval still being built waits for it. Within ``max_table_bytes``, tables
+        outside ``i-1 .. i+1`` are dropped before the builds start when the new ones
+        would not fit beside them.
 
         Returns:
             The intervals whose builds were started now.
         """
         i = interval_of(now_t)
         self._collect()
+        window = (i + 1, i, i - 1)
+        missing = [k for k in window if k not in self._tables and k not in self._ahead]
+        if missing and self.max_table_bytes is not None and self._tables:
+            # room first: with the new tables over the budget, cached ones outside the
+            # window go before the builds start (least recently used first), so the
+            # peak is the budget, not the budget and one more table
+            size = max(t.nbytes() for t in self._tables.values())
+            for old in [k for k in self._tables if k not in window]:
+                held = len(self._tables) + len(self._ahead) + len(missing)
+                if held * size <= self.max_table_bytes:
+                    break
+                del self._tables[old]
+                self._built_upto.pop(old, None)
         started = []
-        for k in (i + 1, i, i - 1):
-            if k in self._tables or k in self._ahead:
-                continue
+        for k in missing:
             if self._background is None:
                 self._background = ThreadPoolExecutor(1, thread_name_prefix="busbell-ridtable")
             self._ahead[k] = self._background.submit(self._build_one, k)

@@ -275,3 +275,23 @@ def test_bulk_lookups_within_a_budget_build_one_table_at_a_time() -> None:
     # found in the interval before or after (a token clock off at a boundary)
     near = res.resolve_near([*rids[:2], b"\x01" * 12], [IV + 1, IV, IV])
     assert near == [(0, IV), (1, IV + 1), None]
+
+
+def test_tables_outside_the_window_make_room_before_a_build_ahead() -> None:
+    ring, _ = _ring(1000)  # 16,000 bytes per table
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=50_000)
+    try:
+        assert sorted(res.prepare_ahead(T)) == [IV - 1, IV, IV + 1]
+        res.prepare(T)  # waits for them
+        assert res.prepare_ahead(T + 600) == [IV + 2]
+        assert IV - 1 not in res._tables  # dropped before the build started
+        assert res.resolve(rid_for_interval(ring.rid_key(9), IV + 2), IV + 2) == "r9"
+        assert [res.ready(k) for k in (IV - 1, IV, IV + 1, IV + 2)] == [False, True, True, True]
+        roomy = Resolver(ring, cache_intervals=16, max_table_bytes=80_000)
+        roomy.prepare(T)
+        roomy.prepare_ahead(T + 600)
+        roomy.table(IV + 2)
+        assert all(roomy.ready(k) for k in (IV - 1, IV, IV + 1, IV + 2))  # room for four
+        roomy.close()
+    finally:
+        res.close()
