@@ -1,13 +1,16 @@
 """Benchmark: rid tables for N enrolled riders (build time, memory, lookups).
 
 Run: ``python -m benchmarks.backend_resolve --riders 10000000`` (from the repository
-root). Loads a keyring of N riders with random derived keys and ids like the rider
-API's (``r-`` + 24 hex digits; HKDF at enrolment is not part of a table build), then
-prints:
+root). Loads a keyring of N riders with random token keys (their ``rid_key`` derived
+on the ``--processes`` worker processes, as the online worker's first pass does) and
+ids like the rider API's (``r-`` + 24 hex digits), then prints:
 
-- the time to build one interval's table over ``--processes`` worker processes (the
-  first build starts the workers) and the next interval's (workers warm), with the
-  build's peak resident memory (this process's ``VmHWM``; the largest worker's),
+- the keyring's load time and bytes by part (keys, ids, id index),
+- the tables the online settlement worker holds, built one after the other on the
+  worker processes with its byte budget: interval i (first), i+1 (next), i-1 (third:
+  the window i-1..i+1 held), then i+2 built ahead once i+1 has begun (i-1 dropped first
+  to stay in the budget); per build its time and this process's peak RSS (``VmHWM``,
+  reset after the load) and RSS after,
 - bulk lookups (:meth:`backend._resolve.Resolver.resolve_many`): rids per second over
   ``--lookups`` rids (90 % of enrolled riders, 10 % unknown), and one-at-a-time,
 - at a small scale (``--ratio-riders``) in the same run: the table build in this process
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if label == "ahead":
             assert resolver.prepare_ahead((i + 1) * INTERVAL_S + 1.0) == [k]
-        table = resolver.table(k)
+        table_mb = resolver.table(k).nbytes() / 2**20  # no reference kept: evictable
         dt = time.perf_counter() - t0
         stages.append(
             f"{label} {dt:.1f} s (peak {_status('VmHWM'):.0f} MB, then RSS "
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     out(
         f"one interval's table on {builder.processes} worker process(es), "
-        f"{table.nbytes() / 2**20:.0f} MB each: " + "; ".join(stages) + "\n"
+        f"{table_mb:.0f} MB each: " + "; ".join(stages) + "\n"
     )
     resolver.close()
 
