@@ -1,16 +1,18 @@
 r"""Token resolution: from a segment's rid to the enrolled rider, and the proof checks.
 
-The bus never learns who a rider is. The backend holds every enrolled rider's derived
-keys (``rid_key``, ``mac_key``; computed once at enrolment or load) in a compact
-:class:`RiderKeyring` (flat byte buffers: about 100 bytes per rider with its id, so
-10 million riders fit in about 1 GB), and precomputes for an interval ``i`` a lookup
-table ``rid (12 bytes) -> rider index`` (:class:`~backend._ridtable.RidTable`: sorted
-numpy arrays, 16 bytes per rider) with a vectorised AES over every rider
+The bus never learns who a rider is. The backend holds every enrolled rider's
+``token_key`` and derived ``rid_key`` (the ``mac_key`` is derived per proof check) in a
+compact :class:`RiderKeyring` (flat byte buffers, no Python object per rider: about 57
+bytes per rider with an id of the rider API's form, so 10 million riders take about 570
+MB), and precomputes for an interval ``i`` a lookup table ``rid -> rider index``
+(:class:`~backend._ridtable.RidTable`: the rids' first 8 bytes and the rider indexes in
+sorted numpy arrays, 12 bytes per rider; the rest of a matching rid is checked against
+the candidate's key) with a vectorised AES over every rider
 (:func:`~backend._ridtable.rid_words`), split over worker processes when the keyring is
 large. :class:`Resolver` keeps the tables of the intervals around now (``i-1 .. i+1``),
 builds the next one in the background before it starts (:meth:`Resolver.prepare_ahead`),
 builds older ones on demand (kept in a small LRU), and resolves rids one at a time or in
-bulk (:meth:`Resolver.resolve_many`).
+bulk (:meth:`Resolver.resolve_many`, :meth:`Resolver.resolve_near`).
 
 :meth:`Resolver.check_proof` then checks the segment's proof payloads: structure, the
 payload's rid equals the segment's rid, ``rtag`` verifies under the rider's ``mac_key``
@@ -40,7 +42,8 @@ from backend._ridtable import (
     NEEDS_SCAN,
     NOT_FOUND,
     RidTable,
-    rid_keys_of,
+    rid_prefixes_of,
+    rid_words,
     rids_to_arrays,
 )
 from busbell._errors import BusbellError
@@ -50,6 +53,7 @@ from busbell._token import (
     TOKEN_VERSION,
     RiderKeys,
     interval_of,
+    rid_for_interval,
     unwrap_tq,
 )
 
@@ -70,9 +74,9 @@ __all__ = [
 DEFAULT_PROOF_SLACK_S = 120.0
 """How far (s) a proof's token time may lie outside the segment's ``[start.t, end.t]``."""
 
-ONLINE_TABLE_BYTES = 480 << 20
+ONLINE_TABLE_BYTES = 360 << 20
 """The online settlement worker's budget for cached tables: the three of 10 million
-riders it needs (i-1..i+1, 153 MB each); a fourth is built only to replace one."""
+riders it needs (i-1..i+1, 114 MiB each); a fourth is built only to replace one."""
 
 _TQ_STEP_S = 4.0
 _RESERVED_FLAG_BITS = 0b11000
@@ -555,15 +559,23 @@ class RiderKeyring:
         """
         n = len(self)
         start = min(max(0, start), n)
-        chunks = (builder or _INLINE).rid_keys(self._rid_keys, start, n, intervals)
+        chunks = (builder or _INLINE).rid_prefixes(self._rid_keys, start, n, intervals)
         if len(intervals) == 1:  # each chunk freed once placed in the table
-            rows = [(off, p[0], t[0]) for off, p, t in chunks]
+            rows = [(off, p[0]) for off, p in chunks]
             del chunks
             return [RidTable.from_chunks(intervals[0], rows, start)]
         return [
-            RidTable.from_chunks(k, [(off, p[j], t[j]) for off, p, t in chunks], start)
+            RidTable.from_chunks(k, [(off, p[j]) for off, p in chunks], start)
             for j, k in enumerate(intervals)
         ]
+
+    def rid_key_rows(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+        """The ``rid_key`` of each rider index, as ``(len(idx), 16)`` bytes (a copy)."""
+        view = np.frombuffer(self._rid_keys, dtype=np.uint8).reshape(-1, 16)
+        try:
+            return view[idx]
+        finally:
+            del view  # the buffer export ends here: the keyring may grow again
 
 
 class TableBuilder:
@@ -597,10 +609,12 @@ class TableBuilder:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=ctx)
         return self._pool
 
-    def rid_keys(
+    def rid_prefixes(
         self, keys: bytearray, start: int, end: int, intervals: Sequence[int]
-    ) -> list[tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.uint32]]]:
-        """Table keys (see :func:`~backend._ridtable.rid_keys_of`) of riders ``start..end``.
+    ) -> list[tuple[int, npt.NDArray[np.uint64]]]:
+        """The first 8 bytes of the rids of riders ``start..end``, chunk by chunk.
+
+        See :func:`~backend._ridtable.rid_prefixes_of`.
 
         Args:
             keys: every rider's ``rid_key``, 16 bytes each (read, never kept).
@@ -609,23 +623,23 @@ class TableBuilder:
             intervals: the intervals.
 
         Returns:
-            ``(offset from start, prefix, tail)`` per chunk of riders (the arrays are
-            ``(len(intervals), chunk)``), in rider order.
+            ``(offset from start, prefixes)`` per chunk of riders (``(len(intervals),
+            chunk)`` arrays), in rider order.
         """
         n = end - start
         ivs = tuple(intervals)
         if self.processes <= 1 or n < self.parallel_min_riders:
             return [
-                (a - start, *rid_keys_of(keys[16 * a : 16 * min(end, a + self.chunk_riders)], ivs))
+                (
+                    a - start,
+                    rid_prefixes_of(keys[16 * a : 16 * min(end, a + self.chunk_riders)], ivs),
+                )
                 for a in range(start, end, self.chunk_riders)
             ]
         step = min(self.chunk_riders, -(-n // self.processes))
         # a bytearray slice is a copy (the keyring may grow meanwhile); a bounded number
         # in flight bounds the memory
-        return [
-            (off, p, t)
-            for off, (p, t) in self._map(rid_keys_of, keys, start, end, step, args=(ivs,))
-        ]
+        return self._map(rid_prefixes_of, keys, start, end, step, args=(ivs,))
 
     def derive_rid_keys(self, token_keys: bytes | bytearray) -> bytes:
         """:func:`derive_rid_keys` of many token keys, over the worker processes if any."""
@@ -685,7 +699,7 @@ class Resolver:
             default: in this process.
         max_table_bytes: besides ``cache_intervals``, the least recently used tables go
             while the cached ones hold more than this (never fewer than three kept);
-            ``None``: no limit. 10 million riders take 152 MB per table.
+            ``None``: no limit. 10 million riders take 114 MiB per table.
     """
 
     def __init__(
@@ -846,8 +860,8 @@ class Resolver:
         if raw is None:
             return None
         ring = self.keyring
-        for idx in self.table(interval).candidates(raw):
-            if not ring.is_revoked(idx):
+        for idx in self.table(interval).candidates(raw):  # the first 8 bytes match
+            if not ring.is_revoked(idx) and rid_for_interval(ring.rid_key(idx), interval) == raw:
                 return idx
         return None
 
@@ -868,35 +882,67 @@ class Resolver:
         Returns:
             Per rid, the rider index or ``None``.
         """
-        per = [intervals] * len(rids) if isinstance(intervals, int) else list(intervals)
-        if len(per) != len(rids):
-            raise ValueError("one interval per rid")
-        out: list[int | None] = [None] * len(rids)
-        groups: dict[int, tuple[list[int], list[bytes]]] = {}
-        for pos, (rid, interval) in enumerate(zip(rids, per, strict=True)):
-            raw = _rid_bytes(rid)
-            if raw is not None:
-                g = groups.setdefault(interval, ([], []))
-                g[0].append(pos)
-                g[1].append(raw)
+        n = len(rids)
+        if isinstance(intervals, int):
+            ivs = np.full(n, intervals, dtype=np.int64)
+        else:
+            if len(intervals) != n:
+                raise ValueError("one interval per rid")
+            ivs = np.fromiter(intervals, dtype=np.int64, count=n)
+        raws: list[bytes | None]
+        if set(map(type, rids)) <= {bytes} and set(map(len, rids)) <= {12}:
+            raws = list(rids)  # type: ignore[arg-type]  # all raw rids (C loops only)
+        else:
+            raws = [_rid_bytes(r) for r in rids]
+        if None in raws:
+            at = np.array([k for k, r in enumerate(raws) if r is not None], dtype=np.int64)
+            good = [r for r in raws if r is not None]
+        else:
+            at, good = np.arange(n), raws  # type: ignore[assignment]  # no None in it
+        if not good:
+            return [None] * n
+        prefix_all, tail_all = rids_to_arrays(good)
+        # the rids grouped by interval (one sort), each group looked up in its table
+        if isinstance(intervals, int):
+            by_iv = np.arange(len(at))
+            group_ivs, starts = np.array([intervals]), np.zeros(1, dtype=np.int64)
+        else:
+            by_iv = np.argsort(ivs[at], kind="stable")
+            sorted_ivs = ivs[at][by_iv]
+            starts = np.flatnonzero(np.r_[True, sorted_ivs[1:] != sorted_ivs[:-1]])
+            group_ivs = sorted_ivs[starts]
         if self.max_table_bytes is None:
-            self.tables_for(groups)  # every interval's table in one pass (settle)
+            self.tables_for(group_ivs.tolist())  # every interval's table in one pass
         # else: one interval at a time, within the byte budget (a bus hours late online
         # would otherwise build a dozen tables of every rider at once)
+        found_all = np.full(n, NOT_FOUND, dtype=np.int64)
+        slow_pos: list[tuple[int, int]] = []
         revoked = self.keyring.revoked_array()
-        for interval, (positions, raws) in groups.items():
+        ends = [*starts.tolist()[1:], len(at)]
+        for interval, s0, s1 in zip(group_ivs.tolist(), starts.tolist(), ends, strict=True):
+            sel = by_iv[s0:s1]  # indexes into `at`
             table = self.table(interval)
-            prefix, tail = rids_to_arrays(raws)
-            found = table.lookup(prefix, tail)
+            prefix, tail = prefix_all[sel], tail_all[sel]
+            found = table.lookup(prefix)
+            cand = np.flatnonzero(found >= 0)
+            if cand.size:  # the first 8 bytes match: check the whole rid (vectorised AES)
+                words = rid_words(self.keyring.rid_key_rows(found[cand]), [interval])[0]
+                got = words[0].astype(np.uint64) << np.uint64(32)
+                got |= words[1]
+                same = (got == prefix[cand]) & (words[2] == tail[cand])
+                found[cand[~same]] = NOT_FOUND
+                del words, got, same
             slow = found == NEEDS_SCAN
             if revoked.size:
                 slow |= np.isin(found, revoked)
             if table.has_extra:
                 slow |= found == NOT_FOUND
-            for k in np.flatnonzero(~slow & (found >= 0)).tolist():
-                out[positions[k]] = int(found[k])
-            for k in np.flatnonzero(slow).tolist():
-                out[positions[k]] = self.resolve_index(raws[k], interval)
+            found[slow] = NOT_FOUND
+            found_all[at[sel]] = found
+            slow_pos.extend((int(at[k]), interval) for k in sel[slow].tolist())
+        out: list[int | None] = [None if f < 0 else f for f in found_all.tolist()]
+        for pos, interval in slow_pos:
+            out[pos] = self.resolve_index(raws[pos], interval)  # type: ignore[arg-type]
         return out
 
     def resolve_near(

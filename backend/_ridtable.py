@@ -15,10 +15,11 @@ It is a table implementation: its memory accesses depend on the keys (a cache-ti
 side channel on the backend host, where the keys are stored anyway). The edge never runs
 it.
 
-:class:`RidTable` holds one interval's rids of every rider as three flat sorted arrays
-(16 bytes per rider): the rid's first 8 bytes (``uint64``), its last 4 (``uint32``) and
-the rider index (``uint32``). A lookup is a binary search; :meth:`RidTable.lookup`
-searches many rids at once (sorted first, so the searches walk the table in order).
+:class:`RidTable` holds one interval's rids of every rider as two flat sorted arrays
+(12 bytes per rider): the rid's first 8 bytes (``uint64``) and the rider index
+(``uint32``). A lookup is a binary search giving a candidate whose last 4 bytes the
+resolver checks; :meth:`RidTable.lookup` searches many rids at once (sorted first, so
+the searches walk the table in order).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "aes_words",
     "rid_blocks",
     "rid_keys_of",
+    "rid_prefixes_of",
     "rid_words",
     "rids_to_arrays",
 ]
@@ -214,6 +216,21 @@ def rid_keys_of(key_bytes: bytes | bytearray, intervals: Sequence[int]) -> tuple
     return prefix, np.ascontiguousarray(words[:, 2, :])
 
 
+def rid_prefixes_of(key_bytes: bytes | bytearray, intervals: Sequence[int]) -> U64:
+    """The rids' first 8 bytes (what a table keeps), per interval: ``(len(intervals), n)``.
+
+    The task a worker process runs (bytes in, one array out).
+    """
+    if len(intervals) >= PER_KEY_MIN_INTERVALS:
+        return _rid_keys_per_key(key_bytes, intervals)[0]
+    keys = np.frombuffer(key_bytes, dtype=np.uint8).reshape(-1, 16)
+    words = aes_words(keys, rid_blocks(intervals), words=2)
+    prefix = words[:, 0, :].astype(np.uint64)
+    prefix <<= np.uint64(32)
+    prefix |= words[:, 1, :]
+    return prefix
+
+
 def _rid_keys_per_key(key_bytes: bytes | bytearray, intervals: Sequence[int]) -> tuple[U64, U32]:
     """:func:`rid_keys_of` with one ``cryptography`` AES context per rider.
 
@@ -250,38 +267,40 @@ def rids_to_arrays(rids: Sequence[bytes]) -> tuple[U64, U32]:
 
 
 class RidTable:
-    """One interval's lookup from a rid to the rider indexes that broadcast it.
+    """One interval's lookup from a rid to the rider indexes that may broadcast it.
 
-    Three flat arrays sorted together by the rid's first 8 bytes (the rid's first 8
-    bytes, its last 4, the rider index; 16 bytes per rider; riders with equal first
-    bytes in index order), so a hit is exact and needs no AES. A small dict holds the
-    riders enrolled after the table was built.
+    Two flat arrays sorted together by the rid's first 8 bytes: those bytes (``uint64``)
+    and the rider index (``uint32``), 12 bytes per rider (riders with equal first bytes
+    in index order). A match on the first 8 bytes is a candidate, not yet a hit: the
+    caller checks the rest of the rid against the candidate's key
+    (:meth:`backend._resolve.Resolver.resolve_many` does it for many at once with the
+    vectorised AES), which costs less than a third array of 4-byte tails (40 MB per
+    table of 10 million riders). A small dict holds the riders enrolled after the table
+    was built, by the same 8 bytes.
     """
 
-    __slots__ = ("_extra", "_idx", "_prefix", "_tail", "interval")
+    __slots__ = ("_extra", "_idx", "_prefix", "interval")
 
-    def __init__(self, interval: int, prefix: U64, tail: U32, idx: U32) -> None:
+    def __init__(self, interval: int, prefix: U64, idx: U32) -> None:
         self.interval = interval
         self._prefix = prefix
-        self._tail = tail
         self._idx = idx
-        self._extra: dict[bytes, list[int]] = {}
+        self._extra: dict[int, list[int]] = {}
 
     @classmethod
-    def from_keys(cls, interval: int, prefix: U64, tail: U32, first_index: int = 0) -> RidTable:
+    def from_keys(cls, interval: int, prefix: U64, first_index: int = 0) -> RidTable:
         """Sort one interval's rids into a table (see :meth:`from_chunks`).
 
         Args:
             interval: the interval.
             prefix: the rids' first 8 bytes, rider by rider.
-            tail: their last 4 bytes.
             first_index: the rider index of the first entry (the others follow).
         """
-        return cls.from_chunks(interval, [(0, prefix, tail)], first_index)
+        return cls.from_chunks(interval, [(0, prefix)], first_index)
 
     @classmethod
     def from_chunks(
-        cls, interval: int, chunks: list[tuple[int, U64, U32]], first_index: int = 0
+        cls, interval: int, chunks: list[tuple[int, U64]], first_index: int = 0
     ) -> RidTable:
         """Sort one interval's rids, given in chunks of riders, into a table.
 
@@ -293,27 +312,26 @@ class RidTable:
 
         Args:
             interval: the interval.
-            chunks: ``(offset, prefix, tail)`` per chunk of consecutive riders (offset
-                from ``first_index``), in any order; consumed.
+            chunks: ``(offset, prefix)`` per chunk of consecutive riders (offset from
+                ``first_index``), in any order; consumed.
             first_index: the rider index of offset 0.
         """
         n = sum(len(c[1]) for c in chunks)
         bits = min(8, max(0, n.bit_length() - 16))
         shift = np.uint64(64 - bits)
         buckets = 1 << bits
-        counts = [np.bincount(_top(p, shift, bits), minlength=buckets) for _, p, _ in chunks]
+        counts = [np.bincount(_top(p, shift, bits), minlength=buckets) for _, p in chunks]
         total = np.sum(counts, axis=0, dtype=np.int64) if counts else np.zeros(1, np.int64)
         bounds = np.zeros(buckets + 1, dtype=np.int64)
         np.cumsum(total, out=bounds[1:])
         prefix = np.empty(n, dtype=np.uint64)
-        tail = np.empty(n, dtype=np.uint32)
         ridx = np.empty(n, dtype=np.uint32)
         cursor = bounds[:-1].copy()
         order_of_chunks = sorted(range(len(chunks)), key=lambda k: chunks[k][0])
         todo = dict(enumerate(chunks))
         chunks.clear()  # the caller's list no longer holds them
         for k in order_of_chunks:
-            off, p, t = todo.pop(k)
+            off, p = todo.pop(k)
             top = _top(p, shift, bits)
             order = np.argsort(top, kind="stable")
             placed = top[order]
@@ -323,8 +341,7 @@ class RidTable:
             within += cursor[placed]
             del placed
             prefix[within] = p[order]
-            tail[within] = t[order]
-            del p, t
+            del p
             order += first_index + off
             ridx[within] = order
             del order, within
@@ -334,26 +351,22 @@ class RidTable:
             if e - s > 1:
                 o = np.argsort(prefix[s:e], kind="stable")
                 prefix[s:e] = prefix[s:e][o]
-                tail[s:e] = tail[s:e][o]
                 ridx[s:e] = ridx[s:e][o]
-        return cls(interval, prefix, tail, ridx)
+        return cls(interval, prefix, ridx)
 
     def __len__(self) -> int:
         return len(self._prefix) + sum(len(v) for v in self._extra.values())
 
     def nbytes(self) -> int:
         """Bytes held by the sorted arrays."""
-        return int(self._prefix.nbytes + self._tail.nbytes + self._idx.nbytes)
+        return int(self._prefix.nbytes + self._idx.nbytes)
 
     def add(self, other: RidTable) -> None:
         """Merge a (small) table of newly enrolled riders into this one."""
-        for prefix, tail, idx in zip(
-            other._prefix.tolist(), other._tail.tolist(), other._idx.tolist(), strict=True
-        ):
-            rid = prefix.to_bytes(8, "big") + tail.to_bytes(4, "big")
-            self._extra.setdefault(rid, []).append(idx)
-        for rid, idxs in other._extra.items():
-            self._extra.setdefault(rid, []).extend(idxs)
+        for prefix, idx in zip(other._prefix.tolist(), other._idx.tolist(), strict=True):
+            self._extra.setdefault(prefix, []).append(idx)
+        for prefix, idxs in other._extra.items():
+            self._extra.setdefault(prefix, []).extend(idxs)
 
     @property
     def has_extra(self) -> bool:
@@ -361,31 +374,30 @@ class RidTable:
         return bool(self._extra)
 
     def candidates(self, rid: bytes) -> list[int]:
-        """Rider indexes whose rid in this interval is ``rid`` (almost always 0 or 1)."""
-        key = np.uint64(int.from_bytes(rid[:8], "big"))
-        tail = int.from_bytes(rid[8:12], "big")
+        """Rider indexes whose rid in this interval starts with ``rid``'s first 8 bytes.
+
+        Almost always 0 or 1; the caller checks the rest of the rid.
+        """
+        key = int.from_bytes(rid[:8], "big")
         prefixes = self._prefix
-        pos = int(np.searchsorted(prefixes, key))
+        pos = int(np.searchsorted(prefixes, np.uint64(key)))
         out: list[int] = []
-        while pos < len(prefixes) and prefixes[pos] == key:
-            if int(self._tail[pos]) == tail:
-                out.append(int(self._idx[pos]))
+        while pos < len(prefixes) and int(prefixes[pos]) == key:
+            out.append(int(self._idx[pos]))
             pos += 1
-        extra = self._extra.get(bytes(rid[:12]))
-        if extra:
-            out.extend(extra)
+        out.extend(self._extra.get(key, ()))
         return out
 
-    def lookup(self, prefix: U64, tail: U32) -> I64:
-        """The first rider index of each rid in the sorted arrays (extras not searched).
+    def lookup(self, prefix: U64) -> I64:
+        """The candidate rider of each rid's first 8 bytes (extras not searched).
 
         Args:
             prefix: the rids' first 8 bytes.
-            tail: their last 4 bytes.
 
         Returns:
-            Per rid, the lowest rider index with that rid, :data:`NOT_FOUND`, or
-            :data:`NEEDS_SCAN`.
+            Per rid, the rider index whose rid starts with those bytes (the rest still
+            to check), :data:`NOT_FOUND`, or :data:`NEEDS_SCAN` when several riders'
+            rids do.
         """
         m = len(prefix)
         out = np.full(m, NOT_FOUND, dtype=np.int64)
@@ -395,11 +407,10 @@ class RidTable:
         order = np.argsort(prefix)
         q = prefix[order]
         pos = np.searchsorted(self._prefix, q)
-        inside = pos < n
         pos_c = np.minimum(pos, n - 1)
-        hit_prefix = inside & (self._prefix[pos_c] == q)
-        hit = hit_prefix & (self._tail[pos_c] == tail[order])
+        hit = (pos < n) & (self._prefix[pos_c] == q)
         res = np.where(hit, self._idx[pos_c].astype(np.int64), NOT_FOUND)
-        res[hit_prefix & ~hit] = NEEDS_SCAN
+        after = np.minimum(pos_c + 1, n - 1)
+        res[hit & (pos_c + 1 < n) & (self._prefix[after] == q)] = NEEDS_SCAN
         out[order] = res
         return out

@@ -448,7 +448,7 @@ def _settle(args: argparse.Namespace) -> int:
     ring.extend([rider_id for rider_id, _ in riders], b"".join(key for _, key in riders))
     del riders
     # Settle resolves every accepted segment at the end, in bulk: the tables of all the
-    # day's intervals are built in one pass and kept (16 bytes per rider each), so the
+    # day's intervals are built in one pass and kept (12 bytes per rider each), so the
     # cost does not depend on the order of the events.
     resolver = Resolver(
         ring,

@@ -89,7 +89,7 @@ def test_tables_built_in_worker_processes_equal_inline() -> None:
     for a, b in [*zip(par, inline, strict=True), (par_late[0], inline_late)]:
         assert a.interval == b.interval
         assert len(a) == len(b)
-        for attr in ("_prefix", "_tail", "_idx"):
+        for attr in ("_prefix", "_idx"):
             assert np.array_equal(getattr(a, attr), getattr(b, attr))
     assert sorted(inline_late._idx.tolist()) == list(range(250, 300))
 
@@ -153,8 +153,8 @@ def test_fast_key_derivation_is_the_contracts_hkdf() -> None:
 
 
 def test_table_memory_budget_keeps_the_three_newest() -> None:
-    ring, _ = _ring(1000)  # 16,000 bytes per table
-    res = Resolver(ring, cache_intervals=16, max_table_bytes=50_000)
+    ring, _ = _ring(1000)  # 12,000 bytes per table
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000)
     for i in range(IV, IV + 6):
         res.table(i)
     assert [res.ready(i) for i in range(IV, IV + 6)] == [False] * 3 + [True] * 3
@@ -245,28 +245,43 @@ def test_bucket_sorted_table_equals_a_global_sort() -> None:
     rng = np.random.default_rng(3)
     n = 140_000  # 2**17 and more: two bits of buckets
     prefix = rng.integers(0, 2**64, n, dtype=np.uint64)
-    tail = rng.integers(0, 2**32, n, dtype=np.uint32)
     prefix[100:110] = prefix[7]  # riders sharing a key: equal rids
-    tail[100:110] = tail[7]
-    prefix[50_000] = prefix[7]  # equal first bytes, another tail
     cuts = [0, 1, 33_333, 70_000, 70_001, n]
-    chunks = [(a, prefix[a:b].copy(), tail[a:b].copy()) for a, b in itertools.pairwise(cuts)]
+    chunks = [(a, prefix[a:b].copy()) for a, b in itertools.pairwise(cuts)]
     chunks.reverse()  # given in any order
     table = RidTable.from_chunks(IV, chunks, 1000)
     assert chunks == []  # consumed
     order = np.argsort(prefix, kind="stable")
     assert np.array_equal(table._prefix, prefix[order])
-    assert np.array_equal(table._tail, tail[order])
     assert np.array_equal(table._idx, order + 1000)
-    same = table.candidates(prefix[7].item().to_bytes(8, "big") + tail[7].item().to_bytes(4, "big"))
+    assert table.nbytes() == 12 * n
+    same = table.candidates(prefix[7].item().to_bytes(8, "big") + bytes(4))
     assert same == [1007, *range(1100, 1110)]
-    found = table.lookup(prefix[[7, 50_000, 3]], tail[[7, 50_000, 3]])
-    assert found.tolist() == [1007, NEEDS_SCAN, 1003]  # equal first bytes: scanned
+    found = table.lookup(prefix[[7, 50_000, 3]])
+    assert found.tolist() == [NEEDS_SCAN, 51_000, 1003]  # shared first bytes: scanned
+    assert table.lookup(np.array([1, 2**64 - 1], dtype=np.uint64)).tolist() == [-1, -1]
+
+
+def test_rid_with_the_right_first_bytes_and_a_wrong_tail_does_not_resolve() -> None:
+    ring, _ = _ring(300)
+    res = Resolver(ring)
+    real = [rid_for_interval(ring.rid_key(k), IV) for k in range(300)]
+    forged = [r[:8] + bytes(b ^ 0xFF for b in r[8:]) for r in real[:50]]
+    forged += [r[:11] + bytes([r[11] ^ 1]) for r in real[50:100]]
+    assert res.resolve_many(forged, IV) == [None] * 100
+    assert all(res.resolve(f, IV) is None for f in forged[::7])
+    assert res.resolve_many(real, IV) == list(range(300))
+    # riders enrolled after the build (the table's extras) likewise
+    late = ring.add("late", bytes(range(16)))
+    late_rid = rid_for_interval(ring.rid_key(late), IV)
+    bad = late_rid[:8] + bytes(4)
+    assert res.resolve_many([late_rid, bad], IV) == [late, None]
+    assert res.resolve(bad, IV) is None
 
 
 def test_bulk_lookups_within_a_budget_build_one_table_at_a_time() -> None:
-    ring, _ = _ring(1000)  # 16,000 bytes per table
-    res = Resolver(ring, cache_intervals=16, max_table_bytes=50_000)
+    ring, _ = _ring(1000)  # 12,000 bytes per table
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000)
     ivs = list(range(IV, IV + 6))
     rids = [rid_for_interval(ring.rid_key(k), i) for k, i in enumerate(ivs)]
     assert res.resolve_many(rids, ivs) == list(range(6))
@@ -278,8 +293,8 @@ def test_bulk_lookups_within_a_budget_build_one_table_at_a_time() -> None:
 
 
 def test_tables_outside_the_window_make_room_before_a_build_ahead() -> None:
-    ring, _ = _ring(1000)  # 16,000 bytes per table
-    res = Resolver(ring, cache_intervals=16, max_table_bytes=50_000)
+    ring, _ = _ring(1000)  # 12,000 bytes per table
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000)
     try:
         assert sorted(res.prepare_ahead(T)) == [IV - 1, IV, IV + 1]
         res.prepare(T)  # waits for them
