@@ -163,13 +163,23 @@ class RiderFeed:
         if new_ids:
             first = ring.extend(new_ids, b"".join(new_keys), builder=self.builder)
             done.added += len(new_ids)
-            for k, row in enumerate(new_rows):
-                self._set(first + k, row)
+            codes = self._codes
+            if first == len(self._category):  # the usual case: appended in order
+                self._category += bytes([codes.get(row.category, 0) for row in new_rows])
+                for k, row in enumerate(new_rows):
+                    if row.status == "revoked":
+                        self._set_revoked(first + k, row)
+            else:
+                for k, row in enumerate(new_rows):
+                    self._set(first + k, row)
 
     def _set(self, idx: int, row: Any) -> None:
         if idx >= len(self._category):
             self._category.extend(bytes(len(self.keyring) - len(self._category)))
         self._category[idx] = self._codes.get(row.category, 0)
+        self._set_revoked(idx, row)
+
+    def _set_revoked(self, idx: int, row: Any) -> None:
         if row.status == "revoked":
             self._revoked_at[idx] = (
                 float(row.revoked_at) if row.revoked_at is not None else float("-inf")
