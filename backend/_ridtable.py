@@ -15,11 +15,12 @@ It is a table implementation: its memory accesses depend on the keys (a cache-ti
 side channel on the backend host, where the keys are stored anyway). The edge never runs
 it.
 
-:class:`RidTable` holds one interval's rids of every rider as two flat sorted arrays
-(12 bytes per rider): the rid's first 8 bytes (``uint64``) and the rider index
-(``uint32``). A lookup is a binary search giving a candidate whose last 4 bytes the
-resolver checks; :meth:`RidTable.lookup` searches many rids at once (sorted first, so
-the searches walk the table in order).
+:class:`RidTable` holds one interval's rids of every rider as flat sorted arrays: the
+rid's first 8 bytes (``uint64``), the rider index (``uint32``) and, with tails, the
+rid's last 4 bytes (``uint32``): 16 or 12 bytes per rider. A lookup is a binary search;
+without tails it gives a candidate whose last 4 bytes the resolver checks.
+:meth:`RidTable.lookup` searches many rids at once (sorted first, so the searches walk
+the table in order).
 """
 
 from __future__ import annotations
@@ -216,19 +217,24 @@ def rid_keys_of(key_bytes: bytes | bytearray, intervals: Sequence[int]) -> tuple
     return prefix, np.ascontiguousarray(words[:, 2, :])
 
 
-def rid_prefixes_of(key_bytes: bytes | bytearray, intervals: Sequence[int]) -> U64:
-    """The rids' first 8 bytes (what a table keeps), per interval: ``(len(intervals), n)``.
+def rid_prefixes_of(
+    key_bytes: bytes | bytearray, intervals: Sequence[int], tails: bool = False
+) -> tuple[U64, U32 | None]:
+    """What a table keeps of the rids, per interval: ``(len(intervals), n)`` arrays.
 
-    The task a worker process runs (bytes in, one array out).
+    The task a worker process runs (bytes in, arrays out): the rids' first 8 bytes and,
+    with ``tails``, their last 4 (else ``None``).
     """
+    if tails:
+        return rid_keys_of(key_bytes, intervals)
     if len(intervals) >= PER_KEY_MIN_INTERVALS:
-        return _rid_keys_per_key(key_bytes, intervals)[0]
+        return _rid_keys_per_key(key_bytes, intervals)[0], None
     keys = np.frombuffer(key_bytes, dtype=np.uint8).reshape(-1, 16)
     words = aes_words(keys, rid_blocks(intervals), words=2)
     prefix = words[:, 0, :].astype(np.uint64)
     prefix <<= np.uint64(32)
     prefix |= words[:, 1, :]
-    return prefix
+    return prefix, None
 
 
 def _rid_keys_per_key(key_bytes: bytes | bytearray, intervals: Sequence[int]) -> tuple[U64, U32]:
@@ -269,38 +275,48 @@ def rids_to_arrays(rids: Sequence[bytes]) -> tuple[U64, U32]:
 class RidTable:
     """One interval's lookup from a rid to the rider indexes that may broadcast it.
 
-    Two flat arrays sorted together by the rid's first 8 bytes: those bytes (``uint64``)
-    and the rider index (``uint32``), 12 bytes per rider (riders with equal first bytes
-    in index order). A match on the first 8 bytes is a candidate, not yet a hit: the
-    caller checks the rest of the rid against the candidate's key
-    (:meth:`backend._resolve.Resolver.resolve_many` does it for many at once with the
-    vectorised AES), which costs less than a third array of 4-byte tails (40 MB per
-    table of 10 million riders). A small dict holds the riders enrolled after the table
-    was built, by the same 8 bytes.
+    Flat arrays sorted together by the rid's first 8 bytes: those bytes (``uint64``),
+    the rider index (``uint32``) and, in a table built with tails, the rid's last 4
+    bytes (``uint32``): 16 bytes per rider with tails, 12 without (riders with equal
+    first bytes in index order). Without tails a match on the first 8 bytes is a
+    candidate, not yet a hit: the caller checks the rest of the rid against the
+    candidate's key (:meth:`backend._resolve.Resolver.resolve_many` does it for many at
+    once with the vectorised AES), 38 MiB less per table of 10 million riders for about
+    1 µs more per looked-up rid. A small dict holds the riders enrolled after the table
+    was built, by their first 8 bytes (always checked by the caller).
     """
 
-    __slots__ = ("_extra", "_idx", "_prefix", "interval")
+    __slots__ = ("_extra", "_idx", "_prefix", "_tail", "interval")
 
-    def __init__(self, interval: int, prefix: U64, idx: U32) -> None:
+    def __init__(self, interval: int, prefix: U64, idx: U32, tail: U32 | None = None) -> None:
         self.interval = interval
         self._prefix = prefix
         self._idx = idx
+        self._tail = tail
         self._extra: dict[int, list[int]] = {}
 
+    @property
+    def exact(self) -> bool:
+        """Whether the table holds the rids' tails (a lookup hit is then a whole rid)."""
+        return self._tail is not None
+
     @classmethod
-    def from_keys(cls, interval: int, prefix: U64, first_index: int = 0) -> RidTable:
+    def from_keys(
+        cls, interval: int, prefix: U64, tail: U32 | None = None, first_index: int = 0
+    ) -> RidTable:
         """Sort one interval's rids into a table (see :meth:`from_chunks`).
 
         Args:
             interval: the interval.
             prefix: the rids' first 8 bytes, rider by rider.
+            tail: their last 4 bytes (``None``: a table without tails).
             first_index: the rider index of the first entry (the others follow).
         """
-        return cls.from_chunks(interval, [(0, prefix)], first_index)
+        return cls.from_chunks(interval, [(0, prefix, tail)], first_index)
 
     @classmethod
     def from_chunks(
-        cls, interval: int, chunks: list[tuple[int, U64]], first_index: int = 0
+        cls, interval: int, chunks: list[tuple[int, U64, U32 | None]], first_index: int = 0
     ) -> RidTable:
         """Sort one interval's rids, given in chunks of riders, into a table.
 
@@ -312,26 +328,29 @@ class RidTable:
 
         Args:
             interval: the interval.
-            chunks: ``(offset, prefix)`` per chunk of consecutive riders (offset from
-                ``first_index``), in any order; consumed.
+            chunks: ``(offset, prefix, tail or None)`` per chunk of consecutive riders
+                (offset from ``first_index``), in any order; consumed. With tails in
+                every chunk, the table keeps them.
             first_index: the rider index of offset 0.
         """
         n = sum(len(c[1]) for c in chunks)
+        tails = bool(chunks) and all(c[2] is not None for c in chunks)
         bits = min(8, max(0, n.bit_length() - 16))
         shift = np.uint64(64 - bits)
         buckets = 1 << bits
-        counts = [np.bincount(_top(p, shift, bits), minlength=buckets) for _, p in chunks]
+        counts = [np.bincount(_top(c[1], shift, bits), minlength=buckets) for c in chunks]
         total = np.sum(counts, axis=0, dtype=np.int64) if counts else np.zeros(1, np.int64)
         bounds = np.zeros(buckets + 1, dtype=np.int64)
         np.cumsum(total, out=bounds[1:])
         prefix = np.empty(n, dtype=np.uint64)
         ridx = np.empty(n, dtype=np.uint32)
+        tail = np.empty(n, dtype=np.uint32) if tails else None
         cursor = bounds[:-1].copy()
         order_of_chunks = sorted(range(len(chunks)), key=lambda k: chunks[k][0])
         todo = dict(enumerate(chunks))
         chunks.clear()  # the caller's list no longer holds them
         for k in order_of_chunks:
-            off, p = todo.pop(k)
+            off, p, t = todo.pop(k)
             top = _top(p, shift, bits)
             order = np.argsort(top, kind="stable")
             placed = top[order]
@@ -341,7 +360,9 @@ class RidTable:
             within += cursor[placed]
             del placed
             prefix[within] = p[order]
-            del p
+            if tail is not None and t is not None:
+                tail[within] = t[order]
+            del p, t
             order += first_index + off
             ridx[within] = order
             del order, within
@@ -352,14 +373,17 @@ class RidTable:
                 o = np.argsort(prefix[s:e], kind="stable")
                 prefix[s:e] = prefix[s:e][o]
                 ridx[s:e] = ridx[s:e][o]
-        return cls(interval, prefix, ridx)
+                if tail is not None:
+                    tail[s:e] = tail[s:e][o]
+        return cls(interval, prefix, ridx, tail)
 
     def __len__(self) -> int:
         return len(self._prefix) + sum(len(v) for v in self._extra.values())
 
     def nbytes(self) -> int:
         """Bytes held by the sorted arrays."""
-        return int(self._prefix.nbytes + self._idx.nbytes)
+        tail = 0 if self._tail is None else self._tail.nbytes
+        return int(self._prefix.nbytes + self._idx.nbytes + tail)
 
     def add(self, other: RidTable) -> None:
         """Merge a (small) table of newly enrolled riders into this one."""
@@ -374,30 +398,36 @@ class RidTable:
         return bool(self._extra)
 
     def candidates(self, rid: bytes) -> list[int]:
-        """Rider indexes whose rid in this interval starts with ``rid``'s first 8 bytes.
+        """Rider indexes whose rid in this interval may be ``rid`` (almost always 0 or 1).
 
-        Almost always 0 or 1; the caller checks the rest of the rid.
+        Their rids start with ``rid``'s first 8 bytes (and, in a table with tails, the
+        ones from the sorted arrays end with its last 4); the caller checks the rest.
         """
         key = int.from_bytes(rid[:8], "big")
-        prefixes = self._prefix
+        want = int.from_bytes(rid[8:12], "big")
+        prefixes, tails = self._prefix, self._tail
         pos = int(np.searchsorted(prefixes, np.uint64(key)))
         out: list[int] = []
         while pos < len(prefixes) and int(prefixes[pos]) == key:
-            out.append(int(self._idx[pos]))
+            if tails is None or int(tails[pos]) == want:
+                out.append(int(self._idx[pos]))
             pos += 1
         out.extend(self._extra.get(key, ()))
         return out
 
-    def lookup(self, prefix: U64) -> I64:
-        """The candidate rider of each rid's first 8 bytes (extras not searched).
+    def lookup(self, prefix: U64, tail: U32 | None = None) -> I64:
+        """The rider of each rid, as far as the sorted arrays tell (extras not searched).
 
         Args:
             prefix: the rids' first 8 bytes.
+            tail: their last 4 bytes (compared in a table with tails).
 
         Returns:
-            Per rid, the rider index whose rid starts with those bytes (the rest still
-            to check), :data:`NOT_FOUND`, or :data:`NEEDS_SCAN` when several riders'
-            rids do.
+            Per rid: a rider index (in a table with tails, the lowest one with that rid;
+            without, the one rider whose rid starts with those bytes, the rest still to
+            check), :data:`NOT_FOUND`, or :data:`NEEDS_SCAN` (with tails: the first
+            bytes match and the tail does not; without: several riders' rids start
+            with those bytes).
         """
         m = len(prefix)
         out = np.full(m, NOT_FOUND, dtype=np.int64)
@@ -410,7 +440,10 @@ class RidTable:
         pos_c = np.minimum(pos, n - 1)
         hit = (pos < n) & (self._prefix[pos_c] == q)
         res = np.where(hit, self._idx[pos_c].astype(np.int64), NOT_FOUND)
-        after = np.minimum(pos_c + 1, n - 1)
-        res[hit & (pos_c + 1 < n) & (self._prefix[after] == q)] = NEEDS_SCAN
+        if self._tail is not None and tail is not None:
+            res[hit & (self._tail[pos_c] != tail[order])] = NEEDS_SCAN
+        else:
+            after = np.minimum(pos_c + 1, n - 1)
+            res[hit & (pos_c + 1 < n) & (self._prefix[after] == q)] = NEEDS_SCAN
         out[order] = res
         return out

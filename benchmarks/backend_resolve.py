@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     # as the online settlement worker keeps them: i-1..i+1, then, once interval i+1 has
     # begun, i+2 built ahead in the background (i-1 dropped first to stay in budget)
     resolver = Resolver(
-        ring, cache_intervals=16, builder=builder, max_table_bytes=ONLINE_TABLE_BYTES
+        ring,
+        cache_intervals=16,
+        builder=builder,
+        max_table_bytes=ONLINE_TABLE_BYTES,
+        table_tails=False,
     )
     stages = []
     for label, k in (("first", i), ("next", i + 1), ("third", i - 1), ("ahead", i + 2)):
@@ -157,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     out(
         f"one interval's table on {builder.processes} worker process(es), "
-        f"{table_mb:.0f} MB each: " + "; ".join(stages) + "\n"
+        f"{table_mb:.0f} MB each (no tails, as online): " + "; ".join(stages) + "\n"
     )
     resolver.close()
+    hwm_online = _status("VmHWM")
 
     # lookups: 90 % enrolled riders' rids, 10 % unknown
     n_hit = args.lookups * 9 // 10
@@ -172,28 +177,37 @@ def main(argv: list[str] | None = None) -> int:
     probes += [os.urandom(12) for _ in range(args.lookups - n_hit)]
     for k in range(0, n_hit, max(1, n_hit // 200)):  # the probes are real rids
         assert probes[k] == rid_for_interval(ring.rid_key(int(picks[k])), i)
-    t0 = time.perf_counter()
-    found = resolver.resolve_many(probes, i)
-    t_bulk = time.perf_counter() - t0
-    hits = sum(1 for f in found[:n_hit] if f is not None)
-    wrong = sum(1 for k in range(n_hit) if found[k] != int(picks[k]))
-    misses = sum(1 for f in found[n_hit:] if f is None)
-    one = probes[:100_000]
-    t0 = time.perf_counter()
-    for p in one:
-        resolver.resolve_index(p, i)
-    t_one = time.perf_counter() - t0
-    out(
-        f"lookups: {len(probes):,} rids in bulk in {t_bulk:.2f} s = "
-        f"{len(probes) / t_bulk:,.0f} rids/s ({hits:,}/{n_hit:,} enrolled found, {wrong} wrong, "
-        f"{misses:,}/{len(probes) - n_hit:,} unknown not found); one at a time "
-        f"{len(one) / t_one:,.0f} rids/s\n"
-    )
+    for label in ("without tails (online)", "with tails (settle)"):
+        if label.startswith("with tails"):
+            resolver._tables.clear()  # the online tables go first
+            resolver = Resolver(ring, builder=builder, table_tails=True)
+            t0 = time.perf_counter()
+            table_mb = resolver.table(i).nbytes() / 2**20
+            out(f"a table with tails: {time.perf_counter() - t0:.1f} s, {table_mb:.0f} MB\n")
+        t0 = time.perf_counter()
+        found = resolver.resolve_many(probes, i)
+        t_bulk = time.perf_counter() - t0
+        hits = sum(1 for f in found[:n_hit] if f is not None)
+        wrong = sum(1 for k in range(n_hit) if found[k] != int(picks[k]))
+        misses = sum(1 for f in found[n_hit:] if f is None)
+        one = probes[:100_000]
+        t0 = time.perf_counter()
+        for p in one:
+            resolver.resolve_index(p, i)
+        t_one = time.perf_counter() - t0
+        out(
+            f"lookups, table {label}: {len(probes):,} rids in bulk in {t_bulk:.2f} s = "
+            f"{len(probes) / t_bulk:,.0f} rids/s ({hits:,}/{n_hit:,} enrolled found, {wrong} "
+            f"wrong, {misses:,}/{len(probes) - n_hit:,} unknown not found); one at a time "
+            f"{len(one) / t_one:,.0f} rids/s\n"
+        )
+        del found
     workers = max((_status("VmHWM", pid) for pid in _children()), default=0.0)
     builder.close()
     out(
-        f"peak RSS since the keyring was loaded: this process {_status('VmHWM'):.0f} MB "
-        f"(lookup probes included), largest worker {workers:.0f} MB; "
+        f"peak RSS since the keyring was loaded: the online tables {hwm_online:.0f} MB; the "
+        f"whole run {_status('VmHWM'):.0f} MB (the lookup probes and a table with tails "
+        f"included), largest worker {workers:.0f} MB; "
         f"load average {_load()}\n"
     )
     return 0

@@ -61,7 +61,9 @@ def _both(w: dict[str, object]) -> tuple[Resolver, ref.Resolver, list[bytes]]:
     keys: list[bytes] = w["keys"]  # type: ignore[assignment]
     late: list[bytes] = w["late"]  # type: ignore[assignment]
     riders = [(f"r{k:03d}", tk) for k, tk in enumerate(keys)]
-    new = Resolver(RiderKeyring.from_token_keys(riders), cache_intervals=4)
+    # tables with and without the rids' tails (the online worker's) alike
+    tails = bool(len(keys) % 2)
+    new = Resolver(RiderKeyring.from_token_keys(riders), cache_intervals=4, table_tails=tails)
     old = ref.Resolver(ref.RiderKeyring.from_token_keys(riders), cache_intervals=4)
     ids = [r for r, _ in riders] + [f"late{k}" for k in range(len(late))]
     revoke: list[int] = w["revoke"]  # type: ignore[assignment]

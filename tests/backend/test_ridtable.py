@@ -89,8 +89,9 @@ def test_tables_built_in_worker_processes_equal_inline() -> None:
     for a, b in [*zip(par, inline, strict=True), (par_late[0], inline_late)]:
         assert a.interval == b.interval
         assert len(a) == len(b)
-        for attr in ("_prefix", "_idx"):
+        for attr in ("_prefix", "_idx", "_tail"):
             assert np.array_equal(getattr(a, attr), getattr(b, attr))
+        assert a.exact
     assert sorted(inline_late._idx.tolist()) == list(range(250, 300))
 
 
@@ -154,7 +155,7 @@ def test_fast_key_derivation_is_the_contracts_hkdf() -> None:
 
 def test_table_memory_budget_keeps_the_three_newest() -> None:
     ring, _ = _ring(1000)  # 12,000 bytes per table
-    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000)
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000, table_tails=False)
     for i in range(IV, IV + 6):
         res.table(i)
     assert [res.ready(i) for i in range(IV, IV + 6)] == [False] * 3 + [True] * 3
@@ -241,30 +242,45 @@ def test_rekeyed_rider_resolves_only_with_the_new_key() -> None:
     assert ring.rekey("new-rider", new_tk) == 51  # rekey enrols an unknown rider
 
 
-def test_bucket_sorted_table_equals_a_global_sort() -> None:
+@pytest.mark.parametrize("tails", [True, False])
+def test_bucket_sorted_table_equals_a_global_sort(tails: bool) -> None:
     rng = np.random.default_rng(3)
     n = 140_000  # 2**17 and more: two bits of buckets
     prefix = rng.integers(0, 2**64, n, dtype=np.uint64)
+    tail = rng.integers(0, 2**32, n, dtype=np.uint32)
     prefix[100:110] = prefix[7]  # riders sharing a key: equal rids
+    tail[100:110] = tail[7]
+    prefix[50_000] = prefix[9]  # equal first bytes, another tail
     cuts = [0, 1, 33_333, 70_000, 70_001, n]
-    chunks = [(a, prefix[a:b].copy()) for a, b in itertools.pairwise(cuts)]
+    chunks = [
+        (a, prefix[a:b].copy(), tail[a:b].copy() if tails else None)
+        for a, b in itertools.pairwise(cuts)
+    ]
     chunks.reverse()  # given in any order
     table = RidTable.from_chunks(IV, chunks, 1000)
     assert chunks == []  # consumed
+    assert table.exact is tails
     order = np.argsort(prefix, kind="stable")
     assert np.array_equal(table._prefix, prefix[order])
     assert np.array_equal(table._idx, order + 1000)
-    assert table.nbytes() == 12 * n
-    same = table.candidates(prefix[7].item().to_bytes(8, "big") + bytes(4))
-    assert same == [1007, *range(1100, 1110)]
-    found = table.lookup(prefix[[7, 50_000, 3]])
-    assert found.tolist() == [NEEDS_SCAN, 51_000, 1003]  # shared first bytes: scanned
+    assert table.nbytes() == (16 if tails else 12) * n
+    if tails:
+        assert np.array_equal(table._tail, tail[order])  # type: ignore[arg-type]
+    rid7 = prefix[7].item().to_bytes(8, "big") + tail[7].item().to_bytes(4, "big")
+    assert table.candidates(rid7) == [1007, *range(1100, 1110)]
+    rid9 = prefix[9].item().to_bytes(8, "big") + tail[50_000].item().to_bytes(4, "big")
+    assert table.candidates(rid9) == ([51_000] if tails else [1009, 51_000])
+    found = table.lookup(prefix[[7, 50_000, 3]], tail[[7, 50_000, 3]])
+    # with tails the lowest rider with the whole rid, or a scan when only the first
+    # bytes match; without, a scan whenever several riders share the first bytes
+    assert found.tolist() == ([1007, NEEDS_SCAN, 1003] if tails else [NEEDS_SCAN] * 2 + [1003])
     assert table.lookup(np.array([1, 2**64 - 1], dtype=np.uint64)).tolist() == [-1, -1]
 
 
-def test_rid_with_the_right_first_bytes_and_a_wrong_tail_does_not_resolve() -> None:
+@pytest.mark.parametrize("tails", [True, False])
+def test_rid_with_the_right_first_bytes_and_a_wrong_tail_does_not_resolve(tails: bool) -> None:
     ring, _ = _ring(300)
-    res = Resolver(ring)
+    res = Resolver(ring, table_tails=tails)
     real = [rid_for_interval(ring.rid_key(k), IV) for k in range(300)]
     forged = [r[:8] + bytes(b ^ 0xFF for b in r[8:]) for r in real[:50]]
     forged += [r[:11] + bytes([r[11] ^ 1]) for r in real[50:100]]
@@ -281,7 +297,7 @@ def test_rid_with_the_right_first_bytes_and_a_wrong_tail_does_not_resolve() -> N
 
 def test_bulk_lookups_within_a_budget_build_one_table_at_a_time() -> None:
     ring, _ = _ring(1000)  # 12,000 bytes per table
-    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000)
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000, table_tails=False)
     ivs = list(range(IV, IV + 6))
     rids = [rid_for_interval(ring.rid_key(k), i) for k, i in enumerate(ivs)]
     assert res.resolve_many(rids, ivs) == list(range(6))
@@ -294,7 +310,7 @@ def test_bulk_lookups_within_a_budget_build_one_table_at_a_time() -> None:
 
 def test_tables_outside_the_window_make_room_before_a_build_ahead() -> None:
     ring, _ = _ring(1000)  # 12,000 bytes per table
-    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000)
+    res = Resolver(ring, cache_intervals=16, max_table_bytes=40_000, table_tails=False)
     try:
         assert sorted(res.prepare_ahead(T)) == [IV - 1, IV, IV + 1]
         res.prepare(T)  # waits for them
@@ -302,7 +318,7 @@ def test_tables_outside_the_window_make_room_before_a_build_ahead() -> None:
         assert IV - 1 not in res._tables  # dropped before the build started
         assert res.resolve(rid_for_interval(ring.rid_key(9), IV + 2), IV + 2) == "r9"
         assert [res.ready(k) for k in (IV - 1, IV, IV + 1, IV + 2)] == [False, True, True, True]
-        roomy = Resolver(ring, cache_intervals=16, max_table_bytes=80_000)
+        roomy = Resolver(ring, cache_intervals=16, max_table_bytes=80_000, table_tails=False)
         roomy.prepare(T)
         roomy.prepare_ahead(T + 600)
         roomy.table(IV + 2)
