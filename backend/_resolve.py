@@ -882,7 +882,14 @@ class Resolver:
         if raw is None:
             return None
         ring = self.keyring
-        for idx in self.table(interval).candidates(raw):  # the first 8 bytes match
+        table = self.table(interval)
+        exact = table.exact  # the sorted arrays' hits are whole rids
+        for idx in table.candidates(raw, extras=False):
+            if not ring.is_revoked(idx) and (
+                exact or rid_for_interval(ring.rid_key(idx), interval) == raw
+            ):
+                return idx
+        for idx in table.extra_candidates(raw):  # the first 8 bytes match: check the rest
             if not ring.is_revoked(idx) and rid_for_interval(ring.rid_key(idx), interval) == raw:
                 return idx
         return None

@@ -397,7 +397,7 @@ class RidTable:
         """Whether riders were merged in after the build (see :meth:`add`)."""
         return bool(self._extra)
 
-    def candidates(self, rid: bytes) -> list[int]:
+    def candidates(self, rid: bytes, *, extras: bool = True) -> list[int]:
         """Rider indexes whose rid in this interval may be ``rid`` (almost always 0 or 1).
 
         Their rids start with ``rid``'s first 8 bytes (and, in a table with tails, the
@@ -412,8 +412,13 @@ class RidTable:
             if tails is None or int(tails[pos]) == want:
                 out.append(int(self._idx[pos]))
             pos += 1
-        out.extend(self._extra.get(key, ()))
+        if extras:
+            out.extend(self._extra.get(key, ()))
         return out
+
+    def extra_candidates(self, rid: bytes) -> list[int]:
+        """Rider indexes merged in after the build whose rid starts like ``rid``."""
+        return list(self._extra.get(int.from_bytes(rid[:8], "big"), ()))
 
     def lookup(self, prefix: U64, tail: U32 | None = None) -> I64:
         """The rider of each rid, as far as the sorted arrays tell (extras not searched).
