@@ -199,6 +199,7 @@ class _Rid:
         "confirm_t",
         "convoy",
         "d_min",
+        "drift",
         "ewma",
         "ewma0",
         "far_sum",
@@ -286,6 +287,9 @@ class _Rid:
         self.lvl: float | None = None
         """A candidate's median RSSI as the bus left its stop (co-movement is judged by it)."""
         self.co_n = 0
+        self.drift = False
+        """Heard, after the bus left its stop, ``sparse_fall_db`` below its level there: it
+        may still ride (a rider walking to the back), but not on sparse evidence alone."""
         self.fell = False
         """Heard, after the bus left its stop, well below its level there: it fell away
         (left at the stop, or a car that fell behind); it gets no grace for silences."""
@@ -360,6 +364,7 @@ class PresenceClassifier:
         self._span_gap = p.confirm_gap_s
         self._co_d = p.confirm_distance_m
         self._co_step = p.sparse_step_m
+        self._sparse_fall = p.sparse_fall_db
         self._run_gap = p.outside_run_gap_s
         self._grace = p.board_grace_s
         self._rot_slack = p.rotation_slack_s
@@ -384,6 +389,7 @@ class PresenceClassifier:
             "_span_gap",
             "_co_d",
             "_co_step",
+            "_sparse_fall",
             "_run_gap",
             "_grace",
             "_rot_slack",
@@ -626,6 +632,8 @@ class PresenceClassifier:
             return
         assert r.lvl is not None
         floor = r.lvl - self._fade_drop
+        if r.ewma < r.lvl - self._sparse_fall:
+            r.drift = True
         if r.ewma < floor:
             r.fell = True
             r.co_n = 0
@@ -816,8 +824,8 @@ class PresenceClassifier:
         if (
             r.co_n >= p.sparse_adverts
             and r.convoy is None
-            and not r.fell
-            and r.co_sum / r.co_n >= self._riders_lvl - p.sparse_margin_db
+            and not r.drift
+            and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
             and t - v.close_t >= p.confirm_min_s
         ):
             # co-movement: heard again and again, at its own level, while the bus carried
@@ -851,7 +859,7 @@ class PresenceClassifier:
             self._close(r, Event.FADE, out)
         elif (
             r.convoy is None
-            and not r.fell
+            and not r.drift
             and odo - max(r.co_odo, v.close_odo_m) < p.reject_distance_m
             and (r.co_n or not recent)
             and not self._near_end(r)  # its rid rotated: hand it to the rotation pairing

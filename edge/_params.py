@@ -47,7 +47,10 @@ class ClassifierParams:
         25.0,
         doc="with 3 or more riders aboard, the in-bus threshold is lowered to their median"
         " baseline minus this many dB when that is below in_bus_rssi_dbm (weak tokens: the"
-        " threshold follows the riders' level, not a calibration); 0: off",
+        " threshold follows the riders' level, not a calibration); 0: off. Co-movement"
+        " evidence (sparse_adverts) counts only within this many dB of that median (a rider"
+        " of a vehicle alongside is heard through two shells), and boards nobody with"
+        " nobody aboard",
     )
 
     in_bus_gap_s: float = option(
@@ -131,11 +134,10 @@ class ClassifierParams:
         " adverts (someone left at the stop falls 20-30 dB below their level there within a"
         " few hundred metres; a bus alongside now and then is heard in clusters)",
     )
-    sparse_margin_db: float = option(
-        15.0,
-        doc="... and if their mean RSSI is within this many dB of the median baseline of the"
-        " riders aboard (a rider in another vehicle alongside is heard through two shells);"
-        " with nobody aboard, co-movement alone boards nobody",
+    sparse_fall_db: float = option(
+        12.0,
+        doc="a candidate whose smoothed RSSI fell this far below its level at the stop once"
+        " the bus left (left behind, a car falling back) is not boarded on co-movement alone",
     )
     reject_distance_m: float = option(
         600.0,
