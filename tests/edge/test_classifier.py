@@ -1026,3 +1026,90 @@ def test_a_rider_silent_between_stops_is_held_until_the_doors_open() -> None:
     assert [(x.start.stop_id, x.end.stop_id, x.end.cause) for x in by_name(w.out, left)] == [
         ("S1", "S3", "alighted")
     ]
+
+
+# -- sparse tokens: co-movement, not absolute levels or gaps (issue 11) ------------------
+
+
+def every(period_s: float, level: float) -> Callable[[World], float | None]:
+    """Heard once every ``period_s`` (a weak token: most of its packets are lost)."""
+    return lambda w: level if (w.t - T0) % period_s < 0.5 else None
+
+
+def test_sparse_weak_rider_heard_now_and_then_while_moving_is_charged() -> None:
+    # Android TX_POWER_LOW deep in a bag: heard once at the stop, then once every 20 s
+    # (silences of 20 s, never two adverts within in_bus_gap_s) while the bus drives 2 km
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -84.0)) for i in range(3)]
+    gone = {"v": False}
+    heard = every(20.0, -92.0)
+    tok = w.add(Token("bag", lambda w: None if gone["v"] else heard(w)))
+    w.dwell("S1", 20)
+    w.move(1200)
+    w.dwell("S2", 10)
+    w.move(1000)  # over lost_min_m in all: its last silence ends at the S3 doors
+    w.dwell("S3", 10)
+    gone["v"] = True
+    w.move(600)
+    out = w.finish()
+    (seg,) = by_name(out, tok)
+    assert (seg.start.cause, seg.start.stop_id) == ("boarded", "S1")
+    assert (seg.end.cause, seg.end.stop_id) == ("alighted", "S3")
+    assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_weak_bystander_at_a_halt_heard_sparsely_as_the_bus_leaves_is_not_charged() -> None:
+    # someone waiting at S1 for another route, heard now and then (lucky packets) until
+    # the bus is 350 m away: never at 4 points 100 m apart beyond confirm_distance_m
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -84.0))
+    heard = every(5.0, -92.0)
+    tok = w.add(Token("halt", lambda w: heard(w) if w.odo - w.stop_odo <= 350.0 else None))
+    w.dwell("S1", 20)
+    w.move(1200)
+    w.dwell("S2", 10)
+    w.move(800)
+    assert by_name(w.finish(), tok) == []
+
+
+def test_car_leaving_the_stop_behind_the_bus_then_alongside_is_not_charged() -> None:
+    # heard at the stop, falls 15 dB behind as the bus pulls away, catches up and drives
+    # beside it for 900 m, then turns off (no door): no boarding on co-movement
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -60.0))
+
+    def car(w: World) -> float | None:
+        d = w.odo - w.stop_odo
+        if d <= 0.0:
+            return -75.0
+        if d < 250.0:
+            return -91.0 if (w.t - T0) % 2.0 < 0.5 else None
+        return -70.0 if d < 1150.0 else None
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 20)
+    w.move(2000)
+    assert by_name(w.finish(), tok) == []
+
+
+def test_rider_silent_for_30_s_between_two_stops_stays_one_ride() -> None:
+    # a short ride (under lost_min_m) whose token goes quiet while the bus drives: held to
+    # the next door opening, heard again it rides on (before: dropped, then a new boarding)
+    w = World()
+    quiet = {"v": False}
+    tok = w.add(Token("quiet", lambda _: None if quiet["v"] else -65.0))
+    w.dwell("S1")
+    w.move(600)
+    quiet["v"] = True
+    w.move(300)
+    quiet["v"] = False
+    w.move(300)
+    w.dwell("S2", 10)
+    w.move(500)
+    w.dwell("S3", 10)
+    quiet["v"] = True
+    w.move(600)
+    (seg,) = by_name(w.finish(), tok)
+    assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S3", "alighted")
