@@ -3,9 +3,8 @@
 ``python -m benchmarks.edge_checkpoint [--tokens 3000]`` replays the crowd of
 ``benchmarks.edge_classifier --crowd`` (every rider boards at stop 0, a rid boundary
 comes 60 s after the bus leaves it, so every token rotates within seconds) through an
-:class:`edge.EdgePipeline` and, at three moments (all riders on board 10 s before the
-boundary; the rotation pool full 25 s after it; the new rids confirmed 85 s after it),
-measures what the daemon does
+:class:`edge.EdgePipeline` and, at three moments (10 s before the boundary, all riders
+on board; 25 s after it, old and new rids both held; 85 s after it), measures what the daemon does
 (``edge/_checkpoint.py``): ``EdgePipeline.snapshot()`` (pickled state, taken on the event
 loop), ``FareStore.save_checkpoint`` into a file-backed store (SQLite WAL,
 ``synchronous=FULL``, as on the bus), and ``load_checkpoint`` + ``restore`` into a fresh
@@ -125,9 +124,9 @@ async def _bench(n_tokens: int, seed: int, repeat: int) -> None:
     )
     pipe = EdgePipeline("BENCH", load_gtfs(feed_dir), verifier_for(recs))
     marks = [
-        ("all riders on board", BOUNDARY_T - 10.0),
-        ("rotation pool full", BOUNDARY_T + 25.0),
-        ("new rids confirmed", BOUNDARY_T + 85.0),
+        ("10 s before the rid boundary", BOUNDARY_T - 10.0),
+        ("25 s after it", BOUNDARY_T + 25.0),
+        ("85 s after it", BOUNDARY_T + 85.0),
     ]
     for r in recs:
         while marks and r.t >= marks[0][1]:
