@@ -587,7 +587,9 @@ class PresenceClassifier:
         r.last_flags = flags
         r.flags_or |= flags
         if state == _CANDIDATE and r.lvl is not None:
-            self._co_move(r, t, rssi, odo)
+            cv = r.visit
+            if cv is not None and cv.close_odo_m is not None and odo > cv.close_odo_m:
+                self._co_move(r, t, rssi, odo)
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
             thr = r.base - self._fade_drop
@@ -820,7 +822,8 @@ class PresenceClassifier:
         p = self.params
         if r.lvl is None:
             r.lvl = float(_median(r.hist) or r.ewma)  # its level as the bus left the stop
-        recent = self._silent_s(r, t) <= self._fade_s(r)
+        fade_s = self._fade_s(r)
+        recent = t - max(r.last_in_t, self._resume_t) <= fade_s or self._silent_s(r, t) <= fade_s
         if (
             r.co_n >= p.sparse_adverts
             and r.convoy is None
