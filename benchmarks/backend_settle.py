@@ -125,6 +125,15 @@ def bare_verify_rate(events: Path, devices: Path, *, limit: int = 100_000) -> fl
     return len(work) / (time.perf_counter() - t0)
 
 
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its reaped children."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
 def _load() -> str:
     with open("/proc/loadavg", encoding="ascii") as f:
         return " ".join(f.read().split()[:3])
@@ -165,6 +174,7 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
     bare_before = bare_verify_rate(events, world.devices_csv)
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # peak RSS from here
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     status = cli_main(
         [
@@ -184,6 +194,7 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
         ]
     )
     t_settle = time.perf_counter() - t0
+    own, workers = (b - a for a, b in zip(cpu0, _cpu(), strict=True))
     with open("/proc/self/status", encoding="ascii") as f:
         peak = next((ln.split()[1] for ln in f if ln.startswith("VmHWM:")), "0")
     bare_after = bare_verify_rate(events, world.devices_csv)
@@ -196,6 +207,10 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
         f"bare single-process Ed25519 verify of the same events: {bare:,.0f}/s "
         f"(before {bare_before:,.0f}, after {bare_after:,.0f})\n"
         f"ratio settle / bare verify: {rate / bare:.2f}; load average {_load()}\n"
+        f"settle CPU per event: this process {own / n * 1e6:.1f} us, worker processes "
+        f"{workers / n * 1e6:.1f} us, together {(own + workers) * bare / n:.2f}x the bare "
+        f"verify time per event ({1e6 / bare:.1f} us); two cores at most "
+        f"{2 * n / bare / (own + workers):.2f}x\n"
     )
 
 
