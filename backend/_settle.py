@@ -208,8 +208,8 @@ class Checked(NamedTuple):
 
 _LINE_LIMITS = JsonLimits(max_bytes=64 << 20, max_depth=32)
 _CHUNK_LINES = 256
-_CHUNK_BYTES = 160 << 10
-_RIDERS_PER_TASK = 128
+_CHUNK_BYTES = 512 << 10
+_RIDERS_PER_TASK = 512
 _POOL_DEVICES: Mapping[str, PublicKey] | None = None
 _POOL_SETTLER: Settler | None = None
 

@@ -403,7 +403,12 @@ def test_bulk_resolution_equals_segment_of(tmp_path: Path) -> None:
     assert res.stats.accepted == len(expected)
 
 
-def test_journeys_built_in_a_pool_equal_one_process(tmp_path: Path) -> None:
+def test_journeys_built_in_a_pool_equal_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backend._settle as settle_mod
+
+    monkeypatch.setattr(settle_mod, "_RIDERS_PER_TASK", 16)  # many tasks, in order
     world = World(tmp_path, riders=300, buses=3)
     for k in range(700):
         world.ride(
