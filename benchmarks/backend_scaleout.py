@@ -36,7 +36,13 @@ from pathlib import Path
 
 from backend._db import create_engine, migrate
 from backend._keys import register_device
-from benchmarks.backend_ingest import _postgres_url, bare_verify_cpu_rate, drop_database
+from benchmarks.backend_ingest import (
+    _postgres_url,
+    bare_verify_cpu_rate,
+    drop_database,
+    postmaster_pid,
+    tree_cpu_s,
+)
 from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
@@ -63,34 +69,6 @@ def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _postmaster(data_dir: Path) -> int | None:
-    """The PostgreSQL server's process id, when it runs here and its files are readable."""
-    try:
-        return int((data_dir / "postmaster.pid").read_text(encoding="ascii").split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _tree_cpu_s(root: int) -> float:
-    """CPU seconds of ``root`` (with its reaped children) and its live children."""
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(entry), int(fields[1])
-        if pid == root:
-            total += sum(int(x) for x in fields[11:15]) / tck  # utime stime cutime cstime
-        elif ppid == root:
-            total += (int(fields[11]) + int(fields[12])) / tck
-    return total
 
 
 def _load() -> str:
@@ -172,7 +150,7 @@ async def _one(
             await register_device(conn, b, keys[b].public)
         data_dir = str((await conn.exec_driver_sql("SHOW data_directory")).scalar())
     await engine.dispose()
-    postmaster = _postmaster(Path(data_dir))
+    postmaster = postmaster_pid(Path(data_dir))
     tmp = Path(tempfile.mkdtemp(prefix="busbell-scaleout-"))
     procs, logs = [], []
     for i in range(n_workers):
@@ -203,7 +181,7 @@ async def _one(
         settings = MqttSettings(host=host, port=port, prefix=prefix)
         fleet = EdgeFleet(settings, chains, batch=50, window=500, retry_s=5.0)
         cpu0 = sum(_cpu_s(p.pid) for p in procs)
-        pg0 = _tree_cpu_s(postmaster) if postmaster else 0.0
+        pg0 = tree_cpu_s(postmaster) if postmaster else 0.0
         broker0 = _cpu_s(broker_pid) if broker_pid else 0.0
         me0 = time.process_time()
         t0 = time.perf_counter()
@@ -211,7 +189,7 @@ async def _one(
         wall = time.perf_counter() - t0
         me_cpu = time.process_time() - me0
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
-        pg_cpu = _tree_cpu_s(postmaster) - pg0 if postmaster else None
+        pg_cpu = tree_cpu_s(postmaster) - pg0 if postmaster else None
         broker_cpu = _cpu_s(broker_pid) - broker0 if broker_pid else None
     finally:
         for p in procs:
