@@ -745,11 +745,7 @@ _SQLITE_INSERT = " ".join(
 # The chain_state statements of every transaction as SQL text (SQLAlchemy's statement
 # compilation and parameter handling cost ~1 ms per transaction, more than the round
 # trips); built from the table's column names only.
-_CHAIN_COLUMNS = (
-    "bus_id",
-    "next_seq",
-    "prev",
-    "pending",
+_GAP_COLUMNS = (
     "gap_from",
     "gap_to",
     "gap_since",
@@ -758,41 +754,22 @@ _CHAIN_COLUMNS = (
     "gap_reported",
     "resend_last",
 )
+_CHAIN_COLUMNS = ("bus_id", "next_seq", "prev", "pending", *_GAP_COLUMNS)
 _CHAIN_SELECT = " ".join(["SELECT", ", ".join(_CHAIN_COLUMNS), "FROM", chain_state.name])
 _CHAIN_LOCK_PG = " ".join(
     [_CHAIN_SELECT, "WHERE bus_id = ANY($1::varchar[]) ORDER BY bus_id FOR UPDATE"]
 )
-_CHAIN_SET = (
-    "next_seq",
-    "prev",
-    "updated_at",
-    "pending",
-    "gap_from",
-    "gap_to",
-    "gap_since",
-    "resend_attempts",
-    "resend_due",
-    "gap_reported",
-    "resend_last",
-)
-_CHAIN_UPDATE_PG = " ".join(
-    [
-        "UPDATE",
-        chain_state.name,
-        "SET",
-        ", ".join(f"{c} = ${i}" for i, c in enumerate(_CHAIN_SET, start=2)),
-        "WHERE bus_id = $1",
-    ]
-)
-_CHAIN_UPDATE_SQLITE = " ".join(
-    [
-        "UPDATE",
-        chain_state.name,
-        "SET",
-        ", ".join(f"{c} = ?{i}" for i, c in enumerate(_CHAIN_SET, start=2)),
-        "WHERE bus_id = ?1",
-    ]
-)
+_CHAIN_SET = ("next_seq", "prev", "updated_at", "pending", *_GAP_COLUMNS)
+
+
+def _chain_update(mark: str) -> str:
+    """The ``chain_state`` update, bus id first: ``$n`` (asyncpg) or ``?n`` (sqlite3)."""
+    sets = ", ".join(f"{c} = {mark}{i}" for i, c in enumerate(_CHAIN_SET, start=2))
+    return " ".join(["UPDATE", chain_state.name, "SET", sets, f"WHERE bus_id = {mark}1"])
+
+
+_CHAIN_UPDATE_PG = _chain_update("$")
+_CHAIN_UPDATE_SQLITE = _chain_update("?")
 _UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a unique constraint violation."""
 

@@ -430,22 +430,33 @@ def _format_error(ev: FareEvent) -> ContractError:
     raise AssertionError("no field fails its format")  # pragma: no cover
 
 
+def _check_formats(
+    ev: FareEvent,
+    key: str,
+    unsigned: re.Pattern[str],
+    signed: re.Pattern[str],
+    require_sig: bool,
+) -> None:
+    """Match ``key`` (the record's formatted fields joined) and ``sig`` when set."""
+    sig = ev.sig
+    if sig is msgspec.UNSET:
+        if unsigned.fullmatch(key) is None:
+            raise _format_error(ev)
+        if require_sig:
+            raise _fail("sig", "is missing", "missing")
+    elif signed.fullmatch(f"{key}\x00{sig}") is None:
+        raise _format_error(ev)
+
+
 def _check(ev: FareEvent, require_sig: bool) -> FareEvent:
     """The string formats, and the rules that span fields (the types hold the rest)."""
-    sig = ev.sig
     if isinstance(ev, SegmentEvent):
         p, start, end = ev.proof, ev.start, ev.end
         key = (
             f"{ev.bus_id}\x00{ev.event_id}\x00{ev.prev}\x00{ev.rid}\x00{p.first}\x00{p.last}"
             f"\x00{ev.route_id}\x00{ev.trip_id}\x00{start.stop_id}\x00{end.stop_id}"
         )
-        if sig is msgspec.UNSET:
-            if _SEGMENT_RE.fullmatch(key) is None:
-                raise _format_error(ev)
-            if require_sig:
-                raise _fail("sig", "is missing", "missing")
-        elif _SEGMENT_SIGNED_RE.fullmatch(f"{key}\x00{sig}") is None:
-            raise _format_error(ev)
+        _check_formats(ev, key, _SEGMENT_RE, _SEGMENT_SIGNED_RE, require_sig)
         if end.t < start.t:
             raise _fail("end.t", "must not be before start.t")
         return ev
@@ -453,13 +464,7 @@ def _check(ev: FareEvent, require_sig: bool) -> FareEvent:
         f"{ev.bus_id}\x00{ev.event_id}\x00{ev.prev}\x00{ev.request_id}\x00{ev.route_id}"
         f"\x00{ev.stop_id}\x00{ev.trip_id}"
     )
-    if sig is msgspec.UNSET:
-        if _MISSED_RE.fullmatch(key) is None:
-            raise _format_error(ev)
-        if require_sig:
-            raise _fail("sig", "is missing", "missing")
-    elif _MISSED_SIGNED_RE.fullmatch(f"{key}\x00{sig}") is None:
-        raise _format_error(ev)
+    _check_formats(ev, key, _MISSED_RE, _MISSED_SIGNED_RE, require_sig)
     w = ev.wait
     if ev.doors_opened is not False:
         raise _fail("doors_opened", "must be false")
