@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from backend._db import create_engine, migrate, rider_change_seq, riders
+from backend._db import rider_change_seq, riders
 from backend._denylist import revoke_rider
 from backend._resolve import Resolver, RiderKeyring
 from backend._rider_feed import RiderFeed
@@ -122,18 +121,10 @@ async def test_rekeyed_rider_and_invalid_keys(engine: AsyncEngine) -> None:
     assert ring.index_of("b") is not None  # its key is valid now: enrolled
 
 
-@pytest.fixture
-async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(pg_url)
-    await migrate(eng)
-    yield eng
-    await eng.dispose()
-
-
 @pytest.mark.postgres
-async def test_postgres_writers_commit_in_feed_order(pg_engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_postgres_writers_commit_in_feed_order(engine: AsyncEngine) -> None:
     """A rider write holds the counter until commit: a later number never commits first."""
-    engine = pg_engine
     await _insert(engine, [_row("a"), _row("b")])
     ring = RiderKeyring()
     feed = _feed(ring)
