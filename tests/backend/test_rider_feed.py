@@ -169,3 +169,22 @@ async def test_concurrent_writers_are_all_seen(engine: AsyncEngine) -> None:
     await asyncio.gather(writer(0), writer(1), writer(2), reader())
     seen += (await feed.refresh(engine)).added
     assert seen == len(ring) == 45
+
+
+async def test_rows_written_in_many_statements_of_one_transaction(engine: AsyncEngine) -> None:
+    await _insert(engine, [_row("x")])
+    async with engine.begin() as conn:
+        for k in range(5):  # as an executemany import does: a statement per row
+            await conn.execute(sa.insert(riders).values(_row(f"m{k}")))
+        await conn.execute(sa.update(riders).where(riders.c.rider_id == "x").values(kind="app"))
+    seqs = await _seqs(engine)
+    batch = {seqs[f"m{k}"] for k in range(5)} | {seqs["x"]}
+    if engine.dialect.name == "postgresql":
+        assert len(batch) == 1  # one number per transaction: the counter row updated once
+    else:
+        assert len(batch) == 6  # SQLite: one per row
+    assert min(batch) > 1  # after the first transaction's
+    ring = RiderKeyring()
+    feed = _feed(ring, page_rows=2)  # pages split the rows sharing a number
+    assert (await feed.refresh(engine)).added == 6
+    assert len(ring) == 6
