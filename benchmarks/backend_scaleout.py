@@ -6,11 +6,13 @@ For each worker count: a fresh PostgreSQL database, N ``run_ingest`` processes w
 bus is acknowledged. The fleet stands in for buses that are other machines: their
 events are signed and their batch payloads serialised before the clock starts, so this
 process only publishes them and reads the acks (its CPU is printed). Prints wall time,
-events/s, the CPU of the workers, the PostgreSQL server, the broker (``--own-broker``:
-a mosquitto of the benchmark's own on a free port, default settings, so its CPU can be
-read) and the fleet, the re-send requests and edge retries, bare Ed25519 verification
-per CPU-second in this process for scale, and each worker count's events/s as a ratio
-to the first count's (all counts run one after the other in one invocation).
+events/s, the CPU of the workers (and how long they were runnable but waiting for a
+CPU: a busy machine's share, not ingest, when it is large), the PostgreSQL server, the
+broker (``--own-broker``: a mosquitto of the benchmark's own on a free port, default
+settings, so its CPU can be read) and the fleet, the re-send requests and edge
+retries, bare Ed25519 verification per CPU-second in this process for scale, and each
+worker count's events/s as a ratio to the first count's (all counts run one after the
+other in one invocation).
 
 Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 50000 --buses 100
 --own-broker``.
@@ -65,6 +67,15 @@ asyncio.run(main())
 """
 
 
+def _run_delay_s(pid: int) -> float:
+    """Seconds ``pid`` spent runnable but waiting for a CPU (``/proc/PID/schedstat``)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -112,6 +123,7 @@ class _Run:
     events: int
     wall: float
     workers_cpu: float
+    workers_waiting: float
     pg_cpu: float | None
     broker_cpu: float | None
     fleet_cpu: float
@@ -127,7 +139,8 @@ class _Run:
         return (
             f"{self.workers} worker(s): {self.events} events acked in {self.wall:.1f} s wall = "
             f"{rate:,.0f} events/s{ratio}; workers' CPU {self.workers_cpu:.1f} s = "
-            f"{self.events / self.workers_cpu:,.0f} events per worker CPU-second; resend "
+            f"{self.events / self.workers_cpu:,.0f} events per worker CPU-second, "
+            f"{self.workers_waiting:.1f} s runnable waiting for a CPU; resend "
             f"requests {self.resends}, edge retries {self.retries}; CPU of PostgreSQL {pg}, "
             f"broker {broker}, edge fleet (this process) {self.fleet_cpu:.1f} s; bare verify "
             f"in this process {self.bare:,.0f}/CPU-s; load average {_load()}\n"
@@ -181,6 +194,7 @@ async def _one(
         settings = MqttSettings(host=host, port=port, prefix=prefix)
         fleet = EdgeFleet(settings, chains, batch=50, window=500, retry_s=5.0)
         cpu0 = sum(_cpu_s(p.pid) for p in procs)
+        waiting0 = sum(_run_delay_s(p.pid) for p in procs)
         pg0 = tree_cpu_s(postmaster) if postmaster else 0.0
         broker0 = _cpu_s(broker_pid) if broker_pid else 0.0
         me0 = time.process_time()
@@ -189,6 +203,7 @@ async def _one(
         wall = time.perf_counter() - t0
         me_cpu = time.process_time() - me0
         cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
+        waiting = sum(_run_delay_s(p.pid) for p in procs) - waiting0
         pg_cpu = tree_cpu_s(postmaster) - pg0 if postmaster else None
         broker_cpu = _cpu_s(broker_pid) - broker0 if broker_pid else None
     finally:
@@ -205,6 +220,7 @@ async def _one(
         per_bus * n_buses,
         wall,
         cpu,
+        waiting,
         pg_cpu,
         broker_cpu,
         me_cpu,
