@@ -58,6 +58,19 @@ def start_worker(n: int, pg_url: str, broker: Any, prefix: str, log: Path) -> An
         )
 
 
+def stop_workers(procs: list[Any]) -> None:
+    """SIGTERM the workers still running, then wait for each (killed after 15 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
 async def wait_subscribed(logs: list[Path], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -143,15 +156,7 @@ async def scale_out(
             f"resend requests {fleet.resend_requests}, reconnects {fleet.reconnects}\n"
         )
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop_workers(procs)
         await engine.dispose()
     for p in procs[1:]:
         assert p.returncode == 0, logs[procs.index(p)].read_text()[-3000:]
@@ -205,10 +210,5 @@ async def test_the_simulated_fleet_rides_out_a_broker_restart(
             count = sa.select(sa.func.count()).select_from(fare_events)
             assert (await conn.execute(count)).scalar() == 800
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(5)
+        stop_workers([worker])
         await engine.dispose()
