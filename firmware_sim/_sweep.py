@@ -408,8 +408,9 @@ def render_sweep(
         f"Resolution: each cell sums {_span(n_seeds, '{:.0f}')} seed(s) of the suite: "
         f"{_span(jn, '{:.0f}')} observable journeys (one journey "
         f"{_span([100.0 / max(n, 1) for n in jn], '{:.2f}')} %; the "
-        f"{TARGETS['exact_pct_min']} % target allows {_span(allowed, '{:.0f}')} journeys "
-        f"not exact), {_span(ln, '{:.0f}')} observable legs (one leg "
+        f"{TARGETS['exact_pct_min']} % target allows {_span(allowed, '{:.0f}')} "
+        f"{'journey' if max(allowed) == 1 else 'journeys'} not exact), "
+        f"{_span(ln, '{:.0f}')} observable legs (one leg "
         f"{_span([100.0 / max(n, 1) for n in ln], '{:.2f}')} %), "
         f"{_span(pn, '{:.0f}')} bystander passes (one charge "
         f"{_span([1e4 / max(n, 1) for n in pn], '{:.1f}')} per 10,000).",
