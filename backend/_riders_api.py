@@ -375,6 +375,22 @@ def _status(row: sa.Row[Any], **changed: Any) -> RiderStatus:
     return RiderStatus(**{**fields, **changed})
 
 
+def _newest(
+    table: sa.Table,
+    rider_id: str,
+    t: sa.Column[Any],
+    key: sa.Column[Any],
+    *,
+    since: float | None,
+    limit: int,
+) -> sa.Select[Any]:
+    """A rider's rows of ``table``, newest ``t`` first (ties by ``key``), from ``since``."""
+    q = sa.select(table).where(table.c.rider_id == rider_id)
+    if since is not None:
+        q = q.where(t >= since)
+    return q.order_by(t.desc(), key).limit(limit)
+
+
 async def rider_row(state: ApiState, rider_id: str) -> sa.Row[Any]:
     """The rider's row; 422 for a malformed id, 404 for an unknown one."""
     _check_rider_id(rider_id)
@@ -431,10 +447,14 @@ async def rider_journeys(
 ) -> JourneysOut:
     """The rider's priced journeys with their legs, newest first."""
     await rider_row(state, rider_id)
-    q = sa.select(journeys).where(journeys.c.rider_id == rider_id)
-    if since is not None:
-        q = q.where(journeys.c.first_board_t >= since)
-    q = q.order_by(journeys.c.first_board_t.desc(), journeys.c.journey_id).limit(limit)
+    q = _newest(
+        journeys,
+        rider_id,
+        journeys.c.first_board_t,
+        journeys.c.journey_id,
+        since=since,
+        limit=limit,
+    )
     async with state.engine.connect() as conn:
         rows = (await conn.execute(q)).all()
         ids = [r.journey_id for r in rows]
@@ -497,10 +517,7 @@ async def rider_charges(
 ) -> ChargesOut:
     """The rider's charges, newest first, and their total."""
     await rider_row(state, rider_id)
-    q = sa.select(charges).where(charges.c.rider_id == rider_id)
-    if since is not None:
-        q = q.where(charges.c.t >= since)
-    q = q.order_by(charges.c.t.desc(), charges.c.charge_id).limit(limit)
+    q = _newest(charges, rider_id, charges.c.t, charges.c.charge_id, since=since, limit=limit)
     async with state.engine.connect() as conn:
         rows = (await conn.execute(q)).all()
     items = [

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from benchmarks.backend_ingest import (
 from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
+from tests.factories.tasks import stop_processes
 
 __all__ = ["main"]
 
@@ -207,13 +207,7 @@ async def _one(
         pg_cpu = tree_cpu_s(postmaster) - pg0 if postmaster else None
         broker_cpu = _cpu_s(broker_pid) - broker0 if broker_pid else None
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, grace_s=20)
         drop_database(name)
     return _Run(
         n_workers,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from backend._db import chain_state, create_engine, fare_events, migrate
 from backend._keys import register_device
 from busbell._mqtt import MqttSettings
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
+from tests.factories.tasks import stop_processes
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres]
 
@@ -56,19 +56,6 @@ def start_worker(n: int, pg_url: str, broker: Any, prefix: str, log: Path) -> An
         return subprocess.Popen(
             [sys.executable, "-c", _WORKER], env=env, stderr=err, stdout=subprocess.DEVNULL
         )
-
-
-def stop_workers(procs: list[Any]) -> None:
-    """SIGTERM the workers still running, then wait for each (killed after 15 s)."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 async def wait_subscribed(logs: list[Path], timeout: float = 30) -> None:
@@ -156,7 +143,7 @@ async def scale_out(
             f"resend requests {fleet.resend_requests}, reconnects {fleet.reconnects}\n"
         )
     finally:
-        stop_workers(procs)
+        stop_processes(procs)
         await engine.dispose()
     for p in procs[1:]:
         assert p.returncode == 0, logs[procs.index(p)].read_text()[-3000:]
@@ -210,5 +197,5 @@ async def test_the_simulated_fleet_rides_out_a_broker_restart(
             count = sa.select(sa.func.count()).select_from(fare_events)
             assert (await conn.execute(count)).scalar() == 800
     finally:
-        stop_workers([worker])
+        stop_processes([worker])
         await engine.dispose()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cancel_and_wait", "script_env"]
+__all__ = ["cancel_and_wait", "script_env", "stop_processes"]
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 20.0) -> None:
@@ -35,3 +38,16 @@ def script_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[Any]], grace_s: float = 15.0) -> None:
+    """SIGTERM the processes still running, then wait for each (killed after ``grace_s``)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
