@@ -54,7 +54,7 @@ import msgspec
 
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._legs import evidence_rssi
-from backend._resolve import ProofRejected, Resolver, check_proof_with
+from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError, SignatureError
 from busbell._fare_event import GENESIS_PREV
@@ -806,9 +806,14 @@ class Settler:
     def _segments_of(
         self, group: _Group, found: Sequence[_Found]
     ) -> tuple[list[Segment], list[str]]:
-        """One rider's segments whose proofs hold, and the others' rejection reasons."""
+        """One rider's segments whose proofs hold, and the others' rejection reasons.
+
+        :func:`~backend._resolve.proof_holds` decides (the rider's ``mac_key`` derived
+        once); :func:`~backend._resolve.check_proof_with` names the reason of a refusal.
+        """
         rider_id, idx, ks = group
         mac_key = self.resolver.keyring.mac_key(idx)
+        pads = mac_pads(mac_key)
         slack = self.resolver.proof_slack_s
         pend = self._pending
         segments: list[Segment] = []
@@ -816,20 +821,21 @@ class Settler:
         for k in ks:
             bus_id, seq, event_id, f = pend[k]
             rid_interval = found[k][1]  # type: ignore[index]
-            try:
-                check_proof_with(
-                    mac_key,
-                    f[2],
-                    f[3],
-                    rid_interval,
-                    rid=f[0],
-                    start_t=f[6],
-                    end_t=f[9],
-                    slack_s=slack,
-                )
-            except ProofRejected as exc:
-                rejected.append(exc.reason)
-                continue
+            if not proof_holds(pads, f[2], f[3], rid_interval, f[0], f[6], f[9], slack):
+                try:
+                    check_proof_with(
+                        mac_key,
+                        f[2],
+                        f[3],
+                        rid_interval,
+                        rid=f[0],
+                        start_t=f[6],
+                        end_t=f[9],
+                        slack_s=slack,
+                    )
+                except ProofRejected as exc:
+                    rejected.append(exc.reason)
+                    continue
             segments.append(
                 Segment(
                     rider_id,

@@ -481,8 +481,9 @@ def _settle(args: argparse.Namespace) -> int:
         for text, flags in settler.iter_journey_blocks(processes=processes):
             f.write(text)
             n_journeys += len(flags)
-            charged += sum(flag & 1 for flag in flags)
-            review += sum(flag >> 1 for flag in flags)
+            both = flags.count(3)  # flag bytes: bit 0 charged, bit 1 held for review
+            charged += flags.count(1) + both
+            review += flags.count(2) + both
     tmp.replace(args.out)
     t3 = time.perf_counter()
     stats = settler.stats

@@ -11,12 +11,20 @@ bulk (:meth:`backend._resolve.Resolver.resolve_many`).
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from backend._resolve import ProofRejected, Resolver, RiderKeyring
+from backend._resolve import (
+    ProofRejected,
+    Resolver,
+    RiderKeyring,
+    check_proof_with,
+    mac_pads,
+    proof_holds,
+)
 from busbell import derive_rider_keys, encode_payload, interval_of, rid_for_interval
 from tests.factories import reference_resolve as ref
 
@@ -158,3 +166,71 @@ def test_proof_checks_match_the_reference(case: dict[str, Any]) -> None:
     args = (who, first, last, IV + case["interval_off"])
     assert _verdict(new, *args, **kw) == _verdict(old, *args, **kw)
     assert _verdict(new, "nobody", first, last, IV) == _verdict(old, "nobody", first, last, IV)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    case=st.fixed_dictionaries(
+        {
+            "signer": st.sampled_from([0, 0, 0, 1]),
+            "d_first": st.floats(-310, 300),
+            "ride": st.floats(-20, 300),
+            "early": st.floats(-200, 20),
+            "late": st.floats(-130, 200),
+            "interval_off": st.sampled_from([0, 0, 0, -1, 1]),
+            "slack": st.sampled_from([0.0, 4.0, 120.0]),
+            "mangle": st.sampled_from(
+                ["", "", "", "", "", "short", "long", "version", "flags", "rid", "rtag", "tq"]
+                + ["other_rid"]
+            ),
+            "which": st.sampled_from(["first", "last"]),
+            "remac": st.sampled_from([False, True, True]),
+        }
+    )
+)
+def test_proof_holds_is_check_proof_with(case: dict[str, Any]) -> None:
+    """Settle's bulk proof test accepts exactly the proofs :func:`check_proof_with` accepts."""
+    keys = derive_rider_keys(_key(0))
+    signer = derive_rider_keys(_key(case["signer"]))
+    mid = (IV + 0.5) * 600  # token times around the middle of the interval
+    t_first = mid + case["d_first"]
+    t_last = t_first + case["ride"]
+    first = bytearray(encode_payload(signer, t_first, fleet_key=FLEET))
+    last = bytearray(encode_payload(signer, t_last, fleet_key=FLEET))
+    rid = rid_for_interval(signer.rid_key, interval_of(t_first))
+    payload = first if case["which"] == "first" else last
+    mangle = case["mangle"]
+    if mangle == "short":
+        del payload[-1]
+    elif mangle == "long":
+        payload.append(0)
+    elif mangle == "version":
+        payload[0] ^= 0x40
+    elif mangle == "flags":
+        payload[0] |= 0x10
+    elif mangle == "rid":
+        payload[5] ^= 1
+    elif mangle == "rtag":
+        payload[20] ^= 1
+    elif mangle == "tq":
+        payload[2] ^= 1
+    elif mangle == "other_rid":
+        rid = bytes(12)
+    if case["remac"] and len(payload) == len(first):
+        # a payload whose tag holds for what was changed: only the other checks see it
+        tag = hmac.digest(signer.mac_key, bytes(payload[:19]), "sha256")[:4]
+        payload[19:23] = tag
+    start = t_first + case["early"]
+    args = (bytes(first), bytes(last), IV + case["interval_off"])
+    times = {"start_t": start, "end_t": t_last + case["late"]}
+    try:
+        check_proof_with(keys.mac_key, *args, rid=rid, **times, slack_s=case["slack"])
+    except ProofRejected:
+        accepted = False
+    else:
+        accepted = True
+    held = proof_holds(
+        mac_pads(keys.mac_key), *args, rid, times["start_t"], times["end_t"], case["slack"]
+    )
+    assert held == accepted
+    event("accepted" if accepted else "rejected")
