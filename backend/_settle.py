@@ -359,10 +359,17 @@ def _chunks(items: Iterable[_T], n: int) -> Iterator[list[_T]]:
         yield chunk
 
 
-def _pooled(work: Callable[[_T], Any], tasks: Iterable[_T], processes: int) -> Iterator[Any]:
+def _pooled(
+    work: Callable[[_T], Any],
+    tasks: Iterable[_T],
+    processes: int,
+    meanwhile: Callable[[], object] | None = None,
+) -> Iterator[Any]:
     """``work(task)`` for each task in forked worker processes, results in task order.
 
-    A bounded read-ahead (4 tasks per process) bounds memory. What this process holds
+    A bounded read-ahead (4 tasks per process) bounds memory. ``meanwhile`` is called
+    once the first tasks are handed out, before the first result is taken: work this
+    process does while the workers start (they were forked before it). What this process holds
     is frozen out of the cyclic garbage collector before the fork and every 64 results
     (its data has no cycles and is freed by reference counting as before): otherwise
     each full collection walks every kept segment again, in this process and, copying
@@ -380,9 +387,14 @@ def _pooled(work: Callable[[_T], Any], tasks: Iterable[_T], processes: int) -> I
             for n, task in enumerate(tasks):
                 window.append(pool.apply_async(work, (task,)))
                 if len(window) >= 4 * processes:
+                    if meanwhile is not None:
+                        meanwhile()
+                        meanwhile = None
                     yield window.popleft().get()
                 if n % 64 == 63:
                     gc.freeze()
+            if meanwhile is not None:
+                meanwhile()
             while window:
                 yield window.popleft().get()
     finally:
@@ -585,12 +597,16 @@ class Settler:
         *,
         processes: int = 1,
         progress: Callable[[int], object] | None = None,
+        meanwhile: Callable[[], object] | None = None,
     ) -> None:
         """Feed the lines of event files, as :meth:`feed_lines` of their lines.
 
         With ``processes`` > 1 and regular files, each worker reads the byte ranges it
         checks (cut after a newline) from the file itself: this process sends three
         numbers per range, not the lines. ``progress`` is called with the events taken.
+        ``meanwhile`` is called once before any event is taken; with ``processes`` > 1,
+        while the workers check the first ones (``backend settle`` loads the riders
+        then: nothing before stage 3 needs them).
         """
         if processes > 1 and all(Path(p).is_file() for p in paths):
             sizes: deque[int] = deque()
@@ -601,11 +617,15 @@ class Settler:
                     yield r
 
             total = sum(os.path.getsize(p) for p in paths)
-            self._feed_pooled(_check_range, ranges(), processes, progress, (sizes, total))
+            self._feed_pooled(
+                _check_range, ranges(), processes, progress, (sizes, total), meanwhile=meanwhile
+            )
         elif processes > 1:  # a pipe or a device: the lines go to the workers
             tasks = _chunks(read_event_lines(paths), _CHUNK_LINES)
-            self._feed_pooled(_check_chunk, tasks, processes, progress)
+            self._feed_pooled(_check_chunk, tasks, processes, progress, meanwhile=meanwhile)
         else:
+            if meanwhile is not None:
+                meanwhile()
             for line in read_event_lines(paths):
                 n = self.stats.read
                 self.feed_line(line)
@@ -619,8 +639,10 @@ class Settler:
         processes: int,
         progress: Callable[[int], object] | None = None,
         sizes: tuple[deque[int], int] | None = None,
+        *,
+        meanwhile: Callable[[], object] | None = None,
     ) -> None:
-        """Checks in the pool, results taken here in task order.
+        """Checks in the pool, results taken here in task order (see :func:`_pooled`).
 
         The rid tables are built meanwhile (:class:`_TablesAhead`), once ``sizes`` (each
         task's bytes, queued as the tasks are made, and the total) says 5 % of the input
@@ -634,7 +656,7 @@ class Settler:
         try:
             # marshal: bytes our own forked workers wrote
             make, take, loads = Checked._make, self.take, marshal.loads
-            for blob in _pooled(work, tasks, processes):
+            for blob in _pooled(work, tasks, processes, meanwhile):
                 result = loads(blob)
                 for checked in result:
                     take(make(checked))

@@ -443,10 +443,14 @@ def _settle(args: argparse.Namespace) -> int:
     feed = load_gtfs(args.gtfs)
     rules = load_rules(args.rules, timezone=feed.timezone)
     devices = read_devices(args.devices)
-    riders = sorted(read_riders(args.riders).items())
-    ring = RiderKeyring()  # in bulk: 2.5 times faster than one rider at a time
-    ring.extend([rider_id for rider_id, _ in riders], b"".join(key for _, key in riders))
-    del riders
+    ring = RiderKeyring()
+
+    def load_riders() -> None:
+        # while the workers check the first events: nothing needs the riders before
+        riders = sorted(read_riders(args.riders).items())
+        # in bulk: 2.5 times faster than one rider at a time
+        ring.extend([rider_id for rider_id, _ in riders], b"".join(key for _, key in riders))
+
     # Settle resolves every accepted segment at the end, in bulk: the tables of all the
     # day's intervals are built in one pass and kept (12 bytes per rider each), so the
     # cost does not depend on the order of the events.
@@ -471,7 +475,9 @@ def _settle(args: argparse.Namespace) -> int:
     progress = Progress("reading events", unit="events")
     processes = args.processes if args.processes > 0 else (os.cpu_count() or 1)
     t1 = time.perf_counter()
-    settler.feed_files(args.events, processes=processes, progress=progress.advance)
+    settler.feed_files(
+        args.events, processes=processes, progress=progress.advance, meanwhile=load_riders
+    )
     progress.close()
     t2 = time.perf_counter()
     # journeys are written as they are built, a block of riders at a time (bounded memory)

@@ -521,3 +521,41 @@ def test_a_ride_ending_just_short_of_a_rid_boundary_settles(tmp_path: Path) -> N
     res = s.finish()
     assert res.stats.rejected == {}
     assert res.stats.accepted == res.stats.read
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_riders_loaded_while_the_workers_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    """``feed_files(meanwhile=)`` runs once, before any event is taken (``backend settle``
+    loads the riders then): settling with a keyring filled that way gives the same
+    journeys as with one filled first, the rid tables built while checking included."""
+    import backend._settle as settle_mod
+
+    world = World(tmp_path, riders=20, buses=3)
+    for k in range(60):
+        world.ride(f"r{1 + k % 20:04d}", f"bus-{1 + k % 3:02d}", board=1, alight=7, t=T0 + k * 300)
+    evs = [e for c in world.buses.values() for e in c.events]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in evs))
+    monkeypatch.setattr(settle_mod, "_CHUNK_BYTES", 700)  # many tasks: more than a window
+    first = _settler(world)
+    first.feed_files([path], processes=processes)
+    feed = load_gtfs(world.gtfs)
+    ring = RiderKeyring()
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed)
+    later = Settler(read_devices(world.devices_csv), Resolver(ring), builder)
+    calls: list[int] = []
+
+    def load() -> None:
+        calls.append(later.stats.read)
+        for rider_id, key in sorted(world.token_keys.items()):
+            ring.add(rider_id, key)
+
+    later.feed_files([path], processes=processes, meanwhile=load)
+    assert calls == [0]
+    assert later.stats.read == len(evs)
+    assert list(later.iter_journey_lines(processes=processes)) == list(
+        first.iter_journey_lines(processes=processes)
+    )
+    assert later.stats == first.stats
