@@ -162,6 +162,8 @@ class JourneyBuilder:
         Returns:
             The legs in boarding order.
         """
+        if isinstance(segments, list | tuple) and len(segments) == 1:
+            return [self._leg(segments)]  # one segment, one leg (what the loop gives)
         groups: dict[tuple[str, str | None, str | None], list[list[Segment]]] = {}
         for seg in sorted(segments, key=Segment.sort_key):
             key = (seg.bus_id, seg.trip_id, None if seg.trip_id else seg.route_id)
@@ -308,7 +310,7 @@ class JourneyBuilder:
             network_id=self.networks.network_for(route_id) if route_id else self._default(),
             event_ids=(first.event_id,) if len(chain) == 1 else tuple(s.event_id for s in chain),
             flags=tuple(sorted(flags)) if flags else (),
-            heard=tuple((s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None),
+            heard=_heard(chain),
         )
 
     def _sequence(
@@ -374,13 +376,16 @@ class JourneyBuilder:
             fl = leg.fare_leg()
             by_id[id(fl)] = leg
             fare_legs.append(fl)
-        for group in self.engine.journeys(fare_legs):
+        # one leg is one journey; price() looks up its rule set as grouping would have
+        groups = [fare_legs] if len(fare_legs) == 1 else self.engine.journeys(fare_legs)
+        for group in groups:
             journey_legs = tuple(by_id[id(fl)] for fl in group)
             quote = self.engine.price(group, cat)
             out.append(_journey(journey_legs, quote.fare_krw, True, cat, quote))
         for leg in held:
             out.append(_journey((leg,), 0, False, cat, None))
-        out.sort(key=Journey.sort_key)
+        if len(out) > 1:
+            out.sort(key=Journey.sort_key)
         return out
 
     def build(
@@ -405,14 +410,16 @@ class JourneyBuilder:
 def _journey(
     legs: tuple[Leg, ...], fare: int, charged: bool, category: str, quote: FareQuote | None
 ) -> Journey:
-    h = hashlib.sha256()
-    h.update(legs[0].rider_id.encode())
+    # the hash of the rider id and each event id, each after a NUL, as UTF-8
+    ids = [legs[0].rider_id]
     for leg in legs:
-        for event_id in leg.event_ids:
-            h.update(b"\x00" + event_id.encode())
-    flags = tuple(sorted({f for leg in legs for f in leg.flags}))
+        ids.extend(leg.event_ids)
+    if len(legs) == 1 and not legs[0].flags:
+        flags: tuple[str, ...] = ()
+    else:
+        flags = tuple(sorted({f for leg in legs for f in leg.flags}))
     return Journey(
-        journey_id=h.hexdigest()[:32],
+        journey_id=hashlib.sha256("\x00".join(ids).encode()).hexdigest()[:32],
         rider_id=legs[0].rider_id,
         legs=legs,
         fare_krw=fare,
@@ -425,6 +432,14 @@ def _journey(
 
 _POSITION_SLACK_M = 30.0
 """GNSS and odometer error allowed when a stop is placed from the distance travelled."""
+
+
+def _heard(chain: Sequence[Segment]) -> tuple[tuple[float, float, float], ...]:
+    """``(start_t, end_t, rssi_med)`` of each segment with a median RSSI."""
+    if len(chain) == 1:
+        s = chain[0]
+        return () if s.rssi_med is None else ((s.start_t, s.end_t, s.rssi_med),)
+    return tuple([(s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None])
 
 
 def _end_key(seg: Segment) -> tuple[float, int]:
@@ -457,13 +472,17 @@ def _in_order(
         return True
     if board == alight:
         return False
-    if seq is None or board not in seq[0] or alight not in seq[0]:
+    if seq is None:
         return True
     stops = seq[0]
     try:
-        stops.index(alight, stops.index(board) + 1)
+        i = stops.index(board)
     except ValueError:
-        return False
+        return True  # a stop off the trip: nothing to say
+    try:
+        stops.index(alight, i + 1)
+    except ValueError:
+        return alight not in stops[:i]  # before the boarding stop, or off the trip
     return True
 
 
