@@ -5,11 +5,12 @@ Three layers:
 * :class:`IngestCore` (no I/O): decodes one MQTT payload (a batch
   ``{"bus_id": ..., "events": [...]}``, a bare event object, or a JSON array of events)
   into verified events and rejections (schema, bus mismatch, unknown/revoked device,
-  bad signature), plans each bus's chain step from its committed chain position, held
-  records and gap (:meth:`IngestCore.plan`): which events to store, which are
-  duplicates, which conflict, which are held (out of order, bounded), and times a
-  gap's re-send requests and report (:meth:`IngestCore.gap_step`). It keeps no
-  per-bus state between calls.
+  bad signature), plans the chain steps of a batch's buses from their committed chain
+  positions, held records and gaps (:meth:`IngestCore.planner`, the one chain core of
+  :mod:`backend._chain`, which offline ``busbell backend settle`` drives too): which
+  events to store, which are duplicates, which conflict, which are held (out of order,
+  bounded), and times a gap's re-send requests and report
+  (:meth:`IngestCore.gap_step`). It keeps no per-bus state between calls.
 * :class:`Ingestor`: the core plus the ledger (SQLAlchemy async). One transaction per
   batch of messages: the buses' chain rows are read ``FOR UPDATE`` (PostgreSQL; SQLite
   takes the write lock with ``BEGIN IMMEDIATE``) with their held records
@@ -32,6 +33,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import socket
 import time
@@ -45,6 +47,7 @@ from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from backend._chain import BusPlan, ChainPlanner, ChainPosition, Gap, Rejection, past_seqs
 from backend._db import (
     chain_state,
     engine_for,
@@ -198,85 +201,8 @@ class VerifiedEvent:  # not frozen: one is made per event, and frozen __init__ i
         return self.record.event_id
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Something quarantined, with the reason (one of :data:`QUARANTINE_REASONS`)."""
-
-    reason: str
-    detail: str
-    raw: str
-    bus_id: str | None = None
-    seq: int | None = None
-    event_id: str | None = None
-    store: bool = True
-    """Whether to store it in ``quarantine`` (``False``: over the budget, counted only)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChainPosition:
-    """A bus's committed chain position: the next expected ``seq`` and ``prev``."""
-
-    next_seq: int = 1
-    prev: str = GENESIS_PREV
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """A bus's open chain gap and its re-send bookkeeping (a ``chain_state`` row).
-
-    Attributes:
-        start: the first missing seq (the chain head).
-        end: the last missing seq (before the lowest held record).
-        since: when it opened (wall time).
-        attempts: re-send requests made for it.
-        due: when the next request (or the report) is due; ``None`` once reported.
-        reported: given up on and reported to operators.
-        last: when the last re-send request went out (``None``: none yet).
-    """
-
-    start: int
-    end: int
-    since: float
-    attempts: int = 0
-    due: float | None = None
-    reported: bool = False
-    last: float | None = None
-
-
 Held = dict[int, dict[str, VerifiedEvent]]
 """Records above a bus's chain head: seq -> event hash -> record."""
-
-
-@dataclass(slots=True)
-class BusPlan:
-    """What to do for one bus in one transaction (from :meth:`IngestCore.plan`).
-
-    Attributes:
-        bus_id: the bus.
-        store: events to insert, in seq order (they extend the chain).
-        duplicates: events already stored with the same hash (no-ops, still acked).
-        rejected: conflicts to quarantine.
-        position: the chain position after storing ``store``.
-        ack_upto: the cumulative ack to publish after commit (``None``: nothing yet).
-        held: the records now held above the head (``fare_pending``).
-        dropped: held records dropped over the bound.
-        gap: the open gap after this step (``None``: no gap).
-    """
-
-    bus_id: str
-    store: list[VerifiedEvent] = field(default_factory=list)
-    duplicates: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    position: ChainPosition = field(default_factory=ChainPosition)
-    ack_upto: int | None = None
-    held: Held = field(default_factory=dict)
-    dropped: int = 0
-    gap: Gap | None = None
-
-    @property
-    def held_count(self) -> int:
-        """Records held for this bus after the step."""
-        return sum(len(c) for c in self.held.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,16 +459,28 @@ class IngestCore:
         events: Iterable[VerifiedEvent],
         held: Mapping[int, Mapping[str, VerifiedEvent]] | None = None,
     ) -> list[int]:
-        """Stored seqs :meth:`plan` needs the hash of.
+        """Stored seqs :meth:`plan` needs the hash of (:func:`backend._chain.past_seqs`)."""
+        return past_seqs(position, events, held or ())
 
-        Each seq below ``position`` among ``events`` and the ``held`` ones (to tell
-        duplicates from conflicts) and the seq before it (the ``prev`` at that position,
-        to tell a ``prev_mismatch`` from a ``chain_conflict``).
+    def planner(
+        self, *, owners: Mapping[str, tuple[str, int]] | None = None, now: float = 0.0
+    ) -> ChainPlanner[VerifiedEvent]:
+        """A :class:`~backend._chain.ChainPlanner` for one transaction.
+
+        With this core's bounds, gap grace and put-off signature check.
+
+        Args:
+            owners: ``event_id -> (bus_id, seq)`` of stored records (``None``: not
+                looked up; the ledger's unique index catches a conflict).
+            now: wall time (when a new gap opens).
         """
-        seqs = {e.seq for e in events if e.seq < position.next_seq}
-        seqs.update(s for s in held or () if s < position.next_seq)
-        seqs.update([s - 1 for s in seqs if s > 1])
-        return sorted(seqs)
+        return ChainPlanner(
+            verify=self.check_signature,
+            max_held=self.max_held_per_bus,
+            resend_after_s=self.resend_after_s,
+            owners=owners,
+            now=now,
+        )
 
     def plan(
         self,
@@ -554,128 +492,33 @@ class IngestCore:
         held: Mapping[int, Mapping[str, VerifiedEvent]] | None = None,
         gap: Gap | None = None,
         now: float = 0.0,
-    ) -> BusPlan:
+        owners: Mapping[str, tuple[str, int]] | None = None,
+    ) -> BusPlan[VerifiedEvent]:
         """Plan one bus's chain step from its committed ``position``, ``held`` and ``gap``.
 
-        Held records whose seq the chain passed (another worker filled it) are settled
-        first; then the new events are taken one by one in arrival order (the decisions
-        offline settle makes): below the chain head an event is a duplicate (same hash
-        as stored), a ``prev_mismatch`` (it does not link to the record before) or a
-        ``chain_conflict``; at the head it is stored if its ``prev`` links (else
-        ``prev_mismatch``) and the held records it unblocks follow; above it, it is
-        held (up to the bound) until the gap is filled; a copy of a held record is a
-        duplicate. The plan's ``held`` and ``gap`` replace the committed ones.
+        A :meth:`planner` over one bus (the decisions are described in
+        :mod:`backend._chain`); ``held`` is copied, not changed. The plan's ``held`` and
+        ``gap`` replace the committed ones.
 
         Args:
             bus_id: the bus.
             position: its committed chain position (read under the row lock).
-            events: newly verified events of this bus.
+            events: newly verified events of this bus, in arrival order.
             stored_hashes: ``{seq: event_hash}`` of stored events for
                 :meth:`past_seqs`.
             held: the records committed as held for this bus (``fare_pending``).
             gap: the bus's committed open gap, if any.
             now: wall time (when a new gap opens).
+            owners: ``event_id -> (bus_id, seq)`` of stored records.
 
         Raises:
             ValueError: when a needed stored hash is missing from ``stored_hashes``.
         """
-        held_now: Held = {s: dict(c) for s, c in (held or {}).items()}
-        plan = BusPlan(bus_id)
-        next_seq, prev = position.next_seq, position.prev
-        new_hashes: dict[int, str] = {}
-
-        def stored_at(seq: int) -> str:
-            h = new_hashes.get(seq) or stored_hashes.get(seq)
-            if h is None:
-                raise ValueError(f"bus {bus_id}: stored hash of seq {seq} not given")
-            return h
-
-        def prev_at(seq: int) -> str | None:
-            if seq == 1:
-                return GENESIS_PREV
-            if seq == position.next_seq:  # the committed head
-                return position.prev
-            return new_hashes.get(seq - 1) or stored_hashes.get(seq - 1)
-
-        def below(e: VerifiedEvent) -> None:
-            stored = stored_at(e.seq)
-            if e.hash == stored:
-                plan.duplicates += 1  # byte-identical to a verified record: no check needed
-            else:
-                bad = self.check_signature(e)
-                plan.rejected.append(bad or _conflict(e, e.seq, stored, prev_at(e.seq)))
-
-        def link(e: VerifiedEvent) -> bool:
-            nonlocal next_seq, prev
-            if e.prev != prev:
-                plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {prev}"))
-                return False
-            plan.store.append(e)
-            new_hashes[e.seq] = e.hash
-            next_seq, prev = e.seq + 1, e.hash
-            return True
-
-        def drain() -> None:
-            while next_seq in held_now:
-                cands = list(held_now.pop(next_seq).values())
-                chosen = next((c for c in cands if c.prev == prev), cands[0])
-                link(chosen)
-                for c in cands:
-                    if c is chosen:
-                        continue
-                    if c.seq < next_seq:  # the chosen one linked
-                        below(c)
-                    else:  # none links
-                        plan.rejected.append(_reject(c, "prev_mismatch", f"prev != {prev}"))
-
-        # What the chain passed since these were held: settle them first.
-        for seq in sorted(s for s in held_now if s < next_seq):
-            for e in held_now.pop(seq).values():
-                below(e)
-        drain()
-        # Then the new events, one by one in arrival order: the decisions of
-        # backend._settle.Settler.take, whatever the batching.
-        store = plan.store
-        for e in events:
-            seq = e.seq
-            if not e.signed and seq >= next_seq and (bad := self.check_signature(e)):
-                # put off as a copy, yet not below the head (the hint was stale)
-                plan.rejected.append(bad)
-                continue
-            if seq == next_seq and e.record.prev == prev:  # the common case: it extends the chain
-                store.append(e)
-                new_hashes[seq] = prev = e.hash
-                next_seq = seq + 1
-                if held_now:
-                    drain()
-            elif seq < next_seq:
-                below(e)
-            elif e.hash in held_now.get(e.seq, {}):
-                plan.duplicates += 1
-            elif e.seq > next_seq:
-                held_now.setdefault(e.seq, {})[e.hash] = e
-            elif link(e):
-                drain()
-        # Bound the held set: keep the lowest seqs (they fill the gap first).
-        if sum(len(c) for c in held_now.values()) > self.max_held_per_bus:
-            kept: Held = {}
-            n = 0
-            for seq in sorted(held_now):
-                if n + len(held_now[seq]) > self.max_held_per_bus:
-                    plan.dropped += len(held_now[seq])
-                    continue
-                kept[seq] = held_now[seq]
-                n += len(held_now[seq])
-            held_now = kept
-        plan.position = ChainPosition(next_seq, prev)
-        plan.ack_upto = next_seq - 1 if next_seq > 1 else None
-        plan.held = held_now
-        if held_now:
-            end = min(held_now) - 1
-            if gap is not None and gap.start == next_seq:
-                plan.gap = dataclasses.replace(gap, end=end)
-            else:  # a new gap, or it moved (part of it arrived): it starts over
-                plan.gap = Gap(next_seq, end, now, due=now + self.resend_after_s)
+        planner = self.planner(owners=owners, now=now)
+        mine: Held = {s: dict(c) for s, c in (held or {}).items()}
+        planner.open(bus_id, position, stored_hashes, held=mine, gap=gap)
+        planner.take_all(events)
+        (plan,) = planner.finish()
         return plan
 
     def gap_step(self, gap: Gap, now: float, caught_up: float | None = None) -> GapAction:
@@ -770,6 +613,11 @@ def _chain_update(mark: str) -> str:
 
 _CHAIN_UPDATE_PG = _chain_update("$")
 _CHAIN_UPDATE_SQLITE = _chain_update("?")
+# built from constant table names only (no input reaches the SQL text)
+_PG_ID_PROBE = "SELECT 1 FROM {table} WHERE event_id = ANY($1::text[]) LIMIT 1"
+_SQLITE_ID_PROBE = (
+    "SELECT 1 FROM {table} WHERE event_id IN (SELECT value FROM json_each(?)) LIMIT 1"
+)
 _UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a unique constraint violation."""
 
@@ -785,22 +633,6 @@ async def _driver(conn: AsyncConnection) -> Any:
     in_txn = driver.is_in_transaction() if is_postgres(conn) else driver.in_transaction
     assert in_txn, "a driver-level statement outside the transaction"
     return driver
-
-
-def _conflict(e: VerifiedEvent, seq: int, stored: str, here: str | None) -> Rejection:
-    """Another record than the stored one at ``seq``: which of the two reasons.
-
-    ``prev_mismatch`` when it does not even link to the record before (``here``), else
-    ``chain_conflict`` (it links, but differs from what is stored): the same rule as
-    :class:`backend._settle.Settler`, whatever order or batching the records came in.
-    """
-    if here is not None and e.prev != here:
-        return _reject(e, "prev_mismatch", f"seq {seq}: prev != {here}")
-    return _reject(e, "chain_conflict", f"seq {seq} is stored with hash {stored}")
-
-
-def _reject(e: VerifiedEvent, reason: str, detail: str) -> Rejection:
-    return Rejection(reason, detail, e.raw, e.bus_id, e.seq, e.event_id)
 
 
 def _raw_json(item: object) -> str:
@@ -862,6 +694,8 @@ class Prepared:
     """A batch decoded and verified, not committed yet (:meth:`Ingestor.prepare`)."""
 
     groups: dict[str, list[VerifiedEvent]] = field(default_factory=dict)
+    order: list[VerifiedEvent] = field(default_factory=list)
+    """Every bus's events in arrival order (the order the plan takes them in)."""
     rejections: list[Rejection] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
 
@@ -981,6 +815,7 @@ class Ingestor:
             ]
             ok = []
         prepared.groups.setdefault(bus_id, []).extend(ok)
+        prepared.order.extend(ok)
         prepared.rejections.extend(self._budget(bus_id, bad))
 
     async def commit(self, prepared: Prepared) -> BatchResult:
@@ -989,9 +824,7 @@ class Ingestor:
         Raises:
             StoreError: when the transaction failed (nothing was committed).
         """
-        return await self._commit(
-            prepared.groups, prepared.rejections, prepared.result, careful=False
-        )
+        return await self._commit(prepared, careful=False)
 
     def _budget(self, bus_id: str, bad: list[Rejection]) -> list[Rejection]:
         """Mark the rejections of one message over the quarantine budget as not stored."""
@@ -1143,20 +976,14 @@ class Ingestor:
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise StoreError(f"cannot read the chain gaps: {exc}") from exc
 
-    async def _commit(
-        self,
-        groups: dict[str, list[VerifiedEvent]],
-        rejections: list[Rejection],
-        result: BatchResult,
-        *,
-        careful: bool,
-    ) -> BatchResult:
+    async def _commit(self, prepared: Prepared, *, careful: bool) -> BatchResult:
+        rejections, result = prepared.rejections, prepared.result
         try:
-            plans = await self._transaction(groups, rejections, careful=careful)
+            plans = await self._transaction(prepared.groups, prepared.order, careful=careful)
         except _EventIdConflict:
             if careful:  # pragma: no cover - the careful pass removes every conflict
                 raise StoreError("event_id conflict persisted") from None
-            return await self._commit(groups, rejections, result, careful=True)
+            return await self._commit(prepared, careful=True)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             STORE_ERRORS.inc()
             raise StoreError(f"ingest transaction failed: {exc}") from exc
@@ -1216,49 +1043,34 @@ class Ingestor:
     async def _transaction(
         self,
         groups: dict[str, list[VerifiedEvent]],
-        rejections: list[Rejection],
+        order: list[VerifiedEvent],
         *,
         careful: bool,
-    ) -> list[BusPlan]:
+    ) -> list[BusPlan[VerifiedEvent]]:
+        """Plan and write one batch under its buses' row locks.
+
+        ``careful``: the owners of the batch's event ids are looked up first (the
+        first pass leaves that to the ledger's unique index, and is redone this way
+        when it trips it).
+        """
         now = self._wall()
-        plans: list[BusPlan] = []
         buses = sorted(groups)
         if not buses:
-            return plans
+            return []
         async with self.engine.begin() as conn:
             rows = await self._lock_rows(conn, buses, now)
             held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
-            usable = held_rows
-            if careful:
-                # a put-off signature is checked before any other judgement
-                for bus_id in buses:
-                    kept = []
-                    for e in groups[bus_id]:
-                        bad = self.core.check_signature(e)
-                        if bad is None:
-                            kept.append(e)
-                        else:
-                            rejections.append(bad)
-                    groups[bus_id] = kept
-                # held records first: they arrived before this batch
-                usable = {b: {s: dict(c) for s, c in h.items()} for b, h in held_rows.items()}
-                await self._drop_event_id_conflicts(conn, groups, usable, rejections)
+            owners = await self._owners(conn, order, held_rows) if careful else None
+            planner = self.core.planner(owners=owners, now=now)
             for bus_id in buses:
                 row = rows[bus_id]
-                held = usable.get(bus_id, {})
-                past = self.core.past_seqs(row.position, groups[bus_id], held)
+                # the plan changes what it is given: held_rows stay as read (for _write)
+                held: Held = {s: dict(c) for s, c in held_rows.get(bus_id, {}).items()}
+                past = past_seqs(row.position, groups[bus_id], held)
                 hashes = await self._stored_hashes(conn, bus_id, past) if past else {}
-                plans.append(
-                    self.core.plan(
-                        bus_id,
-                        row.position,
-                        groups[bus_id],
-                        hashes,
-                        held=held,
-                        gap=row.gap,
-                        now=now,
-                    )
-                )
+                planner.open(bus_id, row.position, hashes, held=held, gap=row.gap)
+            planner.take_all(order)  # every bus's events in arrival order
+            plans = planner.finish()
             await self._write(conn, plans, held_rows, rows, now, careful=careful)
         self._known_buses.update(buses)  # committed
         heads = self._heads
@@ -1270,7 +1082,7 @@ class Ingestor:
     async def _write(
         self,
         conn: AsyncConnection,
-        plans: list[BusPlan],
+        plans: list[BusPlan[VerifiedEvent]],
         held_rows: dict[str, Held],
         rows: dict[str, _BusRow],
         now: float,
@@ -1282,6 +1094,8 @@ class Ingestor:
         for p in plans:
             for e in p.store:
                 (missed if type(e.record) is MissedRecord else segs).append(e)
+        if not careful and await self._ids_in_the_other_table(conn, segs, missed):
+            raise _EventIdConflict
         if segs:
             n = await self._insert_events(conn, segs, now, careful=careful)
             if n != len(segs):
@@ -1352,6 +1166,35 @@ class Ingestor:
             driver = await _driver(conn)
             update = _CHAIN_UPDATE_PG if self._pg else _CHAIN_UPDATE_SQLITE
             await driver.executemany(update, changed)
+
+    async def _ids_in_the_other_table(
+        self, conn: AsyncConnection, segs: list[VerifiedEvent], missed: list[VerifiedEvent]
+    ) -> bool:
+        """Whether a segment's event id is a stored ``missed`` record's, or the reverse.
+
+        An event id is unique over a bus's whole chain, but each table's unique index
+        sees only its own rows: this finds what they cannot (then the careful pass
+        looks the owners up). ``missed_stops`` is small, so probing it for the
+        segments' ids is cheap; ``fare_events`` is probed only for missed records.
+        """
+        driver = await _driver(conn)
+        for ids, table in (
+            ([e.event_id for e in segs], missed_stops.name),
+            ([e.event_id for e in missed], fare_events.name),
+        ):
+            if not ids:
+                continue
+            if self._pg:
+                found = await driver.fetchval(_PG_ID_PROBE.format(table=table), ids)
+            else:
+                cursor = await driver.execute(
+                    _SQLITE_ID_PROBE.format(table=table), (json.dumps(ids),)
+                )
+                found = await cursor.fetchone()
+                await cursor.close()
+            if found is not None:
+                return True
+        return False
 
     async def _insert_events(
         self, conn: AsyncConnection, events: list[VerifiedEvent], now: float, *, careful: bool
@@ -1475,59 +1318,27 @@ class Ingestor:
             out.update((int(s), h) for s, h in rows)
         return out
 
-    async def _drop_event_id_conflicts(
-        self,
-        conn: AsyncConnection,
-        groups: dict[str, list[VerifiedEvent]],
-        held: dict[str, Held],
-        rejections: list[Rejection],
-    ) -> None:
-        """Reject (``event_id_conflict``) records whose event_id another (bus, seq) owns.
+    async def _owners(
+        self, conn: AsyncConnection, events: list[VerifiedEvent], held: dict[str, Held]
+    ) -> dict[str, tuple[str, int]]:
+        """Who stores the event ids of ``events`` and the ``held`` records.
 
-        Held records are checked first (they arrived first) and dropped from ``held``
-        (so from ``fare_pending``): one held record that can never be stored must not
-        fail every later transaction of its bus.
+        ``event_id -> (bus_id, seq)``, over both tables (an id is unique over the chain).
         """
-        for bus_id in sorted(held):
-            for seq in sorted(held[bus_id]):
-                for digest, e in list(held[bus_id][seq].items()):
-                    if await self._owner_elsewhere(conn, e):
-                        del held[bus_id][seq][digest]
-                        rejections.append(_reject(e, "event_id_conflict", "event_id is taken"))
-                if not held[bus_id][seq]:
-                    del held[bus_id][seq]
-        wanted = {e.event_id for evs in groups.values() for e in evs}
+        wanted = {e.event_id for e in events}
+        wanted.update(e.event_id for h in held.values() for c in h.values() for e in c.values())
+        owners: dict[str, tuple[str, int]] = {}
         if not wanted:
-            return
-        owner: dict[str, tuple[str, int]] = {}
+            return owners
+        ids = sorted(wanted)
         for table in (fare_events, missed_stops):
             rows = await conn.execute(
                 sa.select(table.c.event_id, table.c.bus_id, table.c.seq).where(
-                    table.c.event_id.in_(sorted(wanted))
+                    table.c.event_id.in_(ids)
                 )
             )
-            owner.update((eid, (b, int(s))) for eid, b, s in rows)
-        for bus_id in sorted(groups):
-            kept: list[VerifiedEvent] = []
-            for e in groups[bus_id]:
-                key = (e.bus_id, e.seq)
-                first = owner.setdefault(e.event_id, key)
-                if first != key:
-                    rejections.append(_reject(e, "event_id_conflict", f"event_id is {first}"))
-                else:
-                    kept.append(e)
-            groups[bus_id] = kept
-
-    async def _owner_elsewhere(self, conn: AsyncConnection, e: VerifiedEvent) -> bool:
-        for table in (fare_events, missed_stops):
-            row = (
-                await conn.execute(
-                    sa.select(table.c.bus_id, table.c.seq).where(table.c.event_id == e.event_id)
-                )
-            ).first()
-            if row is not None and (row[0], int(row[1])) != (e.bus_id, e.seq):
-                return True
-        return False
+            owners.update((eid, (b, int(s))) for eid, b, s in rows)
+        return owners
 
     def _missed_row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
         rec = e.record

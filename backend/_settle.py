@@ -12,12 +12,14 @@ stages whose cost does not depend on the order of the events:
    canonical bytes (serialised once; the signed part is cut from them and the chain
    hash is their SHA-256). What the next stages need travels back as a plain tuple
    (:class:`Checked`),
-2. in this process (:meth:`Settler.take`), the decisions online ingest's plan makes:
-   dedupe by ``(bus_id, seq)`` (an identical resend is a duplicate; another event there
-   is ``chain_conflict``) and by ``event_id`` (``event_id_conflict``), then the per-bus
-   hash chain in ``seq`` order (out-of-order events wait for the gap; a gap that never
-   fills is a warning, a ``prev`` mismatch is ``prev_mismatch``); a verified ``missed``
-   record is a link, never a ride. An accepted segment is kept as a compact tuple,
+2. in this process (:meth:`Settler.take_many`), the chain decisions of online ingest,
+   made by the same core (:class:`backend._chain.ChainPlanner`, one per chunk of
+   results) over an in-memory store (each bus's position, stored hashes and held
+   records, the owners of the event ids stored): duplicates, ``chain_conflict``,
+   ``prev_mismatch``, ``event_id_conflict`` (the record stored first owns an id, never
+   a held one), out-of-order events held for the gap; at the end of the input a gap
+   that never filled is given up on (a warning). A verified ``missed`` record is a
+   link, never a ride. An accepted segment is kept as a compact tuple,
 3. once every event is in (:meth:`Settler.iter_journeys`,
    :meth:`Settler.iter_journey_lines`): the rids of all accepted segments are resolved
    in bulk (:meth:`~backend._resolve.Resolver.resolve_many`, every interval's table
@@ -43,21 +45,20 @@ import math
 import mmap
 import os
 import threading
-from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._legs import evidence_rssi
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError, SignatureError
-from busbell._fare_event import GENESIS_PREV
 from busbell._fare_types import (
     FareEvent,
     SegmentEvent,
@@ -182,7 +183,17 @@ SegmentFields = tuple[Any, ...]
 ``rssi_med`` (or ``None``)."""
 
 
-class Checked(NamedTuple):
+class _CheckedFields(NamedTuple):
+    reason: str | None
+    bus_id: str = ""
+    seq: int = 0
+    event_id: str = ""
+    prev: str = ""
+    hash: str = ""
+    segment: SegmentFields | None = None
+
+
+class Checked(_CheckedFields):
     """One event checked on its own, before the chain: the verdict and what the chain needs.
 
     Attributes:
@@ -192,18 +203,19 @@ class Checked(NamedTuple):
         seq: its seq.
         event_id: its event id.
         prev: its ``prev``.
-        digest: hex SHA-256 of its canonical bytes with ``sig`` (the next ``prev``).
+        hash: hex SHA-256 of its canonical bytes with ``sig`` (the next ``prev``).
         segment: a segment's fields (:data:`SegmentFields`); ``None`` for a ``missed``
             record (a chain link, never a ride).
+
+    A verified one is a :class:`backend._chain.ChainRecord` (its signature verified,
+    no text kept).
     """
 
-    reason: str | None
-    bus_id: str = ""
-    seq: int = 0
-    event_id: str = ""
-    prev: str = ""
-    digest: str = ""
-    segment: SegmentFields | None = None
+    __slots__ = ()
+    signed: ClassVar[bool] = True
+    """Always: its signature was verified (what the chain planner reads)."""
+    raw: ClassVar[str] = ""
+    """No text is kept."""
 
 
 _LINE_LIMITS = JsonLimits(max_bytes=64 << 20, max_depth=32)
@@ -250,6 +262,11 @@ def _verified(rec: FareEvent, devices: Mapping[str, PublicKey]) -> Checked:
         return Checked("bad_signature")
     seg = _fields(rec) if isinstance(rec, SegmentEvent) else None
     return Checked(None, rec.bus_id, rec.seq, rec.event_id, rec.prev, sha256_hex(full), seg)
+
+
+def _verified_already(c: Checked) -> Rejection | None:  # pragma: no cover - never put off
+    """Settle verifies every signature before the chain (nothing is put off)."""
+    raise AssertionError(f"bus {c.bus_id} seq {c.seq}: signature put off")
 
 
 def check_event(obj: object, devices: Mapping[str, PublicKey]) -> Checked:
@@ -472,58 +489,68 @@ class _TablesAhead:
 
 
 class _SeenHashes:
-    """Seq -> 63-bit hash prefix of the accepted event, 8 bytes per seq.
+    """Seq -> hex SHA-256 of the record stored there, 32 bytes per seq.
 
-    A bus's seqs are dense, so they go in a flat ``array('Q')`` from the first seq seen
-    (0 means "not seen"); a seq far outside it (a forged huge seq) goes to a dict.
+    A bus's seqs are dense, so the digests go in a flat ``bytearray`` from the first seq
+    stored (32 zero bytes mean "not stored"); a seq far outside it (a forged huge seq)
+    goes to a dict. What a :class:`~backend._chain.ChainPlanner` reads as the stored
+    hashes (``get``).
     """
 
     __slots__ = ("_base", "_flat", "_sparse")
 
     _MAX_GROW = 1 << 20
+    _NONE = bytes(32)
 
     def __init__(self) -> None:
         self._base: int | None = None
-        self._flat = array("Q")
-        self._sparse: dict[int, int] = {}
+        self._flat = bytearray()
+        self._sparse: dict[int, str] = {}
 
-    def items(self) -> Iterator[tuple[int, int]]:
-        """``(seq, prefix)`` of every seq taken, in seq order."""
-        base = self._base
-        flat = [] if base is None else [(base + i, v) for i, v in enumerate(self._flat) if v]
-        yield from sorted([*flat, *self._sparse.items()])
+    def items(self) -> Iterator[tuple[int, str]]:
+        """``(seq, hash)`` of every seq stored, in seq order."""
+        base, flat, none = self._base, self._flat, self._NONE
+        dense = (
+            []
+            if base is None
+            else [
+                (base + i // 32, flat[i : i + 32].hex())
+                for i in range(0, len(flat), 32)
+                if flat[i : i + 32] != none
+            ]
+        )
+        yield from sorted([*dense, *self._sparse.items()])
 
-    def get(self, seq: int) -> int | None:
-        """The prefix stored for ``seq`` (low bit set), or ``None``."""
+    def get(self, seq: int) -> str | None:
+        """The hash stored at ``seq``, or ``None``."""
         base = self._base
-        if base is not None and 0 <= seq - base < len(self._flat):
-            value = self._flat[seq - base]
-            return value or None
+        if base is not None and 0 <= (off := 32 * (seq - base)) < len(self._flat):
+            value = self._flat[off : off + 32]
+            return None if value == self._NONE else value.hex()
         return self._sparse.get(seq)
 
-    def put(self, seq: int, prefix: int) -> None:
-        """Remember the hash prefix of the event accepted at ``seq``."""
-        value = prefix | 1  # never 0
+    def put(self, seq: int, digest: str) -> None:
+        """Remember the hash of the record stored at ``seq``."""
         if self._base is None:
             self._base = seq
-        off = seq - self._base
+        off = 32 * (seq - self._base)
         flat = self._flat
         if 0 <= off < len(flat):
-            flat[off] = value
-        elif len(flat) <= off < len(flat) + self._MAX_GROW:
-            flat.frombytes(bytes(8 * (off - len(flat))))
-            flat.append(value)
+            flat[off : off + 32] = bytes.fromhex(digest)
+        elif len(flat) <= off < len(flat) + 32 * self._MAX_GROW:
+            flat.extend(bytes(off - len(flat)))
+            flat.extend(bytes.fromhex(digest))
         else:
-            self._sparse[seq] = value
+            self._sparse[seq] = digest
 
 
 @dataclass(slots=True)
 class _Bus:
-    index: int
-    next_seq: int | None = None  # None: nothing accepted yet
-    prev: str = GENESIS_PREV
-    seen: _SeenHashes = field(default_factory=_SeenHashes)
-    pending: dict[int, list[Checked]] = field(default_factory=dict)
+    """One bus in settle's in-memory store: what a ledger's chain rows hold."""
+
+    position: ChainPosition = field(default_factory=ChainPosition)
+    hashes: _SeenHashes = field(default_factory=_SeenHashes)
+    held: dict[int, dict[str, Checked]] = field(default_factory=dict)
 
 
 _Pending = tuple[str, int, str, SegmentFields]
@@ -559,11 +586,11 @@ class Settler:
         self.builder = builder
         self.categories = categories
         self.stats = SettleStats()
+        # the in-memory store the chain planner reads and its plans are written to
         self._buses: dict[str, _Bus] = {}
-        # event_id (the string the segment keeps anyway) -> bus index << 40 | seq
-        self._event_ids: dict[str, int] = {}
+        self._owners: dict[str, tuple[str, int]] = {}  # event_id -> (bus_id, seq) stored
+        self._flushed = False
         self._pending: list[_Pending] = []
-        self._intern: dict[str, str] = {}
 
     # ---------------------------------------------------------------- input
 
@@ -573,8 +600,7 @@ class Settler:
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one JSONL line: an event, a JSON array of events or ``{"events": [...]}``."""
-        for checked in check_line(line, self.devices):
-            self.take(checked)
+        self.take_many(check_line(line, self.devices))
 
     def feed_lines(self, lines: Iterable[bytes], *, processes: int = 1) -> None:
         """Feed JSONL lines; with ``processes`` > 1 the per-event checks run in a pool.
@@ -586,8 +612,9 @@ class Settler:
         feeding the lines one by one.
         """
         if processes <= 1:
-            for line in lines:
-                self.feed_line(line)
+            devices = self.devices
+            for chunk in _chunks(lines, _CHUNK_LINES):
+                self.take_many([c for line in chunk for c in check_line(line, devices)])
             return
         self._feed_pooled(_check_chunk, _chunks(lines, _CHUNK_LINES), processes)
 
@@ -626,11 +653,12 @@ class Settler:
         else:
             if meanwhile is not None:
                 meanwhile()
-            for line in read_event_lines(paths):
-                n = self.stats.read
-                self.feed_line(line)
+            devices = self.devices
+            for chunk in _chunks(read_event_lines(paths), _CHUNK_LINES):
+                checked = [c for line in chunk for c in check_line(line, devices)]
+                self.take_many(checked)
                 if progress is not None:
-                    progress(self.stats.read - n)
+                    progress(len(checked))
 
     def _feed_pooled(
         self,
@@ -655,11 +683,10 @@ class Settler:
         read = 0
         try:
             # marshal: bytes our own forked workers wrote
-            make, take, loads = Checked._make, self.take, marshal.loads
+            make, take, loads = Checked._make, self.take_many, marshal.loads
             for blob in _pooled(work, tasks, processes, meanwhile):
                 result = loads(blob)
-                for checked in result:
-                    take(make(checked))
+                take(list(map(make, result)))
                 ahead.see({c[6][1] for c in result if c[6] is not None})
                 if sizes is not None:
                     read += sizes[0].popleft()
@@ -674,124 +701,112 @@ class Settler:
 
     def feed_event(self, obj: object) -> None:
         """Feed one decoded event."""
-        self.take(check_event(obj, self.devices))
+        self.take_many([check_event(obj, self.devices)])
 
     def take(self, c: Checked) -> None:
-        """Chain, dedupe and keep one event already checked on its own (:func:`check_event`).
+        """:meth:`take_many` of one event."""
+        self.take_many([c])
 
-        The same decisions as online ingest's plan: a verified event at a seq already
-        taken is a duplicate (same hash) or ``chain_conflict``; an ``event_id`` already
-        owned by another (bus, seq) is ``event_id_conflict``; out-of-order events wait
-        for the gap; a link whose ``prev`` does not match is ``prev_mismatch``.
+    def take_many(self, batch: Sequence[Checked]) -> None:
+        """Chain, dedupe and keep events already checked on their own, in arrival order.
+
+        The decisions are online ingest's (:class:`~backend._chain.ChainPlanner`, one per
+        call, as one transaction), over this settler's in-memory store: every bus's
+        chain position, stored hashes and held records, and the owners of the event
+        ids stored. Held records are never dropped (no edge can re-send them), and no
+        gap is timed; what waits behind a gap at the end is :meth:`flush_pending`'s.
+        The outcome does not depend on how the events are split into calls.
+
+        Raises:
+            RuntimeError: after :meth:`flush_pending` (the settler is consumed).
         """
-        self.stats.read += 1
-        if c.reason is not None:
-            self.reject(c.reason)
-            return
-        bus = self._buses.get(c.bus_id)
-        if bus is None:
-            bus = self._buses[c.bus_id] = _Bus(len(self._buses))
-        seq = c.seq
-        prefix = int(c.digest[:16], 16) | 1
-        seen = bus.seen.get(seq)
-        if seen is not None:
-            if seen == prefix:
-                self.stats.duplicates += 1
+        if self._flushed:
+            raise RuntimeError("the settler is consumed: events fed after its gaps were flushed")
+        stats = self.stats
+        stats.read += len(batch)
+        good = []
+        for c in batch:
+            if c.reason is None:
+                good.append(c)
             else:
-                self.reject(self._conflict_reason(bus, c))
+                stats.rejected[c.reason] += 1
+        if not good:
             return
-        waiting = bus.pending.get(seq)
-        if waiting and any(p.digest == c.digest for p in waiting):
-            self.stats.duplicates += 1
-            return
-        here = bus.index << 40 | seq
-        owner = self._event_ids.get(c.event_id)
-        if owner is not None and owner != here:
-            self.reject("event_id_conflict")
-            return
-        self._event_ids[c.event_id] = here
-        if bus.next_seq is None:
-            # like online ingest, a chain starts at seq 1; a file holding only a slice of
-            # a longer chain is settled from its first seq by flush_pending, at the end
-            bus.next_seq = 1
-        if seq < bus.next_seq:
-            # below the chain head but never seen: the chain passed it as a gap
-            self.stats.warnings["late_event"] += 1
-            self._accept(bus, c, link=False, prefix=prefix)
-            return
-        if seq > bus.next_seq:
-            bus.pending.setdefault(seq, []).append(c)
-            return
-        self._link(bus, c, prefix)
-        if bus.pending:
-            self._drain(bus)
+        planner = self._planner()
+        buses = self._buses
+        for bus_id in dict.fromkeys([c.bus_id for c in good]):
+            bus = buses.get(bus_id)
+            if bus is None:
+                bus = buses[bus_id] = _Bus()
+            planner.open(bus_id, bus.position, bus.hashes, held=bus.held, held_above_head=True)
+        planner.take_all(good)
+        self._write(planner.finish())
 
-    def _link(self, bus: _Bus, c: Checked, prefix: int | None = None) -> None:
-        if c.prev != bus.prev:
-            # a link that does not chain: reject it and leave the head where it is, so
-            # the genuine event may still come; later ones wait behind the gap
-            self.reject("prev_mismatch")
-            return
-        self._accept(bus, c, link=True, prefix=prefix)
+    def _planner(self) -> ChainPlanner[Checked]:
+        return ChainPlanner(
+            verify=_verified_already, max_held=None, resend_after_s=None, claims=self._owners
+        )
 
-    def _conflict_reason(self, bus: _Bus, c: Checked) -> str:
-        """Another record than the one taken at ``c.seq``: which of the two reasons.
-
-        ``prev_mismatch`` when it does not even link to the record before, else
-        ``chain_conflict``: the same rule as online ingest's plan.
-        """
-        if c.seq == 1:
-            return "prev_mismatch" if c.prev != GENESIS_PREV else "chain_conflict"
-        here = bus.seen.get(c.seq - 1)
-        if here is not None and int(c.prev[:16], 16) | 1 != here:
-            return "prev_mismatch"
-        return "chain_conflict"
-
-    def _drain(self, bus: _Bus) -> None:
-        while bus.next_seq is not None and bus.next_seq in bus.pending:
-            candidates = bus.pending.pop(bus.next_seq)
-            chosen = next((c for c in candidates if c.prev == bus.prev), candidates[0])
-            self._link(bus, chosen)
-            for c in candidates:
-                if c is not chosen:
-                    self.reject(self._conflict_reason(bus, c))
-
-    def _accept(self, bus: _Bus, c: Checked, *, link: bool, prefix: int | None = None) -> None:
-        bus.seen.put(c.seq, int(c.digest[:16], 16) if prefix is None else prefix)
-        if link:
-            bus.next_seq = c.seq + 1
-            bus.prev = c.digest
-        if c.segment is None:
-            self.stats.missed += 1  # a verified link of the chain, never a ride
-            return
-        bus_id = self._intern.setdefault(c.bus_id, c.bus_id)
-        self._pending.append((bus_id, c.seq, c.event_id, c.segment))
+    def _write(self, plans: Iterable[BusPlan[Checked]]) -> None:
+        """Write plans to the in-memory store (what a ledger's transaction does)."""
+        stats = self.stats
+        pending = self._pending
+        for plan in plans:
+            bus = self._buses[plan.bus_id]
+            bus.position = plan.position
+            put = bus.hashes.put
+            for c in plan.store:
+                put(c.seq, c.hash)
+                if c.segment is None:
+                    stats.missed += 1  # a verified link of the chain, never a ride
+                else:
+                    pending.append((plan.bus_id, c.seq, c.event_id, c.segment))
+            stats.duplicates += plan.duplicates
+            for r in plan.rejected:
+                stats.rejected[r.reason] += 1
 
     def links(self) -> dict[str, list[tuple[int, int]]]:
-        """Per bus, ``(seq, hash prefix)`` of every chain record taken so far.
+        """Per bus, ``(seq, hash prefix)`` of every chain record stored so far.
 
-        The hash prefix is the first 63 bits of the record's hash (``int(h[:16], 16) | 1``):
-        what the ledger of online ingest holds, for comparing the two.
+        The hash prefix is the first 63 bits of the record's hash (``int(h[:16], 16) | 1``),
+        for comparing with the ledger of online ingest.
         """
-        return {b: list(bus.seen.items()) for b, bus in sorted(self._buses.items())}
+        return {
+            b: [(seq, int(h[:16], 16) | 1) for seq, h in bus.hashes.items()]
+            for b, bus in sorted(self._buses.items())
+        }
 
     # ---------------------------------------------------------------- output
 
     def flush_pending(self) -> None:
-        """Accept what waits behind chain gaps that never filled (warning per gap)."""
+        """Take what waits behind chain gaps that never filled (a warning per gap).
+
+        The end of the input: no edge can re-send, so each bus's chain goes on from its
+        lowest held seq (:meth:`~backend._chain.ChainPlanner.skip_gap`): ``chain_gap``
+        counts the seqs skipped, ``chain_start_unverified`` a chain whose first records
+        are not in the input (a slice of a longer chain: its first link cannot be
+        checked here). Nothing can be fed afterwards.
+        """
+        if self._flushed:
+            return
+        self._flushed = True
+        planner = self._planner()
+        warnings = self.stats.warnings
         for bus_id in sorted(self._buses):
             bus = self._buses[bus_id]
-            while bus.pending:
-                first = min(bus.pending)
-                if next(bus.seen.items(), None) is None:
-                    # a slice of a longer chain: its first link cannot be checked here
-                    self.stats.warnings["chain_start_unverified"] += 1
-                elif bus.next_seq is not None:
-                    self.stats.warnings["chain_gap"] += first - bus.next_seq
-                candidates = bus.pending[first]
-                bus.next_seq = first
-                bus.prev = candidates[0].prev
-                self._drain(bus)
+            if not bus.held:
+                continue
+            plan = planner.open(
+                bus_id, bus.position, bus.hashes, held=bus.held, held_above_head=True
+            )
+            while bus.held:
+                started = bus.position.next_seq > 1 or plan.store
+                skipped = planner.skip_gap(bus_id)
+                if started:
+                    warnings["chain_gap"] += skipped
+                else:
+                    warnings["chain_start_unverified"] += 1
+        self._write(planner.finish())
 
     # ---------------------------------------------------------------- stage 3
 

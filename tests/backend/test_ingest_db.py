@@ -371,6 +371,28 @@ async def test_event_id_conflict_is_quarantined(engine: AsyncEngine) -> None:
     assert derive_event_id("B1", 1, a[0]["rid"], a[0]["start"]["t"]) == a[0]["event_id"]
 
 
+@pytest.mark.parametrize("first", ["missed", "segment"])
+async def test_an_event_id_is_unique_over_segments_and_missed_records(
+    engine: AsyncEngine, first: str
+) -> None:
+    """Each table's unique index sees only its own rows: a segment reusing a stored
+    missed record's event id (or the reverse) is still event_id_conflict."""
+    k1, k2 = device_key_for("B1"), device_key_for("B2")
+    a = make_events("B1", k1, 2, missed_every=2)  # seq 2 is a missed record
+    b = make_events("B2", k2, 2, missed_every=2)
+    if first == "missed":  # B2's segment (seq 1) takes B1's missed record's id
+        bad, bus, good = sign_event(dict(b[0], event_id=a[1]["event_id"]), k2), "B2", a
+    else:  # B2's missed record (seq 2) takes B1's segment's id
+        bad, bus, good = sign_event(dict(b[1], event_id=a[0]["event_id"]), k2), "B2", a
+    ing = await make_ingestor(engine)
+    await ing.ingest([("B1", batch_payload("B1", good))])
+    events = [bad] if first == "missed" else [b[0], bad]
+    with capture_logs():
+        res = await ing.ingest([(bus, batch_payload(bus, events))])
+    assert res.rejected == {"event_id_conflict": 1}
+    assert await stored(engine, "B2") == ([] if first == "missed" else [1])
+
+
 async def test_a_gap_waits_for_every_worker_to_catch_up(engine: AsyncEngine) -> None:
     """While a worker still has messages from before the gap queued, nobody asks."""
     chain = make_events("B1", device_key_for("B1"), 10)

@@ -5,6 +5,13 @@ Over shuffled, duplicated and (transiently) gapped deliveries of two buses' chai
 unknown-bus items mixed in and the messages grouped into transactions at random, the
 online ledger (``fare_events`` + ``missed_stops``) holds exactly the chain records
 offline settle takes, and both count the same rejections by reason.
+
+Sometimes a third bus's chain is delivered too, whose records reuse event ids: one of
+bus-01's segments, one of bus-02's (from a ``missed`` record) and one of its own
+earlier records. Shuffled, a colliding record is often held (it came before its
+predecessor) while the other one is stored: the record linked first owns the id, the
+other is ``event_id_conflict`` when it would link (and its chain stops there), online
+and offline alike.
 """
 
 from __future__ import annotations
@@ -40,16 +47,35 @@ class Base:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.world = World(directory, riders=3, buses=2)
+        self.world = World(directory, riders=3, buses=3)
         for k in range(6):
             bus = f"bus-{1 + k % 2:02d}"
             self.world.ride(f"r{1 + k % 3:04d}", bus, board=1, alight=4 + k, t=T0 + k * 800)
             if k % 2:
                 self.world.buses[bus].emit(missed_fields(f"q{k}", "S09", T0 + k * 800 + 700))
-        self.chains = {b: list(c.events) for b, c in self.world.buses.items()}
+        # bus-03 reuses event ids: bus-01's seq 2, bus-02's seq 1 (a segment's, on a
+        # missed record), then its own seq 1's
+        w, taker = self.world, self.world.buses["bus-03"]
+        one, two = w.buses["bus-01"].events, w.buses["bus-02"].events
+        taker.emit(self._fields("r0001", T0 + 100), event_id=one[1]["event_id"])
+        taker.emit(missed_fields("q-taker", "S07", T0 + 900), event_id=two[0]["event_id"])
+        taker.emit(self._fields("r0002", T0 + 1500), event_id=taker.events[0]["event_id"])
+        taker.emit(self._fields("r0003", T0 + 2500))
+        self.chains = {b: list(c.events) for b, c in self.world.buses.items() if b != "bus-03"}
+        self.taker = list(taker.events)
         self.keys = {b: c.key for b, c in self.world.buses.items()}
         self.template = directory / "template.db"
         asyncio.run(self._template())
+
+    def _fields(self, rider: str, t: float) -> dict[str, Any]:
+        return self.world.segment_fields(
+            rider,
+            route_id="R1",
+            trip_id="T1",
+            start=(t, "S01", "boarded"),
+            end=(t + 300.0, "S03", "alighted"),
+            distance_m=1600.0,
+        )
 
     async def _template(self) -> None:
         eng = create_engine(f"sqlite+aiosqlite:///{self.template}")
@@ -105,9 +131,13 @@ def _hostile(base: Base, kind: str, bus: str, i: int) -> tuple[str, bytes]:
 @st.composite
 def deliveries(draw: st.DrawFn, base: Base) -> tuple[list[list[tuple[str, bytes]]], set[str]]:
     """Transactions of messages (every genuine record at least once, in any order) and
-    the kinds of hostile items mixed in."""
+    the kinds of hostile items mixed in (``collide``: the event-id taker's chain)."""
     messages: list[tuple[str, bytes]] = []
-    for bus, chain in base.chains.items():
+    chains = dict(base.chains)
+    collide = draw(st.booleans())
+    if collide:
+        chains["bus-03"] = base.taker
+    for bus, chain in chains.items():
         order = draw(st.permutations(range(len(chain))))
         extra = draw(st.lists(st.integers(0, len(chain) - 1), max_size=4))  # duplicates
         idx = list(order) + extra
@@ -135,7 +165,7 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[list[list[tuple[str, bytes]
         n = draw(st.integers(1, 3))
         txns.append(list(messages[k : k + n]))
         k += n
-    return txns, {kind for kind, _, _ in hostile}
+    return txns, {kind for kind, _, _ in hostile} | ({"collide"} if collide else set())
 
 
 def _summary(txns: list[list[tuple[str, bytes]]]) -> str:
@@ -176,18 +206,14 @@ async def _online(
         await eng.dispose()
 
 
-# Examples are slow (a ledger each): no shrinking, a failure is printed as generated.
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-)
-@given(data=st.data())
-def test_offline_and_online_ingest_agree(
-    base: Base, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    txns, kinds = data.draw(deliveries(base))
+Links = dict[str, list[tuple[int, int]]]
+
+
+def _both(
+    base: Base, txns: list[list[tuple[str, bytes]]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Links, Counter[str], Links, Counter[str]]:
+    """Online ingest into a fresh ledger and offline settle of the same deliveries:
+    each side's chain links per bus and rejections by reason."""
     db = tmp_path_factory.mktemp("ledger") / "ledger.db"
     shutil.copy(base.template, db)
     online_links, online_rejected = asyncio.run(_online(db, txns))
@@ -199,11 +225,54 @@ def test_offline_and_online_ingest_agree(
     offline_rejected = Counter(
         {r: n for r, n in settler.stats.rejected.items() if r in REJECTION_REASONS}
     )
+    return online_links, online_rejected, offline_links, offline_rejected
+
+
+def _one(bus: str, event: dict[str, Any]) -> list[tuple[str, bytes]]:
+    return [(bus, canonical_bytes({"bus_id": bus, "events": [event]}))]
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_the_record_linked_first_owns_an_event_id(
+    base: Base, tmp_path_factory: pytest.TempPathFactory, held: bool
+) -> None:
+    """bus-01's seq 2 and bus-03's seq 1 share an event id. Held (seq 2 came before seq
+    1), bus-01's record owns nothing yet: bus-03's, linked meanwhile, takes the id, and
+    bus-01's is rejected when the gap fills. Not held, bus-01's links first and wins."""
+    one, taker = base.chains["bus-01"], base.taker[0]
+    if held:
+        txns = [_one("bus-01", one[1]), _one("bus-03", taker), _one("bus-01", one[0])]
+    else:
+        txns = [_one("bus-01", one[0]), _one("bus-01", one[1]), _one("bus-03", taker)]
+    online_links, online_rejected, offline_links, offline_rejected = _both(
+        base, txns, tmp_path_factory
+    )
+    assert online_links == offline_links
+    assert online_rejected == offline_rejected == {"event_id_conflict": 1}
+    assert [s for s, _ in offline_links["bus-01"]] == ([1] if held else [1, 2])
+    assert [s for s, _ in offline_links.get("bus-03", [])] == ([1] if held else [])
+
+
+# Examples are slow (a ledger each): no shrinking, a failure is printed as generated.
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+@given(data=st.data())
+def test_offline_and_online_ingest_agree(
+    base: Base, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    txns, kinds = data.draw(deliveries(base))
+    online_links, online_rejected, offline_links, offline_rejected = _both(
+        base, txns, tmp_path_factory
+    )
     assert online_links == offline_links, _summary(txns)
     assert online_rejected == offline_rejected, _summary(txns)
     # every seq of every chain is in the ledger (a validly signed variant may hold a seq
     # instead of the genuine record, and then the chain stops behind it on both sides)
-    if "variant" not in kinds:
+    if not kinds & {"variant", "collide"}:
         assert {b: [s for s, _ in v] for b, v in online_links.items()} == {
             b: list(range(1, len(c) + 1)) for b, c in base.chains.items()
         }

@@ -255,20 +255,25 @@ def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_seen_hashes_dense_sparse_and_unseen() -> None:
     from backend._settle import _SeenHashes
 
+    def h(n: int) -> str:
+        return f"{n:064x}"
+
     seen = _SeenHashes()
     assert seen.get(5) is None
-    seen.put(5, 0)  # a zero prefix is still "seen"
-    seen.put(6, 0xABC)
-    seen.put(9, 0xDEF)  # a hole: 7 and 8 stay unseen
-    seen.put(3, 0x123)  # below the first seq: kept aside
-    seen.put(10**12, 0x456)  # far beyond: kept aside, no huge allocation
-    assert seen.get(5) == 1
-    assert seen.get(6) == 0xABC | 1
+    seen.put(5, h(1))
+    seen.put(6, h(0xABC))
+    seen.put(9, h(0xDEF))  # a hole: 7 and 8 stay unseen
+    seen.put(3, h(0x123))  # below the first seq: kept aside
+    seen.put(10**12, h(0x456))  # far beyond: kept aside, no huge allocation
+    assert (seen.get(5), seen.get(6), seen.get(9)) == (h(1), h(0xABC), h(0xDEF))
     assert (seen.get(7), seen.get(8)) == (None, None)
-    assert seen.get(9) == 0xDEF | 1
-    assert seen.get(3) == 0x123 | 1
-    assert seen.get(10**12) == 0x456 | 1
+    assert seen.get(3) == h(0x123)
+    assert seen.get(10**12) == h(0x456)
     assert seen.get(10**12 + 1) is None
+    assert [s for s, _ in seen.items()] == [3, 5, 6, 9, 10**12]
+    seen.put(7, h(7))  # a hole filled in place
+    assert seen.get(7) == h(7)
+    assert len(seen._flat) == 32 * 5  # seqs 5..9
 
 
 def test_process_pool_settles_exactly_like_one_process(tmp_path: Path) -> None:

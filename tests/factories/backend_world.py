@@ -71,8 +71,12 @@ class BusChain:
     prev: str = GENESIS_PREV
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def emit(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Number, chain and sign an event made of the segment ``fields``."""
+    def emit(self, fields: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
+        """Number, chain and sign an event made of the segment ``fields``.
+
+        ``event_id``: use this id instead of the derived one (a buggy or hostile edge
+        reusing another record's id).
+        """
         self.seq += 1
         event = dict(fields)
         event["bus_id"] = self.bus_id
@@ -86,6 +90,8 @@ class BusChain:
             event["event_id"] = derive_event_id(
                 self.bus_id, self.seq, fields["rid"], fields["start"]["t"]
             )
+        if event_id is not None:
+            event["event_id"] = event_id
         body = canonical_bytes(event)
         event["sig"] = self.key.sign_b64(body)
         self.prev = sha256_hex(canonical_bytes(event))
