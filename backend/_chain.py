@@ -186,7 +186,17 @@ def past_seqs(
 class _Bus(Generic[E]):
     """One bus's step: its position as planned so far and what the step decided."""
 
-    __slots__ = ("committed", "held", "new", "next_seq", "plan", "prev", "stored")
+    __slots__ = (
+        "bus_id",
+        "committed",
+        "held",
+        "new",
+        "next_seq",
+        "plan",
+        "prev",
+        "store",
+        "stored",
+    )
 
     def __init__(
         self,
@@ -195,6 +205,7 @@ class _Bus(Generic[E]):
         stored: StoredHashes,
         held: Held[E],
     ) -> None:
+        self.bus_id = bus_id
         self.committed = position
         self.next_seq = position.next_seq
         self.prev = position.prev
@@ -202,6 +213,7 @@ class _Bus(Generic[E]):
         self.new: dict[int, str] = {}
         self.held = held
         self.plan: BusPlan[E] = BusPlan(bus_id, held=held)
+        self.store = self.plan.store
 
     def stored_at(self, seq: int) -> str:
         h = self.new.get(seq) or self.stored.get(seq)
@@ -321,9 +333,26 @@ class ChainPlanner(Generic[E]):
                 cands[e.hash] = e
 
     def take_all(self, events: Iterable[E]) -> None:
-        """:meth:`take` each record, in order."""
-        take = self.take
+        """:meth:`take` each record, in order.
+
+        The common case inline (a verified record that extends its chain, its event id
+        free): the same decision :meth:`take` and :meth:`_link` make, a few microseconds
+        less per event.
+        """
+        take, buses, claims, owners = self.take, self._buses, self.claims, self._owners
         for e in events:
+            bus = buses[e.bus_id]
+            seq = e.seq
+            if seq == bus.next_seq and e.signed and e.prev == bus.prev:
+                eid = e.event_id
+                if eid not in claims and eid not in owners:
+                    claims[eid] = (bus.bus_id, seq)
+                    bus.store.append(e)
+                    bus.new[seq] = bus.prev = e.hash
+                    bus.next_seq = seq + 1
+                    if bus.held:
+                        self._drain(bus)
+                    continue
             take(e)
 
     def skip_gap(self, bus_id: str) -> int:
@@ -368,13 +397,13 @@ class ChainPlanner(Generic[E]):
             bus.plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {bus.prev}"))
             return False
         eid = e.event_id
-        here = (bus.plan.bus_id, e.seq)
+        here = (bus.bus_id, e.seq)
         owner = self.claims.get(eid) or self._owners.get(eid)
         if owner is not None and owner != here:
             bus.plan.rejected.append(_reject(e, "event_id_conflict", f"event_id is {owner}"))
             return False
         self.claims[eid] = here
-        bus.plan.store.append(e)
+        bus.store.append(e)
         bus.new[e.seq] = bus.prev = e.hash
         bus.next_seq = e.seq + 1
         return True
