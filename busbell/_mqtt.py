@@ -44,6 +44,7 @@ from busbell._errors import UplinkError
 from busbell._logging import get_logger
 
 __all__ = [
+    "PENDING_PUBLISHES_QUIET",
     "MqttMessage",
     "MqttSession",
     "MqttSettings",
@@ -318,6 +319,10 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+PENDING_PUBLISHES_QUIET = 100_000
+"""Publishes in flight before aiomqtt logs a warning (its default: 10)."""
+
+
 class MqttSession:
     """One connection to the broker (``async with``); reconnecting is the caller's loop.
 
@@ -370,6 +375,11 @@ class MqttSession:
             max_queued_incoming_messages=max_queued_incoming,
             timeout=timeout_s,
         )
+        # aiomqtt warns (plain text, once per publish) whenever more than 10 publishes
+        # are in flight; busbell sends its QoS-1 fan-outs (a backend's acks to every bus
+        # of a batch, an edge fleet's uploads) concurrently by design, one round trip
+        # for all, so the warning only interleaved unstructured lines with the JSON logs.
+        self._client.pending_calls_threshold = PENDING_PUBLISHES_QUIET
         self._timeout_s = timeout_s
         self._where = f"{settings.host}:{settings.port}"
         self._ack_at_once()

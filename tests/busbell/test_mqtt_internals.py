@@ -95,3 +95,20 @@ async def test_a_confirmation_that_never_comes_still_times_out() -> None:
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     with pytest.raises(aiomqtt.MqttError, match="Operation timed out"):
         await session._client._wait_for(never, 0.01)
+
+
+@pytest.mark.mosquitto
+async def test_a_fan_out_of_publishes_logs_no_aiomqtt_warning(
+    shared_broker: Any, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a backend acks every bus of a batch at once (one QoS-1 round trip for all);
+    # aiomqtt's plain-text "pending publish calls" warning, one line per publish over
+    # 10 in flight, must not interleave with the JSON logs
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port)
+    session = MqttSession(settings, f"fanout-{uuid.uuid4().hex[:8]}", clean_start=True)
+    async with session:
+        with caplog.at_level("WARNING", logger="mqtt"):
+            await asyncio.gather(
+                *(session.publish(f"{topic_prefix}/fanout/{i}", b"x", qos=1) for i in range(50))
+            )
+    assert [r.getMessage() for r in caplog.records if r.name == "mqtt"] == []
