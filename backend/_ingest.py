@@ -32,6 +32,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 import os
@@ -1660,6 +1661,28 @@ def _estimate_events(payload: bytes) -> int:
     return max(1, len(payload) // 800)
 
 
+GC_YOUNG_THRESHOLD = 7000
+"""Allocations between two young-generation collections in an ingest process (Python's
+default is 700)."""
+
+
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for ingest (no cycle is made per event).
+
+    What start-up built (modules, the engine, the schema's metadata) lives as long as the
+    process: frozen out of the collector, a full collection no longer walks it (as the
+    edge daemon does). And a batch's events, rows and plans (~5 tracked objects per
+    event) all live until its commit: with the default threshold every young collection
+    scanned and promoted a few hundred of them, to scan them again in the older
+    generations. Measured in a scale-out worker (50,000 events, one worker): the
+    collector's CPU went from 2.3 to 0.65 us per event.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def run_ingest(config: BackendConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run fare ingest until ``stop`` is set: the entry point of ``busbell backend run``.
 
@@ -1681,6 +1704,7 @@ async def run_ingest(config: BackendConfig, *, stop: asyncio.Event | None = None
             from prometheus_client import start_http_server
 
             start_http_server(config.ingest.metrics_port)
+        _tune_gc()
         await IngestWorker(config, engine).run(stop)
     except BusbellError:
         raise

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
 import pytest
 
 from backend._errors import MalformedMessage
-from backend._ingest import ChainPosition, Gap, IngestCore, VerifiedEvent
+from backend._ingest import (
+    GC_YOUNG_THRESHOLD,
+    ChainPosition,
+    Gap,
+    IngestCore,
+    VerifiedEvent,
+    _tune_gc,
+)
 from backend._keys import DeviceInfo
 from busbell import GENESIS_PREV, DeviceKey, canonical_bytes, sign_event
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
@@ -246,3 +254,17 @@ def test_held_records_come_back_from_their_rows() -> None:
 
 def test_genesis_prev_constant() -> None:
     assert json.loads(canonical_bytes(CHAIN[0]))["prev"] == GENESIS_PREV
+
+
+def test_an_ingest_process_freezes_its_start_up_and_collects_young_objects_less_often() -> None:
+    threshold, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        gc.unfreeze()
+        gc.set_threshold(700, *threshold[1:])
+        _tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.set_threshold(*threshold)
+        if not frozen:
+            gc.unfreeze()
