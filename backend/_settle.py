@@ -45,6 +45,7 @@ import math
 import mmap
 import os
 import threading
+from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import msgspec
+import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
@@ -557,8 +559,6 @@ _Pending = tuple[str, int, str, SegmentFields]
 """An accepted segment waiting for stage 3: bus id, seq, event id, its fields."""
 _Group = tuple[str, int, list[int]]
 """One rider's work in stage 3: rider id, rider index, indexes into the pending list."""
-_Found = tuple[int, int] | None
-"""A pending segment's rider index and the interval its rid resolved in, or ``None``."""
 _Line = tuple[str, bool, bool]
 """A journey as written: its JSON line, whether it is charged, whether held for review."""
 
@@ -591,6 +591,10 @@ class Settler:
         self._owners: dict[str, tuple[str, int]] = {}  # event_id -> (bus_id, seq) stored
         self._flushed = False
         self._pending: list[_Pending] = []
+        # each pending segment's rid (12 bytes, end to end) and interval, for stage 3's
+        # bulk lookup without reaching every segment's tuple again
+        self._pending_rids = bytearray()
+        self._pending_ivs = array("q")
 
     # ---------------------------------------------------------------- input
 
@@ -750,7 +754,7 @@ class Settler:
     def _write(self, plans: Iterable[BusPlan[Checked]]) -> None:
         """Write plans to the in-memory store (what a ledger's transaction does)."""
         stats = self.stats
-        pending = self._pending
+        pending, rids, ivs = self._pending, self._pending_rids, self._pending_ivs
         for plan in plans:
             bus = self._buses[plan.bus_id]
             bus.position = plan.position
@@ -761,6 +765,8 @@ class Settler:
                     stats.missed += 1  # a verified link of the chain, never a ride
                 else:
                     pending.append((plan.bus_id, c.seq, c.event_id, c.segment))
+                    rids += c.segment[0]
+                    ivs.append(c.segment[1])
             stats.duplicates += plan.duplicates
             for r in plan.rejected:
                 stats.rejected[r.reason] += 1
@@ -810,39 +816,40 @@ class Settler:
 
     # ---------------------------------------------------------------- stage 3
 
-    def _resolve_all(self) -> list[_Found]:
-        """Every pending segment's rider: its interval, then the one before, then after.
-
-        :meth:`~backend._resolve.Resolver.resolve_near` (the order of
-        :func:`segment_of`, in bulk: the tables of all the intervals are built in one
-        pass, or were built while the events were checked).
-        """
-        pend = self._pending
-        return self.resolver.resolve_near([p[3][0] for p in pend], [p[3][1] for p in pend])
-
-    def _prepare(self) -> tuple[list[_Group], list[_Found], int]:
+    def _prepare(self) -> tuple[list[_Group], list[int], int]:
         """Flush chain gaps and resolve every pending segment.
 
+        Every pending segment's rider: its interval, then the one before, then after
+        (:meth:`~backend._resolve.Resolver.resolve_near_packed`: the order of
+        :func:`segment_of`, in bulk; the tables of all the intervals are built in one
+        pass, or were built while the events were checked).
+
         Returns:
-            The riders' groups in output order, the resolution of each pending segment
-            and how many did not resolve.
+            The riders' groups in output order (each rider's segments in the order they
+            were accepted), the interval each pending segment's rid resolved in and how
+            many did not resolve.
         """
         self.flush_pending()
-        found = self._resolve_all()
-        by_idx: dict[int, list[int]] = {}
-        unresolved = 0
-        for k, f in enumerate(found):
-            if f is None:
-                unresolved += 1
-            else:
-                by_idx.setdefault(f[0], []).append(k)
-        ring = self.resolver.keyring
-        groups = sorted((ring.rider_id(idx), idx, ks) for idx, ks in by_idx.items())
-        return groups, found, unresolved
+        idx, found_iv = self.resolver.resolve_near_packed(
+            self._pending_rids, np.frombuffer(self._pending_ivs, dtype=np.int64)
+        )
+        ok = np.flatnonzero(idx >= 0)
+        unresolved = len(idx) - len(ok)
+        groups: list[_Group] = []
+        if ok.size:
+            order = ok[np.argsort(idx[ok], kind="stable")]  # by rider, then accepted
+            by_rider = idx[order]
+            starts = np.flatnonzero(np.r_[True, by_rider[1:] != by_rider[:-1]]).tolist()
+            ks = order.tolist()
+            ring = self.resolver.keyring
+            bounds = [*starts[1:], len(ks)]
+            groups = sorted(
+                (ring.rider_id(rider), rider, ks[a:b])
+                for rider, a, b in zip(by_rider[starts].tolist(), starts, bounds, strict=True)
+            )
+        return groups, found_iv.tolist(), unresolved
 
-    def _segments_of(
-        self, group: _Group, found: Sequence[_Found]
-    ) -> tuple[list[Segment], list[str]]:
+    def _segments_of(self, group: _Group, found: Sequence[int]) -> tuple[list[Segment], list[str]]:
         """One rider's segments whose proofs hold, and the others' rejection reasons.
 
         :func:`~backend._resolve.proof_holds` decides (the rider's ``mac_key`` derived
@@ -857,7 +864,7 @@ class Settler:
         rejected: list[str] = []
         for k in ks:
             bus_id, seq, event_id, f = pend[k]
-            rid_interval = found[k][1]  # type: ignore[index]
+            rid_interval = found[k]
             if not proof_holds(pads, f[2], f[3], rid_interval, f[0], f[6], f[9], slack):
                 try:
                     check_proof_with(
@@ -895,7 +902,7 @@ class Settler:
         return segments, rejected
 
     def _journeys_of(
-        self, groups: Sequence[_Group], found: Sequence[_Found]
+        self, groups: Sequence[_Group], found: Sequence[int]
     ) -> Iterator[tuple[list[Journey], list[str], int]]:
         categories = self.categories or {}
         for group in groups:
@@ -929,7 +936,7 @@ class Settler:
         for journeys, rejected, accepted in self._journeys_of(groups, found):
             self._count(rejected, accepted)
             yield from journeys
-        self._pending = []
+        self._pending, self._pending_rids, self._pending_ivs = [], bytearray(), array("q")
 
     def iter_journey_lines(self, *, processes: int = 1) -> Iterator[_Line]:
         """:meth:`iter_journeys` as written lines (:func:`journey_line`), in rider order.
@@ -982,7 +989,7 @@ class Settler:
         finally:
             _POOL_SETTLER = None
             _POOL_STAGE3.clear()
-        self._pending = []
+        self._pending, self._pending_rids, self._pending_ivs = [], bytearray(), array("q")
 
     def finish(self) -> SettleResult:
         """Flush chain gaps, build and price every journey (kept in a list)."""

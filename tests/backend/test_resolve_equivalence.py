@@ -14,6 +14,7 @@ import hashlib
 import hmac
 from typing import Any
 
+import numpy as np
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -111,6 +112,14 @@ def test_lookups_match_the_reference(w: dict[str, object]) -> None:
     assert new.resolve_many(rids, asked) == [
         old.resolve_index(r, i) for r, i in zip(rids, asked, strict=True)
     ]
+    # settle's packed lookup (rids end to end, arrays out) answers as resolve_near
+    raw = [r if isinstance(r, bytes) else bytes.fromhex(r) for r in rids[:-3]]
+    near = new.resolve_near(raw, asked[:-3])
+    idx, found_iv = new.resolve_near_packed(b"".join(raw), np.array(asked[:-3], dtype=np.int64))
+    packed = [
+        None if i < 0 else (i, v) for i, v in zip(idx.tolist(), found_iv.tolist(), strict=True)
+    ]
+    assert packed == near
 
 
 def _verdict(res: Resolver | ref.Resolver, *args: object, **kw: object) -> object:
