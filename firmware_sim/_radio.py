@@ -15,8 +15,9 @@ placement (hand, pocket, bag, ...), ``L_shell`` the bus body's penetration loss 
 only), ``F`` the small-scale fading (Rician inside, Rayleigh outside, i.i.d. per packet),
 ``O_dev``/``O_scan`` static per-device and per-scanner calibration offsets. A packet is
 reported, as an integer dBm, when the scanner listens at that time (scan window), it did
-not collide with another advertiser's packet (unslotted ALOHA per advertising channel)
-and ``P`` is at or above the scanner's sensitivity. Parameters and their sources are in
+not collide with another advertiser's packet (unslotted ALOHA per advertising channel),
+or did but was ``capture_db`` stronger than the packets it overlapped (capture), and
+``P`` is at or above the scanner's sensitivity. Parameters and their sources are in
 ``docs/radio.md``.
 """
 
@@ -29,7 +30,7 @@ import math
 import random
 import statistics
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -50,6 +51,9 @@ __all__ = [
     "fading_moments_db",
     "reference_path_loss_db",
 ]
+
+_MAX_OVERLAPS = 64
+"""Overlapping packets counted at most (their number has mean ``2 G``, a few at most)."""
 
 BLE_1M_ADV_AIRTIME_S = 376e-6
 """Air time of a legacy advertising packet with 31 bytes of AdvData on the LE 1M PHY.
@@ -185,6 +189,12 @@ class RadioParams:
         adv_delay_mean_s: Mean of the random 0-10 ms advDelay added to every
             advertising interval by the link layer.
         min_distance_m: Distances below this are clamped (near field, no meaning).
+        capture_db: Co-channel rejection of the scanner's receiver (capture): a packet
+            that overlaps others is still decoded when its power is at least this far
+            above the sum of theirs (datasheets: 8.7-9 dB typical; the Core
+            Specification requires 21 dB or better). ``math.inf``: no capture, any
+            overlap loses the packet. Applies where the world tells the scanner the
+            levels of the advertisers around it (:meth:`RadioChannel.set_crowd`).
     """
 
     tx_eirp_dbm: float = -5.0
@@ -203,6 +213,7 @@ class RadioParams:
     packet_airtime_s: float = BLE_1M_ADV_AIRTIME_S
     adv_delay_mean_s: float = 0.005
     min_distance_m: float = 0.5
+    capture_db: float = 9.0
 
     def __post_init__(self) -> None:
         """Validate the parameters.
@@ -216,6 +227,8 @@ class RadioParams:
             raise ValueError("min_distance_m and frequency_hz must be positive")
         if self.packet_airtime_s <= 0.0 or self.adv_delay_mean_s < 0.0:
             raise ValueError("packet_airtime_s must be positive, adv_delay_mean_s >= 0")
+        if not self.capture_db >= 0.0:
+            raise ValueError("capture_db must be >= 0 (math.inf: no capture)")
         for env in (self.inside, self.outside):
             if env.decorrelation_distance_m <= 0.0 or env.decorrelation_time_s <= 0.0:
                 raise ValueError("decorrelation distance and time must be positive")
@@ -428,29 +441,44 @@ class RadioStats:
         offered: Packets offered.
         out_of_window: Lost because the scanner was not listening.
         collided: Lost to a collision with another advertiser.
+        captured: Overlapped by other advertisers' packets but decoded (capture: it was
+            ``capture_db`` stronger than their sum); counted in ``received`` or
+            ``below_sensitivity`` as well.
         below_sensitivity: Lost because the received power was below sensitivity.
         received: Reported to the scanner.
     """
 
-    __slots__ = ("below_sensitivity", "collided", "offered", "out_of_window", "received")
+    __slots__ = (
+        "below_sensitivity",
+        "captured",
+        "collided",
+        "offered",
+        "out_of_window",
+        "received",
+    )
 
     def __init__(self) -> None:
         """Start all counters at zero."""
         self.offered = 0
         self.out_of_window = 0
         self.collided = 0
+        self.captured = 0
         self.below_sensitivity = 0
         self.received = 0
 
 
 class _Scanner:
-    __slots__ = ("offset_db", "p_collision", "phase_s", "scanner_id")
+    __slots__ = ("interferers_mw", "offset_db", "overlaps", "p_collision", "phase_s", "scanner_id")
 
     def __init__(self, scanner_id: str, phase_s: float, offset_db: float) -> None:
         self.scanner_id = scanner_id
         self.phase_s = phase_s
         self.offset_db = offset_db
         self.p_collision = 0.0
+        self.overlaps = 0.0
+        """Mean number of other packets overlapping one (``2 G``)."""
+        self.interferers_mw: tuple[float, ...] = ()
+        """Mean received power (mW) of each advertiser around the scanner (capture)."""
 
 
 class LinkState:
@@ -542,6 +570,10 @@ class RadioChannel:
             True: (params.shell_loss_door_open.mean_db, params.shell_loss_door_open.std_db),
         }
         self._full_duty = params.scan_window_s >= params.scan_interval_s
+        self._fade_mean = {
+            inside: fading_moments_db(env.rician_k_db)[0]
+            for inside, env in ((True, params.inside), (False, params.outside))
+        }
 
     def _scanner(self, scanner_id: str) -> _Scanner:
         sc = self._scanners.get(scanner_id)
@@ -579,7 +611,40 @@ class RadioChannel:
             self._tx_offsets[tx_id] = off
         return off
 
-    def set_crowd(self, scanner_id: str, n_advertisers: int, mean_interval_s: float) -> None:
+    def mean_level_dbm(
+        self,
+        tx_id: str,
+        distance_m: float,
+        inside_bus: bool,
+        placement: Placement,
+        *,
+        door_open: bool = False,
+    ) -> float:
+        """A token's mean received power at a scanner (dBm): its level as an interferer.
+
+        :meth:`RadioParams.expected_rssi` plus the token's static power offset, without
+        the sensitivity floor (a packet too weak to decode still interferes).
+        """
+        base, slope, _, _, _, _ = self._env[inside_bus]
+        d = distance_m if distance_m > self.params.min_distance_m else self.params.min_distance_m
+        level = (
+            base
+            - slope * math.log10(d)
+            - self._place[placement][0]
+            + self._fade_mean[inside_bus]
+            + self.tx_offset_db(tx_id)
+        )
+        if not inside_bus:
+            level -= self._shell[door_open][0]
+        return level
+
+    def set_crowd(
+        self,
+        scanner_id: str,
+        n_advertisers: int,
+        mean_interval_s: float,
+        levels_dbm: Sequence[float] = (),
+    ) -> None:
         """Set how many advertisers a scanner hears, for the collision model.
 
         Args:
@@ -587,12 +652,43 @@ class RadioChannel:
             n_advertisers: Advertisers in its range (riders' tokens and any other BLE
                 advertisers: earbuds, watches), the wanted one included.
             mean_interval_s: Their mean advertising interval without advDelay.
+            levels_dbm: The mean received power of each of them at the scanner (dBm),
+                for capture (:attr:`RadioParams.capture_db`): a packet overlapping
+                others survives when it is that much stronger than their sum. Empty:
+                any overlap loses the packet.
         """
-        self._scanner(scanner_id).p_collision = collision_probability(
-            n_advertisers,
-            mean_interval_s + self.params.adv_delay_mean_s,
-            self.params.packet_airtime_s,
+        sc = self._scanner(scanner_id)
+        interval = mean_interval_s + self.params.adv_delay_mean_s
+        sc.p_collision = collision_probability(
+            n_advertisers, interval, self.params.packet_airtime_s
         )
+        sc.overlaps = -math.log1p(-sc.p_collision) if sc.p_collision < 1.0 else math.inf
+        sc.interferers_mw = tuple(10.0 ** (x / 10.0) for x in levels_dbm)
+
+    def _interference_dbm(self, sc: _Scanner) -> float:
+        """The summed power (dBm) of the packets overlapping one that overlaps some.
+
+        Their number is Poisson with mean ``2 G`` given at least one (pure ALOHA); each
+        is an advertiser around the scanner drawn uniformly, its power its mean level
+        times an exponential (Rayleigh) fading draw. One uniform draw for the number,
+        two per packet.
+        """
+        rnd = self._rng.random
+        m = sc.overlaps
+        target = rnd() * -math.expm1(-m)
+        p_k = math.exp(-m) * m
+        cum = p_k
+        k = 1
+        while cum < target and k < _MAX_OVERLAPS:
+            k += 1
+            p_k *= m / k
+            cum += p_k
+        levels = sc.interferers_mw
+        n = len(levels)
+        total = 0.0
+        for _ in range(k):
+            total -= levels[int(rnd() * n)] * math.log(1.0 - rnd())
+        return 10.0 * math.log10(total) if total > 0.0 else -math.inf
 
     def collision_probability(self, scanner_id: str) -> float:
         """The collision probability last set by :meth:`set_crowd` (0 if never).
@@ -681,9 +777,12 @@ class RadioChannel:
             stats.out_of_window += 1
             return None
         rnd = self._rng.random
+        overlapped = False
         if sc.p_collision > 0.0 and rnd() < sc.p_collision:
-            stats.collided += 1
-            return None
+            if not sc.interferers_mw or params.capture_db == math.inf:
+                stats.collided += 1
+                return None
+            overlapped = True  # lost unless it captures the receiver (below)
         base, slope, sigma_sh, inv_tau, inv_dcorr, fading = self._env[inside_bus]
         d = distance_m if distance_m > params.min_distance_m else params.min_distance_m
         # Shadowing: first-order Gauss-Markov in time and (radial) displacement.
@@ -712,6 +811,11 @@ class RadioChannel:
         if not inside_bus:
             s_mean, s_std = self._shell[door_open]
             power -= s_mean + s_std * link._z_shell
+        if overlapped:
+            if power - self._interference_dbm(sc) < params.capture_db:
+                stats.collided += 1
+                return None
+            stats.captured += 1
         if power < params.sensitivity_dbm:
             stats.below_sensitivity += 1
             return None

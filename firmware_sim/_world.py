@@ -76,6 +76,8 @@ MAX_CLOSING_MPS = 45.0
 """Fastest a person (walking or in a car) and a bus can close in on each other."""
 NON_TOKEN_INTERVAL_S = 0.5
 """Mean advertising interval assumed for BLE devices that are not busbell tokens."""
+NON_TOKEN_DISTANCE_M = 3.0
+"""Distance assumed between the scanner and the BLE devices aboard that are not tokens."""
 
 
 @dataclass(slots=True)
@@ -1086,6 +1088,10 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         p.next_adv = t_begin + rng.uniform(0.0, p.interval)
     links: dict[tuple[int, str, bool], Any] = {}
     radio2 = sim.radio_in_vehicle
+    # a token in another vehicle reaches the scanner through that vehicle's shell too
+    extra_shell_db = radio2.params.shell_loss.mean_db - radio.params.shell_loss.mean_db
+    # BLE devices that are not tokens (card payers' phones, earbuds): aboard, in pockets
+    non_token_dbm = radio.params.expected_rssi(NON_TOKEN_DISTANCE_M, True, Placement.POCKET)
     offsets_copied: set[str] = set()
     prev_d: dict[tuple[int, str], float] = {}
     windows: dict[tuple[int, str], list[float]] = {}
@@ -1111,6 +1117,8 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         near_all: list[tuple[int, list[tuple[str, float, int]]]] = []
         crowd: dict[str, float] = dict.fromkeys(live_bus, 0.0)
         count: dict[str, int] = dict.fromkeys(live_bus, 0)
+        levels: dict[str, list[float]] = {b: [] for b in live_bus}
+        open_now = {b: _is_open(*doors[b], t_hi) for b in live_bus}
         keep: list[int] = []
         next_start = starts[bisect.bisect_right(starts, k)] if starts[-1] > k else k1
         for pi in active:
@@ -1151,9 +1159,18 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                         windows[key] = [t_hi, t_hi, d]
             if near:
                 near_all.append((pi, near))
-                for b, _, _ in near:
+                dev, place = p.token.device_id, p.spec.placement
+                for b, d, where in near:
                     count[b] += 1
                     crowd[b] += 1.0 / p.interval
+                    # its mean level at the scanner, for capture (docs/radio.md)
+                    if where == _INSIDE:
+                        lvl = radio.mean_level_dbm(dev, d, True, place)
+                    else:
+                        lvl = radio.mean_level_dbm(dev, d, False, place, door_open=open_now[b])
+                        if where == _IN_VEHICLE:
+                            lvl -= extra_shell_db
+                    levels[b].append(lvl)
             else:
                 # far from every bus: nothing can come within the cutoff for a while
                 skip = int((math.sqrt(dmin2) - cutoff) / MAX_CLOSING_MPS)
@@ -1165,8 +1182,10 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
             on_board = extra[b] if pl.calls[0].t_depart <= t_hi <= pl.calls[-1].t_arrive else 0
             n = count[b] + on_board + 3
             rate = crowd[b] + (on_board + 3) / NON_TOKEN_INTERVAL_S
-            radio.set_crowd(b, n, n / rate)
-            radio2.set_crowd(b, n, n / rate)
+            lv = levels[b]
+            lv.extend([non_token_dbm] * (on_board + 3))
+            radio.set_crowd(b, n, n / rate, lv)
+            radio2.set_crowd(b, n, n / rate, lv)
         for pi, near in near_all:
             p = persons[pi]
             tok = p.token
@@ -1263,6 +1282,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         "radio_offered": rs.offered + rs2.offered,
         "radio_received": rs.received + rs2.received,
         "radio_collided": rs.collided + rs2.collided,
+        "radio_captured": rs.captured + rs2.captured,
         "radio_below_sensitivity": rs.below_sensitivity + rs2.below_sensitivity,
         "persons": len(sim.persons),
     }
