@@ -155,6 +155,8 @@ _PAIR_K = 8
 """Candidate pairs kept per old rid (the cheapest; clock offset dominates the cost)."""
 _GAP_W = 0.2
 """Weight of each new gap in a rid's mean gap between in-bus adverts."""
+_ENDED_S = 30.0
+"""A closed rid is forgotten this long after its interval ended by its token's clock."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
 
@@ -728,7 +730,13 @@ class PresenceClassifier:
             elif st == _OUTSIDE:
                 if t - r.last_t > p.outside_forget_s:
                     forget.append(r.rid)
-            elif t - r.last_t > p.forget_s and r.rid not in self._olds:
+            elif (
+                t - r.last_t > p.forget_s
+                # a closed rid whose interval is over by its token's clock: never heard
+                # again (with thousands of tokens in range these tombstones would double
+                # what every tick and every checkpoint goes through)
+                or t - r.d_min > (r.interval + 1) * INTERVAL_S + _ENDED_S
+            ) and r.rid not in self._olds:
                 forget.append(r.rid)
         margin = p.in_bus_margin_db
         levels.sort()

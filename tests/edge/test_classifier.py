@@ -603,6 +603,29 @@ def test_outside_rids_and_tombstones_are_forgotten() -> None:
     assert w.c.state_of(w.tokens[0].rid(w.t)) is State.NEW
 
 
+def test_a_closed_rid_is_forgotten_once_its_interval_is_over() -> None:
+    # with thousands of tokens in range, 15 minutes of tombstones (forget_s) of rids that
+    # can never be heard again (their interval is over) doubled what every tick and
+    # every checkpoint went through; one still in its interval stays a tombstone
+    w = World(t0=T0 + 400)  # the 600-s boundary comes 160 s after the start
+    left = {"v": False}
+    alights = w.add(Token("alt", lambda _: None if left["v"] else -60.0, skew=-3.0))
+    w.dwell("S1")
+    w.move(600)
+    w.dwell("S2", 4)
+    left["v"] = True
+    w.move(300)
+    rid = alights.rid(T0 + 400)
+    assert w.c.state_of(rid) is State.GONE  # alighted at S2, a tombstone
+    w.move(100)
+    assert w.c.state_of(rid) is State.GONE  # its interval still runs
+    boundary = (math.floor((T0 + 400) / 600) + 1) * 600
+    while w.t < boundary + 40.0:
+        w.move(50)
+    assert w.c.state_of(rid) is State.NEW  # its interval ended: forgotten, not 15 min on
+    assert len(by_name(w.out, alights)) == 1
+
+
 def test_tick_is_rate_limited_and_visit_close_is_ignored() -> None:
     c = PresenceClassifier()
     assert c.tick(T0, 0.0) == []
