@@ -17,6 +17,7 @@ import io
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from busbell import (
@@ -30,7 +31,7 @@ from busbell import (
 )
 from edge._classifier import PresenceClassifier, State
 from edge._params import ClassifierParams
-from edge._segment import SegmentDraft
+from edge._segment import SegmentDraft, SegmentEnd
 from edge._vehicle import VehicleContext, VehicleEvent
 
 __all__ = ["CheckpointError", "EdgePipeline", "PipelineStats"]
@@ -44,8 +45,9 @@ _BELL_FLAGS = 0b011
 FlagListener = Callable[[float, bytes, int, bool], None]
 
 
-_CHECKPOINT_FORMAT = 2
-"""2: candidates carry co-movement evidence (issue 11, sparse tokens)."""
+_CHECKPOINT_FORMAT = 3
+"""2: candidates carry co-movement evidence (issue 11, sparse tokens); 3: rid records
+stored as tuples (:func:`_rid_tuples`)."""
 _CHECKPOINT_CLASSES = frozenset(
     {
         ("edge._classifier", "_Rid"),
@@ -93,6 +95,43 @@ def _state(obj: object, derived: frozenset[str] = frozenset()) -> dict[str, Any]
         for k, v in vars(obj).items()
         if k not in _NOT_SAVED and k not in derived and not callable(v)
     }
+
+
+def _rid_tuples(rows: list[Any], slots: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """The rids' records as plain tuples of their slots (one C call per rid).
+
+    Pickling a tuple costs about half of pickling the slotted object (no slot names, no
+    per-object state dict); a segment start (a frozen dataclass, whose pickling runs
+    Python code) is stored as its field tuple.
+    """
+    get = attrgetter(*slots)
+    i_start = slots.index("start")
+    out: list[tuple[Any, ...]] = list(map(get, rows))
+    for i, row in enumerate(out):
+        st = row[i_start]
+        if st is not None:
+            cells = list(row)
+            cells[i_start] = (st.t, st.stop_id, st.cause)
+            out[i] = tuple(cells)
+    return out
+
+
+def _rid_objects(tuples: Any, cls: Any) -> list[Any]:
+    """Rebuild the rid records of :func:`_rid_tuples` (slots in the current order)."""
+    slots: tuple[str, ...] = cls.__slots__
+    i_start = slots.index("start")
+    rows = []
+    for row in tuples:
+        if len(row) != len(slots):
+            raise ValueError("rid record length")
+        r = cls.__new__(cls)
+        for name, v in zip(slots, row, strict=True):
+            setattr(r, name, v)
+        st = row[i_start]
+        if st is not None:
+            r.start = SegmentEnd(*st)
+        rows.append(r)
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +211,33 @@ class EdgePipeline:
         What the daemon stores so that a restart (a crash, a power cut) loses no ride
         under way: restore it into a pipeline built with the same feed and parameters.
         Configuration, the GTFS feed and caches are not included.
+
+        It runs on the daemon's event loop (a snapshot is recorded in the same
+        transaction as the segments a tick closed, so it must be of that very state), so
+        it is built for speed: each rid's record is stored as a plain tuple
+        (:func:`_rid_tuples`), not as a pickled slotted object, which halves its cost
+        with thousands of tokens in range (``benchmarks/edge_checkpoint.py``).
         """
         from edge._classifier import _Rid  # the slots signature guards against old code
 
+        cls = self.classifier
+        rows = list(cls._rids.values())
+        index = {id(r): i for i, r in enumerate(rows)}
+        for r in [o for o, _, _ in cls._olds.values()] + list(cls._pending.values()):
+            if id(r) not in index:  # held by the rotation pool only (forgotten meanwhile)
+                index[id(r)] = len(rows)
+                rows.append(r)
+        saved = _state(cls, cls.DERIVED)
+        saved["_rids"] = len(cls._rids)  # the first rows, in order
+        saved["_olds"] = {o: (index[id(r)], k, v) for o, (r, k, v) in cls._olds.items()}
+        saved["_pending"] = {n: index[id(r)] for n, r in cls._pending.items()}
         state = {
             "format": _CHECKPOINT_FORMAT,
             "rid_slots": list(_Rid.__slots__),
             "pipeline": {k: getattr(self, k) for k in _PIPELINE_SAVED},
             "vehicle": _state(self.vehicle),
-            "classifier": _state(self.classifier, self.classifier.DERIVED),
+            "classifier": saved,
+            "rid_records": _rid_tuples(rows, _Rid.__slots__),
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -210,6 +267,14 @@ class EdgePipeline:
         pipe, veh, cls = state.get("pipeline"), state.get("vehicle"), state.get("classifier")
         if not (isinstance(pipe, dict) and isinstance(veh, dict) and isinstance(cls, dict)):
             raise CheckpointError("checkpoint incomplete")
+        try:
+            rows = _rid_objects(state["rid_records"], _Rid)
+            n_live = cls["_rids"]
+            cls["_rids"] = {r.rid: r for r in rows[:n_live]}
+            cls["_olds"] = {o: (rows[i], k, v) for o, (i, k, v) in cls["_olds"].items()}
+            cls["_pending"] = {n: rows[i] for n, i in cls["_pending"].items()}
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint rids unreadable: {type(exc).__name__}") from None
         vars(self.vehicle).update(veh)
         vars(self.classifier).update(cls)
         vars(self).update({k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})

@@ -126,6 +126,43 @@ def test_snapshot_restore_mid_trip_loses_no_ride(tmp_path: Path) -> None:
     assert rides(feed, got, toks) == expected
 
 
+def test_snapshot_restore_across_the_rid_boundary_keeps_the_rotation_pool(tmp_path: Path) -> None:
+    # restored at every second around the boundary: the rotated rids waiting for their
+    # new rids (the pool holds them, some no longer in the rid table) must come back as
+    # the same records, so that every ride continues as in the replay without a restart
+    feed, recs, toks = world(tmp_path)
+    whole, _ = replay(feed, recs)
+    expected = rides(feed, whole, toks)
+    boundary = 1_790_000_400.0
+    pooled = 0
+    for kill_t in [boundary + dt for dt in (-2.0, 1.0, 3.0, 6.0, 10.0, 20.0)]:
+        first = EdgePipeline("B", feed, verifier_for(recs))
+        got: list[SegmentDraft] = []
+        rest = []
+        for r in recs:
+            if r.t > kill_t:
+                rest.append(r)
+            else:
+                got.extend(first.feed(r))
+        pooled += len(first.classifier._olds)
+        second = EdgePipeline("B", feed, verifier_for(recs))
+        second.restore(first.snapshot())
+        c1, c2 = first.classifier, second.classifier
+        assert sorted(c2._rids) == sorted(c1._rids)
+        assert {o: (r.rid, k) for o, (r, k, _) in c2._olds.items()} == {
+            o: (r.rid, k) for o, (r, k, _) in c1._olds.items()
+        }
+        for rid, r in c1._rids.items():
+            assert c2._rids[rid].state == r.state
+            assert c2._rids[rid].start == r.start
+        for r in rest:  # no downtime: the restored pipeline must go on exactly as before
+            got.extend(second.feed(r))
+        got.extend(second.finish(recs[-1].t + 1.0))
+        assert second.stats.errors == {}
+        assert rides(feed, got, toks) == expected, kill_t
+    assert pooled > 0  # some restores had rotated rids waiting in the pool
+
+
 def test_a_bad_checkpoint_is_refused_and_leaves_the_pipeline_as_it_was(tmp_path: Path) -> None:
     import pickle
 
