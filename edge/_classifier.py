@@ -588,9 +588,22 @@ class PresenceClassifier:
             r.rssi_max = rssi
         r.last_flags = flags
         r.flags_or |= flags
-        if state == _CANDIDATE and r.lvl is not None:
+        lvl = r.lvl
+        if state == _CANDIDATE and lvl is not None:
             cv = r.visit
-            if cv is not None and cv.close_odo_m is not None and odo > cv.close_odo_m:
+            if (
+                cv is not None
+                and cv.close_odo_m is not None
+                and odo > cv.close_odo_m
+                # (only when :meth:`_co_move` has something to do: most adverts of a
+                # dense candidate come within one sparse step and at its level)
+                and (
+                    r.co_n == 0
+                    or odo >= r.co_odo + self._co_step
+                    or r.ewma < lvl - self._sparse_fall
+                    or r.ewma < lvl - self._fade_drop
+                )
+            ):
                 self._co_move(r, t, rssi, odo)
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
@@ -831,7 +844,8 @@ class PresenceClassifier:
         if r.lvl is None:
             r.lvl = float(_median(r.hist) or r.ewma)  # its level as the bus left the stop
         fade_s = self._fade_s(r)
-        recent = t - max(r.last_in_t, self._resume_t) <= fade_s or self._silent_s(r, t) <= fade_s
+        last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
+        recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
         if (
             r.co_n >= p.sparse_adverts
             and r.convoy is None
@@ -869,10 +883,11 @@ class PresenceClassifier:
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
         elif (
-            r.convoy is None
+            (r.co_n or not recent)  # (cheapest first: a dense candidate ends here)
+            and r.convoy is None
             and not r.drift
-            and odo - max(r.co_odo, v.close_odo_m) < p.reject_distance_m
-            and (r.co_n or not recent)
+            and odo - (r.co_odo if r.co_odo > v.close_odo_m else v.close_odo_m)
+            < p.reject_distance_m
             and not self._near_end(r)  # its rid rotated: hand it to the rotation pairing
         ):
             if not recent:
