@@ -157,6 +157,9 @@ _GAP_W = 0.2
 """Weight of each new gap in a rid's mean gap between in-bus adverts."""
 _ENDED_S = 30.0
 """A closed rid is forgotten this long after its interval ended by its token's clock."""
+_REFRESH_S = 10.0
+"""A token's old rid may still be sent this long after its interval ended (phones refresh
+the payload every 4-8 s; the rid changes at the first refresh after the boundary)."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
 
@@ -372,7 +375,9 @@ class PresenceClassifier:
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
         self._riders_lvl = math.inf
-        """The median baseline RSSI of the riders aboard (+inf with none aboard)."""
+        """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
+        riders when some were last aboard: the level at which this bus hears its riders
+        (+inf until it has carried any)."""
         self._resume_t = float("-inf")
         """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
         self._down: tuple[float, float] | None = None
@@ -540,9 +545,19 @@ class PresenceClassifier:
         v = self._visit
         at_stop = v is not None and (v.close_t is None or t - v.close_t <= self._grace)
         dt = 0.0
+        late = False
         if r is None:
-            r = self._new(t, rid, interval, token_t, rssi, raw, odo, at_stop)
-            if at_stop:
+            # first heard as the bus pulls away, still within confirm_far_m of the stop (a
+            # weak token of someone who boarded last, not heard while the doors stood open)
+            late = (
+                not at_stop
+                and v is not None
+                and v.close_odo_m is not None
+                and odo - v.close_odo_m < self._far
+                and token_t - interval * INTERVAL_S >= self._rot_slack
+            )
+            r = self._new(t, rid, interval, token_t, rssi, raw, odo, at_stop or late)
+            if at_stop or late:
                 r.state = int(State.NEW)
         elif t > r.last_t:
             dt = t - r.last_t
@@ -559,7 +574,7 @@ class PresenceClassifier:
                 r.ewma0 = r.ewma  # its level as it appeared (pairs a rotation)
             r.last_t = t
         state = r.state
-        if at_stop and (
+        if (at_stop or late) and (
             state <= _OUTSIDE
             or state == _ROTATING
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
@@ -572,6 +587,8 @@ class PresenceClassifier:
             r.convoy = convoy
             self._become_candidate(r, v, fresh=True)
             state = _CANDIDATE
+            if late:
+                r.co_only = True  # a late joiner boards on co-movement only
         if token_t > r.last_token_t:  # noqa: PLR1730 - cheaper than max() on the hot path
             r.last_token_t = token_t
         if t - token_t < r.d_min:  # noqa: PLR1730 - cheaper than min()
@@ -751,14 +768,7 @@ class PresenceClassifier:
                 or t - r.d_min > (r.interval + 1) * INTERVAL_S + _ENDED_S
             ) and r.rid not in self._olds:
                 forget.append(r.rid)
-        margin = p.in_bus_margin_db
-        levels.sort()
-        self._riders_lvl = levels[len(levels) // 2] if levels else math.inf
-        if margin > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
-            # the in-bus threshold follows the riders aboard (token power is not known)
-            self._thr = min(p.in_bus_rssi_dbm, self._riders_lvl - margin)
-        else:
-            self._thr = p.in_bus_rssi_dbm
+        self._follow_riders(levels)
         if (
             self._olds
             and (self._dirty or t <= self._open_until + _REASSIGN_S)
@@ -787,6 +797,18 @@ class PresenceClassifier:
             del self._rids[rid]
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
+
+    def _follow_riders(self, levels: list[float]) -> None:
+        """The riders' level and the in-bus threshold from the riders aboard's baselines."""
+        p = self.params
+        levels.sort()
+        if levels:  # else: as when riders were last aboard (the bus's shell is the same)
+            self._riders_lvl = levels[len(levels) // 2]
+        if p.in_bus_margin_db > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
+            # the in-bus threshold follows the riders aboard (token power is not known)
+            self._thr = min(p.in_bus_rssi_dbm, self._riders_lvl - p.in_bus_margin_db)
+        else:
+            self._thr = p.in_bus_rssi_dbm
 
     def _silent_s(self, r: _Rid, t: float) -> float:
         """How long the rid has been silent in a way that can mean it left, at ``t``.
@@ -882,6 +904,10 @@ class PresenceClassifier:
             # rode one short hop, in the bus from its stop until the doors opened again
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
+        elif self._ended(r, t) and self._near_end(r):
+            # its rid is over and it was heard to the end: no need to wait out a sparse
+            # token's long fade time, a new rid of it may take over its boarding now
+            self._drop(r, Event.FADE, out)
         elif (
             (r.co_n or not recent)  # (cheapest first: a dense candidate ends here)
             and r.convoy is None
@@ -1003,8 +1029,17 @@ class PresenceClassifier:
             self._emit(old, end, end_odo, out)
 
     def _near_end(self, r: _Rid) -> bool:
-        """Whether the rid stopped because its interval ended (it may have rotated)."""
+        """Whether the rid stopped because its interval ended (it may have rotated).
+
+        It was last heard (token time) within ``rotation_slack_s`` of its interval's end,
+        or within its own rotation window (:meth:`_rot_gap`) if longer: a token heard once
+        in 20 s may well have been silent for the last 20 s of its rid.
+        """
         if r.last_token_t >= r.interval * INTERVAL_S + self._rot_end:
+            return True
+        if r.gap * self.params.rotation_gaps > self._rot_slack and (
+            r.last_token_t >= (r.interval + 1) * INTERVAL_S - self._rot_gap(r)
+        ):
             return True
         down = self._down  # its interval ended while the pipeline was down
         return (
@@ -1012,6 +1047,16 @@ class PresenceClassifier:
             and r.last_t <= down[0]
             and down[1] - r.d_min >= (r.interval + 1) * INTERVAL_S - self._rot_slack
         )
+
+    def _ended(self, r: _Rid, t: float) -> bool:
+        """Whether the rid's interval is over by its token's clock at ``t``, refresh included.
+
+        ``t - d_min`` is a lower bound of the token's time (``d_min`` is the least GNSS
+        time minus token time seen, never below the token's clock offset); a phone changes
+        its payload at its first refresh after the boundary, up to ``_REFRESH_S`` later.
+        The rid can never be heard again.
+        """
+        return t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S
 
     def _keep_for_pairing(self, old: _Rid, kind: int, visit: StopVisit | None) -> bool:
         """Keep a rid that stopped at its interval's end for the joint rotation pairing."""
