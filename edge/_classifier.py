@@ -150,6 +150,10 @@ _ALIGHT, _ASSIST, _WAIT = (
 
 
 _LEVEL_MIN_RIDERS = 3
+_CARRY_CO = 2
+"""Co-movement points (heard at its own level, 100 m apart, 150 m or more from its stop)
+after which a candidate heard at a later stop is still its first stop's: it rode from
+there (a person waiting at the later stop was not heard along the way)."""
 """Riders aboard needed before the in-bus threshold follows their level."""
 _PAIR_K = 8
 """Candidate pairs kept per old rid (the cheapest; clock offset dominates the cost)."""
@@ -578,7 +582,9 @@ class PresenceClassifier:
             state <= _OUTSIDE
             or state == _ROTATING
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
-            or (state == _CANDIDATE and r.co_only and v is not r.visit)
+            # a candidate kept through a silence becomes the newer stop's, unless it was
+            # heard moving with the bus since its own stop: then it is aboard since then
+            or (state == _CANDIDATE and r.co_only and v is not r.visit and r.co_n < _CARRY_CO)
         ):
             assert v is not None
             convoy = self._convoy_level(r, odo)

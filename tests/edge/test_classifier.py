@@ -1273,3 +1273,34 @@ def test_sparse_candidate_whose_rid_ends_before_it_boards_hands_its_stop_to_the_
     assert [(x.start.cause, x.start.stop_id, x.end.stop_id) for x in segs] == [
         ("boarded", "S1", "S2")
     ]
+
+
+def test_sparse_candidate_heard_moving_with_the_bus_keeps_its_stop_at_the_next_one() -> None:
+    # a weak rider boards at S1, is silent past its fade time as the bus leaves, then is
+    # heard now and then at its own level (three times 100 m apart, 200 m on) before S2, at S2,
+    # and on to S3: aboard since S1, not a boarding at S2 (before: S2's candidate, S2->S3)
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -80.0))
+    gone = {"v": False}
+    s1 = {"odo": 0.0}
+
+    def weak(world: World) -> float | None:
+        if gone["v"]:
+            return None
+        if world.odo == world.stop_odo:  # standing at a stop
+            return -92.0 if (world.t - T0) % 2.0 < 0.5 else None
+        if world.odo - s1["odo"] < 200.0:
+            return None
+        return -92.0 if (world.t - T0) % 10.0 < 0.5 else None
+
+    tok = w.add(Token("wk", weak))
+    w.dwell("S1", 20)
+    w.move(420)
+    w.dwell("S2", 15)
+    w.move(1500)
+    w.dwell("S3", 10)
+    gone["v"] = True
+    w.move(600)
+    segs = by_name(w.finish(), tok)
+    assert [(x.start.stop_id, x.end.stop_id) for x in segs] == [("S1", "S3")]
