@@ -582,9 +582,7 @@ class PresenceClassifier:
             state <= _OUTSIDE
             or state == _ROTATING
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
-            # a candidate kept through a silence becomes the newer stop's, unless it was
-            # heard moving with the bus since its own stop: then it is aboard since then
-            or (state == _CANDIDATE and r.co_only and v is not r.visit and r.co_n < _CARRY_CO)
+            or (state == _CANDIDATE and r.co_only and v is not r.visit and not self._carried(r))
         ):
             assert v is not None
             convoy = self._convoy_level(r, odo)
@@ -657,6 +655,17 @@ class PresenceClassifier:
             r.n_in += 1
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
+
+    def _carried(self, r: _Rid) -> bool:
+        """Whether a candidate kept through a silence, heard at a later stop, rode from its own.
+
+        A candidate heard moving with the bus (``_CARRY_CO`` co-movement points) and heard
+        at the later stop at its level along the way is aboard since its own stop (it keeps
+        that stop); one clearly louder at the later stop (``sparse_fall_db`` above its
+        co-movement level) is someone waiting there, heard from afar before: it becomes
+        that stop's candidate.
+        """
+        return r.co_n >= _CARRY_CO and r.ewma <= r.co_sum / r.co_n + self._sparse_fall
 
     def _co_move(self, r: _Rid, t: float, rssi: int, odo: float) -> None:
         """Co-movement evidence of a candidate whose bus left its stop.
@@ -987,7 +996,8 @@ class PresenceClassifier:
     def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
         p = self.params
         if self._silent_s(r, t) > self._fade_s(r):
-            self._drop(r, Event.FADE, out)
+            if not self._take_over(r):
+                self._drop(r, Event.FADE, out)
             return
         if (
             t - r.first_t < p.rotation_confirm_s
@@ -1001,6 +1011,27 @@ class PresenceClassifier:
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
             self._drop(r, Event.REJECT, out)
+
+    def _take_over(self, r: _Rid) -> bool:
+        """A silent new rid paired with a candidate's old rid becomes that candidate.
+
+        The same token, heard as sparsely as before its rid changed: it inherits the old
+        rid's boarding visit and its co-movement evidence, and is judged by the candidate
+        rules (a sparse candidate is kept through silences and boards on co-movement)
+        instead of being dropped at a strong token's fade time. Returns whether it did.
+        """
+        o = self._match.get(r.rid)
+        got = self._olds.get(o) if o is not None and r.pred == _PRED_CANDIDATE else None
+        if got is None or got[2] is None or got[2].close_odo_m is None:
+            return False
+        old, visit = got[0], got[2]
+        self._become_candidate(r, visit, fresh=False)
+        r.route_id, r.trip_id = old.route_id, old.trip_id
+        r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
+        r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
+        r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
+        r.co_only = True
+        return True
 
     def _confirm(  # noqa: PLR0917 - internal
         self, r: _Rid, t: float, cause: str, start_t: float, stop_id: str | None, odo: float

@@ -1304,3 +1304,25 @@ def test_sparse_candidate_heard_moving_with_the_bus_keeps_its_stop_at_the_next_o
     w.move(600)
     segs = by_name(w.finish(), tok)
     assert [(x.start.stop_id, x.end.stop_id) for x in segs] == [("S1", "S3")]
+
+
+def test_sparse_candidates_new_rid_as_sparse_as_the_old_takes_over_its_boarding() -> None:
+    # as above, but the new rid is heard in the same bursts as the old one: paired with
+    # the old candidate it inherits its stop and co-movement evidence and is judged as a
+    # sparse candidate (before: dropped at a strong token's fade time, ride missed)
+    w = World(t0=T0 + 470.0)
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -80.0))
+    gone = {"v": False}
+
+    def bursts(world: World) -> float | None:
+        return None if gone["v"] or (world.t - T0) % 20.0 >= 2.0 else -92.0
+
+    tok = w.add(Token("sq", bursts))
+    w.dwell("S1", 20)
+    w.move(2500, speed=5.0)
+    w.dwell("S2", 10)
+    gone["v"] = True
+    w.move(600)
+    segs = by_name(w.finish(), tok)
+    assert [(x.start.stop_id, x.end.stop_id) for x in segs] == [("S1", "S2")]
