@@ -8,8 +8,10 @@ on board; 25 s after it, old and new rids both held; 85 s after it), measures wh
 (``edge/_checkpoint.py``): ``EdgePipeline.snapshot()`` (pickled state, taken on the event
 loop), ``FareStore.save_checkpoint`` into a file-backed store (SQLite WAL,
 ``synchronous=FULL``, as on the bus), and ``load_checkpoint`` + ``restore`` into a fresh
-pipeline. The bare ceiling timed in the same run is ``sqlite3`` writing a blob of the same
-size into the same kind of database (WAL, ``synchronous=FULL``, one transaction).
+pipeline. The bare ceilings timed in the same run are ``sqlite3`` writing a blob of the
+same size into the same kind of database (WAL, ``synchronous=FULL``, one transaction) and,
+for the snapshot, ``pickle.dumps`` of as many plain tuples of floats as the rid records
+held have slots (the least pickling that many values can cost).
 The databases go to a temporary directory under ``$BENCH_DIR`` (default: the system's;
 use a directory on the disk the bus would use, not a tmpfs, for fsync to count).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pickle
 import random
 import sqlite3
 import statistics
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from benchmarks.edge_classifier import BOUNDARY_T, bench_tokens, crowd_plan
 from busbell import AdvRecord, DeviceKey, load_gtfs
+from edge._classifier import _Rid
 from edge._events import EventBuilder
 from edge._pipeline import EdgePipeline
 from edge._store import FareStore
@@ -72,6 +76,11 @@ async def _measure(label: str, pipe: EdgePipeline, feed_dir: Path, tmp: Path, re
     in_range = clf.tokens_in_range()
     snaps = _times(pipe.snapshot, repeat)
     blob = pipe.snapshot()
+    # bare ceiling of the snapshot: pickling as many tuples of as many floats as the rid
+    # records have slots (the least a snapshot of that many rids can cost in pickle)
+    width = len(_Rid.__slots__)
+    plain = [tuple(float(i * width + k) for k in range(width)) for i in range(len(clf._rids))]
+    bare_snaps = _times(lambda: pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL), repeat)
     store_path = tmp / f"store-{label}.sqlite"
     store = await FareStore.open(
         store_path, EventBuilder("BENCH", DeviceKey.from_seed(bytes(32))), clock=lambda: pipe.t
@@ -99,7 +108,9 @@ async def _measure(label: str, pipe: EdgePipeline, feed_dir: Path, tmp: Path, re
         f"{pipe.on_board():,} on board, {len(clf._rids):,} rids held, "
         f"{len(clf._olds):,} in the rotation pool\n"
         f"  checkpoint {len(blob):,} bytes ({len(blob) / max(len(clf._rids), 1):.0f} B/rid)\n"
-        f"  snapshot (pickle, on the event loop): {_ms(snaps)}\n"
+        f"  snapshot (pickle, on the event loop): {_ms(snaps)}; bare pickle of "
+        f"{len(plain):,} tuples of {width} floats, same run: {_ms(bare_snaps)}; ratio "
+        f"{statistics.median(snaps) / statistics.median(bare_snaps):.2f}x\n"
         f"  save_checkpoint (SQLite WAL, synchronous=FULL): {_ms(writes)}; bare sqlite3 blob "
         f"write of the same size, same run: {_ms(bare)}; ratio "
         f"{statistics.median(writes) / statistics.median(bare):.2f}x\n"
