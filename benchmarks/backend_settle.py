@@ -147,6 +147,15 @@ def _cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
 
 
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all processes, ``/proc/stat``)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _load() -> str:
     with open("/proc/loadavg", encoding="ascii") as f:
         return " ".join(f.read().split()[:3])
@@ -194,6 +203,7 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # peak RSS from here
     cpu0 = _cpu()
+    busy0 = _machine_busy()
     t0 = time.perf_counter()
     status = cli_main(
         [
@@ -213,6 +223,7 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
         ]
     )
     t_settle = time.perf_counter() - t0
+    busy = _machine_busy() - busy0
     own, workers = (b - a for a, b in zip(cpu0, _cpu(), strict=True))
     with open("/proc/self/status", encoding="ascii") as f:
         peak = next((ln.split()[1] for ln in f if ln.startswith("VmHWM:")), "0")
@@ -231,6 +242,9 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
         f"{workers / n * 1e6:.1f} us, together {(own + workers) * bare / n:.2f}x the bare "
         f"verify time per event ({1e6 / bare:.1f} us); two cores at most "
         f"{2 * n / bare / (own + workers):.2f}x\n"
+        f"other processes on the machine meanwhile: {max(0.0, busy - own - workers):.1f} "
+        f"CPU-s in settle's {t_settle:.1f} s ({os.cpu_count()} CPUs: "
+        f"{max(0.0, busy - own - workers) / t_settle:.2f} of a CPU on average)\n"
     )
 
 
