@@ -47,6 +47,7 @@ import dataclasses
 import hashlib
 import itertools
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 
 from backend._fare_engine import FareEngine, FareLeg, FareQuote
@@ -165,7 +166,7 @@ class JourneyBuilder:
         if isinstance(segments, list | tuple) and len(segments) == 1:
             return [self._leg(segments)]  # one segment, one leg (what the loop gives)
         groups: dict[tuple[str, str | None, str | None], list[list[Segment]]] = {}
-        for seg in sorted(segments, key=Segment.sort_key):
+        for seg in sorted(segments, key=_SEGMENT_ORDER):
             key = (seg.bus_id, seg.trip_id, None if seg.trip_id else seg.route_id)
             chains = groups.setdefault(key, [])
             if chains and self._joins(chains[-1], seg):
@@ -179,7 +180,7 @@ class JourneyBuilder:
     def _joins(self, chain: Sequence[Segment], seg: Segment) -> bool:
         """Whether ``seg`` continues ``chain`` (same bus and trip, or route if no trip)."""
         p = self.policy
-        last = max(chain, key=_end_key)
+        last = chain[0] if len(chain) == 1 else max(chain, key=_end_key)
         gap = seg.start_t - last.end_t
         if gap <= p.stitch_gap_s:
             return True
@@ -442,8 +443,11 @@ def _heard(chain: Sequence[Segment]) -> tuple[tuple[float, float, float], ...]:
     return tuple([(s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None])
 
 
-def _end_key(seg: Segment) -> tuple[float, int]:
-    return (seg.end_t, seg.seq)
+_SEGMENT_ORDER = operator.attrgetter("start_t", "bus_id", "seq")
+""":meth:`Segment.sort_key`, made in C."""
+
+_end_key = operator.attrgetter("end_t", "seq")
+"""A segment's end, then its seq: the latest-ending segment of a chain is its last."""
 
 
 def _first_stop(
