@@ -617,12 +617,15 @@ class PresenceClassifier:
                 and cv.close_odo_m is not None
                 and odo > cv.close_odo_m
                 # (only when :meth:`_co_move` has something to do: most adverts of a
-                # dense candidate come within one sparse step and at its level)
+                # dense candidate come before the first or within one sparse step, and
+                # at its level)
                 and (
-                    r.co_n == 0
-                    or odo >= r.co_odo + self._co_step
-                    or r.ewma < lvl - self._sparse_fall
+                    r.ewma < lvl - self._sparse_fall
                     or r.ewma < lvl - self._fade_drop
+                    or (
+                        odo >= cv.close_odo_m + self._co_d
+                        and (r.co_n == 0 or odo >= r.co_odo + self._co_step)
+                    )
                 )
             ):
                 self._co_move(r, t, rssi, odo)
