@@ -922,10 +922,15 @@ class PresenceClassifier:
             # rode one short hop, in the bus from its stop until the doors opened again
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
-        elif self._ended(r, t) and self._near_end(r):
+        elif (
+            t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S  # _ended, inlined
+            and self._near_end(r)
+        ):
             # its rid is over and it was heard to the end: no need to wait out a sparse
             # token's long fade time, a new rid of it may take over its boarding now
             self._drop(r, Event.FADE, out)
+        elif recent and odo - v.close_odo_m < p.reject_distance_m:
+            return  # (heard of late and near its stop: neither branch below applies yet)
         elif (
             (r.co_n or not recent)  # (cheapest first: a dense candidate ends here)
             and r.convoy is None
