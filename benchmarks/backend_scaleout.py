@@ -11,8 +11,9 @@ CPU: a busy machine's share, not ingest, when it is large), the PostgreSQL serve
 broker (``--own-broker``: a mosquitto of the benchmark's own on a free port, default
 settings, so its CPU can be read) and the fleet, the re-send requests and edge
 retries, bare Ed25519 verification per CPU-second in this process for scale, and each
-worker count's events/s as a ratio to the first count's (all counts run one after the
-other in one invocation).
+worker count's events/s as a ratio to the latest run of the first count before it (all
+counts run one after the other in one invocation, so ``--workers 1,2,1,2`` gives two
+pairs, each 2-worker run against the 1-worker run just before it).
 
 Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 50000 --buses 100
 --own-broker``.
@@ -131,9 +132,13 @@ class _Run:
     retries: int
     bare: float
 
-    def line(self, first: _Run | None) -> str:
+    def line(self, ref: _Run | None) -> str:
         rate = self.events / self.wall
-        ratio = f" ({rate / (first.events / first.wall):.2f}x {first.workers})" if first else ""
+        ratio = (
+            f" ({rate / (ref.events / ref.wall):.2f}x the {ref.workers}-worker run before)"
+            if ref
+            else ""
+        )
         pg = "n/a" if self.pg_cpu is None else f"{self.pg_cpu:.1f} s"
         broker = "n/a" if self.broker_cpu is None else f"{self.broker_cpu:.1f} s"
         return (
@@ -247,14 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.own_broker:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             port, broker_pid = stack.enter_context(_own_broker(workdir))
-        first: _Run | None = None
+        ref: _Run | None = None
         for n in (int(x) for x in args.workers.split(",")):
             run = asyncio.run(
                 _one(n, args.events, args.buses, args.host, port, broker_pid=broker_pid)
             )
-            sys.stdout.write(run.line(first))
+            sys.stdout.write(run.line(ref))
             sys.stdout.flush()
-            first = first or run
+            if ref is None or run.workers == ref.workers:
+                ref = run  # the reference of the runs after it
     return 0
 
 
