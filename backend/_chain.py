@@ -336,8 +336,8 @@ class ChainPlanner(Generic[E]):
         """:meth:`take` each record, in order.
 
         The common case inline (a verified record that extends its chain, its event id
-        free): the same decision :meth:`take` and :meth:`_link` make, a few microseconds
-        less per event.
+        free): the same decision :meth:`take` and :meth:`_link` make, without their two
+        calls (~0.05 us less per event).
         """
         take, buses, claims, owners = self.take, self._buses, self.claims, self._owners
         for e in events:
