@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from backend._db import create_engine, fare_events, migrate, missed_stops
@@ -255,7 +255,7 @@ def test_the_record_linked_first_owns_an_event_id(
 
 # Examples are slow (a ledger each): no shrinking, a failure is printed as generated.
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
@@ -270,6 +270,9 @@ def test_offline_and_online_ingest_agree(
     )
     assert online_links == offline_links, _summary(txns)
     assert online_rejected == offline_rejected, _summary(txns)
+    # what was generated (pytest --hypothesis-show-statistics)
+    event("event ids collide" if "collide" in kinds else "no collision")
+    event(f"event_id_conflict: {online_rejected['event_id_conflict']}")
     # every seq of every chain is in the ledger (a validly signed variant may hold a seq
     # instead of the genuine record, and then the chain stops behind it on both sides)
     if not kinds & {"variant", "collide"}:
