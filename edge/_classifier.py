@@ -684,7 +684,13 @@ class PresenceClassifier:
             return
         assert r.lvl is not None
         floor = r.lvl - self._fade_drop
-        if r.ewma < r.lvl - self._sparse_fall:
+        if r.ewma < r.lvl - self._sparse_fall or (
+            # a late joiner (first heard after the doors closed) that grows loud: a vehicle
+            # drawing alongside, not a weak token of someone who boarded last
+            r.ewma > r.lvl + self._sparse_fall
+            and cv.close_t is not None
+            and r.first_t > cv.close_t + self._grace
+        ):
             r.drift = True
         if r.ewma < floor:
             r.fell = True

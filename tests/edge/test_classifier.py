@@ -1326,3 +1326,28 @@ def test_sparse_candidates_new_rid_as_sparse_as_the_old_takes_over_its_boarding(
     w.move(600)
     segs = by_name(w.finish(), tok)
     assert [(x.start.stop_id, x.end.stop_id) for x in segs] == [("S1", "S2")]
+
+
+def test_vehicle_first_heard_as_the_bus_pulls_away_then_loud_alongside_is_not_charged() -> None:
+    # first heard faintly 20 m out (a late joiner's place), then drawing alongside and loud
+    # for 700 m, then gone: a vehicle, not someone who boarded last (a late joiner that
+    # grows 12 dB above its first level gets no co-movement boarding)
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -60.0))
+
+    def car(world: World) -> float | None:
+        d = world.odo - world.stop_odo
+        if d < 20.0 or d > 900.0:
+            return None
+        if d < 200.0:
+            return -84.0 if (world.t - T0) % 2.0 < 0.5 else None
+        return -55.0 if (world.t - T0) % 4.0 < 0.5 else None
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 20)
+    w.move(20, speed=2.0)
+    w.move(1180)
+    w.dwell("S2", 10)
+    w.move(600)
+    assert by_name(w.finish(), tok) == []
