@@ -70,6 +70,13 @@ class RadioSettings:
     device_offset_std_db: float = option(
         DEFAULT_PARAMS.device_offset_std_db, doc="Spread of per-token power offsets, dB."
     )
+    capture_db: float = option(
+        DEFAULT_PARAMS.capture_db,
+        doc=(
+            "Co-channel rejection of the scanner, dB: an overlapped packet this far above the "
+            "packets it overlaps is still decoded (inf: every overlapped packet is lost)."
+        ),
+    )
 
     def params(self) -> RadioParams:
         """The radio model parameters with these overrides."""
@@ -81,6 +88,7 @@ class RadioSettings:
             scan_window_s=self.scan_window_s,
             shell_loss=Loss(self.shell_loss_db, DEFAULT_PARAMS.shell_loss.std_db),
             device_offset_std_db=self.device_offset_std_db,
+            capture_db=self.capture_db,
         )
 
 

@@ -367,3 +367,18 @@ def test_capture_needs_the_rejection_margin_over_equal_interferers() -> None:
         lost.append(coll / n)
     p = collision_probability(50, 0.105)
     assert 0.0 < lost[1] < lost[0] < p
+
+
+def test_capture_is_a_radio_option_overridable_from_the_environment() -> None:
+    # the capture threshold is a receiver property a field engineer varies (datasheets
+    # ~9 dB, the Core spec's bound 21 dB, no capture at all): BUSBELL_RADIO__CAPTURE_DB
+    from busbell._config import load_config
+    from firmware_sim.config import SimConfig
+
+    assert SimConfig().generate_options().radio.capture_db == DEFAULT_PARAMS.capture_db
+    spec = load_config(SimConfig, None, env={"BUSBELL_RADIO__CAPTURE_DB": "21"})
+    assert spec.generate_options().radio.capture_db == 21.0
+    aloha = load_config(SimConfig, None, env={"BUSBELL_RADIO__CAPTURE_DB": "inf"})
+    assert aloha.generate_options().radio.capture_db == math.inf
+    with pytest.raises(ValueError, match="capture_db"):
+        load_config(SimConfig, None, env={"BUSBELL_RADIO__CAPTURE_DB": "-1"}).generate_options()
