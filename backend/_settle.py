@@ -590,6 +590,10 @@ class Settler:
         self._buses: dict[str, _Bus] = {}
         self._owners: dict[str, tuple[str, int]] = {}  # event_id -> (bus_id, seq) stored
         self._flushed = False
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        """No segment pending (at the start, and once the journeys were built)."""
         self._pending: list[_Pending] = []
         # each pending segment's rid (12 bytes, end to end) and interval, for stage 3's
         # bulk lookup without reaching every segment's tuple again
@@ -616,9 +620,8 @@ class Settler:
         feeding the lines one by one.
         """
         if processes <= 1:
-            devices = self.devices
             for chunk in _chunks(lines, _CHUNK_LINES):
-                self.take_many([c for line in chunk for c in check_line(line, devices)])
+                self._take_lines(chunk)
             return
         self._feed_pooled(_check_chunk, _chunks(lines, _CHUNK_LINES), processes)
 
@@ -657,12 +660,17 @@ class Settler:
         else:
             if meanwhile is not None:
                 meanwhile()
-            devices = self.devices
             for chunk in _chunks(read_event_lines(paths), _CHUNK_LINES):
-                checked = [c for line in chunk for c in check_line(line, devices)]
-                self.take_many(checked)
+                taken = self._take_lines(chunk)
                 if progress is not None:
-                    progress(len(checked))
+                    progress(taken)
+
+    def _take_lines(self, lines: Iterable[bytes]) -> int:
+        """Check lines here (no pool) and take their events; how many events."""
+        devices = self.devices
+        checked = [c for line in lines for c in check_line(line, devices)]
+        self.take_many(checked)
+        return len(checked)
 
     def _feed_pooled(
         self,
@@ -936,7 +944,7 @@ class Settler:
         for journeys, rejected, accepted in self._journeys_of(groups, found):
             self._count(rejected, accepted)
             yield from journeys
-        self._pending, self._pending_rids, self._pending_ivs = [], bytearray(), array("q")
+        self._clear_pending()
 
     def iter_journey_lines(self, *, processes: int = 1) -> Iterator[_Line]:
         """:meth:`iter_journeys` as written lines (:func:`journey_line`), in rider order.
@@ -989,7 +997,7 @@ class Settler:
         finally:
             _POOL_SETTLER = None
             _POOL_STAGE3.clear()
-        self._pending, self._pending_rids, self._pending_ivs = [], bytearray(), array("q")
+        self._clear_pending()
 
     def finish(self) -> SettleResult:
         """Flush chain gaps, build and price every journey (kept in a list)."""
