@@ -929,8 +929,9 @@ class PresenceClassifier:
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
         elif (
-            t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S  # _ended, inlined
-            and self._near_end(r)
+            # its interval is over by its token's clock, refresh included (t - d_min is a
+            # lower bound of the token's time): the rid can never be heard again
+            t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S and self._near_end(r)
         ):
             # its rid is over and it was heard to the end: no need to wait out a sparse
             # token's long fade time, a new rid of it may take over its boarding now
@@ -1098,16 +1099,6 @@ class PresenceClassifier:
             and r.last_t <= down[0]
             and down[1] - r.d_min >= (r.interval + 1) * INTERVAL_S - self._rot_slack
         )
-
-    def _ended(self, r: _Rid, t: float) -> bool:
-        """Whether the rid's interval is over by its token's clock at ``t``, refresh included.
-
-        ``t - d_min`` is a lower bound of the token's time (``d_min`` is the least GNSS
-        time minus token time seen, never below the token's clock offset); a phone changes
-        its payload at its first refresh after the boundary, up to ``_REFRESH_S`` later.
-        The rid can never be heard again.
-        """
-        return t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S
 
     def _keep_for_pairing(self, old: _Rid, kind: int, visit: StopVisit | None) -> bool:
         """Keep a rid that stopped at its interval's end for the joint rotation pairing."""
