@@ -51,8 +51,6 @@ from busbell._token import (
     INTERVAL_S,
     PAYLOAD_LEN,
     TOKEN_VERSION,
-    TQ_MOD,
-    TQ_STEP_S,
     RiderKeys,
     interval_of,
     rid_for_interval,
@@ -1173,7 +1171,6 @@ def mac_pads(mac_key: bytes) -> tuple[bytes, bytes]:
 _SHA256 = hashlib.sha256
 _VERSION_BITS = TOKEN_VERSION << 5
 _HEAD_MASK = 0b11111000  # the version and the reserved flag bits
-_TQ_HALF = TQ_MOD // 2
 
 
 def proof_holds(  # noqa: PLR0917 - called per segment: positional is cheaper
@@ -1220,13 +1217,8 @@ def proof_holds(  # noqa: PLR0917 - called per segment: positional is cheaper
         sha(outer + sha(inner + proof_last[:19]).digest()).digest()[:4], proof_last[19:23]
     ):
         return False
-    # unwrap_tq: the 4-s step nearest the reference time
-    ref_q = math.floor(start_t / TQ_STEP_S)
-    delta = (int.from_bytes(proof_first[1:3], "big") - ref_q) % TQ_MOD
-    first_t = float((ref_q + delta - (TQ_MOD if delta >= _TQ_HALF else 0)) * TQ_STEP_S)
-    ref_q = math.floor(end_t / TQ_STEP_S)
-    delta = (int.from_bytes(proof_last[1:3], "big") - ref_q) % TQ_MOD
-    last_t = float((ref_q + delta - (TQ_MOD if delta >= _TQ_HALF else 0)) * TQ_STEP_S)
+    first_t = unwrap_tq(int.from_bytes(proof_first[1:3], "big"), start_t)
+    last_t = unwrap_tq(int.from_bytes(proof_last[1:3], "big"), end_t)
     lo = start_t - slack_s
     hi = end_t + slack_s
     return (
