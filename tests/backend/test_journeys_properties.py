@@ -97,10 +97,13 @@ class Edge:
 
         cuts = sorted(rng.sample(range(ride.board, ride.alight + 1), rng.randint(0, 2)))
         out: list[Segment] = []
-        pos, cause, stop_at = float(ride.board), "boarded", stops[ride.board]
+        stop_at: str | None = stops[ride.board]
+        pos, cause = float(ride.board), "boarded"
         t_start = ride.t0
         for c in cuts:
             kind = rng.choice(["rotate", "lost", "door", "overlap"])
+            end: tuple[float, str | None, str]
+            nxt: tuple[float, str | None, str]
             x = min(max(c + rng.uniform(-0.5, 0.5), pos), float(ride.alight))
             t_cut = t_at(x)
             if kind == "door":  # alighted + boarded at one stop (a rotation at the door)
