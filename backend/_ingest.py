@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from prometheus_client import Counter
 from sqlalchemy.dialects import postgresql, sqlite
@@ -64,6 +63,7 @@ from backend._db import (
 from backend._errors import REJECTION_REASONS, MalformedMessage
 from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, import_devices, load_devices
+from backend._record_check import RecordFault, check_record, signature_fault
 from backend.config import BackendConfig
 from busbell import (
     BIGINT_MAX,
@@ -72,7 +72,6 @@ from busbell import (
     ContractError,
     JsonLimits,
     JsonRejected,
-    SignatureError,
     StoreError,
     Topics,
     UplinkError,
@@ -86,11 +85,9 @@ from busbell._fare_types import (
     SEGMENT_COLUMNS,
     FareEvent,
     MissedRecord,
-    canonical,
     convert_event,
     decode_batch,
     decode_event,
-    signed_part,
 )
 from busbell._mqtt import MqttSession, ReconnectLoop, SessionChange
 
@@ -388,35 +385,27 @@ class IngestCore:
     ) -> VerifiedEvent | Rejection:
         """Check one typed record against its topic's bus and ``dev`` (its registry entry).
 
-        ``sign=False``: all but the signature (see :meth:`decode`'s ``below``).
+        :func:`backend._record_check.check_record` (the checks offline settle runs too),
+        with online's topic and revocation; ``sign=False``: all but the signature (see
+        :meth:`decode`'s ``below``).
         """
-        try:
-            full = canonical(rec)  # serialised once: stored, hashed, and cut to the signed part
-        except (ValueError, TypeError, msgspec.EncodeError) as exc:  # a lone surrogate
-            return Rejection("schema", f"not encodable: {exc}", repr(rec)[:_MAX_RAW], bus_id)
-        raw = full.decode("utf-8")
-        seq = rec.seq
-        eid = rec.event_id
-        if rec.bus_id != bus_id:
-            return Rejection(
-                "bus_mismatch", f"event of {rec.bus_id!r} on {bus_id!r}", raw, bus_id, seq, eid
-            )
-        if dev is None:
-            return Rejection(
-                "unknown_device", f"bus {bus_id!r} is not registered", raw, bus_id, seq, eid
-            )
-        if dev.revoked:
-            return Rejection("revoked_device", f"bus {bus_id!r} is revoked", raw, bus_id, seq, eid)
+        full = check_record(
+            rec,
+            None if dev is None else dev.public,
+            topic_bus=bus_id,
+            revoked=dev is not None and dev.revoked,
+            verify=sign,
+        )
+        if isinstance(full, RecordFault):
+            if full.full is None:  # not encodable
+                return Rejection(full.reason, full.detail, repr(rec)[:_MAX_RAW], bus_id)
+            raw = full.full.decode("utf-8")
+            return Rejection(full.reason, full.detail, raw, bus_id, rec.seq, rec.event_id)
         digest = hashlib.sha256(full).hexdigest()
         if not sign:
             SIGNATURES_PUT_OFF.inc()
-            return VerifiedEvent(bus_id, seq, rec, raw, digest, signed=False)
-        assert isinstance(rec.sig, str)  # checked by the type (require_sig)
-        try:
-            dev.public.verify_b64(rec.sig, signed_part(full, rec))
-        except SignatureError as exc:
-            return Rejection("bad_signature", str(exc), raw, bus_id, seq, eid)
-        return VerifiedEvent(bus_id, seq, rec, raw, digest)
+            return VerifiedEvent(bus_id, rec.seq, rec, full.decode("utf-8"), digest, signed=False)
+        return VerifiedEvent(bus_id, rec.seq, rec, full.decode("utf-8"), digest)
 
     def check_signature(self, e: VerifiedEvent) -> Rejection | None:
         """Verify the signature of an event whose check was put off; its rejection if bad.
@@ -426,15 +415,12 @@ class IngestCore:
         if e.signed:
             return None
         dev = self._devices.get(e.bus_id)
-        full = e.raw.encode("utf-8")
-        rec = e.record
-        try:
-            if dev is None:  # pragma: no cover - checked when decoded; a refresh since
-                raise SignatureError(f"bus {e.bus_id!r} is not registered")
-            assert isinstance(rec.sig, str)
-            dev.public.verify_b64(rec.sig, signed_part(full, rec))
-        except SignatureError as exc:
-            return Rejection("bad_signature", str(exc), e.raw, e.bus_id, e.seq, e.event_id)
+        if dev is None:  # pragma: no cover - checked when decoded; a refresh since
+            detail = f"bus {e.bus_id!r} is not registered"
+            return Rejection("bad_signature", detail, e.raw, e.bus_id, e.seq, e.event_id)
+        bad = signature_fault(e.record, e.raw.encode("utf-8"), dev.public)
+        if bad is not None:
+            return Rejection(bad.reason, bad.detail, e.raw, e.bus_id, e.seq, e.event_id)
         e.signed = True
         return None
 

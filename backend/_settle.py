@@ -52,23 +52,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
-import msgspec
 import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._legs import evidence_rssi
+from backend._record_check import RecordFault, check_record
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
 from busbell._canonical import sha256_hex
-from busbell._errors import ContractError, SignatureError
+from busbell._errors import ContractError
 from busbell._fare_types import (
     FareEvent,
     SegmentEvent,
-    canonical,
     convert_event,
     decode_event,
     flat_evidence,
-    signed_part,
 )
 from busbell._safejson import JsonLimits, JsonRejected, loads_bounded
 from busbell._signing import PublicKey
@@ -249,19 +247,10 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
 
 
 def _verified(rec: FareEvent, devices: Mapping[str, PublicKey]) -> Checked:
-    """Device, signature over the canonical bytes (serialised once), chain hash."""
-    try:
-        full = canonical(rec)
-    except (ValueError, TypeError, msgspec.EncodeError):  # not encodable
-        return Checked("schema")
-    public = devices.get(rec.bus_id)
-    if public is None:
-        return Checked("unknown_device")
-    assert isinstance(rec.sig, str)  # the typed check requires it
-    try:
-        public.verify_b64(rec.sig, signed_part(full, rec))
-    except SignatureError:
-        return Checked("bad_signature")
+    """One record's checks (:func:`~backend._record_check.check_record`) and chain hash."""
+    full = check_record(rec, devices.get(rec.bus_id))
+    if isinstance(full, RecordFault):
+        return Checked(full.reason)
     seg = _fields(rec) if isinstance(rec, SegmentEvent) else None
     return Checked(None, rec.bus_id, rec.seq, rec.event_id, rec.prev, sha256_hex(full), seg)
 
