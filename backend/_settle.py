@@ -4,14 +4,18 @@
 settle``) and runs the same checks as the online path, with the same reasons, in three
 stages whose cost does not depend on the order of the events:
 
-1. each event on its own (:func:`check_line`; with ``feed_lines(..., processes=N)`` in a
-   pool of forked worker processes, results taken in input order): bounded parse, the
-   typed record's validation (:mod:`busbell._fare_types`: a line holding one event is
-   decoded straight into the typed record, anything else goes through
-   :func:`busbell.loads_bounded` first), device known, ``sig`` verified over the
-   canonical bytes (serialised once; the signed part is cut from them and the chain
-   hash is their SHA-256). What the next stages need travels back as a plain tuple
-   (:class:`Checked`),
+1. each event on its own, a chunk of lines at a time (:func:`check_lines`; with
+   ``feed_lines(..., processes=N)`` in a pool of forked worker processes, results taken
+   in input order): bounded parse, the typed record's validation
+   (:mod:`busbell._fare_types`: a line holding one event is decoded straight into the
+   typed record, anything else goes through :func:`busbell.loads_bounded` first), the
+   checks online ingest runs too (:func:`backend._record_check.check_record`: device
+   known, ``sig`` over the canonical bytes, serialised once; the signed part is cut
+   from them and the chain hash is their SHA-256). Signatures are verified one per
+   hash-linked run of the chunk's records (``verify="runs"``, :func:`_verify_runs`:
+   a verified record vouches for the record whose hash it names as ``prev``), or each
+   record's own (``verify="every"``). What the next stages need travels back as a
+   plain tuple (:class:`Checked`),
 2. in this process (:meth:`Settler.take_many`), the chain decisions of online ingest,
    made by the same core (:class:`backend._chain.ChainPlanner`, one per chunk of
    results) over an in-memory store (each bus's position, stored hashes and held
@@ -57,7 +61,7 @@ import numpy as np
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._legs import evidence_rssi
-from backend._record_check import RecordFault, check_record
+from backend._record_check import RecordFault, check_record, signature_fault
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError
@@ -147,6 +151,9 @@ class SettleStats:
         duplicates: identical resends dropped.
         rejected: rejected events by reason.
         warnings: non-fatal findings by kind (``chain_gap`` counts missing seqs).
+        signatures: Ed25519 signatures verified (``runs``: about one per hash-linked
+            run of records checked together; ``every``: one per record that got that
+            far).
     """
 
     read: int = 0
@@ -155,6 +162,7 @@ class SettleStats:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
+    signatures: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary."""
@@ -165,6 +173,7 @@ class SettleStats:
             "duplicates": self.duplicates,
             "rejected": dict(sorted(self.rejected.items())),
             "warnings": dict(sorted(self.warnings.items())),
+            "signatures": self.signatures,
         }
 
 
@@ -218,11 +227,19 @@ class Checked(_CheckedFields):
     """No text is kept."""
 
 
+_BAD = Checked("bad_signature")
+
+
 _LINE_LIMITS = JsonLimits(max_bytes=64 << 20, max_depth=32)
 _CHUNK_LINES = 256
 _CHUNK_BYTES = 512 << 10
+# verify="runs": a run is cut where a chunk ends, so chunks are larger: a day read in
+# closing order (every bus's next event thousands of lines on) still has long runs
+_RUN_CHUNK_LINES = 4096
+_RUN_CHUNK_BYTES_MAX = 16 << 20
 _RIDERS_PER_TASK = 512
 _POOL_DEVICES: Mapping[str, PublicKey] | None = None
+_POOL_VERIFY: list[Verify] = ["runs"]
 _POOL_SETTLER: Settler | None = None
 
 
@@ -246,18 +263,69 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
     )
 
 
-def _verified(rec: FareEvent, devices: Mapping[str, PublicKey]) -> Checked:
-    """One record's checks (:func:`~backend._record_check.check_record`) and chain hash."""
-    full = check_record(rec, devices.get(rec.bus_id))
+Verify = Literal["runs", "every"]
+"""How settle verifies signatures: ``runs`` (one per hash-linked run, the default) or
+``every`` (each record's own; see :func:`check_lines`)."""
+
+_Deferred = list[tuple["Checked", FareEvent, bytes]]
+"""Records whose signature check is put off: the verdict so far, the record, its bytes."""
+
+
+def _verified(
+    rec: FareEvent, devices: Mapping[str, PublicKey], deferred: _Deferred | None = None
+) -> Checked:
+    """One record's checks (:func:`~backend._record_check.check_record`) and chain hash.
+
+    With ``deferred``, the signature check is put off: a record that passes the rest goes
+    there too (:func:`_verify_runs` decides it).
+    """
+    full = check_record(rec, devices.get(rec.bus_id), verify=deferred is None)
     if isinstance(full, RecordFault):
         return Checked(full.reason)
     seg = _fields(rec) if isinstance(rec, SegmentEvent) else None
-    return Checked(None, rec.bus_id, rec.seq, rec.event_id, rec.prev, sha256_hex(full), seg)
+    c = Checked(None, rec.bus_id, rec.seq, rec.event_id, rec.prev, sha256_hex(full), seg)
+    if deferred is not None:
+        deferred.append((c, rec, full))
+    return c
 
 
 def _verified_already(c: Checked) -> Rejection | None:  # pragma: no cover - never put off
-    """Settle verifies every signature before the chain (nothing is put off)."""
+    """Settle decides every signature before the chain (nothing is put off)."""
     raise AssertionError(f"bus {c.bus_id} seq {c.seq}: signature put off")
+
+
+def _verify_runs(deferred: _Deferred, devices: Mapping[str, PublicKey]) -> tuple[set[str], int]:
+    """Decide the put-off signatures: one verification per hash-linked run.
+
+    A record is *authentic* when its own signature verifies, or when an authentic record
+    of the same bus at the next seq names its hash as ``prev`` (that record's signature
+    covers the hash, which covers every byte of this one, ``sig`` included). Records are
+    taken by seq, highest first, so every record that can vouch for one is decided
+    before it: a record is verified only when none vouches for it. A chain that links
+    costs one verification (its last record); a record that does not link (forged,
+    tampered, mislinked) or that only an unauthentic record links to is verified on its
+    own. Byte-identical copies (one hash) are one record.
+
+    Returns:
+        The hashes of the records whose signature does not verify (``bad_signature``),
+        and how many signatures were verified.
+    """
+    records = {c.hash: (c, rec, full) for c, rec, full in deferred}
+    vouched: set[tuple[str, int, str]] = set()  # (bus, seq, hash) an authentic record names
+    bad: set[str] = set()
+    verified = 0
+    for c, rec, full in sorted(records.values(), key=_seq_of, reverse=True):
+        if (c.bus_id, c.seq, c.hash) not in vouched:
+            verified += 1
+            if signature_fault(rec, full, devices[c.bus_id]) is not None:
+                bad.add(c.hash)
+                continue
+        vouched.add((c.bus_id, c.seq - 1, c.prev))
+    return bad, verified
+
+
+def _seq_of(item: tuple[Checked, FareEvent, bytes]) -> int:
+    return item[0].seq
 
 
 def check_event(obj: object, devices: Mapping[str, PublicKey]) -> Checked:
@@ -266,11 +334,17 @@ def check_event(obj: object, devices: Mapping[str, PublicKey]) -> Checked:
     Schema (``schema``: the typed record's checks, as online ingest), device
     (``unknown_device``), signature over the canonical bytes (``bad_signature``).
     """
+    return _check_event(obj, devices, None)
+
+
+def _check_event(
+    obj: object, devices: Mapping[str, PublicKey], deferred: _Deferred | None
+) -> Checked:
     try:
         rec = convert_event(obj)
     except ContractError:
         return Checked("schema")
-    return _verified(rec, devices)
+    return _verified(rec, devices, deferred)
 
 
 def check_line(line: bytes | str, devices: Mapping[str, PublicKey]) -> list[Checked]:
@@ -281,6 +355,12 @@ def check_line(line: bytes | str, devices: Mapping[str, PublicKey]) -> list[Chec
     :func:`busbell.loads_bounded` first, which decides every rejection and its reason.
     The fast path takes only lines the general path would take whole.
     """
+    return _check_line(line, devices, None)
+
+
+def _check_line(
+    line: bytes | str, devices: Mapping[str, PublicKey], deferred: _Deferred | None
+) -> list[Checked]:
     data = line.encode("utf-8") if isinstance(line, str) else line
     data = data.strip()
     if not data:
@@ -292,7 +372,7 @@ def check_line(line: bytes | str, devices: Mapping[str, PublicKey]) -> list[Chec
             pass
         else:
             if not isinstance(rec, SegmentEvent) or flat_evidence(rec.evidence):
-                return [_verified(rec, devices)]
+                return [_verified(rec, devices, deferred)]
     try:
         obj = loads_bounded(data, _LINE_LIMITS)
     except JsonRejected:
@@ -300,20 +380,48 @@ def check_line(line: bytes | str, devices: Mapping[str, PublicKey]) -> list[Chec
     if isinstance(obj, dict) and "events" in obj and "type" not in obj:
         obj = obj["events"]
     items = obj if isinstance(obj, list) else [obj]
-    return [check_event(item, devices) for item in items]
+    return [_check_event(item, devices, deferred) for item in items]
+
+
+def check_lines(
+    lines: Iterable[bytes | str], devices: Mapping[str, PublicKey], *, verify: Verify = "runs"
+) -> tuple[list[Checked], int]:
+    """:func:`check_line` over lines, the signatures verified as ``verify`` says.
+
+    ``every``: each record's own signature. ``runs``: one per hash-linked run of the
+    lines' records (:func:`_verify_runs`): a record whose signature is not verified is
+    accepted only when a verified record of its bus links to it through an unbroken run
+    of hashes. The verdicts are those of ``every`` (the same reasons), except for a
+    record whose own ``sig`` does not verify while a later record its bus signed links
+    to it: only the bus's key can make that, and ``runs`` takes the record as the bus
+    vouched for it (``docs/backend-ingest.md``, "Offline: one signature per hash-linked
+    run").
+
+    Returns:
+        The verdicts in input order and how many signatures were verified.
+    """
+    if verify == "every":
+        out = [c for line in lines for c in _check_line(line, devices, None)]
+        return out, sum(1 for c in out if c.reason is None or c.reason == "bad_signature")
+    deferred: _Deferred = []
+    out = [c for line in lines for c in _check_line(line, devices, deferred)]
+    if not deferred:
+        return out, 0
+    bad, verified = _verify_runs(deferred, devices)
+    if bad:
+        out = [_BAD if c.reason is None and c.hash in bad else c for c in out]
+    return out, verified
 
 
 def _check_chunk(lines: list[bytes]) -> bytes:
-    """Worker: :func:`check_line` over lines, as plain tuples, marshalled.
+    """Worker: :func:`check_lines` over lines, as plain tuples and the count, marshalled.
 
     (``marshal`` writes a list of flat tuples about 10x faster than ``pickle``, and the
     pool then pickles one bytes object.)
     """
     assert _POOL_DEVICES is not None  # set before the pool forked
-    out: list[tuple[Any, ...]] = []
-    for line in lines:
-        out.extend(map(tuple, check_line(line, _POOL_DEVICES)))
-    return marshal.dumps(out)
+    out, verified = check_lines(lines, _POOL_DEVICES, verify=_POOL_VERIFY[0])
+    return marshal.dumps((list(map(tuple, out)), verified))
 
 
 _Range = tuple[str, int, int]
@@ -560,6 +668,9 @@ class Settler:
         resolver: the rid resolver over the enrolled riders.
         builder: the journey builder.
         categories: rider id -> category (default: the builder policy's).
+        verify: ``runs`` (default): one signature per hash-linked run of the records
+            checked together (a chunk of lines); ``every``: each record's own
+            (:func:`check_lines`).
     """
 
     def __init__(
@@ -569,8 +680,12 @@ class Settler:
         builder: JourneyBuilder,
         *,
         categories: Mapping[str, str] | None = None,
+        verify: Verify = "runs",
     ) -> None:
+        if verify not in ("runs", "every"):
+            raise ValueError(f"verify must be 'runs' or 'every', not {verify!r}")
         self.devices = devices
+        self.verify: Verify = verify
         self.resolver = resolver
         self.builder = builder
         self.categories = categories
@@ -597,7 +712,7 @@ class Settler:
 
     def feed_line(self, line: bytes | str) -> None:
         """Feed one JSONL line: an event, a JSON array of events or ``{"events": [...]}``."""
-        self.take_many(check_line(line, self.devices))
+        self._take_lines([line])
 
     def feed_lines(self, lines: Iterable[bytes], *, processes: int = 1) -> None:
         """Feed JSONL lines; with ``processes`` > 1 the per-event checks run in a pool.
@@ -608,11 +723,27 @@ class Settler:
         dedupes and keeps the results, in input order, so the outcome is the same as
         feeding the lines one by one.
         """
+        n = self._chunk_lines()
         if processes <= 1:
-            for chunk in _chunks(lines, _CHUNK_LINES):
+            for chunk in _chunks(lines, n):
                 self._take_lines(chunk)
             return
-        self._feed_pooled(_check_chunk, _chunks(lines, _CHUNK_LINES), processes)
+        self._feed_pooled(_check_chunk, _chunks(lines, n), processes)
+
+    def _chunk_lines(self) -> int:
+        """Lines checked together (one task of the pool)."""
+        return _CHUNK_LINES if self.verify == "every" else _RUN_CHUNK_LINES
+
+    def _chunk_bytes(self, total: int, processes: int) -> int:
+        """Bytes of the files checked together (one task of the pool).
+
+        ``runs``: an eighth of each worker's share of ``total``, between 512 KiB and 16
+        MiB (a run is cut where a chunk ends; eight tasks per worker keep the workers
+        even); ``every``: 512 KiB.
+        """
+        if self.verify == "every":
+            return _CHUNK_BYTES
+        return max(_CHUNK_BYTES, min(_RUN_CHUNK_BYTES_MAX, total // (8 * processes)))
 
     def feed_files(
         self,
@@ -633,31 +764,32 @@ class Settler:
         """
         if processes > 1 and all(Path(p).is_file() for p in paths):
             sizes: deque[int] = deque()
+            total = sum(os.path.getsize(p) for p in paths)
+            size = self._chunk_bytes(total, processes)
 
             def ranges() -> Iterator[_Range]:
-                for r in _ranges(paths, _CHUNK_BYTES):
+                for r in _ranges(paths, size):
                     sizes.append(r[2] - r[1])
                     yield r
 
-            total = sum(os.path.getsize(p) for p in paths)
             self._feed_pooled(
                 _check_range, ranges(), processes, progress, (sizes, total), meanwhile=meanwhile
             )
         elif processes > 1:  # a pipe or a device: the lines go to the workers
-            tasks = _chunks(read_event_lines(paths), _CHUNK_LINES)
+            tasks = _chunks(read_event_lines(paths), self._chunk_lines())
             self._feed_pooled(_check_chunk, tasks, processes, progress, meanwhile=meanwhile)
         else:
             if meanwhile is not None:
                 meanwhile()
-            for chunk in _chunks(read_event_lines(paths), _CHUNK_LINES):
+            for chunk in _chunks(read_event_lines(paths), self._chunk_lines()):
                 taken = self._take_lines(chunk)
                 if progress is not None:
                     progress(taken)
 
-    def _take_lines(self, lines: Iterable[bytes]) -> int:
+    def _take_lines(self, lines: Iterable[bytes | str]) -> int:
         """Check lines here (no pool) and take their events; how many events."""
-        devices = self.devices
-        checked = [c for line in lines for c in check_line(line, devices)]
+        checked, verified = check_lines(lines, self.devices, verify=self.verify)
+        self.stats.signatures += verified
         self.take_many(checked)
         return len(checked)
 
@@ -679,14 +811,17 @@ class Settler:
         """
         global _POOL_DEVICES  # noqa: PLW0603 - handed to forked workers, read-only there
         _POOL_DEVICES = self.devices
+        _POOL_VERIFY[0] = self.verify
         ahead = _TablesAhead(self.resolver)
         done = False
         read = 0
         try:
             # marshal: bytes our own forked workers wrote
             make, take, loads = Checked._make, self.take_many, marshal.loads
+            stats = self.stats
             for blob in _pooled(work, tasks, processes, meanwhile):
-                result = loads(blob)
+                result, verified = loads(blob)
+                stats.signatures += verified
                 take(list(map(make, result)))
                 ahead.see({c[6][1] for c in result if c[6] is not None})
                 if sizes is not None:
@@ -701,8 +836,10 @@ class Settler:
             ahead.finish(build=done)
 
     def feed_event(self, obj: object) -> None:
-        """Feed one decoded event."""
-        self.take_many([check_event(obj, self.devices)])
+        """Feed one decoded event (its own signature verified: a run of one)."""
+        c = check_event(obj, self.devices)
+        self.stats.signatures += c.reason is None or c.reason == "bad_signature"
+        self.take_many([c])
 
     def take(self, c: Checked) -> None:
         """:meth:`take_many` of one event."""

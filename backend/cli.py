@@ -195,6 +195,14 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         default=0,
         help="processes checking events (signatures, rids, proofs); 0: one per CPU",
     )
+    st.add_argument(
+        "--verify",
+        choices=["runs", "every"],
+        default="runs",
+        help="signatures: one per hash-linked run of a bus's events read together (runs), "
+        "or every event's own (every); the same verdicts but for a record only the bus's "
+        "own key could have linked to (docs/backend-ingest.md)",
+    )
 
     en = sub.add_parser(
         "enroll",
@@ -471,7 +479,7 @@ def _settle(args: argparse.Namespace) -> int:
         default_network=args.default_network,
     )
     builder = JourneyBuilder(FareEngine(rules), feed, policy)
-    settler = Settler(devices, resolver, builder)
+    settler = Settler(devices, resolver, builder, verify=args.verify)
     progress = Progress("reading events", unit="events")
     processes = args.processes if args.processes > 0 else (os.cpu_count() or 1)
     t1 = time.perf_counter()
@@ -495,7 +503,8 @@ def _settle(args: argparse.Namespace) -> int:
     stats = settler.stats
     _err(
         f"settled {stats.read} event(s): {stats.accepted} accepted, "
-        f"{sum(stats.rejected.values())} rejected, {stats.duplicates} duplicate(s); "
+        f"{sum(stats.rejected.values())} rejected, {stats.duplicates} duplicate(s), "
+        f"{stats.signatures} signature(s) verified ({args.verify}); "
         f"{n_journeys} journey(s) ({charged} charged, {review} for review) "
         f"-> {args.out} in {time.perf_counter() - t0:.1f} s (checks and chain "
         f"{t2 - t1:.1f} s, rids, proofs and journeys {t3 - t2:.1f} s, {processes} "

@@ -17,6 +17,7 @@ and offline alike.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 from collections import Counter
@@ -36,8 +37,8 @@ from backend._ingest import IngestCore, Ingestor
 from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
-from backend._settle import Settler
-from busbell import canonical_bytes, load_gtfs, read_devices, sign_event
+from backend._settle import Settler, Verify
+from busbell import canonical_bytes, event_hash, load_gtfs, read_devices, sign_event
 from tests.factories.backend_world import T0, World, missed_fields
 from tests.factories.fare_events import device_key_for
 
@@ -85,7 +86,7 @@ class Base:
                 await register_device(conn, b, key.public, now=1.0)
         await eng.dispose()
 
-    def settler(self) -> Settler:
+    def settler(self, verify: Verify = "runs") -> Settler:
         feed = load_gtfs(self.world.gtfs)
         ring = RiderKeyring()
         for rider_id, token_key in sorted(self.world.token_keys.items()):
@@ -93,7 +94,8 @@ class Base:
         builder = JourneyBuilder(
             FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy()
         )
-        return Settler(read_devices(self.world.devices_csv), Resolver(ring), builder)
+        devices = read_devices(self.world.devices_csv)
+        return Settler(devices, Resolver(ring), builder, verify=verify)
 
 
 @pytest.fixture(scope="module")
@@ -101,37 +103,70 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
     return Base(tmp_path_factory.mktemp("equivalence"))
 
 
-def _hostile(base: Base, kind: str, bus: str, i: int) -> tuple[str, bytes]:
+FORGER = device_key_for("ZZ8")
+"""A key no bus is registered with."""
+
+
+def _variant(ev: dict[str, Any], prev: str) -> dict[str, Any]:
+    """Another record at ``ev``'s seq (other content), naming ``prev``; not signed."""
+    if ev["type"] == "segment":
+        return dict(ev, distance_m=ev["distance_m"] + 1.0, prev=prev)
+    return dict(ev, trip_id="T-other", prev=prev)
+
+
+def _hostile(base: Base, kind: str, bus: str, i: int) -> list[tuple[str, bytes]]:
     chain = base.chains[bus]
     ev = chain[i % len(chain)]
     key = base.keys[bus]
+
+    def one(b: str, *events: dict[str, Any]) -> tuple[str, bytes]:
+        return b, canonical_bytes({"bus_id": b, "events": list(events)})
+
     if kind == "tampered":  # signature no longer verifies
         field = "distance_m" if ev["type"] == "segment" else "doors_opened"
         bad = dict(ev, **{field: 1.5 if field == "distance_m" else False})
         bad["sig"] = chain[(i + 1) % len(chain)]["sig"]
-        return bus, canonical_bytes({"bus_id": bus, "events": [bad]})
+        return [one(bus, bad)]
     if kind == "variant":  # same seq and prev, other content, validly signed
-        if ev["type"] == "segment":
-            other = dict(ev, distance_m=ev["distance_m"] + 1.0)
-        else:
-            other = dict(ev, trip_id="T-other")
-        return bus, canonical_bytes({"bus_id": bus, "events": [sign_event(other, key)]})
+        return [one(bus, sign_event(_variant(ev, ev["prev"]), key))]
     if kind == "mislinked":  # validly signed, prev links to nothing
-        return bus, canonical_bytes(
-            {"bus_id": bus, "events": [sign_event(dict(ev, prev="1" * 64), key)]}
+        return [one(bus, sign_event(dict(ev, prev="1" * 64), key))]
+    if kind == "forged_run":
+        # a run that links to the genuine chain, signed by a key of no bus: each record
+        # must be verified on its own (its last one's failure vouches for nothing)
+        first = sign_event(_variant(ev, ev["prev"]), FORGER)
+        nxt = chain[(i + 1) % len(chain)]
+        second = sign_event(_variant(dict(nxt, seq=ev["seq"] + 1), event_hash(first)), FORGER)
+        return [one(bus, first), one(bus, second)] if i % 2 else [one(bus, first, second)]
+    if kind == "other_bus_vouches":
+        # a forged record of this bus that another bus's genuine key links to: a
+        # signature vouches only for records of its own bus
+        other = "bus-02" if bus == "bus-01" else "bus-01"
+        theirs = base.chains[other]
+        ev = chain[i % min(len(chain), len(theirs))]  # the linker's seq gets decided
+        forged = dict(_variant(ev, ev["prev"]), sig=ev["sig"])
+        theirs = theirs[ev["seq"] % len(theirs)]
+        linker = sign_event(
+            dict(theirs, seq=ev["seq"] + 1, prev=event_hash(forged)), base.keys[other]
         )
+        return [one(bus, forged), one(other, linker)]
     if kind == "schema":
-        return bus, canonical_bytes({"bus_id": bus, "events": [dict(ev, seq=0)]})
+        return [one(bus, dict(ev, seq=0))]
     if kind == "unknown":
         other = sign_event(dict(ev, bus_id="ZZ9"), device_key_for("ZZ9"))
-        return "ZZ9", canonical_bytes({"bus_id": "ZZ9", "events": [other]})
-    return bus, b"{not json"
+        return [one("ZZ9", other)]
+    return [(bus, b"{not json")]
+
+
+Txns = list[list[tuple[str, bytes]]]
 
 
 @st.composite
-def deliveries(draw: st.DrawFn, base: Base) -> tuple[list[list[tuple[str, bytes]]], set[str]]:
-    """Transactions of messages (every genuine record at least once, in any order) and
-    the kinds of hostile items mixed in (``collide``: the event-id taker's chain)."""
+def deliveries(draw: st.DrawFn, base: Base) -> tuple[Txns, set[str], list[int]]:
+    """Transactions of messages (every genuine record at least once, in any order), the
+    kinds of hostile items mixed in (``collide``: the event-id taker's chain) and how
+    many messages offline settle checks together, chunk after chunk (its signatures are
+    verified one per hash-linked run of a chunk's records)."""
     messages: list[tuple[str, bytes]] = []
     chains = dict(base.chains)
     collide = draw(st.booleans())
@@ -147,7 +182,16 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[list[list[tuple[str, bytes]
             part = [chain[j] for j in idx[k : k + n]]
             messages.append((bus, canonical_bytes({"bus_id": bus, "events": part})))
             k += n
-    kinds = ["tampered", "variant", "mislinked", "schema", "unknown", "garbage"]
+    kinds = [
+        "tampered",
+        "variant",
+        "mislinked",
+        "forged_run",
+        "other_bus_vouches",
+        "schema",
+        "unknown",
+        "garbage",
+    ]
     hostile = draw(
         st.lists(
             st.tuples(
@@ -157,7 +201,7 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[list[list[tuple[str, bytes]
         )
     )
     for kind, bus, i in hostile:
-        messages.append(_hostile(base, kind, bus, i))
+        messages.extend(_hostile(base, kind, bus, i))
     messages = draw(st.permutations(messages))
     txns: list[list[tuple[str, bytes]]] = []
     k = 0
@@ -165,7 +209,8 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[list[list[tuple[str, bytes]
         n = draw(st.integers(1, 3))
         txns.append(list(messages[k : k + n]))
         k += n
-    return txns, {kind for kind, _, _ in hostile} | ({"collide"} if collide else set())
+    chunks = draw(st.lists(st.integers(1, 40), min_size=1, max_size=8))
+    return txns, {kind for kind, _, _ in hostile} | ({"collide"} if collide else set()), chunks
 
 
 def _summary(txns: list[list[tuple[str, bytes]]]) -> str:
@@ -209,22 +254,37 @@ async def _online(
 Links = dict[str, list[tuple[int, int]]]
 
 
+def _offline(
+    base: Base, txns: Txns, chunks: list[int], verify: Verify
+) -> tuple[Links, Counter[str], int]:
+    """Offline settle of the deliveries, ``chunks`` messages checked together at a time
+    (cycled): its chain links per bus, rejections by reason, signatures verified."""
+    settler = base.settler(verify)
+    payloads = [payload for txn in txns for _bus, payload in txn]
+    k = 0
+    for n in itertools.cycle(chunks):
+        if k >= len(payloads):
+            break
+        settler.feed_lines(payloads[k : k + n])
+        k += n
+    links = {b: v for b, v in settler.links().items() if v}
+    rejected = Counter({r: n for r, n in settler.stats.rejected.items() if r in REJECTION_REASONS})
+    return links, rejected, settler.stats.signatures
+
+
 def _both(
-    base: Base, txns: list[list[tuple[str, bytes]]], tmp_path_factory: pytest.TempPathFactory
+    base: Base,
+    txns: Txns,
+    tmp_path_factory: pytest.TempPathFactory,
+    chunks: list[int] | None = None,
+    verify: Verify = "runs",
 ) -> tuple[Links, Counter[str], Links, Counter[str]]:
     """Online ingest into a fresh ledger and offline settle of the same deliveries:
     each side's chain links per bus and rejections by reason."""
     db = tmp_path_factory.mktemp("ledger") / "ledger.db"
     shutil.copy(base.template, db)
     online_links, online_rejected = asyncio.run(_online(db, txns))
-    settler = base.settler()
-    for txn in txns:
-        for _bus, payload in txn:
-            settler.feed_line(payload)
-    offline_links = {b: v for b, v in settler.links().items() if v}
-    offline_rejected = Counter(
-        {r: n for r, n in settler.stats.rejected.items() if r in REJECTION_REASONS}
-    )
+    offline_links, offline_rejected, _ = _offline(base, txns, chunks or [1], verify)
     return online_links, online_rejected, offline_links, offline_rejected
 
 
@@ -264,15 +324,23 @@ def test_the_record_linked_first_owns_an_event_id(
 def test_offline_and_online_ingest_agree(
     base: Base, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    txns, kinds = data.draw(deliveries(base))
-    online_links, online_rejected, offline_links, offline_rejected = _both(
-        base, txns, tmp_path_factory
-    )
-    assert online_links == offline_links, _summary(txns)
-    assert online_rejected == offline_rejected, _summary(txns)
+    txns, kinds, chunks = data.draw(deliveries(base))
+    db = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    shutil.copy(base.template, db)
+    online_links, online_rejected = asyncio.run(_online(db, txns))
+    # offline: a signature per hash-linked run of the records checked together (the
+    # default), and every record's own
+    runs_links, runs_rejected, runs_verified = _offline(base, txns, chunks, "runs")
+    every_links, every_rejected, every_verified = _offline(base, txns, chunks, "every")
+    assert online_links == runs_links == every_links, _summary(txns)
+    assert online_rejected == runs_rejected == every_rejected, _summary(txns)
+    assert runs_verified <= every_verified
     # what was generated (pytest --hypothesis-show-statistics)
     event("event ids collide" if "collide" in kinds else "no collision")
     event(f"event_id_conflict: {online_rejected['event_id_conflict']}")
+    event(f"signatures verified, runs / every: {runs_verified / every_verified:.1f}")
+    for kind in sorted(kinds):
+        event(f"hostile: {kind}")
     # every seq of every chain is in the ledger (a validly signed variant may hold a seq
     # instead of the genuine record, and then the chain stops behind it on both sides)
     if not kinds & {"variant", "collide"}:

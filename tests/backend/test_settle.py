@@ -489,6 +489,7 @@ def test_files_read_by_the_workers_settle_like_one_process(
     a.write_bytes(b"\n".join(lines[:half]) + b"\n")
     b.write_bytes(b"\n".join(lines[half:]))  # no newline at the end
     monkeypatch.setattr(settle_mod, "_CHUNK_BYTES", 700)
+    monkeypatch.setattr(settle_mod, "_RUN_CHUNK_BYTES_MAX", 700)
     one, two = _settler(world), _settler(world)
     taken: list[int] = []
     one.feed_files([a, b], processes=1)
@@ -501,6 +502,11 @@ def test_files_read_by_the_workers_settle_like_one_process(
     assert one.stats.rejected == two.stats.rejected == {"malformed_payload": 1}
     assert one.stats.duplicates == two.stats.duplicates == 1
     assert list(one.iter_journey_lines(processes=1)) == list(two.iter_journey_lines(processes=2))
+    # one signature per hash-linked run of the records checked together: three chains
+    # in one chunk of lines, at least one per ~700-byte range
+    assert one.stats.signatures == 3
+    assert two.stats.signatures >= len(taken) - 1  # the range of the garbage holds none
+    two.stats.signatures = one.stats.signatures
     assert one.stats == two.stats
     assert one.stats.accepted == len(evs)
 
@@ -544,6 +550,7 @@ def test_riders_loaded_while_the_workers_check(
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in evs))
     monkeypatch.setattr(settle_mod, "_CHUNK_BYTES", 700)  # many tasks: more than a window
+    monkeypatch.setattr(settle_mod, "_RUN_CHUNK_BYTES_MAX", 700)
     first = _settler(world)
     first.feed_files([path], processes=processes)
     feed = load_gtfs(world.gtfs)
@@ -564,3 +571,32 @@ def test_riders_loaded_while_the_workers_check(
         first.iter_journey_lines(processes=processes)
     )
     assert later.stats == first.stats
+
+
+def test_verify_runs_or_every_settles_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--verify runs`` (default) and ``--verify every`` write the same journeys and
+    counts, a forged and a tampered record among the events; runs verify one signature
+    per bus (its chain read together) and the two records that do not link."""
+    world = World(tmp_path, riders=3, buses=2)
+    for k in range(12):
+        world.ride(f"r{1 + k % 3:04d}", f"bus-{1 + k % 2:02d}", board=1, alight=6, t=T0 + k * 700)
+    evs = [e for c in world.buses.values() for e in c.events]
+    forged = sign_event(dict(evs[3], distance_m=1.0), world.buses["bus-02"].key)
+    tampered = dict(evs[4], distance_m=1.0)
+    events = tmp_path / "E.jsonl"
+    events.write_text("".join(json.dumps(e) + "\n" for e in [*evs, forged, tampered]))
+    outs = {}
+    for mode in ("runs", "every"):
+        out, stats = tmp_path / f"J-{mode}.jsonl", tmp_path / f"S-{mode}.json"
+        extra = ["--processes", "1", "--stats", str(stats)]
+        assert _settle(world, events, out, *extra, "--verify", mode) == 0
+        outs[mode] = out.read_text(), json.loads(stats.read_text())
+        assert f"signature(s) verified ({mode})" in capsys.readouterr().err
+    (j_runs, s_runs), (j_every, s_every) = outs["runs"], outs["every"]
+    assert j_runs == j_every
+    assert j_runs
+    assert (s_runs["signatures"], s_every["signatures"]) == (4, len(evs) + 2)
+    assert s_runs == dict(s_every, signatures=4)
+    assert s_runs["rejected"] == {"bad_signature": 2}
