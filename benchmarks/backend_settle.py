@@ -165,9 +165,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: int) -> None:
-    from backend.cli import main as cli_main
+def _modes(text: str) -> list[str]:
+    modes = text.split(",")
+    if not modes or any(m not in ("runs", "every") for m in modes):
+        raise argparse.ArgumentTypeError(f"runs and/or every, not {text!r}")
+    return modes
 
+
+def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: int) -> None:
     out = sys.stdout.write
     world = World(d, riders=riders, buses=buses)
     events = d / "EVENTS.jsonl"
@@ -200,6 +205,38 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
         importlib.import_module(name)
     t_import = time.perf_counter() - t_import
     bare_before = bare_verify_rate(events, world.devices_csv)
+    for mode in args.verify:
+        bare_before = _settle_once(
+            args,
+            world,
+            d=d,
+            events=events,
+            n=n,
+            mode=mode,
+            bare_before=bare_before,
+            t_import=t_import,
+        )
+
+
+def _settle_once(
+    args: argparse.Namespace,
+    world: World,
+    *,
+    d: Path,
+    events: Path,
+    n: int,
+    mode: str,
+    bare_before: float,
+    t_import: float,
+) -> float:
+    """Time one ``backend settle`` of the events, the bare verify rate around it.
+
+    Returns the bare rate measured after it (the next mode's "before").
+    """
+    from backend.cli import main as cli_main
+
+    out = sys.stdout.write
+    stats_path = d / f"STATS-{mode}.json"
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")  # peak RSS from here
     cpu0 = _cpu()
@@ -219,6 +256,10 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
             str(d / "JOURNEYS.jsonl"),
             "--processes",
             str(args.processes),
+            "--verify",
+            mode,
+            "--stats",
+            str(stats_path),
             "--force",
         ]
     )
@@ -230,10 +271,12 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
     bare_after = bare_verify_rate(events, world.devices_csv)
     bare = (bare_before + bare_after) / 2
     rate = n / t_settle
+    signatures = json.loads(stats_path.read_text())["signatures"]
     out(
-        f"settle: {n:,} events in {t_settle:.1f} s ({rate:,.0f} events/s, "
+        f"settle --verify {mode}: {n:,} events in {t_settle:.1f} s ({rate:,.0f} events/s, "
         f"{t_settle / n * 1e6:.0f} us/event), peak RSS {int(peak) >> 10} MB "
-        f"(this process), exit {status}\n"
+        f"(this process), exit {status}; {signatures:,} signatures verified "
+        f"({signatures / n:.1%} of the events)\n"
         f"bare single-process Ed25519 verify of the same events: {bare:,.0f}/s "
         f"(before {bare_before:,.0f}, after {bare_after:,.0f})\n"
         f"ratio settle / bare verify: {rate / bare:.2f}; load average {_load()}; settle's "
@@ -246,6 +289,7 @@ def _run(args: argparse.Namespace, d: Path, n_events: int, riders: int, buses: i
         f"CPU-s in settle's {t_settle:.1f} s ({os.cpu_count()} CPUs: "
         f"{max(0.0, busy - own - workers) / t_settle:.2f} of a CPU on average)\n"
     )
+    return bare_after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     ap.add_argument("--processes", type=int, default=0, help="settle --processes (0: CPUs)")
+    ap.add_argument(
+        "--verify",
+        type=_modes,
+        default=["runs"],
+        help="settle --verify, comma-separated: runs, every or both (one settle each, in "
+        "this order, the bare verify timed between them)",
+    )
     ap.add_argument(
         "--dir", type=Path, default=None, help="keep the files here (a subdirectory per run)"
     )
