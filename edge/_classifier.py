@@ -591,8 +591,11 @@ class PresenceClassifier:
             r.convoy = convoy
             self._become_candidate(r, v, fresh=True)
             state = _CANDIDATE
-            if late:
-                r.co_only = True  # a late joiner boards on co-movement only
+            if late or (v.close_t is not None and not r.rot):
+                # first heard once the doors had closed (a late joiner): nobody boards
+                # through closed doors, so it was aboard unheard or is a vehicle arriving
+                # as the bus leaves; it boards on co-movement only
+                r.co_only = True
         if token_t > r.last_token_t:  # noqa: PLR1730 - cheaper than max() on the hot path
             r.last_token_t = token_t
         if t - token_t < r.d_min:  # noqa: PLR1730 - cheaper than min()
@@ -687,9 +690,7 @@ class PresenceClassifier:
         if r.ewma < r.lvl - self._sparse_fall or (
             # a late joiner (first heard after the doors closed) that grows loud: a vehicle
             # drawing alongside, not a weak token of someone who boarded last
-            r.ewma > r.lvl + self._sparse_fall
-            and cv.close_t is not None
-            and r.first_t > cv.close_t + self._grace
+            r.ewma > r.lvl + self._sparse_fall and cv.close_t is not None and r.first_t > cv.close_t
         ):
             r.drift = True
         if r.ewma < floor:

@@ -1351,3 +1351,66 @@ def test_vehicle_first_heard_as_the_bus_pulls_away_then_loud_alongside_is_not_ch
     w.dwell("S2", 10)
     w.move(600)
     assert by_name(w.finish(), tok) == []
+
+
+# -- cars alongside (issue 11: bystanders, full-scale rush_hour_crowd, tuning seed 1) ----
+
+
+def _closed_since(world: World, seconds: float) -> bool:
+    """The current stop's doors closed at least ``seconds`` ago."""
+    v = world.visit
+    return v is not None and v.close_t is not None and world.t >= v.close_t + seconds
+
+
+def test_car_first_heard_as_the_doors_close_following_far_below_the_riders_is_not_charged() -> None:
+    # r-03309 (bus-55-01-r3, BD004->BD005): a car pulling up behind the bus as it leaves;
+    # first heard 2.7 s after the doors closed (within board_grace_s: before, a fresh
+    # candidate of the stop judged by the unbroken-stretch rules), then every second at
+    # -88 dBm, 28 dB below the riders, for 700 m; beside the bus at -66 for the last
+    # 100 m; it drives on when the bus halts at S2. Nobody boards through closed doors:
+    # a rid first heard once they closed boards on co-movement only (within
+    # in_bus_margin_db of the riders, never after growing 12 dB louder)
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -60.0)) for i in range(3)]
+    here = {"at_s2": False}
+
+    def car(world: World) -> float | None:
+        if here["at_s2"] or not _closed_since(world, 2.5):
+            return None
+        d = world.odo - world.stop_odo
+        if d > 700.0:
+            return -66.0
+        if (world.t - T0) % 1.0 >= 0.5:
+            return None
+        return -85.0 if int(world.t) % 3 == 0 else -88.0
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 25)
+    w.wait(3)  # the bus pulls out
+    w.move(800)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_rider_first_heard_as_the_doors_close_at_the_riders_level_is_charged_there() -> None:
+    # guard for the rule above: a rider whose packets were all lost in the crowd at the
+    # stop, first heard 2 s after the doors closed at the riders' level, riding 1.2 km:
+    # boards on co-movement, from that stop
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -60.0))
+    gone = {"v": False}
+    tok = w.add(
+        Token("jam", lambda world: None if gone["v"] or not _closed_since(world, 2.0) else -63.0)
+    )
+    w.dwell("S1", 25)
+    w.wait(3)
+    w.move(1200)
+    w.dwell("S2", 15)
+    gone["v"] = True
+    w.move(600)
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.finish(), tok)] == [("S1", "S2")]
