@@ -899,6 +899,7 @@ class PresenceClassifier:
             and not r.drift
             and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
             and t - v.close_t >= p.confirm_min_s
+            and self._moved_on(r, v)
         ):
             # co-movement: heard again and again, at its own level, while the bus carried
             # it far from the stop, however sparsely (a weak token deep in a bag)
@@ -957,6 +958,20 @@ class PresenceClassifier:
             and r.last_in_odo - v.close_odo_m < p.confirm_distance_m
         ):
             self._drop(r, Event.REJECT, out)
+
+    def _moved_on(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate's co-movement evidence goes on past every later stop served.
+
+        A candidate of ``v`` still unconfirmed when the doors opened at a later stop boards
+        on co-movement only once heard again at its level ``confirm_distance_m`` past that
+        stop's departure: a rider carried through the stop rides on with the bus; a car
+        that drove beside the bus to the stop drives on when the bus halts, and fades
+        there, which would otherwise read as a one-stop ride alighting at that stop.
+        """
+        w = self._visits[-1] if self._visits else None
+        if w is None or w.seq <= v.seq:
+            return True
+        return w.close_odo_m is not None and r.co_odo >= w.close_odo_m + self._co_d
 
     def _short_hop(self, r: _Rid, v: StopVisit) -> bool:
         """Whether an unconfirmed candidate faded at a later stop after riding from ``v``.

@@ -1414,3 +1414,44 @@ def test_rider_first_heard_as_the_doors_close_at_the_riders_level_is_charged_the
     gone["v"] = True
     w.move(600)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.finish(), tok)] == [("S1", "S2")]
+
+
+def test_car_carried_to_the_next_stop_that_drives_on_there_is_not_charged() -> None:
+    # r-03286 (bus-55-01-r2, BD008->BD009): a car passing the standing bus at S1 (heard
+    # rising and falling while the doors stand open), silent as the bus pulls away, then
+    # heard every second 28 dB below the riders all the way to S2 (a co-moving candidate,
+    # too weak to board on co-movement), at S2 as the doors open, then never again (it
+    # drove on). The riders' level sinks at S2 (a crowd in the doorway shadows them), so
+    # its co-movement evidence passed the riders' margin while the bus stood at S2: it was
+    # charged S1->S2. A candidate carried to a later stop must be heard moving with the
+    # bus past that stop to board.
+    w = World()
+    crowd = {"v": False}
+    riders = [w.add(Token(f"rd{i}", lambda _: -64.0 if crowd["v"] else -50.0)) for i in range(3)]
+    phase = {"s1": 0.0, "s2": False}
+
+    def car(world: World) -> float | None:
+        if phase["s2"]:
+            v = world.visit
+            return -80.0 if v is not None and world.t < v.open_t + 3.0 else None
+        d = world.odo - world.stop_odo
+        if d == 0.0:  # passing the standing bus: -92 -> -70 -> -95 over 12 s
+            k = world.t - phase["s1"]
+            if 10.0 <= k <= 22.0:
+                return -70.0 - 2.0 * abs(k - 16.0) * (1.0 if k < 16.0 else 1.3)
+            return None
+        if d < 300.0:
+            return None
+        return -79.0 if (world.t - T0) % 1.0 < 0.5 else None
+
+    tok = w.add(Token("car", car))
+    phase["s1"] = w.t
+    w.dwell("S1", 25)
+    w.move(1000)
+    phase["s2"] = True
+    crowd["v"] = True
+    w.dwell("S2", 30)
+    w.move(700)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    assert all(len(by_name(out, r)) == 1 for r in riders)
