@@ -890,6 +890,8 @@ class PresenceClassifier:
         p = self.params
         if r.lvl is None:
             r.lvl = float(_median(r.hist) or r.ewma)  # its level as the bus left the stop
+        if r.co_only and not r.drift and r.first_t > v.close_t and self._absent(r, t, v):
+            r.drift = True  # not aboard while the doors stood open: no co-movement boarding
         fade_s = self._fade_s(r)
         last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
         recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
@@ -958,6 +960,28 @@ class PresenceClassifier:
             and r.last_in_odo - v.close_odo_m < p.confirm_distance_m
         ):
             self._drop(r, Event.REJECT, out)
+
+    def _absent(self, r: _Rid, t: float, v: StopVisit) -> bool:
+        """Whether a late joiner's own rhythm shows it was out of range at the open doors.
+
+        A rid first heard after the doors of ``v`` closed was silent all the while they
+        stood open. Judged like a fade, by its own rate: heard ``fade_gaps`` times within
+        ``fade_timeout_s`` of its first advert, its fade time is ``fade_timeout_s``
+        (:meth:`_fade_s`), and a silence at the open doors longer than that (and than
+        ``fade_gaps`` of its gaps) means it was not in the bus at the stop: a vehicle
+        arriving as the bus leaves. A token aboard whose packets were lost (deep in a bag,
+        a stop jammed by a crowd) is as sparse as the bus pulls away as it was at the stop,
+        and is not judged; nor is anyone after a restart during the dwell (nothing was
+        heard then).
+        """
+        p = self.params
+        if r.rot or r.n_adv < p.fade_gaps or t - r.first_t > p.fade_timeout_s:
+            return False
+        if self._down is not None and self._down[1] > v.open_t:
+            return False
+        silent = r.first_t - v.open_t
+        gap = (r.last_t - r.first_t) / (r.n_adv - 1)
+        return silent > p.fade_timeout_s and silent > p.fade_gaps * gap
 
     def _moved_on(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate's co-movement evidence goes on past every later stop served.
@@ -1080,8 +1104,9 @@ class PresenceClassifier:
 
     def _drop(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
         """Candidacy failed. A rotated rider paired with it gets its end by the fade rules."""
-        if self._near_end(r) and r.visit is not None:
-            # its rid rotated before it could be confirmed: a new rid may take over
+        if self._near_end(r) and r.visit is not None and not (r.co_only and r.drift):
+            # its rid rotated before it could be confirmed: a new rid may take over (not
+            # from a candidate barred from boarding: it has no boarding to hand over)
             self._keep_for_pairing(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
         was = r.state
         r.state = int(next_state(State(r.state), ev))

@@ -1396,24 +1396,66 @@ def test_car_first_heard_as_the_doors_close_following_far_below_the_riders_is_no
     assert all(len(by_name(out, r)) == 1 for r in riders)
 
 
-def test_rider_first_heard_as_the_doors_close_at_the_riders_level_is_charged_there() -> None:
-    # guard for the rule above: a rider whose packets were all lost in the crowd at the
-    # stop, first heard 2 s after the doors closed at the riders' level, riding 1.2 km:
+def test_rider_jammed_at_the_stop_first_heard_as_the_doors_close_is_charged_there() -> None:
+    # guard for the rule above: a rider whose packets were lost in a crowd at the stop
+    # (not heard while the doors stood open), heard every 4 s through the crowd as the bus
+    # pulls away (200 m), then every half second at the riders' level, riding 1.2 km:
     # boards on co-movement, from that stop
     w = World()
     for i in range(3):
         w.add(Token(f"rd{i}", lambda _: -60.0))
     gone = {"v": False}
-    tok = w.add(
-        Token("jam", lambda world: None if gone["v"] or not _closed_since(world, 2.0) else -63.0)
-    )
+
+    def jammed(world: World) -> float | None:
+        if gone["v"] or not _closed_since(world, 2.0):
+            return None
+        if world.odo - world.stop_odo < 200.0:
+            return -63.0 if (world.t - T0) % 4.0 < 0.5 else None
+        return -63.0
+
+    tok = w.add(Token("jam", jammed))
     w.dwell("S1", 25)
     w.wait(3)
-    w.move(1200)
+    w.move(1200, speed=8.0)
     w.dwell("S2", 15)
     gone["v"] = True
     w.move(600)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.finish(), tok)] == [("S1", "S2")]
+
+
+@pytest.mark.parametrize("rotates", [False, True])
+def test_car_arriving_as_the_doors_close_heard_densely_at_a_riders_margin_is_not_charged(
+    rotates: bool,
+) -> None:
+    # r-03280 (bus-55-01-r1, BD005->BD006): first heard 4.9 s after the doors closed, then
+    # every second 23 dB below the riders (within in_bus_margin_db: co-movement would board
+    # it), its rid rotating on the way. A token heard that often was not silent for the
+    # 25 s the doors stood open while aboard: not a rider of that stop, and its new rid
+    # inherits no boarding (before: charged S1 -> rotated -> continued -> S2)
+    w = World(t0=T0 + 480.0 if rotates else T0)  # rotating: its rid ends 80 s into the trip
+    riders = [w.add(Token(f"rd{i}", lambda _: -62.0)) for i in range(3)]
+    here = {"at_s2": False}
+
+    def car(world: World) -> float | None:
+        if here["at_s2"] or not _closed_since(world, 4.9):
+            return None
+        if (world.t - T0) % 1.0 >= 0.5:
+            return None
+        return -83.0 if int(world.t) % 2 == 0 else -87.0
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 25)
+    w.wait(3)
+    w.move(1000, speed=8.0)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    for r in riders:  # (rotating: rotated, then continued)
+        segs = by_name(out, r)
+        assert (segs[0].start.stop_id, segs[-1].end.stop_id) == ("S1", "S2")
+        assert len(segs) == (2 if rotates else 1)
 
 
 def test_car_carried_to_the_next_stop_that_drives_on_there_is_not_charged() -> None:
