@@ -928,8 +928,16 @@ class PresenceClassifier:
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
                 return  # let a rotated rid fade first and pair with this one
             self._confirm_new(r, t, v, out)
-        elif not recent and away and r.convoy is None and not r.co_only and self._short_hop(r, v):
-            # rode one short hop, in the bus from its stop until the doors opened again
+        elif (
+            not recent
+            and away
+            and r.convoy is None
+            and not r.co_only
+            and not r.fell
+            and self._short_hop(r, v)
+        ):
+            # rode one short hop, in the bus from its stop until the doors opened again (not
+            # one that fell away from its level at the stop: left behind, then caught up)
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
         elif (

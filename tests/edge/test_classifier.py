@@ -1497,3 +1497,32 @@ def test_car_carried_to_the_next_stop_that_drives_on_there_is_not_charged() -> N
     out = w.finish()
     assert by_name(out, tok) == []
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_car_left_behind_at_the_stop_that_catches_up_to_the_next_is_no_short_hop() -> None:
+    # r-00072 (small rush_hour_crowd, seed 2, cells 5, 6 and 11: BD003->BD004): a car
+    # beside the standing bus at S1, falling 28 dB behind as the bus leaves, catching up,
+    # loud beside it, and driving on when the bus halts at S2. Heard without a break all
+    # the way, it fell away from its level at the stop: not in the bus, so no short hop
+    # (the unbroken-stretch rule already refused it)
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -55.0)) for i in range(3)]
+    here = {"at_s2": False}
+
+    def car(world: World) -> float | None:
+        if here["at_s2"] or (world.t - T0) % 1.0 >= 0.5:
+            return None
+        d = world.odo - world.stop_odo
+        if d < 150.0:
+            return -62.0 - 28.0 * d / 150.0
+        return -88.0 if d < 300.0 else -65.0
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 20)
+    w.move(450)
+    here["at_s2"] = True
+    w.dwell("S2", 15)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    assert all(len(by_name(out, r)) == 1 for r in riders)
