@@ -717,11 +717,13 @@ class Settler:
     def feed_lines(self, lines: Iterable[bytes], *, processes: int = 1) -> None:
         """Feed JSONL lines; with ``processes`` > 1 the per-event checks run in a pool.
 
-        Parsing, validation and signature verification of each event are independent
-        of every other event, so worker processes (forked: they share the device
+        Parsing and validation of each event are independent of every other event, and
+        signature verification depends only on the events checked with it (its chunk:
+        :func:`check_lines`), so worker processes (forked: they share the device
         registry copy-on-write) do them on chunks of lines; this process only chains,
         dedupes and keeps the results, in input order, so the outcome is the same as
-        feeding the lines one by one.
+        feeding the lines one by one (with ``verify="runs"``, but for a record whose
+        own ``sig`` fails while its bus linked a later record of its chunk to it).
         """
         n = self._chunk_lines()
         if processes <= 1:
