@@ -12,10 +12,12 @@ stages whose cost does not depend on the order of the events:
    checks online ingest runs too (:func:`backend._record_check.check_record`: device
    known, ``sig`` over the canonical bytes, serialised once; the signed part is cut
    from them and the chain hash is their SHA-256). Signatures are verified one per
-   hash-linked run of the chunk's records (``verify="runs"``, :func:`_verify_runs`:
-   a verified record vouches for the record whose hash it names as ``prev``), or each
-   record's own (``verify="every"``). What the next stages need travels back as a
-   plain tuple (:class:`Checked`),
+   hash-linked run (``verify="runs"``, :func:`decide_runs`: a verified record vouches
+   for the record whose hash it names as ``prev``; over whole files read by the pool,
+   the runs of the whole input, decided once every record is checked
+   (:meth:`Settler._feed_pooled_runs`); over lines, per chunk), or each record's own
+   (``verify="every"``). What the next stages need travels back as a plain tuple
+   (:class:`Checked`),
 2. in this process (:meth:`Settler.take_many`), the chain decisions of online ingest,
    made by the same core (:class:`backend._chain.ChainPlanner`, one per chunk of
    results) over an in-memory store (each bus's position, stored hashes and held
@@ -81,8 +83,11 @@ __all__ = [
     "SettleStats",
     "Settler",
     "UnresolvedRid",
+    "Verify",
     "check_event",
     "check_line",
+    "check_lines",
+    "decide_runs",
     "read_event_lines",
     "segment_of",
 ]
@@ -152,8 +157,7 @@ class SettleStats:
         rejected: rejected events by reason.
         warnings: non-fatal findings by kind (``chain_gap`` counts missing seqs).
         signatures: Ed25519 signatures verified (``runs``: about one per hash-linked
-            run of records checked together; ``every``: one per record that got that
-            far).
+            run; ``every``: one per record that got that far).
     """
 
     read: int = 0
@@ -233,10 +237,10 @@ _BAD = Checked("bad_signature")
 _LINE_LIMITS = JsonLimits(max_bytes=64 << 20, max_depth=32)
 _CHUNK_LINES = 256
 _CHUNK_BYTES = 512 << 10
-# verify="runs": a run is cut where a chunk ends, so chunks are larger: a day read in
-# closing order (every bus's next event thousands of lines on) still has long runs
+# verify="runs" over lines (a run is cut where a chunk ends; files read by the pool are
+# decided whole, see Settler._feed_pooled_runs)
 _RUN_CHUNK_LINES = 4096
-_RUN_CHUNK_BYTES_MAX = 16 << 20
+_VERIFY_PER_TASK = 256
 _RIDERS_PER_TASK = 512
 _POOL_DEVICES: Mapping[str, PublicKey] | None = None
 _POOL_VERIFY: list[Verify] = ["runs"]
@@ -295,37 +299,80 @@ def _verified_already(c: Checked) -> Rejection | None:  # pragma: no cover - nev
 
 
 def _verify_runs(deferred: _Deferred, devices: Mapping[str, PublicKey]) -> tuple[set[str], int]:
-    """Decide the put-off signatures: one verification per hash-linked run.
-
-    A record is *authentic* when its own signature verifies, or when an authentic record
-    of the same bus at the next seq names its hash as ``prev`` (that record's signature
-    covers the hash, which covers every byte of this one, ``sig`` included). Records are
-    taken by seq, highest first, so every record that can vouch for one is decided
-    before it: a record is verified only when none vouches for it. A chain that links
-    costs one verification (its last record); a record that does not link (forged,
-    tampered, mislinked) or that only an unauthentic record links to is verified on its
-    own. Byte-identical copies (one hash) are one record.
+    """Decide the put-off signatures of records checked together (:func:`decide_runs`).
 
     Returns:
         The hashes of the records whose signature does not verify (``bad_signature``),
         and how many signatures were verified.
     """
     records = {c.hash: (c, rec, full) for c, rec, full in deferred}
-    vouched: set[tuple[str, int, str]] = set()  # (bus, seq, hash) an authentic record names
+
+    def verify(hashes: list[str]) -> set[str]:
+        bad = set()
+        for h in hashes:
+            c, rec, full = records[h]
+            if signature_fault(rec, full, devices[c.bus_id]) is not None:
+                bad.add(h)
+        return bad
+
+    return decide_runs({h: (r[0].bus_id, r[0].seq, r[0].prev) for h, r in records.items()}, verify)
+
+
+def decide_runs(
+    nodes: Mapping[str, tuple[str, int, str]], verify: Callable[[list[str]], set[str]]
+) -> tuple[set[str], int]:
+    """Which records are authentic, verifying one signature per hash-linked run.
+
+    A record is *authentic* when its own signature verifies, or when an authentic record
+    of the same bus at the next seq names its hash as ``prev`` (that record's signature
+    covers the hash, which covers every byte of this one, ``sig`` included). Byte-
+    identical copies are one record (one hash).
+
+    Round 1 takes the records by seq, highest first, and verifies those no record
+    vouches for (the tops of the runs), counting on them to vouch for the records
+    below. When every one verifies, that is the answer: a chain that links costs one
+    verification. When some do not (forged, tampered, mislinked records, or the
+    genuine top of a chain missing), round 2 verifies every record that no verified
+    record vouches for through an unbroken run; nothing is taken on trust then, so
+    there is no round 3.
+
+    Args:
+        nodes: hash -> ``(bus_id, seq, prev)`` of each record whose signature is put
+            off (each passed every other check on its own).
+        verify: verifies the records of the hashes given; returns those that fail.
+
+    Returns:
+        The hashes of the records that are not authentic (``bad_signature``) and how
+        many signatures were verified.
+    """
+    order = sorted(nodes.items(), key=_seq_of, reverse=True)
+    good: set[str] = set()
     bad: set[str] = set()
     verified = 0
-    for c, rec, full in sorted(records.values(), key=_seq_of, reverse=True):
-        if (c.bus_id, c.seq, c.hash) not in vouched:
-            verified += 1
-            if signature_fault(rec, full, devices[c.bus_id]) is not None:
-                bad.add(c.hash)
+    for optimistic in (True, False):
+        vouched: set[tuple[str, int, str]] = set()  # (bus, seq, hash) authentic ones name
+        need: list[str] = []
+        for h, (bus, seq, prev) in order:
+            if h in bad:
                 continue
-        vouched.add((c.bus_id, c.seq - 1, c.prev))
+            if h not in good and (bus, seq, h) not in vouched:
+                need.append(h)
+                if not optimistic:
+                    continue
+            vouched.add((bus, seq - 1, prev))
+        if not need:
+            break
+        verified += len(need)
+        failed = verify(need)
+        bad |= failed
+        good.update(h for h in need if h not in failed)
+        if not failed:
+            break
     return bad, verified
 
 
-def _seq_of(item: tuple[Checked, FareEvent, bytes]) -> int:
-    return item[0].seq
+def _seq_of(item: tuple[str, tuple[str, int, str]]) -> int:
+    return item[1][1]
 
 
 def check_event(obj: object, devices: Mapping[str, PublicKey]) -> Checked:
@@ -438,6 +485,73 @@ def _check_range(task: _Range) -> bytes:
         f.seek(start)
         data = f.read(end - start)
     return _check_chunk(data.split(b"\n"))
+
+
+def _check_range_put_off(task: _Range) -> bytes:
+    """Worker: the checks of a byte range's records, every signature put off.
+
+    For ``verify="runs"`` over whole files (:meth:`Settler.feed_files`): the verdicts
+    so far as plain tuples, and where each record is (its line's offset in the file,
+    its index in the line), marshalled; :func:`_verify_at` verifies the records
+    :func:`decide_runs` picks.
+    """
+    assert _POOL_DEVICES is not None  # set before the pool forked
+    devices = _POOL_DEVICES
+    path, start, end = task
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    out: list[tuple[Any, ...]] = []
+    offsets = array("q")
+    index = array("q")
+    sink: _Deferred = []
+    off = start
+    for line in data.split(b"\n"):
+        checked = _check_line(line, devices, sink)
+        sink.clear()
+        out.extend(map(tuple, checked))
+        offsets.extend([off] * len(checked))
+        index.extend(range(len(checked)))
+        off += len(line) + 1
+    return marshal.dumps((out, offsets.tobytes(), index.tobytes()))
+
+
+_Where = tuple[str, int, int, str]
+"""A record in an event file: path, its line's offset, its index in the line, its hash."""
+
+
+def _verify_at(records: list[_Where]) -> bytes:
+    """Worker: verify the signatures of records read again from their files.
+
+    Returns the hashes of those that fail, marshalled.
+
+    Raises:
+        RuntimeError: a record read again is not the record checked before (its file
+            changed while it was settled).
+    """
+    assert _POOL_DEVICES is not None  # set before the pool forked
+    devices = _POOL_DEVICES
+    bad: list[str] = []
+    files: dict[str, Any] = {}
+    try:
+        for path, offset, i, digest in records:
+            f = files.get(path)
+            if f is None:
+                f = files[path] = open(path, "rb")  # noqa: SIM115 - closed below
+            f.seek(offset)
+            deferred: _Deferred = []
+            checked = _check_line(f.readline(), devices, deferred)
+            c = checked[i] if i < len(checked) else None
+            found = [d for d in deferred if d[0] is c]
+            if c is None or not found or c.hash != digest:
+                raise RuntimeError(f"{path} changed while it was settled (offset {offset})")
+            _, rec, full = found[0]
+            if signature_fault(rec, full, devices[c.bus_id]) is not None:
+                bad.append(digest)
+    finally:
+        for f in files.values():
+            f.close()
+    return marshal.dumps(bad)
 
 
 def _ranges(paths: Iterable[str | os.PathLike[str]], size: int) -> Iterator[_Range]:
@@ -668,9 +782,9 @@ class Settler:
         resolver: the rid resolver over the enrolled riders.
         builder: the journey builder.
         categories: rider id -> category (default: the builder policy's).
-        verify: ``runs`` (default): one signature per hash-linked run of the records
-            checked together (a chunk of lines); ``every``: each record's own
-            (:func:`check_lines`).
+        verify: ``runs`` (default): one signature per hash-linked run (of the whole
+            input for files the pool reads, else of each chunk of lines); ``every``:
+            each record's own (:func:`check_lines`).
     """
 
     def __init__(
@@ -736,17 +850,6 @@ class Settler:
         """Lines checked together (one task of the pool)."""
         return _CHUNK_LINES if self.verify == "every" else _RUN_CHUNK_LINES
 
-    def _chunk_bytes(self, total: int, processes: int) -> int:
-        """Bytes of the files checked together (one task of the pool).
-
-        ``runs``: an eighth of each worker's share of ``total``, between 512 KiB and 16
-        MiB (a run is cut where a chunk ends; eight tasks per worker keep the workers
-        even); ``every``: 512 KiB.
-        """
-        if self.verify == "every":
-            return _CHUNK_BYTES
-        return max(_CHUNK_BYTES, min(_RUN_CHUNK_BYTES_MAX, total // (8 * processes)))
-
     def feed_files(
         self,
         paths: Sequence[str | os.PathLike[str]],
@@ -766,14 +869,20 @@ class Settler:
         """
         if processes > 1 and all(Path(p).is_file() for p in paths):
             sizes: deque[int] = deque()
+            names: deque[str] = deque()
             total = sum(os.path.getsize(p) for p in paths)
-            size = self._chunk_bytes(total, processes)
 
             def ranges() -> Iterator[_Range]:
-                for r in _ranges(paths, size):
+                for r in _ranges(paths, _CHUNK_BYTES):
                     sizes.append(r[2] - r[1])
+                    names.append(r[0])
                     yield r
 
+            if self.verify == "runs":
+                self._feed_pooled_runs(
+                    ranges(), names, processes, progress, (sizes, total), meanwhile=meanwhile
+                )
+                return
             self._feed_pooled(
                 _check_range, ranges(), processes, progress, (sizes, total), meanwhile=meanwhile
             )
@@ -832,6 +941,72 @@ class Settler:
                         ahead.start()
                 if progress is not None:
                     progress(len(result))
+            done = True
+        finally:
+            _POOL_DEVICES = None
+            ahead.finish(build=done)
+
+    def _feed_pooled_runs(
+        self,
+        tasks: Iterable[_Range],
+        names: deque[str],
+        processes: int,
+        progress: Callable[[int], object] | None,
+        sizes: tuple[deque[int], int],
+        *,
+        meanwhile: Callable[[], object] | None = None,
+    ) -> None:
+        """``verify="runs"`` over whole files: runs are found over the whole input.
+
+        The pool checks every record with its signature put off
+        (:func:`_check_range_put_off`); this process keeps the verdicts and where each
+        record is, decides with :func:`decide_runs` over all of them which signatures to
+        verify (in the pool again, :func:`_verify_at`, the records read again from the
+        files), and then takes the results in input order, as :meth:`_feed_pooled`
+        does. A bus's run is not cut where a pool task ends, so the cost does not
+        depend on the order of the lines.
+        """
+        global _POOL_DEVICES  # noqa: PLW0603 - handed to forked workers, read-only there
+        _POOL_DEVICES = self.devices
+        ahead = _TablesAhead(self.resolver)
+        done = False
+        read = 0
+        batches: list[list[Checked]] = []
+        nodes: dict[str, tuple[str, int, str]] = {}
+        where: dict[str, _Where] = {}
+        try:
+            make, loads = Checked._make, marshal.loads
+            for blob in _pooled(_check_range_put_off, tasks, processes, meanwhile):
+                result, offsets, index = loads(blob)
+                name = names.popleft()
+                batch = list(map(make, result))
+                batches.append(batch)
+                for c, off, i in zip(batch, array("q", offsets), array("q", index), strict=True):
+                    if c.reason is None and c.hash not in nodes:
+                        nodes[c.hash] = (c.bus_id, c.seq, c.prev)
+                        where[c.hash] = (name, off, i, c.hash)
+                ahead.see({c[6][1] for c in result if c[6] is not None})
+                read += sizes[0].popleft()
+                if read >= 0.05 * sizes[1]:
+                    ahead.start()
+                if progress is not None:
+                    progress(len(result))
+
+            def verify(hashes: list[str]) -> set[str]:
+                at = sorted(where[h] for h in hashes)
+                tasks = (at[k : k + _VERIFY_PER_TASK] for k in range(0, len(at), _VERIFY_PER_TASK))
+                return {h for blob in _pooled(_verify_at, tasks, processes) for h in loads(blob)}
+
+            bad, verified = decide_runs(nodes, verify)
+            self.stats.signatures += verified
+            nodes.clear()
+            where.clear()
+            batches.reverse()
+            while batches:  # each batch freed once taken
+                taken = batches.pop()
+                if bad:
+                    taken = [_BAD if c.reason is None and c.hash in bad else c for c in taken]
+                self.take_many(taken)
             done = True
         finally:
             _POOL_DEVICES = None

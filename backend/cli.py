@@ -199,7 +199,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         "--verify",
         choices=["runs", "every"],
         default="runs",
-        help="signatures: one per hash-linked run of a bus's events read together (runs), "
+        help="signatures: one per hash-linked run of a bus's events (runs), "
         "or every event's own (every); the same verdicts but for a record only the bus's "
         "own key could have linked to (docs/backend-ingest.md)",
     )

@@ -133,11 +133,12 @@ def _hostile(base: Base, kind: str, bus: str, i: int) -> list[tuple[str, bytes]]
         return [one(bus, sign_event(dict(ev, prev="1" * 64), key))]
     if kind == "forged_run":
         # a run that links to the genuine chain, signed by a key of no bus: each record
-        # must be verified on its own (its last one's failure vouches for nothing)
-        first = sign_event(_variant(ev, ev["prev"]), FORGER)
-        nxt = chain[(i + 1) % len(chain)]
-        second = sign_event(_variant(dict(nxt, seq=ev["seq"] + 1), event_hash(first)), FORGER)
-        return [one(bus, first), one(bus, second)] if i % 2 else [one(bus, first, second)]
+        # must be verified on its own (a failed record vouches for nothing)
+        run = [sign_event(_variant(ev, ev["prev"]), FORGER)]
+        for k in (1, 2):
+            nxt = dict(chain[(i + k) % len(chain)], seq=ev["seq"] + k)
+            run.append(sign_event(_variant(nxt, event_hash(run[-1])), FORGER))
+        return [one(bus, e) for e in run] if i % 2 else [one(bus, *run)]
     if kind == "other_bus_vouches":
         # a forged record of this bus that another bus's genuine key links to: a
         # signature vouches only for records of its own bus

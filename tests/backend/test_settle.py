@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import marshal
 import random
 from collections import Counter
 from pathlib import Path
@@ -489,7 +490,6 @@ def test_files_read_by_the_workers_settle_like_one_process(
     a.write_bytes(b"\n".join(lines[:half]) + b"\n")
     b.write_bytes(b"\n".join(lines[half:]))  # no newline at the end
     monkeypatch.setattr(settle_mod, "_CHUNK_BYTES", 700)
-    monkeypatch.setattr(settle_mod, "_RUN_CHUNK_BYTES_MAX", 700)
     one, two = _settler(world), _settler(world)
     taken: list[int] = []
     one.feed_files([a, b], processes=1)
@@ -502,12 +502,10 @@ def test_files_read_by_the_workers_settle_like_one_process(
     assert one.stats.rejected == two.stats.rejected == {"malformed_payload": 1}
     assert one.stats.duplicates == two.stats.duplicates == 1
     assert list(one.iter_journey_lines(processes=1)) == list(two.iter_journey_lines(processes=2))
-    # one signature per hash-linked run of the records checked together: three chains
-    # in one chunk of lines, at least one per ~700-byte range
-    assert one.stats.signatures == 3
-    assert two.stats.signatures >= len(taken) - 1  # the range of the garbage holds none
-    two.stats.signatures = one.stats.signatures
+    # one signature per chain: one process checks them in one chunk of lines; the pool
+    # decides the runs over the whole input, however small its tasks
     assert one.stats == two.stats
+    assert one.stats.signatures == 3
     assert one.stats.accepted == len(evs)
 
 
@@ -550,7 +548,6 @@ def test_riders_loaded_while_the_workers_check(
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in evs))
     monkeypatch.setattr(settle_mod, "_CHUNK_BYTES", 700)  # many tasks: more than a window
-    monkeypatch.setattr(settle_mod, "_RUN_CHUNK_BYTES_MAX", 700)
     first = _settler(world)
     first.feed_files([path], processes=processes)
     feed = load_gtfs(world.gtfs)
@@ -600,3 +597,66 @@ def test_verify_runs_or_every_settles_alike(
     assert (s_runs["signatures"], s_every["signatures"]) == (4, len(evs) + 2)
     assert s_runs == dict(s_every, signatures=4)
     assert s_runs["rejected"] == {"bad_signature": 2}
+
+
+def test_the_pool_decides_runs_over_the_whole_input(tmp_path: Path) -> None:
+    """Files read by the pool in tiny ranges, the lines shuffled, forged and tampered
+    records among them: ``runs`` gives ``every``'s verdicts, one signature per chain
+    (whatever the ranges) plus those of the records that do not link."""
+    import backend._settle as settle_mod
+
+    world = World(tmp_path, riders=6, buses=3)
+    for k in range(45):
+        world.ride(f"r{1 + k % 6:04d}", f"bus-{1 + k % 3:02d}", board=1, alight=5, t=T0 + k * 400)
+    evs = [e for c in world.buses.values() for e in c.events]
+    key = world.buses["bus-01"].key
+    forger = sign_event(dict(evs[0], bus_id="bus-01"), world.buses["bus-02"].key)
+    chain = world.buses["bus-01"].events
+    hostile = [
+        dict(chain[4], distance_m=1.0),  # tampered
+        sign_event(dict(chain[6], distance_m=2.0), world.buses["bus-02"].key),  # forged
+        sign_event(dict(chain[7], prev="1" * 64), key),  # mislinked, genuine key
+        dict(forger, seq=3),  # forged, its sig no longer matching either
+    ]
+    lines = [json.dumps(e) for e in [*evs, *hostile, evs[5]]]
+    random.Random(3).shuffle(lines)
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(settle_mod, "_CHUNK_BYTES", 700)
+    mp.setattr(settle_mod, "_VERIFY_PER_TASK", 2)
+    try:
+        runs, every = _settler(world), _settler(world)
+        runs.verify, every.verify = "runs", "every"
+        runs.feed_files([path], processes=2)
+        every.feed_files([path], processes=2)
+    finally:
+        mp.undo()
+    assert list(runs.iter_journey_lines(processes=1)) == list(every.iter_journey_lines())
+    assert runs.stats.rejected == every.stats.rejected
+    assert runs.stats.rejected["bad_signature"] == 3
+    assert every.stats.signatures == len(lines)
+    # the 3 chains' tops and the 4 hostile records (nothing links to those)
+    assert runs.stats.signatures == 7, runs.stats.signatures
+    runs.stats.signatures = every.stats.signatures
+    assert runs.stats == every.stats
+
+
+def test_a_file_that_changes_while_it_is_settled_is_an_error(tmp_path: Path) -> None:
+    import backend._settle as settle_mod
+
+    world = World(tmp_path, riders=2, buses=1)
+    world.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    ev = world.buses["bus-01"].events[0]
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps(ev) + "\n")
+    (c,) = check_line(path.read_bytes(), read_devices(world.devices_csv))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(settle_mod, "_POOL_DEVICES", read_devices(world.devices_csv))
+    try:
+        assert marshal.loads(settle_mod._verify_at([(str(path), 0, 0, c.hash)])) == []
+        path.write_text(json.dumps(dict(ev, distance_m=1.0)) + "\n")  # changed
+        with pytest.raises(RuntimeError, match="changed while it was settled"):
+            settle_mod._verify_at([(str(path), 0, 0, c.hash)])
+    finally:
+        mp.undo()

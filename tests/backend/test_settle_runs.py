@@ -44,23 +44,29 @@ def test_a_copy_is_one_record() -> None:
     assert _check([CHAIN[2], CHAIN[2], CHAIN[3], CHAIN[2]]) == ([None] * 4, 1)
 
 
-def test_a_forged_record_linking_to_the_chain_is_verified_and_its_parent_too() -> None:
-    """A forged child of seq 3 (and no genuine seq 4 checked with it): the child fails on
-    its own, and seq 3 is then verified on its own, not rejected with it."""
+def test_a_forged_record_linking_to_the_chain_is_verified_and_its_parents_too() -> None:
+    """A forged child of seq 3 (and no genuine seq 4 checked with it): the child fails,
+    and seqs 3, 2, 1 (which no verified record vouches for) are then verified one by
+    one, not rejected with it."""
     forged = sign_event(_variant(CHAIN[3]), FORGER)
-    assert _check([*CHAIN[:3], forged]) == ([None, None, None, "bad_signature"], 2)
+    assert _check([*CHAIN[:3], forged]) == ([None, None, None, "bad_signature"], 4)
     # with the genuine seq 4 beside it, seq 4 vouches for seq 3
     assert _check([*CHAIN[:4], forged]) == ([None] * 4 + ["bad_signature"], 2)
 
 
 def test_a_forged_run_vouches_for_nothing() -> None:
-    """Two forged records that link to each other and to the genuine seq 2: the last
-    one's failed signature vouches for none of them; each is verified on its own."""
-    first = sign_event(_variant(CHAIN[2]), FORGER)
-    second = sign_event(_variant(CHAIN[3], prev=event_hash(first)), FORGER)
-    reasons, verified = _check([*CHAIN[:2], first, second])
-    assert reasons == [None, None, "bad_signature", "bad_signature"]
-    assert verified == 3  # second, first, then seq 2 (nothing authentic links to it)
+    """Three forged records that link to each other and to the genuine seq 2: a failed
+    signature vouches for nothing, so each is verified on its own."""
+    run = [sign_event(_variant(CHAIN[2]), FORGER)]
+    for k in (3, 4):
+        run.append(sign_event(_variant(CHAIN[k], prev=event_hash(run[-1])), FORGER))
+    reasons, verified = _check([*CHAIN[:2], *run])
+    assert reasons == [None, None, "bad_signature", "bad_signature", "bad_signature"]
+    assert verified == 5  # the last; then the others, seq 2 and seq 1 (none vouched)
+    # the genuine seq 3 beside them: it vouches for seq 2 and 1
+    reasons, verified = _check([*CHAIN[:3], *run])
+    assert reasons == [None, None, None, "bad_signature", "bad_signature", "bad_signature"]
+    assert verified == 4  # the last forged and the genuine seq 3; then the other two
 
 
 def test_a_signature_vouches_only_for_records_of_its_own_bus() -> None:
