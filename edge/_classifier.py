@@ -164,6 +164,9 @@ _ENDED_S = 30.0
 _REFRESH_S = 10.0
 """A token's old rid may still be sent this long after its interval ended (phones refresh
 the payload every 4-8 s; the rid changes at the first refresh after the boundary)."""
+_REFRESH_MAX_S = 8.0
+"""The longest payload refresh period of a token (an Android app advertising in the
+background refreshes every 8 s; fobs compute the payload at every advert)."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
 
@@ -177,6 +180,22 @@ def _median(hist: dict[int, int]) -> int | None:
         if seen > half:
             return level
     return None
+
+
+def _offset_slack(r: _Rid) -> float:
+    """How far above its token's clock offset a rid's ``d_min`` may still be (95 %).
+
+    ``t - token_t`` is the offset plus the time since the token last refreshed its payload
+    (up to ``_REFRESH_MAX_S``) plus a constant phase; the rid's least value comes down
+    to the offset plus that phase as adverts at random times after a refresh are heard.
+    After ``n`` adverts the excess is below ``_REFRESH_MAX_S * (1 - 0.05 ** (1 / n))`` with
+    95 % probability: 7.6 s after one advert, 4.2 s after four, under 0.5 s after sixty.
+    A weak token's new rid is paired after only a few adverts: with a fixed tolerance on
+    the difference of the two least values (2 s) its first advert, heard 3-6 s after the
+    refresh, ruled out its own rotation (tuning seeds of the weak cells).
+    """
+    n = r.n_adv
+    return _REFRESH_MAX_S * (1.0 - 0.05 ** (1.0 / n)) if n > 0 else _REFRESH_MAX_S
 
 
 def _debug_enabled() -> bool:
@@ -434,7 +453,9 @@ class PresenceClassifier:
         change often enough that a fixed 5 s breaks its rides in two.
         """
         p = self.params
-        g = p.rotation_gaps * old.gap
+        # (its advertising interval, if longer: a rid heard only a few times has no mean gap
+        # yet, and a 2-s advertiser's next advert is 2 s away at best)
+        g = p.rotation_gaps * (old.gap if old.gap >= old.per or old.per == math.inf else old.per)
         if g <= p.rotation_gap_s:
             return p.rotation_gap_s
         return g if g < p.rotation_settle_s else p.rotation_settle_s
@@ -1059,7 +1080,7 @@ class PresenceClassifier:
     def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
         p = self.params
         if self._silent_s(r, t) > self._fade_s(r):
-            if not self._take_over(r):
+            if not self._take_over(r) and not self._rides_on(r, t):
                 self._drop(r, Event.FADE, out)
             return
         if (
@@ -1074,6 +1095,19 @@ class PresenceClassifier:
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
             self._drop(r, Event.REJECT, out)
+
+    def _rides_on(self, r: _Rid, t: float) -> bool:
+        """Whether a silent new rid paired with a rotated rider is kept, as the rider would be.
+
+        The same token is as sparse after its payload changed as before: its silences are
+        judged against the old rid's rate too (:meth:`_fade_s`). And nobody leaves a moving
+        bus: silent while the bus moves with no door opening since, it is held like the
+        rider (:meth:`_moving_silence`), then judged at the next door.
+        """
+        old = self._pending.get(r.rid)
+        if old is None:
+            return False
+        return self._silent_s(r, t) <= self._fade_s(old) or self._moving_silence(r, t)
 
     def _take_over(self, r: _Rid) -> bool:
         """A silent new rid paired with a candidate's old rid becomes that candidate.
@@ -1181,7 +1215,10 @@ class PresenceClassifier:
                 break
         else:
             return None
-        gap = abs(new.d_min - old.d_min)
+        skew = new.d_min - old.d_min
+        # each d_min is an upper bound of its token's clock offset that comes down as more
+        # adverts are heard: only the offset gap beyond what their adverts leave open counts
+        gap = max(skew - _offset_slack(new), -skew - _offset_slack(old), 0.0)
         if gap > p.skew_tolerance_s:
             return None  # not the same clock: not the same token
         cost = (
@@ -1246,6 +1283,7 @@ class PresenceClassifier:
                 if cost is not None:
                     return [(cost, new.rid)]  # the same address wins any pairing
         d0 = old.d_min
+        slack_old = _offset_slack(old)
         window = self._rot_gap(old)
         keys = {
             k
@@ -1265,9 +1303,11 @@ class PresenceClassifier:
             while seen < _PAIR_SCAN:
                 right = lst[i][0] - d0 if i < len(lst) else math.inf
                 left = d0 - lst[j][0] if j >= 0 else math.inf
-                if min(left, right) > tol:
+                r_ok = right <= tol + _REFRESH_MAX_S  # (a new rid's d_min comes down)
+                l_ok = left <= tol + slack_old
+                if not (r_ok or l_ok):
                     break
-                if right <= left:
+                if r_ok and (right <= left or not l_ok):
                     n = lst[i][1]
                     i += 1
                 else:
@@ -1393,6 +1433,8 @@ class PresenceClassifier:
             if o in paired:
                 continue
             old, kind, _ = self._olds[o]
+            if kind == _PRED_ONBOARD and self._moving_silence(old, t):
+                continue  # nobody leaves a moving bus: judged at the next door opening
             self._forget_old(o)
             if kind == _PRED_ONBOARD:
                 end, end_odo = self._fade_end(old, old.last_in_t, old.last_in_odo)
@@ -1450,7 +1492,16 @@ class PresenceClassifier:
         v = self._visit_at(last_t + self.params.alight_pre_s)
         here = (
             v.stop_id
-            if v is not None and (v.close_t is None or v.close_t + self._grace >= last_t)
+            if v is not None
+            and (
+                v.close_t is None
+                or v.close_t + self._grace >= last_t
+                # the doors closed, but the bus has not left the stop yet
+                or (
+                    v.close_odo_m is not None
+                    and r.last_in_odo - v.close_odo_m <= self.params.stop_radius_m
+                )
+            )
             else None
         )
         return self._draft(r, SegmentEnd(last_t, here, "rotated"), r.last_in_odo)
@@ -1511,9 +1562,17 @@ class PresenceClassifier:
         ride on if heard again), for at most ``lost_wait_s``. A rid whose interval ended
         is not held (it may have rotated).
         """
+        return not self._near_end(r) and self._moving_silence(r, t)
+
+    def _moving_silence(self, r: _Rid, t: float) -> bool:
+        """Whether ``r`` went silent while the bus moved and no door has opened and closed since.
+
+        Nobody leaves a moving bus: such a silence is not an alighting until the next door
+        opening has closed and ``fade_timeout_s`` passed (at most ``lost_wait_s``).
+        """
         p = self.params
         last = max(r.last_in_t, self._resume_t)
-        if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s or self._near_end(r):
+        if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s:
             return False
         v = self._visit_at(r.last_in_t + p.alight_pre_s)
         if v is not None and (

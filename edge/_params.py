@@ -225,9 +225,10 @@ class ClassifierParams:
         " advertising rhythm (a whole number of its intervals after its last advert)",
     )
     rotation_phase_max_period_s: float = option(
-        2.0,
+        2.5,
         doc="the rhythm term is used only if the old rid's advertising interval (its"
-        " shortest gap between adverts) is below this",
+        " shortest gap between adverts) is below this (a 2-s advertiser included: its new"
+        " rid is first heard 2 s after its old rid's last advert, not at once)",
     )
     rotation_wait_s: float = option(
         60.0, doc="a rotation candidate not paired with a rotated rid is dropped after this"
