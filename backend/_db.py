@@ -97,9 +97,8 @@ devices = sa.Table(
 fare_events = sa.Table(
     "fare_events",
     metadata,
-    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-    sa.Column("bus_id", sa.String(64), nullable=False),
-    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("bus_id", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=False),
     sa.Column("event_id", sa.String(64), nullable=False),
     sa.Column("event_hash", sa.String(64), nullable=False),
     sa.Column("prev", sa.String(64), nullable=False),
@@ -120,9 +119,9 @@ fare_events = sa.Table(
     sa.Column("raw", sa.Text(), nullable=False, doc="canonical JSON of the event, sig included"),
     sa.Column("received_at", _Time, nullable=False),
     sa.Column("worker_id", sa.String(128), nullable=False),
-    sa.UniqueConstraint("bus_id", "seq"),
     sa.UniqueConstraint("event_id"),
-    # no (interval, rid) index: no query reads rows that way (migration 0012)
+    # (bus_id, seq) is the primary key and no surrogate id (migration 0013); no
+    # (interval, rid) index: no query reads rows that way (migration 0012)
 )
 
 chain_state = sa.Table(

@@ -274,3 +274,69 @@ async def test_0004_backfills_rssi_and_resettles_held_overlaps(db_url: str) -> N
         ("r4", "2026-12-02"),
     ]
     assert dirty[1].marked_at == 1.0  # an existing mark is left alone
+
+
+async def test_0013_keys_fare_events_by_bus_and_seq_and_keeps_the_rows(db_url: str) -> None:
+    from alembic import command
+
+    from backend._db import _alembic_config
+
+    eng = create_engine(db_url)
+    fe = fare_events
+    try:
+        await migrate(eng, "0012")
+        async with eng.begin() as conn:
+            await conn.execute(fe.insert(), [_event_row("e1", 1), _event_row("e2", 2)])
+            await conn.execute(fe.insert(), [dict(_event_row("e3", 1), bus_id="B2")])
+        await migrate(eng, "0013")
+        async with eng.connect() as conn:
+            cols = await conn.run_sync(
+                lambda c: [col["name"] for col in sa.inspect(c).get_columns("fare_events")]
+            )
+            pk = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("fare_events"))
+            rows = (await conn.execute(sa.select(fe).order_by(fe.c.bus_id, fe.c.seq))).all()
+        assert "id" not in cols
+        assert pk["constrained_columns"] == ["bus_id", "seq"]
+        assert [(r.bus_id, r.seq, r.event_id, r.evidence) for r in rows] == [
+            ("B1", 1, "e1", {"k": [1, 2]}),
+            ("B1", 2, "e2", {"k": [1, 2]}),
+            ("B2", 1, "e3", {"k": [1, 2]}),
+        ]
+        with pytest.raises(sa.exc.IntegrityError):  # (bus_id, seq) stays unique
+            async with eng.begin() as conn:
+                await conn.execute(fe.insert(), [_event_row("e4", 2)])
+        async with eng.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0012"))
+        async with eng.begin() as conn:  # the id is back, numbered, and new rows get one
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO fare_events (bus_id, seq, event_id, event_hash, prev, rid, "
+                    "interval, start_t, start_cause, end_t, end_cause, distance_m, "
+                    "proof_first, proof_last, evidence, raw, received_at, worker_id) "
+                    "SELECT bus_id, 3, 'e5', event_hash, prev, rid, interval, start_t, "
+                    "start_cause, end_t, end_cause, distance_m, proof_first, proof_last, "
+                    "evidence, raw, received_at, worker_id FROM fare_events WHERE event_id = 'e1'"
+                )
+            )
+            ids = (
+                await conn.execute(sa.text("SELECT event_id, id FROM fare_events ORDER BY id"))
+            ).all()
+            with pytest.raises(sa.exc.IntegrityError):  # (bus_id, seq) unique again
+                async with conn.begin_nested():
+                    await conn.execute(
+                        sa.text(
+                            "INSERT INTO fare_events (bus_id, seq, event_id, event_hash, prev, "
+                            "rid, interval, start_t, start_cause, end_t, end_cause, distance_m, "
+                            "proof_first, proof_last, evidence, raw, received_at, worker_id) "
+                            "SELECT bus_id, seq, 'e6', event_hash, prev, rid, interval, "
+                            "start_t, start_cause, end_t, end_cause, distance_m, proof_first, "
+                            "proof_last, evidence, raw, received_at, worker_id "
+                            "FROM fare_events WHERE event_id = 'e1'"
+                        )
+                    )
+        assert [e for e, _ in ids] == ["e1", "e2", "e3", "e5"]
+        assert [i for _, i in ids] == [1, 2, 3, 4]
+        await migrate(eng)
+        assert await current_revision(eng) == head_revision()
+    finally:
+        await eng.dispose()
