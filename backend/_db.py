@@ -19,6 +19,7 @@ uses WAL. On PostgreSQL a bus's chain state is read ``FOR UPDATE`` by ingest, se
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import sqlite3
 from typing import Any
@@ -75,6 +76,27 @@ _NAMING = {
 }
 metadata = sa.MetaData(naming_convention=_NAMING)
 
+
+class JsonText(sa.TypeDecorator[Any]):
+    """A JSON value kept as its text (``TEXT`` on both databases; read back parsed).
+
+    PostgreSQL's ``json`` type parses every value on input to check it; ``evidence``
+    arrives already checked and serialised (the typed record's canonical JSON), and no
+    statement looks inside it, so its column is plain text (migration 0013).
+    """
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
 # Autoincrementing surrogate keys: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
 _BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _Time: sa.Double[float] = sa.Double()
@@ -115,7 +137,7 @@ fare_events = sa.Table(
     sa.Column("distance_m", sa.Double(), nullable=False),
     sa.Column("proof_first", sa.String(48), nullable=False),
     sa.Column("proof_last", sa.String(48), nullable=False),
-    sa.Column("evidence", sa.JSON(), nullable=False),
+    sa.Column("evidence", JsonText(), nullable=False, doc="JSON object, as text"),
     sa.Column("raw", sa.Text(), nullable=False, doc="canonical JSON of the event, sig included"),
     sa.Column("received_at", _Time, nullable=False),
     sa.Column("worker_id", sa.String(128), nullable=False),

@@ -62,6 +62,17 @@ async def test_migrated_schema_matches_metadata(engine: AsyncEngine) -> None:
     assert set(metadata.tables) <= set(names)
 
 
+def _old_fare_events() -> sa.TableClause:
+    """``fare_events`` as before migration 0013 (``evidence`` a JSON column), for inserts."""
+    return sa.table(
+        "fare_events",
+        *(
+            sa.column(c.name, sa.JSON() if c.name == "evidence" else c.type)
+            for c in fare_events.columns
+        ),
+    )
+
+
 def _event_row(event_id: str = "e1", seq: int = 1, evidence: object = None) -> dict[str, object]:
     """A ``fare_events`` row."""
     row: dict[str, object] = {
@@ -195,7 +206,7 @@ async def test_0004_backfills_rssi_and_resettles_held_overlaps(db_url: str) -> N
         }
         async with eng.begin() as conn:
             await conn.execute(
-                fare_events.insert(),
+                _old_fare_events().insert(),
                 [
                     _event_row("e1", 1, {"rssi_med": -61, "n": 9}),
                     _event_row("e2", 2, {"n": 3}),  # no strength: stays NULL
@@ -286,16 +297,21 @@ async def test_0013_keys_fare_events_by_bus_and_seq_and_keeps_the_rows(db_url: s
     try:
         await migrate(eng, "0012")
         async with eng.begin() as conn:
-            await conn.execute(fe.insert(), [_event_row("e1", 1), _event_row("e2", 2)])
-            await conn.execute(fe.insert(), [dict(_event_row("e3", 1), bus_id="B2")])
+            old = _old_fare_events()
+            await conn.execute(old.insert(), [_event_row("e1", 1), _event_row("e2", 2)])
+            await conn.execute(old.insert(), [dict(_event_row("e3", 1), bus_id="B2")])
         await migrate(eng, "0013")
         async with eng.connect() as conn:
-            cols = await conn.run_sync(
-                lambda c: [col["name"] for col in sa.inspect(c).get_columns("fare_events")]
+            types = await conn.run_sync(
+                lambda c: {
+                    col["name"]: col["type"] for col in sa.inspect(c).get_columns("fare_events")
+                }
             )
+            cols = list(types)
             pk = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("fare_events"))
             rows = (await conn.execute(sa.select(fe).order_by(fe.c.bus_id, fe.c.seq))).all()
         assert "id" not in cols
+        assert isinstance(types["evidence"], sa.Text)
         assert pk["constrained_columns"] == ["bus_id", "seq"]
         assert [(r.bus_id, r.seq, r.event_id, r.evidence) for r in rows] == [
             ("B1", 1, "e1", {"k": [1, 2]}),

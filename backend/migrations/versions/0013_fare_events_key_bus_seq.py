@@ -1,4 +1,4 @@
-"""``fare_events``: ``(bus_id, seq)`` is the primary key; the surrogate ``id`` goes.
+"""``fare_events``: ``(bus_id, seq)`` is the primary key, no surrogate ``id``; text evidence.
 
 Revision ID: 0013
 Revises: 0012
@@ -11,6 +11,12 @@ row (the ``id`` primary key beside the two unique indexes), in the server's CPU,
 shares the machine with the ingest workers. ``(bus_id, seq)``, unique and never null
 already, becomes the primary key in place of its unique constraint, so the table keeps
 two indexes: ``(bus_id, seq)`` and ``event_id``.
+
+``evidence`` becomes ``TEXT`` (it was ``JSON``): PostgreSQL's ``json`` type parses every
+value it is given to check it, but ingest writes the typed record's canonical JSON, and no
+statement looks inside the column (settlement reads it whole and parses it in Python;
+:class:`backend._db.JsonText` does that for SQLAlchemy reads). SQLite stored it as text
+already.
 
 On SQLite the table is rebuilt (Alembic's batch mode: a copy of every row); there
 ``id`` was the rowid, which the table keeps implicitly, so SQLite's cost per row does
@@ -38,12 +44,26 @@ def upgrade() -> None:
         batch.drop_constraint("pk_fare_events", type_="primary")
         batch.drop_column("id")
         batch.create_primary_key("pk_fare_events", ["bus_id", "seq"])
+        batch.alter_column(
+            "evidence",
+            type_=sa.Text(),
+            existing_type=sa.JSON(),
+            existing_nullable=False,
+            postgresql_using="evidence::text",
+        )
 
 
 def downgrade() -> None:
     # ``id`` comes back numbered in (bus_id, seq) order, not in the original insert order
     # (which no statement read).
     with op.batch_alter_table("fare_events", recreate="auto") as batch:
+        batch.alter_column(
+            "evidence",
+            type_=sa.JSON(),
+            existing_type=sa.Text(),
+            existing_nullable=False,
+            postgresql_using="evidence::json",
+        )
         batch.drop_constraint("pk_fare_events", type_="primary")
         batch.create_unique_constraint("uq_fare_events_bus_id_seq", ["bus_id", "seq"])
     if op.get_bind().dialect.name == "postgresql":
