@@ -1014,6 +1014,32 @@ def test_a_2_s_advertisers_candidate_rotating_at_once_hands_its_stop_to_its_new_
     ]
 
 
+def test_a_2_s_advertisers_new_rid_is_paired_by_its_rhythm_not_by_who_came_first() -> None:
+    """Issue 11, weak token corner (tuning seed 3): a 2-s advertiser's old rid stopped; a
+    newcomer's rid, same clock offset and level, was first heard 0.1 s after it, the
+    token's own new rid one interval (2 s) later. With the rhythm term off for a 2-s
+    interval (``rotation_phase_max_period_s`` was 2.0: 2 s + advDelay is over it) the
+    newcomer was cheaper (0.1 s vs 2 s of time gap) and took the pair; the rider's ride
+    ended ``lost``. A token's adverts keep their rhythm through the payload change."""
+    from edge._classifier import _Rid
+
+    c = PresenceClassifier()
+    t = T0 + 560.0
+    old = _Rid(b"old-rid-----", 2983333, t - 1.5)
+    old.last_t = t
+    old.d_min, old.n_adv, old.per, old.gap, old.ewma = 1.5, 200, 2.002, 2.4, -77.0
+    own = _Rid(b"own-new-rid-", 2983334, t + 2.0)
+    own.first_t = t + 2.002
+    own.d_min, own.n_adv, own.ewma0 = 1.5, 3, -76.0
+    newcomer = _Rid(b"newcomer----", 2983334, t)
+    newcomer.first_t = t + 0.1
+    newcomer.d_min, newcomer.n_adv, newcomer.ewma0 = 1.5, 3, -77.0
+    c_own, c_new = c._pair_cost(old, own), c._pair_cost(old, newcomer)
+    assert c_own is not None
+    assert c_new is not None
+    assert c_own < c_new
+
+
 def test_a_rotation_never_drops_a_boarding() -> None:
     """Issue 11: a rider whose rid rotates soon after boarding, with no new rid to pair
     (silent across the boundary), used to lose the boarding segment (a short "lost" ride
