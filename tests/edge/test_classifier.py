@@ -883,8 +883,8 @@ def test_rotated_rid_dropped_then_boarding_again_is_a_plain_boarding() -> None:
 
 
 def test_a_rotated_riders_new_rid_silent_while_the_bus_moves_rides_on() -> None:
-    """Issue 11, weak cells (tuning seeds: -21 dBm seed 2, weak radio corner seed 3, weak
-    token corner seed 3): a rider's rid rotates between stops; the new rid, paired with
+    """Issue 11, weak cells (tuning seeds: -21 dBm seed 2, weak token corner seed 3): a
+    rider's rid rotates between stops; the new rid, paired with
     the old one, is heard a few times, then not for 20-50 s while the bus drives on.
     Judged by a strong token's fade time it was dropped, and the rider's ride ended
     ``lost`` at the stop before. Nobody leaves a moving bus: the new rid is held as the
