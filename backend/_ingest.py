@@ -404,8 +404,7 @@ class IngestCore:
         digest = hashlib.sha256(full).hexdigest()
         if not sign:
             SIGNATURES_PUT_OFF.inc()
-            return VerifiedEvent(bus_id, rec.seq, rec, full.decode("utf-8"), digest, signed=False)
-        return VerifiedEvent(bus_id, rec.seq, rec, full.decode("utf-8"), digest)
+        return VerifiedEvent(bus_id, rec.seq, rec, full.decode("utf-8"), digest, signed=sign)
 
     def check_signature(self, e: VerifiedEvent) -> Rejection | None:
         """Verify the signature of an event whose check was put off; its rejection if bad.
