@@ -7,21 +7,20 @@ decides for each verified record, one by one in arrival order, what it is:
 * below the chain head (``seq < next_seq``): a duplicate when its hash equals the
   stored record's (an acked no-op), else ``prev_mismatch`` (it does not link to the
   record before) or ``chain_conflict`` (it links, but another record is stored there);
-* at the head: stored when its ``prev`` is the head's hash (else ``prev_mismatch``) and
-  its ``event_id`` is not owned by another ``(bus_id, seq)`` (else
-  ``event_id_conflict``); a rejected record leaves the head where it is, so the genuine
-  one may still come. The held records it unblocks follow, each candidate of a seq in
-  arrival order, as if it arrived then;
+* at the head: stored when its ``prev`` is the head's hash (else ``prev_mismatch``); a
+  rejected record leaves the head where it is, so the genuine one may still come. The
+  held records it unblocks follow, each candidate of a seq in arrival order, as if it
+  arrived then;
 * above the head: held until the gap fills (a copy of a held record is a duplicate),
   at most ``max_held`` per bus (the lowest seqs kept).
 
-An ``event_id`` is owned by the record *stored* first, never by a held one: a record
-held above a gap claims nothing, so a record that can never link (forged, mislinked,
-behind a gap that never fills) cannot take an id from the record that does.
+Event ids take no decision here: every record's ``event_id`` was checked to be the one
+derived from its ``(bus_id, seq)`` and content (:mod:`backend._record_check`,
+``event_id_mismatch``), so one record per ``(bus_id, seq)`` is one per event id.
 
 Online ingest (:mod:`backend._ingest`) runs a planner per transaction over the rows it
-read under the buses' locks (chain head, stored hashes, held records, open gap, owners
-of event ids) and writes the plans back; offline ``busbell backend settle``
+read under the buses' locks (chain head, stored hashes, held records, open gap) and
+writes the plans back; offline ``busbell backend settle``
 (:mod:`backend._settle`) runs one per chunk of checked events over an in-memory store.
 Only the store differs, so both give the same ledger and the same rejections
 (``tests/backend/test_ingest_equivalence.py``).
@@ -30,7 +29,7 @@ Only the store differs, so both give the same ledger and the same rejections
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -85,9 +84,6 @@ class StoredHashes(Protocol):
 
 Held = dict[int, dict[str, E]]
 """Records above a bus's chain head: seq -> event hash -> record, in arrival order."""
-
-Owner = tuple[str, int]
-"""Who owns an ``event_id``: ``(bus_id, seq)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +240,6 @@ class ChainPlanner(Generic[E]):
             where no edge can re-send what is dropped).
         resend_after_s: the grace before a new gap's first re-send request (``None``:
             gaps are not tracked; offline settle).
-        owners: ``event_id -> (bus_id, seq)`` of stored records, for the ids of the
-            records this transaction may store (an online transaction that does not
-            look them up passes none: the ledger's unique index catches a conflict,
-            and the transaction is redone with them).
-        claims: where the ids of the records stored by this transaction go (checked
-            before ``owners``); an in-memory store passes its own map.
         now: wall time (when a new gap opens).
     """
 
@@ -259,15 +249,11 @@ class ChainPlanner(Generic[E]):
         verify: Callable[[E], Rejection | None],
         max_held: int | None = 2000,
         resend_after_s: float | None = 1.0,
-        owners: Mapping[str, Owner] | None = None,
-        claims: dict[str, Owner] | None = None,
         now: float = 0.0,
     ) -> None:
         self._verify = verify
         self.max_held = max_held
         self.resend_after_s = resend_after_s
-        self._owners: Mapping[str, Owner] = owners if owners is not None else {}
-        self.claims: dict[str, Owner] = {} if claims is None else claims
         self.now = now
         self._buses: dict[str, _Bus[E]] = {}
 
@@ -335,24 +321,21 @@ class ChainPlanner(Generic[E]):
     def take_all(self, events: Iterable[E]) -> None:
         """:meth:`take` each record, in order.
 
-        The common case inline (a verified record that extends its chain, its event id
-        free): the same decision :meth:`take` and :meth:`_link` make, without their two
-        calls (~0.05 us less per event).
+        The common case inline (a verified record that extends its chain): the same
+        decision :meth:`take` and :meth:`_link` make, without their two calls (~0.05 us
+        less per event).
         """
-        take, buses, claims, owners = self.take, self._buses, self.claims, self._owners
+        take, buses = self.take, self._buses
         for e in events:
             bus = buses[e.bus_id]
             seq = e.seq
             if seq == bus.next_seq and e.signed and e.prev == bus.prev:
-                eid = e.event_id
-                if eid not in claims and eid not in owners:
-                    claims[eid] = (bus.bus_id, seq)
-                    bus.store.append(e)
-                    bus.new[seq] = bus.prev = e.hash
-                    bus.next_seq = seq + 1
-                    if bus.held:
-                        self._drain(bus)
-                    continue
+                bus.store.append(e)
+                bus.new[seq] = bus.prev = e.hash
+                bus.next_seq = seq + 1
+                if bus.held:
+                    self._drain(bus)
+                continue
             take(e)
 
     def skip_gap(self, bus_id: str) -> int:
@@ -392,17 +375,10 @@ class ChainPlanner(Generic[E]):
     # -- the decisions ----------------------------------------------------------------
 
     def _link(self, bus: _Bus[E], e: E) -> bool:
-        """Store ``e`` at the head if it links and its event id is free."""
+        """Store ``e`` at the head if it links."""
         if e.prev != bus.prev:
             bus.plan.rejected.append(_reject(e, "prev_mismatch", f"prev != {bus.prev}"))
             return False
-        eid = e.event_id
-        here = (bus.bus_id, e.seq)
-        owner = self.claims.get(eid) or self._owners.get(eid)
-        if owner is not None and owner != here:
-            bus.plan.rejected.append(_reject(e, "event_id_conflict", f"event_id is {owner}"))
-            return False
-        self.claims[eid] = here
         bus.store.append(e)
         bus.new[e.seq] = bus.prev = e.hash
         bus.next_seq = e.seq + 1

@@ -141,9 +141,10 @@ fare_events = sa.Table(
     sa.Column("raw", sa.Text(), nullable=False, doc="canonical JSON of the event, sig included"),
     sa.Column("received_at", _Time, nullable=False),
     sa.Column("worker_id", sa.String(128), nullable=False),
-    sa.UniqueConstraint("event_id"),
     # (bus_id, seq) is the primary key and no surrogate id (migration 0013); no
-    # (interval, rid) index: no query reads rows that way (migration 0012)
+    # (interval, rid) index: no query reads rows that way (migration 0012); no event_id
+    # index: ingest checks every id is derived from (bus_id, seq) and the record, and no
+    # query reads rows by it (migration 0014)
 )
 
 chain_state = sa.Table(

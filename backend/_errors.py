@@ -19,10 +19,10 @@ REJECTION_REASONS = (
     "bus_mismatch",
     "unknown_device",
     "revoked_device",
+    "event_id_mismatch",
     "bad_signature",
     "chain_conflict",
     "prev_mismatch",
-    "event_id_conflict",
 )
 """The one set of reasons a fare event (or payload) is rejected for, online (the
 ``quarantine`` table, ``busbell_fare_events_quarantined_total{reason}``) and offline

@@ -34,7 +34,6 @@ import dataclasses
 import functools
 import gc
 import hashlib
-import json
 import os
 import socket
 import time
@@ -448,23 +447,18 @@ class IngestCore:
         """Stored seqs :meth:`plan` needs the hash of (:func:`backend._chain.past_seqs`)."""
         return past_seqs(position, events, held or ())
 
-    def planner(
-        self, *, owners: Mapping[str, tuple[str, int]] | None = None, now: float = 0.0
-    ) -> ChainPlanner[VerifiedEvent]:
+    def planner(self, *, now: float = 0.0) -> ChainPlanner[VerifiedEvent]:
         """A :class:`~backend._chain.ChainPlanner` for one transaction.
 
         With this core's bounds, gap grace and put-off signature check.
 
         Args:
-            owners: ``event_id -> (bus_id, seq)`` of stored records (``None``: not
-                looked up; the ledger's unique index catches a conflict).
             now: wall time (when a new gap opens).
         """
         return ChainPlanner(
             verify=self.check_signature,
             max_held=self.max_held_per_bus,
             resend_after_s=self.resend_after_s,
-            owners=owners,
             now=now,
         )
 
@@ -478,7 +472,6 @@ class IngestCore:
         held: Mapping[int, Mapping[str, VerifiedEvent]] | None = None,
         gap: Gap | None = None,
         now: float = 0.0,
-        owners: Mapping[str, tuple[str, int]] | None = None,
     ) -> BusPlan[VerifiedEvent]:
         """Plan one bus's chain step from its committed ``position``, ``held`` and ``gap``.
 
@@ -495,12 +488,11 @@ class IngestCore:
             held: the records committed as held for this bus (``fare_pending``).
             gap: the bus's committed open gap, if any.
             now: wall time (when a new gap opens).
-            owners: ``event_id -> (bus_id, seq)`` of stored records.
 
         Raises:
             ValueError: when a needed stored hash is missing from ``stored_hashes``.
         """
-        planner = self.planner(owners=owners, now=now)
+        planner = self.planner(now=now)
         mine: Held = {s: dict(c) for s, c in (held or {}).items()}
         planner.open(bus_id, position, stored_hashes, held=mine, gap=gap)
         planner.take_all(events)
@@ -540,27 +532,6 @@ class IngestCore:
 _ROW_COLUMNS = (*SEGMENT_COLUMNS, "event_hash", "raw", "received_at", "worker_id")
 _COLS = ", ".join(_ROW_COLUMNS)
 # built from constant names only (no input reaches the SQL text)
-_PG_STAGE_TABLE = "busbell_fare_events_in"
-_PG_STAGE = " ".join(
-    [
-        "CREATE TEMP TABLE IF NOT EXISTS",
-        _PG_STAGE_TABLE,
-        "ON COMMIT DELETE ROWS AS SELECT",
-        _COLS,
-        "FROM fare_events WITH NO DATA",
-    ]
-)
-_PG_MOVE = " ".join(
-    [
-        "INSERT INTO fare_events (",
-        _COLS,
-        ") SELECT",
-        _COLS,
-        "FROM",
-        _PG_STAGE_TABLE,
-        "ON CONFLICT DO NOTHING RETURNING seq",
-    ]
-)
 _SQLITE_INSERT = " ".join(
     [
         "INSERT INTO fare_events (",
@@ -599,14 +570,6 @@ def _chain_update(mark: str) -> str:
 
 _CHAIN_UPDATE_PG = _chain_update("$")
 _CHAIN_UPDATE_SQLITE = _chain_update("?")
-# built from constant table names only (no input reaches the SQL text)
-_PG_ID_PROBE = "SELECT 1 FROM {table} WHERE event_id = ANY($1::text[]) LIMIT 1"
-_SQLITE_ID_PROBE = (
-    "SELECT 1 FROM {table} WHERE event_id IN (SELECT value FROM json_each(?)) LIMIT 1"
-)
-_UNIQUE_VIOLATION = "23505"
-"""PostgreSQL's SQLSTATE for a unique constraint violation."""
-
 _FAST_DEPTH = 4
 """Nesting of a batch of typed records (batch, events, record, start/wait): the fast
 path is taken only when ``max_nesting`` allows it."""
@@ -671,8 +634,8 @@ class BatchResult:
     gaps_unfilled: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-class _EventIdConflict(Exception):
-    pass
+class _RowsRefused(StoreError):
+    """The ledger took fewer rows than planned (nothing is committed)."""
 
 
 @dataclass(slots=True)
@@ -810,7 +773,7 @@ class Ingestor:
         Raises:
             StoreError: when the transaction failed (nothing was committed).
         """
-        return await self._commit(prepared, careful=False)
+        return await self._commit(prepared)
 
     def _budget(self, bus_id: str, bad: list[Rejection]) -> list[Rejection]:
         """Mark the rejections of one message over the quarantine budget as not stored."""
@@ -962,15 +925,11 @@ class Ingestor:
         except (OSError, sa.exc.SQLAlchemyError) as exc:
             raise StoreError(f"cannot read the chain gaps: {exc}") from exc
 
-    async def _commit(self, prepared: Prepared, *, careful: bool) -> BatchResult:
+    async def _commit(self, prepared: Prepared) -> BatchResult:
         rejections, result = prepared.rejections, prepared.result
         try:
-            plans = await self._transaction(prepared.groups, prepared.order, careful=careful)
-        except _EventIdConflict:
-            if careful:  # pragma: no cover - the careful pass removes every conflict
-                raise StoreError("event_id conflict persisted") from None
-            return await self._commit(prepared, careful=True)
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            plans = await self._transaction(prepared.groups, prepared.order)
+        except (OSError, sa.exc.SQLAlchemyError, _RowsRefused) as exc:
             STORE_ERRORS.inc()
             raise StoreError(f"ingest transaction failed: {exc}") from exc
         for plan in plans:
@@ -1030,15 +989,8 @@ class Ingestor:
         self,
         groups: dict[str, list[VerifiedEvent]],
         order: list[VerifiedEvent],
-        *,
-        careful: bool,
     ) -> list[BusPlan[VerifiedEvent]]:
-        """Plan and write one batch under its buses' row locks.
-
-        ``careful``: the owners of the batch's event ids are looked up first (the
-        first pass leaves that to the ledger's unique index, and is redone this way
-        when it trips it).
-        """
+        """Plan and write one batch under its buses' row locks."""
         now = self._wall()
         buses = sorted(groups)
         if not buses:
@@ -1046,8 +998,7 @@ class Ingestor:
         async with self.engine.begin() as conn:
             rows = await self._lock_rows(conn, buses, now)
             held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
-            owners = await self._owners(conn, order, held_rows) if careful else None
-            planner = self.core.planner(owners=owners, now=now)
+            planner = self.core.planner(now=now)
             for bus_id in buses:
                 row = rows[bus_id]
                 # the plan changes what it is given: held_rows stay as read (for _write)
@@ -1057,7 +1008,7 @@ class Ingestor:
                 planner.open(bus_id, row.position, hashes, held=held, gap=row.gap)
             planner.take_all(order)  # every bus's events in arrival order
             plans = planner.finish()
-            await self._write(conn, plans, held_rows, rows, now, careful=careful)
+            await self._write(conn, plans, held_rows, rows, now)
         self._known_buses.update(buses)  # committed
         heads = self._heads
         for p in plans:
@@ -1072,25 +1023,21 @@ class Ingestor:
         held_rows: dict[str, Held],
         rows: dict[str, _BusRow],
         now: float,
-        *,
-        careful: bool,
     ) -> None:
         segs: list[VerifiedEvent] = []
         missed: list[VerifiedEvent] = []
         for p in plans:
             for e in p.store:
                 (missed if type(e.record) is MissedRecord else segs).append(e)
-        if not careful and await self._ids_in_the_other_table(conn, segs, missed):
-            raise _EventIdConflict
         if segs:
-            n = await self._insert_events(conn, segs, now, careful=careful)
-            if n != len(segs):
-                raise _EventIdConflict
+            n = await self._insert_events(conn, segs, now)
+            if n != len(segs):  # pragma: no cover - a row above the head, written behind our back
+                raise _RowsRefused(f"fare_events took {n} of {len(segs)} rows")
         if missed:
             stmt = insert_ignore(missed_stops, self._dialect).returning(missed_stops.c.seq)
             res = await conn.execute(stmt, [self._missed_row(e, now) for e in missed])
-            if len(res.all()) != len(missed):
-                raise _EventIdConflict
+            if (n := len(res.all())) != len(missed):  # pragma: no cover - as above
+                raise _RowsRefused(f"missed_stops took {n} of {len(missed)} rows")
         gone: list[dict[str, Any]] = []
         new: list[dict[str, Any]] = []
         for p in plans:
@@ -1153,67 +1100,25 @@ class Ingestor:
             update = _CHAIN_UPDATE_PG if self._pg else _CHAIN_UPDATE_SQLITE
             await driver.executemany(update, changed)
 
-    async def _ids_in_the_other_table(
-        self, conn: AsyncConnection, segs: list[VerifiedEvent], missed: list[VerifiedEvent]
-    ) -> bool:
-        """Whether a segment's event id is a stored ``missed`` record's, or the reverse.
-
-        An event id is unique over a bus's whole chain, but each table's unique index
-        sees only its own rows: this finds what they cannot (then the careful pass
-        looks the owners up). ``missed_stops`` is small, so probing it for the
-        segments' ids is cheap; ``fare_events`` is probed only for missed records.
-        """
-        driver = await _driver(conn)
-        for ids, table in (
-            ([e.event_id for e in segs], missed_stops.name),
-            ([e.event_id for e in missed], fare_events.name),
-        ):
-            if not ids:
-                continue
-            if self._pg:
-                found = await driver.fetchval(_PG_ID_PROBE.format(table=table), ids)
-            else:
-                cursor = await driver.execute(
-                    _SQLITE_ID_PROBE.format(table=table), (json.dumps(ids),)
-                )
-                found = await cursor.fetchone()
-                await cursor.close()
-            if found is not None:
-                return True
-        return False
-
     async def _insert_events(
-        self, conn: AsyncConnection, events: list[VerifiedEvent], now: float, *, careful: bool
+        self, conn: AsyncConnection, events: list[VerifiedEvent], now: float
     ) -> int:
-        """Insert segment rows; returns how many went in (fewer: an event_id is taken).
+        """Insert segment rows; returns how many went in.
 
         The rows go through the driver inside the transaction SQLAlchemy began, per row
-        only the typed record's column tuple. On PostgreSQL a binary ``COPY`` straight
-        into ``fare_events``: under the buses' row locks nobody else can have written
-        these ``(bus_id, seq)``, so the one conflict possible is an ``event_id`` another
-        bus's record holds; it aborts the transaction (:class:`_EventIdConflict`) and
-        the careful pass, which rejects those first, writes through a temporary table
-        and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. On SQLite ``executemany``
-        with ``ON CONFLICT DO NOTHING``.
+        only the typed record's column tuple: on PostgreSQL a binary ``COPY`` straight
+        into ``fare_events``, on SQLite ``executemany``. Nothing can conflict: the one
+        key is ``(bus_id, seq)``, above the chain heads locked by this transaction, and
+        event ids, derived from it (``event_id_mismatch``), need no index (migration
+        0014).
         """
         extra = (now, self.worker_id)
         rows = [(*e.record.ledger_row(), e.hash, e.raw, *extra) for e in events]
         driver = await _driver(conn)
         if self._pg:
-            if careful:
-                await driver.execute(_PG_STAGE)
-                await driver.copy_records_to_table(
-                    _PG_STAGE_TABLE, records=rows, columns=_ROW_COLUMNS
-                )
-                return len(await driver.fetch(_PG_MOVE))
-            try:
-                status = await driver.copy_records_to_table(
-                    "fare_events", records=rows, columns=_ROW_COLUMNS
-                )
-            except Exception as exc:
-                if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
-                    raise _EventIdConflict from exc
-                raise
+            status = await driver.copy_records_to_table(
+                "fare_events", records=rows, columns=_ROW_COLUMNS
+            )
             return int(status.rsplit(" ", 1)[-1])  # "COPY n"
         cursor = await driver.executemany(_SQLITE_INSERT, rows)
         n = int(cursor.rowcount)
@@ -1303,28 +1208,6 @@ class Ingestor:
             )
             out.update((int(s), h) for s, h in rows)
         return out
-
-    async def _owners(
-        self, conn: AsyncConnection, events: list[VerifiedEvent], held: dict[str, Held]
-    ) -> dict[str, tuple[str, int]]:
-        """Who stores the event ids of ``events`` and the ``held`` records.
-
-        ``event_id -> (bus_id, seq)``, over both tables (an id is unique over the chain).
-        """
-        wanted = {e.event_id for e in events}
-        wanted.update(e.event_id for h in held.values() for c in h.values() for e in c.values())
-        owners: dict[str, tuple[str, int]] = {}
-        if not wanted:
-            return owners
-        ids = sorted(wanted)
-        for table in (fare_events, missed_stops):
-            rows = await conn.execute(
-                sa.select(table.c.event_id, table.c.bus_id, table.c.seq).where(
-                    table.c.event_id.in_(ids)
-                )
-            )
-            owners.update((eid, (b, int(s))) for eid, b, s in rows)
-        return owners
 
     def _missed_row(self, e: VerifiedEvent, now: float) -> dict[str, Any]:
         rec = e.record

@@ -10,7 +10,14 @@ checks) with :func:`check_record`, in this order, with these reasons:
    ``topic_bus``; a file has no topic);
 3. ``unknown_device``: its bus has no registered key;
 4. ``revoked_device``: its bus's device was revoked (online's registry flags it);
-5. ``bad_signature``: ``sig`` is not its bus's Ed25519 signature over the canonical
+5. ``event_id_mismatch``: its ``event_id`` is not the one derived from it
+   (:func:`busbell._fare_types.derived_event_id`: ``busbell.derive_event_id`` of
+   ``bus_id, seq, rid, start.t`` for a segment, ``busbell.derive_missed_event_id`` of
+   ``bus_id, seq, request_id, passed.t`` for a missed record). So ``(bus_id, seq)``,
+   the ledger's key, fixes the id: two stored records share one only if SHA-256 collides
+   in 128 bits, and a missed record's never equals a segment's (the type tag), with no
+   index or lookup of ids at all; checked before the signature, so it is never put off;
+6. ``bad_signature``: ``sig`` is not its bus's Ed25519 signature over the canonical
    bytes without ``sig`` (:func:`signature_fault`), unless the signature check is put
    off (``verify=False``): online for a record below its bus's chain head (a re-sent
    copy, verified only when it is not byte-identical to the stored record), offline for
@@ -29,7 +36,7 @@ from typing import NamedTuple
 import msgspec
 
 from busbell._errors import SignatureError
-from busbell._fare_types import FareEvent, canonical, signed_part
+from busbell._fare_types import FareEvent, canonical, derived_event_id, signed_part
 from busbell._signing import PublicKey
 
 __all__ = ["RecordFault", "check_record", "signature_fault"]
@@ -39,8 +46,8 @@ class RecordFault(NamedTuple):
     """Why a record is rejected on its own.
 
     Attributes:
-        reason: ``schema``, ``bus_mismatch``, ``unknown_device``, ``revoked_device`` or
-            ``bad_signature``.
+        reason: ``schema``, ``bus_mismatch``, ``unknown_device``, ``revoked_device``,
+            ``event_id_mismatch`` or ``bad_signature``.
         detail: a human-readable detail.
         full: its canonical bytes (``None`` when they cannot be written: ``schema``).
     """
@@ -78,6 +85,10 @@ def check_record(
         return RecordFault("unknown_device", f"bus {bus_id!r} is not registered", full)
     if revoked:
         return RecordFault("revoked_device", f"bus {bus_id!r} is revoked", full)
+    if rec.event_id != (want := derived_event_id(rec)):
+        return RecordFault(
+            "event_id_mismatch", f"event_id {rec.event_id!r} is not the derived {want!r}", full
+        )
     if verify:
         return signature_fault(rec, full, public) or full
     return full

@@ -21,9 +21,9 @@ stages whose cost does not depend on the order of the events:
 2. in this process (:meth:`Settler.take_many`), the chain decisions of online ingest,
    made by the same core (:class:`backend._chain.ChainPlanner`, one per chunk of
    results) over an in-memory store (each bus's position, stored hashes and held
-   records, the owners of the event ids stored): duplicates, ``chain_conflict``,
-   ``prev_mismatch``, ``event_id_conflict`` (the record stored first owns an id, never
-   a held one), out-of-order events held for the gap; at the end of the input a gap
+   records): duplicates, ``chain_conflict``, ``prev_mismatch``, out-of-order events
+   held for the gap (event ids need no bookkeeping: each was checked to be derived
+   from its record, ``event_id_mismatch``); at the end of the input a gap
    that never filled is given up on (a warning). A verified ``missed`` record is a
    link, never a ride. An accepted segment is kept as a compact tuple,
 3. once every event is in (:meth:`Settler.iter_journeys`,
@@ -806,7 +806,6 @@ class Settler:
         self.stats = SettleStats()
         # the in-memory store the chain planner reads and its plans are written to
         self._buses: dict[str, _Bus] = {}
-        self._owners: dict[str, tuple[str, int]] = {}  # event_id -> (bus_id, seq) stored
         self._flushed = False
         self._clear_pending()
 
@@ -1027,10 +1026,10 @@ class Settler:
 
         The decisions are online ingest's (:class:`~backend._chain.ChainPlanner`, one per
         call, as one transaction), over this settler's in-memory store: every bus's
-        chain position, stored hashes and held records, and the owners of the event
-        ids stored. Held records are never dropped (no edge can re-send them), and no
-        gap is timed; what waits behind a gap at the end is :meth:`flush_pending`'s.
-        The outcome does not depend on how the events are split into calls.
+        chain position, stored hashes and held records. Held records are never dropped
+        (no edge can re-send them), and no gap is timed; what waits behind a gap at the
+        end is :meth:`flush_pending`'s. The outcome does not depend on how the events are
+        split into calls.
 
         Raises:
             RuntimeError: after :meth:`flush_pending` (the settler is consumed).
@@ -1058,9 +1057,7 @@ class Settler:
         self._write(planner.finish())
 
     def _planner(self) -> ChainPlanner[Checked]:
-        return ChainPlanner(
-            verify=_verified_already, max_held=None, resend_after_s=None, claims=self._owners
-        )
+        return ChainPlanner(verify=_verified_already, max_held=None, resend_after_s=None)
 
     def _write(self, plans: Iterable[BusPlan[Checked]]) -> None:
         """Write plans to the in-memory store (what a ledger's transaction does)."""

@@ -513,7 +513,8 @@ class SettlementWorker:
             rows = (
                 await conn.execute(
                     sa.select(fe)
-                    .join(u, u.c.event_id == fe.c.event_id)
+                    # by fare_events' key (it has no event_id index, migration 0014)
+                    .join(u, sa.and_(u.c.bus_id == fe.c.bus_id, u.c.seq == fe.c.seq))
                     .where(u.c.reason == "unresolved_rid")
                 )
             ).all()

@@ -110,8 +110,7 @@ async def test_unique_constraints_and_insert_ignore(engine: AsyncEngine) -> None
     async with engine.begin() as conn:
         stmt = insert_ignore(fare_events, conn.dialect.name)
         await conn.execute(stmt, [row])
-        await conn.execute(stmt, [row, dict(row, seq=2)])  # event_id conflict: ignored
-        await conn.execute(stmt, [dict(row, event_id="e3")])  # (bus_id, seq) conflict
+        await conn.execute(stmt, [row, dict(row, event_id="e3")])  # (bus_id, seq) conflict
         rows = (await conn.execute(sa.select(fare_events))).all()
     assert len(rows) == 1
     assert rows[0].evidence == {"k": [1, 2]}
@@ -354,5 +353,62 @@ async def test_0013_keys_fare_events_by_bus_and_seq_and_keeps_the_rows(db_url: s
         assert [i for _, i in ids] == [1, 2, 3, 4]
         await migrate(eng)
         assert await current_revision(eng) == head_revision()
+    finally:
+        await eng.dispose()
+
+
+async def _indexes(eng: AsyncEngine, table: str) -> list[tuple[list[str], bool]]:
+    """``table``'s unique constraints and indexes: (columns, unique), primary key aside."""
+
+    def read(c: sa.Connection) -> list[tuple[list[str], bool]]:
+        insp = sa.inspect(c)
+        out = [(list(u["column_names"]), True) for u in insp.get_unique_constraints(table)]
+        for ix in insp.get_indexes(table):
+            cols = [str(x) for x in ix["column_names"]]
+            if (cols, True) not in out:
+                out.append((cols, bool(ix["unique"])))
+        return sorted(out)
+
+    async with eng.connect() as conn:
+        return await conn.run_sync(read)
+
+
+async def test_0014_drops_the_event_id_index_and_keeps_the_rows(db_url: str) -> None:
+    """Ids are derived from ``(bus_id, seq)`` (ingest checks it): the unique index on
+    ``fare_events.event_id`` goes; ``missed_stops`` keeps its own (looked up by id)."""
+    from alembic import command
+
+    from backend._db import _alembic_config
+
+    eng = create_engine(db_url)
+    fe = fare_events
+    try:
+        await migrate(eng, "0013")
+        async with eng.begin() as conn:
+            await conn.execute(fe.insert(), [_event_row("e1", 1), _event_row("e2", 2)])
+        assert (["event_id"], True) in await _indexes(eng, "fare_events")
+        await migrate(eng, "0014")
+        assert await _indexes(eng, "fare_events") == []
+        assert (["event_id"], True) in await _indexes(eng, "missed_stops")
+        async with eng.begin() as conn:  # one id on two rows: nothing refuses it now
+            await conn.execute(fe.insert(), [_event_row("e1", 3)])
+            rows = await conn.execute(sa.select(fe.c.seq, fe.c.event_id).order_by(fe.c.seq))
+            assert rows.all() == [(1, "e1"), (2, "e2"), (3, "e1")]
+            pk = await conn.run_sync(lambda c: sa.inspect(c).get_pk_constraint("fare_events"))
+        assert pk["constrained_columns"] == ["bus_id", "seq"]
+        with pytest.raises(sa.exc.IntegrityError):  # a downgrade refuses a shared id
+            async with eng.begin() as conn:
+                await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0013"))
+        async with eng.begin() as conn:
+            await conn.execute(fe.delete().where(fe.c.seq == 3))
+        async with eng.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(_alembic_config(c), "0013"))
+        assert (["event_id"], True) in await _indexes(eng, "fare_events")
+        with pytest.raises(sa.exc.IntegrityError):
+            async with eng.begin() as conn:
+                await conn.execute(fe.insert(), [_event_row("e1", 3)])
+        await migrate(eng)
+        assert await current_revision(eng) == head_revision()
+        assert await _indexes(eng, "fare_events") == []
     finally:
         await eng.dispose()

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from backend._db import chain_state, create_engine, devices, fare_events, migrate, quarantine
-from backend._ingest import SIGNATURES_PUT_OFF, IngestCore, Ingestor
+from backend._db import (
+    chain_state,
+    create_engine,
+    devices,
+    fare_events,
+    migrate,
+    missed_stops,
+    quarantine,
+)
+from backend._ingest import EVENTS_QUARANTINED, SIGNATURES_PUT_OFF, IngestCore, Ingestor
 from backend._keys import register_device
 from busbell import canonical_bytes, derive_event_id, event_hash, sign_event
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
@@ -354,43 +363,94 @@ async def _feed(w: Ingestor, msgs: list[tuple[str, bytes]]) -> None:
         await w.ingest(msgs[i : i + 3])
 
 
-async def test_event_id_conflict_is_quarantined(engine: AsyncEngine) -> None:
-    k1, k2 = device_key_for("B1"), device_key_for("B2")
-    a = make_events("B1", k1, 1)
-    b = make_events("B2", k2, 2)
-    # B2's second event reuses B1's event_id (a buggy or hostile edge).
-    bad = sign_event(dict(b[1], event_id=a[0]["event_id"]), k2)
+def _not_derived(kind: str, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """B2's seq 2 with an event id that is not its derivation (signed by B2's key).
+
+    ``a``: B1's chain, ``b``: B2's, each a segment at seq 1 and a missed record at seq 2.
+    """
+    k2 = device_key_for("B2")
+    seg, missed = b[0], b[1]
+    if kind == "another_bus":  # B1's seq 1's id (a buggy or hostile edge)
+        return sign_event(dict(seg, seq=2, prev=event_hash(seg), event_id=a[0]["event_id"]), k2)
+    if kind == "chosen":  # well-formed, chosen by the edge
+        return sign_event(dict(seg, seq=2, prev=event_hash(seg), event_id="edge-chose-this"), k2)
+    if kind == "segment_id_on_missed":  # a missed record's id without the type tag
+        w = missed["passed"]["t"]
+        return sign_event(
+            dict(missed, event_id=derive_event_id("B2", 2, missed["request_id"], w)), k2
+        )
+    assert kind == "segment_id_of_missed_stop"  # a missed record carrying B1's missed id
+    return sign_event(dict(missed, event_id=a[1]["event_id"]), k2)
+
+
+@pytest.mark.parametrize(
+    "kind", ["another_bus", "chosen", "segment_id_on_missed", "segment_id_of_missed_stop"]
+)
+async def test_a_non_derived_event_id_is_quarantined(engine: AsyncEngine, kind: str) -> None:
+    """An event id must be its record's derivation (``derive_event_id`` /
+    ``derive_missed_event_id``): anything else is ``event_id_mismatch``, counted, logged
+    and quarantined, and the bus's chain waits for the genuine record."""
+    a = make_events("B1", device_key_for("B1"), 2, missed_every=2)
+    b = make_events("B2", device_key_for("B2"), 3, missed_every=2)
+    bad = _not_derived(kind, a, b)
     ing = await make_ingestor(engine)
     await ing.ingest([("B1", batch_payload("B1", a))])
-    with capture_logs():
+    before = EVENTS_QUARANTINED.labels("event_id_mismatch")._value.get()
+    with capture_logs() as logs:
         res = await ing.ingest([("B2", batch_payload("B2", [b[0], bad]))])
-    assert res.stored == 1
+    assert res.rejected == {"event_id_mismatch": 1}
+    assert EVENTS_QUARANTINED.labels("event_id_mismatch")._value.get() == before + 1
+    assert [(x["event"], x["reason"]) for x in logs if x["log_level"] == "warning"] == [
+        ("fare_event_quarantined", "event_id_mismatch")
+    ]
     assert res.acks == {"B2": 1}
-    assert await stored(engine, "B2") == [1]
-    assert (await quarantined(engine))[-1] == ("B2", 2, "event_id_conflict")
-    assert derive_event_id("B1", 1, a[0]["rid"], a[0]["start"]["t"]) == a[0]["event_id"]
+    assert (await quarantined(engine))[-1] == ("B2", 2, "event_id_mismatch")
+    res = await ing.ingest([("B2", batch_payload("B2", b[1:]))])  # the genuine ones link
+    assert res.rejected == {}
+    assert res.acks == {"B2": 3}
+    assert await stored(engine, "B1") == [1]  # (seq 2 is a missed record)
+    assert await stored(engine, "B2") == [1, 3]
 
 
-@pytest.mark.parametrize("first", ["missed", "segment"])
-async def test_an_event_id_is_unique_over_segments_and_missed_records(
-    engine: AsyncEngine, first: str
+async def test_a_re_sent_copy_with_a_non_derived_id_is_rejected_unverified(
+    engine: AsyncEngine,
 ) -> None:
-    """Each table's unique index sees only its own rows: a segment reusing a stored
-    missed record's event id (or the reverse) is still event_id_conflict."""
-    k1, k2 = device_key_for("B1"), device_key_for("B2")
-    a = make_events("B1", k1, 2, missed_every=2)  # seq 2 is a missed record
-    b = make_events("B2", k2, 2, missed_every=2)
-    if first == "missed":  # B2's segment (seq 1) takes B1's missed record's id
-        bad, bus, good = sign_event(dict(b[0], event_id=a[1]["event_id"]), k2), "B2", a
-    else:  # B2's missed record (seq 2) takes B1's segment's id
-        bad, bus, good = sign_event(dict(b[1], event_id=a[0]["event_id"]), k2), "B2", a
+    """Below the chain head the signature check is put off, the event id check is not."""
+    a = make_events("B1", device_key_for("B1"), 3)
     ing = await make_ingestor(engine)
-    await ing.ingest([("B1", batch_payload("B1", good))])
-    events = [bad] if first == "missed" else [b[0], bad]
+    await ing.ingest([("B1", batch_payload("B1", a))])
+    copy = dict(a[1], event_id="0" * 32)  # its sig no longer verifies either
+    res = await ing.ingest([("B1", batch_payload("B1", [copy]))])
+    assert res.rejected == {"event_id_mismatch": 1}
+
+
+async def test_no_race_between_a_segment_and_a_missed_record_sharing_an_id(
+    engine: AsyncEngine,
+) -> None:
+    """The race that was: two workers, one committing B1's segment, the other B2's
+    missed record carrying the same event id, neither seeing the other's uncommitted row
+    (no index spans ``fare_events`` and ``missed_stops``), could both store it. Ids are
+    derived now and a missed record's is type-tagged: the record carrying another's id
+    is refused before any transaction, however the two commits interleave."""
+    a = make_events("B1", device_key_for("B1"), 1)
+    b = make_events("B2", device_key_for("B2"), 2, missed_every=2)
+    taker = sign_event(dict(b[1], event_id=a[0]["event_id"]), device_key_for("B2"))
+    w1, w2 = await make_ingestor(engine), await make_ingestor(engine)
+    w2.worker_id = "w2"
+    one = w1.prepare([("B1", batch_payload("B1", a))])
+    two = w2.prepare([("B2", batch_payload("B2", [b[0], taker]))])
     with capture_logs():
-        res = await ing.ingest([(bus, batch_payload(bus, events))])
-    assert res.rejected == {"event_id_conflict": 1}
-    assert await stored(engine, "B2") == ([] if first == "missed" else [1])
+        r1, r2 = await asyncio.gather(w1.commit(one), w2.commit(two))
+    assert (r1.stored, r2.stored) == (1, 1)
+    assert r2.rejected == {"event_id_mismatch": 1}
+    async with engine.connect() as conn:
+        ids = [
+            eid
+            for table in (fare_events, missed_stops)
+            for (eid,) in await conn.execute(sa.select(table.c.event_id))
+        ]
+    assert sorted(ids) == sorted([a[0]["event_id"], b[0]["event_id"]])
+    assert len(set(ids)) == len(ids)
 
 
 async def test_a_gap_waits_for_every_worker_to_catch_up(engine: AsyncEngine) -> None:
@@ -418,22 +478,3 @@ async def test_a_gap_waits_for_every_worker_to_catch_up(engine: AsyncEngine) -> 
     await busy.tick(caught_up_to=opened)  # behind the last request: the next one waits
     clock.t += idle.worker_stale_s + 1.0
     assert list((await idle.tick(caught_up_to=clock.t)).resends.values()) == [(4, 6)]
-
-
-async def test_a_held_record_whose_event_id_is_taken_does_not_block_its_bus(
-    engine: AsyncEngine,
-) -> None:
-    """Held above a gap, a record's event_id is stored by another bus meanwhile: when
-    the gap fills it is rejected (event_id_conflict), not a transaction failure forever."""
-    b1 = make_events("B1", device_key_for("B1"), 6)
-    ing = await make_ingestor(engine)
-    await ing.ingest([("B1", batch_payload("B1", b1[4:]))])  # 5, 6 held
-    taker = make_events("B2", device_key_for("B2"), 1)[0]
-    taker = sign_event(dict(taker, event_id=b1[4]["event_id"]), device_key_for("B2"))
-    assert (await ing.ingest([("B2", batch_payload("B2", [taker]))])).stored == 1
-    res = await ing.ingest([("B1", batch_payload("B1", b1[:4]))])
-    assert res.stored == 4
-    assert res.rejected == {"event_id_conflict": 1}
-    assert res.acks == {"B1": 4}
-    assert await stored(engine, "B1") == [1, 2, 3, 4]
-    assert (await chain_row(engine, "B1")).pending == 1  # seq 6 waits behind seq 5

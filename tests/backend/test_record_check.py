@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backend._record_check import RecordFault, check_record, signature_fault
-from busbell import canonical_bytes
+from busbell import canonical_bytes, derive_event_id, derive_missed_event_id, sign_event
 from busbell._fare_types import convert_event
 from tests.factories.fare_events import device_key_for, make_events
 
@@ -23,7 +23,7 @@ def test_each_check_in_order_with_its_reason() -> None:
     rec = convert_event(CHAIN[1])
     full = canonical_bytes(CHAIN[1])
     other = device_key_for("B2").public
-    # the topic first, then the registry, then revocation, then the signature
+    # the topic first, then the registry, revocation, the event id, the signature
     assert check_record(rec, None, topic_bus="B2", revoked=True) == RecordFault(
         "bus_mismatch", "event of 'B1' on 'B2'", full
     )
@@ -32,6 +32,17 @@ def test_each_check_in_order_with_its_reason() -> None:
     )
     assert check_record(rec, other, revoked=True) == RecordFault(
         "revoked_device", "bus 'B1' is revoked", full
+    )
+    wrong = convert_event(dict(CHAIN[1], event_id="chosen-by-the-edge"))
+    wrong_full = canonical_bytes(dict(CHAIN[1], event_id="chosen-by-the-edge"))
+    assert check_record(wrong, other, revoked=True) == RecordFault(
+        "revoked_device", "bus 'B1' is revoked", wrong_full
+    )
+    bad = check_record(wrong, other, verify=False)  # never put off
+    assert isinstance(bad, RecordFault)
+    assert (bad.reason, bad.full) == ("event_id_mismatch", wrong_full)
+    assert (
+        bad.detail == f"event_id 'chosen-by-the-edge' is not the derived {CHAIN[1]['event_id']!r}"
     )
     bad = check_record(rec, other)
     assert isinstance(bad, RecordFault)
@@ -57,3 +68,25 @@ def test_a_record_whose_bytes_cannot_be_written_is_schema() -> None:
     assert isinstance(fault, RecordFault)
     assert (fault.reason, fault.full) == ("schema", None)
     assert fault.detail.startswith("not encodable")
+
+
+def test_an_event_id_must_be_its_derivation_for_every_record_type() -> None:
+    """Segments: ``derive_event_id(bus_id, seq, rid, start.t)``; missed records:
+    ``derive_missed_event_id(bus_id, seq, request_id, passed.t)``, never the other."""
+    chain = make_events(BUS, KEY, 4, missed_every=2)
+    for ev in chain:
+        assert check_record(convert_event(ev), KEY.public) == canonical_bytes(ev)
+    seg, missed = chain[0], chain[1]
+    swapped = [
+        dict(seg, event_id=derive_missed_event_id(BUS, 1, seg["rid"], seg["start"]["t"])),
+        dict(seg, event_id=derive_event_id(BUS, 2, seg["rid"], seg["start"]["t"])),
+        dict(seg, event_id=derive_event_id("B2", 1, seg["rid"], seg["start"]["t"])),
+        dict(seg, event_id=derive_event_id(BUS, 1, seg["rid"], seg["start"]["t"] + 1)),
+        dict(missed, event_id=derive_event_id(BUS, 2, missed["request_id"], missed["passed"]["t"])),
+        dict(missed, event_id=derive_missed_event_id(BUS, 2, "q-other", missed["passed"]["t"])),
+        dict(missed, event_id=chain[3]["event_id"]),
+    ]
+    for ev in swapped:
+        fault = check_record(convert_event(sign_event(ev, KEY)), KEY.public)
+        assert isinstance(fault, RecordFault), ev
+        assert fault.reason == "event_id_mismatch"

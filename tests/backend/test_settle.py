@@ -20,7 +20,15 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._resolve import ProofRejected, Resolver, RiderKeyring
 from backend._settle import Settler, check_line, segment_of
 from backend.cli import main as backend_main
-from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, sign_event, tq_of
+from busbell import (
+    derive_bk,
+    derive_event_id,
+    derive_rider_keys,
+    load_gtfs,
+    read_devices,
+    sign_event,
+    tq_of,
+)
 from busbell.cli import main as busbell_main
 from tests.factories.backend_world import STOP_SPACING_M, T0, World
 
@@ -616,7 +624,11 @@ def test_the_pool_decides_runs_over_the_whole_input(tmp_path: Path) -> None:
         dict(chain[4], distance_m=1.0),  # tampered
         sign_event(dict(chain[6], distance_m=2.0), world.buses["bus-02"].key),  # forged
         sign_event(dict(chain[7], prev="1" * 64), key),  # mislinked, genuine key
-        dict(forger, seq=3),  # forged, its sig no longer matching either
+        dict(  # forged, its sig no longer matching either (its event id derived)
+            forger,
+            seq=3,
+            event_id=derive_event_id("bus-01", 3, forger["rid"], forger["start"]["t"]),
+        ),
     ]
     lines = [json.dumps(e) for e in [*evs, *hostile, evs[5]]]
     random.Random(3).shuffle(lines)

@@ -19,6 +19,8 @@ from busbell import (
     JsonLimits,
     JsonRejected,
     canonical_bytes,
+    derive_event_id,
+    derive_missed_event_id,
     event_hash,
     loads_bounded,
     sign_event,
@@ -36,6 +38,7 @@ from busbell._fare_types import (
     convert_event,
     decode_batch,
     decode_event,
+    derived_event_id,
     replace_asyncapi_block,
     signed_part,
 )
@@ -270,3 +273,63 @@ def test_each_formatted_field_takes_exactly_its_expression(path: str, value: str
         assert ok, f"{path}={value!r} taken"
     payload = canonical_bytes({"bus_id": "bus-0001", "events": [ev]})
     assert (decode_batch(payload) is not None) == ok
+
+
+_TIMES = st.one_of(
+    st.integers(0, 2**53),
+    st.floats(0.0, 1e300, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, 1e-5, 1e-4, 0.00011, 1e15, 1e16, 1.5e16, 1700000000.123456]),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bus=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", fullmatch=True),
+    seq=st.integers(1, 2**63 - 1),
+    rid=st.from_regex(r"[0-9a-f]{24}", fullmatch=True),
+    request=st.text(
+        st.characters(blacklist_characters="/+#\x00", blacklist_categories=["Cs"]),
+        min_size=1,
+        max_size=128,
+    ),
+    t=_TIMES,
+)
+def test_derived_event_id_is_the_busbell_derivation(
+    bus: str, seq: int, rid: str, request: str, t: float
+) -> None:
+    """The typed records' derivation (msgspec, serialised once) gives exactly
+    ``derive_event_id`` / ``derive_missed_event_id`` (Python's json), whatever the
+    number's type and range or the request id's characters."""
+    seg = dict(segment_event(), bus_id=bus, seq=seq, rid=rid)
+    seg["start"] = dict(seg["start"], t=t)
+    seg["end"] = dict(seg["end"], t=t)
+    assert derived_event_id(convert_event(seg, require_sig=False)) == derive_event_id(
+        bus, seq, rid, t
+    )
+    wait = {
+        "request_id": request,
+        "route_id": "R1",
+        "stop_id": "S1",
+        "t": 0,
+        "expires_t": t,
+        "source": "app",
+        "assist": False,
+    }
+    missed = {
+        "v": 1,
+        "type": "missed",
+        "bus_id": bus,
+        "seq": seq,
+        "event_id": "x",
+        "prev": "0" * 64,
+        "request_id": request,
+        "route_id": "R1",
+        "trip_id": None,
+        "stop_id": "S1",
+        "wait": wait,
+        "passed": {"t": t, "lat": 0.0, "lon": 0.0, "speed_mps": 1.0, "distance_m": 2.0},
+        "doors_opened": False,
+    }
+    assert derived_event_id(convert_event(missed, require_sig=False)) == derive_missed_event_id(
+        bus, seq, request, t
+    )
