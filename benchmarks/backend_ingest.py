@@ -1,7 +1,9 @@
 """Benchmark of verified fare ingest, and the signed-event factory tests use.
 
-``python -m benchmarks.backend_ingest --db sqlite|postgres --events N [--buses B]``
-pre-signs N events over B buses, then feeds them through :class:`~backend._ingest.Ingestor`
+``python -m benchmarks.backend_ingest --db sqlite|postgres --events N [--buses B]
+[--prefill M]`` pre-signs N events over B buses (with ``--prefill``, first writes M
+ledger rows of other buses straight into ``fare_events``: ingest into a ledger that is
+no longer small), then feeds them through :class:`~backend._ingest.Ingestor`
 (decode, schema, Ed25519 verification, chain check, idempotent insert, commit, ack
 bookkeeping) in MQTT-sized batches, and prints events/s verified and stored per CPU
 second of this process (the database server's CPU is not counted; for SQLite it is
@@ -30,13 +32,61 @@ from busbell import (
     DeviceKey,
     canonical_bytes,
     configure_logging,
+    derive_event_id,
 )
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 __all__ = ["bare_verify_cpu_rate", "main", "postmaster_pid", "tree_cpu_s"]
 
 
-async def _run(url: str, n_events: int, n_buses: int, batch: int) -> dict[str, float]:
+_PREFILL_CHUNK = 5000
+
+
+async def _prefill(engine: Any, n: int) -> float:
+    """Write ``n`` ``fare_events`` rows of 1,000 other buses (``PRE0000``...), each the
+    ledger row of one genuine segment record with its bus, seq and derived event id
+    changed (~1 KB of ``raw``), in transactions of 5,000; then a checkpoint. Returns
+    the seconds it took."""
+    import sqlalchemy as sa
+
+    from busbell._fare_types import SEGMENT_COLUMNS, SegmentEvent, convert_event
+
+    t0 = time.perf_counter()
+    cols = (*SEGMENT_COLUMNS, "event_hash", "raw", "received_at", "worker_id")
+    table = sa.table("fare_events", *(sa.column(c) for c in cols))
+    per_bus = max(1, -(-n // 1000))
+    (template,) = make_events("PRE0000", _PREFILL_KEY, 1)
+    rec = convert_event(template)
+    assert isinstance(rec, SegmentEvent)
+    base = (*rec.ledger_row(), "0" * 64, canonical_bytes(template).decode(), 1.0, "prefill")
+    done = 0
+    while done < n:
+        rows = []
+        for k in range(done, min(n, done + _PREFILL_CHUNK)):
+            bus, seq = f"PRE{k // per_bus:04d}", 1 + k % per_bus
+            eid = derive_event_id(bus, seq, rec.rid, rec.start.t)
+            rows.append(dict(zip(cols, (bus, seq, eid, *base[3:]), strict=True)))
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(table), rows)
+        done += len(rows)
+    if engine.dialect.name == "sqlite":
+        async with engine.connect() as conn:  # outside the transaction SQLAlchemy begins
+            raw_conn = (await conn.get_raw_connection()).driver_connection
+            assert raw_conn is not None
+            await (await raw_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")).close()
+    else:
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("CHECKPOINT")
+    return time.perf_counter() - t0
+
+
+_PREFILL_KEY = device_key_for("PREFILL")
+
+
+async def _run(
+    url: str, n_events: int, n_buses: int, batch: int, prefill: int = 0
+) -> dict[str, float]:
     per_bus = max(1, n_events // n_buses)
     t0 = time.perf_counter()
     buses = [f"BENCH{b:04d}" for b in range(n_buses)]
@@ -50,6 +100,7 @@ async def _run(url: str, n_events: int, n_buses: int, batch: int) -> dict[str, f
             messages.append((b, batch_payload(b, chains[b][i : i + batch])))
     engine = create_engine(url)
     await migrate(engine)
+    prefill_s = await _prefill(engine, prefill) if prefill else 0.0
     async with engine.begin() as conn:
         for b in buses:
             await register_device(conn, b, keys[b].public)
@@ -63,6 +114,7 @@ async def _run(url: str, n_events: int, n_buses: int, batch: int) -> dict[str, f
     bare_before = bare_verify_cpu_rate(chains, keys)
     total = 0
     pg0 = tree_cpu_s(postmaster) if postmaster else 0.0
+    written0 = _written()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     # One transaction per ~1000 events, as the worker batches MQTT messages.
     per_txn = max(1, 1000 // batch)
@@ -77,6 +129,7 @@ async def _run(url: str, n_events: int, n_buses: int, batch: int) -> dict[str, f
             await ing.tick(time.time())
     await ing.record_acks()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    written = _written() - written0
     pg_cpu = tree_cpu_s(postmaster) - pg0 if postmaster else -1.0
     bare_after = bare_verify_cpu_rate(chains, keys)
     await engine.dispose()
@@ -88,7 +141,18 @@ async def _run(url: str, n_events: int, n_buses: int, batch: int) -> dict[str, f
         "bare_before": bare_before,
         "bare_after": bare_after,
         "pg_cpu": pg_cpu,
+        "prefill_s": prefill_s,
+        "written": written,
     }
+
+
+def _written() -> int:
+    """Bytes this process has written (``/proc/self/io`` ``wchar``; SQLite's are here)."""
+    with open("/proc/self/io", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    return 0  # pragma: no cover - not Linux
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
@@ -177,6 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--buses", type=int, default=100)
     parser.add_argument("--batch", type=int, default=50, help="events per MQTT message")
     parser.add_argument("--url", help="use this database URL instead of a scratch one")
+    parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="M",
+        help="first write M ledger rows of other buses (not timed): a large ledger",
+    )
     args = parser.parse_args(argv)
     configure_logging("warning")
     drop: str | None = None
@@ -188,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             url, drop = _postgres_url()
         try:
-            r = asyncio.run(_run(url, args.events, args.buses, args.batch))
+            r = asyncio.run(_run(url, args.events, args.buses, args.batch, args.prefill))
         finally:
             if drop is not None:
                 drop_database(drop)
@@ -197,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open("/proc/loadavg", encoding="ascii") as f:
         load = " ".join(f.read().split()[:3])
     sys.stdout.write(
-        f"backend ingest ({args.db}): {int(r['events'])} events stored, "
+        f"backend ingest ({args.db}): {int(r['events'])} events stored"
+        + (f" into {args.prefill} rows already there" if args.prefill else "")
+        + ", "
         f"{r['wall_s']:.2f} s wall, {r['cpu_s']:.2f} s CPU of this process\n"
         f"  {r['events'] / r['wall_s']:.0f} events/s wall, "
         f"{per_cpu:.0f} events/s per CPU-second (verified and stored)\n"
@@ -210,7 +283,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r["pg_cpu"] >= 0
             else ""
         )
-        + f"  (pre-signing took {r['sign_s']:.1f} s; load average {load})\n"
+        + (
+            f"  written by this process: {r['written'] / r['events'] / 1024:.1f} KiB per event"
+            " (the ledger's WAL and pages)\n"
+            if args.db == "sqlite"
+            else ""
+        )
+        + f"  (pre-signing took {r['sign_s']:.1f} s"
+        + (f", prefill {r['prefill_s']:.1f} s" if args.prefill else "")
+        + f"; load average {load})\n"
     )
     return 0
 
