@@ -90,6 +90,24 @@ def _format(regex: str, description: str | None = None) -> msgspec.Meta:
 
 
 Id = Annotated[str, _format(_ID, "1-64 of [A-Za-z0-9_.:-]")]
+SegmentEventId = Annotated[
+    str,
+    _format(
+        _ID,
+        "derived, never chosen: the first 32 hex characters of the SHA-256 of the "
+        "canonical bytes of [bus_id, seq, rid, start.t] (busbell.derive_event_id); any "
+        "other value is rejected (event_id_mismatch)",
+    ),
+]
+MissedEventId = Annotated[
+    str,
+    _format(
+        _ID,
+        "derived, never chosen: the first 32 hex characters of the SHA-256 of the "
+        'canonical bytes of ["missed", bus_id, seq, request_id, passed.t] '
+        "(busbell.derive_missed_event_id); any other value is rejected (event_id_mismatch)",
+    ),
+]
 BellId = Annotated[str, _format(_BELL_ID, "one MQTT topic level, 1-128")]
 Text = Annotated[str, _format(_TEXT, "1-128, no NUL")]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=BIGINT_MAX)]
@@ -173,7 +191,7 @@ class SegmentEvent(
     v: Literal[1]
     bus_id: Id
     seq: Seq
-    event_id: Id
+    event_id: SegmentEventId
     prev: Hex64
     rid: Hex24
     interval: Annotated[int, msgspec.Meta(ge=0, le=BIGINT_MAX)]
@@ -234,7 +252,7 @@ class MissedRecord(
     v: Literal[1]
     bus_id: Id
     seq: Seq
-    event_id: Id
+    event_id: MissedEventId
     prev: Hex64
     request_id: BellId
     route_id: BellId
