@@ -62,12 +62,13 @@ from backend._db import (
 from backend._errors import REJECTION_REASONS, MalformedMessage
 from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo, import_devices, load_devices
-from backend._record_check import RecordFault, check_record, signature_fault
+from backend._record_check import RecordFault, Verify, check_record, decide_runs, signature_fault
 from backend.config import BackendConfig
 from busbell import (
     BIGINT_MAX,
     GENESIS_PREV,
     BusbellError,
+    ConfigError,
     ContractError,
     JsonLimits,
     JsonRejected,
@@ -152,6 +153,11 @@ SIGNATURES_PUT_OFF = Counter(
     "busbell_fare_signatures_put_off",
     "Events below their bus's chain head on arrival, signature check put off (re-sent copies)",
 )
+SIGNATURES_VERIFIED = Counter(
+    "busbell_fare_signatures_verified",
+    "Ed25519 signatures verified (with [ingest] verify = runs, about one per hash-linked run)",
+)
+VERIFY_MODES: tuple[Verify, ...] = ("runs", "every")
 
 _MAX_RAW = 65536
 
@@ -241,6 +247,9 @@ class IngestCore:
         resend_max_s: the longest wait between two re-send requests for one gap.
         resend_max_attempts: re-send requests for one gap before it is reported
             (:attr:`GapAction.report`) and no longer re-asked.
+        verify: ``runs`` (the default): the signatures of a transaction's records are
+            decided one per hash-linked run (:meth:`verify_runs`, the decision offline
+            settle makes); ``every``: each record's own, as it is decoded.
     """
 
     def __init__(
@@ -254,7 +263,11 @@ class IngestCore:
         max_events_per_message: int = 2000,
         resend_max_s: float = 60.0,
         resend_max_attempts: int = 8,
+        verify: Verify = "runs",
     ) -> None:
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be runs or every, got {verify!r}")
+        self.verify: Verify = verify
         self._devices: Mapping[str, DeviceInfo] = dict(devices or {})
         self.max_held_per_bus = max_held_per_bus
         self.resend_after_s = resend_after_s
@@ -272,7 +285,12 @@ class IngestCore:
     # -- decoding ---------------------------------------------------------------------
 
     def decode(
-        self, bus_id: str, payload: bytes, *, below: int = 0
+        self,
+        bus_id: str,
+        payload: bytes,
+        *,
+        below: int = 0,
+        runs: list[VerifiedEvent] | None = None,
     ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         """Decode and verify one payload received on ``buses/{bus_id}/fares``.
 
@@ -280,6 +298,11 @@ class IngestCore:
         re-sent copies) are checked in full except for the Ed25519 signature, which is put
         off (:attr:`VerifiedEvent.signed`): the plan verifies them only when they turn out
         not to be byte-identical to the stored record.
+
+        With ``runs`` (a list), the signature of every other record is put off too, and
+        the record appended to ``runs``: :meth:`verify_runs` decides them together, one
+        signature per hash-linked run (``verify = "runs"``). Without it each one's own
+        signature is verified here.
 
         A batch or array whose records all check is parsed straight into the typed
         records (:func:`busbell._fare_types.decode_batch`); anything else takes the
@@ -310,14 +333,20 @@ class IngestCore:
             ok: list[VerifiedEvent] = []
             bad: list[Rejection] = []
             dev = self._devices.get(bus_id)
+            every = runs is None
             for rec in records:
-                result = self._verify(bus_id, rec, dev, rec.seq >= below)
+                copy = rec.seq < below
+                result = self._verify(bus_id, rec, dev, every and not copy, copy)
                 if isinstance(result, VerifiedEvent):
                     ok.append(result)
+                    if runs is not None and not copy:
+                        runs.append(result)
                 else:
                     bad.append(result)
+            if every:
+                _count_verified(ok, bad)
             return ok, bad
-        return self._decode_general(bus_id, payload, below)
+        return self._decode_general(bus_id, payload, below, runs)
 
     def _check_count(self, n: int) -> None:
         if n > self.max_events_per_message:
@@ -327,7 +356,7 @@ class IngestCore:
             )
 
     def _decode_general(
-        self, bus_id: str, payload: bytes, below: int
+        self, bus_id: str, payload: bytes, below: int, runs: list[VerifiedEvent] | None
     ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         try:
             obj = loads_bounded(payload, self._limits)
@@ -371,22 +400,28 @@ class IngestCore:
                     )
                 )
                 continue
-            result = self._verify(bus_id, rec, self._devices.get(bus_id), rec.seq >= below)
+            copy = rec.seq < below
+            dev = self._devices.get(bus_id)
+            result = self._verify(bus_id, rec, dev, runs is None and not copy, copy)
             if isinstance(result, Rejection):
                 bad.append(result)
             else:
                 ok.append(result)
+                if runs is not None and not copy:
+                    runs.append(result)
+        if runs is None:
+            _count_verified(ok, bad)
         return ok, bad
 
     @staticmethod
     def _verify(
-        bus_id: str, rec: FareEvent, dev: DeviceInfo | None, sign: bool = True
+        bus_id: str, rec: FareEvent, dev: DeviceInfo | None, sign: bool = True, copy: bool = False
     ) -> VerifiedEvent | Rejection:
         """Check one typed record against its topic's bus and ``dev`` (its registry entry).
 
         :func:`backend._record_check.check_record` (the checks offline settle runs too),
         with online's topic and revocation; ``sign=False``: all but the signature (see
-        :meth:`decode`'s ``below``).
+        :meth:`decode`'s ``below`` and ``runs``; ``copy``: put off as a re-sent copy).
         """
         full = check_record(
             rec,
@@ -401,7 +436,7 @@ class IngestCore:
             raw = full.full.decode("utf-8")
             return Rejection(full.reason, full.detail, raw, bus_id, rec.seq, rec.event_id)
         digest = hashlib.sha256(full).hexdigest()
-        if not sign:
+        if copy:
             SIGNATURES_PUT_OFF.inc()
         return VerifiedEvent(bus_id, rec.seq, rec, full.decode("utf-8"), digest, signed=sign)
 
@@ -416,11 +451,60 @@ class IngestCore:
         if dev is None:  # pragma: no cover - checked when decoded; a refresh since
             detail = f"bus {e.bus_id!r} is not registered"
             return Rejection("bad_signature", detail, e.raw, e.bus_id, e.seq, e.event_id)
+        SIGNATURES_VERIFIED.inc()
         bad = signature_fault(e.record, e.raw.encode("utf-8"), dev.public)
         if bad is not None:
             return Rejection(bad.reason, bad.detail, e.raw, e.bus_id, e.seq, e.event_id)
         e.signed = True
         return None
+
+    def verify_runs(self, events: Sequence[VerifiedEvent]) -> tuple[list[Rejection], int]:
+        """Decide the signatures :meth:`decode` put off for their runs, one per run.
+
+        :func:`backend._record_check.decide_runs`, the decision offline settle makes
+        (``docs/backend-ingest.md``, "One signature per hash-linked run"), over
+        ``events`` (a transaction's records, any buses, any order): a record is authentic
+        when its own signature verifies or an authentic record of its bus at the next seq
+        names its hash as ``prev``; byte-identical copies are one record. The authentic
+        ones are marked signed; the others are ``bad_signature``, each copy rejected as
+        :meth:`decode` would have rejected it.
+
+        Returns:
+            The rejections (in the order of ``events``) and how many signatures were
+            verified.
+        """
+        first: dict[str, VerifiedEvent] = {}
+        for e in events:
+            first.setdefault(e.hash, e)
+        faults: dict[str, RecordFault] = {}
+        devices = self._devices
+
+        def verify(hashes: list[str]) -> set[str]:
+            failed = set()
+            for h in hashes:
+                e = first[h]
+                dev = devices.get(e.bus_id)
+                fault = (
+                    RecordFault("bad_signature", f"bus {e.bus_id!r} is not registered")
+                    if dev is None  # pragma: no cover - checked when decoded
+                    else signature_fault(e.record, e.raw.encode("utf-8"), dev.public)
+                )
+                if fault is not None:
+                    faults[h] = fault
+                    failed.add(h)
+            return failed
+
+        nodes = {h: (e.bus_id, e.seq, e.prev) for h, e in first.items()}
+        bad, verified = decide_runs(nodes, verify)
+        SIGNATURES_VERIFIED.inc(verified)
+        rejected: list[Rejection] = []
+        for e in events:
+            if e.hash in bad:
+                f = faults[e.hash]
+                rejected.append(Rejection(f.reason, f.detail, e.raw, e.bus_id, e.seq, e.event_id))
+            else:
+                e.signed = True
+        return rejected, verified
 
     @staticmethod
     def held_from_rows(bus_id: str, rows: Iterable[tuple[int, str, str, int]]) -> Held:
@@ -584,6 +668,13 @@ async def _driver(conn: AsyncConnection) -> Any:
     return driver
 
 
+def _count_verified(ok: list[VerifiedEvent], bad: list[Rejection]) -> None:
+    """Count the signatures :meth:`IngestCore.decode` verified (one per record)."""
+    n = sum(1 for e in ok if e.signed) + sum(1 for r in bad if r.reason == "bad_signature")
+    if n:
+        SIGNATURES_VERIFIED.inc(n)
+
+
 def _raw_json(item: object) -> str:
     try:
         return canonical_bytes(item).decode("utf-8")[:_MAX_RAW]
@@ -647,6 +738,9 @@ class Prepared:
     """Every bus's events in arrival order (the order the plan takes them in)."""
     rejections: list[Rejection] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
+    runs: list[VerifiedEvent] = field(default_factory=list)
+    """Events whose signature is put off for their run (``verify = "runs"``), until
+    :meth:`Ingestor.verify_runs` decides them."""
 
 
 @dataclass(slots=True)
@@ -737,14 +831,16 @@ class Ingestor:
         prepared = Prepared()
         for bus_id, payload in messages:
             self.prepare_one(prepared, bus_id, payload)
+        self.verify_runs(prepared)
         return prepared
 
     def prepare_one(self, prepared: Prepared, bus_id: str, payload: bytes) -> None:
         """Decode and verify one message into ``prepared``."""
         result = prepared.result
         MESSAGES_RECEIVED.inc()
+        runs = prepared.runs if self.core.verify == "runs" else None
         try:
-            ok, bad = self.core.decode(bus_id, payload, below=self._heads.get(bus_id, 0))
+            ok, bad = self.core.decode(bus_id, payload, below=self._heads.get(bus_id, 0), runs=runs)
         except MalformedMessage as exc:
             result.malformed += 1
             MESSAGES_MALFORMED.labels(exc.reason).inc()
@@ -767,12 +863,37 @@ class Ingestor:
         prepared.order.extend(ok)
         prepared.rejections.extend(self._budget(bus_id, bad))
 
+    def verify_runs(self, prepared: Prepared) -> None:
+        """Decide the signatures put off for their runs in ``prepared`` (CPU only).
+
+        One per hash-linked run of the batch's records (:meth:`IngestCore.verify_runs`);
+        a record that is not authentic leaves the batch as ``bad_signature``. The end
+        of :meth:`prepare` (after :meth:`prepare_one` for each message); :meth:`commit`
+        does it if it was not done.
+        """
+        runs, prepared.runs = prepared.runs, []
+        if not runs:
+            return
+        rejected, _ = self.core.verify_runs(runs)
+        if not rejected:
+            return
+        gone = {id(e) for e in runs if not e.signed}
+        prepared.order = [e for e in prepared.order if id(e) not in gone]
+        for bus_id, events in prepared.groups.items():
+            prepared.groups[bus_id] = [e for e in events if id(e) not in gone]
+        by_bus: dict[str, list[Rejection]] = {}
+        for r in rejected:
+            by_bus.setdefault(r.bus_id or "", []).append(r)
+        for bus_id, bad in by_bus.items():
+            prepared.rejections.extend(self._budget(bus_id, bad))
+
     async def commit(self, prepared: Prepared) -> BatchResult:
         """Commit a batch from :meth:`prepare`: one transaction, then the quarantine rows.
 
         Raises:
             StoreError: when the transaction failed (nothing was committed).
         """
+        self.verify_runs(prepared)
         return await self._commit(prepared)
 
     def _budget(self, bus_id: str, bad: list[Rejection]) -> list[Rejection]:
@@ -1306,6 +1427,7 @@ class IngestWorker:
                 max_events_per_message=ing.max_events_per_message,
                 resend_max_s=ing.resend_max_s,
                 resend_max_attempts=ing.resend_max_attempts,
+                verify=_verify_mode(ing.verify),
             ),
             worker_id=self.worker_id,
             clock=clock,
@@ -1458,6 +1580,7 @@ class IngestWorker:
         for bus_id, payload in batch:
             self.ingestor.prepare_one(prepared, bus_id, payload)
             await asyncio.sleep(0)
+        self.ingestor.verify_runs(prepared)
         return prepared
 
     async def _next_batch(
@@ -1522,6 +1645,14 @@ class IngestWorker:
             RESENDS_REQUESTED.inc()
             _log().info("fare_resend_requested", bus_id=bus_id, from_seq=a, to_seq=b)
         self.ingestor.note_acks(res.acks)
+
+
+def _verify_mode(value: str) -> Verify:
+    """``[ingest] verify`` checked: ``runs`` or ``every``."""
+    for mode in VERIFY_MODES:
+        if value == mode:
+            return mode
+    raise ConfigError(f"[ingest] verify must be runs or every, got {value!r}")
 
 
 def _estimate_events(payload: bytes) -> int:

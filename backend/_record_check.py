@@ -20,9 +20,11 @@ checks) with :func:`check_record`, in this order, with these reasons:
 6. ``bad_signature``: ``sig`` is not its bus's Ed25519 signature over the canonical
    bytes without ``sig`` (:func:`signature_fault`), unless the signature check is put
    off (``verify=False``): online for a record below its bus's chain head (a re-sent
-   copy, verified only when it is not byte-identical to the stored record), offline for
-   a record whose authenticity a later record of its hash-linked run vouches for
-   (:mod:`backend._settle`, ``verify="runs"``).
+   copy, verified only when it is not byte-identical to the stored record), and, online
+   and offline with ``verify="runs"`` (the default), for a record whose authenticity a
+   later record of its hash-linked run may vouch for: :func:`decide_runs` decides those,
+   for offline settle over its input (:mod:`backend._settle`), for online ingest over
+   each transaction's batch (:meth:`backend._ingest.IngestCore.verify_runs`).
 
 What passes is returned as its canonical bytes (``sig`` included), serialised once: what
 online ingest stores, and whose SHA-256 is the chain hash the next record names as
@@ -31,7 +33,8 @@ online ingest stores, and whose SHA-256 is the chain hash the next record names 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -39,7 +42,12 @@ from busbell._errors import SignatureError
 from busbell._fare_types import FareEvent, canonical, derived_event_id, signed_part
 from busbell._signing import PublicKey
 
-__all__ = ["RecordFault", "check_record", "signature_fault"]
+__all__ = ["RecordFault", "Verify", "check_record", "decide_runs", "signature_fault"]
+
+Verify = Literal["runs", "every"]
+"""How signatures are verified, offline (``busbell backend settle --verify``) and online
+(``[ingest] verify``): ``runs`` (one per hash-linked run, :func:`decide_runs`; the
+default) or ``every`` (each record's own)."""
 
 
 class RecordFault(NamedTuple):
@@ -108,3 +116,60 @@ def signature_fault(rec: FareEvent, full: bytes, public: PublicKey) -> RecordFau
     except SignatureError as exc:
         return RecordFault("bad_signature", str(exc), full)
     return None
+
+
+def decide_runs(
+    nodes: Mapping[str, tuple[str, int, str]], verify: Callable[[list[str]], set[str]]
+) -> tuple[set[str], int]:
+    """Which records are authentic, verifying one signature per hash-linked run.
+
+    A record is *authentic* when its own signature verifies, or when an authentic record
+    of the same bus at the next seq names its hash as ``prev`` (that record's signature
+    covers the hash, which covers every byte of this one, ``sig`` included). Byte-
+    identical copies are one record (one hash).
+
+    Round 1 takes the records by seq, highest first, and verifies those no record
+    vouches for (the tops of the runs), counting on them to vouch for the records
+    below. When every one verifies, that is the answer: a chain that links costs one
+    verification. When some do not (forged, tampered, mislinked records, or the
+    genuine top of a chain missing), round 2 verifies every record that no verified
+    record vouches for through an unbroken run; nothing is taken on trust then, so
+    there is no round 3.
+
+    Args:
+        nodes: hash -> ``(bus_id, seq, prev)`` of each record whose signature is put
+            off (each passed every other check on its own).
+        verify: verifies the records of the hashes given; returns those that fail.
+
+    Returns:
+        The hashes of the records that are not authentic (``bad_signature``) and how
+        many signatures were verified.
+    """
+    order = sorted(nodes.items(), key=_seq_of, reverse=True)
+    good: set[str] = set()
+    bad: set[str] = set()
+    verified = 0
+    for optimistic in (True, False):
+        vouched: set[tuple[str, int, str]] = set()  # (bus, seq, hash) authentic ones name
+        need: list[str] = []
+        for h, (bus, seq, prev) in order:
+            if h in bad:
+                continue
+            if h not in good and (bus, seq, h) not in vouched:
+                need.append(h)
+                if not optimistic:
+                    continue
+            vouched.add((bus, seq - 1, prev))
+        if not need:
+            break
+        verified += len(need)
+        failed = verify(need)
+        bad |= failed
+        good.update(h for h in need if h not in failed)
+        if not failed:
+            break
+    return bad, verified
+
+
+def _seq_of(item: tuple[str, tuple[str, int, str]]) -> int:
+    return item[1][1]

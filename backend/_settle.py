@@ -63,7 +63,13 @@ import numpy as np
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._legs import evidence_rssi
-from backend._record_check import RecordFault, check_record, signature_fault
+from backend._record_check import (
+    RecordFault,
+    Verify,
+    check_record,
+    decide_runs,
+    signature_fault,
+)
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError
@@ -267,10 +273,6 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
     )
 
 
-Verify = Literal["runs", "every"]
-"""How settle verifies signatures: ``runs`` (one per hash-linked run, the default) or
-``every`` (each record's own; see :func:`check_lines`)."""
-
 _Deferred = list[tuple["Checked", FareEvent, bytes]]
 """Records whose signature check is put off: the verdict so far, the record, its bytes."""
 
@@ -316,63 +318,6 @@ def _verify_runs(deferred: _Deferred, devices: Mapping[str, PublicKey]) -> tuple
         return bad
 
     return decide_runs({h: (r[0].bus_id, r[0].seq, r[0].prev) for h, r in records.items()}, verify)
-
-
-def decide_runs(
-    nodes: Mapping[str, tuple[str, int, str]], verify: Callable[[list[str]], set[str]]
-) -> tuple[set[str], int]:
-    """Which records are authentic, verifying one signature per hash-linked run.
-
-    A record is *authentic* when its own signature verifies, or when an authentic record
-    of the same bus at the next seq names its hash as ``prev`` (that record's signature
-    covers the hash, which covers every byte of this one, ``sig`` included). Byte-
-    identical copies are one record (one hash).
-
-    Round 1 takes the records by seq, highest first, and verifies those no record
-    vouches for (the tops of the runs), counting on them to vouch for the records
-    below. When every one verifies, that is the answer: a chain that links costs one
-    verification. When some do not (forged, tampered, mislinked records, or the
-    genuine top of a chain missing), round 2 verifies every record that no verified
-    record vouches for through an unbroken run; nothing is taken on trust then, so
-    there is no round 3.
-
-    Args:
-        nodes: hash -> ``(bus_id, seq, prev)`` of each record whose signature is put
-            off (each passed every other check on its own).
-        verify: verifies the records of the hashes given; returns those that fail.
-
-    Returns:
-        The hashes of the records that are not authentic (``bad_signature``) and how
-        many signatures were verified.
-    """
-    order = sorted(nodes.items(), key=_seq_of, reverse=True)
-    good: set[str] = set()
-    bad: set[str] = set()
-    verified = 0
-    for optimistic in (True, False):
-        vouched: set[tuple[str, int, str]] = set()  # (bus, seq, hash) authentic ones name
-        need: list[str] = []
-        for h, (bus, seq, prev) in order:
-            if h in bad:
-                continue
-            if h not in good and (bus, seq, h) not in vouched:
-                need.append(h)
-                if not optimistic:
-                    continue
-            vouched.add((bus, seq - 1, prev))
-        if not need:
-            break
-        verified += len(need)
-        failed = verify(need)
-        bad |= failed
-        good.update(h for h in need if h not in failed)
-        if not failed:
-            break
-    return bad, verified
-
-
-def _seq_of(item: tuple[str, tuple[str, int, str]]) -> int:
-    return item[1][1]
 
 
 def check_event(obj: object, devices: Mapping[str, PublicKey]) -> Checked:

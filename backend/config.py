@@ -80,6 +80,16 @@ class IngestSettings:
     batch_wait_s: float = option(
         0.02, doc="How long to wait for more messages before committing a partial batch."
     )
+    verify: str = option(
+        "runs",
+        doc=(
+            "How signatures are verified: runs (one Ed25519 verification per hash-linked "
+            "run of a bus's records in a transaction, as busbell backend settle --verify "
+            "runs; a record is authentic when its own signature verifies or a later "
+            "authentic record of its bus names its hash as prev) or every (each record's "
+            "own signature)."
+        ),
+    )
     max_held_per_bus: int = option(
         2000,
         doc=(

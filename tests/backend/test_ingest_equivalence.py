@@ -5,7 +5,9 @@ Over shuffled, duplicated and (transiently) gapped deliveries of two buses' chai
 unknown-bus and non-derived-id items mixed in and the messages grouped into
 transactions at random, the online ledger (``fare_events`` + ``missed_stops``) holds
 exactly the chain records offline settle takes, and both count the same rejections by
-reason.
+reason: online and offline each verifying signatures one per hash-linked run (``runs``,
+online per transaction, offline per chunk) and each record's own (``every``), all four
+alike.
 
 A validly signed record whose ``event_id`` is not its derivation (another record's id,
 one the edge chose, a missed record's id without its type tag, a segment's with it) is
@@ -30,6 +32,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from backend._db import create_engine, fare_events, migrate, missed_stops
 from backend._errors import REJECTION_REASONS
@@ -204,7 +207,7 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[Txns, set[str], list[int]]:
     kinds of hostile items mixed in (``collide``: the event-id taker's chain) and how
     many messages offline settle checks together, chunk after chunk (its signatures are
     verified one per hash-linked run of a chunk's records)."""
-    messages: list[tuple[str, bytes]] = []
+    units: list[list[tuple[str, bytes]]] = []  # messages that stay together when shuffled
     chains = dict(base.chains)
     collide = draw(st.booleans())
     if collide:
@@ -217,7 +220,7 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[Txns, set[str], list[int]]:
         while k < len(idx):
             n = draw(st.integers(1, 4))
             part = [chain[j] for j in idx[k : k + n]]
-            messages.append((bus, canonical_bytes({"bus_id": bus, "events": part})))
+            units.append([(bus, canonical_bytes({"bus_id": bus, "events": part}))])
             k += n
     kinds = [
         "tampered",
@@ -238,9 +241,11 @@ def deliveries(draw: st.DrawFn, base: Base) -> tuple[Txns, set[str], list[int]]:
             max_size=6,
         )
     )
-    for kind, bus, i in hostile:
-        messages.extend(_hostile(base, kind, bus, i))
-    messages = draw(st.permutations(messages))
+    # a hostile item's messages stay next to each other (a forged record and the other
+    # bus's record linking to it, a forged run in three messages), so they often share a
+    # transaction online and a chunk offline, where a run decision could go wrong
+    units.extend(_hostile(base, kind, bus, i) for kind, bus, i in hostile)
+    messages = [m for unit in draw(st.permutations(units)) for m in unit]
     txns: list[list[tuple[str, bytes]]] = []
     k = 0
     while k < len(messages):
@@ -268,12 +273,16 @@ def _summary(txns: list[list[tuple[str, bytes]]]) -> str:
     return "\n".join(out)
 
 
+def _verified_total() -> float:
+    return REGISTRY.get_sample_value("busbell_fare_signatures_verified_total") or 0.0
+
+
 async def _online(
-    db: Path, txns: list[list[tuple[str, bytes]]]
+    db: Path, txns: list[list[tuple[str, bytes]]], verify: Verify = "runs"
 ) -> tuple[dict[str, Any], Counter[str]]:
     eng = create_engine(f"sqlite+aiosqlite:///{db}")
     try:
-        ing = Ingestor(eng, IngestCore(), worker_id="w")
+        ing = Ingestor(eng, IngestCore(verify=verify), worker_id="w")
         await ing.refresh_devices()
         rejected: Counter[str] = Counter()
         for txn in txns:
@@ -321,7 +330,7 @@ def _both(
     each side's chain links per bus and rejections by reason."""
     db = tmp_path_factory.mktemp("ledger") / "ledger.db"
     shutil.copy(base.template, db)
-    online_links, online_rejected = asyncio.run(_online(db, txns))
+    online_links, online_rejected = asyncio.run(_online(db, txns, verify))
     offline_links, offline_rejected, _ = _offline(base, txns, chunks or [1], verify)
     return online_links, online_rejected, offline_links, offline_rejected
 
@@ -330,9 +339,10 @@ def _one(bus: str, event: dict[str, Any]) -> list[tuple[str, bytes]]:
     return [(bus, canonical_bytes({"bus_id": bus, "events": [event]}))]
 
 
+@pytest.mark.parametrize("verify", ["runs", "every"])
 @pytest.mark.parametrize("held", [True, False])
 def test_a_record_carrying_another_records_event_id_is_refused_alike(
-    base: Base, tmp_path_factory: pytest.TempPathFactory, held: bool
+    base: Base, tmp_path_factory: pytest.TempPathFactory, held: bool, verify: Verify
 ) -> None:
     """bus-03's seq 1 carries bus-01's seq 2's event id. Whether bus-01's record is
     held (it came before its seq 1) or stored when bus-03's arrives, bus-03's is
@@ -343,7 +353,7 @@ def test_a_record_carrying_another_records_event_id_is_refused_alike(
     else:
         txns = [_one("bus-01", one[0]), _one("bus-01", one[1]), _one("bus-03", taker)]
     online_links, online_rejected, offline_links, offline_rejected = _both(
-        base, txns, tmp_path_factory
+        base, txns, tmp_path_factory, verify=verify
     )
     assert online_links == offline_links
     assert online_rejected == offline_rejected == {"event_id_mismatch": 1}
@@ -363,16 +373,23 @@ def test_offline_and_online_ingest_agree(
     base: Base, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     txns, kinds, chunks = data.draw(deliveries(base))
-    db = tmp_path_factory.mktemp("ledger") / "ledger.db"
-    shutil.copy(base.template, db)
-    online_links, online_rejected = asyncio.run(_online(db, txns))
-    # offline: a signature per hash-linked run of the records checked together (the
-    # default), and every record's own
+    # online and offline, each a signature per hash-linked run of the records
+    # decided together (the default: online a transaction's, offline a chunk's), and
+    # every record's own
+    online: dict[Verify, tuple[Links, Counter[str], float]] = {}
+    for mode in ("runs", "every"):
+        db = tmp_path_factory.mktemp("ledger") / "ledger.db"
+        shutil.copy(base.template, db)
+        before = _verified_total()
+        links, rejected = asyncio.run(_online(db, txns, mode))
+        online[mode] = links, rejected, _verified_total() - before
+    online_links, online_rejected, online_runs_verified = online["runs"]
     runs_links, runs_rejected, runs_verified = _offline(base, txns, chunks, "runs")
     every_links, every_rejected, every_verified = _offline(base, txns, chunks, "every")
-    assert online_links == runs_links == every_links, _summary(txns)
-    assert online_rejected == runs_rejected == every_rejected, _summary(txns)
+    assert online_links == online["every"][0] == runs_links == every_links, _summary(txns)
+    assert online_rejected == online["every"][1] == runs_rejected == every_rejected, _summary(txns)
     assert runs_verified <= every_verified
+    assert online_runs_verified <= online["every"][2]
     # what was generated (pytest --hypothesis-show-statistics)
     event("event ids collide" if "collide" in kinds else "no collision")
     event(f"event_id_mismatch: {online_rejected['event_id_mismatch']}")
