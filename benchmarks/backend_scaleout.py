@@ -15,8 +15,11 @@ worker count's events/s as a ratio to the latest run of the first count before i
 counts run one after the other in one invocation, so ``--workers 1,2,1,2`` gives two
 pairs, each 2-worker run against the 1-worker run just before it).
 
+``--verify runs|every`` sets the workers' ``[ingest] verify`` (default ``runs``, as the
+setting's own default).
+
 Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 50000 --buses 100
---own-broker``.
+--own-broker [--verify every]``.
 """
 
 from __future__ import annotations
@@ -120,6 +123,7 @@ def _own_broker(workdir: Path) -> Iterator[tuple[int, int]]:
 
 @dataclass
 class _Run:
+    verify: str
     workers: int
     events: int
     wall: float
@@ -142,7 +146,8 @@ class _Run:
         pg = "n/a" if self.pg_cpu is None else f"{self.pg_cpu:.1f} s"
         broker = "n/a" if self.broker_cpu is None else f"{self.broker_cpu:.1f} s"
         return (
-            f"{self.workers} worker(s): {self.events} events acked in {self.wall:.1f} s wall = "
+            f"{self.workers} worker(s), verify={self.verify}: {self.events} events acked in "
+            f"{self.wall:.1f} s wall = "
             f"{rate:,.0f} events/s{ratio}; workers' CPU {self.workers_cpu:.1f} s = "
             f"{self.events / self.workers_cpu:,.0f} events per worker CPU-second, "
             f"{self.workers_waiting:.1f} s runnable waiting for a CPU; resend "
@@ -153,7 +158,14 @@ class _Run:
 
 
 async def _one(
-    n_workers: int, n_events: int, n_buses: int, host: str, port: int, *, broker_pid: int | None
+    n_workers: int,
+    n_events: int,
+    n_buses: int,
+    host: str,
+    port: int,
+    *,
+    broker_pid: int | None,
+    verify: str,
 ) -> _Run:
     url, name = _postgres_url()
     prefix = f"bench-{name[-8:]}/busbell/v1"
@@ -182,6 +194,7 @@ async def _one(
             BUSBELL_MQTT__PREFIX=prefix,
             BUSBELL_INGEST__SHARED_SUBSCRIPTION="true",
             BUSBELL_INGEST__WORKER_ID=f"w{i}-{name[-8:]}",
+            BUSBELL_INGEST__VERIFY=verify,
         )
         with log.open("wb") as err:
             procs.append(
@@ -215,6 +228,7 @@ async def _one(
         stop_processes(procs, grace_s=20)
         drop_database(name)
     return _Run(
+        verify,
         n_workers,
         per_bus * n_buses,
         wall,
@@ -242,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start a mosquitto of our own on a free port (its CPU is measured)",
     )
+    ap.add_argument(
+        "--verify",
+        choices=("runs", "every"),
+        default="runs",
+        help="the workers' [ingest] verify: one signature per hash-linked run or per record",
+    )
     args = ap.parse_args(argv)
     configure_logging("warning")
     # aiomqtt warns whenever more than 10 publishes are in flight: the fleet's 100 buses
@@ -255,7 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         ref: _Run | None = None
         for n in (int(x) for x in args.workers.split(",")):
             run = asyncio.run(
-                _one(n, args.events, args.buses, args.host, port, broker_pid=broker_pid)
+                _one(
+                    n,
+                    args.events,
+                    args.buses,
+                    args.host,
+                    port,
+                    broker_pid=broker_pid,
+                    verify=args.verify,
+                )
             )
             sys.stdout.write(run.line(ref))
             sys.stdout.flush()
