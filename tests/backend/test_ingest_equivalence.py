@@ -361,6 +361,31 @@ def test_a_record_carrying_another_records_event_id_is_refused_alike(
     assert "bus-03" not in offline_links
 
 
+@pytest.mark.parametrize("verify", ["runs", "every"])
+@pytest.mark.parametrize("kind", ["other_bus_vouches", "forged_run", "tampered", "mislinked"])
+def test_hostile_records_in_the_genuine_chains_transaction_alike(
+    base: Base, tmp_path_factory: pytest.TempPathFactory, kind: str, verify: Verify
+) -> None:
+    """A hostile item's messages first, then both chains whole, in one transaction (one
+    chunk offline): the runs online and offline are decided over the same records, so a
+    wrong run decision on either side (a forged record vouched for across buses, say)
+    shows here whatever the property test below happens to draw."""
+    genuine = [
+        (b, canonical_bytes({"bus_id": b, "events": chain})) for b, chain in base.chains.items()
+    ]
+    for i in (1, 2):
+        txn = [*_hostile(base, kind, "bus-01", i), *genuine]
+        online_links, online_rejected, offline_links, offline_rejected = _both(
+            base, [txn], tmp_path_factory, chunks=[len(txn)], verify=verify
+        )
+        assert online_links == offline_links
+        assert online_rejected == offline_rejected
+        assert online_rejected["bad_signature"] >= (0 if kind == "mislinked" else 1)
+        assert {b: [s for s, _ in v] for b, v in online_links.items()} == {
+            b: list(range(1, len(c) + 1)) for b, c in base.chains.items()
+        }
+
+
 # Examples are slow (a ledger each): no shrinking, a failure is printed as generated.
 @settings(
     max_examples=100,
