@@ -329,6 +329,22 @@ class _Rid:
         """Kept through a silence past its fade time: it boards on co-movement only."""
         self.co_t = t
 
+    def outside_again(self) -> None:
+        """Forget a late joiner's candidacy, keep what was heard: as if it had been outside.
+
+        A rid first heard far past its stop that is heard from afar as the bus comes to
+        the next one (someone waiting there) is that stop's candidate, judged from what
+        was heard as the bus approached, exactly as a rid heard only outside.
+        """
+        self.lvl = None
+        self.co_n = 0
+        self.co_sum = 0.0
+        self.co_odo0 = self.co_odo = self.span_odo = self.first_odo
+        self.co_t = self.span_t = self.first_t
+        self.drift = self.fell = self.co_only = False
+        self.n_far = 0
+        self.far_sum = 0.0
+
 
 class PresenceClassifier:
     """Turns accepted advertisements and stop visits into closed :class:`SegmentDraft`.
@@ -486,10 +502,25 @@ class PresenceClassifier:
         self._visit = visit
         since = visit.open_t - self.params.candidate_lookback_s
         for r in self._rids.values():
-            if r.state in (_OUTSIDE, _ROTATING) and r.last_t >= since:
+            if r.last_t < since:
+                continue
+            if r.state in (_OUTSIDE, _ROTATING):
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
                 r.hist = {}
                 self._become_candidate(r, visit, fresh=False)
+            elif (
+                (r.state == _CANDIDATE or (r.state == _GONE and r.start is None))
+                and r.visit is not None
+                and r.visit is not visit
+                and self._far_joiner(r, r.visit)
+                and (r.state == _GONE or self._rejoins(r))
+            ):
+                # first heard far past the stop before and not carried through this one:
+                # someone waiting here, heard from afar as the bus came (as if outside)
+                r.outside_again()
+                r.convoy = self._convoy_level(r, visit.open_odo_m)
+                r.hist = {}
+                self._become_candidate(r, visit, fresh=r.state == _GONE)
 
     def _convoy_level(self, r: _Rid, odo: float) -> float | None:
         """The slow RSSI average of a rid heard all along the way to the stop, or ``None``.
@@ -572,13 +603,15 @@ class PresenceClassifier:
         dt = 0.0
         late = False
         if r is None:
-            # first heard as the bus pulls away, still within confirm_far_m of the stop (a
-            # weak token of someone who boarded last, not heard while the doors stood open)
+            # first heard once the bus left its last stop, before the next one: a weak token
+            # of someone who boarded there, not heard while the doors stood open (nobody
+            # boards between stops), or someone outside; it is judged as that stop's late
+            # joiner, and one first heard confirm_far_m or more away must also ride on
+            # with the bus through a later stop's doors (:meth:`_moved_on`)
             late = (
                 not at_stop
                 and v is not None
                 and v.close_odo_m is not None
-                and odo - v.close_odo_m < self._far
                 and token_t - interval * INTERVAL_S >= self._rot_slack
             )
             r = self._new(t, rid, interval, token_t, rssi, raw, odo, at_stop or late)
@@ -603,7 +636,7 @@ class PresenceClassifier:
             state <= _OUTSIDE
             or state == _ROTATING
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
-            or (state == _CANDIDATE and r.co_only and v is not r.visit and not self._carried(r))
+            or (state == _CANDIDATE and r.co_only and v is not r.visit and self._rejoins(r))
         ):
             assert v is not None
             convoy = self._convoy_level(r, odo)
@@ -682,6 +715,18 @@ class PresenceClassifier:
             r.n_in += 1
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
+
+    def _rejoins(self, r: _Rid) -> bool:
+        """Whether a candidate kept through a silence, heard at a later stop, is that stop's.
+
+        It is, unless it rode there from its own stop (:meth:`_carried`); a candidate first
+        heard far past its stop that grew loud or faint on the way (``drift``: a vehicle
+        drawing alongside, someone waiting at this stop heard from afar) did not.
+        """
+        v = r.visit
+        if v is not None and r.drift and self._far_joiner(r, v):
+            return True
+        return not self._carried(r)
 
     def _carried(self, r: _Rid) -> bool:
         """Whether a candidate kept through a silence, heard at a later stop, rode from its own.
@@ -1023,8 +1068,24 @@ class PresenceClassifier:
         """
         w = self._visits[-1] if self._visits else None
         if w is None or w.seq <= v.seq:
-            return True
+            return not self._far_joiner(r, v)
         return w.close_odo_m is not None and r.co_odo >= w.close_odo_m + self._co_d
+
+    def _far_joiner(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate of ``v`` was first heard ``confirm_far_m`` or more past it.
+
+        Nobody boards between stops, so it boarded at ``v`` unheard (a weak token deep in
+        a bag), or it is outside: a car alongside, a pedestrian passed. A rider stays with
+        the bus through the next stop's doors and moves on with it; a vehicle alongside
+        does not wait out the bus's dwell.
+        """
+        return (
+            v.close_t is not None
+            and v.close_odo_m is not None
+            and r.first_t > v.close_t
+            and not r.rot
+            and r.first_odo - v.close_odo_m >= self._far
+        )
 
     def _short_hop(self, r: _Rid, v: StopVisit) -> bool:
         """Whether an unconfirmed candidate faded at a later stop after riding from ``v``.
@@ -1146,9 +1207,15 @@ class PresenceClassifier:
 
     def _drop(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
         """Candidacy failed. A rotated rider paired with it gets its end by the fade rules."""
-        if self._near_end(r) and r.visit is not None and not (r.co_only and r.drift):
+        if (
+            self._near_end(r)
+            and r.visit is not None
+            and not (r.co_only and r.drift)
+            and not self._far_joiner(r, r.visit)
+        ):
             # its rid rotated before it could be confirmed: a new rid may take over (not
-            # from a candidate barred from boarding: it has no boarding to hand over)
+            # from a candidate barred from boarding, nor from one first heard far past its
+            # stop, not yet carried through a later one: they have no boarding to hand over)
             self._keep_for_pairing(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
         was = r.state
         r.state = int(next_state(State(r.state), ev))
@@ -1707,7 +1774,11 @@ class PresenceClassifier:
             if r.last_t < since or not r.last_flags:
                 continue
             inside = r.state == _ONBOARD or (
-                r.state in (_CANDIDATE, _ROTATING) and r.last_in_t >= since
+                r.state in (_CANDIDATE, _ROTATING)
+                and r.last_in_t >= since
+                # (first heard past its stop: outside until it rides through a later one,
+                # as likely someone waiting at the next stop, heard from afar)
+                and not (r.visit is not None and self._far_joiner(r, r.visit))
             )
             if inside:
                 if r.last_flags & _ALIGHT:

@@ -1686,3 +1686,91 @@ def test_car_left_behind_at_the_stop_that_catches_up_to_the_next_is_no_short_hop
     out = w.finish()
     assert by_name(out, tok) == []
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_weak_rider_first_heard_mid_hop_riding_through_a_stop_boarded_at_the_one_before() -> None:
+    # boarded at S1 deep in a bag: not heard at the stop nor for the first 300 m, then
+    # now and then at its own level; it stays aboard through the S2 doors and rides on to
+    # S3. Nobody boards between stops: it boarded at S1 (before: an OUTSIDE rid, a
+    # candidate of S2, charged S2 -> S3)
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -80.0)) for i in range(3)]
+    gone = {"v": False}
+    heard = every(6.0, -92.0)
+
+    def weak(world: World) -> float | None:
+        if gone["v"] or (world.seq == 1 and world.odo < world.stop_odo + 300.0):
+            return None
+        return heard(world)
+
+    tok = w.add(Token("weak", weak))
+    w.dwell("S1", 20)
+    w.move(1000)
+    w.dwell("S2", 15)
+    w.move(1000)
+    w.dwell("S3", 10)
+    gone["v"] = True
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S3")]
+    assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_car_first_heard_mid_hop_that_drives_on_at_the_next_stop_is_not_charged() -> None:
+    # guard for the rule above: a car first heard 300 m past S1, alongside at the riders'
+    # level (weak token, co-moving: four points 100 m apart) to S2, heard as the doors
+    # open there, then never again (it drove on while the bus stood): not charged S1 -> S2
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -80.0)) for i in range(3)]
+    heard = every(6.0, -90.0)
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 2 and world.t < v.open_t + 1.0:
+            return -88.0
+        if world.seq != 1 or world.odo < world.stop_odo + 300.0 or v.close_t is None:
+            return None
+        return heard(world)
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 20)
+    w.move(1500)
+    w.dwell("S2", 15)
+    w.move(1000)
+    w.dwell("S3", 10)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_waiter_heard_from_afar_before_the_next_stop_is_charged_from_there() -> None:
+    # guard: someone waiting at S2 (weak token), heard now and then as the bus approaches
+    # from 400 m, much louder beside the standing bus, boards and rides to S3: S2 -> S3
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -80.0))
+    state = {"on": False, "gone": False}
+    heard = every(4.0, 0.0)
+
+    def waiter(world: World) -> float | None:
+        if state["gone"] or heard(world) is None:
+            return None
+        if state["on"]:
+            return -88.0
+        d = 3.0 + max(0.0, 1500.0 - (world.odo - world.stop_odo)) if world.seq == 1 else 3.0
+        r = -72.0 - 21.0 * math.log10(d / 3.0)
+        return r if r >= -97.0 else None
+
+    tok = w.add(Token("waiter", waiter))
+    w.dwell("S1", 20)
+    w.move(1500)
+    w.dwell("S2", 15)
+    state["on"] = True
+    w.move(1000)
+    w.dwell("S3", 10)
+    state["gone"] = True
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S3")]
