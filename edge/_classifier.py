@@ -1062,14 +1062,29 @@ class PresenceClassifier:
 
         A candidate of ``v`` still unconfirmed when the doors opened at a later stop boards
         on co-movement only once heard again at its level ``confirm_distance_m`` past that
-        stop's departure: a rider carried through the stop rides on with the bus; a car
-        that drove beside the bus to the stop drives on when the bus halts, and fades
-        there, which would otherwise read as a one-stop ride alighting at that stop.
+        stop's departure, or in the standing bus at its level ``stay_s`` or more after the
+        doors opened there: a rider carried to the stop rides on with the bus or stays
+        aboard until walking out; a car that drove beside the bus to the stop drives on
+        when the bus halts, and fades there, which would otherwise read as a one-stop ride
+        alighting at that stop. One first heard far past ``v`` (:meth:`_far_joiner`) must
+        have reached a later stop so.
         """
         w = self._visits[-1] if self._visits else None
         if w is None or w.seq <= v.seq:
             return not self._far_joiner(r, v)
-        return w.close_odo_m is not None and r.co_odo >= w.close_odo_m + self._co_d
+        if w.close_odo_m is not None and r.co_odo >= w.close_odo_m + self._co_d:
+            return True
+        # or it stood with the bus at that stop, heard at its level well after the doors
+        # opened: a car that drove beside the bus is gone by then (it alighted there, or
+        # rides on)
+        p = self.params
+        return (
+            r.last_in_t >= w.open_t + p.stay_s
+            and (w.close_t is None or r.last_in_t <= w.close_t)
+            and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
+            and r.lvl is not None
+            and r.ewma >= r.lvl - self._fade_drop
+        )
 
     def _far_joiner(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate of ``v`` was first heard ``confirm_far_m`` or more past it.

@@ -76,6 +76,12 @@ class ClassifierParams:
     board_grace_s: float = option(
         5.0, doc="a rid first heard this long after the doors close still joins that stop"
     )
+    stay_s: float = option(
+        5.0,
+        doc="a candidate carried to a later stop boards on co-movement if heard there at its"
+        " level this long after the doors opened, the bus standing (it rode to that stop; a"
+        " vehicle alongside drives on as the bus halts); else only once moving on past it",
+    )
     confirm_distance_m: float = option(
         150.0, doc="a boarding is confirmed only after the bus has moved this far from the stop"
     )

@@ -1774,3 +1774,32 @@ def test_waiter_heard_from_afar_before_the_next_stop_is_charged_from_there() -> 
     w.move(600)
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S3")]
+
+
+def test_weak_rider_first_heard_mid_hop_alighting_at_the_next_stop_is_charged_from_before() -> None:
+    # cell 2, tuning seed 3, phone_deep_in_bag r-00002 (BD009 -> BD010): first heard 150 m
+    # past S1, now and then at its own level to S2, heard in the standing bus for 10 s after
+    # the doors opened there, then gone (it alighted). A car alongside drives on as the bus
+    # halts (the guard above: heard as the doors open, then never again); a rider stays
+    # aboard until it walks out (before: never charged)
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -80.0)) for i in range(3)]
+    heard = every(6.0, -92.0)
+
+    def weak(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 2:
+            return -90.0 if world.t < v.open_t + 10.0 else None
+        if world.odo < world.stop_odo + 150.0 or v.close_t is None:
+            return None
+        return heard(world)
+
+    tok = w.add(Token("weak", weak))
+    w.dwell("S1", 20)
+    w.move(1000)
+    w.dwell("S2", 20)
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
+    assert all(len(by_name(out, r)) == 1 for r in riders)
