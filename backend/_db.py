@@ -391,6 +391,7 @@ rider_segments = sa.Table(
     sa.Column("distance_m", sa.Double(), nullable=False),
     sa.Column("rssi_med", sa.Double(), nullable=True),
     sa.Column("settled_at", _Time, nullable=False),
+    sa.Column("n_adv", sa.Integer(), nullable=True),
     sa.Index(None, "rider_id", "start_t"),
 )
 """Derived: one row per fare event whose rid resolved and whose proof holds."""

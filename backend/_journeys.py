@@ -26,7 +26,8 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    (``end.stop_id`` if given, else the last known stop); ``penalty`` charges the
    route's maximum distance fare (the Korean no-tap-off rule).
 4. **Overlaps** of one rider on two buses are settled by :mod:`backend._overlaps`:
-   a much weaker leg covered by a stronger one is dropped, any other long overlap held.
+   a much weaker leg covered by a stronger one is dropped (or a weaker one whose bus
+   also decoded far fewer of the token's adverts), any other long overlap held.
 5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m`` (overlapping
    segments counted once).
@@ -247,6 +248,7 @@ class JourneyBuilder:
             event_ids=tuple(e for x in group for e in x.event_ids),
             flags=tuple(sorted(flags)),
             heard=tuple(h for x in group for h in x.heard),
+            counted=tuple(c for x in group for c in x.counted),
         )
 
     def _leg(self, chain: Sequence[Segment]) -> Leg:
@@ -312,6 +314,7 @@ class JourneyBuilder:
             event_ids=(first.event_id,) if len(chain) == 1 else tuple(s.event_id for s in chain),
             flags=tuple(sorted(flags)) if flags else (),
             heard=_heard(chain),
+            counted=_counted(chain),
         )
 
     def _sequence(
@@ -441,6 +444,14 @@ def _heard(chain: Sequence[Segment]) -> tuple[tuple[float, float, float], ...]:
         s = chain[0]
         return () if s.rssi_med is None else ((s.start_t, s.end_t, s.rssi_med),)
     return tuple([(s.start_t, s.end_t, s.rssi_med) for s in chain if s.rssi_med is not None])
+
+
+def _counted(chain: Sequence[Segment]) -> tuple[tuple[float, float, int], ...]:
+    """``(start_t, end_t, n_adv)`` of each segment with a count of adverts decoded."""
+    if len(chain) == 1:
+        s = chain[0]
+        return () if s.n_adv is None else ((s.start_t, s.end_t, s.n_adv),)
+    return tuple([(s.start_t, s.end_t, s.n_adv) for s in chain if s.n_adv is not None])
 
 
 _SEGMENT_ORDER = operator.attrgetter("start_t", "bus_id", "seq")

@@ -35,6 +35,7 @@ __all__ = [
     "LostPolicy",
     "Segment",
     "chargeable",
+    "evidence_count",
     "evidence_rssi",
 ]
 
@@ -83,6 +84,8 @@ class Segment:
         distance_m: distance the bus travelled during the segment.
         rssi_med: the edge's median RSSI of the rid over the segment (``evidence.rssi_med``),
             or ``None`` when the event does not say.
+        n_adv: adverts of the rid the edge decoded over the segment (``evidence.n_adv``),
+            or ``None`` when the event does not say.
     """
 
     rider_id: str
@@ -100,6 +103,7 @@ class Segment:
     end_cause: str
     distance_m: float
     rssi_med: float | None = None
+    n_adv: int | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
@@ -121,6 +125,7 @@ class Segment:
             end_cause=end["cause"],
             distance_m=float(event["distance_m"]),
             rssi_med=evidence_rssi(event.get("evidence")),
+            n_adv=evidence_count(event.get("evidence")),
         )
 
     def sort_key(self) -> tuple[float, str, int]:
@@ -149,6 +154,8 @@ class Leg:
         flags: sorted flags (see the ``FLAG_*`` constants).
         heard: ``(start_t, end_t, rssi_med)`` of each stitched segment whose event gave a
             median RSSI (used to settle overlaps; not part of the output).
+        counted: ``(start_t, end_t, n_adv)`` of each stitched segment whose event gave its
+            count of adverts decoded (used to settle overlaps; not part of the output).
     """
 
     rider_id: str
@@ -165,6 +172,7 @@ class Leg:
     event_ids: tuple[str, ...]
     flags: tuple[str, ...] = ()
     heard: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
+    counted: tuple[tuple[float, float, int], ...] = field(default=(), compare=False)
 
     def fare_leg(self) -> FareLeg:
         """This leg as the fare engine sees it."""
@@ -224,6 +232,35 @@ class Leg:
         if total <= 0.0:
             return math.fsum(values) / len(values)
         return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
+
+    def advert_rate(self, start_t: float, end_t: float) -> float | None:
+        """Adverts decoded per second over a time span, from the segments' counts.
+
+        Each segment's adverts are spread evenly over its time; the rate is the adverts
+        of the parts of the segments inside the span over the time those parts cover
+        (segments that last no time are left out). ``None`` when no segment with a count
+        covers any of the span.
+        """
+        adverts = 0.0
+        covered = 0.0
+        for s, e, n in self.counted:
+            if s <= end_t and e >= start_t and e > s:
+                part = max(0.0, min(e, end_t) - max(s, start_t))
+                adverts += n * part / (e - s)
+                covered += part
+        if covered <= 0.0:
+            return None
+        return adverts / covered
+
+
+def evidence_count(evidence: object) -> int | None:
+    """``evidence.n_adv`` of a fare event as an int >= 0, or ``None`` if absent or invalid."""
+    if type(evidence) is not dict and not isinstance(evidence, Mapping):
+        return None
+    value = evidence.get("n_adv")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 def evidence_rssi(evidence: object) -> float | None:
@@ -317,6 +354,12 @@ class JourneyPolicy:
             heard through another bus's windows); a weaker leg heard louder than this
             sounds like a rider on board that bus (or a relay louder than the rider), so
             both are held (``None``: no limit).
+        overlap_rate_margin_db: a leg heard at least this many dB stronger (but less than
+            ``overlap_margin_db``) also wins if its bus decoded the token's adverts at
+            least ``overlap_rate_ratio`` times as often over the common time (the same
+            token's adverts at two scanners: the bus it is in hears it better on both
+            counts); cover and loser ceiling as above (``None``: RSSI margin alone).
+        overlap_rate_ratio: ... that ratio (> 1).
         category: rider category priced.
         default_network: fare class of routes without a network (``None``: the rules').
     """
@@ -329,6 +372,8 @@ class JourneyPolicy:
     overlap_margin_db: float | None = 10.0
     overlap_cover_s: float = 60.0
     overlap_loser_max_dbm: float | None = -65.0
+    overlap_rate_margin_db: float | None = 5.0
+    overlap_rate_ratio: float = 1.5
     category: str = "adult"
     default_network: str | None = None
 
@@ -338,6 +383,12 @@ class JourneyPolicy:
                 f"overlap_margin_db must be positive (got {self.overlap_margin_db}); "
                 "to never drop an overlapping leg, hold overlaps (overlap_settle = false)"
             )
+        if self.overlap_rate_margin_db is not None and not self.overlap_rate_margin_db > 0:
+            raise ValueError(
+                f"overlap_rate_margin_db must be positive (got {self.overlap_rate_margin_db})"
+            )
+        if not self.overlap_rate_ratio > 1:
+            raise ValueError(f"overlap_rate_ratio must be > 1 (got {self.overlap_rate_ratio})")
         for name in (
             "stitch_gap_s",
             "unknown_trip_gap_s",

@@ -2,15 +2,18 @@
 
 The same rider on two buses at overlapping times cannot both be true. When one leg covers
 the other in time (within ``overlap_cover_s``), was heard at least ``overlap_margin_db``
-stronger over their common time (the edges' median RSSI, weighted by time) and the
-weaker one sounds like a rider heard through the bus's windows (not above
-``overlap_loser_max_dbm``), the rider was on the stronger bus and the other drove
-alongside: the weaker leg is dropped (``overlap_dropped``, never charged) and the
-stronger one charged (``overlap_resolved``). This also drops a short weak hop lying wholly
-within another bus's leg. Any other overlap longer than ``replay_overlap_s`` is a
-suspected replay: both legs are marked and held, not charged automatically; so is a leg
-that only lost to a leg that is itself held. Only a leg that is not itself dropped can
-drop another one.
+stronger over their common time (the edges' median RSSI, weighted by time) -- or at
+least ``overlap_rate_margin_db`` stronger with its bus decoding at least
+``overlap_rate_ratio`` times as many of the token's adverts per second over that time
+(both buses hear the same token's adverts: the one it rides hears it better on both
+counts, whatever the token's power or advertising interval) -- and the weaker one sounds
+like a rider heard through the bus's windows (not above ``overlap_loser_max_dbm``), the
+rider was on the stronger bus and the other drove alongside: the weaker leg is dropped
+(``overlap_dropped``, never charged) and the stronger one charged (``overlap_resolved``).
+This also drops a short weak hop lying wholly within another bus's leg. Any other
+overlap longer than ``replay_overlap_s`` is a suspected replay: both legs are marked and
+held, not charged automatically; so is a leg that only lost to a leg that is itself
+held. Only a leg that is not itself dropped can drop another one.
 """
 
 from __future__ import annotations
@@ -95,8 +98,10 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
 
     The winner must cover the other leg in time (``overlap_cover_s`` of slack at
     either end) and have been heard, over their common time, at least
-    ``overlap_margin_db`` stronger; the loser must not have been heard louder than
-    ``overlap_loser_max_dbm``. Otherwise ``None``.
+    ``overlap_margin_db`` stronger, or at least ``overlap_rate_margin_db`` stronger
+    with at least ``overlap_rate_ratio`` times the loser's rate of adverts decoded;
+    the loser must not have been heard louder than ``overlap_loser_max_dbm``.
+    Otherwise ``None``.
     """
     margin = policy.overlap_margin_db
     if margin is None:
@@ -105,10 +110,10 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     sa, sb = a.strength(start, end), b.strength(start, end)
     if sa is None or sb is None:
         return None
-    if sa - sb >= margin:
+    if sa < sb:
+        a, b, sa, sb = b, a, sb, sa
+    if sa - sb >= margin or _decoded_more(a, b, sa - sb, (start, end), policy):
         win, lose, weak = a, b, sb
-    elif sb - sa >= margin:
-        win, lose, weak = b, a, sa
     else:
         return None
     ceiling = policy.overlap_loser_max_dbm
@@ -118,6 +123,21 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
         return win
     return None
+
+
+def _decoded_more(
+    strong: Leg, weak: Leg, db: float, span: tuple[float, float], policy: JourneyPolicy
+) -> bool:
+    """Whether ``strong`` wins on the advert rate as well as the RSSI margin.
+
+    It must be ``overlap_rate_margin_db`` stronger (``db``) and its bus must have decoded
+    the token's adverts ``overlap_rate_ratio`` times as often as ``weak``'s over ``span``.
+    """
+    rate_db = policy.overlap_rate_margin_db
+    if rate_db is None or db < rate_db:
+        return False
+    rs, rw = strong.advert_rate(*span), weak.advert_rate(*span)
+    return rs is not None and rw is not None and rs >= policy.overlap_rate_ratio * rw
 
 
 def _within(inner: Leg, outer: Leg) -> bool:

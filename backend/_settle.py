@@ -62,7 +62,7 @@ import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
-from backend._legs import evidence_rssi
+from backend._legs import evidence_count, evidence_rssi
 from backend._record_check import (
     RecordFault,
     Verify,
@@ -199,7 +199,7 @@ SegmentFields = tuple[Any, ...]
 """A verified segment event's fields for stages 2-3, in this order: ``rid`` (12 bytes),
 ``interval``, proof first and last (24 bytes each), ``route_id``, ``trip_id``, start
 ``t``, ``stop_id``, ``cause``, end ``t``, ``stop_id``, ``cause``, ``distance_m``,
-``rssi_med`` (or ``None``)."""
+``rssi_med`` (or ``None``), ``n_adv`` (or ``None``)."""
 
 
 class _CheckedFields(NamedTuple):
@@ -270,6 +270,7 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
         e.cause,
         float(ev.distance_m),
         evidence_rssi(ev.evidence),
+        evidence_count(ev.evidence),
     )
 
 
@@ -1150,6 +1151,7 @@ class Settler:
                     f[11],
                     f[12],
                     f[13],
+                    f[14],
                 )
             )
         return segments, rejected

@@ -199,6 +199,7 @@ def _segment_row(seg: Segment, now: float) -> dict[str, Any]:
         "end_cause": seg.end_cause,
         "distance_m": seg.distance_m,
         "rssi_med": seg.rssi_med,
+        "n_adv": seg.n_adv,
         "settled_at": now,
     }
 
@@ -220,6 +221,7 @@ def _segment_of_row(row: Any) -> Segment:
         end_cause=row.end_cause,
         distance_m=row.distance_m,
         rssi_med=row.rssi_med,
+        n_adv=row.n_adv,
     )
 
 

@@ -125,6 +125,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _above_one(text: str) -> float:
+    value = _float_arg(text)
+    if value <= 1:
+        raise argparse.ArgumentTypeError(f"must be > 1, got {text!r}")
+    return value
+
+
 def _dbm_or_none(text: str) -> float | None:
     return None if text.strip().lower() == "none" else _float_arg(text)
 
@@ -181,6 +188,19 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         type=_dbm_or_none,
         default=-65.0,
         help="... only if that leg was heard at most this loud (dBm; 'none': no limit)",
+    )
+    st.add_argument(
+        "--overlap-rate-margin-db",
+        type=_positive,
+        default=5.0,
+        help="... or this much weaker (dB) when its bus also decoded --overlap-rate-ratio"
+        " times fewer of the token's adverts per second",
+    )
+    st.add_argument("--overlap-rate-ratio", type=_above_one, default=1.5)
+    st.add_argument(
+        "--no-overlap-rate",
+        action="store_true",
+        help="settle overlaps by the RSSI margin alone (not by adverts decoded)",
     )
     st.add_argument(
         "--hold-overlaps",
@@ -475,6 +495,8 @@ def _settle(args: argparse.Namespace) -> int:
         overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
         overlap_cover_s=args.overlap_cover_s,
         overlap_loser_max_dbm=args.overlap_loser_max_dbm,
+        overlap_rate_margin_db=None if args.no_overlap_rate else args.overlap_rate_margin_db,
+        overlap_rate_ratio=args.overlap_rate_ratio,
         category=args.category,
         default_network=args.default_network,
     )

@@ -235,6 +235,22 @@ class SettlementSettings:
         ),
     )
 
+    overlap_by_rate: bool = option(
+        True,
+        doc=(
+            "Also settle a conflict in favour of a leg heard overlap_rate_margin_db stronger"
+            " whose bus decoded the token's adverts overlap_rate_ratio times as often over"
+            " the common time (false: the RSSI margin alone)."
+        ),
+    )
+    overlap_rate_margin_db: float = option(
+        5.0, doc="Median-RSSI margin (dB) the kept leg needs with the advert-rate evidence."
+    )
+    overlap_rate_ratio: float = option(
+        1.5,
+        doc="Adverts decoded per second by the kept leg's bus over the other's (> 1).",
+    )
+
     def __post_init__(self) -> None:
         try:
             self.journey_policy()
@@ -258,6 +274,8 @@ class SettlementSettings:
             overlap_margin_db=self.overlap_margin_db if self.overlap_settle else None,
             overlap_cover_s=self.overlap_cover_s,
             overlap_loser_max_dbm=self.overlap_loser_max_dbm,
+            overlap_rate_margin_db=self.overlap_rate_margin_db if self.overlap_by_rate else None,
+            overlap_rate_ratio=self.overlap_rate_ratio,
             category=self.default_category,
         )
 

@@ -412,3 +412,78 @@ async def test_0014_drops_the_event_id_index_and_keeps_the_rows(db_url: str) -> 
         assert await _indexes(eng, "fare_events") == []
     finally:
         await eng.dispose()
+
+
+async def test_0015_backfills_advert_counts_and_resettles_held_overlaps(db_url: str) -> None:
+    eng = create_engine(db_url)
+    seg = {
+        "rider_id": "r1",
+        "bus_id": "B1",
+        "interval": 1,
+        "route_id": None,
+        "trip_id": None,
+        "start_t": 1.0,
+        "start_stop_id": None,
+        "start_cause": "boarded",
+        "end_t": 2.0,
+        "end_stop_id": None,
+        "end_cause": "alighted",
+        "distance_m": 0.0,
+        "rssi_med": -70.0,
+        "settled_at": 3.0,
+    }
+    journey = {
+        "first_board_t": 1.0,
+        "last_alight_t": 2.0,
+        "fare_krw": 0,
+        "category": "adult",
+        "ruleset_id": "x",
+        "explain": [],
+        "computed_at": 3.0,
+    }
+    try:
+        await migrate(eng, "0014")
+        async with eng.begin() as conn:
+            await conn.execute(
+                fare_events.insert(),
+                [
+                    _event_row("e1", 1, {"n_adv": 79, "rssi_med": -82}),
+                    _event_row("e2", 2, {"rssi_med": -80}),  # no count: stays NULL
+                    _event_row("e3", 3, {"n_adv": "many"}),  # not a count: stays NULL
+                    _event_row("e4", 4, {"n_adv": 5}),  # no segment (unresolved)
+                ],
+            )
+            await conn.execute(
+                rider_segments.insert(),
+                [dict(seg, event_id=f"e{n}", seq=n) for n in (1, 2, 3)],
+            )
+            await conn.execute(
+                journeys.insert(),
+                [
+                    dict(
+                        journey,
+                        journey_id="j1",
+                        rider_id="r1",
+                        service_day="2026-12-01",
+                        charged=False,
+                        flags=["review", "suspected_replay"],
+                    ),
+                    dict(
+                        journey,
+                        journey_id="j2",
+                        rider_id="r2",
+                        service_day="2026-12-01",
+                        charged=True,
+                        flags=["overlap_resolved"],
+                    ),
+                ],
+            )
+        await migrate(eng)
+        async with eng.connect() as conn:
+            rows = await conn.execute(sa.select(rider_segments.c.event_id, rider_segments.c.n_adv))
+            counts = {r.event_id: r.n_adv for r in rows}
+            dirty = (await conn.execute(sa.select(settlement_dirty))).all()
+    finally:
+        await eng.dispose()
+    assert counts == {"e1": 79, "e2": None, "e3": None}
+    assert [(d.rider_id, d.service_day) for d in dirty] == [("r1", "2026-12-01")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ def seg(
     trip: str | None = "T1",
     distance: float = 0.0,
     rssi: float | None = None,
+    n_adv: int | None = None,
 ) -> Segment:
     n = next(_n)
     return Segment(
@@ -58,6 +60,7 @@ def seg(
         end_cause=end[2],
         distance_m=distance,
         rssi_med=rssi,
+        n_adv=n_adv,
     )
 
 
@@ -295,6 +298,80 @@ def test_overlap_not_settled_holds_both(
     assert all(not j.charged and "suspected_replay" in j.flags for j in js), case
 
 
+def _together(
+    weak_db: float = 8.0, ratio: float | None = 1.8, *, counted: bool = True
+) -> list[Segment]:
+    """r1 rides b1 from S05 to S06; b2, leaving S05 beside it, hears them to S06 too.
+
+    Two buses of routes sharing the road (full `shared_stop_three_routes`, cell 6 seed 4):
+    b1 heard the rider at -74 dBm and decoded 140 of its adverts in 140 s; b2,
+    ``weak_db`` weaker, decoded ``1 / ratio`` as many per second over the same time.
+    """
+    n2 = None if ratio is None else round(140 / ratio)
+    return [
+        seg(
+            (T0 + 200, "S05", "boarded"),
+            (T0 + 340, "S06", "alighted"),
+            rssi=-74.0,
+            n_adv=140 if counted else None,
+        ),
+        seg(
+            (T0 + 195, "S05", "boarded"),
+            (T0 + 335, "S06", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-74.0 - weak_db,
+            n_adv=n2,
+        ),
+    ]
+
+
+def test_two_buses_together_settled_by_the_adverts_each_decoded(feed: Feed) -> None:
+    # 8 dB apart: under overlap_margin_db (10), so RSSI alone held both and the ride was
+    # not charged; b1 also decoded 1.8 times as many of the token's adverts per second
+    js = _builder(feed).build(_together())
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+    # whichever bus it was: the evidence decides, not the bus
+    flipped = [
+        dataclasses.replace(s, bus_id="b2" if s.bus_id == "b1" else "b1") for s in _together()
+    ]
+    assert _leg_flags(_builder(feed).build(flipped)) == {
+        "b2": ("overlap_resolved",),
+        "b1": ("overlap_dropped",),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "segs", "policy"),
+    [
+        ("rates too close", _together(ratio=1.3), {}),
+        ("RSSI too close", _together(weak_db=4.0), {}),
+        ("b2 has no count", _together(ratio=None), {}),
+        ("b1 has no count", _together(counted=False), {}),
+        ("rate rule off", _together(), {"overlap_rate_margin_db": None}),
+        ("a higher ratio asked for", _together(), {"overlap_rate_ratio": 2.0}),
+    ],
+)
+def test_two_buses_together_not_settled_holds_both(
+    feed: Feed, case: str, segs: list[Segment], policy: dict[str, object]
+) -> None:
+    js = _builder(feed, **policy).build(segs)  # type: ignore[arg-type]
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay")), case
+
+
+def test_advert_rate_spreads_each_segment_over_its_time(feed: Feed) -> None:
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 100, None, "rotated"), n_adv=100),
+        seg((T0 + 100, None, "continued"), (T0 + 300, "S04", "alighted"), n_adv=100),
+    ]
+    (leg,) = _builder(feed).stitch(segs)
+    assert leg.advert_rate(T0, T0 + 300) == pytest.approx(200 / 300)
+    assert leg.advert_rate(T0 + 50, T0 + 150) == pytest.approx((50 + 25) / 100)
+    assert leg.advert_rate(T0 + 400, T0 + 500) is None
+
+
 def test_overlap_strength_counts_only_segments_in_the_common_time(feed: Feed) -> None:
     # b1's first segment is strong but ends before the hop; over the hop b1 is weak too
     segs = _alongside()
@@ -337,6 +414,35 @@ def test_segment_reads_rssi_from_evidence(evidence: object, expected: float | No
         "evidence": evidence,
     }
     assert Segment.from_event(event, "r1").rssi_med == expected
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"),
+    [
+        ({"n_adv": 79, "rssi_med": -82}, 79),
+        ({"n_adv": 0}, 0),
+        ({}, None),
+        ({"n_adv": -1}, None),
+        ({"n_adv": 7.5}, None),
+        ({"n_adv": "79"}, None),
+        ({"n_adv": True}, None),
+        (None, None),
+    ],
+)
+def test_segment_reads_advert_count_from_evidence(evidence: object, expected: int | None) -> None:
+    event = {
+        "bus_id": "b1",
+        "seq": 1,
+        "event_id": "e",
+        "interval": 1,
+        "route_id": None,
+        "trip_id": None,
+        "start": {"t": 1.0, "stop_id": None, "cause": "boarded"},
+        "end": {"t": 2.0, "stop_id": None, "cause": "lost"},
+        "distance_m": 0.0,
+        "evidence": evidence,
+    }
+    assert Segment.from_event(event, "r1").n_adv == expected
 
 
 def test_transfer_overlap_within_tolerance_is_a_transfer(feed: Feed) -> None:
