@@ -356,6 +356,25 @@ async def test_bus_alongside_is_dropped_and_the_rider_charged_once(env: Env) -> 
     assert charge["fare_krw"] == by_bus["bus-02"]["fare_krw"] > 0
 
 
+async def test_two_buses_together_settled_by_adverts_decoded_online(env: Env) -> None:
+    w = env.world
+    # r0001 rides bus-02 from S03 to S05; bus-03 beside it all the way hears them only
+    # 8 dB weaker (under overlap_margin_db) but decodes half as many adverts per second
+    w.ride("r0001", "bus-02", board=3, alight=5, t=T0, rssi_med=-74, adverts_per_s=1.0)
+    w.ride("r0001", "bus-03", board=3, alight=5, t=T0 + 5, rssi_med=-82, adverts_per_s=0.5)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    await env.worker.settle_once()
+    rows = await env.rows(rider_segments, "event_id")
+    assert all(r["n_adv"] > 0 for r in rows)
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
+        "bus-02": ["overlap_resolved"],
+        "bus-03": ["overlap_dropped"],
+    }
+    (charge,) = (await env.client.get("/riders/r0001/charges")).json()["charges"]
+    assert charge["fare_krw"] > 0
+
+
 async def test_gap_waits_for_the_grace_period(env: Env) -> None:
     w = env.world
     evs = [

@@ -174,12 +174,18 @@ class World:
         distance_m: float,
         proof: tuple[str, str] | None = None,
         rssi_med: int | None = None,
+        adverts_per_s: float | None = None,
     ) -> dict[str, Any]:
         """The fields of one segment event (before numbering and signing)."""
         keys = self.keys[rider] if isinstance(rider, str) else rider
         t_first, t_last = start[0], end[0]
         rid_hex = encode_payload(keys, t_first, fleet_key=self.fleet_key)[3:15].hex()
         first, last = proof or (self.payload(keys, t_first), self.payload(keys, t_last))
+        evidence: dict[str, Any] = {"adv_count": 10}
+        if rssi_med is not None:
+            evidence["rssi_med"] = rssi_med
+        if adverts_per_s is not None:
+            evidence["n_adv"] = round(adverts_per_s * (t_last - t_first))
         return {
             "v": 1,
             "type": "segment",
@@ -191,9 +197,7 @@ class World:
             "end": {"t": end[0], "stop_id": end[1], "cause": end[2]},
             "distance_m": round(distance_m, 1),
             "proof": {"first": first, "last": last},
-            "evidence": {"adv_count": 10}
-            if rssi_med is None
-            else {"adv_count": 10, "rssi_med": rssi_med},
+            "evidence": evidence,
         }
 
     def ride(
@@ -210,6 +214,7 @@ class World:
         alight_stop_known: bool = True,
         speed_mps: float = 8.0,
         rssi_med: int | None = None,
+        adverts_per_s: float | None = None,
     ) -> list[dict[str, Any]]:
         """Mint the events of one ride from stop ``S{board}`` to ``S{alight}``.
 
@@ -253,6 +258,7 @@ class World:
                 end=(round(b_proof, 3), end_stop, cause),
                 distance_m=(b_proof - a_proof) * speed_mps,
                 rssi_med=rssi_med,
+                adverts_per_s=adverts_per_s,
             )
             out.append(chain.emit(fields))
         return out
