@@ -83,6 +83,10 @@ class Edge:
             end_cause=end[2],
             distance_m=max(0.0, distance),
             rssi_med=self.rng.uniform(-90, -55),
+            # adverts decoded, 0.2-4 per second (also none, or a count on an instant)
+            n_adv=None
+            if self.rng.random() < 0.1
+            else round(self.rng.uniform(0.2, 4.0) * max(0.0, end[0] - start[0])),
         )
 
     def report(self, ride: Ride, *, keep_trip: bool) -> tuple[list[Segment], bool]:
