@@ -841,7 +841,17 @@ class PresenceClassifier:
             st = r.state
             if st == _ONBOARD:
                 levels.append(r.base)
-                if t - r.last_in_t > self._fade_s(r) and self._silent_s(r, t) > self._fade_s(r):
+                if (
+                    t - r.last_in_t > self._fade_s(r) and self._silent_s(r, t) > self._fade_s(r)
+                ) or (
+                    # its interval is over by its token's clock (t - d_min is a lower bound
+                    # of the token's time) and it was heard to the end: it can never be
+                    # heard again, so it goes to the rotation pairing now, not after a
+                    # sparse token's long fade time (its new rid, heard a few times, would
+                    # fade first and never pair)
+                    t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S
+                    and self._near_end(r)
+                ):
                     try:
                         self._fade(r, t, out)
                     except Exception as exc:

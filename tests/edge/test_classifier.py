@@ -1803,3 +1803,44 @@ def test_weak_rider_first_heard_mid_hop_alighting_at_the_next_stop_is_charged_fr
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+# -- weak cells after the bystander rules (issue 11, helper weakmisc, tuning seeds) -----
+
+
+def test_a_sparse_riders_rid_ending_goes_to_the_pairing_before_its_new_rid_falls_silent() -> None:
+    # cell 2 (-25 dBm), seed 4, gnss_tunnel r-00001: a weak rider heard every ~10 s (a fade
+    # time of 80 s), its old rid last heard 4 s before its interval ended, its new rid heard
+    # three times in its first 4 s, then silent for 20 s. The old rid was still on board
+    # (its long fade time) when the new rid's 15-s fade dropped it: never paired, the old
+    # rid "alighted" at the next door and the new rid's later ride was never confirmed.
+    # An old rid whose interval is over by its token's clock can never be heard again: it
+    # goes to the rotation pairing then, not after its fade time
+    w = World(t0=T0 + 420.0)
+    bnd = (math.floor((T0 + 420.0) / 600) + 1) * 600
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -80.0))
+    gone = {"v": False}
+
+    def sparse(world: World) -> float | None:
+        k = world.t - bnd
+        if gone["v"] or -4.0 < k < 3.0 or 4.5 < k < 25.0:
+            return None
+        if 3.0 <= k <= 4.5:
+            return -92.0  # the new rid's first adverts
+        return -92.0 if (world.t - T0) % 10.0 < 0.5 else None
+
+    tok = w.add(Token("sp", sparse))
+    w.dwell("S1", 20)
+    w.move(3000)  # the rid rotates ~150 s after S1
+    w.dwell("S2", 10)
+    w.move(1500)
+    w.dwell("S3", 10)
+    gone["v"] = True
+    w.move(600)
+    segs = by_name(w.finish(), tok)
+    assert [(x.start.cause, x.start.stop_id, x.end.cause) for x in segs] == [
+        ("boarded", "S1", "rotated"),
+        ("continued", "S2", "alighted"),  # (its new rid confirmed as a candidate of S2)
+    ]
+    assert segs[-1].end.stop_id == "S3"
