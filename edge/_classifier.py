@@ -216,6 +216,7 @@ class _Rid:
     """Everything known about one rid (mutable, slotted: the hot path updates it)."""
 
     __slots__ = (
+        "absent",
         "addr",
         "base",
         "co_n",
@@ -318,6 +319,10 @@ class _Rid:
         self.drift = False
         """Heard, after the bus left its stop, ``sparse_fall_db`` below its level there: it
         may still ride (a rider walking to the back), but not on sparse evidence alone."""
+        self.absent = False
+        """A late joiner silent at the open doors for longer than its own fade time
+        (:meth:`PresenceClassifier._absent`): it boards on co-movement only if heard near
+        the riders' level (:meth:`PresenceClassifier._barred`)."""
         self.fell = False
         """Heard, after the bus left its stop, well below its level there: it fell away
         (left at the stop, or a car that fell behind); it gets no grace for silences."""
@@ -341,7 +346,7 @@ class _Rid:
         self.co_sum = 0.0
         self.co_odo0 = self.co_odo = self.span_odo = self.first_odo
         self.co_t = self.span_t = self.first_t
-        self.drift = self.fell = self.co_only = False
+        self.drift = self.fell = self.co_only = self.absent = False
         self.n_far = 0
         self.far_sum = 0.0
 
@@ -849,8 +854,7 @@ class PresenceClassifier:
                     # heard again, so it goes to the rotation pairing now, not after a
                     # sparse token's long fade time (its new rid, heard a few times, would
                     # fade first and never pair)
-                    t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S
-                    and self._near_end(r)
+                    t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S and self._near_end(r)
                 ):
                     try:
                         self._fade(r, t, out)
@@ -966,15 +970,15 @@ class PresenceClassifier:
         p = self.params
         if r.lvl is None:
             r.lvl = float(_median(r.hist) or r.ewma)  # its level as the bus left the stop
-        if r.co_only and not r.drift and r.first_t > v.close_t and self._absent(r, t, v):
-            r.drift = True  # not aboard while the doors stood open: no co-movement boarding
+        if r.co_only and not r.absent and r.first_t > v.close_t and self._absent(r, t, v):
+            r.absent = True  # not aboard while the doors stood open: boarded last, or a car
         fade_s = self._fade_s(r)
         last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
         recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
         if (
             r.co_n >= p.sparse_adverts
             and r.convoy is None
-            and not r.drift
+            and not self._barred(r)
             and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
             and t - v.close_t >= p.confirm_min_s
             and self._moved_on(r, v)
@@ -1029,7 +1033,7 @@ class PresenceClassifier:
         elif (
             (r.co_n or not recent)  # (cheapest first: a dense candidate ends here)
             and r.convoy is None
-            and not r.drift
+            and not self._barred(r)
             and odo - (r.co_odo if r.co_odo > v.close_odo_m else v.close_odo_m)
             < p.reject_distance_m
             and not self._near_end(r)  # its rid rotated: hand it to the rotation pairing
@@ -1066,6 +1070,25 @@ class PresenceClassifier:
         silent = r.first_t - v.open_t
         gap = (r.last_t - r.first_t) / (r.n_adv - 1)
         return silent > p.fade_timeout_s and silent > p.fade_gaps * gap
+
+    def _barred(self, r: _Rid) -> bool:
+        """Whether a candidate may not board on co-movement.
+
+        One that drifted (``drift``), or a late joiner silent at the open doors
+        (``absent``) heard ``sparse_fall_db`` or more below the riders' level (its
+        co-movement evidence, else its level as the bus left): a car that arrived as the
+        doors closed is heard through two shells, 20-30 dB below the riders; someone who
+        walked up and boarded last was not at the doors while they stood open either, but
+        in the same shell is heard near the riders (tuning seed 2, -21 dBm, r-00012:
+        9 dB below them). With no riders' level yet it is barred (nobody boards on
+        co-movement then anyway).
+        """
+        if r.drift:
+            return True
+        if not r.absent:
+            return False
+        level = r.co_sum / r.co_n if r.co_n else r.lvl
+        return level is None or level < self._riders_lvl - self._sparse_fall
 
     def _moved_on(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate's co-movement evidence goes on past every later stop served.
@@ -1211,6 +1234,7 @@ class PresenceClassifier:
         self._become_candidate(r, visit, fresh=False)
         r.route_id, r.trip_id = old.route_id, old.trip_id
         r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
+        r.absent = old.absent
         r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
         r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
         r.co_only = True
@@ -1235,7 +1259,7 @@ class PresenceClassifier:
         if (
             self._near_end(r)
             and r.visit is not None
-            and not (r.co_only and r.drift)
+            and not (r.co_only and self._barred(r))
             and not self._far_joiner(r, r.visit)
         ):
             # its rid rotated before it could be confirmed: a new rid may take over (not

@@ -1844,3 +1844,33 @@ def test_a_sparse_riders_rid_ending_goes_to_the_pairing_before_its_new_rid_falls
         ("continued", "S2", "alighted"),  # (its new rid confirmed as a candidate of S2)
     ]
     assert segs[-1].end.stop_id == "S3"
+
+
+def test_weak_rider_boarding_last_heard_as_the_doors_close_near_the_riders_is_charged() -> None:
+    # cell 3 (-21 dBm), seed 2, bus_alongside_red_light r-00012: a rider who walked up from
+    # the bus ahead and boarded 3 s before the doors closed (a 14-s dwell), first heard 3 s
+    # after they closed, then every second at -91 dBm, 9 dB below the riders boarding with
+    # them. Silent at the open doors for longer than its fade time, it was barred as a car
+    # arriving as the bus leaves (the cars of that rule are heard 23-29 dB below the
+    # riders, through two shells). Someone who boarded last was not at the doors while
+    # they stood open; in the same shell they are heard near the riders' level: the
+    # silence bars only a late joiner heard `sparse_fall_db` or more below the riders
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -82.0)) for i in range(3)]
+    gone = {"v": False}
+
+    def late(world: World) -> float | None:
+        if gone["v"] or not _closed_since(world, 3.0) or (world.t - T0) % 1.0 >= 0.5:
+            return None
+        return -91.0 if int(world.t) % 3 else -93.0
+
+    tok = w.add(Token("late", late))
+    w.dwell("S1", 14)
+    w.wait(3)
+    w.move(1200, speed=8.0)
+    w.dwell("S2", 12)
+    gone["v"] = True
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
+    assert all(len(by_name(out, r)) == 1 for r in riders)
