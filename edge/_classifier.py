@@ -577,7 +577,7 @@ class PresenceClassifier:
             and r.last_in_odo >= w.close_odo_m + self.params.confirm_far_m
         )
 
-    def advert(  # noqa: PLR0912, PLR0917 - the hot path: inline branches, positional args
+    def advert(  # noqa: PLR0912, PLR0915, PLR0917 - the hot path: inline, positional args
         self,
         t: float,
         rid: bytes,
@@ -603,6 +603,7 @@ class PresenceClassifier:
             addr: the BLE address it came from (helps pair a rider's rotating rids).
         """
         r = self._rids.get(rid)
+        was = r.ewma if r is not None else float(rssi)  # its smoothed level before this advert
         v = self._visit
         at_stop = v is not None and (v.close_t is None or t - v.close_t <= self._grace)
         dt = 0.0
@@ -690,7 +691,7 @@ class PresenceClassifier:
                     )
                 )
             ):
-                self._co_move(r, t, rssi, odo)
+                self._co_move(r, t, rssi, odo, was)
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
             thr = r.base - self._fade_drop
@@ -744,7 +745,7 @@ class PresenceClassifier:
         """
         return r.co_n >= _CARRY_CO and r.ewma <= r.co_sum / r.co_n + self._sparse_fall
 
-    def _co_move(self, r: _Rid, t: float, rssi: int, odo: float) -> None:
+    def _co_move(self, r: _Rid, t: float, rssi: int, odo: float, was: float) -> None:
         """Co-movement evidence of a candidate whose bus left its stop.
 
         Heard at its own level (within ``fade_drop_db`` of its median as the bus left)
@@ -752,19 +753,27 @@ class PresenceClassifier:
         moves with the bus, however sparse. Its smoothed level falling that far below
         means the bus is driving away from it (someone left at the stop, a car falling
         behind): it *fell*, and gets no grace for silences any more.
+
+        A fall (or rise) is judged on the smoothed level before *and* after this advert
+        (``was``, ``r.ewma``): a level that moved, not one deep fade. A token advertising
+        every 2 s weighs each advert by half in its average (``rssi_tau_s`` 2 s), so one
+        packet 35 dB down (a body in the way) pulled a rider 17 dB below its level at the
+        stop, and it was never boarded (tuning seed 2, 2-s adverts, r-00006).
         """
         cv = r.visit
         if cv is None or cv.close_odo_m is None or odo <= cv.close_odo_m:
             return
         assert r.lvl is not None
         floor = r.lvl - self._fade_drop
-        if r.ewma < r.lvl - self._sparse_fall or (
+        high = r.ewma if r.ewma > was else was  # (below only if below at two adverts in a row)
+        low = was if r.ewma > was else r.ewma
+        if high < r.lvl - self._sparse_fall or (
             # a late joiner (first heard after the doors closed) that grows loud: a vehicle
             # drawing alongside, not a weak token of someone who boarded last
-            r.ewma > r.lvl + self._sparse_fall and cv.close_t is not None and r.first_t > cv.close_t
+            low > r.lvl + self._sparse_fall and cv.close_t is not None and r.first_t > cv.close_t
         ):
             r.drift = True
-        if r.ewma < floor:
+        if high < floor:
             r.fell = True
             r.co_n = 0
             r.co_sum = 0.0

@@ -1874,3 +1874,34 @@ def test_weak_rider_boarding_last_heard_as_the_doors_close_near_the_riders_is_ch
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_a_2_s_advertiser_with_one_deep_fade_as_the_bus_leaves_is_charged() -> None:
+    # cell 13 (2-s adverts), seed 2, quiet_route r-00006: a rider heard every 2 s at -51
+    # dBm; one packet at -86 (a body in the way) 26 s after the bus left. Each advert of a
+    # 2-s advertiser weighs half in the smoothed level (rssi_tau_s 2 s): that one packet
+    # pulled it 21 dB below the rider's level at the stop, read as falling away (left
+    # behind, a car falling back), which refuses every boarding rule: never charged.
+    # A fall is a level that stays down, not one deep fade
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -52.0)) for i in range(3)]
+    gone = {"v": False}
+    left = {"t": 0.0}
+
+    def slow(world: World) -> float | None:
+        if gone["v"] or (world.t - T0) % 2.0 >= 0.5:
+            return None
+        if left["t"] and 26.0 <= world.t - left["t"] < 26.5:
+            return -86.0
+        return -51.0 if int(world.t) % 4 else -55.0
+
+    tok = w.add(Token("slow", slow))
+    w.dwell("S1", 10)
+    left["t"] = w.t
+    w.move(1500)
+    w.dwell("S2", 10)
+    gone["v"] = True
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
+    assert all(len(by_name(out, r)) == 1 for r in riders)
