@@ -631,7 +631,10 @@ class PresenceClassifier:
             if odo != r.mv_odo:  # the bus moved: its level as the bus last moved
                 r.mv_odo = odo
                 r.mv_ewma = r.ewma
-            r.base += dt / (self._base_tau + dt) * (rssi - r.base)
+            if rssi >= r.base - self._fade_drop or r.state != _ONBOARD:
+                # (a rider's baseline does not follow adverts far below it: someone who
+                # alighted, heard 30 dB down as the bus leaves, is not in-bus evidence)
+                r.base += dt / (self._base_tau + dt) * (rssi - r.base)
             if dt > self._run_gap:
                 r.run_odo = odo  # heard again after a silence: a new run
             if t - r.first_t <= _START_S:

@@ -1905,3 +1905,36 @@ def test_a_2_s_advertiser_with_one_deep_fade_as_the_bus_leaves_is_charged() -> N
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_rider_heard_faintly_after_alighting_as_the_bus_leaves_alights_there() -> None:
+    # full-scale long_ride_many_intervals, seed 1, r-00074: a rider at -61 dBm alights at S2;
+    # as they walk away their level falls 30 dB over 12 s while the doors stand open, and
+    # they are still heard at -90 every second or two for 300 m as the bus leaves. The slow
+    # baseline (baseline_tau_s) followed them down, so those adverts stayed in-bus
+    # evidence: the ride "vanished while moving" 300 m past S2 and was held to the next
+    # door (before helper weak's rotation rules it ended lost at S2, by luck). A rider is
+    # in the bus only while heard within fade_drop_db of the median of their ride
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -60.0)) for i in range(3)]
+    walk = {"t": 0.0}
+
+    def alighting(world: World) -> float | None:
+        if not walk["t"]:
+            return -61.0 if int(world.t) % 5 else -64.0
+        k = world.t - walk["t"]
+        if (world.t - T0) % 1.0 >= 0.5 or world.odo - world.stop_odo > 320.0:
+            return None
+        return -61.0 - 30.0 * min(1.0, k / 12.0)
+
+    tok = w.add(Token("off", alighting))
+    w.dwell("S1", 15)
+    w.move(2500)
+    walk["t"] = w.t + 3.0
+    w.dwell("S2", 30)
+    w.move(1200)
+    w.dwell("S3", 15)
+    w.move(300)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
+    assert all(len(by_name(out, r)) == 1 for r in riders)
