@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 
 from backend._db import create_engine, migrate
-from backend._ingest import IngestCore, Ingestor
+from backend._ingest import VERIFY_MODES, IngestCore, Ingestor
 from backend._keys import register_device
 from backend._record_check import Verify
 from busbell import (
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--verify",
-        choices=("runs", "every"),
+        choices=VERIFY_MODES,
         default="runs",
         help="[ingest] verify: one signature per hash-linked run (default) or per record",
     )

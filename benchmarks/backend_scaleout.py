@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend._db import create_engine, migrate
+from backend._ingest import VERIFY_MODES
 from backend._keys import register_device
 from benchmarks.backend_ingest import (
     _postgres_url,
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--verify",
-        choices=("runs", "every"),
+        choices=VERIFY_MODES,
         default="runs",
         help="the workers' [ingest] verify: one signature per hash-linked run or per record",
     )
