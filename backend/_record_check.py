@@ -11,12 +11,13 @@ checks) with :func:`check_record`, in this order, with these reasons:
 3. ``unknown_device``: its bus has no registered key;
 4. ``revoked_device``: its bus's device was revoked (online's registry flags it);
 5. ``event_id_mismatch``: its ``event_id`` is not the one derived from it
-   (:func:`busbell._fare_types.derived_event_id`: ``busbell.derive_event_id`` of
-   ``bus_id, seq, rid, start.t`` for a segment, ``busbell.derive_missed_event_id`` of
-   ``bus_id, seq, request_id, passed.t`` for a missed record). So ``(bus_id, seq)``,
-   the ledger's key, fixes the id: two stored records share one only if SHA-256 collides
-   in 128 bits, and a missed record's never equals a segment's (the type tag), with no
-   index or lookup of ids at all; checked before the signature, so it is never put off;
+   (``busbell.derive_event_id`` of ``bus_id, seq, rid, start.t`` for a segment,
+   ``busbell.derive_missed_event_id`` of ``bus_id, seq, request_id, passed.t`` for a
+   missed record: the one derivation, which the edge numbers its records with). So
+   ``(bus_id, seq)``, the ledger's key, fixes the id: two stored records share one only
+   if SHA-256 collides in 128 bits, and a missed record's never equals a segment's (the
+   type tag), with no index or lookup of ids at all; checked before the signature, so
+   it is never put off;
 6. ``bad_signature``: ``sig`` is not its bus's Ed25519 signature over the canonical
    bytes without ``sig`` (:func:`signature_fault`), unless the signature check is put
    off (``verify=False``): online for a record below its bus's chain head (a re-sent
@@ -39,7 +40,8 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from busbell._errors import SignatureError
-from busbell._fare_types import FareEvent, canonical, derived_event_id, signed_part
+from busbell._fare_event import derive_event_id, derive_missed_event_id
+from busbell._fare_types import FareEvent, SegmentEvent, canonical, signed_part
 from busbell._signing import PublicKey
 
 __all__ = ["RecordFault", "Verify", "check_record", "decide_runs", "signature_fault"]
@@ -93,7 +95,11 @@ def check_record(
         return RecordFault("unknown_device", f"bus {bus_id!r} is not registered", full)
     if revoked:
         return RecordFault("revoked_device", f"bus {bus_id!r} is revoked", full)
-    if rec.event_id != (want := derived_event_id(rec)):
+    if isinstance(rec, SegmentEvent):
+        want = derive_event_id(bus_id, rec.seq, rec.rid, rec.start.t)
+    else:
+        want = derive_missed_event_id(bus_id, rec.seq, rec.request_id, rec.passed.t)
+    if rec.event_id != want:
         return RecordFault(
             "event_id_mismatch", f"event_id {rec.event_id!r} is not the derived {want!r}", full
         )

@@ -13,8 +13,11 @@ or 64 zeros for ``seq`` 1.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
+
+import msgspec
 
 from busbell._canonical import canonical_bytes, sha256_hex
 from busbell._errors import ChainError, SignatureError
@@ -91,18 +94,71 @@ def event_hash(event: Mapping[str, Any]) -> str:
     return sha256_hex(canonical_bytes(event))
 
 
+_encode_key: Final = msgspec.json.Encoder().encode
+_sha256: Final = hashlib.sha256
+
+
+def _json_id(key: list[Any]) -> str:
+    """The id of ``key`` from Python's ``json`` (``canonical_bytes``: the contract's text)."""
+    return _sha256(canonical_bytes(key)).hexdigest()[:32]
+
+
 def derive_event_id(bus_id: str, seq: int, rid: str, start_t: float) -> str:
-    """A deterministic, globally unique event id (32 hex characters)."""
-    return sha256_hex(canonical_bytes([bus_id, seq, rid, start_t]))[:32]
+    """A segment's event id (32 hex characters, deterministic): derived, never chosen.
+
+    The first 32 hex characters of SHA-256 of the canonical bytes of
+    ``[bus_id, seq, rid, start_t]``. The one derivation: the edge numbers its segments
+    with it, and ingest and settle check every record's id against it
+    (``backend._record_check``, ``event_id_mismatch``).
+
+    msgspec writes the key, byte-identical with ``busbell.canonical_bytes`` for what it
+    takes here: strings, an ``int`` seq, and a time that is an ``int``, zero, or a float
+    of magnitude in ``[1e-4, 1e16)`` (every UNIX time; msgspec writes other floats in
+    another exponent notation than Python's ``json``, and would write types JSON has
+    not); anything else is written by ``canonical_bytes`` itself.
+
+    Raises:
+        ValueError: for a time JSON cannot carry exactly (NaN, infinities).
+        TypeError: for values that are not JSON types.
+    """
+    t = start_t
+    if (
+        type(bus_id) is str
+        and type(rid) is str
+        and type(seq) is int
+        and (
+            type(t) is int
+            or (type(t) is float and (1e-4 <= t < 1e16 or not t or -1e16 < t <= -1e-4))
+        )
+    ):
+        return _sha256(_encode_key([bus_id, seq, rid, t])).hexdigest()[:32]
+    return _json_id([bus_id, seq, rid, t])
 
 
 def derive_missed_event_id(bus_id: str, seq: int, request_id: str, passed_t: float) -> str:
     """The event id of a ``missed`` record (32 hex characters, deterministic).
 
     SHA-256 of the canonical bytes of ``["missed", bus_id, seq, request_id, passed_t]``:
-    the type tag keeps it apart from every segment's id even for equal inputs.
+    the type tag keeps it apart from every segment's id even for equal inputs. Written
+    as :func:`derive_event_id`'s key (msgspec for the same values, else
+    ``canonical_bytes``).
+
+    Raises:
+        ValueError: for a time JSON cannot carry exactly (NaN, infinities).
+        TypeError: for values that are not JSON types.
     """
-    return sha256_hex(canonical_bytes(["missed", bus_id, seq, request_id, passed_t]))[:32]
+    t = passed_t
+    if (
+        type(bus_id) is str
+        and type(request_id) is str
+        and type(seq) is int
+        and (
+            type(t) is int
+            or (type(t) is float and (1e-4 <= t < 1e16 or not t or -1e16 < t <= -1e-4))
+        )
+    ):
+        return _sha256(_encode_key(["missed", bus_id, seq, request_id, t])).hexdigest()[:32]
+    return _json_id(["missed", bus_id, seq, request_id, t])
 
 
 class HashChain:

@@ -29,7 +29,6 @@ The AsyncAPI schemas of the records (``docs/asyncapi.yaml``, ``FareEvent`` and
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from collections.abc import Mapping
@@ -59,7 +58,6 @@ __all__ = [
     "convert_event",
     "decode_batch",
     "decode_event",
-    "derived_event_id",
     "event_to_dict",
     "flat_evidence",
     "replace_asyncapi_block",
@@ -619,24 +617,6 @@ def canonical(ev: FareEvent) -> bytes:
         return out
     # msgspec writes 1e16 / 1e-05 as 1e16 / 0.00001; the contract is Python's json
     return canonical_bytes(msgspec.to_builtins(ev))
-
-
-def derived_event_id(ev: FareEvent) -> str:
-    """The event id ``ev`` must carry: derived from its chain position, never chosen.
-
-    A segment's is ``busbell.derive_event_id(bus_id, seq, rid, start.t)``, a missed
-    record's ``busbell.derive_missed_event_id(bus_id, seq, request_id, passed.t)`` (its
-    type tag keeps the two apart): the same value, the key serialised once by msgspec
-    (Python's ``json`` when the time is a float msgspec writes otherwise).
-    """
-    if isinstance(ev, SegmentEvent):
-        t = ev.start.t
-        key: list[Any] = [ev.bus_id, ev.seq, ev.rid, t]
-    else:
-        t = ev.passed.t
-        key = ["missed", ev.bus_id, ev.seq, ev.request_id, t]
-    data = _ENCODER.encode(key) if _plain(t) else canonical_bytes(key)
-    return hashlib.sha256(data).hexdigest()[:32]
 
 
 _SIG_KEY: Final = b',"sig":"'

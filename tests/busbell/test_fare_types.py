@@ -4,8 +4,10 @@ path no wider than the general one, and docs/asyncapi.yaml generated from the ty
 from __future__ import annotations
 
 import copy
+import hashlib
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,6 @@ from busbell._fare_types import (
     convert_event,
     decode_batch,
     decode_event,
-    derived_event_id,
     replace_asyncapi_block,
     signed_part,
 )
@@ -282,6 +283,11 @@ _TIMES = st.one_of(
 )
 
 
+def _spec_id(key: list[Any]) -> str:
+    """The contract's derivation, written out: SHA-256 of Python's canonical JSON."""
+    return hashlib.sha256(canonical_bytes(key)).hexdigest()[:32]
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     bus=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", fullmatch=True),
@@ -294,18 +300,21 @@ _TIMES = st.one_of(
     ),
     t=_TIMES,
 )
-def test_derived_event_id_is_the_busbell_derivation(
+def test_the_one_event_id_derivation_is_the_contracts(
     bus: str, seq: int, rid: str, request: str, t: float
 ) -> None:
-    """The typed records' derivation (msgspec, serialised once) gives exactly
-    ``derive_event_id`` / ``derive_missed_event_id`` (Python's json), whatever the
-    number's type and range or the request id's characters."""
+    """``derive_event_id`` / ``derive_missed_event_id`` (msgspec writes the key) give
+    exactly SHA-256 of ``canonical_bytes`` (Python's json) of the key, whatever the
+    number's type and range or the request id's characters, from the plain values (the
+    edge) as from a typed record's fields (what ingest and settle check)."""
     seg = dict(segment_event(), bus_id=bus, seq=seq, rid=rid)
     seg["start"] = dict(seg["start"], t=t)
     seg["end"] = dict(seg["end"], t=t)
-    assert derived_event_id(convert_event(seg, require_sig=False)) == derive_event_id(
-        bus, seq, rid, t
-    )
+    rec = convert_event(seg, require_sig=False)
+    assert isinstance(rec, SegmentEvent)
+    want = _spec_id([bus, seq, rid, t])
+    assert derive_event_id(bus, seq, rid, t) == want
+    assert derive_event_id(rec.bus_id, rec.seq, rec.rid, rec.start.t) == want
     wait = {
         "request_id": request,
         "route_id": "R1",
@@ -330,6 +339,66 @@ def test_derived_event_id_is_the_busbell_derivation(
         "passed": {"t": t, "lat": 0.0, "lon": 0.0, "speed_mps": 1.0, "distance_m": 2.0},
         "doors_opened": False,
     }
-    assert derived_event_id(convert_event(missed, require_sig=False)) == derive_missed_event_id(
-        bus, seq, request, t
-    )
+    m = convert_event(missed, require_sig=False)
+    assert isinstance(m, MissedRecord)
+    want = _spec_id(["missed", bus, seq, request, t])
+    assert derive_missed_event_id(bus, seq, request, t) == want
+    assert derive_missed_event_id(m.bus_id, m.seq, m.request_id, m.passed.t) == want
+
+
+# Ids on the wire since the first session (computed by main 7eac78d's json derivation):
+# the one derivation must keep every one of them byte for byte.
+_KNOWN_IDS = [
+    ("segment", "bus-0001", 1, "ab" * 12, 1700000000.0, "26fc8e5de16a3b34152102aa72c5047b"),
+    (
+        "segment",
+        "bus-0001",
+        2,
+        "0123456789abcdef01234567",
+        1700000123.456789,
+        "84959a4f61e6a8f730f0bd38da36470d",
+    ),
+    ("segment", "B", 2**63 - 1, "ff" * 12, 1700000000, "45dc55b12398e9fcbe86e4ef543ad887"),
+    ("segment", "b", 1, "ab" * 12, 0.0, "4a5d566c02383c5c2a9a74d50956d472"),
+    ("segment", "b", 1, "ab" * 12, 1e-05, "277e14e65ffd73bc00d4c012c294f7ae"),
+    ("segment", "b", 1, "ab" * 12, 1.5e16, "48a7862ccb24bb77e0fccf2c671eb716"),
+    ("missed", "bus-0001", 42, "w-1", 1700000300.0, "0f8727edbc6ebda01f44d9f7bdc0b5e1"),
+    (
+        "missed",
+        "bus-0001",
+        43,
+        '정류장 요청 "q"\\ \x01\u2028',
+        1700000301.25,
+        "584324095d1d4dcd9ca3066521295cd9",
+    ),
+    ("missed", "b", 1, "w-1", 1e16, "6343873fc0be199eead6873fea27188c"),
+]
+
+
+@pytest.mark.parametrize("case", _KNOWN_IDS)
+def test_event_ids_are_the_ones_on_the_wire(case: tuple[str, str, int, str, float, str]) -> None:
+    """Pinned ids (fast path, and floats msgspec writes otherwise than json): an edge
+    and a backend of any version agree on every record's id."""
+    kind, bus, seq, name, t, known = case
+    derive = derive_event_id if kind == "segment" else derive_missed_event_id
+    assert derive(bus, seq, name, t) == known
+
+
+@pytest.mark.parametrize(
+    ("bus", "seq", "t", "error"),
+    [
+        ("b", 1, float("nan"), ValueError),
+        ("b", 1, float("inf"), ValueError),
+        ("b", 1, Decimal("1.5"), TypeError),
+        (b"b", 1, 1.0, TypeError),
+    ],
+)
+def test_event_id_of_values_json_cannot_carry_is_refused(
+    bus: Any, seq: Any, t: Any, error: type[Exception]
+) -> None:
+    """What ``canonical_bytes`` refuses the derivation refuses (msgspec alone would write
+    NaN as null, a Decimal as a string and bytes as base64)."""
+    with pytest.raises(error):
+        derive_event_id(bus, seq, "ab" * 12, t)
+    with pytest.raises(error):
+        derive_missed_event_id(bus, seq, "w-1", t)
