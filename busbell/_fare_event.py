@@ -98,8 +98,26 @@ _encode_key: Final = msgspec.json.Encoder().encode
 _sha256: Final = hashlib.sha256
 
 
-def _json_id(key: list[Any]) -> str:
-    """The id of ``key`` from Python's ``json`` (``canonical_bytes``: the contract's text)."""
+def _derive(key: list[Any], bus_id: object, seq: object, name: object, t: object) -> str:
+    """The first 32 hex characters of SHA-256 of the canonical bytes of ``key``.
+
+    ``key`` ends with ``bus_id, seq, name, t``. msgspec writes it, byte-identical with
+    ``busbell.canonical_bytes`` for what it takes here: strings, an ``int`` seq, and a
+    time that is an ``int``, zero, or a float of magnitude in ``[1e-4, 1e16)`` (every
+    UNIX time; msgspec writes other floats in another exponent notation than Python's
+    ``json``, and would write types JSON has not); anything else is written by
+    ``canonical_bytes`` itself (which refuses NaN, infinities and non-JSON types).
+    """
+    if (
+        type(bus_id) is str
+        and type(name) is str
+        and type(seq) is int
+        and (
+            type(t) is int
+            or (type(t) is float and (1e-4 <= t < 1e16 or not t or -1e16 < t <= -1e-4))
+        )
+    ):
+        return _sha256(_encode_key(key)).hexdigest()[:32]
     return _sha256(canonical_bytes(key)).hexdigest()[:32]
 
 
@@ -111,54 +129,26 @@ def derive_event_id(bus_id: str, seq: int, rid: str, start_t: float) -> str:
     with it, and ingest and settle check every record's id against it
     (``backend._record_check``, ``event_id_mismatch``).
 
-    msgspec writes the key, byte-identical with ``busbell.canonical_bytes`` for what it
-    takes here: strings, an ``int`` seq, and a time that is an ``int``, zero, or a float
-    of magnitude in ``[1e-4, 1e16)`` (every UNIX time; msgspec writes other floats in
-    another exponent notation than Python's ``json``, and would write types JSON has
-    not); anything else is written by ``canonical_bytes`` itself.
-
     Raises:
         ValueError: for a time JSON cannot carry exactly (NaN, infinities).
         TypeError: for values that are not JSON types.
     """
-    t = start_t
-    if (
-        type(bus_id) is str
-        and type(rid) is str
-        and type(seq) is int
-        and (
-            type(t) is int
-            or (type(t) is float and (1e-4 <= t < 1e16 or not t or -1e16 < t <= -1e-4))
-        )
-    ):
-        return _sha256(_encode_key([bus_id, seq, rid, t])).hexdigest()[:32]
-    return _json_id([bus_id, seq, rid, t])
+    return _derive([bus_id, seq, rid, start_t], bus_id, seq, rid, start_t)
 
 
 def derive_missed_event_id(bus_id: str, seq: int, request_id: str, passed_t: float) -> str:
     """The event id of a ``missed`` record (32 hex characters, deterministic).
 
     SHA-256 of the canonical bytes of ``["missed", bus_id, seq, request_id, passed_t]``:
-    the type tag keeps it apart from every segment's id even for equal inputs. Written
-    as :func:`derive_event_id`'s key (msgspec for the same values, else
-    ``canonical_bytes``).
+    the type tag keeps it apart from every segment's id even for equal inputs. Derived
+    as :func:`derive_event_id`.
 
     Raises:
         ValueError: for a time JSON cannot carry exactly (NaN, infinities).
         TypeError: for values that are not JSON types.
     """
-    t = passed_t
-    if (
-        type(bus_id) is str
-        and type(request_id) is str
-        and type(seq) is int
-        and (
-            type(t) is int
-            or (type(t) is float and (1e-4 <= t < 1e16 or not t or -1e16 < t <= -1e-4))
-        )
-    ):
-        return _sha256(_encode_key(["missed", bus_id, seq, request_id, t])).hexdigest()[:32]
-    return _json_id(["missed", bus_id, seq, request_id, t])
+    key = ["missed", bus_id, seq, request_id, passed_t]
+    return _derive(key, bus_id, seq, request_id, passed_t)
 
 
 class HashChain:

@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend._db import create_engine, migrate
+from backend._keys import register_device
+from tests.factories.fare_events import device_key_for
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -20,10 +22,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    """A migrated engine on ``db_url``."""
+def registered_buses() -> tuple[str, ...]:
+    """The buses ``engine`` registers, each with ``device_key_for(bus)``: none here; a
+    module that ingests overrides this fixture with its buses."""
+    return ()
+
+
+@pytest.fixture
+async def engine(db_url: str, registered_buses: tuple[str, ...]) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine on ``db_url``, ``registered_buses`` registered (at t=1)."""
     eng = create_engine(db_url)
     await migrate(eng)
+    if registered_buses:
+        async with eng.begin() as conn:
+            for b in registered_buses:
+                await register_device(conn, b, device_key_for(b).public, now=1.0)
     yield eng
     await eng.dispose()
 

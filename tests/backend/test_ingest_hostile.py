@@ -27,11 +27,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from backend._db import create_engine, fare_events, migrate, quarantine
+from backend._db import create_engine, fare_events, quarantine
 from backend._errors import MalformedMessage
 from backend._ingest import IngestCore, Ingestor
 from backend._ingest_bounds import LogBudget, QuarantineBudget
-from backend._keys import DeviceInfo, register_device
+from backend._keys import DeviceInfo
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, sign_event, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
@@ -121,14 +121,8 @@ def test_core_rejects_hostile_payloads_without_raising_anything_else() -> None:
 
 
 @pytest.fixture
-async def ledger(db_url: str) -> Any:
-    eng = create_engine(db_url)
-    await migrate(eng)
-    async with eng.begin() as conn:
-        for b in ("B1", "B2"):
-            await register_device(conn, b, device_key_for(b).public, now=1.0)
-    yield eng
-    await eng.dispose()
+def registered_buses() -> tuple[str, ...]:
+    return ("B1", "B2")
 
 
 async def _count(engine: AsyncEngine, table: sa.Table, **where: str) -> int:
@@ -139,10 +133,10 @@ async def _count(engine: AsyncEngine, table: sa.Table, **where: str) -> int:
         return int((await conn.execute(q)).scalar_one())
 
 
-async def test_hostile_input_in_one_batch_with_genuine_events(ledger: AsyncEngine) -> None:
+async def test_hostile_input_in_one_batch_with_genuine_events(engine: AsyncEngine) -> None:
     """Every hostile payload in the same transaction batch as genuine events of two
     buses: all genuine events stored and acked, quarantine bounded per message."""
-    ing = Ingestor(ledger, IngestCore(), worker_id="w", quarantine_budget=QuarantineBudget(5, 50))
+    ing = Ingestor(engine, IngestCore(), worker_id="w", quarantine_budget=QuarantineBudget(5, 50))
     await ing.refresh_devices()
     chains = {b: make_events(b, device_key_for(b), 20) for b in ("B1", "B2")}
     messages: list[tuple[str, bytes]] = []
@@ -155,8 +149,8 @@ async def test_hostile_input_in_one_batch_with_genuine_events(ledger: AsyncEngin
     assert res.acks == {"B1": 20, "B2": 20}
     assert res.stored == 40
     for b in ("B1", "B2"):
-        assert await _count(ledger, fare_events, bus_id=b) == 20
-    rows = await _count(ledger, quarantine)
+        assert await _count(engine, fare_events, bus_id=b) == 20
+    rows = await _count(engine, quarantine)
     assert 0 < rows <= 100  # 2 buses x 50 per minute, however many were rejected
     assert res.quarantined > rows
     # logs are rate-limited per (event, reason, bus), and say how much was suppressed
@@ -167,11 +161,11 @@ async def test_hostile_input_in_one_batch_with_genuine_events(ledger: AsyncEngin
     assert sum(per_key.values()) < res.quarantined
 
 
-async def test_quarantine_failure_never_loses_the_valid_events(ledger: AsyncEngine) -> None:
+async def test_quarantine_failure_never_loses_the_valid_events(engine: AsyncEngine) -> None:
     """The quarantine transaction is separate: when it fails, the events stay committed."""
-    ing = Ingestor(ledger, IngestCore(), worker_id="w")
+    ing = Ingestor(engine, IngestCore(), worker_id="w")
     await ing.refresh_devices()
-    async with ledger.begin() as conn:
+    async with engine.begin() as conn:
         await conn.execute(sa.text("DROP TABLE quarantine"))
     chain = make_events("B1", device_key_for("B1"), 5)
     with capture_logs() as logs:
@@ -179,7 +173,7 @@ async def test_quarantine_failure_never_loses_the_valid_events(ledger: AsyncEngi
             [("B1", batch_payload("B1", chain)), ("B1", hostile_payloads("B1")[1][1])]
         )
     assert res.acks == {"B1": 5}
-    assert await _count(ledger, fare_events, bus_id="B1") == 5
+    assert await _count(engine, fare_events, bus_id="B1") == 5
     assert any(e["event"] == "fare_quarantine_store_failed" for e in logs)
 
 

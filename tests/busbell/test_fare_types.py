@@ -385,20 +385,22 @@ def test_event_ids_are_the_ones_on_the_wire(case: tuple[str, str, int, str, floa
 
 
 @pytest.mark.parametrize(
-    ("bus", "seq", "t", "error"),
+    ("bus", "seq", "name", "t", "error"),
     [
-        ("b", 1, float("nan"), ValueError),
-        ("b", 1, float("inf"), ValueError),
-        ("b", 1, Decimal("1.5"), TypeError),
-        (b"b", 1, 1.0, TypeError),
+        ("b", 1, "w-1", float("nan"), ValueError),
+        ("b", 1, "w-1", float("-inf"), ValueError),
+        ("b", 1, "w-1", Decimal("1.5"), TypeError),
+        (b"b", 1, "w-1", 1.0, TypeError),
+        ("b", Decimal(1), "w-1", 1.0, TypeError),
+        ("b", 1, b"w-1", 1.0, TypeError),
     ],
 )
 def test_event_id_of_values_json_cannot_carry_is_refused(
-    bus: Any, seq: Any, t: Any, error: type[Exception]
+    bus: Any, seq: Any, name: Any, t: Any, error: type[Exception]
 ) -> None:
     """What ``canonical_bytes`` refuses the derivation refuses (msgspec alone would write
     NaN as null, a Decimal as a string and bytes as base64)."""
     with pytest.raises(error):
-        derive_event_id(bus, seq, "ab" * 12, t)
+        derive_event_id(bus, seq, name, t)
     with pytest.raises(error):
-        derive_missed_event_id(bus, seq, "w-1", t)
+        derive_missed_event_id(bus, seq, name, t)
