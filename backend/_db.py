@@ -19,10 +19,11 @@ uses WAL. On PostgreSQL a bus's chain state is read ``FOR UPDATE`` by ingest, se
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import pathlib
 import sqlite3
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from busbell import StoreError
 
 __all__ = [
+    "DB_ERRORS",
     "MIGRATIONS_DIR",
     "SQLITE_PAGE_SIZE",
     "adjustments",
@@ -66,6 +68,31 @@ __all__ = [
 ]
 
 MIGRATIONS_DIR = pathlib.Path(__file__).with_name("migrations")
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The error bases of asyncpg, when the ``postgres`` extra is installed."""
+    try:
+        asyncpg: Any = importlib.import_module("asyncpg")
+    except ImportError:  # pragma: no cover - SQLite-only installation
+        return ()
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+DB_ERRORS: Final[tuple[type[Exception], ...]] = (
+    OSError,
+    sa.exc.SQLAlchemyError,
+    sqlite3.Error,
+    *_driver_errors(),
+)
+"""What a failing database raises, through SQLAlchemy or straight from the driver.
+
+Statements on the hot path go to the driver's own connection (asyncpg's binary ``COPY``
+and ``executemany``, aiosqlite's ``executemany``, inside the transaction SQLAlchemy
+began); their errors are the driver's, not SQLAlchemy's (``asyncpg.PostgresError``,
+``asyncpg.InterfaceError`` (client side, e.g. a value ``COPY`` cannot encode),
+``sqlite3.Error``). Every place that turns a database failure into
+:class:`~busbell.StoreError` catches this tuple."""
 
 _NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -596,7 +623,7 @@ async def migrate(url: str | AsyncEngine, revision: str = "head") -> None:
             if is_postgres(conn):
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(7424011)"))
             await conn.run_sync(_upgrade, revision)
-    except (OSError, sa.exc.SQLAlchemyError) as exc:
+    except DB_ERRORS as exc:
         raise StoreError(f"cannot migrate the database: {exc}") from exc
     finally:
         if isinstance(url, str):

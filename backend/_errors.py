@@ -20,13 +20,15 @@ REJECTION_REASONS = (
     "unknown_device",
     "revoked_device",
     "event_id_mismatch",
+    "event_id_taken",
     "bad_signature",
     "chain_conflict",
     "prev_mismatch",
 )
 """The one set of reasons a fare event (or payload) is rejected for, online (the
 ``quarantine`` table, ``busbell_fare_events_quarantined_total{reason}``) and offline
-(``busbell backend settle`` statistics)."""
+(``busbell backend settle`` statistics). ``bus_mismatch`` (a topic) and
+``event_id_taken`` (an id already stored in ``missed_stops``) happen online only."""
 
 
 class MalformedMessage(ContractError):

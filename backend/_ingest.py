@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Gap, Rejection, past_seqs
 from backend._db import (
+    DB_ERRORS,
     chain_state,
     engine_for,
     fare_events,
@@ -729,6 +730,10 @@ class _RowsRefused(StoreError):
     """The ledger took fewer rows than planned (nothing is committed)."""
 
 
+_TRANSACTION_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, _RowsRefused)
+_QUARANTINE_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, ValueError)
+
+
 @dataclass(slots=True)
 class Prepared:
     """A batch decoded and verified, not committed yet (:meth:`Ingestor.prepare`)."""
@@ -805,7 +810,7 @@ class Ingestor:
         try:
             async with self.engine.connect() as conn:
                 devs = await load_devices(conn)
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot read the device registry: {exc}") from exc
         self.core.set_devices(devs)
         return len(devs)
@@ -983,7 +988,7 @@ class Ingestor:
                         ),
                         changed,
                     )
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+        except DB_ERRORS as exc:
             self.note_acks(acks)  # not recorded: the next sweep tries again
             STORE_ERRORS.inc()
             raise StoreError(f"gap sweep failed: {exc}") from exc
@@ -1043,16 +1048,18 @@ class Ingestor:
                     .order_by(cs.c.bus_id)
                 )
                 return [dict(r._mapping) for r in rows]
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"cannot read the chain gaps: {exc}") from exc
 
     async def _commit(self, prepared: Prepared) -> BatchResult:
         rejections, result = prepared.rejections, prepared.result
         try:
-            plans = await self._transaction(prepared.groups, prepared.order)
-        except (OSError, sa.exc.SQLAlchemyError, _RowsRefused) as exc:
+            plans, taken = await self._transaction(prepared.groups, prepared.order)
+        except _TRANSACTION_ERRORS as exc:
             STORE_ERRORS.inc()
             raise StoreError(f"ingest transaction failed: {exc}") from exc
+        for bus_id, bad in taken.items():
+            rejections.extend(self._budget(bus_id, bad))
         for plan in plans:
             if plan.store:
                 result.stored += len(plan.store)
@@ -1102,7 +1109,7 @@ class Ingestor:
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(insert_ignore(quarantine, self._dialect), rows)
-        except (OSError, ValueError, sa.exc.SQLAlchemyError) as exc:
+        except _QUARANTINE_ERRORS as exc:
             QUARANTINE_STORE_ERRORS.inc()
             _log().error("fare_quarantine_store_failed", rows=len(rows), error=str(exc)[:300])
 
@@ -1110,14 +1117,24 @@ class Ingestor:
         self,
         groups: dict[str, list[VerifiedEvent]],
         order: list[VerifiedEvent],
-    ) -> list[BusPlan[VerifiedEvent]]:
-        """Plan and write one batch under its buses' row locks."""
+    ) -> tuple[list[BusPlan[VerifiedEvent]], dict[str, list[Rejection]]]:
+        """Plan and write one batch under its buses' row locks.
+
+        Returns:
+            The buses' plans, and per bus the missed records left out because their
+            event id is already stored for another record (:meth:`_ids_taken`).
+        """
         now = self._wall()
         buses = sorted(groups)
         if not buses:
-            return []
+            return [], {}
         async with self.engine.begin() as conn:
             rows = await self._lock_rows(conn, buses, now)
+            taken = await self._ids_taken(conn, order)
+            if taken:  # left out before the plan: their bus's chain waits there
+                gone = taken.keys()
+                order = [e for e in order if id(e) not in gone]
+                groups = {b: [e for e in es if id(e) not in gone] for b, es in groups.items()}
             held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
             planner = self.core.planner(now=now)
             for bus_id in buses:
@@ -1135,7 +1152,59 @@ class Ingestor:
         for p in plans:
             if p.position.next_seq > heads.get(p.bus_id, 0):
                 heads[p.bus_id] = p.position.next_seq
-        return plans
+        by_bus: dict[str, list[Rejection]] = {}
+        for r in taken.values():
+            by_bus.setdefault(r.bus_id or "", []).append(r)
+        return plans, by_bus
+
+    async def _ids_taken(
+        self, conn: AsyncConnection, order: list[VerifiedEvent]
+    ) -> dict[int, Rejection]:
+        """The missed records of ``order`` whose event id another record holds, by ``id()``.
+
+        ``missed_stops`` keeps a unique ``event_id`` index (the operators' API looks
+        records up by it). A derived id (``event_id_mismatch`` checked it) is held by
+        another ``(bus_id, seq)`` only if a row stored before ids were derived carries
+        it, or SHA-256 collides; inserting such a record would fail the whole
+        transaction, so it is left out and quarantined (``event_id_taken``, logged
+        ``fare_event_id_taken``). One indexed lookup per transaction that carries
+        missed records; segments are not looked up (``fare_events`` has no id index).
+        """
+        wanted: dict[str, list[VerifiedEvent]] = {}
+        for e in order:
+            if type(e.record) is MissedRecord:
+                wanted.setdefault(e.event_id, []).append(e)
+        if not wanted:
+            return {}
+        ms = missed_stops
+        rows = await conn.execute(
+            sa.select(ms.c.event_id, ms.c.bus_id, ms.c.seq).where(ms.c.event_id.in_(list(wanted)))
+        )
+        out: dict[int, Rejection] = {}
+        for event_id, bus_id, seq in rows:
+            for e in wanted[event_id]:
+                if (e.bus_id, e.seq) == (bus_id, int(seq)):
+                    continue  # the record itself, stored before: the plan's duplicate
+                out[id(e)] = Rejection(
+                    "event_id_taken",
+                    f"event_id {event_id!r} is already stored for bus {bus_id!r} seq "
+                    f"{int(seq)} in missed_stops (a row from before ids were derived, or "
+                    "a SHA-256 collision)",
+                    e.raw,
+                    e.bus_id,
+                    e.seq,
+                    event_id,
+                )
+                self._warn(
+                    "fare_event_id_taken",
+                    "event_id_taken",
+                    e.bus_id,
+                    seq=e.seq,
+                    event_id=event_id,
+                    holder_bus_id=bus_id,
+                    holder_seq=int(seq),
+                )
+        return out
 
     async def _write(
         self,
@@ -1371,7 +1440,7 @@ class Ingestor:
         try:
             async with self.engine.begin() as conn:
                 await self._write_acks(conn, taken)
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+        except DB_ERRORS as exc:
             self.note_acks(taken)
             raise StoreError(f"cannot record acks: {exc}") from exc
 

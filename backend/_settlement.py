@@ -48,6 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from backend._db import (
+    DB_ERRORS,
     adjustments,
     chain_state,
     charges,
@@ -371,7 +372,7 @@ class SettlementWorker:
                 while upto is not None:
                     upto = await self._settle_bus(bus_id, upto, t, report)
             await self._recompute_dirty(t, report)
-        except (OSError, sa.exc.SQLAlchemyError) as exc:
+        except DB_ERRORS as exc:
             FAILURES.inc()
             raise StoreError(f"settlement pass failed: {exc}") from exc
         if report.events or report.rider_days:

@@ -20,9 +20,15 @@ from backend._db import (
     missed_stops,
     quarantine,
 )
-from backend._ingest import EVENTS_QUARANTINED, SIGNATURES_PUT_OFF, IngestCore, Ingestor
+from backend._ingest import (
+    EVENTS_QUARANTINED,
+    SIGNATURES_PUT_OFF,
+    STORE_ERRORS,
+    IngestCore,
+    Ingestor,
+)
 from backend._keys import register_device
-from busbell import canonical_bytes, derive_event_id, event_hash, sign_event
+from busbell import StoreError, canonical_bytes, derive_event_id, event_hash, sign_event
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 BUSES = ("B1", "B2")
@@ -473,3 +479,87 @@ async def test_a_gap_waits_for_every_worker_to_catch_up(engine: AsyncEngine) -> 
     await busy.tick(caught_up_to=opened)  # behind the last request: the next one waits
     clock.t += idle.worker_stale_s + 1.0
     assert list((await idle.tick(caught_up_to=clock.t)).resends.values()) == [(4, 6)]
+
+
+async def test_a_missed_record_whose_id_is_stored_for_another_is_quarantined_alone(
+    engine: AsyncEngine,
+) -> None:
+    """``missed_stops`` keeps its unique ``event_id`` index: a genuine missed record whose
+    (derived) id a row stored before ids were derived already carries (or a SHA-256
+    collision) is quarantined ``event_id_taken``, counted and logged; the rest of the
+    transaction commits (was: the whole transaction failed, ``StoreError``), and its
+    bus's chain waits at that seq as after any rejection at the head."""
+    a = make_events("B1", device_key_for("B1"), 8, missed_every=4)
+    b = make_events("B2", device_key_for("B2"), 7, missed_every=2)
+    ing = await make_ingestor(engine)
+    await ing.ingest([("B2", batch_payload("B2", b[:4]))])
+    async with engine.begin() as conn:  # B2 seq 2 stored under B1 seq 4's id, as if old
+        await conn.execute(
+            missed_stops.update()
+            .where(missed_stops.c.bus_id == "B2", missed_stops.c.seq == 2)
+            .values(event_id=a[3]["event_id"])
+        )
+    before = EVENTS_QUARANTINED.labels("event_id_taken")._value.get()
+    with capture_logs() as logs:
+        res = await ing.ingest([("B1", batch_payload("B1", a)), ("B2", batch_payload("B2", b[4:]))])
+    assert res.rejected == {"event_id_taken": 1}
+    assert EVENTS_QUARANTINED.labels("event_id_taken")._value.get() == before + 1
+    taken = [e for e in logs if e["event"] == "fare_event_id_taken"]
+    assert [(e["bus_id"], e["seq"], e["holder_bus_id"], e["holder_seq"]) for e in taken] == [
+        ("B1", 4, "B2", 2)
+    ]
+    assert res.acks == {"B1": 3, "B2": 7}
+    assert await stored(engine, "B1") == [1, 2, 3]
+    assert await stored(engine, "B2") == [1, 3, 5, 7]
+    assert (await chain_row(engine, "B1")).pending == 4  # 5-8 held above the gap
+    assert (await quarantined(engine))[-1] == ("B1", 4, "event_id_taken")
+    async with engine.connect() as conn:
+        holder = (
+            await conn.execute(
+                sa.select(missed_stops.c.bus_id, missed_stops.c.seq).where(
+                    missed_stops.c.event_id == a[3]["event_id"]
+                )
+            )
+        ).all()
+    assert [tuple(r) for r in holder] == [("B2", 2)]
+    # re-sent, it is quarantined again (never stored); the holder's own copy is a duplicate
+    res = await ing.ingest([("B1", batch_payload("B1", a[3:4])), ("B2", batch_payload("B2", b))])
+    assert res.rejected == {"event_id_taken": 1}
+    assert (res.duplicates, res.acks) == (7, {"B1": 3, "B2": 7})
+
+
+async def test_a_database_error_inside_the_driver_level_insert_is_a_store_error(
+    engine: AsyncEngine,
+) -> None:
+    """Segment rows go in through the driver (PostgreSQL: binary ``COPY``; SQLite:
+    ``executemany``), whose errors are the driver's, not SQLAlchemy's: a failing insert
+    is a ``StoreError`` (counted), nothing of the transaction is committed, and the
+    ingestor goes on once the database takes rows again."""
+    a = make_events("B1", device_key_for("B1"), 3)
+    b = make_events("B2", device_key_for("B2"), 3)
+    ing = await make_ingestor(engine)
+    async with engine.begin() as conn:  # the database refuses B2's rows
+        if engine.dialect.name == "postgresql":
+            await conn.execute(
+                sa.text("ALTER TABLE fare_events ADD CONSTRAINT t_no_b2 CHECK (bus_id <> 'B2')")
+            )
+        else:
+            await conn.execute(
+                sa.text(
+                    "CREATE TRIGGER t_no_b2 BEFORE INSERT ON fare_events WHEN NEW.bus_id = 'B2' "
+                    "BEGIN SELECT RAISE(ABORT, 'no B2'); END"
+                )
+            )
+    errors = STORE_ERRORS._value.get()
+    msgs = [("B1", batch_payload("B1", a)), ("B2", batch_payload("B2", b))]
+    with pytest.raises(StoreError, match="ingest transaction failed"):
+        await ing.ingest(msgs)
+    assert STORE_ERRORS._value.get() == errors + 1
+    assert await stored(engine, "B1") == []
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(sa.text("ALTER TABLE fare_events DROP CONSTRAINT t_no_b2"))
+        else:
+            await conn.execute(sa.text("DROP TRIGGER t_no_b2"))
+    res = await ing.ingest(msgs)
+    assert res.acks == {"B1": 3, "B2": 3}
