@@ -746,6 +746,10 @@ class Prepared:
     runs: list[VerifiedEvent] = field(default_factory=list)
     """Events whose signature is put off for their run (``verify = "runs"``), until
     :meth:`Ingestor.verify_runs` decides them."""
+    run_messages: list[int] = field(default_factory=list)
+    """The message (its index in the batch) each of ``runs`` came in."""
+    stored: list[int] = field(default_factory=list)
+    """Per message of the batch (by index), its rejections admitted to ``quarantine``."""
 
 
 @dataclass(slots=True)
@@ -866,7 +870,12 @@ class Ingestor:
             ok = []
         prepared.groups.setdefault(bus_id, []).extend(ok)
         prepared.order.extend(ok)
-        prepared.rejections.extend(self._budget(bus_id, bad))
+        message = len(prepared.stored)
+        if runs is not None and len(runs) > len(prepared.run_messages):
+            prepared.run_messages.extend([message] * (len(runs) - len(prepared.run_messages)))
+        admitted = self._budget(bus_id, bad)
+        prepared.stored.append(sum(r.store for r in admitted))
+        prepared.rejections.extend(admitted)
 
     def verify_runs(self, prepared: Prepared) -> None:
         """Decide the signatures put off for their runs in ``prepared`` (CPU only).
@@ -877,6 +886,7 @@ class Ingestor:
         does it if it was not done.
         """
         runs, prepared.runs = prepared.runs, []
+        messages, prepared.run_messages = prepared.run_messages, []
         if not runs:
             return
         rejected, _ = self.core.verify_runs(runs)
@@ -886,11 +896,17 @@ class Ingestor:
         prepared.order = [e for e in prepared.order if id(e) not in gone]
         for bus_id, events in prepared.groups.items():
             prepared.groups[bus_id] = [e for e in events if id(e) not in gone]
-        by_bus: dict[str, list[Rejection]] = {}
-        for r in rejected:
-            by_bus.setdefault(r.bus_id or "", []).append(r)
-        for bus_id, bad in by_bus.items():
-            prepared.rejections.extend(self._budget(bus_id, bad))
+        # each rejection against the budget of the message its record came in, as if
+        # decided when it was decoded (the rejections follow the order of ``runs``)
+        by_message: dict[int, list[Rejection]] = {}
+        bad = iter(rejected)
+        for e, message in zip(runs, messages, strict=True):
+            if not e.signed:
+                by_message.setdefault(message, []).append(next(bad))
+        for message, mine in by_message.items():
+            admitted = self._budget(mine[0].bus_id or "", mine, stored=prepared.stored[message])
+            prepared.stored[message] += sum(r.store for r in admitted)
+            prepared.rejections.extend(admitted)
 
     async def commit(self, prepared: Prepared) -> BatchResult:
         """Commit a batch from :meth:`prepare`: one transaction, then the quarantine rows.
@@ -901,11 +917,15 @@ class Ingestor:
         self.verify_runs(prepared)
         return await self._commit(prepared)
 
-    def _budget(self, bus_id: str, bad: list[Rejection]) -> list[Rejection]:
-        """Mark the rejections of one message over the quarantine budget as not stored."""
+    def _budget(self, bus_id: str, bad: list[Rejection], *, stored: int = 0) -> list[Rejection]:
+        """Mark the rejections of one message over the quarantine budget as not stored.
+
+        ``stored``: rows of the same message admitted before (see
+        :meth:`QuarantineBudget.admit`).
+        """
         if not bad:
             return bad
-        take = self.quarantine_budget.admit(bus_id, len(bad), self._clock())
+        take = self.quarantine_budget.admit(bus_id, len(bad), self._clock(), stored=stored)
         if take == len(bad):
             return bad
         return bad[:take] + [dataclasses.replace(r, store=False) for r in bad[take:]]

@@ -98,9 +98,17 @@ class QuarantineBudget:
     max_buses: int = 100_000
     _windows: dict[str, tuple[float, int]] = field(default_factory=dict)
 
-    def admit(self, bus_id: str, wanted: int, now: float) -> int:
-        """How many of ``wanted`` rejections of one message may be stored now."""
-        wanted = min(wanted, self.per_message)
+    def admit(self, bus_id: str, wanted: int, now: float, *, stored: int = 0) -> int:
+        """How many of ``wanted`` rejections of one message may be stored now.
+
+        Args:
+            bus_id: the bus (topic) of the message.
+            wanted: its rejections to store.
+            now: the clock.
+            stored: rows of the same message admitted before (its rejections decided in
+                two steps: when decoded, and by the run decision of the batch).
+        """
+        wanted = min(wanted, self.per_message - stored)
         if wanted <= 0:
             return 0
         start, used = self._windows.get(bus_id, (now, 0))

@@ -9,6 +9,7 @@ in both modes is ``test_ingest_equivalence.py``.
 
 from __future__ import annotations
 
+import collections
 import random
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend._db import create_engine, fare_events
+from backend._db import create_engine, fare_events, quarantine
 from backend._ingest import IngestCore, Ingestor, IngestWorker, VerifiedEvent
+from backend._ingest_bounds import QuarantineBudget
 from backend._keys import DeviceInfo
 from backend._record_check import Verify
 from backend.config import BackendConfig
@@ -175,6 +177,40 @@ async def test_a_message_the_transaction_drops_is_quarantined_once(engine: Async
     ]
     res = await ing.commit(prepared)
     assert (res.stored, res.rejected, res.acks) == (1, {"bad_signature": 5}, {"B1": 1})
+
+
+@pytest.mark.parametrize("verify", ["runs", "every"])
+async def test_the_run_decisions_rejections_count_against_their_own_messages(
+    engine: AsyncEngine, verify: Verify
+) -> None:
+    """The quarantine budget is per message (``quarantine_per_message``): the records the
+    run decision rejects are charged to the message each came in, after what its decode
+    rejected, as when each record's own signature is verified (was: all of a bus's
+    counted as one message, so fewer rows were stored in ``runs``)."""
+    forged = [sign_event(_variant(ev), FORGER) for ev in CHAIN]  # six runs, each fails
+    messages = [
+        ("B1", batch_payload("B1", forged[:2])),
+        ("B1", batch_payload("B1", [*forged[2:4], {"v": 1}])),  # + one schema rejection
+        ("B1", batch_payload("B1", forged[4:])),
+    ]
+    ing = Ingestor(
+        engine,
+        IngestCore(verify=verify),
+        worker_id="w",
+        quarantine_budget=QuarantineBudget(per_message=2, per_bus=100),
+    )
+    await ing.refresh_devices()
+    res = await ing.ingest(messages)
+    assert res.rejected == {"bad_signature": 6, "schema": 1}
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(sa.select(quarantine.c.seq, quarantine.c.reason).order_by("seq"))
+        ).all()
+    # two rows per message (the second message's three rejections: any two of them)
+    per_message = collections.Counter(
+        1 if r.seq in (1, 2) else 3 if r.seq in (5, 6) else 2 for r in rows
+    )
+    assert per_message == {1: 2, 2: 2, 3: 2}
 
 
 def test_the_setting(tmp_path: Path) -> None:
