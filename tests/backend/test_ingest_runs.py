@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend._db import create_engine, fare_events, quarantine
-from backend._ingest import IngestCore, Ingestor, IngestWorker, VerifiedEvent
+from backend._ingest import IngestCore, Ingestor, IngestWorker, Prepared, VerifiedEvent
 from backend._ingest_bounds import QuarantineBudget
 from backend._keys import DeviceInfo
 from backend._record_check import Verify
@@ -211,6 +211,26 @@ async def test_the_run_decisions_rejections_count_against_their_own_messages(
         1 if r.seq in (1, 2) else 3 if r.seq in (5, 6) else 2 for r in rows
     )
     assert per_message == {1: 2, 2: 2, 3: 2}
+
+
+async def test_every_verifies_each_record_once_the_batch_is_decoded(engine: AsyncEngine) -> None:
+    """``every`` puts each signature off while the messages are decoded too, then
+    verifies every record's own in one pass: a bad ``sig`` the bus's next record links
+    to (taken by ``runs``) is rejected, one verification per record."""
+    ing = Ingestor(engine, IngestCore(verify="every"), worker_id="w")
+    await ing.refresh_devices()
+    bad = dict(CHAIN[2], sig=CHAIN[3]["sig"])
+    after = sign_event(dict(CHAIN[3], prev=event_hash(bad)), KEYS["B1"])
+    prepared = Prepared()
+    ing.prepare_one(prepared, "B1", batch_payload("B1", [*CHAIN[:2], bad, after]))
+    assert [(e.seq, e.signed) for e in prepared.runs] == [(s, False) for s in range(1, 5)]
+    before = _verified_total()
+    ing.verify_runs(prepared)
+    assert _verified_total() - before == 4
+    assert [(r.seq, r.reason) for r in prepared.rejections] == [(3, "bad_signature")]
+    assert [(e.seq, e.signed) for e in prepared.order] == [(1, True), (2, True), (4, True)]
+    res = await ing.commit(prepared)
+    assert (res.stored, res.acks) == (2, {"B1": 2})  # seq 4 held: its prev was rejected
 
 
 def test_the_setting(tmp_path: Path) -> None:
