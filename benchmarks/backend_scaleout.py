@@ -3,23 +3,42 @@
 For each worker count: a fresh PostgreSQL database, N ``run_ingest`` processes with
 ``[ingest] shared_subscription = true`` on mosquitto (round-robin ``$share``), and
 :class:`tests.factories.fare_events.EdgeFleet` uploading pre-signed chains until every
-bus is acknowledged. The fleet stands in for buses that are other machines: their
-events are signed and their batch payloads serialised before the clock starts, so this
-process only publishes them and reads the acks (its CPU is printed). Prints wall time,
-events/s, the CPU of the workers (and how long they were runnable but waiting for a
-CPU: a busy machine's share, not ingest, when it is large), the PostgreSQL server, the
-broker (``--own-broker``: a mosquitto of the benchmark's own on a free port, default
-settings, so its CPU can be read) and the fleet, the re-send requests and edge
-retries, bare Ed25519 verification per CPU-second in this process for scale, and each
+bus is acknowledged (100 buses, 50 events per message).
+
+What is timed (``--load``):
+
+* ``drain`` (the default): the workers subscribe, then are stopped (``SIGSTOP``); the
+  fleet publishes every bus's whole chain (QoS 1, each confirmed by the broker), which
+  the broker queues for the stopped workers (round-robin: each gets its share); then
+  the clock starts, the workers are continued (``SIGCONT``) and the clock stops when the
+  fleet has read the last bus's final ack. The timed window holds the workers (decode,
+  verify, plan, commit, acks), the PostgreSQL server, the broker (delivering the queued
+  messages, the acks) and the fleet reading acks, but no uploading: the load generator
+  does not take the CPU it measures. Needs the benchmark's own broker (``--own-broker``
+  is implied: its queue limit is lifted, ``max_queued_messages 0``).
+* ``live``: the fleet uploads while the workers ingest (a window of 500 events per bus
+  ahead of the ack, as edges do), the clock runs from its first publish to the last
+  ack; the fleet's CPU is inside the window, on the same cores.
+
+Prints, per run: wall time, events/s, the CPU of the workers (and how long they were
+runnable but waiting for a CPU: a busy machine's share, not ingest, when it is large),
+the PostgreSQL server (its whole process tree: use ``--private-pg`` so that is only
+this benchmark's), the broker (``--own-broker``) and the fleet (this process) inside the
+window, each also per event; the records held on the way (rows written to
+``fare_pending``: out of order at the worker that took them); re-send requests and edge
+retries; bare Ed25519 verification per CPU-second in this process for scale; and each
 worker count's events/s as a ratio to the latest run of the first count before it (all
 counts run one after the other in one invocation, so ``--workers 1,2,1,2`` gives two
-pairs, each 2-worker run against the 1-worker run just before it).
+pairs, each 2-worker run against the 1-worker run just before it), with the bound two
+idle cores put on that ratio: ``2 W1 / (W2 + O2)`` (W1 the 1-worker run's worker CPU per
+event, one worker at most one core; W2 + O2 everything the 2-worker run spent per event,
+two cores at most).
 
 ``--verify runs|every`` sets the workers' ``[ingest] verify`` (default ``runs``, as the
 setting's own default).
 
-Run: ``python -m benchmarks.backend_scaleout --workers 1,2 --events 50000 --buses 100
---own-broker [--verify every]``.
+Run: ``python -m benchmarks.backend_scaleout --workers 1,2,1,2 --events 50000 --buses 100
+--own-broker --private-pg [--verify every] [--load live]``.
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +62,9 @@ from pathlib import Path
 from backend._db import create_engine, migrate
 from backend._ingest import VERIFY_MODES
 from backend._keys import register_device
+from benchmarks._private_pg import private_postgres
 from benchmarks.backend_ingest import (
+    _pg_server,
     _postgres_url,
     bare_verify_cpu_rate,
     drop_database,
@@ -94,14 +116,18 @@ def _load() -> str:
 
 @contextlib.contextmanager
 def _own_broker(workdir: Path) -> Iterator[tuple[int, int]]:
-    """A mosquitto of our own on a free port (default settings): ``(port, pid)``."""
+    """A mosquitto of our own on a free port: ``(port, pid)``.
+
+    Default settings but no limit on the messages queued per client (``drain`` queues
+    all of a run's messages for stopped workers).
+    """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     conf = workdir / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
         + ("user root\n" if os.geteuid() == 0 else ""),
         encoding="ascii",
     )
@@ -125,6 +151,7 @@ def _own_broker(workdir: Path) -> Iterator[tuple[int, int]]:
 @dataclass
 class _Run:
     verify: str
+    load: str
     workers: int
     events: int
     wall: float
@@ -133,29 +160,68 @@ class _Run:
     pg_cpu: float | None
     broker_cpu: float | None
     fleet_cpu: float
+    held: int | None
     resends: int
     retries: int
     bare: float
 
+    def others_cpu(self) -> float:
+        """CPU of everything but the workers inside the window (what is known of it)."""
+        return (self.pg_cpu or 0.0) + (self.broker_cpu or 0.0) + self.fleet_cpu
+
     def line(self, ref: _Run | None) -> str:
         rate = self.events / self.wall
-        ratio = (
-            f" ({rate / (ref.events / ref.wall):.2f}x the {ref.workers}-worker run before)"
-            if ref
-            else ""
+        us = 1e6 / self.events
+        ratio = ""
+        if ref:
+            # one worker uses at most one core; every process of this run at most two
+            bound = 2 * ref.workers_cpu / (self.workers_cpu + self.others_cpu())
+            ratio = (
+                f" ({rate / (ref.events / ref.wall):.2f}x the {ref.workers}-worker run "
+                f"before; two idle cores bound it at 2 W1 / (W2 + O2) = {bound:.2f}x)"
+            )
+        pg = "n/a" if self.pg_cpu is None else f"{self.pg_cpu:.2f} s ({self.pg_cpu * us:.1f} us/ev)"
+        broker = (
+            "n/a"
+            if self.broker_cpu is None
+            else f"{self.broker_cpu:.2f} s ({self.broker_cpu * us:.1f} us/ev)"
         )
-        pg = "n/a" if self.pg_cpu is None else f"{self.pg_cpu:.1f} s"
-        broker = "n/a" if self.broker_cpu is None else f"{self.broker_cpu:.1f} s"
+        held = "n/a" if self.held is None else f"{self.held}"
         return (
-            f"{self.workers} worker(s), verify={self.verify}: {self.events} events acked in "
-            f"{self.wall:.1f} s wall = "
-            f"{rate:,.0f} events/s{ratio}; workers' CPU {self.workers_cpu:.1f} s = "
-            f"{self.events / self.workers_cpu:,.0f} events per worker CPU-second, "
-            f"{self.workers_waiting:.1f} s runnable waiting for a CPU; resend "
-            f"requests {self.resends}, edge retries {self.retries}; CPU of PostgreSQL {pg}, "
-            f"broker {broker}, edge fleet (this process) {self.fleet_cpu:.1f} s; bare verify "
+            f"{self.workers} worker(s), verify={self.verify}, load={self.load}: "
+            f"{self.events} events acked in {self.wall:.2f} s wall = "
+            f"{rate:,.0f} events/s{ratio}; workers' CPU {self.workers_cpu:.2f} s "
+            f"({self.workers_cpu * us:.1f} us/ev), "
+            f"{self.workers_waiting:.2f} s runnable waiting for a CPU; PostgreSQL {pg}, "
+            f"broker {broker}, fleet (this process) {self.fleet_cpu:.2f} s "
+            f"({self.fleet_cpu * us:.1f} us/ev); held on the way {held}; resend "
+            f"requests {self.resends}, edge retries {self.retries}; bare verify "
             f"in this process {self.bare:,.0f}/CPU-s; load average {_load()}\n"
         )
+
+
+_HELD_SQL = "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'fare_pending'"
+
+
+def _held(name: str) -> int | None:
+    """Rows written to ``fare_pending`` in database ``name`` (its statistics, read after
+    the workers' connections closed, which flushes them)."""
+    host, port = _pg_server()
+    out = subprocess.run(  # noqa: S603
+        ["psql", "-h", host, "-p", port, "-U", "postgres", "-d", name, "-Atc", _HELD_SQL],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        return int(out.stdout.strip())
+    except ValueError:
+        return None
+
+
+def _signal_all(procs: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
+    for p in procs:
+        os.kill(p.pid, sig)
 
 
 async def _one(
@@ -167,6 +233,7 @@ async def _one(
     *,
     broker_pid: int | None,
     verify: str,
+    load: str,
 ) -> _Run:
     url, name = _postgres_url()
     prefix = f"bench-{name[-8:]}/busbell/v1"
@@ -193,6 +260,8 @@ async def _one(
             BUSBELL_MQTT__HOST=host,
             BUSBELL_MQTT__PORT=str(port),
             BUSBELL_MQTT__PREFIX=prefix,
+            # stopped while the broker is loaded: not dropped for missed keep-alives
+            BUSBELL_MQTT__KEEPALIVE_S="300",
             BUSBELL_INGEST__SHARED_SUBSCRIPTION="true",
             BUSBELL_INGEST__WORKER_ID=f"w{i}-{name[-8:]}",
             BUSBELL_INGEST__VERIFY=verify,
@@ -203,6 +272,8 @@ async def _one(
                     [sys.executable, "-c", _WORKER], env=env, stderr=err, stdout=subprocess.DEVNULL
                 )
             )
+    held: int | None = None
+    stopped = False
     try:
         deadline = time.monotonic() + 60
         while not all("fare_ingest_subscribed" in p.read_text(errors="replace") for p in logs):
@@ -211,13 +282,22 @@ async def _one(
             await asyncio.sleep(0.1)
         bare = bare_verify_cpu_rate(chains, keys)
         settings = MqttSettings(host=host, port=port, prefix=prefix)
-        fleet = EdgeFleet(settings, chains, batch=50, window=500, retry_s=5.0)
+        drain = load == "drain"
+        # drain: nothing is lost, a retry would be a fault (not a slow first ack)
+        fleet = EdgeFleet(settings, chains, batch=50, window=500, retry_s=120.0 if drain else 5.0)
+        if drain:
+            _signal_all(procs, signal.SIGSTOP)
+            stopped = True
+            await fleet.preload()
         cpu0 = sum(_cpu_s(p.pid) for p in procs)
         waiting0 = sum(_run_delay_s(p.pid) for p in procs)
         pg0 = tree_cpu_s(postmaster) if postmaster else 0.0
         broker0 = _cpu_s(broker_pid) if broker_pid else 0.0
         me0 = time.process_time()
         t0 = time.perf_counter()
+        if drain:
+            _signal_all(procs, signal.SIGCONT)
+            stopped = False
         await fleet.run(timeout_s=1200)
         wall = time.perf_counter() - t0
         me_cpu = time.process_time() - me0
@@ -226,10 +306,16 @@ async def _one(
         pg_cpu = tree_cpu_s(postmaster) - pg0 if postmaster else None
         broker_cpu = _cpu_s(broker_pid) - broker0 if broker_pid else None
     finally:
+        if stopped:
+            _signal_all(procs, signal.SIGCONT)
         stop_processes(procs, grace_s=20)
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0.5)  # the workers' backends flush their statistics
+            held = _held(name)
         drop_database(name)
     return _Run(
         verify,
+        load,
         n_workers,
         per_bus * n_buses,
         wall,
@@ -238,6 +324,7 @@ async def _one(
         pg_cpu,
         broker_cpu,
         me_cpu,
+        held,
         fleet.resend_requests,
         fleet.retries,
         bare,
@@ -255,7 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--own-broker",
         action="store_true",
-        help="start a mosquitto of our own on a free port (its CPU is measured)",
+        help="start a mosquitto of our own on a free port (its CPU is measured; "
+        "implied by --load drain)",
+    )
+    ap.add_argument(
+        "--load",
+        choices=("drain", "live"),
+        default="drain",
+        help="drain: the broker is loaded before the clock starts, only ingest is timed; "
+        "live: the fleet uploads inside the timed window",
+    )
+    ap.add_argument(
+        "--private-pg",
+        action="store_true",
+        help="a PostgreSQL cluster of the benchmark's own (its CPU is only ours)",
     )
     ap.add_argument(
         "--verify",
@@ -269,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     # upload concurrently by design
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     with contextlib.ExitStack() as stack:
+        if args.private_pg:
+            stack.enter_context(private_postgres())
         port, broker_pid = args.port, None
-        if args.own_broker:
+        if args.own_broker or args.load == "drain":
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             port, broker_pid = stack.enter_context(_own_broker(workdir))
         ref: _Run | None = None
@@ -284,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
                     port,
                     broker_pid=broker_pid,
                     verify=args.verify,
+                    load=args.load,
                 )
             )
-            sys.stdout.write(run.line(ref))
+            sys.stdout.write(run.line(ref if ref is not run and ref and ref.workers < n else None))
             sys.stdout.flush()
             if ref is None or run.workers == ref.workers:
                 ref = run  # the reference of the runs after it
