@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from backend._db import create_engine, migrate
 from backend._ingest import VERIFY_MODES, IngestCore, Ingestor
 from backend._keys import register_device
 from backend._record_check import Verify
+from benchmarks._private_pg import private_postgres
 from busbell import (
     DeviceKey,
     canonical_bytes,
@@ -268,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="first write M ledger rows of other buses (not timed): a large ledger",
     )
     parser.add_argument(
+        "--private-pg",
+        action="store_true",
+        help="with --db postgres: a PostgreSQL cluster of the benchmark's own "
+        "(benchmarks/_private_pg.py)",
+    )
+    parser.add_argument(
         "--verify",
         choices=VERIFY_MODES,
         default="runs",
@@ -276,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("warning")
     drop: str | None = None
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.private_pg and args.db == "postgres" and not args.url:
+            stack.enter_context(private_postgres())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         if args.url:
             url = args.url
         elif args.db == "sqlite":

@@ -29,13 +29,18 @@ window, each also per event; the records held on the way (rows written to
 retries; bare Ed25519 verification per CPU-second in this process for scale; and each
 worker count's events/s as a ratio to the latest run of the first count before it (all
 counts run one after the other in one invocation, so ``--workers 1,2,1,2`` gives two
-pairs, each 2-worker run against the 1-worker run just before it), with the bound two
-idle cores put on that ratio: ``2 W1 / (W2 + O2)`` (W1 the 1-worker run's worker CPU per
-event, one worker at most one core; W2 + O2 everything the 2-worker run spent per event,
-two cores at most).
+pairs, each 2-worker run against the 1-worker run just before it). Each run's two-core
+ceiling is ``2 / (W + O)`` events/s, W the workers' and O everything else's CPU per event
+in the window (what two idle cores could do at that cost); beside a ratio, the 2-worker
+run's ceiling over the 1-worker run's events/s bounds what a second worker could add.
 
 ``--verify runs|every`` sets the workers' ``[ingest] verify`` (default ``runs``, as the
-setting's own default).
+setting's own default). ``--nice N`` (with ``--private-pg``; N < 0 needs root): the
+benchmark re-runs itself in a session of its own and sets the nice value of that
+session's autogroup (itself, the workers, its broker) and of its PostgreSQL cluster's to
+N. The kernel here shares the CPUs between sessions first (``sched_autogroup``): other
+sessions' work, niced or not, takes an equal share each, and N < 0 puts the benchmark
+ahead of it (the line prints the autogroup's nice value).
 
 Run: ``python -m benchmarks.backend_scaleout --workers 1,2,1,2 --events 50000 --buses 100
 --own-broker --private-pg [--verify every] [--load live]``.
@@ -109,6 +114,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _autogroup() -> str:
+    try:
+        with open("/proc/self/autogroup", encoding="ascii") as f:
+            return "autogroup " + f.read().split(" ", 1)[1].strip()
+    except (OSError, IndexError):
+        return "no autogroup"
+
+
 def _load() -> str:
     with open("/proc/loadavg", encoding="ascii") as f:
         return " ".join(f.read().split()[:3])
@@ -169,16 +182,19 @@ class _Run:
         """CPU of everything but the workers inside the window (what is known of it)."""
         return (self.pg_cpu or 0.0) + (self.broker_cpu or 0.0) + self.fleet_cpu
 
+    def ceiling(self) -> float:
+        """Events/s two idle cores would give at this run's CPU per event (all processes)."""
+        return 2 * self.events / (self.workers_cpu + self.others_cpu())
+
     def line(self, ref: _Run | None) -> str:
         rate = self.events / self.wall
         us = 1e6 / self.events
         ratio = ""
         if ref:
-            # one worker uses at most one core; every process of this run at most two
-            bound = 2 * ref.workers_cpu / (self.workers_cpu + self.others_cpu())
             ratio = (
                 f" ({rate / (ref.events / ref.wall):.2f}x the {ref.workers}-worker run "
-                f"before; two idle cores bound it at 2 W1 / (W2 + O2) = {bound:.2f}x)"
+                f"before; at most {self.ceiling() / (ref.events / ref.wall):.2f}x: this run's "
+                "two-core ceiling over that run's events/s)"
             )
         pg = "n/a" if self.pg_cpu is None else f"{self.pg_cpu:.2f} s ({self.pg_cpu * us:.1f} us/ev)"
         broker = (
@@ -195,8 +211,10 @@ class _Run:
             f"{self.workers_waiting:.2f} s runnable waiting for a CPU; PostgreSQL {pg}, "
             f"broker {broker}, fleet (this process) {self.fleet_cpu:.2f} s "
             f"({self.fleet_cpu * us:.1f} us/ev); held on the way {held}; resend "
-            f"requests {self.resends}, edge retries {self.retries}; bare verify "
-            f"in this process {self.bare:,.0f}/CPU-s; load average {_load()}\n"
+            f"requests {self.resends}, edge retries {self.retries}; two-core ceiling "
+            f"{self.ceiling():,.0f} events/s (2 / all CPU per event); bare verify "
+            f"in this process {self.bare:,.0f}/CPU-s; {_autogroup()}; "
+            f"load average {_load()}\n"
         )
 
 
@@ -219,6 +237,18 @@ def _held(name: str) -> int | None:
         return None
 
 
+def _autogroup_nice(pid: int, nice: int) -> None:
+    """Set the nice value of ``pid``'s autogroup (its session's scheduling group).
+
+    With ``kernel.sched_autogroup_enabled`` (as here) the scheduler first shares the
+    CPUs between sessions, each session's group weighing as its autogroup nice says,
+    and only then between a session's processes by their own nice: a process's nice
+    value does nothing against another session's work.
+    """
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "w", encoding="ascii") as f:
+        f.write(str(nice))
+
+
 def _signal_all(procs: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
     for p in procs:
         os.kill(p.pid, sig)
@@ -234,6 +264,7 @@ async def _one(
     broker_pid: int | None,
     verify: str,
     load: str,
+    nice: int,
 ) -> _Run:
     url, name = _postgres_url()
     prefix = f"bench-{name[-8:]}/busbell/v1"
@@ -249,6 +280,8 @@ async def _one(
         data_dir = str((await conn.exec_driver_sql("SHOW data_directory")).scalar())
     await engine.dispose()
     postmaster = postmaster_pid(Path(data_dir))
+    if nice and postmaster:
+        _autogroup_nice(postmaster, nice)  # the private cluster's (--nice needs --private-pg)
     tmp = Path(tempfile.mkdtemp(prefix="busbell-scaleout-"))
     procs, logs = [], []
     for i in range(n_workers):
@@ -358,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a PostgreSQL cluster of the benchmark's own (its CPU is only ours)",
     )
     ap.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="nice value of the benchmark's processes (itself, workers, own broker, "
+        "private PostgreSQL); below 0 (root): ahead of other work on a shared machine",
+    )
+    ap.add_argument(
         "--verify",
         choices=VERIFY_MODES,
         default="runs",
@@ -368,6 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     # aiomqtt warns whenever more than 10 publishes are in flight: the fleet's 100 buses
     # upload concurrently by design
     logging.getLogger("mqtt").setLevel(logging.ERROR)
+    if args.nice and not args.private_pg:
+        ap.error("--nice needs --private-pg (the shared server's processes are not ours)")
+    if args.nice and os.getsid(0) != os.getpid():
+        # a session of our own: its autogroup holds this benchmark's processes only
+        argv = sys.argv[1:] if argv is None else argv
+        cmd = [sys.executable, "-m", "benchmarks.backend_scaleout", *argv]
+        return subprocess.run(cmd, start_new_session=True, check=False).returncode  # noqa: S603
+    if args.nice:
+        _autogroup_nice(os.getpid(), args.nice)
     with contextlib.ExitStack() as stack:
         if args.private_pg:
             stack.enter_context(private_postgres())
@@ -387,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                     broker_pid=broker_pid,
                     verify=args.verify,
                     load=args.load,
+                    nice=args.nice,
                 )
             )
             sys.stdout.write(run.line(ref if ref is not run and ref and ref.workers < n else None))
