@@ -988,7 +988,7 @@ class PresenceClassifier:
         last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
         recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
         if (
-            r.co_n >= p.sparse_adverts
+            (r.co_n >= p.sparse_adverts or (self._carried(r) and self._stayed(r, v)))
             and r.convoy is None
             and not self._barred(r)
             and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
@@ -1122,6 +1122,20 @@ class PresenceClassifier:
         # or it stood with the bus at that stop, heard at its level well after the doors
         # opened: a car that drove beside the bus is gone by then (it alighted there, or
         # rides on)
+        return self._stayed(r, v)
+
+    def _stayed(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate of ``v`` stood with the bus at a later stop, at its level.
+
+        Heard in the standing bus at its level (smoothed RSSI within ``fade_drop_db`` of
+        its level as the bus left ``v``) ``stay_s`` or more after the doors opened at the
+        latest stop visit, before they closed: the bus carried it there from ``v``'s
+        departure (someone left at ``v`` is out of hearing, or far below their level,
+        a stop away), and a vehicle that drove beside the bus drives on as the bus halts.
+        """
+        w = self._visits[-1] if self._visits else None
+        if w is None or w.seq <= v.seq:
+            return False
         p = self.params
         return (
             r.last_in_t >= w.open_t + p.stay_s
