@@ -641,6 +641,10 @@ class PresenceClassifier:
                 r.ewma0 = r.ewma  # its level as it appeared (pairs a rotation)
             r.last_t = t
         state = r.state
+        if state == _GONE and not at_stop and r.start is not None and self._revives(r, odo):
+            assert v is not None
+            self._revive(r, v, t, odo, raw, rssi)
+            state = _CANDIDATE
         if (at_stop or late) and (
             state <= _OUTSIDE
             or state == _ROTATING
@@ -724,6 +728,52 @@ class PresenceClassifier:
             r.n_in += 1
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
+
+    def _revives(self, r: _Rid, odo: float) -> bool:
+        """Whether a rider closed at the stop the bus just left is heard aboard again.
+
+        Its ride ended when it fell silent at (or just past) that stop, as an alighting
+        (:meth:`_fade_end`); no door has opened since, the bus is ``confirm_distance_m``
+        or more past the stop, and it is heard again at its ride's level (smoothed RSSI
+        within ``fade_drop_db`` of the median of the ride). Someone who alighted there
+        is out of hearing by then, or heard far below their ride's level (path loss,
+        20-30 dB a decade of distance); nobody boards between stops: it never left (a
+        weak token silent as the bus pulled away). Not a rid whose interval ended (the
+        rotation pairing has it).
+        """
+        v = self._visit
+        if (
+            v is None
+            or v.close_odo_m is None
+            or v.seq != r.gone_visit_seq
+            or odo - v.close_odo_m < self._co_d
+            or r.rid in self._olds
+        ):
+            return False
+        med = _median(r.hist)
+        return med is not None and r.ewma >= med - self._fade_drop
+
+    def _revive(  # noqa: PLR0917 - called from the hot path
+        self, r: _Rid, v: StopVisit, t: float, odo: float, raw: bytes, rssi: int
+    ) -> None:
+        """Make a rider closed at ``v`` and heard aboard again a candidate of ``v``.
+
+        It boards on co-movement only (at its ride's level, carried through a later
+        stop's doors or moving on past it, as any candidate carried from its stop), so a
+        segment from ``v`` on is emitted; settlement joins it with the ride closed at
+        ``v`` (one rider, one bus trip: one leg). Its first hearing stays that of the
+        ride (it was aboard at ``v``'s doors: not a late joiner).
+        """
+        lvl = float(_median(r.hist) or r.ewma)
+        first_t, first_odo = r.first_t, r.first_odo
+        r.reset(t, odo, raw, rssi)
+        r.first_t, r.first_odo = first_t, first_odo
+        r.lvl = lvl
+        r.convoy = None
+        self._become_candidate(r, v, fresh=True)
+        r.co_only = True
+        if self._debug:
+            log.debug("rid_revived", rid=r.rid.hex(), stop_id=v.stop_id, t=t)
 
     def _rejoins(self, r: _Rid) -> bool:
         """Whether a candidate kept through a silence, heard at a later stop, is that stop's.

@@ -1979,3 +1979,42 @@ def test_sparse_rider_carried_one_short_hop_and_standing_at_the_next_stop_is_cha
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_rider_silent_as_the_bus_leaves_a_stop_and_heard_again_riding_on_is_continued() -> None:
+    # cell 10 (weak radio corner), tuning seed 2, rush_hour_crowd r-00001 (BD004 -> BD009):
+    # a weak rider heard through the doors at BD008 and 40 m past, silent for 40 s, then
+    # heard again at its ride's level all the way to BD009 and in the standing bus there.
+    # Its ride was closed as alighted at BD008 (it faded at the stop) and the rid, heard
+    # again, was only BD009's candidate, dropped there: charged BD004 -> BD008. Heard
+    # again at its ride's level 150 m or more past the stop with no door opened since, it
+    # never left (someone who alighted is out of hearing or far below): a segment from
+    # S2 on is emitted, which settlement joins with the first (one rider, one bus trip)
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -80.0)) for i in range(3)]
+    heard = every(2.0, -92.0)
+
+    def weak(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 3 and world.t >= v.open_t + 10.0:
+            return None  # alighted at S3
+        if world.seq == 2 and v.close_odo_m is not None:
+            past = world.odo - v.close_odo_m
+            if 40.0 < past < 500.0:
+                return None  # silent as the bus pulls away from S2
+        return heard(world)
+
+    tok = w.add(Token("weak", weak))
+    w.dwell("S1", 20)
+    w.move(1000)
+    w.dwell("S2", 15)
+    w.move(1000)
+    w.dwell("S3", 20)
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [
+        ("S1", "S2"),
+        ("S2", "S3"),
+    ]
+    assert all(len(by_name(out, r)) == 1 for r in riders)
