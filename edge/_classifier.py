@@ -1038,7 +1038,7 @@ class PresenceClassifier:
         last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
         recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
         if (
-            (r.co_n >= p.sparse_adverts or (self._carried(r) and self._stayed(r, v)))
+            (r.co_n >= p.sparse_adverts or self._carried_and_stayed(r, v))
             and r.convoy is None
             and not self._barred(r)
             and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
@@ -1173,6 +1173,25 @@ class PresenceClassifier:
         # opened: a car that drove beside the bus is gone by then (it alighted there, or
         # rides on)
         return self._stayed(r, v)
+
+    def _carried_and_stayed(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate with a few co-movement points rode one hop with the bus.
+
+        Heard at its level at ``_CARRY_CO`` (2) points 100 m apart on the way
+        (:meth:`_carried`, fewer than ``sparse_adverts``: a short hop) and standing with
+        the bus at the next stop (:meth:`_stayed`), heard there within
+        ``sparse_fall_db`` of its level as the bus left its stop, neither fallen nor
+        risen: a rider keeps its level in the standing bus; a rider of a bus standing
+        beside this one at the stop, or someone waiting there, is heard much louder at
+        the doors than on the way (tuning seed 4, default world, bus_alongside_red_light
+        r-00028: 17 dB).
+        """
+        return (
+            r.lvl is not None
+            and self._carried(r)
+            and r.lvl - self._sparse_fall <= r.ewma <= r.lvl + self._sparse_fall
+            and self._stayed(r, v)
+        )
 
     def _stayed(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate of ``v`` stood with the bus at a later stop, at its level.

@@ -2048,3 +2048,43 @@ def test_two_second_advertiser_last_heard_as_the_bus_pulls_in_alights_there() ->
         ("S1", "S2", "alighted")
     ]
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def test_token_carried_one_hop_but_much_louder_at_the_next_stop_is_not_charged() -> None:
+    # guard for the short-hop rule above (default world, tuning seed 4,
+    # bus_alongside_red_light r-00028, a non-rider): heard at -77 dBm as the doors close,
+    # at two points 100 m apart at -71 dBm on the way, then 17 dB louder beside the bus standing at the next stop (a
+    # rider of the bus alongside, door to door) for 10 s after the doors opened, then
+    # gone. A rider keeps its level in the standing bus: not charged
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -60.0)) for i in range(3)]
+    said: set[int] = set()
+
+    def other(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 1:
+            if v.close_t is None:
+                return None
+            d = world.odo - world.stop_odo
+            if d < 5.0:
+                return -77.0 if (world.t - T0) % 3.0 < 0.5 else None  # as the doors close
+            k = int(d // 200.0)  # once at 200 m and at 400 m
+            if k in (1, 2) and k not in said:
+                said.add(k)
+                return -71.0
+            return None
+        if world.seq == 2 and world.t < v.open_t + 10.0:
+            return -60.0
+        return None
+
+    tok = w.add(Token("other", other))
+    w.dwell("S1", 20)
+    w.move(600)
+    w.dwell("S2", 20)
+    w.move(600)
+    w.dwell("S3", 10)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    assert all(len(by_name(out, r)) == 1 for r in riders)
