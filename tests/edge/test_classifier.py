@@ -2052,35 +2052,29 @@ def test_two_second_advertiser_last_heard_as_the_bus_pulls_in_alights_there() ->
 
 def test_token_carried_one_hop_but_much_louder_at_the_next_stop_is_not_charged() -> None:
     # guard for the short-hop rule above (default world, tuning seed 4,
-    # bus_alongside_red_light r-00028, a non-rider): heard at -77 dBm as the doors close,
-    # at two points 100 m apart at -71 dBm on the way, then 17 dB louder beside the bus standing at the next stop (a
-    # rider of the bus alongside, door to door) for 10 s after the doors opened, then
-    # gone. A rider keeps its level in the standing bus: not charged
+    # bus_alongside_red_light r-00028, a non-rider): first heard 110 m before the next
+    # stop at -80 dBm, 14 dB louder for its last 10 m (two co-movement points), then
+    # 18 dB above its first level beside the bus standing at the stop (a rider of the bus
+    # alongside, door to door) for 12 s after the doors opened, then gone. A rider keeps
+    # its level in the standing bus: not charged
     w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -60.0)) for i in range(3)]
-    said: set[int] = set()
+    riders = [w.add(Token(f"rd{i}", lambda _: -65.0)) for i in range(3)]
 
     def other(world: World) -> float | None:
         v = world.visit
         assert v is not None
         if world.seq == 1:
-            if v.close_t is None:
+            to_go = world.stop_odo + 1000.0 - world.odo
+            if v.close_t is None or to_go > 110.0:
                 return None
-            d = world.odo - world.stop_odo
-            if d < 5.0:
-                return -77.0 if (world.t - T0) % 3.0 < 0.5 else None  # as the doors close
-            k = int(d // 200.0)  # once at 200 m and at 400 m
-            if k in (1, 2) and k not in said:
-                said.add(k)
-                return -71.0
-            return None
-        if world.seq == 2 and world.t < v.open_t + 10.0:
-            return -60.0
+            return -80.0 if to_go > 10.0 else -66.0
+        if world.seq == 2 and world.t < v.open_t + 12.0:
+            return -62.0
         return None
 
     tok = w.add(Token("other", other))
     w.dwell("S1", 20)
-    w.move(600)
+    w.move(1000)
     w.dwell("S2", 20)
     w.move(600)
     w.dwell("S3", 10)
