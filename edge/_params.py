@@ -162,7 +162,9 @@ class ClassifierParams:
     )
     alight_pre_s: float = option(
         1.0,
-        doc="a fade counts for a stop whose doors opened up to this long after it began",
+        doc="a fade counts for a stop whose doors opened up to this long after it began,"
+        " plus the token's own advertising interval (its shortest gap, at most"
+        " rotation_phase_max_period_s): its silence began before its next advert was due",
     )
     lost_after_m: float = option(
         200.0,
