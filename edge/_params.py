@@ -162,9 +162,7 @@ class ClassifierParams:
     )
     alight_pre_s: float = option(
         1.0,
-        doc="a fade counts for a stop whose doors opened up to this long after it began,"
-        " plus the token's own advertising interval (its shortest gap, at most"
-        " rotation_phase_max_period_s): its silence began before its next advert was due",
+        doc="a fade counts for a stop whose doors opened up to this long after it began",
     )
     lost_after_m: float = option(
         200.0,
