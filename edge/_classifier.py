@@ -1177,7 +1177,11 @@ class PresenceClassifier:
     def _carried_and_stayed(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate with a few co-movement points rode one hop with the bus.
 
-        Heard at its level at ``_CARRY_CO`` (2) points 100 m apart on the way
+        Heard at its own rhythm since its stop (never silent past its fade time:
+        ``co_only`` unset; a rider of a bus running beside this one is heard in clusters
+        where the two meet, at the stops, and is silent between: tuning seed 4, -21 dBm,
+        `shared_stop_three_routes` r-00019 on the route-55 bus, silent for 60 s on the
+        way), heard at its level at ``_CARRY_CO`` (2) points 100 m apart on the way
         (:meth:`_carried`, fewer than ``sparse_adverts``: a short hop) and standing with
         the bus at the next stop (:meth:`_stayed`), heard there within
         ``sparse_fall_db`` of its level as the bus left its stop, neither fallen nor
@@ -1188,6 +1192,7 @@ class PresenceClassifier:
         """
         return (
             r.lvl is not None
+            and not r.co_only
             and self._carried(r)
             and r.lvl - self._sparse_fall <= r.ewma <= r.lvl + self._sparse_fall
             and self._stayed(r, v)
