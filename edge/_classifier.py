@@ -1732,34 +1732,16 @@ class PresenceClassifier:
         """
         p = self.params
         assert r.start is not None
-        pre = self._pre(r)
-        v = self._visit_at(last_t + pre)
+        v = self._visit_at(last_t + p.alight_pre_s)
         if v is not None and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m):
             end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
         if p.lost_wait_s > 0.0 and self._rode(r, last_odo):
-            w = self._visit_after(last_t + pre)
+            w = self._visit_after(last_t + p.alight_pre_s)
             if w is not None:
                 return SegmentEnd(w.open_t, w.stop_id, "alighted"), w.open_odo_m
         stop = v.stop_id if v is not None else r.start.stop_id
         return SegmentEnd(last_t, stop, "lost"), last_odo
-
-    def _pre(self, r: _Rid) -> float:
-        """How long after a rider's last advert a door opening still names its alighting.
-
-        ``alight_pre_s``, plus the token's own advertising interval (its shortest gap
-        between adverts, at most ``rotation_phase_max_period_s``): its silence began
-        somewhere before its next advert was due. A 2-s advertiser last heard 2 s before
-        the doors opened, the bus pulling in, was judged silent while moving (cell 20,
-        tuning seeds 2 and 3: `lost` at the stop before, a ride under ``lost_min_m``
-        dropped).
-        """
-        p = self.params
-        per = r.per
-        if per == math.inf:
-            return p.alight_pre_s
-        cap = p.rotation_phase_max_period_s
-        return p.alight_pre_s + (per if per < cap else cap)
 
     def _rode(self, r: _Rid, last_odo: float) -> bool:
         """Whether a rider silent while the bus moved is a rider, not a vehicle alongside.
@@ -1808,13 +1790,12 @@ class PresenceClassifier:
         last = max(r.last_in_t, self._resume_t)
         if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s:
             return False
-        pre = self._pre(r)
-        v = self._visit_at(r.last_in_t + pre)
+        v = self._visit_at(r.last_in_t + p.alight_pre_s)
         if v is not None and (
             v.close_odo_m is None or r.last_in_odo - v.close_odo_m <= p.lost_after_m
         ):
             return False  # it faded at a stop: an alighting
-        w = self._visit_after(r.last_in_t + pre)
+        w = self._visit_after(r.last_in_t + p.alight_pre_s)
         if w is None:
             return True
         return w.close_t is None or t - w.close_t <= p.fade_timeout_s

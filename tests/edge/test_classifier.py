@@ -2016,36 +2016,6 @@ def test_rider_silent_as_the_bus_leaves_a_stop_and_heard_again_riding_on_is_cont
     assert all(len(by_name(out, r)) == 1 for r in riders)
 
 
-def test_two_second_advertiser_last_heard_as_the_bus_pulls_in_alights_there() -> None:
-    # cell 20 (2-s adverts), tuning seeds 3 (quiet_route r-00003) and 2 (token_clock_drift
-    # r-00004): a rider advertising every 2 s, last heard 2 s before the doors opened at
-    # its stop, the bus pulling in. Its silence was taken to begin while the bus moved
-    # (the doors opened more than `alight_pre_s` after its last advert): `lost` at the stop
-    # before, and a ride under `lost_min_m` lost while moving is dropped. Its silence began
-    # when its next advert was due: within its own advertising interval of the last
-    w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -80.0)) for i in range(3)]
-    arrived = {"v": False}
-
-    def two_s(world: World) -> float | None:
-        if arrived["v"] or world.odo > world.stop_odo + 580.0:
-            return None  # (last advert 2 s before the bus reaches S2)
-        return -90.0 if (world.t - T0) % 2.0 < 0.5 else None
-
-    tok = w.add(Token("two", two_s))
-    w.dwell("S1", 20)
-    w.move(600)
-    arrived["v"] = True
-    w.dwell("S2", 15)
-    w.move(600)
-    out = w.finish()
-    segs = by_name(out, tok)
-    assert [(x.start.stop_id, x.end.stop_id, x.end.cause) for x in segs] == [
-        ("S1", "S2", "alighted")
-    ]
-    assert all(len(by_name(out, r)) == 1 for r in riders)
-
-
 def test_token_carried_one_hop_but_much_louder_at_the_next_stop_is_not_charged() -> None:
     # guard for the short-hop rule above (default world, tuning seed 4,
     # bus_alongside_red_light r-00028, a non-rider): heard at -80 dBm at the stop, at two
