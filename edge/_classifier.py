@@ -758,10 +758,11 @@ class PresenceClassifier:
     ) -> None:
         """Make a rider closed at ``v`` and heard aboard again a candidate of ``v``.
 
-        It boards on co-movement only (at its ride's level, carried through a later
-        stop's doors or moving on past it, as any candidate carried from its stop), so a
-        segment from ``v`` on is emitted; settlement joins it with the ride closed at
-        ``v`` (one rider, one bus trip: one leg). Its first hearing stays that of the
+        It is judged as any candidate of ``v`` from its new first advert on (its level
+        that of the ride; it may board on co-movement, or on the short-hop rule if heard
+        at its own rhythm from then on), so a segment from ``v`` on is emitted;
+        settlement joins it with the ride closed at ``v`` (one rider, one bus trip: one
+        leg). Its first hearing stays that of the
         ride (it was aboard at ``v``'s doors: not a late joiner).
         """
         lvl = float(_median(r.hist) or r.ewma)
@@ -771,7 +772,6 @@ class PresenceClassifier:
         r.lvl = lvl
         r.convoy = None
         self._become_candidate(r, v, fresh=True)
-        r.co_only = True
         if self._debug:
             log.debug("rid_revived", rid=r.rid.hex(), stop_id=v.stop_id, t=t)
 
