@@ -709,6 +709,10 @@ class PresenceClassifier:
             or (state == _ONBOARD and rssi >= (_median(hist) or rssi) - self._fade_drop)
         ):
             if state == _CANDIDATE or state == _ROTATING:  # noqa: PLR1714, SIM109 - hot path
+                if r.n_far and t - r.last_in_t > self._span_gap:
+                    # a silence ends the stretch wherever the bus is: heard again near the
+                    # stop (inside confirm_far_m), it must not bridge the silence
+                    r.n_far = 0
                 cv = r.visit
                 c_odo = cv.close_odo_m if cv is not None else None
                 if state == _ROTATING or (c_odo is not None and odo >= c_odo + self._far):
@@ -1115,17 +1119,19 @@ class PresenceClassifier:
         """Whether a late joiner's own rhythm shows it was out of range at the open doors.
 
         A rid first heard after the doors of ``v`` closed was silent all the while they
-        stood open. Judged like a fade, by its own rate: heard ``fade_gaps`` times within
-        ``fade_timeout_s`` of its first advert, its fade time is ``fade_timeout_s``
-        (:meth:`_fade_s`), and a silence at the open doors longer than that (and than
-        ``fade_gaps`` of its gaps) means it was not in the bus at the stop: a vehicle
-        arriving as the bus leaves. A token aboard whose packets were lost (deep in a bag,
-        a stop jammed by a crowd) is as sparse as the bus pulls away as it was at the stop,
-        and is not judged; nor is anyone after a restart during the dwell (nothing was
-        heard then).
+        stood open. Judged like a fade, by its own rate as it appeared (the mean gap of
+        its first ``fade_gaps`` to twice that many adverts, whenever they come): a silence
+        at the open doors longer than ``fade_timeout_s`` and than ``fade_gaps`` of its
+        gaps means it was not in the bus at the stop: a vehicle arriving as the bus
+        leaves. A token aboard whose packets were lost (deep in a bag, a stop jammed by a
+        crowd) is as sparse as the bus pulls away as it was at the stop, so its gaps are
+        long too; nor is anyone judged after a restart during the dwell (nothing was
+        heard then). (Judged within ``fade_timeout_s`` of its first advert only, a car
+        heard 7 times in its first 15 s, then every second, was never judged: full-scale
+        tuning seed 1, ``rush_hour_crowd`` r-03280.)
         """
         p = self.params
-        if r.rot or r.n_adv < p.fade_gaps or t - r.first_t > p.fade_timeout_s:
+        if r.rot or not p.fade_gaps <= r.n_adv <= 2 * p.fade_gaps:
             return False
         if self._down is not None and self._down[1] > v.open_t:
             return False

@@ -1,0 +1,91 @@
+"""Presence classifier: bystanders charged at full scale on the tuning seeds (issue 11).
+
+Scripted worlds (``tests.edge.test_classifier.World``) of the mechanisms found in the
+full-scale runs of tuning seeds 1-4 (docs/classifier.md, "Bystanders at full scale");
+each test fails without the rule it names.
+"""
+
+from __future__ import annotations
+
+import math
+
+from edge._classifier import State
+from tests.edge.test_classifier import T0, Token, World, by_name
+
+INTERVAL_START = (math.floor(T0 / 600) + 1) * 600.0
+"""The start of the next 600-s interval: rids first heard just after it are rotations."""
+
+
+def test_a_stretch_broken_by_a_silence_near_the_stop_is_not_unbroken() -> None:
+    # seed 2 bus_alongside_red_light r-01264 (bus-55-01-r3, BD006): a pedestrian's fob
+    # whose rid began as the bus drove to the stop (a rotation: its evidence counted as
+    # in-bus away from any stop), heard weakly at the open doors, silent for 30 s, heard
+    # again 55 m past the stop (just inside confirm_far_m), then loud as the bus passes
+    # them 110 m on. The advert inside confirm_far_m restarted the gap clock without
+    # restarting the stretch, so 50 s with a 30-s silence in it counted as an unbroken
+    # stretch of in-bus evidence, and the pedestrian was confirmed on board (alone
+    # aboard, their level became the riders' level, and a car alongside at that level
+    # was then charged on co-movement)
+    w = World(t0=INTERVAL_START + 1.0)
+
+    def walker(world: World) -> float | None:
+        if world.seq == 0:  # the bus drives to the stop: heard faintly
+            return -90.0
+        if world.visit is not None and world.visit.close_t is None:
+            return -90.0 if world.t - world.visit.open_t < 5.0 else None
+        d_stop = world.odo - world.stop_odo
+        if d_stop < 55.0:
+            return None
+        d = 3.0 + abs(d_stop - 80.0)
+        r = -65.0 - 21.0 * math.log10(d / 3.0)
+        return r if r >= -95.0 else None
+
+    tok = w.add(Token("walker", walker))
+    onboard: list[float] = []
+    w.move(100)
+    w.dwell("S1", 20)
+    while w.odo < w.stop_odo + 600.0:
+        w.step()
+        w.odo += 2.5  # 5 m/s: 55 m past the stop 11 s after the doors closed
+        if w.c.state_of(tok.rid(w.t)) is State.ONBOARD:
+            onboard.append(w.t)
+    assert onboard == []
+    assert by_name(w.finish(), tok) == []
+
+
+def test_a_car_arriving_as_the_doors_close_sparse_at_first_is_not_charged() -> None:
+    # seed 1 rush_hour_crowd r-03280 (bus-55-01-r1, BD005 -> BD006), a car beside the bus:
+    # first heard 4.8 s after the doors closed, then after a 6-s gap, then every second or
+    # two 23 dB below the riders (within in_bus_margin_db: co-movement boarded it). Its
+    # rhythm shows it was not at the open doors (silent for 30 s there, 12 of its gaps),
+    # but it was heard only 7 times in its first fade_timeout_s, so the rhythm rule never
+    # judged it: the rule now judges a late joiner by its gaps whenever it has fade_gaps
+    # adverts, not only within fade_timeout_s of its first
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -62.0)) for i in range(3)]
+    here = {"at_s2": False}
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        if here["at_s2"] or v is None or v.close_t is None:
+            return None
+        since = world.t - v.close_t
+        level = -83.0 if int(world.t) % 2 == 0 else -87.0
+        if 4.5 <= since < 5.0:
+            return level
+        if since < 11.0:
+            return None
+        period = 2.0 if since < 20.0 else 1.0
+        return level if (world.t - T0) % period < 0.5 else None
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 25)
+    w.wait(3)
+    w.move(1000, speed=8.0)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    for r in riders:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S2")]
