@@ -89,3 +89,41 @@ def test_a_car_arriving_as_the_doors_close_sparse_at_first_is_not_charged() -> N
     assert by_name(out, tok) == []
     for r in riders:
         assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S2")]
+
+
+def test_a_car_first_heard_mid_hop_silent_through_the_next_stop_is_not_charged() -> None:
+    # seed 4 quiet_route r-01385 (bus-55-01-r2, BD004 -> BD006), a car: first heard 600 m
+    # past S1 (a late joiner of S1), three adverts in 4 s, then silent for 75 s, through
+    # the whole 10-s dwell at S2, then beside the bus again from 450 m past S2 (a queue at
+    # a red light), every second, 24 dB below the riders, to S3, where it drives on. Its
+    # co-movement points past S2 boarded it as S1's late joiner. Its rhythm over its first
+    # adverts (one every 8-9 s, the long silence included) says a token aboard would have
+    # been heard at S1's open doors, 60 s before its first advert: absent there, and far
+    # below the riders, it is barred. The rhythm rule judged only adverts within
+    # fade_timeout_s of the first (three here), so it never judged this car
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -60.0)) for i in range(3)]
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        d = world.odo - world.stop_odo
+        level = -84.0 if int(world.t) % 2 == 0 else -86.0
+        if world.seq == 1 and v.close_t is not None and 600.0 <= d < 645.0:
+            return level if d % 20.0 < 5.0 else None  # three adverts in 4 s
+        if world.seq == 2 and v.close_t is not None and d >= 450.0:
+            return level if (world.t - T0) % 1.0 < 0.5 else None
+        return None
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1", 15)
+    w.move(700, speed=10.0)
+    w.wait(8)  # slow approach: the car is silent from 4 s after its last advert
+    w.dwell("S2", 10)
+    w.move(1100, speed=8.0)
+    w.dwell("S3", 20)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, tok) == []
+    for r in riders:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S3")]
