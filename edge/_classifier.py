@@ -1148,12 +1148,16 @@ class PresenceClassifier:
         doors closed is heard through two shells, 20-30 dB below the riders; someone who
         walked up and boarded last was not at the doors while they stood open either, but
         in the same shell is heard near the riders (tuning seed 2, -21 dBm, r-00012:
-        9 dB below them). With no riders' level yet it is barred (nobody boards on
-        co-movement then anyway).
+        9 dB below them). With no riders' level yet it is not barred: nobody boards on
+        co-movement then anyway, and barred it was dropped at its first silence (a weak
+        rider alone on the bus, tuning seed 4, weak token corner, r-00003).
         """
         if r.drift:
             return True
-        if not r.absent:
+        if not r.absent or self._riders_lvl == math.inf:
+            # (with nobody aboard yet there is nothing to compare with: it is judged once
+            # riders are aboard, and boards on co-movement only then anyway; barred now,
+            # it was dropped at its first silence, a weak rider with it)
             return False
         level = r.co_sum / r.co_n if r.co_n else r.lvl
         return level is None or level < self._riders_lvl - self._sparse_fall

@@ -127,3 +127,41 @@ def test_a_car_first_heard_mid_hop_silent_through_the_next_stop_is_not_charged()
     assert by_name(out, tok) == []
     for r in riders:
         assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S3")]
+
+
+def test_a_weak_rider_absent_at_the_doors_of_an_empty_bus_is_kept_until_riders_board() -> None:
+    # guard (weak token corner, seed 4, door_sensor_stuck r-00003, BD004 -> BD010): a
+    # weak fob deep in a bag, heard every 2-10 s, first heard 170 m past S1 on a bus with
+    # nobody aboard, 30 s after S1's doors opened: 8 of its early gaps, so the rhythm
+    # rule (judged on its first adverts) marks it absent. With no riders' level it was
+    # barred, dropped at its first long silence, became S2's candidate and was charged
+    # from S2; now it waits, and once a rider aboard gives the level (it is within
+    # sparse_fall_db of it) boards on co-movement from S1
+    w = World()
+    gone = {"v": False}
+    times = [30.4, 40.4, 48.4, 50.4, 52.4, 54.4, 56.4, 58.4, 62.4, 64.4]
+
+    def weak(world: World) -> float | None:
+        v = world.visit
+        if gone["v"] or v is None:
+            return None
+        if world.seq == 1:
+            since = world.t - v.open_t
+            if since < 70.0:
+                return -93.0 if any(0.0 <= since - x < 0.5 for x in times) else None
+            if since < 95.0:  # a silence of 25 s (a body in the way)
+                return None
+        return -93.0 if (world.t - T0) % 4.0 < 0.5 else None
+
+    tok = w.add(Token("weak", weak))
+    w.dwell("S1", 7)
+    w.move(1600, speed=8.0)
+    late = w.add(Token("rd", lambda world: -86.0 if world.seq >= 2 and not gone["v"] else None))
+    w.dwell("S2", 10)
+    w.move(1500)
+    w.dwell("S3", 15)
+    gone["v"] = True
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S3")]
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, late)] == [("S2", "S3")]
