@@ -790,10 +790,20 @@ class Prepared:
     """Events whose signature is put off until the batch is decoded, until
     :meth:`Ingestor.verify_runs` decides them (per run with ``verify = "runs"``, each
     record's own with ``every``)."""
-    run_messages: list[int] = field(default_factory=list)
-    """The message (its index in the batch) each of ``runs`` came in."""
+    sources: list[list[VerifiedEvent]] = field(default_factory=list)
+    """Per message of the batch (by index), the events it brought (as decoded)."""
     stored: list[int] = field(default_factory=list)
     """Per message of the batch (by index), its rejections admitted to ``quarantine``."""
+
+    def message_of(self) -> dict[int, int]:
+        """The message each decoded event came in: ``{id(event.raw): index}``.
+
+        Every later rejection of an event (run decision, ``event_id_taken``, chain plan)
+        carries the event's own ``raw`` object, so its identity names the event; a
+        record held from an earlier transaction (read back from ``fare_pending``) is not
+        in it. Built when rejections need it (not per event while decoding).
+        """
+        return {id(e.raw): m for m, events in enumerate(self.sources) for e in events}
 
 
 @dataclass(slots=True)
@@ -915,10 +925,7 @@ class Ingestor:
             ok = []
         prepared.groups.setdefault(bus_id, []).extend(ok)
         prepared.order.extend(ok)
-        message = len(prepared.stored)
-        runs = prepared.runs
-        if len(runs) > len(prepared.run_messages):
-            prepared.run_messages.extend([message] * (len(runs) - len(prepared.run_messages)))
+        prepared.sources.append(ok)
         admitted = self._budget(bus_id, bad)
         prepared.stored.append(sum(r.store for r in admitted))
         prepared.rejections.extend(admitted)
@@ -935,7 +942,6 @@ class Ingestor:
         does it if it was not done.
         """
         runs, prepared.runs = prepared.runs, []
-        messages, prepared.run_messages = prepared.run_messages, []
         if not runs:
             return
         rejected, _ = self.core.verify_put_off(runs)
@@ -945,17 +951,7 @@ class Ingestor:
         prepared.order = [e for e in prepared.order if id(e) not in gone]
         for bus_id, events in prepared.groups.items():
             prepared.groups[bus_id] = [e for e in events if id(e) not in gone]
-        # each rejection against the budget of the message its record came in, as if
-        # decided when it was decoded (the rejections follow the order of ``runs``)
-        by_message: dict[int, list[Rejection]] = {}
-        bad = iter(rejected)
-        for e, message in zip(runs, messages, strict=True):
-            if not e.signed:
-                by_message.setdefault(message, []).append(next(bad))
-        for message, mine in by_message.items():
-            admitted = self._budget(mine[0].bus_id or "", mine, stored=prepared.stored[message])
-            prepared.stored[message] += sum(r.store for r in admitted)
-            prepared.rejections.extend(admitted)
+        self._charge(prepared, rejected)
 
     async def commit(self, prepared: Prepared) -> BatchResult:
         """Commit a batch from :meth:`prepare`: one transaction, then the quarantine rows.
@@ -965,6 +961,31 @@ class Ingestor:
         """
         self.verify_runs(prepared)
         return await self._commit(prepared)
+
+    def _charge(self, prepared: Prepared, bad: list[Rejection]) -> None:
+        """Admit rejections decided after decoding into ``prepared.rejections``.
+
+        Every such rejection (the run decision's, ``event_id_taken``, the chain plan's)
+        is charged to the quarantine budget of the message its record came in, after
+        what that message had admitted before (its decode's rejections, then each
+        later step's), as if decided when it was decoded: ``quarantine_per_message``
+        stores the same rows whichever step rejects a record. A record held from an
+        earlier transaction (its message's budget is gone) is charged with the others of
+        its bus so held, as one message.
+        """
+        if not bad:
+            return
+        source = prepared.message_of()
+        groups: dict[tuple[int, str], list[Rejection]] = {}
+        for r in bad:
+            groups.setdefault((source.get(id(r.raw), -1), r.bus_id or ""), []).append(r)
+        for (message, bus_id), mine in groups.items():
+            if message < 0:
+                prepared.rejections.extend(self._budget(bus_id, mine))
+                continue
+            admitted = self._budget(bus_id, mine, stored=prepared.stored[message])
+            prepared.stored[message] += sum(r.store for r in admitted)
+            prepared.rejections.extend(admitted)
 
     def _budget(self, bus_id: str, bad: list[Rejection], *, stored: int = 0) -> list[Rejection]:
         """Mark the rejections of one message over the quarantine budget as not stored.
@@ -1127,8 +1148,7 @@ class Ingestor:
         except _TRANSACTION_ERRORS as exc:
             STORE_ERRORS.inc()
             raise StoreError(f"ingest transaction failed: {exc}") from exc
-        for bus_id, bad in taken.items():
-            rejections.extend(self._budget(bus_id, bad))
+        self._charge(prepared, [*taken, *(r for plan in plans for r in plan.rejected)])
         for plan in plans:
             if plan.store:
                 result.stored += len(plan.store)
@@ -1147,8 +1167,6 @@ class Ingestor:
                 EVENTS_HELD_DROPPED.inc(plan.dropped)
             if plan.ack_upto is not None:
                 result.acks[plan.bus_id] = plan.ack_upto
-            if plan.rejected:
-                rejections.extend(self._budget(plan.bus_id, plan.rejected))
         for r in rejections:
             EVENTS_QUARANTINED.labels(r.reason).inc()
             if not r.store:
@@ -1186,17 +1204,17 @@ class Ingestor:
         self,
         groups: dict[str, list[VerifiedEvent]],
         order: list[VerifiedEvent],
-    ) -> tuple[list[BusPlan[VerifiedEvent]], dict[str, list[Rejection]]]:
+    ) -> tuple[list[BusPlan[VerifiedEvent]], list[Rejection]]:
         """Plan and write one batch under its buses' row locks.
 
         Returns:
-            The buses' plans, and per bus the missed records left out because their
-            event id is already stored for another record (:meth:`_ids_taken`).
+            The buses' plans, and the missed records left out because their event id is
+            already stored for another record (:meth:`_ids_taken`), in arrival order.
         """
         now = self._wall()
         buses = sorted(groups)
         if not buses:
-            return [], {}
+            return [], []
         async with self.engine.begin() as conn:
             rows = await self._lock_rows(conn, buses, now)
             taken = await self._ids_taken(conn, order)
@@ -1221,10 +1239,7 @@ class Ingestor:
         for p in plans:
             if p.position.next_seq > heads.get(p.bus_id, 0):
                 heads[p.bus_id] = p.position.next_seq
-        by_bus: dict[str, list[Rejection]] = {}
-        for r in taken.values():
-            by_bus.setdefault(r.bus_id or "", []).append(r)
-        return plans, by_bus
+        return plans, list(taken.values())
 
     async def _ids_taken(
         self, conn: AsyncConnection, order: list[VerifiedEvent]

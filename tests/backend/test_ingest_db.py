@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import random
 from typing import Any
 
@@ -27,7 +29,9 @@ from backend._ingest import (
     IngestCore,
     Ingestor,
 )
+from backend._ingest_bounds import QuarantineBudget
 from backend._keys import register_device
+from backend._record_check import Verify
 from busbell import StoreError, canonical_bytes, derive_event_id, event_hash, sign_event
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
@@ -526,6 +530,87 @@ async def test_a_missed_record_whose_id_is_stored_for_another_is_quarantined_alo
     res = await ing.ingest([("B1", batch_payload("B1", a[3:4])), ("B2", batch_payload("B2", b))])
     assert res.rejected == {"event_id_taken": 1}
     assert (res.duplicates, res.acks) == (7, {"B1": 3, "B2": 7})
+
+
+@pytest.mark.parametrize("verify", ["runs", "every"])
+async def test_every_rejection_counts_against_the_message_it_came_in(
+    engine: AsyncEngine, verify: Verify
+) -> None:
+    """``quarantine_per_message`` holds per message whichever step rejects a record: the
+    chain plan's (``chain_conflict``) and the id lookup's (``event_id_taken``) are
+    charged to the message each record came in, after what its decode rejected (was:
+    all of a bus's counted as one message per transaction, so a message's plan
+    rejections were stored beyond its budget, or another message's crowded them out)."""
+    key = device_key_for("B1")
+    a = make_events("B1", key, 8, missed_every=4)
+    b = make_events("B2", device_key_for("B2"), 2, missed_every=2)
+    ing = Ingestor(
+        engine,
+        IngestCore(verify=verify),
+        worker_id="w1",
+        quarantine_budget=QuarantineBudget(per_message=2, per_bus=100),
+    )
+    await ing.refresh_devices()
+    await ing.ingest([("B1", batch_payload("B1", a)), ("B2", batch_payload("B2", b[:1]))])
+    async with engine.begin() as conn:  # B1 seq 4 stored under B2 seq 2's id, as if old
+        await conn.execute(
+            missed_stops.update()
+            .where(missed_stops.c.bus_id == "B1", missed_stops.c.seq == 4)
+            .values(event_id=b[1]["event_id"])
+        )
+
+    def variants(d: float) -> list[dict[str, Any]]:  # each links: chain_conflict
+        return [sign_event(dict(ev, distance_m=d), key) for ev in a[:3]]
+
+    def junk(n: int) -> dict[str, Any]:
+        return {"v": 1, "junk": n}  # schema
+
+    messages = [
+        ("B1", batch_payload("B1", [junk(1), junk(2), variants(2.0)[0]])),
+        ("B1", batch_payload("B1", variants(1.0))),
+        ("B1", batch_payload("B1", variants(3.0))),
+        ("B2", batch_payload("B2", [junk(3), junk(4), b[1]])),
+    ]
+    res = await ing.ingest(messages)
+    assert res.rejected == {"schema": 4, "chain_conflict": 7, "event_id_taken": 1}
+    assert res.acks == {"B1": 8, "B2": 1}
+    async with engine.connect() as conn:
+        raws = (await conn.execute(sa.select(quarantine.c.raw))).scalars().all()
+
+    def message(raw: str) -> int:
+        obj = json.loads(raw)
+        if "junk" in obj:
+            return 1 if obj["junk"] <= 2 else 4
+        if obj.get("type") == "missed":
+            return 4
+        return {2.0: 1, 1.0: 2, 3.0: 3}[obj["distance_m"]]
+
+    # two rows per message: the first message's and the last's are its decode's
+    assert collections.Counter(message(r) for r in raws) == {1: 2, 2: 2, 3: 2, 4: 2}
+    assert sum("junk" in r for r in raws) == 4
+
+
+async def test_a_held_record_rejected_later_is_charged_apart_from_the_batchs_messages(
+    engine: AsyncEngine,
+) -> None:
+    """A record held from an earlier transaction (read back from ``fare_pending``) that
+    the plan rejects came in no message of the batch: it is charged on its own, not to
+    the message whose record unblocked it."""
+    key = device_key_for("B1")
+    chain = make_events("B1", key, 3)
+    fork = make_events("B1", key, 3, t0=1_700_000_000.0)  # its seq 3 does not link
+    ing = Ingestor(
+        engine,
+        IngestCore(),
+        worker_id="w1",
+        quarantine_budget=QuarantineBudget(per_message=1, per_bus=100),
+    )
+    await ing.refresh_devices()
+    res = await ing.ingest([("B1", batch_payload("B1", [chain[0], fork[2]]))])
+    assert (res.stored, (await chain_row(engine, "B1")).pending) == (1, 1)
+    res = await ing.ingest([("B1", batch_payload("B1", [chain[1], {"v": 1, "junk": 1}]))])
+    assert (res.stored, res.rejected) == (1, {"schema": 1, "prev_mismatch": 1})
+    assert sorted(r[2] for r in await quarantined(engine)) == ["prev_mismatch", "schema"]
 
 
 async def test_a_database_error_inside_the_driver_level_insert_is_a_store_error(
