@@ -509,7 +509,11 @@ class PresenceClassifier:
         for r in self._rids.values():
             if r.last_t < since:
                 continue
-            if r.state in (_OUTSIDE, _ROTATING):
+            if r.state == _ROTATING and self._unpaired_rides(r, approach=True):
+                # a rider's new rid the pairing could not link, heard riding with the bus
+                # since its rid began: aboard before these doors opened, not a waiter here
+                self._confirm_unpaired(r, t)
+            elif r.state in (_OUTSIDE, _ROTATING):
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
                 r.hist = {}
                 self._become_candidate(r, visit, fresh=False)
@@ -1299,7 +1303,11 @@ class PresenceClassifier:
     def _check_rotating(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
         p = self.params
         if self._silent_s(r, t) > self._fade_s(r):
-            if not self._take_over(r) and not self._rides_on(r, t):
+            if self._take_over(r) or self._rides_on(r, t):
+                return
+            if self._unpaired_rides(r):
+                self._confirm_unpaired(r, t)  # silent while moving: held like any rider
+            else:
                 self._drop(r, Event.FADE, out)
             return
         if (
@@ -1313,7 +1321,58 @@ class PresenceClassifier:
         if r.pred != _PRED_NONE:
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
-            self._drop(r, Event.REJECT, out)
+            if self._unpaired_rides(r):
+                self._confirm_unpaired(r, t)
+            else:
+                self._drop(r, Event.REJECT, out)
+
+    def _unpaired_rides(self, r: _Rid, *, approach: bool = False) -> bool:
+        """Whether a new rid no rotated rid paired with is a rider's all the same.
+
+        Fare correctness must not hang on the edge linking a token's rids: the backend
+        knows whose they are and joins a rider's segments of one bus trip into one leg.
+        A rid that began (its token's interval just began) while the bus drove between
+        stops was not boarding: it is a token that was there before under another rid
+        (heard or not). It is a rider's if it rode with the bus since: in-bus evidence
+        over an unbroken stretch (``confirm_adverts`` adverts, ``confirm_span_m`` of
+        travel, ``confirm_stretch_s``, as a boarding needs) at a level like the riders
+        aboard (its mean in-bus RSSI within ``sparse_fall_db`` of the riders' level): a car
+        or a bus alongside is heard through two shells, 20-30 dB below this bus's riders,
+        and someone walking outside does not keep up with the bus for 100 m. With no
+        riders' level (nobody carried yet) or no stop served yet (no trip under way)
+        nothing says so. ``approach``: checked as doors open, the rid must not have grown
+        ``convoy_gain_db`` louder as the bus came to the stop (someone waiting there,
+        heard from afar: that stop's candidate).
+        """
+        if r.pred != _PRED_NONE or not r.rot or not self._visits or r.n_far <= 0:
+            return False
+        p = self.params
+        lvl = self._riders_lvl
+        if not math.isfinite(lvl):
+            return False
+        if approach and r.mv_ewma >= r.base + p.convoy_gain_db:
+            return False
+        return (
+            r.n_far >= p.confirm_adverts
+            and r.last_in_odo - r.span_odo >= p.confirm_span_m
+            and r.last_in_t - r.span_t >= p.confirm_stretch_s
+            and r.far_sum / r.n_far >= lvl - self._sparse_fall
+        )
+
+    def _confirm_unpaired(self, r: _Rid, t: float) -> None:
+        """A rider's new rid that no old rid paired with: its segment starts ``continued``.
+
+        It began at a rotation while the rider rode (:meth:`_unpaired_rides`), so it
+        starts where it was first heard, with no stop (the bus was between stops), and
+        is a rider from then on (held through silences while moving, alighted at a
+        door). The backend joins it with the rider's other segments of the trip (the
+        old rid's, ended by the fade rules) into one leg; alone, it boards at the last
+        stop the bus served before that point (``partial``, ``docs/backend.md``).
+        """
+        self._unpair(r)
+        self._confirm(r, t, "continued", r.first_t, None, r.first_odo)
+        if self._debug:
+            log.debug("rid_continued_unpaired", rid=r.rid.hex(), t=t, first_t=r.first_t)
 
     def _rides_on(self, r: _Rid, t: float) -> bool:
         """Whether a silent new rid paired with a rotated rider is kept, as the rider would be.

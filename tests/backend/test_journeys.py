@@ -163,6 +163,89 @@ def test_board_stop_is_never_at_or_after_the_alight_stop(feed: Feed) -> None:
     assert "stop_order" in leg.flags
 
 
+def test_an_unpaired_continuation_joins_the_riders_ride_on_the_trip(feed: Feed) -> None:
+    """Issue 11, rotation without pairing: the edge emits a rider's new rid that no old rid
+    paired with as ``continued`` from where it was first heard (no stop: between stops).
+    Whatever ended the old rid's segment (``lost`` at the stop before; ``alighted`` at the
+    next door, where the fade rules held the silent rider, while the new rid already
+    rode), the rider's segments on the trip are one ride: boarded where the first one
+    boarded, alighted where the latest one ended, charged once."""
+    b = _builder(feed)
+    lost_before = [
+        seg((T0, "S02", "boarded"), (T0 + 150, "S02", "lost"), distance=1250),
+        seg((T0 + 165, None, "continued"), (T0 + 400, "S06", "alighted"), distance=1950),
+    ]
+    held_to_the_door = [
+        seg((T0, "S02", "boarded"), (T0 + 300, "S05", "alighted"), distance=2400),
+        seg((T0 + 165, None, "continued"), (T0 + 700, "S09", "alighted"), distance=4350),
+    ]
+    for segs in (lost_before, held_to_the_door):
+        (j,) = b.build(reversed(segs))
+        (leg,) = j.legs
+        assert (leg.board_stop_id, leg.alight_stop_id) == (
+            segs[0].start_stop_id,
+            segs[1].end_stop_id,
+        )
+        assert (leg.board_t, leg.alight_t) == (T0, segs[1].end_t)
+        assert set(leg.flags) == {"merged"}
+        assert j.charged
+        assert leg.event_ids == tuple(s.event_id for s in segs)
+    # alone (the old rid's segment was never emitted: it was a candidate when its rid
+    # ended): the rider was aboard where the new rid began, 1,950 m before S06, so boarded
+    # at S03 at the latest (the last stop the bus served before that point)
+    (j,) = b.build([lost_before[1]])
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S03", "S06")
+    assert set(leg.flags) == {"partial", "review"}
+    assert j.charged
+
+
+def test_a_ride_whose_rid_rotated_unpaired_on_the_edge_is_charged_whole(feed: Feed) -> None:
+    """End to end, classifier to settlement (issue 11; weak radio corner, tuning seed 3,
+    ``long_ride_many_intervals`` r-00003): a rider boards at S02, their old rid fades as
+    it ends (not offered to the pairing: closed ``lost`` at S02) and their new rid rides
+    with the bus to S06 unpaired. Before, the edge dropped that new rid and the ride was
+    charged S02 -> S03 (a lost leg placed by distance); now the edge emits it ``continued``
+    and the backend joins the two: S02 -> S06, once."""
+    from tests.edge.test_classifier import T0 as EDGE_T0
+    from tests.edge.test_classifier import Token, World, _rotating_rider, by_name
+
+    w = World(t0=EDGE_T0 + 400)  # the rids' boundary comes ~1,450 m after S02
+    bnd = (int(EDGE_T0 + 400) // 600 + 1) * 600
+    gone = {"v": False}
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -66.0))
+    tok = w.add(Token("orph", _rotating_rider(bnd, -66.0, gone)))
+    w.dwell("S02")
+    w.move(4 * STOP_SPACING_M)  # through S03-S05 without a stop
+    w.dwell("S06", 6)
+    gone["v"] = True
+    w.move(300)
+    drafts = by_name(w.finish(), tok)
+    segs = [
+        Segment(
+            rider_id="r1",
+            bus_id="b1",
+            seq=n,
+            event_id=f"e{n}",
+            interval=d.interval,
+            route_id="R1",
+            trip_id="T1",
+            start_t=d.start.t,
+            start_stop_id=d.start.stop_id,
+            start_cause=d.start.cause,
+            end_t=d.end.t,
+            end_stop_id=d.end.stop_id,
+            end_cause=d.end.cause,
+            distance_m=d.distance_m,
+        )
+        for n, d in enumerate(drafts, start=1)
+    ]
+    (j,) = _builder(feed).build(segs)
+    assert j.charged
+    assert [(leg.board_stop_id, leg.alight_stop_id) for leg in j.legs] == [("S02", "S06")]
+
+
 def test_overlapping_segments_count_their_distance_once(feed: Feed) -> None:
     nofeed = _builder(None)
     (leg,) = nofeed.stitch(

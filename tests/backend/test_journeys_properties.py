@@ -2,12 +2,13 @@
 
 Random valid worlds: riders take rides on buses running known (or unknown) trips, and an
 imperfect edge reports each ride as segments the way real edges fail: rid rotations
-(gaps, overlaps, at a door), quiet stretches closed ``lost`` and heard again, a ride
-split at a stop, a missing boarding or alighting segment; plus false segments on other
-buses (riders of a bus alongside, bystanders) with stops in any order. Whatever the
-segments say, settlement must never raise, never charge a leg that boards at or after
-its alighting stop, and never charge a rider twice for one bus trip; and a ride the
-edge reported whole (first and last segment kept) is charged with its true stops.
+(gaps, overlaps, at a door, one the edge could not pair), quiet stretches closed ``lost``
+and heard again, a ride split at a stop, a missing boarding or alighting segment; plus
+false segments on other buses (riders of a bus alongside, bystanders) with stops in any
+order. Whatever the segments say, settlement must never raise, never charge a leg that
+boards at or after its alighting stop, and never charge a rider twice for one bus trip;
+and a ride the edge reported whole (first and last segment kept) is charged with its
+true stops.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class Edge:
         pos, cause = float(ride.board), "boarded"
         t_start = ride.t0
         for c in cuts:
-            kind = rng.choice(["rotate", "lost", "door", "overlap"])
+            kind = rng.choice(["rotate", "lost", "door", "overlap", "unpaired"])
             end: tuple[float, str | None, str]
             nxt: tuple[float, str | None, str]
             x = min(max(c + rng.uniform(-0.5, 0.5), pos), float(ride.alight))
@@ -120,6 +121,15 @@ class Edge:
                 end = (t_cut, last, "lost")
                 nxt = (t_at(back), stops[round(back)] if rng.random() < 0.5 else None, "boarded")
                 x = back
+            elif kind == "unpaired":  # a rid rotation the edge could not pair: the old
+                # segment ends by the fade rules (held to the next door and alighted there,
+                # or lost at the stop before), the new rid starts continued where first heard
+                nxt = (t_cut + rng.uniform(0.0, 40.0), None, "continued")
+                door = min(ride.alight, int(x) + 1)
+                if rng.random() < 0.5:
+                    end = (t_at(door), stops[door], "alighted")
+                else:
+                    end = (t_cut, stops[int(x)], "lost")
             else:  # rid rotation: gap or overlap of a few seconds
                 shift = rng.uniform(-4.0, 40.0) if kind == "rotate" else -rng.uniform(1, 60)
                 end = (t_cut, None, "rotated")
