@@ -1363,14 +1363,18 @@ class PresenceClassifier:
         """A rider's new rid that no old rid paired with: its segment starts ``continued``.
 
         It began at a rotation while the rider rode (:meth:`_unpaired_rides`), so it
-        starts where it was first heard, with no stop (the bus was between stops), and
-        is a rider from then on (held through silences while moving, alighted at a
-        door). The backend joins it with the rider's other segments of the trip (the
-        old rid's, ended by the fade rules) into one leg; alone, it boards at the last
-        stop the bus served before that point (``partial``, ``docs/backend.md``).
+        starts at its first advert, and is a rider from then on (held through silences
+        while moving, alighted at a door). Its start names the last stop whose doors
+        opened before that advert: nobody boards between stops, so the rider was aboard
+        when the bus left it (the stop it boarded at, or a later one they rode through).
+        The backend joins it with the rider's other segments of the trip (the old rid's,
+        ended by the fade rules) into one leg, boarded at the earliest stop named; alone,
+        it is a ``partial`` leg boarded at that stop (``docs/backend.md``), never later
+        than the rider boarded and never by an odometer that drifts over a long hop.
         """
         self._unpair(r)
-        self._confirm(r, t, "continued", r.first_t, None, r.first_odo)
+        v = self._visit_at(r.first_t)
+        self._confirm(r, t, "continued", r.first_t, v.stop_id if v else None, r.first_odo)
         if self._debug:
             log.debug("rid_continued_unpaired", rid=r.rid.hex(), t=t, first_t=r.first_t)
 

@@ -165,7 +165,8 @@ def test_board_stop_is_never_at_or_after_the_alight_stop(feed: Feed) -> None:
 
 def test_an_unpaired_continuation_joins_the_riders_ride_on_the_trip(feed: Feed) -> None:
     """Issue 11, rotation without pairing: the edge emits a rider's new rid that no old rid
-    paired with as ``continued`` from where it was first heard (no stop: between stops).
+    paired with as ``continued`` from its first advert, naming the last stop the bus served
+    before it (nobody boards between stops: the rider was aboard when the bus left it).
     Whatever ended the old rid's segment (``lost`` at the stop before; ``alighted`` at the
     next door, where the fade rules held the silent rider, while the new rid already
     rode), the rider's segments on the trip are one ride: boarded where the first one
@@ -173,11 +174,11 @@ def test_an_unpaired_continuation_joins_the_riders_ride_on_the_trip(feed: Feed) 
     b = _builder(feed)
     lost_before = [
         seg((T0, "S02", "boarded"), (T0 + 150, "S02", "lost"), distance=1250),
-        seg((T0 + 165, None, "continued"), (T0 + 400, "S06", "alighted"), distance=1950),
+        seg((T0 + 165, "S02", "continued"), (T0 + 400, "S06", "alighted"), distance=1950),
     ]
     held_to_the_door = [
         seg((T0, "S02", "boarded"), (T0 + 300, "S05", "alighted"), distance=2400),
-        seg((T0 + 165, None, "continued"), (T0 + 700, "S09", "alighted"), distance=4350),
+        seg((T0 + 165, "S02", "continued"), (T0 + 700, "S09", "alighted"), distance=4350),
     ]
     for segs in (lost_before, held_to_the_door):
         (j,) = b.build(reversed(segs))
@@ -191,12 +192,19 @@ def test_an_unpaired_continuation_joins_the_riders_ride_on_the_trip(feed: Feed) 
         assert j.charged
         assert leg.event_ids == tuple(s.event_id for s in segs)
     # alone (the old rid's segment was never emitted: it was a candidate when its rid
-    # ended): the rider was aboard where the new rid began, 1,950 m before S06, so boarded
-    # at S03 at the latest (the last stop the bus served before that point)
-    (j,) = b.build([lost_before[1]])
+    # ended): boarded at the stop it names (the odometer over a long hop drifts by
+    # several per cent: 2,000 m more than the trip from S02 would place it before S01)
+    alone = dataclasses.replace(lost_before[1], distance_m=8000.0)
+    (j,) = b.build([alone])
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S02", "S06")
+    assert set(leg.flags) == {"partial", "review"}
+    assert j.charged
+    # naming no stop (a door opened away from any stop): the rider was aboard where the
+    # new rid began, 1,950 m before S06, so boarded at S03 at the latest
+    (j,) = b.build([dataclasses.replace(lost_before[1], start_stop_id=None)])
     (leg,) = j.legs
     assert (leg.board_stop_id, leg.alight_stop_id) == ("S03", "S06")
-    assert set(leg.flags) == {"partial", "review"}
     assert j.charged
 
 

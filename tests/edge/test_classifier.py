@@ -2112,8 +2112,9 @@ def test_an_unpaired_new_rid_riding_with_the_bus_is_continued_not_dropped() -> N
     offered to the rotation pairing and closed ``lost`` at the stop before; the new rid,
     heard 94 times at the riders' level for 2 km, had no rid to pair with and was dropped
     after ``rotation_wait_s``. Fare correctness must not hang on that link: the new rid
-    rode with the bus from its first advert, so it is emitted ``continued`` (no stop: it
-    began between stops) and the backend joins it with the rider's other segments."""
+    rode with the bus from its first advert, so it is emitted ``continued`` (from the last
+    stop the bus served: nobody boards between stops) and the backend joins it with the
+    rider's other segments."""
     w = World(t0=T0 + 400)  # the boundary comes ~160 s in, while the bus drives
     bnd = (math.floor((T0 + 400) / 600) + 1) * 600
     gone = {"v": False}
@@ -2128,7 +2129,7 @@ def test_an_unpaired_new_rid_riding_with_the_bus_is_continued_not_dropped() -> N
     segs = by_name(out, tok)
     assert [(s.start.cause, s.start.stop_id, s.end.cause, s.end.stop_id) for s in segs] == [
         ("boarded", "S1", "lost", "S1"),
-        ("continued", None, "alighted", "S2"),
+        ("continued", "S1", "alighted", "S2"),  # aboard when the bus left S1, at the latest
     ]
     assert segs[1].interval == segs[0].interval + 1
     assert segs[1].start.t == pytest.approx(bnd + 4.0, abs=0.6)  # where it was first heard
