@@ -511,9 +511,10 @@ class PresenceClassifier:
                 continue
             if r.state == _ROTATING and self._unpaired_rides(r, approach=True):
                 # a rider's new rid the pairing could not link, heard riding with the bus
-                # since its rid began: aboard before these doors opened, not a waiter here
-                self._confirm_unpaired(r, t)
-            elif r.state in (_OUTSIDE, _ROTATING):
+                # since its rid began: aboard before these doors opened, not a waiter
+                # here; it stays what it is until it shows it stays with the bus
+                continue
+            if r.state in (_OUTSIDE, _ROTATING):
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
                 r.hist = {}
                 self._become_candidate(r, visit, fresh=False)
@@ -651,7 +652,7 @@ class PresenceClassifier:
             state = _CANDIDATE
         if (at_stop or late) and (
             state <= _OUTSIDE
-            or state == _ROTATING
+            or (state == _ROTATING and not (at_stop and self._unpaired_rides(r, approach=True)))
             or (state == _GONE and v is not None and v.seq > r.gone_visit_seq)
             or (state == _CANDIDATE and r.co_only and v is not r.visit and self._rejoins(r))
         ):
@@ -1305,8 +1306,8 @@ class PresenceClassifier:
         if self._silent_s(r, t) > self._fade_s(r):
             if self._take_over(r) or self._rides_on(r, t):
                 return
-            if self._unpaired_rides(r):
-                self._confirm_unpaired(r, t)  # silent while moving: held like any rider
+            if self._unpaired_rides(r) and self._stayed(r):
+                self._confirm_unpaired(r, t)  # then judged as a rider (alighted there)
             else:
                 self._drop(r, Event.FADE, out)
             return
@@ -1321,10 +1322,11 @@ class PresenceClassifier:
         if r.pred != _PRED_NONE:
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
-            if self._unpaired_rides(r):
-                self._confirm_unpaired(r, t)
-            else:
+            if not self._unpaired_rides(r):
                 self._drop(r, Event.REJECT, out)
+            elif self._stayed(r):
+                self._confirm_unpaired(r, t)
+            # (else it waits for the next stop's doors: a car alongside drives on there)
 
     def _unpaired_rides(self, r: _Rid, *, approach: bool = False) -> bool:
         """Whether a new rid no rotated rid paired with is a rider's all the same.
@@ -1342,7 +1344,9 @@ class PresenceClassifier:
         riders' level (nobody carried yet) or no stop served yet (no trip under way)
         nothing says so. ``approach``: checked as doors open, the rid must not have grown
         ``convoy_gain_db`` louder as the bus came to the stop (someone waiting there,
-        heard from afar: that stop's candidate).
+        heard from afar: that stop's candidate). Such a rid is kept (not made the next
+        stop's candidate, not dropped) until it shows it stayed with the bus through that
+        stop's doors (:meth:`_stayed`), then confirmed (:meth:`_confirm_unpaired`).
         """
         if r.pred != _PRED_NONE or not r.rot or not self._visits or r.n_far <= 0:
             return False
@@ -1357,6 +1361,30 @@ class PresenceClassifier:
             and r.last_in_odo - r.span_odo >= p.confirm_span_m
             and r.last_in_t - r.span_t >= p.confirm_stretch_s
             and r.far_sum / r.n_far >= lvl - self._sparse_fall
+        )
+
+    def _stayed(self, r: _Rid) -> bool:
+        """Whether a rid that began between stops stayed with the bus through a stop's doors.
+
+        Heard at its level ``confirm_distance_m`` past the departure from the first stop
+        whose doors opened after its first advert, or in the bus standing there
+        ``stay_s`` or more after they opened (as :meth:`_moved_on` asks of a candidate
+        first heard far past its stop). A car beside the bus for a hop, at a level where
+        weak riders are heard too (a weak token corner: tuning seed 2, cell 20,
+        ``rush_hour_crowd`` r-00072, a non-rider charged BD003 -> BD004 without this),
+        drives on as the bus halts; a rider is still aboard when the doors open, and
+        rides on or walks out.
+        """
+        w = self._visit_after(r.first_t)
+        if w is None:
+            return False
+        if w.close_odo_m is not None and r.last_in_odo >= w.close_odo_m + self._co_d:
+            return True
+        p = self.params
+        return (
+            r.last_in_t >= w.open_t + p.stay_s
+            and (w.close_t is None or r.last_in_t <= w.close_t + self._grace)
+            and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
         )
 
     def _confirm_unpaired(self, r: _Rid, t: float) -> None:

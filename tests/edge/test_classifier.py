@@ -2185,3 +2185,31 @@ def test_a_waiter_whose_rid_begins_as_the_bus_approaches_is_that_stops_candidate
     assert [(s.start.cause, s.start.stop_id, s.end.stop_id) for s in segs] == [
         ("boarded", "S2", "S3")
     ]
+
+
+def test_a_cars_rid_beginning_alongside_at_the_riders_level_that_drives_on_is_not_continued() -> (
+    None
+):
+    # guard (weak token corner, tuning seed 2, rush_hour_crowd r-00072: a non-rider charged
+    # BD003 -> BD004): where every token is weak, a car beside the bus is heard at the
+    # riders' level; its rid begins mid-hop and it rides alongside to S2, where it drives
+    # on as the bus halts (last heard as the doors open). A rider stays aboard through the
+    # doors: an unpaired rid must be heard there after they opened (or riding on)
+    w = World(t0=T0 + 400)
+    bnd = (math.floor((T0 + 400) / 600) + 1) * 600
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -84.0))
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.t < bnd or world.seq > 2 or (world.seq == 2 and world.t > v.open_t + 1.0):
+            return None
+        return -86.0
+
+    tok = w.add(Token("car", car))
+    w.dwell("S1")
+    w.move(3000)
+    w.dwell("S2", 10)
+    w.move(500)
+    assert by_name(w.finish(), tok) == []
