@@ -1306,7 +1306,7 @@ class PresenceClassifier:
         if self._silent_s(r, t) > self._fade_s(r):
             if self._take_over(r) or self._rides_on(r, t):
                 return
-            if self._unpaired_rides(r) and self._stayed(r):
+            if self._unpaired_rides(r) and self._stayed_through(r):
                 self._confirm_unpaired(r, t)  # then judged as a rider (alighted there)
             else:
                 self._drop(r, Event.FADE, out)
@@ -1324,7 +1324,7 @@ class PresenceClassifier:
         elif t - r.first_t > p.rotation_wait_s:
             if not self._unpaired_rides(r):
                 self._drop(r, Event.REJECT, out)
-            elif self._stayed(r):
+            elif self._stayed_through(r):
                 self._confirm_unpaired(r, t)
             # (else it waits for the next stop's doors: a car alongside drives on there)
 
@@ -1346,7 +1346,7 @@ class PresenceClassifier:
         ``convoy_gain_db`` louder as the bus came to the stop (someone waiting there,
         heard from afar: that stop's candidate). Such a rid is kept (not made the next
         stop's candidate, not dropped) until it shows it stayed with the bus through that
-        stop's doors (:meth:`_stayed`), then confirmed (:meth:`_confirm_unpaired`).
+        stop's doors (:meth:`_stayed_through`), then confirmed (:meth:`_confirm_unpaired`).
         """
         if r.pred != _PRED_NONE or not r.rot or not self._visits or r.n_far <= 0:
             return False
@@ -1363,7 +1363,7 @@ class PresenceClassifier:
             and r.far_sum / r.n_far >= lvl - self._sparse_fall
         )
 
-    def _stayed(self, r: _Rid) -> bool:
+    def _stayed_through(self, r: _Rid) -> bool:
         """Whether a rid that began between stops stayed with the bus through a stop's doors.
 
         Heard at its level ``confirm_distance_m`` past the departure from the first stop
