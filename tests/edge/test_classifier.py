@@ -1943,6 +1943,25 @@ def test_rider_heard_faintly_after_alighting_as_the_bus_leaves_alights_there() -
 # -- weak cells, sixth pass (issue 11, helper misses, tuning seeds) ----------------------
 
 
+def three_stops(
+    w: World, dwells_s: tuple[float, float, float], hops_m: tuple[float, float, float]
+) -> list[SegmentDraft]:
+    """Dwell at S1, S2 and S3 for `dwells_s`, moving `hops_m` after each; the drafts."""
+    for stop, dwell_s, hop_m in zip(("S1", "S2", "S3"), dwells_s, hops_m, strict=True):
+        w.dwell(stop, dwell_s)
+        w.move(hop_m)
+    return w.finish()
+
+
+def heard_after_close(world: World, at_s: tuple[float, ...], level: float) -> float | None:
+    """`level` for half a second at each of `at_s` seconds after the doors closed."""
+    v = world.visit
+    assert v is not None
+    assert v.close_t is not None
+    k = world.t - v.close_t
+    return level if any(a <= k < a + 0.5 for a in at_s) else None
+
+
 def test_sparse_rider_carried_one_short_hop_and_standing_at_the_next_stop_is_charged() -> None:
     # cell 2 (-25 dBm), tuning seed 2, rush_hour_crowd r-00025 (BD006 -> BD008): heard
     # every 5 s at its stop (a 40-s dwell), then in pairs every 20 s at its own level on a
@@ -1959,20 +1978,14 @@ def test_sparse_rider_carried_one_short_hop_and_standing_at_the_next_stop_is_cha
         if world.seq == 1:
             if v.close_t is None:
                 return -92.0 if (world.t - T0) % 5.0 < 0.5 else None
-            k = world.t - v.close_t
-            return -92.0 if any(a <= k < a + 0.5 for a in (20.0, 22.0, 40.0, 42.0)) else None
+            return heard_after_close(world, (20.0, 22.0, 40.0, 42.0), -92.0)
         if world.seq == 2 and world.t < v.open_t + 10.0:
             return -91.0 if (world.t - T0) % 2.0 < 0.5 else None
         return None
 
     tok = w.add(Token("weak", weak))
-    w.dwell("S1", 40)  # (a long dwell, as at BD006: its rhythm is learnt there)
-    w.move(600)
-    w.dwell("S2", 20)
-    w.move(600)
-    w.dwell("S3", 10)
-    w.move(600)
-    out = w.finish()
+    # (a long dwell, as at BD006: its rhythm is learnt there)
+    out = three_stops(w, (40, 20, 10), (600, 600, 600))
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
     assert all(len(by_name(out, r)) == 1 for r in riders)
 
@@ -2002,13 +2015,7 @@ def test_rider_silent_as_the_bus_leaves_a_stop_and_heard_again_riding_on_is_cont
         return heard(world)
 
     tok = w.add(Token("weak", weak))
-    w.dwell("S1", 20)
-    w.move(1000)
-    w.dwell("S2", 15)
-    w.move(1000)
-    w.dwell("S3", 20)
-    w.move(600)
-    out = w.finish()
+    out = three_stops(w, (20, 15, 20), (1000, 1000, 600))
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [
         ("S1", "S2"),
         ("S2", "S3"),
@@ -2032,20 +2039,13 @@ def test_token_carried_one_hop_but_much_louder_at_the_next_stop_is_not_charged()
         if world.seq == 1:
             if v.close_t is None:
                 return -80.0 if (world.t - T0) % 5.0 < 0.5 else None
-            k = world.t - v.close_t
-            return -70.0 if any(a <= k < a + 0.5 for a in (20.0, 22.0, 40.0, 42.0)) else None
+            return heard_after_close(world, (20.0, 22.0, 40.0, 42.0), -70.0)
         if world.seq == 2 and world.t < v.open_t + 12.0:
             return -62.0
         return None
 
     tok = w.add(Token("other", other))
-    w.dwell("S1", 40)
-    w.move(600)
-    w.dwell("S2", 20)
-    w.move(600)
-    w.dwell("S3", 10)
-    w.move(600)
-    out = w.finish()
+    out = three_stops(w, (40, 20, 10), (600, 600, 600))
     assert by_name(out, tok) == []
     assert all(len(by_name(out, r)) == 1 for r in riders)
 
@@ -2067,20 +2067,13 @@ def test_rider_of_a_bus_alongside_heard_at_the_stops_only_is_not_charged_one_hop
         if world.seq == 1:
             if v.close_t is None:
                 return -92.0 if (world.t - T0) % 5.0 < 0.5 else None
-            k = world.t - v.close_t
-            return -92.0 if any(a <= k < a + 0.5 for a in (50.0, 52.0, 70.0, 72.0)) else None
+            return heard_after_close(world, (50.0, 52.0, 70.0, 72.0), -92.0)
         if world.seq == 2 and world.t < v.open_t + 10.0:
             return -91.0 if (world.t - T0) % 2.0 < 0.5 else None
         return None
 
     tok = w.add(Token("other", other))
-    w.dwell("S1", 40)
-    w.move(900)
-    w.dwell("S2", 20)
-    w.move(600)
-    w.dwell("S3", 10)
-    w.move(600)
-    out = w.finish()
+    out = three_stops(w, (40, 20, 10), (900, 600, 600))
     assert by_name(out, tok) == []
     assert all(len(by_name(out, r)) == 1 for r in riders)
 
