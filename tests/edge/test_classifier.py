@@ -1522,6 +1522,20 @@ def _closed_since(world: World, seconds: float) -> bool:
     return v is not None and v.close_t is not None and world.t >= v.close_t + seconds
 
 
+def pull_out_to_s2(
+    w: World, here: dict[str, bool], metres: float, speed: float = 10.0
+) -> list[SegmentDraft]:
+    """Dwell 25 s at S1, pull out for 3 s, go `metres` at `speed` to S2 (setting
+    ``here["at_s2"]``), dwell 20 s there and go 600 m on; the drafts."""
+    w.dwell("S1", 25)
+    w.wait(3)
+    w.move(metres, speed=speed)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    return w.finish()
+
+
 def test_car_first_heard_as_the_doors_close_following_far_below_the_riders_is_not_charged() -> None:
     # r-03309 (bus-55-01-r3, BD004->BD005): a car pulling up behind the bus as it leaves;
     # first heard 2.7 s after the doors closed (within board_grace_s: before, a fresh
@@ -1545,13 +1559,7 @@ def test_car_first_heard_as_the_doors_close_following_far_below_the_riders_is_no
         return -85.0 if int(world.t) % 3 == 0 else -88.0
 
     tok = w.add(Token("car", car))
-    w.dwell("S1", 25)
-    w.wait(3)  # the bus pulls out
-    w.move(800)
-    here["at_s2"] = True
-    w.dwell("S2", 20)
-    w.move(600)
-    out = w.finish()
+    out = pull_out_to_s2(w, here, 800)
     assert by_name(out, tok) == []
     assert all(len(by_name(out, r)) == 1 for r in riders)
 
@@ -1604,13 +1612,7 @@ def test_car_arriving_as_the_doors_close_heard_densely_at_a_riders_margin_is_not
         return -83.0 if int(world.t) % 2 == 0 else -87.0
 
     tok = w.add(Token("car", car))
-    w.dwell("S1", 25)
-    w.wait(3)
-    w.move(1000, speed=8.0)
-    here["at_s2"] = True
-    w.dwell("S2", 20)
-    w.move(600)
-    out = w.finish()
+    out = pull_out_to_s2(w, here, 1000, speed=8.0)
     assert by_name(out, tok) == []
     for r in riders:  # (rotating: rotated, then continued)
         segs = by_name(out, r)

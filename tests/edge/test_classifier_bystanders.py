@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from edge._classifier import State
-from tests.edge.test_classifier import T0, Token, World, by_name
+from tests.edge.test_classifier import T0, Token, World, by_name, pull_out_to_s2
 
 INTERVAL_START = (math.floor(T0 / 600) + 1) * 600.0
 """The start of the next 600-s interval: rids first heard just after it are rotations."""
@@ -79,13 +79,7 @@ def test_a_car_arriving_as_the_doors_close_sparse_at_first_is_not_charged() -> N
         return level if (world.t - T0) % period < 0.5 else None
 
     tok = w.add(Token("car", car))
-    w.dwell("S1", 25)
-    w.wait(3)
-    w.move(1000, speed=8.0)
-    here["at_s2"] = True
-    w.dwell("S2", 20)
-    w.move(600)
-    out = w.finish()
+    out = pull_out_to_s2(w, here, 1000, speed=8.0)
     assert by_name(out, tok) == []
     for r in riders:
         assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S2")]
