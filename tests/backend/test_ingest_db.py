@@ -532,6 +532,18 @@ async def test_a_missed_record_whose_id_is_stored_for_another_is_quarantined_alo
     assert (res.duplicates, res.acks) == (7, {"B1": 3, "B2": 7})
 
 
+async def per_message_ingestor(engine: AsyncEngine, verify: Verify, worker_id: str) -> Ingestor:
+    """An ingestor holding 2 quarantined records per message (100 per bus), devices loaded."""
+    ing = Ingestor(
+        engine,
+        IngestCore(verify=verify),
+        worker_id=worker_id,
+        quarantine_budget=QuarantineBudget(per_message=2, per_bus=100),
+    )
+    await ing.refresh_devices()
+    return ing
+
+
 @pytest.mark.parametrize("verify", ["runs", "every"])
 async def test_every_rejection_counts_against_the_message_it_came_in(
     engine: AsyncEngine, verify: Verify
@@ -544,13 +556,7 @@ async def test_every_rejection_counts_against_the_message_it_came_in(
     key = device_key_for("B1")
     a = make_events("B1", key, 8, missed_every=4)
     b = make_events("B2", device_key_for("B2"), 2, missed_every=2)
-    ing = Ingestor(
-        engine,
-        IngestCore(verify=verify),
-        worker_id="w1",
-        quarantine_budget=QuarantineBudget(per_message=2, per_bus=100),
-    )
-    await ing.refresh_devices()
+    ing = await per_message_ingestor(engine, verify, "w1")
     await ing.ingest([("B1", batch_payload("B1", a)), ("B2", batch_payload("B2", b[:1]))])
     async with engine.begin() as conn:  # B1 seq 4 stored under B2 seq 2's id, as if old
         await conn.execute(

@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend._db import create_engine, fare_events, quarantine
 from backend._ingest import IngestCore, Ingestor, IngestWorker, Prepared, VerifiedEvent
-from backend._ingest_bounds import QuarantineBudget
 from backend._keys import DeviceInfo
 from backend._record_check import Verify
 from backend.config import BackendConfig
 from busbell import ConfigError, event_hash, load_config, sign_event
+from tests.backend.test_ingest_db import per_message_ingestor
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 KEYS = {b: device_key_for(b) for b in ("B1", "B2")}
@@ -193,13 +193,7 @@ async def test_the_run_decisions_rejections_count_against_their_own_messages(
         ("B1", batch_payload("B1", [*forged[2:4], {"v": 1}])),  # + one schema rejection
         ("B1", batch_payload("B1", forged[4:])),
     ]
-    ing = Ingestor(
-        engine,
-        IngestCore(verify=verify),
-        worker_id="w",
-        quarantine_budget=QuarantineBudget(per_message=2, per_bus=100),
-    )
-    await ing.refresh_devices()
+    ing = await per_message_ingestor(engine, verify, "w")
     res = await ing.ingest(messages)
     assert res.rejected == {"bad_signature": 6, "schema": 1}
     async with engine.connect() as conn:
