@@ -37,7 +37,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -777,6 +777,18 @@ _TRANSACTION_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, _RowsRefused)
 _QUARANTINE_ERRORS: tuple[type[Exception], ...] = (*DB_ERRORS, ValueError)
 
 
+def _without(
+    order: list[VerifiedEvent],
+    groups: dict[str, list[VerifiedEvent]],
+    gone: Container[int],
+) -> tuple[list[VerifiedEvent], dict[str, list[VerifiedEvent]]]:
+    """``order`` and ``groups`` without the events whose ``id()`` is in ``gone``."""
+    return (
+        [e for e in order if id(e) not in gone],
+        {b: [e for e in es if id(e) not in gone] for b, es in groups.items()},
+    )
+
+
 @dataclass(slots=True)
 class Prepared:
     """A batch decoded and verified, not committed yet (:meth:`Ingestor.prepare`)."""
@@ -948,9 +960,7 @@ class Ingestor:
         if not rejected:
             return
         gone = {id(e) for e in runs if not e.signed}
-        prepared.order = [e for e in prepared.order if id(e) not in gone]
-        for bus_id, events in prepared.groups.items():
-            prepared.groups[bus_id] = [e for e in events if id(e) not in gone]
+        prepared.order, prepared.groups = _without(prepared.order, prepared.groups, gone)
         self._charge(prepared, rejected)
 
     async def commit(self, prepared: Prepared) -> BatchResult:
@@ -1219,9 +1229,7 @@ class Ingestor:
             rows = await self._lock_rows(conn, buses, now)
             taken = await self._ids_taken(conn, order)
             if taken:  # left out before the plan: their bus's chain waits there
-                gone = taken.keys()
-                order = [e for e in order if id(e) not in gone]
-                groups = {b: [e for e in es if id(e) not in gone] for b, es in groups.items()}
+                order, groups = _without(order, groups, taken.keys())
             held_rows = await self._held_rows(conn, [b for b in buses if rows[b].pending])
             planner = self.core.planner(now=now)
             for bus_id in buses:

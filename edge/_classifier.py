@@ -1225,13 +1225,19 @@ class PresenceClassifier:
         w = self._visits[-1] if self._visits else None
         if w is None or w.seq <= v.seq:
             return False
+        return self._stood_at(r, w) and r.lvl is not None and r.ewma >= r.lvl - self._fade_drop
+
+    def _stood_at(self, r: _Rid, w: StopVisit, grace: float = 0.0) -> bool:
+        """Whether ``r`` was last heard in the bus standing at ``w`` after ``stay_s``.
+
+        ``stay_s`` or more after its doors opened, before they closed (give or take
+        ``grace``), within ``stop_radius_m`` of where they opened.
+        """
         p = self.params
         return (
             r.last_in_t >= w.open_t + p.stay_s
-            and (w.close_t is None or r.last_in_t <= w.close_t)
+            and (w.close_t is None or r.last_in_t <= w.close_t + grace)
             and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
-            and r.lvl is not None
-            and r.ewma >= r.lvl - self._fade_drop
         )
 
     def _far_joiner(self, r: _Rid, v: StopVisit) -> bool:
@@ -1380,12 +1386,7 @@ class PresenceClassifier:
             return False
         if w.close_odo_m is not None and r.last_in_odo >= w.close_odo_m + self._co_d:
             return True
-        p = self.params
-        return (
-            r.last_in_t >= w.open_t + p.stay_s
-            and (w.close_t is None or r.last_in_t <= w.close_t + self._grace)
-            and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
-        )
+        return self._stood_at(r, w, self._grace)
 
     def _confirm_unpaired(self, r: _Rid, t: float) -> None:
         """A rider's new rid that no old rid paired with: its segment starts ``continued``.
