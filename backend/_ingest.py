@@ -461,6 +461,13 @@ class IngestCore:
         e.signed = True
         return None
 
+    def _signature_fault(self, e: VerifiedEvent) -> RecordFault | None:
+        """Why the signature of ``e`` (put off when decoded) is not its bus's, or None."""
+        dev = self._devices.get(e.bus_id)
+        if dev is None:  # pragma: no cover - checked when decoded
+            return RecordFault("bad_signature", f"bus {e.bus_id!r} is not registered")
+        return signature_fault(e.record, e.raw.encode("utf-8"), dev.public)
+
     def verify_runs(self, events: Sequence[VerifiedEvent]) -> tuple[list[Rejection], int]:
         """Decide the signatures :meth:`decode` put off for their runs, one per run.
 
@@ -480,18 +487,11 @@ class IngestCore:
         for e in events:
             first.setdefault(e.hash, e)
         faults: dict[str, RecordFault] = {}
-        devices = self._devices
 
         def verify(hashes: list[str]) -> set[str]:
             failed = set()
             for h in hashes:
-                e = first[h]
-                dev = devices.get(e.bus_id)
-                fault = (
-                    RecordFault("bad_signature", f"bus {e.bus_id!r} is not registered")
-                    if dev is None  # pragma: no cover - checked when decoded
-                    else signature_fault(e.record, e.raw.encode("utf-8"), dev.public)
-                )
+                fault = self._signature_fault(first[h])
                 if fault is not None:
                     faults[h] = fault
                     failed.add(h)
@@ -533,14 +533,8 @@ class IngestCore:
             verified.
         """
         rejected: list[Rejection] = []
-        devices = self._devices
         for e in events:
-            dev = devices.get(e.bus_id)
-            fault = (
-                RecordFault("bad_signature", f"bus {e.bus_id!r} is not registered")
-                if dev is None  # pragma: no cover - checked when decoded
-                else signature_fault(e.record, e.raw.encode("utf-8"), dev.public)
-            )
+            fault = self._signature_fault(e)
             if fault is None:
                 e.signed = True
             else:
