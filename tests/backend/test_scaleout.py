@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -199,3 +200,49 @@ async def test_the_simulated_fleet_rides_out_a_broker_restart(
     finally:
         stop_processes([worker])
         await engine.dispose()
+
+
+@pytest.mark.timeout(120)
+async def test_the_fleet_preloads_a_stopped_worker_which_then_drains_the_broker(
+    pg_url: str, shared_broker: Any, topic_prefix: str, tmp_path: Path
+) -> None:
+    # The scale-out benchmark's drain (benchmarks/backend_scaleout.py, --load drain): the
+    # worker subscribes and is stopped, the fleet publishes every chain (the broker
+    # queues it), nothing is stored until the worker continues; run() then only reads
+    # the acks: every bus acked, no retry, no re-send request.
+    buses = ["D000", "D001", "D002"]
+    chains = {b: make_events(b, device_key_for(b), 120) for b in buses}
+    engine = create_engine(pg_url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        for b in buses:
+            await register_device(conn, b, device_key_for(b).public)
+    count = sa.select(sa.func.count()).select_from(fare_events)
+    log = tmp_path / "worker.log"
+    worker = start_worker(0, pg_url, shared_broker, topic_prefix, log)
+    try:
+        await wait_subscribed([log])
+        settings = MqttSettings(
+            host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix
+        )
+        fleet = EdgeFleet(settings, chains, batch=20, window=40, retry_s=60.0)
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            await fleet.preload()
+            assert fleet.sent == dict.fromkeys(buses, 120)
+            await asyncio.sleep(0.3)
+            async with engine.connect() as conn:
+                assert (await conn.execute(count)).scalar() == 0
+            assert not fleet.done()
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        await fleet.run(timeout_s=60)
+        assert fleet.done()
+        assert fleet.acked == dict.fromkeys(buses, 120)
+        assert (fleet.retries, fleet.resend_requests) == (0, 0)
+        async with engine.connect() as conn:
+            assert (await conn.execute(count)).scalar() == 360
+    finally:
+        stop_processes([worker])
+        await engine.dispose()
+    assert worker.returncode == 0, log.read_text()[-3000:]

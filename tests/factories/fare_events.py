@@ -156,6 +156,8 @@ class EdgeFleet:
         self.reconnects = 0
         self._progress = dict.fromkeys(chains, 0.0)
         self._wake = asyncio.Event()
+        self._unacked = sum(1 for c in chains.values() if c)
+        """Buses whose last event is not acknowledged yet (kept by :meth:`_listen`)."""
         self._payloads = {
             (bus, start): batch_payload(bus, chain[start - 1 : start - 1 + batch])
             for bus, chain in chains.items()
@@ -168,7 +170,7 @@ class EdgeFleet:
 
     def done(self) -> bool:
         """Whether every bus's last event is acknowledged."""
-        return all(self.acked[b] >= len(c) for b, c in self.chains.items())
+        return self._unacked == 0
 
     async def _send(self, session: MqttSession, bus: str, lo: int, hi: int) -> None:
         # Events lo..hi (1-based, inclusive) in batches.
@@ -190,9 +192,18 @@ class EdgeFleet:
                 continue
             bus = parsed.ids["bus"]
             body = json.loads(msg.payload)
-            if parsed.kind == "fares_ack" and body["upto_seq"] > self.acked[bus]:
-                self.acked[bus] = body["upto_seq"]
+            if parsed.kind == "fares_ack":
+                upto, total = body["upto_seq"], len(self.chains[bus])
+                if upto <= self.acked[bus]:
+                    continue
+                if self.acked[bus] < total <= upto:
+                    self._unacked -= 1
+                self.acked[bus] = upto
                 self._progress[bus] = time.monotonic()
+                if self.sent[bus] >= total and self._unacked:
+                    # nothing left to send for this bus (a drain reads only acks): no
+                    # step over the whole fleet per ack; retries are checked every 0.1 s
+                    continue
             elif parsed.kind == "fares_resend":
                 self.resend_requests += 1
                 pending.append((bus, body["from_seq"], body["to_seq"]))
@@ -246,8 +257,11 @@ class EdgeFleet:
                         listener.result()
                     await self._step(session, pending)
                     self._wake.clear()
+                    if self.done():
+                        break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), 0.1)
+                        async with asyncio.timeout(0.1):
+                            await self._wake.wait()
             finally:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, UplinkError):
