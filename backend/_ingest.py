@@ -292,7 +292,7 @@ class IngestCore:
         payload: bytes,
         *,
         below: int = 0,
-        runs: list[VerifiedEvent] | None = None,
+        put_off: list[VerifiedEvent] | None = None,
     ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         """Decode and verify one payload received on ``buses/{bus_id}/fares``.
 
@@ -301,8 +301,8 @@ class IngestCore:
         off (:attr:`VerifiedEvent.signed`): the plan verifies them only when they turn out
         not to be byte-identical to the stored record.
 
-        With ``runs`` (a list), the signature of every other record is put off too, and
-        the record appended to ``runs``: :meth:`verify_put_off` decides them together
+        With ``put_off`` (a list), the signature of every other record is put off too,
+        and the record appended to it: :meth:`verify_put_off` decides them together
         once the transaction's messages are decoded, one signature per hash-linked run
         (``verify = "runs"``) or each record's own (``every``). Without it each one's own
         signature is verified here.
@@ -336,20 +336,20 @@ class IngestCore:
             ok: list[VerifiedEvent] = []
             bad: list[Rejection] = []
             dev = self._devices.get(bus_id)
-            every = runs is None
+            every = put_off is None
             for rec in records:
                 copy = rec.seq < below
                 result = self._verify(bus_id, rec, dev, every and not copy, copy)
                 if isinstance(result, VerifiedEvent):
                     ok.append(result)
-                    if runs is not None and not copy:
-                        runs.append(result)
+                    if put_off is not None and not copy:
+                        put_off.append(result)
                 else:
                     bad.append(result)
             if every:
                 _count_verified(ok, bad)
             return ok, bad
-        return self._decode_general(bus_id, payload, below, runs)
+        return self._decode_general(bus_id, payload, below, put_off)
 
     def _check_count(self, n: int) -> None:
         if n > self.max_events_per_message:
@@ -359,7 +359,7 @@ class IngestCore:
             )
 
     def _decode_general(
-        self, bus_id: str, payload: bytes, below: int, runs: list[VerifiedEvent] | None
+        self, bus_id: str, payload: bytes, below: int, put_off: list[VerifiedEvent] | None
     ) -> tuple[list[VerifiedEvent], list[Rejection]]:
         try:
             obj = loads_bounded(payload, self._limits)
@@ -405,14 +405,14 @@ class IngestCore:
                 continue
             copy = rec.seq < below
             dev = self._devices.get(bus_id)
-            result = self._verify(bus_id, rec, dev, runs is None and not copy, copy)
+            result = self._verify(bus_id, rec, dev, put_off is None and not copy, copy)
             if isinstance(result, Rejection):
                 bad.append(result)
             else:
                 ok.append(result)
-                if runs is not None and not copy:
-                    runs.append(result)
-        if runs is None:
+                if put_off is not None and not copy:
+                    put_off.append(result)
+        if put_off is None:
             _count_verified(ok, bad)
         return ok, bad
 
@@ -510,7 +510,7 @@ class IngestCore:
         return rejected, verified
 
     def verify_put_off(self, events: Sequence[VerifiedEvent]) -> tuple[list[Rejection], int]:
-        """Decide the signatures :meth:`decode` put off to its ``runs`` list, per mode.
+        """Decide the signatures :meth:`decode` put off to its ``put_off`` list, per mode.
 
         :meth:`verify_runs` with ``verify = "runs"``, :meth:`verify_each` with ``every``.
         """
@@ -792,9 +792,9 @@ class Prepared:
     """Every bus's events in arrival order (the order the plan takes them in)."""
     rejections: list[Rejection] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
-    runs: list[VerifiedEvent] = field(default_factory=list)
+    put_off: list[VerifiedEvent] = field(default_factory=list)
     """Events whose signature is put off until the batch is decoded, until
-    :meth:`Ingestor.verify_runs` decides them (per run with ``verify = "runs"``, each
+    :meth:`Ingestor.verify_put_off` decides them (per run with ``verify = "runs"``, each
     record's own with ``every``)."""
     sources: list[list[VerifiedEvent]] = field(default_factory=list)
     """Per message of the batch (by index), the events it brought (as decoded)."""
@@ -900,7 +900,7 @@ class Ingestor:
         prepared = Prepared()
         for bus_id, payload in messages:
             self.prepare_one(prepared, bus_id, payload)
-        self.verify_runs(prepared)
+        self.verify_put_off(prepared)
         return prepared
 
     def prepare_one(self, prepared: Prepared, bus_id: str, payload: bytes) -> None:
@@ -909,7 +909,7 @@ class Ingestor:
         MESSAGES_RECEIVED.inc()
         try:
             ok, bad = self.core.decode(
-                bus_id, payload, below=self._heads.get(bus_id, 0), runs=prepared.runs
+                bus_id, payload, below=self._heads.get(bus_id, 0), put_off=prepared.put_off
             )
         except MalformedMessage as exc:
             result.malformed += 1
@@ -936,24 +936,24 @@ class Ingestor:
         prepared.stored.append(sum(r.store for r in admitted))
         prepared.rejections.extend(admitted)
 
-    def verify_runs(self, prepared: Prepared) -> None:
+    def verify_put_off(self, prepared: Prepared) -> None:
         """Decide the signatures put off in ``prepared`` (CPU only).
 
         One per hash-linked run of the batch's records (:meth:`IngestCore.verify_runs`),
         or with ``verify = "every"`` each record's own in one pass
         (:meth:`IngestCore.verify_each`); a record that is not authentic leaves the
         batch as ``bad_signature`` (charged to the quarantine budget of the message it
-        came in). The end
-        of :meth:`prepare` (after :meth:`prepare_one` for each message); :meth:`commit`
-        does it if it was not done.
+        came in). The end of :meth:`prepare` (after :meth:`prepare_one` for each
+        message); :meth:`commit` does it if it was not done. (Named ``verify_runs``
+        until ``every`` mode was decided here too.)
         """
-        runs, prepared.runs = prepared.runs, []
-        if not runs:
+        put_off, prepared.put_off = prepared.put_off, []
+        if not put_off:
             return
-        rejected, _ = self.core.verify_put_off(runs)
+        rejected, _ = self.core.verify_put_off(put_off)
         if not rejected:
             return
-        gone = {id(e) for e in runs if not e.signed}
+        gone = {id(e) for e in put_off if not e.signed}
         prepared.order, prepared.groups = _without(prepared.order, prepared.groups, gone)
         self._charge(prepared, rejected)
 
@@ -963,7 +963,7 @@ class Ingestor:
         Raises:
             StoreError: when the transaction failed (nothing was committed).
         """
-        self.verify_runs(prepared)
+        self.verify_put_off(prepared)
         return await self._commit(prepared)
 
     def _charge(self, prepared: Prepared, bad: list[Rejection]) -> None:
@@ -1735,7 +1735,7 @@ class IngestWorker:
         for bus_id, payload in batch:
             self.ingestor.prepare_one(prepared, bus_id, payload)
             await asyncio.sleep(0)
-        self.ingestor.verify_runs(prepared)
+        self.ingestor.verify_put_off(prepared)
         return prepared
 
     async def _next_batch(

@@ -52,7 +52,7 @@ def _decide(
     runs: list[VerifiedEvent] = []
     decoded: list[VerifiedEvent] = []
     for bus, events in messages:
-        ok, bad = core.decode(bus, batch_payload(bus, events), below=below, runs=runs)
+        ok, bad = core.decode(bus, batch_payload(bus, events), below=below, put_off=runs)
         assert not bad
         decoded += ok
     rejected, verified = core.verify_runs(runs)
@@ -217,9 +217,9 @@ async def test_every_verifies_each_record_once_the_batch_is_decoded(engine: Asyn
     after = sign_event(dict(CHAIN[3], prev=event_hash(bad)), KEYS["B1"])
     prepared = Prepared()
     ing.prepare_one(prepared, "B1", batch_payload("B1", [*CHAIN[:2], bad, after]))
-    assert [(e.seq, e.signed) for e in prepared.runs] == [(s, False) for s in range(1, 5)]
+    assert [(e.seq, e.signed) for e in prepared.put_off] == [(s, False) for s in range(1, 5)]
     before = _verified_total()
-    ing.verify_runs(prepared)
+    ing.verify_put_off(prepared)
     assert _verified_total() - before == 4
     assert [(r.seq, r.reason) for r in prepared.rejections] == [(3, "bad_signature")]
     assert [(e.seq, e.signed) for e in prepared.order] == [(1, True), (2, True), (4, True)]
