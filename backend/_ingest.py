@@ -1595,6 +1595,8 @@ class IngestWorker:
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
         # wall time each queued message arrived, in queue order (the worker's progress)
         self._arrived: collections.deque[float] = collections.deque()
+        # set by the reader after each message it queues (see _arrives_before)
+        self._arrival = asyncio.Event()
         self._wall = time.time
         self.connected = asyncio.Event()
 
@@ -1679,6 +1681,7 @@ class IngestWorker:
                 continue
             await self._queue.put((parsed.ids["bus"], msg.payload))
             self._arrived.append(self._wall())
+            self._arrival.set()
         raise UplinkError("message stream ended")
 
     async def _processor(self, session: MqttSession, stop: asyncio.Event) -> None:
@@ -1692,7 +1695,14 @@ class IngestWorker:
         inflight_n = 0
         try:
             while not stop.is_set():
-                batch = await self._next_batch(ing.batch_commit_size, ing.batch_wait_s, tick_every)
+                if inflight is not None and not await self._arrives_before(inflight, tick_every):
+                    # nothing to prepare beside the commit: its acks go out as soon as
+                    # it is done, not when the next message (or the sweep) comes
+                    batch = []
+                else:
+                    batch = await self._next_batch(
+                        ing.batch_commit_size, ing.batch_wait_s, tick_every
+                    )
                 try:
                     prepared = await self._prepare(batch) if batch else None
                     if inflight is not None:
@@ -1737,6 +1747,21 @@ class IngestWorker:
             await asyncio.sleep(0)
         self.ingestor.verify_put_off(prepared)
         return prepared
+
+    async def _arrives_before(self, task: asyncio.Task[BatchResult], wait_s: float) -> bool:
+        """Whether a message is queued, or comes before ``task`` ends (within ``wait_s``).
+
+        Takes nothing from the queue (a cancel loses no message).
+        """
+        if not self._queue.empty():
+            return True
+        self._arrival.clear()
+        arrival = asyncio.create_task(self._arrival.wait())
+        try:
+            await asyncio.wait({arrival, task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrival.cancel()
+        return not self._queue.empty()
 
     async def _next_batch(
         self, max_events: int, wait_s: float, idle_s: float

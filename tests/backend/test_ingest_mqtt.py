@@ -191,3 +191,39 @@ async def test_shared_subscription_members_with_one_configured_client_id_coexist
             assert second.connected.is_set()
     assert await count_events(url, "B1") == 20
     assert [e for e in logs if e["event"] == "fare_ingest_disconnected"] == []
+
+
+async def test_the_last_batch_is_acked_when_committed_not_at_the_next_message_or_sweep(
+    db_url: str, shared_broker: Any, topic_prefix: str
+) -> None:
+    # The worker commits a batch while it prepares the next; when no next message comes,
+    # the commit's acks used to wait for one, or for the gap sweep (resend_after_s / 2:
+    # here 300 s, far past the test's timeout).
+    cfg = make_config(
+        db_url, shared_broker.host, shared_broker.port, topic_prefix, resend_after_s=600.0
+    )
+    topics = Topics(topic_prefix)
+    chain = make_events("B1", device_key_for("B1"), 20)
+    settings = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
+    engine = create_engine(db_url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        await register_device(conn, "B1", device_key_for("B1").public)
+    worker = IngestWorker(cfg, engine)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.connected.wait(), 10)
+        async with MqttSession(settings, "t-edge-B1-last", clean_start=True) as edge:
+            await edge.subscribe([topics.fares_ack("B1")])
+            await edge.publish(topics.fares("B1"), batch_payload("B1", chain), qos=1)
+            async with asyncio.timeout(20):
+                async for msg in edge.messages():
+                    if json.loads(msg.payload)["upto_seq"] == 20:
+                        break
+        assert await count_events(db_url, "B1") == 20
+    finally:
+        # a stop would wait for the worker's idle wait (the sweep's period, 300 s)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.dispose()
