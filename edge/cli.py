@@ -43,6 +43,11 @@ RECORD_EPILOG = """\
 example:
   busbell edge record --config edge.toml --out day.trace.jsonl --duration 3600
 """
+TRACE_EPILOG = """\
+example:
+  busbell edge trace-rider kept/cell-20/seed-3/phone_deep_in_bag --rider r-00011
+  busbell edge trace-rider kept/cell-20/seed-3/phone_deep_in_bag --errors --summary
+"""
 DISPLAY_EPILOG = """\
 example:
   busbell edge display --config edge.toml --bus bus-0001 --host 0.0.0.0 --port 8470
@@ -59,7 +64,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="The onboard daemon: run live, record a trace, replay a trace, "
         "serve the driver display.",
-        epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG + DISPLAY_EPILOG,
+        epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG + TRACE_EPILOG + DISPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command")
@@ -103,6 +108,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     rep.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
+    tr = sub.add_parser(
+        "trace-rider",
+        help="trace a rider's adverts and the classifier's decisions in a kept scenario",
+        description="Replay one bus of a scenario directory (busbell sim scenario / sim score "
+        "--keep) in process and print every advert of a rider's rids, the classifier's state "
+        "after it, stop visits and the rider's segments; with --errors, every observable "
+        "leg in error of score.json, each with a one-line summary of the evidence.",
+        epilog=TRACE_EPILOG,
+        formatter_class=fmt,
+    )
+    tr.add_argument("scenario", type=Path, help="scenario directory")
+    tr.add_argument("--rider", help="rider id (r-00011)")
+    tr.add_argument("--bus", help="bus id (default: every bus of the rider's true legs)")
+    tr.add_argument("--errors", action="store_true", help="every leg in error of score.json")
+    tr.add_argument("--summary", action="store_true", help="one line per leg, no adverts")
+    tr.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
     dis = sub.add_parser(
         "display",
         help="serve the driver display page for one bus",
@@ -320,6 +341,42 @@ async def _replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def _trace_rider(a: argparse.Namespace) -> int:
+    from edge._trace_rider import errors_of, format_rows, leg_evidence, trace_rider, true_legs
+
+    params = _load(a.config).classifier
+    d: Path = a.scenario
+    todo: list[tuple[str, str, dict[str, Any] | None]]
+    if a.errors:
+        todo = [(e["rider_id"], e["bus_id"], e) for e in errors_of(d)]
+    elif a.rider:
+        legs = true_legs(d, a.rider)
+        buses = [a.bus] if a.bus else sorted({lg["bus_id"] for lg in legs})
+        if not buses:
+            raise BusbellError(f"{a.rider} rode no bus in {d}: give --bus")
+        todo = [(a.rider, b, None) for b in buses]
+    else:
+        raise BusbellError("give --rider RIDER or --errors")
+    for rider, bus, err in todo:
+        rows = trace_rider(d, rider, bus, params)
+        legs = [lg for lg in true_legs(d, rider) if lg["bus_id"] == bus]
+        head = f"== {rider} on {bus}"
+        if err is not None:
+            got = ", ".join(f"{c['board_stop_id']}->{c['alight_stop_id']}" for c in err["charges"])
+            head += f": {err['kind']} (charged {got or 'nothing'})"
+        sys.stdout.write(head + "\n")
+        t0 = rows[0].t if rows else 0.0
+        for lg in legs:
+            ev = leg_evidence(rows, float(lg["board_t"]), float(lg["alight_t"]))
+            sys.stdout.write(
+                f"   true {lg['board_stop_id']} @{float(lg['board_t']) - t0:.1f} -> "
+                f"{lg['alight_stop_id']} @{float(lg['alight_t']) - t0:.1f}: {ev.line()}\n"
+            )
+        if not a.summary:
+            sys.stdout.write(format_rows(rows, t0) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     """Run ``busbell edge ...``; returns the exit status.
 
@@ -335,6 +392,9 @@ def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     if a.command == "replay":
         configure_logging("warning")
         return asyncio.run(_replay(a))
+    if a.command == "trace-rider":
+        configure_logging("warning")
+        return _trace_rider(a)
     if a.command == "display":
         overrides: dict[str, Any] = {}
         if a.bus is not None:
