@@ -167,6 +167,9 @@ the payload every 4-8 s; the rid changes at the first refresh after the boundary
 _REFRESH_MAX_S = 8.0
 """The longest payload refresh period of a token (an Android app advertising in the
 background refreshes every 8 s; fobs compute the payload at every advert)."""
+_THROUGH_HOPS = 3
+"""Hops a rid not on board must be heard in, moving with the bus at its level, to have been
+carried through the two stops between (:meth:`PresenceClassifier._carried_through`)."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
 
@@ -268,6 +271,14 @@ class _Rid:
         "start",
         "start_odo",
         "state",
+        "tk_hops",
+        "tk_n",
+        "tk_odo",
+        "tk_seq",
+        "tk_stood",
+        "tk_sum",
+        "tk_t",
+        "tk_visit",
         "trip_id",
         "visit",
     )
@@ -295,6 +306,19 @@ class _Rid:
         self.per = math.inf
         self.mv_odo = -1.0
         self.mv_ewma = -127.0
+        self.tk_visit: StopVisit | None = None
+        """Its track (never reset by a new candidacy, :meth:`PresenceClassifier._track`):
+        the stop before its first co-movement point at its track level."""
+        self.tk_seq = -1
+        """The visit seq of the hop of its latest track point."""
+        self.tk_hops = 0
+        """Hops (stop to stop) with track points."""
+        self.tk_n = 0
+        self.tk_sum = 0.0
+        self.tk_odo = -math.inf
+        self.tk_t = 0.0
+        self.tk_stood = -1
+        """The latest stop visit (seq) at whose open doors it was heard at its track level."""
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -704,6 +728,16 @@ class PresenceClassifier:
                 )
             ):
                 self._co_move(r, t, rssi, odo, was)
+        if v is not None and state != _ONBOARD and state != _ROTATING:  # noqa: PLR1714 - hot path
+            if v.close_odo_m is None:
+                if r.tk_n and t >= v.open_t and abs(rssi - r.tk_sum / r.tk_n) <= self._sparse_fall:
+                    r.tk_stood = v.seq  # heard at its level in the bus standing at the stop
+            elif (
+                not at_stop
+                and odo >= v.close_odo_m + self._co_d
+                and odo >= r.tk_odo + self._co_step
+            ):
+                self._track(r, v, t, rssi, odo)
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
             thr = r.base - self._fade_drop
@@ -737,6 +771,77 @@ class PresenceClassifier:
             r.n_in += 1
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
+
+    def _track(self, r: _Rid, v: StopVisit, t: float, rssi: int, odo: float) -> None:
+        """A co-movement point of a rid's track.
+
+        Heard ``confirm_distance_m`` or more past the stop the bus left (``v``),
+        ``sparse_step_m`` or more past its previous point. The track is kept whatever
+        the rid's candidacies (a new candidacy at each stop resets those): the hops (stop
+        to stop) in which it was heard moving with the bus at one level (within
+        ``sparse_fall_db`` of the mean of its points), from the stop before its first
+        point on. A point off that level starts the track afresh there (someone waiting
+        at a stop, heard faintly from afar, then loud aboard, boarded at that stop).
+        """
+        if r.tk_n and abs(rssi - r.tk_sum / r.tk_n) > self._sparse_fall:
+            r.tk_n = r.tk_hops = 0
+            r.tk_sum = 0.0
+            r.tk_stood = -1
+        if r.tk_n == 0:
+            r.tk_visit = v
+            r.tk_seq = -1
+        if v.seq != r.tk_seq:
+            r.tk_seq = v.seq
+            r.tk_hops += 1
+        r.tk_n += 1
+        r.tk_sum += rssi
+        r.tk_odo = odo
+        r.tk_t = t
+
+    def _carried_through(self, r: _Rid) -> bool:
+        """Whether a rid not on board rode with the bus through two stops from its track's.
+
+        Heard moving with the bus at one level (:meth:`_track`) in three hops or more, at
+        ``sparse_adverts`` points or more, heard at that level at the open doors of a stop
+        between its first hop and its last, its mean within ``in_bus_margin_db`` of the
+        riders' level: someone carried from stop to stop and through the doors of the
+        stops between, at the level at which they were heard between stops, was aboard
+        from the first (nobody boards between stops). A weak token deep in a bag, heard
+        a few times a hop, is made a new candidate at every stop and never gathers
+        enough co-movement in one candidacy (tuning seed 1, full scale, -25 dBm,
+        ``phone_deep_in_bag`` r-00090: missed, 40 adverts over 4.5 km at -94 dBm with
+        the riders at -84; ``rider_jumps_off_last_moment`` r-00076: charged from two
+        stops late). A car does not wait out the bus's dwell at two stops and drive on
+        with it at one level; a person at a stop is not heard 100 m on at their level
+        there; riders of another bus running with this one are heard through two
+        shells, far below this bus's riders, and settlement keeps their stronger leg.
+        """
+        a = r.tk_visit
+        return (
+            a is not None
+            and r.start is None  # (a ride closed once is for the revive rule)
+            and r.pred == _PRED_NONE
+            and r.tk_hops >= _THROUGH_HOPS
+            and r.tk_n >= self.params.sparse_adverts
+            and a.seq < r.tk_stood <= r.tk_seq
+            and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
+            and r.rid not in self._olds
+        )
+
+    def _board_through(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
+        """Board a rid carried through two stops (:meth:`_carried_through`) from its first."""
+        a = r.tk_visit
+        assert a is not None
+        if r.state != _CANDIDATE:
+            self._become_candidate(r, a, fresh=True)
+        r.visit = a
+        if r.tk_t > r.last_in_t:
+            r.last_in_t = r.tk_t
+            r.last_in_odo = r.tk_odo
+            r.last_in_raw = r.last_raw
+        self._confirm_new(r, t, a, out)
+        if self._debug:
+            log.debug("rid_carried_through", rid=r.rid.hex(), stop_id=a.stop_id, t=t)
 
     def _revives(self, r: _Rid, odo: float) -> bool:
         """Whether a rider closed at the stop the bus just left is heard aboard again.
@@ -936,6 +1041,11 @@ class PresenceClassifier:
             elif st == _OUTSIDE:
                 if t - r.last_t > p.outside_forget_s:
                     forget.append(r.rid)
+            elif r.tk_hops >= _THROUGH_HOPS and self._carried_through(r):
+                try:  # a candidate dropped at a stop, carried on with the bus all the same
+                    self._board_through(r, t, out)
+                except Exception as exc:
+                    self._failed("tick", r, exc)
             elif (
                 t - r.last_t > p.forget_s
                 # a closed rid whose interval is over by its token's clock: never heard
@@ -1041,6 +1151,9 @@ class PresenceClassifier:
         p = self.params
         if r.lvl is None:
             r.lvl = float(_median(r.hist) or r.ewma)  # its level as the bus left the stop
+        if r.tk_hops >= _THROUGH_HOPS and self._carried_through(r):
+            self._board_through(r, t, out)
+            return
         if r.co_only and not r.absent and r.first_t > v.close_t and self._absent(r, t, v):
             r.absent = True  # not aboard while the doors stood open: boarded last, or a car
         fade_s = self._fade_s(r)
@@ -1835,7 +1948,11 @@ class PresenceClassifier:
         p = self.params
         assert r.start is not None
         v = self._visit_at(last_t + p.alight_pre_s)
-        if v is not None and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m):
+        if (
+            v is not None
+            and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m)
+            and not self._rotated_away(r, v, last_t)
+        ):
             end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
         if p.lost_wait_s > 0.0 and self._rode(r, last_odo):
@@ -1854,7 +1971,39 @@ class PresenceClassifier:
         rider's fade there ``lost`` at the stop before).
         """
         assert r.start is not None
-        return r.start.cause == "continued" or last_odo - r.start_odo >= self.params.lost_min_m
+        return (
+            r.start.cause == "continued"
+            or last_odo - r.start_odo >= self.params.lost_min_m
+            # its rid ended while the bus moved: the rotation, not a vehicle drifting off,
+            # explains the silence (no new rid paired with it)
+            or self._near_end(r)
+        )
+
+    def _rotated_away(self, r: _Rid, v: StopVisit, last_t: float) -> bool:
+        """Whether a rider last heard just past ``v`` fell silent because its rid ended.
+
+        ``lost_after_m`` past a stop's departure a silence reads as an alighting there
+        (someone walking off, heard faintly as the bus leaves). Not when the rid was last
+        heard ``confirm_distance_m`` or more past the departure at its ride's level
+        (smoothed RSSI within ``sparse_fall_db`` of its median: someone who walked off is
+        out of hearing or far below it by then, as :meth:`_revives` judges) and stopped at
+        its interval's end: it was aboard when the bus left ``v`` and its rid rotated;
+        nobody leaves a moving bus, so it alights at a later door (full scale, tuning
+        seed 1, -25 dBm, ``transfer_two_buses`` r-00058: last heard 192 m past BD008 at
+        its level, its new rid unpaired 15 s later; charged to BD008, rode to BD009; and
+        not seed 2's r-00029, heard walking off 31 m past BD005 as its rid ended, 12 dB
+        below its ride). Only for the rid's own last advert (``last_t``), not a dropped
+        successor's.
+        """
+        if (
+            last_t != r.last_in_t
+            or v.close_odo_m is None
+            or r.last_in_odo - v.close_odo_m < self._co_d
+            or not self._near_end(r)
+        ):
+            return False
+        med = _median(r.hist)
+        return med is not None and r.ewma >= med - self._sparse_fall
 
     def _visit_after(self, t: float) -> StopVisit | None:
         """The first stop visit whose doors opened after ``t``."""
@@ -1893,8 +2042,10 @@ class PresenceClassifier:
         if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s:
             return False
         v = self._visit_at(r.last_in_t + p.alight_pre_s)
-        if v is not None and (
-            v.close_odo_m is None or r.last_in_odo - v.close_odo_m <= p.lost_after_m
+        if (
+            v is not None
+            and (v.close_odo_m is None or r.last_in_odo - v.close_odo_m <= p.lost_after_m)
+            and not self._rotated_away(r, v, r.last_in_t)
         ):
             return False  # it faded at a stop: an alighting
         w = self._visit_after(r.last_in_t + p.alight_pre_s)
