@@ -70,9 +70,7 @@ def test_a_token_heard_between_stops_only_is_not_carried_through_them() -> None:
     assert all(s.start.stop_id != "S1" for s in segs)
 
 
-def test_a_rider_whose_rid_ends_just_past_a_stop_at_its_level_alights_at_the_next_door() -> (
-    None
-):
+def test_a_rider_whose_rid_ends_just_past_a_stop_at_its_level_alights_at_the_next_door() -> None:
     # full scale, tuning seed 1, -25 dBm, transfer_two_buses r-00058 (BD003 -> BD009,
     # charged to BD008): heard every second at its level, its rid ended 190 m past BD008
     # and its new rid was first heard 15 s later, too late to pair. 200 m
