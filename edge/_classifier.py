@@ -440,6 +440,7 @@ class PresenceClassifier:
         self._sparse_fall = p.sparse_fall_db
         self._run_gap = p.outside_run_gap_s
         self._grace = p.board_grace_s
+        self._stay = p.stay_s
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
         self._riders_lvl = math.inf
@@ -467,6 +468,7 @@ class PresenceClassifier:
             "_sparse_fall",
             "_run_gap",
             "_grace",
+            "_stay",
             "_rot_slack",
             "_rot_end",
             "_slot_s",
@@ -728,16 +730,23 @@ class PresenceClassifier:
                 )
             ):
                 self._co_move(r, t, rssi, odo, was)
-        if v is not None and state != _ONBOARD and state != _ROTATING:  # noqa: PLR1714 - hot path
-            if v.close_odo_m is None:
-                if r.tk_n and t >= v.open_t and abs(rssi - r.tk_sum / r.tk_n) <= self._sparse_fall:
-                    r.tk_stood = v.seq  # heard at its level in the bus standing at the stop
+        if v is not None and v.close_odo_m is None:  # the bus stands at a stop, doors open
+            if state == _ONBOARD:
+                if t >= v.open_t + self._stay and rssi >= r.base - self._fade_drop:
+                    r.tk_stood = v.seq  # a rider staying aboard through a stop (:meth:`_rode`)
             elif (
-                not at_stop
-                and odo >= v.close_odo_m + self._co_d
-                and odo >= r.tk_odo + self._co_step
+                r.tk_n and state != _ROTATING and abs(rssi - r.tk_sum / r.tk_n) <= self._sparse_fall
             ):
-                self._track(r, v, t, rssi, odo)
+                r.tk_stood = v.seq  # heard at its track's level in the bus standing at the stop
+        elif (
+            v is not None
+            and not at_stop
+            and state not in (_ONBOARD, _ROTATING)
+            and v.close_odo_m is not None
+            and odo >= v.close_odo_m + self._co_d
+            and odo >= r.tk_odo + self._co_step
+        ):
+            self._track(r, v, t, rssi, odo)  # moving with the bus, past the stop it left
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
             thr = r.base - self._fade_drop
@@ -1968,7 +1977,13 @@ class PresenceClassifier:
         It rode ``lost_min_m`` or more in this segment, or the segment continues an
         earlier one of the same rider across a rid rotation (its ride began before the
         rotation: a rid that rotated 1 km before the rider's stop must not make a weak
-        rider's fade there ``lost`` at the stop before).
+        rider's fade there ``lost`` at the stop before), or its rid ended (a rotation
+        explains the silence), or it stayed in the bus standing at a stop after its own
+        (``stay_s`` after the doors opened): a vehicle beside the bus for a hop drives on
+        as the bus halts, a rider heard through a stop's dwell is a rider (full scale,
+        tuning seed 3, -25 dBm, ``phone_deep_in_bag`` r-00075: boarded BD004, heard
+        standing at BD005, last heard 1.9 s before the doors opened at BD006 as the bus
+        pulled in, 1.75 km ridden: dropped as a short ride lost while moving).
         """
         assert r.start is not None
         return (
@@ -1977,6 +1992,10 @@ class PresenceClassifier:
             # its rid ended while the bus moved: the rotation, not a vehicle drifting off,
             # explains the silence (no new rid paired with it)
             or self._near_end(r)
+            # it stayed aboard through a stop after its own, heard in the standing bus
+            # ``stay_s`` after the doors opened: a vehicle alongside drives on as the bus
+            # halts
+            or (r.visit is not None and r.tk_stood > r.visit.seq)
         )
 
     def _rotated_away(self, r: _Rid, v: StopVisit, last_t: float) -> bool:

@@ -140,3 +140,50 @@ def test_a_rider_heard_walking_off_as_its_rid_ends_alights_at_that_stop() -> Non
     w.move(300)
     (seg,) = by_name(w.finish(), tok)
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "alighted")
+
+
+def _vanishing_before_the_doors(*, through_s2: bool) -> list[str | None]:
+    """A rider from S1 (1.1 km hops, under `lost_min_m` in all), silent from 2 s before the
+    doors open at S3 as the bus pulls in; (``through_s2``) heard in the bus standing at S2
+    for its whole dwell, else beside the bus between stops only (a car that passes the
+    bus as it halts at S2 and catches up after)."""
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
+    state = {"gone": False}
+
+    def rider(world: World) -> float | None:
+        if state["gone"]:
+            return None
+        v = world.visit
+        if v is not None and v.close_t is None and world.seq == 2 and not through_s2:
+            return None
+        return -80.0
+
+    tok = w.add(Token("tok", rider))
+    w.dwell("S1", 10)
+    w.move(550)
+    w.dwell("S2", 20)
+    w.move(550)  # the bus stands at S3
+    state["gone"] = True  # last heard as it pulled in, 2 s before the doors open
+    w.wait(2.0)
+    w.dwell("S3", 10)
+    w.move(300)
+    out = w.finish()
+    assert all(len(by_name(out, r)) == 1 for r in riders)
+    return [s.end.stop_id for s in by_name(out, tok)]
+
+
+def test_a_rider_heard_through_a_stop_vanishing_as_the_bus_pulls_in_alights_there() -> None:
+    # full scale, tuning seed 3, -25 dBm, phone_deep_in_bag r-00075 (BD004 -> BD006): heard
+    # in the bus standing at BD005, last heard 1.9 s before the doors opened at BD006 as
+    # the bus pulled in (more than `alight_pre_s`), 1.75 km ridden: a short ride that
+    # vanished while moving, dropped as a vehicle alongside. A vehicle beside the bus
+    # for a hop drives on as the bus halts; one heard in the standing bus through a
+    # stop's dwell rode: it alighted at the next door
+    assert _vanishing_before_the_doors(through_s2=True) == ["S3"]
+
+
+def test_a_token_beside_the_bus_between_stops_only_vanishing_at_a_stop_is_dropped() -> None:
+    # the guard: not heard while the bus stood at S2 (a car that drove on as the bus
+    # halted and caught up after): the short ride that vanished while moving is dropped
+    assert _vanishing_before_the_doors(through_s2=False) == []
