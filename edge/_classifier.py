@@ -1329,7 +1329,9 @@ class PresenceClassifier:
         """
         return (
             r.lvl is not None
-            and not r.co_only
+            # (a revived rider, ``start`` set, was this bus's rider before its silence: its
+            # silences say nothing of a bus alongside)
+            and (not r.co_only or r.start is not None)
             and self._carried(r)
             and r.lvl - self._sparse_fall <= r.ewma <= r.lvl + self._sparse_fall
             and self._stayed(r, v)
