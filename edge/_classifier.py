@@ -734,10 +734,16 @@ class PresenceClassifier:
             if state == _ONBOARD:
                 if t >= v.open_t + self._stay and rssi >= r.base - self._fade_drop:
                     r.tk_stood = v.seq  # a rider staying aboard through a stop (:meth:`_rode`)
-            elif (
-                r.tk_n and state != _ROTATING and abs(rssi - r.tk_sum / r.tk_n) <= self._sparse_fall
-            ):
-                r.tk_stood = v.seq  # heard at its track's level in the bus standing at the stop
+            elif r.tk_n and state != _ROTATING:
+                mean = r.tk_sum / r.tk_n
+                if r.ewma > mean + self._sparse_fall:
+                    # louder at the stop than on the way: someone waiting there, heard from
+                    # afar as the bus came (their track, if any, starts at this stop)
+                    r.tk_n = r.tk_hops = 0
+                    r.tk_sum = 0.0
+                    r.tk_stood = -1
+                elif abs(rssi - mean) <= self._sparse_fall:
+                    r.tk_stood = v.seq  # heard at its track's level in the standing bus
         elif (
             v is not None
             and not at_stop

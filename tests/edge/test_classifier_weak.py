@@ -187,3 +187,38 @@ def test_a_token_beside_the_bus_between_stops_only_vanishing_at_a_stop_is_droppe
     # the guard: not heard while the bus stood at S2 (a car that drove on as the bus
     # halted and caught up after): the short ride that vanished while moving is dropped
     assert _vanishing_before_the_doors(through_s2=False) == []
+
+
+def test_a_waiter_heard_from_afar_then_carried_through_stops_boards_where_they_waited() -> None:
+    # -21 dBm, tuning seed 1, shared_stop_three_routes r-00015 (a rider of the G6000 bus
+    # heard by route 55's): heard faintly on the way to BD005, 12 dB louder at its doors
+    # (waiting there), then with the bus at its level: its track starts at BD005, not at
+    # the stop before (the track of the first version charged BD004 -> BD009)
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
+
+    def waiter(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq >= 6:
+            return None
+        if v.close_t is None:
+            if world.seq == 2:
+                return -76.0  # standing beside the bus at S2, then boarding
+            return -91.0 if world.seq > 2 and 2.0 <= world.t - v.open_t < 2.5 else None
+        past = world.odo - (v.close_odo_m or 0.0)
+        if world.seq == 1:
+            return -93.0 if 300.0 <= past < 305.0 or 500.0 <= past < 505.0 else None
+        return -91.0 if 250.0 <= past < 255.0 else None
+
+    tok = w.add(Token("wait", waiter))
+    for stop in ("S1", "S2", "S3", "S4", "S5"):
+        w.dwell(stop, 15)
+        w.move(700)
+    w.dwell("S6", 15)
+    w.move(500)
+    out = w.finish()
+    segs = by_name(out, tok)
+    assert segs, "never boarded"
+    assert segs[0].start.stop_id == "S2"
+    assert all(len(by_name(out, r)) == 1 for r in riders)
