@@ -243,6 +243,7 @@ class _Rid:
         "flags_or",
         "gap",
         "gone_visit_seq",
+        "held_m",
         "hist",
         "interval",
         "last_flags",
@@ -331,6 +332,9 @@ class _Rid:
         """RSSI (dBm) -> adverts heard at it: the median in O(distinct levels), compact."""
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
+        self.held_m = 0.0
+        """Travel of the bus while this rider was held on board through silences longer
+        than its fade time (:meth:`PresenceClassifier._held`): not evidence that it rode."""
         self.far_sum = 0.0
         self.span_odo = odo
         self.span_t = t
@@ -435,6 +439,8 @@ class PresenceClassifier:
         self._fade_drop = p.fade_drop_db
         self._far = p.confirm_far_m
         self._span_gap = p.confirm_gap_s
+        self._fade_timeout = p.fade_timeout_s
+        self._fade_gaps = p.fade_gaps
         self._co_d = p.confirm_distance_m
         self._co_step = p.sparse_step_m
         self._sparse_fall = p.sparse_fall_db
@@ -778,6 +784,18 @@ class PresenceClassifier:
                         r.span_t = t
                     r.n_far += 1
                     r.far_sum += rssi
+            if state == _ONBOARD and t - r.last_in_t > self._fade_timeout:
+                silent = t - max(r.last_in_t, self._resume_t)
+                mean_gap = (t - r.first_t) / (r.n_adv - 1) if r.n_adv > 1 else 0.0
+                if silent > self._fade_s(r) and silent > self._fade_gaps * mean_gap:
+                    # heard again after a silence it was held on board through (nobody
+                    # leaves a moving bus), longer than its fade time and than fade_gaps of
+                    # its mean gap since first heard (a sparse token's rhythm, which its
+                    # fade time has not learnt yet on its first adverts aboard): the way it
+                    # was not heard is no evidence that it rode. A car that drove ahead
+                    # after a red light and is caught up with at the next one is heard in
+                    # clusters kilometres apart (:meth:`_rode`)
+                    r.held_m += odo - r.last_in_odo
             if r.n_in:
                 r.gap += _GAP_W * (t - r.last_in_t - r.gap)
             r.last_in_t = t
@@ -1921,7 +1939,7 @@ class PresenceClassifier:
         if (
             end.cause == "lost"
             and r.start.cause == "boarded"
-            and end_odo - r.start_odo < self.params.lost_min_m
+            and self._ridden_m(r, end_odo) < self.params.lost_min_m
             and not self._near_end(r)  # its rid's interval ended: a rotation, not a car
         ) or (
             end.cause == "alighted"
@@ -1996,7 +2014,7 @@ class PresenceClassifier:
         assert r.start is not None
         return (
             r.start.cause == "continued"
-            or last_odo - r.start_odo >= self.params.lost_min_m
+            or self._ridden_m(r, last_odo) >= self.params.lost_min_m
             # its rid ended while the bus moved: the rotation, not a vehicle drifting off,
             # explains the silence (no new rid paired with it)
             or self._near_end(r)
@@ -2031,6 +2049,19 @@ class PresenceClassifier:
             return False
         med = _median(r.hist)
         return med is not None and r.ewma >= med - self._sparse_fall
+
+    @staticmethod
+    def _ridden_m(r: _Rid, last_odo: float) -> float:
+        """How far the bus carried ``r`` from its start to ``last_odo``, heard on the way.
+
+        The travel during silences it was held on board through (``held_m``) does not
+        count: a rider aboard is heard at its own rhythm while the bus moves; a car
+        that kept pace with the bus only from one red light to the next is heard in
+        clusters at the lights and not between them (bus_alongside_red_light: a car heard
+        by the bus at a light 300 m past its stop, again at one 1.9 km on, held aboard
+        between them, "rode" 2 km and was charged to the next stop).
+        """
+        return last_odo - r.start_odo - r.held_m
 
     def _visit_after(self, t: float) -> StopVisit | None:
         """The first stop visit whose doors opened after ``t``."""
