@@ -222,6 +222,8 @@ class _Rid:
         "absent",
         "addr",
         "base",
+        "co_hi",
+        "co_lo",
         "co_n",
         "co_odo",
         "co_odo0",
@@ -358,6 +360,9 @@ class _Rid:
         or more past the candidate's stop: sparse co-movement evidence."""
         self.co_odo0 = self.co_odo = odo
         self.co_sum = 0.0
+        self.co_lo = self.co_hi = 0.0
+        """The lowest and highest smoothed RSSI at its co-movement points (since ``co_n``
+        was last 0): a token aboard keeps its level along the way."""
         self.co_only = False
         """Kept through a silence past its fade time: it boards on co-movement only."""
         self.co_t = t
@@ -985,6 +990,11 @@ class PresenceClassifier:
             # spread over the way: a bus alongside now and then gives clusters, not this
             if r.co_n == 0:
                 r.co_odo0 = odo
+                r.co_lo = r.co_hi = r.ewma
+            elif r.ewma < r.co_lo:
+                r.co_lo = r.ewma
+            elif r.ewma > r.co_hi:
+                r.co_hi = r.ewma
             r.co_n += 1
             r.co_sum += rssi
             r.co_odo = odo
@@ -1197,6 +1207,7 @@ class PresenceClassifier:
             and r.convoy is None
             and not self._barred(r)
             and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
+            and r.co_hi - r.co_lo <= self._sparse_fall
             and t - v.close_t >= p.confirm_min_s
             and self._moved_on(r, v)
         ):
@@ -1586,6 +1597,7 @@ class PresenceClassifier:
         r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
         r.absent = old.absent
         r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
+        r.co_lo, r.co_hi = old.co_lo, old.co_hi
         r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
         r.co_only = True
         return True

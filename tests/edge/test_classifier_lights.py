@@ -2,12 +2,12 @@
 
 Scripted worlds (``tests.edge.test_classifier.World``) of the mechanism found in
 ``bus_alongside_red_light`` on the tuning seeds (docs/classifier.md, "Cars met at red
-lights"); the first test fails without the rule, the second guards what the hold rule
-is for.
+lights"); each test fails without the rule it names, or guards what a rule is for.
 """
 
 from __future__ import annotations
 
+from edge._classifier import State
 from tests.edge.test_classifier import T0, Token, World, by_name
 
 
@@ -21,7 +21,8 @@ def test_a_car_met_at_two_red_lights_is_not_held_aboard_between_them() -> None:
     # faintly: its level there is -88), silent as the bus leaves, beside the bus at a red
     # light 300 m on, then pulling away ahead as both move off (-80 -> -94 over 350 m:
     # four points 100 m apart within fade_drop_db of its level there and within
-    # in_bus_margin_db of the riders board it on co-movement). Silent for 1.3 km, met
+    # in_bus_margin_db of the riders board it on co-movement; here it falls only 10 dB, so
+    # its points keep one level and only the hold rule is tested). Silent for 1.3 km, met
     # again at the next light 1.95 km on and pulling away once more, silent to S2. Held
     # aboard through the silence (nobody leaves a moving bus), its last advert 2.15 km
     # past S1 made it "ride" lost_min_m and it was charged S1 -> S2 (on unseen seeds it
@@ -46,7 +47,7 @@ def test_a_car_met_at_two_red_lights_is_not_held_aboard_between_them() -> None:
         for light in (300.0, 1950.0):
             d = world.odo - light
             if 0.0 <= d < 350.0:
-                level = -80.0 - 14.0 * d / 350.0
+                level = -80.0 - 10.0 * d / 350.0  # (its points within sparse_fall_db)
                 return level if (world.t - T0) % 1.0 < 0.5 else None
         return None
 
@@ -87,3 +88,49 @@ def test_a_rider_silent_for_a_while_after_riding_far_still_alights_at_the_next_s
     w.move(600)
     out = w.finish()
     assert _stops(out, tok) == [("S1", "S2", "alighted")]
+
+
+def test_a_car_drawing_up_at_a_light_and_pulling_away_does_not_board_on_co_movement() -> None:
+    # the same cars (tuning seed 2 r-00032, cells 1, 5, 6, 8, 11, 12, 14; r-00034 cell 2):
+    # their smoothed level at the four co-movement points spread 14-31 dB (loud beside
+    # the bus at the light, falling away as it pulls ahead: -93, -79, -86, -93 dBm); a
+    # rider's stays within 10 dB (43 co-movement boardings of riders on the tuning seeds,
+    # median 3-4 dB). A token aboard keeps its level wherever the bus is: points spread
+    # more than sparse_fall_db do not board it
+    w = World()
+
+    def aboard(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        return -62.0 if world.seq == 1 or world.t - v.open_t < 5.0 else None
+
+    riders = [w.add(Token(f"rd{i}", aboard)) for i in range(3)]
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 1 and v.close_t is None:
+            return -88.0 if world.t - v.open_t < 10.0 else None
+        d = world.odo - 300.0
+        if world.seq != 1 or not 0.0 <= d < 350.0:
+            return None
+        level = -72.0 - 22.0 * d / 350.0  # beside the bus at the light, then pulling away
+        return level if (world.t - T0) % 1.0 < 0.5 else None
+
+    tok = w.add(Token("car", car))
+    onboard: list[float] = []
+    w.dwell("S1", 20)
+    w.move(300, speed=10.0)
+    w.wait(20)  # a red light
+    while w.odo < 1500.0:
+        w.step()
+        w.odo += 5.0
+        if w.c.state_of(tok.rid(w.t)) is State.ONBOARD:
+            onboard.append(w.t)
+    w.dwell("S2", 15)
+    w.move(600)
+    out = w.finish()
+    assert onboard == []
+    assert _stops(out, tok) == []
+    for r in riders:
+        assert _stops(out, r) == [("S1", "S2", "alighted")]
