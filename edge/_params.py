@@ -143,7 +143,9 @@ class ClassifierParams:
     sparse_fall_db: float = option(
         12.0,
         doc="a candidate whose smoothed RSSI fell this far below its level at the stop once"
-        " the bus left (left behind, a car falling back) is not boarded on co-movement alone",
+        " the bus left (left behind, a car falling back) is not boarded on co-movement alone;"
+        " nor one whose smoothed RSSI at its co-movement points spread by more than this (a"
+        " car beside the bus at a red light, then pulling away)",
     )
     reject_distance_m: float = option(
         600.0,
@@ -171,7 +173,8 @@ class ClassifierParams:
 
     lost_min_m: float = option(
         2000.0,
-        doc="a boarded rid that vanishes while moving (no door) before riding this far is"
+        doc="a boarded rid that vanishes while moving (no door) before riding this far"
+        " (heard on the way: not the travel during silences it was held aboard through) is"
         " dropped, not charged: likely someone in a vehicle alongside (two buses of"
         " different routes leaving a shared stop together run side by side for 1-2 km)",
     )
