@@ -492,7 +492,9 @@ def _summary(pairs: list[tuple[_Run, _Run]]) -> str:
             f"({one.full_core_bound(fleet=False):.2f}x without the fleet; "
             f"1w worker at {one.workers_cpu / one.wall:.0%} of a core, "
             f"W {one.workers_cpu * 1e6 / one.events:.1f} us/ev, "
-            f"O {one.others_cpu() * 1e6 / one.events:.1f} us/ev)\n"
+            f"O {one.others_cpu() * 1e6 / one.events:.1f} us/ev; runnable waiting for a "
+            f"CPU: 1w {one.workers_waiting:.1f} s of {one.wall:.1f}, "
+            f"2w {two.workers_waiting:.1f} s (both) of {two.wall:.1f})\n"
         )
     ratios = sorted(two.rate() / one.rate() for one, two in pairs)
     out.append(f"  2w/1w median {ratios[len(ratios) // 2]:.2f}x of {len(ratios)} pair(s)\n")
