@@ -946,9 +946,19 @@ class PresenceClassifier:
         at the later stop at its level along the way is aboard since its own stop (it keeps
         that stop); one clearly louder at the later stop (``sparse_fall_db`` above its
         co-movement level) is someone waiting there, heard from afar before: it becomes
-        that stop's candidate.
+        that stop's candidate. So is one ``sparse_fall_db`` or more louder there than its
+        level ``lvl`` (as first heard, for a late joiner; as the bus left its stop, else):
+        co-movement points taken as the bus drew near someone waiting at the later stop
+        rise with the approach, so their mean is no level to compare with (tuning seed 3,
+        cell 11, ``rush_hour_crowd`` r-00009: heard at -86 dBm 120 m before the stop, at
+        -58 dBm 4 m before it, -64 dBm at the doors, kept as the stop before's candidate).
         """
-        return r.co_n >= _CARRY_CO and r.ewma <= r.co_sum / r.co_n + self._sparse_fall
+        lvl = r.lvl
+        return (
+            r.co_n >= _CARRY_CO
+            and r.ewma <= r.co_sum / r.co_n + self._sparse_fall
+            and (lvl is None or r.ewma <= lvl + self._sparse_fall)
+        )
 
     def _co_move(self, r: _Rid, t: float, rssi: int, odo: float, was: float) -> None:
         """Co-movement evidence of a candidate whose bus left its stop.

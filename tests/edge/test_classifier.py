@@ -1778,6 +1778,45 @@ def test_waiter_heard_from_afar_before_the_next_stop_is_charged_from_there() -> 
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S3")]
 
 
+def test_waiter_heard_from_afar_at_two_points_of_the_approach_is_charged_from_their_stop() -> None:
+    # cell 11, tuning seed 3, rush_hour_crowd r-00009 (BD005 -> BD006, missed): someone
+    # waiting at S2 is first heard 110 m before it (-86 dBm), at -66 as the bus pulls up
+    # 5 m from them, and at -66 in the standing bus and aboard. Two co-movement points of
+    # the approach (100 m apart) made the stop before's late joiner "carried": its level at
+    # S2 (-66) was within sparse_fall_db of their mean (-76), so it stayed S1's candidate,
+    # was barred as drifting once moving on, and was charged from the stop after S2 (or
+    # missed). A rider keeps the level it was first heard at; it is 20 dB louder at S2
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -50.0))
+    state = {"gone": False}
+
+    def waiter(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if state["gone"]:
+            return None
+        if world.seq == 1:
+            d = 1400.0 - world.odo
+            if v.close_t is None or d > 110.0:
+                return None
+            return -86.0 if d > 8.0 else -66.0
+        return -66.0
+
+    tok = w.add(Token("waiter", waiter))
+    w.dwell("S1", 20)
+    w.move(1400)
+    w.dwell("S2", 15)
+    w.move(1000)
+    w.dwell("S3", 10)
+    w.move(1000)
+    w.dwell("S4", 10)
+    state["gone"] = True
+    w.move(600)
+    out = w.finish()
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S4")]
+
+
 def test_weak_rider_first_heard_mid_hop_alighting_at_the_next_stop_is_charged_from_before() -> None:
     # cell 2, tuning seed 3, phone_deep_in_bag r-00002 (BD009 -> BD010): first heard 150 m
     # past S1, now and then at its own level to S2, heard in the standing bus for 10 s after
