@@ -554,6 +554,7 @@ class PresenceClassifier:
             if r.state in (_OUTSIDE, _ROTATING):
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
                 r.hist = {}
+                self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=False)
             elif (
                 (r.state == _CANDIDATE or (r.state == _GONE and r.start is None))
@@ -567,7 +568,24 @@ class PresenceClassifier:
                 r.outside_again()
                 r.convoy = self._convoy_level(r, visit.open_odo_m)
                 r.hist = {}
+                self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=r.state == _GONE)
+
+    @staticmethod
+    def _proof_from_here(r: _Rid) -> None:
+        """A rid made a candidate as the doors open starts its proof with its last payload.
+
+        Its segment starts when these doors opened (``start.t``: the candidacy begins at
+        this stop), so the first payload of its proof is the one heard last, within
+        ``candidate_lookback_s`` before, not the first ever heard: the backend rejects a
+        segment whose proof's token time lies more than its slack (120 s) outside
+        ``[start.t, end.t]`` (``tq_mismatch``). Someone waiting at the stop heard from
+        afar for two minutes lost the boarding segment that way (full scale, tuning seed
+        3, ``transfer_two_buses`` r-00075 and r-00081: first heard 115-120 s before the
+        doors of BD005 opened, charged from BD003 by the distance of the continued
+        segments after their rids rotated).
+        """
+        r.first_raw = r.last_raw
 
     def _convoy_level(self, r: _Rid, odo: float) -> float | None:
         """The slow RSSI average of a rid heard all along the way to the stop, or ``None``.

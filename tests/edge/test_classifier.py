@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -92,7 +93,7 @@ class World:
             tt = self.t + tok.skew
             token_t = math.floor(tt / 4) * 4.0
             rid = tok.rid(tt)
-            raw = bytes([0x20 | tok.flags]) + rid + bytes(11)
+            raw = bytes([0x20 | tok.flags]) + rid + struct.pack(">d", self.t) + bytes(3)
             self.c.advert(
                 self.t,
                 rid,
@@ -1815,6 +1816,51 @@ def test_waiter_heard_from_afar_at_two_points_of_the_approach_is_charged_from_th
     w.move(600)
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S4")]
+
+
+def heard_at(proof: str) -> float:
+    """When the scripted world sent a payload (its bytes 13-20: the time, big-endian)."""
+    return float(struct.unpack(">d", bytes.fromhex(proof)[13:21])[0])
+
+
+def test_waiter_heard_for_minutes_before_the_doors_open_proves_the_boarding_from_there() -> None:
+    # full scale, tuning seed 3, transfer_two_buses r-00075 and r-00081: waiting at BD005
+    # for the G6000, first heard from the bus 115 s before its doors opened there. The
+    # boarding segment starts as the doors open, but its proof began with the first
+    # payload ever heard: the backend's proof check (token time within 120 s of the
+    # segment) rejected it as tq_mismatch, and the continued segments after the rid
+    # rotated were charged from BD003 by their distance. Here the bus stands 150 s at a
+    # red light 60 m before S2 hearing the waiter: the proof must start at S2's doors
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -60.0))
+    state = {"on": False, "gone": False}
+
+    def waiter(world: World) -> float | None:
+        if state["gone"] or world.seq < 1 or world.visit is None:
+            return None
+        if state["on"]:
+            return -62.0
+        if world.seq == 1 and world.odo < 940.0:
+            return None
+        return -82.0 if world.seq == 1 else -62.0
+
+    tok = w.add(Token("waiter", waiter))
+    w.dwell("S1", 20)
+    w.move(940)
+    w.wait(150)
+    w.move(60)
+    v = w.dwell("S2", 15)
+    state["on"] = True
+    w.move(1000)
+    w.dwell("S3", 10)
+    state["gone"] = True
+    w.move(600)
+    out = w.finish()
+    (seg,) = by_name(out, tok)
+    assert (seg.start.stop_id, seg.end.stop_id) == ("S2", "S3")
+    assert seg.start.t == v.open_t
+    assert v.open_t - w.p.candidate_lookback_s <= heard_at(seg.proof_first) <= v.open_t
 
 
 def test_weak_rider_first_heard_mid_hop_alighting_at_the_next_stop_is_charged_from_before() -> None:
