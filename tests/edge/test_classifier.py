@@ -162,6 +162,19 @@ def by_name(out: list[SegmentDraft], tok: Token) -> list[SegmentDraft]:
     return sorted((d for d in out if d.rid.startswith(pref)), key=lambda d: d.start.t)
 
 
+def add_riders(w: World, rssi: float | Callable[[World], float | None], n: int = 3) -> list[Token]:
+    """`n` riders ``rd0``, ``rd1``...: heard at `rssi` dBm, or as the function `rssi` says."""
+    heard = rssi if callable(rssi) else lambda _: rssi
+    return [w.add(Token(f"rd{i}", heard)) for i in range(n)]
+
+
+def ride(w: World, *visits: tuple[str, float, float]) -> None:
+    """For each ``(stop, dwell_s, hop_m)``: dwell `dwell_s` at `stop`, then move `hop_m` on."""
+    for stop, dwell_s, hop_m in visits:
+        w.dwell(stop, dwell_s)
+        w.move(hop_m)
+
+
 # -- boarding and alighting -------------------------------------------------------------
 
 
@@ -1788,8 +1801,7 @@ def test_waiter_heard_from_afar_at_two_points_of_the_approach_is_charged_from_th
     # was barred as drifting once moving on, and was charged from the stop after S2 (or
     # missed). A rider keeps the level it was first heard at; it is 20 dB louder at S2
     w = World()
-    for i in range(3):
-        w.add(Token(f"rd{i}", lambda _: -50.0))
+    add_riders(w, -50.0)
     state = {"gone": False}
 
     def waiter(world: World) -> float | None:
@@ -1805,12 +1817,7 @@ def test_waiter_heard_from_afar_at_two_points_of_the_approach_is_charged_from_th
         return -66.0
 
     tok = w.add(Token("waiter", waiter))
-    w.dwell("S1", 20)
-    w.move(1400)
-    w.dwell("S2", 15)
-    w.move(1000)
-    w.dwell("S3", 10)
-    w.move(1000)
+    ride(w, ("S1", 20, 1400), ("S2", 15, 1000), ("S3", 10, 1000))
     w.dwell("S4", 10)
     state["gone"] = True
     w.move(600)
@@ -1832,8 +1839,7 @@ def test_waiter_heard_for_minutes_before_the_doors_open_proves_the_boarding_from
     # rotated were charged from BD003 by their distance. Here the bus stands 150 s at a
     # red light 60 m before S2 hearing the waiter: the proof must start at S2's doors
     w = World()
-    for i in range(3):
-        w.add(Token(f"rd{i}", lambda _: -60.0))
+    add_riders(w, -60.0)
     state = {"on": False, "gone": False}
 
     def waiter(world: World) -> float | None:
@@ -2034,9 +2040,7 @@ def three_stops(
     w: World, dwells_s: tuple[float, float, float], hops_m: tuple[float, float, float]
 ) -> list[SegmentDraft]:
     """Dwell at S1, S2 and S3 for `dwells_s`, moving `hops_m` after each; the drafts."""
-    for stop, dwell_s, hop_m in zip(("S1", "S2", "S3"), dwells_s, hops_m, strict=True):
-        w.dwell(stop, dwell_s)
-        w.move(hop_m)
+    ride(w, *zip(("S1", "S2", "S3"), dwells_s, hops_m, strict=True))
     return w.finish()
 
 

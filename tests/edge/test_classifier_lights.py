@@ -7,12 +7,39 @@ lights"); each test fails without the rule it names, or guards what a rule is fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edge._classifier import State
-from tests.edge.test_classifier import T0, Token, World, by_name
+from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
 
 
 def _stops(out: list, tok: Token) -> list[tuple[str | None, str | None, str]]:
     return [(x.start.stop_id, x.end.stop_id, x.end.cause) for x in by_name(out, tok)]
+
+
+def _aboard(world: World) -> float | None:
+    """A rider from S1 to S2: -62 dBm, out 5 s after S2's doors open."""
+    v = world.visit
+    assert v is not None
+    return -62.0 if world.seq == 1 or world.t - v.open_t < 5.0 else None
+
+
+def _car(level_at: Callable[[float], float | None]) -> Callable[[World], float | None]:
+    """A car passing S1 as its doors stand open (-88 dBm for their first 10 s), then on
+    the hop from S1 heard every second at ``level_at(odometer)`` (``None``: not heard);
+    never heard past S2."""
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq != 1:
+            return None
+        if v.close_t is None:
+            return -88.0 if world.t - v.open_t < 10.0 else None
+        level = level_at(world.odo)
+        return level if level is not None and (world.t - T0) % 1.0 < 0.5 else None
+
+    return car
 
 
 def test_a_car_met_at_two_red_lights_is_not_held_aboard_between_them() -> None:
@@ -29,29 +56,16 @@ def test_a_car_met_at_two_red_lights_is_not_held_aboard_between_them() -> None:
     # was). The way it was not heard is no evidence that it rode: it rode 0.85 km, was
     # lost while moving, and is dropped as a vehicle alongside
     w = World()
+    riders = add_riders(w, _aboard)
 
-    def aboard(world: World) -> float | None:
-        v = world.visit
-        assert v is not None
-        return -62.0 if world.seq == 1 or world.t - v.open_t < 5.0 else None  # out at S2
-
-    riders = [w.add(Token(f"rd{i}", aboard)) for i in range(3)]
-
-    def car(world: World) -> float | None:
-        v = world.visit
-        assert v is not None
-        if world.seq == 1 and v.close_t is None:
-            return -88.0 if world.t - v.open_t < 10.0 else None
-        if world.seq != 1:
-            return None
+    def pulling_away(odo: float) -> float | None:
         for light in (300.0, 1950.0):
-            d = world.odo - light
+            d = odo - light
             if 0.0 <= d < 350.0:
-                level = -80.0 - 10.0 * d / 350.0  # (its points within sparse_fall_db)
-                return level if (world.t - T0) % 1.0 < 0.5 else None
+                return -80.0 - 10.0 * d / 350.0  # (its points within sparse_fall_db)
         return None
 
-    tok = w.add(Token("car", car))
+    tok = w.add(Token("car", _car(pulling_away)))
     w.dwell("S1", 20)
     w.move(300, speed=10.0)
     w.wait(20)  # a red light: the car draws up beside the bus
@@ -98,26 +112,15 @@ def test_a_car_drawing_up_at_a_light_and_pulling_away_does_not_board_on_co_movem
     # median 3-4 dB). A token aboard keeps its level wherever the bus is: points spread
     # more than sparse_fall_db do not board it
     w = World()
+    riders = add_riders(w, _aboard)
 
-    def aboard(world: World) -> float | None:
-        v = world.visit
-        assert v is not None
-        return -62.0 if world.seq == 1 or world.t - v.open_t < 5.0 else None
-
-    riders = [w.add(Token(f"rd{i}", aboard)) for i in range(3)]
-
-    def car(world: World) -> float | None:
-        v = world.visit
-        assert v is not None
-        if world.seq == 1 and v.close_t is None:
-            return -88.0 if world.t - v.open_t < 10.0 else None
-        d = world.odo - 300.0
-        if world.seq != 1 or not 0.0 <= d < 350.0:
+    def pulling_away(odo: float) -> float | None:
+        d = odo - 300.0
+        if not 0.0 <= d < 350.0:
             return None
-        level = -72.0 - 22.0 * d / 350.0  # beside the bus at the light, then pulling away
-        return level if (world.t - T0) % 1.0 < 0.5 else None
+        return -72.0 - 22.0 * d / 350.0  # beside the bus at the light, then pulling away
 
-    tok = w.add(Token("car", car))
+    tok = w.add(Token("car", _car(pulling_away)))
     onboard: list[float] = []
     w.dwell("S1", 20)
     w.move(300, speed=10.0)

@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import math
 
-from tests.edge.test_classifier import T0, Token, World, by_name
+from edge._segment import SegmentDraft
+from tests.edge.test_classifier import T0, Token, World, add_riders, by_name, ride, three_stops
+
+
+def _five_hops_to_s6(w: World) -> None:
+    """Dwell 15 s at S1 to S5, 700 m on after each, 15 s at S6 and 500 m on."""
+    ride(w, *((stop, 15, 700) for stop in ("S1", "S2", "S3", "S4", "S5")))
+    w.dwell("S6", 15)
+    w.move(500)
+
+
+def _world_whose_rids_end(after_s: float) -> tuple[World, float]:
+    """A world starting `after_s` seconds after T0, and when its rids end (the start of
+    the next 600-s interval)."""
+    return World(t0=T0 + after_s), (math.floor((T0 + after_s) / 600) + 1) * 600
 
 
 def _weak_through_stops(*, at_doors: bool) -> tuple[World, Token, list[Token]]:
@@ -21,7 +35,7 @@ def _weak_through_stops(*, at_doors: bool) -> tuple[World, Token, list[Token]]:
     between, until it alights at S6.
     """
     w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
+    riders = add_riders(w, -70.0)
 
     def weak(world: World) -> float | None:
         v = world.visit
@@ -37,11 +51,7 @@ def _weak_through_stops(*, at_doors: bool) -> tuple[World, Token, list[Token]]:
         return -94.0 if 250.0 <= past < 255.0 else None
 
     tok = w.add(Token("bag", weak))
-    for stop in ("S1", "S2", "S3", "S4", "S5"):
-        w.dwell(stop, 15)
-        w.move(700)
-    w.dwell("S6", 15)
-    w.move(500)
+    _five_hops_to_s6(w)
     return w, tok, riders
 
 
@@ -70,23 +80,27 @@ def test_a_token_heard_between_stops_only_is_not_carried_through_them() -> None:
     assert all(s.start.stop_id != "S1" for s in segs)
 
 
+def _riding_as_the_rid_ends(
+    after_s: float, name: str, hops_m: tuple[float, float]
+) -> tuple[list[SegmentDraft], Token, list[Token]]:
+    """Three riders at -70 dBm and a token `name` at -80 dBm, silent from 1 s before its
+    rid ends (its new rid never heard), in a world starting `after_s` seconds after T0:
+    10-s dwells at S1, S2 and S3, `hops_m` after S1 and S2, 300 m after S3. The drafts,
+    the token and the riders."""
+    w, bnd = _world_whose_rids_end(after_s)
+    riders = add_riders(w, -70.0)
+    tok = w.add(Token(name, lambda w: None if w.t >= bnd - 1.0 else -80.0))
+    return three_stops(w, (10, 10, 10), (*hops_m, 300)), tok, riders
+
+
 def test_a_rider_whose_rid_ends_just_past_a_stop_at_its_level_alights_at_the_next_door() -> None:
     # full scale, tuning seed 1, -25 dBm, transfer_two_buses r-00058 (BD003 -> BD009,
     # charged to BD008): heard every second at its level, its rid ended 190 m past BD008
     # and its new rid was first heard 15 s later, too late to pair. 200 m
     # (`lost_after_m`) past a stop a silence reads as an alighting there; not a silence
     # the rid's end explains, at the ride's level after the doors closed: it rode on
-    w = World(t0=T0 + 372)  # the rid ends 18 s (~170 m) after the doors close at S2
-    bnd = (math.floor((T0 + 372) / 600) + 1) * 600
-    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
-    tok = w.add(Token("rot", lambda w: None if w.t >= bnd - 1.0 else -80.0))
-    w.dwell("S1", 10)
-    w.move(1500)
-    w.dwell("S2", 10)
-    w.move(600)
-    w.dwell("S3", 10)
-    w.move(300)
-    out = w.finish()
+    # (the rid ends 18 s, ~170 m, after the doors close at S2)
+    out, tok, riders = _riding_as_the_rid_ends(372, "rot", (1500, 600))
     (seg,) = by_name(out, tok)
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S3", "alighted")
     assert all(by_name(out, r)[0].start.stop_id == "S1" for r in riders)
@@ -97,17 +111,8 @@ def test_a_short_ride_whose_rid_ends_between_stops_alights_at_the_next_door() ->
     # charged BD006 -> BD008 lost): a ride under `lost_min_m` whose rid ended 700 m past
     # BD008, its new rid never paired. A rid ending explains the silence: the rider was
     # aboard until the next door opened, not lost at the stop before
-    w = World(t0=T0 + 410)  # the rid ends 70 s (700 m) after S2's doors close
-    bnd = (math.floor((T0 + 410) / 600) + 1) * 600
-    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
-    tok = w.add(Token("short", lambda w: None if w.t >= bnd - 1.0 else -80.0))
-    w.dwell("S1", 10)
-    w.move(600)
-    w.dwell("S2", 10)
-    w.move(900)
-    w.dwell("S3", 10)
-    w.move(300)
-    out = w.finish()
+    # (the rid ends 70 s, 700 m, after S2's doors close)
+    out, tok, riders = _riding_as_the_rid_ends(410, "short", (600, 900))
     (seg,) = by_name(out, tok)
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S3", "alighted")
     assert all(by_name(out, r)[0].start.stop_id == "S1" for r in riders)
@@ -119,8 +124,7 @@ def test_a_rider_heard_walking_off_as_its_rid_ends_alights_at_that_stop() -> Non
     # as the bus pulled away, just as its rid ended. Its rid's end does not explain that
     # silence: it alighted there (charged to BD006 by a first version of the rule above,
     # which did not ask for the bus to be `confirm_distance_m` past the stop)
-    w = World(t0=T0 + 375)  # the rid ends 15 s after the doors close at S2
-    bnd = (math.floor((T0 + 375) / 600) + 1) * 600
+    w, bnd = _world_whose_rids_end(375)  # the rid ends 15 s after the doors close at S2
 
     def walks_off(world: World) -> float | None:
         if world.t >= bnd - 1.0 or world.seq > 2:
@@ -132,13 +136,7 @@ def test_a_rider_heard_walking_off_as_its_rid_ends_alights_at_that_stop() -> Non
         return -72.0
 
     tok = w.add(Token("off", walks_off))
-    w.dwell("S1", 10)
-    w.move(1500)
-    w.dwell("S2", 10)
-    w.move(600)
-    w.dwell("S3", 10)
-    w.move(300)
-    (seg,) = by_name(w.finish(), tok)
+    (seg,) = by_name(three_stops(w, (10, 10, 10), (1500, 600, 300)), tok)
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "alighted")
 
 
@@ -148,7 +146,7 @@ def _vanishing_before_the_doors(*, through_s2: bool) -> list[str | None]:
     for its whole dwell, else beside the bus between stops only (a car that passes the
     bus as it halts at S2 and catches up after)."""
     w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
+    riders = add_riders(w, -70.0)
     state = {"gone": False}
 
     def rider(world: World) -> float | None:
@@ -195,7 +193,7 @@ def test_a_waiter_heard_from_afar_then_carried_through_stops_boards_where_they_w
     # (waiting there), then with the bus at its level: its track starts at BD005, not at
     # the stop before (the track of the first version charged BD004 -> BD009)
     w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -70.0)) for i in range(3)]
+    riders = add_riders(w, -70.0)
 
     def waiter(world: World) -> float | None:
         v = world.visit
@@ -212,11 +210,7 @@ def test_a_waiter_heard_from_afar_then_carried_through_stops_boards_where_they_w
         return -91.0 if 250.0 <= past < 255.0 else None
 
     tok = w.add(Token("wait", waiter))
-    for stop in ("S1", "S2", "S3", "S4", "S5"):
-        w.dwell(stop, 15)
-        w.move(700)
-    w.dwell("S6", 15)
-    w.move(500)
+    _five_hops_to_s6(w)
     out = w.finish()
     segs = by_name(out, tok)
     assert segs, "never boarded"
