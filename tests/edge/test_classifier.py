@@ -175,6 +175,15 @@ def ride(w: World, *visits: tuple[str, float, float]) -> None:
         w.move(hop_m)
 
 
+def last_stop(w: World, stop: str, dwell_s: float, state: dict[str, bool]) -> list[SegmentDraft]:
+    """Dwell `dwell_s` at `stop`, where the token walks off (``state["gone"]``), then move
+    600 m on; the drafts."""
+    w.dwell(stop, dwell_s)
+    state["gone"] = True
+    w.move(600)
+    return w.finish()
+
+
 # -- boarding and alighting -------------------------------------------------------------
 
 
@@ -1785,10 +1794,7 @@ def test_waiter_heard_from_afar_before_the_next_stop_is_charged_from_there() -> 
     w.dwell("S2", 15)
     state["on"] = True
     w.move(1000)
-    w.dwell("S3", 10)
-    state["gone"] = True
-    w.move(600)
-    out = w.finish()
+    out = last_stop(w, "S3", 10, state)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S3")]
 
 
@@ -1818,10 +1824,7 @@ def test_waiter_heard_from_afar_at_two_points_of_the_approach_is_charged_from_th
 
     tok = w.add(Token("waiter", waiter))
     ride(w, ("S1", 20, 1400), ("S2", 15, 1000), ("S3", 10, 1000))
-    w.dwell("S4", 10)
-    state["gone"] = True
-    w.move(600)
-    out = w.finish()
+    out = last_stop(w, "S4", 10, state)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S4")]
 
 
@@ -1859,11 +1862,7 @@ def test_waiter_heard_for_minutes_before_the_doors_open_proves_the_boarding_from
     v = w.dwell("S2", 15)
     state["on"] = True
     w.move(1000)
-    w.dwell("S3", 10)
-    state["gone"] = True
-    w.move(600)
-    out = w.finish()
-    (seg,) = by_name(out, tok)
+    (seg,) = by_name(last_stop(w, "S3", 10, state), tok)
     assert (seg.start.stop_id, seg.end.stop_id) == ("S2", "S3")
     assert seg.start.t == v.open_t
     assert v.open_t - w.p.candidate_lookback_s <= heard_at(seg.proof_first) <= v.open_t

@@ -42,6 +42,16 @@ def _car(level_at: Callable[[float], float | None]) -> Callable[[World], float |
     return car
 
 
+def _only_the_riders_ride(w: World, tok: Token, riders: list[Token]) -> None:
+    """Dwell 15 s at S2 and go 600 m on: `tok` never charged, each rider S1 -> S2."""
+    w.dwell("S2", 15)
+    w.move(600)
+    out = w.finish()
+    assert _stops(out, tok) == []
+    for r in riders:
+        assert _stops(out, r) == [("S1", "S2", "alighted")]
+
+
 def test_a_car_met_at_two_red_lights_is_not_held_aboard_between_them() -> None:
     # tuning seeds 1-2, small bus_alongside_red_light (r-00029 seed 1, r-00032 seed 2, on
     # both buses in many cells): a car passing the stop as the doors stand open (heard
@@ -72,12 +82,7 @@ def test_a_car_met_at_two_red_lights_is_not_held_aboard_between_them() -> None:
     w.move(1650, speed=10.0)
     w.wait(20)  # the next red light
     w.move(450, speed=10.0)
-    w.dwell("S2", 15)
-    w.move(600)
-    out = w.finish()
-    assert _stops(out, tok) == []
-    for r in riders:
-        assert _stops(out, r) == [("S1", "S2", "alighted")]
+    _only_the_riders_ride(w, tok, riders)
 
 
 def test_a_rider_silent_for_a_while_after_riding_far_still_alights_at_the_next_stop() -> None:
@@ -130,10 +135,5 @@ def test_a_car_drawing_up_at_a_light_and_pulling_away_does_not_board_on_co_movem
         w.odo += 5.0
         if w.c.state_of(tok.rid(w.t)) is State.ONBOARD:
             onboard.append(w.t)
-    w.dwell("S2", 15)
-    w.move(600)
-    out = w.finish()
     assert onboard == []
-    assert _stops(out, tok) == []
-    for r in riders:
-        assert _stops(out, r) == [("S1", "S2", "alighted")]
+    _only_the_riders_ride(w, tok, riders)

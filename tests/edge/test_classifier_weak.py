@@ -8,16 +8,39 @@ Scripted worlds (``tests.edge.test_classifier.World``) of the legs in error foun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from edge._segment import SegmentDraft
 from tests.edge.test_classifier import T0, Token, World, add_riders, by_name, ride, three_stops
 
+Heard = Callable[[int, float], float | None]
+"""A token's level at a stop (its sequence number) and a time or a distance (None: not heard)."""
 
-def _five_hops_to_s6(w: World) -> None:
-    """Dwell 15 s at S1 to S5, 700 m on after each, 15 s at S6 and 500 m on."""
+
+def _to_s6(
+    name: str, at_doors: Heard, on_hop: Heard
+) -> tuple[list[SegmentDraft], Token, list[Token]]:
+    """Three riders at -70 dBm and a token `name` from S1, gone from S6 on: heard at
+    ``at_doors(stop, s since its doors opened)`` while they stand open, and at
+    ``on_hop(stop, m past it)`` on the hop after it. 15-s dwells at S1 to S6, 700 m on
+    after S1 to S5, 500 m after S6; the drafts, the token and the riders."""
+    w = World()
+    riders = add_riders(w, -70.0)
+
+    def rssi(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq >= 6:
+            return None  # alighted at S6
+        if v.close_t is None:
+            return at_doors(world.seq, world.t - v.open_t)
+        return on_hop(world.seq, world.odo - (v.close_odo_m or 0.0))
+
+    tok = w.add(Token(name, rssi))
     ride(w, *((stop, 15, 700) for stop in ("S1", "S2", "S3", "S4", "S5")))
     w.dwell("S6", 15)
     w.move(500)
+    return w.finish(), tok, riders
 
 
 def _world_whose_rids_end(after_s: float) -> tuple[World, float]:
@@ -26,7 +49,7 @@ def _world_whose_rids_end(after_s: float) -> tuple[World, float]:
     return World(t0=T0 + after_s), (math.floor((T0 + after_s) / 600) + 1) * 600
 
 
-def _weak_through_stops(*, at_doors: bool) -> tuple[World, Token, list[Token]]:
+def _weak_through_stops(*, at_doors: bool) -> tuple[list[SegmentDraft], Token, list[Token]]:
     """Three riders at -70 dBm from S1; a weak token at -94 dBm heard once a hop.
 
     It is heard at S1's open doors, then once on each hop, 250 m past the stop (silent a
@@ -34,25 +57,14 @@ def _weak_through_stops(*, at_doors: bool) -> tuple[World, Token, list[Token]]:
     stop, with one co-movement point), and (``at_doors``) at the open doors of the stops
     between, until it alights at S6.
     """
-    w = World()
-    riders = add_riders(w, -70.0)
 
-    def weak(world: World) -> float | None:
-        v = world.visit
-        assert v is not None
-        if world.seq >= 6:
-            return None  # alighted at S6
-        if v.close_t is None:
-            at = world.t - v.open_t
-            if world.seq == 1 or at_doors:
-                return -94.0 if 2.0 <= at < 2.5 else None
-            return None
-        past = world.odo - (v.close_odo_m or 0.0)
+    def doors(seq: int, at: float) -> float | None:
+        return -94.0 if (seq == 1 or at_doors) and 2.0 <= at < 2.5 else None
+
+    def hop(_: int, past: float) -> float | None:
         return -94.0 if 250.0 <= past < 255.0 else None
 
-    tok = w.add(Token("bag", weak))
-    _five_hops_to_s6(w)
-    return w, tok, riders
+    return _to_s6("bag", doors, hop)
 
 
 def test_a_weak_rider_carried_through_two_stops_at_one_level_boards_from_the_first() -> None:
@@ -63,8 +75,7 @@ def test_a_weak_rider_carried_through_two_stops_at_one_level_boards_from_the_fir
     # before the next stop made it that stop's candidate or it was dropped. Its track
     # (points at one level over three hops, heard at the open doors of a stop between)
     # shows it carried from S1
-    w, tok, riders = _weak_through_stops(at_doors=True)
-    out = w.finish()
+    out, tok, riders = _weak_through_stops(at_doors=True)
     segs = by_name(out, tok)
     assert segs, "never boarded"
     assert (segs[0].start.cause, segs[0].start.stop_id) == ("boarded", "S1")
@@ -75,8 +86,8 @@ def test_a_weak_rider_carried_through_two_stops_at_one_level_boards_from_the_fir
 def test_a_token_heard_between_stops_only_is_not_carried_through_them() -> None:
     # the same token never heard while the bus stood at a stop between (a car keeping
     # pace with the bus between stops, passing it as it halts): no boarding from S1
-    w, tok, _ = _weak_through_stops(at_doors=False)
-    segs = by_name(w.finish(), tok)
+    out, tok, _ = _weak_through_stops(at_doors=False)
+    segs = by_name(out, tok)
     assert all(s.start.stop_id != "S1" for s in segs)
 
 
@@ -192,26 +203,18 @@ def test_a_waiter_heard_from_afar_then_carried_through_stops_boards_where_they_w
     # heard by route 55's): heard faintly on the way to BD005, 12 dB louder at its doors
     # (waiting there), then with the bus at its level: its track starts at BD005, not at
     # the stop before (the track of the first version charged BD004 -> BD009)
-    w = World()
-    riders = add_riders(w, -70.0)
 
-    def waiter(world: World) -> float | None:
-        v = world.visit
-        assert v is not None
-        if world.seq >= 6:
-            return None
-        if v.close_t is None:
-            if world.seq == 2:
-                return -76.0  # standing beside the bus at S2, then boarding
-            return -91.0 if world.seq > 2 and 2.0 <= world.t - v.open_t < 2.5 else None
-        past = world.odo - (v.close_odo_m or 0.0)
-        if world.seq == 1:
+    def doors(seq: int, at: float) -> float | None:
+        if seq == 2:
+            return -76.0  # standing beside the bus at S2, then boarding
+        return -91.0 if seq > 2 and 2.0 <= at < 2.5 else None
+
+    def hop(seq: int, past: float) -> float | None:
+        if seq == 1:
             return -93.0 if 300.0 <= past < 305.0 or 500.0 <= past < 505.0 else None
         return -91.0 if 250.0 <= past < 255.0 else None
 
-    tok = w.add(Token("wait", waiter))
-    _five_hops_to_s6(w)
-    out = w.finish()
+    out, tok, riders = _to_s6("wait", doors, hop)
     segs = by_name(out, tok)
     assert segs, "never boarded"
     assert segs[0].start.stop_id == "S2"
