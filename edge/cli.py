@@ -59,6 +59,62 @@ example:
 """
 
 
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    # command: (help, description, epilog)
+    "run": (
+        "run the daemon live (source, MQTT, fare store)",
+        "Run the edge daemon live. Options come from the TOML config, "
+        "overridden by BUSBELL_<SECTION>__<KEY> environment variables "
+        "(`busbell config edge` lists them). SIGTERM/SIGINT shut it down gracefully.",
+        RUN_EPILOG,
+    ),
+    "record": (
+        "record a trace v1 from the live sources",
+        "Write a trace v1 file: advertisements from the configured source and "
+        "the vehicle topics (gnss, doors, trip) from MQTT.",
+        RECORD_EPILOG,
+    ),
+    "replay": (
+        "replay a trace through the pipeline into EVENTS.jsonl",
+        "Feed a trace through the same pipeline, event builder and fare store "
+        "(in-memory SQLite) in virtual time, as fast as the CPU allows; write one "
+        "canonical-JSON fare event per line. Deterministic: same inputs, same bytes.",
+        REPLAY_EPILOG,
+    ),
+    "trace-rider": (
+        "trace a rider's adverts and the classifier's decisions in a kept scenario",
+        "Replay one bus of a scenario directory (busbell sim scenario / sim score "
+        "--keep) in process and print every advert of a rider's rids, the classifier's state "
+        "after it, stop visits and the rider's segments; with --errors, every observable "
+        "leg in error of score.json, each with a one-line summary of the evidence.",
+        TRACE_EPILOG,
+    ),
+    "display": (
+        "serve the driver display page for one bus",
+        "Serve the driver display (docs/driver-display.md) on its own broker "
+        "connection: the page follows buses/BUS/display and its ack button publishes "
+        "buses/BUS/driver/ack. Uses the [mqtt] and [driver_page] sections of the config "
+        "(the daemon serves the same page itself when [driver_page] enabled is true). "
+        "SIGTERM/SIGINT stop it.",
+        DISPLAY_EPILOG,
+    ),
+}
+
+
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str
+) -> argparse.ArgumentParser:
+    """The parser of the command `name` of `_COMMANDS`, its epilog (examples) kept as written."""
+    help_, description, epilog = _COMMANDS[name]
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -68,37 +124,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command")
-    fmt = argparse.RawDescriptionHelpFormatter
-    run = sub.add_parser(
-        "run",
-        help="run the daemon live (source, MQTT, fare store)",
-        description="Run the edge daemon live. Options come from the TOML config, "
-        "overridden by BUSBELL_<SECTION>__<KEY> environment variables "
-        "(`busbell config edge` lists them). SIGTERM/SIGINT shut it down gracefully.",
-        epilog=RUN_EPILOG,
-        formatter_class=fmt,
-    )
+    run = _command(sub, "run")
     run.add_argument("--config", type=Path, help="TOML config file (defaults + env if absent)")
-    rec = sub.add_parser(
-        "record",
-        help="record a trace v1 from the live sources",
-        description="Write a trace v1 file: advertisements from the configured source and "
-        "the vehicle topics (gnss, doors, trip) from MQTT.",
-        epilog=RECORD_EPILOG,
-        formatter_class=fmt,
-    )
+    rec = _command(sub, "record")
     rec.add_argument("--config", type=Path, help="TOML config file")
     rec.add_argument("--out", type=Path, required=True, help="trace file to write")
     rec.add_argument("--duration", type=float, help="stop after this many seconds")
-    rep = sub.add_parser(
-        "replay",
-        help="replay a trace through the pipeline into EVENTS.jsonl",
-        description="Feed a trace through the same pipeline, event builder and fare store "
-        "(in-memory SQLite) in virtual time, as fast as the CPU allows; write one "
-        "canonical-JSON fare event per line. Deterministic: same inputs, same bytes.",
-        epilog=REPLAY_EPILOG,
-        formatter_class=fmt,
-    )
+    rep = _command(sub, "replay")
     rep.add_argument("trace", type=Path, help="trace v1 file (JSON Lines)")
     rep.add_argument("--gtfs", type=Path, required=True, help="GTFS static directory")
     rep.add_argument("--device-key", type=Path, required=True, help="Ed25519 PEM (PKCS#8)")
@@ -108,33 +140,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     rep.add_argument("--force", action="store_true", help="replace --out if it exists")
     rep.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
-    tr = sub.add_parser(
-        "trace-rider",
-        help="trace a rider's adverts and the classifier's decisions in a kept scenario",
-        description="Replay one bus of a scenario directory (busbell sim scenario / sim score "
-        "--keep) in process and print every advert of a rider's rids, the classifier's state "
-        "after it, stop visits and the rider's segments; with --errors, every observable "
-        "leg in error of score.json, each with a one-line summary of the evidence.",
-        epilog=TRACE_EPILOG,
-        formatter_class=fmt,
-    )
+    tr = _command(sub, "trace-rider")
     tr.add_argument("scenario", type=Path, help="scenario directory")
     tr.add_argument("--rider", help="rider id (r-00011)")
     tr.add_argument("--bus", help="bus id (default: every bus of the rider's true legs)")
     tr.add_argument("--errors", action="store_true", help="every leg in error of score.json")
     tr.add_argument("--summary", action="store_true", help="one line per leg, no adverts")
     tr.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
-    dis = sub.add_parser(
-        "display",
-        help="serve the driver display page for one bus",
-        description="Serve the driver display (docs/driver-display.md) on its own broker "
-        "connection: the page follows buses/BUS/display and its ack button publishes "
-        "buses/BUS/driver/ack. Uses the [mqtt] and [driver_page] sections of the config "
-        "(the daemon serves the same page itself when [driver_page] enabled is true). "
-        "SIGTERM/SIGINT stop it.",
-        epilog=DISPLAY_EPILOG,
-        formatter_class=fmt,
-    )
+    dis = _command(sub, "display")
     dis.add_argument("--config", type=Path, help="TOML config file (defaults + env if absent)")
     dis.add_argument("--bus", help="the bus whose display to show (default: bus_id of the config)")
     dis.add_argument("--host", help="listen address (default: driver_page.host)")
