@@ -68,6 +68,48 @@ async def wait_subscribed(logs: list[Path], timeout: float = 30) -> None:
     raise AssertionError("workers did not subscribe: " + logs[0].read_text()[-2000:])
 
 
+def settings_for(broker: Any, prefix: str) -> MqttSettings:
+    """The fleet's connection to `broker` under the topic `prefix`."""
+    return MqttSettings(host=broker.host, port=broker.port, prefix=prefix)
+
+
+async def one_worker_fleet(
+    pg_url: str,
+    broker: Any,
+    prefix: str,
+    log: Path,
+    *,
+    buses: list[str],
+    per_bus: int,
+    batch: int,
+    window: int,
+    retry_s: float,
+) -> tuple[Any, Any, EdgeFleet]:
+    """A migrated database with `buses` registered, one ingest worker (its log in `log`)
+    subscribed, and a fleet (`batch`, `window`, `retry_s`) holding a chain of
+    `per_bus` signed events for each bus: the engine, the worker process and the fleet."""
+    chains = {b: make_events(b, device_key_for(b), per_bus) for b in buses}
+    engine = create_engine(pg_url)
+    await migrate(engine)
+    async with engine.begin() as conn:
+        for b in buses:
+            await register_device(conn, b, device_key_for(b).public)
+    worker = start_worker(0, pg_url, broker, prefix, log)
+    try:
+        await wait_subscribed([log])
+    except BaseException:
+        stop_processes([worker])
+        await engine.dispose()
+        raise
+    return (
+        engine,
+        worker,
+        EdgeFleet(
+            settings_for(broker, prefix), chains, batch=batch, window=window, retry_s=retry_s
+        ),
+    )
+
+
 async def scale_out(
     pg_url: str, broker: Any, prefix: str, tmp_path: Path, *, n_buses: int, n_events: int
 ) -> None:
@@ -85,7 +127,7 @@ async def scale_out(
     procs = [start_worker(i, pg_url, broker, prefix, logs[i]) for i in range(3)]
     try:
         await wait_subscribed(logs)
-        settings = MqttSettings(host=broker.host, port=broker.port, prefix=prefix)
+        settings = settings_for(broker, prefix)
         fleet = EdgeFleet(settings, chains, batch=50, window=200, retry_s=3.0)
         upload = asyncio.create_task(fleet.run(timeout_s=300))
         while fleet.acked_total() < n_events * 0.4 and not upload.done():
@@ -171,20 +213,19 @@ async def test_the_simulated_fleet_rides_out_a_broker_restart(
     # The fleet stands for real edges, which reconnect: a broker that drops them (a
     # restart here; under load, a missed keep-alive) costs a reconnect, not the run.
     buses = ["R000", "R001"]
-    chains = {b: make_events(b, device_key_for(b), 400) for b in buses}
-    engine = create_engine(pg_url)
-    await migrate(engine)
-    async with engine.begin() as conn:
-        for b in buses:
-            await register_device(conn, b, device_key_for(b).public)
     log = tmp_path / "worker.log"
-    worker = start_worker(0, pg_url, private_broker, topic_prefix, log)
+    engine, worker, fleet = await one_worker_fleet(
+        pg_url,
+        private_broker,
+        topic_prefix,
+        log,
+        buses=buses,
+        per_bus=400,
+        batch=10,
+        window=40,
+        retry_s=2.0,
+    )
     try:
-        await wait_subscribed([log])
-        settings = MqttSettings(
-            host=private_broker.host, port=private_broker.port, prefix=topic_prefix
-        )
-        fleet = EdgeFleet(settings, chains, batch=10, window=40, retry_s=2.0)
         upload = asyncio.create_task(fleet.run(timeout_s=90))
         while fleet.acked_total() < 200 and not upload.done():
             await asyncio.sleep(0.02)
@@ -211,21 +252,20 @@ async def test_the_fleet_preloads_a_stopped_worker_which_then_drains_the_broker(
     # queues it), nothing is stored until the worker continues; run() then only reads
     # the acks: every bus acked, no retry, no re-send request.
     buses = ["D000", "D001", "D002"]
-    chains = {b: make_events(b, device_key_for(b), 120) for b in buses}
-    engine = create_engine(pg_url)
-    await migrate(engine)
-    async with engine.begin() as conn:
-        for b in buses:
-            await register_device(conn, b, device_key_for(b).public)
     count = sa.select(sa.func.count()).select_from(fare_events)
     log = tmp_path / "worker.log"
-    worker = start_worker(0, pg_url, shared_broker, topic_prefix, log)
+    engine, worker, fleet = await one_worker_fleet(
+        pg_url,
+        shared_broker,
+        topic_prefix,
+        log,
+        buses=buses,
+        per_bus=120,
+        batch=20,
+        window=40,
+        retry_s=60.0,
+    )
     try:
-        await wait_subscribed([log])
-        settings = MqttSettings(
-            host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix
-        )
-        fleet = EdgeFleet(settings, chains, batch=20, window=40, retry_s=60.0)
         os.kill(worker.pid, signal.SIGSTOP)
         try:
             await fleet.preload()
