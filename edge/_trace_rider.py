@@ -96,7 +96,7 @@ class LegEvidence:
         rids: distinct rids heard during the leg.
         median_rssi: median RSSI of those adverts (``None`` if none).
         riders_lvl: median riders' level at those adverts (``inf`` if unknown).
-        states: the highest states each rid reached (``rid label -> state names``).
+        states: every state each rid entered, in order (``rid label -> state names``).
         segments: the rider's segments this bus closed (any time), as text.
     """
 

@@ -119,7 +119,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="The onboard daemon: run live, record a trace, replay a trace, "
-        "serve the driver display.",
+        "trace a rider through the classifier in a kept scenario, serve the driver display.",
         epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG + TRACE_EPILOG + DISPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
