@@ -2070,7 +2070,7 @@ class PresenceClassifier:
         ``lost_after_m`` past a stop's departure a silence reads as an alighting there
         (someone walking off, heard faintly as the bus leaves). Not when the rid was last
         heard ``confirm_distance_m`` or more past the departure at its ride's level
-        (smoothed RSSI within ``sparse_fall_db`` of its median: someone who walked off is
+        (smoothed RSSI no more than ``sparse_fall_db`` below its median: someone who walked off is
         out of hearing or far below it by then, as :meth:`_revives` judges) and stopped at
         its interval's end: it was aboard when the bus left ``v`` and its rid rotated;
         nobody leaves a moving bus, so it alights at a later door (full scale, tuning

@@ -31,6 +31,7 @@ from typing import Any
 
 from busbell import (
     AdvRecord,
+    BusbellError,
     TokenVerifier,
     TraceReader,
     TraceRecord,
@@ -53,6 +54,7 @@ __all__ = [
     "rids_of",
     "trace_bus",
     "trace_rider",
+    "true_legs",
 ]
 
 _RID_AT = 3
@@ -240,7 +242,7 @@ def _token_key(scenario: Path, rider: str) -> bytes:
         for row in csv.DictReader(fp):
             if row["rider_id"] == rider:
                 return bytes.fromhex(row["token_key"])
-    raise KeyError(f"{rider} is not in {scenario / 'RIDERS.csv'}")
+    raise BusbellError(f"{rider} is not in {scenario / 'RIDERS.csv'}")
 
 
 def true_legs(scenario: Path, rider: str) -> list[dict[str, Any]]:
@@ -264,7 +266,7 @@ def trace_rider(
     truth = json.loads((scenario / "truth.json").read_text(encoding="utf-8"))
     buses = {b["bus_id"]: b for b in truth["buses"]}
     if bus_id not in buses:
-        raise KeyError(f"no bus {bus_id} in {scenario} (buses: {', '.join(sorted(buses))})")
+        raise BusbellError(f"no bus {bus_id} in {scenario} (buses: {', '.join(sorted(buses))})")
     rids = rids_of(_token_key(scenario, rider), float(truth["t_start"]), float(truth["t_end"]))
     p = params or ClassifierParams()
     verifier = TokenVerifier(read_fleet_keys(scenario / "FLEET.csv"), window_s=p.tq_window_s)

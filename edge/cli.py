@@ -359,6 +359,12 @@ def _trace_rider(a: argparse.Namespace) -> int:
 
     params = _load(a.config).classifier
     d: Path = a.scenario
+    missing = [n for n in ("truth.json", "RIDERS.csv", "JOURNEYS.jsonl") if not (d / n).is_file()]
+    if missing:
+        raise BusbellError(
+            f"{d} is not a kept scenario directory (no {', '.join(missing)}): "
+            "keep one with busbell sim score --keep DIR"
+        )
     todo: list[tuple[str, str, dict[str, Any] | None]]
     if a.errors:
         todo = [(e["rider_id"], e["bus_id"], e) for e in errors_of(d)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from busbell import derive_rider_keys, rid_for_interval
+from busbell import BusbellError, derive_rider_keys, rid_for_interval
 from edge._trace_rider import errors_of, leg_evidence, rids_of, trace_rider, true_legs
 from edge.cli import main
 from firmware_sim._output import generate
@@ -55,10 +55,14 @@ def test_a_charged_riders_trace_shows_adverts_states_and_segment(scenario: Path)
 
 def test_an_unknown_bus_or_rider_is_a_clear_error(scenario: Path) -> None:
     rider, _ = _a_rider(scenario)
-    with pytest.raises(KeyError, match="no bus"):
+    with pytest.raises(BusbellError, match="no bus"):
         trace_rider(scenario, rider, "bus-nope")
-    with pytest.raises(KeyError, match="not in"):
+    with pytest.raises(BusbellError, match="not in"):
         trace_rider(scenario, "r-99999", _bus(scenario))
+    with pytest.raises(BusbellError, match="not in"):
+        main(["trace-rider", str(scenario), "--rider", "r-99999", "--bus", _bus(scenario)])
+    with pytest.raises(BusbellError, match="not a kept scenario directory"):
+        main(["trace-rider", str(scenario / "nope"), "--rider", rider])
 
 
 def _bus(d: Path) -> str:
