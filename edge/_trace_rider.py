@@ -27,20 +27,24 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median_high
 from typing import Any
 
 from busbell import (
     AdvRecord,
     BusbellError,
+    TokenRejected,
     TokenVerifier,
     TraceReader,
     TraceRecord,
     derive_rider_keys,
+    interval_of,
     load_gtfs,
+    parse_payload,
     read_fleet_keys,
     rid_for_interval,
 )
-from edge._classifier import State
+from edge._classifier import PresenceClassifier, State
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
 from edge._segment import SegmentDraft
@@ -56,9 +60,6 @@ __all__ = [
     "trace_rider",
     "true_legs",
 ]
-
-_RID_AT = 3
-"""Offset of the 12-byte rid in the 24-byte token payload (``busbell._token``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +131,19 @@ def rids_of(token_key: bytes, t0: float, t1: float) -> dict[bytes, int]:
         ``rid -> interval``.
     """
     keys = derive_rider_keys(token_key)
-    first = math.floor(t0 / 600.0) - 1
-    last = math.floor(t1 / 600.0) + 1
+    first = interval_of(t0) - 1
+    last = interval_of(t1) + 1
     return {rid_for_interval(keys.rid_key, i): i for i in range(first, last + 1)}
+
+
+def _rid_of(payload: bytes | None) -> bytes | None:
+    """The rid of a token payload (``None``: no payload, or not a valid one)."""
+    if payload is None:
+        return None
+    try:
+        return parse_payload(payload).rid
+    except TokenRejected:
+        return None
 
 
 def _segment_text(d: SegmentDraft) -> str:
@@ -172,8 +183,7 @@ def trace_bus(
             visit_key = key
         lvl = cls._riders_lvl
         if type(rec) is AdvRecord:
-            payload = rec.mfr.get(pipeline.params.company_id)
-            rid = None if payload is None else bytes(payload[_RID_AT : _RID_AT + 12])
+            rid = _rid_of(rec.mfr.get(pipeline.params.company_id))
             if rid is not None and rid in rids:
                 r = cls._rids.get(rid)
                 extra = ""
@@ -219,7 +229,7 @@ def _last_close(pipeline: EdgePipeline) -> float:
 
 def _changes(
     t: float,
-    cls: Any,
+    cls: PresenceClassifier,
     rids: Mapping[bytes, int],
     states: dict[bytes, State],
     odo: float,
@@ -301,9 +311,9 @@ def leg_evidence(rows: Iterable[TraceRow], board_t: float, alight_t: float) -> L
             moving_odo.append(row.odo)
     ev.rids = len(seen)
     if rssi:
-        ev.median_rssi = sorted(rssi)[len(rssi) // 2]
+        ev.median_rssi = median_high(rssi)
     if lvls:
-        ev.riders_lvl = sorted(lvls)[len(lvls) // 2]
+        ev.riders_lvl = median_high(lvls)
     if moving_odo:
         ev.travel_m = max(moving_odo) - min(moving_odo)
     return ev
