@@ -97,23 +97,9 @@ from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
 from tests.factories.tasks import stop_processes
+from tests.factories.workers import INGEST_WORKER
 
 __all__ = ["main"]
-
-_WORKER = """
-import asyncio, signal
-from busbell import configure_logging, load_config
-from backend.config import BackendConfig
-from backend._ingest import run_ingest
-
-async def main() -> None:
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await run_ingest(load_config(BackendConfig), stop=stop)
-
-configure_logging("info", json=True)
-asyncio.run(main())
-"""
 
 
 def _run_delay_s(pid: int) -> float:
@@ -387,7 +373,7 @@ async def _one(
                 with log.open("wb") as err:
                     procs.append(
                         subprocess.Popen(  # noqa: S603, ASYNC220 - our own script; nothing else runs yet
-                            [sys.executable, "-c", _WORKER],
+                            [sys.executable, "-c", INGEST_WORKER],
                             env=env,
                             stderr=err,
                             stdout=subprocess.DEVNULL,

@@ -23,23 +23,9 @@ from backend._keys import register_device
 from busbell._mqtt import MqttSettings
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
 from tests.factories.tasks import stop_processes
+from tests.factories.workers import INGEST_WORKER
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.postgres]
-
-_WORKER = """
-import asyncio, signal
-from busbell import configure_logging, load_config
-from backend.config import BackendConfig
-from backend._ingest import run_ingest
-
-async def main() -> None:
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await run_ingest(load_config(BackendConfig), stop=stop)
-
-configure_logging("info", json=True)
-asyncio.run(main())
-"""
 
 
 def start_worker(n: int, pg_url: str, broker: Any, prefix: str, log: Path) -> Any:
@@ -55,7 +41,7 @@ def start_worker(n: int, pg_url: str, broker: Any, prefix: str, log: Path) -> An
     )
     with log.open("wb") as err:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-c", _WORKER], env=env, stderr=err, stdout=subprocess.DEVNULL
+            [sys.executable, "-c", INGEST_WORKER], env=env, stderr=err, stdout=subprocess.DEVNULL
         )
 
 
