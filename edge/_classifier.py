@@ -2023,11 +2023,7 @@ class PresenceClassifier:
         p = self.params
         assert r.start is not None
         v = self._visit_at(last_t + p.alight_pre_s)
-        if (
-            v is not None
-            and (v.close_odo_m is None or last_odo - v.close_odo_m <= p.lost_after_m)
-            and not self._rotated_away(r, v, last_t)
-        ):
+        if v is not None and self._faded_at(r, v, last_t, last_odo):
             end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
         if p.lost_wait_s > 0.0 and self._rode(r, last_odo):
@@ -2063,6 +2059,16 @@ class PresenceClassifier:
             # halts
             or (r.visit is not None and r.tk_stood > r.visit.seq)
         )
+
+    def _faded_at(self, r: _Rid, v: StopVisit, last_t: float, last_odo: float) -> bool:
+        """Whether a rider last heard at ``last_t``/``last_odo`` faded at stop visit ``v``.
+
+        Still standing there, or no more than ``lost_after_m`` past its departure, and
+        its silence not its rid's end (:meth:`_rotated_away`): an alighting at ``v``.
+        """
+        return (
+            v.close_odo_m is None or last_odo - v.close_odo_m <= self.params.lost_after_m
+        ) and not self._rotated_away(r, v, last_t)
 
     def _rotated_away(self, r: _Rid, v: StopVisit, last_t: float) -> bool:
         """Whether a rider last heard just past ``v`` fell silent because its rid ended.
@@ -2140,11 +2146,7 @@ class PresenceClassifier:
         if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s:
             return False
         v = self._visit_at(r.last_in_t + p.alight_pre_s)
-        if (
-            v is not None
-            and (v.close_odo_m is None or r.last_in_odo - v.close_odo_m <= p.lost_after_m)
-            and not self._rotated_away(r, v, r.last_in_t)
-        ):
+        if v is not None and self._faded_at(r, v, r.last_in_t, r.last_in_odo):
             return False  # it faded at a stop: an alighting
         w = self._visit_after(r.last_in_t + p.alight_pre_s)
         if w is None:
