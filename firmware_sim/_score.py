@@ -345,9 +345,20 @@ def _busbell(*args: str | os.PathLike[str]) -> list[str]:
 
 
 def run_pipeline(
-    scenario_dir: Path, truth: dict[str, Any], *, timeout_s: float = 600.0
+    scenario_dir: Path,
+    truth: dict[str, Any],
+    *,
+    timeout_s: float = 600.0,
+    out_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``edge replay`` per bus and ``backend settle`` as subprocesses.
+
+    Args:
+        scenario_dir: the scenario's inputs (traces, keys, GTFS, riders).
+        truth: its ``truth.json``.
+        timeout_s: the limit of each subprocess.
+        out_dir: where the events and settled journeys go (default: ``scenario_dir``;
+            another directory leaves a kept scenario as it is).
 
     Returns:
         The settled journeys.
@@ -356,9 +367,11 @@ def run_pipeline(
         RuntimeError: a subprocess failed (its stderr is included).
     """
     d = scenario_dir
+    out_d = d if out_dir is None else out_dir
+    out_d.mkdir(parents=True, exist_ok=True)
     events: list[Path] = []
     for bus in truth["buses"]:
-        ev = d / f"EVENTS-{bus['bus_id']}.jsonl"
+        ev = out_d / f"EVENTS-{bus['bus_id']}.jsonl"
         _check(
             _busbell(
                 "edge",
@@ -377,7 +390,7 @@ def run_pipeline(
             timeout_s,
         )
         events.append(ev)
-    out = d / "JOURNEYS.settled.jsonl"
+    out = out_d / "JOURNEYS.settled.jsonl"
     _check(
         _busbell(
             "backend",

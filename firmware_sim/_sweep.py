@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from typing import Any
 
 from firmware_sim._output import GenerateOptions
 from firmware_sim._radio import Loss, Placement, RadioParams
+from firmware_sim._rescore import rescore_suite
 from firmware_sim._score import TARGETS, ScenarioScore, score_suite
 from firmware_sim._world import TokenEnvelope
 
@@ -46,6 +48,7 @@ __all__ = [
     "CellSummary",
     "SweepCell",
     "SweepResult",
+    "cell_number",
     "load_runs",
     "parse_cells",
     "parse_seeds",
@@ -204,13 +207,25 @@ def _score_run(  # noqa: PLR0917 - one picklable task of the pool
     options: GenerateOptions,
     keep_dir: Path | None,
     log_level: str | None,
+    kept: Path | None = None,
 ) -> ScenarioScore:
-    """Score the suite once (in a worker process of the pool, or in this one)."""
+    """Score the suite once (in a worker process of the pool, or in this one).
+
+    With ``kept`` (a kept run's directory), nothing is generated: its scenarios are
+    replayed, settled and scored again (:func:`~firmware_sim._rescore.rescore_suite`),
+    their outputs written under ``keep_dir`` or a temporary directory.
+    """
     if log_level is not None:
         from busbell import configure_logging
 
         configure_logging(log_level)
-    suite = score_suite(names, seed=seed, scale=scale, options=options, keep_dir=keep_dir)
+    if kept is None:
+        suite = score_suite(names, seed=seed, scale=scale, options=options, keep_dir=keep_dir)
+    elif keep_dir is not None:
+        suite = rescore_suite(names, kept, keep_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="busbell-rescore-") as tmp:
+            suite = rescore_suite(names, kept, Path(tmp))
     overall = suite.overall
     for s in suite.scenarios:
         overall.details.extend(
@@ -232,6 +247,7 @@ def sweep(  # noqa: PLR0917 - the suite's and the sweep's arguments
     jobs: int = 1,
     keep_dir: Path | None = None,
     log_level: str = "warning",
+    rescore: Path | None = None,
 ) -> list[SweepResult]:
     """Score the suite in every cell for every seed (subprocess pipeline, as ``score``).
 
@@ -247,23 +263,38 @@ def sweep(  # noqa: PLR0917 - the suite's and the sweep's arguments
         keep_dir: keep every run's scenario directories under
             ``keep_dir/cell-NN/seed-S`` (NN: the cell's number in :data:`CELLS`).
         log_level: the workers' log level (``jobs`` > 1).
+        rescore: generate nothing: score again the runs kept under this directory by an
+            earlier ``keep_dir`` (:mod:`firmware_sim._rescore`); a cell and seed it does
+            not hold is skipped, and ``keep_dir`` receives the new outputs.
 
     Returns:
         One result per cell and seed, cells in the order given, seeds within each cell
         in the order given (whatever order the pool finished them in); ``progress`` is
         called as each finishes.
     """
-    tasks = [(cell, seed) for cell in cells for seed in seeds]
+
+    def under(root: Path, cell: SweepCell, seed: int) -> Path:
+        return root / f"cell-{cell_number(cell) or 0:02d}" / f"seed-{seed}"
 
     def keep(cell: SweepCell, seed: int) -> Path | None:
-        if keep_dir is None:
-            return None
-        return keep_dir / f"cell-{cell_number(cell) or 0:02d}" / f"seed-{seed}"
+        return None if keep_dir is None else under(keep_dir, cell, seed)
+
+    def kept(cell: SweepCell, seed: int) -> Path | None:
+        return None if rescore is None else under(rescore, cell, seed)
+
+    tasks = [
+        (cell, seed)
+        for cell in cells
+        for seed in seeds
+        if rescore is None or under(rescore, cell, seed).is_dir()
+    ]
 
     out: list[SweepResult | None] = [None] * len(tasks)
     if jobs <= 1:
         for i, (cell, seed) in enumerate(tasks):
-            overall = _score_run(names, seed, scale, cell.options(base), keep(cell, seed), None)
+            overall = _score_run(
+                names, seed, scale, cell.options(base), keep(cell, seed), None, kept(cell, seed)
+            )
             res = out[i] = SweepResult(cell, seed, overall)
             if progress is not None:
                 progress(res)
@@ -279,6 +310,7 @@ def sweep(  # noqa: PLR0917 - the suite's and the sweep's arguments
                     _picklable(cell.options(base)),
                     keep(cell, seed),
                     log_level,
+                    kept(cell, seed),
                 ): i
                 for i, (cell, seed) in enumerate(tasks)
             }

@@ -11,9 +11,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from busbell import configure_logging, load_config
 from firmware_sim.config import SimConfig
+
+if TYPE_CHECKING:
+    from firmware_sim._sweep import SweepCell
 
 __all__ = ["main"]
 
@@ -79,7 +83,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         f"  {prog} score --sweep --scale small --seeds 5-12 --jobs 2 --write-docs "
         "docs/accuracy.md\n"
         f"  {prog} score --sweep --seeds 5-12 --cells 1-10 --save-runs runs.jsonl\n"
-        f"  {prog} score --sweep --from-runs runs.jsonl --write-docs docs/accuracy.md\n\n"
+        f"  {prog} score --sweep --from-runs runs.jsonl --write-docs docs/accuracy.md\n"
+        f"  {prog} score --sweep --scale small --seeds 1 --cells 10 --keep kept\n"
+        f"  {prog} score --sweep --rescore kept --scenarios quiet_route\n\n"
         "--write-docs rewrites only its own section of the file, between the markers\n"
         "<!-- generated: NAME ... --> and <!-- end generated: NAME --> (NAME: --section;\n"
         "default full-scale / small-scale, or sweep); the rest of the file is kept as it\n"
@@ -129,6 +135,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     so.add_argument(
         "--list-cells", action="store_true", help="print the sweep's numbered cells and exit"
+    )
+    so.add_argument(
+        "--rescore",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="with --sweep: generate nothing; replay, settle and score again with this"
+        " code the runs kept under ROOT by an earlier --sweep --keep ROOT (its"
+        " cell-NN/seed-S directories; --cells, --seeds, --scenarios narrow them; ROOT is"
+        " only read, --keep takes the new outputs), then list the errors fixed and new"
+        " against the kept scores: a paired A/B on identical adverts",
     )
     so.add_argument(
         "--save-runs",
@@ -336,40 +353,77 @@ def _write_docs(path: Path, section: str, body: str) -> int:
     return 0
 
 
+def _sweep_grid(a: argparse.Namespace, seed: int) -> tuple[list[SweepCell], list[int], int] | int:
+    """The cells and seeds of a sweep and its number of runs, or an exit status.
+
+    With ``--rescore``, cells and seeds default to the kept runs', and only the runs
+    kept there count.
+    """
+    from firmware_sim._rescore import KeptRun, find_kept_runs
+    from firmware_sim._sweep import CELLS, cell_number, parse_cells, parse_seeds
+
+    kept_runs: list[KeptRun] = []
+    if a.rescore is not None:
+        try:
+            kept_runs = find_kept_runs(a.rescore)
+        except ValueError as exc:
+            sys.stderr.write(f"--rescore: {exc}\n")
+            return 2
+    try:
+        if a.seeds:
+            seeds = parse_seeds(a.seeds)
+        elif kept_runs:
+            seeds = sorted({r.seed for r in kept_runs})
+        else:
+            seeds = [seed]
+    except ValueError as exc:
+        sys.stderr.write(f"--seeds: {exc}\n")
+        return 2
+    try:
+        if a.cells:
+            cells = parse_cells(a.cells)
+        elif kept_runs:
+            cells = [CELLS[n - 1] for n in sorted({r.cell for r in kept_runs}) if n <= len(CELLS)]
+        else:
+            cells = list(CELLS)
+    except ValueError as exc:
+        sys.stderr.write(f"--cells: {exc}\n")
+        return 2
+    total = len(cells) * len(seeds)
+    if kept_runs:
+        held = {(r.cell, r.seed) for r in kept_runs}
+        total = sum((cell_number(c), s) in held for c in cells for s in seeds)
+        if not total:
+            sys.stderr.write(f"--rescore: {a.rescore} holds none of those cells and seeds\n")
+            return 2
+    return cells, seeds, total
+
+
 def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, scale: str) -> int:
     import os
     from datetime import UTC, datetime
 
     from firmware_sim._report import git_commit
-    from firmware_sim._sweep import (
-        CELLS,
-        SweepResult,
-        parse_cells,
-        parse_seeds,
-        render_sweep,
-        run_line,
-        sweep,
-    )
+    from firmware_sim._rescore import render_changes
+    from firmware_sim._sweep import SweepResult, cell_number, render_sweep, run_line, sweep
 
     if a.from_runs:
         return _sweep_from_runs(a)
-    try:
-        seeds = parse_seeds(a.seeds) if a.seeds else [seed]
-    except ValueError as exc:
-        sys.stderr.write(f"--seeds: {exc}\n")
-        return 2
-    try:
-        cells = parse_cells(a.cells) if a.cells else list(CELLS)
-    except ValueError as exc:
-        sys.stderr.write(f"--cells: {exc}\n")
-        return 2
+    grid = _sweep_grid(a, seed)
+    if isinstance(grid, int):
+        return grid
+    cells, seeds, total = grid
     jobs = a.jobs if a.jobs is not None else min(2, os.cpu_count() or 1)
     if jobs < 1:
         sys.stderr.write("--jobs must be 1 or more\n")
         return 2
-    total = len(cells) * len(seeds)
     done = [0]
-    parts = ["busbell sim score --sweep", f"--scale {scale}", f"--seeds {a.seeds or seed}"]
+    if a.rescore is not None:
+        parts = ["busbell sim score --sweep", f"--rescore {a.rescore}"]
+        if a.seeds:
+            parts.append(f"--seeds {a.seeds}")
+    else:
+        parts = ["busbell sim score --sweep", f"--scale {scale}", f"--seeds {a.seeds or seed}"]
     if a.cells:
         parts.append(f"--cells {a.cells}")
     if a.scenarios is not None:
@@ -411,6 +465,7 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
             jobs=jobs,
             keep_dir=a.keep,
             log_level=a.log_level,
+            rescore=a.rescore,
         )
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         sys.stderr.write(f"busbell: error: sim score --sweep: the pipeline failed: {exc}\n")
@@ -438,6 +493,22 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
     if not a.json:
         _out("")
         _out(doc)
+        if a.rescore is not None:
+            root = a.rescore
+            _out(
+                render_changes(
+                    (
+                        (
+                            f"cell {cell_number(r.cell)} ({r.cell.name})",
+                            r.seed,
+                            r.overall,
+                            root / f"cell-{cell_number(r.cell) or 0:02d}" / f"seed-{r.seed}",
+                        )
+                        for r in results
+                    ),
+                    names,
+                )
+            )
     if a.write_docs is not None:
         return _write_docs(a.write_docs, a.section or "sweep", doc)
     return 0

@@ -1,0 +1,225 @@
+"""Score kept scenarios again with the code of now: a paired A/B on identical radio.
+
+``busbell sim score --sweep --rescore ROOT`` takes the scenario directories a sweep kept
+(``ROOT/cell-NN/seed-S/SCENARIO``, written by ``--keep``), runs ``edge replay`` and
+``backend settle`` on them again, as subprocesses, without generating anything, and
+scores the result against the same truth. Two versions of the classifier are then
+compared on the very same adverts, so a difference is the code's, not the radio's
+random stream; and the run skips generation (a third of a full-scale run).
+
+The kept directories are read only: events, settled journeys and the new ``score.json``
+go to an output directory (``--keep`` of the rescoring run, or a temporary one), so
+several people can rescore one kept baseline at once. :func:`kept_changes` lists the
+legs whose verdict changed against the ``score.json`` the kept run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firmware_sim._score import (
+    ScenarioScore,
+    SuiteScore,
+    load_journeys,
+    run_pipeline,
+    score_scenario,
+)
+
+__all__ = [
+    "KeptRun",
+    "find_kept_runs",
+    "kept_changes",
+    "kept_details",
+    "kept_overall",
+    "render_changes",
+    "rescore_suite",
+]
+
+_CELL = re.compile(r"cell-(\d+)$")
+_SEED = re.compile(r"seed-(\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeptRun:
+    """One kept run of a sweep: its cell number, seed and directory."""
+
+    cell: int
+    seed: int
+    path: Path
+
+
+def find_kept_runs(root: Path) -> list[KeptRun]:
+    """The runs kept under ``root`` (``cell-NN/seed-S`` directories), by cell then seed.
+
+    Raises:
+        ValueError: ``root`` is not a directory or holds no kept run.
+    """
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory")
+    runs: list[KeptRun] = []
+    for cell_dir in root.iterdir():
+        cm = _CELL.match(cell_dir.name)
+        if cm is None or not cell_dir.is_dir():
+            continue
+        for seed_dir in cell_dir.iterdir():
+            sm = _SEED.match(seed_dir.name)
+            if sm is not None and seed_dir.is_dir():
+                runs.append(KeptRun(int(cm.group(1)), int(sm.group(1)), seed_dir))
+    if not runs:
+        raise ValueError(
+            f"{root} holds no kept run (cell-NN/seed-S directories): keep one with"
+            " busbell sim score --sweep --keep DIR"
+        )
+    return sorted(runs, key=lambda r: (r.cell, r.seed))
+
+
+def _scenarios(kept: Path, names: Sequence[str]) -> list[str]:
+    return [n for n in names if (kept / n / "truth.json").is_file()]
+
+
+def rescore_suite(names: Sequence[str], kept: Path, out: Path) -> SuiteScore:
+    """Replay, settle and score each named scenario kept in ``kept``.
+
+    Args:
+        names: the scenarios; those not kept in ``kept`` are skipped.
+        kept: one kept run (``.../cell-NN/seed-S``): read only.
+        out: where each scenario's events, settled journeys and ``score.json`` go.
+
+    Raises:
+        ValueError: none of ``names`` is kept there.
+        RuntimeError: a subprocess failed.
+    """
+    present = _scenarios(kept, names)
+    if not present:
+        raise ValueError(f"{kept} holds none of the scenarios {list(names)}")
+    scores: list[ScenarioScore] = []
+    pipe_s = 0.0
+    scale, seed = "kept", 0
+    for name in present:
+        d = kept / name
+        truth = json.loads((d / "truth.json").read_text("utf-8"))
+        started = time.perf_counter()
+        charged = run_pipeline(d, truth, out_dir=out / name)
+        sc = score_scenario(name, load_journeys(d / "JOURNEYS.jsonl"), charged, truth)
+        sc.elapsed_s = time.perf_counter() - started
+        pipe_s += sc.elapsed_s
+        (out / name / "score.json").write_text(
+            json.dumps({**sc.as_dict(), "details": sc.details}, indent=1) + "\n", "utf-8"
+        )
+        scores.append(sc)
+    return SuiteScore(scale, seed, scores, 0.0, pipe_s)
+
+
+def kept_details(kept: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The observable errors and bystander charges the kept run scored, with their scenario."""
+    out: list[dict[str, Any]] = []
+    for name in _scenarios(kept, names):
+        path = kept / name / "score.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text("utf-8"))
+        out.extend(
+            {"scenario": name, **x}
+            for x in d.get("details", [])
+            if x.get("kind") == "bystander_charged" or x.get("observable")
+        )
+    return out
+
+
+def _stops(leg: dict[str, Any] | None) -> str:
+    if not leg:
+        return "nothing"
+    return f"{leg.get('board_stop_id')} -> {leg.get('alight_stop_id')}"
+
+
+def _key(d: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    leg = d.get("leg") or d.get("charge") or {}
+    return (
+        str(d.get("scenario")),
+        str(leg.get("rider_id")),
+        str(leg.get("bus_id")),
+        _stops(leg),
+        str(d.get("kind")),
+    )
+
+
+def _charged(d: dict[str, Any]) -> str:
+    charges = d.get("charges")
+    if isinstance(charges, list) and charges:
+        return ", ".join(_stops(c) for c in charges)
+    return "nothing" if d.get("kind") != "bystander_charged" else _stops(d.get("charge"))
+
+
+def kept_changes(
+    before: Iterable[dict[str, Any]], after: Iterable[dict[str, Any]]
+) -> tuple[list[str], list[str]]:
+    """The errors the new code fixed and the ones it made, one line each.
+
+    An error is the same when its scenario, rider, bus, true stops, kind and charged
+    stops are; a wrong leg charged with other wrong stops counts as fixed and new.
+    """
+
+    def lines(ds: Iterable[dict[str, Any]]) -> dict[tuple[str, ...], str]:
+        out: dict[tuple[str, ...], str] = {}
+        for d in ds:
+            k = (*_key(d), _charged(d))
+            truth = "not aboard" if d.get("kind") == "bystander_charged" else k[3]
+            out[k] = f"{k[0]} {k[4]} {k[1]} on {k[2]}: truth {truth}, charged {k[5]}"
+        return out
+
+    b, a = lines(before), lines(after)
+    return [b[k] for k in sorted(b.keys() - a.keys())], [a[k] for k in sorted(a.keys() - b.keys())]
+
+
+def kept_overall(kept: Path, names: Sequence[str]) -> ScenarioScore | None:
+    """The kept run's own score of those scenarios, summed (``None``: it wrote none)."""
+    total = ScenarioScore("overall")
+    found = False
+    for name in _scenarios(kept, names):
+        path = kept / name / "score.json"
+        if path.is_file():
+            total.add(ScenarioScore.from_dict(json.loads(path.read_text("utf-8"))))
+            found = True
+    return total if found else None
+
+
+def _counts(s: ScenarioScore) -> str:
+    return (
+        f"exact {s.journeys_observable_exact}/{s.journeys_observable}, "
+        f"missed {s.missed_observable}/{s.legs_observable}, double {s.double_charged}, "
+        f"bystanders {s.bystander_charged}/{s.bystander_passes}, held {s.held_legs}"
+    )
+
+
+def render_changes(
+    runs: Iterable[tuple[str, int, ScenarioScore, Path]], names: Sequence[str]
+) -> str:
+    """Each rescored run against its kept score, in Markdown: counts, then fixed and new errors.
+
+    Args:
+        runs: (cell label, seed, the new overall score with its details, the kept run's dir).
+        names: the scenarios rescored.
+    """
+    lines = ["## Against the kept scores (same adverts, the code of now)", ""]
+    n_fixed = n_new = 0
+    for label, seed, after, kept in runs:
+        before = kept_overall(kept, names)
+        lines.append(f"- {label}, seed {seed} ({kept}):")
+        if before is None:
+            lines.append("  - the kept run wrote no score.json: nothing to compare")
+            continue
+        lines.append(f"  - kept: {_counts(before)}")
+        lines.append(f"  - now:  {_counts(after)}")
+        fixed, new = kept_changes(kept_details(kept, names), after.details)
+        n_fixed += len(fixed)
+        n_new += len(new)
+        lines += [f"  - fixed: {x}" for x in fixed]
+        lines += [f"  - NEW: {x}" for x in new]
+    lines += ["", f"Errors fixed: {n_fixed}; new errors: {n_new}."]
+    return "\n".join(lines) + "\n"
