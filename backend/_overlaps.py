@@ -112,12 +112,18 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
         return None
     if sa < sb:
         a, b, sa, sb = b, a, sb, sa
-    if sa - sb >= margin or _decoded_more(a, b, sa - sb, (start, end), policy):
+    by_rate = _decoded_more(a, b, sa - sb, (start, end), policy)
+    if sa - sb >= margin or by_rate:
         win, lose, weak = a, b, sb
     else:
         return None
     ceiling = policy.overlap_loser_max_dbm
-    if ceiling is not None and weak > ceiling:
+    if ceiling is not None and weak > ceiling and not (sa - sb >= margin and by_rate):
+        # heard at in-bus strength: the rider's own leg, made the weaker one by a relay
+        # by the other bus's scanner? Unless the other bus also decoded the token's
+        # adverts overlap_rate_ratio times as often: both measures of the one advert
+        # train then agree, whatever the token's power (+3 dBm tokens behind 5-dB shells
+        # are heard through the neighbour's windows at -57..-64 dBm)
         return None
     cover = policy.overlap_cover_s
     if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:

@@ -855,3 +855,43 @@ def test_settle_cli_rejects_nonsense(
         main([*base, "--devices", "D", "--out", str(tmp_path / "J"), *args])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _loud_alongside(ratio: float | None) -> list[Segment]:
+    """r1 rides b1 from S05 to S06, heard at -38 dBm (560 adverts in 140 s); b2, leaving
+    S05 beside it, hears them 25 dB weaker, at -63 dBm (louder than the default
+    ``overlap_loser_max_dbm``), decoding ``1 / ratio`` as many adverts per second.
+
+    Full scale, tuning seed 1, +3 dBm tokens behind 5-dB shells (cell 11),
+    ``shared_stop_three_routes`` r-00080 and r-00088: held for review, never charged.
+    """
+    return [
+        seg((T0 + 200, "S05", "boarded"), (T0 + 340, "S06", "alighted"), rssi=-38.0, n_adv=560),
+        seg(
+            (T0 + 205, "S05", "boarded"),
+            (T0 + 320, "S06", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-63.0,
+            n_adv=None if ratio is None else round(460 / ratio),
+        ),
+    ]
+
+
+def test_a_loud_neighbour_decoding_far_fewer_adverts_is_dropped(feed: Feed) -> None:
+    # 25 dB stronger and 3.4 times the adverts decoded per second: both measures of the
+    # one advert train agree that the rider was on b1, whatever the token's power
+    js = _builder(feed).build(_loud_alongside(3.4))
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+
+
+@pytest.mark.parametrize("ratio", [None, 1.2])
+def test_a_loud_neighbour_without_the_advert_rate_evidence_is_held(
+    feed: Feed, ratio: float | None
+) -> None:
+    # the margin alone (or with rates too close) does not settle a loser heard at in-bus
+    # strength: a relay by b2's scanner would look like that
+    js = _builder(feed).build(_loud_alongside(ratio))
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
