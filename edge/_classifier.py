@@ -234,6 +234,7 @@ class _Rid:
         "convoy",
         "d_min",
         "drift",
+        "ended_t",
         "ewma",
         "ewma0",
         "far_sum",
@@ -301,6 +302,9 @@ class _Rid:
         self.run_odo = 0.0
         self.start: SegmentEnd | None = None
         self.start_odo = 0.0
+        self.ended_t = -math.inf
+        """The end of its latest closed segment: a later segment of this rid starts there
+        at the earliest (:meth:`PresenceClassifier._confirm`)."""
         self.confirm_t = 0.0
         self.route_id: str | None = None
         self.trip_id: str | None = None
@@ -1637,6 +1641,11 @@ class PresenceClassifier:
         r.state = int(next_state(State(r.state), Event.CONFIRM))
         if was == _ROTATING and self._pool_ivs:
             self._claim_changed(r)
+        # never before its last segment's end: a rider closed as alighted at a stop when it
+        # fell silent as the bus left, heard again riding on, is that stop's candidate
+        # again, whose boarding would date from the doors' opening; segments of one rid
+        # never overlap (settlement joins the two touching ones into one ride)
+        start_t = max(start_t, r.ended_t)
         r.start = SegmentEnd(start_t, stop_id, cause)
         r.start_odo = odo
         r.confirm_t = t
@@ -2174,13 +2183,15 @@ class PresenceClassifier:
                 start_stop=r.start.stop_id,
                 end_stop=end.stop_id,
             )
+        end = SegmentEnd(max(end.t, r.start.t), end.stop_id, end.cause)
+        r.ended_t = end.t
         return SegmentDraft(
             rid=r.rid.hex(),
             interval=r.interval,
             route_id=r.route_id,
             trip_id=r.trip_id,
             start=r.start,
-            end=SegmentEnd(max(end.t, r.start.t), end.stop_id, end.cause),
+            end=end,
             distance_m=max(0.0, end_odo - r.start_odo),
             proof_first=r.first_raw.hex(),
             proof_last=r.last_in_raw.hex(),

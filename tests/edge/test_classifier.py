@@ -367,6 +367,36 @@ def test_rider_who_boards_again_later_gets_a_new_segment() -> None:
     assert [(s.start.stop_id, s.end.stop_id) for s in segs] == [("S1", "S2"), ("S3", "S4")]
 
 
+def test_a_rider_silent_as_the_bus_leaves_then_riding_on_never_overlaps_its_own_segment() -> None:
+    # live fault suite (a SIGKILL during a dwell) and any weak rider: last heard 14 s into
+    # S2's dwell, silent for 300 m after it, then heard riding on to S5. Closed as alighted
+    # at S2 when the bus left without a sound of it, then S2's candidate again: its new
+    # boarding dated from S2's doors opening, 14 s before the end of its first segment
+    w = World()
+    add_riders(w, -70.0)
+
+    def heard(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 2:
+            if v.close_t is None:
+                return -70.0 if world.t - v.open_t <= 14.0 else None
+            if world.odo - (v.close_odo_m or 0.0) < 300.0:
+                return None
+        if world.seq >= 5 and v.close_t is not None:
+            return None
+        return -70.0
+
+    tok = w.add(Token("gap", heard))
+    ride(w, ("S1", 15, 700), ("S2", 15, 1000), ("S3", 15, 700), ("S4", 15, 700))
+    w.dwell("S5", 15)
+    w.move(600)
+    segs = by_name(w.finish(), tok)
+    assert [(s.start.stop_id, s.end.stop_id) for s in segs] == [("S1", "S2"), ("S2", "S5")]
+    assert segs[1].rid == segs[0].rid
+    assert segs[1].start.t >= segs[0].end.t  # touching: settlement joins them into one ride
+
+
 def test_rider_alighting_as_the_doors_reopen_counts_at_that_stop() -> None:
     w = World()
     gone = {"v": False}

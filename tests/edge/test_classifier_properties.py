@@ -14,6 +14,7 @@ twice for one bus trip.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,11 @@ def test_random_worlds_never_crash_never_order_wrong_never_double_charge(
     drafts, pipe = replay(feed, recs)
     assert pipe.stats.errors == {}
     segments = []
+    ends: dict[str, float] = {}
+    for d in sorted(drafts, key=lambda d: d.start.t):
+        # one rid's segments never overlap (the live fault suite's check after restarts)
+        assert d.start.t >= ends.get(d.rid, -math.inf), f"rid {d.rid} overlaps itself"
+        ends[d.rid] = d.end.t
     for n, d in enumerate(drafts, 1):
         assert d.start.t <= d.end.t
         assert d.distance_m >= 0.0
