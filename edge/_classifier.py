@@ -436,6 +436,11 @@ class PresenceClassifier:
         self._edges: dict[bytes, list[tuple[float, bytes]]] = {}
         """Old rid -> its candidate pairs ``(cost, new rid)``, cheapest first."""
         self._index: _NewsIndex | None = None
+        self._heirs: dict[tuple[int, str], tuple[bytes, StopVisit]] = {}
+        """``(interval, BLE address)`` -> a candidate of the interval before, sent from that
+        address, whose rid ended before it could board, and the boarding visit it hands
+        over: the new rid sent from the same address takes over its candidacy, whenever it
+        is first heard (:meth:`_inherit`)."""
         self._ticks = 0
         self._slot_s = p.rotation_gap_s + 4.0
         self._route_id: str | None = None
@@ -1143,7 +1148,11 @@ class PresenceClassifier:
                 # again (with thousands of tokens in range these tombstones would double
                 # what every tick and every checkpoint goes through)
                 or t - r.d_min > (r.interval + 1) * INTERVAL_S + _ENDED_S
-            ) and r.rid not in self._olds:
+            ) and (
+                r.rid not in self._olds
+                # (a candidate whose new rid may still take over its candidacy is kept)
+                and not (self._heirs and self._heir_of(r, t))
+            ):
                 forget.append(r.rid)
         self._follow_riders(levels)
         if (
@@ -1159,10 +1168,7 @@ class PresenceClassifier:
             self._assigned_t = t
         for r in later:
             try:
-                if r.state == _CANDIDATE:
-                    self._check_candidate(r, t, odo, out)
-                else:
-                    self._check_rotating(r, t, out)
+                self._judge(r, t, odo, out)
             except Exception as exc:
                 self._failed("tick", r, exc)
         if self._olds:
@@ -1174,6 +1180,15 @@ class PresenceClassifier:
             del self._rids[rid]
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
+
+    def _judge(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
+        """One tick of a candidate's or rotating rid's rules."""
+        if self._heirs and r.addr and (r.interval, r.addr) in self._heirs:
+            self._inherit(r)
+        if r.state == _CANDIDATE:
+            self._check_candidate(r, t, odo, out)
+        else:
+            self._check_rotating(r, t, out)
 
     def _follow_riders(self, levels: list[float]) -> None:
         """The riders' level and the in-bus threshold from the riders aboard's baselines."""
@@ -1723,7 +1738,9 @@ class PresenceClassifier:
             # its rid rotated before it could be confirmed: a new rid may take over (not
             # from a candidate barred from boarding, nor from one first heard far past its
             # stop, not yet carried through a later one: they have no boarding to hand over)
-            self._keep_for_pairing(r, _PRED_CANDIDATE, r.pred_visit or r.visit)
+            handed = r.pred_visit or r.visit
+            if self._keep_for_pairing(r, _PRED_CANDIDATE, handed) and r.addr:
+                self._heirs[(r.interval + 1, r.addr)] = (r.rid, handed)
         was = r.state
         r.state = int(next_state(State(r.state), ev))
         if was == _CANDIDATE and self._pool_ivs:
@@ -1737,6 +1754,111 @@ class PresenceClassifier:
             end, end_odo = self._fade_end(old, r.last_in_t, r.last_in_odo)
             end = SegmentEnd(min(end.t, old.last_t), end.stop_id, end.cause)
             self._emit(old, end, end_odo, out)
+
+    def _heir_of(self, r: _Rid, t: float) -> bool:
+        """Whether a dropped candidate still waits for its new rid (kept until then).
+
+        Until the new rid's own interval is over by the token's clock; then it is
+        forgotten, and so is the wait.
+        """
+        key = (r.interval + 1, r.addr)
+        got = self._heirs.get(key)
+        if got is None or got[0] != r.rid:
+            return False
+        if t - r.d_min <= (r.interval + 2) * INTERVAL_S + _ENDED_S:
+            return True
+        del self._heirs[key]
+        return False
+
+    def _inherit(self, r: _Rid) -> None:
+        """A new rid sent from the BLE address of a candidate whose rid ended takes it over.
+
+        Phones keep their BLE address across a rid rotation (a fob changes both), and two
+        devices do not share a random 48-bit address: a rid of the next interval sent from
+        the address of a candidate whose rid ended before it boarded is that candidate's
+        token, however long after its last advert it is first heard. A weak token (deep in
+        a bag, low power, a crowd) is heard a few times a minute, so its new rid is often
+        first heard 20-50 s into its interval, after the rotation pairing's window (its
+        old rid's rhythm, at most ``rotation_settle_s``) and too late to be taken for a
+        rotation at all (``rotation_slack_s``); each rid alone then had two or three
+        co-movement points, too few to board on, and the ride was missed (full scale,
+        tuning seeds 1-2, weak cells). It takes over the candidacy as
+        :meth:`_take_over` does (its stop, its level there, its co-movement evidence, its
+        track, its first hearing), adding its own co-movement points heard at that level,
+        and is judged by the sparse-candidate rules: it boards from the old rid's stop
+        only if heard moving with the bus, at one level, at ``sparse_adverts`` points in
+        all, past every stop served since (:meth:`_moved_on`). Not a rid the rotation
+        pairing has paired or can pair (a rot rid in its window: it pairs the same
+        address first and hands the boarding over, and the new rid may then board on
+        its own evidence too), nor one confirmed; a new rid of another address that the
+        pairing had given the old candidate's boarding to is unpaired (the same address
+        wins any pairing, :meth:`_candidates`).
+        """
+        key = (r.interval, r.addr)
+        o, visit = self._heirs[key]
+        old = self._rids.get(o)
+        if (
+            old is None
+            or old.state != _GONE
+            or old.start is not None
+            or old.lvl is None
+            or visit.close_odo_m is None
+        ):
+            del self._heirs[key]
+            return
+        if (
+            r.start is not None
+            or r.pred != _PRED_NONE
+            or r.rid in self._match
+            or (r.rot and self._pair_cost(old, r) is not None)
+        ):
+            return  # the rotation pairing has it, or can take it (the same address wins)
+        del self._heirs[key]
+        for n in [n for n, x in self._match.items() if x == o]:
+            # the rotation pairing gave its boarding to another token's new rid (a guess
+            # from timing, clock offset and level): the same address is the token's own
+            other = self._rids.get(n)
+            if other is not None:
+                self._unpair(other)
+        if o in self._olds:
+            self._forget_old(o)
+        self._dirty = True
+        own = (r.co_n, r.co_sum, r.co_lo, r.co_hi, r.co_odo, r.co_t)
+        same_level = r.lvl is not None and abs(r.lvl - old.lvl) <= self._sparse_fall
+        self._become_candidate(r, visit, fresh=False)
+        r.route_id, r.trip_id = old.route_id, old.trip_id
+        r.first_t, r.first_odo = old.first_t, old.first_odo
+        r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
+        r.absent = old.absent
+        r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
+        r.co_lo, r.co_hi = old.co_lo, old.co_hi
+        r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
+        if own[0] and same_level:
+            own_n, total, lo, hi, odo, t_co = own
+            if r.co_n == 0:
+                r.co_lo, r.co_hi, r.co_odo0 = lo, hi, odo
+            r.co_n += own_n
+            r.co_sum += total
+            r.co_lo = min(r.co_lo, lo)
+            r.co_hi = max(r.co_hi, hi)
+            if odo > r.co_odo:
+                r.co_odo, r.co_t = odo, t_co
+        r.co_only = True
+        r.gap = max(r.gap, old.gap)  # the same token: its silences are judged by its rhythm
+        if old.tk_n and (
+            not r.tk_n or abs(r.tk_sum / r.tk_n - old.tk_sum / old.tk_n) <= self._sparse_fall
+        ):
+            if r.tk_n:
+                r.tk_hops = max(old.tk_hops + r.tk_hops - 1, old.tk_hops, r.tk_hops)
+                r.tk_stood = max(r.tk_stood, old.tk_stood)
+            else:
+                r.tk_hops, r.tk_seq, r.tk_stood = old.tk_hops, old.tk_seq, old.tk_stood
+                r.tk_odo, r.tk_t = old.tk_odo, old.tk_t
+            r.tk_visit = old.tk_visit
+            r.tk_n += old.tk_n
+            r.tk_sum += old.tk_sum
+        if self._debug:
+            log.debug("rid_inherited", rid=r.rid.hex(), old=o.hex(), stop_id=visit.stop_id)
 
     def _near_end(self, r: _Rid) -> bool:
         """Whether the rid stopped because its interval ended (it may have rotated).

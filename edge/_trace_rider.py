@@ -69,6 +69,7 @@ class TraceRow:
     Attributes:
         t: GNSS time.
         kind: ``adv`` (an accepted advert of the rider), ``state`` (a rid's state changed),
+            ``pair`` (a rid entered or left the rotation pool, or its pairing changed),
             ``visit`` (doors opened/closed), ``segment`` (a segment of the rider closed).
         rid: the rid's label (``i<interval>``) or ``""``.
         text: what happened, human-readable.
@@ -168,6 +169,7 @@ def trace_bus(
     cls = pipeline.classifier
     veh = pipeline.vehicle
     states = dict.fromkeys(rids, State.NEW)
+    pairing: dict[bytes, _Pairing] = dict.fromkeys(rids, (None, None, None, False))
     visit_key: tuple[int, bool] | None = None
     t = 0.0
     for rec in records:
@@ -209,6 +211,7 @@ def trace_bus(
                     riders_lvl=lvl,
                 )
         yield from _changes(t, cls, rids, states, veh.odometer_m)
+        yield from _pairing(t, cls, rids, pairing)
         for d in drafts:
             rid_b = bytes.fromhex(d.rid)
             if rid_b in rids:
@@ -239,6 +242,70 @@ def _changes(
         if now != old:
             states[rid] = now
             yield TraceRow(t, "state", f"i{rids[rid]}", f"{old.name} -> {now.name}", odo=odo)
+
+
+_POOL_KIND = {1: "rider", 2: "candidate"}
+_Pairing = tuple[int | None, bytes | None, bytes | None, bool]
+"""A rid's place in the rotation pairing: its kind in the pool (as an old rid), the old
+rid it is paired with (as a new one), the new rid its pool entry is paired with, and
+whether it waits for its address' next rid (a candidate's heir)."""
+
+
+def _pairing_of(cls: PresenceClassifier, rid: bytes, interval: int) -> _Pairing:
+    got = cls._olds.get(rid)
+    taken = None
+    if got is not None:
+        taken = next((n for n, o in cls._match.items() if o == rid), None)
+    r = cls._rids.get(rid)
+    heir = (
+        r is not None and bool(r.addr) and cls._heirs.get((interval + 1, r.addr), (b"",))[0] == rid
+    )
+    return (got[1] if got is not None else None, cls._match.get(rid), taken, heir)
+
+
+def _label(rids: Mapping[bytes, int], rid: bytes) -> str:
+    return f"i{rids[rid]}" if rid in rids else f"another token's rid {rid.hex()}"
+
+
+def _pairing(
+    t: float,
+    cls: PresenceClassifier,
+    rids: Mapping[bytes, int],
+    seen: dict[bytes, _Pairing],
+) -> Iterator[TraceRow]:
+    """Rows for changes of the rider's rids in the rotation pairing.
+
+    As an old rid: entering or leaving the pool (a rider's or a candidate's), the new rid
+    the pool paired it with (the rider's own or another token's), waiting for its
+    address' next rid; as a new rid: the old rid it is paired with.
+    """
+    for rid, was in seen.items():
+        now = _pairing_of(cls, rid, rids[rid])
+        if now == was:
+            continue
+        seen[rid] = now
+        label = f"i{rids[rid]}"
+        texts = []
+        if now[0] != was[0]:
+            texts.append(
+                f"in the rotation pool ({_POOL_KIND.get(now[0], now[0])})"
+                if now[0] is not None
+                else "out of the rotation pool"
+            )
+        if now[1] != was[1]:
+            texts.append(
+                "out of the pairing (confirmed, dropped or re-paired)"
+                if now[1] is None
+                else f"paired with {_label(rids, now[1])}"
+            )
+        if now[2] != was[2] and now[2] is not None:
+            texts.append(f"its pool entry paired with {_label(rids, now[2])}")
+        if now[3] != was[3]:
+            texts.append(
+                "waits for its address' next rid" if now[3] else "no longer waits for an heir"
+            )
+        for text in texts:
+            yield TraceRow(t, "pair", label, text)
 
 
 def _read_trace(path: Path) -> tuple[str, list[TraceRecord]]:

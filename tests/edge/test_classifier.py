@@ -1541,6 +1541,78 @@ def test_sparse_candidates_new_rid_as_sparse_as_the_old_takes_over_its_boarding(
     assert [(x.start.stop_id, x.end.stop_id) for x in segs] == [("S1", "S2")]
 
 
+def _weak_rider_rotating_unheard(
+    w: World, *, keeps_address: bool, passer: bool = False
+) -> list[SegmentDraft]:
+    """A weak rider boarding at S1, heard at the stop, then in 2-s bursts every 20 s (two
+    co-movement points before its rid ends, 560 s after T0); its new rid is not heard for
+    the first 40 s of its interval (not a rotation by its timing), then in the same bursts
+    (two more points), and it alights at S2 as the doors open (heard 1 s there). A phone
+    keeps its BLE address across the rotation; a fob changes it with the rid. ``passer``:
+    another token, heard at the rider's level for 15 s from the moment its rid ends (a
+    rid just begun, at the same clock offset: what the rotation pairing takes for the
+    rider's new rid), then gone. Returns the rider's segments (``passer``: must be none)."""
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -80.0))
+    state: dict[str, float | None] = {"at_s2": None}
+    tok = w.add(Token("wb", lambda _: None))
+
+    def weak(world: World) -> float | None:
+        into = world.t - T0
+        if into >= 560.0 and not keeps_address:
+            tok.addr = "addr-wb-next"
+        at_s2 = state["at_s2"]
+        if at_s2 is not None:
+            return -92.0 if world.t < at_s2 + 1.0 else None
+        if world.odo == world.stop_odo:
+            return -92.0  # standing in the bus at S1
+        if 560.0 <= into < 600.0:
+            return None  # its new rid unheard for 40 s
+        return -92.0 if (into - 15.0) % 20.0 < 2.0 else None
+
+    tok.rssi = weak
+    other = w.add(Token("px", lambda world: -92.0 if 560.0 <= world.t - T0 < 575.0 else None))
+    if not passer:
+        w.tokens.remove(other)
+    w.dwell("S1", 20)
+    w.move(740, speed=5.0)
+    state["at_s2"] = w.t
+    w.dwell("S2", 10)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, other) == []
+    return by_name(out, tok)
+
+
+def test_a_weak_riders_new_rid_from_its_address_takes_over_its_candidacy() -> None:
+    # each rid alone has two co-movement points (too few to board on) and the new rid is
+    # first heard 40 s after the old one's last advert (beyond the rotation pairing); sent
+    # from the same BLE address, it is the same phone: it takes over the candidacy of S1
+    # and the four points board it there (before: missed)
+    segs = _weak_rider_rotating_unheard(World(t0=T0 + 470.0), keeps_address=True)
+    assert [(x.start.cause, x.start.stop_id, x.end.stop_id) for x in segs] == [
+        ("boarded", "S1", "S2")
+    ]
+
+
+def test_a_riders_new_rid_from_its_address_takes_its_candidacy_back_from_the_pairing() -> None:
+    # another token's rid begins as the rider's ends, at its level and clock offset: the
+    # rotation pairing hands it the rider's candidacy; the rider's own new rid, from its
+    # address, takes it back (before: the pairing's pair kept it and the ride was missed)
+    w = World(t0=T0 + 470.0)
+    segs = _weak_rider_rotating_unheard(w, keeps_address=True, passer=True)
+    assert [(x.start.cause, x.start.stop_id, x.end.stop_id) for x in segs] == [
+        ("boarded", "S1", "S2")
+    ]
+
+
+def test_a_new_rid_from_another_address_takes_over_no_candidacy_after_the_pairing() -> None:
+    # the same, from a fob that changes its address with its rid: nothing links the two
+    # rids once the pairing's window has passed, and neither rid alone boards
+    segs = _weak_rider_rotating_unheard(World(t0=T0 + 470.0), keeps_address=False)
+    assert segs == []
+
+
 def test_vehicle_first_heard_as_the_bus_pulls_away_then_loud_alongside_is_not_charged() -> None:
     # first heard faintly 20 m out (a late joiner's place), then drawing alongside and loud
     # for 700 m, then gone: a vehicle, not someone who boarded last (a late joiner that

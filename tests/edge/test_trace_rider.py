@@ -53,6 +53,27 @@ def test_a_charged_riders_trace_shows_adverts_states_and_segment(scenario: Path)
     assert leg_evidence(rows, 0.0, 1.0).adverts == 0
 
 
+def test_a_rotation_aboard_shows_the_pool_and_the_pairing(scenario: Path) -> None:
+    # a rider whose token rotated its rid during the ride: the old rid enters the rotation
+    # pool, the new rid is paired with it (the rider's own rid, by its interval label)
+    traced = []
+    with (scenario / "JOURNEYS.jsonl").open(encoding="utf-8") as fp:
+        for line in fp:
+            j = json.loads(line)
+            for leg in j["legs"]:
+                if int(leg["alight_t"] // 600) > int(leg["board_t"] // 600):
+                    rows = trace_rider(scenario, j["rider_id"], str(leg["bus_id"]))
+                    traced.append([r.text for r in rows if r.kind == "pair"])
+            if len(traced) >= 3:
+                break
+    assert traced
+    assert any(
+        any(t.startswith("in the rotation pool (") for t in texts)
+        and any(t.startswith("paired with i") for t in texts)
+        for texts in traced
+    )
+
+
 def test_an_unknown_bus_or_rider_is_a_clear_error(scenario: Path) -> None:
     rider, _ = _a_rider(scenario)
     with pytest.raises(BusbellError, match="no bus"):
