@@ -276,11 +276,14 @@ class _Rid:
         "start",
         "start_odo",
         "state",
+        "tk_apart",
         "tk_hops",
+        "tk_lvl",
         "tk_n",
         "tk_odo",
         "tk_odo0",
         "tk_seq",
+        "tk_stay",
         "tk_stood",
         "tk_sum",
         "tk_t",
@@ -331,9 +334,19 @@ class _Rid:
         self.tk_odo = -math.inf
         self.tk_odo0 = -math.inf
         """The odometer at its track's first point."""
+        self.tk_lvl = 0.0
+        """Its level as its track began: as the bus left the stop, if it was that stop's
+        candidate, else its smoothed RSSI at the first point."""
         self.tk_t = 0.0
         self.tk_stood = -1
         """The latest stop visit (seq) at whose open doors it was heard at its track level."""
+        self.tk_apart = -1
+        """The latest hop (seq of the stop it began at) in which, a candidate whose rhythm
+        was known (``fade_gaps`` in-bus adverts or more), it fell silent past its fade time
+        as the bus moved: apart from the bus (:meth:`PresenceClassifier._carried_and_stood`)."""
+        self.tk_stay = -1
+        """The latest stop visit (seq) at whose open doors it was heard at its track level
+        ``stay_s`` or more after they opened (:meth:`PresenceClassifier._carried_and_stood`)."""
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -787,9 +800,11 @@ class PresenceClassifier:
                     # afar as the bus came (their track, if any, starts at this stop)
                     r.tk_n = r.tk_hops = 0
                     r.tk_sum = 0.0
-                    r.tk_stood = -1
+                    r.tk_stood = r.tk_stay = -1
                 elif abs(rssi - mean) <= self._sparse_fall:
                     r.tk_stood = v.seq  # heard at its track's level in the standing bus
+                    if t >= v.open_t + self._stay:
+                        r.tk_stay = v.seq  # ... and still there well after the doors opened
         elif (
             v is not None
             and not at_stop
@@ -859,11 +874,12 @@ class PresenceClassifier:
         if r.tk_n and abs(rssi - r.tk_sum / r.tk_n) > self._sparse_fall:
             r.tk_n = r.tk_hops = 0
             r.tk_sum = 0.0
-            r.tk_stood = -1
+            r.tk_stood = r.tk_stay = -1
         if r.tk_n == 0:
             r.tk_visit = v
             r.tk_seq = -1
             r.tk_odo0 = odo
+            r.tk_lvl = r.lvl if r.lvl is not None and r.visit is v else r.ewma
         if v.seq != r.tk_seq:
             r.tk_seq = v.seq
             r.tk_hops += 1
@@ -898,6 +914,53 @@ class PresenceClassifier:
             and r.tk_hops >= _THROUGH_HOPS
             and r.tk_n >= self.params.sparse_adverts
             and a.seq < r.tk_stood <= r.tk_seq
+            and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
+            and r.rid not in self._olds
+        )
+
+    def _carried_and_stood(self, r: _Rid) -> bool:
+        """Whether a rid not on board rode the hop to this stop with the bus and stood in it.
+
+        Its track (:meth:`_track`) began in the middle of the hop(s) before this stop: heard
+        moving with the bus at one level at points (``sparse_step_m`` apart,
+        ``confirm_distance_m`` or more past the stop it left) spanning as much of the way as
+        the co-movement rule's ``sparse_adverts`` points (300 m), the first
+        ``confirm_distance_m`` or more before this stop's doors, its mean within
+        ``in_bus_margin_db`` of the riders' level; then heard at that level in the bus
+        standing here, ``stay_s`` or more after the doors opened, its smoothed level within
+        ``sparse_fall_db`` of its level as the track began. Nobody boards between stops: it
+        was aboard since the stop before its track (a weak token deep in a bag, heard a few
+        times a hop, whose candidacy was dropped on the way, or that was first heard
+        mid-hop). Someone left at that stop is not heard at places 300 m apart 150 m on; a
+        pedestrian or a waiter passed is heard at one place (at the scanner's floor the
+        level says nothing of distance: three such bystanders, heard in one cluster
+        100-180 m before the stop and at its doors, were charged with one point; so was a
+        strong token waiting near the stop, heard from 190 m as the bus came, with two
+        points 100 m apart: small scale, tuning seed 1, default world,
+        ``rider_jumps_off_last_moment`` r-00033); someone waiting at this stop is much
+        louder at the doors than along the way and starts a track of their own here; a car
+        beside the bus drives on as the bus halts (gone ``stay_s`` after the doors opened).
+        Not a candidate that was apart from the bus on the way (``tk_apart``: silent past
+        its fade time as the bus moved, its rhythm known: a rider of a bus alongside, heard
+        while both stood at the stop). Full scale, tuning seed 1, weak radio corner,
+        ``rush_hour_crowd`` r-00059 (BD006 -> BD008): first heard as the bus left BD006,
+        three points at -91..-94 dBm over 765 m (one short of ``sparse_adverts``), then 13 s
+        in the bus standing at BD008: missed.
+        """
+        a = r.tk_visit
+        w = self._visits[-1] if self._visits else None
+        return (
+            a is not None
+            and w is not None
+            and r.tk_stay == w.seq == r.tk_seq + 1
+            # heard at places as far apart as the co-movement rule's points (a static
+            # person near a stop, heard from 150 m or more, is heard over less)
+            and r.tk_odo - r.tk_odo0 >= (self.params.sparse_adverts - 1) * self._co_step
+            and r.start is None  # (a ride closed once is for the revive rule)
+            and r.pred == _PRED_NONE
+            and r.tk_apart < a.seq
+            and w.open_odo_m - r.tk_odo0 >= self._co_d
+            and r.tk_lvl - self._sparse_fall <= r.ewma <= r.tk_lvl + self._sparse_fall
             and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
         )
@@ -1137,7 +1200,9 @@ class PresenceClassifier:
             elif st == _OUTSIDE:
                 if t - r.last_t > p.outside_forget_s:
                     forget.append(r.rid)
-            elif r.tk_hops >= _THROUGH_HOPS and self._carried_through(r):
+            elif (r.tk_hops >= _THROUGH_HOPS and self._carried_through(r)) or (
+                r.tk_stay > r.tk_seq >= 0 and self._carried_and_stood(r)
+            ):
                 try:  # a candidate dropped at a stop, carried on with the bus all the same
                     self._board_through(r, t, out)
                 except Exception as exc:
@@ -1252,6 +1317,10 @@ class PresenceClassifier:
     def _check_candidate(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
         v = r.visit
         assert v is not None
+        if r.tk_stay > r.tk_seq >= 0 and self._carried_and_stood(r):
+            # (a candidate of this stop, or of the stop before, standing in the bus here)
+            self._board_through(r, t, out)
+            return
         if v.close_t is None or v.close_odo_m is None:
             return
         p = self.params
@@ -1265,6 +1334,8 @@ class PresenceClassifier:
         fade_s = self._fade_s(r)
         last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
         recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
+        if not recent and r.n_in >= p.fade_gaps:
+            r.tk_apart = v.seq  # silent past its own rhythm's fade time as the bus moved
         if (
             (r.co_n >= p.sparse_adverts or self._carried_and_stayed(r, v))
             and r.convoy is None

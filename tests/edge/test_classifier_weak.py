@@ -219,3 +219,62 @@ def test_a_waiter_heard_from_afar_then_carried_through_stops_boards_where_they_w
     assert segs, "never boarded"
     assert segs[0].start.stop_id == "S2"
     assert all(len(by_name(out, r)) == 1 for r in riders)
+
+
+def _one_hop_then_at_s2(at_s2: Callable[[float], float | None]) -> tuple[list[str], list[Token]]:
+    """Three riders at -76 dBm; a weak token first heard 1 and 2 s after S1's doors closed
+    (a late joiner), then at -92 dBm at three points of the 765-m hop (340, 480 and 675 m
+    past S1: one short of `sparse_adverts`), then at ``at_s2(s since S2's doors opened)``
+    while they stand open, then never again (full scale, tuning seed 1, weak radio corner,
+    ``rush_hour_crowd`` r-00059, BD006 -> BD008). Its segments' stops and the riders."""
+    w = World()
+    riders = add_riders(w, -76.0)
+
+    def weak(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if world.seq == 1 and v.close_t is not None and v.close_odo_m is not None:
+            k = world.t - v.close_t
+            past = world.odo - v.close_odo_m
+            if 1.0 <= k < 1.5 or 2.0 <= k < 2.5:
+                return -91.0
+            return -92.0 if any(a <= past < a + 5.0 for a in (340.0, 480.0, 675.0)) else None
+        if world.seq == 2 and v.close_t is None:
+            return at_s2(world.t - v.open_t)
+        return None
+
+    tok = w.add(Token("bag", weak))
+    ride(w, ("S1", 20, 765), ("S2", 40, 600), ("S3", 10, 300))
+    segs = by_name(w.finish(), tok)
+    return [f"{s.start.stop_id}->{s.end.stop_id}" for s in segs], riders
+
+
+def test_a_weak_rider_carried_one_hop_and_standing_at_the_next_stop_rides_from_the_last() -> None:
+    # heard at its level in the bus standing at S2 from 1 s to 13 s after the doors opened:
+    # it rode S1 -> S2 (before: three co-movement points, no boarding; a late joiner gets
+    # no short-hop boarding either: missed)
+    def standing(at: float) -> float | None:
+        return -90.0 if 1.0 <= at <= 13.0 and at % 2.0 < 0.5 else None
+
+    stops, _ = _one_hop_then_at_s2(standing)
+    assert stops == ["S1->S2"]
+
+
+def test_a_token_carried_one_hop_gone_as_the_doors_open_is_not_charged() -> None:
+    # the guard: last heard 3 s after the doors opened at S2 (a car beside the bus drives on
+    # as it halts): not in the standing bus `stay_s` after the doors opened, not charged
+    def drives_on(at: float) -> float | None:
+        return -90.0 if at <= 3.0 and at % 1.0 < 0.5 else None
+
+    stops, _ = _one_hop_then_at_s2(drives_on)
+    assert stops == []
+
+
+def test_a_token_heard_on_the_hop_much_louder_at_the_next_stop_is_not_carried() -> None:
+    # the guard: 20 dB louder in the standing bus at S2 than on the hop (someone waiting
+    # there, heard from afar as the bus came): not carried from S1
+    def waiting(at: float) -> float | None:
+        return -72.0 if 1.0 <= at <= 13.0 and at % 2.0 < 0.5 else None
+
+    stops, _ = _one_hop_then_at_s2(waiting)
+    assert "S1->S2" not in stops
