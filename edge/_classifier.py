@@ -1861,7 +1861,12 @@ class PresenceClassifier:
         all, past every stop served since (:meth:`_moved_on`). Not a rid the rotation
         pairing has paired or can pair (a rot rid in its window: it pairs the same
         address first and hands the boarding over, and the new rid may then board on
-        its own evidence too), nor one confirmed; a new rid of another address that the
+        its own evidence too), nor one confirmed, nor one heard at the doors of that stop
+        (or an earlier one) itself and judged by the full boarding rules there (not
+        ``co_only``): its own candidacy stands, as without the rule (taken over, it would
+        board on co-movement only: tuning seed 3, small, -21 dBm, ``door_sensor_stuck``
+        r-00009, 30 dB below the riders, whose rid rotated during its boarding dwell, was
+        missed so); a new rid of another address that the
         pairing had given the old candidate's boarding to is unpaired (the same address
         wins any pairing, :meth:`_candidates`).
         """
@@ -1885,6 +1890,13 @@ class PresenceClassifier:
         ):
             return  # the rotation pairing has it, or can take it (the same address wins)
         del self._heirs[key]
+        if (
+            r.state == _CANDIDATE
+            and not r.co_only
+            and r.visit is not None
+            and r.visit.seq <= visit.seq
+        ):
+            return  # a candidate of that stop (or an earlier one) on its own: it stays one
         for n in [n for n, x in self._match.items() if x == o]:
             # the rotation pairing gave its boarding to another token's new rid (a guess
             # from timing, clock offset and level): the same address is the token's own

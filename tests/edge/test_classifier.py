@@ -1606,6 +1606,37 @@ def test_a_riders_new_rid_from_its_address_takes_its_candidacy_back_from_the_pai
     ]
 
 
+class _TwoPayloads(Token):
+    """A phone whose old payload is still sent, every other advert, for 8 s after its new
+    rid began (two advertising sets refreshed at different times)."""
+
+    def rid(self, token_t: float) -> bytes:
+        into = token_t - T0
+        if 560.0 <= into < 568.0 and round(token_t * 2) % 2:
+            token_t -= 10.0  # the old rid
+        return super().rid(token_t)
+
+
+def test_a_new_rid_heard_at_its_stops_doors_keeps_its_own_candidacy() -> None:
+    # a rider 30 dB below the riders boards at S1; its rid changes during the dwell and the
+    # old payload is still heard after the new one began (outside the pairing's window,
+    # which looks forward only): the new rid, heard at S1's doors itself, stays S1's
+    # candidate under the full boarding rules and boards (before this exception: it took
+    # over the old candidacy, boarded on co-movement only, too far below the riders: missed)
+    w = World(t0=T0 + 540.0)
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -62.0))
+    state = {"gone": False}
+    tok = w.add(_TwoPayloads("tp", lambda _: None if state["gone"] else -92.0))
+    w.dwell("S1", 35)
+    w.move(1200)
+    w.dwell("S2", 10)
+    state["gone"] = True
+    w.move(600)
+    segs = by_name(w.finish(), tok)
+    assert [(x.start.stop_id, x.end.stop_id) for x in segs] == [("S1", "S2")]
+
+
 def test_a_new_rid_from_another_address_takes_over_no_candidacy_after_the_pairing() -> None:
     # the same, from a fob that changes its address with its rid: nothing links the two
     # rids once the pairing's window has passed, and neither rid alone boards
