@@ -953,6 +953,9 @@ class PresenceClassifier:
             a is not None
             and w is not None
             and r.tk_stay == w.seq == r.tk_seq + 1
+            # one hop: a track begun on the approach to the stop before (someone waiting
+            # there, heard from afar) and carried through it starts no ride before it
+            and r.tk_hops == 1
             # heard at places as far apart as the co-movement rule's points (a static
             # person near a stop, heard from 150 m or more, is heard over less)
             and r.tk_odo - r.tk_odo0 >= (self.params.sparse_adverts - 1) * self._co_step

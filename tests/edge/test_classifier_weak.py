@@ -278,3 +278,30 @@ def test_a_token_heard_on_the_hop_much_louder_at_the_next_stop_is_not_carried() 
 
     stops, _ = _one_hop_then_at_s2(waiting)
     assert "S1->S2" not in stops
+
+
+def test_a_waiter_heard_on_the_approach_then_carried_one_hop_is_not_charged_from_before() -> None:
+    # small scale, tuning seed 3, default world, shared_stop_three_routes r-00001/r-00002
+    # (riders of the other two buses, waiting at BD005): heard once 30 m before S2 as the
+    # bus came (waiting there), then once mid-hop on to S3 (the bus beside them) and in the
+    # bus standing at S3 for 10 s: a track over two hops spanning 330 m. Charged S1 -> S3
+    # (held with their own legs by settlement: missed) before the rule took one hop only
+    w = World()
+    add_riders(w, -70.0)
+
+    def waiter(world: World) -> float | None:
+        v = world.visit
+        assert v is not None
+        if v.close_t is None:
+            at = world.t - v.open_t
+            return -92.0 if world.seq == 3 and 1.0 <= at <= 11.0 and at % 2.0 < 0.5 else None
+        past = world.odo - (v.close_odo_m or 0.0)
+        if world.seq == 1:
+            return -92.0 if 670.0 <= past < 675.0 else None
+        if world.seq == 2:
+            return -92.0 if 300.0 <= past < 305.0 else None
+        return None
+
+    tok = w.add(Token("wait", waiter))
+    ride(w, ("S1", 20, 700), ("S2", 20, 700), ("S3", 20, 600))
+    assert [s.start.stop_id for s in by_name(w.finish(), tok)] != ["S1"]
