@@ -1771,6 +1771,15 @@ class PresenceClassifier:
         if got is None or got[2] is None or got[2].close_odo_m is None:
             return False
         old, visit = got[0], got[2]
+        self._take_evidence(r, old, visit)
+        r.co_only = True
+        return True
+
+    def _take_evidence(self, r: _Rid, old: _Rid, visit: StopVisit) -> None:
+        """A new rid becomes its token's old rid's candidate of ``visit``.
+
+        The old rid's trip, level, bars and co-movement evidence are its own.
+        """
         self._become_candidate(r, visit, fresh=False)
         r.route_id, r.trip_id = old.route_id, old.trip_id
         r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
@@ -1778,8 +1787,6 @@ class PresenceClassifier:
         r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
         r.co_lo, r.co_hi = old.co_lo, old.co_hi
         r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
-        r.co_only = True
-        return True
 
     def _confirm(  # noqa: PLR0917 - internal
         self, r: _Rid, t: float, cause: str, start_t: float, stop_id: str | None, odo: float
@@ -1911,14 +1918,8 @@ class PresenceClassifier:
         self._dirty = True
         own = (r.co_n, r.co_sum, r.co_lo, r.co_hi, r.co_odo, r.co_t)
         same_level = r.lvl is not None and abs(r.lvl - old.lvl) <= self._sparse_fall
-        self._become_candidate(r, visit, fresh=False)
-        r.route_id, r.trip_id = old.route_id, old.trip_id
+        self._take_evidence(r, old, visit)
         r.first_t, r.first_odo = old.first_t, old.first_odo
-        r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
-        r.absent = old.absent
-        r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
-        r.co_lo, r.co_hi = old.co_lo, old.co_hi
-        r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
         if own[0] and same_level:
             own_n, total, lo, hi, odo, t_co = own
             if r.co_n == 0:
