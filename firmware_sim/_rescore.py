@@ -100,7 +100,6 @@ def rescore_suite(names: Sequence[str], kept: Path, out: Path) -> SuiteScore:
         raise ValueError(f"{kept} holds none of the scenarios {list(names)}")
     scores: list[ScenarioScore] = []
     pipe_s = 0.0
-    scale, seed = "kept", 0
     for name in present:
         d = kept / name
         truth = json.loads((d / "truth.json").read_text("utf-8"))
@@ -113,23 +112,27 @@ def rescore_suite(names: Sequence[str], kept: Path, out: Path) -> SuiteScore:
             json.dumps({**sc.as_dict(), "details": sc.details}, indent=1) + "\n", "utf-8"
         )
         scores.append(sc)
-    return SuiteScore(scale, seed, scores, 0.0, pipe_s)
+    return SuiteScore("kept", 0, scores, 0.0, pipe_s)  # (no scale or seed: what was kept)
 
 
-def kept_details(kept: Path, names: Sequence[str]) -> list[dict[str, Any]]:
-    """The observable errors and bystander charges the kept run scored, with their scenario."""
-    out: list[dict[str, Any]] = []
+def _kept_scores(kept: Path, names: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The ``score.json`` the kept run wrote for each of those scenarios, with its name."""
+    out = []
     for name in _scenarios(kept, names):
         path = kept / name / "score.json"
-        if not path.is_file():
-            continue
-        d = json.loads(path.read_text("utf-8"))
-        out.extend(
-            {"scenario": name, **x}
-            for x in d.get("details", [])
-            if x.get("kind") == "bystander_charged" or x.get("observable")
-        )
+        if path.is_file():
+            out.append((name, json.loads(path.read_text("utf-8"))))
     return out
+
+
+def kept_details(scores: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The observable errors and bystander charges of kept scores, with their scenario."""
+    return [
+        {"scenario": name, **x}
+        for name, d in scores
+        for x in d.get("details", [])
+        if x.get("kind") == "bystander_charged" or x.get("observable")
+    ]
 
 
 def _stops(leg: dict[str, Any] | None) -> str:
@@ -177,16 +180,14 @@ def kept_changes(
     return [b[k] for k in sorted(b.keys() - a.keys())], [a[k] for k in sorted(a.keys() - b.keys())]
 
 
-def kept_overall(kept: Path, names: Sequence[str]) -> ScenarioScore | None:
-    """The kept run's own score of those scenarios, summed (``None``: it wrote none)."""
+def kept_overall(scores: Sequence[tuple[str, dict[str, Any]]]) -> ScenarioScore | None:
+    """Kept scores summed (``None``: the kept run wrote none)."""
+    if not scores:
+        return None
     total = ScenarioScore("overall")
-    found = False
-    for name in _scenarios(kept, names):
-        path = kept / name / "score.json"
-        if path.is_file():
-            total.add(ScenarioScore.from_dict(json.loads(path.read_text("utf-8"))))
-            found = True
-    return total if found else None
+    for _, d in scores:
+        total.add(ScenarioScore.from_dict(d))
+    return total
 
 
 def _counts(s: ScenarioScore) -> str:
@@ -209,14 +210,15 @@ def render_changes(
     lines = ["## Against the kept scores (same adverts, the code of now)", ""]
     n_fixed = n_new = 0
     for label, seed, after, kept in runs:
-        before = kept_overall(kept, names)
+        scores = _kept_scores(kept, names)
+        before = kept_overall(scores)
         lines.append(f"- {label}, seed {seed} ({kept}):")
         if before is None:
             lines.append("  - the kept run wrote no score.json: nothing to compare")
             continue
         lines.append(f"  - kept: {_counts(before)}")
         lines.append(f"  - now:  {_counts(after)}")
-        fixed, new = kept_changes(kept_details(kept, names), after.details)
+        fixed, new = kept_changes(kept_details(scores), after.details)
         n_fixed += len(fixed)
         n_new += len(new)
         lines += [f"  - fixed: {x}" for x in fixed]

@@ -53,6 +53,7 @@ __all__ = [
     "parse_cells",
     "parse_seeds",
     "render_sweep",
+    "run_dir",
     "run_line",
     "summarize",
     "sweep",
@@ -273,20 +274,17 @@ def sweep(  # noqa: PLR0917 - the suite's and the sweep's arguments
         called as each finishes.
     """
 
-    def under(root: Path, cell: SweepCell, seed: int) -> Path:
-        return root / f"cell-{cell_number(cell) or 0:02d}" / f"seed-{seed}"
-
     def keep(cell: SweepCell, seed: int) -> Path | None:
-        return None if keep_dir is None else under(keep_dir, cell, seed)
+        return None if keep_dir is None else run_dir(keep_dir, cell, seed)
 
     def kept(cell: SweepCell, seed: int) -> Path | None:
-        return None if rescore is None else under(rescore, cell, seed)
+        return None if rescore is None else run_dir(rescore, cell, seed)
 
     tasks = [
         (cell, seed)
         for cell in cells
         for seed in seeds
-        if rescore is None or under(rescore, cell, seed).is_dir()
+        if rescore is None or run_dir(rescore, cell, seed).is_dir()
     ]
 
     out: list[SweepResult | None] = [None] * len(tasks)
@@ -384,6 +382,11 @@ def load_runs(paths: Sequence[Path], meta: dict[str, set[str]] | None = None) ->
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{n}: {exc}") from None
     return [got[key] for key in sorted(got)]
+
+
+def run_dir(root: Path, cell: SweepCell, seed: int) -> Path:
+    """Where a run (cell x seed) is kept under ``root``: ``cell-NN/seed-S``."""
+    return root / f"cell-{cell_number(cell) or 0:02d}" / f"seed-{seed}"
 
 
 def cell_number(cell: SweepCell) -> int | None:

@@ -405,7 +405,14 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
 
     from firmware_sim._report import git_commit
     from firmware_sim._rescore import render_changes
-    from firmware_sim._sweep import SweepResult, cell_number, render_sweep, run_line, sweep
+    from firmware_sim._sweep import (
+        SweepResult,
+        cell_number,
+        render_sweep,
+        run_dir,
+        run_line,
+        sweep,
+    )
 
     if a.from_runs:
         return _sweep_from_runs(a)
@@ -502,7 +509,7 @@ def _sweep(a: argparse.Namespace, cfg: SimConfig, names: list[str], seed: int, s
                             f"cell {cell_number(r.cell)} ({r.cell.name})",
                             r.seed,
                             r.overall,
-                            root / f"cell-{cell_number(r.cell) or 0:02d}" / f"seed-{r.seed}",
+                            run_dir(root, r.cell, r.seed),
                         )
                         for r in results
                     ),
