@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firmware_sim._heard import unheard_legs
 from firmware_sim._score import (
     ScenarioScore,
     SuiteScore,
@@ -105,7 +106,8 @@ def rescore_suite(names: Sequence[str], kept: Path, out: Path) -> SuiteScore:
         truth = json.loads((d / "truth.json").read_text("utf-8"))
         started = time.perf_counter()
         charged = run_pipeline(d, truth, out_dir=out / name)
-        sc = score_scenario(name, load_journeys(d / "JOURNEYS.jsonl"), charged, truth)
+        journeys = load_journeys(d / "JOURNEYS.jsonl")
+        sc = score_scenario(name, journeys, charged, truth, unheard_legs(d, journeys))
         sc.elapsed_s = time.perf_counter() - started
         pipe_s += sc.elapsed_s
         (out / name / "score.json").write_text(
@@ -180,6 +182,32 @@ def kept_changes(
     return [b[k] for k in sorted(b.keys() - a.keys())], [a[k] for k in sorted(a.keys() - b.keys())]
 
 
+def _split_unheard(
+    kept: Path, before: Iterable[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Kept errors, less those on legs the bus never heard (and those).
+
+    A kept score from before ``radio_unheard`` lists a miss of a leg the bus never heard
+    as observable; the new score does not, which is not a fix.
+    """
+    gone: set[tuple[str, str, str, float]] = set()
+    before = list(before)
+    for name in {str(d.get("scenario")) for d in before}:
+        run = kept / name
+        gone.update(
+            (name, u["rider_id"], u["bus_id"], round(u["board_t"], 3))
+            for u in unheard_legs(run, load_journeys(run / "JOURNEYS.jsonl"))
+        )
+    errors: list[dict[str, Any]] = []
+    unheard: list[dict[str, Any]] = []
+    for d in before:
+        leg = d.get("leg") or {}
+        key = (str(d.get("scenario")), leg.get("rider_id"), leg.get("bus_id"))
+        t = round(float(leg.get("board_t") or 0.0), 3)
+        (unheard if (*key, t) in gone else errors).append(d)
+    return errors, unheard
+
+
 def kept_overall(scores: Sequence[tuple[str, dict[str, Any]]]) -> ScenarioScore | None:
     """Kept scores summed (``None``: the kept run wrote none)."""
     if not scores:
@@ -218,7 +246,14 @@ def render_changes(
             continue
         lines.append(f"  - kept: {_counts(before)}")
         lines.append(f"  - now:  {_counts(after)}")
-        fixed, new = kept_changes(kept_details(scores), after.details)
+        kept_errors = kept_details(scores)
+        if not all("legs_unheard" in d for _, d in scores):
+            kept_errors, unheard = _split_unheard(kept, kept_errors)
+            lines.append(
+                f"  - the kept score counted legs never heard as observable: {after.legs_unheard} "
+                f"legs now are not, {len(unheard)} of them kept errors (not listed as fixed)"
+            )
+        fixed, new = kept_changes(kept_errors, after.details)
         n_fixed += len(fixed)
         n_new += len(new)
         lines += [f"  - fixed: {x}" for x in fixed]

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from busbell import get_logger
+from firmware_sim._heard import UNHEARD, unheard_legs
 from firmware_sim._output import GenerateOptions, generate
 
 __all__ = [
@@ -154,6 +155,7 @@ class ScenarioScore:
     bystander_charged: int = 0
     bystander_passes: int = 0
     unobservable_charged: int = 0
+    legs_unheard: int = 0
     elapsed_s: float = 0.0
     details: list[dict[str, Any]] = field(default_factory=list)
 
@@ -176,6 +178,7 @@ class ScenarioScore:
             "bystander_charged",
             "bystander_passes",
             "unobservable_charged",
+            "legs_unheard",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.elapsed_s += other.elapsed_s
@@ -213,7 +216,8 @@ class ScenarioScore:
     def from_dict(cls, d: dict[str, Any]) -> ScenarioScore:
         """The counts back from :meth:`as_dict` (rates are recomputed).
 
-        ``details`` are kept if present.
+        ``details`` are kept if present. ``legs_unheard`` reads as 0 when absent: scores
+        written before it was counted (their unobservable legs are truth.json's only).
 
         Raises:
             ValueError: a count is missing or not a number.
@@ -222,7 +226,7 @@ class ScenarioScore:
         for k in cls.__slots__:
             if k in ("scenario", "details"):
                 continue
-            v = d.get(k)
+            v = d.get(k, 0 if k == "legs_unheard" else None)
             if not isinstance(v, int | float) or isinstance(v, bool):
                 raise ValueError(f"score field {k!r} is {v!r}, not a number")
             setattr(out, k, v)
@@ -247,6 +251,7 @@ def score_scenario(
     truth_journeys: Sequence[dict[str, Any]],
     charged_journeys: Sequence[dict[str, Any]],
     truth: dict[str, Any],
+    unheard: Iterable[dict[str, Any]] = (),
 ) -> ScenarioScore:
     """Compare charged journeys with the truth of one scenario.
 
@@ -255,6 +260,8 @@ def score_scenario(
         truth_journeys: the truth's JOURNEYS.jsonl objects.
         charged_journeys: what ``backend settle`` produced.
         truth: the truth.json object (``unobservable_legs``, ``bystander_passes``).
+        unheard: more unobservable legs, in the same shape: those the bus never heard
+            (:func:`firmware_sim._heard.unheard_legs`); counted in ``legs_unheard``.
     """
     sc = ScenarioScore(scenario)
     true_legs = _legs(truth_journeys)
@@ -263,8 +270,8 @@ def score_scenario(
     sc.held_legs = len(_legs([j for j in charged_journeys if not j.get("charged", True)]))
     sc.bystander_passes = int(truth.get("bystander_passes", {}).get("total", 0))
     unobs = {
-        (u["rider_id"], u["bus_id"], round(float(u["board_t"]), 3))
-        for u in truth.get("unobservable_legs", [])
+        (u["rider_id"], u["bus_id"], round(float(u["board_t"]), 3)): str(u.get("reason"))
+        for u in [*unheard, *truth.get("unobservable_legs", [])]
     }
     by_key: dict[tuple[str, str], list[int]] = {}
     for i, t in enumerate(true_legs):
@@ -283,17 +290,22 @@ def score_scenario(
             matches[best].append(c)
     leg_ok: list[bool] = []
     for i, t in enumerate(true_legs):
-        observable = (t.rider_id, t.bus_id, round(t.board_t or 0.0, 3)) not in unobs
+        reason = unobs.get((t.rider_id, t.bus_id, round(t.board_t or 0.0, 3)))
+        observable = reason is None
         ms = sorted(matches[i], key=lambda c: (c.board_t or 0.0, c.alight_t or 0.0))
         sc.legs += 1
         sc.legs_observable += observable
+        sc.legs_unheard += reason == UNHEARD
         if not observable and ms:
             sc.unobservable_charged += 1
         ok = False
         if not ms:
             sc.missed += 1
             sc.missed_observable += observable
-            sc.details.append({"kind": "missed", "leg": _leg_json(t), "observable": observable})
+            sc.details.append(
+                {"kind": "missed", "leg": _leg_json(t), "observable": observable}
+                | ({"unobservable": reason} if reason else {})
+            )
         else:
             board_ok = ms[0].board_stop_id == t.board_stop_id
             alight_ok = ms[-1].alight_stop_id == t.alight_stop_id
@@ -310,6 +322,7 @@ def score_scenario(
                         "charges": [_leg_json(c) for c in ms],
                         "observable": observable,
                     }
+                    | ({"unobservable": reason} if reason else {})
                 )
         leg_ok.append(ok)
     journey_legs: dict[int, list[int]] = {}
@@ -461,7 +474,8 @@ def score_suite(
             t_gen = time.perf_counter()
             charged = run_pipeline(d, truth)
             t_pipe = time.perf_counter()
-            sc = score_scenario(name, load_journeys(d / "JOURNEYS.jsonl"), charged, truth)
+            journeys = load_journeys(d / "JOURNEYS.jsonl")
+            sc = score_scenario(name, journeys, charged, truth, unheard_legs(d, journeys))
             sc.elapsed_s = t_pipe - started
             gen_s += t_gen - started
             pipe_s += t_pipe - t_gen
