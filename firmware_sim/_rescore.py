@@ -182,30 +182,55 @@ def kept_changes(
     return [b[k] for k in sorted(b.keys() - a.keys())], [a[k] for k in sorted(a.keys() - b.keys())]
 
 
-def _split_unheard(
-    kept: Path, before: Iterable[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Kept errors, less those on legs the bus never heard (and those).
+def _leg_key(leg: dict[str, Any]) -> tuple[str, str, float]:
+    return (
+        str(leg.get("rider_id")),
+        str(leg.get("bus_id")),
+        round(float(leg.get("board_t") or 0), 3),
+    )
 
-    A kept score from before ``radio_unheard`` lists a miss of a leg the bus never heard
-    as observable; the new score does not, which is not a fix.
+
+def _kept_as_now(kept: Path, name: str, score: dict[str, Any]) -> tuple[ScenarioScore, int]:
+    """A kept scenario score from before ``radio_unheard``, counted as the scorer of now would.
+
+    The legs the bus never heard leave the observable counts, with their journeys and
+    the kept errors on them (only errors: such a leg was never charged). Returns the
+    score (its details less those errors) and how many errors that took out.
     """
-    gone: set[tuple[str, str, str, float]] = set()
-    before = list(before)
-    for name in {str(d.get("scenario")) for d in before}:
-        run = kept / name
-        gone.update(
-            (name, u["rider_id"], u["bus_id"], round(u["board_t"], 3))
-            for u in unheard_legs(run, load_journeys(run / "JOURNEYS.jsonl"))
-        )
-    errors: list[dict[str, Any]] = []
-    unheard: list[dict[str, Any]] = []
-    for d in before:
-        leg = d.get("leg") or {}
-        key = (str(d.get("scenario")), leg.get("rider_id"), leg.get("bus_id"))
-        t = round(float(leg.get("board_t") or 0.0), 3)
-        (unheard if (*key, t) in gone else errors).append(d)
-    return errors, unheard
+    run = kept / name
+    journeys = load_journeys(run / "JOURNEYS.jsonl")
+    truth = json.loads((run / "truth.json").read_text("utf-8"))
+    before = {_leg_key(u) for u in truth.get("unobservable_legs", [])}
+    unheard = {_leg_key(u) for u in unheard_legs(run, journeys)} - before
+    s = ScenarioScore.from_dict(score)
+    erred = {_leg_key(x["leg"]): x for x in s.details if x.get("kind") != "bystander_charged"}
+    s.details = [x for x in s.details if _leg_key(x.get("leg") or {}) not in unheard]
+    s.legs_unheard = len(unheard)
+    s.legs_observable -= len(unheard)
+    s.missed_observable -= sum(
+        erred[k].get("kind") == "missed" and bool(erred[k].get("observable"))
+        for k in unheard
+        if k in erred
+    )
+    for j in journeys:
+        keys = [_leg_key({"rider_id": j["rider_id"], **leg}) for leg in j.get("legs", [])]
+        if any(k in before for k in keys) or not any(k in unheard for k in keys):
+            continue
+        s.journeys_observable -= 1
+        s.journeys_observable_exact -= not any(k in erred for k in keys)
+    return s, len(erred.keys() & unheard)
+
+
+def _scores_as_now(
+    kept: Path, scores: Sequence[tuple[str, dict[str, Any]]]
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Kept scores counted as now (:func:`_kept_as_now`), and the kept errors that took out."""
+    out, n = [], 0
+    for name, d in scores:
+        s, k = _kept_as_now(kept, name, d)
+        out.append((name, {**s.as_dict(), "details": s.details}))
+        n += k
+    return out, n
 
 
 def kept_overall(scores: Sequence[tuple[str, dict[str, Any]]]) -> ScenarioScore | None:
@@ -245,15 +270,17 @@ def render_changes(
             lines.append("  - the kept run wrote no score.json: nothing to compare")
             continue
         lines.append(f"  - kept: {_counts(before)}")
-        lines.append(f"  - now:  {_counts(after)}")
-        kept_errors = kept_details(scores)
         if not all("legs_unheard" in d for _, d in scores):
-            kept_errors, unheard = _split_unheard(kept, kept_errors)
+            # scored before radio_unheard: count it as the scorer of now would
+            scores, n_unheard = _scores_as_now(kept, scores)
+            before = kept_overall(scores)
+            assert before is not None
             lines.append(
-                f"  - the kept score counted legs never heard as observable: {after.legs_unheard} "
-                f"legs now are not, {len(unheard)} of them kept errors (not listed as fixed)"
+                f"  - kept, as scored now ({before.legs_unheard} legs never heard, "
+                f"{n_unheard} kept errors on them, not counted): {_counts(before)}"
             )
-        fixed, new = kept_changes(kept_errors, after.details)
+        lines.append(f"  - now:  {_counts(after)}")
+        fixed, new = kept_changes(kept_details(scores), after.details)
         n_fixed += len(fixed)
         n_new += len(new)
         lines += [f"  - fixed: {x}" for x in fixed]

@@ -12,7 +12,7 @@ import pytest
 from busbell import derive_rider_keys, interval_of, rid_for_interval
 from firmware_sim._heard import UNHEARD, unheard_legs
 from firmware_sim._output import generate
-from firmware_sim._rescore import _split_unheard
+from firmware_sim._rescore import _scores_as_now, kept_details
 from firmware_sim._score import ScenarioScore, load_journeys, score_scenario
 
 
@@ -104,21 +104,31 @@ def test_an_unheard_leg_is_scored_unobservable(scenario: Path) -> None:
     assert ScenarioScore.from_dict(old).legs_unheard == 0
 
 
-def test_rescore_does_not_call_a_kept_miss_of_an_unheard_leg_fixed(
+def test_a_kept_score_from_before_is_counted_as_the_scorer_of_now_would(
     scenario: Path, tmp_path: Path
 ) -> None:
+    journeys = load_journeys(scenario / "JOURNEYS.jsonl")
+    truth = json.loads((scenario / "truth.json").read_text("utf-8"))
     rider, leg = _first_leg(scenario)
     kept = tmp_path / "kept"
     _silence(scenario, kept / "quiet_route", rider, leg["bus_id"], leg["board_t"], leg["alight_t"])
-    other_rider, other_leg = next(
-        (str(j["rider_id"]), j["legs"][0]) for j in load_journeys(scenario / "JOURNEYS.jsonl")[1:]
+    heard_rider = str(journeys[1]["rider_id"])
+    # the unheard rider and a heard one missed, everybody else charged exactly
+    charged = [j for j in journeys if j["rider_id"] not in {rider, heard_rider}]
+    old = score_scenario("quiet_route", journeys, charged, truth)
+    old_dict = {**old.as_dict(), "details": old.details}
+    del old_dict["legs_unheard"]
+    now = score_scenario(
+        "quiet_route", journeys, charged, truth, unheard_legs(kept / "quiet_route", journeys)
     )
-    unheard_miss = {"scenario": "quiet_route", "kind": "missed", "leg": leg | {"rider_id": rider}}
-    heard_miss = {
-        "scenario": "quiet_route",
-        "kind": "missed",
-        "leg": other_leg | {"rider_id": other_rider},
+    assert now.legs_unheard == 1
+    [(name, as_now)], n = _scores_as_now(kept, [("quiet_route", old_dict)])
+    assert (name, n) == ("quiet_route", 1)
+    assert {k: v for k, v in as_now.items() if k not in ("details", "elapsed_s")} == {
+        k: v for k, v in now.as_dict().items() if k != "elapsed_s"
     }
-    errors, unheard = _split_unheard(kept, [unheard_miss, heard_miss])
-    assert errors == [heard_miss]
-    assert unheard == [unheard_miss]
+    # the kept miss of the unheard leg is gone from the errors compared; the heard one stays
+    assert kept_details([(name, as_now)]) == [
+        {"scenario": "quiet_route", **x} for x in now.details if x.get("observable")
+    ]
+    assert [x["leg"]["rider_id"] for x in kept_details([(name, as_now)])] == [heard_rider]
