@@ -94,7 +94,7 @@ async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
     daemon = EdgeDaemon(edge_cfg, source, clock=time.time, device_key=KEY, fleet_keys=fleet)
     edge = asyncio.create_task(daemon.run())
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as api:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as api:
             async with asyncio.timeout(30):
                 while True:
                     with contextlib.suppress(httpx.TransportError):
