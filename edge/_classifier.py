@@ -277,6 +277,7 @@ class _Rid:
         "start_odo",
         "state",
         "tk_apart",
+        "tk_door",
         "tk_hops",
         "tk_lvl",
         "tk_n",
@@ -347,6 +348,10 @@ class _Rid:
         self.tk_stay = -1
         """The latest stop visit (seq) at whose open doors it was heard at its track level
         ``stay_s`` or more after they opened (:meth:`PresenceClassifier._carried_and_stood`)."""
+        self.tk_door = False
+        """Its track began as the candidate of the stop it left, heard in the bus standing
+        there ``stay_s`` or more after the doors opened, at its track's level: it stood in
+        the bus at its track's first stop (:meth:`PresenceClassifier._track`)."""
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -805,6 +810,11 @@ class PresenceClassifier:
                     r.tk_stood = v.seq  # heard at its track's level in the standing bus
                     if t >= v.open_t + self._stay:
                         r.tk_stay = v.seq  # ... and still there well after the doors opened
+            elif state == _CANDIDATE and r.visit is v and t >= v.open_t + self._stay:
+                # no track yet: a candidate heard in the bus standing here well after the
+                # doors opened (a vehicle beside the bus drives on as it halts); a track it
+                # begins on the next hop at its level here began in the bus (:meth:`_track`)
+                r.tk_stay = v.seq
         elif (
             v is not None
             and not at_stop
@@ -880,6 +890,16 @@ class PresenceClassifier:
             r.tk_seq = -1
             r.tk_odo0 = odo
             r.tk_lvl = r.lvl if r.lvl is not None and r.visit is v else r.ewma
+            # its candidacy there was heard in the bus standing at that stop ``stay_s`` or
+            # more after the doors opened, at the level it is now carried at: it stood in
+            # the bus there (someone left at the stop is heard, if at all, far below their
+            # level there 150 m on; a car beside the bus drives on as it halts)
+            r.tk_door = (
+                r.visit is v
+                and r.tk_stay == v.seq
+                and r.lvl is not None
+                and abs(rssi - r.lvl) <= self._sparse_fall
+            )
         if v.seq != r.tk_seq:
             r.tk_seq = v.seq
             r.tk_hops += 1
@@ -913,7 +933,8 @@ class PresenceClassifier:
             and r.pred == _PRED_NONE
             and r.tk_hops >= _THROUGH_HOPS
             and r.tk_n >= self.params.sparse_adverts
-            and a.seq < r.tk_stood <= r.tk_seq
+            # heard at its level at the open doors of a stop between, or of its first
+            and (a.seq < r.tk_stood <= r.tk_seq or r.tk_door)
             and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
         )
@@ -954,8 +975,10 @@ class PresenceClassifier:
             and w is not None
             and r.tk_stay == w.seq == r.tk_seq + 1
             # one hop: a track begun on the approach to the stop before (someone waiting
-            # there, heard from afar) and carried through it starts no ride before it
-            and r.tk_hops == 1
+            # there, heard from afar) and carried through it starts no ride before it;
+            # two when it stood in the bus at the open doors of its track's first stop
+            # at its track's level (:meth:`_track`): a rider from there
+            and (r.tk_hops == 1 or (r.tk_hops == 2 and r.tk_door))
             # heard at places as far apart as the co-movement rule's points (a static
             # person near a stop, heard from 150 m or more, is heard over less)
             and r.tk_odo - r.tk_odo0 >= (self.params.sparse_adverts - 1) * self._co_step
@@ -2307,10 +2330,19 @@ class PresenceClassifier:
         if v is not None and self._faded_at(r, v, last_t, last_odo):
             end_t = max(v.open_t, min(last_t, v.close_t if v.close_t is not None else last_t))
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
-        if p.lost_wait_s > 0.0 and self._rode(r, last_odo):
-            w = self._visit_after(last_t + p.alight_pre_s)
-            if w is not None:
-                return SegmentEnd(w.open_t, w.stop_id, "alighted"), w.open_odo_m
+        w = self._visit_after(last_t + p.alight_pre_s)
+        if w is not None and (
+            (p.lost_wait_s > 0.0 and self._rode(r, last_odo))
+            # silent for less than its own mean gap between in-bus adverts when the doors
+            # opened (its rhythm known): by its rhythm it was still aboard then (full
+            # scale, tuning seed 2, weak radio corner, phone_deep_in_bag r-00007: heard
+            # every 1.9 s on average, last heard 1.3 s before the doors opened as the bus
+            # pulled in, a one-hop ride dropped as lost while moving); a vehicle beside the
+            # bus is heard every second or less and gone several of its gaps before the
+            # bus halts (cell 11, tuning seed 2, rush_hour_crowd r-03335: 2.5 s)
+            or (last_t == r.last_in_t and r.n_in >= p.fade_gaps and w.open_t - last_t <= r.gap)
+        ):
+            return SegmentEnd(w.open_t, w.stop_id, "alighted"), w.open_odo_m
         stop = v.stop_id if v is not None else r.start.stop_id
         return SegmentEnd(last_t, stop, "lost"), last_odo
 
@@ -2326,7 +2358,12 @@ class PresenceClassifier:
         as the bus halts, a rider heard through a stop's dwell is a rider (full scale,
         tuning seed 3, -25 dBm, ``phone_deep_in_bag`` r-00075: boarded BD004, heard
         standing at BD005, last heard 1.9 s before the doors opened at BD006 as the bus
-        pulled in, 1.75 km ridden: dropped as a short ride lost while moving).
+        pulled in, 1.75 km ridden: dropped as a short ride lost while moving), or it
+        continues this rid's previous segment (it starts where that one ended: a rider
+        closed at a stop as it fell silent there and revived past it; full scale, tuning
+        seed 2, -25 dBm, ``gnss_tunnel`` r-00061: closed at SE001 after 12.9 km, revived
+        189 m on, confirmed again, silent 556 m on and never heard again before SE002:
+        the revived part was dropped as a short ride lost while moving, charged to SE001).
         """
         assert r.start is not None
         return (
@@ -2339,6 +2376,11 @@ class PresenceClassifier:
             # ``stay_s`` after the doors opened: a vehicle alongside drives on as the bus
             # halts
             or (r.visit is not None and r.tk_stood > r.visit.seq)
+            # it begins where this rid's previous segment ended (revived: closed at a stop
+            # as it fell silent there, heard aboard again past it, :meth:`_revive`): one
+            # ride with the segment already emitted, which settlement joins to it, not a
+            # vehicle's short ride
+            or r.start.t <= r.ended_t
         )
 
     def _faded_at(self, r: _Rid, v: StopVisit, last_t: float, last_odo: float) -> bool:
