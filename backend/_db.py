@@ -419,6 +419,9 @@ rider_segments = sa.Table(
     sa.Column("rssi_med", sa.Double(), nullable=True),
     sa.Column("settled_at", _Time, nullable=False),
     sa.Column("n_adv", sa.Integer(), nullable=True),
+    sa.Column("co_n", sa.Integer(), nullable=True, doc="tentative segments only"),
+    sa.Column("co_lo", sa.Double(), nullable=True, doc="tentative segments only"),
+    sa.Column("co_hi", sa.Double(), nullable=True, doc="tentative segments only"),
     sa.Index(None, "rider_id", "start_t"),
 )
 """Derived: one row per fare event whose rid resolved and whose proof holds."""

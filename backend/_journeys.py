@@ -68,6 +68,7 @@ from backend._legs import (
     chargeable,
 )
 from backend._overlaps import settle_overlaps
+from backend._tentative import settle_tentative
 from busbell._gtfs import Feed
 
 __all__ = [
@@ -370,6 +371,7 @@ class JourneyBuilder:
     ) -> list[Journey]:
         """Build and price one rider's journeys."""
         cat = category or self.policy.category
+        segments, _ = settle_tentative(list(segments), self.policy)
         legs = self.join_trips(settle_overlaps(self.stitch(segments), self.policy))
         held = [leg for leg in legs if not chargeable(leg)]
         to_charge = [leg for leg in legs if chargeable(leg)]

@@ -35,6 +35,7 @@ __all__ = [
     "LostPolicy",
     "Segment",
     "chargeable",
+    "evidence_co",
     "evidence_count",
     "evidence_rssi",
 ]
@@ -77,7 +78,8 @@ class Segment:
         trip_id: the trip, or ``None``.
         start_t: segment start (bus GNSS time).
         start_stop_id: stop at the start, or ``None``.
-        start_cause: ``boarded`` or ``continued``.
+        start_cause: ``boarded``, ``continued`` or ``tentative`` (never charged alone:
+            :mod:`backend._tentative`).
         end_t: segment end.
         end_stop_id: stop at the end, or ``None``.
         end_cause: ``alighted``, ``rotated`` or ``lost``.
@@ -86,6 +88,8 @@ class Segment:
             or ``None`` when the event does not say.
         n_adv: adverts of the rid the edge decoded over the segment (``evidence.n_adv``),
             or ``None`` when the event does not say.
+        co: a ``tentative`` segment's co-movement evidence (``evidence.co_n``, ``co_lo``,
+            ``co_hi``: points, lowest and highest level), else ``None``.
     """
 
     rider_id: str
@@ -104,6 +108,7 @@ class Segment:
     distance_m: float
     rssi_med: float | None = None
     n_adv: int | None = None
+    co: tuple[int, float, float] | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
@@ -126,6 +131,7 @@ class Segment:
             distance_m=float(event["distance_m"]),
             rssi_med=evidence_rssi(event.get("evidence")),
             n_adv=evidence_count(event.get("evidence")),
+            co=evidence_co(event.get("evidence")) if start["cause"] == "tentative" else None,
         )
 
     def sort_key(self) -> tuple[float, str, int]:
@@ -263,6 +269,19 @@ def evidence_count(evidence: object) -> int | None:
     return value
 
 
+def evidence_co(evidence: object) -> tuple[int, float, float] | None:
+    """A tentative segment's ``evidence.co_n``, ``co_lo``, ``co_hi``, or ``None`` if invalid."""
+    if type(evidence) is not dict and not isinstance(evidence, Mapping):
+        return None
+    n, lo, hi = evidence.get("co_n"), evidence.get("co_lo"), evidence.get("co_hi")
+    if type(n) is not int or n < 1 or type(lo) not in (int, float) or type(hi) not in (int, float):
+        return None
+    lo, hi = float(lo), float(hi)  # type: ignore[arg-type]
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        return None
+    return n, lo, hi
+
+
 def evidence_rssi(evidence: object) -> float | None:
     """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
     if type(evidence) is not dict and not isinstance(evidence, Mapping):
@@ -362,6 +381,13 @@ class JourneyPolicy:
         overlap_rate_ratio: ... that ratio (> 1).
         category: rider category priced.
         default_network: fare class of routes without a network (``None``: the rules').
+        tentative_points: tentative pieces of one ride (:mod:`backend._tentative`) are
+            kept when their co-movement points add up to this (the edge's
+            ``sparse_adverts``) ...
+        tentative_spread_db: ... at levels within this many dB (the edge's
+            ``sparse_fall_db``) ...
+        tentative_gap_s: ... each piece starting at most this long after the previous
+            rid's piece ended (a weak token's new rid is first heard up to minutes late).
     """
 
     lost_policy: LostPolicy = "last-stop"
@@ -376,6 +402,9 @@ class JourneyPolicy:
     overlap_rate_ratio: float = 1.5
     category: str = "adult"
     default_network: str | None = None
+    tentative_points: int = 4
+    tentative_spread_db: float = 12.0
+    tentative_gap_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.overlap_margin_db is not None and not self.overlap_margin_db > 0:
@@ -395,6 +424,8 @@ class JourneyPolicy:
             "rejoin_stop_s",
             "replay_overlap_s",
             "overlap_cover_s",
+            "tentative_spread_db",
+            "tentative_gap_s",
         ):
             value = getattr(self, name)
             if not value >= 0:

@@ -62,7 +62,7 @@ import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
-from backend._legs import evidence_count, evidence_rssi
+from backend._legs import evidence_co, evidence_count, evidence_rssi
 from backend._record_check import (
     RecordFault,
     Verify,
@@ -71,6 +71,7 @@ from backend._record_check import (
     signature_fault,
 )
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
+from backend._tentative import TENTATIVE, settle_tentative
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError
 from busbell._fare_types import (
@@ -199,7 +200,8 @@ SegmentFields = tuple[Any, ...]
 """A verified segment event's fields for stages 2-3, in this order: ``rid`` (12 bytes),
 ``interval``, proof first and last (24 bytes each), ``route_id``, ``trip_id``, start
 ``t``, ``stop_id``, ``cause``, end ``t``, ``stop_id``, ``cause``, ``distance_m``,
-``rssi_med`` (or ``None``), ``n_adv`` (or ``None``)."""
+``rssi_med`` (or ``None``), ``n_adv`` (or ``None``), a tentative segment's co-movement
+evidence (or ``None``)."""
 
 
 class _CheckedFields(NamedTuple):
@@ -271,6 +273,7 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
         float(ev.distance_m),
         evidence_rssi(ev.evidence),
         evidence_count(ev.evidence),
+        evidence_co(ev.evidence) if s.cause == "tentative" else None,
     )
 
 
@@ -1152,6 +1155,7 @@ class Settler:
                     f[12],
                     f[13],
                     f[14],
+                    f[15],
                 )
             )
         return segments, rejected
@@ -1165,7 +1169,12 @@ class Settler:
             journeys = (
                 self.builder.build_rider(segments, categories.get(group[0])) if segments else []
             )
-            yield journeys, rejected, len(segments)
+            dropped = 0
+            if any(seg.start_cause == TENTATIVE for seg in segments):
+                # tentative segments not summed into a ride: counted, charge nobody
+                dropped = settle_tentative(segments, self.builder.policy)[1]
+                rejected.extend(["tentative_dropped"] * dropped)
+            yield journeys, rejected, len(segments) - dropped
 
     def _count(self, rejected: Iterable[str] | Mapping[str, int], accepted: int) -> None:
         self.stats.rejected.update(rejected)

@@ -201,6 +201,9 @@ def _segment_row(seg: Segment, now: float) -> dict[str, Any]:
         "distance_m": seg.distance_m,
         "rssi_med": seg.rssi_med,
         "n_adv": seg.n_adv,
+        "co_n": seg.co[0] if seg.co else None,
+        "co_lo": seg.co[1] if seg.co else None,
+        "co_hi": seg.co[2] if seg.co else None,
         "settled_at": now,
     }
 
@@ -223,6 +226,7 @@ def _segment_of_row(row: Any) -> Segment:
         distance_m=row.distance_m,
         rssi_med=row.rssi_med,
         n_adv=row.n_adv,
+        co=(row.co_n, row.co_lo, row.co_hi) if row.co_n is not None else None,
     )
 
 

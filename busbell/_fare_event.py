@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 GENESIS_PREV = "0" * 64
-START_CAUSES = frozenset({"boarded", "continued"})
+START_CAUSES = frozenset({"boarded", "continued", "tentative"})
 END_CAUSES = frozenset({"alighted", "rotated", "lost"})
 EVENT_TYPES = frozenset({"segment", "missed"})
 

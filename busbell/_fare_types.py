@@ -132,11 +132,17 @@ def _range(lo: float, hi: float) -> Any:
 
 
 class SegmentStart(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
-    """The start of a segment: time, stop (``None`` after a rid rotation) and cause."""
+    """The start of a segment: time, stop (``None`` after a rid rotation) and cause.
+
+    ``tentative``: the rid was never confirmed aboard on its own evidence, but was alive
+    across a rid rotation with co-movement evidence (``evidence.co_n`` points between
+    ``co_lo`` and ``co_hi`` dBm); never charged alone (docs/backend.md, "Tentative
+    segments").
+    """
 
     t: NonNeg
     stop_id: Text | None
-    cause: Literal["boarded", "continued"]
+    cause: Literal["boarded", "continued", "tentative"]
 
 
 class SegmentEnd(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
@@ -477,6 +483,8 @@ def _check(ev: FareEvent, require_sig: bool) -> FareEvent:
         _check_formats(ev, key, _SEGMENT_RE, _SEGMENT_SIGNED_RE, require_sig)
         if end.t < start.t:
             raise _fail("end.t", "must not be before start.t")
+        if start.cause == "tentative":
+            _check_tentative(ev.evidence)
         return ev
     key = (
         f"{ev.bus_id}\x00{ev.event_id}\x00{ev.prev}\x00{ev.request_id}\x00{ev.route_id}"
@@ -494,6 +502,21 @@ def _check(ev: FareEvent, require_sig: bool) -> FareEvent:
     if ev.passed.t > w.expires_t:
         raise _fail("passed.t", "must not be after wait.expires_t (the wait was not live)")
     return ev
+
+
+def _check_tentative(evidence: dict[str, Any]) -> None:
+    """A tentative segment carries its co-movement evidence: the backend sums it."""
+    n = evidence.get("co_n")
+    if type(n) is not int or not 1 <= n <= BIGINT_MAX:
+        raise _fail("evidence.co_n", "a tentative segment needs an integer >= 1")
+    levels = []
+    for name in ("co_lo", "co_hi"):
+        x = evidence.get(name)
+        if isinstance(x, bool) or not isinstance(x, int | float) or not -200.0 <= x <= 50.0:
+            raise _fail(f"evidence.{name}", "a tentative segment needs a level in dBm")
+        levels.append(float(x))
+    if levels[0] > levels[1]:
+        raise _fail("evidence.co_hi", "must not be below co_lo")
 
 
 def convert_event(obj: object, *, require_sig: bool = True) -> FareEvent:

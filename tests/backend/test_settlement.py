@@ -679,3 +679,48 @@ async def test_revocation_and_rekey_reach_a_running_worker_by_its_next_pass(env:
         await env.worker.settle_once()
     assert not [e for e in logs if e["event"] == "rider_changes_read"]
     assert old_keys != w.keys["r0002"]
+
+
+async def test_tentative_halves_are_one_leg_online_and_a_lone_piece_charges_nobody(
+    env: Env,
+) -> None:
+    """Identity-aware settlement online (docs/backend.md, "Tentative segments"): r0001's
+    two unconfirmed rids adjoining across a rotation are one leg, recomputed the same from
+    ``rider_segments`` (their evidence kept in ``co_n``/``co_lo``/``co_hi``); r0002's lone
+    piece charges nobody; the same journeys as the offline settle."""
+    w = env.world
+    boundary = (int(T0 // 600) + 1) * 600.0
+
+    def piece(
+        rider: str, start: tuple[float, str | None, str], end: tuple[float, str | None, str]
+    ) -> dict[str, Any]:
+        fields = w.segment_fields(
+            rider, route_id="R1", trip_id="T1", start=start, end=end, distance_m=800.0
+        )
+        fields["evidence"].update({"co_n": 2, "co_lo": -92.0, "co_hi": -88.5})
+        return w.buses["bus-01"].emit(fields)
+
+    events = [
+        piece("r0001", (boundary - 200.0, "S02", "tentative"), (boundary - 3.0, None, "rotated")),
+        piece(
+            "r0001", (boundary + 60.0, "S03", "tentative"), (boundary + 400.0, "S06", "alighted")
+        ),
+        piece("r0002", (boundary - 150.0, "S03", "tentative"), (boundary - 2.0, None, "rotated")),
+    ]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    segs = await env.rows(rider_segments, "event_id")
+    assert sorted((s["co_n"], s["co_lo"], s["co_hi"]) for s in segs) == [(2, -92.0, -88.5)] * 3
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [(x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [("S02", "S06")]
+    assert j["charged"] is True
+    assert (await env.client.get("/riders/r0002/journeys")).json()["journeys"] == []
+    before = await env.derived()
+    await env.worker.recompute("r0001", DAY, now=NOW + 50)
+    assert await env.derived() == before
+    offline = _offline(w, events, {})
+    rows = await env.rows(journeys, "journey_id")
+    assert sorted((o.journey_id, o.fare_krw, o.charged) for o in offline.journeys) == [
+        (r["journey_id"], r["fare_krw"], r["charged"]) for r in rows
+    ]
+    assert offline.stats.rejected == {"tentative_dropped": 1}

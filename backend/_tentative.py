@@ -1,0 +1,117 @@
+"""Tentative segments: pieces of one rider's ride the edge could not confirm rid by rid.
+
+A ``tentative`` fare event (``start.cause``) is a rid the edge never confirmed aboard on
+its own evidence, but which was alive across a rid rotation (its interval ended while it
+was a candidate, or it was first heard soon after its interval began) and moved with the
+bus: ``evidence.co_n`` co-movement points whose smoothed level lay between ``co_lo`` and
+``co_hi`` dBm. A weak token's evidence splits at the rotation, and where its BLE address
+changes with its rid (a fob) the edge cannot link the two rids; the backend can, because
+it knows whose rids they are.
+
+:func:`settle_tentative` runs on one rider's resolved segments before they are stitched:
+
+* a tentative segment is **never charged alone**;
+* tentative pieces on one bus and trip (route, without a trip id) that **adjoin across a
+  rotation** (consecutive intervals, the later one starting at most
+  ``tentative_gap_s`` after the earlier ended, overlapping by at most ``stitch_gap_s``)
+  are joined, transitively, with each other and with any confirmed segment of the rider
+  that adjoins them the same way;
+* a joined group with a confirmed segment keeps its tentative pieces (the rider was
+  aboard: they extend the leg to the stop where the earlier piece began or the later one
+  ended); a group of tentative pieces only is kept if their points add up to
+  ``tentative_points`` (the edge's ``sparse_adverts``) within ``tentative_spread_db``
+  (the edge's ``sparse_fall_db``) of one another: what the edge needs to confirm one rid;
+* kept pieces become ordinary segments: the earliest ``boarded`` (when tentative), the
+  others ``continued``; the journey builder stitches them into one leg (board stop from
+  the earlier piece, alight stop from the later). The others are dropped and counted.
+
+Pure and deterministic; riders never mix (the caller passes one rider's segments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from backend._legs import JourneyPolicy, Segment
+
+__all__ = ["TENTATIVE", "settle_tentative"]
+
+TENTATIVE = "tentative"
+
+
+def _key(s: Segment) -> tuple[str, str | None, str | None]:
+    return (s.bus_id, s.trip_id, None if s.trip_id else s.route_id)
+
+
+def _adjoin(a: Segment, b: Segment, policy: JourneyPolicy) -> bool:
+    """Whether ``a`` and ``b`` (one bus trip) are consecutive rids of one ride."""
+    if a.interval > b.interval:
+        a, b = b, a
+    if b.interval != a.interval + 1:
+        return False
+    gap = b.start_t - a.end_t
+    return -policy.stitch_gap_s <= gap <= policy.tentative_gap_s
+
+
+def settle_tentative(
+    segments: Sequence[Segment], policy: JourneyPolicy
+) -> tuple[list[Segment], int]:
+    """One rider's segments with the tentative ones kept (as rides) or dropped.
+
+    Returns:
+        The segments to stitch (confirmed ones unchanged) and how many tentative
+        segments were dropped.
+    """
+    if not any(s.start_cause == TENTATIVE for s in segments):
+        return list(segments), 0
+    out = [s for s in segments if s.start_cause != TENTATIVE]
+    by_trip: dict[tuple[str, str | None, str | None], list[Segment]] = {}
+    for s in segments:
+        by_trip.setdefault(_key(s), []).append(s)
+    dropped = 0
+    for group in by_trip.values():
+        tent = [s for s in group if s.start_cause == TENTATIVE]
+        if not tent:
+            continue
+        group.sort(key=Segment.sort_key)
+        parent = list(range(len(group)))
+        for i, a in enumerate(group):
+            for j in range(i + 1, len(group)):
+                b = group[j]
+                if TENTATIVE in (a.start_cause, b.start_cause) and _adjoin(a, b, policy):
+                    parent[_find(parent, j)] = _find(parent, i)
+        clusters: dict[int, list[Segment]] = {}
+        for i, s in enumerate(group):
+            clusters.setdefault(_find(parent, i), []).append(s)
+        for cluster in clusters.values():
+            pieces = [s for s in cluster if s.start_cause == TENTATIVE]
+            if not pieces:
+                continue
+            if _kept(cluster, pieces, policy):
+                first = cluster[0]  # (sorted by start)
+                out.extend(
+                    dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
+                    for s in pieces
+                )
+            else:
+                dropped += len(pieces)
+    return out, dropped
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def _kept(cluster: Sequence[Segment], pieces: Sequence[Segment], policy: JourneyPolicy) -> bool:
+    if len(cluster) < 2 or any(s.co is None for s in pieces):
+        return False  # never charged alone; no evidence to sum
+    if len(pieces) < len(cluster):
+        return True  # the rider was confirmed aboard on a rid adjoining these
+    cos = [s.co for s in pieces if s.co is not None]
+    points = sum(c[0] for c in cos)
+    spread = max(c[2] for c in cos) - min(c[1] for c in cos)
+    return points >= policy.tentative_points and spread <= policy.tentative_spread_db

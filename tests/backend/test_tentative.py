@@ -1,0 +1,252 @@
+"""Tentative segments (issue 11): pieces of one rider's ride summed across a rid rotation.
+
+A ``tentative`` fare event is a rid the edge never confirmed alone; settlement keeps it
+only joined with the same rider's adjoining rid on the same bus trip, when together they
+meet what the edge needs to confirm one rid (docs/backend.md, "Tentative segments").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend._fare_engine import FareEngine
+from backend._fare_rules import load_rules
+from backend._journeys import JourneyBuilder, JourneyPolicy
+from backend._legs import Segment
+from backend._resolve import Resolver, RiderKeyring
+from backend._settle import Settler
+from backend._tentative import settle_tentative
+from busbell import (
+    ChainError,
+    ContractError,
+    HashChain,
+    event_hash,
+    load_gtfs,
+    read_devices,
+    validate_event,
+)
+from busbell._fare_types import convert_event
+from busbell._token import INTERVAL_S
+from tests.factories.backend_world import T0, World
+
+BOUNDARY = (int(T0 // INTERVAL_S) + 1) * INTERVAL_S
+"""A rid rotation: the rider's first rid ends here, the second begins."""
+
+
+def _piece(
+    world: World,
+    rider: str,
+    start: tuple[float, str | None, str],
+    end: tuple[float, str | None, str],
+    *,
+    co: tuple[int, float, float] | None = (2, -92.0, -89.0),
+    bus: str = "bus-01",
+    trip: str | None = "T1",
+) -> dict[str, Any]:
+    fields = world.segment_fields(
+        rider, route_id="R1", trip_id=trip, start=start, end=end, distance_m=800.0
+    )
+    if co is not None:
+        fields["evidence"].update({"co_n": co[0], "co_lo": co[1], "co_hi": co[2]})
+    return world.buses[bus].emit(fields)
+
+
+def _halves(
+    world: World,
+    rider: str,
+    co1: tuple[int, float, float] = (2, -92.0, -89.0),
+    co2: tuple[int, float, float] = (2, -91.0, -88.0),
+) -> list[dict[str, Any]]:
+    """Boarded S02 on its old rid, alighted S06 on its new one; neither rid confirmed."""
+    return [
+        _piece(
+            world,
+            rider,
+            (BOUNDARY - 200.0, "S02", "tentative"),
+            (BOUNDARY - 3.0, None, "rotated"),
+            co=co1,
+        ),
+        _piece(
+            world,
+            rider,
+            (BOUNDARY + 60.0, "S03", "tentative"),
+            (BOUNDARY + 400.0, "S06", "alighted"),
+            co=co2,
+        ),
+    ]
+
+
+def _settle(world: World, events: list[dict[str, Any]]) -> Any:
+    feed = load_gtfs(world.gtfs)
+    ring = RiderKeyring.from_token_keys(sorted(world.token_keys.items()))
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
+    s = Settler(read_devices(world.devices_csv), Resolver(ring), builder)
+    for e in events:
+        s.feed_line(json.dumps(e))
+    return s.finish()
+
+
+def test_two_tentative_halves_of_one_rider_are_one_leg(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    res = _settle(world, _halves(world, "r0001"))
+    (j,) = res.journeys
+    assert j.charged
+    assert j.rider_id == "r0001"
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S02", "S06")  # earlier's, later's
+    assert "merged" not in leg.flags
+    assert "partial" not in leg.flags
+    assert res.stats.rejected == {}
+    assert res.stats.accepted == 2
+
+
+def test_a_lone_tentative_segment_charges_nobody(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    events = [_halves(world, "r0001")[0]]
+    res = _settle(world, events)
+    assert res.journeys == []
+    assert res.stats.rejected == {"tentative_dropped": 1}
+    assert res.stats.accepted == 0
+
+
+def test_too_little_evidence_in_all_charges_nobody(tmp_path: Path) -> None:
+    """One point on each side: 2 < 4 (the edge's sparse_adverts); or levels 20 dB apart."""
+    world = World(tmp_path, riders=2, buses=1)
+    thin = _halves(world, "r0001", (1, -90.0, -90.0), (1, -90.0, -90.0))
+    apart = _halves(world, "r0002", (2, -92.0, -90.0), (2, -72.0, -70.0))
+    res = _settle(world, thin + apart)
+    assert res.journeys == []
+    assert res.stats.rejected == {"tentative_dropped": 4}
+
+
+def test_pieces_of_two_riders_are_never_summed(tmp_path: Path) -> None:
+    """Rider 1's old rid and rider 2's new rid adjoin on one bus trip: nobody is charged."""
+    world = World(tmp_path, riders=2, buses=1)
+    a, _ = _halves(world, "r0001")
+    _, b = _halves(world, "r0002")
+    res = _settle(world, [a, b])
+    assert res.journeys == []
+    assert res.stats.rejected == {"tentative_dropped": 2}
+
+
+def test_a_tentative_piece_extends_the_riders_confirmed_segment(tmp_path: Path) -> None:
+    """The old rid never confirmed (boarded S02); the new rid confirmed, boarded S04."""
+    world = World(tmp_path, riders=1, buses=1)
+    early = _piece(
+        world,
+        "r0001",
+        (BOUNDARY - 200.0, "S02", "tentative"),
+        (BOUNDARY - 3.0, None, "rotated"),
+        co=(1, -90.0, -90.0),
+    )
+    late = world.buses["bus-01"].emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R1",
+            trip_id="T1",
+            start=(BOUNDARY + 100.0, "S04", "boarded"),
+            end=(BOUNDARY + 400.0, "S06", "alighted"),
+            distance_m=1600.0,
+        )
+    )
+    (j,) = _settle(world, [early, late]).journeys
+    assert j.charged
+    assert (j.legs[0].board_stop_id, j.legs[0].alight_stop_id) == ("S02", "S06")
+
+
+def test_pieces_on_another_trip_or_not_adjoining_are_not_summed() -> None:
+    def seg(n: int, interval: int, start: float, end: float, trip: str = "T1") -> Segment:
+        return Segment(
+            "r1",
+            "b1",
+            n,
+            f"e{n}",
+            interval,
+            "R1",
+            trip,
+            start,
+            "S01",
+            "tentative",
+            end,
+            None,
+            "rotated",
+            0.0,
+            co=(3, -90.0, -89.0),
+        )
+
+    p = JourneyPolicy()
+    t = BOUNDARY
+    iv = int(t // INTERVAL_S)
+    # another trip of the same bus
+    kept, dropped = settle_tentative(
+        [seg(1, iv - 1, t - 99, t - 2), seg(2, iv, t + 9, t + 99, "T1R")], p
+    )
+    assert (kept, dropped) == ([], 2)
+    # the same interval twice (not a rotation), or a new rid first heard after the gap
+    kept, dropped = settle_tentative([seg(1, iv, t + 1, t + 50), seg(2, iv, t + 60, t + 99)], p)
+    assert (kept, dropped) == ([], 2)
+    late = t + p.tentative_gap_s + 1
+    kept, dropped = settle_tentative([seg(1, iv - 1, t - 99, t - 2), seg(2, iv, late, late + 9)], p)
+    assert (kept, dropped) == ([], 2)
+    kept, dropped = settle_tentative([seg(1, iv - 1, t - 99, t - 2), seg(2, iv, t + 9, t + 99)], p)
+    assert dropped == 0
+    assert [s.start_cause for s in kept] == ["boarded", "continued"]
+
+
+def _signed(world: World, **over: Any) -> dict[str, Any]:
+    fields = world.segment_fields(
+        "r0001",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0, "S02", "tentative"),
+        end=(T0 + 60.0, None, "rotated"),
+        distance_m=100.0,
+    )
+    fields["evidence"].update({"co_n": 2, "co_lo": -91.5, "co_hi": -88.0})
+    for k, v in over.items():
+        fields["evidence"][k] = v
+    return world.buses["bus-01"].emit(fields)
+
+
+def test_the_chain_and_validation_accept_the_tentative_shape(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=1, buses=1)
+    a, b = _signed(world), _signed(world)
+    assert validate_event(a)["start"]["cause"] == "tentative"
+    chain = HashChain()
+    chain.check(a)
+    chain.advance(a)
+    chain.check(b)
+    assert b["prev"] == event_hash(a)
+    with pytest.raises(ChainError):
+        HashChain().check(b)  # (seq 2 first: the chain still applies)
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"co_n": None}, "evidence.co_n"),
+        ({"co_n": 0}, "evidence.co_n"),
+        ({"co_n": 2.0}, "evidence.co_n"),
+        ({"co_n": True}, "evidence.co_n"),
+        ({"co_lo": "x"}, "evidence.co_lo"),
+        ({"co_hi": None}, "evidence.co_hi"),
+        ({"co_lo": -80.0, "co_hi": -90.0}, "evidence.co_hi"),
+        ({"co_lo": -900.0}, "evidence.co_lo"),
+    ],
+)
+def test_validation_rejects_a_tentative_segment_without_its_evidence(
+    tmp_path: Path, over: dict[str, Any], field: str
+) -> None:
+    world = World(tmp_path, riders=1, buses=1)
+    ev = _signed(world, **over)
+    with pytest.raises(ContractError) as exc:
+        convert_event(ev)
+    assert exc.value.field == field
+    bad = dict(ev, start=dict(ev["start"], cause="guessed"))
+    with pytest.raises(ContractError) as exc2:
+        validate_event(bad)
+    assert exc2.value.field == "start.cause"
