@@ -471,6 +471,8 @@ class PresenceClassifier:
         self.confirmed = 0
         self.discarded = 0
         self.rejected = 0
+        self.tentative = 0
+        """Tentative segments sent (:meth:`_tentative`)."""
         # hot-path constants
         self._tau = p.rssi_tau_s
         self._thr = p.in_bus_rssi_dbm
@@ -1846,6 +1848,8 @@ class PresenceClassifier:
             if self._keep_for_pairing(r, _PRED_CANDIDATE, handed) and r.addr:
                 self._heirs[(r.interval + 1, r.addr)] = (r.rid, handed)
         was = r.state
+        if was == _CANDIDATE and self._tentative_ok(r):
+            self._tentative(r, out)
         r.state = int(next_state(State(r.state), ev))
         if was == _CANDIDATE and self._pool_ivs:
             self._claim_changed(r)
@@ -1858,6 +1862,66 @@ class PresenceClassifier:
             end, end_odo = self._fade_end(old, r.last_in_t, r.last_in_odo)
             end = SegmentEnd(min(end.t, old.last_t), end.stop_id, end.cause)
             self._emit(old, end, end_odo, out)
+
+    def _tentative_ok(self, r: _Rid) -> bool:
+        """Whether a candidate dropped unconfirmed is a piece of a ride split by a rotation.
+
+        It moved with the bus (``tentative_points`` co-movement points or more, at the
+        riders' level, within ``sparse_fall_db`` of one another, not a convoy, not barred
+        from boarding on co-movement: what the sparse rule asks but the count) and its
+        rid was alive across a rotation: it was still a candidate when its interval ended
+        (or stopped at its end), or began at most ``tentative_window_s`` (token time)
+        before it was first heard. Each rid alone is
+        too thin to board; the backend knows whose rids they are and sums the pieces.
+        """
+        p = self.params
+        n = r.co_n
+        return (
+            p.tentative_points > 0
+            and n >= p.tentative_points
+            and r.visit is not None
+            and r.convoy is None
+            and not self._barred(r)
+            and r.co_hi - r.co_lo <= self._sparse_fall
+            and r.co_sum / n >= self._riders_lvl - p.in_bus_margin_db
+            and (
+                r.first_token_t - r.interval * INTERVAL_S <= p.tentative_window_s
+                # still a candidate when its interval ended by its token's clock (t - d_min
+                # is a lower bound of the token's time), or stopped at its end
+                or self._t - r.d_min >= (r.interval + 1) * INTERVAL_S
+                or self._near_end(r)
+            )
+        )
+
+    def _tentative(self, r: _Rid, out: list[SegmentDraft]) -> None:
+        """Send a dropped candidate's evidence as a ``tentative`` segment (never a ride alone).
+
+        It names its stop (where it would have boarded) and starts at its first advert,
+        ends where a rider last heard then would (``rotated`` if its interval ended, else
+        by the fade rules) and carries its co-movement points (``co_n``, ``co_lo``,
+        ``co_hi``) for the backend to sum.
+        """
+        v = r.pred_visit or r.visit
+        assert v is not None
+        if r.co_t > r.last_in_t:
+            r.last_in_t, r.last_in_odo, r.last_in_raw = r.co_t, r.co_odo, r.last_raw
+        was, was_odo = r.start, r.start_odo  # (a ride closed before keeps its own start)
+        # from its first advert (not its stop's doors, as a boarding: a new rid first heard
+        # past its stop must not seem to start before the old rid ended)
+        start_t = min(max(r.first_t, r.ended_t), r.last_in_t)
+        r.start = SegmentEnd(start_t, v.stop_id, "tentative")
+        r.start_odo = r.first_odo
+        if self._near_end(r):
+            draft = self._rotated(r)
+        else:
+            end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
+            draft = self._draft(r, end, end_odo)
+        draft.evidence["co_n"] = r.co_n
+        draft.evidence["co_lo"] = round(r.co_lo, 1)
+        draft.evidence["co_hi"] = round(r.co_hi, 1)
+        r.start, r.start_odo = was, was_odo
+        self.tentative += 1
+        out.append(draft)
 
     def _heir_of(self, r: _Rid, t: float) -> bool:
         """Whether a dropped candidate still waits for its new rid (kept until then).
@@ -2562,6 +2626,8 @@ class PresenceClassifier:
             if r.state == _GONE:
                 continue
             was = r.state
+            if was == _CANDIDATE and self._tentative_ok(r):
+                self._tentative(r, out)
             r.state = int(next_state(State(r.state), Event.FINISH))
             if was == _ONBOARD:
                 end_of(r, r.last_in_t, r.last_in_odo)

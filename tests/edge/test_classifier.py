@@ -157,9 +157,14 @@ def outside(level: float = -70.0, *, near: float = 3.0) -> Callable[[World], flo
     return f
 
 
-def by_name(out: list[SegmentDraft], tok: Token) -> list[SegmentDraft]:
+def by_name(out: list[SegmentDraft], tok: Token, *, tentative: bool = False) -> list[SegmentDraft]:
+    """The token's segments in start order: its rides, or (``tentative``) its tentative
+    pieces (never a ride alone: the backend sums them across a rotation)."""
     pref = tok.name.encode().hex()
-    return sorted((d for d in out if d.rid.startswith(pref)), key=lambda d: d.start.t)
+    return sorted(
+        (d for d in out if d.rid.startswith(pref) and (d.start.cause == "tentative") == tentative),
+        key=lambda d: d.start.t,
+    )
 
 
 def add_riders(w: World, rssi: float | Callable[[World], float | None], n: int = 3) -> list[Token]:
@@ -1642,6 +1647,31 @@ def test_a_new_rid_from_another_address_takes_over_no_candidacy_after_the_pairin
     # rids once the pairing's window has passed, and neither rid alone boards
     segs = _weak_rider_rotating_unheard(World(t0=T0 + 470.0), keeps_address=False)
     assert segs == []
+
+
+def test_a_fobs_two_unconfirmed_rids_are_sent_as_tentative_pieces() -> None:
+    # the fob above: neither rid boards, but each moved with the bus (two co-movement
+    # points at the riders' level) and was alive across the rotation (the old one ended
+    # with its interval, the new one began 40 s before it was first heard): each is sent
+    # as a tentative segment with its evidence, for the backend to sum (before: nothing
+    # was sent and the ride was never charged)
+    w = World(t0=T0 + 470.0)
+    _weak_rider_rotating_unheard(w, keeps_address=False)
+    tok = next(x for x in w.tokens if x.name == "wb")
+    pieces = by_name(w.out, tok, tentative=True)
+    assert [(x.start.cause, x.start.stop_id, x.end.stop_id, x.end.cause) for x in pieces] == [
+        ("tentative", "S1", None, "rotated"),
+        ("tentative", "S1", "S2", "alighted"),
+    ]
+    assert [x.interval for x in pieces][1] == pieces[0].interval + 1
+    for x in pieces:
+        ev = x.evidence
+        assert ev["co_n"] == 2
+        assert ev["co_lo"] <= ev["co_hi"] <= ev["co_lo"] + 12.0
+    assert pieces[0].end.t <= pieces[1].start.t
+    off = World(replace(ClassifierParams(), tentative_points=0), t0=T0 + 470.0)
+    _weak_rider_rotating_unheard(off, keeps_address=False)
+    assert [x for x in off.out if x.start.cause == "tentative"] == []
 
 
 def test_vehicle_first_heard_as_the_bus_pulls_away_then_loud_alongside_is_not_charged() -> None:
