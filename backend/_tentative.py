@@ -21,6 +21,10 @@ it knows whose rids they are.
   ended); a group of tentative pieces only is kept if their points add up to
   ``tentative_points`` (the edge's ``sparse_adverts``) within ``tentative_spread_db``
   (the edge's ``sparse_fall_db``) of one another: what the edge needs to confirm one rid;
+* pieces kept only by their own sum that overlap a confirmed segment of the rider on
+  another bus (by more than ``replay_overlap_s``, or one within the other) are dropped:
+  a bus beside the rider's hears them as sparsely as a weak rider, and its summed leg
+  would make the overlap rules hold the true one;
 * kept pieces become ordinary segments: the earliest ``boarded`` (when tentative), the
   others ``continued``; the journey builder stitches them into one leg (board stop from
   the earlier piece, alight stop from the later). The others are dropped and counted.
@@ -66,6 +70,7 @@ def settle_tentative(
     if not any(s.start_cause == TENTATIVE for s in segments):
         return list(segments), 0
     out = [s for s in segments if s.start_cause != TENTATIVE]
+    firm = out[:]
     by_trip: dict[tuple[str, str | None, str | None], list[Segment]] = {}
     for s in segments:
         by_trip.setdefault(_key(s), []).append(s)
@@ -88,7 +93,7 @@ def settle_tentative(
             pieces = [s for s in cluster if s.start_cause == TENTATIVE]
             if not pieces:
                 continue
-            if _kept(cluster, pieces, policy):
+            if _kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy):
                 first = cluster[0]  # (sorted by start)
                 out.extend(
                     dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
@@ -97,6 +102,38 @@ def settle_tentative(
             else:
                 dropped += len(pieces)
     return out, dropped
+
+
+def _beaten(
+    cluster: Sequence[Segment],
+    pieces: Sequence[Segment],
+    firm: Sequence[Segment],
+    policy: JourneyPolicy,
+) -> bool:
+    """Whether tentative pieces alone are contradicted by a confirmed ride on another bus.
+
+    A bus driving beside the rider's bus from a shared stop hears the rider as a
+    candidate moving with it, as sparsely as a weak rider; summed, its pieces would be a
+    leg overlapping the rider's confirmed one, and the overlap rules would hold both
+    (the rider charged nothing). Pieces never confirmed are the weakest evidence there
+    is: they lose to any confirmed segment of the rider on another bus overlapping them
+    by more than ``replay_overlap_s``, or lying within them or they within it.
+    """
+    if len(pieces) < len(cluster):
+        return False  # (confirmed on this bus too: the overlap rules decide, as before)
+    bus = cluster[0].bus_id
+    a = min(s.start_t for s in cluster)
+    b = max(s.end_t for s in cluster)
+    for s in firm:
+        if s.bus_id == bus:
+            continue
+        common = min(b, s.end_t) - max(a, s.start_t)
+        if common > policy.replay_overlap_s or (
+            common > 0.0
+            and ((a >= s.start_t and b <= s.end_t) or (s.start_t >= a and s.end_t <= b))
+        ):
+            return True
+    return False
 
 
 def _find(parent: list[int], i: int) -> int:

@@ -250,3 +250,35 @@ def test_validation_rejects_a_tentative_segment_without_its_evidence(
     with pytest.raises(ContractError) as exc2:
         validate_event(bad)
     assert exc2.value.field == "start.cause"
+
+
+def test_pieces_on_a_bus_alongside_lose_to_the_riders_confirmed_ride(tmp_path: Path) -> None:
+    """A bus beside the rider's from a shared stop hears them as a sparse candidate on
+    both rids (full scale, tuning seed 2, -25 dBm, shared_stop_three_routes r-00232): the
+    summed pieces lose to the confirmed ride on the other bus, which is charged (summed,
+    the overlap rules held both: the rider was charged nothing)."""
+    world = World(tmp_path, riders=1, buses=2)
+    ride = world.ride("r0001", "bus-01", board=1, alight=9, t=BOUNDARY - 300.0)
+    alongside = [
+        _piece(
+            world,
+            "r0001",
+            (BOUNDARY - 150.0, "S03", "tentative"),
+            (BOUNDARY - 3.0, None, "rotated"),
+            bus="bus-02",
+        ),
+        _piece(
+            world,
+            "r0001",
+            (BOUNDARY + 5.0, "S03", "tentative"),
+            (BOUNDARY + 100.0, "S05", "alighted"),
+            bus="bus-02",
+        ),
+    ]
+    res = _settle(world, ride + alongside)
+    (j,) = res.journeys
+    assert j.charged
+    assert [(x.bus_id, x.board_stop_id, x.alight_stop_id) for x in j.legs] == [
+        ("bus-01", "S01", "S09")
+    ]
+    assert res.stats.rejected == {"tentative_dropped": 2}
