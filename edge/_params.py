@@ -243,7 +243,7 @@ class ClassifierParams:
         60.0, doc="a rotation candidate not paired with a rotated rid is dropped after this"
     )
     tentative_points: int = option(
-        1,
+        2,
         doc="a candidate dropped unconfirmed that was alive across a rid rotation (its rid"
         " ended, or began at most tentative_window_s before it was first heard) with this"
         " many co-movement points or more, at the riders' level, is sent as a tentative"
@@ -251,9 +251,9 @@ class ClassifierParams:
         " 0: off",
     )
     tentative_window_s: float = option(
-        330.0,
+        120.0,
         doc="... a rid first heard at most this long (token time) into its interval began"
-        " at a rotation (a weak token's new rid is first heard minutes late)",
+        " at a rotation",
     )
 
     # --- flags / bookkeeping ------------------------------------------------------------
