@@ -233,6 +233,7 @@ class _Rid:
         "confirm_t",
         "convoy",
         "d_min",
+        "door_t",
         "drift",
         "ended_t",
         "ewma",
@@ -396,6 +397,9 @@ class _Rid:
         self.co_only = False
         """Kept through a silence past its fade time: it boards on co-movement only."""
         self.co_t = t
+        self.door_t = -math.inf
+        """The latest advert of it as a candidate heard while its stop's doors stood open
+        (:meth:`PresenceClassifier._stood_and_carried`)."""
 
     def outside_again(self) -> None:
         """Forget a late joiner's candidacy, keep what was heard: as if it had been outside.
@@ -410,6 +414,7 @@ class _Rid:
         self.co_odo0 = self.co_odo = self.span_odo = self.first_odo
         self.co_t = self.span_t = self.first_t
         self.drift = self.fell = self.co_only = self.absent = False
+        self.door_t = -math.inf
         self.n_far = 0
         self.far_sum = 0.0
 
@@ -797,6 +802,8 @@ class PresenceClassifier:
             ):
                 self._co_move(r, t, rssi, odo, was)
         if v is not None and v.close_odo_m is None:  # the bus stands at a stop, doors open
+            if state == _CANDIDATE and r.visit is v:
+                r.door_t = t  # (:meth:`_stood_and_carried`)
             if state == _ONBOARD:
                 if t >= v.open_t + self._stay and rssi >= r.base - self._fade_drop:
                     r.tk_stood = v.seq  # a rider staying aboard through a stop (:meth:`_rode`)
@@ -1359,6 +1366,9 @@ class PresenceClassifier:
             return
         if r.co_only and not r.absent and r.first_t > v.close_t and self._absent(r, t, v):
             r.absent = True  # not aboard while the doors stood open: boarded last, or a car
+        if self._stood_and_carried(r, v) and t - v.close_t >= p.confirm_min_s:
+            self._confirm_new(r, t, v, out)
+            return
         fade_s = self._fade_s(r)
         last = r.last_in_t if r.last_in_t > self._resume_t else self._resume_t
         recent = t - last <= fade_s or self._silent_s(r, t) <= fade_s
@@ -1462,6 +1472,49 @@ class PresenceClassifier:
         silent = r.first_t - v.open_t
         gap = (r.last_t - r.first_t) / (r.n_adv - 1)
         return silent > p.fade_timeout_s and silent > p.fade_gaps * gap
+
+    def _stood_and_carried(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate of ``v`` stood in the bus at ``v`` and rode it to the next stop.
+
+        Doors-synchronised at both ends of one hop: heard at ``v``'s open doors over
+        ``stay_s`` or more (``door_t`` minus its first advert there), carried at one level
+        through the hop (``_CARRY_CO`` co-movement points or more spanning as much of the
+        way as the co-movement rule's ``sparse_adverts`` points, 300 m; spread within
+        ``sparse_fall_db``, their mean within ``in_bus_margin_db`` of the riders), never
+        apart from the bus on the way (``tk_apart``: silent past its own rhythm's fade
+        time as the bus moved, a rider of another bus standing beside this one at the
+        stop) and heard as the next stop's doors opened (within ``alight_pre_s`` before,
+        or while they stand open, within ``stop_radius_m``), no louder than along the way
+        (:meth:`_carried`). Nobody boards between stops and nobody leaves a moving bus: it
+        rode from ``v`` (the fade rules then close it where it falls silent). A person
+        at the stop is not heard at places 300 m apart on the hop; a car beside the bus
+        passes the standing bus in a second or two or drives away ahead from a red light
+        there (heard at the doors for 10 s, then pulling away: not heard at the next
+        stop's doors); a car that catches up on the way was not at the doors. Full scale,
+        tuning seed 2, -25 dBm, ``rush_hour_crowd`` r-00184 (BD009 -> BD010): heard 22 s
+        at BD009's doors, three points 392-828 m on (one short of ``sparse_adverts``),
+        last heard 1.4 s after BD010's doors opened: missed.
+        """
+        p = self.params
+        w = self._visits[-1] if self._visits else None
+        if w is None or w.seq != v.seq + 1 or r.co_n < _CARRY_CO:
+            return False
+        return (
+            r.door_t - max(r.first_t, v.open_t) >= self._stay
+            and r.start is None
+            and r.pred == _PRED_NONE
+            and r.convoy is None
+            and not r.fell
+            and r.tk_apart < v.seq
+            and self._carried(r)
+            and not self._barred(r)
+            and r.co_odo - r.co_odo0 >= (p.sparse_adverts - 1) * self._co_step
+            and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
+            and r.co_hi - r.co_lo <= self._sparse_fall
+            and r.last_in_t >= w.open_t - p.alight_pre_s
+            and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
+            and r.rid not in self._olds
+        )
 
     def _barred(self, r: _Rid) -> bool:
         """Whether a candidate may not board on co-movement.
