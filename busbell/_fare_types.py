@@ -504,11 +504,16 @@ def _check(ev: FareEvent, require_sig: bool) -> FareEvent:
     return ev
 
 
+CO_N_MAX: Final = 2**31 - 1
+"""Largest ``evidence.co_n``: the ledger keeps it in a 32-bit column
+(``rider_segments.co_n``); a larger one would fail every settlement pass on PostgreSQL."""
+
+
 def _check_tentative(evidence: dict[str, Any]) -> None:
     """A tentative segment carries its co-movement evidence: the backend sums it."""
     n = evidence.get("co_n")
-    if type(n) is not int or not 1 <= n <= BIGINT_MAX:
-        raise _fail("evidence.co_n", "a tentative segment needs an integer >= 1")
+    if type(n) is not int or not 1 <= n <= CO_N_MAX:
+        raise _fail("evidence.co_n", f"a tentative segment needs an integer in 1..{CO_N_MAX}")
     levels = []
     for name in ("co_lo", "co_hi"):
         x = evidence.get(name)
