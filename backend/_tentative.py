@@ -27,7 +27,9 @@ it knows whose rids they are.
   would make the overlap rules hold the true one;
 * kept pieces become ordinary segments: the earliest ``boarded`` (when tentative), the
   others ``continued``; the journey builder stitches them into one leg (board stop from
-  the earlier piece, alight stop from the later). The others are dropped and counted.
+  the earlier piece, alight stop from the later; without a trip id, a member that ended
+  ``alighted`` before the next rid's piece is read as ``rotated``, :func:`_one_ride`).
+  The others are dropped and counted.
 
 Pure and deterministic; riders never mix (the caller passes one rider's segments).
 """
@@ -64,8 +66,9 @@ def settle_tentative(
     """One rider's segments with the tentative ones kept (as rides) or dropped.
 
     Returns:
-        The segments to stitch (confirmed ones unchanged) and how many tentative
-        segments were dropped.
+        The segments to stitch (confirmed ones unchanged, but for an ``alighted`` end
+        followed by a kept piece without a trip id: :func:`_one_ride`) and how many
+        tentative segments were dropped.
     """
     if not any(s.start_cause == TENTATIVE for s in segments):
         return list(segments), 0
@@ -95,10 +98,13 @@ def settle_tentative(
                 continue
             if _kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy):
                 first = cluster[0]  # (sorted by start)
-                out.extend(
+                kept = [
                     dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
                     for s in pieces
-                )
+                ]
+                if first.trip_id is None:
+                    kept = _one_ride(cluster, kept, out, policy)
+                out.extend(kept)
             else:
                 dropped += len(pieces)
     return out, dropped
@@ -134,6 +140,40 @@ def _beaten(
         ):
             return True
     return False
+
+
+def _one_ride(
+    cluster: Sequence[Segment], kept: list[Segment], out: list[Segment], policy: JourneyPolicy
+) -> list[Segment]:
+    """A kept cluster without a trip id as one ride for the stitcher.
+
+    Without a trip id the legs of one ride cannot be joined after the overlap rules
+    (:meth:`~backend._journeys.JourneyBuilder.join_trips` needs the trip): a member that
+    ended ``alighted`` (the fade rules at a stop) more than ``stitch_gap_s`` before the
+    rider's next rid adjoining it began elsewhere would leave that next piece a leg of
+    its own, charged alone. The rider's next rid moved with the bus: they did not
+    alight, their rid rotated (``rotated``, as the edge writes a rotation aboard).
+    Returns ``kept`` with those ends rewritten; confirmed members are rewritten in ``out``.
+    """
+    early = {
+        a.event_id
+        for a in cluster
+        for b in cluster
+        if a.end_cause == "alighted"
+        and b.interval == a.interval + 1
+        and b.end_t > a.end_t
+        and TENTATIVE in (a.start_cause, b.start_cause)
+        and _adjoin(a, b, policy)
+    }
+    if not early:
+        return kept
+
+    def ride_on(s: Segment) -> Segment:
+        return dataclasses.replace(s, end_cause="rotated") if s.event_id in early else s
+
+    ids = {id(s) for s in cluster}
+    out[:] = [ride_on(s) if id(s) in ids else s for s in out]
+    return [ride_on(s) for s in kept]
 
 
 def _find(parent: list[int], i: int) -> int:

@@ -158,6 +158,34 @@ def test_a_tentative_piece_extends_the_riders_confirmed_segment(tmp_path: Path) 
     assert (j.legs[0].board_stop_id, j.legs[0].alight_stop_id) == ("S02", "S06")
 
 
+@pytest.mark.parametrize("confirmed", [False, True])
+def test_without_a_trip_id_pieces_after_an_alighting_are_one_leg(
+    tmp_path: Path, confirmed: bool
+) -> None:
+    """No trip id; the old rid ended ``alighted`` at S03 by the fade rules (tentative, or
+    confirmed), the new rid's piece began at S04 100 s after: before, the new piece was a
+    leg of its own (``continued``, charged alone: two journeys, two fares), as the
+    trip-less legs are never joined after the overlap rules."""
+    world = World(tmp_path, riders=1, buses=1)
+    first = (BOUNDARY - 200.0, "S02", "boarded" if confirmed else "tentative")
+    alighted = (BOUNDARY - 30.0, "S03", "alighted")
+    events = [
+        _piece(world, "r0001", first, alighted, trip=None, co=None if confirmed else (2, -92, -89)),
+        _piece(
+            world,
+            "r0001",
+            (BOUNDARY + 100.0, "S04", "tentative"),
+            (BOUNDARY + 400.0, "S06", "alighted"),
+            trip=None,
+        ),
+    ]
+    res = _settle(world, events)
+    (j,) = res.journeys
+    assert j.charged
+    assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S02", "S06")]
+    assert res.stats.rejected == {}
+
+
 def test_pieces_on_another_trip_or_not_adjoining_are_not_summed() -> None:
     def seg(n: int, interval: int, start: float, end: float, trip: str = "T1") -> Segment:
         return Segment(
