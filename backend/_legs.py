@@ -259,12 +259,20 @@ class Leg:
         return adverts / covered
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def evidence_count(evidence: object) -> int | None:
-    """``evidence.n_adv`` of a fare event as an int >= 0, or ``None`` if absent or invalid."""
+    """``evidence.n_adv`` of a fare event as an int >= 0, or ``None`` if absent or invalid.
+
+    Above ``2**31 - 1`` it is invalid (no bus decodes that many adverts of one rid): the
+    ledger keeps it in a 32-bit column (``rider_segments.n_adv``), which PostgreSQL would
+    refuse, failing every settlement pass.
+    """
     if type(evidence) is not dict and not isinstance(evidence, Mapping):
         return None
     value = evidence.get("n_adv")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT32_MAX:
         return None
     return value
 

@@ -724,3 +724,26 @@ async def test_tentative_halves_are_one_leg_online_and_a_lone_piece_charges_nobo
         (r["journey_id"], r["fare_krw"], r["charged"]) for r in rows
     ]
     assert offline.stats.rejected == {"tentative_dropped": 1}
+
+
+async def test_an_advert_count_beyond_32_bits_settles_without_it(env: Env) -> None:
+    """``evidence.n_adv`` is free evidence (any JSON integer the ledger takes) but
+    ``rider_segments.n_adv`` is a 32-bit column: with 2**31, PostgreSQL refused the row
+    and every settlement pass failed (StoreError), stalling every bus. Now the count reads
+    as absent (as any invalid one) and the ride is charged."""
+    w = env.world
+    fields = w.segment_fields(
+        "r0002",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 60.0, "S01", "boarded"),
+        end=(T0 + 400.0, "S04", "alighted"),
+        distance_m=2400.0,
+    )
+    fields["evidence"]["n_adv"] = 2**31
+    await env.ingest([w.buses["bus-01"].emit(fields)])
+    await env.worker.settle_once()
+    (seg,) = await env.rows(rider_segments, "event_id")
+    assert seg["n_adv"] is None
+    (j,) = (await env.client.get("/riders/r0002/journeys")).json()["journeys"]
+    assert j["charged"] is True
