@@ -2679,8 +2679,12 @@ class PresenceClassifier:
             if r.state == _GONE:
                 continue
             was = r.state
-            if was == _CANDIDATE and self._tentative_ok(r):
-                self._tentative(r, out)
+            if was == _CANDIDATE:
+                try:
+                    if self._tentative_ok(r):
+                        self._tentative(r, out)
+                except Exception as exc:  # (contained like end_of: the others still close)
+                    self._failed("finish", r, exc)
             r.state = int(next_state(State(r.state), Event.FINISH))
             if was == _ONBOARD:
                 end_of(r, r.last_in_t, r.last_in_odo)

@@ -9,7 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from edge._classifier import TRANSITIONS, Event, PresenceClassifier, State, next_state
+from edge._classifier import (
+    TRANSITIONS,
+    Event,
+    PresenceClassifier,
+    State,
+    _Rid,
+    next_state,
+)
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
 from edge._vehicle import StopVisit
@@ -1672,6 +1679,27 @@ def test_a_fobs_two_unconfirmed_rids_are_sent_as_tentative_pieces() -> None:
     off = World(replace(ClassifierParams(), tentative_points=0), t0=T0 + 470.0)
     _weak_rider_rotating_unheard(off, keeps_address=False)
     assert [x for x in off.out if x.start.cause == "tentative"] == []
+
+
+def test_a_failing_tentative_piece_at_finish_loses_no_other_rides_segment() -> None:
+    # finish() closes each rider in a contained step (a bug in one rid's is counted, never
+    # fatal); the tentative piece of a candidate still open was sent outside it: a fault
+    # there raised out of finish() and the pipeline lost every closing segment
+    class Faulty(PresenceClassifier):
+        def _tentative_ok(self, r: _Rid) -> bool:
+            raise RuntimeError("injected tentative fault")
+
+    w = World()
+    w.c = Faulty(w.p)
+    w.c.on_trip("R1", "T1")
+    riders = add_riders(w, -70.0)
+    ride(w, ("S1", 15, 700))
+    w.add(Token("wt", outside(-75.0)))  # S2's candidate when the run ends
+    w.dwell("S2", 15)
+    w.move(50)
+    out = w.finish()
+    assert [len(by_name(out, tok)) for tok in riders] == [1, 1, 1]
+    assert w.c.errors == {"finish": 1}
 
 
 def test_vehicle_first_heard_as_the_bus_pulls_away_then_loud_alongside_is_not_charged() -> None:
