@@ -268,6 +268,7 @@ class _Rid:
         "pred",
         "pred_visit",
         "rid",
+        "rode_t",
         "rot",
         "route_id",
         "rssi_max",
@@ -312,6 +313,9 @@ class _Rid:
         self.ended_t = -math.inf
         """The end of its latest closed segment: a later segment of this rid starts there
         at the earliest (:meth:`PresenceClassifier._confirm`)."""
+        self.rode_t = -math.inf
+        """The end of its latest ride (a closed segment that is not a tentative piece): a
+        later segment starting there revives that ride (:meth:`PresenceClassifier._rode`)."""
         self.lost_ride: tuple[SegmentEnd, float, float] | None = None
         """A boarded ride dropped as a short ride lost while moving, heard again aboard
         (:meth:`PresenceClassifier._revive`): its start, start odometer and the travel not
@@ -2496,8 +2500,9 @@ class PresenceClassifier:
             # it begins where this rid's previous segment ended (revived: closed at a stop
             # as it fell silent there, heard aboard again past it, :meth:`_revive`): one
             # ride with the segment already emitted, which settlement joins to it, not a
-            # vehicle's short ride
-            or r.start.t <= r.ended_t
+            # vehicle's short ride (a tentative piece is no ride: a vehicle's rid that sent
+            # one is not revived by it)
+            or r.start.t <= r.rode_t
         )
 
     def _faded_at(self, r: _Rid, v: StopVisit, last_t: float, last_odo: float) -> bool:
@@ -2604,7 +2609,9 @@ class PresenceClassifier:
             "confirm_t": round(r.confirm_t, 3),
             "flags": r.flags_or,
         }
-        self.closed[end.cause] = self.closed.get(end.cause, 0) + 1
+        # tentative pieces counted apart: the end causes count rides
+        cause = "tentative" if r.start.cause == "tentative" else end.cause
+        self.closed[cause] = self.closed.get(cause, 0) + 1
         if self._debug:
             log.debug(
                 "segment_closed",
@@ -2616,6 +2623,8 @@ class PresenceClassifier:
             )
         end = SegmentEnd(max(end.t, r.start.t), end.stop_id, end.cause)
         r.ended_t = end.t
+        if r.start.cause != "tentative":
+            r.rode_t = end.t
         return SegmentDraft(
             rid=r.rid.hex(),
             interval=r.interval,

@@ -18,7 +18,7 @@ from edge._classifier import (
     next_state,
 )
 from edge._params import ClassifierParams
-from edge._segment import SegmentDraft
+from edge._segment import SegmentDraft, SegmentEnd
 from edge._vehicle import StopVisit
 
 T0 = 2_983_333 * 600 + 40.0  # 40 s into a 600-s interval
@@ -2487,3 +2487,24 @@ def test_a_cars_rid_beginning_alongside_at_the_riders_level_that_drives_on_is_no
     w.dwell("S2", 10)
     w.move(500)
     assert by_name(w.finish(), tok) == []
+
+
+def test_a_tentative_piece_revives_no_ride_and_is_counted_apart() -> None:
+    # a rid that sent a tentative piece (never a ride) and later boarded for 200 m, lost
+    # while moving: a short ride of a vehicle alongside, not a revived ride (before: the
+    # piece set the end that _rode's "revived" test reads, and the short ride was kept)
+    c = PresenceClassifier(ClassifierParams())
+    r = _Rid(b"car-".ljust(12, b"."), math.floor(T0 / 600), T0)
+    r.last_token_t = T0  # mid-interval: its silence is not its rid's end
+    piece_end = T0 + 30.0
+    r.start = SegmentEnd(T0, "S1", "tentative")
+    c._draft(r, SegmentEnd(piece_end, None, "lost"), 100.0)
+    assert (r.ended_t, r.rode_t) == (piece_end, -math.inf)
+    r.start, r.start_odo = SegmentEnd(piece_end, "S1", "boarded"), 1000.0
+    assert not c._rode(r, 1200.0)
+    # a ride ended there (closed at a stop as it fell silent, heard aboard again): revived
+    r.start = SegmentEnd(T0, "S1", "boarded")
+    c._draft(r, SegmentEnd(piece_end, "S1", "alighted"), 100.0)
+    r.start = SegmentEnd(piece_end, "S1", "boarded")
+    assert c._rode(r, 1200.0)
+    assert c.closed == {"tentative": 1, "alighted": 1}
