@@ -426,6 +426,8 @@ class JourneyPolicy:
             )
         if not self.overlap_rate_ratio > 1:
             raise ValueError(f"overlap_rate_ratio must be > 1 (got {self.overlap_rate_ratio})")
+        if not self.tentative_points >= 1:
+            raise ValueError(f"tentative_points must be >= 1 (got {self.tentative_points})")
         for name in (
             "stitch_gap_s",
             "unknown_trip_gap_s",

@@ -16,7 +16,7 @@ import pytest
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, JourneyPolicy
-from backend._legs import Segment
+from backend._legs import Segment, evidence_co, evidence_count
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._tentative import settle_tentative
@@ -313,3 +313,45 @@ def test_pieces_on_a_bus_alongside_lose_to_the_riders_confirmed_ride(tmp_path: P
         ("bus-01", "S01", "S09")
     ]
     assert res.stats.rejected == {"tentative_dropped": 2}
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        None,
+        [1, -80.0, -70.0],
+        {"co_lo": -80.0, "co_hi": -70.0},
+        {"co_n": 0, "co_lo": -80.0, "co_hi": -70.0},
+        {"co_n": True, "co_lo": -80.0, "co_hi": -70.0},
+        {"co_n": 2, "co_lo": "-80", "co_hi": -70.0},
+        {"co_n": 2, "co_lo": -80.0, "co_hi": float("nan")},
+        {"co_n": 2, "co_lo": float("-inf"), "co_hi": -70.0},
+        {"co_n": 2, "co_lo": -60.0, "co_hi": -70.0},
+    ],
+)
+def test_invalid_co_movement_evidence_reads_as_none(evidence: object) -> None:
+    # (validation rejects such a record at the door; the settlement reads a stored one
+    # defensively: a piece without valid evidence sums nothing)
+    assert evidence_co(evidence) is None
+
+
+def test_valid_co_movement_evidence_and_counts_read_as_numbers() -> None:
+    assert evidence_co({"co_n": 3, "co_lo": -90, "co_hi": -78.5}) == (3, -90.0, -78.5)
+    assert evidence_count({"n_adv": 2**31 - 1}) == 2**31 - 1
+    assert evidence_count({"n_adv": 2**31}) is None
+    assert evidence_count({"n_adv": -1}) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("tentative_points", 0, "tentative_points must be >= 1"),
+        ("tentative_spread_db", -1.0, "tentative_spread_db must be >= 0"),
+        ("tentative_gap_s", -1.0, "tentative_gap_s must be >= 0"),
+        ("overlap_rate_margin_db", 0.0, "overlap_rate_margin_db must be positive"),
+        ("overlap_rate_ratio", 1.0, "overlap_rate_ratio must be > 1"),
+    ],
+)
+def test_a_journey_policy_out_of_range_is_refused(field: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        JourneyPolicy(**{field: value})
