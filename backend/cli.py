@@ -125,6 +125,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
 def _above_one(text: str) -> float:
     value = _float_arg(text)
     if value <= 1:
@@ -197,6 +207,25 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         " times fewer of the token's adverts per second",
     )
     st.add_argument("--overlap-rate-ratio", type=_above_one, default=1.5)
+    st.add_argument(
+        "--tentative-points",
+        type=_at_least_one,
+        default=4,
+        help="charge a rider's tentative pieces of one bus trip as one leg when their"
+        " co-movement points add up to this (the buses' classifier.sparse_adverts)",
+    )
+    st.add_argument(
+        "--tentative-spread-db",
+        type=_non_negative,
+        default=12.0,
+        help="... at levels within this many dB (the buses' classifier.sparse_fall_db)",
+    )
+    st.add_argument(
+        "--tentative-gap-s",
+        type=_non_negative,
+        default=600.0,
+        help="... each piece starting at most this long after the previous rid's piece ended",
+    )
     st.add_argument(
         "--no-overlap-rate",
         action="store_true",
@@ -499,6 +528,9 @@ def _settle(args: argparse.Namespace) -> int:
         overlap_rate_ratio=args.overlap_rate_ratio,
         category=args.category,
         default_network=args.default_network,
+        tentative_points=args.tentative_points,
+        tentative_spread_db=args.tentative_spread_db,
+        tentative_gap_s=args.tentative_gap_s,
     )
     builder = JourneyBuilder(FareEngine(rules), feed, policy)
     settler = Settler(devices, resolver, builder, verify=args.verify)

@@ -250,6 +250,23 @@ class SettlementSettings:
         1.5,
         doc="Adverts decoded per second by the kept leg's bus over the other's (> 1).",
     )
+    tentative_points: int = option(
+        4,
+        doc=(
+            "Tentative pieces of one rider on one bus trip (rids the edge never confirmed"
+            " alone) with no confirmed segment beside them are charged as one leg when their"
+            " co-movement points add up to this (>= 1; keep it at the buses'"
+            " classifier.sparse_adverts) ..."
+        ),
+    )
+    tentative_spread_db: float = option(
+        12.0,
+        doc="... at levels within this many dB (the buses' classifier.sparse_fall_db).",
+    )
+    tentative_gap_s: float = option(
+        600.0,
+        doc="Longest wait (s) from one rid's tentative piece to the next rid's piece summed.",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -277,6 +294,9 @@ class SettlementSettings:
             overlap_rate_margin_db=self.overlap_rate_margin_db if self.overlap_by_rate else None,
             overlap_rate_ratio=self.overlap_rate_ratio,
             category=self.default_category,
+            tentative_points=self.tentative_points,
+            tentative_spread_db=self.tentative_spread_db,
+            tentative_gap_s=self.tentative_gap_s,
         )
 
 

@@ -808,6 +808,9 @@ def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
         ("", {"BUSBELL_SETTLEMENT__OVERLAP_MARGIN_DB": "-3"}, "overlap_margin_db"),
         ("[settlement]\noverlap_cover_s = -60\n", {}, "overlap_cover_s"),
         ("[settlement]\nreplay_overlap_s = -1\n", {}, "replay_overlap_s"),
+        ("[settlement]\ntentative_points = 0\n", {}, "tentative_points"),
+        ("", {"BUSBELL_SETTLEMENT__TENTATIVE_GAP_S": "-1"}, "tentative_gap_s"),
+        ("[settlement]\ntentative_spread_db = -2.0\n", {}, "tentative_spread_db"),
     ],
 )
 def test_settlement_config_rejects_nonsense(
@@ -821,6 +824,23 @@ def test_settlement_config_rejects_nonsense(
     f.write_text(toml)
     with pytest.raises(ConfigError, match=f"settlement.{key} must be"):
         load_config(BackendConfig, f, env=env)
+
+
+def test_settlement_config_tentative_thresholds_reach_the_journey_policy(tmp_path: Path) -> None:
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    f = tmp_path / "backend.toml"
+    f.write_text("[settlement]\ntentative_points = 6\ntentative_spread_db = 9.5\n")
+    env = {"BUSBELL_SETTLEMENT__TENTATIVE_GAP_S": "300"}
+    policy = load_config(BackendConfig, f, env=env).settlement.journey_policy()
+    assert (policy.tentative_points, policy.tentative_spread_db, policy.tentative_gap_s) == (
+        6,
+        9.5,
+        300.0,
+    )
+    default = load_config(BackendConfig, None, env={}).settlement.journey_policy()
+    assert (default.tentative_points, default.tentative_spread_db) == (4, 12.0)
 
 
 def test_settlement_config_loser_ceiling_default_value_and_off(tmp_path: Path) -> None:
@@ -843,6 +863,9 @@ def test_settlement_config_loser_ceiling_default_value_and_off(tmp_path: Path) -
         (["--overlap-cover-s", "-1"], "must be >= 0"),
         (["--replay-overlap-s", "x"], "not a number"),
         (["--overlap-loser-max-dbm", "loud"], "not a number"),
+        (["--tentative-points", "0"], "must be >= 1"),
+        (["--tentative-points", "2.5"], "not a whole number"),
+        (["--tentative-gap-s", "-5"], "must be >= 0"),
     ],
 )
 def test_settle_cli_rejects_nonsense(
