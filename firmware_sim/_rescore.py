@@ -27,6 +27,7 @@ from firmware_sim._heard import unheard_legs
 from firmware_sim._score import (
     ScenarioScore,
     SuiteScore,
+    leg_key,
     load_journeys,
     run_pipeline,
     score_scenario,
@@ -183,11 +184,7 @@ def kept_changes(
 
 
 def _leg_key(leg: dict[str, Any]) -> tuple[str, str, float]:
-    return (
-        str(leg.get("rider_id")),
-        str(leg.get("bus_id")),
-        round(float(leg.get("board_t") or 0), 3),
-    )
+    return leg_key(leg.get("rider_id"), leg.get("bus_id"), leg.get("board_t"))
 
 
 def _kept_as_now(kept: Path, name: str, score: dict[str, Any]) -> tuple[ScenarioScore, int]:

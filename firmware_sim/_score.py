@@ -48,6 +48,7 @@ __all__ = [
     "ChargedLeg",
     "ScenarioScore",
     "SuiteScore",
+    "leg_key",
     "load_journeys",
     "run_pipeline",
     "score_scenario",
@@ -270,7 +271,7 @@ def score_scenario(
     sc.held_legs = len(_legs([j for j in charged_journeys if not j.get("charged", True)]))
     sc.bystander_passes = int(truth.get("bystander_passes", {}).get("total", 0))
     unobs = {
-        (u["rider_id"], u["bus_id"], round(float(u["board_t"]), 3)): str(u.get("reason"))
+        leg_key(u["rider_id"], u["bus_id"], u["board_t"]): str(u.get("reason"))
         for u in [*unheard, *truth.get("unobservable_legs", [])]
     }
     by_key: dict[tuple[str, str], list[int]] = {}
@@ -289,9 +290,11 @@ def score_scenario(
         else:
             matches[best].append(c)
     leg_ok: list[bool] = []
+    leg_observable: list[bool] = []
     for i, t in enumerate(true_legs):
-        reason = unobs.get((t.rider_id, t.bus_id, round(t.board_t or 0.0, 3)))
+        reason = unobs.get(leg_key(t.rider_id, t.bus_id, t.board_t))
         observable = reason is None
+        leg_observable.append(observable)
         ms = sorted(matches[i], key=lambda c: (c.board_t or 0.0, c.alight_t or 0.0))
         sc.legs += 1
         sc.legs_observable += observable
@@ -330,16 +333,17 @@ def score_scenario(
         journey_legs.setdefault(t.journey, []).append(i)
     for idxs in journey_legs.values():
         exact = all(leg_ok[i] for i in idxs)
-        observable = all(
-            (true_legs[i].rider_id, true_legs[i].bus_id, round(true_legs[i].board_t or 0.0, 3))
-            not in unobs
-            for i in idxs
-        )
+        observable = all(leg_observable[i] for i in idxs)
         sc.journeys += 1
         sc.journeys_exact += exact
         sc.journeys_observable += observable
         sc.journeys_observable_exact += exact and observable
     return sc
+
+
+def leg_key(rider_id: object, bus_id: object, board_t: object) -> tuple[str, str, float]:
+    """How a true leg is named across the truth's lists: rider, bus, boarding time to the ms."""
+    return str(rider_id), str(bus_id), round(float(board_t or 0.0), 3)  # type: ignore[arg-type]
 
 
 def _leg_json(c: ChargedLeg) -> dict[str, Any]:
