@@ -258,6 +258,7 @@ class _Rid:
         "last_t",
         "last_token_t",
         "lost_ride",
+        "lv_hist",
         "lvl",
         "mv_ewma",
         "mv_odo",
@@ -367,6 +368,9 @@ class _Rid:
         self.ewma = self.base = self.ewma0 = float(rssi)
         self.hist: dict[int, int] = {}
         """RSSI (dBm) -> adverts heard at it: the median in O(distinct levels), compact."""
+        self.lv_hist: dict[int, int] = {}
+        """The riders' level (:attr:`PresenceClassifier._riders_lvl`, dBm) -> adverts counted
+        in ``hist`` heard while it was that: what ``rssi_med`` is measured against."""
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
         self.held_m = 0.0
@@ -504,6 +508,8 @@ class PresenceClassifier:
         """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
         riders when some were last aboard: the level at which this bus hears its riders
         (+inf until it has carried any)."""
+        self._riders_key: int | None = None
+        """``_riders_lvl`` to a dB (``None`` while +inf): counted in each rid's ``lv_hist``."""
         self._resume_t = float("-inf")
         """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
         self._down: tuple[float, float] | None = None
@@ -600,6 +606,7 @@ class PresenceClassifier:
             if r.state in (_OUTSIDE, _ROTATING):
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
                 r.hist = {}
+                r.lv_hist = {}
                 self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=False)
             elif (
@@ -614,6 +621,7 @@ class PresenceClassifier:
                 r.outside_again()
                 r.convoy = self._convoy_level(r, visit.open_odo_m)
                 r.hist = {}
+                r.lv_hist = {}
                 self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=r.state == _GONE)
 
@@ -781,6 +789,10 @@ class PresenceClassifier:
         r.n_adv += 1
         hist = r.hist
         hist[rssi] = hist.get(rssi, 0) + 1
+        k = self._riders_key
+        if k is not None:
+            lv_hist = r.lv_hist
+            lv_hist[k] = lv_hist.get(k, 0) + 1
         if rssi > r.rssi_max:  # noqa: PLR1730 - cheaper than max()
             r.rssi_max = rssi
         r.last_flags = flags
@@ -1300,6 +1312,9 @@ class PresenceClassifier:
         levels.sort()
         if levels:  # else: as when riders were last aboard (the bus's shell is the same)
             self._riders_lvl = levels[len(levels) // 2]
+            # the upper quartile for the events' evidence: the bus's own riders, even with
+            # riders of a bus alongside (heard through two windows, weaker) among them
+            self._riders_key = round(levels[3 * len(levels) // 4])
         if p.in_bus_margin_db > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
             # the in-bus threshold follows the riders aboard (token power is not known)
             self._thr = min(p.in_bus_rssi_dbm, self._riders_lvl - p.in_bus_margin_db)
@@ -2609,6 +2624,12 @@ class PresenceClassifier:
             "confirm_t": round(r.confirm_t, 3),
             "flags": r.flags_or,
         }
+        if r.lv_hist:
+            # the riders' level while it was heard (the median: not moved by the seconds
+            # after a rid boundary when the riders' new rids are not yet aboard): how far
+            # below its riders this bus heard it (settlement of a rider claimed by two
+            # buses, docs/backend.md)
+            evidence["riders_lvl"] = _median(r.lv_hist)
         # tentative pieces counted apart: the end causes count rides
         cause = "tentative" if r.start.cause == "tentative" else end.cause
         self.closed[cause] = self.closed.get(cause, 0) + 1

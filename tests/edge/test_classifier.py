@@ -236,6 +236,43 @@ def test_rider_boards_and_alights_at_the_right_stops() -> None:
     assert w.c.on_board() == 0
 
 
+def test_a_segment_says_how_loud_the_bus_heard_its_riders_meanwhile() -> None:
+    """``evidence.riders_lvl``: the riders' level over the adverts ``rssi_med`` is of.
+
+    Settlement compares it with ``rssi_med`` when two buses claim one rider: a rider of
+    another bus, heard through this one's windows, is well below this bus's riders at any
+    token power (docs/backend.md, overlaps).
+    """
+    w = World()
+    stage = {"n": 0}  # 0 before S1, 1 riding from S1, 2 from S2, 3 after S3
+
+    def rider(_: World) -> float | None:
+        return -50.0 if 1 <= stage["n"] <= 2 else None
+
+    def late(_: World) -> float | None:
+        return -72.0 if stage["n"] == 2 else None
+
+    riders = [w.add(Token(f"rider{i}", rider)) for i in range(3)]
+    quiet = w.add(Token("quiet", late))
+    w.wait(5)
+    stage["n"] = 1
+    w.dwell("S1")
+    w.move(800)
+    stage["n"] = 2
+    w.dwell("S2")
+    w.move(800)
+    w.dwell("S3", 5)
+    stage["n"] = 3
+    w.move(300)
+    (seg,) = by_name(w.out, quiet)
+    assert (seg.start.stop_id, seg.end.stop_id) == ("S2", "S3")
+    assert seg.evidence["rssi_med"] == -72
+    assert seg.evidence["riders_lvl"] == -50  # 22 dB below the riders aboard
+    for tok in riders:
+        (own,) = by_name(w.out, tok)
+        assert own.evidence["riders_lvl"] == -50
+
+
 def test_bystander_at_the_stop_is_never_charged() -> None:
     w = World()
     w.add(Token("near", outside(-60.0, near=2.0)))
