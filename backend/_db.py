@@ -422,6 +422,7 @@ rider_segments = sa.Table(
     sa.Column("co_n", sa.Integer(), nullable=True, doc="tentative segments only"),
     sa.Column("co_lo", sa.Double(), nullable=True, doc="tentative segments only"),
     sa.Column("co_hi", sa.Double(), nullable=True, doc="tentative segments only"),
+    sa.Column("riders_lvl", sa.Double(), nullable=True),
     sa.Index(None, "rider_id", "start_t"),
 )
 """Derived: one row per fare event whose rid resolved and whose proof holds."""

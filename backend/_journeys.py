@@ -250,6 +250,7 @@ class JourneyBuilder:
             flags=tuple(sorted(flags)),
             heard=tuple(h for x in group for h in x.heard),
             counted=tuple(c for x in group for c in x.counted),
+            under=tuple(u for x in group for u in x.under),
         )
 
     def _leg(self, chain: Sequence[Segment]) -> Leg:
@@ -316,6 +317,7 @@ class JourneyBuilder:
             flags=tuple(sorted(flags)) if flags else (),
             heard=_heard(chain),
             counted=_counted(chain),
+            under=_under(chain),
         )
 
     def _sequence(
@@ -454,6 +456,17 @@ def _counted(chain: Sequence[Segment]) -> tuple[tuple[float, float, int], ...]:
         s = chain[0]
         return () if s.n_adv is None else ((s.start_t, s.end_t, s.n_adv),)
     return tuple([(s.start_t, s.end_t, s.n_adv) for s in chain if s.n_adv is not None])
+
+
+def _under(chain: Sequence[Segment]) -> tuple[tuple[float, float, float], ...]:
+    """``(start_t, end_t, riders_lvl - rssi_med)`` of each segment with both levels."""
+    return tuple(
+        [
+            (s.start_t, s.end_t, s.riders_lvl - s.rssi_med)
+            for s in chain
+            if s.riders_lvl is not None and s.rssi_med is not None
+        ]
+    )
 
 
 _SEGMENT_ORDER = operator.attrgetter("start_t", "bus_id", "seq")

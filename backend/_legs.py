@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ __all__ = [
     "chargeable",
     "evidence_co",
     "evidence_count",
+    "evidence_level",
     "evidence_rssi",
 ]
 
@@ -90,6 +91,8 @@ class Segment:
             or ``None`` when the event does not say.
         co: a ``tentative`` segment's co-movement evidence (``evidence.co_n``, ``co_lo``,
             ``co_hi``: points, lowest and highest level), else ``None``.
+        riders_lvl: the level (dBm) at which the bus heard its riders aboard while it heard
+            this rid (``evidence.riders_lvl``), or ``None`` when the event does not say.
     """
 
     rider_id: str
@@ -109,6 +112,7 @@ class Segment:
     rssi_med: float | None = None
     n_adv: int | None = None
     co: tuple[int, float, float] | None = None
+    riders_lvl: float | None = None
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any], rider_id: str) -> Segment:
@@ -132,6 +136,7 @@ class Segment:
             rssi_med=evidence_rssi(event.get("evidence")),
             n_adv=evidence_count(event.get("evidence")),
             co=evidence_co(event.get("evidence")) if start["cause"] == "tentative" else None,
+            riders_lvl=evidence_level(event.get("evidence"), "riders_lvl"),
         )
 
     def sort_key(self) -> tuple[float, str, int]:
@@ -162,6 +167,9 @@ class Leg:
             median RSSI (used to settle overlaps; not part of the output).
         counted: ``(start_t, end_t, n_adv)`` of each stitched segment whose event gave its
             count of adverts decoded (used to settle overlaps; not part of the output).
+        under: ``(start_t, end_t, riders_lvl - rssi_med)`` of each stitched segment whose
+            event gave both: how far below its riders aboard the bus heard the rider (used
+            to settle overlaps; not part of the output).
     """
 
     rider_id: str
@@ -179,6 +187,7 @@ class Leg:
     flags: tuple[str, ...] = ()
     heard: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
     counted: tuple[tuple[float, float, int], ...] = field(default=(), compare=False)
+    under: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
 
     def fare_leg(self) -> FareLeg:
         """This leg as the fare engine sees it."""
@@ -226,18 +235,15 @@ class Leg:
         overlaps are instants, the plain mean of the segments touching it. ``None`` when
         no segment with an RSSI touches the span.
         """
-        weights: list[float] = []
-        values: list[float] = []
-        for s, e, rssi in self.heard:
-            if s <= end_t and e >= start_t:
-                weights.append(max(0.0, min(e, end_t) - max(s, start_t)))
-                values.append(rssi)
-        if not values:
-            return None
-        total = math.fsum(weights)
-        if total <= 0.0:
-            return math.fsum(values) / len(values)
-        return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
+        return _weighted(self.heard, start_t, end_t)
+
+    def under_riders(self, start_t: float, end_t: float) -> float | None:
+        """How far (dB) below its riders aboard the bus heard the rider over a time span.
+
+        The segments' ``riders_lvl - rssi_med``, weighted by time as :meth:`strength`
+        weighs their RSSI. ``None`` when no segment with both touches the span.
+        """
+        return _weighted(self.under, start_t, end_t)
 
     def advert_rate(self, start_t: float, end_t: float) -> float | None:
         """Adverts decoded per second over a time span, from the segments' counts.
@@ -257,6 +263,29 @@ class Leg:
         if covered <= 0.0:
             return None
         return adverts / covered
+
+
+def _weighted(
+    spans: Sequence[tuple[float, float, float]], start_t: float, end_t: float
+) -> float | None:
+    """The mean of the values of ``(start, end, value)`` spans over a time span, by time.
+
+    Each span that overlaps it counts by how long it overlaps it; when the span or the
+    overlaps are instants, the plain mean of the spans touching it. ``None`` when none
+    touches it.
+    """
+    weights: list[float] = []
+    values: list[float] = []
+    for s, e, value in spans:
+        if s <= end_t and e >= start_t:
+            weights.append(max(0.0, min(e, end_t) - max(s, start_t)))
+            values.append(value)
+    if not values:
+        return None
+    total = math.fsum(weights)
+    if total <= 0.0:
+        return math.fsum(values) / len(values)
+    return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
 
 
 _INT32_MAX = 2**31 - 1
@@ -292,9 +321,14 @@ def evidence_co(evidence: object) -> tuple[int, float, float] | None:
 
 def evidence_rssi(evidence: object) -> float | None:
     """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
+    return evidence_level(evidence, "rssi_med")
+
+
+def evidence_level(evidence: object, key: str) -> float | None:
+    """``evidence[key]`` of a fare event as a finite float, or ``None`` if absent or invalid."""
     if type(evidence) is not dict and not isinstance(evidence, Mapping):
         return None
-    value = evidence.get("rssi_med")
+    value = evidence.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -380,7 +414,11 @@ class JourneyPolicy:
         overlap_loser_max_dbm: ... and the weaker leg's strength is at most this (a rider
             heard through another bus's windows); a weaker leg heard louder than this
             sounds like a rider on board that bus (or a relay louder than the rider), so
-            both are held (``None``: no limit).
+            both are held (``None``: no limit) ...
+        overlap_loser_under_riders_db: ... unless it was heard at least this many dB
+            below the riders its own bus carried while it heard it (``evidence.riders_lvl``):
+            the same ceiling relative to that bus's riders, which holds at any token power
+            (``None``: the absolute ceiling alone).
         overlap_rate_margin_db: a leg heard at least this many dB stronger (but less than
             ``overlap_margin_db``) also wins if its bus decoded the token's adverts at
             least ``overlap_rate_ratio`` times as often over the common time (the same
@@ -406,6 +444,7 @@ class JourneyPolicy:
     overlap_margin_db: float | None = 10.0
     overlap_cover_s: float = 60.0
     overlap_loser_max_dbm: float | None = -65.0
+    overlap_loser_under_riders_db: float | None = 10.0
     overlap_rate_margin_db: float | None = 5.0
     overlap_rate_ratio: float = 1.5
     category: str = "adult"
@@ -424,6 +463,9 @@ class JourneyPolicy:
             raise ValueError(
                 f"overlap_rate_margin_db must be positive (got {self.overlap_rate_margin_db})"
             )
+        under = self.overlap_loser_under_riders_db
+        if under is not None and not under > 0:
+            raise ValueError(f"overlap_loser_under_riders_db must be positive (got {under})")
         if not self.overlap_rate_ratio > 1:
             raise ValueError(f"overlap_rate_ratio must be > 1 (got {self.overlap_rate_ratio})")
         if not self.tentative_points >= 1:

@@ -7,8 +7,9 @@ least ``overlap_rate_margin_db`` stronger with its bus decoding at least
 ``overlap_rate_ratio`` times as many of the token's adverts per second over that time
 (both buses hear the same token's adverts: the one it rides hears it better on both
 counts, whatever the token's power or advertising interval) -- and the weaker one sounds
-like a rider heard through the bus's windows (not above ``overlap_loser_max_dbm``), the
-rider was on the stronger bus and the other drove alongside: the weaker leg is dropped
+like a rider heard through the bus's windows (not above ``overlap_loser_max_dbm``, or at
+least ``overlap_loser_under_riders_db`` below the riders its own bus carried), the rider
+was on the stronger bus and the other drove alongside: the weaker leg is dropped
 (``overlap_dropped``, never charged) and the stronger one charged (``overlap_resolved``).
 This also drops a short weak hop lying wholly within another bus's leg. Any other
 overlap longer than ``replay_overlap_s`` is a suspected replay: both legs are marked and
@@ -100,7 +101,8 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     either end) and have been heard, over their common time, at least
     ``overlap_margin_db`` stronger, or at least ``overlap_rate_margin_db`` stronger
     with at least ``overlap_rate_ratio`` times the loser's rate of adverts decoded;
-    the loser must not have been heard louder than ``overlap_loser_max_dbm``.
+    the loser must not have been heard louder than ``overlap_loser_max_dbm`` unless its
+    bus heard it at least ``overlap_loser_under_riders_db`` below its riders aboard.
     Otherwise ``None``.
     """
     margin = policy.overlap_margin_db
@@ -118,12 +120,18 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     else:
         return None
     ceiling = policy.overlap_loser_max_dbm
-    if ceiling is not None and weak > ceiling and not (sa - sb >= margin and by_rate):
+    if (
+        ceiling is not None
+        and weak > ceiling
+        and not (sa - sb >= margin and by_rate)
+        and not _under_riders(lose, (start, end), policy)
+    ):
         # heard at in-bus strength: the rider's own leg, made the weaker one by a relay
         # by the other bus's scanner? Unless the other bus also decoded the token's
         # adverts overlap_rate_ratio times as often: both measures of the one advert
         # train then agree, whatever the token's power (+3 dBm tokens behind 5-dB shells
-        # are heard through the neighbour's windows at -57..-64 dBm)
+        # are heard through the neighbour's windows at -57..-64 dBm); or unless its bus
+        # heard it well below the riders it carried: through its windows, at any power
         return None
     cover = policy.overlap_cover_s
     if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
@@ -144,6 +152,20 @@ def _decoded_more(
         return False
     rs, rw = strong.advert_rate(*span), weak.advert_rate(*span)
     return rs is not None and rw is not None and rs >= policy.overlap_rate_ratio * rw
+
+
+def _under_riders(weak: Leg, span: tuple[float, float], policy: JourneyPolicy) -> bool:
+    """Whether ``weak``'s bus heard the rider well below the riders it carried over ``span``.
+
+    At least ``overlap_loser_under_riders_db`` below the level at which that bus heard
+    its riders aboard meanwhile (the events' ``riders_lvl``): a rider heard through its
+    windows, whatever the token's power. ``False`` when the events do not say.
+    """
+    under = policy.overlap_loser_under_riders_db
+    if under is None:
+        return False
+    db = weak.under_riders(*span)
+    return db is not None and db >= under
 
 
 def _within(inner: Leg, outer: Leg) -> bool:

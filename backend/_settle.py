@@ -62,7 +62,7 @@ import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
-from backend._legs import evidence_co, evidence_count, evidence_rssi
+from backend._legs import evidence_co, evidence_count, evidence_level, evidence_rssi
 from backend._record_check import (
     RecordFault,
     Verify,
@@ -201,7 +201,7 @@ SegmentFields = tuple[Any, ...]
 ``interval``, proof first and last (24 bytes each), ``route_id``, ``trip_id``, start
 ``t``, ``stop_id``, ``cause``, end ``t``, ``stop_id``, ``cause``, ``distance_m``,
 ``rssi_med`` (or ``None``), ``n_adv`` (or ``None``), a tentative segment's co-movement
-evidence (or ``None``)."""
+evidence (or ``None``), ``riders_lvl`` (or ``None``)."""
 
 
 class _CheckedFields(NamedTuple):
@@ -274,6 +274,7 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
         evidence_rssi(ev.evidence),
         evidence_count(ev.evidence),
         evidence_co(ev.evidence) if s.cause == "tentative" else None,
+        evidence_level(ev.evidence, "riders_lvl"),
     )
 
 
@@ -1156,6 +1157,7 @@ class Settler:
                     f[13],
                     f[14],
                     f[15],
+                    f[16],
                 )
             )
         return segments, rejected

@@ -204,6 +204,7 @@ def _segment_row(seg: Segment, now: float) -> dict[str, Any]:
         "co_n": seg.co[0] if seg.co else None,
         "co_lo": seg.co[1] if seg.co else None,
         "co_hi": seg.co[2] if seg.co else None,
+        "riders_lvl": seg.riders_lvl,
         "settled_at": now,
     }
 
@@ -227,6 +228,7 @@ def _segment_of_row(row: Any) -> Segment:
         rssi_med=row.rssi_med,
         n_adv=row.n_adv,
         co=(row.co_n, row.co_lo, row.co_hi) if row.co_n is not None else None,
+        riders_lvl=row.riders_lvl,
     )
 
 

@@ -142,6 +142,10 @@ def _above_one(text: str) -> float:
     return value
 
 
+def _positive_or_none(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else _positive(text)
+
+
 def _dbm_or_none(text: str) -> float | None:
     return None if text.strip().lower() == "none" else _float_arg(text)
 
@@ -198,6 +202,13 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         type=_dbm_or_none,
         default=-65.0,
         help="... only if that leg was heard at most this loud (dBm; 'none': no limit)",
+    )
+    st.add_argument(
+        "--overlap-loser-under-riders-db",
+        type=_positive_or_none,
+        default=10.0,
+        help="... or at least this far (dB) below the riders its own bus carried meanwhile"
+        " (evidence.riders_lvl; 'none': the absolute ceiling alone)",
     )
     st.add_argument(
         "--overlap-rate-margin-db",
@@ -524,6 +535,7 @@ def _settle(args: argparse.Namespace) -> int:
         overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
         overlap_cover_s=args.overlap_cover_s,
         overlap_loser_max_dbm=args.overlap_loser_max_dbm,
+        overlap_loser_under_riders_db=args.overlap_loser_under_riders_db,
         overlap_rate_margin_db=None if args.no_overlap_rate else args.overlap_rate_margin_db,
         overlap_rate_ratio=args.overlap_rate_ratio,
         category=args.category,

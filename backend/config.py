@@ -234,6 +234,15 @@ class SettlementSettings:
             " are held; 0 (or an empty environment variable): no limit."
         ),
     )
+    overlap_loser_under_riders_db: float | None = option(
+        10.0,
+        doc=(
+            "... unless its bus heard it at least this many dB below the riders it carried"
+            " meanwhile (the events' evidence.riders_lvl): the same ceiling relative to that"
+            " bus's riders, at any token power; 0 (or an empty environment variable): the"
+            " absolute ceiling alone."
+        ),
+    )
 
     overlap_by_rate: bool = option(
         True,
@@ -291,6 +300,7 @@ class SettlementSettings:
             overlap_margin_db=self.overlap_margin_db if self.overlap_settle else None,
             overlap_cover_s=self.overlap_cover_s,
             overlap_loser_max_dbm=self.overlap_loser_max_dbm,
+            overlap_loser_under_riders_db=self.overlap_loser_under_riders_db or None,
             overlap_rate_margin_db=self.overlap_rate_margin_db if self.overlap_by_rate else None,
             overlap_rate_ratio=self.overlap_rate_ratio,
             category=self.default_category,

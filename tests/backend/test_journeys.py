@@ -42,6 +42,7 @@ def seg(
     distance: float = 0.0,
     rssi: float | None = None,
     n_adv: int | None = None,
+    riders: float | None = None,
 ) -> Segment:
     n = next(_n)
     return Segment(
@@ -61,6 +62,7 @@ def seg(
         distance_m=distance,
         rssi_med=rssi,
         n_adv=n_adv,
+        riders_lvl=riders,
     )
 
 
@@ -746,6 +748,69 @@ def test_loser_heard_at_in_bus_strength_is_held_not_dropped(
         assert flags == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
 
 
+def _beside_at_full_power(
+    riders_b2: float | None = -47.0,
+    *,
+    weak: float = -64.0,
+    b2_end: tuple[float, str] = (175, "S05"),
+) -> list[Segment]:
+    """r1 rides b1 S03 -> S05; b2, leaving S04 beside it, hears them to S05 too.
+
+    +3 dBm tokens behind 5-dB shells (sweep cell 11, full ``shared_stop_three_routes``,
+    tuning seed 1 r-00084): b1 heard the rider at -27 dBm among riders at -48; b2 at -64,
+    louder than the absolute ceiling (-65) but 17 dB below the riders it carried
+    (``riders_b2``); both buses decoded nearly every advert (rates 1.1 apart).
+    """
+    return [
+        seg(
+            (T0, "S03", "boarded"),
+            (T0 + 176, "S05", "alighted"),
+            rssi=-27.0,
+            n_adv=204,
+            riders=-48.0,
+        ),
+        seg(
+            (T0 + 80, "S04", "boarded"),
+            (T0 + b2_end[0], b2_end[1], "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=weak,
+            n_adv=round(1.05 * (b2_end[0] - 80)),
+            riders=riders_b2,
+        ),
+    ]
+
+
+def test_loser_heard_well_below_its_own_riders_is_dropped_at_any_power(feed: Feed) -> None:
+    # louder than the absolute ceiling, but b2's own riders were 17 dB louder still: the
+    # rider was heard through b2's windows (held before the riders' level was evidence)
+    js = _builder(feed).build(_beside_at_full_power())
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+    (leg,) = _builder(feed).stitch(_beside_at_full_power()[1:])
+    assert leg.under_riders(T0 + 80, T0 + 176) == pytest.approx(17.0)
+    assert leg.under_riders(T0 + 200, T0 + 300) is None
+
+
+@pytest.mark.parametrize(
+    ("case", "segs", "policy"),
+    [
+        # heard at its own riders' level: the rider's own leg made the weaker by a relay at
+        # b1's scanner? A person decides
+        ("at b2's riders' level", _beside_at_full_power(-62.0), {}),
+        ("b2's event does not say", _beside_at_full_power(None), {}),
+        ("rule off", _beside_at_full_power(), {"overlap_loser_under_riders_db": None}),
+        ("a wider gap asked for", _beside_at_full_power(), {"overlap_loser_under_riders_db": 20}),
+    ],
+)
+def test_loser_near_its_own_riders_level_is_held(
+    feed: Feed, case: str, segs: list[Segment], policy: dict[str, object]
+) -> None:
+    js = _builder(feed, **policy).build(segs)
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay")), case
+
+
 def test_short_weak_hop_within_another_leg_is_dropped(feed: Feed) -> None:
     # 40 s on b2 wholly inside the b1 ride: shorter than replay_overlap_s, but the rider
     # cannot have been on both, and b1 heard them 25 dB stronger
@@ -792,6 +857,7 @@ def test_strength_is_weighted_by_time_not_the_loudest_segment(feed: Feed) -> Non
         {"overlap_margin_db": 0.0},
         {"overlap_margin_db": -5.0},
         {"overlap_cover_s": -1.0},
+        {"overlap_loser_under_riders_db": 0.0},
         {"replay_overlap_s": -1.0},
         {"stitch_gap_s": float("nan")},
     ],
@@ -811,6 +877,7 @@ def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
         ("[settlement]\ntentative_points = 0\n", {}, "tentative_points"),
         ("", {"BUSBELL_SETTLEMENT__TENTATIVE_GAP_S": "-1"}, "tentative_gap_s"),
         ("[settlement]\ntentative_spread_db = -2.0\n", {}, "tentative_spread_db"),
+        ("[settlement]\noverlap_loser_under_riders_db = -3\n", {}, "overlap_loser_under_riders_db"),
     ],
 )
 def test_settlement_config_rejects_nonsense(
@@ -855,6 +922,32 @@ def test_settlement_config_loser_ceiling_default_value_and_off(tmp_path: Path) -
     assert load_config(BackendConfig, f, env=off).settlement.overlap_loser_max_dbm is None
 
 
+def test_settlement_config_loser_under_riders_default_value_and_off(tmp_path: Path) -> None:
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    def policy(toml: str, env: dict[str, str]) -> JourneyPolicy:
+        f = tmp_path / "backend.toml"
+        f.write_text(toml)
+        return load_config(BackendConfig, f, env=env).settlement.journey_policy()
+
+    assert policy("", {}).overlap_loser_under_riders_db == 10.0
+    assert (
+        policy(
+            "[settlement]\noverlap_loser_under_riders_db = 15\n", {}
+        ).overlap_loser_under_riders_db
+        == 15.0
+    )
+    assert (
+        policy(
+            "[settlement]\noverlap_loser_under_riders_db = 0\n", {}
+        ).overlap_loser_under_riders_db
+        is None
+    )
+    off = {"BUSBELL_SETTLEMENT__OVERLAP_LOSER_UNDER_RIDERS_DB": ""}
+    assert policy("", off).overlap_loser_under_riders_db is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -866,6 +959,8 @@ def test_settlement_config_loser_ceiling_default_value_and_off(tmp_path: Path) -
         (["--tentative-points", "0"], "must be >= 1"),
         (["--tentative-points", "2.5"], "not a whole number"),
         (["--tentative-gap-s", "-5"], "must be >= 0"),
+        (["--overlap-loser-under-riders-db", "-5"], "must be positive"),
+        (["--overlap-loser-under-riders-db", "far"], "not a number"),
     ],
 )
 def test_settle_cli_rejects_nonsense(

@@ -726,6 +726,45 @@ async def test_tentative_halves_are_one_leg_online_and_a_lone_piece_charges_nobo
     assert offline.stats.rejected == {"tentative_dropped": 1}
 
 
+async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env) -> None:
+    """``evidence.riders_lvl`` is kept (``rider_segments.riders_lvl``) and settles online as
+    offline: r0001 rides bus-02 from S03 to S05 with +3 dBm tokens (-27 dBm, riders at
+    -48); bus-03 beside it hears them at -64, louder than the absolute ceiling, but 17 dB
+    below the riders it carried; both decode nearly every advert."""
+    w = env.world
+    w.ride(
+        "r0001", "bus-02", board=3, alight=5, t=T0, rssi_med=-27, adverts_per_s=1.1, riders_lvl=-48
+    )
+    w.ride(
+        "r0001",
+        "bus-03",
+        board=3,
+        alight=5,
+        t=T0 + 5,
+        rssi_med=-64,
+        adverts_per_s=1.0,
+        riders_lvl=-47,
+    )
+    events = [e for c in w.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    rows = await env.rows(rider_segments, "event_id")
+    assert {r["bus_id"]: r["riders_lvl"] for r in rows} == {"bus-02": -48.0, "bus-03": -47.0}
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
+        "bus-02": ["overlap_resolved"],
+        "bus-03": ["overlap_dropped"],
+    }
+    before = await env.derived()
+    await env.worker.recompute("r0001", DAY, now=NOW + 50)
+    assert await env.derived() == before
+    offline = _offline(w, events, {})
+    rows = await env.rows(journeys, "journey_id")
+    assert sorted((o.journey_id, o.fare_krw, o.charged) for o in offline.journeys) == [
+        (r["journey_id"], r["fare_krw"], r["charged"]) for r in rows
+    ]
+
+
 async def test_an_advert_count_beyond_32_bits_settles_without_it(env: Env) -> None:
     """``evidence.n_adv`` is free evidence (any JSON integer the ledger takes) but
     ``rider_segments.n_adv`` is a 32-bit column: with 2**31, PostgreSQL refused the row

@@ -175,6 +175,7 @@ class World:
         proof: tuple[str, str] | None = None,
         rssi_med: int | None = None,
         adverts_per_s: float | None = None,
+        riders_lvl: int | None = None,
     ) -> dict[str, Any]:
         """The fields of one segment event (before numbering and signing)."""
         keys = self.keys[rider] if isinstance(rider, str) else rider
@@ -186,6 +187,8 @@ class World:
             evidence["rssi_med"] = rssi_med
         if adverts_per_s is not None:
             evidence["n_adv"] = round(adverts_per_s * (t_last - t_first))
+        if riders_lvl is not None:
+            evidence["riders_lvl"] = riders_lvl
         return {
             "v": 1,
             "type": "segment",
@@ -215,6 +218,7 @@ class World:
         speed_mps: float = 8.0,
         rssi_med: int | None = None,
         adverts_per_s: float | None = None,
+        riders_lvl: int | None = None,
     ) -> list[dict[str, Any]]:
         """Mint the events of one ride from stop ``S{board}`` to ``S{alight}``.
 
@@ -259,6 +263,7 @@ class World:
                 distance_m=(b_proof - a_proof) * speed_mps,
                 rssi_med=rssi_med,
                 adverts_per_s=adverts_per_s,
+                riders_lvl=riders_lvl,
             )
             out.append(chain.emit(fields))
         return out
