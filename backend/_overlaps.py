@@ -134,9 +134,20 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
         # heard it well below the riders it carried: through its windows, at any power
         return None
     cover = policy.overlap_cover_s
-    if win.board_t - cover <= lose.board_t and lose.alight_t <= win.alight_t + cover:
+    if (
+        win.board_t - cover <= lose.board_t or _same_stop(win.board_stop_id, lose.board_stop_id)
+    ) and (
+        lose.alight_t <= win.alight_t + cover or _same_stop(win.alight_stop_id, lose.alight_stop_id)
+    ):
+        # beyond the slack only at a stop both legs share at that end: the other bus
+        # reached the stop where the rider got off (or left the one where the rider got
+        # on) minutes apart; it heard the rider standing there, which is no ride of its own
         return win
     return None
+
+
+def _same_stop(a: str | None, b: str | None) -> bool:
+    return a is not None and a == b
 
 
 def _decoded_more(

@@ -811,6 +811,19 @@ def test_loser_near_its_own_riders_level_is_held(
     assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay")), case
 
 
+def test_loser_ending_later_at_the_stop_where_the_rider_got_off_is_dropped(feed: Feed) -> None:
+    # full shared_stop_three_routes, cell 11, tuning seed 1 r-00126: b2 reached S05, where
+    # the rider had got off b1, 74 s after b1's alighting, and heard them standing there;
+    # beyond overlap_cover_s, but at the stop both legs end at: no ride of b2's own
+    segs = _beside_at_full_power(weak=-73.0, b2_end=(250, "S05"))
+    js = _builder(feed).build(segs)
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    # ending as late at another stop: it may be a ride on b2 after all; held
+    segs = _beside_at_full_power(weak=-73.0, b2_end=(250, "S06"))
+    js = _builder(feed).build(segs)
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
+
+
 def test_short_weak_hop_within_another_leg_is_dropped(feed: Feed) -> None:
     # 40 s on b2 wholly inside the b1 ride: shorter than replay_overlap_s, but the rider
     # cannot have been on both, and b1 heard them 25 dB stronger
