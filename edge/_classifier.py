@@ -535,20 +535,26 @@ class PresenceClassifier:
             "_rot_slack",
             "_rot_end",
             "_slot_s",
-            "_down",
-            "_resume_t",
             "_debug",
         }
     )
-    """Attributes derived from the parameters (not part of a checkpoint)."""
+    """Attributes derived from the parameters (not part of a checkpoint). The last
+    restart's ``_down`` and ``_resume_t`` are state, checkpointed: a checkpoint taken after
+    a restart and restored without a gap must go on judging as that restart did."""
 
     def resume(self, t: float) -> None:
         """The pipeline was restored from a checkpoint and runs again from ``t``.
 
         While it was down nothing was heard: riders on board, candidates and rotated
         rids waiting for a pair get their full timeouts from ``t`` instead of fading at
-        once (a restart is not an alighting).
+        once (a restart is not an alighting). Unless ``t`` is within ``resume_gap_s`` of
+        the last time the classifier saw: then nothing was missed that a pipeline running
+        on would have heard (records that close together come in any normal trace), and it
+        goes on exactly as if it had not stopped (no grace: a replay restored at every
+        record emits the same events as without a restore).
         """
+        if t - self._t <= self.params.resume_gap_s:
+            return
         self._resume_t = t
         self._down = (self._t, t)
         self._next_tick = float("-inf")

@@ -272,6 +272,13 @@ class ClassifierParams:
         doc="the daemon checkpoints the classifier's open presences in its store this often"
         " (trace time) and with every fare event, so a restart loses no ride; 0: never",
     )
+    resume_gap_s: float = option(
+        3.0,
+        doc="after a restore from a checkpoint, a first record more than this long after the"
+        " last one the checkpoint saw starts the resume (nothing was heard meanwhile: fades"
+        " and rotations get their full timeouts from it); within it, nothing was missed and"
+        " the pipeline goes on exactly as if it had not stopped",
+    )
 
     # --- vehicle: stops, motion, GNSS ---------------------------------------------------
     stop_radius_m: float = option(

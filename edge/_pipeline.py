@@ -246,7 +246,9 @@ class EdgePipeline:
 
         Riders on board stay on board: the time the pipeline was down does not count
         towards their fade (the first record after the restore starts a grace period of
-        ``fade_timeout_s``).
+        ``fade_timeout_s``, if it comes more than ``resume_gap_s`` after the last record
+        the checkpoint saw; within that, nothing was missed, and the pipeline goes on
+        exactly as if it had not stopped).
 
         Raises:
             CheckpointError: a checkpoint of another format or code version, or corrupt;

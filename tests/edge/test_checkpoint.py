@@ -30,6 +30,8 @@ from edge._params import ClassifierParams
 from edge._pipeline import CheckpointError, EdgePipeline
 from edge._segment import SegmentDraft
 from edge._store import FareStore
+from tests.edge.test_classifier import T0 as T0_CLS
+from tests.edge.test_classifier import World, _weak_rider_rotating_unheard
 from tests.factories.edge_world import (
     BusPlan,
     SynthToken,
@@ -161,6 +163,113 @@ def test_snapshot_restore_across_the_rid_boundary_keeps_the_rotation_pool(tmp_pa
         assert second.stats.errors == {}
         assert rides(feed, got, toks) == expected, kill_t
     assert pooled > 0  # some restores had rotated rids waiting in the pool
+
+
+def _events(drafts: list[SegmentDraft]) -> list[str]:
+    """The drafts as the fare events' fields, in emission order (the events' seq order)."""
+    return [json.dumps(d.to_event_fields(), sort_keys=True) for d in drafts]
+
+
+def replay_restoring(
+    feed: Feed, recs: list[TraceRecord], every: int, *, down: tuple[float, float] | None = None
+) -> tuple[list[SegmentDraft], int]:
+    """Replay ``recs`` with the pipeline snapshotted and restored into a new pipeline at
+    every ``every`` records (0: never), nothing lost; ``down``: also a restart after the
+    records up to ``down[0]``, the records until ``down[1]`` lost. Returns the drafts and
+    how many restores held a ``_heirs`` entry or a rotated rid in the pool."""
+    pipe = EdgePipeline("B", feed, verifier_for(recs))
+    out: list[SegmentDraft] = []
+    held = 0
+    for i, r in enumerate(recs):
+        if down is not None and down[0] < r.t <= down[1]:
+            continue
+        restart = down is not None and r.t > down[1] and pipe.t <= down[0]
+        if restart or (every and i and i % every == 0):
+            held += bool(pipe.classifier._heirs or pipe.classifier._olds)
+            fresh = EdgePipeline("B", feed, verifier_for(recs))
+            fresh.restore(pipe.snapshot())
+            pipe = fresh
+        out.extend(pipe.feed(r))
+    out.extend(pipe.finish(recs[-1].t + 1.0))
+    assert pipe.stats.errors == {}
+    return out, held
+
+
+def test_a_restore_at_every_n_records_emits_exactly_the_events_of_no_restore(
+    tmp_path: Path,
+) -> None:
+    # a restore with nothing lost (the next record comes as it would have) must go on
+    # exactly as without it: same segments, same order (the events' seqs), same
+    # evidence. Before: every restore started the resume grace (full fade timeouts from
+    # the next record; late joiners of the current dwell never judged absent), and
+    # restored every 7 or 50 records the replay emitted 3 segments differently
+    feed, recs, _ = world(tmp_path)
+    whole, _ = replay(feed, recs)
+    expected = _events(whole)
+    pooled = 0
+    for every in (7, 50, 333):
+        got, held = replay_restoring(feed, recs, every)
+        assert _events(got) == expected, every
+        pooled += held
+    assert pooled > 0  # some restores had rotated rids waiting in the pool
+
+
+def test_restores_after_a_real_restart_keep_that_restarts_grace(tmp_path: Path) -> None:
+    # a restart with 40 s lost gives riders their full timeouts from it (the resume);
+    # a checkpoint taken after it and restored without a gap must keep judging as that
+    # restart did (the restart's times are checkpointed: before, they were dropped as if
+    # derived from the parameters, and the grace ended at the next restore)
+    feed, recs, _ = world(tmp_path)
+    kill_t = next(t for t in quiet_moments(recs, 2.0, 42.0) if t > T0 + 150)
+    boundary = 1_790_000_400.0  # down across it: the rids that ended meanwhile rotated
+    for down in ((kill_t, kill_t + 40.0), (boundary - 15.0, boundary + 25.0)):
+        once, _ = replay_restoring(feed, recs, 0, down=down)
+        for every in (7, 50):
+            got, _ = replay_restoring(feed, recs, every, down=down)
+            assert _events(got) == _events(once), (down, every)
+
+
+class _Restoring(World):
+    """The classifier tests' scripted world, its classifier checkpointed (through a
+    pipeline's snapshot) and restored into a new pipeline's at every step while the doors
+    are closed (the world's open stop visit is its own object), nothing lost."""
+
+    def __init__(self, feed: Feed, t0: float) -> None:
+        super().__init__(t0=t0)
+        self.feed = feed
+        self.heirs = 0
+        """Restores that held a ``_heirs`` entry."""
+
+    def step(self, dt: float = 0.5) -> None:
+        if self.visit is None or self.visit.close_t is not None:
+            pipe = EdgePipeline("B", self.feed, verifier_for([]), self.p)
+            pipe.classifier = self.c
+            self.heirs += bool(self.c._heirs)
+            fresh = EdgePipeline("B", self.feed, verifier_for([]), self.p)
+            fresh.restore(pipe.snapshot())
+            self.c = fresh.classifier
+            self.c.resume(self.t)  # (the pipeline's first record after a restore)
+        super().step(dt)
+
+
+@pytest.mark.parametrize("keeps_address", [True, False])
+def test_heirs_and_tentative_pieces_survive_a_restore_at_every_step(
+    tmp_path: Path, keeps_address: bool
+) -> None:
+    # the weak rider whose rids each have two co-movement points: a phone (same BLE
+    # address) whose new rid inherits the old rid's candidacy (``_heirs``) and boards at
+    # S1; a fob (new address) whose two rids are sent as tentative pieces. Restored at
+    # every step between the stops (the heir's wait included), the same events come out
+    # (before: a restore's grace made them differ)
+    feed = load_gtfs(write_gtfs(tmp_path / "g", 3, 800.0))
+    plain = World(t0=T0_CLS + 470.0)
+    _weak_rider_rotating_unheard(plain, keeps_address=keeps_address)
+    expected = _events(plain.out)
+    assert any('"tentative"' in e for e in expected)  # (the old rid's piece, both ways)
+    w = _Restoring(feed, T0_CLS + 470.0)
+    _weak_rider_rotating_unheard(w, keeps_address=keeps_address)
+    assert _events(w.out) == expected
+    assert w.heirs > 0  # restored while the old rid's candidacy waited for its heir
 
 
 def test_a_bad_checkpoint_is_refused_and_leaves_the_pipeline_as_it_was(tmp_path: Path) -> None:
