@@ -1484,17 +1484,21 @@ class PresenceClassifier:
         gaps means it was not in the bus at the stop: a vehicle arriving as the bus
         leaves. A token aboard whose packets were lost (deep in a bag, a stop jammed by a
         crowd) is as sparse as the bus pulls away as it was at the stop, so its gaps are
-        long too; nor is anyone judged after a restart during the dwell (nothing was
-        heard then). (Judged within ``fade_timeout_s`` of its first advert only, a car
-        heard 7 times in its first 15 s, then every second, was never judged: full-scale
-        tuning seed 1, ``rush_hour_crowd`` r-03280.)
+        long too. After a restart during the dwell only the time the edge listened
+        counts as silence (before, nobody was judged at a dwell with a restart in it,
+        and a car first heard after the doors closed boarded on co-movement). (Judged
+        within ``fade_timeout_s`` of its first advert only, a car heard 7 times in its
+        first 15 s, then every second, was never judged: full-scale tuning seed 1,
+        ``rush_hour_crowd`` r-03280.)
         """
         p = self.params
         if r.rot or not p.fade_gaps <= r.n_adv <= 2 * p.fade_gaps:
             return False
-        if self._down is not None and self._down[1] > v.open_t:
-            return False
         silent = r.first_t - v.open_t
+        down = self._down
+        if down is not None and down[1] > v.open_t:
+            # nothing was heard while the edge was down: only the time it listened counts
+            silent -= max(0.0, min(down[1], r.first_t) - max(down[0], v.open_t))
         gap = (r.last_t - r.first_t) / (r.n_adv - 1)
         return silent > p.fade_timeout_s and silent > p.fade_gaps * gap
 

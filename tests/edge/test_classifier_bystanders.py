@@ -159,3 +159,50 @@ def test_a_weak_rider_absent_at_the_doors_of_an_empty_bus_is_kept_until_riders_b
     out = w.finish()
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S3")]
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, late)] == [("S2", "S3")]
+
+
+class _DownInTheDwell(World):
+    """The edge down for ``secs`` from ``at`` s after the first doors opened: nothing
+    heard, no tick, then the resume (as after a restore from a checkpoint)."""
+
+    def __init__(self, at: float, secs: float) -> None:
+        super().__init__()
+        self.at, self.secs, self.done = at, secs, False
+
+    def step(self, dt: float = 0.5) -> None:
+        v = self.visit
+        if not self.done and v is not None and v.close_t is None and self.t - v.open_t >= self.at:
+            self.done = True
+            self.t += self.secs
+            self.c.resume(self.t)
+        super().step(dt)
+
+
+def test_a_restart_during_the_dwell_still_judges_a_car_arriving_as_the_doors_close() -> None:
+    # the car above, the edge down for 5 s in the middle of S1's dwell (10 s before the
+    # doors close): its silence at the open doors is judged on the time the edge
+    # listened (before, nobody was judged at a dwell with a restart in it, and the car
+    # was charged S1 -> S2)
+    w = _DownInTheDwell(8.0, 5.0)
+    riders = [w.add(Token(f"rd{i}", lambda _: -62.0)) for i in range(3)]
+    here = {"at_s2": False}
+
+    def car(world: World) -> float | None:
+        v = world.visit
+        if here["at_s2"] or v is None or v.close_t is None:
+            return None
+        since = world.t - v.close_t
+        level = -83.0 if int(world.t) % 2 == 0 else -87.0
+        if 4.5 <= since < 5.0:
+            return level
+        if since < 11.0:
+            return None
+        period = 2.0 if since < 20.0 else 1.0
+        return level if (world.t - T0) % period < 0.5 else None
+
+    tok = w.add(Token("car", car))
+    out = pull_out_to_s2(w, here, 1000, speed=8.0)
+    assert w.c._down is not None  # (the restart happened)
+    assert by_name(out, tok) == []
+    for r in riders:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S2")]
