@@ -228,6 +228,7 @@ class _Rid:
         "co_odo",
         "co_odo0",
         "co_only",
+        "co_sent",
         "co_sum",
         "co_t",
         "confirm_t",
@@ -274,6 +275,7 @@ class _Rid:
         "route_id",
         "rssi_max",
         "run_odo",
+        "sent_t",
         "span_odo",
         "span_t",
         "start",
@@ -314,6 +316,10 @@ class _Rid:
         self.ended_t = -math.inf
         """The end of its latest closed segment: a later segment of this rid starts there
         at the earliest (:meth:`PresenceClassifier._confirm`)."""
+        self.sent_t = -math.inf
+        """The end of the latest tentative piece that sent its co-movement points (its own,
+        or the predecessor's whose candidacy it took over): its own piece starts there at
+        the earliest (:meth:`PresenceClassifier._tentative`)."""
         self.rode_t = -math.inf
         """The end of its latest ride (a closed segment that is not a tentative piece): a
         later segment starting there revives that ride (:meth:`PresenceClassifier._rode`)."""
@@ -385,6 +391,9 @@ class _Rid:
         self.lvl: float | None = None
         """A candidate's median RSSI as the bus left its stop (co-movement is judged by it)."""
         self.co_n = 0
+        self.co_sent = 0
+        """Of its ``co_n`` points, those a tentative piece already sent (its own, or its
+        predecessor's whose candidacy it took over): a piece sends each point once."""
         self.drift = False
         """Heard, after the bus left its stop, ``sparse_fall_db`` below its level there: it
         may still ride (a rider walking to the back), but not on sparse evidence alone."""
@@ -417,7 +426,7 @@ class _Rid:
         was heard as the bus approached, exactly as a rid heard only outside.
         """
         self.lvl = None
-        self.co_n = 0
+        self.co_n = self.co_sent = 0
         self.co_sum = 0.0
         self.co_odo0 = self.co_odo = self.span_odo = self.first_odo
         self.co_t = self.span_t = self.first_t
@@ -1153,7 +1162,7 @@ class PresenceClassifier:
             r.drift = True
         if high < floor:
             r.fell = True
-            r.co_n = 0
+            r.co_n = r.co_sent = 0
             r.co_sum = 0.0
         elif (
             rssi >= floor  # (not one deep fade)
@@ -1892,6 +1901,7 @@ class PresenceClassifier:
         r.lvl, r.convoy, r.drift, r.fell = old.lvl, old.convoy, old.drift, old.fell
         r.absent = old.absent
         r.co_n, r.co_sum, r.co_t = old.co_n, old.co_sum, old.co_t
+        r.co_sent, r.sent_t = old.co_sent, old.sent_t  # (what its pieces already sent)
         r.co_lo, r.co_hi = old.co_lo, old.co_hi
         r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
 
@@ -1961,6 +1971,7 @@ class PresenceClassifier:
         return (
             p.tentative_points > 0
             and n >= p.tentative_points
+            and n > r.co_sent  # (points no piece has sent yet)
             and r.visit is not None
             and r.convoy is None
             and not self._barred(r)
@@ -1981,7 +1992,10 @@ class PresenceClassifier:
         It names its stop (where it would have boarded) and starts at its first advert,
         ends where a rider last heard then would (``rotated`` if its interval ended, else
         by the fade rules) and carries its co-movement points (``co_n``, ``co_lo``,
-        ``co_hi``) for the backend to sum.
+        ``co_hi``) for the backend to sum. Each point is sent once: a rid that took over
+        its predecessor's candidacy (:meth:`_take_evidence`) after the predecessor's own
+        piece sent its points sends only the points added since (``co_sent``), from where
+        that piece ended (``sent_t``); with none added it sends no piece.
         """
         v = r.pred_visit or r.visit
         assert v is not None
@@ -1990,7 +2004,9 @@ class PresenceClassifier:
         was, was_odo = r.start, r.start_odo  # (a ride closed before keeps its own start)
         # from its first advert (not its stop's doors, as a boarding: a new rid first heard
         # past its stop must not seem to start before the old rid ended)
-        start_t = min(max(r.first_t, r.ended_t), r.last_in_t)
+        # nor before the piece that sent the points it took over from its predecessor
+        # ended: each point counts once towards the backend's sum
+        start_t = min(max(r.first_t, r.ended_t, r.sent_t), r.last_in_t)
         r.start = SegmentEnd(start_t, v.stop_id, "tentative")
         r.start_odo = r.first_odo
         if self._near_end(r):
@@ -1998,10 +2014,11 @@ class PresenceClassifier:
         else:
             end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
             draft = self._draft(r, end, end_odo)
-        draft.evidence["co_n"] = r.co_n
+        draft.evidence["co_n"] = r.co_n - r.co_sent
         draft.evidence["co_lo"] = round(r.co_lo, 1)
         draft.evidence["co_hi"] = round(r.co_hi, 1)
         r.start, r.start_odo = was, was_odo
+        r.co_sent, r.sent_t = r.co_n, draft.end.t
         self.tentative += 1
         out.append(draft)
 

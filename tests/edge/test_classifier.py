@@ -1591,7 +1591,14 @@ def test_sparse_candidates_new_rid_as_sparse_as_the_old_takes_over_its_boarding(
 
 
 def _weak_rider_rotating_unheard(
-    w: World, *, keeps_address: bool, passer: bool = False
+    w: World,
+    *,
+    keeps_address: bool,
+    passer: bool = False,
+    new_silent_s: float = 40.0,
+    dwell_s: float = 20.0,
+    hop_m: float = 740.0,
+    speed: float = 5.0,
 ) -> list[SegmentDraft]:
     """A weak rider boarding at S1, heard at the stop, then in 2-s bursts every 20 s (two
     co-movement points before its rid ends, 560 s after T0); its new rid is not heard for
@@ -1600,7 +1607,8 @@ def _weak_rider_rotating_unheard(
     keeps its BLE address across the rotation; a fob changes it with the rid. ``passer``:
     another token, heard at the rider's level for 15 s from the moment its rid ends (a
     rid just begun, at the same clock offset: what the rotation pairing takes for the
-    rider's new rid), then gone. Returns the rider's segments (``passer``: must be none)."""
+    rider's new rid), then gone. ``new_silent_s``, ``dwell_s`` (at S1), ``hop_m`` and
+    ``speed`` (to S2): as named. Returns the rider's segments (``passer``: must be none)."""
     for i in range(3):
         w.add(Token(f"rd{i}", lambda _: -80.0))
     state: dict[str, float | None] = {"at_s2": None}
@@ -1615,7 +1623,7 @@ def _weak_rider_rotating_unheard(
             return -92.0 if world.t < at_s2 + 1.0 else None
         if world.odo == world.stop_odo:
             return -92.0  # standing in the bus at S1
-        if 560.0 <= into < 600.0:
+        if 560.0 <= into < 560.0 + new_silent_s:
             return None  # its new rid unheard for 40 s
         return -92.0 if (into - 15.0) % 20.0 < 2.0 else None
 
@@ -1623,8 +1631,8 @@ def _weak_rider_rotating_unheard(
     other = w.add(Token("px", lambda world: -92.0 if 560.0 <= world.t - T0 < 575.0 else None))
     if not passer:
         w.tokens.remove(other)
-    w.dwell("S1", 20)
-    w.move(740, speed=5.0)
+    w.dwell("S1", dwell_s)
+    w.move(hop_m, speed=speed)
     state["at_s2"] = w.t
     w.dwell("S2", 10)
     w.move(600)
@@ -1716,6 +1724,38 @@ def test_a_fobs_two_unconfirmed_rids_are_sent_as_tentative_pieces() -> None:
     off = World(replace(ClassifierParams(), tentative_points=0), t0=T0 + 470.0)
     _weak_rider_rotating_unheard(off, keeps_address=False)
     assert [x for x in off.out if x.start.cause == "tentative"] == []
+
+
+def test_an_heirs_piece_sends_only_the_points_its_old_rids_piece_did_not() -> None:
+    # a phone (same address) whose old rid, a candidate of S1 for 52 s, has two
+    # co-movement points and is sent as a tentative piece as its interval ends; its new
+    # rid, first heard 60 s later, takes over the candidacy with those two points and
+    # adds one: three points, too few to board. Its piece must send its own point only and
+    # start where the old piece ended (before: it sent all three from the old rid's first
+    # advert, the pieces overlapped by 52 s, within the backend's stitch_gap_s, and the
+    # backend summed 2 + 3 = 5 >= 4 points and charged a ride heard at three)
+    from backend._legs import JourneyPolicy, Segment
+    from backend._tentative import settle_tentative
+
+    w = World(t0=T0 + 505.0)
+    rides = _weak_rider_rotating_unheard(
+        w, keeps_address=True, new_silent_s=60.0, dwell_s=10.0, hop_m=1000.0, speed=8.0
+    )
+    assert rides == []
+    tok = next(x for x in w.tokens if x.name == "wb")
+    pieces = by_name(w.out, tok, tentative=True)
+    assert [(x.start.stop_id, x.end.cause, x.evidence["co_n"]) for x in pieces] == [
+        ("S1", "rotated", 2),
+        ("S1", "alighted", 1),
+    ]
+    assert pieces[1].start.t == pieces[0].end.t  # adjoining, not overlapping
+    segs = [
+        Segment.from_event(
+            {**d.to_event_fields(), "bus_id": "B", "seq": n, "event_id": f"e{n}"}, "R"
+        )
+        for n, d in enumerate(pieces, 1)
+    ]
+    assert settle_tentative(segs, JourneyPolicy()) == ([], 2)  # 3 points < 4: nobody charged
 
 
 def test_a_failing_tentative_piece_at_finish_loses_no_other_rides_segment() -> None:
