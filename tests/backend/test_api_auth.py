@@ -33,6 +33,7 @@ from backend._db import create_engine, migrate, rider_tokens, riders
 from busbell import Topics, load_gtfs
 from tests.factories.backend_world import write_gtfs
 from tests.factories.mqtt import RecordingPublisher
+from tests.factories.tasks import LIVE_TIMEOUT_S
 
 
 @dataclass
@@ -408,7 +409,9 @@ async def test_backend_run_black_box(tmp_path: Path, shared_broker: Any, topic_p
     stop = asyncio.Event()
     task = asyncio.create_task(run_backend(cfg, stop=stop))
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=LIVE_TIMEOUT_S
+        ) as client:
             async with asyncio.timeout(30):
                 while True:
                     with contextlib.suppress(httpx.TransportError):

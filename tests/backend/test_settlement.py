@@ -46,6 +46,7 @@ from backend._settlement import SettlementWorker, import_riders
 from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
 from tests.factories.backend_world import T0, World
 from tests.factories.fare_events import batch_payload
+from tests.factories.tasks import LIVE_TIMEOUT_S
 
 NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement
 DAY = "2025-11-07"  # service day of T0 (16:20 Asia/Seoul)
@@ -604,7 +605,9 @@ async def test_backend_run_starts_the_settlement(
         task = asyncio.create_task(run_backend(cfg, stop=stop))
         try:
             async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ops}"}
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Authorization": f"Bearer {ops}"},
+                timeout=LIVE_TIMEOUT_S,
             ) as client:
                 async with asyncio.timeout(20):
                     while True:

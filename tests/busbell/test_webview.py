@@ -19,6 +19,7 @@ from busbell._http import http_server, serve_http
 from busbell._mqtt import MqttSession, MqttSettings
 from busbell._webview import FleetView, stop_names
 from tests.conftest import free_port
+from tests.factories.tasks import LIVE_TIMEOUT_S
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.browser]
 
@@ -104,7 +105,7 @@ async def test_the_fleet_view_shows_buses_waits_and_statuses_in_words(
             async with asyncio.timeout(30):
                 while len(view.latest) < len(retained) or not server.started:
                     await asyncio.sleep(0.05)
-            async with httpx.AsyncClient() as client:
+            async with httpx.AsyncClient(timeout=LIVE_TIMEOUT_S) as client:
                 names = (await client.get(f"http://127.0.0.1:{port}/stops")).json()
             assert names == {"S05": "City Hall", "S09": "Market"}
             from playwright.async_api import async_playwright, expect

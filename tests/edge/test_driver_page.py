@@ -25,6 +25,7 @@ from busbell._mqtt import MqttMessage, MqttSession, MqttSettings
 from edge._driver_page import DriverPageSettings, run_driver_page
 from tests.conftest import free_port
 from tests.factories.driver_page import chromium, stop
+from tests.factories.tasks import LIVE_TIMEOUT_S
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.browser, pytest.mark.timeout(90)]
 
@@ -141,7 +142,7 @@ async def text_is(page: Any, selector: str, want: str) -> None:
 
 
 async def state(url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(timeout=LIVE_TIMEOUT_S) as c:
         r = await c.get(url + "state")
         r.raise_for_status()
         out: dict[str, Any] = r.json()
@@ -383,7 +384,7 @@ async def test_ack_endpoint_refuses_what_a_browser_must_not_do(
         ok = {"Content-Type": "application/json", "Authorization": "Bearer s3cret"}
         auth = {"Authorization": "Bearer s3cret"}
         async with (
-            httpx.AsyncClient(base_url=url, headers=auth) as c,
+            httpx.AsyncClient(base_url=url, headers=auth, timeout=LIVE_TIMEOUT_S) as c,
             broker.watch("driver/ack") as acks,
         ):
             async with asyncio.timeout(10):
@@ -502,7 +503,7 @@ async def test_two_page_servers_of_one_bus_do_not_take_each_others_connection(
     host, port = shared_broker.host, shared_broker.port
     with capture_logs() as logs:
         async with serve(host, port, topic_prefix) as a, serve(host, port, topic_prefix) as b:
-            async with httpx.AsyncClient() as c:
+            async with httpx.AsyncClient(timeout=LIVE_TIMEOUT_S) as c:
                 for url in (a, b):
                     async with asyncio.timeout(15):
                         while not (await c.get(url + "state")).json()["state"]["broker"]:

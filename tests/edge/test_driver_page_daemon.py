@@ -33,6 +33,7 @@ from edge._segment import SegmentDraft
 from edge._source import AdvertisementSink
 from edge.config import EdgeConfig
 from tests.conftest import free_port
+from tests.factories.tasks import LIVE_TIMEOUT_S
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(90)]
 
@@ -151,7 +152,10 @@ async def test_daemon_serves_the_page_as_a_named_task(
     settings = MqttSettings(host=shared_broker.host, port=shared_broker.port, prefix=topic_prefix)
     display = f"{topic_prefix}/buses/{BUS}/display"
     ack_topic = f"{topic_prefix}/buses/{BUS}/driver/ack"
-    async with _daemon(cfg) as d, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/") as c:
+    async with (
+        _daemon(cfg) as d,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/", timeout=LIVE_TIMEOUT_S) as c,
+    ):
         st = await _state(c, lambda s: s["state"]["edge"] == "online" and s["state"]["broker"])
         names = {t.get_name() for t in asyncio.all_tasks()}
         assert f"busbell[{BUS}].driver_page" in names
@@ -263,13 +267,13 @@ def test_busbell_edge_display_command(shared_broker: Any, topic_prefix: str) -> 
         )
         deadline = time.monotonic() + 20
         while True:
-            st = httpx.get(url + "state").json()
+            st = httpx.get(url + "state", timeout=LIVE_TIMEOUT_S).json()
             if st["display"] is not None or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert st["display"]["on_board"] == 3
         assert st["hello"]["stops_shown"] == 3
-        page = httpx.get(url)
+        page = httpx.get(url, timeout=LIVE_TIMEOUT_S)
         assert page.status_code == 200
         assert "app.js" in page.text
         proc.send_signal(signal.SIGTERM)

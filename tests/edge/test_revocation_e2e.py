@@ -37,6 +37,7 @@ from edge.config import EdgeConfig, StatusSettings
 from tests.conftest import free_port
 from tests.factories.backend_world import write_gtfs
 from tests.factories.edge_daemon import KEY, QueueSource, until
+from tests.factories.tasks import LIVE_TIMEOUT_S
 
 pytestmark = pytest.mark.mosquitto
 
@@ -94,7 +95,9 @@ async def test_a_revoked_rider_is_refused_by_a_live_bus_within_seconds(
     daemon = EdgeDaemon(edge_cfg, source, clock=time.time, device_key=KEY, fleet_keys=fleet)
     edge = asyncio.create_task(daemon.run())
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as api:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=LIVE_TIMEOUT_S
+        ) as api:
             async with asyncio.timeout(30):
                 while True:
                     with contextlib.suppress(httpx.TransportError):

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cancel_and_wait", "script_env", "stop_processes"]
+__all__ = ["LIVE_TIMEOUT_S", "cancel_and_wait", "script_env", "stop_processes"]
+
+LIVE_TIMEOUT_S = 30.0
+"""The httpx timeout of tests talking to a live socket that do not measure latency:
+httpx's 5-s default flaked under CI load (``.ci/run`` at load 9-12: a ``ReadTimeout`` on
+``POST /riders`` in ``test_revocation_e2e``); the test's own deadline bounds the wait."""
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], timeout: float = 20.0) -> None:

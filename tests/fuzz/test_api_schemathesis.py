@@ -41,6 +41,7 @@ from backend._db import create_engine, migrate  # noqa: E402
 from busbell import Topics, load_gtfs  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.factories.backend_world import write_gtfs  # noqa: E402
+from tests.factories.tasks import LIVE_TIMEOUT_S  # noqa: E402
 from tests.fuzz.conftest import EXAMPLES  # noqa: E402
 
 DOC = Path(__file__).parents[2] / "docs" / "rider-api.openapi.json"
@@ -111,6 +112,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             f"{server.url}/riders",
             json={"rider_id": "fuzz-rider"},
             headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=LIVE_TIMEOUT_S,
         )
         assert r.status_code == 201
         yield server
