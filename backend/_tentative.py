@@ -15,7 +15,10 @@ it knows whose rids they are.
   rotation** (consecutive intervals, the later one starting at most
   ``tentative_gap_s`` after the earlier ended, overlapping by at most ``stitch_gap_s``)
   are joined, transitively, with each other and with any confirmed segment of the rider
-  that adjoins them the same way;
+  that adjoins them the same way; so is a rid's own piece that **touches** (within
+  ``stitch_gap_s``) that rid's confirmed segment (:func:`_touch`: the edge closed the
+  ride at a stop by the fade rules, then heard the rid moving with the bus again), unless
+  the piece overlaps a confirmed segment of the rider on another bus (:func:`_elsewhere`);
 * a joined group with a confirmed segment keeps its tentative pieces (the rider was
   aboard: they extend the leg to the stop where the earlier piece began or the later one
   ended); a group of tentative pieces only is kept if their points add up to
@@ -51,13 +54,36 @@ def _key(s: Segment) -> tuple[str, str | None, str | None]:
 
 
 def _adjoin(a: Segment, b: Segment, policy: JourneyPolicy) -> bool:
-    """Whether ``a`` and ``b`` (one bus trip) are consecutive rids of one ride."""
+    """Whether ``a`` and ``b`` (one bus trip) are consecutive rids of one ride.
+
+    Or one rid's confirmed segment and its own tentative piece touching it
+    (:func:`_touch`).
+    """
     if a.interval > b.interval:
         a, b = b, a
+    if b.interval == a.interval:
+        return _touch(a, b, policy)
     if b.interval != a.interval + 1:
         return False
     gap = b.start_t - a.end_t
     return -policy.stitch_gap_s <= gap <= policy.tentative_gap_s
+
+
+def _touch(a: Segment, b: Segment, policy: JourneyPolicy) -> bool:
+    """Whether one rid's confirmed segment and its own tentative piece touch (one ride).
+
+    ``a`` and ``b``: one rid on one bus trip; touching: within ``stitch_gap_s``.
+
+    The edge closed the rid's ride at a stop by the fade rules (a weak token silent as the
+    doors opened), then heard it moving with the bus again, never confirmed: the piece
+    starts where the segment ended (one rid's segments never overlap). Segments of one
+    rider on one bus trip that touch are one leg (issue 11). Two pieces of one rid are
+    not summed (each failed alone; no rotation split the evidence).
+    """
+    if (a.start_cause == TENTATIVE) == (b.start_cause == TENTATIVE):
+        return False
+    first, later = sorted((a, b), key=Segment.sort_key)
+    return abs(later.start_t - first.end_t) <= policy.stitch_gap_s
 
 
 def settle_tentative(
@@ -87,7 +113,14 @@ def settle_tentative(
         for i, a in enumerate(group):
             for j in range(i + 1, len(group)):
                 b = group[j]
-                if TENTATIVE in (a.start_cause, b.start_cause) and _adjoin(a, b, policy):
+                if (
+                    TENTATIVE in (a.start_cause, b.start_cause)
+                    and _adjoin(a, b, policy)
+                    and not (
+                        a.interval == b.interval
+                        and _elsewhere(a if a.start_cause == TENTATIVE else b, firm, policy)
+                    )
+                ):
                     parent[_find(parent, j)] = _find(parent, i)
         clusters: dict[int, list[Segment]] = {}
         for i, s in enumerate(group):
@@ -127,9 +160,23 @@ def _beaten(
     """
     if len(pieces) < len(cluster):
         return False  # (confirmed on this bus too: the overlap rules decide, as before)
-    bus = cluster[0].bus_id
-    a = min(s.start_t for s in cluster)
-    b = max(s.end_t for s in cluster)
+    return _elsewhere(cluster, firm, policy)
+
+
+def _elsewhere(
+    span: Segment | Sequence[Segment], firm: Sequence[Segment], policy: JourneyPolicy
+) -> bool:
+    """Whether a confirmed segment of the rider on another bus overlaps ``span``.
+
+    By more than ``replay_overlap_s``, or one lies within the other (:func:`_beaten`).
+    Also asked of a rid's own piece touching its confirmed segment (:func:`_touch`): a
+    rider who alighted and boarded a bus driving behind is heard moving with the first
+    bus on the same rid.
+    """
+    segs = [span] if isinstance(span, Segment) else span
+    bus = segs[0].bus_id
+    a = min(s.start_t for s in segs)
+    b = max(s.end_t for s in segs)
     for s in firm:
         if s.bus_id == bus:
             continue

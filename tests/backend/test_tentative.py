@@ -158,6 +158,61 @@ def test_a_tentative_piece_extends_the_riders_confirmed_segment(tmp_path: Path) 
     assert (j.legs[0].board_stop_id, j.legs[0].alight_stop_id) == ("S02", "S06")
 
 
+@pytest.mark.parametrize("trip", ["T1", None])
+def test_a_rids_own_piece_after_its_confirmed_segment_extends_it(
+    tmp_path: Path, trip: str | None
+) -> None:
+    """One rid, no rotation: confirmed S02 -> S03 (closed ``alighted`` by the fade rules
+    after a 40-s silence at S03), then heard moving with the bus again and sent as a
+    tentative piece S03 -> S05 starting where the segment ended (a rid's segments
+    touch). Small scale, tuning seed 2, weak token corner, ``token_clock_drift`` r-00004
+    (BD004 -> BD006, charged BD004 -> BD005). Segments of one rider on one bus trip that
+    touch are one leg; before, the piece was not summed (no rotation) and dropped."""
+    world = World(tmp_path, riders=1, buses=1)
+    t = BOUNDARY - 500.0
+    ride = _piece(
+        world, "r0001", (t, "S02", "boarded"), (t + 90.0, "S03", "alighted"), trip=trip, co=None
+    )
+    piece = _piece(
+        world,
+        "r0001",
+        (t + 90.0, "S03", "tentative"),
+        (t + 210.0, "S05", "alighted"),
+        trip=trip,
+        co=(3, -94.0, -84.0),
+    )
+    assert ride["interval"] == piece["interval"]
+    res = _settle(world, [ride, piece])
+    (j,) = res.journeys
+    assert j.charged
+    assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S02", "S05")]
+    assert res.stats.rejected == {}
+
+
+def test_a_rids_own_piece_on_a_bus_beside_its_next_ride_is_not_joined(tmp_path: Path) -> None:
+    """The rider rode bus-01 S02 -> S03 and changed there to bus-02, which drove behind:
+    bus-01 heard them moving with it on their old rid (a piece S03 -> S05 touching their
+    confirmed segment). The piece lies within their confirmed ride on bus-02: it is
+    dropped, each bus's leg charged as ridden."""
+    world = World(tmp_path, riders=1, buses=2)
+    t = BOUNDARY - 500.0
+    ride = _piece(world, "r0001", (t, "S02", "boarded"), (t + 90.0, "S03", "alighted"), co=None)
+    next_ride = _piece(
+        world,
+        "r0001",
+        (t + 95.0, "S03", "boarded"),
+        (t + 300.0, "S07", "alighted"),
+        bus="bus-02",
+        trip="T2",
+        co=None,
+    )
+    piece = _piece(world, "r0001", (t + 90.0, "S03", "tentative"), (t + 210.0, "S05", "alighted"))
+    res = _settle(world, [ride, next_ride, piece])
+    legs = [(x.bus_id, x.board_stop_id, x.alight_stop_id) for j in res.journeys for x in j.legs]
+    assert sorted(legs) == [("bus-01", "S02", "S03"), ("bus-02", "S03", "S07")]
+    assert res.stats.rejected == {"tentative_dropped": 1}
+
+
 @pytest.mark.parametrize("confirmed", [False, True])
 def test_without_a_trip_id_pieces_after_an_alighting_are_one_leg(
     tmp_path: Path, confirmed: bool
