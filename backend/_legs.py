@@ -320,12 +320,24 @@ def evidence_co(evidence: object) -> tuple[int, float, float] | None:
 
 
 def evidence_rssi(evidence: object) -> float | None:
-    """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or not a number."""
+    """``evidence.rssi_med`` of a fare event as a float, or ``None`` if absent or invalid."""
     return evidence_level(evidence, "rssi_med")
 
 
+LEVEL_MIN_DBM = -200.0
+LEVEL_MAX_DBM = 50.0
+"""The levels (dBm) the backend reads from a fare event's evidence: those a tentative
+segment's ``co_lo``/``co_hi`` must lie in (``busbell._fare_types``). Beyond them no radio
+heard it, and a float near its limits made the overlap rule's weighted sums infinite
+(``math.fsum`` raised on ``inf - inf``; ``float()`` on an integer beyond a float)."""
+
+
 def evidence_level(evidence: object, key: str) -> float | None:
-    """``evidence[key]`` of a fare event as a finite float, or ``None`` if absent or invalid."""
+    """``evidence[key]`` of a fare event as a float, or ``None`` if absent or invalid.
+
+    Invalid: not a number (a bool is not), or outside ``LEVEL_MIN_DBM..LEVEL_MAX_DBM``
+    (NaN and infinities included).
+    """
     if type(evidence) is not dict and not isinstance(evidence, Mapping):
         return None
     value = evidence.get(key)
@@ -333,8 +345,9 @@ def evidence_level(evidence: object, key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+    if not LEVEL_MIN_DBM <= value <= LEVEL_MAX_DBM:  # (an int of any size compares exactly)
+        return None
+    return float(value)
 
 
 @fast_init

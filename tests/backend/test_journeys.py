@@ -538,6 +538,76 @@ def test_segment_reads_advert_count_from_evidence(evidence: object, expected: in
     assert Segment.from_event(event, "r1").n_adv == expected
 
 
+def _event(
+    evidence: object, start: tuple[float, str | None, str], end: tuple[float, str | None, str]
+) -> dict[str, object]:
+    return {
+        "bus_id": "b2",
+        "seq": 1,
+        "event_id": f"e{start[0]}",
+        "interval": 1,
+        "route_id": "R2",
+        "trip_id": "T2",
+        "start": {"t": start[0], "stop_id": start[1], "cause": start[2]},
+        "end": {"t": end[0], "stop_id": end[1], "cause": end[2]},
+        "distance_m": 0.0,
+        "evidence": evidence,
+    }
+
+
+@pytest.mark.parametrize(
+    ("evidence", "expected"),
+    [
+        ({"riders_lvl": -47}, -47.0),
+        ({"riders_lvl": -47.5, "rssi_med": -64}, -47.5),
+        ({"riders_lvl": -200}, -200.0),
+        ({"riders_lvl": 50.0}, 50.0),
+        ({}, None),
+        ({"riders_lvl": None}, None),
+        ({"riders_lvl": "-47"}, None),
+        ({"riders_lvl": True}, None),
+        ({"riders_lvl": float("inf")}, None),
+        # a level no radio hears (as co_lo/co_hi, -200..50 dBm); beyond a float, float()
+        # raised OverflowError out of the settlement pass
+        ({"riders_lvl": -200.5}, None),
+        ({"riders_lvl": 1.7e308}, None),
+        ({"riders_lvl": 10**400}, None),
+        ({"riders_lvl": -(10**400)}, None),
+        ([("riders_lvl", -47)], None),
+    ],
+)
+def test_segment_reads_riders_level_from_evidence(evidence: object, expected: float | None) -> None:
+    event = _event(evidence, (1.0, None, "boarded"), (2.0, None, "lost"))
+    assert Segment.from_event(event, "r1").riders_lvl == expected
+
+
+@pytest.mark.parametrize("rssi", [1.7e308, 10**400])
+def test_segment_reads_no_rssi_beyond_a_radio_level(rssi: float) -> None:
+    event = _event({"rssi_med": rssi}, (1.0, None, "boarded"), (2.0, None, "lost"))
+    assert Segment.from_event(event, "r1").rssi_med is None
+
+
+def test_levels_beyond_a_radio_level_do_not_stop_the_overlap_settlement(feed: Feed) -> None:
+    # b2's two pieces of one leg, one saying its riders were at +1.7e308 dBm, the other
+    # at -1.7e308: weighted by time they were +inf and -inf dB above the rider, and
+    # math.fsum raised ValueError (-inf + inf) out of JourneyBuilder.build (the settlement
+    # pass of every rider-day after it stalled). Now such levels read as absent
+    b1, b2 = _beside_at_full_power()
+    pieces = [
+        Segment.from_event(
+            _event({"rssi_med": -64, "n_adv": 60, "riders_lvl": lvl}, start, end), "r1"
+        )
+        for lvl, start, end in [
+            (1.7e308, (b2.start_t, "S04", "boarded"), (b2.start_t + 50, None, "rotated")),
+            (-1.7e308, (b2.start_t + 50.5, None, "continued"), (b2.end_t, "S05", "alighted")),
+        ]
+    ]
+    assert [p.riders_lvl for p in pieces] == [None, None]
+    js = _builder(feed).build([b1, *pieces])
+    # as an event that does not say: held
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
+
+
 def test_transfer_overlap_within_tolerance_is_a_transfer(feed: Feed) -> None:
     b = _builder(feed, replay_overlap_s=60)
     segs = [

@@ -768,6 +768,42 @@ async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env)
     ]
 
 
+async def test_riders_levels_no_radio_hears_do_not_stall_the_settlement(env: Env) -> None:
+    """``evidence.riders_lvl`` is free evidence, read as a float: bus-03's two pieces of one
+    ride beside bus-02, one saying its riders were at +1.5e308 dBm, the other at
+    -1.5e308, made the overlap rule's time-weighted sum ``inf - inf`` (``math.fsum``
+    raised ValueError out of the settlement pass: no bus settled). A level outside
+    -200..50 dBm now reads as absent: the overlap is held as for an event without it."""
+    w = env.world
+    w.ride("r0001", "bus-02", board=3, alight=5, t=T0 + 400, rssi_med=-27, riders_lvl=-48)
+    w.ride(
+        "r0001",
+        "bus-03",
+        board=3,
+        alight=5,
+        t=T0 + 405,
+        rssi_med=-64,
+        riders_lvl=[1.5e308, -1.5e308],
+    )
+    events = [e for c in w.buses.values() for e in c.events]
+    assert [e["evidence"]["riders_lvl"] for e in events if e["bus_id"] == "bus-03"] == [
+        1.5e308,
+        -1.5e308,
+    ]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    rows = await env.rows(rider_segments, "event_id")
+    assert {(r["bus_id"], r["riders_lvl"]) for r in rows} == {
+        ("bus-02", -48.0),
+        ("bus-03", None),
+    }
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
+        "bus-02": ["review", "suspected_replay"],
+        "bus-03": ["review", "suspected_replay"],
+    }
+
+
 async def test_an_advert_count_beyond_32_bits_settles_without_it(env: Env) -> None:
     """``evidence.n_adv`` is free evidence (any JSON integer the ledger takes) but
     ``rider_segments.n_adv`` is a 32-bit column: with 2**31, PostgreSQL refused the row

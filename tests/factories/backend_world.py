@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,7 @@ class World:
         proof: tuple[str, str] | None = None,
         rssi_med: int | None = None,
         adverts_per_s: float | None = None,
-        riders_lvl: int | None = None,
+        riders_lvl: float | None = None,
     ) -> dict[str, Any]:
         """The fields of one segment event (before numbering and signing)."""
         keys = self.keys[rider] if isinstance(rider, str) else rider
@@ -218,12 +219,13 @@ class World:
         speed_mps: float = 8.0,
         rssi_med: int | None = None,
         adverts_per_s: float | None = None,
-        riders_lvl: int | None = None,
+        riders_lvl: float | Sequence[float] | None = None,
     ) -> list[dict[str, Any]]:
         """Mint the events of one ride from stop ``S{board}`` to ``S{alight}``.
 
         The ride is split at rid interval boundaries into ``rotated``/``continued``
         segments (with ``stop_id`` null there), exactly one event per segment.
+        ``riders_lvl``: one for every segment, or each segment's in turn.
         """
         chain = self.buses[bus]
         duration = abs(alight - board) * STOP_SPACING_M / speed_mps
@@ -263,7 +265,7 @@ class World:
                 distance_m=(b_proof - a_proof) * speed_mps,
                 rssi_med=rssi_med,
                 adverts_per_s=adverts_per_s,
-                riders_lvl=riders_lvl,
+                riders_lvl=riders_lvl if not isinstance(riders_lvl, Sequence) else riders_lvl[n],
             )
             out.append(chain.emit(fields))
         return out
