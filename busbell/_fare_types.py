@@ -205,7 +205,18 @@ class SegmentEvent(
     end: SegmentEnd
     distance_m: NonNeg
     proof: Proof
-    evidence: dict[str, Any]
+    evidence: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description=(
+                "The edge's evidence, free-form (docs/classifier.md, Segment fields)."
+                " Settlement reads, where present: rssi_med and riders_lvl (dBm, numbers in"
+                " -200..50), n_adv (an integer in 0..2**31-1); a value of another type or"
+                " range reads as absent (the event settles without it). A tentative segment"
+                " must carry co_n, co_lo and co_hi (docs/protocol.md)."
+            )
+        ),
+    ]
     sig: Sig | msgspec.UnsetType = msgspec.UNSET
 
     @property
