@@ -8,6 +8,7 @@ each test fails without the rule it names.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from edge._classifier import State
 from tests.edge.test_classifier import T0, Token, World, by_name, pull_out_to_s2
@@ -53,17 +54,10 @@ def test_a_stretch_broken_by_a_silence_near_the_stop_is_not_unbroken() -> None:
     assert by_name(w.finish(), tok) == []
 
 
-def test_a_car_arriving_as_the_doors_close_sparse_at_first_is_not_charged() -> None:
-    # seed 1 rush_hour_crowd r-03280 (bus-55-01-r1, BD005 -> BD006), a car beside the bus:
-    # first heard 4.8 s after the doors closed, then after a 6-s gap, then every second or
-    # two 23 dB below the riders (within in_bus_margin_db: co-movement boarded it). Its
-    # rhythm shows it was not at the open doors (silent for 30 s there, 12 of its gaps),
-    # but it was heard only 7 times in its first fade_timeout_s, so the rhythm rule never
-    # judged it: the rule now judges a late joiner by its gaps whenever it has fade_gaps
-    # adverts, not only within fade_timeout_s of its first
-    w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -62.0)) for i in range(3)]
-    here = {"at_s2": False}
+def _car_arriving_as_the_doors_close(here: dict[str, bool]) -> Callable[[World], float | None]:
+    """A car beside the bus (seed 1 ``rush_hour_crowd`` r-03280): first heard 4.8 s after
+    the doors closed, then after a 6-s gap, then every 2 s and from 20 s every second, 23
+    dB below the riders, until the bus is at S2 (``here["at_s2"]``)."""
 
     def car(world: World) -> float | None:
         v = world.visit
@@ -78,7 +72,21 @@ def test_a_car_arriving_as_the_doors_close_sparse_at_first_is_not_charged() -> N
         period = 2.0 if since < 20.0 else 1.0
         return level if (world.t - T0) % period < 0.5 else None
 
-    tok = w.add(Token("car", car))
+    return car
+
+
+def test_a_car_arriving_as_the_doors_close_sparse_at_first_is_not_charged() -> None:
+    # seed 1 rush_hour_crowd r-03280 (bus-55-01-r1, BD005 -> BD006), a car beside the bus:
+    # first heard 4.8 s after the doors closed, then after a 6-s gap, then every second or
+    # two 23 dB below the riders (within in_bus_margin_db: co-movement boarded it). Its
+    # rhythm shows it was not at the open doors (silent for 30 s there, 12 of its gaps),
+    # but it was heard only 7 times in its first fade_timeout_s, so the rhythm rule never
+    # judged it: the rule now judges a late joiner by its gaps whenever it has fade_gaps
+    # adverts, not only within fade_timeout_s of its first
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -62.0)) for i in range(3)]
+    here = {"at_s2": False}
+    tok = w.add(Token("car", _car_arriving_as_the_doors_close(here)))
     out = pull_out_to_s2(w, here, 1000, speed=8.0)
     assert by_name(out, tok) == []
     for r in riders:
@@ -186,21 +194,7 @@ def test_a_restart_during_the_dwell_still_judges_a_car_arriving_as_the_doors_clo
     w = _DownInTheDwell(8.0, 5.0)
     riders = [w.add(Token(f"rd{i}", lambda _: -62.0)) for i in range(3)]
     here = {"at_s2": False}
-
-    def car(world: World) -> float | None:
-        v = world.visit
-        if here["at_s2"] or v is None or v.close_t is None:
-            return None
-        since = world.t - v.close_t
-        level = -83.0 if int(world.t) % 2 == 0 else -87.0
-        if 4.5 <= since < 5.0:
-            return level
-        if since < 11.0:
-            return None
-        period = 2.0 if since < 20.0 else 1.0
-        return level if (world.t - T0) % period < 0.5 else None
-
-    tok = w.add(Token("car", car))
+    tok = w.add(Token("car", _car_arriving_as_the_doors_close(here)))
     out = pull_out_to_s2(w, here, 1000, speed=8.0)
     assert w.c._down is not None  # (the restart happened)
     assert by_name(out, tok) == []
