@@ -1,0 +1,119 @@
+"""Properties of the overlap rule (``backend._overlaps.overlap_winner``) on random leg pairs.
+
+Two legs of one rider on two buses overlap in time: at most one was ridden. The rule
+picks the one heard clearly stronger, or neither (both held). Random worlds through the
+whole journey builder rarely reach its riders'-level clause (one world in thousands), so
+these feed the rule itself with pairs drawn around its thresholds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backend._journeys import JourneyPolicy
+from backend._legs import Leg
+from backend._overlaps import overlap_winner
+
+_STOPS = st.sampled_from(["S1", "S2", "S3", "S4", None])
+_POLICY = JourneyPolicy()
+_ABSOLUTE_ONLY = dataclasses.replace(_POLICY, overlap_loser_under_riders_db=None)
+
+
+@st.composite
+def _leg(draw: st.DrawFn, bus: str, board_t: float, alight_t: float) -> Leg:
+    # any level, and often the band where a rider through another bus's windows and
+    # one aboard meet (around the rule's -65 dBm ceiling)
+    rssi = draw(st.floats(-100.0, -30.0) | st.floats(-70.0, -45.0))
+    adverts = draw(st.integers(min_value=1, max_value=20_000))
+    # how far below the riders its bus carried the bus heard it (riders_lvl - rssi_med)
+    under = draw(st.none() | st.floats(-15.0, 45.0) | st.floats(5.0, 25.0))
+    return Leg(
+        rider_id="r1",
+        bus_id=bus,
+        route_id=bus,
+        trip_id=None,
+        board_t=board_t,
+        board_stop_id=draw(_STOPS),
+        alight_t=alight_t,
+        alight_stop_id=draw(_STOPS),
+        distance_m=1000.0,
+        distance_source="events",
+        network_id="seoul_trunk",
+        event_ids=(f"{bus}-e",),
+        heard=((board_t, alight_t, rssi),),
+        counted=((board_t, alight_t, adverts),),
+        under=() if under is None else ((board_t, alight_t, under),),
+    )
+
+
+@st.composite
+def _overlapping(draw: st.DrawFn) -> tuple[Leg, Leg]:
+    board_a = draw(st.floats(min_value=0.0, max_value=600.0))
+    alight_a = board_a + draw(st.floats(min_value=1.0, max_value=1800.0))
+    # the other bus's ends near the first's (within and beyond the rule's 60-s cover
+    # slack) or anywhere, as long as the two overlap
+    near = st.floats(min_value=-200.0, max_value=200.0)
+    board_b = board_a + draw(near | st.floats(min_value=0.0, max_value=alight_a - board_a))
+    board_b = min(board_b, alight_a - 0.5)
+    alight_b = max(alight_a + draw(near), board_b + 0.5)
+    return draw(_leg("bus-a", board_a, alight_a)), draw(_leg("bus-b", board_b, alight_b))
+
+
+def _strengths(a: Leg, b: Leg) -> tuple[float, float]:
+    start, end = max(a.board_t, b.board_t), min(a.alight_t, b.alight_t)
+    sa, sb = a.strength(start, end), b.strength(start, end)
+    assert sa is not None
+    assert sb is not None
+    return sa, sb
+
+
+@settings(max_examples=600, deadline=None)
+@given(_overlapping())
+def test_the_winner_does_not_depend_on_the_order_and_is_heard_clearly_stronger(
+    pair: tuple[Leg, Leg],
+) -> None:
+    a, b = pair
+    won = overlap_winner(a, b, _POLICY)
+    assert won is overlap_winner(b, a, _POLICY)
+    if won is not None:
+        lost = b if won is a else a
+        s_won, s_lost = _strengths(won, lost)
+        rate_margin = _POLICY.overlap_rate_margin_db
+        assert rate_margin is not None
+        assert s_won - s_lost >= rate_margin
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_overlapping())
+def test_the_riders_level_clause_only_decides_pairs_the_absolute_ceiling_held(
+    pair: tuple[Leg, Leg],
+) -> None:
+    a, b = pair
+    with_rule = overlap_winner(a, b, _POLICY)
+    without = overlap_winner(a, b, _ABSOLUTE_ONLY)
+    if without is not None:
+        assert with_rule is without  # it never undoes or turns a decision
+    elif with_rule is not None:
+        # it decided a pair held only because the loser sounded like a rider aboard,
+        # and only on the loser's bus hearing it well below the riders it carried
+        lost = b if with_rule is a else a
+        _, s_lost = _strengths(with_rule, lost)
+        ceiling = _POLICY.overlap_loser_max_dbm
+        under = _POLICY.overlap_loser_under_riders_db
+        assert ceiling is not None
+        assert under is not None
+        assert s_lost > ceiling
+        assert lost.under
+        assert lost.under[0][2] >= under
+
+
+@settings(max_examples=300, deadline=None)
+@given(_overlapping())
+def test_without_riders_levels_in_the_evidence_the_clause_changes_nothing(
+    pair: tuple[Leg, Leg],
+) -> None:
+    a, b = (dataclasses.replace(leg, under=()) for leg in pair)
+    assert overlap_winner(a, b, _POLICY) is overlap_winner(a, b, _ABSOLUTE_ONLY)
