@@ -260,6 +260,7 @@ class _Rid:
         "last_token_t",
         "lost_ride",
         "lv_hist",
+        "lv_n",
         "lvl",
         "mv_ewma",
         "mv_odo",
@@ -375,8 +376,12 @@ class _Rid:
         self.hist: dict[int, int] = {}
         """RSSI (dBm) -> adverts heard at it: the median in O(distinct levels), compact."""
         self.lv_hist: dict[int, int] = {}
-        """The riders' level (:attr:`PresenceClassifier._riders_lvl`, dBm) -> adverts counted
-        in ``hist`` heard while it was that: what ``rssi_med`` is measured against."""
+        """The riders' level (:attr:`PresenceClassifier._riders_key`, dBm) -> adverts counted
+        in ``hist`` heard while it was that: what ``rssi_med`` is measured against. Counted
+        when the level changes, not per advert (:meth:`PresenceClassifier._lv_flush`): the
+        adverts since ``lv_n`` were all heard at the current level."""
+        self.lv_n = 0
+        """``n_adv`` when ``lv_hist`` last counted its adverts (or was emptied)."""
         self.rssi_max = -127
         self.n_adv = self.n_in = self.n_far = 0
         self.held_m = 0.0
@@ -622,6 +627,7 @@ class PresenceClassifier:
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
                 r.hist = {}
                 r.lv_hist = {}
+                r.lv_n = r.n_adv
                 self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=False)
             elif (
@@ -637,6 +643,7 @@ class PresenceClassifier:
                 r.convoy = self._convoy_level(r, visit.open_odo_m)
                 r.hist = {}
                 r.lv_hist = {}
+                r.lv_n = r.n_adv
                 self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=r.state == _GONE)
 
@@ -804,10 +811,7 @@ class PresenceClassifier:
         r.n_adv += 1
         hist = r.hist
         hist[rssi] = hist.get(rssi, 0) + 1
-        k = self._riders_key
-        if k is not None:
-            lv_hist = r.lv_hist
-            lv_hist[k] = lv_hist.get(k, 0) + 1
+        # (its lv_hist counts this advert when the riders' level next changes: _lv_flush)
         if rssi > r.rssi_max:  # noqa: PLR1730 - cheaper than max()
             r.rssi_max = rssi
         r.last_flags = flags
@@ -1308,7 +1312,9 @@ class PresenceClassifier:
             except Exception as exc:
                 self._failed("tick", None, exc)
         for rid in forget:
-            del self._rids[rid]
+            # (a forgotten rid hears no more adverts, but the rotation pool may still
+            # close it: its adverts are counted at the level they were heard at)
+            self._lv_flush(self._rids.pop(rid), self._riders_key)
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
@@ -1329,12 +1335,45 @@ class PresenceClassifier:
             self._riders_lvl = levels[len(levels) // 2]
             # the upper quartile for the events' evidence: the bus's own riders, even with
             # riders of a bus alongside (heard through two windows, weaker) among them
-            self._riders_key = round(levels[3 * len(levels) // 4])
+            key = round(levels[3 * len(levels) // 4])
+            if key != self._riders_key:
+                old, flush = self._riders_key, self._lv_flush
+                for r in self._rids.values():
+                    if r.n_adv != r.lv_n:  # (no call for a rid not heard since)
+                        flush(r, old)
+                self._riders_key = key
         if p.in_bus_margin_db > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
             # the in-bus threshold follows the riders aboard (token power is not known)
             self._thr = min(p.in_bus_rssi_dbm, self._riders_lvl - p.in_bus_margin_db)
         else:
             self._thr = p.in_bus_rssi_dbm
+
+    @staticmethod
+    def _lv_flush(r: _Rid, key: int | None) -> None:
+        """Count a rid's adverts since ``lv_n`` in its ``lv_hist`` at the riders' level ``key``.
+
+        Called for every live rid when the level changes (on a tick, at most once per
+        tick) and for a rid as it is forgotten: between two calls all its adverts were
+        heard at one level, so counting their number then is the same as counting each
+        advert as it came (an advert with no level yet, ``None``, is not counted).
+        """
+        n = r.n_adv - r.lv_n
+        if n and key is not None:
+            h = r.lv_hist
+            h[key] = h.get(key, 0) + n
+        r.lv_n = r.n_adv
+
+    def _lv_counts(self, r: _Rid) -> dict[int, int]:
+        """A rid's ``lv_hist`` with its adverts not counted yet (heard at the level now).
+
+        (A rid no longer live has none: it was counted as it was forgotten.)
+        """
+        k, n = self._riders_key, r.n_adv - r.lv_n
+        if k is None or n == 0:
+            return r.lv_hist
+        h = dict(r.lv_hist)
+        h[k] = h.get(k, 0) + n
+        return h
 
     def _silent_s(self, r: _Rid, t: float) -> float:
         """How long the rid has been silent in a way that can mean it left, at ``t``.
@@ -2651,12 +2690,13 @@ class PresenceClassifier:
             "confirm_t": round(r.confirm_t, 3),
             "flags": r.flags_or,
         }
-        if r.lv_hist:
+        lv_hist = self._lv_counts(r)
+        if lv_hist:
             # the riders' level while it was heard (the median: not moved by the seconds
             # after a rid boundary when the riders' new rids are not yet aboard): how far
             # below its riders this bus heard it (settlement of a rider claimed by two
             # buses, docs/backend.md)
-            evidence["riders_lvl"] = _median(r.lv_hist)
+            evidence["riders_lvl"] = _median(lv_hist)
         # tentative pieces counted apart: the end causes count rides
         cause = "tentative" if r.start.cause == "tentative" else end.cause
         self.closed[cause] = self.closed.get(cause, 0) + 1
