@@ -37,6 +37,7 @@ __all__ = [
     "chargeable",
     "evidence_co",
     "evidence_count",
+    "evidence_invalid",
     "evidence_level",
     "evidence_rssi",
 ]
@@ -348,6 +349,30 @@ def evidence_level(evidence: object, key: str) -> float | None:
     if not LEVEL_MIN_DBM <= value <= LEVEL_MAX_DBM:  # (an int of any size compares exactly)
         return None
     return float(value)
+
+
+def evidence_invalid(
+    evidence: object, rssi_med: float | None, n_adv: int | None, riders_lvl: float | None
+) -> tuple[str, ...]:
+    """The evidence keys settlement reads that an event carries but were read as absent.
+
+    ``rssi_med``, ``n_adv`` and ``riders_lvl`` as read (:func:`evidence_rssi`,
+    :func:`evidence_count`, :func:`evidence_level`): a value read as ``None`` although
+    the key holds something other than ``null`` was invalid (a string, a bool, a level
+    outside ``LEVEL_MIN_DBM..LEVEL_MAX_DBM``, a count beyond 32 bits). The event is still
+    settled, without that value (rejecting it would stall its bus's chain); the caller
+    counts and logs what this returns. ``()`` (the usual case) costs no lookup when all
+    three were read.
+    """
+    if rssi_med is not None and n_adv is not None and riders_lvl is not None:
+        return ()
+    if type(evidence) is not dict and not isinstance(evidence, Mapping):
+        return ()
+    return tuple(
+        key
+        for key, read in (("n_adv", n_adv), ("riders_lvl", riders_lvl), ("rssi_med", rssi_med))
+        if read is None and evidence.get(key) is not None
+    )
 
 
 @fast_init

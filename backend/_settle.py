@@ -62,7 +62,13 @@ import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
 from backend._journeys import Journey, JourneyBuilder, Segment
-from backend._legs import evidence_co, evidence_count, evidence_level, evidence_rssi
+from backend._legs import (
+    evidence_co,
+    evidence_count,
+    evidence_invalid,
+    evidence_level,
+    evidence_rssi,
+)
 from backend._record_check import (
     RecordFault,
     Verify,
@@ -72,6 +78,7 @@ from backend._record_check import (
 )
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
 from backend._tentative import TENTATIVE, settle_tentative
+from busbell import get_logger
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError
 from busbell._fare_types import (
@@ -201,7 +208,8 @@ SegmentFields = tuple[Any, ...]
 ``interval``, proof first and last (24 bytes each), ``route_id``, ``trip_id``, start
 ``t``, ``stop_id``, ``cause``, end ``t``, ``stop_id``, ``cause``, ``distance_m``,
 ``rssi_med`` (or ``None``), ``n_adv`` (or ``None``), a tentative segment's co-movement
-evidence (or ``None``), ``riders_lvl`` (or ``None``)."""
+evidence (or ``None``), ``riders_lvl`` (or ``None``), the evidence keys read as absent
+because invalid (:func:`~backend._legs.evidence_invalid`; ``()`` as a rule)."""
 
 
 class _CheckedFields(NamedTuple):
@@ -257,6 +265,9 @@ _POOL_SETTLER: Settler | None = None
 
 def _fields(ev: SegmentEvent) -> SegmentFields:
     s, e = ev.start, ev.end
+    rssi_med = evidence_rssi(ev.evidence)
+    n_adv = evidence_count(ev.evidence)
+    riders_lvl = evidence_level(ev.evidence, "riders_lvl")
     return (
         bytes.fromhex(ev.rid),
         ev.interval,
@@ -271,10 +282,11 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
         e.stop_id,
         e.cause,
         float(ev.distance_m),
-        evidence_rssi(ev.evidence),
-        evidence_count(ev.evidence),
+        rssi_med,
+        n_adv,
         evidence_co(ev.evidence) if s.cause == "tentative" else None,
-        evidence_level(ev.evidence, "riders_lvl"),
+        riders_lvl,
+        evidence_invalid(ev.evidence, rssi_med, n_adv, riders_lvl),
     )
 
 
@@ -1025,9 +1037,27 @@ class Settler:
                     pending.append((plan.bus_id, c.seq, c.event_id, c.segment))
                     rids += c.segment[0]
                     ivs.append(c.segment[1])
+                    if c.segment[17]:
+                        self._evidence_invalid(plan.bus_id, c, c.segment[17])
             stats.duplicates += plan.duplicates
             for r in plan.rejected:
                 stats.rejected[r.reason] += 1
+
+    def _evidence_invalid(self, bus_id: str, c: Checked, keys: tuple[str, ...]) -> None:
+        """Count (``warnings``: ``evidence_invalid_<key>``) and log invalid evidence values.
+
+        A stored event's values read as absent because invalid: it settles without them.
+        """
+        warnings = self.stats.warnings
+        for key in keys:
+            warnings["evidence_invalid_" + key] += 1
+        get_logger("backend.settle").warning(
+            "segment_evidence_invalid",
+            bus_id=bus_id,
+            seq=c.seq,
+            event_id=c.event_id,
+            keys=list(keys),
+        )
 
     def links(self) -> dict[str, list[tuple[int, int]]]:
         """Per bus, ``(seq, hash prefix)`` of every chain record stored so far.

@@ -68,6 +68,7 @@ from backend._db import (
 from backend._fare_engine import Charge, FareEngine, period_adjustments
 from backend._fare_rules import FareRules, load_rules
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
+from backend._legs import evidence_invalid
 from backend._resolve import (
     DEFAULT_PROOF_SLACK_S,
     ONLINE_TABLE_BYTES,
@@ -107,6 +108,11 @@ UNRESOLVED = Counter(
 )
 RIDER_DAYS = Counter("busbell_settlement_rider_days", "Rider-days recomputed")
 FAILURES = Counter("busbell_settlement_failures", "Settlement passes that failed")
+EVIDENCE_INVALID = Counter(
+    "busbell_settlement_evidence_invalid",
+    "Fare events settled with an evidence value read as absent because invalid (by key)",
+    ["key"],
+)
 
 
 def _log() -> Any:
@@ -121,6 +127,8 @@ class SettleReport:
         events: fare events read from the ledger.
         segments: events that became rider segments.
         unresolved: events never charged, by reason.
+        evidence_invalid: segments settled with an evidence value read as absent because
+            it was invalid (:func:`backend._legs.evidence_invalid`), by key.
         gaps_waiting: buses stopped at a hole in their seqs (within the grace period).
         gaps_skipped: holes settled past after the grace period.
         rider_days: rider-days recomputed.
@@ -133,6 +141,7 @@ class SettleReport:
     events: int = 0
     segments: int = 0
     unresolved: CountMap[str] = field(default_factory=CountMap)
+    evidence_invalid: CountMap[str] = field(default_factory=CountMap)
     gaps_waiting: int = 0
     gaps_skipped: int = 0
     rider_days: int = 0
@@ -147,6 +156,7 @@ class SettleReport:
             "events": self.events,
             "segments": self.segments,
             "unresolved": dict(sorted(self.unresolved.items())),
+            "evidence_invalid": dict(sorted(self.evidence_invalid.items())),
             "gaps_waiting": self.gaps_waiting,
             "gaps_skipped": self.gaps_skipped,
             "rider_days": self.rider_days,
@@ -333,8 +343,15 @@ class SettlementWorker:
         """
         return (await self._riders.refresh(self.engine)).added
 
-    def _resolve_batch(self, rows: Sequence[Any]) -> list[Segment | ProofRejected]:
-        """Each stored event's segment, or why it is not charged (rids looked up in bulk)."""
+    def _resolve_batch(
+        self, rows: Sequence[Any], report: SettleReport
+    ) -> list[Segment | ProofRejected]:
+        """Each stored event's segment, or why it is not charged (rids looked up in bulk).
+
+        An evidence value settlement reads but found invalid (read as absent) is counted
+        in ``report`` and ``busbell_settlement_evidence_invalid_total{key}`` and logged
+        (``segment_evidence_invalid``); the segment settles without it.
+        """
         events = [event_of_row(row) for row in rows]
         found = self.resolver.resolve_near(
             [e["rid"] for e in events], [e["interval"] for e in events]
@@ -346,6 +363,18 @@ class SettlementWorker:
             except ProofRejected as exc:
                 out.append(exc)
                 continue
+            bad = evidence_invalid(event["evidence"], seg.rssi_med, seg.n_adv, seg.riders_lvl)
+            if bad:
+                for key in bad:
+                    report.evidence_invalid[key] += 1
+                    EVIDENCE_INVALID.labels(key).inc()
+                _log().warning(
+                    "segment_evidence_invalid",
+                    bus_id=event["bus_id"],
+                    seq=event["seq"],
+                    event_id=event["event_id"],
+                    keys=list(bad),
+                )
             revoked_at = self._riders.revoked_at(f[0]) if f is not None else None
             if revoked_at is not None and seg.start_t >= revoked_at:
                 out.append(RevokedRider(seg.rider_id))
@@ -449,7 +478,7 @@ class SettlementWorker:
             upto = row.seq
             taken.append(row)
         report.events += len(taken)
-        for row, result in zip(taken, self._resolve_batch(taken), strict=True):
+        for row, result in zip(taken, self._resolve_batch(taken, report), strict=True):
             if isinstance(result, ProofRejected):
                 report.unresolved[result.reason] += 1
                 UNRESOLVED.labels(result.reason).inc()
@@ -527,7 +556,7 @@ class SettlementWorker:
                     .where(u.c.reason == "unresolved_rid")
                 )
             ).all()
-        found = [r for r in self._resolve_batch(rows) if isinstance(r, Segment)]
+        found = [r for r in self._resolve_batch(rows, report) if isinstance(r, Segment)]
         if not found:
             return
         dirty = {(s.rider_id, d) for s in found for d in self.days_touched(s)}

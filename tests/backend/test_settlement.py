@@ -42,7 +42,7 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
-from backend._settlement import SettlementWorker, import_riders
+from backend._settlement import EVIDENCE_INVALID, SettlementWorker, import_riders
 from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
 from tests.factories.backend_world import T0, World
 from tests.factories.fare_events import batch_payload
@@ -826,3 +826,79 @@ async def test_an_advert_count_beyond_32_bits_settles_without_it(env: Env) -> No
     assert seg["n_adv"] is None
     (j,) = (await env.client.get("/riders/r0002/journeys")).json()["journeys"]
     assert j["charged"] is True
+
+
+async def test_invalid_evidence_values_are_counted_and_logged_online_and_offline(
+    env: Env,
+) -> None:
+    """An evidence value settlement reads (``rssi_med``, ``riders_lvl``, ``n_adv``) but
+    finds invalid reads as absent (the event is not rejected: that would stall its bus's
+    chain); it is counted (``SettleReport.evidence_invalid``, the Prometheus counter
+    ``busbell_settlement_evidence_invalid_total{key}``; offline ``warnings``
+    ``evidence_invalid_<key>``) and logged (``segment_evidence_invalid``). Valid values,
+    absent keys and ``null`` are not. The rides are charged as before."""
+    w = env.world
+
+    def ride(rider: str, t: float, **evidence: Any) -> dict[str, Any]:
+        fields = w.segment_fields(
+            rider,
+            route_id="R1",
+            trip_id="T1",
+            start=(t, "S01", "boarded"),
+            end=(t + 340.0, "S04", "alighted"),
+            distance_m=2400.0,
+        )
+        fields["evidence"].update(evidence)
+        return w.buses["bus-01"].emit(fields)
+
+    events = [
+        ride("r0001", T0 + 60.0, rssi_med="loud", riders_lvl=-50.5, n_adv=300),
+        ride("r0002", T0 + 60.0, rssi_med=-70, riders_lvl=1e9, n_adv=2**40),
+        ride("r0003", T0 + 60.0, rssi_med=-70, riders_lvl=None, n_adv=True),
+        ride("r0001", T0 + 3600.0, rssi_med=-61.5, riders_lvl=-50, n_adv=0),
+        ride("r0002", T0 + 3600.0),  # (none of the three)
+    ]
+    before = {
+        k: EVIDENCE_INVALID.labels(k)._value.get() for k in ("n_adv", "riders_lvl", "rssi_med")
+    }
+    await env.ingest(events)
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    counts = {"n_adv": 2, "riders_lvl": 1, "rssi_med": 1}
+    assert report.evidence_invalid == counts
+    assert report.to_json()["evidence_invalid"] == counts
+    assert {k: EVIDENCE_INVALID.labels(k)._value.get() - v for k, v in before.items()} == counts
+    flagged = [e for e in logs if e["event"] == "segment_evidence_invalid"]
+    assert [(e["event_id"], e["keys"], e["log_level"]) for e in flagged] == [
+        (events[0]["event_id"], ["rssi_med"], "warning"),
+        (events[1]["event_id"], ["n_adv", "riders_lvl"], "warning"),
+        (events[2]["event_id"], ["n_adv"], "warning"),
+    ]
+    segs = {r["event_id"]: r for r in await env.rows(rider_segments, "event_id")}
+    assert [
+        (
+            segs[e["event_id"]]["rssi_med"],
+            segs[e["event_id"]]["riders_lvl"],
+            segs[e["event_id"]]["n_adv"],
+        )
+        for e in events
+    ] == [
+        (None, -50.5, 300),
+        (-70.0, None, None),
+        (-70.0, None, None),
+        (-61.5, -50.0, 0),
+        (None, None, None),
+    ]
+    assert all(j["charged"] for j in await env.rows(journeys, "journey_id"))
+    assert sorted(
+        x for leg in await env.rows(legs, "journey_id", "leg_no") for x in leg["event_ids"]
+    ) == sorted(e["event_id"] for e in events)
+    with capture_logs() as logs:
+        offline = await _recomputed_as_offline(env, events, "r0001")
+    assert offline.stats.warnings == {f"evidence_invalid_{k}": n for k, n in counts.items()}
+    assert sorted(
+        (e["event_id"], e["keys"]) for e in logs if e["event"] == "segment_evidence_invalid"
+    ) == sorted((e["event_id"], e["keys"]) for e in flagged)
+    # a pass with nothing new counts nothing again
+    report = await env.worker.settle_once()
+    assert not report.evidence_invalid
