@@ -424,6 +424,13 @@ rider_segments = sa.Table(
     sa.Column("co_hi", sa.Double(), nullable=True, doc="tentative segments only"),
     sa.Column("riders_lvl", sa.Double(), nullable=True),
     sa.Index(None, "rider_id", "start_t"),
+    # tentative pieces by end: the link retention (migration 0018)
+    sa.Index(
+        "ix_rider_segments_tentative_end_t",
+        "end_t",
+        postgresql_where=sa.text("start_cause = 'tentative'"),
+        sqlite_where=sa.text("start_cause = 'tentative'"),
+    ),
 )
 """Derived: one row per fare event whose rid resolved and whose proof holds."""
 

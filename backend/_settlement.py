@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import math
 import time
 from collections import Counter as CountMap
 from collections.abc import Callable, Iterable, Sequence
@@ -79,6 +80,7 @@ from backend._resolve import (
 )
 from backend._rider_feed import RiderFeed
 from backend._settle import segment_of
+from backend._tentative import TENTATIVE, dropped_tentative
 from backend.config import BackendConfig
 from busbell import BusbellError, ConfigError, StoreError, get_logger
 from busbell._gtfs import Feed
@@ -97,6 +99,12 @@ __all__ = [
 CATEGORIES = ("adult", "youth", "child")
 """Rider fare categories."""
 
+LINK_WINDOW_S = 12 * 3600.0
+"""A rider's segments this far around the tentative pieces examined by the link retention
+are read to find the groups they belong to (:meth:`SettlementWorker.forget_dropped_links`);
+a group reaching within ``LINK_WINDOW_S / 2`` of that window's ends is left alone (it
+could go on beyond it: a ride on one bus trip that long is not one)."""
+
 CONTEXT_S = 3 * 3600.0
 """Segments this far before and after a service day are read when it is recomputed, so a
 journey that crosses the day boundary is grouped as offline (one starting more than
@@ -108,6 +116,10 @@ UNRESOLVED = Counter(
 )
 RIDER_DAYS = Counter("busbell_settlement_rider_days", "Rider-days recomputed")
 FAILURES = Counter("busbell_settlement_failures", "Settlement passes that failed")
+TENTATIVE_LINKS_DELETED = Counter(
+    "busbell_settlement_tentative_links_deleted",
+    "rider_segments rows of dropped tentative pieces deleted after tentative_link_days",
+)
 EVIDENCE_INVALID = Counter(
     "busbell_settlement_evidence_invalid",
     "Fare events settled with an evidence value read as absent because invalid (by key)",
@@ -129,6 +141,8 @@ class SettleReport:
         unresolved: events never charged, by reason.
         evidence_invalid: segments settled with an evidence value read as absent because
             it was invalid (:func:`backend._legs.evidence_invalid`), by key.
+        tentative_links_deleted: ``rider_segments`` rows of dropped tentative pieces
+            deleted (``tentative_link_days`` after they ended).
         gaps_waiting: buses stopped at a hole in their seqs (within the grace period).
         gaps_skipped: holes settled past after the grace period.
         rider_days: rider-days recomputed.
@@ -142,6 +156,7 @@ class SettleReport:
     segments: int = 0
     unresolved: CountMap[str] = field(default_factory=CountMap)
     evidence_invalid: CountMap[str] = field(default_factory=CountMap)
+    tentative_links_deleted: int = 0
     gaps_waiting: int = 0
     gaps_skipped: int = 0
     rider_days: int = 0
@@ -157,6 +172,7 @@ class SettleReport:
             "segments": self.segments,
             "unresolved": dict(sorted(self.unresolved.items())),
             "evidence_invalid": dict(sorted(self.evidence_invalid.items())),
+            "tentative_links_deleted": self.tentative_links_deleted,
             "gaps_waiting": self.gaps_waiting,
             "gaps_skipped": self.gaps_skipped,
             "rider_days": self.rider_days,
@@ -263,6 +279,9 @@ class SettlementWorker:
         batch_events: most events of one bus settled per transaction.
         default_category: category of riders whose stored one the rules lack.
         interval_s: period of :meth:`run`.
+        tentative_link_days: the ``rider_segments`` rows (links of a rid to its rider)
+            of tentative pieces settlement dropped are deleted this many days after the
+            piece ended (:meth:`forget_dropped_links`); 0: kept.
         clock: wall clock (UNIX seconds).
     """
 
@@ -278,6 +297,7 @@ class SettlementWorker:
         batch_events: int = 5000,
         default_category: str = "adult",
         interval_s: float = 5.0,
+        tentative_link_days: float = 35.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
@@ -296,6 +316,11 @@ class SettlementWorker:
         self.batch_events = max(1, batch_events)
         self.default_category = default_category
         self.interval_s = interval_s
+        self.tentative_link_s = max(0.0, tentative_link_days) * 86400.0
+        self._links_upto = -math.inf
+        """Every tentative piece ending before this was examined by the link retention
+        (in memory: a restarted worker examines them all once; lowered when a piece
+        ending before it is settled again, e.g. after a watermark reset)."""
         self.clock = clock
         self._dialect = engine.dialect.name
         cap = rules.daily_cap.day_start
@@ -407,10 +432,11 @@ class SettlementWorker:
                 while upto is not None:
                     upto = await self._settle_bus(bus_id, upto, t, report)
             await self._recompute_dirty(t, report)
+            await self.forget_dropped_links(t, report)
         except DB_ERRORS as exc:
             FAILURES.inc()
             raise StoreError(f"settlement pass failed: {exc}") from exc
-        if report.events or report.rider_days:
+        if report.events or report.rider_days or report.tentative_links_deleted:
             _log().info("settlement_pass_completed", **report.to_json())
         return report
 
@@ -494,6 +520,7 @@ class SettlementWorker:
                 continue
             report.segments += 1
             SEGMENTS.inc()
+            self._settled_again(result)
             seg_rows.append(_segment_row(result, now))
             dirty.update((result.rider_id, d) for d in self.days_touched(result))
         if upto == settled:
@@ -559,6 +586,8 @@ class SettlementWorker:
         found = [r for r in self._resolve_batch(rows, report) if isinstance(r, Segment)]
         if not found:
             return
+        for seg in found:
+            self._settled_again(seg)
         dirty = {(s.rider_id, d) for s in found for d in self.days_touched(s)}
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -568,6 +597,79 @@ class SettlementWorker:
             await self._mark(conn, dirty, now)
         report.segments += len(found)
         _log().info("unresolved_segments_resolved", count=len(found))
+
+    # ------------------------------------------------------------------ link retention
+
+    def _settled_again(self, seg: Segment) -> None:
+        """A tentative piece the link retention already passed is (re)settled: look again."""
+        if seg.start_cause == TENTATIVE and seg.end_t < self._links_upto:
+            self._links_upto = seg.end_t
+
+    async def forget_dropped_links(self, now: float, report: SettleReport) -> int:
+        """Delete the links of dropped tentative pieces ``tentative_link_days`` old.
+
+        Deletes the ``rider_segments`` rows of dropped tentative pieces that ended
+        ``tentative_link_days`` or more before ``now``; returns how many.
+
+        A tentative piece no group kept charges nobody (:mod:`backend._tentative`), but its
+        row links a rid, and so the time and place of a ride, to a rider. The row goes
+        once every piece of its group (the rider's segments joined on that bus trip) ended
+        that long ago: a group is dropped whole or kept whole, so the rider's journeys are
+        built the same without it (:func:`~backend._tentative.dropped_tentative`), and a
+        rider-day recomputed later (a late event, a watermark reset) comes out the same.
+        The fare events (the chain) are untouched: they hold only rids. Re-settling an
+        event re-resolves its rid and writes the row again; it is deleted again at the end
+        of that pass (the pieces settled again lower the retention's mark).
+        Runs at the end of every pass; only pieces that ended since the last run are read
+        (after a restart, all of them once). Counted (``tentative_links_deleted``) and
+        logged (``tentative_links_deleted``).
+        """
+        if self.tentative_link_s <= 0.0:
+            return 0
+        cutoff = now - self.tentative_link_s
+        since = self._links_upto
+        if cutoff <= since:
+            return 0
+        rs = rider_segments
+        tentative = sa.text("rider_segments.start_cause = 'tentative'")  # (the partial index)
+        q = sa.select(rs.c.rider_id, sa.func.min(rs.c.start_t), sa.func.max(rs.c.end_t)).where(
+            tentative, rs.c.end_t < cutoff
+        )
+        if since > -math.inf:
+            q = q.where(rs.c.end_t >= since)
+        async with self.engine.connect() as conn:
+            riders = (await conn.execute(q.group_by(rs.c.rider_id))).all()
+        deleted: list[str] = []
+        for rider_id, first_t, last_t in riders:
+            lo, hi = float(first_t) - LINK_WINDOW_S, float(last_t) + LINK_WINDOW_S
+            async with self.engine.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        sa.select(rs).where(
+                            rs.c.rider_id == rider_id, rs.c.start_t >= lo, rs.c.start_t < hi
+                        )
+                    )
+                ).all()
+            for group, pieces in dropped_tentative(
+                [_segment_of_row(r) for r in rows], self.builder.policy
+            ):
+                if (
+                    max(p.end_t for p in pieces) < cutoff
+                    and group[0].start_t >= lo + LINK_WINDOW_S / 2
+                    and max(g.end_t for g in group) < hi - LINK_WINDOW_S / 2
+                ):
+                    deleted.extend(p.event_id for p in pieces)
+        for i in range(0, len(deleted), 500):
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.delete(rs).where(rs.c.event_id.in_(deleted[i : i + 500])))
+        self._links_upto = cutoff
+        if deleted:
+            report.tentative_links_deleted += len(deleted)
+            TENTATIVE_LINKS_DELETED.inc(len(deleted))
+            _log().info(
+                "tentative_links_deleted", count=len(deleted), riders=len(riders), before=cutoff
+            )
+        return len(deleted)
 
     # ------------------------------------------------------------------ rider-days
 
@@ -907,6 +1009,7 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
             batch_events=s.batch_events,
             default_category=s.default_category,
             interval_s=s.interval_s,
+            tentative_link_days=s.tentative_link_days,
         )
         await worker.run(stop)
     finally:

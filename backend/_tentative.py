@@ -40,11 +40,11 @@ Pure and deterministic; riders never mix (the caller passes one rider's segments
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from backend._legs import JourneyPolicy, Segment
 
-__all__ = ["TENTATIVE", "settle_tentative"]
+__all__ = ["TENTATIVE", "dropped_tentative", "settle_tentative"]
 
 TENTATIVE = "tentative"
 
@@ -100,10 +100,54 @@ def settle_tentative(
         return list(segments), 0
     out = [s for s in segments if s.start_cause != TENTATIVE]
     firm = out[:]
+    dropped = 0
+    for cluster, pieces in _clusters(segments, firm, policy):
+        if _kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy):
+            first = cluster[0]  # (sorted by start)
+            kept = [
+                dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
+                for s in pieces
+            ]
+            if first.trip_id is None:
+                kept = _one_ride(cluster, kept, out, policy)
+            out.extend(kept)
+        else:
+            dropped += len(pieces)
+    return out, dropped
+
+
+def dropped_tentative(
+    segments: Sequence[Segment], policy: JourneyPolicy
+) -> list[tuple[list[Segment], list[Segment]]]:
+    """The joined groups whose tentative pieces :func:`settle_tentative` drops.
+
+    Each as ``(group, its tentative pieces)``, the group sorted by start. A group is a
+    connected set of one rider's segments on one bus trip: dropping it whole leaves every
+    other group, and so :func:`settle_tentative`'s result, as it was. That is what makes
+    the links of dropped pieces deletable (``[settlement] tentative_link_days``): without
+    their rows, the rider's journeys are built the same.
+    """
+    if not any(s.start_cause == TENTATIVE for s in segments):
+        return []
+    firm = [s for s in segments if s.start_cause != TENTATIVE]
+    return [
+        (cluster, pieces)
+        for cluster, pieces in _clusters(segments, firm, policy)
+        if not (_kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy))
+    ]
+
+
+def _clusters(
+    segments: Sequence[Segment], firm: Sequence[Segment], policy: JourneyPolicy
+) -> Iterator[tuple[list[Segment], list[Segment]]]:
+    """The joined groups of segments with tentative pieces, and their pieces.
+
+    Per bus trip (:func:`_key`), the segments joined transitively by :func:`_adjoin`
+    (unless the piece lies within a confirmed ride on another bus: :func:`_elsewhere`).
+    """
     by_trip: dict[tuple[str, str | None, str | None], list[Segment]] = {}
     for s in segments:
         by_trip.setdefault(_key(s), []).append(s)
-    dropped = 0
     for group in by_trip.values():
         tent = [s for s in group if s.start_cause == TENTATIVE]
         if not tent:
@@ -127,20 +171,8 @@ def settle_tentative(
             clusters.setdefault(_find(parent, i), []).append(s)
         for cluster in clusters.values():
             pieces = [s for s in cluster if s.start_cause == TENTATIVE]
-            if not pieces:
-                continue
-            if _kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy):
-                first = cluster[0]  # (sorted by start)
-                kept = [
-                    dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
-                    for s in pieces
-                ]
-                if first.trip_id is None:
-                    kept = _one_ride(cluster, kept, out, policy)
-                out.extend(kept)
-            else:
-                dropped += len(pieces)
-    return out, dropped
+            if pieces:
+                yield cluster, pieces
 
 
 def _beaten(

@@ -8,6 +8,7 @@ overridable from the environment as ``BUSBELL_<SECTION>__<KEY>`` (e.g. ``BUSBELL
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -276,12 +277,25 @@ class SettlementSettings:
         600.0,
         doc="Longest wait (s) from one rid's tentative piece to the next rid's piece summed.",
     )
+    tentative_link_days: float = option(
+        35.0,
+        doc=(
+            "Days after a dropped tentative piece (charged to nobody) ended when its"
+            " rider_segments row, the link of its rid to the rider, is deleted (the fare"
+            " events, holding only rids, are kept); 0: kept."
+        ),
+    )
 
     def __post_init__(self) -> None:
         try:
             self.journey_policy()
         except ValueError as exc:
             raise ValueError(f"settlement.{exc}") from None
+        if not 0.0 <= self.tentative_link_days < math.inf:
+            raise ValueError(
+                "settlement.tentative_link_days must be 0 (kept) or a positive number of days,"
+                f" got {self.tentative_link_days}"
+            )
 
     def journey_policy(self) -> JourneyPolicy:
         """The journey builder's rules these options give (it checks their values).

@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -42,7 +43,14 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._keys import register_device
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
-from backend._settlement import EVIDENCE_INVALID, SettlementWorker, import_riders
+from backend._settlement import (
+    EVIDENCE_INVALID,
+    TENTATIVE_LINKS_DELETED,
+    SettlementWorker,
+    _segment_of_row,
+    import_riders,
+)
+from backend._tentative import settle_tentative
 from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
 from tests.factories.backend_world import T0, World
 from tests.factories.fare_events import batch_payload
@@ -734,6 +742,137 @@ async def test_tentative_halves_are_one_leg_online_and_a_lone_piece_charges_nobo
     assert (await env.client.get("/riders/r0002/journeys")).json()["journeys"] == []
     offline = await _recomputed_as_offline(env, events, "r0001")
     assert offline.stats.rejected == {"tentative_dropped": 1}
+
+
+async def test_dropped_tentative_pieces_lose_their_rider_link_after_tentative_link_days(
+    env: Env,
+) -> None:
+    """``[settlement] tentative_link_days`` (35): a dropped tentative piece charges nobody,
+    but its ``rider_segments`` row links a rid to a rider; it is deleted once every piece
+    of its group ended that long ago. Kept pieces stay; the fare events stay; journeys,
+    legs and charges are unchanged, recomputed or settled offline alike; a watermark reset
+    re-settles the events (re-resolving the rids) and the links go again in that pass.
+
+    r0001: two halves of one ride (kept). r0002: a lone piece (dropped). r0003: three
+    adjoining pieces, 6 points but 21 dB apart (dropped as a group); the first alone
+    deleted would leave two pieces 1 dB apart summing 4 points, a leg: so none goes before
+    the last ended 35 days ago."""
+    w = env.world
+    b = (int(T0 // 600) + 1) * 600.0
+
+    def piece(
+        rider: str,
+        start: tuple[float, str | None],
+        end: tuple[float, str | None, str],
+        co: tuple[float, float],
+    ) -> dict[str, Any]:
+        fields = w.segment_fields(
+            rider,
+            route_id="R1",
+            trip_id="T1",
+            start=(start[0], start[1], "tentative"),
+            end=end,
+            distance_m=800.0,
+        )
+        fields["evidence"].update({"co_n": 2, "co_lo": co[0], "co_hi": co[1]})
+        return w.buses["bus-01"].emit(fields)
+
+    events = [
+        piece("r0001", (b - 200.0, "S02"), (b - 3.0, None, "rotated"), (-92.0, -88.5)),
+        piece("r0001", (b + 60.0, "S03"), (b + 400.0, "S06", "alighted"), (-92.0, -88.5)),
+        piece("r0002", (b - 150.0, "S03"), (b - 2.0, None, "rotated"), (-92.0, -88.5)),
+        piece("r0003", (b - 300.0, "S02"), (b - 3.0, None, "rotated"), (-70.0, -70.0)),
+        piece("r0003", (b + 5.0, None), (b + 590.0, None, "rotated"), (-90.0, -89.0)),
+        piece("r0003", (b + 605.0, None), (b + 900.0, "S09", "alighted"), (-91.0, -90.0)),
+    ]
+    await env.ingest(events)
+    day = 86400.0
+    await env.worker.settle_once(now=NOW)
+    before = await env.derived()
+    assert len(before["segments"]) == 6
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [(x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [("S02", "S06")]
+    for rider in ("r0002", "r0003"):
+        assert (await env.client.get(f"/riders/{rider}/journeys")).json()["journeys"] == []
+
+    def linked(derived: dict[str, list[dict[str, Any]]]) -> set[str]:
+        return {r["event_id"] for r in derived["segments"]}
+
+    every = {e["event_id"] for e in events}
+    r0002 = {events[2]["event_id"]}
+    r0003 = {e["event_id"] for e in events[3:]}
+    # 35 days after r0002's piece and r0003's first ended, before r0003's last did
+    deleted_before = TENTATIVE_LINKS_DELETED._value.get()
+    with capture_logs() as logs:
+        report = await env.worker.settle_once(now=b + 35 * day + 400.0)
+    assert report.tentative_links_deleted == 1
+    assert TENTATIVE_LINKS_DELETED._value.get() == deleted_before + 1
+    assert [e["count"] for e in logs if e["event"] == "tentative_links_deleted"] == [1]
+    after = await env.derived()
+    assert linked(after) == every - r0002
+    assert {k: v for k, v in after.items() if k != "segments"} == {
+        k: v for k, v in before.items() if k != "segments"
+    }
+    await env.worker.recompute("r0003", DAY, now=b + 35 * day + 500.0)
+    assert await env.derived() == after
+    # (had its first piece gone alone, r0003's other two would be a leg)
+    rest = [
+        _segment_of_row(SimpleNamespace(**r))
+        for r in before["segments"]
+        if r["event_id"] in {events[4]["event_id"], events[5]["event_id"]}
+    ]
+    assert settle_tentative(rest, JourneyPolicy())[1] == 0
+    # every piece of r0003's group ended 35 days ago: the group goes
+    report = await env.worker.settle_once(now=b + 36 * day)
+    assert report.tentative_links_deleted == 3
+    after = await env.derived()
+    assert linked(after) == every - r0002 - r0003
+    assert {k: v for k, v in after.items() if k != "segments"} == {
+        k: v for k, v in before.items() if k != "segments"
+    }
+    assert len(await env.rows(fare_events, "bus_id", "seq")) == 6  # the chain untouched
+    for rider in ("r0001", "r0003"):
+        await env.worker.recompute(rider, DAY, now=b + 36 * day)
+    assert await env.derived() == after
+    offline = _offline(env.world, events, {})  # (offline settle writes no links at all)
+    assert offline.stats.rejected == {"tentative_dropped": 4}
+    assert sorted((o.journey_id, o.fare_krw) for o in offline.journeys) == [
+        (r["journey_id"], r["fare_krw"]) for r in after["journeys"]
+    ]
+    # a watermark reset: the events are settled again, their rids resolved again; the
+    # dropped pieces' links are written again and deleted again in that pass
+    async with env.engine.begin() as conn:
+        await conn.execute(sa.delete(settlement_watermarks))
+    report = await env.worker.settle_once(now=b + 37 * day)
+    assert (report.segments, report.tentative_links_deleted) == (6, 4)
+    assert await env.derived() == after
+    # nothing new: nothing read again, nothing deleted
+    report = await env.worker.settle_once(now=b + 37 * day + 5.0)
+    assert (report.events, report.tentative_links_deleted) == (0, 0)
+
+
+async def test_tentative_links_are_kept_with_tentative_link_days_0(env: Env) -> None:
+    w = env.world
+    b = (int(T0 // 600) + 1) * 600.0
+    fields = w.segment_fields(
+        "r0002",
+        route_id="R1",
+        trip_id="T1",
+        start=(b - 150.0, "S03", "tentative"),
+        end=(b - 2.0, None, "rotated"),
+        distance_m=800.0,
+    )
+    fields["evidence"].update({"co_n": 2, "co_lo": -92.0, "co_hi": -88.5})
+    await env.ingest([w.buses["bus-01"].emit(fields)])
+    keep = SettlementWorker(
+        env.engine, None, env.rules, tentative_link_days=0, clock=lambda: b + 400 * 86400.0
+    )
+    report = await keep.settle_once()
+    assert (report.segments, report.tentative_links_deleted) == (1, 0)
+    assert len(await env.rows(rider_segments, "event_id")) == 1
+    report = await env.worker.settle_once(now=b + 36 * 86400.0)  # (35 days: it goes)
+    assert report.tentative_links_deleted == 1
+    assert await env.rows(rider_segments, "event_id") == []
 
 
 async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env) -> None:
