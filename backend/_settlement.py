@@ -99,6 +99,10 @@ __all__ = [
 CATEGORIES = ("adult", "youth", "child")
 """Rider fare categories."""
 
+LINK_BATCH = 1000
+"""Most tentative pieces the link retention examines in one pass (a restarted worker
+catches up over several passes)."""
+
 LINK_WINDOW_S = 12 * 3600.0
 """A rider's segments this far around the tentative pieces examined by the link retention
 are read to find the groups they belong to (:meth:`SettlementWorker.forget_dropped_links`);
@@ -620,8 +624,9 @@ class SettlementWorker:
         The fare events (the chain) are untouched: they hold only rids. Re-settling an
         event re-resolves its rid and writes the row again; it is deleted again at the end
         of that pass (the pieces settled again lower the retention's mark).
-        Runs at the end of every pass; only pieces that ended since the last run are read
-        (after a restart, all of them once). Counted (``tentative_links_deleted``) and
+        Runs at the end of every pass; only pieces that ended since the last run are read,
+        at most ``LINK_BATCH`` a pass (after a restart, all of them once, over as many
+        passes as that takes). Counted (``tentative_links_deleted``) and
         logged (``tentative_links_deleted``).
         """
         if self.tentative_link_s <= 0.0:
@@ -632,15 +637,23 @@ class SettlementWorker:
             return 0
         rs = rider_segments
         tentative = sa.text("rider_segments.start_cause = 'tentative'")  # (the partial index)
-        q = sa.select(rs.c.rider_id, sa.func.min(rs.c.start_t), sa.func.max(rs.c.end_t)).where(
-            tentative, rs.c.end_t < cutoff
-        )
+        q = sa.select(rs.c.rider_id, rs.c.end_t).where(tentative, rs.c.end_t < cutoff)
         if since > -math.inf:
             q = q.where(rs.c.end_t >= since)
         async with self.engine.connect() as conn:
-            riders = (await conn.execute(q.group_by(rs.c.rider_id))).all()
+            found = (await conn.execute(q.order_by(rs.c.end_t).limit(LINK_BATCH))).all()
+            upto = cutoff
+            if len(found) == LINK_BATCH:  # the rest in the next passes
+                upto = float(found[-1].end_t)
+                if upto <= since:  # (a batch of one end time: all of it now)
+                    found = (await conn.execute(q.where(rs.c.end_t == since))).all()
+                    upto = math.nextafter(since, math.inf)
+        riders: dict[str, tuple[float, float]] = {}
+        for rider_id, end_t in found:
+            a, b = riders.get(rider_id, (end_t, end_t))
+            riders[rider_id] = (min(a, end_t), max(b, end_t))
         deleted: list[str] = []
-        for rider_id, first_t, last_t in riders:
+        for rider_id, (first_t, last_t) in sorted(riders.items()):
             lo, hi = float(first_t) - LINK_WINDOW_S, float(last_t) + LINK_WINDOW_S
             async with self.engine.connect() as conn:
                 rows = (
@@ -662,7 +675,7 @@ class SettlementWorker:
         for i in range(0, len(deleted), 500):
             async with self.engine.begin() as conn:
                 await conn.execute(sa.delete(rs).where(rs.c.event_id.in_(deleted[i : i + 500])))
-        self._links_upto = cutoff
+        self._links_upto = upto
         if deleted:
             report.tentative_links_deleted += len(deleted)
             TENTATIVE_LINKS_DELETED.inc(len(deleted))

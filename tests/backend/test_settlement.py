@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
+from backend import _settlement as settlement_module
 from backend._api import ApiState, create_app
 from backend._auth import new_operator_token, operator_entry
 from backend._db import (
@@ -872,6 +873,35 @@ async def test_tentative_links_are_kept_with_tentative_link_days_0(env: Env) -> 
     assert len(await env.rows(rider_segments, "event_id")) == 1
     report = await env.worker.settle_once(now=b + 36 * 86400.0)  # (35 days: it goes)
     assert report.tentative_links_deleted == 1
+    assert await env.rows(rider_segments, "event_id") == []
+
+
+async def test_the_link_retention_reads_a_batch_a_pass(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``LINK_BATCH`` pieces a pass (a restarted worker catches up over passes);
+    a batch of one end time is taken whole."""
+    monkeypatch.setattr(settlement_module, "LINK_BATCH", 1)
+    w = env.world
+    b = (int(T0 // 600) + 1) * 600.0
+    events = []
+    for rider, end in (("r0001", b - 2.0), ("r0002", b - 2.0), ("r0003", b + 200.0)):
+        fields = w.segment_fields(
+            rider,
+            route_id="R1",
+            trip_id="T1",
+            start=(end - 150.0, "S03", "tentative"),
+            end=(end, None, "rotated"),
+            distance_m=800.0,
+        )
+        fields["evidence"].update({"co_n": 2, "co_lo": -92.0, "co_hi": -88.5})
+        events.append(w.buses["bus-01"].emit(fields))
+    await env.ingest(events)
+    got = []
+    for n in range(5):
+        report = await env.worker.settle_once(now=b + 36 * 86400.0 + n)
+        got.append(report.tentative_links_deleted)
+    assert got == [1, 1, 1, 0, 0]
     assert await env.rows(rider_segments, "event_id") == []
 
 
