@@ -428,6 +428,9 @@ def test_a_failing_classifier_step_is_contained_counted_and_logged(feed: Feed) -
     assert steps[0]["state"] == "CANDIDATE"
 
 
+# Pairs a whole crowd trace twice (~10 s of CPU, more under --core-coverage): the suite's 120-s hang
+# guard timed it out on a loaded two-core machine; 600 s still catches a hang.
+@pytest.mark.timeout(600)
 def test_rotation_pool_kept_between_runs_equals_a_full_re_pairing(feed: Feed) -> None:
     """The pairing is re-run only when it can change; a full re-run never finds another.
 
