@@ -463,6 +463,12 @@ class JourneyPolicy:
             token's adverts at two scanners: the bus it is in hears it better on both
             counts); cover and loser ceiling as above (``None``: RSSI margin alone).
         overlap_rate_ratio: ... that ratio (> 1).
+        overlap_rate_alone_ratio: a leg whose bus decoded the token's adverts at least this
+            many times as often per second over the common time wins on that alone, heard
+            stronger by less than ``overlap_rate_margin_db`` or even weaker by up to that
+            (two scanners near their floor: the far one decodes only the token's strongest
+            packets, so its median RSSI says little); cover and loser ceiling as above
+            (``None``: off; off too without ``overlap_rate_margin_db``).
         category: rider category priced.
         default_network: fare class of routes without a network (``None``: the rules').
         tentative_points: tentative pieces of one ride (:mod:`backend._tentative`) are
@@ -485,6 +491,7 @@ class JourneyPolicy:
     overlap_loser_under_riders_db: float | None = 10.0
     overlap_rate_margin_db: float | None = 5.0
     overlap_rate_ratio: float = 1.5
+    overlap_rate_alone_ratio: float | None = 3.0
     category: str = "adult"
     default_network: str | None = None
     tentative_points: int = 4
@@ -506,6 +513,9 @@ class JourneyPolicy:
             raise ValueError(f"overlap_loser_under_riders_db must be positive (got {under})")
         if not self.overlap_rate_ratio > 1:
             raise ValueError(f"overlap_rate_ratio must be > 1 (got {self.overlap_rate_ratio})")
+        alone = self.overlap_rate_alone_ratio
+        if alone is not None and not alone > 1:
+            raise ValueError(f"overlap_rate_alone_ratio must be > 1 (got {alone})")
         if not self.tentative_points >= 1:
             raise ValueError(f"tentative_points must be >= 1 (got {self.tentative_points})")
         for name in (

@@ -6,7 +6,9 @@ stronger over their common time (the edges' median RSSI, weighted by time) -- or
 least ``overlap_rate_margin_db`` stronger with its bus decoding at least
 ``overlap_rate_ratio`` times as many of the token's adverts per second over that time
 (both buses hear the same token's adverts: the one it rides hears it better on both
-counts, whatever the token's power or advertising interval) -- and the weaker one sounds
+counts, whatever the token's power or advertising interval), or decoded
+``overlap_rate_alone_ratio`` times as many while heard at most ``overlap_rate_margin_db``
+weaker (near the scanners' floor a median RSSI is censored) -- and the weaker one sounds
 like a rider heard through the bus's windows (not above ``overlap_loser_max_dbm``, or at
 least ``overlap_loser_under_riders_db`` below the riders its own bus carried), the rider
 was on the stronger bus and the other drove alongside: the weaker leg is dropped
@@ -100,7 +102,9 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     The winner must cover the other leg in time (``overlap_cover_s`` of slack at
     either end) and have been heard, over their common time, at least
     ``overlap_margin_db`` stronger, or at least ``overlap_rate_margin_db`` stronger
-    with at least ``overlap_rate_ratio`` times the loser's rate of adverts decoded;
+    with at least ``overlap_rate_ratio`` times the loser's rate of adverts decoded, or
+    have decoded ``overlap_rate_alone_ratio`` times the loser's rate while heard at most
+    ``overlap_rate_margin_db`` weaker;
     the loser must not have been heard louder than ``overlap_loser_max_dbm`` unless its
     bus heard it at least ``overlap_loser_under_riders_db`` below its riders aboard.
     Otherwise ``None``.
@@ -115,8 +119,14 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     if sa < sb:
         a, b, sa, sb = b, a, sb, sa
     by_rate = _decoded_more(a, b, sa - sb, (start, end), policy)
-    if sa - sb >= margin or by_rate:
+    if sa - sb >= margin or by_rate or _decoded_far_more(a, b, (start, end), policy):
         win, lose, weak = a, b, sb
+    elif sa - sb <= (policy.overlap_rate_margin_db or 0.0) and _decoded_far_more(
+        b, a, (start, end), policy
+    ):
+        # at the scanners' floor the weaker link's median is censored (only its strongest
+        # packets are decoded), so the bus the rider is in may even read a little weaker
+        win, lose, weak = b, a, sa
     else:
         return None
     ceiling = policy.overlap_loser_max_dbm
@@ -163,6 +173,22 @@ def _decoded_more(
         return False
     rs, rw = strong.advert_rate(*span), weak.advert_rate(*span)
     return rs is not None and rw is not None and rs >= policy.overlap_rate_ratio * rw
+
+
+def _decoded_far_more(
+    strong: Leg, weak: Leg, span: tuple[float, float], policy: JourneyPolicy
+) -> bool:
+    """Whether ``strong``'s bus decoded the token's adverts far more often than ``weak``'s.
+
+    At least ``overlap_rate_alone_ratio`` times as many per second over ``span``: the
+    advert rate alone, whatever the RSSI medians say (the caller bounds how much weaker
+    ``strong`` may be heard).
+    """
+    ratio = policy.overlap_rate_alone_ratio
+    if ratio is None or policy.overlap_rate_margin_db is None:
+        return False
+    rs, rw = strong.advert_rate(*span), weak.advert_rate(*span)
+    return rs is not None and rw is not None and rs >= ratio * rw
 
 
 def _under_riders(weak: Leg, span: tuple[float, float], policy: JourneyPolicy) -> bool:

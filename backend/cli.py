@@ -142,6 +142,10 @@ def _above_one(text: str) -> float:
     return value
 
 
+def _above_one_or_none(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else _above_one(text)
+
+
 def _positive_or_none(text: str) -> float | None:
     return None if text.strip().lower() == "none" else _positive(text)
 
@@ -218,6 +222,13 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         " times fewer of the token's adverts per second",
     )
     st.add_argument("--overlap-rate-ratio", type=_above_one, default=1.5)
+    st.add_argument(
+        "--overlap-rate-alone-ratio",
+        type=_above_one_or_none,
+        default=3.0,
+        help="... or when its bus decoded this many times as many adverts per second, heard"
+        " up to --overlap-rate-margin-db weaker ('none': off)",
+    )
     st.add_argument(
         "--tentative-points",
         type=_at_least_one,
@@ -538,6 +549,7 @@ def _settle(args: argparse.Namespace) -> int:
         overlap_loser_under_riders_db=args.overlap_loser_under_riders_db,
         overlap_rate_margin_db=None if args.no_overlap_rate else args.overlap_rate_margin_db,
         overlap_rate_ratio=args.overlap_rate_ratio,
+        overlap_rate_alone_ratio=args.overlap_rate_alone_ratio,
         category=args.category,
         default_network=args.default_network,
         tentative_points=args.tentative_points,

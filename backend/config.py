@@ -260,6 +260,16 @@ class SettlementSettings:
         1.5,
         doc="Adverts decoded per second by the kept leg's bus over the other's (> 1).",
     )
+    overlap_rate_alone_ratio: float | None = option(
+        3.0,
+        doc=(
+            "A leg whose bus decoded the token's adverts this many times as often per second"
+            " over the common time is kept on that alone, heard less than"
+            " overlap_rate_margin_db stronger or even up to that much weaker (near the"
+            " scanners' floor the far bus decodes only the strongest packets: its median"
+            " RSSI says little); > 1; 0 (or an empty environment variable): off."
+        ),
+    )
     tentative_points: int = option(
         4,
         doc=(
@@ -317,6 +327,7 @@ class SettlementSettings:
             overlap_loser_under_riders_db=self.overlap_loser_under_riders_db or None,
             overlap_rate_margin_db=self.overlap_rate_margin_db if self.overlap_by_rate else None,
             overlap_rate_ratio=self.overlap_rate_ratio,
+            overlap_rate_alone_ratio=self.overlap_rate_alone_ratio or None,
             category=self.default_category,
             tentative_points=self.tentative_points,
             tentative_spread_db=self.tentative_spread_db,

@@ -437,10 +437,46 @@ def test_two_buses_together_settled_by_the_adverts_each_decoded(feed: Feed) -> N
 
 
 @pytest.mark.parametrize(
+    ("case", "weak_db", "ratio"),
+    [
+        # full scale, tuning seed 2, -25 dBm, shared_stop_three_routes r-00187: the rider's
+        # bus 17 heard -84/-85 dBm, 0.97 adverts/s; G6000 beside it -88 dBm, 0.15/s
+        ("3.5 dB stronger, 6.4 times the adverts", 3.5, 6.4),
+        # tuning seed 1, weak token corner, bus_alongside_red_light r-00081: the rider's bus
+        # heard -91 dBm, 0.10/s; the bus alongside -88 dBm, 0.02/s
+        ("3 dB weaker, 5 times the adverts", -3.0, 5.0),
+        ("as loud, 3.5 times the adverts", 0.0, 3.5),
+    ],
+)
+def test_two_buses_near_the_floor_settled_by_the_adverts_each_decoded_alone(
+    feed: Feed, case: str, weak_db: float, ratio: float
+) -> None:
+    # both legs of a weak token heard near the scanners' floor: the far bus decodes only
+    # its strongest packets, so its median RSSI is not much below (or even above) the
+    # rider's own bus; the rate of adverts decoded is what differs. Before: both held, the
+    # ride not charged
+    js = _builder(feed).build(_together(weak_db=weak_db, ratio=ratio))
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}, case
+    assert b_charged(js) == ["b1"], case
+
+
+@pytest.mark.parametrize(
     ("case", "segs", "policy"),
     [
         ("rates too close", _together(ratio=1.3), {}),
         ("RSSI too close", _together(weak_db=4.0), {}),
+        ("RSSI too close, rates not far enough apart", _together(weak_db=4.0, ratio=2.9), {}),
+        ("decoded far more, but heard too much weaker", _together(weak_db=-6.0, ratio=5.0), {}),
+        (
+            "decoded far more, the rule off",
+            _together(weak_db=4.0, ratio=6.0),
+            {"overlap_rate_alone_ratio": None},
+        ),
+        (
+            "decoded far more, the rate rules off",
+            _together(weak_db=4.0, ratio=6.0),
+            {"overlap_rate_margin_db": None},
+        ),
         ("b2 has no count", _together(ratio=None), {}),
         ("b1 has no count", _together(counted=False), {}),
         ("rate rule off", _together(), {"overlap_rate_margin_db": None}),

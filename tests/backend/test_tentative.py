@@ -405,6 +405,7 @@ def test_valid_co_movement_evidence_and_counts_read_as_numbers() -> None:
         ("tentative_gap_s", -1.0, "tentative_gap_s must be >= 0"),
         ("overlap_rate_margin_db", 0.0, "overlap_rate_margin_db must be positive"),
         ("overlap_rate_ratio", 1.0, "overlap_rate_ratio must be > 1"),
+        ("overlap_rate_alone_ratio", 1.0, "overlap_rate_alone_ratio must be > 1"),
     ],
 )
 def test_a_journey_policy_out_of_range_is_refused(field: str, value: float, message: str) -> None:
