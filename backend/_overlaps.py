@@ -171,8 +171,7 @@ def _decoded_more(
     rate_db = policy.overlap_rate_margin_db
     if rate_db is None or db < rate_db:
         return False
-    rs, rw = strong.advert_rate(*span), weak.advert_rate(*span)
-    return rs is not None and rw is not None and rs >= policy.overlap_rate_ratio * rw
+    return _rate_times(strong, weak, span, policy.overlap_rate_ratio)
 
 
 def _decoded_far_more(
@@ -187,8 +186,18 @@ def _decoded_far_more(
     ratio = policy.overlap_rate_alone_ratio
     if ratio is None or policy.overlap_rate_margin_db is None:
         return False
+    return _rate_times(strong, weak, span, ratio)
+
+
+def _rate_times(strong: Leg, weak: Leg, span: tuple[float, float], ratio: float) -> bool:
+    """Whether ``strong``'s bus decoded at least ``ratio`` times ``weak``'s adverts per second.
+
+    Over ``span``; both rates known, and ``strong``'s above ``weak``'s: two legs whose
+    events both say ``n_adv`` 0 (valid on the wire) decoded nothing to compare, so
+    neither wins on the rate (``0 >= ratio * 0`` would let the leg passed first win).
+    """
     rs, rw = strong.advert_rate(*span), weak.advert_rate(*span)
-    return rs is not None and rw is not None and rs >= ratio * rw
+    return rs is not None and rw is not None and rs > rw and rs >= ratio * rw
 
 
 def _under_riders(weak: Leg, span: tuple[float, float], policy: JourneyPolicy) -> bool:

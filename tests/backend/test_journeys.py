@@ -478,6 +478,21 @@ def test_two_buses_near_the_floor_settled_by_the_adverts_each_decoded_alone(
             {"overlap_rate_margin_db": None},
         ),
         ("b2 has no count", _together(ratio=None), {}),
+        # an event may say n_adv 0 (valid, protocol.md): no rate is "times as many" as 0
+        # when the other bus decoded none either (both held, whichever leg comes first)
+        (
+            "as loud, neither decoded an advert",
+            [dataclasses.replace(s, n_adv=0) for s in _together(weak_db=0.0)],
+            {},
+        ),
+        (
+            "12 dB apart, loser at in-bus strength, neither decoded an advert",
+            [
+                dataclasses.replace(s, n_adv=0, rssi_med=-50.0 if s.bus_id == "b1" else -62.0)
+                for s in _together()
+            ],
+            {},
+        ),
         ("b1 has no count", _together(counted=False), {}),
         ("rate rule off", _together(), {"overlap_rate_margin_db": None}),
         ("a higher ratio asked for", _together(), {"overlap_rate_ratio": 2.0}),

@@ -27,7 +27,7 @@ def _leg(draw: st.DrawFn, bus: str, board_t: float, alight_t: float) -> Leg:
     # any level, and often the band where a rider through another bus's windows and
     # one aboard meet (around the rule's -65 dBm ceiling)
     rssi = draw(st.floats(-100.0, -30.0) | st.floats(-70.0, -45.0))
-    adverts = draw(st.integers(min_value=1, max_value=20_000))
+    adverts = draw(st.integers(min_value=0, max_value=20_000))  # (0: valid on the wire)
     # how far below the riders its bus carried the bus heard it (riders_lvl - rssi_med)
     under = draw(st.none() | st.floats(-15.0, 45.0) | st.floats(5.0, 25.0))
     return Leg(
