@@ -1012,6 +1012,11 @@ def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
         ("", {"BUSBELL_SETTLEMENT__TENTATIVE_GAP_S": "-1"}, "tentative_gap_s"),
         ("[settlement]\ntentative_spread_db = -2.0\n", {}, "tentative_spread_db"),
         ("[settlement]\noverlap_loser_under_riders_db = -3\n", {}, "overlap_loser_under_riders_db"),
+        ("[settlement]\noverlap_rate_alone_ratio = 1\n", {}, "overlap_rate_alone_ratio"),
+        ("", {"BUSBELL_SETTLEMENT__OVERLAP_RATE_ALONE_RATIO": "nan"}, "overlap_rate_alone_ratio"),
+        ("[settlement]\ntentative_link_days = -1\n", {}, "tentative_link_days"),
+        ("", {"BUSBELL_SETTLEMENT__TENTATIVE_LINK_DAYS": "nan"}, "tentative_link_days"),
+        ("", {"BUSBELL_SETTLEMENT__TENTATIVE_LINK_DAYS": "inf"}, "tentative_link_days"),
     ],
 )
 def test_settlement_config_rejects_nonsense(
@@ -1042,6 +1047,30 @@ def test_settlement_config_tentative_thresholds_reach_the_journey_policy(tmp_pat
     )
     default = load_config(BackendConfig, None, env={}).settlement.journey_policy()
     assert (default.tentative_points, default.tentative_spread_db) == (4, 12.0)
+
+
+def test_settlement_config_rate_alone_ratio_and_link_days_default_value_and_off(
+    tmp_path: Path,
+) -> None:
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    f = tmp_path / "backend.toml"
+    f.write_text("[settlement]\noverlap_rate_alone_ratio = 4.5\ntentative_link_days = 7\n")
+    default = load_config(BackendConfig, None, env={}).settlement
+    assert (default.journey_policy().overlap_rate_alone_ratio, default.tentative_link_days) == (
+        3.0,
+        35.0,
+    )
+    set_ = load_config(BackendConfig, f, env={}).settlement
+    assert (set_.journey_policy().overlap_rate_alone_ratio, set_.tentative_link_days) == (4.5, 7.0)
+    for off in ("0", ""):  # (0 or an empty variable: the rule off)
+        env = {"BUSBELL_SETTLEMENT__OVERLAP_RATE_ALONE_RATIO": off}
+        assert load_config(BackendConfig, f, env=env).settlement.journey_policy() == (
+            dataclasses.replace(set_.journey_policy(), overlap_rate_alone_ratio=None)
+        )
+    env = {"BUSBELL_SETTLEMENT__TENTATIVE_LINK_DAYS": "0"}  # (0: links kept)
+    assert load_config(BackendConfig, f, env=env).settlement.tentative_link_days == 0.0
 
 
 def test_settlement_config_loser_ceiling_default_value_and_off(tmp_path: Path) -> None:
@@ -1095,6 +1124,8 @@ def test_settlement_config_loser_under_riders_default_value_and_off(tmp_path: Pa
         (["--tentative-gap-s", "-5"], "must be >= 0"),
         (["--overlap-loser-under-riders-db", "-5"], "must be positive"),
         (["--overlap-loser-under-riders-db", "far"], "not a number"),
+        (["--overlap-rate-alone-ratio", "1"], "must be > 1"),
+        (["--overlap-rate-alone-ratio", "often"], "not a number"),
     ],
 )
 def test_settle_cli_rejects_nonsense(
