@@ -126,3 +126,27 @@ def test_riders_lvl_counted_per_level_change_equals_per_advert_counting() -> Non
     assert all(lvl is not None for _, lvl in c.compared)
     assert all(len(ref) >= 10 for ref, _ in c.compared)  # each counted at many levels
     assert c.changes >= 100
+
+
+def test_a_forgotten_rid_keeps_its_adverts_at_the_level_they_were_heard_at() -> None:
+    # A rid forgotten (heard outside, then silent) leaves the live rids, so no later level
+    # change counts its adverts; the rotation pool may still close it (a record held only
+    # by the pool). Its adverts are counted as it leaves, at the level they were heard at,
+    # not at whatever the level is when it closes. (The scripted world above forgets 20
+    # rids, none of them held by the pool: it does not reach this.)
+    w = World()
+    c = w.c
+    c.on_trip("R1", "T1")
+    c._riders_key = -60  # the riders' level (no riders aboard here: it stays)
+    heard = {"v": True}
+    w.add(Token("by", lambda _: -80.0 if heard["v"] else None))
+    w.wait(10.0)
+    (rec,) = c._rids.values()
+    n = rec.n_adv
+    assert n >= 15
+    heard["v"] = False
+    w.wait(c.params.outside_forget_s + 10.0)
+    assert rec.rid not in c._rids  # forgotten
+    c._riders_key = -50  # the level moves on
+    assert c._lv_counts(rec) == {-60: n}
+    assert c.errors == {}
