@@ -1071,3 +1071,51 @@ async def test_invalid_evidence_values_are_counted_and_logged_online_and_offline
     # a pass with nothing new counts nothing again
     report = await env.worker.settle_once()
     assert not report.evidence_invalid
+
+
+async def test_invalid_evidence_of_an_event_resolved_later_is_counted_when_it_resolves(
+    env: Env,
+) -> None:
+    """An event of a rider not enrolled yet is held (``unresolved_rid``), not counted; its
+    invalid evidence value is counted and logged once, in the pass whose retry resolves
+    it (the rider enrolled meanwhile), as any segment's (docs/backend.md)."""
+    w = env.world
+    w.keys["stranger"] = derive_rider_keys(b"\x42" * 16)
+    fields = w.segment_fields(
+        "stranger",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 60.0, "S01", "boarded"),
+        end=(T0 + 400.0, "S04", "alighted"),
+        distance_m=2400.0,
+    )
+    fields["evidence"].update(rssi_med="loud")
+    event = w.buses["bus-01"].emit(fields)
+    await env.ingest([event])
+    report = await env.worker.settle_once()
+    assert (report.unresolved, report.evidence_invalid) == ({"unresolved_rid": 1}, {})
+    async with env.engine.begin() as conn:
+        from backend._db import riders
+
+        await conn.execute(
+            sa.insert(riders).values(
+                rider_id="stranger",
+                token_key=(b"\x42" * 16).hex(),
+                status="active",
+                enrolled_at=NOW,
+                kind="fob",
+                category="adult",
+            )
+        )
+    before = EVIDENCE_INVALID.labels("rssi_med")._value.get()
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    assert report.evidence_invalid == {"rssi_med": 1}
+    assert EVIDENCE_INVALID.labels("rssi_med")._value.get() == before + 1
+    assert [
+        (e["event_id"], e["keys"]) for e in logs if e["event"] == "segment_evidence_invalid"
+    ] == [(event["event_id"], ["rssi_med"])]
+    (seg,) = await env.rows(rider_segments, "event_id")
+    assert (seg["event_id"], seg["rssi_med"]) == (event["event_id"], None)
+    report = await env.worker.settle_once()
+    assert not report.evidence_invalid
