@@ -1474,6 +1474,7 @@ class PresenceClassifier:
             and away
             and not r.co_only
             and not r.fell
+            and not self._drew_up(r, v)
             and r.last_in_t - r.span_t >= p.confirm_stretch_s
             and t - v.close_t >= p.confirm_min_s
             and self._convoy_ok(r)
@@ -1487,6 +1488,7 @@ class PresenceClassifier:
             and r.convoy is None
             and not r.co_only
             and not r.fell
+            and not self._drew_up(r, v)
             and self._short_hop(r, v)
         ):
             # rode one short hop, in the bus from its stop until the doors opened again (not
@@ -1542,6 +1544,14 @@ class PresenceClassifier:
         p = self.params
         if r.rot or not p.fade_gaps <= r.n_adv <= 2 * p.fade_gaps:
             return False
+        return self._silent_at_doors(r, v)
+
+    def _silent_at_doors(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether ``r``, first heard after ``v``'s doors opened, was silent that long.
+
+        Longer than its own fade time: ``fade_timeout_s`` and ``fade_gaps`` of its mean gap.
+        """
+        p = self.params
         silent = r.first_t - v.open_t
         down = self._down
         if down is not None and down[1] > v.open_t:
@@ -1549,6 +1559,36 @@ class PresenceClassifier:
             silent -= max(0.0, min(down[1], r.first_t) - max(down[0], v.open_t))
         gap = (r.last_t - r.first_t) / (r.n_adv - 1)
         return silent > p.fade_timeout_s and silent > p.fade_gaps * gap
+
+    def _drew_up(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate first heard at ``v``'s open doors drew up outside as they closed.
+
+        First heard while they stood open, but long after they opened: silent there for
+        longer than its own fade time (:meth:`_silent_at_doors`, the rhythm rule of the
+        late joiners, :meth:`_absent`, here over all its adverts), so it was not at the
+        doors when the bus arrived; and its in-bus evidence away from the stop
+        (``far_sum``) ``in_bus_margin_db`` or more below the riders' level, what the
+        co-movement rule refuses of any candidate: a vehicle beside the bus is heard
+        through two shells, 20-30 dB below the riders. It boards on neither the
+        unbroken-stretch nor the short-hop rule (which look at no level); someone who ran
+        up and boarded last is heard in the same shell as the riders, and a weak token
+        heard only once aboard, boarding late in a long dwell (-25 dBm, tuning seeds 1-2,
+        seven riders 14 dB or so below the riders) is not that far below them. Full scale,
+        tuning seed 4, +3 dBm, ``rush_hour_crowd`` r-03271: a car first heard 2.6 s before
+        the doors closed after a 40-s dwell, then beside the bus every second 30 dB below
+        the riders for 765 m, was charged BD006 -> BD009 on the unbroken-stretch rule.
+        """
+        lvl = self._riders_lvl
+        return (
+            not r.rot
+            and r.n_far > 0
+            and r.n_adv > 1
+            and r.first_t > v.open_t
+            and (v.close_t is None or r.first_t <= v.close_t)
+            and math.isfinite(lvl)
+            and r.far_sum / r.n_far < lvl - self.params.in_bus_margin_db
+            and self._silent_at_doors(r, v)
+        )
 
     def _stood_and_carried(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate of ``v`` stood in the bus at ``v`` and rode it to the next stop.

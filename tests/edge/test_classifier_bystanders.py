@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from edge._classifier import State
+from edge._segment import SegmentDraft
 from tests.edge.test_classifier import T0, Token, World, by_name, pull_out_to_s2
 
 INTERVAL_START = (math.floor(T0 / 600) + 1) * 600.0
@@ -200,3 +201,69 @@ def test_a_restart_during_the_dwell_still_judges_a_car_arriving_as_the_doors_clo
     assert by_name(out, tok) == []
     for r in riders:
         assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S2")]
+
+
+def _drawing_up_late_in_the_dwell(
+    level: float, here: dict[str, bool]
+) -> Callable[[World], float | None]:
+    """A token first heard 37.5 s after S1's doors opened (2.5 s before they close), then
+    every second at ``level`` +- 2 dB until the bus is at S2 (``here["at_s2"]``)."""
+
+    def tok(world: World) -> float | None:
+        v = world.visit
+        if here["at_s2"] or v is None or v.stop_id != "S1" or world.t - v.open_t < 37.5:
+            return None
+        if (world.t - T0) % 1.0 >= 0.5:
+            return None
+        return level + (2.0 if int(world.t) % 2 == 0 else -2.0)
+
+    return tok
+
+
+def _s1_to_s2(w: World, here: dict[str, bool]) -> list[SegmentDraft]:
+    """The riders board at S0; 600 m on, dwell 40 s at S1, go 800 m to S2 (``here["at_s2"]``),
+    dwell 20 s, go 600 m on; the drafts."""
+    w.dwell("S0", 15)
+    w.move(600)
+    w.dwell("S1", 40)
+    w.move(800, speed=10.0)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    return w.finish()
+
+
+def test_a_car_drawing_up_as_the_doors_are_about_to_close_is_not_charged() -> None:
+    # full scale, tuning seed 4, cell 5 (+3 dBm), rush_hour_crowd r-03271 (bus-55-01-r2,
+    # charged BD006 -> BD009): a car that drew up beside the bus 2.6 s before the doors
+    # closed after a 40-s dwell, then drove beside it every second 30 dB below the riders
+    # for 765 m. First heard while the doors stood open, it was a fresh candidate of the
+    # stop, judged by the unbroken-stretch rule, which looks at no level (the rhythm rule
+    # judged only rids first heard after the doors closed). Silent at the open doors for
+    # longer than its own fade time and heard in_bus_margin_db or more below the riders
+    # away from the stop, it drew up outside: it boards on neither that rule nor the
+    # short-hop rule
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -52.0)) for i in range(3)]
+    here = {"at_s2": False}
+    car = w.add(Token("car", _drawing_up_late_in_the_dwell(-83.0, here)))
+    out = _s1_to_s2(w, here)
+    assert by_name(out, car) == []
+    for r in riders:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S0", "S2")]
+
+
+def test_a_weak_rider_heard_only_once_aboard_late_in_the_dwell_is_charged() -> None:
+    # guard (-25 dBm, tuning seeds 1-2, e.g. seed 2 bus_alongside_red_light r-00028, 14 dB
+    # below the riders): a weak token heard only once aboard, boarding late in a long
+    # dwell, here heard every second 20 dB below the riders: as silent at the open doors
+    # as the car, but in the same shell as the riders. Barred at sparse_fall_db (12 dB)
+    # below them, as a late joiner is, six such riders were missed in cell 2 (a first
+    # version of the rule); in_bus_margin_db (25 dB) keeps them
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -52.0))
+    here = {"at_s2": False}
+    weak = w.add(Token("weak", _drawing_up_late_in_the_dwell(-72.0, here)))
+    out = _s1_to_s2(w, here)
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, weak)] == [("S1", "S2")]
