@@ -2206,6 +2206,11 @@ class PresenceClassifier:
             else:
                 r.tk_hops, r.tk_seq, r.tk_stood = old.tk_hops, old.tk_seq, old.tk_stood
                 r.tk_odo, r.tk_t = old.tk_odo, old.tk_t
+                # and its first point (without it the new rid's was -inf, and every "began
+                # far enough before the stop" test passed: a waiter at BD005 first heard 20
+                # m before its doors was boarded at BD004 after a rotation, tuning seed 1,
+                # full scale, -25 dBm, shared_stop_three_routes r-00195 on the route-17 bus)
+                r.tk_odo0 = old.tk_odo0
             r.tk_visit = old.tk_visit
             r.tk_n += old.tk_n
             r.tk_sum += old.tk_sum
