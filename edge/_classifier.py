@@ -1577,16 +1577,18 @@ class PresenceClassifier:
         tuning seed 4, +3 dBm, ``rush_hour_crowd`` r-03271: a car first heard 2.6 s before
         the doors closed after a 40-s dwell, then beside the bus every second 30 dB below
         the riders for 765 m, was charged BD006 -> BD009 on the unbroken-stretch rule.
+        Never with ``in_bus_margin_db`` 0 (off): no margin then says "far below".
         """
-        lvl = self._riders_lvl
+        lvl, margin = self._riders_lvl, self.params.in_bus_margin_db
         return (
-            not r.rot
+            margin > 0.0  # (0: off, no margin that says "far below the riders")
+            and not r.rot
             and r.n_far > 0
             and r.n_adv > 1
             and r.first_t > v.open_t
             and (v.close_t is None or r.first_t <= v.close_t)
             and math.isfinite(lvl)
-            and r.far_sum / r.n_far < lvl - self.params.in_bus_margin_db
+            and r.far_sum / r.n_far < lvl - margin
             and self._silent_at_doors(r, v)
         )
 

@@ -50,7 +50,8 @@ class ClassifierParams:
         " threshold follows the riders' level, not a calibration); 0: off. Co-movement"
         " evidence (sparse_adverts) counts only within this many dB of that median (a rider"
         " of a vehicle alongside is heard through two shells), and boards nobody with"
-        " nobody aboard",
+        " nobody aboard; a candidate first heard late at the open doors and this far below"
+        " the riders drew up outside (0: never)",
     )
 
     in_bus_gap_s: float = option(

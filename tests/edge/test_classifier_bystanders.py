@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from edge._classifier import State
+from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
 from tests.edge.test_classifier import T0, Token, World, by_name, pull_out_to_s2
 
@@ -261,6 +262,21 @@ def test_a_weak_rider_heard_only_once_aboard_late_in_the_dwell_is_charged() -> N
     # below them, as a late joiner is, six such riders were missed in cell 2 (a first
     # version of the rule); in_bus_margin_db (25 dB) keeps them
     w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -52.0))
+    here = {"at_s2": False}
+    weak = w.add(Token("weak", _drawing_up_late_in_the_dwell(-72.0, here)))
+    out = _s1_to_s2(w, here)
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, weak)] == [("S1", "S2")]
+
+
+def test_with_in_bus_margin_db_off_a_rider_boarding_late_is_not_taken_for_a_car() -> None:
+    # in_bus_margin_db = 0 is "off" (the in-bus threshold stays in_bus_rssi_dbm): there is
+    # then no margin to say "far below the riders", and the drew-up rule must not read 0 as
+    # one (every candidate below the riders' median would be a car): the rider above,
+    # 20 dB below the others and 16 dB above the in-bus threshold, boards as it did before
+    # the rule (missed with it)
+    w = World(ClassifierParams(in_bus_margin_db=0.0))
     for i in range(3):
         w.add(Token(f"rd{i}", lambda _: -52.0))
     here = {"at_s2": False}
