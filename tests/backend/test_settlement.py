@@ -89,6 +89,22 @@ class Env:
         self.world.token_keys[rider_id] = token_key
         self.world.keys[rider_id] = derive_rider_keys(token_key)
 
+    async def enrol_key(self, rider_id: str, token_key: bytes, category: str) -> None:
+        """A rider with a given token key, straight into ``riders`` (no API)."""
+        from backend._db import riders
+
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(riders).values(
+                    rider_id=rider_id,
+                    token_key=token_key.hex(),
+                    status="active",
+                    enrolled_at=NOW,
+                    kind="fob",
+                    category=category,
+                )
+            )
+
     async def rows(self, table: sa.Table, *order: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             q = sa.select(table).order_by(*(table.c[o] for o in order))
@@ -315,19 +331,7 @@ async def test_forged_rtag_and_unknown_rid_are_never_charged(env: Env) -> None:
     (leg,) = await env.rows(legs, "journey_id")
     assert leg["event_ids"] == [honest["event_id"]]
     # the stranger enrols later (same key): the held event is settled and charged
-    async with env.engine.begin() as conn:
-        from backend._db import riders
-
-        await conn.execute(
-            sa.insert(riders).values(
-                rider_id="stranger",
-                token_key=(b"\x42" * 16).hex(),
-                status="active",
-                enrolled_at=NOW,
-                kind="fob",
-                category="child",
-            )
-        )
+    await env.enrol_key("stranger", b"\x42" * 16, "child")
     report = await env.worker.settle_once()
     assert report.segments == 1
     c = (await env.client.get("/riders/stranger/charges")).json()
@@ -1094,19 +1098,7 @@ async def test_invalid_evidence_of_an_event_resolved_later_is_counted_when_it_re
     await env.ingest([event])
     report = await env.worker.settle_once()
     assert (report.unresolved, report.evidence_invalid) == ({"unresolved_rid": 1}, {})
-    async with env.engine.begin() as conn:
-        from backend._db import riders
-
-        await conn.execute(
-            sa.insert(riders).values(
-                rider_id="stranger",
-                token_key=(b"\x42" * 16).hex(),
-                status="active",
-                enrolled_at=NOW,
-                kind="fob",
-                category="adult",
-            )
-        )
+    await env.enrol_key("stranger", b"\x42" * 16, "adult")
     before = EVIDENCE_INVALID.labels("rssi_med")._value.get()
     with capture_logs() as logs:
         report = await env.worker.settle_once()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pytest
+
 from edge._classifier import State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
@@ -254,29 +256,20 @@ def test_a_car_drawing_up_as_the_doors_are_about_to_close_is_not_charged() -> No
         assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S0", "S2")]
 
 
-def test_a_weak_rider_heard_only_once_aboard_late_in_the_dwell_is_charged() -> None:
+@pytest.mark.parametrize("margin_db", [25.0, 0.0])
+def test_a_weak_rider_heard_only_once_aboard_late_in_the_dwell_is_charged(
+    margin_db: float,
+) -> None:
     # guard (-25 dBm, tuning seeds 1-2, e.g. seed 2 bus_alongside_red_light r-00028, 14 dB
     # below the riders): a weak token heard only once aboard, boarding late in a long
     # dwell, here heard every second 20 dB below the riders: as silent at the open doors
     # as the car, but in the same shell as the riders. Barred at sparse_fall_db (12 dB)
     # below them, as a late joiner is, six such riders were missed in cell 2 (a first
-    # version of the rule); in_bus_margin_db (25 dB) keeps them
-    w = World()
-    for i in range(3):
-        w.add(Token(f"rd{i}", lambda _: -52.0))
-    here = {"at_s2": False}
-    weak = w.add(Token("weak", _drawing_up_late_in_the_dwell(-72.0, here)))
-    out = _s1_to_s2(w, here)
-    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, weak)] == [("S1", "S2")]
-
-
-def test_with_in_bus_margin_db_off_a_rider_boarding_late_is_not_taken_for_a_car() -> None:
-    # in_bus_margin_db = 0 is "off" (the in-bus threshold stays in_bus_rssi_dbm): there is
-    # then no margin to say "far below the riders", and the drew-up rule must not read 0 as
-    # one (every candidate below the riders' median would be a car): the rider above,
-    # 20 dB below the others and 16 dB above the in-bus threshold, boards as it did before
-    # the rule (missed with it)
-    w = World(ClassifierParams(in_bus_margin_db=0.0))
+    # version of the rule); in_bus_margin_db (25 dB) keeps them. And with it 0 ("off":
+    # the in-bus threshold stays in_bus_rssi_dbm, 16 dB below this rider) no margin says
+    # "far below the riders": 0 read as one made every candidate below the riders'
+    # median a car (missed)
+    w = World(ClassifierParams(in_bus_margin_db=margin_db))
     for i in range(3):
         w.add(Token(f"rd{i}", lambda _: -52.0))
     here = {"at_s2": False}
