@@ -423,6 +423,12 @@ class _Rid:
         """The latest advert of it as a candidate heard while its stop's doors stood open
         (:meth:`PresenceClassifier._stood_and_carried`)."""
 
+    def level_from_here(self) -> None:
+        """Measure its level from here: empty ``hist`` and ``lv_hist`` (nothing uncounted)."""
+        self.hist = {}
+        self.lv_hist = {}
+        self.lv_n = self.n_adv
+
     def outside_again(self) -> None:
         """Forget a late joiner's candidacy, keep what was heard: as if it had been outside.
 
@@ -625,9 +631,7 @@ class PresenceClassifier:
                 continue
             if r.state in (_OUTSIDE, _ROTATING):
                 r.convoy = self._convoy_level(r, visit.open_odo_m) if r.state == _OUTSIDE else None
-                r.hist = {}
-                r.lv_hist = {}
-                r.lv_n = r.n_adv
+                r.level_from_here()
                 self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=False)
             elif (
@@ -641,9 +645,7 @@ class PresenceClassifier:
                 # someone waiting here, heard from afar as the bus came (as if outside)
                 r.outside_again()
                 r.convoy = self._convoy_level(r, visit.open_odo_m)
-                r.hist = {}
-                r.lv_hist = {}
-                r.lv_n = r.n_adv
+                r.level_from_here()
                 self._proof_from_here(r)
                 self._become_candidate(r, visit, fresh=r.state == _GONE)
 
