@@ -211,6 +211,9 @@ SegmentFields = tuple[Any, ...]
 evidence (or ``None``), ``riders_lvl`` (or ``None``), the evidence keys read as absent
 because invalid (:func:`~backend._legs.evidence_invalid`; ``()`` as a rule)."""
 
+_SEG_INVALID = 17
+"""Where :data:`SegmentFields` holds the evidence keys read as absent because invalid."""
+
 
 class _CheckedFields(NamedTuple):
     reason: str | None
@@ -1037,8 +1040,8 @@ class Settler:
                     pending.append((plan.bus_id, c.seq, c.event_id, c.segment))
                     rids += c.segment[0]
                     ivs.append(c.segment[1])
-                    if c.segment[17]:
-                        self._evidence_invalid(plan.bus_id, c, c.segment[17])
+                    if invalid := c.segment[_SEG_INVALID]:
+                        self._evidence_invalid(plan.bus_id, c, invalid)
             stats.duplicates += plan.duplicates
             for r in plan.rejected:
                 stats.rejected[r.reason] += 1
