@@ -203,16 +203,38 @@ class SettleResult:
     stats: SettleStats
 
 
-SegmentFields = tuple[Any, ...]
-"""A verified segment event's fields for stages 2-3, in this order: ``rid`` (12 bytes),
-``interval``, proof first and last (24 bytes each), ``route_id``, ``trip_id``, start
-``t``, ``stop_id``, ``cause``, end ``t``, ``stop_id``, ``cause``, ``distance_m``,
-``rssi_med`` (or ``None``), ``n_adv`` (or ``None``), a tentative segment's co-movement
-evidence (or ``None``), ``riders_lvl`` (or ``None``), the evidence keys read as absent
-because invalid (:func:`~backend._legs.evidence_invalid`; ``()`` as a rule)."""
+class SegmentFields(NamedTuple):
+    """A verified segment event's fields for stages 2-3.
 
-_SEG_INVALID = 17
-"""Where :data:`SegmentFields` holds the evidence keys read as absent because invalid."""
+    What :class:`Segment` needs besides its rider, and the proof that names the rider. A
+    plain tuple of these values crosses the pool's ``marshal`` boundary (which takes no
+    tuple subclass): :func:`_flat` on the way out, :func:`_checked_of` on the way in.
+    """
+
+    rid: bytes
+    """12 bytes."""
+    interval: int
+    proof_first: bytes
+    """24 bytes."""
+    proof_last: bytes
+    """24 bytes."""
+    route_id: str | None
+    trip_id: str | None
+    start_t: float
+    start_stop_id: str | None
+    start_cause: str
+    end_t: float
+    end_stop_id: str | None
+    end_cause: str
+    distance_m: float
+    rssi_med: float | None
+    n_adv: int | None
+    co: tuple[int, float, float] | None
+    """A tentative segment's co-movement evidence."""
+    riders_lvl: float | None
+    invalid: tuple[str, ...]
+    """The evidence keys read as absent because invalid
+    (:func:`~backend._legs.evidence_invalid`; ``()`` as a rule)."""
 
 
 class _CheckedFields(NamedTuple):
@@ -236,7 +258,7 @@ class Checked(_CheckedFields):
         event_id: its event id.
         prev: its ``prev``.
         hash: hex SHA-256 of its canonical bytes with ``sig`` (the next ``prev``).
-        segment: a segment's fields (:data:`SegmentFields`); ``None`` for a ``missed``
+        segment: a segment's fields (:class:`SegmentFields`); ``None`` for a ``missed``
             record (a chain link, never a ride).
 
     A verified one is a :class:`backend._chain.ChainRecord` (its signature verified,
@@ -271,7 +293,7 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
     rssi_med = evidence_rssi(ev.evidence)
     n_adv = evidence_count(ev.evidence)
     riders_lvl = evidence_level(ev.evidence, "riders_lvl")
-    return (
+    return SegmentFields(
         bytes.fromhex(ev.rid),
         ev.interval,
         bytes.fromhex(ev.proof.first),
@@ -291,6 +313,20 @@ def _fields(ev: SegmentEvent) -> SegmentFields:
         riders_lvl,
         evidence_invalid(ev.evidence, rssi_med, n_adv, riders_lvl),
     )
+
+
+def _flat(c: Checked) -> tuple[Any, ...]:
+    """A :class:`Checked` as nested plain tuples (what ``marshal`` writes)."""
+    seg = c.segment
+    return tuple(c) if seg is None else (*c[:6], tuple(seg))
+
+
+def _checked_of(flat: Sequence[Any]) -> Checked:
+    """A :class:`Checked` from :func:`_flat`'s tuples (``marshal`` read them back)."""
+    seg = flat[6]
+    if seg is None:
+        return Checked._make(flat)
+    return Checked._make((*flat[:6], SegmentFields._make(seg)))
 
 
 _Deferred = list[tuple["Checked", FareEvent, bytes]]
@@ -433,7 +469,7 @@ def _check_chunk(lines: list[bytes]) -> bytes:
     """
     assert _POOL_DEVICES is not None  # set before the pool forked
     out, verified = check_lines(lines, _POOL_DEVICES, verify=_POOL_VERIFY[0])
-    return marshal.dumps((list(map(tuple, out)), verified))
+    return marshal.dumps((list(map(_flat, out)), verified))
 
 
 _Range = tuple[str, int, int]
@@ -474,7 +510,7 @@ def _check_range_put_off(task: _Range) -> bytes:
     for line in data.split(b"\n"):
         checked = _check_line(line, devices, sink)
         sink.clear()
-        out.extend(map(tuple, checked))
+        out.extend(map(_flat, checked))
         offsets.extend([off] * len(checked))
         index.extend(range(len(checked)))
         off += len(line) + 1
@@ -892,7 +928,7 @@ class Settler:
         read = 0
         try:
             # marshal: bytes our own forked workers wrote
-            make, take, loads = Checked._make, self.take_many, marshal.loads
+            make, take, loads = _checked_of, self.take_many, marshal.loads
             stats = self.stats
             for blob in _pooled(work, tasks, processes, meanwhile):
                 result, verified = loads(blob)
@@ -939,7 +975,7 @@ class Settler:
         nodes: dict[str, tuple[str, int, str]] = {}
         where: dict[str, _Where] = {}
         try:
-            make, loads = Checked._make, marshal.loads
+            make, loads = _checked_of, marshal.loads
             for blob in _pooled(_check_range_put_off, tasks, processes, meanwhile):
                 result, offsets, index = loads(blob)
                 name = names.popleft()
@@ -1037,10 +1073,11 @@ class Settler:
                 if c.segment is None:
                     stats.missed += 1  # a verified link of the chain, never a ride
                 else:
-                    pending.append((plan.bus_id, c.seq, c.event_id, c.segment))
-                    rids += c.segment[0]
-                    ivs.append(c.segment[1])
-                    if invalid := c.segment[_SEG_INVALID]:
+                    seg = c.segment
+                    pending.append((plan.bus_id, c.seq, c.event_id, seg))
+                    rids += seg.rid
+                    ivs.append(seg.interval)
+                    if invalid := seg.invalid:
                         self._evidence_invalid(plan.bus_id, c, invalid)
             stats.duplicates += plan.duplicates
             for r in plan.rejected:
@@ -1156,16 +1193,18 @@ class Settler:
         for k in ks:
             bus_id, seq, event_id, f = pend[k]
             rid_interval = found[k]
-            if not proof_holds(pads, f[2], f[3], rid_interval, f[0], f[6], f[9], slack):
+            if not proof_holds(
+                pads, f.proof_first, f.proof_last, rid_interval, f.rid, f.start_t, f.end_t, slack
+            ):
                 try:
                     check_proof_with(
                         mac_key,
-                        f[2],
-                        f[3],
+                        f.proof_first,
+                        f.proof_last,
                         rid_interval,
-                        rid=f[0],
-                        start_t=f[6],
-                        end_t=f[9],
+                        rid=f.rid,
+                        start_t=f.start_t,
+                        end_t=f.end_t,
                         slack_s=slack,
                     )
                 except ProofRejected as exc:
@@ -1177,20 +1216,20 @@ class Settler:
                     bus_id,
                     seq,
                     event_id,
-                    f[1],
-                    f[4],
-                    f[5],
-                    f[6],
-                    f[7],
-                    f[8],
-                    f[9],
-                    f[10],
-                    f[11],
-                    f[12],
-                    f[13],
-                    f[14],
-                    f[15],
-                    f[16],
+                    f.interval,
+                    f.route_id,
+                    f.trip_id,
+                    f.start_t,
+                    f.start_stop_id,
+                    f.start_cause,
+                    f.end_t,
+                    f.end_stop_id,
+                    f.end_cause,
+                    f.distance_m,
+                    f.rssi_med,
+                    f.n_adv,
+                    f.co,
+                    f.riders_lvl,
                 )
             )
         return segments, rejected
