@@ -51,6 +51,7 @@ import math
 import mmap
 import os
 import threading
+import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,6 +62,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 
 from backend._chain import BusPlan, ChainPlanner, ChainPosition, Rejection
+from backend._ingest_bounds import LogBudget
 from backend._journeys import Journey, JourneyBuilder, Segment
 from backend._legs import (
     evidence_co,
@@ -786,6 +788,10 @@ class Settler:
         verify: ``runs`` (default): one signature per hash-linked run (of the whole
             input for files the pool reads, else of each chunk of lines); ``every``:
             each record's own (:func:`check_lines`).
+        log_budget: rate limit of the per-event warning log (``segment_evidence_invalid``)
+            per (keys, bus), on ``clock``; default 10 lines a minute each (every one is
+            counted in ``stats.warnings``).
+        clock: monotonic seconds of ``log_budget``.
     """
 
     def __init__(
@@ -796,6 +802,8 @@ class Settler:
         *,
         categories: Mapping[str, str] | None = None,
         verify: Verify = "runs",
+        log_budget: LogBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if verify not in ("runs", "every"):
             raise ValueError(f"verify must be 'runs' or 'every', not {verify!r}")
@@ -804,6 +812,8 @@ class Settler:
         self.resolver = resolver
         self.builder = builder
         self.categories = categories
+        self.log_budget = log_budget or LogBudget()
+        self._clock = clock
         self.stats = SettleStats()
         # the in-memory store the chain planner reads and its plans are written to
         self._buses: dict[str, _Bus] = {}
@@ -1086,17 +1096,20 @@ class Settler:
     def _evidence_invalid(self, bus_id: str, c: Checked, keys: tuple[str, ...]) -> None:
         """Count (``warnings``: ``evidence_invalid_<key>``) and log invalid evidence values.
 
+        The log is rate-limited (``log_budget``), the count is not.
+
         A stored event's values read as absent because invalid: it settles without them.
         """
         warnings = self.stats.warnings
         for key in keys:
             warnings["evidence_invalid_" + key] += 1
+        event = "segment_evidence_invalid"
+        suppressed = self.log_budget.allow((event, ",".join(keys), bus_id), self._clock())
+        if suppressed is None:
+            return
+        more = {"suppressed": suppressed} if suppressed else {}
         get_logger("backend.settle").warning(
-            "segment_evidence_invalid",
-            bus_id=bus_id,
-            seq=c.seq,
-            event_id=c.event_id,
-            keys=list(keys),
+            event, bus_id=bus_id, seq=c.seq, event_id=c.event_id, keys=list(keys), **more
         )
 
     def links(self) -> dict[str, list[tuple[int, int]]]:

@@ -68,6 +68,7 @@ from backend._db import (
 )
 from backend._fare_engine import Charge, FareEngine, period_adjustments
 from backend._fare_rules import FareRules, load_rules
+from backend._ingest_bounds import LogBudget
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
 from backend._legs import evidence_invalid
 from backend._resolve import (
@@ -287,6 +288,8 @@ class SettlementWorker:
             of tentative pieces settlement dropped are deleted this many days after the
             piece ended (:meth:`forget_dropped_links`); 0: kept.
         clock: wall clock (UNIX seconds).
+        log_budget: rate limit of the per-event logs (``segment_evidence_invalid``,
+            ``segment_unresolved``) per (event, kind, bus); default 10 lines a minute each.
     """
 
     def __init__(
@@ -303,6 +306,7 @@ class SettlementWorker:
         interval_s: float = 5.0,
         tentative_link_days: float = 35.0,
         clock: Callable[[], float] = time.time,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.engine = engine
         self.rules = rules
@@ -326,6 +330,7 @@ class SettlementWorker:
         (in memory: a restarted worker examines them all once; lowered when a piece
         ending before it is settled again, e.g. after a watermark reset)."""
         self.clock = clock
+        self.log_budget = log_budget or LogBudget()
         self._dialect = engine.dialect.name
         cap = rules.daily_cap.day_start
         self._day_offset = dt.timedelta(hours=cap.hour, minutes=cap.minute, seconds=cap.second)
@@ -372,14 +377,29 @@ class SettlementWorker:
         """
         return (await self._riders.refresh(self.engine)).added
 
+    def _warn(self, event: str, kind: str, *, bus_id: str, **kw: Any) -> None:
+        """A log about one fare event, rate-limited per (event, kind, bus).
+
+        By ``log_budget``: a bus (or anyone holding its key) sending thousands of such
+        events logs at most its burst a window; the next line let through carries
+        ``suppressed=N``. Counters are kept by the caller, for every event.
+        """
+        suppressed = self.log_budget.allow((event, kind, bus_id), self.clock())
+        if suppressed is None:
+            return
+        if suppressed:
+            kw["suppressed"] = suppressed
+        _log().warning(event, bus_id=bus_id, **kw)
+
     def _resolve_batch(
         self, rows: Sequence[Any], report: SettleReport
     ) -> list[Segment | ProofRejected]:
         """Each stored event's segment, or why it is not charged (rids looked up in bulk).
 
         An evidence value settlement reads but found invalid (read as absent) is counted
-        in ``report`` and ``busbell_settlement_evidence_invalid_total{key}`` and logged
-        (``segment_evidence_invalid``); the segment settles without it.
+        in ``report`` and ``busbell_settlement_evidence_invalid_total{key}`` (every one)
+        and logged (``segment_evidence_invalid``, rate-limited: :meth:`_warn`); the
+        segment settles without it.
         """
         events = [event_of_row(row) for row in rows]
         found = self.resolver.resolve_near(
@@ -397,8 +417,9 @@ class SettlementWorker:
                 for key in bad:
                     report.evidence_invalid[key] += 1
                     EVIDENCE_INVALID.labels(key).inc()
-                _log().warning(
+                self._warn(
                     "segment_evidence_invalid",
+                    ",".join(bad),
                     bus_id=event["bus_id"],
                     seq=event["seq"],
                     event_id=event["event_id"],
@@ -512,13 +533,14 @@ class SettlementWorker:
             if isinstance(result, ProofRejected):
                 report.unresolved[result.reason] += 1
                 UNRESOLVED.labels(result.reason).inc()
-                _log().warning(
+                self._warn(
                     "segment_unresolved",
+                    result.reason,
                     bus_id=bus_id,
                     seq=row.seq,
                     event_id=row.event_id,
                     reason=result.reason,
-                    detail=result.detail,
+                    detail=result.detail[:200],
                 )
                 bad_rows.append(self._unresolved_row(row, result, now))
                 continue

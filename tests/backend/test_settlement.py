@@ -1111,3 +1111,76 @@ async def test_invalid_evidence_of_an_event_resolved_later_is_counted_when_it_re
     assert (seg["event_id"], seg["rssi_med"]) == (event["event_id"], None)
     report = await env.worker.settle_once()
     assert not report.evidence_invalid
+
+
+async def test_invalid_evidence_floods_no_log_and_every_event_is_counted(env: Env) -> None:
+    """``segment_evidence_invalid`` was logged once per event: a bus (or anyone holding
+    its key) sending invalid evidence in every event wrote a line each. It goes through
+    the per-event warning budget the ingest uses (:class:`backend._ingest_bounds.LogBudget`,
+    per event, keys and bus): ``burst`` lines a window, the next one let through carrying
+    ``suppressed=N``. The counters (report, Prometheus, offline ``warnings``) stay exact."""
+    from backend._ingest_bounds import LogBudget
+
+    w = env.world
+
+    def ride(rider: str, t: float) -> dict[str, Any]:
+        fields = w.segment_fields(
+            rider,
+            route_id="R1",
+            trip_id="T1",
+            start=(t, "S01", "boarded"),
+            end=(t + 100.0, "S02", "alighted"),
+            distance_m=800.0,
+        )
+        fields["evidence"].update(rssi_med="loud")
+        return w.buses["bus-01"].emit(fields)
+
+    events = [ride(f"r000{1 + k % 3}", T0 + 200.0 * k) for k in range(25)]
+    await env.ingest(events)
+    clock = [NOW]
+    worker = SettlementWorker(
+        env.engine,
+        env.worker.builder.feed,
+        env.rules,
+        clock=lambda: clock[0],
+        log_budget=LogBudget(burst=3, window_s=60.0),
+    )
+    before = EVIDENCE_INVALID.labels("rssi_med")._value.get()
+    with capture_logs() as logs:
+        report = await worker.settle_once()
+    flagged = [e for e in logs if e["event"] == "segment_evidence_invalid"]
+    assert [e["event_id"] for e in flagged] == [e["event_id"] for e in events[:3]]
+    assert report.evidence_invalid == {"rssi_med": 25}
+    assert EVIDENCE_INVALID.labels("rssi_med")._value.get() == before + 25
+    # a window later, the next line says how many were not logged
+    late = ride("r0001", T0 + 200.0 * 25)
+    await env.ingest([late])
+    clock[0] = NOW + 60.0
+    with capture_logs() as logs:
+        report = await worker.settle_once()
+    assert [
+        (e["event_id"], e["suppressed"]) for e in logs if e["event"] == "segment_evidence_invalid"
+    ] == [(late["event_id"], 22)]
+    assert report.evidence_invalid == {"rssi_med": 1}
+
+    # offline (busbell backend settle) alike
+    feed = load_gtfs(w.gtfs)
+    ring = RiderKeyring()
+    for rider_id, token_key in sorted(w.token_keys.items()):
+        ring.add(rider_id, token_key)
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
+    offline = Settler(
+        read_devices(w.devices_csv),
+        Resolver(ring),
+        builder,
+        log_budget=LogBudget(burst=3, window_s=60.0),
+        clock=lambda: 0.0,
+    )
+    with capture_logs() as logs:
+        for e in [*events, late]:
+            offline.feed_event(e)
+        result = offline.finish()
+    assert result.stats.warnings == {"evidence_invalid_rssi_med": 26}
+    assert [e["event_id"] for e in logs if e["event"] == "segment_evidence_invalid"] == [
+        e["event_id"] for e in events[:3]
+    ]
