@@ -465,8 +465,18 @@ settlement_dirty = sa.Table(
     sa.Column("rider_id", sa.String(64), primary_key=True),
     sa.Column("service_day", sa.String(10), primary_key=True),
     sa.Column("marked_at", _Time, nullable=False),
+    sa.Column(
+        "attempts",
+        sa.Integer(),
+        nullable=False,
+        server_default="0",
+        doc="recomputations in a row that raised (0: never failed)",
+    ),
+    sa.Column("failed_at", _Time, nullable=True, doc="when it last failed"),
+    sa.Column("error", sa.Text(), nullable=True, doc="why: the exception's type and message"),
 )
-"""Rider-days whose derived rows must be recomputed (new or late segments)."""
+"""Rider-days whose derived rows must be recomputed (new or late segments); one that
+failed keeps its mark with the failure (migration 0019), retried after a backoff."""
 
 fleet_keys = sa.Table(
     "fleet_keys",

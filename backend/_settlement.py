@@ -36,15 +36,16 @@ import contextlib
 import datetime as dt
 import hashlib
 import math
+import random
 import time
 from collections import Counter as CountMap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -85,11 +86,13 @@ from backend._tentative import TENTATIVE, dropped_tentative
 from backend.config import BackendConfig
 from busbell import BusbellError, ConfigError, StoreError, get_logger
 from busbell._gtfs import Feed
+from busbell._mqtt import backoff_delays
 
 __all__ = [
     "CATEGORIES",
     "CONTEXT_S",
     "RevokedRider",
+    "SettleFailed",
     "SettleReport",
     "SettlementWorker",
     "event_of_row",
@@ -125,6 +128,16 @@ TENTATIVE_LINKS_DELETED = Counter(
     "busbell_settlement_tentative_links_deleted",
     "rider_segments rows of dropped tentative pieces deleted after tentative_link_days",
 )
+UNEXPECTED = Counter(
+    "busbell_settlement_unexpected_errors",
+    "Unexpected exceptions the settlement worker contained (by unit: pass, bus, event,"
+    " rider_day, links)",
+    ["unit"],
+)
+RIDER_DAYS_FAILING = Gauge(
+    "busbell_settlement_rider_days_failing",
+    "Marked rider-days whose last recomputation failed (put aside, retried after a backoff)",
+)
 EVIDENCE_INVALID = Counter(
     "busbell_settlement_evidence_invalid",
     "Fare events settled with an evidence value read as absent because invalid (by key)",
@@ -151,7 +164,12 @@ class SettleReport:
         gaps_waiting: buses stopped at a hole in their seqs (within the grace period).
         gaps_skipped: holes settled past after the grace period.
         rider_days: rider-days recomputed.
-        failed_rider_days: rider-days that could not be priced (left marked, logged).
+        failed_rider_days: rider-days that could not be priced (left marked with the
+            error, logged, retried after a backoff).
+        rider_days_waiting: marked rider-days put aside this pass: they failed before
+            and their backoff has not run out (``settlement_dirty.attempts``).
+        failed_buses: buses whose batch raised unexpectedly this pass (the bus waits for
+            a backoff; the other buses go on).
         journeys: journeys written.
         charges: charges written.
         adjustments: adjustments written.
@@ -166,6 +184,8 @@ class SettleReport:
     gaps_skipped: int = 0
     rider_days: int = 0
     failed_rider_days: int = 0
+    rider_days_waiting: int = 0
+    failed_buses: int = 0
     journeys: int = 0
     charges: int = 0
     adjustments: int = 0
@@ -182,10 +202,30 @@ class SettleReport:
             "gaps_skipped": self.gaps_skipped,
             "rider_days": self.rider_days,
             "failed_rider_days": self.failed_rider_days,
+            "rider_days_waiting": self.rider_days_waiting,
+            "failed_buses": self.failed_buses,
             "journeys": self.journeys,
             "charges": self.charges,
             "adjustments": self.adjustments,
         }
+
+
+class SettleFailed(ProofRejected):
+    """Settling the event raised unexpectedly (a bad row, a bug): never charged.
+
+    Kept in ``unresolved_segments`` with reason ``settle_error`` and the exception as
+    detail (the dead letters of settlement); retried at a restarted worker's first pass.
+    """
+
+    REASON = "settle_error"
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(self.REASON, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as ``Type: message``, cut to 2,000 characters."""
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 class RevokedRider(ProofRejected):
@@ -289,7 +329,11 @@ class SettlementWorker:
             piece ended (:meth:`forget_dropped_links`); 0: kept.
         clock: wall clock (UNIX seconds).
         log_budget: rate limit of the per-event logs (``segment_evidence_invalid``,
-            ``segment_unresolved``) per (event, kind, bus); default 10 lines a minute each.
+            ``segment_unresolved``, ``segment_settle_failed``) per (event, kind, bus);
+            default 10 lines a minute each.
+        retry_max_s: longest wait before a failed pass, bus or rider-day is tried again
+            (the wait doubles from ``interval_s`` with each failure in a row).
+        rng: the jitter of :meth:`run`'s backoff (tests).
     """
 
     def __init__(
@@ -307,6 +351,8 @@ class SettlementWorker:
         tentative_link_days: float = 35.0,
         clock: Callable[[], float] = time.time,
         log_budget: LogBudget | None = None,
+        retry_max_s: float = 300.0,
+        rng: random.Random | None = None,
     ) -> None:
         self.engine = engine
         self.rules = rules
@@ -331,6 +377,12 @@ class SettlementWorker:
         ending before it is settled again, e.g. after a watermark reset)."""
         self.clock = clock
         self.log_budget = log_budget or LogBudget()
+        self.retry_max_s = max(interval_s, retry_max_s)
+        self._rng = rng or random.Random()
+        self._passes = 0
+        """Passes completed (the first one retries what failed before a restart)."""
+        self._bus_failures: dict[str, tuple[int, float]] = {}
+        """Buses whose batch raised: failures in a row, when to try again."""
         self._dialect = engine.dialect.name
         cap = rules.daily_cap.day_start
         self._day_offset = dt.timedelta(hours=cap.hour, minutes=cap.minute, seconds=cap.second)
@@ -377,19 +429,75 @@ class SettlementWorker:
         """
         return (await self._riders.refresh(self.engine)).added
 
-    def _warn(self, event: str, kind: str, *, bus_id: str, **kw: Any) -> None:
+    def _warn(
+        self, event: str, kind: str, *, bus_id: str, exc_info: bool = False, **kw: Any
+    ) -> None:
         """A log about one fare event, rate-limited per (event, kind, bus).
 
         By ``log_budget``: a bus (or anyone holding its key) sending thousands of such
         events logs at most its burst a window; the next line let through carries
-        ``suppressed=N``. Counters are kept by the caller, for every event.
+        ``suppressed=N``. Counters are kept by the caller, for every event. With
+        ``exc_info`` (called from an ``except`` block): an error with the traceback.
         """
         suppressed = self.log_budget.allow((event, kind, bus_id), self.clock())
         if suppressed is None:
             return
         if suppressed:
             kw["suppressed"] = suppressed
-        _log().warning(event, bus_id=bus_id, **kw)
+        if exc_info:
+            _log().exception(event, bus_id=bus_id, **kw)
+        else:
+            _log().warning(event, bus_id=bus_id, **kw)
+
+    def _failed(self, event: Any, exc: Exception) -> SettleFailed:
+        """An event whose settling raised: logged with the traceback, counted, dead-lettered.
+
+        ``event`` is its ``fare_events`` row. Called from the ``except`` block. The event
+        is never charged and never stalls its bus: it goes to ``unresolved_segments`` as
+        ``settle_error``.
+        """
+        UNEXPECTED.labels("event").inc()
+        failed = SettleFailed(exc)
+        self._warn(
+            "segment_settle_failed",
+            type(exc).__name__,
+            bus_id=event.bus_id,
+            exc_info=True,
+            seq=event.seq,
+            event_id=event.event_id,
+            error=failed.detail[:200],
+        )
+        return failed
+
+    def _resolve_near(
+        self, events: Sequence[dict[str, Any]]
+    ) -> list[tuple[int, int] | Exception | None]:
+        """Each event's rid looked up in bulk (:meth:`Resolver.resolve_near`).
+
+        If the bulk lookup raises, each rid is looked up alone: the events whose lookup
+        raises get the exception, the others their result. If every one raises (a
+        resolver that does not work at all, not a bad row), the first error is raised.
+        """
+        rids = [e["rid"] for e in events]
+        ivs = [e["interval"] for e in events]
+        try:
+            return list(self.resolver.resolve_near(rids, ivs))
+        except DB_ERRORS:
+            raise
+        except Exception:
+            if len(events) < 2:
+                raise
+        found: list[tuple[int, int] | Exception | None] = []
+        for rid, iv in zip(rids, ivs, strict=True):
+            try:
+                found.append(self.resolver.resolve_near([rid], [iv])[0])
+            except DB_ERRORS:
+                raise
+            except Exception as exc:  # that event is dead-lettered
+                found.append(exc)
+        if all(isinstance(f, Exception) for f in found):
+            raise found[0]  # type: ignore[misc]
+        return found
 
     def _resolve_batch(
         self, rows: Sequence[Any], report: SettleReport
@@ -399,20 +507,24 @@ class SettlementWorker:
         An evidence value settlement reads but found invalid (read as absent) is counted
         in ``report`` and ``busbell_settlement_evidence_invalid_total{key}`` (every one)
         and logged (``segment_evidence_invalid``, rate-limited: :meth:`_warn`); the
-        segment settles without it.
+        segment settles without it. An event whose settling raises unexpectedly is
+        :class:`SettleFailed` (:meth:`_failed`).
         """
         events = [event_of_row(row) for row in rows]
-        found = self.resolver.resolve_near(
-            [e["rid"] for e in events], [e["interval"] for e in events]
-        )
+        found = self._resolve_near(events)
         out: list[Segment | ProofRejected] = []
-        for event, f in zip(events, found, strict=True):
+        for row, event, f in zip(rows, events, found, strict=True):
             try:
+                if isinstance(f, Exception):
+                    raise f
                 seg = segment_of(event, self.resolver, found=f)
+                bad = evidence_invalid(event["evidence"], seg.rssi_med, seg.n_adv, seg.riders_lvl)
             except ProofRejected as exc:
                 out.append(exc)
                 continue
-            bad = evidence_invalid(event["evidence"], seg.rssi_med, seg.n_adv, seg.riders_lvl)
+            except Exception as exc:  # one bad row must not stall its bus
+                out.append(self._failed(row, exc))
+                continue
             if bad:
                 for key in bad:
                     report.evidence_invalid[key] += 1
@@ -432,6 +544,18 @@ class SettlementWorker:
                 out.append(seg)
         return out
 
+    def _derived(
+        self, row: Any, seg: Segment, now: float
+    ) -> tuple[dict[str, Any], set[str]] | SettleFailed:
+        """A segment's ``rider_segments`` row and the service days it marks.
+
+        If making them raises (e.g. a time no calendar holds), the event dead-lettered.
+        """
+        try:
+            return _segment_row(seg, now), self.days_touched(seg)
+        except Exception as exc:  # one bad row must not stall its bus
+            return self._failed(row, exc)
+
     # ------------------------------------------------------------------ pass
 
     async def settle_once(self, now: float | None = None) -> SettleReport:
@@ -439,6 +563,11 @@ class SettlementWorker:
 
         Args:
             now: the current UNIX time (default: the clock).
+
+        A failure of one unit does not stop the others (docs/backend.md, "Failures"): an
+        event whose settling raises is dead-lettered (:class:`SettleFailed`); a bus whose
+        batch raises otherwise waits ``retry_delay`` (logged ``settlement_bus_failed``); a
+        rider-day that raises keeps its mark with the error and waits likewise.
 
         Raises:
             StoreError: the database failed (nothing half-written: retried next pass).
@@ -450,20 +579,64 @@ class SettlementWorker:
             # the tables of i-1..i+1 are built in the background: the next interval's is
             # ready before it starts and a lookup never waits for a build
             self.resolver.prepare_ahead(t)
-            if added:
+            if added or not self._passes:
                 await self._retry_unresolved(t, report)
             for bus_id, settled in await self._buses_behind():
-                upto: int | None = settled
-                while upto is not None:
-                    upto = await self._settle_bus(bus_id, upto, t, report)
+                await self._settle_bus_guarded(bus_id, settled, t, report)
             await self._recompute_dirty(t, report)
             await self.forget_dropped_links(t, report)
         except DB_ERRORS as exc:
             FAILURES.inc()
             raise StoreError(f"settlement pass failed: {exc}") from exc
-        if report.events or report.rider_days or report.tentative_links_deleted:
+        self._passes += 1
+        if (
+            report.events
+            or report.rider_days
+            or report.tentative_links_deleted
+            or report.failed_buses
+            or report.failed_rider_days
+        ):
             _log().info("settlement_pass_completed", **report.to_json())
         return report
+
+    def retry_delay(self, failures: int) -> float:
+        """How long a bus or rider-day that failed ``failures`` times in a row waits."""
+        return min(self.retry_max_s, self.interval_s * 2.0 ** min(failures, 40))
+
+    async def _settle_bus_guarded(
+        self, bus_id: str, settled: int, now: float, report: SettleReport
+    ) -> None:
+        """Settle a bus's new events; if that raises unexpectedly, the bus waits.
+
+        The batches committed before the failure stay (each moved the watermark in its
+        own transaction); the bus is tried again after :meth:`retry_delay` (or at once by
+        a restarted worker) and the other buses are settled meanwhile.
+        """
+        failures, retry_at = self._bus_failures.get(bus_id, (0, -math.inf))
+        if now < retry_at:
+            return
+        try:
+            upto: int | None = settled
+            while upto is not None:
+                upto = await self._settle_bus(bus_id, upto, now, report)
+        except DB_ERRORS:
+            raise
+        except Exception as exc:  # a bug must not stop every other bus
+            failures += 1
+            wait = self.retry_delay(failures)
+            self._bus_failures[bus_id] = (failures, now + wait)
+            report.failed_buses += 1
+            UNEXPECTED.labels("bus").inc()
+            _log().exception(
+                "settlement_bus_failed",
+                bus_id=bus_id,
+                settled_seq=settled,
+                failures=failures,
+                retry_in_s=wait,
+                error=_describe(exc)[:200],
+            )
+            return
+        self._bus_failures.pop(bus_id, None)
 
     async def _buses_behind(self) -> list[tuple[str, int]]:
         w = settlement_watermarks
@@ -530,25 +703,30 @@ class SettlementWorker:
             taken.append(row)
         report.events += len(taken)
         for row, result in zip(taken, self._resolve_batch(taken, report), strict=True):
-            if isinstance(result, ProofRejected):
-                report.unresolved[result.reason] += 1
-                UNRESOLVED.labels(result.reason).inc()
+            derived = (
+                result if isinstance(result, ProofRejected) else self._derived(row, result, now)
+            )
+            if isinstance(derived, ProofRejected):
+                report.unresolved[derived.reason] += 1
+                UNRESOLVED.labels(derived.reason).inc()
                 self._warn(
                     "segment_unresolved",
-                    result.reason,
+                    derived.reason,
                     bus_id=bus_id,
                     seq=row.seq,
                     event_id=row.event_id,
-                    reason=result.reason,
-                    detail=result.detail[:200],
+                    reason=derived.reason,
+                    detail=derived.detail[:200],
                 )
-                bad_rows.append(self._unresolved_row(row, result, now))
+                bad_rows.append(self._unresolved_row(row, derived, now))
                 continue
+            assert isinstance(result, Segment)
+            seg_row, days = derived
             report.segments += 1
             SEGMENTS.inc()
             self._settled_again(result)
-            seg_rows.append(_segment_row(result, now))
-            dirty.update((result.rider_id, d) for d in self.days_touched(result))
+            seg_rows.append(seg_row)
+            dirty.update((result.rider_id, d) for d in days)
         if upto == settled:
             return None
         async with self.engine.begin() as conn:
@@ -598,28 +776,56 @@ class SettlementWorker:
             )
 
     async def _retry_unresolved(self, now: float, report: SettleReport) -> None:
-        """Re-resolve ``unresolved_rid`` events after new riders were enrolled."""
+        """Re-resolve ``unresolved_rid`` events after new riders were enrolled.
+
+        At a worker's first pass, the ``settle_error`` events too (dead-lettered by an
+        earlier worker: a restart may bring the fix); one that now fails otherwise
+        takes its new reason, one that raises again stays.
+        """
         u, fe = unresolved_segments, fare_events
+        reasons = ["unresolved_rid"] if self._passes else ["unresolved_rid", SettleFailed.REASON]
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(fe)
+                    sa.select(fe, u.c.reason.label("unresolved_reason"))
                     # by fare_events' key (it has no event_id index, migration 0014)
                     .join(u, sa.and_(u.c.bus_id == fe.c.bus_id, u.c.seq == fe.c.seq))
-                    .where(u.c.reason == "unresolved_rid")
+                    .where(u.c.reason.in_(reasons))
+                    .order_by(fe.c.bus_id, fe.c.seq)
                 )
             ).all()
-        found = [r for r in self._resolve_batch(rows, report) if isinstance(r, Segment)]
+        found: list[tuple[Segment, dict[str, Any], set[str]]] = []
+        changed: list[tuple[Any, ProofRejected]] = []
+        for row, result in zip(rows, self._resolve_batch(rows, report), strict=True):
+            derived = (
+                result if isinstance(result, ProofRejected) else self._derived(row, result, now)
+            )
+            if isinstance(derived, ProofRejected):
+                if row.unresolved_reason == SettleFailed.REASON != derived.reason:
+                    changed.append((row, derived))
+                continue
+            assert isinstance(result, Segment)
+            found.append((result, *derived))
+        if changed:
+            async with self.engine.begin() as conn:
+                for row, exc in changed:
+                    await conn.execute(
+                        sa.update(u)
+                        .where(u.c.event_id == row.event_id)
+                        .values(self._unresolved_row(row, exc, now))
+                    )
         if not found:
             return
-        for seg in found:
+        for seg, _, _ in found:
             self._settled_again(seg)
-        dirty = {(s.rider_id, d) for s in found for d in self.days_touched(s)}
+        dirty = {(seg.rider_id, d) for seg, _, days in found for d in days}
         async with self.engine.begin() as conn:
             await conn.execute(
-                insert_ignore(rider_segments, self._dialect), [_segment_row(s, now) for s in found]
+                insert_ignore(rider_segments, self._dialect), [r for _, r, _ in found]
             )
-            await conn.execute(sa.delete(u).where(u.c.event_id.in_([s.event_id for s in found])))
+            await conn.execute(
+                sa.delete(u).where(u.c.event_id.in_([seg.event_id for seg, _, _ in found]))
+            )
             await self._mark(conn, dirty, now)
         report.segments += len(found)
         _log().info("unresolved_segments_resolved", count=len(found))
@@ -649,7 +855,9 @@ class SettlementWorker:
         Runs at the end of every pass; only pieces that ended since the last run are read,
         at most ``LINK_BATCH`` a pass (after a restart, all of them once, over as many
         passes as that takes). Counted (``tentative_links_deleted``) and
-        logged (``tentative_links_deleted``).
+        logged (``tentative_links_deleted``). A rider whose groups cannot be made (the
+        grouping raises: a bad row, a bug) keeps those rows (fares are unaffected), logged
+        ``tentative_links_failed`` with the traceback; a restarted worker tries again.
         """
         if self.tentative_link_s <= 0.0:
             return 0
@@ -685,9 +893,19 @@ class SettlementWorker:
                         )
                     )
                 ).all()
-            for group, pieces in dropped_tentative(
-                [_segment_of_row(r) for r in rows], self.builder.policy
-            ):
+            try:
+                dropped = dropped_tentative([_segment_of_row(r) for r in rows], self.builder.policy)
+            except Exception as exc:  # that rider's rows are kept; the others go on
+                UNEXPECTED.labels("links").inc()
+                _log().exception(
+                    "tentative_links_failed",
+                    rider_id=rider_id,
+                    pieces_from=first_t,
+                    pieces_to=last_t,
+                    error=_describe(exc)[:200],
+                )
+                continue
+            for group, pieces in dropped:
                 if (
                     max(p.end_t for p in pieces) < cutoff
                     and group[0].start_t >= lo + LINK_WINDOW_S / 2
@@ -709,16 +927,36 @@ class SettlementWorker:
     # ------------------------------------------------------------------ rider-days
 
     async def _recompute_dirty(self, now: float, report: SettleReport) -> None:
+        """Recompute the marked rider-days, each in its own transaction.
+
+        One that raises (no fare rules in force that day, a bad row, a bug) is rolled
+        back and keeps its mark with ``attempts``, ``failed_at`` and ``error``: it waits
+        :meth:`retry_delay` (``attempts``) before it is tried again, unless a new segment
+        marks it again or the worker was restarted (its first pass tries every one), and
+        the other rider-days go on. Logged ``rider_day_failed`` (with the traceback when
+        not a :class:`~busbell.BusbellError`), counted; the marks failing are the gauge
+        ``busbell_settlement_rider_days_failing``.
+        """
         d = settlement_dirty
         async with self.engine.connect() as conn:
             marks = (
                 await conn.execute(
-                    sa.select(d.c.rider_id, d.c.service_day, d.c.marked_at).order_by(
-                        d.c.rider_id, d.c.service_day
-                    )
+                    sa.select(
+                        d.c.rider_id, d.c.service_day, d.c.marked_at, d.c.attempts, d.c.failed_at
+                    ).order_by(d.c.rider_id, d.c.service_day)
                 )
             ).all()
+        failing = 0
         for m in marks:
+            if (
+                m.attempts
+                and self._passes
+                and m.marked_at <= m.failed_at
+                and now < m.failed_at + self.retry_delay(m.attempts)
+            ):
+                report.rider_days_waiting += 1
+                failing += 1
+                continue
             try:
                 async with self.engine.begin() as conn:
                     await self.recompute_rider_day(conn, m.rider_id, m.service_day, now, report)
@@ -729,16 +967,40 @@ class SettlementWorker:
                             d.c.marked_at <= m.marked_at,
                         )
                     )
-            except BusbellError as exc:
-                # e.g. no fare rules in force that day: the mark stays, retried next pass
-                FAILURES.inc()
-                report.failed_rider_days += 1
-                _log().error(
-                    "rider_day_failed",
-                    rider_id=m.rider_id,
-                    service_day=m.service_day,
-                    error=str(exc),
-                )
+            except DB_ERRORS:
+                raise
+            except Exception as exc:  # one rider-day must not stall every other one
+                failing += 1
+                await self._rider_day_failed(m, exc, now, report)
+        RIDER_DAYS_FAILING.set(failing)
+
+    async def _rider_day_failed(
+        self, mark: Any, exc: Exception, now: float, report: SettleReport
+    ) -> None:
+        """Note on the mark that its rider-day failed (called from the ``except`` block)."""
+        d = settlement_dirty
+        attempts = mark.attempts + 1
+        error = _describe(exc)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(d)
+                .where(d.c.rider_id == mark.rider_id, d.c.service_day == mark.service_day)
+                .values(attempts=attempts, failed_at=now, error=error)
+            )
+        FAILURES.inc()
+        report.failed_rider_days += 1
+        fields = {
+            "rider_id": mark.rider_id,
+            "service_day": mark.service_day,
+            "attempts": attempts,
+            "retry_in_s": self.retry_delay(attempts),
+            "error": error[:200],
+        }
+        if isinstance(exc, BusbellError):  # e.g. no fare rules in force that day
+            _log().error("rider_day_failed", **fields)
+        else:
+            UNEXPECTED.labels("rider_day").inc()
+            _log().exception("rider_day_failed", **fields)
 
     async def recompute_rider_day(
         self,
@@ -946,17 +1208,43 @@ class SettlementWorker:
 
     # ------------------------------------------------------------------ loop
 
+    def _delays(self) -> Iterator[float]:
+        # the first retry after one interval (or up to half as soon), then doubling
+        return backoff_delays(self.interval_s, self.retry_max_s, rng=self._rng)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Settle every ``interval_s`` until ``stop``; a failed pass is logged and retried."""
+        """Settle every ``interval_s`` until ``stop``; a failed pass is logged and retried.
+
+        Whatever a pass raises (but a cancellation) ends that pass only: a database
+        failure (:class:`~busbell.StoreError`) is logged ``settlement_pass_failed``, any
+        other exception ``settlement_pass_crashed`` with the traceback (counted in
+        ``busbell_settlement_unexpected_errors_total{unit="pass"}``), and both in
+        ``busbell_settlement_failures_total``. After failures in a row the next pass waits
+        a jittered backoff (``interval_s`` doubling up to ``retry_max_s``,
+        :func:`busbell._mqtt.backoff_delays`) instead of ``interval_s``.
+        """
         stop = stop or asyncio.Event()
         _log().info("settlement_started", interval_s=self.interval_s)
+        delays: Iterator[float] | None = None
         while not stop.is_set():
+            wait = self.interval_s
             try:
                 await self.settle_once()
+                delays = None
             except StoreError as exc:
-                _log().warning("settlement_pass_failed", error=str(exc))
+                delays = delays or self._delays()
+                wait = next(delays)
+                _log().warning("settlement_pass_failed", error=str(exc), retry_in_s=wait)
+            except Exception as exc:  # a bug must not end settlement for good
+                FAILURES.inc()
+                UNEXPECTED.labels("pass").inc()
+                delays = delays or self._delays()
+                wait = next(delays)
+                _log().exception(
+                    "settlement_pass_crashed", error=_describe(exc)[:200], retry_in_s=wait
+                )
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_s):  # not wait_for: keeps a cancel
+                async with asyncio.timeout(wait):  # not wait_for: keeps a cancel
                     await stop.wait()
         await asyncio.to_thread(self.resolver.close)
         self.resolver.builder.close()
@@ -1045,6 +1333,7 @@ async def run_settlement(config: BackendConfig, *, stop: asyncio.Event | None = 
             default_category=s.default_category,
             interval_s=s.interval_s,
             tentative_link_days=s.tentative_link_days,
+            retry_max_s=s.retry_max_s,
         )
         await worker.run(stop)
     finally:

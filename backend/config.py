@@ -287,6 +287,14 @@ class SettlementSettings:
         600.0,
         doc="Longest wait (s) from one rid's tentative piece to the next rid's piece summed.",
     )
+    retry_max_s: float = option(
+        300.0,
+        doc=(
+            "Longest wait before a failed settlement pass, a bus whose events raised or a"
+            " rider-day that raised is tried again (the wait doubles from interval_s with"
+            " each failure in a row)."
+        ),
+    )
     tentative_link_days: float = option(
         35.0,
         doc=(
@@ -305,6 +313,11 @@ class SettlementSettings:
             raise ValueError(
                 "settlement.tentative_link_days must be 0 (kept) or a positive number of days,"
                 f" got {self.tentative_link_days}"
+            )
+        if not 0.0 < self.retry_max_s < math.inf:
+            raise ValueError(
+                "settlement.retry_max_s must be a positive number of seconds,"
+                f" got {self.retry_max_s}"
             )
 
     def journey_policy(self) -> JourneyPolicy:
