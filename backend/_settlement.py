@@ -430,24 +430,36 @@ class SettlementWorker:
         return (await self._riders.refresh(self.engine)).added
 
     def _warn(
-        self, event: str, kind: str, *, bus_id: str, exc_info: bool = False, **kw: Any
+        self,
+        event: str,
+        kind: str,
+        *,
+        bus_id: str = "",
+        exc: BaseException | None = None,
+        level: str = "warning",
+        **kw: Any,
     ) -> None:
-        """A log about one fare event, rate-limited per (event, kind, bus).
+        """A log line about one event or rider-day, rate-limited per (event, kind, bus).
 
         By ``log_budget``: a bus (or anyone holding its key) sending thousands of such
-        events logs at most its burst a window; the next line let through carries
-        ``suppressed=N``. Counters are kept by the caller, for every event. With
-        ``exc_info`` (called from an ``except`` block): an error with the traceback.
+        events, or a bug failing every rider-day, logs at most its burst a window; the
+        next line let through carries ``suppressed=N``. Counters are kept by the caller,
+        for every one. At ``level`` (``warning`` or ``error``); an error with the
+        traceback of ``exc`` when given.
         """
         suppressed = self.log_budget.allow((event, kind, bus_id), self.clock())
         if suppressed is None:
             return
         if suppressed:
             kw["suppressed"] = suppressed
-        if exc_info:
-            _log().exception(event, bus_id=bus_id, **kw)
+        if bus_id:
+            kw["bus_id"] = bus_id
+        if exc is not None:
+            _log().error(event, exc_info=exc, **kw)
+        elif level == "error":
+            _log().error(event, **kw)
         else:
-            _log().warning(event, bus_id=bus_id, **kw)
+            _log().warning(event, **kw)
 
     def _failed(self, event: Any, exc: Exception) -> SettleFailed:
         """An event whose settling raised: logged with the traceback, counted, dead-lettered.
@@ -462,7 +474,7 @@ class SettlementWorker:
             "segment_settle_failed",
             type(exc).__name__,
             bus_id=event.bus_id,
-            exc_info=True,
+            exc=exc,
             seq=event.seq,
             event_id=event.event_id,
             error=failed.detail[:200],
@@ -897,8 +909,10 @@ class SettlementWorker:
                 dropped = dropped_tentative([_segment_of_row(r) for r in rows], self.builder.policy)
             except Exception as exc:  # that rider's rows are kept; the others go on
                 UNEXPECTED.labels("links").inc()
-                _log().exception(
+                self._warn(
                     "tentative_links_failed",
+                    type(exc).__name__,
+                    exc=exc,
                     rider_id=rider_id,
                     pieces_from=first_t,
                     pieces_to=last_t,
@@ -989,18 +1003,20 @@ class SettlementWorker:
             )
         FAILURES.inc()
         report.failed_rider_days += 1
-        fields = {
-            "rider_id": mark.rider_id,
-            "service_day": mark.service_day,
-            "attempts": attempts,
-            "retry_in_s": self.retry_delay(attempts),
-            "error": error[:200],
-        }
-        if isinstance(exc, BusbellError):  # e.g. no fare rules in force that day
-            _log().error("rider_day_failed", **fields)
-        else:
+        expected = isinstance(exc, BusbellError)  # e.g. no fare rules in force that day
+        if not expected:
             UNEXPECTED.labels("rider_day").inc()
-            _log().exception("rider_day_failed", **fields)
+        self._warn(
+            "rider_day_failed",
+            type(exc).__name__,
+            exc=None if expected else exc,
+            level="error",
+            rider_id=mark.rider_id,
+            service_day=mark.service_day,
+            attempts=attempts,
+            retry_in_s=self.retry_delay(attempts),
+            error=error[:200],
+        )
 
     async def recompute_rider_day(
         self,

@@ -147,8 +147,8 @@ async def test_an_event_whose_settling_raises_is_dead_lettered_and_its_bus_goes_
         (e["event_id"], "settle_error", "RuntimeError: rid lookup bug") for e in bad
     )
     failed = [e for e in logs if e["event"] == "segment_settle_failed"]
-    assert [(e["event_id"], e["log_level"], e["exc_info"]) for e in failed] == [
-        (e["event_id"], "error", True) for e in bad
+    assert [(e["event_id"], e["log_level"], repr(e["exc_info"])) for e in failed] == [
+        (e["event_id"], "error", "RuntimeError('rid lookup bug')") for e in bad
     ]
     assert _unexpected("event") - before == len(bad)
     marks = {r["bus_id"]: r["settled_seq"] for r in await env.rows(settlement_watermarks, "bus_id")}
@@ -220,9 +220,9 @@ async def test_a_rider_day_that_raises_is_put_aside_and_every_other_one_is_charg
     n = len(failed)
     assert n >= 1
     assert report.failed_rider_days == n
-    assert {(e["rider_id"], e["attempts"], e["retry_in_s"], e["exc_info"]) for e in failed} == {
-        ("r0002", 1, 10.0, True)
-    }
+    assert {
+        (e["rider_id"], e["attempts"], e["retry_in_s"], repr(e["exc_info"])) for e in failed
+    } == {("r0002", 1, 10.0, "RuntimeError('pricing bug')")}
     assert (_unexpected("rider_day"), FAILURES._value.get()) == (before[0] + n, before[1] + n)
     assert RIDER_DAYS_FAILING._value.get() == n
     marks = await env.rows(settlement_dirty, "rider_id", "service_day")
@@ -328,9 +328,9 @@ async def test_a_rider_whose_links_cannot_be_grouped_keeps_them_and_the_pass_goe
         report = await env.worker.settle_once(now=NOW + 36 * 86400.0)
     assert report.tentative_links_deleted == 1
     (failed,) = [e for e in logs if e["event"] == "tentative_links_failed"]
-    assert (failed["rider_id"], failed["exc_info"], failed["log_level"]) == (
+    assert (failed["rider_id"], repr(failed["exc_info"]), failed["log_level"]) == (
         "r0002",
-        True,
+        "RuntimeError('grouping bug')",
         "error",
     )
     assert _unexpected("links") - before == 1
@@ -341,3 +341,34 @@ async def test_a_rider_whose_links_cannot_be_grouped_keeps_them_and_the_pass_goe
             )
         ).all()
     assert [r.rider_id for r in left] == ["r0002"]
+
+
+async def test_a_bug_failing_every_rider_day_floods_no_log(env: Env) -> None:
+    """A bug failing every rider-day would log one traceback per rider-day and retry:
+    ``rider_day_failed`` goes through the worker's log budget per exception type
+    (``burst`` lines a window, then ``suppressed=N``); the counters count every one."""
+    from backend._ingest_bounds import LogBudget
+
+    w = env.world
+    for k, rider in enumerate(("r0001", "r0002", "r0003")):
+        w.ride(rider, f"bus-0{k + 1}", board=1, alight=3, t=T0 + 60 * k)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    clock = [NOW]
+    worker, _ = _worker(env, log_budget=LogBudget(burst=1, window_s=60.0))
+    worker.clock = lambda: clock[0]
+    _poison_builder(worker, {"r0001", "r0002", "r0003"})
+    before = _unexpected("rider_day")
+    with capture_logs() as logs:
+        report = await worker.settle_once(now=NOW)
+    n = report.failed_rider_days
+    assert n >= 3
+    assert _unexpected("rider_day") - before == n
+    assert [e["rider_id"] for e in logs if e["event"] == "rider_day_failed"] == ["r0001"]
+    assert RIDER_DAYS_FAILING._value.get() == n
+    clock[0] = NOW + 60.0
+    with capture_logs() as logs:
+        report = await worker.settle_once(now=NOW + 600.0)
+    assert report.failed_rider_days == n
+    assert [(e["rider_id"], e["suppressed"]) for e in logs if e["event"] == "rider_day_failed"] == [
+        ("r0001", n - 1)
+    ]
