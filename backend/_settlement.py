@@ -94,10 +94,12 @@ __all__ = [
     "RevokedRider",
     "SettleFailed",
     "SettleReport",
+    "SettlementFailures",
     "SettlementWorker",
     "event_of_row",
     "import_riders",
     "run_settlement",
+    "settlement_failures",
 ]
 
 CATEGORIES = ("adult", "youth", "child")
@@ -1265,6 +1267,110 @@ class SettlementWorker:
         await asyncio.to_thread(self.resolver.close)
         self.resolver.builder.close()
         _log().info("settlement_stopped")
+
+
+@dataclass(slots=True)
+class SettlementFailures:
+    """What settlement put aside (``busbell backend settlement-failures``).
+
+    Attributes:
+        rider_days: marked rider-days whose recomputation raised, oldest failure first:
+            ``rider_id``, ``service_day``, ``attempts``, ``marked_at``, ``failed_at``,
+            ``error``.
+        rider_days_total: how many there are (``rider_days`` holds at most the limit).
+        dead_letters: events never charged because settling them raised
+            (``settle_error``), by bus and seq: ``bus_id``, ``seq``, ``event_id``,
+            ``detail``, ``recorded_at``.
+        dead_letters_total: how many there are.
+        unresolved: every never-charged event in ``unresolved_segments``, by reason.
+    """
+
+    rider_days: list[dict[str, Any]]
+    rider_days_total: int
+    dead_letters: list[dict[str, Any]]
+    dead_letters_total: int
+    unresolved: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary."""
+        return {
+            "rider_days": self.rider_days,
+            "rider_days_total": self.rider_days_total,
+            "dead_letters": self.dead_letters,
+            "dead_letters_total": self.dead_letters_total,
+            "unresolved": self.unresolved,
+        }
+
+    def lines(self) -> list[str]:
+        """The report as text (times in UTC)."""
+
+        def when(t: float) -> str:
+            return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+        out = [f"rider-days failing: {self.rider_days_total}"]
+        out += [
+            f"  {r['rider_id']} {r['service_day']}: {r['attempts']} attempt(s), last "
+            f"{when(r['failed_at'])} UTC: {r['error']}"
+            for r in self.rider_days
+        ]
+        out.append(f"events dead-lettered (settle_error): {self.dead_letters_total}")
+        out += [
+            f"  {r['bus_id']} seq {r['seq']} {r['event_id']} ({when(r['recorded_at'])} UTC): "
+            f"{r['detail']}"
+            for r in self.dead_letters
+        ]
+        reasons = ", ".join(f"{k} {n}" for k, n in self.unresolved.items()) or "none"
+        out.append(f"events never charged, by reason: {reasons}")
+        return out
+
+
+async def settlement_failures(engine: AsyncEngine, *, limit: int = 1000) -> SettlementFailures:
+    """Read what settlement put aside: failing rider-days, dead-lettered events.
+
+    Read-only (docs/backend.md, "Failures"): the worker retries the rider-days after a
+    backoff and everything at a restart's first pass.
+    """
+    d, u = settlement_dirty, unresolved_segments
+    failing = d.c.attempts > 0
+    dead = u.c.reason == SettleFailed.REASON
+    async with engine.connect() as conn:
+        days = (
+            await conn.execute(
+                sa.select(
+                    d.c.rider_id,
+                    d.c.service_day,
+                    d.c.attempts,
+                    d.c.marked_at,
+                    d.c.failed_at,
+                    d.c.error,
+                )
+                .where(failing)
+                .order_by(d.c.failed_at, d.c.rider_id, d.c.service_day)
+                .limit(limit)
+            )
+        ).all()
+        n_days = (await conn.execute(sa.select(sa.func.count()).where(failing))).scalar_one()
+        letters = (
+            await conn.execute(
+                sa.select(u.c.bus_id, u.c.seq, u.c.event_id, u.c.detail, u.c.recorded_at)
+                .where(dead)
+                .order_by(u.c.bus_id, u.c.seq)
+                .limit(limit)
+            )
+        ).all()
+        reasons = (
+            await conn.execute(
+                sa.select(u.c.reason, sa.func.count()).group_by(u.c.reason).order_by(u.c.reason)
+            )
+        ).all()
+    by_reason = {str(r): int(n) for r, n in reasons}
+    return SettlementFailures(
+        rider_days=[dict(r._mapping) for r in days],
+        rider_days_total=int(n_days),
+        dead_letters=[dict(r._mapping) for r in letters],
+        dead_letters_total=by_reason.get(SettleFailed.REASON, 0),
+        unresolved=by_reason,
+    )
 
 
 async def import_riders(

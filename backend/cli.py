@@ -74,6 +74,20 @@ the key publisher until interrupted.
 """
 
 
+FAILURES_EPILOG = """\
+examples:
+  busbell backend settlement-failures --config backend.toml
+  busbell backend settlement-failures --db sqlite+aiosqlite:///busbell-backend.db --json
+
+Read-only. Lists what the settlement worker put aside (docs/backend.md, "Failures"):
+rider-days whose recomputation raised (settlement_dirty rows with attempts > 0; the
+worker retries them after a backoff, at once when a new segment marks them, and at its
+first pass after a restart), events never charged because settling them raised
+(unresolved_segments with reason settle_error; retried at a restart's first pass), and
+every never-charged event counted by reason. Exit status 0 when nothing failed, 3
+otherwise (for a monitoring check).
+"""
+
 MISSED_EPILOG = """\
 examples:
   busbell backend missed-report --config backend.toml             # the last 7 days
@@ -161,7 +175,7 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "commands: run, settle, enroll, fares explain, api-token, missed-report, "
-            "public-key (each has --help)"
+            "settlement-failures, public-key (each has --help)"
         ),
     )
     ap.add_argument(
@@ -360,6 +374,19 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     mr.add_argument("--limit", type=int, default=10_000, help="most records (the newest)")
     mr.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    sf = sub.add_parser(
+        "settlement-failures",
+        help="list the rider-days and events settlement put aside (what failed and why)",
+        description="Rider-days whose recomputation raised and events whose settling "
+        "raised (dead letters), with the error; never-charged events by reason.",
+        epilog=FAILURES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sf.add_argument("--config", type=Path, default=None, help="backend TOML config")
+    sf.add_argument("--db", default=None, help="database URL (default: the config's)")
+    sf.add_argument("--limit", type=int, default=1000, help="most rows listed of each kind")
+    sf.add_argument("--json", action="store_true", help="print the report as JSON")
+
     pk = sub.add_parser(
         "public-key",
         help="print the deny-list signing key's public half (for the buses' config)",
@@ -417,6 +444,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "busbell backend") -> in
         return _api_token(args)
     if args.command == "missed-report":
         return _missed_report(args)
+    if args.command == "settlement-failures":
+        return _settlement_failures(args)
     if args.command == "public-key":
         return _public_key(args)
     return _run(args)
@@ -447,6 +476,44 @@ def _api_token(args: argparse.Namespace) -> int:
     _out("[api]")
     _out(f'operators = ["{entry}"]')
     return 0
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def _settlement_failures(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from backend._db import create_engine, engine_for
+    from backend._settlement import settlement_failures
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    config = load_config(BackendConfig, args.config)
+
+    async def report() -> Any:
+        engine = create_engine(args.db) if args.db else engine_for(config.database)
+        try:
+            return await settlement_failures(engine, limit=max(0, args.limit))
+        finally:
+            await engine.dispose()
+
+    try:
+        result = asyncio.run(report())
+    except sa.exc.SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise BusbellError(
+            f"cannot read the settlement tables: {reason} (a database `busbell backend run`"
+            " migrated?)"
+        ) from None
+    if args.json:
+        _out(json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
+    else:
+        for line in result.lines():
+            _out(line)
+    return 3 if result.rider_days_total or result.dead_letters_total else 0
 
 
 # ---------------------------------------------------------------------------- missed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -372,3 +373,73 @@ async def test_a_bug_failing_every_rider_day_floods_no_log(env: Env) -> None:
     assert [(e["rider_id"], e["suppressed"]) for e in logs if e["event"] == "rider_day_failed"] == [
         ("r0001", n - 1)
     ]
+
+
+async def test_what_settlement_put_aside_is_listed_by_an_ops_command(
+    env: Env, tmp_path: Path
+) -> None:
+    """``busbell backend settlement-failures`` lists the failing rider-days and the
+    dead-lettered events with their errors and counts the never-charged events by reason
+    (read-only; exit status 3 while anything is put aside, 0 once a restarted worker
+    settled it all, 1 on a database it cannot read)."""
+    import json
+    import subprocess
+    import sys
+
+    from backend._settlement import settlement_failures
+
+    w = env.world
+    bad = w.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    w.ride("r0002", "bus-01", board=2, alight=5, t=T0 + 60)
+    w.ride("r0003", "bus-02", board=1, alight=4, t=T0 + 30)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    worker, resolver = _worker(env)
+    resolver.poison = {e["rid"] for e in bad}
+    _poison_builder(worker, {"r0003"})
+    await worker.settle_once()
+    found = await settlement_failures(env.engine)
+    assert found.dead_letters_total == len(bad)
+    assert found.unresolved == {"settle_error": len(bad)}
+    assert [(r["bus_id"], r["event_id"], r["detail"]) for r in found.dead_letters] == [
+        ("bus-01", e["event_id"], "RuntimeError: rid lookup bug") for e in bad
+    ]
+    assert found.rider_days_total >= 1
+    assert {(r["rider_id"], r["attempts"], r["error"]) for r in found.rider_days} == {
+        ("r0003", 1, "RuntimeError: pricing bug")
+    }
+    assert (await settlement_failures(env.engine, limit=0)).rider_days == []
+
+    url = env.engine.url.render_as_string(hide_password=False)
+    cmd = [sys.executable, "-m", "busbell.cli", "backend", "settlement-failures", "--db", url]
+
+    def run(*more: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cmd, *more], capture_output=True, text=True, timeout=LIVE_TIMEOUT_S, check=False
+        )
+
+    r = await asyncio.to_thread(run)
+    assert r.returncode == 3, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"rider-days failing: {found.rider_days_total}"
+    assert lines[1].startswith(f"  r0003 {DAY}: 1 attempt(s), last ")
+    assert lines[1].endswith(" UTC: RuntimeError: pricing bug")
+    assert f"events dead-lettered (settle_error): {len(bad)}" in lines
+    assert lines[-1] == f"events never charged, by reason: settle_error {len(bad)}"
+    r = await asyncio.to_thread(run, "--json")
+    assert json.loads(r.stdout)["unresolved"] == {"settle_error": len(bad)}
+
+    restarted, _ = _worker(env)
+    await restarted.settle_once()
+    r = await asyncio.to_thread(run)
+    assert (r.returncode, r.stdout.splitlines()) == (
+        0,
+        [
+            "rider-days failing: 0",
+            "events dead-lettered (settle_error): 0",
+            "events never charged, by reason: none",
+        ],
+    )
+    empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    r = await asyncio.to_thread(run, "--db", empty)  # (the last --db wins)
+    assert r.returncode == 1
+    assert "cannot read the settlement tables" in r.stderr
