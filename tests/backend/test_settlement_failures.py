@@ -163,6 +163,28 @@ async def test_an_event_whose_settling_raises_is_dead_lettered_and_its_bus_goes_
     assert await _charged(env) == ["r0001", "r0002", "r0003"]
 
 
+async def test_a_dead_letter_retried_after_a_restart_takes_its_new_verdict(env: Env) -> None:
+    """A ``settle_error`` event retried by a restarted worker that now fails for a reason
+    of its own (here: its rider was revoked meanwhile) keeps that reason, never charged;
+    it is no longer a dead letter."""
+    w = env.world
+    bad = w.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    await env.ingest(bad)
+    worker, resolver = _worker(env)
+    resolver.poison = {e["rid"] for e in bad}
+    w.ride("r0002", "bus-01", board=2, alight=5, t=T0 + 60)  # (a batch of two rids)
+    await env.ingest(w.buses["bus-01"].events[len(bad) :])
+    assert (await worker.settle_once()).unresolved == {"settle_error": len(bad)}
+    assert (await env.client.post("/riders/r0001/revoke")).status_code == 200
+    restarted, _ = _worker(env)
+    await restarted.settle_once()
+    dead = await env.rows(unresolved_segments, "event_id")
+    assert sorted((d["event_id"], d["reason"], d["rider_id"]) for d in dead) == sorted(
+        (e["event_id"], "revoked_rider", "r0001") for e in bad
+    )
+    assert await _charged(env) == ["r0002"]
+
+
 async def test_a_bus_whose_batch_raises_waits_and_the_other_buses_settle(env: Env) -> None:
     """A batch that raises and holds no event to blame alone (here its only event) is no
     dead letter: the bus waits ``retry_delay`` (doubling with each failure in a row,
