@@ -484,13 +484,14 @@ class SettlementWorker:
         return failed
 
     def _resolve_near(
-        self, events: Sequence[dict[str, Any]]
+        self, events: Sequence[dict[str, Any]], *, each: bool = False
     ) -> list[tuple[int, int] | Exception | None]:
         """Each event's rid looked up in bulk (:meth:`Resolver.resolve_near`).
 
         If the bulk lookup raises, each rid is looked up alone: the events whose lookup
         raises get the exception, the others their result. If every one raises (a
-        resolver that does not work at all, not a bad row), the first error is raised.
+        resolver that does not work at all, not a bad row), the first error is raised,
+        unless ``each`` (dead letters retried: one raising again stays one).
         """
         rids = [e["rid"] for e in events]
         ivs = [e["interval"] for e in events]
@@ -499,7 +500,7 @@ class SettlementWorker:
         except DB_ERRORS:
             raise
         except Exception:
-            if len(events) < 2:
+            if len(events) < 2 and not each:
                 raise
         found: list[tuple[int, int] | Exception | None] = []
         for rid, iv in zip(rids, ivs, strict=True):
@@ -509,12 +510,12 @@ class SettlementWorker:
                 raise
             except Exception as exc:  # that event is dead-lettered
                 found.append(exc)
-        if all(isinstance(f, Exception) for f in found):
+        if not each and all(isinstance(f, Exception) for f in found):
             raise found[0]  # type: ignore[misc]
         return found
 
     def _resolve_batch(
-        self, rows: Sequence[Any], report: SettleReport
+        self, rows: Sequence[Any], report: SettleReport, *, each: bool = False
     ) -> list[Segment | ProofRejected]:
         """Each stored event's segment, or why it is not charged (rids looked up in bulk).
 
@@ -522,10 +523,11 @@ class SettlementWorker:
         in ``report`` and ``busbell_settlement_evidence_invalid_total{key}`` (every one)
         and logged (``segment_evidence_invalid``, rate-limited: :meth:`_warn`); the
         segment settles without it. An event whose settling raises unexpectedly is
-        :class:`SettleFailed` (:meth:`_failed`).
+        :class:`SettleFailed` (:meth:`_failed`); with ``each``, even when every lookup
+        raises (:meth:`_resolve_near`).
         """
         events = [event_of_row(row) for row in rows]
-        found = self._resolve_near(events)
+        found = self._resolve_near(events, each=each)
         out: list[Segment | ProofRejected] = []
         for row, event, f in zip(rows, events, found, strict=True):
             try:
@@ -794,7 +796,8 @@ class SettlementWorker:
 
         At a worker's first pass, the ``settle_error`` events too (dead-lettered by an
         earlier worker: a restart may bring the fix); one that now fails otherwise
-        takes its new reason, one that raises again stays.
+        takes its new reason, one that raises again stays (looked up alone: it never
+        fails the pass, which would stop every bus at each restart).
         """
         u, fe = unresolved_segments, fare_events
         reasons = ["unresolved_rid"] if self._passes else ["unresolved_rid", SettleFailed.REASON]
@@ -810,7 +813,8 @@ class SettlementWorker:
             ).all()
         found: list[tuple[Segment, dict[str, Any], set[str]]] = []
         changed: list[tuple[Any, ProofRejected]] = []
-        for row, result in zip(rows, self._resolve_batch(rows, report), strict=True):
+        resolved = self._resolve_batch(rows, report, each=True)
+        for row, result in zip(rows, resolved, strict=True):
             derived = (
                 result if isinstance(result, ProofRejected) else self._derived(row, result, now)
             )

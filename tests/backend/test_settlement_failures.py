@@ -465,3 +465,36 @@ async def test_what_settlement_put_aside_is_listed_by_an_ops_command(
     r = await asyncio.to_thread(run, "--db", empty)  # (the last --db wins)
     assert r.returncode == 1
     assert "cannot read the settlement tables" in r.stderr
+
+
+async def test_a_dead_letter_that_still_raises_after_a_restart_stalls_nothing(env: Env) -> None:
+    """A restarted worker retries the ``settle_error`` events at its first pass. Before:
+    when the lookup of such an event still raised (the worker restarted by its
+    supervisor, the bug not yet fixed), the retry raised out of the pass (a lone event's
+    lookup error, or every one's, is raised as "the resolver does not work"), so the
+    first pass never completed: no bus and no rider-day was settled again, ever. Now
+    the retry looks each dead letter up alone: one that raises again stays a dead
+    letter, and the pass goes on."""
+    w = env.world
+    bad = w.ride("r0001", "bus-01", board=1, alight=3, t=T0)
+    w.ride("r0002", "bus-01", board=2, alight=5, t=T0 + 60)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    worker, resolver = _worker(env)
+    resolver.poison = {e["rid"] for e in bad}
+    await worker.settle_once()
+    assert await _charged(env) == ["r0002"]
+
+    restarted, resolver = _worker(env)
+    resolver.poison = {e["rid"] for e in bad}  # restarted, the bug still there
+    await env.ingest(w.ride("r0003", "bus-02", board=1, alight=4, t=T0 + 30))
+    report = await restarted.settle_once()
+    assert (report.segments, report.unresolved) == (1, {})
+    assert await _charged(env) == ["r0002", "r0003"]
+    dead = await env.rows(unresolved_segments, "event_id")
+    assert [(d["event_id"], d["reason"]) for d in dead] == [
+        (e["event_id"], "settle_error") for e in bad
+    ]
+    # the next restart, the bug fixed, settles it
+    fixed, _ = _worker(env)
+    await fixed.settle_once()
+    assert await _charged(env) == ["r0001", "r0002", "r0003"]
