@@ -13,7 +13,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,8 @@ from busbell._errors import BusbellError
 
 if TYPE_CHECKING:
     import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["main", "run_backend"]
 
@@ -481,33 +483,46 @@ def _api_token(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- failures
 
 
-def _settlement_failures(args: argparse.Namespace) -> int:
+def _read_ledger(db: Any, read: Callable[[AsyncEngine], Awaitable[Any]], what: str) -> Any:
+    """``read`` run on the ledger ``db`` (a URL, or the config's database settings).
+
+    Raises:
+        BusbellError: the database cannot be read (``cannot read {what}: ...``).
+    """
     import asyncio
 
     import sqlalchemy as sa
 
     from backend._db import create_engine, engine_for
+
+    async def run() -> Any:
+        engine = create_engine(db) if isinstance(db, str) else engine_for(db)
+        try:
+            return await read(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except sa.exc.SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise BusbellError(
+            f"cannot read {what}: {reason} (a database `busbell backend run` migrated?)"
+        ) from None
+
+
+def _settlement_failures(args: argparse.Namespace) -> int:
     from backend._settlement import settlement_failures
     from backend.config import BackendConfig
     from busbell._config import load_config
 
     config = load_config(BackendConfig, args.config)
-
-    async def report() -> Any:
-        engine = create_engine(args.db) if args.db else engine_for(config.database)
-        try:
-            return await settlement_failures(engine, limit=max(0, args.limit))
-        finally:
-            await engine.dispose()
-
-    try:
-        result = asyncio.run(report())
-    except sa.exc.SQLAlchemyError as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise BusbellError(
-            f"cannot read the settlement tables: {reason} (a database `busbell backend run`"
-            " migrated?)"
-        ) from None
+    limit = max(0, args.limit)
+    result = _read_ledger(
+        args.db or config.database,
+        lambda engine: settlement_failures(engine, limit=limit),
+        "the settlement tables",
+    )
     if args.json:
         _out(json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
     else:
@@ -520,13 +535,9 @@ def _settlement_failures(args: argparse.Namespace) -> int:
 
 
 def _missed_report(args: argparse.Namespace) -> int:
-    import asyncio
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    import sqlalchemy as sa
-
-    from backend._db import create_engine, engine_for
     from backend._missed import format_report, missed_report
     from backend.config import BackendConfig
     from busbell._config import load_config
@@ -538,29 +549,20 @@ def _missed_report(args: argparse.Namespace) -> int:
     names = {sid: s.name for sid, s in feed.stops.items() if s.name} if feed else {}
     since = args.since if args.since is not None else time.time() - 7 * 86400
 
-    async def report() -> Any:
-        engine = create_engine(args.db) if args.db else engine_for(config.database)
-        try:
-            return await missed_report(
-                engine,
-                since=since,
-                until=args.until,
-                route_id=args.route,
-                stop_id=args.stop,
-                bus_id=args.bus,
-                limit=args.limit,
-                stop_names=names,
-            )
-        finally:
-            await engine.dispose()
-
-    try:
-        result = asyncio.run(report())
-    except sa.exc.SQLAlchemyError as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise BusbellError(
-            f"cannot read missed stops: {reason} (a database `busbell backend run` migrated?)"
-        ) from None
+    result = _read_ledger(
+        args.db or config.database,
+        lambda engine: missed_report(
+            engine,
+            since=since,
+            until=args.until,
+            route_id=args.route,
+            stop_id=args.stop,
+            bus_id=args.bus,
+            limit=args.limit,
+            stop_names=names,
+        ),
+        "missed stops",
+    )
     if args.json:
         _out(json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False))
     else:
