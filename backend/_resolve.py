@@ -32,6 +32,7 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -675,19 +676,29 @@ class TableBuilder:
         *,
         args: tuple[object, ...],
     ) -> list[tuple[int, _R]]:
-        """``fn(keys of riders a..b, *args)`` per chunk, in the workers; in rider order."""
+        """``fn(keys of riders a..b, *args)`` per chunk, in the workers; in rider order.
+
+        A worker process that died (killed) breaks the pool: this call raises
+        ``BrokenProcessPool`` and the pool is dropped, so the next call starts a new one.
+        """
         pool = self._executor()
         out: list[tuple[int, _R]] = []
         pending: deque[tuple[int, Future[_R]]] = deque()
-        for a in range(start, end, step):
-            b = min(end, a + step)
-            pending.append((a - start, pool.submit(fn, bytes(keys[16 * a : 16 * b]), *args)))
-            if len(pending) > 2 * self.processes:
+        try:
+            for a in range(start, end, step):
+                b = min(end, a + step)
+                pending.append((a - start, pool.submit(fn, bytes(keys[16 * a : 16 * b]), *args)))
+                if len(pending) > 2 * self.processes:
+                    off, fut = pending.popleft()
+                    out.append((off, fut.result()))
+            while pending:
                 off, fut = pending.popleft()
                 out.append((off, fut.result()))
-        while pending:
-            off, fut = pending.popleft()
-            out.append((off, fut.result()))
+        except BrokenProcessPool:
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
         return out
 
     def close(self) -> None:

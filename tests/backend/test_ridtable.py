@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -93,6 +94,31 @@ def test_tables_built_in_worker_processes_equal_inline() -> None:
             assert np.array_equal(getattr(a, attr), getattr(b, attr))
         assert a.exact
     assert sorted(inline_late._idx.tolist()) == list(range(250, 300))
+
+
+def test_a_killed_table_worker_breaks_one_build_not_every_later_one() -> None:
+    """A table worker process killed (the OOM killer, an operator) broke the process
+    pool for good: every later build raised ``BrokenProcessPool``, so the online
+    settlement worker (pool from 200k riders) crashed every pass at ``prepare_ahead``
+    until restarted. Now the broken pool is dropped with the build it failed, and the
+    next build starts a new one."""
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    ring, _ = _ring(120)
+    builder = TableBuilder(2, parallel_min_riders=0, chunk_riders=11)
+    try:
+        (before,) = ring.build_tables([IV], builder=builder)
+        pool = builder._pool
+        assert isinstance(pool, ProcessPoolExecutor)
+        for pid in list(pool._processes):  # this test's own pool workers
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            ring.build_tables([IV], builder=builder)
+        (after,) = ring.build_tables([IV], builder=builder)
+    finally:
+        builder.close()
+    assert np.array_equal(after._prefix, before._prefix)
 
 
 def test_next_interval_built_in_the_background() -> None:
