@@ -262,6 +262,7 @@ class _Rid:
         "lv_hist",
         "lv_n",
         "lvl",
+        "lvl_in",
         "mv_ewma",
         "mv_odo",
         "n_adv",
@@ -329,6 +330,10 @@ class _Rid:
         (:meth:`PresenceClassifier._revive`): its start, start odometer and the travel not
         heard on (``held_m`` and the silence); the revived candidacy boards from there."""
         self.confirm_t = 0.0
+        self.lvl_in = math.inf
+        """The riders' level when it was last confirmed on board (+inf: the bus had carried
+        nobody): what the level goes back to if its ride is discarded as never ridden and
+        nobody else is aboard (:meth:`PresenceClassifier._unride`)."""
         self.route_id: str | None = None
         self.trip_id: str | None = None
         self.addr = ""
@@ -528,6 +533,9 @@ class PresenceClassifier:
         """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
         riders when some were last aboard: the level at which this bus hears its riders
         (+inf until it has carried any)."""
+        self._unridden: list[tuple[float, float, float]] = []
+        """Rides discarded as never ridden since the last tick (:meth:`_unride`): their
+        baseline, confirmation time and ``lvl_in``."""
         self._riders_key: int | None = None
         """``_riders_lvl`` to a dB (``None`` while +inf): counted in each rid's ``lv_hist``."""
         self._resume_t = float("-inf")
@@ -1249,6 +1257,7 @@ class PresenceClassifier:
         later: list[_Rid] = []
         forget: list[bytes] = []
         levels: list[float] = []
+        n_before = len(self._unridden)  # (discarded before this tick's levels: not in them)
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:
@@ -1291,6 +1300,8 @@ class PresenceClassifier:
                 and not (self._heirs and self._heir_of(r, t))
             ):
                 forget.append(r.rid)
+        if self._unridden:
+            self._unride(levels, n_before)
         self._follow_riders(levels)
         if (
             self._olds
@@ -1328,6 +1339,26 @@ class PresenceClassifier:
             self._check_candidate(r, t, odo, out)
         else:
             self._check_rotating(r, t, out)
+
+    def _unride(self, levels: list[float], n_before: int) -> None:
+        """A ride discarded as never ridden leaves no riders' level behind.
+
+        If the rides discarded since the last tick (:meth:`_emit`: a short ride lost
+        while moving, an "alighting" at the visit it boarded at: a vehicle alongside, a
+        pedestrian) were all that was aboard (this tick's ``levels`` are theirs: those
+        discarded in this tick's fades, after ``n_before``, were still counted), the
+        riders' level goes back to what it was when the first of them was confirmed
+        (+inf if the bus had carried nobody). With others aboard the level follows those
+        from the next tick on, as before. Without this, a pedestrian confirmed alone
+        on an empty bus and dropped 200 m on left their level as "the riders' level when
+        some were last aboard", and a waiter at the next stop boarded on co-movement
+        against it (full scale, tuning seed 2, shell 5 dB, ``transfer_two_buses``
+        r-03684, charged BD003 -> BD005 by ``cf69420``; docs/classifier.md).
+        """
+        gone, self._unridden = self._unridden, []
+        if len(levels) == len(gone) - n_before:  # (their baselines are all there is)
+            levels.clear()
+            self._riders_lvl = min(gone, key=lambda g: g[1])[2]
 
     def _follow_riders(self, levels: list[float]) -> None:
         """The riders' level and the in-bus threshold from the riders aboard's baselines."""
@@ -2004,6 +2035,7 @@ class PresenceClassifier:
         r.start_odo = odo
         r.lost_ride = None
         r.confirm_t = t
+        r.lvl_in = self._riders_lvl
         self.confirmed += 1
         if self._debug:
             log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
@@ -2539,6 +2571,7 @@ class PresenceClassifier:
             and end_odo <= r.start_odo  # "alighted" at the visit it boarded at
         ):
             self.discarded += 1
+            self._unridden.append((r.base, r.confirm_t, r.lvl_in))
             if self._debug:
                 log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
             if end.cause == "lost":
