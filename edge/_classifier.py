@@ -247,6 +247,7 @@ class _Rid:
         "first_token_t",
         "flags_or",
         "gap",
+        "gone_apart",
         "gone_visit_seq",
         "held_m",
         "hist",
@@ -307,6 +308,9 @@ class _Rid:
         self.first_token_t = token_t
         self.last_token_t = token_t
         self.gone_visit_seq = 0
+        self.gone_apart = False
+        """Closed on board after a door dwell it was not heard in the bus at all, longer
+        than its fade time by its rhythm (:meth:`PresenceClassifier._missed_doors`)."""
         self.rot = False
         self.pred = _PRED_NONE
         self.pred_visit: StopVisit | None = None
@@ -1070,7 +1074,14 @@ class PresenceClassifier:
         is out of hearing by then, or heard far below their ride's level (path loss,
         20-30 dB a decade of distance); nobody boards between stops: it never left (a
         weak token silent as the bus pulled away). Not a rid whose interval ended (the
-        rotation pairing has it).
+        rotation pairing has it), nor one not heard in the bus at all while the stop's
+        doors stood open for longer than its own fade time by its rhythm (``gone_apart``,
+        :meth:`_missed_doors`): a token aboard is heard at the open doors at its rhythm; a
+        car that kept pace with the bus for a hop, drove on as it halted and is caught up
+        with on the next hop was not in the bus there (full scale, tuning seed 4, cell 11,
+        ``rush_hour_crowd`` r-03271: heard every second beside the bus for 760 m, silent
+        through the 20-s dwell at BD008, heard again 270 m on; its ride, dropped as a
+        short ride lost while moving, was revived from BD006 and charged BD006 -> BD009).
         """
         v = self._visit
         if (
@@ -1079,10 +1090,27 @@ class PresenceClassifier:
             or v.seq != r.gone_visit_seq
             or odo - v.close_odo_m < self._co_d
             or r.rid in self._olds
+            or r.gone_apart
         ):
             return False
         med = _median(r.hist)
         return med is not None and r.ewma >= med - self._fade_drop
+
+    def _missed_doors(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether ``v``'s doors stood open longer than ``r``'s fade time by its rhythm.
+
+        ``fade_timeout_s`` and ``fade_gaps`` of its mean gap between in-bus adverts, its
+        rhythm known (``fade_gaps`` in-bus adverts or more): its last in-bus advert before
+        they opened, silent all that while, it was not in the bus standing there (not
+        judged across a restart during the dwell: the edge did not listen).
+        """
+        p = self.params
+        assert v.close_t is not None
+        down = self._down
+        if down is not None and down[1] > v.open_t and down[0] < v.close_t:
+            return False  # the edge did not listen all that while
+        dwell = v.close_t - v.open_t
+        return r.n_in >= p.fade_gaps and dwell > p.fade_timeout_s and dwell > p.fade_gaps * r.gap
 
     def _revive(  # noqa: PLR0917 - called from the hot path
         self, r: _Rid, v: StopVisit, t: float, odo: float, raw: bytes, rssi: int
@@ -2061,6 +2089,7 @@ class PresenceClassifier:
         if was == _CANDIDATE and self._pool_ivs:
             self._claim_changed(r)
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
+        r.gone_apart = False
         r.lost_ride = None
         self.rejected += 1
         old, _ = self._unpair(r)
@@ -2544,6 +2573,8 @@ class PresenceClassifier:
         if self._pool_ivs:
             self._claim_changed(r)
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
+        w = self._visit_after(r.last_in_t)
+        r.gone_apart = w is not None and w.close_t is not None and self._missed_doors(r, w)
         if self._near_end(r) and self._keep_for_pairing(r, _PRED_ONBOARD, None):
             return  # resolved when its new rid is confirmed or dropped, or after a while
         end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
