@@ -100,7 +100,9 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     """The leg of two overlapping ones that the rider was on, if the evidence says.
 
     The winner must cover the other leg in time (``overlap_cover_s`` of slack at
-    either end) and have been heard, over their common time, at least
+    either end, or beyond it at a stop both legs share at that end or where the other
+    leg's bus heard the rider as no rider of its own: :func:`_never_aboard`) and have
+    been heard, over their common time, at least
     ``overlap_margin_db`` stronger, or at least ``overlap_rate_margin_db`` stronger
     with at least ``overlap_rate_ratio`` times the loser's rate of adverts decoded, or
     have decoded ``overlap_rate_alone_ratio`` times the loser's rate while heard at most
@@ -145,15 +147,47 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
         return None
     cover = policy.overlap_cover_s
     if (
-        win.board_t - cover <= lose.board_t or _same_stop(win.board_stop_id, lose.board_stop_id)
+        win.board_t - cover <= lose.board_t
+        or _same_stop(win.board_stop_id, lose.board_stop_id)
+        or _never_aboard(win, lose, (lose.board_t, win.board_t), (start, end), policy)
     ) and (
-        lose.alight_t <= win.alight_t + cover or _same_stop(win.alight_stop_id, lose.alight_stop_id)
+        lose.alight_t <= win.alight_t + cover
+        or _same_stop(win.alight_stop_id, lose.alight_stop_id)
+        or _never_aboard(win, lose, (win.alight_t, lose.alight_t), (start, end), policy)
     ):
         # beyond the slack only at a stop both legs share at that end: the other bus
         # reached the stop where the rider got off (or left the one where the rider got
-        # on) minutes apart; it heard the rider standing there, which is no ride of its own
+        # on) minutes apart; it heard the rider standing there, which is no ride of its own;
+        # or where the other bus heard the rider as far below its riders as through its
+        # windows before, unlike the bus they rode: it never carried them
         return win
     return None
+
+
+def _never_aboard(
+    win: Leg,
+    lose: Leg,
+    beyond: tuple[float, float],
+    common: tuple[float, float],
+    policy: JourneyPolicy,
+) -> bool:
+    """Whether ``lose``'s bus heard the rider, beyond ``win``'s ride, as no rider of its own.
+
+    Over ``beyond`` (the part of ``lose`` outside ``win``'s time) its bus heard the rider
+    at least ``overlap_loser_under_riders_db`` below the riders it carried, and that much
+    further below them than ``win``'s bus heard the rider below its own riders over the
+    ``common`` time. One token in one pocket or bag is heard about as far from the riders
+    of any bus it rides (the level relative to the riders is the token's, not the
+    bus's), so a rider who boarded ``lose``'s bus after ``win``'s ride ended would be heard
+    there near ``win``'s figure; one heard that much further under is standing at the
+    stop or walking off beside the bus. ``False`` when the events do not say.
+    """
+    under = policy.overlap_loser_under_riders_db
+    if under is None:
+        return False
+    won = win.under_riders(*common)
+    lost = lose.under_riders(*beyond)
+    return won is not None and lost is not None and lost >= under and lost - won >= under
 
 
 def _same_stop(a: str | None, b: str | None) -> bool:

@@ -228,7 +228,8 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         type=_positive_or_none,
         default=10.0,
         help="... or at least this far (dB) below the riders its own bus carried meanwhile"
-        " (evidence.riders_lvl; 'none': the absolute ceiling alone)",
+        " (evidence.riders_lvl), also beyond the winner's ride when that much further below"
+        " them than the winner's bus heard the rider ('none': the absolute ceiling alone)",
     )
     st.add_argument(
         "--overlap-rate-margin-db",

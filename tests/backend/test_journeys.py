@@ -939,10 +939,77 @@ def test_loser_ending_later_at_the_stop_where_the_rider_got_off_is_dropped(feed:
     segs = _beside_at_full_power(weak=-73.0, b2_end=(250, "S05"))
     js = _builder(feed).build(segs)
     assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
-    # ending as late at another stop: it may be a ride on b2 after all; held
-    segs = _beside_at_full_power(weak=-73.0, b2_end=(250, "S06"))
+    # ending as late at another stop, heard there at its riders' level (as b1 heard the
+    # rider among its own): it may be a ride on b2 after all; held
+    segs = _beside_at_full_power(weak=-73.0, b2_end=(250, "S06"), riders_b2=-73.0)
     js = _builder(feed).build(segs)
     assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
+
+
+def _beside_then_on(tail_rssi: float, riders: float | None = -60.0) -> list[Segment]:
+    """r1 rides b1 S03 -> S05; b2 hears them from S04 and, past S05, on to S06.
+
+    Full ``shared_stop_three_routes``, cell 11 (+3 dBm, 5-dB shells), tuning seed 3
+    r-00210: G6000 (b1) heard the rider at -50 dBm among riders at -50, 26 dB above bus
+    55 (b2) beside it; b2's rid rotated 65 s after b1's alighting at S05 and went on to
+    S06, 164 s beyond b1's ride, at -76 and then -80 dBm among riders at -60. Both
+    held before: b1 did not cover b2, and b2 ends at another stop.
+    """
+    return [
+        seg(
+            (T0, "S03", "boarded"),
+            (T0 + 188, "S05", "alighted"),
+            rssi=-50.0,
+            n_adv=431,
+            riders=-50.0,
+        ),
+        seg(
+            (T0 + 88, "S04", "boarded"),
+            (T0 + 253, None, "rotated"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-76.0,
+            n_adv=187,
+            riders=riders,
+        ),
+        seg(
+            (T0 + 254, None, "continued"),
+            (T0 + 352, "S06", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=tail_rssi,
+            n_adv=29,
+            riders=riders,
+        ),
+    ]
+
+
+def test_loser_heard_under_its_riders_beyond_the_winners_ride_is_dropped(feed: Feed) -> None:
+    # b2 heard the rider 16-20 dB below its riders, before and after they left b1 at S05;
+    # b1 heard the same token at its riders' level: b2 never carried them
+    js = _builder(feed).build(_beside_then_on(-80.0))
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+
+
+@pytest.mark.parametrize(
+    ("case", "segs", "policy"),
+    [
+        # past S05 b2 heard them among its riders: a transfer to b2 at S05? A person decides
+        ("at b2's riders' level beyond", _beside_then_on(-58.0), {}),
+        # 2-9 dB below b2's riders: not clearly through b2's windows
+        ("not far enough under", _beside_then_on(-69.0, riders=-67.0), {}),
+        ("b2's events do not say", _beside_then_on(-80.0, riders=None), {}),
+        ("rule off", _beside_then_on(-80.0), {"overlap_loser_under_riders_db": None}),
+    ],
+)
+def test_loser_beyond_the_winners_ride_near_its_riders_is_held(
+    feed: Feed, case: str, segs: list[Segment], policy: dict[str, object]
+) -> None:
+    js = _builder(feed, **policy).build(segs)
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay")), case
 
 
 def test_short_weak_hop_within_another_leg_is_dropped(feed: Feed) -> None:

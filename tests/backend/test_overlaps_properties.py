@@ -108,17 +108,31 @@ def test_the_riders_level_clause_only_decides_pairs_the_absolute_ceiling_held(
     if without is not None:
         assert with_rule is without  # it never undoes or turns a decision
     elif with_rule is not None:
-        # it decided a pair held only because the loser sounded like a rider aboard,
-        # and only on the loser's bus hearing it well below the riders it carried
-        lost = b if with_rule is a else a
-        _, s_lost = _strengths(with_rule, lost)
+        # it decided a pair held only because the loser sounded like a rider aboard, or
+        # because the loser went on beyond the winner's ride (at another stop), and only
+        # on the loser's bus hearing it well below the riders it carried
+        won = with_rule
+        lost = b if won is a else a
+        _, s_lost = _strengths(won, lost)
         ceiling = _POLICY.overlap_loser_max_dbm
         under = _POLICY.overlap_loser_under_riders_db
+        cover = _POLICY.overlap_cover_s
         assert ceiling is not None
         assert under is not None
-        assert s_lost > ceiling
         assert lost.under
         assert lost.under[0][2] >= under
+        beyond = (
+            won.board_t - cover > lost.board_t
+            and (won.board_stop_id is None or won.board_stop_id != lost.board_stop_id)
+        ) or (
+            lost.alight_t > won.alight_t + cover
+            and (won.alight_stop_id is None or won.alight_stop_id != lost.alight_stop_id)
+        )
+        assert s_lost > ceiling or beyond
+        if beyond:
+            # and that much further below than the winner's bus heard it below its own
+            assert won.under
+            assert lost.under[0][2] - won.under[0][2] >= under
 
 
 @settings(max_examples=300, deadline=None)
