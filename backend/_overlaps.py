@@ -1,12 +1,13 @@
 """Settling a rider's legs on different buses that overlap in time (sans-I/O).
 
 The same rider on two buses at overlapping times cannot both be true. When one leg covers
-the other in time (within ``overlap_cover_s``), was heard at least ``overlap_margin_db``
-stronger over their common time (the edges' median RSSI, weighted by time) -- or at
-least ``overlap_rate_margin_db`` stronger with its bus decoding at least
-``overlap_rate_ratio`` times as many of the token's adverts per second over that time
-(both buses hear the same token's adverts: the one it rides hears it better on both
-counts, whatever the token's power or advertising interval), or decoded
+the other in time (within ``overlap_cover_s``, or beyond it where the other leg's bus
+heard the rider far under its riders, unlike the first: never carried), was heard at
+least ``overlap_margin_db`` stronger over their common time (the edges' median RSSI,
+weighted by time) -- or at least ``overlap_rate_margin_db`` stronger with its bus
+decoding at least ``overlap_rate_ratio`` times as many of the token's adverts per second
+over that time (both buses hear the same token's adverts: the one it rides hears it
+better on both counts, whatever the token's power or advertising interval), or decoded
 ``overlap_rate_alone_ratio`` times as many while heard at most ``overlap_rate_margin_db``
 weaker (near the scanners' floor a median RSSI is censored) -- and the weaker one sounds
 like a rider heard through the bus's windows (not above ``overlap_loser_max_dbm``, or at
