@@ -461,6 +461,34 @@ async def test_what_settlement_put_aside_is_listed_by_an_ops_command(
             "events never charged, by reason: none",
         ],
     )
+    # a mark not yet recomputed (attempts 0) and an event never charged for a reason
+    # of its own (an unknown rid) are no failure: listed as such, exit 0
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            settlement_dirty.insert().values(rider_id="r0002", service_day=DAY, marked_at=NOW)
+        )
+        await conn.execute(
+            unresolved_segments.insert().values(
+                event_id="e" * 64,
+                bus_id="bus-01",
+                seq=99,
+                rid="0" * 24,
+                interval=1,
+                start_t=T0,
+                reason="unresolved_rid",
+                detail="no rider",
+                recorded_at=NOW,
+            )
+        )
+    r = await asyncio.to_thread(run)
+    assert (r.returncode, r.stdout.splitlines()) == (
+        0,
+        [
+            "rider-days failing: 0",
+            "events dead-lettered (settle_error): 0",
+            "events never charged, by reason: unresolved_rid 1",
+        ],
+    )
     empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
     r = await asyncio.to_thread(run, "--db", empty)  # (the last --db wins)
     assert r.returncode == 1
