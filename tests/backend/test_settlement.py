@@ -941,6 +941,36 @@ async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env)
     await _recomputed_as_offline(env, events, "r0001")
 
 
+async def test_a_neighbour_going_on_far_below_its_own_riders_is_dropped_online(env: Env) -> None:
+    """The never-carried clause online as offline: r0001 rides bus-02 from S03 to S05,
+    heard at its riders' level (-50); bus-03 beside it hears them from S03 on to S07,
+    200 s beyond bus-02's ride, at -80 among riders at -60 (20 dB under): it never
+    carried them. Before the clause both legs were held (bus-02 does not cover bus-03)."""
+    w = env.world
+    w.ride(
+        "r0001", "bus-02", board=3, alight=5, t=T0, rssi_med=-50, adverts_per_s=1.1, riders_lvl=-50
+    )
+    w.ride(
+        "r0001",
+        "bus-03",
+        board=3,
+        alight=7,
+        t=T0 + 5,
+        rssi_med=-80,
+        adverts_per_s=0.5,
+        riders_lvl=-60,
+    )
+    events = [e for c in w.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
+        "bus-02": ["overlap_resolved"],
+        "bus-03": ["overlap_dropped"],
+    }
+    await _recomputed_as_offline(env, events, "r0001")
+
+
 async def test_riders_levels_no_radio_hears_do_not_stall_the_settlement(env: Env) -> None:
     """``evidence.riders_lvl`` is free evidence, read as a float: bus-03's two pieces of one
     ride beside bus-02, one saying its riders were at +1.5e308 dBm, the other at
