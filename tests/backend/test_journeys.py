@@ -946,7 +946,9 @@ def test_loser_ending_later_at_the_stop_where_the_rider_got_off_is_dropped(feed:
     assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
 
 
-def _beside_then_on(tail_rssi: float, riders: float | None = -60.0) -> list[Segment]:
+def _beside_then_on(
+    tail_rssi: float, riders: float | None = -60.0, riders_b1: float = -50.0
+) -> list[Segment]:
     """r1 rides b1 S03 -> S05; b2 hears them from S04 and, past S05, on to S06.
 
     Full ``shared_stop_three_routes``, cell 11 (+3 dBm, 5-dB shells), tuning seed 3
@@ -961,7 +963,7 @@ def _beside_then_on(tail_rssi: float, riders: float | None = -60.0) -> list[Segm
             (T0 + 188, "S05", "alighted"),
             rssi=-50.0,
             n_adv=431,
-            riders=-50.0,
+            riders=riders_b1,
         ),
         seg(
             (T0 + 88, "S04", "boarded"),
@@ -1002,6 +1004,9 @@ def test_loser_heard_under_its_riders_beyond_the_winners_ride_is_dropped(feed: F
         # 2-9 dB below b2's riders: not clearly through b2's windows
         ("not far enough under", _beside_then_on(-69.0, riders=-67.0), {}),
         ("b2's events do not say", _beside_then_on(-80.0, riders=None), {}),
+        # b1 heard the token 12 dB under its own riders (in a bag): 16-20 dB under b2's
+        # is not 10 dB further under than that, so not clearly through b2's windows
+        ("b1 heard it as far under its riders", _beside_then_on(-80.0, riders_b1=-38.0), {}),
         ("rule off", _beside_then_on(-80.0), {"overlap_loser_under_riders_db": None}),
     ],
 )
