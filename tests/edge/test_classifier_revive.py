@@ -40,14 +40,14 @@ def _beside(period: float, level: float) -> Callable[[World], float | None]:
 Legs = list[tuple[str | None, str | None]]
 
 
-def _run(tok_rssi: Callable[[World], float | None]) -> tuple[Legs, Legs]:
+def _run(tok_rssi: Callable[[World], float | None], s2_dwell_s: float = 20.0) -> tuple[Legs, Legs]:
     """The token's legs and the three riders' (S1 -> S3 at -60 dBm)."""
     w = World()
     riders = [w.add(Token(f"rd{i}", lambda _: -60.0)) for i in range(3)]
     tok = w.add(Token("tok", tok_rssi))
     w.dwell("S1", 20)
     w.move(1000)
-    w.dwell("S2", 20)
+    w.dwell("S2", s2_dwell_s)
     w.move(2600)
     w.dwell("S3", 20)
     w.move(300)
@@ -70,5 +70,14 @@ def test_a_sparse_token_silent_through_a_dwell_shorter_than_its_fade_time_is_rev
     # guard: the same path heard every 3 s (a token deep in a bag): eight of its gaps (24 s)
     # outlast the 20-s dwell, so its silence there says nothing; it rode S1 -> S3
     tok, riders = _run(_beside(3.0, -75.0))
+    assert tok == [("S1", "S3")]
+    assert riders == [("S1", "S3")] * 3
+
+
+def test_a_token_silent_through_a_dwell_shorter_than_the_fade_timeout_is_revived() -> None:
+    # guard: the same path heard every 0.5 s, S2's doors open 12 s: longer than eight of
+    # its gaps (4 s) but shorter than fade_timeout_s (15 s), in which no rider is judged
+    # gone (packets lost at the doors); it rode S1 -> S3
+    tok, riders = _run(_beside(0.5, -75.0), s2_dwell_s=12.0)
     assert tok == [("S1", "S3")]
     assert riders == [("S1", "S3")] * 3
