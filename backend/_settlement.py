@@ -125,7 +125,7 @@ UNRESOLVED = Counter(
     "busbell_settlement_unresolved", "Fare events never charged (by reason)", ["reason"]
 )
 RIDER_DAYS = Counter("busbell_settlement_rider_days", "Rider-days recomputed")
-FAILURES = Counter("busbell_settlement_failures", "Settlement passes that failed")
+FAILURES = Counter("busbell_settlement_failures", "Settlement passes and rider-days that failed")
 TENTATIVE_LINKS_DELETED = Counter(
     "busbell_settlement_tentative_links_deleted",
     "rider_segments rows of dropped tentative pieces deleted after tentative_link_days",
