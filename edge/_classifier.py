@@ -172,6 +172,13 @@ _THROUGH_HOPS = 3
 carried through the two stops between (:meth:`PresenceClassifier._carried_through`)."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
+_ABSENT_FAR_DB = 20.0
+"""How far below the riders' level (their median baseline) a late joiner silent at the open
+doors (``absent``) is heard to be a vehicle, not someone who boarded last
+(:meth:`PresenceClassifier._barred`). Measured on tuning seeds only: cars arriving as the
+doors close, through two shells, 23-35 dB below; riders who boarded in the last seconds of
+the dwell, in the bus's shell, 9-21 dB below (a sigma-6 dB device spread and bags put a
+quarter of a bus's riders 8 dB or more below their median)."""
 
 
 def _median(hist: dict[int, int]) -> int | None:
@@ -1700,12 +1707,14 @@ class PresenceClassifier:
         """Whether a candidate may not board on co-movement.
 
         One that drifted (``drift``), or a late joiner silent at the open doors
-        (``absent``) heard ``sparse_fall_db`` or more below the riders' level (its
+        (``absent``) heard ``_ABSENT_FAR_DB`` (20 dB) or more below the riders' level (its
         co-movement evidence, else its level as the bus left): a car that arrived as the
-        doors closed is heard through two shells, 20-30 dB below the riders; someone who
+        doors closed is heard through two shells, 23-35 dB below the riders; someone who
         walked up and boarded last was not at the doors while they stood open either, but
-        in the same shell is heard near the riders (tuning seed 2, -21 dBm, r-00012:
-        9 dB below them). With no riders' level yet it is not barred: nobody boards on
+        in the same shell is heard within the riders' own spread (tuning seed 2, -21 dBm,
+        r-00012: 9 dB below them; full scale, tuning seed 1, weak radio corner, r-00117
+        and r-00099: 14-17 dB, missed when the bar was ``sparse_fall_db``, 12 dB). With no
+        riders' level yet it is not barred: nobody boards on
         co-movement then anyway, and barred it was dropped at its first silence (a weak
         rider alone on the bus, tuning seed 4, weak token corner, r-00003).
         """
@@ -1717,7 +1726,7 @@ class PresenceClassifier:
             # it was dropped at its first silence, a weak rider with it)
             return False
         level = r.co_sum / r.co_n if r.co_n else r.lvl
-        return level is None or level < self._riders_lvl - self._sparse_fall
+        return level is None or level < self._riders_lvl - _ABSENT_FAR_DB
 
     def _moved_on(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate's co-movement evidence goes on past every later stop served.
