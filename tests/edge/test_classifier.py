@@ -2206,6 +2206,37 @@ def test_a_sparse_riders_rid_ending_goes_to_the_pairing_before_its_new_rid_falls
     assert segs[-1].end.stop_id == "S3"
 
 
+Legs = list[tuple[str | None, str | None]]
+"""Legs as (board stop, alight stop)."""
+
+
+def boarding_last(
+    riders_dbm: float, dwell_s: float, heard_after_s: float, wait_s: float
+) -> tuple[Legs, list[int]]:
+    """A weak rider who boarded last, first heard ``heard_after_s`` after S1's doors closed
+    (a ``dwell_s`` dwell; the bus leaves ``wait_s`` after), then every second at -91/-93
+    dBm to S2, beside three riders at ``riders_dbm``: its legs, each rider's leg count."""
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: riders_dbm)) for i in range(3)]
+    gone = {"v": False}
+
+    def late(world: World) -> float | None:
+        if gone["v"] or not _closed_since(world, heard_after_s) or (world.t - T0) % 1.0 >= 0.5:
+            return None
+        return -91.0 if int(world.t) % 3 else -93.0
+
+    tok = w.add(Token("late", late))
+    w.dwell("S1", dwell_s)
+    w.wait(wait_s)
+    w.move(1200, speed=8.0)
+    w.dwell("S2", 12)
+    gone["v"] = True
+    w.move(600)
+    out = w.finish()
+    legs = [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)]
+    return legs, [len(by_name(out, r)) for r in riders]
+
+
 def test_weak_rider_boarding_last_heard_as_the_doors_close_near_the_riders_is_charged() -> None:
     # cell 3 (-21 dBm), seed 2, bus_alongside_red_light r-00012: a rider who walked up from
     # the bus ahead and boarded 3 s before the doors closed (a 14-s dwell), first heard 3 s
@@ -2214,26 +2245,10 @@ def test_weak_rider_boarding_last_heard_as_the_doors_close_near_the_riders_is_ch
     # arriving as the bus leaves (the cars of that rule are heard 23-29 dB below the
     # riders, through two shells). Someone who boarded last was not at the doors while
     # they stood open; in the same shell they are heard near the riders' level: the
-    # silence bars only a late joiner heard `sparse_fall_db` or more below the riders
-    w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -82.0)) for i in range(3)]
-    gone = {"v": False}
-
-    def late(world: World) -> float | None:
-        if gone["v"] or not _closed_since(world, 3.0) or (world.t - T0) % 1.0 >= 0.5:
-            return None
-        return -91.0 if int(world.t) % 3 else -93.0
-
-    tok = w.add(Token("late", late))
-    w.dwell("S1", 14)
-    w.wait(3)
-    w.move(1200, speed=8.0)
-    w.dwell("S2", 12)
-    gone["v"] = True
-    w.move(600)
-    out = w.finish()
-    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
-    assert all(len(by_name(out, r)) == 1 for r in riders)
+    # silence bars only a late joiner heard `_ABSENT_FAR_DB` (20 dB) or more below the
+    # riders (test_classifier_bystanders.py: 16 dB below, charged too)
+    legs = boarding_last(-82.0, dwell_s=14, heard_after_s=3.0, wait_s=3)
+    assert legs == ([("S1", "S2")], [1, 1, 1])
 
 
 def test_a_2_s_advertiser_with_one_deep_fade_as_the_bus_leaves_is_charged() -> None:

@@ -15,7 +15,14 @@ import pytest
 from edge._classifier import State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
-from tests.edge.test_classifier import T0, Token, World, _closed_since, by_name, pull_out_to_s2
+from tests.edge.test_classifier import (
+    T0,
+    Token,
+    World,
+    boarding_last,
+    by_name,
+    pull_out_to_s2,
+)
 
 INTERVAL_START = (math.floor(T0 / 600) + 1) * 600.0
 """The start of the next 600-s interval: rids first heard just after it are rotations."""
@@ -287,23 +294,5 @@ def test_a_weak_rider_boarding_last_heard_16_db_below_the_riders_is_charged() ->
     # below the riders it was missed. A bus whose riders' devices spread by 6 dB, in bags
     # and crowds, has a quarter of its riders 8 dB or more below their median; the cars
     # of the rhythm rule are 23-35 dB below it (two shells): barred at 20 dB
-    w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -76.0)) for i in range(3)]
-    gone = {"v": False}
-
-    def late(world: World) -> float | None:
-        if gone["v"] or not _closed_since(world, 1.5) or (world.t - T0) % 1.0 >= 0.5:
-            return None
-        return -91.0 if int(world.t) % 3 else -93.0
-
-    tok = w.add(Token("late", late))
-    w.dwell("S1", 25)
-    w.wait(2)
-    w.move(1200, speed=8.0)
-    w.dwell("S2", 12)
-    gone["v"] = True
-    w.move(600)
-    out = w.finish()
-    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
-    for r in riders:
-        assert by_name(out, r) != []
+    legs = boarding_last(-76.0, dwell_s=25, heard_after_s=1.5, wait_s=2)
+    assert legs == ([("S1", "S2")], [1, 1, 1])
