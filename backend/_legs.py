@@ -464,7 +464,10 @@ class JourneyPolicy:
             ``overlap_margin_db``) also wins if its bus decoded the token's adverts at
             least ``overlap_rate_ratio`` times as often over the common time (the same
             token's adverts at two scanners: the bus it is in hears it better on both
-            counts); cover and loser ceiling as above (``None``: RSSI margin alone).
+            counts), or if the other leg is a hop within its ride, which began
+            ``overlap_cover_s`` before the hop and ended that long after it (the rider
+            would have caught the same trip again); cover and loser ceiling as above
+            (``None``: RSSI margin alone).
         overlap_rate_ratio: ... that ratio (> 1).
         overlap_rate_alone_ratio: a leg whose bus decoded the token's adverts at least this
             many times as often per second over the common time wins on that alone, heard

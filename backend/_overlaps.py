@@ -9,11 +9,14 @@ decoding at least ``overlap_rate_ratio`` times as many of the token's adverts pe
 over that time (both buses hear the same token's adverts: the one it rides hears it
 better on both counts, whatever the token's power or advertising interval), or decoded
 ``overlap_rate_alone_ratio`` times as many while heard at most ``overlap_rate_margin_db``
-weaker (near the scanners' floor a median RSSI is censored) -- and the weaker one sounds
-like a rider heard through the bus's windows (not above ``overlap_loser_max_dbm``, or at
-least ``overlap_loser_under_riders_db`` below the riders its own bus carried), the rider
-was on the stronger bus and the other drove alongside: the weaker leg is dropped
-(``overlap_dropped``, never charged) and the stronger one charged (``overlap_resolved``).
+weaker (near the scanners' floor a median RSSI is censored), or at least
+``overlap_rate_margin_db`` stronger over a hop the weaker one made within its ride (a
+minute or more before and after it: the rider would have caught its trip again) -- and
+the weaker one sounds like a rider heard through the bus's windows (not above
+``overlap_loser_max_dbm``, or at least ``overlap_loser_under_riders_db`` below the riders
+its own bus carried), the rider was on the stronger bus and the other drove alongside:
+the weaker leg is dropped (``overlap_dropped``, never charged) and the stronger one
+charged (``overlap_resolved``).
 This also drops a short weak hop lying wholly within another bus's leg. Any other
 overlap longer than ``replay_overlap_s`` is a suspected replay: both legs are marked and
 held, not charged automatically; so is a leg that only lost to a leg that is itself
@@ -107,7 +110,8 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     ``overlap_margin_db`` stronger, or at least ``overlap_rate_margin_db`` stronger
     with at least ``overlap_rate_ratio`` times the loser's rate of adverts decoded, or
     have decoded ``overlap_rate_alone_ratio`` times the loser's rate while heard at most
-    ``overlap_rate_margin_db`` weaker;
+    ``overlap_rate_margin_db`` weaker, or be ``overlap_rate_margin_db`` stronger over a
+    loser that is a hop within its ride (:func:`_carried_through`);
     the loser must not have been heard louder than ``overlap_loser_max_dbm`` unless its
     bus heard it at least ``overlap_loser_under_riders_db`` below its riders aboard.
     Otherwise ``None``.
@@ -122,7 +126,12 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     if sa < sb:
         a, b, sa, sb = b, a, sb, sa
     by_rate = _decoded_more(a, b, sa - sb, (start, end), policy)
-    if sa - sb >= margin or by_rate or _decoded_far_more(a, b, (start, end), policy):
+    if (
+        sa - sb >= margin
+        or by_rate
+        or _decoded_far_more(a, b, (start, end), policy)
+        or _carried_through(a, b, sa - sb, policy)
+    ):
         win, lose, weak = a, b, sb
     elif sa - sb <= (policy.overlap_rate_margin_db or 0.0) and _decoded_far_more(
         b, a, (start, end), policy
@@ -189,6 +198,26 @@ def _never_aboard(
     won = win.under_riders(*common)
     lost = lose.under_riders(*beyond)
     return won is not None and lost is not None and lost >= under and lost - won >= under
+
+
+def _carried_through(outer: Leg, inner: Leg, db: float, policy: JourneyPolicy) -> bool:
+    """Whether ``inner`` is a hop on another bus within ``outer``'s ride, ``outer`` the stronger.
+
+    ``outer`` began at least ``overlap_cover_s`` before ``inner`` and ended that long after
+    it, and was heard at least ``overlap_rate_margin_db`` (not ``overlap_margin_db``)
+    stronger over ``inner``'s time. For ``inner`` to be the ride, the rider would have left
+    ``outer``'s bus and caught the same trip again after the hop, which no rider does (the
+    rule that joins a rider's legs on one trip); the bus beside it for a stop or two is
+    what heard them. The ceiling on how loud the loser may be still holds (a relay).
+    """
+    rate_db = policy.overlap_rate_margin_db
+    cover = policy.overlap_cover_s
+    return (
+        rate_db is not None
+        and db >= rate_db
+        and outer.board_t + cover <= inner.board_t
+        and inner.alight_t + cover <= outer.alight_t
+    )
 
 
 def _same_stop(a: str | None, b: str | None) -> bool:

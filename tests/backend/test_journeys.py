@@ -380,7 +380,12 @@ def test_bus_alongside_much_weaker_is_dropped_not_held(feed: Feed) -> None:
         ("the strong leg has no strength", {"strong": None}, {}),
         ("the stronger leg does not cover the other", {"hop": (200, 700)}, {}),
         ("settling turned off", {}, {"overlap_margin_db": None}),
-        ("a wider margin asked for", {}, {"overlap_margin_db": 25.0}),
+        # (both margins: a hop within the ride it did not interrupt needs only the rate's)
+        (
+            "a wider margin asked for",
+            {},
+            {"overlap_margin_db": 25.0, "overlap_rate_margin_db": 24.0},
+        ),
     ],
 )
 def test_overlap_not_settled_holds_both(
@@ -518,9 +523,10 @@ def test_advert_rate_spreads_each_segment_over_its_time(feed: Feed) -> None:
 
 def test_overlap_strength_counts_only_segments_in_the_common_time(feed: Feed) -> None:
     # b1's first segment is strong but ends before the hop; over the hop b1 is weak too
+    # (4 dB: under even the rate margin that decides a hop within b1's ride)
     segs = _alongside()
     segs[1] = seg((T0 + 251, None, "continued"), (T0 + 600, "S10", "alighted"), rssi=-75.0)
-    segs[2] = _hop((260, "S03"), (330, "S05"), -80.0)
+    segs[2] = _hop((260, "S03"), (330, "S05"), -79.0)
     js = _builder(feed).build(segs)
     assert all(not j.charged and "suspected_replay" in j.flags for j in js)
 
@@ -1011,6 +1017,66 @@ def test_loser_heard_under_its_riders_beyond_the_winners_ride_is_dropped(feed: F
     ],
 )
 def test_loser_beyond_the_winners_ride_near_its_riders_is_held(
+    feed: Feed, case: str, segs: list[Segment], policy: dict[str, object]
+) -> None:
+    js = _builder(feed, **policy).build(segs)
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay")), case
+
+
+def _hop_beside(
+    inner: float = -85.0,
+    riders_inner: float | None = -74.0,
+    *,
+    outer: float = -76.0,
+    hop: tuple[float, float] = (119, 221),
+) -> list[Segment]:
+    """r1 rides b1 S03 -> S06; b2, beside it for one hop, claims them S04 -> S05.
+
+    Full ``shared_stop_three_routes``, cell 2 (-25 dBm tokens), tuning seed 4 r-00184:
+    bus 17 (b1) heard the rider at -76 dBm among riders at -75 from 119 s before the hop
+    to 141 s after it; bus 55 (b2) at -85 among riders at -74: 9 dB weaker, under the
+    10-dB margin, with alike advert rates (0.98 and 0.83 per second). Both held before.
+    """
+    return [
+        seg(
+            (T0, "S03", "boarded"), (T0 + 303, None, "rotated"), rssi=outer, n_adv=296, riders=-75.0
+        ),
+        seg((T0 + 304, None, "continued"), (T0 + 362, "S06", "alighted"), rssi=-72.0, n_adv=58),
+        seg(
+            (T0 + hop[0], "S04", "boarded"),
+            (T0 + hop[1], "S05", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=inner,
+            n_adv=round(0.83 * (hop[1] - hop[0])),
+            riders=riders_inner,
+        ),
+    ]
+
+
+def test_a_hop_beside_within_a_ride_it_did_not_interrupt_is_dropped(feed: Feed) -> None:
+    # b1 carried the rider a minute and more before and after b2's hop: for the hop to be
+    # the ride they would have caught b1's trip again; 5 dB (not 10) decides
+    js = _builder(feed).build(_hop_beside())
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+
+
+@pytest.mark.parametrize(
+    ("case", "segs", "policy"),
+    [
+        # heard at in-bus strength among b2's riders (cell 11, same rider): a relay by b1's
+        # scanner would make the rider's own hop the weaker; the ceiling still holds
+        ("loud, at b2's riders' level", _hop_beside(-49.0, -46.0, outer=-44.0), {}),
+        ("4 dB apart", _hop_beside(-80.0), {}),
+        # b1 began only 40 s before the hop: the rider may have boarded b2 at S04
+        ("not carried long before it", _hop_beside(hop=(40, 221)), {}),
+        ("not carried long after it", _hop_beside(hop=(119, 320)), {}),
+        ("rate margin off", _hop_beside(), {"overlap_rate_margin_db": None}),
+    ],
+)
+def test_a_hop_beside_not_clearly_within_a_ride_is_held(
     feed: Feed, case: str, segs: list[Segment], policy: dict[str, object]
 ) -> None:
     js = _builder(feed, **policy).build(segs)
