@@ -142,3 +142,30 @@ def test_without_riders_levels_in_the_evidence_the_clause_changes_nothing(
 ) -> None:
     a, b = (dataclasses.replace(leg, under=()) for leg in pair)
     assert overlap_winner(a, b, _POLICY) is overlap_winner(a, b, _ABSOLUTE_ONLY)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_overlapping())
+def test_a_winner_under_the_margin_without_the_rates_carried_the_rider_round_the_hop(
+    pair: tuple[Leg, Leg],
+) -> None:
+    a, b = pair
+    won = overlap_winner(a, b, _POLICY)
+    if won is None:
+        return
+    lost = b if won is a else a
+    s_won, s_lost = _strengths(won, lost)
+    span = max(a.board_t, b.board_t), min(a.alight_t, b.alight_t)
+    r_won, r_lost = won.advert_rate(*span), lost.advert_rate(*span)
+    margin, ratio = _POLICY.overlap_margin_db, _POLICY.overlap_rate_ratio
+    alone, cover = _POLICY.overlap_rate_alone_ratio, _POLICY.overlap_cover_s
+    assert margin is not None
+    assert alone is not None
+    by_rates = (
+        r_won is not None and r_lost is not None and r_won > r_lost and r_won >= ratio * r_lost
+    )
+    if s_won - s_lost < margin and not by_rates:
+        # 5 dB decided it: the loser is a hop the winner carried the rider round, a minute
+        # and more on either side (the same trip would have to be caught again)
+        assert won.board_t + cover <= lost.board_t
+        assert lost.alight_t + cover <= won.alight_t

@@ -971,6 +971,34 @@ async def test_a_neighbour_going_on_far_below_its_own_riders_is_dropped_online(e
     await _recomputed_as_offline(env, events, "r0001")
 
 
+async def test_a_hop_beside_within_a_ride_is_dropped_online(env: Env) -> None:
+    """A hop on a bus beside, within a ride that began and ended minutes around it, settles
+    online as offline by the 5-dB rate margin: r0001 rides bus-02 from S01 to S08 (-76 dBm
+    among riders at -75); bus-03 claims them S03 -> S05 at -85, 9 dB weaker, with alike
+    advert rates. Before the rule both legs were held."""
+    w = env.world
+    w.ride("r0001", "bus-02", board=1, alight=8, t=T0, rssi_med=-76, adverts_per_s=1.0)
+    w.ride(
+        "r0001",
+        "bus-03",
+        board=3,
+        alight=5,
+        t=T0 + 200,
+        rssi_med=-85,
+        adverts_per_s=0.85,
+        riders_lvl=-74,
+    )
+    events = [e for c in w.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
+        "bus-02": ["overlap_resolved"],
+        "bus-03": ["overlap_dropped"],
+    }
+    await _recomputed_as_offline(env, events, "r0001")
+
+
 async def test_riders_levels_no_radio_hears_do_not_stall_the_settlement(env: Env) -> None:
     """``evidence.riders_lvl`` is free evidence, read as a float: bus-03's two pieces of one
     ride beside bus-02, one saying its riders were at +1.5e308 dBm, the other at
