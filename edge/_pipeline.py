@@ -188,7 +188,8 @@ class EdgePipeline:
         self.rejected: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self._cid = p.company_id
-        self._cache: dict[bytes, tuple[bytes, int, float, int]] = {}
+        self._cache: dict[bytes, tuple[bytes, int, float, int, int]] = {}
+        """Accepted payloads: :meth:`busbell.TokenVerifier.accept`'s result by raw bytes."""
         self._cache_size = p.verify_cache_size
         self._next_tick = float("-inf")
         self._tick_s = p.tick_s
@@ -364,24 +365,26 @@ class EdgePipeline:
         if type(payload) is not bytes:
             payload = bytes(payload)
         hit = self._cache.get(payload)
-        if hit is None or abs(hit[2] + _TQ_HALF_STEP - t) > self.verifier.window_s + _TQ_HALF_STEP:
+        # (written as "not within" so that a NaN time misses the memo like the verifier)
+        window = self.verifier.window_s + _TQ_HALF_STEP
+        if hit is None or not abs(hit[2] + _TQ_HALF_STEP - t) <= window:
             try:
-                acc = self.verifier.verify(payload, t)
+                hit = self.verifier.accept(payload, t)
             except TokenRejected as exc:
                 self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
                 return
-            hit = (acc.payload.rid, acc.interval, acc.token_t, int(acc.payload.flags))
             if self._cache_size:
                 if len(self._cache) >= self._cache_size:
                     self._cache.clear()
                 self._cache[payload] = hit
         self.adverts_accepted += 1
+        rid = hit[0]
+        flags = hit[3]
         self.classifier.advert(
-            t, hit[0], hit[1], hit[2], rssi, hit[3], payload, self.vehicle.odometer_m, addr
+            t, rid, hit[1], hit[2], rssi, flags, payload, self.vehicle.odometer_m, addr
         )
-        if hit[3] & _BELL_FLAGS and self.flag_listener is not None:
-            rid = hit[0]
-            self.flag_listener(t, rid, hit[3], self.classifier.state_of(rid) is State.ONBOARD)
+        if flags & _BELL_FLAGS and self.flag_listener is not None:
+            self.flag_listener(t, rid, flags, self.classifier.state_of(rid) is State.ONBOARD)
 
     def _apply(self, events: list[VehicleEvent]) -> None:
         for ev in events:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from busbell import (
+    AcceptedToken,
     TokenFlags,
     TokenRejected,
     TokenVerifier,
@@ -171,3 +173,43 @@ def test_round_trip_any_time_and_flags(flags: int, t: float, key: bytes) -> None
     assert int(acc.payload.flags) == flags
     assert acc.interval == interval_of(t)
     assert acc.payload.rid == rid_for_interval(keys.rid_key, interval_of(t))
+
+
+def _outcome(fn: Any) -> tuple[str, object]:
+    try:
+        return "ok", fn()
+    except TokenRejected as e:
+        return "rejected", e.reason
+
+
+@given(
+    flags=st.integers(min_value=0, max_value=7),
+    t=st.floats(min_value=19671 * 86400.0, max_value=19688 * 86400.0),
+    byte=st.integers(min_value=-1, max_value=23),
+    bit=st.integers(min_value=0, max_value=7),
+    skew=st.one_of(
+        st.floats(min_value=-120, max_value=120),
+        st.sampled_from([float("nan"), float("inf"), -1e12, 1e12]),
+    ),
+    window=st.sampled_from([5.0, 60.0, 200.0]),
+)
+def test_accept_is_verify_without_its_objects(
+    *, flags: int, t: float, byte: int, bit: int, skew: float, window: float
+) -> None:
+    """The pipeline's fast path accepts exactly what verify accepts (same fields, the
+    flags as an int) and rejects the rest for the same reason: a valid payload with one
+    bit flipped (or none, byte -1), heard at a skewed or unusable bus time."""
+    payload = bytearray(encode_payload(KEYS, t, fleet_key=fk(day_of(t)), flags=flags))
+    if byte >= 0:
+        payload[byte] ^= 1 << bit
+    v = TokenVerifier(FLEET, window_s=window)
+    fast = _outcome(lambda: v.accept(bytes(payload), t + skew))
+    slow = _outcome(lambda: v.verify(payload, t + skew))
+    if slow[0] == "ok":
+        acc = slow[1]
+        assert isinstance(acc, AcceptedToken)
+        p = acc.payload
+        assert fast == ("ok", (p.rid, acc.interval, acc.token_t, int(p.flags), acc.day))
+        assert type(fast[1][3]) is int  # type: ignore[index]
+    else:
+        assert fast == slow

@@ -222,6 +222,21 @@ def test_bad_adverts_are_counted_by_reason_and_never_raise(feed: Feed) -> None:
     assert s.tokens_in_range == 0  # the latest record is 3 days on
 
 
+@pytest.mark.parametrize("bad_t", [float("nan"), float("inf"), 2.0**40])
+def test_the_payload_memo_accepts_nothing_the_verifier_rejects(feed: Feed, bad_t: float) -> None:
+    """A memoised payload heard again at an unusable bus time (a NaN clock missed the
+    memo's window test, which read "not outside" as "inside") is rejected as ``stale``,
+    as the verifier rejects it, not handed to the classifier."""
+    t = 1_790_000_100.0
+    good = encode_payload(derive_rider_keys(key(81)), t, fleet_key=fleet_key_of(20717))
+    pipe = EdgePipeline("B1", feed, TokenVerifier({20717: fleet_key_of(20717)}))
+    pipe.feed(GnssRecord(t, *latlon(0), 0.0))
+    pipe.feed(AdvRecord(t, "a", -60, {COMPANY: good}))  # memoised
+    pipe.feed(AdvRecord(bad_t, "a", -60, {COMPANY: good}))
+    assert pipe.stats.adverts_accepted == 1
+    assert pipe.stats.rejected == {"stale": 1}
+
+
 def test_output_is_deterministic_and_survives_a_trace_file_round_trip(feed: Feed) -> None:
     plan = BusPlan(t0=1_790_000_400.0 - 100.0, gnss_noise_m=8.0)
     toks = [SynthToken(key(90 + i), board=i % 4, alight=4 + i % 3) for i in range(6)]
