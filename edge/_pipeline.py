@@ -346,7 +346,26 @@ class EdgePipeline:
                 self.no_company_id += 1
             else:
                 try:  # zero-cost unless it raises
-                    self._advert(t, rec.rssi, payload, rec.addr)
+                    # (inline, not a method: this runs for every advert)
+                    if type(payload) is not bytes:
+                        payload = bytes(payload)
+                    hit = self._cache.get(payload)
+                    # ("not within", so that a NaN time misses the memo as verify rejects it)
+                    if hit is None or not (
+                        abs(hit[2] + _TQ_HALF_STEP - t) <= self.verifier.window_s + _TQ_HALF_STEP
+                    ):
+                        hit = self._verify(payload, t)
+                    if hit is not None:
+                        self.adverts_accepted += 1
+                        rid = hit[0]
+                        flags = hit[3]
+                        self.classifier.advert(
+                            t, rid, hit[1], hit[2], rec.rssi, flags, payload,
+                            self.vehicle.odometer_m, rec.addr,
+                        )  # fmt: skip
+                        if flags & _BELL_FLAGS and self.flag_listener is not None:
+                            on = self.classifier.state_of(rid) is State.ONBOARD
+                            self.flag_listener(t, rid, flags, on)
                 except Exception as exc:
                     self._failed("advert", rec, exc)
             if t >= self._next_tick:
@@ -361,30 +380,18 @@ class EdgePipeline:
             self._failed("vehicle", rec, exc)
         return self._tick(t)
 
-    def _advert(self, t: float, rssi: int, payload: bytes, addr: str) -> None:
-        if type(payload) is not bytes:
-            payload = bytes(payload)
-        hit = self._cache.get(payload)
-        # (written as "not within" so that a NaN time misses the memo like the verifier)
-        window = self.verifier.window_s + _TQ_HALF_STEP
-        if hit is None or not abs(hit[2] + _TQ_HALF_STEP - t) <= window:
-            try:
-                hit = self.verifier.accept(payload, t)
-            except TokenRejected as exc:
-                self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
-                return
-            if self._cache_size:
-                if len(self._cache) >= self._cache_size:
-                    self._cache.clear()
-                self._cache[payload] = hit
-        self.adverts_accepted += 1
-        rid = hit[0]
-        flags = hit[3]
-        self.classifier.advert(
-            t, rid, hit[1], hit[2], rssi, flags, payload, self.vehicle.odometer_m, addr
-        )
-        if flags & _BELL_FLAGS and self.flag_listener is not None:
-            self.flag_listener(t, rid, flags, self.classifier.state_of(rid) is State.ONBOARD)
+    def _verify(self, payload: bytes, t: float) -> tuple[bytes, int, float, int, int] | None:
+        """A payload the memo does not hold (or holds for another time): check and memoise."""
+        try:
+            hit = self.verifier.accept(payload, t)
+        except TokenRejected as exc:
+            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+            return None
+        if self._cache_size:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[payload] = hit
+        return hit
 
     def _apply(self, events: list[VehicleEvent]) -> None:
         for ev in events:
