@@ -909,6 +909,20 @@ async def test_the_link_retention_reads_a_batch_a_pass(
     assert await env.rows(rider_segments, "event_id") == []
 
 
+async def _bus_02_wins_online_as_offline(env: Env) -> None:
+    """The world's events settle online to r0001's bus-02 leg charged (``overlap_resolved``)
+    and bus-03's dropped (``overlap_dropped``), and offline alike."""
+    events = [e for c in env.world.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
+        "bus-02": ["overlap_resolved"],
+        "bus-03": ["overlap_dropped"],
+    }
+    await _recomputed_as_offline(env, events, "r0001")
+
+
 async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env) -> None:
     """``evidence.riders_lvl`` is kept (``rider_segments.riders_lvl``) and settles online as
     offline: r0001 rides bus-02 from S03 to S05 with +3 dBm tokens (-27 dBm, riders at
@@ -928,17 +942,9 @@ async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env)
         adverts_per_s=1.0,
         riders_lvl=-47,
     )
-    events = [e for c in w.buses.values() for e in c.events]
-    await env.ingest(events)
-    await env.worker.settle_once()
+    await _bus_02_wins_online_as_offline(env)
     rows = await env.rows(rider_segments, "event_id")
     assert {r["bus_id"]: r["riders_lvl"] for r in rows} == {"bus-02": -48.0, "bus-03": -47.0}
-    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
-    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
-        "bus-02": ["overlap_resolved"],
-        "bus-03": ["overlap_dropped"],
-    }
-    await _recomputed_as_offline(env, events, "r0001")
 
 
 async def test_a_neighbour_going_on_far_below_its_own_riders_is_dropped_online(env: Env) -> None:
@@ -960,15 +966,7 @@ async def test_a_neighbour_going_on_far_below_its_own_riders_is_dropped_online(e
         adverts_per_s=0.5,
         riders_lvl=-60,
     )
-    events = [e for c in w.buses.values() for e in c.events]
-    await env.ingest(events)
-    await env.worker.settle_once()
-    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
-    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
-        "bus-02": ["overlap_resolved"],
-        "bus-03": ["overlap_dropped"],
-    }
-    await _recomputed_as_offline(env, events, "r0001")
+    await _bus_02_wins_online_as_offline(env)
 
 
 async def test_a_hop_beside_within_a_ride_is_dropped_online(env: Env) -> None:
@@ -988,15 +986,7 @@ async def test_a_hop_beside_within_a_ride_is_dropped_online(env: Env) -> None:
         adverts_per_s=0.85,
         riders_lvl=-74,
     )
-    events = [e for c in w.buses.values() for e in c.events]
-    await env.ingest(events)
-    await env.worker.settle_once()
-    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
-    assert {j["legs"][0]["bus_id"]: j["flags"] for j in js} == {
-        "bus-02": ["overlap_resolved"],
-        "bus-03": ["overlap_dropped"],
-    }
-    await _recomputed_as_offline(env, events, "r0001")
+    await _bus_02_wins_online_as_offline(env)
 
 
 async def test_riders_levels_no_radio_hears_do_not_stall_the_settlement(env: Env) -> None:
