@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hmac
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -284,6 +284,17 @@ class TokenVerifier:
                 self._bk_cache.clear()
             bk = self._bk_cache[k] = derive_bk(fleet_key, rid)
         return bk
+
+    def forget_days(self, days: Iterable[int]) -> None:
+        """Drop the ``bk`` values derived from these days' fleet keys.
+
+        A key bundle replaced them: without this a rid already seen kept verifying under
+        the old key for as long as its ``bk`` stayed memoised.
+        """
+        gone = set(days)
+        if gone:
+            for k in [k for k in self._bk_cache if k[0] in gone]:
+                del self._bk_cache[k]
 
     def accept(self, data: object, gnss_t: float) -> tuple[bytes, int, float, int, int]:
         """:meth:`verify` without building its objects: the hot path of the edge pipeline.

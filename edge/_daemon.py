@@ -100,6 +100,10 @@ class Pipeline(Protocol):
         """Flags (stop request, assist, wait) active now, by name."""
         ...
 
+    def fleet_keys_changed(self, days: Iterable[int]) -> None:
+        """These days' fleet keys were replaced: forget what was accepted under the old."""
+        ...
+
 
 def pop_earliest(
     vehicle: collections.deque[TraceRecord], adverts: collections.deque[AdvRecord]
@@ -308,6 +312,8 @@ class EdgeDaemon:
             self._key_rejects.reject(reason, error=str(exc))
             return
         self.stats.key_bundles += 1
+        if days:  # (a replaced key must stop verifying at once, not when caches roll over)
+            self.pipeline.fleet_keys_changed(days)
         _log.info(
             "fleet_keys_received", new_days=days, days_remaining=self.fleet_keys_days_remaining()
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -320,6 +320,19 @@ class EdgePipeline:
                 error=f"{type(exc).__name__}: {exc}",
                 exc_info=exc,
             )
+
+    def fleet_keys_changed(self, days: Iterable[int]) -> None:
+        """These days' fleet keys were replaced (a key bundle): forget what the old ones made.
+
+        The verifier's derived ``bk`` values and the payload memo's entries of those days
+        go, so that from the next advert on only the new keys verify.
+        """
+        gone = set(days)
+        if not gone:
+            return
+        self.verifier.forget_days(gone)
+        for payload in [p for p, hit in self._cache.items() if hit[4] in gone]:
+            del self._cache[payload]
 
     def on_board(self) -> int:
         """Riders currently confirmed on board."""

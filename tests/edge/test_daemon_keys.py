@@ -93,6 +93,9 @@ async def test_key_bundle_and_denylist_reach_the_daemon(tmp_path: Path) -> None:
             await until(lambda: d.stats.denylist_stale == 1)
         assert d.stats.key_bundles == 1
         assert d.stats.key_bundles_rejected == 2
+        # today's key replaced and four days added: the pipeline forgets what it accepted
+        # under the keys they replace
+        assert pipe.keys_changed == [sorted(new_keys)]
         assert read_fleet_keys(fleet) == new_keys  # persisted for an offline restart
         denied = AdvRecord(now, "a", -40, {0xFFFF: bytes(3) + rid + bytes(9)})
         allowed = AdvRecord(now, "b", -40, {0xFFFF: bytes(24)})

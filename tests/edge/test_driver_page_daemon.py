@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,9 @@ class _QuietPipeline:
 
     def active_flags(self) -> dict[str, int]:
         return {}
+
+    def fleet_keys_changed(self, days: Iterable[int]) -> None:
+        pass
 
 
 class _IdleSource:

@@ -237,6 +237,34 @@ def test_the_payload_memo_accepts_nothing_the_verifier_rejects(feed: Feed, bad_t
     assert pipe.stats.rejected == {"stale": 1}
 
 
+def test_a_replaced_fleet_key_stops_verifying_at_once(feed: Feed) -> None:
+    """A key bundle that replaces a day's fleet key (a leaked key re-issued): a token made
+    with the old key and already accepted was still accepted from the verifier's ``bk``
+    memo and the payload memo; after ``fleet_keys_changed`` only the new key verifies,
+    and other days' memoised payloads are kept."""
+    t = 1_790_000_100.0
+    keys = derive_rider_keys(key(82))
+    old_key, new_key = fleet_key_of(20717), bytes([7]) * 32
+    fleet = {20717: old_key}
+    pipe = EdgePipeline("B1", feed, TokenVerifier(fleet))
+    old_token = encode_payload(keys, t, fleet_key=old_key)
+    other = encode_payload(keys, t + 9.0, fleet_key=old_key)
+    pipe.feed(GnssRecord(t, *latlon(0), 0.0))
+    pipe.feed(AdvRecord(t, "a", -60, {COMPANY: old_token}))
+    pipe.feed(AdvRecord(t, "a", -60, {COMPANY: other}))
+    assert pipe.stats.adverts_accepted == 2
+    fleet[20717] = new_key  # (the keyring's dict, shared with the verifier)
+    pipe.fleet_keys_changed([20718])  # another day: nothing is forgotten
+    pipe.feed(AdvRecord(t + 1, "a", -60, {COMPANY: old_token}))
+    assert pipe.stats.adverts_accepted == 3
+    pipe.fleet_keys_changed([20717])
+    pipe.feed(AdvRecord(t + 2, "a", -60, {COMPANY: old_token}))  # memoised before
+    pipe.feed(AdvRecord(t + 9, "a", -60, {COMPANY: other}))  # bk memoised before
+    pipe.feed(AdvRecord(t + 9, "a", -60, {COMPANY: encode_payload(keys, t + 9, fleet_key=new_key)}))
+    assert pipe.stats.adverts_accepted == 4
+    assert pipe.stats.rejected == {"bad_btag": 2}
+
+
 def test_output_is_deterministic_and_survives_a_trace_file_round_trip(feed: Feed) -> None:
     plan = BusPlan(t0=1_790_000_400.0 - 100.0, gnss_noise_m=8.0)
     toks = [SynthToken(key(90 + i), board=i % 4, alight=4 + i % 3) for i in range(6)]

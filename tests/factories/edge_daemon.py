@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class FakePipeline:
         self.records: list[TraceRecord] = []
         self.n = 0
         self.finished = False
+        self.keys_changed: list[list[int]] = []
 
     @property
     def stats(self) -> FakeStats:
@@ -67,6 +69,9 @@ class FakePipeline:
                 self.n += 1
                 return [synthetic_draft(self.n)]
         return []
+
+    def fleet_keys_changed(self, days: Iterable[int]) -> None:
+        self.keys_changed.append(sorted(days))
 
     def finish(self, t: float) -> list[SegmentDraft]:
         self.finished = True
