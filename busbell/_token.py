@@ -274,15 +274,13 @@ class TokenVerifier:
         self._bk_cache_size = bk_cache_size
 
     def _bk(self, day: int, rid: bytes) -> bytes | None:
-        k = (day, rid)
-        bk = self._bk_cache.get(k)
-        if bk is None:
-            fleet_key = self._key_for(day)
-            if fleet_key is None:
-                return None
-            if len(self._bk_cache) >= self._bk_cache_size:
-                self._bk_cache.clear()
-            bk = self._bk_cache[k] = derive_bk(fleet_key, rid)
+        """Derive and memoise ``rid``'s ``bk`` under ``day``'s fleet key (a cache miss)."""
+        fleet_key = self._key_for(day)
+        if fleet_key is None:
+            return None
+        if len(self._bk_cache) >= self._bk_cache_size:
+            self._bk_cache.clear()
+        bk = self._bk_cache[day, rid] = derive_bk(fleet_key, rid)
         return bk
 
     def forget_days(self, days: Iterable[int]) -> None:
@@ -292,9 +290,8 @@ class TokenVerifier:
         the old key for as long as its ``bk`` stayed memoised.
         """
         gone = set(days)
-        if gone:
-            for k in [k for k in self._bk_cache if k[0] in gone]:
-                del self._bk_cache[k]
+        for k in [k for k in self._bk_cache if k[0] in gone]:
+            del self._bk_cache[k]
 
     def accept(self, data: object, gnss_t: float) -> tuple[bytes, int, float, int, int]:
         """:meth:`verify` without building its objects: the hot path of the edge pipeline.

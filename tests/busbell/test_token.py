@@ -141,6 +141,27 @@ def test_bk_cache_is_bounded() -> None:
     assert len(v._bk_cache) <= 4
 
 
+def test_forget_days_drops_only_those_days_bk() -> None:
+    """A replaced fleet key verifies from the next payload on; other days keep their bk."""
+    d = day_of(T0)
+    keys_now = {d - 1: fk(d - 1), d: fk(d)}
+    v = TokenVerifier(keys_now.get)
+    old = encode_payload(KEYS, T0, fleet_key=fk(d))
+    yesterday = encode_payload(KEYS, T0 - 86400, fleet_key=fk(d - 1))
+    v.verify(old, T0)
+    v.verify(yesterday, T0 - 86400)
+    keys_now[d] = bytes(32)  # the bundle replaced today's key
+    assert v.verify(old, T0).day == d  # the memoised bk still verifies it ...
+    v.forget_days([])
+    assert v.verify(old, T0).day == d  # ... forgetting no day changes nothing ...
+    v.forget_days([d])
+    with pytest.raises(TokenRejected) as e:
+        v.verify(old, T0)  # ... until today is forgotten
+    assert e.value.reason == "bad_btag"
+    assert v.verify(encode_payload(KEYS, T0, fleet_key=bytes(32)), T0).day == d
+    assert (d - 1, v.verify(yesterday, T0 - 86400).payload.rid) in v._bk_cache
+
+
 @given(st.binary(max_size=64), st.floats(min_value=0, max_value=4e9))
 def test_random_bytes_only_raise_token_rejected(data: bytes, t: float) -> None:
     try:
