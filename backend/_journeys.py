@@ -34,6 +34,11 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
 6. **Journeys and fares.** Legs are grouped by the fare engine's transfer rules
    (:func:`backend._fare_engine.group_journeys`) and priced by
    :class:`backend._fare_engine.FareEngine`.
+7. **Transfer stops.** Within a journey, where a rider left one bus at one stop and the
+   next leg begins at the next stop of a trip, too soon to have walked there: if the edge
+   saw that boarding, the earlier leg alights there (it rode on: weak tokens fade out a
+   stop early); if not (first heard moving), the later leg boards where the earlier one
+   alighted (:meth:`JourneyBuilder.transfer_stops`, flagged ``transfer_stop``).
 
 Invariants (property-tested in ``tests/backend/test_journeys_properties.py``): never an
 exception for valid segments; no charged leg boards at or after its alighting stop; a
@@ -60,6 +65,7 @@ from backend._legs import (
     FLAG_PENALTY,
     FLAG_REVIEW,
     FLAG_STOP_ORDER,
+    FLAG_TRANSFER_STOP,
     Journey,
     JourneyPolicy,
     Leg,
@@ -366,6 +372,69 @@ class JourneyBuilder:
     def _default(self) -> str:
         return self.networks.default_network
 
+    # ----------------------------------------------------------------- transfers
+
+    def transfer_stops(self, legs: Sequence[Leg], seen: frozenset[str]) -> tuple[Leg, ...]:
+        """Make the stops of each transfer in one journey meet (module docs, 7).
+
+        Of two consecutive legs on two buses, the earlier alighting at ``S`` and the later
+        boarding at ``T``, a different stop, too far apart along the trip to walk (at
+        :data:`_ON_FOOT_M_S`) in the time between the earlier leg's end and the later
+        one's start: when the edge saw the later leg's boarding (its first segment
+        ``boarded`` at a door, in ``seen``) and ``T`` is the next stop of the earlier
+        leg's trip after ``S``, the earlier leg alights at ``T`` (the rider rode on to the
+        stop where they were seen boarding; a weak token's alighting fades a stop early).
+        When the edge did not see it (a tentative piece, a ``continued`` start: first heard
+        moving) and ``S`` is the stop of the later leg's trip just before ``T``, the later
+        leg boards at ``S`` (where the rider had just got off).
+        Either way the leg is flagged ``transfer_stop`` and its distance taken along its
+        trip. Nothing else changes: times, the other leg, legs on one bus.
+
+        Args:
+            legs: one journey's chargeable legs in boarding order (a transfer by the fare
+                rules).
+            seen: event ids of the segments whose boarding the edge saw.
+        """
+        out = list(legs)
+        for k in range(1, len(out)):
+            a, b = out[k - 1], out[k]
+            s, t = a.alight_stop_id, b.board_stop_id
+            if a.bus_id == b.bus_id or s is None or t is None or s == t or b.board_t < a.alight_t:
+                continue
+            gap = b.board_t - a.alight_t
+            if b.event_ids[0] in seen:
+                if a.distance_source != "penalty" and self._no_walk(a, s, t, gap):
+                    out[k - 1] = self._moved(a, a.board_stop_id, t)
+            elif self._no_walk(b, s, t, gap):
+                out[k] = self._moved(b, s, b.alight_stop_id)
+        return tuple(out)
+
+    def _no_walk(self, leg: Leg, s: str, t: str, gap: float) -> bool:
+        """Whether ``t`` is the stop after ``s`` on ``leg``'s trip, too far to walk in ``gap``.
+
+        Along the trip, farther than :data:`_ON_FOOT_M_S` covers in ``gap`` seconds: the
+        rider did not walk from one to the other between the two buses.
+        """
+        seq = self._sequence(leg.route_id, leg.trip_id)
+        if seq is None or s not in seq[0]:
+            return False
+        stops, dist = seq
+        i = stops.index(s)
+        return (
+            i + 1 < len(stops) and stops[i + 1] == t and gap * _ON_FOOT_M_S < dist[i + 1] - dist[i]
+        )
+
+    def _moved(self, leg: Leg, board: str | None, alight: str | None) -> Leg:
+        distance = self.gtfs_distance(leg.route_id, leg.trip_id, board, alight)
+        return dataclasses.replace(
+            leg,
+            board_stop_id=board,
+            alight_stop_id=alight,
+            distance_m=leg.distance_m if distance is None else max(0.0, distance),
+            distance_source=leg.distance_source if distance is None else "gtfs",
+            flags=tuple(sorted({*leg.flags, FLAG_TRANSFER_STOP})),
+        )
+
     # ----------------------------------------------------------------- journeys
 
     def build_rider(
@@ -386,8 +455,16 @@ class JourneyBuilder:
             fare_legs.append(fl)
         # one leg is one journey; price() looks up its rule set as grouping would have
         groups = [fare_legs] if len(fare_legs) == 1 else self.engine.journeys(fare_legs)
-        for group in groups:
-            journey_legs = tuple(by_id[id(fl)] for fl in group)
+        seen: frozenset[str] | None = None
+        for grouped in groups:
+            journey_legs = tuple(by_id[id(fl)] for fl in grouped)
+            group = grouped
+            if len(journey_legs) > 1:
+                if seen is None:
+                    seen = _boardings_seen(segments)
+                moved = self.transfer_stops(journey_legs, seen)
+                if moved != journey_legs:
+                    journey_legs, group = moved, [leg.fare_leg() for leg in moved]
             quote = self.engine.price(group, cat)
             out.append(_journey(journey_legs, quote.fare_krw, True, cat, quote))
         for leg in held:
@@ -437,6 +514,19 @@ def _journey(
         quote=quote,
     )
 
+
+def _boardings_seen(segments: Iterable[Segment]) -> frozenset[str]:
+    """Event ids of the segments whose boarding the edge saw at a door.
+
+    ``boarded`` and not a tentative piece (:mod:`backend._tentative` makes the earliest
+    piece it keeps ``boarded`` and leaves its ``co``): such a leg was first heard moving.
+    """
+    return frozenset(s.event_id for s in segments if s.start_cause == "boarded" and s.co is None)
+
+
+_ON_FOOT_M_S = 2.0
+"""Faster than anyone walks between two stops (a brisk walk is about 1.5 m/s): a rider
+who got from one stop to the next in less time than this allows rode a bus there."""
 
 _POSITION_SLACK_M = 30.0
 """GNSS and odometer error allowed when a stop is placed from the distance travelled."""

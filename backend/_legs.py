@@ -28,6 +28,7 @@ __all__ = [
     "FLAG_REVIEW",
     "FLAG_STOP_ORDER",
     "FLAG_SUSPECTED_REPLAY",
+    "FLAG_TRANSFER_STOP",
     "HELD_FLAGS",
     "Journey",
     "JourneyPolicy",
@@ -58,6 +59,11 @@ FLAG_OVERLAP_DROPPED = "overlap_dropped"
 """Another bus heard the rider much more strongly over the whole leg: never charged."""
 FLAG_OVERLAP_RESOLVED = "overlap_resolved"
 """An overlapping, much weaker leg on another bus was dropped in favour of this one."""
+FLAG_TRANSFER_STOP = "transfer_stop"
+"""The leg's stop at a transfer is the stop where the rider's other leg of the transfer
+was seen: its alighting there (the rider was seen boarding the next bus at the next stop
+of its trip) or its boarding there (the next bus's boarding was not seen, and the stop
+the rider alighted at is the one before its first)."""
 FLAG_MERGED = "merged"
 """Segments of one bus trip joined into one leg across more than a rid rotation (a gap,
 a ``lost`` end, a split at a stop, overlapping rids): one ride, charged once."""

@@ -1316,3 +1316,93 @@ def test_a_loud_neighbour_without_the_advert_rate_evidence_is_held(
     # strength: a relay by b2's scanner would look like that
     js = _builder(feed).build(_loud_alongside(ratio))
     assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
+
+
+def _transfer(board_at: str, gap_s: float, cause: str = "boarded") -> list[Segment]:
+    """r1 rides b1 (R1) S01 -> S05, then b2 (R2) from ``board_at`` ``gap_s`` later."""
+    return [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), rssi=-80.0),
+        seg(
+            (T0 + 300 + gap_s, board_at, cause),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-80.0,
+        ),
+    ]
+
+
+def _stops(js: Sequence[Journey]) -> list[tuple[str, str | None, str | None, tuple[str, ...]]]:
+    return [(x.bus_id, x.board_stop_id, x.alight_stop_id, x.flags) for j in js for x in j.legs]
+
+
+def test_a_transfer_seen_boarding_at_the_next_stop_too_soon_to_walk_rode_on(feed: Feed) -> None:
+    """Transfer stops: the rider was seen boarding b2 at S06, 150 s after b1 let them off
+    at S05, 800 m back along b1's trip (5.3 m/s on foot): they rode b1 on to S06, whose
+    alighting faded a stop early (weak token corner, tuning seed 2, `transfer_two_buses`
+    r-00097: charged BD001 -> BD004, rode to BD005, seen boarding G6000 there)."""
+    (j,) = _builder(feed).build(_transfer("S06", 150.0))
+    assert _stops([j]) == [
+        ("b1", "S01", "S06", ("transfer_stop",)),
+        ("b2", "S06", "S15", ()),
+    ]
+    assert j.legs[0].distance_m == 5 * STOP_SPACING_M
+    assert j.fare_krw == _price(
+        ("R1", "gyeonggi_city", 5 * STOP_SPACING_M), ("R2", "gyeonggi_wide_area", 7200.0)
+    )
+
+
+@pytest.mark.parametrize("cause", ["continued", "tentative"])
+def test_a_transfer_whose_boarding_was_not_seen_boards_where_the_rider_got_off(
+    feed: Feed, cause: str
+) -> None:
+    """The edge first heard the rider moving in b2 past S06 (a `continued` start, or a
+    tentative piece summed with the next rid's), 150 s after they got off b1 at S05, the
+    stop before S06 on b2's trip: they boarded b2 there (EIRP -21 corner, tuning seed 1,
+    `transfer_two_buses` r-00107: charged G6000 from BD006, boarded at BD005)."""
+    segs = _transfer("S06", 150.0, cause)
+    if cause == "tentative":  # two pieces across a rotation, 2 + 2 co-movement points
+        t_rot = (T0 + 450) // 600 * 600 + 600
+        segs[1] = dataclasses.replace(
+            segs[1], end_t=t_rot, end_stop_id=None, end_cause="rotated", co=(2, -91.0, -90.0)
+        )
+        segs.append(
+            dataclasses.replace(
+                seg((t_rot + 1, None, "tentative"), (T0 + 900, "S15", "alighted"), bus="b2"),
+                route_id="R2",
+                trip_id="T2",
+                co=(2, -91.0, -89.0),
+            )
+        )
+    (j,) = _builder(feed).build(segs)
+    ((b1, b2),) = [j.legs]
+    assert (b1.board_stop_id, b1.alight_stop_id, b1.flags) == ("S01", "S05", ())
+    assert (b2.board_stop_id, b2.alight_stop_id) == ("S05", "S15")
+    assert "transfer_stop" in b2.flags
+    assert b2.distance_m == 10 * STOP_SPACING_M
+
+
+@pytest.mark.parametrize(
+    ("board_at", "gap_s"),
+    [
+        ("S06", 450.0),  # 800 m in 450 s: 1.8 m/s, walked
+        ("S07", 150.0),  # not the next stop
+        ("S04", 150.0),  # behind
+        ("S05", 150.0),  # one stop: nothing to meet
+    ],
+)
+def test_a_transfer_the_rider_could_have_walked_keeps_its_stops(
+    feed: Feed, board_at: str, gap_s: float
+) -> None:
+    (j,) = _builder(feed).build(_transfer(board_at, gap_s))
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", board_at, "S15", ())]
+
+
+def test_two_journeys_keep_their_stops(feed: Feed) -> None:
+    """Only a transfer by the fare rules: the same route again is a new journey."""
+    segs = _transfer("S06", 150.0)
+    segs[1] = dataclasses.replace(segs[1], route_id="R1", trip_id="T1")
+    js = _builder(feed).build(segs)
+    assert len(js) == 2
+    assert _stops(js) == [("b1", "S01", "S05", ()), ("b2", "S06", "S15", ())]

@@ -186,10 +186,15 @@ def world(rng: random.Random, feed: Feed) -> tuple[list[Ride], list[Segment], se
     for r in range(rng.randint(1, 3)):
         rider = f"r{r}"
         t = T0 + rng.uniform(0, 600)
+        was: tuple[str, float] | None = None  # where and when the rider got off their last bus
         for trip in rng.sample(list(TRIPS), rng.randint(1, 3)):
-            n = len(feed.trips[trip].stop_ids)
+            stops = feed.trips[trip].stop_ids
+            n = len(stops)
             board = rng.randrange(0, min(n - 1, 12))
             alight = rng.randrange(board + 1, min(n, board + 8))
+            if was is not None:  # walked to this bus's stop, at most 1.5 m/s
+                walk = abs(int(was[0][1:]) - int(stops[board][1:])) * STOP_SPACING_M
+                t = max(t, was[1] + walk / 1.5)
             t1 = t + (alight - board) * rng.uniform(60, 150)
             ride = Ride(rider, trip, board, alight, t, t1)
             rides.append(ride)
@@ -197,7 +202,7 @@ def world(rng: random.Random, feed: Feed) -> tuple[list[Ride], list[Segment], se
             segs.extend(got)
             if kept:
                 whole.add(ride)
-            t = t1 + rng.uniform(30, 3000)
+            t, was = t1 + rng.uniform(30, 3000), (stops[alight], t1)
         for _ in range(rng.choice([0, 0, 1, 2])):
             segs.append(edge.noise(rider, t))
     rng.shuffle(segs)
