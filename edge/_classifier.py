@@ -508,6 +508,10 @@ class PresenceClassifier:
         address, whose rid ended before it could board, and the boarding visit it hands
         over: the new rid sent from the same address takes over its candidacy, whenever it
         is first heard (:meth:`_inherit`)."""
+        self._addr_iv: dict[str, int] = {}
+        """BLE address -> the latest rid interval heard from it (while a rid of that
+        interval is known): a rid whose token is heard under a later rid from its address
+        has ended (:meth:`_near_end`)."""
         self._ticks = 0
         self._slot_s = p.rotation_gap_s + 4.0
         self._route_id: str | None = None
@@ -826,6 +830,8 @@ class PresenceClassifier:
             r.d_min = t - token_t
         if addr != r.addr:
             r.addr = addr
+            if addr and self._addr_iv.get(addr, -1) < interval:
+                self._addr_iv[addr] = interval
             if self._pool_ivs:
                 self._claim_changed(r)
         r.last_raw = raw
@@ -1362,7 +1368,10 @@ class PresenceClassifier:
         for rid in forget:
             # (a forgotten rid hears no more adverts, but the rotation pool may still
             # close it: its adverts are counted at the level they were heard at)
-            self._lv_flush(self._rids.pop(rid), self._riders_key)
+            gone = self._rids.pop(rid)
+            self._lv_flush(gone, self._riders_key)
+            if gone.addr and self._addr_iv.get(gone.addr) == gone.interval:
+                del self._addr_iv[gone.addr]
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
@@ -2296,10 +2305,20 @@ class PresenceClassifier:
 
         It was last heard (token time) within ``rotation_slack_s`` of its interval's end,
         or within its own rotation window (:meth:`_rot_gap`) if longer: a token heard once
-        in 20 s may well have been silent for the last 20 s of its rid.
+        in 20 s may well have been silent for the last 20 s of its rid. Or, however long
+        before its end it was last heard, its token has been heard since under a later rid
+        from the same BLE address (phones keep theirs across a rotation; two devices do not
+        share a random 48-bit address): its silence ran into its rotation, and nobody
+        leaves a moving bus (full scale, tuning seed 2, -25 dBm, ``quiet_route`` r-00038:
+        boarded BD004, last heard 489 m past BD005, 47 s before its new rid was first heard
+        within ``rotation_slack_s`` of the next interval, so 30 s or more before its own
+        ended; the ride, 1.2 km heard, was dropped as a short one lost while moving and the
+        rider charged from BD006, where the new rid boarded).
         """
         if r.last_token_t >= r.interval * INTERVAL_S + self._rot_end:
             return True
+        if r.addr and self._addr_iv.get(r.addr, r.interval) > r.interval:
+            return True  # its token is heard under a later rid from the same address
         if r.gap * self.params.rotation_gaps > self._rot_slack and (
             r.last_token_t >= (r.interval + 1) * INTERVAL_S - self._rot_gap(r)
         ):
