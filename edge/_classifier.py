@@ -270,7 +270,7 @@ class _Rid:
         "lv_hist",
         "lv_n",
         "lvl",
-        "lvl_in",
+        "lvl_out",
         "mv_ewma",
         "mv_odo",
         "n_adv",
@@ -341,10 +341,10 @@ class _Rid:
         (:meth:`PresenceClassifier._revive`): its start, start odometer and the travel not
         heard on (``held_m`` and the silence); the revived candidacy boards from there."""
         self.confirm_t = 0.0
-        self.lvl_in = math.inf
-        """The riders' level when it was last confirmed on board (+inf: the bus had carried
-        nobody): what the level goes back to if its ride is discarded as never ridden and
-        nobody else is aboard (:meth:`PresenceClassifier._unride`)."""
+        self.lvl_out: tuple[float, int | None] | None = None
+        """The riders' level and ``_riders_key`` when it last left the bus's riders (closed on
+        board; ``None`` while on board): the level its ride, if not discarded, leaves
+        behind (:meth:`PresenceClassifier._unride`)."""
         self.route_id: str | None = None
         self.trip_id: str | None = None
         self.addr = ""
@@ -548,9 +548,13 @@ class PresenceClassifier:
         """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
         riders when some were last aboard: the level at which this bus hears its riders
         (+inf until it has carried any)."""
-        self._unridden: list[tuple[float, float, float]] = []
-        """Rides discarded as never ridden since the last tick (:meth:`_unride`): their
-        baseline, confirmation time and ``lvl_in``."""
+        self._unridden = False
+        """A ride was discarded as never ridden since the last tick (:meth:`_unride`)."""
+        self._rode_lvl: tuple[float, float, int | None] = (-math.inf, math.inf, None)
+        """The end, ``_riders_lvl`` and ``_riders_key`` of the latest ride that was not
+        discarded, as its rid left the riders (:attr:`_Rid.lvl_out`; +inf and ``None``: none
+        yet): what the level goes back to when the rides discarded as never ridden were all
+        that was aboard (:meth:`_unride`)."""
         self._riders_key: int | None = None
         """``_riders_lvl`` to a dB (``None`` while +inf): counted in each rid's ``lv_hist``."""
         self._resume_t = float("-inf")
@@ -1298,25 +1302,23 @@ class PresenceClassifier:
         later: list[_Rid] = []
         forget: list[bytes] = []
         levels: list[float] = []
-        n_before = len(self._unridden)  # (discarded before this tick's levels: not in them)
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:
-                levels.append(r.base)
                 if (
-                    t - r.last_in_t > self._fade_s(r) and self._silent_s(r, t) > self._fade_s(r)
-                ) or (
-                    # its interval is over by its token's clock (t - d_min is a lower bound
-                    # of the token's time) and it was heard to the end: it can never be
-                    # heard again, so it goes to the rotation pairing now, not after a
-                    # sparse token's long fade time (its new rid, heard a few times, would
-                    # fade first and never pair)
-                    t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S and self._near_end(r)
-                ):
-                    try:
-                        self._fade(r, t, out)
-                    except Exception as exc:
-                        self._failed("tick", r, exc)
+                    (t - r.last_in_t > self._fade_s(r) and self._silent_s(r, t) > self._fade_s(r))
+                    or (
+                        # its interval is over by its token's clock (t - d_min is a lower
+                        # bound of the token's time) and it was heard to the end: it can
+                        # never be heard again, so it goes to the rotation pairing now, not
+                        # after a sparse token's long fade time (its new rid, heard a few
+                        # times, would fade first and never pair)
+                        t - r.d_min > (r.interval + 1) * INTERVAL_S + _REFRESH_S
+                        and self._near_end(r)
+                    )
+                ) and self._fade_unridden(r, t, out):
+                    continue  # never ridden: nobody's level (:meth:`_unride`)
+                levels.append(r.base)
             elif st in (_CANDIDATE, _ROTATING):
                 later.append(r)
             elif st == _OUTSIDE:
@@ -1342,7 +1344,7 @@ class PresenceClassifier:
             ):
                 forget.append(r.rid)
         if self._unridden:
-            self._unride(levels, n_before)
+            self._unride(levels)
         self._follow_riders(levels)
         if (
             self._olds
@@ -1375,6 +1377,15 @@ class PresenceClassifier:
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
+    def _fade_unridden(self, r: _Rid, t: float, out: list[SegmentDraft]) -> bool:
+        """Fade an on-board rid in a tick: whether its ride was discarded as never ridden."""
+        n = self.discarded
+        try:
+            self._fade(r, t, out)
+        except Exception as exc:
+            self._failed("tick", r, exc)
+        return self.discarded != n
+
     def _judge(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
         """One tick of a candidate's or rotating rid's rules."""
         if self._heirs and r.addr and (r.interval, r.addr) in self._heirs:
@@ -1384,25 +1395,29 @@ class PresenceClassifier:
         else:
             self._check_rotating(r, t, out)
 
-    def _unride(self, levels: list[float], n_before: int) -> None:
+    def _unride(self, levels: list[float]) -> None:
         """A ride discarded as never ridden leaves no riders' level behind.
 
-        If the rides discarded since the last tick (:meth:`_emit`: a short ride lost
-        while moving, an "alighting" at the visit it boarded at: a vehicle alongside, a
-        pedestrian) were all that was aboard (this tick's ``levels`` are theirs: those
-        discarded in this tick's fades, after ``n_before``, were still counted), the
-        riders' level goes back to what it was when the first of them was confirmed
-        (+inf if the bus had carried nobody). With others aboard the level follows those
-        from the next tick on, as before. Without this, a pedestrian confirmed alone
-        on an empty bus and dropped 200 m on left their level as "the riders' level when
-        some were last aboard", and a waiter at the next stop boarded on co-movement
-        against it (full scale, tuning seed 2, shell 5 dB, ``transfer_two_buses``
-        r-03684, charged BD003 -> BD005 by ``cf69420``; docs/classifier.md).
+        A ride discarded (:meth:`_emit`: a short ride lost while moving, an "alighting" at
+        the visit it boarded at: a vehicle alongside, a pedestrian) was nobody's: its
+        baseline is not in this tick's ``levels`` (the tick leaves it out as it fades). If
+        nobody else is aboard (``levels`` empty), the riders' level, and the level the rids'
+        adverts are counted at (``_riders_key``, the events' ``evidence.riders_lvl``), go
+        back to what they were as the rid of the latest ride (by its end) that was not
+        discarded left the riders (+inf and none if the bus has carried nobody yet): the
+        level when riders were last aboard. With others aboard the level follows them, as
+        before. Without this, a pedestrian confirmed alone on an empty bus and dropped 200 m
+        on left their level as "the riders' level when some were last aboard", and a waiter
+        at the next stop was boarded on co-movement against it (full scale, tuning seed 2,
+        shell 5 dB, ``transfer_two_buses`` r-03684, charged BD003 -> BD005 by ``cf69420``;
+        docs/classifier.md). (It went back to the level when the first ride discarded in the
+        tick was confirmed: a second non-rider confirmed while the first was aboard alone,
+        and dropped in a later tick, brought the first's level back.)
         """
-        gone, self._unridden = self._unridden, []
-        if len(levels) == len(gone) - n_before:  # (their baselines are all there is)
-            levels.clear()
-            self._riders_lvl = min(gone, key=lambda g: g[1])[2]
+        self._unridden = False
+        if not levels:
+            _, self._riders_lvl, key = self._rode_lvl
+            self._count_at(key)
 
     def _follow_riders(self, levels: list[float]) -> None:
         """The riders' level and the in-bus threshold from the riders aboard's baselines."""
@@ -1412,18 +1427,21 @@ class PresenceClassifier:
             self._riders_lvl = levels[len(levels) // 2]
             # the upper quartile for the events' evidence: the bus's own riders, even with
             # riders of a bus alongside (heard through two windows, weaker) among them
-            key = round(levels[3 * len(levels) // 4])
-            if key != self._riders_key:
-                old, flush = self._riders_key, self._lv_flush
-                for r in self._rids.values():
-                    if r.n_adv != r.lv_n:  # (no call for a rid not heard since)
-                        flush(r, old)
-                self._riders_key = key
+            self._count_at(round(levels[3 * len(levels) // 4]))
         if p.in_bus_margin_db > 0.0 and len(levels) >= _LEVEL_MIN_RIDERS:
             # the in-bus threshold follows the riders aboard (token power is not known)
             self._thr = min(p.in_bus_rssi_dbm, self._riders_lvl - p.in_bus_margin_db)
         else:
             self._thr = p.in_bus_rssi_dbm
+
+    def _count_at(self, key: int | None) -> None:
+        """Count the rids' adverts at the riders' level ``key`` (dB) from now on."""
+        if key != self._riders_key:
+            old, flush = self._riders_key, self._lv_flush
+            for r in self._rids.values():
+                if r.n_adv != r.lv_n:  # (no call for a rid not heard since)
+                    flush(r, old)
+            self._riders_key = key
 
     @staticmethod
     def _lv_flush(r: _Rid, key: int | None) -> None:
@@ -2081,7 +2099,7 @@ class PresenceClassifier:
         r.start_odo = odo
         r.lost_ride = None
         r.confirm_t = t
-        r.lvl_in = self._riders_lvl
+        r.lvl_out = None
         self.confirmed += 1
         if self._debug:
             log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
@@ -2598,6 +2616,7 @@ class PresenceClassifier:
     def _close(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
         """Close an ONBOARD rid: rotated (deferred until its new rid resolves) or faded."""
         r.state = int(next_state(State(r.state), ev))
+        r.lvl_out = (self._riders_lvl, self._riders_key)
         if self._pool_ivs:
             self._claim_changed(r)
         r.gone_visit_seq = self._visits[-1].seq if self._visits else 0
@@ -2630,7 +2649,7 @@ class PresenceClassifier:
             and end_odo <= r.start_odo  # "alighted" at the visit it boarded at
         ):
             self.discarded += 1
-            self._unridden.append((r.base, r.confirm_t, r.lvl_in))
+            self._unridden = True
             if self._debug:
                 log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
             if end.cause == "lost":
@@ -2839,7 +2858,16 @@ class PresenceClassifier:
             # buses, docs/backend.md)
             evidence["riders_lvl"] = _median(lv_hist)
         # tentative pieces counted apart: the end causes count rides
-        cause = "tentative" if r.start.cause == "tentative" else end.cause
+        if r.start.cause == "tentative":
+            cause = "tentative"
+        else:
+            cause = end.cause
+            # a ride (not discarded: :meth:`_emit`) ended: the level when riders were
+            # last aboard, for :meth:`_unride` (as its rid left them: a rotated rid's
+            # segment may be drafted long after, another level standing by then)
+            if end.t >= self._rode_lvl[0]:
+                lvl, key = r.lvl_out or (self._riders_lvl, self._riders_key)
+                self._rode_lvl = (end.t, lvl, key)
         self.closed[cause] = self.closed.get(cause, 0) + 1
         if self._debug:
             log.debug(

@@ -5,7 +5,10 @@ With nobody aboard, the riders' level is the one when riders were last aboard
 confirmed alone on an empty bus and then discarded (a short ride lost while moving) was
 such a "rider": its level stayed the bus's reference, and a waiter at the next stop was
 boarded on co-movement against it (full scale, tuning seed 2, shell 5 dB,
-``transfer_two_buses`` r-03684, docs/classifier.md). Each test fails without the rule.
+``transfer_two_buses`` r-03684, docs/classifier.md). Each test fails without the rule;
+the level goes back to the one when a ride last ended that was not discarded (before:
+to the one when the first ride discarded in a tick was confirmed, which brought a first
+non-rider's level back through a second confirmed while the first was aboard).
 """
 
 from __future__ import annotations
@@ -15,6 +18,17 @@ from collections.abc import Callable
 
 from edge._classifier import State
 from tests.edge.test_classifier import Token, World, by_name
+
+
+def _heard(level: float, *spans: tuple[int, float, float]) -> Callable[[World], float | None]:
+    """Heard at ``level`` at stop visit ``seq`` from ``a`` to ``b`` metres past the stop
+    (``a`` = 0: from the doors' opening) for each ``(seq, a, b)``."""
+
+    def f(world: World) -> float | None:
+        d = world.odo - world.stop_odo
+        return level if any(world.seq == s and a <= d < b for s, a, b in spans) else None
+
+    return f
 
 
 def _walker(level: float, seq: int, metres: float) -> Callable[[World], float | None]:
@@ -79,3 +93,101 @@ def test_a_ride_kept_keeps_its_level() -> None:
     w.move(300)
     assert w.c._riders_lvl == -65.0
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(w.finish(), tok)] == [("S1", "S2")]
+
+
+def _two_non_riders(w: World) -> tuple[Token, Token]:
+    """A car at -65 beside the bus from S1 for 500 m, confirmed first and alone (the
+    level is its -65), and one at -80 lost 100-300 m past S1, confirmed later (against
+    that -65), silent through S2's doors, heard again 50-300 m past S2 and never after."""
+    a = w.add(Token("cara", _heard(-65.0, (1, 0, 500))))
+    b = w.add(Token("carb", _heard(-80.0, (1, 0, 100), (1, 300, 1000), (2, 50, 300))))
+    return a, b
+
+
+def test_two_non_riders_dropped_one_after_the_other_leave_no_level() -> None:
+    # the first is dropped after S2's doors with the second aboard (the level is the
+    # second's), the second after S3's: nobody rode, the level is none again (before:
+    # the first's -65 came back, the level when the second was confirmed)
+    w = World()
+    a, b = _two_non_riders(w)
+    w.dwell("S1", 20)
+    w.move(1000)
+    assert w.c.state_of(b.rid(w.t)) is State.ONBOARD
+    assert w.c._riders_lvl == -65.0
+    w.dwell("S2", 20)
+    w.move(1000)
+    assert (w.c.discarded, w.c._riders_lvl) == (1, -80.0)
+    w.dwell("S3", 20)
+    w.move(300)
+    assert w.c.discarded == 2
+    assert (w.c._riders_lvl, w.c._riders_key) == (math.inf, None)
+    out = w.finish()
+    assert by_name(out, a) == by_name(out, b) == []
+
+
+def test_two_non_riders_dropped_together_leave_no_level() -> None:
+    # both silent from 500 m / 900 m past S1 on, held aboard to S2 and dropped there in
+    # one tick: the level is none again, whichever was confirmed first
+    w = World()
+    a = w.add(Token("cara", _heard(-65.0, (1, 0, 500))))
+    b = w.add(Token("carb", _heard(-80.0, (1, 0, 100), (1, 300, 900))))
+    w.dwell("S1", 20)
+    w.move(1000)
+    assert w.c._riders_lvl == -65.0
+    w.dwell("S2", 20)
+    w.move(300)
+    assert (w.c.discarded, w.c._riders_lvl) == (2, math.inf)
+    out = w.finish()
+    assert by_name(out, a) == by_name(out, b) == []
+
+
+def test_a_non_rider_confirmed_before_a_rider_gives_back_the_riders_level() -> None:
+    # a car at -65 confirmed alone past S1 (against no level), riders at -80 boarding at
+    # S2 ride on to S3 and alight there; the car, silent from 500 m past S1 on and held
+    # aboard, is dropped at S2: the level is the riders' from then on, and after they
+    # left it is still theirs
+    # ... and a car confirmed at S3 after them, dropped at S4, gives the riders' back
+    w = World()
+    car = w.add(Token("cara", _heard(-65.0, (1, 0, 500))))
+    riders = [w.add(Token(f"rd{i}", _heard(-80.0, (2, 0, 2000), (3, 0, 1)))) for i in range(3)]
+    car2 = w.add(Token("carb", _heard(-60.0, (3, 0, 500))))
+    w.dwell("S1", 20)
+    w.move(1000)
+    w.dwell("S2", 20)
+    w.move(2000)
+    assert w.c.discarded == 1
+    assert w.c._riders_lvl == -80.0
+    w.dwell("S3", 20)
+    w.move(1000)
+    assert w.c.state_of(car2.rid(w.t)) is State.ONBOARD
+    assert w.c._riders_lvl == -60.0
+    w.dwell("S4", 20)
+    w.move(300)
+    assert (w.c.discarded, w.c._riders_lvl, w.c._riders_key) == (2, -80.0, -80)
+    out = w.finish()
+    assert by_name(out, car) == by_name(out, car2) == []
+    for r in riders:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S2", "S3")]
+
+
+def test_a_rider_after_a_non_rider_is_not_measured_against_its_level() -> None:
+    # the car at -65 alone past S1, dropped after S2; a rider at -80 waiting through a
+    # long dwell at S3 and riding on 1.5 km: its event's riders' level is its own -80,
+    # none of its adverts counted at the dropped car's level (before: those heard before
+    # it was confirmed, most of them, were counted at -65: the settlement's "how far
+    # below its riders" read 15 dB off)
+    w = World()
+    w.add(Token("cara", _heard(-65.0, (1, 0, 500))))
+    rider = w.add(Token("rd0", _heard(-80.0, (3, 0, 1500), (4, 0, 1))))
+    w.dwell("S1", 20)
+    w.move(1000)
+    w.dwell("S2", 20)
+    w.move(1000)
+    assert (w.c.discarded, w.c._riders_lvl) == (1, math.inf)
+    w.dwell("S3", 120)
+    w.move(1500)
+    w.dwell("S4", 20)
+    w.move(300)
+    (seg,) = by_name(w.finish(), rider)
+    assert (seg.start.stop_id, seg.end.stop_id) == ("S3", "S4")
+    assert seg.evidence["riders_lvl"] == -80
