@@ -388,7 +388,8 @@ class JourneyBuilder:
         moving) and ``S`` is the stop of the later leg's trip just before ``T``, the later
         leg boards at ``S`` (where the rider had just got off).
         Either way the leg is flagged ``transfer_stop`` and its distance taken along its
-        trip. Nothing else changes: times, the other leg, legs on one bus.
+        trip, unless it is a ``penalty`` leg, which keeps its penalty distance. Nothing else
+        changes: times, the other leg, legs on one bus.
 
         Args:
             legs: one journey's chargeable legs in boarding order (a transfer by the fare
@@ -425,7 +426,11 @@ class JourneyBuilder:
         )
 
     def _moved(self, leg: Leg, board: str | None, alight: str | None) -> Leg:
-        distance = self.gtfs_distance(leg.route_id, leg.trip_id, board, alight)
+        distance = (
+            None  # a penalty leg keeps its penalty (the route's longest distance)
+            if leg.distance_source == "penalty"
+            else self.gtfs_distance(leg.route_id, leg.trip_id, board, alight)
+        )
         return dataclasses.replace(
             leg,
             board_stop_id=board,

@@ -1406,3 +1406,83 @@ def test_two_journeys_keep_their_stops(feed: Feed) -> None:
     js = _builder(feed).build(segs)
     assert len(js) == 2
     assert _stops(js) == [("b1", "S01", "S05", ()), ("b2", "S06", "S15", ())]
+
+
+@pytest.mark.parametrize(
+    ("board_at", "gap_s", "bus"),
+    [
+        ("S06", 400.0, "b2"),  # 800 m in 400 s: 2 m/s, not faster than anyone walks
+        ("S06", -10.0, "b2"),  # boarded b2 before leaving b1: overlapping legs, not a transfer
+        ("S06", 150.0, "b1"),  # one bus (its next trip on another route): not a transfer
+    ],
+)
+def test_a_transfer_at_the_walking_limit_overlapping_or_on_one_bus_keeps_its_stops(
+    feed: Feed, board_at: str, gap_s: float, bus: str
+) -> None:
+    # (review: each case survived a mutation of transfer_stops: `<` to `<=`, the overlap
+    # check dropped, the one-bus check dropped)
+    segs = _transfer(board_at, gap_s)
+    segs[1] = dataclasses.replace(segs[1], bus_id=bus)
+    (j,) = _builder(feed).build(segs)
+    assert _stops([j]) == [("b1", "S01", "S05", ()), (bus, board_at, "S15", ())]
+
+
+def test_a_transfer_leg_is_seen_boarding_by_its_first_segment(feed: Feed) -> None:
+    """b2's leg in two segments across a rotation (``boarded`` at S06, ``continued``):
+    its boarding was seen, so b1 rode on to S06; the later segment's cause decides nothing
+    (review: judging the leg by its last event survived the tests)."""
+    segs = _transfer("S06", 150.0)
+    t_rot = (T0 + 450) // 600 * 600 + 600
+    segs[1] = dataclasses.replace(segs[1], end_t=t_rot, end_stop_id=None, end_cause="rotated")
+    segs.append(
+        dataclasses.replace(
+            seg((t_rot + 1, None, "continued"), (T0 + 900, "S15", "alighted"), bus="b2"),
+            route_id="R2",
+            trip_id="T2",
+        )
+    )
+    (j,) = _builder(feed).build(segs)
+    assert _stops([j]) == [
+        ("b1", "S01", "S06", ("transfer_stop",)),
+        ("b2", "S06", "S15", ()),
+    ]
+
+
+@pytest.mark.parametrize("cause", ["boarded", "continued"])
+def test_a_moved_transfer_stop_is_priced_at_its_new_distance(feed: Feed, cause: str) -> None:
+    """R3 S01 -> S08 (5.6 km), then R1 from S09 (seen or not) to S14 (4.0 km): 9.6 km,
+    within the city base distance; with the stops met the journey is 10.4 km and pays
+    one distance unit more (review: pricing the legs as grouped, before the move,
+    survived the tests)."""
+    engine = FareEngine(load_rules())
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S08", "alighted"), route="R3", trip="T3"),
+        seg((T0 + 450, "S09", cause), (T0 + 900, "S14", "alighted"), bus="b2"),
+    ]
+    (j,) = _builder(feed).build(segs)
+    assert "transfer_stop" in j.flags
+    assert sum(x.distance_m for x in j.legs) == 13 * STOP_SPACING_M
+    assert j.fare_krw == engine.price([x.fare_leg() for x in j.legs]).fare_krw
+    unmoved = _builder(feed).stitch(segs)
+    assert j.fare_krw > engine.price([x.fare_leg() for x in unmoved]).fare_krw
+
+
+@pytest.mark.parametrize("lost", ["earlier", "later"])
+def test_a_penalty_leg_at_a_transfer_keeps_its_penalty(feed: Feed, lost: str) -> None:
+    """Lost policy ``penalty``: a lost earlier leg (its alighting not seen) keeps its stops
+    and penalty; a lost later leg first heard moving boards where the rider got off b1 and
+    keeps its penalty distance (review: before, its distance was taken along the trip,
+    S05 -> S09, though it stayed flagged ``penalty``)."""
+    segs = _transfer("S06", 150.0, "boarded" if lost == "earlier" else "continued")
+    k = 0 if lost == "earlier" else 1
+    segs[k] = dataclasses.replace(segs[k], end_stop_id="S05" if k == 0 else "S09", end_cause="lost")
+    (j,) = _builder(feed, lost_policy="penalty").build(segs)
+    leg = j.legs[k]
+    assert (leg.distance_source, leg.distance_m) == ("penalty", 29 * STOP_SPACING_M)
+    assert "penalty" in leg.flags
+    if lost == "earlier":
+        assert _stops([j])[0] == ("b1", "S01", "S05", ("lost", "penalty", "review"))
+        assert j.legs[1].board_stop_id == "S06"
+    else:
+        assert (leg.board_stop_id, leg.alight_stop_id) == ("S05", "S09")
+        assert "transfer_stop" in leg.flags
