@@ -161,6 +161,9 @@ _GAP_W = 0.2
 """Weight of each new gap in a rid's mean gap between in-bus adverts."""
 _ENDED_S = 30.0
 """A closed rid is forgotten this long after its interval ended by its token's clock."""
+_ADDR_IV_SLACK = 16
+"""``_addr_iv`` is pruned when it holds more than twice as many addresses as there are
+rids known, and this many more (:meth:`PresenceClassifier._prune_addr_iv`)."""
 _REFRESH_S = 10.0
 """A token's old rid may still be sent this long after its interval ended (phones refresh
 the payload every 4-8 s; the rid changes at the first refresh after the boundary)."""
@@ -1374,6 +1377,8 @@ class PresenceClassifier:
             self._lv_flush(gone, self._riders_key)
             if gone.addr and self._addr_iv.get(gone.addr) == gone.interval:
                 del self._addr_iv[gone.addr]
+        if forget and len(self._addr_iv) > 2 * (len(self._rids) + len(self._olds)) + _ADDR_IV_SLACK:
+            self._prune_addr_iv()
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
@@ -1385,6 +1390,26 @@ class PresenceClassifier:
         except Exception as exc:
             self._failed("tick", r, exc)
         return self.discarded != n
+
+    def _prune_addr_iv(self) -> None:
+        """Drop the addresses no known rid can be told has ended by (:meth:`_near_end`).
+
+        An address's entry is dropped as the rid of its interval is forgotten, unless that
+        rid moved on to another address (a phone rotating its address out of step with its
+        rid): such entries would stay for as long as the daemon runs, in every checkpoint.
+        An entry says something only of a rid of an earlier interval; a token's intervals
+        only grow, so once no known rid (the rid table, the rotation pool, the rotated rids
+        waiting for theirs) has an interval below it, none ever will: dropping it changes
+        no judgement (a rid forgotten and heard again sets its entry again).
+        """
+        ivs = [r.interval for r in self._rids.values()]
+        ivs.extend(o.interval for o, _, _ in self._olds.values())
+        ivs.extend(o.interval for o in self._pending.values())
+        if not ivs:
+            self._addr_iv = {}
+            return
+        lo = min(ivs)
+        self._addr_iv = {a: iv for a, iv in self._addr_iv.items() if iv > lo}
 
     def _judge(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
         """One tick of a candidate's or rotating rid's rules."""

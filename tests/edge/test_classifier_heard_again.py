@@ -66,3 +66,29 @@ def test_a_token_never_heard_again_is_judged_as_before() -> None:
     # the guard: no later rid from its address, nothing explains the silence: a short ride
     # lost while moving (a vehicle alongside), dropped as before
     assert _ride(after_silence=False) == []
+
+
+def test_the_addresses_of_forgotten_rids_are_forgotten_too() -> None:
+    # (review) a token that changes its BLE address while its rid stays (a phone's own
+    # address rotation, out of step with its rid's) left its first address's entry behind
+    # when its rid was forgotten: one more per such token for as long as the daemon ran,
+    # in every checkpoint. 40 waiters at S1, each heard from one address, then from
+    # another, are forgotten once the bus has left them; their addresses are too (before:
+    # 40 entries stayed)
+    w = World(t0=START)
+    for i in range(40):
+        tok = w.add(Token(f"w{i}", lambda _: None))
+
+        def heard(world: World, tok: Token = tok, i: int = i) -> float | None:
+            tok.addr = f"w{i}-" + ("b" if world.t >= START + 10.0 else "a")
+            v = world.visit
+            return -75.0 if world.seq == 1 and v is not None and v.close_t is None else None
+
+        tok.rssi = heard
+    w.dwell("S1", 20)
+    assert len(w.c._addr_iv) == 80
+    for _ in range(4):  # 40 minutes on: everyone heard at S1 long forgotten
+        w.move(5000)
+        w.dwell("S2", 20)
+    assert not w.c._rids
+    assert not w.c._addr_iv
