@@ -296,3 +296,60 @@ def test_a_weak_rider_boarding_last_heard_16_db_below_the_riders_is_charged() ->
     # of the rhythm rule are 23-35 dB below it (two shells): barred at 20 dB
     legs = boarding_last(-76.0, dwell_s=25, heard_after_s=1.5, wait_s=2)
     assert legs == ([("S1", "S2")], [1, 1, 1])
+
+
+def _beside_to_s2(floor_dbm: float) -> tuple[list[tuple[str, str]], list[int]]:
+    """Someone never aboard beside the doors as the bus pulls out of S1 (a cyclist on the
+    kerb side): silent while the doors stood open, first heard 4.5 s after they closed,
+    then after a 6-s gap every 2 s and from 20 s every second at -67/-69 dBm, 16 dB below
+    three riders at -52 dBm, until the bus is at S2 (1000 m on); someone across the road
+    heard every 10 s at ``floor_dbm`` (the weakest the bus decodes). Its legs, each
+    rider's leg count."""
+    w = World()
+    riders = [w.add(Token(f"rd{i}", lambda _: -52.0)) for i in range(3)]
+    w.add(Token("far", lambda world: floor_dbm if (world.t - T0) % 10.0 < 0.5 else None))
+    here = {"at_s2": False}
+
+    def beside(world: World) -> float | None:
+        v = world.visit
+        if here["at_s2"] or v is None or v.close_t is None:
+            return None
+        since = world.t - v.close_t
+        level = -67.0 if int(world.t) % 2 == 0 else -69.0
+        if 4.5 <= since < 5.0:
+            return level
+        if since < 11.0:
+            return None
+        period = 2.0 if since < 20.0 else 1.0
+        return level if (world.t - T0) % period < 0.5 else None
+
+    tok = w.add(Token("beside", beside))
+    out = pull_out_to_s2(w, here, 1000, speed=8.0)
+    legs = [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)]
+    return legs, [len(by_name(out, r)) for r in riders]
+
+
+def test_someone_beside_the_doors_absent_at_them_16_db_below_strong_riders_is_not_charged() -> None:
+    # strong radio (+3 dBm, shell 5 dB, sigma 6 dB), full scale, shared_stop_three_routes,
+    # tuning seeds 1-2: people never aboard, absent at the open doors, heard 12-20 dB below
+    # the riders at -60..-77 dBm, 18-35 dB above the bus's floor, with up to 3 co-movement
+    # points (one short of boarding); on an unseen seed one such, never aboard, boarded on
+    # co-movement as the stop's late joiner under the 20-dB bar (charged BD003 -> BD005).
+    # Heard that far above the floor it would have been heard walking up to the doors:
+    # silent there, it was not at them, and 12 dB below the riders bars it (charged S1 ->
+    # S2 with the 20-dB bar alone)
+    legs, rides = _beside_to_s2(floor_dbm=-95.0)
+    assert legs == []
+    assert rides == [1, 1, 1]
+
+
+def test_a_token_beside_the_doors_at_the_floor_16_db_below_the_riders_boards() -> None:
+    # the same adverts with the bus's floor at -80 dBm, 11-13 dB under them: a token that
+    # weak loses most of its packets, and walking up outside the bus it was under the
+    # floor, so its silence at the doors says little (weak radio corner, tuning seed 1:
+    # r-00117, r-00099, r-00041, who boarded in the last seconds of the dwell, 12-19 dB
+    # below the riders at -90..-93 dBm, 2-5 dB above the floor): only 20 dB below the
+    # riders bars it (not charged with the 12-dB bar)
+    legs, rides = _beside_to_s2(floor_dbm=-80.0)
+    assert legs == [("S1", "S2")]
+    assert rides == [1, 1, 1]
