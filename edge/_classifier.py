@@ -175,6 +175,9 @@ _THROUGH_HOPS = 3
 carried through the two stops between (:meth:`PresenceClassifier._carried_through`)."""
 _PAIR_SCAN = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
+_RSSI_NA = -127
+"""The RSSI of an advert whose RSSI was not reported (bleak's value for a BlueZ device
+without one; HCI's lowest): never the bus's receiver floor (``_floor``)."""
 _ABSENT_FAR_DB = 20.0
 """How far below the riders' level (their median baseline) a late joiner silent at the open
 doors (``absent``) and heard near the bus's receiver floor is heard to be a vehicle, not
@@ -551,7 +554,8 @@ class PresenceClassifier:
         self._floor = math.inf
         """The weakest RSSI of any advert this bus has decoded: its receiver's floor, as
         measured (a packet weaker than the receiver's sensitivity is not decoded), whatever
-        the tokens' power (:meth:`_barred`)."""
+        the tokens' power (:meth:`_barred`). An advert without an RSSI (``_RSSI_NA``) is
+        not counted: one would have set it for good."""
         self._riders_lvl = math.inf
         """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
         riders when some were last aboard: the level at which this bus hears its riders
@@ -777,7 +781,7 @@ class PresenceClassifier:
         """
         r = self._rids.get(rid)
         was = r.ewma if r is not None else float(rssi)  # its smoothed level before this advert
-        if rssi < self._floor:
+        if rssi < self._floor and rssi > _RSSI_NA:
             self._floor = float(rssi)
         v = self._visit
         at_stop = v is not None and (v.close_t is None or t - v.close_t <= self._grace)

@@ -31,7 +31,11 @@ from edge._params import ClassifierParams
 from edge._pipeline import CheckpointError, EdgePipeline
 from edge._segment import SegmentDraft
 from edge._store import FareStore
-from tests.edge import test_classifier_heard_again, test_classifier_unride
+from tests.edge import (
+    test_classifier_bystanders,
+    test_classifier_heard_again,
+    test_classifier_unride,
+)
 from tests.edge.test_classifier import T0 as T0_CLS
 from tests.edge.test_classifier import World, _weak_rider_rotating_unheard
 from tests.factories.edge_world import (
@@ -286,6 +290,8 @@ def test_heirs_and_tentative_pieces_survive_a_restore_at_every_step(
         test_classifier_unride.test_two_non_riders_dropped_one_after_the_other_leave_no_level,
         test_classifier_unride.test_a_non_rider_confirmed_before_a_rider_gives_back_the_riders_level,
         test_classifier_unride.test_a_rider_after_a_non_rider_is_not_measured_against_its_level,
+        test_classifier_bystanders.test_someone_beside_the_doors_absent_at_them_16_db_below_strong_riders_is_not_charged,
+        test_classifier_bystanders.test_a_token_beside_the_doors_at_the_floor_16_db_below_the_riders_boards,
     ],
     ids=lambda f: f.__name__.removeprefix("test_")[:40],
 )
@@ -294,11 +300,12 @@ def test_classifier_state_added_this_session_survives_a_restore_at_every_step(
 ) -> None:
     # the scripted classifier tests, their world's classifier restored from a snapshot at
     # every step between the stops: each still holds (the classifier's BLE address ->
-    # latest interval, ``_addr_iv``, and the level of the latest ride kept, ``_rode_lvl``,
-    # are checkpointed: left out of a snapshot, the first and the third fail; review of
-    # 5a06baf and c049005, whose tests never restored a classifier)
+    # latest interval, ``_addr_iv``, the level of the latest ride kept, ``_rode_lvl``, and
+    # the receiver's floor, ``_floor``, are checkpointed: left out of a snapshot, the first,
+    # the third and the fifth fail; review of 5a06baf, c049005 and 3cad75f, whose tests
+    # never restored a classifier)
     feed = load_gtfs(write_gtfs(tmp_path / "g", 3, 800.0))
-    for module in (test_classifier_heard_again, test_classifier_unride):
+    for module in (test_classifier_heard_again, test_classifier_unride, test_classifier_bystanders):
         monkeypatch.setattr(module, "World", lambda t0=T0_CLS: _Restoring(feed, t0))
     scripted()
 
