@@ -299,17 +299,17 @@ def test_a_weak_rider_boarding_last_heard_16_db_below_the_riders_is_charged() ->
 
 
 def _beside_to_s2(
-    floor_dbm: float, *, no_rssi: bool = False
+    floor_dbm: float, *, no_rssi: bool = False, riders_dbm: float = -52.0
 ) -> tuple[list[tuple[str, str]], list[int]]:
     """Someone never aboard beside the doors as the bus pulls out of S1 (a cyclist on the
     kerb side): silent while the doors stood open, first heard 4.5 s after they closed,
     then after a 6-s gap every 2 s and from 20 s every second at -67/-69 dBm, 16 dB below
-    three riders at -52 dBm, until the bus is at S2 (1000 m on); someone across the road
-    heard every 10 s at ``floor_dbm`` (the weakest the bus decodes); ``no_rssi``: one
-    advert at S1 whose RSSI the scanner did not report (-127). Its legs, each rider's leg
-    count."""
+    three riders at -52 dBm (``riders_dbm``), until the bus is at S2 (1000 m on); someone
+    across the road heard every 10 s at ``floor_dbm`` (the weakest the bus decodes);
+    ``no_rssi``: one advert at S1 whose RSSI the scanner did not report (-127). Its legs,
+    each rider's leg count."""
     w = World()
-    riders = [w.add(Token(f"rd{i}", lambda _: -52.0)) for i in range(3)]
+    riders = [w.add(Token(f"rd{i}", lambda _: riders_dbm)) for i in range(3)]
     w.add(Token("far", lambda world: floor_dbm if (world.t - T0) % 10.0 < 0.5 else None))
     if no_rssi:
         w.add(Token("na", lambda world: -127.0 if world.t - T0 < 0.5 else None))
@@ -367,4 +367,13 @@ def test_an_advert_without_rssi_does_not_lower_the_receivers_floor() -> None:
     # was barred 12 dB below the riders: the same token at the floor was not charged
     legs, rides = _beside_to_s2(floor_dbm=-80.0, no_rssi=True)
     assert legs == [("S1", "S2")]
+    assert rides == [1, 1, 1]
+
+
+def test_someone_beside_the_doors_13_db_below_the_riders_is_not_charged() -> None:
+    # (review of 3cad75f) the 12-dB bar itself, not only the 20-dB one: -67/-69 dBm, 13 dB
+    # below riders at -55, 26 dB above the floor: barred (a bar 3 dB looser survived the
+    # tests, whose joiner was 16 dB below)
+    legs, rides = _beside_to_s2(floor_dbm=-95.0, riders_dbm=-55.0)
+    assert legs == []
     assert rides == [1, 1, 1]
