@@ -65,17 +65,20 @@ def test_a_stretch_broken_by_a_silence_near_the_stop_is_not_unbroken() -> None:
     assert by_name(w.finish(), tok) == []
 
 
-def _car_arriving_as_the_doors_close(here: dict[str, bool]) -> Callable[[World], float | None]:
+def _car_arriving_as_the_doors_close(
+    here: dict[str, bool], levels: tuple[float, float] = (-83.0, -87.0)
+) -> Callable[[World], float | None]:
     """A car beside the bus (seed 1 ``rush_hour_crowd`` r-03280): first heard 4.8 s after
     the doors closed, then after a 6-s gap, then every 2 s and from 20 s every second, 23
-    dB below the riders, until the bus is at S2 (``here["at_s2"]``)."""
+    dB below the riders (``levels`` on even and odd seconds), until the bus is at S2
+    (``here["at_s2"]``)."""
 
     def car(world: World) -> float | None:
         v = world.visit
         if here["at_s2"] or v is None or v.close_t is None:
             return None
         since = world.t - v.close_t
-        level = -83.0 if int(world.t) % 2 == 0 else -87.0
+        level = levels[0] if int(world.t) % 2 == 0 else levels[1]
         if 4.5 <= since < 5.0:
             return level
         if since < 11.0:
@@ -314,21 +317,7 @@ def _beside_to_s2(
     if no_rssi:
         w.add(Token("na", lambda world: -127.0 if world.t - T0 < 0.5 else None))
     here = {"at_s2": False}
-
-    def beside(world: World) -> float | None:
-        v = world.visit
-        if here["at_s2"] or v is None or v.close_t is None:
-            return None
-        since = world.t - v.close_t
-        level = -67.0 if int(world.t) % 2 == 0 else -69.0
-        if 4.5 <= since < 5.0:
-            return level
-        if since < 11.0:
-            return None
-        period = 2.0 if since < 20.0 else 1.0
-        return level if (world.t - T0) % period < 0.5 else None
-
-    tok = w.add(Token("beside", beside))
+    tok = w.add(Token("beside", _car_arriving_as_the_doors_close(here, (-67.0, -69.0))))
     out = pull_out_to_s2(w, here, 1000, speed=8.0)
     legs = [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)]
     return legs, [len(by_name(out, r)) for r in riders]
