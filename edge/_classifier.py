@@ -1315,7 +1315,10 @@ class PresenceClassifier:
         out: list[SegmentDraft] = []
         later: list[_Rid] = []
         forget: list[bytes] = []
-        levels: list[float] = []
+        # riders whose rid rotated and who wait in the rotation pool for their next rid
+        # are still aboard: their levels count, or at a rid boundary the riders' level
+        # is the median of whichever rids rotated last (docs/classifier.md, r-03280)
+        levels = [o.base for o, kind, _ in self._olds.values() if kind == _PRED_ONBOARD]
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:

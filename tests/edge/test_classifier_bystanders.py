@@ -366,3 +366,28 @@ def test_someone_beside_the_doors_13_db_below_the_riders_is_not_charged() -> Non
     legs, rides = _beside_to_s2(floor_dbm=-95.0, riders_dbm=-55.0)
     assert legs == []
     assert rides == [1, 1, 1]
+
+
+def test_riders_waiting_in_the_rotation_pool_keep_the_riders_level() -> None:
+    # full scale, tuning seed 1, cell 15 (all in pockets), rush_hour_crowd r-03280 (a car
+    # occupant, charged BD005 -> BD006): at the 600-s rid boundary the riders' old rids
+    # left the level as they went to the rotation pool, and the median of whichever rids
+    # rotated later stood (-67 dBm where the bus's riders were at -55); the car, 18 dB
+    # below that, passed the 20-dB absent bar. Riders waiting in the pool for their next
+    # rid are still aboard: their levels count. Three riders at -52 dBm rotate at the
+    # boundary, two at -66 (clocks 200 s behind) do not
+    w = World()
+    for i in range(3):
+        w.add(Token(f"rd{i}", lambda _: -52.0))
+    for i in range(2):
+        w.add(Token(f"wk{i}", lambda _: -66.0, skew=-200.0))
+    w.dwell("S0", 15)
+    w.move(600)
+    w.dwell("S1", 20)
+    in_pool: list[float] = []
+    while w.t < INTERVAL_START + 60:
+        w.move(10, speed=10.0)
+        if w.c._olds:
+            in_pool.append(w.c._riders_lvl)
+    assert in_pool  # the three strong riders' old rids waited in the pool
+    assert set(in_pool) == {-52.0}  # (-66, the weaker riders' median, without the rule)

@@ -124,7 +124,9 @@ def test_riders_lvl_counted_per_level_change_equals_per_advert_counting() -> Non
     assert len(by_name(w.out, weak)) >= 2
     assert len(c.compared) == len(w.out) >= 12
     assert all(lvl is not None for _, lvl in c.compared)
-    assert all(len(ref) >= 10 for ref, _ in c.compared)  # each counted at many levels
+    # each counted at many levels (8 or more: the riders waiting in the rotation pool
+    # steady the level at the rid boundary)
+    assert all(len(ref) >= 8 for ref, _ in c.compared)
     assert c.changes >= 100
 
 
