@@ -1337,6 +1337,28 @@ def _stops(js: Sequence[Journey]) -> list[tuple[str, str | None, str | None, tup
     return [(x.bus_id, x.board_stop_id, x.alight_stop_id, x.flags) for j in js for x in j.legs]
 
 
+def _split_at_rotation(
+    segs: list[Segment],
+    cause: str,
+    co: tuple[tuple[int, float, float], tuple[int, float, float]] | None = None,
+) -> None:
+    """Split b2's leg (``segs[1]``) at its rid's rotation: ``rotated``, then a segment
+    starting ``cause`` (``co``: the two pieces' co-movement evidence, if tentative)."""
+    t_rot = (T0 + 450) // 600 * 600 + 600
+    first, second = co or (None, None)
+    segs[1] = dataclasses.replace(
+        segs[1], end_t=t_rot, end_stop_id=None, end_cause="rotated", co=first
+    )
+    segs.append(
+        dataclasses.replace(
+            seg((t_rot + 1, None, cause), (T0 + 900, "S15", "alighted"), bus="b2"),
+            route_id="R2",
+            trip_id="T2",
+            co=second,
+        )
+    )
+
+
 def test_a_transfer_seen_boarding_at_the_next_stop_too_soon_to_walk_rode_on(feed: Feed) -> None:
     """Transfer stops: the rider was seen boarding b2 at S06, 150 s after b1 let them off
     at S05, 800 m back along b1's trip (5.3 m/s on foot): they rode b1 on to S06, whose
@@ -1363,18 +1385,7 @@ def test_a_transfer_whose_boarding_was_not_seen_boards_where_the_rider_got_off(
     `transfer_two_buses` r-00107: charged G6000 from BD006, boarded at BD005)."""
     segs = _transfer("S06", 150.0, cause)
     if cause == "tentative":  # two pieces across a rotation, 2 + 2 co-movement points
-        t_rot = (T0 + 450) // 600 * 600 + 600
-        segs[1] = dataclasses.replace(
-            segs[1], end_t=t_rot, end_stop_id=None, end_cause="rotated", co=(2, -91.0, -90.0)
-        )
-        segs.append(
-            dataclasses.replace(
-                seg((t_rot + 1, None, "tentative"), (T0 + 900, "S15", "alighted"), bus="b2"),
-                route_id="R2",
-                trip_id="T2",
-                co=(2, -91.0, -89.0),
-            )
-        )
+        _split_at_rotation(segs, "tentative", ((2, -91.0, -90.0), (2, -91.0, -89.0)))
     (j,) = _builder(feed).build(segs)
     ((b1, b2),) = [j.legs]
     assert (b1.board_stop_id, b1.alight_stop_id, b1.flags) == ("S01", "S05", ())
@@ -1432,15 +1443,7 @@ def test_a_transfer_leg_is_seen_boarding_by_its_first_segment(feed: Feed) -> Non
     its boarding was seen, so b1 rode on to S06; the later segment's cause decides nothing
     (review: judging the leg by its last event survived the tests)."""
     segs = _transfer("S06", 150.0)
-    t_rot = (T0 + 450) // 600 * 600 + 600
-    segs[1] = dataclasses.replace(segs[1], end_t=t_rot, end_stop_id=None, end_cause="rotated")
-    segs.append(
-        dataclasses.replace(
-            seg((t_rot + 1, None, "continued"), (T0 + 900, "S15", "alighted"), bus="b2"),
-            route_id="R2",
-            trip_id="T2",
-        )
-    )
+    _split_at_rotation(segs, "continued")
     (j,) = _builder(feed).build(segs)
     assert _stops([j]) == [
         ("b1", "S01", "S06", ("transfer_stop",)),
