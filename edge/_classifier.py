@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import heapq
 import logging
 import math
 from collections import deque
@@ -178,6 +179,11 @@ _PAIR_SCAN = 24
 _RSSI_NA = -127
 """The RSSI of an advert whose RSSI was not reported (bleak's value for a BlueZ device
 without one; HCI's lowest): never the bus's receiver floor (``_floor``)."""
+_FLOOR_RANK = 8
+"""The bus's receiver floor is the weakest RSSI but this many minus one it has decoded: a
+few spurious weak readings (a glitch, a reflection) do not set it for the bus's life
+(:attr:`PresenceClassifier._floor`); at the floor a token that loses most of its packets
+is still heard every few seconds, so the eighth weakest is there within a minute."""
 _ABSENT_FAR_DB = 20.0
 """How far below the riders' level (their median baseline) a late joiner silent at the open
 doors (``absent``) and heard near the bus's receiver floor is heard to be a vehicle, not
@@ -552,10 +558,14 @@ class PresenceClassifier:
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
         self._floor = math.inf
-        """The weakest RSSI of any advert this bus has decoded: its receiver's floor, as
-        measured (a packet weaker than the receiver's sensitivity is not decoded), whatever
-        the tokens' power (:meth:`_barred`). An advert without an RSSI (``_RSSI_NA``) is
-        not counted: one would have set it for good."""
+        """The ``_FLOOR_RANK``-th weakest RSSI of the adverts this bus has decoded (+inf
+        until it has decoded that many): its receiver's floor, as measured (a packet weaker
+        than the receiver's sensitivity is not decoded), whatever the tokens' power
+        (:meth:`_barred`). Not the weakest: one spurious reading would set that for the
+        bus's life. An advert without an RSSI (``_RSSI_NA``) is not counted."""
+        self._lows: list[float] = []
+        """The ``_FLOOR_RANK`` weakest RSSIs decoded, negated (a heap: ``-_lows[0]`` is the
+        highest of them, ``_floor`` once there are that many)."""
         self._riders_lvl = math.inf
         """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
         riders when some were last aboard: the level at which this bus hears its riders
@@ -782,7 +792,7 @@ class PresenceClassifier:
         r = self._rids.get(rid)
         was = r.ewma if r is not None else float(rssi)  # its smoothed level before this advert
         if rssi < self._floor and rssi > _RSSI_NA:
-            self._floor = float(rssi)
+            self._note_low(float(rssi))
         v = self._visit
         at_stop = v is not None and (v.close_t is None or t - v.close_t <= self._grace)
         dt = 0.0
@@ -1769,6 +1779,17 @@ class PresenceClassifier:
             and r.rid not in self._olds
         )
 
+    def _note_low(self, rssi: float) -> None:
+        """Count an advert decoded under the floor (or before it is known) in ``_lows``."""
+        lows = self._lows
+        if len(lows) < _FLOOR_RANK:
+            heapq.heappush(lows, -rssi)
+            if len(lows) < _FLOOR_RANK:
+                return
+        else:
+            heapq.heapreplace(lows, -rssi)
+        self._floor = -lows[0]
+
     def _barred(self, r: _Rid) -> bool:
         """Whether a candidate may not board on co-movement.
 
@@ -1779,7 +1800,7 @@ class PresenceClassifier:
         walked up and boarded last was not at the doors while they stood open either, but
         in the same shell is heard within the riders' own spread (tuning seed 2, -21 dBm,
         r-00012: 9 dB below them). Unless heard within ``sparse_fall_db`` of the bus's
-        receiver floor (``_floor``, the weakest advert it has decoded): then only
+        receiver floor (``_floor``, about the weakest advert it has decoded): then only
         ``_ABSENT_FAR_DB`` (20 dB) below bars it. A token that weak in the bus loses most
         of its packets and walking up outside was under the floor, so its silence at the
         doors says little (full scale, tuning seed 1, weak radio corner, r-00117, r-00099,
