@@ -17,8 +17,10 @@ the weaker one sounds like a rider heard through the bus's windows (not above
 its own bus carried), the rider was on the stronger bus and the other drove alongside:
 the weaker leg is dropped (``overlap_dropped``, never charged) and the stronger one
 charged (``overlap_resolved``).
-This also drops a short weak hop lying wholly within another bus's leg. Any other
-overlap longer than ``replay_overlap_s`` is a suspected replay: both legs are marked and
+This also drops a short weak hop lying wholly within another bus's leg. A rider seen
+alighting from one bus at the stop where the other bus was seen boarding them, later, is
+a transfer however long the legs overlap (the two buses stood at that stop together).
+Any other overlap longer than ``replay_overlap_s`` is a suspected replay: both legs are marked and
 held, not charged automatically; so is a leg that only lost to a leg that is itself
 held. Only a leg that is not itself dropped can drop another one.
 """
@@ -28,8 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from backend._legs import (
+    FLAG_LOST,
     FLAG_OVERLAP_DROPPED,
     FLAG_OVERLAP_RESOLVED,
+    FLAG_PARTIAL,
     FLAG_REVIEW,
     FLAG_SUSPECTED_REPLAY,
     JourneyPolicy,
@@ -50,7 +54,8 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
     flagged ``overlap_dropped``, its winner ``overlap_resolved``. Legs in a conflict
     longer than ``replay_overlap_s`` that is not settled, neither of them dropped, are
     flagged ``suspected_replay`` and held for review; a short, unsettled containment
-    is not a conflict (detection latency at a transfer).
+    is not a conflict (detection latency at a transfer), nor is an unsettled change of
+    buses at one stop however long (:func:`_changed_at`: both buses standing there).
     """
     if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
         return list(legs)  # legs on one bus never conflict (most riders, most days)
@@ -73,7 +78,7 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
             winner = overlap_winner(la, lb, policy)
             win, lose = (a, b) if winner is la else (b, a)
             if winner is None:
-                if long:
+                if long and not _changed_at(la, lb):
                     unsettled.append((a, b))
             elif long or _within(legs[lose], legs[win]):
                 wins.append((win, lose))
@@ -276,6 +281,32 @@ def _under_riders(weak: Leg, span: tuple[float, float], policy: JourneyPolicy) -
         return False
     db = weak.under_riders(*span)
     return db is not None and db >= under
+
+
+def _changed_at(first: Leg, later: Leg) -> bool:
+    """Whether the rider left ``first``'s bus and boarded ``later``'s at one stop: a transfer.
+
+    ``first`` was seen alighting (not ``lost``) at the stop where ``later`` was seen
+    boarding (a named start, not ``partial``), and ``later`` boarded and alighted after
+    ``first`` did. However long they overlap, that is the two buses standing at that stop
+    together: the edge times a boarding from the doors opening (or the first piece heard
+    there) and an alighting from the doors closing, so a bus that reached the stop first
+    and waited for the change boards the rider before the other bus closes its doors
+    (issue 11: unseen seed 36, cell 11, five riders changing 17 -> G6000 at BD005 held
+    on both buses). Such a pair is settled like any other when the evidence decides it
+    (:func:`overlap_winner`: a bus beside the stop that heard the rider walk off far
+    under its riders); left unsettled, it is a transfer, both legs charged, not a
+    suspected replay.
+    """
+    stop = first.alight_stop_id
+    return (
+        stop is not None
+        and stop == later.board_stop_id
+        and first.board_t < later.board_t
+        and first.alight_t < later.alight_t
+        and FLAG_LOST not in first.flags
+        and FLAG_PARTIAL not in later.flags
+    )
 
 
 def _within(inner: Leg, outer: Leg) -> bool:

@@ -686,6 +686,120 @@ def test_transfer_overlap_within_tolerance_is_a_transfer(feed: Feed) -> None:
     )
 
 
+def _change_at_s05(
+    wait_s: float, *, b1_alights: str = "S05", b1_end: str = "alighted"
+) -> list[Segment]:
+    """r1 rides b1 S01 -> S05 and changes to b2 (R2) there; b2 stood at S05 ``wait_s``
+    before b1 closed its doors (the edge times b2's boarding from its doors opening)."""
+    return [
+        seg(
+            (T0, "S01", "boarded"),
+            (T0 + 300, b1_alights, b1_end),
+            rssi=-68.0,
+            riders=-50.0,
+        ),
+        seg(
+            (T0 + 300 - wait_s, "S05", "boarded"),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-60.0,
+            riders=-49.0,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("wait_s", [61.0, 90.0, 240.0])
+def test_a_change_of_buses_at_one_stop_is_a_transfer_however_long_they_overlap(
+    feed: Feed, wait_s: float
+) -> None:
+    """b2 reached S05 before b1 and waited: the edge saw b1's rider alight at S05 and b2's
+    board there, their legs overlapping by the time both buses stood at S05 (over the
+    60 s replay tolerance). Both buses saw the change at one stop: a transfer, both legs
+    charged (unseen seed 36, cell 11: five riders changing 17 -> G6000 at BD005 held on
+    both buses, uncharged)."""
+    js = _builder(feed).build(_change_at_s05(wait_s))
+    assert _leg_flags(js) == {"b1": (), "b2": ()}
+    (j,) = js
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ())]
+    assert j.fare_krw == _price(
+        ("R1", "gyeonggi_city", 4 * STOP_SPACING_M), ("R2", "gyeonggi_wide_area", 8000.0)
+    )
+
+
+def test_a_change_at_one_stop_heard_first_as_a_tentative_piece_is_a_transfer(feed: Feed) -> None:
+    """b2's leg begins with a tentative piece named at S05 (heard as b2 drew up beside b1,
+    before the rider changed), joined to the next rid's boarding there (tuning cell 11
+    seed 4 r-00075: 51 s over b1's ride; past 60 s both were held)."""
+    b1, b2 = _change_at_s05(30.0)
+    piece = dataclasses.replace(  # its rid rotated as the rider stepped in
+        b2,
+        event_id=b2.event_id + "p",
+        interval=b2.interval - 1,
+        start_t=T0 + 200,
+        start_cause="tentative",
+        end_t=T0 + 290,
+        end_stop_id=None,
+        end_cause="rotated",
+        co=(3, -61.4, -60.2),
+        rssi_med=-67.0,
+        riders_lvl=None,
+    )
+    js = _builder(feed).build([b1, piece, b2])
+    assert _leg_flags(js) == {"b1": (), "b2": ("merged",)}
+    (j,) = js
+    assert j.legs[1].board_t == T0 + 200  # 100 s before b1 closed its doors
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("merged",))]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "b1 rode on past S05",  # b1 did not let them off where b2 boarded them
+        "b1 lost them",  # b1's alighting not seen: its stop is the lost policy's
+        "b2 first heard moving",  # b2's boarding stop not seen (a partial leg)
+        "b2 within b1",  # b2's leg ends before b1's: not a change
+        "b2 boarded as b1 did",  # at S05 while boarding b1 at S01: not after it
+    ],
+)
+def test_an_overlap_that_is_no_change_at_one_stop_is_held(feed: Feed, case: str) -> None:
+    """The guards of the change at one stop: anything else overlapping that long is held
+    as before (the rider cannot be on both buses; neither is clearly weaker)."""
+    if case == "b1 rode on past S05":
+        segs = _change_at_s05(90.0, b1_alights="S08")
+    elif case == "b1 lost them":
+        segs = _change_at_s05(90.0, b1_end="lost")
+    else:
+        segs = _change_at_s05(90.0)
+    if case == "b2 first heard moving":
+        segs[1] = dataclasses.replace(segs[1], start_cause="continued")  # (S05: as named)
+    elif case == "b2 within b1":
+        segs[1] = dataclasses.replace(segs[1], end_t=T0 + 290, end_stop_id="S06")
+    elif case == "b2 boarded as b1 did":
+        segs[1] = dataclasses.replace(segs[1], start_t=T0)
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert {j.legs[0].bus_id for j in js} == {"b1", "b2"}
+    assert all("suspected_replay" in j.flags for j in js)
+
+
+def test_a_change_at_one_stop_the_evidence_settles_is_settled(feed: Feed) -> None:
+    """The rules that settle an overlap still decide a change at one stop: b2, beside S05,
+    heard the rider who got off b1 there 16 dB under its riders (b1: at its riders' level)
+    and 26 dB weaker than b1: it never carried them, b2's leg is dropped. Left unsettled
+    (the evidence off), the change is a transfer."""
+    segs = _change_at_s05(90.0)
+    segs[0] = dataclasses.replace(segs[0], rssi_med=-50.0, riders_lvl=-50.0)
+    segs[1] = dataclasses.replace(segs[1], rssi_med=-76.0, riders_lvl=-60.0)
+    js = _builder(feed).build(segs)
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+    js = _builder(feed, overlap_margin_db=None).build(segs)
+    assert _leg_flags(js) == {"b1": (), "b2": ()}
+    assert b_charged(js) == ["b1", "b2"]
+
+
 def test_same_route_again_is_a_new_journey_and_default_network(feed: Feed) -> None:
     b = _builder(feed)
     js = b.build(
