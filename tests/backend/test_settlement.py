@@ -1256,3 +1256,27 @@ async def test_a_transfer_stop_seen_on_the_next_bus_settles_online_as_offline(en
         "adult",
     )
     await _recomputed_as_offline(env, events, "r0001")
+
+
+async def test_a_change_of_buses_at_one_stop_settles_online_as_offline(env: Env) -> None:
+    """A change at one stop online as offline: bus-02 (R2) stood at S05 and boarded
+    r0001 there 90 s before bus-01 closed its doors on them: both legs charged, not held
+    as a suspected replay (unseen seed 36, cell 11: five riders held on both buses)."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=5, t=T0)  # 400 s at 8 m/s
+    w.ride("r0001", "bus-02", board=5, alight=12, t=T0 + 310, route_id="R2", trip_id="T2")
+    events = [e for c in w.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert j["charged"]
+    assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
+        ("bus-01", "S01", "S05"),
+        ("bus-02", "S05", "S12"),
+    ]
+    assert j["fare_krw"] == _price(
+        env.rules,
+        [("R1", "gyeonggi_city", T0, 3200.0), ("R2", "gyeonggi_wide_area", T0 + 310, 5600.0)],
+        "adult",
+    )
+    await _recomputed_as_offline(env, events, "r0001")
