@@ -27,7 +27,8 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    route's maximum distance fare (the Korean no-tap-off rule).
 4. **Overlaps** of one rider on two buses are settled by :mod:`backend._overlaps`:
    a much weaker leg covered by a stronger one is dropped (or a weaker one whose bus
-   also decoded far fewer of the token's adverts), any other long overlap held.
+   also decoded far fewer of the token's adverts), any other long overlap held but a
+   change of buses at one stop (the earlier leg alighting where the later boarded).
 5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m`` (overlapping
    segments counted once).

@@ -19,6 +19,8 @@ it knows whose rids they are.
   ``stitch_gap_s``) that rid's confirmed segment (:func:`_touch`: the edge closed the
   ride at a stop by the fade rules, then heard the rid moving with the bus again), unless
   the piece overlaps a confirmed segment of the rider on another bus (:func:`_elsewhere`);
+  so overlapping, a piece of a rid this bus also confirmed is not joined across the
+  rotation either (the bus heard beside the rider's: issue 11);
 * a joined group with a confirmed segment keeps its tentative pieces (the rider was
   aboard: they extend the leg to the stop where the earlier piece began or the later one
   ended); a group of tentative pieces only is kept if their points add up to
@@ -142,8 +144,14 @@ def _clusters(
 ) -> Iterator[tuple[list[Segment], list[Segment]]]:
     """The joined groups of segments with tentative pieces, and their pieces.
 
-    Per bus trip (:func:`_key`), the segments joined transitively by :func:`_adjoin`
-    (unless the piece lies within a confirmed ride on another bus: :func:`_elsewhere`).
+    Per bus trip (:func:`_key`), the segments joined transitively by :func:`_adjoin`,
+    unless the piece lies within a confirmed ride on another bus (:func:`_elsewhere`)
+    and is its rid's own piece touching its confirmed segment, or a piece of a rid this
+    bus also confirmed: such a piece is not the next rid's predecessor (the rid's
+    confirmed segment is); it is this bus heard beside the rider's (issue 11: G6000
+    drawing up beside 17 heard a transfer rider 12 s at BD003, two stops before the
+    change; linked to the next rid 555 s on it made G6000's leg board at BD003, held
+    with 17's).
     """
     by_trip: dict[tuple[str, str | None, str | None], list[Segment]] = {}
     for s in segments:
@@ -153,6 +161,7 @@ def _clusters(
         if not tent:
             continue
         group.sort(key=Segment.sort_key)
+        confirmed = {s.interval for s in group if s.start_cause != TENTATIVE}
         parent = list(range(len(group)))
         for i, a in enumerate(group):
             for j in range(i + 1, len(group)):
@@ -160,9 +169,11 @@ def _clusters(
                 if (
                     TENTATIVE in (a.start_cause, b.start_cause)
                     and _adjoin(a, b, policy)
-                    and not (
-                        a.interval == b.interval
-                        and _elsewhere(a if a.start_cause == TENTATIVE else b, firm, policy)
+                    and not any(
+                        (a.interval == b.interval or p.interval in confirmed)
+                        and _elsewhere(p, firm, policy)
+                        for p in (a, b)
+                        if p.start_cause == TENTATIVE
                     )
                 ):
                     parent[_find(parent, j)] = _find(parent, i)

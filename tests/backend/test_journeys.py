@@ -800,6 +800,42 @@ def test_a_change_at_one_stop_the_evidence_settles_is_settled(feed: Feed) -> Non
     assert b_charged(js) == ["b1", "b2"]
 
 
+def test_a_piece_heard_beside_before_the_change_does_not_board_the_next_bus(
+    feed: Feed,
+) -> None:
+    """b2 drawing up beside b1 at S03 heard r1 for 15 s (a tentative piece of the rid b1
+    carried); b2 confirmed that rid boarding at S05 after the change, its next rid 300 s
+    on. The piece was linked across the rotation to the next rid and b2's leg boarded at
+    S03, 70 s over b1's ride: both held (tuning cell 11, seed 1, G6000 from BD003). The
+    piece lies within b1's confirmed ride and b2 confirmed its rid itself: it is b2
+    beside b1, not r1's boarding; both legs charged."""
+    piece = dataclasses.replace(
+        seg((T0 + 230, "S03", "tentative"), (T0 + 245, "S03", "lost"), bus="b2"),
+        route_id="R2",
+        trip_id="T2",
+        rssi_med=-90.0,
+        co=(2, -90.5, -89.5),
+    )
+    segs = [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), rssi=-50.0, riders=-49.0),
+        piece,
+        *(
+            dataclasses.replace(x, route_id="R2", trip_id="T2")
+            for x in (
+                seg((T0 + 290, "S05", "boarded"), (T0 + 600, None, "rotated"), bus="b2"),
+                seg((T0 + 601, None, "continued"), (T0 + 900, "S15", "alighted"), bus="b2"),
+            )
+        ),
+    ]
+    assert piece.interval == segs[2].interval == segs[3].interval - 1
+    for x in (2, 3):
+        segs[x] = dataclasses.replace(segs[x], rssi_med=-50.0, riders_lvl=-46.0)
+    (j,) = _builder(feed).build(segs)
+    assert j.charged
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ())]
+    assert piece.event_id not in j.legs[1].event_ids
+
+
 def test_same_route_again_is_a_new_journey_and_default_network(feed: Feed) -> None:
     b = _builder(feed)
     js = b.build(
