@@ -1793,21 +1793,21 @@ class PresenceClassifier:
     def _barred(self, r: _Rid) -> bool:
         """Whether a candidate may not board on co-movement.
 
-        One that drifted (``drift``), or a late joiner silent at the open doors
-        (``absent``) heard ``sparse_fall_db`` (12 dB) or more below the riders' level (its
-        co-movement evidence, else its level as the bus left): a car that arrived as the
-        doors closed is heard through two shells, 23-35 dB below the riders; someone who
-        walked up and boarded last was not at the doors while they stood open either, but
-        in the same shell is heard within the riders' own spread (tuning seed 2, -21 dBm,
-        r-00012: 9 dB below them). Unless heard within ``sparse_fall_db`` of the bus's
-        receiver floor (``_floor``, about the weakest advert it has decoded): then only
-        ``_ABSENT_FAR_DB`` (20 dB) below bars it. A token that weak in the bus loses most
-        of its packets and walking up outside was under the floor, so its silence at the
-        doors says little (full scale, tuning seed 1, weak radio corner, r-00117, r-00099,
-        r-00041: 12-19 dB below the riders at -90..-93 dBm, 2-5 dB above the floor,
-        missed with the 12-dB bar). One heard well above the floor would have been heard
-        walking up to the doors: silent there, it was not at them, wherever it is heard
-        against the riders (strong radio, +3 dBm, shell 5 dB: people passed on the
+        One that drifted (``drift``), or a late joiner silent at the open doors (``absent``)
+        heard more than ``sparse_fall_db`` (12 dB) below the riders' level (its co-movement
+        evidence, else its level as the bus left): a car that arrived as the doors closed is
+        heard through two shells, 23-35 dB below the riders; someone who walked up and
+        boarded last was not at the doors while they stood open either, but in the same
+        shell is heard within the riders' own spread (tuning seed 2, -21 dBm, r-00012: 9 dB
+        below them). Unless heard within ``sparse_fall_db`` of the bus's receiver floor
+        (``_floor``, about the weakest advert it has decoded): then only more than
+        ``_ABSENT_FAR_DB`` (20 dB) below bars it (each bound is lenient). A token that weak
+        in the bus loses most of its packets and walking up outside was under the floor, so
+        its silence at the doors says little (full scale, tuning seed 1, weak radio corner,
+        r-00117, r-00099, r-00041: 12-19 dB below the riders at -90..-93 dBm, 2-5 dB above
+        the floor, missed with the 12-dB bar). One heard well above the floor would have
+        been heard walking up to the doors: silent there, it was not at them, wherever it is
+        heard against the riders (strong radio, +3 dBm, shell 5 dB: people passed on the
         pavement, absent at the doors, 12-20 dB below the riders at -60..-77 dBm, 18-35 dB
         above the floor, shared_stop_three_routes tuning seeds 1-2; one such was charged
         with the 20-dB bar alone on an unseen seed). With no riders' level yet it is not

@@ -307,11 +307,13 @@ def _beside_to_s2(
     no_rssi: bool = False,
     riders_dbm: float = -52.0,
     glitches: tuple[float, ...] = (),
+    beside_dbm: tuple[float, float] = (-67.0, -69.0),
 ) -> tuple[list[tuple[str, str]], list[int]]:
     """Someone never aboard beside the doors as the bus pulls out of S1 (a cyclist on the
     kerb side): silent while the doors stood open, first heard 4.5 s after they closed,
-    then after a 6-s gap every 2 s and from 20 s every second at -67/-69 dBm, 16 dB below
-    three riders at -52 dBm (``riders_dbm``), until the bus is at S2 (1000 m on); someone
+    then after a 6-s gap every 2 s and from 20 s every second at -67/-69 dBm
+    (``beside_dbm``), 16 dB below three riders at -52 dBm (``riders_dbm``), until the bus
+    is at S2 (1000 m on); someone
     across the road heard every 10 s at ``floor_dbm`` (the weakest the bus decodes);
     ``no_rssi``: one advert at S1 whose RSSI the scanner did not report (-127);
     ``glitches``: one advert each at S1 at those levels, from tokens heard once. Its legs,
@@ -324,7 +326,7 @@ def _beside_to_s2(
     for i, dbm in enumerate(glitches):
         w.add(Token(f"glitch{i}", lambda world, d=dbm: d if world.t - T0 < 0.5 else None))
     here = {"at_s2": False}
-    tok = w.add(Token("beside", _car_arriving_as_the_doors_close(here, (-67.0, -69.0))))
+    tok = w.add(Token("beside", _car_arriving_as_the_doors_close(here, beside_dbm)))
     out = pull_out_to_s2(w, here, 1000, speed=8.0)
     legs = [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)]
     return legs, [len(by_name(out, r)) for r in riders]
@@ -394,6 +396,34 @@ def test_someone_beside_the_doors_13_db_below_the_riders_is_not_charged() -> Non
     # tests, whose joiner was 16 dB below)
     legs, rides = _beside_to_s2(floor_dbm=-95.0, riders_dbm=-55.0)
     assert legs == []
+    assert rides == [1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("riders_dbm", "floor_dbm", "charged"),
+    [
+        # 16 dB below the riders, exactly sparse_fall_db (12 dB) above the floor: within
+        # it, so only the 20-dB bar applies (`>=` at the floor survived the other tests)
+        (-52.0, -80.0, True),
+        # exactly _ABSENT_FAR_DB (20 dB) below the riders, 10 dB above the floor: not
+        # more than 20 dB below, not barred (`<=` survived)
+        (-48.0, -78.0, True),
+        # exactly 12 dB below the riders, 27 dB above the floor: not more than 12 dB
+        # below, not barred (`<=` survived)
+        (-56.0, -95.0, True),
+        # 1 dB further on each side: barred
+        (-52.0, -81.0, False),
+        (-47.0, -78.0, False),
+        (-55.0, -95.0, False),
+    ],
+)
+def test_the_absent_bars_at_their_bounds(
+    riders_dbm: float, floor_dbm: float, charged: bool
+) -> None:
+    # (review of 3cad75f) the joiner beside the doors heard at a constant -68 dBm (its
+    # co-movement level exactly that): each bound of _barred belongs to the lenient side
+    legs, rides = _beside_to_s2(floor_dbm, riders_dbm=riders_dbm, beside_dbm=(-68.0, -68.0))
+    assert legs == ([("S1", "S2")] if charged else [])
     assert rides == [1, 1, 1]
 
 
