@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edge._classifier import State
+from edge._classifier import _PRED_CANDIDATE, State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft
 from tests.edge.test_classifier import (
@@ -450,3 +450,56 @@ def test_riders_waiting_in_the_rotation_pool_keep_the_riders_level() -> None:
             in_pool.append(w.c._riders_lvl)
     assert in_pool  # the three strong riders' old rids waited in the pool
     assert set(in_pool) == {-52.0}  # (-66, the weaker riders' median, without the rule)
+
+
+def _far_from_s1(world: World) -> float | None:
+    """Someone across the road from S1 on, heard every 10 s at -95 dBm (the floor)."""
+    return -95.0 if world.seq >= 2 and world.t % 10.0 < 0.5 else None
+
+
+def test_candidates_waiting_in_the_rotation_pool_do_not_count_in_the_riders_level() -> None:
+    # (review of d588253) only riders' rids waiting in the pool count, not candidates'. One
+    # rider at -52 dBm aboard S0 -> S2; two people waiting at S1 at -80 who do not board,
+    # whose rids end while the doors stand open (the boundary 10 s before they close):
+    # their candidacies wait in the rotation pool (~85 s) for a new rid to take them over.
+    # A car beside the bus from 4.5 s after the doors closed at a constant -68 (16 dB below
+    # the rider, 27 dB above the floor; its clock 300 s behind), absent at the doors: barred
+    # 12 dB below the rider. Counted, the waiters' -80 made the level -80 and the car
+    # boarded S1 -> S2
+    w = World()
+
+    def rider(world: World) -> float | None:
+        v = world.visit
+        return -52.0 if world.seq < 3 or (v is not None and v.close_t is None) else None
+
+    def waiter(world: World) -> float | None:
+        v = world.visit
+        return -80.0 if world.seq == 2 and v is not None and v.close_t is None else None
+
+    rd = w.add(Token("rd0", rider))
+    w.add(Token("far", _far_from_s1, skew=-300.0))  # (the floor; its rid rotates later)
+    waiters = [w.add(Token(f"wt{i}", waiter)) for i in range(2)]
+    here = {"at_s2": True}
+    car = w.add(Token("car", _car_arriving_as_the_doors_close(here, (-68.0, -68.0)), skew=-300.0))
+    w.dwell("S0", 15)
+    w.move(4000)
+    here["at_s2"] = False
+    w.dwell("S1", INTERVAL_START + 10.0 - w.t)
+    w.wait(3)
+    pooled: set[float] = set()
+    while w.odo < w.stop_odo + 1000.0:
+        w.step()
+        w.odo += 4.0
+        if any(kind == _PRED_CANDIDATE for _, kind, _ in w.c._olds.values()):
+            pooled.add(w.c._riders_lvl)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    out = w.finish()
+    assert by_name(out, car) == []
+    assert pooled == {-52.0}  # the waiters' candidacies waited in the pool
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, rd)] == [
+        ("S0", "S1"),
+        ("S1", "S2"),
+    ]
+    assert all(by_name(out, t) == [] for t in waiters)
