@@ -196,11 +196,13 @@ def test_a_rider_after_a_non_rider_is_not_measured_against_its_level() -> None:
 def test_a_ride_drafted_late_gives_back_the_level_as_its_rid_left_the_riders() -> None:
     # (review of c049005) a rider alone at -48 rides S1 -> S2 and alights there 7 s before
     # its rid's boundary: its rid goes to the rotation pool and its segment is drafted
-    # ~30 s later, once nothing pairs it. Meanwhile someone at -65, heard at S2's doors and
-    # for 500 m on, is confirmed alone (the level is theirs as the rider's segment is
-    # drafted), then dropped at S3 as a short ride: the level goes back to the rider's -48,
+    # ~30 s later, once nothing pairs it. Meanwhile two people at -65, heard at S2's doors
+    # and for 500 m on, are confirmed (the level is theirs as the rider's segment is
+    # drafted), then dropped at S3 as short rides: the level goes back to the rider's -48,
     # as its rid left the riders (before the fix's lvl_out, taken at the draft: -65, a
-    # non-rider's; tuning cell 11 seed 2 bus-55-01-r3 brought back a passer-by's -87)
+    # non-rider's; tuning cell 11 seed 2 bus-55-01-r3 brought back a passer-by's -87).
+    # (Two: since d588253 the rider's rid waiting in the pool counts in the level, and
+    # with one person at -65 the level at the draft was the rider's -48 all the same)
     w = World()
     boundary = (math.floor(w.t / 600) + 1) * 600.0
 
@@ -210,18 +212,19 @@ def test_a_ride_drafted_late_gives_back_the_level_as_its_rid_left_the_riders() -
         return -48.0 if world.seq == 1 or (at_s2 and world.t < boundary - 1) else None
 
     rd = w.add(Token("rd", rider))
-    ped = w.add(Token("ped", _walker(-65.0, 2, 500.0)))
+    peds = [w.add(Token(f"ped{i}", _walker(-65.0, 2, 500.0))) for i in range(2)]
     w.dwell("S1", 20)
     w.move(4900)
     w.dwell("S2", 43)
     assert w.t < boundary - 5  # the doors closed before its boundary ...
     while w.odo - w.stop_odo < 500:
         w.move(10)
-    (seg,) = by_name(w.out, rd)  # ... its ride drafted after the non-rider's confirmation
+    (seg,) = by_name(w.out, rd)  # ... its ride drafted after the non-riders' confirmation
     assert (seg.start.stop_id, seg.end.stop_id, seg.end.cause) == ("S1", "S2", "alighted")
     assert w.c._riders_lvl == -65.0
     w.move(700)
     w.dwell("S3", 20)
     w.move(300)
-    assert (w.c.discarded, w.c._riders_lvl, w.c._riders_key) == (1, -48.0, -48)
-    assert by_name(w.finish(), ped) == []
+    assert (w.c.discarded, w.c._riders_lvl, w.c._riders_key) == (2, -48.0, -48)
+    out = w.finish()
+    assert by_name(out, peds[0]) == by_name(out, peds[1]) == []
