@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 
 from edge._classifier import State
-from tests.edge.test_classifier import Token, World, by_name
+from tests.edge.test_classifier import T0, Token, World, by_name
 
 
 def _heard(level: float, *spans: tuple[int, float, float]) -> Callable[[World], float | None]:
@@ -228,3 +228,44 @@ def test_a_ride_drafted_late_gives_back_the_level_as_its_rid_left_the_riders() -
     assert (w.c.discarded, w.c._riders_lvl, w.c._riders_key) == (2, -48.0, -48)
     out = w.finish()
     assert by_name(out, peds[0]) == by_name(out, peds[1]) == []
+
+
+def test_a_tentative_piece_leaves_no_riders_level_behind() -> None:
+    # (review of c049005) a tentative piece is no ride: only a ride that ended sets the
+    # level the riders' level goes back to. A pedestrian at -65 (clock 300 s behind) heard
+    # at S1's doors and for 500 m on is confirmed alone on an empty bus; a weak fob at -85
+    # boards at S1 and is heard in 2-s bursts every 20 s, its rid ending 90 s in and its
+    # new rid (another address) silent for 40 s: its old rid, two co-movement points at
+    # the pedestrian's level, is sent as a tentative piece while the pedestrian is aboard.
+    # The pedestrian is dropped at S2 as a short ride: nobody rode, the level is none
+    # again (with the piece taken for a ride, the pedestrian's -65 came back)
+    w = World(t0=T0 + 470.0)
+    ped = w.add(Token("ped", _walker(-65.0, 1, 500.0), skew=-300.0))
+    fob = w.add(Token("wb", lambda _: None))
+    at_s2: list[float] = []
+
+    def weak(world: World) -> float | None:
+        into = world.t - T0
+        if into >= 560.0:
+            fob.addr = "addr-wb-next"
+        if at_s2:
+            return -85.0 if world.t < at_s2[0] + 1.0 else None
+        if world.odo == world.stop_odo:
+            return -85.0  # standing in the bus at S1
+        if 560.0 <= into < 600.0:
+            return None  # its new rid unheard for 40 s
+        return -85.0 if (into - 15.0) % 20.0 < 2.0 else None
+
+    fob.rssi = weak
+    w.dwell("S1", 20)
+    w.move(740, speed=5.0)
+    assert (w.c.tentative, w.c._riders_lvl) == (1, -65.0)
+    at_s2.append(w.t)
+    w.dwell("S2", 10)
+    w.move(600)
+    assert w.c.discarded == 1
+    assert (w.c._riders_lvl, w.c._riders_key) == (math.inf, None)
+    out = w.finish()
+    assert by_name(out, ped) == by_name(out, fob) == []
+    (piece, *_) = by_name(out, fob, tentative=True)
+    assert (piece.start.stop_id, piece.end.cause) == ("S1", "rotated")
