@@ -269,3 +269,56 @@ def test_a_tentative_piece_leaves_no_riders_level_behind() -> None:
     assert by_name(out, ped) == by_name(out, fob) == []
     (piece, *_) = by_name(out, fob, tentative=True)
     assert (piece.start.stop_id, piece.end.cause) == ("S1", "rotated")
+
+
+def test_the_level_given_back_is_the_ride_that_ended_last_not_the_one_drafted_last() -> None:
+    # (review of c049005) riders at S1 -> S2: one at -48 whose rid ends 8 s after S2's doors
+    # close, two at -75 and one at -70 heard every 2.5 s (clocks 80 s behind). At S2 the
+    # -48 rider and the two -75 riders step off 5 s before the doors close, the -70 rider
+    # as they close. The first three fade together 15 s after the doors close (the level
+    # was -70 with all four aboard: that is the level as they left); the -48 rider's rid
+    # goes to the rotation pool (nothing pairs it; it counts in the level: -48 with the
+    # -70 rider), the -70 rider fades 5 s later by its own rhythm (the level as it left:
+    # -48) and is drafted first, the -48 rider's ride 5 s after that from the pool, though
+    # it ended 3.5 s earlier. A pedestrian at -65 confirmed alone past S3 and dropped at S4
+    # gives back the level as the ride that ended last left it: -48 (by draft order: -70)
+    w = World()
+    boundary = (math.floor(w.t / 600) + 1) * 600.0
+
+    def at_doors(world: World) -> bool:
+        v = world.visit
+        return world.seq == 2 and v is not None and v.close_t is None
+
+    def early(level: float) -> Callable[[World], float | None]:
+        def f(world: World) -> float | None:
+            off = at_doors(world) and world.t < boundary - 13
+            return level if world.seq == 1 or off else None
+
+        return f
+
+    def sparse(world: World) -> float | None:
+        heard = world.seq == 1 or at_doors(world)
+        return -70.0 if heard and (world.t - T0) % 2.5 < 0.5 else None
+
+    rd = w.add(Token("rd", early(-48.0)))
+    others = [w.add(Token(f"wk{i}", early(-75.0), skew=-80.0)) for i in range(2)]
+    last = w.add(Token("last", sparse, skew=-80.0))
+    ped = w.add(Token("ped", _walker(-65.0, 3, 500.0), skew=-300.0))
+    w.dwell("S1", 20)
+    w.move(4900)
+    w.dwell("S2", 42)
+    assert w.t == boundary - 8
+    w.move(600)
+    (seg,) = by_name(w.out, rd)
+    (last_seg,) = by_name(w.out, last)
+    assert last_seg.end.t > seg.end.t  # ended later ...
+    assert w.out.index(last_seg) < w.out.index(seg)  # ... drafted first
+    w.dwell("S3", 20)
+    w.move(1200)
+    w.dwell("S4", 20)
+    w.move(300)
+    assert (w.c.discarded, w.c._riders_lvl) == (1, -48.0)
+    out = w.finish()
+    assert by_name(out, ped) == []
+    for r in [rd, *others, last]:
+        assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, r)] == [("S1", "S2")]
