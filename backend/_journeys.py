@@ -28,7 +28,9 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
 4. **Overlaps** of one rider on two buses are settled by :mod:`backend._overlaps`:
    a much weaker leg covered by a stronger one is dropped (or a weaker one whose bus
    also decoded far fewer of the token's adverts), any other long overlap held but a
-   change of buses at one stop (the earlier leg alighting where the later boarded).
+   change of buses at one stop (the earlier leg alighting where the later boarded); a
+   bus that drove beside the rider's until it let them off at S and carried them on
+   past a further stop boards them at S (:func:`backend._overlaps.changes_beside`).
 5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m`` (overlapping
    segments counted once).
@@ -74,7 +76,7 @@ from backend._legs import (
     Segment,
     chargeable,
 )
-from backend._overlaps import settle_overlaps
+from backend._overlaps import changes_beside, settle_overlaps
 from backend._tentative import settle_tentative
 from busbell._gtfs import Feed
 
@@ -426,6 +428,31 @@ class JourneyBuilder:
             i + 1 < len(stops) and stops[i + 1] == t and gap * _ON_FOOT_M_S < dist[i + 1] - dist[i]
         )
 
+    def _board_at(self, leg: Leg, stop: str, t: float) -> Leg | None:
+        """``leg`` boarded at ``stop`` at ``t``, if it carried the rider on from ``stop``.
+
+        ``stop`` lies strictly after its boarding stop in the trip's stop order, and its
+        alighting stop at least two stops after ``stop``: past the next stop, which a bus
+        beside the stop can still reach hearing a rider who got off there (walking off,
+        or on a third bus beside it; the overlap rules hold that for a person) -- no bus
+        hears someone it does not carry past a further stop
+        (:func:`backend._overlaps.changes_beside`). Flagged ``transfer_stop``.
+        """
+        seq = self._sequence(leg.route_id, leg.trip_id)
+        if seq is None or leg.board_stop_id is None or leg.alight_stop_id is None:
+            return None
+        stops = seq[0]
+        if not (
+            leg.board_stop_id in stops
+            and stop in stops
+            and leg.alight_stop_id in stops
+            and stops.index(leg.board_stop_id)
+            < stops.index(stop)
+            < stops.index(leg.alight_stop_id) - 1
+        ):
+            return None
+        return dataclasses.replace(self._moved(leg, stop, leg.alight_stop_id), board_t=t)
+
     def _moved(self, leg: Leg, board: str | None, alight: str | None) -> Leg:
         distance = (
             None  # a penalty leg keeps its penalty (the route's longest distance)
@@ -449,7 +476,9 @@ class JourneyBuilder:
         """Build and price one rider's journeys."""
         cat = category or self.policy.category
         segments, _ = settle_tentative(list(segments), self.policy)
-        legs = self.join_trips(settle_overlaps(self.stitch(segments), self.policy))
+        legs = self.stitch(segments)
+        legs = changes_beside(legs, self.policy, self._board_at)
+        legs = self.join_trips(settle_overlaps(legs, self.policy))
         held = [leg for leg in legs if not chargeable(leg)]
         to_charge = [leg for leg in legs if chargeable(leg)]
         out: list[Journey] = []

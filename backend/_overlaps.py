@@ -27,7 +27,7 @@ held. Only a leg that is not itself dropped can drop another one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from backend._legs import (
     FLAG_LOST,
@@ -40,7 +40,7 @@ from backend._legs import (
     Leg,
 )
 
-__all__ = ["overlap_winner", "settle_overlaps"]
+__all__ = ["changes_beside", "overlap_winner", "settle_overlaps"]
 
 
 def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
@@ -121,6 +121,37 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     bus heard it at least ``overlap_loser_under_riders_db`` below its riders aboard.
     Otherwise ``None``.
     """
+    got = _evidence(a, b, policy)
+    if got is None:
+        return None
+    win, lose = got
+    start, end = max(a.board_t, b.board_t), min(a.alight_t, b.alight_t)
+    cover = policy.overlap_cover_s
+    if (
+        win.board_t - cover <= lose.board_t
+        or _same_stop(win.board_stop_id, lose.board_stop_id)
+        or _never_aboard(win, lose, (lose.board_t, win.board_t), (start, end), policy)
+    ) and (
+        lose.alight_t <= win.alight_t + cover
+        or _same_stop(win.alight_stop_id, lose.alight_stop_id)
+        or _never_aboard(win, lose, (win.alight_t, lose.alight_t), (start, end), policy)
+    ):
+        # beyond the slack only at a stop both legs share at that end: the other bus
+        # reached the stop where the rider got off (or left the one where the rider got
+        # on) minutes apart; it heard the rider standing there, which is no ride of its own;
+        # or where the other bus heard the rider as far below its riders as through its
+        # windows before, unlike the bus they rode: it never carried them
+        return win
+    return None
+
+
+def _evidence(a: Leg, b: Leg, policy: JourneyPolicy) -> tuple[Leg, Leg] | None:
+    """``(winner, loser)`` of two overlapping legs by how their buses heard the rider.
+
+    Over their common time: the margins and advert rates of :func:`overlap_winner`, and
+    the loser no louder than the ceiling (unless both measures agree or its bus heard it
+    under its riders); whether the winner covers the loser in time is not asked.
+    """
     margin = policy.overlap_margin_db
     if margin is None:
         return None
@@ -160,23 +191,7 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
         # are heard through the neighbour's windows at -57..-64 dBm); or unless its bus
         # heard it well below the riders it carried: through its windows, at any power
         return None
-    cover = policy.overlap_cover_s
-    if (
-        win.board_t - cover <= lose.board_t
-        or _same_stop(win.board_stop_id, lose.board_stop_id)
-        or _never_aboard(win, lose, (lose.board_t, win.board_t), (start, end), policy)
-    ) and (
-        lose.alight_t <= win.alight_t + cover
-        or _same_stop(win.alight_stop_id, lose.alight_stop_id)
-        or _never_aboard(win, lose, (win.alight_t, lose.alight_t), (start, end), policy)
-    ):
-        # beyond the slack only at a stop both legs share at that end: the other bus
-        # reached the stop where the rider got off (or left the one where the rider got
-        # on) minutes apart; it heard the rider standing there, which is no ride of its own;
-        # or where the other bus heard the rider as far below its riders as through its
-        # windows before, unlike the bus they rode: it never carried them
-        return win
-    return None
+    return win, lose
 
 
 def _never_aboard(
@@ -281,6 +296,49 @@ def _under_riders(weak: Leg, span: tuple[float, float], policy: JourneyPolicy) -
         return False
     db = weak.under_riders(*span)
     return db is not None and db >= under
+
+
+def changes_beside(
+    legs: Sequence[Leg],
+    policy: JourneyPolicy,
+    board_at: Callable[[Leg, str, float], Leg | None],
+) -> list[Leg]:
+    """Legs boarded where the rider changed to them from a bus that drove beside.
+
+    Of two legs of one rider on two buses, the earlier (``first``) seen alighting (not
+    ``lost``) at stop ``S``, the later (``beside``) begun after ``first`` and before it
+    ended, ending after it, at another stop than ``S``, overlapping it by more than
+    ``replay_overlap_s``, with nothing settling the pair (:func:`overlap_winner`): when
+    ``first``'s bus heard the rider the stronger over the common time by the evidence
+    that settles overlaps (:func:`_evidence`), the rider rode ``first`` until ``S`` and
+    ``beside``'s bus drove beside it until then (two buses leaving one stop together);
+    the rider changed to it at ``S``. ``board_at(beside, S, first.alight_t)`` gives the
+    leg boarded there, or ``None`` when ``S`` is not a stop of its trip after its boarding
+    stop with its alighting stop past the next one (then nothing changes: a bus beside
+    may hear a rider who got off at ``S`` on to its next stop). Unsettled, such a pair was
+    held on both buses, the rider charged nothing (issue 11, the unseen seed 36 shape).
+    """
+    if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
+        return list(legs)
+    out = list(legs)
+    for first in legs:
+        stop = first.alight_stop_id
+        if stop is None or FLAG_LOST in first.flags:
+            continue
+        for k, beside in enumerate(legs):
+            if (
+                beside.bus_id == first.bus_id
+                or not first.board_t <= beside.board_t < first.alight_t < beside.alight_t
+                or first.alight_t - beside.board_t <= policy.replay_overlap_s
+                or overlap_winner(first, beside, policy) is not None
+            ):
+                continue
+            won = _evidence(first, beside, policy)
+            if won is not None and won[0] is first:
+                moved = board_at(beside, stop, first.alight_t)
+                if moved is not None:
+                    out[k] = moved
+    return out
 
 
 def _changed_at(first: Leg, later: Leg) -> bool:

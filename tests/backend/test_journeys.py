@@ -800,6 +800,106 @@ def test_a_change_at_one_stop_the_evidence_settles_is_settled(feed: Feed) -> Non
     assert b_charged(js) == ["b1", "b2"]
 
 
+def _beside_to_s05(
+    b2_rssi: float = -67.0,
+    *,
+    b1_end: str = "alighted",
+    b2_board: str = "S03",
+    b2_alight: str = "S15",
+) -> list[Segment]:
+    """r1 rides b1 S01 -> S05 (-48 dBm, riders -46) and changes to b2 (R2) there; b2 left
+    ``b2_board`` beside b1 and heard r1 through both buses' windows (``b2_rssi``, riders
+    -56) until S05, then aboard (-55, riders -45) to S15. b2's edge never saw the change:
+    one leg from ``b2_board`` (tuning cell 11, G6000 starting beside 17 at BD003)."""
+    return [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S05", b1_end), rssi=-48.0, riders=-46.0),
+        seg(
+            (T0 + 100, b2_board, "boarded"),
+            (T0 + 350, None, "rotated"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=b2_rssi,
+            riders=-56.0,
+        ),
+        seg(
+            (T0 + 351, None, "continued"),
+            (T0 + 900, b2_alight, "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-55.0,
+            riders=-45.0,
+        ),
+    ]
+
+
+def test_a_change_from_a_bus_driven_beside_boards_where_the_rider_got_off(feed: Feed) -> None:
+    """b2 drove beside b1 from S03 and heard r1 19 dB weaker than b1 did until b1 let them
+    off at S05, then carried them on: nothing settles the pair (b2 runs on far past b1,
+    heard there only 8 dB further under its riders than b1 under its own), so both legs
+    were held and r1 charged nothing (the unseen seed 36 shape). b1 is the stronger over
+    the common time and alighted r1 at S05, a stop of b2's trip within its leg: r1
+    changed to b2 at S05, both charged."""
+    js = _builder(feed).build(_beside_to_s05())
+    (j,) = js
+    assert j.charged
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+    assert j.legs[1].board_t == T0 + 300  # from b1's alighting
+    assert j.legs[1].distance_m == 10 * STOP_SPACING_M
+    assert j.fare_krw == _price(
+        ("R1", "gyeonggi_city", 4 * STOP_SPACING_M), ("R2", "gyeonggi_wide_area", 8000.0)
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "b1 not the stronger",  # b2 heard r1 as loud: whose ride it was is not decided
+        "b1 lost them",  # b1's alighting not seen
+        "b2 boarded past S05",  # S05 is not within b2's leg
+        "b2 let them off at S06",  # heard on to the next stop only: a rider walking off?
+    ],
+)
+def test_a_bus_beside_that_is_no_change_stays_held(feed: Feed, case: str) -> None:
+    segs = _beside_to_s05(
+        -50.0 if case == "b1 not the stronger" else -67.0,
+        b1_end="lost" if case == "b1 lost them" else "alighted",
+        b2_board="S06" if case == "b2 boarded past S05" else "S03",
+        b2_alight="S06" if case == "b2 let them off at S06" else "S15",
+    )
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert all("suspected_replay" in j.flags for j in js)
+
+
+@pytest.mark.parametrize(
+    ("b2_board", "start", "flags"),
+    [
+        ("S05", 150.0, ()),  # a change at one stop: b2 boards where it did, nothing moved
+        ("S04", 250.0, ()),  # 50 s over b1's ride: a transfer as before, its stops kept
+    ],
+)
+def test_a_bus_beside_briefly_or_boarding_at_the_change_keeps_its_stops(
+    feed: Feed, b2_board: str, start: float, flags: tuple[str, ...]
+) -> None:
+    segs = _beside_to_s05(b2_board=b2_board)
+    segs[1] = dataclasses.replace(segs[1], start_t=T0 + start)
+    (j,) = _builder(feed).build(segs)
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", b2_board, "S15", flags)]
+    assert j.legs[1].board_t == T0 + start
+
+
+def test_a_bus_beside_the_evidence_settles_is_settled(feed: Feed) -> None:
+    """b2 heard r1 past S05 20 dB under its riders (b1: 2 dB): it never carried them,
+    dropped as before (a rider who got off b1 and walked on beside b2), not boarded."""
+    segs = _beside_to_s05()
+    segs[2] = dataclasses.replace(segs[2], rssi_med=-65.0)
+    js = _builder(feed).build(segs)
+    assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+    assert b_charged(js) == ["b1"]
+
+
 def test_a_piece_heard_beside_before_the_change_does_not_board_the_next_bus(
     feed: Feed,
 ) -> None:
