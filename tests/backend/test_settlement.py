@@ -1280,3 +1280,39 @@ async def test_a_change_of_buses_at_one_stop_settles_online_as_offline(env: Env)
         "adult",
     )
     await _recomputed_as_offline(env, events, "r0001")
+
+
+async def test_a_change_from_a_bus_driven_beside_settles_online_as_offline(env: Env) -> None:
+    """The bus beside online as offline: bus-02 (R2) left S03 beside bus-01 and heard
+    r0001 19 dB weaker until bus-01 let them off at S05, then carried them to S12 without
+    its edge seeing the change: bus-02 boards them at S05, both charged (held on both
+    buses before)."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=5, t=T0, rssi_med=-48, riders_lvl=-46.0)
+    w.ride(
+        "r0001",
+        "bus-02",
+        board=3,
+        alight=12,
+        t=T0 + 200,
+        route_id="R2",
+        trip_id="T2",
+        rssi_med=-67,
+        riders_lvl=-56.0,
+    )
+    events = [e for c in w.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert j["charged"]
+    assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
+        ("bus-01", "S01", "S05"),
+        ("bus-02", "S05", "S12"),
+    ]
+    assert j["flags"] == ["transfer_stop"]
+    assert j["fare_krw"] == _price(
+        env.rules,
+        [("R1", "gyeonggi_city", T0, 3200.0), ("R2", "gyeonggi_wide_area", T0 + 400, 5600.0)],
+        "adult",
+    )
+    await _recomputed_as_offline(env, events, "r0001")
