@@ -761,6 +761,8 @@ def test_a_change_at_one_stop_heard_first_as_a_tentative_piece_is_a_transfer(fee
         "b2 first heard moving",  # b2's boarding stop not seen (a partial leg)
         "b2 within b1",  # b2's leg ends before b1's: not a change
         "b2 boarded as b1 did",  # at S05 while boarding b1 at S01: not after it
+        "b2 ends as b1 does",  # not after it either (review)
+        "no stop named",  # b1 alighted, b2 boarded at door openings off any stop (review)
     ],
 )
 def test_an_overlap_that_is_no_change_at_one_stop_is_held(feed: Feed, case: str) -> None:
@@ -778,6 +780,11 @@ def test_an_overlap_that_is_no_change_at_one_stop_is_held(feed: Feed, case: str)
         segs[1] = dataclasses.replace(segs[1], end_t=T0 + 290, end_stop_id="S06")
     elif case == "b2 boarded as b1 did":
         segs[1] = dataclasses.replace(segs[1], start_t=T0)
+    elif case == "b2 ends as b1 does":
+        segs[1] = dataclasses.replace(segs[1], end_t=T0 + 300)
+    elif case == "no stop named":  # (None is no stop: two unnamed ones are not one stop)
+        segs[0] = dataclasses.replace(segs[0], end_stop_id=None)
+        segs[1] = dataclasses.replace(segs[1], start_stop_id=None)
     js = _builder(feed).build(segs)
     assert b_charged(js) == []
     assert {j.legs[0].bus_id for j in js} == {"b1", "b2"}
