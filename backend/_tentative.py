@@ -170,8 +170,9 @@ def _clusters(
                     TENTATIVE in (a.start_cause, b.start_cause)
                     and _adjoin(a, b, policy)
                     and not any(
-                        (a.interval == b.interval or p.interval in confirmed)
-                        and _elsewhere(p, firm, policy)
+                        # (a rid's own piece touching its confirmed segment included:
+                        # :func:`_adjoin` joins one rid's segments only so)
+                        p.interval in confirmed and _elsewhere(p, firm, policy)
                         for p in (a, b)
                         if p.start_cause == TENTATIVE
                     )
