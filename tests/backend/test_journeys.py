@@ -866,15 +866,22 @@ def test_a_change_from_a_bus_driven_beside_boards_where_the_rider_got_off(feed: 
         "b1 lost them",  # b1's alighting not seen
         "b2 boarded past S05",  # S05 is not within b2's leg
         "b2 let them off at S06",  # heard on to the next stop only: a rider walking off?
+        "b2 the stronger",  # b1 heard r1 5 dB under its riders, b2 2 dB over (review)
+        "b2 boarded before b1",  # not begun during b1's leg (review)
     ],
 )
 def test_a_bus_beside_that_is_no_change_stays_held(feed: Feed, case: str) -> None:
     segs = _beside_to_s05(
-        -50.0 if case == "b1 not the stronger" else -67.0,
+        {"b1 not the stronger": -50.0, "b2 the stronger": -50.0}.get(case, -67.0),
         b1_end="lost" if case == "b1 lost them" else "alighted",
         b2_board="S06" if case == "b2 boarded past S05" else "S03",
         b2_alight="S06" if case == "b2 let them off at S06" else "S15",
     )
+    if case == "b2 boarded before b1":
+        segs[1] = dataclasses.replace(segs[1], start_t=T0 - 30)
+    elif case == "b2 the stronger":
+        segs[0] = dataclasses.replace(segs[0], rssi_med=-65.0, riders_lvl=-60.0)
+        segs[1] = dataclasses.replace(segs[1], riders_lvl=-52.0)
     js = _builder(feed).build(segs)
     assert b_charged(js) == []
     assert all("suspected_replay" in j.flags for j in js)
@@ -885,6 +892,7 @@ def test_a_bus_beside_that_is_no_change_stays_held(feed: Feed, case: str) -> Non
     [
         ("S05", 150.0, ()),  # a change at one stop: b2 boards where it did, nothing moved
         ("S04", 250.0, ()),  # 50 s over b1's ride: a transfer as before, its stops kept
+        ("S04", 240.0, ()),  # replay_overlap_s (60 s) over it exactly: the same (review)
     ],
 )
 def test_a_bus_beside_briefly_or_boarding_at_the_change_keeps_its_stops(
