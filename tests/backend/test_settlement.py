@@ -1234,6 +1234,16 @@ async def test_invalid_evidence_floods_no_log_and_every_event_is_counted(env: En
     ]
 
 
+async def _settled_one_journey(env: Env) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every bus's events of the world ingested and settled once: the events and r0001's
+    one journey (as the API returns it)."""
+    events = [e for c in env.world.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    return events, j
+
+
 async def test_a_transfer_stop_seen_on_the_next_bus_settles_online_as_offline(env: Env) -> None:
     """Transfer stops online as offline: r0001 leaves bus-01 (R1) at S05 and is seen
     boarding bus-02 (R2) at S06 100 s later, 800 m on along bus-01's trip: too soon to
@@ -1241,10 +1251,7 @@ async def test_a_transfer_stop_seen_on_the_next_bus_settles_online_as_offline(en
     w = env.world
     w.ride("r0001", "bus-01", board=1, alight=5, t=T0)  # 400 s at 8 m/s
     w.ride("r0001", "bus-02", board=6, alight=12, t=T0 + 500, route_id="R2", trip_id="T2")
-    events = [e for c in w.buses.values() for e in c.events]
-    await env.ingest(events)
-    await env.worker.settle_once()
-    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    events, j = await _settled_one_journey(env)
     assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
         ("bus-01", "S01", "S06"),
         ("bus-02", "S06", "S12"),
@@ -1265,10 +1272,7 @@ async def test_a_change_of_buses_at_one_stop_settles_online_as_offline(env: Env)
     w = env.world
     w.ride("r0001", "bus-01", board=1, alight=5, t=T0)  # 400 s at 8 m/s
     w.ride("r0001", "bus-02", board=5, alight=12, t=T0 + 310, route_id="R2", trip_id="T2")
-    events = [e for c in w.buses.values() for e in c.events]
-    await env.ingest(events)
-    await env.worker.settle_once()
-    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    events, j = await _settled_one_journey(env)
     assert j["charged"]
     assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
         ("bus-01", "S01", "S05"),
@@ -1300,10 +1304,7 @@ async def test_a_change_from_a_bus_driven_beside_settles_online_as_offline(env: 
         rssi_med=-67,
         riders_lvl=-56.0,
     )
-    events = [e for c in w.buses.values() for e in c.events]
-    await env.ingest(events)
-    await env.worker.settle_once()
-    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    events, j = await _settled_one_journey(env)
     assert j["charged"]
     assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
         ("bus-01", "S01", "S05"),
