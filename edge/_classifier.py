@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import enum
 import heapq
+import itertools
 import logging
 import math
 from collections import deque
@@ -233,6 +234,10 @@ class _NewsIndex:
     tick: int
     slots: dict[tuple[int, int], list[tuple[float, bytes]]]
     addrs: dict[tuple[int, str], bytes]
+    shared: frozenset[tuple[int, str]]
+    """``(interval, BLE address)`` keys sent by two rot rids or more: an address collision
+    (two devices, one address) links no rid to its successor by the address
+    (:meth:`PresenceClassifier._addr_pairs`)."""
 
 
 class _Rid:
@@ -241,6 +246,7 @@ class _Rid:
     __slots__ = (
         "absent",
         "addr",
+        "addr_after",
         "base",
         "co_hi",
         "co_lo",
@@ -361,6 +367,11 @@ class _Rid:
         self.route_id: str | None = None
         self.trip_id: str | None = None
         self.addr = ""
+        self.addr_after = -1
+        """The interval of the latest rid its BLE address was heard under before it (an
+        earlier one), as it took that address, or -1: that rid was its token's (phones
+        keep their address across a rid rotation), so no old rid from another address is
+        its predecessor (:meth:`PresenceClassifier._assign`)."""
         self.d_min = math.inf
         self.per = math.inf
         self.mv_odo = -1.0
@@ -858,8 +869,11 @@ class PresenceClassifier:
             r.d_min = t - token_t
         if addr != r.addr:
             r.addr = addr
-            if addr and self._addr_iv.get(addr, -1) < interval:
-                self._addr_iv[addr] = interval
+            if addr:
+                before = self._addr_iv.get(addr, -1)
+                if before < interval:
+                    self._addr_iv[addr] = interval
+                    r.addr_after = before
             if self._pool_ivs:
                 self._claim_changed(r)
         r.last_raw = raw
@@ -2489,16 +2503,20 @@ class PresenceClassifier:
         slot = self._slot_s
         slots: dict[tuple[int, int], list[tuple[float, bytes]]] = {}
         addrs: dict[tuple[int, str], bytes] = {}
+        shared: set[tuple[int, str]] = set()
         for r in self._rids.values():
             if r.rot and (r.state == _CANDIDATE or r.state == _ROTATING):  # noqa: PLR1714
                 slots.setdefault((r.interval, math.floor(r.first_t / slot)), []).append(
                     (r.d_min, r.rid)
                 )
                 if r.addr:
-                    addrs[(r.interval, r.addr)] = r.rid
+                    key = (r.interval, r.addr)
+                    if key in addrs:
+                        shared.add(key)
+                    addrs[key] = r.rid
         for lst in slots.values():
             lst.sort()
-        idx = self._index = _NewsIndex(self._ticks, slots, addrs)
+        idx = self._index = _NewsIndex(self._ticks, slots, addrs, frozenset(shared))
         return idx
 
     def _candidates(self, old: _Rid) -> list[tuple[float, bytes]]:
@@ -2589,10 +2607,17 @@ class PresenceClassifier:
             if r.addr and (r.state == _CANDIDATE or r.state == _ONBOARD)  # noqa: PLR1714
         }
         taken: set[bytes] = set()
+        done: set[bytes] = set()
+        # a token's own next rid, sent from its address, before any guess from timing
+        # (either kind): it must not go to another token's old rid first
+        for o, n in self._addr_pairs(news):
+            done.add(o)
+            taken.add(n)
+            self._pair(o, news[n])
         for kind in (_PRED_ONBOARD, _PRED_CANDIDATE):
             edges: list[tuple[float, bytes, bytes]] = []
             for o, (old, k, _) in self._olds.items():
-                if k != kind:
+                if k != kind or o in done:
                     continue
                 cand = self._edges.get(o)
                 if cand is None or (
@@ -2604,23 +2629,77 @@ class PresenceClassifier:
                     new = news.get(n)
                     if new is None or n in taken:
                         continue
-                    if new.addr != old.addr and (old.interval, new.addr) in claimed:
+                    if new.addr != old.addr and (
+                        (old.interval, new.addr) in claimed
+                        # its address was an earlier rid's, whatever became of that rid:
+                        # its token's (a candidate whose rid ended by the address rule
+                        # let go of its claim as it was dropped, and another token's old
+                        # rid took its next rid: r-00330, :meth:`_addr_pairs`)
+                        or new.addr_after >= 0
+                    ):
                         continue
                     edges.append((cost, o, n))
             edges.sort()
-            done: set[bytes] = set()
             for _, o, n in edges:
                 if o in done or n in taken:
                     continue
                 done.add(o)
                 taken.add(n)
-                old, _, visit = self._olds[o]
-                new = news[n]
-                new.pred = kind
-                new.pred_visit = visit
-                self._match[n] = o
-                if kind == _PRED_ONBOARD:
-                    self._pending[n] = old
+                self._pair(o, news[n])
+
+    def _pair(self, o: bytes, new: _Rid) -> None:
+        """Pair the pooled old rid ``o`` with ``new`` (its successor, until re-run)."""
+        old, kind, visit = self._olds[o]
+        new.pred = kind
+        new.pred_visit = visit
+        self._match[new.rid] = o
+        if kind == _PRED_ONBOARD:
+            self._pending[new.rid] = old
+
+    def _addr_pairs(self, news: dict[bytes, _Rid]) -> list[tuple[bytes, bytes]]:
+        """The pooled old rids whose own next rid is known by its BLE address: ``(old, new)``.
+
+        A phone keeps its address across a rid rotation, so a rid of the next interval
+        sent from an old rid's address is that token's next rid (the rule by which the old
+        rid ended, :meth:`_near_end`), however long the token was silent before its rid
+        changed: beyond the pairing's time window (:meth:`_rot_gap`) the cost-based pairing
+        finds no pair for it, and the old rid was closed by the fade rules while its next
+        rid boarded again (full scale, tuning seed 2, -25 dBm, ``quiet_route`` r-00038), or
+        another token's old rid took the new rid (r-00330, :meth:`_assign`). Paired first,
+        whatever kind. Not when the address may be two devices': two rids of one interval
+        known from it (old or new, while both are known), or clock offsets that differ by
+        more than ``skew_tolerance_s`` beyond what their adverts leave open (as
+        :meth:`_pair_cost`). A fob that changes its address with its rid sends no such
+        pair; a phone whose address changed mid-rid is looked up by the old rid's latest
+        address.
+        """
+        idx = self._news_index()
+        tol = self.params.skew_tolerance_s
+        found: list[tuple[_Rid, _Rid]] = []
+        for old, _, _ in self._olds.values():
+            a = old.addr
+            key = (old.interval + 1, a)
+            n = idx.addrs.get(key) if a else None
+            new = news.get(n) if n is not None else None
+            if new is None or new.addr != a or key in idx.shared:
+                continue
+            skew = new.d_min - old.d_min
+            if max(skew - _offset_slack(new), -skew - _offset_slack(old)) > tol:
+                continue  # not the same clock
+            found.append((old, new))
+        if not found:
+            return []
+        # (interval, address) -> rids known from it, the pool's too: two of one interval
+        # are two devices (a pooled rid is also in the rid table unless forgotten)
+        known: dict[tuple[int, str], int] = {}
+        rids = self._rids
+        for r in itertools.chain(
+            rids.values(), (o for o, _, _ in self._olds.values() if rids.get(o.rid) is not o)
+        ):
+            if r.addr:
+                k = (r.interval, r.addr)
+                known[k] = known.get(k, 0) + 1
+        return [(o.rid, n.rid) for o, n in found if known[(o.interval, o.addr)] == 1]
 
     def _pairs_of(self, old: _Rid) -> list[tuple[float, bytes]]:
         """Compute (and keep) an old rid's candidate pairs; extends the open window."""
@@ -2653,9 +2732,11 @@ class PresenceClassifier:
         """``r`` entered or left the live states, or changed its BLE address.
 
         Pairs whose new rid comes from the address of a live rid of the old interval are
-        not allowed (:meth:`_assign`), so the pairing must be re-run when that changes.
+        not allowed (:meth:`_assign`), so the pairing must be re-run when that changes; and
+        a new rid sent from a pooled old rid's address is its successor
+        (:meth:`_addr_pairs`), however long after the pairing's time window it was heard.
         """
-        if r.interval in self._pool_ivs:
+        if r.interval in self._pool_ivs or (r.rot and r.interval - 1 in self._pool_ivs):
             self._dirty = True
 
     def _settle(self, t: float, out: list[SegmentDraft]) -> None:

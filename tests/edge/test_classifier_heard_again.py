@@ -3,29 +3,44 @@
 Scripted world (``tests.edge.test_classifier.World``) of a leg charged from the wrong stop
 in the full-scale runs of tuning seed 2 (-25 dBm, ``quiet_route`` r-00038;
 docs/classifier.md, "Twelfth pass"): the first test fails without the rule, the second is
-its guard.
+its guard. Then the rid's successor known by its address (thirteenth pass): paired first
+(the first test), never given to another token's old rid (tuning seed 1, -25 dBm,
+``rush_hour_crowd`` r-00330), and not when the address is two devices'.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
-from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
+import pytest
+
+from edge._segment import SegmentDraft
+from tests.edge.test_classifier import T0, Token, World, add_riders, by_name, ride
 
 START = T0 + 400.0
 """160 s before the token's rid boundary (token time = GNSS time here)."""
 BOUNDARY = (math.floor(START / 600) + 1) * 600.0
+TWIN_T = BOUNDARY + 32.0
+"""When another device sending from the token's address is first heard (``_ride``)."""
 
 
-def _ride(after_silence: bool) -> list[tuple[str | None, str | None, str]]:
+def _ride(after_silence: bool, *, twin: bool = False) -> list[tuple[str | None, str | None, str]]:
     """Three riders at -77 dBm; a weak token (-93 dBm, every second) boards at S1, rides
     the 800-m hop and 280 m past S2 (not heard at its doors), then nothing for 32 s,
     across its rid's boundary (22 s after its last advert: not at its interval's end, so
     not a rotation by the rid's own timing, and past the pairing's window). Its new rid
     (``after_silence``: from the same BLE address) is heard 320 m on, then at S3's
-    doors, and every second to S4, where it alights. Its segments' (start, end, cause)."""
+    doors, and every second to S4, where it alights. Its segments' (start, end, cause).
+
+    ``twin``: another device, whose clock runs 30 s behind, sends from the token's BLE
+    address (a collision), heard in the bus like the token's next rid from its own next
+    interval on, 32 s after the boundary (the token is never heard again)."""
     w = World(t0=START)
     add_riders(w, -77.0)
+    if twin:
+        twc = w.add(Token("twc", lambda wd: -93.0 if wd.t >= TWIN_T and wd.seq < 4 else None))
+        twc.addr, twc.skew = "addr-bag", -30.0  # (its next interval begins 30 s later)
     quiet = (START + 138.0, START + 170.0)  # the 32-s silence; the boundary at 160 s
 
     def bag(world: World) -> float | None:
@@ -54,12 +69,20 @@ def _ride(after_silence: bool) -> list[tuple[str | None, str | None, str]]:
 def test_a_rider_heard_again_under_its_next_rid_keeps_its_boarding() -> None:
     # the old rid's silence is explained by its token: it is heard under the next rid from
     # the same address, so the ride is not dropped as a short one lost while moving (1.1 km
-    # ridden < lost_min_m); it alights at the next door, S3, where the new rid boards, and
-    # settlement joins the two into S1 -> S4 (before: the S1 segment was discarded and the
-    # rider charged S3 -> S4)
-    segs = _ride(after_silence=True)
-    assert segs[0] == ("S1", "S3", "alighted")
-    assert segs[-1][1:] == ("S4", "alighted")
+    # ridden < lost_min_m) (before 5a06baf: the S1 segment was discarded and the rider
+    # charged S3 -> S4); and that next rid is its successor, however long after the
+    # pairing's window it was first heard: paired first, it continues the ride to S4
+    # (before, unpaired: the ride alighted at S3, where the new rid boarded again, and
+    # only settlement joined the two)
+    assert _ride(after_silence=True) == [("S1", None, "rotated"), (None, "S4", "alighted")]
+
+
+def test_another_devices_next_rid_from_the_address_is_no_successor() -> None:
+    # the guard: a device whose clock runs 30 s behind the token's sends from its address
+    # (a collision). Its next rid ends the token's rid by the address rule, but does not
+    # continue its ride: the token alights at the next door, S3, as a silent rider held
+    # on board (paired by the address alone, its ride "rotated" into the other device's)
+    assert _ride(after_silence=False, twin=True) == [("S1", "S3", "alighted")]
 
 
 def test_a_token_never_heard_again_is_judged_as_before() -> None:
@@ -92,3 +115,67 @@ def test_the_addresses_of_forgotten_rids_are_forgotten_too() -> None:
         w.dwell("S2", 20)
     assert not w.c._rids
     assert not w.c._addr_iv
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [(150.0, 155.0), (172.0, 175.0)],
+    ids=["in-the-old-interval", "in-the-new-interval"],
+)
+def test_an_address_two_devices_send_from_pairs_nothing_while_both_are_known(
+    monkeypatch: pytest.MonkeyPatch, first: float, last: float
+) -> None:
+    # the guards: another device (same clock) sends from the token's address, passing on
+    # the street (-80 dBm, outside, 3 s) 5 s before the token's silence (two rids of the
+    # old interval from one address) or 12 s after its boundary (two of the new one). The
+    # address links the rids only once that device is forgotten (60 s after it was last
+    # heard): the new rid continues the ride from S3's doors, not from where it was first
+    # heard (paired at once, the other device's rid could have been taken for the token's)
+    plain = World
+
+    def with_twin(t0: float = T0) -> World:
+        w = plain(t0=t0)
+        twin = w.add(Token("twn", lambda wd: -80.0 if first <= wd.t - START < last else None))
+        twin.addr = "addr-bag"
+        return w
+
+    monkeypatch.setattr(sys.modules[__name__], "World", with_twin)
+    assert _ride(after_silence=True) == [("S1", None, "rotated"), ("S3", "S4", "alighted")]
+
+
+def test_a_new_rid_from_the_address_of_a_dropped_candidate_continues_no_other_ride() -> None:
+    # r-00330 (full scale, tuning seed 1, -25 dBm, rush_hour_crowd; docs/classifier.md,
+    # "Thirteenth pass"): a weak token (-93 dBm) first heard 400 m past S1, a candidate of
+    # S1 on co-movement alone, heard 300 m past S2, then silent 20 s before its rid's
+    # boundary; its next rid, from its address, heard four times in the 11 s after the
+    # boundary, then from S3's doors to S4's, where it alights. At the boundary another
+    # rider's rid ends too (boarded S2 at -80 dBm, its token never heard again). The
+    # candidate's rid, ended by the address rule 10 s after the boundary, sent its
+    # co-movement as a tentative piece and was dropped, and with it went its claim on the
+    # address (nor was it kept for the pairing: first heard far past its stop, it has no
+    # boarding to hand over): the pairing gave its token's next rid to the other rider's
+    # old rid, whose ride it continued (that ride ended "rotated" mid-hop, the token's next
+    # rid charged for it from S3 on, "continued"). A rid from an address an earlier rid was
+    # heard from is that rid's token's, whatever became of it: it boards at S3 on its own
+    # (settlement joins the S1 piece), and the other rider is held silent aboard to S3
+    b = BOUNDARY - START
+    heard = {55.0, 70.0, 140.0, b + 2.0, b + 6.0, b + 10.0, b + 13.0}
+
+    def weak(world: World) -> float | None:
+        at = world.t - START
+        later = 212.0 <= at < 318.0 and at % 3.0 == 0.0  # (S3's doors to S4's)
+        return -93.0 if at in heard or later else None
+
+    w = World(t0=START)
+    add_riders(w, -79.0)
+    tok = w.add(Token("bag", weak))
+    other = w.add(Token("oth", lambda wd: -80.0 if wd.seq >= 2 and wd.t < BOUNDARY else None))
+    ride(w, ("S1", 15.0, 800.0), ("S2", 15.0, 1000.0), ("S3", 15.0, 800.0), ("S4", 15.0, 600.0))
+    out = w.finish()
+
+    def ends(segs: list[SegmentDraft]) -> list[tuple[str | None, str | None, str, str]]:
+        return [(s.start.stop_id, s.end.stop_id, s.start.cause, s.end.cause) for s in segs]
+
+    assert ends(by_name(out, other)) == [("S2", "S3", "boarded", "alighted")]
+    assert ends(by_name(out, tok)) == [("S3", "S4", "boarded", "alighted")]
+    assert ends(by_name(out, tok, tentative=True)) == [("S1", None, "tentative", "rotated")]
