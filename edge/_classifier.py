@@ -931,7 +931,10 @@ class PresenceClassifier:
         elif (
             v is not None
             and not at_stop
-            and state not in (_ONBOARD, _ROTATING)
+            # (a rotating rid too: a token whose rid began between stops was aboard
+            # before, and a fob's new rid unpaired is heard moving with the bus from the
+            # rotation on: its track, like any, begins in the hop from the stop it left)
+            and state != _ONBOARD
             and v.close_odo_m is not None
             and odo >= v.close_odo_m + self._co_d
             and odo >= r.tk_odo + self._co_step
@@ -988,11 +991,13 @@ class PresenceClassifier:
 
         Heard ``confirm_distance_m`` or more past the stop the bus left (``v``),
         ``sparse_step_m`` or more past its previous point. The track is kept whatever
-        the rid's candidacies (a new candidacy at each stop resets those): the hops (stop
-        to stop) in which it was heard moving with the bus at one level (within
-        ``sparse_fall_db`` of the mean of its points), from the stop before its first
-        point on. A point off that level starts the track afresh there (someone waiting
-        at a stop, heard faintly from afar, then loud aboard, boarded at that stop).
+        the rid's candidacies (a new candidacy at each stop resets those), a rotating
+        rid's too (the new rid of a fob, whose address changes with it, that nothing
+        paired): the hops (stop to stop) in which it was heard moving with the bus at one
+        level (within ``sparse_fall_db`` of the mean of its points), from the stop before
+        its first point on. A point off that level starts the track afresh there
+        (someone waiting at a stop, heard faintly from afar, then loud aboard, boarded at
+        that stop).
         """
         if r.tk_n and abs(rssi - r.tk_sum / r.tk_n) > self._sparse_fall:
             r.tk_n = r.tk_hops = 0

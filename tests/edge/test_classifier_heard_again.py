@@ -5,7 +5,10 @@ in the full-scale runs of tuning seed 2 (-25 dBm, ``quiet_route`` r-00038;
 docs/classifier.md, "Twelfth pass"): the first test fails without the rule, the second is
 its guard. Then the rid's successor known by its address (thirteenth pass): paired first
 (the first test), never given to another token's old rid (tuning seed 1, -25 dBm,
-``rush_hour_crowd`` r-00330), and not when the address is two devices'.
+``rush_hour_crowd`` r-00330), and not when the address is two devices'. Last, a fob's
+new rid nothing paired keeps a track (fourteenth pass): carried to the next stop and
+standing in the bus there, it boards from the stop before (fails without the rule), with
+two guards.
 """
 
 from __future__ import annotations
@@ -177,5 +180,75 @@ def test_a_new_rid_from_the_address_of_a_dropped_candidate_continues_no_other_ri
         return [(s.start.stop_id, s.end.stop_id, s.start.cause, s.end.cause) for s in segs]
 
     assert ends(by_name(out, other)) == [("S2", "S3", "boarded", "alighted")]
-    assert ends(by_name(out, tok)) == [("S3", "S4", "boarded", "alighted")]
+    # (boarded from S2: its next rid, heard moving with the bus in the hop from S2 and at
+    # its level from S3's doors on, keeps a track, fourteenth pass; it boarded at S3 before
+    # that rule; settlement joins the S1 piece either way)
+    assert ends(by_name(out, tok)) == [("S2", "S4", "boarded", "alighted")]
     assert ends(by_name(out, tok, tentative=True)) == [("S1", None, "tentative", "rotated")]
+
+
+def _fob_ride(
+    *, level: float = -93.0, stays: bool = True
+) -> list[tuple[str | None, str | None, str]]:
+    """Three riders at -77 dBm; a fob (its BLE address changes with its rid) boards at S1
+    (heard at its doors every 2 s), is heard moving with the bus 200, 700 and 1,200 m on
+    (three co-movement points, one short of ``sparse_adverts``), then nothing for 25 s
+    before its rid's boundary (not at its interval's end: its old rid never enters the
+    rotation pool). Its new rid is heard every 6 s from 1,500 m on to S2 (2,000 m), then
+    (``stays``) in the bus standing at S2 for 8 s, where it alights; else it drives on as
+    the bus halts (a car beside it). Its segments' (start, end, cause)."""
+    w = World(t0=START)
+    add_riders(w, -77.0)
+    tok = w.add(Token("fob", lambda _: None))
+    points = {200.0, 700.0, 1200.0}
+
+    def fob(world: World) -> float | None:
+        tok.addr = "fob-a" if world.t < BOUNDARY else "fob-b"
+        v = world.visit
+        at_doors = v is not None and v.close_t is None
+        if world.seq == 1 and at_doors:
+            return level if round(world.t * 2) % 4 == 0 else None
+        if world.seq == 1:
+            past = world.odo - world.stop_odo
+            hit = next((m for m in points if m <= past < m + 5.0), None)
+            if hit is not None:
+                points.discard(hit)
+                return level
+            if world.t >= BOUNDARY + 2.0 and past >= 1500.0 and round(world.t * 2) % 12 == 0:
+                return level
+            return None
+        if world.seq == 2 and at_doors and stays and v is not None:
+            return level if world.t - v.open_t < 8.0 and round(world.t * 2) % 4 == 0 else None
+        return None
+
+    tok.rssi = fob
+    assert BOUNDARY - START > 15.0 + 120.0  # (the boundary falls in the hop S1 -> S2)
+    w.dwell("S1", 15)
+    w.move(2000)
+    w.dwell("S2", 15)
+    w.move(1000)
+    w.dwell("S3", 15)
+    w.move(800)
+    return [(s.start.stop_id, s.end.stop_id, s.end.cause) for s in by_name(w.finish(), tok)]
+
+
+def test_a_fobs_new_rid_carried_to_the_next_stop_keeps_its_boarding() -> None:
+    # the old rid's three points are one short of a boarding, and its piece alone is
+    # never charged; the new rid, unpaired (no address link, no rotation by the old rid's
+    # own timing), was heard moving with the bus at the rider's level from the boundary
+    # to S2 and stood in the bus there: its track began in the hop from S1, so it rode
+    # from S1 (before: its adverts before S2 counted for nothing, it became S2's
+    # candidate and the rider was missed)
+    assert _fob_ride() == [("S1", "S2", "alighted")]
+
+
+def test_a_fobs_new_rid_that_drives_on_at_the_next_stop_is_no_ride() -> None:
+    # the guard: a car beside the bus whose fob rotated on the way, at the riders' level
+    # where every token is weak, drives on as the bus halts at S2
+    assert _fob_ride(stays=False) == []
+
+
+def test_a_fobs_new_rid_far_below_the_riders_is_no_ride() -> None:
+    # the guard: heard 28 dB below the riders (past in_bus_margin_db, 25: a car alongside,
+    # heard through two shells)
+    assert _fob_ride(level=-105.0) == []
