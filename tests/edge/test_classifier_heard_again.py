@@ -24,11 +24,11 @@ from tests.edge.test_classifier import T0, Token, World, add_riders, by_name, ri
 START = T0 + 400.0
 """160 s before the token's rid boundary (token time = GNSS time here)."""
 BOUNDARY = (math.floor(START / 600) + 1) * 600.0
-TWIN_T = BOUNDARY + 32.0
-"""When another device sending from the token's address is first heard (``_ride``)."""
 
 
-def _ride(after_silence: bool, *, twin: bool = False) -> list[tuple[str | None, str | None, str]]:
+def _ride(
+    after_silence: bool, *, twin: bool = False, twin_skew: float = -30.0
+) -> list[tuple[str | None, str | None, str]]:
     """Three riders at -77 dBm; a weak token (-93 dBm, every second) boards at S1, rides
     the 800-m hop and 280 m past S2 (not heard at its doors), then nothing for 32 s,
     across its rid's boundary (22 s after its last advert: not at its interval's end, so
@@ -36,14 +36,16 @@ def _ride(after_silence: bool, *, twin: bool = False) -> list[tuple[str | None, 
     (``after_silence``: from the same BLE address) is heard 320 m on, then at S3's
     doors, and every second to S4, where it alights. Its segments' (start, end, cause).
 
-    ``twin``: another device, whose clock runs 30 s behind, sends from the token's BLE
-    address (a collision), heard in the bus like the token's next rid from its own next
-    interval on, 32 s after the boundary (the token is never heard again)."""
+    ``twin``: another device, whose clock runs 30 s behind (``twin_skew``), sends from the
+    token's BLE address (a collision), heard in the bus like the token's next rid from its
+    own next interval on, 32 s after the boundary (the token is never heard again; with
+    its clock ahead, from 28 s before the boundary)."""
     w = World(t0=START)
     add_riders(w, -77.0)
     if twin:
-        twc = w.add(Token("twc", lambda wd: -93.0 if wd.t >= TWIN_T and wd.seq < 4 else None))
-        twc.addr, twc.skew = "addr-bag", -30.0  # (its next interval begins 30 s later)
+        twin_t = BOUNDARY - twin_skew + 2.0  # (2 s into its own next interval)
+        twc = w.add(Token("twc", lambda wd: -93.0 if wd.t >= twin_t and wd.seq < 4 else None))
+        twc.addr, twc.skew = "addr-bag", twin_skew  # (its next interval begins 30 s later)
     quiet = (START + 138.0, START + 170.0)  # the 32-s silence; the boundary at 160 s
 
     def bag(world: World) -> float | None:
@@ -86,6 +88,14 @@ def test_another_devices_next_rid_from_the_address_is_no_successor() -> None:
     # continue its ride: the token alights at the next door, S3, as a silent rider held
     # on board (paired by the address alone, its ride "rotated" into the other device's)
     assert _ride(after_silence=False, twin=True) == [("S1", "S3", "alighted")]
+
+
+def test_another_devices_next_rid_from_the_address_with_its_clock_ahead_is_none() -> None:
+    # (review of 7f94b80) the clock guard's other side: the device's clock 30 s ahead,
+    # heard from 2 s into its next interval (28 s before the token's boundary, 6 s before
+    # the token's silence); without that side it continued the token's ride
+    got = _ride(after_silence=False, twin=True, twin_skew=30.0)
+    assert got == [("S1", "S3", "alighted")]
 
 
 def test_a_token_never_heard_again_is_judged_as_before() -> None:
@@ -252,3 +262,33 @@ def test_a_fobs_new_rid_far_below_the_riders_is_no_ride() -> None:
     # the guard: heard 28 dB below the riders (past in_bus_margin_db, 25: a car alongside,
     # heard through two shells)
     assert _fob_ride(level=-105.0) == []
+
+
+def test_fobs_that_change_their_address_with_their_rid_keep_their_rides() -> None:
+    # (review of 7f94b80) a fob takes a new random BLE address with each rid (cell 20's
+    # radio): its new rid's address was never heard before, so it is no earlier rid's
+    # (addr_after -1) and the rotation pairing continues its ride as for a fob with no
+    # address. Three such riders on one clock at -58/-70/-82 dBm ride S1 -> S2 across
+    # their boundary (with every new rid marked as an earlier rid's, none was paired)
+    w = World(t0=START)
+    gone = {"v": False}
+    toks: list[Token] = []
+    for name, lv in (("ja", -58.0), ("jb", -70.0), ("jc", -82.0)):
+        tok = w.add(Token(name, lambda _: None))
+
+        def fob(world: World, tok: Token = tok, lv: float = lv) -> float | None:
+            tok.addr = f"addr-{tok.name}-{math.floor(world.t / 600)}"
+            return None if gone["v"] else lv
+
+        tok.rssi = fob
+        toks.append(tok)
+    w.dwell("S1")
+    w.move(3000)
+    w.dwell("S2", 4)
+    gone["v"] = True
+    w.move(400)
+    out = w.finish()
+    for tok in toks:
+        a, b = by_name(out, tok)
+        assert (a.start.stop_id, a.end.cause) == ("S1", "rotated")
+        assert (b.start.cause, b.end.stop_id) == ("continued", "S2")
