@@ -189,7 +189,8 @@ _ABSENT_FAR_DB = 20.0
 """How far below the riders' level (their median baseline) a late joiner silent at the open
 doors (``absent``) and heard near the bus's receiver floor is heard to be a vehicle, not
 someone who boarded last (:meth:`PresenceClassifier._barred`; one heard well above the
-floor is barred ``sparse_fall_db`` below). Measured on tuning seeds only: cars arriving as
+floor is barred ``sparse_fall_db`` below), and a candidate that lost the bus after its stop
+one (:meth:`PresenceClassifier._caught_up`). Measured on tuning seeds only: cars arriving as
 the doors close, through two shells, 23-35 dB below; riders who boarded in the last
 seconds of the dwell, in the bus's shell, 9-21 dB below (a sigma-6 dB device spread and
 bags put a quarter of a bus's riders 8 dB or more below their median)."""
@@ -1858,18 +1859,42 @@ class PresenceClassifier:
         doors opened there: a rider carried to the stop rides on with the bus or stays
         aboard until walking out; a car that drove beside the bus to the stop drives on
         when the bus halts, and fades there, which would otherwise read as a one-stop ride
-        alighting at that stop. One first heard far past ``v`` (:meth:`_far_joiner`) must
-        have reached a later stop so.
+        alighting at that stop. One first heard far past ``v`` (:meth:`_far_joiner`), or
+        one that lost the bus after ``v`` and caught up far below the riders
+        (:meth:`_caught_up`), must have reached a later stop so.
         """
         w = self._visits[-1] if self._visits else None
         if w is None or w.seq <= v.seq:
-            return not self._far_joiner(r, v)
+            return not self._far_joiner(r, v) and not self._caught_up(r, v)
         if w.close_odo_m is not None and r.co_odo >= w.close_odo_m + self._co_d:
             return True
         # or it stood with the bus at that stop, heard at its level well after the doors
         # opened: a car that drove beside the bus is gone by then (it alighted there, or
         # rides on)
         return self._stayed(r, v)
+
+    def _caught_up(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a candidate of ``v`` lost the bus after ``v`` and is heard far below the riders.
+
+        Silent past its own rhythm's fade time as the bus moved on from ``v``
+        (``tk_apart``) and its co-movement evidence ``_ABSENT_FAR_DB`` (20 dB) or more
+        below the riders' level: a car left at the stop that caught up with the bus, or a
+        rider of a bus alongside, heard through two shells. Such a candidate boards on
+        co-movement only once it has gone on with the bus past a later stop
+        (:meth:`_moved_on`), not on the few points one hop gives: a car beside the bus
+        for one hop drives on as the bus halts; a rider rides on, or stands in the bus
+        at the doors. Full scale, tuning seed 1, all in pockets, ``rush_hour_crowd``
+        r-03286: a car heard at BD008's doors as it drew up, silent 28 s as the bus
+        left, heard again 271 m on at four co-movement points (the fewest the rule
+        takes) 24 dB below the riders, 8 dB above the receiver's floor, last heard
+        2.8 s after BD009's doors opened: charged BD008 -> BD009.
+        """
+        return (
+            r.tk_apart >= v.seq
+            and r.co_n > 0
+            and math.isfinite(self._riders_lvl)
+            and r.co_sum / r.co_n < self._riders_lvl - _ABSENT_FAR_DB
+        )
 
     def _carried_and_stayed(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate with a few co-movement points rode one hop with the bus.
