@@ -1877,9 +1877,10 @@ class PresenceClassifier:
         """Whether a candidate of ``v`` lost the bus after ``v`` and is heard far below the riders.
 
         Silent past its own rhythm's fade time as the bus moved on from ``v``
-        (``tk_apart``) and its co-movement evidence ``_ABSENT_FAR_DB`` (20 dB) or more
-        below the riders' level: a car left at the stop that caught up with the bus, or a
-        rider of a bus alongside, heard through two shells. Such a candidate boards on
+        (``tk_apart``) and its co-movement evidence more than ``_ABSENT_FAR_DB`` (20 dB)
+        below the riders' level (exactly 20 dB is lenient, as in :meth:`_barred`): a car
+        left at the stop that caught up with the bus, or a rider of a bus alongside, heard
+        through two shells. Such a candidate boards on
         co-movement only once it has gone on with the bus past a later stop
         (:meth:`_moved_on`), not on the few points one hop gives: a car beside the bus
         for one hop drives on as the bus halts; a rider rides on, or stands in the bus
