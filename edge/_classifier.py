@@ -207,6 +207,17 @@ def _median(hist: dict[int, int]) -> int | None:
     return None
 
 
+def _clock_gap(old: _Rid, new: _Rid) -> float:
+    """How far two rids' clock offsets differ beyond what their adverts leave open (s, >= 0).
+
+    Each ``d_min`` is an upper bound of its token's clock offset that comes down as more
+    adverts are heard (:func:`_offset_slack`): only the gap beyond both bounds counts, and
+    beyond ``skew_tolerance_s`` the two are not one token's clock.
+    """
+    skew = new.d_min - old.d_min
+    return max(skew - _offset_slack(new), -skew - _offset_slack(old), 0.0)
+
+
 def _offset_slack(r: _Rid) -> float:
     """How far above its token's clock offset a rid's ``d_min`` may still be (95 %).
 
@@ -2500,10 +2511,7 @@ class PresenceClassifier:
                 break
         else:
             return None
-        skew = new.d_min - old.d_min
-        # each d_min is an upper bound of its token's clock offset that comes down as more
-        # adverts are heard: only the offset gap beyond what their adverts leave open counts
-        gap = max(skew - _offset_slack(new), -skew - _offset_slack(old), 0.0)
+        gap = _clock_gap(old, new)
         if gap > p.skew_tolerance_s:
             return None  # not the same clock: not the same token
         cost = (
@@ -2714,8 +2722,7 @@ class PresenceClassifier:
             new = news.get(n) if n is not None else None
             if new is None or new.addr != a or key in idx.shared:
                 continue
-            skew = new.d_min - old.d_min
-            if max(skew - _offset_slack(new), -skew - _offset_slack(old)) > tol:
+            if _clock_gap(old, new) > tol:
                 continue  # not the same clock
             found.append((old, new))
         if not found:
