@@ -435,6 +435,58 @@ def _transfer(rng: random.Random, full: bool) -> ScenarioSpec:
     )
 
 
+def _bunched(rng: random.Random, full: bool) -> ScenarioSpec:
+    """Routes 17 and G6000 halt at BD003 together and run bunched to BD005, where G6000 waits.
+
+    Bus bunching ahead of a timed change: G6000 (express, no halt at BD004) reaches BD005
+    first and holds its doors open for the riders changing from the 17 behind it. For a
+    few minutes each bus hears the other's riders loudly: side by side at BD003, on the
+    road, then at BD005 as riders cross from one to the other (unseen seeds 36 and 40 had
+    this by chance in ``transfer_two_buses``).
+    """
+    ids = _Ids()
+    buses = [
+        BusSpec("bus-17-01", "17", extra_on_board=15),
+        BusSpec(
+            "bus-G6000-01",
+            "G6000",
+            start_after=("bus-17-01", "BD003", rng.uniform(-15.0, 25.0)),
+            first_idx=0,
+            lane_m=-3.5,
+        ),
+    ]
+    persons: list[PersonSpec] = []
+    n = 12 if full else 5
+    for _ in range(n):
+        # 17 to Sunae (BD005), then the waiting G6000 towards Seoul
+        persons.append(
+            _rider(
+                ids,
+                rng,
+                [
+                    LegSpec("bus-17-01", rng.randint(0, 2), 4),
+                    LegSpec("bus-G6000-01", 1, rng.randint(3, 5)),
+                ],
+            )
+        )
+    for _ in range(n // 2):
+        # G6000 from BD003, beside the 17 to BD005 and on
+        persons.append(_rider(ids, rng, [LegSpec("bus-G6000-01", 0, rng.randint(2, 5))]))
+        # 17 through BD005
+        persons.append(_rider(ids, rng, [LegSpec("bus-17-01", rng.randint(1, 3), 5)]))
+    return ScenarioSpec(
+        "transfer_bunched",
+        "",
+        f"{DATE}T08:10:00",
+        buses,
+        persons,
+        waiters=[
+            WaiterSpec("BD003", 3, near_bus="bus-17-01"),
+            WaiterSpec("BD005", 3, near_bus="bus-17-01"),
+        ],
+    )
+
+
 SCENARIOS: dict[str, ScenarioInfo] = {
     s.name: s
     for s in (
@@ -493,6 +545,11 @@ SCENARIOS: dict[str, ScenarioInfo] = {
             "transfer_two_buses",
             "riders change buses at shared stops within minutes",
             _transfer,
+        ),
+        ScenarioInfo(
+            "transfer_bunched",
+            "17 and G6000 bunched from BD003; G6000 waits at BD005 for riders changing",
+            _bunched,
         ),
     )
 }
