@@ -451,6 +451,13 @@ class JourneyPolicy:
         replay_overlap_s: how long two legs on different buses may overlap before it is
             a suspected replay (detection latency at a transfer makes small overlaps
             normal).
+        change_overlap_s: a rider seen alighting from one bus at the stop where another
+            bus was seen boarding them is a transfer (not a suspected replay) when the
+            two legs overlap by at most this: the later bus stood at the stop, doors
+            open, before the earlier let the rider off (holding for the change), plus
+            the approach over which its edge heard them as it drew up. Longer, no bus
+            waited for them there: a token boarding at the rider's stop while the rider
+            was still riding towards it (a clone) is held.
         overlap_margin_db: an overlap is settled in favour of the leg heard at least this
             many dB stronger (median RSSI) ... (``None``: never; hold both).
         overlap_cover_s: ... if that leg also covers the other one in time, within this
@@ -497,6 +504,7 @@ class JourneyPolicy:
     unknown_trip_gap_s: float = 900.0
     rejoin_stop_s: float = 300.0
     replay_overlap_s: float = 60.0
+    change_overlap_s: float = 180.0
     overlap_margin_db: float | None = 10.0
     overlap_cover_s: float = 60.0
     overlap_loser_max_dbm: float | None = -65.0
@@ -535,6 +543,7 @@ class JourneyPolicy:
             "unknown_trip_gap_s",
             "rejoin_stop_s",
             "replay_overlap_s",
+            "change_overlap_s",
             "overlap_cover_s",
             "tentative_spread_db",
             "tentative_gap_s",

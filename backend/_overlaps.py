@@ -19,10 +19,12 @@ the weaker leg is dropped (``overlap_dropped``, never charged) and the stronger 
 charged (``overlap_resolved``).
 This also drops a short weak hop lying wholly within another bus's leg. A rider seen
 alighting from one bus at the stop where the other bus was seen boarding them, later, is
-a transfer however long the legs overlap (the two buses stood at that stop together).
-Any other overlap longer than ``replay_overlap_s`` is a suspected replay: both legs are marked and
-held, not charged automatically; so is a leg that only lost to a leg that is itself
-held. Only a leg that is not itself dropped can drop another one.
+a transfer when the legs overlap by at most ``change_overlap_s`` (the two buses stood at
+that stop together, the later one holding for the change); a longer overlap is no
+change a bus waits for (a cloned token boarding at the stop minutes before the rider got
+there). Any other overlap longer than ``replay_overlap_s`` is a suspected replay: both
+legs are marked and held, not charged automatically; so is a leg that only lost to a leg
+that is itself held. Only a leg that is not itself dropped can drop another one.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
     longer than ``replay_overlap_s`` that is not settled, neither of them dropped, are
     flagged ``suspected_replay`` and held for review; a short, unsettled containment
     is not a conflict (detection latency at a transfer), nor is an unsettled change of
-    buses at one stop however long (:func:`_changed_at`: both buses standing there).
+    buses at one stop overlapping by at most ``change_overlap_s`` (:func:`_changed_at`:
+    both buses standing there).
     """
     if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
         return list(legs)  # legs on one bus never conflict (most riders, most days)
@@ -78,7 +81,7 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
             winner = overlap_winner(la, lb, policy)
             win, lose = (a, b) if winner is la else (b, a)
             if winner is None:
-                if long and not _changed_at(la, lb):
+                if long and not _changed_at(la, lb, policy.change_overlap_s):
                     unsettled.append((a, b))
             elif long or _within(legs[lose], legs[win]):
                 wins.append((win, lose))
@@ -341,20 +344,25 @@ def changes_beside(
     return out
 
 
-def _changed_at(first: Leg, later: Leg) -> bool:
+def _changed_at(first: Leg, later: Leg, bound_s: float) -> bool:
     """Whether the rider left ``first``'s bus and boarded ``later``'s at one stop: a transfer.
 
     ``first`` was seen alighting (not ``lost``) at the stop where ``later`` was seen
-    boarding (a named start, not ``partial``), and ``later`` boarded and alighted after
-    ``first`` did. However long they overlap, that is the two buses standing at that stop
-    together: the edge times a boarding from the doors opening (or the first piece heard
-    there) and an alighting from the doors closing, so a bus that reached the stop first
-    and waited for the change boards the rider before the other bus closes its doors
-    (issue 11: unseen seed 36, cell 11, five riders changing 17 -> G6000 at BD005 held
-    on both buses). Such a pair is settled like any other when the evidence decides it
+    boarding (a named start, not ``partial``), ``later`` boarded and alighted after
+    ``first`` did, and they overlap by at most ``bound_s`` (``change_overlap_s``). That
+    is the two buses standing at that stop together: the edge times a boarding from the
+    doors opening (or the first piece heard there, as the bus drew up) and an alighting
+    from the doors closing, so a bus that reached the stop first and held for the change
+    boards the rider before the other bus closes its doors (issue 11: unseen seed 36,
+    cell 11, five riders changing 17 -> G6000 at BD005 held on both buses). The overlap
+    is how long ``later``'s bus stood there before ``first``'s let the rider off, plus
+    that approach: beyond the bound no bus waited for them, and ``later``'s boarding is a
+    token heard at that stop while the rider was still riding towards it (a cloned token
+    waiting at the rider's stop): a suspected replay, as any other unsettled overlap.
+    Such a pair is settled like any other when the evidence decides it
     (:func:`overlap_winner`: a bus beside the stop that heard the rider walk off far
-    under its riders); left unsettled, it is a transfer, both legs charged, not a
-    suspected replay.
+    under its riders); left unsettled within the bound, it is a transfer, both legs
+    charged, not a suspected replay.
     """
     stop = first.alight_stop_id
     return (
@@ -362,6 +370,7 @@ def _changed_at(first: Leg, later: Leg) -> bool:
         and stop == later.board_stop_id
         and first.board_t < later.board_t
         and first.alight_t < later.alight_t
+        and first.alight_t - later.board_t <= bound_s
         and FLAG_LOST not in first.flags
         and FLAG_PARTIAL not in later.flags
     )

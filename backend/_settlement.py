@@ -71,7 +71,7 @@ from backend._fare_engine import Charge, FareEngine, period_adjustments
 from backend._fare_rules import FareRules, load_rules
 from backend._ingest_bounds import LogBudget
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
-from backend._legs import evidence_invalid
+from backend._legs import FLAG_SUSPECTED_REPLAY, evidence_invalid
 from backend._resolve import (
     DEFAULT_PROOF_SLACK_S,
     ONLINE_TABLE_BYTES,
@@ -145,6 +145,11 @@ EVIDENCE_INVALID = Counter(
     "Fare events settled with an evidence value read as absent because invalid (by key)",
     ["key"],
 )
+SUSPECTED_REPLAYS = Counter(
+    "busbell_settlement_suspected_replays",
+    "Legs newly held as a suspected replay (the rider on two buses at once: a cloned or"
+    " replayed token, or an overlap the evidence did not settle)",
+)
 
 
 def _log() -> Any:
@@ -172,6 +177,8 @@ class SettleReport:
             and their backoff has not run out (``settlement_dirty.attempts``).
         failed_buses: buses whose batch raised unexpectedly this pass (the bus waits for
             a backoff; the other buses go on).
+        suspected_replays: legs held as a suspected replay that were not held so
+            before (each its own uncharged journey; logged ``suspected_replay_held``).
         journeys: journeys written.
         charges: charges written.
         adjustments: adjustments written.
@@ -188,6 +195,7 @@ class SettleReport:
     failed_rider_days: int = 0
     rider_days_waiting: int = 0
     failed_buses: int = 0
+    suspected_replays: int = 0
     journeys: int = 0
     charges: int = 0
     adjustments: int = 0
@@ -206,6 +214,7 @@ class SettleReport:
             "failed_rider_days": self.failed_rider_days,
             "rider_days_waiting": self.rider_days_waiting,
             "failed_buses": self.failed_buses,
+            "suspected_replays": self.suspected_replays,
             "journeys": self.journeys,
             "charges": self.charges,
             "adjustments": self.adjustments,
@@ -611,6 +620,7 @@ class SettlementWorker:
             or report.tentative_links_deleted
             or report.failed_buses
             or report.failed_rider_days
+            or report.suspected_replays
         ):
             _log().info("settlement_pass_completed", **report.to_json())
         return report
@@ -1068,6 +1078,9 @@ class SettlementWorker:
             journeys.c.rider_id == rider_id, journeys.c.service_day == day
         )
         new_ids = [j.journey_id for j in day_journeys]
+        replays = [j for j in day_journeys if FLAG_SUSPECTED_REPLAY in j.flags]
+        if replays:
+            await self._note_replays(conn, rider_id, day, replays, report)
         await conn.execute(sa.delete(legs).where(legs.c.journey_id.in_(old_ids)))
         await conn.execute(
             sa.delete(journeys).where(
@@ -1149,6 +1162,50 @@ class SettlementWorker:
             report.charges += len(c_rows)
             report.adjustments += n_adj
         return day_journeys
+
+    async def _note_replays(
+        self,
+        conn: AsyncConnection,
+        rider_id: str,
+        day: str,
+        replays: list[Journey],
+        report: SettleReport | None,
+    ) -> None:
+        """Count and log the legs of ``replays`` (held suspected replays) held anew.
+
+        A journey id is the hash of its rider and events, so a held leg recomputed with
+        the same events keeps its id: one already stored held (by an earlier pass) is
+        not counted or logged again. Logged ``suspected_replay_held`` (warning), counted
+        ``busbell_settlement_suspected_replays`` and in the pass's report.
+        """
+        j = journeys
+        held_before = {
+            r.journey_id
+            for r in await conn.execute(
+                sa.select(j.c.journey_id).where(
+                    j.c.journey_id.in_([x.journey_id for x in replays]), j.c.charged.is_(False)
+                )
+            )
+        }
+        for x in replays:
+            if x.journey_id in held_before:
+                continue
+            SUSPECTED_REPLAYS.inc()
+            if report is not None:
+                report.suspected_replays += 1
+            leg = x.legs[0]
+            _log().warning(
+                "suspected_replay_held",
+                rider_id=rider_id,
+                service_day=day,
+                journey_id=x.journey_id,
+                bus_id=leg.bus_id,
+                route_id=leg.route_id,
+                board_stop_id=leg.board_stop_id,
+                board_t=leg.board_t,
+                alight_stop_id=leg.alight_stop_id,
+                alight_t=leg.alight_t,
+            )
 
     async def _recompute_adjustments(
         self,

@@ -211,6 +211,13 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument("--rejoin-stop-s", type=_non_negative, default=300.0)
     st.add_argument("--replay-overlap-s", type=_non_negative, default=60.0)
     st.add_argument(
+        "--change-overlap-s",
+        type=_non_negative,
+        default=180.0,
+        help="a change of buses at one stop overlapping longer than this is held as a"
+        " suspected replay (s)",
+    )
+    st.add_argument(
         "--overlap-margin-db",
         type=_positive,
         default=10.0,
@@ -613,6 +620,7 @@ def _settle(args: argparse.Namespace) -> int:
         unknown_trip_gap_s=args.unknown_trip_gap_s,
         rejoin_stop_s=args.rejoin_stop_s,
         replay_overlap_s=args.replay_overlap_s,
+        change_overlap_s=args.change_overlap_s,
         overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
         overlap_cover_s=args.overlap_cover_s,
         overlap_loser_max_dbm=args.overlap_loser_max_dbm,

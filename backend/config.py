@@ -213,6 +213,15 @@ class SettlementSettings:
             " by the overlap rule below, or both are held for review)."
         ),
     )
+    change_overlap_s: float = option(
+        180.0,
+        doc=(
+            "A rider seen alighting from one bus at the stop where another bus was seen"
+            " boarding them is a transfer when the legs overlap by at most this (the later"
+            " bus stood there holding for the change); longer, both are held as a"
+            " suspected replay (a cloned token boarding at the rider's stop)."
+        ),
+    )
     overlap_settle: bool = option(
         True,
         doc=(
@@ -334,6 +343,7 @@ class SettlementSettings:
             unknown_trip_gap_s=self.unknown_trip_gap_s,
             rejoin_stop_s=self.rejoin_stop_s,
             replay_overlap_s=self.replay_overlap_s,
+            change_overlap_s=self.change_overlap_s,
             overlap_margin_db=self.overlap_margin_db if self.overlap_settle else None,
             overlap_cover_s=self.overlap_cover_s,
             overlap_loser_max_dbm=self.overlap_loser_max_dbm,

@@ -710,15 +710,15 @@ def _change_at_s05(
     ]
 
 
-@pytest.mark.parametrize("wait_s", [61.0, 90.0, 240.0])
+@pytest.mark.parametrize("wait_s", [61.0, 90.0, 180.0])
 def test_a_change_of_buses_at_one_stop_is_a_transfer_however_long_they_overlap(
     feed: Feed, wait_s: float
 ) -> None:
     """b2 reached S05 before b1 and waited: the edge saw b1's rider alight at S05 and b2's
     board there, their legs overlapping by the time both buses stood at S05 (over the
-    60 s replay tolerance). Both buses saw the change at one stop: a transfer, both legs
-    charged (unseen seed 36, cell 11: five riders changing 17 -> G6000 at BD005 held on
-    both buses, uncharged)."""
+    60 s replay tolerance, up to change_overlap_s, 180 s). Both buses saw the change at
+    one stop: a transfer, both legs charged (unseen seed 36, cell 11: five riders
+    changing 17 -> G6000 at BD005 held on both buses, uncharged)."""
     js = _builder(feed).build(_change_at_s05(wait_s))
     assert _leg_flags(js) == {"b1": (), "b2": ()}
     (j,) = js
@@ -751,6 +751,43 @@ def test_a_change_at_one_stop_heard_first_as_a_tentative_piece_is_a_transfer(fee
     (j,) = js
     assert j.legs[1].board_t == T0 + 200  # 100 s before b1 closed its doors
     assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("merged",))]
+
+
+@pytest.mark.parametrize("wait_s", [180.5, 240.0, 290.0])
+def test_a_cloned_token_boarding_at_the_riders_stop_before_they_get_there_is_held(
+    feed: Feed, wait_s: float
+) -> None:
+    """A copy of r1's token boards b2 at S05, the stop where r1 will leave b1, and rides
+    on to S15 while r1 is still riding b1 towards S05 (up to 290 s before b1 closes its
+    doors there; r1 boarded b1 300 s before). By the events alone it is a change at one
+    stop, b2 boarding before b1 let r1 off; but longer than change_overlap_s (180 s) is
+    no bus holding at S05 for the change: both legs held as a suspected replay, neither
+    charged (81ba5d3 made any such overlap a transfer, charging r1 for the clone's
+    ride)."""
+    js = _builder(feed).build(_change_at_s05(wait_s))
+    assert b_charged(js) == []
+    assert _leg_flags(js) == {
+        "b1": ("review", "suspected_replay"),
+        "b2": ("review", "suspected_replay"),
+    }
+    assert sorted(j.legs[0].bus_id for j in js) == ["b1", "b2"]
+
+
+def test_the_bound_on_a_change_at_one_stop_is_the_policys(feed: Feed) -> None:
+    """``change_overlap_s`` sets the bound: 240 s of b2 holding at S05 is a transfer
+    under a 300-s bound, 90 s is held under a 60-s one (as before 81ba5d3), and 0 holds
+    every change at one stop past replay_overlap_s."""
+    assert b_charged(_builder(feed, change_overlap_s=300.0).build(_change_at_s05(240.0))) == [
+        "b1",
+        "b2",
+    ]
+    for bound in (60.0, 0.0):
+        js = _builder(feed, change_overlap_s=bound).build(_change_at_s05(90.0))
+        assert b_charged(js) == []
+        assert all("suspected_replay" in j.flags for j in js)
+    # within replay_overlap_s a change is a transfer whatever the bound (not a conflict)
+    js = _builder(feed, change_overlap_s=0.0).build(_change_at_s05(50.0))
+    assert b_charged(js) == ["b1", "b2"]
 
 
 @pytest.mark.parametrize(
@@ -1396,6 +1433,8 @@ def test_strength_is_weighted_by_time_not_the_loudest_segment(feed: Feed) -> Non
         {"overlap_cover_s": -1.0},
         {"overlap_loser_under_riders_db": 0.0},
         {"replay_overlap_s": -1.0},
+        {"change_overlap_s": -1.0},
+        {"change_overlap_s": float("nan")},
         {"stitch_gap_s": float("nan")},
     ],
 )
@@ -1411,6 +1450,7 @@ def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
         ("", {"BUSBELL_SETTLEMENT__OVERLAP_MARGIN_DB": "-3"}, "overlap_margin_db"),
         ("[settlement]\noverlap_cover_s = -60\n", {}, "overlap_cover_s"),
         ("[settlement]\nreplay_overlap_s = -1\n", {}, "replay_overlap_s"),
+        ("", {"BUSBELL_SETTLEMENT__CHANGE_OVERLAP_S": "-1"}, "change_overlap_s"),
         ("[settlement]\ntentative_points = 0\n", {}, "tentative_points"),
         ("", {"BUSBELL_SETTLEMENT__TENTATIVE_GAP_S": "-1"}, "tentative_gap_s"),
         ("[settlement]\ntentative_spread_db = -2.0\n", {}, "tentative_spread_db"),
@@ -1521,6 +1561,7 @@ def test_settlement_config_loser_under_riders_default_value_and_off(tmp_path: Pa
         (["--overlap-margin-db", "nan"], "not a finite number"),
         (["--overlap-cover-s", "-1"], "must be >= 0"),
         (["--replay-overlap-s", "x"], "not a number"),
+        (["--change-overlap-s", "-1"], "must be >= 0"),
         (["--overlap-loser-max-dbm", "loud"], "not a number"),
         (["--tentative-points", "0"], "must be >= 1"),
         (["--tentative-points", "2.5"], "not a whole number"),

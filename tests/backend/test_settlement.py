@@ -46,6 +46,7 @@ from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._settlement import (
     EVIDENCE_INVALID,
+    SUSPECTED_REPLAYS,
     TENTATIVE_LINKS_DELETED,
     SettlementWorker,
     _segment_of_row,
@@ -1284,6 +1285,47 @@ async def test_a_change_of_buses_at_one_stop_settles_online_as_offline(env: Env)
         "adult",
     )
     await _recomputed_as_offline(env, events, "r0001")
+
+
+async def test_a_cloned_token_at_the_riders_stop_is_held_online_as_offline(env: Env) -> None:
+    """A copy of r0001's token boards bus-02 (R2) at S05 300 s before bus-01 lets r0001
+    off there, and rides on: longer than change_overlap_s (180 s), no change a bus
+    waits for. Both legs held as a suspected replay online as offline, neither charged;
+    each counted and logged ``suspected_replay_held`` once (r0001's own ride too, charged
+    before the clone's events came), not again when the rider-day is recomputed."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=5, t=T0)  # 400 s at 8 m/s
+    w.ride("r0001", "bus-02", board=5, alight=12, t=T0 + 100, route_id="R2", trip_id="T2")
+    events = [e for c in env.world.buses.values() for e in c.events]
+    before = SUSPECTED_REPLAYS._value.get()
+    # bus-01's events first: r0001's own ride, charged (its journey id is the leg's)
+    await env.ingest(env.world.buses["bus-01"].events)
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    assert report.charges == 1
+    assert report.suspected_replays == 0
+    assert not [e for e in logs if e["event"] == "suspected_replay_held"]
+    # then the clone's: the charged ride is held now, under the same journey id
+    await env.ingest(env.world.buses["bus-02"].events)
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    held = [e for e in logs if e["event"] == "suspected_replay_held"]
+    assert sorted((e["bus_id"], e["board_stop_id"], e["alight_stop_id"]) for e in held) == [
+        ("bus-01", "S01", "S05"),
+        ("bus-02", "S05", "S12"),
+    ]
+    assert {e["rider_id"] for e in held} == {"r0001"}
+    assert report.suspected_replays == 2
+    assert report.to_json()["suspected_replays"] == 2
+    assert SUSPECTED_REPLAYS._value.get() == before + 2
+    js = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [(j["charged"], j["fare_krw"]) for j in js] == [(False, 0), (False, 0)]
+    assert all("suspected_replay" in j["flags"] for j in js)
+    with capture_logs() as logs:
+        offline = await _recomputed_as_offline(env, events, "r0001")
+    assert not [e for e in logs if e["event"] == "suspected_replay_held"]
+    assert SUSPECTED_REPLAYS._value.get() == before + 2
+    assert [j.charged for j in offline.journeys] == [False, False]
 
 
 async def test_a_change_from_a_bus_driven_beside_settles_online_as_offline(env: Env) -> None:
