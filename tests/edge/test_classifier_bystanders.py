@@ -308,6 +308,7 @@ def _beside_to_s2(
     riders_dbm: float = -52.0,
     glitches: tuple[float, ...] = (),
     beside_dbm: tuple[float, float] = (-67.0, -69.0),
+    first_dbm: float | None = None,
 ) -> tuple[list[tuple[str, str]], list[int]]:
     """Someone never aboard beside the doors as the bus pulls out of S1 (a cyclist on the
     kerb side): silent while the doors stood open, first heard 4.5 s after they closed,
@@ -316,9 +317,12 @@ def _beside_to_s2(
     is at S2 (1000 m on); someone
     across the road heard every 10 s at ``floor_dbm`` (the weakest the bus decodes);
     ``no_rssi``: a device whose RSSI the scanner does not report (-127), heard every 5 s;
-    ``glitches``: one advert each at S1 at those levels, from tokens heard once. Its legs,
-    each rider's leg count."""
+    ``glitches``: one advert each at S1 at those levels, from tokens heard once;
+    ``first_dbm``: one such advert the first the bus decodes. Its legs, each rider's leg
+    count."""
     w = World()
+    if first_dbm is not None:
+        w.add(Token("first", lambda world: first_dbm if world.t - T0 < 0.5 else None))
     riders = [w.add(Token(f"rd{i}", lambda _: riders_dbm)) for i in range(3)]
     w.add(Token("far", lambda world: floor_dbm if (world.t - T0) % 10.0 < 0.5 else None))
     if no_rssi:
@@ -380,6 +384,16 @@ def test_a_few_spurious_weak_readings_do_not_lower_the_receivers_floor() -> None
     legs, rides = _beside_to_s2(
         floor_dbm=-80.0, glitches=(-104.0, -105.0, -106.0, -107.0, -108.0, -109.0, -110.0)
     )
+    assert legs == [("S1", "S2")]
+    assert rides == [1, 1, 1]
+
+
+def test_one_spurious_weak_reading_first_of_all_does_not_set_the_receivers_floor() -> None:
+    # the floor is unknown (+inf) until the bus has decoded eight adverts: a glitch at -110
+    # dBm as the very first advert, then only adverts above it, would otherwise be the
+    # floor for the bus's life (``_note_low`` counts only adverts under the floor) and the
+    # same weak token at the floor (-80 dBm) barred 12 dB below the riders
+    legs, rides = _beside_to_s2(floor_dbm=-80.0, first_dbm=-110.0)
     assert legs == [("S1", "S2")]
     assert rides == [1, 1, 1]
 

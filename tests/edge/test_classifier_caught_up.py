@@ -20,10 +20,13 @@ _CAR_DB = -86.0
 """The caught-up token's level beside the bus: 24 dB below the riders (-62 dBm)."""
 
 
-def _behind_then_beside(rides_on: bool, beside_db: float) -> Callable[[World], float | None]:
+def _behind_then_beside(
+    rides_on: bool, beside_db: float, wobble_db: float = 2.0
+) -> Callable[[World], float | None]:
     """Heard at S1's doors for their last 11 s (-90..-70 dBm, drawing up behind the bus),
-    silent for the first 280 m past S1, then heard every second at ``beside_db`` +-2 dB while
-    the bus drives on, and at S2's doors for 3 s; past S2 heard only if ``rides_on``."""
+    silent for the first 280 m past S1, then heard every second at ``beside_db`` +-
+    ``wobble_db`` while the bus drives on, and at S2's doors for 3 s; past S2 heard only if
+    ``rides_on``."""
 
     def f(world: World) -> float | None:
         v = world.visit
@@ -37,7 +40,7 @@ def _behind_then_beside(rides_on: bool, beside_db: float) -> Callable[[World], f
             return beside_db if world.seq == 2 and world.t - v.open_t < 3.0 else None
         if round(world.t * 2) % 2:
             return None
-        return beside_db + (2.0 if round(world.t) % 2 else -2.0)
+        return beside_db + (wobble_db if round(world.t) % 2 else -wobble_db)
 
     return f
 
@@ -102,3 +105,40 @@ def test_a_sparse_token_far_below_the_riders_never_apart_boards_on_one_hop() -> 
     tok = w.add(Token("bag", bag))
     out = _s1_s2_s3(w)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
+
+
+def test_a_token_that_lost_the_bus_exactly_20_db_below_the_riders_boards_on_one_hop() -> None:
+    # the bound is lenient, as in _barred: heard at exactly 20 dB below the riders (-62 dBm)
+    # after its silence as the bus left, for one hop: charged S1 -> S2 (held with ``<=``)
+    w = World()
+    add_riders(w, -62.0)
+    tok = w.add(Token("edge", _behind_then_beside(False, -82.0, 0.0)))
+    out = _s1_s2_s3(w)
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S1", "S2")]
+
+
+def _apart_at_s1_then_bag_from_s2(world: World) -> float | None:
+    """Heard every second at S1's open doors, 24 dB below the riders, silent as the bus
+    leaves S1 and all the way to S2 (apart from the bus in S1's hop); from S2's doors on
+    heard every 16 s at that level, never silent past its own rhythm's fade time, and once
+    at S3's doors, 2 s after they opened."""
+    v = world.visit
+    assert v is not None
+    if world.seq == 1:
+        return _CAR_DB if v.close_t is None and round(world.t * 2) % 2 == 0 else None
+    if world.seq >= 3:
+        return _CAR_DB if world.seq == 3 and world.t - v.open_t == 2.0 else None
+    return _CAR_DB if round(world.t * 2) % 32 == 0 else None
+
+
+def test_a_token_apart_in_an_earlier_stops_hop_boards_on_one_hop_from_a_later_stop() -> None:
+    # ``tk_apart`` names the hop it was apart in: silent past its fade time after S1 (as
+    # S1's candidate, dropped), it is S2's candidate from S2's doors on, heard at its own
+    # sparse rhythm through S2's hop, never apart there: it boards on co-movement for one
+    # hop, S2 -> S3, as the never-apart token above (not held to riding on past S3)
+    w = World()
+    add_riders(w, -62.0)
+    tok = w.add(Token("bag", _apart_at_s1_then_bag_from_s2))
+    out = _s1_s2_s3(w)
+    assert w.c._rids[tok.rid(w.t)].tk_apart == 1
+    assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S3")]
