@@ -1691,6 +1691,8 @@ class PresenceClassifier:
             if not recent:
                 r.co_only = True
             return  # co-movement evidence may still come (sparse), or is coming
+        elif not recent and (self._rider_held(r, t) or self._successor_held(r, t)):
+            return  # a rotated rider's new rid, silent while the bus moves: held as the rider
         elif not recent:
             self._drop(r, Event.FADE, out)
         elif (
@@ -2182,6 +2184,77 @@ class PresenceClassifier:
         if old is None:
             return False
         return self._silent_s(r, t) <= self._fade_s(old) or self._moving_silence(r, t)
+
+    def _rider_held(self, r: _Rid, t: float) -> bool:
+        """Whether a candidate paired with a rotated rider's old rid is held through a silence.
+
+        The pairing linked it to a rider aboard (``_PRED_ONBOARD``); made the candidate of
+        the stop whose doors opened while it was still rotating, it would be dropped as a
+        candidate silent for ``reject_distance_m``, and its old rid's ride ended where the
+        new rid was last heard: at that stop if within ``lost_after_m`` of it. A rider is
+        not dropped for a silence while the bus moves (:meth:`_moving_silence`), nor is
+        the new rid while it is rotating (:meth:`_rides_on`): it is held until the next
+        door opening has closed and ``fade_timeout_s`` passed (at most ``lost_wait_s``).
+        Where it ends is unchanged (the old rid's end by the fade rules at the new rid's
+        last in-bus advert), unless it is heard aboard again meanwhile: then the ride
+        went on (full scale, tuning seed 2, -25 dBm, ``shared_stop_three_routes``
+        r-00070: heard 35 m past BD006, silent for 600 m, heard again approaching BD007
+        and at its doors; charged BD003 -> BD006 for BD003 -> BD007).
+        """
+        p = self.params
+        if r.pred != _PRED_ONBOARD or r.rid not in self._pending:
+            return False
+        last = max(r.last_in_t, self._resume_t)
+        if p.lost_wait_s <= 0.0 or t - last > p.lost_wait_s:
+            return False
+        w = self._visit_after(r.last_in_t + p.alight_pre_s)
+        return w is None or w.close_t is None or t - w.close_t <= p.fade_timeout_s
+
+    def _successor_held(self, r: _Rid, t: float) -> bool:
+        """Whether an unpaired candidate that began at a rotation is held through a silence.
+
+        First heard between stops (after its stop's doors closed), at most
+        ``tentative_window_s`` (token time) into its interval, while a rider's rid of the
+        interval before waits unpaired in the rotation pool (held through its own moving
+        silence) with a clock offset within ``skew_tolerance_s`` and a level within
+        ``sparse_fall_db`` of this rid's first: the rider's new rid, most likely, first
+        heard past the pairing's window (a weak token's payload change lost with the
+        adverts around it). Nobody boards between stops, and a rider is not dropped for a
+        silence while the bus moves: it is held until the next door opening has closed
+        and ``fade_timeout_s`` passed (at most ``lost_wait_s``), and the candidate rules
+        board it if it goes on moving with the bus (full scale, tuning seed 2, weak radio
+        corner, ``transfer_two_buses`` r-00067: its new rid first heard 34 s after the old
+        rid's last advert on the highway hop to SE001, dropped 600 m into a silence, then
+        heard moving with the bus 60 times more, never judged again; charged to SE001 for
+        SE002). The pairing is not changed: the old rid's ride is closed by the fade rules
+        as before, and settlement joins the two rides of the bus trip into one leg.
+        """
+        p = self.params
+        v = r.visit
+        if (
+            r.pred != _PRED_NONE
+            or r.start is not None
+            or v is None
+            or v.close_t is None
+            or r.first_t <= v.close_t
+            or r.first_token_t - r.interval * INTERVAL_S > p.tentative_window_s
+            or p.lost_wait_s <= 0.0
+            or t - max(r.last_in_t, self._resume_t) > p.lost_wait_s
+        ):
+            return False
+        w = self._visit_after(r.last_in_t + p.alight_pre_s)
+        if not (w is None or w.close_t is None or t - w.close_t <= p.fade_timeout_s):
+            return False
+        taken = set(self._match.values())
+        return any(
+            kind == _PRED_ONBOARD
+            and o.interval == r.interval - 1
+            and o.rid not in taken
+            and o.last_t < r.first_t
+            and _clock_gap(o, r) <= p.skew_tolerance_s
+            and abs(r.ewma0 - o.ewma) <= self._sparse_fall
+            for o, kind, _ in self._olds.values()
+        )
 
     def _take_over(self, r: _Rid) -> bool:
         """A silent new rid paired with a candidate's old rid becomes that candidate.

@@ -604,6 +604,10 @@ def test_new_rid_of_an_alighting_rider_resolves_the_old_segment_as_alighted() ->
     w.dwell("S2", 10)
     phase["v"] = "gone"
     w.move(700)  # the new rid stays a candidate until reject_distance_m (sparse evidence)
+    # paired with the rider's old rid, it is held through that silence as the rider would
+    # be, until the next doors have closed; where the ride ended is the same
+    w.dwell("S3", 10)
+    w.move(300)
     (seg,) = by_name(w.out, tok)
     assert (seg.end.cause, seg.end.stop_id) == ("alighted", "S2")
 
