@@ -391,6 +391,18 @@ def _door_stuck(rng: random.Random, full: bool) -> ScenarioSpec:
     )
 
 
+def _sunae_changer(ids: _Ids, rng: random.Random) -> PersonSpec:
+    """A rider on the 17 to Sunae (BD005), then on the G6000 from Sunae towards Seoul."""
+    return _rider(
+        ids,
+        rng,
+        [
+            LegSpec("bus-17-01", rng.randint(0, 2), 4),
+            LegSpec("bus-G6000-01", 1, rng.randint(3, 5)),
+        ],
+    )
+
+
 def _transfer(rng: random.Random, full: bool) -> ScenarioSpec:
     ids = _Ids()
     buses = [
@@ -401,17 +413,7 @@ def _transfer(rng: random.Random, full: bool) -> ScenarioSpec:
     persons: list[PersonSpec] = []
     n = 12 if full else 5
     for _ in range(n):
-        # 17 to Sunae (BD005), then G6000 from Sunae towards Seoul
-        persons.append(
-            _rider(
-                ids,
-                rng,
-                [
-                    LegSpec("bus-17-01", rng.randint(0, 2), 4),
-                    LegSpec("bus-G6000-01", 1, rng.randint(3, 5)),
-                ],
-            )
-        )
+        persons.append(_sunae_changer(ids, rng))
         # 17 to Seohyeon (BD006), then 55 to Pangyo
         persons.append(
             _rider(
@@ -458,17 +460,7 @@ def _bunched(rng: random.Random, full: bool) -> ScenarioSpec:
     persons: list[PersonSpec] = []
     n = 12 if full else 5
     for _ in range(n):
-        # 17 to Sunae (BD005), then the waiting G6000 towards Seoul
-        persons.append(
-            _rider(
-                ids,
-                rng,
-                [
-                    LegSpec("bus-17-01", rng.randint(0, 2), 4),
-                    LegSpec("bus-G6000-01", 1, rng.randint(3, 5)),
-                ],
-            )
-        )
+        persons.append(_sunae_changer(ids, rng))  # to the waiting G6000
     for _ in range(n // 2):
         # G6000 from BD003, beside the 17 to BD005 and on
         persons.append(_rider(ids, rng, [LegSpec("bus-G6000-01", 0, rng.randint(2, 5))]))
