@@ -30,7 +30,11 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    also decoded far fewer of the token's adverts), any other long overlap held but a
    change of buses at one stop (the earlier leg alighting where the later boarded); a
    bus that drove beside the rider's until it let them off at S and carried them on
-   past a further stop boards them at S (:func:`backend._overlaps.changes_beside`).
+   past a further stop boards them at S (:func:`backend._overlaps.changes_beside`; the
+   earlier bus the stronger, or the later one hearing the rider far further under its
+   riders); a leg stitched on past its alighting at S, where the rider boarded a bus
+   bunched beside, ends at S when its bus heard the rest far under its riders
+   (:func:`backend._overlaps.changes_bunched`; the rest is held, ``overlap_dropped``).
 5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m`` (overlapping
    segments counted once).
@@ -76,7 +80,7 @@ from backend._legs import (
     Segment,
     chargeable,
 )
-from backend._overlaps import changes_beside, settle_overlaps
+from backend._overlaps import changes_beside, changes_bunched, settle_overlaps
 from backend._tentative import settle_tentative
 from busbell._gtfs import Feed
 
@@ -453,6 +457,28 @@ class JourneyBuilder:
             return None
         return dataclasses.replace(self._moved(leg, stop, leg.alight_stop_id), board_t=t)
 
+    def _split_at(
+        self, leg: Leg, stop: str, by_id: Mapping[str, Segment]
+    ) -> tuple[Leg, Leg] | None:
+        """``leg`` up to its last segment that ended ``alighted`` at ``stop``, and the rest.
+
+        ``None`` unless such a segment is followed by segments ending after it (a leg
+        stitched on past an alighting: a rid rotating at the door, heard on from beside;
+        :func:`backend._overlaps.changes_bunched`).
+        """
+        chain = sorted((by_id[e] for e in leg.event_ids if e in by_id), key=_SEGMENT_ORDER)
+        ends = [s.end_t for s in chain if s.end_cause == "alighted" and s.end_stop_id == stop]
+        if not ends:
+            return None
+        cut = max(t for t in ends if t < leg.alight_t) if min(ends) < leg.alight_t else None
+        if cut is None:
+            return None
+        head = [s for s in chain if s.end_t <= cut]
+        tail = [s for s in chain if s.end_t > cut]
+        if not head or not tail:
+            return None
+        return self._leg(head), self._leg(tail)
+
     def _moved(self, leg: Leg, board: str | None, alight: str | None) -> Leg:
         distance = (
             None  # a penalty leg keeps its penalty (the route's longest distance)
@@ -477,8 +503,14 @@ class JourneyBuilder:
         cat = category or self.policy.category
         segments, _ = settle_tentative(list(segments), self.policy)
         legs = self.stitch(segments)
+        tails: list[Leg] = []
+        if len(legs) > 1:
+            seg_by_id = {s.event_id: s for s in segments}
+            legs, tails = changes_bunched(
+                legs, self.policy, lambda leg, stop: self._split_at(leg, stop, seg_by_id)
+            )
         legs = changes_beside(legs, self.policy, self._board_at)
-        legs = self.join_trips(settle_overlaps(legs, self.policy))
+        legs = self.join_trips([*settle_overlaps(legs, self.policy), *tails])
         held = [leg for leg in legs if not chargeable(leg)]
         to_charge = [leg for leg in legs if chargeable(leg)]
         out: list[Journey] = []

@@ -17,7 +17,10 @@ the weaker one sounds like a rider heard through the bus's windows (not above
 its own bus carried), the rider was on the stronger bus and the other drove alongside:
 the weaker leg is dropped (``overlap_dropped``, never charged) and the stronger one
 charged (``overlap_resolved``).
-This also drops a short weak hop lying wholly within another bus's leg. A rider seen
+This also drops a short weak hop lying wholly within another bus's leg. Before these
+rules, two buses that ran together to the stop where the rider changed are untangled:
+:func:`changes_beside` (the later bus heard them beside from an earlier stop) and
+:func:`changes_bunched` (the earlier bus heard them on, beside, past the change). A rider seen
 alighting from one bus at the stop where the other bus was seen boarding them, later, is
 a transfer when the legs overlap by at most ``change_overlap_s`` (the two buses stood at
 that stop together, the later one holding for the change); a longer overlap is no
@@ -42,7 +45,7 @@ from backend._legs import (
     Leg,
 )
 
-__all__ = ["changes_beside", "overlap_winner", "settle_overlaps"]
+__all__ = ["changes_beside", "changes_bunched", "overlap_winner", "settle_overlaps"]
 
 
 def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
@@ -313,8 +316,12 @@ def changes_beside(
     ended, ending after it, at another stop than ``S``, overlapping it by more than
     ``replay_overlap_s``, with nothing settling the pair (:func:`overlap_winner`): when
     ``first``'s bus heard the rider the stronger over the common time by the evidence
-    that settles overlaps (:func:`_evidence`), the rider rode ``first`` until ``S`` and
-    ``beside``'s bus drove beside it until then (two buses leaving one stop together);
+    that settles overlaps (:func:`_evidence`), or ``beside``'s bus heard them far further
+    under its riders than ``first``'s under its own (:func:`_heard_beside`: the level
+    relative to the riders, where the RSSI margin falls short; tuning cell 1 seed 2,
+    ``transfer_bunched``, r-00080: 6 dB weaker, 12 dB further under), the rider rode
+    ``first`` until ``S`` and ``beside``'s bus drove beside it until then (two buses
+    leaving one stop together);
     the rider changed to it at ``S``. ``board_at(beside, S, first.alight_t)`` gives the
     leg boarded there, or ``None`` when ``S`` is not a stop of its trip after its boarding
     stop with its alighting stop past the next one (then nothing changes: a bus beside
@@ -337,11 +344,93 @@ def changes_beside(
             ):
                 continue
             won = _evidence(first, beside, policy)
-            if won is not None and won[0] is first:
+            if (won is not None and won[0] is first) or _heard_beside(
+                beside, first, (beside.board_t, first.alight_t), policy
+            ):
                 moved = board_at(beside, stop, first.alight_t)
                 if moved is not None:
                     out[k] = moved
     return out
+
+
+def _heard_beside(
+    beside: Leg,
+    ride: Leg,
+    span: tuple[float, float],
+    policy: JourneyPolicy,
+    ride_span: tuple[float, float] | None = None,
+) -> bool:
+    """Whether ``beside``'s bus heard the rider over ``span`` as through windows, ``ride``'s not.
+
+    At least ``overlap_loser_under_riders_db`` below the riders ``beside``'s bus carried
+    and that much further below them than ``ride``'s bus heard the rider below its own
+    over ``ride_span`` (default ``span``; the events' ``riders_lvl``): one token is heard
+    about as far under the riders of any bus it rides, at any power, so the bus that
+    heard it that much further under did not carry it then. ``False`` when the events do
+    not say (or ``overlap_loser_under_riders_db`` is ``None``).
+    """
+    under = policy.overlap_loser_under_riders_db
+    if under is None:
+        return False
+    far = beside.under_riders(*span)
+    near = ride.under_riders(*(ride_span or span))
+    return far is not None and near is not None and far >= under and far - near >= under
+
+
+def changes_bunched(
+    legs: Sequence[Leg],
+    policy: JourneyPolicy,
+    split_at: Callable[[Leg, str], tuple[Leg, Leg] | None],
+) -> tuple[list[Leg], list[Leg]]:
+    """Legs cut where the rider changed to a bus bunched beside: ``(legs, tails dropped)``.
+
+    Two buses halting together and running bunched to stop ``S``, where the later one
+    waits for the change: the first bus's edge saw the rider alight at ``S`` but heard
+    them on, through both buses' windows, on the bus beside (a rid rotating at the door
+    starts a new segment there), so its leg was stitched on past ``S`` over the time the
+    rider rode the other one, and the two legs overlapped as a suspected replay (issue
+    11: unseen seeds 36 and 40, ``transfer_bunched``). Of two legs of one rider on two
+    buses, ``first`` and ``later`` (boarded at a named stop ``S``, not ``partial``, during
+    ``first``'s leg, alighting after it): ``split_at(first, S)`` gives ``first``'s
+    segments up to its last alighting at ``S`` (``head``) and those after (``tail``), or
+    ``None``. When ``first``'s bus heard the ``tail`` at least
+    ``overlap_loser_under_riders_db`` below its riders, and that much further below them
+    than it heard the ``head`` and than ``later``'s bus heard the rider over the tail's
+    time (:func:`_heard_beside`, twice: the level relative to the riders is the token's,
+    so the same bus hearing it that much further under after ``S`` no longer carried it),
+    ``first`` ends at ``S`` (``head``) and the ``tail`` is returned flagged
+    ``overlap_dropped`` (held, never charged; the caller keeps it out of the overlap
+    rules). A cloned token on a bus that was never beside leaves the rider's own bus
+    hearing its token as a rider after ``S``: nothing is cut, the overlap held.
+    """
+    if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
+        return list(legs), []
+    out = list(legs)
+    tails: list[Leg] = []
+    for k in range(len(out)):
+        for later in legs:
+            first = out[k]
+            stop = later.board_stop_id
+            if (
+                stop is None
+                or later.bus_id == first.bus_id
+                or FLAG_PARTIAL in later.flags
+                or not first.board_t < later.board_t < first.alight_t < later.alight_t
+            ):
+                continue
+            got = split_at(first, stop)
+            if got is None:
+                continue
+            head, tail = got
+            span = (max(tail.board_t, later.board_t), min(tail.alight_t, later.alight_t))
+            if (
+                span[0] < span[1]
+                and _heard_beside(tail, later, span, policy)
+                and _heard_beside(tail, head, span, policy, (head.board_t, head.alight_t))
+            ):
+                out[k] = head
+                tails.append(tail.with_flags(FLAG_OVERLAP_DROPPED))
+    return out, tails
 
 
 def _changed_at(first: Leg, later: Leg, bound_s: float) -> bool:

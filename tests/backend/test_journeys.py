@@ -988,6 +988,86 @@ def test_a_piece_heard_beside_before_the_change_does_not_board_the_next_bus(
     assert piece.event_id not in j.legs[1].event_ids
 
 
+def test_a_bus_beside_heard_far_under_its_riders_boards_where_the_rider_got_off(
+    feed: Feed,
+) -> None:
+    """b1 heard r1 -61 dBm, 6 dB under its riders, b2 beside it -67, 18 dB under its own
+    (tuning cell 1 seed 2, transfer_bunched, r-00080: G6000 from BD003 beside the 17):
+    only 6 dB apart, no advert rate, so the RSSI evidence did not decide and both legs
+    were held. Relative to the riders aboard (the token's own level, at any power) b2
+    heard r1 12 dB further under than b1: b1 carried them to S05, where they changed."""
+    segs = _beside_to_s05(-67.0)
+    segs[0] = dataclasses.replace(segs[0], rssi_med=-61.0, riders_lvl=-55.0)
+    segs[1] = dataclasses.replace(segs[1], riders_lvl=-49.0)
+    (j,) = _builder(feed).build(segs)
+    assert j.charged
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+    # guard: b2 heard r1 only 7 dB under its riders (b1: 6), a rider on b2 as on b1 (a
+    # cloned token on two buses): nothing moves, both held
+    segs[1] = dataclasses.replace(segs[1], riders_lvl=-60.0)
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert all("suspected_replay" in j.flags for j in js)
+
+
+def _bunched_to_s05(tail_rssi: float = -88.0, head_rssi: float = -57.0) -> list[Segment]:
+    """r1 rides b1 S01 -> S05 (``head_rssi``, riders -51) and changes to b2 (R2), which
+    drew up at S05 first and waited (boarded at T0 + 260, 40 s before b1 let r1 off), to
+    S15 (-56, riders -56). b1's rid rotated at the door: b1 heard the new rid from S05 on
+    to S06 (``tail_rssi``, riders -51) through both buses' windows, a segment touching
+    the first, stitched into one leg S01 -> S06 that overlapped b2's by 220 s (tuning
+    cell 1 seed 1, transfer_bunched, r-00008: both held as a suspected replay)."""
+    return [
+        seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), rssi=head_rssi, riders=-51.0),
+        seg(
+            (T0 + 300, "S05", "boarded"),
+            (T0 + 480, "S06", "alighted"),
+            rssi=tail_rssi,
+            riders=-51.0,
+        ),
+        seg(
+            (T0 + 260, "S05", "boarded"),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-56.0,
+            riders=-56.0,
+        ),
+    ]
+
+
+def test_a_change_to_a_bus_bunched_beside_ends_the_first_leg_at_the_change(feed: Feed) -> None:
+    """b1 heard r1 after S05 37 dB under its riders (6 dB before S05; b2 1 dB over its
+    own meanwhile): r1 left b1 at S05, b1 heard them on b2 beside it. b1's leg ends at
+    S05, its tail dropped (held, never charged); the change at S05 is charged."""
+    js = _builder(feed).build(_bunched_to_s05())
+    charged = [j for j in js if j.charged]
+    assert len(charged) == 1
+    assert _stops(charged) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ())]
+    held = [j for j in js if not j.charged]
+    assert _stops(held) == [("b1", "S05", "S06", ("overlap_dropped",))]
+
+
+@pytest.mark.parametrize(
+    ("tail_rssi", "head_rssi"),
+    [
+        (-57.0, -57.0),  # b1 heard r1 after S05 as before, a rider: a clone boarded b2 at S05
+        (-65.0, -57.0),  # 8 dB further under after S05: less than the 10 dB rule
+    ],
+)
+def test_a_leg_on_past_a_change_heard_as_a_rider_is_not_cut(
+    feed: Feed, tail_rssi: float, head_rssi: float
+) -> None:
+    js = _builder(feed).build(_bunched_to_s05(tail_rssi, head_rssi))
+    assert b_charged(js) == []
+    assert all("suspected_replay" in j.flags for j in js)
+    assert {x.bus_id: (x.board_stop_id, x.alight_stop_id) for j in js for x in j.legs} == {
+        "b1": ("S01", "S06"),
+        "b2": ("S05", "S15"),
+    }
+
+
 def test_same_route_again_is_a_new_journey_and_default_network(feed: Feed) -> None:
     b = _builder(feed)
     js = b.build(

@@ -1328,6 +1328,42 @@ async def test_a_cloned_token_at_the_riders_stop_is_held_online_as_offline(env: 
     assert [j.charged for j in offline.journeys] == [False, False]
 
 
+async def test_a_change_to_a_bus_bunched_beside_settles_online_as_offline(env: Env) -> None:
+    """The bunched change online as offline: bus-01 let r0001 off at S05 (-57 dBm, riders
+    -51) and heard them on to S06 37 dB under its riders (on bus-02 beside it, which drew
+    up at S05 first and waited); bus-01's leg ends at S05, its tail held, both rides of
+    the change charged (both held as a suspected replay before)."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=5, t=T0, rssi_med=-57, riders_lvl=-51.0)
+    w.ride("r0001", "bus-01", board=5, alight=6, t=T0 + 400, rssi_med=-88, riders_lvl=-51.0)
+    w.ride(
+        "r0001",
+        "bus-02",
+        board=5,
+        alight=12,
+        t=T0 + 360,
+        route_id="R2",
+        trip_id="T2",
+        rssi_med=-56,
+        riders_lvl=-56.0,
+    )
+    events = [e for c in env.world.buses.values() for e in c.events]
+    await env.ingest(events)
+    await env.worker.settle_once()
+    got = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    legs = sorted(
+        (j["charged"], x["bus_id"], x["board_stop_id"], x["alight_stop_id"])
+        for j in got
+        for x in j["legs"]
+    )
+    assert legs == [
+        (False, "bus-01", "S05", "S06"),
+        (True, "bus-01", "S01", "S05"),
+        (True, "bus-02", "S05", "S12"),
+    ]
+    await _recomputed_as_offline(env, events, "r0001")
+
+
 async def test_a_change_from_a_bus_driven_beside_settles_online_as_offline(env: Env) -> None:
     """The bus beside online as offline: bus-02 (R2) left S03 beside bus-01 and heard
     r0001 19 dB weaker until bus-01 let them off at S05, then carried them to S12 without
