@@ -457,6 +457,28 @@ class JourneyBuilder:
             return None
         return dataclasses.replace(self._moved(leg, stop, leg.alight_stop_id), board_t=t)
 
+    def _together(self, first: Leg, beside: Leg) -> bool:
+        """Whether ``first``'s bus was at ``beside``'s boarding stop when ``beside`` boarded.
+
+        That stop lies on ``first``'s trip from its boarding stop (inclusive) to before its
+        alighting stop, and ``first``'s bus passed it, by the trip's distances between the
+        leg's boarding and alighting times, within :data:`_TOGETHER_S` of ``beside``'s
+        boarding (:func:`backend._overlaps.changes_beside`).
+        """
+        seq = self._sequence(first.route_id, first.trip_id)
+        stop = beside.board_stop_id
+        if seq is None or stop is None or first.board_stop_id is None:
+            return False
+        stops, dist = seq
+        if not (first.board_stop_id in stops and stop in stops and first.alight_stop_id in stops):
+            return False
+        i, j, k = (stops.index(x or "") for x in (first.board_stop_id, stop, first.alight_stop_id))
+        if not (i <= j < k and dist[i] < dist[k]):
+            return False
+        frac = (dist[j] - dist[i]) / (dist[k] - dist[i])
+        at = first.board_t + frac * (first.alight_t - first.board_t)
+        return abs(at - beside.board_t) <= _TOGETHER_S
+
     def _split_at(
         self, leg: Leg, stop: str, by_id: Mapping[str, Segment]
     ) -> tuple[Leg, Leg] | None:
@@ -509,7 +531,7 @@ class JourneyBuilder:
             legs, tails = changes_bunched(
                 legs, self.policy, lambda leg, stop: self._split_at(leg, stop, seg_by_id)
             )
-        legs = changes_beside(legs, self.policy, self._board_at)
+        legs = changes_beside(legs, self.policy, self._board_at, self._together)
         legs = self.join_trips([*settle_overlaps(legs, self.policy), *tails])
         held = [leg for leg in legs if not chargeable(leg)]
         to_charge = [leg for leg in legs if chargeable(leg)]
@@ -594,6 +616,12 @@ def _boardings_seen(segments: Iterable[Segment]) -> frozenset[str]:
 _ON_FOOT_M_S = 2.0
 """Faster than anyone walks between two stops (a brisk walk is about 1.5 m/s): a rider
 who got from one stop to the next in less time than this allows rode a bus there."""
+
+_TOGETHER_S = 120.0
+"""How far apart in time two buses may reach a stop and still be there together (the
+rider's bus placed by its trip's distances between its boarding and alighting: +-55 s
+against the truth's door times on tuning transfer_bunched/transfer_two_buses, cells 1,
+2, 11, seeds 1-3)."""
 
 _POSITION_SLACK_M = 30.0
 """GNSS and odometer error allowed when a stop is placed from the distance travelled."""

@@ -308,6 +308,7 @@ def changes_beside(
     legs: Sequence[Leg],
     policy: JourneyPolicy,
     board_at: Callable[[Leg, str, float], Leg | None],
+    together: Callable[[Leg, Leg], bool] | None = None,
 ) -> list[Leg]:
     """Legs boarded where the rider changed to them from a bus that drove beside.
 
@@ -327,6 +328,15 @@ def changes_beside(
     stop with its alighting stop past the next one (then nothing changes: a bus beside
     may hear a rider who got off at ``S`` on to its next stop). Unsettled, such a pair was
     held on both buses, the rider charged nothing (issue 11, the unseen seed 36 shape).
+    When neither bus is the stronger by that evidence (nor by the level under the riders),
+    ``together(first, beside)`` says whether the two buses stood at ``beside``'s boarding
+    stop together (``first``'s bus there, by its trip's distances, within
+    :data:`backend._journeys._TOGETHER_S` of that boarding): two buses bunched from that
+    stop to ``S``, each hearing the rider through both buses' windows (a 5-dB shell, +3 dBm
+    tokens: tuning cell 11 seeds 3-4, ``transfer_bunched``); ``first``'s edge saw them
+    leave at ``S`` and ``beside``'s bus runs the same road to ``S``, so the change is
+    placed at ``S`` (the same distance ridden either way). A cloned token on a bus that
+    was never at that stop with the rider's is not ``together``: held.
     """
     if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
         return list(legs)
@@ -344,8 +354,16 @@ def changes_beside(
             ):
                 continue
             won = _evidence(first, beside, policy)
-            if (won is not None and won[0] is first) or _heard_beside(
-                beside, first, (beside.board_t, first.alight_t), policy
+            span = (beside.board_t, first.alight_t)
+            if (
+                (won is not None and won[0] is first)
+                or _heard_beside(beside, first, span, policy)
+                or (
+                    won is None
+                    and together is not None
+                    and not _heard_beside(first, beside, span, policy)
+                    and together(first, beside)
+                )
             ):
                 moved = board_at(beside, stop, first.alight_t)
                 if moved is not None:

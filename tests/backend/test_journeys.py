@@ -807,6 +807,9 @@ def test_an_overlap_that_is_no_change_at_one_stop_is_held(feed: Feed, case: str)
     as before (the rider cannot be on both buses; neither is clearly weaker)."""
     if case == "b1 rode on past S05":
         segs = _change_at_s05(90.0, b1_alights="S08")
+        # boarded at S04: b1 passed S05 about T0 + 75, 135 s before b2 boarded there (not
+        # together; from S01 b1 would be at S05 about T0 + 171, bunched with b2 to S08)
+        segs[0] = dataclasses.replace(segs[0], start_stop_id="S04")
     elif case == "b1 lost them":
         segs = _change_at_s05(90.0, b1_end="lost")
     else:
@@ -916,6 +919,10 @@ def test_a_bus_beside_that_is_no_change_stays_held(feed: Feed, case: str) -> Non
     )
     if case == "b2 boarded before b1":
         segs[1] = dataclasses.replace(segs[1], start_t=T0 - 30)
+    elif case == "b1 not the stronger":
+        # b2 boarded S03 at T0 + 20, b1 there about T0 + 150 (by its trip's distances):
+        # not together (at T0 + 100 they are: bunched from S03, the change is at S05)
+        segs[1] = dataclasses.replace(segs[1], start_t=T0 + 20)
     elif case == "b2 the stronger":
         segs[0] = dataclasses.replace(segs[0], rssi_med=-65.0, riders_lvl=-60.0)
         segs[1] = dataclasses.replace(segs[1], riders_lvl=-52.0)
@@ -1003,11 +1010,49 @@ def test_a_bus_beside_heard_far_under_its_riders_boards_where_the_rider_got_off(
     assert j.charged
     assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
     # guard: b2 heard r1 only 7 dB under its riders (b1: 6), a rider on b2 as on b1 (a
-    # cloned token on two buses): nothing moves, both held
-    segs[1] = dataclasses.replace(segs[1], riders_lvl=-60.0)
+    # cloned token on two buses), b2 boarding S03 130 s before b1 was there (not
+    # together): nothing moves, both held
+    segs[1] = dataclasses.replace(segs[1], riders_lvl=-60.0, start_t=T0 + 20)
     js = _builder(feed).build(segs)
     assert b_charged(js) == []
     assert all("suspected_replay" in j.flags for j in js)
+
+
+@pytest.mark.parametrize("b2_board_s", [20.0, -200.0])
+def test_two_buses_bunched_from_one_stop_change_where_the_first_let_the_rider_off(
+    feed: Feed, b2_board_s: float
+) -> None:
+    """b1 and b2 halted at S03 together and ran bunched to S05 (a 5-dB shell, +3 dBm
+    tokens: tuning cell 11 seed 3, ``transfer_bunched``, r-00029): b1 saw r1 board at S03
+    and leave at S05 (-56 dBm, 16 dB under its riders), b2 confirmed them boarding at S03
+    20 s later (-55, 8 dB under its riders) and carried them to S15. Neither bus is the
+    stronger by any rule: both were held. b1 was at S03 when b2 boarded them there (the
+    buses together), b1's edge saw them leave at S05 on b2's road: the change is at S05.
+    Guard: b2 boarding S03 200 s before b1 was there (never together: a cloned token)
+    stays held."""
+    segs = [
+        seg((T0, "S03", "boarded"), (T0 + 270, "S05", "alighted"), rssi=-56.0, riders=-40.0),
+        seg(
+            (T0 + b2_board_s, "S03", "boarded"),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-55.0,
+            riders=-47.0,
+        ),
+    ]
+    if b2_board_s < 0:
+        segs[0] = dataclasses.replace(segs[0], start_t=T0 - 100)  # b2 still within b1
+        segs[1] = dataclasses.replace(segs[1], start_t=T0 - 50)
+        segs[0] = dataclasses.replace(segs[0], start_stop_id="S01")  # b1 at S03 ~T0 + 85
+        js = _builder(feed).build(segs)
+        assert b_charged(js) == []
+        assert all("suspected_replay" in j.flags for j in js)
+        return
+    (j,) = _builder(feed).build(segs)
+    assert j.charged
+    assert _stops([j]) == [("b1", "S03", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
 
 
 def _bunched_to_s05(tail_rssi: float = -88.0, head_rssi: float = -57.0) -> list[Segment]:
