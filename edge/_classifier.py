@@ -1363,8 +1363,14 @@ class PresenceClassifier:
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:
+                silent = t - r.last_in_t
                 if (
-                    (t - r.last_in_t > self._fade_s(r) and self._silent_s(r, t) > self._fade_s(r))
+                    (
+                        # (its fade time is never below fade_timeout_s: most riders end here)
+                        silent > p.fade_timeout_s
+                        and silent > self._fade_s(r)
+                        and self._silent_s(r, t) > self._fade_s(r)
+                    )
                     or (
                         # its interval is over by its token's clock (t - d_min is a lower
                         # bound of the token's time) and it was heard to the end: it can
@@ -1649,8 +1655,8 @@ class PresenceClassifier:
             and away
             and not r.co_only
             and not r.fell
-            and not self._drew_up(r, v)
             and r.last_in_t - r.span_t >= p.confirm_stretch_s
+            and not self._drew_up(r, v)
             and t - v.close_t >= p.confirm_min_s
             and self._convoy_ok(r)
         ):
@@ -2711,13 +2717,6 @@ class PresenceClassifier:
         self._match.clear()
         if not news:
             return
-        # a new rid sent from the BLE address of another live rid of the old interval is
-        # that rid's successor (phones keep their address across a rid rotation)
-        claimed = {
-            (r.interval, r.addr)
-            for r in self._rids.values()
-            if r.addr and (r.state == _CANDIDATE or r.state == _ONBOARD)  # noqa: PLR1714
-        }
         taken: set[bytes] = set()
         done: set[bytes] = set()
         # a token's own next rid, sent from its address, before any guess from timing
@@ -2726,6 +2725,15 @@ class PresenceClassifier:
             done.add(o)
             taken.add(n)
             self._pair(o, news[n])
+        if len(done) == len(self._olds):
+            return  # (every pooled rid paired by its address: a crowd of phones)
+        # a new rid sent from the BLE address of another live rid of the old interval is
+        # that rid's successor (phones keep their address across a rid rotation)
+        claimed = {
+            (r.interval, r.addr)
+            for r in self._rids.values()
+            if r.addr and (r.state == _CANDIDATE or r.state == _ONBOARD)  # noqa: PLR1714
+        }
         for kind in (_PRED_ONBOARD, _PRED_CANDIDATE):
             edges: list[tuple[float, bytes, bytes]] = []
             for o, (old, k, _) in self._olds.items():
@@ -2800,16 +2808,19 @@ class PresenceClassifier:
             found.append((old, new))
         if not found:
             return []
-        # (interval, address) -> rids known from it, the pool's too: two of one interval
-        # are two devices (a pooled rid is also in the rid table unless forgotten)
-        known: dict[tuple[int, str], int] = {}
+        # (interval, address) of each pair's old rid -> rids known from it, the pool's too:
+        # two of one interval are two devices (a pooled rid is also in the rid table unless
+        # forgotten)
+        known = {(o.interval, o.addr): 0 for o, _ in found}
+        ivs = {o.interval for o, _ in found}
         rids = self._rids
         for r in itertools.chain(
             rids.values(), (o for o, _, _ in self._olds.values() if rids.get(o.rid) is not o)
         ):
-            if r.addr:
+            if r.interval in ivs:  # (the new rids, of the next interval, are most of the rest)
                 k = (r.interval, r.addr)
-                known[k] = known.get(k, 0) + 1
+                if k in known:
+                    known[k] += 1
         return [(o.rid, n.rid) for o, n in found if known[(o.interval, o.addr)] == 1]
 
     def _pairs_of(self, old: _Rid) -> list[tuple[float, bytes]]:
