@@ -273,6 +273,13 @@ class _Rid:
         "convoy",
         "d_min",
         "door_t",
+        "dp_at",
+        "dp_n",
+        "dp_odo",
+        "dp_pt",
+        "dp_sum",
+        "dp_t",
+        "dp_visit",
         "drift",
         "ended_t",
         "ewma",
@@ -417,6 +424,19 @@ class _Rid:
         """Its track began as the candidate of the stop it left, heard in the bus standing
         there ``stay_s`` or more after the doors opened, at its track's level: it stood in
         the bus at its track's first stop (:meth:`PresenceClassifier._track`)."""
+        self.dp_visit: StopVisit | None = None
+        """The stop visit at whose open doors it was first heard (``None``: first heard
+        elsewhere): where it may have boarded (:meth:`PresenceClassifier._door_to_door`)."""
+        self.dp_n = 0
+        self.dp_sum = 0.0
+        """Its adverts at ``dp_visit``'s open doors (count, RSSI sum): its level there."""
+        self.dp_pt = False
+        """Heard at that level ``confirm_distance_m`` or more past that stop, before the next."""
+        self.dp_at = -1
+        """The visit seq of the next stop at whose open doors it was heard at that level."""
+        self.dp_t = 0.0
+        self.dp_odo = 0.0
+        """Time and odometer of that hearing."""
         self.reset(0.0, 0.0, b"", -127)
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
@@ -835,6 +855,8 @@ class PresenceClassifier:
             r = self._new(t, rid, interval, token_t, rssi, raw, odo, at_stop or late)
             if at_stop or late:
                 r.state = int(State.NEW)
+            if v is not None and v.close_odo_m is None and not r.rot:
+                r.dp_visit = v  # first heard with the doors open (:meth:`_door_to_door`)
         elif t > r.last_t:
             dt = t - r.last_t
             if _MIN_PERIOD_S < dt < r.per:
@@ -918,6 +940,21 @@ class PresenceClassifier:
             ):
                 self._co_move(r, t, rssi, odo, was)
         if v is not None and v.close_odo_m is None:  # the bus stands at a stop, doors open
+            dv = r.dp_visit
+            if dv is not None and state != _ONBOARD:
+                if dv is v:
+                    r.dp_n += 1
+                    r.dp_sum += rssi
+                elif (
+                    r.dp_pt
+                    and v.seq == dv.seq + 1
+                    and t >= v.open_t + self._stay
+                    and abs(rssi - r.dp_sum / r.dp_n) <= self._sparse_fall
+                ):
+                    # heard at its level at the next stop's doors, stay_s after they opened
+                    r.dp_at = v.seq
+                    r.dp_t = t
+                    r.dp_odo = odo
             if state == _CANDIDATE and r.visit is v:
                 r.door_t = t  # (:meth:`_stood_and_carried`)
             if state == _ONBOARD:
@@ -952,6 +989,20 @@ class PresenceClassifier:
             and odo >= r.tk_odo + self._co_step
         ):
             self._track(r, v, t, rssi, odo)  # moving with the bus, past the stop it left
+        if (
+            v is not None
+            and r.dp_visit is v
+            and not r.dp_pt
+            and not at_stop
+            and state != _ONBOARD
+            and r.dp_n
+            and v.close_odo_m is not None
+            and odo >= v.close_odo_m + self._co_d
+            and abs(rssi - r.dp_sum / r.dp_n) <= self._sparse_fall
+            # (and near the riders aboard: a car beside the bus is heard through two shells)
+            and rssi >= self._riders_lvl - self.params.in_bus_margin_db
+        ):
+            r.dp_pt = True  # carried from the stop at its level there (:meth:`_door_to_door`)
         thr = self._thr
         if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
             thr = r.base - self._fade_drop
@@ -1121,20 +1172,75 @@ class PresenceClassifier:
             and r.rid not in self._olds
         )
 
+    def _tracked_on(self, r: _Rid) -> bool:
+        """Whether a rid not on board rode on with the bus by its track (from its first stop)."""
+        return (r.tk_hops >= _THROUGH_HOPS and self._carried_through(r)) or (
+            r.tk_stay > r.tk_seq >= 0 and self._carried_and_stood(r)
+        )
+
     def _board_through(self, r: _Rid, t: float, out: list[SegmentDraft]) -> None:
-        """Board a rid carried through two stops (:meth:`_carried_through`) from its first."""
-        a = r.tk_visit
+        """Board a rid carried on with the bus from its track's first stop (:meth:`_tracked_on`).
+
+        Or, if its track does not show that, from the stop at whose doors it was first
+        heard (:meth:`_door_to_door`).
+        """
+        a, last_t, last_odo = r.tk_visit, r.tk_t, r.tk_odo
+        if r.dp_at >= 0 and not self._tracked_on(r):
+            a, last_t, last_odo = r.dp_visit, r.dp_t, r.dp_odo
         assert a is not None
         if r.state != _CANDIDATE:
             self._become_candidate(r, a, fresh=True)
         r.visit = a
-        if r.tk_t > r.last_in_t:
-            r.last_in_t = r.tk_t
-            r.last_in_odo = r.tk_odo
+        if last_t > r.last_in_t:
+            r.last_in_t = last_t
+            r.last_in_odo = last_odo
             r.last_in_raw = r.last_raw
         self._confirm_new(r, t, a, out)
         if self._debug:
             log.debug("rid_carried_through", rid=r.rid.hex(), stop_id=a.stop_id, t=t)
+
+    def _door_to_door(self, r: _Rid) -> bool:
+        """Whether a rid not on board was carried from one stop's open doors to the next's.
+
+        First heard with the doors of a stop open (``dp_visit``: not heard before, as the
+        bus came, nor moving); heard ``confirm_distance_m`` or more past that stop at its
+        level there (within ``sparse_fall_db`` of its mean at those doors) and within
+        ``in_bus_margin_db`` of the riders' level; never apart from the bus on the way
+        (``tk_apart``: silent past its own rhythm's fade time as the bus moved); heard at
+        that level at the next stop's open doors ``stay_s`` or more after they opened;
+        its level at the first doors within ``in_bus_margin_db`` of the riders' level.
+        Nobody boards between stops, and of the people at a stop only those who boarded
+        are carried 150 m on at their level and are at the next stop's open doors:
+        someone waiting or walking by is heard at one stop only (a bus drives from stop
+        to stop in a minute or two); a car halts at red lights only, so one beside the
+        bus drives on as it halts (gone ``stay_s`` after the doors open), and one beside
+        it is heard through two shells, more than ``in_bus_margin_db`` below the riders; a
+        rider of a bus standing beside this one at both stops is heard the same way only
+        if its bus keeps beside this one all the hop (settlement keeps the stronger of
+        that rider's legs, or holds both for review when neither bus heard them clearly
+        better: two such riders in the tuning runs). Weak riders deep in a bag at -25 dBm are
+        heard once or twice at the doors where they board, a few times on the way and at
+        the next stop's doors as they walk out: with fewer than ``sparse_adverts``
+        co-movement points, heard under ``stay_s`` at the first doors and not 300 m
+        apart on the way, no other rule boards them (full scale, tuning seed 2, weak
+        radio corner, ``phone_deep_in_bag`` r-00086 and ``rider_by_door_stays`` r-00038:
+        missed; docs/classifier.md, "Fifteenth pass").
+        """
+        a = r.dp_visit
+        w = self._visits[-1] if self._visits else None
+        return (
+            a is not None
+            and w is not None
+            and r.dp_at == w.seq == a.seq + 1
+            and r.dp_pt
+            and r.tk_apart < a.seq
+            and r.start is None
+            and r.pred == _PRED_NONE
+            and not r.rot
+            # near the riders, at the first doors and now
+            and r.dp_sum / r.dp_n >= self._riders_lvl - self.params.in_bus_margin_db
+            and r.rid not in self._olds
+        )
 
     def _revives(self, r: _Rid, odo: float) -> bool:
         """Whether a rider closed at the stop the bus just left is heard aboard again.
@@ -1388,8 +1494,10 @@ class PresenceClassifier:
             elif st == _OUTSIDE:
                 if t - r.last_t > p.outside_forget_s:
                     forget.append(r.rid)
-            elif (r.tk_hops >= _THROUGH_HOPS and self._carried_through(r)) or (
-                r.tk_stay > r.tk_seq >= 0 and self._carried_and_stood(r)
+            elif (
+                self._tracked_on(r)
+                # (dropped on the way, heard at the next stop's open doors at its level)
+                or (r.dp_at >= 0 and self._door_to_door(r))
             ):
                 try:  # a candidate dropped at a stop, carried on with the bus all the same
                     self._board_through(r, t, out)
@@ -1606,7 +1714,10 @@ class PresenceClassifier:
     def _check_candidate(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
         v = r.visit
         assert v is not None
-        if r.tk_stay > r.tk_seq >= 0 and self._carried_and_stood(r):
+        if (r.tk_stay > r.tk_seq >= 0 and self._carried_and_stood(r)) or (
+            # (a candidate of the next stop now, carried there from its doors)
+            r.dp_at >= 0 and self._door_to_door(r)
+        ):
             # (a candidate of this stop, or of the stop before, standing in the bus here)
             self._board_through(r, t, out)
             return
