@@ -115,3 +115,40 @@ def test_a_token_heard_as_the_bus_came_to_the_first_stop_is_not_charged_from_it(
     t = w.add(Token("beside", tok))
     ride(w, ("S0", 20, 800), ("S1", 30, 765), ("S2", 20, 600), ("S3", 10, 300))
     assert by_name(w.finish(), t) == []
+
+
+# (review of 21a0c28: each condition below survived the tests above)
+
+
+def test_a_token_heard_only_near_the_first_stop_on_the_way_is_not_charged() -> None:
+    # its point on the way 120 m past S1's doors (12 s, past board_grace_s), short of
+    # confirm_distance_m (150 m): someone walking on from the stop as the bus pulls out
+    assert _door_to_door(((10.0, 13.0), -91.0), ((120.0,), -92.0), _S2) == []
+
+
+def test_a_token_heard_far_under_its_level_at_the_doors_on_the_way_is_not_charged() -> None:
+    # -75 dBm at both stops' doors, -91 on the way (16 dB under, more than sparse_fall_db):
+    # not at its level along the way
+    assert _door_to_door(((10.0, 13.0), -75.0), ((400.0,), -91.0), (_S2[0], -75.0)) == []
+
+
+def test_a_token_far_louder_at_the_next_stops_doors_is_not_charged() -> None:
+    # at its level at S1 and on the way, 16-18 dB louder at S2's doors: not at its level
+    # there (sparse_fall_db)
+    assert _door_to_door(((10.0, 13.0), -91.0), ((400.0,), -92.0), (_S2[0], -75.0)) == []
+
+
+def test_a_token_near_the_riders_at_the_doors_but_far_under_them_on_the_way_is_not_charged() -> (
+    None
+):
+    # riders at -55: 23 dB under them at S1's doors (within in_bus_margin_db, 25), 29 dB
+    # under them on the way (6 dB under its own level): heard through two shells there
+    out = _door_to_door(((10.0, 13.0), -78.0), ((400.0,), -84.0), (_S2[0], -79.0), -55.0)
+    assert out == []
+
+
+def test_a_token_far_under_the_riders_at_the_first_doors_is_not_charged() -> None:
+    # riders at -55: 29 dB under them at S1's doors, 23 dB under on the way (6 dB over
+    # its level there), 27 at S2's: not near the riders where it is said to have boarded
+    out = _door_to_door(((10.0, 13.0), -84.0), ((400.0,), -78.0), (_S2[0], -82.0), -55.0)
+    assert out == []
