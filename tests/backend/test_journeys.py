@@ -1009,10 +1009,30 @@ def test_a_bus_beside_heard_far_under_its_riders_boards_where_the_rider_got_off(
     (j,) = _builder(feed).build(segs)
     assert j.charged
     assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+    # (review of c8412af) the same with b2 boarding S03 130 s before b1 was there (not
+    # together: 9c6112a's rule does not apply): the level under the riders alone moves it
+    segs[1] = dataclasses.replace(segs[1], start_t=T0 + 20)
+    (j,) = _builder(feed).build(segs)
+    assert j.charged
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
     # guard: b2 heard r1 only 7 dB under its riders (b1: 6), a rider on b2 as on b1 (a
     # cloned token on two buses), b2 boarding S03 130 s before b1 was there (not
     # together): nothing moves, both held
     segs[1] = dataclasses.replace(segs[1], riders_lvl=-60.0, start_t=T0 + 20)
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert all("suspected_replay" in j.flags for j in js)
+
+
+def test_a_bus_beside_hearing_the_rider_as_a_rider_is_no_change_however_far_apart(
+    feed: Feed,
+) -> None:
+    # (review of c8412af) b1 heard r1 5 dB over its riders, b2 (not together at S03) 6 dB
+    # under its own: 11 dB further under, but 6 dB under the riders is where a rider of b2
+    # is heard (overlap_loser_under_riders_db, 10 dB, is asked of b2's level too): both held
+    segs = _beside_to_s05(-67.0)
+    segs[0] = dataclasses.replace(segs[0], rssi_med=-62.0, riders_lvl=-67.0)
+    segs[1] = dataclasses.replace(segs[1], riders_lvl=-61.0, start_t=T0 + 20)
     js = _builder(feed).build(segs)
     assert b_charged(js) == []
     assert all("suspected_replay" in j.flags for j in js)
@@ -1107,6 +1127,23 @@ def test_a_leg_on_past_a_change_heard_as_a_rider_is_not_cut(
     js = _builder(feed).build(_bunched_to_s05(tail_rssi, head_rssi))
     assert b_charged(js) == []
     assert all("suspected_replay" in j.flags for j in js)
+    assert {x.bus_id: (x.board_stop_id, x.alight_stop_id) for j in js for x in j.legs} == {
+        "b1": ("S01", "S06"),
+        "b2": ("S05", "S15"),
+    }
+
+
+def test_a_leg_on_past_a_change_is_not_cut_when_the_later_bus_heard_them_as_far_under(
+    feed: Feed,
+) -> None:
+    # (review of c8412af) b1 heard r1 after S05 37 dB under its riders, but b2 heard them
+    # 29 dB under its own meanwhile (8 dB apart, less than the 10-dB rule): b2 did not
+    # carry them clearly either, so the tail is not b2's rider heard through the windows:
+    # nothing cut
+    segs = _bunched_to_s05()
+    segs[2] = dataclasses.replace(segs[2], rssi_med=-85.0)
+    js = _builder(feed).build(segs)
+    assert "overlap_dropped" not in {f for j in js for x in j.legs for f in x.flags}
     assert {x.bus_id: (x.board_stop_id, x.alight_stop_id) for j in js for x in j.legs} == {
         "b1": ("S01", "S06"),
         "b2": ("S05", "S15"),
