@@ -1364,6 +1364,35 @@ async def test_a_change_to_a_bus_bunched_beside_settles_online_as_offline(env: E
     await _recomputed_as_offline(env, events, "r0001")
 
 
+async def test_a_change_between_buses_bunched_from_one_stop_settles_online_as_offline(
+    env: Env,
+) -> None:
+    """(review of 9c6112a) Two buses bunched from S03 online as offline: bus-01 saw r0001
+    board at S03 and leave at S05 (16 dB under its riders), bus-02 confirmed them boarding
+    at S03 20 s later (8 dB under its own) and carried them to S12: neither the stronger,
+    the buses together at S03 by bus-01's trip, so the change is at S05, both charged."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=3, alight=5, t=T0, rssi_med=-56, riders_lvl=-40.0)
+    w.ride(
+        "r0001",
+        "bus-02",
+        board=3,
+        alight=12,
+        t=T0 + 20,
+        route_id="R2",
+        trip_id="T2",
+        rssi_med=-55,
+        riders_lvl=-47.0,
+    )
+    events, j = await _settled_one_journey(env)
+    assert j["charged"]
+    assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
+        ("bus-01", "S03", "S05"),
+        ("bus-02", "S05", "S12"),
+    ]
+    await _recomputed_as_offline(env, events, "r0001")
+
+
 async def test_a_change_from_a_bus_driven_beside_settles_online_as_offline(env: Env) -> None:
     """The bus beside online as offline: bus-02 (R2) left S03 beside bus-01 and heard
     r0001 19 dB weaker until bus-01 let them off at S05, then carried them to S12 without
