@@ -442,20 +442,28 @@ class JourneyBuilder:
         hears someone it does not carry past a further stop
         (:func:`backend._overlaps.changes_beside`). Flagged ``transfer_stop``.
         """
+        pos = self._on_trip(leg, stop)
+        if pos is None or not pos[1] < pos[2] < pos[3] - 1:
+            return None
+        return dataclasses.replace(self._moved(leg, stop, leg.alight_stop_id), board_t=t)
+
+    def _on_trip(self, leg: Leg, stop: str) -> tuple[tuple[float, ...], int, int, int] | None:
+        """The trip's distances and ``leg``'s boarding stop, ``stop``, ``leg``'s alighting stop.
+
+        The three as indices in the trip's stop order; ``None`` when any is unknown.
+        """
         seq = self._sequence(leg.route_id, leg.trip_id)
         if seq is None or leg.board_stop_id is None or leg.alight_stop_id is None:
             return None
-        stops = seq[0]
-        if not (
-            leg.board_stop_id in stops
-            and stop in stops
-            and leg.alight_stop_id in stops
-            and stops.index(leg.board_stop_id)
-            < stops.index(stop)
-            < stops.index(leg.alight_stop_id) - 1
-        ):
+        stops, dist = seq
+        if not (leg.board_stop_id in stops and stop in stops and leg.alight_stop_id in stops):
             return None
-        return dataclasses.replace(self._moved(leg, stop, leg.alight_stop_id), board_t=t)
+        return (
+            dist,
+            stops.index(leg.board_stop_id),
+            stops.index(stop),
+            stops.index(leg.alight_stop_id),
+        )
 
     def _together(self, first: Leg, beside: Leg) -> bool:
         """Whether ``first``'s bus was at ``beside``'s boarding stop when ``beside`` boarded.
@@ -465,14 +473,10 @@ class JourneyBuilder:
         leg's boarding and alighting times, within :data:`_TOGETHER_S` of ``beside``'s
         boarding (:func:`backend._overlaps.changes_beside`).
         """
-        seq = self._sequence(first.route_id, first.trip_id)
-        stop = beside.board_stop_id
-        if seq is None or stop is None or first.board_stop_id is None:
+        pos = None if beside.board_stop_id is None else self._on_trip(first, beside.board_stop_id)
+        if pos is None:
             return False
-        stops, dist = seq
-        if not (first.board_stop_id in stops and stop in stops and first.alight_stop_id in stops):
-            return False
-        i, j, k = (stops.index(x or "") for x in (first.board_stop_id, stop, first.alight_stop_id))
+        dist, i, j, k = pos
         if not (i <= j < k and dist[i] < dist[k]):
             return False
         frac = (dist[j] - dist[i]) / (dist[k] - dist[i])
@@ -489,12 +493,14 @@ class JourneyBuilder:
         :func:`backend._overlaps.changes_bunched`).
         """
         chain = sorted((by_id[e] for e in leg.event_ids if e in by_id), key=_SEGMENT_ORDER)
-        ends = [s.end_t for s in chain if s.end_cause == "alighted" and s.end_stop_id == stop]
+        ends = [
+            s.end_t
+            for s in chain
+            if s.end_cause == "alighted" and s.end_stop_id == stop and s.end_t < leg.alight_t
+        ]
         if not ends:
             return None
-        cut = max(t for t in ends if t < leg.alight_t) if min(ends) < leg.alight_t else None
-        if cut is None:
-            return None
+        cut = max(ends)
         head = [s for s in chain if s.end_t <= cut]
         tail = [s for s in chain if s.end_t > cut]
         if not head or not tail:
