@@ -280,6 +280,10 @@ class EdgePipeline:
             raise CheckpointError(f"checkpoint rids unreadable: {type(exc).__name__}") from None
         vars(self.vehicle).update(veh)
         vars(self.classifier).update(cls)
+        # (the rotation pairing's index of new rids is a cache of the state before, never
+        # checkpointed, keyed by tick: kept, a used pipeline restored to an earlier tick
+        # would pair at that tick from another state's rids)
+        self.classifier._index = None
         vars(self).update({k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})
         self._finished = False
         self._resume_pending = True
