@@ -71,7 +71,7 @@ from backend._fare_engine import Charge, FareEngine, period_adjustments
 from backend._fare_rules import FareRules, load_rules
 from backend._ingest_bounds import LogBudget
 from backend._journeys import Journey, JourneyBuilder, JourneyPolicy, Segment
-from backend._legs import FLAG_SUSPECTED_REPLAY, evidence_invalid
+from backend._legs import FLAG_OVERLAP_DROPPED, FLAG_SUSPECTED_REPLAY, evidence_invalid
 from backend._resolve import (
     DEFAULT_PROOF_SLACK_S,
     ONLINE_TABLE_BYTES,
@@ -92,6 +92,7 @@ __all__ = [
     "CATEGORIES",
     "CONTEXT_S",
     "RevokedRider",
+    "RiderDay",
     "SettleFailed",
     "SettleReport",
     "SettlementFailures",
@@ -150,6 +151,12 @@ SUSPECTED_REPLAYS = Counter(
     "Legs newly held as a suspected replay (the rider on two buses at once: a cloned or"
     " replayed token, or an overlap the evidence did not settle)",
 )
+OVERLAPS_DROPPED = Counter(
+    "busbell_settlement_overlaps_dropped",
+    "Legs newly held as dropped by an overlap (another bus heard the rider far more"
+    " strongly meanwhile: a bus beside hearing them through its windows, or a weak copy"
+    " of their token: cloned, relayed or replayed)",
+)
 
 
 def _log() -> Any:
@@ -179,6 +186,9 @@ class SettleReport:
             a backoff; the other buses go on).
         suspected_replays: legs held as a suspected replay that were not held so
             before (each its own uncharged journey; logged ``suspected_replay_held``).
+        overlaps_dropped: legs held as dropped by an overlap (``overlap_dropped``: another
+            bus heard the rider far more strongly meanwhile) that were not held so before
+            (each its own uncharged journey; logged ``overlap_dropped_held``).
         journeys: journeys written.
         charges: charges written.
         adjustments: adjustments written.
@@ -196,6 +206,7 @@ class SettleReport:
     rider_days_waiting: int = 0
     failed_buses: int = 0
     suspected_replays: int = 0
+    overlaps_dropped: int = 0
     journeys: int = 0
     charges: int = 0
     adjustments: int = 0
@@ -215,6 +226,7 @@ class SettleReport:
             "rider_days_waiting": self.rider_days_waiting,
             "failed_buses": self.failed_buses,
             "suspected_replays": self.suspected_replays,
+            "overlaps_dropped": self.overlaps_dropped,
             "journeys": self.journeys,
             "charges": self.charges,
             "adjustments": self.adjustments,
@@ -621,6 +633,7 @@ class SettlementWorker:
             or report.failed_buses
             or report.failed_rider_days
             or report.suspected_replays
+            or report.overlaps_dropped
         ):
             _log().info("settlement_pass_completed", **report.to_json())
         return report
@@ -965,7 +978,9 @@ class SettlementWorker:
         marks it again or the worker was restarted (its first pass tries every one), and
         the other rider-days go on. Logged ``rider_day_failed`` (with the traceback when
         not a :class:`~busbell.BusbellError`), counted; the marks failing are the gauge
-        ``busbell_settlement_rider_days_failing``.
+        ``busbell_settlement_rider_days_failing``. A rider-day is counted, and its legs
+        held anew are counted and logged, only once its transaction has committed (a
+        rolled-back recomputation is done again, and reported then, once).
         """
         d = settlement_dirty
         async with self.engine.connect() as conn:
@@ -989,7 +1004,7 @@ class SettlementWorker:
                 continue
             try:
                 async with self.engine.begin() as conn:
-                    await self.recompute_rider_day(conn, m.rider_id, m.service_day, now, report)
+                    done = await self.recompute_rider_day(conn, m.rider_id, m.service_day, now)
                     await conn.execute(
                         sa.delete(d).where(
                             d.c.rider_id == m.rider_id,
@@ -1002,6 +1017,8 @@ class SettlementWorker:
             except Exception as exc:  # one rider-day must not stall every other one
                 failing += 1
                 await self._rider_day_failed(m, exc, now, report)
+            else:
+                _report_day(done, report)  # committed: counted and logged once
         RIDER_DAYS_FAILING.set(failing)
 
     async def _rider_day_failed(
@@ -1035,19 +1052,17 @@ class SettlementWorker:
         )
 
     async def recompute_rider_day(
-        self,
-        conn: AsyncConnection,
-        rider_id: str,
-        day: str,
-        now: float,
-        report: SettleReport | None = None,
-    ) -> list[Journey]:
+        self, conn: AsyncConnection, rider_id: str, day: str, now: float
+    ) -> RiderDay:
         """Replace one rider-day's journeys, legs, charges (and the months' adjustments).
 
-        Runs inside the caller's transaction.
+        Runs inside the caller's transaction and counts and logs nothing: the caller
+        reports the result (:func:`_report_day`) after that transaction commits, so a
+        recomputation rolled back and done again is reported once (metrics, the pass's
+        report, ``suspected_replay_held`` / ``overlap_dropped_held``).
 
         Returns:
-            The journeys of the day.
+            The day's journeys, what was written, and the legs held anew.
         """
         start, end = self.day_bounds(day)
         rs = rider_segments
@@ -1078,9 +1093,7 @@ class SettlementWorker:
             journeys.c.rider_id == rider_id, journeys.c.service_day == day
         )
         new_ids = [j.journey_id for j in day_journeys]
-        replays = [j for j in day_journeys if FLAG_SUSPECTED_REPLAY in j.flags]
-        if replays:
-            await self._note_replays(conn, rider_id, day, replays, report)
+        held_anew = await _held_anew(conn, day_journeys)
         await conn.execute(sa.delete(legs).where(legs.c.journey_id.in_(old_ids)))
         await conn.execute(
             sa.delete(journeys).where(
@@ -1155,57 +1168,7 @@ class SettlementWorker:
         if c_rows:
             await conn.execute(sa.insert(charges), c_rows)
         n_adj = await self._recompute_adjustments(conn, rider_id, day, bounds=(start, end), now=now)
-        RIDER_DAYS.inc()
-        if report is not None:
-            report.rider_days += 1
-            report.journeys += len(j_rows)
-            report.charges += len(c_rows)
-            report.adjustments += n_adj
-        return day_journeys
-
-    async def _note_replays(
-        self,
-        conn: AsyncConnection,
-        rider_id: str,
-        day: str,
-        replays: list[Journey],
-        report: SettleReport | None,
-    ) -> None:
-        """Count and log the legs of ``replays`` (held suspected replays) held anew.
-
-        A journey id is the hash of its rider and events, so a held leg recomputed with
-        the same events keeps its id: one already stored held (by an earlier pass) is
-        not counted or logged again. Logged ``suspected_replay_held`` (warning), counted
-        ``busbell_settlement_suspected_replays`` and in the pass's report.
-        """
-        j = journeys
-        held_before = {
-            r.journey_id
-            for r in await conn.execute(
-                sa.select(j.c.journey_id).where(
-                    j.c.journey_id.in_([x.journey_id for x in replays]), j.c.charged.is_(False)
-                )
-            )
-        }
-        for x in replays:
-            if x.journey_id in held_before:
-                continue
-            SUSPECTED_REPLAYS.inc()
-            if report is not None:
-                report.suspected_replays += 1
-            leg = x.legs[0]
-            _log().warning(
-                "suspected_replay_held",
-                rider_id=rider_id,
-                service_day=day,
-                journey_id=x.journey_id,
-                bus_id=leg.bus_id,
-                route_id=leg.route_id,
-                board_stop_id=leg.board_stop_id,
-                board_t=leg.board_t,
-                alight_stop_id=leg.alight_stop_id,
-                alight_t=leg.alight_t,
-            )
+        return RiderDay(rider_id, day, day_journeys, len(c_rows), n_adj, held_anew)
 
     async def _recompute_adjustments(
         self,
@@ -1283,7 +1246,9 @@ class SettlementWorker:
         t = self.clock() if now is None else now
         await self.refresh_riders()
         async with self.engine.begin() as conn:
-            return await self.recompute_rider_day(conn, rider_id, day, t)
+            done = await self.recompute_rider_day(conn, rider_id, day, t)
+        _report_day(done, None)
+        return done.journeys
 
     # ------------------------------------------------------------------ loop
 
@@ -1328,6 +1293,111 @@ class SettlementWorker:
         await asyncio.to_thread(self.resolver.close)
         self.resolver.builder.close()
         _log().info("settlement_stopped")
+
+
+@dataclass(frozen=True, slots=True)
+class RiderDay:
+    """One rider-day recomputed (:meth:`SettlementWorker.recompute_rider_day`).
+
+    Attributes:
+        rider_id: the rider.
+        day: the service day.
+        journeys: the day's journeys, all written (charged and held).
+        charges: charges written.
+        adjustments: adjustments written.
+        held_anew: ``(flag, journey)`` for each journey held with ``suspected_replay`` or
+            ``overlap_dropped`` that was not stored held with that flag before.
+    """
+
+    rider_id: str
+    day: str
+    journeys: list[Journey]
+    charges: int
+    adjustments: int
+    held_anew: tuple[tuple[str, Journey], ...]
+
+
+_HELD_NOTED = (FLAG_SUSPECTED_REPLAY, FLAG_OVERLAP_DROPPED)
+"""The held flags counted and logged when a leg is held with them anew."""
+
+
+async def _held_anew(
+    conn: AsyncConnection, day_journeys: Sequence[Journey]
+) -> tuple[tuple[str, Journey], ...]:
+    """``(flag, journey)`` of the held journeys with a noted flag not stored held with it.
+
+    A journey id is the hash of its rider and events, so a held leg recomputed with the
+    same events keeps its id: one stored held with the same flag by an earlier pass is not
+    new (a leg held as a suspected replay before and dropped now is new as dropped).
+    """
+    held = [
+        (flag, j) for j in day_journeys if not j.charged for flag in _HELD_NOTED if flag in j.flags
+    ]
+    if not held:
+        return ()
+    stored = {
+        r.journey_id: set(r.flags or ())
+        for r in await conn.execute(
+            sa.select(journeys.c.journey_id, journeys.c.flags).where(
+                journeys.c.journey_id.in_(sorted({j.journey_id for _, j in held})),
+                journeys.c.charged.is_(False),
+            )
+        )
+    }
+    return tuple((f, j) for f, j in held if f not in stored.get(j.journey_id, ()))
+
+
+def _report_day(done: RiderDay, report: SettleReport | None) -> None:
+    """Count and log a recomputed rider-day; call only after its transaction committed.
+
+    Each leg held anew (:attr:`RiderDay.held_anew`) is logged (``suspected_replay_held``,
+    a warning: a cloned or relayed token, or an overlap nothing settled;
+    ``overlap_dropped_held``, info: mostly a bus beside hearing its neighbour's rider,
+    else a weak copy of the token) and counted (``busbell_settlement_suspected_replays``,
+    ``busbell_settlement_overlaps_dropped``, and the pass's report).
+    """
+    RIDER_DAYS.inc()
+    if report is not None:
+        report.rider_days += 1
+        report.journeys += len(done.journeys)
+        report.charges += done.charges
+        report.adjustments += done.adjustments
+    log = _log()
+    for flag, x in done.held_anew:
+        leg = x.legs[0]
+        fields: dict[str, Any] = {
+            "rider_id": done.rider_id,
+            "service_day": done.day,
+            "journey_id": x.journey_id,
+            "bus_id": leg.bus_id,
+            "route_id": leg.route_id,
+            "board_stop_id": leg.board_stop_id,
+            "board_t": leg.board_t,
+            "alight_stop_id": leg.alight_stop_id,
+            "alight_t": leg.alight_t,
+        }
+        if flag == FLAG_SUSPECTED_REPLAY:
+            SUSPECTED_REPLAYS.inc()
+            if report is not None:
+                report.suspected_replays += 1
+            log.warning("suspected_replay_held", **fields)
+            continue
+        OVERLAPS_DROPPED.inc()
+        if report is not None:
+            report.overlaps_dropped += 1
+        # the rider's other legs meanwhile, on other buses: what heard them far more strongly
+        fields["beside_bus_ids"] = sorted(
+            {
+                other.bus_id
+                for j in done.journeys
+                for other in j.legs
+                if other.bus_id != leg.bus_id
+                and other.board_t < leg.alight_t
+                and leg.board_t < other.alight_t
+                and FLAG_OVERLAP_DROPPED not in other.flags
+            }
+        )
+        log.info("overlap_dropped_held", **fields)
 
 
 @dataclass(slots=True)

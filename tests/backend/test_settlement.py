@@ -46,6 +46,7 @@ from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
 from backend._settlement import (
     EVIDENCE_INVALID,
+    OVERLAPS_DROPPED,
     SUSPECTED_REPLAYS,
     TENTATIVE_LINKS_DELETED,
     SettlementWorker,
@@ -53,7 +54,7 @@ from backend._settlement import (
     import_riders,
 )
 from backend._tentative import settle_tentative
-from busbell import derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
+from busbell import StoreError, derive_bk, derive_rider_keys, load_gtfs, read_devices, tq_of
 from tests.factories.backend_world import T0, World
 from tests.factories.fare_events import batch_payload
 from tests.factories.tasks import LIVE_TIMEOUT_S
@@ -1424,3 +1425,111 @@ async def test_a_change_from_a_bus_driven_beside_settles_online_as_offline(env: 
         "adult",
     )
     await _recomputed_as_offline(env, events, "r0001")
+
+
+async def test_a_dropped_overlap_is_counted_logged_and_kept_for_operators(env: Env) -> None:
+    """A leg ``overlap_winner`` drops (bus-03 heard r0001 20 dB weaker while bus-02 carried
+    them: a bus alongside, or a weak copy of the token) is evidence: kept as an uncharged
+    journey flagged ``overlap_dropped``, counted (``busbell_settlement_overlaps_dropped``,
+    the pass's report) and logged ``overlap_dropped_held`` with the bus that won, once: a
+    recomputation with the same events notes nothing again."""
+    w = env.world
+    w.ride("r0001", "bus-02", board=1, alight=10, t=T0, rssi_med=-58)
+    w.ride("r0001", "bus-03", board=3, alight=5, t=T0 + 200, rssi_med=-78)
+    before = OVERLAPS_DROPPED._value.get()
+    replays = SUSPECTED_REPLAYS._value.get()
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    (noted,) = [e for e in logs if e["event"] == "overlap_dropped_held"]
+    assert noted["log_level"] == "info"
+    assert (noted["rider_id"], noted["bus_id"], noted["beside_bus_ids"]) == (
+        "r0001",
+        "bus-03",
+        ["bus-02"],
+    )
+    assert (noted["board_stop_id"], noted["alight_stop_id"]) == ("S03", "S05")
+    assert report.overlaps_dropped == 1
+    assert report.to_json()["overlaps_dropped"] == 1
+    assert report.suspected_replays == 0
+    assert OVERLAPS_DROPPED._value.get() == before + 1
+    assert SUSPECTED_REPLAYS._value.get() == replays
+    assert any(e["event"] == "settlement_pass_completed" for e in logs)
+    (dropped,) = [j for j in await env.rows(journeys, "journey_id") if not j["charged"]]
+    assert dropped["journey_id"] == noted["journey_id"]
+    assert dropped["flags"] == ["overlap_dropped"]
+    with capture_logs() as logs:
+        await env.worker.recompute("r0001", DAY, now=NOW + 50)
+        report = await env.worker.settle_once()
+    assert not [e for e in logs if e["event"] == "overlap_dropped_held"]
+    assert report.overlaps_dropped == 0
+    assert OVERLAPS_DROPPED._value.get() == before + 1
+
+
+async def _fail_the_next_commit(env: Env) -> Any:
+    """Make the next transaction that writes a journey fail: at its COMMIT on PostgreSQL
+    (a deferred constraint trigger), at the write on SQLite. Returns an undo."""
+    pg = env.engine.dialect.name == "postgresql"
+    async with env.engine.begin() as conn:
+        if pg:
+            await conn.exec_driver_sql(
+                "CREATE FUNCTION busbell_test_fail() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'forced rollback at commit'; END $$"
+            )
+            await conn.exec_driver_sql(
+                "CREATE CONSTRAINT TRIGGER busbell_test_fail AFTER INSERT ON journeys "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION busbell_test_fail()"
+            )
+        else:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER busbell_test_fail BEFORE INSERT ON journeys "
+                "BEGIN SELECT RAISE(ABORT, 'forced rollback'); END"
+            )
+
+    async def undo() -> None:
+        async with env.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "DROP TRIGGER busbell_test_fail ON journeys"
+                if pg
+                else "DROP TRIGGER busbell_test_fail"
+            )
+
+    return undo
+
+
+async def test_held_legs_are_counted_and_logged_after_the_commit_once(env: Env) -> None:
+    """84b78ee counted and logged suspected replays inside the recomputation's transaction:
+    a recomputation rolled back (here the database refuses it at COMMIT on PostgreSQL) and
+    done again counted and logged them twice. Now nothing is counted or logged until the
+    rider-day commits: the failed pass notes nothing, the next one each held leg once."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=5, t=T0)
+    w.ride("r0001", "bus-02", board=5, alight=12, t=T0 + 100, route_id="R2", trip_id="T2")
+    w.ride("r0002", "bus-02", board=1, alight=10, t=T0, rssi_med=-58)
+    w.ride("r0002", "bus-03", board=3, alight=5, t=T0 + 200, rssi_med=-78)
+    replays, dropped = SUSPECTED_REPLAYS._value.get(), OVERLAPS_DROPPED._value.get()
+    days = settlement_module.RIDER_DAYS._value.get()
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    undo = await _fail_the_next_commit(env)
+    with capture_logs() as logs, pytest.raises(StoreError):
+        await env.worker.settle_once()
+    assert not [e for e in logs if e["event"].endswith("_held")]
+    assert SUSPECTED_REPLAYS._value.get() == replays
+    assert OVERLAPS_DROPPED._value.get() == dropped
+    assert settlement_module.RIDER_DAYS._value.get() == days
+    assert await env.rows(journeys, "journey_id") == []
+    await undo()
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    held = sorted(
+        (e["event"], e["rider_id"], e["bus_id"]) for e in logs if e["event"].endswith("_held")
+    )
+    assert held == [
+        ("overlap_dropped_held", "r0002", "bus-03"),
+        ("suspected_replay_held", "r0001", "bus-01"),
+        ("suspected_replay_held", "r0001", "bus-02"),
+    ]
+    assert (report.suspected_replays, report.overlaps_dropped, report.rider_days) == (2, 1, 2)
+    assert SUSPECTED_REPLAYS._value.get() == replays + 2
+    assert OVERLAPS_DROPPED._value.get() == dropped + 1
+    assert settlement_module.RIDER_DAYS._value.get() == days + 2
