@@ -14,13 +14,21 @@ the full-scale runs of the tuning seeds (docs/classifier.md, "Fifteenth pass"):
   r-00067): now held as well (:meth:`PresenceClassifier._successor_held`), with guards for
   a car's new rid (another clock, another level).
 
-Each first test fails without its rule.
+Each first test fails without its rule. Then, for each condition of the two rules, a test
+that fails with it mutated (or docs/classifier.md, "Rotation held", says why the mutant is
+equivalent): how long either is held (the next doors standing open, fade_timeout_s after
+they close, a silence that began within alight_pre_s of their opening, lost_wait_s without
+doors, counted from a restart).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import pytest
+
+from edge._params import ClassifierParams
 from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
 
 START = T0 + 400.0
@@ -96,20 +104,30 @@ def test_a_paired_new_rid_never_heard_again_still_ends_the_ride_at_its_stop() ->
 
 
 def _fob_ride(
-    *, car: bool = False, skew: float = 0.0, level: float = -93.0, delay: float = 30.0
+    *,
+    car: bool = False,
+    skew: float = 0.0,
+    level: float = -93.0,
+    delay: float = 30.0,
+    quiet_s: float = 40.0,
+    hop_m: float = 6000.0,
+    params: ClassifierParams | None = None,
+    down: tuple[float, float] | None = None,
 ) -> tuple[Ends, Ends]:
     """Three riders at -77 dBm; a fob (a new BLE address with each rid) at -93 dBm, heard
     every 2 s, boards at S1, rides to S2 and on, its old rid heard to 2 s before its
     boundary (so it waits in the rotation pool as a rider's). Its new rid is first heard
     ``delay`` s after the boundary (30: past the pairing's window, 1,400 m past S2 on a
-    6-km hop at 20 m/s), twice, then nothing for 800 m (past ``reject_distance_m``), then
-    every 5 s to S3, not at S3's doors (deep in a bag), every 5 s on to S4, and at S4's
-    doors, where it alights.
+    6-km hop at 20 m/s), twice, then nothing for ``quiet_s`` s (40: 800 m, past
+    ``reject_distance_m``), then every 5 s to S3, not at S3's doors (deep in a bag), every
+    5 s on to S4, and at S4's doors, where it alights.
 
-    ``car``: the fob is never heard after its boundary; instead a car's token (clock
-    ``skew`` s ahead, at ``level`` dBm) is heard as the new rid would be. The fob's
-    segments and the car's."""
-    w = World(t0=START)
+    ``car``: the fob's new rid is never heard; instead a car's token (clock ``skew`` s
+    ahead, at ``level`` dBm) is heard as the new rid would be. S2 -> S3 is ``hop_m``;
+    ``down``: the edge is down from ``down[0]`` s after the boundary for ``down[1]`` s
+    (the bus drives on, nothing is fed), then resumes (a restart). The fob's segments and
+    the car's."""
+    w = World(params, t0=START)
     add_riders(w, -77.0)
     fob = w.add(Token("fob", lambda _: None))
     new = w.add(Token("car", lambda _: None, skew=skew)) if car else fob
@@ -127,7 +145,7 @@ def _fob_ride(
         at_doors = v is not None and v.close_t is None
         k = round(world.t * 2)
         since = world.t - BOUNDARY - delay
-        if since < 0.0 or 10.0 <= since < 50.0:
+        if since < 0.0 or 10.0 <= since < 10.0 + quiet_s:
             return None
         if world.seq in {2, 3} and not at_doors:
             return level if k % 10 == 0 else None
@@ -141,7 +159,17 @@ def _fob_ride(
     w.dwell("S1", 15)
     w.move(1000)
     w.dwell("S2", 15)
-    w.move(6000, speed=20.0)
+    if down is None:
+        w.move(hop_m, speed=20.0)
+    else:
+        end = w.odo + hop_m
+        while w.t < BOUNDARY + down[0]:
+            w.step()
+            w.odo += 10.0
+        w.t += down[1]  # the edge is down: the bus drives on, nothing is heard or fed
+        w.odo += 20.0 * down[1]
+        w.c.resume(w.t)  # (the pipeline's first record after the restart)
+        w.move(end - w.odo, speed=20.0)
     w.dwell("S3", 15)
     w.move(3000, speed=20.0)
     w.dwell("S4", 15)
@@ -186,3 +214,163 @@ def test_a_cars_rid_first_heard_long_after_its_boundary_is_not_held() -> None:
     ends, car = _fob_ride(car=True, delay=150.0)
     assert ends == [("S1", "S3", "boarded", "alighted")]
     assert car == []
+
+
+# -- how long a paired new rid is held, and from when ---------------------------------------
+
+
+def _paired_silence(
+    back: Callable[[World, float], bool],
+    *,
+    ping: Callable[[World], bool] = lambda _: False,
+    params: ClassifierParams | None = None,
+    hop_m: float = 1600.0,
+    down: tuple[float, float] | None = None,
+) -> Ends:
+    """As :func:`_paired_ride` (the phone's new rid S2's candidate, paired with its old
+    rid), but the phone is silent from 90 m past S2 until ``back(world, silent_s)`` says
+    it is heard again (every second from then, S3's doors included, to S4's doors, where
+    it alights); ``ping``: heard at that step all the same (once). S2 -> S3 is ``hop_m``;
+    ``down``: the edge is down from ``down[0]`` s into the silence for ``down[1]`` s (the
+    bus drives on, nothing is fed), then resumes (a restart). Its segments' ends."""
+    w = World(params, t0=START)
+    add_riders(w, -77.0)
+    quiet = {"from": math.inf, "back": False}
+
+    def phone(world: World) -> float | None:
+        v = world.visit
+        if world.seq >= 4 and v is not None and v.close_t is not None:
+            return None  # got off at S4
+        if ping(world):
+            return -93.0
+        if round(world.t * 2) % 2:
+            return None
+        if world.seq < 2 or (world.seq == 2 and world.odo - world.stop_odo <= 90.0):
+            return -93.0
+        quiet["from"] = min(quiet["from"], world.t)
+        quiet["back"] = quiet["back"] or back(world, world.t - quiet["from"])
+        return -93.0 if quiet["back"] else None
+
+    tok = w.add(Token("ph", phone))
+    w.dwell("S1", 15)
+    w.move(1500)
+    assert w.t > BOUNDARY  # (S2's doors open after the boundary)
+    w.dwell("S2", 15)
+    if down is None:
+        w.move(hop_m)
+    else:
+        w.move(90.0)
+        while w.t - quiet["from"] < down[0]:
+            w.step()
+            w.odo += 5.0
+        w.t += down[1]  # the edge is down: the bus drives on, nothing is heard or fed
+        w.odo += 10.0 * down[1]
+        w.c.resume(w.t)  # (the pipeline's first record after the restart)
+        w.move(hop_m - (w.odo - w.stop_odo))
+    w.dwell("S3", 15)
+    w.move(1000)
+    w.dwell("S4", 15)
+    w.move(600)
+    w.finish()
+    return _ends(w, tok)
+
+
+def _at_s3(world: World, opened_s: float = 0.0, closed_s: float | None = None) -> bool:
+    """Whether S3's doors opened ``opened_s`` ago or more (``closed_s``: closed that long)."""
+    v = world.visit
+    if world.seq < 3 or v is None:
+        return False
+    if world.seq > 3:
+        return True
+    if closed_s is None:
+        return world.t - v.open_t >= opened_s
+    return v.close_t is not None and world.t - v.close_t >= closed_s
+
+
+def test_a_paired_new_rid_heard_again_at_the_next_stops_open_doors_keeps_the_ride() -> None:
+    # held while the doors that followed its silence stand open (not only once they have
+    # closed): heard again 5 s after S3's doors opened, it rode on to S4 (dropped as the
+    # doors opened, its old rid's ride ended at S2, and it boarded again at S3)
+    ends = _paired_silence(lambda w, _: _at_s3(w, opened_s=5.0))
+    assert ends[0][:3] == ("S1", None, "boarded")
+    assert [e[1] for e in ends[1:]] == ["S4"]
+
+
+def test_a_paired_new_rid_heard_again_just_after_the_next_doors_closed_keeps_the_ride() -> None:
+    # held fade_timeout_s past the close of those doors: heard again 5 s after S3's doors
+    # closed, it rode on to S4 (dropped as they closed, the ride ended at S2)
+    ends = _paired_silence(lambda w, _: _at_s3(w, closed_s=5.0))
+    assert ends[0][:3] == ("S1", None, "boarded")
+    assert [e[1] for e in ends[1:]] == ["S4"]
+
+
+def test_a_paired_new_rid_silent_as_the_next_doors_open_is_held_to_the_doors_after() -> None:
+    # silent from 90 m past S2, heard again over the last 100 m to S3 until 0.5 s before
+    # its doors open: its silence began with those doors (within alight_pre_s), so they
+    # are not "a door since" it went silent; heard again 75 s after they closed, it rode
+    # on to S4 (bounded by S3's doors instead, it was dropped 600 m past them,
+    # reject_distance_m, and the ride ended at S3)
+    def approach(w: World) -> bool:
+        v = w.visit
+        return (
+            w.seq == 2
+            and v is not None
+            and v.close_t is not None
+            and (w.odo - w.stop_odo >= 1500.0)
+        )
+
+    ends = _paired_silence(lambda w, _: _at_s3(w, closed_s=75.0), ping=approach)
+    assert ends[0][:3] == ("S1", None, "boarded")
+    assert [e[1] for e in ends[1:]] == ["S4"]
+
+
+@pytest.mark.parametrize(("silent_s", "rides_on"), [(150.0, True), (250.0, False)])
+def test_a_paired_new_rid_is_held_through_a_silence_without_doors_for_lost_wait_s(
+    silent_s: float, rides_on: bool
+) -> None:
+    # lost_wait_s 200 s, a 4-km hop without doors: heard again 150 s into its silence,
+    # it rode on (S1 -> S4); 250 s into it, it had been let go at 200 s, and its old rid's
+    # ride ended where it was last heard (S2; heard again, the rid rides again, S1 -> S4,
+    # and settlement joins the two rides of the bus trip)
+    params = ClassifierParams(lost_wait_s=200.0)
+    ends = _paired_silence(lambda _, s: s >= silent_s, params=params, hop_m=4000.0)
+    if rides_on:
+        assert ends[0][:3] == ("S1", None, "boarded")
+        assert [e[1] for e in ends[1:]] == ["S4"]
+    else:
+        assert ends[0] == ("S1", "S2", "boarded", "alighted")
+
+
+def test_a_paired_new_rids_silence_counts_from_a_restart() -> None:
+    # lost_wait_s 200 s: heard again 250 s into its silence, but the edge was down from
+    # 100 to 150 s into it (a restart): held from the restart, as a rider is, it rode on
+    # (counted from its last advert, it was let go at 200 s, the ride ending at S2).
+    # confirm_distance_m 80 m: last heard 90 m past S2, it is not taken for a waiter left
+    # behind as the resume's grace makes it recent (with 150 m it is, and rejected at the
+    # restart: docs/classifier.md, rotation held)
+    params = ClassifierParams(lost_wait_s=200.0, confirm_distance_m=80.0)
+    ends = _paired_silence(lambda _, s: s >= 250.0, params=params, hop_m=4000.0, down=(100.0, 50.0))
+    assert ends == [("S1", None, "boarded", "rotated"), ("S2", "S4", "continued", "alighted")]
+
+
+# -- how long a successor is held, and from when -------------------------------------------
+
+
+def test_a_successors_silence_counts_from_a_restart() -> None:
+    # lost_wait_s 200 s, a 9-km hop: the fob's new rid, first heard 30 s after the
+    # boundary, is silent for 250 s, but the edge was down from 130 to 180 s after the
+    # boundary (a restart): held from the restart, as its old rid is, it rides on and
+    # boards (counted from its last advert, it was dropped 200 s into its silence and
+    # never charged). (Its old rid, with no door for 200 s, ends lost at S2.)
+    params = ClassifierParams(lost_wait_s=200.0)
+    ends, _ = _fob_ride(quiet_s=250.0, hop_m=9000.0, params=params, down=(130.0, 50.0))
+    assert ends == [("S1", "S2", "boarded", "lost"), ("S2", "S4", "boarded", "alighted")]
+
+
+def test_a_successor_silent_through_the_next_stops_open_doors_is_held_while_they_stand() -> None:
+    # the fob's new rid is silent from 40 s after its boundary to 5 s after S3's doors
+    # closed (250 s): held while those doors stand open and fade_timeout_s after, as its
+    # old rid is, it is heard again and boards from its stop (dropped as they opened, it
+    # was never charged: the rider S1 -> S3 for S1 -> S4)
+    ends, _ = _fob_ride(quiet_s=250.0)
+    assert ends == [("S1", "S3", "boarded", "alighted"), ("S2", "S4", "boarded", "alighted")]
