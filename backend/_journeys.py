@@ -34,7 +34,9 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    earlier bus the stronger, or the later one hearing the rider far further under its
    riders); a leg stitched on past its alighting at S, where the rider boarded a bus
    bunched beside, ends at S when its bus heard the rest far under its riders
-   (:func:`backend._overlaps.changes_bunched`; the rest is held, ``overlap_dropped``).
+   (:func:`backend._overlaps.changes_bunched`; the rest is held, ``overlap_dropped``);
+   of a held pair that made one ride on two buses side by side, the leg whose bus decoded
+   far more of the token's adverts is charged, the other held (``overlap_preferred``).
 5. **Distance** comes from GTFS ``shape_dist_traveled`` along the trip (or the
    route's usual pattern), falling back to the events' ``distance_m`` (overlapping
    segments counted once).

@@ -22,6 +22,7 @@ __all__ = [
     "FLAG_LOST",
     "FLAG_MERGED",
     "FLAG_OVERLAP_DROPPED",
+    "FLAG_OVERLAP_PREFERRED",
     "FLAG_OVERLAP_RESOLVED",
     "FLAG_PARTIAL",
     "FLAG_PENALTY",
@@ -59,6 +60,9 @@ FLAG_OVERLAP_DROPPED = "overlap_dropped"
 """Another bus heard the rider much more strongly over the whole leg: never charged."""
 FLAG_OVERLAP_RESOLVED = "overlap_resolved"
 """An overlapping, much weaker leg on another bus was dropped in favour of this one."""
+FLAG_OVERLAP_PREFERRED = "overlap_preferred"
+"""Held with an overlapping leg on a bus beside as the same ride, but charged: its bus
+decoded far more of the token's adverts (the other leg stays held for review)."""
 FLAG_TRANSFER_STOP = "transfer_stop"
 """The leg's stop at a transfer is the stop where the rider's other leg of the transfer
 was seen: its alighting there (the rider was seen boarding the next bus at the next stop

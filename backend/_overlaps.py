@@ -27,7 +27,10 @@ that stop together, the later one holding for the change); a longer overlap is n
 change a bus waits for (a cloned token boarding at the stop minutes before the rider got
 there). Any other overlap longer than ``replay_overlap_s`` is a suspected replay: both
 legs are marked and held, not charged automatically; so is a leg that only lost to a leg
-that is itself held. Only a leg that is not itself dropped can drop another one.
+that is itself held. Only a leg that is not itself dropped can drop another one. Of a
+held pair that made one ride on two buses side by side (the same stops, the same times),
+the leg whose bus decoded far more of the token's adverts is charged after all
+(``overlap_preferred``, :func:`_same_ride`), the other still held.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable, Sequence
 from backend._legs import (
     FLAG_LOST,
     FLAG_OVERLAP_DROPPED,
+    FLAG_OVERLAP_PREFERRED,
     FLAG_OVERLAP_RESOLVED,
     FLAG_PARTIAL,
     FLAG_REVIEW,
@@ -93,6 +97,8 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
     for a, b in [*unsettled, *cyclic]:
         if a not in dropped and b not in dropped:
             suspect |= {a, b}
+    preferred = _preferred(legs, [p for p in unsettled if suspect.issuperset(p)], cyclic, policy)
+    suspect -= preferred
     for lose, winners in dropped_by.items():
         if winners <= suspect:
             dropped.discard(lose)
@@ -106,9 +112,84 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
             return leg.with_flags(FLAG_SUSPECTED_REPLAY, FLAG_REVIEW)
         if k in resolved:
             return leg.with_flags(FLAG_OVERLAP_RESOLVED)
+        if k in preferred:
+            return leg.with_flags(FLAG_OVERLAP_PREFERRED)
         return leg
 
     return [settled(k, leg) for k, leg in enumerate(legs)]
+
+
+def _preferred(
+    legs: Sequence[Leg],
+    held: Sequence[tuple[int, int]],
+    cyclic: Sequence[tuple[int, int]],
+    policy: JourneyPolicy,
+) -> set[int]:
+    """Legs of held pairs to charge after all: one ride made on two buses side by side.
+
+    ``held`` are the unsettled pairs whose legs are both about to be held as a suspected
+    replay, ``cyclic`` the settlements left in a cycle (held too). A leg is charged
+    (flagged ``overlap_preferred``; its partner stays held, ``suspected_replay`` +
+    ``review``, for a person to look at) when :func:`_same_ride` prefers it in every
+    held pair it is in, and it is in no cycle.
+    """
+    if not held:
+        return set()
+    won: set[int] = set()
+    lost = {k for pair in cyclic for k in pair}
+    for a, b in held:
+        pref = _same_ride(legs[a], legs[b], policy)
+        if pref is None:
+            lost |= {a, b}
+        else:
+            win, lose = (a, b) if pref is legs[a] else (b, a)
+            won.add(win)
+            lost.add(lose)
+    return won - lost
+
+
+def _same_ride(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
+    """The leg of two that made one ride on two buses together that its bus heard far better.
+
+    Two buses standing at one stop and running to the next side by side (routes sharing
+    the road): a weak rider of one is heard by the other through both buses' windows
+    from door to door (the edge's door-to-door rule, docs/classifier.md "Fifteenth pass"),
+    and neither bus's median RSSI settles it (the far bus decodes only the token's
+    strongest packets). Both legs boarded at one named stop and alighted at one named
+    stop (neither ``lost`` nor ``partial``), each ending within ``overlap_cover_s`` of the
+    other at both ends: the same ride, the same stops, the same distance. The one whose
+    bus decoded at least ``overlap_rate_alone_ratio`` times as many of the token's
+    adverts per second over their common time is preferred, however the medians
+    compare. ``None`` otherwise (both held), and whenever overlaps are held
+    (``overlap_margin_db`` ``None``) or settled by RSSI alone (``overlap_rate_margin_db``
+    ``None``).
+
+    A cloned token (docs/security.md, "Cloned and replayed tokens") is preferred only by
+    riding a bus beside the rider's from the rider's boarding stop to their alighting
+    stop, at the same times, decoded three times as often: the rider is then charged for
+    those stops at the copy's route's fare, once, and their own leg is held for review.
+    """
+    ratio = policy.overlap_rate_alone_ratio
+    cover = policy.overlap_cover_s
+    if (
+        ratio is None
+        or policy.overlap_margin_db is None
+        or policy.overlap_rate_margin_db is None
+        or a.board_stop_id is None
+        or a.board_stop_id != b.board_stop_id
+        or a.alight_stop_id is None
+        or a.alight_stop_id != b.alight_stop_id
+        or abs(a.board_t - b.board_t) > cover
+        or abs(a.alight_t - b.alight_t) > cover
+        or any(f in leg.flags for leg in (a, b) for f in (FLAG_LOST, FLAG_PARTIAL))
+    ):
+        return None
+    span = (max(a.board_t, b.board_t), min(a.alight_t, b.alight_t))
+    if _rate_times(a, b, span, ratio):
+        return a
+    if _rate_times(b, a, span, ratio):
+        return b
+    return None
 
 
 def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
