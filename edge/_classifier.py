@@ -1808,8 +1808,13 @@ class PresenceClassifier:
             if not recent:
                 r.co_only = True
             return  # co-movement evidence may still come (sparse), or is coming
-        elif not recent and (self._rider_held(r, t) or self._successor_held(r, t)):
-            return  # a rotated rider's new rid, silent while the bus moves: held as the rider
+        elif (not recent or r.last_in_t < self._resume_t) and (
+            self._rider_held(r, t) or self._successor_held(r, t)
+        ):
+            # a rotated rider's new rid, silent while the bus moves: held as the rider (also
+            # while a restart's grace makes it recent: silent since before the restart, it
+            # is no waiter the bus just left behind, for the rejection below)
+            return
         elif not recent:
             self._drop(r, Event.FADE, out)
         elif (

@@ -344,11 +344,11 @@ def test_a_paired_new_rid_is_held_through_a_silence_without_doors_for_lost_wait_
 def test_a_paired_new_rids_silence_counts_from_a_restart() -> None:
     # lost_wait_s 200 s: heard again 250 s into its silence, but the edge was down from
     # 100 to 150 s into it (a restart): held from the restart, as a rider is, it rode on
-    # (counted from its last advert, it was let go at 200 s, the ride ending at S2).
-    # confirm_distance_m 80 m: last heard 90 m past S2, it is not taken for a waiter left
-    # behind as the resume's grace makes it recent (with 150 m it is, and rejected at the
-    # restart: docs/classifier.md, rotation held)
-    params = ClassifierParams(lost_wait_s=200.0, confirm_distance_m=80.0)
+    # (counted from its last advert, it was let go at 200 s, the ride ending at S2). Last
+    # heard 90 m past S2, within confirm_distance_m: before, the resume's grace made it
+    # recent, and it was rejected at the restart as a waiter the bus left behind (the
+    # ride ending at S2 too)
+    params = ClassifierParams(lost_wait_s=200.0)
     ends = _paired_silence(lambda _, s: s >= 250.0, params=params, hop_m=4000.0, down=(100.0, 50.0))
     assert ends == [("S1", None, "boarded", "rotated"), ("S2", "S4", "continued", "alighted")]
 
