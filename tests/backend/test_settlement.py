@@ -1466,6 +1466,42 @@ async def test_a_dropped_overlap_is_counted_logged_and_kept_for_operators(env: E
     assert OVERLAPS_DROPPED._value.get() == before + 1
 
 
+async def test_a_leg_held_as_a_suspected_replay_and_then_dropped_is_noted_as_dropped(
+    env: Env,
+) -> None:
+    """A leg stored held as a suspected replay and held ``overlap_dropped`` by a later
+    recomputation (here the operator turned overlap settling on: the RSSI margin decides
+    from then on) keeps its journey id (the same events) but is new as dropped: counted and
+    logged ``overlap_dropped_held`` then, once. Only the same flag stored held before makes a
+    held leg not new (review of 1a76443: keyed by journey id alone, it was never noted)."""
+    w = env.world
+    w.ride("r0001", "bus-02", board=1, alight=10, t=T0, rssi_med=-58)
+    w.ride("r0001", "bus-03", board=3, alight=5, t=T0 + 200, rssi_med=-78)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    feed = load_gtfs(w.gtfs)
+    holding = SettlementWorker(
+        env.engine, feed, env.rules, clock=lambda: NOW, policy=JourneyPolicy(overlap_margin_db=None)
+    )
+    with capture_logs() as logs:
+        await holding.settle_once()
+    held = sorted((e["event"], e["bus_id"]) for e in logs if e["event"].endswith("_held"))
+    assert held == [("suspected_replay_held", "bus-02"), ("suspected_replay_held", "bus-03")]
+    before = {r["journey_id"]: r["flags"] for r in await env.rows(journeys, "journey_id")}
+    dropped = OVERLAPS_DROPPED._value.get()
+    replays = SUSPECTED_REPLAYS._value.get()
+    with capture_logs() as logs:
+        await env.worker.recompute("r0001", DAY, now=NOW + 50)
+    (noted,) = [e for e in logs if e["event"].endswith("_held")]
+    assert (noted["event"], noted["bus_id"]) == ("overlap_dropped_held", "bus-03")
+    assert "suspected_replay" in before[noted["journey_id"]]  # the same journey, held so before
+    assert OVERLAPS_DROPPED._value.get() == dropped + 1
+    assert SUSPECTED_REPLAYS._value.get() == replays
+    with capture_logs() as logs:
+        await env.worker.recompute("r0001", DAY, now=NOW + 60)
+    assert not [e for e in logs if e["event"].endswith("_held")]
+    assert OVERLAPS_DROPPED._value.get() == dropped + 1
+
+
 async def _fail_the_next_commit(env: Env) -> Any:
     """Make the next transaction that writes a journey fail: at its COMMIT on PostgreSQL
     (a deferred constraint trigger), at the write on SQLite. Returns an undo."""
