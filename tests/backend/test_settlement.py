@@ -1466,6 +1466,38 @@ async def test_a_dropped_overlap_is_counted_logged_and_kept_for_operators(env: E
     assert OVERLAPS_DROPPED._value.get() == before + 1
 
 
+async def test_a_dropped_legs_beside_bus_ids_are_the_buses_that_carried_the_rider_meanwhile(
+    env: Env,
+) -> None:
+    """``overlap_dropped_held``'s ``beside_bus_ids`` names the buses of the rider's other
+    legs that overlap the dropped one and won: not a bus that carried the rider earlier or
+    later that day (r0001 on bus-01 an hour before and after), not another leg dropped
+    beside it (r0002 heard weakly by bus-01 and bus-03 while bus-02 carried them). Review
+    of 1a76443: each of these three conditions dropped passed every test."""
+    w = env.world
+    w.ride("r0001", "bus-01", board=1, alight=3, t=T0 - 3600)
+    w.ride("r0001", "bus-02", board=1, alight=10, t=T0, rssi_med=-58)
+    w.ride("r0001", "bus-03", board=3, alight=5, t=T0 + 200, rssi_med=-78)
+    w.ride("r0001", "bus-01", board=10, alight=8, t=T0 + 3600, trip_id="T1R")
+    w.ride("r0002", "bus-02", board=1, alight=10, t=T0, rssi_med=-58)
+    w.ride("r0002", "bus-03", board=3, alight=5, t=T0 + 200, rssi_med=-78)
+    w.ride("r0002", "bus-01", board=4, alight=6, t=T0 + 300, rssi_med=-80)
+    await env.ingest([e for c in w.buses.values() for e in c.events])
+    with capture_logs() as logs:
+        report = await env.worker.settle_once()
+    noted = sorted(
+        (e["rider_id"], e["bus_id"], e["beside_bus_ids"])
+        for e in logs
+        if e["event"] == "overlap_dropped_held"
+    )
+    assert noted == [
+        ("r0001", "bus-03", ["bus-02"]),
+        ("r0002", "bus-01", ["bus-02"]),
+        ("r0002", "bus-03", ["bus-02"]),
+    ]
+    assert (report.overlaps_dropped, report.suspected_replays) == (3, 0)
+
+
 async def test_a_leg_held_as_a_suspected_replay_and_then_dropped_is_noted_as_dropped(
     env: Env,
 ) -> None:
