@@ -633,6 +633,69 @@ def test_a_leg_preferred_over_one_bus_but_held_with_another_is_held(feed: Feed) 
     assert all("suspected_replay" in leg.flags for j in js for leg in j.legs)
 
 
+def test_one_ride_on_two_buses_compares_the_rates_over_the_common_time(feed: Feed) -> None:
+    # b1's leg is two rids (rotated 30 s after boarding): 100 adverts in its first 30 s,
+    # 40 in the next 170 s; b2 boarded 59 s after b1 (within overlap_cover_s) and decoded
+    # 20 adverts. Over their common 141 s b1 decoded 0.24/s, 1.7 times b2's 0.14/s (short
+    # of 3: both held); over the whole 205 s, 4.9 times (review of a5047cb: the span taken
+    # as the union of the two legs passed every test)
+    b1 = [
+        seg((T0 + 200, "S05", "boarded"), (T0 + 230, None, "rotated"), rssi=-86.0, n_adv=100),
+        seg((T0 + 230, None, "continued"), (T0 + 400, "S06", "alighted"), rssi=-86.0, n_adv=40),
+    ]
+    b2 = _side_by_side(b2=(259.0, "S05", 405.0, "S06"), n2=20)[1]
+    js = _builder(feed).build([*b1, b2])
+    assert [(leg.board_stop_id, leg.alight_stop_id) for j in js for leg in j.legs] == [
+        ("S05", "S06"),
+        ("S05", "S06"),
+    ]
+    assert b_charged(js) == []
+    assert all("suspected_replay" in leg.flags for j in js for leg in j.legs)
+
+
+def test_one_ride_on_three_buses_side_by_side_charges_one(feed: Feed) -> None:
+    # three buses side by side from S05 to S06, none settling another (an RSSI margin of
+    # 25 dB): b1 decoded 3.7 times b2's adverts, b2 4.3 times b3's; b2 is preferred over
+    # b3 but not over b1, so only b1 is charged (review of a5047cb: counting only the
+    # winners of each pair, b1 and b2 were both charged for the one ride)
+    segs = [
+        seg(
+            (T0 + 200, "S05", "boarded"),
+            (T0 + 400, "S06", "alighted"),
+            rssi=-95.0,
+            n_adv=111,
+            riders=-75.0,
+        ),
+        seg(
+            (T0 + 202, "S05", "boarded"),
+            (T0 + 405, "S06", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-87.0,
+            n_adv=30,
+            riders=-75.0,
+        ),
+        seg(
+            (T0 + 204, "S05", "boarded"),
+            (T0 + 403, "S06", "alighted"),
+            bus="b3",
+            route="R3",
+            trip="T3",
+            rssi=-79.0,
+            n_adv=7,
+            riders=-75.0,
+        ),
+    ]
+    js = _builder(feed, overlap_margin_db=25.0).build(segs)
+    assert b_charged(js) == ["b1"]
+    assert _leg_flags(js) == {
+        "b1": ("overlap_preferred",),
+        "b2": ("review", "suspected_replay"),
+        "b3": ("review", "suspected_replay"),
+    }
+
+
 def test_a_leg_in_a_cycle_of_settlements_is_not_preferred(feed: Feed) -> None:
     # settlements left in a cycle hold their legs (all but impossible by the RSSI rules,
     # so fed to the rule directly): b1, preferred over b2, stays held when in a cycle
