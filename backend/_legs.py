@@ -462,6 +462,13 @@ class JourneyPolicy:
             the approach over which its edge heard them as it drew up. Longer, no bus
             waited for them there: a token boarding at the rider's stop while the rider
             was still riding towards it (a clone) is held.
+        beside_overlap_s: a change from a bus beside
+            (:func:`backend._overlaps.changes_beside`: the later bus heard the rider
+            through the windows from a stop where it stood with the earlier one, and
+            carried them on from the stop where the earlier let them off) is placed only
+            when the two legs overlap by at most this: the buses ran together at most
+            this long before the change. Longer, both are held (a copy of the token
+            riding a bus beside the rider's bus for longer than any change measured).
         overlap_margin_db: an overlap is settled in favour of the leg heard at least this
             many dB stronger (median RSSI) ... (``None``: never; hold both).
         overlap_cover_s: ... if that leg also covers the other one in time, within this
@@ -509,6 +516,7 @@ class JourneyPolicy:
     rejoin_stop_s: float = 300.0
     replay_overlap_s: float = 60.0
     change_overlap_s: float = 180.0
+    beside_overlap_s: float = 360.0
     overlap_margin_db: float | None = 10.0
     overlap_cover_s: float = 60.0
     overlap_loser_max_dbm: float | None = -65.0
@@ -548,6 +556,7 @@ class JourneyPolicy:
             "rejoin_stop_s",
             "replay_overlap_s",
             "change_overlap_s",
+            "beside_overlap_s",
             "overlap_cover_s",
             "tentative_spread_db",
             "tentative_gap_s",

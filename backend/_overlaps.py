@@ -389,35 +389,43 @@ def changes_beside(
     legs: Sequence[Leg],
     policy: JourneyPolicy,
     board_at: Callable[[Leg, str, float], Leg | None],
-    together: Callable[[Leg, Leg], bool] | None = None,
+    together: Callable[[Leg, Leg], bool],
 ) -> list[Leg]:
     """Legs boarded where the rider changed to them from a bus that drove beside.
 
     Of two legs of one rider on two buses, the earlier (``first``) seen alighting (not
     ``lost``) at stop ``S``, the later (``beside``) begun after ``first`` and before it
     ended, ending after it, at another stop than ``S``, overlapping it by more than
-    ``replay_overlap_s``, with nothing settling the pair (:func:`overlap_winner`): when
-    ``first``'s bus heard the rider the stronger over the common time by the evidence
-    that settles overlaps (:func:`_evidence`), or ``beside``'s bus heard them far further
-    under its riders than ``first``'s under its own (:func:`_heard_beside`: the level
-    relative to the riders, where the RSSI margin falls short; tuning cell 1 seed 2,
-    ``transfer_bunched``, r-00080: 6 dB weaker, 12 dB further under), the rider rode
-    ``first`` until ``S`` and ``beside``'s bus drove beside it until then (two buses
-    leaving one stop together);
-    the rider changed to it at ``S``. ``board_at(beside, S, first.alight_t)`` gives the
-    leg boarded there, or ``None`` when ``S`` is not a stop of its trip after its boarding
-    stop with its alighting stop past the next one (then nothing changes: a bus beside
-    may hear a rider who got off at ``S`` on to its next stop). Unsettled, such a pair was
-    held on both buses, the rider charged nothing (issue 11, the unseen seed 36 shape).
-    When neither bus is the stronger by that evidence (nor by the level under the riders),
-    ``together(first, beside)`` says whether the two buses stood at ``beside``'s boarding
-    stop together (``first``'s bus there, by its trip's distances, within
-    :data:`backend._journeys._TOGETHER_S` of that boarding): two buses bunched from that
-    stop to ``S``, each hearing the rider through both buses' windows (a 5-dB shell, +3 dBm
-    tokens: tuning cell 11 seeds 3-4, ``transfer_bunched``); ``first``'s edge saw them
-    leave at ``S`` and ``beside``'s bus runs the same road to ``S``, so the change is
-    placed at ``S`` (the same distance ridden either way). A cloned token on a bus that
-    was never at that stop with the rider's is not ``together``: held.
+    ``replay_overlap_s`` and at most ``beside_overlap_s``, with nothing settling the pair
+    (:func:`overlap_winner`), and the two buses together at ``beside``'s boarding stop
+    (``together(first, beside)``: ``first``'s bus there, by its trip's distances, within
+    :data:`backend._journeys._TOGETHER_S` of that boarding; a bus hears a rider through
+    another bus's windows only beside it): when ``first``'s bus heard the rider the
+    stronger over the common time by the evidence that settles overlaps
+    (:func:`_evidence`), or ``beside``'s bus heard them far further under its riders than
+    ``first``'s under its own (:func:`_heard_beside`: the level relative to the riders,
+    where the RSSI margin falls short; tuning cell 1 seed 2, ``transfer_bunched``,
+    r-00080: 6 dB weaker, 12 dB further under), or neither is the stronger by either
+    measure (two buses bunched from that stop to ``S``, each hearing the rider through
+    both buses' windows: a 5-dB shell, +3 dBm tokens, tuning cell 11 seeds 3-4,
+    ``transfer_bunched``; 9c6112a), the rider rode ``first`` until ``S`` and ``beside``'s
+    bus drove beside it until then; the rider changed to it at ``S``.
+    ``board_at(beside, S, first.alight_t)`` gives the leg boarded there, or ``None`` when
+    ``S`` is not a stop of its trip after its boarding stop with its alighting stop past
+    the next one (then nothing changes: a bus beside may hear a rider who got off at ``S``
+    on to its next stop). Unsettled, such a pair was held on both buses, the rider charged
+    nothing (issue 11, the unseen seed 36 shape).
+
+    What a copy of the token can make this charge (``docs/security.md``, "Cloned and
+    replayed tokens"): a copy riding a bus that stood with the rider's at a stop, boarded
+    there at most ``beside_overlap_s`` before the rider left their bus at ``S``, on a trip
+    through ``S`` and two stops on, is indistinguishable from the rider changing to it at
+    ``S``: the rider is charged that change. The radio cannot tell them apart (the same
+    token on both buses, one leg each; the earlier leg ends at ``S`` either way). A copy
+    on a bus that was not at that stop with the rider's, or that boarded it longer before
+    the change, is held with the rider's leg (before this bound only the
+    neither-the-stronger case asked for the buses together, with no bound on the time:
+    a copy heard weakly, then loudly past ``S``, boarded anywhere on the road).
     """
     if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
         return list(legs)
@@ -430,8 +438,13 @@ def changes_beside(
             if (
                 beside.bus_id == first.bus_id
                 or not first.board_t <= beside.board_t < first.alight_t < beside.alight_t
-                or first.alight_t - beside.board_t <= policy.replay_overlap_s
+                or not (
+                    policy.replay_overlap_s
+                    < first.alight_t - beside.board_t
+                    <= policy.beside_overlap_s
+                )
                 or overlap_winner(first, beside, policy) is not None
+                or not together(first, beside)
             ):
                 continue
             won = _evidence(first, beside, policy)
@@ -439,12 +452,7 @@ def changes_beside(
             if (
                 (won is not None and won[0] is first)
                 or _heard_beside(beside, first, span, policy)
-                or (
-                    won is None
-                    and together is not None
-                    and not _heard_beside(first, beside, span, policy)
-                    and together(first, beside)
-                )
+                or (won is None and not _heard_beside(first, beside, span, policy))
             ):
                 moved = board_at(beside, stop, first.alight_t)
                 if moved is not None:

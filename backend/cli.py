@@ -218,6 +218,14 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         " suspected replay (s)",
     )
     st.add_argument(
+        "--beside-overlap-s",
+        type=_non_negative,
+        default=360.0,
+        help="a change from a bus beside (heard through the windows from a stop where the"
+        " two buses stood together) overlapping longer than this is held as a suspected"
+        " replay (s)",
+    )
+    st.add_argument(
         "--overlap-margin-db",
         type=_positive,
         default=10.0,
@@ -621,6 +629,7 @@ def _settle(args: argparse.Namespace) -> int:
         rejoin_stop_s=args.rejoin_stop_s,
         replay_overlap_s=args.replay_overlap_s,
         change_overlap_s=args.change_overlap_s,
+        beside_overlap_s=args.beside_overlap_s,
         overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
         overlap_cover_s=args.overlap_cover_s,
         overlap_loser_max_dbm=args.overlap_loser_max_dbm,

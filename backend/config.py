@@ -222,6 +222,16 @@ class SettlementSettings:
             " suspected replay (a cloned token boarding at the rider's stop)."
         ),
     )
+    beside_overlap_s: float = option(
+        360.0,
+        doc=(
+            "A change from a bus beside (the later bus heard the rider through the windows"
+            " from a stop where it stood with the earlier one, and carried them on from the"
+            " stop where the earlier let them off) is placed only when the legs overlap by"
+            " at most this; longer, both are held as a suspected replay (a copy of the token"
+            " riding a bus beside the rider's)."
+        ),
+    )
     overlap_settle: bool = option(
         True,
         doc=(
@@ -344,6 +354,7 @@ class SettlementSettings:
             rejoin_stop_s=self.rejoin_stop_s,
             replay_overlap_s=self.replay_overlap_s,
             change_overlap_s=self.change_overlap_s,
+            beside_overlap_s=self.beside_overlap_s,
             overlap_margin_db=self.overlap_margin_db if self.overlap_settle else None,
             overlap_cover_s=self.overlap_cover_s,
             overlap_loser_max_dbm=self.overlap_loser_max_dbm,

@@ -1203,12 +1203,14 @@ def test_a_bus_beside_heard_far_under_its_riders_boards_where_the_rider_got_off(
     (j,) = _builder(feed).build(segs)
     assert j.charged
     assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
-    # (review of c8412af) the same with b2 boarding S03 130 s before b1 was there (not
-    # together: 9c6112a's rule does not apply): the level under the riders alone moves it
+    # the same with b2 boarding S03 130 s before b1 was there: b2 was not beside b1 when
+    # it began to hear r1, so it did not hear them through b1's windows (c8412af moved it
+    # by the level alone; since the bound on a change from a bus beside, every such change
+    # asks for the two buses together at b2's boarding stop): both held
     segs[1] = dataclasses.replace(segs[1], start_t=T0 + 20)
-    (j,) = _builder(feed).build(segs)
-    assert j.charged
-    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert all("suspected_replay" in j.flags for j in js)
     # guard: b2 heard r1 only 7 dB under its riders (b1: 6), a rider on b2 as on b1 (a
     # cloned token on two buses), b2 boarding S03 130 s before b1 was there (not
     # together): nothing moves, both held
@@ -1267,6 +1269,97 @@ def test_two_buses_bunched_from_one_stop_change_where_the_first_let_the_rider_of
     (j,) = _builder(feed).build(segs)
     assert j.charged
     assert _stops([j]) == [("b1", "S03", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+
+
+def _copy_beside(
+    board: str, t: float, alight: str = "S15", *, weak_until: float | None = None
+) -> list[Segment]:
+    """r1 rides b1 (R1) S01 -> S05, T0 to T0 + 400 (b1 at S02 about T0 + 100, S03 + 200,
+    S04 + 300 by its trip's distances), heard -55 dBm, 8 dB under its riders. A copy of
+    r1's token boards b2 (R2, the same road) at ``board`` at T0 + ``t`` and rides to
+    ``alight`` (T0 + 1500), heard as a rider (-55, 8 dB under); with ``weak_until``, heard
+    -75 dBm (28 dB under b2's riders: as through the windows) until then, and as a rider
+    after it (its rid rotated: a new segment). The data are the same whichever of the two
+    is the rider and which the copy."""
+    b2 = {"bus": "b2", "route": "R2", "trip": "T2", "riders": -47.0}
+    if weak_until is None:
+        copy = [seg((T0 + t, board, "boarded"), (T0 + 1500, alight, "alighted"), rssi=-55.0, **b2)]
+    else:
+        copy = [
+            seg((T0 + t, board, "boarded"), (T0 + weak_until, None, "rotated"), rssi=-75.0, **b2),
+            seg(
+                (T0 + weak_until + 1, None, "continued"),
+                (T0 + 1500, alight, "alighted"),
+                rssi=-55.0,
+                **b2,
+            ),
+        ]
+    return [
+        seg((T0, "S01", "boarded"), (T0 + 400, "S05", "alighted"), rssi=-55.0, riders=-47.0),
+        *copy,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("case", "segs", "charged"),
+    [
+        # a copy on a bus that stood with the rider's at S03 (b1 there T0 + 200), boarded
+        # 200 s before the rider left b1 at S05, and rode on past S05: what a change at S05
+        # to b2 looks like (either bus's rider the copy); the rider is charged that change
+        ("with b1 at S03, 200 s before S05", _copy_beside("S03", 200.0), True),
+        ("with b1 at S02, 300 s before S05", _copy_beside("S02", 100.0), True),
+        ("heard weak, then loud past S05", _copy_beside("S03", 200.0, weak_until=600.0), True),
+        # held: boarded longer before the change than beside_overlap_s (360 s)
+        ("with b1 at S01, 390 s before S05", _copy_beside("S01", 10.0), False),
+        ("weak, then loud, 390 s before", _copy_beside("S01", 10.0, weak_until=600.0), False),
+        # held: the copy's bus was not at its boarding stop with the rider's (within 120 s)
+        ("at S04 150 s before b1 (250 s before S05)", _copy_beside("S04", 150.0), False),
+        (
+            "weak, then loud, at S04 150 s before b1",
+            _copy_beside("S04", 150.0, weak_until=600.0),
+            False,
+        ),
+        # held: the copy got off at the stop after S05 (no bus hears a rider it does not
+        # carry past a further stop: one beside S05 may hear one walking off)
+        ("with b1 at S03, off at S06", _copy_beside("S03", 200.0, alight="S06"), False),
+    ],
+)
+def test_what_a_copy_of_the_token_on_a_bus_beside_can_make_us_charge(
+    feed: Feed, case: str, segs: list[Segment], charged: bool
+) -> None:
+    """docs/security.md, "Cloned and replayed tokens": the charge a copy can cause through
+    a change from a bus beside (:func:`backend._overlaps.changes_beside`), and its bounds.
+    Before the bound (9c6112a, c8412af) a copy with b1 at S01 (390 s before, the rider's
+    whole ride), and a weak-then-loud copy boarding anywhere on the road during the ride,
+    were charged to the rider as a change."""
+    js = _builder(feed).build(segs)
+    if charged:
+        (j,) = js
+        assert j.charged
+        assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+        # the rider's own ride on b1 and a transfer to b2 from S05 (not from the copy's stop)
+        assert j.fare_krw == _price(
+            ("R1", "gyeonggi_city", 4 * STOP_SPACING_M), ("R2", "gyeonggi_wide_area", 8000.0)
+        )
+    else:
+        assert b_charged(js) == []
+        assert len(js) == 2
+        assert all("suspected_replay" in j.flags for j in js)
+
+
+def test_the_bound_on_a_change_from_a_bus_beside_is_the_policys(feed: Feed) -> None:
+    """``beside_overlap_s`` sets it: 390 s together before the change passes a 400-s bound;
+    the 200-s copy is held under a 180-s one (the riders' real changes from a bus beside
+    measured on tuning seeds: up to 252 s, docs/backend.md)."""
+    (j,) = _builder(feed, beside_overlap_s=400.0).build(_copy_beside("S01", 10.0))
+    assert j.charged
+    assert _stops([j])[1] == ("b2", "S05", "S15", ("transfer_stop",))
+    js = _builder(feed, beside_overlap_s=180.0).build(_copy_beside("S03", 200.0))
+    assert b_charged(js) == []
+    # the default, 360 s: exactly 360 s before the change is placed, 361 s held
+    (j,) = _builder(feed).build(_copy_beside("S01", 40.0))
+    assert _stops([j])[1] == ("b2", "S05", "S15", ("transfer_stop",))
+    assert b_charged(_builder(feed).build(_copy_beside("S01", 39.0))) == []
 
 
 def _bunched_to_s05(tail_rssi: float = -88.0, head_rssi: float = -57.0) -> list[Segment]:
@@ -1791,6 +1884,7 @@ def test_strength_is_weighted_by_time_not_the_loudest_segment(feed: Feed) -> Non
         {"replay_overlap_s": -1.0},
         {"change_overlap_s": -1.0},
         {"change_overlap_s": float("nan")},
+        {"beside_overlap_s": -1.0},
         {"stitch_gap_s": float("nan")},
     ],
 )
@@ -1807,6 +1901,7 @@ def test_policy_rejects_nonsense(kw: dict[str, float]) -> None:
         ("[settlement]\noverlap_cover_s = -60\n", {}, "overlap_cover_s"),
         ("[settlement]\nreplay_overlap_s = -1\n", {}, "replay_overlap_s"),
         ("", {"BUSBELL_SETTLEMENT__CHANGE_OVERLAP_S": "-1"}, "change_overlap_s"),
+        ("[settlement]\nbeside_overlap_s = -5\n", {}, "beside_overlap_s"),
         ("[settlement]\ntentative_points = 0\n", {}, "tentative_points"),
         ("", {"BUSBELL_SETTLEMENT__TENTATIVE_GAP_S": "-1"}, "tentative_gap_s"),
         ("[settlement]\ntentative_spread_db = -2.0\n", {}, "tentative_spread_db"),
