@@ -157,6 +157,14 @@ class JourneyBuilder:
                     found.append(d)
         return min(found) if found else None
 
+    def tentative_hop(self, seg: Segment) -> float | None:
+        """Metres along a segment's trip from its start stop to its end stop, or ``None``.
+
+        What :func:`backend._tentative.settle_tentative` asks of a lone piece heard door to
+        door (pass it to ``dropped_tentative`` too, so both keep the same pieces).
+        """
+        return self.gtfs_distance(seg.route_id, seg.trip_id, seg.start_stop_id, seg.end_stop_id)
+
     def route_max_distance(self, route_id: str | None) -> float | None:
         """The longest distance of a route in the feed (the penalty distance)."""
         if route_id is None:
@@ -531,7 +539,7 @@ class JourneyBuilder:
     ) -> list[Journey]:
         """Build and price one rider's journeys."""
         cat = category or self.policy.category
-        segments, _ = settle_tentative(list(segments), self.policy)
+        segments, _ = settle_tentative(list(segments), self.policy, self.tentative_hop)
         legs = self.stitch(segments)
         tails: list[Leg] = []
         if len(legs) > 1:

@@ -90,7 +90,7 @@ class Segment:
         trip_id: the trip, or ``None``.
         start_t: segment start (bus GNSS time).
         start_stop_id: stop at the start, or ``None``.
-        start_cause: ``boarded``, ``continued`` or ``tentative`` (never charged alone:
+        start_cause: ``boarded``, ``continued`` or ``tentative`` (charged alone only door to door:
             :mod:`backend._tentative`).
         end_t: segment end.
         end_stop_id: stop at the end, or ``None``.

@@ -1259,7 +1259,9 @@ class Settler:
             dropped = 0
             if any(seg.start_cause == TENTATIVE for seg in segments):
                 # tentative segments not summed into a ride: counted, charge nobody
-                dropped = settle_tentative(segments, self.builder.policy)[1]
+                dropped = settle_tentative(
+                    segments, self.builder.policy, self.builder.tentative_hop
+                )[1]
                 rejected.extend(["tentative_dropped"] * dropped)
             yield journeys, rejected, len(segments) - dropped
 

@@ -935,7 +935,11 @@ class SettlementWorker:
                     )
                 ).all()
             try:
-                dropped = dropped_tentative([_segment_of_row(r) for r in rows], self.builder.policy)
+                dropped = dropped_tentative(
+                    [_segment_of_row(r) for r in rows],
+                    self.builder.policy,
+                    self.builder.tentative_hop,
+                )
             except Exception as exc:  # that rider's rows are kept; the others go on
                 UNEXPECTED.labels("links").inc()
                 self._warn(

@@ -10,7 +10,10 @@ it knows whose rids they are.
 
 :func:`settle_tentative` runs on one rider's resolved segments before they are stitched:
 
-* a tentative segment is **never charged alone**;
+* a tentative segment is **never charged alone**, unless heard **door to door**: a lone
+  piece first heard at a stop, moving with the bus at two or more points, lost as the
+  doors opened at another stop, over at least half the way between them
+  (:func:`_door_to_door`; the caller gives the trip's distances);
 * tentative pieces on one bus and trip (route, without a trip id) that **adjoin across a
   rotation** (consecutive intervals, the later one starting at most
   ``tentative_gap_s`` after the earlier ended, overlapping by at most ``stitch_gap_s``)
@@ -42,13 +45,20 @@ Pure and deterministic; riders never mix (the caller passes one rider's segments
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from backend._legs import JourneyPolicy, Segment
 
-__all__ = ["TENTATIVE", "dropped_tentative", "settle_tentative"]
+__all__ = ["TENTATIVE", "Hop", "dropped_tentative", "settle_tentative"]
 
 TENTATIVE = "tentative"
+
+Hop = Callable[[Segment], "float | None"]
+"""The distance (m) along a segment's trip from its start stop to its end stop, or ``None``."""
+
+DOOR_TO_DOOR_COVER = 0.5
+"""A lone piece heard door to door is kept when the bus travelled at least this share of
+the way between its two stops while it was heard (:func:`_door_to_door`)."""
 
 
 def _key(s: Segment) -> tuple[str, str | None, str | None]:
@@ -89,9 +99,12 @@ def _touch(a: Segment, b: Segment, policy: JourneyPolicy) -> bool:
 
 
 def settle_tentative(
-    segments: Sequence[Segment], policy: JourneyPolicy
+    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None = None
 ) -> tuple[list[Segment], int]:
     """One rider's segments with the tentative ones kept (as rides) or dropped.
+
+    ``hop`` gives the distance between a piece's stops along its trip (a lone piece heard
+    door to door: :func:`_door_to_door`); without it a lone piece is never kept.
 
     Returns:
         The segments to stitch (confirmed ones unchanged, but for an ``alighted`` end
@@ -104,7 +117,7 @@ def settle_tentative(
     firm = out[:]
     dropped = 0
     for cluster, pieces in _clusters(segments, firm, policy):
-        if _kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy):
+        if _kept(cluster, pieces, policy, hop) and not _beaten(cluster, pieces, firm, policy):
             first = cluster[0]  # (sorted by start)
             kept = [
                 dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
@@ -119,7 +132,7 @@ def settle_tentative(
 
 
 def dropped_tentative(
-    segments: Sequence[Segment], policy: JourneyPolicy
+    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None = None
 ) -> list[tuple[list[Segment], list[Segment]]]:
     """The joined groups whose tentative pieces :func:`settle_tentative` drops.
 
@@ -135,7 +148,7 @@ def dropped_tentative(
     return [
         (cluster, pieces)
         for cluster, pieces in _clusters(segments, firm, policy)
-        if not (_kept(cluster, pieces, policy) and not _beaten(cluster, pieces, firm, policy))
+        if not (_kept(cluster, pieces, policy, hop) and not _beaten(cluster, pieces, firm, policy))
     ]
 
 
@@ -274,12 +287,42 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
-def _kept(cluster: Sequence[Segment], pieces: Sequence[Segment], policy: JourneyPolicy) -> bool:
-    if len(cluster) < 2 or any(s.co is None for s in pieces):
-        return False  # never charged alone; no evidence to sum
+def _kept(
+    cluster: Sequence[Segment], pieces: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None
+) -> bool:
+    if len(cluster) == 1:
+        return hop is not None and _door_to_door(cluster[0], policy, hop)
+    if any(s.co is None for s in pieces):
+        return False  # no evidence to sum
     if len(pieces) < len(cluster):
         return True  # the rider was confirmed aboard on a rid adjoining these
     cos = [s.co for s in pieces if s.co is not None]
     points = sum(c[0] for c in cos)
     spread = max(c[2] for c in cos) - min(c[1] for c in cos)
     return points >= policy.tentative_points and spread <= policy.tentative_spread_db
+
+
+def _door_to_door(piece: Segment, policy: JourneyPolicy, hop: Hop) -> bool:
+    """Whether a lone tentative piece is a ride of its own, heard from door to door.
+
+    The edge first heard the rid at a stop (``start.stop_id``), heard it move with the bus
+    at two or more co-movement points (``co_n``, levels within ``tentative_spread_db``),
+    and lost it as the doors opened at a later stop (``alighted`` at another named stop),
+    the bus having travelled at least :data:`DOOR_TO_DOOR_COVER` of the way between the
+    two stops along its trip while it heard it. A weak rider riding one hop is heard so
+    (too sparsely for the edge to confirm: issue 11, weak cells); someone left at the
+    first stop, walking to the next or met near it is heard near one end only (tuning
+    seeds 1-2, cells 2, 10, 20, full: such pieces covered 12-42 % of the way, the missed
+    riders' 61-100 %). A rider of a bus beside heard door to door is dropped as before
+    when their own bus confirmed them (:func:`_beaten`).
+    """
+    co = piece.co
+    if (
+        co is None
+        or co[0] < 2
+        or co[2] - co[1] > policy.tentative_spread_db
+        or piece.end_cause != "alighted"
+    ):
+        return False  # (co is None only for an event validation refuses as tentative)
+    way = hop(piece)  # None: a stop unknown or off the trip; 0: the same stop
+    return way is not None and way > 0.0 and piece.distance_m >= DOOR_TO_DOOR_COVER * way

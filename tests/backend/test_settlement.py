@@ -858,6 +858,36 @@ async def test_dropped_tentative_pieces_lose_their_rider_link_after_tentative_li
     assert (report.events, report.tentative_links_deleted) == (0, 0)
 
 
+async def test_a_lone_piece_heard_door_to_door_keeps_its_rider_link(env: Env) -> None:
+    """A lone tentative piece heard from S03's doors to S04's is a ride (``_door_to_door``):
+    charged online as offline, and its ``rider_segments`` link is no dropped piece's, so
+    ``tentative_link_days`` never deletes it (the journey would go with it)."""
+    w = env.world
+    fields = w.segment_fields(
+        "r0001",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 100.0, "S03", "tentative"),
+        end=(T0 + 220.0, "S04", "alighted"),
+        distance_m=766.0,
+    )
+    fields["evidence"].update({"co_n": 2, "co_lo": -94.0, "co_hi": -92.0})
+    events = [w.buses["bus-01"].emit(fields)]
+    await env.ingest(events)
+    await env.worker.settle_once(now=NOW)
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [(x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [("S03", "S04")]
+    before = await env.derived()
+    report = await env.worker.settle_once(now=T0 + 40 * 86400.0)
+    assert report.tentative_links_deleted == 0
+    assert await env.derived() == before
+    offline = _offline(env.world, events, {})
+    assert offline.stats.rejected == {}
+    assert [(o.journey_id, o.fare_krw) for o in offline.journeys] == [
+        (r["journey_id"], r["fare_krw"]) for r in before["journeys"]
+    ]
+
+
 async def test_tentative_links_are_kept_with_tentative_link_days_0(env: Env) -> None:
     w = env.world
     b = (int(T0 // 600) + 1) * 600.0

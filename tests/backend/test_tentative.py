@@ -7,6 +7,7 @@ meet what the edge needs to confirm one rid (docs/backend.md, "Tentative segment
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from backend._journeys import JourneyBuilder, JourneyPolicy
 from backend._legs import Segment, evidence_co, evidence_count
 from backend._resolve import Resolver, RiderKeyring
 from backend._settle import Settler
-from backend._tentative import settle_tentative
+from backend._tentative import dropped_tentative, settle_tentative
 from busbell import (
     ChainError,
     ContractError,
@@ -46,9 +47,10 @@ def _piece(
     co: tuple[int, float, float] | None = (2, -92.0, -89.0),
     bus: str = "bus-01",
     trip: str | None = "T1",
+    distance: float = 800.0,
 ) -> dict[str, Any]:
     fields = world.segment_fields(
-        rider, route_id="R1", trip_id=trip, start=start, end=end, distance_m=800.0
+        rider, route_id="R1", trip_id=trip, start=start, end=end, distance_m=distance
     )
     if co is not None:
         fields["evidence"].update({"co_n": co[0], "co_lo": co[1], "co_hi": co[2]})
@@ -111,6 +113,107 @@ def test_a_lone_tentative_segment_charges_nobody(tmp_path: Path) -> None:
     assert res.journeys == []
     assert res.stats.rejected == {"tentative_dropped": 1}
     assert res.stats.accepted == 0
+
+
+def _door_to_door(
+    world: World,
+    rider: str = "r0001",
+    *,
+    start: tuple[float, str | None, str] = (T0 + 100.0, "S03", "tentative"),
+    end: tuple[float, str | None, str] = (T0 + 220.0, "S04", "alighted"),
+    co: tuple[int, float, float] | None = (2, -94.0, -92.0),
+    distance: float = 766.0,
+) -> dict[str, Any]:
+    """One rid heard from S03's doors to S04's (800 m apart), never confirmed.
+
+    Full scale, tuning cell 10 seed 1, ``quiet_route``, r-00033: 13 adverts at -93 dBm, 19
+    dB under the riders, 2 co-movement points, the bus 766 m on from BD006 to BD008 while
+    it heard them: no rotation to sum across, the ride was missed.
+    """
+    return _piece(world, rider, start, end, co=co, distance=distance)
+
+
+def test_a_lone_piece_heard_door_to_door_is_a_ride(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    res = _settle(world, [_door_to_door(world)])
+    (j,) = res.journeys
+    assert j.charged
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S03", "S04")
+    assert res.stats.rejected == {}
+    assert res.stats.accepted == 1
+    # half the way between the stops is enough (400 of 800 m)
+    world = World(tmp_path / "half", riders=2, buses=1)
+    assert _settle(world, [_door_to_door(world, distance=400.0)]).journeys[0].charged
+
+
+@pytest.mark.parametrize(
+    ("case", "kw"),
+    [
+        ("heard under half the way", {"distance": 399.0}),
+        ("one co-movement point", {"co": (1, -94.0, -92.0)}),
+        ("levels spread 13 dB", {"co": (2, -94.0, -81.0)}),
+        ("first heard off a stop", {"start": (T0 + 100.0, None, "tentative")}),
+        ("lost, not seen leaving", {"end": (T0 + 220.0, "S04", "lost")}),
+        ("rid rotated", {"end": (T0 + 220.0, None, "rotated")}),
+        ("left at the stop it was heard at", {"end": (T0 + 220.0, "S03", "alighted")}),
+        ("alighted at no named stop", {"end": (T0 + 220.0, None, "alighted")}),
+        ("a stop off the trip", {"end": (T0 + 220.0, "S99", "alighted")}),
+    ],
+)
+def test_a_lone_piece_not_heard_door_to_door_charges_nobody(
+    tmp_path: Path, case: str, kw: dict[str, Any]
+) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    res = _settle(world, [_door_to_door(world, **kw)])
+    assert res.journeys == [], case
+    assert res.stats.rejected == {"tentative_dropped": 1}, case
+
+
+def test_a_lone_piece_door_to_door_on_a_bus_beside_the_riders_ride_is_dropped(
+    tmp_path: Path,
+) -> None:
+    # heard door to door on bus-02 beside bus-01, which confirmed the rider over the same
+    # hop (tuning cell 10 seed 1, shared_stop_three_routes, r-00195): bus-01 is charged
+    world = World(tmp_path, riders=2, buses=2)
+    ride = world.buses["bus-01"].emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R1",
+            trip_id="T1",
+            start=(T0 + 90.0, "S03", "boarded"),
+            end=(T0 + 230.0, "S04", "alighted"),
+            distance_m=800.0,
+        )
+    )
+    beside = _piece(
+        world,
+        "r0001",
+        (T0 + 100.0, "S03", "tentative"),
+        (T0 + 220.0, "S04", "alighted"),
+        co=(2, -94.0, -92.0),
+        bus="bus-02",
+        trip="T2",
+        distance=766.0,
+    )
+    res = _settle(world, [ride, beside])
+    (j,) = res.journeys
+    assert [leg.bus_id for leg in j.legs] == ["bus-01"]
+    assert res.stats.rejected == {"tentative_dropped": 1}
+
+
+def test_the_links_of_a_lone_piece_are_kept_when_it_is_a_ride(tmp_path: Path) -> None:
+    # dropped_tentative (the online settlement's deletable links) agrees with
+    # settle_tentative when both are given the trip's distances, and not without them
+    world = World(tmp_path, riders=2, buses=1)
+    feed = load_gtfs(world.gtfs)
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed)
+    seg = Segment.from_event(_door_to_door(world), "r0001")
+    kept = dataclasses.replace(seg, start_cause="boarded")
+    assert settle_tentative([seg], builder.policy, builder.tentative_hop) == ([kept], 0)
+    assert dropped_tentative([seg], builder.policy, builder.tentative_hop) == []
+    assert dropped_tentative([seg], builder.policy) == [([seg], [seg])]
+    assert settle_tentative([seg], builder.policy) == ([], 1)
 
 
 def test_too_little_evidence_in_all_charges_nobody(tmp_path: Path) -> None:
