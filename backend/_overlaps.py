@@ -30,7 +30,9 @@ legs are marked and held, not charged automatically; so is a leg that only lost 
 that is itself held. Only a leg that is not itself dropped can drop another one. Of a
 held pair that made one ride on two buses side by side (the same stops, the same times),
 the leg whose bus decoded far more of the token's adverts is charged after all
-(``overlap_preferred``, :func:`_same_ride`), the other still held.
+(``overlap_preferred``, :func:`_same_ride`), the other still held; unless that leg is also
+in a pair nothing settles with a leg held in the end (one held again because it lost only
+to held legs: the pairs are judged again until no such leg is left).
 """
 
 from __future__ import annotations
@@ -97,12 +99,23 @@ def settle_overlaps(legs: Sequence[Leg], policy: JourneyPolicy) -> list[Leg]:
     for a, b in [*unsettled, *cyclic]:
         if a not in dropped and b not in dropped:
             suspect |= {a, b}
-    preferred = _preferred(legs, [p for p in unsettled if suspect.issuperset(p)], cyclic, policy)
-    suspect -= preferred
-    for lose, winners in dropped_by.items():
-        if winners <= suspect:
-            dropped.discard(lose)
-            suspect.add(lose)
+    held = [p for p in unsettled if suspect.issuperset(p)]
+    while True:
+        # (a leg that lost to another is never preferred, even when held again below)
+        preferred = _preferred(legs, held, cyclic, policy) - dropped_by.keys()
+        now_held = suspect - preferred
+        now_dropped = set(dropped)
+        for lose, winners in dropped_by.items():
+            if winners <= now_held:
+                now_dropped.discard(lose)
+                now_held.add(lose)
+        # a leg held now that it lost only to held legs may leave a preferred leg in a
+        # held pair nothing settles: that leg is held too (judged again with the pair)
+        more = [p for p in unsettled if (now_held | preferred).issuperset(p)]
+        if len(more) == len(held):
+            break
+        held = more
+    suspect, dropped = now_held, now_dropped
     resolved = {w for w, lose in wins if lose in dropped and w not in dropped}
 
     def settled(k: int, leg: Leg) -> Leg:

@@ -696,6 +696,97 @@ def test_one_ride_on_three_buses_side_by_side_charges_one(feed: Feed) -> None:
     }
 
 
+def test_a_leg_held_again_holds_the_preferred_leg_it_overlaps_unsettled(feed: Feed) -> None:
+    # b1 is preferred over b2 (the same ride, 16 times the adverts). b3 made the same ride
+    # at b1's rate, 3 dB under it: nothing settles b1 and b3. b2 (11 dB louder) drops b3,
+    # but b2 is held, so b3 is held again (it lost only to a held leg), and b1, in a held
+    # pair nothing settles, is held with it (review of a5047cb: b3 held again after the
+    # preference was taken left b1 charged beside it)
+    segs = [
+        *_side_by_side(),
+        seg(
+            (T0 + 210, "S05", "boarded"),
+            (T0 + 390, "S06", "alighted"),
+            bus="b3",
+            route="R3",
+            trip="T3",
+            rssi=-89.0,
+            n_adv=100,
+            riders=-75.0,
+        ),
+    ]
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert _leg_flags(js) == dict.fromkeys(("b1", "b2", "b3"), ("review", "suspected_replay"))
+
+
+def test_a_leg_dropped_by_a_charged_leg_does_not_hold_the_preferred_leg(feed: Feed) -> None:
+    # b1 is preferred over b2 (the same ride). b4 heard the rider weakly from S05 to S07
+    # (near its own riders' level, so no change from a bus beside): nothing settles it
+    # with b1 or b2, but b3, which the rider changed to at S06 (50 s of overlap with b1:
+    # a change), heard them 30 dB louder over it and drops it. b4 stays dropped, and a
+    # dropped leg holds nobody: b1 is charged, then b3 (review of a5047cb: judging the
+    # pairs of dropped legs too held b1)
+    segs = [
+        *_side_by_side(),
+        seg(
+            (T0 + 350, "S06", "boarded"),
+            (T0 + 700, "S09", "alighted"),
+            bus="b3",
+            route="R3",
+            trip="T3",
+            rssi=-60.0,
+            n_adv=700,
+            riders=-62.0,
+        ),
+        seg(
+            (T0 + 330, "S05", "boarded"),
+            (T0 + 650, "S07", "alighted"),
+            bus="b4",
+            route="R2",
+            trip=None,
+            rssi=-90.0,
+            n_adv=160,
+            riders=-88.0,
+        ),
+    ]
+    js = _builder(feed).build(segs)
+    flags = _leg_flags(js)
+    assert "overlap_dropped" in flags.pop("b4")
+    assert flags == {
+        "b1": ("overlap_preferred",),
+        "b2": ("review", "suspected_replay"),
+        "b3": ("overlap_resolved",),
+    }
+    assert b_charged(js) == ["b1", "b3"]
+
+
+def test_a_leg_beaten_by_the_preferred_leg_stays_dropped(feed: Feed) -> None:
+    # b1 is preferred over b2 (the same ride); b4 heard the rider 14 dB under b1 and 22 dB
+    # under b2 over the same ride: both beat it, and as b1 is charged, b4 stays dropped
+    # (not held as a suspected replay for an operator: it lost to the leg charged)
+    segs = [
+        *_side_by_side(),
+        seg(
+            (T0 + 210, "S05", "boarded"),
+            (T0 + 390, "S06", "alighted"),
+            bus="b4",
+            route="R3",
+            trip="T3",
+            rssi=-100.0,
+            n_adv=50,
+            riders=-75.0,
+        ),
+    ]
+    js = _builder(feed).build(segs)
+    assert _leg_flags(js) == {
+        "b1": ("overlap_resolved",),
+        "b2": ("review", "suspected_replay"),
+        "b4": ("overlap_dropped",),
+    }
+    assert b_charged(js) == ["b1"]
+
+
 def test_a_leg_in_a_cycle_of_settlements_is_not_preferred(feed: Feed) -> None:
     # settlements left in a cycle hold their legs (all but impossible by the RSSI rules,
     # so fed to the rule directly): b1, preferred over b2, stays held when in a cycle
@@ -1372,7 +1463,7 @@ def _bunched_to_s05(tail_rssi: float = -88.0, head_rssi: float = -57.0) -> list[
     return [
         seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), rssi=head_rssi, riders=-51.0),
         seg(
-            (T0 + 300, "S05", "boarded"),
+            (T0 + 330, "S05", "boarded"),
             (T0 + 480, "S06", "alighted"),
             rssi=tail_rssi,
             riders=-51.0,
