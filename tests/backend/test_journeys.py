@@ -2034,6 +2034,29 @@ def test_settlement_config_tentative_thresholds_reach_the_journey_policy(tmp_pat
     assert (default.tentative_points, default.tentative_spread_db) == (4, 12.0)
 
 
+def test_every_settlement_option_of_the_journey_policy_reaches_it() -> None:
+    # each [settlement] option named as a JourneyPolicy field, set to another value, is
+    # that field of the policy: none left unwired (review of 02006e4: beside_overlap_s
+    # dropped from journey_policy() passed every test)
+    from backend.config import BackendConfig
+    from busbell._config import load_config
+
+    fields = {f.name: f.default for f in dataclasses.fields(JourneyPolicy)}
+    numeric = {
+        f.name: fields[f.name]
+        for f in dataclasses.fields(BackendConfig().settlement)
+        if f.name in fields and type(fields[f.name]) in (int, float)
+    }
+    assert "beside_overlap_s" in numeric
+    assert len(numeric) >= 15
+    for name, default in numeric.items():
+        value = default + 7
+        env = {f"BUSBELL_SETTLEMENT__{name.upper()}": str(value)}
+        policy = load_config(BackendConfig, None, env=env).settlement.journey_policy()
+        assert getattr(policy, name) == value, name
+        assert dataclasses.replace(policy, **{name: default}) == JourneyPolicy(), name
+
+
 def test_settlement_config_rate_alone_ratio_and_link_days_default_value_and_off(
     tmp_path: Path,
 ) -> None:
