@@ -1362,6 +1362,34 @@ def test_two_buses_bunched_from_one_stop_change_where_the_first_let_the_rider_of
     assert _stops([j]) == [("b1", "S03", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
 
 
+def test_two_buses_bunched_where_the_first_heard_the_rider_through_its_windows_hold_both(
+    feed: Feed,
+) -> None:
+    # the bunched world above, but b1 heard r1 22 dB under its riders (as through the
+    # windows), 14 dB further under than b2 under its own: r1 rode b2 from S03 and b1
+    # only heard them beside it, so no change is placed at S05 (that would charge b1 for
+    # S03 -> S05); nothing settles the pair: both held (review of 02006e4: the
+    # neither-the-stronger case without its through-the-windows guard passed every test)
+    segs = [
+        seg((T0, "S03", "boarded"), (T0 + 270, "S05", "alighted"), rssi=-56.0, riders=-34.0),
+        seg(
+            (T0 + 20, "S03", "boarded"),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-55.0,
+            riders=-47.0,
+        ),
+    ]
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert _stops(js) == [
+        ("b1", "S03", "S05", ("review", "suspected_replay")),
+        ("b2", "S03", "S15", ("review", "suspected_replay")),
+    ]
+
+
 def _copy_beside(
     board: str, t: float, alight: str = "S15", *, weak_until: float | None = None
 ) -> list[Segment]:
