@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from backend._journeys import JourneyPolicy
+
 __all__ = ["main", "run_backend"]
 
 SETTLE_EPILOG = """\
@@ -591,10 +593,37 @@ def _missed_report(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- settle
 
 
+def _settle_policy(args: argparse.Namespace) -> JourneyPolicy:
+    """The journey builder's rules that ``backend settle``'s options give."""
+    from backend._journeys import JourneyPolicy
+
+    return JourneyPolicy(
+        lost_policy=args.lost_policy,
+        stitch_gap_s=args.stitch_gap_s,
+        unknown_trip_gap_s=args.unknown_trip_gap_s,
+        rejoin_stop_s=args.rejoin_stop_s,
+        replay_overlap_s=args.replay_overlap_s,
+        change_overlap_s=args.change_overlap_s,
+        beside_overlap_s=args.beside_overlap_s,
+        overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
+        overlap_cover_s=args.overlap_cover_s,
+        overlap_loser_max_dbm=args.overlap_loser_max_dbm,
+        overlap_loser_under_riders_db=args.overlap_loser_under_riders_db,
+        overlap_rate_margin_db=None if args.no_overlap_rate else args.overlap_rate_margin_db,
+        overlap_rate_ratio=args.overlap_rate_ratio,
+        overlap_rate_alone_ratio=args.overlap_rate_alone_ratio,
+        category=args.category,
+        default_network=args.default_network,
+        tentative_points=args.tentative_points,
+        tentative_spread_db=args.tentative_spread_db,
+        tentative_gap_s=args.tentative_gap_s,
+    )
+
+
 def _settle(args: argparse.Namespace) -> int:
     from backend._fare_engine import FareEngine
     from backend._fare_rules import load_rules
-    from backend._journeys import JourneyBuilder, JourneyPolicy
+    from backend._journeys import JourneyBuilder
     from backend._resolve import DEFAULT_PROOF_SLACK_S, Resolver, RiderKeyring
     from backend._settle import Settler
     from busbell._cliutil import NothingUseful, Progress, check_output_path, rejection_summary
@@ -622,27 +651,7 @@ def _settle(args: argparse.Namespace) -> int:
         ring,
         proof_slack_s=DEFAULT_PROOF_SLACK_S if args.proof_slack_s is None else args.proof_slack_s,
     )
-    policy = JourneyPolicy(
-        lost_policy=args.lost_policy,
-        stitch_gap_s=args.stitch_gap_s,
-        unknown_trip_gap_s=args.unknown_trip_gap_s,
-        rejoin_stop_s=args.rejoin_stop_s,
-        replay_overlap_s=args.replay_overlap_s,
-        change_overlap_s=args.change_overlap_s,
-        beside_overlap_s=args.beside_overlap_s,
-        overlap_margin_db=None if args.hold_overlaps else args.overlap_margin_db,
-        overlap_cover_s=args.overlap_cover_s,
-        overlap_loser_max_dbm=args.overlap_loser_max_dbm,
-        overlap_loser_under_riders_db=args.overlap_loser_under_riders_db,
-        overlap_rate_margin_db=None if args.no_overlap_rate else args.overlap_rate_margin_db,
-        overlap_rate_ratio=args.overlap_rate_ratio,
-        overlap_rate_alone_ratio=args.overlap_rate_alone_ratio,
-        category=args.category,
-        default_network=args.default_network,
-        tentative_points=args.tentative_points,
-        tentative_spread_db=args.tentative_spread_db,
-        tentative_gap_s=args.tentative_gap_s,
-    )
+    policy = _settle_policy(args)
     builder = JourneyBuilder(FareEngine(rules), feed, policy)
     settler = Settler(devices, resolver, builder, verify=args.verify)
     progress = Progress("reading events", unit="events")

@@ -2085,6 +2085,27 @@ def test_every_settlement_option_of_the_journey_policy_reaches_it() -> None:
         assert dataclasses.replace(policy, **{name: default}) == JourneyPolicy(), name
 
 
+def test_every_settle_option_of_the_journey_policy_reaches_it() -> None:
+    # each `backend settle --NAME` option of a JourneyPolicy field, set to another value,
+    # is that field of the policy it settles with; its default is the policy's (review of
+    # 02006e4: --beside-overlap-s dropped from the policy passed every test)
+    from backend.cli import _build_parser, _settle_policy
+
+    base = ["settle", "E.jsonl", "--gtfs", "G", "--riders", "R", "--devices", "D", "--out", "O"]
+    assert _settle_policy(_build_parser("busbell backend").parse_args(base)) == JourneyPolicy()
+    fields = {f.name: f.default for f in dataclasses.fields(JourneyPolicy)}
+    numeric = {n: d for n, d in fields.items() if type(d) in (int, float)}
+    assert "beside_overlap_s" in numeric
+    for name, default in numeric.items():
+        value = default + 7
+        args = _build_parser("busbell backend").parse_args(
+            [*base, "--" + name.replace("_", "-"), str(value)]
+        )
+        policy = _settle_policy(args)
+        assert getattr(policy, name) == value, name
+        assert dataclasses.replace(policy, **{name: default}) == JourneyPolicy(), name
+
+
 def test_settlement_config_rate_alone_ratio_and_link_days_default_value_and_off(
     tmp_path: Path,
 ) -> None:
