@@ -696,6 +696,20 @@ def test_one_ride_on_three_buses_side_by_side_charges_one(feed: Feed) -> None:
     }
 
 
+def _on_the_same_ride(bus: str, *, rssi: float, n_adv: int) -> Segment:
+    """A third bus (R3) hearing r1 over the ride of :func:`_side_by_side`, S05 -> S06."""
+    return seg(
+        (T0 + 210, "S05", "boarded"),
+        (T0 + 390, "S06", "alighted"),
+        bus=bus,
+        route="R3",
+        trip="T3",
+        rssi=rssi,
+        n_adv=n_adv,
+        riders=-75.0,
+    )
+
+
 def test_a_leg_held_again_holds_the_preferred_leg_it_overlaps_unsettled(feed: Feed) -> None:
     # b1 is preferred over b2 (the same ride, 16 times the adverts). b3 made the same ride
     # at b1's rate, 3 dB under it: nothing settles b1 and b3. b2 (11 dB louder) drops b3,
@@ -704,16 +718,7 @@ def test_a_leg_held_again_holds_the_preferred_leg_it_overlaps_unsettled(feed: Fe
     # preference was taken left b1 charged beside it)
     segs = [
         *_side_by_side(),
-        seg(
-            (T0 + 210, "S05", "boarded"),
-            (T0 + 390, "S06", "alighted"),
-            bus="b3",
-            route="R3",
-            trip="T3",
-            rssi=-89.0,
-            n_adv=100,
-            riders=-75.0,
-        ),
+        _on_the_same_ride("b3", rssi=-89.0, n_adv=100),
     ]
     js = _builder(feed).build(segs)
     assert b_charged(js) == []
@@ -767,16 +772,7 @@ def test_a_leg_beaten_by_the_preferred_leg_stays_dropped(feed: Feed) -> None:
     # (not held as a suspected replay for an operator: it lost to the leg charged)
     segs = [
         *_side_by_side(),
-        seg(
-            (T0 + 210, "S05", "boarded"),
-            (T0 + 390, "S06", "alighted"),
-            bus="b4",
-            route="R3",
-            trip="T3",
-            rssi=-100.0,
-            n_adv=50,
-            riders=-75.0,
-        ),
+        _on_the_same_ride("b4", rssi=-100.0, n_adv=50),
     ]
     js = _builder(feed).build(segs)
     assert _leg_flags(js) == {
