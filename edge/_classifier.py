@@ -1980,10 +1980,33 @@ class PresenceClassifier:
         level = r.co_sum / r.co_n if r.co_n else r.lvl
         if level is None or level < self._riders_lvl - _ABSENT_FAR_DB:
             return True
-        # 12-20 dB below the riders: barred unless at the receiver's floor
+        # 12-20 dB below the riders: barred unless at the receiver's floor, where its
+        # silence at the doors says little (:meth:`_unheard_aboard`)
         return level < self._riders_lvl - self._sparse_fall and (
-            level > self._floor + self._sparse_fall
+            level > self._floor + self._sparse_fall or not self._unheard_aboard(r)
         )
+
+    def _unheard_aboard(self, r: _Rid) -> bool:
+        """Whether an absent candidate at the receiver's floor may have been aboard unheard.
+
+        The floor's leniency in :meth:`_barred`: someone who boarded last walked up outside,
+        under the floor, and is first heard as the bus pulls away (not ``confirm_far_m``
+        past the stop: :meth:`_far_joiner`); or its token loses most of its packets (its
+        mean gap between adverts more than twice its advertising interval, ``per``, the
+        shortest gap heard), so a long silence is its rhythm. A token first heard
+        hundreds of metres past the stop and heard at most of its packets since would
+        have been heard over the way before had it been in the bus: it was outside (strong
+        radio, +3 dBm, shell 5 dB, sigma 6 dB: a pedestrian first heard 898 m past BD005,
+        100 m before BD006, at -83..-95 dBm every second or two (mean gap 1.78 s at a 1-s
+        interval), 15 dB below a nearly empty bus's riders and 7 dB above the floor,
+        boarded from BD005 on co-movement as the bus passed them again past BD006 and
+        charged BD005 -> BD008: full scale, tuning seed 1, ``transfer_two_buses``
+        r-02209).
+        """
+        v = r.visit
+        if v is None or not self._far_joiner(r, v) or r.per == math.inf:
+            return True
+        return r.last_t - r.first_t > 2.0 * r.per * (r.n_adv - 1)
 
     def _moved_on(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate's co-movement evidence goes on past every later stop served.
