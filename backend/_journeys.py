@@ -45,9 +45,11 @@ Input is one :class:`Segment` per accepted fare event whose rid resolved to a ri
    :class:`backend._fare_engine.FareEngine`.
 7. **Transfer stops.** Within a journey, where a rider left one bus at one stop and the
    next leg begins at the next stop of a trip, too soon to have walked there: if the edge
-   saw that boarding, the earlier leg alights there (it rode on: weak tokens fade out a
-   stop early); if not (first heard moving), the later leg boards where the earlier one
-   alighted (:meth:`JourneyBuilder.transfer_stops`, flagged ``transfer_stop``).
+   saw that boarding and the later bus does not call at the earlier stop on its way (it
+   could not have taken the rider from there), the earlier leg alights there (it rode on:
+   weak tokens fade out a stop early); if the edge did not see it (first heard moving),
+   the later leg boards where the earlier one alighted
+   (:meth:`JourneyBuilder.transfer_stops`, flagged ``transfer_stop``).
 
 Invariants (property-tested in ``tests/backend/test_journeys_properties.py``): never an
 exception for valid segments; no charged leg boards at or after its alighting stop; a
@@ -400,7 +402,11 @@ class JourneyBuilder:
         one's start: when the edge saw the later leg's boarding (its first segment
         ``boarded`` at a door, in ``seen``) and ``T`` is the next stop of the earlier
         leg's trip after ``S``, the earlier leg alights at ``T`` (the rider rode on to the
-        stop where they were seen boarding; a weak token's alighting fades a stop early).
+        stop where they were seen boarding; a weak token's alighting fades a stop early)
+        -- unless the later bus calls, or may call, at ``S`` before ``T``
+        (:meth:`_may_call_before`): the rider may as well have boarded it at ``S``, its
+        edge seeing the boarding a stop late, and neither leg is charged for ``S -> T``
+        (never charged for where they were not).
         When the edge did not see it (a tentative piece, a ``continued`` start: first heard
         moving) and ``S`` is the stop of the later leg's trip just before ``T``, the later
         leg boards at ``S`` (where the rider had just got off).
@@ -421,11 +427,28 @@ class JourneyBuilder:
                 continue
             gap = b.board_t - a.alight_t
             if b.event_ids[0] in seen:
-                if a.distance_source != "penalty" and self._no_walk(a, s, t, gap):
+                if (
+                    a.distance_source != "penalty"
+                    and self._no_walk(a, s, t, gap)
+                    and not self._may_call_before(b, s, t)
+                ):
                     out[k - 1] = self._moved(a, a.board_stop_id, t)
             elif self._no_walk(b, s, t, gap):
                 out[k] = self._moved(b, s, b.alight_stop_id)
         return tuple(out)
+
+    def _may_call_before(self, leg: Leg, s: str, t: str) -> bool:
+        """Whether ``leg``'s bus may have called at ``s`` on its way to ``t``.
+
+        ``s`` comes before ``t`` in the leg's stop order, or that order is unknown (no trip
+        and a route with patterns both ways, or ``t`` not on it): the rider may have
+        boarded it at ``s``, the edge seeing the boarding a stop late.
+        """
+        seq = self._sequence(leg.route_id, leg.trip_id)
+        if seq is None or t not in seq[0]:
+            return True
+        stops = seq[0]
+        return s in stops[: stops.index(t)]
 
     def _no_walk(self, leg: Leg, s: str, t: str, gap: float) -> bool:
         """Whether ``t`` is the stop after ``s`` on ``leg``'s trip, too far to walk in ``gap``.

@@ -2234,16 +2234,19 @@ def test_a_loud_neighbour_without_the_advert_rate_evidence_is_held(
     assert _leg_flags(js) == dict.fromkeys(("b1", "b2"), ("review", "suspected_replay"))
 
 
-def _transfer(board_at: str, gap_s: float, cause: str = "boarded") -> list[Segment]:
-    """r1 rides b1 (R1) S01 -> S05, then b2 (R2) from ``board_at`` ``gap_s`` later."""
+def _transfer(
+    board_at: str, gap_s: float, cause: str = "boarded", trip: str = "T2"
+) -> list[Segment]:
+    """r1 rides b1 (R1) S01 -> S05, then b2 (``trip``: T2 on R2, or the express T4 on R4,
+    which passes S05) from ``board_at`` ``gap_s`` later."""
     return [
         seg((T0, "S01", "boarded"), (T0 + 300, "S05", "alighted"), rssi=-80.0),
         seg(
             (T0 + 300 + gap_s, board_at, cause),
             (T0 + 900, "S15", "alighted"),
             bus="b2",
-            route="R2",
-            trip="T2",
+            route={"T2": "R2", "T4": "R4"}[trip],
+            trip=trip,
             rssi=-80.0,
         ),
     ]
@@ -2268,27 +2271,64 @@ def _split_at_rotation(
     segs.append(
         dataclasses.replace(
             seg((t_rot + 1, None, cause), (T0 + 900, "S15", "alighted"), bus="b2"),
-            route_id="R2",
-            trip_id="T2",
+            route_id=segs[1].route_id,
+            trip_id=segs[1].trip_id,
             co=second,
         )
     )
 
 
 def test_a_transfer_seen_boarding_at_the_next_stop_too_soon_to_walk_rode_on(feed: Feed) -> None:
-    """Transfer stops: the rider was seen boarding b2 at S06, 150 s after b1 let them off
-    at S05, 800 m back along b1's trip (5.3 m/s on foot): they rode b1 on to S06, whose
-    alighting faded a stop early (weak token corner, tuning seed 2, `transfer_two_buses`
-    r-00097: charged BD001 -> BD004, rode to BD005, seen boarding G6000 there)."""
-    (j,) = _builder(feed).build(_transfer("S06", 150.0))
+    """Transfer stops: the rider was seen boarding b2, an express that passes S05, at S06,
+    150 s after b1 let them off at S05, 800 m back along b1's trip (5.3 m/s on foot): they
+    rode b1 on to S06, whose alighting faded a stop early (weak token corner, tuning seed
+    2, `transfer_two_buses` r-00097: charged BD001 -> BD004, rode to BD005, seen boarding
+    G6000 there, which passes BD004)."""
+    (j,) = _builder(feed).build(_transfer("S06", 150.0, trip="T4"))
     assert _stops([j]) == [
         ("b1", "S01", "S06", ("transfer_stop",)),
         ("b2", "S06", "S15", ()),
     ]
     assert j.legs[0].distance_m == 5 * STOP_SPACING_M
     assert j.fare_krw == _price(
-        ("R1", "gyeonggi_city", 5 * STOP_SPACING_M), ("R2", "gyeonggi_wide_area", 7200.0)
+        ("R1", "gyeonggi_city", 5 * STOP_SPACING_M), ("R4", "gyeonggi_city", 7200.0)
     )
+
+
+def test_a_transfer_seen_boarding_on_a_bus_that_calls_where_the_rider_got_off_only_later(
+    feed: Feed,
+) -> None:
+    """b2 (R1's T1R, the other way) calls at S05 after S06, where it was seen boarding the
+    rider b1 (R2) let off at S05 150 s before: it cannot have taken them from S05, so b1
+    rode on to S06."""
+    segs = _transfer("S06", 150.0)
+    segs[0] = dataclasses.replace(segs[0], route_id="R2", trip_id="T2")
+    segs[1] = dataclasses.replace(
+        segs[1], route_id="R1", trip_id="T1R", end_stop_id="S01", distance_m=4000.0
+    )
+    (j,) = _builder(feed).build(segs)
+    assert _stops([j]) == [("b1", "S01", "S06", ("transfer_stop",)), ("b2", "S06", "S01", ())]
+
+
+@pytest.mark.parametrize("trip", ["T2", "R2", "R1"])
+def test_a_transfer_seen_boarding_on_a_bus_that_may_have_called_where_the_rider_got_off(
+    feed: Feed, trip: str
+) -> None:
+    """The property world of seed 26 (main d5734f0, `test_journeys_properties.py`,
+    shrunk): b1 let the rider off at S05; b2 was seen boarding them at S06 150 s later,
+    too soon to have walked. b2 calls at S05 before S06 (R2's T2, or R2 with no trip id:
+    its one pattern) or may (R1 with no trip id: either way): the rider may have boarded
+    it there, the edge seeing the boarding a stop late, as well as ridden b1 on (its
+    alighting a stop early). Either way they rode S05 -> S06 on a bus the edge cannot
+    name: neither leg is charged for it (before, b1 was charged S01 -> S06 for a rider it
+    let off at S05)."""
+    segs = _transfer("S06", 150.0)
+    if trip != "T2":
+        segs[1] = dataclasses.replace(segs[1], route_id=trip, trip_id=None)
+    if trip == "R1":  # b1 on R2, so that b2 is another route's bus
+        segs[0] = dataclasses.replace(segs[0], route_id="R2", trip_id="T2")
+    (j,) = _builder(feed).build(segs)
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S06", "S15", ())]
 
 
 @pytest.mark.parametrize("cause", ["continued", "tentative"])
@@ -2358,7 +2398,7 @@ def test_a_transfer_leg_is_seen_boarding_by_its_first_segment(feed: Feed) -> Non
     """b2's leg in two segments across a rotation (``boarded`` at S06, ``continued``):
     its boarding was seen, so b1 rode on to S06; the later segment's cause decides nothing
     (review: judging the leg by its last event survived the tests)."""
-    segs = _transfer("S06", 150.0)
+    segs = _transfer("S06", 150.0, trip="T4")
     _split_at_rotation(segs, "continued")
     (j,) = _builder(feed).build(segs)
     assert _stops([j]) == [
@@ -2367,16 +2407,31 @@ def test_a_transfer_leg_is_seen_boarding_by_its_first_segment(feed: Feed) -> Non
     ]
 
 
-@pytest.mark.parametrize("cause", ["boarded", "continued"])
-def test_a_moved_transfer_stop_is_priced_at_its_new_distance(feed: Feed, cause: str) -> None:
-    """R3 S01 -> S08 (5.6 km), then R1 from S09 (seen or not) to S14 (4.0 km): 9.6 km,
-    within the city base distance; with the stops met the journey is 10.4 km and pays
-    one distance unit more (review: pricing the legs as grouped, before the move,
-    survived the tests)."""
+@pytest.mark.parametrize(
+    ("cause", "first", "then"),
+    [
+        ("boarded", ("S05", "T3"), ("S06", "T4")),
+        ("continued", ("S08", "T3"), ("S09", "T1")),
+    ],
+)
+def test_a_moved_transfer_stop_is_priced_at_its_new_distance(
+    feed: Feed, cause: str, first: tuple[str, str], then: tuple[str, str]
+) -> None:
+    """R3 S01 -> S05 (3.2 km), then the express R4 (which passes S05) seen boarding at
+    S06, to S14 (6.4 km); or R3 S01 -> S08 (5.6 km), then R1 from S09 first heard moving,
+    to S14 (4.0 km): 9.6 km, within the city base distance; with the stops met the
+    journey is 10.4 km and pays one distance unit more (review: pricing the legs as
+    grouped, before the move, survived the tests)."""
     engine = FareEngine(load_rules())
     segs = [
-        seg((T0, "S01", "boarded"), (T0 + 300, "S08", "alighted"), route="R3", trip="T3"),
-        seg((T0 + 450, "S09", cause), (T0 + 900, "S14", "alighted"), bus="b2"),
+        seg((T0, "S01", "boarded"), (T0 + 300, first[0], "alighted"), route="R3", trip=first[1]),
+        seg(
+            (T0 + 450, then[0], cause),
+            (T0 + 900, "S14", "alighted"),
+            bus="b2",
+            route={"T4": "R4", "T1": "R1"}[then[1]],
+            trip=then[1],
+        ),
     ]
     (j,) = _builder(feed).build(segs)
     assert "transfer_stop" in j.flags

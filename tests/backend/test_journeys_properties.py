@@ -28,7 +28,13 @@ from backend._tentative import TENTATIVE, dropped_tentative, settle_tentative
 from busbell import Feed, load_gtfs
 from tests.factories.backend_world import STOP_SPACING_M, T0, write_gtfs
 
-TRIPS = {"T1": ("b1", "R1"), "T1R": ("b2", "R1"), "T2": ("b3", "R2"), "T3": ("b4", "R3")}
+TRIPS = {
+    "T1": ("b1", "R1"),
+    "T1R": ("b2", "R1"),
+    "T2": ("b3", "R2"),
+    "T3": ("b4", "R3"),
+    "T4": ("b5", "R4"),  # an express: passes S05
+}
 """Each trip runs on its own bus (a bus runs one trip in the window of the test)."""
 
 

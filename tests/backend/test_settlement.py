@@ -1282,11 +1282,12 @@ async def _settled_one_journey(env: Env) -> tuple[list[dict[str, Any]], dict[str
 
 async def test_a_transfer_stop_seen_on_the_next_bus_settles_online_as_offline(env: Env) -> None:
     """Transfer stops online as offline: r0001 leaves bus-01 (R1) at S05 and is seen
-    boarding bus-02 (R2) at S06 100 s later, 800 m on along bus-01's trip: too soon to
-    have walked, so bus-01 carried them to S06 (its alighting faded a stop early)."""
+    boarding bus-02 (the express R4, which passes S05) at S06 100 s later, 800 m on along
+    bus-01's trip: too soon to have walked, so bus-01 carried them to S06 (its alighting
+    faded a stop early)."""
     w = env.world
     w.ride("r0001", "bus-01", board=1, alight=5, t=T0)  # 400 s at 8 m/s
-    w.ride("r0001", "bus-02", board=6, alight=12, t=T0 + 500, route_id="R2", trip_id="T2")
+    w.ride("r0001", "bus-02", board=6, alight=12, t=T0 + 500, route_id="R4", trip_id="T4")
     events, j = await _settled_one_journey(env)
     assert [(x["bus_id"], x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [
         ("bus-01", "S01", "S06"),
@@ -1295,7 +1296,7 @@ async def test_a_transfer_stop_seen_on_the_next_bus_settles_online_as_offline(en
     assert j["flags"] == ["transfer_stop"]
     assert j["fare_krw"] == _price(
         env.rules,
-        [("R1", "gyeonggi_city", T0, 4000.0), ("R2", "gyeonggi_wide_area", T0 + 500, 4800.0)],
+        [("R1", "gyeonggi_city", T0, 4000.0), ("R4", "gyeonggi_city", T0 + 500, 4800.0)],
         "adult",
     )
     await _recomputed_as_offline(env, events, "r0001")

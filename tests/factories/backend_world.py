@@ -26,10 +26,12 @@ N_STOPS = 30
 
 
 def write_gtfs(directory: Path) -> None:
-    """A two-route feed: R1 (gyeonggi_city) and R2 (gyeonggi_wide_area), 30 stops each.
+    """A feed of 30 stops: R1 (gyeonggi_city) and R2 (gyeonggi_wide_area) serve all of them.
 
-    Stop ``Sxx`` lies 800 m after ``S(xx-1)``; both routes serve all stops in direction
-    0, R1 also in reverse (direction 1). ``shape_dist_traveled`` is in metres.
+    Stop ``Sxx`` lies 800 m after ``S(xx-1)``; R1 and R2 serve all stops in direction
+    0, R1 also in reverse (direction 1); R3 (no network) S01-S10; R4 (gyeonggi_city,
+    trip ``T4``) is an express that passes S05 without calling there (as G6000 passes
+    BD004). ``shape_dist_traveled`` is in metres.
     """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "agency.txt").write_text(
@@ -40,13 +42,13 @@ def write_gtfs(directory: Path) -> None:
         stops.append(f"S{k:02d},Stop {k},37.{4000 + k * 7:04d},127.{1000 + k * 9:04d}")
     (directory / "stops.txt").write_text("\n".join(stops) + "\n")
     (directory / "routes.txt").write_text(
-        "route_id,route_short_name,route_type\nR1,1,3\nR2,2000,3\nR3,30,3\n"
+        "route_id,route_short_name,route_type\nR1,1,3\nR2,2000,3\nR3,30,3\nR4,4000,3\n"
     )
     (directory / "route_networks.txt").write_text(
-        "network_id,route_id\ngyeonggi_city,R1\ngyeonggi_wide_area,R2\n"
+        "network_id,route_id\ngyeonggi_city,R1\ngyeonggi_wide_area,R2\ngyeonggi_city,R4\n"
     )
     (directory / "trips.txt").write_text(
-        "route_id,service_id,trip_id,direction_id\nR1,D,T1,0\nR1,D,T1R,1\nR2,D,T2,0\nR3,D,T3,0\n"
+        "route_id,service_id,trip_id,direction_id\nR1,D,T1,0\nR1,D,T1R,1\nR2,D,T2,0\nR3,D,T3,0\nR4,D,T4,0\n"
     )
     rows = ["trip_id,arrival_time,departure_time,stop_id,stop_sequence,shape_dist_traveled"]
     order = {
@@ -54,11 +56,13 @@ def write_gtfs(directory: Path) -> None:
         "T1R": list(range(N_STOPS, 0, -1)),
         "T2": list(range(1, N_STOPS + 1)),
         "T3": list(range(1, 11)),
+        "T4": [k for k in range(1, N_STOPS + 1) if k != 5],
     }
     for trip, seq in order.items():
         for n, k in enumerate(seq):
             hhmmss = f"{6 + n // 30:02d}:{(n * 2) % 60:02d}:00"
-            rows.append(f"{trip},{hhmmss},{hhmmss},S{k:02d},{n + 1},{n * STOP_SPACING_M:.1f}")
+            at = abs(k - seq[0]) * STOP_SPACING_M  # along the road: an express passes stops
+            rows.append(f"{trip},{hhmmss},{hhmmss},S{k:02d},{n + 1},{at:.1f}")
     (directory / "stop_times.txt").write_text("\n".join(rows) + "\n")
 
 
