@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from backend._journeys import JourneyPolicy
 from backend._legs import Leg
 from backend._overlaps import overlap_winner
+from tests.factories.properties import examples
 
 _STOPS = st.sampled_from(["S1", "S2", "S3", "S4", None])
 _POLICY = JourneyPolicy()
@@ -70,7 +71,7 @@ def _strengths(a: Leg, b: Leg) -> tuple[float, float]:
     return sa, sb
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(_overlapping())
 def test_the_winner_does_not_depend_on_the_order_and_is_heard_clearly_better(
     pair: tuple[Leg, Leg],
@@ -97,7 +98,7 @@ def test_the_winner_does_not_depend_on_the_order_and_is_heard_clearly_better(
         )
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(_overlapping())
 def test_the_riders_level_clause_only_decides_pairs_the_absolute_ceiling_held(
     pair: tuple[Leg, Leg],
@@ -135,7 +136,7 @@ def test_the_riders_level_clause_only_decides_pairs_the_absolute_ceiling_held(
             assert lost.under[0][2] - won.under[0][2] >= under
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_overlapping())
 def test_without_riders_levels_in_the_evidence_the_clause_changes_nothing(
     pair: tuple[Leg, Leg],
@@ -144,7 +145,7 @@ def test_without_riders_levels_in_the_evidence_the_clause_changes_nothing(
     assert overlap_winner(a, b, _POLICY) is overlap_winner(a, b, _ABSOLUTE_ONLY)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(_overlapping())
 def test_a_winner_under_the_margin_without_the_rates_carried_the_rider_round_the_hop(
     pair: tuple[Leg, Leg],

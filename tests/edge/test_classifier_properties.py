@@ -33,6 +33,7 @@ from tests.factories.edge_world import (
     token_of,
     write_gtfs,
 )
+from tests.factories.properties import examples
 
 N_STOPS = 12
 _FEED: list[Feed] = []
@@ -93,7 +94,7 @@ def worlds(draw: st.DrawFn) -> tuple[BusPlan, list[SynthToken], float, int]:
     return plan, toks, draw(st.floats(0.0, 0.3)), draw(st.integers(0, 2**16))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_random_worlds_never_crash_never_order_wrong_never_double_charge(
     tmp_path_factory: pytest.TempPathFactory,
