@@ -213,11 +213,34 @@ class JourneyBuilder:
             return True
         if last.end_cause != "alighted":
             return seg.trip_id is not None or gap <= p.unknown_trip_gap_s
-        return (
+        if (
             seg.start_stop_id is not None
             and seg.start_stop_id == last.end_stop_id
             and gap <= p.rejoin_stop_s
-        )
+        ):
+            return True
+        return seg.trip_id is None and gap <= p.unknown_trip_gap_s and self._rode_on(last, seg)
+
+    def _rode_on(self, last: Segment, seg: Segment) -> bool:
+        """Whether the bus carried the rider on from ``last``'s alighting to ``seg``.
+
+        ``seg`` (on the same bus and route, no trip id) places the rider aboard farther on
+        along the route from the stop ``last`` alighted at -- at its boarding stop, else
+        its distance before its alighting stop -- than anyone walks (at
+        :data:`_ON_FOOT_M_S`) in the time between: they never left the bus (an old rid
+        closed ``alighted`` by the edge's fade rules while its successor rode on).
+        """
+        s = last.end_stop_id
+        if s is None:
+            return False
+        if seg.start_stop_id is not None:
+            along = self.gtfs_distance(seg.route_id, None, s, seg.start_stop_id)
+        elif seg.end_stop_id is not None:
+            d = self.gtfs_distance(seg.route_id, None, s, seg.end_stop_id)
+            along = None if d is None else d - seg.distance_m
+        else:
+            return False
+        return along is not None and along > (seg.start_t - last.end_t) * _ON_FOOT_M_S
 
     def join_trips(self, legs: Sequence[Leg]) -> list[Leg]:
         """Join a rider's chargeable legs on one bus trip into one (charged once).

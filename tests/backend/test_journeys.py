@@ -133,8 +133,10 @@ def test_one_bus_trip_is_one_leg_whatever_the_causes_say(feed: Feed) -> None:
         seg((T0, "S02", "boarded"), (T0 + 400, "S04", "lost"), trip=None),
         seg((T0 + 1000, "S06", "boarded"), (T0 + 1100, "S08", "alighted"), trip=None),
         seg((T0 + 1120, "S08", "boarded"), (T0 + 1200, "S09", "alighted"), trip=None),
-        seg((T0 + 1300, "S10", "boarded"), (T0 + 1400, "S11", "alighted"), trip=None),
-        seg((T0 + 1500, "S11", "boarded"), (T0 + 1600, "S12", "alighted"), trip=None),
+        # 450 s after alighting at S09: 800 m at 1.8 m/s, walkable (faster, the bus
+        # carried them: test_a_ride_with_no_trip_id_heard_again_farther_on_...)
+        seg((T0 + 1650, "S10", "boarded"), (T0 + 1750, "S11", "alighted"), trip=None),
+        seg((T0 + 1850, "S11", "boarded"), (T0 + 1950, "S12", "alighted"), trip=None),
     ]
     narrow = _builder(feed, stitch_gap_s=30, unknown_trip_gap_s=500)
     got = [(x.board_stop_id, x.alight_stop_id) for x in narrow.stitch(nt)]
@@ -209,6 +211,78 @@ def test_an_unpaired_continuation_joins_the_riders_ride_on_the_trip(feed: Feed) 
     (leg,) = j.legs
     assert (leg.board_stop_id, leg.alight_stop_id) == ("S03", "S06")
     assert j.charged
+
+
+def _held_then_heard_again(
+    route: str, seq: list[str], again: tuple[str | None, str, float], t: float = T0 + 320
+) -> list[Segment]:
+    """A rider on a bus with no trip id: the old rid held to the door of ``seq[1]`` and
+    closed ``alighted`` there (fade rules), the new rid ``continued`` from before it and
+    lost; then heard again at ``t`` (120 s after that alighting by default), boarding at
+    ``again``'s stop (``None``: mid-hop, no stop named), riding its distance to its
+    alighting stop."""
+    start, end, distance = again
+    return [
+        seg((T0, seq[0], "boarded"), (T0 + 200, seq[1], "alighted"), route=route, trip=None),
+        seg((T0 + 100, None, "continued"), (T0 + 180, seq[0], "lost"), route=route, trip=None),
+        seg(
+            (t, start, "boarded"),
+            (t + 80, end, "alighted"),
+            route=route,
+            trip=None,
+            distance=distance,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("route", "seq", "again"),
+    [
+        ("R2", ["S03", "S04"], ("S05", "S06", 800.0)),  # one pattern; boarded at a stop
+        ("R1", ["S13", "S12"], (None, "S10", 300.0)),  # both ways; heard mid-hop
+    ],
+)
+def test_a_ride_with_no_trip_id_heard_again_farther_on_than_anyone_walks_is_one_leg(
+    feed: Feed, route: str, seq: list[str], again: tuple[str | None, str, float]
+) -> None:
+    """The property world (plain-random seeds 34593, 46624 on f099258; settlement,
+    unknown trips): the edge closed the rider's old rid ``alighted`` at S (the fade rules
+    hold an unpaired rid to the next door) while the new rid rode on; heard again on the
+    same bus 120 s later 800-1,300 m farther along the route (at a stop or, no stop named,
+    300 m before its alighting stop): 7-11 m/s, no one walks that, so they never left.
+    Before, two legs, two journeys (the same route again): two fares for one ride."""
+    (j,) = _builder(feed).build(_held_then_heard_again(route, seq, again))
+    assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [(seq[0], again[1])]
+    assert j.charged
+    assert "merged" in j.flags
+
+
+@pytest.mark.parametrize(
+    ("route", "seq", "again", "later"),
+    [
+        ("R2", ["S03", "S04"], ("S05", "S06", 800.0), 300.0),  # 800 m in 420 s: walked
+        ("R2", ["S03", "S04"], ("S07", "S09", 1400.0), 900.0),  # 2.4 km in 1,020 s: beyond
+        # unknown_trip_gap_s (900 s), though faster than a walk
+        ("R2", ["S06", "S05"], ("S04", "S03", 800.0), 0.0),  # S04 behind S05 on the route
+        ("R1", ["S13", "S12"], ("S12", "S10", 1600.0), 200.0),  # boarded where they got
+        # off, after rejoin_stop_s (300 s)
+        ("R1", ["S13", "S12"], (None, "S11", 800.0), 0.0),  # its distance places it at S12
+    ],
+)
+def test_a_ride_with_no_trip_id_heard_again_where_they_could_have_walked_is_two(
+    feed: Feed,
+    route: str,
+    seq: list[str],
+    again: tuple[str | None, str, float],
+    later: float,
+) -> None:
+    """Guards: the rider heard again on the same bus (no trip id) within walking reach of
+    where they were seen alighting, after a silence longer than ``unknown_trip_gap_s``,
+    behind that stop on the route's one pattern, or at that very stop after
+    ``rejoin_stop_s``: a new leg."""
+    segs = _held_then_heard_again(route, seq, again, T0 + 320 + later)
+    legs = [x for j in _builder(feed).build(segs) for x in j.legs]
+    assert len(legs) == 2
 
 
 def test_a_ride_whose_rid_rotated_unpaired_on_the_edge_is_charged_whole(feed: Feed) -> None:
