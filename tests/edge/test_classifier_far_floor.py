@@ -91,6 +91,22 @@ def test_a_walker_first_heard_far_past_the_stop_at_most_of_its_packets_is_not_ch
     assert rides == 3
 
 
+def _as_r_02209(k: int) -> bool:
+    # heard at 9 of every 16 seconds, 1 or 2 s apart: its interval 1 s, its mean gap
+    # 1.78 s, as r-02209's (packets lost, but most heard: under twice its interval)
+    return k % 32 in {0, 2, 6, 10, 12, 16, 20, 24, 28}
+
+
+def test_a_walker_heard_at_r_02209s_mean_gap_is_not_charged() -> None:
+    # the walker above first heard 700 m past S1 and heard as r-02209 was, a mean gap
+    # 1.78 times its interval: still most of its packets, not charged (charged S1 -> S3
+    # with the floor's leniency, and with the bound at 1.5 times its interval: review of
+    # 3248866, that mutant passed every test)
+    legs, rides = _legs(700.0, _as_r_02209)
+    assert legs == []
+    assert rides == 3
+
+
 def test_a_far_joiner_at_the_floor_losing_most_of_its_packets_still_boards() -> None:
     # guard: the same levels heard on two of every ten half-seconds, a token losing most
     # of its packets (deep in a bag at the edge of hearing): its silence at S1's doors and
