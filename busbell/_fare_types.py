@@ -136,8 +136,8 @@ class SegmentStart(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=F
 
     ``tentative``: the rid was never confirmed aboard on its own evidence, but was alive
     across a rid rotation with co-movement evidence (``evidence.co_n`` points between
-    ``co_lo`` and ``co_hi`` dBm); never charged alone (docs/backend.md, "Tentative
-    segments").
+    ``co_lo`` and ``co_hi`` dBm); charged alone only when heard door to door
+    (docs/backend.md, "Tentative segments").
     """
 
     t: NonNeg

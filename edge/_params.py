@@ -248,8 +248,8 @@ class ClassifierParams:
         doc="a candidate dropped unconfirmed that was alive across a rid rotation (its rid"
         " ended, or began at most tentative_window_s before it was first heard) with this"
         " many co-movement points or more, at the riders' level, is sent as a tentative"
-        " segment: never charged alone, summed by the backend with the rider's other rid;"
-        " 0: off",
+        " segment: summed by the backend with the rider's other rid, charged alone only"
+        " when heard door to door (docs/backend.md); 0: off",
     )
     tentative_window_s: float = option(
         120.0,
