@@ -285,6 +285,35 @@ def test_a_ride_with_no_trip_id_heard_again_where_they_could_have_walked_is_two(
     assert len(legs) == 2
 
 
+def test_a_ride_with_no_trip_id_heard_again_faster_than_a_walk_is_one_leg(feed: Feed) -> None:
+    # 800 m along the route 320 s after the alighting at S04: 2.5 m/s, faster than anyone
+    # walks (_ON_FOOT_M_S, 2 m/s), so they never left (review of 99f00e4: the bound at
+    # twice that passed every test; the "walked" guard above is 1.9 m/s)
+    segs = _held_then_heard_again("R2", ["S03", "S04"], ("S05", "S06", 800.0), T0 + 520)
+    (j,) = _builder(feed).build(segs)
+    assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S03", "S06")]
+
+
+def test_a_transfer_seen_boarding_at_a_stop_off_the_later_routes_pattern(feed: Feed) -> None:
+    # b1 lets r1 off at S10; b2 (R3, no trip id: its one pattern, T3, S01-S10) is seen
+    # boarding them at S11, the next stop of b1's trip, 30 s later. S11 is not on R3's
+    # pattern, so whether b2 called at S10 first is unknown: neither leg moves, and
+    # nothing raises (review of cdb4848: without the "t not on it" check, index() raised)
+    segs = [
+        seg((T0, "S05", "boarded"), (T0 + 400, "S10", "alighted")),
+        seg(
+            (T0 + 430, "S11", "boarded"),
+            (T0 + 700, "S14", "alighted"),
+            bus="b2",
+            route="R3",
+            trip=None,
+        ),
+    ]
+    (j,) = _builder(feed).build(segs)
+    assert _stops([j]) == [("b1", "S05", "S10", ()), ("b2", "S11", "S14", ())]
+    assert j.charged
+
+
 def test_a_ride_whose_rid_rotated_unpaired_on_the_edge_is_charged_whole(feed: Feed) -> None:
     """End to end, classifier to settlement (issue 11; weak radio corner, tuning seed 3,
     ``long_ride_many_intervals`` r-00003): a rider boards at S02, their old rid fades as
