@@ -340,10 +340,10 @@ async def test_a_rider_whose_links_cannot_be_grouped_keeps_them_and_the_pass_goe
     await env.worker.settle_once(now=NOW)
     real = settlement_module.dropped_tentative
 
-    def grouping(segments: Sequence[Segment], policy: Any) -> Any:
+    def grouping(segments: Sequence[Segment], policy: Any, hop: Any = None) -> Any:
         if any(s.rider_id == "r0002" for s in segments):
             raise RuntimeError("grouping bug")
-        return real(segments, policy)
+        return real(segments, policy, hop)
 
     monkeypatch.setattr(settlement_module, "dropped_tentative", grouping)
     before = _unexpected("links")
