@@ -23,14 +23,25 @@ _POLICY = JourneyPolicy()
 _ABSOLUTE_ONLY = dataclasses.replace(_POLICY, overlap_loser_under_riders_db=None)
 
 
-@st.composite
+# (strategies built once: hypothesis validates each new strategy object, which cost more
+# than the drawing when these were built inside the composites, once per example)
+# any level, and often the band where a rider through another bus's windows and one
+# aboard meet (around the rule's -65 dBm ceiling)
+_RSSI = st.floats(-100.0, -30.0) | st.floats(-70.0, -45.0)
+_ADVERTS = st.integers(min_value=0, max_value=20_000)  # (0: valid on the wire)
+# how far below the riders its bus carried the bus heard it (riders_lvl - rssi_med)
+_UNDER = st.none() | st.floats(-15.0, 45.0) | st.floats(5.0, 25.0)
+_BOARD = st.floats(min_value=0.0, max_value=600.0)
+_RIDE = st.floats(min_value=1.0, max_value=1800.0)
+# the other bus's ends near the first's (within and beyond the rule's 60-s cover slack)
+_NEAR = st.floats(min_value=-200.0, max_value=200.0)
+_WITHIN = st.floats(min_value=0.0, max_value=1.0)  # (a share of the first leg)
+
+
 def _leg(draw: st.DrawFn, bus: str, board_t: float, alight_t: float) -> Leg:
-    # any level, and often the band where a rider through another bus's windows and
-    # one aboard meet (around the rule's -65 dBm ceiling)
-    rssi = draw(st.floats(-100.0, -30.0) | st.floats(-70.0, -45.0))
-    adverts = draw(st.integers(min_value=0, max_value=20_000))  # (0: valid on the wire)
-    # how far below the riders its bus carried the bus heard it (riders_lvl - rssi_med)
-    under = draw(st.none() | st.floats(-15.0, 45.0) | st.floats(5.0, 25.0))
+    rssi = draw(_RSSI)
+    adverts = draw(_ADVERTS)
+    under = draw(_UNDER)
     return Leg(
         rider_id="r1",
         bus_id=bus,
@@ -52,15 +63,14 @@ def _leg(draw: st.DrawFn, bus: str, board_t: float, alight_t: float) -> Leg:
 
 @st.composite
 def _overlapping(draw: st.DrawFn) -> tuple[Leg, Leg]:
-    board_a = draw(st.floats(min_value=0.0, max_value=600.0))
-    alight_a = board_a + draw(st.floats(min_value=1.0, max_value=1800.0))
-    # the other bus's ends near the first's (within and beyond the rule's 60-s cover
-    # slack) or anywhere, as long as the two overlap
-    near = st.floats(min_value=-200.0, max_value=200.0)
-    board_b = board_a + draw(near | st.floats(min_value=0.0, max_value=alight_a - board_a))
+    board_a = draw(_BOARD)
+    alight_a = board_a + draw(_RIDE)
+    # the other bus's ends near the first's or anywhere, as long as the two overlap
+    near = draw(st.booleans())
+    board_b = board_a + (draw(_NEAR) if near else draw(_WITHIN) * (alight_a - board_a))
     board_b = min(board_b, alight_a - 0.5)
-    alight_b = max(alight_a + draw(near), board_b + 0.5)
-    return draw(_leg("bus-a", board_a, alight_a)), draw(_leg("bus-b", board_b, alight_b))
+    alight_b = max(alight_a + draw(_NEAR), board_b + 0.5)
+    return _leg(draw, "bus-a", board_a, alight_a), _leg(draw, "bus-b", board_b, alight_b)
 
 
 def _strengths(a: Leg, b: Leg) -> tuple[float, float]:
