@@ -85,7 +85,8 @@ from backend._legs import (
     chargeable,
 )
 from backend._overlaps import changes_beside, changes_bunched, settle_overlaps
-from backend._tentative import settle_tentative
+from backend._tentative import dropped_tentative as _dropped_tentative
+from backend._tentative import settle_tentative as _settle_tentative
 from busbell._gtfs import Feed
 
 __all__ = [
@@ -163,9 +164,28 @@ class JourneyBuilder:
         """Metres along a segment's trip from its start stop to its end stop, or ``None``.
 
         What :func:`backend._tentative.settle_tentative` asks of a lone piece heard door to
-        door (pass it to ``dropped_tentative`` too, so both keep the same pieces).
+        door (:meth:`settle_tentative` and :meth:`dropped_tentative` pass it).
         """
         return self.gtfs_distance(seg.route_id, seg.trip_id, seg.start_stop_id, seg.end_stop_id)
+
+    def settle_tentative(self, segments: Sequence[Segment]) -> tuple[list[Segment], int]:
+        """One rider's segments with the tentative ones kept or dropped, and how many dropped.
+
+        :func:`backend._tentative.settle_tentative` with this builder's policy and the
+        trip's distances (:meth:`tentative_hop`): what every settlement path uses, so none
+        can keep a piece another drops.
+        """
+        return _settle_tentative(segments, self.policy, self.tentative_hop)
+
+    def dropped_tentative(
+        self, segments: Sequence[Segment]
+    ) -> list[tuple[list[Segment], list[Segment]]]:
+        """The joined groups whose tentative pieces :meth:`settle_tentative` drops.
+
+        :func:`backend._tentative.dropped_tentative`, given what :meth:`settle_tentative`
+        is.
+        """
+        return _dropped_tentative(segments, self.policy, self.tentative_hop)
 
     def route_max_distance(self, route_id: str | None) -> float | None:
         """The longest distance of a route in the feed (the penalty distance)."""
@@ -584,8 +604,18 @@ class JourneyBuilder:
         self, segments: Iterable[Segment], category: str | None = None
     ) -> list[Journey]:
         """Build and price one rider's journeys."""
+        return self.build_rider_counted(segments, category)[0]
+
+    def build_rider_counted(
+        self, segments: Iterable[Segment], category: str | None = None
+    ) -> tuple[list[Journey], int]:
+        """Build and price one rider's journeys; and how many tentative segments dropped.
+
+        :meth:`build_rider`, with the count :meth:`settle_tentative` gives (the offline
+        settler counts them as rejected, ``tentative_dropped``).
+        """
         cat = category or self.policy.category
-        segments, _ = settle_tentative(list(segments), self.policy, self.tentative_hop)
+        segments, dropped = self.settle_tentative(list(segments))
         legs = self.stitch(segments)
         tails: list[Leg] = []
         if len(legs) > 1:
@@ -622,7 +652,7 @@ class JourneyBuilder:
             out.append(_journey((leg,), 0, False, cat, None))
         if len(out) > 1:
             out.sort(key=Journey.sort_key)
-        return out
+        return out, dropped
 
     def build(
         self, segments: Iterable[Segment], categories: Mapping[str, str] | None = None

@@ -79,7 +79,6 @@ from backend._record_check import (
     signature_fault,
 )
 from backend._resolve import ProofRejected, Resolver, check_proof_with, mac_pads, proof_holds
-from backend._tentative import TENTATIVE, settle_tentative
 from busbell import get_logger
 from busbell._canonical import sha256_hex
 from busbell._errors import ContractError
@@ -1253,16 +1252,14 @@ class Settler:
         categories = self.categories or {}
         for group in groups:
             segments, rejected = self._segments_of(group, found)
-            journeys = (
-                self.builder.build_rider(segments, categories.get(group[0])) if segments else []
-            )
+            journeys: list[Journey] = []
             dropped = 0
-            if any(seg.start_cause == TENTATIVE for seg in segments):
-                # tentative segments not summed into a ride: counted, charge nobody
-                dropped = settle_tentative(
-                    segments, self.builder.policy, self.builder.tentative_hop
-                )[1]
-                rejected.extend(["tentative_dropped"] * dropped)
+            if segments:
+                journeys, dropped = self.builder.build_rider_counted(
+                    segments, categories.get(group[0])
+                )
+            # tentative segments not summed into a ride: counted, charge nobody
+            rejected.extend(["tentative_dropped"] * dropped)
             yield journeys, rejected, len(segments) - dropped
 
     def _count(self, rejected: Iterable[str] | Mapping[str, int], accepted: int) -> None:

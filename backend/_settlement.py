@@ -82,7 +82,7 @@ from backend._resolve import (
 )
 from backend._rider_feed import RiderFeed
 from backend._settle import segment_of
-from backend._tentative import TENTATIVE, dropped_tentative
+from backend._tentative import TENTATIVE
 from backend.config import BackendConfig
 from busbell import BusbellError, ConfigError, StoreError, get_logger
 from busbell._gtfs import Feed
@@ -935,11 +935,7 @@ class SettlementWorker:
                     )
                 ).all()
             try:
-                dropped = dropped_tentative(
-                    [_segment_of_row(r) for r in rows],
-                    self.builder.policy,
-                    self.builder.tentative_hop,
-                )
+                dropped = self.builder.dropped_tentative([_segment_of_row(r) for r in rows])
             except Exception as exc:  # that rider's rows are kept; the others go on
                 UNEXPECTED.labels("links").inc()
                 self._warn(

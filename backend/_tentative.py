@@ -99,12 +99,15 @@ def _touch(a: Segment, b: Segment, policy: JourneyPolicy) -> bool:
 
 
 def settle_tentative(
-    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None = None
+    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None
 ) -> tuple[list[Segment], int]:
     """One rider's segments with the tentative ones kept (as rides) or dropped.
 
     ``hop`` gives the distance between a piece's stops along its trip (a lone piece heard
-    door to door: :func:`_door_to_door`); without it a lone piece is never kept.
+    door to door: :func:`_door_to_door`); with ``None`` a lone piece is never kept. Given
+    explicitly, never by default: the settlement calls this through
+    :meth:`backend._journeys.JourneyBuilder.settle_tentative`, which passes the trip's
+    distances (``None`` is for tests of the rule without them).
 
     Returns:
         The segments to stitch (confirmed ones unchanged, but for an ``alighted`` end
@@ -132,9 +135,12 @@ def settle_tentative(
 
 
 def dropped_tentative(
-    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None = None
+    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None
 ) -> list[tuple[list[Segment], list[Segment]]]:
     """The joined groups whose tentative pieces :func:`settle_tentative` drops.
+
+    Given the same ``hop`` (:meth:`backend._journeys.JourneyBuilder.dropped_tentative`
+    passes the one :meth:`~backend._journeys.JourneyBuilder.settle_tentative` does).
 
     Each as ``(group, its tentative pieces)``, the group sorted by start. A group is a
     connected set of one rider's segments on one bus trip: dropping it whole leaves every

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import Journey, JourneyBuilder, Segment
-from backend._tentative import TENTATIVE, dropped_tentative, settle_tentative
+from backend._tentative import TENTATIVE
 from busbell import Feed, load_gtfs
 from tests.factories.backend_world import STOP_SPACING_M, T0, write_gtfs
 from tests.factories.properties import examples
@@ -307,13 +307,14 @@ def test_deleting_dropped_tentative_groups_changes_no_journey(builder: JourneyBu
         ]
         for rider in sorted({s.rider_id for s in segs}):
             mine = [s for s in segs if s.rider_id == rider]
-            # (the trip's distances to both, as the builder and the online settlement give
-            # them: a lone piece heard door to door is kept)
-            hop = builder.tentative_hop
-            groups = dropped_tentative(mine, builder.policy, hop)
+            # (the trip's distances to both, as the builder's methods give them to the
+            # offline and online settlements: a lone piece heard door to door is kept)
+            groups = builder.dropped_tentative(mine)
             gone = {id(p) for _, pieces in groups for p in pieces}
-            assert len(gone) == settle_tentative(mine, builder.policy, hop)[1], seed
+            assert len(gone) == builder.settle_tentative(mine)[1], seed
             rest = [s for s in mine if id(s) not in gone]
-            assert builder.build_rider(rest) == builder.build_rider(mine), seed
+            journeys, dropped = builder.build_rider_counted(mine)
+            assert dropped == len(gone), seed
+            assert builder.build_rider(rest) == journeys, seed
             riders_with_drops += bool(gone)
     assert riders_with_drops >= 100

@@ -832,7 +832,7 @@ async def test_dropped_tentative_pieces_lose_their_rider_link_after_tentative_li
         for r in before["segments"]
         if r["event_id"] in {events[4]["event_id"], events[5]["event_id"]}
     ]
-    assert settle_tentative(rest, JourneyPolicy())[1] == 0
+    assert settle_tentative(rest, JourneyPolicy(), None)[1] == 0
     # every piece of r0003's group ended 35 days ago: the group goes
     report = await env.worker.settle_once(now=b + 36 * day)
     assert report.tentative_links_deleted == 3

@@ -18,7 +18,6 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from backend import _settlement as settlement_module
 from backend._db import (
     charges,
     rider_segments,
@@ -338,14 +337,14 @@ async def test_a_rider_whose_links_cannot_be_grouped_keeps_them_and_the_pass_goe
     events = [piece("r0002", b - 150.0), piece("r0003", b - 150.0)]
     await env.ingest(events)
     await env.worker.settle_once(now=NOW)
-    real = settlement_module.dropped_tentative
+    real = env.worker.builder.dropped_tentative
 
-    def grouping(segments: Sequence[Segment], policy: Any, hop: Any = None) -> Any:
+    def grouping(segments: Sequence[Segment]) -> Any:
         if any(s.rider_id == "r0002" for s in segments):
             raise RuntimeError("grouping bug")
-        return real(segments, policy, hop)
+        return real(segments)
 
-    monkeypatch.setattr(settlement_module, "dropped_tentative", grouping)
+    monkeypatch.setattr(env.worker.builder, "dropped_tentative", grouping)
     before = _unexpected("links")
     with capture_logs() as logs:
         report = await env.worker.settle_once(now=NOW + 36 * 86400.0)

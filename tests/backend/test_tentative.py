@@ -204,16 +204,19 @@ def test_a_lone_piece_door_to_door_on_a_bus_beside_the_riders_ride_is_dropped(
 
 def test_the_links_of_a_lone_piece_are_kept_when_it_is_a_ride(tmp_path: Path) -> None:
     # dropped_tentative (the online settlement's deletable links) agrees with
-    # settle_tentative when both are given the trip's distances, and not without them
+    # settle_tentative when both are given the trip's distances (what the builder's
+    # methods, which every settlement path calls, pass), and not without them
     world = World(tmp_path, riders=2, buses=1)
     feed = load_gtfs(world.gtfs)
     builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed)
     seg = Segment.from_event(_door_to_door(world), "r0001")
     kept = dataclasses.replace(seg, start_cause="boarded")
+    assert builder.settle_tentative([seg]) == ([kept], 0)
+    assert builder.dropped_tentative([seg]) == []
+    assert builder.build_rider_counted([seg])[1] == 0
     assert settle_tentative([seg], builder.policy, builder.tentative_hop) == ([kept], 0)
-    assert dropped_tentative([seg], builder.policy, builder.tentative_hop) == []
-    assert dropped_tentative([seg], builder.policy) == [([seg], [seg])]
-    assert settle_tentative([seg], builder.policy) == ([], 1)
+    assert dropped_tentative([seg], builder.policy, None) == [([seg], [seg])]
+    assert settle_tentative([seg], builder.policy, None) == ([], 1)
 
 
 def test_too_little_evidence_in_all_charges_nobody(tmp_path: Path) -> None:
@@ -369,16 +372,22 @@ def test_pieces_on_another_trip_or_not_adjoining_are_not_summed() -> None:
     iv = int(t // INTERVAL_S)
     # another trip of the same bus
     kept, dropped = settle_tentative(
-        [seg(1, iv - 1, t - 99, t - 2), seg(2, iv, t + 9, t + 99, "T1R")], p
+        [seg(1, iv - 1, t - 99, t - 2), seg(2, iv, t + 9, t + 99, "T1R")], p, None
     )
     assert (kept, dropped) == ([], 2)
     # the same interval twice (not a rotation), or a new rid first heard after the gap
-    kept, dropped = settle_tentative([seg(1, iv, t + 1, t + 50), seg(2, iv, t + 60, t + 99)], p)
+    kept, dropped = settle_tentative(
+        [seg(1, iv, t + 1, t + 50), seg(2, iv, t + 60, t + 99)], p, None
+    )
     assert (kept, dropped) == ([], 2)
     late = t + p.tentative_gap_s + 1
-    kept, dropped = settle_tentative([seg(1, iv - 1, t - 99, t - 2), seg(2, iv, late, late + 9)], p)
+    kept, dropped = settle_tentative(
+        [seg(1, iv - 1, t - 99, t - 2), seg(2, iv, late, late + 9)], p, None
+    )
     assert (kept, dropped) == ([], 2)
-    kept, dropped = settle_tentative([seg(1, iv - 1, t - 99, t - 2), seg(2, iv, t + 9, t + 99)], p)
+    kept, dropped = settle_tentative(
+        [seg(1, iv - 1, t - 99, t - 2), seg(2, iv, t + 9, t + 99)], p, None
+    )
     assert dropped == 0
     assert [s.start_cause for s in kept] == ["boarded", "continued"]
 

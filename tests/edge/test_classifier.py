@@ -1763,7 +1763,7 @@ def test_an_heirs_piece_sends_only_the_points_its_old_rids_piece_did_not() -> No
         )
         for n, d in enumerate(pieces, 1)
     ]
-    assert settle_tentative(segs, JourneyPolicy()) == ([], 2)  # 3 points < 4: nobody charged
+    assert settle_tentative(segs, JourneyPolicy(), None) == ([], 2)  # 3 points < 4: nobody charged
 
 
 def test_a_failing_tentative_piece_at_finish_loses_no_other_rides_segment() -> None:
