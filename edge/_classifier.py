@@ -559,6 +559,8 @@ class PresenceClassifier:
         self._edges: dict[bytes, list[tuple[float, bytes]]] = {}
         """Old rid -> its candidate pairs ``(cost, new rid)``, cheapest first."""
         self._index: _NewsIndex | None = None
+        """The rotation pairing's index of new rids, of one tick's state (:meth:`_news_index`):
+        a cache, in :attr:`STATE_CACHES`."""
         self._heirs: dict[tuple[int, str], tuple[bytes, StopVisit]] = {}
         """``(interval, BLE address)`` -> a candidate of the interval before, sent from that
         address, whose rid ended before it could board, and the boarding visit it hands
@@ -653,6 +655,22 @@ class PresenceClassifier:
     """Attributes derived from the parameters (not part of a checkpoint). The last
     restart's ``_down`` and ``_resume_t`` are state, checkpointed: a checkpoint taken after
     a restart and restored without a gap must go on judging as that restart did."""
+
+    STATE_CACHES = frozenset({"_index"})
+    """Caches of the state, rebuilt from it on demand (each ``None`` until built): never
+    checkpointed, and dropped by :meth:`drop_caches` when a restore replaces the state
+    they were built from. A new cache of the state goes here (a test compares a restored
+    used classifier with a restored fresh one, attribute by attribute)."""
+
+    def drop_caches(self) -> None:
+        """Drop every cache of the state (:attr:`STATE_CACHES`): its state was replaced.
+
+        Kept, a used pipeline restored to an earlier tick would, for instance, pair
+        rotated rids at that tick from another state's new rids (the index is keyed by
+        tick only).
+        """
+        for name in self.STATE_CACHES:
+            setattr(self, name, None)
 
     def resume(self, t: float) -> None:
         """The pipeline was restored from a checkpoint and runs again from ``t``.

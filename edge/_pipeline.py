@@ -62,8 +62,11 @@ _CHECKPOINT_CLASSES = frozenset(
     }
 )
 """The only classes a checkpoint may name (the unpickler refuses every other one)."""
-_NOT_SAVED = frozenset({"params", "feed", "_grid", "_index", "_cache", "verifier", "vehicle"})
-"""Configuration, the GTFS feed and caches: rebuilt, never checkpointed."""
+_NOT_SAVED = frozenset({"params", "feed", "verifier", "vehicle", "_grid", "_cache"})
+"""Configuration, the GTFS feed and caches of them (the vehicle's stop grid, the payload
+memo): rebuilt, never checkpointed, kept by a restore (the same feed and keys). The
+classifier's caches of its state are :attr:`PresenceClassifier.STATE_CACHES`: not
+checkpointed either, and dropped by a restore."""
 
 
 class CheckpointError(ValueError):
@@ -228,7 +231,7 @@ class EdgePipeline:
             if id(r) not in index:  # held by the rotation pool only (forgotten meanwhile)
                 index[id(r)] = len(rows)
                 rows.append(r)
-        saved = _state(cls, cls.DERIVED)
+        saved = _state(cls, cls.DERIVED | cls.STATE_CACHES)
         saved["_rids"] = len(cls._rids)  # the first rows, in order
         saved["_olds"] = {o: (index[id(r)], k, v) for o, (r, k, v) in cls._olds.items()}
         saved["_pending"] = {n: index[id(r)] for n, r in cls._pending.items()}
@@ -280,10 +283,7 @@ class EdgePipeline:
             raise CheckpointError(f"checkpoint rids unreadable: {type(exc).__name__}") from None
         vars(self.vehicle).update(veh)
         vars(self.classifier).update(cls)
-        # (the rotation pairing's index of new rids is a cache of the state before, never
-        # checkpointed, keyed by tick: kept, a used pipeline restored to an earlier tick
-        # would pair at that tick from another state's rids)
-        self.classifier._index = None
+        self.classifier.drop_caches()  # (of the state before)
         vars(self).update({k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})
         self._finished = False
         self._resume_pending = True
