@@ -34,10 +34,12 @@ from edge._params import ClassifierParams
 from edge._pipeline import CheckpointError, EdgePipeline
 from edge._segment import SegmentDraft
 from edge._store import FareStore
+from edge._vehicle import StopVisit
 from tests.edge import (
     test_classifier_bystanders,
     test_classifier_door_to_door,
     test_classifier_heard_again,
+    test_classifier_rotation_held,
     test_classifier_unride,
 )
 from tests.edge.test_classifier import T0 as T0_CLS
@@ -247,24 +249,56 @@ def test_restores_after_a_real_restart_keep_that_restarts_grace(tmp_path: Path) 
 class _Restoring(World):
     """The classifier tests' scripted world, its classifier checkpointed (through a
     pipeline's snapshot) and restored into a new pipeline's at every step while the doors
-    are closed (the world's open stop visit is its own object), nothing lost."""
+    are closed, nothing lost; ``at_doors``: at every step, the open doors included (the
+    world's stop visit is then the restored classifier's copy, as a restored pipeline's
+    vehicle and classifier share theirs)."""
 
-    def __init__(self, feed: Feed, t0: float) -> None:
-        super().__init__(t0=t0)
+    def __init__(
+        self,
+        feed: Feed,
+        t0: float,
+        params: ClassifierParams | None = None,
+        *,
+        at_doors: bool = False,
+    ) -> None:
+        super().__init__(params, t0=t0)
         self.feed = feed
+        self.at_doors = at_doors
         self.heirs = 0
         """Restores that held a ``_heirs`` entry."""
+        self.restores: list[tuple[bool, bool, bool]] = []
+        """For each restore: doors open, a rid paired (``_match``), rids in the pool."""
 
     def step(self, dt: float = 0.5) -> None:
-        if self.visit is None or self.visit.close_t is not None:
+        if self.at_doors or self.visit is None or self.visit.close_t is not None:
             pipe = EdgePipeline("B", self.feed, verifier_for([]), self.p)
             pipe.classifier = self.c
             self.heirs += bool(self.c._heirs)
+            self.restores.append(
+                (
+                    self.visit is not None and self.visit.close_t is None,
+                    bool(self.c._match),
+                    bool(self.c._olds),
+                )
+            )
             fresh = EdgePipeline("B", self.feed, verifier_for([]), self.p)
             fresh.restore(pipe.snapshot())
             self.c = fresh.classifier
             self.c.resume(self.t)  # (the pipeline's first record after a restore)
+            v = self.c._visit
+            if self.visit is not None and v is not None and v.seq == self.visit.seq:
+                self.visit = v
         super().step(dt)
+
+    def dwell(
+        self, stop_id: str | None, seconds: float = 15.0, *, reopen: bool = False
+    ) -> StopVisit:
+        v = super().dwell(stop_id, seconds, reopen=reopen)
+        if self.visit is not v and self.visit is not None:  # (restored while they stood open)
+            self.visit.close_t, self.visit.close_odo_m = v.close_t, v.close_odo_m
+            self.c.on_visit("close", self.visit, self.t)
+            return self.visit
+        return v
 
 
 @pytest.mark.parametrize("keeps_address", [True, False])
@@ -309,13 +343,13 @@ def test_classifier_state_added_this_session_survives_a_restore_at_every_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripted: Callable[[], None]
 ) -> None:
     # the scripted classifier tests, their world's classifier restored from a snapshot at
-    # every step between the stops: each still holds (the classifier's BLE address ->
-    # latest interval, ``_addr_iv``, the level of the latest ride kept, ``_rode_lvl``, and
-    # the receiver's floor, ``_floor`` and ``_lows``, are checkpointed: left out of a
-    # snapshot, the first, the fifth and the seventh fail; review of 5a06baf, c049005 and
-    # 3cad75f, whose tests never restored a classifier; and a rid's ``addr_after``: reset
-    # by a restore, the third fails; a rid's door-to-door slots, ``dp_*``, left out, the
-    # door-to-door rider is missed)
+    # every step, the doors open included (before: only between the stops): each still
+    # holds (the classifier's BLE address -> latest interval, ``_addr_iv``, the level of
+    # the latest ride kept, ``_rode_lvl``, and the receiver's floor, ``_floor`` and
+    # ``_lows``, are checkpointed: left out of a snapshot, the first, the fifth and the
+    # seventh fail; review of 5a06baf, c049005 and 3cad75f, whose tests never restored a
+    # classifier; and a rid's ``addr_after``: reset by a restore, the third fails; a rid's
+    # door-to-door slots, ``dp_*``, left out, the door-to-door rider is missed)
     feed = load_gtfs(write_gtfs(tmp_path / "g", 3, 800.0))
     for module in (
         test_classifier_heard_again,
@@ -323,8 +357,50 @@ def test_classifier_state_added_this_session_survives_a_restore_at_every_step(
         test_classifier_bystanders,
         test_classifier_door_to_door,
     ):
-        monkeypatch.setattr(module, "World", lambda t0=T0_CLS: _Restoring(feed, t0))
+        monkeypatch.setattr(module, "World", lambda t0=T0_CLS: _Restoring(feed, t0, at_doors=True))
     scripted()
+
+
+_HELD = test_classifier_rotation_held
+
+
+@pytest.mark.parametrize(
+    "scripted",
+    [
+        _HELD.test_a_paired_new_rid_silent_past_the_stop_and_heard_again_keeps_the_ride,
+        _HELD.test_a_paired_new_rid_never_heard_again_still_ends_the_ride_at_its_stop,
+        _HELD.test_a_fobs_new_rid_heard_past_the_pairing_window_is_held_and_rides_on,
+        _HELD.test_a_paired_new_rid_heard_again_at_the_next_stops_open_doors_keeps_the_ride,
+        _HELD.test_a_paired_new_rid_heard_again_just_after_the_next_doors_closed_keeps_the_ride,
+        _HELD.test_a_paired_new_rid_silent_as_the_next_doors_open_is_held_to_the_doors_after,
+        _HELD.test_a_paired_new_rids_silence_counts_from_a_restart,
+        _HELD.test_a_successors_silence_counts_from_a_restart,
+        _HELD.test_a_successor_silent_through_the_next_stops_open_doors_is_held_while_they_stand,
+    ],
+    ids=lambda f: f.__name__.removeprefix("test_")[:48],
+)
+def test_a_held_rotated_rider_survives_a_restore_at_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripted: Callable[[], None]
+) -> None:
+    # the rotation-held worlds (a rotated rider's new rid held through a silence while
+    # the bus moves: paired with the old rid, or a successor of an unpaired one), their
+    # classifier restored from a snapshot at every step of the rider's life, the doors
+    # open included: boarding, riding, the old rid rotating and waiting in the pool, the
+    # new rid paired (or not) and made the next stop's candidate, its silence and its
+    # hold, a real restart in it (the two restart worlds), heard again, alighting. Each
+    # still holds (the existing restart tests cover one moment each)
+    feed = load_gtfs(write_gtfs(tmp_path / "g", 3, 800.0))
+    worlds: list[_Restoring] = []
+
+    def restoring(params: ClassifierParams | None = None, t0: float = T0_CLS) -> _Restoring:
+        worlds.append(_Restoring(feed, t0, params, at_doors=True))
+        return worlds[-1]
+
+    monkeypatch.setattr(_HELD, "World", restoring)
+    scripted()
+    restores = [x for w in worlds for x in w.restores]
+    assert any(doors for doors, _, _ in restores)  # (restored while doors stood open)
+    assert any(pooled for _, _, pooled in restores)  # (and while a rotated rid waited)
 
 
 def _state_of(pipe: EdgePipeline) -> Any:
