@@ -199,6 +199,17 @@ def test_a_cars_new_rid_on_another_clock_is_not_held() -> None:
     assert car == []
 
 
+def test_a_cars_new_rid_9_s_behind_the_riders_clock_is_not_held() -> None:
+    # the guard's bound: heard twice before its silence, the car's clock offset is known
+    # to within a few seconds (_offset_slack); 9 s behind the rider's is beyond that and
+    # skew_tolerance_s (2 s): dropped as before. (Here cars from 7 s behind to 4.5 s ahead
+    # are held and board: one token's clock as far as two adverts tell. With the
+    # tolerance doubled, the car 9 s behind was held and charged S2 -> S4.)
+    ends, car = _fob_ride(car=True, skew=-9.0)
+    assert ends == [("S1", "S3", "boarded", "alighted")]
+    assert car == []
+
+
 def test_a_cars_new_rid_far_from_the_riders_level_is_not_held() -> None:
     # the guard: on the rider's clock but 14 dB above its level (past sparse_fall_db;
     # still within in_bus_margin_db of the riders, who are 2 dB louder)
