@@ -385,3 +385,60 @@ def test_a_successor_silent_through_the_next_stops_open_doors_is_held_while_they
     # was never charged: the rider S1 -> S3 for S1 -> S4)
     ends, _ = _fob_ride(quiet_s=250.0)
     assert ends == [("S1", "S3", "boarded", "alighted"), ("S2", "S4", "boarded", "alighted")]
+
+
+# -- the successor's pool: a rotation already paired explains no other rid ---------------
+
+
+def test_a_cars_rid_after_a_riders_paired_rotation_is_not_held() -> None:
+    # the phone's new rid is paired with its old rid and held through its silence (S2's
+    # candidate, silent from 90 m past S2 until 5 s after S3's doors closed; a rider's
+    # rid, continued from S3). A car on the phone's clock and level is first heard 300 m
+    # past S2 (between stops, 40 s into its interval), twice, silent for 700 m, then
+    # heard moving with the bus to S4 (not at the doors): the only rotated rid waiting
+    # for a successor is taken by the phone's new rid, so the car is not held, and is
+    # dropped as before. (Not asking whether the pool's rid is paired, the car was held
+    # for the phone's rotation and charged S2 -> S4.)
+    w = World(t0=START)
+    add_riders(w, -77.0)
+    back = {"v": False}
+
+    def phone(world: World) -> float | None:
+        v = world.visit
+        if world.seq >= 4 and v is not None and v.close_t is not None:
+            return None  # got off at S4
+        if round(world.t * 2) % 2:
+            return None
+        if world.seq < 2 or (world.seq == 2 and world.odo - world.stop_odo <= 90.0):
+            return -93.0
+        at_s3 = world.seq == 3 and v is not None and v.close_t is not None
+        back["v"] = back["v"] or world.seq > 3 or (at_s3 and world.t - v.close_t >= 5.0)
+        return -93.0 if back["v"] else None
+
+    def car_rssi(world: World) -> float | None:
+        car.addr = f"car-{math.floor(world.t / 600)}"
+        v = world.visit
+        if world.seq not in {2, 3} or (v is not None and v.close_t is None):
+            return None  # (never at the doors)
+        past = world.odo - world.stop_odo
+        if world.seq == 2 and (past < 300.0 or 360.0 <= past < 1060.0):
+            return None
+        return -93.0 if round(world.t * 2) % 10 == 0 else None
+
+    ph = w.add(Token("ph", phone))
+    car = w.add(Token("car", car_rssi))
+    w.dwell("S1", 15)
+    w.move(1500)
+    assert w.t > BOUNDARY  # (S2's doors open after the boundary)
+    w.dwell("S2", 15)
+    w.move(2600)
+    w.dwell("S3", 15)
+    w.move(1000)
+    w.dwell("S4", 15)
+    w.move(600)
+    w.finish()
+    assert _ends(w, ph) == [
+        ("S1", None, "boarded", "rotated"),
+        ("S3", "S4", "continued", "alighted"),
+    ]
+    assert _ends(w, car) == []
