@@ -1,0 +1,184 @@
+"""Census of the successor hold's "first heard after its doors closed" clause on kept runs.
+
+``PresenceClassifier._successor_held`` holds an unpaired candidate through a silence when it
+began at a rotation while a rider's old rid waits unpaired in the rotation pool; one of its
+conditions is that the candidate was first heard after the doors of its stop closed
+(between stops, where nobody boards). This replays every bus of kept scenario directories
+(``busbell sim score --keep``) in process and, each time the rule is asked, evaluates it as
+written and with that clause left out. It lists the rids the clause alone turns away (held
+without it, not with it) and the rids the rule holds, each looked up in the simulator's
+ground truth: the person whose token sent it (``RIDERS.csv``) and whether they rode that bus
+then (a true leg in ``JOURNEYS.jsonl`` from ``board_t - 60`` to ``alight_t + 60`` around
+the rid's first advert).
+
+The classifier's other code is unchanged: what it emits is main's. Prints one JSON line per
+rid found, one per scenario done and the totals::
+
+    python -m benchmarks.edge_held_census KEPT/cell-02/seed-1/rush_hour_crowd ...
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from busbell import (
+    INTERVAL_S,
+    TokenVerifier,
+    TraceReader,
+    derive_rider_keys,
+    interval_of,
+    load_gtfs,
+    read_fleet_keys,
+    rid_for_interval,
+)
+from edge import _classifier as cls_mod
+from edge._params import ClassifierParams
+from edge._pipeline import EdgePipeline
+
+_Held = Callable[[cls_mod.PresenceClassifier, Any, float], bool]
+_ORIG: _Held = cls_mod.PresenceClassifier._successor_held
+_SLACK_S = 60.0
+
+
+def _without_clause(c: cls_mod.PresenceClassifier, r: Any, t: float) -> bool:
+    """``_successor_held`` as written, but for ``r.first_t <= v.close_t``."""
+    p = c.params
+    v = r.visit
+    if (
+        r.pred != cls_mod._PRED_NONE
+        or r.start is not None
+        or v is None
+        or v.close_t is None
+        or r.first_token_t - r.interval * INTERVAL_S > p.tentative_window_s
+        or p.lost_wait_s <= 0.0
+        or t - max(r.last_in_t, c._resume_t) > p.lost_wait_s
+    ):
+        return False
+    w = c._visit_after(r.last_in_t + p.alight_pre_s)
+    if not (w is None or w.close_t is None or t - w.close_t <= p.fade_timeout_s):
+        return False
+    taken = set(c._match.values())
+    return any(
+        kind == cls_mod._PRED_ONBOARD
+        and o.interval == r.interval - 1
+        and o.rid not in taken
+        and o.last_t < r.first_t
+        and cls_mod._clock_gap(o, r) <= p.skew_tolerance_s
+        and abs(r.ewma0 - o.ewma) <= c._sparse_fall
+        for o, kind, _ in c._olds.values()
+    )
+
+
+def _owners(d: Path, t0: float, t1: float) -> dict[bytes, str]:
+    """Every rid any person of the scenario sent from ``t0`` to ``t1`` -> that person."""
+    out: dict[bytes, str] = {}
+    with (d / "RIDERS.csv").open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            k = derive_rider_keys(bytes.fromhex(row["token_key"])).rid_key
+            for i in range(interval_of(t0) - 1, interval_of(t1) + 2):
+                out[rid_for_interval(k, i)] = row["rider_id"]
+    return out
+
+
+def _legs(d: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(person, bus) -> the (board_t, alight_t) of each true leg."""
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    with (d / "JOURNEYS.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            j = json.loads(line)
+            for leg in j["legs"]:
+                if leg.get("board_t") is None:
+                    continue
+                end = leg["alight_t"] if leg.get("alight_t") is not None else float("inf")
+                out.setdefault((j["rider_id"], leg["bus_id"]), []).append((leg["board_t"], end))
+    return out
+
+
+def census(d: Path, totals: dict[str, int]) -> list[dict[str, Any]]:
+    """The rids the clause turns away and the rids the rule holds on every bus of ``d``."""
+    truth = json.loads((d / "truth.json").read_text(encoding="utf-8"))
+    owners = _owners(d, float(truth["t_start"]), float(truth["t_end"]))
+    legs = _legs(d)
+    p = ClassifierParams()
+    keys = read_fleet_keys(d / "FLEET.csv")
+    found: list[dict[str, Any]] = []
+    for bus in truth["buses"]:
+        bus_id = str(bus["bus_id"])
+        seen: dict[tuple[str, bytes], dict[str, Any]] = {}
+
+        def asked(
+            c: cls_mod.PresenceClassifier,
+            r: Any,
+            t: float,
+            bus_id: str = bus_id,
+            seen: dict[tuple[str, bytes], dict[str, Any]] = seen,
+        ) -> bool:
+            got = _ORIG(c, r, t)
+            totals["asked"] = totals.get("asked", 0) + 1
+            if not (got or _without_clause(c, r, t)):
+                return got
+            key = ("held" if got else "turned_away", r.rid)
+            if key not in seen:
+                person = owners.get(r.rid)
+                rode = person is not None and any(
+                    a - _SLACK_S <= r.first_t <= z + _SLACK_S
+                    for a, z in legs.get((person, bus_id), [])
+                )
+                v = r.visit
+                seen[key] = {
+                    "kind": key[0],
+                    "scenario": str(d),
+                    "bus": bus_id,
+                    "rid": r.rid.hex()[:8],
+                    "t": round(t, 1),
+                    "first_t": round(r.first_t, 1),
+                    "stop": None if v is None else v.stop_id,
+                    "doors_closed_t": None if v is None else v.close_t,
+                    "person": person,
+                    "rode_this_bus": rode,
+                    "ticks": 0,
+                }
+            seen[key]["ticks"] += 1
+            return got
+
+        setattr(cls_mod.PresenceClassifier, "_successor_held", asked)  # noqa: B010
+        try:
+            verifier = TokenVerifier(keys, window_s=p.tq_window_s)
+            pipe = EdgePipeline(bus_id, load_gtfs(d / "gtfs"), verifier, p)
+            t = 0.0
+            with (d / str(bus["trace"])).open(encoding="utf-8") as fp:
+                for record in TraceReader(fp):
+                    t = record.t
+                    pipe.feed(record)
+            pipe.finish(t)
+        finally:
+            setattr(cls_mod.PresenceClassifier, "_successor_held", _ORIG)  # noqa: B010
+        for rec in seen.values():
+            k = f"{rec['kind']}/{'rider' if rec['rode_this_bus'] else 'not_a_rider'}"
+            totals[k] = totals.get(k, 0) + 1
+            found.append(rec)
+    return found
+
+
+def main(argv: list[str]) -> int:
+    """Run the census on each scenario directory named in ``argv``."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    totals: dict[str, int] = {}
+    for arg in argv:
+        for rec in census(Path(arg), totals):
+            print(json.dumps(rec), flush=True)
+        print(json.dumps({"done": arg}), flush=True)
+    print(json.dumps({"totals": totals}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
