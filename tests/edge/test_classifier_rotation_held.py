@@ -442,3 +442,31 @@ def test_a_cars_rid_after_a_riders_paired_rotation_is_not_held() -> None:
         ("S3", "S4", "continued", "alighted"),
     ]
     assert _ends(w, car) == []
+
+
+# -- a real restart anywhere in the hold ---------------------------------------------------
+
+
+@pytest.mark.parametrize("down_at", [1.0, 10.0, 30.0, 60.0, 90.0, 120.0, 150.0])
+def test_a_paired_new_rids_ride_survives_a_restart_anywhere_in_its_silence(down_at: float) -> None:
+    # the edge down for 20 s (nothing fed, the bus driving on) from down_at s into the
+    # paired new rid's silence (90 m past S2 to 5 s after S3's doors closed): the ride goes
+    # on from S1 to S4 as without the restart ("heard again just after the next doors
+    # closed"), wherever in the hold the restart falls (the restart tests above: one moment)
+    ends = _paired_silence(lambda w, _: _at_s3(w, closed_s=5.0), down=(down_at, 20.0))
+    assert ends == [("S1", None, "boarded", "rotated"), ("S3", "S4", "continued", "alighted")]
+
+
+@pytest.mark.parametrize("down_at", [-20.0, -5.0, 1.0, 10.0, 25.0, 45.0, 100.0, 200.0])
+def test_a_fobs_ride_across_its_unpaired_rotation_survives_a_restart_anywhere(
+    down_at: float,
+) -> None:
+    # the edge down for 20 s from down_at s after the fob's boundary: before it (the old
+    # rid riding), as the new rid's first adverts come (it is then paired: continued), in
+    # its silence while its old rid waits in the pool, and after: the rider's segments
+    # still run from S1 to S4 (settlement joins the two of one bus trip), none ends at S2
+    ends, _ = _fob_ride(down=(down_at, 20.0))
+    assert len(ends) == 2
+    assert ends[0][0] == "S1"
+    assert ends[-1][1::2] == ("S4", "alighted")
+    assert all(e[1] != "S2" for e in ends)
