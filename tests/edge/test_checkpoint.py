@@ -27,7 +27,7 @@ import pytest
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder, Segment
-from busbell import DeviceKey, Feed, TraceRecord, configure_logging, load_gtfs
+from busbell import DeviceKey, Feed, TokenVerifier, TraceRecord, configure_logging, load_gtfs
 from edge._checkpoint import Checkpointer
 from edge._events import EventBuilder
 from edge._params import ClassifierParams
@@ -47,6 +47,7 @@ from tests.edge.test_classifier import World, _weak_rider_rotating_unheard
 from tests.factories.edge_world import (
     BusPlan,
     SynthToken,
+    fleet_keys_for,
     replay,
     synth_trace,
     token_of,
@@ -189,7 +190,8 @@ def replay_restoring(
     every ``every`` records (0: never), nothing lost; ``down``: also a restart after the
     records up to ``down[0]``, the records until ``down[1]`` lost. Returns the drafts and
     how many restores held a ``_heirs`` entry or a rotated rid in the pool."""
-    pipe = EdgePipeline("B", feed, verifier_for(recs))
+    keys = fleet_keys_for(recs)  # (once: a pass over the trace; a fresh verifier each time)
+    pipe = EdgePipeline("B", feed, TokenVerifier(keys))
     out: list[SegmentDraft] = []
     held = 0
     for i, r in enumerate(recs):
@@ -198,7 +200,7 @@ def replay_restoring(
         restart = down is not None and r.t > down[1] and pipe.t <= down[0]
         if restart or (every and i and i % every == 0):
             held += bool(pipe.classifier._heirs or pipe.classifier._olds)
-            fresh = EdgePipeline("B", feed, verifier_for(recs))
+            fresh = EdgePipeline("B", feed, TokenVerifier(keys))
             fresh.restore(pipe.snapshot())
             pipe = fresh
         out.extend(pipe.feed(r))

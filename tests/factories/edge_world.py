@@ -3,6 +3,7 @@ traces of riders boarding and alighting (moved out of benchmarks/edge_classifier
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Sequence
@@ -213,8 +214,13 @@ def synth_trace(
         recs.append(DoorRecord(o, True))
         recs.append(DoorRecord(o + plan.dwell_s, False))
 
+    # (the latest opening at or before tt decides: openings rise and all last dwell_s; a
+    # bisection, not a scan of every stop's, for each advert)
+    opened = [o for o in opens if not math.isnan(o)]
+
     def door_open_at(tt: float) -> bool:
-        return any(not math.isnan(o) and o <= tt < o + plan.dwell_s for o in opens)
+        i = bisect.bisect_right(opened, tt)
+        return i > 0 and tt < opened[i - 1] + plan.dwell_s
 
     truth: dict[str, tuple[int, int]] = {}
     cache: dict[tuple[int, int, int], bytes] = {}
@@ -271,11 +277,20 @@ def synth_trace(
     return recs, truth
 
 
-def verifier_for(recs: Sequence[TraceRecord]) -> TokenVerifier:
-    """A verifier holding the fleet keys of the days the trace covers (and neighbours)."""
+def fleet_keys_for(recs: Sequence[TraceRecord]) -> dict[int, bytes]:
+    """The fleet keys of the days the trace covers (and neighbours), by day."""
     days = {day_of(r.t) for r in recs}
-    keys = {d + k: fleet_key_of(d + k) for d in days for k in (-1, 0, 1)}
-    return TokenVerifier(keys)
+    return {d + k: fleet_key_of(d + k) for d in days for k in (-1, 0, 1)}
+
+
+def verifier_for(recs: Sequence[TraceRecord]) -> TokenVerifier:
+    """A verifier holding the fleet keys of the days the trace covers (and neighbours).
+
+    A pass over every record: a test that builds many verifiers for one trace (a restore
+    every few records) takes :func:`fleet_keys_for` once and a ``TokenVerifier`` of them
+    each time.
+    """
+    return TokenVerifier(fleet_keys_for(recs))
 
 
 def replay(
