@@ -2253,9 +2253,7 @@ class PresenceClassifier:
             if r.pred == _PRED_NONE and t - r.first_t > p.rotation_wait_s:
                 self._drop(r, Event.REJECT, out)
             return
-        if r.pred == _PRED_CANDIDATE and self._fell_from_candidate(r):
-            self._unpair(r)  # judged from the next tick as a rid no old rid paired with
-        elif r.pred != _PRED_NONE:
+        if r.pred != _PRED_NONE:
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
             if not self._unpaired_rides(r):
@@ -2263,32 +2261,6 @@ class PresenceClassifier:
             elif self._stayed_through(r):
                 self._confirm_unpaired(r, t)
             # (else it waits for the next stop's doors: a car alongside drives on there)
-
-    def _fell_from_candidate(self, r: _Rid) -> bool:
-        """Whether a new rid paired with a candidate's old rid is not heard where it was.
-
-        The pairing hands the candidate's boarding to its new rid, which the rotation path
-        then confirms on its own stretch of in-bus evidence with no level asked. But the
-        same token keeps its level in the bus across the payload change (the riders'
-        heirs, tuning seeds 3-4, were heard at most 7 dB below their old rid's level),
-        and a candidate heard ``fade_drop_db`` below its level at its stop as the bus left
-        has fallen away (``fell``: left at the stop, or a vehicle that fell behind), which
-        bars it from the co-movement rules. So is an heir heard (its in-bus stretch's
-        mean) that far below the candidate's level as the bus left: the token fell away,
-        or the pairing gave the boarding to another token's rid. It is unpaired and
-        judged as a rid that began between stops with no predecessor
-        (:meth:`_unpaired_rides`: it rides on only at the riders' level). Full scale,
-        cell 1 (default radio), tuning seed 3, ``transfer_bunched``: riders of the bus
-        bunched beside (r-00041, r-00025), candidates at the shared stop BD003, heard
-        21-29 dB below that level under their next rid, were boarded at BD003 on this
-        bus too.
-        """
-        o = self._match.get(r.rid)
-        got = self._olds.get(o) if o is not None else None
-        if got is None:
-            return False
-        lvl = got[0].lvl
-        return lvl is not None and r.n_far > 0 and r.far_sum / r.n_far < lvl - self._fade_drop
 
     def _unpaired_rides(self, r: _Rid, *, approach: bool = False) -> bool:
         """Whether a new rid no rotated rid paired with is a rider's all the same.
