@@ -750,6 +750,11 @@ class LiveRun:
                         r.clock_steps.append(off)
                         self.log(f"edge system clock stepped to {off:+.0f} s")
                 await drive
+                # an armed ack kill waits for the next ack, which a loaded machine may send
+                # after the drive ended (the edge still uploads its last events): give it time
+                until = loop.time() + 60.0
+                while self.proxy.armed and loop.time() < until:
+                    await asyncio.sleep(0.1)
                 self.proxy.armed = False
                 if self.fill is not None and r.disk_full_s:
                     await asyncio.sleep(3.0)
