@@ -851,7 +851,6 @@ class PresenceClassifier:
             addr: the BLE address it came from (helps pair a rider's rotating rids).
         """
         r = self._rids.get(rid)
-        was = r.ewma if r is not None else float(rssi)  # its smoothed level before this advert
         if rssi < self._floor and rssi > _RSSI_NA:
             self._note_low(float(rssi))
         v = self._visit
@@ -859,6 +858,7 @@ class PresenceClassifier:
         dt = 0.0
         late = False
         if r is None:
+            was = float(rssi)  # its smoothed level before this advert
             # first heard once the bus left its last stop, before the next one: a weak token
             # of someone who boarded there, not heard while the doors stood open (nobody
             # boards between stops), or someone outside; it is judged as that stop's late
@@ -877,21 +877,26 @@ class PresenceClassifier:
                 r.dp_visit = v  # first heard with the doors open (:meth:`_door_to_door`)
         elif t > r.last_t:
             dt = t - r.last_t
-            if _MIN_PERIOD_S < dt < r.per:
+            if dt < r.per and dt > _MIN_PERIOD_S:  # (the first test is false for most adverts)
                 r.per = dt  # the token's advertising interval (shortest gap heard)
-            r.ewma += dt / (self._tau + dt) * (rssi - r.ewma)
+            # (locals: the same float operations in the same order as r.ewma += ...)
+            was = ewma = r.ewma
+            r.ewma = ewma = ewma + dt / (self._tau + dt) * (rssi - ewma)
             if odo != r.mv_odo:  # the bus moved: its level as the bus last moved
                 r.mv_odo = odo
-                r.mv_ewma = r.ewma
-            if rssi >= r.base - self._fade_drop or r.state != _ONBOARD:
+                r.mv_ewma = ewma
+            base = r.base
+            if rssi >= base - self._fade_drop or r.state != _ONBOARD:
                 # (a rider's baseline does not follow adverts far below it: someone who
                 # alighted, heard 30 dB down as the bus leaves, is not in-bus evidence)
-                r.base += dt / (self._base_tau + dt) * (rssi - r.base)
+                r.base = base + dt / (self._base_tau + dt) * (rssi - base)
             if dt > self._run_gap:
                 r.run_odo = odo  # heard again after a silence: a new run
             if t - r.first_t <= _START_S:
-                r.ewma0 = r.ewma  # its level as it appeared (pairs a rotation)
+                r.ewma0 = ewma  # its level as it appeared (pairs a rotation)
             r.last_t = t
+        else:
+            was = r.ewma
         state = r.state
         if state == _GONE and not at_stop and r.start is not None and self._revives(r, odo):
             assert v is not None
@@ -917,8 +922,9 @@ class PresenceClassifier:
                 r.co_only = True
         if token_t > r.last_token_t:  # noqa: PLR1730 - cheaper than max() on the hot path
             r.last_token_t = token_t
-        if t - token_t < r.d_min:  # noqa: PLR1730 - cheaper than min()
-            r.d_min = t - token_t
+        offset = t - token_t
+        if offset < r.d_min:  # noqa: PLR1730 - cheaper than min()
+            r.d_min = offset
         if addr != r.addr:
             r.addr = addr
             if addr:
@@ -1022,8 +1028,10 @@ class PresenceClassifier:
         ):
             r.dp_pt = True  # carried from the stop at its level there (:meth:`_door_to_door`)
         thr = self._thr
-        if _CANDIDATE <= state <= _ONBOARD and r.base - self._fade_drop > thr:
-            thr = r.base - self._fade_drop
+        if state >= _CANDIDATE and state <= _ONBOARD:
+            below = r.base - self._fade_drop
+            if below > thr:  # noqa: PLR1730 - cheaper than max()
+                thr = below
         if r.ewma >= thr and (
             dt <= self._gap
             # a rider heard only now and then (weak, deep in a bag): in the bus if at its
@@ -1464,7 +1472,7 @@ class PresenceClassifier:
 
     # -- time -------------------------------------------------------------------------
 
-    def tick(self, t: float, odo: float) -> list[SegmentDraft]:
+    def tick(self, t: float, odo: float) -> list[SegmentDraft]:  # noqa: PLR0912 - loops inline
         """Evaluate confirmations, rejections and fades at time ``t``.
 
         Returns:
@@ -1484,6 +1492,9 @@ class PresenceClassifier:
         # are still aboard: their levels count, or at a rid boundary the riders' level
         # is the median of whichever rids rotated last (docs/classifier.md, r-03280)
         levels = [o.base for o, kind, _ in self._olds.values() if kind == _PRED_ONBOARD]
+        # (locals: this loop visits every rid known, every tick)
+        fade_timeout, outside_forget = p.fade_timeout_s, p.outside_forget_s
+        add_level = levels.append
         for r in self._rids.values():
             st = r.state
             if st == _ONBOARD:
@@ -1491,7 +1502,7 @@ class PresenceClassifier:
                 if (
                     (
                         # (its fade time is never below fade_timeout_s: most riders end here)
-                        silent > p.fade_timeout_s
+                        silent > fade_timeout
                         and silent > self._fade_s(r)
                         and self._silent_s(r, t) > self._fade_s(r)
                     )
@@ -1506,11 +1517,11 @@ class PresenceClassifier:
                     )
                 ) and self._fade_unridden(r, t, out):
                     continue  # never ridden: nobody's level (:meth:`_unride`)
-                levels.append(r.base)
-            elif st in (_CANDIDATE, _ROTATING):
+                add_level(r.base)
+            elif st == _CANDIDATE or st == _ROTATING:  # noqa: PLR1714, SIM109 - no tuple per rid
                 later.append(r)
             elif st == _OUTSIDE:
-                if t - r.last_t > p.outside_forget_s:
+                if t - r.last_t > outside_forget:
                     forget.append(r.rid)
             elif (
                 self._tracked_on(r)
@@ -1548,8 +1559,13 @@ class PresenceClassifier:
             self._dirty = False
             self._assigned_t = t
         for r in later:
-            try:
-                self._judge(r, t, odo, out)
+            try:  # one tick of a candidate's or rotating rid's rules (inline: every tick)
+                if self._heirs and r.addr and (r.interval, r.addr) in self._heirs:
+                    self._inherit(r)
+                if r.state == _CANDIDATE:
+                    self._check_candidate(r, t, odo, out)
+                else:
+                    self._check_rotating(r, t, out)
             except Exception as exc:
                 self._failed("tick", r, exc)
         if self._olds:
@@ -1597,15 +1613,6 @@ class PresenceClassifier:
             return
         lo = min(ivs)
         self._addr_iv = {a: iv for a, iv in self._addr_iv.items() if iv > lo}
-
-    def _judge(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
-        """One tick of a candidate's or rotating rid's rules."""
-        if self._heirs and r.addr and (r.interval, r.addr) in self._heirs:
-            self._inherit(r)
-        if r.state == _CANDIDATE:
-            self._check_candidate(r, t, odo, out)
-        else:
-            self._check_rotating(r, t, out)
 
     def _unride(self, levels: list[float]) -> None:
         """A ride discarded as never ridden leaves no riders' level behind.
@@ -1749,7 +1756,12 @@ class PresenceClassifier:
             return
         if r.co_only and not r.absent and r.first_t > v.close_t and self._absent(r, t, v):
             r.absent = True  # not aboard while the doors stood open: boarded last, or a car
-        if self._stood_and_carried(r, v) and t - v.close_t >= p.confirm_min_s:
+        # (co_n first: both rules below need _CARRY_CO points, most candidates have none)
+        if (
+            r.co_n >= _CARRY_CO
+            and self._stood_and_carried(r, v)
+            and t - v.close_t >= p.confirm_min_s
+        ):
             self._confirm_new(r, t, v, out)
             return
         fade_s = self._fade_s(r)
@@ -1758,7 +1770,7 @@ class PresenceClassifier:
         if not recent and r.n_in >= p.fade_gaps:
             r.tk_apart = v.seq  # silent past its own rhythm's fade time as the bus moved
         if (
-            (r.co_n >= p.sparse_adverts or self._carried_and_stayed(r, v))
+            (r.co_n >= p.sparse_adverts or (r.co_n >= _CARRY_CO and self._carried_and_stayed(r, v)))
             and r.convoy is None
             and not self._barred(r)
             and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db

@@ -374,10 +374,9 @@ class EdgePipeline:
                         hit = self._verify(payload, t)
                     if hit is not None:
                         self.adverts_accepted += 1
-                        rid = hit[0]
-                        flags = hit[3]
+                        rid, interval, token_t, flags, _ = hit
                         self.classifier.advert(
-                            t, rid, hit[1], hit[2], rec.rssi, flags, payload,
+                            t, rid, interval, token_t, rec.rssi, flags, payload,
                             self.vehicle.odometer_m, rec.addr,
                         )  # fmt: skip
                         if flags & _BELL_FLAGS and self.flag_listener is not None:
