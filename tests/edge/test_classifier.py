@@ -915,6 +915,28 @@ def test_pair_cost_follows_clock_rhythm_and_window() -> None:
     assert once._pair_cost(o2, n2) == pytest.approx(4.0)  # just the time gap
 
 
+def test_an_advert_received_twice_within_milliseconds_leaves_the_rhythm_to_pair_by() -> None:
+    # a scanner may report one advertising event on two channels a few ms apart (BlueZ
+    # without duplicate filtering): that gap is not the token's advertising interval
+    # (_MIN_PERIOD_S). Taken for it, the rhythm term pairs nothing (every gap is a whole
+    # number of 3-ms periods) and a new rid heard 0.2 s before the old rid's train would
+    # have sent it costs less than the one in step (the early one's smaller time gap)
+    bnd = (math.floor(T0 / 600) + 1) * 600
+    c = PresenceClassifier()
+    times = [bnd - 30 + 0.505 * k for k in range(60)]
+    _heard(c, b"old-rid-0001", sorted([*times, *(t + 0.003 for t in times)]), 0.0, -60)
+    old = c._rids[b"old-rid-0001"]
+    assert 0.5 < old.per < 0.51  # (0.502: a duplicate to the next event)
+    last = old.last_t - 0.003
+    _heard(c, b"new-in-step0", [last + 0.505 * k for k in range(1, 9)], 0.0, -60)
+    _heard(c, b"new-early000", [last - 0.2 + 0.505 * k for k in range(8)], 0.0, -60)
+    in_step = c._pair_cost(old, c._rids[b"new-in-step0"])
+    early = c._pair_cost(old, c._rids[b"new-early000"])
+    assert in_step is not None
+    assert early is not None
+    assert in_step < early
+
+
 def test_riders_on_one_clock_without_addresses_keep_their_own_rids() -> None:
     """Fobs change address with their rid; the RSSI each new rid had as it appeared decides."""
     w = World(t0=T0 + 400)
