@@ -1824,7 +1824,7 @@ class PresenceClassifier:
         ):
             # its rid is over and it was heard to the end: no need to wait out a sparse
             # token's long fade time, a new rid of it may take over its boarding now
-            self._drop(r, Event.FADE, out)
+            self._drop(r, Event.FADE, out, "rid_ended")
         elif recent and odo - v.close_odo_m < p.reject_distance_m:
             return  # (heard of late and near its stop: neither branch below applies yet)
         elif (
@@ -1846,12 +1846,12 @@ class PresenceClassifier:
             # is no waiter the bus just left behind, for the rejection below)
             return
         elif not recent:
-            self._drop(r, Event.FADE, out)
+            self._drop(r, Event.FADE, out, "silent")
         elif (
             odo - v.close_odo_m >= p.reject_distance_m
             and r.last_in_odo - v.close_odo_m < p.confirm_distance_m
         ):
-            self._drop(r, Event.REJECT, out)
+            self._drop(r, Event.REJECT, out, "left_behind")
 
     def _absent(self, r: _Rid, t: float, v: StopVisit) -> bool:
         """Whether a late joiner's own rhythm shows it was out of range at the open doors.
@@ -2255,7 +2255,7 @@ class PresenceClassifier:
             if self._unpaired_rides(r) and self._stayed_through(r):
                 self._confirm_unpaired(r, t)  # then judged as a rider (alighted there)
             else:
-                self._drop(r, Event.FADE, out)
+                self._drop(r, Event.FADE, out, "rotating_silent")
             return
         if (
             t - r.first_t < p.rotation_confirm_s
@@ -2263,13 +2263,13 @@ class PresenceClassifier:
             or r.last_in_odo - r.span_odo < p.confirm_span_m
         ):
             if r.pred == _PRED_NONE and t - r.first_t > p.rotation_wait_s:
-                self._drop(r, Event.REJECT, out)
+                self._drop(r, Event.REJECT, out, "rotating_unpaired_thin")
             return
         if r.pred != _PRED_NONE:
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
             if not self._unpaired_rides(r):
-                self._drop(r, Event.REJECT, out)
+                self._drop(r, Event.REJECT, out, "rotating_unpaired_not_rider")
             elif self._stayed_through(r):
                 self._confirm_unpaired(r, t)
             # (else it waits for the next stop's doors: a car alongside drives on there)
@@ -2483,8 +2483,22 @@ class PresenceClassifier:
         if self._debug:
             log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
 
-    def _drop(self, r: _Rid, ev: Event, out: list[SegmentDraft]) -> None:
-        """Candidacy failed. A rotated rider paired with it gets its end by the fade rules."""
+    def _drop(self, r: _Rid, ev: Event, out: list[SegmentDraft], why: str) -> None:
+        """Candidacy failed. A rotated rider paired with it gets its end by the fade rules.
+
+        ``why`` names the rule that dropped it, for the debug event ``rid_dropped``
+        (``busbell edge why-missed`` reads it): ``silent`` (a candidate silent past its
+        fade time and not kept for co-movement: farther than ``reject_distance_m`` from
+        its last point, barred, a convoy, or its rid over), ``left_behind`` (heard lately
+        but never ``confirm_distance_m`` past its stop, the bus ``reject_distance_m``
+        on), ``rid_ended`` (its interval over, heard to the end: left to the rotation
+        pairing), ``rotating_silent``, ``rotating_unpaired_thin`` and
+        ``rotating_unpaired_not_rider`` (a rid that began between stops: silent, or
+        unpaired after ``rotation_wait_s`` with too little in-bus evidence, or not
+        riding like the riders).
+        """
+        if self._debug:
+            self._log_drop(r, why)
         if (
             self._near_end(r)
             and r.visit is not None
@@ -2513,6 +2527,28 @@ class PresenceClassifier:
             end, end_odo = self._fade_end(old, r.last_in_t, r.last_in_odo)
             end = SegmentEnd(min(end.t, old.last_t), end.stop_id, end.cause)
             self._emit(old, end, end_odo, out)
+
+    def _log_drop(self, r: _Rid, why: str) -> None:
+        """The debug event of a drop: the rule and what the candidacy had gathered."""
+        v = r.pred_visit or r.visit
+        log.debug(
+            "rid_dropped",
+            rid=r.rid.hex(),
+            why=why,
+            state=State(r.state).name,
+            t=self._t,
+            stop_id=None if v is None else v.stop_id,
+            co_n=r.co_n,
+            co_mean=round(r.co_sum / r.co_n, 1) if r.co_n else None,
+            riders_lvl=self._riders_lvl if math.isfinite(self._riders_lvl) else None,
+            barred=self._barred(r) if r.state == _CANDIDATE else None,
+            convoy=r.convoy is not None,
+            co_only=r.co_only,
+            absent=r.absent,
+            fell=r.fell,
+            rot=r.rot,
+            paired=r.pred != _PRED_NONE,
+        )
 
     def _tentative_ok(self, r: _Rid) -> bool:
         """Whether a candidate dropped unconfirmed is a piece of a ride split by a rotation.
@@ -3098,7 +3134,12 @@ class PresenceClassifier:
             self.discarded += 1
             self._unridden = True
             if self._debug:
-                log.debug("segment_discarded", rid=r.rid.hex(), distance_m=end_odo - r.start_odo)
+                log.debug(
+                    "segment_discarded",
+                    rid=r.rid.hex(),
+                    distance_m=end_odo - r.start_odo,
+                    t=self._t,
+                )
             if end.cause == "lost":
                 # (if heard aboard again on this trip, it never left: :meth:`_revive`)
                 r.lost_ride = (r.start, r.start_odo, r.held_m - r.last_in_odo)

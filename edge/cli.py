@@ -48,6 +48,11 @@ example:
   busbell edge trace-rider kept/cell-20/seed-3/phone_deep_in_bag --rider r-00011
   busbell edge trace-rider kept/cell-20/seed-3/phone_deep_in_bag --errors --summary
 """
+WHY_EPILOG = """\
+example:
+  busbell edge why-missed kept/cell-10/seed-1/phone_deep_in_bag
+  busbell edge why-missed kept/cell-02 kept/cell-10 --summary
+"""
 DISPLAY_EPILOG = """\
 example:
   busbell edge display --config edge.toml --bus bus-0001 --host 0.0.0.0 --port 8470
@@ -89,6 +94,16 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "leg in error of score.json, each with a one-line summary of the evidence.",
         TRACE_EPILOG,
     ),
+    "why-missed": (
+        "say where the rids of every missed leg of kept scenarios went, by cause",
+        "For every observable leg a kept scenario's score.json lists as missed, replay that "
+        "bus in process (once per bus) with the classifier's debug events and say where the "
+        "rider's rids went: never heard, heard but never a candidate, a candidate dropped "
+        "(and by which rule), confirmed but discarded, or sent (a tentative piece or a "
+        "segment settlement did not charge); then a table of the causes per cell. Each "
+        "argument is a scenario directory or a directory searched for them (kept/cell-10).",
+        WHY_EPILOG,
+    ),
     "display": (
         "serve the driver display page for one bus",
         "Serve the driver display (docs/driver-display.md) on its own broker "
@@ -119,8 +134,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="The onboard daemon: run live, record a trace, replay a trace, "
-        "trace a rider through the classifier in a kept scenario, serve the driver display.",
-        epilog=RUN_EPILOG + RECORD_EPILOG + REPLAY_EPILOG + TRACE_EPILOG + DISPLAY_EPILOG,
+        "trace a rider through the classifier in a kept scenario, say why missed legs were "
+        "missed, serve the driver display.",
+        epilog=RUN_EPILOG
+        + RECORD_EPILOG
+        + REPLAY_EPILOG
+        + TRACE_EPILOG
+        + WHY_EPILOG
+        + DISPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command")
@@ -147,6 +168,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     tr.add_argument("--errors", action="store_true", help="every leg in error of score.json")
     tr.add_argument("--summary", action="store_true", help="one line per leg, no adverts")
     tr.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
+    why = _command(sub, "why-missed")
+    why.add_argument("dirs", type=Path, nargs="+", help="scenario directories, or their parents")
+    why.add_argument("--summary", action="store_true", help="the table only, no line per leg")
+    why.add_argument("--config", type=Path, help="TOML config ([classifier] section is used)")
     dis = _command(sub, "display")
     dis.add_argument("--config", type=Path, help="TOML config file (defaults + env if absent)")
     dis.add_argument("--bus", help="the bus whose display to show (default: bus_id of the config)")
@@ -396,6 +421,33 @@ def _trace_rider(a: argparse.Namespace) -> int:
     return 0
 
 
+def _why_missed(a: argparse.Namespace) -> int:
+    from edge._why_missed import cause_table, missed_legs, scenario_dirs
+
+    params = _load(a.config).classifier
+    dirs = scenario_dirs(a.dirs)
+    if not dirs:
+        raise BusbellError(
+            f"no kept scenario (a directory with score.json) at or under "
+            f"{', '.join(map(str, a.dirs))}: keep some with busbell sim score --keep DIR"
+        )
+    legs = []
+    for d in dirs:
+        got = missed_legs(d, params)
+        if not a.summary:
+            for lg in got:
+                sys.stdout.write(f"{d.parent.parent.name}/{d.parent.name}/{lg.line()}\n")
+        legs.extend(got)
+    edge = sum(1 for lg in legs if lg.never_emitted)
+    sys.stdout.write(
+        cause_table(legs)
+        + "\n\n"
+        + cause_table(legs, heard=True)
+        + f"\n{len(legs)} missed legs in {len(dirs)} scenarios, {edge} never emitted by the edge\n"
+    )
+    return 0
+
+
 def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     """Run ``busbell edge ...``; returns the exit status.
 
@@ -414,6 +466,9 @@ def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     if a.command == "trace-rider":
         configure_logging("warning")
         return _trace_rider(a)
+    if a.command == "why-missed":
+        configure_logging("warning")
+        return _why_missed(a)
     if a.command == "display":
         overrides: dict[str, Any] = {}
         if a.bus is not None:

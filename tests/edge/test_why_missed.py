@@ -1,0 +1,178 @@
+"""``busbell edge why-missed``: where the rids of a missed leg went, and the classifier's drop
+events it reads (``rid_dropped``, with the rule that dropped the candidate)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from busbell import BusbellError
+from edge._why_missed import MissedLeg, cause_table, missed_legs, scenario_dirs
+from edge.cli import main
+from firmware_sim._output import generate
+from tests.edge.test_classifier import Token, World, add_riders
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> None:
+    """Other tests may configure structlog (level filters); capture_logs needs defaults."""
+    structlog.reset_defaults()
+
+
+def _dropped(logs: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    pref = name.encode().hex()
+    return [e for e in logs if e["event"] == "rid_dropped" and str(e["rid"]).startswith(pref)]
+
+
+def test_a_waiter_left_at_the_stop_is_dropped_as_left_behind() -> None:
+    # heard loud at the stop, then falling away by path loss, heard only the first metres
+    w = World()
+    add_riders(w, -70.0)
+
+    def waiter(world: World) -> float | None:
+        d = 4.0 + abs(world.odo - world.stop_odo)
+        r = -75.0 - 20.0 * math.log10(d / 4.0)
+        return r if r >= -95.0 and world.stop_odo == 0.0 else None
+
+    left = w.add(Token("left", waiter))
+    with capture_logs() as logs:
+        w.dwell("S1")
+        w.move(800, speed=60.0)  # 600 m on within its fade time: still recent there
+        w.dwell("S2")
+        w.move(300)
+    (drop,) = _dropped(logs, left.name)
+    assert drop["why"] == "left_behind"
+    assert drop["stop_id"] == "S1"
+    assert drop["state"] == "CANDIDATE"
+
+
+def test_a_candidate_silent_on_the_way_is_dropped_as_silent() -> None:
+    # heard at the doors and twice 200-300 m on at the riders' level, then never again
+    w = World()
+    add_riders(w, -80.0)
+    heard = {"on": True}
+
+    def tok(world: World) -> float | None:
+        if not heard["on"]:
+            return None
+        return -82.0 if world.visit is not None and world.visit.close_t is None else None
+
+    quiet = w.add(Token("quiet", tok))
+    with capture_logs() as logs:
+        w.dwell("S1")
+        heard["on"] = False
+        w.move(1500)
+        w.dwell("S2")
+        w.move(800)
+    (drop,) = _dropped(logs, quiet.name)
+    assert drop["why"] == "silent"
+    assert drop["co_n"] == 0
+    assert drop["barred"] is False
+
+
+def test_no_drop_event_without_debug_logging() -> None:
+    # the event is built only when debug is on (the tick checks once): a production
+    # daemon at info level pays nothing for it
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(20))
+    w = World()
+    w.add(Token("x", lambda world: -70.0 if world.odo < 50 else None))
+    with capture_logs() as logs:
+        w.dwell("S1")
+        w.move(1500)
+    assert not [e for e in logs if e["event"] == "rid_dropped"]
+    assert w.c.rejected >= 1
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("why") / "cell-02" / "seed-1" / "quiet_route"
+    generate("quiet_route", 1, d, "small")  # a tuning seed
+    return d
+
+
+def _legs(d: Path) -> list[tuple[str, dict[str, object]]]:
+    out = []
+    with (d / "JOURNEYS.jsonl").open(encoding="utf-8") as fp:
+        for line in fp:
+            j = json.loads(line)
+            out.extend((j["rider_id"], leg) for leg in j["legs"])
+    return out
+
+
+def _score(d: Path, legs: list[dict[str, object]]) -> None:
+    (d / "score.json").write_text(
+        json.dumps({"details": [{"kind": "missed", "leg": lg, "observable": True} for lg in legs]})
+    )
+
+
+def test_a_leg_the_edge_sent_is_not_the_edges_miss(scenario: Path) -> None:
+    # a rider the edge charged, listed as missed: it sent a segment over the leg
+    rider, leg = _legs(scenario)[0]
+    _score(scenario, [{**leg, "rider_id": rider}])
+    (got,) = missed_legs(scenario)
+    assert got.cause == "sent_segment"
+    assert not got.never_emitted
+    assert got.adverts > 0
+    assert got.moving > 0
+    assert got.heard == "spread"
+    assert got.riders_lvl is not None
+
+
+def test_a_leg_on_a_bus_that_never_heard_the_rider_is_never_heard(scenario: Path) -> None:
+    # the rider's bus, at a time it heard nothing of them (after the run)
+    truth = json.loads((scenario / "truth.json").read_text())
+    rider, leg = _legs(scenario)[0]
+    late = {**leg, "rider_id": rider}
+    late["board_t"] = float(truth["t_end"]) + 100.0
+    late["alight_t"] = float(truth["t_end"]) + 200.0
+    _score(scenario, [late])
+    (got,) = missed_legs(scenario)
+    assert got.cause == "never_heard"
+    assert got.never_emitted
+    assert got.heard == "none"
+    assert got.adverts == 0
+
+
+def test_cli_tabulates_causes_per_cell(scenario: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rider, leg = _legs(scenario)[0]
+    _score(scenario, [{**leg, "rider_id": rider}])
+    root = scenario.parent.parent.parent
+    assert scenario_dirs([root]) == [scenario]
+    assert main(["why-missed", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"seed-1/quiet_route {rider}" in out
+    assert "sent_segment (spread)" in out
+    assert "1 missed legs in 1 scenarios, 0 never emitted by the edge" in out
+    assert main(["why-missed", str(scenario), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert rider not in out
+    with pytest.raises(BusbellError, match="no kept scenario"):
+        main(["why-missed", str(scenario / "gtfs")])
+
+
+def test_cause_table_counts_per_cell_and_where_heard() -> None:
+    def leg(cell: str, cause: str, heard_at: float | None) -> MissedLeg:
+        lg = MissedLeg(Path(f"k/{cell}/seed-1/x"), "r", "b", "S1", "S2", 0.0, 300.0, cause)
+        if heard_at is not None:
+            lg.adverts, lg.heard_from, lg.heard_to = 1, heard_at, heard_at
+        return lg
+
+    legs = [
+        leg("cell-02", "dropped:silent", 280.0),
+        leg("cell-10", "dropped:silent", 10.0),
+        leg("cell-10", "never_heard", None),
+    ]
+    assert [lg.heard for lg in legs] == ["end", "start", "none"]
+    table = cause_table(legs).splitlines()
+    assert table[0].split() == ["cause", "cell-02", "cell-10", "all"]
+    assert table[1].split() == ["dropped:silent", "1", "1", "2"]
+    assert table[2].split() == ["never_heard", "0", "1", "1"]
+    assert table[3].split() == ["all", "1", "2", "3"]
+    by_heard = cause_table(legs, heard=True)
+    assert "dropped:silent (end)" in by_heard
+    assert "dropped:silent (start)" in by_heard
