@@ -83,7 +83,14 @@ class MissedLeg:
         at_board_doors: of those, heard while the boarding stop's visit was open.
         median_rssi: their median RSSI (``None`` if none).
         riders_lvl: the median riders' level at those adverts (``None`` if unknown).
+        points: points the bus heard them at while moving during the leg, any rid, any
+            level, ``sparse_step_m`` apart: an upper bound of what one candidacy gathers.
         co_n: the most co-movement points any candidacy of theirs gathered.
+        again_pts: the most points a rid of theirs was heard at while moving after a drop
+            and before the next doors opened (a candidate dropped for a silence, then heard
+            moving with the bus again).
+        heard_from: their first advert during the leg (``inf`` if none).
+        heard_to: their last advert during the leg.
         states: the states the leg's rids entered, in order, per rid (``i<interval>``).
         drops: the ``rid_dropped`` events of the leg's rids (``why`` and fields).
     """
@@ -102,6 +109,8 @@ class MissedLeg:
     median_rssi: float | None = None
     riders_lvl: float | None = None
     co_n: int = 0
+    points: int = 0
+    again_pts: int = 0
     heard_from: float = math.inf
     heard_to: float = -math.inf
     states: dict[str, list[str]] = field(default_factory=dict)
@@ -143,7 +152,9 @@ class MissedLeg:
             f"{self.alight_stop_id}: {self.cause}; heard {self.heard}: {self.adverts} adverts "
             f"({self.moving} "
             f"moving, {self.at_board_doors} at the boarding doors), median {med} dBm vs "
-            f"riders {lvl}, co_n {self.co_n}; states {st or '-'}"
+            f"riders {lvl}, {self.points} points moving, co_n {self.co_n}, heard again after "
+            f"a drop {self.again_pts}; "
+            f"states {st or '-'}"
         )
 
 
@@ -151,8 +162,8 @@ class MissedLeg:
 class _Heard:
     """What one replay recorded of one rid."""
 
-    adverts: list[tuple[float, int, bool, str | None, float]] = field(default_factory=list)
-    """``(t, rssi, moving, open visit's stop, riders' level)`` per accepted advert."""
+    adverts: list[tuple[float, int, bool, str | None, float, float]] = field(default_factory=list)
+    """``(t, rssi, moving, open visit's stop, riders' level, odometer)`` per accepted advert."""
     states: list[tuple[float, State]] = field(default_factory=list)
     segments: list[SegmentDraft] = field(default_factory=list)
     co_n: list[tuple[float, int]] = field(default_factory=list)
@@ -200,8 +211,9 @@ def _replay(
                 r = cls._rids.get(rid) if rid is not None else None
                 if h is not None and r is not None and r.last_t == rec.t:
                     v = veh.current_visit
+                    stop = None if v is None else v.stop_id
                     h.adverts.append(
-                        (t, rec.rssi, v is None, None if v is None else v.stop_id, cls._riders_lvl)
+                        (t, rec.rssi, v is None, stop, cls._riders_lvl, veh.odometer_m)
                     )
             for rid, h in heard.items():
                 r = cls._rids.get(rid)
@@ -228,45 +240,64 @@ def _keep_segments(drafts: Iterable[SegmentDraft], heard: dict[bytes, _Heard]) -
             h.segments.append(d)
 
 
+def _points(odos: Iterable[float], step: float) -> int:
+    """Points ``step`` or more apart along the way (as the co-movement rules space them)."""
+    n, prev = 0, -math.inf
+    for o in sorted(odos):
+        if o >= prev + step:
+            n, prev = n + 1, o
+    return n
+
+
+def _evidence(
+    leg: MissedLeg, mine: Mapping[bytes, int], heard: Mapping[bytes, _Heard], step: float
+) -> list[bytes]:
+    """Fill in what the bus heard of the leg; the rider's rids it heard during it."""
+    t0, t1 = leg.board_t - _LOOKBACK_S, leg.alight_t + 1.0
+    rssi: list[int] = []
+    lvls: list[float] = []
+    odos: list[float] = []
+    in_leg: list[bytes] = []
+    for rid in mine:
+        advs = [a for a in heard[rid].adverts if t0 <= a[0] <= t1]
+        if advs:
+            in_leg.append(rid)
+        for t, level, moving, stop, riders, odo in advs:
+            rssi.append(level)
+            leg.heard_from = min(leg.heard_from, t)
+            leg.heard_to = max(leg.heard_to, t)
+            if moving:
+                leg.moving += 1
+                odos.append(odo)
+            if stop == leg.board_stop_id:
+                leg.at_board_doors += 1
+            if riders != math.inf:
+                lvls.append(riders)
+    leg.adverts = len(rssi)
+    leg.points = _points(odos, step)
+    if rssi:
+        leg.median_rssi = float(median_high(rssi))
+    if lvls:
+        leg.riders_lvl = float(median_high(lvls))
+    return in_leg
+
+
 def _judge(
     leg: MissedLeg,
     mine: Mapping[bytes, int],
     heard: Mapping[bytes, _Heard],
     events: list[dict[str, Any]],
+    step: float,
 ) -> None:
-    t0, t1 = leg.board_t - _LOOKBACK_S, leg.alight_t + 1.0
-    rssi: list[int] = []
-    lvls: list[float] = []
-    in_leg: list[bytes] = []
-    for rid in mine:
-        h = heard[rid]
-        advs = [a for a in h.adverts if t0 <= a[0] <= t1]
-        if advs:
-            in_leg.append(rid)
-        for a in advs:
-            leg.adverts += 1
-            rssi.append(a[1])
-            leg.heard_from = min(leg.heard_from, a[0])
-            leg.heard_to = max(leg.heard_to, a[0])
-            if a[2]:
-                leg.moving += 1
-            if a[3] == leg.board_stop_id:
-                leg.at_board_doors += 1
-            if a[4] != float("inf"):
-                lvls.append(a[4])
-    if rssi:
-        leg.median_rssi = float(median_high(rssi))
-    if lvls:
-        leg.riders_lvl = float(median_high(lvls))
+    in_leg = _evidence(leg, mine, heard, step)
     if not in_leg:
         leg.cause = "never_heard"
         return
-    end = leg.alight_t + _AFTER_S
+    t0, end = leg.board_t - _LOOKBACK_S, leg.alight_t + _AFTER_S
     hexes = {rid.hex(): rid for rid in in_leg}
     for rid in in_leg:
         h = heard[rid]
-        names = [s.name for t, s in h.states if t0 <= t <= end]
-        leg.states[f"i{mine[rid]}"] = names
+        leg.states[f"i{mine[rid]}"] = [s.name for t, s in h.states if t0 <= t <= end]
         leg.co_n = max([leg.co_n, *(n for t, n in h.co_n if t0 <= t <= end)])
     sent = [
         d
@@ -285,17 +316,23 @@ def _judge(
         leg.cause = "discarded"
         return
     reached = {s for names in leg.states.values() for s in names}
+    opens = [float(e["t"]) for e in events if e["event"] == "stop_visit_opened"]
     leg.drops = [
         {k: v for k, v in e.items() if k not in {"event", "log_level", "component"}}
         for e in mine_events
         if e["event"] == "rid_dropped"
     ]
     if leg.drops:
-        # the candidacy that gathered the most co-movement points (the first of those)
         for d in leg.drops:
             h = heard[hexes[d["rid"]]]
             since = max([t0, *(t for t, s in h.states if t < d["t"] and s == State.GONE)])
             d["co_max"] = max([0, *(n for t, n in h.co_n if since <= t <= d["t"])])
+            # heard again moving with the bus before the next doors opened
+            nxt = min([math.inf, *(t for t in opens if t > d["t"])])
+            odos = [a[5] for a in h.adverts if d["t"] < a[0] < nxt and a[2]]
+            d["again"], d["again_pts"] = len(odos), _points(odos, step)
+            leg.again_pts = max(leg.again_pts, d["again_pts"])
+        # the candidacy that gathered the most co-movement points (the first of those)
         best = max(leg.drops, key=lambda d: d["co_max"])
         leg.cause = "dropped:" + best["why"]
     elif reached & {"CANDIDATE", "ROTATING"}:
@@ -340,7 +377,7 @@ def missed_legs(scenario: Path, params: ClassifierParams | None = None) -> list[
         every = {rid: i for rids in of_rider.values() for rid, i in rids.items()}
         heard, events = _replay(scenario, bus_id, every, p)
         for lg in legs:
-            _judge(lg, of_rider[lg.rider_id], heard, events)
+            _judge(lg, of_rider[lg.rider_id], heard, events, p.sparse_step_m)
             out.append(lg)
     return out
 

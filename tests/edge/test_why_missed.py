@@ -119,6 +119,7 @@ def test_a_leg_the_edge_sent_is_not_the_edges_miss(scenario: Path) -> None:
     assert not got.never_emitted
     assert got.adverts > 0
     assert got.moving > 0
+    assert 0 < got.points <= got.moving
     assert got.heard == "spread"
     assert got.riders_lvl is not None
 
