@@ -142,6 +142,27 @@ class MissedLeg:
         """Whether the edge sent nothing of the leg (the cause is the edge's)."""
         return self.cause.split(":")[0] in _EDGE_CAUSES
 
+    @property
+    def evidence(self) -> str:
+        """The evidence the bus had, coarsely, for a leg the edge never emitted.
+
+        ``end_only`` (heard only in the last third of the ride: the walk to the door says
+        nothing of where they boarded), ``points<=2`` or ``points=3`` (co-movement points
+        over the whole leg, any rid, any level: fewer than ``sparse_adverts`` would ask of
+        one candidacy), ``heard_again`` (four points or more, a candidacy dropped on the
+        way and its rid heard moving with the bus at three points or more before the next
+        doors opened), ``points>=4`` (four or more, other); ``-`` for a leg the edge sent.
+        """
+        if not self.never_emitted:
+            return "-"
+        if self.heard in ("end", "none"):
+            return "end_only" if self.heard == "end" else "none"
+        if self.points <= 2:
+            return "points<=2"
+        if self.points == 3:
+            return "points=3"
+        return "heard_again" if self.again_pts >= 3 else "points>=4"
+
     def line(self) -> str:
         """One line: the leg, the cause and the evidence."""
         med = "-" if self.median_rssi is None else f"{self.median_rssi:.0f}"
@@ -393,19 +414,25 @@ def scenario_dirs(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def cause_table(legs: Iterable[MissedLeg], *, heard: bool = False) -> str:
+def cause_table(legs: Iterable[MissedLeg], *, heard: bool = False, evidence: bool = False) -> str:
     """Counts by cause, per cell directory (``cell-NN`` in the path) and in all.
 
     Args:
         legs: the missed legs.
         heard: count by cause and where in the ride the bus heard the rider
             (:attr:`MissedLeg.heard`).
+        evidence: count the legs the edge never emitted by the evidence the bus had
+            (:attr:`MissedLeg.evidence`).
     """
     counts: Counter[tuple[str, str]] = Counter()
     cells: set[str] = set()
     for lg in legs:
         cell = next((part for part in lg.scenario.parts if part.startswith("cell-")), "-")
         cells.add(cell)
+        if evidence:
+            if lg.never_emitted:
+                counts[(f"never emitted, {lg.evidence}", cell)] += 1
+            continue
         counts[(f"{lg.cause} ({lg.heard})" if heard else lg.cause, cell)] += 1
     order = sorted(cells)
     causes = sorted({c for c, _ in counts}, key=lambda c: (-sum(counts[(c, x)] for x in order), c))

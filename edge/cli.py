@@ -443,6 +443,8 @@ def _why_missed(a: argparse.Namespace) -> int:
         cause_table(legs)
         + "\n\n"
         + cause_table(legs, heard=True)
+        + "\n\n"
+        + cause_table(legs, evidence=True)
         + f"\n{len(legs)} missed legs in {len(dirs)} scenarios, {edge} never emitted by the edge\n"
     )
     return 0

@@ -177,3 +177,19 @@ def test_cause_table_counts_per_cell_and_where_heard() -> None:
     by_heard = cause_table(legs, heard=True)
     assert "dropped:silent (end)" in by_heard
     assert "dropped:silent (start)" in by_heard
+    assert [lg.evidence for lg in legs] == ["end_only", "points<=2", "none"]
+    spread = leg("cell-10", "dropped:silent", 0.0)
+    spread.heard_to, spread.points = 280.0, 3
+    assert spread.evidence == "points=3"
+    spread.points, spread.again_pts = 5, 3
+    assert spread.evidence == "heard_again"
+    spread.again_pts = 2
+    assert spread.evidence == "points>=4"
+    sent = leg("cell-02", "sent_tentative", 280.0)
+    assert sent.evidence == "-"
+    by_evidence = cause_table([*legs, spread, sent], evidence=True).splitlines()
+    assert by_evidence[0].split() == ["cause", "cell-02", "cell-10", "all"]
+    rows = [r.split() for r in by_evidence]
+    assert ["never", "emitted,", "points>=4", "0", "1", "1"] in rows
+    assert ["never", "emitted,", "end_only", "1", "0", "1"] in rows
+    assert by_evidence[-1].split() == ["all", "1", "3", "4"]
