@@ -12,7 +12,17 @@ import structlog
 from structlog.testing import capture_logs
 
 from busbell import BusbellError
-from edge._why_missed import MissedLeg, cause_table, missed_legs, scenario_dirs
+from edge._classifier import State
+from edge._segment import SegmentDraft, SegmentEnd
+from edge._why_missed import (
+    MissedLeg,
+    _Heard,
+    _judge,
+    _points,
+    cause_table,
+    missed_legs,
+    scenario_dirs,
+)
 from edge.cli import main
 from firmware_sim._output import generate
 from tests.edge.test_classifier import Token, World, add_riders
@@ -193,3 +203,68 @@ def test_cause_table_counts_per_cell_and_where_heard() -> None:
     assert ["never", "emitted,", "points>=4", "0", "1", "1"] in rows
     assert ["never", "emitted,", "end_only", "1", "0", "1"] in rows
     assert by_evidence[-1].split() == ["all", "1", "3", "4"]
+
+
+def _leg(heard_from: float, heard_to: float) -> MissedLeg:
+    lg = MissedLeg(Path("k/cell-02/seed-1/x"), "r", "b", "S1", "S2", 0.0, 300.0, "never_heard")
+    lg.adverts, lg.heard_from, lg.heard_to = 2, heard_from, heard_to
+    return lg
+
+
+def test_where_the_bus_heard_a_ride_is_judged_by_thirds_of_it() -> None:
+    # over a third of the ride or more: spread (a third exactly included); only in the
+    # last third: end; only in the first: start; else middle
+    assert _leg(0.0, 100.0).heard == "spread"
+    assert _leg(150.0, 260.0).heard == "spread"
+    assert _leg(0.0, 90.0).heard == "start"
+    assert _leg(210.0, 290.0).heard == "end"
+    assert _leg(120.0, 180.0).heard == "middle"
+
+
+def test_points_are_counted_a_step_apart_along_the_way() -> None:
+    # as the co-movement rules space them: 0, 100 and 260 of these, 100 m apart or more
+    assert _points([150.0, 0.0, 50.0, 260.0, 100.0], 100.0) == 3
+    assert _points([], 100.0) == 0
+
+
+def _draft(rid: bytes, start_cause: str) -> SegmentDraft:
+    return SegmentDraft(
+        rid.hex(),
+        1,
+        "R",
+        "T",
+        SegmentEnd(10.0, "S1", start_cause),
+        SegmentEnd(250.0, "S2", "alighted"),
+        800.0,
+        "00",
+        "00",
+    )
+
+
+def test_a_leg_is_judged_by_what_the_edge_sent_discarded_or_left_a_candidate() -> None:
+    # (what the replay recorded, made by hand: one rid heard during the leg)
+    rid = b"rid-judged-1"
+    mine = {rid: 7}
+
+    def judge(h: _Heard, events: list[dict[str, object]] | None = None) -> str:
+        h.adverts.append((50.0, -90, True, None, -80.0, 500.0))
+        lg = _leg(0.0, 0.0)
+        lg.adverts = 0
+        _judge(lg, mine, {rid: h}, list(events or []), 100.0)
+        return lg.cause
+
+    # sent: only tentative pieces, or a confirmed segment too
+    assert judge(_Heard(segments=[_draft(rid, "tentative")])) == "sent_tentative"
+    both = [_draft(rid, "tentative"), _draft(rid, "boarded")]
+    assert judge(_Heard(segments=both)) == "sent_segment"
+    # confirmed, then discarded as never ridden
+    gone = [(5.0, State.CANDIDATE), (60.0, State.ONBOARD), (200.0, State.GONE)]
+    discarded = {"event": "segment_discarded", "rid": rid.hex(), "t": 200.0}
+    assert judge(_Heard(states=list(gone)), [discarded]) == "discarded"
+    onboard = [(60.0, State.ONBOARD)]  # (a rotating rid's successor confirmed, say)
+    assert judge(_Heard(states=onboard)) == "confirmed_unsent"
+    # a candidate and no drop event: gone when the trace ended, or still a candidate
+    ended = [(5.0, State.CANDIDATE), (400.0, State.GONE)]
+    assert judge(_Heard(states=ended)) == "dropped:finish"
+    assert judge(_Heard(states=[(5.0, State.CANDIDATE)])) == "dropped:none"
+    assert judge(_Heard(states=[(5.0, State.OUTSIDE)])) == "never_candidate"
