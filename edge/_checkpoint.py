@@ -95,6 +95,28 @@ class Checkpointer:
         """
         return await self.store.append_many(drafts, checkpoint=self.state())
 
+    def stop(self, t: float) -> list[SegmentDraft]:
+        """What a clean stop (SIGTERM) closes, at ``t``.
+
+        Mid-trip (:attr:`EdgePipeline.mid_trip`) with checkpointing on: nothing. The
+        open presences stay in the snapshot the stop saves, and the restart restores
+        them as after a crash, so a restart for an update or a new configuration
+        cuts no ride short. Before (and still with ``checkpoint_s = 0``, or with no
+        trip under way, or after the trip's last stop): every open ride was closed by
+        :meth:`EdgePipeline.finish`, ``lost`` at the last stop it was seen on board
+        after, and the rider was charged to there (``benchmarks.edge_clean_stop``:
+        39 rides of 12 riders wrong over 12 stop moments of one trip).
+        """
+        if self.every_s > 0 and self.pipeline.mid_trip:
+            _log.info(
+                "edge_stopped_mid_trip",
+                t=self.pipeline.t,
+                on_board=self.pipeline.on_board(),
+                trip_id=self.pipeline.vehicle.trip_id,
+            )
+            return []
+        return self.pipeline.finish(t)
+
     def due(self) -> bool:
         """Whether a periodic snapshot is due (``every_s`` of trace time since the last)."""
         return self.every_s > 0 and self.pipeline.t >= self._last_t + self.every_s

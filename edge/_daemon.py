@@ -703,6 +703,9 @@ class EdgeDaemon:
     async def run(self) -> None:
         """Run until :meth:`request_stop`; then close segments, flush and go offline.
 
+        Mid-trip, open presences are kept in the checkpoint instead of closed
+        (:meth:`Checkpointer.stop`): the restart goes on with them.
+
         Raises:
             busbell.StoreError: when the fare store cannot be opened.
         """
@@ -760,8 +763,14 @@ class EdgeDaemon:
         drafts: list[SegmentDraft] = []
         while self._vehicle or self._adverts:
             drafts.extend(self.pipeline.feed(pop_earliest(self._vehicle, self._adverts)))
-        drafts.extend(self.pipeline.finish(self.clock()))
+        ckpt = self._checkpointer
+        # mid-trip, open presences stay in the checkpoint for the restart (Checkpointer.stop)
+        drafts.extend(
+            ckpt.stop(self.clock()) if ckpt is not None else self.pipeline.finish(self.clock())
+        )
         await self._record(drafts, force=True)
+        if ckpt is not None and not self._pending:
+            await ckpt.save()  # the state the restart restores, whatever _record saved
         if self.bells is not None:
             await self.bells.flush()
         assert self.store is not None

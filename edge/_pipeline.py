@@ -342,6 +342,12 @@ class EdgePipeline:
         """Riders currently confirmed on board."""
         return self.classifier.on_board()
 
+    @property
+    def mid_trip(self) -> bool:
+        """Whether a trip is under way: its stops known, its last stop not served yet."""
+        v = self.vehicle
+        return bool(v.stop_ids) and v.last_served_index < len(v.stop_ids) - 1
+
     def active_flags(self) -> dict[str, int]:
         """Riders signalling now: ``alight_request`` and ``assist`` on board, ``wait`` outside."""
         return self.classifier.active_flags()
