@@ -577,6 +577,55 @@ def test_a_clean_stop_mid_trip_then_restart_loses_no_ride(tmp_path: Path) -> Non
         assert rides(feed, got, toks) == expected, stop_t - T0
 
 
+async def test_the_daemons_clean_stop_mid_trip_records_no_ride_and_saves_them_open(
+    tmp_path: Path,
+) -> None:
+    # the daemon's SIGTERM path itself (_shutdown_flush), not its steps re-enacted: stopped
+    # mid-trip, it records no segment and leaves a checkpoint of that moment with the
+    # riders aboard, which a restart restores (before: every open ride closed and recorded)
+    from busbell import AdvRecord
+    from edge._daemon import EdgeDaemon
+    from tests.factories.edge_daemon import ListSource, config, until
+    from tests.factories.mqtt import FakeBroker
+
+    feed, recs, _ = world(tmp_path)
+    stop_t = next(t for t in quiet_moments(recs, 2.0, 42.0) if t > T0 + 150)
+    pipe = EdgePipeline("B", feed, verifier_for(recs))
+    assert [d for r in recs if r.t <= stop_t - 5.0 for d in pipe.feed(r)] == []
+    # the last 5 s of adverts through the daemon (within one checkpoint_s, 10 s: a periodic
+    # snapshot at the first of them at most)
+    last = [r for r in recs if stop_t - 5.0 < r.t <= stop_t and isinstance(r, AdvRecord)]
+    broker = FakeBroker()
+    daemon = EdgeDaemon(
+        config(tmp_path, broker, "busbell/v1"),
+        ListSource(last),
+        lambda: stop_t,
+        pipeline=pipe,
+        device_key=KEY,
+        fleet_keys={},
+        session_factory=broker.session,
+    )
+    task = asyncio.create_task(daemon.run())
+    await until(lambda: pipe.t == last[-1].t, 30)  # (every advert taken in)
+    daemon.request_stop()
+    await asyncio.wait_for(task, 30)
+    assert pipe.t == last[-1].t
+    aboard = pipe.on_board()
+    assert aboard > 0
+    assert pipe.mid_trip
+    store = await FareStore.open(tmp_path / "fares.db", EventBuilder("B", KEY))
+    try:
+        assert store.last_seq == 0  # nothing closed, nothing recorded
+        found = await store.load_checkpoint()
+    finally:
+        await store.close()
+    assert found is not None
+    assert found[0] == pipe.t  # (saved at the stop, not the last periodic snapshot)
+    again = EdgePipeline("B", feed, verifier_for(recs))
+    again.restore(found[1])
+    assert again.on_board() == aboard
+
+
 def test_a_clean_stop_closes_every_ride_after_the_last_stop_or_without_checkpoints(
     tmp_path: Path,
 ) -> None:
