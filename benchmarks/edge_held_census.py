@@ -23,14 +23,12 @@ import csv
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from busbell import (
-    INTERVAL_S,
     TokenVerifier,
     TraceReader,
     derive_rider_keys,
@@ -43,38 +41,8 @@ from edge import _classifier as cls_mod
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
 
-_Held = Callable[[cls_mod.PresenceClassifier, Any, float], bool]
-_ORIG: _Held = cls_mod.PresenceClassifier._successor_held
+_ORIG = cls_mod.PresenceClassifier._successor_held
 _SLACK_S = 60.0
-
-
-def _without_clause(c: cls_mod.PresenceClassifier, r: Any, t: float) -> bool:
-    """``_successor_held`` as written, but for ``r.first_t <= v.close_t``."""
-    p = c.params
-    v = r.visit
-    if (
-        r.pred != cls_mod._PRED_NONE
-        or r.start is not None
-        or v is None
-        or v.close_t is None
-        or r.first_token_t - r.interval * INTERVAL_S > p.tentative_window_s
-        or p.lost_wait_s <= 0.0
-        or t - max(r.last_in_t, c._resume_t) > p.lost_wait_s
-    ):
-        return False
-    w = c._visit_after(r.last_in_t + p.alight_pre_s)
-    if not (w is None or w.close_t is None or t - w.close_t <= p.fade_timeout_s):
-        return False
-    taken = set(c._match.values())
-    return any(
-        kind == cls_mod._PRED_ONBOARD
-        and o.interval == r.interval - 1
-        and o.rid not in taken
-        and o.last_t < r.first_t
-        and cls_mod._clock_gap(o, r) <= p.skew_tolerance_s
-        and abs(r.ewma0 - o.ewma) <= c._sparse_fall
-        for o, kind, _ in c._olds.values()
-    )
 
 
 def _owners(d: Path, t0: float, t1: float) -> dict[bytes, str]:
@@ -123,7 +91,7 @@ def census(d: Path, totals: dict[str, int]) -> list[dict[str, Any]]:
         ) -> bool:
             got = _ORIG(c, r, t)
             totals["asked"] = totals.get("asked", 0) + 1
-            if not (got or _without_clause(c, r, t)):
+            if not (got or _ORIG(c, r, t, after_doors=False)):
                 return got
             key = ("held" if got else "turned_away", r.rid)
             if key not in seen:

@@ -2385,8 +2385,12 @@ class PresenceClassifier:
         w = self._visit_after(r.last_in_t + p.alight_pre_s)
         return w is None or w.close_t is None or t - w.close_t <= p.fade_timeout_s
 
-    def _successor_held(self, r: _Rid, t: float) -> bool:
+    def _successor_held(self, r: _Rid, t: float, *, after_doors: bool = True) -> bool:
         """Whether an unpaired candidate that began at a rotation is held through a silence.
+
+        ``after_doors=False`` leaves out "first heard after its doors closed" (what
+        ``benchmarks.edge_held_census`` counts that clause deciding); the classifier
+        always asks with it.
 
         First heard between stops (after its stop's doors closed), at most
         ``tentative_window_s`` (token time) into its interval, while a rider's rid of the
@@ -2411,7 +2415,7 @@ class PresenceClassifier:
             or r.start is not None
             or v is None
             or v.close_t is None
-            or r.first_t <= v.close_t
+            or (after_doors and r.first_t <= v.close_t)
             or r.first_token_t - r.interval * INTERVAL_S > p.tentative_window_s
             or p.lost_wait_s <= 0.0
             or t - max(r.last_in_t, self._resume_t) > p.lost_wait_s
