@@ -768,9 +768,10 @@ class EdgeDaemon:
         drafts.extend(
             ckpt.stop(self.clock()) if ckpt is not None else self.pipeline.finish(self.clock())
         )
-        await self._record(drafts, force=True)
-        if ckpt is not None and not self._pending:
-            await ckpt.save()  # the state the restart restores, whatever _record saved
+        if drafts or self._pending:
+            await self._record(drafts, force=True)  # with the snapshot, when it succeeds
+        elif ckpt is not None:
+            await ckpt.save()  # nothing to record: the snapshot the restart restores alone
         if self.bells is not None:
             await self.bells.flush()
         assert self.store is not None
