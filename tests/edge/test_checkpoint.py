@@ -626,6 +626,63 @@ async def test_the_daemons_clean_stop_mid_trip_records_no_ride_and_saves_them_op
     assert again.on_board() == aboard
 
 
+async def test_a_clean_stop_records_what_a_failed_write_left_pending(tmp_path: Path) -> None:
+    # the last write before the stop failed (the store locked by another writer), so the
+    # closed segments wait in memory; the stop, mid-trip, closes nothing more, and the
+    # store takes writes again: the stop records them (with the snapshot), not the
+    # snapshot alone (it holds them closed: saved without them, they were lost for good)
+    import sqlite3
+
+    from busbell import AdvRecord
+    from edge._daemon import EdgeDaemon
+    from tests.factories.edge_daemon import QueueSource, config, until
+    from tests.factories.mqtt import FakeBroker
+
+    feed, recs, _ = world(tmp_path)
+    probe = EdgePipeline("B", feed, verifier_for(recs))
+    k = next(
+        i
+        for i, r in enumerate(recs)
+        if probe.feed(r) and isinstance(r, AdvRecord) and r.t > T0 + 150
+    )
+    pipe = EdgePipeline("B", feed, verifier_for(recs))
+    for r in recs[:k]:
+        pipe.feed(r)
+    source = QueueSource()
+    broker = FakeBroker()
+    daemon = EdgeDaemon(
+        config(tmp_path, broker, "busbell/v1"),
+        source,
+        lambda: recs[k].t,
+        pipeline=pipe,
+        device_key=KEY,
+        fleet_keys={},
+        session_factory=broker.session,
+        monotonic=lambda: 0.0,  # (no retry before the stop: the write fails once)
+    )
+    task = asyncio.create_task(daemon.run())
+    await until(lambda: daemon.uploader is not None, 30)
+    lock = sqlite3.connect(tmp_path / "fares.db", timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")
+    source.q.put_nowait(recs[k])  # (closes segments: their write waits for the lock, fails)
+    await until(lambda: daemon.stats.store_retries >= 1, 60)
+    pending = len(daemon._pending)
+    assert pending > 0
+    lock.rollback()
+    lock.close()
+    assert pipe.mid_trip
+    daemon.request_stop()
+    await asyncio.wait_for(task, 30)
+    store = await FareStore.open(tmp_path / "fares.db", EventBuilder("B", KEY))
+    try:
+        assert store.last_seq == pending
+        found = await store.load_checkpoint()
+    finally:
+        await store.close()
+    assert found is not None
+    assert found[0] == pipe.t
+
+
 def test_a_clean_stop_closes_every_ride_after_the_last_stop_or_without_checkpoints(
     tmp_path: Path,
 ) -> None:

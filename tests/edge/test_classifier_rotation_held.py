@@ -470,3 +470,40 @@ def test_a_fobs_ride_across_its_unpaired_rotation_survives_a_restart_anywhere(
     assert ends[0][0] == "S1"
     assert ends[-1][1::2] == ("S4", "alighted")
     assert all(e[1] != "S2" for e in ends)
+
+
+def test_a_pool_rid_heard_after_the_candidates_first_advert_holds_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one token never speaks with two rids at once: a rider's old rid in the rotation pool
+    # still heard after this candidate's first advert is another token's, and holds
+    # nothing. Scripted worlds do not reach the clause (a car on a clock close enough to
+    # the rider's is first heard after the old rid's last advert, or the rest of the rule
+    # decides first: docs/classifier.md, "Rotation held", 9 worlds tried): asked directly,
+    # at the first moment the fob's new rid is held in the world of
+    # test_a_fobs_new_rid_heard_past_the_pairing_window_is_held_and_rides_on, with the
+    # pool's rids made to end at that first advert, then just after it
+    from edge._classifier import PresenceClassifier, _Rid
+
+    rule = PresenceClassifier._successor_held
+    answers: list[tuple[bool, bool, bool]] = []
+
+    def spy(self: PresenceClassifier, r: _Rid, t: float, *, after_doors: bool = True) -> bool:
+        held = rule(self, r, t, after_doors=after_doors)
+        if held and not answers:
+            olds = [o for o, _, _ in self._olds.values()]
+            was = [o.last_t for o in olds]
+            later = []
+            for shift in (0.0, 0.5):
+                for o in olds:
+                    o.last_t = r.first_t + shift
+                later.append(rule(self, r, t, after_doors=after_doors))
+            for o, lt in zip(olds, was, strict=True):
+                o.last_t = lt
+            answers.append((held, *later))  # type: ignore[arg-type]
+        return held
+
+    monkeypatch.setattr(PresenceClassifier, "_successor_held", spy)
+    ends, _ = _fob_ride()
+    assert ends[-1] == ("S2", "S4", "boarded", "alighted")  # (held, as in that test)
+    assert answers == [(True, False, False)]

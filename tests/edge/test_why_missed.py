@@ -268,3 +268,43 @@ def test_a_leg_is_judged_by_what_the_edge_sent_discarded_or_left_a_candidate() -
     assert judge(_Heard(states=ended)) == "dropped:finish"
     assert judge(_Heard(states=[(5.0, State.CANDIDATE)])) == "dropped:none"
     assert judge(_Heard(states=[(5.0, State.OUTSIDE)])) == "never_candidate"
+
+
+def test_an_advert_the_bus_rejected_is_not_the_riders_evidence(
+    scenario: Path, tmp_path: Path
+) -> None:
+    # a copy of one of the rider's adverts during the leg, its btag broken (a forged or
+    # corrupted advert: the verifier rejects it, the classifier never sees it): it names
+    # the rider's rid, but the bus did not accept it, so it is not counted among the
+    # leg's adverts (the classifier's record of the rid was not updated at its time)
+    import shutil
+
+    from edge._trace_rider import _rid_of, _token_key, rids_of
+
+    rider, leg = _legs(scenario)[0]
+    d = tmp_path / "cell-02" / "seed-1" / "quiet_route"
+    shutil.copytree(scenario, d)
+    _score(d, [{**leg, "rider_id": rider}])
+    (before,) = missed_legs(d)
+    truth = json.loads((d / "truth.json").read_text())
+    trace = d / next(b["trace"] for b in truth["buses"] if b["bus_id"] == leg["bus_id"])
+    mine = rids_of(_token_key(d, rider), float(truth["t_start"]), float(truth["t_end"]))
+    lines = trace.read_text().splitlines()
+    out, forged = [], 0
+    for line in lines:
+        out.append(line)
+        rec = json.loads(line)
+        if forged or rec["kind"] != "adv" or not before.board_t < rec["t"] < before.alight_t:
+            continue
+        payload = bytes.fromhex(rec["mfr"]["65535"])
+        if _rid_of(payload) not in mine:
+            continue
+        bad = payload[:15] + bytes(b ^ 0xFF for b in payload[15:19]) + payload[19:]
+        out.append(json.dumps({**rec, "t": rec["t"] + 0.001, "mfr": {"65535": bad.hex()}}))
+        forged += 1
+    assert forged == 1
+    trace.write_text("\n".join(out) + "\n")
+    (after,) = missed_legs(d)
+    assert before.adverts > 0
+    assert after.adverts == before.adverts
+    assert (after.heard_from, after.heard_to) == (before.heard_from, before.heard_to)
