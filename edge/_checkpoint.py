@@ -74,6 +74,7 @@ class Checkpointer:
             t=t,
             bytes=len(blob),
             on_board=self.pipeline.on_board(),
+            stopped_t=self.pipeline.stopped_t,
         )
         return True
 
@@ -106,8 +107,14 @@ class Checkpointer:
         :meth:`EdgePipeline.finish`, ``lost`` at the last stop it was seen on board
         after, and the rider was charged to there (``benchmarks.edge_clean_stop``:
         39 rides of 12 riders wrong over 12 stop moments of one trip).
+
+        The snapshot saved after it says the stop was clean
+        (:meth:`EdgePipeline.stop_mid_trip`): a restart more than
+        ``stop_resume_max_s`` later closes the presences as of the stop instead of
+        resuming them (a bus switched off for the night, a driver who signed off early).
         """
         if self.every_s > 0 and self.pipeline.mid_trip:
+            self.pipeline.stop_mid_trip()
             _log.info(
                 "edge_stopped_mid_trip",
                 t=self.pipeline.t,

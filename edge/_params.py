@@ -280,6 +280,16 @@ class ClassifierParams:
         " and rotations get their full timeouts from it); within it, nothing was missed and"
         " the pipeline goes on exactly as if it had not stopped",
     )
+    stop_resume_max_s: float = option(
+        600.0,
+        doc="a clean stop (SIGTERM) mid-trip keeps the open presences in the checkpoint; a"
+        " restart whose first record comes within this many seconds of the stop resumes"
+        " them (an update, a new configuration), a later one closes them as of the stop"
+        " instead, alighted at the stop where the bus stood (by the fade rules if it stood"
+        " between stops; evidence.end_by 'stopped'), and ends the trip (a bus switched off"
+        " for the night, a driver who signed off early); 0: every restart closes them. 600:"
+        " a rid's interval, past which no restored rider's rid pairs with its next one",
+    )
 
     # --- vehicle: stops, motion, GNSS ---------------------------------------------------
     stop_radius_m: float = option(

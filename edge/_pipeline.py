@@ -88,6 +88,7 @@ _PIPELINE_SAVED = (
     "errors",
     "_next_tick",
     "_t",
+    "_stopped_t",
 )
 
 
@@ -199,6 +200,10 @@ class EdgePipeline:
         self._t = float("-inf")
         self._finished = False
         self._resume_pending = False
+        self._resume_first = False
+        self._stopped_t: float | None = None
+        """When a clean stop mid-trip left the open presences in the checkpoint (the last
+        record's time); ``None``: no such stop, or its restart decided already."""
         self.flag_listener: FlagListener | None = None
         """Called ``(t, rid, flags, on_board)`` for each accepted advert with ALIGHT/ASSIST."""
 
@@ -252,7 +257,10 @@ class EdgePipeline:
         towards their fade (the first record after the restore starts a grace period of
         ``fade_timeout_s``, if it comes more than ``resume_gap_s`` after the last record
         the checkpoint saw; within that, nothing was missed, and the pipeline goes on
-        exactly as if it had not stopped).
+        exactly as if it had not stopped). A checkpoint saved by a clean stop mid-trip
+        (:meth:`stop_mid_trip`) is judged by the first record after the stop: more than
+        ``stop_resume_max_s`` later, its open presences are closed as of the stop
+        (:meth:`_close_stopped`).
 
         Raises:
             CheckpointError: a checkpoint of another format or code version, or corrupt;
@@ -284,9 +292,10 @@ class EdgePipeline:
         vars(self.vehicle).update(veh)
         vars(self.classifier).update(cls)
         self.classifier.drop_caches()  # (of the state before)
+        self._stopped_t = None  # (a checkpoint from before it was saved: no clean stop)
         vars(self).update({k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})
         self._finished = False
-        self._resume_pending = True
+        self._resume_pending = self._resume_first = True
 
     # -- read-only state --------------------------------------------------------------
 
@@ -343,6 +352,18 @@ class EdgePipeline:
         return self.classifier.on_board()
 
     @property
+    def stopped_t(self) -> float | None:
+        """When a clean stop mid-trip kept the open presences, until the restart decides."""
+        return self._stopped_t
+
+    def stop_mid_trip(self) -> None:
+        """A clean stop mid-trip: the open presences are kept for the restart.
+
+        The checkpoint saved next says so (:meth:`restore`, ``stop_resume_max_s``).
+        """
+        self._stopped_t = self._t
+
+    @property
     def mid_trip(self) -> bool:
         """Whether a trip is under way: its stops known, its last stop not served yet."""
         v = self.vehicle
@@ -357,9 +378,11 @@ class EdgePipeline:
     def feed(self, rec: TraceRecord) -> list[SegmentDraft]:
         """Process one record; returns the segments it closed (usually none)."""
         t = rec.t
-        if self._resume_pending:  # the first record after a restore
-            self._resume_pending = False
-            self.classifier.resume(t)
+        if self._resume_pending:  # after a restore: its first record; a clean stop's restart
+            closed = self._resuming(t)
+            if closed:
+                closed.extend(self.feed(rec))
+                return closed
         if t > self._t:  # noqa: PLR1730 - cheaper than max() on the hot path
             self._t = t
         if type(rec) is AdvRecord:
@@ -401,6 +424,79 @@ class EdgePipeline:
         except Exception as exc:
             self._failed("vehicle", rec, exc)
         return self._tick(t)
+
+    def _resuming(self, t: float) -> list[SegmentDraft]:
+        """A record at ``t`` after a restore: the resume; after a clean stop, the decision.
+
+        The first record starts the classifier's resume (:meth:`restore`). After a clean
+        stop mid-trip, the first record later than the stop (a retained trip message
+        redelivered at the restart carries its old time) decides: within
+        ``stop_resume_max_s`` of the stop, the open presences go on (logged
+        ``stopped_trip_resumed``); later, they are closed as of the stop
+        (:meth:`_close_stopped`, logged ``stopped_trip_closed``), returned.
+        """
+        stopped = self._stopped_t
+        out: list[SegmentDraft] = []
+        if stopped is not None and t > stopped:
+            self._stopped_t = None
+            down = t - stopped
+            if down > self.params.stop_resume_max_s:
+                out = self._close_stopped(stopped, down)
+            else:
+                log.info(
+                    "stopped_trip_resumed",
+                    bus_id=self.bus_id,
+                    stopped_t=stopped,
+                    t=t,
+                    down_s=round(down, 3),
+                    on_board=self.classifier.on_board(),
+                    trip_id=self.vehicle.trip_id,
+                )
+        if self._resume_first:
+            self._resume_first = False
+            self.classifier.resume(t)
+        self._resume_pending = self._stopped_t is not None
+        return out
+
+    def _close_stopped(self, stopped: float, down: float) -> list[SegmentDraft]:
+        """Close every open presence as of a clean stop mid-trip; end the trip.
+
+        Restarted ``down`` s after the stop, past ``stop_resume_max_s``: the bus was
+        switched off or its driver signed off, and the riders aboard then left it where it
+        stood. They are closed as :meth:`PresenceClassifier.finish` closes them at the
+        stop's time: a rid heard aboard at the stop whose doors stood open then alighted
+        there; a stop's doors just closed, the bus not moved, is where the fade rules end
+        them too; between stops, the fade rules decide (``lost`` at the last stop seen, but
+        a rider who faded at a stop). Each carries ``evidence.end_by`` ``stopped``. The trip
+        ends (:meth:`VehicleContext.end_trip`): nothing is mid-trip until the next sign-on.
+        """
+        v = self.vehicle
+        stood = v.current_visit
+        on_board = self.classifier.on_board()
+        trip_id = v.trip_id
+        out: list[SegmentDraft] = []
+        try:
+            out = self.classifier.finish(stopped, v.odometer_m)
+        except Exception as exc:
+            self._failed("finish", None, exc)
+        for d in out:
+            d.evidence["end_by"] = "stopped"
+        try:
+            self._apply(v.end_trip(stopped))
+        except Exception as exc:
+            self._failed("vehicle", None, exc)
+        self.classifier.on_trip(None, None)
+        log.info(
+            "stopped_trip_closed",
+            bus_id=self.bus_id,
+            stopped_t=stopped,
+            down_s=round(down, 3),
+            on_board=on_board,
+            segments=len(out),
+            stop_id=None if stood is None else stood.stop_id,
+            trip_id=trip_id,
+        )
+        return out
 
     def _verify(self, payload: bytes, t: float) -> tuple[bytes, int, float, int, int] | None:
         """A payload the memo does not hold (or holds for another time): check and memoise."""

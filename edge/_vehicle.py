@@ -234,6 +234,25 @@ class VehicleContext:
             self._match(self.lat, self.lon, global_search=True)
             self._fix_progress = self.progress_m
 
+    def end_trip(self, t: float) -> list[VehicleEvent]:
+        """The trip is over with its last stop not served (no sign-off record exists).
+
+        The restart long after a clean stop mid-trip (:meth:`EdgePipeline.feed`): the
+        bus was switched off, its driver signed off. The stop visit open then closes at
+        ``t`` (the stop) and the trip is forgotten until the next sign-on, so the bus is
+        no longer "mid-trip" and no later rider is tagged with that trip.
+        """
+        events = self._close_visit(t, self.odometer_m)
+        self.doors_open = False
+        log.info("trip_ended", t=t, trip_id=self.trip_id, served=self.last_served_index + 1)
+        self.route_id = self.direction_id = self.trip_id = None
+        self.stop_ids, self.stop_dist_m = (), ()
+        self._xy = []
+        self.progress_m = self._fix_progress = None
+        self._seg = 0
+        self.last_served_index = -1
+        return events
+
     # -- geometry -------------------------------------------------------------------------
 
     def _to_xy(self, lat: float, lon: float) -> tuple[float, float]:
