@@ -418,8 +418,8 @@ class EdgePipeline:
             return []
         try:
             events = self.vehicle.feed_record(rec)  # type: ignore[arg-type]
-            if type(rec) is TripRecord:
-                self.classifier.on_trip(rec.route_id, rec.trip_id)
+            if type(rec) is TripRecord:  # (the vehicle's: a repeated message changes nothing)
+                self.classifier.on_trip(self.vehicle.route_id, self.vehicle.trip_id)
             self._apply(events)
         except Exception as exc:
             self._failed("vehicle", rec, exc)
@@ -428,7 +428,10 @@ class EdgePipeline:
     def _resuming(self, t: float) -> list[SegmentDraft]:
         """A record at ``t`` after a restore: the resume; after a clean stop, the decision.
 
-        The first record starts the classifier's resume (:meth:`restore`). After a clean
+        The first record later than the checkpoint's last starts the classifier's resume
+        (:meth:`restore`; a retained message delivered again at the restart carries its
+        old time: before, it started the resume at that time, so a restart after minutes
+        down gave the riders aboard no grace and they faded at once). After a clean
         stop mid-trip, the first record later than the stop (a retained trip message
         redelivered at the restart carries its old time) decides: within
         ``stop_resume_max_s`` of the stop, the open presences go on (logged
@@ -452,10 +455,10 @@ class EdgePipeline:
                     on_board=self.classifier.on_board(),
                     trip_id=self.vehicle.trip_id,
                 )
-        if self._resume_first:
+        if self._resume_first and t > self._t:
             self._resume_first = False
             self.classifier.resume(t)
-        self._resume_pending = self._stopped_t is not None
+        self._resume_pending = self._resume_first or self._stopped_t is not None
         return out
 
     def _close_stopped(self, stopped: float, down: float) -> list[SegmentDraft]:

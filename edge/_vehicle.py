@@ -103,6 +103,9 @@ class VehicleContext:
         self.route_id: str | None = None
         self.direction_id: int | None = None
         self.trip_id: str | None = None
+        self.signed_on: tuple[str, int, str | None, float] | None = None
+        """The last sign-on: route, direction, trip id and its message's time (kept when
+        the trip ends, so that a copy of that message delivered again signs on to nothing)."""
         self.stop_ids: tuple[str, ...] = ()
         self.stop_dist_m: tuple[float, ...] = ()
         self.progress_m: float | None = None
@@ -203,6 +206,32 @@ class VehicleContext:
     # -- trip -----------------------------------------------------------------------------
 
     def _trip(self, rec: TripRecord) -> None:
+        """A trip message: the driver signs on to a trip, unless it is the trip under way.
+
+        The same trip (route, direction, trip id) again is a repeat, not a new sign-on,
+        when its message is no later than the one that signed on (a retained message
+        delivered again at each reconnect, a QoS 1 duplicate; also after the trip ended,
+        :meth:`end_trip`) or when the trip's last stop is not served yet (the driver's
+        terminal restarted): the bus keeps its place and the stops it served (before, it
+        went back to before the first stop: stop matching began again from the first
+        stop, and a bus past its last stop was mid-trip again). Once the last stop is
+        served, a later message for the same trip is its next run.
+        """
+        key = (rec.route_id, rec.direction_id, rec.trip_id)
+        last = self.signed_on
+        if last is not None and key == last[:3]:  # (the trip under way, or the one ended)
+            mid_trip = self.last_served_index < len(self.stop_ids) - 1  # (no stops: False)
+            if rec.t <= last[3] or mid_trip:
+                log.info(
+                    "trip_repeated",
+                    t=rec.t,
+                    route_id=rec.route_id,
+                    trip_id=rec.trip_id,
+                    signed_on_t=last[3],
+                    served=self.last_served_index + 1,
+                )
+                return
+        self.signed_on = (*key, rec.t)
         self.route_id = rec.route_id
         self.direction_id = rec.direction_id
         self.trip_id = rec.trip_id

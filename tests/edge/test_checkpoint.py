@@ -24,7 +24,15 @@ from typing import Any
 
 import pytest
 
-from busbell import DeviceKey, Feed, TokenVerifier, TraceRecord, configure_logging, load_gtfs
+from busbell import (
+    DeviceKey,
+    Feed,
+    TokenVerifier,
+    TraceRecord,
+    TripRecord,
+    configure_logging,
+    load_gtfs,
+)
 from edge._checkpoint import Checkpointer
 from edge._events import EventBuilder
 from edge._params import ClassifierParams
@@ -125,12 +133,18 @@ def _events(drafts: list[SegmentDraft]) -> list[str]:
 
 
 def replay_restoring(
-    feed: Feed, recs: list[TraceRecord], every: int, *, down: tuple[float, float] | None = None
+    feed: Feed,
+    recs: list[TraceRecord],
+    every: int,
+    *,
+    down: tuple[float, float] | None = None,
+    at_restart: tuple[TraceRecord, ...] = (),
 ) -> tuple[list[SegmentDraft], int]:
     """Replay ``recs`` with the pipeline snapshotted and restored into a new pipeline at
     every ``every`` records (0: never), nothing lost; ``down``: also a restart after the
-    records up to ``down[0]``, the records until ``down[1]`` lost. Returns the drafts and
-    how many restores held a ``_heirs`` entry or a rotated rid in the pool."""
+    records up to ``down[0]``, the records until ``down[1]`` lost, ``at_restart`` fed first
+    after it (retained messages delivered again). Returns the drafts and how many restores
+    held a ``_heirs`` entry or a rotated rid in the pool."""
     keys = fleet_keys_for(recs)  # (once: a pass over the trace; a fresh verifier each time)
     pipe = EdgePipeline("B", feed, TokenVerifier(keys))
     out: list[SegmentDraft] = []
@@ -144,6 +158,8 @@ def replay_restoring(
             fresh = EdgePipeline("B", feed, TokenVerifier(keys))
             fresh.restore(pipe.snapshot())
             pipe = fresh
+            for again in at_restart if restart else ():
+                out.extend(pipe.feed(again))
         out.extend(pipe.feed(r))
     out.extend(pipe.finish(recs[-1].t + 1.0))
     assert pipe.stats.errors == {}
@@ -187,6 +203,23 @@ def test_restores_after_a_real_restart_keep_that_restarts_grace(tmp_path: Path) 
         for every in (7, 50):
             got, _ = replay_restoring(feed, recs, every, down=down)
             assert _events(got) == _events(once), (down, every)
+
+
+@pytest.mark.timeout(600)  # whole-trace replays: see above
+def test_a_retained_trip_message_at_a_restart_changes_nothing(tmp_path: Path) -> None:
+    # the broker delivers the retained sign-on again when the restarted edge subscribes,
+    # with its old time, before anything new. Before, that record started the resume
+    # at its old time (riders aboard got no grace after 40 s down and faded at once) and
+    # signed the bus on to its trip afresh (stop matching from the first stop again)
+    feed, recs, _ = world(tmp_path)
+    kill_t = next(t for t in quiet_moments(recs, 2.0, 42.0) if t > T0 + 150)
+    down = (kill_t, kill_t + 40.0)
+    sign_on = next(r for r in recs if isinstance(r, TripRecord))
+    once, _ = replay_restoring(feed, recs, 0, down=down)
+    again, _ = replay_restoring(feed, recs, 0, down=down, at_restart=(sign_on, sign_on))
+    assert _events(again) == _events(once)
+    whole, _ = replay(feed, recs)
+    assert _events(once) != _events(whole)  # (the restart's grace decides something)
 
 
 class _Restoring(World):

@@ -250,6 +250,11 @@ def test_a_retained_trip_redelivered_at_the_restart_does_not_decide(tmp_path: Pa
     closed = again.feed(_later(last, pipe.t + 700.0))
     assert len(closed) == aboard
     assert again.stopped_t is None
+    # delivered again at the next reconnect, it signs on to nothing: the trip ended
+    # (before, the bus went back on its trip, mid-trip, and new candidates were tagged with it)
+    assert again.feed(trip) == []
+    assert (again.vehicle.trip_id, again.mid_trip) == (None, False)
+    assert (again.classifier._route_id, again.classifier._trip_id) == (None, None)
 
 
 def test_a_restore_of_a_checkpoint_without_a_clean_stop_forgets_one(tmp_path: Path) -> None:

@@ -251,3 +251,64 @@ def test_single_stop_trip_and_positions_past_the_end(tmp_path: Path) -> None:
     v.feed_record(fix(0, 280, 10.0))
     v.advance(T0 + 30)  # dead-reckons past the last stop
     assert v.lat == pytest.approx(feed.stops["S1"].lat)
+
+
+def _serve(d: Drive, t: float, x: float) -> None:
+    """Stand at ``x`` from ``t`` for 10 s, doors open from t + 2 to t + 8."""
+    d.drive(t, t + 10, x, x + 1e-9)
+    d.door(t + 2, True)
+    d.door(t + 8, False)
+
+
+def test_the_trip_under_way_signed_on_again_keeps_its_place(feed: Feed) -> None:
+    # a retained trip message delivered again at each reconnect, a QoS 1 duplicate, the
+    # driver's terminal restarting: the same trip again is not a new sign-on. Before, it
+    # went back to before the first stop: last_served_index -1, stop matching from S0
+    d = Drive(feed)  # signed on to T1 at T0
+    d.drive(0, 40, 0, 390)
+    _serve(d, 40, 400)
+    d.drive(50, 90, 400, 790)
+    _serve(d, 90, 800)
+    d.drive(100, 120, 800, 1000)
+    assert d.v.last_served_index == 2
+    progress = d.v.progress_m
+    for t in (T0, T0 + 110):  # the same message again; a later one, the trip not over
+        d.rec(TripRecord(t, "R1", 0, "T1"))
+        assert (d.v.trip_id, d.v.last_served_index, d.v.progress_m) == ("T1", 2, progress)
+    assert d.v.signed_on == ("R1", 0, "T1", T0)
+    d.drive(120, 140, 1000, 1190)
+    _serve(d, 140, 1200)
+    assert d.kinds()[-2:] == [("open", "S3"), ("close", "S3")]
+    assert d.v.last_served_index == 3
+    d.rec(TripRecord(T0 + 160, "R1", 0, None))  # another trip (the pattern): a sign-on
+    assert (d.v.trip_id, d.v.last_served_index) == (None, -1)
+
+
+def test_the_same_trip_after_its_last_stop_is_its_next_run_unless_the_same_message(
+    feed: Feed,
+) -> None:
+    d = Drive(feed)
+    d.drive(0, 240, 0, 2390)
+    _serve(d, 240, 2400)
+    d.rec(TripRecord(T0 + 250, "R1", 0, "T1"))  # S6 served, S7 not: still the trip under way
+    assert d.v.last_served_index == 6
+    d.drive(250, 290, 2400, 2790)
+    _serve(d, 290, 2800)
+    assert d.v.last_served_index == 7  # S7, the last
+    d.rec(TripRecord(T0, "R1", 0, "T1"))  # the message that signed on, delivered again
+    assert d.v.last_served_index == 7
+    d.rec(TripRecord(T0 + 300, "R1", 0, "T1"))  # signed on to it again: the next run
+    assert (d.v.last_served_index, d.v.signed_on) == (-1, ("R1", 0, "T1", T0 + 300))
+
+
+def test_a_trip_ended_is_not_signed_on_again_by_its_old_message(feed: Feed) -> None:
+    # the restart long after a clean stop ends the trip; the retained sign-on delivered
+    # again at the next reconnect must not put the bus back on it
+    d = Drive(feed)
+    d.drive(0, 40, 0, 390)
+    _serve(d, 40, 400)
+    d.v.end_trip(T0 + 60)
+    d.rec(TripRecord(T0, "R1", 0, "T1"))
+    assert (d.v.trip_id, d.v.stop_ids) == (None, ())
+    d.rec(TripRecord(T0 + 100, "R1", 0, "T1"))  # a new sign-on to it
+    assert (d.v.trip_id, d.v.last_served_index) == ("T1", -1)
