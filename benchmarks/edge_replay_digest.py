@@ -88,8 +88,17 @@ def _segment_line(name: str, n: int, d: SegmentDraft) -> str:
 
 
 def _state_digest(pipe: EdgePipeline) -> str:
-    """SHA-256 of the checkpointed state, as values (not as pickle bytes)."""
+    """SHA-256 of the checkpointed state, as values (not as pickle bytes).
+
+    The rid records' fields are taken in the order of their names, not of the record's
+    slots (a layout: a checkpoint restores by name), so that code with the slots
+    reordered digests the same state alike.
+    """
     state = _Unpickler(io.BytesIO(pipe.snapshot())).load()
+    slots = state["rid_slots"]
+    by_name = sorted(range(len(slots)), key=slots.__getitem__)
+    state["rid_slots"] = [slots[i] for i in by_name]
+    state["rid_records"] = [tuple(row[i] for i in by_name) for row in state["rid_records"]]
     return hashlib.sha256(repr(state).encode()).hexdigest()
 
 

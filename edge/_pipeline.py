@@ -120,9 +120,12 @@ def _rid_tuples(rows: list[Any], slots: tuple[str, ...]) -> list[tuple[Any, ...]
     return out
 
 
-def _rid_objects(tuples: Any, cls: Any) -> list[Any]:
-    """Rebuild the rid records of :func:`_rid_tuples` (slots in the current order)."""
-    slots: tuple[str, ...] = cls.__slots__
+def _rid_objects(tuples: Any, cls: Any, slots: tuple[str, ...]) -> list[Any]:
+    """Rebuild the rid records of :func:`_rid_tuples` (``slots``: the checkpoint's order).
+
+    The values are set by name, so a checkpoint written with the slots in another order
+    (before `_Rid`'s hot fields came first, they were alphabetical) restores the same.
+    """
     i_start = slots.index("start")
     rows = []
     for row in tuples:
@@ -276,13 +279,18 @@ class EdgePipeline:
             raise CheckpointError(f"checkpoint unreadable: {type(exc).__name__}: {exc}") from None
         if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
             raise CheckpointError("checkpoint of another format")
-        if state.get("rid_slots") != list(_Rid.__slots__):
+        saved_slots = state.get("rid_slots")
+        if not (
+            isinstance(saved_slots, list)
+            and all(type(name) is str for name in saved_slots)
+            and sorted(saved_slots) == sorted(_Rid.__slots__)
+        ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")
         pipe, veh, cls = state.get("pipeline"), state.get("vehicle"), state.get("classifier")
         if not (isinstance(pipe, dict) and isinstance(veh, dict) and isinstance(cls, dict)):
             raise CheckpointError("checkpoint incomplete")
         try:
-            rows = _rid_objects(state["rid_records"], _Rid)
+            rows = _rid_objects(state["rid_records"], _Rid, tuple(saved_slots))
             n_live = cls["_rids"]
             cls["_rids"] = {r.rid: r for r in rows[:n_live]}
             cls["_olds"] = {o: (rows[i], k, v) for o, (i, k, v) in cls["_olds"].items()}

@@ -477,6 +477,70 @@ def test_a_bad_checkpoint_is_refused_and_leaves_the_pipeline_as_it_was(tmp_path:
     assert pipe.stats.adverts_seen == 0
 
 
+def _with_rid_slots(blob: bytes, order: Callable[[list[str]], list[str]]) -> bytes:
+    """The checkpoint with its rid records' slots (names and values) put in ``order``."""
+    state = pickle.loads(blob)
+    slots: list[str] = state["rid_slots"]
+    new = order(list(slots))
+    at = [slots.index(name) for name in new]
+    state["rid_slots"] = new
+    state["rid_records"] = [tuple(row[i] for i in at) for row in state["rid_records"]]
+    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_a_checkpoint_with_the_rid_slots_in_another_order_restores_the_same(
+    tmp_path: Path,
+) -> None:
+    # the rid record's slots were alphabetical until the hot fields came first (cache
+    # lines): a checkpoint written before restores by name, to the same state, and the
+    # run goes on exactly as from the current code's own checkpoint
+    feed, recs, toks = world(tmp_path)
+    kill_t = next(t for t in quiet_moments(recs, 2.0, 42.0) if t > T0 + 150)
+    first = EdgePipeline("B", feed, verifier_for(recs))
+    for r in recs:
+        if r.t > kill_t:
+            break
+        first.feed(r)
+    blob = first.snapshot()
+    assert first.on_board() > 0
+    old = _with_rid_slots(blob, sorted)
+    assert pickle.loads(old)["rid_slots"] != pickle.loads(blob)["rid_slots"]
+    runs = []
+    for b in (blob, old, _with_rid_slots(blob, lambda s: s[::-1])):
+        pipe = EdgePipeline("B", feed, verifier_for(recs))
+        pipe.restore(b)
+        state = _state_of(pipe)
+        got = [d for r in recs if r.t > kill_t for d in pipe.feed(r)]
+        got.extend(pipe.finish(recs[-1].t + 1.0))
+        runs.append((state, got))
+    assert runs[1] == runs[0]
+    assert runs[2] == runs[0]
+    assert rides(feed, runs[0][1], toks)  # (riders rode on after the restore)
+
+
+def test_a_checkpoint_whose_rid_slots_are_not_the_codes_is_refused(tmp_path: Path) -> None:
+    feed, recs, _ = world(tmp_path)
+    first = EdgePipeline("B", feed, verifier_for(recs))
+    for r in recs[:2000]:
+        first.feed(r)
+    blob = first.snapshot()
+    for order in (
+        lambda s: [*s[:-1], "renamed"],  # a field of another version
+        lambda s: [*s, s[0]],  # one more
+        lambda s: s[1:],  # one fewer
+    ):
+        pipe = EdgePipeline("B", feed, verifier_for(recs))
+        state = pickle.loads(blob)
+        state["rid_slots"] = order(state["rid_slots"])
+        with pytest.raises(CheckpointError, match="another classifier version"):
+            pipe.restore(pickle.dumps(state))
+        assert pipe.on_board() == 0
+    state = pickle.loads(blob)
+    state["rid_slots"] = [*state["rid_slots"][:-1], 7]  # not a name
+    with pytest.raises(CheckpointError, match="another classifier version"):
+        EdgePipeline("B", feed, verifier_for(recs)).restore(pickle.dumps(state))
+
+
 # -- SIGKILL mid-trip, restart -------------------------------------------------------------
 
 
