@@ -3,6 +3,14 @@
 Tests that stop or break a broker start their own (``private_broker``); others use the
 machine's broker on 127.0.0.1:1883 under a unique topic prefix (``shared_broker``,
 ``topic_prefix``). PostgreSQL tests get a fresh database each (``pg_url``).
+
+Under pytest-xdist (the README's test command runs ``-n 2``) the tests on the machine's broker
+(those that ask for ``shared_broker`` or ``topic_prefix``, or are marked ``mosquitto``) form
+one work unit that one worker runs, one test at a time as without xdist: components run there
+with their default MQTT client ids (``busbell-edge-BUS``, ``busbell-backend-ingest-0``, ...),
+a client id is broker-wide, and two such tests at once would take each other's sessions over.
+The other worker takes the other tests one by one. ``--core-coverage`` measures in each
+worker and the controller combines their data before it applies the floors.
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -112,12 +122,67 @@ class SharedBroker:
     port: int = 1883
 
 
+def xdist_worker(config: pytest.Config) -> str | None:
+    """The pytest-xdist worker id (``gw0``, ``gw1``, ...) of this process, None outside one."""
+    workerinput = getattr(config, "workerinput", None)
+    return None if workerinput is None else str(workerinput["workerid"])
+
+
 @pytest.fixture
 def shared_broker() -> SharedBroker:
     """The machine's mosquitto on 127.0.0.1:1883."""
     if not port_open("127.0.0.1", 1883):
         pytest.fail("no MQTT broker on 127.0.0.1:1883 (start mosquitto)")
     return SharedBroker()
+
+
+def _on_shared_broker(item: pytest.Item) -> bool:
+    """Whether a test talks to the machine's broker (or may: every ``mosquitto`` test)."""
+    fixtures = getattr(item, "fixturenames", ())
+    return (
+        "shared_broker" in fixtures
+        or "topic_prefix" in fixtures
+        or item.get_closest_marker("mosquitto") is not None
+    )
+
+
+_RUN_DIR = pytest.StashKey[Path]()
+_BROKER_TESTS = "shared-broker-tests.txt"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """An xdist worker writes down which collected tests use the machine's broker (before
+    it reports its collection: the controller's scheduler reads the file)."""
+    config = session.config
+    if xdist_worker(config) is None:
+        return
+    names = [item.nodeid for item in session.items if _on_shared_broker(item)]
+    run_dir = Path(config.workerinput["busbell_run_dir"])  # type: ignore[attr-defined]
+    out = run_dir / f"{_BROKER_TESTS}.{xdist_worker(config)}"
+    out.write_text("".join(f"{n}\n" for n in names))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The tests on the machine's broker form one work unit, run by one worker in turn;
+    every other test is a unit of its own (xdist's ``load``, largest unit first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    run_dir = config.stash[_RUN_DIR]
+
+    class SharedBrokerScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        _broker: frozenset[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self._broker is None:  # the workers wrote their lists before collecting
+                lists = {p.read_text() for p in run_dir.glob(f"{_BROKER_TESTS}.*")}
+                if len(lists) != 1:
+                    raise RuntimeError(f"workers disagree on the broker tests: {run_dir}")
+                self._broker = frozenset(lists.pop().splitlines())
+            return "machine-mqtt-broker" if nodeid in self._broker else nodeid
+
+    return SharedBrokerScheduling(config, log)
 
 
 @pytest.fixture
@@ -153,18 +218,56 @@ _CORE_GATE = pytest.StashKey[CoreCoverage]()
 _CORE_RESULT = pytest.StashKey[tuple[list[str], list[str]]]()
 
 
+def _distributing(config: pytest.Config) -> bool:
+    """Whether this process hands the tests to xdist workers (and runs none itself)."""
+    return getattr(config.option, "dist", "no") != "no" and bool(getattr(config.option, "tx", []))
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--core-coverage"):
-        gate = CoreCoverage(Path(config.rootpath) / ".coverage.cores")
-        gate.start()
-        config.stash[_CORE_GATE] = gate
+    worker = xdist_worker(config)
+    if worker is None and _distributing(config):  # the workers' lists and coverage data
+        config.stash[_RUN_DIR] = Path(tempfile.mkdtemp(prefix="busbell-pytest-run-"))
+    if not config.getoption("--core-coverage"):
+        return
+    data_file = Path(config.rootpath) / ".coverage.cores"
+    if worker is not None:  # measures its share; the controller combines and reports
+        run_dir = Path(config.workerinput["busbell_run_dir"])  # type: ignore[attr-defined]
+        gate = CoreCoverage(data_file, measure_to=run_dir / f"{data_file.name}.{worker}")
+    elif _RUN_DIR in config.stash:
+        config.stash[_CORE_GATE] = CoreCoverage(data_file)  # measures nothing itself
+        return
+    else:
+        gate = CoreCoverage(data_file)
+    gate.start()
+    config.stash[_CORE_GATE] = gate
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: tell each worker the run's directory (broker test lists, coverage data)."""
+    node.workerinput["busbell_run_dir"] = str(node.config.stash[_RUN_DIR])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run_dir = config.stash.get(_RUN_DIR, None)
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     gate = session.config.stash.get(_CORE_GATE, None)
     if gate is None:
         return
-    result = session.config.stash[_CORE_RESULT] = gate.stop()
+    if xdist_worker(session.config) is not None:
+        gate.stop()
+        return
+    run_dir = session.config.stash.get(_RUN_DIR, None)
+    if run_dir is not None:
+        result = gate.combine(run_dir)
+    else:
+        gate.stop()
+        result = gate.report()
+    session.config.stash[_CORE_RESULT] = result
     if result[1] and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

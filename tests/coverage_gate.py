@@ -5,7 +5,8 @@ rest of the suite runs at full speed), prints their figures at the end and fails
 run when a core falls below its floor or was not measured at all. Floors sit just under
 what the suite measures, so that a change which leaves a core's new branches untested
 fails; raise a floor when coverage rises, never lower one to make a change pass. A run of
-a few test files alone will miss floors: use the flag on the whole suite.
+a few test files alone will miss floors: use the flag on the whole suite. Under pytest-xdist
+the workers' data is combined before the floors are applied (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -44,11 +45,20 @@ FLOORS: dict[str, float] = {
 
 
 class CoreCoverage:
-    """Branch coverage of the :data:`FLOORS` modules only, for one pytest session."""
+    """Branch coverage of the :data:`FLOORS` modules only, for one pytest session.
 
-    def __init__(self, data_file: Path) -> None:
+    In one process: :meth:`start`, :meth:`stop`, :meth:`report`. Under pytest-xdist each
+    worker measures into ``measure_to`` (``start``, ``stop``) and the controller, which runs
+    no test, merges the workers' files into ``data_file`` (:meth:`combine`).
+    """
+
+    def __init__(self, data_file: Path, measure_to: Path | None = None) -> None:
         self.files = {rel: (ROOT / rel).resolve() for rel in FLOORS}
-        self.cov = coverage.Coverage(
+        self.data_file = data_file
+        self.cov = self._coverage(measure_to or data_file)
+
+    def _coverage(self, data_file: Path) -> coverage.Coverage:
+        return coverage.Coverage(
             data_file=str(data_file),
             branch=True,
             include=[str(p) for p in self.files.values()],
@@ -59,10 +69,21 @@ class CoreCoverage:
         """Start measuring (before the test modules import the cores)."""
         self.cov.start()
 
-    def stop(self) -> tuple[list[str], list[str]]:
-        """Stop and save; returns (report lines, failures)."""
+    def stop(self) -> None:
+        """Stop measuring and save the data."""
         self.cov.stop()
         self.cov.save()
+
+    def combine(self, workers_dir: Path) -> tuple[list[str], list[str]]:
+        """Merge the workers' data files in ``workers_dir`` into ``data_file``; :meth:`report`."""
+        self.data_file.unlink(missing_ok=True)
+        self.cov = self._coverage(self.data_file)
+        self.cov.combine([str(workers_dir)], strict=True, keep=False)
+        self.cov.save()
+        return self.report()
+
+    def report(self) -> tuple[list[str], list[str]]:
+        """The figures of the saved data: (report lines, failures)."""
         measured = {Path(f).resolve() for f in self.cov.get_data().measured_files()}
         lines: list[str] = []
         failures: list[str] = []
