@@ -5,8 +5,8 @@ machine's broker on 127.0.0.1:1883 under a unique topic prefix (``shared_broker`
 ``topic_prefix``). PostgreSQL tests get a fresh database each (``pg_url``).
 
 Under pytest-xdist (the README's test command runs ``-n 2``) the tests on the machine's broker
-(those that ask for ``shared_broker`` or ``topic_prefix``, or are marked ``mosquitto``) form
-one work unit that one worker runs, one test at a time as without xdist: components run there
+(those that ask for ``shared_broker`` or ``topic_prefix``, or are marked ``mosquitto``) all go
+to the first worker at the start, run one at a time as without xdist: components run there
 with their default MQTT client ids (``busbell-edge-BUS``, ``busbell-backend-ingest-0``, ...),
 a client id is broker-wide, and two such tests at once would take each other's sessions over.
 The other worker takes the other tests one by one. ``--core-coverage`` measures in each
@@ -165,22 +165,32 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The tests on the machine's broker form one work unit, run by one worker in turn;
-    every other test is a unit of its own (xdist's ``load``, largest unit first)."""
-    from xdist.scheduler import LoadScopeScheduling
+    """xdist's ``load`` scheduling (by index: schemathesis's items share node ids), but every
+    test on the machine's broker goes to the first worker, all at the start."""
+    from xdist.scheduler import LoadScheduling
 
     run_dir = config.stash[_RUN_DIR]
 
-    class SharedBrokerScheduling(LoadScopeScheduling):  # type: ignore[misc]
-        _broker: frozenset[str] | None = None
-
-        def _split_scope(self, nodeid: str) -> str:
-            if self._broker is None:  # the workers wrote their lists before collecting
+    class SharedBrokerScheduling(LoadScheduling):  # type: ignore[misc]
+        def schedule(self) -> None:
+            if self.collection is None and self._check_nodes_have_same_collection():
                 lists = {p.read_text() for p in run_dir.glob(f"{_BROKER_TESTS}.*")}
                 if len(lists) != 1:
                     raise RuntimeError(f"workers disagree on the broker tests: {run_dir}")
-                self._broker = frozenset(lists.pop().splitlines())
-            return "machine-mqtt-broker" if nodeid in self._broker else nodeid
+                broker = frozenset(lists.pop().splitlines())
+                collection = next(iter(self.node2collection.values()))
+                ours = [i for i, n in enumerate(collection) if n in broker]
+                if ours and len(collection) > len(ours):
+                    first = self.nodes[0]
+                    self.collection = collection
+                    self.maxschedchunk = self.maxschedchunk or len(collection)
+                    self.pending[:] = [i for i in range(len(collection)) if i not in set(ours)]
+                    self.node2pending[first].extend(ours)
+                    first.send_runtest_some(ours)
+                    for node in self.nodes[1:]:
+                        self._send_tests(node, 2)
+                    return
+            super().schedule()
 
     return SharedBrokerScheduling(config, log)
 
