@@ -33,13 +33,12 @@ missed rider, and of a non-rider that could reach::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median_high
@@ -47,22 +46,20 @@ from typing import Any
 
 import structlog
 
+from benchmarks._scenario_truth import legs as truth_legs
+from benchmarks._scenario_truth import owners as truth_owners
 from busbell import (
     AdvRecord,
     TokenVerifier,
     TraceReader,
-    derive_rider_keys,
-    interval_of,
     load_gtfs,
-    parse_payload,
     read_fleet_keys,
-    rid_for_interval,
 )
-from busbell._errors import TokenRejected
 from edge import _classifier as cls_mod
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
-from edge._why_missed import scenario_dirs
+from edge._trace_rider import _rid_of
+from edge._why_missed import _points, scenario_dirs
 
 __all__ = ["Drop", "census", "main", "table"]
 
@@ -116,31 +113,6 @@ class Drop:
         return self.co_n + self.after_points >= ClassifierParams().sparse_adverts
 
 
-def _owners(d: Path, t0: float, t1: float) -> dict[bytes, str]:
-    """Every rid any person of the scenario sent from ``t0`` to ``t1`` -> that person."""
-    out: dict[bytes, str] = {}
-    with (d / "RIDERS.csv").open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            k = derive_rider_keys(bytes.fromhex(row["token_key"])).rid_key
-            for i in range(interval_of(t0) - 1, interval_of(t1) + 2):
-                out[rid_for_interval(k, i)] = row["rider_id"]
-    return out
-
-
-def _legs(d: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """(person, bus) -> the (board_t, alight_t) of each true leg."""
-    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    with (d / "JOURNEYS.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            j = json.loads(line)
-            for leg in j["legs"]:
-                if leg.get("board_t") is None:
-                    continue
-                end = leg["alight_t"] if leg.get("alight_t") is not None else math.inf
-                out.setdefault((j["rider_id"], leg["bus_id"]), []).append((leg["board_t"], end))
-    return out
-
-
 def _missed(d: Path) -> set[tuple[str, str, float]]:
     """(person, bus, board_t) of each observable leg ``score.json`` lists as missed."""
     score = json.loads((d / "score.json").read_text(encoding="utf-8"))
@@ -151,30 +123,12 @@ def _missed(d: Path) -> set[tuple[str, str, float]]:
     }
 
 
-def _points(odos: Iterable[float], step: float) -> int:
-    """Points ``step`` or more apart along the way (as the co-movement rules space them)."""
-    n, prev = 0, -math.inf
-    for o in sorted(odos):
-        if o >= prev + step:
-            n, prev = n + 1, o
-    return n
-
-
-def _rid(payload: bytes | None) -> bytes | None:
-    if payload is None:
-        return None
-    try:
-        return parse_payload(payload).rid
-    except TokenRejected:
-        return None
-
-
 def census(d: Path, params: ClassifierParams | None = None) -> list[Drop]:
     """Every candidacy dropped (or open at the end) on every bus of scenario ``d``."""
     p = params or ClassifierParams()
     truth = json.loads((d / "truth.json").read_text(encoding="utf-8"))
-    owners = _owners(d, float(truth["t_start"]), float(truth["t_end"]))
-    legs = _legs(d)
+    owners = truth_owners(d, float(truth["t_start"]), float(truth["t_end"]))
+    legs = truth_legs(d)
     missed = _missed(d)
     keys = read_fleet_keys(d / "FLEET.csv")
     out: list[Drop] = []
@@ -235,7 +189,7 @@ def census(d: Path, params: ClassifierParams | None = None) -> list[Drop]:
                     if v is not None and (not opens or opens[-1] != v.open_t):
                         opens.append(v.open_t)
                     if type(rec) is AdvRecord:
-                        rid = _rid(rec.mfr.get(p.company_id))
+                        rid = _rid_of(rec.mfr.get(p.company_id))
                         if rid is not None:
                             heard.setdefault(rid, []).append(
                                 (t, rec.rssi, pipe.vehicle.odometer_m, v is None)

@@ -19,7 +19,6 @@ rid found, one per scenario done and the totals::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
@@ -28,14 +27,13 @@ from typing import Any
 
 import structlog
 
+from benchmarks._scenario_truth import legs as truth_legs
+from benchmarks._scenario_truth import owners as truth_owners
 from busbell import (
     TokenVerifier,
     TraceReader,
-    derive_rider_keys,
-    interval_of,
     load_gtfs,
     read_fleet_keys,
-    rid_for_interval,
 )
 from edge import _classifier as cls_mod
 from edge._params import ClassifierParams
@@ -45,36 +43,11 @@ _ORIG = cls_mod.PresenceClassifier._successor_held
 _SLACK_S = 60.0
 
 
-def _owners(d: Path, t0: float, t1: float) -> dict[bytes, str]:
-    """Every rid any person of the scenario sent from ``t0`` to ``t1`` -> that person."""
-    out: dict[bytes, str] = {}
-    with (d / "RIDERS.csv").open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            k = derive_rider_keys(bytes.fromhex(row["token_key"])).rid_key
-            for i in range(interval_of(t0) - 1, interval_of(t1) + 2):
-                out[rid_for_interval(k, i)] = row["rider_id"]
-    return out
-
-
-def _legs(d: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """(person, bus) -> the (board_t, alight_t) of each true leg."""
-    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    with (d / "JOURNEYS.jsonl").open(encoding="utf-8") as f:
-        for line in f:
-            j = json.loads(line)
-            for leg in j["legs"]:
-                if leg.get("board_t") is None:
-                    continue
-                end = leg["alight_t"] if leg.get("alight_t") is not None else float("inf")
-                out.setdefault((j["rider_id"], leg["bus_id"]), []).append((leg["board_t"], end))
-    return out
-
-
 def census(d: Path, totals: dict[str, int]) -> list[dict[str, Any]]:
     """The rids the clause turns away and the rids the rule holds on every bus of ``d``."""
     truth = json.loads((d / "truth.json").read_text(encoding="utf-8"))
-    owners = _owners(d, float(truth["t_start"]), float(truth["t_end"]))
-    legs = _legs(d)
+    owners = truth_owners(d, float(truth["t_start"]), float(truth["t_end"]))
+    legs = truth_legs(d)
     p = ClassifierParams()
     keys = read_fleet_keys(d / "FLEET.csv")
     found: list[dict[str, Any]] = []
