@@ -681,9 +681,7 @@ async def test_the_daemons_clean_stop_mid_trip_records_no_ride_and_saves_them_op
     # mid-trip, it records no segment and leaves a checkpoint of that moment with the
     # riders aboard, which a restart restores (before: every open ride closed and recorded)
     from busbell import AdvRecord
-    from edge._daemon import EdgeDaemon
-    from tests.factories.edge_daemon import ListSource, config, until
-    from tests.factories.mqtt import FakeBroker
+    from tests.factories.edge_daemon import run_and_stop_cleanly
 
     feed, recs, _ = world(tmp_path)
     stop_t = next(t for t in quiet_moments(recs, 2.0, 42.0) if t > T0 + 150)
@@ -692,20 +690,7 @@ async def test_the_daemons_clean_stop_mid_trip_records_no_ride_and_saves_them_op
     # the last 5 s of adverts through the daemon (within one checkpoint_s, 10 s: a periodic
     # snapshot at the first of them at most)
     last = [r for r in recs if stop_t - 5.0 < r.t <= stop_t and isinstance(r, AdvRecord)]
-    broker = FakeBroker()
-    daemon = EdgeDaemon(
-        config(tmp_path, broker, "busbell/v1"),
-        ListSource(last),
-        lambda: stop_t,
-        pipeline=pipe,
-        device_key=KEY,
-        fleet_keys={},
-        session_factory=broker.session,
-    )
-    task = asyncio.create_task(daemon.run())
-    await until(lambda: pipe.t == last[-1].t, 30)  # (every advert taken in)
-    daemon.request_stop()
-    await asyncio.wait_for(task, 30)
+    await run_and_stop_cleanly(tmp_path, pipe, last, stop_t)
     assert pipe.t == last[-1].t
     aboard = pipe.on_board()
     assert aboard > 0

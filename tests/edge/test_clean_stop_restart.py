@@ -15,7 +15,6 @@ the checkpoint tests' (``tests/factories/restart_world.py``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pickle
 import time
@@ -26,38 +25,15 @@ from structlog.testing import capture_logs
 
 from busbell import AdvRecord, DeviceKey, DoorRecord, TraceRecord, TripRecord
 from edge._checkpoint import Checkpointer
-from edge._daemon import EdgeDaemon
 from edge._events import EventBuilder
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
 from edge._store import FareStore
-from tests.factories.edge_daemon import ListSource, config, until
+from tests.factories.edge_daemon import run_and_stop_cleanly
 from tests.factories.edge_world import verifier_for
-from tests.factories.mqtt import FakeBroker
 from tests.factories.restart_world import T0, quiet_moments, world
 
 KEY = DeviceKey.from_seed(bytes(range(32)))
-
-
-async def _daemon(
-    tmp: Path, pipe: EdgePipeline, adverts: list[AdvRecord], now: float, params: ClassifierParams
-) -> None:
-    """Run the daemon on ``pipe`` (restoring the store's checkpoint) with ``adverts`` as its
-    scanner's, until it has fed them all; then stop it cleanly (its SIGTERM path)."""
-    broker = FakeBroker()
-    daemon = EdgeDaemon(
-        config(tmp, broker, "busbell/v1", classifier=params),
-        ListSource(adverts),
-        lambda: now,
-        pipeline=pipe,
-        device_key=KEY,
-        fleet_keys={},
-        session_factory=broker.session,
-    )
-    task = asyncio.create_task(daemon.run())
-    await until(lambda: pipe.t >= adverts[-1].t, 30)
-    daemon.request_stop()
-    await asyncio.wait_for(task, 30)
 
 
 async def _events(tmp: Path) -> list[dict[str, object]]:
@@ -89,13 +65,15 @@ async def _stopped_then_restarted(
             break
         if r is not last:
             pipe.feed(r)  # (what closed before: not recorded, not looked at)
-    await _daemon(tmp, pipe, [last], stop_t, p)
+    await run_and_stop_cleanly(tmp, pipe, [last], stop_t, classifier=p)
     assert pipe.mid_trip
     aboard = pipe.on_board()
     assert aboard > 0
     before = len(await _events(tmp))
     again = EdgePipeline("B", feed, verifier_for(recs), p)
-    await _daemon(tmp, again, [_later(last, pipe.t + down_s)], pipe.t + down_s, p)
+    await run_and_stop_cleanly(
+        tmp, again, [_later(last, pipe.t + down_s)], pipe.t + down_s, classifier=p
+    )
     return pipe, aboard, again, (await _events(tmp))[before:], recs
 
 
@@ -217,8 +195,12 @@ async def test_a_crash_checkpoint_is_resumed_however_late(tmp_path: Path) -> Non
     again = EdgePipeline("B", feed, verifier_for(recs))
     last = next(r for r in reversed(recs) if isinstance(r, AdvRecord) and r.t <= stop_t)
     with capture_logs() as logs:
-        await _daemon(
-            tmp_path, again, [_later(last, stop_t + 3600.0)], stop_t + 3600.0, ClassifierParams()
+        await run_and_stop_cleanly(
+            tmp_path,
+            again,
+            [_later(last, stop_t + 3600.0)],
+            stop_t + 3600.0,
+            classifier=ClassifierParams(),
         )
     assert await _events(tmp_path) == []
     assert again.mid_trip  # (its riders resumed: rotated while it was down, to be paired)

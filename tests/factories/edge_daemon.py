@@ -174,3 +174,27 @@ async def until(pred: Any, timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not pred():
             await asyncio.sleep(0.02)
+
+
+async def run_and_stop_cleanly(
+    tmp: Path, pipe: Any, adverts: list[AdvRecord], now: float, **config_kw: Any
+) -> None:
+    """Run an edge daemon on ``pipe`` (restoring the store's checkpoint under ``tmp``) with
+    ``adverts`` as its scanner's, until it has fed them all; then stop it cleanly (its
+    SIGTERM path). ``config_kw``: sections of :func:`config` (e.g. ``classifier=``)."""
+    from edge._daemon import EdgeDaemon
+
+    broker = FakeBroker()
+    daemon = EdgeDaemon(
+        config(tmp, broker, "busbell/v1", **config_kw),
+        ListSource(adverts),
+        lambda: now,
+        pipeline=pipe,
+        device_key=KEY,
+        fleet_keys={},
+        session_factory=broker.session,
+    )
+    task = asyncio.create_task(daemon.run())
+    await until(lambda: pipe.t >= adverts[-1].t, 30)
+    daemon.request_stop()
+    await asyncio.wait_for(task, 30)
