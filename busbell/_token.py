@@ -9,7 +9,7 @@ The 24-byte payload rides in BLE Manufacturer Specific Data (AD type 0xFF)::
     15-18  btag  HMAC-SHA256(bk, payload[0:15])[:4],
                  bk = HMAC-SHA256(fleet_key(day), b"BBBK" + rid)[:16]
     19-22  rtag  HMAC-SHA256(mac_key, payload[0:19]) [:4]
-    23     echo  0 (reserved for a bus-beacon echo; ignored on reception)
+    23     echo  the bus-beacon echo (busbell._echo): 0 = none; outside btag and rtag
 
 Everything here is pure and synchronous. :func:`parse_payload` and :class:`TokenVerifier`
 raise only :class:`~busbell._errors.TokenRejected` for any input bytes.
@@ -189,6 +189,7 @@ def encode_payload(
     fleet_key: bytes | None = None,
     bk: bytes | None = None,
     flags: int = 0,
+    echo: int = 0,
 ) -> bytes:
     """Build the 24-byte advertisement payload a token sends at time ``t``.
 
@@ -196,10 +197,13 @@ def encode_payload(
     (what a real token holds, delivered by the backend) must be given.
 
     Raises:
-        ValueError: on flags outside bits 0-2, or when neither key is given.
+        ValueError: on flags outside bits 0-2, an echo outside 0-255, or when neither
+            key is given.
     """
     if flags & ~0b111 or flags < 0:
         raise ValueError(f"flags must use bits 0-2 only, got {flags:#x}")
+    if not 0 <= echo <= 0xFF:
+        raise ValueError(f"echo must be one byte, got {echo}")
     rid = rid_for_interval(keys.rid_key, interval_of(t))
     if bk is None:
         if fleet_key is None:
@@ -207,7 +211,7 @@ def encode_payload(
         bk = derive_bk(fleet_key, rid)
     head = bytes([(TOKEN_VERSION << 5) | flags]) + tq_of(t).to_bytes(2, "big") + rid
     body = head + hmac.digest(bk, head, _SHA256)[:4]
-    return body + hmac.digest(keys.mac_key, body, _SHA256)[:4] + b"\x00"
+    return body + hmac.digest(keys.mac_key, body, _SHA256)[:4] + bytes((echo,))
 
 
 def parse_payload(data: object) -> TokenPayload:
