@@ -166,9 +166,10 @@ def replay_restoring(
     return out, held
 
 
-# Replays of whole traces (~10 s of CPU each, two to three times that under --core-coverage): the
-# suite's 120-s hang guard is too tight on a two-core machine running other work (CI on a loaded
-# machine, load ~12, timed these out); 600 s still catches a hang.
+# Replays of a whole trace at every n records (each replay ~0.25 s of CPU, but one per restore
+# point, two to three times that under --core-coverage): the suite's 120-s hang guard is too tight
+# on a two-core machine running other work (CI on a loaded machine, load ~12, timed these out);
+# 600 s still catches a hang.
 @pytest.mark.timeout(600)
 def test_a_restore_at_every_n_records_emits_exactly_the_events_of_no_restore(
     tmp_path: Path,
