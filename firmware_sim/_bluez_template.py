@@ -31,7 +31,23 @@ LE scanner client (bleak) sees of real bluetoothd:
   ``Wedge`` (the adapter reports nothing until a scan is started again),
   ``RemoveLeAdapter``/``AddLeAdapter`` (hot-unplug, devices removed first as
   bluetoothd does), ``SetPowered``.
-* ``GetScanState(adapter)`` returns the scan state as JSON for assertions.
+* Every adapter has ``LEAdvertisingManager1`` as bluetoothd's ``src/advertising.c``
+  has it: ``RegisterAdvertisement(path, options)`` reads the client's
+  ``LEAdvertisement1`` properties (``Properties.GetAll`` on that path; no answer, no
+  reply, as bluetoothd), parses ``Type``, ``ManufacturerData``, ``Discoverable``,
+  ``MinInterval``/``MaxInterval`` (ms, 20 ms .. 0xFFFFFF slots, min <= max) and
+  ``TxPower`` (-127..20) like its parsers (the others are accepted unread) and fails
+  with ``org.bluez.Error.Failed`` "Failed to parse advertisement." on a bad one or data
+  over 31 bytes, ``AlreadyExists`` for the same client and path twice, ``NotPermitted``
+  when no instance is left (``SupportedInstances``/``ActiveInstances``, 5 by default,
+  ``SetMaxAdvertisements``); once registered it follows the object's
+  ``PropertiesChanged`` (a changed property is parsed again; a bad one is ignored, the
+  advertisement stays). ``UnregisterAdvertisement`` (``DoesNotExist`` when unknown); a
+  client leaving the bus loses its advertisements; removing the adapter calls each
+  client's ``Release()`` (no reply). Power off keeps the registrations (bluetoothd does;
+  the kernel advertises them again at power on): ``on_air`` says whether it transmits.
+* ``GetScanState(adapter)`` returns the scan state as JSON for assertions, and
+  ``GetAdvertisingState(adapter)`` the advertisements.
 
 Parameters (JSON, ``--parameters``; optional): ``{"adapter": "hci0", "monitors": true}``
 adds that adapter, powered, at load time (without ``adapter`` there is none until
@@ -60,6 +76,11 @@ DEVICE_IFACE = "org.bluez.Device1"
 MONITOR_MANAGER_IFACE = "org.bluez.AdvertisementMonitorManager1"
 MONITOR_IFACE = "org.bluez.AdvertisementMonitor1"
 AGENT_MANAGER_IFACE = "org.bluez.AgentManager1"
+ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+AD_IFACE = "org.bluez.LEAdvertisement1"
+ERR_FAILED = "org.bluez.Error.Failed"
+MAX_ADV_LEN = 31
+"""Legacy advertising data (no flags for a broadcast advertisement)."""
 
 AD_TYPE_MANUFACTURER = 0xFF
 
@@ -116,6 +137,10 @@ class LeAdapter(mockobject.DBusMockObject):
         self.apps: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.watches: dict[str, Any] = {}
         self.counters = {"activated": 0, "device_found_ok": 0, "device_found_err": 0}
+        self.ads: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ads_pending: set[tuple[str, str]] = set()
+        self.max_ads = 5
+        self.ad_counters = {"registered": 0, "unregistered": 0, "released": 0, "rejected": 0}
 
     # --- helpers -------------------------------------------------------------------
     def check_fault(self, method: str) -> None:
@@ -135,6 +160,7 @@ class LeAdapter(mockobject.DBusMockObject):
                 for key in [k for k in self.apps if k[0] == sender]:
                     del self.apps[key]
                 self.set_discovering()
+                self.drop_ads(sender)
                 watch = self.watches.pop(sender, None)
                 if watch is not None:
                     watch.cancel()
@@ -219,6 +245,144 @@ class LeAdapter(mockobject.DBusMockObject):
             raise _err("org.bluez.Error.DoesNotExist", "Does Not Exist")
         _remove_device(str(path))
 
+    # --- org.bluez.LEAdvertisingManager1 -------------------------------------------
+    def ad_instances_changed(self) -> None:
+        active = len(self.ads) + len(self.ads_pending)  # (bluetoothd counts its queue)
+        changed = {
+            "ActiveInstances": dbus.Byte(active),
+            "SupportedInstances": dbus.Byte(max(0, self.max_ads - active)),
+        }
+        self.props[ADV_MANAGER_IFACE].update(changed)
+        self.EmitSignal(
+            dbus.PROPERTIES_IFACE, "PropertiesChanged", "sa{sv}as", [ADV_MANAGER_IFACE, changed, []]
+        )
+
+    def drop_ads(self, sender: str | None = None, *, release: bool = False) -> None:
+        """Forget the advertisements of ``sender`` (every client's when ``None``)."""
+        keys = [k for k in self.ads if sender is None or k[0] == sender]
+        pending = [k for k in self.ads_pending if sender is None or k[0] == sender]
+        for key in keys:
+            ad = self.ads.pop(key)
+            ad["match"].remove()
+            if release:  # bluetoothd's client_release: Release() [noreply]
+                msg = dbus.lowlevel.MethodCallMessage(key[0], key[1], AD_IFACE, "Release")
+                msg.set_no_reply(True)
+                self.connection.send_message(msg)
+                self.ad_counters["released"] += 1
+        self.ads_pending.difference_update(pending)
+        if keys or pending:
+            self.ad_instances_changed()
+
+    def ad_properties_changed(self, key: tuple[str, str], iface: Any, changed: Any) -> None:
+        ad = self.ads.get(key)
+        if ad is None or str(iface) != AD_IFACE:
+            return
+        for name, value in changed.items():
+            try:
+                trial = _parse_ad({**ad["props"], str(name): value})
+            except ValueError:
+                continue  # bluetoothd keeps advertising what it had
+            ad.update(trial)
+            ad["props"][str(name)] = value
+            ad["updates"] += 1
+
+    @dbus.service.method(
+        ADV_MANAGER_IFACE,
+        in_signature="oa{sv}",
+        sender_keyword="sender",
+        async_callbacks=("ok", "fail"),
+    )
+    def RegisterAdvertisement(
+        self, path: Any, options: Any, sender: Any = None, ok: Any = None, fail: Any = None
+    ) -> None:
+        key = (str(sender), str(path))
+        try:
+            self.check_fault("RegisterAdvertisement")
+            if key in self.ads or key in self.ads_pending:
+                raise _err("org.bluez.Error.AlreadyExists", "Already Exists")
+            if len(self.ads) + len(self.ads_pending) >= self.max_ads:
+                raise _err("org.bluez.Error.NotPermitted", "Maximum advertisements reached")
+        except dbus.exceptions.DBusException as exc:
+            fail(exc)
+            return
+        self.watch_client(sender)
+        self.ads_pending.add(key)
+        self.ad_instances_changed()
+        conn = self.connection
+
+        def got(props: Any) -> None:
+            if key not in self.ads_pending:
+                return  # the client left (or unregistered) meanwhile
+            self.ads_pending.discard(key)
+            try:
+                ad = _parse_ad(props)
+            except ValueError:
+                self.ad_counters["rejected"] += 1
+                self.ad_instances_changed()
+                fail(_err(ERR_FAILED, "Failed to parse advertisement."))
+                return
+
+            def changed(iface: Any, values: Any, _invalidated: Any) -> None:
+                self.ad_properties_changed(key, iface, values)
+
+            ad["props"] = dict(props)
+            ad["updates"] = 0
+            ad["match"] = conn.add_signal_receiver(
+                changed,
+                "PropertiesChanged",
+                dbus.PROPERTIES_IFACE,
+                bus_name=key[0],
+                path=key[1],
+                byte_arrays=True,
+            )
+            self.ads[key] = ad
+            self.ad_counters["registered"] += 1
+            self.ad_instances_changed()
+            ok()
+
+        # bluetoothd's proxy of the object never appears: the call stays unanswered
+        conn.call_async(
+            key[0], key[1], dbus.PROPERTIES_IFACE, "GetAll", "s", (AD_IFACE,),
+            got, lambda _e: None, byte_arrays=True,
+        )  # fmt: skip
+
+    @dbus.service.method(ADV_MANAGER_IFACE, in_signature="o", sender_keyword="sender")
+    def UnregisterAdvertisement(self, path: Any, sender: Any = None) -> None:
+        self.check_fault("UnregisterAdvertisement")
+        key = (str(sender), str(path))
+        ad = self.ads.pop(key, None)
+        if ad is None and key not in self.ads_pending:
+            raise _err("org.bluez.Error.DoesNotExist", "Does Not Exist")
+        self.ads_pending.discard(key)
+        if ad is not None:
+            ad["match"].remove()
+        self.ad_counters["unregistered"] += 1
+        self.ad_instances_changed()
+
+    def ad_state(self) -> dict[str, Any]:
+        powered = bool(self.props[ADAPTER_IFACE]["Powered"])
+        return {
+            "powered": powered,
+            "active_instances": int(self.props[ADV_MANAGER_IFACE]["ActiveInstances"]),
+            "supported_instances": int(self.props[ADV_MANAGER_IFACE]["SupportedInstances"]),
+            "pending": len(self.ads_pending),
+            "advertisements": [
+                {
+                    "client": sender,
+                    "path": path,
+                    "type": ad["type"],
+                    "mfr": {str(cid): data.hex() for cid, data in sorted(ad["mfr"].items())},
+                    "min_interval_ms": ad["min_interval_ms"],
+                    "max_interval_ms": ad["max_interval_ms"],
+                    "tx_power": ad["tx_power"],
+                    "updates": ad["updates"],
+                    "on_air": powered,
+                }
+                for (sender, path), ad in sorted(self.ads.items())
+            ],
+            **self.ad_counters,
+        }
+
 
 class LeAdapterWithMonitors(LeAdapter):
     """An adapter that also has ``org.bluez.AdvertisementMonitorManager1``."""
@@ -286,6 +450,51 @@ class LeAdapterWithMonitors(LeAdapter):
             raise _err("org.bluez.Error.DoesNotExist", "Does Not Exist")
 
 
+def _interval_ms(value: Any, name: str) -> int:
+    if not isinstance(value, dbus.UInt32):
+        raise ValueError(f"{name} must be a uint32")
+    slots = int(int(value) / 0.625)
+    if not 0x20 <= slots <= 0xFFFFFF:
+        raise ValueError(f"{name} out of range")
+    return int(value)
+
+
+def _parse_ad(props: Any) -> dict[str, Any]:
+    """An advertisement as bluetoothd's parsers take it (``ValueError`` where they fail)."""
+    ad_type = props.get("Type", "broadcast")  # (bluetoothd's default type is broadcast)
+    if not isinstance(ad_type, str) or str(ad_type) not in ("broadcast", "peripheral"):
+        raise ValueError("Type")
+    mfr: dict[int, bytes] = {}
+    raw = props.get("ManufacturerData", {})
+    if not isinstance(raw, dict) or getattr(raw, "signature", "qv") != "qv":
+        raise ValueError("ManufacturerData")
+    for cid, value in raw.items():
+        if isinstance(value, bytes):
+            mfr[int(cid)] = bytes(value)
+        elif isinstance(value, list) and all(isinstance(b, dbus.Byte) for b in value):
+            mfr[int(cid)] = bytes(int(b) for b in value)
+        else:
+            raise ValueError("ManufacturerData")
+    if str(ad_type) == "broadcast" and bool(props.get("Discoverable", False)):
+        raise ValueError("Broadcast cannot set flags")
+    lo = _interval_ms(props["MinInterval"], "MinInterval") if "MinInterval" in props else 0
+    hi = _interval_ms(props["MaxInterval"], "MaxInterval") if "MaxInterval" in props else 0
+    if lo > hi:
+        raise ValueError("MinInterval must be less than MaxInterval")
+    tx = props.get("TxPower")
+    if tx is not None and (not isinstance(tx, dbus.Int16) or not -127 <= int(tx) <= 20):
+        raise ValueError("TxPower")
+    if sum(2 + 2 + len(d) for d in mfr.values()) > MAX_ADV_LEN:
+        raise ValueError("Advertising data too long")
+    return {
+        "type": str(ad_type),
+        "mfr": mfr,
+        "min_interval_ms": lo or None,
+        "max_interval_ms": hi or None,
+        "tx_power": None if tx is None else int(tx),
+    }
+
+
 def _remove_device(path: str) -> None:
     mockobject.objects[path].remove_from_connection()
     del mockobject.objects[path]
@@ -331,7 +540,18 @@ def AddLeAdapter(self: Any, name: str, monitors: bool, powered: bool) -> str:
     }
     cls = LeAdapterWithMonitors if monitors else LeAdapter
     self.AddObject(path, ADAPTER_IFACE, props, [], mock_class=cls)
-    ifaces = {ADAPTER_IFACE: props}
+    aprops = {
+        "ActiveInstances": dbus.Byte(0),
+        "SupportedInstances": dbus.Byte(5),
+        "SupportedIncludes": dbus.Array(["tx-power", "appearance", "local-name"], signature="s"),
+        "SupportedFeatures": dbus.Array([], signature="s"),
+        "SupportedCapabilities": dbus.Dictionary(
+            {"MaxAdvLen": dbus.Byte(MAX_ADV_LEN), "MaxScnRspLen": dbus.Byte(MAX_ADV_LEN)},
+            signature="sv",
+        ),
+    }
+    mockobject.objects[path].AddProperties(ADV_MANAGER_IFACE, aprops)
+    ifaces = {ADAPTER_IFACE: props, ADV_MANAGER_IFACE: aprops}
     if monitors:
         mprops = {
             "SupportedMonitorTypes": dbus.Array(["or_patterns"], signature="s"),
@@ -351,6 +571,7 @@ def RemoveLeAdapter(self: Any, name: str) -> None:
     adapter = _adapter(name)
     for path in [p for p in mockobject.objects if p.startswith(adapter.path + "/")]:
         _remove_device(path)
+    adapter.drop_ads(release=True)  # bluetoothd's btd_adv_manager_destroy
     for watch in adapter.watches.values():
         watch.cancel()
     self.RemoveObject(adapter.path)
@@ -358,7 +579,7 @@ def RemoveLeAdapter(self: Any, name: str) -> None:
         OBJECT_MANAGER_IFACE,
         "InterfacesRemoved",
         "oas",
-        [dbus.ObjectPath(adapter.path), [ADAPTER_IFACE, MONITOR_MANAGER_IFACE]],
+        [dbus.ObjectPath(adapter.path), [ADAPTER_IFACE, MONITOR_MANAGER_IFACE, ADV_MANAGER_IFACE]],
     )
 
 
@@ -407,6 +628,20 @@ def Wedge(self: Any, name: str) -> None:
 def GetScanState(self: Any, name: str) -> str:
     """The adapter's scan state as JSON."""
     return json.dumps(_adapter(name).state())
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="s", out_signature="s")
+def GetAdvertisingState(self: Any, name: str) -> str:
+    """The adapter's advertisements (LEAdvertisingManager1) as JSON."""
+    return json.dumps(_adapter(name).ad_state())
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="sy", out_signature="")
+def SetMaxAdvertisements(self: Any, name: str, count: int) -> None:
+    """How many advertisements the controller takes (bluetoothd's ``max_ads``)."""
+    adapter = _adapter(name)
+    adapter.max_ads = int(count)
+    adapter.ad_instances_changed()
 
 
 @dbus.service.method(MOCK_IFACE, in_signature="ssna{qv}", out_signature="s")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,26 +18,17 @@ from structlog.testing import capture_logs
 
 from busbell import AdvRecord
 from edge._ble import BleakSource, ScannerParams
-from tests.factories.bluez import APPLE_CID, TOKEN, TOKEN_CID, BlueZMock
+from tests.factories.bluez import (
+    APPLE_CID,
+    TOKEN,
+    TOKEN_CID,
+    BlueZMock,
+    eventually,
+    eventually_async,
+)
 
 # A missing dbus-daemon fails these tests loudly (.ci/run installs it).
 pytestmark = pytest.mark.dbus
-
-
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.02)
-
-
-async def eventually_async(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.02)
 
 
 def params(**kw: Any) -> ScannerParams:

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,16 @@ from dbus_fast.aio import MessageBus
 
 from firmware_sim._bluez_feed import BUS_CONFIG as _SIM_BUS_CONFIG
 
-__all__ = ["APPLE_CID", "TOKEN", "TOKEN_CID", "BlueZMock", "drop_bleak_bus", "running_bluez"]
+__all__ = [
+    "APPLE_CID",
+    "TOKEN",
+    "TOKEN_CID",
+    "BlueZMock",
+    "drop_bleak_bus",
+    "eventually",
+    "eventually_async",
+    "running_bluez",
+]
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "edge" / "bluez_le_template.py"
 TOKEN = bytes(range(24))
@@ -29,6 +38,24 @@ APPLE_CID = 0x004C
 
 # The private system bus: the same config the simulator uses for its emulated bluetoothd.
 BUS_CONFIG = _SIM_BUS_CONFIG
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``cond()`` holds (polling); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.02)
+
+
+async def eventually_async(cond: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+    """Wait until ``await cond()`` holds (polling); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.02)
 
 
 class BlueZMock:
@@ -111,6 +138,14 @@ class BlueZMock:
     async def state(self, adapter: str = "hci0") -> dict[str, Any]:
         text: str = await self.call("GetScanState", "s", adapter)
         return dict(json.loads(text))
+
+    async def ad_state(self, adapter: str = "hci0") -> dict[str, Any]:
+        """The adapter's advertisements (LEAdvertisingManager1), see the template."""
+        text: str = await self.call("GetAdvertisingState", "s", adapter)
+        return dict(json.loads(text))
+
+    async def set_powered(self, powered: bool, adapter: str = "hci0") -> None:
+        await self.call("SetPowered", "sb", adapter, powered)
 
 
 async def drop_bleak_bus() -> None:
