@@ -12,7 +12,10 @@ adverts (with whether the rid is on board); it publishes the driver display mode
 request statuses and records missed stops in the same store. :func:`replay_records` runs
 the same pipeline -> store path over a recorded trace in virtual time. With
 ``[driver_page] enabled`` the task ``.driver_page`` serves the driver display
-(:mod:`edge._driver_page`) from the daemon's own MQTT link.
+(:mod:`edge._driver_page`) from the daemon's own MQTT link. With ``source = "ble"`` and
+``[beacon] enabled`` the task ``.beacon`` keeps the bus beacon advertised over BlueZ
+(:mod:`edge._advertiser`), its ``seq`` recomputed from the vehicle context after each batch
+of records (:mod:`edge._beacon`); it never stops the scanner.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from busbell import (
     read_fleet_keys,
 )
 from busbell._mqtt import MqttSession, Session
+from edge._advertiser import BeaconAdvertiser
+from edge._beacon import BeaconState
 from edge._bells import BellCore
 from edge._bells_mqtt import BellRelay
 from edge._checkpoint import Checkpointer
@@ -260,6 +265,11 @@ class EdgeDaemon:
             self.driver_page = DriverDisplay(
                 self.bus_id, self.topics, self.link, config.driver_page, clock=self.clock
             )
+        self.beacon_state = BeaconState(self.bus_id)
+        self.beacon: BeaconAdvertiser | None = None
+        """The bus beacon on the air (``source = "ble"`` with ``[beacon] enabled`` only)."""
+        if config.beacon.enabled and config.source == "ble":
+            self.beacon = BeaconAdvertiser(config.beacon, config.scanner, self.beacon_state.payload)
         self.bells: BellRelay | None = None
         vehicle = getattr(self.pipeline, "vehicle", None)
         if config.bells.enabled and vehicle is not None:
@@ -446,6 +456,8 @@ class EdgeDaemon:
                     await asyncio.sleep(0)
             if bells is not None:
                 bells.set_on_board(self.pipeline.on_board())
+            if n:
+                self._update_beacon()
             if drafts or self._pending:
                 await self._record(drafts)
             elif self._checkpointer is not None and self._checkpointer.due():
@@ -463,6 +475,15 @@ class EdgeDaemon:
                     pass
             else:
                 await self._wake.wait()
+
+    def _update_beacon(self) -> None:
+        """Advertise the beacon of the vehicle's state now (a new ``seq`` at most per stop)."""
+        vehicle = getattr(self.pipeline, "vehicle", None)
+        if self.beacon is None or vehicle is None:
+            return
+        payload = self.beacon_state.update(vehicle)
+        if payload is not None:
+            self.beacon.set_payload(payload)
 
     async def _vehicle_task(self) -> None:
         """Keep vehicle signal handling alive; reports when no GNSS arrives for long."""
@@ -533,6 +554,7 @@ class EdgeDaemon:
             },
             **({"driver_page": self.driver_page.health()} if self.driver_page else {}),
             "bells": None if self.bells is None else self.bells.health(),
+            "beacon": None if self.beacon is None else self.beacon.health(),
         }
 
     def _store_status(self) -> dict[str, Any]:
@@ -643,6 +665,16 @@ class EdgeDaemon:
                 for reason, n in _rejected(ps).items():
                     rej.add_metric([reason], float(n))
                 yield rej
+                beacons = CounterMetricFamily(
+                    "busbell_edge_bus_beacons_heard",
+                    "Bus beacons heard by the scanner (own: this bus's); never token rejects.",
+                    labels=["own"],
+                )
+                heard = ps.get("beacons_heard") or {}
+                beacons.add_metric(["true"], float(heard.get("own", 0)))
+                beacons.add_metric(["false"], float(heard.get("other", 0)))
+                yield beacons
+                yield from daemon._beacon_metrics()
                 dropped = CounterMetricFamily(
                     "busbell_edge_adverts_dropped", "Advertisements dropped by the full queue."
                 )
@@ -687,6 +719,32 @@ class EdgeDaemon:
         )
         _log.info("metrics_serving", host=self.config.metrics.host, port=port)
 
+    def _beacon_metrics(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        beacon = self.beacon
+        if beacon is None:
+            return
+        st = beacon.stats
+        on = GaugeMetricFamily(
+            "busbell_edge_beacon_registered", "1 when bluetoothd holds the bus beacon."
+        )
+        on.add_metric([], 1.0 if st.registered else 0.0)
+        yield on
+        regs = CounterMetricFamily(
+            "busbell_edge_beacon_registrations", "Bus beacon registrations with bluetoothd."
+        )
+        regs.add_metric([], float(st.registrations))
+        yield regs
+        errs = CounterMetricFamily(
+            "busbell_edge_beacon_errors",
+            "Bus beacon registration failures and interruptions, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(st.errors.items()):
+            errs.add_metric([reason], float(n))
+        yield errs
+
     @property
     def metrics_port(self) -> int | None:
         """The bound metrics port (useful with port 0), or ``None`` when off."""
@@ -716,6 +774,7 @@ class EdgeDaemon:
                 self.pipeline, self.store, self.config.classifier.checkpoint_s
             )
             await self._checkpointer.restore()
+        self._update_beacon()  # (the restored trip's place, before the first registration)
         self.uploader = FareUploader(
             self.store, self.bus_id, self.topics, self.config.uplink, clock=time.time
         )
@@ -745,6 +804,8 @@ class EdgeDaemon:
                         serve_driver_page(self.driver_page), name=f"{name}.driver_page"
                     )
                 first = [scanner, vehicle, pipeline]
+                if self.beacon is not None:  # (cancelled: it unregisters)
+                    first.append(tg.create_task(self.beacon.run(), name=f"{name}.beacon"))
                 if self.bells is not None:
                     first.append(tg.create_task(self.bells.run(), name=f"{name}.bells"))
                 await self._stop.wait()

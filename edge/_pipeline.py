@@ -4,7 +4,10 @@
 replay: advertisements are checked with the :class:`busbell.TokenVerifier` at the record's
 GNSS time and handed to the :class:`~edge._classifier.PresenceClassifier`; GNSS, door and
 trip records drive the :class:`~edge._vehicle.VehicleContext`, whose stop visits feed the
-classifier. Rejected advertisements are counted by reason and never raise. An
+classifier. Rejected advertisements are counted by reason and never raise. Bus beacons
+(:mod:`busbell._echo`: 6 bytes under the same company id, this bus's own and other buses')
+are no tokens: counted in ``beacons_heard`` (``own``/``other``), never rejected, never fed
+to the classifier. An
 exception inside the classifier or the vehicle context (a bug) is contained to the record
 that raised it: counted in ``PipelineStats.errors`` by stage, logged
 (``pipeline_record_failed``), and the pipeline goes on with the next record, so one bad
@@ -29,6 +32,7 @@ from busbell import (
     TripRecord,
     get_logger,
 )
+from busbell._echo import BEACON_LEN, bus_tag, parse_beacon
 from edge._classifier import PresenceClassifier, State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft, SegmentEnd
@@ -85,6 +89,7 @@ _PIPELINE_SAVED = (
     "adverts_accepted",
     "no_company_id",
     "rejected",
+    "beacons_heard",
     "errors",
     "_next_tick",
     "_t",
@@ -155,6 +160,8 @@ class PipelineStats:
         segments: closed segments per end cause.
         errors: records (or per-rid tick steps) whose processing raised, per stage
             (``advert``, ``vehicle``, ``tick``, ``finish``); contained, logged, skipped.
+        beacons_heard: bus beacons heard, ``own`` (this bus's tag) and ``other``; never
+            counted as rejects, never fed to the classifier.
     """
 
     adverts_seen: int
@@ -165,6 +172,7 @@ class PipelineStats:
     on_board: int
     segments: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    beacons_heard: dict[str, int] = field(default_factory=dict)
 
 
 class EdgePipeline:
@@ -193,6 +201,8 @@ class EdgePipeline:
         self.adverts_accepted = 0
         self.no_company_id = 0
         self.rejected: dict[str, int] = {}
+        self.beacons_heard = {"own": 0, "other": 0}
+        self._own_tag = bus_tag(bus_id)
         self.errors: dict[str, int] = {}
         self._cid = p.company_id
         self._cache: dict[bytes, tuple[bytes, int, float, int, int]] = {}
@@ -319,6 +329,7 @@ class EdgePipeline:
             on_board=self.classifier.on_board(),
             segments=dict(sorted(self.classifier.closed.items())),
             errors=self._errors(),
+            beacons_heard=dict(self.beacons_heard),
         )
 
     def _errors(self) -> dict[str, int]:
@@ -510,7 +521,15 @@ class EdgePipeline:
         return out
 
     def _verify(self, payload: bytes, t: float) -> tuple[bytes, int, float, int, int] | None:
-        """A payload the memo does not hold (or holds for another time): check and memoise."""
+        """A payload the memo does not hold (or holds for another time): check and memoise.
+
+        A bus beacon (never memoised) is counted in ``beacons_heard``, not rejected.
+        """
+        if len(payload) == BEACON_LEN:  # (a token is 24 bytes)
+            beacon = parse_beacon(payload)
+            if beacon is not None:
+                self.beacons_heard["own" if beacon.tag == self._own_tag else "other"] += 1
+                return None
         try:
             hit = self.verifier.accept(payload, t)
         except TokenRejected as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from busbell import ContractError, check_topic_id, option
 from busbell._mqtt import MqttSettings
+from edge._beacon import BeaconParams
 from edge._bells import BellParams
 from edge._ble import ScannerParams
 from edge._driver_page import DriverPageSettings
@@ -20,6 +21,7 @@ from edge._uplink import UplinkSettings
 __all__ = [
     "CONFIG_CLASS",
     "SOURCES",
+    "BeaconParams",
     "BellParams",
     "DriverPageSettings",
     "EdgeConfig",
@@ -106,6 +108,9 @@ class EdgeConfig:
         doc="Presence classifier thresholds.", factory=ClassifierParams
     )
     scanner: ScannerParams = option(doc="BLE scanner.", factory=ScannerParams)
+    beacon: BeaconParams = option(
+        doc="Bus beacon advertised over BlueZ (docs/ble-host.md).", factory=BeaconParams
+    )
     uplink: UplinkSettings = option(doc="Fare upload.", factory=UplinkSettings)
     status: StatusSettings = option(doc="Status messages.", factory=StatusSettings)
     metrics: MetricsSettings = option(doc="Prometheus metrics.", factory=MetricsSettings)

@@ -1,0 +1,115 @@
+"""The bus beacon this bus advertises, computed from its vehicle context (sans-I/O).
+
+A bus advertises bus beacon v1 (:mod:`busbell._echo`, docs/protocol.md "Bus beacon v1 and
+the echo"): ``0xB1``, the 4-byte tag of its vehicle id (the edge's ``bus_id``) and
+``seq``, the index in its trip of the stop it is serving (doors open) or comes to next,
+mod 8. From :class:`~edge._vehicle.VehicleContext`:
+
+* a stop visit open at stop ``k`` of the trip: ``k`` (doors open there, or a dwell when
+  the door sensor is faulty; a visit at no stop of the trip does not count);
+* otherwise the stop after the last one served (``last_served_index + 1``: ``0`` before
+  the first stop, ``k + 1`` once the doors closed at stop ``k``), moved on past every
+  stop the bus drove by without stopping: its progress along the trip is beyond the
+  stop by more than ``stop_radius_m`` (within that radius the doors may still open
+  there, and the vehicle context would match the visit to it);
+* after the last stop of the trip (``n`` stops): ``n`` mod 8, until the next sign-on.
+
+**No trip** (none signed on yet, or ended by :meth:`VehicleContext.end_trip`): the bus
+still advertises, with ``seq`` 0. The tag is what an echo is about (a rider heard *this
+bus* for a long time); 0 is "before the first stop", which is where a bus without a trip
+is with respect to the trip it signs on to next, so a rider who boards before the sign-on
+echoes the seq the trip starts with. A bus that advertised nothing would make every echo
+of it impossible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from busbell import option
+from busbell._echo import bus_tag, encode_beacon, seq_of
+from edge._vehicle import VehicleContext
+
+__all__ = ["BeaconParams", "BeaconState", "beacon_stop_index"]
+
+_MIN_INTERVAL_MS = 20
+"""The shortest advertising interval BlueZ accepts (0x20 slots of 0.625 ms)."""
+_MAX_INTERVAL_MS = 10240
+"""The longest legacy advertising interval (0x4000 slots of 0.625 ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BeaconParams:
+    """The bus beacon advertised over BlueZ (the ``[beacon]`` config section)."""
+
+    enabled: bool = option(
+        True,
+        doc="Advertise the bus beacon (docs/ble-host.md) while source is ble; off, no "
+        "phone can echo this bus (token byte 23) and the echo evidence is lost. The "
+        "adapter, company id, backoff and D-Bus deadline are the [scanner] section's.",
+    )
+    min_interval_ms: int = option(
+        100,
+        doc="Shortest advertising interval in ms (20-10240; BlueZ MinInterval: bluetoothd "
+        "5.56 reads it only with --experimental, current BlueZ always; else the kernel's).",
+    )
+    max_interval_ms: int = option(
+        150, doc="Longest advertising interval in ms (min_interval_ms-10240; BlueZ MaxInterval)."
+    )
+    tx_power_dbm: int | None = option(
+        None,
+        doc="Requested transmit power in dBm (-127..20, BlueZ TxPower, read as the "
+        "intervals are); unset leaves the controller's default.",
+    )
+
+    def __post_init__(self) -> None:
+        if not _MIN_INTERVAL_MS <= self.min_interval_ms <= self.max_interval_ms:
+            raise ValueError(
+                f"beacon intervals need {_MIN_INTERVAL_MS} <= min_interval_ms <= max_interval_ms"
+            )
+        if self.max_interval_ms > _MAX_INTERVAL_MS:
+            raise ValueError(f"beacon.max_interval_ms must be at most {_MAX_INTERVAL_MS}")
+        if self.tx_power_dbm is not None and not -127 <= self.tx_power_dbm <= 20:
+            raise ValueError("beacon.tx_power_dbm must be within -127..20")
+
+
+def beacon_stop_index(vehicle: VehicleContext) -> int:
+    """The index in the trip of the stop the bus serves or comes to next (0 without a trip).
+
+    Not reduced mod 8: :func:`busbell._echo.seq_of` does that.
+    """
+    n = len(vehicle.stop_ids)
+    if n == 0:
+        return 0
+    visit = vehicle.current_visit
+    if visit is not None and visit.stop_index is not None:
+        return visit.stop_index
+    i = vehicle.last_served_index + 1
+    progress = vehicle.progress_m
+    if progress is not None:
+        radius = vehicle.params.stop_radius_m
+        dist = vehicle.stop_dist_m
+        while i < n and progress > dist[i] + radius:
+            i += 1
+    return i
+
+
+class BeaconState:
+    """The beacon payload of one bus, recomputed from its vehicle context.
+
+    Args:
+        vehicle_id: the bus's vehicle id (the edge's ``bus_id``).
+    """
+
+    def __init__(self, vehicle_id: str) -> None:
+        self.tag = bus_tag(vehicle_id)
+        self.payload = encode_beacon(self.tag, 0)
+        """The payload to advertise now (seq 0 until the vehicle says otherwise)."""
+
+    def update(self, vehicle: VehicleContext) -> bytes | None:
+        """Recompute from ``vehicle``; the new payload when it changed, else ``None``."""
+        payload = encode_beacon(self.tag, seq_of(beacon_stop_index(vehicle)))
+        if payload == self.payload:
+            return None
+        self.payload = payload
+        return payload

@@ -1,0 +1,179 @@
+"""The bus beacon from the vehicle context (edge._beacon) and beacons heard by the pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from busbell import AdvRecord, DoorRecord, Feed, GnssRecord, TokenVerifier, TripRecord, load_gtfs
+from busbell._echo import bus_tag, encode_beacon, parse_beacon
+from edge._beacon import BeaconParams, BeaconState, beacon_stop_index
+from edge._pipeline import EdgePipeline
+from edge._vehicle import VehicleContext
+from tests.factories.edge_world import latlon, write_gtfs
+
+T0 = 1_790_000_000.0
+SPACING = 400.0  # stops S0..S7 every 400 m due east
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Feed:
+    return load_gtfs(write_gtfs(tmp_path_factory.mktemp("gtfs") / "g", 8, SPACING))
+
+
+class Bus:
+    """A vehicle context driven along the line, with the beacon state beside it."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.v = VehicleContext(feed)
+        self.beacon = BeaconState("bus-0042")
+        self.t = 0.0
+        self.x = 0.0
+
+    def seq(self) -> int:
+        self.beacon.update(self.v)
+        beacon = parse_beacon(self.beacon.payload)
+        assert beacon is not None
+        assert beacon.tag == bus_tag("bus-0042")
+        return beacon.seq
+
+    def trip(self, trip_id: str = "T1") -> None:
+        self.v.feed_record(TripRecord(T0 + self.t, "R1", 0, trip_id))
+
+    def fix(self, v: float) -> None:
+        lat, lon = latlon(self.x)
+        self.v.feed_record(GnssRecord(T0 + self.t, lat, lon, v))
+
+    def drive_to(self, x: float) -> None:
+        """1-Hz fixes at 10 m/s up to ``x``, then standing still there."""
+        while self.x < x:
+            self.t += 1.0
+            self.x = min(x, self.x + 10.0)
+            self.fix(10.0)
+        self.t += 1.0
+        self.fix(0.0)
+
+    def doors(self, is_open: bool) -> None:
+        self.t += 2.0
+        self.v.feed_record(DoorRecord(T0 + self.t, is_open))
+
+    def serve(self) -> tuple[int, int]:
+        """Doors open then closed where the bus stands: the seq at each."""
+        self.doors(True)
+        at = self.seq()
+        self.doors(False)
+        return at, self.seq()
+
+
+def test_no_trip_advertises_seq_0_with_the_tag(feed: Feed) -> None:
+    bus = Bus(feed)
+    assert bus.beacon.payload == encode_beacon(bus_tag("bus-0042"), 0)
+    bus.drive_to(1000.0)  # driving with no trip signed on: still 0
+    assert beacon_stop_index(bus.v) == 0
+    assert bus.seq() == 0
+    assert bus.beacon.update(bus.v) is None  # unchanged
+
+
+def test_seq_follows_the_stops_served_and_passed(feed: Feed) -> None:
+    bus = Bus(feed)
+    bus.fix(0.0)
+    bus.trip()
+    assert bus.seq() == 0  # before the first stop
+    assert bus.serve() == (0, 1)  # serving S0, then k + 1 once it leaves it
+    bus.drive_to(SPACING)
+    assert bus.seq() == 1  # coming to S1
+    assert bus.serve() == (1, 2)
+    # S2 passed without stopping: 2 until the bus is beyond the stop radius, then 3
+    bus.drive_to(2 * SPACING + 30.0)
+    assert bus.seq() == 2  # (doors may still open there)
+    bus.drive_to(2 * SPACING + 50.0)
+    assert bus.seq() == 3
+    bus.drive_to(3 * SPACING)
+    assert bus.serve() == (3, 4)
+    for k in range(4, 8):
+        bus.drive_to(k * SPACING)
+        assert bus.serve() == (k, (k + 1) % 8)
+    # after the last stop (S7, index 7): 8 mod 8 until the next sign-on
+    bus.drive_to(7 * SPACING + 100.0)
+    assert beacon_stop_index(bus.v) == 8
+    assert bus.seq() == 0
+
+
+def test_a_new_trip_and_an_ended_trip_start_again_at_0(feed: Feed) -> None:
+    bus = Bus(feed)
+    bus.fix(0.0)
+    bus.trip()
+    bus.serve()
+    bus.drive_to(SPACING)
+    bus.serve()
+    assert bus.seq() == 2
+    bus.v.end_trip(T0 + bus.t)  # a restart long after a clean stop mid-trip
+    assert bus.seq() == 0
+    bus.trip("T1")
+    bus.drive_to(SPACING + 100.0)  # signed on again mid-line: S0 and S1 are behind
+    assert bus.seq() == 2
+
+
+def test_a_visit_at_no_stop_of_the_trip_keeps_the_next_stop(feed: Feed) -> None:
+    bus = Bus(feed)
+    bus.fix(0.0)
+    bus.trip()
+    bus.serve()
+    bus.drive_to(200.0)  # between S0 and S1
+    bus.doors(True)
+    assert bus.v.current_visit is not None
+    assert bus.v.current_visit.stop_index is None
+    assert bus.seq() == 1
+
+
+def test_seq_wraps_mod_8_on_a_long_trip(tmp_path: Path) -> None:
+    bus = Bus(load_gtfs(write_gtfs(tmp_path / "g", 12, SPACING)))
+    bus.fix(0.0)
+    bus.trip()
+    seqs = []
+    for k in range(10):
+        bus.drive_to(k * SPACING)
+        seqs.append(bus.serve())
+    assert seqs[7:] == [(7, 0), (0, 1), (1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"min_interval_ms": 19}, "min_interval_ms"),
+        ({"min_interval_ms": 200, "max_interval_ms": 150}, "min_interval_ms"),
+        ({"max_interval_ms": 10241}, "max_interval_ms"),
+        ({"tx_power_dbm": 21}, "tx_power_dbm"),
+        ({"tx_power_dbm": -128}, "tx_power_dbm"),
+    ],
+)
+def test_beacon_params_are_checked(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BeaconParams(**kw)
+
+
+def test_pipeline_counts_bus_beacons_apart_and_never_rejects_them(feed: Feed) -> None:
+    pipe = EdgePipeline("bus-0042", feed, TokenVerifier({}))
+    own = encode_beacon(bus_tag("bus-0042"), 3)
+    other = encode_beacon(bus_tag("bus-0099"), 5)
+    bad = bytes((0xB1, 1, 2, 3, 4, 9))  # seq 9: not a beacon, and not a token either
+    recs = [
+        AdvRecord(T0, "C0:00:00:00:00:01", -60, {0xFFFF: own}),
+        AdvRecord(T0 + 0.1, "C0:00:00:00:00:02", -70, {0xFFFF: other}),
+        AdvRecord(T0 + 0.2, "C0:00:00:00:00:02", -71, {0xFFFF: other}),
+        AdvRecord(T0 + 0.3, "C0:00:00:00:00:03", -71, {0xFFFF: bad}),
+    ]
+    for rec in recs:
+        assert pipe.feed(rec) == []
+    st = pipe.stats
+    assert st.beacons_heard == {"own": 1, "other": 2}
+    assert st.rejected == {"malformed": 1}  # only the non-beacon
+    assert st.adverts_seen == 4
+    assert st.adverts_accepted == 0
+    assert st.tokens_in_range == 0
+    # the counters survive a checkpoint like the rejects
+    again = EdgePipeline("bus-0042", feed, TokenVerifier({}))
+    again.restore(pipe.snapshot())
+    assert again.stats.beacons_heard == {"own": 1, "other": 2}
