@@ -113,3 +113,11 @@ def test_tracker_ignores_weak_beacons_and_restarts_after_a_gap() -> None:
 def test_tracker_rejects_a_non_positive_gap() -> None:
     with pytest.raises(ValueError, match="gap_s"):
         EchoTracker(min_dbm=-80.0, gap_s=0.0)
+
+
+def test_tracker_keeps_its_latest_time_when_a_beacon_comes_out_of_order() -> None:
+    tr = EchoTracker(min_dbm=-80.0, gap_s=10.0)
+    tr.heard(0.0, Beacon(TAG_A, 1), -70.0)
+    tr.heard(9.0, Beacon(TAG_A, 1), -70.0)
+    tr.heard(4.0, Beacon(TAG_A, 1), -70.0)  # a late report: does not pull `last` back
+    assert tr.current(18.5) == (TAG_A, 1, 0.0)
