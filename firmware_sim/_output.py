@@ -163,7 +163,7 @@ def run_scenario(
         seed=seed,
         scale=scale,
         elapsed_s=round(elapsed, 3),
-        **result.stats,
+        **{k: v for k, v in result.stats.items() if k != "echo"},
     )
     return ScenarioOutput(
         name, seed, scale, spec.description, spec.start_local, gtfs_dir, result, fleet, elapsed

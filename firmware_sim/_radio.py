@@ -551,6 +551,7 @@ class RadioChannel:
         self._links: dict[tuple[str, str], LinkState] = {}
         self._scanners: dict[str, _Scanner] = {}
         self._tx_offsets: dict[str, float] = {}
+        self._reverse: dict[tuple[str, str], tuple[float, float]] = {}
         self._normal = _normal_table()
         base = params.tx_eirp_dbm + params.rx_antenna_gain_dbi
         base -= reference_path_loss_db(params.frequency_hz)
@@ -637,6 +638,57 @@ class RadioChannel:
         if not inside_bus:
             level -= self._shell[door_open][0]
         return level
+
+    def beacon_mean_dbm(  # noqa: PLR0917 - the link's coordinates, as in sample
+        self,
+        tx_id: str,
+        scanner_id: str,
+        eirp_dbm: float,
+        distance_m: float,
+        inside_bus: bool,
+        placement: Placement,
+        *,
+        door_open: bool = False,
+    ) -> float:
+        """The mean level (dBm) at which a token's device hears the bus unit's own packets.
+
+        The link from ``tx_id`` to ``scanner_id`` run backwards (reciprocity): the bus's
+        unit sends at ``eirp_dbm`` through the same path, placement and shell (the link's
+        static draws) and the token's device offset applies to its receiver as it does to
+        its transmitter. Shadowing and fading are not included (see
+        :meth:`fading_quantile_db`); no random number is drawn.
+        """
+        key = (tx_id, scanner_id)
+        zs = self._reverse.get(key)
+        if zs is None:
+            z_place, z_shell, _, _ = _keyed_normals(self._salt, "link", tx_id, scanner_id)
+            zs = self._reverse[key] = (z_place, z_shell)
+        _, slope, _, _, _, _ = self._env[inside_bus]
+        d = distance_m if distance_m > self.params.min_distance_m else self.params.min_distance_m
+        p_mean, p_std = self._place[placement]
+        level = (
+            eirp_dbm
+            + self.params.rx_antenna_gain_dbi
+            - reference_path_loss_db(self.params.frequency_hz)
+            - slope * math.log10(d)
+            - p_mean
+            - p_std * zs[0]
+            + self.tx_offset_db(tx_id)
+        )
+        if not inside_bus:
+            s_mean, s_std = self._shell[door_open]
+            level -= s_mean + s_std * zs[1]
+        return level
+
+    def fading_quantile_db(self, inside_bus: bool, u: float) -> float:
+        """The small-scale fading (dB) at quantile ``u`` in [0, 1) of the environment's law."""
+        table = self._env[inside_bus][5]
+        return table[min(int(u * _TABLE_SIZE), _TABLE_SIZE - 1)]
+
+    def shadowing(self, inside_bus: bool) -> tuple[float, float, float]:
+        """``(sigma_db, 1 / decorrelation time, 1 / decorrelation distance)`` of an environment."""
+        _, _, sigma, inv_tau, inv_dcorr, _ = self._env[inside_bus]
+        return sigma, inv_tau, inv_dcorr
 
     def set_crowd(
         self,

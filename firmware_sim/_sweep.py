@@ -13,9 +13,11 @@ and bystanders alike): the advertising interval (0.1 and 2 s), placement mixes (
 in bags; all in pockets), clock offsets uniform in +-55 s, BLE addresses kept for good or
 rotated with every rid, and crowds of bystanders (x10 the people at halts and on the
 pavements), and 3,000 more people standing around one halt of the run's first bus (a
-stadium letting out: ``TokenEnvelope.halt_crowd``, the last cell; slower, ~5x the
-adverts of a default run). The classifier's CPU cost with 3,000 tokens is
-``benchmarks/edge_classifier.py --crowd``, its checkpoint ``benchmarks/edge_checkpoint.py``.
+stadium letting out: ``TokenEnvelope.halt_crowd``, cell 21; slower, ~5x the
+adverts of a default run). Cells 22-25 are weak cells whose phones listen to the bus
+beacons and echo them (``TokenEnvelope.echo_share``, ``firmware_sim/_beacon.py``).
+The classifier's CPU cost with 3,000 tokens is ``benchmarks/edge_classifier.py --crowd``,
+its checkpoint ``benchmarks/edge_checkpoint.py``.
 
 Resolution: a small-scale suite has ~125 observable journeys, so one error is 0.8 % and a
 99.5 % target cannot be resolved by one seed. Cells are therefore scored over several
@@ -122,8 +124,39 @@ CELLS: tuple[SweepCell, ...] = (
         ),
     ),
     SweepCell("3,000 waiting at a halt", tokens=TokenEnvelope(halt_crowd=3000)),
+    SweepCell("EIRP -25 dBm, echo", tx_eirp_dbm=-25.0, tokens=TokenEnvelope(echo_share=1.0)),
+    SweepCell(
+        "EIRP -25, shell 20, sigma 6, loss 30 %, echo",
+        -25.0,
+        20.0,
+        6.0,
+        0.3,
+        tokens=TokenEnvelope(echo_share=1.0),
+    ),
+    SweepCell(
+        "EIRP -21, 2 s, bags, rid addresses, clocks +-55 s, echo",
+        tx_eirp_dbm=-21.0,
+        tokens=TokenEnvelope(
+            adv_interval_s=2.0,
+            placements=((Placement.BAG_DEEP, 1.0),),
+            clock_offset_s=55.0,
+            addr_rotation_s=0.0,
+            echo_share=1.0,
+        ),
+    ),
+    SweepCell(
+        "EIRP -25, shell 20, sigma 6, loss 30 %, echo 50 %",
+        -25.0,
+        20.0,
+        6.0,
+        0.3,
+        tokens=TokenEnvelope(echo_share=0.5),
+    ),
 )
-"""The grid: the default world, each axis at its ends, and corners."""
+"""The grid: the default world, each axis at its ends, and corners; then (22-25) the
+weak cells again with phones that listen to the bus beacons and echo them in byte 23
+(``TokenEnvelope.echo_share``: every phone, or half of them in 25). Their adverts are
+those of cells 2, 10 and 20 except byte 23 (same seed, same draws)."""
 
 
 def parse_cells(spec: str) -> list[SweepCell]:

@@ -106,6 +106,8 @@ class TokenDevice:
         addr_rotation_s: address rotation instead of the kind's: ``0`` a new static
             random address with every rid interval (a privacy-respecting fob or app),
             ``math.inf`` one address for good (``None``: the kind's).
+        echoes: payload refresh index (:meth:`refresh_index`) -> byte 23 of the payloads
+            of that refresh (a token that listens to bus beacons; missing: 0).
     """
 
     device_id: str
@@ -121,8 +123,9 @@ class TokenDevice:
     company_id: int = 0xFFFF
     interval_s: float | None = None
     addr_rotation_s: float | None = None
+    echoes: dict[int, int] = field(default_factory=dict)
     _keys: RiderKeys | None = None
-    _cache_key: tuple[int, int] = (-1, -1)
+    _cache_key: tuple[int, int, int] = (-1, -1, -1)
     _cache_payload: bytes = b""
     _addr_epoch: int = -(2**62)
     _addr: str = ""
@@ -169,6 +172,14 @@ class TokenDevice:
         """Whether the token sends at true time ``t``."""
         return self.profile.advertises and (self.dead_at is None or t < self.dead_at)
 
+    def refresh_index(self, t: float) -> int:
+        """The index of the payload refresh in effect at true time ``t`` (refreshing kinds)."""
+        return math.floor((t - self.phase_s) / KIND_PROFILES[self.kind].refresh_s)
+
+    def refresh_time(self, j: int) -> float:
+        """The true time of payload refresh ``j`` (refreshing kinds)."""
+        return j * KIND_PROFILES[self.kind].refresh_s + self.phase_s
+
     def _payload_t(self, t: float) -> float:
         """The token time the payload on air at true time ``t`` was computed for."""
         prof = KIND_PROFILES[self.kind]
@@ -179,13 +190,21 @@ class TokenDevice:
 
     def payload(self, t: float) -> bytes:
         """The 24-byte payload on air at true time ``t``."""
-        tt = self._payload_t(t)
+        prof = KIND_PROFILES[self.kind]
+        echo = 0
+        if prof.refresh_s > 0.0:  # as _payload_t, and the refresh's echo
+            j = math.floor((t - self.phase_s) / prof.refresh_s)
+            tt = self.clock(j * prof.refresh_s + self.phase_s)
+            if self.echoes:
+                echo = self.echoes.get(j, 0)
+        else:
+            tt = self.clock(t)
         flags = self.flags_at(t) if self.flags else 0
-        key = (math.floor(tt / 4.0), flags)
+        key = (math.floor(tt / 4.0), flags, echo)
         if key != self._cache_key:
             day = math.floor(tt / 86400.0)
             self._cache_payload = encode_payload(
-                self.keys, tt, fleet_key=self.fleet_keys[day], flags=flags
+                self.keys, tt, fleet_key=self.fleet_keys[day], flags=flags, echo=echo
             )
             self._cache_key = key
         return self._cache_payload

@@ -31,6 +31,8 @@ from busbell import (
     TripRecord,
     get_logger,
 )
+from busbell._echo import SEQ_MOD
+from firmware_sim._beacon import EchoAudit, EchoModel, EchoParams
 from firmware_sim._geometry import Projection, RoutePath, build_route_paths
 from firmware_sim._keys import rider_key
 from firmware_sim._radio import Loss, Placement, RadioChannel, RadioParams
@@ -279,6 +281,12 @@ class TokenEnvelope:
             the kerb and 60 m along the road, arrive 30-180 s before the bus and stay
             10-180 s after it left (waiting for other buses). Drawn from a generator of
             their own, after everything else.
+        echo_share: the share of phone tokens (foreground and Android background apps;
+            never fobs, and a backgrounded iPhone sends nothing) that listen to the bus
+            beacons and echo them in byte 23 (:mod:`firmware_sim._beacon`). Who listens
+            is drawn per person from a generator of its own, and what they hear from
+            another: the adverts are the same as with ``0`` except byte 23.
+        echo: the bus beacon and the listening phone's parameters.
     """
 
     adv_interval_s: float | None = None
@@ -287,6 +295,17 @@ class TokenEnvelope:
     addr_rotation_s: float | None = None
     crowd: float = 1.0
     halt_crowd: int = 0
+    echo_share: float = 0.0
+    echo: EchoParams = field(default_factory=EchoParams)
+
+    def __post_init__(self) -> None:
+        """Validate.
+
+        Raises:
+            ValueError: ``echo_share`` outside 0-1.
+        """
+        if not 0.0 <= self.echo_share <= 1.0:
+            raise ValueError(f"echo_share must be in [0, 1], got {self.echo_share}")
 
     @property
     def is_default(self) -> bool:
@@ -381,6 +400,8 @@ class _Person:
     skip_until: int = 0
     interval: float = 1.0
     advertises: bool = True
+    listens: bool = False
+    echo_next: float = -math.inf
 
     def finish(self) -> None:
         self.phases.sort(key=lambda p: (p[0], p[1]))
@@ -1090,6 +1111,8 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     radio2 = sim.radio_in_vehicle
     # a token in another vehicle reaches the scanner through that vehicle's shell too
     extra_shell_db = radio2.params.shell_loss.mean_db - radio.params.shell_loss.mean_db
+    echo, audit, echo_legs = _echo_setup(sim, persons, extra_shell_db)
+    seq_now: dict[str, int] = {}
     # BLE devices that are not tokens (card payers' phones, earbuds): aboard, in pockets
     non_token_dbm = radio.params.expected_rssi(NON_TOKEN_DISTANCE_M, True, Placement.POCKET)
     offsets_copied: set[str] = set()
@@ -1119,6 +1142,8 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         count: dict[str, int] = dict.fromkeys(live_bus, 0)
         levels: dict[str, list[float]] = {b: [] for b in live_bus}
         open_now = {b: _is_open(*doors[b], t_hi) for b in live_bus}
+        if echo is not None:  # for the audit: what each bus's beacon says this second
+            seq_now = {b: echo.seq(b, t_hi) for b in live_bus}
         keep: list[int] = []
         next_start = starts[bisect.bisect_right(starts, k)] if starts[-1] > k else k1
         for pi in active:
@@ -1195,6 +1220,8 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                 continue
             exact = k in p.edge_ticks
             placement = p.spec.placement
+            if p.listens and p.echo_next < t_hi and echo is not None:
+                p.echo_next = echo.refresh(tok, placement, k, near, open_now, span)
             while p.next_adv < t_hi:
                 te = p.next_adv
                 p.next_adv = te + interval + rng.random() * 0.01
@@ -1246,6 +1273,8 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
                         AdvRecord(round(te, 3), addr, rssi, {tok.company_id: payload})
                     )
                     n_adv += 1
+                    if audit is not None and p.listens:
+                        _audit(audit, p, echo_legs[pi], b, te, payload, seq_now[b])
             if p.next_adv < k:
                 p.next_adv = t_hi
         prev_d = {(pi, b): d for pi, near in near_all for b, d, _ in near}
@@ -1276,7 +1305,7 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
     for b in bus_ids:
         records[b].sort(key=lambda r: (r.t, _kind_order(r)))
     rs, rs2 = radio.stats, radio2.stats
-    stats = {
+    stats: dict[str, Any] = {
         "adv_events_near_buses": n_events,
         "adv_records": n_adv,
         "radio_offered": rs.offered + rs2.offered,
@@ -1286,7 +1315,61 @@ def _run(  # noqa: PLR0912, PLR0915 - the hot loop is kept in one function on pu
         "radio_below_sensitivity": rs.below_sensitivity + rs2.below_sensitivity,
         "persons": len(sim.persons),
     }
+    if audit is not None:
+        stats["echo"] = audit.as_dict()
     return records, passes, stats
+
+
+def _echo_setup(
+    sim: _Sim, persons: list[_Person], extra_shell_db: float
+) -> tuple[EchoModel | None, EchoAudit | None, list[list[tuple[str, float, float, int]]]]:
+    """Who listens to the bus beacons (``TokenEnvelope.echo_share``) and the echo model.
+
+    Draws only from generators of its own (keyed by seed, scenario and person).
+    """
+    share = sim.envelope.echo_share
+    legs: list[list[tuple[str, float, float, int]]] = [[] for _ in persons]
+    if share <= 0.0:
+        return None, None, legs
+    audit = EchoAudit()
+    for i, p in enumerate(persons):
+        if p.token.kind not in _LISTENING_KINDS or not p.advertises:
+            continue
+        if sim._env_rng(p.spec.person_id + "|echo").random() >= share:
+            continue
+        p.listens = True
+        audit.listening += 1
+        legs[i] = [
+            (leg.bus_id, board_t, alight_t, leg.board_idx % SEQ_MOD)
+            for leg, board_t, alight_t, _, _ in sim.legs_by_person.get(p.spec.person_id, [])
+        ]
+    rng = random.Random(f"{sim.seed}|{sim.spec.name}|echo")
+    model = EchoModel(sim.envelope.echo, sim.radio, sim.plans, extra_shell_db, rng)
+    return model, audit, legs
+
+
+def _audit(  # noqa: PLR0917 - called from the hot loop
+    audit: EchoAudit,
+    p: _Person,
+    legs: list[tuple[str, float, float, int]],
+    bus_id: str,
+    te: float,
+    payload: bytes,
+    bus_seq: int,
+) -> None:
+    """Count one advert of a listening token received by ``bus_id`` (:class:`EchoAudit`)."""
+    for leg_bus, board_t, alight_t, board_seq in legs:
+        if leg_bus == bus_id and board_t <= te <= alight_t:
+            ok = audit.count("rider_aboard", bus_id, payload, bus_seq, board_seq)
+            row = audit.legs.setdefault((p.spec.person_id, bus_id, round(board_t, 3)), [0, 0])
+            row[0] += 1
+            row[1] += ok
+            return
+    role = "rider_elsewhere" if p.role == "rider" else p.role
+    audit.count(role, bus_id, payload, bus_seq, None)
+
+
+_LISTENING_KINDS = frozenset({DeviceKind.PHONE_FOREGROUND, DeviceKind.ANDROID_BACKGROUND})
 
 
 def _kind_order(r: TraceRecord) -> int:
