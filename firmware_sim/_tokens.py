@@ -29,6 +29,9 @@ Specific Data. What differs between devices, and is modelled here:
   seconds; ASSIST for riders who need it; WAIT while waiting at a stop with the app
   open.
 - **Battery**: a token can go flat at a given time and then sends nothing.
+- **Echo** (byte 23): a phone app that listens to the bus beacons sends, from each
+  payload refresh on, the echo its :class:`busbell._echo.EchoTracker` gave at that
+  refresh (``TokenDevice.echoes``, filled by :mod:`firmware_sim._beacon`); 0 otherwise.
 """
 
 from __future__ import annotations
