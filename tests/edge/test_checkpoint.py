@@ -745,7 +745,9 @@ async def test_a_clean_stop_records_what_a_failed_write_left_pending(tmp_path: P
     )
     task = asyncio.create_task(daemon.run())
     await until(lambda: daemon.uploader is not None, 30)
-    lock = sqlite3.connect(tmp_path / "fares.db", timeout=0)
+    # the daemon may still be writing (start-up, a checkpoint) when it has an uploader: wait
+    # for the lock rather than fail on it (timeout=0 failed this test ~1 run in 3)
+    lock = sqlite3.connect(tmp_path / "fares.db", timeout=30)
     lock.execute("BEGIN EXCLUSIVE")
     source.q.put_nowait(recs[k])  # (closes segments: their write waits for the lock, fails)
     await until(lambda: daemon.stats.store_retries >= 1, 60)
