@@ -8,6 +8,17 @@ A bus advertises a short **beacon** (BLE Manufacturer Specific Data, the fleet's
                  next, mod 8: 0 before its first stop; k + 1 once it leaves stop k (doors
                  closed, or passed without stopping)
 
+The advertisement also lists :data:`BEACON_SERVICE_UUID` (AD type 0x07, complete list of
+128-bit service UUIDs): an iOS app scanning in the background finds only advertisements
+carrying a service UUID it names, and cannot filter on manufacturer data; Android's
+``ScanFilter`` takes either, the UUID is the filter both take. It says what kind of
+advertisement this is; the 6 bytes above stay the beacon. The advertising data bluetoothd
+builds, 28 of a legacy advertisement's 31 bytes (docs/ble-host.md; a kernel may put a
+3-byte Flags AD before them)::
+
+    11 07 <BEACON_SERVICE_UUID, 16 bytes, little-endian>     service UUIDs, 18 bytes
+    09 ff <company id, 2 bytes LE> b1 <tag, 4 bytes> <seq>   manufacturer data, 10 bytes
+
 A token that can listen (a phone app; a fob need not) keeps, for each beacon ``tag`` it
 hears at or above a level, since when it has heard that bus without a gap and the ``seq``
 the bus sent then. In every advertisement it sends it echoes the bus it has heard the
@@ -34,6 +45,7 @@ from dataclasses import dataclass
 __all__ = [
     "BEACON_HDR",
     "BEACON_LEN",
+    "BEACON_SERVICE_UUID",
     "SEQ_MOD",
     "Beacon",
     "EchoTracker",
@@ -48,6 +60,8 @@ __all__ = [
 
 BEACON_HDR = 0xB1
 BEACON_LEN = 6
+BEACON_SERVICE_UUID = "5da9b88e-9f28-42a5-b69d-b749ded59a08"
+"""The 128-bit service UUID a bus beacon advertises (random, drawn once for busbell)."""
 SEQ_MOD = 8
 _CODES = 31
 _TAG_PREFIX = b"BBBT"

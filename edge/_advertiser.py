@@ -3,8 +3,9 @@
 :class:`BeaconAdvertiser` exports an ``org.bluez.LEAdvertisement1`` object on its own
 system-bus connection (dbus-fast, as bleak uses) and registers it with the adapter's
 ``org.bluez.LEAdvertisingManager1`` (``RegisterAdvertisement``): ``Type`` ``broadcast``
-(non-connectable), ``ManufacturerData`` ``{company_id: beacon}``, ``MinInterval`` /
-``MaxInterval`` and, when configured, ``TxPower``. What bluetoothd does with it, read in
+(non-connectable), ``ServiceUUIDs`` ``[beacon.service_uuid]`` (none when it is empty),
+``ManufacturerData`` ``{company_id: beacon}``, ``MinInterval`` / ``MaxInterval`` and, when
+configured, ``TxPower``. What bluetoothd does with it, read in
 its ``src/advertising.c`` (5.56 and current):
 
 * it reads the object's properties after ``RegisterAdvertisement`` (``GetManagedObjects``
@@ -63,6 +64,7 @@ _UNREGISTER_S = 0.5
 advertisement when our connection closes right after)."""
 
 _MfrData = Annotated[dict[int, Variant], DBusSignature("a{qv}")]
+_Uuids = Annotated[list[str], DBusSignature("as")]
 
 
 class BeaconUnavailable(Exception):
@@ -138,6 +140,15 @@ class _Advertisement(ServiceInterface):
     def Type(self) -> DBusStr:
         """Non-connectable, non-scannable: nobody connects to a bus."""
         return "broadcast"
+
+    @dbus_property(PropertyAccess.READ)
+    def ServiceUUIDs(self) -> _Uuids:
+        """The beacon's service UUID, which phones scanning in the background filter on.
+
+        An empty list puts no service UUID AD in the advertisement (bluetoothd writes one
+        only for the UUIDs it is given).
+        """
+        return [self.params.service_uuid] if self.params.service_uuid else []
 
     @dbus_property(PropertyAccess.READ)
     def ManufacturerData(self) -> _MfrData:
@@ -320,6 +331,7 @@ class BeaconAdvertiser:
                 adapter_path=adapter,
                 seq=self._ad.payload[-1],
                 company_id=p.company_id,
+                service_uuid=self.params.service_uuid or None,
                 min_interval_ms=self.params.min_interval_ms,
                 max_interval_ms=self.params.max_interval_ms,
                 tx_power_dbm=self.params.tx_power_dbm,

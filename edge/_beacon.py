@@ -24,10 +24,11 @@ of it impossible.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from busbell import option
-from busbell._echo import bus_tag, encode_beacon, seq_of
+from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon, seq_of
 from edge._vehicle import VehicleContext
 
 __all__ = ["BeaconParams", "BeaconState", "beacon_stop_index"]
@@ -36,6 +37,8 @@ _MIN_INTERVAL_MS = 20
 """The shortest advertising interval BlueZ accepts (0x20 slots of 0.625 ms)."""
 _MAX_INTERVAL_MS = 10240
 """The longest legacy advertising interval (0x4000 slots of 0.625 ms)."""
+_UUID_RE = re.compile(r"[0-9a-fA-F]{4}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+"""A 16-bit UUID (4 hex digits) or a 128-bit one (8-4-4-4-12 hex digits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,13 @@ class BeaconParams:
         doc="Requested transmit power in dBm (-127..20, BlueZ TxPower, read as the "
         "intervals are); unset leaves the controller's default.",
     )
+    service_uuid: str = option(
+        BEACON_SERVICE_UUID,
+        doc="Service UUID the beacon lists (BlueZ ServiceUUIDs) so that phone apps scanning "
+        "in the background find it (iOS filters on service UUIDs only): the protocol's "
+        "128-bit UUID, another 128-bit one (8-4-4-4-12 hex digits), a 16-bit one (4 hex "
+        "digits, assigned by the Bluetooth SIG), or empty to list none. docs/ble-host.md.",
+    )
 
     def __post_init__(self) -> None:
         if not _MIN_INTERVAL_MS <= self.min_interval_ms <= self.max_interval_ms:
@@ -71,6 +81,11 @@ class BeaconParams:
             raise ValueError(f"beacon.max_interval_ms must be at most {_MAX_INTERVAL_MS}")
         if self.tx_power_dbm is not None and not -127 <= self.tx_power_dbm <= 20:
             raise ValueError("beacon.tx_power_dbm must be within -127..20")
+        if self.service_uuid and not _UUID_RE.fullmatch(self.service_uuid):
+            raise ValueError(
+                f"beacon.service_uuid must be a 128-bit UUID (8-4-4-4-12 hex digits), a 16-bit "
+                f"one (4 hex digits) or empty, got {self.service_uuid!r}"
+            )
 
 
 def beacon_stop_index(vehicle: VehicleContext) -> int:

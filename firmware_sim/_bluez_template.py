@@ -26,6 +26,8 @@ LE scanner client (bleak) sees of real bluetoothd:
   appears with ``InterfacesAdded``; a known one gets ``PropertiesChanged`` holding only
   the properties whose value changed (bluetoothd does not re-emit equal values), with
   ``ManufacturerData`` typed ``a{qv}`` where each ``v`` holds an ``ay``.
+  ``AdvertiseServices`` is the same for an advertisement that also lists service UUIDs
+  (the device's ``UUIDs``; or-patterns match on the manufacturer data only).
 * Faults: ``FailNext`` (next N calls of a method fail with a given D-Bus error),
   ``AddStaleSession`` (a client holds a discovery session it forgot about),
   ``Wedge`` (the adapter reports nothing until a scan is started again),
@@ -34,11 +36,16 @@ LE scanner client (bleak) sees of real bluetoothd:
 * Every adapter has ``LEAdvertisingManager1`` as bluetoothd's ``src/advertising.c``
   has it: ``RegisterAdvertisement(path, options)`` reads the client's
   ``LEAdvertisement1`` properties (``Properties.GetAll`` on that path; no answer, no
-  reply, as bluetoothd), parses ``Type``, ``ManufacturerData``, ``Discoverable``,
-  ``MinInterval``/``MaxInterval`` (ms, 20 ms .. 0xFFFFFF slots, min <= max) and
-  ``TxPower`` (-127..20) like its parsers (the others are accepted unread) and fails
-  with ``org.bluez.Error.Failed`` "Failed to parse advertisement." on a bad one or data
-  over 31 bytes, ``AlreadyExists`` for the same client and path twice, ``NotPermitted``
+  reply, as bluetoothd), parses ``Type``, ``ServiceUUIDs`` (``bt_string_to_uuid``: 16-,
+  32- or 128-bit, a 128-bit one on the Bluetooth base UUID taken as 16-bit),
+  ``ManufacturerData``, ``Discoverable``, ``MinInterval``/``MaxInterval`` (ms, 20 ms ..
+  0xFFFFFF slots, min <= max) and ``TxPower`` (-127..20) like its parsers (the others are
+  accepted unread) and fails with ``org.bluez.Error.Failed`` "Failed to parse
+  advertisement." on a bad one or on advertising data over 31 bytes as bluetoothd counts
+  them (``bt_ad_length``: each UUID list 2 bytes plus its UUIDs, each manufacturer data
+  4 plus its bytes; 3 more for the Flags of a ``peripheral`` that is discoverable, none
+  for a ``broadcast``; a legacy controller: bluetoothd's ``max_adv_len`` 31),
+  ``AlreadyExists`` for the same client and path twice, ``NotPermitted``
   when no instance is left (``SupportedInstances``/``ActiveInstances``, 5 by default,
   ``SetMaxAdvertisements``); once registered it follows the object's
   ``PropertiesChanged`` (a changed property is parsed again; a bad one is ignored, the
@@ -80,7 +87,11 @@ ADV_MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
 AD_IFACE = "org.bluez.LEAdvertisement1"
 ERR_FAILED = "org.bluez.Error.Failed"
 MAX_ADV_LEN = 31
-"""Legacy advertising data (no flags for a broadcast advertisement)."""
+"""Legacy advertising data (bluetoothd adds no Flags to a broadcast advertisement)."""
+FLAGS_AD_LEN = 3
+"""A Flags AD: length, type 0x01, one byte."""
+BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"
+"""The Bluetooth base UUID after its first 8 hex digits."""
 
 AD_TYPE_MANUFACTURER = 0xFF
 
@@ -273,13 +284,18 @@ class LeAdapter(mockobject.DBusMockObject):
         if keys or pending:
             self.ad_instances_changed()
 
+    def discoverable(self) -> bool:
+        return bool(self.props[ADAPTER_IFACE]["Discoverable"])
+
     def ad_properties_changed(self, key: tuple[str, str], iface: Any, changed: Any) -> None:
         ad = self.ads.get(key)
         if ad is None or str(iface) != AD_IFACE:
             return
         for name, value in changed.items():
             try:
-                trial = _parse_ad({**ad["props"], str(name): value})
+                trial = _parse_ad(
+                    {**ad["props"], str(name): value}, adapter_discoverable=self.discoverable()
+                )
             except ValueError:
                 continue  # bluetoothd keeps advertising what it had
             ad.update(trial)
@@ -315,7 +331,7 @@ class LeAdapter(mockobject.DBusMockObject):
                 return  # the client left (or unregistered) meanwhile
             self.ads_pending.discard(key)
             try:
-                ad = _parse_ad(props)
+                ad = _parse_ad(props, adapter_discoverable=self.discoverable())
             except ValueError:
                 self.ad_counters["rejected"] += 1
                 self.ad_instances_changed()
@@ -371,6 +387,8 @@ class LeAdapter(mockobject.DBusMockObject):
                     "client": sender,
                     "path": path,
                     "type": ad["type"],
+                    "service_uuids": ad["service_uuids"],
+                    "adv_len": ad["adv_len"],
                     "mfr": {str(cid): data.hex() for cid, data in sorted(ad["mfr"].items())},
                     "min_interval_ms": ad["min_interval_ms"],
                     "max_interval_ms": ad["max_interval_ms"],
@@ -459,11 +477,39 @@ def _interval_ms(value: Any, name: str) -> int:
     return int(value)
 
 
-def _parse_ad(props: Any) -> dict[str, Any]:
+def _uuid(text: str) -> tuple[str, int]:
+    """The UUID in full (lower case) and its size in bytes, as ``bt_string_to_uuid`` reads it.
+
+    36 characters with dashes at 8, 13, 18 and 23 are a 128-bit UUID (16 bytes; 2 when it is
+    on the Bluetooth base UUID), 8 or 10 a 32-bit one, 4 or 6 a 16-bit one (hex, ``0x``
+    allowed); anything else fails (``ValueError``).
+    """
+    hexdigits = set("0123456789abcdefABCDEF")
+    if len(text) == 36 and all(text[i] == "-" for i in (8, 13, 18, 23)):
+        if not all(c in hexdigits for i, c in enumerate(text) if i not in (8, 13, 18, 23)):
+            raise ValueError(f"ServiceUUIDs: {text!r}")
+        full = text.lower()
+        on_base = full.startswith("0000") and full[8:] == BASE_UUID_TAIL
+        return full, 2 if on_base else 16
+    digits = text[2:] if text[:2] in ("0x", "0X") else text
+    if len(text) not in (4, 6, 8, 10) or not digits or not all(c in hexdigits for c in digits):
+        raise ValueError(f"ServiceUUIDs: {text!r}")
+    value = int(digits, 16)
+    if len(text) in (4, 6):
+        return f"{value & 0xFFFF:08x}{BASE_UUID_TAIL}", 2
+    return f"{value & 0xFFFFFFFF:08x}{BASE_UUID_TAIL}", 4
+
+
+def _parse_ad(props: Any, *, adapter_discoverable: bool = False) -> dict[str, Any]:
     """An advertisement as bluetoothd's parsers take it (``ValueError`` where they fail)."""
     ad_type = props.get("Type", "broadcast")  # (bluetoothd's default type is broadcast)
     if not isinstance(ad_type, str) or str(ad_type) not in ("broadcast", "peripheral"):
         raise ValueError("Type")
+    raw_uuids = props.get("ServiceUUIDs", [])
+    if not isinstance(raw_uuids, list):
+        raise ValueError("ServiceUUIDs")
+    # (bluetoothd reads the array's strings: an array of anything else adds no UUID)
+    uuids = [_uuid(str(u)) for u in raw_uuids if isinstance(u, str)]
     mfr: dict[int, bytes] = {}
     raw = props.get("ManufacturerData", {})
     if not isinstance(raw, dict) or getattr(raw, "signature", "qv") != "qv":
@@ -484,10 +530,19 @@ def _parse_ad(props: Any) -> dict[str, Any]:
     tx = props.get("TxPower")
     if tx is not None and (not isinstance(tx, dbus.Int16) or not -127 <= int(tx) <= 20):
         raise ValueError("TxPower")
-    if sum(2 + 2 + len(d) for d in mfr.values()) > MAX_ADV_LEN:
+    # bt_ad_length: one AD per UUID size present (2 bytes) plus the UUIDs, each
+    # manufacturer data 2 + 2 + its bytes; the Flags of a peripheral: in its data when it
+    # sets Discoverable, else reserved by calc_max_adv_len when the adapter is discoverable
+    size = sum(n for _u, n in uuids) + 2 * len({n for _u, n in uuids})
+    size += sum(2 + 2 + len(d) for d in mfr.values())
+    if str(ad_type) == "peripheral" and ("Discoverable" in props or adapter_discoverable):
+        size += FLAGS_AD_LEN
+    if size > MAX_ADV_LEN:
         raise ValueError("Advertising data too long")
     return {
         "type": str(ad_type),
+        "service_uuids": [u for u, _n in uuids],
+        "adv_len": size,
         "mfr": mfr,
         "min_interval_ms": lo or None,
         "max_interval_ms": hi or None,
@@ -652,6 +707,26 @@ def Advertise(self: Any, name: str, address: str, rssi: int, mfr: Any) -> str:
     ``not_scanning`` (no discovery, no monitor) or ``no_match`` (no monitor pattern
     matches and no discovery is running).
     """
+    return _advertise(self, name, address, rssi, mfr, uuids=[])
+
+
+@dbus.service.method(MOCK_IFACE, in_signature="ssna{qv}as", out_signature="s")
+def AdvertiseServices(  # noqa: PLR0917 - a D-Bus method takes positional arguments
+    self: Any, name: str, address: str, rssi: int, mfr: Any, uuids: Any
+) -> str:
+    """:func:`Advertise` of an advertisement that also lists service UUIDs.
+
+    The device's ``UUIDs`` gains them in full (lower case), as bluetoothd adds the UUIDs
+    of the advertising data to a device's list (it never drops one there).
+    """
+    try:
+        full = [_uuid(str(u))[0] for u in uuids]
+    except ValueError as exc:
+        raise _err("org.bluez.Mock.BadUuid", str(exc)) from None
+    return _advertise(self, name, address, rssi, mfr, uuids=full)
+
+
+def _advertise(self: Any, name: str, address: str, rssi: int, mfr: Any, *, uuids: list[str]) -> str:
     adapter = _adapter(name)
     if adapter.wedged:
         return "wedged"
@@ -676,7 +751,7 @@ def Advertise(self: Any, name: str, address: str, rssi: int, mfr: Any) -> str:
             "Blocked": dbus.Boolean(False),
             "LegacyPairing": dbus.Boolean(False),
             "Connected": dbus.Boolean(False),
-            "UUIDs": dbus.Array([], signature="s"),
+            "UUIDs": dbus.Array(sorted(set(uuids)), signature="s"),
             "Adapter": dbus.ObjectPath(adapter.path),
             "ServicesResolved": dbus.Boolean(False),
             "RSSI": dbus.Int16(int(rssi)),
@@ -699,6 +774,9 @@ def Advertise(self: Any, name: str, address: str, rssi: int, mfr: Any) -> str:
         if merged != dev.mfr:
             dev.mfr = merged
             changed["ManufacturerData"] = _mfr_variant(merged)
+        known = {str(u) for u in dev.props[DEVICE_IFACE]["UUIDs"]}
+        if not known.issuperset(uuids):
+            changed["UUIDs"] = dbus.Array(sorted(known.union(uuids)), signature="s")
         for k, v in changed.items():
             dev.props[DEVICE_IFACE][k] = v
         if changed:

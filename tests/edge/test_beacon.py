@@ -7,11 +7,22 @@ from typing import Any
 
 import pytest
 
-from busbell import AdvRecord, DoorRecord, Feed, GnssRecord, TokenVerifier, TripRecord, load_gtfs
-from busbell._echo import bus_tag, encode_beacon, parse_beacon
+from busbell import (
+    AdvRecord,
+    ConfigError,
+    DoorRecord,
+    Feed,
+    GnssRecord,
+    TokenVerifier,
+    TripRecord,
+    load_config,
+    load_gtfs,
+)
+from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon, parse_beacon
 from edge._beacon import BeaconParams, BeaconState, beacon_stop_index
 from edge._pipeline import EdgePipeline
 from edge._vehicle import VehicleContext
+from edge.config import EdgeConfig
 from tests.factories.edge_world import latlon, write_gtfs
 
 T0 = 1_790_000_000.0
@@ -147,11 +158,28 @@ def test_seq_wraps_mod_8_on_a_long_trip(tmp_path: Path) -> None:
         ({"max_interval_ms": 10241}, "max_interval_ms"),
         ({"tx_power_dbm": 21}, "tx_power_dbm"),
         ({"tx_power_dbm": -128}, "tx_power_dbm"),
+        ({"service_uuid": "bus"}, "service_uuid"),
+        ({"service_uuid": "0x180d"}, "service_uuid"),  # bluetoothd would; the config is strict
+        ({"service_uuid": "12345678"}, "service_uuid"),  # 32-bit: none are assigned
+        ({"service_uuid": "5da9b88e9f2842a5b69db749ded59a08"}, "service_uuid"),
+        ({"service_uuid": "5da9b88e-9f28-42a5-b69d-b749ded59a0g"}, "service_uuid"),
     ],
 )
 def test_beacon_params_are_checked(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BeaconParams(**kw)
+
+
+def test_the_service_uuid_is_the_protocol_s_unless_configured(tmp_path: Path) -> None:
+    assert BeaconParams().service_uuid == BEACON_SERVICE_UUID
+    for ok in ("", "FEAA", "feaa", BEACON_SERVICE_UUID.upper()):
+        assert BeaconParams(service_uuid=ok).service_uuid == ok
+    toml = tmp_path / "edge.toml"
+    toml.write_text('bus_id = "bus-9"\n[beacon]\nservice_uuid = "not-a-uuid"\n')
+    with pytest.raises(ConfigError, match=r"beacon\.service_uuid must be a 128-bit UUID"):
+        load_config(EdgeConfig, toml, env={})
+    cfg = load_config(EdgeConfig, toml, env={"BUSBELL_BEACON__SERVICE_UUID": ""})
+    assert cfg.beacon.service_uuid == ""
 
 
 def test_pipeline_counts_bus_beacons_apart_and_never_rejects_them(feed: Feed) -> None:

@@ -14,13 +14,13 @@ from typing import Annotated, Any
 import pytest
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property
 from structlog.testing import capture_logs
 
 from busbell import AdvRecord
-from busbell._echo import bus_tag, encode_beacon
+from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon, parse_beacon
 from edge._advertiser import AD_PATH, BeaconAdvertiser
 from edge._beacon import BeaconParams
 from edge._ble import BleakSource, ScannerParams
@@ -90,6 +90,9 @@ async def test_registers_a_broadcast_beacon_and_updates_its_seq(bluez: BlueZMock
             assert ad["path"] == AD_PATH
             assert ad["type"] == "broadcast"
             assert ad["mfr"] == {HEX_CID: encode_beacon(TAG, 0).hex()}
+            # the protocol's service UUID by default: 18 + 10 bytes as bluetoothd counts them
+            assert ad["service_uuids"] == [BEACON_SERVICE_UUID]
+            assert ad["adv_len"] == 28
             assert (ad["min_interval_ms"], ad["max_interval_ms"], ad["tx_power"]) == (100, 150, 4)
             assert ad["on_air"] is True
             # a new seq is one PropertiesChanged, which bluetoothd re-reads: no re-registration
@@ -131,6 +134,84 @@ async def test_without_tx_power_none_is_sent(bluez: BlueZMock) -> None:
     assert ad["tx_power"] is None
     assert (ad["min_interval_ms"], ad["max_interval_ms"]) == (100, 150)
     assert ad["mfr"] == {HEX_CID: encode_beacon(TAG, 5).hex()}
+
+
+@pytest.mark.parametrize(
+    ("service_uuid", "listed", "adv_len"),
+    [
+        ("", [], 10),  # none: the manufacturer data alone
+        ("FEAA", ["0000feaa-0000-1000-8000-00805f9b34fb"], 14),  # a 16-bit one: 4 + 10
+        ("01234567-89AB-CDEF-0123-456789ABCDEF", ["01234567-89ab-cdef-0123-456789abcdef"], 28),
+    ],
+)
+async def test_the_service_uuid_is_configurable_or_left_out(
+    bluez: BlueZMock, service_uuid: str, listed: list[str], adv_len: int
+) -> None:
+    await bluez.add_adapter(monitors=False)
+    adv = BeaconAdvertiser(
+        BeaconParams(service_uuid=service_uuid), scanner(), encode_beacon(TAG, 1)
+    )
+    async with Advertising(adv) as run:
+        await run.registered()
+        [ad] = await ads(bluez)
+    assert (ad["service_uuids"], ad["adv_len"]) == (listed, adv_len)
+    assert ad["mfr"] == {HEX_CID: encode_beacon(TAG, 1).hex()}
+
+
+async def test_an_advertisement_too_long_with_its_uuid_is_refused(bluez: BlueZMock) -> None:
+    # 18 bytes of UUID + 4 + 10 of manufacturer data = 32 > 31: bluetoothd refuses it
+    await bluez.add_adapter(monitors=False)
+    long_payload = encode_beacon(TAG, 0) + bytes(4)
+    adv = BeaconAdvertiser(BeaconParams(), scanner(), long_payload)
+    async with Advertising(adv):
+        await eventually(lambda: adv.stats.errors.get("rejected", 0) >= 2, what="refusals")
+        assert adv.stats.registrations == 0
+        assert (await bluez.ad_state())["rejected"] >= 2
+    # without the UUID the same payload fits (14 bytes)
+    adv = BeaconAdvertiser(BeaconParams(service_uuid=""), scanner(), long_payload)
+    async with Advertising(adv) as run:
+        await run.registered()
+        [ad] = await ads(bluez)
+    assert ad["adv_len"] == 14
+
+
+async def test_the_scanner_hears_beacons_that_list_the_service_uuid(bluez: BlueZMock) -> None:
+    # passive scan: the or-pattern is on the manufacturer data, the UUID AD is beside it
+    await bluez.add_adapter(monitors=True)
+    src = BleakSource(scanner(mode="passive"), lambda: 1_700_000_000.0)
+    got: list[AdvRecord] = []
+    scan = asyncio.create_task(src.run(got.append))
+    beacon = encode_beacon(bus_tag("bus-0099"), 4)
+    addr = "C0:00:00:00:00:99"
+    try:
+        await eventually_async(lambda: _monitor_active(bluez), what="monitor activated")
+        sent = await bluez.advertise(addr, -70, {TOKEN_CID: beacon}, uuids=[BEACON_SERVICE_UUID])
+        assert sent == "added"
+        await eventually(lambda: len(got) == 1, what="the beacon heard")
+    finally:
+        scan.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scan
+    assert got[0].mfr == {TOKEN_CID: beacon}
+    assert parse_beacon(got[0].mfr[TOKEN_CID]) is not None
+    # the device lists the UUID as bluetoothd does (Device1.UUIDs, in full)
+    reply = await bluez.bus.call(
+        Message(
+            destination="org.bluez",
+            path="/",
+            interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects",
+        )
+    )
+    assert reply is not None
+    dev = reply.body[0]["/org/bluez/hci0/dev_" + addr.replace(":", "_")]["org.bluez.Device1"]
+    assert dev["UUIDs"].value == [BEACON_SERVICE_UUID]
+    assert src.stats.errors == {}
+
+
+async def _monitor_active(bluez: BlueZMock) -> bool:
+    st = await bluez.state()
+    return any(m["active"] for m in st["monitors"])
 
 
 async def test_a_change_while_registering_is_signalled_again(bluez: BlueZMock) -> None:
@@ -249,14 +330,18 @@ async def test_an_adapter_missing_or_without_advertising_is_counted(bluez: BlueZ
 # --- the emulated bluetoothd alone: what it refuses, with bluetoothd's error names ------
 
 _Mfr = Annotated[dict[int, Variant], DBusSignature("a{qv}")]
+_Uuids = Annotated[list[str], DBusSignature("as")]
 
 
 class _Ad(ServiceInterface):
     """A client's advertisement with the properties a test chooses."""
 
-    def __init__(self, ad_type: str, mfr: bytes, lo: int, hi: int) -> None:
+    def __init__(
+        self, ad_type: str, mfr: bytes, lo: int, hi: int, uuids: list[str] | None = None
+    ) -> None:
         super().__init__("org.bluez.LEAdvertisement1")
         self.ad_type, self.mfr, self.lo, self.hi = ad_type, mfr, lo, hi
+        self.uuids = uuids or []
 
     @dbus_property(PropertyAccess.READ)
     def Type(self) -> DBusStr:
@@ -273,6 +358,18 @@ class _Ad(ServiceInterface):
     @dbus_property(PropertyAccess.READ)
     def MaxInterval(self) -> DBusUInt32:
         return self.hi
+
+    @dbus_property(PropertyAccess.READ)
+    def ServiceUUIDs(self) -> _Uuids:
+        return self.uuids
+
+
+class _DiscoverableAd(_Ad):
+    """An advertisement that sets ``Discoverable`` (bluetoothd then adds Flags)."""
+
+    @dbus_property(PropertyAccess.READ)
+    def Discoverable(self) -> DBusBool:
+        return False
 
 
 async def _register(bus: MessageBus, path: str, method: str = "RegisterAdvertisement") -> str:
@@ -341,6 +438,55 @@ async def test_the_emulated_bluetoothd_refuses_like_bluetoothd(bluez: BlueZMock)
 async def _no_ads(bluez: BlueZMock) -> bool:
     st = await bluez.ad_state()
     return bool(st["advertisements"] == [] and st["active_instances"] == 0)
+
+
+async def test_the_emulated_bluetoothd_parses_and_counts_service_uuids(bluez: BlueZMock) -> None:
+    await bluez.add_adapter(monitors=False)
+    await bluez.call("SetMaxAdvertisements", "sy", "hci0", 10)
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    u128, base16 = BEACON_SERVICE_UUID, "0000FEAA-0000-1000-8000-00805F9B34FB"
+    try:
+        cases = {  # path: (advertisement, bluetoothd's data length or None when refused)
+            "/ad/u128": (_Ad("broadcast", bytes(9), 100, 150, [u128]), 31),  # 18 + 13
+            "/ad/u128_long": (_Ad("broadcast", bytes(10), 100, 150, [u128]), None),  # 32
+            "/ad/base": (_Ad("broadcast", bytes(23), 100, 150, [base16]), 31),  # 4 + 27
+            "/ad/u16_u32": (_Ad("broadcast", bytes(6), 100, 150, ["180d", "0x12345678"]), 20),
+            "/ad/bad": (_Ad("broadcast", bytes(6), 100, 150, [u128[:-1] + "g"]), None),
+            "/ad/odd": (_Ad("broadcast", bytes(6), 100, 150, ["12345"]), None),
+            # a peripheral setting Discoverable carries 3 bytes of Flags: 28 + 3 fits, 29 not
+            "/ad/flags": (_DiscoverableAd("peripheral", bytes(6), 100, 150, [u128]), 31),
+            "/ad/flags_long": (_DiscoverableAd("peripheral", bytes(7), 100, 150, [u128]), None),
+        }
+        for path, (ad, _n) in cases.items():
+            bus.export(path, ad)
+        for path, (_ad, n) in cases.items():
+            want = "ok" if n else "org.bluez.Error.Failed: Failed to parse advertisement."
+            assert await _register(bus, path) == want, path
+        got = {a["path"]: a for a in (await bluez.ad_state())["advertisements"]}
+        assert {p: a["adv_len"] for p, a in got.items()} == {
+            p: n for p, (_ad, n) in cases.items() if n
+        }
+        assert got["/ad/base"]["service_uuids"] == [base16.lower()]
+        assert got["/ad/u16_u32"]["service_uuids"] == [
+            "0000180d-0000-1000-8000-00805f9b34fb",
+            "12345678-0000-1000-8000-00805f9b34fb",
+        ]
+        # a changed list is parsed again; a bad one is ignored, the advertisement stays
+        ad, _n = cases["/ad/u128"]
+        ad.uuids = ["nope"]
+        ad.emit_properties_changed({"ServiceUUIDs": ad.uuids})
+        ad.uuids = []
+        ad.emit_properties_changed({"ServiceUUIDs": ad.uuids})
+        await eventually_async(
+            lambda: _uuids_of(bluez, "/ad/u128", []), what="the UUID list emptied"
+        )
+    finally:
+        bus.disconnect()
+
+
+async def _uuids_of(bluez: BlueZMock, path: str, uuids: list[str]) -> bool:
+    st = await bluez.ad_state()
+    return any(a["path"] == path and a["service_uuids"] == uuids for a in st["advertisements"])
 
 
 def test_dbus_error_type_is_what_the_advertiser_classifies() -> None:

@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 from busbell import Topics
-from busbell._echo import bus_tag, encode_beacon
+from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon
 from busbell._mqtt import MqttSettings
 from edge._ble import BleakSource, ScannerParams
 from edge._daemon import EdgeDaemon
@@ -110,12 +110,15 @@ async def test_daemon_advertises_its_seq_and_counts_beacons_heard(
         t += 20
         await send("doors", open=False)
         await eventually_async(lambda: _is(bluez, encode_beacon(tag, 2)), what="seq 2")
-        # beacons on the air: another bus's and (a second antenna's copy of) our own
+        # beacons on the air, with their service UUID: another bus's and (a second
+        # antenna's copy of) our own
         other = encode_beacon(bus_tag("bus-0099"), 4)
-        assert await bluez.advertise("C0:00:00:00:00:99", -70, {CID: other}) == "added"
-        assert await bluez.advertise("C0:00:00:00:00:42", -40, {CID: encode_beacon(tag, 2)}) == (
+        own = encode_beacon(tag, 2)
+        uuids = [BEACON_SERVICE_UUID]
+        assert await bluez.advertise("C0:00:00:00:00:99", -70, {CID: other}, uuids=uuids) == (
             "added"
         )
+        assert await bluez.advertise("C0:00:00:00:00:42", -40, {CID: own}, uuids=uuids) == "added"
         await eventually(
             lambda: daemon.pipeline.stats.beacons_heard == {"own": 1, "other": 1},
             what="beacons counted",

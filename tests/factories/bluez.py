@@ -123,9 +123,21 @@ class BlueZMock:
         await self.call("RemoveLeAdapter", "s", name)
 
     async def advertise(
-        self, addr: str, rssi: int, mfr: dict[int, bytes], adapter: str = "hci0"
+        self,
+        addr: str,
+        rssi: int,
+        mfr: dict[int, bytes],
+        adapter: str = "hci0",
+        *,
+        uuids: list[str] | None = None,
     ) -> str:
+        """One advertisement on the air (with ``uuids``: its service UUIDs too)."""
         body = {cid: Variant("ay", data) for cid, data in mfr.items()}
+        if uuids is not None:
+            sent: str = await self.call(
+                "AdvertiseServices", "ssna{qv}as", adapter, addr, rssi, body, uuids
+            )
+            return sent
         result: str = await self.call("Advertise", "ssna{qv}", adapter, addr, rssi, body)
         return result
 
