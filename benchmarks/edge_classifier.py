@@ -48,11 +48,23 @@ from tests.factories.edge_world import (
     write_gtfs,
 )
 
-__all__ = ["bench_tokens", "crowd_plan", "main"]
+__all__ = ["bench_tokens", "crowd_plan", "edge_build", "main"]
 
 
 BOUNDARY_T = 1_790_001_000.0
 """A 600-s rid interval boundary (the crowd benchmark puts it just after departure)."""
+
+
+def edge_build() -> str:
+    """Which build of the edge's hot path this process runs (``setup.py``, ``BUSBELL_MYPYC``)."""
+    import edge._classifier
+    import edge._pipeline
+
+    mods = (edge._classifier, edge._pipeline)
+    compiled = [m.__name__ for m in mods if not (m.__file__ or "").endswith(".py")]
+    if not compiled:
+        return "pure Python"
+    return f"compiled by mypyc ({', '.join(compiled)}; from {Path(mods[0].__file__ or '').parent})"
 
 
 def crowd_plan(seconds_after: float) -> BusPlan:
@@ -116,6 +128,7 @@ def _bench(n_adverts: int, n_tokens: int, seed: int, crowd: bool = False) -> Non
     while len(advs) < n_adverts:  # not enough: cycle (timing only)
         advs = advs + advs
     gen_s = time.perf_counter() - t0
+    sys.stdout.write(f"edge build: {edge_build()}\n")
     sys.stdout.write(
         f"synthetic trace: {len(recs):,} records, {len(advs):,} adverts available, "
         f"{n_tokens} tokens, generated in {gen_s:.1f} s\n"

@@ -40,8 +40,9 @@ from busbell import (
     load_gtfs,
     read_fleet_keys,
 )
+from edge._checkpoint_pickle import _Unpickler
 from edge._params import ClassifierParams
-from edge._pipeline import EdgePipeline, _Unpickler
+from edge._pipeline import EdgePipeline
 from edge._segment import SegmentDraft
 
 __all__ = ["main", "scenario_dirs"]
@@ -92,13 +93,16 @@ def _state_digest(pipe: EdgePipeline) -> str:
 
     The rid records' fields are taken in the order of their names, not of the record's
     slots (a layout: a checkpoint restores by name), so that code with the slots
-    reordered digests the same state alike.
+    reordered digests the same state alike; the classifier's and the vehicle's attributes
+    too (since the compiled build: digests of files written before differ for that alone).
     """
     state = _Unpickler(io.BytesIO(pipe.snapshot())).load()
     slots = state["rid_slots"]
     by_name = sorted(range(len(slots)), key=slots.__getitem__)
     state["rid_slots"] = [slots[i] for i in by_name]
     state["rid_records"] = [tuple(row[i] for i in by_name) for row in state["rid_records"]]
+    for part in ("classifier", "vehicle"):  # (by name too: a compiled build lists them in
+        state[part] = dict(sorted(state[part].items()))  # its own order)
     return hashlib.sha256(repr(state).encode()).hexdigest()
 
 
@@ -201,9 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_seg += _crowd(args.crowd[0], args.crowd[1], args.seed, out)
             n_traces += 1
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    from benchmarks.edge_classifier import edge_build
+
     sys.stdout.write(
         f"{n_traces} traces, {n_seg} segments -> {args.out}: sha256 {digest}"
-        f" (edge code from {Path(sys.modules['edge'].__file__ or '').parent})\n"
+        f" (edge code from {Path(sys.modules['edge'].__file__ or '').parent}: {edge_build()})\n"
     )
     return 0
 

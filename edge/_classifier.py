@@ -25,7 +25,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Final
 
 from busbell import INTERVAL_S, TokenFlags, get_logger
 from edge._params import ClassifierParams
@@ -124,68 +124,67 @@ def next_state(state: State, event: Event) -> State:
 
 
 # the advert hot path avoids enum attribute lookups
-_OUTSIDE, _CANDIDATE, _ROTATING, _ONBOARD, _GONE = (
-    int(State.OUTSIDE),
-    int(State.CANDIDATE),
-    int(State.ROTATING),
-    int(State.ONBOARD),
-    int(State.GONE),
-)
-_MIN_PERIOD_S = 0.05
+# (Final: compiled by mypyc, the constants of this module are C constants, not looked up)
+_OUTSIDE: Final = int(State.OUTSIDE)
+_CANDIDATE: Final = int(State.CANDIDATE)
+_ROTATING: Final = int(State.ROTATING)
+_ONBOARD: Final = int(State.ONBOARD)
+_GONE: Final = int(State.GONE)
+_MIN_PERIOD_S: Final = 0.05
 """Inter-advert gaps shorter than this are duplicates, not the advertising interval."""
-_REASSIGN_S = 2.0
+_REASSIGN_S: Final = 2.0
 """The joint rotation pairing is re-run at least this often (clock offsets converge)..."""
-_DIRTY_S = 1.0
+_DIRTY_S: Final = 1.0
 """... and at most this often when rids joined or left it (a burst brings hundreds)."""
-_START_S = 3.0
+_START_S: Final = 3.0
 """A rid's RSSI level "as it appeared" is its smoothed RSSI over its first seconds."""
-_ADV_DELAY_MEAN_S = 0.005
+_ADV_DELAY_MEAN_S: Final = 0.005
 """Mean of the 0-10 ms random advDelay the link layer adds to every advertising event."""
-_PRED_NONE, _PRED_ONBOARD, _PRED_CANDIDATE = 0, 1, 2
+_PRED_NONE: Final = 0
+_PRED_ONBOARD: Final = 1
+_PRED_CANDIDATE: Final = 2
 """What a new rid at its interval's start was paired with: nothing, a rotated rider, or a
 candidate whose rid rotated before confirmation (it hands over its boarding stop)."""
-_ALIGHT, _ASSIST, _WAIT = (
-    int(TokenFlags.ALIGHT_REQUEST),
-    int(TokenFlags.ASSIST),
-    int(TokenFlags.WAIT),
-)
+_ALIGHT: Final = int(TokenFlags.ALIGHT_REQUEST)
+_ASSIST: Final = int(TokenFlags.ASSIST)
+_WAIT: Final = int(TokenFlags.WAIT)
 
 
-_LEVEL_MIN_RIDERS = 3
-_CARRY_CO = 2
+_LEVEL_MIN_RIDERS: Final = 3
+_CARRY_CO: Final = 2
 """Co-movement points (heard at its own level, 100 m apart, 150 m or more from its stop)
 after which a candidate heard at a later stop is still its first stop's: it rode from
 there (a person waiting at the later stop was not heard along the way)."""
 """Riders aboard needed before the in-bus threshold follows their level."""
-_PAIR_K = 8
+_PAIR_K: Final = 8
 """Candidate pairs kept per old rid (the cheapest; clock offset dominates the cost)."""
-_GAP_W = 0.2
+_GAP_W: Final = 0.2
 """Weight of each new gap in a rid's mean gap between in-bus adverts."""
-_ENDED_S = 30.0
+_ENDED_S: Final = 30.0
 """A closed rid is forgotten this long after its interval ended by its token's clock."""
-_ADDR_IV_SLACK = 16
+_ADDR_IV_SLACK: Final = 16
 """``_addr_iv`` is pruned when it holds more than twice as many addresses as there are
 rids known, and this many more (:meth:`PresenceClassifier._prune_addr_iv`)."""
-_REFRESH_S = 10.0
+_REFRESH_S: Final = 10.0
 """A token's old rid may still be sent this long after its interval ended (phones refresh
 the payload every 4-8 s; the rid changes at the first refresh after the boundary)."""
-_REFRESH_MAX_S = 8.0
+_REFRESH_MAX_S: Final = 8.0
 """The longest payload refresh period of a token (an Android app advertising in the
 background refreshes every 8 s; fobs compute the payload at every advert)."""
-_THROUGH_HOPS = 3
+_THROUGH_HOPS: Final = 3
 """Hops a rid not on board must be heard in, moving with the bus at its level, to have been
 carried through the two stops between (:meth:`PresenceClassifier._carried_through`)."""
-_PAIR_SCAN = 24
+_PAIR_SCAN: Final = 24
 """New rids in an old rid's time window visited per slot, nearest clock offset first."""
-_RSSI_NA = -127
+_RSSI_NA: Final = -127
 """The RSSI of an advert whose RSSI was not reported (bleak's value for a BlueZ device
 without one; HCI's lowest): never the bus's receiver floor (``_floor``)."""
-_FLOOR_RANK = 8
+_FLOOR_RANK: Final = 8
 """The bus's receiver floor is the weakest RSSI but this many minus one it has decoded: a
 few spurious weak readings (a glitch, a reflection) do not set it for the bus's life
 (:attr:`PresenceClassifier._floor`); at the floor a token that loses most of its packets
 is still heard every few seconds, so the eighth weakest is there within a minute."""
-_ABSENT_FAR_DB = 20.0
+_ABSENT_FAR_DB: Final = 20.0
 """How far below the riders' level (their median baseline) a late joiner silent at the open
 doors (``absent``) and heard near the bus's receiver floor is heard to be a vehicle, not
 someone who boarded last (:meth:`PresenceClassifier._barred`; one heard well above the
@@ -252,103 +251,107 @@ class _NewsIndex:
     (:meth:`PresenceClassifier._addr_pairs`)."""
 
 
+# (the fields an advert or a tick reads or writes of most rids first, in the order
+# advert reaches them: they share a few cache lines; the rest alphabetical. A
+# checkpoint stores the names with the values: any order restores). A name, not the class's
+# __slots__: a class compiled by mypyc has no __slots__ (docs/edge.md, compiled build)
+_RID_SLOTS: Final = (
+    "state",
+    "last_t",
+    "ewma",
+    "per",
+    "base",
+    "mv_odo",
+    "mv_ewma",
+    "first_t",
+    "last_token_t",
+    "d_min",
+    "addr",
+    "last_raw",
+    "n_adv",
+    "hist",
+    "rssi_max",
+    "last_flags",
+    "flags_or",
+    "lvl",
+    "dp_visit",
+    "last_in_t",
+    "gap",
+    "n_in",
+    "last_in_odo",
+    "last_in_raw",
+    "interval",
+    "visit",
+    "tk_n",
+    "tk_odo",
+    "dp_pt",
+    "n_far",
+    "run_odo",
+    "ewma0",
+    "start",
+    "rid",
+    # (the rest)
+    "absent",
+    "addr_after",
+    "co_hi",
+    "co_lo",
+    "co_n",
+    "co_odo",
+    "co_odo0",
+    "co_only",
+    "co_sent",
+    "co_sum",
+    "co_t",
+    "confirm_t",
+    "convoy",
+    "door_t",
+    "dp_at",
+    "dp_n",
+    "dp_odo",
+    "dp_sum",
+    "dp_t",
+    "drift",
+    "ended_t",
+    "far_sum",
+    "fell",
+    "first_odo",
+    "first_raw",
+    "first_token_t",
+    "gone_apart",
+    "gone_visit_seq",
+    "held_m",
+    "lost_ride",
+    "lv_hist",
+    "lv_n",
+    "lvl_out",
+    "pred",
+    "pred_visit",
+    "rode_t",
+    "rot",
+    "route_id",
+    "sent_t",
+    "span_odo",
+    "span_t",
+    "start_odo",
+    "tk_apart",
+    "tk_door",
+    "tk_hops",
+    "tk_lvl",
+    "tk_odo0",
+    "tk_seq",
+    "tk_stay",
+    "tk_stood",
+    "tk_sum",
+    "tk_t",
+    "tk_visit",
+    "trip_id",
+)
+
+
 class _Rid:
     """Everything known about one rid (mutable, slotted: the hot path updates it)."""
 
-    # (the fields an advert or a tick reads or writes of most rids first, in the order
-    # advert reaches them: they share a few cache lines; the rest alphabetical. A
-    # checkpoint stores the names with the values: any order restores)
-    __slots__ = (  # noqa: RUF023 - not alphabetical: see above
-        "state",
-        "last_t",
-        "ewma",
-        "per",
-        "base",
-        "mv_odo",
-        "mv_ewma",
-        "first_t",
-        "last_token_t",
-        "d_min",
-        "addr",
-        "last_raw",
-        "n_adv",
-        "hist",
-        "rssi_max",
-        "last_flags",
-        "flags_or",
-        "lvl",
-        "dp_visit",
-        "last_in_t",
-        "gap",
-        "n_in",
-        "last_in_odo",
-        "last_in_raw",
-        "interval",
-        "visit",
-        "tk_n",
-        "tk_odo",
-        "dp_pt",
-        "n_far",
-        "run_odo",
-        "ewma0",
-        "start",
-        "rid",
-        # (the rest)
-        "absent",
-        "addr_after",
-        "co_hi",
-        "co_lo",
-        "co_n",
-        "co_odo",
-        "co_odo0",
-        "co_only",
-        "co_sent",
-        "co_sum",
-        "co_t",
-        "confirm_t",
-        "convoy",
-        "door_t",
-        "dp_at",
-        "dp_n",
-        "dp_odo",
-        "dp_sum",
-        "dp_t",
-        "drift",
-        "ended_t",
-        "far_sum",
-        "fell",
-        "first_odo",
-        "first_raw",
-        "first_token_t",
-        "gone_apart",
-        "gone_visit_seq",
-        "held_m",
-        "lost_ride",
-        "lv_hist",
-        "lv_n",
-        "lvl_out",
-        "pred",
-        "pred_visit",
-        "rode_t",
-        "rot",
-        "route_id",
-        "sent_t",
-        "span_odo",
-        "span_t",
-        "start_odo",
-        "tk_apart",
-        "tk_door",
-        "tk_hops",
-        "tk_lvl",
-        "tk_odo0",
-        "tk_seq",
-        "tk_stay",
-        "tk_stood",
-        "tk_sum",
-        "tk_t",
-        "tk_visit",
-        "trip_id",
-    )
+    __slots__ = _RID_SLOTS
 
     def __init__(self, rid: bytes, interval: int, token_t: float) -> None:
         self.rid = rid
@@ -635,7 +638,7 @@ class PresenceClassifier:
         self._debug = _debug_enabled()
         """Debug events are built only when they are logged (refreshed on every tick)."""
 
-    DERIVED = frozenset(
+    DERIVED: ClassVar[frozenset[str]] = frozenset(
         {
             "_tau",
             "_thr",
@@ -660,7 +663,7 @@ class PresenceClassifier:
     restart's ``_down`` and ``_resume_t`` are state, checkpointed: a checkpoint taken after
     a restart and restored without a gap must go on judging as that restart did."""
 
-    STATE_CACHES = frozenset({"_index"})
+    STATE_CACHES: ClassVar[frozenset[str]] = frozenset({"_index"})
     """Caches of the state, rebuilt from it on demand (each ``None`` until built): never
     checkpointed, and dropped by :meth:`drop_caches` when a restore replaces the state
     they were built from. A new cache of the state goes here (a test compares a restored

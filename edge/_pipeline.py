@@ -21,7 +21,7 @@ import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, Final
 
 from busbell import (
     AdvRecord,
@@ -33,6 +33,7 @@ from busbell import (
     get_logger,
 )
 from busbell._echo import BEACON_LEN, bus_tag, parse_beacon
+from edge._checkpoint_pickle import CheckpointError, _Unpickler
 from edge._classifier import PresenceClassifier, State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft, SegmentEnd
@@ -42,46 +43,21 @@ __all__ = ["CheckpointError", "EdgePipeline", "PipelineStats"]
 
 log = get_logger("edge.pipeline")
 
-_TQ_HALF_STEP = 2.0
-_BELL_FLAGS = 0b011
+_TQ_HALF_STEP: Final = 2.0
+_BELL_FLAGS: Final = 0b011
 """ALIGHT_REQUEST | ASSIST: the flags the bell relay hears (with whether the rid is on board)."""
 
 FlagListener = Callable[[float, bytes, int, bool], None]
 
 
-_CHECKPOINT_FORMAT = 3
+_CHECKPOINT_FORMAT: Final = 3
 """2: candidates carry co-movement evidence (issue 11, sparse tokens); 3: rid records
 stored as tuples (:func:`_rid_tuples`)."""
-_CHECKPOINT_CLASSES = frozenset(
-    {
-        ("edge._classifier", "_Rid"),
-        ("edge._vehicle", "StopVisit"),
-        ("edge._segment", "SegmentEnd"),
-        ("collections", "deque"),
-        ("array", "array"),
-        ("array", "_array_reconstructor"),
-        ("copyreg", "_reconstructor"),
-        ("builtins", "object"),
-        ("builtins", "float"),
-    }
-)
-"""The only classes a checkpoint may name (the unpickler refuses every other one)."""
 _NOT_SAVED = frozenset({"params", "feed", "verifier", "vehicle", "_grid", "_cache"})
 """Configuration, the GTFS feed and caches of them (the vehicle's stop grid, the payload
 memo): rebuilt, never checkpointed, kept by a restore (the same feed and keys). The
 classifier's caches of its state are :attr:`PresenceClassifier.STATE_CACHES`: not
 checkpointed either, and dropped by a restore."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be restored (other format or code version, corrupt)."""
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _CHECKPOINT_CLASSES:
-            raise CheckpointError(f"checkpoint names {module}.{name}, which is not allowed")
-        return super().find_class(module, name)
 
 
 _PIPELINE_SAVED = (
@@ -97,11 +73,36 @@ _PIPELINE_SAVED = (
 )
 
 
+def _attrs(obj: object) -> dict[str, Any]:
+    """An object's instance attributes.
+
+    ``vars``; of a class compiled by mypyc, which has no ``__dict__``, the attributes it
+    declares that are set.
+    """
+    try:
+        return vars(obj)
+    except TypeError:
+        names: tuple[str, ...] = getattr(type(obj), "__mypyc_attrs__", ())
+        if not names:
+            raise
+        return {k: getattr(obj, k) for k in names if hasattr(obj, k)}
+
+
+def _set_attrs(obj: object, values: dict[str, Any]) -> None:
+    """Set attributes by name.
+
+    What ``vars(obj).update(values)`` does, for a class compiled by mypyc too (which checks
+    each value's type: a ``TypeError`` for a wrong one).
+    """
+    for k, v in values.items():
+        setattr(obj, k, v)
+
+
 def _state(obj: object, derived: frozenset[str] = frozenset()) -> dict[str, Any]:
     """An object's data attributes, without configuration, caches and hooks (callables)."""
     return {
         k: v
-        for k, v in vars(obj).items()
+        for k, v in _attrs(obj).items()
         if k not in _NOT_SAVED and k not in derived and not callable(v)
     }
 
@@ -133,10 +134,13 @@ def _rid_objects(tuples: Any, cls: Any, slots: tuple[str, ...]) -> list[Any]:
     """
     i_start = slots.index("start")
     rows = []
+    # (a slotted class: an empty record, not initialised; a class compiled by mypyc has no
+    # __slots__ and its __new__ runs __init__: a record initialised, then overwritten)
+    bare = "__slots__" in vars(cls)
     for row in tuples:
         if len(row) != len(slots):
             raise ValueError("rid record length")
-        r = cls.__new__(cls)
+        r = cls.__new__(cls) if bare else cls(b"", 0, 0.0)
         for name, v in zip(slots, row, strict=True):
             setattr(r, name, v)
         st = row[i_start]
@@ -240,7 +244,7 @@ class EdgePipeline:
         (:func:`_rid_tuples`), not as a pickled slotted object, which halves its cost
         with thousands of tokens in range (``benchmarks/edge_checkpoint.py``).
         """
-        from edge._classifier import _Rid  # the slots signature guards against old code
+        from edge._classifier import _RID_SLOTS  # the slots signature guards against old code
 
         cls = self.classifier
         rows = list(cls._rids.values())
@@ -255,11 +259,11 @@ class EdgePipeline:
         saved["_pending"] = {n: index[id(r)] for n, r in cls._pending.items()}
         state = {
             "format": _CHECKPOINT_FORMAT,
-            "rid_slots": list(_Rid.__slots__),
+            "rid_slots": list(_RID_SLOTS),
             "pipeline": {k: getattr(self, k) for k in _PIPELINE_SAVED},
             "vehicle": _state(self.vehicle),
             "classifier": saved,
-            "rid_records": _rid_tuples(rows, _Rid.__slots__),
+            "rid_records": _rid_tuples(rows, _RID_SLOTS),
         }
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -279,7 +283,7 @@ class EdgePipeline:
             CheckpointError: a checkpoint of another format or code version, or corrupt;
                 the pipeline is left as it was.
         """
-        from edge._classifier import _Rid
+        from edge._classifier import _RID_SLOTS, _Rid
 
         try:
             state = _Unpickler(io.BytesIO(blob)).load()
@@ -293,7 +297,7 @@ class EdgePipeline:
         if not (
             isinstance(saved_slots, list)
             and all(type(name) is str for name in saved_slots)
-            and sorted(saved_slots) == sorted(_Rid.__slots__)
+            and sorted(saved_slots) == sorted(_RID_SLOTS)
         ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")
         pipe, veh, cls = state.get("pipeline"), state.get("vehicle"), state.get("classifier")
@@ -307,11 +311,15 @@ class EdgePipeline:
             cls["_pending"] = {n: rows[i] for n, i in cls["_pending"].items()}
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint rids unreadable: {type(exc).__name__}") from None
-        vars(self.vehicle).update(veh)
-        vars(self.classifier).update(cls)
+        try:  # (compiled by mypyc, the classifier checks each value's type: on a blank one first)
+            _set_attrs(type(self.classifier)(self.classifier.params), cls)
+        except (TypeError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint state unreadable: {type(exc).__name__}") from None
+        _set_attrs(self.vehicle, veh)
+        _set_attrs(self.classifier, cls)
         self.classifier.drop_caches()  # (of the state before)
         self._stopped_t = None  # (a checkpoint from before it was saved: no clean stop)
-        vars(self).update({k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})
+        _set_attrs(self, {k: v for k, v in pipe.items() if k in _PIPELINE_SAVED})
         self._finished = False
         self._resume_pending = self._resume_first = True
 
@@ -406,7 +414,8 @@ class EdgePipeline:
             self._t = t
         if type(rec) is AdvRecord:
             self.adverts_seen += 1
-            payload = rec.mfr.get(self._cid)
+            # (Any: a bytearray payload is taken as bytes below, also when compiled by mypyc)
+            payload: Any = rec.mfr.get(self._cid)
             if payload is None:
                 self.no_company_id += 1
             else:
