@@ -88,17 +88,21 @@ def _segment_line(name: str, n: int, d: SegmentDraft) -> str:
     return json.dumps(_num(row), sort_keys=True)
 
 
-def _state_digest(pipe: EdgePipeline) -> str:
+def _state_digest(pipe: EdgePipeline, omit: frozenset[str] = frozenset()) -> str:
     """SHA-256 of the checkpointed state, as values (not as pickle bytes).
 
     The rid records' fields are taken in the order of their names, not of the record's
     slots (a layout: a checkpoint restores by name), so that code with the slots
     reordered digests the same state alike; the classifier's and the vehicle's attributes
     too (since the compiled build: digests of files written before differ for that alone).
+    Rid fields and classifier attributes named in ``omit`` are left out (state a change
+    added, to compare with the code before it).
     """
     state = _Unpickler(io.BytesIO(pipe.snapshot())).load()
     slots = state["rid_slots"]
-    by_name = sorted(range(len(slots)), key=slots.__getitem__)
+    by_name = sorted((i for i in range(len(slots)) if slots[i] not in omit), key=slots.__getitem__)
+    for name in omit:
+        state["classifier"].pop(name, None)
     state["rid_slots"] = [slots[i] for i in by_name]
     state["rid_records"] = [tuple(row[i] for i in by_name) for row in state["rid_records"]]
     for part in ("classifier", "vehicle"):  # (by name too: a compiled build lists them in
@@ -106,7 +110,13 @@ def _state_digest(pipe: EdgePipeline) -> str:
     return hashlib.sha256(repr(state).encode()).hexdigest()
 
 
-def _replay(name: str, pipe: EdgePipeline, records: Iterable[TraceRecord], out: TextIO) -> int:
+def _replay(
+    name: str,
+    pipe: EdgePipeline,
+    records: Iterable[TraceRecord],
+    out: TextIO,
+    omit: frozenset[str] = frozenset(),
+) -> int:
     n_seg = 0
     n = -1
     last_t = 0.0
@@ -132,13 +142,13 @@ def _replay(name: str, pipe: EdgePipeline, records: Iterable[TraceRecord], out: 
         "discarded": cls.discarded,
         "tentative": cls.tentative,
         "classifier_rejected": cls.rejected,
-        "state": _state_digest(pipe),
+        "state": _state_digest(pipe, omit),
     }
     out.write(json.dumps(_num(row), sort_keys=True) + "\n")
     return n_seg
 
 
-def _scenario(scenario: Path, out: TextIO) -> tuple[int, int]:
+def _scenario(scenario: Path, out: TextIO, omit: frozenset[str] = frozenset()) -> tuple[int, int]:
     p = ClassifierParams()
     fleet = read_fleet_keys(scenario / "FLEET.csv")
     feed = load_gtfs(scenario / "gtfs")
@@ -148,12 +158,14 @@ def _scenario(scenario: Path, out: TextIO) -> tuple[int, int]:
             reader = TraceReader(fp, on_error=lambda _err: None)
             verifier = TokenVerifier(fleet, window_s=p.tq_window_s)
             pipe = EdgePipeline(reader.meta.bus_id, feed, verifier, p)
-            n_seg += _replay(str(trace), pipe, reader, out)
+            n_seg += _replay(str(trace), pipe, reader, out, omit)
         n_traces += 1
     return n_traces, n_seg
 
 
-def _crowd(n_tokens: int, n_adverts: int, seed: int, out: TextIO) -> int:
+def _crowd(
+    n_tokens: int, n_adverts: int, seed: int, out: TextIO, omit: frozenset[str] = frozenset()
+) -> int:
     """The crowd benchmark's stream (``_bench`` with ``crowd``), through the pipeline."""
     from benchmarks.edge_classifier import BOUNDARY_T, bench_tokens, crowd_plan
     from tests.factories.edge_world import synth_trace, verifier_for, write_gtfs
@@ -169,7 +181,7 @@ def _crowd(n_tokens: int, n_adverts: int, seed: int, out: TextIO) -> int:
     limit_t = advs[n_adverts - 1].t if advs else math.inf
     stream = [r for r in recs if r.t <= limit_t][: n_adverts * 2]
     pipe = EdgePipeline("BENCH", gtfs, verifier_for(recs))
-    return _replay(f"crowd-{n_tokens}-{n_adverts}-{seed}", pipe, stream, out)
+    return _replay(f"crowd-{n_tokens}-{n_adverts}-{seed}", pipe, stream, out, omit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,7 +202,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--seed", type=int, default=7, help="the crowd benchmark's seed")
     ap.add_argument("--out", type=Path, required=True, help="the JSON-lines file to write")
+    ap.add_argument(
+        "--omit",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave this rid field or classifier attribute out of the state digests (state"
+        " the code added, to compare with code before it: --omit ec --omit eo_k ...);"
+        " repeatable",
+    )
     args = ap.parse_args(argv)
+    omit = frozenset(args.omit)
     configure_logging("error")  # (vehicle warnings of the simulated faults: not the point)
     dirs = scenario_dirs(args.scenarios)
     if not dirs and not args.crowd:
@@ -198,11 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_traces = n_seg = 0
     with args.out.open("w", encoding="utf-8") as out:
         for d in dirs:
-            t, s = _scenario(d, out)
+            t, s = _scenario(d, out, omit)
             n_traces += t
             n_seg += s
         if args.crowd:
-            n_seg += _crowd(args.crowd[0], args.crowd[1], args.seed, out)
+            n_seg += _crowd(args.crowd[0], args.crowd[1], args.seed, out, omit)
             n_traces += 1
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
     from benchmarks.edge_classifier import edge_build

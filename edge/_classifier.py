@@ -24,10 +24,12 @@ import itertools
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from busbell import INTERVAL_S, TokenFlags, get_logger
+from busbell._echo import SEQ_MOD, echo_code
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft, SegmentEnd
 from edge._vehicle import StopVisit
@@ -195,6 +197,37 @@ seconds of the dwell, in the bus's shell, 9-21 dB below (a sigma-6 dB device spr
 bags put a quarter of a bus's riders 8 dB or more below their median)."""
 
 
+_NEVER: Final = 1 << 62
+"""A count no rid reaches (the echo points asked for with the echo off)."""
+_ECHO_DEFAULTS: Final[dict[str, Any]] = {
+    "ec": 0,
+    "eo_k": -1,
+    "eo_late": -1,
+    "eo_n": 0,
+    "eo_odo0": 0.0,
+    "eo_pt_odo": -math.inf,
+    "eo_pt_t": -math.inf,
+    "eo_pts": 0,
+    "eo_seq": -1,
+    "eo_sum": 0.0,
+    "eo_t0": 0.0,
+    "eo_vseq": 0,
+    "ex_run": 0,
+}
+"""A rid's echo evidence (:meth:`PresenceClassifier._echo_heard`) before any echo: also what
+a checkpoint written before the echo was read restores them to (it has no such slots).
+
+``ec``: this bus's echo code for the rid (0: not computed yet; memoised, a rid lives
+600 s); ``eo_seq``: the seq of the latest stretch its echoes named this bus with (-1:
+none); ``eo_t0``, ``eo_odo0``: the first advert of that stretch the bus heard; ``eo_vseq``:
+the latest stop visit (seq) then; ``eo_k``: the trip's stop index the stretch began at
+(-1: unknown); ``eo_n``: adverts of that stretch; ``eo_pts``, ``eo_sum``, ``eo_pt_odo``:
+its echo points (count, RSSI sum, odometer and time of the latest); ``eo_late``: the
+latest stop visit (seq) past whose doors, or in the bus standing there ``stay_s`` after
+they opened, the stretch was heard; ``ex_run``: echoes in a row
+naming another bus since the last naming this one."""
+
+
 def _median(hist: dict[int, int]) -> int | None:
     """The upper median of the RSSI values counted in ``hist`` (``None`` if empty)."""
     half = sum(hist.values()) // 2
@@ -311,7 +344,20 @@ _RID_SLOTS: Final = (
     "dp_sum",
     "dp_t",
     "drift",
+    "ec",
     "ended_t",
+    "eo_k",
+    "eo_late",
+    "eo_n",
+    "eo_odo0",
+    "eo_pt_odo",
+    "eo_pt_t",
+    "eo_pts",
+    "eo_seq",
+    "eo_sum",
+    "eo_t0",
+    "eo_vseq",
+    "ex_run",
     "far_sum",
     "fell",
     "first_odo",
@@ -444,7 +490,24 @@ class _Rid:
         self.dp_t = 0.0
         self.dp_odo = 0.0
         """Time and odometer of that hearing."""
+        self.no_echo()
         self.reset(0.0, 0.0, b"", -127)
+
+    def no_echo(self) -> None:
+        """No echo heard yet (:data:`_ECHO_DEFAULTS`, :meth:`PresenceClassifier._echo_heard`)."""
+        self.ec = 0
+        self.eo_k = -1
+        self.eo_late = -1
+        self.eo_n = 0
+        self.eo_odo0 = 0.0
+        self.eo_pt_odo = -math.inf
+        self.eo_pt_t = -math.inf
+        self.eo_pts = 0
+        self.eo_seq = -1
+        self.eo_sum = 0.0
+        self.eo_t0 = 0.0
+        self.eo_vseq = 0
+        self.ex_run = 0
 
     def reset(self, t: float, odo: float, raw: bytes, rssi: int) -> None:
         """Start a fresh candidacy (its evidence and proof start here)."""
@@ -535,9 +598,11 @@ class PresenceClassifier:
 
     Args:
         params: thresholds.
+        tag: this bus's beacon tag (:func:`busbell._echo.bus_tag` of its vehicle id): the
+            tokens' echoes are read against it (``None``: no echo names this bus).
     """
 
-    def __init__(self, params: ClassifierParams | None = None) -> None:
+    def __init__(self, params: ClassifierParams | None = None, tag: bytes | None = None) -> None:
         p = self.params = params or ClassifierParams()
         self._rids: dict[bytes, _Rid] = {}
         self._visits: deque[StopVisit] = deque(maxlen=256)
@@ -609,6 +674,16 @@ class PresenceClassifier:
         self._stay = p.stay_s
         self._rot_slack = p.rotation_slack_s
         self._rot_end = float(INTERVAL_S) - p.rotation_slack_s
+        # (whether adverts' echoes are read, :meth:`_echo_heard`; off, an echo costs a test)
+        self._tag, self._echo_on = tag, p.echo_evidence and tag is not None
+        self.stop_index_now: Callable[[], int | None] | None = None
+        """A hook (set by the pipeline: :func:`edge._beacon.beacon_stop_index` of its vehicle):
+        the trip's stop index this bus's beacon sends now, stops passed without stopping
+        counted; without it, the echo's stop is reckoned from the stop visits alone."""
+        self._echo_pts, self._ex_bar = (
+            p.echo_points,
+            p.echo_other_adverts if p.echo_evidence else 0,
+        )
         self._floor = math.inf
         """The ``_FLOOR_RANK``-th weakest RSSI of the adverts this bus has decoded (+inf
         until it has decoded that many): its receiver's floor, as measured (a packet weaker
@@ -657,6 +732,10 @@ class PresenceClassifier:
             "_rot_end",
             "_slot_s",
             "_debug",
+            "_tag",
+            "_echo_on",
+            "_echo_pts",
+            "_ex_bar",
         }
     )
     """Attributes derived from the parameters (not part of a checkpoint). The last
@@ -843,6 +922,7 @@ class PresenceClassifier:
         raw: bytes,
         odo: float,
         addr: str = "",
+        echo: int = 0,
     ) -> None:
         """One accepted advertisement.
 
@@ -856,6 +936,8 @@ class PresenceClassifier:
             raw: the 24-byte payload (kept for the proof).
             odo: the bus odometer (m) now.
             addr: the BLE address it came from (helps pair a rider's rotating rids).
+            echo: byte 23 of the payload, the token's echo of the bus it has heard
+                longest (0: none; :meth:`_echo_heard`).
         """
         r = self._rids.get(rid)
         if rssi < self._floor and rssi > _RSSI_NA:
@@ -1079,6 +1161,8 @@ class PresenceClassifier:
             r.last_in_odo = odo
             r.last_in_raw = raw
             r.n_in += 1
+        if echo and self._echo_on:
+            self._echo_heard(r, t, echo, rssi, odo, v)
         if t > self._t:  # noqa: PLR1730 - cheaper than max()
             self._t = t
 
@@ -1122,6 +1206,199 @@ class PresenceClassifier:
         r.tk_odo = odo
         r.tk_t = t
 
+    # -- the token's echo of the bus (token v1 byte 23) ----------------------------------
+
+    def _echo_heard(  # noqa: PLR0917 - called from the hot path
+        self, r: _Rid, t: float, echo: int, rssi: int, odo: float, v: StopVisit | None
+    ) -> None:
+        """An advert of ``r`` whose echo is not 0 (``echo_evidence`` on; docs/protocol.md).
+
+        Its code is this bus's for the rid (``ec``, computed once per rid) or another
+        bus's: another's counts in ``ex_run`` (echoes in a row naming another bus; one
+        naming this bus resets it). An echo naming this bus with a ``seq`` other than the
+        last one's starts its stretch's record: the trip's stop it began at (``eo_k``) is
+        the stop with that residue mod 8 at or before the stop the bus was at or coming to
+        as it first heard the stretch (the token heard the bus without a gap since then,
+        so it began no later); a stop index the bus does not know gives none. Each advert
+        of the stretch heard ``confirm_distance_m`` or more past the stop the bus left
+        last, that stop at or after ``eo_k`` (the bus has left the echo's stop), and
+        ``sparse_step_m`` or more past the previous such point, is a point (``eo_pts``,
+        RSSI summed in ``eo_sum``): the bus's own hearing of a token that says it has
+        been with it since that stop (:meth:`_echo_from`).
+        """
+        code = r.ec
+        if not code:
+            assert self._tag is not None
+            r.ec = code = echo_code(self._tag, r.rid)
+        if echo >> 3 != code:
+            r.ex_run += 1
+            return
+        r.ex_run = 0
+        seq = echo & (SEQ_MOD - 1)
+        if seq != r.eo_seq:
+            r.eo_seq = seq
+            r.eo_t0 = t
+            r.eo_odo0 = odo
+            r.eo_n = r.eo_pts = 0
+            r.eo_late = -1
+            r.eo_sum = 0.0
+            r.eo_pt_odo = r.eo_pt_t = -math.inf
+            r.eo_vseq = 0 if v is None else v.seq
+            now = self.stop_index_now
+            if now is not None:
+                i = now()
+                cur = -1 if i is None else i
+            elif v is None:
+                cur = 0  # (before the trip's first stop: seq 0)
+            elif v.stop_index is None:
+                cur = -1
+            else:  # the stop served, or next once the doors closed
+                cur = v.stop_index if v.close_t is None else v.stop_index + 1
+            k = cur - (cur - seq) % SEQ_MOD
+            r.eo_k = k if cur >= 0 and k >= 0 else -1
+        r.eo_n += 1
+        if (
+            v is not None
+            and v.seq > r.eo_late
+            and (v.close_t is not None or t >= v.open_t + self._stay)
+        ):
+            r.eo_late = v.seq  # heard past v's doors, or in the bus standing there stay_s on
+        k = r.eo_k
+        if (
+            k >= 0
+            and v is not None
+            and v.close_odo_m is not None
+            and v.stop_index is not None
+            and v.stop_index >= k
+            and odo >= v.close_odo_m + self._co_d
+            and odo >= r.eo_pt_odo + self._co_step
+        ):
+            r.eo_pts += 1
+            r.eo_sum += rssi
+            r.eo_pt_odo = odo
+            r.eo_pt_t = t
+
+    def _echo_visit(self, r: _Rid) -> StopVisit | None:
+        """The closed stop visit of the trip's stop ``eo_k`` (the echo's stop), or ``None``.
+
+        Looked for among the visits up to ``SEQ_MOD`` before the one the bus was at or
+        past as it first heard the stretch (``eo_vseq``) and the one after, with no trip
+        boundary between (going back, the stops' indices fall visit by visit): a stop
+        passed without stopping, or not served yet, names none.
+        """
+        k, vs = r.eo_k, r.eo_vseq
+        if k < 0:
+            return None
+        after = math.inf  # (the stop index of the visit after, going back)
+        for x in reversed(self._visits):
+            if x.seq > vs + 1:
+                continue
+            if x.seq < vs - SEQ_MOD:
+                return None
+            i = x.stop_index
+            if i is None:
+                continue
+            if i >= after:
+                return None  # a trip boundary between
+            if i == k:
+                return x if x.close_t is not None else None
+            if i < k:
+                return None
+            after = i
+        return None
+
+    def _echo_from(self, r: _Rid, v: StopVisit) -> StopVisit | None:
+        """The stop a candidate of ``v`` has been aboard since by its echo, or ``None``.
+
+        Its latest echo names this bus (``ex_run`` 0) with a stretch that began at a stop
+        the bus served (:meth:`_echo_visit`), ``v`` or one before it, and the bus heard
+        the stretch at ``echo_points`` points or more since it left that stop
+        (:meth:`_echo_heard`), their mean within ``in_bus_margin_db`` of the riders' level
+        and, once it has one, within ``sparse_fall_db`` of its level at its stop (one left
+        there hears the bus a while longer, and is heard falling away); not barred from
+        co-movement (:meth:`_barred`), fallen away or a convoy. The bus's own hearing,
+        never the echo alone: a code collides with another bus's for 1 rid in 31, and a
+        token of a rider of a bus beside this one is heard through two shells. And the
+        stretch heard past a later stop's doors, or in the bus standing there ``stay_s``
+        after they opened (``eo_late``): it stayed with the bus through a stop. Whoever is
+        near the bus at a stop hears its beacon and echoes it with that stop's seq
+        (waiters, pedestrians, cars); a car beside the bus drives on as it halts (small
+        scale, tuning seed 2, cell 22, ``rush_hour_crowd`` r-00072: a car heard at BD003's
+        doors, at a red light and on to 665 m, gone before BD004, was boarded on two echo
+        points without it and charged BD003 -> BD004). A stop
+        before ``v`` counts only if the bus heard that stretch at its doors or in the hop
+        after it (:meth:`_echo_near`): someone waiting at ``v`` who heard the bus serve a
+        stop before (a beacon carries farther than a token) is heard only near ``v``.
+        """
+        p = self.params
+        n = r.eo_pts
+        if n < self._echo_pts or n == 0 or r.ex_run or r.fell or r.convoy is not None:
+            return None
+        mean = r.eo_sum / n
+        if mean < self._riders_lvl - p.in_bus_margin_db or (
+            r.lvl is not None and mean < r.lvl - self._sparse_fall
+        ):
+            return None
+        w = self._echo_visit(r)
+        if w is None or w.seq > v.seq or r.eo_late <= w.seq or self._barred(r):
+            return None
+        if w is not v and not self._echo_near(r, w):
+            return None
+        return w
+
+    def _echo_near(self, r: _Rid, w: StopVisit) -> bool:
+        """Whether the bus first heard ``r``'s stretch at ``w``'s doors or in the hop after.
+
+        At or before the doors' closing (``board_grace_s`` after included), or
+        ``confirm_distance_m`` or more past ``w`` and as far before the next stop's doors:
+        where someone waiting at a later stop is not heard by the bus. Not a stop merely
+        far before the candidate's along the route: a waiter at BD005 had heard bus-17 since
+        it served BD003, 1.4 km of its route back (a loop brings them near; small scale,
+        tuning seed 3, cell 22, ``shared_stop_three_routes`` r-00007: charged from BD003
+        when a stop two stops or 300 m of travel back counted without the bus's hearing).
+        """
+        assert w.close_t is not None
+        assert w.close_odo_m is not None
+        if r.eo_t0 <= w.close_t + self._grace:
+            return True
+        if r.eo_odo0 < w.close_odo_m + self._co_d:
+            return False
+        for x in self._visits:
+            if x.seq == w.seq + 1:
+                return r.eo_t0 < x.open_t and r.eo_odo0 <= x.open_odo_m - self._co_d
+        return True
+
+    def _echo_elsewhere(self, r: _Rid) -> bool:
+        """Whether ``r``'s last ``echo_other_adverts`` echoes or more named another bus.
+
+        It has heard another bus longer than this one: a rider of a bus beside this one, of
+        a bus bunched with it, of another route at a shared stop. Evidence against
+        boarding it on thin evidence (co-movement, track, door to door, tentative pieces);
+        never against the dense rules' (a rider of this bus echoes the bus it heard first
+        until that one is out of hearing).
+        """
+        return 0 < self._ex_bar <= r.ex_run
+
+    def _echo_board(self, r: _Rid, t: float, w: StopVisit, out: list[SegmentDraft]) -> None:
+        """Board ``r`` from ``w``, the stop its echo names (:meth:`_echo_from`)."""
+        if r.state != _CANDIDATE:
+            self._become_candidate(r, w, fresh=True)
+        r.visit = w
+        if r.eo_pt_t > r.last_in_t:  # (its latest point: heard with the bus there)
+            r.last_in_t = r.eo_pt_t
+            r.last_in_odo = r.eo_pt_odo
+            r.last_in_raw = r.last_raw
+        self._confirm_new(r, t, w, out)
+        if self._debug:
+            log.debug(
+                "rid_echo_boarded",
+                rid=r.rid.hex(),
+                stop_id=w.stop_id,
+                t=t,
+                eo_pts=r.eo_pts,
+                eo_mean=round(r.eo_sum / r.eo_pts, 1),
+            )
+
     def _carried_through(self, r: _Rid) -> bool:
         """Whether a rid not on board rode with the bus through two stops from its track's.
 
@@ -1151,6 +1428,7 @@ class PresenceClassifier:
             and (a.seq < r.tk_stood <= r.tk_seq or r.tk_door)
             and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
+            and not self._echo_elsewhere(r)
         )
 
     def _carried_and_stood(self, r: _Rid) -> bool:
@@ -1203,6 +1481,7 @@ class PresenceClassifier:
             and r.tk_lvl - self._sparse_fall <= r.ewma <= r.tk_lvl + self._sparse_fall
             and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
+            and not self._echo_elsewhere(r)
         )
 
     def _tracked_on(self, r: _Rid) -> bool:
@@ -1273,6 +1552,7 @@ class PresenceClassifier:
             # near the riders, at the first doors and now
             and r.dp_sum / r.dp_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
+            and not self._echo_elsewhere(r)
         )
 
     def _revives(self, r: _Rid, odo: float) -> bool:
@@ -1501,6 +1781,7 @@ class PresenceClassifier:
         levels = [o.base for o, kind, _ in self._olds.values() if kind == _PRED_ONBOARD]
         # (locals: this loop visits every rid known, every tick)
         fade_timeout, outside_forget = p.fade_timeout_s, p.outside_forget_s
+        echo_pts = self._echo_pts if self._echo_on else _NEVER
         add_level = levels.append
         for r in self._rids.values():
             st = r.state
@@ -1537,6 +1818,18 @@ class PresenceClassifier:
             ):
                 try:  # a candidate dropped at a stop, carried on with the bus all the same
                     self._board_through(r, t, out)
+                except Exception as exc:
+                    self._failed("tick", r, exc)
+            elif (
+                r.eo_pts >= echo_pts
+                and r.start is None  # (a ride closed once is for the revive rule)
+                and r.visit is not None
+                and r.pred == _PRED_NONE
+                and r.rid not in self._olds
+                and (w := self._echo_from(r, r.visit)) is not None
+            ):
+                try:  # a candidate dropped on the way, its echo heard with the bus since
+                    self._echo_board(r, t, w, out)
                 except Exception as exc:
                     self._failed("tick", r, exc)
             elif (
@@ -1784,6 +2077,7 @@ class PresenceClassifier:
             and r.co_hi - r.co_lo <= self._sparse_fall
             and t - v.close_t >= p.confirm_min_s
             and self._moved_on(r, v)
+            and not self._echo_elsewhere(r)
         ):
             # co-movement: heard again and again, at its own level, while the bus carried
             # it far from the stop, however sparsely (a weak token deep in a bag)
@@ -1824,6 +2118,15 @@ class PresenceClassifier:
             # one that fell away from its level at the stop: left behind, then caught up)
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
+        elif (
+            r.eo_pts >= self._echo_pts
+            and self._echo_on
+            and t - v.close_t >= p.confirm_min_s
+            and (w := self._echo_from(r, v)) is not None
+        ):
+            # its echo says it has been with this bus since w, and the bus heard it so
+            # after leaving w, however thin its candidacy (twentieth pass)
+            self._echo_board(r, t, w, out)
         elif (
             # its interval is over by its token's clock, refresh included (t - d_min is a
             # lower bound of the token's time): the rid can never be heard again
@@ -1969,6 +2272,7 @@ class PresenceClassifier:
             and r.last_in_t >= w.open_t - p.alight_pre_s
             and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
             and r.rid not in self._olds
+            and not self._echo_elsewhere(r)
         )
 
     def _note_low(self, rssi: float) -> None:
@@ -2209,6 +2513,10 @@ class PresenceClassifier:
             v = handed
         elif a is not None and v is not None and a.seq < v.seq and self._tracked_from(r, v):
             v = a  # carried to its stop from the track's (a closed visit before it)
+        elif r.eo_pts >= self._echo_pts and self._echo_on and v is not None:
+            w = self._echo_from(r, v)
+            if w is not None and w.seq < v.seq:
+                v = w  # its echo: with this bus since an earlier stop, heard so after it
         assert v is not None
         assert v.close_t is not None
         assert v.close_odo_m is not None
@@ -2472,6 +2780,26 @@ class PresenceClassifier:
         r.co_sent, r.sent_t = old.co_sent, old.sent_t  # (what its pieces already sent)
         r.co_lo, r.co_hi = old.co_lo, old.co_hi
         r.co_odo, r.co_odo0 = old.co_odo, old.co_odo0
+        if old.eo_seq >= 0 and r.eo_seq in (-1, old.eo_seq) and r.eo_k in (-1, old.eo_k):
+            # the token's echo stretch outlives its rid (a free rotation link): the new
+            # rid goes on with the old one's stretch (:meth:`_echo_heard`)
+            self._echo_continues(r, old)
+
+    @staticmethod
+    def _echo_continues(r: _Rid, old: _Rid) -> None:
+        """``r``, its token's rid after ``old``, goes on with ``old``'s echo stretch."""
+        if r.eo_seq < 0:
+            r.eo_pts = r.eo_n = 0
+            r.eo_sum = 0.0
+            r.eo_t0, r.eo_odo0 = old.eo_t0, old.eo_odo0
+            r.eo_pt_odo, r.eo_pt_t = old.eo_pt_odo, old.eo_pt_t
+        else:
+            r.eo_t0, r.eo_odo0 = min(r.eo_t0, old.eo_t0), min(r.eo_odo0, old.eo_odo0)
+        r.eo_seq, r.eo_k, r.eo_vseq = old.eo_seq, old.eo_k, old.eo_vseq
+        r.eo_pts += old.eo_pts
+        r.eo_sum += old.eo_sum
+        r.eo_n += old.eo_n
+        r.eo_late = max(r.eo_late, old.eo_late)
 
     def _confirm(  # noqa: PLR0917 - internal
         self, r: _Rid, t: float, cause: str, start_t: float, stop_id: str | None, odo: float
@@ -2583,6 +2911,7 @@ class PresenceClassifier:
             and not self._barred(r)
             and r.co_hi - r.co_lo <= self._sparse_fall
             and r.co_sum / n >= self._riders_lvl - p.in_bus_margin_db
+            and not self._echo_elsewhere(r)
             and (
                 r.first_token_t - r.interval * INTERVAL_S <= p.tentative_window_s
                 # still a candidate when its interval ended by its token's clock (t - d_min
@@ -3243,7 +3572,18 @@ class PresenceClassifier:
             # vehicle's short ride (a tentative piece is no ride: a vehicle's rid that sent
             # one is not revived by it)
             or r.start.t <= r.rode_t
+            # its echo names this bus since a stop it boarded at or before, heard so at
+            # echo_points points after the bus left that stop (:meth:`_echo_from`): it has
+            # been with this bus all that while, by its own hearing and the bus's
+            or self._echo_rode(r)
         )
+
+    def _echo_rode(self, r: _Rid) -> bool:
+        """Whether ``r``'s echo says it has been with this bus since its boarding stop."""
+        if not self._echo_on or r.eo_pts < self._echo_pts or r.ex_run or r.visit is None:
+            return False
+        w = self._echo_visit(r)
+        return w is not None and w.seq <= r.visit.seq and r.eo_late > w.seq
 
     def _faded_at(self, r: _Rid, v: StopVisit, last_t: float, last_odo: float) -> bool:
         """Whether a rider last heard at ``last_t``/``last_odo`` faded at stop visit ``v``.
@@ -3444,6 +3784,15 @@ class PresenceClassifier:
             if r.state == _GONE:
                 continue
             was = r.state
+            if was == _CANDIDATE and r.eo_pts >= self._echo_pts and self._echo_on:
+                try:  # its echo and the bus's hearing say it rode: board it, then close it
+                    assert r.visit is not None
+                    w = self._echo_from(r, r.visit)
+                    if w is not None:
+                        self._echo_board(r, t, w, out)
+                        was = r.state
+                except Exception as exc:
+                    self._failed("finish", r, exc)
             if was == _CANDIDATE:
                 try:
                     if self._tentative_ok(r):

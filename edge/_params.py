@@ -257,6 +257,31 @@ class ClassifierParams:
         " at a rotation",
     )
 
+    # --- bus beacon echo (token byte 23) -------------------------------------------------
+    echo_evidence: bool = option(
+        True,
+        doc="read a token's echo of the bus it has heard longest (token v1 byte 23,"
+        " docs/protocol.md): an echo naming this bus since a stop it has left, heard by the"
+        " bus while it carries the token, boards a candidacy too thin for the co-movement"
+        " rules and dates its boarding from that stop; an echo naming another bus bars the"
+        " thin rules (docs/classifier.md, 'Twentieth pass'). Off: the echo is ignored and"
+        " the output is that of an edge without it",
+    )
+    echo_points: int = option(
+        2,
+        doc="... the points, sparse_step_m apart, confirm_distance_m or more past the stop"
+        " the bus last left (at or after the echo's stop), at which adverts naming this"
+        " bus are heard (their mean within in_bus_margin_db of the riders' level) before"
+        " the echo boards or moves a boarding: the bus's own hearing, never the echo alone"
+        " (a code collides with another bus's for 1 rid in 31)",
+    )
+    echo_other_adverts: int = option(
+        3,
+        doc="... a candidate whose last this many echoes in a row (0 = no echo, not"
+        " counted) name another bus is not boarded on thin evidence (co-movement, track,"
+        " door to door, tentative pieces): it has been with that bus longer; 0: off",
+    )
+
     # --- flags / bookkeeping ------------------------------------------------------------
     flag_ttl_s: float = option(
         10.0, doc="a flag (alight request, assist, wait) counts while heard this recently"

@@ -20,6 +20,7 @@ import io
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from operator import attrgetter
 from typing import Any, Final
 
@@ -33,8 +34,9 @@ from busbell import (
     get_logger,
 )
 from busbell._echo import BEACON_LEN, bus_tag, parse_beacon
+from edge._beacon import beacon_stop_index
 from edge._checkpoint_pickle import CheckpointError, _Unpickler
-from edge._classifier import PresenceClassifier, State
+from edge._classifier import _ECHO_DEFAULTS, PresenceClassifier, State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft, SegmentEnd
 from edge._vehicle import VehicleContext, VehicleEvent
@@ -130,9 +132,12 @@ def _rid_objects(tuples: Any, cls: Any, slots: tuple[str, ...]) -> list[Any]:
     """Rebuild the rid records of :func:`_rid_tuples` (``slots``: the checkpoint's order).
 
     The values are set by name, so a checkpoint written with the slots in another order
-    (before `_Rid`'s hot fields came first, they were alphabetical) restores the same.
+    (before `_Rid`'s hot fields came first, they were alphabetical) restores the same. A
+    checkpoint written before the echo was read has none of its slots: they get the
+    values of a rid that has heard no echo (:data:`edge._classifier._ECHO_DEFAULTS`).
     """
     i_start = slots.index("start")
+    missing = [(k, v) for k, v in _ECHO_DEFAULTS.items() if k not in slots]
     rows = []
     # (a slotted class: an empty record, not initialised; a class compiled by mypyc has no
     # __slots__ and its __new__ runs __init__: a record initialised, then overwritten)
@@ -142,6 +147,8 @@ def _rid_objects(tuples: Any, cls: Any, slots: tuple[str, ...]) -> list[Any]:
             raise ValueError("rid record length")
         r = cls.__new__(cls) if bare else cls(b"", 0, 0.0)
         for name, v in zip(slots, row, strict=True):
+            setattr(r, name, v)
+        for name, v in missing:
             setattr(r, name, v)
         st = row[i_start]
         if st is not None:
@@ -183,7 +190,8 @@ class EdgePipeline:
     """One bus's pipeline from trace records to :class:`~edge._segment.SegmentDraft`.
 
     Args:
-        bus_id: the bus (for logs).
+        bus_id: the bus: for logs, and its beacon tag (:func:`busbell._echo.bus_tag`), which
+            tokens' echoes (payload byte 23) are read against.
         feed: the GTFS static feed.
         verifier: the bus's offline token check (holds the fleet keys and tq window).
         params: classifier and vehicle thresholds.
@@ -200,13 +208,14 @@ class EdgePipeline:
         self.params = p = params or ClassifierParams()
         self.verifier = verifier
         self.vehicle = VehicleContext(feed, p)
-        self.classifier = PresenceClassifier(p)
+        self._own_tag = bus_tag(bus_id)
+        self.classifier = PresenceClassifier(p, self._own_tag)
+        self.classifier.stop_index_now = partial(beacon_stop_index, self.vehicle)
         self.adverts_seen = 0
         self.adverts_accepted = 0
         self.no_company_id = 0
         self.rejected: dict[str, int] = {}
         self.beacons_heard = {"own": 0, "other": 0}
-        self._own_tag = bus_tag(bus_id)
         self.errors: dict[str, int] = {}
         self._cid = p.company_id
         self._cache: dict[bytes, tuple[bytes, int, float, int, int]] = {}
@@ -297,7 +306,11 @@ class EdgePipeline:
         if not (
             isinstance(saved_slots, list)
             and all(type(name) is str for name in saved_slots)
-            and sorted(saved_slots) == sorted(_RID_SLOTS)
+            and sorted(saved_slots)
+            in (
+                sorted(_RID_SLOTS),
+                sorted(set(_RID_SLOTS) - _ECHO_DEFAULTS.keys()),  # (before the echo)
+            )
         ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")
         pipe, veh, cls = state.get("pipeline"), state.get("vehicle"), state.get("classifier")
@@ -434,7 +447,7 @@ class EdgePipeline:
                         rid, interval, token_t, flags, _ = hit
                         self.classifier.advert(
                             t, rid, interval, token_t, rec.rssi, flags, payload,
-                            self.vehicle.odometer_m, rec.addr,
+                            self.vehicle.odometer_m, rec.addr, payload[23],
                         )  # fmt: skip
                         if flags & _BELL_FLAGS and self.flag_listener is not None:
                             on = self.classifier.state_of(rid) is State.ONBOARD

@@ -22,9 +22,10 @@ went during the leg:
 The first three of these and ``discarded`` are legs the edge never emitted. Each leg also
 gets the evidence the bus had: adverts during the leg, how many while moving, the rider's
 median RSSI against the riders' level the classifier held, the most co-movement points any
-of its candidacies gathered, and whether a rid of theirs was heard at the boarding stop's
+of its candidacies gathered, whether a rid of theirs was heard at the boarding stop's
 open doors (with the truth's door times unknown to the edge, "open doors" are the
-classifier's stop visits).
+classifier's stop visits), and the echoes its adverts carried (token byte 23: how many
+named this bus, how many another; docs/classifier.md, "Twentieth pass").
 
 It reads the simulator's files by name (no import of ``firmware_sim``). ``busbell edge
 why-missed`` is its command line (``docs/simulator.md``).
@@ -46,6 +47,7 @@ from typing import Any
 import structlog
 
 from busbell import AdvRecord, TokenVerifier, load_gtfs, read_fleet_keys
+from busbell._echo import bus_tag, echo_code
 from edge._classifier import State
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
@@ -62,6 +64,8 @@ _AFTER_S = 900.0
 is dropped after a silence, well after the rider got off)."""
 
 _EDGE_CAUSES = ("never_heard", "never_candidate", "dropped", "discarded")
+_ECHO_BYTE = 23
+"""The token payload's echo byte (docs/protocol.md, "Bus beacon v1 and the echo")."""
 
 
 @dataclass(slots=True)
@@ -89,6 +93,8 @@ class MissedLeg:
         again_pts: the most points a rid of theirs was heard at while moving after a drop
             and before the next doors opened (a candidate dropped for a silence, then heard
             moving with the bus again).
+        echo_own: of the adverts during the leg, those whose echo named this bus.
+        echo_other: those whose echo named another bus (0: no echo, in neither).
         heard_from: their first advert during the leg (``inf`` if none).
         heard_to: their last advert during the leg.
         states: the states the leg's rids entered, in order, per rid (``i<interval>``).
@@ -111,6 +117,8 @@ class MissedLeg:
     co_n: int = 0
     points: int = 0
     again_pts: int = 0
+    echo_own: int = 0
+    echo_other: int = 0
     heard_from: float = math.inf
     heard_to: float = -math.inf
     states: dict[str, list[str]] = field(default_factory=dict)
@@ -168,13 +176,18 @@ class MissedLeg:
         med = "-" if self.median_rssi is None else f"{self.median_rssi:.0f}"
         lvl = "-" if self.riders_lvl is None else f"{self.riders_lvl:.0f}"
         st = "; ".join(f"{k}: {'>'.join(v)}" for k, v in self.states.items())
+        echo = (
+            f"echo this bus {self.echo_own}, another {self.echo_other}; "
+            if self.echo_own or self.echo_other
+            else ""
+        )
         return (
             f"{self.scenario.name} {self.rider_id} {self.bus_id} {self.board_stop_id}->"
             f"{self.alight_stop_id}: {self.cause}; heard {self.heard}: {self.adverts} adverts "
             f"({self.moving} "
             f"moving, {self.at_board_doors} at the boarding doors), median {med} dBm vs "
             f"riders {lvl}, {self.points} points moving, co_n {self.co_n}, heard again after "
-            f"a drop {self.again_pts}; "
+            f"a drop {self.again_pts}; {echo}"
             f"states {st or '-'}"
         )
 
@@ -188,6 +201,8 @@ class _Heard:
     states: list[tuple[float, State]] = field(default_factory=list)
     segments: list[SegmentDraft] = field(default_factory=list)
     co_n: list[tuple[float, int]] = field(default_factory=list)
+    echoes: list[tuple[float, int]] = field(default_factory=list)
+    """``(t, echo)`` per accepted advert whose echo (payload byte 23) was not 0."""
 
 
 @contextmanager
@@ -231,6 +246,9 @@ def _replay(
                 h = heard.get(rid) if rid is not None else None
                 r = cls._rids.get(rid) if rid is not None else None
                 if h is not None and r is not None and r.last_t == rec.t:
+                    payload = rec.mfr.get(company)
+                    if payload is not None and len(payload) > _ECHO_BYTE and payload[_ECHO_BYTE]:
+                        h.echoes.append((t, payload[_ECHO_BYTE]))
                     v = veh.current_visit
                     stop = None if v is None else v.stop_id
                     h.adverts.append(
@@ -279,10 +297,17 @@ def _evidence(
     lvls: list[float] = []
     odos: list[float] = []
     in_leg: list[bytes] = []
+    tag = bus_tag(leg.bus_id)
     for rid in mine:
         advs = [a for a in heard[rid].adverts if t0 <= a[0] <= t1]
         if advs:
             in_leg.append(rid)
+        echoes = [e for t, e in heard[rid].echoes if t0 <= t <= t1]
+        if echoes:
+            code = echo_code(tag, rid)
+            own = sum(1 for e in echoes if e >> 3 == code)
+            leg.echo_own += own
+            leg.echo_other += len(echoes) - own
         for t, level, moving, stop, riders, odo in advs:
             rssi.append(level)
             leg.heard_from = min(leg.heard_from, t)

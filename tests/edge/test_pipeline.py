@@ -436,10 +436,11 @@ def test_a_failing_classifier_step_is_contained_counted_and_logged(feed: Feed) -
             raw: bytes,
             odo: float,
             addr: str = "",
+            echo: int = 0,
         ) -> None:
             if rid == rid_for_interval(bad_adv.rid_key, interval):
                 raise ValueError("injected advert fault")
-            super().advert(t, rid, interval, token_t, rssi, flags, raw, odo, addr)
+            super().advert(t, rid, interval, token_t, rssi, flags, raw, odo, addr, echo)
 
         def _check_candidate(self, r: _Rid, t: float, odo: float, out: list[SegmentDraft]) -> None:
             if r.rid == rid_for_interval(bad_tick.rid_key, r.interval):

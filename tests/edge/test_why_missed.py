@@ -12,10 +12,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from busbell import BusbellError
+from busbell._echo import bus_tag, echo_code, encode_echo
 from edge._classifier import State
 from edge._segment import SegmentDraft, SegmentEnd
 from edge._why_missed import (
     MissedLeg,
+    _evidence,
     _Heard,
     _judge,
     _points,
@@ -308,3 +310,27 @@ def test_an_advert_the_bus_rejected_is_not_the_riders_evidence(
     assert before.adverts > 0
     assert after.adverts == before.adverts
     assert (after.heard_from, after.heard_to) == (before.heard_from, before.heard_to)
+
+
+def test_a_missed_legs_echoes_are_counted_and_said() -> None:
+    """The echoes a missed rider's adverts carried (payload byte 23): this bus's code for the
+    rid, or another bus's (0: no echo, counted in neither)."""
+    rid = bytes(range(12))
+    code = echo_code(bus_tag("b"), rid)
+    other = code % 31 + 1
+    h = _Heard(
+        adverts=[(t, -90, True, None, -80.0, 10.0 * t) for t in (10.0, 20.0, 30.0, 400.0)],
+        echoes=[
+            (10.0, encode_echo(code, 3)),
+            (20.0, encode_echo(other, 1)),
+            (30.0, encode_echo(code, 3)),
+            (400.0, encode_echo(code, 3)),
+        ],
+    )
+    lg = MissedLeg(Path("k/cell-22/seed-1/x"), "r", "b", "S1", "S2", 0.0, 300.0)
+    _evidence(lg, {rid: 1}, {rid: h}, 100.0)
+    assert (lg.echo_own, lg.echo_other) == (2, 1)  # (the advert at 400 s is after the leg)
+    assert "echo this bus 2, another 1" in lg.line()
+    quiet = MissedLeg(Path("k/cell-22/seed-1/x"), "r", "b", "S1", "S2", 0.0, 300.0)
+    _evidence(quiet, {rid: 1}, {rid: _Heard(adverts=h.adverts)}, 100.0)
+    assert "echo" not in quiet.line()
