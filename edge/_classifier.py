@@ -198,7 +198,7 @@ bags put a quarter of a bus's riders 8 dB or more below their median)."""
 
 
 _NEVER: Final = 1 << 62
-"""A count no rid reaches (the echo points asked for with the echo off)."""
+"""A count no rid reaches (the echo points asked for with the echo off), a stop index none."""
 _ECHO_DEFAULTS: Final[dict[str, Any]] = {
     "ec": 0,
     "eo_k": -1,
@@ -1289,7 +1289,7 @@ class PresenceClassifier:
         k, vs = r.eo_k, r.eo_vseq
         if k < 0:
             return None
-        after = math.inf  # (the stop index of the visit after, going back)
+        after = _NEVER  # (the stop index of the visit after, going back: an int, compiled)
         for x in reversed(self._visits):
             if x.seq > vs + 1:
                 continue
