@@ -14,23 +14,19 @@ twice for one bus trip.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend._fare_engine import FareEngine
-from backend._fare_rules import load_rules
-from backend._journeys import JourneyBuilder, Segment
 from busbell import Feed, load_gtfs
 from tests.factories.edge_world import (
     BusPlan,
     SynthToken,
+    assert_fare_invariants,
     replay,
     synth_trace,
-    token_of,
     write_gtfs,
 )
 from tests.factories.properties import examples
@@ -105,31 +101,4 @@ def test_random_worlds_never_crash_never_order_wrong_never_double_charge(
     recs, _ = synth_trace(plan, toks, seed=seed, packet_loss=loss)
     drafts, pipe = replay(feed, recs)
     assert pipe.stats.errors == {}
-    segments = []
-    ends: dict[str, float] = {}
-    for d in sorted(drafts, key=lambda d: d.start.t):
-        # one rid's segments never overlap (the live fault suite's check after restarts)
-        assert d.start.t >= ends.get(d.rid, -math.inf), f"rid {d.rid} overlaps itself"
-        ends[d.rid] = d.end.t
-    for n, d in enumerate(drafts, 1):
-        assert d.start.t <= d.end.t
-        assert d.distance_m >= 0.0
-        k = token_of(d, toks)
-        assert k is not None
-        ev = {**d.to_event_fields(), "bus_id": "SYN", "seq": n, "event_id": f"e{n}"}
-        segments.append(Segment.from_event(ev, rider_id=f"tok{k}"))
-    builder = JourneyBuilder(FareEngine(load_rules()), feed)
-    trips: set[tuple[str, str, str | None]] = set()
-    trip = feed.trips["T1"]
-    for j in builder.build(segments):
-        if not j.charged:
-            continue
-        for leg in j.legs:
-            key = (leg.rider_id, leg.bus_id, leg.trip_id)
-            assert key not in trips, f"charged twice for one trip: {key}"
-            trips.add(key)
-            b, a = leg.board_stop_id, leg.alight_stop_id
-            if b is not None and a is not None:
-                assert b != a
-                if b in trip.stop_ids and a in trip.stop_ids:
-                    assert trip.stop_ids.index(b) < trip.stop_ids.index(a)
+    assert_fare_invariants(drafts, toks, feed)

@@ -22,9 +22,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backend._fare_engine import FareEngine
-from backend._fare_rules import load_rules
-from backend._journeys import JourneyBuilder, Segment
 from busbell import (
     AdvRecord,
     Feed,
@@ -46,9 +43,9 @@ from tests.factories.edge_world import (
     COMPANY,
     BusPlan,
     SynthToken,
+    assert_fare_invariants,
     fleet_keys_for,
     synth_trace,
-    token_of,
     write_gtfs,
 )
 from tests.factories.properties import examples
@@ -244,33 +241,7 @@ def test_random_echoes_never_crash_never_board_after_alighting_never_double_char
         drafts.extend(pipe.feed(r))
     drafts.extend(pipe.finish(echoed[-1].t + 1.0))
     assert pipe.stats.errors == {}
-    ends: dict[str, float] = {}
-    segments = []
-    for d in sorted(drafts, key=lambda d: d.start.t):
-        assert d.start.t >= ends.get(d.rid, -math.inf), f"rid {d.rid} overlaps itself"
-        ends[d.rid] = d.end.t
-    for n, d in enumerate(drafts, 1):
-        assert d.start.t <= d.end.t
-        assert d.distance_m >= 0.0
-        k = token_of(d, toks)
-        assert k is not None
-        ev = {**d.to_event_fields(), "bus_id": "SYN", "seq": n, "event_id": f"e{n}"}
-        segments.append(Segment.from_event(ev, rider_id=f"tok{k}"))
-    builder = JourneyBuilder(FareEngine(load_rules()), feed)
-    trips: set[tuple[str, str, str | None]] = set()
-    trip = feed.trips["T1"]
-    for j in builder.build(segments):
-        if not j.charged:
-            continue
-        for leg in j.legs:
-            key = (leg.rider_id, leg.bus_id, leg.trip_id)
-            assert key not in trips, f"charged twice for one trip: {key}"
-            trips.add(key)
-            b, a = leg.board_stop_id, leg.alight_stop_id
-            if b is not None and a is not None:
-                assert b != a
-                if b in trip.stop_ids and a in trip.stop_ids:
-                    assert trip.stop_ids.index(b) < trip.stop_ids.index(a)
+    assert_fare_invariants(drafts, toks, feed)
 
 
 def test_the_echos_stop_is_the_beacons_stop_index_stops_passed_counted(tmp_path: Path) -> None:

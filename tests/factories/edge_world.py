@@ -10,6 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend._fare_engine import FareEngine
+from backend._fare_rules import load_rules
+from backend._journeys import JourneyBuilder, Segment
 from busbell import (
     AdvRecord,
     DoorRecord,
@@ -314,10 +317,48 @@ def token_of(draft: SegmentDraft, tokens: Sequence[SynthToken]) -> int | None:
     return None
 
 
+def assert_fare_invariants(
+    drafts: Sequence[SegmentDraft], tokens: Sequence[SynthToken], feed: Feed, trip_id: str = "T1"
+) -> None:
+    """The invariants of issue 11 over one replay's drafts, through the backend's journeys.
+
+    One rid's segments never overlap (the live fault suite's check after restarts); every
+    draft is some token's; no rider is charged twice for one bus trip; no charged leg boards
+    at or after its alighting stop on ``trip_id``.
+    """
+    ends: dict[str, float] = {}
+    for d in sorted(drafts, key=lambda d: d.start.t):
+        assert d.start.t >= ends.get(d.rid, -math.inf), f"rid {d.rid} overlaps itself"
+        ends[d.rid] = d.end.t
+    segments = []
+    for n, d in enumerate(drafts, 1):
+        assert d.start.t <= d.end.t
+        assert d.distance_m >= 0.0
+        k = token_of(d, tokens)
+        assert k is not None
+        ev = {**d.to_event_fields(), "bus_id": "SYN", "seq": n, "event_id": f"e{n}"}
+        segments.append(Segment.from_event(ev, rider_id=f"tok{k}"))
+    trips: set[tuple[str, str, str | None]] = set()
+    trip = feed.trips[trip_id]
+    for j in JourneyBuilder(FareEngine(load_rules()), feed).build(segments):
+        if not j.charged:
+            continue
+        for leg in j.legs:
+            key = (leg.rider_id, leg.bus_id, leg.trip_id)
+            assert key not in trips, f"charged twice for one trip: {key}"
+            trips.add(key)
+            b, a = leg.board_stop_id, leg.alight_stop_id
+            if b is not None and a is not None:
+                assert b != a
+                if b in trip.stop_ids and a in trip.stop_ids:
+                    assert trip.stop_ids.index(b) < trip.stop_ids.index(a)
+
+
 __all__ = [
     "COMPANY",
     "BusPlan",
     "SynthToken",
+    "assert_fare_invariants",
     "bus_timeline",
     "fleet_key_of",
     "latlon",
