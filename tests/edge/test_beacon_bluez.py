@@ -24,7 +24,14 @@ from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon, parse_bea
 from edge._advertiser import AD_PATH, BeaconAdvertiser
 from edge._beacon import BeaconParams
 from edge._ble import BleakSource, ScannerParams
-from tests.factories.bluez import TOKEN, TOKEN_CID, BlueZMock, eventually, eventually_async
+from tests.factories.bluez import (
+    TOKEN,
+    TOKEN_CID,
+    BlueZMock,
+    eventually,
+    eventually_async,
+    fast_scanner_params,
+)
 
 pytestmark = pytest.mark.dbus
 
@@ -33,16 +40,7 @@ HEX_CID = str(TOKEN_CID)
 
 
 def scanner(**kw: Any) -> ScannerParams:
-    base: dict[str, Any] = {
-        "adapter": "hci0",
-        "mode": "active",
-        "backoff_initial_s": 0.05,
-        "backoff_max_s": 0.2,
-        "dbus_timeout_s": 5.0,
-        "silence_restart_s": 0.0,
-    }
-    base.update(kw)
-    return ScannerParams(**base)
+    return fast_scanner_params(**{"mode": "active", **kw})
 
 
 class Advertising:

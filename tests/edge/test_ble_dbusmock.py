@@ -25,6 +25,7 @@ from tests.factories.bluez import (
     BlueZMock,
     eventually,
     eventually_async,
+    fast_scanner_params,
 )
 
 # A missing dbus-daemon fails these tests loudly (.ci/run installs it).
@@ -32,15 +33,7 @@ pytestmark = pytest.mark.dbus
 
 
 def params(**kw: Any) -> ScannerParams:
-    base: dict[str, Any] = {
-        "adapter": "hci0",
-        "backoff_initial_s": 0.05,
-        "backoff_max_s": 0.2,
-        "dbus_timeout_s": 5.0,
-        "silence_restart_s": 0.0,
-    }
-    base.update(kw)
-    return ScannerParams(**base)
+    return fast_scanner_params(**kw)
 
 
 class Running:

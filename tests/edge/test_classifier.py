@@ -115,6 +115,10 @@ class World:
         self.out.extend(self.c.tick(self.t, self.odo))
         self.t += dt
 
+    def stop_index(self, stop_id: str | None) -> int | None:
+        """The visit's index in the trip (None: these worlds have no trip stop list)."""
+        return None
+
     def dwell(
         self, stop_id: str | None, seconds: float = 15.0, *, reopen: bool = False
     ) -> StopVisit:
@@ -123,7 +127,9 @@ class World:
             v.close_t = v.close_odo_m = None
         else:
             self.seq += 1
-            v = StopVisit(self.seq, stop_id, self.t, self.odo, "door")
+            v = StopVisit(
+                self.seq, stop_id, self.t, self.odo, "door", stop_index=self.stop_index(stop_id)
+            )
         self.visit = v
         self.stop_odo = self.odo
         self.c.on_visit("open", v, self.t)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from busbell._echo import bus_tag, echo_code, encode_echo
 from edge._classifier import _ECHO_DEFAULTS, _RID_SLOTS, PresenceClassifier, _Rid
 from edge._params import ClassifierParams
-from edge._vehicle import StopVisit
 from tests.edge.test_classifier import Token, World, add_riders, by_name
 
 TAG = bus_tag("bus-echo")
@@ -83,22 +82,9 @@ class EchoWorld(World):
         self.out.extend(self.c.tick(self.t, self.odo))
         self.t += dt
 
-    def dwell(
-        self, stop_id: str | None, seconds: float = 15.0, *, reopen: bool = False
-    ) -> StopVisit:
-        assert not reopen
-        self.seq += 1
-        index = None if stop_id is None else int(stop_id[1:])
-        v = StopVisit(self.seq, stop_id, self.t, self.odo, "door", stop_index=index)
-        self.visit = v
-        self.stop_odo = self.odo
-        self.c.on_visit("open", v, self.t)
-        end = self.t + seconds
-        while self.t < end:
-            self.step()
-        v.close_t, v.close_odo_m = self.t, self.odo
-        self.c.on_visit("close", v, self.t)
-        return v
+    def stop_index(self, stop_id: str | None) -> int | None:
+        """Stops are named by their index in the trip (``S3`` is index 3)."""
+        return None if stop_id is None else int(stop_id[1:])
 
 
 def _marks(w: EchoWorld, plan: Plan) -> bool:

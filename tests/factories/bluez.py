@@ -18,6 +18,7 @@ import pytest
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from edge._ble import ScannerParams
 from firmware_sim._bluez_feed import BUS_CONFIG as _SIM_BUS_CONFIG
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "drop_bleak_bus",
     "eventually",
     "eventually_async",
+    "fast_scanner_params",
     "running_bluez",
 ]
 
@@ -38,6 +40,19 @@ APPLE_CID = 0x004C
 
 # The private system bus: the same config the simulator uses for its emulated bluetoothd.
 BUS_CONFIG = _SIM_BUS_CONFIG
+
+
+def fast_scanner_params(**kw: Any) -> ScannerParams:
+    """``[scanner]`` on hci0 with short backoffs and no silence watchdog (tests of BlueZ)."""
+    base: dict[str, Any] = {
+        "adapter": "hci0",
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+        "dbus_timeout_s": 5.0,
+        "silence_restart_s": 0.0,
+    }
+    base.update(kw)
+    return ScannerParams(**base)
 
 
 async def eventually(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
