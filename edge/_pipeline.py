@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from busbell import (
     AdvRecord,
@@ -427,8 +427,10 @@ class EdgePipeline:
             self._t = t
         if type(rec) is AdvRecord:
             self.adverts_seen += 1
-            # (Any: a bytearray payload is taken as bytes below, also when compiled by mypyc)
-            payload: Any = rec.mfr.get(self._cid)
+            # (the values read as objects, Any: a bytearray payload is taken as bytes below,
+            # also when compiled by mypyc, which checked a value read from a dict[int, bytes]
+            # and raised TypeError for a bytearray before this line)
+            payload: Any = cast("dict[int, object]", rec.mfr).get(self._cid)
             if payload is None:
                 self.no_company_id += 1
             else:
