@@ -58,13 +58,13 @@ BOUNDARY_T = 1_790_001_000.0
 def edge_build() -> str:
     """Which build of the edge's hot path this process runs (``setup.py``, ``BUSBELL_MYPYC``)."""
     import edge._classifier
-    import edge._pipeline
+    from edge._build import compiled_modules
 
-    mods = (edge._classifier, edge._pipeline)
-    compiled = [m.__name__ for m in mods if not (m.__file__ or "").endswith(".py")]
+    compiled = compiled_modules()
     if not compiled:
         return "pure Python"
-    return f"compiled by mypyc ({', '.join(compiled)}; from {Path(mods[0].__file__ or '').parent})"
+    where = Path(edge._classifier.__file__ or "").parent
+    return f"compiled by mypyc ({', '.join(compiled)}; from {where})"
 
 
 def crowd_plan(seconds_after: float) -> BusPlan:

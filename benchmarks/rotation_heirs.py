@@ -17,7 +17,9 @@ non-rider's line.
 
 Run: ``python -m benchmarks.rotation_heirs RUN [RUN ...] [--list]``, each ``RUN`` a
 scenario directory kept by ``busbell sim score --keep`` (``cell-CC/seed-S/SCENARIO/``) or
-made by ``busbell sim scenario``. Replays take as long as ``busbell edge replay``.
+made by ``busbell sim scenario``. Replays take as long as ``busbell edge replay`` with the
+pure build: with the compiled build installed it runs the classifier's Python code all the
+same (``benchmarks/pure_edge.py``; a compiled class cannot be subclassed), same output.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.pure_edge import check_pure  # (first: the classifier from its sources)
 from busbell import TokenVerifier, TraceReader, configure_logging, load_gtfs
 from busbell._keyfiles import read_fleet_keys
 from edge._classifier import _PRED_CANDIDATE, PresenceClassifier, _Rid
@@ -140,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="kept scenario directories")
     ap.add_argument("--list", action="store_true", help="print every non-rider's line")
     a = ap.parse_args(argv)
+    check_pure()  # (_Watched subclasses the classifier: its Python code, compiled build or not)
     configure_logging("warning")
     p = ClassifierParams()
     heirs = [h for run in a.runs for h in scan_run(run)]

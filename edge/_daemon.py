@@ -57,6 +57,7 @@ from edge._advertiser import BeaconAdvertiser
 from edge._beacon import BeaconState
 from edge._bells import BellCore
 from edge._bells_mqtt import BellRelay
+from edge._build import EdgeBuild, edge_build
 from edge._checkpoint import Checkpointer
 from edge._clock import GnssClock
 from edge._driver_page import DriverDisplay, serve_driver_page
@@ -231,6 +232,8 @@ class EdgeDaemon:
         backend_key = config.denylist_public_key
         self.denylist = Denylist(self.bus_id, load_public_hex(backend_key) if backend_key else None)
         self.pipeline: Pipeline = pipeline if pipeline is not None else self._make_pipeline()
+        self.build: EdgeBuild = edge_build()
+        """The build of the classifier and the pipeline: compiled (mypyc), pure or mixed."""
         self.builder = EventBuilder(self.bus_id, key)
         self.link = MqttLink(config.mqtt, self.bus_id, self.topics, session_factory=session_factory)
         self.stats = DaemonStats()
@@ -522,6 +525,7 @@ class EdgeDaemon:
             "bus_id": self.bus_id,
             "t": round(self.clock(), 3),
             "version": __version__,
+            "build": self.build,
             "backlog": 0 if store is None else store.last_seq - store.acked_upto,
             "upload_lag_s": round(self._upload_lag_s, 1),
             "on_board": self.pipeline.on_board(),
@@ -711,6 +715,14 @@ class EdgeDaemon:
                     g = GaugeMetricFamily(name, doc)
                     g.add_metric([], value)
                     yield g
+                info = GaugeMetricFamily(
+                    "busbell_edge_build_info",
+                    "1, labelled with the build of the classifier and the pipeline this "
+                    "daemon runs: compiled (mypyc), pure (Python) or mixed.",
+                    labels=["build", "version"],
+                )
+                info.add_metric([daemon.build, __version__], 1.0)
+                yield info
 
         registry = CollectorRegistry()
         registry.register(_Collector())
@@ -784,7 +796,13 @@ class EdgeDaemon:
             self.bells.on_recorded = self.uploader.notify
         self._start_metrics()
         name = f"busbell[{self.bus_id}]"
-        _log.info("edge_started", bus_id=self.bus_id, source=getattr(self.source, "name", "?"))
+        _log.info(
+            "edge_started",
+            bus_id=self.bus_id,
+            source=getattr(self.source, "name", "?"),
+            version=__version__,
+            build=self.build,
+        )
         if self.denylist.public_key is None:
             _log.warning(
                 "denylist_key_missing",

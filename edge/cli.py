@@ -144,6 +144,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         + DISPLAY_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--version",
+        action="store_true",
+        help="print busbell's version and the edge's build (compiled or pure) and exit",
+    )
     sub = p.add_subparsers(dest="command")
     run = _command(sub, "run")
     run.add_argument("--config", type=Path, help="TOML config file (defaults + env if absent)")
@@ -450,6 +455,17 @@ def _why_missed(a: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """``busbell VERSION (edge build: BUILD ...)``: the build the daemon would run."""
+    from busbell import __version__
+    from edge._build import compiled_modules, edge_build
+
+    build = edge_build()
+    compiled = compiled_modules()
+    detail = f"; compiled by mypyc: {', '.join(compiled)}" if compiled else ""
+    return f"busbell {__version__} (edge build: {build}{detail})"
+
+
 def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     """Run ``busbell edge ...``; returns the exit status.
 
@@ -459,6 +475,9 @@ def main(argv: Sequence[str], prog: str = "busbell edge") -> int:
     """
     p = _parser(prog)
     a = p.parse_args(list(argv))
+    if a.version:
+        sys.stdout.write(_version() + "\n")
+        return 0
     if a.command is None:
         p.print_help()
         return 2

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -422,6 +423,21 @@ def test_a_checkpoint_restored_into_a_used_pipeline_goes_on_as_the_uninterrupted
     assert _events(used.finish(t_end)) == _events(whole.finish(t_end))
 
 
+def _instance_attrs(obj: object) -> dict[str, Any]:
+    """``vars(obj)``; of a class compiled by mypyc (no ``__dict__``), the attributes set of
+    those its type's getset descriptors declare (not the checkpoint's own ``_attrs``)."""
+    if hasattr(obj, "__dict__"):
+        return dict(vars(obj))
+    names = {
+        k
+        for cls in type(obj).__mro__
+        for k, v in vars(cls).items()
+        if isinstance(v, types.GetSetDescriptorType) and not k.startswith("__")
+    }
+    assert names  # (a compiled class)
+    return {k: getattr(obj, k) for k in names if hasattr(obj, k)}
+
+
 def _not_checkpointed(pipe: EdgePipeline, blob: bytes) -> dict[str, dict[str, Any]]:
     """The classifier's and the vehicle's attributes ``blob`` does not hold, hooks
     (callables) and the vehicle's stop grid (of the feed, not of the state) aside."""
@@ -430,7 +446,7 @@ def _not_checkpointed(pipe: EdgePipeline, blob: bytes) -> dict[str, dict[str, An
     for name, obj in (("classifier", pipe.classifier), ("vehicle", pipe.vehicle)):
         out[name] = {
             k: v
-            for k, v in vars(obj).items()
+            for k, v in _instance_attrs(obj).items()
             if k not in saved[name] and k != "_grid" and not callable(v)
         }
     return out

@@ -29,6 +29,7 @@ from collections.abc import Callable
 import pytest
 
 from edge._params import ClassifierParams
+from tests.edge.compiled import interpreted_only
 from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
 
 START = T0 + 400.0
@@ -472,6 +473,7 @@ def test_a_fobs_ride_across_its_unpaired_rotation_survives_a_restart_anywhere(
     assert all(e[1] != "S2" for e in ends)
 
 
+@interpreted_only  # (a spy patched into the classifier)
 def test_a_pool_rid_heard_after_the_candidates_first_advert_holds_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

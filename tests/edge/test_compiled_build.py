@@ -7,22 +7,21 @@ the sources, exactly as ``setup.py`` builds them for ``pip install``; then
 crowd, three routes at a shared stop) and the crowd benchmark's stream (a rid boundary
 crossed by 300 tokens) through the pure code and through the compiled one: every segment
 with its floats exact, each trace's counters and a digest of the state a checkpoint
-holds must be byte-identical.
+holds must be byte-identical. And the compiled copy says it is: ``busbell edge --version``,
+and the daemon's ``edge_started`` log, status and ``busbell_edge_build_info`` metric
+(tests/edge/test_daemon.py run there with ``BUSBELL_TEST_EDGE_BUILD=compiled``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.edge.compiled import ROOT, build_compiled, copy_sources, python
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = (
     "quiet_route",
     "long_ride_many_intervals",
@@ -32,24 +31,9 @@ SCENARIOS = (
 
 
 def _run(args: list[str], cwd: Path, **env: str) -> str:
-    done = subprocess.run(
-        [sys.executable, *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(cwd), **env},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = python(args, cwd, **env)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done.stdout
-
-
-def _copy_sources(dst: Path) -> None:
-    skip = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "build")
-    for name in ("busbell", "edge", "backend", "firmware_sim", "benchmarks", "tests"):
-        shutil.copytree(ROOT / name, dst / name, ignore=skip)
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy2(ROOT / name, dst / name)
 
 
 def test_the_compiled_edge_replays_byte_identical_to_the_pure_code(tmp_path: Path) -> None:
@@ -61,10 +45,27 @@ def test_the_compiled_edge_replays_byte_identical_to_the_pure_code(tmp_path: Pat
             ROOT,
         )  # fmt: skip
     built = tmp_path / "compiled"
-    _copy_sources(built)
-    _run(["setup.py", "build_ext", "--inplace"], built, BUSBELL_MYPYC="1")
+    built.mkdir()
+    copy_sources(built)
+    build_compiled(built)
     for mod in ("_classifier", "_pipeline"):
         assert list((built / "edge").glob(f"{mod}.*.so")), f"edge/{mod} not compiled"
+    # the build is reported: busbell edge --version, and the daemon's log, status and metric
+    version = _run(["-c", "from busbell.cli import run; run()", "edge", "--version"], built)
+    assert version.startswith("busbell "), version
+    assert version.rstrip().endswith(
+        "(edge build: compiled; compiled by mypyc: edge._classifier, edge._pipeline)"
+    ), version
+    tests = [
+        "tests/edge/test_daemon.py::test_daemon_end_to_end",
+        "tests/edge/test_build.py::test_edge_version_names_the_build",
+    ]
+    said = _run(
+        ["-m", "pytest", "-p", "no:cacheprovider", "-q", *tests],
+        built,
+        BUSBELL_TEST_EDGE_BUILD="compiled",
+    )
+    assert "2 passed" in said, said
     outs = {}
     for label, tree in (("pure", ROOT), ("compiled", built)):
         out = tmp_path / f"{label}.jsonl"

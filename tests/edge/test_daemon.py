@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from busbell import AdvRecord, Topics, TraceRecord, day_of
 from edge._daemon import EdgeDaemon
 from edge.config import MetricsSettings, StatusSettings
+from tests.edge.compiled import EXPECTED_BUILD
 from tests.factories.edge_daemon import (
     KEY,
     NOW,
@@ -135,6 +136,16 @@ async def test_daemon_end_to_end(tmp_path: Path) -> None:
     assert 'busbell_edge_adverts_rejected_total{reason="stale"} 1.0' in metrics
     assert "busbell_edge_fare_backlog" in metrics
     assert "busbell_edge_upload_lag_seconds" in metrics
+    # the build it runs (pure here; compiled in python -m tests.edge.compiled): logged at
+    # start-up, exported, in the status
+    assert s["build"] == EXPECTED_BUILD
+    (started,) = [log for log in logs if log["event"] == "edge_started"]
+    assert started["build"] == EXPECTED_BUILD
+    assert started["version"] == s["version"]
+    info = [line for line in metrics.splitlines() if line.startswith("busbell_edge_build_info{")]
+    assert info == [
+        f'busbell_edge_build_info{{build="{EXPECTED_BUILD}",version="{s["version"]}"}} 1.0'
+    ]
     names = {log["event"] for log in logs}
     assert {
         "edge_started",
