@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
-from busbell import derive_rider_keys, interval_of, rid_for_interval
+from firmware_sim._heard import person_rids
 
 __all__ = ["legs", "owners"]
 
 
 def owners(d: Path, t0: float, t1: float) -> dict[bytes, str]:
     """Every rid any person of the scenario sent from ``t0`` to ``t1`` -> that person."""
-    out: dict[bytes, str] = {}
-    with (d / "RIDERS.csv").open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            k = derive_rider_keys(bytes.fromhex(row["token_key"])).rid_key
-            for i in range(interval_of(t0) - 1, interval_of(t1) + 2):
-                out[rid_for_interval(k, i)] = row["rider_id"]
-    return out
+    return person_rids(d, t0, t1)
 
 
 def legs(d: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:

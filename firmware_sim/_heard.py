@@ -20,13 +20,21 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from busbell import derive_rider_keys, interval_of, rid_for_interval
 
-__all__ = ["RID_SLACK_S", "UNHEARD", "unheard_legs"]
+__all__ = [
+    "RID_SLACK_S",
+    "UNHEARD",
+    "leg_windows",
+    "person_rids",
+    "trace_adverts",
+    "unheard_legs",
+]
 
 UNHEARD = "radio_unheard"
 """The ``reason`` of a leg the bus never heard, as in truth.json's ``unobservable_legs``."""
@@ -36,7 +44,7 @@ RID_SLACK_S = 180.0
 be off (the sweep draws offsets to +-55 s) and a payload is refreshed only now and then."""
 
 
-def _leg_windows(
+def leg_windows(
     truth_journeys: Sequence[dict[str, Any]],
 ) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """(rider, bus) -> the (board_t, alight_t) of each true leg."""
@@ -71,15 +79,44 @@ def _rid_owners(
     return out
 
 
-def _adverts(trace: Path) -> Iterator[tuple[float, Iterable[str]]]:
-    """(t, payload hex strings) of each advert line of a trace; other lines are skipped."""
+def person_rids(d: Path, t0: float, t1: float) -> dict[bytes, str]:
+    """Every rid any person of scenario ``d`` sent from ``t0`` to ``t1`` -> that person.
+
+    ``RIDERS.csv`` lists everybody with a token (riders, waiters, pedestrians, car
+    occupants); one 600-s interval either side is added for clocks that are off.
+    """
+    out: dict[bytes, str] = {}
+    with (d / "RIDERS.csv").open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            k = derive_rider_keys(bytes.fromhex(row["token_key"])).rid_key
+            for i in range(interval_of(t0) - 1, interval_of(t1) + 2):
+                out[rid_for_interval(k, i)] = row["rider_id"]
+    return out
+
+
+def _level(v: object) -> int:
+    """An advert line's RSSI, -128 when it has none that is a finite number."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return -128
+    return int(v)
+
+
+def trace_adverts(trace: Path) -> Iterator[tuple[float, int, list[str]]]:
+    """(t, RSSI, payload hex strings) of each advert line of a trace; other lines are skipped.
+
+    An advert line without a numeric ``rssi`` is yielded with -128 (its payloads still count).
+    """
     with trace.open(encoding="utf-8") as f:
         for line in f:
             if '"adv"' not in line:
                 continue
             try:
                 rec = json.loads(line)
-                yield float(rec["t"]), [str(v) for v in rec["mfr"].values()]
+                yield (
+                    float(rec["t"]),
+                    _level(rec.get("rssi")),
+                    [str(v) for v in rec["mfr"].values()],
+                )
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a fault scenario's broken line: the edge rejects it too
 
@@ -97,12 +134,12 @@ def unheard_legs(
         One ``{"rider_id", "bus_id", "board_t", "reason": "radio_unheard"}`` per leg,
         the shape of truth.json's ``unobservable_legs``.
     """
-    windows = _leg_windows(truth_journeys)
+    windows = leg_windows(truth_journeys)
     owners = _rid_owners(scenario_dir / "RIDERS.csv", windows)
     heard: set[tuple[str, str, float]] = set()
     for trace in sorted((scenario_dir / "traces").glob("*.jsonl")):
         bus = trace.stem
-        for t, payloads in _adverts(trace):
+        for t, _rssi, payloads in trace_adverts(trace):
             for hexed in payloads:
                 try:
                     rid = bytes.fromhex(hexed[6:30])
