@@ -15,24 +15,33 @@ from the files as written (traces, ``truth.json``, ``RIDERS.csv``, ``JOURNEYS.js
   ``--gap`` seconds; an episode within :data:`~firmware_sim._score.MATCH_SLACK_S` of the
   person's own leg on that bus is the leg's (a charge from it would match the leg).
 
-Of each the features (:class:`Heard`): adverts, distinct positions heard while the bus
-moved (``POSITION_STEP_M`` odometer bins of the trace's GNSS), the odometer span heard
-while moving, the stop visits whose doors it was heard past (heard before they opened and
-after they closed), the median level against the riders aboard then (adverts of true legs
-of that bus within ``LEVEL_WINDOW_S``) and the adverts whose byte-23 echo names this bus
-(``echo_code(bus_tag(bus), rid)``). The rule family is monotone: a leg is charged when each
-of up to three features is at or above a threshold. The thresholds are chosen with
-hindsight on all the data given (per cell, and pooled over the cells) to charge the most
-observable legs while charging at most ``floor(passes / 10,000)`` non-leg episodes, passes
-as truth.json counts them (the scorer's 1 bystander per 10,000 passes). Each charged
-non-leg episode would be one bystander charge.
+Of each the features (:class:`Heard`, :data:`FEATURES`): adverts; duration (first to last
+advert); distinct positions heard while the bus moved (``POSITION_STEP_M`` odometer bins
+of the trace's GNSS); the odometer span heard while moving; the stops whose doors it was
+heard past (``DOOR_PAST_M`` before the stop and after it); the stop visits it was heard
+at (truth.json's calls, arrival to departure); the median level against the riders aboard
+then (adverts of true legs of that bus within ``LEVEL_WINDOW_S``); the adverts whose
+byte-23 echo names this bus (``echo_code(bus_tag(bus), rid)``). Higher is more like a
+rider on every one (a rule is *monotone*).
 
-It is an upper bound for that family of rules (a classifier sees no truth: it must find the
-rider's rids, the boarding and alighting stops and the leg's ends from the same adverts, and
-it sees every episode only up to now); it is not a bound on every conceivable rule (a rule
-on features not listed here could separate more). The journey figure counts observable
-journeys whose every leg the rule charges: it bounds exact journeys from above (stops are
-not checked).
+Two bounds, with hindsight on all the data given, at most ``floor(passes / 10,000)``
+non-leg episodes charged (passes as truth.json counts them: the scorer's 1 bystander per
+10,000 passes; each charged episode would be one bystander charge):
+
+* **any monotone rule** (:func:`monotone_bound`): the legs no non-leg *dominates* (is at
+  or above on every feature). No rule that charges a leg without charging whatever was
+  heard at least as well on every feature can charge more: an upper bound on every
+  monotone classifier of these features, however complex;
+* **at most three thresholds** (:func:`best_rule`): the best conjunction of thresholds, the
+  kind of rule a classifier pass adds; per cell, and one pooled over the cells.
+
+Why an upper bound: the rider's rids are linked by the truth, the leg's window is the true
+one, the riders' level is known, conflicts with the rider's own bus are settled by the
+truth, and the thresholds are chosen on the very data they are scored on. A classifier
+has none of this, and must also name the stops (the journey figure, observable journeys
+whose every leg is charged, bounds exact journeys from above). What it does not bound: a
+rule on evidence that is not among these features, or not monotone in them, could separate
+more (the report counts the legs the kept run charged that the bound does not).
 
 If the scenario directories hold the kept run's ``score.json``, the classifier's own misses
 are compared: how many the bound charges (separable by those features) and which features
@@ -167,6 +176,9 @@ class Leg:
     """The rider's adverts the bus heard in the ``AROUND_S`` before boarding."""
     after: int
     """... and in the ``AROUND_S`` after alighting."""
+    ends: bool
+    """Heard at or just after its boarding stop and just before or at its alighting stop
+    (:func:`_ends_heard`): without both, no rule can name its stops but by a guess."""
     verdict: str
     """``score.json``'s: ``exact``, ``missed``, ``wrong`` (stops or twice), or ``""`` (none)."""
 
@@ -370,6 +382,25 @@ def _window(advs: Sequence[_Adv], a: float, z: float) -> list[_Adv]:
     return list(advs[bisect.bisect_left(ts, a) : bisect.bisect_right(ts, z)])
 
 
+def _ends_heard(
+    advs: Sequence[_Adv], calls: Sequence[dict[str, Any]], b0: float, b1: float
+) -> bool:
+    """Whether the rider was heard at both ends of the leg (truth.json's calls).
+
+    From the bus's arrival at the boarding stop to its arrival at the next stop, and from
+    its departure from the stop before the alighting stop to its departure from that stop.
+    """
+    arr = [float(c["t_arrive"]) for c in calls]
+    dep = [float(c["t_depart"]) for c in calls]
+    if not arr:
+        return False
+    i = max(0, bisect.bisect_right(arr, b0) - 1)  # the call the rider boarded at
+    k = max(0, bisect.bisect_right(arr, b1) - 1)  # ... and alighted at
+    first = _window(advs, arr[i], arr[i + 1] if i + 1 < len(arr) else math.inf)
+    last = _window(advs, dep[k - 1] if k > 0 else -math.inf, dep[k])
+    return bool(first) and bool(last)
+
+
 def _episodes(advs: Sequence[_Adv], gap_s: float) -> Iterator[list[_Adv]]:
     run: list[_Adv] = []
     for a in advs:
@@ -442,6 +473,7 @@ def measure_scenario(d: Path, gap_s: float = EPISODE_GAP_S) -> ScenarioMeasure:
                         track.heard(_window(advs, b0, b1)),
                         len(_window(advs, b0 - AROUND_S, b0)) - len(_window(advs, b0, b0)),
                         len(_window(advs, b1, b1 + AROUND_S)) - len(_window(advs, b1, b1)),
+                        _ends_heard(advs, bus.get("calls", []), b0, b1),
                         verdict,
                     )
                 )
@@ -563,8 +595,11 @@ def monotone_bound(
 
 
 def separating(leg: Heard, nonlegs: Sequence[Heard]) -> list[str]:
-    """The features that keep ``leg`` above the non-legs: without any one of them, some
-    non-leg would dominate it. Empty when a non-leg dominates it already (not separable)."""
+    """The features that keep ``leg`` above the non-legs.
+
+    Without any one of them, some non-leg would dominate it. Empty when a non-leg
+    dominates it already (it is not separable).
+    """
     nm = _matrix(nonlegs)
     if not nm.size:
         return []
@@ -645,16 +680,18 @@ def report(
         f"{label}: {len(ms)} scenario runs, {passes} bystander passes (a rule may charge "
         f"{allowed}), {len(nonlegs)} non-leg episodes heard (and {riding} of riders of "
         "another bus, settled by the truth)",
-        f"  legs {len(legs)}, observable {len(obs)}; observable legs by adverts heard during "
-        f"the leg: {_bins(obs)}",
+        f"  legs {len(legs)}, observable {len(obs)}; legs by adverts heard during "
+        f"the leg: {_bins(legs)}",
     ]
     flags, spent = monotone_bound([lg.heard for lg in obs], heard, allowed)
     up = {id(lg) for lg, f in zip(obs, flags, strict=True) if f}
     n_j, ok_j = _journeys(ms, lambda lg: id(lg) in up)
+    _, ends_j = _journeys(ms, lambda lg: id(lg) in up and lg.ends)
     lines.append(
         f"  bound, any monotone rule: {_pct(len(up), len(obs))} observable legs (missed >= "
-        f"{_pct(len(obs) - len(up), len(obs))}), exact journeys <= {_pct(ok_j, n_j)}; "
-        f"non-legs it charges: {spent}"
+        f"{_pct(len(obs) - len(up), len(obs))}), exact journeys <= {_pct(ok_j, n_j)}, "
+        f"<= {_pct(ends_j, n_j)} with both ends of every leg heard; non-legs it charges: "
+        f"{spent}"
     )
     rule, got = best_rule([lg.heard for lg in obs], heard, allowed)
     _, r_ok = _journeys(ms, lambda lg: rule.charges(lg.heard))
@@ -677,6 +714,7 @@ def report(
         missed = [lg for lg in scored if lg.verdict == "missed"]
         sep = [lg for lg in missed if id(lg) in up]
         s_j, s_exact = _journeys(kept, lambda lg: lg.verdict == "exact")
+        wrong = [lg for lg in scored if lg.verdict == "wrong"]
         _, s_ok = _journeys(kept, lambda lg: id(lg) in up)
         lines.append(
             f"  classifier ({len(kept)} runs with a score.json): missed "
@@ -684,7 +722,10 @@ def report(
             f"<= {_pct(s_ok, s_j)}); its misses by adverts heard: {_bins(missed)}; the monotone "
             f"bound charges {len(sep)} of them (separable), {len(missed) - len(sep)} are "
             f"dominated by a non-leg; the 3-threshold rule charges "
-            f"{sum(rule.charges(lg.heard) for lg in missed)}"
+            f"{sum(rule.charges(lg.heard) for lg in missed)}; it charged "
+            f"{sum(lg.verdict != 'missed' and id(lg) not in up for lg in scored)} legs the "
+            "bound does not (evidence beyond these features); wrong stops or twice: "
+            f"{len(wrong)} legs, {sum(not lg.ends for lg in wrong)} of them with an end unheard"
         )
         if sep:
             need: Counter[str] = Counter()
