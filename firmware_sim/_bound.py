@@ -91,6 +91,7 @@ __all__ = [
     "monotone_bound",
     "scenario_dirs",
     "separating",
+    "single_thresholds",
 ]
 
 FEATURES = (
@@ -502,7 +503,13 @@ class Rule:
     def __str__(self) -> str:
         if not self.thresholds:
             return "anything heard"
-        return " and ".join(f"{f} >= {x:g}" for f, x in self.thresholds)
+        return " and ".join(f"{f} {_at_least(x)}" for f, x in self.thresholds)
+
+
+def _at_least(x: float) -> str:
+    """``>= x``, or ``> y`` when ``x`` is the float just above a shorter ``y``."""
+    y = float(np.nextafter(x, -math.inf))
+    return f"> {y:g}" if len(repr(y)) < len(repr(x)) else f">= {x:g}"
 
 
 def _matrix(rows: Sequence[Heard]) -> npt.NDArray[np.float64]:
@@ -611,6 +618,16 @@ def separating(leg: Heard, nonlegs: Sequence[Heard]) -> list[str]:
     ]
 
 
+def single_thresholds(nonlegs: Sequence[Heard], allowed: int) -> dict[str, float]:
+    """Per feature, the lowest threshold that charges at most ``allowed`` of the non-legs."""
+    nm = _matrix(nonlegs)
+    out: dict[str, float] = {}
+    for i, f in enumerate(FEATURES):
+        vals = np.sort(nm[:, i])[::-1]
+        out[f] = -math.inf if vals.size <= allowed else float(np.nextafter(vals[allowed], math.inf))
+    return out
+
+
 def scenario_dirs(paths: Sequence[Path]) -> list[Path]:
     """The scenario directories (with a ``truth.json``) at or under each path."""
     out: list[Path] = []
@@ -672,7 +689,8 @@ def report(
     legs = [lg for m in ms for lg in m.legs]
     obs = [lg for lg in legs if lg.observable]
     nonlegs = [x for m in ms for x in m.nonlegs if not x.riding]
-    riding = sum(x.riding for m in ms for x in m.nonlegs)
+    riders = [x.heard for m in ms for x in m.nonlegs if x.riding]
+    riding = len(riders)
     passes = sum(m.passes for m in ms)
     allowed = math.floor(passes * BYSTANDERS_PER_PASS + 1e-9)
     heard = [x.heard for x in nonlegs]
@@ -698,7 +716,8 @@ def report(
     lines.append(
         f"  best rule of <= 3 thresholds ({rule}): {_pct(got, len(obs))} observable legs, "
         f"exact journeys <= {_pct(r_ok, n_j)}; non-legs it charges: "
-        f"{sum(rule.charges(h) for h in heard)}"
+        f"{sum(rule.charges(h) for h in heard)} (and {sum(rule.charges(h) for h in riders)} "
+        "of riders of another bus)"
     )
     if pooled is not None:
         p_got = sum(pooled.charges(lg.heard) for lg in obs)
@@ -732,10 +751,29 @@ def report(
             for lg in sep:
                 need.update(separating(lg.heard, heard))
             lines.append(
-                "  separable misses: each needs "
-                + (", ".join(f"{f} {n}" for f, n in need.most_common()) or "no one feature")
-                + " (misses a non-leg would dominate without that feature); median "
+                "  separable misses: needed features "
+                + (", ".join(f"{f} {n}" for f, n in need.most_common()) or "none alone")
+                + " (misses a non-leg would dominate without it); median "
                 + _median_features(sep)
+            )
+            one = single_thresholds(heard, allowed)
+            by_one = sorted(
+                (
+                    (sum(one[f] <= v for v in col), f)
+                    for f, col in zip(
+                        FEATURES, zip(*(lg.heard.vector() for lg in sep), strict=True), strict=True
+                    )
+                ),
+                reverse=True,
+            )
+            lines.append(
+                "  one threshold alone, at most the allowed non-legs: "
+                + ", ".join(
+                    f"{f} {_at_least(one[f])} charges {n} of them and "
+                    f"{sum(one[f] <= lg.heard.vector()[FEATURES.index(f)] for lg in obs)} legs"
+                    for n, f in by_one
+                    if n
+                )
             )
         for lg in missed if listing else []:
             tag = "SEPARABLE" if id(lg) in up else "dominated"
