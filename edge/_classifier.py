@@ -1379,6 +1379,30 @@ class PresenceClassifier:
         """
         return 0 < self._ex_bar <= r.ex_run
 
+    @staticmethod
+    def _echo_later(r: _Rid, v: StopVisit | None) -> bool:
+        """Whether ``r``'s echo says it began to hear this bus after the bus left ``v``.
+
+        Its latest echo names this bus (``ex_run`` 0) with a stretch that began at a stop
+        of the trip (``eo_k``) after ``v``: a rider who boarded at ``v`` heard the bus's
+        beacon there (its echo names ``v``'s stop, or an earlier one if it heard the bus
+        coming); a car or a pedestrian that first heard the bus after it left ``v`` names
+        the stop it came to next. Evidence against boarding it at ``v`` on thin evidence
+        (small scale, tuning seed 3, cell 24, ``rush_hour_crowd`` r-00070 and r-00071:
+        car occupants first heard 40-75 m past BD009, echoing the bus since BD010, were
+        charged BD009 -> BD010 by co-movement and a tentative piece). Not against the
+        dense rules: a rider whose phone lost the beacon for ``gap_s`` (a bag, a body)
+        starts its stretch afresh at a later stop.
+        """
+        k = r.eo_k
+        return (
+            k >= 0
+            and r.ex_run == 0
+            and v is not None
+            and v.stop_index is not None
+            and k > v.stop_index
+        )
+
     def _echo_board(self, r: _Rid, t: float, w: StopVisit, out: list[SegmentDraft]) -> None:
         """Board ``r`` from ``w``, the stop its echo names (:meth:`_echo_from`)."""
         if r.state != _CANDIDATE:
@@ -1429,6 +1453,7 @@ class PresenceClassifier:
             and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
             and not self._echo_elsewhere(r)
+            and not self._echo_later(r, a)
         )
 
     def _carried_and_stood(self, r: _Rid) -> bool:
@@ -1482,6 +1507,7 @@ class PresenceClassifier:
             and r.tk_sum / r.tk_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
             and not self._echo_elsewhere(r)
+            and not self._echo_later(r, a)
         )
 
     def _tracked_on(self, r: _Rid) -> bool:
@@ -1553,6 +1579,7 @@ class PresenceClassifier:
             and r.dp_sum / r.dp_n >= self._riders_lvl - self.params.in_bus_margin_db
             and r.rid not in self._olds
             and not self._echo_elsewhere(r)
+            and not self._echo_later(r, a)
         )
 
     def _revives(self, r: _Rid, odo: float) -> bool:
@@ -2078,6 +2105,7 @@ class PresenceClassifier:
             and t - v.close_t >= p.confirm_min_s
             and self._moved_on(r, v)
             and not self._echo_elsewhere(r)
+            and not self._echo_later(r, v)
         ):
             # co-movement: heard again and again, at its own level, while the bus carried
             # it far from the stop, however sparsely (a weak token deep in a bag)
@@ -2273,6 +2301,7 @@ class PresenceClassifier:
             and r.last_in_odo - w.open_odo_m <= p.stop_radius_m
             and r.rid not in self._olds
             and not self._echo_elsewhere(r)
+            and not self._echo_later(r, v)
         )
 
     def _note_low(self, rssi: float) -> None:
@@ -2912,6 +2941,7 @@ class PresenceClassifier:
             and r.co_hi - r.co_lo <= self._sparse_fall
             and r.co_sum / n >= self._riders_lvl - p.in_bus_margin_db
             and not self._echo_elsewhere(r)
+            and not self._echo_later(r, r.pred_visit or r.visit)
             and (
                 r.first_token_t - r.interval * INTERVAL_S <= p.tentative_window_s
                 # still a candidate when its interval ended by its token's clock (t - d_min

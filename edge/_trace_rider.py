@@ -195,6 +195,11 @@ def trace_bus(
                         f" ewma {r.ewma:.0f} lvl {level} co_n {r.co_n}"
                         f"{' co_only' if r.co_only else ''}{' absent' if r.absent else ''}"
                     )
+                    if r.eo_seq >= 0 or r.ex_run:  # (its echo: docs/classifier.md)
+                        extra += (
+                            f" echo k{r.eo_k} pts {r.eo_pts} late {r.eo_late}"
+                            f"{f' other {r.ex_run}' if r.ex_run else ''}"
+                        )
                 where = (
                     f"at {v.stop_id}"
                     if v is not None

@@ -310,3 +310,23 @@ def test_a_new_rid_that_takes_over_its_old_rids_candidacy_goes_on_with_its_echo(
     assert s1.close_t is not None
     assert eo_t0 <= s1.close_t  # the old rid's first echo, at S1's doors
     assert by_name(w.finish(), tok)
+
+
+def test_an_echo_since_the_stop_after_its_candidacy_bars_the_thin_rules() -> None:
+    """A car first heard 40 m past S1's doors and carried with the bus to S2, gone as it halts
+    there: without its echo the co-movement rule charges it S1 -> S2. Its phone first heard
+    the bus after it left S1, so it echoes the bus since S2 (the beacon names the stop it
+    comes to next): a rider boarding at S1 heard the bus there (small scale, tuning seed 3,
+    cell 24, rush_hour_crowd r-00070, r-00071). An echo since S1, or an earlier stop, is
+    what a rider's is, and bars nothing."""
+    car: Plan = {
+        1: ((), (40.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 780.0)),
+        2: ((0.0,), ()),
+    }
+    assert _thin(None, plan=car, level=-88.0) == ["S1->S2"]
+    assert _thin(own(2), plan=car, level=-88.0) == []
+    assert _thin(own(1), plan=car, level=-88.0) == ["S1->S2"]
+    assert _thin(own(0), plan=car, level=-88.0) == ["S1->S2"]
+    assert _thin(own(2), ClassifierParams(echo_evidence=False), plan=car, level=-88.0) == [
+        "S1->S2"
+    ]
