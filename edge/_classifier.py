@@ -638,6 +638,12 @@ class PresenceClassifier:
         address, whose rid ended before it could board, and the boarding visit it hands
         over: the new rid sent from the same address takes over its candidacy, whenever it
         is first heard (:meth:`_inherit`)."""
+        self._echo_heirs: dict[tuple[int, int], bytes] = {}
+        """``(interval, the trip's stop index)`` -> a candidate of the interval before,
+        dropped unconfirmed and not in the rotation pool, whose echo named this bus since
+        that stop, heard with the bus past it (``b""``: two such, neither): the first rid
+        of that interval whose echo names this bus since the same stop goes on with its
+        stretch (:meth:`_echo_link`)."""
         self._addr_iv: dict[str, int] = {}
         """BLE address -> the latest rid interval heard from it (while a rid of that
         interval is known): a rid whose token is heard under a later rid from its address
@@ -1277,6 +1283,63 @@ class PresenceClassifier:
             r.eo_sum += rssi
             r.eo_pt_odo = odo
             r.eo_pt_t = t
+            if r.eo_pts == 1 and r.state == _GONE:
+                self._echo_bequeath(r)  # (a candidate dropped before its first point)
+
+    def _echo_bequeath(self, r: _Rid) -> None:
+        """A dropped candidate with echo points: its next rid may go on with its stretch.
+
+        Not one in the rotation pool (it pairs its own), confirmed once, or whose latest
+        echo named another bus (:meth:`_echo_link`).
+        """
+        if r.ex_run == 0 and r.eo_k >= 0 and r.start is None and r.rid not in self._olds:
+            key = (r.interval + 1, r.eo_k)
+            got = self._echo_heirs.get(key)
+            self._echo_heirs[key] = r.rid if got is None or got == r.rid else b""
+
+    def _echo_link(self, r: _Rid) -> bool:
+        """Whether ``r`` now goes on with a dropped candidate's echo stretch (its token's).
+
+        A token's echo stretch outlives its rid (:meth:`_echo_continues`). A candidate
+        dropped long before its rid ended (silent past its fade time: a weak token deep in
+        a bag) is not in the rotation pool, and nothing pairs its next rid with it. A
+        candidate of the next interval, not paired by the rotation pairing, whose echo
+        names this bus since the same stop of the trip (``eo_k``), first heard after the
+        dropped one's last advert, with the same clock (``skew_tolerance_s``), goes on
+        with its stretch (:attr:`_echo_heirs`): the token has heard this bus without a
+        gap since that stop, under both rids. If the dropped rid's BLE address has been
+        heard under a later rid (a phone keeps its address), only a rid from that address
+        is its token's. Asked when the echo rule judges ``r`` (not at its first echo: the
+        riders aboard from that stop echo it too, and the first of their new rids would
+        take it). Full scale, tuning seed 1, cell 23, ``bus_alongside_red_light``
+        r-00115 (BD003 -> BD006, the bus serving no stop between): 4 echo points under
+        its first rid, dropped 80 s after BD003's doors; its stretch heard at BD006's
+        doors only under its next rid: missed.
+        """
+        if r.eo_k < 0 or r.ex_run or r.start is not None or r.pred != _PRED_NONE:
+            return False
+        key = (r.interval, r.eo_k)
+        o = self._echo_heirs.get(key)
+        old = self._rids.get(o) if o else None
+        if (
+            old is None
+            or old.state != _GONE
+            or old.start is not None
+            or old.eo_seq != r.eo_seq
+            or old.last_t > r.first_t
+            or _clock_gap(old, r) > self.params.skew_tolerance_s
+            or (
+                old.addr
+                and old.addr != r.addr
+                and self._addr_iv.get(old.addr, old.interval) > old.interval
+            )
+        ):
+            return False
+        del self._echo_heirs[key]
+        self._echo_continues(r, old)
+        if self._debug:
+            log.debug("rid_echo_linked", rid=r.rid.hex(), old=old.rid.hex(), eo_k=r.eo_k)
+        return True
 
     def _echo_visit(self, r: _Rid) -> StopVisit | None:
         """The closed stop visit of the trip's stop ``eo_k`` (the echo's stop), or ``None``.
@@ -1848,7 +1911,7 @@ class PresenceClassifier:
                 except Exception as exc:
                     self._failed("tick", r, exc)
             elif (
-                r.eo_pts >= echo_pts
+                (r.eo_pts >= echo_pts or (self._echo_heirs and self._echo_link(r)))
                 and r.start is None  # (a ride closed once is for the revive rule)
                 and r.visit is not None
                 and r.pred == _PRED_NONE
@@ -1869,6 +1932,7 @@ class PresenceClassifier:
                 r.rid not in self._olds
                 # (a candidate whose new rid may still take over its candidacy is kept)
                 and not (self._heirs and self._heir_of(r, t))
+                and not (self._echo_heirs and self._echo_heir_of(r, t))
             ):
                 forget.append(r.rid)
         if self._unridden:
@@ -2147,8 +2211,8 @@ class PresenceClassifier:
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
         elif (
-            r.eo_pts >= self._echo_pts
-            and self._echo_on
+            self._echo_on
+            and (r.eo_pts >= self._echo_pts or (self._echo_heirs and self._echo_link(r)))
             and t - v.close_t >= p.confirm_min_s
             and (w := self._echo_from(r, v)) is not None
         ):
@@ -2879,6 +2943,8 @@ class PresenceClassifier:
             handed = r.pred_visit or r.visit
             if self._keep_for_pairing(r, _PRED_CANDIDATE, handed) and r.addr:
                 self._heirs[(r.interval + 1, r.addr)] = (r.rid, handed)
+        if r.eo_pts and self._echo_on:
+            self._echo_bequeath(r)
         was = r.state
         if was == _CANDIDATE and self._tentative_ok(r):
             self._tentative(r, out)
@@ -3000,6 +3066,19 @@ class PresenceClassifier:
         if t - r.d_min <= (r.interval + 2) * INTERVAL_S + _ENDED_S:
             return True
         del self._heirs[key]
+        return False
+
+    def _echo_heir_of(self, r: _Rid, t: float) -> bool:
+        """Whether a dropped candidate still waits for its next rid's echo (kept until then).
+
+        Until that rid's own interval is over by the token's clock (:meth:`_echo_link`).
+        """
+        key = (r.interval + 1, r.eo_k)
+        if self._echo_heirs.get(key) != r.rid:
+            return False
+        if t - r.d_min <= (r.interval + 2) * INTERVAL_S + _ENDED_S:
+            return True
+        del self._echo_heirs[key]
         return False
 
     def _inherit(self, r: _Rid) -> None:
