@@ -1316,7 +1316,11 @@ class PresenceClassifier:
         its first rid, dropped 80 s after BD003's doors; its stretch heard at BD006's
         doors only under its next rid: missed.
         """
-        if r.eo_k < 0 or r.ex_run or r.start is not None or r.pred != _PRED_NONE:
+        if r.eo_k < 0 or r.ex_run or r.start is not None:
+            return False
+        if r.pred == _PRED_CANDIDATE:
+            return self._echo_paired(r)
+        if r.pred != _PRED_NONE or not self._echo_heirs:
             return False
         key = (r.interval, r.eo_k)
         o = self._echo_heirs.get(key)
@@ -1337,6 +1341,30 @@ class PresenceClassifier:
             return False
         del self._echo_heirs[key]
         self._echo_continues(r, old)
+        if self._debug:
+            log.debug("rid_echo_linked", rid=r.rid.hex(), old=old.rid.hex(), eo_k=r.eo_k)
+        return True
+
+    def _echo_paired(self, r: _Rid) -> bool:
+        """Whether ``r`` now goes on with the echo stretch of the candidate it is paired with.
+
+        The rotation pairing paired ``r`` with a candidate's old rid (``pred`` a candidate:
+        it hands its boarding visit over) whose echo names this bus since the same stop:
+        the token's stretch, heard under both rids (:meth:`_echo_continues`; the old rid's
+        points go over once). Full scale, tuning seed 1, cell 23,
+        ``rider_jumps_off_last_moment`` r-00061 (BD008 -> BD009): two echo points on the
+        hop under its first rid, its next rid heard in the bus standing at BD009 only, its
+        own candidacy there; each rid too thin alone: missed.
+        """
+        o = self._match.get(r.rid)
+        got = self._olds.get(o) if o is not None else None
+        if got is None:
+            return False
+        old = got[0]
+        if not old.eo_pts or old.ex_run or old.eo_seq != r.eo_seq or old.eo_k != r.eo_k:
+            return False
+        self._echo_continues(r, old)
+        old.eo_pts, old.eo_sum = 0, 0.0  # (its points count once)
         if self._debug:
             log.debug("rid_echo_linked", rid=r.rid.hex(), old=old.rid.hex(), eo_k=r.eo_k)
         return True
@@ -2212,7 +2240,10 @@ class PresenceClassifier:
             self._close(r, Event.FADE, out)
         elif (
             self._echo_on
-            and (r.eo_pts >= self._echo_pts or (self._echo_heirs and self._echo_link(r)))
+            and (
+                r.eo_pts >= self._echo_pts
+                or ((self._echo_heirs or r.pred == _PRED_CANDIDATE) and self._echo_link(r))
+            )
             and t - v.close_t >= p.confirm_min_s
             and (w := self._echo_from(r, v)) is not None
         ):
