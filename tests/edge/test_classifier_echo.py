@@ -330,3 +330,56 @@ def test_an_echo_since_the_stop_after_its_candidacy_bars_the_thin_rules() -> Non
     assert _thin(own(2), ClassifierParams(echo_evidence=False), plan=car, level=-88.0) == [
         "S1->S2"
     ]
+
+
+def _rotating(echo: Echo, plan: Plan, skew: float) -> list[str]:
+    """A weak rider (``plan``, -92 dBm, riders at -80) whose rid rotates at ``600 - skew``
+    s past a whole interval of the world's clock: its boarded segments, start -> end."""
+    w = EchoWorld()
+    add_riders(w, -80.0)
+    tok = w.add(Token("bag", lambda world: -92.0 if _marks(world, plan) else None, skew=skew))  # type: ignore[arg-type]
+    w.echoes["bag"] = echo
+    _trip(w)
+    return [
+        f"{d.start.stop_id}->{d.end.stop_id}"
+        for d in by_name(w.finish(), tok)
+        if d.start.cause != "tentative"
+    ]
+
+
+DROPPED: Plan = {1: ((10.0, 13.0), (300.0, 500.0)), 3: ((6.0, 8.0), ())}
+"""Heard at S1's doors and at two points on the hop after, silent through S2 (its candidacy
+dropped long before its rid ends), heard under its next rid (it rotates on the hop to S3)
+in the bus standing at S3 as it walks out."""
+
+
+def test_a_dropped_candidates_echo_stretch_goes_on_under_its_next_rid() -> None:
+    """Full scale, tuning seed 1, cell 23, bus_alongside_red_light r-00115: each rid too thin
+    alone (missed); the next rid's echo names this bus since the same stop (S1): the
+    token's stretch, heard past S1 at two points and at S3's doors after they opened."""
+    assert _rotating(own(1), DROPPED, skew=300.0) == ["S1->S3"]
+    # without the echo, or with it off: missed
+    assert _thin(None, plan=DROPPED) == []
+
+
+def test_a_next_rid_whose_echo_names_another_stop_does_not_go_on_with_the_stretch() -> None:
+    """The same token, its next rid echoing this bus since S3 (its phone lost the beacon
+    and heard it afresh: another stretch, not the dropped rid's): nothing links the two."""
+
+    def restarted(w: EchoWorld, rid: bytes) -> int:
+        return own(1 if w.visit is not None and (w.visit.stop_index or 0) < 3 else 3)(w, rid)
+
+    assert _rotating(restarted, DROPPED, skew=300.0) == []
+
+
+PAIRED: Plan = {1: ((10.0, 13.0), (300.0, 500.0, 700.0, 790.0)), 2: ((2.0, 4.0, 6.0, 8.0), ())}
+"""Heard at S1's doors and at points on the hop up to S2, its rid rotating as the bus
+arrives at S2 (the rotation pairing pairs the two), its next rid heard in the bus standing
+at S2 as it walks out last."""
+
+
+def test_a_rotation_paired_candidate_goes_on_with_its_old_rids_echo_stretch() -> None:
+    """Full scale, tuning seed 1, cell 23, rider_jumps_off_last_moment r-00061: two echo
+    points under its first rid, its next rid heard at S2's doors only (a candidate of S2
+    paired with the first): each too thin alone; one stretch since S1 by the echo."""
+    assert _rotating(own(1), PAIRED, skew=360.0) == ["S1->S2"]
