@@ -1431,11 +1431,31 @@ class PresenceClassifier:
         ):
             return None
         w = self._echo_visit(r)
-        if w is None or w.seq > v.seq or r.eo_late <= w.seq or self._barred(r):
+        if w is None or w.seq > v.seq or self._barred(r):
+            return None
+        if r.eo_late <= w.seq and not self._echo_alights(r, w):
             return None
         if w is not v and not self._echo_near(r, w):
             return None
         return w
+
+    def _echo_alights(self, r: _Rid, w: StopVisit) -> bool:
+        """Whether ``r`` was last heard at the open doors of the first stop served after ``w``.
+
+        Its stretch not heard past a later stop's doors (``eo_late``), but it was there as
+        they opened, its latest echo naming this bus: a one-hop rider walking out (small
+        number of adverts, heard between the stops at ``echo_points`` points). Full
+        scale, tuning seed 1, cell 23, ``shared_stop_three_routes`` r-00240 (BD003 ->
+        BD005, the bus serving no stop between): two echo points on the hop, heard twice
+        in the first seconds at BD005's doors: missed.
+        """
+        x = self._visits[-1] if self._visits else None
+        return (
+            x is not None
+            and x.seq == w.seq + 1
+            and r.last_t >= x.open_t
+            and (x.close_t is None or r.last_t <= x.close_t)
+        )
 
     def _echo_near(self, r: _Rid, w: StopVisit) -> bool:
         """Whether the bus first heard ``r``'s stretch at ``w``'s doors or in the hop after.

@@ -383,3 +383,16 @@ def test_a_rotation_paired_candidate_goes_on_with_its_old_rids_echo_stretch() ->
     points under its first rid, its next rid heard at S2's doors only (a candidate of S2
     paired with the first): each too thin alone; one stretch since S1 by the echo."""
     assert _rotating(own(1), PAIRED, skew=360.0) == ["S1->S2"]
+
+
+def test_a_one_hop_rider_heard_as_the_next_doors_open_is_boarded_by_its_echo() -> None:
+    """Full scale, tuning seed 1, cell 23, shared_stop_three_routes r-00240: heard at S1's
+    doors, at two points on the hop and in the first seconds at S2's doors as it walks out
+    (never past them: no later stop's doors for ``eo_late``). Its echo since S1 and the
+    bus's hearing board it S1 -> S2; without the echo it is missed. A car beside the bus
+    that drives on as it halts at S2 is not heard at the open doors (above)."""
+    one_hop: Plan = {1: ((10.0, 13.0), (300.0, 500.0)), 2: ((1.0, 2.0), ())}
+    assert _thin(None, plan=one_hop) == []
+    assert _thin(own(1), plan=one_hop) == ["S1->S2"]
+    # heard at S2's doors under a stretch that began at S2 (a waiter there): nothing
+    assert _thin(own(2), plan=one_hop) == []
