@@ -602,7 +602,7 @@ class PresenceClassifier:
             tokens' echoes are read against it (``None``: no echo names this bus).
     """
 
-    def __init__(self, params: ClassifierParams | None = None, tag: bytes | None = None) -> None:
+    def __init__(self, params: ClassifierParams | None = None, tag: bytes | None = None) -> None:  # noqa: PLR0915 - one documented attribute per field
         p = self.params = params or ClassifierParams()
         self._rids: dict[bytes, _Rid] = {}
         self._visits: deque[StopVisit] = deque(maxlen=256)

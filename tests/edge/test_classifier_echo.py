@@ -327,9 +327,7 @@ def test_an_echo_since_the_stop_after_its_candidacy_bars_the_thin_rules() -> Non
     assert _thin(own(2), plan=car, level=-88.0) == []
     assert _thin(own(1), plan=car, level=-88.0) == ["S1->S2"]
     assert _thin(own(0), plan=car, level=-88.0) == ["S1->S2"]
-    assert _thin(own(2), ClassifierParams(echo_evidence=False), plan=car, level=-88.0) == [
-        "S1->S2"
-    ]
+    assert _thin(own(2), ClassifierParams(echo_evidence=False), plan=car, level=-88.0) == ["S1->S2"]
 
 
 def _rotating(echo: Echo, plan: Plan, skew: float) -> list[str]:
