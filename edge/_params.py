@@ -263,9 +263,10 @@ class ClassifierParams:
         doc="read a token's echo of the bus it has heard longest (token v1 byte 23,"
         " docs/protocol.md): an echo naming this bus since a stop it has left, heard by the"
         " bus while it carries the token, boards a candidacy too thin for the co-movement"
-        " rules and dates its boarding from that stop; an echo naming another bus bars the"
-        " thin rules (docs/classifier.md, 'Twentieth pass'). Off: the echo is ignored and"
-        " the output is that of an edge without it",
+        " rules and dates its boarding from that stop; an echo naming another bus, or this"
+        " bus since a stop after the candidacy's, bars the thin rules; a token's stretch"
+        " goes on under its next rid (docs/classifier.md, 'Twentieth pass', 'Twenty-first"
+        " pass'). Off: the echo is ignored and the output is that of an edge without it",
     )
     echo_points: int = option(
         2,
