@@ -3012,6 +3012,7 @@ class PresenceClassifier:
             and r.visit is not None
             and not (r.co_only and self._barred(r))
             and not self._far_joiner(r, r.visit)
+            and not self._drew_up(r, r.visit)
         ):
             # its rid rotated before it could be confirmed: a new rid may take over (not
             # from a candidate barred from boarding, nor from one first heard far past its

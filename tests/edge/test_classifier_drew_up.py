@@ -14,10 +14,11 @@ first test fails without the rule (:meth:`edge._classifier.PresenceClassifier._l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from edge._segment import SegmentDraft
-from tests.edge.test_classifier import Token, World, by_name
+from tests.edge.test_classifier import T0, Token, World, by_name
 
 _DWELL_S = 27.0
 _HOP_M = 2400.0
@@ -112,3 +113,17 @@ def test_a_rider_that_boarded_last_near_the_riders_level_is_charged() -> None:
     tok = w.add(Token("late", _drew_up(-62.0)))
     out = _s1_s2_s3(w)
     assert [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)] == [("S2", "S3")]
+
+
+def test_a_car_that_drew_up_sends_no_tentative_piece_across_its_rids_rotation() -> None:
+    # the same car, its rid rotating 150 s into the hop: unconfirmed as its rid ends, the
+    # candidate's co-movement points would go to the backend as a tentative piece (summed
+    # across the rotation, 12 points: charged S2 -> S3 at full scale, tuning seed 3,
+    # r-01935, when only the co-movement rule judged by the riders as the doors opened);
+    # judged by the same level it sends none
+    w = World(t0=(math.floor(T0 / 600) + 1) * 600.0 - 300.0)
+    _riders_alighting_at_s2(w)
+    car = w.add(Token("car", _drew_up(-84.0)))
+    out = _s1_s2_s3(w)
+    assert by_name(out, car) == []
+    assert by_name(out, car, tentative=True) == []
