@@ -18,7 +18,7 @@ from typing import TextIO
 
 from busbell._errors import BusbellError
 
-__all__ = ["NothingUseful", "Progress", "check_output_path", "rejection_summary"]
+__all__ = ["NothingUseful", "Progress", "check_output_path", "dirs_holding", "rejection_summary"]
 
 
 class NothingUseful(BusbellError):
@@ -48,6 +48,21 @@ def check_output_path(out: Path, inputs: Iterable[Path], *, force: bool = False)
             f"--out {out} already exists (it may be a ground truth or an earlier result); "
             "choose another file or pass --force to replace it"
         )
+
+
+def dirs_holding(paths: Iterable[Path], marker: str) -> list[Path]:
+    """The directories holding a file named ``marker``, at or under each of ``paths``.
+
+    A path holding one itself is taken as it is; otherwise every such directory under it,
+    sorted; in the order the paths were given.
+    """
+    found: list[Path] = []
+    for p in paths:
+        if (p / marker).is_file():
+            found.append(p)
+        else:
+            found.extend(sorted(q.parent for q in p.rglob(marker)))
+    return found
 
 
 def rejection_summary(total: int, rejected: Mapping[str, int], what: str = "event") -> str:

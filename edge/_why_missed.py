@@ -47,6 +47,7 @@ from typing import Any
 import structlog
 
 from busbell import AdvRecord, TokenVerifier, load_gtfs, read_fleet_keys
+from busbell._cliutil import dirs_holding
 from busbell._echo import bus_tag, echo_code
 from edge._classifier import State
 from edge._params import ClassifierParams
@@ -430,13 +431,7 @@ def missed_legs(scenario: Path, params: ClassifierParams | None = None) -> list[
 
 def scenario_dirs(paths: Iterable[Path]) -> list[Path]:
     """The kept scenario directories (with a ``score.json``) at or under ``paths``."""
-    found: list[Path] = []
-    for p in paths:
-        if (p / "score.json").is_file():
-            found.append(p)
-        else:
-            found.extend(sorted(s.parent for s in p.rglob("score.json")))
-    return found
+    return dirs_holding(paths, "score.json")
 
 
 def cause_table(legs: Iterable[MissedLeg], *, heard: bool = False, evidence: bool = False) -> str:

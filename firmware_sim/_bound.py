@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from busbell._cliutil import dirs_holding
 from busbell._echo import bus_tag, echo_code
 from busbell._errors import TraceError
 from busbell._geo import haversine_m
@@ -630,13 +631,7 @@ def single_thresholds(nonlegs: Sequence[Heard], allowed: int) -> dict[str, float
 
 def scenario_dirs(paths: Sequence[Path]) -> list[Path]:
     """The scenario directories (with a ``truth.json``) at or under each path."""
-    out: list[Path] = []
-    for p in paths:
-        if (p / "truth.json").is_file():
-            out.append(p)
-        else:
-            out.extend(sorted(q.parent for q in p.rglob("truth.json")))
-    return out
+    return dirs_holding(paths, "truth.json")
 
 
 def _bins(legs: Sequence[Leg]) -> str:
