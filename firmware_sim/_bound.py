@@ -29,7 +29,8 @@ non-leg episodes charged (passes as truth.json counts them: the scorer's 1 bysta
 10,000 passes; each charged episode would be one bystander charge):
 
 * **any monotone rule** (:func:`monotone_bound`): the legs no non-leg *dominates* (is at
-  or above on every feature). No rule that charges a leg without charging whatever was
+  or above on every feature), and with charges allowed those under the best set of that
+  many non-legs (searched exhaustively). No rule that charges a leg without charging whatever was
   heard at least as well on every feature can charge more: an upper bound on every
   monotone classifier of these features, however complex;
 * **at most three thresholds** (:func:`best_rule`): the best conjunction of thresholds, the
@@ -575,31 +576,57 @@ def monotone_bound(
     A rule is monotone when charging what was heard means charging anything heard at or
     above it on every feature. Its charged set is then an up-set: charging a leg charges
     every non-leg at or above it on every feature (that *dominates* it). With ``allowed``
-    0 the best rule charges exactly the legs no non-leg dominates; beyond that, legs are
-    added greedily by the fewest non-legs they add (exact for 0, a lower estimate of the
-    best for more). Returns which legs it charges and the non-legs it charges.
+    0 the best rule charges exactly the legs no non-leg dominates; beyond that, the set of
+    at most ``allowed`` non-legs whose charge lets the most legs through, searched
+    exhaustively (:func:`_most_legs`; the fewest non-legs on a tie). Past the search's
+    budget, every leg dominated by at most ``allowed`` non-legs (still an upper bound, no
+    longer one rule's). Returns which legs it charges and the non-legs it charges.
     """
     lm, nm = _matrix(legs), _matrix(nonlegs)
     dom: list[frozenset[int]] = []
     for row in lm:
         hit = np.flatnonzero(np.all(nm >= row, axis=1)) if nm.size else np.zeros(0, np.int64)
         dom.append(frozenset(int(i) for i in hit))
-    charged = [not d for d in dom]
-    spent: set[int] = set()
-    while True:
-        best: tuple[int, int] | None = None
-        for i, d in enumerate(dom):
-            if charged[i]:
-                continue
-            cost = len(d - spent)
-            if len(spent) + cost <= allowed and (best is None or cost < best[1]):
-                best = (i, cost)
-        if best is None:
-            break
-        spent |= dom[best[0]]
-        for i, d in enumerate(dom):  # every leg whose dominators are all charged now
-            charged[i] = charged[i] or d <= spent
-    return charged, len(spent)
+    near = [d for d in dom if 0 < len(d) <= allowed]
+    spent = _most_legs(near, allowed)
+    if spent is None:  # (too many to search: each leg a rule could charge on its own)
+        return [len(d) <= allowed for d in dom], min(allowed, len(frozenset().union(*near)))
+    return [d <= spent for d in dom], len(spent)
+
+
+SEARCH_NODES = 200_000
+"""The most subsets :func:`_most_legs` tries before it gives up."""
+
+
+def _most_legs(doms: Sequence[frozenset[int]], allowed: int) -> frozenset[int] | None:
+    """The at most ``allowed`` non-legs that cover the most legs' dominators ``doms``.
+
+    The smallest such union on a tie; ``None`` past :data:`SEARCH_NODES`. Branch and bound
+    over the distinct dominator sets, heaviest first. Not a greedy choice by cost, which is
+    not the best: a leg under one non-leg can take the place of three under two others.
+    """
+    weight = Counter(doms)
+    sets = sorted(weight, key=lambda d: (-weight[d], len(d), sorted(d)))
+    rest = [0] * (len(sets) + 1)
+    for i in range(len(sets) - 1, -1, -1):
+        rest[i] = rest[i + 1] + weight[sets[i]]
+    best: tuple[int, int, frozenset[int]] = (0, 0, frozenset())
+    # (depth first; each set taken adds a non-leg: at most `allowed` taken on a path)
+    stack: list[tuple[int, frozenset[int]]] = [(0, frozenset())]
+    for _ in range(SEARCH_NODES):
+        if not stack:
+            return best[2]
+        i, u = stack.pop()
+        got = sum(w for d, w in weight.items() if d <= u)
+        if (got, -len(u)) > best[:2]:
+            best = (got, -len(u), u)
+        if i == len(sets) or got + rest[i] < best[0]:
+            continue
+        d = sets[i]
+        stack.append((i + 1, u))
+        if not d <= u and len(u | d) <= allowed:
+            stack.append((i + 1, u | d))
+    return best[2] if not stack else None
 
 
 def separating(leg: Heard, nonlegs: Sequence[Heard]) -> list[str]:

@@ -52,6 +52,30 @@ def test_the_monotone_bound_charges_the_legs_no_non_leg_dominates() -> None:
     assert separating(weak, [level_only, _h(3, 3, -4.0, 2)]) == ["level_db", "echo_bus"]
 
 
+def test_the_monotone_bound_is_the_best_rule_when_charges_are_allowed() -> None:
+    """Not the greedy choice: a leg that costs one non-leg (``cheap``, under ``n1``) taken
+    first leaves too little for three legs that share two dominators (``n2``, ``n3``). The
+    bound is an upper bound on every monotone rule, so it charges the three."""
+    cheap, n1 = _h(5, 0, -50.0), _h(6, 0, -50.0)
+    shared = [_h(0, p, -50.0) for p in (3, 4, 5)]
+    n2, n3 = _h(0, 6, -50.0), _h(0, 7, -50.0)
+    charged, spent = monotone_bound([cheap, *shared], [n1, n2, n3], 2)
+    assert (charged, spent) == ([False, True, True, True], 2)
+    assert monotone_bound([cheap, *shared], [n1, n2, n3], 3) == ([True] * 4, 3)
+    assert monotone_bound([cheap, *shared], [n1, n2, n3], 1) == ([True, False, False, False], 1)
+
+
+def test_past_its_search_budget_the_monotone_bound_charges_what_any_rule_could(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every leg under at most ``allowed`` non-legs: still an upper bound."""
+    monkeypatch.setattr("firmware_sim._bound.SEARCH_NODES", 1)
+    cheap, n1 = _h(5, 0, -50.0), _h(6, 0, -50.0)
+    shared, n2, n3 = _h(0, 3, -50.0), _h(0, 6, -50.0), _h(0, 7, -50.0)
+    assert monotone_bound([cheap, shared, _h(9, 9)], [n1, n2, n3], 2) == ([True] * 3, 2)
+    assert monotone_bound([cheap, shared], [n1, n2, n3], 1) == ([True, False], 1)
+
+
 def test_the_best_rule_puts_its_threshold_just_above_the_non_legs() -> None:
     legs = [_h(10, p) for p in range(1, 11)]
     nonlegs = [_h(10, p) for p in range(5)] + [_h(1, 9, -30.0)]
