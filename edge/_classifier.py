@@ -712,10 +712,6 @@ class PresenceClassifier:
         that was aboard (:meth:`_unride`)."""
         self._riders_key: int | None = None
         """``_riders_lvl`` to a dB (``None`` while +inf): counted in each rid's ``lv_hist``."""
-        self._open_lvls: dict[int, float] = {}
-        """Stop visit (seq) -> ``_riders_lvl`` as its doors first opened, for the visits kept
-        in ``_visits``: the riders the bus brought to the stop, before those alighting there,
-        heard walking off, pulled the level down (:meth:`_lvl_at`)."""
         self._resume_t = float("-inf")
         """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
         self._down: tuple[float, float] | None = None
@@ -825,12 +821,6 @@ class PresenceClassifier:
             return
         if not self._visits or self._visits[-1] is not visit:
             self._visits.append(visit)
-        lvls = self._open_lvls
-        if visit.seq not in lvls:  # (not on a re-opening)
-            lvls[visit.seq] = self._riders_lvl
-            oldest = self._visits[0].seq
-            for seq in [s for s in lvls if s < oldest]:
-                del lvls[seq]
         self._visit = visit
         since = visit.open_t - self.params.candidate_lookback_s
         for r in self._rids.values():
@@ -2222,7 +2212,7 @@ class PresenceClassifier:
             (r.co_n >= p.sparse_adverts or (r.co_n >= _CARRY_CO and self._carried_and_stayed(r, v)))
             and r.convoy is None
             and not self._barred(r)
-            and r.co_sum / r.co_n >= self._lvl_at(v) - p.in_bus_margin_db
+            and r.co_sum / r.co_n >= self._riders_lvl - p.in_bus_margin_db
             and r.co_hi - r.co_lo <= self._sparse_fall
             and t - v.close_t >= p.confirm_min_s
             and self._moved_on(r, v)
@@ -2371,7 +2361,7 @@ class PresenceClassifier:
         the riders for 765 m, was charged BD006 -> BD009 on the unbroken-stretch rule.
         Never with ``in_bus_margin_db`` 0 (off): no margin then says "far below".
         """
-        lvl, margin = self._lvl_at(v), self.params.in_bus_margin_db
+        lvl, margin = self._riders_lvl, self.params.in_bus_margin_db
         return (
             margin > 0.0  # (0: off, no margin that says "far below the riders")
             and not r.rot
@@ -2383,21 +2373,6 @@ class PresenceClassifier:
             and r.far_sum / r.n_far < lvl - margin
             and self._silent_at_doors(r, v)
         )
-
-    def _lvl_at(self, v: StopVisit) -> float:
-        """The riders' level a candidate of ``v`` is judged by: as ``v``'s doors opened, if higher.
-
-        Riders alighting at ``v`` are heard walking off,
-        their baselines sink before they fade, and with everyone of a route's riders alighting
-        at one stop the level left behind is theirs as they walked away (full scale, tuning
-        seeds 3-4, +3 dBm, shell 5 dB, sigma 6 dB, ``bus_alongside_red_light``: -47 dBm as
-        BD006's doors opened, -70 by the time a car that drew up beside the bus there was
-        judged). A candidate of ``v`` is judged against the riders the bus brought to ``v``
-        (the current level when that is higher: riders confirmed since, or none then).
-        """
-        lvl = self._open_lvls.get(v.seq, math.inf)
-        now = self._riders_lvl
-        return lvl if now < lvl < math.inf else now
 
     def _stood_and_carried(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate of ``v`` stood in the bus at ``v`` and rode it to the next stop.
@@ -3012,7 +2987,6 @@ class PresenceClassifier:
             and r.visit is not None
             and not (r.co_only and self._barred(r))
             and not self._far_joiner(r, r.visit)
-            and not self._drew_up(r, r.visit)
         ):
             # its rid rotated before it could be confirmed: a new rid may take over (not
             # from a candidate barred from boarding, nor from one first heard far past its
@@ -3082,7 +3056,7 @@ class PresenceClassifier:
             and r.convoy is None
             and not self._barred(r)
             and r.co_hi - r.co_lo <= self._sparse_fall
-            and r.co_sum / n >= self._lvl_at(r.visit) - p.in_bus_margin_db
+            and r.co_sum / n >= self._riders_lvl - p.in_bus_margin_db
             and not self._echo_elsewhere(r)
             and not self._echo_later(r, r.pred_visit or r.visit)
             and (
