@@ -1959,7 +1959,11 @@ class PresenceClassifier:
                 except Exception as exc:
                     self._failed("tick", r, exc)
             elif (
-                (r.eo_pts >= echo_pts or (self._echo_heirs and self._echo_link(r)))
+                (
+                    r.eo_pts >= echo_pts
+                    # (not a rotation-paired one: its pairing's stretch is not boarded here)
+                    or (r.pred == _PRED_NONE and self._echo_heirs and self._echo_link(r))
+                )
                 and r.start is None  # (a ride closed once is for the revive rule)
                 and r.visit is not None
                 and r.pred == _PRED_NONE
@@ -2021,6 +2025,8 @@ class PresenceClassifier:
                 del self._addr_iv[gone.addr]
         if forget and len(self._addr_iv) > 2 * (len(self._rids) + len(self._olds)) + _ADDR_IV_SLACK:
             self._prune_addr_iv()
+        if forget and self._echo_heirs:
+            self._prune_echo_heirs()
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
@@ -2032,6 +2038,23 @@ class PresenceClassifier:
         except Exception as exc:
             self._failed("tick", r, exc)
         return self.discarded != n
+
+    def _prune_echo_heirs(self) -> None:
+        """Drop the echo heirs no rid can take up (:meth:`_echo_link`).
+
+        One whose dropped rid was forgotten (its stretch changed and it left under another
+        stop's key, or it ended): :meth:`_echo_link` finds no record. A key two dropped rids
+        shared (``b""``) once no known rid has an interval below the key's: no rid of the
+        droppers' interval is left to make it one again. Else they stay for as long as the
+        daemon runs, in every checkpoint.
+        """
+        ivs = [r.interval for r in self._rids.values()]
+        ivs.extend(o.interval for o, _, _ in self._olds.values())
+        ivs.extend(o.interval for o in self._pending.values())
+        low = min(ivs, default=None)
+        for key, rid in list(self._echo_heirs.items()):
+            if (rid and rid not in self._rids) or (not rid and (low is None or low >= key[0])):
+                del self._echo_heirs[key]
 
     def _prune_addr_iv(self) -> None:
         """Drop the addresses no known rid can be told has ended by (:meth:`_near_end`).

@@ -394,3 +394,34 @@ def test_a_one_hop_rider_heard_as_the_next_doors_open_is_boarded_by_its_echo() -
     assert _thin(own(1), plan=one_hop) == ["S1->S2"]
     # heard at S2's doors under a stretch that began at S2 (a waiter there): nothing
     assert _thin(own(2), plan=one_hop) == []
+
+
+def _heirs_after(
+    n: int, echo: Echo, plan: Plan, skew: float
+) -> tuple[dict[tuple[int, int], bytes], int]:
+    """``n`` weak tokens (``plan``, ``echo``, one clock ``skew``) over the trip, then 40
+    intervals of ticks: the echo heirs left, and the rids known."""
+    w = EchoWorld()
+    add_riders(w, -80.0)
+    for i in range(n):
+        w.add(Token(f"bag{i}", lambda world: -92.0 if _marks(world, plan) else None, skew=skew))  # type: ignore[arg-type]
+        w.echoes[f"bag{i}"] = echo
+    _trip(w)
+    for _ in range(40):
+        w.t += 600.0
+        w.c.tick(w.t, w.odo)
+    return dict(w.c._echo_heirs), len(w.c._rids)
+
+
+def test_echo_heirs_do_not_outlive_their_rids() -> None:
+    """Two dropped candidates of one interval echoing since one stop share a key (``b""``:
+    neither links); a dropped rid whose stretch restarted at a later stop leaves its first
+    key behind. Neither stays once every rid is forgotten (a bus runs for days; each is in
+    every checkpoint)."""
+    assert _heirs_after(2, own(1), DROPPED, 300.0) == ({}, 0)
+
+    def restarted(w: EchoWorld, rid: bytes) -> int:
+        return own(1 if w.visit is not None and (w.visit.stop_index or 0) < 4 else 4)(w, rid)
+
+    later: Plan = {1: ((10.0, 13.0), (300.0, 500.0)), 4: ((), (300.0, 500.0))}
+    assert _heirs_after(1, restarted, later, 0.0) == ({}, 0)
