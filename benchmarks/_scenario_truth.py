@@ -6,14 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from firmware_sim._heard import person_rids
-
-__all__ = ["legs", "owners"]
-
-
-def owners(d: Path, t0: float, t1: float) -> dict[bytes, str]:
-    """Every rid any person of the scenario sent from ``t0`` to ``t1`` -> that person."""
-    return person_rids(d, t0, t1)
+__all__ = ["legs"]
 
 
 def legs(d: Path) -> dict[tuple[str, str], list[tuple[float, float]]]:

@@ -47,7 +47,6 @@ from typing import Any
 import structlog
 
 from benchmarks._scenario_truth import legs as truth_legs
-from benchmarks._scenario_truth import owners as truth_owners
 from busbell import (
     AdvRecord,
     TokenVerifier,
@@ -60,6 +59,7 @@ from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
 from edge._trace_rider import _rid_of
 from edge._why_missed import _points, scenario_dirs
+from firmware_sim._heard import person_rids
 
 __all__ = ["Drop", "census", "main", "table"]
 
@@ -127,7 +127,7 @@ def census(d: Path, params: ClassifierParams | None = None) -> list[Drop]:
     """Every candidacy dropped (or open at the end) on every bus of scenario ``d``."""
     p = params or ClassifierParams()
     truth = json.loads((d / "truth.json").read_text(encoding="utf-8"))
-    owners = truth_owners(d, float(truth["t_start"]), float(truth["t_end"]))
+    owners = person_rids(d, float(truth["t_start"]), float(truth["t_end"]))
     legs = truth_legs(d)
     missed = _missed(d)
     keys = read_fleet_keys(d / "FLEET.csv")

@@ -28,7 +28,6 @@ from typing import Any
 import structlog
 
 from benchmarks._scenario_truth import legs as truth_legs
-from benchmarks._scenario_truth import owners as truth_owners
 from busbell import (
     TokenVerifier,
     TraceReader,
@@ -38,6 +37,7 @@ from busbell import (
 from edge import _classifier as cls_mod
 from edge._params import ClassifierParams
 from edge._pipeline import EdgePipeline
+from firmware_sim._heard import person_rids
 
 _ORIG = cls_mod.PresenceClassifier._successor_held
 _SLACK_S = 60.0
@@ -46,7 +46,7 @@ _SLACK_S = 60.0
 def census(d: Path, totals: dict[str, int]) -> list[dict[str, Any]]:
     """The rids the clause turns away and the rids the rule holds on every bus of ``d``."""
     truth = json.loads((d / "truth.json").read_text(encoding="utf-8"))
-    owners = truth_owners(d, float(truth["t_start"]), float(truth["t_end"]))
+    owners = person_rids(d, float(truth["t_start"]), float(truth["t_end"]))
     legs = truth_legs(d)
     p = ClassifierParams()
     keys = read_fleet_keys(d / "FLEET.csv")

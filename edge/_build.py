@@ -31,13 +31,13 @@ def compiled_modules() -> list[str]:
     ]
 
 
-def edge_build() -> EdgeBuild:
-    """The build this process runs.
+def edge_build(compiled: list[str] | None = None) -> EdgeBuild:
+    """The build this process runs (from ``compiled``, :func:`compiled_modules`'s list, if given).
 
     ``compiled`` (every module of :data:`COMPILED_MODULES` is an extension), ``pure`` (none
     is) or ``mixed`` (some are: an install half-replaced by hand, never made by ``setup.py``).
     """
-    n = len(compiled_modules())
+    n = len(compiled_modules() if compiled is None else compiled)
     if n == len(COMPILED_MODULES):
         return "compiled"
     return "pure" if n == 0 else "mixed"

@@ -460,8 +460,8 @@ def _version() -> str:
     from busbell import __version__
     from edge._build import compiled_modules, edge_build
 
-    build = edge_build()
     compiled = compiled_modules()
+    build = edge_build(compiled)
     detail = f"; compiled by mypyc: {', '.join(compiled)}" if compiled else ""
     return f"busbell {__version__} (edge build: {build}{detail})"
 
