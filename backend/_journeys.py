@@ -168,14 +168,30 @@ class JourneyBuilder:
         """
         return self.gtfs_distance(seg.route_id, seg.trip_id, seg.start_stop_id, seg.end_stop_id)
 
+    def tentative_reach(self, seg: Segment, travelled_m: float) -> str | None:
+        """The first stop of a segment's trip at or past ``travelled_m`` beyond its start stop.
+
+        Where a rider heard aboard until the bus had gone that far from the stop alights at
+        the earliest (:func:`backend._tentative._carried_to`; 30 m slack, as for the other
+        estimates from the distance). ``None``: no stop order, the start stop off the trip,
+        or past its last stop.
+        """
+        seq = self._sequence(seg.route_id, seg.trip_id)
+        if seq is None or seg.start_stop_id is None or seg.start_stop_id not in seq[0]:
+            return None
+        stops, dist = seq
+        i = stops.index(seg.start_stop_id)
+        at = dist[i] + travelled_m - _POSITION_SLACK_M
+        return next((stops[k] for k in range(i + 1, len(stops)) if dist[k] >= at), None)
+
     def settle_tentative(self, segments: Sequence[Segment]) -> tuple[list[Segment], int]:
         """One rider's segments with the tentative ones kept or dropped, and how many dropped.
 
         :func:`backend._tentative.settle_tentative` with this builder's policy and the
-        trip's distances (:meth:`tentative_hop`): what every settlement path uses, so none
-        can keep a piece another drops.
+        trip's distances (:meth:`tentative_hop`, :meth:`tentative_reach`): what every
+        settlement path uses, so none can keep a piece another drops.
         """
-        return _settle_tentative(segments, self.policy, self.tentative_hop)
+        return _settle_tentative(segments, self.policy, self.tentative_hop, self.tentative_reach)
 
     def dropped_tentative(
         self, segments: Sequence[Segment]
@@ -185,7 +201,7 @@ class JourneyBuilder:
         :func:`backend._tentative.dropped_tentative`, given what :meth:`settle_tentative`
         is.
         """
-        return _dropped_tentative(segments, self.policy, self.tentative_hop)
+        return _dropped_tentative(segments, self.policy, self.tentative_hop, self.tentative_reach)
 
     def route_max_distance(self, route_id: str | None) -> float | None:
         """The longest distance of a route in the feed (the penalty distance)."""

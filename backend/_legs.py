@@ -508,6 +508,14 @@ class JourneyPolicy:
             ``sparse_fall_db``) ...
         tentative_gap_s: ... each piece starting at most this long after the previous
             rid's piece ended (a weak token's new rid is first heard up to minutes late).
+        tentative_carried_m: a group of tentative pieces alone, the rider's only evidence
+            on that bus trip, is charged as **carried** (to the first stop at or past
+            where the bus was when it last heard them) when the bus went this far while
+            hearing them, at two or more co-movement points, and no confirmed segment of
+            the rider on another bus overlaps them (:func:`backend._tentative._carried_to`;
+            0: off) ...
+        tentative_carried_under_db: ... each piece's co-movement levels at most this many
+            dB below the riders its bus heard (``riders_lvl``).
     """
 
     lost_policy: LostPolicy = "last-stop"
@@ -529,6 +537,8 @@ class JourneyPolicy:
     tentative_points: int = 4
     tentative_spread_db: float = 12.0
     tentative_gap_s: float = 600.0
+    tentative_carried_m: float = 300.0
+    tentative_carried_under_db: float = 30.0
 
     def __post_init__(self) -> None:
         if self.overlap_margin_db is not None and not self.overlap_margin_db > 0:
@@ -560,6 +570,8 @@ class JourneyPolicy:
             "overlap_cover_s",
             "tentative_spread_db",
             "tentative_gap_s",
+            "tentative_carried_m",
+            "tentative_carried_under_db",
         ):
             value = getattr(self, name)
             if not value >= 0:

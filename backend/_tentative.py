@@ -13,7 +13,11 @@ it knows whose rids they are.
 * a tentative segment is **never charged alone**, unless heard **door to door**: a lone
   piece first heard at a stop, moving with the bus at two or more points, lost as the
   doors opened at another stop, over at least half the way between them
-  (:func:`_door_to_door`; the caller gives the trip's distances);
+  (:func:`_door_to_door`; the caller gives the trip's distances); or **carried**: pieces
+  alone, the rider's only evidence on that bus trip, moving with the bus at two or more
+  points near the riders' level for ``tentative_carried_m`` or more, with no confirmed
+  segment of the rider on another bus then, charged to the first stop at or past where
+  the bus last heard them (:func:`_carried_to`; the caller gives the trip's stops);
 * tentative pieces on one bus and trip (route, without a trip id) that **adjoin across a
   rotation** (consecutive intervals, the later one starting at most
   ``tentative_gap_s`` after the earlier ended, overlapping by at most ``stitch_gap_s``)
@@ -49,12 +53,17 @@ from collections.abc import Callable, Iterator, Sequence
 
 from backend._legs import JourneyPolicy, Segment
 
-__all__ = ["TENTATIVE", "Hop", "dropped_tentative", "settle_tentative"]
+__all__ = ["TENTATIVE", "Carried", "Hop", "dropped_tentative", "settle_tentative"]
 
 TENTATIVE = "tentative"
 
 Hop = Callable[[Segment], "float | None"]
 """The distance (m) along a segment's trip from its start stop to its end stop, or ``None``."""
+
+Carried = Callable[[Segment, float], "str | None"]
+"""The first stop of a segment's trip at or past the point the bus reached after going that
+many metres from the segment's start stop (a rider aboard there alights there or later), or
+``None`` (no trip order, the start stop off the trip, or past the last stop)."""
 
 DOOR_TO_DOOR_COVER = 0.5
 """A lone piece heard door to door is kept when the bus travelled at least this share of
@@ -99,7 +108,10 @@ def _touch(a: Segment, b: Segment, policy: JourneyPolicy) -> bool:
 
 
 def settle_tentative(
-    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None
+    segments: Sequence[Segment],
+    policy: JourneyPolicy,
+    hop: Hop | None,
+    carried: Carried | None = None,
 ) -> tuple[list[Segment], int]:
     """One rider's segments with the tentative ones kept (as rides) or dropped.
 
@@ -107,7 +119,9 @@ def settle_tentative(
     door to door: :func:`_door_to_door`); with ``None`` a lone piece is never kept. Given
     explicitly, never by default: the settlement calls this through
     :meth:`backend._journeys.JourneyBuilder.settle_tentative`, which passes the trip's
-    distances (``None`` is for tests of the rule without them).
+    distances (``None`` is for tests of the rule without them) and ``carried``, the stop
+    a rider carried that far alights at the earliest (:func:`_carried_to`; ``None``: the
+    rule is off).
 
     Returns:
         The segments to stitch (confirmed ones unchanged, but for an ``alighted`` end
@@ -126,16 +140,31 @@ def settle_tentative(
                 dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
                 for s in pieces
             ]
-            if first.trip_id is None:
-                kept = _one_ride(cluster, kept, out, policy)
-            out.extend(kept)
+        elif (stop := _carried_to(cluster, pieces, firm, policy, carried)) is not None:
+            first = cluster[0]
+            last = max(cluster, key=_ends)
+            kept = [
+                dataclasses.replace(
+                    s,
+                    start_cause="boarded" if s is first else "continued",
+                    end_stop_id=stop if s is last else s.end_stop_id,
+                )
+                for s in pieces
+            ]
         else:
             dropped += len(pieces)
+            continue
+        if first.trip_id is None:
+            kept = _one_ride(cluster, kept, out, policy)
+        out.extend(kept)
     return out, dropped
 
 
 def dropped_tentative(
-    segments: Sequence[Segment], policy: JourneyPolicy, hop: Hop | None
+    segments: Sequence[Segment],
+    policy: JourneyPolicy,
+    hop: Hop | None,
+    carried: Carried | None = None,
 ) -> list[tuple[list[Segment], list[Segment]]]:
     """The joined groups whose tentative pieces :func:`settle_tentative` drops.
 
@@ -155,6 +184,7 @@ def dropped_tentative(
         (cluster, pieces)
         for cluster, pieces in _clusters(segments, firm, policy)
         if not (_kept(cluster, pieces, policy, hop) and not _beaten(cluster, pieces, firm, policy))
+        and _carried_to(cluster, pieces, firm, policy, carried) is None
     ]
 
 
@@ -332,3 +362,89 @@ def _door_to_door(piece: Segment, policy: JourneyPolicy, hop: Hop) -> bool:
         return False  # (co is None only for an event validation refuses as tentative)
     way = hop(piece)  # None: a stop unknown or off the trip; 0: the same stop
     return way is not None and way > 0.0 and piece.distance_m >= DOOR_TO_DOOR_COVER * way
+
+
+def _carried_to(
+    cluster: Sequence[Segment],
+    pieces: Sequence[Segment],
+    firm: Sequence[Segment],
+    policy: JourneyPolicy,
+    carried: Carried | None,
+) -> str | None:
+    """Where a group of tentative pieces alone is charged to as **carried**, or ``None``.
+
+    What the backend alone knows lets it keep a rider's pieces that neither the sum nor
+    door to door keeps (issue 11, weak cells: a one-hop rider heard moving with the bus at
+    two or three co-movement points, lost before the next doors opened or rotated on the
+    way, the rider's only trace of that ride): the group is kept when
+
+    * it is the rider's only evidence on that bus trip (no confirmed segment of the rider
+      there) and it names the stop it was a candidate of;
+    * its pieces moved with the bus: co-movement points adding up to 2 or more, at levels
+      within ``tentative_spread_db`` of one another and, each piece, at most
+      ``tentative_carried_under_db`` below the riders its bus heard (``riders_lvl``; a car
+      beside the bus is heard through two shells, 36-40 dB below them);
+    * the bus went ``tentative_carried_m`` or more while it heard them (the union of the
+      pieces' distances);
+    * and no confirmed segment of the rider on another bus overlaps them at all: a rider
+      on another bus is not on this one.
+
+    The leg then ends at the stop the last piece alighted at (the edge saw the doors open
+    there), else at the first stop of the trip at or past the point the bus had reached
+    when it last heard them (``carried``): a rider aboard between two stops alights at the
+    next one or later, so this is the least ride consistent with the hearing. Only the
+    rider's confirmed segments are asked, never another group's pieces: dropping a dropped
+    group's rows leaves this decision as it was (:func:`dropped_tentative`).
+    """
+    if carried is None or policy.tentative_carried_m <= 0.0 or len(pieces) < len(cluster):
+        return None
+    first = cluster[0]
+    cos = [s.co for s in pieces if s.co is not None]
+    if first.start_stop_id is None or len(cos) < len(pieces) or sum(c[0] for c in cos) < 2:
+        return None
+    if max(c[2] for c in cos) - min(c[1] for c in cos) > policy.tentative_spread_db:
+        return None
+    for s in pieces:
+        assert s.co is not None
+        if s.riders_lvl is None or (s.co[1] + s.co[2]) / 2.0 < (
+            s.riders_lvl - policy.tentative_carried_under_db
+        ):
+            return None
+    key = _key(first)
+    a = min(s.start_t for s in cluster)
+    b = max(s.end_t for s in cluster)
+    for s in firm:
+        if _key(s) == key:
+            return None  # (confirmed on this trip: the rules above decide)
+        if s.bus_id != first.bus_id and min(b, s.end_t) > max(a, s.start_t):
+            return None
+    travelled = _travelled(cluster)
+    if travelled < policy.tentative_carried_m:
+        return None
+    last = max(cluster, key=_ends)
+    if last.end_cause == "alighted" and last.end_stop_id not in (None, first.start_stop_id):
+        return last.end_stop_id
+    return carried(first, travelled)
+
+
+def _ends(s: Segment) -> tuple[float, float, str, int]:
+    """The order in which segments end (the last one names the leg's alighting)."""
+    return (s.end_t, *s.sort_key())
+
+
+def _travelled(cluster: Sequence[Segment]) -> float:
+    """The bus's travel while it heard the pieces (their union in time; overlaps once).
+
+    Each piece's distance spread evenly over its time, as the journey builder's.
+    """
+    spans = sorted((s.start_t, max(s.end_t, s.start_t), s.distance_m) for s in cluster)
+    total, covered = 0.0, float("-inf")
+    for start, end, dist in spans:
+        if end <= covered:
+            continue
+        if start >= covered or end == start:
+            total += dist
+        else:
+            total += dist * (end - covered) / (end - start)
+        covered = max(covered, end)
+    return total

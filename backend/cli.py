@@ -283,6 +283,21 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         help="... each piece starting at most this long after the previous rid's piece ended",
     )
     st.add_argument(
+        "--tentative-carried-m",
+        type=_non_negative,
+        default=300.0,
+        help="charge a rider's tentative pieces alone (their only evidence on that bus trip,"
+        " two or more co-movement points, not confirmed on another bus then) to the first"
+        " stop at or past where the bus last heard them, when it went this far while"
+        " hearing them (0: off)",
+    )
+    st.add_argument(
+        "--tentative-carried-under-db",
+        type=_non_negative,
+        default=30.0,
+        help="... their co-movement levels at most this many dB below the bus's riders",
+    )
+    st.add_argument(
         "--no-overlap-rate",
         action="store_true",
         help="settle overlaps by the RSSI margin alone (not by adverts decoded)",
@@ -617,6 +632,8 @@ def _settle_policy(args: argparse.Namespace) -> JourneyPolicy:
         tentative_points=args.tentative_points,
         tentative_spread_db=args.tentative_spread_db,
         tentative_gap_s=args.tentative_gap_s,
+        tentative_carried_m=args.tentative_carried_m,
+        tentative_carried_under_db=args.tentative_carried_under_db,
     )
 
 

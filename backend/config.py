@@ -306,6 +306,19 @@ class SettlementSettings:
         600.0,
         doc="Longest wait (s) from one rid's tentative piece to the next rid's piece summed.",
     )
+    tentative_carried_m: float = option(
+        300.0,
+        doc=(
+            "Tentative pieces alone, the rider's only evidence on that bus trip, at two or"
+            " more co-movement points and no confirmed segment of the rider on another bus"
+            " then, are charged to the first stop at or past where the bus last heard them"
+            " when it went this many metres while hearing them; 0: off ..."
+        ),
+    )
+    tentative_carried_under_db: float = option(
+        30.0,
+        doc="... their co-movement levels at most this many dB below the bus's riders.",
+    )
     retry_max_s: float = option(
         300.0,
         doc=(
@@ -366,6 +379,8 @@ class SettlementSettings:
             tentative_points=self.tentative_points,
             tentative_spread_db=self.tentative_spread_db,
             tentative_gap_s=self.tentative_gap_s,
+            tentative_carried_m=self.tentative_carried_m,
+            tentative_carried_under_db=self.tentative_carried_under_db,
         )
 
 

@@ -892,6 +892,47 @@ async def test_a_lone_piece_heard_door_to_door_keeps_its_rider_link(env: Env) ->
     ]
 
 
+async def test_a_lone_piece_carried_past_its_stop_is_charged_online_as_offline(
+    env: Env,
+) -> None:
+    """A lone tentative piece heard moving with the bus 347 m past S03, then rotated, the
+    rider's only segment on the trip (``_carried_to``; cell 24 seed 1 rush_hour_crowd
+    r-00036): charged S03 -> S04 online as offline (``riders_lvl`` kept in
+    ``rider_segments``), recomputed the same, its link never deleted as a dropped piece's;
+    r0002's piece 31 dB under the riders charges nobody, and its link goes."""
+    w = env.world
+
+    def piece(rider: str, co: tuple[int, float, float]) -> dict[str, Any]:
+        fields = w.segment_fields(
+            rider,
+            route_id="R1",
+            trip_id="T1",
+            start=(T0 + 100.0, "S03", "tentative"),
+            end=(T0 + 168.0, None, "rotated"),
+            distance_m=347.0,
+            riders_lvl=-77.0,
+        )
+        fields["evidence"].update({"co_n": co[0], "co_lo": co[1], "co_hi": co[2]})
+        return w.buses["bus-01"].emit(fields)
+
+    events = [piece("r0001", (2, -93.7, -92.5)), piece("r0002", (2, -108.5, -107.5))]
+    await env.ingest(events)
+    await env.worker.settle_once(now=NOW)
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [(x["board_stop_id"], x["alight_stop_id"]) for x in j["legs"]] == [("S03", "S04")]
+    assert j["charged"] is True
+    assert (await env.client.get("/riders/r0002/journeys")).json()["journeys"] == []
+    offline = await _recomputed_as_offline(env, events, "r0001")
+    assert offline.stats.rejected == {"tentative_dropped": 1}
+    before = await env.derived()
+    report = await env.worker.settle_once(now=T0 + 40 * 86400.0)
+    assert report.tentative_links_deleted == 1  # r0002's
+    after = await env.derived()
+    assert [r["rider_id"] for r in after.pop("segments")] == ["r0001"]
+    before.pop("segments")
+    assert after == before
+
+
 async def test_tentative_links_are_kept_with_tentative_link_days_0(env: Env) -> None:
     w = env.world
     b = (int(T0 // 600) + 1) * 600.0

@@ -48,9 +48,16 @@ def _piece(
     bus: str = "bus-01",
     trip: str | None = "T1",
     distance: float = 800.0,
+    riders_lvl: float | None = None,
 ) -> dict[str, Any]:
     fields = world.segment_fields(
-        rider, route_id="R1", trip_id=trip, start=start, end=end, distance_m=distance
+        rider,
+        route_id="R1",
+        trip_id=trip,
+        start=start,
+        end=end,
+        distance_m=distance,
+        riders_lvl=riders_lvl,
     )
     if co is not None:
         fields["evidence"].update({"co_n": co[0], "co_lo": co[1], "co_hi": co[2]})
@@ -217,6 +224,182 @@ def test_the_links_of_a_lone_piece_are_kept_when_it_is_a_ride(tmp_path: Path) ->
     assert settle_tentative([seg], builder.policy, builder.tentative_hop) == ([kept], 0)
     assert dropped_tentative([seg], builder.policy, None) == [([seg], [seg])]
     assert settle_tentative([seg], builder.policy, None) == ([], 1)
+
+
+def _carried(
+    world: World,
+    rider: str = "r0001",
+    *,
+    start: tuple[float, str | None, str] = (T0 + 100.0, "S03", "tentative"),
+    end: tuple[float, str | None, str] = (T0 + 168.0, None, "rotated"),
+    co: tuple[int, float, float] | None = (2, -93.7, -92.5),
+    distance: float = 347.0,
+    riders_lvl: float | None = -77.0,
+    bus: str = "bus-01",
+    trip: str | None = "T1",
+) -> dict[str, Any]:
+    """One rid heard moving with the bus from S03 for 347 m, then rotated, never confirmed.
+
+    Full scale, tuning cell 24 seed 1, ``rush_hour_crowd``, r-00036 (BD008 -> BD009): 19
+    adverts, 2 co-movement points at -93.7..-92.5 dBm, 16 dB under the riders (-77), the
+    bus 347 m on from BD008 when its rid rotated; its next rid was never heard. The
+    rider's only trace of the ride: missed before.
+    """
+    return _piece(
+        world,
+        rider,
+        start,
+        end,
+        co=co,
+        distance=distance,
+        riders_lvl=riders_lvl,
+        bus=bus,
+        trip=trip,
+    )
+
+
+def test_a_lone_piece_carried_past_its_stop_is_charged_to_the_next_stop(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    res = _settle(world, [_carried(world)])
+    (j,) = res.journeys
+    assert j.charged
+    (leg,) = j.legs
+    # aboard 347 m past S03 (S04 800 m on): it alights at S04 or later, charged to S04
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S03", "S04")
+    assert "lost" in leg.flags  # (not seen alighting: the lost policy prices it)
+    assert res.stats.rejected == {}
+    assert res.stats.accepted == 1
+    # lost at the stop it was heard at (cell 22 seed 2 rush_hour_crowd r-00291: the fade
+    # rules close it at BD003, the bus 328 m on): the same
+    world = World(tmp_path / "lost", riders=2, buses=1)
+    res = _settle(world, [_carried(world, end=(T0 + 133.0, "S03", "lost"), distance=328.0)])
+    assert [(x.board_stop_id, x.alight_stop_id) for x in res.journeys[0].legs] == [("S03", "S04")]
+    # farther: the first stop at or past where the bus was (S03 + 1,250 m: S05)
+    world = World(tmp_path / "far", riders=2, buses=1)
+    res = _settle(world, [_carried(world, distance=1250.0)])
+    assert [(x.board_stop_id, x.alight_stop_id) for x in res.journeys[0].legs] == [("S03", "S05")]
+    # at a stop, within 30 m of it: that stop
+    world = World(tmp_path / "at", riders=2, buses=1)
+    res = _settle(world, [_carried(world, distance=1575.0)])
+    assert [(x.board_stop_id, x.alight_stop_id) for x in res.journeys[0].legs] == [("S03", "S05")]
+    # seen leaving at a stop short of half the way (door to door asks half): there
+    world = World(tmp_path / "door", riders=2, buses=1)
+    res = _settle(world, [_carried(world, end=(T0 + 168.0, "S04", "alighted"), distance=347.0)])
+    assert [(x.board_stop_id, x.alight_stop_id) for x in res.journeys[0].legs] == [("S03", "S04")]
+
+
+def test_two_rids_pieces_carried_are_one_leg_with_fewer_points_than_the_sum_asks(
+    tmp_path: Path,
+) -> None:
+    """Cell 24 seed 1 ``token_clock_drift`` r-00057 (BD006 -> BD007): a fob's two rids, 2 +
+    1 points (the sum asks 4), 317 + 328 m, the later seen leaving at BD007."""
+    world = World(tmp_path, riders=2, buses=1)
+    b = BOUNDARY
+    events = [
+        _carried(
+            world,
+            start=(b - 54.0, "S03", "tentative"),
+            end=(b - 1.0, None, "rotated"),
+            co=(2, -94.0, -92.1),
+            distance=317.0,
+            riders_lvl=-74.0,
+        ),
+        _carried(
+            world,
+            start=(b + 12.0, "S03", "tentative"),
+            end=(b + 68.0, "S04", "alighted"),
+            co=(1, -94.0, -92.1),
+            distance=328.0,
+            riders_lvl=-74.0,
+        ),
+    ]
+    res = _settle(world, events)
+    (j,) = res.journeys
+    assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S03", "S04")]
+    assert res.stats.rejected == {}
+
+
+@pytest.mark.parametrize(
+    ("case", "kw"),
+    [
+        ("the bus went under 300 m", {"distance": 299.0}),
+        ("one co-movement point", {"co": (1, -93.7, -92.5)}),
+        ("levels spread 13 dB", {"co": (2, -94.0, -81.0)}),
+        # a car occupant beside the bus (small cells 1 and 11 seed 3, quiet_route,
+        # r-00032: 418 m, 40 and 36 dB under the riders)
+        ("31 dB under the riders", {"co": (2, -108.5, -107.5)}),
+        ("no riders' level", {"riders_lvl": None}),
+        ("first heard off a stop", {"start": (T0 + 100.0, None, "tentative")}),
+        ("past the trip's last stop", {"distance": 30_000.0}),
+        ("a stop off the trip", {"start": (T0 + 100.0, "S99", "tentative")}),
+    ],
+)
+def test_a_lone_piece_not_carried_charges_nobody(
+    tmp_path: Path, case: str, kw: dict[str, Any]
+) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    res = _settle(world, [_carried(world, **kw)])
+    assert res.journeys == [], case
+    assert res.stats.rejected == {"tentative_dropped": 1}, case
+
+
+def test_pieces_carried_are_not_charged_beside_the_riders_ride_on_another_bus(
+    tmp_path: Path,
+) -> None:
+    """A rider on bus-02 is not on bus-01: a confirmed segment of theirs on another bus
+    overlapping the piece at all (here 10 s) keeps it uncharged, and so does one on the
+    piece's own trip (the rules for pieces beside a confirmed segment decide then)."""
+    world = World(tmp_path, riders=2, buses=2)
+    other = world.buses["bus-02"].emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R2",
+            trip_id="T2",
+            start=(T0 + 158.0, "S04", "boarded"),
+            end=(T0 + 400.0, "S06", "alighted"),
+            distance_m=1600.0,
+        )
+    )
+    res = _settle(world, [_carried(world), other])
+    (j,) = res.journeys
+    assert [leg.bus_id for leg in j.legs] == ["bus-02"]
+    assert res.stats.rejected == {"tentative_dropped": 1}
+    world = World(tmp_path / "trip", riders=2, buses=1)
+    mine = world.buses["bus-01"].emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R1",
+            trip_id="T1",
+            start=(T0 + 900.0, "S10", "boarded"),
+            end=(T0 + 1150.0, "S12", "alighted"),
+            distance_m=1600.0,
+        )
+    )
+    res = _settle(world, [_carried(world), mine])
+    assert [(x.board_stop_id, x.alight_stop_id) for j in res.journeys for x in j.legs] == [
+        ("S10", "S12")
+    ]
+    assert res.stats.rejected == {"tentative_dropped": 1}
+
+
+def test_the_carried_rule_is_off_with_tentative_carried_m_0(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    feed = load_gtfs(world.gtfs)
+    seg = Segment.from_event(_carried(world), "r0001")
+    on = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed)
+    off = JourneyBuilder(
+        FareEngine(load_rules(timezone=feed.timezone)),
+        feed,
+        JourneyPolicy(tentative_carried_m=0.0),
+    )
+    kept = dataclasses.replace(seg, start_cause="boarded", end_stop_id="S04")
+    assert on.settle_tentative([seg]) == ([kept], 0)
+    assert on.dropped_tentative([seg]) == []  # (its link is kept: it is a ride)
+    assert off.settle_tentative([seg]) == ([], 1)
+    assert off.dropped_tentative([seg]) == [([seg], [seg])]
+    # without the trip's stops (the module function alone) the rule cannot place it
+    assert settle_tentative([seg], on.policy, on.tentative_hop) == ([], 1)
+    assert settle_tentative([seg], on.policy, on.tentative_hop, on.tentative_reach) == ([kept], 0)
 
 
 def test_too_little_evidence_in_all_charges_nobody(tmp_path: Path) -> None:
