@@ -1439,6 +1439,35 @@ class PresenceClassifier:
             return None
         return w
 
+    def _echo_judge(self, r: _Rid, v: StopVisit, ok: bool) -> StopVisit | None:  # noqa: FBT001 - internal
+        """The stop ``r``, a candidate of ``v`` (or one dropped), boards from by its echo.
+
+        :meth:`_echo_from` on its own stretch if it has ``echo_points`` points; else, or
+        if its own stretch does not board it, on the stretch it goes on with from its
+        token's previous rid (:meth:`_echo_link`: the rotation pairing's candidate, or a
+        dropped candidate of the same stop, seq and clock). ``ok``: the candidacy may be
+        judged now (``confirm_min_s`` after its stop's doors closed); the link is made
+        before then if the rid has too few points of its own (as before this pass).
+
+        A new rid with points of its own whose stretch alone does not board it (first
+        heard within ``confirm_distance_m`` of the next stop's doors, :meth:`_echo_near`,
+        or too few points since a later stop) was judged on them alone, and its token's
+        earlier rid's stretch, heard from its stop's doors, was never joined to it: full
+        scale, tuning seed 1, cell 24 (BLE addresses rotate with the rid),
+        ``rush_hour_crowd`` r-00036 (BD008 -> BD009: 10 adverts at BD008's doors and 2
+        echo points on the hop under one rid, 28 s of silence around the rotation, its next
+        rid first heard 642 m on, 2 echo points, 120 m before BD009's doors): missed.
+        """
+        if r.eo_pts >= self._echo_pts:
+            if not ok:
+                return None
+            w = self._echo_from(r, v)
+            if w is not None:
+                return w
+        if (self._echo_heirs or r.pred == _PRED_CANDIDATE) and self._echo_link(r):
+            return self._echo_from(r, v) if ok else None
+        return None
+
     def _echo_alights(self, r: _Rid, w: StopVisit) -> bool:
         """Whether ``r`` was last heard at the open doors of the first stop served after ``w``.
 
@@ -1968,7 +1997,7 @@ class PresenceClassifier:
                 and r.visit is not None
                 and r.pred == _PRED_NONE
                 and r.rid not in self._olds
-                and (w := self._echo_from(r, r.visit)) is not None
+                and (w := self._echo_judge(r, r.visit, ok=True)) is not None
             ):
                 try:  # a candidate dropped on the way, its echo heard with the bus since
                     self._echo_board(r, t, w, out)
@@ -2281,15 +2310,7 @@ class PresenceClassifier:
             # one that fell away from its level at the stop: left behind, then caught up)
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
-        elif (
-            self._echo_on
-            and (
-                r.eo_pts >= self._echo_pts
-                or ((self._echo_heirs or r.pred == _PRED_CANDIDATE) and self._echo_link(r))
-            )
-            and t - v.close_t >= p.confirm_min_s
-            and (w := self._echo_from(r, v)) is not None
-        ):
+        elif self._echo_on and (w := self._echo_judge(r, v, t - v.close_t >= p.confirm_min_s)):
             # its echo says it has been with this bus since w, and the bus heard it so
             # after leaving w, however thin its candidacy (twentieth pass)
             self._echo_board(r, t, w, out)
@@ -3610,6 +3631,10 @@ class PresenceClassifier:
             if kind == _PRED_ONBOARD:
                 end, end_odo = self._fade_end(old, old.last_in_t, old.last_in_odo)
                 self._emit(old, end, end_odo, out)
+            elif old.eo_pts and self._echo_on and old.state == _GONE:
+                # a candidate's old rid no new rid took: its next rid may go on with its
+                # echo stretch as a dropped candidate's does (:meth:`_echo_link`)
+                self._echo_bequeath(old)
 
     # -- closing ----------------------------------------------------------------------
 
