@@ -1439,7 +1439,7 @@ class PresenceClassifier:
             return None
         return w
 
-    def _echo_judge(self, r: _Rid, v: StopVisit, ok: bool) -> StopVisit | None:  # noqa: FBT001 - internal
+    def _echo_judge(self, r: _Rid, v: StopVisit, ok: bool) -> StopVisit | None:
         """The stop ``r``, a candidate of ``v`` (or one dropped), boards from by its echo.
 
         :meth:`_echo_from` on its own stretch if it has ``echo_points`` points; else, or
