@@ -644,6 +644,15 @@ class PresenceClassifier:
         that stop, heard with the bus past it (``b""``: two such, neither): the first rid
         of that interval whose echo names this bus since the same stop goes on with its
         stretch (:meth:`_echo_link`)."""
+        self._echo_riders: dict[tuple[int, int], list[bytes]] = {}
+        """``(interval, the trip's stop index)`` -> the confirmed rids (riders) of the
+        interval before whose echo has named this bus since that stop: a rid of that
+        interval, unconfirmed, whose echo goes on with one of their stretches (the same
+        stop and seq, the same clock) is that rider's token (:meth:`_echo_rider_on`)."""
+        self._echo_gone: dict[bytes, tuple[int, int, float, float, float]] = {}
+        """Such a rider's rid once forgotten (its interval over): its echo's stop, its seq,
+        when it was last heard, its ``d_min`` and that bound's slack (:func:`_offset_slack`):
+        its token's next rid is often heard again only after it (:meth:`_echo_rider_on`)."""
         self._addr_iv: dict[str, int] = {}
         """BLE address -> the latest rid interval heard from it (while a rid of that
         interval is known): a rid whose token is heard under a later rid from its address
@@ -1262,6 +1271,8 @@ class PresenceClassifier:
                 cur = v.stop_index if v.close_t is None else v.stop_index + 1
             k = cur - (cur - seq) % SEQ_MOD
             r.eo_k = k if cur >= 0 and k >= 0 else -1
+            if r.start is not None:
+                self._echo_rider(r)  # (a rider's stretch begun afresh)
         r.eo_n += 1
         if (
             v is not None
@@ -1344,6 +1355,113 @@ class PresenceClassifier:
         if self._debug:
             log.debug("rid_echo_linked", rid=r.rid.hex(), old=old.rid.hex(), eo_k=r.eo_k)
         return True
+
+    def _echo_rider_on(self, r: _Rid) -> StopVisit | None:
+        """The stop a rider's next rid rides on from, by its echo, or ``None``.
+
+        ``r``, unconfirmed and unpaired, whose own echo stretch does not board it
+        (:meth:`_echo_from`), goes on with a rider's: a confirmed rid of the interval
+        before whose echo names this bus since the same stop with the same seq, last heard
+        before ``r`` was first heard, with the same clock (``skew_tolerance_s``), exactly
+        one such (riders who boarded at one stop in one interval share the stop and the
+        seq; where clocks agree, none is told apart and nothing is linked). ``r`` must show
+        it rides as that rider would: ``echo_points`` points of its own, their mean within
+        ``in_bus_margin_db`` of the riders' level and ``sparse_fall_db`` of its own level,
+        not barred, fallen away or a convoy, and with the bus through the doors of the
+        first stop after its first advert (:meth:`_stayed_through`). It is boarded from
+        the last stop served before its first advert (the rider was aboard when the bus
+        left it): the backend joins it with the rider's earlier segments of the trip.
+
+        A sparse token's next rid, first heard far from the rotation (the pairing never
+        saw it) and a few times a minute, had no rule to board it while its old rid was
+        held aboard through the silence and closed ``alighted`` at the next door: the
+        ride was cut there. Full scale, tuning seed 2, cell 24 (BLE addresses rotate with
+        the rid, clocks +-55 s), ``transfer_bunched`` r-00055 (BD005 -> SE002, charged to
+        SE001: its next rid first heard 14 km past BD009, 3 echo points since BD005, at
+        SE002's doors, never boarded); ``long_ride_many_intervals`` r-00038 and r-00042,
+        ``transfer_two_buses`` r-00097 likewise.
+        """
+        p = self.params
+        n = r.eo_pts
+        if (
+            n < self._echo_pts
+            or n == 0
+            or r.start is not None
+            or r.eo_k < 0
+            or r.ex_run
+            or r.fell
+            or r.convoy is not None
+        ):
+            return None
+        mean = r.eo_sum / n
+        if mean < self._riders_lvl - p.in_bus_margin_db or (
+            r.lvl is not None and mean < r.lvl - self._sparse_fall
+        ):
+            return None
+        rids = self._echo_riders.get((r.interval, r.eo_k))
+        if not rids or self._barred(r) or not self._stayed_through(r):
+            return None
+        w = self._visit_at(r.first_t)
+        if w is None or w.close_t is None or w.close_odo_m is None:
+            return None
+        tol = p.skew_tolerance_s
+        found: _Rid | None = None
+        slack = _offset_slack(r)
+        found = b""
+        for o in rids:
+            old = self._rids.get(o)
+            if old is not None:
+                if (
+                    old.start is None
+                    or old.ex_run
+                    or old.eo_k != r.eo_k
+                    or old.eo_seq != r.eo_seq
+                    or old.last_t > r.first_t
+                    or o in self._olds
+                    or _clock_gap(old, r) > tol
+                ):
+                    continue
+            else:
+                g = self._echo_gone.get(o)
+                if g is None:
+                    continue
+                k, seq, last_t, d_min, old_slack = g
+                skew = r.d_min - d_min
+                if (
+                    k != r.eo_k
+                    or seq != r.eo_seq
+                    or last_t > r.first_t
+                    or max(skew - slack, -skew - old_slack) > tol
+                ):
+                    continue
+            if found:
+                return None  # two riders whose stretch it may go on with: neither
+            found = o
+        if not found:
+            return None
+        rids.remove(found)
+        self._echo_gone.pop(found, None)
+        if self._debug:
+            log.debug("rid_echo_rider", rid=r.rid.hex(), old=found.hex(), stop_id=w.stop_id)
+        return w
+
+    def _echo_succeeded(self, old: _Rid) -> None:
+        """A rider's rid whose next rid the rotation pairing found: no other rid goes on with it."""
+        got = self._echo_riders.get((old.interval + 1, old.eo_k))
+        if got is not None and old.rid in got:
+            got.remove(old.rid)
+            if not got:
+                del self._echo_riders[(old.interval + 1, old.eo_k)]
+
+    def _echo_rider(self, r: _Rid) -> None:
+        """Note a confirmed rid's echo stretch for its token's next rid (:meth:`_echo_rider_on`)."""
+        if r.eo_k >= 0:
+            key = (r.interval + 1, r.eo_k)
+            got = self._echo_riders.get(key)
+            if got is None:
+                self._echo_riders[key] = [r.rid]
+            elif r.rid not in got:
+                got.append(r.rid)
 
     def _echo_paired(self, r: _Rid) -> bool:
         """Whether ``r`` now goes on with the echo stretch of the candidate it is paired with.
@@ -1464,6 +1582,10 @@ class PresenceClassifier:
             w = self._echo_from(r, v)
             if w is not None:
                 return w
+            if self._echo_riders and r.pred == _PRED_NONE:
+                w = self._echo_rider_on(r)
+                if w is not None:
+                    return w
         if (self._echo_heirs or r.pred == _PRED_CANDIDATE) and self._echo_link(r):
             return self._echo_from(r, v) if ok else None
         return None
@@ -2050,12 +2172,24 @@ class PresenceClassifier:
             # close it: its adverts are counted at the level they were heard at)
             gone = self._rids.pop(rid)
             self._lv_flush(gone, self._riders_key)
+            if self._echo_riders and gone.start is not None and gone.eo_k >= 0 and not gone.ex_run:
+                got = self._echo_riders.get((gone.interval + 1, gone.eo_k))
+                if got is not None and rid in got:
+                    self._echo_gone[rid] = (
+                        gone.eo_k,
+                        gone.eo_seq,
+                        gone.last_t,
+                        gone.d_min,
+                        _offset_slack(gone),
+                    )
             if gone.addr and self._addr_iv.get(gone.addr) == gone.interval:
                 del self._addr_iv[gone.addr]
         if forget and len(self._addr_iv) > 2 * (len(self._rids) + len(self._olds)) + _ADDR_IV_SLACK:
             self._prune_addr_iv()
         if forget and self._echo_heirs:
             self._prune_echo_heirs()
+        if forget and self._echo_riders:
+            self._prune_echo_riders()
         out.sort(key=lambda d: (d.end.t, d.rid))
         return out
 
@@ -2084,6 +2218,29 @@ class PresenceClassifier:
         for key, rid in list(self._echo_heirs.items()):
             if (rid and rid not in self._rids) or (not rid and (low is None or low >= key[0])):
                 del self._echo_heirs[key]
+
+    def _prune_echo_riders(self) -> None:
+        """Drop the riders' stretches no rid can go on with (:meth:`_echo_rider_on`).
+
+        A forgotten rid's unless kept (:attr:`_echo_gone`); every one of a key once no
+        known rid is of the key's interval or an earlier one (the riders' tokens have gone
+        on to a later rid).
+        """
+        rids, gone = self._rids, self._echo_gone
+        ivs = [r.interval for r in rids.values()]
+        low = min(ivs, default=None)
+        for key, got in list(self._echo_riders.items()):
+            late = low is None or low > key[0]
+            kept = [] if late else [o for o in got if o in rids or o in gone]
+            if not kept:
+                del self._echo_riders[key]
+                for o in got:
+                    gone.pop(o, None)
+            elif len(kept) < len(got):
+                self._echo_riders[key] = kept
+        if gone:
+            for o in [o for o in gone if o in rids]:
+                del gone[o]
 
     def _prune_addr_iv(self) -> None:
         """Drop the addresses no known rid can be told has ended by (:meth:`_near_end`).
@@ -2692,6 +2849,8 @@ class PresenceClassifier:
     def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
         old, handed = self._unpair(r)
         if old is not None:
+            if self._echo_riders and old.eo_k >= 0:
+                self._echo_succeeded(old)
             out.append(self._rotated(old))
             stop = v.stop_id if v is not None else None
             self._confirm(r, t, "continued", r.first_t, stop, r.first_odo)
@@ -2701,8 +2860,8 @@ class PresenceClassifier:
             v = handed
         elif a is not None and v is not None and a.seq < v.seq and self._tracked_from(r, v):
             v = a  # carried to its stop from the track's (a closed visit before it)
-        elif r.eo_pts >= self._echo_pts and self._echo_on and v is not None:
-            w = self._echo_from(r, v)
+        elif self._echo_on and v is not None:
+            w = self._echo_judge(r, v, ok=True)
             if w is not None and w.seq < v.seq:
                 v = w  # its echo: with this bus since an earlier stop, heard so after it
         assert v is not None
@@ -3007,6 +3166,8 @@ class PresenceClassifier:
         r.confirm_t = t
         r.lvl_out = None
         self.confirmed += 1
+        if r.eo_k >= 0 and self._echo_on:
+            self._echo_rider(r)
         if self._debug:
             log.debug("rid_confirmed", rid=r.rid.hex(), cause=cause, stop_id=stop_id, t=t)
 
