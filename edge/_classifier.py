@@ -1367,10 +1367,12 @@ class PresenceClassifier:
         seq; where clocks agree, none is told apart and nothing is linked). ``r`` must show
         it rides as that rider would: ``echo_points`` points of its own, their mean within
         ``in_bus_margin_db`` of the riders' level and ``sparse_fall_db`` of its own level,
-        not barred, fallen away or a convoy, and with the bus through the doors of the
-        first stop after its first advert (:meth:`_stayed_through`). It is boarded from
-        the last stop served before its first advert (the rider was aboard when the bus
-        left it): the backend joins it with the rider's earlier segments of the trip.
+        not barred, fallen away or a convoy, and heard past the doors of a stop after
+        the one the bus served last before it first heard the stretch under ``r`` (or in
+        the bus standing there ``stay_s`` after they opened: ``eo_late``), as a rider
+        rides through a stop and a car beside the bus drives on. It is boarded from that
+        stop (the rider was aboard when the bus left it): the backend joins it with the
+        rider's earlier segments of the trip.
 
         A sparse token's next rid, first heard far from the rotation (the pairing never
         saw it) and a few times a minute, had no rule to board it while its old rid was
@@ -1399,13 +1401,12 @@ class PresenceClassifier:
         ):
             return None
         rids = self._echo_riders.get((r.interval, r.eo_k))
-        if not rids or self._barred(r) or not self._stayed_through(r):
+        if not rids or self._barred(r):
             return None
-        w = self._visit_at(r.first_t)
-        if w is None or w.close_t is None or w.close_odo_m is None:
+        w = self._visit_at(r.eo_t0)  # (the stop served before its stretch was first heard)
+        if w is None or w.close_t is None or w.close_odo_m is None or r.eo_late <= w.seq:
             return None
         tol = p.skew_tolerance_s
-        found: _Rid | None = None
         slack = _offset_slack(r)
         found = b""
         for o in rids:

@@ -425,3 +425,97 @@ def test_echo_heirs_do_not_outlive_their_rids() -> None:
 
     later: Plan = {1: ((10.0, 13.0), (300.0, 500.0)), 4: ((), (300.0, 500.0))}
     assert _heirs_after(1, restarted, later, 0.0) == ({}, 0)
+
+
+class RidAddressToken(Token):
+    """A token whose BLE address rotates with its rid (cell 24's fobs and phones): no
+    address links its rids (:meth:`PresenceClassifier._inherit` never applies)."""
+
+    def __init__(self, name: str, rssi: Callable[[World], float | None], *, skew: float = 0.0):
+        self._iv = 0
+        super().__init__(name, rssi, skew=skew)
+
+    def rid(self, token_t: float) -> bytes:
+        self._iv = math.floor(token_t / 600)
+        return super().rid(token_t)
+
+    @property
+    def addr(self) -> str:
+        return f"addr-{self.name}-{self._iv}"
+
+    @addr.setter
+    def addr(self, _value: str) -> None:
+        pass
+
+
+def _heard(plan: Plan) -> Callable[[World], float | None]:
+    """-92 dBm when ``plan`` says the token is heard."""
+    return lambda world: -92.0 if _marks(world, plan) else None  # type: ignore[arg-type]
+
+
+def _rid_addresses(
+    echo: Echo | None, plan: Plan, skew: float, *, twin: Plan | None = None
+) -> list[str]:
+    """A weak rider (``plan``, -92 dBm, riders at -80) whose address rotates with its rid,
+    at ``600 - skew`` s past a whole interval of the world's clock: its rides. ``twin``: a
+    second such token (its plan; the same clock and echo)."""
+    w = EchoWorld()
+    add_riders(w, -80.0)
+    tok = w.add(RidAddressToken("bag", _heard(plan), skew=skew))
+    if twin is not None:
+        w.add(RidAddressToken("twin", _heard(twin), skew=skew))
+    if echo is not None:
+        w.echoes["bag"] = w.echoes["twin"] = echo
+    _trip(w)
+    return [f"{d.start.stop_id}->{d.end.stop_id}" for d in by_name(w.finish(), tok)]
+
+
+POOLED: Plan = {1: ((10.0, 13.0), (300.0, 660.0, 760.0)), 2: ((6.0, 8.0), ())}
+"""Heard at S1's doors and once on the hop, its rid ending there (it goes to the rotation
+pool: it stopped at its interval's end), its next rid first heard 21 s into its interval
+and 36 s after the last advert (the pairing's window is 30 s at most) at two points within
+150 m of S2, then at S2's doors as it walks out."""
+
+
+def test_a_pooled_candidate_no_new_rid_took_bequeaths_its_echo_stretch() -> None:
+    """Full scale, tuning seed 1, cell 24, rush_hour_crowd r-00036 (BD008 -> BD009): the
+    old rid, a candidate in the rotation pool that nothing paired, was never offered to
+    its next rid's echo; the next rid's own two points, first heard near S2, do not say it
+    was aboard since S1 (a waiter at S2 may echo S1's beacon). One stretch since S1 by
+    the echo, heard at S1's doors: S1 -> S2. Without the echo: missed."""
+    assert _rid_addresses(own(1), POOLED, skew=395.0) == ["S1->S2"]
+    assert _rid_addresses(None, POOLED, skew=395.0) == []
+
+    # the next rid's echo names another stretch (since S2): nothing links the two
+    def restarted(w: EchoWorld, rid: bytes) -> int:
+        return own(1 if rid.endswith(b"3.") else 2)(w, rid)
+
+    assert _rid_addresses(restarted, POOLED, skew=395.0) == []
+
+
+RIDER_ON: Plan = {
+    0: ((10.0, 13.0), (200.0, 300.0, 400.0, 500.0, 600.0)),
+    1: ((6.0, 8.0), (200.0, 400.0)),
+    2: ((), (300.0, 500.0)),
+    3: ((6.0, 8.0), ()),
+}
+"""A rider S0 -> S3 boarded at S0 (co-movement), heard through S1 and 400 m on, its rid
+ending 40 s later on the hop (held aboard, silent through S2's doors); its next rid first
+heard 50 s into its interval, 300 m past S2 (no rotation pairing: not a rotation rid), at
+two points on that hop and at S3's doors as it walks out."""
+
+
+def test_a_riders_next_rid_goes_on_with_the_riders_echo_stretch() -> None:
+    """Full scale, tuning seed 2, cell 24, transfer_bunched r-00055 (BD005 -> SE002, charged
+    to SE001): the old rid held aboard and closed at the next door, its token's next rid
+    (heard a few times a minute) never boarded. Its echo goes on with the rider's since
+    S0 (one rider so, the same clock): a segment from S2, the last stop served before its
+    first advert, which the backend joins with the rider's S0 -> S2."""
+    assert _rid_addresses(own(0), RIDER_ON, skew=360.0) == ["S0->S2", "S2->S3"]
+    # without the echo the ride is cut at S2
+    assert _rid_addresses(None, RIDER_ON, skew=360.0) == ["S0->S2"]
+
+    # a second rider boarded at S0 in the same interval, with the same clock (its next
+    # rid unheard): either rider's stretch may be the token's, neither is linked
+    twin = {0: RIDER_ON[0], 1: RIDER_ON[1]}
+    assert _rid_addresses(own(0), RIDER_ON, skew=360.0, twin=twin) == ["S0->S2"]
