@@ -1558,7 +1558,9 @@ class PresenceClassifier:
             return None
         return w
 
-    def _echo_judge(self, r: _Rid, v: StopVisit, ok: bool) -> StopVisit | None:
+    def _echo_judge(
+        self, r: _Rid, v: StopVisit, ok: bool, *, riders: bool = True
+    ) -> StopVisit | None:
         """The stop ``r``, a candidate of ``v`` (or one dropped), boards from by its echo.
 
         :meth:`_echo_from` on its own stretch if it has ``echo_points`` points; else, or
@@ -1567,6 +1569,9 @@ class PresenceClassifier:
         dropped candidate of the same stop, seq and clock). ``ok``: the candidacy may be
         judged now (``confirm_min_s`` after its stop's doors closed); the link is made
         before then if the rid has too few points of its own (as before this pass).
+        ``riders``: a rid whose stretch does not board it may still go on with a rider's
+        (:meth:`_echo_rider_on`; not when dating a boarding another rule made, where a
+        waiter heard near its stop would be dated back to the stop before).
 
         A new rid with points of its own whose stretch alone does not board it (first
         heard within ``confirm_distance_m`` of the next stop's doors, :meth:`_echo_near`,
@@ -1583,7 +1588,7 @@ class PresenceClassifier:
             w = self._echo_from(r, v)
             if w is not None:
                 return w
-            if self._echo_riders and r.pred == _PRED_NONE:
+            if riders and self._echo_riders and r.pred == _PRED_NONE:
                 w = self._echo_rider_on(r)
                 if w is not None:
                     return w
@@ -2862,7 +2867,7 @@ class PresenceClassifier:
         elif a is not None and v is not None and a.seq < v.seq and self._tracked_from(r, v):
             v = a  # carried to its stop from the track's (a closed visit before it)
         elif self._echo_on and v is not None:
-            w = self._echo_judge(r, v, ok=True)
+            w = self._echo_judge(r, v, ok=True, riders=False)
             if w is not None and w.seq < v.seq:
                 v = w  # its echo: with this bus since an earlier stop, heard so after it
         assert v is not None
