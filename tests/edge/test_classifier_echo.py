@@ -472,9 +472,10 @@ def _rid_addresses(
 
 POOLED: Plan = {1: ((10.0, 13.0), (300.0, 660.0, 760.0)), 2: ((6.0, 8.0), ())}
 """Heard at S1's doors and once on the hop, its rid ending there (it goes to the rotation
-pool: it stopped at its interval's end), its next rid first heard 21 s into its interval
-and 36 s after the last advert (the pairing's window is 30 s at most) at two points within
-150 m of S2, then at S2's doors as it walks out."""
+pool: it stopped at its interval's end), its next rid first heard 11 s into its interval
+(a rotation rid) but 36 s after the last advert (the pairing's window is 30 s at most), at
+two points within 150 m of S2 (its own stretch: enough points, too near S2), then at S2's
+doors as it walks out."""
 
 
 def test_a_pooled_candidate_no_new_rid_took_bequeaths_its_echo_stretch() -> None:
@@ -483,14 +484,17 @@ def test_a_pooled_candidate_no_new_rid_took_bequeaths_its_echo_stretch() -> None
     its next rid's echo; the next rid's own two points, first heard near S2, do not say it
     was aboard since S1 (a waiter at S2 may echo S1's beacon). One stretch since S1 by
     the echo, heard at S1's doors: S1 -> S2. Without the echo: missed."""
+    assert _rid_addresses(own(1), POOLED, skew=385.0) == ["S1->S2"]
+    assert _rid_addresses(None, POOLED, skew=385.0) == []
+    # its next rid 10 s later (21 s into its interval: a candidate, judged as it is
+    # first heard): linked on its first point, once the pool let the old rid go
     assert _rid_addresses(own(1), POOLED, skew=395.0) == ["S1->S2"]
-    assert _rid_addresses(None, POOLED, skew=395.0) == []
 
     # the next rid's echo names another stretch (since S2): nothing links the two
     def restarted(w: EchoWorld, rid: bytes) -> int:
         return own(1 if rid.endswith(b"3.") else 2)(w, rid)
 
-    assert _rid_addresses(restarted, POOLED, skew=395.0) == []
+    assert _rid_addresses(restarted, POOLED, skew=385.0) == []
 
 
 RIDER_ON: Plan = {
@@ -519,3 +523,19 @@ def test_a_riders_next_rid_goes_on_with_the_riders_echo_stretch() -> None:
     # rid unheard): either rider's stretch may be the token's, neither is linked
     twin = {0: RIDER_ON[0], 1: RIDER_ON[1]}
     assert _rid_addresses(own(0), RIDER_ON, skew=360.0, twin=twin) == ["S0->S2"]
+
+
+def test_riders_echo_stretches_do_not_outlive_their_rids() -> None:
+    """The riders' stretches kept for their tokens' next rids (the rids, and the forgotten
+    rids' records) are gone once every rid is forgotten (each is in every checkpoint)."""
+    w = EchoWorld()
+    add_riders(w, -80.0)
+    for name in ("bag", "twin"):
+        w.add(RidAddressToken(name, _heard({0: RIDER_ON[0], 1: RIDER_ON[1]}), skew=360.0))
+        w.echoes[name] = own(0)
+    _trip(w)
+    assert w.c._echo_riders  # (the two riders' stretches, kept past their rids' end)
+    for _ in range(40):
+        w.t += 600.0
+        w.c.tick(w.t, w.odo)
+    assert (w.c._echo_riders, w.c._echo_gone, len(w.c._rids)) == ({}, {}, 0)
