@@ -640,7 +640,8 @@ class PresenceClassifier:
         is first heard (:meth:`_inherit`)."""
         self._echo_heirs: dict[tuple[int, int], bytes] = {}
         """``(interval, the trip's stop index)`` -> a candidate of the interval before,
-        dropped unconfirmed and not in the rotation pool, whose echo named this bus since
+        dropped unconfirmed and not in the rotation pool (or let go by the pool unpaired,
+        :meth:`_settle`), whose echo named this bus since
         that stop, heard with the bus past it (``b""``: two such, neither): the first rid
         of that interval whose echo names this bus since the same stop goes on with its
         stretch (:meth:`_echo_link`)."""
