@@ -164,8 +164,17 @@ class JourneyBuilder:
         """Metres along a segment's trip from its start stop to its end stop, or ``None``.
 
         What :func:`backend._tentative.settle_tentative` asks of a lone piece heard door to
-        door (:meth:`settle_tentative` and :meth:`dropped_tentative` pass it).
+        door, and of a carried piece's alighting stop (:meth:`settle_tentative` and
+        :meth:`dropped_tentative` pass it). On a trip of the feed, along that trip only
+        (``None`` for an end stop before the start stop: not the route's reverse pattern,
+        as :meth:`gtfs_distance` falls back to).
         """
+        feed = self.feed
+        trip = feed.trips.get(seg.trip_id) if feed is not None and seg.trip_id else None
+        if trip is not None:
+            if seg.start_stop_id is None or seg.end_stop_id is None:
+                return None
+            return _between(trip.stop_ids, trip.dist_m, seg.start_stop_id, seg.end_stop_id)
         return self.gtfs_distance(seg.route_id, seg.trip_id, seg.start_stop_id, seg.end_stop_id)
 
     def tentative_reach(self, seg: Segment, travelled_m: float) -> str | None:

@@ -140,7 +140,9 @@ def settle_tentative(
                 dataclasses.replace(s, start_cause="boarded" if s is first else "continued")
                 for s in pieces
             ]
-        elif (stop := _carried_to(cluster, pieces, firm, policy, carried)) is not None:
+        elif (
+            stop := _carried_to(cluster, pieces, firm, policy, hop=hop, carried=carried)
+        ) is not None:
             first = cluster[0]
             last = max(cluster, key=_ends)
             kept = [
@@ -184,7 +186,7 @@ def dropped_tentative(
         (cluster, pieces)
         for cluster, pieces in _clusters(segments, firm, policy)
         if not (_kept(cluster, pieces, policy, hop) and not _beaten(cluster, pieces, firm, policy))
-        and _carried_to(cluster, pieces, firm, policy, carried) is None
+        and _carried_to(cluster, pieces, firm, policy, hop=hop, carried=carried) is None
     ]
 
 
@@ -369,6 +371,8 @@ def _carried_to(
     pieces: Sequence[Segment],
     firm: Sequence[Segment],
     policy: JourneyPolicy,
+    *,
+    hop: Hop | None,
     carried: Carried | None,
 ) -> str | None:
     """Where a group of tentative pieces alone is charged to as **carried**, or ``None``.
@@ -389,10 +393,11 @@ def _carried_to(
     * and no confirmed segment of the rider on another bus overlaps them at all: a rider
       on another bus is not on this one.
 
-    The leg then ends at the stop the last piece alighted at (the edge saw the doors open
-    there), else at the first stop of the trip at or past the point the bus had reached
-    when it last heard them (``carried``): a rider aboard between two stops alights at the
-    next one or later, so this is the least ride consistent with the hearing. Only the
+    The leg then ends at the stop the last piece alighted at when that is a later stop
+    of the trip (``hop``: the edge saw the doors open there), else at the first stop of
+    the trip at or past the point the bus had reached when it last heard them
+    (``carried``): a rider aboard between two stops alights at the next one or later, so
+    this is the least ride consistent with the hearing. Only the
     rider's confirmed segments are asked, never another group's pieces: dropping a dropped
     group's rows leaves this decision as it was (:func:`dropped_tentative`).
     """
@@ -422,8 +427,10 @@ def _carried_to(
     if travelled < policy.tentative_carried_m:
         return None
     last = max(cluster, key=_ends)
-    if last.end_cause == "alighted" and last.end_stop_id not in (None, first.start_stop_id):
-        return last.end_stop_id
+    if last.end_cause == "alighted" and hop is not None:
+        way = hop(dataclasses.replace(first, end_stop_id=last.end_stop_id))
+        if way is not None and way > 0.0:  # (a later stop of the trip: as door to door)
+            return last.end_stop_id
     return carried(first, travelled)
 
 

@@ -58,7 +58,10 @@ def _verdict(
         cluster, pieces, firm, p
     ):
         return "door_to_door" if len(cluster) == 1 else "joined"
-    if tent._carried_to(cluster, pieces, firm, p, builder.tentative_reach) is not None:
+    carried = tent._carried_to(
+        cluster, pieces, firm, p, hop=builder.tentative_hop, carried=builder.tentative_reach
+    )
+    if carried is not None:
         return "carried"
     return "dropped"
 

@@ -288,6 +288,23 @@ def test_a_lone_piece_carried_past_its_stop_is_charged_to_the_next_stop(tmp_path
     assert [(x.board_stop_id, x.alight_stop_id) for x in res.journeys[0].legs] == [("S03", "S04")]
 
 
+@pytest.mark.parametrize(("stop", "distance"), [("S02", 347.0), ("S99", 347.0), ("S02", 600.0)])
+def test_a_piece_carried_seen_alighting_not_past_its_stop_is_charged_to_the_next_stop(
+    tmp_path: Path, stop: str, distance: float
+) -> None:
+    """An ``alighted`` end at a stop before the piece's own (S02) or off its trip (S99) is
+    no alighting the trip allows: the leg ends where the bus carried the rider (S04), as
+    for a piece lost at its own stop, never S03 -> S02 (board after alight, held) or S03
+    -> S99 (charged to a stop the trip does not serve). Nor is S03 -> S02 door to door
+    at 600 m (``tentative_hop`` along T1 only, not R1's reverse pattern T1R)."""
+    world = World(tmp_path, riders=2, buses=1)
+    end = (T0 + 168.0, stop, "alighted")
+    res = _settle(world, [_carried(world, end=end, distance=distance)])
+    (j,) = res.journeys
+    assert j.charged
+    assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S03", "S04")]
+
+
 def test_two_rids_pieces_carried_are_one_leg_with_fewer_points_than_the_sum_asks(
     tmp_path: Path,
 ) -> None:
