@@ -83,6 +83,7 @@ from backend._legs import (
     LostPolicy,
     Segment,
     chargeable,
+    union_distance,
 )
 from backend._overlaps import changes_beside, changes_bunched, settle_overlaps
 from backend._tentative import dropped_tentative as _dropped_tentative
@@ -361,7 +362,7 @@ class JourneyBuilder:
                 for a, b in itertools.pairwise(chain)
             ):
                 flags.add(FLAG_MERGED)
-            events_distance = _union_distance(chain)
+            events_distance = union_distance(chain)
         seq = self._sequence(route_id, trip_id)
         board_stop = _first_stop(seq, chain)
         alight_stop = last.end_stop_id
@@ -829,25 +830,6 @@ def _alight_estimate(
     at = dist[i] + travelled_m - _POSITION_SLACK_M
     j = max((k for k in range(i + 1, len(stops)) if dist[k] <= at), default=None)
     return stops[j] if j is not None else None
-
-
-def _union_distance(chain: Sequence[Segment]) -> float:
-    """The bus's travel over the segments' union in time (overlaps counted once).
-
-    Each segment's distance is spread evenly over its time.
-    """
-    spans = sorted((s.start_t, max(s.end_t, s.start_t), s.distance_m) for s in chain)
-    total = 0.0
-    covered = -math.inf
-    for start, end, dist in spans:
-        if end <= covered:
-            continue
-        if start >= covered or end == start:
-            total += dist
-        else:
-            total += dist * (end - covered) / (end - start)
-        covered = max(covered, end)
-    return total
 
 
 def _last_known_stop(chain: Sequence[Segment]) -> str | None:

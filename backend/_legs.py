@@ -42,6 +42,7 @@ __all__ = [
     "evidence_invalid",
     "evidence_level",
     "evidence_rssi",
+    "union_distance",
 ]
 
 LostPolicy = Literal["last-stop", "penalty"]
@@ -587,3 +588,24 @@ HELD_FLAGS: frozenset[str] = frozenset(
 def chargeable(leg: Leg) -> bool:
     """Whether a leg may be charged (it carries none of :data:`HELD_FLAGS`)."""
     return HELD_FLAGS.isdisjoint(leg.flags)
+
+
+def union_distance(chain: Sequence[Segment]) -> float:
+    """The bus's travel over the segments' union in time (overlaps counted once).
+
+    Each segment's distance is spread evenly over its time. What the journey builder
+    counts for a chain of segments and the tentative rules for a group of pieces
+    (:func:`backend._tentative._carried_to`).
+    """
+    spans = sorted((s.start_t, max(s.end_t, s.start_t), s.distance_m) for s in chain)
+    total = 0.0
+    covered = -math.inf
+    for start, end, dist in spans:
+        if end <= covered:
+            continue
+        if start >= covered or end == start:
+            total += dist
+        else:
+            total += dist * (end - covered) / (end - start)
+        covered = max(covered, end)
+    return total

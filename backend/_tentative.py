@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 
-from backend._legs import JourneyPolicy, Segment
+from backend._legs import JourneyPolicy, Segment, union_distance
 
 __all__ = ["TENTATIVE", "Carried", "Hop", "dropped_tentative", "settle_tentative"]
 
@@ -423,7 +423,7 @@ def _carried_to(
             return None  # (confirmed on this trip: the rules above decide)
         if s.bus_id != first.bus_id and min(b, s.end_t) > max(a, s.start_t):
             return None
-    travelled = _travelled(cluster)
+    travelled = union_distance(cluster)
     if travelled < policy.tentative_carried_m:
         return None
     last = max(cluster, key=_ends)
@@ -437,21 +437,3 @@ def _carried_to(
 def _ends(s: Segment) -> tuple[float, float, str, int]:
     """The order in which segments end (the last one names the leg's alighting)."""
     return (s.end_t, *s.sort_key())
-
-
-def _travelled(cluster: Sequence[Segment]) -> float:
-    """The bus's travel while it heard the pieces (their union in time; overlaps once).
-
-    Each piece's distance spread evenly over its time, as the journey builder's.
-    """
-    spans = sorted((s.start_t, max(s.end_t, s.start_t), s.distance_m) for s in cluster)
-    total, covered = 0.0, float("-inf")
-    for start, end, dist in spans:
-        if end <= covered:
-            continue
-        if start >= covered or end == start:
-            total += dist
-        else:
-            total += dist * (end - covered) / (end - start)
-        covered = max(covered, end)
-    return total

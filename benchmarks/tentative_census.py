@@ -37,7 +37,7 @@ from backend import _tentative as tent
 from backend._fare_engine import FareEngine
 from backend._fare_rules import load_rules
 from backend._journeys import JourneyBuilder
-from backend._legs import Segment
+from backend._legs import Segment, union_distance
 from benchmarks._scenario_truth import legs as truth_legs
 from benchmarks.miss_breakdown import MISS_SLACK_S, resolved_segments, scenario_dirs
 from busbell import configure_logging
@@ -120,7 +120,7 @@ def census(run: Path) -> list[dict[str, Any]]:
                     "elsewhere": any(
                         s.bus_id != bus and min(b, s.end_t) > max(a, s.start_t) for s in firm
                     ),
-                    "travelled_m": round(tent._travelled(cluster)),
+                    "travelled_m": round(union_distance(cluster)),
                     "points": sum(c[0] for c in cos),
                     "under_riders_db": max(under) if under else None,
                     "stop": cluster[0].start_stop_id,
