@@ -391,7 +391,8 @@ def _carried_to(
     * the bus went ``tentative_carried_m`` or more while it heard them (the union of the
       pieces' distances);
     * and no confirmed segment of the rider on another bus overlaps them at all: a rider
-      on another bus is not on this one.
+      on another bus is not on this one (nor one on this bus under another trip key,
+      ``trip_id`` ``None``: that ride is charged already).
 
     The leg then ends at the stop the last piece alighted at when that is a later stop
     of the trip (``hop``: the edge saw the doors open there), else at the first stop of
@@ -421,8 +422,8 @@ def _carried_to(
     for s in firm:
         if _key(s) == key:
             return None  # (confirmed on this trip: the rules above decide)
-        if s.bus_id != first.bus_id and min(b, s.end_t) > max(a, s.start_t):
-            return None
+        if min(b, s.end_t) > max(a, s.start_t):
+            return None  # (on another bus, or on this one under another trip key)
     travelled = union_distance(cluster)
     if travelled < policy.tentative_carried_m:
         return None

@@ -399,6 +399,30 @@ def test_pieces_carried_are_not_charged_beside_the_riders_ride_on_another_bus(
     assert res.stats.rejected == {"tentative_dropped": 1}
 
 
+def test_pieces_carried_within_the_riders_ride_on_the_same_bus_are_not_charged_again(
+    tmp_path: Path,
+) -> None:
+    """The rider confirmed on bus-01 S03 -> S06 without a trip id (route R1), over the
+    time its piece was heard on bus-01 trip T1: one ride, charged once (not S03 -> S06
+    and again S03 -> S04: the trip keys differ, so only the overlap can tell)."""
+    world = World(tmp_path, riders=2, buses=1)
+    mine = world.buses["bus-01"].emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R1",
+            trip_id=None,
+            start=(T0 + 50.0, "S03", "boarded"),
+            end=(T0 + 400.0, "S06", "alighted"),
+            distance_m=2400.0,
+        )
+    )
+    res = _settle(world, [mine, _carried(world)])
+    assert [(x.board_stop_id, x.alight_stop_id) for j in res.journeys for x in j.legs] == [
+        ("S03", "S06")
+    ]
+    assert res.stats.rejected == {"tentative_dropped": 1}
+
+
 def test_the_carried_rule_is_off_with_tentative_carried_m_0(tmp_path: Path) -> None:
     world = World(tmp_path, riders=2, buses=1)
     feed = load_gtfs(world.gtfs)
