@@ -1677,3 +1677,42 @@ async def test_held_legs_are_counted_and_logged_after_the_commit_once(env: Env) 
     assert SUSPECTED_REPLAYS._value.get() == replays + 2
     assert OVERLAPS_DROPPED._value.get() == dropped + 1
     assert settlement_module.RIDER_DAYS._value.get() == days + 2
+
+
+async def test_a_piece_carried_is_uncharged_online_when_the_riders_other_bus_reports_late(
+    env: Env,
+) -> None:
+    """A lone piece carried on bus-01 is charged; bus-02's confirmed segment of the same
+    rider over that time, uploaded late, takes the charge away on the next pass (the rider
+    was on bus-02), online as offline."""
+    w = env.world
+    fields = w.segment_fields(
+        "r0001",
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 100.0, "S03", "tentative"),
+        end=(T0 + 168.0, None, "rotated"),
+        distance_m=347.0,
+        riders_lvl=-77.0,
+    )
+    fields["evidence"].update({"co_n": 2, "co_lo": -93.7, "co_hi": -92.5})
+    piece = w.buses["bus-01"].emit(fields)
+    await env.ingest([piece])
+    await env.worker.settle_once(now=NOW)
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [x["bus_id"] for x in j["legs"]] == ["bus-01"]
+    other = w.buses["bus-02"].emit(
+        w.segment_fields(
+            "r0001",
+            route_id="R2",
+            trip_id="T2",
+            start=(T0 + 50.0, "S02", "boarded"),
+            end=(T0 + 400.0, "S06", "alighted"),
+            distance_m=3200.0,
+        )
+    )
+    await env.ingest([other])
+    await env.worker.settle_once(now=NOW + 10)
+    (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
+    assert [x["bus_id"] for x in j["legs"]] == ["bus-02"]
+    await _recomputed_as_offline(env, [piece, other], "r0001")
