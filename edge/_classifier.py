@@ -1518,7 +1518,7 @@ class PresenceClassifier:
             after = i
         return None
 
-    def _echo_from(self, r: _Rid, v: StopVisit) -> StopVisit | None:
+    def _echo_from(self, r: _Rid, v: StopVisit, *, thin: bool = False) -> StopVisit | None:
         """The stop a candidate of ``v`` has been aboard since by its echo, or ``None``.
 
         Its latest echo names this bus (``ex_run`` 0) with a stretch that began at a stop
@@ -1555,7 +1555,7 @@ class PresenceClassifier:
             return None
         if r.eo_late <= w.seq and not self._echo_alights(r, w):
             return None
-        if w is not v and not self._echo_near(r, w):
+        if w is not v and not self._echo_near(r, w, v if thin else None):
             return None
         return w
 
@@ -1572,7 +1572,8 @@ class PresenceClassifier:
         before then if the rid has too few points of its own (as before this pass).
         ``riders``: a rid whose stretch does not board it may still go on with a rider's
         (:meth:`_echo_rider_on`; not when dating a boarding another rule made, where a
-        waiter heard near its stop would be dated back to the stop before).
+        waiter heard near its stop would be dated back to the stop before), and a stretch
+        first heard as the bus drew near a stop counts (:meth:`_echo_near`'s ``thin``).
 
         A new rid with points of its own whose stretch alone does not board it (first
         heard within ``confirm_distance_m`` of the next stop's doors, :meth:`_echo_near`,
@@ -1586,7 +1587,7 @@ class PresenceClassifier:
         if r.eo_pts >= self._echo_pts:
             if not ok:
                 return None
-            w = self._echo_from(r, v)
+            w = self._echo_from(r, v, thin=riders)
             if w is not None:
                 return w
             if riders and self._echo_riders and r.pred == _PRED_NONE:
@@ -1594,7 +1595,7 @@ class PresenceClassifier:
                 if w is not None:
                     return w
         if (self._echo_heirs or r.pred == _PRED_CANDIDATE) and self._echo_link(r):
-            return self._echo_from(r, v) if ok else None
+            return self._echo_from(r, v, thin=riders) if ok else None
         return None
 
     def _echo_alights(self, r: _Rid, w: StopVisit) -> bool:
@@ -1615,27 +1616,76 @@ class PresenceClassifier:
             and (x.close_t is None or r.last_t <= x.close_t)
         )
 
-    def _echo_near(self, r: _Rid, w: StopVisit) -> bool:
-        """Whether the bus first heard ``r``'s stretch at ``w``'s doors or in the hop after.
+    def _echo_near(self, r: _Rid, w: StopVisit, thin: StopVisit | None = None) -> bool:
+        """Whether the bus first heard ``r``'s stretch where no one waiting at a later stop is.
 
-        At or before the doors' closing (``board_grace_s`` after included), or
-        ``confirm_distance_m`` or more past ``w`` and as far before the next stop's doors:
-        where someone waiting at a later stop is not heard by the bus. Not a stop merely
-        far before the candidate's along the route: a waiter at BD005 had heard bus-17 since
-        it served BD003, 1.4 km of its route back (a loop brings them near; small scale,
-        tuning seed 3, cell 22, ``shared_stop_three_routes`` r-00007: charged from BD003
-        when a stop two stops or 300 m of travel back counted without the bus's hearing).
+        At ``w``'s doors (at or before their closing, ``board_grace_s`` after included), or
+        between two stops since: ``confirm_distance_m`` or more past the stop the bus left
+        last and as far before the next one's doors (the hop after ``w`` or any later one;
+        never at a later stop's doors). Someone waiting at a later stop is heard by the bus
+        near that stop only: a waiter at BD005 had heard bus-17 since it served BD003, 1.4
+        km of its route back (a loop brings them near; small scale, tuning seed 3, cell 22,
+        ``shared_stop_three_routes`` r-00007: charged from BD003 when a stop two stops or
+        300 m of travel back counted without the bus's hearing). A weak token is often
+        first heard far along its ride: full scale, tuning seed 2, cell 22,
+        ``rush_hour_crowd`` r-00191 (BD004 -> BD010, echo since BD004), first heard 675 m
+        past BD009, five stops on, was missed when only the hop after ``w`` counted.
+
+        ``thin``: the candidate's stop, when the echo rule itself would board it (not when
+        it dates another rule's boarding, :meth:`_confirm_new`). Then a stretch first heard
+        as the bus drew near a stop ``x`` (within ``confirm_distance_m`` of its doors) also
+        counts once the bus has heard it ``confirm_distance_m`` or more past ``x`` (its
+        latest point), if it was not heard at ``x``'s open doors (``x`` after the
+        candidate's stop, or the candidate's own stop unheard at its doors: ``door_t``):
+        it rode on through ``x``, and was not waiting there. Full scale, tuning seed 1,
+        cell 22, ``shared_stop_three_routes`` r-00239 (BD003 -> BD008, echo since BD003):
+        first heard 4.5 s before BD006's doors opened, silent there, dropped, heard again
+        751-779 m past BD006 and at BD008's doors: missed. A waiter at ``x`` who boards is
+        heard at its doors (a dense rider so is boarded at ``x`` by the dense rules, and its
+        echo does not move that boarding); one who does not is not heard past them.
         """
         assert w.close_t is not None
         assert w.close_odo_m is not None
         if r.eo_t0 <= w.close_t + self._grace:
             return True
-        if r.eo_odo0 < w.close_odo_m + self._co_d:
-            return False
-        for x in self._visits:
-            if x.seq == w.seq + 1:
-                return r.eo_t0 < x.open_t and r.eo_odo0 <= x.open_odo_m - self._co_d
-        return True
+        if r.eo_t0 - r.d_min < r.interval * INTERVAL_S:
+            # (a stretch that began before the rid's interval, by its token's clock: taken
+            # over from an earlier rid, :meth:`_echo_continues`; only the hop after w, as
+            # before: another token's dropped rid may have handed it on)
+            if r.eo_odo0 < w.close_odo_m + self._co_d:
+                return False
+            for x in self._visits:
+                if x.seq == w.seq + 1:
+                    return r.eo_t0 < x.open_t and r.eo_odo0 <= x.open_odo_m - self._co_d
+            return True
+        later: list[StopVisit] = []
+        for x in reversed(self._visits):
+            if x.seq <= w.seq:
+                break
+            later.append(x)
+        u_odo = w.close_odo_m  # (the stop the bus left last before it first heard it)
+        first = True  # (in the hop after w: just past its doors is as at them)
+        for x in reversed(later):
+            if r.eo_t0 < x.open_t:
+                if r.eo_odo0 < u_odo + self._co_d and not first:
+                    return False  # (just past a later stop: someone left, or who boarded, there)
+                if r.eo_odo0 <= x.open_odo_m - self._co_d:
+                    return True
+                # first heard as the bus drew near x: on the echo rule's own boarding, a
+                # point of the stretch past x's doors says it rode on through x
+                return (
+                    thin is not None
+                    # (not heard at x's open doors: then it would be x's candidate and heard
+                    # there as one; a candidate of a later stop may have been)
+                    and (x.seq > thin.seq or (x is thin and r.door_t < x.open_t))
+                    and x.close_odo_m is not None
+                    and r.eo_pt_odo >= x.close_odo_m + self._co_d
+                )
+            if x.close_odo_m is None or x.close_t is None or r.eo_t0 <= x.close_t + self._grace:
+                return False  # first heard at a later stop's doors: someone waiting there
+            u_odo = x.close_odo_m
+            first = False
+        return first or r.eo_odo0 >= u_odo + self._co_d
 
     def _echo_elsewhere(self, r: _Rid) -> bool:
         """Whether ``r``'s last ``echo_other_adverts`` echoes or more named another bus.
@@ -4163,7 +4213,7 @@ class PresenceClassifier:
             if was == _CANDIDATE and r.eo_pts >= self._echo_pts and self._echo_on:
                 try:  # its echo and the bus's hearing say it rode: board it, then close it
                     assert r.visit is not None
-                    w = self._echo_from(r, r.visit)
+                    w = self._echo_from(r, r.visit, thin=True)
                     if w is not None:
                         self._echo_board(r, t, w, out)
                         was = r.state
