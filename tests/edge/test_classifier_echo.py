@@ -514,7 +514,7 @@ def test_a_riders_next_rid_goes_on_with_the_riders_echo_stretch() -> None:
     to SE001): the old rid held aboard and closed at the next door, its token's next rid
     (heard a few times a minute) never boarded. Its echo goes on with the rider's since
     S0 (one rider so, the same clock): a segment from S2, the last stop served before its
-    first advert, which the backend joins with the rider's S0 -> S2. Since the twenty-third
+    first advert, which the backend joins with the rider's S0 -> S2. Since the twenty-fourth
     pass its own stretch, first heard mid-hop past S2, boards it from its echo's stop (S0:
     :meth:`_echo_near`); the backend joins the two segments of the trip all the same (one
     bus trip's segments that overlap are one leg)."""
@@ -524,7 +524,7 @@ def test_a_riders_next_rid_goes_on_with_the_riders_echo_stretch() -> None:
 
     # a second rider boarded at S0 in the same interval, with the same clock (its next
     # rid unheard): either rider's stretch may be the token's, neither is linked (its own
-    # stretch, first heard mid-hop past S2, boards it from S0: the twenty-third pass)
+    # stretch, first heard mid-hop past S2, boards it from S0: the twenty-fourth pass)
     twin = {0: RIDER_ON[0], 1: RIDER_ON[1]}
     assert _rid_addresses(own(0), RIDER_ON, skew=360.0, twin=twin) == ["S0->S2", "S0->S3"]
 

@@ -1,6 +1,6 @@
 """Presence classifier: a sparse rider's echo first heard by the bus stops after its own.
 
-Twenty-second pass (docs/classifier.md, issue 11, weak cells): a weak token heard by the
+Twenty-fourth pass (docs/classifier.md, issue 11, weak cells): a weak token heard by the
 bus only far along its ride, its echo naming this bus since the stop it boarded at. The
 echo rule's stop counted only if the bus first heard the stretch at that stop's doors or
 in the hop after it (:meth:`PresenceClassifier._echo_near`); it now counts when the bus
