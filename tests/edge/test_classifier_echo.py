@@ -529,6 +529,23 @@ def test_a_riders_next_rid_goes_on_with_the_riders_echo_stretch() -> None:
     assert _rid_addresses(own(0), RIDER_ON, skew=360.0, twin=twin) == ["S0->S2", "S0->S3"]
 
 
+RIDER_ON_NEAR: Plan = {**RIDER_ON, 2: ((), (40.0, 300.0, 500.0))}
+"""As :data:`RIDER_ON`, but the next rid first heard 40 m past S2's doors (where a waiter
+at S2 is heard): its own stretch does not say where it boarded (:meth:`_echo_near`), so
+only the rider link can."""
+
+
+def test_the_rider_link_needs_exactly_one_rider_to_go_on_with() -> None:
+    """The rider link alone boards the next rid first heard just past S2 (from S2, joined
+    by the backend with the rider's S0 -> S2); with a second rider who boarded at S0 in the
+    same interval with the same clock, either stretch may be the token's: nothing is
+    linked, and the ride is cut at S2 as without the echo."""
+    assert _rid_addresses(own(0), RIDER_ON_NEAR, skew=360.0) == ["S0->S2", "S2->S3"]
+    assert _rid_addresses(None, RIDER_ON_NEAR, skew=360.0) == ["S0->S2"]
+    twin = {0: RIDER_ON[0], 1: RIDER_ON[1]}
+    assert _rid_addresses(own(0), RIDER_ON_NEAR, skew=360.0, twin=twin) == ["S0->S2"]
+
+
 def test_riders_echo_stretches_do_not_outlive_their_rids() -> None:
     """The riders' stretches kept for their tokens' next rids (the rids, and the forgotten
     rids' records) are gone once every rid is forgotten (each is in every checkpoint)."""
