@@ -892,6 +892,21 @@ async def test_a_lone_piece_heard_door_to_door_keeps_its_rider_link(env: Env) ->
     ]
 
 
+def _carried_piece(w: World, rider: str, co: tuple[int, float, float]) -> dict[str, Any]:
+    """A lone tentative piece on bus-01 (T1) from S03, 347 m, rotated, riders at -77 dBm."""
+    fields = w.segment_fields(
+        rider,
+        route_id="R1",
+        trip_id="T1",
+        start=(T0 + 100.0, "S03", "tentative"),
+        end=(T0 + 168.0, None, "rotated"),
+        distance_m=347.0,
+        riders_lvl=-77.0,
+    )
+    fields["evidence"].update({"co_n": co[0], "co_lo": co[1], "co_hi": co[2]})
+    return w.buses["bus-01"].emit(fields)
+
+
 async def test_a_lone_piece_carried_past_its_stop_is_charged_online_as_offline(
     env: Env,
 ) -> None:
@@ -901,21 +916,10 @@ async def test_a_lone_piece_carried_past_its_stop_is_charged_online_as_offline(
     ``rider_segments``), recomputed the same, its link never deleted as a dropped piece's;
     r0002's piece 31 dB under the riders charges nobody, and its link goes."""
     w = env.world
-
-    def piece(rider: str, co: tuple[int, float, float]) -> dict[str, Any]:
-        fields = w.segment_fields(
-            rider,
-            route_id="R1",
-            trip_id="T1",
-            start=(T0 + 100.0, "S03", "tentative"),
-            end=(T0 + 168.0, None, "rotated"),
-            distance_m=347.0,
-            riders_lvl=-77.0,
-        )
-        fields["evidence"].update({"co_n": co[0], "co_lo": co[1], "co_hi": co[2]})
-        return w.buses["bus-01"].emit(fields)
-
-    events = [piece("r0001", (2, -93.7, -92.5)), piece("r0002", (2, -108.5, -107.5))]
+    events = [
+        _carried_piece(w, "r0001", (2, -93.7, -92.5)),
+        _carried_piece(w, "r0002", (2, -108.5, -107.5)),
+    ]
     await env.ingest(events)
     await env.worker.settle_once(now=NOW)
     (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
@@ -1686,17 +1690,7 @@ async def test_a_piece_carried_is_uncharged_online_when_the_riders_other_bus_rep
     rider over that time, uploaded late, takes the charge away on the next pass (the rider
     was on bus-02), online as offline."""
     w = env.world
-    fields = w.segment_fields(
-        "r0001",
-        route_id="R1",
-        trip_id="T1",
-        start=(T0 + 100.0, "S03", "tentative"),
-        end=(T0 + 168.0, None, "rotated"),
-        distance_m=347.0,
-        riders_lvl=-77.0,
-    )
-    fields["evidence"].update({"co_n": 2, "co_lo": -93.7, "co_hi": -92.5})
-    piece = w.buses["bus-01"].emit(fields)
+    piece = _carried_piece(w, "r0001", (2, -93.7, -92.5))
     await env.ingest([piece])
     await env.worker.settle_once(now=NOW)
     (j,) = (await env.client.get("/riders/r0001/journeys")).json()["journeys"]
