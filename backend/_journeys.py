@@ -296,24 +296,53 @@ class JourneyBuilder:
         out and back. The joined leg boards at the earliest boarding stop and alights at
         the latest alighting stop in the trip's stop order (in time order without one).
         Held legs stay as they are.
+
+        A leg without a trip id (the bus had none assigned when it was heard) that
+        overlaps in time another leg of the rider on the same bus is that ride too: a bus
+        carries a rider once at a time, so the two are charged once, under the trip id
+        the other leg has (before, the two trip keys differed and both were charged).
         """
         if len(legs) < 2:
             return list(legs)
+        groups: list[list[Leg]] = []
         by_trip: dict[tuple[str, str], list[Leg]] = {}
         out: list[Leg] = []
-        for leg in legs:
-            if leg.trip_id is not None and chargeable(leg):
-                by_trip.setdefault((leg.bus_id, leg.trip_id), []).append(leg)
-            else:
+        for leg in sorted(legs, key=lambda x: x.trip_id is None):  # (trip ids first)
+            if not chargeable(leg):
                 out.append(leg)
-        for group in by_trip.values():
+            elif leg.trip_id is not None:
+                group = by_trip.get((leg.bus_id, leg.trip_id))
+                if group is None:
+                    group = by_trip[(leg.bus_id, leg.trip_id)] = []
+                    groups.append(group)
+                group.append(leg)
+            else:
+                self._join_loose(groups, leg)
+        for group in groups:
             out.append(group[0] if len(group) == 1 else self._join(group))
         out.sort(key=Leg.sort_key)
         return out
 
+    @staticmethod
+    def _join_loose(groups: list[list[Leg]], leg: Leg) -> None:
+        """File a chargeable leg without a trip id with the legs of its bus it overlaps.
+
+        Every group of its bus with a leg overlapping it in time is merged with it into
+        one group; with none, it makes a group of its own.
+        """
+        home: list[Leg] = [leg]
+        for group in [g for g in groups if g[0].bus_id == leg.bus_id]:
+            if any(x.board_t < leg.alight_t and leg.board_t < x.alight_t for x in group):
+                groups.remove(group)
+                home.extend(group)
+        groups.append(home)
+
     def _join(self, group: Sequence[Leg]) -> Leg:
         group = sorted(group, key=Leg.sort_key)
         first, last = group[0], max(group, key=lambda leg: (leg.alight_t, leg.sort_key()))
+        # (the trip of a leg that has one: a leg without one joins it by time alone)
+        tripped = next((x for x in group if x.trip_id is not None), first)
+        first = dataclasses.replace(first, route_id=tripped.route_id, trip_id=tripped.trip_id)
         seq = self._sequence(first.route_id, first.trip_id)
         board, alight = first.board_stop_id, last.alight_stop_id
         if seq is not None:

@@ -747,3 +747,38 @@ def test_valid_co_movement_evidence_and_counts_read_as_numbers() -> None:
 def test_a_journey_policy_out_of_range_is_refused(field: str, value: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         JourneyPolicy(**{field: value})
+
+
+def test_two_confirmed_segments_of_one_ride_under_two_trip_keys_are_charged_once(
+    tmp_path: Path,
+) -> None:
+    """The rider confirmed on bus-01 S03 -> S06 without a trip id (route R1), and over that
+    time S04 -> S05 on bus-01 trip T1 (the bus's trip assigned mid-ride): a bus carries a
+    rider once at a time, so the two are one ride, charged once (the review of 2026-12-07:
+    before, join_trips joined only legs with one trip id, and both were charged)."""
+    world = World(tmp_path, riders=2, buses=1)
+    bus = world.buses["bus-01"]
+    a = bus.emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R1",
+            trip_id=None,
+            start=(T0 + 50.0, "S03", "boarded"),
+            end=(T0 + 400.0, "S06", "alighted"),
+            distance_m=2400.0,
+        )
+    )
+    b = bus.emit(
+        world.segment_fields(
+            "r0001",
+            route_id="R1",
+            trip_id="T1",
+            start=(T0 + 150.0, "S04", "boarded"),
+            end=(T0 + 300.0, "S05", "alighted"),
+            distance_m=800.0,
+        )
+    )
+    res = _settle(world, [a, b])
+    legs = [x for j in res.journeys for x in j.legs]
+    assert [(x.board_stop_id, x.alight_stop_id) for x in legs] == [("S03", "S06")]
+    assert [x.trip_id for x in legs] == ["T1"]
