@@ -59,6 +59,9 @@ from tests.factories.backend_world import T0, World
 from tests.factories.fare_events import batch_payload
 from tests.factories.tasks import LIVE_TIMEOUT_S
 
+CARRIED = JourneyPolicy(tentative_carried_m=300.0)
+"""The carried rule at its measured setting (off by default: docs/backend.md, Carried)."""
+
 NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement
 DAY = "2025-11-07"  # service day of T0 (16:20 Asia/Seoul)
 
@@ -142,7 +145,7 @@ async def env(db_url: str, tmp_path: Path, operator: Any) -> AsyncIterator[Env]:
     await ingestor.refresh_devices()
     feed = load_gtfs(world.gtfs)
     rules = load_rules(timezone=feed.timezone)
-    worker = SettlementWorker(engine, feed, rules, clock=lambda: NOW)
+    worker = SettlementWorker(engine, feed, rules, clock=lambda: NOW, policy=CARRIED)
     app = create_app(ApiState(engine=engine, feed=feed, clock=lambda: 2.0, auth=operator.auth))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://api", headers=operator.headers
@@ -161,7 +164,7 @@ def _offline(world: World, events: list[dict[str, Any]], categories: dict[str, s
     ring = RiderKeyring()
     for rider_id, token_key in sorted(world.token_keys.items()):
         ring.add(rider_id, token_key)
-    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, CARRIED)
     s = Settler(read_devices(world.devices_csv), Resolver(ring), builder, categories=categories)
     for e in events:
         s.feed_event(e)
@@ -1297,7 +1300,7 @@ async def test_invalid_evidence_floods_no_log_and_every_event_is_counted(env: En
     ring = RiderKeyring()
     for rider_id, token_key in sorted(w.token_keys.items()):
         ring.add(rider_id, token_key)
-    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, JourneyPolicy())
+    builder = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed, CARRIED)
     offline = Settler(
         read_devices(w.devices_csv),
         Resolver(ring),
