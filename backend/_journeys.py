@@ -340,9 +340,9 @@ class JourneyBuilder:
     def _join(self, group: Sequence[Leg]) -> Leg:
         group = sorted(group, key=Leg.sort_key)
         first, last = group[0], max(group, key=lambda leg: (leg.alight_t, leg.sort_key()))
-        # (the trip of a leg that has one: a leg without one joins it by time alone)
-        tripped = next((x for x in group if x.trip_id is not None), first)
-        first = dataclasses.replace(first, route_id=tripped.route_id, trip_id=tripped.trip_id)
+        if first.trip_id is None:  # (a leg without a trip joins one by time alone)
+            tripped = next((x for x in group if x.trip_id is not None), first)
+            first = dataclasses.replace(first, route_id=tripped.route_id, trip_id=tripped.trip_id)
         seq = self._sequence(first.route_id, first.trip_id)
         board, alight = first.board_stop_id, last.alight_stop_id
         if seq is not None:

@@ -330,14 +330,26 @@ def _kept(
 ) -> bool:
     if len(cluster) == 1:
         return hop is not None and _door_to_door(cluster[0], policy, hop)
-    if any(s.co is None for s in pieces):
+    co = _co_summed(pieces)
+    if co is None:
         return False  # no evidence to sum
     if len(pieces) < len(cluster):
         return True  # the rider was confirmed aboard on a rid adjoining these
-    cos = [s.co for s in pieces if s.co is not None]
-    points = sum(c[0] for c in cos)
-    spread = max(c[2] for c in cos) - min(c[1] for c in cos)
+    points, spread = co
     return points >= policy.tentative_points and spread <= policy.tentative_spread_db
+
+
+def _co_summed(pieces: Sequence[Segment]) -> tuple[int, float] | None:
+    """The pieces' co-movement points added up, and the spread of their levels (dB).
+
+    ``None`` when a piece has no co-movement evidence (nothing to sum).
+    """
+    cos = [s.co for s in pieces if s.co is not None]
+    if len(cos) < len(pieces):
+        return None
+    if not cos:
+        return 0, 0.0
+    return sum(c[0] for c in cos), max(c[2] for c in cos) - min(c[1] for c in cos)
 
 
 def _door_to_door(piece: Segment, policy: JourneyPolicy, hop: Hop) -> bool:
@@ -405,10 +417,10 @@ def _carried_to(
     if carried is None or policy.tentative_carried_m <= 0.0 or len(pieces) < len(cluster):
         return None
     first = cluster[0]
-    cos = [s.co for s in pieces if s.co is not None]
-    if first.start_stop_id is None or len(cos) < len(pieces) or sum(c[0] for c in cos) < 2:
+    co = _co_summed(pieces)
+    if first.start_stop_id is None or co is None or co[0] < 2:
         return None
-    if max(c[2] for c in cos) - min(c[1] for c in cos) > policy.tentative_spread_db:
+    if co[1] > policy.tentative_spread_db:
         return None
     for s in pieces:
         assert s.co is not None
