@@ -55,6 +55,22 @@ def mosquitto(host: str, port: int, topics: Topics) -> Net:
     )
 
 
+class Gate:
+    """Holds a client's connection attempts while closed: which of two clients of a real
+    broker connects first, decided by the test instead of by the reconnect backoff."""
+
+    def __init__(self, factory: Callable[..., AbstractAsyncContextManager[Any]]) -> None:
+        self._factory = factory
+        self.opened = asyncio.Event()
+        self.opened.set()
+
+    @contextlib.asynccontextmanager
+    async def session(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        await self.opened.wait()
+        async with self._factory(*args, **kwargs) as session:
+            yield session
+
+
 def in_memory(topics: Topics) -> tuple[Net, FakeBroker]:
     """The in-memory broker: these tests are about the uploader, not the broker."""
     broker = FakeBroker()
@@ -306,12 +322,22 @@ async def test_reconnect_after_broker_restart_resends_unacked(
     topics = Topics("busbell/v1")
     host, port = private_broker.host, private_broker.port
     net = mosquitto(host, port, topics)
+    # The killed broker keeps nothing (no session, no subscription), so the bus's re-send
+    # reaches the new backend only once it has subscribed: the bus reconnects after that
+    # (when it comes first, see the next test). Before the gate the order was left to the
+    # reconnect backoff, and once in 25+ runs the bus won: its re-sends were dropped and
+    # with ack_timeout_s 60 nothing came again within the 15-s wait.
+    gate = Gate(net.factory)
     store = await open_store(tmp_path, 40)
     settings = UplinkSettings(batch_max_events=10, window_events=40, ack_timeout_s=60)
     with capture_logs() as logs:
         async with FakeBackend(net, topics, auto_ack=False) as backend:
-            async with uplink(store, net, topics, settings) as (link, up):
+            async with uplink(store, Net(net.settings, gate.session), topics, settings) as (
+                link,
+                up,
+            ):
                 await until(lambda: len(backend.seqs) == 40)
+                gate.opened.clear()
                 private_broker.kill()
                 await until(lambda: not link.is_connected)
                 # recording goes on offline
@@ -319,14 +345,52 @@ async def test_reconnect_after_broker_restart_resends_unacked(
                 up.notify()
                 private_broker.start()
                 async with FakeBackend(net, topics) as backend2:
+                    gate.opened.set()
                     await until(lambda: link.connects >= 2)
                     await until(lambda: store.acked_upto == 50)
                 # everything unacked was re-sent after the reconnect, in order
                 assert backend2.seqs[:1] == [1]
                 assert sorted(set(backend2.seqs)) == list(range(1, 51))
+                # by the reconnect, not by an ack timeout
+                assert up.stats.ack_timeouts == 0
     names = [log["event"] for log in logs]
     assert "uplink_lost" in names
     assert names.count("uplink_connected") >= 2
+    await store.close()
+
+
+@pytest.mark.mosquitto
+async def test_resend_before_the_backend_subscribed_is_repeated_at_the_ack_timeout(
+    tmp_path: Path, private_broker: Any
+) -> None:
+    """The other order: the broker restarted without state and the bus re-sent before any
+    backend subscribed (a clean-session subscriber, as shared-subscription ingest workers
+    are). The broker drops a QoS-1 message nobody subscribed to; the bus learns it from
+    the missing ack only, and sends everything unacked again at its ack timeout."""
+    topics = Topics("busbell/v1")
+    net = mosquitto(private_broker.host, private_broker.port, topics)
+    store = await open_store(tmp_path, 40)
+    settings = UplinkSettings(batch_max_events=10, window_events=40, ack_timeout_s=1.0)
+    async with FakeBackend(net, topics) as backend:
+        async with uplink(store, net, topics, settings) as (link, up):
+            await until(lambda: store.acked_upto == 40)
+            private_broker.kill()
+            await until(lambda: not link.is_connected)
+            await store.append_many(synthetic_draft(i) for i in range(100, 110))
+            up.notify()
+            sent = up.stats.batches_sent
+            private_broker.start()
+            await until(lambda: link.connects >= 2)
+            await until(lambda: up.stats.batches_sent == sent + 1)  # 41-50, to nobody
+            timeouts = up.stats.ack_timeouts
+            backend2 = FakeBackend(net, topics)
+            backend2.committed = 40  # as the ledger says
+            async with backend2:
+                await until(lambda: store.acked_upto == 50)
+            assert backend2.seqs[:1] == [41]
+            assert sorted(set(backend2.seqs)) == list(range(41, 51))
+            assert up.stats.ack_timeouts > timeouts
+    assert backend.seqs == list(range(1, 41))
     await store.close()
 
 
