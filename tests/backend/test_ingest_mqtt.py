@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,10 @@ from backend._keys import register_device
 from backend.config import BackendConfig, DatabaseSettings, FilesSettings, IngestSettings
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
+from edge._events import EventBuilder
+from edge._store import FareStore
+from edge._uplink import FareUploader, MqttLink, UplinkSettings
+from tests.factories.drafts import synthetic_draft
 from tests.factories.fare_events import EdgeFleet, batch_payload, device_key_for, make_events
 
 pytestmark = pytest.mark.mosquitto
@@ -49,6 +53,12 @@ async def running_worker(config: BackendConfig, buses: list[str]) -> AsyncIterat
         stop.set()
         await asyncio.wait_for(task, 10)
         await engine.dispose()
+
+
+async def until(pred: Callable[[], bool], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)
 
 
 async def count_events(url: str, bus_id: str) -> int:
@@ -227,3 +237,59 @@ async def test_the_last_batch_is_acked_when_committed_not_at_the_next_message_or
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await engine.dispose()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_fares_sent_while_the_worker_is_away_over_a_broker_restart(
+    tmp_path: Path, private_broker: Any, shared: bool
+) -> None:
+    """A broker restart (clean stop: Mosquitto writes its persistence file, as
+    ``deploy/mosquitto/central.conf`` has it on) while the ingest worker is away, and the
+    bus's fares published before the worker is back.
+
+    The worker's own MQTT session (one worker: stable client id, ``clean_start=False``, a
+    day's session expiry) survives the restart with its subscription, and the broker queues
+    the fares for it: acked as soon as it is back, with no ack timeout of the bus. A
+    shared-subscription member's session is clean and non-persistent (so a dead member's
+    share is not queued for it): nobody is subscribed, the broker drops them, and the bus
+    sends them again at its ack timeout (``[uplink] ack_timeout_s``, 30 s by default).
+    """
+    url = f"sqlite+aiosqlite:///{tmp_path / 'l.db'}"
+    host, port, bus = private_broker.host, private_broker.port, "bus-0001"
+    cfg = make_config(url, host, port, "busbell/v1", shared_subscription=shared)
+    topics = Topics("busbell/v1")
+    store = await FareStore.open(tmp_path / "fares.db", EventBuilder(bus, device_key_for(bus)))
+    await store.append_many(synthetic_draft(i) for i in range(20))
+    link = MqttLink(
+        MqttSettings(host=host, port=port, backoff_initial_s=0.1, backoff_max_s=0.5), bus, topics
+    )
+    settings = UplinkSettings(batch_max_events=10, ack_timeout_s=1.0 if shared else 60.0)
+    up = FareUploader(store, bus, topics, settings)
+    up.attach(link)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with running_worker(cfg, [bus]):
+            # the bus connects once the worker has subscribed (a new worker's session
+            # is new to the broker: fares before it would go to nobody)
+            tasks = [asyncio.create_task(link.run()), asyncio.create_task(up.run(link))]
+            await until(lambda: store.acked_upto == 20)
+        private_broker.stop()
+        await until(lambda: not link.is_connected)
+        private_broker.start()
+        await until(lambda: link.connects == 2)
+        sent = up.stats.batches_sent
+        await store.append_many(synthetic_draft(i) for i in range(100, 110))
+        up.notify()
+        await until(lambda: up.stats.batches_sent > sent)  # 21-30, the worker away
+        async with running_worker(cfg, []):
+            await until(lambda: store.acked_upto == 30)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+    assert await count_events(url, bus) == 30
+    if shared:
+        assert up.stats.ack_timeouts >= 1
+    else:
+        assert up.stats.ack_timeouts == 0
