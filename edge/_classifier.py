@@ -1327,6 +1327,15 @@ class PresenceClassifier:
         r-00115 (BD003 -> BD006, the bus serving no stop between): 4 echo points under
         its first rid, dropped 80 s after BD003's doors; its stretch heard at BD006's
         doors only under its next rid: missed.
+
+        The dropped rid must have ``echo_points`` points of its own (twenty-fifth pass):
+        the interval, stop, seq and clock that join the two are shared by everyone who
+        has heard the bus since that stop (waiters, passers-by: a beacon carries farther
+        than a token), and the echo rule never boards on one point. A passer-by's one
+        point and a waiter's one point as the bus drew near a later stop made two: full
+        scale, tuning seed 3, cell 22, ``shared_stop_three_routes`` r-00313 (at BD009,
+        never past its doors) went on with r-00284's dropped rid (1.5 s mid-hop before
+        BD008, one point) and was charged BD006 -> BD009.
         """
         if r.eo_k < 0 or r.ex_run or r.start is not None:
             return False
@@ -1341,6 +1350,7 @@ class PresenceClassifier:
             old is None
             or old.state != _GONE
             or old.start is not None
+            or old.eo_pts < self._echo_pts
             or old.eo_seq != r.eo_seq
             or old.last_t > r.first_t
             or _clock_gap(old, r) > self.params.skew_tolerance_s

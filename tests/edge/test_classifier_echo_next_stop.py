@@ -1,0 +1,56 @@
+"""Presence classifier: a waiter at a later stop does not go on with a passer-by's echo point.
+
+Twenty-fifth pass (docs/classifier.md, issue 11, weak cells): full scale, tuning seed 3,
+cell 22, ``shared_stop_three_routes`` r-00313, someone at BD009 heard only as bus-55-01
+drew near and at its doors, echoing the bus since BD006 (a beacon carries farther than a
+token), went on, by :meth:`PresenceClassifier._echo_link`, with another token's dropped
+rid (r-00284, a passer-by heard for 1.5 s at one echo point mid-hop): one point each made
+the echo rule's two, and it was charged BD006 -> BD009. A dropped rid now hands its
+stretch on only with ``echo_points`` points of its own. Scripted through the real
+classifier (:mod:`tests.edge.test_classifier_echo`'s world: S0 .. S5, 800 m apart, 20-s
+dwells, 10 m/s); the test fails on the code before this pass.
+"""
+
+from __future__ import annotations
+
+from tests.edge.test_classifier import Token, add_riders, by_name
+from tests.edge.test_classifier_echo import EchoWorld, Plan, _marks, _trip, own
+
+
+def _segments(w: EchoWorld, tok: Token) -> list[str]:
+    return [
+        f"{d.start.stop_id}->{d.end.stop_id}"
+        for d in by_name(w.finish(), tok)
+        if d.start.cause != "tentative"
+    ]
+
+
+PASSER: Plan = {1: ((), (300.0,))}
+"""Heard once, 300 m past S1 (an echo point), never again: someone the bus passed."""
+
+WAITER: Plan = {2: ((), (700.0, 790.0)), 3: ((2.0, 4.0, 6.0, 8.0), ())}
+"""Heard 100 and 10 m before S3's doors (the first an echo point) and at them: someone
+waiting at S3 who does not board."""
+
+
+def _passer_and_waiter() -> list[str]:
+    """The passer-by and the waiter, both echoing this bus since S1, on one clock whose rid
+    rotates between them (the passer-by's rid of one interval, the waiter's of the next):
+    the waiter's segments."""
+    w = EchoWorld()
+    add_riders(w, -80.0)
+    skew = 350.0  # (rids change 250 s after the world's interval began: on the hop to S2)
+    w.add(Token("passer", lambda world: -92.0 if _marks(world, PASSER) else None, skew=skew))  # type: ignore[arg-type]
+    tok = w.add(Token("waiter", lambda world: -92.0 if _marks(world, WAITER) else None, skew=skew))  # type: ignore[arg-type]
+    w.echoes["passer"] = w.echoes["waiter"] = own(1)
+    _trip(w)
+    return _segments(w, tok)
+
+
+def test_a_waiter_does_not_go_on_with_a_passers_by_one_echo_point() -> None:
+    """Full scale, tuning seed 3, cell 22, shared_stop_three_routes r-00313 on bus-55-01:
+    first heard 761 m past BD008 as the bus drew near BD009 (one point), at BD009's doors,
+    never past them; its echo since BD006. Linked with r-00284's dropped rid (one point,
+    1.5 s mid-hop BD006 -> BD008; the same interval, stop, seq and clock), the two points
+    made the echo rule's two: charged BD006 -> BD009."""
+    assert _passer_and_waiter() == []
