@@ -402,6 +402,13 @@ def _carried_to(
       beside the bus is heard through two shells, 36-40 dB below them);
     * the bus went ``tentative_carried_m`` or more while it heard them (the union of the
       pieces' distances);
+    * the last piece did not end ``lost``: it ended ``rotated`` (heard moving with the bus
+      until its rid's interval ended: the rotation, not the token leaving, ended it) or
+      ``alighted`` (it faded as doors opened). A ``lost`` end is a live rid the bus
+      stopped hearing while it moved, no doors open: what the edge itself reads, for a
+      rid it confirmed, as someone in a vehicle alongside and drops unless it rode
+      ``lost_min_m`` (2 km), far more than any carried group (issue 11: the people not
+      on the bus the rule charged, full-scale strong cells, were lone pieces ending so);
     * and no confirmed segment of the rider on another bus overlaps them at all: a rider
       on another bus is not on this one (nor one on this bus under another trip key,
       ``trip_id`` ``None``: that ride is charged already).
@@ -436,10 +443,12 @@ def _carried_to(
             return None  # (confirmed on this trip: the rules above decide)
         if min(b, s.end_t) > max(a, s.start_t):
             return None  # (on another bus, or on this one under another trip key)
+    last = max(cluster, key=_ends)
+    if last.end_cause == "lost":
+        return None  # (vanished while the bus moved: what the edge drops as alongside)
     travelled = union_distance(cluster)
     if travelled < policy.tentative_carried_m:
         return None
-    last = max(cluster, key=_ends)
     if last.end_cause == "alighted" and hop is not None:
         way = hop(dataclasses.replace(first, end_stop_id=last.end_stop_id))
         if way is not None and way > 0.0:  # (a later stop of the trip: as door to door)

@@ -272,11 +272,6 @@ def test_a_lone_piece_carried_past_its_stop_is_charged_to_the_next_stop(tmp_path
     assert "lost" in leg.flags  # (not seen alighting: the lost policy prices it)
     assert res.stats.rejected == {}
     assert res.stats.accepted == 1
-    # lost at the stop it was heard at (cell 22 seed 2 rush_hour_crowd r-00291: the fade
-    # rules close it at BD003, the bus 328 m on): the same
-    world = World(tmp_path / "lost", riders=2, buses=1)
-    res = _settle(world, [_carried(world, end=(T0 + 133.0, "S03", "lost"), distance=328.0)])
-    assert [(x.board_stop_id, x.alight_stop_id) for x in res.journeys[0].legs] == [("S03", "S04")]
     # farther: the first stop at or past where the bus was (S03 + 1,250 m: S05)
     world = World(tmp_path / "far", riders=2, buses=1)
     res = _settle(world, [_carried(world, distance=1250.0)])
@@ -337,6 +332,29 @@ def test_two_rids_pieces_carried_are_one_leg_with_fewer_points_than_the_sum_asks
     (j,) = res.journeys
     assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S03", "S04")]
     assert res.stats.rejected == {}
+    # the later rid lost while the bus moved, not seen leaving: the group is not carried
+    world = World(tmp_path / "lost", riders=2, buses=1)
+    events = [
+        _carried(
+            world,
+            start=(b - 54.0, "S03", "tentative"),
+            end=(b - 1.0, None, "rotated"),
+            co=(2, -94.0, -92.1),
+            distance=317.0,
+            riders_lvl=-74.0,
+        ),
+        _carried(
+            world,
+            start=(b + 12.0, "S03", "tentative"),
+            end=(b + 68.0, "S03", "lost"),
+            co=(1, -94.0, -92.1),
+            distance=328.0,
+            riders_lvl=-74.0,
+        ),
+    ]
+    res = _settle(world, events)
+    assert res.journeys == []
+    assert res.stats.rejected == {"tentative_dropped": 2}
 
 
 @pytest.mark.parametrize(
@@ -348,6 +366,21 @@ def test_two_rids_pieces_carried_are_one_leg_with_fewer_points_than_the_sum_asks
         # a car occupant beside the bus (small cells 1 and 11 seed 3, quiet_route,
         # r-00032: 418 m, 40 and 36 dB under the riders)
         ("31 dB under the riders", {"co": (2, -108.5, -107.5)}),
+        # lost: a live rid the bus stopped hearing while it moved, no doors open (full
+        # scale, tuning cell 1 seed 2, rush_hour_crowd, r-02887, never aboard: 310 m from
+        # BD004, 2 points at -87.7..-77.5 dBm, the riders at -53; unseen seed 49, cells 1
+        # and 11, the two people it charged); a rider lost so is dropped too (cell 22
+        # seed 2 rush_hour_crowd r-00291: closed at BD003 by the fade rules, 328 m on)
+        (
+            "lost while the bus moved",
+            {
+                "end": (T0 + 187.0, "S03", "lost"),
+                "co": (2, -87.7, -77.5),
+                "distance": 310.0,
+                "riders_lvl": -53.0,
+            },
+        ),
+        ("lost at its stop, 328 m on", {"end": (T0 + 133.0, "S03", "lost"), "distance": 328.0}),
         ("no riders' level", {"riders_lvl": None}),
         ("first heard off a stop", {"start": (T0 + 100.0, None, "tentative")}),
         ("past the trip's last stop", {"distance": 30_000.0}),
