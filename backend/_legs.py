@@ -513,8 +513,8 @@ class JourneyPolicy:
             on that bus trip, is charged as **carried** (to the first stop at or past
             where the bus was when it last heard them) when the bus went this far while
             hearing them, at two or more co-movement points, and no confirmed segment of
-            the rider on another bus overlaps them (:func:`backend._tentative._carried_to`;
-            0, the default: off; measured with 300, docs/backend.md) ...
+            the rider on another bus overlaps them, and the last of them did not end ``lost``
+            (:func:`backend._tentative._carried_to`; 0: off; docs/backend.md) ...
         tentative_carried_under_db: ... each piece's co-movement levels at most this many
             dB below the riders its bus heard (``riders_lvl``).
     """
@@ -538,7 +538,7 @@ class JourneyPolicy:
     tentative_points: int = 4
     tentative_spread_db: float = 12.0
     tentative_gap_s: float = 600.0
-    tentative_carried_m: float = 0.0
+    tentative_carried_m: float = 300.0
     tentative_carried_under_db: float = 30.0
 
     def __post_init__(self) -> None:

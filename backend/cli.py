@@ -285,11 +285,11 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     st.add_argument(
         "--tentative-carried-m",
         type=_non_negative,
-        default=0.0,
+        default=300.0,
         help="charge a rider's tentative pieces alone (their only evidence on that bus trip,"
         " two or more co-movement points, not confirmed on another bus then) to the first"
         " stop at or past where the bus last heard them, when it went this far while"
-        " hearing them (default 0: off; 300: the measured setting, docs/backend.md)",
+        " hearing them, the last not ended lost (0: off; docs/backend.md, Carried)",
     )
     st.add_argument(
         "--tentative-carried-under-db",

@@ -307,14 +307,14 @@ class SettlementSettings:
         doc="Longest wait (s) from one rid's tentative piece to the next rid's piece summed.",
     )
     tentative_carried_m: float = option(
-        0.0,
+        300.0,
         doc=(
             "Tentative pieces alone, the rider's only evidence on that bus trip, at two or"
             " more co-movement points and no confirmed segment of the rider on another bus"
-            " then, are charged to the first stop at or past where the bus last heard them"
-            " when it went this many metres while hearing them; 0 (the default): off, as it"
-            " charged people not on the bus in unseen runs (docs/backend.md, Carried); 300"
-            " is the measured setting ..."
+            " then, the last not ended lost (heard until its rid rotated, or fading as doors"
+            " opened), are charged to the first stop at or past where the bus last heard"
+            " them when it went this many metres while hearing them (docs/backend.md,"
+            " Carried); 0: off ..."
         ),
     )
     tentative_carried_under_db: float = option(

@@ -60,7 +60,7 @@ from tests.factories.fare_events import batch_payload
 from tests.factories.tasks import LIVE_TIMEOUT_S
 
 CARRIED = JourneyPolicy(tentative_carried_m=300.0)
-"""The carried rule at its measured setting (off by default: docs/backend.md, Carried)."""
+"""The carried rule at its measured setting, the default (docs/backend.md, Carried)."""
 
 NOW = T0 + 3 * 86400.0  # wall clock of ingest and settlement
 DAY = "2025-11-07"  # service day of T0 (16:20 Asia/Seoul)

@@ -35,7 +35,7 @@ from busbell._token import INTERVAL_S
 from tests.factories.backend_world import T0, World
 
 CARRIED = JourneyPolicy(tentative_carried_m=300.0)
-"""The carried rule at its measured setting (off by default: docs/backend.md, Carried)."""
+"""The carried rule at its measured setting, the default (docs/backend.md, Carried)."""
 
 BOUNDARY = (int(T0 // INTERVAL_S) + 1) * INTERVAL_S
 """A rid rotation: the rider's first rid ends here, the second begins."""
@@ -474,9 +474,10 @@ def test_the_carried_rule_is_off_with_tentative_carried_m_0(tmp_path: Path) -> N
     assert on.dropped_tentative([seg]) == []  # (its link is kept: it is a ride)
     assert off.settle_tentative([seg]) == ([], 1)
     assert off.dropped_tentative([seg]) == [([seg], [seg])]
-    # off by default (it charged people not on the bus in unseen runs: docs/backend.md)
+    # on by default, at 300 m, since a lost end no longer counts (docs/backend.md, Carried)
     default = JourneyBuilder(FareEngine(load_rules(timezone=feed.timezone)), feed)
-    assert default.settle_tentative([seg]) == ([], 1)
+    assert default.policy == CARRIED
+    assert default.settle_tentative([seg]) == ([kept], 0)
     # without the trip's stops (the module function alone) the rule cannot place it
     assert settle_tentative([seg], on.policy, on.tentative_hop) == ([], 1)
     assert settle_tentative([seg], on.policy, on.tentative_hop, on.tentative_reach) == ([kept], 0)
