@@ -1328,14 +1328,19 @@ class PresenceClassifier:
         its first rid, dropped 80 s after BD003's doors; its stretch heard at BD006's
         doors only under its next rid: missed.
 
-        The dropped rid must have ``echo_points`` points of its own (twenty-fifth pass):
-        the interval, stop, seq and clock that join the two are shared by everyone who
-        has heard the bus since that stop (waiters, passers-by: a beacon carries farther
-        than a token), and the echo rule never boards on one point. A passer-by's one
+        Across a stop the bus served between the dropped rid's last advert and ``r``'s
+        first (by its token's clock), the dropped rid must have ``echo_points`` points of
+        its own (twenty-fifth pass): the interval, stop, seq and clock that join the two
+        are shared by everyone who has heard the bus since that stop (waiters at the
+        stops served since, passers-by: a beacon carries farther than a token; phones'
+        clocks agree), and the echo rule never boards on one point. A passer-by's one
         point and a waiter's one point as the bus drew near a later stop made two: full
         scale, tuning seed 3, cell 22, ``shared_stop_three_routes`` r-00313 (at BD009,
         never past its doors) went on with r-00284's dropped rid (1.5 s mid-hop before
-        BD008, one point) and was charged BD006 -> BD009.
+        BD008, one point; BD008 served between) and was charged BD006 -> BD009. Within
+        one hop a one-point rid still hands its stretch on: the next rid of a token
+        rotating on the hop (full scale, tuning seeds 1-2, cell 24,
+        ``bus_alongside_red_light`` r-00103, r-00113, ``phone_deep_in_bag`` r-00088).
         """
         if r.eo_k < 0 or r.ex_run or r.start is not None:
             return False
@@ -1350,7 +1355,7 @@ class PresenceClassifier:
             old is None
             or old.state != _GONE
             or old.start is not None
-            or old.eo_pts < self._echo_pts
+            or (old.eo_pts < self._echo_pts and self._served_since(old.last_t, r))
             or old.eo_seq != r.eo_seq
             or old.last_t > r.first_t
             or _clock_gap(old, r) > self.params.skew_tolerance_s
@@ -1366,6 +1371,21 @@ class PresenceClassifier:
         if self._debug:
             log.debug("rid_echo_linked", rid=r.rid.hex(), old=old.rid.hex(), eo_k=r.eo_k)
         return True
+
+    def _served_since(self, t: float, r: _Rid) -> bool:
+        """Whether the bus served a stop after ``t`` and before ``r`` was first heard.
+
+        Its doors opened after ``t`` and closed before ``r``'s first advert by its token's
+        clock (``first_token_t + d_min``, a lower bound of when; a candidacy begun afresh
+        moves ``first_t`` on).
+        """
+        first = r.first_token_t + r.d_min
+        for x in reversed(self._visits):
+            if x.open_t <= t:
+                return False
+            if x.close_t is not None and x.close_t < first:
+                return True
+        return False
 
     def _echo_rider_on(self, r: _Rid) -> StopVisit | None:
         """The stop a rider's next rid rides on from, by its echo, or ``None``.

@@ -470,13 +470,12 @@ def _rid_addresses(
     return [f"{d.start.stop_id}->{d.end.stop_id}" for d in by_name(w.finish(), tok)]
 
 
-POOLED: Plan = {1: ((10.0, 13.0), (180.0, 300.0, 660.0, 760.0)), 2: ((6.0, 8.0), ())}
-"""Heard at S1's doors and at two points on the hop, as r-00036 was (since the twenty-fifth
-pass a dropped rid hands its stretch on only with ``echo_points`` points of its own), its rid
-ending there (it goes to the rotation pool: it stopped at its interval's end), its next rid
-first heard 11 s into its interval (a rotation rid) but 36 s after the last advert (the
-pairing's window is 30 s at most), at two points within 150 m of S2 (its own stretch:
-enough points, too near S2), then at S2's doors as it walks out."""
+POOLED: Plan = {1: ((10.0, 13.0), (300.0, 660.0, 760.0)), 2: ((6.0, 8.0), ())}
+"""Heard at S1's doors and once on the hop, its rid ending there (it goes to the rotation
+pool: it stopped at its interval's end), its next rid first heard 11 s into its interval
+(a rotation rid) but 36 s after the last advert (the pairing's window is 30 s at most), at
+two points within 150 m of S2 (its own stretch: enough points, too near S2), then at S2's
+doors as it walks out."""
 
 
 def test_a_pooled_candidate_no_new_rid_took_bequeaths_its_echo_stretch() -> None:
