@@ -211,6 +211,7 @@ _ECHO_DEFAULTS: Final[dict[str, Any]] = {
     "eo_seq": -1,
     "eo_sum": 0.0,
     "eo_t0": 0.0,
+    "eo_t1": 0.0,
     "eo_vseq": 0,
     "ex_run": 0,
 }
@@ -219,7 +220,8 @@ a checkpoint written before the echo was read restores them to (it has no such s
 
 ``ec``: this bus's echo code for the rid (0: not computed yet; memoised, a rid lives
 600 s); ``eo_seq``: the seq of the latest stretch its echoes named this bus with (-1:
-none); ``eo_t0``, ``eo_odo0``: the first advert of that stretch the bus heard; ``eo_vseq``:
+none); ``eo_t0``, ``eo_odo0``: the first advert of that stretch the bus heard; ``eo_t1``:
+its latest (0.0: none, or a checkpoint written before it was kept); ``eo_vseq``:
 the latest stop visit (seq) then; ``eo_k``: the trip's stop index the stretch began at
 (-1: unknown); ``eo_n``: adverts of that stretch; ``eo_pts``, ``eo_sum``, ``eo_pt_odo``:
 its echo points (count, RSSI sum, odometer and time of the latest); ``eo_late``: the
@@ -356,6 +358,7 @@ _RID_SLOTS: Final = (
     "eo_seq",
     "eo_sum",
     "eo_t0",
+    "eo_t1",
     "eo_vseq",
     "ex_run",
     "far_sum",
@@ -506,6 +509,7 @@ class _Rid:
         self.eo_seq = -1
         self.eo_sum = 0.0
         self.eo_t0 = 0.0
+        self.eo_t1 = 0.0
         self.eo_vseq = 0
         self.ex_run = 0
 
@@ -1275,6 +1279,7 @@ class PresenceClassifier:
             if r.start is not None:
                 self._echo_rider(r)  # (a rider's stretch begun afresh)
         r.eo_n += 1
+        r.eo_t1 = t
         if (
             v is not None
             and v.seq > r.eo_late
@@ -3230,6 +3235,7 @@ class PresenceClassifier:
         else:
             r.eo_t0, r.eo_odo0 = min(r.eo_t0, old.eo_t0), min(r.eo_odo0, old.eo_odo0)
         r.eo_seq, r.eo_k, r.eo_vseq = old.eo_seq, old.eo_k, old.eo_vseq
+        r.eo_t1 = max(r.eo_t1, old.eo_t1)
         r.eo_pts += old.eo_pts
         r.eo_sum += old.eo_sum
         r.eo_n += old.eo_n
@@ -3590,6 +3596,8 @@ class PresenceClassifier:
         gap = _clock_gap(old, new)
         if gap > p.skew_tolerance_s:
             return None  # not the same clock: not the same token
+        if self._echo_on and self._echo_apart(old, new):
+            return None  # two phones' stretches: not the same token
         cost = (
             p.rotation_skew_weight * gap
             + p.rotation_rssi_weight * abs(new.ewma0 - old.ewma)
@@ -3603,6 +3611,36 @@ class PresenceClassifier:
         if old.addr and new.addr == old.addr:
             cost -= 1000.0
         return cost
+
+    def _echo_apart(self, old: _Rid, new: _Rid) -> bool:
+        """Whether the echo says ``old`` and ``new`` are two phones' rids, not one token's.
+
+        A phone echoes one stretch of this bus at a time, and its stretch outlives its rid
+        (:meth:`_echo_heard`): its next rid echoes the same seq, or a stretch begun afresh
+        after it lost the beacon (``gap_s``), which names the stop the beacon sent then.
+        ``new``'s stretch began while the beacon sent its stop (``eo_k``); if ``old`` was
+        still heard echoing another stretch after the bus had left that stop (the beacon
+        sending a later one), the phone would have gone back to a stretch it had left:
+        two phones. Full scale, tuning seed 2, cell 24, ``long_ride_many_intervals``:
+        r-00042 (aboard since BD003, echo since BD003) and r-00053 (heard at BD005's doors,
+        echo since BD005) rotated together 146 m past BD005 with clocks alike; the pairing
+        (riders' rids first) gave r-00053's next rid to r-00042's old one, r-00053's
+        candidacy was dropped and its 19-km ride held with no boarding stop. Unknown stops
+        (``eo_k`` -1, a visit without a stop index) and a trip's end between the two
+        hearings (the stop index going back) bar nothing.
+        """
+        if old.eo_seq < 0 or new.eo_seq < 0 or old.eo_seq == new.eo_seq or new.eo_k < 0:
+            return False
+        vo = self._visit_at(old.eo_t1)
+        vn = self._visit_at(new.eo_t0)
+        if vo is None or vn is None or vo.stop_index is None or vn.stop_index is None:
+            return False
+        if (vo.seq < vn.seq and vo.stop_index > vn.stop_index) or (
+            vo.seq > vn.seq and vo.stop_index < vn.stop_index
+        ):
+            return False  # (a new trip between them: its stop indices start again)
+        left = vo.close_t is not None and vo.close_t <= old.eo_t1
+        return vo.stop_index + left > new.eo_k
 
     def _news_index(self) -> _NewsIndex:
         """The rids that may be a rotated token's new rid, indexed for pairing.

@@ -310,6 +310,7 @@ class EdgePipeline:
             in (
                 sorted(_RID_SLOTS),
                 sorted(set(_RID_SLOTS) - _ECHO_DEFAULTS.keys()),  # (before the echo)
+                sorted(set(_RID_SLOTS) - {"eo_t1"}),  # (before the stretch's latest advert)
             )
         ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")
