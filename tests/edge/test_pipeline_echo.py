@@ -277,3 +277,33 @@ def test_the_echos_stop_is_the_beacons_stop_index_stops_passed_counted(tmp_path:
     assert first
     assert set(first.values()) == {3}, first
     assert all(v.stop_index != 2 for v in pipe.vehicle.visits)
+
+
+def test_a_checkpoint_from_before_the_stretchs_latest_advert_restores_without_it(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint written before ``eo_t1`` (the echo stretch's latest advert, which the
+    rotation pairing's echo bar reads) restores every other echo field, ``eo_t1`` 0.0: the
+    bar then reads nothing of that rid (:meth:`PresenceClassifier._echo_apart`)."""
+    feed, recs, _ = world(tmp_path)
+    echoed = with_echo(recs, own_echo(BUS, 1))
+    first = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
+    for r in echoed[:3000]:
+        first.feed(r)
+    assert any(r.eo_t1 for r in first.classifier._rids.values())
+    state = pickle.loads(first.snapshot())
+    slots: list[str] = state["rid_slots"]
+    keep = [i for i, name in enumerate(slots) if name != "eo_t1"]
+    state["rid_slots"] = [slots[i] for i in keep]
+    state["rid_records"] = [tuple(row[i] for i in keep) for row in state["rid_records"]]
+    pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
+    pipe.restore(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    for rr in pipe.classifier._rids.values():
+        was = first.classifier._rids[rr.rid]
+        assert rr.eo_t1 == 0.0
+        assert (rr.eo_seq, rr.eo_k, rr.eo_n, rr.eo_pts) == (
+            was.eo_seq,
+            was.eo_k,
+            was.eo_n,
+            was.eo_pts,
+        )
