@@ -67,7 +67,7 @@ def _rides(rider_echo: Echo | None, joiner_echo: Echo | None) -> tuple[list[str]
 
 def test_a_riders_old_rid_does_not_take_the_next_rid_of_a_phone_echoing_a_later_stop() -> None:
     """The joiner's next rid echoes S1's stretch; the rider's old rid was heard echoing S0's
-    120 m past S1: not one phone. The joiner is boarded at S1 and rides to the end."""
+    200 m past S1: not one phone. The joiner is boarded at S1 and rides to the end."""
     _, joiner = _rides(own(0), own(1))
     assert joiner, "the joiner was charged nothing"
     assert joiner[0].startswith("S1->"), joiner
