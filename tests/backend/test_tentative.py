@@ -303,56 +303,44 @@ def test_a_piece_carried_seen_alighting_not_past_its_stop_is_charged_to_the_next
     assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S03", "S04")]
 
 
+def _fob_pieces(world: World, second_end: tuple[str, str]) -> list[dict[str, Any]]:
+    """A fob's two rids' pieces across the boundary, 2 + 1 points, 317 + 328 m; the later
+    ending at ``second_end`` (stop, cause)."""
+    b = BOUNDARY
+    stop, cause = second_end
+    return [
+        _carried(
+            world,
+            start=(b - 54.0, "S03", "tentative"),
+            end=(b - 1.0, None, "rotated"),
+            co=(2, -94.0, -92.1),
+            distance=317.0,
+            riders_lvl=-74.0,
+        ),
+        _carried(
+            world,
+            start=(b + 12.0, "S03", "tentative"),
+            end=(b + 68.0, stop, cause),
+            co=(1, -94.0, -92.1),
+            distance=328.0,
+            riders_lvl=-74.0,
+        ),
+    ]
+
+
 def test_two_rids_pieces_carried_are_one_leg_with_fewer_points_than_the_sum_asks(
     tmp_path: Path,
 ) -> None:
     """Cell 24 seed 1 ``token_clock_drift`` r-00057 (BD006 -> BD007): a fob's two rids, 2 +
     1 points (the sum asks 4), 317 + 328 m, the later seen leaving at BD007."""
     world = World(tmp_path, riders=2, buses=1)
-    b = BOUNDARY
-    events = [
-        _carried(
-            world,
-            start=(b - 54.0, "S03", "tentative"),
-            end=(b - 1.0, None, "rotated"),
-            co=(2, -94.0, -92.1),
-            distance=317.0,
-            riders_lvl=-74.0,
-        ),
-        _carried(
-            world,
-            start=(b + 12.0, "S03", "tentative"),
-            end=(b + 68.0, "S04", "alighted"),
-            co=(1, -94.0, -92.1),
-            distance=328.0,
-            riders_lvl=-74.0,
-        ),
-    ]
-    res = _settle(world, events)
+    res = _settle(world, _fob_pieces(world, ("S04", "alighted")))
     (j,) = res.journeys
     assert [(x.board_stop_id, x.alight_stop_id) for x in j.legs] == [("S03", "S04")]
     assert res.stats.rejected == {}
     # the later rid lost while the bus moved, not seen leaving: the group is not carried
     world = World(tmp_path / "lost", riders=2, buses=1)
-    events = [
-        _carried(
-            world,
-            start=(b - 54.0, "S03", "tentative"),
-            end=(b - 1.0, None, "rotated"),
-            co=(2, -94.0, -92.1),
-            distance=317.0,
-            riders_lvl=-74.0,
-        ),
-        _carried(
-            world,
-            start=(b + 12.0, "S03", "tentative"),
-            end=(b + 68.0, "S03", "lost"),
-            co=(1, -94.0, -92.1),
-            distance=328.0,
-            riders_lvl=-74.0,
-        ),
-    ]
-    res = _settle(world, events)
+    res = _settle(world, _fob_pieces(world, ("S03", "lost")))
     assert res.journeys == []
     assert res.stats.rejected == {"tentative_dropped": 2}
 
