@@ -1384,13 +1384,8 @@ class PresenceClassifier:
         clock (``first_token_t + d_min``, a lower bound of when; a candidacy begun afresh
         moves ``first_t`` on).
         """
-        first = r.first_token_t + r.d_min
-        for x in reversed(self._visits):
-            if x.open_t <= t:
-                return False
-            if x.close_t is not None and x.close_t < first:
-                return True
-        return False
+        w = self._visit_after(t)  # (visits follow one another: the first closes first)
+        return w is not None and w.close_t is not None and w.close_t < r.first_token_t + r.d_min
 
     def _echo_rider_on(self, r: _Rid) -> StopVisit | None:
         """The stop a rider's next rid rides on from, by its echo, or ``None``.

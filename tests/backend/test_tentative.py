@@ -423,14 +423,9 @@ def test_pieces_carried_are_not_charged_beside_the_riders_ride_on_another_bus(
     assert res.stats.rejected == {"tentative_dropped": 1}
 
 
-def test_pieces_carried_within_the_riders_ride_on_the_same_bus_are_not_charged_again(
-    tmp_path: Path,
-) -> None:
-    """The rider confirmed on bus-01 S03 -> S06 without a trip id (route R1), over the
-    time its piece was heard on bus-01 trip T1: one ride, charged once (not S03 -> S06
-    and again S03 -> S04: the trip keys differ, so only the overlap can tell)."""
-    world = World(tmp_path, riders=2, buses=1)
-    mine = world.buses["bus-01"].emit(
+def _ride_without_trip(world: World) -> dict[str, Any]:
+    """r0001 confirmed on bus-01 S03 -> S06, route R1, the bus with no trip assigned."""
+    return world.buses["bus-01"].emit(
         world.segment_fields(
             "r0001",
             route_id="R1",
@@ -440,7 +435,16 @@ def test_pieces_carried_within_the_riders_ride_on_the_same_bus_are_not_charged_a
             distance_m=2400.0,
         )
     )
-    res = _settle(world, [mine, _carried(world)])
+
+
+def test_pieces_carried_within_the_riders_ride_on_the_same_bus_are_not_charged_again(
+    tmp_path: Path,
+) -> None:
+    """The rider confirmed on bus-01 S03 -> S06 without a trip id (route R1), over the
+    time its piece was heard on bus-01 trip T1: one ride, charged once (not S03 -> S06
+    and again S03 -> S04: the trip keys differ, so only the overlap can tell)."""
+    world = World(tmp_path, riders=2, buses=1)
+    res = _settle(world, [_ride_without_trip(world), _carried(world)])
     assert [(x.board_stop_id, x.alight_stop_id) for j in res.journeys for x in j.legs] == [
         ("S03", "S06")
     ]
@@ -785,18 +789,8 @@ def test_two_confirmed_segments_of_one_ride_under_two_trip_keys_are_charged_once
     rider once at a time, so the two are one ride, charged once (the review of 2026-12-07:
     before, join_trips joined only legs with one trip id, and both were charged)."""
     world = World(tmp_path, riders=2, buses=1)
-    bus = world.buses["bus-01"]
-    a = bus.emit(
-        world.segment_fields(
-            "r0001",
-            route_id="R1",
-            trip_id=None,
-            start=(T0 + 50.0, "S03", "boarded"),
-            end=(T0 + 400.0, "S06", "alighted"),
-            distance_m=2400.0,
-        )
-    )
-    b = bus.emit(
+    a = _ride_without_trip(world)
+    b = world.buses["bus-01"].emit(
         world.segment_fields(
             "r0001",
             route_id="R1",

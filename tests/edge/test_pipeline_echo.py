@@ -13,7 +13,7 @@ import json
 import math
 import pickle
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -151,14 +151,29 @@ def _replay_restoring(
     return [_event(d) for d in out]
 
 
-def _without_echo_slots(blob: bytes) -> bytes:
-    """The checkpoint as code from before the echo wrote it (no echo slots)."""
+def _without_slots(blob: bytes, names: Collection[str]) -> bytes:
+    """The checkpoint as code from before ``names`` were kept wrote it (no such slots)."""
     state = pickle.loads(blob)
     slots: list[str] = state["rid_slots"]
-    keep = [i for i, name in enumerate(slots) if name not in _ECHO_DEFAULTS]
+    keep = [i for i, name in enumerate(slots) if name not in names]
     state["rid_slots"] = [slots[i] for i in keep]
     state["rid_records"] = [tuple(row[i] for i in keep) for row in state["rid_records"]]
     return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _without_echo_slots(blob: bytes) -> bytes:
+    """The checkpoint as code from before the echo wrote it (no echo slots)."""
+    return _without_slots(blob, _ECHO_DEFAULTS.keys())
+
+
+def _echoed_pipeline(tmp_path: Path) -> tuple[Feed, list[TraceRecord], EdgePipeline]:
+    """The world's feed and records, and a pipeline fed its first 3,000 echoed records."""
+    feed, recs, _ = world(tmp_path)
+    echoed = with_echo(recs, own_echo(BUS, 1))
+    first = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
+    for r in echoed[:3000]:
+        first.feed(r)
+    return feed, recs, first
 
 
 @pytest.mark.timeout(600)
@@ -170,11 +185,7 @@ def test_the_echo_evidence_survives_a_restore_at_every_step(tmp_path: Path) -> N
 
 
 def test_a_checkpoint_from_before_the_echo_restores_with_no_echo_heard(tmp_path: Path) -> None:
-    feed, recs, _ = world(tmp_path)
-    echoed = with_echo(recs, own_echo(BUS, 1))
-    first = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
-    for r in echoed[:3000]:
-        first.feed(r)
+    feed, recs, first = _echoed_pipeline(tmp_path)
     assert any(r.eo_n for r in first.classifier._rids.values())
     old = _without_echo_slots(first.snapshot())
     pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
@@ -285,19 +296,10 @@ def test_a_checkpoint_from_before_the_stretchs_latest_advert_restores_without_it
     """A checkpoint written before ``eo_t1`` (the echo stretch's latest advert, which the
     rotation pairing's echo bar reads) restores every other echo field, ``eo_t1`` 0.0: the
     bar then reads nothing of that rid (:meth:`PresenceClassifier._echo_apart`)."""
-    feed, recs, _ = world(tmp_path)
-    echoed = with_echo(recs, own_echo(BUS, 1))
-    first = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
-    for r in echoed[:3000]:
-        first.feed(r)
+    feed, recs, first = _echoed_pipeline(tmp_path)
     assert any(r.eo_t1 for r in first.classifier._rids.values())
-    state = pickle.loads(first.snapshot())
-    slots: list[str] = state["rid_slots"]
-    keep = [i for i, name in enumerate(slots) if name != "eo_t1"]
-    state["rid_slots"] = [slots[i] for i in keep]
-    state["rid_records"] = [tuple(row[i] for i in keep) for row in state["rid_records"]]
     pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
-    pipe.restore(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    pipe.restore(_without_slots(first.snapshot(), {"eo_t1"}))
     for rr in pipe.classifier._rids.values():
         was = first.classifier._rids[rr.rid]
         assert rr.eo_t1 == 0.0
