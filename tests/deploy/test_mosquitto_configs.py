@@ -137,22 +137,31 @@ def central(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     make_pki(pki, ["bus-1", "bus-2", "bus-3", "busbell-backend", STOP_UNIT, OPS, "stopunit+S2"],
              revoked=("bus-3",))  # fmt: skip
     port = free_port()
+    proc = start(central_conf(tmp_path, pki, port), port, tmp_path / "central.log")
+    try:
+        yield port, pki
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def central_conf(tmp_path: Path, pki: Path, port: int, **change: str) -> Path:
+    """deploy/mosquitto/central.conf with this test's port, certificates, ACL and
+    persistence directory, and ``change``'s lines (``{"old line": "new line"}``)."""
     text = (DEPLOY / "central.conf").read_text()
     text = text.replace("listener 8883", f"listener {port} 127.0.0.1")
     text = text.replace("/etc/mosquitto/tls/", f"{pki}/").replace(
         "/var/lib/mosquitto/", f"{tmp_path}/"
     )
     text = text.replace("/etc/mosquitto/busbell.acl", str(tmp_path / "busbell.acl"))
+    for old, new in change.items():
+        assert old in text, old
+        text = text.replace(old, new)
     acl = (DEPLOY / "busbell.acl").read_text()
     (tmp_path / "busbell.acl").write_text(acl.replace("STOP_ID", "S1"))
     conf = tmp_path / "central.conf"
     conf.write_text(text + RUN_AS)
-    proc = start(conf, port, tmp_path / "central.log")
-    try:
-        yield port, pki
-    finally:
-        proc.kill()
-        proc.wait()
+    return conf
 
 
 def tls(port: int, pki: Path, who: str) -> MqttSettings:
@@ -552,3 +561,40 @@ async def test_tail_reads_the_central_broker_with_the_ops_certificate(
     line = await _tail(argv, tls(port, pki, "bus-1"), t.status("bus-1"))
     assert "bus-1" in line
     assert "online" in line
+
+
+async def test_central_keeps_a_workers_queued_fares_across_a_kill(tmp_path: Path) -> None:
+    """A central broker killed (SIGKILL, power cut) keeps what it saved last: the
+    backend worker's persistent session with its subscription and the fares queued for
+    it while it was away. Mosquitto saves at a clean stop and every
+    ``autosave_interval``; central.conf sets it (its default, 1800 s, would revert half
+    an hour). The test shortens the shipped 60 s to 1 s; without the line nothing is
+    saved before the kill and the fare is gone from the broker (the bus's ack timeout
+    would send it again)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki, ["bus-1", "busbell-backend"])
+    port = free_port()
+    conf = central_conf(tmp_path, pki, port, **{"autosave_interval 60": "autosave_interval 1"})
+    t = Topics()
+    proc = start(conf, port, tmp_path / "central.log")
+    try:
+        async with MqttSession(tls(port, pki, "busbell-backend"), "backend-1") as backend:
+            await backend.subscribe([t.fares("bus-1")])
+        async with MqttSession(tls(port, pki, "bus-1"), "bus-1", clean_start=True) as bus:
+            await bus.publish(t.fares("bus-1"), b'{"batch": 1}', qos=1)
+        saved = tmp_path / "mosquitto.db"
+        published = time.time()
+        deadline = time.monotonic() + 10
+        while not (saved.exists() and saved.stat().st_mtime > published):
+            assert time.monotonic() < deadline, "no autosave within 10 s"
+            await asyncio.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        proc = start(conf, port, tmp_path / "central.log")
+        async with MqttSession(tls(port, pki, "busbell-backend"), "backend-1") as backend:
+            got = await collect(backend, 1, 5.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [(m.topic, m.payload) for m in got] == [(t.fares("bus-1"), b'{"batch": 1}')]
