@@ -229,6 +229,10 @@ latest stop visit (seq) past whose doors, or in the bus standing there ``stay_s`
 they opened, the stretch was heard; ``ex_run``: echoes in a row
 naming another bus since the last naming this one."""
 
+_LATER_DEFAULTS: Final[dict[str, Any]] = {"pool_lvl": -math.inf}
+"""Rid fields added after the echo's, with the value a checkpoint written before each was
+kept restores (it has no such slot): ``pool_lvl`` (:meth:`PresenceClassifier._keep_for_pairing`)."""
+
 
 def _median(hist: dict[int, int]) -> int | None:
     """The upper median of the RSSI values counted in ``hist`` (``None`` if empty)."""
@@ -373,6 +377,7 @@ _RID_SLOTS: Final = (
     "lv_hist",
     "lv_n",
     "lvl_out",
+    "pool_lvl",
     "pred",
     "pred_visit",
     "rode_t",
@@ -415,6 +420,9 @@ class _Rid:
         self.rot = False
         self.pred = _PRED_NONE
         self.pred_visit: StopVisit | None = None
+        self.pool_lvl = -math.inf
+        """The riders' level as it joined the rotation pool (-inf: none, or never pooled):
+        a candidate's next rid is boarded only near it (:meth:`PresenceClassifier._heir_near`)."""
         self.visit: StopVisit | None = None
         self.convoy: float | None = None
         self.run_odo = 0.0
@@ -890,12 +898,39 @@ class PresenceClassifier:
         change of signal. One whose smoothed RSSI as the bus last moved (before it stood
         at the stop, when a bus behind may pull up) had risen ``convoy_gain_db`` above its
         slow average was approached by the bus: someone waiting at the stop heard from
-        afar, not a convoy.
+        afar, not a convoy. Not so a candidate kept through a silence (``co_only``) with
+        ``_CARRY_CO`` co-movement points or more over ``convoy_m`` or more (read before
+        its candidacy begins afresh here): it moved with the bus at its level, so a bus
+        behind or alongside that pulled up beside this one at the stop, not someone
+        waiting there (:meth:`_moved_with`).
         """
         p = self.params
-        if odo - r.run_odo < p.convoy_m or r.mv_ewma >= r.base + p.convoy_gain_db:
+        if odo - r.run_odo < p.convoy_m or (
+            r.mv_ewma >= r.base + p.convoy_gain_db and not self._moved_with(r)
+        ):
             return None
         return r.base
+
+    def _moved_with(self, r: _Rid) -> bool:
+        """Whether a kept candidate moved with the bus, heard at one level over ``convoy_m``.
+
+        A candidate kept through a silence (``co_only``) with ``_CARRY_CO`` co-movement
+        points or more spread over ``convoy_m`` or more of travel: it kept up with the bus
+        at its level between stops, which nobody waiting at a stop does. Heard far louder
+        as the bus came to the next stop (:meth:`_convoy_level`'s approach), it is in a
+        vehicle that drew up beside this bus there: full scale, tuning seed 4, cell 11,
+        ``shared_stop_three_routes``, r-00184 and r-00220 (aboard the 17 from BD003), heard
+        by the 55 behind at about -77 dBm over 500 m (co_n 3), then at -42 to -54 dBm at
+        BD004 with the 17 standing beside it: made BD004's candidate with no convoy level
+        and boarded 433 m on by the unbroken stretch; settlement, seeing each rider on two
+        buses at once, charged neither (``suspected_replay``).
+        """
+        return (
+            r.state == _CANDIDATE
+            and r.co_only
+            and r.co_n >= _CARRY_CO
+            and r.co_odo - r.co_odo0 >= self.params.convoy_m
+        )
 
     def _convoy_ok(self, r: _Rid) -> bool:
         """A convoy candidate boards only if it rode along and got clearly stronger.
@@ -3015,6 +3050,8 @@ class PresenceClassifier:
                 self._drop(r, Event.REJECT, out, "rotating_unpaired_thin")
             return
         if r.pred != _PRED_NONE:
+            if r.pred == _PRED_CANDIDATE and not self._heir_near(r):
+                return  # heard through two shells: not the candidate's token (yet)
             self._confirm_new(r, t, None, out)
         elif t - r.first_t > p.rotation_wait_s:
             if not self._unpaired_rides(r):
@@ -3022,6 +3059,35 @@ class PresenceClassifier:
             elif self._stayed_through(r):
                 self._confirm_unpaired(r, t)
             # (else it waits for the next stop's doors: a car alongside drives on there)
+
+    def _heir_near(self, r: _Rid) -> bool:
+        """Whether a candidate's next rid (``_PRED_CANDIDATE``) is heard near the riders' level.
+
+        The pairing gives a pooled candidate's old rid a new rid by clock, timing and
+        level as each rid appeared; the new rid then boards from the stop the candidate
+        handed over on in-bus evidence alone (:meth:`_check_rotating`), which looks at no
+        level. Its in-bus mean (``far_sum``) must be within ``in_bus_margin_db`` of the
+        riders' level, now or as the old rid joined the pool (``pool_lvl``), whichever is
+        louder: a rider of a bus alongside is heard through two shells, 25-40 dB below
+        this bus's riders, and heirs of that bus confirmed one after another pull the
+        riders' level down with them. Full scale, tuning seed 4, cell 11,
+        ``transfer_bunched``: the 17 and G6000 bunched from BD003 to BD005, the 17's
+        riders heard aboard the G6000 at about -85 dBm against its riders' -47; the
+        heirs of pooled candidates were confirmed there (r-00032 among them), and
+        settlement, seeing one rider on two buses, charged neither leg (``suspected_replay``).
+        With no riders' level (nobody carried) or ``in_bus_margin_db`` 0 (off), no test.
+        """
+        margin = self.params.in_bus_margin_db
+        if margin <= 0.0 or r.n_far <= 0:
+            return True
+        lvl = self._riders_lvl
+        o = self._match.get(r.rid)
+        got = self._olds.get(o) if o is not None else None
+        if got is not None:
+            pool = got[0].pool_lvl
+            if math.isfinite(pool) and (pool > lvl or not math.isfinite(lvl)):
+                lvl = pool
+        return not math.isfinite(lvl) or r.far_sum / r.n_far >= lvl - margin
 
     def _unpaired_rides(self, r: _Rid, *, approach: bool = False) -> bool:
         """Whether a new rid no rotated rid paired with is a rider's all the same.
@@ -3562,6 +3628,7 @@ class PresenceClassifier:
             return False  # it faded before it stopped: it left, it did not rotate
         if old.rid not in self._olds:
             self._pool_ivs[old.interval] = self._pool_ivs.get(old.interval, 0) + 1
+            old.pool_lvl = self._riders_lvl  # (its heir is judged against it: _heir_near)
         self._olds[old.rid] = (old, kind, visit)
         self._pairs_of(old)
         self._dirty = True

@@ -36,7 +36,7 @@ from busbell import (
 from busbell._echo import BEACON_LEN, bus_tag, parse_beacon
 from edge._beacon import beacon_stop_index
 from edge._checkpoint_pickle import CheckpointError, _Unpickler
-from edge._classifier import _ECHO_DEFAULTS, PresenceClassifier, State
+from edge._classifier import _ECHO_DEFAULTS, _LATER_DEFAULTS, PresenceClassifier, State
 from edge._params import ClassifierParams
 from edge._segment import SegmentDraft, SegmentEnd
 from edge._vehicle import VehicleContext, VehicleEvent
@@ -134,10 +134,12 @@ def _rid_objects(tuples: Any, cls: Any, slots: tuple[str, ...]) -> list[Any]:
     The values are set by name, so a checkpoint written with the slots in another order
     (before `_Rid`'s hot fields came first, they were alphabetical) restores the same. A
     checkpoint written before the echo was read has none of its slots: they get the
-    values of a rid that has heard no echo (:data:`edge._classifier._ECHO_DEFAULTS`).
+    values of a rid that has heard no echo (:data:`edge._classifier._ECHO_DEFAULTS`); one
+    written before a later field was kept, that field's default
+    (:data:`edge._classifier._LATER_DEFAULTS`).
     """
     i_start = slots.index("start")
-    missing = [(k, v) for k, v in _ECHO_DEFAULTS.items() if k not in slots]
+    missing = [(k, v) for k, v in (_ECHO_DEFAULTS | _LATER_DEFAULTS).items() if k not in slots]
     rows = []
     # (a slotted class: an empty record, not initialised; a class compiled by mypyc has no
     # __slots__ and its __new__ runs __init__: a record initialised, then overwritten)
@@ -307,11 +309,13 @@ class EdgePipeline:
             isinstance(saved_slots, list)
             and all(type(name) is str for name in saved_slots)
             and sorted(saved_slots)
-            in (
-                sorted(_RID_SLOTS),
-                sorted(set(_RID_SLOTS) - _ECHO_DEFAULTS.keys()),  # (before the echo)
-                sorted(set(_RID_SLOTS) - {"eo_t1"}),  # (before the stretch's latest advert)
-            )
+            in [
+                sorted(set(_RID_SLOTS) - echo - later)
+                # (before the echo; before the stretch's latest advert)
+                for echo in (set(), _ECHO_DEFAULTS.keys(), {"eo_t1"})
+                # (before the rotation pool's level)
+                for later in (set(), _LATER_DEFAULTS.keys())
+            ]
         ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")
         pipe, veh, cls = state.get("pipeline"), state.get("vehicle"), state.get("classifier")

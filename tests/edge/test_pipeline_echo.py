@@ -309,3 +309,18 @@ def test_a_checkpoint_from_before_the_stretchs_latest_advert_restores_without_it
             was.eo_n,
             was.eo_pts,
         )
+
+
+def test_a_checkpoint_from_before_the_pools_level_restores_without_it(tmp_path: Path) -> None:
+    """A checkpoint written before ``pool_lvl`` (the riders' level as a rid joined the
+    rotation pool, which a candidate's next rid is boarded near) restores every other field,
+    ``pool_lvl`` -inf: no pool level, the riders' level now alone judges that rid's heir
+    (:meth:`PresenceClassifier._heir_near`); so does one written before the echo too."""
+    feed, recs, first = _echoed_pipeline(tmp_path)
+    for names in ({"pool_lvl"}, {"pool_lvl", "eo_t1"}, {"pool_lvl", *_ECHO_DEFAULTS}):
+        pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
+        pipe.restore(_without_slots(first.snapshot(), names))
+        assert pipe.classifier._rids.keys() == first.classifier._rids.keys()
+        for rr in pipe.classifier._rids.values():
+            assert rr.pool_lvl == -math.inf
+            assert rr.n_adv == first.classifier._rids[rr.rid].n_adv
