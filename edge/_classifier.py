@@ -421,8 +421,9 @@ class _Rid:
         self.pred = _PRED_NONE
         self.pred_visit: StopVisit | None = None
         self.pool_lvl = -math.inf
-        """The riders' level as it joined the rotation pool (-inf: none, or never pooled):
-        a candidate's next rid is boarded only near it (:meth:`PresenceClassifier._heir_near`)."""
+        """The riders' level as it joined the rotation pool (-inf: none, taken from fewer than
+        ``_LEVEL_MIN_RIDERS`` riders, or never pooled): a candidate's next rid is boarded only
+        near it (:meth:`PresenceClassifier._heir_near`)."""
         self.visit: StopVisit | None = None
         self.convoy: float | None = None
         self.run_odo = 0.0
@@ -725,6 +726,9 @@ class PresenceClassifier:
         """The median baseline RSSI of the riders aboard, or, with none aboard now, of the
         riders when some were last aboard: the level at which this bus hears its riders
         (+inf until it has carried any)."""
+        self._n_lvl = 0
+        """How many riders' baselines the riders' level was last taken from (this tick's,
+        :meth:`_follow_riders`; 0: none aboard, the level as when riders were last aboard)."""
         self._unridden = False
         """A ride was discarded as never ridden since the last tick (:meth:`_unride`)."""
         self._rode_lvl: tuple[float, float, int | None] = (-math.inf, math.inf, None)
@@ -2412,6 +2416,7 @@ class PresenceClassifier:
         """The riders' level and the in-bus threshold from the riders aboard's baselines."""
         p = self.params
         levels.sort()
+        self._n_lvl = len(levels)
         if levels:  # else: as when riders were last aboard (the bus's shell is the same)
             self._riders_lvl = levels[len(levels) // 2]
             # the upper quartile for the events' evidence: the bus's own riders, even with
@@ -3075,18 +3080,19 @@ class PresenceClassifier:
         riders heard aboard the G6000 at about -85 dBm against its riders' -47; the
         heirs of pooled candidates were confirmed there (r-00032 among them), and
         settlement, seeing one rider on two buses, charged neither leg (``suspected_replay``).
-        With no riders' level (nobody carried) or ``in_bus_margin_db`` 0 (off), no test.
+        A level counts only if taken from ``_LEVEL_MIN_RIDERS`` riders or more (as the
+        in-bus threshold follows it, :meth:`_follow_riders`): one loud phone alone is no
+        level of the bus, and weak tokens aboard 25-30 dB below it are riders all the same.
+        With no such level or ``in_bus_margin_db`` 0 (off), no test.
         """
         margin = self.params.in_bus_margin_db
         if margin <= 0.0 or r.n_far <= 0:
             return True
-        lvl = self._riders_lvl
+        lvl = self._riders_lvl if self._n_lvl >= _LEVEL_MIN_RIDERS else -math.inf
         o = self._match.get(r.rid)
         got = self._olds.get(o) if o is not None else None
         if got is not None:
-            pool = got[0].pool_lvl
-            if math.isfinite(pool) and (pool > lvl or not math.isfinite(lvl)):
-                lvl = pool
+            lvl = max(lvl, got[0].pool_lvl)  # (-inf: none)
         return not math.isfinite(lvl) or r.far_sum / r.n_far >= lvl - margin
 
     def _unpaired_rides(self, r: _Rid, *, approach: bool = False) -> bool:
@@ -3628,7 +3634,8 @@ class PresenceClassifier:
             return False  # it faded before it stopped: it left, it did not rotate
         if old.rid not in self._olds:
             self._pool_ivs[old.interval] = self._pool_ivs.get(old.interval, 0) + 1
-            old.pool_lvl = self._riders_lvl  # (its heir is judged against it: _heir_near)
+            # (its heir is judged against it, if taken from riders enough: _heir_near)
+            old.pool_lvl = self._riders_lvl if self._n_lvl >= _LEVEL_MIN_RIDERS else -math.inf
         self._olds[old.rid] = (old, kind, visit)
         self._pairs_of(old)
         self._dirty = True
