@@ -312,9 +312,9 @@ class EdgePipeline:
             in [
                 sorted(set(_RID_SLOTS) - echo - later)
                 # (before the echo; before the stretch's latest advert)
-                for echo in (set(), _ECHO_DEFAULTS.keys(), {"eo_t1"})
+                for echo in (set[str](), _ECHO_DEFAULTS.keys(), {"eo_t1"})
                 # (before the rotation pool's level)
-                for later in (set(), _LATER_DEFAULTS.keys())
+                for later in (set[str](), _LATER_DEFAULTS.keys())
             ]
         ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")
