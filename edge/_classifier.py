@@ -1711,7 +1711,11 @@ class PresenceClassifier:
         first heard 4.5 s before BD006's doors opened, silent there, dropped, heard again
         751-779 m past BD006 and at BD008's doors: missed. A waiter at ``x`` who boards is
         heard at its doors (a dense rider so is boarded at ``x`` by the dense rules, and its
-        echo does not move that boarding); one who does not is not heard past them.
+        echo does not move that boarding); one who does not is not heard past them. And,
+        on the echo rule's own boarding only, a stretch first heard just past a later
+        stop's doors (within ``confirm_distance_m``, after they closed) counts once the bus
+        has heard it ``confirm_distance_m`` or more past the next stop served
+        (:meth:`_echo_through`, thirty-first pass).
         """
         assert w.close_t is not None
         assert w.close_odo_m is not None
@@ -1737,7 +1741,10 @@ class PresenceClassifier:
         for x in reversed(later):
             if r.eo_t0 < x.open_t:
                 if r.eo_odo0 < u_odo + self._co_d and not first:
-                    return False  # (just past a later stop: someone left, or who boarded, there)
+                    # just past a later stop: someone left, or who boarded, there; on the
+                    # echo rule's own boarding, one the bus then heard past the next stop's
+                    # doors rode on through it (:meth:`_echo_through`)
+                    return thin is not None and self._echo_through(r, x)
                 if r.eo_odo0 <= x.open_odo_m - self._co_d:
                     return True
                 # first heard as the bus drew near x: on the echo rule's own boarding, a
@@ -1755,6 +1762,22 @@ class PresenceClassifier:
             u_odo = x.close_odo_m
             first = False
         return first or r.eo_odo0 >= u_odo + self._co_d
+
+    def _echo_through(self, r: _Rid, x: StopVisit) -> bool:
+        """Whether the bus heard ``r``'s stretch ``confirm_distance_m`` or more past ``x``.
+
+        ``x``: the next stop served after the one whose doors the stretch was first heard
+        just past (after they closed, within ``confirm_distance_m``). Its latest echo point
+        lies past ``x``'s doors: it rode on with the bus through ``x``. Someone who left
+        the bus at the stop before is not heard a stop on; someone who boarded there
+        echoes that stop (the riders' echo names their own boarding stop: full scale,
+        tuning seeds 1-2, cells 23 and 25, 1 rider's stretch of 3,322 named another, with
+        no echo point). Full scale, tuning seed 2, cells 23 and 25, ``quiet_route``
+        r-00038 (BD004 -> BD010, echo since BD004): its first rid heard once 238 m past
+        BD005 (one point), its next rid first heard 53 m past BD006, then at four points
+        past BD009 and at BD010's doors: missed.
+        """
+        return x.close_odo_m is not None and r.eo_pt_odo >= x.close_odo_m + self._co_d
 
     def _echo_elsewhere(self, r: _Rid) -> bool:
         """Whether ``r``'s last ``echo_other_adverts`` echoes or more named another bus.

@@ -114,3 +114,26 @@ def test_where_the_bus_first_heard_the_stretch_counts() -> None:
     assert w.c._echo_near(r, s1)
     r.interval = math.floor(t3 / 600) + 1  # (its interval began after the stretch did)
     assert not w.c._echo_near(r, s1)
+
+
+THROUGH: Plan = {3: ((), (100.0,)), 4: ((), (300.0, 500.0)), 5: ((6.0, 8.0), ())}
+"""Boarded at S1, never heard at S1, S2 or S3: first heard 100 m past S3 (just past a later
+stop's doors), then 300 and 500 m past S4 and at S5's doors as it walks out (full scale,
+tuning seed 2, cells 23 and 25, ``quiet_route`` r-00038, BD004 -> BD010: its next rid first
+heard 53 m past BD006, then at four points past BD009 and at BD010's doors; echo since
+BD004)."""
+
+
+def test_a_stretch_first_heard_just_past_a_later_stop_boards_once_heard_past_the_next() -> None:
+    assert _thin(None, plan=THROUGH) == []
+    assert _thin(own(1), plan=THROUGH) == ["S1->S5"]
+    # the phone echoing the bus it rides, or the echo off: nobody
+    assert _thin(other(1), plan=THROUGH) == []
+    assert _thin(own(1), ClassifierParams(echo_evidence=False), plan=THROUGH) == []
+
+
+def test_a_stretch_first_heard_just_past_a_stop_and_gone_by_the_next_is_not_dated_back() -> None:
+    """First heard 100 m past S3, two points on that hop, heard at S4's doors, never past them:
+    someone who left the bus at S3, or boarded there, is heard so; S1 does not count."""
+    plan: Plan = {3: ((), (100.0, 300.0, 500.0)), 4: ((6.0, 8.0), ())}
+    assert not any(g.startswith("S1") for g in _thin(own(1), plan=plan))
