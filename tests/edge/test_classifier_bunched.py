@@ -23,7 +23,7 @@ import pytest
 
 from edge._classifier import PresenceClassifier, _Rid
 from tests.edge.compiled import interpreted_only
-from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
+from tests.edge.test_classifier import T0, Token, World, add_riders, by_name, ride
 
 ROT_DT = 130.0
 """Seconds after T0 the neighbour's rid ends: 110 s into the hop from S0 (1,100 m on)."""
@@ -48,18 +48,14 @@ def _beside(w: World) -> float | None:
     return -85.0 + _wobble(w)
 
 
-def _bunched_hop(*, riders_at: float = -47.0) -> tuple[World, Token, list[Token]]:
-    """Three riders aboard from S0; the neighbour's rid rotates 1,100 m into the hop."""
+def _bunched_hop(*, n: int = 3) -> tuple[World, Token, list[Token]]:
+    """``n`` riders aboard from S0 at -47 dBm; the neighbour's rid rotates 1,100 m into the
+    hop."""
     w = World()
-    riders = add_riders(w, riders_at)
+    riders = add_riders(w, -47.0, n=n)
     skew = math.ceil((T0 + ROT_DT) / 600.0) * 600.0 - (T0 + ROT_DT)
     nb = w.add(Token("nb", _beside, skew=skew))
-    w.dwell("S0", 20)
-    w.move(2000)
-    w.dwell("S1", 20)
-    w.move(500)
-    w.dwell("S2", 20)
-    w.move(300)
+    ride(w, ("S0", 20, 2000), ("S1", 20, 500), ("S2", 20, 300))
     w.finish()
     return w, nb, riders
 
@@ -91,17 +87,9 @@ def test_without_the_level_test_the_next_rid_is_boarded_from_s0(
 def test_a_weak_rider_aboard_is_boarded_with_few_riders_in_the_level() -> None:
     """With fewer than three riders in the level it says nothing (one loud phone is no
     level of the bus): the same next rid boards as before."""
-    w = World()
-    (rd,) = add_riders(w, -47.0, n=1)
-    skew = math.ceil((T0 + ROT_DT) / 600.0) * 600.0 - (T0 + ROT_DT)
-    nb = w.add(Token("nb", _beside, skew=skew))
-    w.dwell("S0", 20)
-    w.move(2000)
-    w.dwell("S1", 20)
-    w.move(500)
-    w.finish()
+    w, nb, (rd,) = _bunched_hop(n=1)
     assert _rides(w, nb) == [("S0", "S1")]
-    assert _rides(w, rd) == [("S0", "S1")]
+    assert _rides(w, rd) == [("S0", "S2")]
 
 
 def _heir(c: PresenceClassifier, *, mean: float, pool_lvl: float) -> _Rid:
@@ -157,12 +145,7 @@ def _drawn_up() -> tuple[World, Token]:
     w = World()
     add_riders(w, -47.0)
     tok = w.add(Token("ab", _behind))
-    w.dwell("S0", 20)
-    w.move(1000)
-    w.dwell("S1", 15)
-    w.move(1200)
-    w.dwell("S2", 20)
-    w.move(300)
+    ride(w, ("S0", 20, 1000), ("S1", 15, 1200), ("S2", 20, 300))
     w.finish()
     return w, tok
 
