@@ -1545,8 +1545,7 @@ class PresenceClassifier:
         hop under its first rid, its next rid heard in the bus standing at BD009 only, its
         own candidacy there; each rid too thin alone: missed.
         """
-        o = self._match.get(r.rid)
-        got = self._olds.get(o) if o is not None else None
+        got = self._matched_old(r)
         if got is None:
             return False
         old = got[0]
@@ -3111,12 +3110,23 @@ class PresenceClassifier:
         margin = self.params.in_bus_margin_db
         if margin <= 0.0 or r.n_far <= 0:
             return True
-        lvl = self._riders_lvl if self._n_lvl >= _LEVEL_MIN_RIDERS else -math.inf
-        o = self._match.get(r.rid)
-        got = self._olds.get(o) if o is not None else None
+        lvl = self._counted_level()
+        got = self._matched_old(r)
         if got is not None:
             lvl = max(lvl, got[0].pool_lvl)  # (-inf: none)
         return not math.isfinite(lvl) or r.far_sum / r.n_far >= lvl - margin
+
+    def _matched_old(self, r: _Rid) -> tuple[_Rid, int, StopVisit | None] | None:
+        """The pooled old rid the rotation pairing gave ``r`` to: ``(old, kind, visit)``."""
+        o = self._match.get(r.rid)
+        return self._olds.get(o) if o is not None else None
+
+    def _counted_level(self) -> float:
+        """The riders' level, if taken this tick from ``_LEVEL_MIN_RIDERS`` riders or more.
+
+        Else -inf (none): one loud phone is no level of the bus.
+        """
+        return self._riders_lvl if self._n_lvl >= _LEVEL_MIN_RIDERS else -math.inf
 
     def _unpaired_rides(self, r: _Rid, *, approach: bool = False) -> bool:
         """Whether a new rid no rotated rid paired with is a rider's all the same.
@@ -3287,8 +3297,7 @@ class PresenceClassifier:
         rules (a sparse candidate is kept through silences and boards on co-movement)
         instead of being dropped at a strong token's fade time. Returns whether it did.
         """
-        o = self._match.get(r.rid)
-        got = self._olds.get(o) if o is not None and r.pred == _PRED_CANDIDATE else None
+        got = self._matched_old(r) if r.pred == _PRED_CANDIDATE else None
         if got is None or got[2] is None or got[2].close_odo_m is None:
             return False
         old, visit = got[0], got[2]
@@ -3658,7 +3667,7 @@ class PresenceClassifier:
         if old.rid not in self._olds:
             self._pool_ivs[old.interval] = self._pool_ivs.get(old.interval, 0) + 1
             # (its heir is judged against it, if taken from riders enough: _heir_near)
-            old.pool_lvl = self._riders_lvl if self._n_lvl >= _LEVEL_MIN_RIDERS else -math.inf
+            old.pool_lvl = self._counted_level()
         self._olds[old.rid] = (old, kind, visit)
         self._pairs_of(old)
         self._dirty = True
