@@ -66,6 +66,8 @@ class MissedRecord:
     assist: bool
     source: str | None
     check: str
+    wait_expires_t: float | None = None
+    """The wait's ``expires_t`` (its lifetime: ``wait_t`` up to it), from the record."""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -76,6 +78,7 @@ class MissedRecord:
             "request_id": self.request_id,
             "trip_id": self.trip_id,
             "wait_t": self.wait_t,
+            "wait_expires_t": self.wait_expires_t,
             "passed_t": self.passed_t,
             "distance_m": self.distance_m,
             "speed_mps": self.speed_mps,
@@ -252,6 +255,7 @@ async def missed_report(
             assist=wait.get("assist") is True,
             source=wait.get("source") if isinstance(wait.get("source"), str) else None,
             check=check,
+            wait_expires_t=_number(wait.get("expires_t")),
         )
         key = (row.route_id, row.stop_id)
         if key not in by_stop:
@@ -265,6 +269,30 @@ def _when(t: float | None, tz: dt.tzinfo) -> str:
     if t is None:
         return "-"
     return dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _span(s: float) -> str:
+    s = round(s)
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def _wait_made(r: MissedRecord, tz: dt.tzinfo) -> str:
+    """When the wait was made, and how long before the bus passed.
+
+    ``wait_t`` is the time the backend stamped on the wait (the rider API's clock, or the
+    stop call unit's), ``passed_t`` the bus's (its GNSS clock): one time line in service.
+    A wait stamped after the pass, or before it by more than its lifetime, was stamped on
+    another clock (the edge would not have held it): the report says so instead of
+    printing the two as if they were one.
+    """
+    made = _when(r.wait_t, tz)
+    same_day = made[:10] == _when(r.passed_t, tz)[:10]
+    text = f"wait made {made[11:] if same_day else made}"
+    lead = r.passed_t - r.wait_t
+    lifetime = None if r.wait_expires_t is None else r.wait_expires_t - r.wait_t
+    if lead < 0 or (lifetime is not None and lead > lifetime):
+        return f"{text} (by another clock than the bus's: not comparable with the pass)"
+    return f"{text}, {_span(lead)} before"
 
 
 def format_report(report: MissedReport, tz: dt.tzinfo = dt.UTC) -> list[str]:
@@ -293,9 +321,7 @@ def format_report(report: MissedReport, tz: dt.tzinfo = dt.UTC) -> list[str]:
                 how = []
                 if r.distance_m is not None and r.speed_mps is not None:
                     how.append(f"passed {r.distance_m:.0f} m away at {r.speed_mps:.1f} m/s")
-                made = _when(r.wait_t, tz)
-                same_day = made[:10] == _when(r.passed_t, tz)[:10]
-                how.append(f"wait made {made[11:] if same_day else made}")
+                how.append(_wait_made(r, tz))
                 if r.assist:
                     how.append("assistance asked")
                 lines.append(

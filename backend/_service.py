@@ -118,6 +118,7 @@ async def run_service(config_path: Any = None, *, stop: asyncio.Event | None = N
         feed=feed,
         wait_rules=config.waits.rules(),
         auth=ApiAuth.from_settings(config.api),
+        clock=config.api.clock(),
     )
     assert state.waits is not None
     await state.waits.restore()

@@ -8,7 +8,10 @@ overridable from the environment as ``BUSBELL_<SECTION>__<KEY>`` (e.g. ``BUSBELL
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -446,6 +449,10 @@ class FilesSettings:
     gtfs: Path | None = option(None, doc="GTFS static directory (stops, routes, trips).")
 
 
+def _simulated_time(t: float, at_unix: float, speed: float) -> float:
+    return t + (time.time() - at_unix) * speed
+
+
 @dataclass(frozen=True, slots=True)
 class ApiSettings:
     """The rider/ops HTTP API (``[api]``)."""
@@ -491,9 +498,38 @@ class ApiSettings:
     enrol_per_hour: float = option(
         20.0, doc="Enrolments per hour per client address without operator credentials."
     )
+    clock_t: float | None = option(
+        None,
+        doc=(
+            "A simulated clock for the API (busbell demo, whose buses run on their "
+            "scenario's date at --speed): at UNIX time clock_at_unix it reads clock_t (UNIX "
+            "seconds) and it runs clock_speed times as fast. It stamps the riders' waits "
+            "and their lifetimes, ages the buses' positions and dates GTFS-Realtime, so "
+            "that they share the buses' clock. Empty: the wall clock."
+        ),
+    )
+    clock_at_unix: float | None = option(
+        None, doc="The UNIX time at which the simulated clock reads clock_t."
+    )
+    clock_speed: float = option(
+        1.0, doc="How many seconds the simulated clock runs per second (with clock_t)."
+    )
+
+    def clock(self) -> Callable[[], float]:
+        """The API's clock: the wall clock, or the simulated one of ``clock_t``."""
+        if self.clock_t is None or self.clock_at_unix is None:
+            return time.time
+        return functools.partial(
+            _simulated_time, self.clock_t, self.clock_at_unix, self.clock_speed
+        )
 
     def __post_init__(self) -> None:
         from backend._auth import OperatorRegistry
+
+        if (self.clock_t is None) != (self.clock_at_unix is None):
+            raise ValueError("api.clock_t and api.clock_at_unix go together")
+        if not (math.isfinite(self.clock_speed) and self.clock_speed > 0):
+            raise ValueError("api.clock_speed must be positive")
 
         OperatorRegistry(self.operators)  # a clear error for a malformed entry
         if self.max_body_bytes < 1024:

@@ -68,6 +68,11 @@ every process it started and exits 128 + the signal: 130 (Ctrl-C), 143 (SIGTERM)
 DEMO_PREFIX = "busbell-demo/{run_id}/v1"
 """The topic prefix of a demo run without ``--prefix``."""
 
+START_LEAD_S = 6.0
+START_LEAD_PER_BUS_S = 1.5
+"""The scenario starts this long after the backend is started (plus this per bus): the
+time the backend and the edges take to come up (a bus that starts later catches up)."""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -114,6 +119,7 @@ class DemoPlan:
     truth: dict[str, Any] = field(default_factory=dict)
     """The generated scenario's ``truth.json``."""
     own_prefix: bool = False
+    """Whether ``prefix`` is this run's own (derived from ``run_id``, not given)."""
     skip_bus: str | None = None
     """The bus that drives past a stop (a rider app waits there: a missed stop)."""
     operator_entry: str = ""
@@ -121,7 +127,10 @@ class DemoPlan:
     operator_token: str = ""
     stopped_early: bool = False
     """Whether the run was stopped (Ctrl-C, --duration) before the simulation ended."""
-    """Whether ``prefix`` is this run's own (derived from ``run_id``, not given)."""
+    start_unix: float | None = None
+    """The UNIX time at which the scenario's start plays: the one clock of the run (the
+    buses' scenario time at ``speed``, which the backend's API keeps too), so a wait a
+    rider app makes and the bus passing the stop are stamped on one time line."""
 
     def __post_init__(self) -> None:
         if not self.prefix:
@@ -168,6 +177,27 @@ class DemoPlan:
             f'signing_key = "{self.signing_key_path}"\n\n'
             f'[api]\nhost = "127.0.0.1"\nport = {self.api_port}\n'
             + (f"operators = [{json.dumps(self.operator_entry)}]\n" if self.operator_entry else "")
+            + self._api_clock_toml()
+        )
+
+    def _api_clock_toml(self) -> str:
+        """The API's clock: the buses' (the scenario's date at ``speed``), not the wall's.
+
+        The buses stamp what they sign (a missed stop's ``passed.t``) with their GNSS
+        clock, which reads the scenario's time; the rider API stamps a wait (``t``,
+        ``expires_t``) with its own. On the wall clock a missed stop's wait was made
+        months after the bus passed; on this one it is made before, as it was. With it,
+        ``[waits] cutoff_stops = 0``: the riders' waits are not refused for a bus too close.
+        """
+        if self.start_unix is None or "t_start" not in self.truth:
+            return ""
+        return (
+            f"clock_t = {float(self.truth['t_start'])!r}\n"
+            f"clock_at_unix = {self.start_unix!r}\nclock_speed = {float(self.speed)!r}\n"
+            # The scenarios' riders ask for the bus as they reach the stop, often with it a
+            # stop or two away: the rule refusing those (cutoff_stops) is waived, as it was
+            # in effect when the API's clock was not the buses' (their positions were stale).
+            "\n[waits]\ncutoff_stops = 0\n"
         )
 
     def sim_args(self, bus: str) -> list[str]:
@@ -178,6 +208,8 @@ class DemoPlan:
             *("--speed", str(self.speed), "--prefix", self.prefix, "--scenario-time"),
             *("--adv-target", f"tcp://127.0.0.1:{self.stream_ports[bus]}"),
         ]
+        if self.start_unix is not None:
+            args += ["--start-unix", repr(self.start_unix)]
         if self.skip_bus is not None:
             args += ["--skip-stop", self.skip_bus]
         if self.operator_token:
@@ -453,7 +485,7 @@ def _bells_summary(plan: DemoPlan, db: Path, out: IO[str]) -> None:
     if missed:
         out.write(
             f"  see: busbell backend missed-report --db sqlite+aiosqlite:///{db} "
-            f"--gtfs {plan.scn / 'gtfs'} --since 0\n"
+            f"--gtfs {plan.scn / 'gtfs'} --since {int(plan.truth.get('t_start', 0))}\n"
         )
 
 
@@ -506,6 +538,8 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         out.write(demo_length_line(plan.truth, plan.speed, a.grace) + "\n")
         if not plan.own_prefix:  # a new prefix holds nothing yet
             asyncio.run(_clear_retained(plan))
+        # the run's one clock: the scenario's start plays once every process is up
+        plan.start_unix = round(time.time() + START_LEAD_S + START_LEAD_PER_BUS_S * len(plan.buses))
         (workdir / "backend.toml").write_text(plan.backend_toml())
         backend = procs.start(
             "backend", ["backend", "run", "--config", str(workdir / "backend.toml")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import time
@@ -151,6 +152,7 @@ async def run_live(
     on_start: Callable[[LiveRun], None] | None = None,
     waits_api: str | None = None,
     api_token: str | None = None,
+    start_unix: float | None = None,
 ) -> LiveRun:
     """Play one bus of a scenario live.
 
@@ -179,6 +181,11 @@ async def run_live(
             there (``POST /riders/{rider_id}/waits``), as their phones do, instead of
             being published on MQTT; stop call units still publish on MQTT.
         api_token: bearer token for ``waits_api`` (an operator's, ``riders:write``).
+        start_unix: play the scenario's start (``truth.json`` ``t_start``) at this UNIX
+            time, so that every bus of the scenario played with the same value keeps
+            one clock with the others (and with a backend whose ``[api] clock_t`` is
+            ``t_start`` at ``clock_at_unix`` = this, ``clock_speed`` = ``speed``); a bus
+            started later catches up. ``None``: this bus's first record plays as it starts.
 
     With ``options.skip_stop_bus`` naming this bus, the bus drives past a stop nobody
     uses and a rider app asks it to stop there 4 minutes (scenario time) before: a
@@ -208,7 +215,42 @@ async def run_live(
             on_start=on_start,
             waits_api=waits_api,
             api_token=api_token,
+            start_unix=start_unix,
         )
+
+
+async def _stand_until_first_fix(
+    session: MqttSession,
+    topics: Topics,
+    bus_id: str,
+    records: list[TraceRecord],
+    *,
+    wall0: float,
+    t_first: float,
+    speed: float,
+    clock: Callable[[], float],
+) -> None:
+    """Until the bus's first fix plays, its receiver has a fix where it stands, once a second.
+
+    A shared start (``start_unix``) leaves a bus waiting before its first record. Its
+    edge's clock is the system clock until a fix comes, but the run's clock is the
+    scenario's date: a rider's wait (stamped by that clock) that came first would look
+    long expired to the edge. With these fixes (each at the run's time then) the edge
+    keeps the run's clock from the start, as a bus's receiver has its fix before the
+    bus leaves the depot.
+    """
+    first = next((r for r in records if isinstance(r, GnssRecord)), None)
+    if first is None:
+        return
+    first_at = wall0 + (first.t - t_first) / speed
+    while (ahead := first_at - clock()) > 0.5:
+        fix = dataclasses.replace(first, t=round(first.t - ahead * speed, 3), speed_mps=0.0)
+        obj = record_to_json(fix)
+        obj.pop("kind", None)
+        await session.publish(
+            topics.vehicle(bus_id, "gnss"), json.dumps(obj, separators=(",", ":")), qos=1
+        )
+        await asyncio.sleep(min(1.0, ahead - 0.5))
 
 
 def _is_loopback(host: str) -> bool:
@@ -277,6 +319,7 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
     on_start: Callable[[LiveRun], None] | None,
     waits_api: str | None,
     api_token: str | None,
+    start_unix: float | None,
 ) -> LiveRun:
     if speed <= 0:
         raise ValueError("speed must be positive")
@@ -347,12 +390,28 @@ async def _run_live(  # noqa: PLR0912, PLR0915 - one linear script of a live run
     if not items:
         return stats
     t_first = items[0][0]
+    if start_unix is not None:
+        t_first = run.result.t0
     client_id = mqtt.client_id or f"busbell-sim-{bus_id}"
     _log().info("live_started", scenario=name, bus_id=bus_id, records=len(items), speed=speed)
     try:
         async with MqttSession(mqtt, client_id, clean_start=True) as session:
             wall0 = clock()
             stats.t_first, stats.wall_start = t_first, time.time()
+            if start_unix is not None:
+                # the scenario's start plays at start_unix on every bus's run
+                wall0 += start_unix - stats.wall_start
+                stats.wall_start = start_unix
+                await _stand_until_first_fix(
+                    session,
+                    topics,
+                    bus_id,
+                    records,
+                    wall0=wall0,
+                    t_first=t_first,
+                    speed=speed,
+                    clock=clock,
+                )
             if on_start is not None:
                 on_start(stats)
             for t, order, item in items:

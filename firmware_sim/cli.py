@@ -216,6 +216,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=None,
         help="bearer token for --waits-api (an operator token with riders:write)",
     )
+    rn.add_argument(
+        "--start-unix",
+        type=float,
+        default=None,
+        metavar="UNIX",
+        help="play the scenario's start (truth.json t_start) at this UNIX time: buses played "
+        "with the same value share one clock (default: this bus's first record plays as it "
+        "starts)",
+    )
     return p
 
 
@@ -586,6 +595,7 @@ def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
                 on_start=start,
                 waits_api=a.waits_api,
                 api_token=a.api_token,
+                start_unix=a.start_unix,
             )
         )
     except (RuntimeError, ValueError, OSError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ from backend._api import ApiState, create_app
 from backend._db import create_engine, devices, migrate, missed_stops
 from backend._ingest import IngestCore, Ingestor
 from backend._keys import register_device
-from backend._missed import format_report, missed_report
+from backend._missed import (
+    MissedRecord,
+    MissedReport,
+    StopMissed,
+    format_report,
+    missed_report,
+)
 from busbell import GENESIS_PREV, derive_missed_event_id, event_hash, load_gtfs, sign_event
 from busbell._signing import PublicKey
 from tests.factories.backend_world import missed_fields, write_gtfs
@@ -29,14 +36,22 @@ from tests.factories.fare_events import batch_payload, device_key_for
 T0 = 1_764_000_000.0
 
 
-def chain(bus_id: str, misses: list[tuple[str, str, float]]) -> list[dict[str, Any]]:
-    """A bus's chain of ``missed`` records: (route, stop, passed time) each."""
+def chain(
+    bus_id: str, misses: list[tuple[str, str, float]], wait_t: float | None = None
+) -> list[dict[str, Any]]:
+    """A bus's chain of ``missed`` records: (route, stop, passed time) each.
+
+    ``wait_t``: every wait stamped at this time (with its lifetime of 900 s), not 120 s
+    before its pass.
+    """
     key = device_key_for(bus_id)
     out: list[dict[str, Any]] = []
     prev = GENESIS_PREV
     for seq, (route, stop, t) in enumerate(misses, start=1):
         request_id = f"w-{bus_id}-{seq}"
         ev = missed_fields(request_id, stop, t, route_id=route)
+        if wait_t is not None:
+            ev["wait"] |= {"t": wait_t, "expires_t": wait_t + 900.0}
         ev |= {
             "bus_id": bus_id,
             "seq": seq,
@@ -104,6 +119,66 @@ async def test_the_report_counts_missed_stops_per_route_and_stop_and_verifies_th
             and "assistance asked" in line
             and line.endswith("[verified]")
             for line in lines
+        )
+        # both times on one clock: the wait 2 min before the pass (UTC here)
+        (line,) = [line for line in lines if "w-bus-1-1 " in line]
+        assert line.startswith("    2025-11-24 16:00:00  ")
+        assert "wait made 15:58:00, 2 min 00 s before," in line
+    finally:
+        await eng.dispose()
+
+
+async def test_a_wait_stamped_on_another_clock_than_the_pass_is_said_to_be(db_url: str) -> None:
+    """The demo's buses ran on their scenario's date (GNSS at --speed) while its rider API
+    stamped waits with the wall clock: a missed stop's wait was "made" months after the
+    bus passed, and the report printed the two times side by side as one time line. A
+    wait stamped after the pass (or before it by more than its lifetime) is now called
+    what it is; the demo's API keeps the buses' clock (tests/busbell/test_demo.py)."""
+    eng = create_engine(db_url)
+    await migrate(eng)
+    try:
+        async with eng.begin() as conn:
+            await register_device(conn, "bus-1", device_key_for("bus-1").public, now=1.0)
+        ing = Ingestor(eng, IngestCore(), worker_id="t")
+        await ing.refresh_devices()
+        later = T0 + 270 * 86400.0  # the wall clock, months after the scenario's date
+        events = chain("bus-1", [("R1", "S05", T0)], wait_t=later)
+        assert (await ing.ingest([("bus-1", batch_payload("bus-1", events))])).acks == {"bus-1": 1}
+        lines = format_report(await missed_report(eng, since=0))
+        (after,) = [line for line in lines if "w-bus-1-1 " in line]
+        assert "2025-11-24 16:00:00" in after
+        assert (
+            "wait made 2026-08-21 16:00:00 (by another clock than the bus's: not "
+            "comparable with the pass)" in after
+        )
+        too_early = MissedRecord(
+            bus_id="bus-2",
+            seq=1,
+            event_id="e",
+            request_id="w-2",
+            route_id="R1",
+            trip_id=None,
+            stop_id="S05",
+            wait_t=T0,
+            passed_t=T0 + 5000,
+            distance_m=None,
+            speed_mps=None,
+            assist=False,
+            source="app",
+            check="verified",
+            wait_expires_t=T0 + 900,
+        )
+        report = MissedReport(None, None, [StopMissed("R1", "S05", None, [too_early])])
+        assert "(by another clock than the bus's" in format_report(report)[-1]
+        assert (
+            "1 min 23 s before"
+            in format_report(
+                MissedReport(
+                    None,
+                    None,
+                    [StopMissed("R1", "S05", None, [replace(too_early, passed_t=T0 + 83)])],
+                )
+            )[-1]
         )
     finally:
         await eng.dispose()

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -239,6 +240,34 @@ def test_two_demos_on_one_broker_use_different_client_ids(tmp_path: Path) -> Non
     assert not first & second
 
 
+def test_the_demo_backend_api_keeps_the_buses_clock(tmp_path: Path) -> None:
+    """The buses play the scenario's date at --speed from ``start_unix``; the backend's API
+    clock is configured to read the same (every sim gets the same start)."""
+    from backend.config import ApiSettings
+    from busbell._demo import DemoPlan
+
+    plan = DemoPlan(prefix="", **_plan_args(tmp_path))
+    plan.truth = {"t_start": 1_773_116_390.0}
+    assert "clock_t" not in plan.backend_toml()  # no start chosen: the wall clock
+    assert "--start-unix" not in plan.sim_args("bus-55-01")
+    plan.start_unix = time.time() + 10
+    backend = tomllib.loads(plan.backend_toml())
+    api = backend["api"]
+    # the scenarios' riders ask as they reach the stop: not refused for a bus too close
+    assert backend["waits"] == {"cutoff_stops": 0}
+    clock = ApiSettings(
+        clock_t=api["clock_t"], clock_at_unix=api["clock_at_unix"], clock_speed=api["clock_speed"]
+    ).clock()
+    assert clock() == pytest.approx(1_773_116_390.0 - 10 * plan.speed, abs=plan.speed)
+    with pytest.raises(ValueError, match="go together"):
+        ApiSettings(clock_t=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        ApiSettings(clock_t=1.0, clock_at_unix=2.0, clock_speed=0.0)
+    args = plan.sim_args("bus-55-01")
+    assert args[args.index("--start-unix") + 1] == repr(plan.start_unix)
+    assert args[args.index("--speed") + 1] == str(plan.speed)
+
+
 def test_a_demo_without_a_prefix_gets_one_of_its_own(tmp_path: Path) -> None:
     """Two demos on one broker must not see each other's buses, bells and retained state:
     without --prefix each run has its own topic prefix; a given prefix is kept."""
@@ -461,3 +490,15 @@ def test_the_demo_bus_that_skips_a_stop_records_a_signed_missed_stop(
     ).stdout
     assert ": 1 (1 verified)" in report
     assert f"({skipped['stop_id']}): 1 missed, by bus-55-01 (1)" in report
+    # one clock end to end: the rider API stamps the wait on the buses' clock (the
+    # scenario's date at --speed), so it was made before the bus passed, within its
+    # lifetime; on the wall clock it was "made" months after the pass
+    with contextlib.closing(sqlite3.connect(work / "backend.db")) as conn:
+        ((wait_t, expires_t, passed_t),) = conn.execute(
+            "SELECT json_extract(record, '$.wait.t'), json_extract(record, '$.wait.expires_t'),"
+            " passed_t FROM missed_stops"
+        ).fetchall()
+    assert wait_t < passed_t < expires_t, (wait_t, passed_t, expires_t)
+    assert truth["t_start"] - 60 <= wait_t <= skipped["t"], (wait_t, truth["t_start"])
+    made = re.search(r"wait made (\d\d:\d\d:\d\d), (\d+ min )?\d+ s before", report)
+    assert made, report
