@@ -162,6 +162,16 @@ class TailFormatter:
         elif (offset := _num(clock.get("offset_s"))) is not None:
             self._skew[bus] = offset
 
+    def _route_skew(self, route: str | None) -> float:
+        """The buses' clock minus ours for what the backend stamps about a route (waits).
+
+        A wait's ``t`` and ``expires_t`` are on the buses' time line (the backend's clock
+        is theirs: UTC in service, the scenario's date in ``busbell demo``): they are
+        measured on the clock of a bus of that route, or of any bus, once one is known.
+        """
+        known = [b for b in self._skew if self._bus_route.get(b) == route] or list(self._skew)
+        return self._skew[known[-1]] if known else 0.0
+
     def stop(self, stop_id: Any) -> str:
         """``Name (id)`` when the name is known, else the id."""
         sid = str(stop_id)
@@ -280,7 +290,10 @@ class TailFormatter:
             )
         who = "/".join(parsed.ids.values()) or "-"
         if parsed.kind == "wait":
-            text, who = self._wait(parsed.ids, body, now), "-"
+            text, who = (
+                self._wait(parsed.ids, body, now + self._route_skew(parsed.ids["route"])),
+                "-",
+            )
         elif parsed.kind == "request_status" and body is not None:
             text, who = self._status(parsed.ids, body), "-"
         elif parsed.kind == "display" and body is not None:
@@ -295,7 +308,14 @@ class TailFormatter:
         if t is not None and parsed.kind != "fares":
             if parsed.kind == "status" and bus is not None:
                 self._learn_clock(bus, body)
-            skew = 0.0 if bus is None else self._skew.get(bus)
+            if bus is not None:
+                skew = self._skew.get(bus)
+            else:  # a wait, or the backend's status of one: on the buses' time line
+                route = (
+                    parsed.ids.get("route")
+                    or self._requests.get(parsed.ids.get("request", ""), ("", ""))[0]
+                )
+                skew = self._route_skew(route or None)
             if skew is not None:
                 age = f" (age {_age(now + skew - t)})"
             if parsed.kind in ("display", "vehicle_gnss") and not msg.retain:

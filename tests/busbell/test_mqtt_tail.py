@@ -374,11 +374,40 @@ def test_ages_of_what_a_bus_says_use_the_bus_clock() -> None:
     assert "(age 3.0s)" in (fmt.format(MqttMessage(t.request_status("w-1"), st, True, 1)) or "")
     disp = json.dumps({"bus_id": "b1", "t": bus_t - 12, "route_id": "11"}).encode()
     assert "(age 12s)" in (fmt.format(MqttMessage(t.display("b1"), disp, True, 1)) or "")
-    # the backend's own statuses (no bus) are on our clock
+    # the backend's own statuses (no bus) are on the buses' time line too (its clock is
+    # theirs: UTC in service, the scenario's in the demo)
     mine = json.dumps(
-        {"request_id": "w-2", "state": "pending", "bus_id": None, "t": now - 1}
+        {"request_id": "w-2", "state": "pending", "bus_id": None, "t": bus_t - 1}
     ).encode()
     assert "(age 1.0s)" in (fmt.format(MqttMessage(t.request_status("w-2"), mine, True, 1)) or "")
+
+
+def test_a_wait_is_measured_on_the_buses_clock() -> None:
+    """The demo's waits are stamped on its buses' clock (the scenario's date): the tail
+    said 'EXPIRED (age 6548h16m)' of a live one, measuring it on the wall clock."""
+    from busbell._tail import TailFormatter
+
+    t = Topics("x/busbell/v1")
+    now = 1_796_668_600.0
+    bus_t = 1_773_094_960.0
+    fmt = TailFormatter(t, clock=lambda: now)
+    wait = {"request_id": "w-1", "route_id": "17", "stop_id": "S3", "source": "app"}
+    wait |= {"t": bus_t - 60, "expires_t": bus_t + 840, "assist": False}
+
+    def wait_line() -> str:
+        msg = MqttMessage(t.wait("17", "S3", "w-1"), json.dumps(wait).encode(), True, 1)
+        return fmt.format(msg) or ""
+
+    # no bus clock known yet: ours (as in service, where they agree)
+    assert "EXPIRED" in wait_line()
+    status = {"bus_id": "b9", "t": bus_t, "clock": {"source": "gnss", "offset_s": bus_t - now}}
+    fmt.format(MqttMessage(t.status("b9"), json.dumps(status).encode(), False, 1))
+    first = wait_line()
+    assert "app  expires in 14m00s (age 1m00s) [retained]" in first, first
+    # a bus of the wait's route is preferred to another bus
+    disp = {"bus_id": "b1", "t": bus_t + 600, "route_id": "17"}
+    fmt.format(MqttMessage(t.display("b1"), json.dumps(disp).encode(), False, 1))
+    assert "expires in 4m00s (age 11m00s)" in wait_line(), wait_line()
 
 
 def test_refused_payloads_are_counted_logged_and_shown_with_the_reason() -> None:

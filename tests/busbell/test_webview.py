@@ -37,7 +37,9 @@ async def test_the_fleet_view_shows_buses_waits_and_statuses_in_words(
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed (run .ci/run, or apt-get install chromium)")
     t = Topics(topic_prefix)
-    now = time.time()
+    # the buses' clock, which the backend's waits and statuses are on too: a simulated date
+    # months from this browser's (the demo's scenario time)
+    now = time.time() - 200 * 86400
     gtfs = tmp_path / "gtfs"
     gtfs.mkdir()
     (gtfs / "stops.txt").write_text(
@@ -143,6 +145,9 @@ async def test_the_fleet_view_shows_buses_waits_and_statuses_in_words(
     # the wait in words: route, GTFS stop name, its state
     assert "Route 11 at Market (S09): MISSED by bus-2: waiting for the next bus" in text
     assert "rider app" in text
+    # measured on the buses' clock: not "expired", not "4800 h ago"
+    assert "rider app, expires in 10 min; w-abc" in text, text
+    assert " h ago" not in text, text
     assert "sr-1: driver of bus-1 acknowledged" in text
     waits_html = dom[dom.index('id="waits"') : dom.index('id="requests"')]
     assert '{"' not in waits_html  # not raw JSON
