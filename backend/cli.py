@@ -14,6 +14,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -399,7 +400,8 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
         type=_when_arg,
         default=None,
         help="from this time: UNIX seconds, ISO date/time (UTC unless it says), or a time "
-        "ago written with '=': --since=-24h, --since=-7d, --since=-30m (default: 7 days ago)",
+        "ago written with '=': --since=-24h, --since=-7d, --since=-30m (default: 7 days ago; "
+        "ago is on the backend's clock, [api] clock_t when the config sets one)",
     )
     mr.add_argument("--until", type=_when_arg, default=None, help="before this time (same forms)")
     mr.add_argument("--route", default=None, help="only this route")
@@ -436,7 +438,18 @@ def _build_parser(prog: str) -> argparse.ArgumentParser:
     return ap
 
 
-def _when_arg(text: str) -> float:
+@dataclass(frozen=True, slots=True)
+class _Ago:
+    """A time given as how long ago: resolved on the backend's clock (``[api] clock_t``)."""
+
+    seconds: float
+
+
+def _when(value: float | _Ago | None, now: float) -> float | None:
+    return now - value.seconds if isinstance(value, _Ago) else value
+
+
+def _when_arg(text: str) -> float | _Ago:
     """A time: UNIX seconds, ISO 8601 (naive means UTC), or ``-Nd``/``-Nh``/``-Nm`` ago."""
     import datetime as dt
     import re
@@ -445,7 +458,7 @@ def _when_arg(text: str) -> float:
     m = re.fullmatch(r"-(\d+(?:\.\d+)?)([dhm])", text)
     if m:
         unit = {"d": 86400, "h": 3600, "m": 60}[m.group(2)]
-        return time.time() - float(m.group(1)) * unit
+        return _Ago(float(m.group(1)) * unit)
     try:
         return _float_arg(text)
     except argparse.ArgumentTypeError:
@@ -580,14 +593,17 @@ def _missed_report(args: argparse.Namespace) -> int:
     gtfs = args.gtfs or config.files.gtfs
     feed = load_gtfs(gtfs) if gtfs is not None else None
     names = {sid: s.name for sid, s in feed.stops.items() if s.name} if feed else {}
-    since = args.since if args.since is not None else time.time() - 7 * 86400
+    # "ago" on the backend's clock: the demo's is its buses' (the scenario's date)
+    now = config.api.clock()()
+    since = _when(args.since, now) if args.since is not None else now - 7 * 86400
+    until = _when(args.until, now)
 
     result = _read_ledger(
         args.db or config.database,
         lambda engine: missed_report(
             engine,
             since=since,
-            until=args.until,
+            until=until,
             route_id=args.route,
             stop_id=args.stop,
             bus_id=args.bus,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,19 @@ def test_the_cli_prints_the_report(tmp_path: Path) -> None:
     )
     assert r.stdout.startswith("missed stops ")
     assert ": 0" in r.stdout  # T0 is long ago
+    # on a backend whose clock is its buses' (the demo's: the scenario's date), the default
+    # window and the times "ago" are on that clock, not the wall clock
+    cfg = tmp_path / "backend.toml"
+    cfg.write_text(f"[api]\nclock_t = {T0 + 10_000}\nclock_at_unix = {time.time()}\n")
+    for extra, want in (([], ": 5 (5 verified)"), (["--since=-1h"], ": 2 (2 verified)")):
+        r = subprocess.run(
+            [*base, "--config", str(cfg), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert r.stdout.splitlines()[0].endswith(want), r.stdout
     bad = subprocess.run(
         [*base, "--since", "yesterday"], capture_output=True, text=True, timeout=60, check=False
     )
