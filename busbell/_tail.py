@@ -114,6 +114,52 @@ def _summary(kind: str, body: Any) -> str:
     return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in body.items())[:300]
 
 
+def _sub(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _bus_words(kind: str, body: dict[str, Any]) -> str | None:
+    """A bus's status or occupancy in words; ``None`` for anything else (or unreadable)."""
+    if kind == "status" and isinstance(body.get("state"), str):
+        return _bus_status(body)
+    if kind == "occupancy" and isinstance(body.get("on_board"), int):
+        return f"{body['on_board']} on board"
+    return None
+
+
+def _bus_status(body: dict[str, Any]) -> str:
+    """A bus's status in words: state, what waits to upload, who is aboard, what is wrong."""
+    state = body.get("state")
+    words = [str(state) if state == "online" else str(state or "?").upper()]
+    for key, fmt in (
+        ("backlog", "{} fare event(s) to upload"),
+        ("on_board", "{} on board"),
+        ("tokens_in_range", "{} tokens in range"),
+    ):
+        if isinstance(body.get(key), int):
+            words.append(fmt.format(body[key]))
+    bells = _sub(body, "bells")
+    if isinstance(bells.get("live_waits"), int):
+        words.append(f"{bells['live_waits']} live wait(s)")
+    if bells.get("missed_recorded"):
+        words.append(f"{bells['missed_recorded']} missed stop(s) recorded")
+    if _sub(body, "uplink").get("connected") is False:
+        words.append("UPLINK DOWN")
+    if _sub(body, "store").get("ok") is False:
+        words.append("FARE STORE FAILING")
+    if _sub(body, "fleet_keys").get("warning"):
+        words.append("FLEET KEYS RUNNING OUT")
+    if _sub(body, "denylist").get("bus_revoked"):
+        words.append("BUS REVOKED")
+    clock = _sub(body, "clock")
+    if isinstance(clock.get("source"), str):
+        words.append(f"clock {clock['source']}")
+    if body.get("version") or body.get("build"):
+        words.append(" ".join(str(body[k]) for k in ("version", "build") if body.get(k)))
+    return ", ".join(words)
+
+
 class TailFormatter:
     """Turns busbell messages into readable lines, remembering what gives them context.
 
@@ -298,6 +344,8 @@ class TailFormatter:
             text, who = self._status(parsed.ids, body), "-"
         elif parsed.kind == "display" and body is not None:
             text = self._display(body)
+        elif isinstance(body, dict) and (words := _bus_words(parsed.kind, body)) is not None:
+            text = words
         else:
             text = "(cleared)" if body is None else _summary(parsed.kind, body)
         t = _num(body.get("t")) if isinstance(body, dict) else None

@@ -164,7 +164,7 @@ def test_tail_prints_filtered_human_lines(shared_broker: Any, topic_prefix: str)
         check=True,
     )
     assert "status" in r.stdout
-    assert "backlog=3" in r.stdout
+    assert "3 fare event(s) to upload" in r.stdout
     assert "[retained]" in r.stdout
     r = subprocess.run(
         [*base, "--prefix", topic_prefix, "--kind", "occupancy", "--count", "1", "--json"],
@@ -207,6 +207,35 @@ def test_format_message_summaries() -> None:
     assert format_message(t, MqttMessage("other/topic", b"{}", False, 0)) is None
     assert "doors OPEN" in (
         format_message(t, MqttMessage(t.vehicle("b", "doors"), b'{"open":true}', False, 0)) or ""
+    )
+    # a bus's status in words, not a cut-off dump of its health (it read "... bells={"counts":
+    # {"clock_steps": 1, ...}} build="pure" bus_i")
+    status = {
+        "state": "online",
+        "bus_id": "b",
+        "version": "0.1.0",
+        "build": "pure",
+        "backlog": 3,
+        "on_board": 12,
+        "tokens_in_range": 40,
+        "uplink": {"connected": False},
+        "store": {"ok": True},
+        "fleet_keys": {"days_remaining": 1, "warning": True},
+        "clock": {"source": "gnss", "offset_s": 0.2},
+        "bells": {"live_waits": 2, "missed_recorded": 1, "counts": {"seen": 2}},
+    }
+    line = format_message(t, MqttMessage(t.status("b"), json.dumps(status).encode(), True, 1))
+    assert line is not None
+    assert line.endswith(
+        "online, 3 fare event(s) to upload, 12 on board, 40 tokens in range, 2 live wait(s), "
+        "1 missed stop(s) recorded, UPLINK DOWN, FLEET KEYS RUNNING OUT, clock gnss, "
+        "0.1.0 pure [retained]"
+    ), line
+    will = format_message(t, MqttMessage(t.status("b"), b'{"state":"offline"}', True, 1))
+    assert (will or "").endswith("status         b                        OFFLINE [retained]")
+    occ = b'{"bus_id":"b","on_board":7}'
+    assert (format_message(t, MqttMessage(t.occupancy("b"), occ, False, 1)) or "").endswith(
+        "7 on board"
     )
 
 
