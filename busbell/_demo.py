@@ -495,6 +495,12 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     logdir = workdir / "logs"
     logdir.mkdir(exist_ok=True)
+    from busbell._logging import configure_logging
+
+    # this process's own logs (the fleet view's, its MQTT sessions') go beside the
+    # others', not between the lines the demo prints
+    view_log = (logdir / "demo.log").open("a", encoding="utf-8")
+    configure_logging("info", json=True, stream=view_log)
     procs = _Procs(logdir, out)
     host, _, port = a.broker.partition(":")
     broker_host, broker_port = host or "127.0.0.1", int(port or 1883)
@@ -595,6 +601,8 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            configure_logging("info")
+            view_log.close()
 
 
 def _sweep(plan: DemoPlan, out: IO[str]) -> None:

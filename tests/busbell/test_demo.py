@@ -479,6 +479,9 @@ def test_the_demo_bus_that_skips_a_stop_records_a_signed_missed_stop(
     assert f"bus-55-01 passed {skipped['stop_id']} on route 55" in out
     assert re.search(r"bus-55-01\s+(\d+) events, up to seq \1 \(1 of them a missed stop\)", out)
     assert "buses passed a waiting rider by 1 time(s)" in out
+    # the in-process fleet view logs to logs/demo.log, not between the demo's lines
+    assert "view_connected" not in out
+    assert '"view_connected"' in (work / "logs" / "demo.log").read_text()
     command = re.search(r"see: (busbell backend missed-report .+)$", out, re.M)
     assert command, out
     report = subprocess.run(
