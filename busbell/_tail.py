@@ -358,6 +358,8 @@ class TailFormatter:
                 self._learn_clock(bus, body)
             if bus is not None:
                 skew = self._skew.get(bus)
+            elif parsed.kind not in ("wait", "request_status"):
+                skew = 0.0  # the deny list: the backend's own (wall) clock
             else:  # a wait, or the backend's status of one: on the buses' time line
                 route = (
                     parsed.ids.get("route")

@@ -433,6 +433,11 @@ def test_a_wait_is_measured_on_the_buses_clock() -> None:
     fmt.format(MqttMessage(t.status("b9"), json.dumps(status).encode(), False, 1))
     first = wait_line()
     assert "app  expires in 14m00s (age 1m00s) [retained]" in first, first
+    # the deny list is on the backend's own clock, not the buses'
+    deny = {"version": 1, "rids": [], "devices": [], "t": now - 42}
+    assert "(age 42s)" in (
+        fmt.format(MqttMessage(t.denylist(), json.dumps(deny).encode(), True, 1)) or ""
+    )
     # a bus of the wait's route is preferred to another bus
     disp = {"bus_id": "b1", "t": bus_t + 600, "route_id": "17"}
     fmt.format(MqttMessage(t.display("b1"), json.dumps(disp).encode(), False, 1))
