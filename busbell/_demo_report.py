@@ -8,12 +8,14 @@ processes).
 from __future__ import annotations
 
 import contextlib
+import csv
+import datetime as dt
 import json
 import sqlite3
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 __all__ = ["demo_length_line", "expected_vs_settled"]
 
@@ -29,15 +31,49 @@ def demo_length_line(truth: dict[str, Any], speed: float, grace_s: float) -> str
     )
 
 
-def _hhmm(t: float) -> str:
-    return time.strftime("%H:%M", time.gmtime(t))
+def _zone(scenario_dir: Path) -> dt.tzinfo:
+    """The agency's timezone (the scenario's GTFS), or UTC when it does not say.
+
+    ``busbell backend missed-report`` shows its times in it too.
+    """
+    with contextlib.suppress(OSError, KeyError, ValueError, StopIteration):
+        with (scenario_dir / "gtfs" / "agency.txt").open(encoding="utf-8-sig") as f:
+            return ZoneInfo(next(csv.DictReader(f))["agency_timezone"])
+    return dt.UTC
 
 
-def _leg_text(leg: dict[str, Any]) -> str:
+def _hhmm(t: float, tz: dt.tzinfo) -> str:
+    return dt.datetime.fromtimestamp(t, tz).strftime("%H:%M %Z")
+
+
+def _leg_text(leg: dict[str, Any], tz: dt.tzinfo) -> str:
     return (
         f"{leg['bus_id']} {leg['board_stop_id']} -> {leg['alight_stop_id']} "
-        f"at {_hhmm(leg['board_t'])} UTC"
+        f"at {_hhmm(leg['board_t'], tz)}"
     )
+
+
+_GROUP_OVER = 3
+"""More legs than this missing for one reason are said in one line, not one each."""
+
+
+def _missing_lines(missing: list[tuple[str, str, str]]) -> list[str]:
+    """``(rider, leg text, why)`` as lines: one per leg, or one per reason shared widely."""
+    by_why: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for rider, leg, why in missing:
+        by_why[why].append((rider, leg))
+    out: list[str] = []
+    for rider, leg, why in missing:
+        legs = by_why[why]
+        if len(legs) <= _GROUP_OVER:
+            out.append(f"  {rider}: {leg} not settled: {why}")
+        elif legs[0] == (rider, leg):
+            riders = sorted({r for r, _ in legs})
+            out.append(
+                f"  {len(legs)} legs of {len(riders)} riders ({', '.join(riders)}) not settled: "
+                f"{why}"
+            )
+    return out
 
 
 def _settled(db: Path) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
@@ -92,7 +128,9 @@ def expected_vs_settled(scenario_dir: Path, db: Path, *, stopped_early: bool) ->
     except sqlite3.Error as exc:
         return [*out, f"  (no ledger to compare with: {exc})"]
     out.append(f"settled:      {len(legs)} riders, {sum(legs.values())} legs")
+    tz = _zone(scenario_dir)
     notes: list[str] = []
+    missing_legs: list[tuple[str, str, str]] = []
     for rider in sorted(expected):
         want = expected[rider]
         got = legs.get(rider, 0)
@@ -112,7 +150,8 @@ def expected_vs_settled(scenario_dir: Path, db: Path, *, stopped_early: bool) ->
                 why = "no segment reached the backend before the demo was stopped"
             else:
                 why = "no segment reached the backend: the edge did not detect this ride"
-            notes.append(f"  {rider}: {_leg_text(leg)} not settled: {why}")
+            missing_legs.append((rider, _leg_text(leg, tz), why))
+    notes.extend(_missing_lines(missing_legs))
     for rider in sorted(set(legs) - set(expected)):
         notes.append(f"  {rider}: {legs[rider]} legs settled, none in the ground truth")
     for rider in sorted(flags):

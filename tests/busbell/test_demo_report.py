@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from backend._db import create_engine, migrate
 from busbell._demo_report import demo_length_line, expected_vs_settled
@@ -75,11 +77,18 @@ def test_report_explains_every_missing_leg(tmp_path: Path) -> None:
     assert f"  {settled['rider_id']}:" not in text
     assert f"  {pending['rider_id']}: " in text
     assert "settlement runs once the rider is quiet" in text
-    assert f"  {lost['rider_id']}: " in text
+    # the riders the edge missed: more than a few for one reason, so one line for them all
+    assert f"legs of 6 riders ({lost['rider_id']}, " in text
     assert "the edge did not detect this ride" in text
     assert "before the demo was stopped" not in text
     early = "\n".join(expected_vs_settled(scn, db, stopped_early=True))
     assert "no segment reached the backend before the demo was stopped" in early
+    # times in the agency's timezone (as missed-report says them), not UTC
+    leg = pending["legs"][0]
+    local = dt.datetime.fromtimestamp(leg["board_t"], ZoneInfo("Asia/Seoul")).strftime("%H:%M")
+    want = f"  {pending['rider_id']}: {leg['bus_id']} {leg['board_stop_id']} -> "
+    assert f"{want}{leg['alight_stop_id']} at {local} KST not settled" in text
+    assert " UTC" not in text
     # a leg the scenario marks unobservable is explained as such
     truth["unobservable_legs"] = [
         {"rider_id": lost["rider_id"], "bus_id": lost["legs"][0]["bus_id"], "reason": "x_y"}
@@ -88,6 +97,25 @@ def test_report_explains_every_missing_leg(tmp_path: Path) -> None:
     assert "unobservable in the scenario (x_y)" in "\n".join(
         expected_vs_settled(scn, db, stopped_early=False)
     )
+
+
+def test_many_legs_missing_for_one_reason_are_one_line(tmp_path: Path) -> None:
+    """Stopped a minute in, every leg of the default demo read 'not settled: no segment
+    reached the backend before the demo was stopped', one line each (22 lines)."""
+    scn = tmp_path / "scenario"
+    assert sim_main(["scenario", "--name", "quiet_route", "--seed", "1", "--out", str(scn)]) == 0
+    journeys = [json.loads(x) for x in (scn / "JOURNEYS.jsonl").read_text().splitlines()]
+    legs = [(j["rider_id"], leg) for j in journeys for leg in j["legs"]]
+    assert len(legs) > 3
+    db = tmp_path / "backend.db"
+    _ledger(db)
+    lines = expected_vs_settled(scn, db, stopped_early=True)
+    riders = sorted({r for r, _ in legs})
+    assert lines[2:] == [
+        "differences:",
+        f"  {len(legs)} legs of {len(riders)} riders ({', '.join(riders)}) not settled: "
+        "no segment reached the backend before the demo was stopped",
+    ]
 
 
 def test_report_without_a_ledger_says_so(tmp_path: Path) -> None:
