@@ -449,6 +449,9 @@ def _summary(plan: DemoPlan, out: IO[str]) -> None:
             out.write(f"  (no ledger summary: {exc})\n")
             return
     out.write("\nfare events stored by the backend:\n")
+    if not rows:
+        # a bus uploads a ride once it closes (the rider alighted): a minute in, none has
+        out.write("  none yet (a bus uploads a ride when the rider has alighted)\n")
     for bus, n, top, missed in rows:
         of_them = f" ({missed} of them a missed stop)" if missed else ""
         out.write(f"  {bus:<16} {n:>5} events, up to seq {top}{of_them}\n")

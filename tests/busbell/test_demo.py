@@ -268,6 +268,26 @@ def test_the_demo_backend_api_keeps_the_buses_clock(tmp_path: Path) -> None:
     assert args[args.index("--speed") + 1] == str(plan.speed)
 
 
+def test_the_summary_of_a_ledger_without_events_says_none_yet(tmp_path: Path) -> None:
+    """Stopped a minute in, the list under 'fare events stored by the backend:' was empty."""
+    import io
+
+    from backend._db import create_engine, migrate
+    from busbell._demo import DemoPlan, _summary
+
+    async def ledger() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'backend.db'}")
+        await migrate(engine)
+        await engine.dispose()
+
+    asyncio.run(ledger())
+    out = io.StringIO()
+    _summary(DemoPlan(prefix="", **_plan_args(tmp_path)), out)
+    assert "fare events stored by the backend:\n  none yet (a bus uploads a ride when" in (
+        out.getvalue()
+    )
+
+
 def test_a_demo_without_a_prefix_gets_one_of_its_own(tmp_path: Path) -> None:
     """Two demos on one broker must not see each other's buses, bells and retained state:
     without --prefix each run has its own topic prefix; a given prefix is kept."""
