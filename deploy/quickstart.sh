@@ -31,19 +31,33 @@ fi
 
 # Put `busbell` on the PATH so that every command the README and the demo print works as
 # written: a symlink to .venv/bin/busbell in /usr/local/bin (root) or ~/.local/bin. An
-# existing `busbell` that is not one of our links is left alone.
+# existing `busbell` there is replaced only when it is one of our links (to a checkout's
+# .venv/bin/busbell, this one or another: the newest quickstart's checkout wins, and the
+# link it replaced is named); any other file or link is left alone.
+# link-begin
 link_busbell() {
-    local dir=$1 target
+    local dir=$1 target old
     target="$(pwd)/.venv/bin/busbell"
     mkdir -p "$dir" 2>/dev/null || return 1
     [ -w "$dir" ] || return 1
-    if [ -e "$dir/busbell" ] && [ ! -L "$dir/busbell" ]; then
+    if [ -L "$dir/busbell" ]; then
+        old="$(readlink "$dir/busbell")"
+        case "$old" in
+            "$target") return 0 ;;
+            */.venv/bin/busbell) echo "quickstart: $dir/busbell pointed at $old; now this checkout's" >&2 ;;
+            *)
+                echo "quickstart: $dir/busbell is a link to $old, not to a busbell checkout; leaving it" >&2
+                return 1
+                ;;
+        esac
+    elif [ -e "$dir/busbell" ]; then
         echo "quickstart: $dir/busbell exists and is not a link; leaving it" >&2
         return 1
     fi
     ln -sfn "$target" "$dir/busbell"
     echo "quickstart: busbell -> $target (in $dir)" >&2
 }
+# link-end
 if [ "$(id -u)" -eq 0 ]; then
     link_busbell /usr/local/bin || true
 else

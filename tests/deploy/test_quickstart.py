@@ -57,3 +57,50 @@ def test_it_reinstalls_when_the_demo_extras_do_not_import(tmp_path: Path) -> Non
     d = scratch(tmp_path, imports_ok=False)
     run(d)
     assert run(d)[-1] == "install -q -e .[demo]"
+
+
+def link_in(checkout: Path, bin_dir: Path) -> tuple[int, str]:
+    """Run the script's ``link_busbell`` from ``checkout`` into ``bin_dir``: (status, stderr)."""
+    text = (ROOT / "deploy" / "quickstart.sh").read_text()
+    block = text[text.index("# link-begin") : text.index("# link-end")]
+    done = subprocess.run(
+        ["bash", "-c", f'{block}\nlink_busbell "$1"', "-", str(bin_dir)],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+def test_it_links_busbell_and_replaces_only_a_busbell_checkouts_link(tmp_path: Path) -> None:
+    ours = scratch(tmp_path / "ours")
+    bin_dir = tmp_path / "bin"
+    link = bin_dir / "busbell"
+    mine = ours / ".venv" / "bin" / "busbell"
+    assert link_in(ours, bin_dir)[0] == 0
+    assert link.readlink() == mine
+    assert link_in(ours, bin_dir) == (0, "")  # already ours: nothing to say
+
+    other = tmp_path / "other" / ".venv" / "bin" / "busbell"  # another checkout's
+    link.unlink()
+    link.symlink_to(other)
+    status, err = link_in(ours, bin_dir)
+    assert status == 0
+    assert str(other) in err
+    assert link.readlink() == mine
+
+    foreign = tmp_path / "opt" / "busbell"  # e.g. pipx's: not ours to replace
+    link.unlink()
+    link.symlink_to(foreign)
+    status, err = link_in(ours, bin_dir)
+    assert status == 1
+    assert "leaving it" in err
+    assert link.readlink() == foreign
+
+    link.unlink()
+    link.write_text("#!/bin/sh\n")
+    status, err = link_in(ours, bin_dir)
+    assert status == 1
+    assert "not a link" in err
+    assert not link.is_symlink()
