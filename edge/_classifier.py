@@ -3688,6 +3688,8 @@ class PresenceClassifier:
         """
         p = self.params
         window = self._rot_gap(old)
+        if window > p.rotation_gap_s and self._walked_off(old):
+            window = p.rotation_gap_s  # a silence that may be a walk: no token's rhythm
         for start in self._windows(old.last_t):
             dt = new.first_t - start
             if -4.0 <= dt <= window:
@@ -3712,6 +3714,47 @@ class PresenceClassifier:
         if old.addr and new.addr == old.addr:
             cost -= 1000.0
         return cost
+
+    def _walked_off(self, old: _Rid) -> bool:
+        """Whether an old rid of the rotation pool may have stopped because its token walked off.
+
+        A rider's (``old.start`` set): heard well above the receiver's floor (its ride's
+        median more than ``sparse_fall_db`` above ``_floor``: at the floor a silence is
+        lost packets as well as a walk, as :meth:`_barred` judges), its fade reads as an
+        alighting (:meth:`_fade_end`): last heard at a stop's open doors or at most
+        ``lost_after_m`` past its departure, and not at its ride's level
+        ``confirm_distance_m`` or more past it (:meth:`_rotated_away`). A candidate's:
+        never heard ``confirm_far_m`` past its stop's departure (the doors open, or the bus
+        drawing away): it may have stayed at the stop. Either may have rotated aboard too;
+        its successor then is heard at its own rhythm, but the silence of someone who
+        walked off has no length. So the rotation pairing gives such an old rid no more
+        than ``rotation_gap_s`` after its last advert (:meth:`_pair_cost`): the longer
+        window of a token heard through a lossy channel (:meth:`_rot_gap`) is for a token
+        heard aboard, moving with the bus, as its rid ended. Its own next rid, sent from
+        its address, is paired at any gap (:meth:`_addr_pairs`; a candidate's by
+        :meth:`_inherit` too). Full scale, tuning seeds (docs/classifier.md, "Thirty-fourth
+        pass"): cell 1 seed 3 ``phone_deep_in_bag`` r-00082 rode BD005 -> BD008 at -80 dBm
+        (mean gap 1.84 s), heard at BD008's doors and 1-39 m past them at -84..-94 as it
+        walked off; a passer-by's new rid first heard 130 m on, 8.8 s after its last advert
+        (within 6 of its gaps, 11 s), was paired with it, confirmed ``continued`` and
+        charged BD008 -> BD009 (r-01197). ``shared_stop_three_routes`` r-02794, a passer-by
+        at BD009 heard on the approach and at the doors, last at -94 dBm as they closed, was
+        BD009's candidate; a passer-by's new rid first heard 96 m on, 14.0 s later (within
+        6 of its gaps, 21 s), took over its boarding and was charged from BD009 (r-03012).
+        Without the floor's clause cell 24 seed 1 ``transfer_bunched`` lost r-00059's ride
+        past BD006 (at -88 dBm, 6 dB above the floor, last heard 23 m past BD006, its next
+        rid from a new address 6 s later).
+        """
+        if old.start is None:
+            v = old.visit
+            return v is not None and (
+                v.close_odo_m is None or old.last_in_odo < v.close_odo_m + self._far
+            )
+        med = _median(old.hist)
+        if med is None or med <= self._floor + self._sparse_fall:
+            return False  # at the receiver's floor a silence says little (:meth:`_barred`)
+        v = self._visit_at(old.last_in_t + self.params.alight_pre_s)
+        return v is not None and self._faded_at(old, v, old.last_in_t, old.last_in_odo)
 
     def _echo_apart(self, old: _Rid, new: _Rid) -> bool:
         """Whether the echo says ``old`` and ``new`` are two phones' rids, not one token's.
