@@ -407,9 +407,13 @@ def changes_beside(
     """Legs boarded where the rider changed to them from a bus that drove beside.
 
     Of two legs of one rider on two buses, the earlier (``first``) seen alighting (not
-    ``lost``) at stop ``S``, the later (``beside``) begun after ``first`` and before it
-    ended, ending after it, at another stop than ``S``, overlapping it by more than
-    ``replay_overlap_s`` and at most ``beside_overlap_s``, with nothing settling the pair
+    ``lost``) at stop ``S``, the later (``beside``) begun after ``first`` (or before it,
+    at ``first``'s own boarding stop: two buses standing there, the one whose doors opened
+    first boards a rider waiting at the stop first, whichever bus they board; issue 11,
+    unseen seed 51, ``transfer_bunched``) and before it ended, ending after it, at
+    another stop than ``S``, overlapping it (from ``beside``'s boarding to ``first``'s
+    alighting) by more than ``replay_overlap_s`` and at most ``beside_overlap_s``, with
+    nothing settling the pair
     (:func:`overlap_winner`), and the two buses together at ``beside``'s boarding stop
     (``together(first, beside)``: ``first``'s bus there, by its trip's distances, within
     :data:`backend._journeys._TOGETHER_S` of that boarding; a bus hears a rider through
@@ -450,7 +454,11 @@ def changes_beside(
         for k, beside in enumerate(legs):
             if (
                 beside.bus_id == first.bus_id
-                or not first.board_t <= beside.board_t < first.alight_t < beside.alight_t
+                or not beside.board_t < first.alight_t < beside.alight_t
+                or not (
+                    first.board_t <= beside.board_t
+                    or _same_stop(beside.board_stop_id, first.board_stop_id)
+                )
                 or not (
                     policy.replay_overlap_s
                     < first.alight_t - beside.board_t

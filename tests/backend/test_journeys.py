@@ -1489,6 +1489,75 @@ def test_two_buses_bunched_where_the_first_heard_the_rider_through_its_windows_h
     ]
 
 
+def _bunched_at_s03(b1_board_s: float, *, b2_board: str = "S03") -> list[Segment]:
+    """The bunched world above (b1 and b2 halted at S03 together, ran bunched to S05,
+    where r1 changed), but b2's doors opened first: b2 boarded r1, waiting at S03, at T0,
+    ``b1_board_s`` before r1 boarded b1 there (issue 11, the unseen seed 51 shape in cell
+    11: G6000 starts at BD003 up to 15 s before the 17 halts there)."""
+    return [
+        seg(
+            (T0 + b1_board_s, "S03", "boarded"),
+            (T0 + 270, "S05", "alighted"),
+            rssi=-56.0,
+            riders=-40.0,
+        ),
+        seg(
+            (T0, b2_board, "boarded"),
+            (T0 + 900, "S15", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-55.0,
+            riders=-47.0,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("b1_board_s", [5.0, 20.0, 60.0, 120.0])
+def test_a_bus_beside_that_opened_its_doors_first_at_the_boarding_stop_boards_at_the_change(
+    feed: Feed, b1_board_s: float
+) -> None:
+    """b2 boarded r1 at S03 before b1 did (its doors opened first, r1 waiting there), so
+    b1's leg lay wholly within b2's and ``changes_beside`` asked for b2 to begin during
+    it: both legs were held, r1 charged nothing (issue 11, unseen seed 51, cell 11,
+    ``transfer_bunched``). Which bus opened its doors first at the stop where both stood
+    says nothing about which one r1 boarded: at the same stop, within ``_TOGETHER_S``
+    (120 s), the change is placed at S05 as when b2 boarded second."""
+    (j,) = _builder(feed).build(_bunched_at_s03(b1_board_s))
+    assert j.charged
+    assert _stops([j]) == [("b1", "S03", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+    assert j.legs[1].board_t == T0 + 270
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "b2 at S03 130 s before b1",  # not together at S03 (_TOGETHER_S, 120 s)
+        "b2 at S02 before b1",  # another stop, before r1 boarded b1: not a bus beside
+        "b1 heard r1 through its windows",  # b1 22 dB under its riders, b2 8: r1 rode b2
+        "over beside_overlap_s",  # b2 boarded 370 s before b1 let r1 off (a copy ahead)
+    ],
+)
+def test_a_bus_that_boarded_the_rider_first_is_no_change_unless_at_that_stop_together(
+    feed: Feed, case: str
+) -> None:
+    segs = _bunched_at_s03(
+        130.0 if case == "b2 at S03 130 s before b1" else 20.0,
+        b2_board="S02" if case == "b2 at S02 before b1" else "S03",
+    )
+    if case == "b1 heard r1 through its windows":
+        segs[0] = dataclasses.replace(segs[0], riders_lvl=-34.0)
+    elif case == "over beside_overlap_s":
+        segs[0] = dataclasses.replace(segs[0], end_t=T0 + 370)
+    js = _builder(feed).build(segs)
+    assert b_charged(js) == []
+    assert all("suspected_replay" in j.flags for j in js)
+    assert {x.bus_id: x.board_stop_id for j in js for x in j.legs} == {
+        "b1": "S03",
+        "b2": "S02" if case == "b2 at S02 before b1" else "S03",
+    }
+
+
 def _copy_beside(
     board: str, t: float, alight: str = "S15", *, weak_until: float | None = None
 ) -> list[Segment]:
