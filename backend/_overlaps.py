@@ -464,7 +464,7 @@ def changes_beside(
                     < first.alight_t - beside.board_t
                     <= policy.beside_overlap_s
                 )
-                or overlap_winner(first, beside, policy) is not None
+                or not _unsettled_or_on_past(first, beside, policy)
                 or not together(first, beside)
             ):
                 continue
@@ -479,6 +479,28 @@ def changes_beside(
                 if moved is not None:
                     out[k] = moved
     return out
+
+
+def _unsettled_or_on_past(first: Leg, beside: Leg, policy: JourneyPolicy) -> bool:
+    """Whether :func:`changes_beside` may place a change between the two legs.
+
+    Nothing settles the pair (:func:`overlap_winner`), or ``first`` wins it while
+    ``beside`` rides on past ``first``'s alighting beyond ``overlap_cover_s`` to another
+    stop: ``first`` covers it there only because ``beside``'s bus heard the rider, after
+    ``first`` let them off, far under its riders (:func:`_never_aboard`). That rule is
+    for a rider heard walking off beside a bus at their stop; a bus hears nobody it does
+    not carry on past a further stop (``board_at`` asks for two), and a rider in a bag
+    or a pocket is heard as far under the riders of the bus they ride (docs/classifier.md,
+    thirty-second pass: 26-35 dB). Dropping ``beside`` whole charged nothing for the ride
+    the rider made on it from ``S`` (issue 11, unseen seed 51, ``transfer_two_buses``
+    r-00049: the G6000 from BD003 beside the 17, dropped; the rider changed to it at BD005).
+    """
+    winner = overlap_winner(first, beside, policy)
+    return winner is None or (
+        winner is first
+        and beside.alight_t > first.alight_t + policy.overlap_cover_s
+        and not _same_stop(first.alight_stop_id, beside.alight_stop_id)
+    )
 
 
 def _heard_beside(

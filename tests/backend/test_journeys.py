@@ -1334,13 +1334,44 @@ def test_a_bus_beside_briefly_or_boarding_at_the_change_keeps_its_stops(
 
 
 def test_a_bus_beside_the_evidence_settles_is_settled(feed: Feed) -> None:
-    """b2 heard r1 past S05 20 dB under its riders (b1: 2 dB): it never carried them,
-    dropped as before (a rider who got off b1 and walked on beside b2), not boarded."""
-    segs = _beside_to_s05()
+    """b2 heard r1 past S05 20 dB under its riders (b1: 2 dB), on to S06 only: it never
+    carried them, dropped as before (a rider who got off b1 and walked on beside b2), not
+    boarded."""
+    segs = _beside_to_s05(b2_alight="S06")
     segs[2] = dataclasses.replace(segs[2], rssi_med=-65.0)
     js = _builder(feed).build(segs)
     assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
     assert b_charged(js) == ["b1"]
+
+
+@pytest.mark.parametrize("b2_under_db", [12.0, 20.0, 35.0])
+def test_a_bus_beside_that_carried_the_rider_on_far_under_its_riders_boards_at_the_change(
+    feed: Feed, b2_under_db: float
+) -> None:
+    """b2 drove beside b1 from S03 (r1 17 dB under b2's riders; b1 2 dB under its own) and
+    carried r1 on from S05 to S15 ``b2_under_db`` under its riders: the evidence made b1
+    the winner (25 dB stronger) covering b2 past S05 by the rule for a rider heard walking
+    off (``_never_aboard``), and b2's whole leg was dropped, the ride S05 -> S15 charged
+    nothing (issue 11, unseen seed 51, ``transfer_two_buses`` r-00049; the scratch world
+    of G6000 leaving BD003 60 s earlier, full cell 11 seed 1 r-00015: 17 2 dB under its
+    riders, G6000 12 dB under its own from BD005 to SE002). No bus hears a rider it does
+    not carry on past a further stop, and a token in a bag is heard 26-35 dB under the
+    riders of the bus it rides: r1 changed to b2 at S05."""
+    segs = _beside_to_s05(-73.0)
+    segs[2] = dataclasses.replace(segs[2], rssi_med=-45.0 - b2_under_db)
+    (j,) = _builder(feed).build(segs)
+    assert j.charged
+    assert _stops([j]) == [("b1", "S01", "S05", ()), ("b2", "S05", "S15", ("transfer_stop",))]
+    assert j.legs[1].board_t == T0 + 300
+    # guards: b2 not beside b1 at S03 (boarded 130 s before b1 passed it), or b2 let r1
+    # off at S06 (a bus beside the stop hears a rider walking off on to its next stop):
+    # b2 dropped as before
+    for k, change in ((1, {"start_t": T0 + 20}), (2, {"end_stop_id": "S06"})):
+        moved = list(segs)
+        moved[k] = dataclasses.replace(moved[k], **change)  # type: ignore[arg-type]
+        js = _builder(feed).build(moved)
+        assert _leg_flags(js) == {"b1": ("overlap_resolved",), "b2": ("overlap_dropped",)}
+        assert b_charged(js) == ["b1"]
 
 
 def test_a_piece_heard_beside_before_the_change_does_not_board_the_next_bus(
@@ -1559,18 +1590,23 @@ def test_a_bus_that_boarded_the_rider_first_is_no_change_unless_at_that_stop_tog
 
 
 def _copy_beside(
-    board: str, t: float, alight: str = "S15", *, weak_until: float | None = None
+    board: str,
+    t: float,
+    alight: str = "S15",
+    *,
+    weak_until: float | None = None,
+    rssi: float = -55.0,
 ) -> list[Segment]:
     """r1 rides b1 (R1) S01 -> S05, T0 to T0 + 400 (b1 at S02 about T0 + 100, S03 + 200,
     S04 + 300 by its trip's distances), heard -55 dBm, 8 dB under its riders. A copy of
     r1's token boards b2 (R2, the same road) at ``board`` at T0 + ``t`` and rides to
-    ``alight`` (T0 + 1500), heard as a rider (-55, 8 dB under); with ``weak_until``, heard
-    -75 dBm (28 dB under b2's riders: as through the windows) until then, and as a rider
-    after it (its rid rotated: a new segment). The data are the same whichever of the two
-    is the rider and which the copy."""
+    ``alight`` (T0 + 1500), heard at ``rssi`` (-55: 8 dB under b2's riders, as a rider);
+    with ``weak_until``, heard -75 dBm (28 dB under b2's riders: as through the windows)
+    until then, and as a rider after it (its rid rotated: a new segment). The data are the
+    same whichever of the two is the rider and which the copy."""
     b2 = {"bus": "b2", "route": "R2", "trip": "T2", "riders": -47.0}
     if weak_until is None:
-        copy = [seg((T0 + t, board, "boarded"), (T0 + 1500, alight, "alighted"), rssi=-55.0, **b2)]
+        copy = [seg((T0 + t, board, "boarded"), (T0 + 1500, alight, "alighted"), rssi=rssi, **b2)]
     else:
         copy = [
             seg((T0 + t, board, "boarded"), (T0 + weak_until, None, "rotated"), rssi=-75.0, **b2),
@@ -1596,6 +1632,10 @@ def _copy_beside(
         ("with b1 at S03, 200 s before S05", _copy_beside("S03", 200.0), True),
         ("with b1 at S02, 300 s before S05", _copy_beside("S02", 100.0), True),
         ("heard weak, then loud past S05", _copy_beside("S03", 200.0, weak_until=600.0), True),
+        # heard far under b2's riders throughout (a copy in a bag): before the change that
+        # placed this too (_unsettled_or_on_past), b1 won by the evidence, covering the copy
+        # past S05 as a rider walking off, and the copy was dropped
+        ("in a bag, with b1 at S03", _copy_beside("S03", 200.0, rssi=-67.0), True),
         # held: boarded longer before the change than beside_overlap_s (360 s)
         ("with b1 at S01, 390 s before S05", _copy_beside("S01", 10.0), False),
         ("weak, then loud, 390 s before", _copy_beside("S01", 10.0, weak_until=600.0), False),
