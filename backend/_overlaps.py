@@ -413,13 +413,13 @@ def changes_beside(
     unseen seed 51, ``transfer_bunched``) and before it ended, ending after it, at
     another stop than ``S``, overlapping it (from ``beside``'s boarding to ``first``'s
     alighting) by more than ``replay_overlap_s`` and at most ``beside_overlap_s``, with
-    nothing settling the pair
-    (:func:`overlap_winner`), and the two buses together at ``beside``'s boarding stop
-    (``together(first, beside)``: ``first``'s bus there, by its trip's distances, within
-    :data:`backend._journeys._TOGETHER_S` of that boarding; a bus hears a rider through
-    another bus's windows only beside it): when ``first``'s bus heard the rider the
-    stronger over the common time by the evidence that settles overlaps
-    (:func:`_evidence`), or ``beside``'s bus heard them far further under its riders than
+    nothing settling the pair (:func:`overlap_winner`) but the rule for a rider heard
+    walking off (:func:`_unsettled_or_on_past`), and the two buses together at
+    ``beside``'s boarding stop (``together(first, beside)``: ``first``'s bus there, by
+    its trip's distances, within :data:`backend._journeys._TOGETHER_S` of that boarding;
+    a bus hears a rider through another bus's windows only beside it): when ``first``'s
+    bus heard the rider the stronger over the common time by the evidence that settles
+    overlaps (:func:`_evidence`), or ``beside``'s bus heard them far further under its riders than
     ``first``'s under its own (:func:`_heard_beside`: the level relative to the riders,
     where the RSSI margin falls short; tuning cell 1 seed 2, ``transfer_bunched``,
     r-00080: 6 dB weaker, 12 dB further under), or neither is the stronger by either
@@ -442,7 +442,12 @@ def changes_beside(
     on a bus that was not at that stop with the rider's, or that boarded it longer before
     the change, is held with the rider's leg (before this bound only the
     neither-the-stronger case asked for the buses together, with no bound on the time:
-    a copy heard weakly, then loudly past ``S``, boarded anywhere on the road).
+    a copy heard weakly, then loudly past ``S``, boarded anywhere on the road). The same
+    charge, within the same bounds, for a copy that boarded the bus beside at the
+    rider's own boarding stop before the rider boarded theirs, or that its bus heard far
+    under its riders past ``S`` (a copy in a bag): before, the first was held and the
+    second dropped, while the copy boarding seconds later, or held in the open, was
+    charged so already.
     """
     if len(legs) < 2 or len({leg.bus_id for leg in legs}) < 2:
         return list(legs)
