@@ -1033,9 +1033,11 @@ async def test_a_neighbour_well_below_its_own_riders_is_dropped_online(env: Env)
 
 async def test_a_neighbour_going_on_far_below_its_own_riders_is_dropped_online(env: Env) -> None:
     """The never-carried clause online as offline: r0001 rides bus-02 from S03 to S05,
-    heard at its riders' level (-50); bus-03 beside it hears them from S03 on to S07,
-    200 s beyond bus-02's ride, at -80 among riders at -60 (20 dB under): it never
-    carried them. Before the clause both legs were held (bus-02 does not cover bus-03)."""
+    heard at its riders' level (-50); bus-03 beside it hears them from S03 on to S06,
+    beyond bus-02's ride, at -80 among riders at -60 (20 dB under): it never carried
+    them. Before the clause both legs were held (bus-02 does not cover bus-03). (On to
+    S07, two stops past S05, bus-03 carried them: no bus hears a rider it does not carry
+    past a further stop; ``changes_beside`` boards them there at S05, both charged.)"""
     w = env.world
     w.ride(
         "r0001", "bus-02", board=3, alight=5, t=T0, rssi_med=-50, adverts_per_s=1.1, riders_lvl=-50
@@ -1044,7 +1046,7 @@ async def test_a_neighbour_going_on_far_below_its_own_riders_is_dropped_online(e
         "r0001",
         "bus-03",
         board=3,
-        alight=7,
+        alight=6,
         t=T0 + 5,
         rssi_med=-80,
         adverts_per_s=0.5,
