@@ -181,6 +181,17 @@ def by_name(out: list[SegmentDraft], tok: Token, *, tentative: bool = False) -> 
     )
 
 
+Ends = list[tuple[str | None, str | None, str, str]]
+"""Each of a token's segments as (board stop, alight stop, start cause, end cause)."""
+
+
+def ends(w: World, tok: Token) -> Ends:
+    """``tok``'s segments so far, each as its stops and causes (see :data:`Ends`)."""
+    return [
+        (s.start.stop_id, s.end.stop_id, s.start.cause, s.end.cause) for s in by_name(w.out, tok)
+    ]
+
+
 def add_riders(w: World, rssi: float | Callable[[World], float | None], n: int = 3) -> list[Token]:
     """`n` riders ``rd0``, ``rd1``...: heard at `rssi` dBm, or as the function `rssi` says."""
     heard = rssi if callable(rssi) else lambda _: rssi

@@ -30,20 +30,11 @@ import pytest
 
 from edge._params import ClassifierParams
 from tests.edge.compiled import interpreted_only
-from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
+from tests.edge.test_classifier import T0, Ends, Token, World, add_riders, ends
 
 START = T0 + 400.0
 """160 s before the tokens' rid boundary (token time = GNSS time, but for ``skew``)."""
 BOUNDARY = (math.floor(START / 600) + 1) * 600.0
-
-Ends = list[tuple[str | None, str | None, str, str]]
-
-
-def _ends(w: World, tok: Token) -> Ends:
-    return [
-        (s.start.stop_id, s.end.stop_id, s.start.cause, s.end.cause) for s in by_name(w.out, tok)
-    ]
-
 
 # -- a paired new rid made the next stop's candidate ----------------------------------------
 
@@ -81,7 +72,7 @@ def _paired_ride(*, heard_again: bool) -> Ends:
     gone["v"] = True
     w.move(600)
     w.finish()
-    return _ends(w, tok)
+    return ends(w, tok)
 
 
 def test_a_paired_new_rid_silent_past_the_stop_and_heard_again_keeps_the_ride() -> None:
@@ -176,7 +167,7 @@ def _fob_ride(
     w.dwell("S4", 15)
     w.move(600)
     w.finish()
-    return _ends(w, fob), (_ends(w, new) if car else [])
+    return ends(w, fob), (ends(w, new) if car else [])
 
 
 def test_a_fobs_new_rid_heard_past_the_pairing_window_is_held_and_rides_on() -> None:
@@ -284,7 +275,7 @@ def _paired_silence(
     w.dwell("S4", 15)
     w.move(600)
     w.finish()
-    return _ends(w, tok)
+    return ends(w, tok)
 
 
 def _at_s3(world: World, opened_s: float = 0.0, closed_s: float | None = None) -> bool:
@@ -438,11 +429,11 @@ def test_a_cars_rid_after_a_riders_paired_rotation_is_not_held() -> None:
     w.dwell("S4", 15)
     w.move(600)
     w.finish()
-    assert _ends(w, ph) == [
+    assert ends(w, ph) == [
         ("S1", None, "boarded", "rotated"),
         ("S3", "S4", "continued", "alighted"),
     ]
-    assert _ends(w, car) == []
+    assert ends(w, car) == []
 
 
 # -- a real restart anywhere in the hold ---------------------------------------------------

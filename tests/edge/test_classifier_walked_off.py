@@ -21,19 +21,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tests.edge.test_classifier import T0, Token, World, add_riders, by_name
+from tests.edge.test_classifier import T0, Ends, Token, World, add_riders, ends
 
 START = T0 + 400.0
 """160 s before the tokens' rid boundary (T0 is 40 s into an interval)."""
 BOUNDARY = (math.floor(START / 600) + 1) * 600.0
-
-Ends = list[tuple[str | None, str | None, str, str]]
-
-
-def _ends(w: World, tok: Token) -> Ends:
-    return [
-        (s.start.stop_id, s.end.stop_id, s.start.cause, s.end.cause) for s in by_name(w.out, tok)
-    ]
 
 
 def _rider(last_m: float, level_after: float) -> Callable[[World], float | None]:
@@ -82,7 +74,7 @@ def _run(rider: Token, passer: Token, s2_dwell: float = 17.0) -> tuple[Ends, End
     w.dwell("S3", 15)
     w.move(600)
     w.finish()
-    return _ends(w, rider), _ends(w, passer)
+    return ends(w, rider), ends(w, passer)
 
 
 def test_a_passer_by_first_heard_after_a_rider_walked_off_does_not_continue_its_ride() -> None:
@@ -123,8 +115,8 @@ def test_a_rider_at_the_receivers_floor_keeps_the_lossy_window() -> None:
     w.dwell("S3", 15)
     w.move(600)
     w.finish()
-    assert _ends(w, rider) == [("S1", "S2", "boarded", "rotated")]
-    assert _ends(w, passer) == [(None, "S3", "continued", "alighted")]
+    assert ends(w, rider) == [("S1", "S2", "boarded", "rotated")]
+    assert ends(w, passer) == [(None, "S3", "continued", "alighted")]
 
 
 def test_a_rider_heard_at_its_level_well_past_the_stop_keeps_the_lossy_window() -> None:
@@ -172,7 +164,7 @@ def _candidate_run(first_m: float, waiter_m: float = -1.0) -> Ends:
     assert w.t < BOUNDARY - 10.0
     w.move(600)
     w.finish()
-    return _ends(w, ps)
+    return ends(w, ps)
 
 
 def test_a_passer_by_first_heard_after_a_waiter_stayed_at_the_stop_does_not_board() -> None:
