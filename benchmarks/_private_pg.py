@@ -15,11 +15,12 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from busbell._ports import free_port
 
 __all__ = ["private_postgres"]
 
@@ -34,12 +35,6 @@ def _pg_bin(name: str) -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def private_postgres() -> Iterator[int]:
     """Start a private cluster; set ``BUSBELL_TEST_PG_HOST``/``PORT`` to it; yield its port.
@@ -52,7 +47,7 @@ def private_postgres() -> Iterator[int]:
     if os.geteuid() == 0:
         shutil.chown(workdir, "postgres")
         as_pg = ["runuser", "-u", "postgres", "--"]
-    data, port = workdir / "data", _free_port()
+    data, port = workdir / "data", free_port()
     saved = {k: os.environ.get(k) for k in ("BUSBELL_TEST_PG_HOST", "BUSBELL_TEST_PG_PORT")}
     started = False
     try:

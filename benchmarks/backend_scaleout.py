@@ -95,6 +95,7 @@ from benchmarks.backend_ingest import (
 from busbell import DeviceKey
 from busbell._logging import configure_logging
 from busbell._mqtt import MqttSettings
+from busbell._ports import free_port
 from tests.factories.fare_events import EdgeFleet, device_key_for, make_events
 from tests.factories.tasks import stop_processes
 from tests.factories.workers import INGEST_WORKER
@@ -138,9 +139,7 @@ def _own_broker(workdir: Path) -> Iterator[tuple[int, int]]:
     all of a run's messages for stopped workers).
     """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backend._waits import LiveWait, WaitBook, status_payload
+from busbell._ports import free_port
 from busbell._topics import Topics
 
 T0 = 1_764_000_000.0
@@ -90,7 +91,7 @@ async def _api(requests: int) -> dict[str, float]:
             auth=auth,
             wait_rules=WaitRules(rate_max=requests + 1),
         )
-        port = _free_port()
+        port = free_port()
         server = http_server(
             uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
         )
@@ -135,14 +136,6 @@ async def _api(requests: int) -> dict[str, float]:
 def _p99(xs: list[float]) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(0.99 * len(s)))]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:

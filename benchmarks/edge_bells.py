@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,31 +50,9 @@ from busbell import (
     load_gtfs,
 )
 from busbell._mqtt import MqttSession, MqttSettings
+from busbell._ports import free_port
 
 SAMPLE_GTFS = Path(__file__).resolve().parents[1] / "firmware_sim" / "data" / "gtfs"
-
-
-_USED_PORTS: set[int] = set()
-
-
-def _free_port() -> int:
-    """A TCP port below the ephemeral range, bindable now, never handed out twice here.
-
-    Ports from ``bind(0)`` are ephemeral: by the time 50 edges start, an outgoing
-    connection may hold one of them.
-    """
-    port = 21000 + os.getpid() % 5000
-    while True:
-        port += 1
-        if port in _USED_PORTS:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _USED_PORTS.add(port)
-        return port
 
 
 def _pct(xs: Sequence[float], q: float) -> float:
@@ -120,7 +97,7 @@ def edge_env(  # noqa: PLR0917 - a benchmark helper
         BUSBELL_GTFS=str(gtfs),
         BUSBELL_STORE=str(work / "fares.db"),
         BUSBELL_SOURCE="stream",
-        BUSBELL_STREAM__PORT=str(_free_port()),
+        BUSBELL_STREAM__PORT=str(free_port()),
         BUSBELL_MQTT__HOST=host,
         BUSBELL_MQTT__PORT=str(port),
         BUSBELL_MQTT__PREFIX=prefix,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import time
 import uuid
@@ -25,6 +24,7 @@ from typing import Any
 from playwright.async_api import async_playwright
 
 from busbell._mqtt import MqttSession, MqttSettings
+from busbell._ports import free_port
 from edge._driver_page import DriverPageSettings, run_driver_page
 
 BUS = "bus-bench"
@@ -69,12 +69,6 @@ def model(i: int) -> dict[str, Any]:
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def main(models: int, gap_ms: float) -> None:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from busbell._mqtt import MqttSettings
+from busbell._ports import free_port
 from busbell._topics import DEFAULT_PREFIX
 
 __all__ = ["DemoPlan", "main"]
@@ -72,12 +73,6 @@ START_LEAD_S = 6.0
 START_LEAD_PER_BUS_S = 1.5
 """The scenario starts this long after the backend is started (plus this per bus): the
 time the backend and the edges take to come up (a bus that starts later catches up)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -518,7 +513,7 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         broker_port=broker_port,
         prefix=a.prefix or "",
         view_port=a.view_port,
-        api_port=a.api_port or _free_port(),
+        api_port=a.api_port or free_port(),
     )
     out.write(
         f"busbell demo: scenario {a.scenario} (seed {a.seed}), files in {workdir}\n"
@@ -535,7 +530,7 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
             if not os.path.exists(mosquitto):
                 out.write("no MQTT broker answers and mosquitto is not installed\n")
                 return 1
-            plan.broker_host, plan.broker_port = "127.0.0.1", _free_port()
+            plan.broker_host, plan.broker_port = "127.0.0.1", free_port()
             conf = workdir / "mosquitto.conf"
             conf.write_text(f"listener {plan.broker_port} 127.0.0.1\nallow_anonymous true\n")
             with (logdir / "mosquitto.log").open("ab") as f:
@@ -557,10 +552,8 @@ def run_demo(a: argparse.Namespace, out: IO[str]) -> int:
         )
         _wait_port("127.0.0.1", plan.api_port, backend, 60)
         for bus in plan.buses:
-            plan.stream_ports[bus] = _free_port()
-            while (page_port := _free_port()) == plan.stream_ports[bus]:  # both bound later
-                pass
-            plan.driver_ports[bus] = page_port
+            plan.stream_ports[bus] = free_port()
+            plan.driver_ports[bus] = free_port()  # never the stream's: both bound later
             cfg = workdir / f"edge-{bus}.toml"
             cfg.write_text(plan.edge_toml(bus))
             edge = procs.start(f"edge-{bus}", ["edge", "run", "--config", str(cfg)])

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from backend._ingest_bounds import LogBudget, QuarantineBudget
 from backend._keys import DeviceInfo
 from busbell import DEVICES_HEADER, Topics, canonical_bytes, sign_event, write_rows
 from busbell._mqtt import MqttSession, MqttSettings
+from busbell._ports import free_port
 from tests.factories.fare_events import batch_payload, device_key_for, make_events
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
@@ -180,19 +180,13 @@ async def test_quarantine_failure_never_loses_the_valid_events(engine: AsyncEngi
 # --- black box: `busbell backend run` -----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Backend:
     """`busbell backend run` as a subprocess with its log in a file."""
 
     def __init__(self, tmp: Path, db_url: str, broker: Any, prefix: str) -> None:
         devices = tmp / "DEVICES.csv"
         write_rows(devices, DEVICES_HEADER, [(b, device_key_for(b).public.hex) for b in BUSES])
-        self.api_port = _free_port()
+        self.api_port = free_port()
         self.config = tmp / "backend.toml"
         self.config.write_text(
             f'[database]\nurl = "{db_url}"\n'

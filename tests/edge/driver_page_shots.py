@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 from playwright.async_api import Page, async_playwright
 
 from busbell._mqtt import MqttSession, MqttSettings
+from busbell._ports import free_port
 from edge._driver_page import DriverPageSettings, run_driver_page
 from tests.factories.driver_page import stop
 
@@ -110,12 +110,6 @@ def long_model() -> dict[str, Any]:
         "next_stop": nxt,
         "stops": [nxt, *following],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def publish(settings: MqttSettings, topic: str, model: dict[str, Any]) -> None:
