@@ -243,6 +243,11 @@ class BellCore:
         self._trip_key: tuple[Any, ...] | None = None
         self._at_stop = False
         self._t = 0.0
+        self.clock_synced = True
+        """``False`` while the times fed in are the system clock's before the bus's first GNSS
+        fix (set by the adapter): a wait that looks expired on that clock is tracked, not
+        rejected (counted ``waits_held_unsynced``), and nothing expires until it is ``True``
+        again; a clock running fast at boot would otherwise drop waits that are live."""
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -436,6 +441,9 @@ class BellCore:
             self._count("wait_other_route")
             return None
         if w["expires_t"] <= t:
+            if not self.clock_synced:
+                self._count("waits_held_unsynced")
+                return w
             self._reject("wait", "expired", request_id=request_id)
             return None
         if stop_id not in self.feed.stops:
@@ -728,7 +736,7 @@ class BellCore:
         self._t = max(self._t, t)
         out: list[BellOutput] = []
         exp = self._expiry
-        while exp and exp[0][0] <= t:
+        while exp and exp[0][0] <= t and self.clock_synced:
             expires_t, rid = heapq.heappop(exp)
             r = self._reqs.get(rid)
             if r is not None and r.wait["expires_t"] == expires_t:

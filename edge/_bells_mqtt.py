@@ -69,6 +69,10 @@ class BellRelay:
             :attr:`edge._clock.GnssClock.stepped_s`); a change is passed to the core
             (:meth:`BellCore.clock_stepped`) before its next input. ``None``: a clock
             that never steps.
+        clock_synced: whether ``clock`` is on GNSS time yet (the daemon's
+            ``GnssClock.source == "gnss"``); passed to the core
+            (:attr:`BellCore.clock_synced`) before each input, so nothing is judged
+            expired on the system clock before the first fix. ``None``: always.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class BellRelay:
         clock: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
         clock_steps: Callable[[], float] | None = None,
+        clock_synced: Callable[[], bool] | None = None,
     ) -> None:
         self.core = core
         self.link = link
@@ -88,6 +93,7 @@ class BellRelay:
         self.params = core.params
         self._clock = clock
         self._clock_steps = clock_steps
+        self._clock_synced = clock_synced
         self._stepped_s = 0.0 if clock_steps is None else clock_steps()
         self._mono = monotonic
         self.stats = RelayStats()
@@ -116,6 +122,8 @@ class BellRelay:
 
     def sync_clock(self) -> None:
         """Pass a step of the bus's clock to the core (times it holds move with it)."""
+        if self._clock_synced is not None:
+            self.core.clock_synced = self._clock_synced()
         if self._clock_steps is None:
             return
         stepped = self._clock_steps()

@@ -284,6 +284,7 @@ class EdgeDaemon:
                 self.topics,
                 clock=self.clock,
                 clock_steps=None if gnss is None else lambda: gnss.stepped_s,
+                clock_synced=None if gnss is None else lambda: gnss.source == "gnss",
             )
             self.bells.vehicle = vehicle
             if hasattr(self.pipeline, "flag_listener"):

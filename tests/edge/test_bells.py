@@ -305,6 +305,31 @@ def test_a_clock_step_keeps_the_notice_the_driver_had(offset_s: float) -> None:
     assert short.core.counts.get("clock_steps", 0) == (offset_s != 0.0)
 
 
+def test_a_wait_that_looks_expired_on_the_boot_clock_is_kept_until_the_first_fix() -> None:
+    """Before the first GNSS fix the bus's times are the system clock's; one running fast
+    (an RTC hours ahead) must not drop a live wait as expired: it is kept, nothing expires
+    until the clock is on GNSS time, then only waits really past their end do."""
+    bus = ready_bus()
+    core = bus.core
+    core.clock_synced = False
+    ahead = 3 * 3600.0
+    for rid, expires_in in (("w-live", 600.0), ("w-old", -5.0)):
+        body = {"request_id": rid, "route_id": "17", "stop_id": "BD002", "t": bus.t - 60.0}
+        body |= {"expires_t": bus.t + expires_in, "source": "app", "assist": False}
+        bus.take(core.on_wait(bus.t + ahead, "17", "BD002", rid, canonical_bytes(body)))
+    assert core.counts["waits_held_unsynced"] == 2
+    assert "wait:expired" not in core.rejected
+    bus.take(core.tick(bus.t + ahead + 1.0))
+    assert core.tracked() == {"w-live", "w-old"}
+    core.clock_stepped(-ahead)  # the first fix
+    core.clock_synced = True
+    bus.tick(1.0)
+    assert core.tracked() == {"w-live"}
+    assert ("w-old", "expired") in bus.statuses()
+    bus.tick(600.0)
+    assert core.tracked() == set()
+
+
 def test_expired_wait_disappears() -> None:
     bus = ready_bus()
     bus.wait("w-1", "BD002", expires_in=30.0)

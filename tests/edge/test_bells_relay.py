@@ -146,3 +146,23 @@ def test_a_step_of_the_gnss_clock_reaches_the_core_before_its_next_input() -> No
     assert relay.core.counts["clock_steps"] == 1
     relay.clock()  # told once
     assert relay.core.counts["clock_steps"] == 1
+
+
+def test_the_relay_tells_the_core_whether_its_clock_is_on_gnss_time_yet() -> None:
+    wall, mono = Clock(), Clock()
+    wall.now = T0 + 3 * 3600.0  # a system clock running three hours fast at boot
+    gnss = GnssClock(wall, mono)
+    relay = BellRelay(
+        BellCore("B1", FEED, BellParams()),
+        MemoryLink(),  # type: ignore[arg-type]
+        Topics("p/busbell/v1"),
+        clock=gnss,
+        monotonic=mono,
+        clock_steps=lambda: gnss.stepped_s,
+        clock_synced=lambda: gnss.source == "gnss",
+    )
+    relay.clock()
+    assert relay.core.clock_synced is False
+    gnss.observe(T0)
+    relay.clock()
+    assert relay.core.clock_synced is True
