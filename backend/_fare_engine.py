@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from backend._durations import duration_text
 from backend._fare_rules import FareRules, RuleSet
 from backend._frozen import fast_init
 from busbell._errors import BusbellError
@@ -218,13 +219,6 @@ def _km(metres: float) -> str:
     return f"{metres / 1000:g} km"
 
 
-def _duration(seconds: float) -> str:
-    whole = round(seconds)
-    sign = "-" if whole < 0 else ""
-    minutes, secs = divmod(abs(whole), 60)
-    return f"{sign}{minutes} min {secs:02d} s"
-
-
 class FareEngine:
     """Prices journeys with a set of fare rules.
 
@@ -335,8 +329,8 @@ def _explain(quote: FareQuote) -> tuple[str, ...]:
             window = ruleset.transfer.window_after(alight_local.time())
             explain.append(
                 f"transfer {number - 1}: boarded "
-                f"{_duration(leg.board_t - previous.alight_t)} after alighting at "
-                f"{alight_local.time().isoformat()} (window {_duration(window)}"
+                f"{duration_text(leg.board_t - previous.alight_t)} after alighting at "
+                f"{alight_local.time().isoformat()} (window {duration_text(window)}"
                 f"{', night' if night else ''})"
             )
         board = rules.local(leg.board_t).time().isoformat()

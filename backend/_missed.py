@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend._durations import duration_text
 from busbell._errors import BusbellError
 from busbell._fare_event import event_hash, validate_event, verify_event
 from busbell._signing import PublicKey
@@ -271,11 +272,6 @@ def _when(t: float | None, tz: dt.tzinfo) -> str:
     return dt.datetime.fromtimestamp(t, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _span(s: float) -> str:
-    s = round(s)
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
-
-
 def _wait_made(r: MissedRecord, tz: dt.tzinfo) -> str:
     """When the wait was made, and how long before the bus passed.
 
@@ -292,7 +288,7 @@ def _wait_made(r: MissedRecord, tz: dt.tzinfo) -> str:
     lifetime = None if r.wait_expires_t is None else r.wait_expires_t - r.wait_t
     if lead < 0 or (lifetime is not None and lead > lifetime):
         return f"{text} (by another clock than the bus's: not comparable with the pass)"
-    return f"{text}, {_span(lead)} before"
+    return f"{text}, {duration_text(lead)} before"
 
 
 def format_report(report: MissedReport, tz: dt.tzinfo = dt.UTC) -> list[str]:
