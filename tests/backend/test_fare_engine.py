@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backend._durations import duration_text
 from backend._fare_engine import (
     Adjustment,
     Charge,
@@ -805,3 +806,20 @@ def test_explain_is_written_from_the_quote() -> None:
     assert a.explain == b.explain
     assert a == b
     assert a.explain[-1] == f"total: {a.base_fare_krw:,} + {a.surcharge_krw:,} = {a.fare_krw:,} KRW"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.4, "0 s"),
+        (45, "45 s"),
+        (59.6, "1 min 00 s"),
+        (725.4, "12 min 05 s"),
+        (-90, "-1 min 30 s"),
+        (-30, "-30 s"),
+    ],
+)
+def test_durations_read_the_same_in_fare_explanations_and_reports(
+    seconds: float, text: str
+) -> None:
+    assert duration_text(seconds) == text
