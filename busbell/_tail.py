@@ -86,32 +86,55 @@ def _num(v: Any) -> float | None:
     return float(v)
 
 
+def _fares_words(body: dict[str, Any]) -> str:
+    events = body.get("events", [body])
+    if not isinstance(events, list):
+        events = []
+    seqs = [e["seq"] for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int)]
+    rng = f"seq {min(seqs)}..{max(seqs)}" if seqs else "no seq"
+    return f"{len(events)} event(s), {rng}"
+
+
+def _driver_ack_words(body: dict[str, Any]) -> str:
+    ids = body.get("request_ids")
+    return f"driver acknowledged {', '.join(map(str, ids)) if isinstance(ids, list) else '?'}"
+
+
 def _summary(kind: str, body: Any) -> str:
     if not isinstance(body, dict):
         return json.dumps(body, ensure_ascii=False)[:200]
-    if kind == "fares":
-        events = body.get("events", [body])
-        if not isinstance(events, list):
-            events = []
-        seqs = [e["seq"] for e in events if isinstance(e, dict) and isinstance(e.get("seq"), int)]
-        rng = f"seq {min(seqs)}..{max(seqs)}" if seqs else "no seq"
-        return f"{len(events)} event(s), {rng}"
-    if kind == "fares_ack":
-        return f"acked up to seq {body.get('upto_seq')}"
-    if kind == "fares_resend":
-        return f"resend seq {body.get('from_seq')}..{body.get('to_seq')}"
-    if kind == "fleet_keys":
-        return "fleet keys delivered (encrypted)"
-    if kind == "vehicle_gnss":
-        return f"{body.get('lat')},{body.get('lon')} {body.get('speed_mps')} m/s"
-    if kind == "vehicle_doors":
-        return "doors OPEN" if body.get("open") else "doors closed"
-    if kind == "vehicle_trip":
-        return f"trip {body.get('route_id')}/{body.get('direction_id')} {body.get('trip_id') or ''}"
-    if kind == "driver_ack":
-        ids = body.get("request_ids")
-        return f"driver acknowledged {', '.join(map(str, ids)) if isinstance(ids, list) else '?'}"
+    words = _SUMMARIES.get(kind)
+    if words is not None:
+        return words(body)
     return " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in body.items())[:300]
+
+
+def _denylist_words(body: dict[str, Any]) -> str:
+    """The deny list in words; its rids are counted, never printed (they are riders')."""
+    rids, devices = body.get("rids"), body.get("devices")
+    n = len(rids) if isinstance(rids, list) else "?"
+    span = f" over intervals {body.get('from_interval')}..{body.get('to_interval')}"
+    if body.get("from_interval") is None:
+        span = ""
+    buses = ", ".join(map(str, devices)) if isinstance(devices, list) and devices else "none"
+    signed = "signed" if body.get("sig") else "UNSIGNED (buses refuse it)"
+    return f"deny list v{body.get('version')}: {n} rid(s){span}, buses revoked: {buses}; {signed}"
+
+
+_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "fares": _fares_words,
+    "fares_ack": lambda b: f"acked up to seq {b.get('upto_seq')}",
+    "fares_resend": lambda b: f"resend seq {b.get('from_seq')}..{b.get('to_seq')}",
+    "fleet_keys": lambda b: "fleet keys delivered (encrypted)",
+    "vehicle_gnss": lambda b: f"{b.get('lat')},{b.get('lon')} {b.get('speed_mps')} m/s",
+    "vehicle_doors": lambda b: "doors OPEN" if b.get("open") else "doors closed",
+    "vehicle_trip": lambda b: (
+        f"trip {b.get('route_id')}/{b.get('direction_id')} {b.get('trip_id') or ''}"
+    ),
+    "driver_ack": _driver_ack_words,
+    "denylist": _denylist_words,
+}
+"""One line's words for a message kind with no richer rendering (``_bus_words``, waits...)."""
 
 
 def _sub(body: dict[str, Any], key: str) -> dict[str, Any]:

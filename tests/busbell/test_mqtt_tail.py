@@ -435,9 +435,17 @@ def test_a_wait_is_measured_on_the_buses_clock() -> None:
     assert "app  expires in 14m00s (age 1m00s) [retained]" in first, first
     # the deny list is on the backend's own clock, not the buses'
     deny = {"version": 1, "rids": [], "devices": [], "t": now - 42}
-    assert "(age 42s)" in (
-        fmt.format(MqttMessage(t.denylist(), json.dumps(deny).encode(), True, 1)) or ""
+    line = fmt.format(MqttMessage(t.denylist(), json.dumps(deny).encode(), True, 1)) or ""
+    assert (
+        "deny list v1: 0 rid(s), buses revoked: none; UNSIGNED (buses refuse it) (age 42s)" in line
     )
+    deny |= {"version": 7, "rids": ["9f" * 12, "a0" * 12], "devices": ["B17"], "sig": "x"}
+    deny |= {"from_interval": 2933333, "to_interval": 2933621}
+    line = fmt.format(MqttMessage(t.denylist(), json.dumps(deny).encode(), True, 1)) or ""
+    assert (
+        "deny list v7: 2 rid(s) over intervals 2933333..2933621, buses revoked: B17; signed" in line
+    )
+    assert "9f9f" not in line  # a rider's rids are counted, never printed
     # a bus of the wait's route is preferred to another bus
     disp = {"bus_id": "b1", "t": bus_t + 600, "route_id": "17"}
     fmt.format(MqttMessage(t.display("b1"), json.dumps(disp).encode(), False, 1))
