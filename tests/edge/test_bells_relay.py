@@ -128,6 +128,7 @@ async def test_a_trip_change_subscribes_its_route_waits_without_waiting_for_the_
 
 
 def test_a_step_of_the_gnss_clock_reaches_the_core_before_its_next_input() -> None:
+    """And whether the clock is on GNSS time yet: nothing expires on the system clock."""
     wall, mono = Clock(), Clock()
     wall.now = T0 + 200 * 86400.0  # the system clock before the first fix
     gnss = GnssClock(wall, mono)
@@ -138,31 +139,14 @@ def test_a_step_of_the_gnss_clock_reaches_the_core_before_its_next_input() -> No
         clock=gnss,
         monotonic=mono,
         clock_steps=lambda: gnss.stepped_s,
+        clock_synced=lambda: gnss.source == "gnss",
     )
     assert relay.clock() == wall.now
     assert "clock_steps" not in relay.core.counts
+    assert relay.core.clock_synced is False
     gnss.observe(T0)  # the first fix: 200 days back
     assert relay.clock() == T0
     assert relay.core.counts["clock_steps"] == 1
+    assert relay.core.clock_synced is True
     relay.clock()  # told once
     assert relay.core.counts["clock_steps"] == 1
-
-
-def test_the_relay_tells_the_core_whether_its_clock_is_on_gnss_time_yet() -> None:
-    wall, mono = Clock(), Clock()
-    wall.now = T0 + 3 * 3600.0  # a system clock running three hours fast at boot
-    gnss = GnssClock(wall, mono)
-    relay = BellRelay(
-        BellCore("B1", FEED, BellParams()),
-        MemoryLink(),  # type: ignore[arg-type]
-        Topics("p/busbell/v1"),
-        clock=gnss,
-        monotonic=mono,
-        clock_steps=lambda: gnss.stepped_s,
-        clock_synced=lambda: gnss.source == "gnss",
-    )
-    relay.clock()
-    assert relay.core.clock_synced is False
-    gnss.observe(T0)
-    relay.clock()
-    assert relay.core.clock_synced is True
