@@ -21,6 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import pytest
+
+from edge._classifier import _may_change_with_rid
 from tests.edge.test_classifier import T0, Ends, Token, World, add_riders, ends
 
 START = T0 + 400.0
@@ -180,3 +183,55 @@ def test_a_waiter_heard_past_the_stop_hands_its_boarding_on_at_its_rhythm() -> N
     # the stop), it boarded: its next rid from another address (a fob), first heard 15 s
     # later, within six of its 3-s gaps, takes over its boarding at S2 as before
     assert _candidate_run(250.0, 100.0) == [("S2", "S2", "boarded", "lost")]
+
+
+# -- a token whose address may change with its rid (docs/classifier.md, "Thirty-fifth pass")
+
+STATIC = "C3:5A:10:22:7E:01"
+"""A static random address (top bits 11): a busbell fob draws one with every rid."""
+STATIC_NEXT = "F1:45:6A:5C:C0:B4"
+RPA = "5D:D1:6F:E7:E8:5B"
+"""A resolvable private address (top bits 01): a phone's host re-draws it on its own timer."""
+
+
+def test_a_fobs_next_rid_from_a_new_address_continues_its_ride_past_a_fade() -> None:
+    # the walk-off shape, but the rider's address is static random: its next rid comes
+    # from another address (a fob's, cell 24: every token's), known only by the lossy
+    # window; the new rid first heard 140 m past S2, 10 s later, continues the ride to S3
+    # (with the rule: the ride closed `alighted` S2 and the new rid went unpaired)
+    rider = Token("lf", _rider(40.0, -90.0))
+    rider.addr = STATIC
+    nxt = Token("ps", _passer_by)
+    nxt.addr = STATIC_NEXT
+    rider_ends, next_ends = _run(rider, nxt)
+    assert rider_ends == [("S1", "S2", "boarded", "rotated")]
+    assert next_ends == [(None, "S3", "continued", "alighted")]
+
+
+def test_a_phones_walk_off_keeps_the_base_window() -> None:
+    # the same with the rider's address resolvable private (a phone's, which outlives its
+    # rid): a new rid from a static address 10 s later is a passer-by's, not paired (the
+    # rule as before; cell 1 seed 3's r-00082 and r-02794 were phones)
+    rider = Token("lf", _rider(40.0, -90.0))
+    rider.addr = RPA
+    passer = Token("ps", _passer_by)
+    passer.addr = STATIC_NEXT
+    rider_ends, passer_ends = _run(rider, passer)
+    assert rider_ends == [("S1", "S2", "boarded", "alighted")]
+    assert passer_ends == []
+
+
+@pytest.mark.parametrize(
+    ("addr", "may"),
+    [
+        (STATIC, True),
+        ("0A:11:22:33:44:55", True),  # non-resolvable private (top bits 00)
+        (RPA, False),
+        ("8A:11:22:33:44:55", False),  # (10: reserved)
+        ("", False),
+        ("addr-lf", False),  # (not hex: the scripted worlds' addresses)
+        ("zz:11", False),
+    ],
+)
+def test_which_addresses_may_change_with_the_rid(addr: str, may: bool) -> None:
+    assert _may_change_with_rid(addr) is may
