@@ -3772,7 +3772,7 @@ class PresenceClassifier:
         link a weak token still aboard has (both passers-by above were phones, whose
         resolvable private address outlives a rid). Full scale, cell 24 (every token's
         address changes with its rid), unseen seed 52 ``rush_hour_crowd``: a one-stop
-        rider missed with the rule, charged without it (docs/classifier.md, "Thirty-fifth
+        rider missed with the rule, charged without it (docs/classifier.md, "Thirty-sixth
         pass").
         """
         if _may_change_with_rid(old.addr):

@@ -185,7 +185,7 @@ def test_a_waiter_heard_past_the_stop_hands_its_boarding_on_at_its_rhythm() -> N
     assert _candidate_run(250.0, 100.0) == [("S2", "S2", "boarded", "lost")]
 
 
-# -- a token whose address may change with its rid (docs/classifier.md, "Thirty-fifth pass")
+# -- a token whose address may change with its rid (docs/classifier.md, "Thirty-sixth pass")
 
 STATIC = "C3:5A:10:22:7E:01"
 """A static random address (top bits 11): a busbell fob draws one with every rid."""
