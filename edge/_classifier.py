@@ -759,6 +759,10 @@ class PresenceClassifier:
         that was aboard (:meth:`_unride`)."""
         self._riders_key: int | None = None
         """``_riders_lvl`` to a dB (``None`` while +inf): counted in each rid's ``lv_hist``."""
+        self._open_lvls: dict[int, float] = {}
+        """Stop visit (seq) -> ``_riders_lvl`` as its doors first opened, for the visits kept
+        in ``_visits``: the riders the bus brought to the stop, before those alighting there
+        sank the level as they walked off (:meth:`_drew_up`'s level at the doors)."""
         self._resume_t = float("-inf")
         """Fades count from here at the earliest (set by :meth:`resume` after a restart)."""
         self._down: tuple[float, float] | None = None
@@ -868,6 +872,12 @@ class PresenceClassifier:
             return
         if not self._visits or self._visits[-1] is not visit:
             self._visits.append(visit)
+        lvls = self._open_lvls
+        if visit.seq not in lvls:  # (not on a re-opening)
+            lvls[visit.seq] = self._riders_lvl
+            oldest = self._visits[0].seq
+            for seq in [s for s in lvls if s < oldest]:
+                del lvls[seq]
         self._visit = visit
         since = visit.open_t - self.params.candidate_lookback_s
         for r in self._rids.values():
@@ -2597,6 +2607,7 @@ class PresenceClassifier:
             and self._moved_on(r, v)
             and not self._echo_elsewhere(r)
             and not self._echo_later(r, v)
+            and not self._drew_up(r, v)
         ):
             # co-movement: heard again and again, at its own level, while the bus carried
             # it far from the stop, however sparsely (a weak token deep in a bag)
@@ -2731,19 +2742,39 @@ class PresenceClassifier:
         the doors closed after a 40-s dwell, then beside the bus every second 30 dB below
         the riders for 765 m, was charged BD006 -> BD009 on the unbroken-stretch rule.
         Never with ``in_bus_margin_db`` 0 (off): no margin then says "far below".
+
+        Or its adverts at those open doors (``dp_sum``, the level it was heard at there)
+        that far below the riders, however loud on the way (thirty-fifth pass): whoever
+        boards last walks through the open doors, in the doorway or in the shell, and is
+        heard there near the riders' level; a car that draws up as the doors close is
+        heard there from tens of metres behind the bus, at the edge of hearing, and only
+        then beside it, 9-25 dB below the riders in the default world (scratch worlds of
+        ``rush_hour_crowd`` with five times the cars, tuning seed 3: r-03603 and r-03746,
+        heard at the doors at -90 dBm 31-35 dB below the riders, on the way 21-25 dB
+        below, charged one stop each). The doors' level is judged against the riders the
+        bus brought to the stop (``_open_lvls``: the level as its doors opened), if higher
+        than now: riders alighting there are heard walking off and sink the level before
+        they fade (``bus_alongside_red_light``, where every tracked rider of the 55
+        alights at BD006: -56 dBm as the doors opened, -70 when a car heard there at -92
+        was judged, and charged BD006 -> BD010).
         """
         lvl, margin = self._riders_lvl, self.params.in_bus_margin_db
-        return (
+        if not (
             margin > 0.0  # (0: off, no margin that says "far below the riders")
             and not r.rot
-            and r.n_far > 0
             and r.n_adv > 1
             and r.first_t > v.open_t
             and (v.close_t is None or r.first_t <= v.close_t)
             and math.isfinite(lvl)
-            and r.far_sum / r.n_far < lvl - margin
-            and self._silent_at_doors(r, v)
-        )
+        ):
+            return False
+        far = r.n_far > 0 and r.far_sum / r.n_far < lvl - margin
+        if not far and r.dp_visit is v and r.dp_n > 0:
+            # at the doors, against the riders the bus brought there (those alighting sink
+            # the level as they walk off) if higher, or the riders now
+            came = self._open_lvls.get(v.seq, math.inf)
+            far = r.dp_sum / r.dp_n < (came if lvl < came < math.inf else lvl) - margin
+        return far and self._silent_at_doors(r, v)
 
     def _stood_and_carried(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate of ``v`` stood in the bus at ``v`` and rode it to the next stop.
@@ -3017,7 +3048,10 @@ class PresenceClassifier:
         return old, visit
 
     def _confirm_new(self, r: _Rid, t: float, v: StopVisit | None, out: list[SegmentDraft]) -> None:
+        got = self._matched_old(r)
         old, handed = self._unpair(r)
+        if handed is not None and got is not None and self._approached(r, got[0], handed, v):
+            handed = None  # (someone waiting at this stop, not the old candidate's token)
         if old is not None:
             if self._echo_riders and old.eo_k >= 0:
                 self._echo_succeeded(old)
@@ -3047,6 +3081,32 @@ class PresenceClassifier:
             return
         start_t = min(max(v.open_t, r.first_t), v.close_t)
         self._confirm(r, t, "boarded", start_t, v.stop_id, v.close_odo_m)
+
+    def _approached(self, r: _Rid, old: _Rid, handed: StopVisit, v: StopVisit | None) -> bool:
+        """Whether a candidate's heir, a candidate of a later stop, was approached there.
+
+        The rotation pairing gave ``r`` (a new rid) the boarding of a candidate whose rid
+        ended (``old``, of the stop visit ``handed``), by timing and clock, before the doors
+        of a later stop ``v`` opened; the new rid, heard there, became that stop's
+        candidate and is confirmed now. Heard at ``v`` ``sparse_fall_db`` or more louder
+        (``lvl``, its median there as the bus left) than the old candidate was at its own
+        stop, it is someone waiting at ``v``, heard from afar as the bus came, and boards
+        there (what :meth:`_carried` asks of any candidate heard at a later stop): a
+        token aboard since the old stop keeps its level. Scratch worlds of
+        ``rush_hour_crowd`` (five times the cars and waiters, tuning seed 4): a car that
+        drew up at BD008 and kept beside the bus was BD008's candidate at -87 dBm; its rid
+        ended as the bus neared BD009 and the pairing gave its boarding to the new rids of
+        two riders waiting at BD009 (-93 dBm 100 m off, -50 at the doors), who were
+        charged BD008 -> BD010 for BD009 -> BD010 (unseen seed 52's r-00212 shape).
+        """
+        return (
+            v is not None
+            and v.seq > handed.seq
+            and r.visit is v
+            and r.lvl is not None
+            and old.lvl is not None
+            and r.lvl >= old.lvl + self._sparse_fall
+        )
 
     def _tracked_from(self, r: _Rid, v: StopVisit) -> bool:
         """Whether a candidate of ``v`` boarding now was carried to ``v`` from its track's stop.
@@ -3477,6 +3537,7 @@ class PresenceClassifier:
             and r.co_sum / n >= self._riders_lvl - p.in_bus_margin_db
             and not self._echo_elsewhere(r)
             and not self._echo_later(r, r.pred_visit or r.visit)
+            and not self._drew_up(r, r.visit)
             and (
                 r.first_token_t - r.interval * INTERVAL_S <= p.tentative_window_s
                 # still a candidate when its interval ended by its token's clock (t - d_min
