@@ -12,8 +12,8 @@ it knows whose rids they are.
 
 * a tentative segment is **never charged alone**, unless heard **door to door**: a lone
   piece first heard at a stop, moving with the bus at two or more points, lost as the
-  doors opened at another stop, over at least half the way between them
-  (:func:`_door_to_door`; the caller gives the trip's distances); or **carried**: pieces
+  doors opened at another stop, over at least half the way between them, not far under
+  the riders (:func:`_door_to_door`; the caller gives the trip's distances); or **carried**: pieces
   alone, the rider's only evidence on that bus trip, moving with the bus at two or more
   points near the riders' level for ``tentative_carried_m`` or more, with no confirmed
   segment of the rider on another bus then, charged to the first stop at or past where
@@ -365,6 +365,14 @@ def _door_to_door(piece: Segment, policy: JourneyPolicy, hop: Hop) -> bool:
     seeds 1-2, cells 2, 10, 20, full: such pieces covered 12-42 % of the way, the missed
     riders' 61-100 %). A rider of a bus beside heard door to door is dropped as before
     when their own bus confirmed them (:func:`_beaten`).
+
+    And not heard through two shells (thirty-fifth pass): its co-movement levels at most
+    ``tentative_carried_under_db`` below the riders its bus heard (``riders_lvl``), the
+    bar the carried rule asks (none when the bus had no riders' level). A car that drew
+    up at a stop as the bus left and drove beside it to the next stop is heard so, door
+    to door, 35 dB under the riders (scratch worlds of ``bus_alongside_red_light`` with
+    five times the cars, tuning seed 2: r-02052, 14 points at -83..-94 dBm, BD003 ->
+    BD006 on the 17, charged); riders' pieces lie at most 28.5 dB under them.
     """
     co = piece.co
     if (
@@ -374,6 +382,9 @@ def _door_to_door(piece: Segment, policy: JourneyPolicy, hop: Hop) -> bool:
         or piece.end_cause != "alighted"
     ):
         return False  # (co is None only for an event validation refuses as tentative)
+    lvl = piece.riders_lvl
+    if lvl is not None and (co[1] + co[2]) / 2.0 < lvl - policy.tentative_carried_under_db:
+        return False  # (a vehicle beside the bus, through its shell and the bus's)
     way = hop(piece)  # None: a stop unknown or off the trip; 0: the same stop
     return way is not None and way > 0.0 and piece.distance_m >= DOOR_TO_DOOR_COVER * way
 

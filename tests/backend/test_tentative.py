@@ -133,6 +133,7 @@ def _door_to_door(
     end: tuple[float, str | None, str] = (T0 + 220.0, "S04", "alighted"),
     co: tuple[int, float, float] | None = (2, -94.0, -92.0),
     distance: float = 766.0,
+    riders_lvl: float | None = None,
 ) -> dict[str, Any]:
     """One rid heard from S03's doors to S04's (800 m apart), never confirmed.
 
@@ -140,7 +141,7 @@ def _door_to_door(
     dB under the riders, 2 co-movement points, the bus 766 m on from BD006 to BD008 while
     it heard them: no rotation to sum across, the ride was missed.
     """
-    return _piece(world, rider, start, end, co=co, distance=distance)
+    return _piece(world, rider, start, end, co=co, distance=distance, riders_lvl=riders_lvl)
 
 
 def test_a_lone_piece_heard_door_to_door_is_a_ride(tmp_path: Path) -> None:
@@ -155,6 +156,10 @@ def test_a_lone_piece_heard_door_to_door_is_a_ride(tmp_path: Path) -> None:
     # half the way between the stops is enough (400 of 800 m)
     world = World(tmp_path / "half", riders=2, buses=1)
     assert _settle(world, [_door_to_door(world, distance=400.0)]).journeys[0].charged
+    # 30 dB under the riders is not too far (no riders' level: no bar, as above)
+    for name, lvl in (("bar", -63.0), ("near", -74.0)):
+        world = World(tmp_path / name, riders=2, buses=1)
+        assert _settle(world, [_door_to_door(world, riders_lvl=lvl)]).journeys[0].charged
 
 
 @pytest.mark.parametrize(
@@ -169,6 +174,9 @@ def test_a_lone_piece_heard_door_to_door_is_a_ride(tmp_path: Path) -> None:
         ("left at the stop it was heard at", {"end": (T0 + 220.0, "S03", "alighted")}),
         ("alighted at no named stop", {"end": (T0 + 220.0, None, "alighted")}),
         ("a stop off the trip", {"end": (T0 + 220.0, "S99", "alighted")}),
+        # a car that drew up as the bus left S03 and drove beside it to S04, heard
+        # through its shell and the bus's (scratch world, tuning seed 2, r-02052)
+        ("31 dB under the riders", {"riders_lvl": -62.0}),
     ],
 )
 def test_a_lone_piece_not_heard_door_to_door_charges_nobody(
