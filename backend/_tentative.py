@@ -366,7 +366,7 @@ def _door_to_door(piece: Segment, policy: JourneyPolicy, hop: Hop) -> bool:
     riders' 61-100 %). A rider of a bus beside heard door to door is dropped as before
     when their own bus confirmed them (:func:`_beaten`).
 
-    And not heard through two shells (thirty-fifth pass): its co-movement levels at most
+    And not heard through two shells (thirty-seventh pass): its co-movement levels at most
     ``tentative_carried_under_db`` below the riders its bus heard (``riders_lvl``), the
     bar the carried rule asks (none when the bus had no riders' level). A car that drew
     up at a stop as the bus left and drove beside it to the next stop is heard so, door

@@ -2744,7 +2744,7 @@ class PresenceClassifier:
         Never with ``in_bus_margin_db`` 0 (off): no margin then says "far below".
 
         Or its adverts at those open doors (``dp_sum``, the level it was heard at there)
-        that far below the riders, however loud on the way (thirty-fifth pass): whoever
+        that far below the riders, however loud on the way (thirty-seventh pass): whoever
         boards last walks through the open doors, in the doorway or in the shell, and is
         heard there near the riders' level; a car that draws up as the doors close is
         heard there from tens of metres behind the bus, at the edge of hearing, and only

@@ -1,7 +1,7 @@
 """Presence classifier: a candidate's heir approached at a later stop boards there.
 
 Scratch worlds of ``rush_hour_crowd`` with five times the cars and waiters (full scale,
-default radio, tuning seed 4; docs/classifier.md, "Thirty-fifth pass"): a car that drew
+default radio, tuning seed 4; docs/classifier.md, "Thirty-seventh pass"): a car that drew
 up at BD008 and kept beside the bus was BD008's candidate at -87 dBm when its rid ended
 near BD009; the rotation pairing gave its boarding to the new rids of two riders waiting
 at BD009 (heard at -93 dBm 100 m off, -50 at the doors), charged BD008 -> BD010 for BD009

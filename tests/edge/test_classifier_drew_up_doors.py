@@ -1,7 +1,7 @@
 """Presence classifier: a car that drew up as the doors closed, heard there far below the riders.
 
 Scratch worlds of the strong cells' door-timed bystanders (docs/classifier.md,
-"Thirty-fifth pass"): ``rush_hour_crowd`` and ``bus_alongside_red_light`` with five times
+"Thirty-seventh pass"): ``rush_hour_crowd`` and ``bus_alongside_red_light`` with five times
 the cars, full scale, default radio, tuning seeds 1-4. A car starts its drive 50-300 m
 behind a stop as the bus leaves it; first heard in the last seconds of the dwell at the
 edge of hearing (-90 dBm, 31-35 dB below the riders), then beside the bus 9-25 dB below
