@@ -3147,6 +3147,8 @@ class PresenceClassifier:
             if self._unpaired_rides(r) and self._stayed_through(r):
                 self._confirm_unpaired(r, t)  # then judged as a rider (alighted there)
             else:
+                if self._unpaired_rides(r):
+                    self._unlinked_piece(r, out)
                 self._drop(r, Event.FADE, out, "rotating_silent")
             return
         if (
@@ -3580,6 +3582,40 @@ class PresenceClassifier:
         draft.evidence["co_hi"] = round(r.co_hi, 1)
         r.start, r.start_odo = was, was_odo
         r.co_sent, r.sent_t = r.co_n, draft.end.t
+        self.tentative += 1
+        out.append(draft)
+
+    def _unlinked_piece(self, r: _Rid, out: list[SegmentDraft]) -> None:
+        """Send an unpaired new rid that rode like a rider as a piece only its rider's ride takes.
+
+        A rid that began between stops (``ROTATING``, paired with no old rid) and rode with
+        the bus at the riders' level (:meth:`_unpaired_rides`) but was never confirmed (it
+        fell silent, or the trace ended, before it stayed through a stop's doors) is the
+        next rid of someone aboard whose old rid the pairing did not link: a token whose
+        address changes with its rid, silent past the pairing's window (docs/classifier.md,
+        "Thirty-sixth pass": full scale, cell 24, tuning seed 4, ``door_sensor_stuck``
+        r-00064, BD002 -> BD007, its ride closed ``alighted`` at BD006 as its rid faded,
+        its next rid first heard 311 m on and to BD007's doors, never sent: charged
+        BD002 -> BD006). The backend knows whose rids they are and joins a rider's pieces
+        to their confirmed segment of the same bus trip on the adjoining rid
+        (``backend/_tentative.py``). The piece names no stop and carries one co-movement
+        point at its in-bus mean: no rule charges a piece alone on fewer than two points
+        (door to door, carried) or four summed, so a stranger's piece, joining nothing,
+        charges nobody.
+        """
+        was, was_odo = r.start, r.start_odo
+        r.start = SegmentEnd(r.first_t, None, "tentative")
+        r.start_odo = r.first_odo
+        if self._near_end(r):
+            draft = self._rotated(r)
+        else:
+            end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
+            draft = self._draft(r, end, end_odo)
+        lvl = round(r.far_sum / r.n_far, 1)
+        draft.evidence["co_n"] = 1
+        draft.evidence["co_lo"] = lvl
+        draft.evidence["co_hi"] = lvl
+        r.start, r.start_odo = was, was_odo
         self.tentative += 1
         out.append(draft)
 
@@ -4529,6 +4565,12 @@ class PresenceClassifier:
                     if self._tentative_ok(r):
                         self._tentative(r, out)
                 except Exception as exc:  # (contained like end_of: the others still close)
+                    self._failed("finish", r, exc)
+            elif was == _ROTATING and r.rid not in self._pending:
+                try:
+                    if self._unpaired_rides(r):
+                        self._unlinked_piece(r, out)
+                except Exception as exc:
                     self._failed("finish", r, exc)
             r.state = int(next_state(State(r.state), Event.FINISH))
             if was == _ONBOARD:

@@ -812,3 +812,56 @@ def test_two_confirmed_segments_of_one_ride_under_two_trip_keys_are_charged_once
     legs = [x for j in res.journeys for x in j.legs]
     assert [(x.board_stop_id, x.alight_stop_id) for x in legs] == [("S03", "S06")]
     assert [x.trip_id for x in legs] == ["T1"]
+
+
+# -- a piece naming no stop, one point: the edge's unlinked next rid (docs/classifier.md,
+# "Thirty-sixth pass": full scale, cell 24, seed 4, door_sensor_stuck r-00064)
+
+
+def _unlinked(world: World, rider: str, distance: float = 1500.0) -> dict[str, Any]:
+    """The rider's next rid: unpaired, rode from between S05 and S06 to S07's doors."""
+    return _piece(
+        world,
+        rider,
+        (BOUNDARY + 20.0, None, "tentative"),
+        (BOUNDARY + 150.0, "S07", "alighted"),
+        co=(1, -93.0, -93.0),
+        distance=distance,
+    )
+
+
+def test_an_unlinked_piece_extends_its_riders_ride_on_the_rid_before(tmp_path: Path) -> None:
+    world = World(tmp_path, riders=2, buses=1)
+    fields = world.segment_fields(
+        "r0001",
+        route_id="R1",
+        trip_id="T1",
+        start=(BOUNDARY - 400.0, "S02", "boarded"),
+        end=(BOUNDARY - 30.0, "S06", "alighted"),
+        distance_m=3000.0,
+    )
+    ride = world.buses["bus-01"].emit(fields)
+    res = _settle(world, [ride, _unlinked(world, "r0001")])
+    (j,) = res.journeys
+    assert j.charged
+    (leg,) = j.legs
+    assert (leg.board_stop_id, leg.alight_stop_id) == ("S02", "S07")
+
+
+def test_an_unlinked_piece_alone_charges_nobody(tmp_path: Path) -> None:
+    # a stranger's next rid: no ride of theirs on this trip to join, one point to sum;
+    # two of them adjoining (one point each) are not carried either: they name no stop
+    world = World(tmp_path, riders=2, buses=1)
+    alone = _settle(world, [_unlinked(world, "r0002")])
+    assert [j for j in alone.journeys if j.charged] == []
+    world2 = World(tmp_path / "two", riders=2, buses=1)
+    later = _piece(
+        world2,
+        "r0002",
+        (BOUNDARY + INTERVAL_S + 10.0, None, "tentative"),
+        (BOUNDARY + INTERVAL_S + 200.0, "S09", "alighted"),
+        co=(1, -93.0, -93.0),
+        distance=1500.0,
+    )
+    two = _settle(world2, [_unlinked(world2, "r0002"), later])
+    assert [j for j in two.journeys if j.charged] == []
