@@ -3147,7 +3147,7 @@ class PresenceClassifier:
             if self._unpaired_rides(r) and self._stayed_through(r):
                 self._confirm_unpaired(r, t)  # then judged as a rider (alighted there)
             else:
-                if self._unpaired_rides(r):
+                if self.params.tentative_points > 0 and self._unpaired_rides(r):
                     self._unlinked_piece(r, out)
                 self._drop(r, Event.FADE, out, "rotating_silent")
             return
@@ -3601,7 +3601,7 @@ class PresenceClassifier:
         (``backend/_tentative.py``). The piece names no stop and carries one co-movement
         point at its in-bus mean: no rule charges a piece alone on fewer than two points
         (door to door, carried) or four summed, so a stranger's piece, joining nothing,
-        charges nobody.
+        charges nobody. Off with the other tentative pieces (``tentative_points`` 0).
         """
         was, was_odo = r.start, r.start_odo
         r.start = SegmentEnd(r.first_t, None, "tentative")
@@ -4568,7 +4568,7 @@ class PresenceClassifier:
                     self._failed("finish", r, exc)
             elif was == _ROTATING and r.rid not in self._pending:
                 try:
-                    if self._unpaired_rides(r):
+                    if self.params.tentative_points > 0 and self._unpaired_rides(r):
                         self._unlinked_piece(r, out)
                 except Exception as exc:
                     self._failed("finish", r, exc)

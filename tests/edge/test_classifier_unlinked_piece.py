@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from edge._params import ClassifierParams
 from tests.edge.test_classifier import T0, Token, World, add_riders, by_name, ends
 
 START = T0 + 400.0
@@ -45,8 +46,10 @@ def _next_rid(first_m: float, stop: int) -> Callable[[World], float | None]:
     return f
 
 
-def _run(nxt_heard: Callable[[World], float | None]) -> tuple[World, Token, Token]:
-    w = World(t0=START)
+def _run(
+    nxt_heard: Callable[[World], float | None], params: ClassifierParams | None = None
+) -> tuple[World, Token, Token]:
+    w = World(params, t0=START)
     add_riders(w, -78.0)
     fob = w.add(Token("fb", _fob))
     fob.addr = "C3:5A:10:22:7E:01"  # static: drawn afresh with every rid
@@ -79,4 +82,9 @@ def test_an_unpaired_next_rid_that_rode_is_sent_as_a_piece_naming_no_stop() -> N
 def test_an_unpaired_next_rid_heard_briefly_sends_nothing() -> None:
     # heard only over the last 100 m before S3: it did not ride like a rider
     w, _, nxt = _run(_next_rid(1400.0, 2))
+    assert by_name(w.out, nxt, tentative=True) == []
+
+
+def test_no_unlinked_piece_with_tentative_pieces_off() -> None:
+    w, _, nxt = _run(_next_rid(200.0, 2), ClassifierParams(tentative_points=0))
     assert by_name(w.out, nxt, tentative=True) == []
