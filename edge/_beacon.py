@@ -27,11 +27,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from busbell import option
-from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon, seq_of
+from busbell import Feed, option
+from busbell._echo import BEACON_SERVICE_UUID, SEQ_MOD, bus_tag, encode_beacon, seq_of
 from edge._vehicle import VehicleContext
 
-__all__ = ["BeaconParams", "BeaconState", "beacon_stop_index"]
+__all__ = ["BeaconParams", "BeaconState", "EchoSeqs", "beacon_stop_index"]
 
 _MIN_INTERVAL_MS = 20
 """The shortest advertising interval BlueZ accepts (0x20 slots of 0.625 ms)."""
@@ -107,6 +107,41 @@ def beacon_stop_index(vehicle: VehicleContext) -> int:
         while i < n and progress > dist[i] + radius:
             i += 1
     return i
+
+
+class EchoSeqs:
+    """The seqs the buses of other stop patterns send at a stop of this bus's trip.
+
+    A bus of any pattern of the feed (a trip's stop sequence, or a route and direction's
+    usual one) serving stop ``s`` at index ``j`` of its trip sends ``seq`` ``j`` mod 8
+    there. A token near ``s`` that hears that bus echoes it with that seq; where its code
+    for the rid equals this bus's (1 rid in 31), this bus reads the echo as its own, from
+    the stop of its trip with that seq: an echo that says nothing of this bus. Called by
+    the classifier as it first hears a stretch
+    (:attr:`edge._classifier.PresenceClassifier.echo_ambiguous`).
+
+    Args:
+        feed: the GTFS static feed.
+        vehicle: this bus's vehicle context (its trip's stops).
+    """
+
+    def __init__(self, feed: Feed, vehicle: VehicleContext) -> None:
+        self.vehicle = vehicle
+        pats = {t.stop_ids for t in feed.trips.values()}
+        pats.update(p.stop_ids for p in feed.patterns.values())
+        at: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+        for ids in sorted(pats):
+            for j, s in enumerate(ids):
+                at.setdefault(s, []).append((ids, j % SEQ_MOD))
+        self.at = at
+        """Stop id -> (a pattern's stop ids, the seq its bus sends there)."""
+
+    def __call__(self, index: int, seq: int) -> bool:
+        """Whether a bus of another pattern sends ``seq`` at stop ``index`` of this trip."""
+        ids = self.vehicle.stop_ids
+        if not 0 <= index < len(ids):
+            return False
+        return any(pat != ids and s == seq for pat, s in self.at.get(ids[index], ()))
 
 
 class BeaconState:

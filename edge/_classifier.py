@@ -229,9 +229,10 @@ latest stop visit (seq) past whose doors, or in the bus standing there ``stay_s`
 they opened, the stretch was heard; ``ex_run``: echoes in a row
 naming another bus since the last naming this one."""
 
-_LATER_DEFAULTS: Final[dict[str, Any]] = {"pool_lvl": -math.inf}
+_LATER_DEFAULTS: Final[dict[str, Any]] = {"pool_lvl": -math.inf, "eo_amb": False}
 """Rid fields added after the echo's, with the value a checkpoint written before each was
-kept restores (it has no such slot): ``pool_lvl`` (:meth:`PresenceClassifier._keep_for_pairing`)."""
+kept restores (it has no such slot): ``pool_lvl`` (:meth:`PresenceClassifier._keep_for_pairing`),
+``eo_amb`` (:meth:`PresenceClassifier._echo_old`)."""
 
 
 def _median(hist: dict[int, int]) -> int | None:
@@ -373,6 +374,7 @@ _RID_SLOTS: Final = (
     "drift",
     "ec",
     "ended_t",
+    "eo_amb",
     "eo_k",
     "eo_late",
     "eo_n",
@@ -441,6 +443,12 @@ class _Rid:
         self.rot = False
         self.pred = _PRED_NONE
         self.pred_visit: StopVisit | None = None
+        self.eo_amb = False
+        """Its echo stretch's seq is also what a bus of another stop pattern serving the
+        stop the bus was at or coming to, as it first heard the stretch, sends there
+        (:attr:`PresenceClassifier.echo_ambiguous`): the echo may be a code collision
+        with that bus, so one echo point does not board an old stretch
+        (:meth:`PresenceClassifier._echo_old`)."""
         self.pool_lvl = -math.inf
         """The riders' level as it joined the rotation pool (-inf: none, taken from fewer than
         ``_LEVEL_MIN_RIDERS`` riders, or never pooled): a candidate's next rid is boarded only
@@ -730,6 +738,11 @@ class PresenceClassifier:
         """A hook (set by the pipeline: :func:`edge._beacon.beacon_stop_index` of its vehicle):
         the trip's stop index this bus's beacon sends now, stops passed without stopping
         counted; without it, the echo's stop is reckoned from the stop visits alone."""
+        self.echo_ambiguous: Callable[[int, int], bool] | None = None
+        """A hook (set by the pipeline from its GTFS feed): whether a bus of another stop
+        pattern serving the stop at this index of the current trip sends this seq there
+        (its own index of that stop, mod 8): an echo of that seq heard near that stop may
+        be a code collision with such a bus (1 rid in 31). Without it, none is."""
         self._echo_pts, self._ex_bar = (
             p.echo_points,
             p.echo_other_adverts if p.echo_evidence else 0,
@@ -1346,6 +1359,8 @@ class PresenceClassifier:
                 cur = v.stop_index if v.close_t is None else v.stop_index + 1
             k = cur - (cur - seq) % SEQ_MOD
             r.eo_k = k if cur >= 0 and k >= 0 else -1
+            amb = self.echo_ambiguous
+            r.eo_amb = cur >= 0 and amb is not None and amb(cur, seq)
             if r.start is not None:
                 self._echo_rider(r)  # (a rider's stretch begun afresh)
         r.eo_n += 1
@@ -1642,7 +1657,13 @@ class PresenceClassifier:
         """
         p = self.params
         n = r.eo_pts
-        if n < self._echo_pts or n == 0 or r.ex_run or r.fell or r.convoy is not None:
+        if (
+            n == 0
+            or (n < self._echo_pts and not (thin and self._echo_old(r)))
+            or r.ex_run
+            or r.fell
+            or r.convoy is not None
+        ):
             return None
         mean = r.eo_sum / n
         if mean < self._riders_lvl - p.in_bus_margin_db or (
@@ -1683,19 +1704,49 @@ class PresenceClassifier:
         echo points on the hop under one rid, 28 s of silence around the rotation, its next
         rid first heard 642 m on, 2 echo points, 120 m before BD009's doors): missed.
         """
-        if r.eo_pts >= self._echo_pts:
+        own = r.eo_pts >= self._echo_pts
+        if own or (ok and riders and self._echo_old(r)):
             if not ok:
                 return None
             w = self._echo_from(r, v, thin=riders)
             if w is not None:
                 return w
-            if riders and self._echo_riders and r.pred == _PRED_NONE:
+            if own and riders and self._echo_riders and r.pred == _PRED_NONE:
                 w = self._echo_rider_on(r)
                 if w is not None:
                     return w
         if (self._echo_heirs or r.pred == _PRED_CANDIDATE) and self._echo_link(r):
             return self._echo_from(r, v, thin=riders) if ok else None
         return None
+
+    def _echo_old(self, r: _Rid) -> bool:
+        """Whether ``r``'s stretch is old: one echo point is then enough to board it.
+
+        It has at least one echo point, and the bus served a stop after the echo's stop
+        ``w`` (:meth:`_echo_visit`), its doors opened and closed, before it first heard
+        the stretch: the token heard this bus without a gap from ``w`` on, through a whole
+        stop served, before the bus ever heard the token. Nobody waiting at a stop does
+        that (a waiter at a stop names that stop, or the one before when it heard the bus
+        coming), nor anyone left at ``w``; the bus's own hearing (the point: moving with
+        it, ``confirm_distance_m`` past the stop it left last, at the riders' level) says
+        it is still with the bus. Not when the seq may be another bus's (``eo_amb``): a
+        code collides for 1 rid in 31, and a bus of another pattern serving the stop where
+        this bus first heard the stretch sends its own index of that stop, which this bus
+        reads as a stop served long before (thirty-fifth pass: all four people on no bus
+        that one point boarded, full cells 23 and 22, were such collisions with a G6000
+        run; thirty-sixth pass).
+        """
+        if r.eo_pts < 1 or r.eo_k < 0 or r.eo_amb:
+            return False
+        w = self._echo_visit(r)
+        if w is None:
+            return False
+        for x in reversed(self._visits):
+            if x.seq <= w.seq:
+                return False
+            if x.close_t is not None and x.close_t < r.eo_t0:
+                return True
+        return False
 
     def _echo_alights(self, r: _Rid, w: StopVisit) -> bool:
         """Whether ``r`` was last heard at the open doors of the first stop served after ``w``.
@@ -2291,6 +2342,7 @@ class PresenceClassifier:
             elif (
                 (
                     r.eo_pts >= echo_pts
+                    or (r.eo_pts and self._echo_old(r))
                     # (not a rotation-paired one: its pairing's stretch is not boarded here)
                     or (r.pred == _PRED_NONE and self._echo_heirs and self._echo_link(r))
                 )
@@ -3417,6 +3469,7 @@ class PresenceClassifier:
         else:
             r.eo_t0, r.eo_odo0 = min(r.eo_t0, old.eo_t0), min(r.eo_odo0, old.eo_odo0)
         r.eo_seq, r.eo_k, r.eo_vseq = old.eo_seq, old.eo_k, old.eo_vseq
+        r.eo_amb = old.eo_amb
         r.eo_t1 = max(r.eo_t1, old.eo_t1)
         r.eo_pts += old.eo_pts
         r.eo_sum += old.eo_sum
@@ -4551,7 +4604,11 @@ class PresenceClassifier:
             if r.state == _GONE:
                 continue
             was = r.state
-            if was == _CANDIDATE and r.eo_pts >= self._echo_pts and self._echo_on:
+            if (
+                was == _CANDIDATE
+                and self._echo_on
+                and (r.eo_pts >= self._echo_pts or self._echo_old(r))
+            ):
                 try:  # its echo and the bus's hearing say it rode: board it, then close it
                     assert r.visit is not None
                     w = self._echo_from(r, r.visit, thin=True)

@@ -34,7 +34,7 @@ from busbell import (
     get_logger,
 )
 from busbell._echo import BEACON_LEN, bus_tag, parse_beacon
-from edge._beacon import beacon_stop_index
+from edge._beacon import EchoSeqs, beacon_stop_index
 from edge._checkpoint_pickle import CheckpointError, _Unpickler
 from edge._classifier import _ECHO_DEFAULTS, _LATER_DEFAULTS, PresenceClassifier, State
 from edge._params import ClassifierParams
@@ -213,6 +213,7 @@ class EdgePipeline:
         self._own_tag = bus_tag(bus_id)
         self.classifier = PresenceClassifier(p, self._own_tag)
         self.classifier.stop_index_now = partial(beacon_stop_index, self.vehicle)
+        self.classifier.echo_ambiguous = EchoSeqs(feed, self.vehicle)
         self.adverts_seen = 0
         self.adverts_accepted = 0
         self.no_company_id = 0
