@@ -19,7 +19,7 @@ from busbell import (
     load_gtfs,
 )
 from busbell._echo import BEACON_SERVICE_UUID, bus_tag, encode_beacon, parse_beacon
-from edge._beacon import BeaconParams, BeaconState, beacon_stop_index
+from edge._beacon import BeaconParams, BeaconState, EchoSeqs, beacon_stop_index
 from edge._pipeline import EdgePipeline
 from edge._vehicle import VehicleContext
 from edge.config import EdgeConfig
@@ -205,3 +205,33 @@ def test_pipeline_counts_bus_beacons_apart_and_never_rejects_them(feed: Feed) ->
     again = EdgePipeline("bus-0042", feed, TokenVerifier({}))
     again.restore(pipe.snapshot())
     assert again.stats.beacons_heard == {"own": 1, "other": 2}
+
+
+def test_echo_seqs_name_the_seqs_other_patterns_send_at_a_stop() -> None:
+    """``shared_stop_three_routes``'s feed: a G6000 run serves BD005 as its stop index 1
+    and BD009 as 3; bus-17 (BD001 .. BD007) reads seq 1 as BD002, bus-55 (BD003 .. BD010)
+    seq 3 as BD006 (the thirty-fifth pass's echo-code collisions r-02094, r-00313)."""
+    from busbell._gtfs import Stop, Trip
+
+    pats = {
+        "17": ("BD001", "BD002", "BD003", "BD004", "BD005", "BD006", "BD007"),
+        "G6000": ("BD003", "BD005", "BD006", "BD009", "SE001", "SE002"),
+        "55": ("BD003", "BD004", "BD005", "BD006", "BD008", "BD009", "BD010"),
+    }
+    trips = {
+        r: Trip(f"T{r}", r, 0, "WD", ids, (None,) * len(ids), (None,) * len(ids), (0.0,) * len(ids))
+        for r, ids in pats.items()
+    }
+    stops = {s: Stop(s, s, 0.0, 0.0) for ids in pats.values() for s in ids}
+    feed = Feed("Asia/Seoul", stops, {r: r for r in pats}, trips)
+    vehicle = VehicleContext(feed)
+    amb = EchoSeqs(feed, vehicle)
+    assert not amb(4, 1)  # no trip: no stops
+    vehicle.stop_ids = pats["17"]
+    # at BD005 (its index 4): G6000 sends 1 there, 55 sends 2; its own index is no collision
+    assert [s for s in range(8) if amb(4, s)] == [1, 2]
+    assert [s for s in range(8) if amb(0, s)] == []  # BD001: 17's only
+    assert not amb(7, 1)  # (past the trip's stops)
+    vehicle.stop_ids = pats["55"]
+    assert [s for s in range(8) if amb(5, s)] == [3]  # BD009: G6000's index 3
+    assert [s for s in range(8) if amb(2, s)] == [1, 4]  # BD005: G6000 1, 17 4

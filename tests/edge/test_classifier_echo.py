@@ -119,8 +119,10 @@ def _thin(
     plan: Plan = THIN,
     level: float = -92.0,
     tag: bytes | None = TAG,
+    ambiguous: Callable[[int, int], bool] | None = None,
 ) -> list[str]:
     w = EchoWorld(params, tag=tag)
+    w.c.echo_ambiguous = ambiguous
     add_riders(w, -80.0)
     tok = w.add(Token("bag", lambda world: level if _marks(world, plan) else None))  # type: ignore[arg-type]
     if echo is not None:
@@ -394,6 +396,47 @@ def test_a_one_hop_rider_heard_as_the_next_doors_open_is_boarded_by_its_echo() -
     assert _thin(own(1), plan=one_hop) == ["S1->S2"]
     # heard at S2's doors under a stretch that began at S2 (a waiter there): nothing
     assert _thin(own(2), plan=one_hop) == []
+
+
+OLD_ONE_POINT: Plan = {2: ((), (400.0,)), 3: ((2.0, 4.0, 6.0), ())}
+"""Heard once on the hop S2 -> S3 (400 m past S2, 400 m before S3's doors: one echo point)
+and at S3's open doors: full scale, tuning seed 1, cell 23, ``rush_hour_crowd`` r-00330
+(BD003 -> BD010, echo since BD003, one point 828 m past BD009 and three adverts at BD010's
+doors)."""
+
+
+def test_one_echo_point_boards_a_stretch_older_than_a_stop() -> None:
+    """Its echo since S1, the bus served S2 (doors opened and closed) before it first heard
+    the token: nobody waiting at a stop names a stop a whole stop back, so the bus's one
+    point of its own hearing boards it (thirty-sixth pass)."""
+    assert _thin(None, plan=OLD_ONE_POINT) == []
+    assert _thin(own(1), plan=OLD_ONE_POINT) == ["S1->S3"]
+    # a stretch since S2, the stop the bus left last (a waiter at S2 or S3 who heard it
+    # coming names that): one point is not enough
+    assert _thin(own(2), plan=OLD_ONE_POINT) == []
+    # the two-point rule as before: one point after the echo's own stop is not enough
+    assert _thin(own(1), plan={1: ((10.0, 13.0), (300.0,)), 3: ((6.0, 8.0), ())}) == []
+
+
+def test_one_echo_point_is_refused_when_the_seq_may_be_another_patterns_bus() -> None:
+    """A person at S3 near a bus of another pattern serving S3 as its stop index 1 (a G6000
+    run beside bus-17 at BD005; beside bus-55 at BD009): where that bus's code for the rid
+    equals this bus's (1 rid in 31) the echo reads "since S1" of this bus. Full scale,
+    tuning seed 2, cell 23, ``transfer_bunched`` r-02094 and full 22 seed 3
+    ``shared_stop_three_routes`` r-00313, both on no bus, were charged by one point."""
+    asked: list[tuple[int, int]] = []
+
+    def g6000(index: int, seq: int) -> bool:
+        asked.append((index, seq))
+        return (index, seq) == (3, 1)
+
+    assert _thin(own(1), plan=OLD_ONE_POINT, ambiguous=g6000) == []
+    assert (3, 1) in asked  # (the stop the bus was coming to as it first heard it: S3)
+    # another seq at S3 is not ambiguous: boarded
+    assert _thin(own(1), plan=OLD_ONE_POINT, ambiguous=lambda i, s: (i, s) == (3, 2)) == ["S1->S3"]
+    # with two points the collision guard does not apply (the bus's own hearing, moving)
+    two: Plan = {2: ((), (300.0, 500.0)), 3: ((2.0, 4.0, 6.0), ())}
+    assert _thin(own(1), plan=two, ambiguous=g6000) == _thin(own(1), plan=two) != []
 
 
 def _heirs_after(
