@@ -3468,8 +3468,9 @@ class PresenceClassifier:
             r.eo_pt_odo, r.eo_pt_t = old.eo_pt_odo, old.eo_pt_t
         else:
             r.eo_t0, r.eo_odo0 = min(r.eo_t0, old.eo_t0), min(r.eo_odo0, old.eo_odo0)
+        # (either stretch first heard where another pattern's bus sends its seq: ambiguous)
+        r.eo_amb = old.eo_amb or (r.eo_seq >= 0 and r.eo_amb)
         r.eo_seq, r.eo_k, r.eo_vseq = old.eo_seq, old.eo_k, old.eo_vseq
-        r.eo_amb = old.eo_amb
         r.eo_t1 = max(r.eo_t1, old.eo_t1)
         r.eo_pts += old.eo_pts
         r.eo_sum += old.eo_sum

@@ -33,14 +33,23 @@ WAITER: Plan = {2: ((), (700.0, 790.0)), 3: ((2.0, 4.0, 6.0, 8.0), ())}
 waiting at S3 who does not board."""
 
 
-def _passer_and_waiter() -> list[str]:
+def _g6000(index: int, seq: int) -> bool:
+    """A bus of another pattern serves S3 as its stop index 1 (G6000 serves BD009 as its
+    index 3, which bus-55 reads as BD006): the thirty-sixth pass's collision guard."""
+    return (index, seq) == (3, 1)
+
+
+def _passer_and_waiter(*, passer: bool = True, guard: bool = True) -> list[str]:
     """The passer-by and the waiter, both echoing this bus since S1, on one clock whose rid
     rotates between them (the passer-by's rid of one interval, the waiter's of the next):
-    the waiter's segments."""
+    the waiter's segments. ``guard``: the bus knows the other pattern's seq at S3."""
     w = EchoWorld()
+    if guard:
+        w.c.echo_ambiguous = _g6000
     add_riders(w, -80.0)
     skew = 350.0  # (rids change 250 s after the world's interval began: on the hop to S2)
-    w.add(Token("passer", lambda world: -92.0 if _marks(world, PASSER) else None, skew=skew))  # type: ignore[arg-type]
+    if passer:
+        w.add(Token("passer", lambda world: -92.0 if _marks(world, PASSER) else None, skew=skew))  # type: ignore[arg-type]
     tok = w.add(Token("waiter", lambda world: -92.0 if _marks(world, WAITER) else None, skew=skew))  # type: ignore[arg-type]
     w.echoes["passer"] = w.echoes["waiter"] = own(1)
     _trip(w)
@@ -52,5 +61,14 @@ def test_a_waiter_does_not_go_on_with_a_passers_by_one_echo_point() -> None:
     first heard 761 m past BD008 as the bus drew near BD009 (one point), at BD009's doors,
     never past them; its echo since BD006. Linked with r-00284's dropped rid (one point,
     1.5 s mid-hop BD006 -> BD008; the same interval, stop, seq and clock), the two points
-    made the echo rule's two: charged BD006 -> BD009."""
+    made the echo rule's two: charged BD006 -> BD009.
+
+    Thirty-sixth pass: its stretch is old (the bus served BD008 after BD006 before it first
+    heard it), so one point of its own boards it, unless its seq may be another bus's at
+    BD009: r-00313's echo is a code collision with a G6000 run there (its index 3 of
+    BD009, seq 3, read by bus-55 as BD006). Without that guard, waiter alone or linked,
+    it is charged S1 -> S3."""
     assert _passer_and_waiter() == []
+    assert _passer_and_waiter(passer=False) == []
+    assert _passer_and_waiter(guard=False) == _passer_and_waiter(passer=False, guard=False)
+    assert _passer_and_waiter(guard=False) == ["S1->S3"]
