@@ -603,3 +603,21 @@ def test_riders_echo_stretches_do_not_outlive_their_rids() -> None:
         w.t += 600.0
         w.c.tick(w.t, w.odo)
     assert (w.c._echo_riders, w.c._echo_gone, len(w.c._rids)) == ({}, {}, 0)
+
+
+def test_a_stretch_taken_over_from_another_rid_is_ambiguous_if_either_was() -> None:
+    """The collision guard survives a link (:meth:`PresenceClassifier._echo_continues`):
+    full scale, tuning seed 3, cell 22, ``shared_stop_three_routes`` r-00313's own stretch
+    was first heard at BD009, where a G6000 run sends its seq; the passer-by's rid it was
+    linked with, heard mid-hop, was not."""
+    for mine, old_amb, seq, want in (
+        (True, False, 1, True),
+        (False, True, 1, True),
+        (False, False, 1, False),
+        (True, False, -1, False),  # (no stretch of its own: the old rid's alone)
+    ):
+        r, old = _Rid(b"r" * 16, 0, 0.0), _Rid(b"o" * 16, 0, 0.0)
+        r.eo_amb, r.eo_seq = mine, seq
+        old.eo_amb, old.eo_seq = old_amb, 1
+        PresenceClassifier._echo_continues(r, old)
+        assert r.eo_amb is want
