@@ -274,7 +274,10 @@ class ClassifierParams:
         " the bus last left (at or after the echo's stop), at which adverts naming this"
         " bus are heard (their mean within in_bus_margin_db of the riders' level) before"
         " the echo boards or moves a boarding: the bus's own hearing, never the echo alone"
-        " (a code collides with another bus's for 1 rid in 31)",
+        " (a code collides with another bus's for 1 rid in 31). One point is enough, on"
+        " the echo rule's own boarding, for a stretch older than a stop the bus served"
+        " before it first heard it, unless a bus of another stop pattern of the feed sends"
+        " that seq where it did (docs/classifier.md, 'Thirty-seventh pass')",
     )
     echo_other_adverts: int = option(
         3,
