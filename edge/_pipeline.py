@@ -314,8 +314,11 @@ class EdgePipeline:
                 sorted(set(_RID_SLOTS) - echo - later)
                 # (before the echo; before the stretch's latest advert)
                 for echo in (set[str](), _ECHO_DEFAULTS.keys(), {"eo_t1"})
-                # (before the rotation pool's level)
-                for later in (set[str](), _LATER_DEFAULTS.keys())
+                # (before the rotation pool's level; before the echo's collision guard: each
+                # later field is newer than the one before it)
+                for later in (
+                    set(list(_LATER_DEFAULTS)[i:]) for i in range(len(_LATER_DEFAULTS) + 1)
+                )
             ]
         ):  # (the same fields in any order: their values are set by name)
             raise CheckpointError("checkpoint of another classifier version")

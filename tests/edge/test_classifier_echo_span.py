@@ -45,7 +45,13 @@ def test_a_waiter_at_a_later_stop_who_heard_the_bus_since_an_earlier_one_is_not_
     # doors, never past them (small scale, tuning seed 3, cell 22, shared_stop_three_routes
     # r-00007)
     waiter: Plan = {3: ((), (700.0, 795.0)), 4: ((2.0, 4.0, 6.0, 8.0), ())}
-    assert _thin(own(1), plan=waiter, level=-85.0) == []
+    # thirty-seventh pass: its stretch is old (S2 and S3 served before the bus heard it), and
+    # its one point (100 m before S4's doors) boards it unless its seq is one a bus of
+    # another pattern sends at S4: r-00007's is (bus-17 at BD005, echo since BD003, seq 2:
+    # route 55 serves BD005 as its index 2), and the small run charges nobody. On a feed
+    # where no other pattern sends it, this waiter is charged: the rule's known exposure.
+    assert _thin(own(1), plan=waiter, level=-85.0, ambiguous=lambda i, s: (i, s) == (4, 1)) == []
+    assert _thin(own(1), plan=waiter, level=-85.0) == ["S1->S4"]
     # first heard at S3's doors, then on the hop and at S4's: the other rules' (S3), as before
     at_doors: Plan = {3: ((6.0, 8.0), (200.0, 350.0, 500.0)), 4: ((6.0, 8.0), ())}
     assert _thin(own(1), plan=at_doors) == ["S3->S4"]
@@ -73,7 +79,13 @@ def test_a_dense_rider_first_heard_near_its_stop_keeps_it() -> None:
         4: (tuple(float(s) for s in range(4)), ()),
     }
     assert _thin(None, plan=plan, level=-75.0) == ["S3->S4"]
-    assert _thin(own(1), plan=plan, level=-75.0) == ["S3->S4"]
+    # thirty-seventh pass: its one point 60 m before S3's doors, its stretch old (S2 served
+    # before), boards it from S1 as the point is heard, unless a bus of another pattern
+    # sends that seq at S3 (the stop the bus was coming to): the rule's known exposure
+    assert _thin(own(1), plan=plan, level=-75.0, ambiguous=lambda i, s: (i, s) == (3, 1)) == [
+        "S3->S4"
+    ]
+    assert _thin(own(1), plan=plan, level=-75.0) == ["S1->S4"]
 
 
 def test_where_the_bus_first_heard_the_stretch_counts() -> None:

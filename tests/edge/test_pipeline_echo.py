@@ -311,13 +311,29 @@ def test_a_checkpoint_from_before_the_stretchs_latest_advert_restores_without_it
         )
 
 
+def test_a_checkpoint_from_before_the_collision_guard_restores_without_it(tmp_path: Path) -> None:
+    """A checkpoint written before ``eo_amb`` (thirty-seventh pass) restores every other
+    field, ``eo_amb`` False: no stretch known ambiguous, one echo point boards an old one."""
+    feed, recs, first = _echoed_pipeline(tmp_path)
+    pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
+    pipe.restore(_without_slots(first.snapshot(), {"eo_amb"}))
+    assert pipe.classifier._rids.keys() == first.classifier._rids.keys()
+    for rr in pipe.classifier._rids.values():
+        assert rr.eo_amb is False
+        assert rr.pool_lvl == first.classifier._rids[rr.rid].pool_lvl
+
+
 def test_a_checkpoint_from_before_the_pools_level_restores_without_it(tmp_path: Path) -> None:
     """A checkpoint written before ``pool_lvl`` (the riders' level as a rid joined the
     rotation pool, which a candidate's next rid is boarded near) restores every other field,
     ``pool_lvl`` -inf: no pool level, the riders' level now alone judges that rid's heir
     (:meth:`PresenceClassifier._heir_near`); so does one written before the echo too."""
     feed, recs, first = _echoed_pipeline(tmp_path)
-    for names in ({"pool_lvl"}, {"pool_lvl", "eo_t1"}, {"pool_lvl", *_ECHO_DEFAULTS}):
+    for names in (
+        {"pool_lvl", "eo_amb"},
+        {"pool_lvl", "eo_amb", "eo_t1"},
+        {"pool_lvl", "eo_amb", *_ECHO_DEFAULTS},
+    ):
         pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
         pipe.restore(_without_slots(first.snapshot(), names))
         assert pipe.classifier._rids.keys() == first.classifier._rids.keys()
