@@ -1734,7 +1734,7 @@ class PresenceClassifier:
         this bus first heard the stretch sends its own index of that stop, which this bus
         reads as a stop served long before (thirty-fifth pass: all four people on no bus
         that one point boarded, full cells 23 and 22, were such collisions with a G6000
-        run; thirty-seventh pass).
+        run; thirty-eighth pass).
         """
         if r.eo_pts < 1 or r.eo_k < 0 or r.eo_amb:
             return False

@@ -277,7 +277,7 @@ class ClassifierParams:
         " (a code collides with another bus's for 1 rid in 31). One point is enough, on"
         " the echo rule's own boarding, for a stretch older than a stop the bus served"
         " before it first heard it, unless a bus of another stop pattern of the feed sends"
-        " that seq where it did (docs/classifier.md, 'Thirty-seventh pass')",
+        " that seq where it did (docs/classifier.md, 'Thirty-eighth pass')",
     )
     echo_other_adverts: int = option(
         3,

@@ -408,7 +408,7 @@ doors)."""
 def test_one_echo_point_boards_a_stretch_older_than_a_stop() -> None:
     """Its echo since S1, the bus served S2 (doors opened and closed) before it first heard
     the token: nobody waiting at a stop names a stop a whole stop back, so the bus's one
-    point of its own hearing boards it (thirty-seventh pass)."""
+    point of its own hearing boards it (thirty-eighth pass)."""
     assert _thin(None, plan=OLD_ONE_POINT) == []
     assert _thin(own(1), plan=OLD_ONE_POINT) == ["S1->S3"]
     # a stretch since S2, the stop the bus left last (a waiter at S2 or S3 who heard it

@@ -35,7 +35,7 @@ waiting at S3 who does not board."""
 
 def _g6000(index: int, seq: int) -> bool:
     """A bus of another pattern serves S3 as its stop index 1 (G6000 serves BD009 as its
-    index 3, which bus-55 reads as BD006): the thirty-seventh pass's collision guard."""
+    index 3, which bus-55 reads as BD006): the thirty-eighth pass's collision guard."""
     return (index, seq) == (3, 1)
 
 
@@ -63,7 +63,7 @@ def test_a_waiter_does_not_go_on_with_a_passers_by_one_echo_point() -> None:
     1.5 s mid-hop BD006 -> BD008; the same interval, stop, seq and clock), the two points
     made the echo rule's two: charged BD006 -> BD009.
 
-    Thirty-seventh pass: its stretch is old (the bus served BD008 after BD006 before it first
+    Thirty-eighth pass: its stretch is old (the bus served BD008 after BD006 before it first
     heard it), so one point of its own boards it, unless its seq may be another bus's at
     BD009: r-00313's echo is a code collision with a G6000 run there (its index 3 of
     BD009, seq 3, read by bus-55 as BD006). Without that guard, waiter alone or linked,

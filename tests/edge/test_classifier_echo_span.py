@@ -45,7 +45,7 @@ def test_a_waiter_at_a_later_stop_who_heard_the_bus_since_an_earlier_one_is_not_
     # doors, never past them (small scale, tuning seed 3, cell 22, shared_stop_three_routes
     # r-00007)
     waiter: Plan = {3: ((), (700.0, 795.0)), 4: ((2.0, 4.0, 6.0, 8.0), ())}
-    # thirty-seventh pass: its stretch is old (S2 and S3 served before the bus heard it), and
+    # thirty-eighth pass: its stretch is old (S2 and S3 served before the bus heard it), and
     # its one point (100 m before S4's doors) boards it unless its seq is one a bus of
     # another pattern sends at S4: r-00007's is (bus-17 at BD005, echo since BD003, seq 2:
     # route 55 serves BD005 as its index 2), and the small run charges nobody. On a feed
@@ -79,7 +79,7 @@ def test_a_dense_rider_first_heard_near_its_stop_keeps_it() -> None:
         4: (tuple(float(s) for s in range(4)), ()),
     }
     assert _thin(None, plan=plan, level=-75.0) == ["S3->S4"]
-    # thirty-seventh pass: its one point 60 m before S3's doors, its stretch old (S2 served
+    # thirty-eighth pass: its one point 60 m before S3's doors, its stretch old (S2 served
     # before), boards it from S1 as the point is heard, unless a bus of another pattern
     # sends that seq at S3 (the stop the bus was coming to): the rule's known exposure
     assert _thin(own(1), plan=plan, level=-75.0, ambiguous=lambda i, s: (i, s) == (3, 1)) == [

@@ -312,7 +312,7 @@ def test_a_checkpoint_from_before_the_stretchs_latest_advert_restores_without_it
 
 
 def test_a_checkpoint_from_before_the_collision_guard_restores_without_it(tmp_path: Path) -> None:
-    """A checkpoint written before ``eo_amb`` (thirty-seventh pass) restores every other
+    """A checkpoint written before ``eo_amb`` (thirty-eighth pass) restores every other
     field, ``eo_amb`` False: no stretch known ambiguous, one echo point boards an old one."""
     feed, recs, first = _echoed_pipeline(tmp_path)
     pipe = EdgePipeline(BUS, feed, TokenVerifier(fleet_keys_for(recs)))
