@@ -3618,23 +3618,15 @@ class PresenceClassifier:
         assert v is not None
         if r.co_t > r.last_in_t:
             r.last_in_t, r.last_in_odo, r.last_in_raw = r.co_t, r.co_odo, r.last_raw
-        was, was_odo = r.start, r.start_odo  # (a ride closed before keeps its own start)
         # from its first advert (not its stop's doors, as a boarding: a new rid first heard
         # past its stop must not seem to start before the old rid ended)
         # nor before the piece that sent the points it took over from its predecessor
         # ended: each point counts once towards the backend's sum
         start_t = min(max(r.first_t, r.ended_t, r.sent_t), r.last_in_t)
-        r.start = SegmentEnd(start_t, v.stop_id, "tentative")
-        r.start_odo = r.first_odo
-        if self._near_end(r):
-            draft = self._rotated(r)
-        else:
-            end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
-            draft = self._draft(r, end, end_odo)
+        draft = self._piece(r, SegmentEnd(start_t, v.stop_id, "tentative"))
         draft.evidence["co_n"] = r.co_n - r.co_sent
         draft.evidence["co_lo"] = round(r.co_lo, 1)
         draft.evidence["co_hi"] = round(r.co_hi, 1)
-        r.start, r.start_odo = was, was_odo
         r.co_sent, r.sent_t = r.co_n, draft.end.t
         self.tentative += 1
         out.append(draft)
@@ -3657,21 +3649,29 @@ class PresenceClassifier:
         (door to door, carried) or four summed, so a stranger's piece, joining nothing,
         charges nobody. Off with the other tentative pieces (``tentative_points`` 0).
         """
+        draft = self._piece(r, SegmentEnd(r.first_t, None, "tentative"))
+        lvl = round(r.far_sum / r.n_far, 1)
+        draft.evidence["co_n"] = 1
+        draft.evidence["co_lo"] = lvl
+        draft.evidence["co_hi"] = lvl
+        self.tentative += 1
+        out.append(draft)
+
+    def _piece(self, r: _Rid, start: SegmentEnd) -> SegmentDraft:
+        """A tentative piece of ``r`` from ``start`` to its fade or its rotation.
+
+        The piece starts at ``r``'s first odometer reading; a ride ``r`` closed before keeps
+        its own start (restored once the piece is drafted).
+        """
         was, was_odo = r.start, r.start_odo
-        r.start = SegmentEnd(r.first_t, None, "tentative")
-        r.start_odo = r.first_odo
+        r.start, r.start_odo = start, r.first_odo
         if self._near_end(r):
             draft = self._rotated(r)
         else:
             end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
             draft = self._draft(r, end, end_odo)
-        lvl = round(r.far_sum / r.n_far, 1)
-        draft.evidence["co_n"] = 1
-        draft.evidence["co_lo"] = lvl
-        draft.evidence["co_hi"] = lvl
         r.start, r.start_odo = was, was_odo
-        self.tentative += 1
-        out.append(draft)
+        return draft
 
     def _heir_of(self, r: _Rid, t: float) -> bool:
         """Whether a dropped candidate still waits for its new rid (kept until then).
