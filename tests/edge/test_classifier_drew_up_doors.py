@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edge._params import ClassifierParams
+from edge._segment import SegmentDraft
 from tests.edge.test_classifier import T0, Token, World, by_name
 
 Level = Callable[[World], float | None]
@@ -37,6 +38,18 @@ def _drawing_up(door: float, road: float, every_s: float, here: dict[str, bool])
     return tok
 
 
+def _s0_to_past_s2(w: World, here: dict[str, bool]) -> list[SegmentDraft]:
+    """Drive S0 -> S1 (a 40-s dwell) -> S2, where ``here["at_s2"]`` turns true, and on."""
+    w.dwell("S0", 15)
+    w.move(600)
+    w.dwell("S1", 40)
+    w.move(1200, speed=10.0)
+    here["at_s2"] = True
+    w.dwell("S2", 20)
+    w.move(600)
+    return w.finish()
+
+
 def _s1_to_s2(
     level: Callable[[dict[str, bool]], Level], params: ClassifierParams | None = None
 ) -> tuple[list[tuple[str, str]], int]:
@@ -47,14 +60,7 @@ def _s1_to_s2(
     riders = [w.add(Token(f"rd{i}", lambda _: -52.0)) for i in range(3)]
     here = {"at_s2": False}
     tok = w.add(Token("tok", level(here)))
-    w.dwell("S0", 15)
-    w.move(600)
-    w.dwell("S1", 40)
-    w.move(1200, speed=10.0)
-    here["at_s2"] = True
-    w.dwell("S2", 20)
-    w.move(600)
-    out = w.finish()
+    out = _s0_to_past_s2(w, here)
     legs = [(x.start.stop_id, x.end.stop_id) for x in by_name(out, tok)]
     assert legs == [] or legs[0][0] == "S1"
     return legs, sum(len(by_name(out, r)) for r in riders)
@@ -115,13 +121,6 @@ def test_a_car_drawing_up_where_the_riders_alighted_is_judged_by_the_riders_who_
     riders = [w.add(Token(f"rd{i}", alighting)) for i in range(3)]
     stay = [w.add(Token(f"st{i}", lambda _: -71.0)) for i in range(3)]
     car = w.add(Token("car", _drawing_up(-92.0, -78.0, 1.0, here)))
-    w.dwell("S0", 15)
-    w.move(600)
-    w.dwell("S1", 40)
-    w.move(1200, speed=10.0)
-    here["at_s2"] = True
-    w.dwell("S2", 20)
-    w.move(600)
-    out = w.finish()
+    out = _s0_to_past_s2(w, here)
     assert by_name(out, car) == []
     assert [len(by_name(out, r)) for r in riders + stay] == [1] * 6
