@@ -2687,17 +2687,21 @@ class PresenceClassifier:
             if r.rot and r.pred == _PRED_NONE and t - r.first_t < p.rotation_confirm_s:
                 return  # let a rotated rid fade first and pair with this one
             self._confirm_new(r, t, v, out)
-        elif (
-            not recent
-            and away
-            and r.convoy is None
-            and not r.co_only
-            and not r.fell
-            and not self._drew_up(r, v)
-            and self._short_hop(r, v)
+        elif not recent and (
+            (
+                away
+                and r.convoy is None
+                and not r.co_only
+                and not r.fell
+                and not self._drew_up(r, v)
+                and self._short_hop(r, v)
+            )
+            or self._revived_out(r, v)
         ):
             # rode one short hop, in the bus from its stop until the doors opened again (not
-            # one that fell away from its level at the stop: left behind, then caught up)
+            # one that fell away from its level at the stop: left behind, then caught up);
+            # or revived past its stop and last heard standing in the bus at the next
+            # stop's open doors: it walked out there (fortieth pass)
             self._confirm_new(r, t, v, out)
             self._close(r, Event.FADE, out)
         elif self._echo_on and (w := self._echo_judge(r, v, t - v.close_t >= p.confirm_min_s)):
@@ -2739,6 +2743,35 @@ class PresenceClassifier:
             and r.last_in_odo - v.close_odo_m < p.confirm_distance_m
         ):
             self._drop(r, Event.REJECT, out, "left_behind")
+
+    def _revived_out(self, r: _Rid, v: StopVisit) -> bool:
+        """Whether a revived rider, silent since, walked out at the first stop after ``v``.
+
+        ``r`` is a ride closed at ``v`` as it fell silent there and revived past it
+        (:meth:`_revive`: heard aboard again at its ride's level, no door opened between;
+        its ride's start kept, its candidacy that of ``v``), now silent past its fade time.
+        It was last heard in the bus standing at the next stop ``w`` (``stay_s`` or more
+        after its doors opened, before they closed: :meth:`_stood_at`) at its ride's level
+        (within ``sparse_fall_db`` of it either way, as :meth:`_carried_and_stayed` asks),
+        and ``w`` is the latest stop: nobody leaves a moving bus, and a rider standing in
+        the bus at the doors and never heard after walked out there. Its revived stretch
+        alone is too short for any boarding rule (it began far past ``v``: not a short
+        hop) and the candidacy was dropped, the ride charged a stop early (full scale,
+        cell 24, tuning seed 1, ``shared_stop_three_routes`` r-00167, BD003 -> BD010:
+        closed at BD009 169 m past it, revived 837 m on, heard at BD010's doors 1.5 and
+        5.5 s after they opened, never again; charged BD003 -> BD009). A vehicle beside
+        the bus that drove on as it halted is not heard ``stay_s`` into the dwell, nor,
+        waiting there, at its ride's level; neither is revived past a dwell it was not
+        heard through (``gone_apart``). Not a rid in the rotation pairing, nor a convoy.
+        """
+        if r.start is None or v.seq != r.gone_visit_seq or r.pred != _PRED_NONE:
+            return False
+        if r.convoy is not None or r.lvl is None or not self._visits:
+            return False
+        w = self._visits[-1]
+        if w.seq <= v.seq or w.close_t is None or self._visit_after(v.open_t) is not w:
+            return False
+        return self._stood_at(r, w) and abs(r.ewma - r.lvl) <= self._sparse_fall
 
     def _absent(self, r: _Rid, t: float, v: StopVisit) -> bool:
         """Whether a late joiner's own rhythm shows it was out of range at the open doors.
