@@ -283,15 +283,42 @@ def _evidence(a: Leg, b: Leg, policy: JourneyPolicy) -> tuple[Leg, Leg] | None:
         and weak > ceiling
         and not (sa - sb >= margin and by_rate)
         and not _under_riders(lose, (start, end), policy)
+        and not (sa - sb >= margin and _rider_of_one(win, lose, (start, end), policy))
     ):
         # heard at in-bus strength: the rider's own leg, made the weaker one by a relay
         # by the other bus's scanner? Unless the other bus also decoded the token's
         # adverts overlap_rate_ratio times as often: both measures of the one advert
         # train then agree, whatever the token's power (+3 dBm tokens behind 5-dB shells
         # are heard through the neighbour's windows at -57..-64 dBm); or unless its bus
-        # heard it well below the riders it carried: through its windows, at any power
+        # heard it well below the riders it carried: through its windows, at any power;
+        # or unless the stronger bus heard it as one of its riders and the other that much
+        # further under its own (one token is heard about as far under the riders of any
+        # bus it rides: the other did not carry it)
         return None
     return win, lose
+
+
+def _rider_of_one(win: Leg, lose: Leg, span: tuple[float, float], policy: JourneyPolicy) -> bool:
+    """Whether ``win``'s bus heard the rider as one of its riders over ``span``, ``lose``'s not.
+
+    ``win``'s bus heard them at most ``overlap_loser_under_riders_db`` above the riders it
+    carried (no louder than its own riders are heard; a relay at its scanner would be),
+    and ``lose``'s bus at least that much further below its riders than ``win``'s below
+    its own (the events' ``riders_lvl``). One token is heard about as far under the
+    riders of any bus it rides (its power, pocket or bag), so the bus that heard it that
+    much further under did not carry it, however loud: +3 dBm tokens behind 5-dB shells
+    are heard through a neighbour's windows louder than ``overlap_loser_max_dbm`` and less
+    than ``overlap_loser_under_riders_db`` under its riders (issue 11, cell 11, unseen
+    seed 53, ``shared_stop_three_routes``, as the lead described it: 23 dB weaker, 9 dB
+    under its riders, the rider's bus 2 dB over its own). ``False`` when the events do
+    not say.
+    """
+    under = policy.overlap_loser_under_riders_db
+    if under is None:
+        return False
+    won = win.under_riders(*span)
+    lost = lose.under_riders(*span)
+    return won is not None and lost is not None and won >= -under and lost - won >= under
 
 
 def _never_aboard(

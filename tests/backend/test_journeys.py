@@ -1520,6 +1520,64 @@ def test_two_buses_bunched_where_the_first_heard_the_rider_through_its_windows_h
     ]
 
 
+def _rider_of_the_bus_beside(b1_riders: float = -54.0, b2_riders: float = -42.0) -> list[Segment]:
+    """r1 rides b2 S03 -> S09; b1, another route leaving S03 with b2, heard them through
+    both buses' windows to S06 (issue 11, cell 11: +3 dBm tokens behind 5-dB shells; the
+    unseen seed 53 shape as the lead described it, ``shared_stop_three_routes``): b1's
+    edge confirmed them at S03 and closed the rid at S06 (-63 dBm, 9 dB under b1's
+    riders at -54, louder than the absolute ceiling), b2 heard them at -40 among riders
+    at -42 (``b1_riders``, ``b2_riders``)."""
+    return [
+        seg((T0, "S03", "boarded"), (T0 + 300, "S06", "alighted"), rssi=-63.0, riders=b1_riders),
+        seg(
+            (T0 + 10, "S03", "boarded"),
+            (T0 + 700, "S09", "alighted"),
+            bus="b2",
+            route="R2",
+            trip="T2",
+            rssi=-40.0,
+            riders=b2_riders,
+        ),
+    ]
+
+
+def test_a_rider_of_the_bus_beside_heard_as_no_rider_of_ours_is_charged_on_theirs(
+    feed: Feed,
+) -> None:
+    """b2 heard r1 23 dB louder than b1 did, at its own riders' level; b1 heard them 9 dB
+    under its riders, louder than the ceiling (-65 dBm) and 1 dB short of
+    ``overlap_loser_under_riders_db``: nothing settled the pair, so ``changes_beside``
+    (neither bus the stronger) placed a change at S06 and charged b1 S03 -> S06, a ride r1
+    never made (a bystander charge), and b2 S06 -> S09 for S03 -> S09. One token is heard
+    about as far under the riders of any bus it rides: b1 heard it 11 dB further under
+    its riders than b2 under its own, so b1 did not carry it; b2, 23 dB the louder, wins
+    the pair and b1's leg is dropped."""
+    js = _builder(feed).build(_rider_of_the_bus_beside())
+    assert _leg_flags(js) == {"b1": ("overlap_dropped",), "b2": ("overlap_resolved",)}
+    assert b_charged(js) == ["b2"]
+    assert _stops([j for j in js if j.charged]) == [("b2", "S03", "S09", ("overlap_resolved",))]
+
+
+@pytest.mark.parametrize(
+    ("case", "b1_riders", "b2_riders"),
+    [
+        # b1 heard r1 8 dB further under its riders than b2 under its own: within what one
+        # token's level relative to the riders varies by; whose ride it was is not settled
+        # by the level, so b1's alighting at S06 is taken as a change, as before
+        ("8 dB further under", -54.0, -39.0),
+        # b2 heard r1 15 dB over its riders: louder than any rider it carried, what a relay
+        # at b2's scanner would make; b1 heard them 3 dB under its own as a rider: not
+        # settled by the levels either, as before
+        ("b2 far over its riders", -60.0, -55.0),
+    ],
+)
+def test_a_rider_of_the_bus_beside_not_heard_apart_by_the_levels_is_not_settled_so(
+    feed: Feed, case: str, b1_riders: float, b2_riders: float
+) -> None:
+    js = _builder(feed).build(_rider_of_the_bus_beside(b1_riders, b2_riders))
+    assert "overlap_resolved" not in {f for j in js for x in j.legs for f in x.flags}, case
+
+
 def _bunched_at_s03(b1_board_s: float, *, b2_board: str = "S03") -> list[Segment]:
     """The bunched world above (b1 and b2 halted at S03 together, ran bunched to S05,
     where r1 changed), but b2's doors opened first: b2 boarded r1, waiting at S03, at T0,
