@@ -3656,7 +3656,7 @@ class PresenceClassifier:
         # nor before the piece that sent the points it took over from its predecessor
         # ended: each point counts once towards the backend's sum
         start_t = min(max(r.first_t, r.ended_t, r.sent_t), r.last_in_t)
-        draft = self._piece(r, SegmentEnd(start_t, v.stop_id, "tentative"))
+        draft = self._piece(r, SegmentEnd(start_t, v.stop_id, "tentative"), aboard=False)
         draft.evidence["co_n"] = r.co_n - r.co_sent
         draft.evidence["co_lo"] = round(r.co_lo, 1)
         draft.evidence["co_hi"] = round(r.co_hi, 1)
@@ -3690,18 +3690,20 @@ class PresenceClassifier:
         self.tentative += 1
         out.append(draft)
 
-    def _piece(self, r: _Rid, start: SegmentEnd) -> SegmentDraft:
+    def _piece(self, r: _Rid, start: SegmentEnd, *, aboard: bool = True) -> SegmentDraft:
         """A tentative piece of ``r`` from ``start`` to its fade or its rotation.
 
         The piece starts at ``r``'s first odometer reading; a ride ``r`` closed before keeps
-        its own start (restored once the piece is drafted).
+        its own start (restored once the piece is drafted). ``aboard`` ``False``: a
+        candidate's piece, never known aboard, ends by :meth:`_fade_end` as one
+        (``aboard``).
         """
         was, was_odo = r.start, r.start_odo
         r.start, r.start_odo = start, r.first_odo
         if self._near_end(r):
             draft = self._rotated(r)
         else:
-            end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo)
+            end, end_odo = self._fade_end(r, r.last_in_t, r.last_in_odo, aboard=aboard)
             draft = self._draft(r, end, end_odo)
         r.start, r.start_odo = was, was_odo
         return draft
@@ -4360,13 +4362,26 @@ class PresenceClassifier:
         )
         return self._draft(r, SegmentEnd(last_t, here, "rotated"), r.last_in_odo)
 
-    def _fade_end(self, r: _Rid, last_t: float, last_odo: float) -> tuple[SegmentEnd, float]:
+    def _fade_end(
+        self, r: _Rid, last_t: float, last_odo: float, *, aboard: bool = True
+    ) -> tuple[SegmentEnd, float]:
         """Alighted at the stop whose doors opened as the rider faded, or lost.
 
         A rider who went silent while the bus was moving, after riding ``lost_min_m`` or
         more (or across a rid rotation: :meth:`_rode`), left at the first stop whose
         doors opened after that (nobody leaves a
         moving bus), if there is one; otherwise lost.
+
+        Not a candidate that was never confirmed (``aboard`` ``False``: its tentative
+        piece, :meth:`_tentative`): that it went far with the bus says nothing a car
+        beside it would not, and a car beside the bus to a stop fades before the bus halts
+        there (what the co-movement rule's :meth:`_moved_on` refuses it for). Silent while
+        the bus moved, it is lost there unless it stood with the bus through a later stop
+        or its own rhythm says it was still aboard when the doors opened (below). Full
+        scale, cell 11, tuning seed 3, ``bus_alongside_red_light`` r-01935 (docs/classifier.md,
+        "Thirty-ninth pass"): a car beside ``bus-55-01-r2`` from BD006 for 2.4 km, silent
+        the last 38 s (43 of its gaps) before BD010's doors opened; its piece closed
+        ``alighted`` at BD010 and charged door to door.
         """
         p = self.params
         assert r.start is not None
@@ -4376,7 +4391,14 @@ class PresenceClassifier:
             return SegmentEnd(end_t, v.stop_id, "alighted"), v.open_odo_m
         w = self._visit_after(last_t + p.alight_pre_s)
         if w is not None and (
-            (p.lost_wait_s > 0.0 and self._rode(r, last_odo))
+            (
+                p.lost_wait_s > 0.0
+                and (
+                    self._rode(r, last_odo)
+                    if aboard
+                    else r.visit is not None and r.tk_stood > r.visit.seq
+                )
+            )
             # silent for less than its own mean gap between in-bus adverts when the doors
             # opened (its rhythm known): by its rhythm it was still aboard then (full
             # scale, tuning seed 2, weak radio corner, phone_deep_in_bag r-00007: heard
