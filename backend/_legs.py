@@ -480,11 +480,14 @@ class JourneyPolicy:
             both are held (``None``: no limit) ...
         overlap_loser_under_riders_db: ... unless it was heard at least this many dB
             below the riders its own bus carried while it heard it (``evidence.riders_lvl``):
-            the same ceiling relative to that bus's riders, which holds at any token power;
-            and the winner need not cover the weaker leg where that leg's bus heard the
-            rider, beyond the winner's ride, this far below its riders and this much
-            further below them than the winner's bus heard the rider below its own
-            (``None``: the absolute ceiling and the cover alone).
+            the same ceiling relative to that bus's riders, which holds at any token power,
+            or this much further below them than the winner's bus, ``overlap_margin_db``
+            stronger, heard the rider below its own, the winner at most this much over its
+            riders (:func:`backend._overlaps._rider_of_one`); and the winner need not
+            cover the weaker leg where that leg's bus heard the rider, beyond the
+            winner's ride, this far below its riders and this much further below them
+            than the winner's bus heard the rider below its own (``None``: the absolute
+            ceiling and the cover alone).
         overlap_rate_margin_db: a leg heard at least this many dB stronger (but less than
             ``overlap_margin_db``) also wins if its bus decoded the token's adverts at
             least ``overlap_rate_ratio`` times as often over the common time (the same

@@ -14,7 +14,9 @@ weaker (near the scanners' floor a median RSSI is censored), or at least
 minute or more before and after it: the rider would have caught its trip again) -- and
 the weaker one sounds like a rider heard through the bus's windows (not above
 ``overlap_loser_max_dbm``, or at least ``overlap_loser_under_riders_db`` below the riders
-its own bus carried), the rider was on the stronger bus and the other drove alongside:
+its own bus carried, or, the stronger one ``overlap_margin_db`` stronger and heard as one of
+its bus's riders, that much further below its riders: :func:`_rider_of_one`), the rider was
+on the stronger bus and the other drove alongside:
 the weaker leg is dropped (``overlap_dropped``, never charged) and the stronger one
 charged (``overlap_resolved``).
 This also drops a short weak hop lying wholly within another bus's leg. Before these
@@ -218,8 +220,9 @@ def overlap_winner(a: Leg, b: Leg, policy: JourneyPolicy) -> Leg | None:
     ``overlap_rate_margin_db`` weaker, or be ``overlap_rate_margin_db`` stronger over a
     loser that is a hop within its ride (:func:`_carried_through`);
     the loser must not have been heard louder than ``overlap_loser_max_dbm`` unless its
-    bus heard it at least ``overlap_loser_under_riders_db`` below its riders aboard.
-    Otherwise ``None``.
+    bus heard it at least ``overlap_loser_under_riders_db`` below its riders aboard, or
+    the winner won by ``overlap_margin_db`` heard as one of its riders and the loser that
+    much further under its own (:func:`_rider_of_one`). Otherwise ``None``.
     """
     got = _evidence(a, b, policy)
     if got is None:

@@ -262,8 +262,10 @@ class SettlementSettings:
         doc=(
             "... unless its bus heard it at least this many dB below the riders it carried"
             " meanwhile (the events' evidence.riders_lvl): the same ceiling relative to that"
-            " bus's riders, at any token power; 0 (or an empty environment variable): the"
-            " absolute ceiling alone."
+            " bus's riders, at any token power; or, the stronger leg overlap_margin_db"
+            " stronger and heard at most this many dB over its own riders, this much further"
+            " below its riders than the stronger bus below its own; 0 (or an empty"
+            " environment variable): the absolute ceiling alone."
         ),
     )
 
