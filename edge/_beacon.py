@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from busbell import Feed, option
 from busbell._echo import BEACON_SERVICE_UUID, SEQ_MOD, bus_tag, encode_beacon, seq_of
+from busbell._geo import haversine_m
 from edge._vehicle import VehicleContext
 
 __all__ = ["BeaconParams", "BeaconState", "EchoSeqs", "beacon_stop_index"]
@@ -110,23 +111,38 @@ def beacon_stop_index(vehicle: VehicleContext) -> int:
 
 
 class EchoSeqs:
-    """The seqs the buses of other stop patterns send at a stop of this bus's trip.
+    """Whether an echo first heard near a stop of this bus's trip may be no rider's.
 
-    A bus of any pattern of the feed (a trip's stop sequence, or a route and direction's
-    usual one) serving stop ``s`` at index ``j`` of its trip sends ``seq`` ``j`` mod 8
-    there. A token near ``s`` that hears that bus echoes it with that seq; where its code
-    for the rid equals this bus's (1 rid in 31), this bus reads the echo as its own, from
-    the stop of its trip with that seq: an echo that says nothing of this bus. Called by
-    the classifier as it first hears a stretch
-    (:attr:`edge._classifier.PresenceClassifier.echo_ambiguous`).
+    **A code collision.** A bus of any pattern of the feed (a trip's stop sequence, or a
+    route and direction's usual one) serving stop ``s`` at index ``j`` of its trip sends
+    ``seq`` ``j`` mod 8 there. A token near ``s`` that hears that bus echoes it with that
+    seq; where its code for the rid equals this bus's (1 rid in 31), this bus reads the
+    echo as its own, from the stop of its trip with that seq: an echo that says nothing of
+    this bus (thirty-eighth pass).
+
+    **Someone standing within reach of the echo's stop.** A listening token echoes this
+    bus since stop ``k`` only if it heard the bus's beacon with no gap longer than its
+    ``gap_s`` (30 s) since the bus served ``k``: as the bus left ``k``, or within one gap
+    of it, the beacon reached the token (~100 m), and the bus now hears the token
+    (~100 m). Someone standing still can hold such a stretch only where the bus, as it
+    first hears them, is within ``reach_m`` (``echo_reach_m``: those two ranges and a
+    gap's drive) of stop ``k`` in a straight line: a route looping back past a stop it
+    served before. Farther, whoever holds it has moved with the bus (forty-first pass).
+
+    Called by the classifier as it first hears a stretch
+    (:attr:`edge._classifier.PresenceClassifier.echo_ambiguous`), the bus's latest fix
+    then where it hears it (none: the stop it is at or coming to).
 
     Args:
         feed: the GTFS static feed.
-        vehicle: this bus's vehicle context (its trip's stops).
+        vehicle: this bus's vehicle context (its trip's stops, its position).
+        reach_m: ``echo_reach_m``; 0: no stop is within reach.
     """
 
-    def __init__(self, feed: Feed, vehicle: VehicleContext) -> None:
+    def __init__(self, feed: Feed, vehicle: VehicleContext, *, reach_m: float) -> None:
         self.vehicle = vehicle
+        self.reach_m = reach_m
+        self.stops = feed.stops
         pats = {t.stop_ids for t in feed.trips.values()}
         pats.update(p.stop_ids for p in feed.patterns.values())
         at: dict[str, list[tuple[tuple[str, ...], int]]] = {}
@@ -137,11 +153,33 @@ class EchoSeqs:
         """Stop id -> (a pattern's stop ids, the seq its bus sends there)."""
 
     def __call__(self, index: int, seq: int) -> bool:
-        """Whether a bus of another pattern sends ``seq`` at stop ``index`` of this trip."""
+        """Whether an echo of ``seq`` first heard near stop ``index`` may be no rider's.
+
+        Another pattern's bus's (it sends ``seq`` at that stop), or someone's standing
+        within reach of the echo's stop (the stop of the trip with that seq at or before
+        ``index``, the stop the bus is at or coming to).
+        """
         ids = self.vehicle.stop_ids
         if not 0 <= index < len(ids):
             return False
-        return any(pat != ids and s == seq for pat, s in self.at.get(ids[index], ()))
+        if any(pat != ids and s == seq for pat, s in self.at.get(ids[index], ())):
+            return True
+        return self._within_reach(ids, index - (index - seq) % SEQ_MOD, index)
+
+    def _within_reach(self, ids: tuple[str, ...], k: int, index: int) -> bool:
+        """Whether the bus is within ``reach_m`` of stop ``k`` (a straight line)."""
+        if k < 0 or self.reach_m <= 0:
+            return False
+        there = self.stops.get(ids[k])
+        if there is None:
+            return True  # (a stop the feed does not place: nothing rules it out)
+        lat, lon = self.vehicle.lat, self.vehicle.lon
+        if lat is None or lon is None:
+            here = self.stops.get(ids[index])
+            if here is None:
+                return True
+            lat, lon = here.lat, here.lon
+        return haversine_m(there.lat, there.lon, lat, lon) <= self.reach_m
 
 
 class BeaconState:

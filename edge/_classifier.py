@@ -444,11 +444,12 @@ class _Rid:
         self.pred = _PRED_NONE
         self.pred_visit: StopVisit | None = None
         self.eo_amb = False
-        """Its echo stretch's seq is also what a bus of another stop pattern serving the
-        stop the bus was at or coming to, as it first heard the stretch, sends there
-        (:attr:`PresenceClassifier.echo_ambiguous`): the echo may be a code collision
-        with that bus, so one echo point does not board an old stretch
-        (:meth:`PresenceClassifier._echo_old`)."""
+        """Its echo stretch may be no rider's (:attr:`PresenceClassifier.echo_ambiguous`):
+        its seq is also what a bus of another stop pattern serving the stop the bus was at
+        or coming to, as it first heard the stretch, sends there (a code collision with
+        that bus), or the echo's stop lies within ``echo_reach_m`` of where the bus first
+        heard it (someone standing there), or the bus has no feed to tell; so one echo point
+        does not board an old stretch (:meth:`PresenceClassifier._echo_old`)."""
         self.pool_lvl = -math.inf
         """The riders' level as it joined the rotation pool (-inf: none, taken from fewer than
         ``_LEVEL_MIN_RIDERS`` riders, or never pooled): a candidate's next rid is boarded only
@@ -739,10 +740,13 @@ class PresenceClassifier:
         the trip's stop index this bus's beacon sends now, stops passed without stopping
         counted; without it, the echo's stop is reckoned from the stop visits alone."""
         self.echo_ambiguous: Callable[[int, int], bool] | None = None
-        """A hook (set by the pipeline from its GTFS feed): whether a bus of another stop
-        pattern serving the stop at this index of the current trip sends this seq there
-        (its own index of that stop, mod 8): an echo of that seq heard near that stop may
-        be a code collision with such a bus (1 rid in 31). Without it, none is."""
+        """A hook (set by the pipeline from its GTFS feed, :class:`edge._beacon.EchoSeqs`):
+        whether an echo of this seq first heard at or coming to the stop at this index of
+        the current trip may be no rider's: a bus of another stop pattern serving that stop
+        sends the seq there (its own index of it, mod 8: a code collision with such a bus,
+        1 rid in 31), or the echo's stop lies within ``echo_reach_m`` of where the bus
+        hears it (someone standing there may have heard the bus since). Without it (no
+        feed) the bus cannot tell: every stretch is, and one echo point boards none."""
         self._echo_pts, self._ex_bar = (
             p.echo_points,
             p.echo_other_adverts if p.echo_evidence else 0,
@@ -1360,7 +1364,7 @@ class PresenceClassifier:
             k = cur - (cur - seq) % SEQ_MOD
             r.eo_k = k if cur >= 0 and k >= 0 else -1
             amb = self.echo_ambiguous
-            r.eo_amb = cur >= 0 and amb is not None and amb(cur, seq)
+            r.eo_amb = amb is None or (cur >= 0 and amb(cur, seq))
             if r.start is not None:
                 self._echo_rider(r)  # (a rider's stretch begun afresh)
         r.eo_n += 1
@@ -1734,7 +1738,10 @@ class PresenceClassifier:
         this bus first heard the stretch sends its own index of that stop, which this bus
         reads as a stop served long before (thirty-fifth pass: all four people on no bus
         that one point boarded, full cells 23 and 22, were such collisions with a G6000
-        run; thirty-eighth pass).
+        run; thirty-eighth pass), nor when the echo's stop lies within ``echo_reach_m`` of
+        where the bus first heard the stretch: someone standing near a route looping back
+        past that stop may have heard the bus since it served it, and is heard once as the
+        bus draws near (forty-first pass); nor without the feed that says either.
         """
         if r.eo_pts < 1 or r.eo_k < 0 or r.eo_amb:
             return False

@@ -277,7 +277,17 @@ class ClassifierParams:
         " (a code collides with another bus's for 1 rid in 31). One point is enough, on"
         " the echo rule's own boarding, for a stretch older than a stop the bus served"
         " before it first heard it, unless a bus of another stop pattern of the feed sends"
-        " that seq where it did (docs/classifier.md, 'Thirty-eighth pass')",
+        " that seq where it did (docs/classifier.md, 'Thirty-eighth pass'), or the echo's"
+        " stop lies within echo_reach_m of where the bus first heard it",
+    )
+    echo_reach_m: float = option(
+        600.0,
+        doc="... how near, in a straight line, the echo's stop may lie to where the bus first"
+        " heard a stretch for someone standing there to have heard the bus without a gap"
+        " since that stop: a phone hears a beacon up to ~100 m off, the bus a token up to"
+        " ~100 m off, and a bus drives ~400 m in a listening token's 30-s gap. Within it (a"
+        " route looping back) one echo point does not board an old stretch; 0: never"
+        " (docs/classifier.md, 'Forty-first pass')",
     )
     echo_other_adverts: int = option(
         3,

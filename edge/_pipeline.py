@@ -213,7 +213,7 @@ class EdgePipeline:
         self._own_tag = bus_tag(bus_id)
         self.classifier = PresenceClassifier(p, self._own_tag)
         self.classifier.stop_index_now = partial(beacon_stop_index, self.vehicle)
-        self.classifier.echo_ambiguous = EchoSeqs(feed, self.vehicle)
+        self.classifier.echo_ambiguous = EchoSeqs(feed, self.vehicle, reach_m=p.echo_reach_m)
         self.adverts_seen = 0
         self.adverts_accepted = 0
         self.no_company_id = 0

@@ -225,7 +225,7 @@ def test_echo_seqs_name_the_seqs_other_patterns_send_at_a_stop() -> None:
     stops = {s: Stop(s, s, 0.0, 0.0) for ids in pats.values() for s in ids}
     feed = Feed("Asia/Seoul", stops, {r: r for r in pats}, trips)
     vehicle = VehicleContext(feed)
-    amb = EchoSeqs(feed, vehicle)
+    amb = EchoSeqs(feed, vehicle, reach_m=0.0)  # (the stops are not placed: no reach)
     assert not amb(4, 1)  # no trip: no stops
     vehicle.stop_ids = pats["17"]
     # at BD005 (its index 4): G6000 sends 1 there, 55 sends 2; its own index is no collision
@@ -235,3 +235,35 @@ def test_echo_seqs_name_the_seqs_other_patterns_send_at_a_stop() -> None:
     vehicle.stop_ids = pats["55"]
     assert [s for s in range(8) if amb(5, s)] == [3]  # BD009: G6000's index 3
     assert [s for s in range(8) if amb(2, s)] == [1, 4]  # BD005: G6000 1, 17 4
+
+
+def test_echo_seqs_name_an_echos_stop_within_reach_of_the_bus() -> None:
+    """Forty-first pass: a route looping back, S4 300 m from S1 (S0 .. S5, 800-m hops). Coming
+    to S4, an echo since S1 may be someone's standing there who heard the bus without a
+    gap since it served S1 (its beacon ~100 m off, the bus ~400 m on in a 30-s gap, the
+    token heard ~100 m off): within ``echo_reach_m``. Since S0 or S2, 850 m off, nobody
+    standing still holds it. The bus's latest fix is where it hears the stretch; without a
+    fix, the stop it is at or coming to."""
+    from busbell._geo import offset_m
+    from busbell._gtfs import Stop, Trip
+
+    east_north = [(0, 0), (800, 0), (1600, 0), (1600, 300), (800, 300), (0, 300)]
+    ids = tuple(f"S{i}" for i in range(len(east_north)))
+    stops = {
+        s: Stop(s, s, *offset_m(37.5, 127.0, n, e))
+        for s, (e, n) in zip(ids, east_north, strict=True)
+    }
+    n = len(ids)
+    trips = {"L": Trip("TL", "L", 0, "WD", ids, (None,) * n, (None,) * n, (0.0,) * n)}
+    feed = Feed("Asia/Seoul", stops, {"L": "L"}, trips)
+    vehicle = VehicleContext(feed)
+    vehicle.stop_ids = ids
+    amb = EchoSeqs(feed, vehicle, reach_m=600.0)
+    # no fix: the stop it is coming to, S4
+    assert [s for s in range(8) if amb(4, s)] == [1, 4]  # S1 300 m off; S4 itself
+    vehicle.lat, vehicle.lon = offset_m(37.5, 127.0, 300, 900)  # 100 m before S4's doors
+    assert [s for s in range(8) if amb(4, s)] == [1, 4]  # S1 316 m off, S4 100 m; S3 700 m
+    vehicle.lat, vehicle.lon = offset_m(37.5, 127.0, 300, 1500)  # just past S3
+    # S2 316 m off, S3 100 m; S4 700 m, S1 762 m: not
+    assert [s for s in range(8) if amb(4, s)] == [2, 3]
+    assert not EchoSeqs(feed, vehicle, reach_m=0.0)(4, 3)  # 0: none within reach

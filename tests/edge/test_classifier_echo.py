@@ -405,17 +405,29 @@ and at S3's open doors: full scale, tuning seed 1, cell 23, ``rush_hour_crowd`` 
 doors)."""
 
 
+def clear(_index: int, _seq: int) -> bool:
+    """The feed's answer for a stretch on a straight route (:class:`edge._beacon.EchoSeqs`):
+    no bus of another pattern sends that seq there, and the echo's stop lies beyond
+    ``echo_reach_m`` of where the bus first heard it."""
+    return False
+
+
 def test_one_echo_point_boards_a_stretch_older_than_a_stop() -> None:
     """Its echo since S1, the bus served S2 (doors opened and closed) before it first heard
     the token: nobody waiting at a stop names a stop a whole stop back, so the bus's one
-    point of its own hearing boards it (thirty-eighth pass)."""
-    assert _thin(None, plan=OLD_ONE_POINT) == []
-    assert _thin(own(1), plan=OLD_ONE_POINT) == ["S1->S3"]
+    point of its own hearing boards it (thirty-eighth pass), where the feed rules out a
+    collision and a route looping back (forty-first pass)."""
+    assert _thin(None, plan=OLD_ONE_POINT, ambiguous=clear) == []
+    assert _thin(own(1), plan=OLD_ONE_POINT, ambiguous=clear) == ["S1->S3"]
+    # without a feed the bus cannot tell a rider from someone standing where the route
+    # loops back past S1: one point boards nobody
+    assert _thin(own(1), plan=OLD_ONE_POINT) == []
     # a stretch since S2, the stop the bus left last (a waiter at S2 or S3 who heard it
     # coming names that): one point is not enough
-    assert _thin(own(2), plan=OLD_ONE_POINT) == []
+    assert _thin(own(2), plan=OLD_ONE_POINT, ambiguous=clear) == []
     # the two-point rule as before: one point after the echo's own stop is not enough
-    assert _thin(own(1), plan={1: ((10.0, 13.0), (300.0,)), 3: ((6.0, 8.0), ())}) == []
+    one: Plan = {1: ((10.0, 13.0), (300.0,)), 3: ((6.0, 8.0), ())}
+    assert _thin(own(1), plan=one, ambiguous=clear) == []
 
 
 def test_one_echo_point_is_refused_when_the_seq_may_be_another_patterns_bus() -> None:

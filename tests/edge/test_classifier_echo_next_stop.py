@@ -14,7 +14,7 @@ dwells, 10 m/s); the test fails on the code before this pass.
 from __future__ import annotations
 
 from tests.edge.test_classifier import Token, add_riders, by_name
-from tests.edge.test_classifier_echo import EchoWorld, Plan, _marks, _trip, own
+from tests.edge.test_classifier_echo import EchoWorld, Plan, _marks, _trip, clear, own
 
 
 def _segments(w: EchoWorld, tok: Token) -> list[str]:
@@ -39,13 +39,15 @@ def _g6000(index: int, seq: int) -> bool:
     return (index, seq) == (3, 1)
 
 
-def _passer_and_waiter(*, passer: bool = True, guard: bool = True) -> list[str]:
+def _passer_and_waiter(*, passer: bool = True, guard: bool = True, feed: bool = True) -> list[str]:
     """The passer-by and the waiter, both echoing this bus since S1, on one clock whose rid
     rotates between them (the passer-by's rid of one interval, the waiter's of the next):
-    the waiter's segments. ``guard``: the bus knows the other pattern's seq at S3."""
+    the waiter's segments. ``guard``: the bus knows the other pattern's seq at S3; else its
+    feed rules out a collision and a route looping back (``clear``); ``feed`` False: the
+    bus has no feed to tell."""
     w = EchoWorld()
-    if guard:
-        w.c.echo_ambiguous = _g6000
+    if feed:
+        w.c.echo_ambiguous = _g6000 if guard else clear
     add_riders(w, -80.0)
     skew = 350.0  # (rids change 250 s after the world's interval began: on the hop to S2)
     if passer:
@@ -66,9 +68,11 @@ def test_a_waiter_does_not_go_on_with_a_passers_by_one_echo_point() -> None:
     Thirty-eighth pass: its stretch is old (the bus served BD008 after BD006 before it first
     heard it), so one point of its own boards it, unless its seq may be another bus's at
     BD009: r-00313's echo is a code collision with a G6000 run there (its index 3 of
-    BD009, seq 3, read by bus-55 as BD006). Without that guard, waiter alone or linked,
-    it is charged S1 -> S3."""
+    BD009, seq 3, read by bus-55 as BD006). Where the feed rules out a collision and a
+    route looping back past S1 (forty-first pass), waiter alone or linked, it is charged
+    S1 -> S3; without a feed to tell, not."""
     assert _passer_and_waiter() == []
     assert _passer_and_waiter(passer=False) == []
+    assert _passer_and_waiter(feed=False) == []
     assert _passer_and_waiter(guard=False) == _passer_and_waiter(passer=False, guard=False)
     assert _passer_and_waiter(guard=False) == ["S1->S3"]

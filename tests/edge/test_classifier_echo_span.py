@@ -18,7 +18,7 @@ import math
 
 from edge._classifier import _Rid
 from edge._params import ClassifierParams
-from tests.edge.test_classifier_echo import EchoWorld, Plan, _thin, other, own
+from tests.edge.test_classifier_echo import EchoWorld, Plan, _thin, clear, other, own
 
 FAR: Plan = {3: ((), (300.0, 500.0)), 4: ((6.0, 8.0), ())}
 """Boarded at S1, never heard at S1, S2 or S3: first heard 300 m past S3 (500 m before S4),
@@ -45,13 +45,21 @@ def test_a_waiter_at_a_later_stop_who_heard_the_bus_since_an_earlier_one_is_not_
     # doors, never past them (small scale, tuning seed 3, cell 22, shared_stop_three_routes
     # r-00007)
     waiter: Plan = {3: ((), (700.0, 795.0)), 4: ((2.0, 4.0, 6.0, 8.0), ())}
-    # thirty-eighth pass: its stretch is old (S2 and S3 served before the bus heard it), and
-    # its one point (100 m before S4's doors) boards it unless its seq is one a bus of
-    # another pattern sends at S4: r-00007's is (bus-17 at BD005, echo since BD003, seq 2:
-    # route 55 serves BD005 as its index 2), and the small run charges nobody. On a feed
-    # where no other pattern sends it, this waiter is charged: the rule's known exposure.
+    # its stretch is old (S2 and S3 served before the bus heard it), and its one point (100 m
+    # before S4's doors) boards it (thirty-eighth pass) unless the feed says the echo may
+    # be no rider's (edge._beacon.EchoSeqs): a bus of another pattern sends its seq at S4
+    # (r-00007's: bus-17 at BD005, echo since BD003, seq 2, route 55 serves BD005 as its
+    # index 2), or, forty-first pass, S1 lies within echo_reach_m of where the bus first
+    # heard it: standing at S4, it can have heard the bus without a gap since S1 only where
+    # the route loops back past S1 within a beacon's reach (the span tests' world is one
+    # straight road, 800 m a hop: there nobody at S4 holds that echo). Either, or no feed
+    # to tell: not charged
     assert _thin(own(1), plan=waiter, level=-85.0, ambiguous=lambda i, s: (i, s) == (4, 1)) == []
-    assert _thin(own(1), plan=waiter, level=-85.0) == ["S1->S4"]
+    assert _thin(own(1), plan=waiter, level=-85.0) == []
+    # with both ruled out, whoever holds it moved with the bus from S1: heard so it is the
+    # one-point rule's rider (full scale, tuning seed 1, cells 23 and 25, rush_hour_crowd
+    # r-00330: one point 14 m before BD010's doors, three adverts at them, echo since BD003)
+    assert _thin(own(1), plan=waiter, level=-85.0, ambiguous=clear) == ["S1->S4"]
     # first heard at S3's doors, then on the hop and at S4's: the other rules' (S3), as before
     at_doors: Plan = {3: ((6.0, 8.0), (200.0, 350.0, 500.0)), 4: ((6.0, 8.0), ())}
     assert _thin(own(1), plan=at_doors) == ["S3->S4"]
@@ -79,13 +87,18 @@ def test_a_dense_rider_first_heard_near_its_stop_keeps_it() -> None:
         4: (tuple(float(s) for s in range(4)), ()),
     }
     assert _thin(None, plan=plan, level=-75.0) == ["S3->S4"]
-    # thirty-eighth pass: its one point 60 m before S3's doors, its stretch old (S2 served
-    # before), boards it from S1 as the point is heard, unless a bus of another pattern
-    # sends that seq at S3 (the stop the bus was coming to): the rule's known exposure
+    # its one point 60 m before S3's doors, its stretch old (S2 served before), boards it
+    # from S1 as the point is heard (thirty-eighth pass), unless the feed says the echo may
+    # be no rider's: a bus of another pattern sends that seq at S3 (the stop the bus was
+    # coming to), or S1 lies within echo_reach_m of where the bus first heard it (forty-
+    # first pass: someone waiting at S3 where the route loops back past S1), or there is
+    # no feed to tell
     assert _thin(own(1), plan=plan, level=-75.0, ambiguous=lambda i, s: (i, s) == (3, 1)) == [
         "S3->S4"
     ]
-    assert _thin(own(1), plan=plan, level=-75.0) == ["S1->S4"]
+    assert _thin(own(1), plan=plan, level=-75.0) == ["S3->S4"]
+    # with both ruled out nobody waiting at S3 holds an echo since S1: it rode from S1
+    assert _thin(own(1), plan=plan, level=-75.0, ambiguous=clear) == ["S1->S4"]
 
 
 def test_where_the_bus_first_heard_the_stretch_counts() -> None:
