@@ -483,7 +483,8 @@ class JourneyPolicy:
             the same ceiling relative to that bus's riders, which holds at any token power,
             or this much further below them than the winner's bus, ``overlap_margin_db``
             stronger, heard the rider below its own, the winner at most this much over its
-            riders (:func:`backend._overlaps._rider_of_one`); and the winner need not
+            riders and the weaker at least half this under its own
+            (:func:`backend._overlaps._rider_of_one`); and the winner need not
             cover the weaker leg where that leg's bus heard the rider, beyond the
             winner's ride, this far below its riders and this much further below them
             than the winner's bus heard the rider below its own (``None``: the absolute

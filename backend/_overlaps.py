@@ -304,24 +304,34 @@ def _evidence(a: Leg, b: Leg, policy: JourneyPolicy) -> tuple[Leg, Leg] | None:
 def _rider_of_one(win: Leg, lose: Leg, span: tuple[float, float], policy: JourneyPolicy) -> bool:
     """Whether ``win``'s bus heard the rider as one of its riders over ``span``, ``lose``'s not.
 
-    ``win``'s bus heard them at most ``overlap_loser_under_riders_db`` above the riders it
-    carried (no louder than its own riders are heard; a relay at its scanner would be),
-    and ``lose``'s bus at least that much further below its riders than ``win``'s below
-    its own (the events' ``riders_lvl``). One token is heard about as far under the
-    riders of any bus it rides (its power, pocket or bag), so the bus that heard it that
-    much further under did not carry it, however loud: +3 dBm tokens behind 5-dB shells
-    are heard through a neighbour's windows louder than ``overlap_loser_max_dbm`` and less
-    than ``overlap_loser_under_riders_db`` under its riders (issue 11, cell 11, unseen
-    seed 53, ``shared_stop_three_routes``, as the lead described it: 23 dB weaker, 9 dB
-    under its riders, the rider's bus 2 dB over its own). ``False`` when the events do
-    not say.
+    ``win``'s bus heard them at most ``overlap_loser_under_riders_db`` above the riders
+    it carried (a relay at its scanner would be louder than any of them), ``lose``'s bus
+    at least that much further below its riders than ``win``'s below its own (the
+    events' ``riders_lvl``), and at least half that margin below its own riders: a token
+    heard at the level of a bus's riders may have ridden it whatever the other bus heard
+    (a rider of ``lose``'s bus by ``win``'s window, heard louder than ``win``'s own
+    riders, changing buses where ``lose``'s leg ends: the pair stays held, a change is
+    placed there). One token is heard about as far under the riders of any bus it rides
+    (its power, pocket or bag), so the bus that heard it that much further under did not
+    carry it, however loud: +3 dBm tokens behind 5-dB shells are heard through a
+    neighbour's windows louder than ``overlap_loser_max_dbm`` and less than
+    ``overlap_loser_under_riders_db`` under its riders (issue 11, cell 11, unseen seed
+    53, ``shared_stop_three_routes``, as the lead described it: 23 dB weaker, 9 dB under
+    its riders, the rider's bus 2 dB over its own). ``False`` when the events do not
+    say.
     """
     under = policy.overlap_loser_under_riders_db
     if under is None:
         return False
     won = win.under_riders(*span)
     lost = lose.under_riders(*span)
-    return won is not None and lost is not None and won >= -under and lost - won >= under
+    return (
+        won is not None
+        and lost is not None
+        and won >= -under
+        and lost >= under / 2.0
+        and lost - won >= under
+    )
 
 
 def _never_aboard(

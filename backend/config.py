@@ -264,7 +264,8 @@ class SettlementSettings:
             " meanwhile (the events' evidence.riders_lvl): the same ceiling relative to that"
             " bus's riders, at any token power; or, the stronger leg overlap_margin_db"
             " stronger and heard at most this many dB over its own riders, this much further"
-            " below its riders than the stronger bus below its own; 0 (or an empty"
+            " below its riders than the stronger bus below its own and at least half this"
+            " below them; 0 (or an empty"
             " environment variable): the absolute ceiling alone."
         ),
     )

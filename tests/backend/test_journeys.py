@@ -1569,6 +1569,11 @@ def test_a_rider_of_the_bus_beside_heard_as_no_rider_of_ours_is_charged_on_their
         # at b2's scanner would make; b1 heard them 3 dB under its own as a rider: not
         # settled by the levels either, as before
         ("b2 far over its riders", -60.0, -55.0),
+        # b1 heard r1 at its own riders' level (-63 among riders at -63) and b2 at 10 dB
+        # over its riders: 10 dB apart, but a token at the level of a bus's riders may have
+        # ridden it (r1 on b1 by b2's window, changing to b2 at S06): held, a change placed
+        # at S06 as before (the lead's review of the thirty-ninth pass)
+        ("b1 heard it at its riders' level", -63.0, -50.0),
     ],
 )
 def test_a_rider_of_the_bus_beside_not_heard_apart_by_the_levels_is_not_settled_so(
