@@ -320,18 +320,33 @@ def _rider_of_one(win: Leg, lose: Leg, span: tuple[float, float], policy: Journe
     its riders, the rider's bus 2 dB over its own). ``False`` when the events do not
     say.
     """
+    got = _unders(win, span, lose, span, policy)
+    if got is None:
+        return False
+    under, won, lost = got
+    return won >= -under and lost >= under / 2.0 and lost - won >= under
+
+
+def _unders(
+    win: Leg,
+    won_span: tuple[float, float],
+    lose: Leg,
+    lost_span: tuple[float, float],
+    policy: JourneyPolicy,
+) -> tuple[float, float, float] | None:
+    """``overlap_loser_under_riders_db`` and how far each bus heard the rider under its riders.
+
+    ``win``'s bus over ``won_span``, ``lose``'s over ``lost_span`` (dB, positive: below);
+    ``None`` when the rule is off or either event does not say.
+    """
     under = policy.overlap_loser_under_riders_db
     if under is None:
-        return False
-    won = win.under_riders(*span)
-    lost = lose.under_riders(*span)
-    return (
-        won is not None
-        and lost is not None
-        and won >= -under
-        and lost >= under / 2.0
-        and lost - won >= under
-    )
+        return None
+    won = win.under_riders(*won_span)
+    lost = lose.under_riders(*lost_span)
+    if won is None or lost is None:
+        return None
+    return under, won, lost
 
 
 def _never_aboard(
@@ -352,12 +367,11 @@ def _never_aboard(
     there near ``win``'s figure; one heard that much further under is standing at the
     stop or walking off beside the bus. ``False`` when the events do not say.
     """
-    under = policy.overlap_loser_under_riders_db
-    if under is None:
+    got = _unders(win, common, lose, beyond, policy)
+    if got is None:
         return False
-    won = win.under_riders(*common)
-    lost = lose.under_riders(*beyond)
-    return won is not None and lost is not None and lost >= under and lost - won >= under
+    under, won, lost = got
+    return lost >= under and lost - won >= under
 
 
 def _carried_through(outer: Leg, inner: Leg, db: float, policy: JourneyPolicy) -> bool:

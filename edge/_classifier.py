@@ -3236,10 +3236,11 @@ class PresenceClassifier:
         if self._silent_s(r, t) > self._fade_s(r):
             if self._take_over(r) or self._rides_on(r, t):
                 return
-            if self._unpaired_rides(r) and self._stayed_through(r):
+            rides = self._unpaired_rides(r)
+            if rides and self._stayed_through(r):
                 self._confirm_unpaired(r, t)  # then judged as a rider (alighted there)
             else:
-                if self.params.tentative_points > 0 and self._unpaired_rides(r):
+                if rides:
                     self._unlinked_piece(r, out)
                 self._drop(r, Event.FADE, out, "rotating_silent")
             return
@@ -3689,6 +3690,8 @@ class PresenceClassifier:
         (door to door, carried) or four summed, so a stranger's piece, joining nothing,
         charges nobody. Off with the other tentative pieces (``tentative_points`` 0).
         """
+        if self.params.tentative_points <= 0:
+            return
         draft = self._piece(r, SegmentEnd(r.first_t, None, "tentative"))
         lvl = round(r.far_sum / r.n_far, 1)
         draft.evidence["co_n"] = 1
@@ -4688,7 +4691,7 @@ class PresenceClassifier:
                     self._failed("finish", r, exc)
             elif was == _ROTATING and r.rid not in self._pending:
                 try:
-                    if self.params.tentative_points > 0 and self._unpaired_rides(r):
+                    if self._unpaired_rides(r):
                         self._unlinked_piece(r, out)
                 except Exception as exc:
                     self._failed("finish", r, exc)
